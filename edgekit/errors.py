@@ -1,0 +1,150 @@
+"""The one exception tree of edgekit.
+
+Every error a user can act on derives from :class:`EdgekitError` and carries a
+message that names *what* is wrong (file, field, op, target) and *what to do*::
+
+    EdgekitError
+    ├── ConfigError               a profile / pipeline / option is wrong
+    │   ├── UnknownTargetError    no device profile of that name
+    │   └── InputShapeError       --input-shape missing, malformed or not matching the model
+    ├── MissingDependencyError    an optional extra is not installed (names the pip extra)
+    ├── ModelLoadError            the model file is missing, corrupt or truncated
+    ├── ModelConversionError      the source framework could not be exported to ONNX
+    ├── UnsupportedOperatorError  a backend cannot import an op (names op, node, backend)
+    ├── CompilationError          a backend failed while compiling
+    ├── ToolchainError            a cross compiler / nvcc / qemu is missing or refused the target
+    ├── ArtifactError             an artifact directory or manifest is missing or corrupt
+    ├── AccuracyError             no candidate met the accuracy budget
+    ├── InferenceError            predict() got the wrong inputs, or the backend failed running
+    ├── VerificationError         the emulated run disagreed with the host or could not run
+    └── OutputError               the output directory cannot be written
+
+The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXIT_CODES",
+    "AccuracyError",
+    "ArtifactError",
+    "CompilationError",
+    "ConfigError",
+    "EdgekitError",
+    "InferenceError",
+    "InputShapeError",
+    "MissingDependencyError",
+    "ModelConversionError",
+    "ModelLoadError",
+    "OutputError",
+    "ToolchainError",
+    "UnknownTargetError",
+    "UnsupportedOperatorError",
+    "VerificationError",
+    "exit_code_for",
+]
+
+
+class EdgekitError(Exception):
+    """Root of every error edgekit raises on purpose."""
+
+
+class ConfigError(EdgekitError):
+    """A device profile, pipeline file or option is invalid."""
+
+
+class UnknownTargetError(ConfigError):
+    """No device profile has the requested name."""
+
+
+class InputShapeError(ConfigError):
+    """Input shapes are missing, malformed or disagree with the model."""
+
+
+class MissingDependencyError(EdgekitError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{purpose} needs the Python package '{module}', which is not installed; "
+            f"install it with: pip install 'edgekit[{extra}]'"
+        )
+
+
+class ModelLoadError(EdgekitError):
+    """The model file is missing, unreadable, corrupt or truncated."""
+
+
+class ModelConversionError(EdgekitError):
+    """A PyTorch / scikit-learn model could not be converted to ONNX."""
+
+
+class UnsupportedOperatorError(EdgekitError):
+    """A backend cannot import one or more operators of the model."""
+
+    def __init__(self, backend: str, ops: list[tuple[str, str, str]]) -> None:
+        # ops: (domain-qualified op type, node name, reason)
+        self.backend = backend
+        self.ops = ops
+        shown = "; ".join(f"op '{op}' at node '{node}'" + (f" ({why})" if why else "") for op, node, why in ops[:5])
+        more = f" and {len(ops) - 5} more" if len(ops) > 5 else ""
+        super().__init__(
+            f"backend '{backend}' cannot import {shown}{more}; "
+            f"choose another backend (--backend) or replace the op in the model"
+        )
+
+
+class CompilationError(EdgekitError):
+    """A backend failed while compiling a supported model."""
+
+
+class ToolchainError(EdgekitError):
+    """A required toolchain (cross compiler, nvcc, qemu) is missing or refused the target."""
+
+
+class ArtifactError(EdgekitError):
+    """An artifact directory or its manifest is missing, incomplete or corrupt."""
+
+
+class AccuracyError(EdgekitError):
+    """No compiled candidate met the pipeline's accuracy budget."""
+
+
+class InferenceError(EdgekitError):
+    """predict() was given wrong inputs, or the backend failed at run time."""
+
+
+class VerificationError(EdgekitError):
+    """An emulated run of an artifact failed or disagreed with the host run."""
+
+
+class OutputError(EdgekitError):
+    """The output location cannot be written."""
+
+
+EXIT_CODES: dict[type[EdgekitError], int] = {
+    ConfigError: 2,
+    UnknownTargetError: 2,
+    InputShapeError: 2,
+    MissingDependencyError: 3,
+    ModelLoadError: 4,
+    ModelConversionError: 4,
+    UnsupportedOperatorError: 5,
+    CompilationError: 6,
+    ToolchainError: 7,
+    ArtifactError: 8,
+    AccuracyError: 9,
+    InferenceError: 10,
+    VerificationError: 11,
+    OutputError: 12,
+}
+
+
+def exit_code_for(error: BaseException) -> int:
+    """Exit code of the CLI for ``error``: the most specific class wins, 1 otherwise."""
+    for cls in type(error).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1
