@@ -1,0 +1,199 @@
+"""Apache TVM backend: Relax ONNX frontend, ``tvm.compile``, ``export_library``.
+
+CPU targets build with LLVM; foreign architectures link with the profile's cross
+compiler and the result is checked to be an ELF of the right machine. CUDA targets
+apply TVM's default GPU schedules (dlight) and need ``nvcc`` for the device's arch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from edgekit.compiler.backends.base import Backend, Built, Progress, UnsupportedOp
+from edgekit.compiler.frontends.base import SourceModel
+from edgekit.deps import package_version, require
+from edgekit.errors import CompilationError, ConfigError, ToolchainError, UnsupportedOperatorError
+from edgekit.profiles import DeviceProfile, host_arch
+
+__all__ = ["ELF_MACHINES", "TvmBackend", "elf_machine", "resolve_target"]
+
+# e_machine values of the ELF header
+ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 3: "i686"}
+_HOST_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
+_OPTIONS = {"opt_level"}
+
+
+def elf_machine(path: Path) -> str:
+    """Architecture of an ELF file, from its header ('unknown' if not ELF)."""
+    with path.open("rb") as fh:
+        head = fh.read(20)
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return "not-elf"
+    order = "little" if head[5] == 1 else "big"
+    return ELF_MACHINES.get(int.from_bytes(head[18:20], order), "unknown")
+
+
+def _host_cpu() -> str:
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
+
+
+def resolve_target(profile: DeviceProfile, for_host: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(target, host) dicts for TVM; ``mcpu: host`` replaced by the detected CPU.
+
+    ``for_host`` gives the CPU target of this host that stands in for a foreign
+    target when measuring (same kind of code, runnable here).
+    """
+    target = dict(profile.tvm.target)
+    host = dict(profile.tvm.host) if profile.tvm.host else None
+    if for_host:
+        target = {"kind": "llvm", "mtriple": _HOST_TRIPLES.get(host_arch(), "x86_64-linux-gnu"), "mcpu": "host"}
+        host = None
+    for t in (target, host):
+        if t is not None and t.get("mcpu") == "host":
+            t["mcpu"] = _host_cpu()
+    return target, host
+
+
+def _import_relax(source: SourceModel) -> Any:
+    from tvm.relax.frontend.onnx import from_onnx
+
+    shapes = {s.name: s.shape for s in source.inputs}
+    dtypes = {s.name: s.dtype for s in source.inputs}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return from_onnx(source.model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    except Exception as exc:  # the frontend raises bare TVMError / ValueError / KeyError / AssertionError
+        msg = str(exc).strip().splitlines()
+        tail = next((line for line in reversed(msg) if line.strip()), type(exc).__name__)
+        m = re.search(r"[Oo]perator[s]? .*?(\w+) (?:is|are) not (?:implemented|supported)", tail)
+        if m:
+            raise UnsupportedOperatorError("tvm", [(m.group(1), "?", tail)]) from exc
+        raise CompilationError(f"TVM's ONNX importer failed: {tail[:300]}") from exc
+
+
+class TvmBackend(Backend):
+    name = "tvm"
+    extra = "tvm"
+
+    def version(self) -> str:
+        return package_version("apache-tvm")
+
+    def unsupported_ops(self, source: SourceModel, profile: DeviceProfile) -> list[UnsupportedOp]:
+        require("tvm", "compiling with TVM")
+        from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+        supported = set(_get_convert_map())
+        bad: list[UnsupportedOp] = []
+        for node in source.model.graph.node:
+            domain = node.domain or ""
+            if domain not in ("", "ai.onnx"):
+                bad.append((f"{domain}.{node.op_type}", node.name or "(unnamed)", f"TVM imports only the default ONNX domain, not '{domain}'"))
+            elif node.op_type not in supported:
+                bad.append((node.op_type, node.name or "(unnamed)", "no converter in TVM's Relax ONNX frontend"))
+        return bad
+
+    def compile(
+        self,
+        source: SourceModel,
+        profile: DeviceProfile,
+        options: dict[str, Any],
+        out_dir: Path,
+        progress: Progress,
+        *,
+        for_host: bool = False,
+    ) -> Built:
+        tvm = require("tvm", "compiling with TVM")
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ConfigError(f"tvm options {sorted(unknown)} are not known; known options: {sorted(_OPTIONS)}")
+        opt_level = int(options.get("opt_level", 3))
+        target_dict, host_dict = resolve_target(profile, for_host)
+        is_cuda = target_dict.get("kind") == "cuda"
+        machine = host_arch() if for_host else profile.machine
+        cross = machine != host_arch()
+        cxx = profile.toolchain.cxx if cross else "g++"
+        if shutil.which(cxx) is None:
+            pkg = profile.toolchain.debian_package or cxx
+            raise ToolchainError(
+                f"profile '{profile.name}' links with '{cxx}', which is not installed; "
+                f"install it with: apt-get install -y {pkg}"
+            )
+        if is_cuda:
+            self._check_nvcc(profile, target_dict)
+        progress(f"tvm: importing ONNX into Relax ({len(source.model.graph.node)} nodes)")
+        mod = _import_relax(source)
+        try:
+            target = tvm.target.Target({**target_dict, "host": host_dict} if host_dict else target_dict)
+        except Exception as exc:
+            raise ConfigError(f"{profile.source}: TVM rejects the target {target_dict}: {str(exc).splitlines()[0]}") from exc
+        what = "cross-compiling" if cross else "compiling"
+        progress(f"tvm: {what} for {target_dict.get('mcpu') or target_dict.get('arch') or target_dict['kind']} ({machine})")
+        try:
+            with tvm.transform.PassContext(opt_level=opt_level):
+                if is_cuda:
+                    mod = self._gpu_schedule(tvm, mod, target)
+                executable = tvm.compile(mod, target=target)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()
+            raise CompilationError(f"TVM failed to compile for '{profile.name}': {(msg[-1] if msg else type(exc).__name__)[:400]}") from exc
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lib = out_dir / "model.so"
+        try:
+            if cross:
+                from tvm.support import cc
+
+                executable.export_library(str(lib), fcompile=cc.cross_compiler(cxx))
+            else:
+                executable.export_library(str(lib))
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()
+            raise ToolchainError(f"linking the TVM library with '{cxx}' failed: {(msg[-1] if msg else '')[:400]}") from exc
+        got = elf_machine(lib)
+        if got != machine:
+            raise ToolchainError(f"{lib}: built an ELF for '{got}', but profile '{profile.name}' needs '{machine}'; check toolchain.cxx")
+        return Built(
+            files=["model.so"],
+            entry="model.so",
+            details={"target": target_dict, "host": host_dict, "elf": got, "opt_level": opt_level, "tuned": False},
+        )
+
+    @staticmethod
+    def _check_nvcc(profile: DeviceProfile, target: dict[str, Any]) -> None:
+        nvcc = profile.toolchain.nvcc or "nvcc"
+        if shutil.which(nvcc) is None:
+            raise ToolchainError(
+                f"profile '{profile.name}' has a CUDA target; its device code needs '{nvcc}' (the CUDA toolkit), "
+                f"which is not on PATH; install a CUDA toolkit that supports {target.get('arch')}"
+            )
+        arch = str(target.get("arch", ""))
+        try:
+            listed = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, timeout=30).stdout
+            version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise ToolchainError(f"'{nvcc}' does not run: {exc}") from exc
+        wanted = arch.replace("sm_", "compute_")
+        if arch and wanted not in listed.split():
+            rel = re.search(r"release ([\d.]+)", version)
+            raise ToolchainError(
+                f"profile '{profile.name}' targets {arch}, but nvcc {rel.group(1) if rel else '?'} cannot generate "
+                f"code for it (it supports {', '.join(listed.split()[:1])} and newer); use a CUDA toolkit that "
+                f"still supports {arch} (e.g. CUDA 10.2 from JetPack 4 for the Jetson Nano)"
+            )
+
+    @staticmethod
+    def _gpu_schedule(tvm: Any, mod: Any, target: Any) -> Any:
+        from tvm.s_tir import dlight as dl
+
+        with target:
+            mod = tvm.relax.transform.LegalizeOps()(mod)
+            return dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+            )(mod)

@@ -1,0 +1,75 @@
+"""Content-addressed cache of compiled artifacts.
+
+The key hashes everything that decides the result: the source model's bytes, the
+input shapes, the device profile's content, the pipeline, and the versions of
+edgekit and the backends. A hit copies the cached artifact into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgekit.compiler.frontends.base import file_sha256
+from edgekit.deps import package_version
+from edgekit.resources import cache_dir
+
+__all__ = ["ArtifactCache", "cache_key", "source_fingerprint"]
+
+
+def source_fingerprint(path: Path) -> str:
+    """SHA-256 of a model file and of any ONNX external-data files it points to."""
+    h = hashlib.sha256(file_sha256(path).encode())
+    if path.suffix.lower() == ".onnx":
+        try:
+            model = onnx.load(str(path), load_external_data=False)
+        except Exception:
+            return h.hexdigest()  # the frontend reports the real problem
+        locations = sorted(
+            {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+        )
+        for loc in locations:
+            data = path.parent / loc
+            h.update(loc.encode())
+            h.update(file_sha256(data).encode() if data.is_file() else b"missing")
+    return h.hexdigest()
+
+
+def cache_key(**parts: Any) -> str:
+    parts["versions"] = {
+        "edgekit": package_version("edgekit"),
+        "apache-tvm": package_version("apache-tvm"),
+        "onnxruntime": package_version("onnxruntime"),
+        "onnx": package_version("onnx"),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ArtifactCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or cache_dir() / "artifacts"
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def get(self, key: str) -> Path | None:
+        path = self.path(key)
+        return path if (path / "manifest.json").is_file() else None
+
+    def put(self, key: str, artifact_dir: Path) -> None:
+        final = self.path(key)
+        if final.exists():
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{key}.{uuid.uuid4().hex[:8]}")
+        try:
+            shutil.copytree(artifact_dir, tmp)
+            tmp.rename(final)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # a cache that can't be written is not an error

@@ -1,0 +1,361 @@
+"""``edgekit.compile``: model file → measured candidates → the best artifact for a device."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit._version import __version__
+from edgekit.compiler.artifact import check_writable, install_dir, make_archive
+from edgekit.compiler.backends import Backend, Built, get_backend
+from edgekit.compiler.cache import ArtifactCache, cache_key, source_fingerprint
+from edgekit.compiler.frontends import SourceModel, load_source, source_format
+from edgekit.compiler.measure import agreement, host_description, latency, sample_inputs
+from edgekit.compiler.pipeline import CandidateSpec, Pipeline, load_pipeline
+from edgekit.errors import (
+    AccuracyError,
+    ArtifactError,
+    CompilationError,
+    EdgekitError,
+    MissingDependencyError,
+    UnsupportedOperatorError,
+)
+from edgekit.manifest import (
+    BackendInfo,
+    CandidateReport,
+    Manifest,
+    Measurement,
+    ProfileInfo,
+    SourceInfo,
+    TensorSpec,
+    read_manifest,
+)
+from edgekit.profiles import DeviceProfile, load_profile
+from edgekit.runtime import runner_for
+
+__all__ = ["CompileResult", "compile_model"]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class CompileResult:
+    artifact_dir: Path
+    archive: Path
+    manifest: Manifest
+    cache_hit: bool
+    seconds: float
+
+
+@dataclass
+class _Candidate:
+    spec: CandidateSpec
+    backend: Backend | None = None
+    built: Built | None = None
+    folder: Path | None = None
+    report: CandidateReport | None = None
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def compile_model(
+    model: str | Path,
+    target: str | Path | DeviceProfile,
+    output_dir: str | Path = "build",
+    *,
+    pipeline: str | Path | Pipeline = "default",
+    backend: str | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    name: str | None = None,
+    use_cache: bool = True,
+    cache: ArtifactCache | None = None,
+    progress: Progress | None = None,
+) -> CompileResult:
+    """Compile ``model`` for the device profile ``target`` and write the best artifact to ``output_dir``.
+
+    Every candidate of the pipeline (or only ``backend``'s) is built, checked for
+    numerical agreement with the source model and timed; the fastest one within the
+    accuracy budget becomes ``<output_dir>/<name>/`` (plus ``<name>.tar.gz``), with a
+    ``manifest.json`` recording what was measured. Nothing is left in ``output_dir``
+    when compiling fails.
+    """
+    say = progress or _noop
+    started = time.perf_counter()
+    profile = load_profile(target)
+    pipe = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
+    if backend:
+        pipe = pipe.only_backend(get_backend(backend).name)
+    shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
+    out = Path(output_dir)
+    check_writable(out)
+    fmt = source_format(model)
+    store = cache or ArtifactCache()
+
+    key_parts: dict[str, Any] = {
+        "shapes": shapes,
+        "profile": profile.fingerprint(),
+        "pipeline": pipe.fingerprint(),
+        "name": name,
+    }
+    model_path = Path(str(model))
+    key: str | None = None
+    if model_path.is_file():
+        key = cache_key(source=source_fingerprint(model_path), **key_parts)
+        if use_cache:
+            hit = _from_cache(store, key, out, name, say)
+            if hit is not None:
+                return CompileResult(hit[0], hit[1], hit[2], True, time.perf_counter() - started)
+
+    work = Path(tempfile.mkdtemp(prefix=".edgekit-compile-", dir=out))
+    try:
+        say(f"loading {fmt} model {model}")
+        source = load_source(model, work / "source", shapes)
+        if key is None:  # a factory: the exported graph is the content
+            key = cache_key(source=source.sha256, **key_parts)
+            if use_cache:
+                hit = _from_cache(store, key, out, name, say)
+                if hit is not None:
+                    return CompileResult(hit[0], hit[1], hit[2], True, time.perf_counter() - started)
+        artifact_name = name or f"{source.stem}-{profile.name}"
+        manifest, staged = _build(source, profile, pipe, work, artifact_name, key, say)
+        manifest.compile_seconds = round(time.perf_counter() - started, 3)
+        manifest.write(staged)
+        final = out / artifact_name
+        install_dir(staged, final)
+        archive = make_archive(final)
+        if use_cache:
+            store.put(key, final)
+        say(f"wrote {final}")
+        return CompileResult(final, archive, manifest, False, time.perf_counter() - started)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _from_cache(
+    store: ArtifactCache, key: str, out: Path, name: str | None, say: Progress
+) -> tuple[Path, Path, Manifest] | None:
+    cached = store.get(key)
+    if cached is None:
+        return None
+    try:
+        manifest = read_manifest(cached)
+    except ArtifactError:
+        return None
+    final = out / manifest.name
+    staged = out / f".{manifest.name}.cache-{key[:8]}"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(cached, staged)
+    install_dir(staged, final)
+    say(f"cache hit: {final}")
+    return final, make_archive(final), manifest
+
+
+def _reference(source: SourceModel) -> tuple[Callable[[dict[str, np.ndarray]], list[np.ndarray]], str, list[str]]:
+    """The reference predictor, its description, and the ONNX output names."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(source.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise CompilationError(
+            f"'{source.path}': ONNX Runtime cannot run the source model, so there is no reference to check "
+            f"candidates against: {str(exc).splitlines()[0]}"
+        ) from exc
+    names = [o.name for o in session.get_outputs()]
+    if source.reference is not None:
+        return source.reference, source.reference_name, names
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(o) for o in session.run(names, feeds)]
+
+    return run, source.reference_name, names
+
+
+def _build(
+    source: SourceModel,
+    profile: DeviceProfile,
+    pipe: Pipeline,
+    work: Path,
+    artifact_name: str,
+    key: str,
+    say: Progress,
+) -> tuple[Manifest, Path]:
+    reference, reference_name, output_names = _reference(source)
+    samples = sample_inputs(source.inputs, pipe.measure.samples, pipe.measure.seed)
+    ref_outputs = [reference(s) for s in samples]
+    outputs = [
+        TensorSpec(name=n, shape=list(np.asarray(o).shape), dtype=str(np.asarray(o).dtype))
+        for n, o in zip(output_names, ref_outputs[0], strict=True)
+    ]
+    cached_ref = {id(s): r for s, r in zip(samples, ref_outputs, strict=True)}
+
+    def ref_lookup(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return cached_ref[id(feed)] if id(feed) in cached_ref else reference(feed)
+
+    host = host_description()
+    candidates = [_Candidate(spec=c) for c in pipe.candidates]
+    unsupported: list[UnsupportedOperatorError] = []
+    failures: list[EdgekitError] = []
+    only_one = len(candidates) == 1
+    for cand in candidates:
+        spec = cand.spec
+        report = CandidateReport(name=spec.name, backend=spec.backend, options=spec.options, status="skipped")
+        cand.report = report
+        try:
+            backend = get_backend(spec.backend)
+            report.backend = backend.name
+            cand.backend = backend
+            say(f"{spec.name}: checking operators for {backend.name}")
+            bad = backend.unsupported_ops(source, profile)
+            if bad:
+                raise UnsupportedOperatorError(backend.name, bad)
+            t0 = time.perf_counter()
+            cand.folder = work / f"candidate-{spec.name}"
+            say(f"{spec.name}: compiling with {backend.name} for {profile.name}")
+            cand.built = backend.compile(source, profile, spec.options, cand.folder, say)
+            report.compile_seconds = round(time.perf_counter() - t0, 3)
+            measure_dir, on = cand.folder, "target"
+            if not profile.runs_on_host():
+                on = "host-proxy"
+                if backend.name != "onnxruntime":  # an ORT artifact is portable: it runs here as built
+                    say(f"{spec.name}: {profile.name} code can't run here; building a host stand-in to measure")
+                    measure_dir = work / f"candidate-{spec.name}-host"
+                    proxy = backend.compile(source, profile, spec.options, measure_dir, say, for_host=True)
+                    measure_dir = measure_dir / proxy.entry
+                else:
+                    measure_dir = cand.folder / cand.built.entry
+            else:
+                measure_dir = cand.folder / cand.built.entry
+            say(f"{spec.name}: measuring on {host}")
+            tmp_manifest = _stub_manifest(source, outputs)
+            runner = runner_for(backend.name, measure_dir, tmp_manifest)
+            acc = agreement(runner.predict, ref_lookup, samples, reference_name)
+            lat = latency(runner.predict, samples[0], pipe.measure.warmup, pipe.measure.repeat)
+            report.measured = Measurement(on=on, host=host, latency=lat, accuracy=acc)  # type: ignore[arg-type]
+            report.status = "rejected"  # until chosen
+            log.info("%s: %.3f ms, max err %.2e", spec.name, lat.median_ms, acc.max_abs_error)
+        except UnsupportedOperatorError as exc:
+            if only_one:
+                raise
+            unsupported.append(exc)
+            report.reason = str(exc)
+            say(f"{spec.name}: skipped ({exc})")
+        except MissingDependencyError as exc:
+            if only_one:
+                raise
+            report.reason = str(exc)
+            say(f"{spec.name}: skipped ({exc})")
+        except EdgekitError as exc:
+            if only_one:
+                raise
+            failures.append(exc)
+            report.status = "failed"
+            report.reason = str(exc)
+            say(f"{spec.name}: failed ({exc})")
+        except (ValueError, RuntimeError) as exc:
+            err = CompilationError(f"candidate '{spec.name}' ({spec.backend}) could not be measured: {exc}")
+            if only_one:
+                raise err from exc
+            failures.append(err)
+            report.status = "failed"
+            report.reason = str(err)
+
+    measured = [c for c in candidates if c.report and c.report.measured]
+    if not measured:
+        if failures:
+            raise failures[0]
+        if unsupported:
+            raise unsupported[0]
+        raise CompilationError("no candidate of the pipeline could be built; see the messages above")
+
+    budget = pipe.accuracy
+    passing = []
+    for c in measured:
+        assert c.report is not None and c.report.measured is not None
+        acc = c.report.measured.accuracy
+        problems = []
+        if acc.max_abs_error > budget.max_abs_error:
+            problems.append(f"max abs error {acc.max_abs_error:.3g} > {budget.max_abs_error:.3g}")
+        if acc.top1_agreement is not None and acc.top1_agreement < budget.min_top1_agreement:
+            problems.append(f"top-1 agreement {acc.top1_agreement:.3f} < {budget.min_top1_agreement:.3f}")
+        if problems:
+            c.report.reason = "outside the accuracy budget: " + "; ".join(problems)
+        else:
+            passing.append(c)
+    if not passing:
+        detail = "; ".join(f"{c.spec.name}: {c.report.reason}" for c in measured if c.report)
+        raise AccuracyError(
+            f"no candidate met the accuracy budget of pipeline '{pipe.name}' ({detail}); "
+            f"loosen 'accuracy' in the pipeline file or pick a more exact backend"
+        )
+    best = min(passing, key=lambda c: c.report.measured.latency.median_ms)  # type: ignore[union-attr]
+    assert best.report is not None and best.built is not None and best.folder is not None and best.backend is not None
+    best.report.status = "chosen"
+    best_ms = best.report.measured.latency.median_ms  # type: ignore[union-attr]
+    for c in passing:
+        if c is not best and c.report is not None and c.report.measured is not None:
+            c.report.reason = f"slower: {c.report.measured.latency.median_ms:.3f} ms vs {best_ms:.3f} ms"
+    say(f"chose {best.spec.name} ({best.backend.name}): {best_ms:.3f} ms median")
+
+    staged = work / "artifact"
+    staged.mkdir()
+    for f in best.built.files:
+        (staged / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(best.folder / f, staged / f)
+    size = sum((staged / f).stat().st_size for f in best.built.files)
+    manifest = Manifest(
+        name=artifact_name,
+        edgekit_version=__version__,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        cache_key=key,
+        source=SourceInfo(
+            path=source.path,
+            format=source.format,
+            sha256=source.sha256,
+            size_bytes=source.size_bytes,
+            framework=source.framework,
+            opset=source.opset,
+        ),
+        profile=ProfileInfo(
+            name=profile.name,
+            sha256=profile.fingerprint(),
+            greengrass=profile.greengrass.model_dump(),
+            neo=profile.neo.model_dump(),
+            tvm_target=profile.tvm.target,
+        ),
+        pipeline={"name": pipe.name, "sha256": pipe.fingerprint(), "accuracy": budget.model_dump(by_alias=True)},
+        backend=BackendInfo(
+            name=best.backend.name,
+            version=best.backend.version(),
+            options={**best.spec.options, **best.built.details},
+            files=best.built.files,
+            entry=best.built.entry,
+        ),
+        inputs=source.inputs,
+        outputs=outputs,
+        size_bytes=size,
+        compile_seconds=0.0,
+        measured=best.report.measured,
+        candidates=[c.report for c in candidates if c.report is not None],
+    )
+    return manifest, staged
+
+
+def _stub_manifest(source: SourceModel, outputs: list[TensorSpec]) -> Manifest:
+    """Enough of a manifest for a runner to check inputs while measuring."""
+    return Manifest.model_construct(inputs=source.inputs, outputs=outputs)

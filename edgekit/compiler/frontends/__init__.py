@@ -1,0 +1,37 @@
+"""Frontends: turn a model file (ONNX, PyTorch, scikit-learn) into one self-contained ONNX model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgekit.compiler.frontends.base import SourceModel, parse_input_shapes, source_format
+from edgekit.errors import ModelLoadError
+
+__all__ = ["SourceModel", "load_source", "parse_input_shapes", "source_format"]
+
+
+def load_source(
+    model: str | Path,
+    workdir: Path,
+    input_shapes: dict[str, list[int]] | None = None,
+) -> SourceModel:
+    """Read ``model`` and convert it to ONNX in ``workdir``.
+
+    ``model`` is an ``.onnx`` file, a TorchScript file (``.pt``/``.pth``/``.ts``), a
+    ``package.module:factory`` spec returning an ``nn.Module``, or a scikit-learn
+    pickle (``.joblib``/``.pkl``).
+    """
+    fmt = source_format(model)
+    if fmt == "onnx":
+        from edgekit.compiler.frontends.onnx import load_onnx
+
+        return load_onnx(Path(model), workdir, input_shapes)
+    if fmt == "torch":
+        from edgekit.compiler.frontends.torch import load_torch
+
+        return load_torch(str(model), workdir, input_shapes)
+    if fmt == "sklearn":
+        from edgekit.compiler.frontends.sklearn import load_sklearn
+
+        return load_sklearn(Path(model), workdir, input_shapes)
+    raise ModelLoadError(f"'{model}': unknown model format")  # pragma: no cover - source_format raises first

@@ -1,0 +1,171 @@
+"""What every frontend produces, and the input-shape handling they share."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+
+from edgekit.errors import InputShapeError, ModelLoadError
+from edgekit.manifest import TensorSpec
+
+__all__ = [
+    "Reference",
+    "SourceModel",
+    "file_sha256",
+    "fix_input_shapes",
+    "parse_input_shapes",
+    "source_format",
+]
+
+Format = Literal["onnx", "torch", "sklearn"]
+# Runs the model in its source framework: inputs by name -> outputs in ONNX output order.
+Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_SUFFIXES: dict[str, Format] = {
+    ".onnx": "onnx",
+    ".pt": "torch",
+    ".pth": "torch",
+    ".ts": "torch",
+    ".torchscript": "torch",
+    ".joblib": "sklearn",
+    ".pkl": "sklearn",
+    ".pickle": "sklearn",
+}
+
+
+@dataclass
+class SourceModel:
+    """A model converted to ONNX, with fixed input shapes, ready for any backend."""
+
+    path: str
+    format: Format
+    framework: str
+    sha256: str
+    size_bytes: int
+    onnx_path: Path
+    model: onnx.ModelProto
+    inputs: list[TensorSpec]
+    reference: Reference | None = None
+    reference_name: str = "onnxruntime (no graph optimisation) on the source ONNX"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def opset(self) -> int:
+        for imp in self.model.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                return int(imp.version)
+        return 0
+
+    @property
+    def stem(self) -> str:
+        base = self.path.split(":")[-1] if self.format == "torch" and ":" in self.path else Path(self.path).stem
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", base) or "model"
+
+
+def source_format(model: str | Path) -> Format:
+    text = str(model)
+    if _FACTORY.match(text) and not Path(text).exists():
+        return "torch"
+    suffix = Path(text).suffix.lower()
+    if suffix in _SUFFIXES:
+        return _SUFFIXES[suffix]
+    raise ModelLoadError(
+        f"'{text}': cannot tell the model format from the suffix '{suffix}'; use .onnx, a TorchScript "
+        f".pt/.pth, a 'package.module:factory' spec, or a scikit-learn .joblib/.pkl"
+    )
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
+    """Parse Neo-style ``name:1,3,224,224`` (or ``1,3,224,224`` for a single input)."""
+    shapes: dict[str, list[int]] = {}
+    for spec in specs or []:
+        name, _, dims = spec.rpartition(":")
+        try:
+            shape = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+        except ValueError:
+            shape = []
+        if not shape or any(d <= 0 for d in shape):
+            raise InputShapeError(
+                f"--input-shape '{spec}': expected NAME:D1,D2,... with positive integers, e.g. input:1,3,224,224"
+            )
+        shapes[name or ""] = shape
+    return shapes
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
+    out: list[int | str] = []
+    for d in vi.type.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            out.append(int(d.dim_value))
+        else:
+            out.append(d.dim_param or "?")
+    return out
+
+
+def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], where: str) -> list[TensorSpec]:
+    """Give every graph input a static shape (from ``shapes`` where dims are dynamic).
+
+    Edits ``model`` in place and returns the input specs.
+    """
+    init_names = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in init_names]
+    names = [i.name for i in graph_inputs]
+    if "" in shapes:
+        if len(names) != 1:
+            raise InputShapeError(
+                f"{where}: the model has inputs {names}; name each one: --input-shape NAME:D1,D2,..."
+            )
+        shapes = {names[0]: shapes.pop("")} | shapes
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise InputShapeError(f"{where}: --input-shape names {unknown}, but the model's inputs are {names}")
+    specs: list[TensorSpec] = []
+    for vi in graph_inputs:
+        dims = _dims(vi)
+        elem = vi.type.tensor_type.elem_type
+        if elem == 0:
+            raise ModelLoadError(f"{where}: input '{vi.name}' is not a tensor; edgekit compiles tensor inputs only")
+        dtype = str(onnx.helper.tensor_dtype_to_np_dtype(elem))
+        given = shapes.get(vi.name)
+        if given is not None:
+            if len(given) != len(dims):
+                raise InputShapeError(
+                    f"{where}: input '{vi.name}' has rank {len(dims)} {dims}, but --input-shape gives {given}"
+                )
+            for i, (m, g) in enumerate(zip(dims, given, strict=True)):
+                if isinstance(m, int) and m != g:
+                    raise InputShapeError(
+                        f"{where}: input '{vi.name}' dimension {i} is fixed to {m} in the model, "
+                        f"but --input-shape gives {g} (shape {dims})"
+                    )
+            final = given
+        else:
+            if not all(isinstance(d, int) for d in dims):
+                example = ",".join(str(d) if isinstance(d, int) else "1" for d in dims)
+                raise InputShapeError(
+                    f"{where}: input '{vi.name}' has dynamic dimensions {dims}; "
+                    f"pass a static shape, e.g. --input-shape {vi.name}:{example}"
+                )
+            final = [int(d) for d in dims]
+        shape = vi.type.tensor_type.shape
+        del shape.dim[:]
+        for d in final:
+            shape.dim.add().dim_value = d
+        specs.append(TensorSpec(name=vi.name, shape=final, dtype=dtype))
+    return specs

@@ -1,0 +1,91 @@
+"""ONNX frontend: check, fix input shapes, infer shapes, embed external data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from edgekit.compiler.frontends.base import SourceModel, file_sha256, fix_input_shapes
+from edgekit.deps import package_version
+from edgekit.errors import ModelLoadError
+
+__all__ = ["finish_onnx", "load_onnx"]
+
+_TWO_GB = 2**31 - 1
+
+
+def load_onnx(path: Path, workdir: Path, input_shapes: dict[str, list[int]] | None) -> SourceModel:
+    if not path.is_file():
+        raise ModelLoadError(f"model file '{path}' does not exist")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file '{path}' is empty; re-export the model")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except DecodeError as exc:
+        raise ModelLoadError(
+            f"'{path}' is not a valid ONNX file (corrupt or truncated protobuf: {exc}); re-export the model"
+        ) from exc
+    except (FileNotFoundError, onnx.checker.ValidationError, OSError) as exc:
+        raise ModelLoadError(
+            f"'{path}': cannot load its external data ({exc}); keep the .data file(s) next to the model"
+        ) from exc
+    size = path.stat().st_size
+    sha = file_sha256(path)
+    return finish_onnx(
+        model,
+        workdir,
+        input_shapes,
+        where=str(path),
+        path=str(path),
+        fmt="onnx",
+        framework=f"onnx {package_version('onnx')}",
+        sha256=sha,
+        size_bytes=size,
+    )
+
+
+def finish_onnx(
+    model: onnx.ModelProto,
+    workdir: Path,
+    input_shapes: dict[str, list[int]] | None,
+    *,
+    where: str,
+    path: str,
+    fmt: str,
+    framework: str,
+    sha256: str,
+    size_bytes: int,
+) -> SourceModel:
+    """Validate ``model``, pin its input shapes and save it as ``workdir/source.onnx``."""
+    if not model.graph.node:
+        raise ModelLoadError(f"'{where}': the ONNX graph has no nodes (truncated or empty model); re-export it")
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"'{where}': the ONNX checker rejects the model: {first}") from exc
+    inputs = fix_input_shapes(model, dict(input_shapes or {}), where)
+    del model.graph.value_info[:]
+    try:
+        model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ModelLoadError(f"'{where}': shape inference fails with the given input shapes: {first}") from exc
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / "source.onnx"
+    if model.ByteSize() > _TWO_GB:
+        onnx.save(model, str(out), save_as_external_data=True, location="source.onnx.data")
+    else:
+        onnx.save(model, str(out))
+    return SourceModel(
+        path=path,
+        format=fmt,  # type: ignore[arg-type]
+        framework=framework,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        onnx_path=out,
+        model=model,
+        inputs=inputs,
+    )

@@ -1,0 +1,120 @@
+"""PyTorch frontend: a TorchScript file or an importable ``module:factory``, exported with torch.onnx."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import io
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgekit.compiler.frontends.base import SourceModel, file_sha256
+from edgekit.compiler.frontends.onnx import finish_onnx
+from edgekit.deps import require
+from edgekit.errors import InputShapeError, ModelConversionError, ModelLoadError
+
+__all__ = ["OPSET", "load_torch"]
+
+OPSET = 17
+
+
+def _load_module(spec: str) -> tuple[Any, str, str, int]:
+    """(module, sha256, display path, size) for a TorchScript file or a factory spec."""
+    torch = require("torch", "compiling a PyTorch model")
+    path = Path(spec)
+    if path.exists():
+        if path.stat().st_size == 0:
+            raise ModelLoadError(f"model file '{path}' is empty; re-save the model")
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ModelLoadError(
+                f"'{path}' is not a TorchScript file ({str(exc).splitlines()[0][:200]}); save the model with "
+                f"torch.jit.script(model).save(path) or torch.jit.trace(...), or pass a factory 'pkg.module:make_model'"
+            ) from exc
+        return module, file_sha256(path), str(path), path.stat().st_size
+    if ":" not in spec:
+        raise ModelLoadError(f"model file '{spec}' does not exist")
+    mod_name, _, attr = spec.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        mod = importlib.import_module(mod_name)
+        factory = getattr(mod, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot import the model factory '{spec}': {exc}") from exc
+    try:
+        module = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
+    except Exception as exc:
+        raise ModelLoadError(f"the model factory '{spec}' raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(module, torch.nn.Module):
+        raise ModelLoadError(f"the model factory '{spec}' returned {type(module).__name__}, not a torch.nn.Module")
+    return module, "", spec, 0
+
+
+def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | None) -> SourceModel:
+    torch = require("torch", "compiling a PyTorch model")
+    if not input_shapes:
+        raise InputShapeError(
+            f"'{spec}': PyTorch models need their input shapes, e.g. --input-shape input:1,3,224,224 "
+            f"(one per input, in the order forward() takes them)"
+        )
+    if "" in input_shapes:
+        if len(input_shapes) != 1:
+            raise InputShapeError(f"'{spec}': name every input when there are several: --input-shape NAME:D1,...")
+        input_shapes = {"input": input_shapes[""]}
+    module, sha, display, size = _load_module(spec)
+    module.eval()
+    names = list(input_shapes)
+    rng = np.random.default_rng(0)
+    example = tuple(torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in input_shapes.values())
+    workdir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                example,
+                buf,
+                input_names=names,
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+    except Exception as exc:  # torch raises many unrelated types here
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "forward()" in msg or "positional argument" in msg:
+            msg += f" (check that --input-shape gives one shape per forward() argument; got {names})"
+        raise ModelConversionError(f"'{spec}': torch.onnx.export failed: {msg}") from exc
+    data = buf.getvalue()
+    model = onnx.load_from_string(data)
+    if not sha:
+        sha = hashlib.sha256(data).hexdigest()
+    source = finish_onnx(
+        model,
+        workdir,
+        input_shapes,
+        where=display,
+        path=display,
+        fmt="torch",
+        framework=f"torch {torch.__version__.split('+')[0]}",
+        sha256=sha,
+        size_bytes=size or len(data),
+    )
+
+    def reference(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with torch.no_grad():
+            out = module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names))
+        flat = list(out) if isinstance(out, (tuple, list)) else [out]
+        return [t.detach().cpu().numpy() for t in flat]
+
+    source.reference = reference
+    source.reference_name = f"torch {torch.__version__.split('+')[0]} eager"
+    return source

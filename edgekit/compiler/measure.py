@@ -1,0 +1,101 @@
+"""Measuring candidates: numerical agreement with the source model, and latency."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from edgekit.manifest import Accuracy, Latency, TensorSpec
+
+__all__ = ["agreement", "host_description", "latency", "sample_inputs"]
+
+Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def sample_inputs(specs: Sequence[TensorSpec], count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Deterministic random inputs: standard normal for floats, small non-negative ints otherwise."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        feed = {}
+        for s in specs:
+            dt = np.dtype(s.dtype)
+            if dt.kind == "f":
+                feed[s.name] = rng.standard_normal(s.shape).astype(dt)
+            elif dt.kind == "b":
+                feed[s.name] = rng.integers(0, 2, s.shape).astype(dt)
+            else:
+                feed[s.name] = rng.integers(0, 10, s.shape).astype(dt)
+        out.append(feed)
+    return out
+
+
+def agreement(
+    predict: Predict,
+    reference: Predict,
+    samples: Sequence[dict[str, np.ndarray]],
+    reference_name: str,
+) -> Accuracy:
+    """Max |candidate - reference| over float outputs, and top-1 agreement.
+
+    Top-1 is the arg-max over the last axis of 2-D float outputs with more than one
+    column (class scores), or exact equality of integer outputs (class labels). It is
+    ``None`` when the model has neither.
+    """
+    max_err = 0.0
+    agree = 0
+    total = 0
+    for feed in samples:
+        got = predict(feed)
+        want = reference(feed)
+        if len(got) != len(want):
+            raise ValueError(f"candidate returned {len(got)} outputs, the source model {len(want)}")
+        for g, w in zip(got, want, strict=True):
+            g = np.asarray(g)
+            w = np.asarray(w)
+            if g.size != w.size:
+                raise ValueError(f"output of shape {g.shape} where the source model gives {w.shape}")
+            g = g.reshape(w.shape)
+            if w.dtype.kind == "f":
+                if g.size:
+                    max_err = max(max_err, float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))))
+                if w.ndim == 2 and w.shape[1] > 1:
+                    agree += int(np.sum(np.argmax(g, axis=1) == np.argmax(w, axis=1)))
+                    total += w.shape[0]
+            else:
+                agree += int(np.sum(g.reshape(-1) == w.reshape(-1)))
+                total += w.size
+    return Accuracy(
+        max_abs_error=max_err,
+        top1_agreement=(agree / total) if total else None,
+        samples=len(samples),
+        reference=reference_name,
+    )
+
+
+def latency(predict: Predict, feed: dict[str, np.ndarray], warmup: int, repeat: int) -> Latency:
+    for _ in range(warmup):
+        predict(feed)
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        predict(feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    arr = np.asarray(times)
+    return Latency(median_ms=float(np.median(arr)), p90_ms=float(np.percentile(arr, 90)), runs=repeat)
+
+
+def host_description() -> str:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{platform.machine()} {cpu}".strip()

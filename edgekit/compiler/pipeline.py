@@ -1,0 +1,78 @@
+"""Compile pipelines (``compiler/*.yaml``): which candidates to build, the accuracy budget, how to measure."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekit.errors import ConfigError
+from edgekit.resources import bundled_dir
+
+__all__ = ["AccuracyBudget", "CandidateSpec", "MeasureSpec", "Pipeline", "load_pipeline"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class CandidateSpec(_Model):
+    name: str
+    backend: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    passes: list[dict[str, Any]] = Field(
+        default_factory=list, description="graph passes applied before the backend (prune, quantize: later)"
+    )
+
+
+class AccuracyBudget(_Model):
+    max_abs_error: float = Field(1e-3, alias="maxAbsError", ge=0)
+    min_top1_agreement: float = Field(0.99, alias="minTop1Agreement", ge=0, le=1)
+
+
+class MeasureSpec(_Model):
+    samples: int = Field(8, ge=1, le=10_000)
+    warmup: int = Field(3, ge=0)
+    repeat: int = Field(30, ge=1)
+    seed: int = 0
+
+
+class Pipeline(_Model):
+    schema_version: Literal[1] = Field(1, alias="schemaVersion")
+    name: str
+    candidates: list[CandidateSpec] = Field(min_length=1)
+    accuracy: AccuracyBudget = AccuracyBudget()
+    measure: MeasureSpec = MeasureSpec()
+
+    def fingerprint(self) -> str:
+        data = self.model_dump(mode="json", by_alias=True)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def only_backend(self, backend: str) -> Pipeline:
+        """This pipeline restricted to the candidates of one backend."""
+        kept = [c for c in self.candidates if c.backend == backend]
+        if not kept:
+            kept = [CandidateSpec(name=backend, backend=backend)]
+        return self.model_copy(update={"candidates": kept})
+
+
+def load_pipeline(name_or_path: str | Path = "default") -> Pipeline:
+    """A bundled pipeline by name (``default``, ``tvm``, ``ort``) or a YAML file."""
+    text = str(name_or_path)
+    path = Path(text) if text.endswith((".yaml", ".yml")) else bundled_dir("compiler") / f"{text}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in bundled_dir("compiler").glob("*.yaml")))
+        raise ConfigError(f"pipeline '{text}' not found; bundled pipelines: {known}, or pass a .yaml path")
+    try:
+        data = yaml.safe_load(path.read_text())
+        return Pipeline.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: field '{where}': {err['msg']}") from exc

@@ -1,0 +1,43 @@
+"""Optional dependencies: imported when used, never at ``import edgekit``."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from types import ModuleType
+
+from edgekit.errors import MissingDependencyError
+
+__all__ = ["EXTRAS", "package_version", "require"]
+
+# import name -> (distribution name, edgekit extra that installs it)
+EXTRAS: dict[str, tuple[str, str]] = {
+    "tvm": ("apache-tvm", "tvm"),
+    "tvm_ffi": ("apache-tvm-ffi", "tvm"),
+    "torch": ("torch", "torch"),
+    "sklearn": ("scikit-learn", "sklearn"),
+    "skl2onnx": ("skl2onnx", "sklearn"),
+    "joblib": ("joblib", "sklearn"),
+    "boto3": ("boto3", "aws"),
+    "paho": ("paho-mqtt", "device"),
+}
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming the extra to install."""
+    top = module.split(".")[0]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if exc.name is not None and exc.name.split(".")[0] != top:
+            raise  # the package is there but is itself broken: show the real cause
+        _dist, extra = EXTRAS.get(top, (top, "all"))
+        raise MissingDependencyError(top, extra, purpose) from exc
+
+
+def package_version(dist: str) -> str:
+    """Installed version of a distribution, without importing it ('not installed' if absent)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

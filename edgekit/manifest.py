@@ -1,0 +1,152 @@
+"""The artifact manifest: what was compiled, for which device, and what was measured.
+
+Written as ``manifest.json`` in every artifact directory; read back by the loader,
+``edgekit package`` and the device runtime. ``schemaVersion`` changes when a field's
+meaning changes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekit.errors import ArtifactError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "Accuracy",
+    "BackendInfo",
+    "CandidateReport",
+    "Latency",
+    "Manifest",
+    "Measurement",
+    "ProfileInfo",
+    "SourceInfo",
+    "TensorSpec",
+    "read_manifest",
+]
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+
+
+class TensorSpec(_Model):
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+class SourceInfo(_Model):
+    path: str
+    format: Literal["onnx", "torch", "sklearn"]
+    sha256: str
+    size_bytes: int = Field(alias="sizeBytes")
+    framework: str = Field(description="framework and version the model came from, e.g. 'torch 2.13.0'")
+    opset: int
+
+
+class ProfileInfo(_Model):
+    name: str
+    sha256: str
+    greengrass: dict[str, str]
+    neo: dict[str, str | None]
+    tvm_target: dict[str, Any] = Field(alias="tvmTarget")
+
+
+class BackendInfo(_Model):
+    name: str
+    version: str
+    options: dict[str, Any]
+    files: list[str] = Field(description="files of the artifact the backend loads, relative to the artifact dir")
+    entry: str = Field(description="the file the loader opens")
+
+
+class Latency(_Model):
+    median_ms: float = Field(alias="medianMs")
+    p90_ms: float = Field(alias="p90Ms")
+    runs: int
+
+
+class Accuracy(_Model):
+    max_abs_error: float = Field(alias="maxAbsError")
+    top1_agreement: float | None = Field(alias="top1Agreement")
+    samples: int
+    reference: str = Field(description="what the outputs were compared with")
+
+
+class Measurement(_Model):
+    """Measured on the compiling host.
+
+    ``on`` is ``target`` when the host runs the target's code itself, and ``host-proxy``
+    when the target can't run here: then the same candidate was compiled for the host
+    and measured, which ranks candidates but is not the device's latency.
+    """
+
+    on: Literal["target", "host-proxy"]
+    host: str
+    latency: Latency
+    accuracy: Accuracy
+
+
+class CandidateReport(_Model):
+    name: str
+    backend: str
+    options: dict[str, Any]
+    status: Literal["chosen", "rejected", "skipped", "failed"]
+    reason: str = ""
+    measured: Measurement | None = None
+    compile_seconds: float | None = Field(None, alias="compileSeconds")
+
+
+class Manifest(_Model):
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, alias="schemaVersion")
+    name: str
+    edgekit_version: str = Field(alias="edgekitVersion")
+    created_at: str = Field(alias="createdAt")
+    cache_key: str = Field(alias="cacheKey")
+    source: SourceInfo
+    profile: ProfileInfo
+    pipeline: dict[str, Any]
+    backend: BackendInfo
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    size_bytes: int = Field(alias="sizeBytes")
+    compile_seconds: float = Field(alias="compileSeconds")
+    measured: Measurement | None
+    candidates: list[CandidateReport]
+
+    def write(self, directory: Path) -> Path:
+        path = directory / MANIFEST_NAME
+        path.write_text(json.dumps(self.model_dump(mode="json", by_alias=True), indent=2, sort_keys=False) + "\n")
+        return path
+
+
+def read_manifest(artifact_dir: str | Path) -> Manifest:
+    """Read and validate ``<artifact_dir>/manifest.json``."""
+    path = Path(artifact_dir) / MANIFEST_NAME
+    if not Path(artifact_dir).is_dir():
+        raise ArtifactError(f"artifact directory '{artifact_dir}' does not exist (run 'edgekit compile' first)")
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ArtifactError(f"'{artifact_dir}' is not an edgekit artifact: it has no {MANIFEST_NAME}") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: unreadable manifest ({exc}); recompile the artifact") from exc
+    if isinstance(raw, dict) and raw.get("schemaVersion") not in (None, SCHEMA_VERSION):
+        raise ArtifactError(
+            f"{path}: schemaVersion {raw.get('schemaVersion')} is not supported by this edgekit "
+            f"(supports {SCHEMA_VERSION}); recompile or upgrade edgekit"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ArtifactError(f"{path}: field '{where}': {err['msg']}; recompile the artifact") from exc

@@ -1,0 +1,179 @@
+"""Device profiles: what a target device is, for Neo, Greengrass and TVM.
+
+A profile is one YAML file (see ``devices/``). Profiles are looked up, first match
+wins, in: a path given directly (``--target my/board.yaml``), the folders in
+``$EDGEKIT_DEVICES`` (``os.pathsep``-separated), ``./devices`` in the working
+directory, and the profiles bundled with edgekit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekit.errors import ConfigError, UnknownTargetError
+from edgekit.resources import bundled_dir
+
+__all__ = [
+    "DeviceProfile",
+    "GreengrassPlatform",
+    "NeoPlatform",
+    "host_arch",
+    "list_profiles",
+    "load_profile",
+    "profile_dirs",
+]
+
+_GG_TO_MACHINE = {"amd64": "x86_64", "aarch64": "aarch64", "arm": "armv7l", "x86": "i686"}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class NeoPlatform(_Model):
+    """SageMaker Neo's ``TargetPlatform``."""
+
+    os: Literal["LINUX", "ANDROID", "WINDOWS"]
+    arch: Literal["X86_64", "X86", "ARM64", "ARM_EABI", "ARM_EABIHF"]
+    accelerator: Literal["NVIDIA", "INTEL_GRAPHICS", "MALI"] | None = None
+
+
+class GreengrassPlatform(_Model):
+    """The ``Platform`` a Greengrass manifest selects on."""
+
+    os: Literal["linux", "windows", "darwin"]
+    architecture: Literal["amd64", "aarch64", "arm", "x86"]
+
+
+class TvmSpec(_Model):
+    target: dict[str, Any]
+    host: dict[str, Any] | None = None
+
+
+class Toolchain(_Model):
+    cxx: str = "g++"
+    debian_package: str | None = None
+    nvcc: str | None = None
+
+
+class Emulator(_Model):
+    qemu: str
+    debian_package: str | None = None
+
+
+class DeviceProfile(_Model):
+    """One target device."""
+
+    schema_version: Literal[1] = Field(1, alias="schemaVersion")
+    name: str
+    description: str = ""
+    neo: NeoPlatform
+    greengrass: GreengrassPlatform
+    tvm: TvmSpec
+    toolchain: Toolchain = Toolchain()
+    emulator: Emulator | None = None
+    cpu_flags: list[str] = Field(default_factory=list, alias="cpuFlags")
+    memory_mb: int = Field(alias="memoryMb", gt=0)
+    source: str = Field("", exclude=True, description="file the profile was read from")
+
+    @property
+    def machine(self) -> str:
+        """``platform.machine()`` of the device (x86_64, aarch64, ...)."""
+        return _GG_TO_MACHINE[self.greengrass.architecture]
+
+    @property
+    def has_cuda(self) -> bool:
+        return self.tvm.target.get("kind") == "cuda"
+
+    def runs_on_host(self) -> bool:
+        """True when this host can execute the profile's CPU code (same arch, CPU flags present)."""
+        if self.has_cuda or self.machine != host_arch():
+            return False
+        return set(self.cpu_flags) <= _host_cpu_flags()
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the profile's content (not of its file name or location)."""
+        data = self.model_dump(mode="json", by_alias=True)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def host_arch() -> str:
+    return platform.machine()
+
+
+def _host_cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def profile_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("EDGEKIT_DEVICES", "").split(os.pathsep) if p]
+    dirs.append(Path.cwd() / "devices")
+    dirs.append(bundled_dir("devices"))
+    return dirs
+
+
+def _read(path: Path) -> DeviceProfile:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read device profile: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a device profile must be a YAML mapping")
+    try:
+        return DeviceProfile.model_validate({**data, "source": str(path)})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(
+            f"{path}: field '{where}': {err['msg']} (see devices/rasp4b.yaml for a complete profile)"
+        ) from exc
+
+
+def list_profiles() -> list[DeviceProfile]:
+    """Every profile found, first occurrence of a name wins."""
+    seen: dict[str, DeviceProfile] = {}
+    for d in profile_dirs():
+        if not d.is_dir():
+            continue
+        for path in sorted(d.glob("*.yaml")):
+            prof = _read(path)
+            seen.setdefault(prof.name, prof)
+    return sorted(seen.values(), key=lambda p: p.name)
+
+
+def load_profile(target: str | Path | DeviceProfile) -> DeviceProfile:
+    """The profile named ``target``, or read from the YAML file ``target``."""
+    if isinstance(target, DeviceProfile):
+        return target
+    text = str(target)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise UnknownTargetError(f"device profile file '{path}' does not exist")
+        return _read(path)
+    for d in profile_dirs():
+        path = d / f"{text}.yaml"
+        if path.is_file():
+            prof = _read(path)
+            if prof.name != text:
+                raise ConfigError(f"{path}: profile is named '{prof.name}', but the file is '{text}.yaml'")
+            return prof
+    known = ", ".join(p.name for p in list_profiles())
+    raise UnknownTargetError(
+        f"unknown target '{text}'; known targets: {known} (run 'edgekit targets', or pass a profile .yaml)"
+    )

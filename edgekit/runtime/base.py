@@ -1,0 +1,64 @@
+"""The one interface every backend's runner implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import InferenceError
+from edgekit.manifest import TensorSpec
+
+__all__ = ["Runner"]
+
+
+class Runner(ABC):
+    """Runs one compiled model file. ``predict`` checks inputs against the manifest's specs."""
+
+    backend: str = ""
+
+    def __init__(self, entry: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+        self.entry = entry
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+
+    def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
+        """Run the model; ``inputs`` by name (or one array for a single-input model). Outputs in manifest order."""
+        feeds = self._check(inputs)
+        try:
+            return self._run(feeds)
+        except InferenceError:
+            raise
+        except Exception as exc:  # backend-specific runtime failures
+            raise InferenceError(f"{self.backend} failed running {self.entry.name}: {exc}") from exc
+
+    def _check(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        if isinstance(inputs, np.ndarray):
+            if len(self.inputs) != 1:
+                names = [s.name for s in self.inputs]
+                raise InferenceError(f"the model has inputs {names}; pass a dict of arrays by name")
+            inputs = {self.inputs[0].name: inputs}
+        feeds: dict[str, np.ndarray] = {}
+        for spec in self.inputs:
+            if spec.name not in inputs:
+                raise InferenceError(f"missing input '{spec.name}' (expects shape {spec.shape} {spec.dtype})")
+            arr = np.asarray(inputs[spec.name])
+            if list(arr.shape) != spec.shape:
+                raise InferenceError(
+                    f"input '{spec.name}' expects shape {spec.shape} {spec.dtype}, got {list(arr.shape)}; "
+                    f"recompile with --input-shape {spec.name}:{','.join(map(str, arr.shape))} for another shape"
+                )
+            if arr.dtype != np.dtype(spec.dtype):
+                if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
+                    raise InferenceError(f"input '{spec.name}' expects dtype {spec.dtype}, got {arr.dtype}")
+                arr = arr.astype(spec.dtype)
+            feeds[spec.name] = arr
+        extra = sorted(set(inputs) - {s.name for s in self.inputs})
+        if extra:
+            raise InferenceError(f"unknown input(s) {extra}; the model's inputs are {[s.name for s in self.inputs]}")
+        return feeds
+
+    @abstractmethod
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...

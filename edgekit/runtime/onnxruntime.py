@@ -1,0 +1,42 @@
+"""ONNX Runtime runner (CPU execution provider)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgekit.errors import ArtifactError
+from edgekit.manifest import TensorSpec
+from edgekit.runtime.base import Runner
+
+__all__ = ["OrtRunner"]
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        entry: Path,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        threads: int = 0,
+    ) -> None:
+        super().__init__(entry, inputs, outputs)
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        # The artifact is already optimised; don't redo (or undo) it at load time.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(entry), sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ArtifactError(f"{entry}: ONNX Runtime cannot load the model: {exc}") from exc
+        self._names = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [np.asarray(o) for o in self.session.run(self._names, feeds)]

@@ -1,0 +1,99 @@
+"""TVM runner that needs only the 3 MB TVM runtime, not the compiler.
+
+Loads ``libtvm_runtime.so`` (from ``$EDGEKIT_TVM_RUNTIME`` or the installed
+``apache-tvm`` package, found without importing it), then the compiled Relax VM
+executable through ``tvm_ffi``. This is the path a device runs — what DLR was for
+SageMaker Neo.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit.deps import require
+from edgekit.errors import ArtifactError, MissingDependencyError
+from edgekit.manifest import TensorSpec
+from edgekit.runtime.base import Runner
+
+__all__ = ["TvmRunner", "find_runtime_library"]
+
+_ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (AVX-512 aligned loads)
+_loaded_lock = threading.Lock()
+_loaded: str | None = None
+
+
+def find_runtime_library() -> Path:
+    env = os.environ.get("EDGEKIT_TVM_RUNTIME")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise MissingDependencyError("tvm", "tvm", f"EDGEKIT_TVM_RUNTIME={env} does not exist; running TVM artifacts")
+        return path
+    spec = importlib.util.find_spec("tvm")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError("tvm", "tvm", "running a TVM artifact")
+    for loc in spec.submodule_search_locations:
+        lib = Path(loc) / "lib" / "libtvm_runtime.so"
+        if lib.is_file():
+            return lib
+    raise MissingDependencyError("tvm", "tvm", "running a TVM artifact (libtvm_runtime.so not found in the package)")
+
+
+def _load_runtime() -> None:
+    global _loaded
+    with _loaded_lock:
+        if _loaded is None:
+            lib = find_runtime_library()
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+            _loaded = str(lib)
+
+
+def _aligned_copy(arr: np.ndarray) -> np.ndarray:
+    arr = np.ascontiguousarray(arr)
+    buf = np.empty(arr.nbytes + _ALIGN, dtype=np.uint8)
+    offset = (-buf.ctypes.data) % _ALIGN
+    out = buf[offset : offset + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out[...] = arr
+    return out
+
+
+class TvmRunner(Runner):
+    backend = "tvm"
+
+    def __init__(self, entry: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+        super().__init__(entry, inputs, outputs)
+        _load_runtime()
+        self._ffi = require("tvm_ffi", "running a TVM artifact")
+        try:
+            module = self._ffi.load_module(str(entry.resolve()))
+            self._vm = module["vm_load_executable"]()
+            # (device type, id, allocator) for the device and for the host: CPU, 0, pooled.
+            self._vm["vm_initialization"](1, 0, 2, 1, 0, 2)
+            self._main = self._vm["main"]
+        except Exception as exc:
+            raise ArtifactError(
+                f"{entry}: the TVM runtime cannot load this library ({str(exc).splitlines()[0]}); "
+                f"it may be built for another architecture or another TVM version"
+            ) from exc
+        self._order = [s.name for s in self.inputs]
+        self._buffers: dict[str, np.ndarray] = {
+            s.name: _aligned_copy(np.zeros(s.shape, dtype=s.dtype)) for s in self.inputs
+        }
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        args = []
+        for name in self._order:
+            buf = self._buffers[name]
+            buf[...] = feeds[name]
+            args.append(self._ffi.from_dlpack(buf))
+        out: Any = self._main(*args)
+        items = [out] if hasattr(out, "__dlpack__") else list(out)
+        return [np.array(np.from_dlpack(t), copy=True) for t in items]
