@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["EdgekitError", "__version__", "compile", "load", "targets"]
 
 
-def compile(model: Any, target: Any, output_dir: Any = "build", **kwargs: Any) -> CompileResult:  # noqa: A001
+def compile(model: Any, target: Any, output_dir: Any = "build", **kwargs: Any) -> CompileResult:
     """Compile ``model`` for a device profile; see :func:`edgekit.compiler.compile_model`."""
     from edgekit.compiler import compile_model
 

@@ -24,6 +24,7 @@ __all__ = [
     "Manifest",
     "Measurement",
     "ProfileInfo",
+    "SelfTest",
     "SourceInfo",
     "TensorSpec",
     "read_manifest",
@@ -95,6 +96,19 @@ class Measurement(_Model):
     accuracy: Accuracy
 
 
+class SelfTest(_Model):
+    """Golden vectors shipped in the artifact: source-model outputs for a few inputs.
+
+    A device (or ``edgekit verify`` under qemu) runs the inputs and checks the
+    outputs against them within ``maxAbsError`` before it trusts the model.
+    """
+
+    file: str
+    samples: int
+    max_abs_error: float = Field(alias="maxAbsError")
+    reference: str
+
+
 class CandidateReport(_Model):
     name: str
     backend: str
@@ -120,6 +134,7 @@ class Manifest(_Model):
     size_bytes: int = Field(alias="sizeBytes")
     compile_seconds: float = Field(alias="compileSeconds")
     measured: Measurement | None
+    selftest: SelfTest | None = None
     candidates: list[CandidateReport]
 
     def write(self, directory: Path) -> Path:

@@ -35,6 +35,7 @@ from edgekit.manifest import (
     Manifest,
     Measurement,
     ProfileInfo,
+    SelfTest,
     SourceInfo,
     TensorSpec,
     read_manifest,
@@ -318,6 +319,7 @@ def _build(
         (staged / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(best.folder / f, staged / f)
     size = sum((staged / f).stat().st_size for f in best.built.files)
+    selftest = _write_selftest(staged, samples, ref_outputs, outputs, budget.max_abs_error, reference_name)
     manifest = Manifest(
         name=artifact_name,
         edgekit_version=__version__,
@@ -351,9 +353,42 @@ def _build(
         size_bytes=size,
         compile_seconds=0.0,
         measured=best.report.measured,
+        selftest=selftest,
         candidates=[c.report for c in candidates if c.report is not None],
     )
     return manifest, staged
+
+
+SELFTEST_FILE = "selftest.npz"
+_SELFTEST_MAX_BYTES = 4 << 20
+
+
+def _write_selftest(
+    staged: Path,
+    samples: list[dict[str, np.ndarray]],
+    ref_outputs: list[list[np.ndarray]],
+    outputs: list[TensorSpec],
+    max_abs_error: float,
+    reference_name: str,
+) -> SelfTest | None:
+    """Save up to 4 samples (at most 4 MiB) with the source model's outputs as golden vectors."""
+    arrays: dict[str, np.ndarray] = {}
+    used = 0
+    total = 0
+    for i, (feed, outs) in enumerate(zip(samples[:4], ref_outputs[:4], strict=True)):
+        size = sum(a.nbytes for a in feed.values()) + sum(np.asarray(o).nbytes for o in outs)
+        if total + size > _SELFTEST_MAX_BYTES:
+            break
+        total += size
+        for name, arr in feed.items():
+            arrays[f"{i}/in/{name}"] = arr
+        for spec, out in zip(outputs, outs, strict=True):
+            arrays[f"{i}/out/{spec.name}"] = np.asarray(out)
+        used += 1
+    if not used:
+        return None
+    np.savez(staged / SELFTEST_FILE, **arrays)
+    return SelfTest(file=SELFTEST_FILE, samples=used, max_abs_error=max_abs_error, reference=reference_name)
 
 
 def _stub_manifest(source: SourceModel, outputs: list[TensorSpec]) -> Manifest:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.errors import ArtifactError
 from edgekit.manifest import Manifest, read_manifest
 from edgekit.runtime.base import Runner
+
+if TYPE_CHECKING:
+    from edgekit.runtime.selftest import SelfTestResult
 
 __all__ = ["LoadedModel", "Runner", "load", "runner_for"]
 
@@ -46,6 +51,18 @@ class LoadedModel:
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
         return self.runner.predict(inputs)
 
+    def selftest(self) -> SelfTestResult:
+        """Run the artifact's golden vectors and compare with the source model's outputs."""
+        from edgekit.runtime.selftest import compare_outputs, read_selftest
+
+        st = self.manifest.selftest
+        if st is None:
+            raise ArtifactError(f"{self.directory}: the artifact carries no self-test vectors; recompile it")
+        path = self.directory / st.file
+        if not path.is_file():
+            raise ArtifactError(f"{self.directory}: '{st.file}' named in manifest.json is missing; recompile")
+        return compare_outputs(self.predict, read_selftest(path), self.outputs, st.max_abs_error)
+
     def __repr__(self) -> str:
         return f"LoadedModel({self.manifest.name!r}, backend={self.manifest.backend.name!r}, target={self.manifest.profile.name!r})"
 
@@ -54,6 +71,13 @@ def load(artifact_dir: str | Path) -> LoadedModel:
     """Load a compiled artifact directory (checks the manifest and that every file is present)."""
     directory = Path(artifact_dir)
     manifest = read_manifest(directory)
+    arch = manifest.profile.greengrass.get("architecture")
+    machine = {"amd64": "x86_64", "aarch64": "aarch64", "arm": "armv7l", "x86": "i686"}.get(str(arch), str(arch))
+    if manifest.backend.name == "tvm" and machine != platform.machine():
+        raise ArtifactError(
+            f"{directory}: this TVM artifact is built for {machine} ('{manifest.profile.name}'), and this host is "
+            f"{platform.machine()}; run it on the device, or check it here with 'edgekit verify {directory}'"
+        )
     for name in manifest.backend.files:
         if not (directory / name).is_file():
             raise ArtifactError(f"{directory}: file '{name}' listed in manifest.json is missing; recompile")

@@ -1,0 +1,66 @@
+"""The ``edgekit`` command line: parses, calls the API, prints. One module per command group."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from edgekit.cli import compile_cmd, demo_cmd, run_cmd, targets_cmd, verify_cmd
+from edgekit.cli.output import console, err_console
+from edgekit.errors import EdgekitError, exit_code_for
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="edgekit",
+    help="Compile a model for an edge device, package it for Greengrass v2, and roll it out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does."),
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+compile_cmd.register(app)
+targets_cmd.register(app)
+run_cmd.register(app)
+verify_cmd.register(app)
+demo_cmd.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: every EdgekitError becomes one 'error:' line and its exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except EdgekitError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) else 1
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        raise
+    finally:
+        console.file.flush()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Golden-vector self-test of an artifact (``selftest.npz``), usable on any host or device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SelfTestResult", "compare_outputs", "read_selftest"]
+
+
+@dataclass
+class SelfTestResult:
+    samples: int
+    max_abs_error: float
+    mismatched_labels: int
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_error <= self.tolerance and self.mismatched_labels == 0
+
+
+def read_selftest(path: Path) -> list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """[(inputs by name, expected outputs by name)] from a ``selftest.npz``."""
+    cases: dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            idx, kind, name = key.split("/", 2)
+            feeds, expected = cases.setdefault(int(idx), ({}, {}))
+            (feeds if kind == "in" else expected)[name] = data[key]
+    return [cases[i] for i in sorted(cases)]
+
+
+def compare_outputs(
+    run: Callable[[dict[str, np.ndarray]], list[np.ndarray]],
+    cases: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
+    output_names: list[str],
+    tolerance: float,
+) -> SelfTestResult:
+    max_err = 0.0
+    mismatched = 0
+    for feeds, expected in cases:
+        got = run(feeds)
+        for name, arr in zip(output_names, got, strict=True):
+            want = expected[name]
+            arr = np.asarray(arr).reshape(want.shape)
+            if want.dtype.kind == "f":
+                max_err = max(max_err, float(np.max(np.abs(arr.astype(np.float64) - want.astype(np.float64)), initial=0.0)))
+            else:
+                mismatched += int(np.sum(arr != want))
+    return SelfTestResult(samples=len(cases), max_abs_error=max_err, mismatched_labels=mismatched, tolerance=tolerance)
