@@ -91,8 +91,7 @@ class UnsupportedOperatorError(EdgekitError):
         shown = "; ".join(f"op '{op}' at node '{node}'" + (f" ({why})" if why else "") for op, node, why in ops[:5])
         more = f" and {len(ops) - 5} more" if len(ops) > 5 else ""
         super().__init__(
-            f"backend '{backend}' cannot import {shown}{more}; "
-            f"choose another backend (--backend) or replace the op in the model"
+            f"backend '{backend}' cannot import {shown}{more}; choose another backend (--backend) or replace the op in the model"
         )
 
 

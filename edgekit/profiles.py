@@ -139,9 +139,7 @@ def _read(path: Path) -> DeviceProfile:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(
-            f"{path}: field '{where}': {err['msg']} (see devices/rasp4b.yaml for a complete profile)"
-        ) from exc
+        raise ConfigError(f"{path}: field '{where}': {err['msg']} (see devices/rasp4b.yaml for a complete profile)") from exc
 
 
 def list_profiles() -> list[DeviceProfile]:
@@ -174,6 +172,4 @@ def load_profile(target: str | Path | DeviceProfile) -> DeviceProfile:
                 raise ConfigError(f"{path}: profile is named '{prof.name}', but the file is '{text}.yaml'")
             return prof
     known = ", ".join(p.name for p in list_profiles())
-    raise UnknownTargetError(
-        f"unknown target '{text}'; known targets: {known} (run 'edgekit targets', or pass a profile .yaml)"
-    )
+    raise UnknownTargetError(f"unknown target '{text}'; known targets: {known} (run 'edgekit targets', or pass a profile .yaml)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import textwrap
 import time
@@ -16,9 +15,6 @@ from edgekit.errors import ToolchainError
 from edgekit.verify import sysroot as sysroot_mod
 from edgekit.verify.sysroot import Sysroot, ensure_sysroot, run_python
 
-HAVE_QEMU = bool(shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64"))
-needs_qemu = pytest.mark.skipif(not HAVE_QEMU, reason="qemu-aarch64-static is not installed")
-
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((4, 3)).astype(np.float32)
 B = RNG.standard_normal(3).astype(np.float32)
@@ -26,20 +22,17 @@ X = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    env = os.environ.get("EDGEKIT_CACHE_DIR")
-    return Path(env) if env else tmp_path_factory.mktemp("edgekit-cache")
+def cache_dir(sysroot_cache: Path) -> Path:
+    return sysroot_cache
 
 
 @pytest.fixture(scope="session")
 def sysroot(cache_dir: Path) -> Sysroot:
-    if not HAVE_QEMU:
-        pytest.skip("qemu-aarch64-static is not installed")
     return ensure_sysroot(cache_dir)
 
 
 def _onnx_model() -> Any:
-    onnx = pytest.importorskip("onnx")
+    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
@@ -60,16 +53,14 @@ def _onnx_model() -> Any:
 
 
 def _compile_aarch64(path: Path) -> None:
-    tvm = pytest.importorskip("tvm")
-    if not shutil.which("aarch64-linux-gnu-g++"):
-        pytest.skip("aarch64-linux-gnu-g++ is not installed")
+    import tvm
+
+    assert shutil.which("aarch64-linux-gnu-g++"), "install g++-aarch64-linux-gnu (make system-deps)"
     from tvm.relax.frontend.onnx import from_onnx
     from tvm.support import cc
 
     mod = from_onnx(_onnx_model(), shape_dict={"x": [1, 4]})
-    target = tvm.target.Target(
-        {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
-    )
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]})
     ex = tvm.compile(mod, target=target)
     ex.export_library(str(path), fcompile=cc.cross_compiler("aarch64-linux-gnu-g++"))
 
@@ -102,7 +93,6 @@ RUN_MODEL = textwrap.dedent(
 
 
 @pytest.mark.slow
-@needs_qemu
 def test_model_compiled_on_host_runs_under_qemu(sysroot: Sysroot, tmp_path: Path) -> None:
     lib = tmp_path / "model_aarch64.so"
     _compile_aarch64(lib)
@@ -124,7 +114,6 @@ def test_model_compiled_on_host_runs_under_qemu(sysroot: Sysroot, tmp_path: Path
 
 
 @pytest.mark.slow
-@needs_qemu
 def test_second_ensure_is_cached(sysroot: Sysroot, cache_dir: Path) -> None:
     started = time.monotonic()
     again = ensure_sysroot(cache_dir)
@@ -137,7 +126,6 @@ def test_second_ensure_is_cached(sysroot: Sysroot, cache_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@needs_qemu
 def test_run_python_clean_environment(sysroot: Sysroot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONHOME", "/nonexistent")
     monkeypatch.setenv("PYTHONPATH", "/nonexistent")
@@ -151,9 +139,7 @@ def test_run_python_clean_environment(sysroot: Sysroot, tmp_path: Path, monkeypa
 def test_run_python_with_missing_qemu_path(tmp_path: Path) -> None:
     script = tmp_path / "s.py"
     script.write_text("print(1)\n")
-    bogus = Sysroot(
-        root=tmp_path, site=tmp_path, runtime_lib=tmp_path / "x.so", qemu="/nonexistent/qemu-aarch64-static"
-    )
+    bogus = Sysroot(root=tmp_path, site=tmp_path, runtime_lib=tmp_path / "x.so", qemu="/nonexistent/qemu-aarch64-static")
     with pytest.raises(ToolchainError, match=r"qemu-aarch64-static not found.*apt-get install -y qemu-user-static"):
         run_python(bogus, script)
 

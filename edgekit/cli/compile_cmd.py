@@ -12,7 +12,9 @@ from edgekit.cli.output import candidates_table, console, manifest_table, progre
 def register(app: typer.Typer) -> None:
     @app.command("compile")
     def compile_(
-        model: str = typer.Argument(..., help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .joblib/.pkl"),
+        model: str = typer.Argument(
+            ..., help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .joblib/.pkl"
+        ),
         target: str = typer.Option(..., "--target", "-t", help="device profile name (see 'edgekit targets') or a profile .yaml"),
         output: Path = typer.Option(Path("build"), "--output", "-o", help="folder that receives <name>/ and <name>.tar.gz"),
         input_shape: list[str] = typer.Option(

@@ -12,6 +12,7 @@ from edgekit.manifest import Manifest
 
 __all__ = ["console", "err_console", "manifest_table", "progress_line"]
 
+
 def _console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
     # Logs and pipes get wide lines rather than tables folded into 80 columns.

@@ -31,9 +31,7 @@ def source_fingerprint(path: Path) -> str:
             model = onnx.load(str(path), load_external_data=False)
         except Exception:
             return h.hexdigest()  # the frontend reports the real problem
-        locations = sorted(
-            {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
-        )
+        locations = sorted({e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"})
         for loc in locations:
             data = path.parent / loc
             h.update(loc.encode())

@@ -144,9 +144,7 @@ def compile_model(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _from_cache(
-    store: ArtifactCache, key: str, out: Path, name: str | None, say: Progress
-) -> tuple[Path, Path, Manifest] | None:
+def _from_cache(store: ArtifactCache, key: str, out: Path, name: str | None, say: Progress) -> tuple[Path, Path, Manifest] | None:
     cached = store.get(key)
     if cached is None:
         return None
@@ -196,6 +194,35 @@ def _build(
     key: str,
     say: Progress,
 ) -> tuple[Manifest, Path]:
+    host = host_description()
+    candidates = [_Candidate(spec=c) for c in pipe.candidates]
+    unsupported: list[UnsupportedOperatorError] = []
+    failures: list[EdgekitError] = []
+    only_one = len(candidates) == 1
+
+    # 1. Which backends can take this model at all (fast, before any compiling).
+    for cand in candidates:
+        spec = cand.spec
+        cand.report = CandidateReport(name=spec.name, backend=spec.backend, options=spec.options, status="skipped")
+        try:
+            backend = get_backend(spec.backend)
+            cand.report.backend = backend.name
+            say(f"{spec.name}: checking operators for {backend.name}")
+            bad = backend.unsupported_ops(source, profile)
+            if bad:
+                raise UnsupportedOperatorError(backend.name, bad)
+            cand.backend = backend
+        except (UnsupportedOperatorError, MissingDependencyError) as exc:
+            if only_one:
+                raise
+            if isinstance(exc, UnsupportedOperatorError):
+                unsupported.append(exc)
+            cand.report.reason = str(exc)
+            say(f"{spec.name}: skipped ({exc})")
+    if not any(c.backend for c in candidates):
+        raise unsupported[0] if unsupported else CompilationError("no backend of the pipeline is available")
+
+    # 2. The source model's own outputs on fixed samples: what every candidate must reproduce.
     reference, reference_name, output_names = _reference(source)
     samples = sample_inputs(source.inputs, pipe.measure.samples, pipe.measure.seed)
     ref_outputs = [reference(s) for s in samples]
@@ -208,59 +235,31 @@ def _build(
     def ref_lookup(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         return cached_ref[id(feed)] if id(feed) in cached_ref else reference(feed)
 
-    host = host_description()
-    candidates = [_Candidate(spec=c) for c in pipe.candidates]
-    unsupported: list[UnsupportedOperatorError] = []
-    failures: list[EdgekitError] = []
-    only_one = len(candidates) == 1
+    # 3. Build and measure each candidate.
     for cand in candidates:
-        spec = cand.spec
-        report = CandidateReport(name=spec.name, backend=spec.backend, options=spec.options, status="skipped")
-        cand.report = report
+        spec, backend, report = cand.spec, cand.backend, cand.report
+        if backend is None or report is None:
+            continue
         try:
-            backend = get_backend(spec.backend)
-            report.backend = backend.name
-            cand.backend = backend
-            say(f"{spec.name}: checking operators for {backend.name}")
-            bad = backend.unsupported_ops(source, profile)
-            if bad:
-                raise UnsupportedOperatorError(backend.name, bad)
             t0 = time.perf_counter()
             cand.folder = work / f"candidate-{spec.name}"
             say(f"{spec.name}: compiling with {backend.name} for {profile.name}")
             cand.built = backend.compile(source, profile, spec.options, cand.folder, say)
             report.compile_seconds = round(time.perf_counter() - t0, 3)
-            measure_dir, on = cand.folder, "target"
-            if not profile.runs_on_host():
-                on = "host-proxy"
-                if backend.name != "onnxruntime":  # an ORT artifact is portable: it runs here as built
-                    say(f"{spec.name}: {profile.name} code can't run here; building a host stand-in to measure")
-                    measure_dir = work / f"candidate-{spec.name}-host"
-                    proxy = backend.compile(source, profile, spec.options, measure_dir, say, for_host=True)
-                    measure_dir = measure_dir / proxy.entry
-                else:
-                    measure_dir = cand.folder / cand.built.entry
-            else:
-                measure_dir = cand.folder / cand.built.entry
+            on = "target" if profile.runs_on_host() else "host-proxy"
+            entry = cand.folder / cand.built.entry
+            if on == "host-proxy" and backend.name != "onnxruntime":  # an ORT artifact is portable: it runs here as built
+                say(f"{spec.name}: {profile.name} code can't run here; building a host stand-in to measure")
+                proxy_dir = work / f"candidate-{spec.name}-host"
+                proxy = backend.compile(source, profile, spec.options, proxy_dir, say, for_host=True)
+                entry = proxy_dir / proxy.entry
             say(f"{spec.name}: measuring on {host}")
-            tmp_manifest = _stub_manifest(source, outputs)
-            runner = runner_for(backend.name, measure_dir, tmp_manifest)
+            runner = runner_for(backend.name, entry, _stub_manifest(source, outputs))
             acc = agreement(runner.predict, ref_lookup, samples, reference_name)
             lat = latency(runner.predict, samples[0], pipe.measure.warmup, pipe.measure.repeat)
             report.measured = Measurement(on=on, host=host, latency=lat, accuracy=acc)  # type: ignore[arg-type]
             report.status = "rejected"  # until chosen
             log.info("%s: %.3f ms, max err %.2e", spec.name, lat.median_ms, acc.max_abs_error)
-        except UnsupportedOperatorError as exc:
-            if only_one:
-                raise
-            unsupported.append(exc)
-            report.reason = str(exc)
-            say(f"{spec.name}: skipped ({exc})")
-        except MissingDependencyError as exc:
-            if only_one:
-                raise
-            report.reason = str(exc)
-            say(f"{spec.name}: skipped ({exc})")
         except EdgekitError as exc:
             if only_one:
                 raise

@@ -64,7 +64,9 @@ class LoadedModel:
         return compare_outputs(self.predict, read_selftest(path), self.outputs, st.max_abs_error)
 
     def __repr__(self) -> str:
-        return f"LoadedModel({self.manifest.name!r}, backend={self.manifest.backend.name!r}, target={self.manifest.profile.name!r})"
+        return (
+            f"LoadedModel({self.manifest.name!r}, backend={self.manifest.backend.name!r}, target={self.manifest.profile.name!r})"
+        )
 
 
 def load(artifact_dir: str | Path) -> LoadedModel:

@@ -51,6 +51,8 @@ def _load_runtime() -> None:
     global _loaded
     with _loaded_lock:
         if _loaded is None:
+            # tvm_ffi first: it loads libtvm_ffi.so, which libtvm_runtime.so links against.
+            require("tvm_ffi", "running a TVM artifact")
             lib = find_runtime_library()
             ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
             _loaded = str(lib)
@@ -70,8 +72,8 @@ class TvmRunner(Runner):
 
     def __init__(self, entry: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
         super().__init__(entry, inputs, outputs)
-        _load_runtime()
         self._ffi = require("tvm_ffi", "running a TVM artifact")
+        _load_runtime()
         try:
             module = self._ffi.load_module(str(entry.resolve()))
             self._vm = module["vm_load_executable"]()
@@ -84,9 +86,7 @@ class TvmRunner(Runner):
                 f"it may be built for another architecture or another TVM version"
             ) from exc
         self._order = [s.name for s in self.inputs]
-        self._buffers: dict[str, np.ndarray] = {
-            s.name: _aligned_copy(np.zeros(s.shape, dtype=s.dtype)) for s in self.inputs
-        }
+        self._buffers: dict[str, np.ndarray] = {s.name: _aligned_copy(np.zeros(s.shape, dtype=s.dtype)) for s in self.inputs}
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         args = []

@@ -178,8 +178,7 @@ def run_python(
     qemu = _resolve_qemu(sysroot.qemu)
     if not sysroot.python.is_file():
         raise ToolchainError(
-            f"the aarch64 Python {sysroot.python} is missing; "
-            f"delete {sysroot.root.parent} and rerun to rebuild the sysroot"
+            f"the aarch64 Python {sysroot.python} is missing; delete {sysroot.root.parent} and rerun to rebuild the sysroot"
         )
     script = Path(script).resolve()
     if not script.is_file():
@@ -200,9 +199,7 @@ def run_python(
     cmd = [qemu, "-L", str(sysroot.root), str(sysroot.python), "-s", str(script), *map(str, args)]
     log.debug("running %s", " ".join(cmd))
     try:
-        return subprocess.run(
-            cmd, env=env, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
-        )
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         log.debug("timed out; stdout=%r stderr=%r", exc.stdout, exc.stderr)
         raise ToolchainError(
@@ -236,9 +233,7 @@ def _resolve_qemu(qemu: str) -> str:
 
 def _sysroot_at(folder: Path, qemu: str) -> Sysroot:
     site = folder / "site"
-    return Sysroot(
-        root=folder / "root", site=site, runtime_lib=site / "tvm_runtime" / "lib" / "libtvm_runtime.so", qemu=qemu
-    )
+    return Sysroot(root=folder / "root", site=site, runtime_lib=site / "tvm_runtime" / "lib" / "libtvm_runtime.so", qemu=qemu)
 
 
 def _load(folder: Path, qemu: str) -> Sysroot | None:
@@ -389,15 +384,11 @@ def _download_debs(dest: Path) -> list[Path]:
     try:
         text = lzma.decompress(raw).decode("utf-8", "replace")
     except lzma.LZMAError:
-        raise ToolchainError(
-            f"the Debian package index {index_url} is corrupt; retry, or set EDGEKIT_DEBIAN_MIRROR"
-        ) from None
+        raise ToolchainError(f"the Debian package index {index_url} is corrupt; retry, or set EDGEKIT_DEBIAN_MIRROR") from None
     packages, provides = _parse_packages(text)
     for root in ROOT_PACKAGES:
         if root not in packages:
-            raise ToolchainError(
-                f"package {root} is missing from {index_url}; set EDGEKIT_DEBIAN_MIRROR to a full mirror"
-            )
+            raise ToolchainError(f"package {root} is missing from {index_url}; set EDGEKIT_DEBIAN_MIRROR to a full mirror")
     names = _resolve(packages, provides)
     log.debug("Debian packages: %s", " ".join(names))
     dest.mkdir(parents=True)
@@ -494,9 +485,7 @@ def _make_rootfs(root: Path, debs: list[Path]) -> None:
         _extract_deb(deb, root)
     python = root / "usr" / "bin" / PYTHON
     if not python.is_file():
-        raise ToolchainError(
-            f"the Debian packages did not provide usr/bin/{PYTHON}; delete the sysroot cache and retry"
-        )
+        raise ToolchainError(f"the Debian packages did not provide usr/bin/{PYTHON}; delete the sysroot cache and retry")
     if not (root / "usr" / "bin" / "python3").exists():
         os.symlink(PYTHON, root / "usr" / "bin" / "python3")
 
@@ -548,9 +537,7 @@ def _pip_download(spec: str, dest: Path) -> Path:
         if re.search(r"connection|resolution|timed out|SSLError", proc.stderr, re.IGNORECASE):
             last = f"cannot reach the package index: {last}"
         raise ToolchainError(f"download of the aarch64 wheel {spec} failed ({last}); {_NETWORK_HINT}")
-    new = sorted(set(dest.glob("*.whl")) - before) or sorted(
-        dest.glob(f"{re.split(r'[=<>]', spec)[0].replace('-', '_')}-*.whl")
-    )
+    new = sorted(set(dest.glob("*.whl")) - before) or sorted(dest.glob(f"{re.split(r'[=<>]', spec)[0].replace('-', '_')}-*.whl"))
     if not new:
         raise ToolchainError(f"pip download of the aarch64 wheel {spec} produced no wheel; {_NETWORK_HINT}")
     return new[0]
@@ -647,7 +634,5 @@ def _smoke_test(sysroot: Sysroot) -> None:
     if proc.returncode != 0 or not proc.stdout.startswith("ok"):
         log.debug("smoke test failed:\nstdout=%s\nstderr=%s", proc.stdout, proc.stderr)
         last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), f"exit {proc.returncode}")
-        raise ToolchainError(
-            f"the freshly built aarch64 Python does not run under qemu ({last.strip()}); see the debug log"
-        )
+        raise ToolchainError(f"the freshly built aarch64 Python does not run under qemu ({last.strip()}); see the debug log")
     log.debug("smoke test: %s", proc.stdout.strip())

@@ -16,6 +16,7 @@ __all__ = ["OnnxRuntimeBackend"]
 
 _LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 _NOT_IMPL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'")
+_NOT_REGISTERED = re.compile(r"([\w.]+):(\w+)\((-?\d+)\) is not a registered function/op")
 
 
 class OnnxRuntimeBackend(Backend):
@@ -36,6 +37,10 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:
             text = str(exc)
             found = [(m.group(1), m.group(3), f"opset {m.group(2)}") for m in _NOT_IMPL.finditer(text)]
+            for m in _NOT_REGISTERED.finditer(text):
+                domain, op = m.group(1), m.group(2)
+                nodes = [n.name or "(unnamed)" for n in source.model.graph.node if n.op_type == op and n.domain == domain]
+                found.append((f"{domain}.{op}", ", ".join(nodes) or "?", "not a registered op in ONNX Runtime"))
             if found:
                 return found
             raise CompilationError(f"ONNX Runtime cannot load the model: {text.splitlines()[0]}") from exc

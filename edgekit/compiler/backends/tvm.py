@@ -95,7 +95,13 @@ class TvmBackend(Backend):
         for node in source.model.graph.node:
             domain = node.domain or ""
             if domain not in ("", "ai.onnx"):
-                bad.append((f"{domain}.{node.op_type}", node.name or "(unnamed)", f"TVM imports only the default ONNX domain, not '{domain}'"))
+                bad.append(
+                    (
+                        f"{domain}.{node.op_type}",
+                        node.name or "(unnamed)",
+                        f"TVM imports only the default ONNX domain, not '{domain}'",
+                    )
+                )
             elif node.op_type not in supported:
                 bad.append((node.op_type, node.name or "(unnamed)", "no converter in TVM's Relax ONNX frontend"))
         return bad
@@ -123,8 +129,7 @@ class TvmBackend(Backend):
         if shutil.which(cxx) is None:
             pkg = profile.toolchain.debian_package or cxx
             raise ToolchainError(
-                f"profile '{profile.name}' links with '{cxx}', which is not installed; "
-                f"install it with: apt-get install -y {pkg}"
+                f"profile '{profile.name}' links with '{cxx}', which is not installed; install it with: apt-get install -y {pkg}"
             )
         if is_cuda:
             self._check_nvcc(profile, target_dict)
@@ -143,7 +148,9 @@ class TvmBackend(Backend):
                 executable = tvm.compile(mod, target=target)
         except Exception as exc:
             msg = str(exc).strip().splitlines()
-            raise CompilationError(f"TVM failed to compile for '{profile.name}': {(msg[-1] if msg else type(exc).__name__)[:400]}") from exc
+            raise CompilationError(
+                f"TVM failed to compile for '{profile.name}': {(msg[-1] if msg else type(exc).__name__)[:400]}"
+            ) from exc
         out_dir.mkdir(parents=True, exist_ok=True)
         lib = out_dir / "model.so"
         try:
@@ -158,7 +165,9 @@ class TvmBackend(Backend):
             raise ToolchainError(f"linking the TVM library with '{cxx}' failed: {(msg[-1] if msg else '')[:400]}") from exc
         got = elf_machine(lib)
         if got != machine:
-            raise ToolchainError(f"{lib}: built an ELF for '{got}', but profile '{profile.name}' needs '{machine}'; check toolchain.cxx")
+            raise ToolchainError(
+                f"{lib}: built an ELF for '{got}', but profile '{profile.name}' needs '{machine}'; check toolchain.cxx"
+            )
         return Built(
             files=["model.so"],
             entry="model.so",

@@ -128,9 +128,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], where
     names = [i.name for i in graph_inputs]
     if "" in shapes:
         if len(names) != 1:
-            raise InputShapeError(
-                f"{where}: the model has inputs {names}; name each one: --input-shape NAME:D1,D2,..."
-            )
+            raise InputShapeError(f"{where}: the model has inputs {names}; name each one: --input-shape NAME:D1,D2,...")
         shapes = {names[0]: shapes.pop("")} | shapes
     unknown = sorted(set(shapes) - set(names))
     if unknown:
@@ -145,9 +143,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], where
         given = shapes.get(vi.name)
         if given is not None:
             if len(given) != len(dims):
-                raise InputShapeError(
-                    f"{where}: input '{vi.name}' has rank {len(dims)} {dims}, but --input-shape gives {given}"
-                )
+                raise InputShapeError(f"{where}: input '{vi.name}' has rank {len(dims)} {dims}, but --input-shape gives {given}")
             for i, (m, g) in enumerate(zip(dims, given, strict=True)):
                 if isinstance(m, int) and m != g:
                     raise InputShapeError(

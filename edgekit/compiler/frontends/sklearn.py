@@ -51,26 +51,32 @@ def load_sklearn(path: Path, workdir: Path, input_shapes: dict[str, list[int]] |
             raise InputShapeError(f"'{path}': a scikit-learn model has one input, '{INPUT_NAME}'; got {sorted(shapes)}")
         shape = shapes[INPUT_NAME]
         if len(shape) != 2 or shape[1] != n_features:
-            raise InputShapeError(
-                f"'{path}': input '{INPUT_NAME}' must be [batch, {n_features}] for this model, got {shape}"
-            )
+            raise InputShapeError(f"'{path}': input '{INPUT_NAME}' must be [batch, {n_features}] for this model, got {shape}")
         batch = shape[0]
     is_classifier = hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")
-    options = {id(estimator): {"zipmap": False}} if is_classifier else None
+    # Every classifier (with or without predict_proba, e.g. SVC) gets its scores as a tensor, not a ZipMap.
+    options = {id(estimator): {"zipmap": False}} if hasattr(estimator, "classes_") else None
+
+    def convert(opts: dict[int, dict[str, Any]] | None) -> Any:
+        return skl2onnx.convert_sklearn(
+            estimator,
+            initial_types=[(INPUT_NAME, FloatTensorType([None, int(n_features)]))],
+            options=opts,
+            target_opset={"": 17, "ai.onnx.ml": 3},
+        )
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = skl2onnx.convert_sklearn(
-                estimator,
-                initial_types=[(INPUT_NAME, FloatTensorType([None, int(n_features)]))],
-                options=options,
-                target_opset={"": 17, "ai.onnx.ml": 3},
-            )
+            try:
+                model = convert(options)
+            except NameError as exc:  # "Option 'zipmap' not in [...]": this converter never adds a ZipMap (LinearSVC)
+                if options is None or "zipmap" not in str(exc):
+                    raise
+                model = convert(None)
     except Exception as exc:  # skl2onnx raises RuntimeError, NotImplementedError, MissingShapeCalculator, ...
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelConversionError(
-            f"'{path}': skl2onnx cannot convert {type(estimator).__name__}: {msg}"
-        ) from exc
+        raise ModelConversionError(f"'{path}': skl2onnx cannot convert {type(estimator).__name__}: {msg}") from exc
     source = finish_onnx(
         model,
         workdir,
@@ -83,13 +89,34 @@ def load_sklearn(path: Path, workdir: Path, input_shapes: dict[str, list[int]] |
         size_bytes=path.stat().st_size,
     )
 
+    # One scikit-learn method per ONNX output. Where there is none (label + scores of LinearSVC, SVC without
+    # probabilities, KMeans, IsolationForest, ...) the reference stays ONNX Runtime on the converted model.
+    n_outputs = len(source.model.graph.output)
+    if is_classifier and n_outputs == 2:
+        methods = ["predict", "predict_proba"]
+    elif n_outputs == 1 and hasattr(estimator, "predict"):
+        methods = ["predict"]
+    elif n_outputs == 1 and hasattr(estimator, "transform"):
+        methods = ["transform"]
+    else:
+        source.reference_name = f"onnxruntime (no graph optimisation) on the skl2onnx conversion of {type(estimator).__name__}"
+        return source
+
     def reference(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         x = feeds[INPUT_NAME]
-        if is_classifier:
-            return [np.asarray(estimator.predict(x)), np.asarray(estimator.predict_proba(x))]
-        y = np.asarray(estimator.predict(x))
-        return [y.reshape(len(x), -1)]
+        outs = []
+        for method in methods:
+            try:
+                y = np.asarray(getattr(estimator, method)(x))
+            except Exception as exc:  # the estimator's own code, on float32 input
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ModelConversionError(
+                    f"'{path}': {type(estimator).__name__}.{method}() fails on a float32 input of shape {list(x.shape)}, "
+                    f"so there is no reference to check the compiled model against: {msg}"
+                ) from exc
+            outs.append(y if is_classifier else y.reshape(len(x), -1))
+        return outs
 
     source.reference = reference
-    source.reference_name = f"scikit-learn {sklearn.__version__} predict/predict_proba"
+    source.reference_name = f"scikit-learn {sklearn.__version__} {'/'.join(methods)}"
     return source

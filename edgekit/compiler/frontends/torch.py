@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import inspect
 import io
 import sys
 import warnings
@@ -30,7 +31,7 @@ def _load_module(spec: str) -> tuple[Any, str, str, int]:
     path = Path(spec)
     if path.exists():
         if path.stat().st_size == 0:
-            raise ModelLoadError(f"model file '{path}' is empty; re-save the model")
+            raise ModelLoadError(f"model file '{path}' is empty; re-save the model with torch.jit.script(model).save(path)")
         try:
             module = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError, OSError) as exc:
@@ -58,6 +59,27 @@ def _load_module(spec: str) -> tuple[Any, str, str, int]:
     return module, "", spec, 0
 
 
+def _forward_params(module: Any) -> list[str]:
+    """Names of forward()'s positional parameters (empty when they can't be read)."""
+    try:
+        schema = getattr(getattr(module, "forward", None), "schema", None)
+        if schema is not None:  # TorchScript
+            return [a.name for a in schema.arguments[1:]]
+        kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        return [p.name for p in inspect.signature(module.forward).parameters.values() if p.kind in kinds]
+    except (TypeError, ValueError, AttributeError, RuntimeError):
+        return []
+
+
+def _flatten(out: Any) -> list[Any]:
+    """Tensors of a (nested) tuple/list/dict output, in the order torch.onnx.export flattens them."""
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flatten(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flatten(o)]
+    return [out]
+
+
 def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | None) -> SourceModel:
     torch = require("torch", "compiling a PyTorch model")
     if not input_shapes:
@@ -71,6 +93,10 @@ def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | No
         input_shapes = {"input": input_shapes[""]}
     module, sha, display, size = _load_module(spec)
     module.eval()
+    params = _forward_params(module)
+    if len(input_shapes) > 1 and set(input_shapes) <= set(params):
+        # Named after forward()'s parameters: bind by name, not by the order they were given in.
+        input_shapes = {n: input_shapes[n] for n in sorted(input_shapes, key=params.index)}
     names = list(input_shapes)
     rng = np.random.default_rng(0)
     example = tuple(torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in input_shapes.values())
@@ -112,8 +138,7 @@ def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | No
     def reference(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
             out = module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names))
-        flat = list(out) if isinstance(out, (tuple, list)) else [out]
-        return [t.detach().cpu().numpy() for t in flat]
+        return [t.detach().cpu().numpy() for t in _flatten(out)]
 
     source.reference = reference
     source.reference_name = f"torch {torch.__version__.split('+')[0]} eager"

@@ -1,0 +1,33 @@
+# The two commands of the README:   make demo   (the main job)   and   make test
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+
+.PHONY: demo test test-fast bench lint system-deps clean
+
+system-deps:
+	@scripts/system-deps
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+demo: system-deps $(VENV)/.installed
+	$(VENV)/bin/edgekit demo
+
+test: system-deps $(VENV)/.installed lint
+	$(PY) -m pytest
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m 'not slow'
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check edgekit tests bench
+
+bench: system-deps $(VENV)/.installed
+	$(PY) -m bench.compile
+
+clean:
+	rm -rf build greengrass-build .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmarks for edgekit (``python -m bench.compile``)."""

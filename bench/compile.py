@@ -1,0 +1,360 @@
+"""Side-by-side latency of ONNX Runtime, PyTorch eager, TVM (untuned) and edgekit's chosen artifact.
+
+    python -m bench.compile [--models mlp,cnn,mobilenet,rf] [--rounds 10] [--repeat 50] [--json out.json]
+
+Builds a small benchmark set in code (no downloads), compiles each model with edgekit's
+default pipeline and once more per backend, then times every runnable variant in the same
+process: round-robin over the variants, ``--repeat`` runs per block, ``--rounds`` blocks
+each; the reported latency is the median of the block medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.markup import escape
+
+import edgekit
+from edgekit.compiler import CompileResult
+from edgekit.compiler.measure import host_description
+from edgekit.errors import EdgekitError
+from edgekit.manifest import CandidateReport
+
+SEED = 0
+BACKENDS = ("onnxruntime", "tvm")
+Predict = Callable[[], object]
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass
+class Case:
+    name: str
+    description: str
+    path: Path
+    shapes: dict[str, list[int]]
+    feed: dict[str, np.ndarray]
+    eager: Predict | None  # the source framework, called on the same input
+    eager_name: str
+
+
+def _torch_models() -> dict[str, tuple[str, Any, list[int]]]:
+    import torch
+    from torch import nn
+
+    def bn(c: int) -> nn.BatchNorm2d:
+        layer = nn.BatchNorm2d(c)
+        assert layer.running_mean is not None and layer.running_var is not None
+        with torch.no_grad():  # non-trivial running stats, so folding BN actually matters
+            layer.running_mean.normal_(0.0, 0.1)
+            layer.running_var.uniform_(0.5, 1.5)
+            layer.weight.uniform_(0.5, 1.5)
+            layer.bias.normal_(0.0, 0.1)
+        return layer
+
+    def conv_block(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), bn(cout), nn.ReLU()]
+
+    def separable(cin: int, cout: int, stride: int) -> list[nn.Module]:
+        return [
+            nn.Conv2d(cin, cin, 3, stride=stride, padding=1, groups=cin, bias=False),
+            bn(cin),
+            nn.ReLU6(),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            bn(cout),
+            nn.ReLU6(),
+        ]
+
+    torch.manual_seed(SEED)
+    mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 8))
+    cnn = nn.Sequential(
+        *conv_block(3, 16), nn.MaxPool2d(2),
+        *conv_block(16, 32), nn.MaxPool2d(2),
+        *conv_block(32, 64), nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+    mobilenet = nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), bn(16), nn.ReLU6(),
+        *separable(16, 32, 1), *separable(32, 64, 2), *separable(64, 64, 1),
+        *separable(64, 128, 2), *separable(128, 128, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
+    )  # fmt: skip
+    return {
+        "mlp": ("MLP 64→128→64→8", mlp, [1, 64]),
+        "cnn": ("CNN 3×32×32, 3×(conv+BN+ReLU)", cnn, [1, 3, 32, 32]),
+        "mobilenet": ("MobileNet-style 3×64×64, 5 dw-sep blocks", mobilenet, [1, 3, 64, 64]),
+    }
+
+
+def _torch_case(name: str, work: Path) -> Case:
+    import torch
+
+    description, module, shape = _torch_models()[name]
+    module.eval()
+    x = np.random.default_rng(SEED).standard_normal(shape).astype(np.float32)
+    path = work / f"{name}.pt"
+    with torch.no_grad():
+        torch.jit.trace(module, torch.from_numpy(x)).save(str(path))  # type: ignore[no-untyped-call]
+
+    def eager() -> object:
+        with torch.no_grad():
+            return module(torch.from_numpy(x))
+
+    return Case(name, description, path, {"input": shape}, {"input": x}, eager, "torch eager")
+
+
+def _rf_case(work: Path) -> Case:
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, _ = train_test_split(x.astype(np.float32), y, test_size=0.25, random_state=SEED)
+    model = RandomForestClassifier(n_estimators=100, max_depth=10, n_jobs=1, random_state=SEED).fit(x_train, y_train)
+    path = work / "rf.joblib"
+    joblib.dump(model, path)
+    sample = x_test[:1]
+    return Case(
+        "rf",
+        "RandomForest(100 trees) on sklearn digits",
+        path,
+        {"input": [1, 64]},
+        {"input": sample},
+        lambda: model.predict_proba(sample),
+        "sklearn predict_proba",
+    )
+
+
+MODELS = ("mlp", "cnn", "mobilenet", "rf")
+
+
+def make_case(name: str, work: Path) -> Case:
+    return _rf_case(work) if name == "rf" else _torch_case(name, work)
+
+
+# --------------------------------------------------------------------------- compile
+
+
+@dataclass
+class Result:
+    model: str
+    description: str
+    chosen: str = ""
+    compile_s: dict[str, float] = field(default_factory=dict)  # "default" and each backend's own compile
+    max_abs_error: dict[str, float] = field(default_factory=dict)
+    manifest_ms: dict[str, float] = field(default_factory=dict)  # the compile step's own medians (other moments)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    latency_ms: dict[str, float] = field(default_factory=dict)  # this benchmark's interleaved medians
+    block_medians_ms: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _short_reason(reason: str) -> str:
+    ops = re.findall(r"op '(?:[\w.]*\.)?(\w+)'", reason)
+    if ops:
+        return "unsupported op " + ", ".join(dict.fromkeys(ops))
+    return reason.split(";")[0][:60]
+
+
+def _compile(case: Case, target: str, out: Path, **kwargs: Any) -> CompileResult:
+    return edgekit.compile(case.path, target, out, input_shapes=case.shapes, name=case.name, use_cache=False, **kwargs)
+
+
+def compile_case(case: Case, target: str, out: Path, say: Callable[[str], None]) -> tuple[Result, dict[str, Predict]]:
+    """Compile ``case`` with the default pipeline and per backend; return the result stub and the predictors to time."""
+    res = Result(case.name, case.description)
+    say(f"[{case.name}] compiling with the default pipeline")
+    default = _compile(case, target, out / "default", pipeline="default")
+    manifest = default.manifest
+    res.chosen = manifest.backend.name
+    res.compile_s["default"] = manifest.compile_seconds
+    reports: dict[str, CandidateReport] = {c.backend: c for c in manifest.candidates}
+    predictors: dict[str, Predict] = {}
+    if case.eager is not None:
+        predictors["eager"] = case.eager
+    for backend in BACKENDS:
+        rep = reports.get(backend)
+        if rep is None:
+            res.unavailable[backend] = "not in the pipeline"
+            continue
+        if rep.measured is None:
+            res.unavailable[backend] = rep.reason or rep.status
+            continue
+        res.manifest_ms[backend] = rep.measured.latency.median_ms
+        say(f"[{case.name}] compiling with backend={backend}")
+        try:
+            one = _compile(case, target, out / backend, backend=backend)
+        except EdgekitError as exc:
+            res.unavailable[backend] = str(exc)
+            continue
+        res.compile_s[backend] = one.manifest.compile_seconds
+        assert one.manifest.measured is not None
+        res.max_abs_error[backend] = one.manifest.measured.accuracy.max_abs_error
+        predictors[backend] = _bind(edgekit.load(one.artifact_dir).predict, case.feed)
+    predictors["chosen"] = _bind(edgekit.load(default.artifact_dir).predict, case.feed)
+    return res, predictors
+
+
+def _bind(predict: Callable[[dict[str, np.ndarray]], list[np.ndarray]], feed: dict[str, np.ndarray]) -> Predict:
+    return lambda: predict(feed)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def interleaved(predictors: dict[str, Predict], rounds: int, repeat: int, warmup: int = 5) -> dict[str, list[float]]:
+    """Median per block of ``repeat`` runs, for each predictor, ``rounds`` times round-robin (rotating the order)."""
+    names = list(predictors)
+    for name in names:
+        for _ in range(warmup):
+            predictors[name]()
+    blocks: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = predictors[name]
+            fn()  # one untimed call: the previous backend's threads may still be spinning
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+            blocks[name].append(statistics.median(times))
+    return blocks
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _cell(res: Result, key: str) -> str:
+    if key in res.latency_ms:
+        ms = res.latency_ms[key]
+        ort = res.latency_ms.get("onnxruntime")
+        ratio = f"  {ms / ort:.2f}x" if ort else ""
+        return f"{ms:.3f} ms{ratio}"
+    if key in res.unavailable:
+        return escape(f"n/a ({_short_reason(res.unavailable[key])})")
+    return "—"
+
+
+def render(results: list[Result], header: str, eager_names: dict[str, str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))
+    console.print(header)
+    lat = Table(title="Latency, batch 1 (median of block medians; ratio to ONNX Runtime, >1 = slower)")
+    lat.add_column("model")
+    for col in ("ONNX Runtime", "eager (torch / sklearn)", "TVM untuned", "chosen artifact"):
+        lat.add_column(col, justify="right")
+    for r in results:
+        chosen = f"{_cell(r, 'chosen')} [dim]({r.chosen})[/dim]"
+        eager = _cell(r, "eager") if "eager" in r.latency_ms else escape(f"n/a ({eager_names[r.model]})")
+        lat.add_row(r.model, _cell(r, "onnxruntime"), eager, _cell(r, "tvm"), chosen)
+    console.print(lat)
+
+    det = Table(title="Compile and accuracy (from each artifact's manifest)")
+    det.add_column("model")
+    det.add_column("description")
+    det.add_column("compile s: default / ort / tvm", justify="right")
+    det.add_column("max |err| ORT", justify="right")
+    det.add_column("max |err| TVM", justify="right")
+    det.add_column("manifest ms ORT / TVM", justify="right")
+
+    def fmt(d: dict[str, float], k: str, spec: str) -> str:
+        return format(d[k], spec) if k in d else "—"
+
+    for r in results:
+        det.add_row(
+            r.model,
+            r.description,
+            " / ".join(fmt(r.compile_s, k, ".2f") for k in ("default", "onnxruntime", "tvm")),
+            fmt(r.max_abs_error, "onnxruntime", ".1e"),
+            fmt(r.max_abs_error, "tvm", ".1e"),
+            " / ".join(fmt(r.manifest_ms, k, ".3f") for k in BACKENDS),
+        )
+    console.print(det)
+    for r in results:
+        for backend, reason in r.unavailable.items():
+            console.print(f"[dim]{r.model}: {backend} unavailable: {escape(reason)}[/dim]")
+
+
+def _threads() -> str:
+    import torch
+
+    tvm = os.environ.get("TVM_NUM_THREADS", "default")
+    return f"threads: torch {torch.get_num_threads()}, ORT intra-op default, TVM {tvm} ({os.cpu_count()} logical CPUs)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench/compile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    parser.add_argument("--target", default="x86_64", help="device profile (must run on this host to be timed)")
+    parser.add_argument("--repeat", type=int, default=50, help="timed runs per block (default 50)")
+    parser.add_argument("--rounds", type=int, default=10, help="round-robin blocks per variant (default 10)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    args = parser.parse_args(argv)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown or not names:
+        parser.error(f"unknown model(s) {unknown}; choose from {','.join(MODELS)}")
+    if args.repeat < 1 or args.rounds < 1:
+        parser.error("--repeat and --rounds must be at least 1")
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    results: list[Result] = []
+    eager_names: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
+        work = Path(tmp)
+        for name in names:
+            case = make_case(name, work)
+            eager_names[name] = case.eager_name
+            res, predictors = compile_case(case, args.target, work / "build" / name, say)
+            say(f"[{name}] timing {', '.join(predictors)}: {args.rounds} rounds × {args.repeat} runs")
+            blocks = interleaved(predictors, args.rounds, args.repeat)
+            res.block_medians_ms = blocks
+            res.latency_ms = {k: statistics.median(v) for k, v in blocks.items()}
+            results.append(res)
+    total = time.perf_counter() - started
+    header = (
+        f"host: {host_description()} | {_threads()} | timed runs per variant: {args.rounds} rounds × {args.repeat} "
+        f"= {args.rounds * args.repeat} | target {args.target} | edgekit {edgekit.__version__}"
+    )
+    render(results, header, eager_names)
+    print(f"total {total:.1f} s")
+    if args.json:
+        payload = {
+            "host": host_description(),
+            "threads": _threads(),
+            "rounds": args.rounds,
+            "repeat": args.repeat,
+            "target": args.target,
+            "edgekit": edgekit.__version__,
+            "total_seconds": round(total, 2),
+            "results": [asdict(r) for r in results],
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

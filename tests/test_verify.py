@@ -1,0 +1,49 @@
+"""edgekit verify: an aarch64 artifact run under qemu against the source model's outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgekit
+from edgekit.compiler.pipeline import Pipeline
+from edgekit.errors import VerificationError
+from edgekit.verify.compare import verify_artifact
+
+QUICK = Pipeline.model_validate(
+    {"name": "quick", "candidates": [{"name": "tvm", "backend": "tvm"}], "measure": {"samples": 3, "warmup": 1, "repeat": 3}}
+)
+
+
+@pytest.mark.slow
+def test_aarch64_artifact_agrees_under_qemu(mlp_onnx: Path, out_dir: Path, sysroot_cache: Path) -> None:
+    art = edgekit.compile(mlp_onnx, "rasp4b", out_dir, pipeline=QUICK).artifact_dir
+    report = verify_artifact(art, cache_dir=sysroot_cache)
+    assert report.result.passed and report.result.samples == 3
+    assert report.result.max_abs_error < 1e-5
+    assert "PASS" in report.summary() and "qemu-aarch64" in report.summary()
+
+
+@pytest.mark.slow
+def test_verify_catches_a_disagreement(mlp_onnx: Path, out_dir: Path, sysroot_cache: Path) -> None:
+    art = edgekit.compile(mlp_onnx, "imx8mplus", out_dir, pipeline=QUICK).artifact_dir
+    path = art / "selftest.npz"
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files}
+    for k in arrays:
+        if "/out/" in k:
+            arrays[k] = arrays[k][..., ::-1].copy()  # expected outputs no longer match the model
+    np.savez(path, **arrays)
+    with pytest.raises(VerificationError, match=r"FAIL: .* max abs error"):
+        verify_artifact(art, cache_dir=sysroot_cache)
+
+
+def test_verify_refuses_what_it_cannot_check(mlp_onnx: Path, out_dir: Path) -> None:
+    host = edgekit.compile(mlp_onnx, "x86_64", out_dir, pipeline=QUICK).artifact_dir
+    with pytest.raises(VerificationError, match=r"built for amd64.*edgekit run"):
+        verify_artifact(host)
+    ort = edgekit.compile(mlp_onnx, "rasp4b", out_dir, pipeline=QUICK, backend="onnxruntime", name="ort-rasp4b")
+    with pytest.raises(VerificationError, match=r"onnxruntime backend.*--backend tvm"):
+        verify_artifact(ort.artifact_dir)
