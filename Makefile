@@ -25,6 +25,7 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check edgekit tests bench
+	$(VENV)/bin/mypy edgekit
 
 bench: system-deps $(VENV)/.installed
 	$(PY) -m bench.compile

@@ -25,11 +25,11 @@ def compile(model: Any, target: Any, output_dir: Any = "build", **kwargs: Any) -
     return compile_model(model, target, output_dir, **kwargs)
 
 
-def load(artifact_dir: Any) -> LoadedModel:
+def load(artifact_dir: Any, threads: int = 0) -> LoadedModel:
     """Load a compiled artifact: ``edgekit.load(dir).predict(inputs)``."""
     from edgekit.runtime import load as _load
 
-    return _load(artifact_dir)
+    return _load(artifact_dir, threads)
 
 
 def targets() -> list[DeviceProfile]:

@@ -120,7 +120,7 @@ class CandidateReport(_Model):
 
 
 class Manifest(_Model):
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, alias="schemaVersion")
+    schema_version: Literal[1] = Field(1, alias="schemaVersion")
     name: str
     edgekit_version: str = Field(alias="edgekitVersion")
     created_at: str = Field(alias="createdAt")

@@ -58,5 +58,5 @@ def register(app: typer.Typer) -> None:
             console.print(f"[bold]{name}[/] {arr.dtype}{list(arr.shape)}")
             console.print(np.array2string(arr, threshold=40, precision=5))
         if output is not None:
-            np.savez(output, **dict(zip(model.outputs, outs, strict=True)))
+            np.savez(output, **dict(zip(model.outputs, outs, strict=True)))  # type: ignore[arg-type]
             console.print(f"saved {output}")

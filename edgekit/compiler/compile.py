@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from edgekit.compiler.artifact import check_writable, install_dir, make_archive
 from edgekit.compiler.backends import Backend, Built, get_backend
 from edgekit.compiler.cache import ArtifactCache, cache_key, source_fingerprint
 from edgekit.compiler.frontends import SourceModel, load_source, source_format
-from edgekit.compiler.measure import agreement, host_description, latency, sample_inputs
+from edgekit.compiler.measure import agreement, host_description, interleaved_latency, sample_inputs
 from edgekit.compiler.pipeline import CandidateSpec, Pipeline, load_pipeline
 from edgekit.errors import (
     AccuracyError,
@@ -30,6 +30,7 @@ from edgekit.errors import (
     UnsupportedOperatorError,
 )
 from edgekit.manifest import (
+    Accuracy,
     BackendInfo,
     CandidateReport,
     Manifest,
@@ -41,7 +42,7 @@ from edgekit.manifest import (
     read_manifest,
 )
 from edgekit.profiles import DeviceProfile, load_profile
-from edgekit.runtime import runner_for
+from edgekit.runtime import Runner, runner_for
 
 __all__ = ["CompileResult", "compile_model"]
 
@@ -65,6 +66,9 @@ class _Candidate:
     built: Built | None = None
     folder: Path | None = None
     report: CandidateReport | None = None
+    runner: Runner | None = None
+    accuracy: Accuracy | None = None
+    on: Literal["target", "host-proxy"] = "target"
 
 
 def _noop(_: str) -> None:
@@ -205,13 +209,13 @@ def _build(
         spec = cand.spec
         cand.report = CandidateReport(name=spec.name, backend=spec.backend, options=spec.options, status="skipped")
         try:
-            backend = get_backend(spec.backend)
-            cand.report.backend = backend.name
-            say(f"{spec.name}: checking operators for {backend.name}")
-            bad = backend.unsupported_ops(source, profile)
+            found = get_backend(spec.backend)
+            cand.report.backend = found.name
+            say(f"{spec.name}: checking operators for {found.name}")
+            bad = found.unsupported_ops(source, profile)
             if bad:
-                raise UnsupportedOperatorError(backend.name, bad)
-            cand.backend = backend
+                raise UnsupportedOperatorError(found.name, bad)
+            cand.backend = found
         except (UnsupportedOperatorError, MissingDependencyError) as exc:
             if only_one:
                 raise
@@ -246,20 +250,18 @@ def _build(
             say(f"{spec.name}: compiling with {backend.name} for {profile.name}")
             cand.built = backend.compile(source, profile, spec.options, cand.folder, say)
             report.compile_seconds = round(time.perf_counter() - t0, 3)
-            on = "target" if profile.runs_on_host() else "host-proxy"
+            on: Literal["target", "host-proxy"] = "target" if profile.runs_on_host() else "host-proxy"
             entry = cand.folder / cand.built.entry
             if on == "host-proxy" and backend.name != "onnxruntime":  # an ORT artifact is portable: it runs here as built
                 say(f"{spec.name}: {profile.name} code can't run here; building a host stand-in to measure")
                 proxy_dir = work / f"candidate-{spec.name}-host"
                 proxy = backend.compile(source, profile, spec.options, proxy_dir, say, for_host=True)
                 entry = proxy_dir / proxy.entry
-            say(f"{spec.name}: measuring on {host}")
-            runner = runner_for(backend.name, entry, _stub_manifest(source, outputs))
-            acc = agreement(runner.predict, ref_lookup, samples, reference_name)
-            lat = latency(runner.predict, samples[0], pipe.measure.warmup, pipe.measure.repeat)
-            report.measured = Measurement(on=on, host=host, latency=lat, accuracy=acc)  # type: ignore[arg-type]
-            report.status = "rejected"  # until chosen
-            log.info("%s: %.3f ms, max err %.2e", spec.name, lat.median_ms, acc.max_abs_error)
+            say(f"{spec.name}: checking agreement with the source model")
+            runner = runner_for(backend.name, entry, source.inputs, outputs)
+            cand.accuracy = agreement(runner.predict, ref_lookup, samples, reference_name)
+            cand.runner = runner
+            cand.on = on
         except EdgekitError as exc:
             if only_one:
                 raise
@@ -274,6 +276,18 @@ def _build(
             failures.append(err)
             report.status = "failed"
             report.reason = str(err)
+
+    # 4. Time the built candidates in turns, so that noise on this machine hits them alike.
+    ready = [c for c in candidates if c.runner is not None and c.accuracy is not None and c.report is not None]
+    if ready:
+        say(f"timing {len(ready)} candidate(s) on {host}")
+        lats = interleaved_latency([c.runner.predict for c in ready], samples[0], pipe.measure.warmup, pipe.measure.repeat)  # type: ignore[union-attr]
+        for c, lat in zip(ready, lats, strict=True):
+            assert c.report is not None and c.accuracy is not None
+            c.report.measured = Measurement(on=c.on, host=host, latency=lat, accuracy=c.accuracy)
+            c.report.status = "rejected"  # until chosen
+            log.info("%s: %.3f ms, max err %.2e", c.spec.name, lat.median_ms, c.accuracy.max_abs_error)
+            c.runner = None  # release the library before the work folder goes
 
     measured = [c for c in candidates if c.report and c.report.measured]
     if not measured:
@@ -386,10 +400,5 @@ def _write_selftest(
         used += 1
     if not used:
         return None
-    np.savez(staged / SELFTEST_FILE, **arrays)
+    np.savez(staged / SELFTEST_FILE, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
     return SelfTest(file=SELFTEST_FILE, samples=used, max_abs_error=max_abs_error, reference=reference_name)
-
-
-def _stub_manifest(source: SourceModel, outputs: list[TensorSpec]) -> Manifest:
-    """Enough of a manifest for a runner to check inputs while measuring."""
-    return Manifest.model_construct(inputs=source.inputs, outputs=outputs)

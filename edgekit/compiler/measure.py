@@ -10,7 +10,7 @@ import numpy as np
 
 from edgekit.manifest import Accuracy, Latency, TensorSpec
 
-__all__ = ["agreement", "host_description", "latency", "sample_inputs"]
+__all__ = ["agreement", "host_description", "interleaved_latency", "latency", "sample_inputs"]
 
 Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -86,6 +86,37 @@ def latency(predict: Predict, feed: dict[str, np.ndarray], warmup: int, repeat: 
         times.append((time.perf_counter() - t0) * 1e3)
     arr = np.asarray(times)
     return Latency(median_ms=float(np.median(arr)), p90_ms=float(np.percentile(arr, 90)), runs=repeat)
+
+
+def interleaved_latency(
+    predicts: Sequence[Predict], feed: dict[str, np.ndarray], warmup: int, repeat: int, rounds: int = 5
+) -> list[Latency]:
+    """Latency of several predictors measured in turns, so that machine noise hits them alike.
+
+    Each predictor gets ``warmup`` untimed runs, then ``rounds`` rounds in which every
+    predictor (in rotating order) runs a block of about ``repeat / rounds`` timed calls.
+    """
+    for predict in predicts:
+        for _ in range(warmup):
+            predict(feed)
+    rounds = max(1, min(rounds, repeat))
+    block = [repeat // rounds + (1 if r < repeat % rounds else 0) for r in range(rounds)]
+    times: list[list[float]] = [[] for _ in predicts]
+    order = list(range(len(predicts)))
+    for r in range(rounds):
+        for i in order:
+            predict = predicts[i]
+            predict(feed)  # one untimed call: the cache belongs to this predictor again
+            for _ in range(block[r]):
+                t0 = time.perf_counter()
+                predict(feed)
+                times[i].append((time.perf_counter() - t0) * 1e3)
+        order = order[1:] + order[:1]
+    out = []
+    for t in times:
+        arr = np.asarray(t)
+        out.append(Latency(median_ms=float(np.median(arr)), p90_ms=float(np.percentile(arr, 90)), runs=len(t)))
+    return out
 
 
 def host_description() -> str:

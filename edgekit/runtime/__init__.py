@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgekit.errors import ArtifactError
-from edgekit.manifest import Manifest, read_manifest
+from edgekit.manifest import Manifest, TensorSpec, read_manifest
 from edgekit.runtime.base import Runner
 
 if TYPE_CHECKING:
@@ -19,16 +19,22 @@ if TYPE_CHECKING:
 __all__ = ["LoadedModel", "Runner", "load", "runner_for"]
 
 
-def runner_for(backend: str, entry: Path, manifest: Manifest) -> Runner:
-    """The runner of ``backend`` for the file ``entry`` (one registry line per backend)."""
+def runner_for(
+    backend: str, entry: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], threads: int = 0
+) -> Runner:
+    """The runner of ``backend`` for the file ``entry`` (one registry line per backend).
+
+    ``threads`` sets ONNX Runtime's intra-op threads (0: its default). TVM's thread
+    pool follows ``$TVM_NUM_THREADS``.
+    """
     if backend == "onnxruntime":
         from edgekit.runtime.onnxruntime import OrtRunner
 
-        return OrtRunner(entry, manifest.inputs, manifest.outputs)
+        return OrtRunner(entry, inputs, outputs, threads=threads)
     if backend == "tvm":
         from edgekit.runtime.tvm import TvmRunner
 
-        return TvmRunner(entry, manifest.inputs, manifest.outputs)
+        return TvmRunner(entry, inputs, outputs)
     raise ArtifactError(f"backend '{backend}' has no runner in this edgekit; upgrade edgekit")
 
 
@@ -69,7 +75,7 @@ class LoadedModel:
         )
 
 
-def load(artifact_dir: str | Path) -> LoadedModel:
+def load(artifact_dir: str | Path, threads: int = 0) -> LoadedModel:
     """Load a compiled artifact directory (checks the manifest and that every file is present)."""
     directory = Path(artifact_dir)
     manifest = read_manifest(directory)
@@ -83,4 +89,8 @@ def load(artifact_dir: str | Path) -> LoadedModel:
     for name in manifest.backend.files:
         if not (directory / name).is_file():
             raise ArtifactError(f"{directory}: file '{name}' listed in manifest.json is missing; recompile")
-    return LoadedModel(directory, manifest, runner_for(manifest.backend.name, directory / manifest.backend.entry, manifest))
+    return LoadedModel(
+        directory,
+        manifest,
+        runner_for(manifest.backend.name, directory / manifest.backend.entry, manifest.inputs, manifest.outputs, threads),
+    )

@@ -86,14 +86,16 @@ class TvmRunner(Runner):
                 f"it may be built for another architecture or another TVM version"
             ) from exc
         self._order = [s.name for s in self.inputs]
+        self._lock = threading.Lock()  # the aligned input buffers are reused between calls
         self._buffers: dict[str, np.ndarray] = {s.name: _aligned_copy(np.zeros(s.shape, dtype=s.dtype)) for s in self.inputs}
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        args = []
-        for name in self._order:
-            buf = self._buffers[name]
-            buf[...] = feeds[name]
-            args.append(self._ffi.from_dlpack(buf))
-        out: Any = self._main(*args)
-        items = [out] if hasattr(out, "__dlpack__") else list(out)
-        return [np.array(np.from_dlpack(t), copy=True) for t in items]
+        with self._lock:
+            args = []
+            for name in self._order:
+                buf = self._buffers[name]
+                buf[...] = feeds[name]
+                args.append(self._ffi.from_dlpack(buf))
+            out: Any = self._main(*args)
+            items = [out] if hasattr(out, "__dlpack__") else list(out)
+            return [np.array(np.from_dlpack(t), copy=True) for t in items]

@@ -78,7 +78,7 @@ def verify_artifact(
     with tempfile.TemporaryDirectory(prefix="edgekit-verify-") as tmp:
         work = Path(tmp)
         feeds_file = work / "inputs.npz"
-        np.savez(feeds_file, **{f"{i}/in/{k}": v for i, (feeds, _) in enumerate(cases) for k, v in feeds.items()})
+        np.savez(feeds_file, **{f"{i}/in/{k}": v for i, (feeds, _) in enumerate(cases) for k, v in feeds.items()})  # type: ignore[arg-type]
         lib = work / "model.so"
         shutil.copy2(directory / manifest.backend.entry, lib)
         out_file = work / "outputs.npz"

@@ -35,8 +35,8 @@ def elf_machine(path: Path) -> str:
         head = fh.read(20)
     if len(head) < 20 or head[:4] != b"\x7fELF":
         return "not-elf"
-    order = "little" if head[5] == 1 else "big"
-    return ELF_MACHINES.get(int.from_bytes(head[18:20], order), "unknown")
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    return ELF_MACHINES.get(machine, "unknown")
 
 
 def _host_cpu() -> str:

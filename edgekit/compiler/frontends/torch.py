@@ -33,7 +33,10 @@ def _load_module(spec: str) -> tuple[Any, str, str, int]:
         if path.stat().st_size == 0:
             raise ModelLoadError(f"model file '{path}' is empty; re-save the model with torch.jit.script(model).save(path)")
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():
+                # torch >= 2.10 deprecates torch.jit.load; TorchScript files are still what users hand us.
+                warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=DeprecationWarning)
+                module = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelLoadError(
                 f"'{path}' is not a TorchScript file ({str(exc).splitlines()[0][:200]}); save the model with "
