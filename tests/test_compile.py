@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tarfile
 import time
@@ -231,3 +232,19 @@ def test_bundled_pipelines_load() -> None:
     for name in ("default", "tvm", "ort"):
         pipe = load_pipeline(name)
         assert pipe.candidates and pipe.accuracy.max_abs_error > 0
+
+
+def test_cuda_profile_builds_a_library_with_device_code(mlp_onnx: Path, out_dir: Path) -> None:
+    # ml_g4dn: x86_64 host + T4 (sm_75). TVM 0.27 embeds the kernels as CUDA C that NVRTC compiles at load.
+    if shutil.which("nvcc") is None:  # the machine image ships CUDA 13's nvcc; without one, the error says so
+        with pytest.raises(ToolchainError, match="nvcc"):
+            edgekit.compile(mlp_onnx, "ml_g4dn", out_dir, pipeline=QUICK, backend="tvm")
+        return
+    result = edgekit.compile(mlp_onnx, "ml_g4dn", out_dir, pipeline=QUICK, backend="tvm")
+    lib = result.artifact_dir / "model.so"
+    assert elf_machine(lib) == "x86_64"
+    assert result.manifest.backend.options["device_code"] in ("cuda-source", "fatbin")
+    assert b"_kernel" in lib.read_bytes()
+    assert result.manifest.measured is not None and result.manifest.measured.on == "host-proxy"  # no GPU here
+    with pytest.raises(ArtifactError, match="CUDA TVM artifact"):
+        edgekit.load(result.artifact_dir)

@@ -81,6 +81,11 @@ def load(artifact_dir: str | Path, threads: int = 0) -> LoadedModel:
     manifest = read_manifest(directory)
     arch = manifest.profile.greengrass.get("architecture")
     machine = {"amd64": "x86_64", "aarch64": "aarch64", "arm": "armv7l", "x86": "i686"}.get(str(arch), str(arch))
+    if manifest.backend.name == "tvm" and manifest.backend.options.get("device_code"):
+        raise ArtifactError(
+            f"{directory}: a CUDA TVM artifact ('{manifest.profile.name}'); edgekit.load runs CPU artifacts only so far — "
+            f"compile with --backend onnxruntime for a CPU artifact of this model"
+        )
     if manifest.backend.name == "tvm" and machine != platform.machine():
         raise ArtifactError(
             f"{directory}: this TVM artifact is built for {machine} ('{manifest.profile.name}'), and this host is "

@@ -21,7 +21,7 @@ from edgekit.deps import package_version, require
 from edgekit.errors import CompilationError, ConfigError, ToolchainError, UnsupportedOperatorError
 from edgekit.profiles import DeviceProfile, host_arch
 
-__all__ = ["ELF_MACHINES", "TvmBackend", "elf_machine", "resolve_target"]
+__all__ = ["ELF_MACHINES", "TvmBackend", "cuda_device_code", "elf_machine", "resolve_target"]
 
 # e_machine values of the ELF header
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 3: "i686"}
@@ -37,6 +37,16 @@ def elf_machine(path: Path) -> str:
         return "not-elf"
     machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
     return ELF_MACHINES.get(machine, "unknown")
+
+
+def cuda_device_code(lib: Path) -> str:
+    """How a TVM library carries its CUDA kernels: 'fatbin', 'cuda-source' (NVRTC compiles it at load) or 'none'."""
+    data = lib.read_bytes()
+    if bytes.fromhex("50ed55ba") in data:  # fatbin magic 0xBA55ED50
+        return "fatbin"
+    if b"__global__" in data or b"__CUDACC_RTC__" in data:
+        return "cuda-source"
+    return "none"
 
 
 def _host_cpu() -> str:
@@ -168,11 +178,12 @@ class TvmBackend(Backend):
             raise ToolchainError(
                 f"{lib}: built an ELF for '{got}', but profile '{profile.name}' needs '{machine}'; check toolchain.cxx"
             )
-        return Built(
-            files=["model.so"],
-            entry="model.so",
-            details={"target": target_dict, "host": host_dict, "elf": got, "opt_level": opt_level, "tuned": False},
-        )
+        details: dict[str, Any] = {"target": target_dict, "host": host_dict, "elf": got, "opt_level": opt_level, "tuned": False}
+        if is_cuda:
+            details["device_code"] = cuda_device_code(lib)
+            if details["device_code"] == "none":
+                raise CompilationError(f"{lib}: the CUDA build holds no device code; check the profile's tvm.target")
+        return Built(files=["model.so"], entry="model.so", details=details)
 
     @staticmethod
     def _check_nvcc(profile: DeviceProfile, target: dict[str, Any]) -> None:
