@@ -17,7 +17,12 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     ├── AccuracyError             no candidate met the accuracy budget
     ├── InferenceError            predict() got the wrong inputs, or the backend failed running
     ├── VerificationError         the emulated run disagreed with the host or could not run
-    └── OutputError               the output directory cannot be written
+    ├── OutputError               the output directory cannot be written
+    ├── RecipeError               a Greengrass recipe is invalid (carries the lint findings)
+    ├── PackagingError            an artifact cannot be turned into components
+    ├── ResolutionError           a deployment can't be satisfied (Greengrass error code)
+    ├── PublishError              S3 / Greengrass calls failed (credentials, region, throttling, FAILED version)
+    └── DeploymentError           CreateDeployment was refused or its options are wrong
 
 The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`).
 """
@@ -30,6 +35,7 @@ __all__ = [
     "ArtifactError",
     "CompilationError",
     "ConfigError",
+    "DeploymentError",
     "EdgekitError",
     "InferenceError",
     "InputShapeError",
@@ -37,6 +43,10 @@ __all__ = [
     "ModelConversionError",
     "ModelLoadError",
     "OutputError",
+    "PackagingError",
+    "PublishError",
+    "RecipeError",
+    "ResolutionError",
     "ToolchainError",
     "UnknownTargetError",
     "UnsupportedOperatorError",
@@ -123,6 +133,38 @@ class OutputError(EdgekitError):
     """The output location cannot be written."""
 
 
+class RecipeError(EdgekitError):
+    """A Greengrass recipe is invalid; ``findings`` lists every problem found."""
+
+    def __init__(self, message: str, findings: list[object] | None = None) -> None:
+        self.findings = list(findings or [])
+        super().__init__(message)
+
+
+class PackagingError(EdgekitError):
+    """An artifact or component source can't be packaged."""
+
+
+class ResolutionError(EdgekitError):
+    """Component versions or platforms can't be resolved for some device.
+
+    ``code`` is the Greengrass error code (NO_AVAILABLE_COMPONENT_VERSION,
+    COMPONENT_VERSION_REQUIREMENTS_NOT_MET, ...) or ``NO_MATCHING_PLATFORM``.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"{code}: {message}")
+
+
+class PublishError(EdgekitError):
+    """Publishing to S3 / Greengrass failed."""
+
+
+class DeploymentError(EdgekitError):
+    """A deployment's options are invalid or the service refused it."""
+
+
 EXIT_CODES: dict[type[EdgekitError], int] = {
     ConfigError: 2,
     UnknownTargetError: 2,
@@ -138,6 +180,11 @@ EXIT_CODES: dict[type[EdgekitError], int] = {
     InferenceError: 10,
     VerificationError: 11,
     OutputError: 12,
+    RecipeError: 13,
+    PackagingError: 14,
+    ResolutionError: 15,
+    PublishError: 16,
+    DeploymentError: 17,
 }
 
 

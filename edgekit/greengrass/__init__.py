@@ -1,0 +1,1 @@
+"""Greengrass v2: recipes, packaging, pre-flight resolution, publishing and deploying."""

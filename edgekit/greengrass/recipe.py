@@ -1,0 +1,138 @@
+"""Reading and writing Greengrass v2 recipes the way the nucleus does.
+
+The classic nucleus reads recipe keys case-insensitively (GDK lowercases them
+before validating); nucleus lite is case-sensitive. So edgekit *reads* any casing
+and *writes* the documented one. :func:`normalize_recipe` maps every known key
+to its documented casing and leaves unknown keys as they are, for the linter to
+report. Free-form parts (``DefaultConfiguration``, ``Setenv``, platform
+attributes, component names under ``ComponentDependencies``) keep their keys.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgekit.errors import RecipeError
+
+__all__ = [
+    "LIFECYCLE_STEPS",
+    "RECIPE_FORMAT_VERSION",
+    "dump_recipe",
+    "load_recipe",
+    "normalize_recipe",
+    "parse_recipe_text",
+]
+
+RECIPE_FORMAT_VERSION = "2020-01-25"
+LIFECYCLE_STEPS = ("Setenv", "Install", "Run", "Startup", "Shutdown", "Recover", "Bootstrap")
+
+# documented casing of every fixed key, by the structure it appears in
+_TOP = [
+    "RecipeFormatVersion",
+    "ComponentName",
+    "ComponentVersion",
+    "ComponentType",
+    "ComponentDescription",
+    "ComponentPublisher",
+    "ComponentSource",
+    "ComponentConfiguration",
+    "ComponentDependencies",
+    "Manifests",
+    "Lifecycle",
+]
+_CONFIG = ["DefaultConfiguration"]
+_DEPENDENCY = ["VersionRequirement", "DependencyType"]
+_MANIFEST = ["Platform", "Name", "Lifecycle", "Selections", "Artifacts"]
+_PLATFORM = ["os", "architecture", "architecture.detail"]
+_STEP = ["Script", "RequiresPrivilege", "Skipif", "Timeout", "Setenv"]
+_BOOTSTRAP_STEP = [*_STEP, "BootstrapOnRollback"]
+_ARTIFACT = ["URI", "Unarchive", "Permission", "Digest", "Algorithm"]
+_PERMISSION = ["Read", "Execute"]
+
+
+def _fix(mapping: dict[str, Any], known: list[str]) -> dict[str, Any]:
+    lookup = {k.lower(): k for k in known}
+    return {lookup.get(str(k).lower(), k): v for k, v in mapping.items()}
+
+
+def _lifecycle(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    out = _fix(value, list(LIFECYCLE_STEPS))
+    for step, body in list(out.items()):
+        if step == "Setenv" or not isinstance(body, dict):
+            continue
+        out[step] = _fix(body, _BOOTSTRAP_STEP if step == "Bootstrap" else _STEP)
+    return out
+
+
+def normalize_recipe(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with every known key in its documented casing."""
+    recipe = _fix(dict(raw), _TOP)
+    if isinstance(recipe.get("ComponentConfiguration"), dict):
+        recipe["ComponentConfiguration"] = _fix(recipe["ComponentConfiguration"], _CONFIG)
+    deps = recipe.get("ComponentDependencies")
+    if isinstance(deps, dict):
+        recipe["ComponentDependencies"] = {
+            name: _fix(spec, _DEPENDENCY) if isinstance(spec, dict) else spec for name, spec in deps.items()
+        }
+    if "Lifecycle" in recipe:
+        recipe["Lifecycle"] = _lifecycle(recipe["Lifecycle"])
+    manifests = recipe.get("Manifests")
+    if isinstance(manifests, list):
+        fixed = []
+        for m in manifests:
+            if not isinstance(m, dict):
+                fixed.append(m)
+                continue
+            m = _fix(m, _MANIFEST)
+            if isinstance(m.get("Platform"), dict):
+                m["Platform"] = _fix(m["Platform"], _PLATFORM)
+            if "Lifecycle" in m:
+                m["Lifecycle"] = _lifecycle(m["Lifecycle"])
+            if isinstance(m.get("Artifacts"), list):
+                arts = []
+                for a in m["Artifacts"]:
+                    if isinstance(a, dict):
+                        a = _fix(a, _ARTIFACT)
+                        if isinstance(a.get("Permission"), dict):
+                            a["Permission"] = _fix(a["Permission"], _PERMISSION)
+                    arts.append(a)
+                m["Artifacts"] = arts
+            fixed.append(m)
+        recipe["Manifests"] = fixed
+    return recipe
+
+
+def parse_recipe_text(text: str, where: str) -> dict[str, Any]:
+    """Parse recipe text (JSON or YAML; JSON is YAML) into a normalized dict."""
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise RecipeError(f"{where}: not valid JSON/YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: a recipe must be a mapping at the top level, got {type(data).__name__}")
+    return normalize_recipe(data)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe file (``.json``, ``.yaml`` or ``.yml``) into a normalized dict."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise RecipeError(f"{p}: cannot read recipe: {exc.strerror or exc}") from exc
+    return parse_recipe_text(text, str(p))
+
+
+def dump_recipe(recipe: dict[str, Any], fmt: str = "json") -> str:
+    """Serialize deterministically (stable key order as given, UTF-8, trailing newline)."""
+    if fmt == "json":
+        return json.dumps(recipe, indent=2, ensure_ascii=False) + "\n"
+    if fmt in ("yaml", "yml"):
+        return str(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True, width=120))
+    raise RecipeError(f"unknown recipe format '{fmt}'; use json or yaml")
