@@ -54,6 +54,16 @@ _ARTIFACT = ["URI", "Unarchive", "Permission", "Digest", "Algorithm"]
 _PERMISSION = ["Read", "Execute"]
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that keeps dates as strings: ``RecipeFormatVersion: 2020-01-25`` is text, not a date."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def _fix(mapping: dict[str, Any], known: list[str]) -> dict[str, Any]:
     lookup = {k.lower(): k for k in known}
     return {lookup.get(str(k).lower(), k): v for k, v in mapping.items()}
@@ -111,7 +121,7 @@ def normalize_recipe(raw: dict[str, Any]) -> dict[str, Any]:
 def parse_recipe_text(text: str, where: str) -> dict[str, Any]:
     """Parse recipe text (JSON or YAML; JSON is YAML) into a normalized dict."""
     try:
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.load(text, Loader=_RecipeLoader)  # noqa: S506
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise RecipeError(f"{where}: not valid JSON/YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ def _load(path: Path) -> Any:
     require("sklearn", "loading a scikit-learn model")
     try:
         return joblib.load(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, IndexError, AttributeError, ImportError) as exc:
+    except Exception as exc:  # a corrupt pickle raises almost anything: struct.error, zlib.error, TypeError, ...
         raise ModelLoadError(
             f"'{path}' is not a readable scikit-learn pickle ({type(exc).__name__}: {exc}); "
             f"save the fitted estimator with joblib.dump(model, path)"
