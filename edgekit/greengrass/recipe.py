@@ -121,7 +121,7 @@ def normalize_recipe(raw: dict[str, Any]) -> dict[str, Any]:
 def parse_recipe_text(text: str, where: str) -> dict[str, Any]:
     """Parse recipe text (JSON or YAML; JSON is YAML) into a normalized dict."""
     try:
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.load(text, Loader=_RecipeLoader)  # noqa: S506
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.load(text, Loader=_RecipeLoader)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise RecipeError(f"{where}: not valid JSON/YAML: {exc}") from exc
     if not isinstance(data, dict):

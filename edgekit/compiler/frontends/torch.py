@@ -97,9 +97,14 @@ def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | No
     module, sha, display, size = _load_module(spec)
     module.eval()
     params = _forward_params(module)
-    if len(input_shapes) > 1 and set(input_shapes) <= set(params):
+    if set(input_shapes) <= set(params):
         # Named after forward()'s parameters: bind by name, not by the order they were given in.
         input_shapes = {n: input_shapes[n] for n in sorted(input_shapes, key=params.index)}
+        if list(input_shapes) != params[: len(input_shapes)]:
+            raise InputShapeError(
+                f"'{spec}': --input-shape names {list(input_shapes)}, but forward() takes {params}; inputs are passed "
+                f"by position, so give shapes for the first {params.index(list(input_shapes)[-1]) + 1} parameters"
+            )
     names = list(input_shapes)
     rng = np.random.default_rng(0)
     example = tuple(torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in input_shapes.values())
