@@ -97,7 +97,7 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
     for spec in specs or []:
         name, _, dims = spec.rpartition(":")
         try:
-            shape = [int(d) for d in dims.replace("x", ",").split(",") if d.strip()]
+            shape = [int(d) for d in re.split(r"[,x]", dims)]  # 1,3,224,224 or 1x3x224x224
         except ValueError:
             shape = []
         if not shape or any(d <= 0 for d in shape):

@@ -109,6 +109,16 @@ def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | No
     rng = np.random.default_rng(0)
     example = tuple(torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in input_shapes.values())
     workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        with torch.no_grad():
+            n_out = len(_flatten(module(*example)))
+    except Exception as exc:  # the model's own forward() failed on inputs of the given shapes
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelConversionError(
+            f"'{spec}': forward() fails on inputs of shapes {list(input_shapes.values())}: {msg} "
+            f"(check --input-shape: one shape per forward() argument, in order; got {names})"
+        ) from exc
+    output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -118,6 +128,7 @@ def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | No
                 example,
                 buf,
                 input_names=names,
+                output_names=output_names,
                 opset_version=OPSET,
                 dynamo=False,
                 do_constant_folding=True,
