@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
 import tempfile
 import uuid
 from pathlib import Path
 
+from edgekit.atomic import install_dir
 from edgekit.errors import OutputError
 
 __all__ = ["check_writable", "install_dir", "make_archive"]
@@ -22,23 +22,6 @@ def check_writable(directory: Path) -> None:
             pass
     except OSError as exc:
         raise OutputError(f"cannot write to output directory '{directory}': {exc.strerror or exc}; choose another -o") from exc
-
-
-def install_dir(staged: Path, final: Path) -> None:
-    """Move the complete ``staged`` folder to ``final``, replacing an older one only once the new one is whole."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    try:
-        os.replace(staged, final)
-    except OSError:
-        if old is not None:
-            os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def make_archive(artifact_dir: Path) -> Path:

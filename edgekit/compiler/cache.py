@@ -39,7 +39,12 @@ def source_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+# Bump when what an artifact holds changes without an edgekit release (2: selftest.npz).
+CACHE_FORMAT = 2
+
+
 def cache_key(**parts: Any) -> str:
+    parts["format"] = CACHE_FORMAT
     parts["versions"] = {
         "edgekit": package_version("edgekit"),
         "apache-tvm": package_version("apache-tvm"),

@@ -1,0 +1,390 @@
+"""``edgekit package``: compiled artifacts → three Greengrass v2 components, GDK layout.
+
+The ML pattern Greengrass itself uses (its DLR image-classification chain):
+
+* **runtime** (``com.edgekit.Runtime``): the runtime subset of the ``edgekit`` package
+  and a requirements file per backend, installed into a virtual environment on the
+  device by its ``Install`` step;
+* **model** (``--name``): the compiled artifacts, one manifest per platform, taken
+  from each artifact's device profile (a rasp4b build only on linux/aarch64, ...);
+* **inference** (``<name>.Inference``): HARD dependencies on both; its
+  configuration (input source, window, output, fallback endpoint) comes from
+  ``ComponentConfiguration``.
+
+Output, as the GDK CLI and the Greengrass CLI expect it::
+
+    greengrass-build/recipes/<name>-<version>.json
+    greengrass-build/artifacts/<name>/<version>/<file>.zip
+
+Zips are reproducible (sorted entries, fixed times and modes), recipes are written
+deterministically, so packaging the same input twice gives identical bytes.
+Recipes carry each artifact's ``Digest`` (base64 SHA-256) and ``Algorithm`` as the
+service would report them; ``edgekit publish`` leaves them out of what it uploads.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import semantic_version
+import yaml
+
+from edgekit._version import __version__
+from edgekit.atomic import install_dir
+from edgekit.errors import ArtifactError, PackagingError
+from edgekit.greengrass.recipe import dump_recipe, load_recipe, normalize_recipe
+from edgekit.manifest import Manifest, read_manifest
+from edgekit.resources import bundled_dir
+
+__all__ = [
+    "RUNTIME_COMPONENT",
+    "PackageResult",
+    "PackagedComponent",
+    "next_version",
+    "package",
+    "reproducible_zip",
+]
+
+RUNTIME_COMPONENT = "com.edgekit.Runtime"
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+# The part of edgekit a device needs to load and run an artifact (no compiler, no CLI).
+_RUNTIME_MODULES = ["__init__.py", "_version.py", "errors.py", "deps.py", "manifest.py", "runtime"]
+Progress = Callable[[str], None]
+
+
+@dataclass
+class PackagedComponent:
+    name: str
+    version: str
+    recipe_path: Path
+    artifacts: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class PackageResult:
+    output: Path
+    components: list[PackagedComponent]
+
+    def component(self, name: str) -> PackagedComponent:
+        return next(c for c in self.components if c.name == name)
+
+
+def reproducible_zip(dest: Path, files: Iterable[tuple[str, Path]]) -> None:
+    """Zip ``(arcname, path)`` pairs with fixed times and modes, sorted, written atomically."""
+    entries = sorted(files, key=lambda e: e[0])
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=6) as zf:
+            for arcname, path in entries:
+                info = zipfile.ZipInfo(arcname, date_time=_ZIP_TIME)
+                executable = bool(path.stat().st_mode & stat.S_IXUSR) or path.suffix == ".so"
+                info.external_attr = ((0o755 if executable else 0o644) | stat.S_IFREG) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.create_system = 3  # unix, so the modes are honoured when unzipped
+                zf.writestr(info, path.read_bytes(), compresslevel=6)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _tree(root: Path, prefix: str) -> list[tuple[str, Path]]:
+    """Files under ``root`` as zip entries under ``prefix`` ("" for the zip's root: "x.zip" unpacks into x/)."""
+    return [
+        (f"{prefix}/{p.relative_to(root).as_posix()}".lstrip("/"), p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith(".pyc")
+    ]
+
+
+def _digest(path: Path) -> str:
+    return base64.b64encode(hashlib.sha256(path.read_bytes()).digest()).decode()
+
+
+def next_version(name: str, recipes_dir: Path, known: Iterable[str] = ()) -> str:
+    """NEXT_PATCH: one patch above the highest version of ``name`` packaged here or ``known``; 1.0.0 if none."""
+    versions = [semantic_version.Version(v) for v in known if semantic_version.validate(v)]
+    prefix = f"{name}-"
+    if recipes_dir.is_dir():
+        for p in recipes_dir.glob(f"{name}-*.json"):
+            v = p.stem[len(prefix) :]
+            if semantic_version.validate(v):
+                versions.append(semantic_version.Version(v))
+    if not versions:
+        return "1.0.0"
+    top = max(versions)
+    return str(semantic_version.Version(major=top.major, minor=top.minor, patch=top.patch + 1))
+
+
+def _template(name: str, tokens: dict[str, str]) -> dict[str, Any]:
+    path = bundled_dir("recipes") / f"{name}.yaml"
+    text = path.read_text()
+    for token, value in tokens.items():
+        text = text.replace(token, value)
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise PackagingError(f"{path}: a recipe template must be a YAML mapping")
+    return normalize_recipe(data)
+
+
+def _platform(manifest: Manifest) -> dict[str, str]:
+    gg = manifest.profile.greengrass
+    return {"os": gg["os"], "architecture": gg["architecture"]}
+
+
+def _write_recipe(recipe: dict[str, Any], recipes_dir: Path) -> Path:
+    path = recipes_dir / f"{recipe['ComponentName']}-{recipe['ComponentVersion']}.json"
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(dump_recipe(recipe, "json"))
+    os.replace(tmp, path)
+    return path
+
+
+def _set_artifact(manifest: dict[str, Any], zip_path: Path) -> None:
+    for art in manifest.get("Artifacts", []):
+        if art["URI"].endswith("/" + zip_path.name):
+            art["Digest"] = _digest(zip_path)
+            art["Algorithm"] = "SHA-256"
+            return
+    raise PackagingError(f"recipe template names no artifact '{zip_path.name}'")
+
+
+def package(
+    artifacts: Iterable[str | Path],
+    *,
+    name: str,
+    version: str = "NEXT_PATCH",
+    output: str | Path = "greengrass-build",
+    publisher: str = "edgekit",
+    runtime_name: str = RUNTIME_COMPONENT,
+    known_versions: Iterable[str] = (),
+    progress: Progress | None = None,
+) -> PackageResult:
+    """Package compiled ``artifacts`` (one per platform) as runtime, model and inference components.
+
+    Nothing is written to ``output`` until every input is checked; each file is
+    written atomically.
+    """
+    say = progress or (lambda _m: None)
+    out = Path(output)
+    _check_name(name, "--name")
+    _check_name(runtime_name, "runtime component name")
+
+    # 1. Read and check every input before writing anything.
+    loaded: list[tuple[Path, Manifest]] = []
+    for a in artifacts:
+        path = Path(a)
+        try:
+            m = read_manifest(path)
+        except ArtifactError as exc:
+            raise PackagingError(f"cannot package '{path}': {exc}") from exc
+        missing = [f for f in [*m.backend.files, m.selftest.file if m.selftest else None] if f and not (path / f).is_file()]
+        if missing:
+            raise PackagingError(f"cannot package '{path}': files {missing} named in its manifest.json are missing; recompile")
+        loaded.append((path, m))
+    if not loaded:
+        raise PackagingError("give at least one compiled artifact folder to package")
+    by_platform: dict[tuple[str, str], tuple[Path, Manifest]] = {}
+    for path, m in loaded:
+        key = (m.profile.greengrass["os"], m.profile.greengrass["architecture"])
+        if key in by_platform:
+            other = by_platform[key][1].profile.name
+            raise PackagingError(
+                f"two artifacts for {key[0]}/{key[1]}: '{other}' and '{m.profile.name}'; a device picks the first "
+                f"manifest that matches its platform, so package them as separate components (another --name)"
+            )
+        by_platform[key] = (path, m)
+    if len({tuple((s.name, tuple(s.shape)) for s in m.inputs) for _, m in loaded}) > 1:
+        shown = sorted({f"{m.profile.name}: {[(s.name, s.shape) for s in m.inputs]}" for _, m in loaded})
+        raise PackagingError(f"the artifacts take different inputs ({'; '.join(shown)}); package one model per component")
+    if version == "NEXT_PATCH":
+        version = next_version(name, out / "recipes", known_versions)
+    elif not semantic_version.validate(version):
+        raise PackagingError(f"--version '{version}' is not semver (MAJOR.MINOR.PATCH) or NEXT_PATCH")
+    backends = sorted({m.backend.name for _, m in loaded})
+    if len(backends) > 1:
+        raise PackagingError(
+            f"the artifacts use different backends {backends}; the runtime component installs one: "
+            f"compile them all with the same --backend"
+        )
+    backend = backends[0]
+    tokens = {"@RUNTIME@": runtime_name, "@MODEL@": name, "@BACKEND@": backend}
+
+    # 2. Build everything in a staging folder, then move each piece into place whole.
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".edgekit-package-", dir=out))
+    try:
+        staged = _build(by_platform, name, version, publisher, runtime_name, tokens, staging, say)
+        return _install(staged, staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _install(staged: list[PackagedComponent], staging: Path, out: Path) -> PackageResult:
+    final: list[PackagedComponent] = []
+    for comp in staged:
+        src_dir = staging / "artifacts" / comp.name / comp.version
+        dest_dir = out / "artifacts" / comp.name / comp.version
+        install_dir(src_dir, dest_dir)
+        recipe = out / "recipes" / comp.recipe_path.name
+        recipe.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(comp.recipe_path, recipe)
+        final.append(PackagedComponent(comp.name, comp.version, recipe, [dest_dir / a.name for a in comp.artifacts]))
+    return PackageResult(out, final)
+
+
+def _build(
+    by_platform: dict[tuple[str, str], tuple[Path, Manifest]],
+    name: str,
+    version: str,
+    publisher: str,
+    runtime_name: str,
+    tokens: dict[str, str],
+    staging: Path,
+    say: Progress,
+) -> list[PackagedComponent]:
+    recipes_dir, artifacts_root = staging / "recipes", staging / "artifacts"
+    recipes_dir.mkdir(parents=True)
+    runtime_version = __version__
+    inference_name = f"{name}.Inference"
+    result: list[PackagedComponent] = []
+    say(f"runtime component {runtime_name} {runtime_version} ({tokens['@BACKEND@']})")
+    result.append(_package_runtime(runtime_name, runtime_version, publisher, tokens, recipes_dir, artifacts_root))
+
+    say(f"model component {name} {version}: {', '.join(f'{k[0]}/{k[1]}' for k in sorted(by_platform))}")
+    model = _template("model", tokens)
+    template_manifest = model["Manifests"][0]
+    model_dest = _fresh_dir(artifacts_root / name / version)
+    model_manifests = []
+    model_zips = []
+    for key in sorted(by_platform, key=lambda k: (k[1] != "amd64", k)):
+        path, m = by_platform[key]
+        # "x.zip" unpacks to {artifacts:decompressedPath}/x on the device
+        zip_path = model_dest / f"{_model_dir(m)}.zip"
+        reproducible_zip(zip_path, [(p.name, p) for p in sorted(path.iterdir()) if p.is_file()])
+        manifest = _subst(copy.deepcopy(template_manifest), "@MODEL_DIR@", _model_dir(m))
+        manifest["Platform"] = _platform(m)
+        _set_artifact(manifest, zip_path)
+        model_manifests.append(manifest)
+        model_zips.append(zip_path)
+    model.update(ComponentName=name, ComponentVersion=version, ComponentPublisher=publisher, Manifests=model_manifests)
+    model = _ordered(model)
+    result.append(PackagedComponent(name, version, _write_recipe(model, recipes_dir), model_zips))
+
+    say(f"inference component {inference_name} {version}")
+    inference = _template("inference", tokens)
+    src = bundled_dir("components") / "inference"
+    inf_dest = _fresh_dir(artifacts_root / inference_name / version)
+    inf_zip = inf_dest / "inference.zip"
+    reproducible_zip(inf_zip, _tree(src, ""))
+    base = inference["Manifests"][0]
+    manifests = []
+    for key in sorted(by_platform, key=lambda k: (k[1] != "amd64", k)):
+        manifest = _subst(copy.deepcopy(base), "@MODEL_DIR@", _model_dir(by_platform[key][1]))
+        manifest["Platform"] = {"os": key[0], "architecture": key[1]}
+        _set_artifact(manifest, inf_zip)
+        manifests.append(manifest)
+    inference.update(
+        ComponentName=inference_name,
+        ComponentVersion=version,
+        ComponentPublisher=publisher,
+        ComponentDependencies={
+            runtime_name: {
+                "VersionRequirement": f">={runtime_version} <{semantic_version.Version(runtime_version).next_major()}",
+                "DependencyType": "HARD",
+            },
+            name: {"VersionRequirement": version, "DependencyType": "HARD"},
+        },
+        Manifests=manifests,
+    )
+    inference = _ordered(inference)
+    result.append(PackagedComponent(inference_name, version, _write_recipe(inference, recipes_dir), [inf_zip]))
+    return result
+
+
+def _package_runtime(
+    name: str, version: str, publisher: str, tokens: dict[str, str], recipes_dir: Path, artifacts_root: Path
+) -> PackagedComponent:
+    recipe = _template("runtime", tokens)
+    dest = _fresh_dir(artifacts_root / name / version)
+    zip_path = dest / "runtime.zip"
+    pkg = Path(__file__).resolve().parents[1]  # the installed edgekit package
+    files: list[tuple[str, Path]] = []
+    for entry in _RUNTIME_MODULES:
+        p = pkg / entry
+        files += _tree(p, f"edgekit/{entry}") if p.is_dir() else [(f"edgekit/{entry}", p)]
+    files += _tree(bundled_dir("components") / "runtime", "")
+    reproducible_zip(zip_path, files)
+    # the backend is chosen per deployment through configuration; both requirement files ship
+    recipe["ComponentConfiguration"]["DefaultConfiguration"]["Backend"] = tokens["@BACKEND@"]
+    for manifest in recipe["Manifests"]:
+        _set_artifact(manifest, zip_path)
+    recipe.update(ComponentName=name, ComponentVersion=version, ComponentPublisher=publisher)
+    recipe = _ordered(recipe)
+    return PackagedComponent(name, version, _write_recipe(recipe, recipes_dir), [zip_path])
+
+
+_ORDER = [
+    "RecipeFormatVersion",
+    "ComponentName",
+    "ComponentVersion",
+    "ComponentDescription",
+    "ComponentPublisher",
+    "ComponentConfiguration",
+    "ComponentDependencies",
+    "Manifests",
+    "Lifecycle",
+]
+
+
+def _model_dir(m: Manifest) -> str:
+    return f"model-{m.profile.name}"
+
+
+def _subst(value: Any, token: str, text: str) -> Any:
+    """``value`` with ``token`` replaced by ``text`` in every string inside it."""
+    if isinstance(value, str):
+        return value.replace(token, text)
+    if isinstance(value, list):
+        return [_subst(v, token, text) for v in value]
+    if isinstance(value, dict):
+        return {k: _subst(v, token, text) for k, v in value.items()}
+    return value
+
+
+def _ordered(recipe: dict[str, Any]) -> dict[str, Any]:
+    return {k: recipe[k] for k in _ORDER if k in recipe} | {k: v for k, v in recipe.items() if k not in _ORDER}
+
+
+def _fresh_dir(path: Path) -> Path:
+    """An empty ``path``: a version folder holds exactly what this packaging wrote."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _check_name(name: str, what: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name.lower().startswith("aws.greengrass"):
+        raise PackagingError(
+            f"{what} '{name}' is not a valid component name: use reverse-domain style like com.example.Classifier "
+            f"(letters, digits, '.', '-', '_'; the aws.greengrass prefix is reserved)"
+        )
+
+
+def load_packaged(recipes_dir: Path) -> list[dict[str, Any]]:
+    """Every recipe of a ``greengrass-build/recipes`` folder, normalized."""
+    return [load_recipe(p) for p in sorted(recipes_dir.glob("*.json"))]

@@ -1,0 +1,182 @@
+"""edgekit package: three Greengrass components in the GDK layout, reproducible, checked."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import edgekit
+from edgekit.compiler.pipeline import Pipeline
+from edgekit.errors import PackagingError
+from edgekit.greengrass.package import RUNTIME_COMPONENT, package
+from edgekit.greengrass.recipe import load_recipe
+
+QUICK = Pipeline.model_validate(
+    {
+        "name": "quick",
+        "candidates": [{"name": "ort", "backend": "onnxruntime"}],
+        "measure": {"samples": 2, "warmup": 0, "repeat": 2},
+    }
+)
+NAME = "com.example.Classifier"
+
+
+@pytest.fixture
+def artifacts(mlp_onnx: Path, tmp_path: Path) -> list[Path]:
+    out = tmp_path / "build"
+    return [edgekit.compile(mlp_onnx, t, out, pipeline=QUICK).artifact_dir for t in ("x86_64", "rasp4b")]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_three_components_in_gdk_layout(artifacts: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "greengrass-build"
+    result = package(artifacts, name=NAME, version="1.2.3", output=out)
+    assert sorted(_snapshot(out)) == sorted(
+        [
+            f"recipes/{RUNTIME_COMPONENT}-{edgekit.__version__}.json",
+            f"recipes/{NAME}-1.2.3.json",
+            f"recipes/{NAME}.Inference-1.2.3.json",
+            f"artifacts/{RUNTIME_COMPONENT}/{edgekit.__version__}/runtime.zip",
+            f"artifacts/{NAME}/1.2.3/model-x86_64.zip",
+            f"artifacts/{NAME}/1.2.3/model-rasp4b.zip",
+            f"artifacts/{NAME}.Inference/1.2.3/inference.zip",
+        ]
+    )
+    model = load_recipe(result.component(NAME).recipe_path)
+    assert model["RecipeFormatVersion"] == "2020-01-25" and model["ComponentVersion"] == "1.2.3"
+    platforms = [(m["Platform"]["architecture"], m["Artifacts"][0]["URI"]) for m in model["Manifests"]]
+    # the x86 build only on linux/amd64, the rasp4b build only on linux/aarch64
+    assert platforms == [
+        ("amd64", "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/model-x86_64.zip"),
+        ("aarch64", "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/model-rasp4b.zip"),
+    ]
+    assert all(m["Artifacts"][0]["Unarchive"] == "ZIP" for m in model["Manifests"])
+    inference = load_recipe(result.component(f"{NAME}.Inference").recipe_path)
+    deps = inference["ComponentDependencies"]
+    assert deps[NAME] == {"VersionRequirement": "1.2.3", "DependencyType": "HARD"}
+    assert deps[RUNTIME_COMPONENT]["DependencyType"] == "HARD"
+    config = inference["ComponentConfiguration"]["DefaultConfiguration"]
+    assert {"InputSource", "WindowSeconds", "OutputTopic", "FallbackEndpoint"} <= config.keys()
+    assert all(isinstance(v, str) for v in config.values())  # strings: numbers may come back as floats
+    scripts = {m["Platform"]["architecture"]: m["Lifecycle"]["Run"]["Script"] for m in inference["Manifests"]}
+    assert f"{{{NAME}:artifacts:decompressedPath}}/model-rasp4b" in scripts["aarch64"]
+    assert f"{{{NAME}:artifacts:decompressedPath}}/model-x86_64" in scripts["amd64"]
+    runtime = load_recipe(result.component(RUNTIME_COMPONENT).recipe_path)
+    assert runtime["ComponentConfiguration"]["DefaultConfiguration"]["Backend"] == "onnxruntime"
+    assert "Install" in runtime["Manifests"][0]["Lifecycle"]
+
+
+def test_digests_match_the_zips(artifacts: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "gg"
+    result = package(artifacts, name=NAME, version="1.0.0", output=out)
+    for comp in result.components:
+        recipe = load_recipe(comp.recipe_path)
+        for manifest in recipe["Manifests"]:
+            for art in manifest["Artifacts"]:
+                file = out / "artifacts" / comp.name / comp.version / art["URI"].rsplit("/", 1)[1]
+                assert art["Algorithm"] == "SHA-256"
+                assert art["Digest"] == base64.b64encode(hashlib.sha256(file.read_bytes()).digest()).decode()
+    with zipfile.ZipFile(out / "artifacts" / NAME / "1.0.0" / "model-rasp4b.zip") as zf:
+        assert sorted(zf.namelist()) == ["manifest.json", "model.onnx", "selftest.npz"]
+        assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+
+
+def test_packaging_twice_is_byte_identical(artifacts: list[Path], tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    package(artifacts, name=NAME, version="2.0.0", output=a)
+    os.utime(artifacts[0] / "manifest.json", (1, 1))  # file times must not leak into the zips
+    package(list(reversed(artifacts)), name=NAME, version="2.0.0", output=b)
+    assert _snapshot(a) == _snapshot(b)
+
+
+def test_next_patch(artifacts: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "gg"
+    assert package(artifacts, name=NAME, output=out).component(NAME).version == "1.0.0"
+    assert package(artifacts, name=NAME, output=out).component(NAME).version == "1.0.1"
+    assert package(artifacts, name=NAME, output=out, known_versions=["1.4.9"]).component(NAME).version == "1.4.10"
+
+
+def test_components_run_outside_edgekit(artifacts: list[Path], tmp_path: Path) -> None:
+    """Unzip the three components as a device would and run the inference script on the runtime subset alone."""
+    result = package(artifacts, name=NAME, version="1.0.0", output=tmp_path / "gg")
+    device = tmp_path / "device"
+    for comp in result.components:
+        for z in comp.artifacts:
+            if "rasp4b" in z.name:
+                continue
+            with zipfile.ZipFile(z) as zf:
+                zf.extractall(device / comp.name / z.stem)
+    runtime_dir = device / RUNTIME_COMPONENT / "runtime"  # {artifacts:decompressedPath}/runtime
+    assert (runtime_dir / "requirements-onnxruntime.txt").is_file()
+    script = device / f"{NAME}.Inference" / "inference" / "inference.py"
+    model_dir = device / NAME / "model-x86_64"
+    out = tmp_path / "aggregates.jsonl"
+    # -S: no .pth files, so this checkout's editable install can't shadow the zipped runtime; only the
+    # third-party packages (numpy, pydantic, onnxruntime) come from site-packages, as from the device's venv.
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    env = {**os.environ, "PYTHONPATH": f"{runtime_dir}{os.pathsep}{site}"}
+    check = subprocess.run(
+        [sys.executable, "-S", "-c", "import edgekit, sys; print(edgekit.__file__)"], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert check.stdout.strip().startswith(str(runtime_dir))  # the zipped runtime, not this checkout
+    proc = subprocess.run(
+        [sys.executable, "-S", "-u", str(script), str(model_dir), "--max-inferences", "7", "--window-seconds", "0",
+         "--interval-seconds", "0", "--output-path", str(out)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "self-test passed" in proc.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sum(r["inferences"] for r in rows) == 7
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "does not exist"),
+        ("file-gone", r"files \['model.onnx'\] named in its manifest.json are missing"),
+        ("same-platform", r"two artifacts for linux/aarch64"),
+        ("bad-name", "not a valid component name"),
+        ("reserved-name", "not a valid component name"),
+        ("bad-version", "is not semver"),
+        ("nothing", "at least one"),
+    ],
+)
+def test_bad_input_writes_nothing(artifacts: list[Path], mlp_onnx: Path, tmp_path: Path, case: str, message: str) -> None:
+    name, version, arts = NAME, "1.0.0", list(artifacts)
+    if case == "missing":
+        arts.append(tmp_path / "nope")
+    elif case == "file-gone":
+        (artifacts[1] / "model.onnx").unlink()
+    elif case == "same-platform":
+        arts.append(edgekit.compile(mlp_onnx, "imx8mplus", tmp_path / "build", pipeline=QUICK).artifact_dir)
+    elif case == "bad-name":
+        name = "com example/Classifier"
+    elif case == "reserved-name":
+        name = "aws.greengrass.Mine"
+    elif case == "bad-version":
+        version = "1.0"
+    elif case == "nothing":
+        arts = []
+    out = tmp_path / "gg"
+    with pytest.raises(PackagingError, match=message):
+        package(arts, name=name, version=version, output=out)
+    assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_mixed_backends_are_refused(mlp_onnx: Path, tmp_path: Path) -> None:
+    tvm = edgekit.compile(mlp_onnx, "rasp4b", tmp_path / "b", pipeline=QUICK.only_backend("tvm")).artifact_dir
+    ort = edgekit.compile(mlp_onnx, "x86_64", tmp_path / "b", pipeline=QUICK).artifact_dir
+    with pytest.raises(PackagingError, match=r"different backends \['onnxruntime', 'tvm'\]"):
+        package([tvm, ort], name=NAME, output=tmp_path / "gg")
