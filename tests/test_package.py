@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -51,6 +50,7 @@ def test_three_components_in_gdk_layout(artifacts: list[Path], tmp_path: Path) -
             f"artifacts/{NAME}/1.2.3/model-x86_64.zip",
             f"artifacts/{NAME}/1.2.3/model-rasp4b.zip",
             f"artifacts/{NAME}.Inference/1.2.3/inference.zip",
+            "SHA256SUMS",
         ]
     )
     model = load_recipe(result.component(NAME).recipe_path)
@@ -80,13 +80,19 @@ def test_three_components_in_gdk_layout(artifacts: list[Path], tmp_path: Path) -
 def test_digests_match_the_zips(artifacts: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "gg"
     result = package(artifacts, name=NAME, version="1.0.0", output=out)
+    sums = dict(reversed(line.split("  ", 1)) for line in (out / "SHA256SUMS").read_text().splitlines())
+    named = set()
     for comp in result.components:
         recipe = load_recipe(comp.recipe_path)
         for manifest in recipe["Manifests"]:
             for art in manifest["Artifacts"]:
-                file = out / "artifacts" / comp.name / comp.version / art["URI"].rsplit("/", 1)[1]
-                assert art["Algorithm"] == "SHA-256"
-                assert art["Digest"] == base64.b64encode(hashlib.sha256(file.read_bytes()).digest()).decode()
+                assert "Digest" not in art and "Algorithm" not in art  # the service computes them
+                rel = f"artifacts/{comp.name}/{comp.version}/{art['URI'].rsplit('/', 1)[1]}"
+                assert sums[rel] == hashlib.sha256((out / rel).read_bytes()).hexdigest()
+                named.add(rel)
+    assert named == set(sums)  # every artifact file is listed, and only those
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
     with zipfile.ZipFile(out / "artifacts" / NAME / "1.0.0" / "model-rasp4b.zip") as zf:
         assert sorted(zf.namelist()) == ["manifest.json", "model.onnx", "selftest.npz"]
         assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
@@ -127,7 +133,11 @@ def test_components_run_outside_edgekit(artifacts: list[Path], tmp_path: Path) -
     site = next(p for p in sys.path if p.endswith("site-packages"))
     env = {**os.environ, "PYTHONPATH": f"{runtime_dir}{os.pathsep}{site}"}
     check = subprocess.run(
-        [sys.executable, "-S", "-c", "import edgekit, sys; print(edgekit.__file__)"], env=env, capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-S", "-c", "import edgekit, sys; print(edgekit.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert check.stdout.strip().startswith(str(runtime_dir))  # the zipped runtime, not this checkout
     proc = subprocess.run(
@@ -180,3 +190,11 @@ def test_mixed_backends_are_refused(mlp_onnx: Path, tmp_path: Path) -> None:
     ort = edgekit.compile(mlp_onnx, "x86_64", tmp_path / "b", pipeline=QUICK).artifact_dir
     with pytest.raises(PackagingError, match=r"different backends \['onnxruntime', 'tvm'\]"):
         package([tvm, ort], name=NAME, output=tmp_path / "gg")
+
+
+def test_packaged_recipes_lint_clean(artifacts: list[Path], tmp_path: Path) -> None:
+    from edgekit.greengrass.lint import lint_paths
+
+    out = tmp_path / "gg"
+    package(artifacts, name=NAME, version="1.0.0", output=out)
+    assert [str(f) for f in lint_paths([out / "recipes"])] == []

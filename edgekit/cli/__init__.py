@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from edgekit.cli import compile_cmd, demo_cmd, package_cmd, run_cmd, targets_cmd, verify_cmd
+from edgekit.cli import compile_cmd, demo_cmd, package_cmd, recipe_cmd, run_cmd, targets_cmd, verify_cmd
 from edgekit.cli.output import console, err_console
 from edgekit.errors import EdgekitError, exit_code_for
 
@@ -35,6 +35,7 @@ run_cmd.register(app)
 verify_cmd.register(app)
 demo_cmd.register(app)
 package_cmd.register(app)
+recipe_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,15 +16,16 @@ Output, as the GDK CLI and the Greengrass CLI expect it::
     greengrass-build/recipes/<name>-<version>.json
     greengrass-build/artifacts/<name>/<version>/<file>.zip
 
+    greengrass-build/SHA256SUMS                        # `sha256sum -c` format, every artifact
+
 Zips are reproducible (sorted entries, fixed times and modes), recipes are written
 deterministically, so packaging the same input twice gives identical bytes.
-Recipes carry each artifact's ``Digest`` (base64 SHA-256) and ``Algorithm`` as the
-service would report them; ``edgekit publish`` leaves them out of what it uploads.
+Recipes carry no ``Digest``/``Algorithm``: the service (or the local fleet's
+registry) computes them from the uploaded files, and devices re-hash every download.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
 import hashlib
 import os
@@ -42,7 +43,7 @@ import semantic_version
 import yaml
 
 from edgekit._version import __version__
-from edgekit.atomic import install_dir
+from edgekit.atomic import install_dir, write_bytes
 from edgekit.errors import ArtifactError, PackagingError
 from edgekit.greengrass.recipe import dump_recipe, load_recipe, normalize_recipe
 from edgekit.manifest import Manifest, read_manifest
@@ -108,10 +109,6 @@ def _tree(root: Path, prefix: str) -> list[tuple[str, Path]]:
     ]
 
 
-def _digest(path: Path) -> str:
-    return base64.b64encode(hashlib.sha256(path.read_bytes()).digest()).decode()
-
-
 def next_version(name: str, recipes_dir: Path, known: Iterable[str] = ()) -> str:
     """NEXT_PATCH: one patch above the highest version of ``name`` packaged here or ``known``; 1.0.0 if none."""
     versions = [semantic_version.Version(v) for v in known if semantic_version.validate(v)]
@@ -152,12 +149,19 @@ def _write_recipe(recipe: dict[str, Any], recipes_dir: Path) -> Path:
 
 
 def _set_artifact(manifest: dict[str, Any], zip_path: Path) -> None:
-    for art in manifest.get("Artifacts", []):
-        if art["URI"].endswith("/" + zip_path.name):
-            art["Digest"] = _digest(zip_path)
-            art["Algorithm"] = "SHA-256"
-            return
-    raise PackagingError(f"recipe template names no artifact '{zip_path.name}'")
+    """Check that the manifest names ``zip_path`` (the URI's last segment is the file on disk)."""
+    if not any(art["URI"].endswith("/" + zip_path.name) for art in manifest.get("Artifacts", [])):
+        raise PackagingError(f"recipe template names no artifact '{zip_path.name}'")
+
+
+def _write_sums(out: Path) -> None:
+    """``SHA256SUMS`` of every artifact under ``out/artifacts`` (``cd out && sha256sum -c SHA256SUMS``)."""
+    lines = [
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(out).as_posix()}\n"
+        for p in sorted((out / "artifacts").rglob("*"))
+        if p.is_file() and not p.name.startswith(".")
+    ]
+    write_bytes(out / "SHA256SUMS", "".join(lines).encode())
 
 
 def package(
@@ -241,6 +245,7 @@ def _install(staged: list[PackagedComponent], staging: Path, out: Path) -> Packa
         recipe.parent.mkdir(parents=True, exist_ok=True)
         os.replace(comp.recipe_path, recipe)
         final.append(PackagedComponent(comp.name, comp.version, recipe, [dest_dir / a.name for a in comp.artifacts]))
+    _write_sums(out)
     return PackageResult(out, final)
 
 
