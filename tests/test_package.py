@@ -158,6 +158,7 @@ def test_components_run_outside_edgekit(artifacts: list[Path], tmp_path: Path) -
         ("file-gone", r"files \['model.onnx'\] named in its manifest.json are missing"),
         ("same-platform", r"two artifacts for linux/aarch64"),
         ("bad-name", "not a valid component name"),
+        ("dash-name", "no '-'"),
         ("reserved-name", "not a valid component name"),
         ("bad-version", "is not semver"),
         ("nothing", "at least one"),
@@ -173,6 +174,8 @@ def test_bad_input_writes_nothing(artifacts: list[Path], mlp_onnx: Path, tmp_pat
         arts.append(edgekit.compile(mlp_onnx, "imx8mplus", tmp_path / "build", pipeline=QUICK).artifact_dir)
     elif case == "bad-name":
         name = "com example/Classifier"
+    elif case == "dash-name":
+        name = "com.example.my-model"
     elif case == "reserved-name":
         name = "aws.greengrass.Mine"
     elif case == "bad-version":

@@ -44,7 +44,7 @@ import yaml
 
 from edgekit._version import __version__
 from edgekit.atomic import install_dir, write_bytes
-from edgekit.errors import ArtifactError, PackagingError
+from edgekit.errors import ArtifactError, PackagingError, RecipeError
 from edgekit.greengrass.recipe import dump_recipe, load_recipe, normalize_recipe
 from edgekit.manifest import Manifest, read_manifest
 from edgekit.resources import bundled_dir
@@ -141,6 +141,12 @@ def _platform(manifest: Manifest) -> dict[str, str]:
 
 
 def _write_recipe(recipe: dict[str, Any], recipes_dir: Path) -> Path:
+    from edgekit.greengrass.lint import check_recipe
+
+    try:
+        check_recipe(recipe, file=f"{recipe['ComponentName']}-{recipe['ComponentVersion']}.json")
+    except RecipeError as exc:  # a template edited into something the nucleus would refuse
+        raise PackagingError(f"the generated recipe is invalid (check recipes/*.yaml): {exc}") from exc
     path = recipes_dir / f"{recipe['ComponentName']}-{recipe['ComponentVersion']}.json"
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(dump_recipe(recipe, "json"))
@@ -383,10 +389,13 @@ def _fresh_dir(path: Path) -> Path:
 def _check_name(name: str, what: str) -> None:
     import re
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or name.lower().startswith("aws.greengrass"):
+    # '-' is legal in a component name, but the nucleus does not interpolate {other-name:...} variables, and the
+    # inference component refers to the runtime and model by name: so edgekit allows letters, digits, '.' and '_'.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._]{0,127}", name) or name.lower().startswith("aws.greengrass"):
         raise PackagingError(
-            f"{what} '{name}' is not a valid component name: use reverse-domain style like com.example.Classifier "
-            f"(letters, digits, '.', '-', '_'; the aws.greengrass prefix is reserved)"
+            f"{what} '{name}' is not a valid component name here: use reverse-domain style like com.example.Classifier "
+            f"(letters, digits, '.', '_'; no '-', which the nucleus won't resolve in cross-component variables; "
+            f"the aws.greengrass prefix is reserved)"
         )
 
 
