@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from edgekit.cli import compile_cmd, demo_cmd, package_cmd, recipe_cmd, run_cmd, targets_cmd, verify_cmd
+from edgekit.cli import compile_cmd, demo_cmd, package_cmd, publish_cmd, recipe_cmd, run_cmd, targets_cmd, verify_cmd
 from edgekit.cli.output import console, err_console
 from edgekit.errors import EdgekitError, exit_code_for
 
@@ -36,6 +36,7 @@ verify_cmd.register(app)
 demo_cmd.register(app)
 package_cmd.register(app)
 recipe_cmd.register(app)
+publish_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
