@@ -1,0 +1,399 @@
+"""Typed payloads of every MQTT message edgekit sends, and the one codec that reads them off the wire.
+
+Shapes follow the AWS IoT Jobs MQTT API (camelCase on the wire, snake_case in Python) and Greengrass's
+job document and fleet status; every top-level message also carries ``schemaVersion`` (1), so a reader
+can tell a message from a newer edgekit and say so instead of misreading it.
+
+=====================================  ==========================================================
+message                                topic (see :mod:`edgekit.mqtt.topics`)
+=====================================  ==========================================================
+:class:`JobExecutionsChanged`          ``notify``                  (service → device)
+:class:`DescribeJobExecutionRequest`   ``get``                     (device → service)
+:class:`DescribeJobExecutionResponse`  ``accepted(get)``           (service → device)
+:class:`GetPendingJobExecutionsRequest` / ``Response``  ``get_pending`` and its ``accepted``
+:class:`UpdateJobExecutionRequest`     ``update``                  (device → service)
+:class:`UpdateJobExecutionResponse`    ``accepted(update)``        (service → device)
+:class:`JobsRejected`                  any ``rejected(...)``       (service → device)
+:class:`DeviceStatus`                  ``status``                  (device → service)
+=====================================  ==========================================================
+
+:func:`decode` refuses, with a message naming the model and the field: payloads over 128 KiB (AWS IoT
+Core's limit), malformed JSON, a missing or different ``schemaVersion``, and any schema mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import semantic_version
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from edgekit.mqtt.errors import PayloadError
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "SCHEMA_VERSION",
+    "ComponentSpec",
+    "ComponentState",
+    "ComponentUpdatePolicy",
+    "ConfigurationUpdate",
+    "ConfigurationValidationPolicy",
+    "DeploymentInfo",
+    "DeploymentResultCode",
+    "DescribeJobExecutionRequest",
+    "DescribeJobExecutionResponse",
+    "DeviceStatus",
+    "GetPendingJobExecutionsRequest",
+    "GetPendingJobExecutionsResponse",
+    "JobDocument",
+    "JobExecution",
+    "JobExecutionState",
+    "JobExecutionStatus",
+    "JobExecutionSummary",
+    "JobExecutionsChanged",
+    "JobsRejected",
+    "LifecycleState",
+    "Message",
+    "RejectedCode",
+    "RunWith",
+    "StatusDetails",
+    "SystemResourceLimits",
+    "Timeouts",
+    "UpdateJobExecutionRequest",
+    "UpdateJobExecutionResponse",
+    "decode",
+    "encode",
+]
+
+SCHEMA_VERSION: Final = 1
+MAX_PAYLOAD_BYTES: Final = 128 * 1024
+"""AWS IoT Core's payload limit (128 KB)."""
+
+JobExecutionStatus = Literal["QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "REJECTED", "REMOVED", "CANCELED"]
+"""A job execution's status, as the Jobs service reports it."""
+
+LifecycleState = Literal["NEW", "INSTALLED", "STARTING", "RUNNING", "STOPPING", "FINISHED", "ERRORED", "BROKEN"]
+"""A Greengrass component's lifecycle state on the device."""
+
+DeploymentResultCode = Literal[
+    "SUCCESSFUL",
+    "FAILED_NO_STATE_CHANGE",
+    "FAILED_ROLLBACK_NOT_REQUESTED",
+    "FAILED_ROLLBACK_COMPLETE",
+    "FAILED_UNABLE_TO_ROLLBACK",
+    "REJECTED",
+]
+"""The nucleus's detailed deployment result."""
+
+RejectedCode = Literal[
+    "InvalidTopic",
+    "InvalidJson",
+    "InvalidRequest",
+    "InvalidStateTransition",
+    "ResourceNotFound",
+    "VersionMismatch",
+    "InternalError",
+    "RequestThrottled",
+    "TerminalStateReached",
+]
+"""``code`` of a Jobs ``.../rejected`` reply."""
+
+
+def _no_control_chars(value: str) -> str:
+    # AWS: DetailsValue matches [^\p{C}]+ (no control, format, private-use or unassigned characters).
+    for ch in value:
+        if unicodedata.category(ch).startswith("C"):
+            raise ValueError(f"contains the control character {ch!r}; AWS IoT Jobs refuses \\p{{C}} characters in statusDetails")
+    return value
+
+
+DetailsKey = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9:_-]+$")]
+DetailsValue = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_no_control_chars)]
+StatusDetails = dict[DetailsKey, DetailsValue]
+"""Job execution ``statusDetails``: keys 1-128 of ``[a-zA-Z0-9:_-]``, values 1-1024 characters (AWS IoT Jobs' limits)."""
+
+ClientToken = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+JobId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^([a-zA-Z0-9_-]+|\$next)$")]
+ThingName = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9:_-]+$")]
+
+
+class _Part(BaseModel):
+    """A piece of a message: camelCase on the wire, snake_case in Python, unknown keys refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid")
+
+
+class Message(_Part):
+    """A top-level MQTT message; ``schemaVersion`` tells readers which shape it has."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+# --------------------------------------------------------------------------- the job document
+
+
+class ConfigurationUpdate(_Part):
+    """``reset`` (JSON pointers) is applied before ``merge`` (a JSON object; a JSON string of one is accepted)."""
+
+    merge: dict[str, Any] | None = None
+    reset: list[str] | None = None
+
+    @field_validator("merge", mode="before")
+    @classmethod
+    def _merge_object(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"is a string but not JSON: {exc.msg} at character {exc.pos}") from exc
+        return value
+
+    @field_validator("reset")
+    @classmethod
+    def _pointers(cls, value: list[str] | None) -> list[str] | None:
+        for pointer in value or []:
+            if pointer and not pointer.startswith("/"):
+                raise ValueError(f"'{pointer}' is not a JSON pointer: it must be '' (everything) or start with '/'")
+        return value
+
+
+class SystemResourceLimits(_Part):
+    cpus: float | None = Field(default=None, gt=0)
+    memory: int | None = Field(default=None, gt=0, description="kilobytes")
+
+
+class RunWith(_Part):
+    posix_user: str | None = None
+    system_resource_limits: SystemResourceLimits | None = None
+
+
+class ComponentSpec(_Part):
+    """One component of a deployment: the exact version to run and how to change its configuration."""
+
+    version: str
+    configuration_update: ConfigurationUpdate | None = None
+    run_with: RunWith | None = None
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, value: str) -> str:
+        try:
+            semantic_version.Version(value)
+        except ValueError as exc:
+            raise ValueError(f"'{value}' is not a semantic version (MAJOR.MINOR.PATCH)") from exc
+        return value
+
+
+class ComponentUpdatePolicy(_Part):
+    action: Literal["NOTIFY_COMPONENTS", "SKIP_NOTIFY_COMPONENTS"] = "NOTIFY_COMPONENTS"
+    timeout_in_seconds: int = Field(default=60, ge=1)
+
+
+class ConfigurationValidationPolicy(_Part):
+    timeout_in_seconds: int = Field(default=30, ge=1)
+
+
+class Timeouts(_Part):
+    """Time limits of one job execution (IoT Jobs ``timeoutConfig`` and step timeout)."""
+
+    in_progress_timeout_in_minutes: int | None = Field(default=None, ge=1, le=10080)
+    step_timeout_in_minutes: int | None = Field(default=None, ge=1, le=10080)
+
+
+class JobDocument(Message):
+    """What a device must run: the Greengrass deployment a job carries (one per thing group / thing target).
+
+    ``target`` is ``thing/NAME``, ``thinggroup/NAME`` or a full ARN; ``components`` is the complete set the
+    target must run (a component absent from it is removed), each pinned to one version.
+    """
+
+    deployment_id: str = Field(min_length=1, max_length=128)
+    target: str = Field(min_length=1, max_length=2048)
+    configuration_arn: str | None = None
+    creation_timestamp: int | None = Field(default=None, ge=0, description="milliseconds since the epoch")
+    components: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], ComponentSpec]
+    failure_handling_policy: Literal["ROLLBACK", "DO_NOTHING"] = "ROLLBACK"
+    component_update_policy: ComponentUpdatePolicy = Field(default_factory=ComponentUpdatePolicy)
+    configuration_validation_policy: ConfigurationValidationPolicy = Field(default_factory=ConfigurationValidationPolicy)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+
+
+# --------------------------------------------------------------------------- the Jobs API
+
+
+class JobExecutionSummary(_Part):
+    job_id: JobId
+    execution_number: int | None = None
+    version_number: int | None = None
+    queued_at: int | None = None
+    started_at: int | None = None
+    last_updated_at: int | None = None
+
+
+class JobExecutionState(_Part):
+    status: JobExecutionStatus
+    status_details: StatusDetails | None = None
+    version_number: int | None = None
+
+
+class JobExecution(_Part):
+    job_id: JobId
+    thing_name: ThingName
+    status: JobExecutionStatus
+    job_document: JobDocument | None = None
+    status_details: StatusDetails | None = None
+    queued_at: int | None = None
+    started_at: int | None = None
+    last_updated_at: int | None = None
+    version_number: int | None = None
+    execution_number: int | None = None
+
+
+class JobExecutionsChanged(Message):
+    """``notify-namespace-aws-gg-deployment``: the device's pending executions changed (``{}`` jobs = none left)."""
+
+    jobs: dict[JobExecutionStatus, list[JobExecutionSummary]] = Field(default_factory=dict)
+    timestamp: int
+
+
+class GetPendingJobExecutionsRequest(Message):
+    client_token: ClientToken | None = None
+
+
+class GetPendingJobExecutionsResponse(Message):
+    in_progress_jobs: list[JobExecutionSummary] = Field(default_factory=list)
+    queued_jobs: list[JobExecutionSummary] = Field(default_factory=list)
+    timestamp: int
+    client_token: ClientToken | None = None
+
+
+class DescribeJobExecutionRequest(Message):
+    execution_number: int | None = None
+    include_job_document: bool = True
+    client_token: ClientToken | None = None
+
+
+class DescribeJobExecutionResponse(Message):
+    execution: JobExecution | None = None
+    timestamp: int
+    client_token: ClientToken | None = None
+
+
+class UpdateJobExecutionRequest(Message):
+    """A device's progress report; ``expected_version`` makes it a compare-and-set on the execution."""
+
+    status: Literal["IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"]
+    status_details: StatusDetails | None = None
+    expected_version: int | None = Field(default=None, ge=0)
+    execution_number: int | None = None
+    include_job_execution_state: bool = False
+    include_job_document: bool = False
+    step_timeout_in_minutes: int | None = Field(default=None, ge=-1, le=10080)
+    client_token: ClientToken | None = None
+
+
+class UpdateJobExecutionResponse(Message):
+    execution_state: JobExecutionState | None = None
+    job_document: JobDocument | None = None
+    timestamp: int
+    client_token: ClientToken | None = None
+
+
+class JobsRejected(Message):
+    """Any ``.../rejected`` reply of the Jobs API."""
+
+    code: RejectedCode
+    message: str = ""
+    timestamp: int
+    client_token: ClientToken | None = None
+    execution_state: JobExecutionState | None = None
+
+
+# --------------------------------------------------------------------------- device status
+
+
+class ComponentState(_Part):
+    name: str = Field(min_length=1, max_length=128)
+    version: str
+    state: LifecycleState
+    status_codes: list[str] = Field(default_factory=list)
+    status_reason: str | None = None
+
+
+class DeploymentInfo(_Part):
+    """The device's view of its latest deployment."""
+
+    deployment_id: str
+    job_id: JobId | None = None
+    status: JobExecutionStatus
+    detailed_status: DeploymentResultCode | None = None
+    error_codes: list[str] = Field(default_factory=list, description="e.g. ARTIFACT_CHECKSUM_MISMATCH, COMPONENT_BROKEN")
+    failure_cause: str | None = None
+
+
+class DeviceStatus(Message):
+    """What a device reports on ``status(thing)``: each component's lifecycle state and the last deployment's result."""
+
+    thing_name: ThingName
+    sequence_number: int = Field(ge=0)
+    timestamp: int = Field(ge=0, description="milliseconds since the epoch")
+    trigger: Literal[
+        "NUCLEUS_LAUNCH", "RECONNECT", "CADENCE", "COMPONENT_STATUS_CHANGE", "THING_GROUP_DEPLOYMENT", "THING_DEPLOYMENT"
+    ] = "CADENCE"
+    overall_status: Literal["HEALTHY", "UNHEALTHY"]
+    components: list[ComponentState] = Field(default_factory=list)
+    deployment: DeploymentInfo | None = None
+
+
+# --------------------------------------------------------------------------- the codec
+
+M = TypeVar("M", bound=Message)
+
+
+def encode(message: Message, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> bytes:
+    """Compact camelCase JSON of ``message`` (``None`` fields left out), refused when over ``max_bytes``."""
+    data = message.model_dump_json(by_alias=True, exclude_none=True).encode("utf-8")
+    if len(data) > max_bytes:
+        raise PayloadError(
+            f"{type(message).__name__} encodes to {len(data)} bytes, over the {max_bytes}-byte limit of AWS IoT Core; "
+            "send less (or a reference to the data) in one message"
+        )
+    return data
+
+
+def decode(model_cls: type[M], payload: bytes | bytearray | memoryview | str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> M:
+    """Read ``payload`` as a ``model_cls`` message, or raise :class:`PayloadError` saying what is wrong and where."""
+    name = model_cls.__name__
+    raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+    if len(raw) > max_bytes:
+        raise PayloadError(
+            f"{name} payload is {len(raw)} bytes, over the {max_bytes}-byte limit (AWS IoT Core's 128 KB); refused unread"
+        )
+    try:
+        data = json.loads(raw.decode("utf-8"))  # json.loads(bytes) would also guess UTF-16/32; the wire is UTF-8
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{name} payload is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"{name} payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    if not isinstance(data, dict):
+        raise PayloadError(f"{name} payload must be a JSON object, got {type(data).__name__}")
+    if "schemaVersion" not in data:
+        raise PayloadError(f"{name} payload has no 'schemaVersion'; expected schemaVersion {SCHEMA_VERSION}")
+    version = data["schemaVersion"]
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise PayloadError(
+            f"{name} payload has schemaVersion {version!r}, but this edgekit reads schemaVersion {SCHEMA_VERSION}; "
+            "upgrade the side that reads it (or downgrade the sender)"
+        )
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors()[:5]:
+            where = ".".join(str(part) for part in error["loc"]) or "(payload)"
+            problems.append(f"field '{where}': {error['msg']}")
+        more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+        raise PayloadError(f"{name} payload does not match its schema: " + "; ".join(problems) + more) from exc

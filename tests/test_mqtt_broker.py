@@ -1,0 +1,137 @@
+"""Broker lifecycles: mosquitto and the embedded fallback as real child processes, on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from edgekit.errors import ConfigError, ToolchainError
+from edgekit.mqtt.broker import Broker, EmbeddedBroker, ExternalBroker, MosquittoBroker, find_mosquitto, start_broker
+from edgekit.mqtt.client import MqttClient
+from edgekit.mqtt.errors import BrokerError
+from edgekit.mqtt.tls import TlsMaterial
+
+try:
+    find_mosquitto()
+    HAVE_MOSQUITTO = True
+except ToolchainError:
+    HAVE_MOSQUITTO = False
+
+needs_mosquitto = pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed (apt-get install -y mosquitto)")
+needs_amqtt = pytest.mark.skipif(
+    importlib.util.find_spec("amqtt") is None, reason="amqtt not installed (pip install 'edgekit[device]')"
+)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def test_missing_mosquitto_is_a_toolchain_error(tmp_path: Path) -> None:
+    broker = MosquittoBroker(tmp_path / "broker", binary=tmp_path / "no" / "mosquitto")
+    with pytest.raises(ToolchainError, match=r"mosquitto not found; apt-get install -y mosquitto"):
+        broker.start()
+    assert not broker.running
+
+
+def test_start_broker_refuses_to_fall_back_when_tls_is_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda *args, **kwargs: None)
+    monkeypatch.setattr("edgekit.mqtt.broker.Path.is_file", lambda self: False)
+    with pytest.raises(ToolchainError, match="apt-get install -y mosquitto"):
+        start_broker(tmp_path / "b", "mosquitto", acl=True)
+    with pytest.raises(ConfigError, match="no mTLS identities and no ACLs"):
+        start_broker(tmp_path / "b", "embedded", acl=True)
+    with pytest.raises(ConfigError, match="unknown broker"):
+        start_broker(tmp_path / "b", "rabbit")
+
+
+def test_external_broker_is_not_managed() -> None:
+    broker = start_broker("unused", "external:mqtt://broker.example:1883")
+    assert isinstance(broker, ExternalBroker)
+    assert isinstance(broker, Broker)
+    assert broker.url == "mqtt://broker.example:1883"
+    with pytest.raises(BrokerError, match="can't restart the external broker"):
+        broker.restart()
+
+
+@needs_mosquitto
+def test_generated_config_for_mtls_and_acl(tmp_path: Path) -> None:
+    tls = TlsMaterial.create(tmp_path / "tls", ["dev-1"])
+    broker = MosquittoBroker(tmp_path / "broker", port=18830, tls=tls, acl=True)
+    config = broker.render_config()
+    for line in [
+        "listener 18830 127.0.0.1",
+        "allow_anonymous false",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "persistence true",
+        f"cafile {tls.ca_cert.resolve()}",
+        f"acl_file {broker.acl_path.resolve()}",
+        "max_queued_messages 10000",
+    ]:
+        assert line in config.splitlines()
+    acl = broker.render_acl().splitlines()
+    assert "pattern readwrite $aws/things/%u/#" in acl
+    assert "pattern readwrite devices/%u/#" in acl
+    assert "user edgekit-fleet-service" in acl
+
+
+@needs_mosquitto
+def test_mosquitto_starts_restarts_on_the_same_port_and_stops(tmp_path: Path) -> None:
+    with MosquittoBroker(tmp_path / "broker") as broker:
+        port, pid = broker.port, broker.pid
+        assert port > 0 and broker.url == f"mqtt://127.0.0.1:{port}"
+        assert _accepts(port)
+        broker.restart()
+        assert broker.port == port and broker.pid != pid
+        assert _accepts(port)
+    assert not broker.running
+    assert not _accepts(port)
+    assert (tmp_path / "broker" / "mosquitto.db").is_file()  # saved on SIGTERM
+
+
+@needs_mosquitto
+def test_mosquitto_that_fails_to_start_shows_its_log(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        broker = MosquittoBroker(tmp_path / "broker", port=taken.getsockname()[1])
+        try:
+            with pytest.raises(BrokerError, match=r"(?s)mosquitto exited with code \d+ while starting.*Address already in use"):
+                broker.start()
+        finally:
+            broker.stop()
+
+
+@needs_mosquitto
+def test_start_broker_reports_mosquitto(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path / "b", "mosquitto")
+    try:
+        assert broker.kind == "mosquitto" and broker.features.mqtt5 and broker.features.offline_queue
+    finally:
+        broker.stop()
+
+
+@needs_amqtt
+def test_embedded_broker_round_trip(tmp_path: Path) -> None:
+    async def round_trip(url: str) -> bytes:
+        async with MqttClient("sub", protocol=4, clean_start=True) as sub, MqttClient("pub", protocol=4, clean_start=True) as pub:
+            await sub.connect(url)
+            await pub.connect(url)
+            await sub.subscribe("devices/dev-1/cmd", qos=1)
+            assert await pub.publish("devices/dev-1/cmd", b"hello", qos=1) == 0
+            return (await sub.get_message(timeout=5)).payload
+
+    with start_broker(tmp_path / "b", "embedded") as broker:
+        assert isinstance(broker, EmbeddedBroker)
+        assert not broker.features.mqtt5 and not broker.features.acl
+        assert asyncio.run(round_trip(broker.url)) == b"hello"
