@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 import time
@@ -22,7 +23,8 @@ from edgekit.mqtt.tls import TlsMaterial
 try:
     find_mosquitto()
 except ToolchainError:
-    pytest.skip("mosquitto not installed (apt-get install -y mosquitto)", allow_module_level=True)
+    if not os.environ.get("CI"):  # CI installs mosquitto (make test): there it must fail, not skip
+        pytest.skip("mosquitto not installed (apt-get install -y mosquitto)", allow_module_level=True)
 
 FAST = Backoff(initial=0.05, maximum=0.2, rng=random.Random(0))
 THINGS = ["dev-a", "dev-b"]
