@@ -189,8 +189,15 @@ EXIT_CODES: dict[type[EdgekitError], int] = {
 
 
 def exit_code_for(error: BaseException) -> int:
-    """Exit code of the CLI for ``error``: the most specific class wins, 1 otherwise."""
+    """Exit code of the CLI for ``error``: the most specific class wins, 1 otherwise.
+
+    Error classes defined in a subpackage (``edgekit.mqtt.errors``, ...) set a class
+    attribute ``exit_code`` instead of being listed here.
+    """
     for cls in type(error).__mro__:
         if cls in EXIT_CODES:
             return EXIT_CODES[cls]
+        code = cls.__dict__.get("exit_code")
+        if isinstance(code, int):
+            return code
     return 1

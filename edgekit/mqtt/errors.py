@@ -23,6 +23,8 @@ __all__ = ["BrokerError", "ConnectError", "MqttTimeoutError", "NotConnectedError
 class BrokerError(EdgekitError):
     """The broker could not be started or reached, or an MQTT operation failed."""
 
+    exit_code = 18
+
 
 class ConnectError(BrokerError):
     """The broker refused the connection, or it could not be established in time.
@@ -46,6 +48,8 @@ class MqttTimeoutError(BrokerError, TimeoutError):
 
 class PayloadError(EdgekitError):
     """An MQTT payload can't be encoded or decoded; the message names the model and the field."""
+
+    exit_code = 19
 
 
 class TopicError(ConfigError):
