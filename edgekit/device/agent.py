@@ -1,0 +1,658 @@
+"""The device agent: applies deployments (IoT Jobs documents) the way the Greengrass nucleus does.
+
+:meth:`DeviceAgent.apply` runs one deployment at a time, in two phases:
+
+1. **Prepare** (nothing running changes): the targets the device is in are updated with the job (a job
+   replaces the previous deployment to its target; the device runs the **union** of its targets, see
+   below), the union is resolved against the registry with :func:`edgekit.greengrass.resolve.resolve_device`
+   (versions, intersected requirements, the first manifest for the device's platform), each component's
+   configuration is computed (:mod:`edgekit.device.configuration`), and the artifacts of every new version
+   are downloaded, verified and unpacked. A failure here (``NO_AVAILABLE_COMPONENT_VERSION``,
+   ``ARTIFACT_CHECKSUM_MISMATCH``, ``IO_UNZIP_ERROR``, ``NETWORK_ERROR``, ...) removes what was fetched
+   and ends the deployment with ``FAILED_NO_STATE_CHANGE``.
+2. **Apply**: removed and changed components (and the running HARD dependents of changed ones) are stopped,
+   dependents first; new and changed ones are installed and started, dependencies first; then the agent
+   waits until every component is RUNNING or FINISHED and none moved for ``settle_s`` seconds (so a Run that
+   dies at once is caught), or one is BROKEN, or the deadline passes (the job's in-progress timeout, else
+   ``deployment_timeout_s``). On failure with ``ROLLBACK`` the previous components come back exactly
+   (versions, configurations, lifecycle states; the new versions' files are deleted):
+   ``FAILED_ROLLBACK_COMPLETE``, or ``FAILED_UNABLE_TO_ROLLBACK`` if they don't come up; with ``DO_NOTHING``
+   the device stays as the deployment left it: ``FAILED_ROLLBACK_NOT_REQUESTED``.
+
+**Union semantics.** The device remembers the latest deployment of every target it got one from. A new
+job replaces its own target's entry and keeps the others whose target still applies to the device (its
+own ``thing/<name>``, or a ``thinggroup/<name>`` in :attr:`DeviceAgent.groups`; the job's own group always
+applies). Components of other targets keep running, untouched unless the resolution changes them.
+
+**Processed jobs.** The outcome of each deployment id is kept (the last 50): a redelivered job gets the
+same outcome back without being applied again. A job older (``creationTimestamp``) than the deployment
+its target already has is ``REJECTED`` (``REJECTED_STALE_DEPLOYMENT``).
+
+**Restart and resume.** ``state.json`` is written on every transition. A deployment records the previous
+component set before it changes anything. :meth:`DeviceAgent.resume` (called by the first :meth:`apply`
+if not before) reloads the state, kills process groups a previous agent left running, and then:
+
+* if a deployment was in progress when the agent died, puts the previous component set back (deleting
+  what the interrupted deployment fetched) and, with ``redo_interrupted=True`` (the default), applies the
+  interrupted job again from the start and returns its outcome; with ``False`` it reports it
+  ``FAILED_ROLLBACK_COMPLETE`` / ``DEPLOYMENT_INTERRUPTED`` instead;
+* starts again every component that was not FINISHED or BROKEN (Install is not run again: once per
+  version). FINISHED components are not re-run and BROKEN ones stay BROKEN (only a deployment fixes them);
+  this differs from the nucleus, which runs every component again on launch.
+
+A clean :meth:`DeviceAgent.stop` runs every Shutdown but does not record the stops, so a later
+:meth:`resume` brings back what was running. :meth:`DeviceAgent.kill` is a crash (for tests and the
+simulator's faults): no Shutdown, nothing written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shutil
+import signal
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from edgekit.device.configuration import next_configuration
+from edgekit.device.download import (
+    DEFAULT_MAX_UNZIPPED_BYTES,
+    ArtifactFetcher,
+    artifact_file_name,
+    permission_modes,
+    place,
+    safe_unzip,
+)
+from edgekit.device.errors import DeviceError
+from edgekit.device.executor import Executor, InProcessExecutor, SubprocessExecutor, kill_group
+from edgekit.device.lifecycle import Clock, StateCallback, Supervisor, SystemClock, dependency_layers
+from edgekit.device.outcome import ComponentOutcome, DeploymentOutcome, DeploymentStatus
+from edgekit.device.registry import RegistryClient, RegistryStore
+from edgekit.device.state import ComponentRecord, DeviceLayout, DeviceState, InProgress, StateStore, TargetRecord
+from edgekit.errors import RecipeError, ResolutionError
+from edgekit.fleets import Device
+from edgekit.greengrass.resolve import GroupDeployment, resolve_device
+from edgekit.mqtt.payloads import ComponentState, DeploymentResultCode, JobDocument
+
+__all__ = ["DeviceAgent", "parse_target"]
+
+logger = logging.getLogger(__name__)
+
+# component names and versions become folder names: nothing that could climb out of them
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def parse_target(target: str) -> str:
+    """``thing/NAME`` or ``thinggroup/NAME`` from a job's target (a full ARN is accepted)."""
+    text = target
+    if text.startswith("arn:"):
+        parts = text.split(":", 5)
+        text = parts[5] if len(parts) == 6 else ""
+    kind, _, name = text.partition("/")
+    if kind not in ("thing", "thinggroup") or not name:
+        raise DeviceError(
+            "DEPLOYMENT_DOCUMENT_NOT_VALID", f"job target '{target}' is not thing/<name>, thinggroup/<name> or an IoT ARN of one"
+        )
+    return f"{kind}/{name}"
+
+
+@dataclass
+class _Changes:
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    added: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+
+    @property
+    def touched(self) -> list[str]:
+        return [*self.removed, *self.changed, *self.added, *self.restarted]
+
+
+class DeviceAgent:
+    """A Greengrass-nucleus-like runtime for one device, rooted in one folder (see the module docstring).
+
+    ``platform`` is the device's Greengrass platform (``{"os": "linux", "architecture": "amd64"}``);
+    ``groups`` the thing groups it is in; ``report(component, old, new, detail)`` hears every lifecycle
+    transition. ``mode="in_process"`` runs no scripts (see :mod:`edgekit.device.executor`); ``executor``
+    replaces the step runner altogether. ``cache_dir`` may be shared by many simulated devices.
+    """
+
+    def __init__(
+        self,
+        thing: str,
+        root: str | Path,
+        platform: Mapping[str, str],
+        registry_base_url: str,
+        groups: Iterable[str] = (),
+        *,
+        clock: Clock | None = None,
+        report: StateCallback | None = None,
+        mode: Literal["subprocess", "in_process"] = "subprocess",
+        executor: Executor | None = None,
+        env: Mapping[str, str] | None = None,
+        cache_dir: str | Path | None = None,
+        download_attempts: int = 10,
+        download_backoff_s: float = 0.05,
+        http_timeout_s: float = 30.0,
+        max_unzipped_bytes: int = DEFAULT_MAX_UNZIPPED_BYTES,
+        deployment_timeout_s: float = 600.0,
+        settle_s: float = 1.0,
+        kill_grace_s: float = 2.0,
+        fsync: bool = True,
+    ) -> None:
+        self.thing = thing
+        self.platform = dict(platform)
+        self.groups: set[str] = set(groups)
+        self.layout = DeviceLayout(root, cache_dir)
+        self.clock: Clock = clock or SystemClock()
+        self.deployment_timeout_s = deployment_timeout_s
+        self.settle_s = settle_s
+        self.max_unzipped_bytes = max_unzipped_bytes
+        self._store = StateStore(self.layout, fsync=fsync)
+        self._client = RegistryClient(registry_base_url, thing, timeout_s=http_timeout_s)
+        self._fetcher = ArtifactFetcher(
+            self.layout.cache_dir,
+            headers=self._client.headers,
+            attempts=download_attempts,
+            backoff_s=download_backoff_s,
+            timeout_s=http_timeout_s,
+        )
+        if executor is None:
+            executor = InProcessExecutor() if mode == "in_process" else SubprocessExecutor(kill_grace=kill_grace_s)
+        self._sup = Supervisor(
+            thing=thing,
+            layout=self.layout,
+            executor=executor,
+            clock=self.clock,
+            report=report,
+            persist=self._save,
+            env=env,
+            kill_grace=kill_grace_s,
+        )
+        self._state = DeviceState(thing=thing)
+        self._lock = asyncio.Lock()
+        self._started = False
+        self._dead = False
+        self._applying: asyncio.Task[Any] | None = None
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def state(self) -> DeviceState:
+        """The device state as the agent holds it (don't modify it)."""
+        return self._state
+
+    @property
+    def last_deployment(self) -> DeploymentOutcome | None:
+        return self._state.last_deployment
+
+    def component_states(self) -> list[ComponentState]:
+        """Every component's lifecycle state, for a :class:`edgekit.mqtt.payloads.DeviceStatus`."""
+        return [
+            ComponentState(
+                name=r.name, version=r.version, state=r.state, status_codes=list(r.status_codes), status_reason=r.status_reason
+            )
+            for r in sorted(self._state.components.values(), key=lambda r: r.name)
+        ]
+
+    async def wait_for(self, component: str, states: Iterable[str], timeout_s: float) -> bool:
+        """Whether ``component`` reaches one of ``states`` within ``timeout_s`` seconds."""
+        return await self._sup.wait_for(component, states, timeout_s)
+
+    # ------------------------------------------------------------------ persistence
+
+    def _save(self) -> None:
+        if self._dead:
+            return
+        try:
+            self._store.save(self._state)
+        except OSError as exc:
+            logger.error("%s: can't write %s: %s", self.thing, self.layout.state_file, exc)
+
+    def _gc(self) -> None:
+        """Delete package folders of versions no component (nor the deployment's previous set) uses."""
+        records = list(self._state.components.values())
+        if self._state.in_progress is not None:
+            records += list(self._state.in_progress.previous_components.values())
+        keep = {(r.name, r.version) for r in records}
+        names = {r.name for r in records}
+        for base in (self.layout.artifacts_root, self.layout.unarchived_root):
+            if not base.is_dir():
+                continue
+            for name_dir in base.iterdir():
+                for version_dir in name_dir.iterdir() if name_dir.is_dir() else []:
+                    if (name_dir.name, version_dir.name) not in keep:
+                        shutil.rmtree(version_dir, ignore_errors=True)
+                    else:
+                        for leftover in version_dir.glob(".*"):  # staging of an interrupted download / unzip
+                            if leftover.is_dir():
+                                shutil.rmtree(leftover, ignore_errors=True)
+                            else:
+                                leftover.unlink(missing_ok=True)
+                if name_dir.is_dir() and not any(name_dir.iterdir()):
+                    name_dir.rmdir()
+        if self.layout.work_root.is_dir():
+            for work in self.layout.work_root.iterdir():
+                if work.name not in names:
+                    shutil.rmtree(work, ignore_errors=True)
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _outcome(
+        self,
+        job: JobDocument,
+        target: str,
+        status: DeploymentStatus,
+        result: DeploymentResultCode,
+        error: DeviceError | None = None,
+        message: str = "",
+    ) -> DeploymentOutcome:
+        stack: list[str] = []
+        if error is not None:
+            stack = ["DEPLOYMENT_REJECTED" if status == "REJECTED" else "DEPLOYMENT_FAILURE", *error.stack]
+        return DeploymentOutcome(
+            deployment_id=job.deployment_id,
+            target=target,
+            status=status,
+            result=result,
+            error_code=error.code if error is not None else None,
+            error_stack=stack,
+            message=message or (error.detail if error is not None else ""),
+            components={
+                r.name: ComponentOutcome(
+                    version=r.version, state=r.state, status_codes=list(r.status_codes), status_reason=r.status_reason
+                )
+                for r in sorted(self._state.components.values(), key=lambda r: r.name)
+            },
+            finished_at=self.clock.now(),
+        )
+
+    # ------------------------------------------------------------------ resume / stop / kill
+
+    async def resume(self, *, redo_interrupted: bool = True) -> DeploymentOutcome | None:
+        """Reload the state after a restart and bring back what was running (see the module docstring).
+
+        Returns the outcome of the deployment that was interrupted, if one was, else ``None``.
+        """
+        async with self._lock:
+            if self._started:
+                return None
+            self._applying = asyncio.current_task()
+            try:
+                interrupted = await self._resume_locked()
+                if interrupted is None:
+                    return None
+                if redo_interrupted:
+                    return await self._apply_locked(interrupted)
+                return self._finish_interrupted(interrupted)
+            finally:
+                self._applying = None
+
+    async def _resume_locked(self) -> JobDocument | None:
+        self._dead = False
+        self._sup.persist_enabled = True
+        state = self._store.load(self.thing)
+        leftovers = {g for r in state.components.values() for g in r.process_groups}
+        interrupted: JobDocument | None = None
+        if state.in_progress is not None:
+            leftovers |= {g for r in state.in_progress.previous_components.values() for g in r.process_groups}
+            interrupted = JobDocument.model_validate(state.in_progress.job)
+            logger.warning(
+                "%s: deployment %s was interrupted; putting the previous components back", self.thing, interrupted.deployment_id
+            )
+            state.components = {n: r.model_copy(deep=True) for n, r in state.in_progress.previous_components.items()}
+            state.targets = {t: r.model_copy(deep=True) for t, r in state.in_progress.previous_targets.items()}
+        _kill_leftovers(leftovers)
+        for record in state.components.values():
+            record.process_groups = []
+            if record.state not in ("FINISHED", "BROKEN"):
+                record.state = "NEW"  # the launch state; Install is skipped when it already ran for this version
+        self._state = state
+        self._sup.components.clear()
+        for record in state.components.values():
+            self._sup.add(record)
+        self._save()
+        self._gc()
+        self._started = True
+        await self._sup.start([r.name for r in state.components.values() if r.state == "NEW"])
+        return interrupted
+
+    def _finish_interrupted(self, job: JobDocument) -> DeploymentOutcome:
+        try:
+            target = parse_target(job.target)
+        except DeviceError:
+            target = job.target
+        error = DeviceError(
+            "DEPLOYMENT_INTERRUPTED", "the agent stopped during the deployment; the previous components were restored"
+        )
+        outcome = self._outcome(job, target, "FAILED", "FAILED_ROLLBACK_COMPLETE", error)
+        self._state.in_progress = None
+        self._state.remember(outcome)
+        self._save()
+        return outcome
+
+    async def stop(self) -> None:
+        """Stop every component (Shutdown, dependents first) and the agent's tasks.
+
+        The stops are not saved: ``state.json`` keeps what was running, for :meth:`resume`.
+        Cancel a running :meth:`apply` before calling this.
+        """
+        self._sup.persist_enabled = False
+        try:
+            await self._sup.stop(list(self._sup.components))
+        finally:
+            self._sup.kill(leave_processes=False)
+            await self._sup.drain()
+            self._started = False
+
+    async def kill(self, *, leave_processes: bool = False) -> None:
+        """A crash: cancel the deployment in flight and every task, run no Shutdown, write nothing.
+
+        Process groups get SIGKILL unless ``leave_processes`` (then a later :meth:`resume` kills them, as
+        after the agent's own process was killed). A step running in the cancelled deployment is always killed.
+        """
+        self._dead = True
+        self._sup.persist_enabled = False
+        applying = self._applying
+        if applying is not None and applying is not asyncio.current_task() and not applying.done():
+            applying.cancel()
+            await asyncio.gather(applying, return_exceptions=True)
+        self._sup.kill(leave_processes=leave_processes)
+        await self._sup.drain()
+        self._started = False
+
+    # ------------------------------------------------------------------ deployments
+
+    async def apply(self, job: JobDocument) -> DeploymentOutcome:
+        """Apply one deployment and return its outcome (see the module docstring). One at a time."""
+        async with self._lock:
+            self._applying = asyncio.current_task()
+            try:
+                if not self._started:
+                    interrupted = await self._resume_locked()
+                    if interrupted is not None and interrupted.deployment_id != job.deployment_id:
+                        await self._apply_locked(interrupted)
+                    elif interrupted is not None:
+                        return await self._apply_locked(interrupted)
+                return await self._apply_locked(job)
+            finally:
+                self._applying = None
+
+    def _applies(self, target: str, job_target: str) -> bool:
+        kind, _, name = target.partition("/")
+        if target == job_target:
+            return True
+        return (kind == "thing" and name == self.thing) or (kind == "thinggroup" and name in self.groups)
+
+    async def _apply_locked(self, job: JobDocument) -> DeploymentOutcome:
+        done = self._state.outcomes.get(job.deployment_id)
+        if done is not None:
+            logger.info("%s: deployment %s was already processed (%s)", self.thing, job.deployment_id, done.result)
+            return done
+        try:
+            target = parse_target(job.target)
+            kind, _, name = target.partition("/")
+            if kind == "thing" and name != self.thing:
+                raise DeviceError("DEPLOYMENT_DOCUMENT_NOT_VALID", f"job for {target} reached thing '{self.thing}'")
+            known = self._state.targets.get(target)
+            if (
+                known
+                and known.creation_timestamp
+                and job.creation_timestamp
+                and job.creation_timestamp < known.creation_timestamp
+            ):
+                raise DeviceError(
+                    "REJECTED_STALE_DEPLOYMENT",
+                    f"{target} already runs deployment {known.deployment_id}, newer than {job.deployment_id}",
+                )
+        except DeviceError as exc:
+            outcome = self._outcome(job, job.target, "REJECTED", "REJECTED", exc)
+            self._state.remember(outcome)
+            self._save()
+            return outcome
+        self._state.in_progress = InProgress(
+            job=job.model_dump(mode="json", by_alias=True),
+            previous_components={n: r.model_copy(deep=True) for n, r in self._state.components.items()},
+            previous_targets={t: r.model_copy(deep=True) for t, r in self._state.targets.items()},
+        )
+        self._save()
+        logger.info("%s: applying deployment %s for %s", self.thing, job.deployment_id, target)
+        outcome = await self._deploy(job, target, self._state.in_progress)
+        self._state.in_progress = None
+        self._state.remember(outcome)
+        self._save()
+        self._gc()
+        logger.info("%s: deployment %s: %s %s", self.thing, job.deployment_id, outcome.result, outcome.error_code or "")
+        return outcome
+
+    async def _deploy(self, job: JobDocument, target: str, progress: InProgress) -> DeploymentOutcome:
+        loop = asyncio.get_running_loop()
+        minutes = job.timeouts.in_progress_timeout_in_minutes
+        deadline = loop.time() + (minutes * 60.0 if minutes else self.deployment_timeout_s)
+        targets = {t: r for t, r in self._state.targets.items() if self._applies(t, target)}
+        targets[target] = TargetRecord(
+            deployment_id=job.deployment_id,
+            creation_timestamp=job.creation_timestamp,
+            components={n: spec.version for n, spec in job.components.items()},
+        )
+        # 1. prepare: resolve, configure, download. Nothing running changes.
+        try:
+            plan = await self._plan(job, target, targets)
+            for record in plan.values():
+                current = self._state.components.get(record.name)
+                if current is None or current.version != record.version:
+                    await self._fetch(record)
+        except (DeviceError, OSError) as exc:
+            self._gc()
+            error = exc if isinstance(exc, DeviceError) else DeviceError(("IO_ERROR", "IO_WRITE_ERROR"), str(exc))
+            return self._outcome(job, target, "FAILED", "FAILED_NO_STATE_CHANGE", error)
+
+        # 2. apply
+        progress.phase = "apply"
+        self._save()
+        changes = _Changes()
+        failure: DeviceError | None = None
+        try:
+            changes = await self._switch(plan)
+            remaining = max(0.0, deadline - loop.time())
+            with contextlib.suppress(TimeoutError):  # wait_settled then says which component is late
+                await asyncio.wait_for(self._sup.start(list(plan)), remaining)
+            unsettled = await self._sup.wait_settled(list(plan), max(0.0, deadline - loop.time()), self.settle_s)
+            if unsettled is not None:
+                stack = (
+                    ("COMPONENT_UPDATE_ERROR", "COMPONENT_BROKEN") if unsettled.kind == "BROKEN" else ("COMPONENT_UPDATE_ERROR",)
+                )
+                failure = DeviceError(stack, unsettled.message)
+        except DeviceError as exc:
+            failure = exc
+        except OSError as exc:
+            failure = DeviceError(("IO_ERROR", "IO_WRITE_ERROR"), str(exc))
+        if failure is None:
+            self._state.targets = targets
+            return self._outcome(job, target, "SUCCEEDED", "SUCCESSFUL")
+        if job.failure_handling_policy == "DO_NOTHING":
+            self._state.targets = targets
+            return self._outcome(
+                job, target, "FAILED", "FAILED_ROLLBACK_NOT_REQUESTED", failure, f"{failure.detail}; no rollback was requested"
+            )
+        progress.phase = "rollback"
+        self._save()
+        restored = await self._rollback(progress, changes)
+        if restored is None:
+            return self._outcome(
+                job,
+                target,
+                "FAILED",
+                "FAILED_ROLLBACK_COMPLETE",
+                failure,
+                f"{failure.detail}; the previous components were restored",
+            )
+        return self._outcome(
+            job, target, "FAILED", "FAILED_UNABLE_TO_ROLLBACK", failure, f"{failure.detail}; rollback failed too: {restored}"
+        )
+
+    async def _plan(self, job: JobDocument, target: str, targets: Mapping[str, TargetRecord]) -> dict[str, ComponentRecord]:
+        """Resolve the union of ``targets`` into the records the device should hold afterwards."""
+        groups = set(self.groups) | {t.partition("/")[2] for t in targets if t.startswith("thinggroup/")}
+        device = Device(thing=self.thing, profile="edgekit-device", groups=tuple(sorted(groups)), platform=dict(self.platform))
+        store = RegistryStore(self._client, [r.recipe for r in self._state.components.values()])
+        deployments = [GroupDeployment(t, dict(r.components)) for t, r in targets.items()]
+        try:
+            resolution = await asyncio.to_thread(resolve_device, device, deployments, store)
+        except ResolutionError as exc:
+            raise DeviceError(exc.code, str(exc)) from exc
+        except RecipeError as exc:
+            raise DeviceError("RECIPE_PARSE_ERROR", str(exc)) from exc
+        if resolution.problems:
+            first = resolution.problems[0]
+            more = f" (and {len(resolution.problems) - 1} more problem(s))" if len(resolution.problems) > 1 else ""
+            raise DeviceError(first.code, f"{first.message}{more}")
+        plan: dict[str, ComponentRecord] = {}
+        for name, version in resolution.components.items():
+            if not _SAFE_NAME.fullmatch(name) or not _SAFE_NAME.fullmatch(version):
+                raise DeviceError(
+                    "COMPONENT_METADATA_NOT_VALID_IN_DEPLOYMENT",
+                    f"component '{name}' {version}: names and versions may use letters, digits, '.', '_', '-' and '+' only",
+                )
+            recipe = dict(store.recipe(name, version))
+            default = (recipe.get("ComponentConfiguration") or {}).get("DefaultConfiguration") or {}
+            current = self._state.components.get(name)
+            spec = job.components.get(name)
+            update = spec.configuration_update if spec is not None else None
+            config = next_configuration(current.configuration if current else None, default, update)
+            if (
+                current is not None
+                and current.version == version
+                and current.configuration == config
+                and current.state != "BROKEN"
+            ):
+                plan[name] = current
+                continue
+            plan[name] = ComponentRecord(
+                name=name,
+                version=version,
+                recipe=recipe,
+                manifest_index=resolution.manifests[name],
+                configuration=config,
+                installed=bool(current is not None and current.version == version and current.installed),
+            )
+        dependency_layers({n: r.dependencies() for n, r in plan.items()})  # refuses circular dependencies
+        return plan
+
+    async def _fetch(self, record: ComponentRecord) -> None:
+        """Download, verify and unpack the artifacts of ``record``'s manifest."""
+        art_dir = self.layout.artifacts(record.name, record.version)
+        dec_dir = self.layout.decompressed(record.name, record.version)
+        art_dir.mkdir(parents=True, exist_ok=True)
+        dec_dir.mkdir(parents=True, exist_ok=True)
+        for artifact in record.manifest.get("Artifacts") or []:
+            uri = str(artifact.get("URI") or "")
+            if not uri:
+                raise DeviceError(
+                    ("ARTIFACT_DOWNLOAD_ERROR", "EMPTY_ARTIFACT_URI"), f"{record.name} {record.version}: an artifact has no URI"
+                )
+            digest = artifact.get("Digest")
+            if not digest:
+                raise DeviceError(
+                    ("ARTIFACT_DOWNLOAD_ERROR", "RECIPE_MISSING_ARTIFACT_HASH_ALGORITHM"),
+                    f"{record.name} {record.version}: artifact {uri} has no Digest; the device verifies every download",
+                )
+            file_name = artifact_file_name(uri)
+            file_mode, folder_mode = permission_modes(artifact.get("Permission"))
+            cached = await self._fetcher.fetch(uri, str(digest), str(artifact.get("Algorithm") or "SHA-256"))
+            dest = art_dir / file_name
+            await asyncio.to_thread(place, cached, dest)
+            if str(artifact.get("Unarchive") or "NONE").upper() == "ZIP":
+                unpacked = dec_dir / Path(urllib.parse.unquote(file_name)).stem
+                if not unpacked.exists():
+                    await asyncio.to_thread(
+                        safe_unzip,
+                        dest,
+                        unpacked,
+                        max_bytes=self.max_unzipped_bytes,
+                        file_mode=file_mode,
+                        folder_mode=folder_mode,
+                    )
+            dest.chmod(file_mode)
+
+    async def _switch(self, plan: dict[str, ComponentRecord]) -> _Changes:
+        """Stop what goes or changes (dependents first) and put the new records in place."""
+        current = self._state.components
+        changes = _Changes(
+            removed=[n for n in current if n not in plan],
+            changed=[n for n in plan if n in current and plan[n] is not current[n]],
+            added=[n for n in plan if n not in current],
+        )
+        hard_dependents = self._sup.dependents(changes.changed) - set(changes.changed) - set(changes.removed)
+        changes.restarted = sorted(n for n in hard_dependents if current[n].state not in ("NEW", "INSTALLED", "BROKEN"))
+        await self._sup.stop(changes.restarted, then="INSTALLED")
+        await self._sup.stop([*changes.removed, *changes.changed])
+        for name in changes.removed:
+            self._sup.remove(name)
+            del current[name]
+        for name in [*changes.changed, *changes.added]:
+            self._sup.remove(name)
+            current[name] = plan[name]
+            self._sup.add(plan[name])
+        self._save()
+        return changes
+
+    async def _rollback(self, progress: InProgress, changes: _Changes) -> str | None:
+        """Put the previous components back; ``None`` when they came up, else why not."""
+        touched = [n for n in dict.fromkeys(changes.touched) if n in self._sup.components]
+        try:
+            await self._sup.stop(touched)
+        except DeviceError as exc:  # can't order them (shouldn't happen): stop one by one
+            logger.warning("%s: %s", self.thing, exc)
+            for name in touched:
+                await self._sup.components[name].stop()
+        current = self._state.components
+        for name in touched:
+            self._sup.remove(name)
+            current.pop(name, None)
+        starting: list[str] = []
+        for name in dict.fromkeys(changes.touched):
+            previous = progress.previous_components.get(name)
+            if previous is None:
+                continue
+            record = previous.model_copy(deep=True)
+            record.process_groups = []
+            if record.state not in ("FINISHED", "BROKEN"):
+                record.state = "NEW"
+                starting.append(name)
+            current[name] = record
+            self._sup.add(record)
+        self._state.targets = {t: r.model_copy(deep=True) for t, r in progress.previous_targets.items()}
+        self._save()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._sup.start(starting), self.deployment_timeout_s)
+        unsettled = await self._sup.wait_settled(starting, self.deployment_timeout_s, self.settle_s)
+        return None if unsettled is None else unsettled.message
+
+
+def _kill_leftovers(groups: Iterable[int]) -> None:
+    """SIGKILL process groups a previous agent started and left behind (their session id is their group id)."""
+    wanted = set(groups)
+    if not wanted:
+        return
+    live: set[int] = set()
+    proc = Path("/proc")
+    if proc.is_dir():
+        for stat_file in proc.glob("[0-9]*/stat"):
+            try:
+                fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            pgrp, session = int(fields[2]), int(fields[3])
+            if pgrp in wanted and session == pgrp and fields[0] != "Z":
+                live.add(pgrp)
+    else:  # no /proc: trust the recorded ids
+        live = wanted
+    for pgid in live:
+        logger.warning("killing process group %d left by a previous agent", pgid)
+        kill_group(pgid, signal.SIGKILL)

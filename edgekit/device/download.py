@@ -1,0 +1,304 @@
+"""Artifacts onto the device: download, verify, cache by digest, unpack safely, set permissions.
+
+* Every download is re-hashed (SHA-256) and compared with the recipe's ``Digest`` (base64). On a
+  mismatch the file is deleted and fetched again, up to ``attempts`` times (10, as the nucleus) with
+  a small growing backoff; then :class:`ArtifactDownloadError` ``ARTIFACT_CHECKSUM_MISMATCH``.
+  Network errors and 5xx answers are retried within the same budget; 4xx answers fail at once.
+* Verified files are kept in a cache named by their digest (``<cache>/<sha256 hex>``, which several
+  simulated devices may share) and hard-linked (or copied) into ``{artifacts:path}``; a cached file is
+  re-hashed before it is used.
+* ``Unarchive: ZIP`` unpacks ``x.zip`` into ``{artifacts:decompressedPath}/x/`` through a staging
+  folder renamed into place only when every entry was written. Before anything is written the whole
+  archive is checked; entries with an absolute path, a ``..`` part, a symlink or special-file mode, a
+  duplicate name, a path resolving outside the folder, or more than ``max_unzipped_bytes`` in total
+  (counted on what is really inflated, not on the headers) refuse the **whole** artifact with
+  :class:`UnsafeArchiveError` ``IO_UNZIP_ERROR``, and nothing of it stays on disk.
+* ``Permission`` (``Read`` OWNER default, ``Execute`` NONE default; NONE/OWNER/ALL) sets the mode of
+  the file and of every unpacked file; folders stay traversable by whoever may read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import hashlib
+import logging
+import os
+import re
+import shutil
+import stat
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.device.errors import ArtifactDownloadError, DeviceError, UnsafeArchiveError
+
+__all__ = [
+    "DEFAULT_MAX_UNZIPPED_BYTES",
+    "ArtifactFetcher",
+    "artifact_file_name",
+    "open_url",
+    "permission_modes",
+    "place",
+    "safe_unzip",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_UNZIPPED_BYTES = 2 * 1024**3
+DEFAULT_MAX_ENTRIES = 100_000
+_CHUNK = 1 << 16
+_DOWNLOAD = ("ARTIFACT_DOWNLOAD_ERROR",)
+
+
+@functools.cache
+def _direct_opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def open_url(request: urllib.request.Request, timeout: float) -> Any:
+    """``urlopen``, except that loopback hosts never go through a proxy from the environment."""
+    host = urllib.parse.urlparse(request.full_url).hostname or ""
+    if host in ("localhost", "::1") or host.startswith("127."):
+        return _direct_opener().open(request, timeout=timeout)
+    return urllib.request.urlopen(request, timeout=timeout)
+
+
+def artifact_file_name(uri: str) -> str:
+    """The file an artifact URI names (its last path segment)."""
+    name = urllib.parse.unquote(urllib.parse.urlparse(uri).path.rsplit("/", 1)[-1])
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise DeviceError((*_DOWNLOAD, "ARTIFACT_URI_NOT_VALID"), f"artifact URI '{uri}' names no file")
+    return name
+
+
+def permission_modes(permission: Mapping[str, Any] | None) -> tuple[int, int]:
+    """``(file mode, folder mode)`` for a recipe's ``Permission``."""
+    perm = permission or {}
+    read = str(perm.get("Read", "OWNER")).upper()
+    execute = str(perm.get("Execute", "NONE")).upper()
+    levels = {"NONE": 0, "OWNER": 0o100, "ALL": 0o111}
+    if read not in levels or execute not in levels:
+        raise DeviceError("RECIPE_PARSE_ERROR", f"Permission {dict(perm)} must use NONE, OWNER or ALL")
+    file_mode = (levels[read] << 2) | levels[execute]
+    folder_mode = 0o755 if read == "ALL" else 0o700
+    return file_mode, folder_mode
+
+
+def _sha256_b64(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return base64.b64encode(h.digest()).decode()
+
+
+def _refuse(zip_path: Path, entry: str, why: str) -> UnsafeArchiveError:
+    return UnsafeArchiveError(f"{zip_path.name}: entry '{entry}' {why}; the archive was refused and nothing was extracted")
+
+
+def _check_entries(zip_path: Path, infos: list[zipfile.ZipInfo], staging: Path, max_bytes: int, max_entries: int) -> None:
+    if len(infos) > max_entries:
+        raise UnsafeArchiveError(f"{zip_path.name} has {len(infos)} entries, over the limit of {max_entries}")
+    declared = 0
+    seen: set[str] = set()
+    for info in infos:
+        name = info.filename
+        if "\x00" in name:
+            raise _refuse(zip_path, name, "has a NUL character")
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+            raise _refuse(zip_path, name, "has an absolute path")
+        parts = [p for p in re.split(r"[\\/]", name) if p]
+        if ".." in parts:
+            raise _refuse(zip_path, name, "climbs out with '..'")
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise _refuse(zip_path, name, "is a symbolic link")
+        if mode and stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise _refuse(zip_path, name, "is not a regular file or folder")
+        if not parts:
+            raise _refuse(zip_path, name, "has an empty path")
+        key = "/".join(parts)
+        if key in seen and not info.is_dir():
+            raise _refuse(zip_path, name, "appears twice")
+        seen.add(key)
+        if not (staging / key).resolve().is_relative_to(staging.resolve()):
+            raise _refuse(zip_path, name, "resolves outside the folder")
+        declared += info.file_size
+    if declared > max_bytes:
+        raise UnsafeArchiveError(
+            f"{zip_path.name} would unpack to {declared} bytes, over the {max_bytes}-byte limit; refused as a zip bomb"
+        )
+
+
+def _chmod_tree(root: Path, file_mode: int, folder_mode: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), file_mode)
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), folder_mode)
+    os.chmod(root, folder_mode)
+
+
+def safe_unzip(
+    zip_path: Path,
+    dest: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_UNZIPPED_BYTES,
+    max_entries: int = DEFAULT_MAX_ENTRIES,
+    file_mode: int = 0o600,
+    folder_mode: int = 0o700,
+) -> None:
+    """Unpack ``zip_path`` into ``dest`` (which must not exist) whole, or raise and leave nothing behind."""
+    if dest.exists():
+        raise FileExistsError(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.unzip-{uuid.uuid4().hex[:8]}"
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            infos = zf.infolist()
+            _check_entries(zip_path, infos, staging, max_bytes, max_entries)
+            staging.mkdir()
+            written = 0
+            for info in infos:
+                target = staging.joinpath(*[p for p in re.split(r"[\\/]", info.filename) if p])
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "xb") as out:
+                    while chunk := src.read(_CHUNK):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise UnsafeArchiveError(
+                                f"{zip_path.name} inflates past the {max_bytes}-byte limit; refused as a zip bomb"
+                            )
+                        out.write(chunk)
+        _chmod_tree(staging, file_mode, folder_mode)
+        os.replace(staging, dest)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, FileExistsError, OSError) as exc:
+        if isinstance(exc, FileExistsError) and exc.filename and str(exc.filename).startswith(str(staging)):
+            raise UnsafeArchiveError(f"{zip_path.name}: an entry appears twice; refused") from exc
+        raise UnsafeArchiveError(f"{zip_path.name} can't be unpacked: {exc}") from exc
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    digest: str | None = None
+    error: str | None = None
+    retry: bool = True
+    stack: tuple[str, ...] = ()
+
+
+class ArtifactFetcher:
+    """Downloads artifacts over HTTP(S) with the device's headers, verified and cached by digest."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        headers: Mapping[str, str] | None = None,
+        attempts: int = 10,
+        backoff_s: float = 0.05,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.cache_dir = cache_dir
+        self.headers = dict(headers or {})
+        self.attempts = max(1, attempts)
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+
+    def _download_once(self, url: str, tmp: Path) -> _Attempt:
+        request = urllib.request.Request(url, headers=self.headers)
+        h = hashlib.sha256()
+        try:
+            with open_url(request, self.timeout_s) as resp, open(tmp, "wb") as out:
+                while chunk := resp.read(_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code >= 500 or exc.code == 429:
+                return _Attempt(error=f"HTTP {exc.code} from {url}", stack=("HTTP_REQUEST_ERROR",))
+            stack = ("HTTP_REQUEST_ERROR", "RESOURCE_NOT_FOUND") if exc.code == 404 else ("HTTP_REQUEST_ERROR",)
+            return _Attempt(error=f"HTTP {exc.code} from {url}", retry=False, stack=stack)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return _Attempt(error=f"{url}: {reason}", stack=("NETWORK_ERROR",))
+        return _Attempt(digest=base64.b64encode(h.digest()).decode())
+
+    async def fetch(self, url: str, digest: str, algorithm: str = "SHA-256") -> Path:
+        """The verified file for ``digest``: from the cache, or downloaded (with retries) into it."""
+        if algorithm.replace("-", "").upper() != "SHA256":
+            raise ArtifactDownloadError(
+                (*_DOWNLOAD, "HASHING_ALGORITHM_UNAVAILABLE"), f"artifact {url}: algorithm '{algorithm}' is not SHA-256"
+            )
+        scheme = urllib.parse.urlparse(url).scheme
+        if scheme not in ("http", "https"):
+            raise ArtifactDownloadError(
+                (*_DOWNLOAD, "UNSUPPORTED_ARTIFACT_SCHEME"), f"artifact URI '{url}': this agent downloads http(s) only"
+            )
+        try:
+            hex_name = base64.b64decode(digest, validate=True).hex()
+        except ValueError as exc:
+            raise ArtifactDownloadError((*_DOWNLOAD, "RECIPE_PARSE_ERROR"), f"artifact {url}: Digest is not base64") from exc
+        cached = self.cache_dir / hex_name
+        if cached.is_file():
+            try:
+                if await asyncio.to_thread(_sha256_b64, cached) == digest:
+                    return cached
+            except OSError:
+                pass
+            logger.warning("cached artifact %s no longer matches its digest; downloading it again", cached)
+            cached.unlink(missing_ok=True)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        last = _Attempt()
+        mismatches = 0
+        for attempt in range(1, self.attempts + 1):
+            tmp = self.cache_dir / f".{hex_name}.{uuid.uuid4().hex[:8]}"
+            try:
+                last = await asyncio.to_thread(self._download_once, url, tmp)
+                if last.digest == digest:
+                    os.replace(tmp, cached)
+                    return cached
+            finally:
+                tmp.unlink(missing_ok=True)
+            if last.digest is not None:
+                mismatches += 1
+                logger.warning("artifact %s: SHA-256 mismatch (attempt %d of %d); deleted, retrying", url, attempt, self.attempts)
+            elif not last.retry:
+                break
+            else:
+                logger.warning("artifact %s: %s (attempt %d of %d)", url, last.error, attempt, self.attempts)
+            if attempt < self.attempts:
+                await asyncio.sleep(min(self.backoff_s * attempt, 2.0))
+        if last.digest is not None:
+            raise ArtifactDownloadError(
+                (*_DOWNLOAD, "ARTIFACT_CHECKSUM_MISMATCH"),
+                f"artifact {url}: SHA-256 did not match the recipe's Digest in {mismatches} download(s); every copy was deleted",
+            )
+        raise ArtifactDownloadError((*_DOWNLOAD, *last.stack), f"artifact {url} could not be downloaded: {last.error}")
+
+
+def place(cached: Path, dest: Path) -> None:
+    """Put the cached file at ``dest`` (a hard link where possible, else a copy), replacing what is there."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        try:
+            os.link(cached, tmp)
+        except OSError:
+            shutil.copyfile(cached, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

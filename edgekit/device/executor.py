@@ -1,0 +1,204 @@
+"""How lifecycle steps run: real ``sh -c`` subprocesses (the default) or, for scale simulations, not at all.
+
+:class:`SubprocessExecutor` starts every step with ``asyncio.create_subprocess_shell`` in a new session
+(so the step and everything it spawns share one process group), cwd = the component's work folder,
+stdout and stderr appended to ``<root>/logs/<name>.log``. A step past its ``Timeout`` gets SIGTERM on
+its whole process group, then SIGKILL after ``kill_grace`` seconds; a step whose task is cancelled is
+killed the same way before the cancellation goes on, so no step outlives the agent that ran it.
+
+:class:`InProcessExecutor` (``DeviceAgent(mode="in_process")``) spawns nothing. Everything before a
+step still happens for real: artifacts are downloaded, verified and unpacked, the work folder is made,
+every variable in Script/Setenv/Skipif is interpolated and Skipif is evaluated. What is skipped is
+exactly the execution of the scripts: Bootstrap, Install, Startup, Shutdown and Recover count as exit 0
+(or the code ``fail`` returns for them, to inject faults), and a Run "process" is a placeholder that
+stays RUNNING until the component is stopped (or exits with what ``fail`` returns for Run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+__all__ = [
+    "Executor",
+    "InProcessExecutor",
+    "RunningProcess",
+    "StepResult",
+    "StepSpec",
+    "SubprocessExecutor",
+    "kill_group",
+]
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One lifecycle step, ready to run: its script and environment are already interpolated."""
+
+    component: str
+    step: str  # Install, Run, Startup, ...
+    script: str
+    env: Mapping[str, str]
+    cwd: Path
+    log: Path
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """How a foreground step ended. ``exit_code`` is ``None`` when it was killed or never started."""
+
+    exit_code: int | None
+    timed_out: bool = False
+    skipped: bool = False
+    error: str | None = None  # could not be started (I/O error, invalid step)
+    pgid: int | None = None  # the step's process group, which may outlive it (Startup's background service)
+
+    @property
+    def ok(self) -> bool:
+        return self.skipped or (self.exit_code == 0 and not self.timed_out and self.error is None)
+
+    def describe(self, step: str) -> str:
+        if self.error:
+            return f"{step} could not run: {self.error}"
+        if self.timed_out:
+            return f"{step} timed out and was killed"
+        return f"{step} exited with code {self.exit_code}"
+
+
+class RunningProcess(Protocol):
+    """A long-running step (Run)."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    async def wait(self) -> int: ...
+
+    async def stop(self, grace: float) -> None:
+        """End the process and its group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+
+
+class Executor(Protocol):
+    async def run(self, spec: StepSpec, timeout: float | None) -> StepResult:
+        """Run a foreground step to its end (or its timeout)."""
+
+    async def start(self, spec: StepSpec) -> RunningProcess:
+        """Start a long-running step (Run); raises OSError if it can't start."""
+
+
+def kill_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to process group ``pgid``; False if no process is left in it."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+async def _end(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the process group, wait up to ``grace``, SIGKILL what is left, reap the leader."""
+    if proc.returncode is None:
+        kill_group(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), grace)
+    kill_group(proc.pid, signal.SIGKILL)  # members that outlived the leader
+    await proc.wait()
+
+
+class _Subprocess:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    async def wait(self) -> int:
+        return await self._proc.wait()
+
+    async def stop(self, grace: float) -> None:
+        await asyncio.shield(_end(self._proc, grace))
+
+
+class SubprocessExecutor:
+    """Steps as real ``sh -c`` processes, each in its own session / process group."""
+
+    def __init__(self, kill_grace: float = 2.0) -> None:
+        self.kill_grace = kill_grace
+
+    async def _spawn(self, spec: StepSpec) -> asyncio.subprocess.Process:
+        spec.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(spec.log, "ab") as log:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            log.write(f"--- {stamp} {spec.component} {spec.step}\n".encode())
+            log.flush()
+            return await asyncio.create_subprocess_shell(
+                spec.script,
+                cwd=spec.cwd,
+                env=dict(spec.env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    async def run(self, spec: StepSpec, timeout: float | None) -> StepResult:
+        try:
+            proc = await self._spawn(spec)
+        except OSError as exc:
+            return StepResult(None, error=str(exc))
+        try:
+            code = await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            await asyncio.shield(_end(proc, self.kill_grace))
+            return StepResult(None, timed_out=True, pgid=proc.pid)
+        except asyncio.CancelledError:
+            await asyncio.shield(_end(proc, 0.0))
+            raise
+        return StepResult(code, pgid=proc.pid)
+
+    async def start(self, spec: StepSpec) -> RunningProcess:
+        return _Subprocess(await self._spawn(spec))
+
+
+FaultHook = Callable[[StepSpec], "int | None"]
+
+
+class _Placeholder:
+    """A Run step that is not executed: RUNNING until stopped (or exits with an injected code)."""
+
+    def __init__(self, code: int | None) -> None:
+        self._done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if code is not None:
+            self._done.set_result(code)
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._done)
+
+    async def stop(self, grace: float) -> None:
+        if not self._done.done():
+            self._done.set_result(-signal.SIGTERM)
+
+
+class InProcessExecutor:
+    """Runs no scripts at all (see the module docstring); ``fail(spec)`` may return an exit code to inject."""
+
+    def __init__(self, fail: FaultHook | None = None) -> None:
+        self.fail = fail
+
+    async def run(self, spec: StepSpec, timeout: float | None) -> StepResult:
+        code = self.fail(spec) if self.fail else None
+        await asyncio.sleep(0)
+        return StepResult(code if code is not None else 0)
+
+    async def start(self, spec: StepSpec) -> RunningProcess:
+        return _Placeholder(self.fail(spec) if self.fail else None)

@@ -1,0 +1,179 @@
+"""A device's on-disk state, all under one root folder (the nucleus's ``config/``, ``packages/``, ``work/``)::
+
+    <root>/config/state.json                              installed components, lifecycle states, targets,
+                                                          the deployment in progress (+ the previous set),
+                                                          the outcomes of processed deployments
+    <root>/packages/artifacts/<name>/<version>/<file>     verified downloads          {artifacts:path}
+    <root>/packages/artifacts-unarchived/<name>/<version>/<zip stem>/   {artifacts:decompressedPath}
+    <root>/packages/cache/<sha256 hex>                    downloads by digest (may be shared by devices)
+    <root>/work/<name>/                                   a component's working folder  {work:path}
+    <root>/logs/<name>.log                                each lifecycle step's stdout and stderr
+
+``state.json`` is written whole through a temporary file and a rename (and ``fsync``), so a device
+killed at any point restarts from the last complete write. It is rewritten on every lifecycle
+transition, so it always says what ran last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekit.device.errors import DeviceError
+from edgekit.device.outcome import DeploymentOutcome
+from edgekit.mqtt.payloads import LifecycleState
+
+__all__ = [
+    "ComponentRecord",
+    "DeviceLayout",
+    "DeviceState",
+    "InProgress",
+    "StateStore",
+    "TargetRecord",
+]
+
+STATE_SCHEMA_VERSION: Final = 1
+MAX_OUTCOMES = 50  # processed deployment ids remembered (a redelivered job gets its stored outcome)
+
+logger = logging.getLogger(__name__)
+
+
+class DeviceLayout:
+    """Every path of one device, derived from its root folder."""
+
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:
+        self.root = Path(root).absolute()
+        self.config_dir = self.root / "config"
+        self.state_file = self.config_dir / "state.json"
+        self.packages = self.root / "packages"
+        self.artifacts_root = self.packages / "artifacts"
+        self.unarchived_root = self.packages / "artifacts-unarchived"
+        self.cache_dir = Path(cache_dir).absolute() if cache_dir is not None else self.packages / "cache"
+        self.work_root = self.root / "work"
+        self.logs_dir = self.root / "logs"
+
+    def artifacts(self, name: str, version: str) -> Path:
+        return self.artifacts_root / name / version
+
+    def decompressed(self, name: str, version: str) -> Path:
+        return self.unarchived_root / name / version
+
+    def work(self, name: str) -> Path:
+        return self.work_root / name
+
+    def log(self, name: str) -> Path:
+        return self.logs_dir / f"{name}.log"
+
+
+class ComponentRecord(BaseModel):
+    """One installed component: what it is, how it is configured, where its lifecycle stands."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    version: str
+    recipe: dict[str, Any]
+    manifest_index: int = Field(ge=0)
+    configuration: dict[str, Any] = Field(default_factory=dict)
+    state: LifecycleState = "NEW"
+    installed: bool = False  # Install (and Bootstrap) succeeded for this version: not run again
+    errors: dict[str, list[float]] = Field(default_factory=dict)  # state → times it went ERRORED from there
+    status_codes: list[str] = Field(default_factory=list)
+    status_reason: str | None = None
+    process_groups: list[int] = Field(default_factory=list)  # live Run / Startup process groups (killed on resume)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        manifests = self.recipe.get("Manifests") or []
+        return dict(manifests[self.manifest_index]) if self.manifest_index < len(manifests) else {}
+
+    def dependencies(self) -> dict[str, str]:
+        """Direct dependencies: name → ``HARD`` or ``SOFT``."""
+        deps = self.recipe.get("ComponentDependencies") or {}
+        return {str(n): str((spec or {}).get("DependencyType", "HARD")).upper() for n, spec in deps.items()}
+
+
+class TargetRecord(BaseModel):
+    """The latest deployment applied for one target (``thing/NAME`` or ``thinggroup/NAME``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    deployment_id: str
+    creation_timestamp: int | None = None
+    components: dict[str, str] = Field(default_factory=dict)  # root components: name → version
+
+
+class InProgress(BaseModel):
+    """A deployment being applied, with what the device ran before it (to roll back or resume)."""
+
+    model_config = ConfigDict(extra="forbid")
+    job: dict[str, Any]  # the JobDocument as JSON (camelCase)
+    phase: Literal["prepare", "apply", "rollback"] = "prepare"
+    previous_components: dict[str, ComponentRecord] = Field(default_factory=dict)
+    previous_targets: dict[str, TargetRecord] = Field(default_factory=dict)
+
+
+class DeviceState(BaseModel):
+    """Everything a device must remember across restarts."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = STATE_SCHEMA_VERSION
+    thing: str
+    components: dict[str, ComponentRecord] = Field(default_factory=dict)
+    targets: dict[str, TargetRecord] = Field(default_factory=dict)
+    in_progress: InProgress | None = None
+    last_deployment: DeploymentOutcome | None = None
+    outcomes: dict[str, DeploymentOutcome] = Field(default_factory=dict)  # processed deployment id → outcome
+
+    def remember(self, outcome: DeploymentOutcome) -> None:
+        self.last_deployment = outcome
+        self.outcomes.pop(outcome.deployment_id, None)
+        self.outcomes[outcome.deployment_id] = outcome
+        while len(self.outcomes) > MAX_OUTCOMES:
+            del self.outcomes[next(iter(self.outcomes))]
+
+
+class StateStore:
+    """Reads and atomically writes ``<root>/config/state.json``."""
+
+    def __init__(self, layout: DeviceLayout, *, fsync: bool = True) -> None:
+        self.layout = layout
+        self.fsync = fsync
+
+    def load(self, thing: str) -> DeviceState:
+        """The saved state, or a fresh one for a new device; a state of another thing is refused."""
+        path = self.layout.state_file
+        if not path.is_file():
+            return DeviceState(thing=thing)
+        try:
+            data = json.loads(path.read_text())
+            state = DeviceState.model_validate(data)
+        except (OSError, json.JSONDecodeError, ValidationError) as exc:
+            raise DeviceError(
+                ("IO_ERROR", "IO_READ_ERROR"),
+                f"{path} is not a readable edgekit device state ({exc}); move it away to start this device afresh",
+            ) from exc
+        if state.thing != thing:
+            raise DeviceError(
+                "IO_READ_ERROR", f"{path} belongs to thing '{state.thing}', not '{thing}'; give each device its own root"
+            )
+        return state
+
+    def save(self, state: DeviceState) -> None:
+        path = self.layout.state_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = state.model_dump_json(indent=1).encode()
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,229 @@
+"""The local fleet's HTTP API for devices: component versions, recipes and artifact downloads.
+
+A device agent resolves and downloads components here, as the nucleus does from the Greengrass data
+plane and S3 (the contract; keep it stable)::
+
+    GET /v1/components/{name}                        {"name": ..., "versions": ["1.0.0", ...]}  (lowest first)
+    GET /v1/components/{name}/{version}/recipe       the stored recipe; every artifact URI rewritten to
+                                                     http://HOST:PORT/v1/artifacts/{name}/{version}/{file},
+                                                     with its Digest (base64 SHA-256) and Algorithm
+    GET /v1/artifacts/{name}/{version}/{file}        the bytes (Content-Length, streamed)
+
+Errors are JSON ``{"error": "..."}``: 404 for anything unknown, 400 for a path segment that is not a
+plain name (``..``, separators: path traversal is refused), 405 for methods other than GET/HEAD.
+
+Fault injection: :meth:`FleetHttpServer.corrupt_downloads` makes the next N artifact downloads (of every
+device, or only those sent with header ``X-Edgekit-Thing: <thing>``) return every byte flipped, so the
+device's digest check fails (``ARTIFACT_CHECKSUM_MISMATCH``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
+from urllib.parse import quote, unquote, urlsplit
+
+from edgekit.fleet.errors import NotFoundError
+from edgekit.fleet.registry import Registry, artifact_file, safe_segment
+
+__all__ = ["THING_HEADER", "FleetHttpServer"]
+
+log = logging.getLogger(__name__)
+
+THING_HEADER: Final = "X-Edgekit-Thing"
+_CHUNK = 64 * 1024
+_FLIP = bytes(b ^ 0xFF for b in range(256))
+
+
+class _BadPath(Exception):
+    pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    fleet: FleetHttpServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "edgekit-fleet"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    # ------------------------------------------------------------------ responses
+
+    def _json(self, status: int, body: object) -> None:
+        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _error(self, status: HTTPStatus, message: str) -> None:
+        self._json(status, {"error": message})
+
+    def do_GET(self) -> None:
+        fleet = self.server.fleet
+        try:
+            parts = self._segments()
+            if len(parts) == 3 and parts[:2] == ["v1", "components"]:
+                name = parts[2]
+                self._json(HTTPStatus.OK, {"name": name, "versions": fleet.registry.versions(name)})
+            elif len(parts) == 5 and parts[:2] == ["v1", "components"] and parts[4] == "recipe":
+                self._json(HTTPStatus.OK, fleet.recipe(parts[2], parts[3]))
+            elif len(parts) == 5 and parts[:2] == ["v1", "artifacts"]:
+                self._artifact(parts[2], parts[3], parts[4])
+            else:
+                self._error(HTTPStatus.NOT_FOUND, f"no such resource: {self.path}")
+        except _BadPath as exc:
+            self._error(HTTPStatus.BAD_REQUEST, str(exc))
+        except NotFoundError as exc:
+            self._error(HTTPStatus.NOT_FOUND, str(exc))
+        except (BrokenPipeError, ConnectionResetError):
+            log.debug("client went away during %s", self.path)
+        except Exception as exc:
+            log.exception("fleet HTTP %s failed", self.path)
+            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+
+    do_HEAD = do_GET
+
+    def _refuse(self) -> None:
+        self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported; the fleet API is read-only (GET)")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
+
+    def _segments(self) -> list[str]:
+        raw = urlsplit(self.path).path
+        parts = [unquote(p) for p in raw.split("/")[1:]]
+        if parts and parts[-1] == "":  # "/v1/components/x/" is "/v1/components/x"; "/" is no segment
+            parts = parts[:-1]
+        if any(not safe_segment(p) for p in parts):
+            raise _BadPath(f"refused path {raw!r}: every segment must be a plain name (no '..', '/', '\\' or NUL)")
+        return parts
+
+    def _artifact(self, name: str, version: str, file: str) -> None:
+        fleet = self.server.fleet
+        record, path = fleet.registry.artifact(name, version, file)
+        thing = self.headers.get(THING_HEADER)
+        corrupt = self.command == "GET" and fleet._take_corruption(thing)
+        size = path.stat().st_size
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.send_header("X-Edgekit-Sha256", record.sha256)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if corrupt:
+            log.warning(
+                "fault injection: serving %s/%s/%s to %s with every byte flipped", name, version, file, thing or "a device"
+            )
+        sent = 0
+        with path.open("rb") as f:
+            while sent < size and (chunk := f.read(min(_CHUNK, size - sent))):
+                self.wfile.write(chunk.translate(_FLIP) if corrupt else chunk)
+                sent += len(chunk)
+
+
+class FleetHttpServer:
+    """The device-facing HTTP API on ``host`` (loopback) and ``port`` (0 = a free port); a context manager."""
+
+    def __init__(self, registry: Registry, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.registry = registry
+        self.host = host
+        self._requested_port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._faults: list[list[Any]] = []  # [thing or None, remaining]
+        self._faults_lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the fleet HTTP server is not started")
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` of the running server."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> FleetHttpServer:
+        if self._server is not None:
+            return self
+        server = _Server((self.host, self._requested_port), _Handler)
+        server.fleet = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fleet-http", daemon=True
+        )
+        self._thread.start()
+        log.info("fleet HTTP API listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+        self._server = self._thread = None
+        log.info("fleet HTTP API stopped")
+
+    def __enter__(self) -> FleetHttpServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ content
+
+    def artifact_url(self, name: str, version: str, file: str) -> str:
+        return f"{self.url}/v1/artifacts/{quote(name, safe='')}/{quote(version, safe='')}/{quote(file, safe='')}"
+
+    def recipe(self, name: str, version: str) -> dict[str, Any]:
+        """The stored recipe with every stored artifact's URI pointing at this server."""
+        recipe = json.loads(json.dumps(self.registry.recipe(name, version)))
+        stored = {a.file for a in self.registry.state.artifacts(name, version)}
+        for manifest in recipe.get("Manifests") or []:
+            for artifact in manifest.get("Artifacts") or []:
+                file = artifact_file(artifact.get("URI", ""))
+                if file is not None and file in stored:
+                    artifact["URI"] = self.artifact_url(name, version, file)
+        return dict(recipe)
+
+    # ------------------------------------------------------------------ faults
+
+    def corrupt_downloads(self, thing: str | None, count: int) -> None:
+        """Flip every byte of the next ``count`` artifact downloads (only those of ``thing`` when given)."""
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count}")
+        with self._faults_lock:
+            self._faults.append([thing, count])
+        log.info("fault injection: the next %d download(s) of %s will be corrupted", count, thing or "any device")
+
+    def pending_corruptions(self) -> int:
+        """Corrupted downloads still to serve."""
+        with self._faults_lock:
+            return sum(int(f[1]) for f in self._faults)
+
+    def _take_corruption(self, thing: str | None) -> bool:
+        with self._faults_lock:
+            for fault in self._faults:
+                if fault[0] is None or fault[0] == thing:
+                    fault[1] -= 1
+                    if fault[1] <= 0:
+                        self._faults.remove(fault)
+                    return True
+        return False

@@ -1,0 +1,315 @@
+"""The local fleet's component registry and artifact store: what ``CreateComponentVersion`` + S3 are on AWS.
+
+:func:`publish_local` reads a packaged build folder (``edgekit package``'s layout)::
+
+    greengrass-build/recipes/<name>-<version>.json
+    greengrass-build/artifacts/<name>/<version>/<file>
+
+checks every recipe with :func:`~edgekit.greengrass.lint.check_recipe`, copies each artifact named by a
+placeholder URI (``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>``) into
+``store_root/<name>/<version>/<file>``, and stores the recipe with each artifact's ``Digest`` (base64
+SHA-256) and ``Algorithm: SHA-256`` added, as the Greengrass service does when it creates a version.
+
+Versions are immutable: publishing a version again with the same recipe and bytes changes nothing;
+with anything different it is refused (:class:`~edgekit.fleet.errors.ComponentConflictError`: bump the
+version). Nothing is half-published: every recipe and artifact is checked and copied to a staging folder
+first, then the version folders are renamed into place and the database rows inserted in one transaction;
+a failure removes the folders this run put in place. The database is the registry: a version folder
+without its rows (left by a crash between the two steps) is invisible and replaced by the next publish.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import semantic_version
+
+from edgekit.atomic import install_dir
+from edgekit.errors import PublishError
+from edgekit.fleet.clock import Clock, SystemClock
+from edgekit.fleet.errors import ComponentConflictError, NotFoundError
+from edgekit.fleet.state import ArtifactRecord, FleetState
+from edgekit.greengrass.aws import BUCKET_PLACEHOLDER, NAME_PLACEHOLDER, VERSION_PLACEHOLDER
+from edgekit.greengrass.lint import check_recipe
+from edgekit.greengrass.recipe import load_recipe
+
+__all__ = ["DIGEST_ALGORITHM", "PublishedComponent", "Registry", "artifact_file", "publish_local", "safe_segment"]
+
+log = logging.getLogger(__name__)
+
+DIGEST_ALGORITHM = "SHA-256"
+_CHUNK = 1 << 20
+_RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class PublishedComponent:
+    """One component version of a publish: ``published`` now, or ``unchanged`` (already there, identical)."""
+
+    name: str
+    version: str
+    status: Literal["published", "unchanged"]
+    recipe: dict[str, Any]
+    artifacts: tuple[ArtifactRecord, ...] = field(default_factory=tuple)
+
+
+def safe_segment(value: str) -> bool:
+    """True if ``value`` is one plain path segment (no separators, not ``.``/``..``, no NUL)."""
+    return bool(value) and value not in (".", "..") and not any(c in value for c in "/\\\0")
+
+
+def artifact_file(uri: str) -> str | None:
+    """The file name of a placeholder artifact URI (``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>``)."""
+    if not uri.startswith("s3://"):
+        return None
+    host, _, path = uri[len("s3://") :].partition("/")
+    if host != BUCKET_PLACEHOLDER:
+        return None
+    return path.rsplit("/", 1)[-1]
+
+
+def _digest(sha256_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+
+
+def _hash_file(path: Path, copy_to: Path | None = None) -> tuple[str, int]:
+    """SHA-256 (hex) and size of ``path``, copying it to ``copy_to`` on the way when given."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as src:
+        out = copy_to.open("wb") if copy_to is not None else None
+        try:
+            while chunk := src.read(_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+                if out is not None:
+                    out.write(chunk)
+            if out is not None:
+                out.flush()
+        finally:
+            if out is not None:
+                out.close()
+    return h.hexdigest(), size
+
+
+def _canonical(recipe: dict[str, Any]) -> str:
+    return json.dumps(recipe, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class _Plan:
+    name: str
+    version: str
+    recipe_file: Path
+    recipe: dict[str, Any]
+    files: dict[str, Path]  # artifact file name -> local source
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+    existing: bool = False
+
+
+def _plan(recipe_file: Path, build_dir: Path, known: dict[str, list[str]]) -> _Plan:
+    recipe = check_recipe(recipe_file, known_components=known)
+    name, version = str(recipe["ComponentName"]), str(recipe["ComponentVersion"])
+    if not safe_segment(name) or not safe_segment(version):
+        raise PublishError(f"{recipe_file}: component name '{name}' / version '{version}' can't be a folder name")
+    artifacts_dir = build_dir / "artifacts" / name / version
+    files: dict[str, Path] = {}
+    for manifest in recipe.get("Manifests") or []:
+        for artifact in manifest.get("Artifacts") or []:
+            artifact.pop("Digest", None)  # computed here, from the bytes stored, never taken from the recipe
+            artifact.pop("Algorithm", None)
+            uri = artifact.get("URI", "")
+            file = artifact_file(uri)
+            if file is None:
+                log.warning(
+                    "%s %s: artifact %s is not in the build folder; devices of the local fleet can't download it",
+                    name,
+                    version,
+                    uri,
+                )
+                continue
+            parts = uri[len("s3://") :].split("/")[1:]
+            if parts[:2] != [NAME_PLACEHOLDER, VERSION_PLACEHOLDER] or len(parts) != 3 or not safe_segment(file):
+                raise PublishError(
+                    f"{recipe_file}: artifact URI '{uri}' is not s3://{BUCKET_PLACEHOLDER}/{NAME_PLACEHOLDER}/"
+                    f"{VERSION_PLACEHOLDER}/<file> (one file name, no sub-folders); package the component again"
+                )
+            source = artifacts_dir / file
+            if not source.is_file():
+                raise PublishError(f"{recipe_file}: artifact '{file}' is missing: expected {source}; package the component again")
+            files[file] = source
+    return _Plan(name, version, recipe_file, recipe, files)
+
+
+def _with_digests(recipe: dict[str, Any], digests: dict[str, str]) -> dict[str, Any]:
+    """A copy of ``recipe`` whose placeholder artifacts carry ``Digest`` and ``Algorithm``."""
+    out: dict[str, Any] = json.loads(json.dumps(recipe))
+    for manifest in out.get("Manifests") or []:
+        for artifact in manifest.get("Artifacts") or []:
+            file = artifact_file(artifact.get("URI", ""))
+            if file is not None and file in digests:
+                artifact["Digest"] = _digest(digests[file])
+                artifact["Algorithm"] = DIGEST_ALGORITHM
+    return out
+
+
+def publish_local(
+    build_dir: str | Path,
+    state: FleetState,
+    store_root: str | Path,
+    *,
+    clock: Clock | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[PublishedComponent]:
+    """Publish every component of a packaged build folder to the local fleet's registry.
+
+    Returns one :class:`PublishedComponent` per recipe. Raises :class:`~edgekit.errors.RecipeError` for an
+    invalid recipe, :class:`~edgekit.errors.PublishError` for missing artifacts or a version listed twice,
+    and :class:`~edgekit.fleet.errors.ComponentConflictError` for a version already published differently;
+    in every case nothing of this publish is left behind.
+    """
+    say = progress or (lambda _m: None)
+    now = (clock or SystemClock()).now()
+    root, store = Path(build_dir), Path(store_root)
+    recipes_dir = root / "recipes"
+    recipe_files = (
+        sorted(p for p in recipes_dir.iterdir() if p.suffix in _RECIPE_SUFFIXES and not p.name.startswith("."))
+        if recipes_dir.is_dir()
+        else []
+    )
+    if not recipe_files:
+        raise PublishError(f"no recipes in {recipes_dir}; package the component first (edgekit package)")
+
+    # 1. Read and check everything; hash every artifact; refuse conflicts, all before writing anything.
+    known = state.components()
+    for path in recipe_files:
+        head = load_recipe(path)
+        if isinstance(head.get("ComponentName"), str) and isinstance(head.get("ComponentVersion"), str):
+            known.setdefault(head["ComponentName"], []).append(head["ComponentVersion"])
+    plans = [_plan(p, root, known) for p in recipe_files]
+    seen: dict[tuple[str, str], Path] = {}
+    for plan in plans:
+        if (plan.name, plan.version) in seen:
+            raise PublishError(
+                f"{plan.name} {plan.version} appears in both {seen[(plan.name, plan.version)]} and {plan.recipe_file}"
+            )
+        seen[(plan.name, plan.version)] = plan.recipe_file
+        stored = state.get_component(plan.name, plan.version)
+        if stored is None:
+            continue
+        candidate = _with_digests(plan.recipe, {file: _hash_file(src)[0] for file, src in plan.files.items()})
+        if _canonical(candidate) != _canonical(stored.recipe):
+            raise ComponentConflictError(
+                f"{plan.name} {plan.version} is already published with a different recipe or artifacts; versions can't "
+                "change once published: bump the version (edgekit package --version NEXT_PATCH) and publish again"
+            )
+        plan.existing = True
+        plan.recipe = stored.recipe
+        plan.artifacts = state.artifacts(plan.name, plan.version)
+
+    new = [p for p in plans if not p.existing]
+    if not new:
+        say("every component is already published")
+        return [PublishedComponent(p.name, p.version, "unchanged", p.recipe, tuple(p.artifacts)) for p in plans]
+
+    # 2. Copy the new versions' artifacts to a staging folder next to the store, hashing the copies.
+    store.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=store))
+    installed: list[Path] = []
+    try:
+        for plan in new:
+            folder = staging / plan.name / plan.version
+            folder.mkdir(parents=True)
+            digests: dict[str, str] = {}
+            for file, source in sorted(plan.files.items()):
+                sha, size = _hash_file(source, copy_to=folder / file)
+                digests[file] = sha
+                plan.artifacts.append(ArtifactRecord(plan.name, plan.version, file, sha, size))
+            plan.recipe = _with_digests(plan.recipe, digests)
+            say(f"staged {plan.name} {plan.version}: {len(plan.files)} artifact(s)")
+
+        # 3. Put the folders in place and insert the rows in one transaction; undo the folders on failure.
+        with state.transaction():
+            for plan in new:
+                if state.get_component(plan.name, plan.version) is not None:  # published meanwhile by another process
+                    raise ComponentConflictError(
+                        f"{plan.name} {plan.version} was published by someone else meanwhile; publish again"
+                    )
+            for plan in new:
+                final = store / plan.name / plan.version
+                install_dir(staging / plan.name / plan.version, final)
+                installed.append(final)
+                state.insert_component(plan.name, plan.version, plan.recipe, plan.artifacts, now)
+    except BaseException:
+        for folder in installed:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    for plan in new:
+        log.info("published %s %s (%d artifact(s)) to the local registry", plan.name, plan.version, len(plan.artifacts))
+        say(f"published {plan.name} {plan.version}")
+    return [
+        PublishedComponent(p.name, p.version, "unchanged" if p.existing else "published", p.recipe, tuple(p.artifacts))
+        for p in plans
+    ]
+
+
+class Registry:
+    """Read access to the published components and their artifact files."""
+
+    def __init__(self, state: FleetState, store_root: str | Path) -> None:
+        self.state = state
+        self.store_root = Path(store_root)
+
+    def publish(self, build_dir: str | Path, *, clock: Clock | None = None) -> list[PublishedComponent]:
+        """:func:`publish_local` into this registry."""
+        return publish_local(build_dir, self.state, self.store_root, clock=clock)
+
+    def components(self) -> dict[str, list[str]]:
+        """Every component name with its versions, lowest first."""
+        return {name: _sorted(versions) for name, versions in self.state.components().items()}
+
+    def versions(self, name: str) -> list[str]:
+        """The published versions of ``name``, lowest first; :class:`NotFoundError` if there are none."""
+        versions = self.state.component_versions(name)
+        if not versions:
+            raise NotFoundError(f"component '{name}' is not published in the local fleet; publish it (publish_local)")
+        return _sorted(versions)
+
+    def recipe(self, name: str, version: str) -> dict[str, Any]:
+        """The stored recipe (with Digests) of ``name`` ``version``."""
+        record = self.state.get_component(name, version)
+        if record is None:
+            raise NotFoundError(f"component '{name}' version '{version}' is not published in the local fleet")
+        return record.recipe
+
+    def artifact(self, name: str, version: str, file: str) -> tuple[ArtifactRecord, Path]:
+        """The record and stored path of one published artifact; refuses anything outside the store."""
+        if not all(safe_segment(s) for s in (name, version, file)):
+            raise NotFoundError(f"'{name}/{version}/{file}' is not an artifact path")
+        record = self.state.get_artifact(name, version, file)
+        if record is None:
+            raise NotFoundError(f"no artifact '{file}' in component '{name}' version '{version}'")
+        root = self.store_root.resolve()
+        path = (root / name / version / file).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise NotFoundError(f"artifact '{file}' of '{name}' '{version}' is missing from the store {root}")
+        return record, path
+
+
+def _sorted(versions: list[str]) -> list[str]:
+    def key(v: str) -> tuple[int, semantic_version.Version | str]:
+        return (1, semantic_version.Version(v)) if semantic_version.validate(v) else (0, v)
+
+    return sorted(versions, key=key)

@@ -1,0 +1,596 @@
+"""The local fleet's state: one SQLite file, written in WAL mode, one transaction per change.
+
+Everything the service knows lives here — things, thing groups, published components and their
+artifacts, deployments and their job executions, and each rollout's token bucket — so killing the
+service (even ``kill -9`` in the middle of a write) and starting it again loses nothing: a change is
+either committed whole or not at all (``synchronous=FULL``: not even a power cut loses a committed one).
+
+Tables (``schema_version`` holds the layout's version; a file from a newer edgekit is refused)::
+
+    things(name, profile, os, arch, registered_at, last_seen)
+    thing_groups(name, created_at)          group_members(group_name, thing, added_at)
+    components(name, version, recipe, published_at)      recipe: JSON, with every artifact's Digest
+    artifacts(name, version, file, sha256, size)          sha256: hex
+    deployments(id, target, spec, created_at, status, replaced_by, status_reason, updated_at,
+                rollout_tokens, rollout_at)
+    job_executions(deployment_id, thing, status, version_number, execution_number, status_details,
+                   queued_at, started_at, updated_at, notified_at)
+
+Times are seconds since the epoch (floats, from the service's clock). One connection is shared by the
+threads of a process (the HTTP server's and the service's) behind a re-entrant lock; a second process may
+read the file at the same time (WAL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, cast
+
+from edgekit.fleet.errors import StateError
+
+__all__ = [
+    "DEPLOYMENT_STATUSES",
+    "EXECUTION_STATUSES",
+    "SCHEMA_VERSION",
+    "ArtifactRecord",
+    "ComponentRecord",
+    "DeploymentRecord",
+    "ExecutionRecord",
+    "FleetState",
+    "ThingRecord",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+DEPLOYMENT_STATUSES: Final = ("ACTIVE", "COMPLETED", "CANCELED", "FAILED", "INACTIVE")
+EXECUTION_STATUSES: Final = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "REJECTED", "REMOVED", "CANCELED")
+
+
+def _in(values: Iterable[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+_SCHEMA = f"""
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+CREATE TABLE things (
+    name TEXT PRIMARY KEY,
+    profile TEXT NOT NULL,
+    os TEXT NOT NULL,
+    arch TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    last_seen REAL
+);
+CREATE TABLE thing_groups (
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL
+);
+CREATE TABLE group_members (
+    group_name TEXT NOT NULL REFERENCES thing_groups(name) ON DELETE CASCADE,
+    thing TEXT NOT NULL REFERENCES things(name) ON DELETE CASCADE,
+    added_at REAL NOT NULL,
+    PRIMARY KEY (group_name, thing)
+);
+CREATE INDEX group_members_thing ON group_members(thing);
+CREATE TABLE components (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    recipe TEXT NOT NULL,
+    published_at REAL NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE artifacts (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    file TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (name, version, file),
+    FOREIGN KEY (name, version) REFERENCES components(name, version) ON DELETE CASCADE
+);
+CREATE TABLE deployments (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ({_in(DEPLOYMENT_STATUSES)})),
+    replaced_by TEXT REFERENCES deployments(id),
+    status_reason TEXT,
+    updated_at REAL NOT NULL,
+    rollout_tokens REAL,
+    rollout_at REAL
+);
+CREATE INDEX deployments_target ON deployments(target, created_at);
+CREATE TABLE job_executions (
+    deployment_id TEXT NOT NULL REFERENCES deployments(id),
+    thing TEXT NOT NULL REFERENCES things(name),
+    status TEXT NOT NULL CHECK (status IN ({_in(EXECUTION_STATUSES)})),
+    version_number INTEGER NOT NULL,
+    execution_number INTEGER NOT NULL DEFAULT 1,
+    status_details TEXT NOT NULL DEFAULT '{{}}',
+    queued_at REAL NOT NULL,
+    started_at REAL,
+    updated_at REAL NOT NULL,
+    notified_at REAL,
+    PRIMARY KEY (deployment_id, thing)
+);
+CREATE INDEX job_executions_thing ON job_executions(thing, status);
+CREATE INDEX job_executions_status ON job_executions(deployment_id, status);
+CREATE INDEX job_executions_notified ON job_executions(deployment_id, notified_at);
+"""
+
+
+@dataclass(frozen=True)
+class ThingRecord:
+    name: str
+    profile: str
+    platform: dict[str, str]
+    registered_at: float
+    last_seen: float | None
+
+
+@dataclass(frozen=True)
+class ComponentRecord:
+    name: str
+    version: str
+    recipe: dict[str, Any]
+    published_at: float
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    name: str
+    version: str
+    file: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    id: str
+    target: str
+    spec: dict[str, Any]
+    created_at: float
+    status: str
+    replaced_by: str | None
+    status_reason: dict[str, Any] | None
+    updated_at: float
+    rollout_tokens: float | None
+    rollout_at: float | None
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    deployment_id: str
+    thing: str
+    status: str
+    version_number: int
+    execution_number: int
+    status_details: dict[str, str]
+    queued_at: float
+    started_at: float | None
+    updated_at: float
+    notified_at: float | None
+
+
+_EXECUTION_COLUMNS = "deployment_id, thing, status, version_number, execution_number, status_details, queued_at, started_at, updated_at, notified_at"
+_DEPLOYMENT_COLUMNS = "id, target, spec, created_at, status, replaced_by, status_reason, updated_at, rollout_tokens, rollout_at"
+
+
+def _execution(row: sqlite3.Row) -> ExecutionRecord:
+    return ExecutionRecord(
+        deployment_id=row["deployment_id"],
+        thing=row["thing"],
+        status=row["status"],
+        version_number=row["version_number"],
+        execution_number=row["execution_number"],
+        status_details=json.loads(row["status_details"]),
+        queued_at=row["queued_at"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        notified_at=row["notified_at"],
+    )
+
+
+def _deployment(row: sqlite3.Row) -> DeploymentRecord:
+    return DeploymentRecord(
+        id=row["id"],
+        target=row["target"],
+        spec=json.loads(row["spec"]),
+        created_at=row["created_at"],
+        status=row["status"],
+        replaced_by=row["replaced_by"],
+        status_reason=json.loads(row["status_reason"]) if row["status_reason"] else None,
+        updated_at=row["updated_at"],
+        rollout_tokens=row["rollout_tokens"],
+        rollout_at=row["rollout_at"],
+    )
+
+
+def _thing(row: sqlite3.Row) -> ThingRecord:
+    return ThingRecord(
+        name=row["name"],
+        profile=row["profile"],
+        platform={"os": row["os"], "architecture": row["arch"]},
+        registered_at=row["registered_at"],
+        last_seen=row["last_seen"],
+    )
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class FleetState:
+    """The fleet's SQLite file. Use as a context manager, or call :meth:`close`.
+
+    Every method that writes runs in a transaction of its own, or joins the one opened by
+    ``with state.transaction():`` around several calls (then all of them commit, or none).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._after_commit: list[Callable[[], None]] = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot open the fleet state file {self.path}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StateError(
+                f"{self.path} is not a fleet state file (SQLite said: {exc}); move it away or pick another path"
+            ) from exc
+        except StateError:
+            self._db.close()
+            raise
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _migrate(self) -> None:
+        with self.transaction() as db:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
+                log.info("created fleet state %s (schema %d)", self.path, SCHEMA_VERSION)
+                return
+            if "schema_version" not in tables:
+                raise StateError(f"{self.path} is an SQLite file but not a fleet state file (no schema_version table)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else None
+            if version != SCHEMA_VERSION:
+                newer = isinstance(version, int) and version > SCHEMA_VERSION
+                raise StateError(
+                    f"{self.path} has fleet state schema {version}, this edgekit reads schema {SCHEMA_VERSION}"
+                    + ("; upgrade edgekit" if newer else "; the file is damaged or from an unknown edgekit")
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> FleetState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``); nested uses join the outermost one."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._after_commit.clear()
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._depth = 0
+            callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the current transaction commits (now, outside one); never if it rolls back."""
+        with self._lock:
+            if self._depth:
+                self._after_commit.append(callback)
+                return
+        callback()
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            yield self._db
+
+    def integrity_check(self) -> str:
+        """SQLite's ``PRAGMA integrity_check`` (``"ok"`` when the file is sound)."""
+        with self._read() as db:
+            return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # ------------------------------------------------------------------ things and groups
+
+    def upsert_thing(self, name: str, profile: str, platform: dict[str, str], now: float) -> bool:
+        """Register ``name`` (True) or update its profile and platform (False)."""
+        with self.transaction() as db:
+            exists = db.execute("SELECT 1 FROM things WHERE name=?", (name,)).fetchone() is not None
+            if exists:
+                db.execute(
+                    "UPDATE things SET profile=?, os=?, arch=? WHERE name=?",
+                    (profile, platform.get("os", ""), platform.get("architecture", ""), name),
+                )
+            else:
+                db.execute(
+                    "INSERT INTO things(name, profile, os, arch, registered_at) VALUES (?, ?, ?, ?, ?)",
+                    (name, profile, platform.get("os", ""), platform.get("architecture", ""), now),
+                )
+            return not exists
+
+    def get_thing(self, name: str) -> ThingRecord | None:
+        with self._read() as db:
+            row = db.execute("SELECT * FROM things WHERE name=?", (name,)).fetchone()
+            return _thing(row) if row else None
+
+    def things(self) -> list[ThingRecord]:
+        with self._read() as db:
+            return [_thing(r) for r in db.execute("SELECT * FROM things ORDER BY name")]
+
+    def touch_thing(self, name: str, now: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE things SET last_seen=? WHERE name=?", (now, name))
+
+    def ensure_group(self, name: str, now: float) -> bool:
+        """Create the thing group ``name`` if it does not exist; True if it was created."""
+        with self.transaction() as db:
+            cur = db.execute("INSERT OR IGNORE INTO thing_groups(name, created_at) VALUES (?, ?)", (name, now))
+            return cur.rowcount == 1
+
+    def group_exists(self, name: str) -> bool:
+        with self._read() as db:
+            return db.execute("SELECT 1 FROM thing_groups WHERE name=?", (name,)).fetchone() is not None
+
+    def groups(self) -> list[str]:
+        with self._read() as db:
+            return [r[0] for r in db.execute("SELECT name FROM thing_groups ORDER BY name")]
+
+    def add_member(self, group: str, thing: str, now: float) -> bool:
+        """Put ``thing`` in ``group`` (both must exist); True if it was not a member yet."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO group_members(group_name, thing, added_at) VALUES (?, ?, ?)", (group, thing, now)
+            )
+            return cur.rowcount == 1
+
+    def remove_member(self, group: str, thing: str) -> bool:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM group_members WHERE group_name=? AND thing=?", (group, thing)).rowcount == 1
+
+    def members(self, group: str) -> list[str]:
+        with self._read() as db:
+            return [r[0] for r in db.execute("SELECT thing FROM group_members WHERE group_name=? ORDER BY thing", (group,))]
+
+    def groups_of(self, thing: str) -> list[str]:
+        with self._read() as db:
+            return [r[0] for r in db.execute("SELECT group_name FROM group_members WHERE thing=? ORDER BY group_name", (thing,))]
+
+    # ------------------------------------------------------------------ components and artifacts
+
+    def get_component(self, name: str, version: str) -> ComponentRecord | None:
+        with self._read() as db:
+            row = db.execute("SELECT * FROM components WHERE name=? AND version=?", (name, version)).fetchone()
+            if row is None:
+                return None
+            return ComponentRecord(row["name"], row["version"], json.loads(row["recipe"]), row["published_at"])
+
+    def component_versions(self, name: str) -> list[str]:
+        """The published versions of ``name`` (unsorted: order them with semver)."""
+        with self._read() as db:
+            return [r[0] for r in db.execute("SELECT version FROM components WHERE name=?", (name,))]
+
+    def components(self) -> dict[str, list[str]]:
+        """Every published component name and its versions."""
+        out: dict[str, list[str]] = {}
+        with self._read() as db:
+            for row in db.execute("SELECT name, version FROM components ORDER BY name"):
+                out.setdefault(row[0], []).append(row[1])
+        return out
+
+    def insert_component(
+        self, name: str, version: str, recipe: dict[str, Any], artifacts: Iterable[ArtifactRecord], now: float
+    ) -> None:
+        """Insert one component version and its artifacts (all in one transaction)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO components(name, version, recipe, published_at) VALUES (?, ?, ?, ?)",
+                (name, version, _dumps(recipe), now),
+            )
+            db.executemany(
+                "INSERT INTO artifacts(name, version, file, sha256, size) VALUES (?, ?, ?, ?, ?)",
+                [(a.name, a.version, a.file, a.sha256, a.size) for a in artifacts],
+            )
+
+    def get_artifact(self, name: str, version: str, file: str) -> ArtifactRecord | None:
+        with self._read() as db:
+            row = db.execute("SELECT * FROM artifacts WHERE name=? AND version=? AND file=?", (name, version, file)).fetchone()
+            return ArtifactRecord(row["name"], row["version"], row["file"], row["sha256"], row["size"]) if row else None
+
+    def artifacts(self, name: str, version: str) -> list[ArtifactRecord]:
+        with self._read() as db:
+            rows = db.execute("SELECT * FROM artifacts WHERE name=? AND version=? ORDER BY file", (name, version))
+            return [ArtifactRecord(r["name"], r["version"], r["file"], r["sha256"], r["size"]) for r in rows]
+
+    # ------------------------------------------------------------------ deployments
+
+    def insert_deployment(self, deployment_id: str, target: str, spec: dict[str, Any], now: float) -> None:
+        """A new ACTIVE deployment; its rollout bucket starts full (no tokens recorded yet)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO deployments(id, target, spec, created_at, status, updated_at) VALUES (?, ?, ?, ?, 'ACTIVE', ?)",
+                (deployment_id, target, _dumps(spec), now, now),
+            )
+
+    def get_deployment(self, deployment_id: str) -> DeploymentRecord | None:
+        with self._read() as db:
+            row = db.execute(f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments WHERE id=?", (deployment_id,)).fetchone()
+            return _deployment(row) if row else None
+
+    def deployments(self, *, target: str | None = None, statuses: Iterable[str] | None = None) -> list[DeploymentRecord]:
+        """Deployments, oldest first (optionally of one target and/or in some statuses)."""
+        where, args = [], []
+        if target is not None:
+            where.append("target=?")
+            args.append(target)
+        if statuses is not None:
+            wanted = list(statuses)
+            where.append(f"status IN ({', '.join('?' * len(wanted))})")
+            args += wanted
+        sql = f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._read() as db:
+            return [_deployment(r) for r in db.execute(sql + " ORDER BY created_at, rowid", args)]
+
+    def latest_deployment(self, target: str) -> DeploymentRecord | None:
+        """The most recent deployment to ``target`` (whatever its status)."""
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments WHERE target=? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                (target,),
+            ).fetchone()
+            return _deployment(row) if row else None
+
+    def set_deployment_status(
+        self, deployment_id: str, status: str, now: float, *, replaced_by: str | None = None, reason: dict[str, Any] | None = None
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE deployments SET status=?, updated_at=?, replaced_by=COALESCE(?, replaced_by), "
+                "status_reason=COALESCE(?, status_reason) WHERE id=?",
+                (status, now, replaced_by, _dumps(reason) if reason is not None else None, deployment_id),
+            )
+
+    def set_rollout_bucket(self, deployment_id: str, tokens: float, at: float) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE deployments SET rollout_tokens=?, rollout_at=? WHERE id=?", (tokens, at, deployment_id))
+
+    # ------------------------------------------------------------------ job executions
+
+    def insert_execution(self, deployment_id: str, thing: str, now: float) -> bool:
+        """Queue an execution of ``deployment_id`` for ``thing``; False if the thing already has one."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO job_executions(deployment_id, thing, status, version_number, queued_at, updated_at) "
+                "VALUES (?, ?, 'QUEUED', 1, ?, ?)",
+                (deployment_id, thing, now, now),
+            )
+            return cur.rowcount == 1
+
+    def get_execution(self, deployment_id: str, thing: str) -> ExecutionRecord | None:
+        with self._read() as db:
+            row = db.execute(
+                f"SELECT {_EXECUTION_COLUMNS} FROM job_executions WHERE deployment_id=? AND thing=?", (deployment_id, thing)
+            ).fetchone()
+            return _execution(row) if row else None
+
+    def executions(
+        self, *, deployment_id: str | None = None, thing: str | None = None, statuses: Iterable[str] | None = None
+    ) -> list[ExecutionRecord]:
+        """Executions in the order they were queued (then by thing name)."""
+        where, args = [], []
+        if deployment_id is not None:
+            where.append("deployment_id=?")
+            args.append(deployment_id)
+        if thing is not None:
+            where.append("thing=?")
+            args.append(thing)
+        if statuses is not None:
+            wanted = list(statuses)
+            where.append(f"status IN ({', '.join('?' * len(wanted))})")
+            args += wanted
+        sql = f"SELECT {_EXECUTION_COLUMNS} FROM job_executions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._read() as db:
+            return [_execution(r) for r in db.execute(sql + " ORDER BY queued_at, thing", args)]
+
+    def unnotified(self, deployment_id: str, limit: int) -> list[ExecutionRecord]:
+        """QUEUED executions of ``deployment_id`` not yet notified, oldest first, at most ``limit``."""
+        with self._read() as db:
+            rows = db.execute(
+                f"SELECT {_EXECUTION_COLUMNS} FROM job_executions WHERE deployment_id=? AND status='QUEUED' "
+                "AND notified_at IS NULL ORDER BY queued_at, thing LIMIT ?",
+                (deployment_id, limit),
+            )
+            return [_execution(r) for r in rows]
+
+    def write_execution(self, record: ExecutionRecord) -> None:
+        """Store every field of ``record`` (the row of its deployment and thing must exist)."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE job_executions SET status=?, version_number=?, execution_number=?, status_details=?, "
+                "started_at=?, updated_at=?, notified_at=? WHERE deployment_id=? AND thing=?",
+                (
+                    record.status,
+                    record.version_number,
+                    record.execution_number,
+                    _dumps(record.status_details),
+                    record.started_at,
+                    record.updated_at,
+                    record.notified_at,
+                    record.deployment_id,
+                    record.thing,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise StateError(f"no job execution of deployment {record.deployment_id} for thing {record.thing}")
+
+    def status_counts(self, deployment_id: str) -> dict[str, int]:
+        """How many executions of ``deployment_id`` are in each status."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT status, COUNT(*) FROM job_executions WHERE deployment_id=? GROUP BY status", (deployment_id,)
+            )
+            return {r[0]: r[1] for r in rows}
+
+    def notified_count(self, deployment_id: str, since: float | None = None) -> int:
+        """Executions of ``deployment_id`` notified (after ``since``, exclusive, when given)."""
+        with self._read() as db:
+            if since is None:
+                row = db.execute(
+                    "SELECT COUNT(*) FROM job_executions WHERE deployment_id=? AND notified_at IS NOT NULL", (deployment_id,)
+                ).fetchone()
+            else:
+                row = db.execute(
+                    "SELECT COUNT(*) FROM job_executions WHERE deployment_id=? AND notified_at > ?", (deployment_id, since)
+                ).fetchone()
+            return cast(int, row[0])

@@ -1,0 +1,166 @@
+"""The fleet's SQLite state: nothing is lost by closing and reopening it, or by kill -9 in the middle of a write."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from edgekit.fleet import FakeClock, FleetService, FleetState, JobRejected, Registry, StateError, publish_local
+from edgekit.fleet.state import SCHEMA_VERSION
+
+AARCH64 = {"os": "linux", "architecture": "aarch64"}
+
+
+def write_build(root: Path) -> None:
+    recipe = {
+        "RecipeFormatVersion": "2020-01-25",
+        "ComponentName": "com.example.Detector",
+        "ComponentVersion": "1.0.0",
+        "Manifests": [
+            {
+                "Platform": {"os": "linux"},
+                "Lifecycle": {"Run": "true"},
+                "Artifacts": [{"URI": "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/model.zip"}],
+            }
+        ],
+    }
+    (root / "recipes").mkdir(parents=True)
+    (root / "recipes" / "com.example.Detector-1.0.0.json").write_text(json.dumps(recipe))
+    (root / "artifacts" / "com.example.Detector" / "1.0.0").mkdir(parents=True)
+    (root / "artifacts" / "com.example.Detector" / "1.0.0" / "model.zip").write_bytes(b"weights")
+
+
+def test_close_and_reopen_gives_everything_back(tmp_path: Path) -> None:
+    path, store, clock = tmp_path / "fleet.db", tmp_path / "store", FakeClock(1000.0)
+    write_build(tmp_path / "build")
+    abort = {
+        "criteriaList": [{"failureType": "FAILED", "action": "CANCEL", "thresholdPercentage": 50, "minNumberOfExecutedThings": 2}]
+    }
+    with FleetState(path) as state:
+        svc = FleetService(state, clock)
+        publish_local(tmp_path / "build", state, store, clock=clock)
+        for i in range(4):
+            svc.register_thing(f"dev-{i}", "rasp4b", AARCH64, ["line-1", "all"] if i < 3 else ["all"])
+        base = {"components": {"com.example.Detector": {"componentVersion": "1.0.0"}}}
+        replaced = svc.create_deployment({"targetArn": "thinggroup/all", **base})
+        live = svc.create_deployment({"targetArn": "thinggroup/all", **base, "iotJobConfiguration": {"abortConfig": abort}})
+        aborted = svc.create_deployment({"targetArn": "thinggroup/line-1", **base, "iotJobConfiguration": {"abortConfig": abort}})
+        svc.notify_due()
+        svc.update_execution("dev-0", live, "IN_PROGRESS", {"step": "download"}, expected_version=1)
+        svc.update_execution("dev-1", aborted, "FAILED")
+        svc.update_execution("dev-2", aborted, "FAILED")
+        saved = (
+            state.things(),
+            {g: state.members(g) for g in state.groups()},
+            state.components(),
+            state.artifacts("com.example.Detector", "1.0.0"),
+            state.deployments(),
+            state.executions(),
+            svc.summary(),
+        )
+
+    with FleetState(path) as state:
+        svc = FleetService(state, clock)
+        assert (
+            state.things(),
+            {g: state.members(g) for g in state.groups()},
+            state.components(),
+            state.artifacts("com.example.Detector", "1.0.0"),
+            state.deployments(),
+            state.executions(),
+            svc.summary(),
+        ) == saved
+        assert svc.deployment(replaced).status == "INACTIVE" and svc.deployment(replaced).replaced_by == live
+        assert svc.deployment(aborted).status == "CANCELED" and svc.deployment(aborted).status_reason["failures"] == 2  # type: ignore[index]
+        assert Registry(state, store).recipe("com.example.Detector", "1.0.0")["Manifests"][0]["Artifacts"][0]["Digest"]
+        # the device picks up where it was: same version numbers, same details, same checks
+        with pytest.raises(JobRejected, match="VersionMismatch"):
+            svc.update_execution("dev-0", live, "SUCCEEDED", expected_version=1)
+        assert svc.describe("dev-0", live).status_details == {"step": "download"}  # type: ignore[union-attr]
+        assert svc.update_execution("dev-0", live, "SUCCEEDED", expected_version=2).state.version_number == 3
+
+
+def test_schema_version_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db"
+    FleetState(path).close()
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
+    db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="upgrade edgekit"):
+        FleetState(path)
+
+
+def test_files_that_are_not_fleet_state_are_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="not a fleet state file"):
+        FleetState(junk)
+    other = tmp_path / "other.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE notes (text TEXT)")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="no schema_version"):
+        FleetState(other)
+
+
+def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    with FleetState(tmp_path / "fleet.db") as state:
+        with pytest.raises(RuntimeError), state.transaction():
+            state.upsert_thing("dev-1", "rasp4b", AARCH64, 0.0)
+            state.ensure_group("g", 0.0)
+            raise RuntimeError("crash in the middle")
+        assert state.things() == [] and state.groups() == []
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from edgekit.fleet.state import FleetState
+
+    state = FleetState(sys.argv[1])
+    i = 0
+    while True:
+        with state.transaction():
+            state.upsert_thing(f"dev-{i}", "rasp4b", {"os": "linux", "architecture": "aarch64"}, float(i))
+            state.ensure_group(f"group-{i % 7}", float(i))
+            state.add_member(f"group-{i % 7}", f"dev-{i}", float(i))
+        print(i, flush=True)
+        i += 1
+    """
+)
+
+
+def test_kill_9_in_the_middle_of_writes_loses_no_committed_change(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db"
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    last = -1
+    try:
+        for line in proc.stdout:
+            last = int(line)
+            if last >= 300:
+                proc.send_signal(signal.SIGKILL)  # while it is writing the next transaction
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    with FleetState(path) as state:
+        assert state.integrity_check() == "ok"
+        things = {t.name for t in state.things()}
+        assert {f"dev-{i}" for i in range(last + 1)} <= things  # every committed transaction is there
+        assert len(things) <= last + 3  # the writer can't have got far past the kill
+        for name in things:  # and each transaction is there whole: the thing together with its membership
+            assert len(state.groups_of(name)) == 1
