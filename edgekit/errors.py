@@ -22,7 +22,9 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     ├── PackagingError            an artifact cannot be turned into components
     ├── ResolutionError           a deployment can't be satisfied (Greengrass error code)
     ├── PublishError              S3 / Greengrass calls failed (credentials, region, throttling, FAILED version)
-    └── DeploymentError           CreateDeployment was refused or its options are wrong
+    ├── DeploymentError           CreateDeployment was refused or its options are wrong
+    └── (in their subpackages) mqtt.BrokerError 18, mqtt.PayloadError 19, device.DeviceError 20,
+        fleet.FleetError 21 — each sets ``exit_code`` on its class
 
 The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`).
 """

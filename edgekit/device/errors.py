@@ -28,6 +28,8 @@ class DeviceError(EdgekitError):
     (``["ARTIFACT_DOWNLOAD_ERROR", "ARTIFACT_CHECKSUM_MISMATCH"]``); ``code`` is the most specific one.
     """
 
+    exit_code = 20
+
     def __init__(self, stack: str | Sequence[str], message: str) -> None:
         self.stack: tuple[str, ...] = (stack,) if isinstance(stack, str) else tuple(stack)
         if not self.stack:

@@ -30,6 +30,8 @@ __all__ = ["ComponentConflictError", "FleetError", "JobRejected", "NotFoundError
 class FleetError(EdgekitError):
     """The local fleet service refused or failed an operation."""
 
+    exit_code = 21
+
 
 class StateError(FleetError):
     """The fleet's SQLite state file can't be used (not a database, not edgekit's, or a newer schema)."""
