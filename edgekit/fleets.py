@@ -1,4 +1,16 @@
-"""Fleet files (``devices/fleets/<name>.yaml``): which devices exist, of which profile, in which thing groups."""
+"""Fleet files (``devices/fleets/<name>.yaml``): which devices exist, of which profile, in which thing groups.
+
+For the simulator (:mod:`edgekit.device.simulator`) a fleet file also says how its devices run and what goes
+wrong with them::
+
+    mode: in_process          # or subprocess (lifecycle scripts really run); default: in_process above 50 devices
+    tls: true                 # mTLS with one certificate per device + a per-device ACL on the broker
+    faults:                   # applied on schedule, ``at`` seconds after every device connected
+      - {at: 5, fault: cut_network, fraction: 0.1, seconds: 20}
+      - {at: 8, fault: restart_device, things: [line1-pi-03]}
+      - {at: 0, fault: corrupt_downloads, things: [line2-imx-02], count: 10}
+      - {at: 30, fault: restart_broker}
+"""
 
 from __future__ import annotations
 
@@ -12,7 +24,13 @@ from edgekit.errors import ConfigError
 from edgekit.profiles import load_profile
 from edgekit.resources import bundled_dir
 
-__all__ = ["Device", "DeviceEntry", "Fleet", "load_fleet"]
+__all__ = ["FAULT_KINDS", "IN_PROCESS_ABOVE", "Device", "DeviceEntry", "Fault", "Fleet", "load_fleet"]
+
+IN_PROCESS_ABOVE = 50
+"""A fleet file without ``mode`` runs in_process when it has more devices than this, else subprocess."""
+
+FaultKind = Literal["cut_network", "kill_device", "restart_device", "corrupt_downloads", "restart_broker"]
+FAULT_KINDS: tuple[str, ...] = ("cut_network", "kill_device", "restart_device", "corrupt_downloads", "restart_broker")
 
 
 class DeviceEntry(BaseModel):
@@ -42,11 +60,79 @@ class Device(BaseModel):
     platform: dict[str, str]
 
 
+class Fault(BaseModel):
+    """A fault the simulator injects ``at`` seconds into the simulation.
+
+    * ``cut_network`` (``seconds`` required): the devices' MQTT connections drop and reconnects fail that long;
+    * ``kill_device``: the agent crashes and stays down (``seconds``: comes back after that long);
+    * ``restart_device``: the agent crashes and a fresh one resumes from the same folder at once;
+    * ``corrupt_downloads``: the next ``count`` artifact downloads of each device come back corrupted
+      (a device gives up after 10 mismatches: ``ARTIFACT_CHECKSUM_MISMATCH``);
+    * ``restart_broker``: the broker stops and starts again on the same port (no ``things``).
+
+    ``things`` (names) or ``fraction`` (of the fleet, picked at random with a fixed seed) say which devices;
+    neither means every device.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    at: float = Field(0.0, ge=0)
+    fault: FaultKind
+    things: list[str] | None = None
+    fraction: float | None = Field(None, gt=0, le=1)
+    seconds: float | None = Field(None, gt=0)
+    count: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Fault:
+        if self.things is not None and self.fraction is not None:
+            raise ValueError("give either 'things' or 'fraction', not both")
+        if self.fault == "cut_network" and self.seconds is None:
+            raise ValueError("cut_network needs 'seconds' (how long the devices stay offline)")
+        if self.fault == "restart_broker" and (self.things is not None or self.fraction is not None):
+            raise ValueError("restart_broker applies to the broker, not to devices: drop 'things' / 'fraction'")
+        return self
+
+
 class Fleet(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     schema_version: Literal[1] = Field(1, alias="schemaVersion")
     name: str
     devices: list[DeviceEntry]
+    mode: Literal["in_process", "subprocess"] | None = None
+    tls: bool = False
+    faults: list[Fault] = Field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        """How many devices the fleet has."""
+        return sum(entry.count for entry in self.devices)
+
+    def run_mode(self) -> Literal["in_process", "subprocess"]:
+        """``mode`` if given, else in_process above :data:`IN_PROCESS_ABOVE` devices and subprocess up to it."""
+        if self.mode is not None:
+            return self.mode
+        return "in_process" if self.size > IN_PROCESS_ABOVE else "subprocess"
+
+    def scaled(self, devices: int) -> Fleet:
+        """This fleet with ``devices`` devices: named devices kept, the ``prefix`` entries' counts scaled to fill the rest."""
+        named = sum(1 for e in self.devices if e.name is not None)
+        counted = [e for e in self.devices if e.prefix is not None]
+        if devices < named + len(counted) or not counted:
+            raise ConfigError(
+                f"fleet '{self.name}' can't have {devices} device(s): it names {named} device(s) and has "
+                f"{len(counted)} prefix entries (each keeps at least one device)"
+            )
+        total, room = sum(e.count for e in counted), devices - named
+        counts = [max(1, room * e.count // total) for e in counted]
+        i = 0
+        while sum(counts) != room:  # hand out (or take back) what the rounding left, entry by entry
+            step = 1 if sum(counts) < room else -1
+            if counts[i % len(counts)] + step >= 1:
+                counts[i % len(counts)] += step
+            i += 1
+        scaled = iter(counts)
+        entries = [e if e.prefix is None else e.model_copy(update={"count": next(scaled)}) for e in self.devices]
+        return self.model_copy(update={"devices": entries})
 
     def expand(self) -> list[Device]:
         out: list[Device] = []

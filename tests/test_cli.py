@@ -24,8 +24,18 @@ def test_demo_compiles_for_two_targets(tmp_path: Path, capsys: pytest.CaptureFix
         assert manifest["measured"]["accuracy"]["maxAbsError"] < 1e-4
         assert f"sensor_cnn-{target}" in text
     assert "median ms" in text and "host-proxy" in text
-    # run again: both come from the cache
-    assert main(["demo", "-o", str(out)]) == 0
+    # packaged, linted, published to the local fleet and rolled out to every device of both groups over MQTT
+    assert "recipe lint: OK" in text
+    assert "17 devices (17 connected" in text
+    assert text.count("COMPLETED") >= 2
+    state = out / "fleet" / "fleet.db"
+    import sqlite3
+
+    with sqlite3.connect(state) as db:
+        rows = db.execute("SELECT status, COUNT(*) FROM job_executions GROUP BY status").fetchall()
+    assert dict(rows) == {"SUCCEEDED": 17}
+    # run again: both compiles come from the cache
+    assert main(["demo", "-o", str(out), "--no-fleet"]) == 0
     assert capsys.readouterr().out.count("(cache)") == 2
 
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from edgekit.cli import compile_cmd, demo_cmd, package_cmd, publish_cmd, recipe_cmd, run_cmd, targets_cmd, verify_cmd
+from edgekit.cli import compile_cmd, demo_cmd, fleet_cmd, package_cmd, publish_cmd, recipe_cmd, run_cmd, targets_cmd, verify_cmd
 from edgekit.cli.output import console, err_console
 from edgekit.errors import EdgekitError, exit_code_for
 
@@ -37,12 +37,15 @@ demo_cmd.register(app)
 package_cmd.register(app)
 recipe_cmd.register(app)
 publish_cmd.register(app)
+fleet_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every EdgekitError becomes one 'error:' line and its exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:  # typer returns e.g. 130 for Ctrl-C instead of raising
+            return rc
     except EdgekitError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return exit_code_for(exc)

@@ -9,22 +9,35 @@ import typer
 from rich.table import Table
 
 from edgekit.cli.output import console, progress_line
-from edgekit.errors import DeploymentError
+from edgekit.errors import DeploymentError, PublishError
 
 
 def register(app: typer.Typer) -> None:
     @app.command("publish")
     def publish_(
         build: Path = typer.Option(Path("greengrass-build"), "--build", help="the folder 'edgekit package' wrote"),
-        bucket: str = typer.Option(..., "--bucket", help="S3 bucket for the artifacts (created in --region if missing)"),
-        region: str = typer.Option(..., "--region"),
+        bucket: str | None = typer.Option(None, "--bucket", help="S3 bucket for the artifacts (created in --region if missing)"),
+        region: str | None = typer.Option(None, "--region"),
         profile: str | None = typer.Option(None, "--profile", help="AWS profile (default: the standard boto3 chain)"),
         endpoint_url: str | None = typer.Option(None, "--endpoint-url", help="a local AWS endpoint, e.g. moto server"),
         gdk_bucket_naming: bool = typer.Option(False, "--gdk-bucket-naming", help="use <bucket>-<region>-<account> like GDK"),
         skip_existing: bool = typer.Option(False, "--skip-existing", help="skip versions that already exist"),
         dry_run: bool = typer.Option(False, "--dry-run", help="plan only: no upload, no API call"),
+        local: bool = typer.Option(False, "--local", help="publish to the local fleet's registry instead of AWS"),
+        state: Path | None = typer.Option(
+            None, "--state", help="with --local: the local fleet's folder (default ./.edgekit/fleet)"
+        ),
     ) -> None:
-        """Upload artifacts to S3 and create the component versions (CreateComponentVersion), waiting for DEPLOYABLE."""
+        """Upload artifacts to S3 and create the component versions (CreateComponentVersion), waiting for DEPLOYABLE.
+
+        With --local: publish to the local fleet's registry (what a simulation's devices download from)."""
+        if local:
+            _publish_local(build, state)
+            return
+        if bucket is None:
+            raise typer.BadParameter("required (or publish with --local)", param_hint="'--bucket'")
+        if region is None:
+            raise typer.BadParameter("required (or publish with --local)", param_hint="'--region'")
         from edgekit.greengrass.aws import PublishEvent, publish
 
         with progress_line("publishing") as say:
@@ -70,8 +83,15 @@ def register(app: typer.Typer) -> None:
         endpoint_url: str | None = typer.Option(None, "--endpoint-url"),
         account: str | None = typer.Option(None, "--account", help="AWS account id (for short targets in --dry-run)"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print the exact CreateDeployment request, call nothing"),
+        local: bool = typer.Option(False, "--local", help="deploy to the local fleet (its SQLite state) instead of AWS"),
+        state: Path | None = typer.Option(
+            None, "--state", help="with --local: the local fleet's folder (default ./.edgekit/fleet)"
+        ),
     ) -> None:
-        """Create a Greengrass deployment, after a pre-flight check of versions and platforms on every device."""
+        """Create a Greengrass deployment, after a pre-flight check of versions and platforms on every device.
+
+        With --local: the pre-flight runs against the local fleet's devices and registry, and the deployment is
+        written into its state, where a running simulation picks it up on its next tick."""
         from edgekit.greengrass.deployment import DeploymentSpec, deploy, load_spec, parse_abort, parse_rollout
 
         spec = load_spec(spec_file) if spec_file else None
@@ -105,6 +125,13 @@ def register(app: typer.Typer) -> None:
             data["iotJobConfiguration"] = job
         final = DeploymentSpec.from_dict(data)
 
+        if local:
+            if dry_run:
+                raise DeploymentError("--dry-run is for AWS deployments; a local deployment is checked by its pre-flight")
+            from edgekit.cli.fleet_cmd import deploy_local
+
+            deploy_local(final, state, fleet)
+            return
         if fleet:
             from edgekit.fleets import load_fleet
             from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, preflight
@@ -123,3 +150,21 @@ def register(app: typer.Typer) -> None:
             console.print_json(json.dumps(result.request, default=str))
         else:
             console.print(f"deployment {result.deployment_id} created (IoT job {result.iot_job_id})")
+
+
+def _publish_local(build: Path, state: Path | None) -> None:
+    from edgekit.device.simulator import FleetFolder
+    from edgekit.fleet.registry import publish_local
+    from edgekit.fleet.state import FleetState
+
+    folder = FleetFolder.at(state)
+    if not (build / "recipes").is_dir():  # before the state folder is made
+        raise PublishError(f"no recipes in {build / 'recipes'}; package the components first (edgekit package)")
+    with progress_line("publishing to the local fleet") as say, FleetState(folder.database) as fleet_state:
+        result = publish_local(build, fleet_state, folder.store, progress=say)
+    table = Table(title=f"local registry {folder.root}", title_justify="left")
+    for col in ("component", "version", "status", "artifacts"):
+        table.add_column(col)
+    for c in result:
+        table.add_row(c.name, c.version, c.status, ", ".join(f"{a.file} ({a.size} B)" for a in c.artifacts) or "-")
+    console.print(table)

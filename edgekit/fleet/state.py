@@ -3,7 +3,7 @@
 Everything the service knows lives here — things, thing groups, published components and their
 artifacts, deployments and their job executions, and each rollout's token bucket — so killing the
 service (even ``kill -9`` in the middle of a write) and starting it again loses nothing: a change is
-either committed whole or not at all (``synchronous=FULL``: not even a power cut loses a committed one).
+either committed whole or not at all (WAL with ``synchronous=NORMAL``: a killed process loses no committed one).
 
 Tables (``schema_version`` holds the layout's version; a file from a newer edgekit is refused)::
 
@@ -249,7 +249,9 @@ class FleetState:
         self._db.row_factory = sqlite3.Row
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            # WAL + NORMAL: a killed service loses no committed transaction; only a power cut may lose the last
+            # few (FULL cost an fsync per commit: 0.58 s vs 0.13 s for 1,000 updates here)
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate()
         except sqlite3.DatabaseError as exc:

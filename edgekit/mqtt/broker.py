@@ -142,7 +142,7 @@ class _ProcessBroker:
     def __init__(
         self, folder: str | Path, *, port: int = 0, host: str = "127.0.0.1", start_timeout: float = _START_TIMEOUT
     ) -> None:
-        self.folder = Path(folder)
+        self.folder = Path(folder).resolve()  # mosquitto runs inside it: relative paths would break
         self.host = host
         self.port = port
         self.start_timeout = start_timeout

@@ -123,7 +123,9 @@ class Backoff:
 
 
 if not (hasattr(paho.Client, "_create_socket") and hasattr(paho.Client, "_sock_close")):  # pragma: no cover
-    raise ImportError("edgekit.mqtt.client hands paho-mqtt its sockets through Client._create_socket: it needs paho-mqtt 2.1 or 2.2")
+    raise ImportError(
+        "edgekit.mqtt.client hands paho-mqtt its sockets through Client._create_socket: it needs paho-mqtt 2.1 or 2.2"
+    )
 
 
 class _Paho(paho.Client):

@@ -1,0 +1,420 @@
+"""edgekit simulate / edgekit fleet status (and the local path of edgekit deploy)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import typer
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from edgekit.cli.output import console, err_console, progress_line
+from edgekit.errors import ConfigError, DeploymentError
+
+if TYPE_CHECKING:
+    from edgekit.device.simulator import DeviceFailure, FleetFolder, Simulation, SimulationStatus
+    from edgekit.fleet.service import FleetSummary
+    from edgekit.fleet.state import FleetState
+    from edgekit.greengrass.deployment import DeploymentSpec
+
+__all__ = ["deploy_local", "register"]
+
+STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED")
+_STYLE = {
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "TIMED_OUT": "red",
+    "REJECTED": "red",
+    "CANCELED": "yellow",
+    "IN_PROGRESS": "cyan",
+}
+_DEPLOYMENT_STYLE = {"ACTIVE": "cyan", "COMPLETED": "green", "CANCELED": "yellow", "FAILED": "red", "INACTIVE": "dim"}
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _count(counts: dict[str, int], status: str) -> str:
+    n = counts.get(status, 0)
+    if status == "CANCELED":
+        n += counts.get("REJECTED", 0) + counts.get("REMOVED", 0)
+    if not n:
+        return "[dim]0[/dim]"
+    style = _STYLE.get(status)
+    return f"[{style}]{n}[/{style}]" if style else str(n)
+
+
+def _deployment_status(status: str | None) -> str:
+    if status is None:
+        return "[dim]-[/dim]"
+    style = _DEPLOYMENT_STYLE.get(status, "")
+    return f"[{style}]{status}[/{style}]" if style else status
+
+
+def groups_table(summary: FleetSummary, title: str = "thing groups") -> Table:
+    """One row per group: members and the counts of its latest deployment's executions."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("group")
+    table.add_column("devices", justify="right")
+    table.add_column("deployment")
+    for status in STATUSES:
+        table.add_column(status, justify="right")
+    for group in summary.groups:
+        deployment = f"{group.deployment_id[:8]} {_deployment_status(group.deployment_status)}" if group.deployment_id else "-"
+        table.add_row(group.name, str(group.members), deployment, *(_count(group.counts, s) for s in STATUSES))
+    return table
+
+
+def deployments_table(summary: FleetSummary) -> Table:
+    table = Table(title="deployments", title_justify="left")
+    for col in ("deployment", "target", "status", "created"):
+        table.add_column(col)
+    for status in STATUSES:
+        table.add_column(status, justify="right")
+    table.add_column("reason")
+    for d in sorted(summary.deployments, key=lambda d: d.created_at, reverse=True):
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.created_at))
+        reason = d.reason or (f"replaced by {d.replaced_by[:8]}" if d.replaced_by else "")
+        table.add_row(d.id, d.target, _deployment_status(d.status), created, *(_count(d.counts, s) for s in STATUSES), reason)
+    return table
+
+
+def devices_table(summary: FleetSummary, limit: int = 50) -> Table:
+    """One row per device, the unfinished and failed ones first; at most ``limit`` rows (0: all)."""
+    order = {"FAILED": 0, "TIMED_OUT": 0, "REJECTED": 0, "IN_PROGRESS": 1, "QUEUED": 2, "CANCELED": 3, None: 4, "SUCCEEDED": 5}
+    things = sorted(summary.things, key=lambda t: (order.get(t.last_status, 4), t.name))
+    shown = things if limit <= 0 else things[:limit]
+    title = (
+        "devices"
+        if len(shown) == len(things)
+        else f"devices ({len(shown)} of {len(things)}: unfinished and failed first; --limit 0 for all)"
+    )
+    table = Table(title=title, title_justify="left")
+    for col in ("thing", "groups", "last execution", "deployment", "last seen"):
+        table.add_column(col)
+    now = time.time()
+    for t in shown:
+        status = t.last_status
+        style = _STYLE.get(status or "")
+        shown_status = (f"[{style}]{status}[/{style}]" if style else status) if status else "[dim]-[/dim]"
+        seen = f"{now - t.last_seen:.0f} s ago" if t.last_seen else "[dim]never[/dim]"
+        table.add_row(t.name, ", ".join(t.groups), shown_status, (t.deployment_id or "-")[:8], seen)
+    return table
+
+
+def failures_table(failures: Sequence[DeviceFailure], title: str = "latest failures") -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("thing", "deployment", "status", "error", "cause"):
+        table.add_column(col, overflow="fold")
+    for f in failures:
+        cause = (f.cause or "")[:160]
+        table.add_row(f.thing, f.deployment_id[:8], f"[red]{f.status}[/red]", f.error_code or "-", cause)
+    return table
+
+
+def _live_view(status: SimulationStatus) -> Group:
+    header = Text.from_markup(
+        f"[bold]t+{status.elapsed_s:.0f}s[/bold]  devices connected {status.connected}/{status.devices}"
+        f" (agents up {status.alive})  broker {status.broker_url}"
+    )
+    parts: list[Text | Table] = [header, groups_table(status.summary, title="")]
+    if status.failures:
+        parts.append(failures_table(status.failures))
+    if status.faults:
+        parts.append(Text("faults: " + "; ".join(status.faults[-5:]), style="yellow"))
+    return Group(*parts)
+
+
+def _status_line(status: SimulationStatus) -> str:
+    groups = []
+    for group in status.summary.groups:
+        counts = " ".join(f"{s}={group.counts[s]}" for s in STATUSES if group.counts.get(s))
+        groups.append(f"{group.name}[{group.members}] {counts or '-'}")
+    failed = f" | {len(status.failures)} recent failure(s), latest {status.failures[0].thing}" if status.failures else ""
+    return f"t+{status.elapsed_s:.0f}s connected {status.connected}/{status.devices} | " + " | ".join(groups) + failed
+
+
+# --------------------------------------------------------------------------- the local deploy
+
+
+def _open_state(folder: FleetFolder) -> FleetState:
+    from edgekit.fleet.state import FleetState
+
+    if not folder.exists():
+        raise ConfigError(
+            f"no local fleet in {folder.root} (no {folder.database.name}); start one with 'edgekit simulate --state {folder.root}' "
+            f"or publish to it with 'edgekit publish --local --state {folder.root}'"
+        )
+    return FleetState(folder.database)
+
+
+def deploy_local(spec: DeploymentSpec, state_dir: Path | None, fleet: str | None = None) -> str:
+    """Pre-flight ``spec`` against the local fleet's devices and registry, then write it into the fleet's state.
+
+    The devices are those registered in the state (a simulation registers its fleet), plus ``fleet``'s when given
+    (registered too, once the pre-flight passed). Nothing is written when the pre-flight fails.
+    """
+    from edgekit.device.simulator import FleetFolder
+    from edgekit.fleet.jobs import parse_target, target_key
+    from edgekit.fleet.service import FleetService
+    from edgekit.fleets import Device, load_fleet
+    from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, preflight
+
+    folder = FleetFolder.at(state_dir)
+    state = _open_state(folder)
+    try:
+        devices = {
+            t.name: Device(thing=t.name, profile=t.profile, groups=tuple(state.groups_of(t.name)), platform=t.platform)
+            for t in state.things()
+        }
+        extra = load_fleet(fleet).expand() if fleet else []
+        for device in extra:
+            known = devices.get(device.thing)
+            groups = tuple(sorted(set(device.groups) | set(known.groups if known else ())))
+            devices[device.thing] = device.model_copy(update={"groups": groups})
+        store = ComponentStore()
+        for name, published in state.components().items():
+            for version in published:
+                component = state.get_component(name, version)
+                if component is not None:
+                    store.add(component.recipe)
+        target = target_key(parse_target(spec.target_arn))
+        others = []
+        for record in state.deployments(statuses=("ACTIVE", "COMPLETED")):
+            latest = state.latest_deployment(record.target)
+            if latest is not None and latest.id == record.id and record.target != target:
+                comps = {n: str(c.get("componentVersion")) for n, c in (record.spec.get("components") or {}).items()}
+                others.append(GroupDeployment(record.target, comps))
+        versions = {n: c.component_version for n, c in spec.components.items()}
+        report = preflight(GroupDeployment(target, versions), others, list(devices.values()), store)
+        console.print(f"pre-flight: {len(report.devices)} device(s) reached, {len(report.failed)} with problems")
+        report.raise_for_problems()
+        if not report.devices:
+            raise DeploymentError(
+                f"{target} reaches no device of the local fleet in {folder.root}; check the target, or pass --fleet to register one"
+            )
+        service = FleetService(state)
+        with state.transaction():
+            if extra:
+                service.register_devices(extra)
+            deployment_id = service.create_deployment(spec)
+        counts = state.status_counts(deployment_id)
+    finally:
+        state.close()
+    console.print(f"deployment {deployment_id} created in {folder.database}: {counts.get('QUEUED', 0)} execution(s) QUEUED")
+    running = folder.running()
+    if running:
+        console.print(f"the simulation running here (pid {running['pid']}) rolls it out on its next tick")
+    else:
+        console.print(f"no simulation runs on {folder.root}: 'edgekit simulate --state {folder.root}' rolls it out")
+    return deployment_id
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+@contextlib.contextmanager
+def _quiet_library() -> Iterator[None]:
+    """The devices' own warnings (a failed step, a fault) are shown in the tables; keep them off the terminal unless -v."""
+    root = logging.getLogger()
+    lib = logging.getLogger("edgekit")
+    before = lib.level
+    if root.getEffectiveLevel() > logging.INFO:
+        lib.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lib.setLevel(before)
+
+
+def _specs(
+    targets: Sequence[str], components: Sequence[str], rollout: str | None, abort_failed: str | None
+) -> list[DeploymentSpec]:
+    from edgekit.greengrass.deployment import DeploymentSpec, parse_abort, parse_rollout
+
+    comps = {}
+    for item in components:
+        name, sep, version = item.partition("=")
+        if not sep or not name or not version:
+            raise DeploymentError(f"--deploy '{item}': expected NAME=VERSION")
+        comps[name] = {"componentVersion": version}
+    job: dict[str, object] = {}
+    if rollout:
+        job["jobExecutionsRolloutConfig"] = parse_rollout(rollout).model_dump(by_alias=True, exclude_none=True)
+    if abort_failed:
+        job["abortConfig"] = parse_abort(abort_failed).model_dump(by_alias=True, exclude_none=True)
+    specs = []
+    for target in targets:
+        data: dict[str, object] = {"targetArn": target, "components": comps}
+        if job:
+            data["iotJobConfiguration"] = job
+        specs.append(DeploymentSpec.from_dict(data))
+    return specs
+
+
+async def _simulate(
+    sim: Simulation,
+    build: Path | None,
+    specs: Sequence[DeploymentSpec],
+    until_done: bool,
+    duration: float | None,
+    interval: float,
+) -> SimulationStatus:
+    with progress_line("starting the simulation") as say:
+        sim.progress = say
+        await sim.start()
+        if build is not None:
+            published = sim.publish(build)
+            say(f"published {', '.join(f'{p.name} {p.version}' for p in published)}")
+        ids = [sim.deploy(spec) for spec in specs]
+    assert sim.state is not None
+    for spec, deployment_id in zip(specs, ids, strict=True):
+        console.print(f"deployment {deployment_id} to {spec.target_arn}: {', '.join(spec.components)}")
+    started = time.monotonic()
+
+    def done() -> bool:
+        if duration is not None and time.monotonic() - started >= duration:
+            return True
+        if until_done:
+            assert sim.state is not None
+            return not sim.state.deployments(statuses=("ACTIVE",))
+        return False
+
+    if console.is_terminal:
+        from rich.live import Live
+
+        with Live(_live_view(sim.status()), console=console, refresh_per_second=4, transient=True) as live:
+            while not done():
+                await asyncio.sleep(0.5)
+                live.update(_live_view(sim.status()))
+    else:
+        last = 0.0
+        while not done():
+            if time.monotonic() - last >= interval:
+                console.print(_status_line(sim.status()), soft_wrap=True)
+                last = time.monotonic()
+            await asyncio.sleep(0.25)
+    return sim.status()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("simulate")
+    def simulate_(
+        fleet: str = typer.Option("demo", "--fleet", help="fleet file: a name under devices/fleets/ or a .yaml path"),
+        build: Path | None = typer.Option(
+            None, "--build", help="publish this packaged build folder first (default: ./greengrass-build if it exists)"
+        ),
+        deploy: list[str] = typer.Option([], "--deploy", help="NAME=VERSION to deploy once started; repeat per component"),
+        target: list[str] = typer.Option(
+            [], "--target", help="thinggroup/<name> to deploy to (default: every group of the fleet)"
+        ),
+        rollout: str | None = typer.Option(None, "--rollout", help="e.g. 100/min (maximum per minute)"),
+        abort_failed: str | None = typer.Option(None, "--abort-failed", help="e.g. 10% or 10%:FAILED:min=5"),
+        devices: int | None = typer.Option(None, "--devices", min=1, help="scale the fleet to N devices"),
+        state: Path | None = typer.Option(None, "--state", help="the local fleet's folder (default ./.edgekit/fleet)"),
+        mode: str | None = typer.Option(None, "--mode", help="in_process or subprocess (default: the fleet file's)"),
+        tls: bool | None = typer.Option(
+            None, "--tls/--no-tls", help="mTLS with a certificate per device (default: the fleet file's)"
+        ),
+        until_done: bool = typer.Option(False, "--until-done", help="stop once no deployment is ACTIVE"),
+        duration: float | None = typer.Option(None, "--duration", min=0, help="stop after this many seconds"),
+        interval: float = typer.Option(5.0, "--interval", min=0.1, help="seconds between status lines when not on a terminal"),
+        tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
+    ) -> None:
+        """Run a simulated fleet (broker, fleet service, device agents) in the foreground and show it at a glance."""
+        from edgekit.device.simulator import Simulation
+        from edgekit.fleets import load_fleet
+
+        if mode not in (None, "in_process", "subprocess"):
+            raise ConfigError(f"--mode '{mode}': use in_process or subprocess")
+        run_mode: Literal["in_process", "subprocess"] | None = (
+            "subprocess" if mode == "subprocess" else "in_process" if mode else None
+        )
+        model = load_fleet(fleet)
+        if devices is not None:
+            model = model.scaled(devices)
+        if build is None and (Path("greengrass-build") / "recipes").is_dir():
+            build = Path("greengrass-build")
+        elif build is not None and not build.is_dir():
+            raise ConfigError(f"--build '{build}' is not a folder; package the components first (edgekit package)")
+        groups = sorted({g for d in model.expand() for g in d.groups})
+        targets = target or [f"thinggroup/{g}" for g in groups]
+        if not deploy and (target or rollout or abort_failed):
+            raise DeploymentError("--target, --rollout and --abort-failed go with --deploy NAME=VERSION")
+        specs = _specs(targets, deploy, rollout, abort_failed) if deploy else []
+        if until_done and not specs and duration is None:
+            err_console.print("--until-done without --deploy: waiting for deployments made with 'edgekit deploy --local'")
+        sim = Simulation(model, state_dir=state, mode=run_mode, tls=tls, tick_s=tick)
+
+        last: list[SimulationStatus] = []
+
+        async def main() -> None:
+            try:
+                last.append(await _simulate(sim, build, specs, until_done, duration, interval))
+            finally:
+                if not last and sim.state is not None:  # interrupted: show where the fleet stood
+                    last.append(sim.status())
+                await sim.close()
+
+        interrupted = False
+        with _quiet_library():
+            try:
+                asyncio.run(main())
+            except KeyboardInterrupt:
+                interrupted = True
+        if last:
+            final = last[-1]
+            console.print(
+                f"fleet '{model.name}': {final.devices} device(s), {final.connected} connected at the end, "
+                f"{final.elapsed_s:.1f} s ({sim.mode}{', mTLS' if sim.tls else ''}; state in {sim.folder.root})"
+            )
+            console.print(groups_table(final.summary))
+            if final.failures:
+                console.print(failures_table(final.failures))
+            if final.faults:
+                console.print("faults: " + "; ".join(final.faults))
+        if interrupted:
+            err_console.print("interrupted; the simulation was stopped (ACTIVE deployments resume with the next simulate)")
+            raise SystemExit(130)
+
+    fleet_app = typer.Typer(help="The local fleet: its state, deployments and devices.", no_args_is_help=True)
+
+    @fleet_app.command("status")
+    def status_(
+        state: Path | None = typer.Option(None, "--state", help="the local fleet's folder (default ./.edgekit/fleet)"),
+        limit: int = typer.Option(50, "--limit", min=0, help="devices to list (unfinished and failed first; 0: all)"),
+    ) -> None:
+        """Deployments, thing groups and devices of the local fleet (readable while a simulation runs)."""
+        from edgekit.device.simulator import FleetFolder, device_failures
+        from edgekit.fleet.service import FleetService
+
+        folder = FleetFolder.at(state)
+        fleet_state = _open_state(folder)
+        try:
+            summary = FleetService(fleet_state).summary()
+            failures = device_failures(fleet_state, 10)
+        finally:
+            fleet_state.close()
+        running = folder.running()
+        where = f"local fleet {folder.root}: {len(summary.things)} device(s), {len(summary.groups)} group(s)"
+        if running:
+            where += (
+                f"; simulation running (pid {running['pid']}, {running.get('devices')} devices, broker {running.get('broker')})"
+            )
+        else:
+            where += "; no simulation running"
+        console.print(where, soft_wrap=True)
+        console.print(deployments_table(summary))
+        console.print(groups_table(summary))
+        console.print(devices_table(summary, limit))
+        if failures:
+            console.print(failures_table(failures))
+
+    app.add_typer(fleet_app, name="fleet")

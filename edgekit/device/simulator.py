@@ -1,0 +1,907 @@
+"""The fleet simulator: a broker, the local fleet service and N device agents in one asyncio loop.
+
+::
+
+    async with Simulation(load_fleet("demo"), state_dir=".edgekit/fleet") as sim:
+        sim.publish("greengrass-build")
+        deployment = sim.deploy({"targetArn": "thinggroup/line-1", "components": {"com.example.Mlp": {"componentVersion": "1.0.0"}}})
+        summary = await sim.wait(deployment, timeout=120)      # a DeploymentSummary: status and counts
+        print(sim.status())                                   # the fleet at a glance
+
+What runs (all in this process and one event loop, except mosquitto):
+
+* **mosquitto** on a free port, with mTLS (one certificate per device, :class:`~edgekit.mqtt.tls.TlsMaterial`)
+  and the per-device ACL when the fleet file says ``tls: true``;
+* the **local fleet**: :class:`~edgekit.fleet.FleetState` (``<state>/fleet.db``), :class:`~edgekit.fleet.Registry`
+  and :class:`~edgekit.fleet.FleetHttpServer` (recipes, artifact downloads), :class:`~edgekit.fleet.FleetService`
+  with every device registered in its thing groups, and the ``FleetMqttBridge`` (the Jobs API over MQTT,
+  rollout ticks);
+* per device: a :class:`~edgekit.device.DeviceAgent` rooted in ``<state>/devices/<thing>`` with the device
+  profile's Greengrass platform, an :class:`~edgekit.mqtt.MqttClient` with its own persistent session (and its
+  own certificate), and a ``DeviceMqttRunner``. No thread per device: 1,000 devices are 1,000 sockets on
+  epoll (:func:`~edgekit.mqtt.broker.raise_fd_limit` lifts the open-file limit first);
+* per device a **network link**: the device connects to a relay port of its own that forwards bytes (TLS
+  included, untouched) to the broker. Cutting the link is a real network fault: both TCP connections are
+  reset, the broker sees the device vanish (no DISCONNECT) and the device's reconnects are refused until
+  the link comes back.
+
+Folder layout (:class:`FleetFolder`), kept between runs so ``edgekit fleet status`` can read it and devices
+remember what they run::
+
+    <state>/fleet.db          the fleet's SQLite state (WAL: readable while a simulation runs)
+    <state>/store/            published artifacts
+    <state>/broker/           mosquitto's configuration, persistence and log
+    <state>/tls/              CA, broker and per-device certificates
+    <state>/devices/<thing>/  each device's root (config/state.json, packages/, work/, logs/)
+    <state>/simulation.json   the running simulation: pid, broker and HTTP URLs (removed when it ends)
+
+**Faults** (methods, or the fleet file's ``faults:`` on schedule, see :class:`edgekit.fleets.Fault`):
+:meth:`Simulation.cut_network`, :meth:`Simulation.kill_device`, :meth:`Simulation.restart_device` (crash, then a
+fresh agent and runner resume from the same folder), :meth:`Simulation.corrupt_downloads`,
+:meth:`Simulation.restart_broker` (same port; devices reconnect and ask for their pending jobs).
+
+**A lifecycle step that fails or hangs is modelled by the component's recipe**, the same recipe in both
+modes. In ``subprocess`` mode the scripts run under ``sh``. In ``in_process`` mode nothing is spawned, but
+:class:`SimulatedExecutor` understands the part of ``sh`` that such recipes need:
+
+* ``exit N`` ends the step with code N (``Install: exit 1`` → ERRORED → Recover → ... → BROKEN on the third);
+* ``sleep S`` takes S seconds, so ``{Script: sleep 3600, Timeout: 5}`` hangs and is killed after 5 s
+  (``*_TIMEOUT``); a ``Run: sleep 5`` finishes after 5 s, ``Run: sleep 5; exit 2`` then errors;
+* ``true``, ``false``, ``:`` and sequences of these with ``;``, ``&&``, ``||`` or new lines.
+
+Any other command counts as done at once with exit 0, and a Run step with any other command stays RUNNING
+until it is stopped (see :class:`~edgekit.device.executor.InProcessExecutor`). Variables are interpolated
+before the executor sees a script, so ``Install: exit {configuration:/FailInstall}`` with a default of
+``"0"`` lets a deployment's ``configurationUpdate`` (``merge: {"FailInstall": "1"}``) decide (``Install`` runs once
+per component version, so for an installed version put the switch in ``Startup`` or ``Run``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import re
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, Self
+
+from edgekit.device.agent import DeviceAgent
+from edgekit.device.executor import RunningProcess, StepResult, StepSpec
+from edgekit.device.lifecycle import StateCallback
+from edgekit.device.mqtt import DeviceMqttRunner
+from edgekit.errors import ConfigError, EdgekitError
+from edgekit.fleet.http import FleetHttpServer
+from edgekit.fleet.mqtt import FleetMqttBridge
+from edgekit.fleet.registry import PublishedComponent, Registry, publish_local
+from edgekit.fleet.service import DeploymentSummary, FleetService, FleetSummary
+from edgekit.fleet.state import FleetState
+from edgekit.fleets import Device, Fault, Fleet
+from edgekit.greengrass.deployment import DeploymentSpec
+from edgekit.mqtt.broker import MosquittoBroker, raise_fd_limit
+from edgekit.mqtt.client import Backoff, MqttClient
+from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsMaterial
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "DeviceFailure",
+    "FleetFolder",
+    "SimulatedDevice",
+    "SimulatedExecutor",
+    "Simulation",
+    "SimulationError",
+    "SimulationStatus",
+    "SimulationTimeoutError",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE_DIR: Final = Path(".edgekit") / "fleet"
+FAILURE_STATUSES: Final = ("FAILED", "TIMED_OUT", "REJECTED")
+_POLL_S: Final = 0.1
+
+
+class SimulationError(EdgekitError):
+    """The simulation could not start, or a fault names something the simulation does not have."""
+
+    exit_code = 22
+
+
+class SimulationTimeoutError(SimulationError, TimeoutError):
+    """A deployment did not finish within the time given; the message carries its counts."""
+
+
+# --------------------------------------------------------------------------- the state folder
+
+
+@dataclass(frozen=True)
+class FleetFolder:
+    """Where a local fleet keeps its files (see the module docstring)."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path | None = None) -> FleetFolder:
+        """The folder ``root`` (default ``./.edgekit/fleet``), made absolute: mosquitto runs with its own working folder."""
+        return cls((Path(root) if root is not None else DEFAULT_STATE_DIR).absolute())
+
+    @property
+    def database(self) -> Path:
+        return self.root / "fleet.db"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "broker"
+
+    @property
+    def tls(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def devices(self) -> Path:
+        return self.root / "devices"
+
+    @property
+    def running_file(self) -> Path:
+        return self.root / "simulation.json"
+
+    def device(self, thing: str) -> Path:
+        return self.devices / thing
+
+    def exists(self) -> bool:
+        return self.database.is_file()
+
+    def running(self) -> dict[str, Any] | None:
+        """What ``simulation.json`` says about a running simulation (``None`` when none runs, or it died)."""
+        try:
+            info = json.loads(self.running_file.read_text())
+        except (OSError, ValueError):
+            return None
+        pid = info.get("pid") if isinstance(info, dict) else None
+        if not isinstance(pid, int):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return dict(info)
+
+
+# --------------------------------------------------------------------------- lifecycle steps without processes
+
+_STATEMENT = re.compile(r"\s*(&&|\|\||;|\n)\s*")
+
+
+def _parse(script: str) -> list[tuple[str, list[str]]] | None:
+    """``[(operator, words), ...]`` (the first operator is ``;``); ``None`` if any command is not one we model."""
+    parts = _STATEMENT.split(script.strip())
+    steps: list[tuple[str, list[str]]] = []
+    operator = ";"
+    known = True
+    for i, part in enumerate(parts):
+        if i % 2 == 1:
+            operator = "&&" if part == "&&" else "||" if part == "||" else ";"
+            continue
+        words = part.split()
+        if not words:
+            continue
+        if words[0] not in ("exit", "sleep", "true", "false", ":"):
+            known = False
+        steps.append((operator, words))
+    return steps if known else None
+
+
+async def _interpret(steps: Sequence[tuple[str, list[str]]]) -> int:
+    status = 0
+    for operator, words in steps:
+        if (operator == "&&" and status != 0) or (operator == "||" and status == 0):
+            continue
+        command, args = words[0], words[1:]
+        if command == "exit":
+            try:
+                return int(args[0]) & 0xFF if args else status
+            except ValueError:
+                return 2
+        if command == "sleep":
+            try:
+                await asyncio.sleep(max(0.0, float(args[0].rstrip("s"))) if args else 0.0)
+                status = 0
+            except ValueError:
+                status = 1
+        else:
+            status = 1 if command == "false" else 0
+    return status
+
+
+class _SimulatedRun:
+    """A Run step in in_process mode: runs its modelled script, or stays RUNNING until stopped."""
+
+    def __init__(self, steps: Sequence[tuple[str, list[str]]] | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[int] = loop.create_future()
+        self._task: asyncio.Task[None] | None = loop.create_task(self._run(steps)) if steps is not None else None
+
+    async def _run(self, steps: Sequence[tuple[str, list[str]]]) -> None:
+        code = await _interpret(steps)
+        if not self._done.done():
+            self._done.set_result(code)
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._done)
+
+    async def stop(self, grace: float) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if not self._done.done():
+            self._done.set_result(-signal.SIGTERM)
+
+
+class SimulatedExecutor:
+    """Lifecycle steps of in_process devices: ``exit``, ``sleep``, ``true``/``false`` modelled, nothing spawned.
+
+    See the module docstring. One executor may serve every device (it keeps no state).
+    """
+
+    async def run(self, spec: StepSpec, timeout: float | None) -> StepResult:
+        steps = _parse(spec.script)
+        if not steps:
+            await asyncio.sleep(0)
+            return StepResult(0)
+        try:
+            code = await asyncio.wait_for(_interpret(steps), timeout)
+        except TimeoutError:
+            return StepResult(None, timed_out=True)
+        return StepResult(code)
+
+    async def start(self, spec: StepSpec) -> RunningProcess:
+        return _SimulatedRun(_parse(spec.script))
+
+
+# --------------------------------------------------------------------------- the network between devices and broker
+
+
+class _Pipe(asyncio.Protocol):
+    """One side of a relayed TCP connection; bytes go to ``peer``, with flow control both ways."""
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Pipe | None = None
+        self.pending: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.link.pipes.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            peer.transport.write(data)
+        else:
+            self.pending.append(data)
+
+    def eof_received(self) -> bool | None:
+        return False  # close this side; connection_lost closes the peer
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.link.pipes.discard(self)
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer.closed:
+            peer.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
+            self.peer.transport.resume_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+
+class _Inbound(_Pipe):
+    """The device's side: connects upstream to the broker, or is refused while the link is cut."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        if self.link.down:
+            self.transport.abort()
+            return
+        self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._connect())
+        self.link.tasks.add(task)
+        task.add_done_callback(self.link.tasks.discard)
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        upstream = _Pipe(self.link)
+        try:
+            await loop.create_connection(lambda: upstream, self.link.host, self.link.port)
+        except OSError:
+            self.abort()
+            return
+        if self.closed or self.link.down:
+            upstream.abort()
+            self.abort()
+            return
+        upstream.peer, self.peer = self, upstream
+        assert upstream.transport is not None and self.transport is not None
+        for chunk in self.pending:
+            upstream.transport.write(chunk)
+        self.pending.clear()
+        self.transport.resume_reading()
+
+
+class _Link:
+    """One device's path to the broker: a listener of its own on 127.0.0.1 relaying to ``host:port``."""
+
+    def __init__(self, thing: str, host: str, port: int) -> None:
+        self.thing = thing
+        self.host = host
+        self.port = port
+        self.pipes: set[_Pipe] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.down_until = 0.0
+        self._server: asyncio.Server | None = None
+        self.local_port = 0
+
+    @property
+    def down(self) -> bool:
+        return time.monotonic() < self.down_until
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Inbound(self), "127.0.0.1", 0, backlog=64)
+        self.local_port = int(self._server.sockets[0].getsockname()[1])
+
+    def drop(self) -> None:
+        """Reset every connection on the link (both sides), as a broken network does."""
+        for pipe in list(self.pipes):
+            pipe.abort()
+
+    def cut(self, seconds: float) -> None:
+        """Drop the connections and refuse new ones for ``seconds``."""
+        self.down_until = max(self.down_until, time.monotonic() + seconds)
+        self.drop()
+
+    async def close(self) -> None:
+        self.down_until = float("inf")
+        self.drop()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+
+# --------------------------------------------------------------------------- views of the simulation
+
+
+@dataclass(frozen=True)
+class DeviceFailure:
+    """A device whose execution of a deployment ended badly, with the device's reason."""
+
+    thing: str
+    deployment_id: str
+    status: str
+    error_code: str | None
+    cause: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class SimulationStatus:
+    """The fleet at a glance: the service's summary plus what only the simulator knows (connections, faults)."""
+
+    elapsed_s: float
+    devices: int
+    connected: int
+    alive: int
+    summary: FleetSummary
+    failures: list[DeviceFailure]
+    faults: list[str]
+    broker_url: str
+
+    def group_counts(self) -> dict[str, dict[str, int]]:
+        """Per group: members, and the counts of its latest deployment's executions by status."""
+        return {g.name: {"devices": g.members, **g.counts} for g in self.summary.groups}
+
+
+def device_failures(state: FleetState, limit: int = 10, deployment_id: str | None = None) -> list[DeviceFailure]:
+    """The ``limit`` most recent failed / timed-out / rejected executions, newest first."""
+    records = state.executions(deployment_id=deployment_id, statuses=FAILURE_STATUSES)
+    records.sort(key=lambda r: r.updated_at, reverse=True)
+    out = []
+    for r in records[:limit]:
+        details = r.status_details
+        out.append(
+            DeviceFailure(
+                thing=r.thing,
+                deployment_id=r.deployment_id,
+                status=r.status,
+                error_code=details.get("deployment-error-code") or details.get("error-code"),
+                cause=details.get("deployment-failure-cause"),
+                at=r.updated_at,
+            )
+        )
+    return out
+
+
+def deployment_summary(state: FleetState, deployment_id: str) -> DeploymentSummary:
+    """One deployment's status and counts, read straight from the state (cheap, for polling)."""
+    record = state.get_deployment(deployment_id)
+    if record is None:
+        raise SimulationError(f"no deployment '{deployment_id}' in {state.path}")
+    return DeploymentSummary(
+        id=record.id,
+        target=record.target,
+        status=record.status,
+        created_at=record.created_at,
+        counts=state.status_counts(record.id),
+        replaced_by=record.replaced_by,
+        reason=str(record.status_reason.get("reason")) if record.status_reason else None,
+    )
+
+
+# --------------------------------------------------------------------------- the simulation
+
+
+@dataclass
+class SimulatedDevice:
+    """One device of a simulation: its fleet entry, folder and network link, and (while it is up) its agent,
+    MQTT client and job runner (``None`` while it is killed). ``restarts`` counts :meth:`Simulation.restart_device`."""
+
+    device: Device
+    root: Path
+    link: _Link
+    agent: DeviceAgent | None = None
+    client: MqttClient | None = None
+    runner: DeviceMqttRunner | None = None
+    restarts: int = 0
+    revive: asyncio.TimerHandle | None = None
+
+    @property
+    def thing(self) -> str:
+        return self.device.thing
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and self.client.connected
+
+    @property
+    def alive(self) -> bool:
+        return self.agent is not None
+
+
+Progress = Callable[[str], None]
+
+
+class Simulation:
+    """N simulated devices of a fleet file against a real broker and the local fleet service; see the module docstring.
+
+    ``devices`` rescales the fleet (:meth:`edgekit.fleets.Fleet.scaled`); ``mode`` and ``tls`` override the
+    fleet file. ``tick_s`` is the bridge's rollout / timeout tick. ``agent_options`` go to every
+    :class:`~edgekit.device.DeviceAgent` (e.g. ``settle_s``), ``runner_options`` to every ``DeviceMqttRunner``.
+    ``progress`` hears what starting up does. Simulated agents don't fsync their state (a simulated crash kills
+    the agent, not the machine) unless ``agent_options`` says ``fsync=True``.
+    """
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        *,
+        state_dir: str | Path | None = None,
+        devices: int | None = None,
+        mode: Literal["in_process", "subprocess"] | None = None,
+        tls: bool | None = None,
+        tick_s: float = 1.0,
+        connect_concurrency: int = 200,
+        reconnect: Backoff | None = None,
+        agent_options: Mapping[str, Any] | None = None,
+        runner_options: Mapping[str, Any] | None = None,
+        apply_faults: bool = True,
+        seed: int = 0,
+        progress: Progress | None = None,
+    ) -> None:
+        self.fleet = fleet.scaled(devices) if devices is not None else fleet
+        self.folder = FleetFolder.at(state_dir)
+        self.mode: Literal["in_process", "subprocess"] = mode or self.fleet.run_mode()
+        self.tls = self.fleet.tls if tls is None else tls
+        self.tick_s = tick_s
+        self.connect_concurrency = max(1, connect_concurrency)
+        self.reconnect = reconnect
+        self.agent_options = dict(agent_options or {})
+        self.runner_options = dict(runner_options or {})
+        self.apply_faults = apply_faults
+        self.seed = seed
+        self.progress: Progress = progress or (lambda _m: None)
+        self.devices: dict[str, SimulatedDevice] = {}
+        self.state: FleetState | None = None
+        self.service: FleetService | None = None
+        self.http: FleetHttpServer | None = None
+        self.broker: MosquittoBroker | None = None
+        self.material: TlsMaterial | None = None
+        self.bridge: FleetMqttBridge | None = None
+        self._bridge_client: MqttClient | None = None
+        self._executor = SimulatedExecutor()
+        self._started_at = 0.0
+        self._fault_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._fault_log: list[str] = []
+        self.connect_s: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def broker_url(self) -> str:
+        if self.broker is None:
+            raise SimulationError("the simulation is not started")
+        return self.broker.url
+
+    def _require(self) -> tuple[FleetState, FleetService]:
+        if self.state is None or self.service is None:
+            raise SimulationError("the simulation is not started; use 'async with Simulation(...)' or await start()")
+        return self.state, self.service
+
+    async def start(self) -> None:
+        """Start the broker, the fleet service and every device; return once every device is connected."""
+        if self.state is not None:
+            return
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
+        running = self.folder.running()
+        if running is not None:
+            raise SimulationError(
+                f"a simulation already runs on {self.folder.root} (pid {running['pid']}); stop it, or give another --state"
+            )
+        things = self.fleet.expand()
+        limit = raise_fd_limit()
+        if limit < 4 * len(things) + 64:
+            log.warning("open-file limit %d may be too low for %d simulated devices (4 sockets each)", limit, len(things))
+        self.folder.root.mkdir(parents=True, exist_ok=True)
+        self.state = FleetState(self.folder.database)
+        self.service = FleetService(self.state)
+        self.progress(f"registering {len(things)} device(s) in {self.folder.database}")
+        self._register(things)
+
+        if self.tls:
+            self.progress(f"certificates for {len(things)} device(s)")
+            self.material = await asyncio.to_thread(TlsMaterial.create, self.folder.tls, [d.thing for d in things])
+        self.broker = MosquittoBroker(self.folder.broker, tls=self.material, acl=self.tls)
+        self.progress("starting mosquitto")
+        await asyncio.to_thread(self.broker.start)
+        self.http = FleetHttpServer(Registry(self.state, self.folder.store)).start()
+
+        # a persistent session: requests devices send while the bridge reconnects wait for it on the broker
+        # The bridge starts before its client connects, so requests the broker queued for the service's session
+        # while no simulation ran are handled, not dropped into an unread queue.
+        self._bridge_client = MqttClient(SERVICE_IDENTITY, tls=self.material.service if self.material else None)
+        self.bridge = FleetMqttBridge(self.service, self._bridge_client, tick_s=self.tick_s)
+        await self.bridge.start()
+        await self._bridge_client.connect(self.broker.url)
+
+        host, port = "127.0.0.1", self.broker.port
+        for device in things:
+            link = _Link(device.thing, host, port)
+            await link.open()
+            self.devices[device.thing] = SimulatedDevice(device, self.folder.device(device.thing), link)
+        self._write_running()
+        self.progress(f"connecting {len(things)} device(s) ({self.mode}{', mTLS' if self.tls else ''})")
+        started = time.monotonic()
+        gate = asyncio.Semaphore(self.connect_concurrency)
+
+        async def boot(dev: SimulatedDevice) -> None:
+            async with gate:
+                await self._boot(dev)
+
+        await asyncio.gather(*(boot(d) for d in self.devices.values()))
+        self.connect_s = time.monotonic() - started
+        self._started_at = time.monotonic()
+        self.progress(f"{len(things)} device(s) connected in {self.connect_s:.2f} s")
+        if self.apply_faults and self.fleet.faults:
+            self._fault_task = asyncio.get_running_loop().create_task(self._run_faults(self.fleet.faults))
+
+    def _register(self, things: list[Device]) -> None:
+        """Register every device; make the groups' memberships those of the fleet file (leftovers of a bigger run leave)."""
+        state, service = self._require()
+        wanted: dict[str, set[str]] = {}
+        for device in things:
+            for group in device.groups:
+                wanted.setdefault(group, set()).add(device.thing)
+        with state.transaction():
+            for group in state.groups():
+                for member in state.members(group):
+                    if member not in wanted.get(group, set()):
+                        service.remove_from_group(member, group)
+            service.register_devices(things)
+
+    def _write_running(self) -> None:
+        assert self.broker is not None and self.http is not None
+        info = {
+            "pid": os.getpid(),
+            "fleet": self.fleet.name,
+            "devices": len(self.devices),
+            "mode": self.mode,
+            "tls": self.tls,
+            "broker": self.broker.url,
+            "http": self.http.url,
+            "started_at": time.time(),
+        }
+        self.folder.running_file.write_text(json.dumps(info, indent=1))
+
+    async def close(self) -> None:
+        """Stop every device (cleanly: Shutdown steps run), the bridge, the HTTP server and the broker."""
+        if self._fault_task is not None:
+            self._fault_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fault_task
+            self._fault_task = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(self._shutdown(d, crash=False) for d in self.devices.values()), return_exceptions=True)
+        await asyncio.gather(*(d.link.close() for d in self.devices.values()), return_exceptions=True)
+        if self.bridge is not None:
+            with contextlib.suppress(Exception):
+                await self.bridge.stop()
+            self.bridge = None
+        if self._bridge_client is not None:
+            with contextlib.suppress(Exception):
+                await self._bridge_client.disconnect()
+            self._bridge_client = None
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+        if self.state is not None:
+            self.folder.running_file.unlink(missing_ok=True)
+            self.state.close()
+            self.state = None
+            self.service = None
+
+    # ------------------------------------------------------------------ devices
+
+    def _make_agent(self, dev: SimulatedDevice, report: StateCallback) -> DeviceAgent:
+        assert self.http is not None
+        options: dict[str, Any] = {"fsync": False, "settle_s": 0.5, "download_backoff_s": 0.02}
+        options.update(self.agent_options)
+        if self.mode == "in_process":
+            options.setdefault("executor", self._executor)
+        return DeviceAgent(
+            dev.thing, dev.root, dev.device.platform, self.http.url, dev.device.groups, mode=self.mode, report=report, **options
+        )
+
+    async def _boot(self, dev: SimulatedDevice) -> None:
+        """A fresh agent, client and runner for ``dev``, connected; the runner resumes the agent from its folder."""
+        runner: DeviceMqttRunner | None = None
+
+        def report(component: str, old: str, new: str, detail: str) -> None:
+            if runner is not None:
+                runner.component_changed(component, old, new, detail)
+
+        agent = self._make_agent(dev, report)
+        tls = self.material.device(dev.thing) if self.material is not None else None
+        client = MqttClient(dev.thing, tls=tls, reconnect=self.reconnect or Backoff(initial=0.2, maximum=5.0))
+        runner = DeviceMqttRunner(agent, client, owns_client=True, **self.runner_options)
+        dev.agent, dev.client, dev.runner = agent, client, runner
+        await runner.start()
+        try:
+            await client.connect(f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{dev.link.local_port}")
+        except BaseException:
+            dev.agent = dev.client = dev.runner = None
+            await runner.stop()
+            await agent.kill()
+            raise
+
+    async def _shutdown(self, dev: SimulatedDevice, *, crash: bool) -> None:
+        """Stop ``dev``: cleanly (Shutdown steps run, the client says DISCONNECT) or as a crash (nothing runs or is saved)."""
+        if dev.revive is not None:
+            dev.revive.cancel()
+            dev.revive = None
+        runner, agent = dev.runner, dev.agent
+        dev.runner = dev.agent = dev.client = None
+        if crash:
+            dev.link.drop()  # the process is gone: its TCP connection dies without a DISCONNECT
+            if agent is not None:
+                await agent.kill()
+            if runner is not None:
+                await runner.stop()
+            return
+        if runner is not None:
+            await runner.stop()
+        if agent is not None:
+            await agent.stop()
+
+    def _device(self, thing: str) -> SimulatedDevice:
+        dev = self.devices.get(thing)
+        if dev is None:
+            raise SimulationError(f"the simulation has no device '{thing}'")
+        return dev
+
+    def _pick(self, fault: Fault, index: int) -> list[str]:
+        if fault.things is not None:
+            for thing in fault.things:
+                self._device(thing)
+            return list(fault.things)
+        names = sorted(self.devices)
+        if fault.fraction is None:
+            return names
+        k = max(1, round(fault.fraction * len(names)))
+        return sorted(random.Random(f"{self.fleet.name}:{self.seed}:{index}").sample(names, k))
+
+    # ------------------------------------------------------------------ the fleet
+
+    def publish(self, build_dir: str | Path) -> list[PublishedComponent]:
+        """Publish a packaged build folder (``edgekit package``'s) to the local registry."""
+        state, _ = self._require()
+        return publish_local(build_dir, state, self.folder.store)
+
+    def deploy(self, spec: DeploymentSpec | Mapping[str, Any]) -> str:
+        """Create a deployment (CreateDeployment fields); the bridge rolls it out on its next tick. Returns its id."""
+        _, service = self._require()
+        return service.create_deployment(spec)
+
+    async def wait(self, deployment_id: str, timeout: float) -> DeploymentSummary:
+        """Wait until ``deployment_id`` is no longer ACTIVE; :class:`SimulationTimeoutError` after ``timeout`` seconds."""
+        state, _ = self._require()
+        deadline = time.monotonic() + timeout
+        while True:
+            summary = deployment_summary(state, deployment_id)
+            if summary.status != "ACTIVE":
+                return summary
+            if time.monotonic() >= deadline:
+                raise SimulationTimeoutError(
+                    f"deployment {deployment_id} still ACTIVE after {timeout:g} s: {summary.counts}; "
+                    "see 'edgekit fleet status' for the devices that did not finish"
+                )
+            await asyncio.sleep(_POLL_S)
+
+    def status(self, failures: int = 10) -> SimulationStatus:
+        """The fleet at a glance (see :class:`SimulationStatus`)."""
+        state, service = self._require()
+        return SimulationStatus(
+            elapsed_s=time.monotonic() - self._started_at if self._started_at else 0.0,
+            devices=len(self.devices),
+            connected=sum(1 for d in self.devices.values() if d.connected),
+            alive=sum(1 for d in self.devices.values() if d.alive),
+            summary=service.summary(),
+            failures=device_failures(state, failures),
+            faults=list(self._fault_log),
+            broker_url=self.broker_url,
+        )
+
+    # ------------------------------------------------------------------ faults
+
+    def _note(self, text: str) -> None:
+        stamp = time.monotonic() - self._started_at if self._started_at else 0.0
+        self._fault_log.append(f"t+{stamp:.1f}s {text}")
+        log.warning("fault injection: %s", text)
+
+    async def cut_network(self, thing: str, seconds: float) -> None:
+        """Drop ``thing``'s MQTT connection and refuse its reconnects for ``seconds``."""
+        self._device(thing).link.cut(seconds)
+        self._note(f"network of {thing} cut for {seconds:g} s")
+
+    async def kill_device(self, thing: str, *, restart_after: float | None = None) -> None:
+        """Crash ``thing``: the agent dies mid-whatever (no Shutdown, nothing saved), its connection drops.
+
+        ``restart_after``: a fresh agent resumes from the same folder after that many seconds.
+        """
+        dev = self._device(thing)
+        await self._shutdown(dev, crash=True)
+        self._note(f"{thing} killed" + (f", back in {restart_after:g} s" if restart_after else ""))
+        if restart_after is not None:
+            dev.revive = asyncio.get_running_loop().call_later(
+                restart_after, lambda: self._spawn(self.restart_device(thing, crash=False))
+            )
+
+    async def restart_device(self, thing: str, *, crash: bool = True) -> None:
+        """Crash ``thing`` (unless already down) and start a fresh agent and runner on the same folder: it resumes."""
+        dev = self._device(thing)
+        if crash or dev.agent is not None:
+            await self._shutdown(dev, crash=True)
+        dev.restarts += 1
+        await self._boot(dev)
+        self._note(f"{thing} restarted (resumes from {dev.root})")
+
+    def corrupt_downloads(self, thing: str | None, n: int) -> None:
+        """Corrupt the next ``n`` artifact downloads of ``thing`` (of any device when None); 10 in a row fail the device."""
+        if thing is not None:
+            self._device(thing)
+        if self.http is None:
+            raise SimulationError("the simulation is not started")
+        self.http.corrupt_downloads(thing, n)
+        self._note(f"next {n} download(s) of {thing or 'any device'} corrupted")
+
+    async def restart_broker(self) -> None:
+        """Stop the broker and start it again on the same port; every device reconnects and asks for its pending jobs."""
+        if self.broker is None:
+            raise SimulationError("the simulation is not started")
+        for dev in self.devices.values():
+            dev.link.drop()
+        await asyncio.to_thread(self.broker.restart)
+        self._note("broker restarted")
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("simulation task failed", exc_info=task.exception())
+
+    async def apply_fault(self, fault: Fault, index: int = 0) -> None:
+        """Apply one fault of a fleet file now."""
+        if fault.fault == "restart_broker":
+            await self.restart_broker()
+            return
+        things = self._pick(fault, index)
+        if fault.fault == "cut_network":
+            for thing in things:
+                await self.cut_network(thing, fault.seconds or 0.0)
+        elif fault.fault == "corrupt_downloads":
+            for thing in things:
+                self.corrupt_downloads(thing, fault.count)
+        elif fault.fault == "kill_device":
+            for thing in things:
+                await self.kill_device(thing, restart_after=fault.seconds)
+        elif fault.fault == "restart_device":
+            await asyncio.gather(*(self.restart_device(t) for t in things))
+        else:  # pragma: no cover - Fault validates the kind
+            raise ConfigError(f"unknown fault '{fault.fault}'")
+
+    async def _run_faults(self, faults: Sequence[Fault]) -> None:
+        order = sorted(enumerate(faults), key=lambda item: item[1].at)
+        for index, fault in order:
+            delay = self._started_at + fault.at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                await self.apply_fault(fault, index)
+            except Exception:
+                log.exception("fault %s failed", fault)

@@ -1,0 +1,161 @@
+"""The local fleet through the CLI: publish --local, deploy --local (pre-flight first), fleet status, simulate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgekit.cli import main
+from edgekit.device.simulator import FleetFolder, Simulation, SimulationError
+from edgekit.errors import EXIT_CODES, ConfigError, PublishError, ResolutionError
+from edgekit.fleet import FleetState
+from edgekit.fleets import Fleet
+
+APP = "com.example.App"
+
+
+def write_build(build: Path, version: str = "1.0.0", lifecycle: dict[str, Any] | None = None) -> Path:
+    recipe = {
+        "RecipeFormatVersion": "2020-01-25",
+        "ComponentName": APP,
+        "ComponentVersion": version,
+        "ComponentDescription": "a CLI test component",
+        "ComponentPublisher": "edgekit tests",
+        "Manifests": [
+            {
+                "Platform": {"os": "linux"},
+                "Lifecycle": lifecycle or {"Install": "true"},
+                "Artifacts": [{"URI": "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/app.bin"}],
+            }
+        ],
+    }
+    (build / "recipes").mkdir(parents=True, exist_ok=True)
+    (build / "recipes" / f"{APP}-{version}.json").write_text(json.dumps(recipe))
+    folder = build / "artifacts" / APP / version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "app.bin").write_bytes(b"app " * 4096)
+    return build
+
+
+def write_fleet(path: Path, devices: int = 4) -> Path:
+    half = devices // 2
+    path.write_text(
+        json.dumps(
+            {
+                "name": "clitest",
+                "mode": "in_process",
+                "devices": [
+                    {"prefix": "pi-", "count": half, "profile": "rasp4b", "groups": ["line-1"]},
+                    {"prefix": "gw-", "count": devices - half, "profile": "x86_64", "groups": ["line-1", "gateways"]},
+                ],
+            }
+        )
+    )
+    return path
+
+
+def test_publish_and_deploy_local_then_fleet_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state, build, fleet = tmp_path / "state", write_build(tmp_path / "gg"), write_fleet(tmp_path / "fleet.yaml")
+    assert main(["publish", "--local", "--state", str(state), "--build", str(build)]) == 0
+    out = capsys.readouterr().out
+    assert APP in out and "published" in out and "app.bin" in out
+    assert main(["publish", "--local", "--state", str(state), "--build", str(build)]) == 0
+    assert "unchanged" in capsys.readouterr().out
+
+    argv = ["deploy", "--local", "--state", str(state), "--target", "thinggroup/line-1", "-c", f"{APP}=1.0.0",
+            "--rollout", "100/min", "--abort-failed", "10%", "--fleet", str(fleet)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "pre-flight: 4 device(s) reached, 0 with problems" in out
+    assert "4 execution(s) QUEUED" in out and "no simulation runs" in out
+    with FleetState(FleetFolder.at(state).database) as fleet_state:
+        [deployment] = fleet_state.deployments()
+    assert deployment.target == "thinggroup/line-1" and deployment.status == "ACTIVE"
+    job = deployment.spec["iotJobConfiguration"]
+    assert job["jobExecutionsRolloutConfig"]["maximumPerMinute"] == 100
+    assert job["abortConfig"]["criteriaList"][0]["thresholdPercentage"] == 10
+
+    assert main(["fleet", "status", "--state", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "4 device(s), 2 group(s); no simulation running" in out
+    assert re.search(r"line-1\s*│\s*4\s*│\s*\w+ ACTIVE\s*│\s*4\s*│", out), out  # group, devices, deployment, QUEUED
+    assert re.search(r"gateways\s*│\s*2\s*│\s*-", out), out
+    assert deployment.id in out and "pi-01" in out and "gw-02" in out
+
+
+def test_a_failed_preflight_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state, build, fleet = tmp_path / "state", write_build(tmp_path / "gg"), write_fleet(tmp_path / "fleet.yaml")
+    assert main(["publish", "--local", "--state", str(state), "--build", str(build)]) == 0
+    capsys.readouterr()
+    argv = [
+        "deploy",
+        "--local",
+        "--state",
+        str(state),
+        "--target",
+        "thinggroup/line-1",
+        "-c",
+        f"{APP}=2.0.0",
+        "--fleet",
+        str(fleet),
+    ]
+    assert main(argv) == EXIT_CODES[ResolutionError]
+    captured = capsys.readouterr()
+    assert "NO_AVAILABLE_COMPONENT_VERSION" in captured.err and captured.err.startswith("error:")
+    with FleetState(FleetFolder.at(state).database) as fleet_state:
+        assert fleet_state.deployments() == [] and fleet_state.things() == []  # not even the fleet's devices
+
+
+def test_fleet_status_without_a_fleet_says_how_to_make_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fleet", "status", "--state", str(tmp_path / "nothing")]) == EXIT_CODES[ConfigError]
+    assert "edgekit simulate" in capsys.readouterr().err
+    assert not (tmp_path / "nothing").exists()
+    assert main(["deploy", "--local", "--state", str(tmp_path / "nothing"), "--target", "thinggroup/x", "-c", "a=1.0.0"]) == 2
+
+
+def test_publish_needs_a_bucket_unless_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["publish", "--build", str(tmp_path), "--region", "eu-west-1"]) == 2
+    assert "--bucket" in capsys.readouterr().err
+    state = tmp_path / "state"
+    assert main(["publish", "--local", "--state", str(state), "--build", str(tmp_path / "nothing")]) == EXIT_CODES[PublishError]
+    assert "package the components first" in capsys.readouterr().err and not state.exists()
+
+
+def test_simulate_until_done_shows_the_groups(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state, build, fleet = tmp_path / "state", write_build(tmp_path / "gg"), write_fleet(tmp_path / "fleet.yaml")
+    argv = ["simulate", "--fleet", str(fleet), "--state", str(state), "--build", str(build), "--deploy", f"{APP}=1.0.0",
+            "--target", "thinggroup/line-1", "--until-done", "--duration", "60", "--interval", "0.5", "--tick", "0.2"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "connected 4/4" in out  # a status line (not a terminal)
+    assert "fleet 'clitest': 4 device(s), 4 connected at the end" in out
+    assert re.search(r"line-1\s*│\s*4\s*│\s*\w+ COMPLETED\s*│\s*0\s*│\s*0\s*│\s*4\s*│", out), out  # SUCCEEDED 4
+    assert not FleetFolder.at(state).running_file.exists()
+
+
+def test_deploy_local_reaches_a_running_simulation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state, build = tmp_path / "state", write_build(tmp_path / "gg")
+    fleet = Fleet.model_validate(json.loads(write_fleet(tmp_path / "fleet.yaml").read_text()))
+
+    async def scenario() -> None:
+        async with Simulation(fleet, state_dir=state, tick_s=0.2) as sim:
+            assert await asyncio.to_thread(main, ["publish", "--local", "--state", str(state), "--build", str(build)]) == 0
+            argv = ["deploy", "--local", "--state", str(state), "--target", "thinggroup/gateways", "-c", f"{APP}=1.0.0"]
+            assert await asyncio.to_thread(main, argv) == 0
+            out = capsys.readouterr().out
+            assert "the simulation running here" in out
+            deployment = re.search(r"deployment (\S+) created", out)
+            assert deployment is not None
+            summary = await sim.wait(deployment.group(1), timeout=30)
+            assert summary.counts == {"SUCCEEDED": 2}
+            assert await asyncio.to_thread(main, ["fleet", "status", "--state", str(state)]) == 0
+            assert "simulation running (pid" in capsys.readouterr().out
+            with pytest.raises(SimulationError, match="already runs"):
+                await Simulation(fleet, state_dir=state).start()
+
+    asyncio.run(scenario())
