@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench lint system-deps clean
+.PHONY: demo test test-fast bench bench-fleet lint system-deps clean
 
 system-deps:
 	@scripts/system-deps
@@ -29,6 +29,9 @@ lint: $(VENV)/.installed
 
 bench: system-deps $(VENV)/.installed
 	$(PY) -m bench.compile
+
+bench-fleet: system-deps $(VENV)/.installed
+	$(PY) -m bench.fleet
 
 clean:
 	rm -rf build greengrass-build .pytest_cache
