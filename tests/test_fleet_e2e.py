@@ -629,6 +629,10 @@ def test_the_bridge_refuses_bad_requests_and_keeps_serving(make_fleet: Callable[
             described = decode(DescribeJobExecutionResponse, payload)
             assert described.execution is not None and described.execution.job_document is not None
             assert described.execution.job_document.components[APP].version == "1.0.0"
+            # what a real Greengrass nucleus sends: the Jobs API's own payload, no schemaVersion
+            reply_topic, payload = await ask(get, b'{"clientToken": "t-6", "includeJobDocument": true}')
+            assert reply_topic == topics.accepted(get)
+            assert decode(DescribeJobExecutionResponse, payload).client_token == "t-6"
         assert bridge.stats.rejected["InvalidRequest"] == 2 and bridge.stats.rejected["InvalidJson"] == 1
 
     run(fleet, scenario)

@@ -148,3 +148,15 @@ def test_job_document_checks_versions_and_pointers() -> None:
     bad["components"]["com.example.Detector"]["configurationUpdate"]["reset"] = ["labels"]
     with pytest.raises(PayloadError, match="not a JSON pointer"):
         decode(JobDocument, json.dumps(bad))
+
+
+def test_requests_without_schema_version_as_a_real_nucleus_sends_them() -> None:
+    from edgekit.mqtt.payloads import UpdateJobExecutionRequest
+
+    raw = b'{"status": "IN_PROGRESS", "expectedVersion": 1, "clientToken": "abc"}'
+    with pytest.raises(PayloadError, match="has no 'schemaVersion'"):
+        decode(UpdateJobExecutionRequest, raw)
+    request = decode(UpdateJobExecutionRequest, raw, require_version=False)
+    assert request.status == "IN_PROGRESS" and request.expected_version == 1
+    with pytest.raises(PayloadError, match="schemaVersion 2"):
+        decode(UpdateJobExecutionRequest, b'{"schemaVersion": 2, "status": "IN_PROGRESS"}', require_version=False)

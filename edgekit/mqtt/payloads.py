@@ -364,8 +364,18 @@ def encode(message: Message, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> bytes:
     return data
 
 
-def decode(model_cls: type[M], payload: bytes | bytearray | memoryview | str, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> M:
-    """Read ``payload`` as a ``model_cls`` message, or raise :class:`PayloadError` saying what is wrong and where."""
+def decode(
+    model_cls: type[M],
+    payload: bytes | bytearray | memoryview | str,
+    *,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    require_version: bool = True,
+) -> M:
+    """Read ``payload`` as a ``model_cls`` message, or raise :class:`PayloadError` saying what is wrong and where.
+
+    ``require_version=False`` accepts a message without ``schemaVersion`` (read as the current one): the IoT
+    Jobs requests a real Greengrass nucleus sends carry none. A wrong ``schemaVersion`` is refused either way.
+    """
     name = model_cls.__name__
     raw = payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
     if len(raw) > max_bytes:
@@ -381,7 +391,9 @@ def decode(model_cls: type[M], payload: bytes | bytearray | memoryview | str, *,
     if not isinstance(data, dict):
         raise PayloadError(f"{name} payload must be a JSON object, got {type(data).__name__}")
     if "schemaVersion" not in data:
-        raise PayloadError(f"{name} payload has no 'schemaVersion'; expected schemaVersion {SCHEMA_VERSION}")
+        if require_version:
+            raise PayloadError(f"{name} payload has no 'schemaVersion'; expected schemaVersion {SCHEMA_VERSION}")
+        data["schemaVersion"] = SCHEMA_VERSION
     version = data["schemaVersion"]
     if version != SCHEMA_VERSION or isinstance(version, bool):
         raise PayloadError(
