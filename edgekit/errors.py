@@ -31,6 +31,11 @@ The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "EXIT_CODES",
     "AccuracyError",
@@ -54,6 +59,7 @@ __all__ = [
     "UnsupportedOperatorError",
     "VerificationError",
     "exit_code_for",
+    "first_problem",
 ]
 
 
@@ -203,3 +209,10 @@ def exit_code_for(error: BaseException) -> int:
         if isinstance(code, int):
             return code
     return 1
+
+
+def first_problem(exc: ValidationError) -> str:
+    """``field 'a.b': <message>`` for the first problem pydantic found, to put after a file name."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"field '{where}': {err['msg']}"

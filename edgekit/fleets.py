@@ -20,7 +20,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, first_problem
 from edgekit.profiles import load_profile
 from edgekit.resources import bundled_dir
 
@@ -160,6 +160,4 @@ def load_fleet(name_or_path: str | Path) -> Fleet:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{where}': {err['msg']}") from exc
+        raise ConfigError(f"{path}: {first_problem(exc)}") from exc

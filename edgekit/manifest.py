@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.errors import ArtifactError
+from edgekit.errors import ArtifactError, first_problem
 
 __all__ = [
     "MANIFEST_NAME",
@@ -162,6 +162,4 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ArtifactError(f"{path}: field '{where}': {err['msg']}; recompile the artifact") from exc
+        raise ArtifactError(f"{path}: {first_problem(exc)}; recompile the artifact") from exc

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.errors import ConfigError, UnknownTargetError
+from edgekit.errors import ConfigError, UnknownTargetError, first_problem
 from edgekit.resources import bundled_dir
 
 __all__ = [
@@ -137,9 +137,7 @@ def _read(path: Path) -> DeviceProfile:
     try:
         return DeviceProfile.model_validate({**data, "source": str(path)})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{where}': {err['msg']} (see devices/rasp4b.yaml for a complete profile)") from exc
+        raise ConfigError(f"{path}: {first_problem(exc)} (see devices/rasp4b.yaml for a complete profile)") from exc
 
 
 def list_profiles() -> list[DeviceProfile]:

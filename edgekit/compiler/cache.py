@@ -16,8 +16,8 @@ from typing import Any
 
 import onnx
 
-from edgekit.compiler.frontends.base import file_sha256
 from edgekit.deps import package_version
+from edgekit.digests import file_sha256
 from edgekit.resources import cache_dir
 
 __all__ = ["ArtifactCache", "cache_key", "source_fingerprint"]

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, first_problem
 from edgekit.resources import bundled_dir
 
 __all__ = ["AccuracyBudget", "CandidateSpec", "MeasureSpec", "Pipeline", "load_pipeline"]
@@ -73,6 +73,4 @@ def load_pipeline(name_or_path: str | Path = "default") -> Pipeline:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(f"{path}: field '{where}': {err['msg']}") from exc
+        raise ConfigError(f"{path}: {first_problem(exc)}") from exc

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.device.errors import ArtifactDownloadError, DeviceError, UnsafeArchiveError
+from edgekit.digests import file_sha256_b64
 
 __all__ = [
     "DEFAULT_MAX_UNZIPPED_BYTES",
@@ -90,14 +91,6 @@ def permission_modes(permission: Mapping[str, Any] | None) -> tuple[int, int]:
     file_mode = (levels[read] << 2) | levels[execute]
     folder_mode = 0o755 if read == "ALL" else 0o700
     return file_mode, folder_mode
-
-
-def _sha256_b64(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            h.update(chunk)
-    return base64.b64encode(h.digest()).decode()
 
 
 def _refuse(zip_path: Path, entry: str, why: str) -> UnsafeArchiveError:
@@ -255,7 +248,7 @@ class ArtifactFetcher:
         cached = self.cache_dir / hex_name
         if cached.is_file():
             try:
-                if await asyncio.to_thread(_sha256_b64, cached) == digest:
+                if await asyncio.to_thread(file_sha256_b64, cached) == digest:
                     return cached
             except OSError:
                 pass

@@ -24,7 +24,6 @@ boto3 is imported when a session is made, never at ``import edgekit``.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from edgekit.deps import require
+from edgekit.digests import file_sha256
 from edgekit.errors import EdgekitError, PublishError
 from edgekit.greengrass.recipe import dump_recipe, load_recipe
 
@@ -307,12 +307,6 @@ class UploadResult:
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file (what the ``sha256`` object metadata holds)."""
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _normalize_location(location: str | None) -> str:

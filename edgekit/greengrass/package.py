@@ -27,7 +27,6 @@ registry) computes them from the uploaded files, and devices re-hash every downl
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import shutil
 import stat
@@ -44,6 +43,7 @@ import yaml
 
 from edgekit._version import __version__
 from edgekit.atomic import install_dir, write_bytes
+from edgekit.digests import file_sha256
 from edgekit.errors import ArtifactError, PackagingError, RecipeError
 from edgekit.greengrass.recipe import dump_recipe, load_recipe, normalize_recipe
 from edgekit.manifest import Manifest, read_manifest
@@ -163,7 +163,7 @@ def _set_artifact(manifest: dict[str, Any], zip_path: Path) -> None:
 def _write_sums(out: Path) -> None:
     """``SHA256SUMS`` of every artifact under ``out/artifacts`` (``cd out && sha256sum -c SHA256SUMS``)."""
     lines = [
-        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(out).as_posix()}\n"
+        f"{file_sha256(p)}  {p.relative_to(out).as_posix()}\n"
         for p in sorted((out / "artifacts").rglob("*"))
         if p.is_file() and not p.name.startswith(".")
     ]

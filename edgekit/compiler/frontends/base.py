@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ from edgekit.manifest import TensorSpec
 __all__ = [
     "Reference",
     "SourceModel",
-    "file_sha256",
     "fix_input_shapes",
     "parse_input_shapes",
     "source_format",
@@ -81,14 +79,6 @@ def source_format(model: str | Path) -> Format:
         f"'{text}': cannot tell the model format from the suffix '{suffix}'; use .onnx, a TorchScript "
         f".pt/.pth, a 'package.module:factory' spec, or a scikit-learn .joblib/.pkl"
     )
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:

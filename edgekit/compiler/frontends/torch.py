@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgekit.compiler.frontends.base import SourceModel, file_sha256
+from edgekit.compiler.frontends.base import SourceModel
 from edgekit.compiler.frontends.onnx import finish_onnx
 from edgekit.deps import require
+from edgekit.digests import file_sha256
 from edgekit.errors import InputShapeError, ModelConversionError, ModelLoadError
 
 __all__ = ["OPSET", "load_torch"]
