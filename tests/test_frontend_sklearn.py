@@ -7,26 +7,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import joblib  # the dev extra installs scikit-learn, skl2onnx and joblib: a missing one is a failure, not a skip
 import numpy as np
 import pytest
+from sklearn.datasets import load_diabetes, load_digits, load_iris
+from sklearn.decomposition import PCA
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.semi_supervised import LabelSpreading
+from sklearn.svm import SVC, LinearSVC
 
-pytest.importorskip("sklearn")
-pytest.importorskip("skl2onnx")
-joblib = pytest.importorskip("joblib")
-
-from sklearn.datasets import load_diabetes, load_digits, load_iris  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.ensemble import GradientBoostingRegressor, RandomForestClassifier  # noqa: E402
-from sklearn.linear_model import LinearRegression, LogisticRegression  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-from sklearn.semi_supervised import LabelSpreading  # noqa: E402
-from sklearn.svm import SVC, LinearSVC  # noqa: E402
-
-import edgekit  # noqa: E402
-from edgekit.compiler import compile_model  # noqa: E402
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline  # noqa: E402
-from edgekit.errors import (  # noqa: E402
+import edgekit
+from edgekit.compiler import compile_model
+from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
+from edgekit.errors import (
     InputShapeError,
     ModelConversionError,
     ModelLoadError,

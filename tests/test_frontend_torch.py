@@ -10,18 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch  # the dev extra installs torch: a missing one is a failure, not a skip
 
 # The tests build their TorchScript files with torch.jit.trace, which torch 2.13 deprecates (a warning in the
 # test's own setup code, not in edgekit); the TorchScript format is still what users hand to edgekit.
-pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.trace(_method)?` is deprecated:DeprecationWarning")
+import edgekit
+from edgekit.cli import main
+from edgekit.compiler import compile_model
+from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
+from edgekit.errors import EXIT_CODES, InputShapeError, ModelConversionError, ModelLoadError
 
-import edgekit  # noqa: E402
-from edgekit.cli import main  # noqa: E402
-from edgekit.compiler import compile_model  # noqa: E402
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline  # noqa: E402
-from edgekit.errors import EXIT_CODES, InputShapeError, ModelConversionError, ModelLoadError  # noqa: E402
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.trace(_method)?` is deprecated:DeprecationWarning")
 
 # Both backends, few samples and timed runs: enough to measure agreement, quick on a 2-core machine.
 FAST = Pipeline(
