@@ -28,6 +28,7 @@ from rich.markup import escape
 
 import edgekit
 from edgekit.compiler import CompileResult
+from edgekit.compiler.cache import ArtifactCache
 from edgekit.compiler.measure import host_description
 from edgekit.errors import EdgekitError
 from edgekit.manifest import CandidateReport
@@ -160,6 +161,8 @@ class Result:
     unavailable: dict[str, str] = field(default_factory=dict)
     latency_ms: dict[str, float] = field(default_factory=dict)  # this benchmark's interleaved medians
     block_medians_ms: dict[str, list[float]] = field(default_factory=dict)
+    refused_s: dict[str, float] = field(default_factory=dict)  # time to refuse a backend that can't take the model
+    cache_s: dict[str, float] = field(default_factory=dict)  # "cold" (a miss) and "hit", default pipeline
 
 
 def _short_reason(reason: str) -> str:
@@ -170,14 +173,22 @@ def _short_reason(reason: str) -> str:
 
 
 def _compile(case: Case, target: str, out: Path, **kwargs: Any) -> CompileResult:
-    return edgekit.compile(case.path, target, out, input_shapes=case.shapes, name=case.name, use_cache=False, **kwargs)
+    kwargs.setdefault("use_cache", False)
+    return edgekit.compile(case.path, target, out, input_shapes=case.shapes, name=case.name, **kwargs)
 
 
 def compile_case(case: Case, target: str, out: Path, say: Callable[[str], None]) -> tuple[Result, dict[str, Predict]]:
     """Compile ``case`` with the default pipeline and per backend; return the result stub and the predictors to time."""
     res = Result(case.name, case.description)
     say(f"[{case.name}] compiling with the default pipeline")
-    default = _compile(case, target, out / "default", pipeline="default")
+    cache = ArtifactCache(out / "cache")  # private and empty: the first compile is a miss
+    t0 = time.perf_counter()
+    default = _compile(case, target, out / "default", pipeline="default", use_cache=True, cache=cache)
+    res.cache_s["cold"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = _compile(case, target, out / "default", pipeline="default", use_cache=True, cache=cache)
+    res.cache_s["hit"] = time.perf_counter() - t0
+    assert again.cache_hit and not default.cache_hit, "the benchmark's private cache misbehaved"
     manifest = default.manifest
     res.chosen = manifest.backend.name
     res.compile_s["default"] = manifest.compile_seconds
@@ -192,6 +203,11 @@ def compile_case(case: Case, target: str, out: Path, say: Callable[[str], None])
             continue
         if rep.measured is None:
             res.unavailable[backend] = rep.reason or rep.status
+            t0 = time.perf_counter()  # how long a user waits to hear it (issue 2: under 5 s)
+            try:
+                _compile(case, target, out / backend, backend=backend)
+            except EdgekitError:
+                res.refused_s[backend] = time.perf_counter() - t0
             continue
         res.manifest_ms[backend] = rep.measured.latency.median_ms
         say(f"[{case.name}] compiling with backend={backend}")
@@ -249,6 +265,13 @@ def _cell(res: Result, key: str) -> str:
     return "—"
 
 
+def _cache_cell(r: Result) -> str:
+    if "hit" not in r.cache_s:
+        return "—"
+    hit, cold = r.cache_s["hit"], r.cache_s["cold"]
+    return f"{hit * 1e3:.0f} ms / {cold:.2f} s = {hit / cold:.1%}"
+
+
 def render(results: list[Result], header: str, eager_names: dict[str, str]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -272,6 +295,7 @@ def render(results: list[Result], header: str, eager_names: dict[str, str]) -> N
     det.add_column("max |err| ORT", justify="right")
     det.add_column("max |err| TVM", justify="right")
     det.add_column("manifest ms ORT / TVM", justify="right")
+    det.add_column("cache hit / compile", justify="right")
 
     def fmt(d: dict[str, float], k: str, spec: str) -> str:
         return format(d[k], spec) if k in d else "—"
@@ -284,11 +308,13 @@ def render(results: list[Result], header: str, eager_names: dict[str, str]) -> N
             fmt(r.max_abs_error, "onnxruntime", ".1e"),
             fmt(r.max_abs_error, "tvm", ".1e"),
             " / ".join(fmt(r.manifest_ms, k, ".3f") for k in BACKENDS),
+            _cache_cell(r),
         )
     console.print(det)
     for r in results:
         for backend, reason in r.unavailable.items():
-            console.print(f"[dim]{r.model}: {backend} unavailable: {escape(reason)}[/dim]")
+            took = f" (refused in {r.refused_s[backend]:.2f} s)" if backend in r.refused_s else ""
+            console.print(f"[dim]{r.model}: {backend} unavailable{took}: {escape(reason)}[/dim]")
 
 
 def _threads() -> str:

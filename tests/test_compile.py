@@ -7,7 +7,6 @@ import os
 import shutil
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -122,16 +121,25 @@ def test_default_pipeline_for_foreign_target_measures_by_proxy(mlp_onnx: Path, o
     assert all(c.measured is not None and c.measured.on == "host-proxy" for c in result.manifest.candidates)
 
 
-def test_cache_hit_is_fast_and_identical(mlp_onnx: Path, out_dir: Path) -> None:
-    t0 = time.perf_counter()
+def test_cache_hit_builds_nothing_and_is_identical(mlp_onnx: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # How much faster a hit is belongs to bench/compile; here: a hit loads, converts and compiles nothing.
     first = edgekit.compile(mlp_onnx, "x86_64", out_dir, pipeline=QUICK)
-    cold = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    second = edgekit.compile(mlp_onnx, "x86_64", out_dir, pipeline=QUICK)
-    warm = time.perf_counter() - t0
+    first_archive = first.archive.read_bytes()
+    shutil.rmtree(first.artifact_dir)
+    first.archive.unlink()
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cache hit must not load or compile the model")
+
+    with monkeypatch.context() as patched:
+        patched.setattr("edgekit.compiler.compile.load_source", must_not_run)
+        patched.setattr("edgekit.compiler.compile._build", must_not_run)
+        second = edgekit.compile(mlp_onnx, "x86_64", out_dir, pipeline=QUICK)
     assert second.cache_hit and not first.cache_hit
     assert second.manifest == first.manifest
-    assert warm < 0.05 * cold, (warm, cold)
+    assert second.archive.read_bytes() == first_archive  # the archive comes from the cache too
+    assert edgekit.load(second.artifact_dir).selftest().passed
+    _assert_clean(out_dir, "mlp-x86_64", "mlp-x86_64.tar.gz")
     # a changed model, profile or pipeline is a miss
     other = out_dir.parent / "other.onnx"
     onnx.save(make_mlp(seed=5), str(other))
@@ -158,12 +166,19 @@ def _custom_op_model(path: Path) -> Path:
     return path
 
 
-def test_unsupported_op_fails_fast_naming_op_node_backend(tmp_path: Path, out_dir: Path) -> None:
+def test_unsupported_op_fails_before_compiling_naming_op_node_backend(
+    tmp_path: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "before compiling" is the behaviour; how fast that is (well under the 5 s) is bench material
     path = _custom_op_model(tmp_path / "custom.onnx")
-    t0 = time.perf_counter()
+    from edgekit.compiler.backends.tvm import TvmBackend
+
+    def must_not_compile(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the op check must come before any compiling")
+
+    monkeypatch.setattr(TvmBackend, "compile", must_not_compile)
     with pytest.raises(UnsupportedOperatorError) as info:
         edgekit.compile(path, "x86_64", out_dir, pipeline=QUICK, backend="tvm")
-    assert time.perf_counter() - t0 < 5
     msg = str(info.value)
     assert "tvm" in msg and "com.example.Gelu" in msg and "gelu_custom" in msg
     _assert_clean(out_dir)

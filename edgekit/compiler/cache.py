@@ -2,7 +2,7 @@
 
 The key hashes everything that decides the result: the source model's bytes, the
 input shapes, the device profile's content, the pipeline, and the versions of
-edgekit and the backends. A hit copies the cached artifact into place.
+edgekit and the backends. A hit copies the cached artifact (and its archive) into place.
 """
 
 from __future__ import annotations
@@ -61,18 +61,33 @@ class ArtifactCache:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / key
 
+    def archive_path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.tar.gz"
+
     def get(self, key: str) -> Path | None:
         path = self.path(key)
         return path if (path / "manifest.json").is_file() else None
 
-    def put(self, key: str, artifact_dir: Path) -> None:
+    def get_archive(self, key: str) -> Path | None:
+        """The cached ``.tar.gz`` of an entry, when one was stored (older entries have none: the caller rebuilds it)."""
+        path = self.archive_path(key)
+        return path if path.is_file() else None
+
+    def put(self, key: str, artifact_dir: Path, archive: Path | None = None) -> None:
+        """Store an artifact (and its archive). The archive goes in first: an entry is complete once its folder exists."""
         final = self.path(key)
         if final.exists():
             return
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{key}.{uuid.uuid4().hex[:8]}")
+        tmp_archive = final.with_name(f".{key}.{uuid.uuid4().hex[:8]}.tar.gz")
         try:
+            if archive is not None:
+                shutil.copyfile(archive, tmp_archive)
+                tmp_archive.rename(self.archive_path(key))
             shutil.copytree(artifact_dir, tmp)
             tmp.rename(final)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)  # a cache that can't be written is not an error
+        finally:
+            tmp_archive.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -141,7 +142,7 @@ def compile_model(
         install_dir(staged, final)
         archive = make_archive(final)
         if use_cache:
-            store.put(key, final)
+            store.put(key, final, archive)
         say(f"wrote {final}")
         return CompileResult(final, archive, manifest, False, time.perf_counter() - started)
     finally:
@@ -161,8 +162,16 @@ def _from_cache(store: ArtifactCache, key: str, out: Path, name: str | None, say
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(cached, staged)
     install_dir(staged, final)
+    cached_archive = store.get_archive(key)
+    if cached_archive is None:
+        archive = make_archive(final)
+    else:
+        archive = final.with_name(final.name + ".tar.gz")
+        staged_archive = out / f".{archive.name}.cache-{key[:8]}"
+        shutil.copyfile(cached_archive, staged_archive)
+        os.replace(staged_archive, archive)
     say(f"cache hit: {final}")
-    return final, make_archive(final), manifest
+    return final, archive, manifest
 
 
 def _reference(source: SourceModel) -> tuple[Callable[[dict[str, np.ndarray]], list[np.ndarray]], str, list[str]]:
