@@ -30,6 +30,7 @@ import edgekit
 from edgekit.compiler import CompileResult
 from edgekit.compiler.cache import ArtifactCache
 from edgekit.compiler.measure import host_description
+from edgekit.compiler.pipeline import load_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.manifest import CandidateReport
 
@@ -177,7 +178,9 @@ def _compile(case: Case, target: str, out: Path, **kwargs: Any) -> CompileResult
     return edgekit.compile(case.path, target, out, input_shapes=case.shapes, name=case.name, **kwargs)
 
 
-def compile_case(case: Case, target: str, out: Path, say: Callable[[str], None]) -> tuple[Result, dict[str, Predict]]:
+def compile_case(
+    case: Case, target: str, out: Path, say: Callable[[str], None], tune: int = 0
+) -> tuple[Result, dict[str, Predict]]:
     """Compile ``case`` with the default pipeline and per backend; return the result stub and the predictors to time."""
     res = Result(case.name, case.description)
     say(f"[{case.name}] compiling with the default pipeline")
@@ -220,6 +223,21 @@ def compile_case(case: Case, target: str, out: Path, say: Callable[[str], None])
         assert one.manifest.measured is not None
         res.max_abs_error[backend] = one.manifest.measured.accuracy.max_abs_error
         predictors[backend] = _bind(edgekit.load(one.artifact_dir).predict, case.feed)
+    if tune and "tvm" not in res.unavailable:
+        say(f"[{case.name}] tuning TVM with MetaSchedule: {tune} trials (a fresh database, so every run tunes)")
+        tuned_pipe = load_pipeline("tvm").with_tuning(tune)
+        spec = tuned_pipe.candidates[-1]
+        spec = spec.model_copy(
+            update={"options": {**spec.options, "tune": {**spec.options["tune"], "database": str(out / "tuning")}}}
+        )
+        t0 = time.perf_counter()
+        tuned = _compile(case, target, out / "tuned", pipeline=tuned_pipe.model_copy(update={"candidates": [spec]}), progress=say)
+        res.compile_s["tvm-tuned"] = time.perf_counter() - t0
+        assert tuned.manifest.measured is not None
+        res.max_abs_error["tvm-tuned"] = tuned.manifest.measured.accuracy.max_abs_error
+        predictors["tvm-tuned"] = _bind(edgekit.load(tuned.artifact_dir).predict, case.feed)
+    elif tune:
+        res.unavailable["tvm-tuned"] = res.unavailable["tvm"]
     predictors["chosen"] = _bind(edgekit.load(default.artifact_dir).predict, case.feed)
     return res, predictors
 
@@ -272,7 +290,7 @@ def _cache_cell(r: Result) -> str:
     return f"{hit * 1e3:.0f} ms / {cold:.2f} s = {hit / cold:.1%}"
 
 
-def render(results: list[Result], header: str, eager_names: dict[str, str]) -> None:
+def render(results: list[Result], header: str, eager_names: dict[str, str], tune: int = 0) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -280,12 +298,19 @@ def render(results: list[Result], header: str, eager_names: dict[str, str]) -> N
     console.print(header)
     lat = Table(title="Latency, batch 1 (median of block medians; ratio to ONNX Runtime, >1 = slower)")
     lat.add_column("model")
-    for col in ("ONNX Runtime", "eager (torch / sklearn)", "TVM untuned", "chosen artifact"):
+    tuned = any("tvm-tuned" in r.compile_s or "tvm-tuned" in r.unavailable for r in results)
+    cols = ["ONNX Runtime", "eager (torch / sklearn)", "TVM untuned"]
+    cols += [f"TVM tuned ({tune} trials)"] if tuned else []
+    for col in (*cols, "chosen artifact"):
         lat.add_column(col, justify="right")
     for r in results:
         chosen = f"{_cell(r, 'chosen')} [dim]({r.chosen})[/dim]"
         eager = _cell(r, "eager") if "eager" in r.latency_ms else escape(f"n/a ({eager_names[r.model]})")
-        lat.add_row(r.model, _cell(r, "onnxruntime"), eager, _cell(r, "tvm"), chosen)
+        row = [r.model, _cell(r, "onnxruntime"), eager, _cell(r, "tvm")]
+        if tuned:
+            took = f" [dim]in {r.compile_s['tvm-tuned']:.0f} s[/dim]" if "tvm-tuned" in r.compile_s else ""
+            row.append(_cell(r, "tvm-tuned") + took)
+        lat.add_row(*row, chosen)
     console.print(lat)
 
     det = Table(title="Compile and accuracy (from each artifact's manifest)")
@@ -332,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="x86_64", help="device profile (must run on this host to be timed)")
     parser.add_argument("--repeat", type=int, default=50, help="timed runs per block (default 50)")
     parser.add_argument("--rounds", type=int, default=10, help="round-robin blocks per variant (default 10)")
+    parser.add_argument(
+        "--tune",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also tune TVM with MetaSchedule for N trials per model (minutes each) and time it alongside",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     args = parser.parse_args(argv)
@@ -339,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(MODELS))
     if unknown or not names:
         parser.error(f"unknown model(s) {unknown}; choose from {','.join(MODELS)}")
-    if args.repeat < 1 or args.rounds < 1:
-        parser.error("--repeat and --rounds must be at least 1")
+    if args.repeat < 1 or args.rounds < 1 or args.tune < 0:
+        parser.error("--repeat and --rounds must be at least 1, --tune at least 0")
 
     def say(msg: str) -> None:
         if not args.quiet:
@@ -354,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             case = make_case(name, work)
             eager_names[name] = case.eager_name
-            res, predictors = compile_case(case, args.target, work / "build" / name, say)
+            res, predictors = compile_case(case, args.target, work / "build" / name, say, args.tune)
             say(f"[{name}] timing {', '.join(predictors)}: {args.rounds} rounds × {args.repeat} runs")
             blocks = interleaved(predictors, args.rounds, args.repeat)
             res.block_medians_ms = blocks
@@ -365,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         f"host: {host_description()} | {_threads()} | timed runs per variant: {args.rounds} rounds × {args.repeat} "
         f"= {args.rounds * args.repeat} | target {args.target} | edgekit {edgekit.__version__}"
     )
-    render(results, header, eager_names)
+    render(results, header, eager_names, args.tune)
     print(f"total {total:.1f} s")
     if args.json:
         payload = {
@@ -374,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds,
             "repeat": args.repeat,
             "target": args.target,
+            "tune_trials": args.tune,
             "edgekit": edgekit.__version__,
             "total_seconds": round(total, 2),
             "results": [asdict(r) for r in results],

@@ -88,6 +88,7 @@ def compile_model(
     use_cache: bool = True,
     cache: ArtifactCache | None = None,
     progress: Progress | None = None,
+    tune: int | None = None,
 ) -> CompileResult:
     """Compile ``model`` for the device profile ``target`` and write the best artifact to ``output_dir``.
 
@@ -95,12 +96,15 @@ def compile_model(
     numerical agreement with the source model and timed; the fastest one within the
     accuracy budget becomes ``<output_dir>/<name>/`` (plus ``<name>.tar.gz``), with a
     ``manifest.json`` recording what was measured. Nothing is left in ``output_dir``
-    when compiling fails.
+    when compiling fails. ``tune=N`` adds a TVM candidate tuned with MetaSchedule for
+    ``N`` trials (see :meth:`Pipeline.with_tuning`).
     """
     say = progress or _noop
     started = time.perf_counter()
     profile = load_profile(target)
     pipe = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
+    if tune is not None:
+        pipe = pipe.with_tuning(tune)
     if backend:
         pipe = pipe.only_backend(get_backend(backend).name)
     shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
@@ -115,6 +119,9 @@ def compile_model(
         "pipeline": pipe.fingerprint(),
         "name": name,
     }
+    tuning = _tuning_states(pipe, profile)
+    if tuning:
+        key_parts["tuning"] = tuning
     model_path = Path(str(model))
     key: str | None = None
     if model_path.is_file():
@@ -147,6 +154,19 @@ def compile_model(
         return CompileResult(final, archive, manifest, False, time.perf_counter() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _tuning_states(pipe: Pipeline, profile: DeviceProfile) -> dict[str, str]:
+    """The state of each tuning database the pipeline's tuned candidates read (see ``tuning_state``)."""
+    states: dict[str, str] = {}
+    for spec in pipe.candidates:
+        if spec.backend == "tvm" and spec.options.get("tune") is not None:
+            from edgekit.compiler.backends.tvm import tuning_state
+
+            state = tuning_state(profile, spec.options)
+            if state is not None:
+                states[spec.name] = state
+    return states
 
 
 def _from_cache(store: ArtifactCache, key: str, out: Path, name: str | None, say: Progress) -> tuple[Path, Path, Manifest] | None:

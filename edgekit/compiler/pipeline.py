@@ -52,6 +52,17 @@ class Pipeline(_Model):
         data = self.model_dump(mode="json", by_alias=True)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
+    def with_tuning(self, trials: int) -> Pipeline:
+        """This pipeline plus a MetaSchedule-tuned TVM candidate (``tvm-tuned``), or its trials set if it has one."""
+        if trials < 0:
+            raise ConfigError(f"tuning trials must be 0 or more, not {trials}")
+        kept = [c for c in self.candidates if c.name != "tvm-tuned"]
+        base = next((c for c in self.candidates if c.name == "tvm-tuned"), None)
+        options: dict[str, Any] = dict(base.options) if base else {"opt_level": 3}
+        old = options.get("tune")
+        options["tune"] = {**(old if isinstance(old, dict) else {}), "trials": trials}
+        return self.model_copy(update={"candidates": [*kept, CandidateSpec(name="tvm-tuned", backend="tvm", options=options)]})
+
     def only_backend(self, backend: str) -> Pipeline:
         """This pipeline restricted to the candidates of one backend."""
         kept = [c for c in self.candidates if c.backend == backend]

@@ -3,12 +3,14 @@
 CPU targets build with LLVM; foreign architectures link with the profile's cross
 compiler and the result is checked to be an ELF of the right machine. CUDA targets
 apply TVM's default GPU schedules (dlight) and need ``nvcc`` for the device's arch.
+``options.tune`` tunes with MetaSchedule first (see :mod:`edgekit.compiler.backends.tvm_tune`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -16,17 +18,26 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.compiler.backends.base import Backend, Built, Progress, UnsupportedOp
+from edgekit.compiler.backends.tvm_tune import RECORDS, database_dir, parse_tune_options, tune_and_apply
 from edgekit.compiler.frontends.base import SourceModel
 from edgekit.deps import package_version, require
-from edgekit.errors import CompilationError, ConfigError, ToolchainError, UnsupportedOperatorError
+from edgekit.digests import file_sha256
+from edgekit.errors import (
+    CompilationError,
+    ConfigError,
+    EdgekitError,
+    MissingDependencyError,
+    ToolchainError,
+    UnsupportedOperatorError,
+)
 from edgekit.profiles import DeviceProfile, host_arch
 
-__all__ = ["ELF_MACHINES", "TvmBackend", "cuda_device_code", "elf_machine", "resolve_target"]
+__all__ = ["ELF_MACHINES", "TvmBackend", "cuda_device_code", "elf_machine", "resolve_target", "tuning_state"]
 
 # e_machine values of the ELF header
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 3: "i686"}
 _HOST_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
-_OPTIONS = {"opt_level"}
+_OPTIONS = {"opt_level", "tune"}
 
 
 def elf_machine(path: Path) -> str:
@@ -70,6 +81,30 @@ def resolve_target(profile: DeviceProfile, for_host: bool = False) -> tuple[dict
         if t is not None and t.get("mcpu") == "host":
             t["mcpu"] = _host_cpu()
     return target, host
+
+
+def _tuning_target(target: dict[str, Any]) -> dict[str, Any]:
+    """MetaSchedule needs the core count in the target (its thread pools and the database key use it)."""
+    target.setdefault("num-cores", os.cpu_count() or 1)
+    return target
+
+
+def tuning_state(profile: DeviceProfile, options: dict[str, Any]) -> str | None:
+    """A fingerprint of the tuning database a tuned candidate reads (None when it doesn't tune).
+
+    Part of the artifact cache key: a compile that applies the database must not come from the
+    cache once the database has learnt more.
+    """
+    if options.get("tune") is None or profile.machine != host_arch() or profile.tvm.target.get("kind") == "cuda":
+        return None
+    tune = parse_tune_options(options["tune"])
+    try:
+        require("tvm", "compiling with TVM")
+    except MissingDependencyError:
+        return None  # the candidate reports the missing extra when it compiles
+    target, _ = resolve_target(profile)
+    records = database_dir(_tuning_target(target), tune) / RECORDS
+    return file_sha256(records) if records.is_file() and records.stat().st_size > 0 else "empty"
 
 
 def _import_relax(source: SourceModel) -> Any:
@@ -131,10 +166,19 @@ class TvmBackend(Backend):
         if unknown:
             raise ConfigError(f"tvm options {sorted(unknown)} are not known; known options: {sorted(_OPTIONS)}")
         opt_level = int(options.get("opt_level", 3))
+        tune = parse_tune_options(options["tune"]) if options.get("tune") is not None else None
         target_dict, host_dict = resolve_target(profile, for_host)
         is_cuda = target_dict.get("kind") == "cuda"
         machine = host_arch() if for_host else profile.machine
         cross = machine != host_arch()
+        if tune is not None:
+            if is_cuda or profile.machine != host_arch():
+                raise ConfigError(
+                    f"tvm option 'tune': tuning times schedules on the machine that tunes, and this host "
+                    f"({host_arch()}) can't run code for '{profile.name}' ({'CUDA' if is_cuda else profile.machine}); "
+                    "tune on the device itself, or drop 'tune' for this target"
+                )
+            _tuning_target(target_dict)
         cxx = profile.toolchain.cxx if cross else "g++"
         if shutil.which(cxx) is None:
             pkg = profile.toolchain.debian_package or cxx
@@ -155,7 +199,11 @@ class TvmBackend(Backend):
             with tvm.transform.PassContext(opt_level=opt_level):
                 if is_cuda:
                     mod = self._gpu_schedule(tvm, mod, target)
+                if tune is not None:
+                    mod, tuning = tune_and_apply(tvm, mod, target, target_dict, tune, progress)
                 executable = tvm.compile(mod, target=target)
+        except EdgekitError:
+            raise
         except Exception as exc:
             msg = str(exc).strip().splitlines()
             raise CompilationError(
@@ -178,7 +226,15 @@ class TvmBackend(Backend):
             raise ToolchainError(
                 f"{lib}: built an ELF for '{got}', but profile '{profile.name}' needs '{machine}'; check toolchain.cxx"
             )
-        details: dict[str, Any] = {"target": target_dict, "host": host_dict, "elf": got, "opt_level": opt_level, "tuned": False}
+        details: dict[str, Any] = {
+            "target": target_dict,
+            "host": host_dict,
+            "elf": got,
+            "opt_level": opt_level,
+            "tuned": tune is not None,
+        }
+        if tune is not None:
+            details["tuning"] = tuning.model_dump()
         if is_cuda:
             details["device_code"] = cuda_device_code(lib)
             if details["device_code"] == "none":
