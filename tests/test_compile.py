@@ -244,9 +244,17 @@ def test_recompiling_replaces_the_artifact_atomically(mlp_onnx: Path, out_dir: P
 
 
 def test_bundled_pipelines_load() -> None:
-    for name in ("default", "tvm", "ort"):
+    from edgekit.compiler.backends.tvm_tune import parse_tune_options
+    from edgekit.resources import bundled_dir
+
+    names = sorted(p.stem for p in bundled_dir("compiler").glob("*.yaml"))
+    assert names == ["default", "ort", "tuned", "tvm"]
+    for name in names:
         pipe = load_pipeline(name)
         assert pipe.candidates and pipe.accuracy.max_abs_error > 0
+        for spec in pipe.candidates:  # backend options are checked when compiling: check them here
+            if "tune" in spec.options:
+                assert parse_tune_options(spec.options["tune"]).trials > 0
 
 
 def test_cuda_profile_builds_a_library_with_device_code(mlp_onnx: Path, out_dir: Path) -> None:

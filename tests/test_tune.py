@@ -146,9 +146,35 @@ def test_default_database_lives_in_the_cache_per_target(tmp_path: Path) -> None:
 def test_tuning_is_refused_for_a_target_this_host_cannot_run(tmp_path: Path) -> None:
     model = tmp_path / "mlp.onnx"
     onnx.save(make_mlp(), str(model))
-    with pytest.raises(ConfigError, match=r"tune.*rasp4b.*aarch64.*tune on the device"):
+    with pytest.raises(ConfigError, match=r"candidate 'tuned'.*tune.*rasp4b.*aarch64.*tune on the device"):
         edgekit.compile(model, "rasp4b", tmp_path / "build", pipeline=_pipeline({"trials": 4}), use_cache=False)
-    assert not any((tmp_path / "build").iterdir())
+    assert not (tmp_path / "build").exists()  # refused before anything was written
+
+
+def test_pipeline_option_typos_fail_before_the_model_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def must_not_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("options are checked before the model is loaded")
+
+    monkeypatch.setattr("edgekit.compiler.compile.load_source", must_not_load)
+    model = tmp_path / "mlp.onnx"
+    onnx.save(make_mlp(), str(model))
+    bad = Pipeline.model_validate(
+        {
+            "name": "typo",
+            "candidates": [
+                {"name": "ort", "backend": "onnxruntime", "options": {"optimisation": "extended"}},
+            ],
+        }
+    )
+    with pytest.raises(ConfigError, match=r"pipeline 'typo', candidate 'ort': onnxruntime options \['optimisation'\]"):
+        edgekit.compile(model, "x86_64", tmp_path / "build", pipeline=bad, use_cache=False)
+    with pytest.raises(ConfigError, match=r"candidate 'tuned'.*unknown key 'trails'; did you mean 'trials'"):
+        edgekit.compile(model, "x86_64", tmp_path / "build", pipeline=_pipeline({"trails": 4}), use_cache=False)
+    tvm_level = _pipeline(None).model_copy(
+        update={"candidates": [_pipeline(None).candidates[0].model_copy(update={"options": {"opt_level": 9}})]}
+    )
+    with pytest.raises(ConfigError, match=r"opt_level' must be an integer from 0 to 3, got 9"):
+        edgekit.compile(model, "x86_64", tmp_path / "build", pipeline=tvm_level, use_cache=False)
 
 
 @pytest.mark.parametrize(

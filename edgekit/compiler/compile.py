@@ -26,6 +26,7 @@ from edgekit.errors import (
     AccuracyError,
     ArtifactError,
     CompilationError,
+    ConfigError,
     EdgekitError,
     MissingDependencyError,
     UnsupportedOperatorError,
@@ -107,6 +108,11 @@ def compile_model(
         pipe = pipe.with_tuning(tune)
     if backend:
         pipe = pipe.only_backend(get_backend(backend).name)
+    for spec in pipe.candidates:
+        try:
+            get_backend(spec.backend).check_options(spec.options, profile)
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline '{pipe.name}', candidate '{spec.name}': {exc}") from None
     shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
     out = Path(output_dir)
     check_writable(out)

@@ -35,6 +35,14 @@ class Backend(ABC):
     def version(self) -> str: ...
 
     @abstractmethod
+    def check_options(self, options: dict[str, Any], profile: DeviceProfile) -> None:
+        """Raise ConfigError for options this backend doesn't know or can't honour for ``profile``.
+
+        Called for every candidate before the model is even loaded, so a typo in a pipeline
+        file costs no compile time.
+        """
+
+    @abstractmethod
     def unsupported_ops(self, source: SourceModel, profile: DeviceProfile) -> list[UnsupportedOp]:
         """Ops this backend cannot import; empty when it can compile the model. Must be fast (< 5 s)."""
 

@@ -46,6 +46,14 @@ class OnnxRuntimeBackend(Backend):
             raise CompilationError(f"ONNX Runtime cannot load the model: {text.splitlines()[0]}") from exc
         return []
 
+    def check_options(self, options: dict[str, Any], profile: DeviceProfile) -> None:
+        unknown = sorted(set(options) - {"optimization"})
+        if unknown:
+            raise ConfigError(f"onnxruntime options {unknown} are not known; known options: ['optimization']")
+        level = str(options.get("optimization", "extended"))
+        if level not in _LEVELS:
+            raise ConfigError(f"onnxruntime option 'optimization' must be one of {sorted(_LEVELS)}, got '{level}'")
+
     def compile(
         self,
         source: SourceModel,
@@ -58,9 +66,8 @@ class OnnxRuntimeBackend(Backend):
     ) -> Built:
         import onnxruntime as ort
 
+        self.check_options(options, profile)
         level = str(options.get("optimization", "extended"))
-        if level not in _LEVELS:
-            raise ConfigError(f"onnxruntime option 'optimization' must be one of {sorted(_LEVELS)}, got '{level}'")
         notes = []
         if level == "all" and not profile.runs_on_host():
             # Level 'all' adds layout transforms tuned to the compiling CPU; ORT documents it as host-only.

@@ -131,6 +131,24 @@ class TvmBackend(Backend):
     def version(self) -> str:
         return package_version("apache-tvm")
 
+    def check_options(self, options: dict[str, Any], profile: DeviceProfile) -> None:
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise ConfigError(f"tvm options {sorted(unknown)} are not known; known options: {sorted(_OPTIONS)}")
+        level = options.get("opt_level", 3)
+        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 3:
+            raise ConfigError(f"tvm option 'opt_level' must be an integer from 0 to 3, got {level!r}")
+        if options.get("tune") is None:
+            return
+        parse_tune_options(options["tune"])
+        is_cuda = profile.tvm.target.get("kind") == "cuda"
+        if is_cuda or profile.machine != host_arch():
+            raise ConfigError(
+                f"tvm option 'tune': tuning times schedules on the machine that tunes, and this host "
+                f"({host_arch()}) can't run code for '{profile.name}' ({'CUDA' if is_cuda else profile.machine}); "
+                "tune on the device itself, or drop 'tune' for this target"
+            )
+
     def unsupported_ops(self, source: SourceModel, profile: DeviceProfile) -> list[UnsupportedOp]:
         require("tvm", "compiling with TVM")
         from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
@@ -162,9 +180,7 @@ class TvmBackend(Backend):
         for_host: bool = False,
     ) -> Built:
         tvm = require("tvm", "compiling with TVM")
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise ConfigError(f"tvm options {sorted(unknown)} are not known; known options: {sorted(_OPTIONS)}")
+        self.check_options(options, profile)
         opt_level = int(options.get("opt_level", 3))
         tune = parse_tune_options(options["tune"]) if options.get("tune") is not None else None
         target_dict, host_dict = resolve_target(profile, for_host)
@@ -172,12 +188,6 @@ class TvmBackend(Backend):
         machine = host_arch() if for_host else profile.machine
         cross = machine != host_arch()
         if tune is not None:
-            if is_cuda or profile.machine != host_arch():
-                raise ConfigError(
-                    f"tvm option 'tune': tuning times schedules on the machine that tunes, and this host "
-                    f"({host_arch()}) can't run code for '{profile.name}' ({'CUDA' if is_cuda else profile.machine}); "
-                    "tune on the device itself, or drop 'tune' for this target"
-                )
             _tuning_target(target_dict)
         cxx = profile.toolchain.cxx if cross else "g++"
         if shutil.which(cxx) is None:
