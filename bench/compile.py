@@ -164,6 +164,7 @@ class Result:
     block_medians_ms: dict[str, list[float]] = field(default_factory=dict)
     refused_s: dict[str, float] = field(default_factory=dict)  # time to refuse a backend that can't take the model
     cache_s: dict[str, float] = field(default_factory=dict)  # "cold" (a miss) and "hit", default pipeline
+    size_bytes: dict[str, int] = field(default_factory=dict)  # artifact sizes: fp32 ORT and int8 ORT
 
 
 def _short_reason(reason: str) -> str:
@@ -223,6 +224,19 @@ def compile_case(
         assert one.manifest.measured is not None
         res.max_abs_error[backend] = one.manifest.measured.accuracy.max_abs_error
         predictors[backend] = _bind(edgekit.load(one.artifact_dir).predict, case.feed)
+    say(f"[{case.name}] quantizing to int8 (static, ONNX Runtime)")
+    int8_pipe = load_pipeline("int8")
+    int8_spec = next(c for c in int8_pipe.candidates if c.passes)
+    try:
+        int8 = _compile(case, target, out / "int8", pipeline=int8_pipe.model_copy(update={"candidates": [int8_spec]}))
+    except EdgekitError as exc:
+        res.unavailable["ort-int8"] = str(exc)
+    else:
+        assert int8.manifest.measured is not None
+        res.max_abs_error["ort-int8"] = int8.manifest.measured.accuracy.max_abs_error
+        res.size_bytes["ort-int8"] = int8.manifest.size_bytes
+        res.size_bytes["onnxruntime-fp32"] = next(c.size_bytes or 0 for c in manifest.candidates if c.backend == "onnxruntime")
+        predictors["ort-int8"] = _bind(edgekit.load(int8.artifact_dir).predict, case.feed)
     if tune and "tvm" not in res.unavailable:
         say(f"[{case.name}] tuning TVM with MetaSchedule: {tune} trials (a fresh database, so every run tunes)")
         tuned_pipe = load_pipeline("tvm").with_tuning(tune)
@@ -299,14 +313,16 @@ def render(results: list[Result], header: str, eager_names: dict[str, str], tune
     lat = Table(title="Latency, batch 1 (median of block medians; ratio to ONNX Runtime, >1 = slower)")
     lat.add_column("model")
     tuned = any("tvm-tuned" in r.compile_s or "tvm-tuned" in r.unavailable for r in results)
-    cols = ["ONNX Runtime", "eager (torch / sklearn)", "TVM untuned"]
+    cols = ["ONNX Runtime", "eager (torch / sklearn)", "ORT int8 (size)", "TVM untuned"]
     cols += [f"TVM tuned ({tune} trials)"] if tuned else []
     for col in (*cols, "chosen artifact"):
         lat.add_column(col, justify="right")
     for r in results:
         chosen = f"{_cell(r, 'chosen')} [dim]({r.chosen})[/dim]"
         eager = _cell(r, "eager") if "eager" in r.latency_ms else escape(f"n/a ({eager_names[r.model]})")
-        row = [r.model, _cell(r, "onnxruntime"), eager, _cell(r, "tvm")]
+        sizes = r.size_bytes
+        shrink = f" [dim]({sizes['onnxruntime-fp32'] / sizes['ort-int8']:.1f}x smaller)[/dim]" if sizes.get("ort-int8") else ""
+        row = [r.model, _cell(r, "onnxruntime"), eager, _cell(r, "ort-int8") + shrink, _cell(r, "tvm")]
         if tuned:
             took = f" [dim]in {r.compile_s['tvm-tuned']:.0f} s[/dim]" if "tvm-tuned" in r.compile_s else ""
             row.append(_cell(r, "tvm-tuned") + took)
@@ -319,6 +335,7 @@ def render(results: list[Result], header: str, eager_names: dict[str, str], tune
     det.add_column("compile s: default / ort / tvm", justify="right")
     det.add_column("max |err| ORT", justify="right")
     det.add_column("max |err| TVM", justify="right")
+    det.add_column("max |err| int8", justify="right")
     det.add_column("manifest ms ORT / TVM", justify="right")
     det.add_column("cache hit / compile", justify="right")
 
@@ -332,6 +349,7 @@ def render(results: list[Result], header: str, eager_names: dict[str, str], tune
             " / ".join(fmt(r.compile_s, k, ".2f") for k in ("default", "onnxruntime", "tvm")),
             fmt(r.max_abs_error, "onnxruntime", ".1e"),
             fmt(r.max_abs_error, "tvm", ".1e"),
+            fmt(r.max_abs_error, "ort-int8", ".1e"),
             " / ".join(fmt(r.manifest_ms, k, ".3f") for k in BACKENDS),
             _cache_cell(r),
         )

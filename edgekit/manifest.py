@@ -115,8 +115,10 @@ class CandidateReport(_Model):
     options: dict[str, Any]
     status: Literal["chosen", "rejected", "skipped", "failed"]
     reason: str = ""
+    passes: list[dict[str, Any]] = Field(default_factory=list)
     measured: Measurement | None = None
     compile_seconds: float | None = Field(None, alias="compileSeconds")
+    size_bytes: int | None = Field(None, alias="sizeBytes")
 
 
 class Manifest(_Model):

@@ -21,6 +21,7 @@ from edgekit.compiler.backends import Backend, Built, get_backend
 from edgekit.compiler.cache import ArtifactCache, cache_key, source_fingerprint
 from edgekit.compiler.frontends import SourceModel, load_source, source_format
 from edgekit.compiler.measure import agreement, host_description, interleaved_latency, sample_inputs
+from edgekit.compiler.passes import apply_passes, check_passes, file_inputs
 from edgekit.compiler.pipeline import CandidateSpec, Pipeline, load_pipeline
 from edgekit.errors import (
     AccuracyError,
@@ -71,6 +72,8 @@ class _Candidate:
     runner: Runner | None = None
     accuracy: Accuracy | None = None
     on: Literal["target", "host-proxy"] = "target"
+    source: SourceModel | None = None  # the model after the candidate's passes
+    size: int = 0
 
 
 def _noop(_: str) -> None:
@@ -111,6 +114,7 @@ def compile_model(
     for spec in pipe.candidates:
         try:
             get_backend(spec.backend).check_options(spec.options, profile)
+            check_passes(spec.passes, "passes")
         except ConfigError as exc:
             raise ConfigError(f"pipeline '{pipe.name}', candidate '{spec.name}': {exc}") from None
     shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
@@ -128,6 +132,9 @@ def compile_model(
     tuning = _tuning_states(pipe, profile)
     if tuning:
         key_parts["tuning"] = tuning
+    pass_files = [h for spec in pipe.candidates for h in file_inputs(spec.passes)]
+    if pass_files:
+        key_parts["pass_files"] = pass_files
     model_path = Path(str(model))
     key: str | None = None
     if model_path.is_file():
@@ -242,12 +249,17 @@ def _build(
     # 1. Which backends can take this model at all (fast, before any compiling).
     for cand in candidates:
         spec = cand.spec
-        cand.report = CandidateReport(name=spec.name, backend=spec.backend, options=spec.options, status="skipped")
+        cand.report = CandidateReport(
+            name=spec.name, backend=spec.backend, options=spec.options, passes=spec.passes, status="skipped"
+        )
         try:
             found = get_backend(spec.backend)
             cand.report.backend = found.name
+            cand.source = source
+            if spec.passes:
+                cand.source = apply_passes(source, spec.passes, work / f"passes-{spec.name}", say, f"candidate '{spec.name}'")
             say(f"{spec.name}: checking operators for {found.name}")
-            bad = found.unsupported_ops(source, profile)
+            bad = found.unsupported_ops(cand.source, profile)
             if bad:
                 raise UnsupportedOperatorError(found.name, bad)
             cand.backend = found
@@ -258,6 +270,13 @@ def _build(
                 unsupported.append(exc)
             cand.report.reason = str(exc)
             say(f"{spec.name}: skipped ({exc})")
+        except CompilationError as exc:  # a pass that failed: this candidate fails, the others go on
+            if only_one:
+                raise
+            failures.append(exc)
+            cand.report.status = "failed"
+            cand.report.reason = str(exc)
+            say(f"{spec.name}: failed ({exc})")
     if not any(c.backend for c in candidates):
         raise unsupported[0] if unsupported else CompilationError("no backend of the pipeline is available")
 
@@ -276,21 +295,23 @@ def _build(
 
     # 3. Build and measure each candidate.
     for cand in candidates:
-        spec, backend, report = cand.spec, cand.backend, cand.report
-        if backend is None or report is None:
+        spec, backend, report, model = cand.spec, cand.backend, cand.report, cand.source
+        if backend is None or report is None or model is None:
             continue
         try:
             t0 = time.perf_counter()
             cand.folder = work / f"candidate-{spec.name}"
             say(f"{spec.name}: compiling with {backend.name} for {profile.name}")
-            cand.built = backend.compile(source, profile, spec.options, cand.folder, say)
+            cand.built = backend.compile(model, profile, spec.options, cand.folder, say)
             report.compile_seconds = round(time.perf_counter() - t0, 3)
+            cand.size = sum((cand.folder / f).stat().st_size for f in cand.built.files)
+            report.size_bytes = cand.size
             on: Literal["target", "host-proxy"] = "target" if profile.runs_on_host() else "host-proxy"
             entry = cand.folder / cand.built.entry
             if on == "host-proxy" and backend.name != "onnxruntime":  # an ORT artifact is portable: it runs here as built
                 say(f"{spec.name}: {profile.name} code can't run here; building a host stand-in to measure")
                 proxy_dir = work / f"candidate-{spec.name}-host"
-                proxy = backend.compile(source, profile, spec.options, proxy_dir, say, for_host=True)
+                proxy = backend.compile(model, profile, spec.options, proxy_dir, say, for_host=True)
                 entry = proxy_dir / proxy.entry
             say(f"{spec.name}: checking agreement with the source model")
             runner = runner_for(backend.name, entry, source.inputs, outputs)
@@ -332,10 +353,10 @@ def _build(
             raise unsupported[0]
         raise CompilationError("no candidate of the pipeline could be built; see the messages above")
 
-    budget = pipe.accuracy
     passing = []
     for c in measured:
         assert c.report is not None and c.report.measured is not None
+        budget = c.spec.accuracy or pipe.accuracy
         acc = c.report.measured.accuracy
         problems = []
         if acc.max_abs_error > budget.max_abs_error:
@@ -352,14 +373,27 @@ def _build(
             f"no candidate met the accuracy budget of pipeline '{pipe.name}' ({detail}); "
             f"loosen 'accuracy' in the pipeline file or pick a more exact backend"
         )
-    best = min(passing, key=lambda c: c.report.measured.latency.median_ms)  # type: ignore[union-attr]
+
+    def latency(c: _Candidate) -> float:
+        assert c.report is not None and c.report.measured is not None
+        return c.report.measured.latency.median_ms
+
+    def rank(c: _Candidate) -> tuple[float, ...]:
+        return (c.size, latency(c)) if pipe.select == "size" else (latency(c),)
+
+    best = min(passing, key=rank)
     assert best.report is not None and best.built is not None and best.folder is not None and best.backend is not None
     best.report.status = "chosen"
-    best_ms = best.report.measured.latency.median_ms  # type: ignore[union-attr]
+    best_ms = latency(best)
     for c in passing:
-        if c is not best and c.report is not None and c.report.measured is not None:
-            c.report.reason = f"slower: {c.report.measured.latency.median_ms:.3f} ms vs {best_ms:.3f} ms"
-    say(f"chose {best.spec.name} ({best.backend.name}): {best_ms:.3f} ms median")
+        if c is not best and c.report is not None:
+            if pipe.select == "size" and c.size > best.size:
+                c.report.reason = f"larger: {c.size / 1024:.1f} KiB vs {best.size / 1024:.1f} KiB"
+            else:
+                c.report.reason = f"slower: {latency(c):.3f} ms vs {best_ms:.3f} ms"
+    budget = best.spec.accuracy or pipe.accuracy
+    chosen_by = f"{best.size / 1024:.1f} KiB, " if pipe.select == "size" else ""
+    say(f"chose {best.spec.name} ({best.backend.name}): {chosen_by}{best_ms:.3f} ms median")
 
     staged = work / "artifact"
     staged.mkdir()
@@ -388,11 +422,16 @@ def _build(
             neo=profile.neo.model_dump(),
             tvm_target=profile.tvm.target,
         ),
-        pipeline={"name": pipe.name, "sha256": pipe.fingerprint(), "accuracy": budget.model_dump(by_alias=True)},
+        pipeline={
+            "name": pipe.name,
+            "sha256": pipe.fingerprint(),
+            "accuracy": budget.model_dump(by_alias=True),
+            "select": pipe.select,
+        },
         backend=BackendInfo(
             name=best.backend.name,
             version=best.backend.version(),
-            options={**best.spec.options, **best.built.details},
+            options={**best.spec.options, **best.built.details, **({"passes": best.spec.passes} if best.spec.passes else {})},
             files=best.built.files,
             entry=best.built.entry,
         ),

@@ -20,18 +20,19 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
 
 
+class AccuracyBudget(_Model):
+    max_abs_error: float = Field(1e-3, alias="maxAbsError", ge=0)
+    min_top1_agreement: float = Field(0.99, alias="minTop1Agreement", ge=0, le=1)
+
+
 class CandidateSpec(_Model):
     name: str
     backend: str
     options: dict[str, Any] = Field(default_factory=dict)
     passes: list[dict[str, Any]] = Field(
-        default_factory=list, description="graph passes applied before the backend (prune, quantize: later)"
+        default_factory=list, description="graph passes applied before the backend (see edgekit.compiler.passes)"
     )
-
-
-class AccuracyBudget(_Model):
-    max_abs_error: float = Field(1e-3, alias="maxAbsError", ge=0)
-    min_top1_agreement: float = Field(0.99, alias="minTop1Agreement", ge=0, le=1)
+    accuracy: AccuracyBudget | None = Field(None, description="this candidate's own budget (e.g. looser for int8)")
 
 
 class MeasureSpec(_Model):
@@ -47,6 +48,9 @@ class Pipeline(_Model):
     candidates: list[CandidateSpec] = Field(min_length=1)
     accuracy: AccuracyBudget = AccuracyBudget()
     measure: MeasureSpec = MeasureSpec()
+    select: Literal["latency", "size"] = Field(
+        "latency", description="among candidates within budget: the fastest, or the smallest (ties: the fastest)"
+    )
 
     def fingerprint(self) -> str:
         data = self.model_dump(mode="json", by_alias=True)

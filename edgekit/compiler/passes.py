@@ -1,0 +1,204 @@
+"""Graph passes a candidate applies to the ONNX model before its backend compiles it.
+
+``passes:`` in a pipeline candidate is a list of one-key mappings, applied in order::
+
+    passes:
+      - quantize: {mode: static, calibration: 64}     # int8 weights and activations (QDQ)
+      - quantize: {mode: dynamic}                      # int8 weights, activations quantized at run time
+
+**quantize** uses ONNX Runtime's quantization tool after its pre-processing (shape inference and
+graph clean-up). ``static`` needs calibration data to fix each activation's range: an int (that many
+random samples from the input shapes: enough to exercise the path, not to calibrate a real model) or
+a ``.npz`` file with one array per input name, samples stacked along a new first axis (for a batch-1
+input, along the batch axis also works). Quantized
+candidates are measured against the *float* source model like every other, so the pipeline's (or the
+candidate's own) accuracy budget decides whether the int8 error is acceptable.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgekit.compiler.backends.base import Progress
+from edgekit.compiler.frontends.base import SourceModel
+from edgekit.compiler.measure import sample_inputs
+from edgekit.errors import CompilationError, ConfigError, first_problem
+
+__all__ = ["PASSES", "QuantizeOptions", "apply_passes", "check_passes", "file_inputs"]
+
+
+class QuantizeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["static", "dynamic"] = "static"
+    calibration: int | str = Field(default=32, description="random samples (int) or a .npz file of real ones")
+    per_channel: bool = False
+    seed: int = 1
+
+
+PASSES: dict[str, type[BaseModel]] = {"quantize": QuantizeOptions}
+
+# The ops whose int8 kernels are the point of quantizing (weights and arithmetic); a model without any
+# of them has nothing to gain.
+_QUANTIZABLE = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization"})
+
+
+def _parse(step: Any, where: str) -> tuple[str, BaseModel]:
+    if not isinstance(step, dict) or len(step) != 1:
+        raise ConfigError(f"{where}: each pass is a one-key mapping like {{quantize: {{mode: static}}}}, got {step!r}")
+    ((name, options),) = step.items()
+    if name not in PASSES:
+        close = difflib.get_close_matches(str(name), list(PASSES), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"{where}: unknown pass '{name}'; {hint}known passes: {', '.join(PASSES)}")
+    model = PASSES[name]
+    for key in options or {}:
+        if key not in model.model_fields:
+            close = difflib.get_close_matches(str(key), list(model.model_fields), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise ConfigError(f"{where}: pass '{name}': unknown key '{key}'; {hint}known keys: {', '.join(model.model_fields)}")
+    try:
+        return name, model.model_validate(options or {})
+    except ValidationError as exc:
+        raise ConfigError(f"{where}: pass '{name}': {first_problem(exc)}") from None
+
+
+def check_passes(passes: list[dict[str, Any]], where: str) -> None:
+    """Raise ConfigError for a pass or option that doesn't exist, before anything is loaded."""
+    for step in passes:
+        name, options = _parse(step, where)
+        if isinstance(options, QuantizeOptions) and isinstance(options.calibration, str):
+            path = Path(options.calibration).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{where}: pass '{name}': calibration file '{path}' does not exist")
+        if isinstance(options, QuantizeOptions) and isinstance(options.calibration, int) and options.calibration < 1:
+            raise ConfigError(f"{where}: pass '{name}': calibration must be at least 1 sample")
+
+
+def apply_passes(source: SourceModel, passes: list[dict[str, Any]], work: Path, progress: Progress, where: str) -> SourceModel:
+    """``source`` with every pass applied, written under ``work``; the source itself is unchanged."""
+    current = source
+    for i, step in enumerate(passes):
+        name, options = _parse(step, where)
+        folder = work / f"pass-{i}-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if isinstance(options, QuantizeOptions):
+            current = _quantize(current, options, folder, progress)
+    return current
+
+
+def _calibration(source: SourceModel, options: QuantizeOptions) -> list[dict[str, np.ndarray]]:
+    if isinstance(options.calibration, int):
+        return sample_inputs(source.inputs, options.calibration, options.seed)
+    path = Path(options.calibration).expanduser()
+    try:
+        data = np.load(path)
+    except Exception as exc:
+        raise ConfigError(f"calibration file '{path}' is not a readable .npz ({exc})") from None
+    samples: list[dict[str, np.ndarray]] = []
+    for spec in source.inputs:
+        if spec.name not in data.files:
+            raise ConfigError(f"calibration file '{path}' has no array '{spec.name}' (it has: {', '.join(data.files) or 'none'})")
+        arr = data[spec.name]
+        shape = list(spec.shape)
+        if list(arr.shape[1:]) != shape:
+            if shape and shape[0] == 1 and list(arr.shape[1:]) == shape[1:]:
+                arr = arr[:, None]  # batch-1 input: the samples were stacked along the batch axis
+            else:
+                dims = ", ".join(str(d) for d in shape)
+                rest = ", ".join(str(d) for d in shape[1:])
+                also = f" (or [samples, {rest}] for this batch-1 input)" if shape and shape[0] == 1 else ""
+                raise ConfigError(
+                    f"calibration file '{path}': array '{spec.name}' has shape {list(arr.shape)}; "
+                    f"expected [samples, {dims}]{also}"
+                )
+        for j in range(arr.shape[0]):
+            if len(samples) <= j:
+                samples.append({})
+            samples[j][spec.name] = arr[j].astype(spec.dtype)
+    if not samples:
+        raise ConfigError(f"calibration file '{path}' holds no samples")
+    return samples
+
+
+def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progress: Progress) -> SourceModel:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    heavy = {n.op_type for n in source.model.graph.node if n.domain in ("", "ai.onnx")} & _QUANTIZABLE
+    if not heavy:
+        raise CompilationError(
+            f"nothing to quantize in '{source.path}': int8 applies to {', '.join(sorted(_QUANTIZABLE))}, and the model "
+            "has none of them; drop the quantize pass for this model"
+        )
+    prepared = folder / "prepared.onnx"
+    out = folder / "model.onnx"
+    try:
+        try:
+            quant_pre_process(str(source.onnx_path), str(prepared))
+        except Exception:  # symbolic shape inference can't follow every op (ai.onnx.ml): ONNX's own inference then
+            quant_pre_process(str(source.onnx_path), str(prepared), skip_symbolic_shape=True)
+        if options.mode == "dynamic":
+            progress("quantize: int8 weights, activations quantized at run time (dynamic)")
+            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=options.per_channel)
+        else:
+            samples = _calibration(source, options)
+            progress(f"quantize: int8 weights and activations (static, QDQ), calibrating on {len(samples)} sample(s)")
+
+            class Reader(CalibrationDataReader):  # type: ignore[misc]
+                def __init__(self) -> None:
+                    self._it: Iterator[dict[str, np.ndarray]] = iter(samples)
+
+                def get_next(self) -> dict[str, np.ndarray] | None:
+                    return next(self._it, None)
+
+            quantize_static(
+                str(prepared),
+                str(out),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=options.per_channel,
+            )
+    except ConfigError:
+        raise
+    except Exception as exc:
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        raise CompilationError(
+            f"int8 quantization ({options.mode}) failed: {(lines[-1] if lines else type(exc).__name__)[:300]}; "
+            "drop the quantize pass for this model or try the other mode"
+        ) from exc
+    model = onnx.load(str(out))
+    data = out.read_bytes()
+    note = f"quantized to int8 ({options.mode})"
+    return replace(
+        source,
+        onnx_path=out,
+        model=model,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        notes=[*source.notes, note],
+    )
+
+
+def file_inputs(passes: list[dict[str, Any]]) -> list[str]:
+    """SHA-256 of the files the passes read (calibration data): part of the artifact cache key."""
+    from edgekit.digests import file_sha256
+
+    found = []
+    for step in passes:
+        options = next(iter(step.values()), None) if isinstance(step, dict) and step else None
+        calibration = options.get("calibration") if isinstance(options, dict) else None
+        if isinstance(calibration, str) and Path(calibration).expanduser().is_file():
+            found.append(file_sha256(Path(calibration).expanduser()))
+    return found

@@ -1,0 +1,205 @@
+"""Graph passes before a backend: int8 quantization (ONNX Runtime's tool), per-candidate budgets, select by size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_mlp
+from onnx import TensorProto, helper, numpy_helper
+
+import edgekit
+from edgekit.compiler.pipeline import Pipeline, load_pipeline
+from edgekit.errors import AccuracyError, ConfigError
+
+INT8_BUDGET = {"maxAbsError": 0.05, "minTop1Agreement": 0.75}
+
+
+def make_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv 3→16 (3x3) + ReLU, Conv 16→16 + ReLU, global pool, Gemm → 5 classes, input 1x3x16x16."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) * 0.1, "b1"),
+        numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1, "w2"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) * 0.1, "b2"),
+        numpy_helper.from_array(rng.standard_normal((5, 16)).astype(np.float32) * 0.5, "wf"),
+        numpy_helper.from_array(rng.standard_normal(5).astype(np.float32) * 0.1, "bf"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.fixture
+def cnn_onnx(tmp_path: Path) -> Path:
+    path = tmp_path / "cnn.onnx"
+    onnx.save(make_cnn(), str(path))
+    return path
+
+
+def _pipeline(*candidates: dict[str, object], select: str = "latency") -> Pipeline:
+    return Pipeline.model_validate(
+        {
+            "name": "int8-test",
+            "select": select,
+            "candidates": list(candidates),
+            "measure": {"samples": 6, "warmup": 1, "repeat": 5},
+        }
+    )
+
+
+FP32 = {"name": "fp32", "backend": "onnxruntime"}
+
+
+def _int8(
+    mode: str = "static", name: str = "int8", budget: dict[str, float] | None = None, **options: object
+) -> dict[str, object]:
+    return {
+        "name": name,
+        "backend": "onnxruntime",
+        "passes": [{"quantize": {"mode": mode, **options}}],
+        "accuracy": budget or INT8_BUDGET,
+    }
+
+
+def test_static_int8_is_smaller_close_and_chosen_by_size(cnn_onnx: Path, tmp_path: Path) -> None:
+    result = edgekit.compile(cnn_onnx, "x86_64", tmp_path / "build", pipeline=_pipeline(FP32, _int8(), select="size"))
+    reports = {c.name: c for c in result.manifest.candidates}
+    assert reports["int8"].status == "chosen" and reports["fp32"].reason.startswith("larger: ")
+    fp32_size, int8_size = reports["fp32"].size_bytes, reports["int8"].size_bytes
+    assert (
+        fp32_size is not None and int8_size is not None and int8_size * 2 < fp32_size
+    )  # int8 weights (graph overhead keeps it under 4x here)
+    assert reports["int8"].passes == [{"quantize": {"mode": "static"}}]
+    assert result.manifest.backend.options["passes"] == [{"quantize": {"mode": "static"}}]
+    assert result.manifest.pipeline["select"] == "size"
+    measured = result.manifest.measured
+    assert measured is not None
+    assert 0 < measured.accuracy.max_abs_error <= INT8_BUDGET["maxAbsError"]  # really quantized, within its budget
+    graph_ops = {n.op_type for n in onnx.load(str(result.artifact_dir / "model.onnx")).graph.node}
+    assert "QuantizeLinear" in graph_ops or "QLinearConv" in graph_ops
+    model = edgekit.load(result.artifact_dir)
+    check = model.selftest()
+    assert check.passed and check.tolerance == INT8_BUDGET["maxAbsError"]  # the chosen candidate's own budget
+
+
+def test_select_latency_keeps_the_fastest_and_records_every_size(cnn_onnx: Path, tmp_path: Path) -> None:
+    result = edgekit.compile(cnn_onnx, "x86_64", tmp_path / "build", pipeline=_pipeline(FP32, _int8()))
+    reports = [c for c in result.manifest.candidates if c.measured is not None]
+    assert len(reports) == 2 and all(c.size_bytes for c in reports)
+    chosen = next(c for c in reports if c.status == "chosen")
+    other = next(c for c in reports if c.status != "chosen")
+    assert chosen.measured is not None and other.measured is not None
+    assert chosen.measured.latency.median_ms <= other.measured.latency.median_ms
+    assert other.reason.startswith("slower: ")
+
+
+def test_dynamic_quantization_of_an_mlp(tmp_path: Path) -> None:
+    path = tmp_path / "mlp.onnx"
+    onnx.save(make_mlp(in_features=32, hidden=64, classes=8), str(path))
+    result = edgekit.compile(path, "x86_64", tmp_path / "build", pipeline=_pipeline(_int8("dynamic")))
+    ops = {n.op_type for n in onnx.load(str(result.artifact_dir / "model.onnx")).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}, ops
+    assert result.manifest.measured is not None and result.manifest.measured.accuracy.max_abs_error > 0
+
+
+def test_a_candidate_outside_its_own_budget_loses_to_fp32(cnn_onnx: Path, tmp_path: Path) -> None:
+    strict = _int8(budget={"maxAbsError": 1e-7, "minTop1Agreement": 1.0})
+    result = edgekit.compile(cnn_onnx, "x86_64", tmp_path / "build", pipeline=_pipeline(FP32, strict, select="size"))
+    reports = {c.name: c for c in result.manifest.candidates}
+    assert reports["fp32"].status == "chosen"
+    assert reports["int8"].reason.startswith("outside the accuracy budget: max abs error")
+    with pytest.raises(AccuracyError, match="int8: outside the accuracy budget"):
+        edgekit.compile(cnn_onnx, "x86_64", tmp_path / "only", pipeline=_pipeline(strict))
+
+
+def test_calibration_from_a_file_and_its_problems(cnn_onnx: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    good = tmp_path / "calib.npz"
+    np.savez(good, x=rng.standard_normal((8, 1, 3, 16, 16)).astype(np.float32))
+    result = edgekit.compile(cnn_onnx, "x86_64", tmp_path / "build", pipeline=_pipeline(_int8(calibration=str(good))))
+    assert result.manifest.measured is not None and result.manifest.measured.accuracy.max_abs_error <= 0.05
+
+    # changed calibration data is a different artifact: not a cache hit (stacked along the batch axis works too)
+    np.savez(good, x=rng.standard_normal((8, 3, 16, 16)).astype(np.float32))
+    assert not edgekit.compile(cnn_onnx, "x86_64", tmp_path / "build", pipeline=_pipeline(_int8(calibration=str(good)))).cache_hit
+
+    wrong_name = tmp_path / "wrong-name.npz"
+    np.savez(wrong_name, image=np.zeros((2, 3, 16, 16), np.float32))
+    with pytest.raises(ConfigError, match=r"calibration file .*wrong-name.npz.* has no array 'x' \(it has: image\)"):
+        edgekit.compile(cnn_onnx, "x86_64", tmp_path / "b2", pipeline=_pipeline(_int8(calibration=str(wrong_name))))
+    wrong_shape = tmp_path / "wrong-shape.npz"
+    np.savez(wrong_shape, x=np.zeros((2, 3, 8, 8), np.float32))
+    with pytest.raises(
+        ConfigError,
+        match=r"shape \[2, 3, 8, 8\]; expected \[samples, 1, 3, 16, 16\] \(or \[samples, 3, 16, 16\] for this batch-1 input\)",
+    ):
+        edgekit.compile(cnn_onnx, "x86_64", tmp_path / "b3", pipeline=_pipeline(_int8(calibration=str(wrong_shape))))
+    for leftover in ("b2", "b3"):
+        assert not any((tmp_path / leftover).iterdir())
+
+
+@pytest.mark.parametrize(
+    ("passes", "match"),
+    [
+        ([{"quantise": {}}], r"unknown pass 'quantise'; did you mean 'quantize'"),
+        ([{"quantize": {"mdoe": "static"}}], r"pass 'quantize': unknown key 'mdoe'; did you mean 'mode'"),
+        ([{"quantize": {"mode": "int4"}}], r"pass 'quantize': field 'mode'"),
+        ([{"quantize": {"calibration": 0}}], r"calibration must be at least 1"),
+        ([{"quantize": {"calibration": "/nowhere/calib.npz"}}], r"calibration file '/nowhere/calib.npz' does not exist"),
+        ([{"quantize": {}, "prune": {}}], r"one-key mapping"),
+    ],
+)
+def test_bad_passes_fail_before_the_model_is_loaded(
+    passes: list[object], match: str, cnn_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def must_not_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("passes are checked before the model is loaded")
+
+    monkeypatch.setattr("edgekit.compiler.compile.load_source", must_not_load)
+    bad = _pipeline({"name": "q", "backend": "onnxruntime", "passes": passes})
+    with pytest.raises(ConfigError, match=rf"candidate 'q': .*{match}"):
+        edgekit.compile(cnn_onnx, "x86_64", tmp_path / "build", pipeline=bad)
+
+
+def test_a_model_with_nothing_to_quantize_fails_that_candidate_only(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "relu.onnx"
+    onnx.save(model, str(path))
+    result = edgekit.compile(path, "x86_64", tmp_path / "build", pipeline=_pipeline(FP32, _int8()))
+    reports = {c.name: c for c in result.manifest.candidates}
+    assert reports["fp32"].status == "chosen" and reports["int8"].status == "failed"
+    assert "nothing to quantize" in reports["int8"].reason and "drop the quantize pass" in reports["int8"].reason
+
+
+def test_bundled_int8_pipeline_picks_the_smallest_within_budget(cnn_onnx: Path, tmp_path: Path) -> None:
+    pipe = load_pipeline("int8")
+    assert pipe.select == "size"
+    result = edgekit.compile(cnn_onnx, "x86_64", tmp_path / "build", pipeline=pipe)
+    assert result.manifest.backend.options.get("passes"), "an int8 candidate should win by size"
