@@ -1,0 +1,25 @@
+"""Errors of the edge runtime (exit code 23)."""
+
+from __future__ import annotations
+
+from edgekit.errors import EdgekitError
+
+__all__ = ["EdgeError", "FallbackError", "FallbackUnavailable", "SpoolFullError"]
+
+
+class EdgeError(EdgekitError):
+    """The edge runtime could not do what was asked (spool, fallback, publish)."""
+
+    exit_code = 23
+
+
+class SpoolFullError(EdgeError):
+    """The spool holds its maximum and its policy is to reject new items (nothing already in it is lost)."""
+
+
+class FallbackError(EdgeError):
+    """The cloud endpoint was reached but did not answer usefully (HTTP error, timeout, bad reply)."""
+
+
+class FallbackUnavailable(EdgeError):
+    """The cloud fallback is not tried: its circuit breaker is open after repeated failures."""

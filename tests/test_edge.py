@@ -1,0 +1,336 @@
+"""edgekit.edge: spool, windows, cloud fallback (a real Open Inference Protocol HTTP server), MQTT drain (real mosquitto)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_mlp
+
+import edgekit
+from edgekit.edge import (
+    Aggregator,
+    Answer,
+    CircuitBreaker,
+    CloudFallback,
+    EdgeError,
+    EdgeInference,
+    FallbackError,
+    FallbackUnavailable,
+    Spool,
+    SpoolFullError,
+    SpoolPublisher,
+    confidence_of,
+)
+from edgekit.errors import InferenceError, ToolchainError, exit_code_for
+from edgekit.mqtt.broker import MosquittoBroker, find_mosquitto
+from edgekit.mqtt.client import Backoff, connect
+from edgekit.mqtt.errors import MqttTimeoutError
+
+# --------------------------------------------------------------------------- spool
+
+
+def test_spool_keeps_order_and_survives_reopening(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    seqs = [spool.put("t/a", f"m{i}".encode()) for i in range(5)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    spool.ack(seqs[:2])
+    spool.close()
+    again = Spool(tmp_path / "spool.db")
+    assert [i.payload for i in again.peek()] == [b"m2", b"m3", b"m4"]
+    assert again.put("t/a", b"m5") > seqs[-1]  # sequence numbers are never reused
+
+
+def test_spool_survives_a_killed_process(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    code = (
+        "import os, sys; from edgekit.edge import Spool; s = Spool(sys.argv[1]);\n"
+        "[s.put('t', str(i).encode()) for i in range(50)]; print('ok', flush=True); os.kill(os.getpid(), 9)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9 and proc.stdout.strip() == "ok"
+    assert [int(i.payload) for i in Spool(path).peek(100)] == list(range(50))
+
+
+def test_a_full_spool_rejects_or_overwrites_the_oldest(tmp_path: Path) -> None:
+    reject = Spool(tmp_path / "reject.db", max_items=3)
+    for i in range(3):
+        reject.put("t", bytes([i]))
+    with pytest.raises(SpoolFullError, match=r"is full \(3 messages, max_items 3\).*raise max_items"):
+        reject.put("t", b"new")
+    assert [i.payload for i in reject.peek()] == [b"\x00", b"\x01", b"\x02"]
+
+    overwrite = Spool(tmp_path / "overwrite.db", max_items=3, on_full="overwrite_oldest")
+    for i in range(5):
+        overwrite.put("t", bytes([i]))
+    assert [i.payload for i in overwrite.peek()] == [b"\x02", b"\x03", b"\x04"]
+    assert overwrite.dropped == 2
+
+
+def test_a_damaged_spool_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "spool.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(EdgeError, match=r"spool '.*spool.db' cannot be opened.*move the damaged file away") as info:
+        Spool(bad)
+    assert exit_code_for(info.value) == 23
+
+
+# --------------------------------------------------------------------------- windows
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_tumbling_windows_summarize_answers() -> None:
+    clock = Clock()
+    agg = Aggregator(10.0, clock=clock)
+    assert agg.add(Answer(1, 0.9, 2.0, "local")) is None
+    clock.now += 4
+    assert agg.add(Answer(1, 0.7, 4.0, "local")) is None
+    assert agg.add(Answer(0, 0.6, 50.0, "cloud")) is None
+    assert agg.add(Answer(None, None, 60.0, "none")) is None
+    clock.now += 7  # past the window
+    summary = agg.add(Answer(2, 0.99, 1.0, "local"))
+    assert summary is not None
+    assert summary["count"] == 4 and summary["classes"] == {"0": 1, "1": 2}
+    assert summary["answeredBy"] == {"local": 2, "cloud": 1, "none": 1}
+    assert summary["confidence"] == {"mean": round((0.9 + 0.7 + 0.6) / 3, 4), "min": 0.6, "max": 0.9}
+    assert summary["windowStart"] == 1000.0 and summary["windowEnd"] == 1011.0
+    assert summary["latencyMs"]["max"] == 60.0
+    last = agg.flush()
+    assert last is not None and last["count"] == 1 and agg.flush() is None
+
+
+def test_confidence_of_probabilities_and_logits() -> None:
+    assert confidence_of(np.array([[0.1, 0.7, 0.2]], np.float32)) == (1, pytest.approx(0.7))
+    label, conf = confidence_of(np.array([[2.0, 0.0, 0.0]]))  # type: ignore[misc]
+    assert label == 0 and conf == pytest.approx(np.exp(2) / (np.exp(2) + 2))
+    assert confidence_of(np.array([3.0])) is None
+
+
+# --------------------------------------------------------------------------- the cloud side: a real HTTP server
+
+
+class InferServer:
+    """An Open Inference Protocol server (what KServe / Triton expose) for one model, with switchable faults."""
+
+    def __init__(self, model: str, predict: Any) -> None:
+        self.model, self.predict = model, predict
+        self.mode = "ok"  # ok | error | garbage
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                server.requests += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != f"/v2/models/{server.model}/infer" or server.mode == "error":
+                    self.send_response(503 if server.mode == "error" else 404)
+                    self.end_headers()
+                    self.wfile.write(b"model unavailable")
+                    return
+                if server.mode == "garbage":
+                    reply = b"<html>proxy error</html>"
+                else:
+                    feeds = {t["name"]: np.asarray(t["data"], dtype=np.float32).reshape(t["shape"]) for t in body["inputs"]}
+                    outs = server.predict(feeds)
+                    reply = json.dumps(
+                        {
+                            "model_name": server.model,
+                            "outputs": [
+                                {"name": f"out{i}", "shape": list(o.shape), "datatype": "FP32", "data": o.ravel().tolist()}
+                                for i, o in enumerate(outs)
+                            ],
+                        }
+                    ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def mlp_model(tmp_path: Path) -> edgekit.runtime.LoadedModel:
+    path = tmp_path / "mlp.onnx"
+    onnx.save(make_mlp(), str(path))
+    result = edgekit.compile(path, "x86_64", tmp_path / "build", pipeline="ort")
+    return edgekit.load(result.artifact_dir)
+
+
+@pytest.fixture
+def cloud(mlp_model: edgekit.runtime.LoadedModel) -> Iterator[InferServer]:
+    server = InferServer("big-model", mlp_model.predict)
+    yield server
+    server.close()
+
+
+def test_fallback_speaks_the_open_inference_protocol(cloud: InferServer, mlp_model: edgekit.runtime.LoadedModel) -> None:
+    x = np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32)
+    got = CloudFallback(cloud.url, "big-model").infer({"x": x})
+    np.testing.assert_allclose(got[0], mlp_model.predict({"x": x})[0], rtol=1e-6)
+    with pytest.raises(FallbackError, match=r"HTTP 404"):
+        CloudFallback(cloud.url, "no-such-model").infer({"x": x})
+    cloud.mode = "garbage"
+    with pytest.raises(FallbackError, match="bad reply"):
+        CloudFallback(cloud.url, "big-model").infer({"x": x})
+
+
+def test_breaker_opens_after_failures_and_recovers_half_open(cloud: InferServer) -> None:
+    clock = Clock()
+    fallback = CloudFallback(cloud.url, "big-model", breaker=CircuitBreaker(3, reset_after_s=30, clock=clock))
+    x = {"x": np.zeros((1, 8), np.float32)}
+    cloud.mode = "error"
+    for _ in range(3):
+        with pytest.raises(FallbackError, match="HTTP 503"):
+            fallback.infer(x)
+    assert fallback.breaker.state == "open" and cloud.requests == 3
+    with pytest.raises(FallbackUnavailable, match="circuit breaker is open"):
+        fallback.infer(x)
+    assert cloud.requests == 3  # no network call while open
+    clock.now += 31
+    assert fallback.breaker.state == "half-open"
+    with pytest.raises(FallbackError):  # the one trial fails: open again
+        fallback.infer(x)
+    assert fallback.breaker.state == "open" and cloud.requests == 4 and fallback.breaker.opened == 2
+    clock.now += 31
+    cloud.mode = "ok"
+    fallback.infer(x)  # the trial succeeds: closed
+    assert fallback.breaker.state == "closed" and cloud.requests == 5
+
+
+def test_unreachable_endpoint_is_a_fallback_error(tmp_path: Path) -> None:
+    with pytest.raises(FallbackError, match="unreachable"):
+        CloudFallback("http://127.0.0.1:9", "m", timeout_s=1).infer({"x": np.zeros((1, 2), np.float32)})
+    with pytest.raises(EdgeError, match="must start with http"):
+        CloudFallback("ftp://x", "m")
+
+
+# --------------------------------------------------------------------------- local first, then cloud, never dropped
+
+
+def _edge(tmp_path: Path, predict: Any, fallback: CloudFallback | None, min_confidence: float) -> EdgeInference:
+    return EdgeInference(
+        predict,
+        aggregator=Aggregator(3600),
+        spool=Spool(tmp_path / "spool.db"),
+        aggregate_topic="edgekit/dev-1/aggregates",
+        unanswered_topic="edgekit/dev-1/unanswered",
+        min_confidence=min_confidence,
+        fallback=fallback,
+    )
+
+
+def test_low_confidence_goes_to_the_cloud_and_errors_too(
+    tmp_path: Path, cloud: InferServer, mlp_model: edgekit.runtime.LoadedModel
+) -> None:
+    x = {"x": np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32)}
+    top = confidence_of(mlp_model.predict(x)[0])
+    assert top is not None
+    confident = _edge(tmp_path / "a", mlp_model.predict, CloudFallback(cloud.url, "big-model"), min_confidence=0.0)
+    assert confident.infer(x).answer.source == "local" and cloud.requests == 0
+    unsure = _edge(tmp_path / "b", mlp_model.predict, CloudFallback(cloud.url, "big-model"), min_confidence=1.0)
+    result = unsure.infer(x)
+    assert result.answer.source == "cloud" and cloud.requests == 1 and result.answer.label == top[0]
+
+    def broken(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise InferenceError("input 'x' has shape [1, 7]; the model takes [1, 8]")
+
+    failing = _edge(tmp_path / "c", broken, CloudFallback(cloud.url, "big-model"), min_confidence=0.0)
+    result = failing.infer(x)
+    assert result.answer.source == "cloud" and "shape" in result.local_error
+
+
+def test_a_reading_nobody_answers_is_spooled_not_dropped(tmp_path: Path, cloud: InferServer) -> None:
+    def broken(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise InferenceError("the accelerator went away")
+
+    cloud.mode = "error"
+    edge = _edge(tmp_path, broken, CloudFallback(cloud.url, "big-model"), min_confidence=0.5)
+    x = {"x": np.arange(8, dtype=np.float32).reshape(1, 8)}
+    result = edge.infer(x)
+    assert result.answer.source == "none" and result.outputs is None
+    assert "accelerator" in result.local_error and "HTTP 503" in result.fallback_error
+    (item,) = edge.spool.peek()
+    assert item.topic == "edgekit/dev-1/unanswered"
+    with np.load(io.BytesIO(item.payload)) as saved:
+        np.testing.assert_array_equal(saved["x"], x["x"])
+        assert "accelerator" in json.loads(str(saved["__errors__"]))["local"]
+    edge.flush()
+    summary = json.loads(edge.spool.peek()[-1].payload)
+    assert summary["answeredBy"] == {"local": 0, "cloud": 0, "none": 1}
+
+
+# --------------------------------------------------------------------------- the spool over a real broker
+
+try:
+    find_mosquitto()
+    HAVE_MOSQUITTO = True
+except ToolchainError:
+    HAVE_MOSQUITTO = False
+    if os.environ.get("CI"):  # CI installs mosquitto: there it must fail, not skip
+        raise
+
+
+@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed (apt-get install -y mosquitto)")
+def test_spool_drains_in_order_after_the_broker_comes_back(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    with MosquittoBroker(tmp_path / "broker") as broker:
+
+        async def scenario() -> None:
+            async with await connect(broker.url, "consumer", clean_start=False) as consumer:
+                await consumer.subscribe("edgekit/dev-1/#", qos=1)
+                device = await connect(broker.url, "dev-1", clean_start=True, reconnect=Backoff(initial=0.05, maximum=0.2))
+                publisher = SpoolPublisher(spool, device, timeout_s=2)
+                for i in range(3):
+                    spool.put("edgekit/dev-1/aggregates", json.dumps({"windowStart": i}).encode())
+                assert await publisher.drain() == 3 and len(spool) == 0
+
+                broker.stop()  # the device is offline: what it produces stays in the spool
+                await asyncio.sleep(0.3)
+                for i in range(3, 8):
+                    spool.put("edgekit/dev-1/aggregates", json.dumps({"windowStart": i}).encode())
+                assert await publisher.drain() == 0 and len(spool) == 5
+
+                broker.start()
+                for _ in range(100):
+                    if device.connected and consumer.connected:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await publisher.drain() == 5 and len(spool) == 0
+                got = [json.loads((await consumer.get_message(timeout=10)).payload)["windowStart"] for _ in range(8)]
+                assert got == list(range(8))  # all of them, in order
+                with pytest.raises(MqttTimeoutError):
+                    await consumer.get_message(timeout=0.3)
+                await device.disconnect()
+
+        asyncio.run(scenario())
