@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench bench-fleet lint system-deps clean
+.PHONY: demo test test-fast bench bench-fleet bench-edge lint system-deps clean
 
 system-deps:
 	@scripts/system-deps
@@ -32,6 +32,9 @@ bench: system-deps $(VENV)/.installed
 
 bench-fleet: system-deps $(VENV)/.installed
 	$(PY) -m bench.fleet
+
+bench-edge: system-deps $(VENV)/.installed
+	$(PY) -m bench.edge
 
 clean:
 	rm -rf build greengrass-build .pytest_cache

@@ -334,3 +334,24 @@ def test_spool_drains_in_order_after_the_broker_comes_back(tmp_path: Path) -> No
                 await device.disconnect()
 
         asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed (apt-get install -y mosquitto)")
+def test_a_message_the_broker_refuses_stays_in_the_spool(tmp_path: Path) -> None:
+    from edgekit.mqtt.tls import TlsMaterial
+
+    tls = TlsMaterial.create(tmp_path / "tls", ["dev-1", "dev-2"])
+    spool = Spool(tmp_path / "spool.db")
+    mine = spool.put("devices/dev-1/aggregates", b'{"windowStart": 1}')
+    theirs = spool.put("devices/dev-2/aggregates", b'{"windowStart": 2}')  # the ACL lets dev-1 write only its own
+    with MosquittoBroker(tmp_path / "broker", tls=tls, acl=True) as broker:
+
+        async def scenario() -> None:
+            async with await connect(broker.url, "dev-1", tls=tls.device("dev-1"), clean_start=True) as device:
+                publisher = SpoolPublisher(spool, device, timeout_s=5)
+                assert await publisher.drain() == 1
+                assert [i.seq for i in spool.peek()] == [theirs] and mine < theirs
+                assert "reason code 135" in publisher.refused
+                assert await publisher.drain() == 0  # it is not skipped on the next try either
+
+        asyncio.run(scenario())

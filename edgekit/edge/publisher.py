@@ -35,29 +35,45 @@ class SpoolPublisher:
         self.refused: str = ""
 
     async def drain(self) -> int:
-        """Send until the spool is empty or the client is offline; returns how many were delivered."""
+        """Send until the spool is empty or the client is offline; returns how many were delivered.
+
+        A batch is published back to back (one connection keeps MQTT's order) and the PUBACKs are
+        awaited together; only the unbroken run of delivered messages from the oldest is removed, so a
+        failure in the middle re-sends what followed it (at-least-once) but never skips anything.
+        """
         delivered = 0
         while self.client.connected:
             items = self.spool.peek(self.batch)
             if not items:
                 break
-            for item in items:
-                if not self.client.connected:
-                    return delivered
-                try:
-                    code = await self.client.publish(item.topic, item.payload, qos=1, timeout=self.timeout_s)
-                except PayloadError as exc:
-                    raise EdgeError(f"spooled message {item.seq} for '{item.topic}' can never be sent: {exc}") from None
-                except BrokerError as exc:  # offline, timed out: it stays and goes out later
-                    log.info("spool drain paused at message %d: %s", item.seq, exc)
-                    return delivered
-                if code not in _DELIVERED:
-                    self.refused = f"broker refused message {item.seq} for '{item.topic}' (reason code {code})"
+            results = await asyncio.gather(
+                *(self.client.publish(i.topic, i.payload, qos=1, timeout=self.timeout_s) for i in items),
+                return_exceptions=True,
+            )
+            done: list[int] = []
+            stop = False
+            for item, result in zip(items, results, strict=True):
+                if isinstance(result, PayloadError):
+                    self.spool.ack(done)
+                    raise EdgeError(f"spooled message {item.seq} for '{item.topic}' can never be sent: {result}")
+                if isinstance(result, BrokerError):  # offline, timed out: it stays and goes out later
+                    log.info("spool drain paused at message %d: %s", item.seq, result)
+                    stop = True
+                    break
+                if isinstance(result, BaseException):
+                    self.spool.ack(done)
+                    raise result
+                if result not in _DELIVERED:
+                    self.refused = f"broker refused message {item.seq} for '{item.topic}' (reason code {result})"
                     log.warning("%s; it stays in the spool", self.refused)
-                    return delivered
-                self.spool.ack([item.seq])
-                delivered += 1
-                self.sent += 1
+                    stop = True
+                    break
+                done.append(item.seq)
+            self.spool.ack(done)
+            delivered += len(done)
+            self.sent += len(done)
+            if stop:
+                break
         return delivered
 
     async def run(self, interval_s: float = 1.0) -> None:
