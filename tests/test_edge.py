@@ -314,6 +314,9 @@ def test_spool_drains_in_order_after_the_broker_comes_back(tmp_path: Path) -> No
                 for i in range(3):
                     spool.put("edgekit/dev-1/aggregates", json.dumps({"windowStart": i}).encode())
                 assert await publisher.drain() == 3 and len(spool) == 0
+                spool.put("edgekit/dev-1/aggregates", json.dumps({"windowStart": -1}).encode())
+                both = await asyncio.gather(publisher.drain(), publisher.drain())  # concurrent drains: sent once
+                assert sorted(both) == [0, 1]
 
                 broker.stop()  # the device is offline: what it produces stays in the spool
                 await asyncio.sleep(0.3)
@@ -327,8 +330,8 @@ def test_spool_drains_in_order_after_the_broker_comes_back(tmp_path: Path) -> No
                         break
                     await asyncio.sleep(0.1)
                 assert await publisher.drain() == 5 and len(spool) == 0
-                got = [json.loads((await consumer.get_message(timeout=10)).payload)["windowStart"] for _ in range(8)]
-                assert got == list(range(8))  # all of them, in order
+                got = [json.loads((await consumer.get_message(timeout=10)).payload)["windowStart"] for _ in range(9)]
+                assert got == [0, 1, 2, -1, 3, 4, 5, 6, 7]  # all of them, once, in order
                 with pytest.raises(MqttTimeoutError):
                     await consumer.get_message(timeout=0.3)
                 await device.disconnect()

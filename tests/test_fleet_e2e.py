@@ -297,6 +297,8 @@ def test_a_deployment_reaches_every_device_over_mqtt(make_fleet: Callable[..., F
 
     async def scenario() -> None:
         bridge = await fleet.start_bridge()
+        consumer = await connect(fleet.broker.url, "aggregates-consumer", clean_start=True)
+        await consumer.subscribe("devices/+/inference", qos=1)
         runners = [await fleet.start_device(t) for t in things]
         started = time.monotonic()
         job = fleet.deploy(inference())
@@ -334,6 +336,17 @@ def test_a_deployment_reaches_every_device_over_mqtt(make_fleet: Callable[..., F
         assert {c.name: c.state for c in status.components}[INFERENCE] == "FINISHED"
         assert bridge.stats.rejected == {} and bridge.stats.publish_failures == 0
         assert elapsed < 30
+        # each device's window summary left the component's outbox over the device's own MQTT connection
+        summaries = {}
+        for _ in things:
+            message = await consumer.get_message(timeout=15)
+            summary = json.loads(message.payload)
+            assert message.topic == f"devices/{summary['thing']}/inference"
+            summaries[summary["thing"]] = summary["inferences"]
+        assert summaries == dict.fromkeys(things, 3)
+        for runner in runners:
+            assert await runner.send_outboxes() == 0  # delivered once, acknowledged, gone from the outbox
+        await consumer.disconnect()
 
     run(fleet, scenario)
 

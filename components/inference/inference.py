@@ -9,15 +9,17 @@ The recipe passes the component's configuration (``{configuration:/InputSource}`
   --output-path      JSON-lines file for the aggregates ("" = stdout)
   --max-inferences   stop after this many inferences ("0" = run until stopped)
   --interval-seconds pause between inferences
-
-Publishing aggregates over MQTT, spooling while offline and the cloud fallback
-belong to edgekit.edge (the device issue); this script is the minimal loop.
+  --spool-path       also put each window's summary into this edgekit.edge spool ("" = don't); the device's
+                     edgekit agent sends it over MQTT whenever it is online (like Greengrass stream manager:
+                     the component needs no MQTT connection or credentials of its own)
+  --topic            the MQTT topic for the summaries
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +48,8 @@ def main() -> int:
     parser.add_argument("--output-path", default="")
     parser.add_argument("--max-inferences", type=int, default=0)
     parser.add_argument("--interval-seconds", type=float, default=0.1)
+    parser.add_argument("--spool-path", default="")
+    parser.add_argument("--topic", default="")
     args = parser.parse_args()
     model = edgekit.load(args.model_dir)
     check = model.selftest()
@@ -64,6 +68,14 @@ def main() -> int:
         args.output_path,
     )
     out = open(out_path, "a") if out_path else sys.stdout  # noqa: SIM115
+    spool = None
+    if args.spool_path:
+        from edgekit.edge.spool import Spool
+
+        if not args.topic:
+            parser.error("--spool-path needs --topic")
+        spool = Spool(args.spool_path, on_full="overwrite_oldest")
+    thing = os.environ.get("AWS_IOT_THING_NAME", "")
     rng = np.random.default_rng(0)
     counts: dict[int, int] = {}
     started = time.monotonic()
@@ -77,24 +89,28 @@ def main() -> int:
             counts[top] = counts.get(top, 0) + 1
             done += 1
             if time.monotonic() - started >= window or (limit and done >= limit):
-                out.write(
-                    json.dumps(
-                        {
-                            "window_s": round(time.monotonic() - started, 3),
-                            "inferences": sum(counts.values()),
-                            "top1_counts": {str(k): v for k, v in sorted(counts.items())},
-                            "last_latency_ms": round(ms, 3),
-                        }
-                    )
-                    + "\n"
+                line = json.dumps(
+                    {
+                        "thing": thing,
+                        "window_end": round(time.time(), 3),  # with "thing": the key to de-duplicate on
+                        "window_s": round(time.monotonic() - started, 3),
+                        "inferences": sum(counts.values()),
+                        "top1_counts": {str(k): v for k, v in sorted(counts.items())},
+                        "last_latency_ms": round(ms, 3),
+                    }
                 )
+                out.write(line + "\n")
                 out.flush()
+                if spool is not None:
+                    spool.put(args.topic, line.encode())
                 counts.clear()
                 started = time.monotonic()
             time.sleep(pause)
     finally:
         if out is not sys.stdout:
             out.close()
+        if spool is not None:
+            spool.close()
     return 0
 
 

@@ -7,12 +7,16 @@
   client used when the local model can't answer, that stops trying while the cloud is down.
 - :class:`EdgeInference` — local first, cloud when needed, the reading spooled when neither answers.
 - :class:`SpoolPublisher` — sends the spool over MQTT (QoS 1) oldest first, whenever the device is online.
+
+The publisher (and with it paho-mqtt) is imported only when used: a component that only spools and
+aggregates runs on the device runtime's dependencies alone.
 """
+
+from typing import Any
 
 from edgekit.edge.aggregate import Aggregator, Answer
 from edgekit.edge.errors import EdgeError, FallbackError, FallbackUnavailable, SpoolFullError
 from edgekit.edge.fallback import CircuitBreaker, CloudFallback
-from edgekit.edge.publisher import SpoolPublisher
 from edgekit.edge.runner import EdgeInference, Result, confidence_of
 from edgekit.edge.spool import Spool, SpoolItem
 
@@ -32,3 +36,11 @@ __all__ = [
     "SpoolPublisher",
     "confidence_of",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SpoolPublisher":
+        from edgekit.edge.publisher import SpoolPublisher
+
+        return SpoolPublisher
+    raise AttributeError(f"module 'edgekit.edge' has no attribute {name!r}")

@@ -33,6 +33,7 @@ class SpoolPublisher:
         self.timeout_s = timeout_s
         self.sent = 0
         self.refused: str = ""
+        self._lock = asyncio.Lock()  # one drain at a time: two would send the same unacknowledged messages
 
     async def drain(self) -> int:
         """Send until the spool is empty or the client is offline; returns how many were delivered.
@@ -41,6 +42,10 @@ class SpoolPublisher:
         awaited together; only the unbroken run of delivered messages from the oldest is removed, so a
         failure in the middle re-sends what followed it (at-least-once) but never skips anything.
         """
+        async with self._lock:
+            return await self._drain()
+
+    async def _drain(self) -> int:
         delivered = 0
         while self.client.connected:
             items = self.spool.peek(self.batch)
