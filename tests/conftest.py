@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -66,3 +70,54 @@ def mlp_onnx(tmp_path: Path) -> Path:
 @pytest.fixture
 def out_dir(tmp_path: Path) -> Path:
     return tmp_path / "build"
+
+
+class InferServer:
+    """An Open Inference Protocol server (what KServe / Triton expose) for one model, with switchable faults."""
+
+    def __init__(self, model: str, predict: Any) -> None:
+        self.model, self.predict = model, predict
+        self.mode = "ok"  # ok | error | garbage
+        self.requests = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                server.requests += 1
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != f"/v2/models/{server.model}/infer" or server.mode == "error":
+                    self.send_response(503 if server.mode == "error" else 404)
+                    self.end_headers()
+                    self.wfile.write(b"model unavailable")
+                    return
+                if server.mode == "garbage":
+                    reply = b"<html>proxy error</html>"
+                else:
+                    feeds = {t["name"]: np.asarray(t["data"], dtype=np.float32).reshape(t["shape"]) for t in body["inputs"]}
+                    outs = server.predict(feeds)
+                    reply = json.dumps(
+                        {
+                            "model_name": server.model,
+                            "outputs": [
+                                {"name": f"out{i}", "shape": list(o.shape), "datatype": "FP32", "data": o.ravel().tolist()}
+                                for i, o in enumerate(outs)
+                            ],
+                        }
+                    ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -9,11 +9,14 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import InferServer
 
 import edgekit
 from edgekit.compiler.pipeline import Pipeline
+from edgekit.edge import Spool
 from edgekit.errors import PackagingError
 from edgekit.greengrass.package import RUNTIME_COMPONENT, package
 from edgekit.greengrass.recipe import load_recipe
@@ -149,6 +152,36 @@ def test_components_run_outside_edgekit(artifacts: list[Path], tmp_path: Path) -
     assert "self-test passed" in proc.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert sum(r["inferences"] for r in rows) == 7
+    assert sum(r["answered_by"]["local"] for r in rows) == 7
+
+    # the same script with a cloud fallback that is asked for every reading (min confidence 1.0), then with the
+    # cloud gone: the breaker's failures leave the local answers standing; summaries go to the outbox spool too
+    model = edgekit.load(model_dir)
+    cloud = InferServer("big", model.predict)
+    outbox = tmp_path / "outbox.db"
+
+    def run(out_file: Path) -> list[dict[str, Any]]:
+        proc = subprocess.run(
+            [sys.executable, "-S", "-u", str(script), str(model_dir), "--max-inferences", "5", "--window-seconds", "0",
+             "--interval-seconds", "0", "--output-path", str(out_file), "--fallback-url", cloud.url,
+             "--fallback-model", "big", "--min-confidence", "1.0", "--spool-path", str(outbox),
+             "--topic", "devices/dev-1/inference"],
+            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return [json.loads(line) for line in out_file.read_text().splitlines()]
+
+    try:
+        asked = run(tmp_path / "cloud.jsonl")
+        assert sum(r["answered_by"]["cloud"] for r in asked) == 5 and cloud.requests == 5
+        cloud.mode = "error"
+        away = run(tmp_path / "away.jsonl")
+        assert sum(r["answered_by"]["local"] for r in away) == 5
+        assert cloud.requests == 5 + 3  # the breaker opened after 3 failures: 2 readings didn't wait for the cloud
+    finally:
+        cloud.close()
+    spooled = [json.loads(i.payload) for i in Spool(outbox).peek(100)]
+    assert [r["inferences"] for r in spooled] == [1] * 10  # every window summary is in the outbox, in order
 
 
 @pytest.mark.parametrize(

@@ -13,16 +13,21 @@ The recipe passes the component's configuration (``{configuration:/InputSource}`
                      edgekit agent sends it over MQTT whenever it is online (like Greengrass stream manager:
                      the component needs no MQTT connection or credentials of its own)
   --topic            the MQTT topic for the summaries
+  --fallback-url     an Open Inference Protocol server (KServe v2 / Triton) asked when the local model fails or
+  --fallback-model   is less confident than --min-confidence ("" = no fallback); behind a circuit breaker.
+  --min-confidence   A reading nobody answers goes to the spool under <topic>/unanswered.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +45,36 @@ def _inputs(model: edgekit.runtime.LoadedModel, source: str, rng: np.random.Gene
     return {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in specs}
 
 
+def _answer(
+    model: edgekit.runtime.LoadedModel, feeds: dict[str, np.ndarray], fallback: Any, min_confidence: float, spool: Any, topic: str
+) -> tuple[int | None, str]:
+    """(top class or None, who answered): the local model, else the cloud fallback, else nobody (spooled)."""
+    from edgekit.edge.errors import EdgeError
+    from edgekit.edge.runner import confidence_of
+    from edgekit.errors import EdgekitError
+
+    top = None
+    error = ""
+    try:
+        top = confidence_of(model.predict(feeds)[-1])
+    except EdgekitError as exc:
+        error = str(exc)
+    if fallback is None or (not error and (top is None or top[1] >= min_confidence)):
+        return (top[0] if top else None), ("local" if not error else "none")
+    try:
+        cloud = confidence_of(fallback.infer(feeds)[-1])
+        return (cloud[0] if cloud else None), "cloud"
+    except EdgeError as exc:
+        if not error:
+            return (top[0] if top else None), "local"  # the cloud is away: the local answer stands
+        if spool is not None:
+            buf = io.BytesIO()
+            np.savez(buf, **feeds)
+            spool.put(f"{topic}/unanswered", buf.getvalue())
+        print(f"edgekit inference: unanswered ({error}; fallback: {exc})", file=sys.stderr, flush=True)
+        return None, "none"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="edgekit inference component")
     parser.add_argument("model_dir", type=Path)
@@ -50,6 +85,9 @@ def main() -> int:
     parser.add_argument("--interval-seconds", type=float, default=0.1)
     parser.add_argument("--spool-path", default="")
     parser.add_argument("--topic", default="")
+    parser.add_argument("--fallback-url", default="")
+    parser.add_argument("--fallback-model", default="")
+    parser.add_argument("--min-confidence", type=float, default=0.0)
     args = parser.parse_args()
     model = edgekit.load(args.model_dir)
     check = model.selftest()
@@ -76,6 +114,12 @@ def main() -> int:
             parser.error("--spool-path needs --topic")
         spool = Spool(args.spool_path, on_full="overwrite_oldest")
     thing = os.environ.get("AWS_IOT_THING_NAME", "")
+    fallback = None
+    if args.fallback_url:
+        from edgekit.edge.fallback import CloudFallback
+
+        fallback = CloudFallback(args.fallback_url, args.fallback_model or model.manifest.name)
+    answered_by = {"local": 0, "cloud": 0, "none": 0}
     rng = np.random.default_rng(0)
     counts: dict[int, int] = {}
     started = time.monotonic()
@@ -83,10 +127,12 @@ def main() -> int:
     try:
         while limit == 0 or done < limit:
             t0 = time.perf_counter()
-            outputs = model.predict(_inputs(model, source, rng))
+            feeds = _inputs(model, source, rng)
+            top, by = _answer(model, feeds, fallback, args.min_confidence, spool, args.topic)
             ms = (time.perf_counter() - t0) * 1e3
-            top = int(np.argmax(outputs[-1].reshape(-1)))
-            counts[top] = counts.get(top, 0) + 1
+            answered_by[by] += 1
+            if top is not None:
+                counts[top] = counts.get(top, 0) + 1
             done += 1
             if time.monotonic() - started >= window or (limit and done >= limit):
                 line = json.dumps(
@@ -94,7 +140,8 @@ def main() -> int:
                         "thing": thing,
                         "window_end": round(time.time(), 3),  # with "thing": the key to de-duplicate on
                         "window_s": round(time.monotonic() - started, 3),
-                        "inferences": sum(counts.values()),
+                        "inferences": sum(answered_by.values()),
+                        "answered_by": dict(answered_by),
                         "top1_counts": {str(k): v for k, v in sorted(counts.items())},
                         "last_latency_ms": round(ms, 3),
                     }
@@ -104,6 +151,7 @@ def main() -> int:
                 if spool is not None:
                     spool.put(args.topic, line.encode())
                 counts.clear()
+                answered_by = dict.fromkeys(answered_by, 0)
                 started = time.monotonic()
             time.sleep(pause)
     finally:
