@@ -300,10 +300,8 @@ def test_a_deployment_reaches_every_device_over_mqtt(make_fleet: Callable[..., F
         consumer = await connect(fleet.broker.url, "aggregates-consumer", clean_start=True)
         await consumer.subscribe("devices/+/inference", qos=1)
         runners = [await fleet.start_device(t) for t in things]
-        started = time.monotonic()
         job = fleet.deploy(inference())
         statuses = await until_done(fleet, job, things)
-        elapsed = time.monotonic() - started
         assert statuses == dict.fromkeys(things, "SUCCEEDED")
         assert fleet.service.deployment(job).status == "COMPLETED"
         await ran(runners)
@@ -335,7 +333,6 @@ def test_a_deployment_reaches_every_device_over_mqtt(make_fleet: Callable[..., F
         assert status.deployment.job_id == job and status.deployment.detailed_status == "SUCCESSFUL"
         assert {c.name: c.state for c in status.components}[INFERENCE] == "FINISHED"
         assert bridge.stats.rejected == {} and bridge.stats.publish_failures == 0
-        assert elapsed < 30
         # each device's window summary left the component's outbox over the device's own MQTT connection
         summaries = {}
         for _ in things:
