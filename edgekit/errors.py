@@ -31,6 +31,8 @@ The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -58,8 +60,11 @@ __all__ = [
     "UnknownTargetError",
     "UnsupportedOperatorError",
     "VerificationError",
+    "did_you_mean",
     "exit_code_for",
     "first_problem",
+    "last_line",
+    "reject_unknown_keys",
 ]
 
 
@@ -216,3 +221,24 @@ def first_problem(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
     return f"field '{where}': {err['msg']}"
+
+
+def last_line(exc: BaseException, limit: int | None = 400) -> str:
+    """The last non-empty line of an exception's message (where TVM, ORT and friends put the cause), or its type."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return text[:limit] if limit is not None else text
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """``"did you mean 'x'? "`` for the closest of ``known`` to a misspelt ``word``, or ``""``."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def reject_unknown_keys(given: Iterable[object], known: Iterable[str], where: str) -> None:
+    """ConfigError ``<where>: unknown key 'k'; did you mean ...? known keys: ...`` for the first key not in ``known``."""
+    names = list(known)
+    for key in given:
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key '{key}'; {did_you_mean(str(key), names)}known keys: {', '.join(names)}")

@@ -17,7 +17,6 @@ candidate's own) accuracy budget decides whether the int8 error is acceptable.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -31,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgekit.compiler.backends.base import Progress
 from edgekit.compiler.frontends.base import SourceModel
 from edgekit.compiler.measure import sample_inputs
-from edgekit.errors import CompilationError, ConfigError, first_problem
+from edgekit.errors import CompilationError, ConfigError, did_you_mean, first_problem, last_line, reject_unknown_keys
 
 __all__ = ["PASSES", "QuantizeOptions", "apply_passes", "check_passes", "file_inputs"]
 
@@ -57,15 +56,9 @@ def _parse(step: Any, where: str) -> tuple[str, BaseModel]:
         raise ConfigError(f"{where}: each pass is a one-key mapping like {{quantize: {{mode: static}}}}, got {step!r}")
     ((name, options),) = step.items()
     if name not in PASSES:
-        close = difflib.get_close_matches(str(name), list(PASSES), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"{where}: unknown pass '{name}'; {hint}known passes: {', '.join(PASSES)}")
+        raise ConfigError(f"{where}: unknown pass '{name}'; {did_you_mean(str(name), PASSES)}known passes: {', '.join(PASSES)}")
     model = PASSES[name]
-    for key in options or {}:
-        if key not in model.model_fields:
-            close = difflib.get_close_matches(str(key), list(model.model_fields), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ConfigError(f"{where}: pass '{name}': unknown key '{key}'; {hint}known keys: {', '.join(model.model_fields)}")
+    reject_unknown_keys(options or {}, model.model_fields, f"{where}: pass '{name}'")
     try:
         return name, model.model_validate(options or {})
     except ValidationError as exc:
@@ -173,9 +166,8 @@ def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progr
     except ConfigError:
         raise
     except Exception as exc:
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
         raise CompilationError(
-            f"int8 quantization ({options.mode}) failed: {(lines[-1] if lines else type(exc).__name__)[:300]}; "
+            f"int8 quantization ({options.mode}) failed: {last_line(exc, 300)}; "
             "drop the quantize pass for this model or try the other mode"
         ) from exc
     model = onnx.load(str(out))

@@ -29,6 +29,7 @@ from edgekit.errors import (
     MissingDependencyError,
     ToolchainError,
     UnsupportedOperatorError,
+    last_line,
 )
 from edgekit.profiles import DeviceProfile, host_arch
 
@@ -116,8 +117,7 @@ def _import_relax(source: SourceModel) -> Any:
         with contextlib.redirect_stdout(io.StringIO()):
             return from_onnx(source.model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises bare TVMError / ValueError / KeyError / AssertionError
-        msg = str(exc).strip().splitlines()
-        tail = next((line for line in reversed(msg) if line.strip()), type(exc).__name__)
+        tail = last_line(exc, None)
         m = re.search(r"[Oo]perator[s]? .*?(\w+) (?:is|are) not (?:implemented|supported)", tail)
         if m:
             raise UnsupportedOperatorError("tvm", [(m.group(1), "?", tail)]) from exc
@@ -215,10 +215,7 @@ class TvmBackend(Backend):
         except EdgekitError:
             raise
         except Exception as exc:
-            msg = str(exc).strip().splitlines()
-            raise CompilationError(
-                f"TVM failed to compile for '{profile.name}': {(msg[-1] if msg else type(exc).__name__)[:400]}"
-            ) from exc
+            raise CompilationError(f"TVM failed to compile for '{profile.name}': {last_line(exc)}") from exc
         out_dir.mkdir(parents=True, exist_ok=True)
         lib = out_dir / "model.so"
         try:

@@ -15,7 +15,6 @@ foreign architecture or CUDA): their schedules must be timed on the device.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import logging
@@ -29,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.compiler.backends.base import Progress
-from edgekit.errors import CompilationError, ConfigError, first_problem
+from edgekit.errors import CompilationError, ConfigError, first_problem, last_line, reject_unknown_keys
 from edgekit.resources import cache_dir
 
 __all__ = ["TuneOptions", "TuningReport", "database_dir", "parse_tune_options", "tune_and_apply"]
@@ -68,12 +67,7 @@ def parse_tune_options(value: Any) -> TuneOptions:
     if isinstance(value, int) and not isinstance(value, bool):
         value = {"trials": value}
     if isinstance(value, dict):
-        known = list(TuneOptions.model_fields)
-        for key in value:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                raise ConfigError(f"tvm option 'tune': unknown key '{key}'; {hint}known keys: {', '.join(known)}")
+        reject_unknown_keys(value, TuneOptions.model_fields, "tvm option 'tune'")
     try:
         return TuneOptions.model_validate(value)
     except ValidationError as exc:
@@ -118,7 +112,7 @@ def _helpers(ms: Any, progress: Progress, trials: int) -> tuple[Any, Any]:
                     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(item.mod)
                     results.append(ms.builder.BuilderResult(default_export(tvm_build(mod, target=item.target)), None))
                 except Exception as exc:  # a candidate that doesn't build is a failed trial, not a failed tune
-                    results.append(ms.builder.BuilderResult(None, f"edgekit in-process builder: {_last_line(exc)}"))
+                    results.append(ms.builder.BuilderResult(None, f"edgekit in-process builder: {last_line(exc)}"))
             return results
 
     @derived_object
@@ -153,11 +147,6 @@ def _quiet_meta_schedule() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _last_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else type(exc).__name__)[:400]
-
-
 def tune_and_apply(
     tvm: Any, mod: Any, target: Any, target_dict: dict[str, Any], options: TuneOptions, progress: Progress
 ) -> tuple[Any, TuningReport]:
@@ -182,7 +171,7 @@ def tune_and_apply(
         database = ms.database.JSONDatabase(str(folder / WORKLOADS), str(records), allow_missing=True)
     except Exception as exc:
         raise ConfigError(
-            f"tuning database '{folder}' cannot be read ({_last_line(exc)}); delete that folder or set tune.database to another one"
+            f"tuning database '{folder}' cannot be read ({last_line(exc)}); delete that folder or set tune.database to another one"
         ) from None
 
     with target:
@@ -216,7 +205,7 @@ def tune_and_apply(
                     seed=options.seed,
                 )
         except Exception as exc:
-            raise CompilationError(f"MetaSchedule tuning failed: {_last_line(exc)}") from exc
+            raise CompilationError(f"MetaSchedule tuning failed: {last_line(exc)}") from exc
     elif before == 0:
         progress(f"tvm: tune.trials is 0 and the database {folder} is empty: nothing to apply")
 
@@ -226,7 +215,7 @@ def tune_and_apply(
             if options.prepack:
                 mod = tvm.transform.Sequential([rt.SplitLayoutRewritePreproc(), rt.LiftTransformParams(), rt.FoldConstant()])(mod)
     except Exception as exc:
-        raise CompilationError(f"applying the tuning database '{folder}' failed: {_last_line(exc)}") from exc
+        raise CompilationError(f"applying the tuning database '{folder}' failed: {last_line(exc)}") from exc
     report = TuningReport(
         trials=options.trials,
         tasks=len(tasks),
