@@ -40,6 +40,7 @@ from pydantic.alias_generators import to_camel
 
 from edgekit.errors import DeploymentError
 from edgekit.greengrass.aws import AwsSession, aws_errors, partition_for_region
+from edgekit.mqtt.payloads import check_json_pointers
 
 __all__ = [
     "DEFAULT_ABORT_MIN_EXECUTED",
@@ -108,12 +109,7 @@ class ConfigurationUpdate(_Model):
     @field_validator("reset")
     @classmethod
     def _pointers(cls, value: list[str] | None) -> list[str] | None:
-        for pointer in value or []:
-            if pointer and not pointer.startswith("/"):
-                raise ValueError(f"'{pointer}' is not a JSON pointer: it must be '' (everything) or start with '/'")
-            if len(pointer) > 256:
-                raise ValueError(f"'{pointer[:40]}...' is longer than 256 characters")
-        return value
+        return check_json_pointers(value, max_length=256)  # the CreateDeployment API's limit
 
 
 class SystemResourceLimits(_Model):

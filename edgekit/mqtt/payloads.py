@@ -135,6 +135,16 @@ class Message(_Part):
 # --------------------------------------------------------------------------- the job document
 
 
+def check_json_pointers(pointers: list[str] | None, max_length: int | None = None) -> list[str] | None:
+    """A configuration update's ``reset`` list: each '' (everything) or a JSON pointer ('/a/b'), for pydantic validators."""
+    for pointer in pointers or []:
+        if pointer and not pointer.startswith("/"):
+            raise ValueError(f"'{pointer}' is not a JSON pointer: it must be '' (everything) or start with '/'")
+        if max_length is not None and len(pointer) > max_length:
+            raise ValueError(f"'{pointer[:40]}...' is longer than {max_length} characters")
+    return pointers
+
+
 class ConfigurationUpdate(_Part):
     """``reset`` (JSON pointers) is applied before ``merge`` (a JSON object; a JSON string of one is accepted)."""
 
@@ -154,10 +164,7 @@ class ConfigurationUpdate(_Part):
     @field_validator("reset")
     @classmethod
     def _pointers(cls, value: list[str] | None) -> list[str] | None:
-        for pointer in value or []:
-            if pointer and not pointer.startswith("/"):
-                raise ValueError(f"'{pointer}' is not a JSON pointer: it must be '' (everything) or start with '/'")
-        return value
+        return check_json_pointers(value)
 
 
 class SystemResourceLimits(_Part):
