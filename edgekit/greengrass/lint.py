@@ -26,7 +26,16 @@ from typing import Any, Literal
 from semantic_version import NpmSpec, Version
 
 from edgekit.errors import RecipeError
-from edgekit.greengrass.recipe import LIFECYCLE_STEPS, RECIPE_FORMAT_VERSION, load_recipe, normalize_recipe, parse_recipe_text
+from edgekit.greengrass.recipe import (
+    LIFECYCLE_STEPS,
+    MANIFEST_KEYS,
+    RECIPE_FORMAT_VERSION,
+    SET_BY_SERVICE,
+    TOP_LEVEL_KEYS,
+    load_recipe,
+    normalize_recipe,
+    parse_recipe_text,
+)
 
 __all__ = ["Finding", "check_recipe", "lint_paths", "lint_recipe"]
 
@@ -36,18 +45,10 @@ Severity = Literal["error", "warning"]
 Known = Mapping[str, Iterable[str]]
 
 _REQUIRED = ("RecipeFormatVersion", "ComponentName", "ComponentVersion")
-_SET_BY_SERVICE = ("ComponentType", "ComponentSource")
-_TOP = (
-    *_REQUIRED,
-    "ComponentDescription",
-    "ComponentPublisher",
-    "ComponentConfiguration",
-    "ComponentDependencies",
-    "Manifests",
-    "Lifecycle",
-    *_SET_BY_SERVICE,
-)
-_MANIFEST_KEYS = ("Platform", "Name", "Lifecycle", "Selections", "Artifacts")
+_SET_BY_SERVICE = SET_BY_SERVICE
+# the known top-level keys as the findings list them: required first, the service's own last
+_TOP = (*_REQUIRED, *(k for k in TOP_LEVEL_KEYS if k not in (*_REQUIRED, *_SET_BY_SERVICE)), *_SET_BY_SERVICE)
+_MANIFEST_KEYS = MANIFEST_KEYS
 _STEP_KEYS = ("Script", "RequiresPrivilege", "Skipif", "Timeout", "Setenv")
 _ARTIFACT_KEYS = ("URI", "Unarchive", "Permission", "Digest", "Algorithm")
 _PERMISSIONS = ("NONE", "OWNER", "ALL")

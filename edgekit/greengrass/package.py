@@ -45,7 +45,7 @@ from edgekit._version import __version__
 from edgekit.atomic import install_dir, write_bytes
 from edgekit.digests import file_sha256
 from edgekit.errors import ArtifactError, PackagingError, RecipeError
-from edgekit.greengrass.recipe import dump_recipe, load_recipe, normalize_recipe
+from edgekit.greengrass.recipe import SET_BY_SERVICE, TOP_LEVEL_KEYS, dump_recipe, load_recipe, normalize_recipe
 from edgekit.manifest import Manifest, read_manifest
 from edgekit.resources import bundled_dir
 
@@ -346,17 +346,7 @@ def _package_runtime(
     return PackagedComponent(name, version, _write_recipe(recipe, recipes_dir), [zip_path])
 
 
-_ORDER = [
-    "RecipeFormatVersion",
-    "ComponentName",
-    "ComponentVersion",
-    "ComponentDescription",
-    "ComponentPublisher",
-    "ComponentConfiguration",
-    "ComponentDependencies",
-    "Manifests",
-    "Lifecycle",
-]
+_ORDER = [k for k in TOP_LEVEL_KEYS if k not in SET_BY_SERVICE]  # how generated recipes are laid out
 
 
 def _model_dir(m: Manifest) -> str:

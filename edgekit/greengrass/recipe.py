@@ -20,7 +20,10 @@ from edgekit.errors import RecipeError
 
 __all__ = [
     "LIFECYCLE_STEPS",
+    "MANIFEST_KEYS",
     "RECIPE_FORMAT_VERSION",
+    "SET_BY_SERVICE",
+    "TOP_LEVEL_KEYS",
     "dump_recipe",
     "load_recipe",
     "normalize_recipe",
@@ -30,8 +33,8 @@ __all__ = [
 RECIPE_FORMAT_VERSION = "2020-01-25"
 LIFECYCLE_STEPS = ("Setenv", "Install", "Run", "Startup", "Shutdown", "Recover", "Bootstrap")
 
-# documented casing of every fixed key, by the structure it appears in
-_TOP = [
+# documented casing of every fixed key, by the structure it appears in (the top level in the documented order)
+TOP_LEVEL_KEYS = (
     "RecipeFormatVersion",
     "ComponentName",
     "ComponentVersion",
@@ -43,10 +46,13 @@ _TOP = [
     "ComponentDependencies",
     "Manifests",
     "Lifecycle",
-]
+)
+SET_BY_SERVICE = ("ComponentType", "ComponentSource")  # the service fills these in; a recipe should not
+MANIFEST_KEYS = ("Platform", "Name", "Lifecycle", "Selections", "Artifacts")
+_TOP = list(TOP_LEVEL_KEYS)
 _CONFIG = ["DefaultConfiguration"]
 _DEPENDENCY = ["VersionRequirement", "DependencyType"]
-_MANIFEST = ["Platform", "Name", "Lifecycle", "Selections", "Artifacts"]
+_MANIFEST = list(MANIFEST_KEYS)
 _PLATFORM = ["os", "architecture", "architecture.detail"]
 _STEP = ["Script", "RequiresPrivilege", "Skipif", "Timeout", "Setenv"]
 _BOOTSTRAP_STEP = [*_STEP, "BootstrapOnRollback"]
