@@ -2,7 +2,7 @@
 
     python -m bench.fleet [--devices 1000] [--rate 100] [--quick] [--no-tls] [--json out.json | --json -]
 
-One :class:`edgekit.device.simulator.Simulation` (mosquitto, the fleet service and its MQTT bridge, N
+One :class:`edgekit.sim.Simulation` (mosquitto, the fleet service and its MQTT bridge, N
 in_process device agents in one asyncio loop, each with its own MQTT session and certificate) measures:
 
 a. **connect**: N devices connected, each with its own MQTT session (mTLS unless ``--no-tls``);
@@ -45,10 +45,10 @@ from typing import Any
 import edgekit
 from edgekit.compiler.measure import host_description
 from edgekit.compiler.pipeline import Pipeline
-from edgekit.device.simulator import Simulation
 from edgekit.fleets import Fleet
 from edgekit.greengrass.deployment import parse_abort
 from edgekit.greengrass.package import package
+from edgekit.sim import Simulation
 
 MODEL = "com.example.Model"
 MODEL_B = "com.example.ModelB"

@@ -1,39 +1,25 @@
 """edgekit: compile a model for an edge device, package it for Greengrass v2, roll it out.
 
-Importing edgekit is cheap: TVM, PyTorch, scikit-learn and boto3 load only when used.
+One function per stage (:mod:`edgekit.api`): :func:`compile`, :func:`load`, :func:`targets`, :func:`package`,
+:func:`publish` (AWS) / :func:`publish_local`, :func:`deploy` (AWS or local), :func:`simulate`.
+Importing edgekit is cheap: TVM, PyTorch, scikit-learn and boto3 load only when used. See docs/index.md.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from edgekit._version import __version__
+from edgekit.api import compile, deploy, load, package, publish, publish_local, simulate, targets
 from edgekit.errors import EdgekitError
 
-if TYPE_CHECKING:
-    from edgekit.compiler import CompileResult
-    from edgekit.profiles import DeviceProfile
-    from edgekit.runtime import LoadedModel
-
-__all__ = ["EdgekitError", "__version__", "compile", "load", "targets"]
-
-
-def compile(model: Any, target: Any, output_dir: Any = "build", **kwargs: Any) -> CompileResult:
-    """Compile ``model`` for a device profile; see :func:`edgekit.compiler.compile_model`."""
-    from edgekit.compiler import compile_model
-
-    return compile_model(model, target, output_dir, **kwargs)
-
-
-def load(artifact_dir: Any, threads: int = 0) -> LoadedModel:
-    """Load a compiled artifact: ``edgekit.load(dir).predict(inputs)``."""
-    from edgekit.runtime import load as _load
-
-    return _load(artifact_dir, threads)
-
-
-def targets() -> list[DeviceProfile]:
-    """The device profiles edgekit knows (bundled, ./devices and $EDGEKIT_DEVICES)."""
-    from edgekit.profiles import list_profiles
-
-    return list_profiles()
+__all__ = [
+    "EdgekitError",
+    "__version__",
+    "compile",
+    "deploy",
+    "load",
+    "package",
+    "publish",
+    "publish_local",
+    "simulate",
+    "targets",
+]

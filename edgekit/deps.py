@@ -20,6 +20,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "joblib": ("joblib", "sklearn"),
     "boto3": ("boto3", "aws"),
     "paho": ("paho-mqtt", "device"),
+    "cryptography": ("cryptography", "fleet"),
 }
 
 

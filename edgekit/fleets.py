@@ -1,6 +1,6 @@
 """Fleet files (``devices/fleets/<name>.yaml``): which devices exist, of which profile, in which thing groups.
 
-For the simulator (:mod:`edgekit.device.simulator`) a fleet file also says how its devices run and what goes
+For the simulator (:mod:`edgekit.sim`) a fleet file also says how its devices run and what goes
 wrong with them::
 
     mode: in_process          # or subprocess (lifecycle scripts really run); default: in_process above 50 devices

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from edgekit.cli import main
-from edgekit.device.simulator import FleetFolder, Simulation, SimulationError
 from edgekit.errors import EXIT_CODES, ConfigError, PublishError, ResolutionError
 from edgekit.fleet import FleetState
+from edgekit.fleet.folder import FleetFolder
 from edgekit.fleets import Fleet
+from edgekit.sim import Simulation, SimulationError
 
 APP = "com.example.App"
 

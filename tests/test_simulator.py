@@ -17,10 +17,11 @@ from conftest import make_mlp
 import edgekit
 from edgekit.compiler.pipeline import Pipeline
 from edgekit.device.executor import StepSpec
-from edgekit.device.simulator import FleetFolder, SimulatedExecutor, Simulation
 from edgekit.errors import ConfigError
+from edgekit.fleet.folder import FleetFolder
 from edgekit.fleets import Fault, Fleet, load_fleet
 from edgekit.greengrass.package import RUNTIME_COMPONENT, package
+from edgekit.sim import SimulatedExecutor, Simulation
 
 QUICK = Pipeline.model_validate(
     {"name": "q", "candidates": [{"name": "ort", "backend": "onnxruntime"}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}

@@ -22,10 +22,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The main job: compile a bundled sensor model for two targets, package it as Greengrass components,
         and roll it out to a simulated fleet over MQTT (a real mosquitto, the local fleet service, device agents)."""
-        from edgekit.compiler import compile_model
+        from edgekit.api import compile, package
         from edgekit.demo import write_demo_model
         from edgekit.greengrass.lint import lint_paths
-        from edgekit.greengrass.package import package
 
         output.mkdir(parents=True, exist_ok=True)
         model = write_demo_model(output / "sensor_cnn.onnx")
@@ -33,7 +32,7 @@ def register(app: typer.Typer) -> None:
         manifests, artifacts = [], []
         for target in targets:
             with progress_line(f"compiling for {target}") as say:
-                result = compile_model(model, target, output, progress=say)
+                result = compile(model, target, output, progress=say)
             manifests.append(result.manifest)
             artifacts.append(result.artifact_dir)
             console.print(f"   {target}: {result.artifact_dir}" + (" (cache)" if result.cache_hit else ""))
@@ -56,8 +55,8 @@ def register(app: typer.Typer) -> None:
 
 async def _rollout(state_dir: Path, build: Path, component: str, fleet_name: str, rollout: int) -> None:
     from edgekit.cli.fleet_cmd import deployments_table, groups_table
-    from edgekit.device.simulator import Simulation
     from edgekit.fleets import load_fleet
+    from edgekit.sim import Simulation
 
     fleet = load_fleet(fleet_name)
     groups = sorted({g for entry in fleet.devices for g in entry.groups} - {"canary"})

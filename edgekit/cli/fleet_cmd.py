@@ -1,12 +1,11 @@
-"""edgekit simulate / edgekit fleet status (and the local path of edgekit deploy)"""
+"""edgekit simulate / edgekit fleet status"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -15,16 +14,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from edgekit.cli.output import console, err_console, progress_line
+from edgekit.cli.output import console, err_console
 from edgekit.errors import ConfigError, DeploymentError
 
 if TYPE_CHECKING:
-    from edgekit.device.simulator import DeviceFailure, FleetFolder, Simulation, SimulationStatus
+    from edgekit.fleet.queries import DeviceFailure
     from edgekit.fleet.service import FleetSummary
-    from edgekit.fleet.state import FleetState
-    from edgekit.greengrass.deployment import DeploymentSpec
+    from edgekit.sim import SimulationStatus
 
-__all__ = ["deploy_local", "register"]
+__all__ = ["register"]
 
 STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED")
 _STYLE = {
@@ -141,82 +139,6 @@ def _status_line(status: SimulationStatus) -> str:
     return f"t+{status.elapsed_s:.0f}s connected {status.connected}/{status.devices} | " + " | ".join(groups) + failed
 
 
-# --------------------------------------------------------------------------- the local deploy
-
-
-def _open_state(folder: FleetFolder) -> FleetState:
-    from edgekit.fleet.state import FleetState
-
-    if not folder.exists():
-        raise ConfigError(
-            f"no local fleet in {folder.root} (no {folder.database.name}); start one with 'edgekit simulate --state {folder.root}' "
-            f"or publish to it with 'edgekit publish --local --state {folder.root}'"
-        )
-    return FleetState(folder.database)
-
-
-def deploy_local(spec: DeploymentSpec, state_dir: Path | None, fleet: str | None = None) -> str:
-    """Pre-flight ``spec`` against the local fleet's devices and registry, then write it into the fleet's state.
-
-    The devices are those registered in the state (a simulation registers its fleet), plus ``fleet``'s when given
-    (registered too, once the pre-flight passed). Nothing is written when the pre-flight fails.
-    """
-    from edgekit.device.simulator import FleetFolder
-    from edgekit.fleet.jobs import parse_target, target_key
-    from edgekit.fleet.service import FleetService
-    from edgekit.fleets import Device, load_fleet
-    from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, preflight
-
-    folder = FleetFolder.at(state_dir)
-    state = _open_state(folder)
-    try:
-        devices = {
-            t.name: Device(thing=t.name, profile=t.profile, groups=tuple(state.groups_of(t.name)), platform=t.platform)
-            for t in state.things()
-        }
-        extra = load_fleet(fleet).expand() if fleet else []
-        for device in extra:
-            known = devices.get(device.thing)
-            groups = tuple(sorted(set(device.groups) | set(known.groups if known else ())))
-            devices[device.thing] = device.model_copy(update={"groups": groups})
-        store = ComponentStore()
-        for name, published in state.components().items():
-            for version in published:
-                component = state.get_component(name, version)
-                if component is not None:
-                    store.add(component.recipe)
-        target = target_key(parse_target(spec.target_arn))
-        others = []
-        for record in state.deployments(statuses=("ACTIVE", "COMPLETED")):
-            latest = state.latest_deployment(record.target)
-            if latest is not None and latest.id == record.id and record.target != target:
-                comps = {n: str(c.get("componentVersion")) for n, c in (record.spec.get("components") or {}).items()}
-                others.append(GroupDeployment(record.target, comps))
-        versions = {n: c.component_version for n, c in spec.components.items()}
-        report = preflight(GroupDeployment(target, versions), others, list(devices.values()), store)
-        console.print(f"pre-flight: {len(report.devices)} device(s) reached, {len(report.failed)} with problems")
-        report.raise_for_problems()
-        if not report.devices:
-            raise DeploymentError(
-                f"{target} reaches no device of the local fleet in {folder.root}; check the target, or pass --fleet to register one"
-            )
-        service = FleetService(state)
-        with state.transaction():
-            if extra:
-                service.register_devices(extra)
-            deployment_id = service.create_deployment(spec)
-        counts = state.status_counts(deployment_id)
-    finally:
-        state.close()
-    console.print(f"deployment {deployment_id} created in {folder.database}: {counts.get('QUEUED', 0)} execution(s) QUEUED")
-    running = folder.running()
-    if running:
-        console.print(f"the simulation running here (pid {running['pid']}) rolls it out on its next tick")
-    else:
-        console.print(f"no simulation runs on {folder.root}: 'edgekit simulate --state {folder.root}' rolls it out")
-    return deployment_id
-
-
 # --------------------------------------------------------------------------- simulate
 
 
@@ -234,74 +156,28 @@ def _quiet_library() -> Iterator[None]:
         lib.setLevel(before)
 
 
-def _specs(
-    targets: Sequence[str], components: Sequence[str], rollout: str | None, abort_failed: str | None
-) -> list[DeploymentSpec]:
-    from edgekit.greengrass.deployment import DeploymentSpec, parse_abort, parse_rollout
-
-    comps = {}
-    for item in components:
-        name, sep, version = item.partition("=")
-        if not sep or not name or not version:
-            raise DeploymentError(f"--deploy '{item}': expected NAME=VERSION")
-        comps[name] = {"componentVersion": version}
-    job: dict[str, object] = {}
-    if rollout:
-        job["jobExecutionsRolloutConfig"] = parse_rollout(rollout).model_dump(by_alias=True, exclude_none=True)
-    if abort_failed:
-        job["abortConfig"] = parse_abort(abort_failed).model_dump(by_alias=True, exclude_none=True)
-    specs = []
-    for target in targets:
-        data: dict[str, object] = {"targetArn": target, "components": comps}
-        if job:
-            data["iotJobConfiguration"] = job
-        specs.append(DeploymentSpec.from_dict(data))
-    return specs
-
-
-async def _simulate(
-    sim: Simulation,
-    build: Path | None,
-    specs: Sequence[DeploymentSpec],
-    until_done: bool,
-    duration: float | None,
-    interval: float,
-) -> SimulationStatus:
-    with progress_line("starting the simulation") as say:
-        sim.progress = say
-        await sim.start()
-        if build is not None:
-            published = sim.publish(build)
-            say(f"published {', '.join(f'{p.name} {p.version}' for p in published)}")
-        ids = [sim.deploy(spec) for spec in specs]
-    assert sim.state is not None
-    for spec, deployment_id in zip(specs, ids, strict=True):
-        console.print(f"deployment {deployment_id} to {spec.target_arn}: {', '.join(spec.components)}")
-    started = time.monotonic()
-
-    def done() -> bool:
-        if duration is not None and time.monotonic() - started >= duration:
-            return True
-        if until_done:
-            assert sim.state is not None
-            return not sim.state.deployments(statuses=("ACTIVE",))
-        return False
-
+@contextlib.contextmanager
+def _watching(interval: float) -> Iterator[tuple[Callable[[SimulationStatus], None], Callable[[str], None]]]:
+    """(watch, say) for a simulation: a live view on a terminal (the start-up steps, then the fleet); otherwise a
+    status line every ``interval`` seconds and each start-up step on its own line (CI logs)."""
     if console.is_terminal:
         from rich.live import Live
+        from rich.spinner import Spinner
 
-        with Live(_live_view(sim.status()), console=console, refresh_per_second=4, transient=True) as live:
-            while not done():
-                await asyncio.sleep(0.5)
-                live.update(_live_view(sim.status()))
-    else:
-        last = 0.0
-        while not done():
-            if time.monotonic() - last >= interval:
-                console.print(_status_line(sim.status()), soft_wrap=True)
-                last = time.monotonic()
-            await asyncio.sleep(0.25)
-    return sim.status()
+        with Live(Spinner("dots", "starting the simulation"), console=console, refresh_per_second=4, transient=True) as live:
+            yield (
+                lambda status: live.update(_live_view(status)),
+                lambda msg: live.update(Spinner("dots", f"starting the simulation: {msg}")),
+            )
+        return
+    last = [0.0]
+
+    def line(status: SimulationStatus) -> None:
+        if time.monotonic() - last[0] >= interval:
+            console.print(_status_line(status), soft_wrap=True)
+            last[0] = time.monotonic()
+
+    yield line, lambda msg: err_console.print(f"  {msg}", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -329,58 +205,66 @@ def register(app: typer.Typer) -> None:
         tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
     ) -> None:
         """Run a simulated fleet (broker, fleet service, device agents) in the foreground and show it at a glance."""
-        from edgekit.device.simulator import Simulation
+        from edgekit.api import simulate
         from edgekit.fleets import load_fleet
+        from edgekit.greengrass.deployment import build_spec
 
         if mode not in (None, "in_process", "subprocess"):
             raise ConfigError(f"--mode '{mode}': use in_process or subprocess")
         run_mode: Literal["in_process", "subprocess"] | None = (
             "subprocess" if mode == "subprocess" else "in_process" if mode else None
         )
-        model = load_fleet(fleet)
-        if devices is not None:
-            model = model.scaled(devices)
         if build is None and (Path("greengrass-build") / "recipes").is_dir():
             build = Path("greengrass-build")
         elif build is not None and not build.is_dir():
             raise ConfigError(f"--build '{build}' is not a folder; package the components first (edgekit package)")
-        groups = sorted({g for d in model.expand() for g in d.groups})
-        targets = target or [f"thinggroup/{g}" for g in groups]
         if not deploy and (target or rollout or abort_failed):
             raise DeploymentError("--target, --rollout and --abort-failed go with --deploy NAME=VERSION")
-        specs = _specs(targets, deploy, rollout, abort_failed) if deploy else []
+        groups = sorted({g for d in load_fleet(fleet).expand() for g in d.groups})
+        specs = [
+            build_spec(t, deploy, rollout=rollout, abort_failed=abort_failed, flag="--deploy")
+            for t in (target or [f"thinggroup/{g}" for g in groups])
+        ] if deploy else []  # fmt: skip
         if until_done and not specs and duration is None:
             err_console.print("--until-done without --deploy: waiting for deployments made with 'edgekit deploy --local'")
-        sim = Simulation(model, state_dir=state, mode=run_mode, tls=tls, tick_s=tick)
 
-        last: list[SimulationStatus] = []
+        seen: list[SimulationStatus] = []
+        with _quiet_library(), _watching(interval) as (watch, say):
 
-        async def main() -> None:
+            def track(status: SimulationStatus) -> None:
+                seen[:] = [status]
+                watch(status)
+
             try:
-                last.append(await _simulate(sim, build, specs, until_done, duration, interval))
-            finally:
-                if not last and sim.state is not None:  # interrupted: show where the fleet stood
-                    last.append(sim.status())
-                await sim.close()
-
-        interrupted = False
-        with _quiet_library():
-            try:
-                asyncio.run(main())
+                run = simulate(
+                    fleet,
+                    state_dir=state,
+                    devices=devices,
+                    mode=run_mode,
+                    tls=tls,
+                    tick_s=tick,
+                    build=build,
+                    deployments=specs,
+                    until_done=until_done,
+                    duration=duration,
+                    watch=track,
+                    progress=say,
+                )
             except KeyboardInterrupt:
-                interrupted = True
-        if last:
-            final = last[-1]
+                run = None
+        final = run.final if run is not None else seen[-1] if seen else None
+        if final is not None:
+            how = f"{run.mode}{', mTLS' if run.tls else ''}; state in {run.state}" if run else "interrupted"
             console.print(
-                f"fleet '{model.name}': {final.devices} device(s), {final.connected} connected at the end, "
-                f"{final.elapsed_s:.1f} s ({sim.mode}{', mTLS' if sim.tls else ''}; state in {sim.folder.root})"
+                f"fleet '{run.fleet if run else fleet}': {final.devices} device(s), {final.connected} connected at the end, "
+                f"{final.elapsed_s:.1f} s ({how})"
             )
             console.print(groups_table(final.summary))
             if final.failures:
                 console.print(failures_table(final.failures))
             if final.faults:
                 console.print("faults: " + "; ".join(final.faults))
-        if interrupted:
+        if run is None:
             err_console.print("interrupted; the simulation was stopped (ACTIVE deployments resume with the next simulate)")
             raise SystemExit(130)
 
@@ -392,11 +276,12 @@ def register(app: typer.Typer) -> None:
         limit: int = typer.Option(50, "--limit", min=0, help="devices to list (unfinished and failed first; 0: all)"),
     ) -> None:
         """Deployments, thing groups and devices of the local fleet (readable while a simulation runs)."""
-        from edgekit.device.simulator import FleetFolder, device_failures
+        from edgekit.fleet.folder import FleetFolder
+        from edgekit.fleet.queries import device_failures
         from edgekit.fleet.service import FleetService
 
         folder = FleetFolder.at(state)
-        fleet_state = _open_state(folder)
+        fleet_state = folder.open_state()
         try:
             summary = FleetService(fleet_state).summary()
             failures = device_failures(fleet_state, 10)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from edgekit.cli.output import console, progress_line
-from edgekit.errors import DeploymentError, PublishError
+
+if TYPE_CHECKING:
+    from edgekit.fleet.deploy import LocalDeployment
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +41,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("required (or publish with --local)", param_hint="'--bucket'")
         if region is None:
             raise typer.BadParameter("required (or publish with --local)", param_hint="'--region'")
-        from edgekit.greengrass.aws import PublishEvent, publish
+        from edgekit.api import publish
+        from edgekit.greengrass.aws import PublishEvent
 
         with progress_line("publishing") as say:
 
@@ -50,7 +54,7 @@ def register(app: typer.Typer) -> None:
                 bucket=bucket,
                 region=region,
                 profile=profile,
-                account_bucket_suffix=gdk_bucket_naming,
+                gdk_bucket_naming=gdk_bucket_naming,
                 endpoint_url=endpoint_url,
                 progress=show,
                 dry_run=dry_run,
@@ -92,79 +96,62 @@ def register(app: typer.Typer) -> None:
 
         With --local: the pre-flight runs against the local fleet's devices and registry, and the deployment is
         written into its state, where a running simulation picks it up on its next tick."""
-        from edgekit.greengrass.deployment import DeploymentSpec, deploy, load_spec, parse_abort, parse_rollout
+        from edgekit.api import deploy
+        from edgekit.fleet.deploy import LocalDeployment
+        from edgekit.greengrass.deployment import build_spec, load_spec
 
-        spec = load_spec(spec_file) if spec_file else None
-        data = spec.model_dump(by_alias=True, exclude_none=True) if spec else {}
-        data["targetArn"] = target
-        comps = dict(data.get("components", {}))
-        for item in component:
-            cname, sep, version = item.partition("=")
-            if not sep or not cname or not version:
-                raise DeploymentError(f"--component '{item}': expected NAME=VERSION")
-            comps[cname] = {**comps.get(cname, {}), "componentVersion": version}
-        for item in merge:
-            cname, sep, text = item.partition("=")
-            if cname not in comps:
-                raise DeploymentError(f"--merge '{item}': '{cname}' is not a component of this deployment")
-            comps[cname] = {**comps[cname], "configurationUpdate": {"merge": text}}
-        if not comps:
-            raise DeploymentError("a deployment needs at least one --component NAME=VERSION (or a --spec)")
-        data["components"] = comps
-        if name:
-            data["deploymentName"] = name
-        data.setdefault("deploymentPolicies", {})["failureHandlingPolicy"] = failure_handling
-        job = dict(data.get("iotJobConfiguration", {}))
-        if rollout:
-            job["jobExecutionsRolloutConfig"] = parse_rollout(rollout).model_dump(by_alias=True, exclude_none=True)
-        if abort_failed:
-            job["abortConfig"] = parse_abort(abort_failed).model_dump(by_alias=True, exclude_none=True)
-        if timeout_minutes:
-            job["timeoutConfig"] = {"inProgressTimeoutInMinutes": timeout_minutes}
-        if job:
-            data["iotJobConfiguration"] = job
-        final = DeploymentSpec.from_dict(data)
-
-        if local:
-            if dry_run:
-                raise DeploymentError("--dry-run is for AWS deployments; a local deployment is checked by its pre-flight")
-            from edgekit.cli.fleet_cmd import deploy_local
-
-            deploy_local(final, state, fleet)
-            return
-        if fleet:
-            from edgekit.fleets import load_fleet
-            from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, preflight
-
-            short = final.target_arn.rsplit(":", 1)[-1]
-            versions = {n: c.component_version for n, c in final.components.items()}
-            report = preflight(
-                GroupDeployment(short, versions), [], load_fleet(fleet).expand(), ComponentStore.from_dirs(recipes)
-            )
-            console.print(f"pre-flight: {len(report.devices)} device(s) reached, {len(report.failed)} with problems")
-            report.raise_for_problems()
-        if not region:
-            raise DeploymentError("give --region (the deployment's AWS region)")
-        result = deploy(final, region=region, profile=profile, endpoint_url=endpoint_url, dry_run=dry_run, account=account)
-        if result.dry_run:
+        final = build_spec(
+            target,
+            component,
+            spec=load_spec(spec_file) if spec_file else None,
+            name=name,
+            rollout=rollout,
+            abort_failed=abort_failed,
+            failure_handling=failure_handling,
+            timeout_minutes=timeout_minutes,
+            merge=merge,
+        )
+        result = deploy(
+            final,
+            local=local,
+            state_dir=state,
+            fleet=fleet,
+            recipes=recipes,
+            region=region,
+            profile=profile,
+            endpoint_url=endpoint_url,
+            account=account,
+            dry_run=dry_run,
+            progress=console.print,
+        )
+        if isinstance(result, LocalDeployment):
+            _print_local(result)
+        elif result.dry_run:
             console.print_json(json.dumps(result.request, default=str))
         else:
             console.print(f"deployment {result.deployment_id} created (IoT job {result.iot_job_id})")
 
 
-def _publish_local(build: Path, state: Path | None) -> None:
-    from edgekit.device.simulator import FleetFolder
-    from edgekit.fleet.registry import publish_local
-    from edgekit.fleet.state import FleetState
+def _print_local(result: LocalDeployment) -> None:
+    folder = result.folder
+    console.print(
+        f"deployment {result.deployment_id} created in {folder.database}: {result.counts.get('QUEUED', 0)} execution(s) QUEUED"
+    )
+    if result.running:
+        console.print(f"the simulation running here (pid {result.running['pid']}) rolls it out on its next tick")
+    else:
+        console.print(f"no simulation runs on {folder.root}: 'edgekit simulate --state {folder.root}' rolls it out")
 
-    folder = FleetFolder.at(state)
-    if not (build / "recipes").is_dir():  # before the state folder is made
-        raise PublishError(f"no recipes in {build / 'recipes'}; package the components first (edgekit package)")
-    with progress_line("publishing to the local fleet") as say, FleetState(folder.database) as fleet_state:
-        result = publish_local(build, fleet_state, folder.store, progress=say)
-    table = Table(title=f"local registry {folder.root}", title_justify="left")
+
+def _publish_local(build: Path, state: Path | None) -> None:
+    from edgekit.api import publish_local
+    from edgekit.fleet.folder import FleetFolder
+
+    with progress_line("publishing to the local fleet") as say:
+        result = publish_local(build, state_dir=state, progress=say)
+    table = Table(title=f"local registry {FleetFolder.at(state).root}", title_justify="left")
     for col in ("component", "version", "status", "artifacts"):
         table.add_column(col)
     for c in result:
-        table.add_row(c.name, c.version, c.status, ", ".join(f"{a.file} ({a.size} B)" for a in c.artifacts) or "-")
+        table.add_row(c.name, c.version, c.status, ", ".join(f"{a.name} ({a.size} B)" for a in c.artifacts) or "-")
     console.print(table)

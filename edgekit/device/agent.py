@@ -75,8 +75,7 @@ from edgekit.device.outcome import ComponentOutcome, DeploymentOutcome, Deployme
 from edgekit.device.registry import RegistryClient, RegistryStore
 from edgekit.device.state import ComponentRecord, DeviceLayout, DeviceState, InProgress, StateStore, TargetRecord
 from edgekit.errors import RecipeError, ResolutionError
-from edgekit.fleets import Device
-from edgekit.greengrass.resolve import GroupDeployment, resolve_device
+from edgekit.greengrass.resolve import CoreDevice, GroupDeployment, resolve_device
 from edgekit.mqtt.payloads import ComponentState, DeploymentResultCode, JobDocument
 
 __all__ = ["DeviceAgent", "parse_target"]
@@ -499,7 +498,7 @@ class DeviceAgent:
     async def _plan(self, job: JobDocument, target: str, targets: Mapping[str, TargetRecord]) -> dict[str, ComponentRecord]:
         """Resolve the union of ``targets`` into the records the device should hold afterwards."""
         groups = set(self.groups) | {t.partition("/")[2] for t in targets if t.startswith("thinggroup/")}
-        device = Device(thing=self.thing, profile="edgekit-device", groups=tuple(sorted(groups)), platform=dict(self.platform))
+        device = CoreDevice(self.thing, tuple(sorted(groups)), dict(self.platform))
         store = RegistryStore(self._client, [r.recipe for r in self._state.components.values()])
         deployments = [GroupDeployment(t, dict(r.components)) for t, r in targets.items()]
         try:

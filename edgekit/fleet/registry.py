@@ -26,10 +26,9 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import semantic_version
 
@@ -38,9 +37,17 @@ from edgekit.errors import PublishError
 from edgekit.fleet.clock import Clock, SystemClock
 from edgekit.fleet.errors import ComponentConflictError, NotFoundError
 from edgekit.fleet.state import ArtifactRecord, FleetState
-from edgekit.greengrass.aws import BUCKET_PLACEHOLDER, NAME_PLACEHOLDER, VERSION_PLACEHOLDER
+from edgekit.greengrass.build import (
+    BUCKET_PLACEHOLDER,
+    NAME_PLACEHOLDER,
+    VERSION_PLACEHOLDER,
+    BuiltComponent,
+    PublishedArtifact,
+    PublishedComponent,
+    read_build,
+)
 from edgekit.greengrass.lint import check_recipe
-from edgekit.greengrass.recipe import load_recipe
+from edgekit.progress import Progress, no_progress
 
 __all__ = ["DIGEST_ALGORITHM", "PublishedComponent", "Registry", "artifact_file", "publish_local", "safe_segment"]
 
@@ -48,18 +55,6 @@ log = logging.getLogger(__name__)
 
 DIGEST_ALGORITHM = "SHA-256"
 _CHUNK = 1 << 20
-_RECIPE_SUFFIXES = (".json", ".yaml", ".yml")
-
-
-@dataclass(frozen=True)
-class PublishedComponent:
-    """One component version of a publish: ``published`` now, or ``unchanged`` (already there, identical)."""
-
-    name: str
-    version: str
-    status: Literal["published", "unchanged"]
-    recipe: dict[str, Any]
-    artifacts: tuple[ArtifactRecord, ...] = field(default_factory=tuple)
 
 
 def safe_segment(value: str) -> bool:
@@ -115,21 +110,41 @@ class _Plan:
     artifacts: list[ArtifactRecord] = field(default_factory=list)
     existing: bool = False
 
+    def component(self, store: Path) -> PublishedComponent:
+        return PublishedComponent(
+            self.name,
+            self.version,
+            "unchanged" if self.existing else "published",
+            self.recipe,
+            tuple(
+                PublishedArtifact(
+                    a.file,
+                    f"{a.name}/{a.version}/{a.file}",
+                    f"{a.name}/{a.version}/{a.file}",
+                    store / a.name / a.version / a.file,
+                    a.size,
+                    a.sha256,
+                )
+                for a in self.artifacts
+            ),
+        )
 
-def _plan(recipe_file: Path, build_dir: Path, known: dict[str, list[str]]) -> _Plan:
-    recipe = check_recipe(recipe_file, known_components=known)
-    name, version = str(recipe["ComponentName"]), str(recipe["ComponentVersion"])
+
+def _plan(built: BuiltComponent, known: dict[str, list[str]]) -> _Plan:
+    """Lint the recipe and check that each artifact fits the store's ``<name>/<version>/<file>`` layout."""
+    recipe_file = built.recipe_file
+    recipe = check_recipe(built.recipe, file=str(recipe_file), known_components=known)
+    name, version = built.name, built.version
     if not safe_segment(name) or not safe_segment(version):
         raise PublishError(f"{recipe_file}: component name '{name}' / version '{version}' can't be a folder name")
-    artifacts_dir = build_dir / "artifacts" / name / version
     files: dict[str, Path] = {}
     for manifest in recipe.get("Manifests") or []:
         for artifact in manifest.get("Artifacts") or []:
             artifact.pop("Digest", None)  # computed here, from the bytes stored, never taken from the recipe
             artifact.pop("Algorithm", None)
             uri = artifact.get("URI", "")
-            file = artifact_file(uri)
-            if file is None:
+            built_artifact = built.artifacts.get(uri)
+            if built_artifact is None:
                 log.warning(
                     "%s %s: artifact %s is not in the build folder; devices of the local fleet can't download it",
                     name,
@@ -137,16 +152,13 @@ def _plan(recipe_file: Path, build_dir: Path, known: dict[str, list[str]]) -> _P
                     uri,
                 )
                 continue
-            parts = uri[len("s3://") :].split("/")[1:]
-            if parts[:2] != [NAME_PLACEHOLDER, VERSION_PLACEHOLDER] or len(parts) != 3 or not safe_segment(file):
+            parts, file = built_artifact.parts, built_artifact.name
+            if parts[:2] != (NAME_PLACEHOLDER, VERSION_PLACEHOLDER) or len(parts) != 3 or not safe_segment(file):
                 raise PublishError(
                     f"{recipe_file}: artifact URI '{uri}' is not s3://{BUCKET_PLACEHOLDER}/{NAME_PLACEHOLDER}/"
                     f"{VERSION_PLACEHOLDER}/<file> (one file name, no sub-folders); package the component again"
                 )
-            source = artifacts_dir / file
-            if not source.is_file():
-                raise PublishError(f"{recipe_file}: artifact '{file}' is missing: expected {source}; package the component again")
-            files[file] = source
+            files[file] = built_artifact.file
     return _Plan(name, version, recipe_file, recipe, files)
 
 
@@ -168,7 +180,7 @@ def publish_local(
     store_root: str | Path,
     *,
     clock: Clock | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[PublishedComponent]:
     """Publish every component of a packaged build folder to the local fleet's registry.
 
@@ -177,32 +189,18 @@ def publish_local(
     and :class:`~edgekit.fleet.errors.ComponentConflictError` for a version already published differently;
     in every case nothing of this publish is left behind.
     """
-    say = progress or (lambda _m: None)
+    say = progress or no_progress
     now = (clock or SystemClock()).now()
-    root, store = Path(build_dir), Path(store_root)
-    recipes_dir = root / "recipes"
-    recipe_files = (
-        sorted(p for p in recipes_dir.iterdir() if p.suffix in _RECIPE_SUFFIXES and not p.name.startswith("."))
-        if recipes_dir.is_dir()
-        else []
-    )
-    if not recipe_files:
-        raise PublishError(f"no recipes in {recipes_dir}; package the component first (edgekit package)")
+    store = Path(store_root)
+    build = read_build(build_dir)
 
-    # 1. Read and check everything; hash every artifact; refuse conflicts, all before writing anything.
+    # 1. Check everything (lint with the registry's and this build's components known); hash every artifact;
+    #    refuse conflicts, all before writing anything.
     known = state.components()
-    for path in recipe_files:
-        head = load_recipe(path)
-        if isinstance(head.get("ComponentName"), str) and isinstance(head.get("ComponentVersion"), str):
-            known.setdefault(head["ComponentName"], []).append(head["ComponentVersion"])
-    plans = [_plan(p, root, known) for p in recipe_files]
-    seen: dict[tuple[str, str], Path] = {}
+    for built in build.components:
+        known.setdefault(built.name, []).append(built.version)
+    plans = [_plan(c, known) for c in build.components]
     for plan in plans:
-        if (plan.name, plan.version) in seen:
-            raise PublishError(
-                f"{plan.name} {plan.version} appears in both {seen[(plan.name, plan.version)]} and {plan.recipe_file}"
-            )
-        seen[(plan.name, plan.version)] = plan.recipe_file
         stored = state.get_component(plan.name, plan.version)
         if stored is None:
             continue
@@ -219,7 +217,7 @@ def publish_local(
     new = [p for p in plans if not p.existing]
     if not new:
         say("every component is already published")
-        return [PublishedComponent(p.name, p.version, "unchanged", p.recipe, tuple(p.artifacts)) for p in plans]
+        return [p.component(store) for p in plans]
 
     # 2. Copy the new versions' artifacts to a staging folder next to the store, hashing the copies.
     store.mkdir(parents=True, exist_ok=True)
@@ -259,10 +257,7 @@ def publish_local(
     for plan in new:
         log.info("published %s %s (%d artifact(s)) to the local registry", plan.name, plan.version, len(plan.artifacts))
         say(f"published {plan.name} {plan.version}")
-    return [
-        PublishedComponent(p.name, p.version, "unchanged" if p.existing else "published", p.recipe, tuple(p.artifacts))
-        for p in plans
-    ]
+    return [p.component(store) for p in plans]
 
 
 class Registry:

@@ -133,6 +133,19 @@ class DeploymentSummary:
     def total(self) -> int:
         return sum(self.counts.values())
 
+    @classmethod
+    def of(cls, record: DeploymentRecord, counts: dict[str, int]) -> DeploymentSummary:
+        """The summary of a stored deployment with its executions' ``counts`` by status."""
+        return cls(
+            id=record.id,
+            target=record.target,
+            status=record.status,
+            created_at=record.created_at,
+            counts=counts,
+            replaced_by=record.replaced_by,
+            reason=str(record.status_reason.get("reason")) if record.status_reason else None,
+        )
+
 
 @dataclass(frozen=True)
 class GroupSummary:
@@ -646,18 +659,7 @@ class FleetService:
 
     def summary(self) -> FleetSummary:
         """Counts by status per deployment and per group (its latest deployment), and each thing's last status."""
-        deployments = [
-            DeploymentSummary(
-                id=d.id,
-                target=d.target,
-                status=d.status,
-                created_at=d.created_at,
-                counts=self.state.status_counts(d.id),
-                replaced_by=d.replaced_by,
-                reason=str(d.status_reason.get("reason")) if d.status_reason else None,
-            )
-            for d in self.state.deployments()
-        ]
+        deployments = [DeploymentSummary.of(d, self.state.status_counts(d.id)) for d in self.state.deployments()]
         by_id = {d.id: d for d in deployments}
         groups = []
         for name in self.state.groups():

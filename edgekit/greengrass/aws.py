@@ -36,7 +36,16 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from edgekit.deps import require
 from edgekit.digests import file_sha256
 from edgekit.errors import EdgekitError, PublishError
-from edgekit.greengrass.recipe import dump_recipe, load_recipe
+from edgekit.greengrass.build import (
+    BUCKET_PLACEHOLDER,
+    NAME_PLACEHOLDER,
+    VERSION_PLACEHOLDER,
+    BuiltComponent,
+    PublishedArtifact,
+    PublishedComponent,
+    read_build,
+)
+from edgekit.greengrass.recipe import dump_recipe
 
 if TYPE_CHECKING:
     import boto3
@@ -54,7 +63,6 @@ __all__ = [
     "AwsSession",
     "ComponentStatus",
     "GreengrassComponents",
-    "PlannedArtifact",
     "PublishEvent",
     "PublishResult",
     "PublishedComponent",
@@ -74,9 +82,6 @@ log = logging.getLogger(__name__)
 ENDPOINT_ENV = "EDGEKIT_AWS_ENDPOINT_URL"
 MAX_ATTEMPTS = 8
 SHA256_METADATA_KEY = "sha256"  # x-amz-meta-sha256: hex digest of the uploaded file
-BUCKET_PLACEHOLDER = "BUCKET_NAME"
-NAME_PLACEHOLDER = "COMPONENT_NAME"
-VERSION_PLACEHOLDER = "COMPONENT_VERSION"
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -552,26 +557,6 @@ def _recipe_label(inline_recipe: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class PlannedArtifact:
-    """An artifact of a recipe: the local file and where it goes."""
-
-    file: Path
-    key: str
-    uri: str
-
-
-@dataclass(frozen=True)
-class PublishedComponent:
-    name: str
-    version: str
-    arn: str | None
-    recipe: dict[str, Any]  # with the final artifact URIs (what CreateComponentVersion got)
-    artifacts: tuple[PlannedArtifact, ...]
-    uploads: tuple[UploadResult, ...] = ()
-    status: Literal["published", "skipped", "planned"] = "published"
-
-
-@dataclass(frozen=True)
 class PublishResult:
     bucket: str
     region: str
@@ -592,55 +577,26 @@ class PublishEvent:
 class _Plan:
     name: str
     version: str
-    recipe_file: Path
     recipe: dict[str, Any]
-    artifacts: list[PlannedArtifact]
+    artifacts: list[PublishedArtifact]
+
+    def component(
+        self, status: Literal["published", "skipped", "planned"], arn: str | None = None, uploads: tuple[UploadResult, ...] = ()
+    ) -> PublishedComponent:
+        return PublishedComponent(self.name, self.version, status, self.recipe, tuple(self.artifacts), arn, uploads)
 
 
-def _substitute(uri: str, name: str, version: str, bucket: str, artifacts_dir: Path) -> tuple[str, PlannedArtifact | None]:
-    """The final URI of a recipe artifact and, for placeholder URIs, the local file to upload."""
-    if not uri.startswith("s3://"):
-        return uri, None
-    host, _, path = uri[len("s3://") :].partition("/")
-    if host != BUCKET_PLACEHOLDER:
-        return uri, None  # a concrete S3 URI: someone else's object, left as it is
-    parts = path.split("/")
-    if not path or any(p in ("", ".", "..") for p in parts):
-        raise PublishError(
-            f"artifact URI '{uri}' of {name} {version} is not of the form s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>"
-        )
-    if parts[:2] == [NAME_PLACEHOLDER, VERSION_PLACEHOLDER]:
-        local = artifacts_dir.joinpath(*parts[2:]) if len(parts) > 2 else artifacts_dir / parts[-1]
-    else:  # GDK finds the file by its name in the component's artifact folder
-        local = artifacts_dir / parts[-1]
-    key = "/".join(name if p == NAME_PLACEHOLDER else version if p == VERSION_PLACEHOLDER else p for p in parts)
-    final = f"s3://{bucket}/{key}"
-    return final, PlannedArtifact(file=local, key=key, uri=final)
-
-
-def _plan_component(recipe_file: Path, build_dir: Path, bucket: str) -> _Plan:
-    recipe = load_recipe(recipe_file)
-    name, version = recipe.get("ComponentName"), recipe.get("ComponentVersion")
-    if not isinstance(name, str) or not isinstance(version, str) or not name or not version:
-        raise PublishError(f"{recipe_file}: the recipe has no ComponentName / ComponentVersion")
-    if recipe_file.stem != f"{name}-{version}":
-        raise PublishError(
-            f"{recipe_file}: holds {name} {version} but is named {recipe_file.name}; expected {name}-{version}{recipe_file.suffix} "
-            "(package the component again)"
-        )
-    artifacts_dir = build_dir / "artifacts" / name / version
-    planned: dict[str, PlannedArtifact] = {}
-    manifests = recipe.get("Manifests")
-    for manifest in manifests if isinstance(manifests, list) else []:
-        entries = manifest.get("Artifacts") if isinstance(manifest, dict) else None
-        for artifact in entries if isinstance(entries, list) else []:
-            if not isinstance(artifact, dict) or not isinstance(artifact.get("URI"), str):
-                continue
-            final, plan = _substitute(artifact["URI"], name, version, bucket, artifacts_dir)
-            artifact["URI"] = final
-            if plan is not None:
-                planned.setdefault(plan.key, plan)  # one upload even if several manifests share the file
-    return _Plan(name, version, recipe_file, recipe, list(planned.values()))
+def _plan(component: BuiltComponent, bucket: str) -> _Plan:
+    """The component's recipe with its placeholder URIs replaced by ``s3://<bucket>/<key>``, and what to upload."""
+    planned: dict[str, PublishedArtifact] = {}
+    for entry in component.artifact_entries():
+        artifact = component.artifacts.get(entry["URI"])
+        if artifact is None:
+            continue  # a concrete S3 URI: someone else's object, left as it is
+        key = artifact.key(component.name, component.version)
+        entry["URI"] = f"s3://{bucket}/{key}"
+        planned.setdefault(key, PublishedArtifact(artifact.name, entry["URI"], key, artifact.file))  # one upload per file
+    return _Plan(component.name, component.version, component.recipe, list(planned.values()))
 
 
 def publish(
@@ -676,39 +632,19 @@ def publish(
     ``session`` replaces the session built from ``region``/``profile``/``endpoint_url`` (tests, reuse).
     """
     emit = progress or (lambda _event: None)
-    root = Path(build_dir)
-    recipes_dir = root / "recipes"
-    recipe_files = (
-        sorted(p for p in recipes_dir.glob("*") if p.suffix in (".json", ".yaml", ".yml")) if recipes_dir.is_dir() else []
-    )
-    if not recipe_files:
-        raise PublishError(f"no recipes in {recipes_dir}; package the component first (edgekit package)")
+    build = read_build(build_dir)  # every recipe and artifact file checked before any AWS call
 
     aws = session
     if account_bucket_suffix:
         aws = aws or AwsSession(region=region, profile=profile, endpoint_url=endpoint_url)
         bucket = f"{bucket}-{region}-{aws.account_id()}"
 
-    plans = [_plan_component(f, root, bucket) for f in recipe_files]
-    missing = [str(a.file) for p in plans for a in p.artifacts if not a.file.is_file()]
-    if missing:
-        raise PublishError(
-            f"artifact file(s) referenced by the recipes are missing: {', '.join(missing)}; package the component again"
-        )
-    seen: dict[tuple[str, str], Path] = {}
+    plans = [_plan(c, bucket) for c in build.components]
     for p in plans:
-        if (p.name, p.version) in seen:
-            raise PublishError(f"{p.name} {p.version} appears in both {seen[(p.name, p.version)]} and {p.recipe_file}")
-        seen[(p.name, p.version)] = p.recipe_file
         emit(PublishEvent("plan", p.name, f"{p.version}: {len(p.artifacts)} artifact(s)"))
 
     if dry_run:
-        return PublishResult(
-            bucket,
-            region,
-            tuple(PublishedComponent(p.name, p.version, None, p.recipe, tuple(p.artifacts), status="planned") for p in plans),
-            dry_run=True,
-        )
+        return PublishResult(bucket, region, tuple(p.component("planned") for p in plans), dry_run=True)
 
     aws = aws or AwsSession(region=region, profile=profile, endpoint_url=endpoint_url)
     if aws.region != region:
@@ -732,11 +668,7 @@ def publish(
     for p in plans:
         if id(p) in skipped:
             emit(PublishEvent("skip", p.name, f"{p.version} already exists"))
-            results.append(
-                PublishedComponent(
-                    p.name, p.version, gg.version_arn(p.name, p.version), p.recipe, tuple(p.artifacts), status="skipped"
-                )
-            )
+            results.append(p.component("skipped", gg.version_arn(p.name, p.version)))
             continue
         results.append(_publish_one(p, bucket, s3, gg, emit, results, wait_timeout, poll_interval))
     return PublishResult(bucket, region, tuple(results))
@@ -769,7 +701,7 @@ def _publish_one(
         kept = f"; published earlier in this run: {', '.join(f'{c.name} {c.version}' for c in done)}" if done else ""
         raise PublishError(f"{p.name} {p.version} not published: {exc}; {undone}{kept}") from exc
     emit(PublishEvent("deployable", p.name, arn))
-    return PublishedComponent(p.name, p.version, arn, p.recipe, tuple(p.artifacts), tuple(uploads))
+    return p.component("published", arn, tuple(uploads))
 
 
 def _rollback(

@@ -29,7 +29,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +61,7 @@ __all__ = [
     "RunWith",
     "SystemResourceLimits",
     "TimeoutConfig",
+    "build_spec",
     "client_token",
     "deploy",
     "load_spec",
@@ -372,6 +373,62 @@ def parse_abort(text: str) -> AbortConfig:
 
 
 # --------------------------------------------------------------------------- request
+
+
+def build_spec(
+    target: str,
+    components: Sequence[str] | Mapping[str, str] = (),
+    *,
+    spec: DeploymentSpec | None = None,
+    name: str | None = None,
+    rollout: str | None = None,
+    abort_failed: str | None = None,
+    failure_handling: str | None = None,
+    timeout_minutes: int | None = None,
+    merge: Sequence[str] = (),
+    flag: str = "--component",
+) -> DeploymentSpec:
+    """The one place a deployment request is built from flags, optionally over a spec file's ``spec``.
+
+    ``components``: ``NAME=VERSION`` strings (or a mapping); ``merge``: ``NAME={json}`` configuration merges;
+    ``rollout`` / ``abort_failed``: :func:`parse_rollout` / :func:`parse_abort` shorthands. ``flag`` names the
+    option in errors (``--component``, ``--deploy``).
+    """
+    data = spec.model_dump(by_alias=True, exclude_none=True) if spec else {}
+    data["targetArn"] = target
+    comps = dict(data.get("components", {}))
+    pairs = components.items() if isinstance(components, Mapping) else (_pair(item, flag) for item in components)
+    for cname, version in pairs:
+        comps[cname] = {**comps.get(cname, {}), "componentVersion": version}
+    for item in merge:
+        cname, _, text = item.partition("=")
+        if cname not in comps:
+            raise DeploymentError(f"--merge '{item}': '{cname}' is not a component of this deployment")
+        comps[cname] = {**comps[cname], "configurationUpdate": {"merge": text}}
+    if not comps:
+        raise DeploymentError(f"a deployment needs at least one {flag} NAME=VERSION (or a --spec)")
+    data["components"] = comps
+    if name:
+        data["deploymentName"] = name
+    if failure_handling:
+        data.setdefault("deploymentPolicies", {})["failureHandlingPolicy"] = failure_handling
+    job = dict(data.get("iotJobConfiguration", {}))
+    if rollout:
+        job["jobExecutionsRolloutConfig"] = parse_rollout(rollout).model_dump(by_alias=True, exclude_none=True)
+    if abort_failed:
+        job["abortConfig"] = parse_abort(abort_failed).model_dump(by_alias=True, exclude_none=True)
+    if timeout_minutes:
+        job["timeoutConfig"] = {"inProgressTimeoutInMinutes": timeout_minutes}
+    if job:
+        data["iotJobConfiguration"] = job
+    return DeploymentSpec.from_dict(data)
+
+
+def _pair(item: str, flag: str) -> tuple[str, str]:
+    name, sep, version = item.partition("=")
+    if not sep or not name or not version:
+        raise DeploymentError(f"{flag} '{item}': expected NAME=VERSION")
+    return name, version
 
 
 def client_token(request: Mapping[str, Any]) -> str:

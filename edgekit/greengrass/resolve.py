@@ -14,19 +14,20 @@ the nucleus's error codes: ``NO_AVAILABLE_COMPONENT_VERSION``,
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import semantic_version
 
 from edgekit.errors import RecipeError, ResolutionError
-from edgekit.fleets import Device
 from edgekit.greengrass.recipe import load_recipe
 
 __all__ = [
     "ComponentStore",
+    "CoreDevice",
+    "DeviceFacts",
     "DeviceResolution",
     "GroupDeployment",
     "PreflightReport",
@@ -74,6 +75,31 @@ class ComponentStore:
         return name in self._by_name
 
 
+class DeviceFacts(Protocol):
+    """What resolution needs of a device: its thing name, thing groups and Greengrass platform.
+
+    A fleet file's :class:`edgekit.fleets.Device` fits, and so does the agent's :class:`CoreDevice`.
+    """
+
+    @property
+    def thing(self) -> str: ...
+
+    @property
+    def groups(self) -> Collection[str]: ...
+
+    @property
+    def platform(self) -> Mapping[str, str]: ...
+
+
+@dataclass(frozen=True)
+class CoreDevice:
+    """A device as the agent knows itself: thing name, thing groups, Greengrass platform."""
+
+    thing: str
+    groups: tuple[str, ...]
+    platform: Mapping[str, str]
+
+
 @dataclass(frozen=True)
 class GroupDeployment:
     """The latest deployment to one target: ``thinggroup/<name>`` or ``thing/<name>``."""
@@ -81,7 +107,7 @@ class GroupDeployment:
     target: str
     components: Mapping[str, str]  # name -> version
 
-    def applies_to(self, device: Device) -> bool:
+    def applies_to(self, device: DeviceFacts) -> bool:
         kind, _, name = self.target.partition("/")
         if kind == "thinggroup":
             return name in device.groups
@@ -99,7 +125,7 @@ class Problem:
 
 @dataclass
 class DeviceResolution:
-    device: Device
+    device: DeviceFacts
     components: dict[str, str] = field(default_factory=dict)  # name -> resolved version
     manifests: dict[str, int] = field(default_factory=dict)  # name -> index of the chosen manifest
     problems: list[Problem] = field(default_factory=list)
@@ -160,7 +186,7 @@ def _spec(text: str) -> semantic_version.NpmSpec:
         raise ResolutionError(NOT_MET, f"'{text}' is not a valid version requirement: {exc}") from exc
 
 
-def resolve_device(device: Device, deployments: Iterable[GroupDeployment], store: ComponentStore) -> DeviceResolution:
+def resolve_device(device: DeviceFacts, deployments: Iterable[GroupDeployment], store: ComponentStore) -> DeviceResolution:
     """Resolve what ``device`` runs under ``deployments`` (the latest one per target)."""
     result = DeviceResolution(device)
     roots: dict[str, list[tuple[str, str]]] = {}
@@ -225,7 +251,7 @@ def resolve_device(device: Device, deployments: Iterable[GroupDeployment], store
 def preflight(
     deployment: GroupDeployment,
     others: Iterable[GroupDeployment],
-    devices: Iterable[Device],
+    devices: Iterable[DeviceFacts],
     store: ComponentStore,
 ) -> PreflightReport:
     """Resolve every device ``deployment`` reaches, with the other targets' latest deployments in force.

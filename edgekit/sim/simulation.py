@@ -1,4 +1,4 @@
-"""The fleet simulator: a broker, the local fleet service and N device agents in one asyncio loop.
+"""The simulation harness: a broker, the local fleet service and N device agents in one asyncio loop.
 
 ::
 
@@ -8,52 +8,9 @@
         summary = await sim.wait(deployment, timeout=120)      # a DeploymentSummary: status and counts
         print(sim.status())                                   # the fleet at a glance
 
-What runs (all in this process and one event loop, except mosquitto):
-
-* **mosquitto** on a free port, with mTLS (one certificate per device, :class:`~edgekit.mqtt.tls.TlsMaterial`)
-  and the per-device ACL when the fleet file says ``tls: true``;
-* the **local fleet**: :class:`~edgekit.fleet.FleetState` (``<state>/fleet.db``), :class:`~edgekit.fleet.Registry`
-  and :class:`~edgekit.fleet.FleetHttpServer` (recipes, artifact downloads), :class:`~edgekit.fleet.FleetService`
-  with every device registered in its thing groups, and the ``FleetMqttBridge`` (the Jobs API over MQTT,
-  rollout ticks);
-* per device: a :class:`~edgekit.device.DeviceAgent` rooted in ``<state>/devices/<thing>`` with the device
-  profile's Greengrass platform, an :class:`~edgekit.mqtt.MqttClient` with its own persistent session (and its
-  own certificate), and a ``DeviceMqttRunner``. No thread per device: 1,000 devices are 1,000 sockets on
-  epoll (:func:`~edgekit.mqtt.broker.raise_fd_limit` lifts the open-file limit first);
-* per device a **network link**: the device connects to a relay port of its own that forwards bytes (TLS
-  included, untouched) to the broker. Cutting the link is a real network fault: both TCP connections are
-  reset, the broker sees the device vanish (no DISCONNECT) and the device's reconnects are refused until
-  the link comes back.
-
-Folder layout (:class:`FleetFolder`), kept between runs so ``edgekit fleet status`` can read it and devices
-remember what they run::
-
-    <state>/fleet.db          the fleet's SQLite state (WAL: readable while a simulation runs)
-    <state>/store/            published artifacts
-    <state>/broker/           mosquitto's configuration, persistence and log
-    <state>/tls/              CA, broker and per-device certificates
-    <state>/devices/<thing>/  each device's root (config/state.json, packages/, work/, logs/)
-    <state>/simulation.json   the running simulation: pid, broker and HTTP URLs (removed when it ends)
-
-**Faults** (methods, or the fleet file's ``faults:`` on schedule, see :class:`edgekit.fleets.Fault`):
-:meth:`Simulation.cut_network`, :meth:`Simulation.kill_device`, :meth:`Simulation.restart_device` (crash, then a
-fresh agent and runner resume from the same folder), :meth:`Simulation.corrupt_downloads`,
-:meth:`Simulation.restart_broker` (same port; devices reconnect and ask for their pending jobs).
-
-**A lifecycle step that fails or hangs is modelled by the component's recipe**, the same recipe in both
-modes. In ``subprocess`` mode the scripts run under ``sh``. In ``in_process`` mode nothing is spawned, but
-:class:`SimulatedExecutor` understands the part of ``sh`` that such recipes need:
-
-* ``exit N`` ends the step with code N (``Install: exit 1`` → ERRORED → Recover → ... → BROKEN on the third);
-* ``sleep S`` takes S seconds, so ``{Script: sleep 3600, Timeout: 5}`` hangs and is killed after 5 s
-  (``*_TIMEOUT``); a ``Run: sleep 5`` finishes after 5 s, ``Run: sleep 5; exit 2`` then errors;
-* ``true``, ``false``, ``:`` and sequences of these with ``;``, ``&&``, ``||`` or new lines.
-
-Any other command counts as done at once with exit 0, and a Run step with any other command stays RUNNING
-until it is stopped (see :class:`~edgekit.device.executor.InProcessExecutor`). Variables are interpolated
-before the executor sees a script, so ``Install: exit {configuration:/FailInstall}`` with a default of
-``"0"`` lets a deployment's ``configurationUpdate`` (``merge: {"FailInstall": "1"}``) decide (``Install`` runs once
-per component version, so for an installed version put the switch in ``Startup`` or ``Run``).
+mosquitto (mTLS and the per-device ACL when the fleet file says ``tls: true``), the local fleet service
+(:mod:`edgekit.fleet`) and per device an agent (:mod:`edgekit.device`), its MQTT client and a network link
+(:mod:`edgekit.sim.network`); faults from the fleet file on schedule. See docs/local-fleet.md.
 """
 
 from __future__ import annotations
@@ -64,22 +21,22 @@ import json
 import logging
 import os
 import random
-import re
-import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Literal, Self
 
 from edgekit.device.agent import DeviceAgent
-from edgekit.device.executor import RunningProcess, StepResult, StepSpec
 from edgekit.device.lifecycle import StateCallback
 from edgekit.device.mqtt import DeviceMqttRunner
-from edgekit.errors import ConfigError, EdgekitError
+from edgekit.errors import ConfigError
+from edgekit.fleet.errors import NotFoundError
+from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.http import FleetHttpServer
 from edgekit.fleet.mqtt import FleetMqttBridge
+from edgekit.fleet.queries import DeviceFailure, deployment_summary, device_failures
 from edgekit.fleet.registry import PublishedComponent, Registry, publish_local
 from edgekit.fleet.service import DeploymentSummary, FleetService, FleetSummary
 from edgekit.fleet.state import FleetState
@@ -88,334 +45,16 @@ from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import MosquittoBroker, raise_fd_limit
 from edgekit.mqtt.client import Backoff, MqttClient
 from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsMaterial
+from edgekit.progress import Progress
+from edgekit.sim.errors import SimulationError, SimulationTimeoutError
+from edgekit.sim.executor import SimulatedExecutor
+from edgekit.sim.network import NetworkLink
 
-__all__ = [
-    "DEFAULT_STATE_DIR",
-    "DeviceFailure",
-    "FleetFolder",
-    "SimulatedDevice",
-    "SimulatedExecutor",
-    "Simulation",
-    "SimulationError",
-    "SimulationStatus",
-    "SimulationTimeoutError",
-]
+__all__ = ["SimulatedDevice", "Simulation", "SimulationStatus"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STATE_DIR: Final = Path(".edgekit") / "fleet"
-FAILURE_STATUSES: Final = ("FAILED", "TIMED_OUT", "REJECTED")
 _POLL_S: Final = 0.1
-
-
-class SimulationError(EdgekitError):
-    """The simulation could not start, or a fault names something the simulation does not have."""
-
-    exit_code = 22
-
-
-class SimulationTimeoutError(SimulationError, TimeoutError):
-    """A deployment did not finish within the time given; the message carries its counts."""
-
-
-# --------------------------------------------------------------------------- the state folder
-
-
-@dataclass(frozen=True)
-class FleetFolder:
-    """Where a local fleet keeps its files (see the module docstring)."""
-
-    root: Path
-
-    @classmethod
-    def at(cls, root: str | Path | None = None) -> FleetFolder:
-        """The folder ``root`` (default ``./.edgekit/fleet``), made absolute: mosquitto runs with its own working folder."""
-        return cls((Path(root) if root is not None else DEFAULT_STATE_DIR).absolute())
-
-    @property
-    def database(self) -> Path:
-        return self.root / "fleet.db"
-
-    @property
-    def store(self) -> Path:
-        return self.root / "store"
-
-    @property
-    def broker(self) -> Path:
-        return self.root / "broker"
-
-    @property
-    def tls(self) -> Path:
-        return self.root / "tls"
-
-    @property
-    def devices(self) -> Path:
-        return self.root / "devices"
-
-    @property
-    def running_file(self) -> Path:
-        return self.root / "simulation.json"
-
-    def device(self, thing: str) -> Path:
-        return self.devices / thing
-
-    def exists(self) -> bool:
-        return self.database.is_file()
-
-    def running(self) -> dict[str, Any] | None:
-        """What ``simulation.json`` says about a running simulation (``None`` when none runs, or it died)."""
-        try:
-            info = json.loads(self.running_file.read_text())
-        except (OSError, ValueError):
-            return None
-        pid = info.get("pid") if isinstance(info, dict) else None
-        if not isinstance(pid, int):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return dict(info)
-
-
-# --------------------------------------------------------------------------- lifecycle steps without processes
-
-_STATEMENT = re.compile(r"\s*(&&|\|\||;|\n)\s*")
-
-
-def _parse(script: str) -> list[tuple[str, list[str]]] | None:
-    """``[(operator, words), ...]`` (the first operator is ``;``); ``None`` if any command is not one we model."""
-    parts = _STATEMENT.split(script.strip())
-    steps: list[tuple[str, list[str]]] = []
-    operator = ";"
-    known = True
-    for i, part in enumerate(parts):
-        if i % 2 == 1:
-            operator = "&&" if part == "&&" else "||" if part == "||" else ";"
-            continue
-        words = part.split()
-        if not words:
-            continue
-        if words[0] not in ("exit", "sleep", "true", "false", ":"):
-            known = False
-        steps.append((operator, words))
-    return steps if known else None
-
-
-async def _interpret(steps: Sequence[tuple[str, list[str]]]) -> int:
-    status = 0
-    for operator, words in steps:
-        if (operator == "&&" and status != 0) or (operator == "||" and status == 0):
-            continue
-        command, args = words[0], words[1:]
-        if command == "exit":
-            try:
-                return int(args[0]) & 0xFF if args else status
-            except ValueError:
-                return 2
-        if command == "sleep":
-            try:
-                await asyncio.sleep(max(0.0, float(args[0].rstrip("s"))) if args else 0.0)
-                status = 0
-            except ValueError:
-                status = 1
-        else:
-            status = 1 if command == "false" else 0
-    return status
-
-
-class _SimulatedRun:
-    """A Run step in in_process mode: runs its modelled script, or stays RUNNING until stopped."""
-
-    def __init__(self, steps: Sequence[tuple[str, list[str]]] | None) -> None:
-        loop = asyncio.get_running_loop()
-        self._done: asyncio.Future[int] = loop.create_future()
-        self._task: asyncio.Task[None] | None = loop.create_task(self._run(steps)) if steps is not None else None
-
-    async def _run(self, steps: Sequence[tuple[str, list[str]]]) -> None:
-        code = await _interpret(steps)
-        if not self._done.done():
-            self._done.set_result(code)
-
-    @property
-    def pid(self) -> int | None:
-        return None
-
-    async def wait(self) -> int:
-        return await asyncio.shield(self._done)
-
-    async def stop(self, grace: float) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if not self._done.done():
-            self._done.set_result(-signal.SIGTERM)
-
-
-class SimulatedExecutor:
-    """Lifecycle steps of in_process devices: ``exit``, ``sleep``, ``true``/``false`` modelled, nothing spawned.
-
-    See the module docstring. One executor may serve every device (it keeps no state).
-    """
-
-    async def run(self, spec: StepSpec, timeout: float | None) -> StepResult:
-        steps = _parse(spec.script)
-        if not steps:
-            await asyncio.sleep(0)
-            return StepResult(0)
-        try:
-            code = await asyncio.wait_for(_interpret(steps), timeout)
-        except TimeoutError:
-            return StepResult(None, timed_out=True)
-        return StepResult(code)
-
-    async def start(self, spec: StepSpec) -> RunningProcess:
-        return _SimulatedRun(_parse(spec.script))
-
-
-# --------------------------------------------------------------------------- the network between devices and broker
-
-
-class _Pipe(asyncio.Protocol):
-    """One side of a relayed TCP connection; bytes go to ``peer``, with flow control both ways."""
-
-    def __init__(self, link: _Link) -> None:
-        self.link = link
-        self.transport: asyncio.Transport | None = None
-        self.peer: _Pipe | None = None
-        self.pending: list[bytes] = []
-        self.closed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.link.pipes.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.closed:
-            peer.transport.write(data)
-        else:
-            self.pending.append(data)
-
-    def eof_received(self) -> bool | None:
-        return False  # close this side; connection_lost closes the peer
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.link.pipes.discard(self)
-        peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.closed:
-            peer.transport.close()
-
-    def pause_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
-            self.peer.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
-            self.peer.transport.resume_reading()
-
-    def abort(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.transport.abort()
-
-
-class _Inbound(_Pipe):
-    """The device's side: connects upstream to the broker, or is refused while the link is cut."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        assert self.transport is not None
-        if self.link.down:
-            self.transport.abort()
-            return
-        self.transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(self._connect())
-        self.link.tasks.add(task)
-        task.add_done_callback(self.link.tasks.discard)
-
-    async def _connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        upstream = _Pipe(self.link)
-        try:
-            await loop.create_connection(lambda: upstream, self.link.host, self.link.port)
-        except OSError:
-            self.abort()
-            return
-        if self.closed or self.link.down:
-            upstream.abort()
-            self.abort()
-            return
-        upstream.peer, self.peer = self, upstream
-        assert upstream.transport is not None and self.transport is not None
-        for chunk in self.pending:
-            upstream.transport.write(chunk)
-        self.pending.clear()
-        self.transport.resume_reading()
-
-
-class _Link:
-    """One device's path to the broker: a listener of its own on 127.0.0.1 relaying to ``host:port``."""
-
-    def __init__(self, thing: str, host: str, port: int) -> None:
-        self.thing = thing
-        self.host = host
-        self.port = port
-        self.pipes: set[_Pipe] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.down_until = 0.0
-        self._server: asyncio.Server | None = None
-        self.local_port = 0
-
-    @property
-    def down(self) -> bool:
-        return time.monotonic() < self.down_until
-
-    async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Inbound(self), "127.0.0.1", 0, backlog=64)
-        self.local_port = int(self._server.sockets[0].getsockname()[1])
-
-    def drop(self) -> None:
-        """Reset every connection on the link (both sides), as a broken network does."""
-        for pipe in list(self.pipes):
-            pipe.abort()
-
-    def cut(self, seconds: float) -> None:
-        """Drop the connections and refuse new ones for ``seconds``."""
-        self.down_until = max(self.down_until, time.monotonic() + seconds)
-        self.drop()
-
-    async def close(self) -> None:
-        self.down_until = float("inf")
-        self.drop()
-        for task in list(self.tasks):
-            task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-
-# --------------------------------------------------------------------------- views of the simulation
-
-
-@dataclass(frozen=True)
-class DeviceFailure:
-    """A device whose execution of a deployment ended badly, with the device's reason."""
-
-    thing: str
-    deployment_id: str
-    status: str
-    error_code: str | None
-    cause: str | None
-    at: float
 
 
 @dataclass(frozen=True)
@@ -436,45 +75,6 @@ class SimulationStatus:
         return {g.name: {"devices": g.members, **g.counts} for g in self.summary.groups}
 
 
-def device_failures(state: FleetState, limit: int = 10, deployment_id: str | None = None) -> list[DeviceFailure]:
-    """The ``limit`` most recent failed / timed-out / rejected executions, newest first."""
-    records = state.executions(deployment_id=deployment_id, statuses=FAILURE_STATUSES)
-    records.sort(key=lambda r: r.updated_at, reverse=True)
-    out = []
-    for r in records[:limit]:
-        details = r.status_details
-        out.append(
-            DeviceFailure(
-                thing=r.thing,
-                deployment_id=r.deployment_id,
-                status=r.status,
-                error_code=details.get("deployment-error-code") or details.get("error-code"),
-                cause=details.get("deployment-failure-cause"),
-                at=r.updated_at,
-            )
-        )
-    return out
-
-
-def deployment_summary(state: FleetState, deployment_id: str) -> DeploymentSummary:
-    """One deployment's status and counts, read straight from the state (cheap, for polling)."""
-    record = state.get_deployment(deployment_id)
-    if record is None:
-        raise SimulationError(f"no deployment '{deployment_id}' in {state.path}")
-    return DeploymentSummary(
-        id=record.id,
-        target=record.target,
-        status=record.status,
-        created_at=record.created_at,
-        counts=state.status_counts(record.id),
-        replaced_by=record.replaced_by,
-        reason=str(record.status_reason.get("reason")) if record.status_reason else None,
-    )
-
-
-# --------------------------------------------------------------------------- the simulation
-
-
 @dataclass
 class SimulatedDevice:
     """One device of a simulation: its fleet entry, folder and network link, and (while it is up) its agent,
@@ -482,7 +82,7 @@ class SimulatedDevice:
 
     device: Device
     root: Path
-    link: _Link
+    link: NetworkLink
     agent: DeviceAgent | None = None
     client: MqttClient | None = None
     runner: DeviceMqttRunner | None = None
@@ -500,9 +100,6 @@ class SimulatedDevice:
     @property
     def alive(self) -> bool:
         return self.agent is not None
-
-
-Progress = Callable[[str], None]
 
 
 class Simulation:
@@ -623,7 +220,7 @@ class Simulation:
 
         host, port = "127.0.0.1", self.broker.port
         for device in things:
-            link = _Link(device.thing, host, port)
+            link = NetworkLink(device.thing, host, port)
             await link.open()
             self.devices[device.thing] = SimulatedDevice(device, self.folder.device(device.thing), link)
         self._write_running()
@@ -790,7 +387,10 @@ class Simulation:
         state, _ = self._require()
         deadline = time.monotonic() + timeout
         while True:
-            summary = deployment_summary(state, deployment_id)
+            try:
+                summary = deployment_summary(state, deployment_id)
+            except NotFoundError as exc:
+                raise SimulationError(str(exc)) from exc
             if summary.status != "ACTIVE":
                 return summary
             if time.monotonic() >= deadline:

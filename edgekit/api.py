@@ -1,0 +1,201 @@
+"""edgekit's public functions, one per stage; the CLI calls these and only prints. See docs/index.md.
+
+Importing this module is cheap: each function imports its stage when called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from edgekit.compiler import CompileResult
+    from edgekit.fleet.deploy import LocalDeployment
+    from edgekit.greengrass.aws import PublishEvent, PublishResult
+    from edgekit.greengrass.build import PublishedComponent
+    from edgekit.greengrass.deployment import DeploymentResult, DeploymentSpec
+    from edgekit.greengrass.package import PackageResult
+    from edgekit.profiles import DeviceProfile
+    from edgekit.progress import Progress
+    from edgekit.runtime import LoadedModel
+    from edgekit.sim.run import SimulationRun
+    from edgekit.sim.simulation import SimulationStatus
+
+__all__ = ["compile", "deploy", "load", "package", "publish", "publish_local", "simulate", "targets"]
+
+DEFAULT_BUILD = Path("greengrass-build")
+
+
+def compile(model: Any, target: Any, output_dir: Any = "build", **kwargs: Any) -> CompileResult:
+    """Compile ``model`` for a device profile; see :func:`edgekit.compiler.compile_model`."""
+    from edgekit.compiler import compile_model
+
+    return compile_model(model, target, output_dir, **kwargs)
+
+
+def load(artifact_dir: Any, threads: int = 0) -> LoadedModel:
+    """Load a compiled artifact: ``edgekit.load(dir).predict(inputs)``."""
+    from edgekit.runtime import load as _load
+
+    return _load(artifact_dir, threads)
+
+
+def targets() -> list[DeviceProfile]:
+    """The device profiles edgekit knows (bundled, ./devices and $EDGEKIT_DEVICES)."""
+    from edgekit.profiles import list_profiles
+
+    return list_profiles()
+
+
+def package(
+    artifacts: Sequence[str | Path],
+    *,
+    name: str,
+    version: str = "NEXT_PATCH",
+    output: str | Path = DEFAULT_BUILD,
+    publisher: str = "edgekit",
+    progress: Progress | None = None,
+) -> PackageResult:
+    """Turn compiled artifacts (one per platform) into runtime, model and inference Greengrass v2 components."""
+    from edgekit.greengrass.package import package as _package
+
+    return _package(artifacts, name=name, version=version, output=output, publisher=publisher, progress=progress)
+
+
+def publish(
+    build: str | Path = DEFAULT_BUILD,
+    *,
+    bucket: str,
+    region: str,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    gdk_bucket_naming: bool = False,
+    skip_existing: bool = False,
+    dry_run: bool = False,
+    progress: Callable[[PublishEvent], None] | None = None,
+) -> PublishResult:
+    """Publish a packaged build folder to AWS: artifacts to S3, component versions to Greengrass v2 (DEPLOYABLE)."""
+    from edgekit.greengrass.aws import publish as _publish
+
+    return _publish(
+        build,
+        bucket=bucket,
+        region=region,
+        profile=profile,
+        account_bucket_suffix=gdk_bucket_naming,
+        endpoint_url=endpoint_url,
+        progress=progress,
+        dry_run=dry_run,
+        skip_existing=skip_existing,
+    )
+
+
+def publish_local(
+    build: str | Path = DEFAULT_BUILD, *, state_dir: str | Path | None = None, progress: Progress | None = None
+) -> list[PublishedComponent]:
+    """Publish a packaged build folder to the local fleet's registry (default ``./.edgekit/fleet``)."""
+    from edgekit.fleet.deploy import publish_to_folder
+    from edgekit.fleet.folder import FleetFolder
+
+    return publish_to_folder(build, FleetFolder.at(state_dir), progress)
+
+
+def deploy(
+    spec: DeploymentSpec | dict[str, Any],
+    *,
+    local: bool = False,
+    state_dir: str | Path | None = None,
+    fleet: str | Path | None = None,
+    recipes: str | Path = DEFAULT_BUILD / "recipes",
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    account: str | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> DeploymentResult | LocalDeployment:
+    """Deploy components to a thing or thing group, after a pre-flight of versions and platforms on every device.
+
+    ``local``: against the local fleet in ``state_dir`` (its devices, plus ``fleet``'s; its registry), written into
+    its state. Otherwise to AWS Greengrass v2 in ``region``; with ``fleet`` the pre-flight first runs on that fleet
+    file's devices against the recipes in ``recipes``. ``dry_run`` (AWS) returns the exact request, calling nothing.
+    """
+    from edgekit.errors import DeploymentError
+    from edgekit.greengrass.deployment import DeploymentSpec
+    from edgekit.greengrass.deployment import deploy as _deploy
+
+    final = spec if isinstance(spec, DeploymentSpec) else DeploymentSpec.from_dict(spec)
+    if local:
+        if dry_run:
+            raise DeploymentError("--dry-run is for AWS deployments; a local deployment is checked by its pre-flight")
+        from edgekit.fleet.deploy import deploy_to_folder
+        from edgekit.fleet.folder import FleetFolder
+
+        return deploy_to_folder(final, FleetFolder.at(state_dir), str(fleet) if fleet else None, progress)
+    if fleet:
+        _preflight_fleet(final, str(fleet), Path(recipes), progress)
+    if not region:
+        raise DeploymentError("give --region (the deployment's AWS region)")
+    return _deploy(final, region=region, profile=profile, endpoint_url=endpoint_url, dry_run=dry_run, account=account)
+
+
+def _preflight_fleet(spec: DeploymentSpec, fleet: str, recipes: Path, progress: Progress | None) -> None:
+    from edgekit.fleets import load_fleet
+    from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, preflight
+
+    short = spec.target_arn.rsplit(":", 1)[-1]
+    versions = {n: c.component_version for n, c in spec.components.items()}
+    report = preflight(GroupDeployment(short, versions), [], load_fleet(fleet).expand(), ComponentStore.from_dirs(recipes))
+    if progress is not None:
+        progress(f"pre-flight: {len(report.devices)} device(s) reached, {len(report.failed)} with problems")
+    report.raise_for_problems()
+
+
+def simulate(
+    fleet: str | Path = "demo",
+    *,
+    state_dir: str | Path | None = None,
+    devices: int | None = None,
+    mode: Literal["in_process", "subprocess"] | None = None,
+    tls: bool | None = None,
+    tick_s: float = 1.0,
+    build: str | Path | None = None,
+    deployments: Sequence[DeploymentSpec] = (),
+    until_done: bool = False,
+    duration: float | None = None,
+    watch: Callable[[SimulationStatus], None] | None = None,
+    every: float = 0.5,
+    progress: Progress | None = None,
+) -> SimulationRun:
+    """Run a simulated fleet in the foreground (mosquitto, the local fleet service, device agents) and return how
+    it ended: publish ``build``, make ``deployments``, then watch until ``until_done`` / ``duration`` (or Ctrl-C).
+
+    For a simulation that runs beside your own code, use :class:`edgekit.sim.Simulation` as an async context.
+    """
+    from edgekit.fleets import load_fleet
+    from edgekit.sim import Simulation
+    from edgekit.sim.run import run_simulation
+
+    model = load_fleet(fleet)
+    if devices is not None:
+        model = model.scaled(devices)
+    sim = Simulation(model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s)
+
+    async def main() -> SimulationRun:
+        try:
+            return await run_simulation(
+                sim,
+                build=build,
+                deployments=deployments,
+                until_done=until_done,
+                duration=duration,
+                watch=watch,
+                every=every,
+                progress=progress,
+            )
+        finally:
+            await sim.close()
+
+    return asyncio.run(main())

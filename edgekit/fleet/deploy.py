@@ -1,0 +1,112 @@
+"""Publishing and deploying to a local fleet's folder (what ``edgekit publish --local`` / ``deploy --local`` do).
+
+A local deployment is checked like an AWS one (the pre-flight, against the devices registered in the fleet's
+state plus a fleet file's) and then written into the state, where a running simulation picks it up on its next
+tick. See docs/local-fleet.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import DeploymentError, PublishError
+from edgekit.fleet.folder import FleetFolder
+from edgekit.fleet.jobs import parse_target, target_key
+from edgekit.fleet.registry import publish_local
+from edgekit.fleet.service import FleetService
+from edgekit.fleet.state import FleetState
+from edgekit.fleets import Device, load_fleet
+from edgekit.greengrass.build import PublishedComponent
+from edgekit.greengrass.deployment import DeploymentSpec
+from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, PreflightReport, preflight
+from edgekit.progress import Progress, no_progress
+
+__all__ = ["LocalDeployment", "deploy_to_folder", "publish_to_folder"]
+
+
+@dataclass(frozen=True)
+class LocalDeployment:
+    """A deployment written into a local fleet's state: its id, its executions by status, the pre-flight."""
+
+    deployment_id: str
+    folder: FleetFolder
+    counts: dict[str, int]
+    preflight: PreflightReport
+    running: dict[str, Any] | None = field(default=None)  # the simulation running on the folder, if any
+
+
+def publish_to_folder(build_dir: str | Path, folder: FleetFolder, progress: Progress | None = None) -> list[PublishedComponent]:
+    """:func:`~edgekit.fleet.registry.publish_local` into the fleet folder's registry (made when missing)."""
+    if not (Path(build_dir) / "recipes").is_dir():  # before the state folder is made
+        raise PublishError(f"no recipes in {Path(build_dir) / 'recipes'}; package the components first (edgekit package)")
+    with FleetState(folder.database) as state:
+        return publish_local(build_dir, state, folder.store, progress=progress)
+
+
+def _devices(state: FleetState, fleet: str | None) -> tuple[dict[str, Device], list[Device]]:
+    """The devices registered in the state, with ``fleet``'s added (their groups joined); and ``fleet``'s alone."""
+    devices = {
+        t.name: Device(thing=t.name, profile=t.profile, groups=tuple(state.groups_of(t.name)), platform=t.platform)
+        for t in state.things()
+    }
+    extra = load_fleet(fleet).expand() if fleet else []
+    for device in extra:
+        known = devices.get(device.thing)
+        groups = tuple(sorted(set(device.groups) | set(known.groups if known else ())))
+        devices[device.thing] = device.model_copy(update={"groups": groups})
+    return devices, extra
+
+
+def _in_force(state: FleetState, target: str) -> list[GroupDeployment]:
+    """The latest deployment of every other target: what the devices keep running beside this one."""
+    others = []
+    for record in state.deployments(statuses=("ACTIVE", "COMPLETED")):
+        latest = state.latest_deployment(record.target)
+        if latest is not None and latest.id == record.id and record.target != target:
+            comps = {n: str(c.get("componentVersion")) for n, c in (record.spec.get("components") or {}).items()}
+            others.append(GroupDeployment(record.target, comps))
+    return others
+
+
+def _store(state: FleetState) -> ComponentStore:
+    store = ComponentStore()
+    for name, published in state.components().items():
+        for version in published:
+            component = state.get_component(name, version)
+            if component is not None:
+                store.add(component.recipe)
+    return store
+
+
+def deploy_to_folder(
+    spec: DeploymentSpec, folder: FleetFolder, fleet: str | None = None, progress: Progress | None = None
+) -> LocalDeployment:
+    """Pre-flight ``spec`` against the local fleet's devices and registry, then write it into the fleet's state.
+
+    The devices are those registered in the state (a simulation registers its fleet), plus ``fleet``'s when given
+    (registered too, once the pre-flight passed). Nothing is written when the pre-flight fails.
+    """
+    say = progress or no_progress
+    state = folder.open_state()
+    try:
+        devices, extra = _devices(state, fleet)
+        target = target_key(parse_target(spec.target_arn))
+        versions = {n: c.component_version for n, c in spec.components.items()}
+        report = preflight(GroupDeployment(target, versions), _in_force(state, target), list(devices.values()), _store(state))
+        say(f"pre-flight: {len(report.devices)} device(s) reached, {len(report.failed)} with problems")
+        report.raise_for_problems()
+        if not report.devices:
+            raise DeploymentError(
+                f"{target} reaches no device of the local fleet in {folder.root}; check the target, or pass --fleet to register one"
+            )
+        service = FleetService(state)
+        with state.transaction():
+            if extra:
+                service.register_devices(extra)
+            deployment_id = service.create_deployment(spec)
+        counts = state.status_counts(deployment_id)
+    finally:
+        state.close()
+    return LocalDeployment(deployment_id, folder, counts, report, folder.running())

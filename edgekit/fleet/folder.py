@@ -1,0 +1,98 @@
+"""Where a local fleet keeps its files, and opening its state; see docs/local-fleet.md.
+
+::
+
+    <state>/fleet.db          the fleet's SQLite state (WAL: readable while a simulation runs)
+    <state>/store/            published artifacts
+    <state>/broker/           mosquitto's configuration, persistence and log
+    <state>/tls/              CA, broker and per-device certificates
+    <state>/devices/<thing>/  each simulated device's root (config/state.json, packages/, work/, logs/)
+    <state>/simulation.json   the running simulation: pid, broker and HTTP URLs (removed when it ends)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from edgekit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgekit.fleet.state import FleetState
+
+__all__ = ["DEFAULT_STATE_DIR", "FleetFolder"]
+
+DEFAULT_STATE_DIR: Final = Path(".edgekit") / "fleet"
+
+
+@dataclass(frozen=True)
+class FleetFolder:
+    """Where a local fleet keeps its files (see the module docstring)."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, root: str | Path | None = None) -> FleetFolder:
+        """The folder ``root`` (default ``./.edgekit/fleet``), made absolute: mosquitto runs with its own working folder."""
+        return cls((Path(root) if root is not None else DEFAULT_STATE_DIR).absolute())
+
+    @property
+    def database(self) -> Path:
+        return self.root / "fleet.db"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def broker(self) -> Path:
+        return self.root / "broker"
+
+    @property
+    def tls(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def devices(self) -> Path:
+        return self.root / "devices"
+
+    @property
+    def running_file(self) -> Path:
+        return self.root / "simulation.json"
+
+    def device(self, thing: str) -> Path:
+        return self.devices / thing
+
+    def exists(self) -> bool:
+        return self.database.is_file()
+
+    def open_state(self) -> FleetState:
+        """The fleet's state; :class:`~edgekit.errors.ConfigError` naming the commands that make one when there is none."""
+        from edgekit.fleet.state import FleetState
+
+        if not self.exists():
+            raise ConfigError(
+                f"no local fleet in {self.root} (no {self.database.name}); start one with 'edgekit simulate --state {self.root}' "
+                f"or publish to it with 'edgekit publish --local --state {self.root}'"
+            )
+        return FleetState(self.database)
+
+    def running(self) -> dict[str, Any] | None:
+        """What ``simulation.json`` says about a running simulation (``None`` when none runs, or it died)."""
+        try:
+            info = json.loads(self.running_file.read_text())
+        except (OSError, ValueError):
+            return None
+        pid = info.get("pid") if isinstance(info, dict) else None
+        if not isinstance(pid, int):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return dict(info)
