@@ -18,6 +18,7 @@ import pytest
 from conftest import InferServer, make_mlp
 
 import edgekit
+from edgekit.clock import FakeClock
 from edgekit.edge import (
     Aggregator,
     Answer,
@@ -88,23 +89,15 @@ def test_a_damaged_spool_is_named(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- windows
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_tumbling_windows_summarize_answers() -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     agg = Aggregator(10.0, clock=clock)
     assert agg.add(Answer(1, 0.9, 2.0, "local")) is None
-    clock.now += 4
+    clock.advance(4)
     assert agg.add(Answer(1, 0.7, 4.0, "local")) is None
     assert agg.add(Answer(0, 0.6, 50.0, "cloud")) is None
     assert agg.add(Answer(None, None, 60.0, "none")) is None
-    clock.now += 7  # past the window
+    clock.advance(7)  # past the window
     summary = agg.add(Answer(2, 0.99, 1.0, "local"))
     assert summary is not None
     assert summary["count"] == 4 and summary["classes"] == {"0": 1, "1": 2}
@@ -153,7 +146,7 @@ def test_fallback_speaks_the_open_inference_protocol(cloud: InferServer, mlp_mod
 
 
 def test_breaker_opens_after_failures_and_recovers_half_open(cloud: InferServer) -> None:
-    clock = Clock()
+    clock = FakeClock(1000.0)
     fallback = CloudFallback(cloud.url, "big-model", breaker=CircuitBreaker(3, reset_after_s=30, clock=clock))
     x = {"x": np.zeros((1, 8), np.float32)}
     cloud.mode = "error"
@@ -164,12 +157,12 @@ def test_breaker_opens_after_failures_and_recovers_half_open(cloud: InferServer)
     with pytest.raises(FallbackUnavailable, match="circuit breaker is open"):
         fallback.infer(x)
     assert cloud.requests == 3  # no network call while open
-    clock.now += 31
+    clock.advance(31)
     assert fallback.breaker.state == "half-open"
     with pytest.raises(FallbackError):  # the one trial fails: open again
         fallback.infer(x)
     assert fallback.breaker.state == "open" and cloud.requests == 4 and fallback.breaker.opened == 2
-    clock.now += 31
+    clock.advance(31)
     cloud.mode = "ok"
     fallback.infer(x)  # the trial succeeds: closed
     assert fallback.breaker.state == "closed" and cloud.requests == 5

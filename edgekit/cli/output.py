@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.table import Table
 
 from edgekit.manifest import Manifest
+from edgekit.progress import Progress
 
 __all__ = ["console", "err_console", "manifest_table", "progress_line"]
 
@@ -24,7 +25,7 @@ err_console = _console(stderr=True)
 
 
 @contextlib.contextmanager
-def progress_line(title: str) -> Iterator[Callable[[str], None]]:
+def progress_line(title: str) -> Iterator[Progress]:
     """A spinner with the current step on a terminal; plain lines otherwise (CI logs)."""
     if err_console.is_terminal:
         with err_console.status(title) as status:

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from edgekit.clock import Clock, SystemClock
 from edgekit.device.configuration import next_configuration
 from edgekit.device.download import (
     DEFAULT_MAX_UNZIPPED_BYTES,
@@ -70,7 +71,7 @@ from edgekit.device.download import (
 )
 from edgekit.device.errors import DeviceError
 from edgekit.device.executor import Executor, InProcessExecutor, SubprocessExecutor, kill_group
-from edgekit.device.lifecycle import Clock, StateCallback, Supervisor, SystemClock, dependency_layers
+from edgekit.device.lifecycle import StateCallback, Supervisor, dependency_layers
 from edgekit.device.outcome import ComponentOutcome, DeploymentOutcome, DeploymentStatus
 from edgekit.device.registry import RegistryClient, RegistryStore
 from edgekit.device.state import ComponentRecord, DeviceLayout, DeviceState, InProgress, StateStore, TargetRecord

@@ -37,12 +37,12 @@ import os
 import re
 import shutil
 import signal
-import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
+from edgekit.clock import Clock
 from edgekit.device.errors import DeviceError
 from edgekit.device.executor import Executor, RunningProcess, StepResult, StepSpec, kill_group
 from edgekit.device.state import ComponentRecord, DeviceLayout
@@ -51,11 +51,9 @@ from edgekit.mqtt.payloads import LifecycleState
 
 __all__ = [
     "ACTIVE",
-    "Clock",
     "Component",
     "StateCallback",
     "Supervisor",
-    "SystemClock",
     "Unsettled",
     "dependency_layers",
     "should_skip",
@@ -72,17 +70,6 @@ _STEP_KEYS = ("Script", "RequiresPrivilege", "Skipif", "Timeout", "Setenv")
 
 StateCallback = Callable[[str, str, str, str], None]
 """``report(component, old_state, new_state, detail)``; ``detail`` is the status reason ("" for plain transitions)."""
-
-
-class Clock(Protocol):
-    """Seconds since the epoch (the fleet service's clocks fit: anything with ``now()``)."""
-
-    def now(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
 
 
 def _find(mapping: Mapping[str, Any], key: str) -> Any:

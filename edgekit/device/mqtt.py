@@ -283,10 +283,6 @@ class DeviceMqttRunner:
                 await self.send_outboxes()
             await asyncio.sleep(interval_s)
 
-    def check_jobs(self) -> None:
-        """Ask ``$next`` soon (what a notification or a reconnect does)."""
-        self._wake.set()
-
     def component_changed(self, component: str, old: str, new: str, detail: str) -> None:
         """The agent's ``report`` callback: schedule a debounced :class:`DeviceStatus`."""
         self._schedule_status("COMPONENT_STATUS_CHANGE")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+from edgekit.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["Aggregator", "Answer"]
 
@@ -34,12 +34,12 @@ class _Window:
 class Aggregator:
     """Tumbling windows of ``window_s`` seconds; :meth:`add` returns the summary of a window that just closed."""
 
-    def __init__(self, window_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, window_s: float, clock: Clock = SYSTEM_CLOCK) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be positive, got {window_s}")
         self.window_s = window_s
-        self._clock = clock
-        self._window = _Window(start=clock())
+        self._clock = clock.now
+        self._window = _Window(start=self._clock())
         self.windows = 0
 
     def add(self, answer: Answer) -> dict[str, Any] | None:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
 
+from edgekit.clock import SYSTEM_CLOCK, Clock
 from edgekit.edge.errors import EdgeError, FallbackError, FallbackUnavailable
 
 __all__ = ["CircuitBreaker", "CloudFallback", "decode_outputs", "encode_inputs"]
@@ -67,14 +67,12 @@ def decode_outputs(body: Any) -> list[np.ndarray]:
 
 
 class CircuitBreaker:
-    def __init__(
-        self, failure_threshold: int = 3, reset_after_s: float = 30.0, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, failure_threshold: int = 3, reset_after_s: float = 30.0, clock: Clock = SYSTEM_CLOCK) -> None:
         if failure_threshold < 1 or reset_after_s < 0:
             raise EdgeError("circuit breaker: failure_threshold must be ≥ 1 and reset_after_s ≥ 0")
         self.failure_threshold = failure_threshold
         self.reset_after_s = reset_after_s
-        self._clock = clock
+        self._clock = clock.monotonic
         self._failures = 0
         self._opened_at: float | None = None
         self._trial = False

@@ -5,12 +5,12 @@
 * :mod:`edgekit.fleet.http` — the device-facing HTTP API (versions, recipes, artifact downloads);
 * :mod:`edgekit.fleet.service` — deployments as jobs: replacement, rollout, abort, timeouts, status;
 * :mod:`edgekit.fleet.rollout` — the rate and abort rules, pure;
-* :mod:`edgekit.fleet.clock` — the injectable clock (:class:`FakeClock` for tests).
+* time comes from an injected :class:`edgekit.clock.Clock` (:class:`FakeClock` for tests).
 """
 
 from __future__ import annotations
 
-from edgekit.fleet.clock import Clock, FakeClock, SystemClock
+from edgekit.clock import Clock, FakeClock, SystemClock
 from edgekit.fleet.errors import ComponentConflictError, FleetError, JobRejected, NotFoundError, StateError
 from edgekit.fleet.http import FleetHttpServer
 from edgekit.fleet.registry import PublishedComponent, Registry, publish_local

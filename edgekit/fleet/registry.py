@@ -33,8 +33,8 @@ from typing import Any
 import semantic_version
 
 from edgekit.atomic import install_dir
+from edgekit.clock import Clock, SystemClock
 from edgekit.errors import PublishError
-from edgekit.fleet.clock import Clock, SystemClock
 from edgekit.fleet.errors import ComponentConflictError, NotFoundError
 from edgekit.fleet.state import ArtifactRecord, FleetState
 from edgekit.greengrass.build import (

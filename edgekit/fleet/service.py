@@ -1,7 +1,7 @@
 """The local fleet service: things, thing groups, deployments as IoT jobs, rollout, abort and timeouts.
 
 It mirrors AWS IoT Greengrass v2 + IoT Jobs on one machine, with every change in the SQLite state
-(:class:`~edgekit.fleet.state.FleetState`) and time from an injected :class:`~edgekit.fleet.clock.Clock`;
+(:class:`~edgekit.fleet.state.FleetState`) and time from an injected :class:`~edgekit.clock.Clock`;
 nothing here sleeps, talks MQTT or runs a thread. Whoever wires the MQTT side calls, per tick::
 
     for thing, job_id in service.due_notifications():   # rollout-paced
@@ -42,8 +42,8 @@ from typing import Any, Final, Literal, NamedTuple
 
 from pydantic import TypeAdapter, ValidationError
 
+from edgekit.clock import Clock, SystemClock
 from edgekit.errors import ConfigError, DeploymentError
-from edgekit.fleet.clock import Clock, SystemClock
 from edgekit.fleet.errors import JobRejected, NotFoundError
 from edgekit.fleet.jobs import (
     DEVICE_STATUSES,
@@ -269,11 +269,6 @@ class FleetService:
         with self.state.transaction():
             for device in devices:
                 self.register_thing(device.thing, device.profile, device.platform, device.groups)
-
-    def create_group(self, name: str) -> None:
-        """Create an empty thing group (a no-op if it exists)."""
-        if self.state.ensure_group(_check_name(name, "thing group"), self._now()):
-            log.info("thing group %s created", name)
 
     def add_to_group(self, thing: str, group: str) -> list[str]:
         """Put a registered ``thing`` in ``group`` (created if new); returns the job ids queued for it."""

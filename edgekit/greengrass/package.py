@@ -33,7 +33,7 @@ import stat
 import tempfile
 import uuid
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,9 @@ from edgekit._version import __version__
 from edgekit.atomic import install_dir, write_bytes
 from edgekit.digests import file_sha256
 from edgekit.errors import ArtifactError, PackagingError, RecipeError
-from edgekit.greengrass.recipe import SET_BY_SERVICE, TOP_LEVEL_KEYS, dump_recipe, load_recipe, normalize_recipe
+from edgekit.greengrass.recipe import SET_BY_SERVICE, TOP_LEVEL_KEYS, dump_recipe, normalize_recipe
 from edgekit.manifest import Manifest, read_manifest
+from edgekit.progress import Progress
 from edgekit.resources import bundled_dir
 
 __all__ = [
@@ -61,8 +62,7 @@ __all__ = [
 RUNTIME_COMPONENT = "com.edgekit.Runtime"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # The part of edgekit a device needs to load and run an artifact (no compiler, no CLI).
-_RUNTIME_MODULES = ["__init__.py", "_version.py", "api.py", "errors.py", "deps.py", "manifest.py", "runtime", "edge"]
-Progress = Callable[[str], None]
+_RUNTIME_MODULES = ["__init__.py", "_version.py", "api.py", "clock.py", "errors.py", "deps.py", "manifest.py", "runtime", "edge"]
 
 
 @dataclass
@@ -387,8 +387,3 @@ def _check_name(name: str, what: str) -> None:
             f"(letters, digits, '.', '_'; no '-', which the nucleus won't resolve in cross-component variables; "
             f"the aws.greengrass prefix is reserved)"
         )
-
-
-def load_packaged(recipes_dir: Path) -> list[dict[str, Any]]:
-    """Every recipe of a ``greengrass-build/recipes`` folder, normalized."""
-    return [load_recipe(p) for p in sorted(recipes_dir.glob("*.json"))]

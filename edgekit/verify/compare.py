@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from edgekit.errors import ArtifactError, VerificationError
 from edgekit.manifest import read_manifest
+from edgekit.progress import Progress
 from edgekit.runtime.selftest import SelfTestResult, compare_outputs, read_selftest
 
 __all__ = ["VerifyReport", "verify_artifact"]
@@ -48,7 +48,7 @@ def verify_artifact(
     artifact_dir: str | Path,
     samples: int = 4,
     cache_dir: Path | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> VerifyReport:
     """Run ``artifact_dir`` under qemu-aarch64; raise :class:`VerificationError` if it disagrees."""
     say = progress or (lambda _msg: None)

@@ -50,11 +50,12 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.errors import ToolchainError
+from edgekit.progress import Progress, no_progress
 
 __all__ = ["SYSROOT_NAME", "Sysroot", "default_sysroot_dir", "ensure_sysroot", "run_python"]
 
@@ -91,7 +92,6 @@ MANIFEST = "edgekit-sysroot.json"
 _NETWORK_HINT = "the network to deb.debian.org and PyPI is needed to build the aarch64 sysroot"
 _QEMU_HINT = "install it with: apt-get install -y qemu-user-static"
 
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -123,14 +123,14 @@ def default_sysroot_dir(cache_dir: Path | None = None) -> Path:
     return Path(cache_dir).expanduser().resolve() / "sysroots" / SYSROOT_NAME
 
 
-def ensure_sysroot(cache_dir: Path | None = None, progress: Callable[[str], None] | None = None) -> Sysroot:
+def ensure_sysroot(cache_dir: Path | None = None, progress: Progress | None = None) -> Sysroot:
     """Return the aarch64 sysroot, building it on first use (a few tens of seconds).
 
     ``cache_dir`` is the edgekit cache folder (default ``$EDGEKIT_CACHE_DIR`` or
     ``~/.cache/edgekit``); the sysroot lives in ``cache_dir/sysroots/<SYSROOT_NAME>``.
     Raises :class:`ToolchainError` when qemu is missing or a download fails.
     """
-    report: Progress = progress or (lambda _msg: None)
+    report: Progress = progress or no_progress
     qemu = _find_qemu()
     final = default_sysroot_dir(cache_dir)
 
