@@ -121,3 +121,48 @@ class InferServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# --------------------------------------------------------------------------- a packaged build and a fleet file
+
+APP = "com.example.App"  # the component of write_build
+
+
+def write_build(build: Path, version: str = "1.0.0", lifecycle: dict[str, Any] | None = None) -> Path:
+    recipe = {
+        "RecipeFormatVersion": "2020-01-25",
+        "ComponentName": APP,
+        "ComponentVersion": version,
+        "ComponentDescription": "a CLI test component",
+        "ComponentPublisher": "edgekit tests",
+        "Manifests": [
+            {
+                "Platform": {"os": "linux"},
+                "Lifecycle": lifecycle or {"Install": "true"},
+                "Artifacts": [{"URI": "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/app.bin"}],
+            }
+        ],
+    }
+    (build / "recipes").mkdir(parents=True, exist_ok=True)
+    (build / "recipes" / f"{APP}-{version}.json").write_text(json.dumps(recipe))
+    folder = build / "artifacts" / APP / version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "app.bin").write_bytes(b"app " * 4096)
+    return build
+
+
+def write_fleet(path: Path, devices: int = 4) -> Path:
+    half = devices // 2
+    path.write_text(
+        json.dumps(
+            {
+                "name": "clitest",
+                "mode": "in_process",
+                "devices": [
+                    {"prefix": "pi-", "count": half, "profile": "rasp4b", "groups": ["line-1"]},
+                    {"prefix": "gw-", "count": devices - half, "profile": "x86_64", "groups": ["line-1", "gateways"]},
+                ],
+            }
+        )
+    )
+    return path

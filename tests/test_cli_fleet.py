@@ -6,9 +6,9 @@ import asyncio
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
+from conftest import APP, write_build, write_fleet
 
 from edgekit.cli import main
 from edgekit.errors import EXIT_CODES, ConfigError, PublishError, ResolutionError
@@ -16,48 +16,6 @@ from edgekit.fleet import FleetState
 from edgekit.fleet.folder import FleetFolder
 from edgekit.fleets import Fleet
 from edgekit.sim import Simulation, SimulationError
-
-APP = "com.example.App"
-
-
-def write_build(build: Path, version: str = "1.0.0", lifecycle: dict[str, Any] | None = None) -> Path:
-    recipe = {
-        "RecipeFormatVersion": "2020-01-25",
-        "ComponentName": APP,
-        "ComponentVersion": version,
-        "ComponentDescription": "a CLI test component",
-        "ComponentPublisher": "edgekit tests",
-        "Manifests": [
-            {
-                "Platform": {"os": "linux"},
-                "Lifecycle": lifecycle or {"Install": "true"},
-                "Artifacts": [{"URI": "s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/app.bin"}],
-            }
-        ],
-    }
-    (build / "recipes").mkdir(parents=True, exist_ok=True)
-    (build / "recipes" / f"{APP}-{version}.json").write_text(json.dumps(recipe))
-    folder = build / "artifacts" / APP / version
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "app.bin").write_bytes(b"app " * 4096)
-    return build
-
-
-def write_fleet(path: Path, devices: int = 4) -> Path:
-    half = devices // 2
-    path.write_text(
-        json.dumps(
-            {
-                "name": "clitest",
-                "mode": "in_process",
-                "devices": [
-                    {"prefix": "pi-", "count": half, "profile": "rasp4b", "groups": ["line-1"]},
-                    {"prefix": "gw-", "count": devices - half, "profile": "x86_64", "groups": ["line-1", "gateways"]},
-                ],
-            }
-        )
-    )
-    return path
 
 
 def test_publish_and_deploy_local_then_fleet_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
