@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from edgekit.compiler import CompileResult
     from edgekit.fleet.deploy import LocalDeployment
-    from edgekit.greengrass.aws import PublishEvent, PublishResult
-    from edgekit.greengrass.build import PublishedComponent
+    from edgekit.greengrass.build import PublishResult
     from edgekit.greengrass.deployment import DeploymentResult, DeploymentSpec
     from edgekit.greengrass.package import PackageResult
     from edgekit.profiles import DeviceProfile
@@ -23,7 +22,7 @@ if TYPE_CHECKING:
     from edgekit.sim.run import SimulationRun
     from edgekit.sim.simulation import SimulationStatus
 
-__all__ = ["compile", "deploy", "load", "package", "publish", "publish_local", "simulate", "targets"]
+__all__ = ["compile", "deploy", "load", "package", "publish", "simulate", "targets"]
 
 DEFAULT_BUILD = Path("greengrass-build")
 
@@ -67,17 +66,39 @@ def package(
 def publish(
     build: str | Path = DEFAULT_BUILD,
     *,
-    bucket: str,
-    region: str,
+    local: bool = False,
+    state_dir: str | Path | None = None,
+    bucket: str | None = None,
+    region: str | None = None,
     profile: str | None = None,
     endpoint_url: str | None = None,
     gdk_bucket_naming: bool = False,
     skip_existing: bool = False,
     dry_run: bool = False,
-    progress: Callable[[PublishEvent], None] | None = None,
+    progress: Progress | None = None,
 ) -> PublishResult:
-    """Publish a packaged build folder to AWS: artifacts to S3, component versions to Greengrass v2 (DEPLOYABLE)."""
+    """Publish a packaged build folder: to AWS (artifacts to S3 ``bucket``, component versions to Greengrass v2 in
+    ``region``, each waited for until DEPLOYABLE), or with ``local`` to the local fleet's registry in ``state_dir``
+    (default ``./.edgekit/fleet``). Both read the folder with one reader and check everything before any upload."""
+    from edgekit.errors import PublishError
+
+    if local:
+        from edgekit.fleet.deploy import publish_to_folder
+        from edgekit.fleet.folder import FleetFolder
+        from edgekit.greengrass.build import PublishResult
+
+        if dry_run:
+            raise PublishError("--dry-run is for AWS; a local publish checks everything before it writes anything")
+        folder = FleetFolder.at(state_dir)
+        return PublishResult(f"local fleet {folder.root}", tuple(publish_to_folder(build, folder, progress)))
+    if not bucket or not region:
+        raise PublishError("publishing to AWS needs a bucket and a region (or publish to the local fleet)")
+    from edgekit.greengrass.aws import PublishEvent
     from edgekit.greengrass.aws import publish as _publish
+
+    def show(event: PublishEvent) -> None:
+        if progress is not None:
+            progress(f"{event.stage}: {event.component} {event.detail}".rstrip())
 
     return _publish(
         build,
@@ -86,20 +107,10 @@ def publish(
         profile=profile,
         account_bucket_suffix=gdk_bucket_naming,
         endpoint_url=endpoint_url,
-        progress=progress,
+        progress=show,
         dry_run=dry_run,
         skip_existing=skip_existing,
     )
-
-
-def publish_local(
-    build: str | Path = DEFAULT_BUILD, *, state_dir: str | Path | None = None, progress: Progress | None = None
-) -> list[PublishedComponent]:
-    """Publish a packaged build folder to the local fleet's registry (default ``./.edgekit/fleet``)."""
-    from edgekit.fleet.deploy import publish_to_folder
-    from edgekit.fleet.folder import FleetFolder
-
-    return publish_to_folder(build, FleetFolder.at(state_dir), progress)
 
 
 def deploy(

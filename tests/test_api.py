@@ -18,7 +18,7 @@ from edgekit.greengrass.deployment import build_spec
 
 def test_the_public_surface_is_small_and_import_is_cheap() -> None:
     assert set(edgekit.__all__) == {
-        "EdgekitError", "__version__", "compile", "deploy", "load", "package", "publish", "publish_local", "simulate", "targets",
+        "EdgekitError", "__version__", "compile", "deploy", "load", "package", "publish", "simulate", "targets",
     }  # fmt: skip
     code = "import sys, edgekit; print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'tvm', 'torch', 'boto3', 'typer', 'rich', 'paho')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -27,9 +27,13 @@ def test_the_public_surface_is_small_and_import_is_cheap() -> None:
 
 def test_publish_deploy_and_simulate_a_local_fleet(tmp_path: Path) -> None:
     state, build, fleet = tmp_path / "state", write_build(tmp_path / "gg"), write_fleet(tmp_path / "fleet.yaml")
-    published = edgekit.publish_local(build, state_dir=state)
+    result = edgekit.publish(build, local=True, state_dir=state)
+    published = result.components
+    assert result.destination == f"local fleet {FleetFolder.at(state).root}" and not result.dry_run
     assert [(c.name, c.version, c.status) for c in published] == [(APP, "1.0.0", "published")]
     assert [a.name for a in published[0].artifacts] == ["app.bin"] and published[0].artifacts[0].size == 4 * 4096
+    again = edgekit.publish(build, local=True, state_dir=state)
+    assert [c.status for c in again.components] == ["unchanged"]
 
     lines: list[str] = []
     spec = build_spec("thinggroup/line-1", [f"{APP}=1.0.0"], rollout="100/min")
@@ -44,7 +48,7 @@ def test_publish_deploy_and_simulate_a_local_fleet(tmp_path: Path) -> None:
 
 def test_a_failed_preflight_writes_nothing(tmp_path: Path) -> None:
     state, build, fleet = tmp_path / "state", write_build(tmp_path / "gg"), write_fleet(tmp_path / "fleet.yaml")
-    edgekit.publish_local(build, state_dir=state)
+    edgekit.publish(build, local=True, state_dir=state)
     with pytest.raises(ResolutionError, match="NO_AVAILABLE_COMPONENT_VERSION|only 1.0.0"):
         edgekit.deploy({"targetArn": "thinggroup/line-1", "components": {APP: {"componentVersion": "2.0.0"}}},
                        local=True, state_dir=state, fleet=fleet)  # fmt: skip

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from edgekit.cli.output import console, progress_line
+from edgekit.fleet.folder import FleetFolder
 
 if TYPE_CHECKING:
     from edgekit.fleet.deploy import LocalDeployment
@@ -34,39 +35,34 @@ def register(app: typer.Typer) -> None:
         """Upload artifacts to S3 and create the component versions (CreateComponentVersion), waiting for DEPLOYABLE.
 
         With --local: publish to the local fleet's registry (what a simulation's devices download from)."""
-        if local:
-            _publish_local(build, state)
-            return
-        if bucket is None:
-            raise typer.BadParameter("required (or publish with --local)", param_hint="'--bucket'")
-        if region is None:
-            raise typer.BadParameter("required (or publish with --local)", param_hint="'--region'")
+        if not local:
+            if bucket is None:
+                raise typer.BadParameter("required (or publish with --local)", param_hint="'--bucket'")
+            if region is None:
+                raise typer.BadParameter("required (or publish with --local)", param_hint="'--region'")
         from edgekit.api import publish
-        from edgekit.greengrass.aws import PublishEvent
 
-        with progress_line("publishing") as say:
-
-            def show(event: PublishEvent) -> None:
-                say(f"{event.stage}: {event.component} {event.detail}".rstrip())
-
+        with progress_line("publishing to the local fleet" if local else "publishing") as say:
             result = publish(
                 build,
+                local=local,
+                state_dir=state,
                 bucket=bucket,
                 region=region,
                 profile=profile,
                 gdk_bucket_naming=gdk_bucket_naming,
                 endpoint_url=endpoint_url,
-                progress=show,
+                progress=say,
                 dry_run=dry_run,
                 skip_existing=skip_existing,
             )
-        table = Table(
-            title=f"s3://{result.bucket} ({result.region}){' - dry run' if result.dry_run else ''}", title_justify="left"
-        )
+        title = f"{'local registry ' + str(FleetFolder.at(state).root) if local else result.destination}"
+        table = Table(title=title + (" - dry run" if result.dry_run else ""), title_justify="left")
         for col in ("component", "version", "status", "arn", "artifacts"):
             table.add_column(col)
         for c in result.components:
-            table.add_row(c.name, c.version, c.status, c.arn or "-", str(len(c.artifacts)))
+            shown = ", ".join(f"{a.name} ({a.size} B)" if a.size is not None else a.name for a in c.artifacts)
+            table.add_row(c.name, c.version, c.status, c.arn or "-", shown or "-")
         console.print(table)
 
     @app.command("deploy")
@@ -141,17 +137,3 @@ def _print_local(result: LocalDeployment) -> None:
         console.print(f"the simulation running here (pid {result.running['pid']}) rolls it out on its next tick")
     else:
         console.print(f"no simulation runs on {folder.root}: 'edgekit simulate --state {folder.root}' rolls it out")
-
-
-def _publish_local(build: Path, state: Path | None) -> None:
-    from edgekit.api import publish_local
-    from edgekit.fleet.folder import FleetFolder
-
-    with progress_line("publishing to the local fleet") as say:
-        result = publish_local(build, state_dir=state, progress=say)
-    table = Table(title=f"local registry {FleetFolder.at(state).root}", title_justify="left")
-    for col in ("component", "version", "status", "artifacts"):
-        table.add_column(col)
-    for c in result:
-        table.add_row(c.name, c.version, c.status, ", ".join(f"{a.name} ({a.size} B)" for a in c.artifacts) or "-")
-    console.print(table)

@@ -43,6 +43,7 @@ from edgekit.greengrass.build import (
     BuiltComponent,
     PublishedArtifact,
     PublishedComponent,
+    PublishResult,
     read_build,
 )
 from edgekit.greengrass.recipe import dump_recipe
@@ -557,14 +558,6 @@ def _recipe_label(inline_recipe: bytes) -> str:
 
 
 @dataclass(frozen=True)
-class PublishResult:
-    bucket: str
-    region: str
-    components: tuple[PublishedComponent, ...]
-    dry_run: bool = False
-
-
-@dataclass(frozen=True)
 class PublishEvent:
     """Progress of :func:`publish`, for the CLI to draw."""
 
@@ -644,7 +637,7 @@ def publish(
         emit(PublishEvent("plan", p.name, f"{p.version}: {len(p.artifacts)} artifact(s)"))
 
     if dry_run:
-        return PublishResult(bucket, region, tuple(p.component("planned") for p in plans), dry_run=True)
+        return PublishResult(f"s3://{bucket} ({region})", tuple(p.component("planned") for p in plans), True, bucket, region)
 
     aws = aws or AwsSession(region=region, profile=profile, endpoint_url=endpoint_url)
     if aws.region != region:
@@ -671,7 +664,7 @@ def publish(
             results.append(p.component("skipped", gg.version_arn(p.name, p.version)))
             continue
         results.append(_publish_one(p, bucket, s3, gg, emit, results, wait_timeout, poll_interval))
-    return PublishResult(bucket, region, tuple(results))
+    return PublishResult(f"s3://{bucket} ({region})", tuple(results), False, bucket, region)
 
 
 def _publish_one(

@@ -31,6 +31,7 @@ __all__ = [
     "BuildFolder",
     "BuiltArtifact",
     "BuiltComponent",
+    "PublishResult",
     "PublishedArtifact",
     "PublishedComponent",
     "read_build",
@@ -182,3 +183,14 @@ class PublishedComponent:
     artifacts: tuple[PublishedArtifact, ...] = ()
     arn: str | None = None
     uploads: tuple[UploadResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """A publish of a build folder: where it went (``s3://bucket (region)`` or ``local fleet <folder>``) and each component."""
+
+    destination: str
+    components: tuple[PublishedComponent, ...]
+    dry_run: bool = False
+    bucket: str | None = None  # AWS
+    region: str | None = None  # AWS
