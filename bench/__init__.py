@@ -1,1 +1,1 @@
-"""Benchmarks for edgekit (``python -m bench.compile``)."""
+"""Benchmarks for edgekit, one command each (``python -m bench.compile|fleet|edge``). See docs/benchmarks.md."""

@@ -2,10 +2,7 @@
 
     python -m bench.compile [--models mlp,cnn,mobilenet,rf] [--rounds 10] [--repeat 50] [--json out.json]
 
-Builds a small benchmark set in code (no downloads), compiles each model with edgekit's
-default pipeline and once more per backend, then times every runnable variant in the same
-process: round-robin over the variants, ``--repeat`` runs per block, ``--rounds`` blocks
-each; the reported latency is the median of the block medians.
+See docs/benchmarks.md (compile).
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""bench/edge: what the edge runtime's guarantees cost, measured side by side in one run.
+"""bench/edge: what the edge runtime's guarantees cost (spool put, spool drain, cloud fallback), side by side in one run.
 
-- spool put: durable (WAL, synchronous=FULL: an fsync per message) against synchronous=NORMAL
-  and an in-memory list, per message;
-- spool drain over a real mosquitto (QoS 1, one PUBACK per message) in messages/s;
-- the cloud fallback: a call to a local Open Inference Protocol server, against the same call
-  failing fast with the circuit breaker open, against a call that waits out a timeout.
+    python -m bench.edge [--messages N] [--calls N] [--timeout S]
+
+See docs/benchmarks.md (edge runtime).
 """
 
 from __future__ import annotations

@@ -2,26 +2,7 @@
 
     python -m bench.fleet [--devices 1000] [--rate 100] [--quick] [--no-tls] [--json out.json | --json -]
 
-One :class:`edgekit.sim.Simulation` (mosquitto, the fleet service and its MQTT bridge, N
-in_process device agents in one asyncio loop, each with its own MQTT session and certificate) measures:
-
-a. **connect**: N devices connected, each with its own MQTT session (mTLS unless ``--no-tls``);
-b. **deploy**: a real packaged model component (``edgekit compile`` + ``edgekit package``) whose zip is padded
-   to ~1 MB with random bytes, deployed to every device: time to COMPLETED, devices lost (not SUCCEEDED or
-   disconnected at the end), when the service released the last execution and each device's job time.
-   One deployment is paced by its rollout (1000/min at most, as AWS IoT Jobs): the service releases the
-   last of 1,000 executions about 60 s in. So (b') deploys a second such component as 10 deployments of
-   100 devices (one per group), each released at once: what the simulator itself takes for 1,000 x 1 MB;
-c. **memory**: this process's RSS growth per device, after connecting and after the deployment (mosquitto's
-   own RSS per device beside it);
-d. **rollout**: a deployment with ``maximumPerMinute = --rate`` to a group of 300 devices (all of them with
-   ``--quick``), measured over a 120 s window (20 s with ``--quick``): executions released and jobs started
-   per minute, against the rate;
-e. **abort**: a component whose ``Install`` fails (``exit 1``) deployed with ``--abort-failed 10%`` (min 10
-   executed) at ``--rate``: the time from the device's threshold-crossing failure to the deployment's
-   CANCELED, against the bridge's tick (1 s) and the devices' status debounce.
-
-``--quick`` runs 100 devices in well under a minute.
+See docs/benchmarks.md (fleet).
 """
 
 from __future__ import annotations

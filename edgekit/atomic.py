@@ -1,4 +1,7 @@
-"""Putting folders and files in place whole: readers never see a half-written one."""
+"""Putting folders and files in place whole: readers never see a half-written one.
+
+See docs/architecture.md.
+"""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
 """The one clock abstraction: every part that reads time takes a :class:`Clock`, so tests drive it exactly.
 
-Rollouts, timeouts and rate windows (the fleet service), lifecycle error windows (the agent), tumbling
-windows and circuit breakers (the edge runtime) read time only through a clock; a :class:`FakeClock`
-moves only when told to.
+A :class:`FakeClock` moves only when told to. See docs/architecture.md (seams).
 """
 
 from __future__ import annotations

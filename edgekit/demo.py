@@ -2,6 +2,7 @@
 
 Built with ``onnx.helper`` from fixed-seed weights, so the demo needs no download and
 no training framework, and every run compiles the same bytes (and hits the cache).
+See README.md and docs/index.md.
 """
 
 from __future__ import annotations

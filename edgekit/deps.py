@@ -1,4 +1,7 @@
-"""Optional dependencies: imported when used, never at ``import edgekit``."""
+"""Optional dependencies: imported when used, never at ``import edgekit``.
+
+See docs/architecture.md (extras by role) and docs/errors.md (``MissingDependencyError``).
+"""
 
 from __future__ import annotations
 

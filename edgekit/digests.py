@@ -1,4 +1,7 @@
-"""SHA-256 of files, streamed: one place for every stage that hashes artifacts and models."""
+"""SHA-256 of files, streamed: one place for every stage that hashes artifacts and models.
+
+See docs/architecture.md.
+"""
 
 from __future__ import annotations
 

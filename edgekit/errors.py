@@ -24,9 +24,9 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     ├── PublishError              S3 / Greengrass calls failed (credentials, region, throttling, FAILED version)
     ├── DeploymentError           CreateDeployment was refused or its options are wrong
     └── (in their subpackages) mqtt.BrokerError 18, mqtt.PayloadError 19, device.DeviceError 20,
-        fleet.FleetError 21, device.SimulationError 22, edge.EdgeError 23 — each sets ``exit_code`` on its class
+        fleet.FleetError 21, sim.SimulationError 22, edge.EdgeError 23 — each sets ``exit_code`` on its class
 
-The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`).
+The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`). See docs/errors.md.
 """
 
 from __future__ import annotations

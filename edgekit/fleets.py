@@ -1,15 +1,7 @@
 """Fleet files (``devices/fleets/<name>.yaml``): which devices exist, of which profile, in which thing groups.
 
-For the simulator (:mod:`edgekit.sim`) a fleet file also says how its devices run and what goes
-wrong with them::
-
-    mode: in_process          # or subprocess (lifecycle scripts really run); default: in_process above 50 devices
-    tls: true                 # mTLS with one certificate per device + a per-device ACL on the broker
-    faults:                   # applied on schedule, ``at`` seconds after every device connected
-      - {at: 5, fault: cut_network, fraction: 0.1, seconds: 20}
-      - {at: 8, fault: restart_device, things: [line1-pi-03]}
-      - {at: 0, fault: corrupt_downloads, things: [line2-imx-02], count: 10}
-      - {at: 30, fault: restart_broker}
+For the simulator a fleet file also says how its devices run (``mode``, ``tls``) and what goes wrong
+with them (``faults``). See docs/local-fleet.md (fleet files).
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""The artifact manifest: what was compiled, for which device, and what was measured.
+"""The artifact manifest (``manifest.json``): what was compiled, for which device, and what was measured.
 
-Written as ``manifest.json`` in every artifact directory; read back by the loader,
-``edgekit package`` and the device runtime. ``schemaVersion`` changes when a field's
-meaning changes.
+See docs/artifact.md.
 """
 
 from __future__ import annotations

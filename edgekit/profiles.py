@@ -1,9 +1,6 @@
-"""Device profiles: what a target device is, for Neo, Greengrass and TVM.
+"""Device profiles: what a target device is, for Neo, Greengrass and TVM, and where profiles are looked up.
 
-A profile is one YAML file (see ``devices/``). Profiles are looked up, first match
-wins, in: a path given directly (``--target my/board.yaml``), the folders in
-``$EDGEKIT_DEVICES`` (``os.pathsep``-separated), ``./devices`` in the working
-directory, and the profiles bundled with edgekit.
+See docs/compile.md (device profiles).
 """
 
 from __future__ import annotations

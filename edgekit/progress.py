@@ -1,4 +1,7 @@
-"""The one progress-callback type: long work reports one line at a time, the CLI decides how to draw it."""
+"""The one progress-callback type: long work reports one line at a time, the CLI decides how to draw it.
+
+See docs/architecture.md (seams).
+"""
 
 from __future__ import annotations
 

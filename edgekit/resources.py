@@ -2,6 +2,7 @@
 
 In a source checkout (or an editable install) they are the top-level folders of the
 repository; in an installed wheel they are shipped as ``edgekit/_data/<name>``.
+See docs/architecture.md.
 """
 
 from __future__ import annotations

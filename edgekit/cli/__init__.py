@@ -1,4 +1,7 @@
-"""The ``edgekit`` command line: parses, calls the API, prints. One module per command group."""
+"""The ``edgekit`` command line: parses, calls the API, prints. One module per command group.
+
+See docs/architecture.md (API first, CLI thin).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""edgekit compile"""
+"""edgekit compile. See docs/compile.md."""
 
 from __future__ import annotations
 

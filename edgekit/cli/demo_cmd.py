@@ -1,4 +1,4 @@
-"""edgekit demo: the whole flow on an embedded default, model to fleet."""
+"""edgekit demo: the whole flow on an embedded default, model to fleet. See README.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""edgekit simulate / edgekit fleet status"""
+"""edgekit simulate / edgekit fleet status. See docs/local-fleet.md."""
 
 from __future__ import annotations
 

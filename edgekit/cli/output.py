@@ -1,4 +1,4 @@
-"""Console output shared by the commands (the library itself never prints)."""
+"""Console output shared by the commands (the library itself never prints). See docs/errors.md."""
 
 from __future__ import annotations
 

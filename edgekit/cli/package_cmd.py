@@ -1,4 +1,4 @@
-"""edgekit package"""
+"""edgekit package. See docs/greengrass-packaging.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""edgekit publish / edgekit deploy"""
+"""edgekit publish / edgekit deploy. See docs/publishing.md."""
 
 from __future__ import annotations
 

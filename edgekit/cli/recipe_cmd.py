@@ -1,4 +1,4 @@
-"""edgekit recipe lint"""
+"""edgekit recipe lint. See docs/greengrass-packaging.md."""
 
 from __future__ import annotations
 

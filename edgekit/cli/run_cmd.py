@@ -1,4 +1,4 @@
-"""edgekit run"""
+"""edgekit run: run an artifact on this host. See docs/compile.md."""
 
 from __future__ import annotations
 

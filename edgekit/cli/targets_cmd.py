@@ -1,4 +1,4 @@
-"""edgekit targets"""
+"""edgekit targets: the device profiles edgekit knows. See docs/compile.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""edgekit verify"""
+"""edgekit verify: run an aarch64 artifact under qemu. See docs/artifact.md."""
 
 from __future__ import annotations
 

@@ -1,20 +1,13 @@
 """The device agent: a small Greengrass-nucleus-like runtime, the same code for a real Linux device and a simulated one.
 
-One :class:`DeviceAgent` per device, everything under one root folder, asyncio throughout (no thread per
-device or component; blocking HTTP and unzip run in worker threads)::
+::
 
     agent = DeviceAgent("gw-1", "/var/lib/edgekit/gw-1", {"os": "linux", "architecture": "amd64"},
                         "http://fleet:8080", groups=["line-1"], report=on_state)
     await agent.resume()                     # after a (re)start: bring back what ran
     outcome = await agent.apply(job)         # a JobDocument → DeploymentOutcome
-    job_update.status_details = outcome.status_details()
-    await agent.stop()
 
-Modules: :mod:`~edgekit.device.agent` (deployments, rollback, resume), :mod:`~edgekit.device.lifecycle`
-(the component state machine), :mod:`~edgekit.device.executor` (subprocess / in-process step runners),
-:mod:`~edgekit.device.download` (verified downloads, safe unzip), :mod:`~edgekit.device.registry` (the
-fleet's HTTP registry as a ``ComponentStore``), :mod:`~edgekit.device.state` (the on-disk state),
-:mod:`~edgekit.device.configuration` and :mod:`~edgekit.device.variables` (recipe configuration and variables).
+See docs/device-agent.md.
 """
 
 from __future__ import annotations

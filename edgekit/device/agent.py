@@ -1,48 +1,7 @@
 """The device agent: applies deployments (IoT Jobs documents) the way the Greengrass nucleus does.
 
-:meth:`DeviceAgent.apply` runs one deployment at a time, in two phases:
-
-1. **Prepare** (nothing running changes): the targets the device is in are updated with the job (a job
-   replaces the previous deployment to its target; the device runs the **union** of its targets, see
-   below), the union is resolved against the registry with :func:`edgekit.greengrass.resolve.resolve_device`
-   (versions, intersected requirements, the first manifest for the device's platform), each component's
-   configuration is computed (:mod:`edgekit.device.configuration`), and the artifacts of every new version
-   are downloaded, verified and unpacked. A failure here (``NO_AVAILABLE_COMPONENT_VERSION``,
-   ``ARTIFACT_CHECKSUM_MISMATCH``, ``IO_UNZIP_ERROR``, ``NETWORK_ERROR``, ...) removes what was fetched
-   and ends the deployment with ``FAILED_NO_STATE_CHANGE``.
-2. **Apply**: removed and changed components (and the running HARD dependents of changed ones) are stopped,
-   dependents first; new and changed ones are installed and started, dependencies first; then the agent
-   waits until every component is RUNNING or FINISHED and none moved for ``settle_s`` seconds (so a Run that
-   dies at once is caught), or one is BROKEN, or the deadline passes (the job's in-progress timeout, else
-   ``deployment_timeout_s``). On failure with ``ROLLBACK`` the previous components come back exactly
-   (versions, configurations, lifecycle states; the new versions' files are deleted):
-   ``FAILED_ROLLBACK_COMPLETE``, or ``FAILED_UNABLE_TO_ROLLBACK`` if they don't come up; with ``DO_NOTHING``
-   the device stays as the deployment left it: ``FAILED_ROLLBACK_NOT_REQUESTED``.
-
-**Union semantics.** The device remembers the latest deployment of every target it got one from. A new
-job replaces its own target's entry and keeps the others whose target still applies to the device (its
-own ``thing/<name>``, or a ``thinggroup/<name>`` in :attr:`DeviceAgent.groups`; the job's own group always
-applies). Components of other targets keep running, untouched unless the resolution changes them.
-
-**Processed jobs.** The outcome of each deployment id is kept (the last 50): a redelivered job gets the
-same outcome back without being applied again. A job older (``creationTimestamp``) than the deployment
-its target already has is ``REJECTED`` (``REJECTED_STALE_DEPLOYMENT``).
-
-**Restart and resume.** ``state.json`` is written on every transition. A deployment records the previous
-component set before it changes anything. :meth:`DeviceAgent.resume` (called by the first :meth:`apply`
-if not before) reloads the state, kills process groups a previous agent left running, and then:
-
-* if a deployment was in progress when the agent died, puts the previous component set back (deleting
-  what the interrupted deployment fetched) and, with ``redo_interrupted=True`` (the default), applies the
-  interrupted job again from the start and returns its outcome; with ``False`` it reports it
-  ``FAILED_ROLLBACK_COMPLETE`` / ``DEPLOYMENT_INTERRUPTED`` instead;
-* starts again every component that was not FINISHED or BROKEN (Install is not run again: once per
-  version). FINISHED components are not re-run and BROKEN ones stay BROKEN (only a deployment fixes them);
-  this differs from the nucleus, which runs every component again on launch.
-
-A clean :meth:`DeviceAgent.stop` runs every Shutdown but does not record the stops, so a later
-:meth:`resume` brings back what was running. :meth:`DeviceAgent.kill` is a crash (for tests and the
-simulator's faults): no Shutdown, nothing written.
+Prepare (resolve, download, verify), then apply (stop, install, start, settle), roll back on failure,
+and resume after a restart. See docs/device-agent.md.
 """
 
 from __future__ import annotations
@@ -114,7 +73,7 @@ class _Changes:
 
 
 class DeviceAgent:
-    """A Greengrass-nucleus-like runtime for one device, rooted in one folder (see the module docstring).
+    """A Greengrass-nucleus-like runtime for one device, rooted in one folder (see docs/device-agent.md).
 
     ``platform`` is the device's Greengrass platform (``{"os": "linux", "architecture": "amd64"}``);
     ``groups`` the thing groups it is in; ``report(component, old, new, detail)`` hears every lifecycle
@@ -275,7 +234,7 @@ class DeviceAgent:
     # ------------------------------------------------------------------ resume / stop / kill
 
     async def resume(self, *, redo_interrupted: bool = True) -> DeploymentOutcome | None:
-        """Reload the state after a restart and bring back what was running (see the module docstring).
+        """Reload the state after a restart and bring back what was running (see docs/device-agent.md: resume).
 
         Returns the outcome of the deployment that was interrupted, if one was, else ``None``.
         """
@@ -369,7 +328,7 @@ class DeviceAgent:
     # ------------------------------------------------------------------ deployments
 
     async def apply(self, job: JobDocument) -> DeploymentOutcome:
-        """Apply one deployment and return its outcome (see the module docstring). One at a time."""
+        """Apply one deployment and return its outcome (see docs/device-agent.md: a deployment, in two phases). One at a time."""
         async with self._lock:
             self._applying = asyncio.current_task()
             try:

@@ -1,14 +1,6 @@
-"""Component configuration the way the nucleus merges it, with RFC 6901 JSON pointers.
+"""Component configuration the way the nucleus merges it (previous, ``reset``, defaults, ``merge``), with RFC 6901 JSON pointers.
 
-For each component of a deployment::
-
-    previous configuration (the one on the device, any version; {} for a new component)
-      → ``reset`` pointers: each takes the new version's default value, or is removed if it has none
-        (``""`` resets everything to DefaultConfiguration)
-      → DefaultConfiguration fills every key still missing (existing values win)
-      → ``merge`` (a JSON object) is merged in: objects key by key, anything else replaces
-
-A component without a ``configurationUpdate`` keeps its configuration, plus any new default keys.
+See docs/device-agent.md (lifecycle, configuration, variables).
 """
 
 from __future__ import annotations
@@ -84,7 +76,7 @@ def _merge(config: dict[str, Any], update: Mapping[str, Any]) -> None:
 def next_configuration(
     previous: Mapping[str, Any] | None, default: Mapping[str, Any] | None, update: ConfigurationUpdate | None
 ) -> dict[str, Any]:
-    """The configuration a component runs with after a deployment (see the module docstring)."""
+    """The configuration a component runs with after a deployment (see docs/device-agent.md)."""
     default = default or {}
     config: dict[str, Any] = copy.deepcopy(dict(previous)) if previous is not None else {}
     for pointer in (update.reset if update else None) or []:

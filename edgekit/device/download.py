@@ -1,20 +1,6 @@
 """Artifacts onto the device: download, verify, cache by digest, unpack safely, set permissions.
 
-* Every download is re-hashed (SHA-256) and compared with the recipe's ``Digest`` (base64). On a
-  mismatch the file is deleted and fetched again, up to ``attempts`` times (10, as the nucleus) with
-  a small growing backoff; then :class:`ArtifactDownloadError` ``ARTIFACT_CHECKSUM_MISMATCH``.
-  Network errors and 5xx answers are retried within the same budget; 4xx answers fail at once.
-* Verified files are kept in a cache named by their digest (``<cache>/<sha256 hex>``, which several
-  simulated devices may share) and hard-linked (or copied) into ``{artifacts:path}``; a cached file is
-  re-hashed before it is used.
-* ``Unarchive: ZIP`` unpacks ``x.zip`` into ``{artifacts:decompressedPath}/x/`` through a staging
-  folder renamed into place only when every entry was written. Before anything is written the whole
-  archive is checked; entries with an absolute path, a ``..`` part, a symlink or special-file mode, a
-  duplicate name, a path resolving outside the folder, or more than ``max_unzipped_bytes`` in total
-  (counted on what is really inflated, not on the headers) refuse the **whole** artifact with
-  :class:`UnsafeArchiveError` ``IO_UNZIP_ERROR``, and nothing of it stays on disk.
-* ``Permission`` (``Read`` OWNER default, ``Execute`` NONE default; NONE/OWNER/ALL) sets the mode of
-  the file and of every unpacked file; folders stay traversable by whoever may read.
+See docs/device-agent.md (downloads, digests, safe unzip).
 """
 
 from __future__ import annotations

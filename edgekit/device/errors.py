@@ -1,16 +1,4 @@
-"""The errors of :mod:`edgekit.device`, all under :class:`edgekit.errors.EdgekitError`::
-
-    EdgekitError
-    └── DeviceError               a deployment step failed on the device; ``stack`` is the nucleus's
-        │                         error-code hierarchy (least specific first), ``code`` its last entry
-        ├── ArtifactDownloadError an artifact could not be fetched or its SHA-256 never matched
-        └── UnsafeArchiveError    a ZIP artifact was refused: absolute path, '..', symlink, special
-                                  file, duplicate entry, or more than the size cap (a zip bomb)
-
-Error codes are the Greengrass nucleus's own (``DeploymentErrorCode``): ``ARTIFACT_CHECKSUM_MISMATCH``,
-``IO_UNZIP_ERROR``, ``NETWORK_ERROR``, ``COMPONENT_BROKEN``, ... so a fleet view reads the same codes
-for a simulated device as for a real core device.
-"""
+"""The errors of :mod:`edgekit.device` (exit codes 20 and 18), carrying the nucleus's error codes. See docs/errors.md."""
 
 from __future__ import annotations
 

@@ -1,17 +1,6 @@
 """How lifecycle steps run: real ``sh -c`` subprocesses (the default) or, for scale simulations, not at all.
 
-:class:`SubprocessExecutor` starts every step with ``asyncio.create_subprocess_shell`` in a new session
-(so the step and everything it spawns share one process group), cwd = the component's work folder,
-stdout and stderr appended to ``<root>/logs/<name>.log``. A step past its ``Timeout`` gets SIGTERM on
-its whole process group, then SIGKILL after ``kill_grace`` seconds; a step whose task is cancelled is
-killed the same way before the cancellation goes on, so no step outlives the agent that ran it.
-
-:class:`InProcessExecutor` (``DeviceAgent(mode="in_process")``) spawns nothing. Everything before a
-step still happens for real: artifacts are downloaded, verified and unpacked, the work folder is made,
-every variable in Script/Setenv/Skipif is interpolated and Skipif is evaluated. What is skipped is
-exactly the execution of the scripts: Bootstrap, Install, Startup, Shutdown and Recover count as exit 0
-(or the code ``fail`` returns for them, to inject faults), and a Run "process" is a placeholder that
-stays RUNNING until the component is stopped (or exits with what ``fail`` returns for Run).
+See docs/device-agent.md (lifecycle) and docs/local-fleet.md (faults) for the in-process mode.
 """
 
 from __future__ import annotations
@@ -190,7 +179,14 @@ class _Placeholder:
 
 
 class InProcessExecutor:
-    """Runs no scripts at all (see the module docstring); ``fail(spec)`` may return an exit code to inject."""
+    """Runs no scripts at all (``DeviceAgent(mode="in_process")``); ``fail(spec)`` may return an exit code to inject.
+
+    Everything before a step still happens for real: artifacts are downloaded, verified and unpacked, the work
+    folder is made, every variable in Script/Setenv/Skipif is interpolated and Skipif is evaluated. What is skipped
+    is exactly the execution of the scripts: Bootstrap, Install, Startup, Shutdown and Recover count as exit 0 (or
+    the code ``fail`` returns for them), and a Run "process" is a placeholder that stays RUNNING until the component
+    is stopped (or exits with what ``fail`` returns for Run).
+    """
 
     def __init__(self, fail: FaultHook | None = None) -> None:
         self.fail = fail

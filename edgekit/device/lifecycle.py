@@ -1,30 +1,6 @@
-"""The component lifecycle of the Greengrass nucleus, on asyncio (no thread per component or device).
+"""The component lifecycle of the Greengrass nucleus (``Lifecycle.java``), on asyncio: no thread per component or device.
 
-States and transitions (as in the nucleus's ``Lifecycle.java``)::
-
-    NEW ──Install ok──▶ INSTALLED ──▶ STARTING ──Startup exit 0 / Run spawned──▶ RUNNING
-     ▲                                   │  no Run nor Startup: ▶ FINISHED        │ Run exit 0: STOPPING (Shutdown) ▶ FINISHED
-     └── ERRORED ◀── Install fails       └── Startup fails ▶ ERRORED ◀────────────┘ Run exit ≠ 0 / Run Timeout
-           │ Recover runs, then: NEW (retry Install) | STOPPING (Shutdown, kill) ▶ INSTALLED ▶ STARTING (retry)
-           ▼
-         BROKEN: the 3rd ERRORED from the same state (NEW, STARTING or RUNNING) while each error came less than
-                 an hour after the one before (a non-error transition out of that state resets the count).
-                 The 3rd error goes straight to BROKEN: Recover runs for the first two only, then Shutdown and
-                 the process group are ended. Only a new deployment takes a component out of BROKEN.
-
-* Steps run through an :class:`edgekit.device.executor.Executor` (``sh -c`` in a new process group, cwd =
-  ``{work:path}``), with the agent's environment + ``AWS_IOT_THING_NAME`` + the lifecycle's global
-  ``Setenv`` + the step's ``Setenv``; ``Skipif`` (``onpath X`` / ``exists F``, ``!`` negates; a relative
-  ``F`` is taken from the work folder) skips a step as if it succeeded (a skipped ``Run`` makes the
-  component FINISHED). ``Timeout`` defaults: Bootstrap/Install/Startup 120 s, Shutdown 15 s, Recover 60 s,
-  Run none; a timed-out step's process group is killed and the step errors (``*_TIMEOUT``).
-* ``Bootstrap`` and ``Install`` run once per component version (remembered in the device state);
-  Bootstrap exit 100/101 count as success (this agent restarts nothing).
-* ``RequiresPrivilege`` is ignored, with a log line, when the agent is not root (steps run as the agent's user).
-* Every transition goes to ``report(component, old, new, detail)`` and is saved in ``state.json``.
-* The :class:`Supervisor` starts components in dependency order (layers, dependencies first), stops them in
-  reverse, and when a component that was RUNNING errors, restarts the components with a HARD dependency on it
-  once it is RUNNING or FINISHED again.
+See docs/device-agent.md (lifecycle, configuration, variables).
 """
 
 from __future__ import annotations

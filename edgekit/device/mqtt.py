@@ -1,38 +1,12 @@
 """A device on MQTT: receives deployments as IoT Jobs (Greengrass namespace) and runs them with a :class:`DeviceAgent`.
 
-:class:`DeviceMqttRunner` is what the nucleus's ``IotJobsHelper`` is to the nucleus::
+::
 
     runner = await run_device("gw-1", "/var/lib/edgekit/gw-1", {"os": "linux", "architecture": "amd64"},
                               "http://fleet:8080", "mqtts://broker:8883", tls=material.device("gw-1"), groups=["line-1"])
-    ...
     await runner.stop()
 
-* It subscribes to its ``notify`` topic and to the ``accepted``/``rejected`` replies of its ``get`` and ``update``
-  topics, and on **every (re)connect** asks ``$next`` (DescribeJobExecution): a device that was offline, or
-  whose broker kept no queue for it, catches up without relying on the broker's offline queue.
-* For each execution ``$next`` returns, one at a time: ``update`` IN_PROGRESS (``expectedVersion``: a
-  compare-and-set), :meth:`DeviceAgent.apply` the job document, ``update`` SUCCEEDED / FAILED / REJECTED with
-  :meth:`DeploymentOutcome.status_details`, then ``$next`` again until nothing is pending. A QUEUED execution
-  the service canceled meanwhile (``TerminalStateReached``) is not applied.
-* A request whose reply does not come within ``request_timeout_s`` is sent again (same ``clientToken``, up to
-  ``request_attempts`` times); a job is never applied twice for it: the agent keeps each deployment's outcome,
-  and a ``VersionMismatch`` / ``TerminalStateReached`` whose ``executionState`` shows what this device asked
-  for counts as accepted (the first attempt got through, its reply was lost).
-* A round that could not finish (no reply after every attempt, a refusal the service would repeat) is tried
-  again after a growing delay (``retry_delay_s`` doubling up to ``max_retry_s``, with jitter) even if nothing
-  wakes the device: the service would not notify it again, its execution being IN_PROGRESS.
-* Component state transitions are reported as :class:`~edgekit.mqtt.payloads.DeviceStatus` on
-  ``topics.status(thing)`` (QoS 1), debounced: a burst of transitions within ``status_debounce_s`` is one
-  message. A status is also sent after each deployment and on each (re)connect.
-
-The agent's ``report`` callback must reach :meth:`DeviceMqttRunner.component_changed` for the transitions to be
-reported; the agent is made first, so pass a forwarder (what :func:`run_device` does)::
-
-    runner: DeviceMqttRunner | None = None
-    agent = DeviceAgent(..., report=lambda *change: runner.component_changed(*change) if runner else None)
-    runner = DeviceMqttRunner(agent, client)
-
-Everything runs on the event loop: no thread of its own (the agent's downloads use the loop's default executor).
+See docs/device-agent.md (jobs over MQTT).
 """
 
 from __future__ import annotations
@@ -113,7 +87,14 @@ class _Update:
 
 
 class DeviceMqttRunner:
-    """Runs the deployments a device receives over MQTT with its :class:`DeviceAgent`; see the module docstring.
+    """Runs the deployments a device receives over MQTT with its :class:`DeviceAgent`; see docs/device-agent.md.
+
+    The agent's ``report`` callback must reach :meth:`component_changed` for the transitions to be reported;
+    the agent is made first, so pass a forwarder (what :func:`run_device` does)::
+
+        runner: DeviceMqttRunner | None = None
+        agent = DeviceAgent(..., report=lambda *change: runner.component_changed(*change) if runner else None)
+        runner = DeviceMqttRunner(agent, client)
 
     ``owns_agent`` / ``owns_client``: :meth:`stop` also stops the agent / disconnects the client
     (:func:`run_device` sets both).

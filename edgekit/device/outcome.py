@@ -1,9 +1,6 @@
-"""What a deployment did on one device, shaped for an IoT Jobs ``statusDetails`` map.
+"""What a deployment did on one device, shaped for an IoT Jobs ``statusDetails`` map (within its limits).
 
-:class:`DeploymentOutcome` carries the nucleus's detailed result (``SUCCESSFUL``,
-``FAILED_ROLLBACK_COMPLETE``, ...), its error-code stack and every component's lifecycle state.
-:meth:`DeploymentOutcome.status_details` renders it within AWS IoT Jobs' limits (keys of
-``[a-zA-Z0-9:_-]``, at most 128 characters; values 1-1024 characters, no control characters).
+See docs/device-agent.md (jobs over MQTT).
 """
 
 from __future__ import annotations

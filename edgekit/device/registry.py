@@ -1,14 +1,6 @@
-"""The registry a device resolves against: the fleet service's HTTP API (a fixed contract).
+"""The registry a device resolves against: the fleet service's HTTP API, as a ``ComponentStore``.
 
-* ``GET {base}/v1/components/{name}`` → ``{"name": ..., "versions": ["1.0.0", ...]}`` (404: unknown)
-* ``GET {base}/v1/components/{name}/{version}/recipe`` → the recipe; every artifact has an absolute
-  http ``URI``, ``Digest`` (base64 SHA-256) and ``Algorithm: "SHA-256"``
-* ``GET {base}/v1/artifacts/{name}/{version}/{file}`` → the bytes
-
-Every request carries ``X-Edgekit-Thing: <thing>``. :class:`RegistryStore` puts this API behind
-:class:`edgekit.greengrass.resolve.ComponentStore`, fetching version lists and recipes lazily, so
-:func:`edgekit.greengrass.resolve.resolve_device` resolves a device exactly as the pre-flight does.
-Its calls block: run the resolution in a worker thread (``asyncio.to_thread``).
+See docs/local-fleet.md (the HTTP API for devices).
 """
 
 from __future__ import annotations
@@ -94,7 +86,10 @@ class RegistryClient:
 
 
 class RegistryStore(ComponentStore):
-    """A :class:`ComponentStore` that asks the registry, once per name and per recipe."""
+    """A :class:`ComponentStore` that asks the registry, once per name and per recipe.
+
+    Its calls block: run the resolution in a worker thread (``asyncio.to_thread``).
+    """
 
     def __init__(self, client: RegistryClient, known: Iterable[Mapping[str, Any]] = ()) -> None:
         super().__init__()

@@ -1,17 +1,7 @@
-"""A device's on-disk state, all under one root folder (the nucleus's ``config/``, ``packages/``, ``work/``)::
+"""A device's on-disk state, all under one root folder (the nucleus's ``config/``, ``packages/``, ``work/``).
 
-    <root>/config/state.json                              installed components, lifecycle states, targets,
-                                                          the deployment in progress (+ the previous set),
-                                                          the outcomes of processed deployments
-    <root>/packages/artifacts/<name>/<version>/<file>     verified downloads          {artifacts:path}
-    <root>/packages/artifacts-unarchived/<name>/<version>/<zip stem>/   {artifacts:decompressedPath}
-    <root>/packages/cache/<sha256 hex>                    downloads by digest (may be shared by devices)
-    <root>/work/<name>/                                   a component's working folder  {work:path}
-    <root>/logs/<name>.log                                each lifecycle step's stdout and stderr
-
-``state.json`` is written whole through a temporary file and a rename (and ``fsync``), so a device
-killed at any point restarts from the last complete write. It is rewritten on every lifecycle
-transition, so it always says what ran last.
+``state.json`` is written whole (temporary file, ``fsync``, rename) on every transition.
+See docs/device-agent.md (state on disk, resume).
 """
 
 from __future__ import annotations

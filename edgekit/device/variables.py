@@ -1,20 +1,6 @@
 """Recipe variables, interpolated into every lifecycle string (Script, Setenv, Skipif) before a step runs.
 
-=========================================  ==============================================================
-``{artifacts:path}``                       ``<root>/packages/artifacts/<name>/<version>``
-``{artifacts:decompressedPath}``           ``<root>/packages/artifacts-unarchived/<name>/<version>``
-``{work:path}``                            ``<root>/work/<name>``
-``{kernel:rootPath}``                      ``<root>``
-``{iot:thingName}``                        the device's thing name
-``{configuration:/json/pointer}``          the component's configuration value (strings as they are,
-                                           anything else as JSON)
-``{Other.Name:artifacts:path}``, ``...:artifacts:decompressedPath``, ``...:work:path``,
-``{Other.Name:configuration:/x}``          the same of a **direct** dependency only
-=========================================  ==============================================================
-
-As in the nucleus, a variable that can't be resolved (an unknown namespace, a component that is not
-a direct dependency, a configuration key that doesn't exist) is left in the text unchanged, and logged.
-Interpolation is one pass: values are not interpolated again.
+See docs/device-agent.md (lifecycle, configuration, variables).
 """
 
 from __future__ import annotations
@@ -77,7 +63,7 @@ def _lookup(view: ComponentView, namespace: str, key: str) -> str | None:
 
 
 def interpolate(text: str, ctx: VariableContext) -> str:
-    """``text`` with every resolvable recipe variable replaced (see the module docstring)."""
+    """``text`` with every resolvable recipe variable replaced (see docs/device-agent.md: lifecycle, configuration, variables)."""
 
     def replace(m: re.Match[str]) -> str:
         first, second, third = m.group(1), m.group(2), m.group(3)

@@ -1,15 +1,6 @@
-"""The edge runtime: what runs beside the model on a device.
+"""The edge runtime: what runs beside the model on a device (spool, windows, cloud fallback, uplink).
 
-- :class:`Spool` — a durable, ordered, bounded queue of outgoing messages (write-ahead: nothing is
-  lost between an inference and the broker's acknowledgement).
-- :class:`Aggregator` — tumbling windows of answers summarized into one message each.
-- :class:`CloudFallback` + :class:`CircuitBreaker` — an Open Inference Protocol (KServe v2 / Triton)
-  client used when the local model can't answer, that stops trying while the cloud is down.
-- :class:`EdgeInference` — local first, cloud when needed, the reading spooled when neither answers.
-- :class:`SpoolPublisher` — sends the spool over MQTT (QoS 1) oldest first, whenever the device is online.
-
-The publisher (and with it paho-mqtt) is imported only when used: a component that only spools and
-aggregates runs on the device runtime's dependencies alone.
+:class:`SpoolPublisher` (and with it paho-mqtt) is imported only when used. See docs/edge-runtime.md.
 """
 
 from typing import Any

@@ -1,4 +1,7 @@
-"""Local aggregation: a device sends one summary per window, not one message per inference."""
+"""Local aggregation: a device sends one summary per window, not one message per inference.
+
+See docs/edge-runtime.md (windows).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Errors of the edge runtime (exit code 23)."""
+"""Errors of the edge runtime (exit code 23). See docs/errors.md."""
 
 from __future__ import annotations
 

@@ -1,14 +1,6 @@
-"""The cloud fallback: ask a bigger model over HTTP when the local one can't answer, behind a breaker.
+"""The cloud fallback: ask a bigger model over the Open Inference Protocol when the local one can't answer, behind a breaker.
 
-The wire format is the **Open Inference Protocol** (KServe v2, also spoken by NVIDIA Triton, Seldon
-MLServer and others): ``POST {url}/v2/models/{model}/infer`` with
-``{"inputs": [{"name", "shape", "datatype", "data"}]}``, answered by ``{"outputs": [...]}`` in the same
-form. Any of those servers can stand behind a device; tests run a real HTTP server speaking it.
-
-**Circuit breaker.** After ``failure_threshold`` consecutive failures the breaker opens and calls fail
-at once (:class:`FallbackUnavailable`, no network wait) for ``reset_after_s``; then one trial call is let
-through (half-open): success closes the breaker, failure opens it again. A device whose uplink is down
-keeps answering locally instead of stalling on timeouts.
+See docs/edge-runtime.md (cloud fallback and circuit breaker).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Send what the spool holds over MQTT, oldest first, and remove each message only once the broker has it."""
+"""Send what the spool holds over MQTT, oldest first, and remove each message only once the broker has it.
+
+See docs/edge-runtime.md (spool, write-ahead).
+"""
 
 from __future__ import annotations
 

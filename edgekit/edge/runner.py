@@ -1,10 +1,6 @@
 """Answer each reading locally, ask the cloud when the local model can't, and lose no reading.
 
-The local model "can't answer" when it raises, or when its confidence (the top class probability; a
-softmax of the first output when that output isn't already probabilities) is below ``min_confidence``.
-Then the cloud fallback is asked. If neither answers, the reading is kept in the spool under
-``unanswered_topic`` (as ``.npz`` bytes) to be sent when the device is back online — it is counted,
-not dropped.
+See docs/edge-runtime.md (cloud fallback and circuit breaker).
 """
 
 from __future__ import annotations

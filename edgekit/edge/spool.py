@@ -1,14 +1,6 @@
-"""A durable, ordered spool of outgoing messages: what a device keeps while it is offline.
+"""A durable, ordered, bounded spool of outgoing messages (write-ahead): what a device keeps while it is offline.
 
-Messages go into the spool **before** anyone tries to send them (write-ahead), and leave it only
-once the broker acknowledged them (``ack``), so a crash, a reboot or a network cut between the two
-loses nothing; the price is at-least-once delivery, which is why every message carries a sequence
-number the consumer can de-duplicate on. SQLite in WAL mode with ``synchronous=FULL``: an acknowledged
-``put`` survives power loss.
-
-When the spool holds ``max_items``, ``on_full`` decides, like Greengrass stream manager's
-``StrategyOnFull``: ``reject`` refuses the new message (:class:`SpoolFullError`: the caller still has
-it) or ``overwrite_oldest`` drops the oldest and counts it in :attr:`Spool.dropped`.
+See docs/edge-runtime.md (spool, write-ahead).
 """
 
 from __future__ import annotations

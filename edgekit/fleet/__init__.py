@@ -1,11 +1,6 @@
-"""The local fleet: AWS IoT Greengrass v2 + IoT Jobs on one machine.
+"""The local fleet: AWS IoT Greengrass v2 + IoT Jobs on one machine (state, registry, HTTP API, jobs, rollout).
 
-* :mod:`edgekit.fleet.state` — the SQLite state file (things, groups, components, deployments, jobs);
-* :mod:`edgekit.fleet.registry` — :func:`publish_local`, the component registry and artifact store;
-* :mod:`edgekit.fleet.http` — the device-facing HTTP API (versions, recipes, artifact downloads);
-* :mod:`edgekit.fleet.service` — deployments as jobs: replacement, rollout, abort, timeouts, status;
-* :mod:`edgekit.fleet.rollout` — the rate and abort rules, pure;
-* time comes from an injected :class:`edgekit.clock.Clock` (:class:`FakeClock` for tests).
+See docs/local-fleet.md.
 """
 
 from __future__ import annotations

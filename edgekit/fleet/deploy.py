@@ -1,8 +1,6 @@
 """Publishing and deploying to a local fleet's folder (what ``edgekit publish --local`` / ``deploy --local`` do).
 
-A local deployment is checked like an AWS one (the pre-flight, against the devices registered in the fleet's
-state plus a fleet file's) and then written into the state, where a running simulation picks it up on its next
-tick. See docs/local-fleet.md.
+See docs/publishing.md (to the local fleet).
 """
 
 from __future__ import annotations

@@ -1,19 +1,4 @@
-"""The errors of :mod:`edgekit.fleet`, all under :class:`edgekit.errors.EdgekitError`::
-
-    EdgekitError
-    ├── FleetError                  the local fleet service refused or failed an operation
-    │   ├── StateError              the state file can't be opened: not SQLite, not edgekit's, or from a newer edgekit
-    │   ├── NotFoundError           no thing / thing group / deployment / component of that name
-    │   └── JobRejected             the Jobs API refused a device's request; ``code`` is the IoT Jobs
-    │                               rejection code (VersionMismatch, TerminalStateReached, ...)
-    ├── PublishError
-    │   └── ComponentConflictError  a published component version exists with other content (bump the version)
-    ├── DeploymentError             a deployment names an unknown target or an unpublished component version
-    └── ConfigError                 a thing or group name is invalid
-
-:class:`JobRejected` maps one to one onto the ``.../rejected`` reply of the Jobs MQTT API
-(:class:`edgekit.mqtt.payloads.JobsRejected`): ``code``, ``message`` and ``execution_state``.
-"""
+"""The errors of :mod:`edgekit.fleet` (exit code 21, and 16, 17, 2 for their shared kinds). See docs/errors.md."""
 
 from __future__ import annotations
 

@@ -1,14 +1,4 @@
-"""Where a local fleet keeps its files, and opening its state; see docs/local-fleet.md.
-
-::
-
-    <state>/fleet.db          the fleet's SQLite state (WAL: readable while a simulation runs)
-    <state>/store/            published artifacts
-    <state>/broker/           mosquitto's configuration, persistence and log
-    <state>/tls/              CA, broker and per-device certificates
-    <state>/devices/<thing>/  each simulated device's root (config/state.json, packages/, work/, logs/)
-    <state>/simulation.json   the running simulation: pid, broker and HTTP URLs (removed when it ends)
-"""
+"""Where a local fleet keeps its files, and opening its state. See docs/local-fleet.md (the fleet folder)."""
 
 from __future__ import annotations
 
@@ -30,7 +20,7 @@ DEFAULT_STATE_DIR: Final = Path(".edgekit") / "fleet"
 
 @dataclass(frozen=True)
 class FleetFolder:
-    """Where a local fleet keeps its files (see the module docstring)."""
+    """Where a local fleet keeps its files (see docs/local-fleet.md: the fleet folder)."""
 
     root: Path
 

@@ -1,20 +1,6 @@
-"""The local fleet's HTTP API for devices: component versions, recipes and artifact downloads.
+"""The local fleet's HTTP API for devices: component versions, recipes and artifact downloads (a fixed contract).
 
-A device agent resolves and downloads components here, as the nucleus does from the Greengrass data
-plane and S3 (the contract; keep it stable)::
-
-    GET /v1/components/{name}                        {"name": ..., "versions": ["1.0.0", ...]}  (lowest first)
-    GET /v1/components/{name}/{version}/recipe       the stored recipe; every artifact URI rewritten to
-                                                     http://HOST:PORT/v1/artifacts/{name}/{version}/{file},
-                                                     with its Digest (base64 SHA-256) and Algorithm
-    GET /v1/artifacts/{name}/{version}/{file}        the bytes (Content-Length, streamed)
-
-Errors are JSON ``{"error": "..."}``: 404 for anything unknown, 400 for a path segment that is not a
-plain name (``..``, separators: path traversal is refused), 405 for methods other than GET/HEAD.
-
-Fault injection: :meth:`FleetHttpServer.corrupt_downloads` makes the next N artifact downloads (of every
-device, or only those sent with header ``X-Edgekit-Thing: <thing>``) return every byte flipped, so the
-device's digest check fails (``ARTIFACT_CHECKSUM_MISMATCH``).
+See docs/local-fleet.md (the HTTP API for devices).
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Deployments as IoT jobs: statuses, the transitions a device may ask for, and the job document.
+"""Deployments as IoT jobs: execution statuses, the transitions a device may ask for, and the job document.
 
-Job execution statuses follow AWS IoT Jobs: ``QUEUED`` → ``IN_PROGRESS`` → one terminal status
-(``SUCCEEDED``, ``FAILED``, ``REJECTED`` reported by the device; ``TIMED_OUT``, ``CANCELED`` set by the
-service). A device may also go from ``QUEUED`` straight to a terminal status, and report
-``IN_PROGRESS`` again (progress); nothing leaves a terminal status.
+See docs/local-fleet.md (deployments as jobs).
 """
 
 from __future__ import annotations

@@ -1,39 +1,11 @@
 """The fleet service on MQTT: the AWS IoT Jobs API (Greengrass namespace) answered from a :class:`FleetService`.
 
-:class:`FleetMqttBridge` wires one :class:`~edgekit.fleet.service.FleetService` to one
-:class:`~edgekit.mqtt.client.MqttClient` (the service's identity, allowed every topic)::
+::
 
     bridge = FleetMqttBridge(service, await connect(broker.url, "edgekit-fleet-service", tls=material.service))
     await bridge.start()
-    ...
-    await bridge.stop()
 
-What it does, as AWS IoT Jobs does for a Greengrass core device (see :mod:`edgekit.mqtt.topics`):
-
-* answers every thing's ``.../jobs/{jobId}/namespace-aws-gg-deployment/get`` (DescribeJobExecution, ``$next``
-  included), ``.../update`` (UpdateJobExecution) and ``.../jobs/get`` (GetPendingJobExecutions) on the
-  request topic's ``/accepted`` or ``/rejected``, with the request's ``clientToken`` echoed; a refusal of the
-  service (:class:`~edgekit.fleet.errors.JobRejected`) becomes :class:`~edgekit.mqtt.payloads.JobsRejected`
-  with its ``code``, ``message`` and ``executionState`` (VersionMismatch, TerminalStateReached, ...);
-* a payload that is not UTF-8 JSON is refused with ``InvalidJson``, one that is oversized (over 128 KB) or does
-  not match its schema with ``InvalidRequest`` (AWS IoT Jobs' codes); a thing with more than
-  ``max_queued_per_thing`` requests waiting gets ``RequestThrottled``, so one chatty device can't starve the rest;
-* every ``tick_s`` seconds: :meth:`FleetService.notify_due` (the rollout releases executions), then
-  :meth:`FleetService.expire` (in-progress timeouts);
-* sends ``JobExecutionsChanged`` (QoS 1) on a thing's ``notify`` topic whenever its list of pending
-  executions changes: an execution released by the rollout, one it knew of that was canceled (replacement,
-  abort, cancel), timed out or finished. The list holds the thing's released QUEUED and IN_PROGRESS
-  executions (``{}`` when none is left). On :meth:`~FleetMqttBridge.start` every thing with a released QUEUED
-  execution is notified again, in case a previous bridge stopped between releasing and publishing;
-* keeps the latest :class:`~edgekit.mqtt.payloads.DeviceStatus` of every thing in memory
-  (:attr:`~FleetMqttBridge.last_status`).
-
-**Cost per message.** Requests are handled in batches: whatever arrived while the previous batch was handled
-(up to ``max_batch``) runs in **one** SQLite transaction, so one commit (one fsync, with the state's
-``synchronous=FULL``) serves the whole batch instead of two per request (every Jobs call also records the
-thing's ``last_seen``). Replies go out only after the commit: a device never hears of a change that a crash
-could still undo. Should a request fail unexpectedly, the batch is rolled back and handled again one request
-per transaction, so the others are unaffected. Handlers run on the event loop and never wait on the network.
+See docs/local-fleet.md (deployments as jobs: the MQTT bridge).
 """
 
 from __future__ import annotations
@@ -146,7 +118,7 @@ def _decode_request(model: type[_M], payload: bytes) -> _M:
 
 
 class FleetMqttBridge:
-    """Serves the IoT Jobs MQTT API of a :class:`FleetService` over ``client``; see the module docstring.
+    """Serves the IoT Jobs MQTT API of a :class:`FleetService` over ``client``; see docs/local-fleet.md (the MQTT bridge).
 
     ``tick_s``: how often the rollout and the timeouts are checked (keep it at most a few seconds; the rollout
     keeps its full rate up to 10 s). ``max_batch``: requests handled per SQLite transaction.

@@ -1,21 +1,6 @@
 """The local fleet's component registry and artifact store: what ``CreateComponentVersion`` + S3 are on AWS.
 
-:func:`publish_local` reads a packaged build folder (``edgekit package``'s layout)::
-
-    greengrass-build/recipes/<name>-<version>.json
-    greengrass-build/artifacts/<name>/<version>/<file>
-
-checks every recipe with :func:`~edgekit.greengrass.lint.check_recipe`, copies each artifact named by a
-placeholder URI (``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>``) into
-``store_root/<name>/<version>/<file>``, and stores the recipe with each artifact's ``Digest`` (base64
-SHA-256) and ``Algorithm: SHA-256`` added, as the Greengrass service does when it creates a version.
-
-Versions are immutable: publishing a version again with the same recipe and bytes changes nothing;
-with anything different it is refused (:class:`~edgekit.fleet.errors.ComponentConflictError`: bump the
-version). Nothing is half-published: every recipe and artifact is checked and copied to a staging folder
-first, then the version folders are renamed into place and the database rows inserted in one transaction;
-a failure removes the folders this run put in place. The database is the registry: a version folder
-without its rows (left by a crash between the two steps) is invisible and replaced by the next publish.
+See docs/publishing.md (to the local fleet).
 """
 
 from __future__ import annotations

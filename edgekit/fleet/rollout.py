@@ -1,25 +1,6 @@
 """Rollout rate and abort rules of IoT jobs, as pure functions of counts and times.
 
-**Rate.** ``jobExecutionsRolloutConfig.maximumPerMinute`` caps how many things are notified per minute
-(1000 when not given, as in AWS IoT Jobs). With ``exponentialRate`` the rollout starts at
-``baseRatePerMinute`` and is multiplied by ``incrementFactor`` each time another
-``rateIncreaseCriteria.numberOfNotifiedThings`` (or ``numberOfSucceededThings``) things reached that
-state, never above the maximum::
-
-    rate = min(maximum, base * factor ** (count // step))
-
-**Pacing.** A token bucket per deployment, refilled at ``rate / 60`` per second, holding at most
-:data:`BURST_SECONDS` worth of tokens (plus one); a notification takes one token, and a burst
-taken from a full bucket delays the refill by the time it would have taken at the rate (see
-:meth:`RolloutPolicy.take`). On top, never more than ``rate`` notifications in any :data:`WINDOW_SECONDS`
-sliding window. So a rollout starts with a short burst, is then spread evenly over the minute, never
-exceeds the rate in any minute, and loses nothing as long as the service asks at least every
-``BURST_SECONDS``.
-
-**Abort.** ``abortConfig.criteriaList`` is evaluated after every change of an execution: a criterion
-fires when at least ``minNumberOfExecutedThings`` executions have finished a run (SUCCEEDED, FAILED,
-REJECTED or TIMED_OUT) and ``failures / executed * 100 >= thresholdPercentage``, failures being the
-executions in the statuses of its ``failureType`` (ALL = FAILED + REJECTED + TIMED_OUT).
+See docs/local-fleet.md (deployments as jobs).
 """
 
 from __future__ import annotations
@@ -50,7 +31,7 @@ WINDOW_SECONDS: Final = 60.0
 
 @dataclass(frozen=True)
 class RolloutPolicy:
-    """The rate of one deployment's rollout; see the module docstring."""
+    """The rate of one deployment's rollout; see docs/local-fleet.md (deployments as jobs)."""
 
     maximum_per_minute: int = DEFAULT_MAXIMUM_PER_MINUTE
     base_per_minute: int | None = None

@@ -1,34 +1,7 @@
 """The local fleet service: things, thing groups, deployments as IoT jobs, rollout, abort and timeouts.
 
-It mirrors AWS IoT Greengrass v2 + IoT Jobs on one machine, with every change in the SQLite state
-(:class:`~edgekit.fleet.state.FleetState`) and time from an injected :class:`~edgekit.clock.Clock`;
-nothing here sleeps, talks MQTT or runs a thread. Whoever wires the MQTT side calls, per tick::
-
-    for thing, job_id in service.due_notifications():   # rollout-paced
-        publish notify(thing) ...; service.mark_notified(thing, job_id)
-    service.expire()                                    # in-progress timeouts
-
-(any tick interval up to :data:`~edgekit.fleet.rollout.BURST_SECONDS`, 10 s, keeps the full rate) and
-answers the Jobs API topics with :meth:`FleetService.pending_jobs`, :meth:`FleetService.describe` and
-:meth:`FleetService.update_execution` (:class:`~edgekit.fleet.errors.JobRejected` → the ``rejected`` reply).
-:meth:`FleetService.subscribe` reports every execution change after it is committed (e.g. to notify a
-device whose queued job was canceled).
-
-Semantics (AWS's, unless said otherwise):
-
-* A deployment's job id is its deployment id.
-* A new deployment to a target (``thing/NAME`` or ``thinggroup/NAME``) **replaces** the target's previous
-  one: that one becomes INACTIVE (``replaced_by`` the new id) and its QUEUED executions CANCELED;
-  executions already IN_PROGRESS run to their end.
-* Executions are created QUEUED for every member of the target when the deployment is created. A device
-  sees an execution (``pending_jobs``, ``describe``, ``update_execution``) only once the rollout released
-  it (:meth:`FleetService.mark_notified`). The IoT guide says the rollout "defines how many devices
-  receive the job document every minute"; so a device the rollout has not reached can't get around it
-  by asking (our reading: AWS creates those executions as the rollout proceeds).
-* A thing that joins a group later (``register_thing``/``add_to_group``) gets the group's latest deployment
-  if it is ACTIVE or COMPLETED (a COMPLETED one becomes ACTIVE again); a CANCELED one is not resumed.
-* A deployment is COMPLETED when every execution is terminal, CANCELED when an abort criterion fired
-  (``status_reason`` says which) or :meth:`FleetService.cancel_deployment` was called.
+Every change goes to the SQLite state and time comes from an injected clock; nothing here sleeps,
+talks MQTT or runs a thread (:mod:`edgekit.fleet.mqtt` does the wiring). See docs/local-fleet.md (deployments as jobs).
 """
 
 from __future__ import annotations
@@ -187,7 +160,18 @@ def _seconds(t: float | None) -> int | None:
 
 
 class FleetService:
-    """Deployments to a local fleet as IoT jobs; see the module docstring.
+    """Deployments to a local fleet as IoT jobs; see docs/local-fleet.md (deployments as jobs).
+
+    Whoever wires the MQTT side (:class:`~edgekit.fleet.mqtt.FleetMqttBridge`) calls, per tick (any interval up
+    to :data:`~edgekit.fleet.rollout.BURST_SECONDS`, 10 s, keeps the full rate)::
+
+        for thing, job_id in service.due_notifications():   # rollout-paced
+            publish notify(thing) ...; service.mark_notified(thing, job_id)
+        service.expire()                                    # in-progress timeouts
+
+    and answers the Jobs API topics with :meth:`pending_jobs`, :meth:`describe` and :meth:`update_execution`
+    (:class:`~edgekit.fleet.errors.JobRejected` → the ``rejected`` reply). :meth:`subscribe` reports every
+    execution change after it is committed (e.g. to notify a device whose queued job was canceled).
 
     ``new_id`` makes deployment ids (UUIDs by default): tests inject it for stable ids.
     """

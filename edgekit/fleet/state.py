@@ -1,24 +1,6 @@
 """The local fleet's state: one SQLite file, written in WAL mode, one transaction per change.
 
-Everything the service knows lives here — things, thing groups, published components and their
-artifacts, deployments and their job executions, and each rollout's token bucket — so killing the
-service (even ``kill -9`` in the middle of a write) and starting it again loses nothing: a change is
-either committed whole or not at all (WAL with ``synchronous=NORMAL``: a killed process loses no committed one).
-
-Tables (``schema_version`` holds the layout's version; a file from a newer edgekit is refused)::
-
-    things(name, profile, os, arch, registered_at, last_seen)
-    thing_groups(name, created_at)          group_members(group_name, thing, added_at)
-    components(name, version, recipe, published_at)      recipe: JSON, with every artifact's Digest
-    artifacts(name, version, file, sha256, size)          sha256: hex
-    deployments(id, target, spec, created_at, status, replaced_by, status_reason, updated_at,
-                rollout_tokens, rollout_at)
-    job_executions(deployment_id, thing, status, version_number, execution_number, status_details,
-                   queued_at, started_at, updated_at, notified_at)
-
-Times are seconds since the epoch (floats, from the service's clock). One connection is shared by the
-threads of a process (the HTTP server's and the service's) behind a re-entrant lock; a second process may
-read the file at the same time (WAL).
+See docs/local-fleet.md (the fleet folder).
 """
 
 from __future__ import annotations

@@ -1,24 +1,7 @@
-"""Publishing packaged components to AWS: S3 artifacts + Greengrass v2 component versions.
+"""Publishing packaged components to AWS: S3 artifacts + Greengrass v2 component versions, through boto3.
 
-The cloud is wrapped narrowly, one small class per service used:
-
-* :class:`AwsSession`         a boto3 session with edgekit's client settings (endpoint, retries)
-* :class:`S3Artifacts`        the artifact bucket: region check, idempotent upload, rollback delete
-* :class:`GreengrassComponents` CreateComponentVersion / DescribeComponent / DeleteComponent
-
-:func:`publish` drives them over a packaged build folder (GDK layout)::
-
-    greengrass-build/
-      recipes/<ComponentName>-<version>.json
-      artifacts/<ComponentName>/<version>/<file>
-
-Artifact URIs in the recipes are GDK placeholders,
-``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>``; they are replaced at
-publish time by the bucket, component name and version.
-
-Every botocore failure becomes a one-line :class:`~edgekit.errors.PublishError`
-(or :class:`~edgekit.errors.DeploymentError` for deployments) that says what to do.
-boto3 is imported when a session is made, never at ``import edgekit``.
+One small class per service used; every botocore failure becomes one line that says what to do.
+boto3 is imported when a session is made, never at ``import edgekit``. See docs/publishing.md.
 """
 
 from __future__ import annotations

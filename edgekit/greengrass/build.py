@@ -1,13 +1,7 @@
 """The one reader of a packaged build folder, feeding both destinations (AWS and the local fleet).
 
-``edgekit package`` writes the GDK / Greengrass CLI layout::
-
-    greengrass-build/recipes/<name>-<version>.json
-    greengrass-build/artifacts/<name>/<version>/<file>
-
-Artifact URIs in the recipes are GDK placeholders, ``s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/<file>``,
-replaced at publish time. :func:`read_build` reads every recipe, checks names, file names and duplicates, and
-finds every placeholder artifact's local file, all before anything is uploaded or copied; see docs/publishing.md.
+:func:`read_build` checks every recipe, name and artifact file before anything is uploaded or copied.
+See docs/publishing.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,7 @@
-"""Greengrass v2 deployments: a typed spec, the exact CreateDeployment request, and the call.
+"""Greengrass v2 deployments: a typed spec (CreateDeployment field by field), the exact request, and the call.
 
-:class:`DeploymentSpec` mirrors CreateDeployment field by field. Attributes are snake_case;
-every model also reads (and :func:`to_request` writes) the API's camelCase names, so a spec
-file can be written with the names of the AWS documentation::
-
-    targetArn: thinggroup/line-3          # or a full arn:aws:iot:REGION:ACCOUNT:thinggroup/line-3
-    deploymentName: detector 1.2.0
-    components:
-      com.example.Detector:
-        componentVersion: 1.2.0
-        configurationUpdate: {merge: {"threshold": "0.6"}, reset: ["/labels"]}
-        runWith: {posixUser: "ggc_user:ggc_group", systemResourceLimits: {cpus: 0.5, memory: 262144}}
-    deploymentPolicies: {failureHandlingPolicy: ROLLBACK}
-    iotJobConfiguration:
-      jobExecutionsRolloutConfig: {maximumPerMinute: 10}
-      abortConfig: {criteriaList: [{failureType: ALL, action: CANCEL, thresholdPercentage: 10, minNumberOfExecutedThings: 10}]}
-
-Ranges are those of the API model (``maximumPerMinute`` 1-1000, ``incrementFactor`` 1-5, ...);
-a bad value raises :class:`~edgekit.errors.DeploymentError` naming the field by its API path.
-
-Shorthands for the CLI: :func:`parse_rollout` (``"10/min"``) and :func:`parse_abort` (``"10%"``,
-``"10%:FAILED:min=5"``).
+Spec files use the API's own camelCase names; attributes are snake_case. :func:`parse_rollout` (``"10/min"``)
+and :func:`parse_abort` (``"10%:FAILED:min=5"``) are the CLI's shorthands. See docs/publishing.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,6 @@
-"""Lint Greengrass v2 component recipes before they are published.
+"""Lint Greengrass v2 component recipes before they are published; each :class:`Finding` names file, place and fix.
 
-The rules come from the component recipe reference of the Greengrass v2 developer
-guide and from how the classic nucleus reads a recipe (``RecipeLoader``,
-``PlatformHelper``, and the variable patterns of ``KernelConfigResolver``). Each
-:class:`Finding` names the file, the place in the recipe and the fix. Errors are
-what the service or the device refuses or silently gets wrong; warnings are legal
-but probably not meant.
-
-Keys are read case-insensitively (:func:`~edgekit.greengrass.recipe.normalize_recipe`);
-enum values (``ZIP``, ``HARD``, ``OWNER``) and recipe variables are case-sensitive.
+See docs/greengrass-packaging.md (the recipe linter).
 """
 
 from __future__ import annotations

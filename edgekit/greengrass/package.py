@@ -1,27 +1,6 @@
-"""``edgekit package``: compiled artifacts → three Greengrass v2 components, GDK layout.
+"""``edgekit package``: compiled artifacts → three Greengrass v2 components (runtime, model, inference), GDK layout.
 
-The ML pattern Greengrass itself uses (its DLR image-classification chain):
-
-* **runtime** (``com.edgekit.Runtime``): the runtime subset of the ``edgekit`` package
-  and a requirements file per backend, installed into a virtual environment on the
-  device by its ``Install`` step;
-* **model** (``--name``): the compiled artifacts, one manifest per platform, taken
-  from each artifact's device profile (a rasp4b build only on linux/aarch64, ...);
-* **inference** (``<name>.Inference``): HARD dependencies on both; its
-  configuration (input source, window, output, fallback endpoint) comes from
-  ``ComponentConfiguration``.
-
-Output, as the GDK CLI and the Greengrass CLI expect it::
-
-    greengrass-build/recipes/<name>-<version>.json
-    greengrass-build/artifacts/<name>/<version>/<file>.zip
-
-    greengrass-build/SHA256SUMS                        # `sha256sum -c` format, every artifact
-
-Zips are reproducible (sorted entries, fixed times and modes), recipes are written
-deterministically, so packaging the same input twice gives identical bytes.
-Recipes carry no ``Digest``/``Algorithm``: the service (or the local fleet's
-registry) computes them from the uploaded files, and devices re-hash every download.
+See docs/greengrass-packaging.md.
 """
 
 from __future__ import annotations

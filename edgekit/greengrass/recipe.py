@@ -1,11 +1,6 @@
-"""Reading and writing Greengrass v2 recipes the way the nucleus does.
+"""Reading and writing Greengrass v2 recipes the way the nucleus does: any key casing in, the documented one out.
 
-The classic nucleus reads recipe keys case-insensitively (GDK lowercases them
-before validating); nucleus lite is case-sensitive. So edgekit *reads* any casing
-and *writes* the documented one. :func:`normalize_recipe` maps every known key
-to its documented casing and leaves unknown keys as they are, for the linter to
-report. Free-form parts (``DefaultConfiguration``, ``Setenv``, platform
-attributes, component names under ``ComponentDependencies``) keep their keys.
+See docs/greengrass-packaging.md (the recipe linter).
 """
 
 from __future__ import annotations

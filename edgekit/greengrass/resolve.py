@@ -1,14 +1,6 @@
-"""Pre-flight resolution: what each device would run, checked before any API call.
+"""Pre-flight resolution: what each device would run, checked before any API call, as the nucleus resolves it.
 
-Mirrors the nucleus: a device runs the **union** of the components deployed to
-every thing group it is in (a new deployment to a group replaces that group's
-previous one); each component's version must satisfy **every** requirement on it
-— the versions pinned by the deployments and the ranges in its dependents'
-``ComponentDependencies`` — and the highest such version is chosen; then the
-device takes the **first** manifest whose ``Platform`` matches it. Failures carry
-the nucleus's error codes: ``NO_AVAILABLE_COMPONENT_VERSION``,
-``COMPONENT_VERSION_REQUIREMENTS_NOT_MET``, and ``NO_MATCHING_PLATFORM`` for
-"no manifest for linux/aarch64".
+The device agent resolves with the same code. See docs/greengrass-packaging.md (pre-flight resolution).
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
 """MQTT for edgekit: brokers, TLS material, the Jobs topics and payloads, and the one asyncio client.
 
-========================  =====================================================================
-module                    holds
-========================  =====================================================================
-:mod:`.tls`               :class:`TlsMaterial`: CA, broker certificate, one client certificate per thing
-:mod:`.broker`            :func:`start_broker`, :class:`MosquittoBroker`, :class:`EmbeddedBroker`, external
-:mod:`.topics`            the AWS IoT Jobs topics in the Greengrass namespace, the status topic, IoT Core's rules
-:mod:`.payloads`          pydantic models of every message (with ``schemaVersion``), :func:`encode`/:func:`decode`
-:mod:`.client`            :class:`MqttClient`: asyncio over paho-mqtt, thousands of clients in one thread
-:mod:`.errors`            :class:`BrokerError`, :class:`ConnectError`, :class:`PayloadError`, :class:`TopicError`, ...
-========================  =====================================================================
-
 Names are imported lazily, so ``import edgekit.mqtt.payloads`` does not load paho or cryptography.
+See docs/local-fleet.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
 """Local MQTT brokers for the fleet service, the simulator and the tests: mosquitto, an embedded one, or yours.
 
-:func:`start_broker` picks one and says which::
+::
 
     broker = start_broker(folder, tls=TlsMaterial.create(folder / "tls", things), acl=True)
-    broker.url          # 'mqtts://127.0.0.1:40123'
     broker.restart()    # same port, same persistence: sessions and queued QoS 1 messages survive
     broker.stop()
 
-* :class:`MosquittoBroker` — the real thing (MQTT 5, mTLS with the certificate's CN as user name, per-device ACL
-  like an AWS IoT policy, persistent sessions across restarts). Needs the ``mosquitto`` binary.
-* :class:`EmbeddedBroker` — ``amqtt`` in a subprocess, for machines without mosquitto (see what it lacks there).
-* :class:`ExternalBroker` — a broker someone else runs (``external:mqtt://host:1883``); never started or stopped.
-
-``EDGEKIT_BROKER`` (``mosquitto`` | ``embedded`` | ``external:<url>``) overrides the default choice.
+See docs/local-fleet.md (what runs).
 """
 
 from __future__ import annotations

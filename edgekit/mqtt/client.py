@@ -1,28 +1,12 @@
 """The one MQTT client of edgekit: asyncio over paho-mqtt 2.x, many clients in one thread.
 
-The fleet service, the device agent, the simulator and the edge loop all use :class:`MqttClient`, so a test
-swaps the broker (mosquitto, embedded, external), never the protocol::
+::
 
     client = await connect(broker.url, "dev-1", tls=material.device("dev-1"))   # MQTT 5, persistent session
     client.add_on_connect(ask_for_pending_jobs)          # runs after the first connect and every reconnect
-    await client.subscribe(topics.notify("dev-1"), qos=1)
     code = await client.publish(topics.update("dev-1", job), request, qos=1)   # waits for PUBACK: 0, 16, 135, ...
-    async for message in client.messages(): ...
-    await client.disconnect()
 
-How it runs: paho's documented external-loop interface (``loop_read`` / ``loop_write`` / ``loop_misc`` driven
-by ``on_socket_open`` / ``on_socket_close`` / ``on_socket_register_write`` / ``on_socket_unregister_write``)
-is wired to the asyncio loop's ``add_reader`` / ``add_writer`` (epoll on Linux). No thread per client and no
-``select()`` (paho's own loop uses ``select()``, which breaks past file descriptor 1024). The TCP connect and
-the TLS handshake are done here, non-blocking, and the ready socket is handed to paho, so a thousand clients
-connecting at once never block the loop.
-
-After a lost connection the client reconnects with exponential backoff and jitter, re-subscribes when the
-broker kept no session for it, and runs the ``on_connect`` hooks again (the agent asks for its pending jobs
-there: never rely on the broker's offline queue). QoS 1 publishes made while offline are sent on reconnect.
-
-With ``strict=True`` (the default) topics and payloads are held to AWS IoT Core's limits (7 slashes, 256-byte
-topics, 128 KB payloads), so what works against the local broker also works against IoT Core.
+See docs/local-fleet.md (the broker, TLS and the client).
 """
 
 from __future__ import annotations
@@ -166,7 +150,7 @@ def _ssl_context(tls: TlsPaths) -> ssl.SSLContext:
 
 
 class MqttClient:
-    """An asyncio MQTT client (MQTT 5 by default) on the running event loop; see the module docstring."""
+    """An asyncio MQTT client (MQTT 5 by default) on the running event loop; see docs/local-fleet.md."""
 
     def __init__(
         self,
@@ -219,6 +203,8 @@ class MqttClient:
         self._paho.on_subscribe = self._on_subscribe
         self._paho.on_unsubscribe = self._on_unsubscribe
         self._paho.on_log = self._on_log
+        # paho's documented external-loop interface: these four socket hooks tell us when to drive
+        # loop_read / loop_write / loop_misc from the event loop's add_reader / add_writer (no thread, no select()).
         self._paho.on_socket_open = self._on_socket_open
         self._paho.on_socket_close = self._on_socket_close
         self._paho.on_socket_register_write = self._on_socket_register_write

@@ -1,17 +1,4 @@
-"""The errors of :mod:`edgekit.mqtt`, all under :class:`edgekit.errors.EdgekitError`::
-
-    EdgekitError
-    ├── BrokerError               the broker can't start, stopped, or an MQTT operation failed
-    │   ├── ConnectError          the broker refused the connection (TLS alert, CONNACK reason) or it timed out
-    │   ├── NotConnectedError     the operation needs a live connection (QoS 0 publish while offline, a closed client)
-    │   └── MqttTimeoutError      no PUBACK / SUBACK / CONNACK in time (also a :class:`TimeoutError`)
-    ├── PayloadError              a message can't be decoded: oversize, malformed JSON, wrong schemaVersion, bad field
-    └── ConfigError
-        └── TopicError            a topic or filter breaks AWS IoT Core's rules (slashes, size, wildcards)
-
-A missing ``mosquitto`` binary is :class:`edgekit.errors.ToolchainError`; a missing ``amqtt`` (the
-embedded fallback broker) is :class:`edgekit.errors.MissingDependencyError`.
-"""
+"""The errors of :mod:`edgekit.mqtt` (exit codes 18, 19 and 2). See docs/errors.md."""
 
 from __future__ import annotations
 

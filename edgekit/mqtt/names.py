@@ -1,4 +1,7 @@
-"""Names that end up in topics and ACLs: AWS IoT thing names and job ids (no crypto, no paho: cheap to import)."""
+"""Names that end up in topics and ACLs: AWS IoT thing names and job ids (no crypto, no paho: cheap to import).
+
+See docs/local-fleet.md.
+"""
 
 from __future__ import annotations
 

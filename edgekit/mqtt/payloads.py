@@ -1,24 +1,6 @@
 """Typed payloads of every MQTT message edgekit sends, and the one codec that reads them off the wire.
 
-Shapes follow the AWS IoT Jobs MQTT API (camelCase on the wire, snake_case in Python) and Greengrass's
-job document and fleet status; every top-level message also carries ``schemaVersion`` (1), so a reader
-can tell a message from a newer edgekit and say so instead of misreading it.
-
-=====================================  ==========================================================
-message                                topic (see :mod:`edgekit.mqtt.topics`)
-=====================================  ==========================================================
-:class:`JobExecutionsChanged`          ``notify``                  (service → device)
-:class:`DescribeJobExecutionRequest`   ``get``                     (device → service)
-:class:`DescribeJobExecutionResponse`  ``accepted(get)``           (service → device)
-:class:`GetPendingJobExecutionsRequest` / ``Response``  ``get_pending`` and its ``accepted``
-:class:`UpdateJobExecutionRequest`     ``update``                  (device → service)
-:class:`UpdateJobExecutionResponse`    ``accepted(update)``        (service → device)
-:class:`JobsRejected`                  any ``rejected(...)``       (service → device)
-:class:`DeviceStatus`                  ``status``                  (device → service)
-=====================================  ==========================================================
-
-:func:`decode` refuses, with a message naming the model and the field: payloads over 128 KiB (AWS IoT
-Core's limit), malformed JSON, a missing or different ``schemaVersion``, and any schema mismatch.
+See docs/local-fleet.md (Jobs over MQTT: topics and messages).
 """
 
 from __future__ import annotations

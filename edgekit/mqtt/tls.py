@@ -1,19 +1,6 @@
-"""Certificate material for mTLS between devices, the fleet service and a local broker.
+"""Certificate material for mTLS between devices, the fleet service and a local broker (made with ``cryptography``).
 
-One folder holds a private CA, a server certificate for the broker and one client certificate per
-identity, all EC P-256 (fast: a thousand devices take well under a second)::
-
-    folder/
-        ca.crt  ca.key                      the CA (reused when present)
-        server.crt  server.key              CN localhost, SAN DNS:localhost + IP:127.0.0.1
-        clients/<thing>.crt  <thing>.key    CN = the thing name
-        clients/edgekit-fleet-service.*     the fleet service (CN edgekit-fleet-service)
-
-The client certificate's common name is the thing name, so mosquitto's ``use_identity_as_username``
-makes it the MQTT user name and an ACL ``pattern readwrite $aws/things/%u/#`` scopes each device to its
-own topics, as an AWS IoT policy does with ``${iot:Connection.Thing.ThingName}``.
-
-Private keys are written 0600. Everything is made with :mod:`cryptography`; nothing shells out to openssl.
+See docs/local-fleet.md (the broker, TLS and the client).
 """
 
 from __future__ import annotations

@@ -1,26 +1,6 @@
-"""Topic names of the AWS IoT Jobs MQTT API in the Greengrass namespace, plus edgekit's own device topics.
+"""Topic names of the AWS IoT Jobs MQTT API in the Greengrass namespace, edgekit's device topics, IoT Core's topic rules.
 
-Greengrass v2 receives thing-group deployments as IoT Jobs in the namespace ``aws-gg-deployment``.
-The names below are the ones the nucleus uses (``IotJobsClientWrapper`` in aws-greengrass-nucleus)::
-
-    $aws/things/{thing}/jobs/notify-namespace-aws-gg-deployment                 JobExecutionsChanged (subscribe)
-    $aws/things/{thing}/jobs/{jobId}/namespace-aws-gg-deployment/get            DescribeJobExecution (publish)
-    $aws/things/{thing}/jobs/{jobId}/namespace-aws-gg-deployment/get/accepted   (and /rejected)
-    $aws/things/{thing}/jobs/{jobId}/namespace-aws-gg-deployment/update         UpdateJobExecution (publish)
-    $aws/things/{thing}/jobs/{jobId}/namespace-aws-gg-deployment/update/accepted (and /rejected)
-    $aws/things/{thing}/jobs/get                                                GetPendingJobExecutions (+ /accepted, /rejected)
-
-``jobId`` may be ``$next`` (the nucleus asks ``$next/namespace-aws-gg-deployment/get`` on every connect).
-
-Status topic (a documented choice): device status goes to ``$aws/things/{thing}/greengrassv2/health/json``,
-the topic the nucleus's fleet status service publishes on, so the same payload shape could later go to
-AWS unchanged; it sits under ``$aws/things/{thing}/`` and so is covered by the per-device ACL.
-Device-defined data (telemetry, inference results) goes under ``devices/{thing}/...``.
-
-Limits (AWS IoT Core quotas): a topic or filter has at most **7 slashes**, counted over the whole topic,
-reserved ``$aws/things/{thing}/`` prefix included — only Basic Ingest's ``$aws/rules/{rule}/`` prefix is
-exempt; at most 256 bytes of UTF-8. The longest Jobs topic above,
-``.../jobs/{jobId}/namespace-aws-gg-deployment/update/accepted``, has exactly 7.
+See docs/local-fleet.md (Jobs over MQTT: topics and messages).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Run any edgekit artifact with one API, whatever its backend: ``edgekit.load(dir).predict(x)``."""
+"""Run any edgekit artifact with one API, whatever its backend: ``edgekit.load(dir).predict(x)``.
+
+See docs/compile.md (the runtime a device needs).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one interface every backend's runner implements."""
+"""The one interface every backend's runner implements. See docs/architecture.md (seams)."""
 
 from __future__ import annotations
 

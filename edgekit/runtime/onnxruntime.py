@@ -1,4 +1,4 @@
-"""ONNX Runtime runner (CPU execution provider)."""
+"""ONNX Runtime runner (CPU execution provider). See docs/compile.md (the runtime a device needs)."""
 
 from __future__ import annotations
 

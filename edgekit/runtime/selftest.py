@@ -1,4 +1,7 @@
-"""Golden-vector self-test of an artifact (``selftest.npz``), usable on any host or device."""
+"""Golden-vector self-test of an artifact (``selftest.npz``), usable on any host or device.
+
+See docs/artifact.md (self-test).
+"""
 
 from __future__ import annotations
 

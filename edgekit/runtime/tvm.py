@@ -1,9 +1,6 @@
-"""TVM runner that needs only the 3 MB TVM runtime, not the compiler.
+"""TVM runner that needs only the 3 MB TVM runtime (``libtvm_runtime.so`` + ``tvm_ffi``), not the compiler.
 
-Loads ``libtvm_runtime.so`` (from ``$EDGEKIT_TVM_RUNTIME`` or the installed
-``apache-tvm`` package, found without importing it), then the compiled Relax VM
-executable through ``tvm_ffi``. This is the path a device runs — what DLR was for
-SageMaker Neo.
+This is the path a device runs — what DLR was for SageMaker Neo. See docs/compile.md (the runtime a device needs).
 """
 
 from __future__ import annotations

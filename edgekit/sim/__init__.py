@@ -1,9 +1,6 @@
-"""The simulation harness: a local fleet, its broker and N device agents on one machine; see docs/local-fleet.md.
+"""The simulation harness: a local fleet, its broker and N device agents on one machine.
 
-It stands above :mod:`edgekit.fleet` (the server) and :mod:`edgekit.device` (what a device runs); neither
-imports it. :class:`Simulation` runs them in one event loop; :mod:`~edgekit.sim.network` relays each device's
-TCP connection (a cut is a real reset); :mod:`~edgekit.sim.executor` models lifecycle scripts for devices
-that run no processes.
+It stands above :mod:`edgekit.fleet` and :mod:`edgekit.device`; neither imports it. See docs/local-fleet.md.
 """
 
 from __future__ import annotations

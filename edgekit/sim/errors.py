@@ -1,4 +1,4 @@
-"""The simulation's errors (exit code 22); see docs/errors.md."""
+"""The simulation's errors (exit code 22). See docs/errors.md."""
 
 from __future__ import annotations
 

@@ -1,14 +1,6 @@
 """Lifecycle steps of ``in_process`` devices: the part of ``sh`` that recipes modelling faults need, nothing spawned.
 
-A failing or hanging step is modelled by the component's recipe, the same recipe in both modes; see
-docs/local-fleet.md (simulated devices):
-
-* ``exit N`` ends the step with code N (``Install: exit 1`` → ERRORED → Recover → ... → BROKEN on the third);
-* ``sleep S`` takes S seconds, so ``{Script: sleep 3600, Timeout: 5}`` hangs and is killed after 5 s;
-* ``true``, ``false``, ``:`` and sequences of these with ``;``, ``&&``, ``||`` or new lines.
-
-Any other command counts as done at once with exit 0, and a Run step with any other command stays RUNNING
-until it is stopped.
+See docs/local-fleet.md (faults).
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
 """The network between a simulated device and the broker: a TCP relay per device, so that a cut is a real reset.
 
-Each device connects to a relay port of its own that forwards bytes (TLS included, untouched) to the broker.
-:meth:`NetworkLink.cut` resets both TCP connections (the broker sees the device vanish, no DISCONNECT) and
-refuses reconnects until the link comes back.
+See docs/local-fleet.md (what runs).
 """
 
 from __future__ import annotations

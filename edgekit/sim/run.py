@@ -1,4 +1,7 @@
-"""Running a simulation in the foreground: publish, deploy, then watch until done or for a while."""
+"""Running a simulation in the foreground: publish, deploy, then watch until done or for a while.
+
+See docs/local-fleet.md (``edgekit simulate``).
+"""
 
 from __future__ import annotations
 

@@ -6,11 +6,8 @@
         sim.publish("greengrass-build")
         deployment = sim.deploy({"targetArn": "thinggroup/line-1", "components": {"com.example.Mlp": {"componentVersion": "1.0.0"}}})
         summary = await sim.wait(deployment, timeout=120)      # a DeploymentSummary: status and counts
-        print(sim.status())                                   # the fleet at a glance
 
-mosquitto (mTLS and the per-device ACL when the fleet file says ``tls: true``), the local fleet service
-(:mod:`edgekit.fleet`) and per device an agent (:mod:`edgekit.device`), its MQTT client and a network link
-(:mod:`edgekit.sim.network`); faults from the fleet file on schedule. See docs/local-fleet.md.
+See docs/local-fleet.md.
 """
 
 from __future__ import annotations
@@ -103,7 +100,7 @@ class SimulatedDevice:
 
 
 class Simulation:
-    """N simulated devices of a fleet file against a real broker and the local fleet service; see the module docstring.
+    """N simulated devices of a fleet file against a real broker and the local fleet service; see docs/local-fleet.md.
 
     ``devices`` rescales the fleet (:meth:`edgekit.fleets.Fleet.scaled`); ``mode`` and ``tls`` override the
     fleet file. ``tick_s`` is the bridge's rollout / timeout tick. ``agent_options`` go to every

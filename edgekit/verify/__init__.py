@@ -1,7 +1,7 @@
-"""Verification of compiled artifacts by running them on an emulated target.
+"""Verification of compiled artifacts by running them on an emulated target (``edgekit verify``).
 
-Nothing heavy is imported here: the submodules (e.g. :mod:`edgekit.verify.sysroot`)
-are imported explicitly by the code that needs them.
+Nothing heavy is imported here: the submodules are imported explicitly by the code that needs them.
+See docs/artifact.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 usage: python aarch64_run.py MODEL_SO INPUTS_NPZ OUTPUT_NPZ INPUT_NAMES(comma-separated)
 
 INPUTS_NPZ holds ``<i>/in/<name>`` arrays (an artifact's selftest.npz); OUTPUT_NPZ
-receives ``<i>/out/<k>`` for every sample i and output position k.
+receives ``<i>/out/<k>`` for every sample i and output position k. See docs/artifact.md.
 """
 
 import ctypes

@@ -1,9 +1,6 @@
-"""``edgekit verify``: run an aarch64 artifact under qemu and compare it with the source model.
+"""``edgekit verify``: run an aarch64 artifact's golden vectors under qemu and compare them with the source model's outputs.
 
-The artifact's golden vectors (``selftest.npz``: inputs and the source model's
-outputs, computed on the host at compile time) are run by an aarch64 Python with
-the aarch64 TVM runtime under ``qemu-aarch64``; the outputs must agree within the
-pipeline's accuracy budget.
+See docs/artifact.md (emulated target check).
 """
 
 from __future__ import annotations

@@ -1,30 +1,8 @@
 """An aarch64 Python (with numpy and the TVM runtime) that runs under qemu-user.
 
-:func:`ensure_sysroot` builds, once, a small Debian bookworm arm64 root file
-system holding ``python3.11`` and the C/C++ runtime libraries it needs, plus a
-``site`` folder with the aarch64 wheels of numpy and ``apache-tvm-ffi`` and the
-aarch64 ``libtvm_runtime.so`` taken out of the ``apache-tvm`` wheel.
-:func:`run_python` runs a script with that Python under ``qemu-aarch64-static``
-on the host, so aarch64 model libraries compiled on the host can be executed
-and their outputs compared with the host's.
-
-How it is built (no root, no chroot, no binfmt registration needed):
-
-* the Debian ``Packages`` index of bookworm/main/arm64 is fetched from the
-  mirror, the dependency closure of ``python3.11`` and ``libstdc++6`` is
-  resolved in Python (about 30 packages, 16 MB), the ``.deb`` files are
-  downloaded in parallel, checked against their SHA-256 and their ``data.tar``
-  is unpacked into ``root`` (merged /usr layout; docs, man pages and locales are
-  skipped);
-* the wheels are fetched with ``pip download --platform manylinux..._aarch64``
-  and unpacked into ``site``; of ``apache-tvm`` only ``tvm/lib/libtvm_runtime.so``
-  is kept;
-* a smoke run under qemu imports numpy, loads the runtime and imports tvm_ffi;
-  only then is the folder moved into place with :func:`os.replace`.
-
-Everything is built in a temporary folder next to the final one under an
-exclusive lock file, so an interrupted build never leaves a folder that looks
-valid, and concurrent builds wait for each other.
+:func:`ensure_sysroot` builds it once (a small Debian bookworm arm64 root plus the aarch64 wheels),
+:func:`run_python` runs a script with it under ``qemu-aarch64-static``: no root, no chroot, no binfmt.
+See docs/artifact.md (emulated target check).
 """
 
 from __future__ import annotations
@@ -91,7 +69,6 @@ MANIFEST = "edgekit-sysroot.json"
 
 _NETWORK_HINT = "the network to deb.debian.org and PyPI is needed to build the aarch64 sysroot"
 _QEMU_HINT = "install it with: apt-get install -y qemu-user-static"
-
 
 
 @dataclass(frozen=True)
