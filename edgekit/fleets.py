@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgekit.errors import ConfigError, first_problem
+from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
 from edgekit.profiles import load_profile
 from edgekit.resources import bundled_dir
 
@@ -148,8 +148,8 @@ def load_fleet(name_or_path: str | Path) -> Fleet:
     if not path.is_file():
         raise ConfigError(f"fleet file '{path}' does not exist")
     try:
-        return Fleet.model_validate(yaml.safe_load(path.read_text()))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        return Fleet.model_validate(loads_yaml(path.read_bytes(), max_bytes=MAX_FILE_BYTES))
+    except ParseError as exc:
+        raise ConfigError(f"{path}: the fleet file {exc}") from None
     except ValidationError as exc:
         raise ConfigError(f"{path}: {first_problem(exc)}") from exc

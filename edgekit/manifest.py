@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import ArtifactError, first_problem
+from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_json
 
 __all__ = [
     "MANIFEST_NAME",
@@ -149,11 +150,13 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
     if not Path(artifact_dir).is_dir():
         raise ArtifactError(f"artifact directory '{artifact_dir}' does not exist (run 'edgekit compile' first)")
     try:
-        raw = json.loads(path.read_text())
+        raw = loads_json(path.read_bytes(), max_bytes=MAX_FILE_BYTES)
     except FileNotFoundError as exc:
         raise ArtifactError(f"'{artifact_dir}' is not an edgekit artifact: it has no {MANIFEST_NAME}") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{path}: unreadable manifest ({exc}); recompile the artifact") from exc
+    except OSError as exc:
+        raise ArtifactError(f"{path}: unreadable manifest ({exc.strerror or exc}); recompile the artifact") from exc
+    except ParseError as exc:
+        raise ArtifactError(f"{path}: unreadable manifest: it {exc}; recompile the artifact") from None
     if isinstance(raw, dict) and raw.get("schemaVersion") not in (None, SCHEMA_VERSION):
         raise ArtifactError(
             f"{path}: schemaVersion {raw.get('schemaVersion')} is not supported by this edgekit "

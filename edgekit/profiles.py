@@ -12,10 +12,10 @@ import platform
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import ConfigError, UnknownTargetError, first_problem
+from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
 from edgekit.resources import bundled_dir
 
 __all__ = [
@@ -126,9 +126,11 @@ def profile_dirs() -> list[Path]:
 
 def _read(path: Path) -> DeviceProfile:
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read device profile: {exc}") from exc
+        data = loads_yaml(path.read_bytes(), max_bytes=MAX_FILE_BYTES)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read device profile: {exc.strerror or exc}") from exc
+    except ParseError as exc:
+        raise ConfigError(f"{path}: the device profile {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a device profile must be a YAML mapping")
     try:

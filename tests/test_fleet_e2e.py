@@ -32,7 +32,7 @@ from edgekit.fleet.mqtt import FleetMqttBridge
 from edgekit.greengrass.package import RUNTIME_COMPONENT, package
 from edgekit.mqtt import topics
 from edgekit.mqtt.broker import MosquittoBroker, find_mosquitto
-from edgekit.mqtt.client import NOT_AUTHORIZED, Backoff, MqttClient, connect
+from edgekit.mqtt.client import NOT_AUTHORIZED, Backoff, Message, MqttClient, connect
 from edgekit.mqtt.payloads import (
     DescribeJobExecutionResponse,
     GetPendingJobExecutionsResponse,
@@ -644,6 +644,45 @@ def test_the_bridge_refuses_bad_requests_and_keeps_serving(make_fleet: Callable[
             assert reply_topic == topics.accepted(get)
             assert decode(DescribeJobExecutionResponse, payload).client_token == "t-6"
         assert bridge.stats.rejected["InvalidRequest"] == 2 and bridge.stats.rejected["InvalidJson"] == 1
+
+    run(fleet, scenario)
+
+
+def test_a_hostile_request_costs_only_its_own_reply(make_fleet: Callable[..., Fleet]) -> None:
+    fleet = make_fleet()
+    attacker, victim = fleet.register(2)
+
+    async def scenario() -> None:
+        bridge = await fleet.start_bridge()
+        fleet.deploy(app("1.0.0"))
+        await eventually(lambda: bridge.stats.notifications >= 2, 5, "release")
+        async with (
+            await connect(fleet.broker.url, attacker, clean_start=True) as bad,
+            await connect(fleet.broker.url, victim, clean_start=True) as good,
+        ):
+            await bad.subscribe(f"$aws/things/{attacker}/jobs/#", 1)
+            await good.subscribe(f"$aws/things/{victim}/jobs/#", 1)
+            nested = b'{"clientToken": "evil", "x": ' + b"[" * 60_000 + b"]" * 60_000 + b"}"
+            honest = b'{"schemaVersion": 1, "clientToken": "t-1"}'
+            for _ in range(3):  # sent together, so they share the bridge's batches
+                await asyncio.gather(
+                    bad.publish(topics.get_pending(attacker), nested), good.publish(topics.get_pending(victim), honest)
+                )
+            async def reply(client: MqttClient, request: str) -> Message:
+                while True:  # skip the echo of the request itself (the device is subscribed to jobs/#)
+                    message = await client.get_message(timeout=5)
+                    if message.topic.startswith(request + "/"):
+                        return message
+
+            for _ in range(3):
+                refused = await reply(bad, topics.get_pending(attacker))
+                assert refused.topic == topics.rejected(topics.get_pending(attacker))
+                rejection = decode(JobsRejected, refused.payload)
+                assert rejection.code == "InvalidJson" and "nested deeper than 64 levels" in rejection.message
+                answered = await reply(good, topics.get_pending(victim))
+                assert answered.topic == topics.accepted(topics.get_pending(victim))
+                assert decode(GetPendingJobExecutionsResponse, answered.payload).client_token == "t-1"
+        assert bridge.stats.rejected["InvalidJson"] == 3
 
     run(fleet, scenario)
 

@@ -5,7 +5,6 @@ See docs/local-fleet.md (the HTTP API for devices).
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,6 +18,7 @@ from edgekit.device.errors import DeviceError
 from edgekit.errors import RecipeError
 from edgekit.greengrass.recipe import normalize_recipe
 from edgekit.greengrass.resolve import ComponentStore
+from edgekit.parsing import ParseError, loads_json
 
 __all__ = ["THING_HEADER", "RegistryClient", "RegistryStore"]
 
@@ -56,9 +56,9 @@ class RegistryClient:
             reason = getattr(exc, "reason", exc)
             raise DeviceError("NETWORK_ERROR", f"the registry at {self.base_url} can't be reached: {reason}") from exc
         try:
-            return json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise DeviceError(("CLOUD_API_ERROR", "BAD_REQUEST"), f"GET {url} did not return JSON: {exc}") from exc
+            return loads_json(body)
+        except ParseError as exc:
+            raise DeviceError(("CLOUD_API_ERROR", "BAD_REQUEST"), f"GET {url}: the answer {exc}") from None
 
     def versions(self, name: str) -> list[str]:
         """Published versions of ``name`` (``[]`` if the registry doesn't know it)."""

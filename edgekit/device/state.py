@@ -6,7 +6,6 @@ See docs/device-agent.md (state on disk, resume).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgekit.device.errors import DeviceError
 from edgekit.device.outcome import DeploymentOutcome
 from edgekit.mqtt.payloads import LifecycleState
+from edgekit.parsing import ParseError, loads_json
 
 __all__ = [
     "ComponentRecord",
@@ -140,9 +140,9 @@ class StateStore:
         if not path.is_file():
             return DeviceState(thing=thing)
         try:
-            data = json.loads(path.read_text())
+            data = loads_json(path.read_bytes())
             state = DeviceState.model_validate(data)
-        except (OSError, json.JSONDecodeError, ValidationError) as exc:
+        except (OSError, ParseError, ValidationError) as exc:
             raise DeviceError(
                 ("IO_ERROR", "IO_READ_ERROR"),
                 f"{path} is not a readable edgekit device state ({exc}); move it away to start this device afresh",

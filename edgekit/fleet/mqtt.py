@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ from edgekit.mqtt.payloads import (
     decode,
 )
 from edgekit.mqtt.payloads import Message as WireMessage
+from edgekit.parsing import ParseError, loads_json
 
 __all__ = ["BridgeStats", "FleetMqttBridge"]
 
@@ -91,8 +91,8 @@ def _client_token(payload: bytes) -> str | None:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return None
     try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = loads_json(payload, duplicate_keys=True)
+    except ParseError:
         return None
     token = data.get("clientToken") if isinstance(data, dict) else None
     return token if isinstance(token, str) and 1 <= len(token) <= 64 else None
@@ -107,9 +107,9 @@ def _decode_request(model: type[_M], payload: bytes) -> _M:
             "InvalidRequest", f"the request is {len(payload)} bytes, over AWS IoT Core's {MAX_PAYLOAD_BYTES}-byte limit"
         )
     try:
-        json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _Refused("InvalidJson", f"the request is not UTF-8 JSON: {exc}") from exc
+        loads_json(payload)
+    except ParseError as exc:
+        raise _Refused("InvalidJson", f"the request {exc}") from None
     try:
         # Jobs requests from a real Greengrass nucleus carry no schemaVersion: accept them as the current one.
         return decode(model, payload, require_version=False)

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from edgekit.errors import DeploymentError
 from edgekit.greengrass.aws import AwsSession, aws_errors, partition_for_region
 from edgekit.mqtt.payloads import check_json_pointers
+from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
 
 __all__ = [
     "DEFAULT_ABORT_MIN_EXECUTED",
@@ -279,11 +279,11 @@ def load_spec(path: str | Path) -> DeploymentSpec:
     """Read a deployment spec from a YAML or JSON file."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = loads_yaml(p.read_bytes(), max_bytes=MAX_FILE_BYTES)
     except OSError as exc:
         raise DeploymentError(f"{p}: cannot read the deployment spec: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise DeploymentError(f"{p}: not valid YAML/JSON: {exc}") from exc
+    except ParseError as exc:
+        raise DeploymentError(f"{p}: the deployment spec {exc}") from None
     if not isinstance(data, dict):
         raise DeploymentError(f"{p}: a deployment spec must be a mapping at the top level")
     try:

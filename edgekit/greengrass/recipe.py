@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from edgekit.errors import RecipeError
+from edgekit.parsing import MAX_FILE_BYTES, ParseError, decode_utf8, loads_json, loads_yaml
 
 __all__ = [
     "LIFECYCLE_STEPS",
@@ -119,12 +120,20 @@ def normalize_recipe(raw: dict[str, Any]) -> dict[str, Any]:
     return recipe
 
 
-def parse_recipe_text(text: str, where: str) -> dict[str, Any]:
-    """Parse recipe text (JSON or YAML; JSON is YAML) into a normalized dict."""
+def parse_recipe_text(text: str | bytes, where: str) -> dict[str, Any]:
+    """Parse recipe text (JSON or YAML; JSON is YAML) into a normalized dict.
+
+    Bounded (size, depth, YAML aliases), UTF-8 only; a key given twice in one mapping, also in another casing
+    (the classic nucleus reads keys case-insensitively and would merge them), is an error naming both lines.
+    """
     try:
-        data = json.loads(text) if text.lstrip().startswith("{") else yaml.load(text, Loader=_RecipeLoader)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise RecipeError(f"{where}: not valid JSON/YAML: {exc}") from exc
+        text = decode_utf8(text)
+        if text.lstrip().startswith("{"):
+            data = loads_json(text, max_bytes=MAX_FILE_BYTES, fold_keys=str.lower)
+        else:
+            data = loads_yaml(text, max_bytes=MAX_FILE_BYTES, loader=_RecipeLoader, fold_keys=str.lower)
+    except ParseError as exc:
+        raise RecipeError(f"{where}: the recipe {exc}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: a recipe must be a mapping at the top level, got {type(data).__name__}")
     return normalize_recipe(data)
@@ -134,7 +143,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a recipe file (``.json``, ``.yaml`` or ``.yml``) into a normalized dict."""
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_bytes()
     except OSError as exc:
         raise RecipeError(f"{p}: cannot read recipe: {exc.strerror or exc}") from exc
     return parse_recipe_text(text, str(p))

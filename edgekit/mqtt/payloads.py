@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic.alias_generators import to_camel
 
 from edgekit.mqtt.errors import PayloadError
+from edgekit.parsing import ParseError, loads_json
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -372,11 +373,9 @@ def decode(
             f"{name} payload is {len(raw)} bytes, over the {max_bytes}-byte limit (AWS IoT Core's 128 KB); refused unread"
         )
     try:
-        data = json.loads(raw.decode("utf-8"))  # json.loads(bytes) would also guess UTF-16/32; the wire is UTF-8
-    except UnicodeDecodeError as exc:
-        raise PayloadError(f"{name} payload is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"{name} payload is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        data = loads_json(raw)  # UTF-8 only (json.loads(bytes) would guess UTF-16/32), bounded depth, no duplicate keys
+    except ParseError as exc:
+        raise PayloadError(f"{name} payload {exc}") from None
     if not isinstance(data, dict):
         raise PayloadError(f"{name} payload must be a JSON object, got {type(data).__name__}")
     if "schemaVersion" not in data:
