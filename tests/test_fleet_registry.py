@@ -6,6 +6,8 @@ import base64
 import hashlib
 import http.client
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -335,3 +337,26 @@ def test_a_device_round_trip_with_a_corrupted_download(tmp_path: Path, state: Fl
         "dev-2": ("FAILED", {"error-code": "ARTIFACT_CHECKSUM_MISMATCH"}),
     }
     assert svc.deployment(job).status == "COMPLETED"
+
+
+def test_idle_connections_are_closed_and_connections_are_bounded(tmp_path: Path, state: FleetState, store: Path) -> None:
+    write_build(tmp_path / "build", version="1.0.0", files={"model.zip": b"one"})
+    publish_local(tmp_path / "build", state, store)
+    with FleetHttpServer(Registry(state, store), read_timeout_s=0.5, max_connections=2) as srv:
+        idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(2)]  # say nothing
+        try:
+            deadline = time.monotonic() + 10  # only catches a hang
+            while srv.active_connections < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert srv.active_connections == 2
+            extra = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            with extra:
+                assert extra.recv(1024).startswith(b"HTTP/1.1 503 ")  # refused at once, no thread of its own
+            assert srv.refused == 1
+            for sock in idle:  # the server hangs up on a silent client after its read timeout
+                assert sock.recv(1024) == b""
+        finally:
+            for sock in idle:
+                sock.close()
+        status, _, body = get(srv, f"/v1/components/{NAME}")  # the slots are free again
+        assert status == 200 and json.loads(body)["versions"] == ["1.0.0"]

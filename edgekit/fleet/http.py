@@ -5,6 +5,7 @@ See docs/local-fleet.md (the HTTP API for devices).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -16,11 +17,14 @@ from urllib.parse import quote, unquote, urlsplit
 from edgekit.fleet.errors import NotFoundError
 from edgekit.fleet.registry import Registry, artifact_file, safe_segment
 
-__all__ = ["THING_HEADER", "FleetHttpServer"]
+__all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT_S", "THING_HEADER", "FleetHttpServer"]
 
 log = logging.getLogger(__name__)
 
 THING_HEADER: Final = "X-Edgekit-Thing"
+READ_TIMEOUT_S: Final = 30.0
+MAX_CONNECTIONS: Final = 512
+_BUSY: Final = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _CHUNK = 64 * 1024
 _FLIP = bytes(b ^ 0xFF for b in range(256))
 
@@ -30,13 +34,40 @@ class _BadPath(Exception):
 
 
 class _Server(ThreadingHTTPServer):
+    """A thread per connection, at most ``slots`` at once: past that a connection gets 503 and is closed at once
+    (a device retries after a back-off) instead of a thread of its own."""
+
     daemon_threads = True
     block_on_close = False
     fleet: FleetHttpServer
+    slots: threading.BoundedSemaphore
+
+    active = 0  # connections holding a slot now
+    count_lock: threading.Lock
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.fleet.refused += 1
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        with self.count_lock:
+            self.active += 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.count_lock:
+                self.active -= 1
+            self.slots.release()
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    timeout = READ_TIMEOUT_S  # an idle or trickling connection is closed after this many seconds without a byte
     protocol_version = "HTTP/1.1"
     server_version = "edgekit-fleet"
 
@@ -123,8 +154,19 @@ class _Handler(BaseHTTPRequestHandler):
 class FleetHttpServer:
     """The device-facing HTTP API on ``host`` (loopback) and ``port`` (0 = a free port); a context manager."""
 
-    def __init__(self, registry: Registry, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.registry = registry
+        self.read_timeout_s = read_timeout_s
+        self.max_connections = max_connections
+        self.refused = 0  # connections turned away with 503 because every slot was taken
         self.host = host
         self._requested_port = port
         self._server: _Server | None = None
@@ -139,6 +181,11 @@ class FleetHttpServer:
         return int(self._server.server_address[1])
 
     @property
+    def active_connections(self) -> int:
+        """Connections being served now (each holds one of ``max_connections`` slots)."""
+        return self._server.active if self._server is not None else 0
+
+    @property
     def url(self) -> str:
         """``http://HOST:PORT`` of the running server."""
         return f"http://{self.host}:{self.port}"
@@ -146,8 +193,11 @@ class FleetHttpServer:
     def start(self) -> FleetHttpServer:
         if self._server is not None:
             return self
-        server = _Server((self.host, self._requested_port), _Handler)
+        handler = type("Handler", (_Handler,), {"timeout": self.read_timeout_s})
+        server = _Server((self.host, self._requested_port), handler)
         server.fleet = self
+        server.slots = threading.BoundedSemaphore(self.max_connections)
+        server.count_lock = threading.Lock()
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fleet-http", daemon=True
