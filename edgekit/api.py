@@ -6,6 +6,8 @@ Importing this module is cheap: each function imports its stage when called.
 from __future__ import annotations
 
 import asyncio
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -195,6 +197,9 @@ def simulate(
     sim = Simulation(model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s)
 
     async def main() -> SimulationRun:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        if task is not None and threading.current_thread() is threading.main_thread():
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)  # stop as on Ctrl-C: devices, fleet and broker
         try:
             return await run_simulation(
                 sim,
@@ -206,7 +211,11 @@ def simulate(
                 every=every,
                 progress=progress,
             )
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
         finally:
             await sim.close()
+            if threading.current_thread() is threading.main_thread():
+                loop.remove_signal_handler(signal.SIGTERM)
 
     return asyncio.run(main())

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -118,3 +124,54 @@ def test_deploy_local_reaches_a_running_simulation(tmp_path: Path, capsys: pytes
                 await Simulation(fleet, state_dir=state).start()
 
     asyncio.run(scenario())
+
+
+def _wait_for(check: Callable[[], bool], what: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds  # only catches a hang
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_the_broker_does_not_outlive_simulate(tmp_path: Path, sig: signal.Signals) -> None:
+    state, fleet = tmp_path / "state", write_fleet(tmp_path / "fleet.yaml")
+    folder = FleetFolder.at(state)
+    argv = [sys.executable, "-m", "edgekit", "simulate", "--fleet", str(fleet), "--state", str(state), "--duration", "600"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pidfile = folder.broker / "mosquitto.pid"
+        _wait_for(lambda: folder.running() is not None and pidfile.exists(), "the simulation to start")
+        broker = int(pidfile.read_text().split()[0])
+        assert _alive(broker)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        _wait_for(lambda: not _alive(broker), "mosquitto to stop")  # the kernel's parent-death signal, or a clean close
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 130 and not pidfile.exists() and folder.running() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_broker_left_running_is_stopped_at_the_next_start(tmp_path: Path) -> None:
+    from edgekit.mqtt.broker import MosquittoBroker
+
+    old = MosquittoBroker(tmp_path / "broker")
+    old.start()
+    proc, old._proc = old._proc, None  # forget it, as a process killed with -9 would: its pidfile stays
+    assert proc is not None
+    try:
+        with MosquittoBroker(tmp_path / "broker") as new:
+            assert new.pid != proc.pid and proc.wait(timeout=30) is not None  # the new start stopped the old one
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()

@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
+from edgekit.children import die_with_parent, reap_stale, write_pidfile
 from edgekit.errors import ConfigError, MissingDependencyError, ToolchainError
 from edgekit.mqtt.errors import BrokerError
 from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsMaterial
@@ -157,6 +158,10 @@ class _ProcessBroker:
         return self.folder / self._log_name
 
     @property
+    def pid_path(self) -> Path:
+        return self.folder / f"{self.kind}.pid"
+
+    @property
     def tls(self) -> TlsMaterial | None:
         return None
 
@@ -180,6 +185,7 @@ class _ProcessBroker:
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.port == 0:
             self.port = free_port(self.host)
+        reap_stale(self.pid_path)  # a broker an earlier run left behind (kill -9) holds our persistence
         self._prepare()
         command = self._command()
         raise_fd_limit()  # the child inherits it
@@ -192,7 +198,9 @@ class _ProcessBroker:
                 stderr=subprocess.STDOUT,
                 cwd=self.folder,
                 start_new_session=True,  # a Ctrl-C in the terminal is for us, not for the broker
+                preexec_fn=die_with_parent(),  # ... but when we die, it goes too
             )
+        write_pidfile(self.pid_path, self._proc.pid)
         deadline = time.monotonic() + self.start_timeout
         while True:
             code = self._proc.poll()
@@ -235,6 +243,7 @@ class _ProcessBroker:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        self.pid_path.unlink(missing_ok=True)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGCONT)  # a frozen broker can't handle SIGTERM
@@ -250,6 +259,7 @@ class _ProcessBroker:
         """Crash the broker (SIGKILL): nothing is saved since the last autosave. For fault injection."""
         proc, self._proc = self._proc, None
         if proc is not None:
+            self.pid_path.unlink(missing_ok=True)
             proc.kill()
             proc.wait()
 
