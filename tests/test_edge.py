@@ -82,8 +82,56 @@ def test_a_damaged_spool_is_named(tmp_path: Path) -> None:
     bad = tmp_path / "spool.db"
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(EdgeError, match=r"spool '.*spool.db' cannot be opened.*move the damaged file away") as info:
-        Spool(bad)
+        Spool(bad, on_damage="raise")
     assert exit_code_for(info.value) == 23
+
+
+def _scribble(path: Path, offset: int, length: int = 512) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        f.write(bytes((i * 37) % 256 for i in range(length)))
+
+
+@pytest.mark.parametrize("damage", ["not sqlite", "scattered"])
+def test_a_damaged_spool_is_quarantined_counted_and_replaced(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "spool.db"
+    if damage == "not sqlite":
+        path.write_bytes(b"this is not sqlite" * 100)
+    else:
+        spool = Spool(path)
+        for i in range(300):
+            spool.put("t", f"message {i}".encode() * 20)
+        spool.close()
+        size = path.stat().st_size
+        for offset in (size // 3, size // 2, 2 * size // 3):  # pages in the middle of the table, header intact
+            _scribble(path, offset)
+    fresh = Spool(path)
+    assert fresh.quarantined_to is not None and fresh.quarantined_to.exists()  # kept for a post-mortem
+    assert fresh.quarantined_to.name.startswith("spool.db.damaged-")
+    assert fresh.quarantined == 1 and len(fresh) == 0 and fresh.bytes == 0
+    assert [i.payload for i in fresh.peek()] == [] and fresh.put("t", b"after") >= 1
+    fresh.close()
+    assert Spool(path).quarantined == 1  # the count stays with the path
+
+
+def test_a_spool_is_bounded_in_bytes_too(tmp_path: Path) -> None:
+    reject = Spool(tmp_path / "reject.db", max_bytes=250)
+    for i in range(2):
+        reject.put("t", bytes([i]) * 100)
+    with pytest.raises(SpoolFullError, match=r"is full \(2 messages, 200 bytes; max_bytes 250\)"):
+        reject.put("t", b"x" * 100)
+    assert reject.bytes == 200 and len(reject) == 2
+    with pytest.raises(SpoolFullError, match=r"message of 200000000 bytes for 't' is over the spool's max_message_bytes"):
+        reject.put("t", b"\0" * 200_000_000)  # a 200 MB message: refused before anything is written
+    reject.ack([s.seq for s in reject.peek(1)])
+    assert reject.bytes == 100
+    reject.put("t", b"y" * 100)
+
+    overwrite = Spool(tmp_path / "overwrite.db", max_bytes=250, on_full="overwrite_oldest")
+    for i in range(5):
+        overwrite.put("t", bytes([i]) * 100)
+    assert [i.payload[:1] for i in overwrite.peek()] == [b"\x03", b"\x04"]
+    assert overwrite.dropped == 3 and overwrite.bytes == 200
 
 
 # --------------------------------------------------------------------------- windows

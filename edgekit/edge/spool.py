@@ -5,16 +5,22 @@ See docs/edge-runtime.md (spool, write-ahead).
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from edgekit.edge.errors import EdgeError, SpoolFullError
 
 __all__ = ["Spool", "SpoolItem"]
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -35,52 +41,136 @@ class SpoolItem:
     created: float
 
 
+Full = Literal["reject", "overwrite_oldest"]
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES: Final = 128 * 1024  # AWS IoT Core's payload limit: a bigger message could never be sent
+
+
 class Spool:
+    """Bounded in messages (``max_items``) and bytes (``max_bytes``; one message at most ``max_message_bytes``).
+
+    A full spool rejects the new message or drops the oldest (``on_full``), counted in :attr:`dropped`. A damaged
+    file found when opening is moved aside as ``<name>.damaged-<time>`` and a fresh spool starts (``on_damage=
+    "quarantine"``, counted in :attr:`quarantined`) or the open fails (``"raise"``); damage found later is an
+    :class:`~edgekit.edge.errors.EdgeError`, never a raw ``sqlite3`` exception.
+    """
+
     def __init__(
-        self, path: str | Path, *, max_items: int = 100_000, on_full: Literal["reject", "overwrite_oldest"] = "reject"
+        self,
+        path: str | Path,
+        *,
+        max_items: int = 100_000,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        on_full: Full = "reject",
+        on_damage: Literal["quarantine", "raise"] = "quarantine",
     ) -> None:
-        if max_items < 1:
-            raise EdgeError(f"spool max_items must be at least 1, got {max_items}")
+        if max_items < 1 or max_bytes < 1 or max_message_bytes < 1:
+            raise EdgeError(
+                f"spool max_items, max_bytes and max_message_bytes must be at least 1, got {max_items}, {max_bytes}, {max_message_bytes}"
+            )
         if on_full not in ("reject", "overwrite_oldest"):
             raise EdgeError(f"spool on_full must be 'reject' or 'overwrite_oldest', got {on_full!r}")
+        if on_damage not in ("quarantine", "raise"):
+            raise EdgeError(f"spool on_damage must be 'quarantine' or 'raise', got {on_damage!r}")
         self.path = Path(path)
         self.max_items = max_items
+        self.max_bytes = min(max_bytes, 2**62)
+        self.max_message_bytes = max_message_bytes
         self.on_full = on_full
+        self.quarantined_to: Path | None = None  # where this open moved a damaged file
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-            self._db.execute("SELECT count(*) FROM spool").fetchone()
-        except (OSError, sqlite3.Error) as exc:
-            raise EdgeError(
-                f"spool '{self.path}' cannot be opened ({exc}); check the folder, or move the damaged file away"
-            ) from None
+        except OSError as exc:
+            raise EdgeError(f"spool '{self.path}' cannot be opened ({exc}); check the folder") from None
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            if on_damage == "raise":
+                raise EdgeError(
+                    f"spool '{self.path}' cannot be opened ({exc}); check the folder, or move the damaged file away"
+                ) from None
+            self.quarantined_to = self._quarantine()
+            log.warning("spool %s is damaged (%s); moved to %s, starting afresh", self.path, exc, self.quarantined_to)
+            self._db = self._open()
+            with self._lock:
+                self._add_meta("quarantined", 1)
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {verdict}")
+            if db.execute("SELECT value FROM meta WHERE key = 'bytes'").fetchone() is None:  # made by an older edgekit
+                total = db.execute("SELECT coalesce(sum(length(payload)), 0) FROM spool").fetchone()[0]
+                db.execute("INSERT INTO meta(key, value) VALUES('bytes', ?)", (int(total),))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _quarantine(self) -> Path:
+        target = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{self.path}{suffix}", f"{target}{suffix}")
+        return target
+
+    def _add_meta(self, key: str, amount: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+            (key, amount),
+        )
+
+    def _meta(self, key: str) -> int:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @contextlib.contextmanager
+    def _guarded(self, what: str) -> Iterator[None]:
+        """Damage found after opening becomes one EdgeError naming the file (and the lock is held)."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.DatabaseError as exc:
+                raise EdgeError(
+                    f"spool '{self.path}' is damaged ({what}: {exc}); reopen it to quarantine the file and start afresh"
+                ) from None
 
     def put(self, topic: str, payload: bytes) -> int:
         """Store a message; returns its sequence number (increasing, never reused)."""
-        with self._lock:
+        size = len(payload)
+        if size > self.max_message_bytes:
+            raise SpoolFullError(
+                f"a message of {size} bytes for '{topic}' is over the spool's max_message_bytes ({self.max_message_bytes}); "
+                "it was not stored — send less per message"
+            )
+        with self._guarded("storing a message"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 count = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
-                if count >= self.max_items:
+                held = self._meta("bytes")
+                if count >= self.max_items or held + size > self.max_bytes:
                     if self.on_full == "reject":
-                        raise SpoolFullError(
-                            f"spool '{self.path}' is full ({count} messages, max_items {self.max_items}); the message "
-                            "was not stored — raise max_items, or use on_full='overwrite_oldest' to keep the newest"
+                        bound = (
+                            f"{count} messages, max_items {self.max_items}"
+                            if count >= self.max_items
+                            else f"{count} messages, {held} bytes; max_bytes {self.max_bytes}"
                         )
-                    extra = count - self.max_items + 1
-                    self._db.execute("DELETE FROM spool WHERE seq IN (SELECT seq FROM spool ORDER BY seq LIMIT ?)", (extra,))
-                    self._db.execute(
-                        "INSERT INTO meta(key, value) VALUES('dropped', ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
-                        (extra,),
-                    )
+                        raise SpoolFullError(
+                            f"spool '{self.path}' is full ({bound}); the message was not stored — raise max_items / "
+                            "max_bytes, or use on_full='overwrite_oldest' to keep the newest"
+                        )
+                    self._drop_oldest(count, held, size)
                 cur = self._db.execute(
                     "INSERT INTO spool(topic, payload, created) VALUES(?, ?, ?)", (topic, bytes(payload), time.time())
                 )
+                self._add_meta("bytes", size)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -89,9 +179,21 @@ class Spool:
             assert seq is not None
             return seq
 
+    def _drop_oldest(self, count: int, held: int, size: int) -> None:
+        """Make room for one message of ``size`` bytes by deleting the oldest (counted in ``dropped``)."""
+        dropped = freed = 0
+        rows = self._db.execute("SELECT seq, length(payload) FROM spool ORDER BY seq").fetchall()
+        for seq, length in rows:
+            if count - dropped < self.max_items and held - freed + size <= self.max_bytes:
+                break
+            self._db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+            dropped, freed = dropped + 1, freed + int(length)
+        self._add_meta("dropped", dropped)
+        self._add_meta("bytes", -freed)
+
     def peek(self, limit: int = 100) -> list[SpoolItem]:
         """The oldest ``limit`` messages, in order, still in the spool."""
-        with self._lock:
+        with self._guarded("reading"):
             rows = self._db.execute("SELECT seq, topic, payload, created FROM spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
         return [SpoolItem(int(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in rows]
 
@@ -99,18 +201,39 @@ class Spool:
         """Remove delivered messages."""
         if not seqs:
             return
-        with self._lock:
-            self._db.executemany("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
+        with self._guarded("removing delivered messages"):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                freed = 0
+                for seq in seqs:
+                    row = self._db.execute("DELETE FROM spool WHERE seq = ? RETURNING length(payload)", (seq,)).fetchone()
+                    freed += int(row[0]) if row else 0
+                self._add_meta("bytes", -freed)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     @property
     def dropped(self) -> int:
         """Messages dropped by ``overwrite_oldest`` since the spool was created."""
-        with self._lock:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
-        return int(row[0]) if row else 0
+        with self._guarded("reading its counters"):
+            return self._meta("dropped")
+
+    @property
+    def quarantined(self) -> int:
+        """Damaged files this spool's path has had moved aside (and started afresh from)."""
+        with self._guarded("reading its counters"):
+            return self._meta("quarantined")
+
+    @property
+    def bytes(self) -> int:
+        """Payload bytes held now."""
+        with self._guarded("reading its counters"):
+            return self._meta("bytes")
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._guarded("counting"):
             return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
 
     def close(self) -> None:
