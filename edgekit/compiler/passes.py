@@ -17,6 +17,7 @@ candidate's own) accuracy budget decides whether the int8 error is acceptable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -123,46 +124,38 @@ def _calibration(source: SourceModel, options: QuantizeOptions) -> list[dict[str
     return samples
 
 
-def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progress: Progress) -> SourceModel:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+@contextlib.contextmanager
+def _scratch_cwd(folder: Path) -> Iterator[None]:
+    """Run in ``folder/scratch``: ONNX Runtime's symbolic shape inference saves ``sym_shape_infer_temp.onnx``
+    (and its data) into the working directory when it gives up. The working directory is the process's:
+    callers pass absolute paths, and compiling is not meant to run in several threads at once."""
+    scratch = folder / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with contextlib.chdir(scratch):
+        yield
 
+
+def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progress: Progress) -> SourceModel:
     heavy = {n.op_type for n in source.model.graph.node if n.domain in ("", "ai.onnx")} & _QUANTIZABLE
     if not heavy:
         raise CompilationError(
             f"nothing to quantize in '{source.path}': int8 applies to {', '.join(sorted(_QUANTIZABLE))}, and the model "
             "has none of them; drop the quantize pass for this model"
         )
-    prepared = folder / "prepared.onnx"
-    out = folder / "model.onnx"
+    model_in = source.onnx_path.resolve()
+    prepared = (folder / "prepared.onnx").resolve()
+    out = (folder / "model.onnx").resolve()
     try:
-        try:
-            quant_pre_process(str(source.onnx_path), str(prepared))
-        except Exception:  # symbolic shape inference can't follow every op (ai.onnx.ml): ONNX's own inference then
-            quant_pre_process(str(source.onnx_path), str(prepared), skip_symbolic_shape=True)
+        with _scratch_cwd(folder):
+            _pre_process(model_in, prepared)
+        samples: list[dict[str, np.ndarray]] = []
         if options.mode == "dynamic":
             progress("quantize: int8 weights, activations quantized at run time (dynamic)")
-            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=options.per_channel)
         else:
-            samples = _calibration(source, options)
+            samples = _calibration(source, options)  # a relative calibration path is the caller's: read it here
             progress(f"quantize: int8 weights and activations (static, QDQ), calibrating on {len(samples)} sample(s)")
-
-            class Reader(CalibrationDataReader):  # type: ignore[misc]
-                def __init__(self) -> None:
-                    self._it: Iterator[dict[str, np.ndarray]] = iter(samples)
-
-                def get_next(self) -> dict[str, np.ndarray] | None:
-                    return next(self._it, None)
-
-            quantize_static(
-                str(prepared),
-                str(out),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=options.per_channel,
-            )
+        with _scratch_cwd(folder):
+            _run_quantizer(prepared, out, options, samples)
     except ConfigError:
         raise
     except Exception as exc:
@@ -170,16 +163,50 @@ def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progr
             f"int8 quantization ({options.mode}) failed: {last_line(exc, 300)}; "
             "drop the quantize pass for this model or try the other mode"
         ) from exc
-    model = onnx.load(str(out))
     data = out.read_bytes()
     note = f"quantized to int8 ({options.mode})"
     return replace(
         source,
         onnx_path=out,
-        model=model,
+        model=onnx.load(str(out)),
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
         notes=[*source.notes, note],
+    )
+
+
+def _pre_process(model_in: Path, prepared: Path) -> None:
+    """ONNX Runtime's pre-processing for quantization: shape inference and graph clean-up."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(model_in), str(prepared))
+    except Exception:  # symbolic shape inference can't follow every op (ai.onnx.ml): ONNX's own inference then
+        quant_pre_process(str(model_in), str(prepared), skip_symbolic_shape=True)
+
+
+def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples: list[dict[str, np.ndarray]]) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if options.mode == "dynamic":
+        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=options.per_channel)
+        return
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it: Iterator[dict[str, np.ndarray]] = iter(samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    quantize_static(
+        str(prepared),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=options.per_channel,
     )
 
 
