@@ -45,12 +45,12 @@ from edgekit.manifest import (
     read_manifest,
 )
 from edgekit.profiles import DeviceProfile, load_profile
+from edgekit.progress import Progress, no_progress
 from edgekit.runtime import Runner, runner_for
 
 __all__ = ["CompileResult", "compile_model"]
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -76,10 +76,6 @@ class _Candidate:
     size: int = 0
 
 
-def _noop(_: str) -> None:
-    pass
-
-
 def compile_model(
     model: str | Path,
     target: str | Path | DeviceProfile,
@@ -103,7 +99,7 @@ def compile_model(
     when compiling fails. ``tune=N`` adds a TVM candidate tuned with MetaSchedule for
     ``N`` trials (see :meth:`Pipeline.with_tuning`).
     """
-    say = progress or _noop
+    say = progress or no_progress
     started = time.perf_counter()
     profile = load_profile(target)
     pipe = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)

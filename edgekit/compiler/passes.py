@@ -28,10 +28,10 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.compiler.backends.base import Progress
 from edgekit.compiler.frontends.base import SourceModel
 from edgekit.compiler.measure import sample_inputs
 from edgekit.errors import CompilationError, ConfigError, did_you_mean, first_problem, last_line, reject_unknown_keys
+from edgekit.progress import Progress
 
 __all__ = ["PASSES", "QuantizeOptions", "apply_passes", "check_passes", "file_inputs"]
 

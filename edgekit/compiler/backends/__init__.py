@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from edgekit.compiler.backends.base import Backend, Built, Progress, UnsupportedOp
+from edgekit.compiler.backends.base import Backend, Built, UnsupportedOp
 from edgekit.errors import ConfigError
 
-__all__ = ["BACKENDS", "Backend", "Built", "Progress", "UnsupportedOp", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "Built", "UnsupportedOp", "get_backend"]
 
 BACKENDS: dict[str, str] = {
     "onnxruntime": "edgekit.compiler.backends.onnxruntime:OnnxRuntimeBackend",

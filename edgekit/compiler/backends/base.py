@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgekit.compiler.frontends.base import SourceModel
 from edgekit.profiles import DeviceProfile
+from edgekit.progress import Progress
 
-__all__ = ["Backend", "Built", "Progress", "UnsupportedOp"]
+__all__ = ["Backend", "Built", "UnsupportedOp"]
 
-Progress = Callable[[str], None]
 # (op type, qualified with its domain when not the default one; node name; why)
 UnsupportedOp = tuple[str, str, str]
 

@@ -6,11 +6,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from edgekit.compiler.backends.base import Backend, Built, Progress, UnsupportedOp
+from edgekit.compiler.backends.base import Backend, Built, UnsupportedOp
 from edgekit.compiler.frontends.base import SourceModel
 from edgekit.deps import package_version
 from edgekit.errors import CompilationError, ConfigError
 from edgekit.profiles import DeviceProfile
+from edgekit.progress import Progress
 
 __all__ = ["OnnxRuntimeBackend"]
 

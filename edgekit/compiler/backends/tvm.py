@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from edgekit.compiler.backends.base import Backend, Built, Progress, UnsupportedOp
+from edgekit.compiler.backends.base import Backend, Built, UnsupportedOp
 from edgekit.compiler.backends.tvm_tune import RECORDS, database_dir, parse_tune_options, tune_and_apply
 from edgekit.compiler.frontends.base import SourceModel
 from edgekit.deps import package_version, require
@@ -32,6 +32,7 @@ from edgekit.errors import (
     last_line,
 )
 from edgekit.profiles import DeviceProfile, host_arch
+from edgekit.progress import Progress
 
 __all__ = ["ELF_MACHINES", "TvmBackend", "cuda_device_code", "elf_machine", "resolve_target", "tuning_state"]
 

@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.compiler.backends.base import Progress
 from edgekit.errors import CompilationError, ConfigError, first_problem, last_line, reject_unknown_keys
+from edgekit.progress import Progress
 from edgekit.resources import cache_dir
 
 __all__ = ["TuneOptions", "TuningReport", "database_dir", "parse_tune_options", "tune_and_apply"]
