@@ -65,7 +65,7 @@ class CompileResult:
 @dataclass
 class _Candidate:
     spec: CandidateSpec
-    backend: Backend | None = None
+    backend: Backend[Any] | None = None
     built: Built | None = None
     folder: Path | None = None
     report: CandidateReport | None = None
@@ -109,7 +109,7 @@ def compile_model(
         pipe = pipe.only_backend(get_backend(backend).name)
     for spec in pipe.candidates:
         try:
-            get_backend(spec.backend).check_options(spec.options, profile)
+            get_backend(spec.backend).parse_options(spec.options, profile)
             check_passes(spec.passes, "passes")
         except ConfigError as exc:
             raise ConfigError(f"pipeline '{pipe.name}', candidate '{spec.name}': {exc}") from None
@@ -166,15 +166,13 @@ def compile_model(
 
 
 def _tuning_states(pipe: Pipeline, profile: DeviceProfile) -> dict[str, str]:
-    """The state of each tuning database the pipeline's tuned candidates read (see ``tuning_state``)."""
+    """The state outside the pipeline each candidate's backend reads (see ``Backend.cache_state``)."""
     states: dict[str, str] = {}
     for spec in pipe.candidates:
-        if spec.backend == "tvm" and spec.options.get("tune") is not None:
-            from edgekit.compiler.backends.tvm import tuning_state
-
-            state = tuning_state(profile, spec.options)
-            if state is not None:
-                states[spec.name] = state
+        backend = get_backend(spec.backend)
+        state = backend.cache_state(backend.parse_options(spec.options, profile), profile)
+        if state is not None:
+            states[spec.name] = state
     return states
 
 
@@ -298,16 +296,17 @@ def _build(
             t0 = time.perf_counter()
             cand.folder = work / f"candidate-{spec.name}"
             say(f"{spec.name}: compiling with {backend.name} for {profile.name}")
-            cand.built = backend.compile(model, profile, spec.options, cand.folder, say)
+            options = backend.parse_options(spec.options, profile)
+            cand.built = backend.compile(model, profile, options, cand.folder, say)
             report.compile_seconds = round(time.perf_counter() - t0, 3)
             cand.size = sum((cand.folder / f).stat().st_size for f in cand.built.files)
             report.size_bytes = cand.size
             on: Literal["target", "host-proxy"] = "target" if profile.runs_on_host() else "host-proxy"
             entry = cand.folder / cand.built.entry
-            if on == "host-proxy" and backend.name != "onnxruntime":  # an ORT artifact is portable: it runs here as built
+            if backend.needs_host_stand_in(profile):
                 say(f"{spec.name}: {profile.name} code can't run here; building a host stand-in to measure")
                 proxy_dir = work / f"candidate-{spec.name}-host"
-                proxy = backend.compile(model, profile, spec.options, proxy_dir, say, for_host=True)
+                proxy = backend.compile(model, profile, options, proxy_dir, say, for_host=True)
                 entry = proxy_dir / proxy.entry
             say(f"{spec.name}: checking agreement with the source model")
             runner = runner_for(backend.name, entry, source.inputs, outputs)

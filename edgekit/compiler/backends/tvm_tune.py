@@ -31,7 +31,7 @@ from edgekit.errors import CompilationError, ConfigError, first_problem, last_li
 from edgekit.progress import Progress
 from edgekit.resources import cache_dir
 
-__all__ = ["TuneOptions", "TuningReport", "database_dir", "parse_tune_options", "tune_and_apply"]
+__all__ = ["TuneOptions", "TuningReport", "database_dir", "parse_tune_options", "trials_shorthand", "tune_and_apply"]
 
 RECORDS = "database_tuning_record.json"
 WORKLOADS = "database_workload.json"
@@ -63,9 +63,13 @@ class TuningReport(BaseModel):
     database: str
 
 
+def trials_shorthand(value: Any) -> Any:
+    """``tune: 50`` means ``tune: {trials: 50}``."""
+    return {"trials": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def parse_tune_options(value: Any) -> TuneOptions:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = {"trials": value}
+    value = trials_shorthand(value)
     if isinstance(value, dict):
         reject_unknown_keys(value, TuneOptions.model_fields, "tvm option 'tune'")
     try:
