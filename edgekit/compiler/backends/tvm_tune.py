@@ -151,15 +151,8 @@ def _quiet_meta_schedule() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def tune_and_apply(
-    tvm: Any, mod: Any, target: Any, target_dict: dict[str, Any], options: TuneOptions, progress: Progress
-) -> tuple[Any, TuningReport]:
-    """Tune ``mod`` for ``target`` (adding to the database), then apply the database's best schedules."""
-    from tvm.relax import pipeline as relax_pipeline
-    from tvm.relax import transform as rt
-    from tvm.s_tir import meta_schedule as ms
-
-    folder = database_dir(target_dict, options)
+def _open_database(ms: Any, folder: Path) -> Any:
+    """MetaSchedule's JSON database in ``folder`` (created if missing), or ConfigError naming the folder."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -169,14 +162,26 @@ def tune_and_apply(
         raise ConfigError(
             f"tuning database folder '{folder}' is not writable ({exc.strerror}); set tune.database to another folder"
         ) from None
-    records = folder / RECORDS
-    before = _count_lines(records)
     try:
-        database = ms.database.JSONDatabase(str(folder / WORKLOADS), str(records), allow_missing=True)
+        return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS), allow_missing=True)
     except Exception as exc:
         raise ConfigError(
             f"tuning database '{folder}' cannot be read ({last_line(exc)}); delete that folder or set tune.database to another one"
         ) from None
+
+
+def tune_and_apply(
+    tvm: Any, mod: Any, target: Any, target_dict: dict[str, Any], options: TuneOptions, progress: Progress
+) -> tuple[Any, TuningReport]:
+    """Tune ``mod`` for ``target`` (adding to the database), then apply the database's best schedules."""
+    from tvm.relax import pipeline as relax_pipeline
+    from tvm.relax import transform as rt
+    from tvm.s_tir import meta_schedule as ms
+
+    folder = database_dir(target_dict, options)
+    records = folder / RECORDS
+    database = _open_database(ms, folder)
+    before = _count_lines(records)
 
     with target:
         prepare = [rt.DecomposeOpsForInference(), rt.CanonicalizeBindings(), relax_pipeline.zero_pipeline()]
