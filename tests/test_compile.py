@@ -133,7 +133,7 @@ def test_cache_hit_builds_nothing_and_is_identical(mlp_onnx: Path, out_dir: Path
 
     with monkeypatch.context() as patched:
         patched.setattr("edgekit.compiler.compile.load_source", must_not_run)
-        patched.setattr("edgekit.compiler.compile._build", must_not_run)
+        patched.setattr("edgekit.compiler.compile.build", must_not_run)
         second = edgekit.compile(mlp_onnx, "x86_64", out_dir, pipeline=QUICK)
     assert second.cache_hit and not first.cache_hit
     assert second.manifest == first.manifest

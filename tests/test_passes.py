@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +204,47 @@ def test_bundled_int8_pipeline_picks_the_smallest_within_budget(cnn_onnx: Path, 
     assert pipe.select == "size"
     result = edgekit.compile(cnn_onnx, "x86_64", tmp_path / "build", pipeline=pipe)
     assert result.manifest.backend.options.get("passes"), "an int8 candidate should win by size"
+
+
+def _gemm_then_normalizer(path: Path) -> Path:
+    """Gemm → ai.onnx.ml Normalizer: ONNX Runtime's symbolic shape inference can't follow the second op."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w", "b"], ["h"], name="fc"),
+            helper.make_node("Normalizer", ["h"], ["y"], norm="L2", domain="ai.onnx.ml", name="norm"),
+        ],
+        "gemm-normalizer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [
+            numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_int8_compile_writes_nothing_into_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = _gemm_then_normalizer(tmp_path / "norm.onnx")
+    # This model sends ONNX Runtime's pre-processing down the path that saves a file into the working directory.
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    monkeypatch.chdir(probe)
+    with pytest.raises(Exception, match="Incomplete symbolic shape inference"):
+        quant_pre_process(str(model), str(tmp_path / "prepared.onnx"))
+    assert "sym_shape_infer_temp.onnx" in os.listdir(probe)
+
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    monkeypatch.chdir(clean)
+    result = edgekit.compile(Path("..") / "norm.onnx", "x86_64", "build", pipeline="int8")  # relative paths, on purpose
+    int8 = next(c for c in result.manifest.candidates if c.passes)
+    assert int8.measured is not None  # quantized, built and measured (whether it won or not)
+    assert os.listdir(clean) == ["build"]
+    assert sorted(os.listdir(clean / "build")) == ["norm-x86_64", "norm-x86_64.tar.gz"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -16,8 +17,11 @@ from typing import Any
 
 import onnx
 
+from edgekit.compiler.artifact import install_dir, make_archive
 from edgekit.deps import package_version
 from edgekit.digests import file_sha256
+from edgekit.errors import ArtifactError
+from edgekit.manifest import Manifest, read_manifest
 from edgekit.resources import cache_dir
 
 __all__ = ["ArtifactCache", "cache_key", "source_fingerprint"]
@@ -91,3 +95,27 @@ class ArtifactCache:
             shutil.rmtree(tmp, ignore_errors=True)  # a cache that can't be written is not an error
         finally:
             tmp_archive.unlink(missing_ok=True)
+
+    def install(self, key: str, out: Path) -> tuple[Path, Path, Manifest] | None:
+        """Copy the entry ``key`` into ``out`` as ``<name>/`` and ``<name>.tar.gz``, each atomically: (dir, archive,
+        manifest), or None when there is no readable entry."""
+        cached = self.get(key)
+        if cached is None:
+            return None
+        try:
+            manifest = read_manifest(cached)
+        except ArtifactError:
+            return None
+        final = out / manifest.name
+        staged = out / f".{manifest.name}.cache-{key[:8]}"
+        shutil.rmtree(staged, ignore_errors=True)
+        shutil.copytree(cached, staged)
+        install_dir(staged, final)
+        cached_archive = self.get_archive(key)
+        if cached_archive is None:
+            return final, make_archive(final), manifest
+        archive = final.with_name(final.name + ".tar.gz")
+        staged_archive = out / f".{archive.name}.cache-{key[:8]}"
+        shutil.copyfile(cached_archive, staged_archive)
+        os.replace(staged_archive, archive)
+        return final, archive, manifest

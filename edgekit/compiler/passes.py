@@ -17,9 +17,10 @@ candidate's own) accuracy budget decides whether the int8 error is acceptable.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,12 +28,13 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.compiler.backends.base import Progress
 from edgekit.compiler.frontends.base import SourceModel
 from edgekit.compiler.measure import sample_inputs
+from edgekit.digests import file_sha256
 from edgekit.errors import CompilationError, ConfigError, did_you_mean, first_problem, last_line, reject_unknown_keys
+from edgekit.progress import Progress
 
-__all__ = ["PASSES", "QuantizeOptions", "apply_passes", "check_passes", "file_inputs"]
+__all__ = ["PASSES", "PassStep", "QuantizeOptions", "apply_passes", "file_inputs", "parse_passes"]
 
 
 class QuantizeOptions(BaseModel):
@@ -51,7 +53,15 @@ PASSES: dict[str, type[BaseModel]] = {"quantize": QuantizeOptions}
 _QUANTIZABLE = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization"})
 
 
-def _parse(step: Any, where: str) -> tuple[str, BaseModel]:
+@dataclass(frozen=True)
+class PassStep:
+    """One step of a candidate's ``passes:``, its options checked."""
+
+    name: str
+    options: BaseModel
+
+
+def _parse(step: Any, where: str) -> PassStep:
     if not isinstance(step, dict) or len(step) != 1:
         raise ConfigError(f"{where}: each pass is a one-key mapping like {{quantize: {{mode: static}}}}, got {step!r}")
     ((name, options),) = step.items()
@@ -60,33 +70,46 @@ def _parse(step: Any, where: str) -> tuple[str, BaseModel]:
     model = PASSES[name]
     reject_unknown_keys(options or {}, model.model_fields, f"{where}: pass '{name}'")
     try:
-        return name, model.model_validate(options or {})
+        return PassStep(name, model.model_validate(options or {}))
     except ValidationError as exc:
         raise ConfigError(f"{where}: pass '{name}': {first_problem(exc)}") from None
 
 
-def check_passes(passes: list[dict[str, Any]], where: str) -> None:
-    """Raise ConfigError for a pass or option that doesn't exist, before anything is loaded."""
+def parse_passes(passes: list[dict[str, Any]], where: str) -> list[PassStep]:
+    """The checked steps, or ConfigError for a pass or option that doesn't exist, before anything is loaded."""
+    steps = []
     for step in passes:
-        name, options = _parse(step, where)
+        parsed = _parse(step, where)
+        options = parsed.options
         if isinstance(options, QuantizeOptions) and isinstance(options.calibration, str):
             path = Path(options.calibration).expanduser()
             if not path.is_file():
-                raise ConfigError(f"{where}: pass '{name}': calibration file '{path}' does not exist")
+                raise ConfigError(f"{where}: pass '{parsed.name}': calibration file '{path}' does not exist")
         if isinstance(options, QuantizeOptions) and isinstance(options.calibration, int) and options.calibration < 1:
-            raise ConfigError(f"{where}: pass '{name}': calibration must be at least 1 sample")
+            raise ConfigError(f"{where}: pass '{parsed.name}': calibration must be at least 1 sample")
+        steps.append(parsed)
+    return steps
 
 
-def apply_passes(source: SourceModel, passes: list[dict[str, Any]], work: Path, progress: Progress, where: str) -> SourceModel:
-    """``source`` with every pass applied, written under ``work``; the source itself is unchanged."""
+def apply_passes(source: SourceModel, steps: Sequence[PassStep], work: Path, progress: Progress) -> SourceModel:
+    """``source`` with every step applied, written under ``work``; the source itself is unchanged."""
     current = source
-    for i, step in enumerate(passes):
-        name, options = _parse(step, where)
-        folder = work / f"pass-{i}-{name}"
+    for i, step in enumerate(steps):
+        folder = work / f"pass-{i}-{step.name}"
         folder.mkdir(parents=True, exist_ok=True)
-        if isinstance(options, QuantizeOptions):
-            current = _quantize(current, options, folder, progress)
+        if isinstance(step.options, QuantizeOptions):
+            current = _quantize(current, step.options, folder, progress)
     return current
+
+
+def file_inputs(steps: Sequence[PassStep]) -> list[str]:
+    """SHA-256 of the files the steps read (calibration data): part of the artifact cache key."""
+    found = []
+    for step in steps:
+        calibration = getattr(step.options, "calibration", None)
+        if isinstance(calibration, str) and Path(calibration).expanduser().is_file():
+            found.append(file_sha256(Path(calibration).expanduser()))
+    return found
 
 
 def _calibration(source: SourceModel, options: QuantizeOptions) -> list[dict[str, np.ndarray]]:
@@ -123,46 +146,38 @@ def _calibration(source: SourceModel, options: QuantizeOptions) -> list[dict[str
     return samples
 
 
-def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progress: Progress) -> SourceModel:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+@contextlib.contextmanager
+def _scratch_cwd(folder: Path) -> Iterator[None]:
+    """Run in ``folder/scratch``: ONNX Runtime's symbolic shape inference saves ``sym_shape_infer_temp.onnx``
+    (and its data) into the working directory when it gives up. The working directory is the process's:
+    callers pass absolute paths, and compiling is not meant to run in several threads at once."""
+    scratch = folder / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with contextlib.chdir(scratch):
+        yield
 
+
+def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progress: Progress) -> SourceModel:
     heavy = {n.op_type for n in source.model.graph.node if n.domain in ("", "ai.onnx")} & _QUANTIZABLE
     if not heavy:
         raise CompilationError(
             f"nothing to quantize in '{source.path}': int8 applies to {', '.join(sorted(_QUANTIZABLE))}, and the model "
             "has none of them; drop the quantize pass for this model"
         )
-    prepared = folder / "prepared.onnx"
-    out = folder / "model.onnx"
+    model_in = source.onnx_path.resolve()
+    prepared = (folder / "prepared.onnx").resolve()
+    out = (folder / "model.onnx").resolve()
     try:
-        try:
-            quant_pre_process(str(source.onnx_path), str(prepared))
-        except Exception:  # symbolic shape inference can't follow every op (ai.onnx.ml): ONNX's own inference then
-            quant_pre_process(str(source.onnx_path), str(prepared), skip_symbolic_shape=True)
+        with _scratch_cwd(folder):
+            _pre_process(model_in, prepared)
+        samples: list[dict[str, np.ndarray]] = []
         if options.mode == "dynamic":
             progress("quantize: int8 weights, activations quantized at run time (dynamic)")
-            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=options.per_channel)
         else:
-            samples = _calibration(source, options)
+            samples = _calibration(source, options)  # a relative calibration path is the caller's: read it here
             progress(f"quantize: int8 weights and activations (static, QDQ), calibrating on {len(samples)} sample(s)")
-
-            class Reader(CalibrationDataReader):  # type: ignore[misc]
-                def __init__(self) -> None:
-                    self._it: Iterator[dict[str, np.ndarray]] = iter(samples)
-
-                def get_next(self) -> dict[str, np.ndarray] | None:
-                    return next(self._it, None)
-
-            quantize_static(
-                str(prepared),
-                str(out),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=options.per_channel,
-            )
+        with _scratch_cwd(folder):
+            _run_quantizer(prepared, out, options, samples)
     except ConfigError:
         raise
     except Exception as exc:
@@ -170,27 +185,42 @@ def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progr
             f"int8 quantization ({options.mode}) failed: {last_line(exc, 300)}; "
             "drop the quantize pass for this model or try the other mode"
         ) from exc
-    model = onnx.load(str(out))
     data = out.read_bytes()
-    note = f"quantized to int8 ({options.mode})"
     return replace(
-        source,
-        onnx_path=out,
-        model=model,
-        sha256=hashlib.sha256(data).hexdigest(),
-        size_bytes=len(data),
-        notes=[*source.notes, note],
+        source, onnx_path=out, model=onnx.load(str(out)), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)
     )
 
 
-def file_inputs(passes: list[dict[str, Any]]) -> list[str]:
-    """SHA-256 of the files the passes read (calibration data): part of the artifact cache key."""
-    from edgekit.digests import file_sha256
+def _pre_process(model_in: Path, prepared: Path) -> None:
+    """ONNX Runtime's pre-processing for quantization: shape inference and graph clean-up."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    found = []
-    for step in passes:
-        options = next(iter(step.values()), None) if isinstance(step, dict) and step else None
-        calibration = options.get("calibration") if isinstance(options, dict) else None
-        if isinstance(calibration, str) and Path(calibration).expanduser().is_file():
-            found.append(file_sha256(Path(calibration).expanduser()))
-    return found
+    try:
+        quant_pre_process(str(model_in), str(prepared))
+    except Exception:  # symbolic shape inference can't follow every op (ai.onnx.ml): ONNX's own inference then
+        quant_pre_process(str(model_in), str(prepared), skip_symbolic_shape=True)
+
+
+def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples: list[dict[str, np.ndarray]]) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if options.mode == "dynamic":
+        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=options.per_channel)
+        return
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it: Iterator[dict[str, np.ndarray]] = iter(samples)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    quantize_static(
+        str(prepared),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=options.per_channel,
+    )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from edgekit.compiler.backends.base import Backend, Built, Progress, UnsupportedOp
+from typing import Any
+
+from edgekit.compiler.backends.base import Backend, BackendOptions, Built, UnsupportedOp
 from edgekit.errors import ConfigError
 
-__all__ = ["BACKENDS", "Backend", "Built", "Progress", "UnsupportedOp", "get_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendOptions", "Built", "UnsupportedOp", "get_backend"]
 
 BACKENDS: dict[str, str] = {
     "onnxruntime": "edgekit.compiler.backends.onnxruntime:OnnxRuntimeBackend",
@@ -14,12 +16,12 @@ BACKENDS: dict[str, str] = {
 _ALIASES = {"ort": "onnxruntime"}
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str) -> Backend[Any]:
     import importlib
 
     key = _ALIASES.get(name, name)
     if key not in BACKENDS:
         raise ConfigError(f"unknown backend '{name}'; known backends: {', '.join(sorted(BACKENDS))}")
     module, _, cls = BACKENDS[key].partition(":")
-    backend: Backend = getattr(importlib.import_module(module), cls)()
+    backend: Backend[Any] = getattr(importlib.import_module(module), cls)()
     return backend

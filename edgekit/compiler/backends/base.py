@@ -1,21 +1,59 @@
-"""The compile side of a backend: support check, then compile to files in a folder."""
+"""The compile side of a backend: its typed options, a support check, then compile to files in a folder.
+
+A backend also says what the driver needs to know about it (whether its artifacts run on this
+host as built, what state outside the pipeline decides its result), so the driver never names one.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgekit.compiler.frontends.base import SourceModel
+from edgekit.errors import ConfigError, first_problem
 from edgekit.profiles import DeviceProfile
+from edgekit.progress import Progress
 
-__all__ = ["Backend", "Built", "Progress", "UnsupportedOp"]
+__all__ = ["Backend", "BackendOptions", "Built", "UnsupportedOp"]
 
-Progress = Callable[[str], None]
 # (op type, qualified with its domain when not the default one; node name; why)
 UnsupportedOp = tuple[str, str, str]
+
+
+class BackendOptions(BaseModel):
+    """A backend's ``options:`` in a pipeline candidate; each backend subclasses it with its fields.
+
+    :meth:`parse` reads the pipeline's mapping: every unknown key is named at once, then the
+    first bad value in the backend's own words (:meth:`invalid`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any], backend: str) -> Self:
+        known = sorted(cls.model_fields)
+        unknown = sorted((k for k in options if k not in known), key=str)
+        if unknown:
+            raise ConfigError(f"{backend} options {unknown} are not known; known options: {known}")
+        try:
+            return cls.model_validate(dict(options))
+        except ValidationError as exc:
+            loc = exc.errors()[0]["loc"]
+            name = str(loc[0]) if loc else ""
+            raise ConfigError(cls.invalid(name, options.get(name), exc, backend)) from None
+
+    @classmethod
+    def invalid(cls, name: str, value: Any, exc: ValidationError, backend: str) -> str:
+        """The message for a bad value of option ``name``; backends word their own."""
+        return f"{backend} option '{name}': {first_problem(exc)}"
+
+
+OptionsT = TypeVar("OptionsT", bound=BackendOptions)
 
 
 @dataclass
@@ -27,20 +65,31 @@ class Built:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class Backend(ABC):
-    name: str = ""
-    extra: str = ""
+class Backend(ABC, Generic[OptionsT]):
+    name: ClassVar[str] = ""
+    portable: ClassVar[bool] = False
+    """True when an artifact built for any target also runs on this host as built (no stand-in to measure)."""
 
     @abstractmethod
     def version(self) -> str: ...
 
     @abstractmethod
-    def check_options(self, options: dict[str, Any], profile: DeviceProfile) -> None:
-        """Raise ConfigError for options this backend doesn't know or can't honour for ``profile``.
+    def parse_options(self, options: Mapping[str, Any], profile: DeviceProfile) -> OptionsT:
+        """The typed options, or ConfigError for options this backend doesn't know or can't honour for ``profile``.
 
         Called for every candidate before the model is even loaded, so a typo in a pipeline
         file costs no compile time.
         """
+
+    def cache_state(self, options: OptionsT, profile: DeviceProfile) -> str | None:
+        """A fingerprint of state outside the pipeline that decides what this candidate builds (a tuning
+        database, say), or None when there is none. Part of the artifact cache key."""
+        return None
+
+    def needs_host_stand_in(self, profile: DeviceProfile) -> bool:
+        """Whether measuring needs a second build for this host (``compile(for_host=True)``): the artifact
+        for ``profile`` can't run here."""
+        return not self.portable and not profile.runs_on_host()
 
     @abstractmethod
     def unsupported_ops(self, source: SourceModel, profile: DeviceProfile) -> list[UnsupportedOp]:
@@ -51,7 +100,7 @@ class Backend(ABC):
         self,
         source: SourceModel,
         profile: DeviceProfile,
-        options: dict[str, Any],
+        options: OptionsT,
         out_dir: Path,
         progress: Progress,
         *,

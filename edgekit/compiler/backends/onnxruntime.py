@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from edgekit.compiler.backends.base import Backend, Built, Progress, UnsupportedOp
+from pydantic import ValidationError
+
+from edgekit.compiler.backends.base import Backend, BackendOptions, Built, UnsupportedOp
 from edgekit.compiler.frontends.base import SourceModel
 from edgekit.deps import package_version
-from edgekit.errors import CompilationError, ConfigError
+from edgekit.errors import CompilationError
 from edgekit.profiles import DeviceProfile
+from edgekit.progress import Progress
 
-__all__ = ["OnnxRuntimeBackend"]
+__all__ = ["OnnxRuntimeBackend", "OrtOptions"]
 
 _LEVELS = {"none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 _NOT_IMPL = re.compile(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'")
 _NOT_REGISTERED = re.compile(r"([\w.]+):(\w+)\((-?\d+)\) is not a registered function/op")
 
 
-class OnnxRuntimeBackend(Backend):
+class OrtOptions(BackendOptions):
+    """``options`` of an onnxruntime candidate in a pipeline file."""
+
+    optimization: Literal["none", "basic", "extended", "all"] = "extended"
+
+    @classmethod
+    def invalid(cls, name: str, value: Any, exc: ValidationError, backend: str) -> str:
+        return f"onnxruntime option 'optimization' must be one of {sorted(_LEVELS)}, got '{value}'"
+
+
+class OnnxRuntimeBackend(Backend[OrtOptions]):
     name = "onnxruntime"
-    extra = ""
+    portable = True  # an ONNX file runs wherever ONNX Runtime does: measured here as built
 
     def version(self) -> str:
         return package_version("onnxruntime")
@@ -46,19 +60,14 @@ class OnnxRuntimeBackend(Backend):
             raise CompilationError(f"ONNX Runtime cannot load the model: {text.splitlines()[0]}") from exc
         return []
 
-    def check_options(self, options: dict[str, Any], profile: DeviceProfile) -> None:
-        unknown = sorted(set(options) - {"optimization"})
-        if unknown:
-            raise ConfigError(f"onnxruntime options {unknown} are not known; known options: ['optimization']")
-        level = str(options.get("optimization", "extended"))
-        if level not in _LEVELS:
-            raise ConfigError(f"onnxruntime option 'optimization' must be one of {sorted(_LEVELS)}, got '{level}'")
+    def parse_options(self, options: Mapping[str, Any], profile: DeviceProfile) -> OrtOptions:
+        return OrtOptions.parse(options, self.name)
 
     def compile(
         self,
         source: SourceModel,
         profile: DeviceProfile,
-        options: dict[str, Any],
+        options: OrtOptions,
         out_dir: Path,
         progress: Progress,
         *,
@@ -66,8 +75,7 @@ class OnnxRuntimeBackend(Backend):
     ) -> Built:
         import onnxruntime as ort
 
-        self.check_options(options, profile)
-        level = str(options.get("optimization", "extended"))
+        level: str = options.optimization
         notes = []
         if level == "all" and not profile.runs_on_host():
             # Level 'all' adds layout transforms tuned to the compiling CPU; ORT documents it as host-only.

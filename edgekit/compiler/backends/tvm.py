@@ -14,11 +14,22 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgekit.compiler.backends.base import Backend, Built, Progress, UnsupportedOp
-from edgekit.compiler.backends.tvm_tune import RECORDS, database_dir, parse_tune_options, tune_and_apply
+from pydantic import Field, ValidationError, field_validator
+
+from edgekit.compiler.backends.base import Backend, BackendOptions, Built, UnsupportedOp
+from edgekit.compiler.backends.tvm_tune import (
+    RECORDS,
+    TuneOptions,
+    database_dir,
+    parse_tune_options,
+    trials_shorthand,
+    tune_and_apply,
+)
 from edgekit.compiler.frontends.base import SourceModel
 from edgekit.deps import package_version, require
 from edgekit.digests import file_sha256
@@ -29,16 +40,36 @@ from edgekit.errors import (
     MissingDependencyError,
     ToolchainError,
     UnsupportedOperatorError,
+    first_problem,
     last_line,
 )
 from edgekit.profiles import DeviceProfile, host_arch
+from edgekit.progress import Progress
 
-__all__ = ["ELF_MACHINES", "TvmBackend", "cuda_device_code", "elf_machine", "resolve_target", "tuning_state"]
+__all__ = ["ELF_MACHINES", "TvmBackend", "TvmOptions", "cuda_device_code", "elf_machine", "resolve_target"]
 
 # e_machine values of the ELF header
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 3: "i686"}
 _HOST_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
-_OPTIONS = {"opt_level", "tune"}
+
+
+class TvmOptions(BackendOptions):
+    """``options`` of a tvm candidate in a pipeline file."""
+
+    opt_level: int = Field(3, ge=0, le=3, strict=True)
+    tune: TuneOptions | None = Field(None, description="tune with MetaSchedule first (see tvm_tune)")
+
+    @field_validator("tune", mode="before")
+    @classmethod
+    def _trials_shorthand(cls, value: Any) -> Any:
+        return trials_shorthand(value)
+
+    @classmethod
+    def invalid(cls, name: str, value: Any, exc: ValidationError, backend: str) -> str:
+        if name == "tune":
+            parse_tune_options(value)  # raises, wording the problem with the tuning options' own names
+            return f"tvm option 'tune': {first_problem(exc)}"
+        return f"tvm option 'opt_level' must be an integer from 0 to 3, got {value!r}"
 
 
 def elf_machine(path: Path) -> str:
@@ -90,24 +121,6 @@ def _tuning_target(target: dict[str, Any]) -> dict[str, Any]:
     return target
 
 
-def tuning_state(profile: DeviceProfile, options: dict[str, Any]) -> str | None:
-    """A fingerprint of the tuning database a tuned candidate reads (None when it doesn't tune).
-
-    Part of the artifact cache key: a compile that applies the database must not come from the
-    cache once the database has learnt more.
-    """
-    if options.get("tune") is None or profile.machine != host_arch() or profile.tvm.target.get("kind") == "cuda":
-        return None
-    tune = parse_tune_options(options["tune"])
-    try:
-        require("tvm", "compiling with TVM")
-    except MissingDependencyError:
-        return None  # the candidate reports the missing extra when it compiles
-    target, _ = resolve_target(profile)
-    records = database_dir(_tuning_target(target), tune) / RECORDS
-    return file_sha256(records) if records.is_file() and records.stat().st_size > 0 else "empty"
-
-
 def _import_relax(source: SourceModel) -> Any:
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -124,30 +137,55 @@ def _import_relax(source: SourceModel) -> Any:
         raise CompilationError(f"TVM's ONNX importer failed: {tail[:300]}") from exc
 
 
-class TvmBackend(Backend):
+@dataclass(frozen=True)
+class _Target:
+    """Where one compile goes: TVM's target and host, the machine the code is for, and the C++ compiler that links."""
+
+    target: dict[str, Any]
+    host: dict[str, Any] | None
+    machine: str
+    cxx: str
+
+    @property
+    def cross(self) -> bool:
+        return self.machine != host_arch()
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.target.get("kind") == "cuda"
+
+
+class TvmBackend(Backend[TvmOptions]):
     name = "tvm"
-    extra = "tvm"
 
     def version(self) -> str:
         return package_version("apache-tvm")
 
-    def check_options(self, options: dict[str, Any], profile: DeviceProfile) -> None:
-        unknown = set(options) - _OPTIONS
-        if unknown:
-            raise ConfigError(f"tvm options {sorted(unknown)} are not known; known options: {sorted(_OPTIONS)}")
-        level = options.get("opt_level", 3)
-        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 3:
-            raise ConfigError(f"tvm option 'opt_level' must be an integer from 0 to 3, got {level!r}")
-        if options.get("tune") is None:
-            return
-        parse_tune_options(options["tune"])
+    def parse_options(self, options: Mapping[str, Any], profile: DeviceProfile) -> TvmOptions:
+        parsed = TvmOptions.parse(options, self.name)
         is_cuda = profile.tvm.target.get("kind") == "cuda"
-        if is_cuda or profile.machine != host_arch():
+        if parsed.tune is not None and (is_cuda or profile.machine != host_arch()):
             raise ConfigError(
                 f"tvm option 'tune': tuning times schedules on the machine that tunes, and this host "
                 f"({host_arch()}) can't run code for '{profile.name}' ({'CUDA' if is_cuda else profile.machine}); "
                 "tune on the device itself, or drop 'tune' for this target"
             )
+        return parsed
+
+    def cache_state(self, options: TvmOptions, profile: DeviceProfile) -> str | None:
+        """A fingerprint of the tuning database a tuned candidate reads (None when it doesn't tune).
+
+        A compile that applies the database must not come from the cache once the database has learnt more.
+        """
+        if options.tune is None or profile.machine != host_arch() or profile.tvm.target.get("kind") == "cuda":
+            return None
+        try:
+            require("tvm", "compiling with TVM")
+        except MissingDependencyError:
+            return None  # the candidate reports the missing extra when it compiles
+        target, _ = resolve_target(profile)
+        records = database_dir(_tuning_target(target), options.tune) / RECORDS
+        return file_sha256(records) if records.is_file() and records.stat().st_size > 0 else "empty"
 
     def unsupported_ops(self, source: SourceModel, profile: DeviceProfile) -> list[UnsupportedOp]:
         require("tvm", "compiling with TVM")
@@ -173,80 +211,88 @@ class TvmBackend(Backend):
         self,
         source: SourceModel,
         profile: DeviceProfile,
-        options: dict[str, Any],
+        options: TvmOptions,
         out_dir: Path,
         progress: Progress,
         *,
         for_host: bool = False,
     ) -> Built:
         tvm = require("tvm", "compiling with TVM")
-        self.check_options(options, profile)
-        opt_level = int(options.get("opt_level", 3))
-        tune = parse_tune_options(options["tune"]) if options.get("tune") is not None else None
-        target_dict, host_dict = resolve_target(profile, for_host)
-        is_cuda = target_dict.get("kind") == "cuda"
-        machine = host_arch() if for_host else profile.machine
-        cross = machine != host_arch()
-        if tune is not None:
-            _tuning_target(target_dict)
-        cxx = profile.toolchain.cxx if cross else "g++"
-        if shutil.which(cxx) is None:
-            pkg = profile.toolchain.debian_package or cxx
-            raise ToolchainError(
-                f"profile '{profile.name}' links with '{cxx}', which is not installed; install it with: apt-get install -y {pkg}"
-            )
-        if is_cuda:
-            self._check_nvcc(profile, target_dict)
+        where = self._where(profile, options, for_host)
         progress(f"tvm: importing ONNX into Relax ({len(source.model.graph.node)} nodes)")
         mod = _import_relax(source)
         try:
-            target = tvm.target.Target({**target_dict, "host": host_dict} if host_dict else target_dict)
+            target = tvm.target.Target({**where.target, "host": where.host} if where.host else where.target)
         except Exception as exc:
-            raise ConfigError(f"{profile.source}: TVM rejects the target {target_dict}: {str(exc).splitlines()[0]}") from exc
-        what = "cross-compiling" if cross else "compiling"
-        progress(f"tvm: {what} for {target_dict.get('mcpu') or target_dict.get('arch') or target_dict['kind']} ({machine})")
+            raise ConfigError(f"{profile.source}: TVM rejects the target {where.target}: {str(exc).splitlines()[0]}") from exc
+        what = "cross-compiling" if where.cross else "compiling"
+        t = where.target
+        progress(f"tvm: {what} for {t.get('mcpu') or t.get('arch') or t['kind']} ({where.machine})")
         try:
-            with tvm.transform.PassContext(opt_level=opt_level):
-                if is_cuda:
+            with tvm.transform.PassContext(opt_level=options.opt_level):
+                if where.is_cuda:
                     mod = self._gpu_schedule(tvm, mod, target)
-                if tune is not None:
-                    mod, tuning = tune_and_apply(tvm, mod, target, target_dict, tune, progress)
+                if options.tune is not None:
+                    mod, tuning = tune_and_apply(tvm, mod, target, where.target, options.tune, progress)
                 executable = tvm.compile(mod, target=target)
         except EdgekitError:
             raise
         except Exception as exc:
             raise CompilationError(f"TVM failed to compile for '{profile.name}': {last_line(exc)}") from exc
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lib = out_dir / "model.so"
-        try:
-            if cross:
-                from tvm.support import cc
-
-                executable.export_library(str(lib), fcompile=cc.cross_compiler(cxx))
-            else:
-                executable.export_library(str(lib))
-        except Exception as exc:
-            msg = str(exc).strip().splitlines()
-            raise ToolchainError(f"linking the TVM library with '{cxx}' failed: {(msg[-1] if msg else '')[:400]}") from exc
-        got = elf_machine(lib)
-        if got != machine:
-            raise ToolchainError(
-                f"{lib}: built an ELF for '{got}', but profile '{profile.name}' needs '{machine}'; check toolchain.cxx"
-            )
+        lib = self._export(executable, out_dir, where, profile)
         details: dict[str, Any] = {
-            "target": target_dict,
-            "host": host_dict,
-            "elf": got,
-            "opt_level": opt_level,
-            "tuned": tune is not None,
+            "target": where.target,
+            "host": where.host,
+            "elf": where.machine,
+            "opt_level": options.opt_level,
+            "tuned": options.tune is not None,
         }
-        if tune is not None:
+        if options.tune is not None:
             details["tuning"] = tuning.model_dump()
-        if is_cuda:
+        if where.is_cuda:
             details["device_code"] = cuda_device_code(lib)
             if details["device_code"] == "none":
                 raise CompilationError(f"{lib}: the CUDA build holds no device code; check the profile's tvm.target")
         return Built(files=["model.so"], entry="model.so", details=details)
+
+    def _where(self, profile: DeviceProfile, options: TvmOptions, for_host: bool) -> _Target:
+        """The target of this compile, with its toolchain checked before any work."""
+        target, host = resolve_target(profile, for_host)
+        machine = host_arch() if for_host else profile.machine
+        if options.tune is not None:
+            _tuning_target(target)
+        cxx = profile.toolchain.cxx if machine != host_arch() else "g++"
+        where = _Target(target=target, host=host, machine=machine, cxx=cxx)
+        if shutil.which(where.cxx) is None:
+            pkg = profile.toolchain.debian_package or where.cxx
+            raise ToolchainError(
+                f"profile '{profile.name}' links with '{where.cxx}', which is not installed; install it with: apt-get install -y {pkg}"
+            )
+        if where.is_cuda:
+            self._check_nvcc(profile, target)
+        return where
+
+    @staticmethod
+    def _export(executable: Any, out_dir: Path, where: _Target, profile: DeviceProfile) -> Path:
+        """``out_dir/model.so``, linked with the build's compiler and checked to be an ELF of the right machine."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lib = out_dir / "model.so"
+        try:
+            if where.cross:
+                from tvm.support import cc
+
+                executable.export_library(str(lib), fcompile=cc.cross_compiler(where.cxx))
+            else:
+                executable.export_library(str(lib))
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()
+            raise ToolchainError(f"linking the TVM library with '{where.cxx}' failed: {(msg[-1] if msg else '')[:400]}") from exc
+        got = elf_machine(lib)
+        if got != where.machine:
+            raise ToolchainError(
+                f"{lib}: built an ELF for '{got}', but profile '{profile.name}' needs '{where.machine}'; check toolchain.cxx"
+            )
+        return lib
 
     @staticmethod
     def _check_nvcc(profile: DeviceProfile, target: dict[str, Any]) -> None:

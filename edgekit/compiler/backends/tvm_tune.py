@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgekit.compiler.backends.base import Progress
 from edgekit.errors import CompilationError, ConfigError, first_problem, last_line, reject_unknown_keys
+from edgekit.progress import Progress
 from edgekit.resources import cache_dir
 
-__all__ = ["TuneOptions", "TuningReport", "database_dir", "parse_tune_options", "tune_and_apply"]
+__all__ = ["TuneOptions", "TuningReport", "database_dir", "parse_tune_options", "trials_shorthand", "tune_and_apply"]
 
 RECORDS = "database_tuning_record.json"
 WORKLOADS = "database_workload.json"
@@ -63,9 +63,13 @@ class TuningReport(BaseModel):
     database: str
 
 
+def trials_shorthand(value: Any) -> Any:
+    """``tune: 50`` means ``tune: {trials: 50}``."""
+    return {"trials": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def parse_tune_options(value: Any) -> TuneOptions:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = {"trials": value}
+    value = trials_shorthand(value)
     if isinstance(value, dict):
         reject_unknown_keys(value, TuneOptions.model_fields, "tvm option 'tune'")
     try:
@@ -147,15 +151,8 @@ def _quiet_meta_schedule() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def tune_and_apply(
-    tvm: Any, mod: Any, target: Any, target_dict: dict[str, Any], options: TuneOptions, progress: Progress
-) -> tuple[Any, TuningReport]:
-    """Tune ``mod`` for ``target`` (adding to the database), then apply the database's best schedules."""
-    from tvm.relax import pipeline as relax_pipeline
-    from tvm.relax import transform as rt
-    from tvm.s_tir import meta_schedule as ms
-
-    folder = database_dir(target_dict, options)
+def _open_database(ms: Any, folder: Path) -> Any:
+    """MetaSchedule's JSON database in ``folder`` (created if missing), or ConfigError naming the folder."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -165,14 +162,26 @@ def tune_and_apply(
         raise ConfigError(
             f"tuning database folder '{folder}' is not writable ({exc.strerror}); set tune.database to another folder"
         ) from None
-    records = folder / RECORDS
-    before = _count_lines(records)
     try:
-        database = ms.database.JSONDatabase(str(folder / WORKLOADS), str(records), allow_missing=True)
+        return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS), allow_missing=True)
     except Exception as exc:
         raise ConfigError(
             f"tuning database '{folder}' cannot be read ({last_line(exc)}); delete that folder or set tune.database to another one"
         ) from None
+
+
+def tune_and_apply(
+    tvm: Any, mod: Any, target: Any, target_dict: dict[str, Any], options: TuneOptions, progress: Progress
+) -> tuple[Any, TuningReport]:
+    """Tune ``mod`` for ``target`` (adding to the database), then apply the database's best schedules."""
+    from tvm.relax import pipeline as relax_pipeline
+    from tvm.relax import transform as rt
+    from tvm.s_tir import meta_schedule as ms
+
+    folder = database_dir(target_dict, options)
+    records = folder / RECORDS
+    database = _open_database(ms, folder)
+    before = _count_lines(records)
 
     with target:
         prepare = [rt.DecomposeOpsForInference(), rt.CanonicalizeBindings(), relax_pipeline.zero_pipeline()]

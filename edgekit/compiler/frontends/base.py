@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -53,7 +53,6 @@ class SourceModel:
     inputs: list[TensorSpec]
     reference: Reference | None = None
     reference_name: str = "onnxruntime (no graph optimisation) on the source ONNX"
-    notes: list[str] = field(default_factory=list)
 
     @property
     def opset(self) -> int:

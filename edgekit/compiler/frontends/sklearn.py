@@ -53,7 +53,6 @@ def load_sklearn(path: Path, workdir: Path, input_shapes: dict[str, list[int]] |
         if len(shape) != 2 or shape[1] != n_features:
             raise InputShapeError(f"'{path}': input '{INPUT_NAME}' must be [batch, {n_features}] for this model, got {shape}")
         batch = shape[0]
-    is_classifier = hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")
     # Every classifier (with or without predict_proba, e.g. SVC) gets its scores as a tensor, not a ZipMap.
     options = {id(estimator): {"zipmap": False}} if hasattr(estimator, "classes_") else None
 
@@ -88,9 +87,14 @@ def load_sklearn(path: Path, workdir: Path, input_shapes: dict[str, list[int]] |
         sha256=file_sha256(path),
         size_bytes=path.stat().st_size,
     )
+    return _with_reference(source, estimator, path, sklearn.__version__)
 
+
+def _with_reference(source: SourceModel, estimator: Any, path: Path, version: str) -> SourceModel:
+    """``source`` with the estimator's own methods as the reference the compiled candidates are checked against."""
     # One scikit-learn method per ONNX output. Where there is none (label + scores of LinearSVC, SVC without
     # probabilities, KMeans, IsolationForest, ...) the reference stays ONNX Runtime on the converted model.
+    is_classifier = hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")
     n_outputs = len(source.model.graph.output)
     if is_classifier and n_outputs == 2:
         methods = ["predict", "predict_proba"]
@@ -118,5 +122,5 @@ def load_sklearn(path: Path, workdir: Path, input_shapes: dict[str, list[int]] |
         return outs
 
     source.reference = reference
-    source.reference_name = f"scikit-learn {sklearn.__version__} {'/'.join(methods)}"
+    source.reference_name = f"scikit-learn {version} {'/'.join(methods)}"
     return source

@@ -1,0 +1,96 @@
+"""Phase 2, build: each candidate's passes and operator check (:func:`prepare`), then its backend's compile (:func:`build`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from edgekit.compiler.backends import Built
+from edgekit.compiler.frontends import SourceModel
+from edgekit.compiler.passes import apply_passes
+from edgekit.compiler.phases.check import Plan, PlannedCandidate
+from edgekit.compiler.phases.outcomes import Outcomes
+from edgekit.errors import CompilationError, EdgekitError, MissingDependencyError, UnsupportedOperatorError
+from edgekit.profiles import DeviceProfile
+from edgekit.progress import Progress
+
+__all__ = ["Build", "Prepared", "build", "prepare"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A candidate whose backend can take its model (the source after the candidate's passes)."""
+
+    candidate: PlannedCandidate
+    model: SourceModel
+
+
+@dataclass(frozen=True)
+class Build:
+    """A compiled candidate: the artifact's files in ``folder``, and the file to measure here."""
+
+    candidate: PlannedCandidate
+    built: Built
+    folder: Path
+    entry: Path  # the artifact's own entry, or that of a host stand-in when the target's code can't run here
+    on: Literal["target", "host-proxy"]
+    size: int
+
+
+def prepare(plan: Plan, source: SourceModel, work: Path, outcomes: Outcomes, say: Progress) -> list[Prepared]:
+    """The candidates that can take this model at all (fast, before any compiling)."""
+    ready = [p for c in plan.candidates if (p := _prepare_one(c, source, plan.profile, work, outcomes, say))]
+    if not ready:
+        raise outcomes.nothing_prepared()
+    return ready
+
+
+def _prepare_one(
+    candidate: PlannedCandidate, source: SourceModel, profile: DeviceProfile, work: Path, outcomes: Outcomes, say: Progress
+) -> Prepared | None:
+    backend = candidate.backend
+    try:
+        model = source
+        if candidate.passes:
+            model = apply_passes(source, candidate.passes, work / f"passes-{candidate.name}", say)
+        say(f"{candidate.name}: checking operators for {backend.name}")
+        bad = backend.unsupported_ops(model, profile)
+        if bad:
+            raise UnsupportedOperatorError(backend.name, bad)
+        return Prepared(candidate, model)
+    except (UnsupportedOperatorError, MissingDependencyError) as exc:
+        outcomes.skipped(candidate, exc)
+    except CompilationError as exc:  # a pass that failed: this candidate fails, the others go on
+        outcomes.failed(candidate, exc, "prepare")
+    return None
+
+
+def build(prepared: list[Prepared], profile: DeviceProfile, work: Path, outcomes: Outcomes, say: Progress) -> list[Build]:
+    """Each prepared candidate compiled for ``profile`` (and for this host, where its code can't run here)."""
+    return [b for p in prepared if (b := _build_one(p, profile, work, outcomes, say))]
+
+
+def _build_one(prepared: Prepared, profile: DeviceProfile, work: Path, outcomes: Outcomes, say: Progress) -> Build | None:
+    candidate, backend = prepared.candidate, prepared.candidate.backend
+    report = outcomes.report(candidate)
+    try:
+        t0 = time.perf_counter()
+        folder = work / f"candidate-{candidate.name}"
+        say(f"{candidate.name}: compiling with {backend.name} for {profile.name}")
+        built = backend.compile(prepared.model, profile, candidate.options, folder, say)
+        report.compile_seconds = round(time.perf_counter() - t0, 3)
+        report.size_bytes = size = sum((folder / f).stat().st_size for f in built.files)
+        entry = folder / built.entry
+        if backend.needs_host_stand_in(profile):
+            say(f"{candidate.name}: {profile.name} code can't run here; building a host stand-in to measure")
+            stand_in = work / f"candidate-{candidate.name}-host"
+            entry = stand_in / backend.compile(prepared.model, profile, candidate.options, stand_in, say, for_host=True).entry
+        on: Literal["target", "host-proxy"] = "target" if profile.runs_on_host() else "host-proxy"
+        return Build(candidate, built, folder, entry, on, size)
+    except EdgekitError as exc:
+        outcomes.failed(candidate, exc, "build")
+    except (ValueError, RuntimeError) as exc:
+        outcomes.crashed(candidate, exc, "build")
+    return None

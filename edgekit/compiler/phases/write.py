@@ -1,0 +1,126 @@
+"""Phase 5, write: the chosen candidate's files, golden vectors and manifest, installed as ``<name>/`` and ``<name>.tar.gz``."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from edgekit._version import __version__
+from edgekit.compiler.artifact import install_dir, make_archive
+from edgekit.compiler.frontends import SourceModel
+from edgekit.compiler.phases.check import Plan
+from edgekit.compiler.phases.outcomes import Outcomes
+from edgekit.compiler.phases.reference import Reference
+from edgekit.compiler.phases.select import Choice
+from edgekit.manifest import BackendInfo, Manifest, ProfileInfo, SelfTest, SourceInfo
+
+__all__ = ["SELFTEST_FILE", "write", "write_selftest"]
+
+SELFTEST_FILE = "selftest.npz"
+_SELFTEST_MAX_BYTES = 4 << 20
+
+
+def write(
+    choice: Choice,
+    plan: Plan,
+    source: SourceModel,
+    reference: Reference,
+    outcomes: Outcomes,
+    work: Path,
+    key: str,
+    started: float,
+) -> tuple[Path, Path, Manifest]:
+    """(artifact dir, archive, manifest), each put in place atomically; ``started`` is when compiling began."""
+    build = choice.best.build
+    staged = work / "artifact"
+    staged.mkdir()
+    for f in build.built.files:
+        (staged / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(build.folder / f, staged / f)
+    selftest = write_selftest(staged, reference, choice.budget.max_abs_error)
+    manifest = _manifest(choice, plan, source, reference, outcomes, staged, key, selftest)
+    manifest.compile_seconds = round(time.perf_counter() - started, 3)
+    manifest.write(staged)
+    final = plan.out / manifest.name
+    install_dir(staged, final)
+    return final, make_archive(final), manifest
+
+
+def _manifest(
+    choice: Choice,
+    plan: Plan,
+    source: SourceModel,
+    reference: Reference,
+    outcomes: Outcomes,
+    staged: Path,
+    key: str,
+    selftest: SelfTest | None,
+) -> Manifest:
+    build, profile, pipe = choice.best.build, plan.profile, plan.pipeline
+    spec = build.candidate.spec
+    return Manifest(
+        name=plan.artifact_name(source),
+        edgekit_version=__version__,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        cache_key=key,
+        source=SourceInfo(
+            path=source.path,
+            format=source.format,
+            sha256=source.sha256,
+            size_bytes=source.size_bytes,
+            framework=source.framework,
+            opset=source.opset,
+        ),
+        profile=ProfileInfo(
+            name=profile.name,
+            sha256=profile.fingerprint(),
+            greengrass=profile.greengrass.model_dump(),
+            neo=profile.neo.model_dump(),
+            tvm_target=profile.tvm.target,
+        ),
+        pipeline={
+            "name": pipe.name,
+            "sha256": pipe.fingerprint(),
+            "accuracy": choice.budget.model_dump(by_alias=True),
+            "select": pipe.select,
+        },
+        backend=BackendInfo(
+            name=build.candidate.backend.name,
+            version=build.candidate.backend.version(),
+            options={**spec.options, **build.built.details, **({"passes": spec.passes} if spec.passes else {})},
+            files=build.built.files,
+            entry=build.built.entry,
+        ),
+        inputs=source.inputs,
+        outputs=reference.outputs,
+        size_bytes=sum((staged / f).stat().st_size for f in build.built.files),
+        compile_seconds=0.0,
+        measured=choice.best.measurement,
+        selftest=selftest,
+        candidates=outcomes.reports,
+    )
+
+
+def write_selftest(staged: Path, reference: Reference, max_abs_error: float) -> SelfTest | None:
+    """Save up to 4 samples (at most 4 MiB) with the source model's outputs as golden vectors."""
+    arrays: dict[str, np.ndarray] = {}
+    used = 0
+    total = 0
+    for i, (feed, outs) in enumerate(zip(reference.samples[:4], reference.expected[:4], strict=True)):
+        size = sum(a.nbytes for a in feed.values()) + sum(np.asarray(o).nbytes for o in outs)
+        if total + size > _SELFTEST_MAX_BYTES:
+            break
+        total += size
+        for name, arr in feed.items():
+            arrays[f"{i}/in/{name}"] = arr
+        for spec, out in zip(reference.outputs, outs, strict=True):
+            arrays[f"{i}/out/{spec.name}"] = np.asarray(out)
+        used += 1
+    if not used:
+        return None
+    np.savez(staged / SELFTEST_FILE, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
+    return SelfTest(file=SELFTEST_FILE, samples=used, max_abs_error=max_abs_error, reference=reference.name)
