@@ -13,7 +13,8 @@ States and transitions (as in the nucleus's ``Lifecycle.java``)::
                  the process group are ended. Only a new deployment takes a component out of BROKEN.
 
 * Steps run through an :class:`edgekit.device.executor.Executor` (``sh -c`` in a new process group, cwd =
-  ``{work:path}``), with the agent's environment + ``AWS_IOT_THING_NAME`` + the lifecycle's global
+  ``{work:path}``), with the agent's environment + ``AWS_IOT_THING_NAME`` + the IPC variables (``SVCUID``,
+  the socket path, ``AWS_REGION``: :mod:`edgekit.device.ipc`) + the lifecycle's global
   ``Setenv`` + the step's ``Setenv``; ``Skipif`` (``onpath X`` / ``exists F``, ``!`` negates; a relative
   ``F`` is taken from the work folder) skips a step as if it succeeded (a skipped ``Run`` makes the
   component FINISHED). ``Timeout`` defaults: Bootstrap/Install/Startup 120 s, Shutdown 15 s, Recover 60 s,
@@ -257,6 +258,8 @@ class Component:
         env = dict(os.environ)
         env.update(self._sup.env)
         env["AWS_IOT_THING_NAME"] = self._sup.thing
+        if self._sup.env_for is not None:  # the nucleus's IPC variables (SVCUID, the socket, the region)
+            env.update(self._sup.env_for(self.name))
         for source in (_find(self.lifecycle(), "Setenv"), step.get("Setenv")):
             if isinstance(source, Mapping):
                 env.update({str(k): interpolate(_text(v), ctx) for k, v in source.items()})
@@ -444,6 +447,17 @@ class Component:
             elif self.record.process_groups:  # BROKEN / NEW / INSTALLED with leftovers
                 await self._shutdown()
 
+    async def report_errored(self) -> None:
+        """The component said ERRORED over IPC (``UpdateState``): its Run errored, as if it had exited non-zero."""
+        async with self._lock:
+            if self.state != "RUNNING":
+                return
+            self._gen += 1  # the watcher of the current Run process stands down
+            await self._fail("RUNNING", "RUN_ERRORED", "the component reported ERRORED over IPC")
+            after: str = self.state
+            if after == "INSTALLED":
+                await self._start_locked()
+
     def kill(self, *, leave_processes: bool = False) -> None:
         """A crash: forget everything in memory; SIGKILL the process groups unless ``leave_processes``."""
         self._gen += 1
@@ -480,8 +494,11 @@ class Supervisor:
         persist: Callable[[], None],
         env: Mapping[str, str] | None = None,
         kill_grace: float = 2.0,
+        env_for: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         self.thing = thing
+        self.env_for = env_for
+        """Extra variables for one component's steps (the agent's IPC: ``SVCUID``, the socket path, the region)."""
         self.layout = layout
         self.executor = executor
         self.clock = clock

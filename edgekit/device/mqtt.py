@@ -21,6 +21,8 @@
 * A round that could not finish (no reply after every attempt, a refusal the service would repeat) is tried
   again after a growing delay (``retry_delay_s`` doubling up to ``max_retry_s``, with jitter) even if nothing
   wakes the device: the service would not notify it again, its execution being IN_PROGRESS.
+* The agent's IPC uplink (:attr:`DeviceAgent.ipc`: what components publish with ``PublishToIoTCore``, spooled
+  on disk) is sent over this connection, and ``SubscribeToIoTCore`` subscribes here, under the device's identity.
 * Component state transitions are reported as :class:`~edgekit.mqtt.payloads.DeviceStatus` on
   ``topics.status(thing)`` (QoS 1), debounced: a burst of transitions within ``status_debounce_s`` is one
   message. A status is also sent after each deployment and on each (re)connect.
@@ -214,6 +216,8 @@ class DeviceMqttRunner:
             self.client.add_on_connect(self._on_connect)
             self._hooked = True
         self._worker = self._loop.create_task(self._work(), name=f"jobs-{self.thing}")
+        if self.agent.ipc is not None:  # IPC PublishToIoTCore / SubscribeToIoTCore go over this connection
+            self.agent.ipc.attach(self.client)
         if self.outbox_interval_s:
             self._outbox_task = self._loop.create_task(self._send_outboxes(self.outbox_interval_s), name=f"outbox-{self.thing}")
         if self.client.connected:
@@ -232,6 +236,8 @@ class DeviceMqttRunner:
         if worker is not None:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
+        if self.agent.ipc is not None:
+            await self.agent.ipc.detach()
         outbox, self._outbox_task = self._outbox_task, None
         if outbox is not None:
             outbox.cancel()

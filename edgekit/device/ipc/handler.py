@@ -95,7 +95,7 @@ class IpcHandler:
         self.bus = LocalBus()
         self._tokens: dict[str, str] = {}
         self._policies: dict[str, tuple[object, list[Policy]]] = {}
-        self._spool_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipc-spool")
+        self._spool_thread: concurrent.futures.ThreadPoolExecutor | None = None
         from edgekit.device.ipc.component_ops import ComponentEvents
 
         self.events = ComponentEvents(self)
@@ -150,12 +150,17 @@ class IpcHandler:
         return operation in _OPERATIONS
 
     async def spool_put(self, topic: str, payload: bytes) -> int:
+        """Spool one IoT Core message on the spool's own thread (one: the spool keeps the order of arrival)."""
         assert self.iot_core is not None
+        if self._spool_thread is None:
+            self._spool_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipc-spool")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._spool_thread, self.iot_core.publish, topic, payload)
 
     def close(self) -> None:
-        self._spool_thread.shutdown(wait=True)
+        pool, self._spool_thread = self._spool_thread, None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------------- request helpers

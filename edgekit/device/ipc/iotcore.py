@@ -38,13 +38,22 @@ class IotCoreLink:
     """The agent's uplink: a spool, a sender task while a client is attached, and shared subscriptions."""
 
     def __init__(self, spool_path: str | Path, *, max_items: int = 100_000, interval_s: float = 1.0) -> None:
-        self.spool = Spool(spool_path, max_items=max_items, on_full="reject")
+        self.spool_path = Path(spool_path)
+        self.max_items = max_items
+        self._spool: Spool | None = None
         self.interval_s = interval_s
         self.client: MqttClient | None = None
         self._publisher: SpoolPublisher | None = None
         self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._subs: dict[str, list[Deliver]] = {}
+
+    @property
+    def spool(self) -> Spool:
+        """The spool, opened on first use (and again after :meth:`close`)."""
+        if self._spool is None:
+            self._spool = Spool(self.spool_path, max_items=self.max_items, on_full="reject")
+        return self._spool
 
     @property
     def pending(self) -> int:
@@ -98,7 +107,9 @@ class IotCoreLink:
 
     async def close(self) -> None:
         await self.detach()
-        self.spool.close()
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
 
     # ------------------------------------------------------------------ subscriptions
 
