@@ -95,7 +95,13 @@ class Message:
         return int(self.headers.get(":stream-id", 0))
 
 
-_FIXED = {HeaderType.BYTE: ">b", HeaderType.INT16: ">h", HeaderType.INT32: ">i", HeaderType.INT64: ">q", HeaderType.TIMESTAMP: ">q"}
+_FIXED = {
+    HeaderType.BYTE: ">b",
+    HeaderType.INT16: ">h",
+    HeaderType.INT32: ">i",
+    HeaderType.INT64: ">q",
+    HeaderType.TIMESTAMP: ">q",
+}
 
 
 def _typed(name: str, value: Any) -> tuple[HeaderType, Any]:
@@ -207,8 +213,12 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Message]:
+        return list(self.iter_feed(data))
+
+    def iter_feed(self, data: bytes) -> Iterator[Message]:
+        """Like :meth:`feed`, yielding each message as soon as it is whole (a later bad frame raises after them)."""
         self._buf += data
-        return list(self._drain())
+        yield from self._drain()
 
     def _drain(self) -> Iterator[Message]:
         while len(self._buf) >= _PRELUDE:

@@ -239,9 +239,7 @@ async def _update_state(h: IpcHandler, component: str, request: dict[str, Any], 
     if state not in ("RUNNING", "ERRORED"):
         raise InvalidArgumentsError(f"state must be RUNNING or ERRORED, got {state!r}")
     if h.host.configuration(component) is None:
-        raise ResourceNotFoundError(
-            "Component with given name not found", resourceType="Component", resourceName=component
-        )
+        raise ResourceNotFoundError("Component with given name not found", resourceType="Component", resourceName=component)
     h.host.report_state(component, str(state))
     return Reply(NS + "UpdateStateResponse", {})
 

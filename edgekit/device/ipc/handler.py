@@ -301,4 +301,3 @@ def _import_component_ops() -> None:
 
 
 _import_component_ops()
-

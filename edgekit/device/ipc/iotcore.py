@@ -47,6 +47,11 @@ class IotCoreLink:
         self._sender: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._subs: dict[str, list[Deliver]] = {}
+        self.max_refusals = 3
+        self.dropped = 0
+        """Messages dropped because the broker refused them ``max_refusals`` times."""
+        self._refused_seq = -1
+        self._refusals = 0
 
     @property
     def spool(self) -> Spool:
@@ -104,6 +109,27 @@ class IotCoreLink:
                 await self.flush()
             except Exception as exc:  # a message the broker can never take: logged, the loop goes on
                 log.warning("IPC uplink: %s", exc)
+            self._drop_refused()
+
+    def _drop_refused(self) -> None:
+        """A message the broker keeps refusing (its IoT policy forbids the topic) is dropped after
+        ``max_refusals`` tries, as the nucleus drops one after ``maxPublishRetry``: it must not block the rest."""
+        publisher = self._publisher
+        if publisher is None or not publisher.refused:
+            return
+        publisher.refused = ""
+        head = self.spool.peek(1)
+        if not head:
+            return
+        seq = head[0].seq
+        self._refusals = self._refusals + 1 if self._refused_seq == seq else 1
+        self._refused_seq = seq
+        if self._refusals >= self.max_refusals:
+            self.spool.ack([seq])
+            self.dropped += 1
+            log.warning(
+                "IPC uplink: the broker refused message %d for '%s' %d times; dropped", seq, head[0].topic, self._refusals
+            )
 
     async def close(self) -> None:
         await self.detach()

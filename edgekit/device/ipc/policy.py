@@ -64,7 +64,9 @@ def parse_policies(configuration: Mapping[str, Any] | None, thing: str, componen
             operations = body.get("operations")
             resources = body.get("resources") or []
             if not isinstance(operations, list) or not operations or any(op not in known for op in operations):
-                log.warning("%s: accessControl.%s.%s: missing or unknown operations; policy ignored", component, service, policy_id)
+                log.warning(
+                    "%s: accessControl.%s.%s: missing or unknown operations; policy ignored", component, service, policy_id
+                )
                 continue
             if not isinstance(resources, list) or any(not isinstance(r, str) or resource_problem(r) for r in resources):
                 log.warning("%s: accessControl.%s.%s: invalid resources; policy ignored", component, service, policy_id)

@@ -158,14 +158,24 @@ class _Connection:
                 data = await self.reader.read(65536)
                 if not data:
                     return
-                for message in decoder.feed(data):
+                for message in decoder.iter_feed(data):
                     if not self.handle(message):
+                        await self.linger()
                         return
                 await self.writer.drain()
         except FramingError as exc:
             log.warning("IPC connection of %s: %s; closing it", self.component or "an unauthenticated client", exc)
+            await self.linger()
         except (ConnectionError, OSError):
             return
+
+    async def linger(self, timeout_s: float = 1.0) -> None:
+        """Let the client read the last answer and hang up first (closing at once can reset what it has not read)."""
+        with contextlib.suppress(Exception):
+            await self.writer.drain()
+            async with asyncio.timeout(timeout_s):
+                while await self.reader.read(65536):
+                    pass
 
     def handle(self, message: Message) -> bool:
         """Act on one message; False closes the connection."""
@@ -227,9 +237,7 @@ class _Connection:
             return False
         self.component = component
         log.debug("IPC: %s connected (pid %s)", component, pid)
-        self.write(
-            {":message-type": int(MessageType.CONNECT_ACK), ":message-flags": CONNECTION_ACCEPTED, ":stream-id": 0}
-        )
+        self.write({":message-type": int(MessageType.CONNECT_ACK), ":message-flags": CONNECTION_ACCEPTED, ":stream-id": 0})
         return True
 
     # ------------------------------------------------------------------ operations
