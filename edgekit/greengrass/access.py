@@ -84,7 +84,17 @@ def policy_problems(access: Any) -> Iterator[tuple[str, str, str]]:
     if not isinstance(access, Mapping):
         yield "", "must map IPC services to policies", "write {<service>: {<policy id>: {operations: [...], resources: [...]}}}"
         return
+    seen: dict[str, str] = {}
     for service, policies in access.items():
+        if isinstance(policies, Mapping):
+            for policy_id in policies:
+                if str(policy_id) in seen:
+                    yield (
+                        f"{service}.{policy_id}",
+                        f"policy id '{policy_id}' is also used under {seen[str(policy_id)]}",
+                        "give each policy of the component its own id",
+                    )
+                seen.setdefault(str(policy_id), str(service))
         known = SERVICES.get(str(service))
         if known is None:
             close = [s for s in SERVICES if s.lower() == str(service).lower()]
