@@ -10,11 +10,12 @@ what the linter accepts is what the device enforces. See ``docs/ipc.md``.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-__all__ = ["ACCESS_CONTROL", "MQTT_PROXY", "PUBSUB", "SERVICES", "policy_problems", "resource_problem"]
+__all__ = ["ACCESS_CONTROL", "MQTT_PROXY", "PUBSUB", "SERVICES", "access_value", "policy_problems", "resource_problem"]
 
 ACCESS_CONTROL = "accessControl"
 MQTT_PROXY = "aws.greengrass.ipc.mqttproxy"
@@ -79,8 +80,19 @@ def _as_list(value: Any) -> list[Any] | None:
     return None
 
 
+def access_value(access: Any) -> Any:
+    """``accessControl`` as a mapping: the nucleus also reads it from a JSON string (the developer guide does that)."""
+    if isinstance(access, str):
+        try:
+            return json.loads(access)
+        except ValueError:
+            return access
+    return access
+
+
 def policy_problems(access: Any) -> Iterator[tuple[str, str, str]]:
     """Each problem of an ``accessControl`` value as ``(path below accessControl, message, fix)``."""
+    access = access_value(access)
     if not isinstance(access, Mapping):
         yield "", "must map IPC services to policies", "write {<service>: {<policy id>: {operations: [...], resources: [...]}}}"
         return

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from edgekit.greengrass.access import ACCESS_CONTROL, MQTT_PROXY, SERVICES, resource_problem
+from edgekit.greengrass.access import ACCESS_CONTROL, MQTT_PROXY, SERVICES, access_value, resource_problem
 
 __all__ = ["Policy", "authorized", "matches", "parse_policies"]
 
@@ -49,7 +49,7 @@ class Policy:
 
 def parse_policies(configuration: Mapping[str, Any] | None, thing: str, component: str = "") -> list[Policy]:
     """The usable policies of one component's configuration (problems are logged and the policy skipped)."""
-    access = (configuration or {}).get(ACCESS_CONTROL)
+    access = access_value((configuration or {}).get(ACCESS_CONTROL))
     if not isinstance(access, Mapping):
         return []
     found: list[Policy] = []
