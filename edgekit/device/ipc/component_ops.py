@@ -128,7 +128,8 @@ class ComponentEvents:
             while pending.waiting and loop.time() < end:
                 pending.answered.clear()
                 try:
-                    await asyncio.wait_for(pending.answered.wait(), end - loop.time())
+                    async with asyncio.timeout(end - loop.time()):
+                        await pending.answered.wait()
                 except TimeoutError:
                     break
             self._pending = None

@@ -100,8 +100,10 @@ class IotCoreLink:
 
     async def _send_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancel that detach() sends
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
             self._wake.clear()
             if self.client is None or not self.client.connected:
                 continue

@@ -313,16 +313,24 @@ class IpcServer:
     async def start(self) -> None:
         if self._server is not None:
             return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             if self.path.is_socket() or self.path.is_symlink():
                 self.path.unlink()
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=2**16)
+            sock.bind(str(self.path))
             self.path.chmod(0o600)
+            sock.listen(128)
+            sock.setblocking(False)
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=2**16)
         except OSError as exc:
+            sock.close()
             raise IpcServerError(
                 f"can't serve IPC on {self.path}: {exc}; check that the folder is writable and the path is free"
             ) from None
+        except BaseException:  # cancelled while starting: no socket left open
+            sock.close()
+            raise
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Connection(self, reader, writer)
