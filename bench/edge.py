@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.ipc import bench_ipc
 from edgekit.edge import CircuitBreaker, CloudFallback, FallbackError, FallbackUnavailable, Spool, SpoolPublisher
 from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import connect
@@ -128,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=2000, help="spool puts per round and messages drained")
     parser.add_argument("--calls", type=int, default=200, help="fallback calls timed")
     parser.add_argument("--timeout", type=float, default=0.2, help="fallback timeout for the slow endpoint, seconds")
+    parser.add_argument("--ipc-messages", type=int, default=1000, help="IPC publishes (and direct MQTT publishes) timed")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-edge-") as tmp:
         work = Path(tmp)
         spool = bench_spool(work, args.messages)
         drain = bench_drain(work, args.messages)
+        ipc = bench_ipc(work, args.ipc_messages)
     fb = bench_fallback(args.calls, args.timeout)
     print(f"host: {socket.gethostname()} | {args.messages} messages, {args.calls} fallback calls")
     print("spool put, per message (median of 5 interleaved rounds):")
@@ -144,6 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  answered by the server     {fb['answered']:8.2f} ms   1.00x")
     print(f"  waiting out a {args.timeout:.1f} s timeout {fb['timeout']:8.2f} ms   {fb['timeout'] / fb['answered']:.1f}x")
     print(f"  breaker open (fail fast)   {fb['breaker_open']:8.4f} ms   {fb['breaker_open'] / fb['answered']:.4f}x")
+    print(f"Greengrass IPC, {args.ipc_messages} publishes from one awsiotsdk component, one after the other:")
+    direct = ipc["direct_per_s"]
+    print(f"  direct MQTT publish (QoS 1, PUBACK each) {direct:8,.0f} /s   1.00x")
+    print(
+        f"  IPC PublishToIoTCore, acknowledged       {ipc['ipc_acked_per_s']:8,.0f} /s   {ipc['ipc_acked_per_s'] / direct:.2f}x"
+    )
+    print(
+        f"  IPC, delivered at the broker             {ipc['ipc_delivered_per_s']:8,.0f} /s   {ipc['ipc_delivered_per_s'] / direct:.2f}x"
+    )
+    print(f"  GetConfiguration round trip: median {ipc['get_config_median_us']:.0f} us, p90 {ipc['get_config_p90_us']:.0f} us")
     return 0
 
 

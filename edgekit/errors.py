@@ -24,7 +24,8 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     ├── PublishError              S3 / Greengrass calls failed (credentials, region, throttling, FAILED version)
     ├── DeploymentError           CreateDeployment was refused or its options are wrong
     └── (in their subpackages) mqtt.BrokerError 18, mqtt.PayloadError 19, device.DeviceError 20,
-        fleet.FleetError 21, sim.SimulationError 22, edge.EdgeError 23 — each sets ``exit_code`` on its class
+        fleet.FleetError 21, sim.SimulationError 22, edge.EdgeError 23, device.ipc.IpcServerError 24
+        — each sets ``exit_code`` on its class
 
 The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`). See docs/errors.md.
 """

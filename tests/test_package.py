@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from conftest import InferServer
 
 import edgekit
 from edgekit.compiler.pipeline import Pipeline
+from edgekit.device.ipc import DeviceIpc
 from edgekit.edge import Spool
 from edgekit.errors import PackagingError
 from edgekit.greengrass.package import RUNTIME_COMPONENT, package
@@ -71,7 +73,9 @@ def test_three_components_in_gdk_layout(artifacts: list[Path], tmp_path: Path) -
     assert deps[RUNTIME_COMPONENT]["DependencyType"] == "HARD"
     config = inference["ComponentConfiguration"]["DefaultConfiguration"]
     assert {"InputSource", "WindowSeconds", "OutputTopic", "FallbackEndpoint"} <= config.keys()
-    assert all(isinstance(v, str) for v in config.values())  # strings: numbers may come back as floats
+    assert all(isinstance(v, str) for k, v in config.items() if k != "accessControl")  # numbers may come back as floats
+    (policy,) = config["accessControl"]["aws.greengrass.ipc.mqttproxy"].values()  # what its PublishToIoTCore needs
+    assert policy["operations"] == ["aws.greengrass#PublishToIoTCore"] and policy["resources"] == ["devices/{iot:thingName}/#"]
     scripts = {m["Platform"]["architecture"]: m["Lifecycle"]["Run"]["Script"] for m in inference["Manifests"]}
     assert f"{{{NAME}:artifacts:decompressedPath}}/model-rasp4b" in scripts["aarch64"]
     assert f"{{{NAME}:artifacts:decompressedPath}}/model-x86_64" in scripts["amd64"]
@@ -155,33 +159,66 @@ def test_components_run_outside_edgekit(artifacts: list[Path], tmp_path: Path) -
     assert sum(r["answered_by"]["local"] for r in rows) == 7
 
     # the same script with a cloud fallback that is asked for every reading (min confidence 1.0), then with the
-    # cloud gone: the breaker's failures leave the local answers standing; summaries go to the outbox spool too
+    # cloud gone: the breaker's failures leave the local answers standing. Under an IPC server (what the device
+    # agent runs; the component gets SVCUID and the socket as from a nucleus) each summary goes to PublishToIoTCore.
     model = edgekit.load(model_dir)
     cloud = InferServer("big", model.predict)
-    outbox = tmp_path / "outbox.db"
+    inference_name = f"{NAME}.Inference"
+    recipe = json.loads((tmp_path / "gg" / "recipes" / f"{inference_name}-1.0.0.json").read_text())
+    config = {**recipe["ComponentConfiguration"]["DefaultConfiguration"], "WindowSeconds": "0", "IntervalSeconds": "0"}
+    host = _Host({inference_name: {**config, "MinConfidence": "1.0"}})  # as a deployment's merge would set them
+    states: list[str] = host.states
 
-    def run(out_file: Path) -> list[dict[str, Any]]:
-        proc = subprocess.run(
-            [sys.executable, "-S", "-u", str(script), str(model_dir), "--max-inferences", "5", "--window-seconds", "0",
-             "--interval-seconds", "0", "--output-path", str(out_file), "--fallback-url", cloud.url,
-             "--fallback-model", "big", "--min-confidence", "1.0", "--spool-path", str(outbox),
-             "--topic", "devices/dev-1/inference"],
-            env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
+    async def under_ipc(out_file: Path) -> list[dict[str, Any]]:
+        ipc = DeviceIpc(tmp_path / "ipc", host)
+        await ipc.start()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-S", "-u", str(script), str(model_dir), "--max-inferences", "5", "--window-seconds", "0",
+                "--interval-seconds", "0", "--output-path", str(out_file), "--fallback-url", cloud.url,
+                "--fallback-model", "big", "--min-confidence", "1.0", "--topic", "devices/dev-1/inference",
+                env={**env, **ipc.environment(inference_name), "AWS_IOT_THING_NAME": "dev-1"}, cwd=tmp_path,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(proc.communicate(), 120)
+            assert proc.returncode == 0, err.decode()
+            uplink.extend(json.loads(i.payload) for i in ipc.iot_core.spool.peek(100) if i.topic == "devices/dev-1/inference")
+        finally:
+            await ipc.close()
         return [json.loads(line) for line in out_file.read_text().splitlines()]
 
+    uplink: list[dict[str, Any]] = []
     try:
-        asked = run(tmp_path / "cloud.jsonl")
+        asked = asyncio.run(under_ipc(tmp_path / "cloud.jsonl"))
         assert sum(r["answered_by"]["cloud"] for r in asked) == 5 and cloud.requests == 5
         cloud.mode = "error"
-        away = run(tmp_path / "away.jsonl")
+        away = asyncio.run(under_ipc(tmp_path / "away.jsonl"))
         assert sum(r["answered_by"]["local"] for r in away) == 5
         assert cloud.requests == 5 + 3  # the breaker opened after 3 failures: 2 readings didn't wait for the cloud
     finally:
         cloud.close()
-    spooled = [json.loads(i.payload) for i in Spool(outbox).peek(100)]
-    assert [r["inferences"] for r in spooled] == [1] * 10  # every window summary is in the outbox, in order
+    # the uplink spool is the same file across both runs: every window summary of both, in order
+    assert [r["inferences"] for r in uplink[-10:]] == [1] * 10 and len(Spool(tmp_path / "ipc" / "config" / "uplink.db")) == 10
+    assert states == ["RUNNING", "RUNNING"]  # UpdateState after each self-test
+
+
+class _Host:
+    """The agent's side of the IPC handler, in memory: one component's configuration."""
+
+    thing = "dev-1"
+
+    def __init__(self, configs: dict[str, dict[str, Any]]) -> None:
+        self.configs = configs
+        self.states: list[str] = []
+
+    def configuration(self, component: str) -> dict[str, Any] | None:
+        return self.configs.get(component)
+
+    def set_configuration(self, component: str, configuration: dict[str, Any]) -> None:
+        self.configs[component] = configuration
+
+    def report_state(self, component: str, state: str) -> None:
+        self.states.append(state)
 
 
 @pytest.mark.parametrize(

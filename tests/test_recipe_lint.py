@@ -76,6 +76,11 @@ PERMISSION = (*ARTIFACT, "Permission")
 SEL_LIFECYCLE = {"install_apt": {"Install": "apt-get install git"}}
 NO_MANIFEST_LIFECYCLE = put(LIFECYCLE, DELETE)
 LINUX_ONLY = {"Platform": {"os": "linux"}, "Lifecycle": {"Run": "echo linux"}}
+ACL = (*DEFAULTS, "accessControl")
+MQTT_POLICY = ("aws.greengrass.ipc.mqttproxy", "com.example.Lint:mqtt:1")
+AT_POLICY = "ComponentConfiguration.DefaultConfiguration.accessControl.aws.greengrass.ipc.mqttproxy.com.example.Lint:mqtt:1"
+UPLINK = {"operations": ["aws.greengrass#PublishToIoTCore"], "resources": ["devices/{iot:thingName}/#"]}
+GOOD_ACL = {MQTT_POLICY[0]: {MQTT_POLICY[1]: UPLINK}}
 
 # (failing edits, passing edits, path of the finding, words in its message, severity)
 # fmt: off
@@ -225,6 +230,18 @@ CASES = [
                  id="selections-ignored"),
     pytest.param([put(("Manifests", 0, "Selections"), ["linux"]), NO_MANIFEST_LIFECYCLE], [], "Manifests[0].Selections",
                  "there is none", "warning", id="selections-no-global"),
+    pytest.param([put(ACL, {MQTT_POLICY[0]: {MQTT_POLICY[1]: {**UPLINK, "operations": ["aws.greengrass#PublishToIotCore"]}}})],
+                 [put(ACL, GOOD_ACL)], f"{AT_POLICY}.operations", "is not an operation of", "error", id="acl-unknown-operation"),
+    pytest.param([put(ACL, {"aws.greengrass.ipc.mqtt": {MQTT_POLICY[1]: UPLINK}})], [put(ACL, GOOD_ACL)],
+                 "ComponentConfiguration.DefaultConfiguration.accessControl.aws.greengrass.ipc.mqtt", "not a Greengrass IPC service",
+                 "error", id="acl-unknown-service"),
+    pytest.param([put(ACL, {MQTT_POLICY[0]: {MQTT_POLICY[1]: {**UPLINK, "resources": ["devices/what?"]}}})], [put(ACL, GOOD_ACL)],
+                 f"{AT_POLICY}.resources", "contains '?'", "error", id="acl-bad-resource"),
+    pytest.param([put(ACL, {MQTT_POLICY[0]: {MQTT_POLICY[1]: {**UPLINK, "operations": []}}})], [put(ACL, GOOD_ACL)],
+                 f"{AT_POLICY}.operations", "non-empty list of operations", "error", id="acl-no-operations"),
+    pytest.param([put(ACL, {**GOOD_ACL, "aws.greengrass.ipc.pubsub": {MQTT_POLICY[1]: {"operations": ["*"], "resources": ["*"]}}})],
+                 [put(ACL, {**GOOD_ACL, "aws.greengrass.ipc.pubsub": {"com.example.Lint:pubsub:1": {"operations": ["*"], "resources": ["*"]}}})],
+                 f"ComponentConfiguration.DefaultConfiguration.accessControl.aws.greengrass.ipc.pubsub.{MQTT_POLICY[1]}", "also used under", "error", id="acl-duplicate-policy-id"),
 ]
 # fmt: on
 

@@ -9,13 +9,18 @@ The recipe passes the component's configuration (``{configuration:/InputSource}`
   --output-path      JSON-lines file for the aggregates ("" = stdout)
   --max-inferences   stop after this many inferences ("0" = run until stopped)
   --interval-seconds pause between inferences
-  --spool-path       also put each window's summary into this edgekit.edge spool ("" = don't); the device's
-                     edgekit agent sends it over MQTT whenever it is online (like Greengrass stream manager:
-                     the component needs no MQTT connection or credentials of its own)
-  --topic            the MQTT topic for the summaries
+  --topic            also publish each window's summary to this AWS IoT Core topic ("" = don't), through
+                     Greengrass IPC (awsiotsdk's PublishToIoTCore): on edgekit's device agent the message is
+                     spooled on disk and sent over the device's own MQTT connection whenever it is online; on
+                     a real Greengrass nucleus it goes through the nucleus's MQTT connection the same way.
+
+Under a Greengrass nucleus (or edgekit's agent: both set SVCUID and the IPC socket) the component also reports
+RUNNING or ERRORED with UpdateState once its self-test ran, and follows configuration changes while it runs
+(SubscribeToConfigurationUpdate: WindowSeconds, IntervalSeconds and MinConfidence apply from the next reading).
+Outside one (no SVCUID) it only writes --output-path / stdout.
   --fallback-url     an Open Inference Protocol server (KServe v2 / Triton) asked when the local model fails or
   --fallback-model   is less confident than --min-confidence ("" = no fallback); behind a circuit breaker.
-  --min-confidence   A reading nobody answers goes to the spool under <topic>/unanswered.
+  --min-confidence   A reading nobody answers is published (as .npz bytes) to <topic>/unanswered.
 """
 
 from __future__ import annotations
@@ -45,10 +50,56 @@ def _inputs(model: edgekit.runtime.LoadedModel, source: str, rng: np.random.Gene
     return {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in specs}
 
 
+class Uplink:
+    """Greengrass IPC through awsiotsdk: publish to IoT Core, report the state, follow the configuration."""
+
+    def __init__(self, topic: str) -> None:
+        from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+        self.topic = topic
+        self.ipc = GreengrassCoreIPCClientV2()
+        self.settings: dict[str, Any] = {}
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        try:
+            self.ipc.publish_to_iot_core(topic_name=topic, qos="1", payload=payload)
+        except Exception as exc:  # refused or too big: said, not fatal
+            print(f"edgekit inference: publish to {topic} failed: {type(exc).__name__} {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)
+
+    def report(self, state: str) -> None:
+        self.ipc.update_state(state=state)
+
+    def follow_configuration(self) -> None:
+        """Keep :attr:`settings` equal to the component's configuration (read in full after each change)."""
+
+        def refresh(_event: Any = None) -> None:
+            self.settings = dict(self.ipc.get_configuration().value or {})
+
+        refresh()
+        self.ipc.subscribe_to_configuration_update(key_path=[], on_stream_event=refresh)
+
+    def close(self) -> None:
+        self.ipc.close()
+
+
+def _setting(uplink: Uplink | None, key: str, default: float) -> float:
+    if uplink is None or key not in uplink.settings:
+        return default
+    try:
+        return float(uplink.settings[key])
+    except (TypeError, ValueError):
+        return default
+
+
 def _answer(
-    model: edgekit.runtime.LoadedModel, feeds: dict[str, np.ndarray], fallback: Any, min_confidence: float, spool: Any, topic: str
+    model: edgekit.runtime.LoadedModel,
+    feeds: dict[str, np.ndarray],
+    fallback: Any,
+    min_confidence: float,
+    uplink: Uplink | None,
+    topic: str,
 ) -> tuple[int | None, str]:
-    """(top class or None, who answered): the local model, else the cloud fallback, else nobody (spooled)."""
+    """(top class or None, who answered): the local model, else the cloud fallback, else nobody (published)."""
     from edgekit.edge.errors import EdgeError
     from edgekit.edge.runner import confidence_of
     from edgekit.errors import EdgekitError
@@ -67,10 +118,10 @@ def _answer(
     except EdgeError as exc:
         if not error:
             return (top[0] if top else None), "local"  # the cloud is away: the local answer stands
-        if spool is not None:
+        if uplink is not None:
             buf = io.BytesIO()
             np.savez(buf, **feeds)
-            spool.put(f"{topic}/unanswered", buf.getvalue())
+            uplink.publish(f"{topic}/unanswered", buf.getvalue())
         print(f"edgekit inference: unanswered ({error}; fallback: {exc})", file=sys.stderr, flush=True)
         return None, "none"
 
@@ -83,12 +134,12 @@ def main() -> int:
     parser.add_argument("--output-path", default="")
     parser.add_argument("--max-inferences", type=int, default=0)
     parser.add_argument("--interval-seconds", type=float, default=0.1)
-    parser.add_argument("--spool-path", default="")
     parser.add_argument("--topic", default="")
     parser.add_argument("--fallback-url", default="")
     parser.add_argument("--fallback-model", default="")
     parser.add_argument("--min-confidence", type=float, default=0.0)
     args = parser.parse_args()
+    uplink = Uplink(args.topic) if args.topic and os.environ.get("SVCUID") else None
     model = edgekit.load(args.model_dir)
     check = model.selftest()
     print(
@@ -96,6 +147,9 @@ def main() -> int:
         f"(max abs error {check.max_abs_error:.3g})",
         flush=True,
     )
+    if uplink is not None:
+        uplink.report("RUNNING" if check.passed else "ERRORED")
+        uplink.follow_configuration()
     if not check.passed:
         return 1
     source, window, limit, pause, out_path = (
@@ -106,13 +160,6 @@ def main() -> int:
         args.output_path,
     )
     out = open(out_path, "a") if out_path else sys.stdout  # noqa: SIM115
-    spool = None
-    if args.spool_path:
-        from edgekit.edge.spool import Spool
-
-        if not args.topic:
-            parser.error("--spool-path needs --topic")
-        spool = Spool(args.spool_path, on_full="overwrite_oldest")
     thing = os.environ.get("AWS_IOT_THING_NAME", "")
     fallback = None
     if args.fallback_url:
@@ -128,7 +175,10 @@ def main() -> int:
         while limit == 0 or done < limit:
             t0 = time.perf_counter()
             feeds = _inputs(model, source, rng)
-            top, by = _answer(model, feeds, fallback, args.min_confidence, spool, args.topic)
+            min_confidence = _setting(uplink, "MinConfidence", args.min_confidence)
+            window = _setting(uplink, "WindowSeconds", window)
+            pause = _setting(uplink, "IntervalSeconds", pause)
+            top, by = _answer(model, feeds, fallback, min_confidence, uplink, args.topic)
             ms = (time.perf_counter() - t0) * 1e3
             answered_by[by] += 1
             if top is not None:
@@ -148,8 +198,8 @@ def main() -> int:
                 )
                 out.write(line + "\n")
                 out.flush()
-                if spool is not None:
-                    spool.put(args.topic, line.encode())
+                if uplink is not None:
+                    uplink.publish(args.topic, line.encode())
                 counts.clear()
                 answered_by = dict.fromkeys(answered_by, 0)
                 started = time.monotonic()
@@ -157,8 +207,8 @@ def main() -> int:
     finally:
         if out is not sys.stdout:
             out.close()
-        if spool is not None:
-            spool.close()
+        if uplink is not None:
+            uplink.close()
     return 0
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgekit.clock import Clock, SystemClock
+from edgekit.device.agent_ipc import AgentHost, restart_needed
 from edgekit.device.configuration import next_configuration
 from edgekit.device.download import (
     DEFAULT_MAX_UNZIPPED_BYTES,
@@ -30,6 +31,7 @@ from edgekit.device.download import (
 )
 from edgekit.device.errors import DeviceError
 from edgekit.device.executor import Executor, InProcessExecutor, SubprocessExecutor, kill_group
+from edgekit.device.ipc.service import DeviceIpc
 from edgekit.device.lifecycle import StateCallback, Supervisor, dependency_layers
 from edgekit.device.outcome import ComponentOutcome, DeploymentOutcome, DeploymentStatus
 from edgekit.device.registry import RegistryClient, RegistryStore
@@ -66,10 +68,11 @@ class _Changes:
     changed: list[str] = field(default_factory=list)
     added: list[str] = field(default_factory=list)
     restarted: list[str] = field(default_factory=list)
+    reconfigured: list[str] = field(default_factory=list)  # new configuration, kept running (IPC tells them)
 
     @property
     def touched(self) -> list[str]:
-        return [*self.removed, *self.changed, *self.added, *self.restarted]
+        return [*self.removed, *self.changed, *self.added, *self.restarted, *self.reconfigured]
 
 
 class DeviceAgent:
@@ -79,6 +82,9 @@ class DeviceAgent:
     ``groups`` the thing groups it is in; ``report(component, old, new, detail)`` hears every lifecycle
     transition. ``mode="in_process"`` runs no scripts (see :mod:`edgekit.device.executor`); ``executor``
     replaces the step runner altogether. ``cache_dir`` may be shared by many simulated devices.
+    ``ipc`` (default: on in ``subprocess`` mode) serves Greengrass IPC (:attr:`ipc`, :mod:`edgekit.device.ipc`);
+    in ``in_process`` mode it has no socket, only the in-process transport. ``region`` is what components
+    get as ``AWS_REGION``.
     """
 
     def __init__(
@@ -103,6 +109,8 @@ class DeviceAgent:
         settle_s: float = 1.0,
         kill_grace_s: float = 2.0,
         fsync: bool = True,
+        ipc: bool | None = None,
+        region: str = "us-east-1",
     ) -> None:
         self.thing = thing
         self.platform = dict(platform)
@@ -134,6 +142,12 @@ class DeviceAgent:
             kill_grace=kill_grace_s,
         )
         self._state = DeviceState(thing=thing)
+        self.ipc: DeviceIpc | None = None
+        """The device's Greengrass IPC (None when off)."""
+        if ipc if ipc is not None else mode == "subprocess":
+            host = AgentHost(thing, lambda: self._state.components, self._sup, self._save)
+            self.ipc = DeviceIpc(self.layout.root, host, region=region, serve_socket=mode == "subprocess")
+            self._sup.env_for = self.ipc.environment
         self._lock = asyncio.Lock()
         self._started = False
         self._dead = False
@@ -277,6 +291,8 @@ class DeviceAgent:
             self._sup.add(record)
         self._save()
         self._gc()
+        if self.ipc is not None:
+            await self.ipc.start()
         self._started = True
         await self._sup.start([r.name for r in state.components.values() if r.state == "NEW"])
         return interrupted
@@ -307,6 +323,8 @@ class DeviceAgent:
         finally:
             self._sup.kill(leave_processes=False)
             await self._sup.drain()
+            if self.ipc is not None:
+                await self.ipc.close()
             self._started = False
 
     async def kill(self, *, leave_processes: bool = False) -> None:
@@ -323,6 +341,8 @@ class DeviceAgent:
             await asyncio.gather(applying, return_exceptions=True)
         self._sup.kill(leave_processes=leave_processes)
         await self._sup.drain()
+        if self.ipc is not None:
+            await self.ipc.close()
         self._started = False
 
     # ------------------------------------------------------------------ deployments
@@ -417,6 +437,7 @@ class DeviceAgent:
         changes = _Changes()
         failure: DeviceError | None = None
         try:
+            await self._notify_update(job, plan)
             changes = await self._switch(plan)
             remaining = max(0.0, deadline - loop.time())
             with contextlib.suppress(TimeoutError):  # wait_settled then says which component is late
@@ -431,6 +452,8 @@ class DeviceAgent:
             failure = exc
         except OSError as exc:
             failure = DeviceError(("IO_ERROR", "IO_WRITE_ERROR"), str(exc))
+        if self.ipc is not None and job.component_update_policy.action == "NOTIFY_COMPONENTS":
+            self.ipc.after_update(job.deployment_id)
         if failure is None:
             self._state.targets = targets
             return self._outcome(job, target, "SUCCEEDED", "SUCCESSFUL")
@@ -539,6 +562,28 @@ class DeviceAgent:
                     )
             dest.chmod(file_mode)
 
+    async def _notify_update(self, job: JobDocument, plan: Mapping[str, ComponentRecord]) -> None:
+        """Tell IPC subscribers a deployment is about to change components, and wait out their deferrals."""
+        current = self._state.components
+        if self.ipc is None or job.component_update_policy.action != "NOTIFY_COMPONENTS":
+            return
+        if any(n not in plan or plan[n] is not r for n, r in current.items()):
+            await self.ipc.before_update(job.deployment_id, float(job.component_update_policy.timeout_in_seconds))
+
+    def _reconfigure(self, plan: dict[str, ComponentRecord], names: list[str]) -> list[str]:
+        """Give running components their new configuration in place when no restart is needed; returns those."""
+        current = self._state.components
+        done: list[str] = []
+        for name in names:
+            old = current[name].configuration
+            if plan[name].configuration != old and not restart_needed(self._sup, current[name], plan[name]):
+                current[name].configuration = plan[name].configuration
+                plan[name] = current[name]
+                done.append(name)
+            if self.ipc is not None and plan[name].configuration != old:
+                self.ipc.configuration_changed(name, old, plan[name].configuration)
+        return done
+
     async def _switch(self, plan: dict[str, ComponentRecord]) -> _Changes:
         """Stop what goes or changes (dependents first) and put the new records in place."""
         current = self._state.components
@@ -547,6 +592,8 @@ class DeviceAgent:
             changed=[n for n in plan if n in current and plan[n] is not current[n]],
             added=[n for n in plan if n not in current],
         )
+        changes.reconfigured = self._reconfigure(plan, changes.changed)
+        changes.changed = [n for n in changes.changed if n not in changes.reconfigured]
         hard_dependents = self._sup.dependents(changes.changed) - set(changes.changed) - set(changes.removed)
         changes.restarted = sorted(n for n in hard_dependents if current[n].state not in ("NEW", "INSTALLED", "BROKEN"))
         await self._sup.stop(changes.restarted, then="INSTALLED")
@@ -554,6 +601,8 @@ class DeviceAgent:
         for name in changes.removed:
             self._sup.remove(name)
             del current[name]
+            if self.ipc is not None:
+                self.ipc.forget(name)
         for name in [*changes.changed, *changes.added]:
             self._sup.remove(name)
             current[name] = plan[name]

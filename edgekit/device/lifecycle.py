@@ -220,6 +220,8 @@ class Component:
         env = dict(os.environ)
         env.update(self._sup.env)
         env["AWS_IOT_THING_NAME"] = self._sup.thing
+        if self._sup.env_for is not None:  # the nucleus's IPC variables (SVCUID, the socket, the region)
+            env.update(self._sup.env_for(self.name))
         for source in (_find(self.lifecycle(), "Setenv"), step.get("Setenv")):
             if isinstance(source, Mapping):
                 env.update({str(k): interpolate(_text(v), ctx) for k, v in source.items()})
@@ -407,6 +409,17 @@ class Component:
             elif self.record.process_groups:  # BROKEN / NEW / INSTALLED with leftovers
                 await self._shutdown()
 
+    async def report_errored(self) -> None:
+        """The component said ERRORED over IPC (``UpdateState``): its Run errored, as if it had exited non-zero."""
+        async with self._lock:
+            if self.state != "RUNNING":
+                return
+            self._gen += 1  # the watcher of the current Run process stands down
+            await self._fail("RUNNING", "RUN_ERRORED", "the component reported ERRORED over IPC")
+            after: str = self.state
+            if after == "INSTALLED":
+                await self._start_locked()
+
     def kill(self, *, leave_processes: bool = False) -> None:
         """A crash: forget everything in memory; SIGKILL the process groups unless ``leave_processes``."""
         self._gen += 1
@@ -443,8 +456,11 @@ class Supervisor:
         persist: Callable[[], None],
         env: Mapping[str, str] | None = None,
         kill_grace: float = 2.0,
+        env_for: Callable[[str], Mapping[str, str]] | None = None,
     ) -> None:
         self.thing = thing
+        self.env_for = env_for
+        """Extra variables for one component's steps (the agent's IPC: ``SVCUID``, the socket path, the region)."""
         self.layout = layout
         self.executor = executor
         self.clock = clock

@@ -195,6 +195,8 @@ class DeviceMqttRunner:
             self.client.add_on_connect(self._on_connect)
             self._hooked = True
         self._worker = self._loop.create_task(self._work(), name=f"jobs-{self.thing}")
+        if self.agent.ipc is not None:  # IPC PublishToIoTCore / SubscribeToIoTCore go over this connection
+            self.agent.ipc.attach(self.client)
         if self.outbox_interval_s:
             self._outbox_task = self._loop.create_task(self._send_outboxes(self.outbox_interval_s), name=f"outbox-{self.thing}")
         if self.client.connected:
@@ -213,6 +215,8 @@ class DeviceMqttRunner:
         if worker is not None:
             worker.cancel()
             await asyncio.gather(worker, return_exceptions=True)
+        if self.agent.ipc is not None:
+            await self.agent.ipc.detach()
         outbox, self._outbox_task = self._outbox_task, None
         if outbox is not None:
             outbox.cancel()

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from semantic_version import NpmSpec, Version
 
 from edgekit.errors import RecipeError
+from edgekit.greengrass.access import ACCESS_CONTROL, policy_problems
 from edgekit.greengrass.recipe import (
     LIFECYCLE_STEPS,
     MANIFEST_KEYS,
@@ -297,6 +298,10 @@ class _Linter:
         for path, value in _leaves(self.defaults, "ComponentConfiguration.DefaultConfiguration"):
             if _is_int(value) and abs(value) > 2**53:
                 self.warn(path, f"{value} can come back as a float and lose digits", f"write it as a string ('{value}')")
+        if ACCESS_CONTROL in self.defaults:  # the IPC policies the device enforces (edgekit.greengrass.access)
+            base = f"ComponentConfiguration.DefaultConfiguration.{ACCESS_CONTROL}"
+            for where, message, fix in policy_problems(self.defaults[ACCESS_CONTROL]):
+                self.error(f"{base}.{where}" if where else base, message, fix)
 
     def dependencies(self, deps: Any) -> None:
         if not isinstance(deps, Mapping):

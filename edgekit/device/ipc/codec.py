@@ -1,0 +1,240 @@
+"""The eventstream wire format the Greengrass IPC speaks (what ``awscrt.eventstream`` frames on the client side).
+
+One frame::
+
+    total length (u32) | headers length (u32) | prelude CRC32 (u32) | headers | payload | message CRC32 (u32)
+
+big-endian, both CRCs zlib's CRC32 (the prelude's over the first 8 bytes, the message's over everything before
+it). A header is ``name length (u8) | name (UTF-8) | type (u8) | value``; the types are those of
+``awscrt.eventstream.HeaderType`` (0 true, 1 false, 2 byte, 3 int16, 4 int32, 5 int64, 6 bytes, 7 string,
+8 timestamp in ms, 9 UUID), bytes and strings prefixed by a u16 length. The RPC layer on top uses the int32
+headers ``:message-type``, ``:message-flags`` and ``:stream-id`` (:class:`MessageType`, flags below).
+
+awscrt exposes no encoder or decoder of its own for a server, so this module frames by hand with
+``zlib.crc32``; the tests hold it to ``awscrt``'s client byte for byte (a connect, requests, streams) and to
+bad CRCs, lengths and truncations. Limits are aws-c-event-stream's: 16 MiB a message, 128 KiB of headers.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+__all__ = [
+    "CONNECTION_ACCEPTED",
+    "MAX_HEADERS_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "TERMINATE_STREAM",
+    "FrameDecoder",
+    "FramingError",
+    "HeaderType",
+    "Message",
+    "MessageType",
+    "encode",
+]
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_HEADERS_BYTES = 128 * 1024
+_PRELUDE = 12
+_OVERHEAD = 16
+
+CONNECTION_ACCEPTED = 0x1
+TERMINATE_STREAM = 0x2
+
+
+class FramingError(ValueError):
+    """The bytes are not a valid eventstream message (bad CRC, length or header): the connection must close."""
+
+
+class HeaderType(IntEnum):
+    BOOL_TRUE = 0
+    BOOL_FALSE = 1
+    BYTE = 2
+    INT16 = 3
+    INT32 = 4
+    INT64 = 5
+    BYTE_BUF = 6
+    STRING = 7
+    TIMESTAMP = 8
+    UUID = 9
+
+
+class MessageType(IntEnum):
+    APPLICATION_MESSAGE = 0
+    APPLICATION_ERROR = 1
+    PING = 2
+    PING_RESPONSE = 3
+    CONNECT = 4
+    CONNECT_ACK = 5
+    PROTOCOL_ERROR = 6
+    INTERNAL_ERROR = 7
+
+
+@dataclass
+class Message:
+    """One decoded (or to-be-encoded) RPC message: its headers, payload and the three RPC headers."""
+
+    headers: dict[str, Any] = field(default_factory=dict)
+    payload: bytes = b""
+
+    @property
+    def type(self) -> int:
+        return int(self.headers.get(":message-type", -1))
+
+    @property
+    def flags(self) -> int:
+        return int(self.headers.get(":message-flags", 0))
+
+    @property
+    def stream_id(self) -> int:
+        return int(self.headers.get(":stream-id", 0))
+
+
+_FIXED = {
+    HeaderType.BYTE: ">b",
+    HeaderType.INT16: ">h",
+    HeaderType.INT32: ">i",
+    HeaderType.INT64: ">q",
+    HeaderType.TIMESTAMP: ">q",
+}
+
+
+def _typed(name: str, value: Any) -> tuple[HeaderType, Any]:
+    if isinstance(value, tuple):
+        return HeaderType(value[0]), value[1]
+    if isinstance(value, bool):
+        return (HeaderType.BOOL_TRUE if value else HeaderType.BOOL_FALSE), value
+    if isinstance(value, int):
+        return HeaderType.INT32, value
+    if isinstance(value, str):
+        return HeaderType.STRING, value
+    if isinstance(value, bytes | bytearray):
+        return HeaderType.BYTE_BUF, bytes(value)
+    if isinstance(value, uuid.UUID):
+        return HeaderType.UUID, value
+    raise FramingError(f"header '{name}': can't encode a {type(value).__name__}")
+
+
+def _encode_headers(headers: Mapping[str, Any]) -> bytes:
+    out = bytearray()
+    for name, raw in headers.items():
+        encoded_name = name.encode("utf-8")
+        if not 0 < len(encoded_name) <= 127:
+            raise FramingError(f"header name '{name}' must be 1 to 127 bytes")
+        kind, value = _typed(name, raw)
+        out += struct.pack(">B", len(encoded_name)) + encoded_name + struct.pack(">B", kind)
+        if kind in _FIXED:
+            out += struct.pack(_FIXED[kind], value)
+        elif kind in (HeaderType.BYTE_BUF, HeaderType.STRING):
+            data = value.encode("utf-8") if kind == HeaderType.STRING else value
+            if len(data) > 0x7FFF:
+                raise FramingError(f"header '{name}' is {len(data)} bytes; at most 32767")
+            out += struct.pack(">H", len(data)) + data
+        elif kind == HeaderType.UUID:
+            out += value.bytes
+    return bytes(out)
+
+
+def encode(headers: Mapping[str, Any], payload: bytes = b"") -> bytes:
+    """One frame. Header values: ``int`` → int32, ``str``, ``bytes``, ``bool``, ``uuid.UUID``, or ``(HeaderType, value)``."""
+    head = _encode_headers(headers)
+    total = _OVERHEAD + len(head) + len(payload)
+    if len(head) > MAX_HEADERS_BYTES or total > MAX_MESSAGE_BYTES:
+        raise FramingError(f"a {total}-byte message is over the {MAX_MESSAGE_BYTES}-byte limit")
+    prelude = struct.pack(">II", total, len(head))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    body = prelude + head + payload
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def _decode_headers(data: memoryview) -> dict[str, Any]:
+    headers: dict[str, Any] = {}
+    i, end = 0, len(data)
+    try:
+        while i < end:
+            n = data[i]
+            name = bytes(data[i + 1 : i + 1 + n]).decode("utf-8")
+            i += 1 + n
+            kind = HeaderType(data[i])
+            i += 1
+            value: Any
+            if kind == HeaderType.BOOL_TRUE:
+                value = True
+            elif kind == HeaderType.BOOL_FALSE:
+                value = False
+            elif kind in _FIXED:
+                fmt = _FIXED[kind]
+                size = struct.calcsize(fmt)
+                (value,) = struct.unpack(fmt, data[i : i + size])
+                i += size
+            elif kind in (HeaderType.BYTE_BUF, HeaderType.STRING):
+                (size,) = struct.unpack(">H", data[i : i + 2])
+                raw = bytes(data[i + 2 : i + 2 + size])
+                if len(raw) != size:
+                    raise FramingError("a header value runs past the headers")
+                value = raw.decode("utf-8") if kind == HeaderType.STRING else raw
+                i += 2 + size
+            else:
+                raw = bytes(data[i : i + 16])
+                if len(raw) != 16:
+                    raise FramingError("a UUID header runs past the headers")
+                value = uuid.UUID(bytes=raw)
+                i += 16
+            if not name:
+                raise FramingError("a header has an empty name")
+            headers[name] = value
+    except (IndexError, struct.error, UnicodeDecodeError) as exc:
+        raise FramingError(f"malformed headers: {exc}") from None
+    except ValueError as exc:
+        raise FramingError(f"malformed headers: {exc}") from None
+    if i != end:
+        raise FramingError("the headers run past their length")
+    return headers
+
+
+class FrameDecoder:
+    """Incremental decoder: :meth:`feed` bytes as they arrive, get the whole messages back.
+
+    ``max_message`` caps a message's total length (checked on the prelude, before its bytes are buffered).
+    """
+
+    def __init__(self, max_message: int = MAX_MESSAGE_BYTES) -> None:
+        self.max_message = max_message
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that are not a whole message yet."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Message]:
+        return list(self.iter_feed(data))
+
+    def iter_feed(self, data: bytes) -> Iterator[Message]:
+        """Like :meth:`feed`, yielding each message as soon as it is whole (a later bad frame raises after them)."""
+        self._buf += data
+        yield from self._drain()
+
+    def _drain(self) -> Iterator[Message]:
+        while len(self._buf) >= _PRELUDE:
+            total, head_len, crc = struct.unpack_from(">III", self._buf, 0)
+            if zlib.crc32(bytes(self._buf[:8])) != crc:
+                raise FramingError("prelude CRC mismatch")
+            if total < _OVERHEAD or head_len > total - _OVERHEAD or head_len > MAX_HEADERS_BYTES:
+                raise FramingError(f"impossible lengths (total {total}, headers {head_len})")
+            if total > self.max_message:
+                raise FramingError(f"a {total}-byte message is over the {self.max_message}-byte limit")
+            if len(self._buf) < total:
+                return
+            frame = memoryview(bytes(self._buf[:total]))
+            del self._buf[:total]
+            (message_crc,) = struct.unpack_from(">I", frame, total - 4)
+            if zlib.crc32(frame[: total - 4]) != message_crc:
+                raise FramingError("message CRC mismatch")
+            headers = _decode_headers(frame[_PRELUDE : _PRELUDE + head_len])
+            yield Message(headers, bytes(frame[_PRELUDE + head_len : total - 4]))

@@ -1,0 +1,175 @@
+"""``PublishToIoTCore`` / ``SubscribeToIoTCore`` through the device's own MQTT connection, durably.
+
+A publish is written to the agent's spool (:class:`edgekit.edge.Spool`: SQLite, ``synchronous=FULL``) **before**
+the component gets its response, and leaves the spool only once the broker acknowledged it
+(:class:`edgekit.edge.SpoolPublisher`, QoS 1, oldest first). So what a component was told is published survives
+an offline period, an agent restart and a power cut, in order; the price is at-least-once delivery. The nucleus
+keeps its spool in memory (2.5 MB, lost on restart) and nucleus lite has none.
+
+The MQTT client is attached by whoever owns the connection (:class:`edgekit.device.mqtt.DeviceMqttRunner`);
+until then publishes only accumulate, and subscriptions fail with ``ServiceError``. One MQTT subscription per
+filter is shared by every IPC subscriber of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgekit.edge.spool import Spool
+
+if TYPE_CHECKING:
+    from edgekit.edge.publisher import SpoolPublisher
+    from edgekit.mqtt.client import Message, MqttClient
+
+__all__ = ["IotCoreLink"]
+
+log = logging.getLogger(__name__)
+
+Deliver = Callable[[str, bytes, bool], None]
+"""``deliver(topic, payload, retain)``."""
+
+
+class IotCoreLink:
+    """The agent's uplink: a spool, a sender task while a client is attached, and shared subscriptions."""
+
+    def __init__(self, spool_path: str | Path, *, max_items: int = 100_000, interval_s: float = 1.0) -> None:
+        self.spool_path = Path(spool_path)
+        self.max_items = max_items
+        self._spool: Spool | None = None
+        self.interval_s = interval_s
+        self.client: MqttClient | None = None
+        self._publisher: SpoolPublisher | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._subs: dict[str, list[Deliver]] = {}
+        self.max_refusals = 3
+        self.dropped = 0
+        """Messages dropped because the broker refused them ``max_refusals`` times."""
+        self._refused_seq = -1
+        self._refusals = 0
+
+    @property
+    def spool(self) -> Spool:
+        """The spool, opened on first use (and again after :meth:`close`)."""
+        if self._spool is None:
+            self._spool = Spool(self.spool_path, max_items=self.max_items, on_full="reject")
+        return self._spool
+
+    @property
+    def pending(self) -> int:
+        """Messages spooled and not yet acknowledged by the broker."""
+        return len(self.spool)
+
+    def publish(self, topic: str, payload: bytes) -> int:
+        """Spool one message (raises :class:`edgekit.edge.EdgeError` when it can't); returns its sequence number."""
+        seq = self.spool.put(topic, payload)
+        self._wake.set()
+        return seq
+
+    # ------------------------------------------------------------------ the connection
+
+    def attach(self, client: MqttClient) -> None:
+        """Send through ``client`` from now on (and subscribe there); starts the sender task."""
+        from edgekit.edge.publisher import SpoolPublisher
+
+        self.client = client
+        self._publisher = SpoolPublisher(self.spool, client)
+        client.add_on_connect(lambda _c, _s: self._wake.set())
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.get_running_loop().create_task(self._send_loop(), name="ipc-uplink")
+        self._wake.set()
+
+    async def detach(self) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        self.client = None
+        self._publisher = None
+
+    async def flush(self) -> int:
+        """Send what is spooled now (while connected); returns how many the broker acknowledged."""
+        if self._publisher is None:
+            return 0
+        return await self._publisher.drain()
+
+    async def _send_loop(self) -> None:
+        while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancel that detach() sends
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self.client is None or not self.client.connected:
+                continue
+            try:
+                await self.flush()
+            except Exception as exc:  # a message the broker can never take: logged, the loop goes on
+                log.warning("IPC uplink: %s", exc)
+            self._drop_refused()
+
+    def _drop_refused(self) -> None:
+        """A message the broker keeps refusing (its IoT policy forbids the topic) is dropped after
+        ``max_refusals`` tries, as the nucleus drops one after ``maxPublishRetry``: it must not block the rest."""
+        publisher = self._publisher
+        if publisher is None or not publisher.refused:
+            return
+        publisher.refused = ""
+        head = self.spool.peek(1)
+        if not head:
+            return
+        seq = head[0].seq
+        self._refusals = self._refusals + 1 if self._refused_seq == seq else 1
+        self._refused_seq = seq
+        if self._refusals >= self.max_refusals:
+            self.spool.ack([seq])
+            self.dropped += 1
+            log.warning(
+                "IPC uplink: the broker refused message %d for '%s' %d times; dropped", seq, head[0].topic, self._refusals
+            )
+
+    async def close(self) -> None:
+        await self.detach()
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()
+
+    # ------------------------------------------------------------------ subscriptions
+
+    async def subscribe(self, topic_filter: str, qos: int, deliver: Deliver) -> Callable[[], Any]:
+        """Subscribe ``deliver`` to ``topic_filter``; returns an async-capable remover."""
+        client = self.client
+        if client is None:
+            raise ConnectionError("the device has no MQTT connection")
+        first = topic_filter not in self._subs
+        self._subs.setdefault(topic_filter, []).append(deliver)
+        if first:
+            try:
+                await client.subscribe(topic_filter, qos, self._dispatch_for(topic_filter))
+            except BaseException:
+                self._subs.pop(topic_filter, None)
+                raise
+
+        async def remove() -> None:
+            handlers = self._subs.get(topic_filter, [])
+            if deliver in handlers:
+                handlers.remove(deliver)
+            if not handlers and topic_filter in self._subs:
+                del self._subs[topic_filter]
+                if self.client is not None:
+                    with contextlib.suppress(Exception):
+                        await self.client.unsubscribe(topic_filter, timeout=5.0)
+
+        return remove
+
+    def _dispatch_for(self, topic_filter: str) -> Callable[[Message], None]:
+        def dispatch(message: Message) -> None:
+            for deliver in list(self._subs.get(topic_filter, [])):
+                deliver(message.topic, message.payload, message.retain)
+
+        return dispatch

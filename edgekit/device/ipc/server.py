@@ -1,0 +1,354 @@
+"""The IPC socket server: eventstream RPC on a Unix domain socket, as the nucleus serves it to ``awsiotsdk``.
+
+Per connection (``ggipcd``'s ``client_ready`` and the Java ``RpcServer`` behave alike):
+
+1. The first message must be ``CONNECT`` on stream 0 (``:version`` ``0.1.0`` when given) with the JSON payload
+   ``{"authToken": "<SVCUID>"}``. A known token gets ``CONNECT_ACK`` with ``CONNECTION_ACCEPTED``; anything else
+   gets a ``CONNECT_ACK`` without it (the SDK raises ``AccessDeniedError``), a log line naming the peer's pid, and
+   the connection is closed.
+2. Each operation is a new stream (ids increasing): an ``APPLICATION_MESSAGE`` with the ``operation`` header
+   and the request as JSON. The response carries ``service-model-type`` ``aws.greengrass#<Op>Response`` and
+   ``TERMINATE_STREAM`` unless the operation streams; a streaming operation's events follow on the same stream
+   until either side sends ``TERMINATE_STREAM``. Errors are ``APPLICATION_ERROR`` + ``TERMINATE_STREAM`` with the
+   error's model (``aws.greengrass#UnauthorizedError``, ...).
+3. ``PING`` gets ``PING_RESPONSE``.
+
+A malformed frame (bad CRC, impossible length, broken header), a message over ``max_message_bytes``, a
+protocol violation (no ``CONNECT`` first, a stream id going backwards, no ``operation``) closes that
+connection, after a ``PROTOCOL_ERROR`` when the framing is still sound; the server and the other connections
+go on. Operations run as tasks, so a slow one never blocks the connection's other streams.
+
+The socket is ``<device root>/ipc.socket``; when that path is over the 107 bytes ``sun_path`` holds, a short
+one under the temporary folder is used instead (:attr:`IpcServer.path` says which).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import struct
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from edgekit.device.ipc.codec import (
+    CONNECTION_ACCEPTED,
+    MAX_MESSAGE_BYTES,
+    TERMINATE_STREAM,
+    FrameDecoder,
+    FramingError,
+    Message,
+    MessageType,
+    encode,
+)
+from edgekit.device.ipc.errors import InvalidArgumentsError, IpcError, IpcServerError, ServiceError
+from edgekit.device.ipc.handler import STREAMING, Cleanup, IpcHandler
+
+__all__ = ["IpcServer", "socket_path_for"]
+
+log = logging.getLogger(__name__)
+
+_SUN_PATH_MAX = 107
+JSON = "application/json"
+
+
+def socket_path_for(root: str | Path, name: str = "ipc.socket") -> Path:
+    """``root/name``, or a short stand-in under the temporary folder when that is too long for a socket."""
+    path = Path(root).absolute() / name
+    if len(os.fsencode(str(path))) <= _SUN_PATH_MAX:
+        return path
+    digest = hashlib.sha256(os.fsencode(str(path))).hexdigest()[:24]
+    return Path(tempfile.gettempdir()) / f"edgekit-ipc-{os.getuid()}" / f"{digest}.sock"
+
+
+def _peer_pid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[0])
+    except (OSError, AttributeError):
+        return None
+
+
+class _Stream:
+    """One operation's stream: events wait until the response is out."""
+
+    def __init__(self, conn: _Connection, stream_id: int) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.active = False
+        self.closed = False
+        self.cleanup: Cleanup | None = None
+        self._queued: list[tuple[str, Mapping[str, Any]]] = []
+
+    def send(self, model: str, payload: Mapping[str, Any]) -> None:
+        if self.closed:
+            return
+        if not self.active:
+            self._queued.append((model, payload))
+            return
+        self.conn.send_app(self.stream_id, model, payload, 0)
+
+    def activate(self) -> None:
+        self.active = True
+        queued, self._queued = self._queued, []
+        for model, payload in queued:
+            self.send(model, payload)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        cleanup, self.cleanup = self.cleanup, None
+        if cleanup is not None:
+            try:
+                result = cleanup()
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("closing an IPC stream failed")
+
+
+class _Connection:
+    def __init__(self, server: IpcServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.component: str | None = None
+        self.last_stream = 0
+        self.streams: dict[int, _Stream] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, headers: dict[str, Any], payload: bytes = b"") -> None:
+        if not self.writer.is_closing():
+            self.writer.write(encode(headers, payload))
+
+    def send_app(self, stream_id: int, model: str, payload: Mapping[str, Any], flags: int, error: bool = False) -> None:
+        kind = MessageType.APPLICATION_ERROR if error else MessageType.APPLICATION_MESSAGE
+        headers = {
+            ":message-type": int(kind),
+            ":message-flags": flags,
+            ":stream-id": stream_id,
+            ":content-type": JSON,
+            "service-model-type": model,
+        }
+        self.write(headers, json.dumps(payload, separators=(",", ":")).encode())
+
+    def protocol_error(self, why: str) -> None:
+        log.warning("IPC connection of %s: protocol error: %s; closing it", self.component or "an unauthenticated client", why)
+        self.write(
+            {":message-type": int(MessageType.PROTOCOL_ERROR), ":message-flags": 0, ":stream-id": 0, ":content-type": JSON},
+            json.dumps({"message": why}).encode(),
+        )
+
+    # ------------------------------------------------------------------ reading
+
+    async def serve(self) -> None:
+        decoder = FrameDecoder(self.server.max_message_bytes)
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    return
+                for message in decoder.iter_feed(data):
+                    if not self.handle(message):
+                        await self.linger()
+                        return
+                await self.writer.drain()
+        except FramingError as exc:
+            log.warning("IPC connection of %s: %s; closing it", self.component or "an unauthenticated client", exc)
+            await self.linger()
+        except (ConnectionError, OSError):
+            return
+
+    async def linger(self, timeout_s: float = 1.0) -> None:
+        """Let the client read the last answer and hang up first (closing at once can reset what it has not read)."""
+        with contextlib.suppress(Exception):
+            await self.writer.drain()
+            async with asyncio.timeout(timeout_s):
+                while await self.reader.read(65536):
+                    pass
+
+    def handle(self, message: Message) -> bool:
+        """Act on one message; False closes the connection."""
+        kind = message.type
+        if self.component is None:
+            return self.connect(message)
+        if kind == MessageType.PING:
+            self.write({":message-type": int(MessageType.PING_RESPONSE), ":message-flags": 0, ":stream-id": 0})
+            return True
+        if kind == MessageType.PING_RESPONSE:
+            return True
+        if kind not in (MessageType.APPLICATION_MESSAGE, MessageType.APPLICATION_ERROR) or message.stream_id <= 0:
+            self.protocol_error(f"unexpected message type {kind} on stream {message.stream_id}")
+            return False
+        stream_id = message.stream_id
+        stream = self.streams.get(stream_id)
+        if stream is not None:
+            if message.flags & TERMINATE_STREAM:
+                del self.streams[stream_id]
+                self.spawn(stream.close())
+            return True  # no operation here takes stream input
+        if stream_id <= self.last_stream:
+            if message.flags & TERMINATE_STREAM:
+                return True  # a stream the server already ended
+            self.protocol_error(f"stream id {stream_id} is not greater than {self.last_stream}")
+            return False
+        self.last_stream = stream_id
+        if message.flags & TERMINATE_STREAM:
+            return True  # a request withdrawn before it was made: nothing to do (as the Java server)
+        operation = message.headers.get("operation")
+        if not isinstance(operation, str) or not operation:
+            self.protocol_error(f"stream {stream_id} starts without an operation header")
+            return False
+        stream = _Stream(self, stream_id)
+        self.streams[stream_id] = stream
+        self.spawn(self.run(stream, operation, message.payload))
+        return True
+
+    def connect(self, message: Message) -> bool:
+        pid = _peer_pid(self.writer)
+        if message.type != MessageType.CONNECT or message.stream_id != 0:
+            self.protocol_error("the first message must be CONNECT on stream 0")
+            return False
+        version = message.headers.get(":version")
+        token: object = None
+        try:
+            body = json.loads(message.payload or b"{}")
+            token = body.get("authToken") if isinstance(body, dict) else None
+        except ValueError:
+            pass
+        component = self.server.handler.authenticate(token) if version in (None, "0.1.0") else None
+        if component is None:
+            why = "an unknown auth token" if token else "no auth token"
+            if version not in (None, "0.1.0"):
+                why = f"protocol version {version!r} (0.1.0 expected)"
+            log.warning("IPC connect refused (peer pid %s): %s", pid, why)
+            self.server.refused += 1
+            self.write({":message-type": int(MessageType.CONNECT_ACK), ":message-flags": 0, ":stream-id": 0})
+            return False
+        self.component = component
+        log.debug("IPC: %s connected (pid %s)", component, pid)
+        self.write({":message-type": int(MessageType.CONNECT_ACK), ":message-flags": CONNECTION_ACCEPTED, ":stream-id": 0})
+        return True
+
+    # ------------------------------------------------------------------ operations
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def run(self, stream: _Stream, operation: str, payload: bytes) -> None:
+        assert self.component is not None
+        streaming = operation in STREAMING
+        try:
+            try:
+                request = json.loads(payload or b"{}")
+            except ValueError:
+                raise InvalidArgumentsError(f"the {operation} request is not JSON") from None
+            reply = await self.server.handler.call(self.component, operation, request, stream if streaming else None)
+        except IpcError as exc:
+            self.streams.pop(stream.stream_id, None)
+            stream.closed = True
+            self.send_app(stream.stream_id, exc.model, exc.payload(), TERMINATE_STREAM, error=True)
+            return
+        except Exception as exc:
+            log.exception("IPC %s from %s failed", operation, self.component)
+            self.streams.pop(stream.stream_id, None)
+            stream.closed = True
+            error = ServiceError(f"{operation} failed in the agent: {type(exc).__name__}")
+            self.send_app(stream.stream_id, error.model, error.payload(), TERMINATE_STREAM, error=True)
+            return
+        if stream.closed or self.writer.is_closing():  # the client hung up meanwhile
+            stream.cleanup = reply.cleanup
+            stream.closed = False
+            await stream.close()
+            return
+        if streaming:
+            stream.cleanup = reply.cleanup
+            self.send_app(stream.stream_id, reply.model, reply.payload, 0)
+            stream.activate()
+        else:
+            self.streams.pop(stream.stream_id, None)
+            stream.closed = True
+            self.send_app(stream.stream_id, reply.model, reply.payload, TERMINATE_STREAM)
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for stream in list(self.streams.values()):
+            await stream.close()
+        self.streams.clear()
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+class IpcServer:
+    """One device's IPC socket (see the module docstring)."""
+
+    def __init__(self, handler: IpcHandler, path: str | Path, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.handler = handler
+        self.path = Path(path)
+        self.max_message_bytes = max_message_bytes
+        self.refused = 0
+        """Connections refused at CONNECT (wrong or missing token)."""
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if self.path.is_socket() or self.path.is_symlink():
+                self.path.unlink()
+            sock.bind(str(self.path))
+            self.path.chmod(0o600)
+            sock.listen(128)
+            sock.setblocking(False)
+            self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=2**16)
+        except OSError as exc:
+            sock.close()
+            raise IpcServerError(
+                f"can't serve IPC on {self.path}: {exc}; check that the folder is writable and the path is free"
+            ) from None
+        except BaseException:  # cancelled while starting: no socket left open
+            sock.close()
+            raise
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Connection(self, reader, writer)
+        self._connections.add(conn)
+        try:
+            await conn.serve()
+        finally:
+            self._connections.discard(conn)
+            await conn.close()
+
+    async def close(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
+        for conn in list(self._connections):
+            await conn.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
