@@ -113,7 +113,6 @@ class DeviceMqttRunner:
         resume: bool = True,
         owns_agent: bool = False,
         owns_client: bool = False,
-        outbox_interval_s: float | None = 1.0,
     ) -> None:
         if request_timeout_s <= 0 or request_attempts < 1:
             raise ValueError("request_timeout_s must be positive and request_attempts at least 1")
@@ -128,9 +127,6 @@ class DeviceMqttRunner:
         self.resume = resume
         self.owns_agent = owns_agent
         self.owns_client = owns_client
-        self.outbox_interval_s = outbox_interval_s
-        self._outboxes: dict[Path, Any] = {}  # outbox.db -> SpoolPublisher
-        self._outbox_task: asyncio.Task[None] | None = None
         self.history: list[JobRun] = []
         """Every job run here, oldest first."""
         self.requests_sent = 0
@@ -197,8 +193,6 @@ class DeviceMqttRunner:
         self._worker = self._loop.create_task(self._work(), name=f"jobs-{self.thing}")
         if self.agent.ipc is not None:  # IPC PublishToIoTCore / SubscribeToIoTCore go over this connection
             self.agent.ipc.attach(self.client)
-        if self.outbox_interval_s:
-            self._outbox_task = self._loop.create_task(self._send_outboxes(self.outbox_interval_s), name=f"outbox-{self.thing}")
         if self.client.connected:
             self._on_connect(self.client, self.client.session_present)
 
@@ -217,13 +211,6 @@ class DeviceMqttRunner:
             await asyncio.gather(worker, return_exceptions=True)
         if self.agent.ipc is not None:
             await self.agent.ipc.detach()
-        outbox, self._outbox_task = self._outbox_task, None
-        if outbox is not None:
-            outbox.cancel()
-            await asyncio.gather(outbox, return_exceptions=True)
-        for publisher in self._outboxes.values():
-            publisher.spool.close()
-        self._outboxes.clear()
         for future in self._waiters.values():
             future.cancel()
         self._waiters.clear()
@@ -241,32 +228,6 @@ class DeviceMqttRunner:
         self._filters.clear()
         if self.owns_agent:
             await self.agent.stop()
-
-    async def send_outboxes(self) -> int:
-        """Send what the components put in their outboxes (``<work>/outbox.db``, an :class:`edgekit.edge.Spool`).
-
-        The device side of Greengrass stream manager: a component spools, the device's own MQTT connection
-        (its identity, its ACL) delivers, oldest first, whenever it is online. Returns how many were sent.
-        """
-        from edgekit.edge import EdgeError, Spool, SpoolPublisher
-
-        sent = 0
-        root = self.agent.layout.work_root
-        for path in sorted(root.glob("*/outbox.db")) if root.is_dir() else []:
-            publisher = self._outboxes.get(path)
-            try:
-                if publisher is None:
-                    publisher = self._outboxes[path] = SpoolPublisher(Spool(path), self.client)
-                sent += await publisher.drain()
-            except EdgeError as exc:
-                log.warning("%s: outbox %s: %s", self.thing, path, exc)
-        return sent
-
-    async def _send_outboxes(self, interval_s: float) -> None:
-        while self._running:
-            if self.client.connected:
-                await self.send_outboxes()
-            await asyncio.sleep(interval_s)
 
     def component_changed(self, component: str, old: str, new: str, detail: str) -> None:
         """The agent's ``report`` callback: schedule a debounced :class:`DeviceStatus`."""

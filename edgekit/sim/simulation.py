@@ -319,8 +319,7 @@ class Simulation:
         agent = self._make_agent(dev, report)
         tls = self.material.device(dev.thing) if self.material is not None else None
         client = MqttClient(dev.thing, tls=tls, reconnect=self.reconnect or Backoff(initial=0.2, maximum=5.0))
-        options: dict[str, Any] = {"outbox_interval_s": None} if self.mode == "in_process" else {}  # nothing writes one
-        runner = DeviceMqttRunner(agent, client, owns_client=True, **{**options, **self.runner_options})
+        runner = DeviceMqttRunner(agent, client, owns_client=True, **self.runner_options)
         dev.agent, dev.client, dev.runner = agent, client, runner
         await runner.start()
         try:
