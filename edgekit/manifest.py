@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edgekit.digests import file_sha256
 from edgekit.errors import ArtifactError, first_problem
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_json
 
@@ -26,11 +27,21 @@ __all__ = [
     "SelfTest",
     "SourceInfo",
     "TensorSpec",
+    "artifact_digests",
     "read_manifest",
+    "verify_files",
 ]
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
+
+
+def _inside(value: str) -> str:
+    """``value`` if it names a file inside the artifact folder: relative, no ``..``, no backslashes."""
+    parts = value.split("/")
+    if not value or value.startswith("/") or "\\" in value or "\0" in value or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"'{value[:80]}' is not a file inside the artifact folder (relative, no '..')")
+    return value
 
 
 class _Model(BaseModel):
@@ -66,6 +77,16 @@ class BackendInfo(_Model):
     options: dict[str, Any]
     files: list[str] = Field(description="files of the artifact the backend loads, relative to the artifact dir")
     entry: str = Field(description="the file the loader opens")
+
+    @field_validator("entry")
+    @classmethod
+    def _entry_inside(cls, value: str) -> str:
+        return _inside(value)
+
+    @field_validator("files")
+    @classmethod
+    def _files_inside(cls, value: list[str]) -> list[str]:
+        return [_inside(v) for v in value]
 
 
 class Latency(_Model):
@@ -107,6 +128,11 @@ class SelfTest(_Model):
     max_abs_error: float = Field(alias="maxAbsError")
     reference: str
 
+    @field_validator("file")
+    @classmethod
+    def _file_inside(cls, value: str) -> str:
+        return _inside(value)
+
 
 class CandidateReport(_Model):
     name: str
@@ -137,6 +163,18 @@ class Manifest(_Model):
     measured: Measurement | None
     selftest: SelfTest | None = None
     candidates: list[CandidateReport]
+    digests: dict[str, str] = Field(
+        default_factory=dict, description="SHA-256 (hex) of every file of the artifact but the manifest, by relative path"
+    )
+
+    @field_validator("digests")
+    @classmethod
+    def _digests_inside(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, digest in value.items():
+            _inside(name)
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise ValueError(f"digest of '{name[:80]}' is not a hex SHA-256")
+        return value
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_NAME
@@ -144,8 +182,8 @@ class Manifest(_Model):
         return path
 
 
-def read_manifest(artifact_dir: str | Path) -> Manifest:
-    """Read and validate ``<artifact_dir>/manifest.json``."""
+def read_manifest(artifact_dir: str | Path, *, check_files: bool = True) -> Manifest:
+    """Read and validate ``<artifact_dir>/manifest.json`` and (``check_files``) every file against its digest."""
     path = Path(artifact_dir) / MANIFEST_NAME
     if not Path(artifact_dir).is_dir():
         raise ArtifactError(f"artifact directory '{artifact_dir}' does not exist (run 'edgekit compile' first)")
@@ -163,6 +201,42 @@ def read_manifest(artifact_dir: str | Path) -> Manifest:
             f"(supports {SCHEMA_VERSION}); recompile or upgrade edgekit"
         )
     try:
-        return Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise ArtifactError(f"{path}: {first_problem(exc)}; recompile the artifact") from exc
+    if check_files:
+        verify_files(Path(artifact_dir), manifest)
+    return manifest
+
+
+def artifact_digests(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``directory`` but the manifest, by POSIX relative path (what a manifest lists)."""
+    return {
+        p.relative_to(directory).as_posix(): file_sha256(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+
+
+def verify_files(directory: Path, manifest: Manifest) -> None:
+    """Refuse an artifact whose files differ from what its manifest lists (a modified or swapped model file),
+    or whose files lie outside its folder (a symlink out of it)."""
+    path = directory / MANIFEST_NAME
+    if not manifest.digests:
+        raise ArtifactError(f"{path}: lists no per-file digests (written by an older edgekit); recompile the artifact")
+    needed = [*manifest.backend.files, *([manifest.selftest.file] if manifest.selftest else [])]
+    uncovered = [f for f in needed if f not in manifest.digests]
+    if uncovered:
+        raise ArtifactError(f"{path}: '{uncovered[0]}' has no digest in the manifest; recompile the artifact")
+    root = directory.resolve()
+    for name, digest in manifest.digests.items():
+        file = directory / name
+        if not file.is_file():
+            raise ArtifactError(f"{directory}: file '{name}' listed in manifest.json is missing; recompile")
+        if not file.resolve().is_relative_to(root):
+            raise ArtifactError(f"{directory}: '{name}' leads outside the artifact folder; refused")
+        if file_sha256(file) != digest:
+            raise ArtifactError(
+                f"{directory}: '{name}' does not match its SHA-256 in manifest.json (changed after compiling); "
+                "recompile the artifact, or restore the file"
+            )

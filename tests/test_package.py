@@ -271,3 +271,12 @@ def test_packaged_recipes_lint_clean(artifacts: list[Path], tmp_path: Path) -> N
     out = tmp_path / "gg"
     package(artifacts, name=NAME, version="1.0.0", output=out)
     assert [str(f) for f in lint_paths([out / "recipes"])] == []
+
+
+def test_a_modified_artifact_is_not_packaged(artifacts: list[Path], tmp_path: Path) -> None:
+    model = artifacts[0] / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")
+    out = tmp_path / "gg"
+    with pytest.raises(PackagingError, match=r"'model.onnx' does not match its SHA-256 in manifest.json"):
+        package(artifacts, name=NAME, version="1.0.0", output=out)
+    assert not out.exists() or not any(out.rglob("*"))

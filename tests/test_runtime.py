@@ -14,6 +14,7 @@ import pytest
 import edgekit
 from edgekit.compiler.pipeline import Pipeline
 from edgekit.errors import ArtifactError, InferenceError
+from edgekit.manifest import artifact_digests, read_manifest
 
 QUICK = Pipeline.model_validate(
     {
@@ -88,7 +89,39 @@ def test_selftest_detects_a_wrong_model(tvm_artifact: Path, tmp_path: Path) -> N
     key = next(k for k in arrays if "/out/" in k)
     arrays[key] = arrays[key] + 0.5
     np.savez(path, **arrays)
+    with pytest.raises(ArtifactError, match="'selftest.npz' does not match its SHA-256 in manifest.json"):
+        edgekit.load(tvm_artifact)  # a file changed after compiling is refused ...
+    manifest = read_manifest(tvm_artifact, check_files=False)
+    manifest.digests = artifact_digests(tvm_artifact)  # ... so re-sign it, as a wrong build would be signed
+    manifest.write(tvm_artifact)
     assert not edgekit.load(tvm_artifact).selftest().passed
+
+
+def test_a_tampered_or_escaping_artifact_is_refused(tvm_artifact: Path) -> None:
+    library = tvm_artifact / "model.so"
+    original = library.read_bytes()
+    library.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit
+    with pytest.raises(ArtifactError, match="'model.so' does not match its SHA-256"):
+        edgekit.load(tvm_artifact)
+    library.write_bytes(original)
+    manifest_path = tvm_artifact / "manifest.json"
+    clean = manifest_path.read_text()
+    for field, value in [("entry", "../../../../etc/passwd"), ("entry", "/etc/passwd"), ("files", ["../x.so"])]:
+        data = json.loads(clean)
+        data["backend"][field] = value
+        manifest_path.write_text(json.dumps(data))
+        with pytest.raises(ArtifactError, match="is not a file inside the artifact folder"):
+            edgekit.load(tvm_artifact)
+    data = json.loads(clean)
+    data["digests"] = {}
+    manifest_path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="no per-file digests"):
+        edgekit.load(tvm_artifact)
+    manifest_path.write_text(clean)
+    library.unlink()
+    library.symlink_to("/etc/passwd")  # a symlink out of the folder
+    with pytest.raises(ArtifactError, match="'model.so' leads outside the artifact folder"):
+        edgekit.load(tvm_artifact)
 
 
 def test_corrupt_or_incomplete_artifacts(tvm_artifact: Path, tmp_path: Path) -> None:
@@ -115,6 +148,11 @@ def test_corrupt_or_incomplete_artifacts(tvm_artifact: Path, tmp_path: Path) -> 
         edgekit.load(tvm_artifact)
     manifest.write_text(original)
     (tvm_artifact / "model.so").write_bytes(b"\x7fELF garbage")
+    with pytest.raises(ArtifactError, match="'model.so' does not match its SHA-256"):
+        edgekit.load(tvm_artifact)
+    signed = read_manifest(tvm_artifact, check_files=False)
+    signed.digests = artifact_digests(tvm_artifact)  # a garbage library that its manifest vouches for
+    signed.write(tvm_artifact)
     with pytest.raises(ArtifactError, match="cannot load this library"):
         edgekit.load(tvm_artifact)
     (tvm_artifact / "model.so").unlink()

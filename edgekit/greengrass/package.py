@@ -25,7 +25,7 @@ from edgekit.atomic import install_dir, write_bytes
 from edgekit.digests import file_sha256
 from edgekit.errors import ArtifactError, PackagingError, RecipeError
 from edgekit.greengrass.recipe import SET_BY_SERVICE, TOP_LEVEL_KEYS, dump_recipe, normalize_recipe
-from edgekit.manifest import Manifest, read_manifest
+from edgekit.manifest import Manifest, read_manifest, verify_files
 from edgekit.progress import Progress
 from edgekit.resources import bundled_dir
 
@@ -41,7 +41,7 @@ __all__ = [
 RUNTIME_COMPONENT = "com.edgekit.Runtime"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # The part of edgekit a device needs to load and run an artifact (no compiler, no CLI).
-_RUNTIME_MODULES = ["__init__.py", "_version.py", "api.py", "clock.py", "parsing.py", "errors.py", "deps.py", "manifest.py", "runtime", "edge"]
+_RUNTIME_MODULES = ["__init__.py", "_version.py", "api.py", "clock.py", "parsing.py", "digests.py", "errors.py", "deps.py", "manifest.py", "runtime", "edge"]
 
 
 @dataclass
@@ -175,12 +175,13 @@ def package(
     for a in artifacts:
         path = Path(a)
         try:
-            m = read_manifest(path)
+            m = read_manifest(path, check_files=False)
+            missing = [f for f in [*m.backend.files, m.selftest.file if m.selftest else None] if f and not (path / f).is_file()]
+            if missing:
+                raise PackagingError(f"cannot package '{path}': files {missing} named in its manifest.json are missing; recompile")
+            verify_files(path, m)  # nothing modified since compiling goes into a component
         except ArtifactError as exc:
             raise PackagingError(f"cannot package '{path}': {exc}") from exc
-        missing = [f for f in [*m.backend.files, m.selftest.file if m.selftest else None] if f and not (path / f).is_file()]
-        if missing:
-            raise PackagingError(f"cannot package '{path}': files {missing} named in its manifest.json are missing; recompile")
         loaded.append((path, m))
     if not loaded:
         raise PackagingError("give at least one compiled artifact folder to package")

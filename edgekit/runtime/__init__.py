@@ -79,7 +79,7 @@ class LoadedModel:
 
 
 def load(artifact_dir: str | Path, threads: int = 0) -> LoadedModel:
-    """Load a compiled artifact directory (checks the manifest and that every file is present)."""
+    """Load a compiled artifact directory (checks the manifest and every file against its SHA-256)."""
     directory = Path(artifact_dir)
     manifest = read_manifest(directory)
     arch = manifest.profile.greengrass.get("architecture")
@@ -94,9 +94,6 @@ def load(artifact_dir: str | Path, threads: int = 0) -> LoadedModel:
             f"{directory}: this TVM artifact is built for {machine} ('{manifest.profile.name}'), and this host is "
             f"{platform.machine()}; run it on the device, or check it here with 'edgekit verify {directory}'"
         )
-    for name in manifest.backend.files:
-        if not (directory / name).is_file():
-            raise ArtifactError(f"{directory}: file '{name}' listed in manifest.json is missing; recompile")
     return LoadedModel(
         directory,
         manifest,

@@ -16,7 +16,7 @@ from edgekit.compiler.phases.check import Plan
 from edgekit.compiler.phases.outcomes import Outcomes
 from edgekit.compiler.phases.reference import Reference
 from edgekit.compiler.phases.select import Choice
-from edgekit.manifest import BackendInfo, Manifest, ProfileInfo, SelfTest, SourceInfo
+from edgekit.manifest import BackendInfo, Manifest, ProfileInfo, SelfTest, SourceInfo, artifact_digests
 
 __all__ = ["SELFTEST_FILE", "write", "write_selftest"]
 
@@ -44,6 +44,7 @@ def write(
     selftest = write_selftest(staged, reference, choice.budget.max_abs_error)
     manifest = _manifest(choice, plan, source, reference, outcomes, staged, key, selftest)
     manifest.compile_seconds = round(time.perf_counter() - started, 3)
+    manifest.digests = artifact_digests(staged)
     manifest.write(staged)
     final = plan.out / manifest.name
     install_dir(staged, final)
