@@ -155,7 +155,7 @@ class Fleet:
         client = MqttClient(SERVICE_IDENTITY, tls=tls, **FAST)
         self.clients.append(client)
         if connect_first:
-            await client.connect(self.broker.url)
+            await client.connect(self.broker.service_url)
         bridge = FleetMqttBridge(self.service, client, tick_s=tick_s)
         await bridge.start()
         self.bridges.append(bridge)

@@ -174,7 +174,7 @@ class Device:
             await self.relay.start()
             # the service's identity may read every device's topics; the device's own ACL (devices/<thing>/#) is what
             # lets a message through at all, so one that arrives was published under the device's identity
-            self.consumer = await connect(self.broker.url, SERVICE_IDENTITY, tls=self.tls.service, clean_start=True)
+            self.consumer = await connect(self.broker.service_url, SERVICE_IDENTITY, tls=self.tls.service, clean_start=True)
             await self.consumer.subscribe(f"devices/{THING}/#", 1, self._heard)
         self.runner = await run_device(
             THING,

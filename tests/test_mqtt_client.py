@@ -136,7 +136,7 @@ def test_device_connects_with_its_certificate(secure: MosquittoBroker, tls: TlsM
         assert secure.url.startswith("mqtts://127.0.0.1:")
         async with (
             await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as dev,
-            await connect(secure.url, "svc", tls=tls.service) as svc,
+            await connect(secure.service_url, "svc", tls=tls.service) as svc,
         ):
             await dev.subscribe(topics.notify("dev-a"))
             assert await svc.publish(topics.notify("dev-a"), b"job!") == SUCCESS
@@ -153,7 +153,7 @@ def test_device_a_cannot_read_device_b_topics(secure: MosquittoBroker, tls: TlsM
         async with (
             await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as a,
             await connect(secure.url, "dev-b", tls=tls.device("dev-b")) as b,
-            await connect(secure.url, "svc", tls=tls.service) as svc,
+            await connect(secure.service_url, "svc", tls=tls.service) as svc,
         ):
             # mosquitto grants the SUBSCRIBE (it checks the ACL at delivery) ...
             await a.subscribe(topics.notify("dev-b"))
@@ -171,7 +171,7 @@ def test_device_a_cannot_publish_to_device_b_topics(secure: MosquittoBroker, tls
         async with (
             await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as a,
             await connect(secure.url, "dev-b", tls=tls.device("dev-b")) as b,
-            await connect(secure.url, "svc", tls=tls.service) as svc,
+            await connect(secure.service_url, "svc", tls=tls.service) as svc,
         ):
             await svc.subscribe(topics.all_job_updates())
             await b.subscribe(topics.update("dev-b", "job-1"))
@@ -359,7 +359,7 @@ def test_backoff_is_exponential_capped_and_seeded() -> None:
 # --------------------------------------------------------------------------- many clients, one thread
 
 
-async def _fleet(url: str, count: int, tls: TlsMaterial | None, svc_tls: bool) -> tuple[float, float]:
+async def _fleet(url: str, count: int, tls: TlsMaterial | None, svc_tls: bool, svc_url: str | None = None) -> tuple[float, float]:
     threads_before = threading.active_count()
     names = [f"dev-{i:04d}" for i in range(count)]
     start = time.perf_counter()
@@ -370,7 +370,7 @@ async def _fleet(url: str, count: int, tls: TlsMaterial | None, svc_tls: bool) -
     try:
         assert threading.active_count() == threads_before  # no thread per client
         await asyncio.gather(*(d.subscribe(topics.notify(d.client_id), qos=1) for d in devices))
-        async with await connect(url, "svc", tls=tls.service if tls and svc_tls else None, clean_start=True) as svc:
+        async with await connect(svc_url or url, "svc", tls=tls.service if tls and svc_tls else None, clean_start=True) as svc:
             start = time.perf_counter()
             codes = await asyncio.gather(*(svc.publish(topics.notify(name), name.encode(), qos=1) for name in names))
             got = await asyncio.gather(*(d.get_message(timeout=10) for d in devices))
@@ -396,9 +396,40 @@ def test_1000_mtls_clients_in_one_thread(tmp_path: Path) -> None:
     material = TlsMaterial.create(tmp_path / "tls", [f"dev-{i:04d}" for i in range(1000)])
     with MosquittoBroker(tmp_path / "broker", tls=material, acl=True) as broker:
         start = time.perf_counter()
-        connect_s, fan_out_s = asyncio.run(_fleet(broker.url, 1000, material, True))
+        connect_s, fan_out_s = asyncio.run(_fleet(broker.url, 1000, material, True, broker.service_url))
         total = time.perf_counter() - start
     print(
         f"\n1000 mTLS clients: connect {connect_s:.3f} s, 1000 QoS 1 messages fanned out in {fan_out_s:.3f} s, total {total:.1f} s"
     )
     assert total < 60
+
+
+def test_a_device_cannot_take_over_another_devices_client_id(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    async def run() -> None:
+        victim = await connect(secure.url, "dev-a", tls=tls.device("dev-a"), clean_start=False, session_expiry=3600)
+        await victim.subscribe("devices/dev-a/cmd", qos=1)
+        # dev-b's certificate, dev-a's client id, a clean start that would wipe dev-a's session
+        impostor = await connect(secure.url, "dev-a", tls=tls.device("dev-b"), clean_start=True, auto_reconnect=False)
+        async with await connect(secure.service_url, "svc", tls=tls.service) as svc:
+            assert victim.connected  # not kicked off ...
+            assert await svc.publish("devices/dev-a/cmd", b"still yours", qos=1) == SUCCESS
+            assert (await victim.get_message(timeout=5)).payload == b"still yours"  # ... session and subscription intact
+            await _nothing_arrives(impostor)  # the impostor got its own identity's session, not dev-a's
+            assert await svc.publish("devices/dev-b/cmd", b"x", qos=1) == NO_MATCHING_SUBSCRIBERS
+        await impostor.disconnect()
+        await victim.disconnect()
+        log = (secure.folder / "mosquitto.log").read_text()
+        assert "as dev-b (p5, c1, k30, u'dev-b')" in log  # mosquitto renamed it after its certificate
+
+    asyncio.run(run())
+
+
+def test_no_device_reaches_the_service_listener(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    async def run() -> None:
+        async with await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as victim:
+            with pytest.raises(ConnectError):
+                await connect(secure.service_url, "dev-a", tls=tls.device("dev-b"), auto_reconnect=False)
+            await asyncio.sleep(0.2)
+            assert victim.connected
+
+    asyncio.run(run())

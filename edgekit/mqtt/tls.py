@@ -89,6 +89,40 @@ def _san(hosts: Iterable[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
+def _new_ca(name: str, days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed EC P-256 CA that signs certificates only (path length 0)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(_name(name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
 class TlsMaterial:
     """A CA with a broker certificate and per-identity client certificates in one folder.
 
@@ -118,39 +152,12 @@ class TlsMaterial:
         if ca_crt.is_file() and ca_key_path.is_file():
             material = cls.open(folder)
         else:
-            key = ec.generate_private_key(ec.SECP256R1())
-            now = _now()
-            ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-            cert = (
-                x509.CertificateBuilder()
-                .subject_name(_name("edgekit local CA"))
-                .issuer_name(_name("edgekit local CA"))
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(days=1))
-                .not_valid_after(now + dt.timedelta(days=days))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(
-                    x509.KeyUsage(
-                        digital_signature=True,
-                        content_commitment=False,
-                        key_encipherment=False,
-                        data_encipherment=False,
-                        key_agreement=False,
-                        key_cert_sign=True,
-                        crl_sign=True,
-                        encipher_only=False,
-                        decipher_only=False,
-                    ),
-                    critical=True,
-                )
-                .add_extension(ski, critical=False)
-                .sign(key, hashes.SHA256())
-            )
+            key, cert = _new_ca("edgekit local CA", days)
             _write_private(ca_key_path, _key_pem(key))
             _write_public(ca_crt, _cert_pem(cert))
             material = cls(folder, key, cert)
         material._ensure_server(list(hosts), days)
+        material._ensure_service_ca(days)
         material._ensure_client(SERVICE_IDENTITY, days)
         for thing in things:
             material.add_device(thing, days=days)
@@ -181,8 +188,13 @@ class TlsMaterial:
         return TlsFiles(self.ca_cert, self.folder / "server.crt", self.folder / "server.key")
 
     @property
+    def service_ca_cert(self) -> Path:
+        """The CA of the service identity alone: the broker's service listener trusts only certificates it signed."""
+        return self.folder / "service-ca.crt"
+
+    @property
     def service(self) -> TlsFiles:
-        """The fleet service's client files (CN ``edgekit-fleet-service``)."""
+        """The fleet service's client files (CN ``edgekit-fleet-service``, signed by the service CA)."""
         return self._client_files(SERVICE_IDENTITY)
 
     def device(self, thing: str) -> TlsFiles:
@@ -214,11 +226,27 @@ class TlsMaterial:
         clients = self.folder / "clients"
         return TlsFiles(self.ca_cert, clients / f"{name}.crt", clients / f"{name}.key")
 
-    def _still_good(self, path: Path, hosts: Sequence[str] | None = None) -> bool:
-        """True when ``path`` holds a certificate issued by this CA, valid for a while yet (and covering ``hosts``)."""
+    def _signer(self, cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """The CA that signs ``cn``'s certificate: the service CA for the service identity, else the main CA."""
+        if cn == SERVICE_IDENTITY:
+            key = serialization.load_pem_private_key((self.folder / "service-ca.key").read_bytes(), password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            return key, x509.load_pem_x509_certificate(self.service_ca_cert.read_bytes())
+        return self._ca_key, self._ca_cert
+
+    def _ensure_service_ca(self, days: int) -> None:
+        key_path = self.folder / "service-ca.key"
+        if key_path.is_file() and self.service_ca_cert.is_file():
+            return
+        key, cert = _new_ca("edgekit local service CA", days)
+        _write_private(key_path, _key_pem(key))
+        _write_public(self.service_ca_cert, _cert_pem(cert))
+
+    def _still_good(self, path: Path, hosts: Sequence[str] | None = None, cn: str = "") -> bool:
+        """True when ``path`` holds a certificate issued by its CA, valid for a while yet (and covering ``hosts``)."""
         try:
             cert = x509.load_pem_x509_certificate(path.read_bytes())
-            cert.verify_directly_issued_by(self._ca_cert)
+            cert.verify_directly_issued_by(self._signer(cn)[1])
         except (OSError, ValueError, TypeError, InvalidSignature):
             return False
         if cert.not_valid_after_utc - _now() < _RENEW_BEFORE:
@@ -233,16 +261,17 @@ class TlsMaterial:
         return True
 
     def _issue(self, cn: str, *, server_hosts: Sequence[str] | None, days: int) -> tuple[bytes, bytes]:
+        ca_key, ca_cert = self._signer(cn)
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
-            .issuer_name(self._ca_cert.subject)
+            .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(min(now + dt.timedelta(days=days), self._ca_cert.not_valid_after_utc))
+            .not_valid_after(min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -259,7 +288,7 @@ class TlsMaterial:
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca_key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         )
         if server_hosts is not None:
             builder = builder.add_extension(_san(server_hosts), critical=False).add_extension(
@@ -267,7 +296,7 @@ class TlsMaterial:
             )
         else:
             builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        cert = builder.sign(self._ca_key, hashes.SHA256())
+        cert = builder.sign(ca_key, hashes.SHA256())
         return _cert_pem(cert), _key_pem(key)
 
     def _ensure_server(self, hosts: list[str], days: int) -> None:
@@ -280,7 +309,7 @@ class TlsMaterial:
 
     def _ensure_client(self, name: str, days: int) -> TlsFiles:
         files = self._client_files(name)
-        if files.key.is_file() and self._still_good(files.cert):
+        if files.key.is_file() and self._still_good(files.cert, cn=name):
             return files
         cert, key = self._issue(name, server_hosts=None, days=days)
         _write_private(files.key, key)

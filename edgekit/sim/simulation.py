@@ -202,6 +202,13 @@ class Simulation:
         if self.tls:
             self.progress(f"certificates for {len(things)} device(s)")
             self.material = await asyncio.to_thread(TlsMaterial.create, self.folder.tls, [d.thing for d in things])
+        else:  # said every time, never silent: without certificates the broker can't tell devices apart
+            log.warning(
+                "fleet '%s' runs without mTLS (tls: false): devices are not authenticated, so any client may connect "
+                "under any device's id and read its topics; set tls: true in the fleet file for per-device identities",
+                self.fleet.name,
+            )
+            self.progress("no mTLS (tls: false): devices are not authenticated")
         self.broker = MosquittoBroker(self.folder.broker, tls=self.material, acl=self.tls)
         self.progress("starting mosquitto")
         await asyncio.to_thread(self.broker.start)
@@ -213,7 +220,7 @@ class Simulation:
         self._bridge_client = MqttClient(SERVICE_IDENTITY, tls=self.material.service if self.material else None)
         self.bridge = FleetMqttBridge(self.service, self._bridge_client, tick_s=self.tick_s)
         await self.bridge.start()
-        await self._bridge_client.connect(self.broker.url)
+        await self._bridge_client.connect(self.broker.service_url)
 
         host, port = "127.0.0.1", self.broker.port
         for device in things:
