@@ -21,6 +21,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "sklearn"),
     "skl2onnx": ("skl2onnx", "sklearn"),
     "joblib": ("joblib", "sklearn"),
+    "skops": ("skops", "sklearn"),
     "boto3": ("boto3", "aws"),
     "paho": ("paho-mqtt", "device"),
     "cryptography": ("cryptography", "fleet"),

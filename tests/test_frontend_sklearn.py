@@ -80,7 +80,7 @@ def dump(model: Any, path: Path) -> Path:
 
 def _check_classifier(model: Any, path: Path, out_dir: Path, x: np.ndarray) -> edgekit.runtime.LoadedModel:
     n, f = x.shape
-    result = compile_model(path, "x86_64", out_dir, pipeline=FAST, input_shapes={"input": [n, f]})
+    result = compile_model(path, "x86_64", out_dir, pipeline=FAST, input_shapes={"input": [n, f]}, trust_pickle=True)
     assert not result.cache_hit
     loaded = edgekit.load(result.artifact_dir)
     m = loaded.manifest
@@ -126,7 +126,7 @@ def test_string_labels_survive(iris: Data, tmp_path: Path, out_dir: Path) -> Non
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, names)
     path = dump(model, tmp_path / "named.joblib")
     xs = rows(x, y, 12)
-    result = compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes={"input": [12, 4]})
+    result = compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes={"input": [12, 4]}, trust_pickle=True)
     label, _ = edgekit.load(result.artifact_dir).predict(xs)
     assert label.tolist() == model.predict(xs).tolist()
 
@@ -144,7 +144,7 @@ def test_regressor_matches_predict(make: Callable[[], Any], tmp_path: Path, out_
     model = make().fit(x, y)
     path = dump(model, tmp_path / "reg.joblib")
     xs = rows(x, y, 25)
-    result = compile_model(path, "x86_64", out_dir, pipeline=FAST, input_shapes={"input": [25, 10]})
+    result = compile_model(path, "x86_64", out_dir, pipeline=FAST, input_shapes={"input": [25, 10]}, trust_pickle=True)
     loaded = edgekit.load(result.artifact_dir)
     assert loaded.manifest.source.format == "sklearn"
     assert loaded.manifest.measured is not None and "scikit-learn" in loaded.manifest.measured.accuracy.reference
@@ -171,7 +171,7 @@ def test_models_without_predict_proba(make: Callable[[], Any], check: str, iris:
     model = make().fit(x, y)
     path = dump(model, tmp_path / "m.joblib")
     xs = rows(x, y, 15)
-    result = compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes={"input": [15, 4]})
+    result = compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes={"input": [15, 4]}, trust_pickle=True)
     outs = edgekit.load(result.artifact_dir).predict(xs)
     assert all(isinstance(o, np.ndarray) and o.dtype != object for o in outs)
     if check == "decision_function":
@@ -197,7 +197,7 @@ def test_tvm_rejects_forest_before_compiling(
 
     monkeypatch.setattr(TvmBackend, "compile", must_not_compile)
     with pytest.raises(UnsupportedOperatorError) as exc:
-        compile_model(path, "x86_64", out_dir, pipeline=FAST, backend="tvm", input_shapes={"input": [1, 64]})
+        compile_model(path, "x86_64", out_dir, pipeline=FAST, backend="tvm", input_shapes={"input": [1, 64]}, trust_pickle=True)
 
     err = exc.value
     assert err.backend == "tvm"
@@ -215,7 +215,7 @@ def test_default_pipeline_still_compiles_forest(
 ) -> None:
     x, y = digits
     path = dump(forest, tmp_path / "forest.joblib")
-    result = compile_model(path, "x86_64", out_dir, input_shapes={"input": [1, 64]})  # the bundled default pipeline
+    result = compile_model(path, "x86_64", out_dir, input_shapes={"input": [1, 64]}, trust_pickle=True)  # the bundled default pipeline
     m = result.manifest
     assert m.backend.name == "onnxruntime"
     by_backend = {c.backend: c for c in m.candidates}
@@ -275,7 +275,7 @@ def test_unreadable_pickle(make: Callable[[Path, Data], None], iris: Data, tmp_p
     path = tmp_path / "model.joblib"
     make(path, iris)
     with pytest.raises(ModelLoadError) as exc:
-        compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY)
+        compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, trust_pickle=True)
     msg = str(exc.value)
     assert str(path) in msg and "not a readable scikit-learn pickle" in msg and "joblib.dump" in msg
     assert_no_artifact(out_dir)
@@ -294,7 +294,7 @@ def test_unreadable_pickle(make: Callable[[Path, Data], None], iris: Data, tmp_p
 def test_not_a_fitted_estimator(obj: Any, type_name: str, tmp_path: Path, out_dir: Path) -> None:
     path = dump(obj, tmp_path / "thing.pkl")
     with pytest.raises(ModelLoadError) as exc:
-        compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY)
+        compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, trust_pickle=True)
     msg = str(exc.value)
     assert str(path) in msg and type_name in msg and "not a fitted scikit-learn estimator" in msg
     assert_no_artifact(out_dir)
@@ -314,7 +314,7 @@ def test_wrong_input_shape(shapes: dict[str, list[int]], needle: str, iris: Data
     x, y = iris
     path = dump(LogisticRegression(max_iter=500).fit(x, y), tmp_path / "lr.joblib")
     with pytest.raises(InputShapeError) as exc:
-        compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes=shapes)
+        compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes=shapes, trust_pickle=True)
     assert needle in str(exc.value) and str(path) in str(exc.value)
     assert_no_artifact(out_dir)
 
@@ -323,6 +323,6 @@ def test_unconvertible_estimator(iris: Data, tmp_path: Path, out_dir: Path) -> N
     x, y = iris
     path = dump(LabelSpreading().fit(x, y), tmp_path / "spread.joblib")
     with pytest.raises(ModelConversionError) as exc:
-        compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY)
+        compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, trust_pickle=True)
     assert "LabelSpreading" in str(exc.value) and "skl2onnx" in str(exc.value)
     assert_no_artifact(out_dir)

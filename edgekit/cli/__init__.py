@@ -6,7 +6,9 @@ See docs/architecture.md (API first, CLI thin).
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 
 import typer
 
@@ -43,8 +45,14 @@ publish_cmd.register(app)
 fleet_cmd.register(app)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: every command cleans up what it started and wrote
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: every EdgekitError becomes one 'error:' line and its exit code."""
+    """Entry point: every EdgekitError becomes one 'error:' line and its exit code; SIGTERM is handled like Ctrl-C."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int) and rc:  # typer returns e.g. 130 for Ctrl-C instead of raising

@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     @app.command("compile")
     def compile_(
         model: str = typer.Argument(
-            ..., help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .joblib/.pkl"
+            ..., help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .skops (or .joblib/.pkl with --trust-pickle)"
         ),
         target: str = typer.Option(..., "--target", "-t", help="device profile name (see 'edgekit targets') or a profile .yaml"),
         output: Path = typer.Option(Path("build"), "--output", "-o", help="folder that receives <name>/ and <name>.tar.gz"),
@@ -30,6 +30,12 @@ def register(app: typer.Typer) -> None:
             min=0,
             help="add a TVM candidate tuned with MetaSchedule for N trials (minutes: ~1 s a trial here, plus ~25 s "
             "to start); the tuning database is kept and reused; 0 applies it without tuning",
+        ),
+        trust_pickle: bool = typer.Option(
+            False,
+            "--trust-pickle",
+            help="load a scikit-learn pickle (.joblib/.pkl): loading one runs any code it holds, so only for files you "
+            "trust; prefer .skops or ONNX",
         ),
     ) -> None:
         """Compile a model for a device profile; keep the fastest candidate within the accuracy budget."""
@@ -49,6 +55,7 @@ def register(app: typer.Typer) -> None:
                 use_cache=not no_cache,
                 progress=say,
                 tune=tune,
+                trust_pickle=trust_pickle,
             )
         console.print(candidates_table(result.manifest))
         console.print(manifest_table([result.manifest]))

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 import tarfile
 import tempfile
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Final
 
 from edgekit.atomic import install_dir
-from edgekit.errors import OutputError
+from edgekit.errors import InputShapeError, OutputError
+from edgekit.profiles import DeviceProfile
 
-__all__ = ["check_writable", "install_dir", "make_archive"]
+__all__ = ["WORK_PREFIX", "check_input_memory", "check_writable", "install_dir", "make_archive", "sweep_stale_work"]
+
+WORK_PREFIX: Final = ".edgekit-compile-"
+"""A compile's scratch folder in the output folder: ``.edgekit-compile-<pid>-<random>``."""
 
 
 def check_writable(directory: Path) -> None:
@@ -43,3 +51,39 @@ def make_archive(artifact_dir: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return archive
+
+
+def sweep_stale_work(out: Path) -> list[Path]:
+    """Remove scratch folders that compiles killed outright (``kill -9``, a power cut) left in ``out``."""
+    removed = []
+    for folder in out.glob(f"{WORK_PREFIX}*"):
+        pid_text = folder.name[len(WORK_PREFIX) :].split("-", 1)[0]
+        if not pid_text.isdigit() or Path(f"/proc/{pid_text}").exists():
+            continue  # another compile's, still running (or not ours to judge)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+_ITEMSIZE = {"float64": 8, "int64": 8, "uint64": 8, "float32": 4, "int32": 4, "uint32": 4, "float16": 2, "bfloat16": 2,
+             "int16": 2, "uint16": 2}  # fmt: skip
+
+
+def check_input_memory(
+    shapes: Mapping[str, Sequence[int]], profile: DeviceProfile, dtypes: Mapping[str, str] | None = None
+) -> None:
+    """Refuse inputs that could not fit in the device's memory (``memoryMb``) before anything is allocated.
+
+    Without ``dtypes`` each element counts as 1 byte: a lower bound, so no input that fits is ever refused.
+    """
+    budget = profile.memory_mb * 1024 * 1024
+    total = 0
+    for name, shape in shapes.items():
+        size = math.prod(max(int(d), 0) for d in shape) * _ITEMSIZE.get((dtypes or {}).get(name, ""), 1)
+        total += size
+        if size > budget or total > budget:
+            raise InputShapeError(
+                f"input '{name}' with shape {list(shape)} needs {size / 2**20:,.0f} MiB (inputs together "
+                f"{total / 2**20:,.0f} MiB), more than {profile.name}'s {profile.memory_mb} MiB of memory; "
+                "check --input-shape (or the model's own input shapes)"
+            )

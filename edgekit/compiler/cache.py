@@ -7,8 +7,10 @@ edgekit and the backends. A hit copies the cached artifact (and its archive) int
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -25,6 +27,8 @@ from edgekit.manifest import Manifest, read_manifest
 from edgekit.resources import cache_dir
 
 __all__ = ["ArtifactCache", "cache_key", "source_fingerprint"]
+
+log = logging.getLogger(__name__)
 
 
 def source_fingerprint(path: Path) -> str:
@@ -77,24 +81,37 @@ class ArtifactCache:
         path = self.archive_path(key)
         return path if path.is_file() else None
 
-    def put(self, key: str, artifact_dir: Path, archive: Path | None = None) -> None:
-        """Store an artifact (and its archive). The archive goes in first: an entry is complete once its folder exists."""
+    def put(self, key: str, artifact_dir: Path, archive: Path | None = None) -> bool:
+        """Store an artifact (and its archive); the archive goes in first: an entry is complete once its folder exists.
+
+        A cache that can't be written is not a failure: the artifact is already in place; this logs a warning and
+        returns False.
+        """
         final = self.path(key)
         if final.exists():
-            return
-        final.parent.mkdir(parents=True, exist_ok=True)
+            return True
         tmp = final.with_name(f".{key}.{uuid.uuid4().hex[:8]}")
         tmp_archive = final.with_name(f".{key}.{uuid.uuid4().hex[:8]}.tar.gz")
         try:
+            final.parent.mkdir(parents=True, exist_ok=True)
             if archive is not None:
                 shutil.copyfile(archive, tmp_archive)
                 tmp_archive.rename(self.archive_path(key))
             shutil.copytree(artifact_dir, tmp)
             tmp.rename(final)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)  # a cache that can't be written is not an error
+            return True
+        except OSError as exc:
+            log.warning(
+                "the compile cache %s can't be written (%s); the artifact is in place, but the next compile of this "
+                "model starts from scratch (set EDGEKIT_CACHE_DIR, or pass --no-cache)",
+                self.root,
+                exc.strerror or exc,
+            )
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
         finally:
-            tmp_archive.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp_archive.unlink(missing_ok=True)
 
     def install(self, key: str, out: Path) -> tuple[Path, Path, Manifest] | None:
         """Copy the entry ``key`` into ``out`` as ``<name>/`` and ``<name>.tar.gz``, each atomically: (dir, archive,

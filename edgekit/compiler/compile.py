@@ -5,12 +5,15 @@ The driver is a short script over the phases in :mod:`edgekit.compiler.phases`; 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit.compiler.artifact import WORK_PREFIX, check_input_memory, sweep_stale_work
 from edgekit.compiler.cache import ArtifactCache, source_fingerprint
 from edgekit.compiler.frontends import SourceModel, load_source
 from edgekit.compiler.phases import (
@@ -54,6 +57,7 @@ def compile_model(
     cache: ArtifactCache | None = None,
     progress: Progress | None = None,
     tune: int | None = None,
+    trust_pickle: bool = False,
 ) -> CompileResult:
     """Compile ``model`` for the device profile ``target`` and write the best artifact to ``output_dir``.
 
@@ -62,20 +66,31 @@ def compile_model(
     accuracy budget becomes ``<output_dir>/<name>/`` (plus ``<name>.tar.gz``), with a
     ``manifest.json`` recording what was measured. Nothing is left in ``output_dir``
     when compiling fails. ``tune=N`` adds a TVM candidate tuned with MetaSchedule for
-    ``N`` trials (see :meth:`Pipeline.with_tuning`).
+    ``N`` trials (see :meth:`Pipeline.with_tuning`). A pickled scikit-learn model is loaded only with
+    ``trust_pickle`` (loading a pickle runs its code); ``.skops`` files need it only for types skops doesn't trust.
     """
     say = progress or no_progress
     started = time.perf_counter()
+    made_out = not Path(output_dir).exists()  # a failed compile removes the output folder it made
     plan = check(model, target, output_dir, pipeline=pipeline, backend=backend, input_shapes=input_shapes, name=name, tune=tune)
     store = (cache or ArtifactCache()) if use_cache else None
     path = Path(str(model))
     key = plan.cache_key(source_fingerprint(path)) if path.is_file() else None
     if key is not None and (hit := _from_cache(store, key, plan, say, started)):
         return hit
-    work = Path(tempfile.mkdtemp(prefix=".edgekit-compile-", dir=plan.out))
+    try:
+        check_input_memory(plan.shapes, plan.profile)  # before anything is allocated: 1 byte an element at least
+    except BaseException:
+        if made_out:
+            with contextlib.suppress(OSError):
+                plan.out.rmdir()
+        raise
+    sweep_stale_work(plan.out)
+    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=plan.out))
     try:
         say(f"loading {plan.format} model {model}")
-        source = load_source(model, work / "source", plan.shapes)
+        source = load_source(model, work / "source", plan.shapes, trust_pickle=trust_pickle)
+        check_input_memory({i.name: i.shape for i in source.inputs}, plan.profile, {i.name: i.dtype for i in source.inputs})
         if key is None:  # a factory: the exported graph is the content
             key = plan.cache_key(source.sha256)
             if hit := _from_cache(store, key, plan, say, started):
@@ -87,6 +102,9 @@ def compile_model(
         return CompileResult(final, archive, manifest, False, time.perf_counter() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if made_out:
+            with contextlib.suppress(OSError):  # only when empty: a failure leaves nothing behind
+                plan.out.rmdir()
 
 
 def _compile(plan: Plan, source: SourceModel, work: Path, key: str, say: Progress, started: float) -> tuple[Path, Path, Manifest]:

@@ -14,12 +14,14 @@ def load_source(
     model: str | Path,
     workdir: Path,
     input_shapes: dict[str, list[int]] | None = None,
+    *,
+    trust_pickle: bool = False,
 ) -> SourceModel:
     """Read ``model`` and convert it to ONNX in ``workdir``.
 
     ``model`` is an ``.onnx`` file, a TorchScript file (``.pt``/``.pth``/``.ts``), a
     ``package.module:factory`` spec returning an ``nn.Module``, or a scikit-learn
-    pickle (``.joblib``/``.pkl``).
+    pickle (``.joblib``/``.pkl``: only with ``trust_pickle``, loading one runs its code) or ``.skops`` file.
     """
     fmt = source_format(model)
     if fmt == "onnx":
@@ -33,5 +35,5 @@ def load_source(
     if fmt == "sklearn":
         from edgekit.compiler.frontends.sklearn import load_sklearn
 
-        return load_sklearn(Path(model), workdir, input_shapes)
+        return load_sklearn(Path(model), workdir, input_shapes, trust_pickle)
     raise ModelLoadError(f"'{model}': unknown model format")  # pragma: no cover - source_format raises first

@@ -35,6 +35,7 @@ _SUFFIXES: dict[str, Format] = {
     ".torchscript": "torch",
     ".joblib": "sklearn",
     ".pkl": "sklearn",
+    ".skops": "sklearn",
     ".pickle": "sklearn",
 }
 
@@ -76,7 +77,7 @@ def source_format(model: str | Path) -> Format:
         return _SUFFIXES[suffix]
     raise ModelLoadError(
         f"'{text}': cannot tell the model format from the suffix '{suffix}'; use .onnx, a TorchScript "
-        f".pt/.pth, a 'package.module:factory' spec, or a scikit-learn .joblib/.pkl"
+        f".pt/.pth, a 'package.module:factory' spec, or a scikit-learn .skops/.joblib/.pkl"
     )
 
 

@@ -12,18 +12,25 @@ from edgekit.compiler.frontends.base import SourceModel
 from edgekit.compiler.frontends.onnx import finish_onnx
 from edgekit.deps import require
 from edgekit.digests import file_sha256
-from edgekit.errors import InputShapeError, ModelConversionError, ModelLoadError
+from edgekit.errors import InputShapeError, ModelConversionError, ModelLoadError, last_line
 
 __all__ = ["load_sklearn"]
 
 INPUT_NAME = "input"
 
 
-def _load(path: Path) -> Any:
+def _load(path: Path, trust_pickle: bool) -> Any:
     if not path.is_file():
         raise ModelLoadError(f"model file '{path}' does not exist")
-    joblib = require("joblib", "loading a scikit-learn model")
     require("sklearn", "loading a scikit-learn model")
+    if path.suffix == ".skops":
+        return _load_skops(path, trust_pickle)
+    if not trust_pickle:
+        raise ModelLoadError(
+            f"'{path}' is a pickle: loading it runs whatever code it holds; pass --trust-pickle (trust_pickle=True) "
+            "if you made it or trust who did, or save the model with skops (skops.io.dump(model, 'model.skops')) or as ONNX"
+        )
+    joblib = require("joblib", "loading a scikit-learn model")
     try:
         return joblib.load(path)
     except Exception as exc:  # a corrupt pickle raises almost anything: struct.error, zlib.error, TypeError, ...
@@ -33,8 +40,27 @@ def _load(path: Path) -> Any:
         ) from exc
 
 
-def load_sklearn(path: Path, workdir: Path, input_shapes: dict[str, list[int]] | None) -> SourceModel:
-    estimator = _load(path)
+def _load_skops(path: Path, trust_pickle: bool) -> Any:
+    """A ``.skops`` file: only scikit-learn's and numpy's own types are loaded unless the user trusts the rest."""
+    sio = require("skops.io", "loading a .skops model")
+    try:
+        untrusted = [str(t) for t in sio.get_untrusted_types(file=path)]
+        if untrusted and not trust_pickle:
+            raise ModelLoadError(
+                f"'{path}' holds types skops does not trust by default: {', '.join(untrusted[:5])}; "
+                "pass --trust-pickle (trust_pickle=True) if you trust them"
+            )
+        return sio.load(path, trusted=untrusted)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # a damaged file raises almost anything: zipfile.BadZipFile, KeyError, TypeError, ...
+        raise ModelLoadError(f"'{path}' is not a readable .skops model ({type(exc).__name__}: {last_line(exc)})") from None
+
+
+def load_sklearn(
+    path: Path, workdir: Path, input_shapes: dict[str, list[int]] | None, trust_pickle: bool = False
+) -> SourceModel:
+    estimator = _load(path, trust_pickle)
     skl2onnx = require("skl2onnx", "converting a scikit-learn model")
     sklearn = require("sklearn", "converting a scikit-learn model")
     from skl2onnx.common.data_types import FloatTensorType

@@ -19,7 +19,7 @@ from edgekit.compiler.frontends.base import SourceModel
 from edgekit.compiler.frontends.onnx import finish_onnx
 from edgekit.deps import require
 from edgekit.digests import file_sha256
-from edgekit.errors import InputShapeError, ModelConversionError, ModelLoadError
+from edgekit.errors import InputShapeError, ModelConversionError, ModelLoadError, last_line
 
 __all__ = ["OPSET", "load_torch"]
 
@@ -52,8 +52,11 @@ def _load_module(spec: str) -> tuple[Any, str, str, int]:
     try:
         mod = importlib.import_module(mod_name)
         factory = getattr(mod, attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"cannot import the model factory '{spec}': {exc}") from exc
+    except Exception as exc:  # importing runs the user's module: it may raise anything
+        raise ModelLoadError(
+            f"cannot import the model factory '{spec}': {type(exc).__name__}: {last_line(exc)}; fix the module, or check "
+            "that it imports without side effects"
+        ) from exc
     try:
         module = factory() if callable(factory) and not isinstance(factory, torch.nn.Module) else factory
     except Exception as exc:

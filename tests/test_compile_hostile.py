@@ -1,0 +1,150 @@
+"""Compiling with bad or hostile input: pickles need trust, factories that raise, absurd shapes, unwritable caches,
+failed and interrupted compiles leave nothing behind."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+import skops.io as sio
+from sklearn.linear_model import LogisticRegression
+
+import edgekit
+from edgekit.compiler.artifact import WORK_PREFIX
+from edgekit.compiler.cache import ArtifactCache
+from edgekit.compiler.pipeline import Pipeline
+from edgekit.errors import InputShapeError, ModelLoadError
+
+ORT_ONLY = Pipeline.model_validate({"name": "ort", "candidates": [{"name": "ort", "backend": "onnxruntime"}],
+                                    "measure": {"samples": 2, "warmup": 1, "repeat": 3}})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def logreg() -> LogisticRegression:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 4)).astype(np.float32)
+    return LogisticRegression(max_iter=300).fit(x, (x[:, 0] > 0).astype(int))
+
+
+class Evil:  # a pickle payload that would run code when loaded
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch pwned",))
+
+
+def test_a_pickle_is_loaded_only_when_trusted(
+    logreg: LogisticRegression, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.joblib"
+    joblib.dump(Evil(), evil)
+    with pytest.raises(ModelLoadError, match=r"is a pickle: loading it runs whatever code it holds; pass --trust-pickle"):
+        edgekit.compile(evil, "x86_64", tmp_path / "out", pipeline=ORT_ONLY, input_shapes={"input": [1, 4]})
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
+    good = tmp_path / "good.joblib"
+    joblib.dump(logreg, good)
+    result = edgekit.compile(
+        good, "x86_64", tmp_path / "out", pipeline=ORT_ONLY, input_shapes={"input": [1, 4]}, trust_pickle=True
+    )
+    assert result.manifest.source.format == "sklearn"
+
+
+def test_skops_files_need_no_trust_for_sklearn_types(logreg: LogisticRegression, tmp_path: Path) -> None:
+    path = tmp_path / "model.skops"
+    sio.dump(logreg, path)
+    result = edgekit.compile(path, "x86_64", tmp_path / "out", pipeline=ORT_ONLY, input_shapes={"input": [1, 4]})
+    x = np.ones((1, 4), np.float32)
+    assert int(np.argmax(edgekit.load(result.artifact_dir).predict({"input": x})[-1])) == int(logreg.predict(x)[0])
+    (tmp_path / "bad.skops").write_bytes(b"not a zip")
+    with pytest.raises(ModelLoadError, match=r"bad.skops' is not a readable .skops model"):
+        edgekit.compile(tmp_path / "bad.skops", "x86_64", tmp_path / "out2", pipeline=ORT_ONLY, input_shapes={"input": [1, 4]})
+
+
+def test_a_factory_module_that_raises_at_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "badmodels.py").write_text("raise RuntimeError('no GPU found, giving up')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        ModelLoadError, match=r"cannot import the model factory 'badmodels:make': RuntimeError: no GPU found"
+    ) as exc:
+        edgekit.compile("badmodels:make", "x86_64", tmp_path / "out", input_shapes={"input": [1, 4]})
+    assert "\n" not in str(exc.value) and not (tmp_path / "out").exists()
+
+
+def test_absurd_input_shapes_are_refused_before_anything_is_allocated(mlp_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(
+        InputShapeError, match=r"input 'input' with shape \[100000, 100000, 1000\] needs .* more than rasp4b's 4096 MiB"
+    ):
+        edgekit.compile(mlp_onnx, "rasp4b", out, input_shapes={"input": [100_000, 100_000, 1000]})
+    assert not out.exists()  # a failed compile leaves no empty output folder
+
+
+def test_an_unwritable_cache_is_a_warning(mlp_onnx: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")  # mkdir fails even as root
+    with caplog.at_level(logging.WARNING, logger="edgekit.compiler.cache"):
+        result = edgekit.compile(
+            mlp_onnx, "x86_64", tmp_path / "out", pipeline=ORT_ONLY, cache=ArtifactCache(blocked / "artifacts")
+        )
+    assert result.artifact_dir.is_dir() and edgekit.load(result.artifact_dir).selftest().passed
+    assert "the compile cache" in caplog.text and "can't be written" in caplog.text
+
+
+def test_scratch_folders_of_killed_compiles_are_swept(mlp_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    stale = out / f"{WORK_PREFIX}{dead.stdout.strip()}-abc"
+    (stale / "source").mkdir(parents=True)
+    mine = out / f"{WORK_PREFIX}{os.getpid()}-live"  # a compile still running in this process: kept
+    mine.mkdir()
+    edgekit.compile(mlp_onnx, "x86_64", out, pipeline=ORT_ONLY)
+    assert not stale.exists() and mine.exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_an_interrupted_compile_leaves_nothing(tmp_path: Path, sig: signal.Signals) -> None:
+    (tmp_path / "slowmodels.py").write_text(
+        textwrap.dedent("""
+        import time, torch
+        class Net(torch.nn.Module):
+            def forward(self, x):
+                return torch.relu(x)
+        def make():
+            time.sleep(60)  # the compile is interrupted while loading the model
+            return Net()
+    """)
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    argv = [
+        sys.executable,
+        "-m",
+        "edgekit",
+        "compile",
+        "slowmodels:make",
+        "-t",
+        "x86_64",
+        "-o",
+        str(out),
+        "-s",
+        "x:1,4",
+        "--no-cache",
+    ]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120  # only catches a hang
+    while not list(out.glob(f"{WORK_PREFIX}*")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the compile never started"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not out.exists(), list(out.rglob("*"))
