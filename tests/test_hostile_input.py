@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgekit.compiler.pipeline import load_pipeline
 from edgekit.errors import ArtifactError, ConfigError, DeploymentError, EdgekitError, RecipeError
 from edgekit.fleets import load_fleet
 from edgekit.greengrass.deployment import load_spec
@@ -152,6 +153,7 @@ def test_fleet_files_profiles_specs_and_manifests_take_any_bytes(tmp_path_factor
         (folder / "fleet.yaml", load_fleet, ConfigError),
         (folder / "board.yaml", load_profile, ConfigError),
         (folder / "spec.yaml", load_spec, DeploymentError),
+        (folder / "pipeline.yaml", load_pipeline, ConfigError),
         (folder, read_manifest, ArtifactError),
     ]:
         if path.suffix:
@@ -168,7 +170,7 @@ def test_fleet_files_profiles_specs_and_manifests_take_any_bytes(tmp_path_factor
 )
 def test_named_attacks_on_user_files(tmp_path: Path, text: str) -> None:
     for name, read, kind in [("fleet.yaml", load_fleet, ConfigError), ("board.yaml", load_profile, ConfigError),
-                             ("spec.yaml", load_spec, DeploymentError)]:  # fmt: skip
+                             ("spec.yaml", load_spec, DeploymentError), ("pipeline.yaml", load_pipeline, ConfigError)]:  # fmt: skip
         path = tmp_path / name
         path.write_bytes(text.encode("utf-8", "surrogateescape") if text.isascii() else text.encode("latin-1"))
         with pytest.raises(kind) as exc:

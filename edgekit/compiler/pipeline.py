@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import ConfigError, first_problem
+from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
 from edgekit.resources import bundled_dir
 
 __all__ = ["AccuracyBudget", "CandidateSpec", "MeasureSpec", "Pipeline", "load_pipeline"]
@@ -83,9 +83,11 @@ def load_pipeline(name_or_path: str | Path = "default") -> Pipeline:
         known = ", ".join(sorted(p.stem for p in bundled_dir("compiler").glob("*.yaml")))
         raise ConfigError(f"pipeline '{text}' not found; bundled pipelines: {known}, or pass a .yaml path")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = loads_yaml(path.read_bytes(), max_bytes=MAX_FILE_BYTES)
         return Pipeline.model_validate(data)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the pipeline: {exc.strerror or exc}") from exc
+    except ParseError as exc:
+        raise ConfigError(f"{path}: the pipeline {exc}") from None
     except ValidationError as exc:
         raise ConfigError(f"{path}: {first_problem(exc)}") from exc
