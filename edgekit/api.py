@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from edgekit.compiler import CompileResult
     from edgekit.fleet.deploy import LocalDeployment
     from edgekit.greengrass.build import PublishResult
@@ -20,20 +22,47 @@ if TYPE_CHECKING:
     from edgekit.greengrass.package import PackageResult
     from edgekit.profiles import DeviceProfile
     from edgekit.progress import Progress
-    from edgekit.runtime import LoadedModel
+    from edgekit.runtime import LoadedModel, RunResult
     from edgekit.sim.run import SimulationRun
     from edgekit.sim.simulation import SimulationStatus
 
-__all__ = ["compile", "deploy", "load", "package", "publish", "simulate", "targets"]
+__all__ = ["compile", "deploy", "load", "package", "publish", "run", "simulate", "targets"]
 
 DEFAULT_BUILD = Path("greengrass-build")
 
 
-def compile(model: Any, target: Any, output_dir: Any = "build", **kwargs: Any) -> CompileResult:
-    """Compile ``model`` for a device profile; see :func:`edgekit.compiler.compile_model`."""
+def compile(model: Any, target: Any, output_dir: Any = "build", *, force: bool = False, **kwargs: Any) -> CompileResult:
+    """Compile ``model`` for a device profile; see :func:`edgekit.compiler.compile_model`.
+
+    An artifact already in ``output_dir`` under the same name but built from another source file (``model.pt`` over
+    ``model.onnx``'s) is refused unless ``force``."""
     from edgekit.compiler import compile_model
 
+    if not force:
+        _check_overwrite(model, target, Path(output_dir), kwargs.get("name"))
     return compile_model(model, target, output_dir, **kwargs)
+
+
+def _check_overwrite(model: Any, target: Any, output_dir: Path, name: str | None) -> None:
+    from edgekit.errors import ArtifactError, OutputError
+    from edgekit.manifest import read_manifest
+    from edgekit.profiles import load_profile
+
+    source = Path(str(model))
+    if not source.is_file():
+        return  # a factory ('pkg.module:fn') or a missing file: the compiler says what is wrong
+    artifact = output_dir / (name or f"{source.stem}-{load_profile(target).name}")
+    if not (artifact / "manifest.json").is_file():
+        return
+    try:
+        old = read_manifest(artifact).source.path
+    except ArtifactError:
+        return  # unreadable: recompiling replaces it, as before
+    if Path(old).name != source.name:
+        raise OutputError(
+            f"{artifact} was built from '{old}', not '{model}'; give another --name (or -o), "
+            f"or pass --force to replace it"
+        )
 
 
 def load(artifact_dir: Any, threads: int = 0) -> LoadedModel:
@@ -41,6 +70,30 @@ def load(artifact_dir: Any, threads: int = 0) -> LoadedModel:
     from edgekit.runtime import load as _load
 
     return _load(artifact_dir, threads)
+
+
+def run(
+    artifact_dir: str | Path,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    *,
+    random: bool = False,
+    repeat: int = 1,
+    threads: int = 0,
+) -> RunResult:
+    """Load an artifact and run it ``repeat`` times on ``inputs`` (or, with ``random``, on random inputs of the
+    manifest's shapes): the outputs by name and each run's time (tvmc's ``--repeat``/``--print-time``)."""
+    from edgekit.errors import InferenceError
+    from edgekit.runtime import RunResult
+    from edgekit.runtime import load as _load
+    from edgekit.runtime.inputs import random_inputs, time_runs
+
+    model = _load(artifact_dir, threads)
+    if inputs is None:
+        if not random:
+            raise InferenceError("give --input FILE (.npy, .npz or .json; NAME=FILE per input), or --random")
+        inputs = random_inputs(model.manifest.inputs)
+    outs, timing = time_runs(model.predict, dict(inputs), repeat)
+    return RunResult(model, dict(zip(model.outputs, outs, strict=True)), timing)
 
 
 def targets() -> list[DeviceProfile]:
