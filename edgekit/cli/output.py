@@ -24,13 +24,13 @@ from edgekit.progress import Progress
 __all__ = [
     "MODE",
     "apply_conventions",
+    "candidate_rows",
+    "candidates_table",
     "console",
     "emit",
     "err_console",
     "json_output",
     "jsonable",
-    "candidate_rows",
-    "candidates_table",
     "manifest_rows",
     "manifest_table",
     "note",
@@ -131,7 +131,9 @@ def candidate_rows(manifest: Manifest) -> list[dict[str, Any]]:
 def candidates_table(manifest: Manifest) -> Table:
     columns = {"candidate": "candidate", "backend": "backend", "status": "status", "medianMs": "median ms",
                "maxAbsError": "max err", "reason": "why"}  # fmt: skip
-    return rows_table(f"candidates for {manifest.name}", candidate_rows(manifest), columns, {"medianMs": _ms, "maxAbsError": _err})
+    return rows_table(
+        f"candidates for {manifest.name}", candidate_rows(manifest), columns, {"medianMs": _ms, "maxAbsError": _err}
+    )
 
 
 # --------------------------------------------------------------------------- conventions every command shares

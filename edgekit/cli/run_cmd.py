@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from rich.console import RenderableType
+from rich.text import Text
 
 from edgekit.cli.output import emit, json_output, note, rows_table
 
@@ -35,9 +37,9 @@ def register(app: typer.Typer) -> None:
         if output is not None:
             np.savez(output, **result.outputs)  # type: ignore[arg-type]
             note(f"saved {output}")
-        shown: list[object] = []
+        shown: list[RenderableType] = []
         for name, arr in result.outputs.items():
-            shown += [f"[bold]{name}[/] {arr.dtype}{list(arr.shape)}", np.array2string(arr, threshold=40, precision=5)]
+            shown += [f"[bold]{name}[/] {arr.dtype}{list(arr.shape)}", Text(np.array2string(arr, threshold=40, precision=5))]
         facts: dict[str, object] = {
             "artifact": artifact,
             "outputs": {n: {"dtype": str(a.dtype), "shape": list(a.shape), "data": a} for n, a in result.outputs.items()},

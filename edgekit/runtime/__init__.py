@@ -6,8 +6,8 @@ See docs/compile.md (the runtime a device needs).
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -78,8 +78,7 @@ def _json_inputs(path: Path, name: str, names: list[str], dtypes: Mapping[str, s
         raise ValueError("expected an object of arrays by input name, a nested list, or {'inputs': [...]}")
     if isinstance(data.get("inputs"), list):  # an Open Inference Protocol (KServe v2) request body
         return {
-            str(t["name"]): np.asarray(t["data"], dtype=dtypes.get(str(t["name"]))).reshape(t["shape"])
-            for t in data["inputs"]
+            str(t["name"]): np.asarray(t["data"], dtype=dtypes.get(str(t["name"]))).reshape(t["shape"]) for t in data["inputs"]
         }
     return {str(k): np.asarray(v, dtype=dtypes.get(str(k))) for k, v in data.items()}
 
@@ -102,7 +101,9 @@ class Timing:
         }
 
 
-def time_runs(predict: Callable[[dict[str, np.ndarray]], list[np.ndarray]], feeds: dict[str, np.ndarray], repeat: int) -> tuple[list[np.ndarray], Timing]:
+def time_runs(
+    predict: Callable[[dict[str, np.ndarray]], list[np.ndarray]], feeds: dict[str, np.ndarray], repeat: int
+) -> tuple[list[np.ndarray], Timing]:
     """Run ``predict`` ``repeat`` times; the outputs of the last run and every run's time."""
     if repeat < 1:
         raise InferenceError(f"--repeat {repeat}: run at least once")
