@@ -106,3 +106,49 @@ def test_verify_of_a_host_artifact_hint(tmp_path: Path, capsys: pytest.CaptureFi
 def _save(path: Path, seed: int = 0) -> bool:
     onnx.save(make_mlp(seed=seed), str(path))
     return True
+
+
+def test_fleet_logs_prints_and_follows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`edgekit fleet logs THING [COMPONENT] [--follow]` over a device folder's logs (what its lifecycle steps wrote)."""
+    import subprocess
+    import sys
+    import time
+
+    from edgekit.fleet.state import FleetState
+
+    state = tmp_path / "fleet"
+    FleetState(state / "fleet.db").close()
+    logs = state / "devices" / "gw-01" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "com.example.A.log").write_text("a1\na2\na3\n")
+    (logs / "com.example.B.log").write_text("b1\n")
+    assert main(["fleet", "logs", "gw-01", "--state", str(state)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "com.example.A: a1",
+        "com.example.A: a2",
+        "com.example.A: a3",
+        "com.example.B: b1",
+    ]
+    assert main(["fleet", "logs", "gw-01", "com.example.A", "-n", "1", "--state", str(state)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["a3"]
+    assert main(["fleet", "logs", "gw-01", "com.example.C", "--state", str(state)]) == EXIT_CODES[ConfigError]
+    assert "logs: com.example.A, com.example.B" in capsys.readouterr().err
+
+    exe = Path(sys.executable).with_name("edgekit")
+    proc = subprocess.Popen(
+        [str(exe), "fleet", "logs", "gw-01", "com.example.B", "--follow", "--state", str(state)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "b1\n"
+        time.sleep(0.3)
+        with (logs / "com.example.B.log").open("a") as f:
+            f.write("b2 written later\n")
+        assert proc.stdout.readline() == "b2 written later\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
