@@ -8,32 +8,74 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from edgekit.compiler import CompileResult
     from edgekit.fleet.deploy import LocalDeployment
+    from edgekit.fleet.logs import LogLine
     from edgekit.greengrass.build import PublishResult
-    from edgekit.greengrass.deployment import DeploymentResult, DeploymentSpec
+    from edgekit.greengrass.deployment import DeploymentListing, DeploymentResult, DeploymentSpec
     from edgekit.greengrass.package import PackageResult
     from edgekit.profiles import DeviceProfile
     from edgekit.progress import Progress
-    from edgekit.runtime import LoadedModel
+    from edgekit.runtime import LoadedModel, RunResult
     from edgekit.sim.run import SimulationRun
     from edgekit.sim.simulation import SimulationStatus
 
-__all__ = ["compile", "deploy", "load", "package", "publish", "simulate", "targets"]
+__all__ = [
+    "cancel_deployment",
+    "compile",
+    "deploy",
+    "deployments",
+    "load",
+    "logs",
+    "package",
+    "publish",
+    "published_versions",
+    "run",
+    "simulate",
+    "targets",
+]
 
 DEFAULT_BUILD = Path("greengrass-build")
 
 
-def compile(model: Any, target: Any, output_dir: Any = "build", **kwargs: Any) -> CompileResult:
-    """Compile ``model`` for a device profile; see :func:`edgekit.compiler.compile_model`."""
+def compile(model: Any, target: Any, output_dir: Any = "build", *, force: bool = False, **kwargs: Any) -> CompileResult:
+    """Compile ``model`` for a device profile; see :func:`edgekit.compiler.compile_model`.
+
+    An artifact already in ``output_dir`` under the same name but built from another source file (``model.pt`` over
+    ``model.onnx``'s) is refused unless ``force``."""
     from edgekit.compiler import compile_model
 
+    if not force:
+        _check_overwrite(model, target, Path(output_dir), kwargs.get("name"))
     return compile_model(model, target, output_dir, **kwargs)
+
+
+def _check_overwrite(model: Any, target: Any, output_dir: Path, name: str | None) -> None:
+    from edgekit.errors import ArtifactError, OutputError
+    from edgekit.manifest import read_manifest
+    from edgekit.profiles import load_profile
+
+    source = Path(str(model))
+    if not source.is_file():
+        return  # a factory ('pkg.module:fn') or a missing file: the compiler says what is wrong
+    artifact = output_dir / (name or f"{source.stem}-{load_profile(target).name}")
+    if not (artifact / "manifest.json").is_file():
+        return
+    try:
+        old = read_manifest(artifact).source.path
+    except ArtifactError:
+        return  # unreadable: recompiling replaces it, as before
+    if Path(old).name != source.name:
+        raise OutputError(
+            f"{artifact} was built from '{old}', not '{model}'; give another --name (or -o), or pass --force to replace it"
+        )
 
 
 def load(artifact_dir: Any, threads: int = 0) -> LoadedModel:
@@ -41,6 +83,30 @@ def load(artifact_dir: Any, threads: int = 0) -> LoadedModel:
     from edgekit.runtime import load as _load
 
     return _load(artifact_dir, threads)
+
+
+def run(
+    artifact_dir: str | Path,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    *,
+    random: bool = False,
+    repeat: int = 1,
+    threads: int = 0,
+) -> RunResult:
+    """Load an artifact and run it ``repeat`` times on ``inputs`` (or, with ``random``, on random inputs of the
+    manifest's shapes): the outputs by name and each run's time (tvmc's ``--repeat``/``--print-time``)."""
+    from edgekit.errors import InferenceError
+    from edgekit.runtime import RunResult
+    from edgekit.runtime import load as _load
+    from edgekit.runtime.inputs import random_inputs, time_runs
+
+    model = _load(artifact_dir, threads)
+    if inputs is None:
+        if not random:
+            raise InferenceError("give --input FILE (.npy, .npz or .json; NAME=FILE per input), or --random")
+        inputs = random_inputs(model.manifest.inputs)
+    outs, timing = time_runs(model.predict, dict(inputs), repeat)
+    return RunResult(model, dict(zip(model.outputs, outs, strict=True)), timing)
 
 
 def targets() -> list[DeviceProfile]:
@@ -57,12 +123,61 @@ def package(
     version: str = "NEXT_PATCH",
     output: str | Path = DEFAULT_BUILD,
     publisher: str = "edgekit",
+    state_dir: str | Path | None = None,
+    aws: bool = False,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
     progress: Progress | None = None,
 ) -> PackageResult:
-    """Turn compiled artifacts (one per platform) into runtime, model and inference Greengrass v2 components."""
+    """Turn compiled artifacts (one per platform) into runtime, model and inference Greengrass v2 components.
+
+    ``NEXT_PATCH`` bumps the highest version of ``name`` packaged in ``output`` or published in the local fleet
+    (``state_dir``, default ``./.edgekit/fleet``, when it exists) and, with ``aws``, in Greengrass v2 (``region`` from
+    the argument or the standard AWS chain)."""
     from edgekit.greengrass.package import package as _package
 
-    return _package(artifacts, name=name, version=version, output=output, publisher=publisher, progress=progress)
+    known: list[str] = []
+    if version == "NEXT_PATCH":
+        known = published_versions([name, f"{name}.Inference"], state_dir=state_dir, aws=aws, region=region,
+                                   profile=profile, endpoint_url=endpoint_url)  # fmt: skip
+    return _package(
+        artifacts, name=name, version=version, output=output, publisher=publisher, known_versions=known, progress=progress
+    )
+
+
+def published_versions(
+    names: Sequence[str],
+    *,
+    state_dir: str | Path | None = None,
+    aws: bool = False,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+) -> list[str]:
+    """Every version of ``names`` published in the local fleet (``state_dir``, when one exists there) and, with
+    ``aws``, in AWS IoT Greengrass v2."""
+    from edgekit.fleet.folder import FleetFolder
+
+    versions: list[str] = []
+    folder = FleetFolder.at(state_dir)
+    if folder.exists():
+        state = folder.open_state()
+        try:
+            for n in names:
+                versions += state.component_versions(n)
+        finally:
+            state.close()
+    if aws:
+        from edgekit.greengrass.aws import AwsSession, GreengrassComponents
+
+        session = AwsSession(region=region, profile=profile, endpoint_url=endpoint_url)
+        gg = GreengrassComponents(
+            session.greengrass(), region=session.region, account=session.account_id(), partition=session.partition()
+        )
+        for n in names:
+            versions += gg.list_versions(n)
+    return versions
 
 
 def publish(
@@ -93,9 +208,13 @@ def publish(
             raise PublishError("--dry-run is for AWS; a local publish checks everything before it writes anything")
         folder = FleetFolder.at(state_dir)
         return PublishResult(f"local fleet {folder.root}", tuple(publish_to_folder(build, folder, progress)))
-    if not bucket or not region:
-        raise PublishError("publishing to AWS needs a bucket and a region (or publish to the local fleet)")
-    from edgekit.greengrass.aws import PublishEvent
+    from edgekit.greengrass.aws import NO_REGION, PublishEvent, resolve_region
+
+    if not bucket:
+        raise PublishError("publishing to AWS needs a bucket: pass --bucket (or publish with --local)")
+    region = resolve_region(region, profile)
+    if not region:
+        raise PublishError(NO_REGION)
     from edgekit.greengrass.aws import publish as _publish
 
     def show(event: PublishEvent) -> None:
@@ -127,13 +246,20 @@ def deploy(
     endpoint_url: str | None = None,
     account: str | None = None,
     dry_run: bool = False,
+    recipe_dir: str | Path | None = None,
+    artifact_dir: str | Path | None = None,
+    cumulative: bool = False,
+    remove: Sequence[str] = (),
     progress: Progress | None = None,
 ) -> DeploymentResult | LocalDeployment:
     """Deploy components to a thing or thing group, after a pre-flight of versions and platforms on every device.
 
     ``local``: against the local fleet in ``state_dir`` (its devices, plus ``fleet``'s; its registry), written into
     its state. Otherwise to AWS Greengrass v2 in ``region``; with ``fleet`` the pre-flight first runs on that fleet
-    file's devices against the recipes in ``recipes``. ``dry_run`` (AWS) returns the exact request, calling nothing.
+    file's devices against the recipes in ``recipes``. ``dry_run`` (AWS) returns the exact request, creating nothing.
+
+    The Greengrass CLI's local deployments (``local`` only): ``recipe_dir``/``artifact_dir`` are published to the
+    local registry first; ``cumulative`` keeps the components already deployed to the target, less ``remove``.
     """
     from edgekit.errors import DeploymentError
     from edgekit.greengrass.deployment import DeploymentSpec
@@ -143,15 +269,105 @@ def deploy(
     if local:
         if dry_run:
             raise DeploymentError("--dry-run is for AWS deployments; a local deployment is checked by its pre-flight")
-        from edgekit.fleet.deploy import deploy_to_folder
+        from edgekit.fleet.deploy import current_components, deploy_to_folder, publish_dirs_to_folder
         from edgekit.fleet.folder import FleetFolder
+        from edgekit.greengrass.deployment import build_spec
 
-        return deploy_to_folder(final, FleetFolder.at(state_dir), str(fleet) if fleet else None, progress)
+        folder = FleetFolder.at(state_dir)
+        if recipe_dir or artifact_dir:
+            if not (recipe_dir and artifact_dir):
+                raise DeploymentError("--recipeDir and --artifactDir go together (recipes and their artifacts)")
+            publish_dirs_to_folder(recipe_dir, artifact_dir, folder, progress)
+        if cumulative or remove:
+            base = current_components(folder, final.target_arn) if folder.exists() else {}
+            final = build_spec(final.target_arn, spec=final, base=base, remove=remove)
+        return deploy_to_folder(final, folder, str(fleet) if fleet else None, progress)
+    if recipe_dir or artifact_dir or remove or cumulative:
+        raise DeploymentError(
+            "--recipeDir, --artifactDir, --remove and cumulative deployments are the Greengrass CLI's local deployments: "
+            "add --local (to AWS, publish first and deploy the full set of components)"
+        )
+    from edgekit.greengrass.aws import NO_REGION, resolve_region
+
     if fleet:
         _preflight_fleet(final, str(fleet), Path(recipes), progress)
+    region = resolve_region(region, profile)
     if not region:
-        raise DeploymentError("give --region (the deployment's AWS region)")
+        raise DeploymentError(NO_REGION)
     return _deploy(final, region=region, profile=profile, endpoint_url=endpoint_url, dry_run=dry_run, account=account)
+
+
+def deployments(
+    *,
+    local: bool = False,
+    state_dir: str | Path | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+) -> list[DeploymentListing]:
+    """The deployments of the local fleet (``local``, with execution counts) or of AWS Greengrass v2 in ``region``,
+    newest first."""
+    from edgekit.greengrass.deployment import DeploymentListing
+
+    if local:
+        from edgekit.fleet.deploy import list_deployments
+        from edgekit.fleet.folder import FleetFolder
+
+        return [
+            DeploymentListing(d.id, d.target, d.status, d.created_at, None, dict(d.counts))
+            for d in list_deployments(FleetFolder.at(state_dir))
+        ]
+    from edgekit.errors import DeploymentError
+    from edgekit.greengrass.aws import NO_REGION, resolve_region
+    from edgekit.greengrass.deployment import list_deployments as list_aws
+
+    region = resolve_region(region, profile)
+    if not region:
+        raise DeploymentError(NO_REGION)
+    return list_aws(region=region, profile=profile, endpoint_url=endpoint_url)
+
+
+def cancel_deployment(
+    deployment_id: str,
+    *,
+    local: bool = False,
+    state_dir: str | Path | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+) -> str:
+    """Cancel a deployment of the local fleet (``local``: its id or an unambiguous prefix; queued executions are
+    canceled, running ones finish) or of AWS Greengrass v2; returns its full id."""
+    if local:
+        from edgekit.fleet.deploy import cancel_local
+        from edgekit.fleet.folder import FleetFolder
+
+        return cancel_local(FleetFolder.at(state_dir), deployment_id)[0]
+    from edgekit.errors import DeploymentError
+    from edgekit.greengrass.aws import NO_REGION, resolve_region
+    from edgekit.greengrass.deployment import cancel_deployment as cancel_aws
+
+    region = resolve_region(region, profile)
+    if not region:
+        raise DeploymentError(NO_REGION)
+    return cancel_aws(deployment_id, region=region, profile=profile, endpoint_url=endpoint_url)
+
+
+def logs(
+    thing: str,
+    component: str | None = None,
+    *,
+    state_dir: str | Path | None = None,
+    lines: int | None = None,
+    follow: bool = False,
+) -> Iterator[LogLine]:
+    """The component logs of a local fleet device (``greengrass-cli logs``): every component's, or ``component``'s;
+    the last ``lines`` of each; with ``follow``, new lines as they come (stop iterating to stop)."""
+    from edgekit.fleet.folder import FleetFolder
+    from edgekit.fleet.logs import log_files, read_logs
+
+    folder = FleetFolder.at(state_dir)
+    return read_logs(log_files(folder, thing, component), lines=lines, follow=follow)
 
 
 def _preflight_fleet(spec: DeploymentSpec, fleet: str, recipes: Path, progress: Progress | None) -> None:

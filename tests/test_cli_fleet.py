@@ -35,9 +35,9 @@ def test_publish_and_deploy_local_then_fleet_status(tmp_path: Path, capsys: pyte
     argv = ["deploy", "--local", "--state", str(state), "--target", "thinggroup/line-1", "-c", f"{APP}=1.0.0",
             "--rollout", "100/min", "--abort-failed", "10%", "--fleet", str(fleet)]  # fmt: skip
     assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "pre-flight: 4 device(s) reached, 0 with problems" in out
-    assert "4 execution(s) QUEUED" in out and "no simulation runs" in out
+    captured = capsys.readouterr()  # the result on stdout, progress and what to do next on stderr
+    assert "pre-flight: 4 device(s) reached, 0 with problems" in captured.err
+    assert "4 execution(s) QUEUED" in captured.out and "no simulation runs" in captured.err
     with FleetState(FleetFolder.at(state).database) as fleet_state:
         [deployment] = fleet_state.deployments()
     assert deployment.target == "thinggroup/line-1" and deployment.status == "ACTIVE"
@@ -71,7 +71,7 @@ def test_a_failed_preflight_writes_nothing(tmp_path: Path, capsys: pytest.Captur
     ]
     assert main(argv) == EXIT_CODES[ResolutionError]
     captured = capsys.readouterr()
-    assert "NO_AVAILABLE_COMPONENT_VERSION" in captured.err and captured.err.startswith("error:")
+    assert "NO_AVAILABLE_COMPONENT_VERSION" in captured.err and captured.err.splitlines()[-1].startswith("error:")
     with FleetState(FleetFolder.at(state).database) as fleet_state:
         assert fleet_state.deployments() == [] and fleet_state.things() == []  # not even the fleet's devices
 

@@ -41,7 +41,7 @@ def test_publish_dry_run_plans_every_component(build: Path, capsys: pytest.Captu
     rc = main(["publish", "--build", str(build), "--bucket", "my-bucket", "--region", "eu-west-1", "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    for name in ("com.edgekit.Runtime", "com.example.Mlp", "com.example.Mlp.Inference"):
+    for name in ("com.edgekit.Runtime.Onnxruntime", "com.example.Mlp", "com.example.Mlp.Inference"):
         assert name in out
     assert "planned" in out
 
@@ -51,9 +51,9 @@ def test_deploy_dry_run_prints_the_request_after_preflight(build: Path, capsys: 
             "--abort-failed", "10%", "--fleet", "demo", "--recipes", str(build / "recipes"), "--region", "eu-west-1",
             "--account", "123456789012", "--dry-run"]  # fmt: skip
     assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "pre-flight: 11 device(s) reached, 0 with problems" in out
-    request = json.loads(out[out.index("{") :])
+    captured = capsys.readouterr()
+    assert "pre-flight: 11 device(s) reached, 0 with problems" in captured.err  # progress on stderr, the request alone on stdout
+    request = json.loads(captured.out)
     assert request["targetArn"] == "arn:aws:iot:eu-west-1:123456789012:thinggroup/line-1"
     assert request["iotJobConfiguration"]["jobExecutionsRolloutConfig"]["maximumPerMinute"] == 50
     assert request["iotJobConfiguration"]["abortConfig"]["criteriaList"][0]["thresholdPercentage"] == 10

@@ -171,7 +171,7 @@ def test_dry_run_returns_the_same_request_without_calling(aws: AwsSession, gg_st
     assert result.request == to_request(spec, region=REGION)
 
 
-def test_short_target_uses_the_account_from_sts(aws: AwsSession, gg_stub: Stubber) -> None:
+def test_short_target_uses_the_account_from_sts(aws: AwsSession, gg_stub: Stubber, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = DeploymentSpec.from_dict(full_spec_dict(target="thinggroup/line-3"))
     assert spec.needs_account
     expected = to_request(spec, region=REGION, account=ACCOUNT)
@@ -179,7 +179,15 @@ def test_short_target_uses_the_account_from_sts(aws: AwsSession, gg_stub: Stubbe
     gg_stub.add_response("create_deployment", CREATED, expected_params=expected)
     assert deploy(spec, region=REGION, session=aws).request["targetArn"] == GROUP_ARN  # account: sts on moto
 
-    with pytest.raises(DeploymentError, match=r"needs account=\.\.\."):
+    # a dry run looks the account up too (sts only, nothing created) ...
+    assert deploy(spec, region=REGION, dry_run=True, session=aws).request == expected
+    # ... and without credentials names the flag that gives it
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(DeploymentError, match=r"pass --account ID"):
         deploy(spec, region=REGION, dry_run=True)
     assert deploy(spec, region=REGION, dry_run=True, account=ACCOUNT).request == expected
     thing = DeploymentSpec.from_dict({"targetArn": "thing/camera-7"})

@@ -30,7 +30,7 @@ import edgekit
 from edgekit.compiler.pipeline import Pipeline
 from edgekit.device import DeploymentOutcome, DeviceAgent, InProcessExecutor, StepSpec
 from edgekit.device.state import DeviceState
-from edgekit.greengrass.package import RUNTIME_COMPONENT, package
+from edgekit.greengrass.package import package, runtime_component
 from edgekit.greengrass.recipe import load_recipe
 from edgekit.mqtt.payloads import JobDocument, StatusDetails
 
@@ -229,6 +229,7 @@ SLEEPER = "exec sleep 600"
 # --------------------------------------------------------------------------- the real components
 
 
+RUNTIME_COMPONENT = runtime_component("onnxruntime")  # the ONNX Runtime artifacts below get this runtime
 QUICK = Pipeline.model_validate(
     {
         "name": "quick",

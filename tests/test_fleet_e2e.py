@@ -29,7 +29,7 @@ from edgekit.device.state import DeviceState
 from edgekit.errors import ToolchainError
 from edgekit.fleet import FakeClock, FleetHttpServer, FleetService, FleetState, Registry, publish_local
 from edgekit.fleet.mqtt import FleetMqttBridge
-from edgekit.greengrass.package import RUNTIME_COMPONENT, package
+from edgekit.greengrass.package import package, runtime_component
 from edgekit.mqtt import topics
 from edgekit.mqtt.broker import MosquittoBroker, find_mosquitto
 from edgekit.mqtt.client import NOT_AUTHORIZED, Backoff, Message, MqttClient, connect
@@ -53,6 +53,7 @@ MODEL = "com.example.Classifier"
 INFERENCE = f"{MODEL}.Inference"
 APP = "com.example.App"
 GROUP = "line"
+RUNTIME_COMPONENT = runtime_component("onnxruntime")  # the ONNX Runtime artifacts below get this runtime
 QUICK = Pipeline.model_validate(
     {
         "name": "quick",

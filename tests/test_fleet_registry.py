@@ -117,7 +117,7 @@ def test_republishing_a_version_with_other_content_is_refused(
         write_build(tmp_path / "build", files={"model.zip": b"v1 but different"})
     else:
         write_build(tmp_path / "build", files={"model.zip": b"v1"}, run="python3 other.py")
-    with pytest.raises(ComponentConflictError, match="bump the version"):
+    with pytest.raises(ComponentConflictError, match="--version NEXT_PATCH --state"):
         publish_local(tmp_path / "build", state, store)
     assert (store / NAME / "1.0.0" / "model.zip").read_bytes() == b"v1"
     assert Registry(state, store).recipe(NAME, "1.0.0")["Manifests"][0]["Artifacts"][0]["Digest"] == b64sha(b"v1")

@@ -20,9 +20,10 @@ from edgekit.compiler.pipeline import Pipeline
 from edgekit.device.ipc import DeviceIpc
 from edgekit.edge import Spool
 from edgekit.errors import PackagingError
-from edgekit.greengrass.package import RUNTIME_COMPONENT, package
+from edgekit.greengrass.package import package, runtime_component
 from edgekit.greengrass.recipe import load_recipe
 
+RUNTIME_COMPONENT = runtime_component("onnxruntime")  # the ONNX Runtime artifacts below get this runtime
 QUICK = Pipeline.model_validate(
     {
         "name": "quick",

@@ -20,9 +20,10 @@ from edgekit.device.executor import StepSpec
 from edgekit.errors import ConfigError
 from edgekit.fleet.folder import FleetFolder
 from edgekit.fleets import Fault, Fleet, load_fleet
-from edgekit.greengrass.package import RUNTIME_COMPONENT, package
+from edgekit.greengrass.package import package, runtime_component
 from edgekit.sim import SimulatedExecutor, Simulation
 
+RUNTIME_COMPONENT = runtime_component("onnxruntime")  # the ONNX Runtime artifacts below get this runtime
 QUICK = Pipeline.model_validate(
     {"name": "q", "candidates": [{"name": "ort", "backend": "onnxruntime"}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}
 )

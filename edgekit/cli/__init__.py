@@ -1,19 +1,33 @@
 """The ``edgekit`` command line: parses, calls the API, prints. One module per command group.
 
-See docs/architecture.md (API first, CLI thin).
+Conventions every command shares (-v/-q, --json, help, project defaults) are in output.py and here.
+See docs/architecture.md (API first, CLI thin) and docs/cli.md.
 """
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
+from typing import Any
 
 import typer
+import typer.main
 
-from edgekit.cli import compile_cmd, demo_cmd, fleet_cmd, package_cmd, publish_cmd, recipe_cmd, run_cmd, targets_cmd, verify_cmd
-from edgekit.cli.output import console, err_console
+from edgekit._version import __version__
+from edgekit.cli import (
+    compile_cmd,
+    demo_cmd,
+    deployment_cmd,
+    fleet_cmd,
+    package_cmd,
+    publish_cmd,
+    recipe_cmd,
+    run_cmd,
+    targets_cmd,
+    verify_cmd,
+)
+from edgekit.cli.output import MODE, apply_conventions, apply_logging, console, err_console, reset_mode
 from edgekit.errors import EdgekitError, exit_code_for
 
 __all__ = ["app", "main"]
@@ -23,15 +37,69 @@ app = typer.Typer(
     help="Compile a model for an edge device, package it for Greengrass v2, and roll it out.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
+
+# Project-file setting -> the (command path, parameter) it fills; see edgekit.project and docs/cli.md.
+_AWS = ("publish", "deploy", "deployment list", "deployment cancel")
+_LOCAL = ("publish", "deploy", "simulate", "fleet status", "fleet logs", "deployment list", "deployment cancel")
+PROJECT_DEFAULTS: dict[str, list[tuple[str, str]]] = {
+    "target": [("compile", "target")],
+    "pipeline": [("compile", "pipeline")],
+    "backend": [("compile", "backend")],
+    "artifacts": [("compile", "output")],
+    "component": [("package", "name")],
+    "publisher": [("package", "publisher")],
+    "build": [("package", "output"), ("publish", "build"), ("simulate", "build")],
+    "bucket": [("publish", "bucket")],
+    "gdk_bucket_naming": [("publish", "gdk_bucket_naming")],
+    "region": [(c, "region") for c in _AWS],
+    "profile": [(c, "profile") for c in _AWS],
+    "endpoint_url": [(c, "endpoint_url") for c in _AWS],
+    "account": [("deploy", "account")],
+    "state": [(c, "state") for c in _LOCAL],
+    "fleet": [("deploy", "fleet"), ("simulate", "fleet")],
+}
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        console.print(f"edgekit {__version__}")
+        raise typer.Exit()
+
+
+def _default_map() -> dict[str, Any]:
+    from edgekit.project import find_project
+
+    project = find_project()
+    if project is None:
+        return {}
+    tree: dict[str, Any] = {}
+    for key, value in project.settings.model_dump(exclude_none=True).items():
+        for path, param in PROJECT_DEFAULTS[key]:
+            node = tree
+            for part in path.split():
+                node = node.setdefault(part, {})
+            node[param] = value
+    if "build" in project.settings.model_fields_set and project.settings.build:
+        tree.setdefault("deploy", {})["recipes"] = f"{project.settings.build}/recipes"
+    return tree
 
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does."),
+    ctx: typer.Context,
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, show_default=False, help="more log lines (-vv: debug)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="only the result and errors"),
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="print edgekit's version and exit"
+    ),
 ) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    MODE.verbose, MODE.quiet = verbose, quiet
+    apply_logging()
+    # Defaults from edgekit.toml / [tool.edgekit]: click fills a flag from them when neither it nor its
+    # environment variable was given.
+    ctx.default_map = {**_default_map(), **(ctx.default_map or {})}
 
 
 compile_cmd.register(app)
@@ -42,7 +110,18 @@ demo_cmd.register(app)
 package_cmd.register(app)
 recipe_cmd.register(app)
 publish_cmd.register(app)
+deployment_cmd.register(app)
 fleet_cmd.register(app)
+
+_command: Any = None
+
+
+def command() -> Any:
+    """The click command tree, with the shared conventions applied (built once)."""
+    global _command
+    if _command is None:
+        _command = apply_conventions(typer.main.get_command(app))
+    return _command
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -51,10 +130,11 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: every EdgekitError becomes one 'error:' line and its exit code; SIGTERM is handled like Ctrl-C."""
+    reset_mode()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = command().main(args=argv, prog_name="edgekit", standalone_mode=False)
         if isinstance(rc, int) and rc:  # typer returns e.g. 130 for Ctrl-C instead of raising
             return rc
     except EdgekitError as exc:

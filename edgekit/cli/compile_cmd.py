@@ -6,28 +6,33 @@ from pathlib import Path
 
 import typer
 
-from edgekit.cli.output import candidates_table, console, manifest_table, progress_line
+from edgekit.cli.output import candidate_rows, candidates_table, emit, json_output, manifest_rows, manifest_table, progress_line
 
 
 def register(app: typer.Typer) -> None:
     @app.command("compile")
+    @json_output
     def compile_(
         model: str = typer.Argument(
             ..., help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .skops (or .joblib/.pkl with --trust-pickle)"
         ),
         target: str = typer.Option(..., "--target", "-t", help="device profile name (see 'edgekit targets') or a profile .yaml"),
-        output: Path = typer.Option(Path("build"), "--output", "-o", help="folder that receives <name>/ and <name>.tar.gz"),
+        output: Path = typer.Option(
+            Path("build"), "--output", "-o", metavar="DIR", help="folder that receives <name>/ and <name>.tar.gz"
+        ),
         input_shape: list[str] = typer.Option(
-            [], "--input-shape", "-s", help="NAME:D1,D2,... (Neo's DataInputConfig); repeat per input"
+            [], "--input-shape", "-s", metavar="NAME:D1,D2", help="an input's shape (Neo's DataInputConfig); repeat per input"
         ),
         pipeline: str = typer.Option("default", "--pipeline", "-p", help="pipeline name in compiler/ or a .yaml file"),
         backend: str | None = typer.Option(None, "--backend", "-b", help="only this backend: tvm or onnxruntime"),
         name: str | None = typer.Option(None, "--name", help="artifact name (default <model>-<target>)"),
         no_cache: bool = typer.Option(False, "--no-cache", help="compile even if a cached artifact exists"),
+        force: bool = typer.Option(False, "--force", help="replace an artifact of the same name built from another source"),
         tune: int | None = typer.Option(
             None,
             "--tune",
             min=0,
+            metavar="TRIALS",
             help="add a TVM candidate tuned with MetaSchedule for N trials (minutes: ~1 s a trial here, plus ~25 s "
             "to start); the tuning database is kept and reused; 0 applies it without tuning",
         ),
@@ -39,15 +44,16 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Compile a model for a device profile; keep the fastest candidate within the accuracy budget."""
-        from edgekit.compiler import compile_model
+        from edgekit.api import compile
         from edgekit.compiler.frontends import parse_input_shapes
 
         shapes = parse_input_shapes(input_shape)
         with progress_line(f"compiling {model} for {target}") as say:
-            result = compile_model(
+            result = compile(
                 model,
                 target,
                 output,
+                force=force,
                 pipeline=pipeline,
                 backend=backend,
                 input_shapes=shapes,
@@ -57,7 +63,18 @@ def register(app: typer.Typer) -> None:
                 tune=tune,
                 trust_pickle=trust_pickle,
             )
-        console.print(candidates_table(result.manifest))
-        console.print(manifest_table([result.manifest]))
         hit = " (from cache)" if result.cache_hit else ""
-        console.print(f"artifact: {result.artifact_dir}  archive: {result.archive}  in {result.seconds:.2f} s{hit}")
+        facts = {
+            "artifact": result.artifact_dir,
+            "archive": result.archive,
+            "seconds": round(result.seconds, 3),
+            "cacheHit": result.cache_hit,
+            "candidates": candidate_rows(result.manifest),
+            "chosen": manifest_rows([result.manifest])[0],
+        }
+        emit(
+            facts,
+            candidates_table(result.manifest),
+            manifest_table([result.manifest]),
+            f"artifact: {result.artifact_dir}  archive: {result.archive}  in {result.seconds:.2f} s{hit}",
+        )

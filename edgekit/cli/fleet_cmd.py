@@ -14,7 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from edgekit.cli.output import console, err_console
+from edgekit.cli.output import console, emit, err_console, json_output, jsonable
 from edgekit.errors import ConfigError, DeploymentError
 
 if TYPE_CHECKING:
@@ -271,6 +271,7 @@ def register(app: typer.Typer) -> None:
     fleet_app = typer.Typer(help="The local fleet: its state, deployments and devices.", no_args_is_help=True)
 
     @fleet_app.command("status")
+    @json_output
     def status_(
         state: Path | None = typer.Option(None, "--state", help="the local fleet's folder (default ./.edgekit/fleet)"),
         limit: int = typer.Option(50, "--limit", min=0, help="devices to list (unfinished and failed first; 0: all)"),
@@ -295,11 +296,31 @@ def register(app: typer.Typer) -> None:
             )
         else:
             where += "; no simulation running"
-        console.print(where, soft_wrap=True)
-        console.print(deployments_table(summary))
-        console.print(groups_table(summary))
-        console.print(devices_table(summary, limit))
-        if failures:
-            console.print(failures_table(failures))
+        facts = {"state": folder.root, "simulation": running, **jsonable(summary), "failures": failures}
+        shown: list[Text | Table] = [
+            Text(where),
+            deployments_table(summary),
+            groups_table(summary),
+            devices_table(summary, limit),
+        ]
+        emit(facts, *shown, *([failures_table(failures)] if failures else []))
+
+    @fleet_app.command("logs")
+    def logs_(
+        thing: str = typer.Argument(..., help="the device (thing name)"),
+        component: str | None = typer.Argument(None, help="only this component's log (default: every component's)"),
+        follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines until Ctrl-C"),
+        lines: int | None = typer.Option(None, "--lines", "-n", min=0, metavar="N", help="only the last N lines of each log"),
+        state: Path | None = typer.Option(
+            None, "--state", metavar="DIR", help="the local fleet's folder (default ./.edgekit/fleet)"
+        ),
+    ) -> None:
+        """Print a device's component logs, like 'greengrass-cli logs' (each line prefixed with its component)."""
+        from edgekit.api import logs
+
+        for entry in logs(thing, component, state_dir=state, lines=lines, follow=follow):
+            console.out(entry.line if component else f"{entry.component}: {entry.line}", highlight=False)
+            if follow:
+                console.file.flush()
 
     app.add_typer(fleet_app, name="fleet")

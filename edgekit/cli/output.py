@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import copy
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any, TypeVar
 
-from rich.console import Console
+import typer
+import typer.main
+from rich.console import Console, RenderableType
 from rich.table import Table
+from typer.core import TyperArgument
 
 from edgekit.manifest import Manifest
 from edgekit.progress import Progress
 
-__all__ = ["console", "err_console", "manifest_table", "progress_line"]
+__all__ = [
+    "MODE",
+    "apply_conventions",
+    "candidate_rows",
+    "candidates_table",
+    "console",
+    "emit",
+    "err_console",
+    "json_output",
+    "jsonable",
+    "manifest_rows",
+    "manifest_table",
+    "note",
+    "progress_line",
+    "rows_table",
+]
 
 
 def _console(stderr: bool = False) -> Console:
@@ -26,8 +51,14 @@ err_console = _console(stderr=True)
 
 @contextlib.contextmanager
 def progress_line(title: str) -> Iterator[Progress]:
-    """A spinner with the current step on a terminal; plain lines otherwise (CI logs)."""
-    if err_console.is_terminal:
+    """A spinner with the current step on a terminal; plain lines otherwise (CI logs); nothing with -q."""
+    if MODE.quiet:
+
+        def silent(_msg: str) -> None:
+            pass
+
+        yield silent
+    elif err_console.is_terminal:
         with err_console.status(title) as status:
 
             def update(msg: str) -> None:
@@ -42,45 +73,247 @@ def progress_line(title: str) -> Iterator[Progress]:
         yield plain
 
 
-def _ms(value: float | None) -> str:
+def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def manifest_table(manifests: list[Manifest]) -> Table:
-    """One row per artifact: the chosen backend and what was measured."""
-    table = Table(title="artifacts", title_justify="left")
-    for col in ("artifact", "target", "platform", "backend", "size", "median ms", "p90 ms", "measured on", "max err", "top-1"):
-        table.add_column(col, justify="right" if col in ("size", "median ms", "p90 ms", "max err", "top-1") else "left")
+def _err(value: Any) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def manifest_rows(manifests: Sequence[Manifest]) -> list[dict[str, Any]]:
+    """One row per artifact: the chosen backend and what was measured (what --json prints)."""
+    rows = []
     for m in manifests:
         meas = m.measured
         gg = m.profile.greengrass
-        table.add_row(
-            m.name,
-            m.profile.name,
-            f"{gg['os']}/{gg['architecture']}",
-            m.backend.name,
-            f"{m.size_bytes / 1024:.1f} KiB",
-            _ms(meas.latency.median_ms if meas else None),
-            _ms(meas.latency.p90_ms if meas else None),
-            meas.on if meas else "-",
-            f"{meas.accuracy.max_abs_error:.1e}" if meas else "-",
-            "-" if not meas or meas.accuracy.top1_agreement is None else f"{meas.accuracy.top1_agreement:.2f}",
+        rows.append(
+            {
+                "artifact": m.name,
+                "target": m.profile.name,
+                "platform": f"{gg['os']}/{gg['architecture']}",
+                "backend": m.backend.name,
+                "sizeBytes": m.size_bytes,
+                "medianMs": meas.latency.median_ms if meas else None,
+                "p90Ms": meas.latency.p90_ms if meas else None,
+                "measuredOn": meas.on if meas else None,
+                "maxAbsError": meas.accuracy.max_abs_error if meas else None,
+                "top1Agreement": meas.accuracy.top1_agreement if meas else None,
+            }
         )
-    return table
+    return rows
+
+
+def manifest_table(manifests: Sequence[Manifest]) -> Table:
+    """One row per artifact: the chosen backend and what was measured."""
+    columns = {"artifact": "artifact", "target": "target", "platform": "platform", "backend": "backend",
+               "sizeBytes": "size", "medianMs": "median ms", "p90Ms": "p90 ms", "measuredOn": "measured on",
+               "maxAbsError": "max err", "top1Agreement": "top-1"}  # fmt: skip
+    formats = {"sizeBytes": lambda v: f"{v / 1024:.1f} KiB", "medianMs": _ms, "p90Ms": _ms, "maxAbsError": _err,
+               "top1Agreement": lambda v: "-" if v is None else f"{v:.2f}"}  # fmt: skip
+    return rows_table("artifacts", manifest_rows(manifests), columns, formats)
+
+
+def candidate_rows(manifest: Manifest) -> list[dict[str, Any]]:
+    return [
+        {
+            "candidate": c.name,
+            "backend": c.backend,
+            "status": c.status,
+            "medianMs": c.measured.latency.median_ms if c.measured else None,
+            "maxAbsError": c.measured.accuracy.max_abs_error if c.measured else None,
+            "reason": c.reason,
+        }
+        for c in manifest.candidates
+    ]
 
 
 def candidates_table(manifest: Manifest) -> Table:
-    table = Table(title=f"candidates for {manifest.name}", title_justify="left")
-    for col in ("candidate", "backend", "status", "median ms", "max err", "why"):
-        table.add_column(col)
-    for c in manifest.candidates:
-        meas = c.measured
-        table.add_row(
-            c.name,
-            c.backend,
-            c.status,
-            _ms(meas.latency.median_ms if meas else None),
-            f"{meas.accuracy.max_abs_error:.1e}" if meas else "-",
-            c.reason,
-        )
+    columns = {"candidate": "candidate", "backend": "backend", "status": "status", "medianMs": "median ms",
+               "maxAbsError": "max err", "reason": "why"}  # fmt: skip
+    return rows_table(
+        f"candidates for {manifest.name}", candidate_rows(manifest), columns, {"medianMs": _ms, "maxAbsError": _err}
+    )
+
+
+# --------------------------------------------------------------------------- conventions every command shares
+
+
+@dataclass
+class OutputMode:
+    """How the running command prints: set by -v/-q/--json, read by :func:`emit`, :func:`note` and progress_line."""
+
+    json: bool = False
+    quiet: bool = False
+    verbose: int = 0
+
+
+MODE = OutputMode()
+_JSON_MARK = "edgekit_json"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def json_output(fn: F) -> F:
+    """Mark a command as taking ``--json``: it then prints its result as one JSON document (see :func:`emit`)."""
+    fn.__dict__[_JSON_MARK] = True
+    return fn
+
+
+def reset_mode() -> None:
+    """Back to the defaults (one CLI call in a process that makes several, like the tests)."""
+    MODE.json, MODE.quiet, MODE.verbose = False, False, 0
+    apply_logging()
+
+
+def apply_logging() -> None:
+    """Log level from -v/-q: warnings by default, -v info, -vv debug, -q errors only."""
+    level = logging.ERROR if MODE.quiet else {0: logging.WARNING, 1: logging.INFO}.get(MODE.verbose, logging.DEBUG)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types: dataclasses and pydantic models as objects, paths as strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return jsonable(dump(mode="json", by_alias=True))
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return tolist()
+    return value
+
+
+def emit(facts: Any, *shown: RenderableType) -> None:
+    """Print a command's result: with --json ``facts`` as one JSON document on stdout, otherwise ``shown`` (the
+    tables and lines made from the same facts)."""
+    if MODE.json:
+        console.file.write(json.dumps(jsonable(facts), indent=2, sort_keys=False) + "\n")
+        return
+    for item in shown:
+        console.print(item, soft_wrap=isinstance(item, str))
+
+
+def note(message: str) -> None:
+    """A line beside the result (a hint, what happens next): on stderr, left out with -q."""
+    if not MODE.quiet:
+        err_console.print(message, soft_wrap=True)
+
+
+def rows_table(
+    title: str,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Mapping[str, str],
+    formats: Mapping[str, Callable[[Any], str]] | None = None,
+) -> Table:
+    """A table of ``rows`` (the dicts --json prints): ``columns`` maps each key to its header, ``formats`` a key
+    to how its value is shown (default: as it is, '-' for none)."""
+    table = Table(title=title, title_justify="left")
+    for header in columns.values():
+        table.add_column(header)
+    shown = formats or {}
+    for row in rows:
+        table.add_row(*(shown.get(key, _cell)(row.get(key)) for key in columns))
     return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _set_verbose(ctx: Any, _param: Any, value: int) -> None:
+    if value:
+        MODE.verbose = max(MODE.verbose, value)
+        apply_logging()
+
+
+def _set_quiet(ctx: Any, _param: Any, value: bool) -> None:
+    if value:
+        MODE.quiet = True
+        apply_logging()
+
+
+def _set_json(ctx: Any, _param: Any, value: bool) -> None:
+    if value:
+        MODE.json = True
+
+
+_templates = typer.Typer()
+
+
+@_templates.command()
+def _conventions(
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, show_default=False, help="more log lines (-vv: debug)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="only the result and errors: no progress lines, notes or warnings"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON document (the facts the tables show)"),
+) -> None:
+    """Templates of the options every command gets (copied onto each by :func:`apply_conventions`)."""
+
+
+def _template_options() -> dict[str, Any]:
+    params = typer.main.get_command(_templates).params
+    return {p.name: p for p in params if p.name}
+
+
+def apply_conventions(command: Any) -> Any:
+    """Give every command of the click tree under ``command`` -v/-q (and --json where marked with
+    :func:`json_output`), and help without bare type metavars (``<str>``, ``<list[str]>``)."""
+    templates = _template_options()
+    callbacks = {"verbose": _set_verbose, "quiet": _set_quiet, "as_json": _set_json}
+    todo = [command]
+    while todo:
+        cmd = todo.pop()
+        subcommands = getattr(cmd, "commands", None)
+        if subcommands is not None:
+            todo.extend(subcommands.values())
+        else:
+            wanted = ["verbose", "quiet"] + (["as_json"] if getattr(cmd.callback, _JSON_MARK, False) else [])
+            taken = {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)}
+            for name in wanted:
+                option = copy.copy(templates[name])
+                option.expose_value = False
+                option.callback = callbacks[name]
+                if not taken.intersection(option.opts):
+                    cmd.params.append(option)
+        for param in cmd.params:
+            _tidy_metavar(param)
+        help_option = cmd.get_help_option(typer.Context(cmd)) if hasattr(cmd, "get_help_option") else None
+        if help_option is not None:
+            _tidy_metavar(help_option)
+    return command
+
+
+class _Argument(TyperArgument):
+    """An argument shown by its name (MODEL, ARTIFACTS...) in help, without typer's ``<str>`` type label."""
+
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return None
+
+    def _rich_display_name(self) -> str:
+        return str(self.metavar) + ("..." if self.nargs != 1 else "")
+
+    def _usage_display_name(self) -> str:
+        name = self._rich_display_name()
+        return name if self.required else f"[{name}]"
+
+
+def _tidy_metavar(param: Any) -> None:
+    if isinstance(param, TyperArgument):
+        if param.metavar is None:
+            param.metavar = param.name.upper()
+        param.__class__ = _Argument
+    elif param.metavar is None:
+        param.metavar = "" if (param.is_flag or param.count) else param.name.upper()

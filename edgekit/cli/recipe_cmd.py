@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from edgekit.cli.output import console
+from edgekit.cli.output import emit, json_output, rows_table
 from edgekit.errors import RecipeError
 
 
@@ -16,6 +15,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(recipe_app, name="recipe")
 
     @recipe_app.command("lint")
+    @json_output
     def lint(
         paths: list[Path] = typer.Argument(..., help="recipe files (.json/.yaml) or folders of them"),
         strict: bool = typer.Option(False, "--strict", help="fail on warnings too"),
@@ -27,14 +27,13 @@ def register(app: typer.Typer) -> None:
         if missing:
             raise RecipeError(f"no such recipe file or folder: {', '.join(missing)}")
         findings = lint_paths(paths)
-        if findings:
-            table = Table(title="recipe findings", title_justify="left")
-            for col in ("severity", "file", "path", "problem", "fix"):
-                table.add_column(col)
-            for f in findings:
-                table.add_row(f.severity, f.file, f.path, f.message, f.fix)
-            console.print(table)
+        rows = [{"severity": f.severity, "file": f.file, "path": f.path, "problem": f.message, "fix": f.fix} for f in findings]
         errors = [f for f in findings if f.severity == "error" or strict]
+        columns = {"severity": "severity", "file": "file", "path": "path", "problem": "problem", "fix": "fix"}
+        shown = [rows_table("recipe findings", rows, columns)] if rows else []
+        emit({"ok": not errors, "findings": rows}, *shown, *([] if errors else [f"recipes OK ({len(findings)} warning(s))"]))
         if errors:
-            raise RecipeError(f"{len(errors)} problem(s) in {len({f.file for f in errors})} recipe(s); see the table above")
-        console.print(f"recipes OK ({len(findings)} warning(s))")
+            where = "above" if rows else ""
+            raise RecipeError(
+                f"{len(errors)} problem(s) in {len({f.file for f in errors})} recipe(s); see the findings {where}".rstrip()
+            )

@@ -6,57 +6,47 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from rich.console import RenderableType
+from rich.text import Text
 
-from edgekit.cli.output import console
-from edgekit.errors import InferenceError
-
-
-def _read_inputs(specs: list[str], names: list[str]) -> dict[str, np.ndarray]:
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        name, sep, file = spec.partition("=")
-        if not sep:
-            name, file = "", spec
-        path = Path(file)
-        try:
-            if path.suffix == ".npz":
-                with np.load(path) as data:
-                    feeds.update({k: data[k] for k in data.files})
-                continue
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InferenceError(f"--input {spec}: cannot read '{path}' as a .npy/.npz array: {exc}") from exc
-        if not name:
-            if len(names) != 1:
-                raise InferenceError(f"the model has inputs {names}; pass --input NAME=file.npy for each")
-            name = names[0]
-        feeds[name] = arr
-    return feeds
+from edgekit.cli.output import emit, json_output, note, rows_table
 
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
+    @json_output
     def run(
         artifact: Path = typer.Argument(..., help="an artifact folder written by 'edgekit compile'"),
-        input: list[str] = typer.Option([], "--input", "-i", help="file.npy, NAME=file.npy, or an .npz of all inputs"),
-        output: Path | None = typer.Option(None, "--output", "-o", help="save outputs to this .npz"),
+        input: list[str] = typer.Option(
+            [], "--input", "-i", metavar="[NAME=]FILE", help="a .npy, .npz (inputs by name) or .json file; repeat per input"
+        ),
+        output: Path | None = typer.Option(None, "--output", "-o", metavar="FILE.npz", help="save outputs to this .npz"),
         random: bool = typer.Option(False, "--random", help="run on random inputs of the manifest's shapes"),
+        repeat: int = typer.Option(1, "--repeat", min=1, metavar="N", help="run N times (tvmc's --repeat)"),
+        print_time: bool = typer.Option(
+            False, "--print-time", help="print the run times: mean, median, max, min, std in ms (tvmc's --print-time)"
+        ),
     ) -> None:
         """Run an artifact on this host and print its outputs."""
-        from edgekit.compiler.measure import sample_inputs
-        from edgekit.runtime import load
+        from edgekit.api import run as run_artifact
+        from edgekit.manifest import read_manifest
+        from edgekit.runtime.inputs import read_inputs
 
-        model = load(artifact)
-        if random or not input:
-            if not random:
-                raise InferenceError("give --input file.npy (or NAME=file.npy per input), or --random")
-            feeds = sample_inputs(model.manifest.inputs, 1, 0)[0]
-        else:
-            feeds = _read_inputs(input, model.inputs)
-        outs = model.predict(feeds)
-        for name, arr in zip(model.outputs, outs, strict=True):
-            console.print(f"[bold]{name}[/] {arr.dtype}{list(arr.shape)}")
-            console.print(np.array2string(arr, threshold=40, precision=5))
+        feeds = read_inputs(input, read_manifest(artifact).inputs) if input else None
+        result = run_artifact(artifact, feeds, random=random and not input, repeat=repeat)
         if output is not None:
-            np.savez(output, **dict(zip(model.outputs, outs, strict=True)))  # type: ignore[arg-type]
-            console.print(f"saved {output}")
+            np.savez(output, **result.outputs)  # type: ignore[arg-type]
+            note(f"saved {output}")
+        shown: list[RenderableType] = []
+        for name, arr in result.outputs.items():
+            shown += [f"[bold]{name}[/] {arr.dtype}{list(arr.shape)}", Text(np.array2string(arr, threshold=40, precision=5))]
+        facts: dict[str, object] = {
+            "artifact": artifact,
+            "outputs": {n: {"dtype": str(a.dtype), "shape": list(a.shape), "data": a} for n, a in result.outputs.items()},
+        }
+        if print_time:
+            summary = {k: round(v, 4) for k, v in result.timing.summary.items()}
+            facts["timeMs"] = summary | {"runs": repeat}
+            columns = {k: f"{k} (ms)" for k in summary}
+            shown.append(rows_table(f"execution time summary ({repeat} run(s))", [summary], columns))
+        emit(facts, *shown)

@@ -3,34 +3,36 @@
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 import typer
-from rich.table import Table
 
-from edgekit.cli.output import console
+from edgekit.cli.output import emit, json_output, rows_table
+
+COLUMNS = {"name": "name", "greengrass": "greengrass", "neo": "neo", "tvmTarget": "tvm target", "toolchain": "toolchain",
+           "runsHere": "runs here"}  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
     @app.command("targets")
+    @json_output
     def targets() -> None:
         """List the device profiles: platform, TVM target, and whether this host can build and run them."""
-        from edgekit.profiles import list_profiles
+        from edgekit.api import targets as list_targets
 
-        table = Table(title="device profiles", title_justify="left")
-        for col in ("name", "greengrass", "neo", "tvm target", "toolchain", "runs here"):
-            table.add_column(col)
-        for p in list_profiles():
+        rows: list[dict[str, Any]] = []
+        for p in list_targets():
             t = p.tvm.target
-            tgt = " ".join(f"{k}={v}" for k, v in t.items() if k in ("kind", "mtriple", "mcpu", "arch"))
             tool = p.toolchain.cxx if p.machine != "x86_64" else "g++"
             ok = shutil.which(tool) is not None
-            neo = f"{p.neo.os}/{p.neo.arch}" + (f"/{p.neo.accelerator}" if p.neo.accelerator else "")
-            table.add_row(
-                p.name,
-                f"{p.greengrass.os}/{p.greengrass.architecture}",
-                neo,
-                tgt,
-                f"{tool} {'ok' if ok else 'missing'}",
-                "yes" if p.runs_on_host() else "no",
+            rows.append(
+                {
+                    "name": p.name,
+                    "greengrass": f"{p.greengrass.os}/{p.greengrass.architecture}",
+                    "neo": f"{p.neo.os}/{p.neo.arch}" + (f"/{p.neo.accelerator}" if p.neo.accelerator else ""),
+                    "tvmTarget": " ".join(f"{k}={v}" for k, v in t.items() if k in ("kind", "mtriple", "mcpu", "arch")),
+                    "toolchain": f"{tool} {'ok' if ok else 'missing'}",
+                    "runsHere": p.runs_on_host(),
+                }
             )
-        console.print(table)
+        emit(rows, rows_table("device profiles", rows, COLUMNS, {"runsHere": lambda v: "yes" if v else "no"}))

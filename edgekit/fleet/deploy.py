@@ -5,6 +5,7 @@ See docs/publishing.md (to the local fleet).
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from edgekit.errors import DeploymentError, PublishError
 from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.jobs import parse_target, target_key
 from edgekit.fleet.registry import publish_local
-from edgekit.fleet.service import FleetService
+from edgekit.fleet.service import DeploymentSummary, FleetService
 from edgekit.fleet.state import FleetState
 from edgekit.fleets import Device, load_fleet
 from edgekit.greengrass.build import PublishedComponent
@@ -21,7 +22,15 @@ from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, PreflightReport, preflight
 from edgekit.progress import Progress, no_progress
 
-__all__ = ["LocalDeployment", "deploy_to_folder", "publish_to_folder"]
+__all__ = [
+    "LocalDeployment",
+    "cancel_local",
+    "current_components",
+    "deploy_to_folder",
+    "list_deployments",
+    "publish_dirs_to_folder",
+    "publish_to_folder",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,66 @@ def publish_to_folder(build_dir: str | Path, folder: FleetFolder, progress: Prog
         raise PublishError(f"no recipes in {Path(build_dir) / 'recipes'}; package the components first (edgekit package)")
     with FleetState(folder.database) as state:
         return publish_local(build_dir, state, folder.store, progress=progress)
+
+
+def publish_dirs_to_folder(
+    recipe_dir: str | Path, artifact_dir: str | Path, folder: FleetFolder, progress: Progress | None = None
+) -> list[PublishedComponent]:
+    """Publish recipes and artifacts kept in two folders (the Greengrass CLI's ``--recipeDir`` / ``--artifactDir``:
+    ``<artifactDir>/<name>/<version>/<file>``) into the fleet folder's registry."""
+    recipes, artifacts = Path(recipe_dir), Path(artifact_dir)
+    for flag, path in (("--recipeDir", recipes), ("--artifactDir", artifacts)):
+        if not path.is_dir():
+            raise PublishError(f"{flag} {path}: no such folder")
+    with tempfile.TemporaryDirectory(prefix=".edgekit-local-") as tmp:
+        view = Path(tmp)
+        (view / "recipes").symlink_to(recipes.resolve(), target_is_directory=True)
+        (view / "artifacts").symlink_to(artifacts.resolve(), target_is_directory=True)
+        return publish_to_folder(view, folder, progress)
+
+
+def current_components(folder: FleetFolder, target: str) -> dict[str, dict[str, Any]]:
+    """The components of the latest deployment to ``target`` (``thinggroup/NAME`` or ``thing/NAME``) in the local
+    fleet: what a Greengrass CLI style deployment adds to and removes from."""
+    key = target_key(parse_target(target))
+    state = folder.open_state()
+    try:
+        latest = state.latest_deployment(key)
+    finally:
+        state.close()
+    if latest is None or latest.status == "CANCELED":
+        return {}
+    return {str(n): dict(c) for n, c in (latest.spec.get("components") or {}).items()}
+
+
+def list_deployments(folder: FleetFolder) -> list[DeploymentSummary]:
+    """Every deployment of the local fleet with its execution counts, newest first."""
+    state = folder.open_state()
+    try:
+        summary = FleetService(state).summary()
+    finally:
+        state.close()
+    return sorted(summary.deployments, key=lambda d: d.created_at, reverse=True)
+
+
+def cancel_local(folder: FleetFolder, deployment_id: str) -> tuple[str, list[str]]:
+    """Cancel a live deployment of the local fleet by its id (or an unambiguous prefix of it): its id and the
+    things whose queued executions were canceled."""
+    state = folder.open_state()
+    try:
+        ids = [d.id for d in state.deployments() if d.id.startswith(deployment_id)]
+        if len(ids) != 1:
+            what = "no deployment" if not ids else f"{len(ids)} deployments"
+            raise DeploymentError(
+                f"{what} in {folder.root} with an id starting '{deployment_id}'; see 'edgekit deployment list --local --state {folder.root}'"
+            )
+        record = state.get_deployment(ids[0])
+        if record is None or record.status not in ("ACTIVE", "COMPLETED"):
+            status = record.status if record else "gone"
+            raise DeploymentError(f"deployment {ids[0]} is {status}: nothing to cancel")
+        return ids[0], FleetService(state).cancel_deployment(ids[0])
+    finally:
+        state.close()
 
 
 def _devices(state: FleetState, fleet: str | None) -> tuple[dict[str, Device], list[Device]]:

@@ -32,6 +32,7 @@ from edgekit.greengrass.build import (
     read_build,
 )
 from edgekit.greengrass.lint import check_recipe
+from edgekit.greengrass.package import RUNTIME_COMPONENT
 from edgekit.progress import Progress, no_progress
 
 __all__ = ["DIGEST_ALGORITHM", "PublishedComponent", "Registry", "artifact_file", "publish_local", "safe_segment"]
@@ -191,9 +192,16 @@ def publish_local(
             continue
         candidate = _with_digests(plan.recipe, {file: _hash_file(src)[0] for file, src in plan.files.items()})
         if _canonical(candidate) != _canonical(stored.recipe):
+            if plan.name.startswith(RUNTIME_COMPONENT + "."):
+                raise ComponentConflictError(
+                    f"{plan.name} {plan.version} is already published with different content: the edgekit packaging "
+                    "now differs from the one that published it under the same version; package with that edgekit, "
+                    "or publish to a fresh fleet folder (--state)"
+                )
             raise ComponentConflictError(
                 f"{plan.name} {plan.version} is already published with a different recipe or artifacts; versions can't "
-                "change once published: bump the version (edgekit package --version NEXT_PATCH) and publish again"
+                f"change once published: package again with 'edgekit package ... --version NEXT_PATCH --state "
+                f"{Path(store_root).absolute().parent}' (one above the published versions) and publish again"
             )
         plan.existing = True
         plan.recipe = stored.recipe

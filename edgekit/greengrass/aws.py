@@ -187,12 +187,42 @@ def aws_errors(action: str, error: type[EdgekitError] = PublishError) -> Iterato
 
 # --------------------------------------------------------------------------- session
 
+NO_REGION = "no AWS region: pass --region, set AWS_REGION, or give the profile a region ('aws configure set region ...')"
+
 
 def make_session(profile: str | None, region: str | None) -> boto3.Session:
-    """A boto3 session for ``profile`` / ``region`` (None: boto3's own resolution from env and config)."""
+    """A boto3 session for ``profile`` / ``region`` (None: :func:`resolve_region`, then boto3's own resolution)."""
     boto3_mod = require("boto3", "publishing to AWS")
     with aws_errors("opening the AWS session"):
-        return cast("boto3.Session", boto3_mod.Session(profile_name=profile, region_name=region))
+        return cast("boto3.Session", boto3_mod.Session(profile_name=profile, region_name=region or _env_region()))
+
+
+def _env_region() -> str | None:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def resolve_region(region: str | None, profile: str | None = None) -> str | None:
+    """The region as the AWS SDKs find it, without any network call: ``region``, else ``$AWS_REGION``, else
+    ``$AWS_DEFAULT_REGION``, else the region of ``profile`` (or ``$AWS_PROFILE``, or default) in ~/.aws/config."""
+    if region:
+        return region
+    if env := _env_region():
+        return env
+    try:
+        boto3_mod = require("boto3", "reading the AWS configuration")
+        return cast("str | None", boto3_mod.Session(profile_name=profile).region_name)
+    except Exception:  # no boto3, or a profile that does not exist: the caller says what to pass
+        return None
+
+
+def has_credentials(profile: str | None = None) -> bool:
+    """True if the standard chain finds credentials (environment, profile, ...), without any network call
+    beyond what the chain itself does (e.g. an instance's metadata service)."""
+    try:
+        boto3_mod = require("boto3", "reading the AWS credentials")
+        return boto3_mod.Session(profile_name=profile).get_credentials() is not None
+    except Exception:
+        return False
 
 
 def partition_for_region(region: str) -> str:
@@ -230,7 +260,7 @@ class AwsSession:
             raise error(str(exc)) from exc.__cause__
         resolved = self.session.region_name
         if not resolved:
-            raise error("no AWS region configured; pass --region or set AWS_REGION / AWS_DEFAULT_REGION")
+            raise error(NO_REGION)
         self.region: str = resolved
         self.profile = profile
         self.endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
@@ -636,8 +666,9 @@ def publish(
     if existing and not skip_existing:
         listed = ", ".join(f"{p.name} {p.version}" for p in existing)
         raise PublishError(
-            f"already in Greengrass: {listed}; component versions are immutable: bump ComponentVersion and package again "
-            "(or publish with skip_existing=True); nothing was uploaded"
+            f"already in Greengrass: {listed}; component versions are immutable: package again with "
+            "'edgekit package ... --version NEXT_PATCH --aws' (one above the published versions), or skip them "
+            "with --skip-existing; nothing was uploaded"
         )
 
     results: list[PublishedComponent] = []

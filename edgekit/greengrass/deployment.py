@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import semantic_version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from edgekit.errors import DeploymentError
-from edgekit.greengrass.aws import AwsSession, aws_errors, partition_for_region
+from edgekit.greengrass.aws import AwsSession, aws_errors, has_credentials, partition_for_region
 from edgekit.mqtt.payloads import check_json_pointers
-from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
+from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_json, loads_yaml
 
 __all__ = [
     "DEFAULT_ABORT_MIN_EXECUTED",
@@ -367,26 +368,45 @@ def build_spec(
     failure_handling: str | None = None,
     timeout_minutes: int | None = None,
     merge: Sequence[str] = (),
+    update_config: str | None = None,
+    base: Mapping[str, Mapping[str, Any]] | None = None,
+    remove: Sequence[str] = (),
     flag: str = "--component",
 ) -> DeploymentSpec:
     """The one place a deployment request is built from flags, optionally over a spec file's ``spec``.
 
-    ``components``: ``NAME=VERSION`` strings (or a mapping); ``merge``: ``NAME={json}`` configuration merges;
+    ``components``: ``NAME=VERSION`` strings (or a mapping); ``merge``: ``NAME=VERSION`` (a component to add, the
+    Greengrass CLI's ``--merge``) or ``NAME={json}`` (a configuration merge); ``update_config``: the Greengrass CLI's
+    ``{"NAME": {"MERGE": {...}, "RESET": [...]}}`` (JSON text or a file holding it); ``base``: the components already
+    deployed to the target, kept unless ``remove``d (the Greengrass CLI's cumulative local deployments).
     ``rollout`` / ``abort_failed``: :func:`parse_rollout` / :func:`parse_abort` shorthands. ``flag`` names the
     option in errors (``--component``, ``--deploy``).
     """
     data = spec.model_dump(by_alias=True, exclude_none=True) if spec else {}
     data["targetArn"] = target
-    comps = dict(data.get("components", {}))
-    pairs = components.items() if isinstance(components, Mapping) else (_pair(item, flag) for item in components)
-    for cname, version in pairs:
-        comps[cname] = {**comps.get(cname, {}), "componentVersion": version}
+    comps = {n: dict(c) for n, c in (base or {}).items()} | dict(data.get("components", {}))
+    pairs = list(components.items() if isinstance(components, Mapping) else (_pair(item, flag) for item in components))
+    config_merges = []
     for item in merge:
         cname, _, text = item.partition("=")
+        if semantic_version.validate(text.strip()):
+            pairs.append((cname, text.strip()))
+        else:
+            config_merges.append((item, cname, text))
+    for cname, version in pairs:
+        comps[cname] = {**comps.get(cname, {}), "componentVersion": version}
+    for item, cname, text in config_merges:
         if cname not in comps:
             raise DeploymentError(f"--merge '{item}': '{cname}' is not a component of this deployment")
         comps[cname] = {**comps[cname], "configurationUpdate": {"merge": text}}
-    if not comps:
+    for cname, update in _update_config(update_config).items():
+        if cname not in comps:
+            raise DeploymentError(f"--update-config: '{cname}' is not a component of this deployment; add it with --merge")
+        comps[cname] = {**comps[cname], "configurationUpdate": update}
+    for cname in remove if base is not None else ():
+        if comps.pop(cname, None) is None:
+            raise DeploymentError(f"--remove {cname}: it is not deployed to {target}; nothing to remove")
+    if not comps and not remove:
         raise DeploymentError(f"a deployment needs at least one {flag} NAME=VERSION (or a --spec)")
     data["components"] = comps
     if name:
@@ -410,6 +430,36 @@ def _pair(item: str, flag: str) -> tuple[str, str]:
     if not sep or not name or not version:
         raise DeploymentError(f"{flag} '{item}': expected NAME=VERSION")
     return name, version
+
+
+def _update_config(text: str | None) -> dict[str, dict[str, Any]]:
+    """The Greengrass CLI's ``--update-config`` (``{"NAME": {"MERGE": {...}, "RESET": ["/ptr"]}}``, keys in any
+    case; JSON text or a file) as configurationUpdate objects by component."""
+    if not text:
+        return {}
+    source = "--update-config"
+    raw = text
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise DeploymentError(
+                f"--update-config '{text}': neither JSON nor an existing file; pass '{{\"NAME\": {{\"MERGE\": {{...}}}}}}'"
+            )
+        raw, source = path.read_text(encoding="utf-8"), f"--update-config {path}"
+    try:
+        data = loads_json(raw)
+    except ParseError as exc:
+        raise DeploymentError(f"{source}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise DeploymentError(f'{source}: expected {{"NAME": {{"MERGE": {{...}}, "RESET": [...]}}}}')
+    out: dict[str, dict[str, Any]] = {}
+    for cname, update in data.items():
+        keys = {str(k).lower(): v for k, v in update.items()}
+        unknown = sorted(set(keys) - {"merge", "reset"})
+        if unknown:
+            raise DeploymentError(f"{source}: {cname}: unknown key(s) {unknown}; use MERGE and RESET")
+        out[str(cname)] = {k: v for k, v in keys.items() if v is not None}
+    return out
 
 
 def client_token(request: Mapping[str, Any]) -> str:
@@ -462,7 +512,8 @@ def deploy(
 ) -> DeploymentResult:
     """Create the deployment (``greengrassv2.create_deployment``) and return its ids.
 
-    ``dry_run`` returns the request without any AWS call; a short target then needs ``account``.
+    ``dry_run`` returns the request without creating anything; a short target's account is then ``account``, or
+    looked up with sts:GetCallerIdentity when the standard chain has credentials (the only call a dry run makes).
     Otherwise a short target's account comes from sts:GetCallerIdentity. ``session`` replaces the
     session built from ``region``/``profile``/``endpoint_url``.
     """
@@ -470,9 +521,13 @@ def deploy(
         spec = DeploymentSpec.from_dict(spec)
     if dry_run:
         if spec.needs_account and not account:
-            raise DeploymentError(
-                f"a dry run makes no AWS call, so target '{spec.target_arn}' needs account=... (or a full ARN) to build its ARN"
-            )
+            if session is None and not has_credentials(profile):
+                raise DeploymentError(
+                    f"target '{spec.target_arn}' needs the AWS account to build its ARN and no credentials were found to "
+                    f"look it up: pass --account ID (or a full ARN: arn:aws:iot:{region}:ID:{spec.target_arn})"
+                )
+            aws = session or AwsSession(region=region, profile=profile, endpoint_url=endpoint_url, error=DeploymentError)
+            account = aws.account_id()
         return DeploymentResult(request=to_request(spec, region=region, account=account), dry_run=True)
 
     aws = session or AwsSession(region=region, profile=profile, endpoint_url=endpoint_url, error=DeploymentError)
@@ -490,3 +545,52 @@ def deploy(
         iot_job_id=response.get("iotJobId"),
         iot_job_arn=response.get("iotJobArn"),
     )
+
+
+@dataclass(frozen=True)
+class DeploymentListing:
+    """One deployment as ``edgekit deployment list`` shows it (AWS or the local fleet)."""
+
+    id: str
+    target: str
+    status: str
+    created_at: float | None
+    name: str | None = None
+    counts: dict[str, int] | None = None  # executions by status (the local fleet knows them)
+
+
+def list_deployments(
+    *, region: str, profile: str | None = None, endpoint_url: str | None = None, session: AwsSession | None = None
+) -> list[DeploymentListing]:
+    """The latest revision of every deployment in ``region`` (greengrass:ListDeployments), newest first."""
+    aws = session or AwsSession(region=region, profile=profile, endpoint_url=endpoint_url, error=DeploymentError)
+    out: list[DeploymentListing] = []
+    with aws_errors("listing deployments (greengrass:ListDeployments)", DeploymentError):
+        for page in aws.greengrass().get_paginator("list_deployments").paginate(historyFilter="LATEST_ONLY"):
+            for d in page.get("deployments", []):
+                created = d.get("creationTimestamp")
+                out.append(
+                    DeploymentListing(
+                        id=d.get("deploymentId", ""),
+                        target=d.get("targetArn", ""),
+                        status=d.get("deploymentStatus", ""),
+                        created_at=created.timestamp() if created is not None else None,
+                        name=d.get("deploymentName"),
+                    )
+                )
+    return sorted(out, key=lambda d: d.created_at or 0.0, reverse=True)
+
+
+def cancel_deployment(
+    deployment_id: str,
+    *,
+    region: str,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    session: AwsSession | None = None,
+) -> str:
+    """Cancel a deployment (greengrass:CancelDeployment); returns its id."""
+    aws = session or AwsSession(region=region, profile=profile, endpoint_url=endpoint_url, error=DeploymentError)
+    with aws_errors(f"canceling deployment {deployment_id} (greengrass:CancelDeployment)", DeploymentError):
+        aws.greengrass().cancel_deployment(deploymentId=deployment_id)
+    return deployment_id

@@ -36,9 +36,11 @@ __all__ = [
     "next_version",
     "package",
     "reproducible_zip",
+    "runtime_component",
 ]
 
 RUNTIME_COMPONENT = "com.edgekit.Runtime"
+"""The prefix of the runtime components: one per backend (:func:`runtime_component`)."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # The part of edgekit a device needs to load and run an artifact (no compiler, no CLI).
 _RUNTIME_MODULES = ["__init__.py", "_version.py", "api.py", "clock.py", "parsing.py", "digests.py", "errors.py", "deps.py", "manifest.py", "runtime", "edge"]
@@ -59,6 +61,15 @@ class PackageResult:
 
     def component(self, name: str) -> PackagedComponent:
         return next(c for c in self.components if c.name == name)
+
+
+def runtime_component(backend: str) -> str:
+    """The runtime component of ``backend``: ``com.edgekit.Runtime.Onnxruntime``, ``com.edgekit.Runtime.Tvm``.
+
+    One per backend, so models with different backends share a fleet and a device without two recipes of one
+    component version; its version is edgekit's, and its content follows from it (reproducible zips), so every
+    model packaged with one edgekit shares one runtime version per backend."""
+    return f"{RUNTIME_COMPONENT}.{backend.capitalize()}"
 
 
 def reproducible_zip(dest: Path, files: Iterable[tuple[str, Path]]) -> None:
@@ -156,7 +167,7 @@ def package(
     version: str = "NEXT_PATCH",
     output: str | Path = "greengrass-build",
     publisher: str = "edgekit",
-    runtime_name: str = RUNTIME_COMPONENT,
+    runtime_name: str | None = None,
     known_versions: Iterable[str] = (),
     progress: Progress | None = None,
 ) -> PackageResult:
@@ -168,7 +179,6 @@ def package(
     say = progress or (lambda _m: None)
     out = Path(output)
     _check_name(name, "--name")
-    _check_name(runtime_name, "runtime component name")
 
     # 1. Read and check every input before writing anything.
     loaded: list[tuple[Path, Manifest]] = []
@@ -209,6 +219,8 @@ def package(
             f"compile them all with the same --backend"
         )
     backend = backends[0]
+    runtime_name = runtime_name or runtime_component(backend)
+    _check_name(runtime_name, "runtime component name")
     tokens = {"@RUNTIME@": runtime_name, "@MODEL@": name, "@BACKEND@": backend}
 
     # 2. Build everything in a staging folder, then move each piece into place whole.
@@ -315,15 +327,21 @@ def _package_runtime(
     for entry in _RUNTIME_MODULES:
         p = pkg / entry
         files += _tree(p, f"edgekit/{entry}") if p.is_dir() else [(f"edgekit/{entry}", p)]
-    files += _tree(bundled_dir("components") / "runtime", "")
+    backend = tokens["@BACKEND@"]
+    # only this backend's requirements: the runtime component of a backend installs that backend alone
+    files += [e for e in _tree(bundled_dir("components") / "runtime", "") if _for_backend(e[0], backend)]
     reproducible_zip(zip_path, files)
-    # the backend is chosen per deployment through configuration; both requirement files ship
-    recipe["ComponentConfiguration"]["DefaultConfiguration"]["Backend"] = tokens["@BACKEND@"]
+    recipe["ComponentConfiguration"]["DefaultConfiguration"]["Backend"] = backend
     for manifest in recipe["Manifests"]:
         _set_artifact(manifest, zip_path)
     recipe.update(ComponentName=name, ComponentVersion=version, ComponentPublisher=publisher)
     recipe = _ordered(recipe)
     return PackagedComponent(name, version, _write_recipe(recipe, recipes_dir), [zip_path])
+
+
+def _for_backend(arcname: str, backend: str) -> bool:
+    name = arcname.rsplit("/", 1)[-1]
+    return not name.startswith("requirements-") or name == f"requirements-{backend}.txt"
 
 
 _ORDER = [k for k in TOP_LEVEL_KEYS if k not in SET_BY_SERVICE]  # how generated recipes are laid out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,9 +18,10 @@ from edgekit.manifest import Manifest, TensorSpec, read_manifest
 from edgekit.runtime.base import Runner
 
 if TYPE_CHECKING:
+    from edgekit.runtime.inputs import Timing
     from edgekit.runtime.selftest import SelfTestResult
 
-__all__ = ["LoadedModel", "Runner", "load", "runner_for"]
+__all__ = ["LoadedModel", "RunResult", "Runner", "load", "runner_for"]
 
 
 def runner_for(
@@ -76,6 +78,15 @@ class LoadedModel:
         return (
             f"LoadedModel({self.manifest.name!r}, backend={self.manifest.backend.name!r}, target={self.manifest.profile.name!r})"
         )
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What :func:`edgekit.run` returns: the model, its outputs by name (last run) and each run's time."""
+
+    model: LoadedModel
+    outputs: dict[str, np.ndarray]
+    timing: Timing
 
 
 def load(artifact_dir: str | Path, threads: int = 0) -> LoadedModel:
