@@ -32,6 +32,7 @@ __all__ = [
     "compile",
     "deploy",
     "deployments",
+    "fleet_page",
     "load",
     "logs",
     "package",
@@ -435,3 +436,18 @@ def simulate(
                 loop.remove_signal_handler(signal.SIGTERM)
 
     return asyncio.run(main())
+
+
+def fleet_page(*, state_dir: str | Path | None = None) -> str:
+    """The address of the live fleet page (``/ui``) of the simulation running on the fleet folder ``state_dir``."""
+    from edgekit.errors import ConfigError
+    from edgekit.fleet.folder import FleetFolder
+
+    folder = FleetFolder.at(state_dir)
+    running = folder.running()
+    if not running or not running.get("http"):
+        raise ConfigError(
+            f"no simulation runs on {folder.root}; start one with 'edgekit simulate --state {folder.root}' "
+            "(it prints the page's address too)"
+        )
+    return f"{running['http']}/ui"

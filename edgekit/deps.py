@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "boto3": ("boto3", "aws"),
     "paho": ("paho-mqtt", "device"),
     "cryptography": ("cryptography", "fleet"),
+    "prometheus_client": ("prometheus-client", "fleet"),
 }
 
 

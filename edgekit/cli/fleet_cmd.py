@@ -323,4 +323,21 @@ def register(app: typer.Typer) -> None:
             if follow:
                 console.file.flush()
 
+    @fleet_app.command("ui")
+    def ui_(
+        state: Path | None = typer.Option(
+            None, "--state", metavar="DIR", help="the local fleet's folder (default ./.edgekit/fleet)"
+        ),
+        no_browser: bool = typer.Option(False, "--no-browser", help="print the page's address only"),
+    ) -> None:
+        """Open the live fleet page of the simulation running on this fleet folder (devices, rollouts, failures)."""
+        from edgekit.api import fleet_page
+
+        url = fleet_page(state_dir=state)
+        console.print(url)
+        if not no_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
     app.add_typer(fleet_app, name="fleet")

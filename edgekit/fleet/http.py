@@ -11,17 +11,22 @@ import logging
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 from edgekit.fleet.errors import NotFoundError
 from edgekit.fleet.registry import Registry, artifact_file, safe_segment
+from edgekit.fleet.web.metrics import render_metrics
+from edgekit.fleet.web.snapshot import Presence, Snapshotter
 
 __all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT_S", "THING_HEADER", "FleetHttpServer"]
 
 log = logging.getLogger(__name__)
 
 THING_HEADER: Final = "X-Edgekit-Thing"
+_STATIC_DIR: Final = Path(__file__).parent / "web" / "static"
+_STATIC: Final = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 READ_TIMEOUT_S: Final = 30.0
 MAX_CONNECTIONS: Final = 512
 _BUSY: Final = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -88,6 +93,46 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json(status, {"error": message})
 
+    def _bytes(self, status: int, data: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _static(self, name: str) -> None:
+        """The fleet page's own files, shipped in the package (no CDN: it works offline)."""
+        self._bytes(HTTPStatus.OK, (_STATIC_DIR / name).read_bytes(), _STATIC[name])
+
+    def _events(self) -> None:
+        """Server-sent events: a snapshot whenever the fleet changed, checked every ``interval_s``; a comment line
+        keeps idle connections alive. Ends when the client goes away or the server stops."""
+        fleet = self.server.fleet
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        previous = b""
+        quiet = 0.0
+        while not fleet.stopping.is_set():
+            snap = fleet.snapshots.snapshot()
+            data = json.dumps({k: v for k, v in snap.items() if k != "t"}, separators=(",", ":")).encode()
+            if data != previous:
+                snap_bytes = json.dumps(snap, separators=(",", ":")).encode()
+                self.wfile.write(b"data: " + snap_bytes + b"\n\n")
+                self.wfile.flush()
+                previous, quiet = data, 0.0
+            elif quiet >= 15.0:
+                self.wfile.write(b": keep-alive\n\n")
+                self.wfile.flush()
+                quiet = 0.0
+            fleet.stopping.wait(fleet.events_interval_s)
+            quiet += fleet.events_interval_s
+
     def do_GET(self) -> None:
         fleet = self.server.fleet
         try:
@@ -99,6 +144,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.OK, fleet.recipe(parts[2], parts[3]))
             elif len(parts) == 5 and parts[:2] == ["v1", "artifacts"]:
                 self._artifact(parts[2], parts[3], parts[4])
+            elif parts in ([], ["ui"]) or (len(parts) == 2 and parts[0] == "ui" and parts[1] in _STATIC):
+                self._static(parts[1] if len(parts) == 2 else "index.html")
+            elif parts == ["api", "fleet"]:
+                self._json(HTTPStatus.OK, fleet.snapshots.snapshot())
+            elif parts == ["api", "events"]:
+                self._events()
+            elif parts == ["metrics"]:
+                body, content_type = render_metrics(fleet.snapshots)
+                self._bytes(HTTPStatus.OK, body, content_type)
             else:
                 self._error(HTTPStatus.NOT_FOUND, f"no such resource: {self.path}")
         except _BadPath as exc:
@@ -162,8 +216,13 @@ class FleetHttpServer:
         port: int = 0,
         read_timeout_s: float = READ_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        presence: Presence | None = None,
+        events_interval_s: float = 0.5,
     ) -> None:
         self.registry = registry
+        self.snapshots = Snapshotter(registry.state, presence)
+        self.events_interval_s = events_interval_s
+        self.stopping = threading.Event()  # ends the live event streams
         self.read_timeout_s = read_timeout_s
         self.max_connections = max_connections
         self.refused = 0  # connections turned away with 503 because every slot was taken
@@ -193,6 +252,7 @@ class FleetHttpServer:
     def start(self) -> FleetHttpServer:
         if self._server is not None:
             return self
+        self.stopping.clear()
         handler = type("Handler", (_Handler,), {"timeout": self.read_timeout_s})
         server = _Server((self.host, self._requested_port), handler)
         server.fleet = self
@@ -210,6 +270,7 @@ class FleetHttpServer:
         server, thread = self._server, self._thread
         if server is None:
             return
+        self.stopping.set()
         server.shutdown()
         server.server_close()
         if thread is not None:

@@ -168,6 +168,10 @@ class Simulation:
             raise SimulationError("the simulation is not started")
         return self.broker.url
 
+    def _presence(self) -> dict[str, bool]:
+        """Which devices are connected now (read by the fleet page's server thread: plain attribute reads)."""
+        return {thing: dev.connected for thing, dev in list(self.devices.items())}
+
     def _require(self) -> tuple[FleetState, FleetService]:
         if self.state is None or self.service is None:
             raise SimulationError("the simulation is not started; use 'async with Simulation(...)' or await start()")
@@ -212,7 +216,8 @@ class Simulation:
         self.broker = MosquittoBroker(self.folder.broker, tls=self.material, acl=self.tls)
         self.progress("starting mosquitto")
         await asyncio.to_thread(self.broker.start)
-        self.http = FleetHttpServer(Registry(self.state, self.folder.store)).start()
+        self.http = FleetHttpServer(Registry(self.state, self.folder.store), presence=self._presence).start()
+        self.progress(f"fleet page: {self.http.url}/ui")
 
         # a persistent session: requests devices send while the bridge reconnects wait for it on the broker
         # The bridge starts before its client connects, so requests the broker queued for the service's session
