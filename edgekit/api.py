@@ -46,16 +46,24 @@ __all__ = [
 DEFAULT_BUILD = Path("greengrass-build")
 
 
-def compile(model: Any, target: Any, output_dir: Any = "build", *, force: bool = False, **kwargs: Any) -> CompileResult:
+def compile(
+    model: Any, target: Any, output_dir: Any = "build", *, force: bool = False, report: str | Path | None = None, **kwargs: Any
+) -> CompileResult:
     """Compile ``model`` for a device profile; see :func:`edgekit.compiler.compile_model`.
 
     An artifact already in ``output_dir`` under the same name but built from another source file (``model.pt`` over
-    ``model.onnx``'s) is refused unless ``force``."""
+    ``model.onnx``'s) is refused unless ``force``. ``report``: also write a self-contained HTML page of what was
+    measured (every candidate's latency, accuracy, size and why it won or lost)."""
     from edgekit.compiler import compile_model
 
     if not force:
         _check_overwrite(model, target, Path(output_dir), kwargs.get("name"))
-    return compile_model(model, target, output_dir, **kwargs)
+    result = compile_model(model, target, output_dir, **kwargs)
+    if report is not None:
+        from edgekit.compiler.report import write_report
+
+        write_report(result.manifest, report)
+    return result
 
 
 def _check_overwrite(model: Any, target: Any, output_dir: Path, name: str | None) -> None:

@@ -148,3 +148,17 @@ def test_an_interrupted_compile_leaves_nothing(tmp_path: Path, sig: signal.Signa
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert not out.exists(), list(out.rglob("*"))
+
+
+def test_compile_report_is_one_self_contained_page(mlp_onnx: Path, tmp_path: Path) -> None:
+    both = Pipeline.model_validate({"name": "both", "candidates": [{"name": "ort", "backend": "onnxruntime"}, {"name": "tvm", "backend": "tvm"}],
+                                    "measure": {"samples": 2, "warmup": 1, "repeat": 3}})  # fmt: skip
+    report = tmp_path / "report.html"
+    result = edgekit.compile(mlp_onnx, "x86_64", tmp_path / "out", pipeline=both, report=report)
+    page = report.read_text()
+    for c in result.manifest.candidates:
+        assert f"<td>{c.name}</td>" in page and (c.status in page)
+        if c.measured is not None:
+            assert f"{c.measured.latency.median_ms:.3f}" in page
+    assert page.count("<svg") == 1 and "ONNX Runtime" in page
+    assert "src=" not in page and "href=" not in page  # nothing fetched: one file

@@ -14,7 +14,8 @@ def register(app: typer.Typer) -> None:
     @json_output
     def compile_(
         model: str = typer.Argument(
-            ..., help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .skops (or .joblib/.pkl with --trust-pickle)"
+            ...,
+            help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .skops (or .joblib/.pkl with --trust-pickle)",
         ),
         target: str = typer.Option(..., "--target", "-t", help="device profile name (see 'edgekit targets') or a profile .yaml"),
         output: Path = typer.Option(
@@ -36,6 +37,9 @@ def register(app: typer.Typer) -> None:
             help="add a TVM candidate tuned with MetaSchedule for N trials (minutes: ~1 s a trial here, plus ~25 s "
             "to start); the tuning database is kept and reused; 0 applies it without tuning",
         ),
+        report: Path | None = typer.Option(
+            None, "--report", metavar="FILE", help="also write a self-contained HTML page of every candidate's measurements"
+        ),
         trust_pickle: bool = typer.Option(
             False,
             "--trust-pickle",
@@ -54,6 +58,7 @@ def register(app: typer.Typer) -> None:
                 target,
                 output,
                 force=force,
+                report=report,
                 pipeline=pipeline,
                 backend=backend,
                 input_shapes=shapes,
