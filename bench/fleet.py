@@ -71,6 +71,8 @@ class Figures:
     rollout_released_per_min: float = 0.0
     rollout_started_per_min: float = 0.0
     rollout_max_in_any_minute: int = 0
+    rollout_released_s: list[float] = field(default_factory=list)  # each device's release, seconds after the deployment
+    rollout_started_s: list[float] = field(default_factory=list)  # each device's job start
     abort_devices: int = 0
     abort_latency_ms: float | None = None
     abort_failed: int = 0
@@ -227,6 +229,7 @@ async def measure(args: argparse.Namespace, say: Callable[[str], None]) -> Figur
                 for run in d.runner.history
                 if run.job_id == rollout
             )
+            fig.rollout_released_s, fig.rollout_started_s = list(notified), list(starts)
             if notified:
                 first = notified[0]
                 fig.rollout_released_per_min = sum(1 for t in notified if t - first <= window) * 60.0 / window
@@ -350,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tls", action="store_true", help="plain TCP instead of mTLS with a certificate per device")
     parser.add_argument("--json", help="also write the figures as JSON to this file ('-': standard output)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    parser.add_argument("--charts", default="build/bench", help="folder for the charts (PNG; default build/bench)")
     args = parser.parse_args(argv)
     args.devices = args.devices or (100 if args.quick else 1000)
     if args.devices < 20:
@@ -365,6 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     figures = asyncio.run(measure(args, say))
     render(figures, args.quick)
+    if figures.rollout_released_s or figures.rollout_started_s:
+        from bench.charts import rollout_progress
+
+        chart = rollout_progress(
+            figures.rollout_released_s, figures.rollout_started_s, figures.rollout_rate, Path(args.charts) / "fleet-rollout.png"
+        )
+        print(f"chart: {chart}")
     if args.json:
         payload = {"host": host_description(), "edgekit": edgekit.__version__, "quick": args.quick, **asdict(figures)}
         text = json.dumps(payload, indent=2) + "\n"
