@@ -143,7 +143,7 @@ def _status_line(status: SimulationStatus) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_library() -> Iterator[None]:
+def quiet_library() -> Iterator[None]:
     """The devices' own warnings (a failed step, a fault) are shown in the tables; keep them off the terminal unless -v."""
     root = logging.getLogger()
     lib = logging.getLogger("edgekit")
@@ -229,7 +229,7 @@ def register(app: typer.Typer) -> None:
             err_console.print("--until-done without --deploy: waiting for deployments made with 'edgekit deploy --local'")
 
         seen: list[SimulationStatus] = []
-        with _quiet_library(), _watching(interval) as (watch, say):
+        with quiet_library(), _watching(interval) as (watch, say):
 
             def track(status: SimulationStatus) -> None:
                 seen[:] = [status]
