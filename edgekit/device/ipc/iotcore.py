@@ -49,7 +49,8 @@ class IotCoreLink:
         self._subs: dict[str, list[Deliver]] = {}
         self.max_refusals = 3
         self.dropped = 0
-        """Messages dropped because the broker refused them ``max_refusals`` times."""
+        """Messages dropped because the broker refused them ``max_refusals`` times, or because they could never
+        be sent (a topic or payload over IoT Core's limits): each a counted rejection, never a stalled drain."""
         self._refused_seq = -1
         self._refusals = 0
 
@@ -109,8 +110,11 @@ class IotCoreLink:
                 continue
             try:
                 await self.flush()
-            except Exception as exc:  # a message the broker can never take: logged, the loop goes on
+            except Exception as exc:  # never let one drain end the sender
                 log.warning("IPC uplink: %s", exc)
+            if self._publisher is not None and self._publisher.rejected:  # could never be sent: removed, counted
+                self.dropped += self._publisher.rejected
+                self._publisher.rejected = 0
             self._drop_refused()
 
     def _drop_refused(self) -> None:
