@@ -62,12 +62,12 @@ def mlp_artifact(work: Path) -> Path:
     return edgekit.compile(work / "mlp.onnx", "x86_64", work / "compiled", pipeline=pipeline).artifact_dir
 
 
-def bench_loop(work: Path, n: int, rounds: int = 5) -> dict[str, float]:
+def bench_loop(work: Path, n: int, rounds: int = 5, artifact: Path | None = None) -> dict[str, float]:
     """Readings/s of a bare predict loop and of the inference loop (synthetic source, 1 s windows, a spool uplink),
     interleaved rounds on one core (the process is pinned to it; ONNX Runtime gets one thread)."""
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
-    model = edgekit.load(mlp_artifact(work), threads=1)
+    model = edgekit.load(artifact or mlp_artifact(work), threads=1)
     x = {"x": np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)}
     bare, loop_rates, uplink = [], [], []
     for r in range(rounds):

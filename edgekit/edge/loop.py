@@ -60,6 +60,7 @@ class LoopOptions:
     fallback_model: str = ""
     fallback_timeout_s: float = 2.0
     health_interval_s: float = 5.0
+    tick_s: float = 0.0  # wake at most this often and take the readings due (0: wake for each reading)
     max_unanswered_bytes: int = 96 * 1024
 
 
@@ -77,6 +78,8 @@ def argument_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback-url", default="", help="an Open Inference Protocol server (KServe v2); '' = none")
     p.add_argument("--fallback-model", default="", help="the model's name there ('' = the artifact's name)")
     p.add_argument("--fallback-timeout-seconds", dest="fallback_timeout_s", type=float, default=2.0)
+    p.add_argument("--tick-seconds", dest="tick_s", type=float, default=0.0,
+                   help="wake at most this often and take the readings due (0: for each reading)")  # fmt: skip
     p.add_argument("--health-interval-seconds", dest="health_interval_s", type=float, default=5.0,
                    help="a failing local model is tried again after this long")  # fmt: skip
     return p
@@ -316,9 +319,9 @@ class InferenceLoop:
                 now = clock.monotonic()
                 due = int((now - epoch) / interval) + 1 - epoch_count
                 if due <= 0:
-                    await asyncio.sleep(min(0.5, epoch + epoch_count * interval - now))
+                    await asyncio.sleep(min(0.5, max(opts.tick_s, epoch + epoch_count * interval - now)))
                     continue
-                if due > max(2.0, 1.0 / interval):  # fell behind by over a second: a sensor would not queue that up
+                if due > max(2.0, 1.0 / interval, 2 * opts.tick_s / interval):  # fell behind by over a second: a sensor would not queue that up
                     epoch, epoch_count, due = now, 0, 1
                 n = min(due, _BATCH)
             else:
@@ -333,7 +336,8 @@ class InferenceLoop:
                 self._cut()
             if self.outbox and clock.monotonic() >= self._retry_at:
                 await self._send()
-            await asyncio.sleep(0)
+            if interval == 0:
+                await asyncio.sleep(0)  # unpaced: let the rest of the event loop run between batches
 
     async def _batch(self, n: int) -> int:
         """Handle up to ``n`` readings; returns how many the source had."""

@@ -110,13 +110,17 @@ class TelemetryIngest:
         while True:
             await asyncio.sleep(self.flush_s)
             try:
-                self.flush()
+                batch, self._pending = self._pending, []  # taken on the loop: nothing appended meanwhile is missed
+                await asyncio.to_thread(self._write, batch)  # a commit waiting on the disk must not hold up the loop
             except Exception:  # never let one bad batch end the ingest
                 log.exception("fleet telemetry: a batch failed")
 
     def flush(self) -> int:
         """Write what arrived since the last flush in one transaction; returns how many new windows it stored."""
         batch, self._pending = self._pending, []
+        return self._write(batch)
+
+    def _write(self, batch: list[tuple[str, str, bytes]]) -> int:
         if not batch:
             return 0
         now = self._now()

@@ -37,9 +37,10 @@ Deliver = Callable[[str, bytes, bool], None]
 class IotCoreLink:
     """The agent's uplink: a spool, a sender task while a client is attached, and shared subscriptions."""
 
-    def __init__(self, spool_path: str | Path, *, max_items: int = 100_000, interval_s: float = 1.0) -> None:
+    def __init__(self, spool_path: str | Path, *, max_items: int = 100_000, interval_s: float = 1.0, durable: bool = True) -> None:
         self.spool_path = Path(spool_path)
         self.max_items = max_items
+        self.durable = durable
         self._spool: Spool | None = None
         self.interval_s = interval_s
         self.client: MqttClient | None = None
@@ -58,7 +59,7 @@ class IotCoreLink:
     def spool(self) -> Spool:
         """The spool, opened on first use (and again after :meth:`close`)."""
         if self._spool is None:
-            self._spool = Spool(self.spool_path, max_items=self.max_items, on_full="reject")
+            self._spool = Spool(self.spool_path, max_items=self.max_items, on_full="reject", durable=self.durable)
         return self._spool
 
     @property
