@@ -47,6 +47,8 @@ def register(app: typer.Typer) -> None:
         with quiet_library(), progress_line("the demo") as say:
             report = run_demo(options, progress=say)
         console.print(f"[bold]1. compile[/] {report.model} (1-D CNN over 6 sensor channels x 64 samples, 4 classes)")
+        for target, artifact, hit in zip(targets, report.artifacts, report.cached, strict=True):
+            console.print(f"   {target}: {artifact}" + (" (cache)" if hit else ""))
         console.print(manifest_table(report.manifests))
         if not report.same_backend:
             console.print("   the targets chose different backends; packaging stops here (one runtime per component)")

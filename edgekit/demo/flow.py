@@ -81,6 +81,7 @@ class DemoReport:
     model: Path
     artifacts: list[Any]
     manifests: list[Any]
+    cached: list[bool] = field(default_factory=list)
     packaged: list[str] = field(default_factory=list)
     lint_errors: int = 0
     same_backend: bool = True
@@ -154,12 +155,13 @@ def run_demo(options: DemoOptions, *, progress: Progress | None = None, on_fleet
     out = options.output
     out.mkdir(parents=True, exist_ok=True)
     model = write_demo_model(out / "sensor_cnn.onnx")
-    artifacts, manifests = [], []
+    artifacts, manifests, cached = [], [], []
     for target in options.targets:
         result = compile(model, target, out, progress=lambda m, t=target: say(f"compiling for {t}: {m}"))
         artifacts.append(result.artifact_dir)
         manifests.append(result.manifest)
-    report = DemoReport(model, artifacts, manifests)
+        cached.append(result.cache_hit)
+    report = DemoReport(model, artifacts, manifests, cached=cached)
     report.same_backend = len({m.backend.name for m in manifests}) == 1
     if not report.same_backend:
         return report
