@@ -283,7 +283,7 @@ def test_the_packaged_inference_pipeline_runs_and_finishes(mlp_onnx: Path, tmp_p
 
     run(scenario)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) == 1 and lines[0]["inferences"] == 3 and sum(lines[0]["top1_counts"].values()) == 3
+    assert len(lines) == 1 and lines[0]["count"] == 3 and sum(lines[0]["classes"].values()) == 3
     log = (root / "logs" / f"{inference}.log").read_text()
     assert "self-test passed" in log
     # dependencies first: runtime and model were FINISHED before the inference component started
