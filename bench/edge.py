@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.edge_loop import bench_failover, bench_loop
 from bench.ipc import bench_ipc
 from edgekit.edge import CircuitBreaker, CloudFallback, FallbackError, FallbackUnavailable, Spool, SpoolPublisher
 from edgekit.mqtt.broker import MosquittoBroker
@@ -124,19 +125,44 @@ def bench_fallback(n: int, timeout_s: float) -> dict[str, float]:
     return {"answered": answered, "timeout": timeout_ms, "breaker_open": open_ms}
 
 
+def _print_loop(work: Path, n: int) -> None:
+    loop = bench_loop(work, n)
+    print(f"inference loop, MLP 64-128-64-8, one core, {n:,} readings a round (median of 5 interleaved rounds):")
+    print(f"  bare edgekit.load(...).predict loop        {loop['bare_per_s']:10,.0f} /s   1.00x")
+    print(f"  InferenceLoop: source, model, windows,     {loop['loop_per_s']:10,.0f} /s   {loop['ratio']:.2f}x")
+    print(f"    uplink (1 s windows into a spool)        {loop['uplink_per_s']:10.2f} messages/s")
+    server = _Server()
+    try:
+        fo = bench_failover(work, server.url)
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+    print(f"local model failing for 3 s at 200 readings/s, a KServe v2 fallback on localhost ({fo['cloud_answers']:.0f} cloud answers):")
+    print(f"  reading to cloud answer   p50 {fo['cloud_p50_ms']:6.2f} ms   p99 {fo['cloud_p99_ms']:6.2f} ms")
+    print(f"  back to local answers {fo['back_to_local_s']:.2f} s after the model recovered (health interval {fo['health_s']:g} s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000, help="spool puts per round and messages drained")
     parser.add_argument("--calls", type=int, default=200, help="fallback calls timed")
     parser.add_argument("--timeout", type=float, default=0.2, help="fallback timeout for the slow endpoint, seconds")
     parser.add_argument("--ipc-messages", type=int, default=1000, help="IPC publishes (and direct MQTT publishes) timed")
+    parser.add_argument("--readings", type=int, default=50_000, help="readings per round of the inference-loop benchmark")
+    parser.add_argument("--loop-only", action="store_true", help="only the inference loop and the failover")
     args = parser.parse_args(argv)
+    if args.loop_only:
+        with tempfile.TemporaryDirectory(prefix="edgekit-bench-edge-") as tmp:
+            _print_loop(Path(tmp), args.readings)
+        return 0
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-edge-") as tmp:
         work = Path(tmp)
         spool = bench_spool(work, args.messages)
         drain = bench_drain(work, args.messages)
         ipc = bench_ipc(work, args.ipc_messages)
     fb = bench_fallback(args.calls, args.timeout)
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-edge-") as tmp:
+        _print_loop(Path(tmp), args.readings)
     print(f"host: {socket.gethostname()} | {args.messages} messages, {args.calls} fallback calls")
     print("spool put, per message (median of 5 interleaved rounds):")
     print(f"  durable (synchronous=FULL) {spool['full']:8.1f} us   1.00x")

@@ -354,8 +354,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures as JSON to this file ('-': standard output)")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     parser.add_argument("--charts", default="build/bench", help="folder for the charts (PNG; default build/bench)")
+    parser.add_argument("--inference", action="store_true", help="instead: every device infers (bench/fleet_inference.py)")
+    parser.add_argument("--readings", type=float, default=10.0, help="--inference: readings/s per device")
+    parser.add_argument("--seconds", type=float, default=60.0, help="--inference: how long they infer")
+    parser.add_argument("--outage", type=float, default=30.0, help="--inference: broker outage, seconds (0: skip)")
+    parser.add_argument("--outage-devices", type=int, default=100, help="--inference: devices sharing 1,000 readings/s")
     args = parser.parse_args(argv)
     args.devices = args.devices or (100 if args.quick else 1000)
+    if args.inference:
+        from bench.fleet_inference import render as render_inference
+        from bench.fleet_inference import run_inference
+
+        logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+        results = run_inference(args, lambda m: None if args.quiet else print(m, file=sys.stderr, flush=True))
+        render_inference(results)
+        if args.json:
+            text = json.dumps({"host": host_description(), **{k: asdict(v) if v else None for k, v in results.items()}}, indent=2)
+            sys.stdout.write(text + "\n") if args.json == "-" else Path(args.json).write_text(text + "\n")
+        return 0
     if args.devices < 20:
         parser.error("--devices must be at least 20")
     if not 1 <= args.rate <= 1000:

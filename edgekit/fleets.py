@@ -60,7 +60,8 @@ class Fault(BaseModel):
     * ``restart_device``: the agent crashes and a fresh one resumes from the same folder at once;
     * ``corrupt_downloads``: the next ``count`` artifact downloads of each device come back corrupted
       (a device gives up after 10 mismatches: ``ARTIFACT_CHECKSUM_MISMATCH``);
-    * ``restart_broker``: the broker stops and starts again on the same port (no ``things``).
+    * ``restart_broker``: the broker stops and starts again on the same port (no ``things``); with ``seconds`` it
+      stays down that long (a broker outage).
 
     ``things`` (names) or ``fraction`` (of the fleet, picked at random with a fixed seed) say which devices;
     neither means every device.

@@ -16,7 +16,7 @@ from edgekit.errors import EXIT_CODES, InputShapeError, ModelLoadError, UnknownT
 
 def test_demo_compiles_for_two_targets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out)]) == 0
+    assert main(["demo", "-o", str(out), "--state", str(tmp_path / "fleet"), "--seconds", "6", "--outage", "2"]) == 0
     text = capsys.readouterr().out
     for target, arch in (("x86_64", "amd64"), ("rasp4b", "aarch64")):
         manifest = json.loads((out / f"sensor_cnn-{target}" / "manifest.json").read_text())
@@ -24,16 +24,20 @@ def test_demo_compiles_for_two_targets(tmp_path: Path, capsys: pytest.CaptureFix
         assert manifest["measured"]["accuracy"]["maxAbsError"] < 1e-4
         assert f"sensor_cnn-{target}" in text
     assert "median ms" in text and "host-proxy" in text
-    # packaged, linted, published to the local fleet and rolled out to every device of both groups over MQTT
+    # packaged, linted, published to the local fleet and rolled out to every device of both groups over MQTT;
+    # then every device inferred through a broker outage and the fleet received every reading
     assert "recipe lint: OK" in text
-    assert "17 devices (17 connected" in text
-    assert text.count("COMPLETED") >= 2
-    state = out / "fleet" / "fleet.db"
+    assert "'demo': 17 devices over MQTT" in text
+    assert "SUCCEEDED 11" in text and "SUCCEEDED 6" in text
+    assert ": 0 lost, 0 counted twice" in text and "broker down for 2 s" in text
+    state = tmp_path / "fleet" / "fleet.db"
     import sqlite3
 
     with sqlite3.connect(state) as db:
         rows = db.execute("SELECT status, COUNT(*) FROM job_executions GROUP BY status").fetchall()
+        windows = db.execute("SELECT COUNT(DISTINCT thing), SUM(readings) FROM telemetry_windows").fetchone()
     assert dict(rows) == {"SUCCEEDED": 17}
+    assert windows[0] == 17 and windows[1] > 17 * 30  # every device inferred (10 readings/s for 6 s)
     # run again: both compiles come from the cache
     assert main(["demo", "-o", str(out), "--no-fleet"]) == 0
     assert capsys.readouterr().out.count("(cache)") == 2

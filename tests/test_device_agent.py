@@ -284,7 +284,7 @@ def test_the_packaged_inference_pipeline_runs_and_finishes(mlp_onnx: Path, tmp_p
 
     run(scenario)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(lines) == 1 and lines[0]["inferences"] == 3 and sum(lines[0]["top1_counts"].values()) == 3
+    assert len(lines) == 1 and lines[0]["count"] == 3 and sum(lines[0]["classes"].values()) == 3
     log = (root / "logs" / f"{inference}.log").read_text()
     assert "self-test passed" in log
     # dependencies first: runtime and model were FINISHED before the inference component started
@@ -843,3 +843,50 @@ def test_a_component_name_that_would_leave_its_folder_is_refused(tmp_path: Path,
 
     run(scenario)
     assert not (tmp_path / "ran").exists() and not (tmp_path / "escape").exists()
+
+
+def _patched_zip(kind: str) -> bytes:
+    """A zip Python can't inflate: Deflate64 (method 9), encrypted (flag bit 0), or a corrupt deflate stream."""
+    import struct
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("model.bin", bytes(range(256)) * 64)
+    data = bytearray(buffer.getvalue())
+    local, central = data.find(b"PK\x03\x04"), data.find(b"PK\x01\x02")
+    if kind == "deflate64":
+        struct.pack_into("<H", data, local + 8, 9)
+        struct.pack_into("<H", data, central + 10, 9)
+    elif kind == "encrypted":
+        for offset in (local + 6, central + 8):
+            struct.pack_into("<H", data, offset, struct.unpack_from("<H", data, offset)[0] | 1)
+    else:  # the compressed bytes themselves damaged (the artifact's digest is computed over the damage)
+        start = local + 30 + struct.unpack_from("<H", data, local + 26)[0] + struct.unpack_from("<H", data, local + 28)[0]
+        data[start : start + 16] = b"\xff" * 16
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["deflate64", "encrypted", "corrupt-stream"])
+def test_an_archive_python_cannot_inflate_fails_the_deployment_and_the_next_job_runs(
+    kind: str, tmp_path: Path, registry: Registry
+) -> None:
+    registry.publish(
+        recipe("com.example.Zip", artifacts=[{"URI": "s3://b/bundle.zip", "Unarchive": "ZIP"}], lifecycle={"Run": "true"}),
+        {"bundle.zip": _patched_zip(kind)},
+    )
+    registry.publish(recipe("com.example.Ok", lifecycle={"Run": "true"}), {})
+    root = tmp_path / "device"
+
+    async def scenario() -> None:
+        agent = make_agent(root, registry)
+        try:
+            outcome = await agent.apply(job("d-1", {"com.example.Zip": "1.0.0"}))
+            assert outcome.status == "FAILED" and outcome.error_code == "IO_UNZIP_ERROR", outcome
+            assert "can't be unpacked" in outcome.message and outcome.components == {}
+            after = await agent.apply(job("d-2", {"com.example.Ok": "1.0.0"}))
+            assert after.status == "SUCCEEDED", after
+        finally:
+            await agent.stop()
+
+    run(scenario)
+    assert not (root / "packages" / "artifacts-unarchived" / "com.example.Zip").exists()

@@ -346,3 +346,20 @@ def test_a_message_the_broker_refuses_stays_in_the_spool(tmp_path: Path) -> None
                 assert await publisher.drain() == 0  # it is not skipped on the next try either
 
         asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed (apt-get install -y mosquitto)")
+def test_a_message_that_can_never_be_sent_is_a_counted_rejection_not_a_stalled_drain(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    spool.put("devices/dev-1/a", b"1")
+    spool.put("devices/dev-1/#", b"wildcard")  # no broker takes a wildcard topic in a PUBLISH
+    spool.put("devices/dev-1/a", b"3")
+    with MosquittoBroker(tmp_path / "broker") as broker:
+
+        async def scenario() -> None:
+            async with await connect(broker.url, "dev-1", clean_start=True) as device:
+                publisher = SpoolPublisher(spool, device, timeout_s=5)
+                assert await publisher.drain() == 2  # the two good ones, in order
+                assert publisher.rejected == 1 and len(spool) == 0
+
+        asyncio.run(scenario())

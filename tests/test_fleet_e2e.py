@@ -319,7 +319,7 @@ def test_a_deployment_reaches_every_device_over_mqtt(make_fleet: Callable[..., F
                 INFERENCE: ("1.0.0", "FINISHED"),
             }
             out = fleet.root / "devices" / thing / "work" / INFERENCE / "aggregates.jsonl"
-            assert json.loads(out.read_text().splitlines()[0])["inferences"] == 3
+            assert json.loads(out.read_text().splitlines()[0])["count"] == 3
         # the bridge heard every device's status: the deployment's result, then the component that finished since
 
         def reported(thing: str) -> bool:
@@ -341,7 +341,7 @@ def test_a_deployment_reaches_every_device_over_mqtt(make_fleet: Callable[..., F
             message = await consumer.get_message(timeout=15)
             summary = json.loads(message.payload)
             assert message.topic == f"devices/{summary['thing']}/inference"
-            summaries[summary["thing"]] = summary["inferences"]
+            summaries[summary["thing"]] = summary["count"]
         assert summaries == dict.fromkeys(things, 3)
         for runner in runners:
             assert runner.agent.ipc is not None

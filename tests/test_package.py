@@ -156,8 +156,8 @@ def test_components_run_outside_edgekit(artifacts: list[Path], tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr
     assert "self-test passed" in proc.stdout
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert sum(r["inferences"] for r in rows) == 7
-    assert sum(r["answered_by"]["local"] for r in rows) == 7
+    assert sum(r["count"] for r in rows) == 7
+    assert sum(r["answeredBy"]["local"] for r in rows) == 7
 
     # the same script with a cloud fallback that is asked for every reading (min confidence 1.0), then with the
     # cloud gone: the breaker's failures leave the local answers standing. Under an IPC server (what the device
@@ -191,15 +191,18 @@ def test_components_run_outside_edgekit(artifacts: list[Path], tmp_path: Path) -
     uplink: list[dict[str, Any]] = []
     try:
         asked = asyncio.run(under_ipc(tmp_path / "cloud.jsonl"))
-        assert sum(r["answered_by"]["cloud"] for r in asked) == 5 and cloud.requests == 5
+        assert sum(r["answeredBy"]["cloud"] for r in asked) == 5 and cloud.requests == 5
         cloud.mode = "error"
         away = asyncio.run(under_ipc(tmp_path / "away.jsonl"))
-        assert sum(r["answered_by"]["local"] for r in away) == 5
+        assert sum(r["answeredBy"]["local"] for r in away) == 5
+        assert sum(r["fallback"]["errors"].get("http", 0) for r in away) == 3  # failures counted by kind ...
+        assert sum(r["fallback"]["errors"].get("breaker_open", 0) for r in away) == 2
+        assert away[-1]["fallback"]["breaker"] == "open"  # ... and the breaker's state in every summary
         assert cloud.requests == 5 + 3  # the breaker opened after 3 failures: 2 readings didn't wait for the cloud
     finally:
         cloud.close()
     # the uplink spool is the same file across both runs: every window summary of both, in order
-    assert [r["inferences"] for r in uplink[-10:]] == [1] * 10 and len(Spool(tmp_path / "ipc" / "config" / "uplink.db")) == 10
+    assert [r["count"] for r in uplink[-10:]] == [1] * 10 and len(Spool(tmp_path / "ipc" / "config" / "uplink.db")) == 10
     assert states == ["RUNNING", "RUNNING"]  # UpdateState after each self-test
 
 

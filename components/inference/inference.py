@@ -1,216 +1,25 @@
-"""Inference component entry point (runs on the device under the Greengrass nucleus).
+"""Inference component entry point (runs on the device under the Greengrass nucleus or edgekit's agent).
 
-usage: inference.py MODEL_DIR [--input-source S] [--window-seconds W] [--output-path P]
-                    [--max-inferences N] [--interval-seconds I]
+usage: inference.py MODEL_DIR [--input-source S] [--window-seconds W] [--interval-seconds I] [--topic T]
+                    [--min-confidence C] [--fallback-url URL] [--fallback-model M] [--output-path P] ...
 
-The recipe passes the component's configuration (``{configuration:/InputSource}`` ...):
-  --input-source     "synthetic" (random inputs of the model's shapes) or "file:<path.npy|.npz>"
-  --window-seconds   aggregate predictions over windows of this many seconds
-  --output-path      JSON-lines file for the aggregates ("" = stdout)
-  --max-inferences   stop after this many inferences ("0" = run until stopped)
-  --interval-seconds pause between inferences
-  --topic            also publish each window's summary to this AWS IoT Core topic ("" = don't), through
-                     Greengrass IPC (awsiotsdk's PublishToIoTCore): on edgekit's device agent the message is
-                     spooled on disk and sent over the device's own MQTT connection whenever it is online; on
-                     a real Greengrass nucleus it goes through the nucleus's MQTT connection the same way.
-
-Under a Greengrass nucleus (or edgekit's agent: both set SVCUID and the IPC socket) the component also reports
-RUNNING or ERRORED with UpdateState once its self-test ran, and follows configuration changes while it runs
-(SubscribeToConfigurationUpdate: WindowSeconds, IntervalSeconds and MinConfidence apply from the next reading).
-Outside one (no SVCUID) it only writes --output-path / stdout.
-  --fallback-url     an Open Inference Protocol server (KServe v2 / Triton) asked when the local model fails or
-  --fallback-model   is less confident than --min-confidence ("" = no fallback); behind a circuit breaker.
-  --min-confidence   A reading nobody answers is published (as .npz bytes) to <topic>/unanswered.
+The recipe passes the component's configuration as these arguments (``{configuration:/InputSource}`` ...); the
+whole loop is :class:`edgekit.edge.loop.InferenceLoop`, the same code a simulated in-process device runs
+(``python inference.py --help`` lists every argument). Under a Greengrass nucleus (or edgekit's agent: both set
+``SVCUID`` and the IPC socket) summaries go out with IPC ``PublishToIoTCore``, the component reports RUNNING or
+ERRORED with ``UpdateState`` after its self-test, and follows ``MinConfidence``, ``WindowSeconds`` and
+``IntervalSeconds`` while it runs. Outside one it writes the summaries to ``--output-path`` or stdout.
+SIGTERM (the nucleus stopping or updating the component) summarises the open window and hands it over first.
+See docs/edge-runtime.md.
 """
 
 from __future__ import annotations
 
-import argparse
-import io
-import json
+import asyncio
 import os
 import sys
-import time
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-import edgekit
-
-
-def _inputs(model: edgekit.runtime.LoadedModel, source: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    specs = model.manifest.inputs
-    if source.startswith("file:"):
-        path = Path(source[5:])
-        if path.suffix == ".npz":
-            with np.load(path) as data:
-                return {s.name: data[s.name] for s in specs}
-        return {specs[0].name: np.load(path)}
-    return {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in specs}
-
-
-class Uplink:
-    """Greengrass IPC through awsiotsdk: publish to IoT Core, report the state, follow the configuration."""
-
-    def __init__(self, topic: str) -> None:
-        from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
-
-        self.topic = topic
-        self.ipc = GreengrassCoreIPCClientV2()
-        self.settings: dict[str, Any] = {}
-
-    def publish(self, topic: str, payload: bytes) -> None:
-        try:
-            self.ipc.publish_to_iot_core(topic_name=topic, qos="1", payload=payload)
-        except Exception as exc:  # refused or too big: said, not fatal
-            print(f"edgekit inference: publish to {topic} failed: {type(exc).__name__} {getattr(exc, 'message', exc)}", file=sys.stderr, flush=True)
-
-    def report(self, state: str) -> None:
-        self.ipc.update_state(state=state)
-
-    def follow_configuration(self) -> None:
-        """Keep :attr:`settings` equal to the component's configuration (read in full after each change)."""
-
-        def refresh(_event: Any = None) -> None:
-            self.settings = dict(self.ipc.get_configuration().value or {})
-
-        refresh()
-        self.ipc.subscribe_to_configuration_update(key_path=[], on_stream_event=refresh)
-
-    def close(self) -> None:
-        self.ipc.close()
-
-
-def _setting(uplink: Uplink | None, key: str, default: float) -> float:
-    if uplink is None or key not in uplink.settings:
-        return default
-    try:
-        return float(uplink.settings[key])
-    except (TypeError, ValueError):
-        return default
-
-
-def _answer(
-    model: edgekit.runtime.LoadedModel,
-    feeds: dict[str, np.ndarray],
-    fallback: Any,
-    min_confidence: float,
-    uplink: Uplink | None,
-    topic: str,
-) -> tuple[int | None, str]:
-    """(top class or None, who answered): the local model, else the cloud fallback, else nobody (published)."""
-    from edgekit.edge.errors import EdgeError
-    from edgekit.edge.runner import confidence_of
-    from edgekit.errors import EdgekitError
-
-    top = None
-    error = ""
-    try:
-        top = confidence_of(model.predict(feeds)[-1])
-    except EdgekitError as exc:
-        error = str(exc)
-    if fallback is None or (not error and (top is None or top[1] >= min_confidence)):
-        return (top[0] if top else None), ("local" if not error else "none")
-    try:
-        cloud = confidence_of(fallback.infer(feeds)[-1])
-        return (cloud[0] if cloud else None), "cloud"
-    except EdgeError as exc:
-        if not error:
-            return (top[0] if top else None), "local"  # the cloud is away: the local answer stands
-        if uplink is not None:
-            buf = io.BytesIO()
-            np.savez(buf, **feeds)
-            uplink.publish(f"{topic}/unanswered", buf.getvalue())
-        print(f"edgekit inference: unanswered ({error}; fallback: {exc})", file=sys.stderr, flush=True)
-        return None, "none"
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description="edgekit inference component")
-    parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--input-source", default="synthetic")
-    parser.add_argument("--window-seconds", type=float, default=10.0)
-    parser.add_argument("--output-path", default="")
-    parser.add_argument("--max-inferences", type=int, default=0)
-    parser.add_argument("--interval-seconds", type=float, default=0.1)
-    parser.add_argument("--topic", default="")
-    parser.add_argument("--fallback-url", default="")
-    parser.add_argument("--fallback-model", default="")
-    parser.add_argument("--min-confidence", type=float, default=0.0)
-    args = parser.parse_args()
-    uplink = Uplink(args.topic) if args.topic and os.environ.get("SVCUID") else None
-    model = edgekit.load(args.model_dir)
-    check = model.selftest()
-    print(
-        f"edgekit inference: loaded {model}; self-test {'passed' if check.passed else 'FAILED'} "
-        f"(max abs error {check.max_abs_error:.3g})",
-        flush=True,
-    )
-    if uplink is not None:
-        uplink.report("RUNNING" if check.passed else "ERRORED")
-        uplink.follow_configuration()
-    if not check.passed:
-        return 1
-    source, window, limit, pause, out_path = (
-        args.input_source,
-        args.window_seconds,
-        args.max_inferences,
-        args.interval_seconds,
-        args.output_path,
-    )
-    out = open(out_path, "a") if out_path else sys.stdout  # noqa: SIM115
-    thing = os.environ.get("AWS_IOT_THING_NAME", "")
-    fallback = None
-    if args.fallback_url:
-        from edgekit.edge.fallback import CloudFallback
-
-        fallback = CloudFallback(args.fallback_url, args.fallback_model or model.manifest.name)
-    answered_by = {"local": 0, "cloud": 0, "none": 0}
-    rng = np.random.default_rng(0)
-    counts: dict[int, int] = {}
-    started = time.monotonic()
-    done = 0
-    try:
-        while limit == 0 or done < limit:
-            t0 = time.perf_counter()
-            feeds = _inputs(model, source, rng)
-            min_confidence = _setting(uplink, "MinConfidence", args.min_confidence)
-            window = _setting(uplink, "WindowSeconds", window)
-            pause = _setting(uplink, "IntervalSeconds", pause)
-            top, by = _answer(model, feeds, fallback, min_confidence, uplink, args.topic)
-            ms = (time.perf_counter() - t0) * 1e3
-            answered_by[by] += 1
-            if top is not None:
-                counts[top] = counts.get(top, 0) + 1
-            done += 1
-            if time.monotonic() - started >= window or (limit and done >= limit):
-                line = json.dumps(
-                    {
-                        "thing": thing,
-                        "window_end": round(time.time(), 3),  # with "thing": the key to de-duplicate on
-                        "window_s": round(time.monotonic() - started, 3),
-                        "inferences": sum(answered_by.values()),
-                        "answered_by": dict(answered_by),
-                        "top1_counts": {str(k): v for k, v in sorted(counts.items())},
-                        "last_latency_ms": round(ms, 3),
-                    }
-                )
-                out.write(line + "\n")
-                out.flush()
-                if uplink is not None:
-                    uplink.publish(args.topic, line.encode())
-                counts.clear()
-                answered_by = dict.fromkeys(answered_by, 0)
-                started = time.monotonic()
-            time.sleep(pause)
-    finally:
-        if out is not sys.stdout:
-            out.close()
-        if uplink is not None:
-            uplink.close()
-    return 0
-
+from edgekit.edge.loop import run_component
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(asyncio.run(run_component(sys.argv[1:], thing=os.environ.get("AWS_IOT_THING_NAME", ""), ipc=bool(os.environ.get("SVCUID")))))

@@ -1,8 +1,7 @@
-"""edgekit demo: the whole flow on an embedded default, model to fleet. See README.md."""
+"""edgekit demo: the whole flow on an embedded default, model to a fleet that runs it (edgekit.demo.flow). See README.md."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import typer
@@ -14,100 +13,97 @@ from edgekit.cli.output import console, manifest_table, progress_line
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
-        output: Path = typer.Option(Path("build/demo"), "--output", "-o", help="where the demo writes everything"),
+        output: Path = typer.Option(Path("build/demo"), "--output", "-o", help="where the demo writes its build"),
         targets: list[str] = typer.Option(["x86_64", "rasp4b"], "--target", "-t", help="profiles to compile for"),
         fleet: str = typer.Option("demo", "--fleet", help="fleet file for the rollout (devices/fleets/<name>.yaml)"),
+        state: Path | None = typer.Option(None, "--state", help="the local fleet's folder (default ./.edgekit/fleet)"),
         no_fleet: bool = typer.Option(False, "--no-fleet", help="stop after compiling and packaging"),
         rollout: int = typer.Option(600, "--rollout", help="devices per minute (maximumPerMinute) of the demo deployments"),
+        seconds: float = typer.Option(20.0, "--seconds", min=1, help="how long every device infers"),
+        outage: float = typer.Option(5.0, "--outage", min=0, help="seconds the broker is down a third of the way in (0: none)"),
+        keep: bool = typer.Option(False, "--keep", help="leave the fleet running afterwards (Ctrl-C stops it)"),
+        cloud_url: str | None = typer.Option(
+            None, "--cloud-url", help="an Open Inference Protocol server to fall back to instead of starting edgekit serve"
+        ),
     ) -> None:
-        """The main job: compile a bundled sensor model for two targets, package it as Greengrass components,
-        and roll it out to a simulated fleet over MQTT (a real mosquitto, the local fleet service, device agents)."""
-        from edgekit.api import compile, package
-        from edgekit.demo import write_demo_model
-        from edgekit.greengrass.lint import lint_paths
+        """The main job: compile a bundled sensor model for two targets, package it as Greengrass components, start
+        `edgekit serve` as the cloud fallback, roll it out to a simulated fleet over MQTT, let every device infer
+        through a broker outage, and count every reading."""
+        from edgekit.cli.fleet_cmd import quiet_library
+        from edgekit.demo.flow import DemoOptions, run_demo
 
-        output.mkdir(parents=True, exist_ok=True)
-        model = write_demo_model(output / "sensor_cnn.onnx")
-        console.print(f"[bold]1. compile[/] {model} (1-D CNN over 6 sensor channels x 64 samples, 4 classes)")
-        manifests, artifacts = [], []
-        for target in targets:
-            with progress_line(f"compiling for {target}") as say:
-                result = compile(model, target, output, progress=say)
-            manifests.append(result.manifest)
-            artifacts.append(result.artifact_dir)
-            console.print(f"   {target}: {result.artifact_dir}" + (" (cache)" if result.cache_hit else ""))
-        console.print(manifest_table(manifests))
-        if len({m.backend.name for m in manifests}) > 1:
+        options = DemoOptions(
+            output=output,
+            targets=tuple(targets),
+            fleet=fleet,
+            state=state,
+            rollout_per_min=rollout,
+            seconds=seconds,
+            outage_s=outage,
+            no_fleet=no_fleet,
+            keep=keep,
+            cloud_url=cloud_url,
+        )
+        with quiet_library(), progress_line("the demo") as say:
+            report = run_demo(options, progress=say)
+        console.print(f"[bold]1. compile[/] {report.model} (1-D CNN over 6 sensor channels x 64 samples, 4 classes)")
+        for target, artifact, hit in zip(targets, report.artifacts, report.cached, strict=True):
+            console.print(f"   {target}: {artifact}" + (" (cache)" if hit else ""))
+        console.print(manifest_table(report.manifests))
+        if not report.same_backend:
             console.print("   the targets chose different backends; packaging stops here (one runtime per component)")
             return
-
-        build = output / "greengrass-build"
-        name = "com.edgekit.demo.SensorCnn"
-        with progress_line("packaging") as say:
-            packaged = package(artifacts, name=name, version="1.0.0", output=build, progress=say)
-        findings = [f for f in lint_paths([build / "recipes"]) if f.severity == "error"]
-        console.print(f"[bold]2. package[/] {build}: " + ", ".join(f"{c.name} {c.version}" for c in packaged.components))
-        console.print(f"   recipe lint: {'OK' if not findings else f'{len(findings)} error(s)'}")
+        console.print(f"[bold]2. package[/] {output / 'greengrass-build'}: " + ", ".join(report.packaged))
+        console.print(f"   recipe lint: {'OK' if not report.lint_errors else f'{report.lint_errors} error(s)'}")
         if no_fleet:
             return
-        asyncio.run(_rollout(output / "fleet", build, f"{name}.Inference", fleet, rollout))
-
-
-async def _rollout(state_dir: Path, build: Path, component: str, fleet_name: str, rollout: int) -> None:
-    from edgekit.cli.fleet_cmd import deployments_table, groups_table
-    from edgekit.fleets import load_fleet
-    from edgekit.sim import Simulation
-
-    fleet = load_fleet(fleet_name)
-    groups = sorted({g for entry in fleet.devices for g in entry.groups} - {"canary"})
-    with progress_line("starting the simulated fleet") as say:
-        sim = Simulation(fleet, state_dir=state_dir, progress=say)
-        await sim.start()
-    try:
-        status = sim.status()
+        console.print(f"[bold]3. cloud fallback[/] {'' if cloud_url else 'edgekit serve '}{report.cloud} (the float model)")
+        if report.cloud_note:
+            console.print(f"   [yellow]{report.cloud_note}[/yellow]")
         console.print(
-            f"[bold]3. fleet[/] '{fleet.name}': {status.devices} devices ({status.connected} connected over MQTT to "
-            f"{status.broker_url}), state in {state_dir}"
+            f"[bold]4. fleet[/] '{report.fleet}': {report.devices} devices over MQTT ({report.broker}), state in {report.state}; "
+            f"set up in {report.setup_s:.0f} s, then every device inferred for {report.seconds:.0f} s"
         )
-        published = sim.publish(build)
-        console.print("   published locally: " + ", ".join(f"{p.name} {p.version} ({p.status})" for p in published))
-        version = next(p.version for p in published if p.name == component)
-        rate = {"maximumPerMinute": rollout}
-        deployments = []
-        for group in groups:
-            spec = {
-                "targetArn": f"thinggroup/{group}",
-                "deploymentName": f"demo-{group}",
-                "components": {component: {"componentVersion": version}},
-                "iotJobConfiguration": {"jobExecutionsRolloutConfig": rate},
-            }
-            deployments.append(sim.deploy(spec))
-        console.print(f"[bold]4. deploy[/] {component} {version} to " + ", ".join(f"thinggroup/{g}" for g in groups))
-        with progress_line("rolling out") as say:
-            for dep in deployments:
-                while True:
-                    try:
-                        await sim.wait(dep, timeout=5)
-                        break
-                    except TimeoutError:
-                        counts = sim.status().summary
-                        say(", ".join(f"{d.target}: {dict(d.counts)}" for d in counts.deployments if d.status == "ACTIVE"))
-        summary = sim.status().summary
-        console.print(deployments_table(summary))
-        console.print(groups_table(summary))
-        _components_table(sim)
-    finally:
-        await sim.close()
+        console.print(_groups(report))
+        console.print(_fallback(report))
+        lost = sum(g.lost for g in report.groups)
+        twice = sum(g.duplicates for g in report.groups)
+        produced = sum(g.produced for g in report.groups)
+        crashed = sum(g.crashed_runs for g in report.groups)
+        verdict = "[green]" if lost == 0 else "[red]"
+        console.print(
+            f"{verdict}{produced:,} readings produced, {produced - lost:,} accounted for in the summaries the fleet "
+            f"received: {lost} lost, 0 counted twice[/] ({twice} redelivered summaries ignored"
+            + (f"; {crashed} loop(s) killed by a fault, their open window lost" if crashed else "")
+            + ")"
+        )
+        if report.faults:
+            console.print("faults: " + "; ".join(report.faults), soft_wrap=True)
+        console.print(f"the demo took {report.fleet_s:.0f} s; 'edgekit fleet status' reads the same fleet", soft_wrap=True)
 
 
-def _components_table(sim: object) -> None:
-    devices = getattr(sim, "devices", {})
-    table = Table(title="components on the first devices", title_justify="left")
-    for col in ("device", "component", "version", "state"):
+def _groups(report: object) -> Table:
+    table = Table(title="per thing group", title_justify="left")
+    for col in ("group", "devices", "rollout", "produced", "accounted", "lost", "local", "cloud", "none", "uplink msgs", "msgs/reading"):
+        table.add_column(col, justify="left" if col in ("group", "rollout") else "right")
+    for g in getattr(report, "groups", []):
+        rollout = ", ".join(f"{k} {v}" for k, v in sorted(g.rollout.items()))
+        ratio = g.uplink_messages / g.produced if g.produced else 0.0
+        lost = f"[green]{g.lost}[/green]" if g.lost == 0 else f"[red]{g.lost}[/red]"
+        table.add_row(
+            g.group, str(g.devices), rollout, f"{g.produced:,}", f"{g.accounted:,}", lost,
+            f"{g.local:,}", f"{g.cloud:,}", f"{g.none:,}", f"{g.uplink_messages:,}", f"{ratio:.3f}",
+        )  # fmt: skip
+    return table
+
+
+def _fallback(report: object) -> Table:
+    table = Table(title="cloud fallback", title_justify="left")
+    for col in ("group", "answers", "p50 ms", "p99 ms", "errors by kind", "breakers (latest window)"):
         table.add_column(col)
-    for thing in sorted(devices)[:4]:
-        agent = getattr(devices[thing], "agent", None)
-        for c in agent.component_states() if agent is not None else []:
-            table.add_row(thing, c.name, c.version, c.state)
-    if table.row_count:
-        console.print(table)
+    for g in getattr(report, "groups", []):
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(g.fallback_errors.items())) or "-"
+        breakers = ", ".join(f"{k} {v}" for k, v in sorted(g.breakers.items())) or "-"
+        ms = g.fallback_ms
+        table.add_row(g.group, f"{g.cloud:,}", str(ms.get("p50", "-")), str(ms.get("p99", "-")), errors, breakers)
+    return table

@@ -20,6 +20,7 @@ from edgekit.errors import ConfigError, DeploymentError
 if TYPE_CHECKING:
     from edgekit.fleet.queries import DeviceFailure
     from edgekit.fleet.service import FleetSummary
+    from edgekit.fleet.telemetry import TelemetryView
     from edgekit.sim import SimulationStatus
 
 __all__ = ["register"]
@@ -107,6 +108,42 @@ def devices_table(summary: FleetSummary, limit: int = 50) -> Table:
     return table
 
 
+def telemetry_tables(view: TelemetryView, limit: int = 50) -> list[Table]:
+    """What the devices' inference components reported: per group, then per device (``limit`` rows, 0: all)."""
+    heads = ("windows", "readings", "local", "cloud", "none", "fallback errors", "breaker", "pending", "uplink msgs", "last seen")
+    now = time.time()
+
+    def seen(at: float | None) -> str:
+        return f"{now - at:.0f} s ago" if at else "[dim]never[/dim]"
+
+    def errors(kinds: dict[str, int]) -> str:
+        return ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "-"
+
+    groups = Table(title="telemetry per group (window summaries received)", title_justify="left")
+    groups.add_column("group")
+    groups.add_column("reporting", justify="right")
+    for head in heads:
+        groups.add_column(head, justify="left" if head in ("fallback errors", "breaker") else "right")
+    for g in view.groups:
+        breakers = ", ".join(f"{k} {n}" for k, n in sorted(g.breakers.items())) or "-"
+        groups.add_row(
+            g.group, f"{g.reporting}/{g.devices}", f"{g.windows:,}", f"{g.readings:,}", f"{g.local:,}", f"{g.cloud:,}",
+            f"{g.none:,}", errors(g.fallback_errors), breakers, str(g.pending), f"{g.uplink_messages:,}", seen(g.last_seen),
+        )  # fmt: skip
+    reporting = [d for d in view.devices if d.windows or d.uplink_messages]
+    shown = reporting if limit <= 0 else reporting[:limit]
+    devices = Table(title=f"telemetry per device ({len(shown)} of {len(reporting)} reporting)", title_justify="left")
+    devices.add_column("thing")
+    for head in heads:
+        devices.add_column(head, justify="left" if head in ("fallback errors", "breaker") else "right")
+    for d in shown:
+        devices.add_row(
+            d.thing, f"{d.windows:,}", f"{d.readings:,}", f"{d.local:,}", f"{d.cloud:,}", f"{d.none:,}",
+            errors(d.fallback_errors), d.breaker or "-", str(d.pending), f"{d.uplink_messages:,}", seen(d.last_seen),
+        )  # fmt: skip
+    return [groups, devices] if reporting else []
+
+
 def failures_table(failures: Sequence[DeviceFailure], title: str = "latest failures") -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("thing", "deployment", "status", "error", "cause"):
@@ -143,7 +180,7 @@ def _status_line(status: SimulationStatus) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_library() -> Iterator[None]:
+def quiet_library() -> Iterator[None]:
     """The devices' own warnings (a failed step, a fault) are shown in the tables; keep them off the terminal unless -v."""
     root = logging.getLogger()
     lib = logging.getLogger("edgekit")
@@ -229,7 +266,7 @@ def register(app: typer.Typer) -> None:
             err_console.print("--until-done without --deploy: waiting for deployments made with 'edgekit deploy --local'")
 
         seen: list[SimulationStatus] = []
-        with _quiet_library(), _watching(interval) as (watch, say):
+        with quiet_library(), _watching(interval) as (watch, say):
 
             def track(status: SimulationStatus) -> None:
                 seen[:] = [status]
@@ -276,16 +313,19 @@ def register(app: typer.Typer) -> None:
         state: Path | None = typer.Option(None, "--state", help="the local fleet's folder (default ./.edgekit/fleet)"),
         limit: int = typer.Option(50, "--limit", min=0, help="devices to list (unfinished and failed first; 0: all)"),
     ) -> None:
-        """Deployments, thing groups and devices of the local fleet (readable while a simulation runs)."""
+        """Deployments, thing groups and devices of the local fleet, and what the devices report: readings, answers
+        (local / cloud / none), fallback errors, breakers, uplink (readable while a simulation runs)."""
         from edgekit.fleet.folder import FleetFolder
         from edgekit.fleet.queries import device_failures
         from edgekit.fleet.service import FleetService
+        from edgekit.fleet.telemetry import telemetry_view
 
         folder = FleetFolder.at(state)
         fleet_state = folder.open_state()
         try:
             summary = FleetService(fleet_state).summary()
             failures = device_failures(fleet_state, 10)
+            telemetry = telemetry_view(fleet_state)
         finally:
             fleet_state.close()
         running = folder.running()
@@ -296,12 +336,19 @@ def register(app: typer.Typer) -> None:
             )
         else:
             where += "; no simulation running"
-        facts = {"state": folder.root, "simulation": running, **jsonable(summary), "failures": failures}
+        facts = {
+            "state": folder.root,
+            "simulation": running,
+            **jsonable(summary),
+            "failures": failures,
+            "telemetry": jsonable(telemetry),
+        }
         shown: list[Text | Table] = [
             Text(where),
             deployments_table(summary),
             groups_table(summary),
             devices_table(summary, limit),
+            *telemetry_tables(telemetry, limit),
         ]
         emit(facts, *shown, *([failures_table(failures)] if failures else []))
 

@@ -146,7 +146,7 @@ class DeviceAgent:
         """The device's Greengrass IPC (None when off)."""
         if ipc if ipc is not None else mode == "subprocess":
             host = AgentHost(thing, lambda: self._state.components, self._sup, self._save)
-            self.ipc = DeviceIpc(self.layout.root, host, region=region, serve_socket=mode == "subprocess")
+            self.ipc = DeviceIpc(self.layout.root, host, region=region, serve_socket=mode == "subprocess", durable=fsync)
             self._sup.env_for = self.ipc.environment
         self._lock = asyncio.Lock()
         self._started = False

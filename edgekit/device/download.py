@@ -19,6 +19,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,7 +163,9 @@ def safe_unzip(
                         out.write(chunk)
         _chmod_tree(staging, file_mode, folder_mode)
         os.replace(staging, dest)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, FileExistsError, OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, FileExistsError, OSError, zlib.error, NotImplementedError, RuntimeError) as exc:
+        # NotImplementedError: a compression Python can't inflate (Deflate64, ...); RuntimeError: encrypted (AES,
+        # ZipCrypto); zlib.error: a corrupt stream (its digest matched: it was zipped that way)
         if isinstance(exc, FileExistsError) and exc.filename and str(exc.filename).startswith(str(staging)):
             raise UnsafeArchiveError(f"{zip_path.name}: an entry appears twice; refused") from exc
         raise UnsafeArchiveError(f"{zip_path.name} can't be unpacked: {exc}") from exc

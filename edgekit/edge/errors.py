@@ -18,8 +18,15 @@ class SpoolFullError(EdgeError):
 
 
 class FallbackError(EdgeError):
-    """The cloud endpoint was reached but did not answer usefully (HTTP error, timeout, bad reply)."""
+    """The cloud endpoint did not answer usefully; ``kind`` says how: ``unreachable``, ``timeout``, ``http``,
+    ``bad_reply`` (counted by kind in the inference component's window summaries)."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class FallbackUnavailable(EdgeError):
     """The cloud fallback is not tried: its circuit breaker is open after repeated failures."""
+
+    kind = "breaker_open"

@@ -140,13 +140,14 @@ class CloudFallback:
         except urllib.error.HTTPError as exc:
             self.breaker.failure()
             detail = exc.read()[:200].decode("utf-8", "replace")
-            raise FallbackError(f"cloud fallback {self.endpoint} answered HTTP {exc.code}: {detail}") from None
+            raise FallbackError(f"cloud fallback {self.endpoint} answered HTTP {exc.code}: {detail}", "http") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
             self.breaker.failure()
             reason = getattr(exc, "reason", exc)
-            raise FallbackError(f"cloud fallback {self.endpoint} unreachable: {reason}") from None
+            kind = "timeout" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else "unreachable"
+            raise FallbackError(f"cloud fallback {self.endpoint} unreachable: {reason}", kind) from None
         except (json.JSONDecodeError, FallbackError) as exc:
             self.breaker.failure()
-            raise FallbackError(f"cloud fallback {self.endpoint}: bad reply ({exc})") from None
+            raise FallbackError(f"cloud fallback {self.endpoint}: bad reply ({exc})", "bad_reply") from None
         self.breaker.success()
         return outputs

@@ -8,10 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from edgekit.edge.errors import EdgeError
 from edgekit.edge.spool import Spool
 from edgekit.mqtt.client import MqttClient
-from edgekit.mqtt.errors import BrokerError, PayloadError
+from edgekit.mqtt.errors import BrokerError, PayloadError, TopicError
 
 __all__ = ["SpoolPublisher"]
 
@@ -26,7 +25,8 @@ class SpoolPublisher:
 
     While the client is offline nothing is sent and nothing leaves the spool; after a reconnect
     :meth:`drain` (or the :meth:`run` loop) sends the backlog oldest first. A message the broker
-    refuses (e.g. not authorized) stops the drain and stays, so it can't be silently skipped.
+    refuses (e.g. not authorized) stops the drain and stays, so it can't be silently skipped; one that
+    can never be sent (a topic or payload over IoT Core's limits) is removed and counted in :attr:`rejected`.
     """
 
     def __init__(self, spool: Spool, client: MqttClient, *, batch: int = 50, timeout_s: float = 10.0) -> None:
@@ -35,6 +35,9 @@ class SpoolPublisher:
         self.batch = batch
         self.timeout_s = timeout_s
         self.sent = 0
+        self.rejected = 0
+        """Messages that can never be sent (a topic or payload IoT Core would refuse): removed and counted, so
+        they can't hold up the rest."""
         self.refused: str = ""
         self._lock = asyncio.Lock()  # one drain at a time: two would send the same unacknowledged messages
 
@@ -59,11 +62,14 @@ class SpoolPublisher:
                 return_exceptions=True,
             )
             done: list[int] = []
+            rejected = 0
             stop = False
             for item, result in zip(items, results, strict=True):
-                if isinstance(result, PayloadError):
-                    self.spool.ack(done)
-                    raise EdgeError(f"spooled message {item.seq} for '{item.topic}' can never be sent: {result}")
+                if isinstance(result, (PayloadError, TopicError)):
+                    log.error("spooled message %d for '%s' can never be sent (%s); removed and counted", item.seq, item.topic, result)
+                    rejected += 1
+                    done.append(item.seq)
+                    continue
                 if isinstance(result, BrokerError):  # offline, timed out: it stays and goes out later
                     log.info("spool drain paused at message %d: %s", item.seq, result)
                     stop = True
@@ -78,8 +84,9 @@ class SpoolPublisher:
                     break
                 done.append(item.seq)
             self.spool.ack(done)
-            delivered += len(done)
-            self.sent += len(done)
+            self.rejected += rejected
+            delivered += len(done) - rejected
+            self.sent += len(done) - rejected
             if stop:
                 break
         return delivered

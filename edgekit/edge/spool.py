@@ -52,7 +52,9 @@ class Spool:
     A full spool rejects the new message or drops the oldest (``on_full``), counted in :attr:`dropped`. A damaged
     file found when opening is moved aside as ``<name>.damaged-<time>`` and a fresh spool starts (``on_damage=
     "quarantine"``, counted in :attr:`quarantined`) or the open fails (``"raise"``); damage found later is an
-    :class:`~edgekit.edge.errors.EdgeError`, never a raw ``sqlite3`` exception.
+    :class:`~edgekit.edge.errors.EdgeError`, never a raw ``sqlite3`` exception. ``durable=False`` skips the fsync per
+    message (``synchronous=NORMAL``: a killed process loses nothing, a power cut may lose the last messages) — what
+    simulated devices use, as they don't fsync their state either.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Spool:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_full: Full = "reject",
         on_damage: Literal["quarantine", "raise"] = "quarantine",
+        durable: bool = True,
     ) -> None:
         if max_items < 1 or max_bytes < 1 or max_message_bytes < 1:
             raise EdgeError(
@@ -78,6 +81,7 @@ class Spool:
         self.max_bytes = min(max_bytes, 2**62)
         self.max_message_bytes = max_message_bytes
         self.on_full = on_full
+        self.durable = durable
         self.quarantined_to: Path | None = None  # where this open moved a damaged file
         self._lock = threading.Lock()
         try:
@@ -101,7 +105,7 @@ class Spool:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             db.executescript(_SCHEMA)
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
             if verdict != "ok":

@@ -5,6 +5,7 @@ See docs/local-fleet.md (the fleet folder).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -31,7 +32,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 DEPLOYMENT_STATUSES: Final = ("ACTIVE", "COMPLETED", "CANCELED", "FAILED", "INACTIVE")
 EXECUTION_STATUSES: Final = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "REJECTED", "REMOVED", "CANCELED")
 
@@ -107,6 +108,41 @@ CREATE INDEX job_executions_thing ON job_executions(thing, status);
 CREATE INDEX job_executions_status ON job_executions(deployment_id, status);
 CREATE INDEX job_executions_notified ON job_executions(deployment_id, notified_at);
 """
+
+_TELEMETRY_SCHEMA = """
+CREATE TABLE telemetry_windows (
+    thing TEXT NOT NULL,
+    component TEXT NOT NULL,
+    window TEXT NOT NULL,
+    run TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    window_start REAL,
+    window_end REAL,
+    readings INTEGER NOT NULL,
+    local INTEGER NOT NULL,
+    cloud INTEGER NOT NULL,
+    none INTEGER NOT NULL,
+    fallback_errors TEXT NOT NULL DEFAULT '{}',
+    breaker TEXT,
+    fallback_ms TEXT NOT NULL DEFAULT '{}',
+    pending INTEGER,
+    uplink_sent INTEGER,
+    received_at REAL NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (thing, component, window)
+);
+CREATE INDEX telemetry_windows_run ON telemetry_windows(thing, run, seq);
+CREATE TABLE telemetry_things (
+    thing TEXT PRIMARY KEY,
+    messages INTEGER NOT NULL DEFAULT 0,
+    unanswered_messages INTEGER NOT NULL DEFAULT 0,
+    malformed INTEGER NOT NULL DEFAULT 0,
+    last_seen REAL
+);
+"""
+_SCHEMA += _TELEMETRY_SCHEMA
+_MIGRATIONS: Final = {1: _TELEMETRY_SCHEMA}
+"""From schema N to N + 1: the statements to run (the window summaries of issue 11 came with schema 2)."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +296,12 @@ class FleetState:
                 raise StateError(f"{self.path} is an SQLite file but not a fleet state file (no schema_version table)")
             row = db.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else None
+            while isinstance(version, int) and version in _MIGRATIONS:
+                for statement in filter(str.strip, _MIGRATIONS[version].split(";")):
+                    db.execute(statement)
+                version += 1
+                db.execute("UPDATE schema_version SET version = ?", (version,))
+                log.info("fleet state %s moved to schema %d", self.path, version)
             if version != SCHEMA_VERSION:
                 newer = isinstance(version, int) and version > SCHEMA_VERSION
                 raise StateError(
@@ -316,6 +358,10 @@ class FleetState:
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             yield self._db
+
+    def read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """The connection for read-only queries (holding the state's lock), e.g. :mod:`edgekit.fleet.telemetry`'s."""
+        return self._read()
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` (``"ok"`` when the file is sound)."""

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Sequence
 
 from edgekit.device.executor import RunningProcess, StepResult, StepSpec
+from edgekit.sim.inference import InProcessRunners
 
 __all__ = ["SimulatedExecutor"]
 
@@ -89,10 +90,15 @@ class _SimulatedRun:
 
 
 class SimulatedExecutor:
-    """Lifecycle steps of in_process devices: ``exit``, ``sleep``, ``true``/``false`` modelled, nothing spawned.
+    """Lifecycle steps of in_process devices: ``exit``, ``sleep``, ``true``/``false`` modelled, nothing spawned;
+    a Run step that runs a registered entry point (``inference.py``) starts that component's code in process
+    (:mod:`edgekit.sim.inference`).
 
-    One executor may serve every device (it keeps no state).
+    One executor may serve every device (what it keeps is in ``runners``: each device's IPC, by thing name).
     """
+
+    def __init__(self, runners: InProcessRunners | None = None) -> None:
+        self.runners = runners if runners is not None else InProcessRunners()
 
     async def run(self, spec: StepSpec, timeout: float | None) -> StepResult:
         steps = _parse(spec.script)
@@ -106,4 +112,5 @@ class SimulatedExecutor:
         return StepResult(code)
 
     async def start(self, spec: StepSpec) -> RunningProcess:
-        return _SimulatedRun(_parse(spec.script))
+        started = await self.runners.start(spec) if spec.step == "Run" else None
+        return started if started is not None else _SimulatedRun(_parse(spec.script))

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any, Final, Literal, Self
 from edgekit.device.agent import DeviceAgent
 from edgekit.device.lifecycle import StateCallback
 from edgekit.device.mqtt import DeviceMqttRunner
+from edgekit.edge.loop import Checkpoint
 from edgekit.errors import ConfigError
 from edgekit.fleet.errors import NotFoundError
 from edgekit.fleet.folder import FleetFolder
@@ -37,6 +39,7 @@ from edgekit.fleet.queries import DeviceFailure, deployment_summary, device_fail
 from edgekit.fleet.registry import PublishedComponent, Registry, publish_local
 from edgekit.fleet.service import DeploymentSummary, FleetService, FleetSummary
 from edgekit.fleet.state import FleetState
+from edgekit.fleet.telemetry import TelemetryIngest
 from edgekit.fleets import Device, Fault, Fleet
 from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import MosquittoBroker, raise_fd_limit
@@ -45,6 +48,7 @@ from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsMaterial
 from edgekit.progress import Progress
 from edgekit.sim.errors import SimulationError, SimulationTimeoutError
 from edgekit.sim.executor import SimulatedExecutor
+from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
 
 __all__ = ["SimulatedDevice", "Simulation", "SimulationStatus"]
@@ -52,6 +56,8 @@ __all__ = ["SimulatedDevice", "Simulation", "SimulationStatus"]
 log = logging.getLogger(__name__)
 
 _POLL_S: Final = 0.1
+HOST_PYTHON_ENV: Final = "EDGEKIT_HOST_PYTHON"
+"""Set for simulated ``subprocess`` devices: the runtime component's Install uses this interpreter (offline)."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ class Simulation:
         self.broker: MosquittoBroker | None = None
         self.material: TlsMaterial | None = None
         self.bridge: FleetMqttBridge | None = None
+        self.telemetry: TelemetryIngest | None = None
         self._bridge_client: MqttClient | None = None
         self._executor = SimulatedExecutor()
         self._started_at = 0.0
@@ -225,6 +232,8 @@ class Simulation:
         self._bridge_client = MqttClient(SERVICE_IDENTITY, tls=self.material.service if self.material else None)
         self.bridge = FleetMqttBridge(self.service, self._bridge_client, tick_s=self.tick_s)
         await self.bridge.start()
+        self.telemetry = TelemetryIngest(self.state, self._bridge_client)  # the devices' window summaries
+        await self.telemetry.start()
         await self._bridge_client.connect(self.broker.service_url)
 
         host, port = "127.0.0.1", self.broker.port
@@ -289,6 +298,10 @@ class Simulation:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(self._shutdown(d, crash=False) for d in self.devices.values()), return_exceptions=True)
         await asyncio.gather(*(d.link.close() for d in self.devices.values()), return_exceptions=True)
+        if self.telemetry is not None:
+            with contextlib.suppress(Exception):
+                await self.telemetry.stop()
+            self.telemetry = None
         if self.bridge is not None:
             with contextlib.suppress(Exception):
                 await self.bridge.stop()
@@ -316,9 +329,15 @@ class Simulation:
         options.update(self.agent_options)
         if self.mode == "in_process":
             options.setdefault("executor", self._executor)
-        return DeviceAgent(
+            options.setdefault("ipc", True)  # in-process components (the inference loop) publish through it
+        else:  # the runtime component's Install uses this interpreter and its packages: no network (docs/local-fleet.md)
+            options["env"] = {HOST_PYTHON_ENV: sys.executable, **dict(options.get("env") or {})}
+        agent = DeviceAgent(
             dev.thing, dev.root, dev.device.platform, self.http.url, dev.device.groups, mode=self.mode, report=report, **options
         )
+        if agent.ipc is not None:
+            self._executor.runners.devices[dev.thing] = agent.ipc
+        return agent
 
     async def _boot(self, dev: SimulatedDevice) -> None:
         """A fresh agent, client and runner for ``dev``, connected; the runner resumes the agent from its folder."""
@@ -350,6 +369,7 @@ class Simulation:
         runner, agent = dev.runner, dev.agent
         dev.runner = dev.agent = dev.client = None
         if crash:
+            self._executor.runners.kill(dev.thing)  # in-process components die with the agent
             dev.link.drop()  # the process is gone: its TCP connection dies without a DISCONNECT
             if agent is not None:
                 await agent.kill()
@@ -408,6 +428,17 @@ class Simulation:
                 )
             await asyncio.sleep(_POLL_S)
 
+    @property
+    def inference(self) -> InProcessRunners:
+        """The in-process components' runs (the inference loops), by thing: see :mod:`edgekit.sim.inference`."""
+        return self._executor.runners
+
+    async def inference_checkpoints(self) -> list[Checkpoint]:
+        """A :class:`~edgekit.edge.loop.Checkpoint` of every in-process inference loop this simulation started:
+        running ones close their window now; ended ones give their last (a crashed one's counts its lost window)."""
+        runs = [run for runs in self._executor.runners.runs.values() for run in runs]
+        return list(await asyncio.gather(*(run.loop.checkpoint() for run in runs)))
+
     def status(self, failures: int = 10) -> SimulationStatus:
         """The fleet at a glance (see :class:`SimulationStatus`)."""
         state, service = self._require()
@@ -465,13 +496,21 @@ class Simulation:
         self.http.corrupt_downloads(thing, n)
         self._note(f"next {n} download(s) of {thing or 'any device'} corrupted")
 
-    async def restart_broker(self) -> None:
-        """Stop the broker and start it again on the same port; every device reconnects and asks for its pending jobs."""
-        if self.broker is None:
+    async def restart_broker(self, down_s: float = 0.0) -> None:
+        """Stop the broker and start it again on the same port (``down_s`` seconds later: an outage); every device
+        reconnects and asks for its pending jobs, and its uplink sends what it spooled meanwhile."""
+        broker = self.broker
+        if broker is None:
             raise SimulationError("the simulation is not started")
         for dev in self.devices.values():
             dev.link.drop()
-        await asyncio.to_thread(self.broker.restart)
+        if down_s > 0:
+            await asyncio.to_thread(broker.stop)
+            self._note(f"broker down for {down_s:g} s")
+            await asyncio.sleep(down_s)
+            await asyncio.to_thread(broker.start)
+        else:
+            await asyncio.to_thread(broker.restart)
         self._note("broker restarted")
 
     def _spawn(self, coro: Any) -> None:
@@ -487,7 +526,7 @@ class Simulation:
     async def apply_fault(self, fault: Fault, index: int = 0) -> None:
         """Apply one fault of a fleet file now."""
         if fault.fault == "restart_broker":
-            await self.restart_broker()
+            await self.restart_broker(fault.seconds or 0.0)
             return
         things = self._pick(fault, index)
         if fault.fault == "cut_network":

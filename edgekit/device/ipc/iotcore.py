@@ -37,9 +37,10 @@ Deliver = Callable[[str, bytes, bool], None]
 class IotCoreLink:
     """The agent's uplink: a spool, a sender task while a client is attached, and shared subscriptions."""
 
-    def __init__(self, spool_path: str | Path, *, max_items: int = 100_000, interval_s: float = 1.0) -> None:
+    def __init__(self, spool_path: str | Path, *, max_items: int = 100_000, interval_s: float = 1.0, durable: bool = True) -> None:
         self.spool_path = Path(spool_path)
         self.max_items = max_items
+        self.durable = durable
         self._spool: Spool | None = None
         self.interval_s = interval_s
         self.client: MqttClient | None = None
@@ -49,7 +50,8 @@ class IotCoreLink:
         self._subs: dict[str, list[Deliver]] = {}
         self.max_refusals = 3
         self.dropped = 0
-        """Messages dropped because the broker refused them ``max_refusals`` times."""
+        """Messages dropped because the broker refused them ``max_refusals`` times, or because they could never
+        be sent (a topic or payload over IoT Core's limits): each a counted rejection, never a stalled drain."""
         self._refused_seq = -1
         self._refusals = 0
 
@@ -57,7 +59,7 @@ class IotCoreLink:
     def spool(self) -> Spool:
         """The spool, opened on first use (and again after :meth:`close`)."""
         if self._spool is None:
-            self._spool = Spool(self.spool_path, max_items=self.max_items, on_full="reject")
+            self._spool = Spool(self.spool_path, max_items=self.max_items, on_full="reject", durable=self.durable)
         return self._spool
 
     @property
@@ -109,8 +111,11 @@ class IotCoreLink:
                 continue
             try:
                 await self.flush()
-            except Exception as exc:  # a message the broker can never take: logged, the loop goes on
+            except Exception as exc:  # never let one drain end the sender
                 log.warning("IPC uplink: %s", exc)
+            if self._publisher is not None and self._publisher.rejected:  # could never be sent: removed, counted
+                self.dropped += self._publisher.rejected
+                self._publisher.rejected = 0
             self._drop_refused()
 
     def _drop_refused(self) -> None:

@@ -41,10 +41,11 @@ class DeviceIpc:
         region: str = "us-east-1",
         serve_socket: bool = True,
         spool_max_items: int = 100_000,
+        durable: bool = True,
     ) -> None:
         self.root = Path(root)
         self.region = region
-        self.iot_core = IotCoreLink(self.root / "config" / "uplink.db", max_items=spool_max_items)
+        self.iot_core = IotCoreLink(self.root / "config" / "uplink.db", max_items=spool_max_items, durable=durable)
         self.handler = IpcHandler(host, self.iot_core)
         self.server = IpcServer(self.handler, socket_path_for(self.root)) if serve_socket else None
         self._tokens: dict[str, str] = {}

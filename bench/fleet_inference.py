@@ -1,0 +1,145 @@
+"""bench/fleet --inference: N in-process devices each infer R readings/s for S seconds, then a broker outage.
+
+    python -m bench.fleet --inference [--devices 1000] [--readings 10] [--seconds 60] [--outage-devices 100]
+                                      [--outage 30] [--json out.json]
+
+(a) N devices × R readings/s for S s: readings/s achieved, CPU % of this process, RSS per device, uplink messages
+the fleet received — and every reading accounted for. (b) ``--outage-devices`` devices (1,000 readings/s in all
+by default) through a ``--outage`` s broker outage: readings lost and counted twice after the replay.
+See docs/benchmarks.md (fleet: inference).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import edgekit
+from edgekit.fleet.telemetry import accounted
+from edgekit.fleets import Fleet
+from edgekit.greengrass.package import package
+from edgekit.sim import Simulation
+
+MODEL = "com.example.Mlp"
+INFERENCE = f"{MODEL}.Inference"
+
+
+@dataclass
+class Run:
+    devices: int
+    readings_per_s: float
+    seconds: float = 0.0
+    produced: int = 0
+    accounted: int = 0
+    missing_windows: int = 0
+    duplicates: int = 0
+    achieved_per_s: float = 0.0
+    cpu_percent: float = 0.0
+    rss_per_device_kb: float = 0.0
+    uplink_messages: int = 0
+    outage_s: float = 0.0
+    settle_s: float = 0.0
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _build(work: Path) -> Path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import onnx
+    from conftest import make_mlp
+
+    from bench.fleet import QUICK_PIPELINE
+
+    onnx.save(make_mlp(), str(work / "mlp.onnx"))
+    artifact = edgekit.compile(work / "mlp.onnx", "x86_64", work / "compiled", pipeline=QUICK_PIPELINE).artifact_dir
+    package([artifact], name=MODEL, version="1.0.0", output=work / "build")
+    return work / "build"
+
+
+async def _run(build: Path, state: Path, devices: int, per_s: float, seconds: float, outage_s: float, say: Callable[[str], None]) -> Run:
+    fleet = Fleet.model_validate(
+        {"name": "bench", "mode": "in_process", "devices": [{"prefix": "d", "count": devices, "profile": "x86_64", "groups": ["all"]}]}
+    )
+    figures = Run(devices, per_s, outage_s=outage_s)
+    async with Simulation(fleet, state_dir=state, tls=False, progress=say) as sim:
+        sim.publish(build)
+        settings = {"IntervalSeconds": str(1.0 / per_s), "WindowSeconds": "5", "InputSource": "synthetic:ood=0.1"}
+        spec = {"componentVersion": "1.0.0", "configurationUpdate": {"merge": json.dumps(settings)}}
+        deployment = sim.deploy({"targetArn": "thinggroup/all", "components": {INFERENCE: spec},
+                                 "iotJobConfiguration": {"jobExecutionsRolloutConfig": {"maximumPerMinute": 1000}}})  # fmt: skip
+        say(f"deploying to {devices} devices")
+        await sim.wait(deployment, timeout=600)
+        await asyncio.sleep(1.0)
+        before = await sim.inference_checkpoints()
+        rss0, cpu0, t0 = _rss(), _cpu(), time.monotonic()
+        say(f"{devices} devices infer {per_s:g} readings/s each for {seconds:g} s" + (f", broker down {outage_s:g} s" if outage_s else ""))
+        if outage_s:
+            await asyncio.sleep(min(5.0, seconds / 4))
+            await sim.restart_broker(outage_s)
+        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+        points = await sim.inference_checkpoints()
+        wall, cpu = time.monotonic() - t0, _cpu() - cpu0
+        figures.seconds = wall
+        start = {(p.thing, p.run): p.readings for p in before}
+        figures.achieved_per_s = sum(p.readings - start.get((p.thing, p.run), 0) for p in points) / wall
+        figures.cpu_percent = 100.0 * cpu / wall
+        figures.rss_per_device_kb = max(_rss(), rss0) / devices / 1024
+        figures.produced = sum(p.readings for p in points)
+        settle0 = time.monotonic()
+        assert sim.state is not None and sim.telemetry is not None
+        while True:
+            sim.telemetry.flush()
+            got = accounted(sim.state, points)
+            if got.missing_windows <= 0 or time.monotonic() - settle0 > 300:
+                break
+            await asyncio.sleep(0.5)
+        figures.settle_s = time.monotonic() - settle0
+        figures.accounted, figures.missing_windows, figures.duplicates = got.readings, got.missing_windows, got.duplicates
+        figures.uplink_messages = sim.telemetry.stats.messages
+    return figures
+
+
+def run_inference(args: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-infer-") as tmp:
+        work = Path(tmp)
+        build = _build(work)
+        scale = asyncio.run(_run(build, work / "scale", args.devices, args.readings, args.seconds, 0.0, say))
+        outage = None
+        if args.outage > 0:
+            per_s = 1000.0 / args.outage_devices
+            outage = asyncio.run(
+                _run(build, work / "outage", args.outage_devices, per_s, args.outage + 20.0, args.outage, say)
+            )
+    return {"scale": scale, "outage": outage}
+
+
+def render(results: dict[str, Any]) -> None:
+    for name, r in results.items():
+        if r is None:
+            continue
+        lost = r.produced - r.accounted
+        print(f"({name}) {r.devices} devices x {r.readings_per_s:g} readings/s for {r.seconds:.0f} s"
+              + (f", broker down {r.outage_s:g} s" if r.outage_s else ""))  # fmt: skip
+        print(f"  readings/s achieved      {r.achieved_per_s:10,.0f}   (asked {r.devices * r.readings_per_s:,.0f})")
+        print(f"  CPU of this process      {r.cpu_percent:9.0f} %   (2 cores = 200 %)")
+        print(f"  RSS per device           {r.rss_per_device_kb:9.0f} KiB (whole process / devices)")
+        print(f"  uplink messages received {r.uplink_messages:10,}   ({r.uplink_messages / max(1, r.produced):.4f} per reading)")
+        print(f"  readings produced        {r.produced:10,}   accounted {r.accounted:,}: lost {lost}, counted twice 0 "
+              f"({r.duplicates} redelivered summaries ignored; settled {r.settle_s:.1f} s after the end)")  # fmt: skip

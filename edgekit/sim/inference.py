@@ -1,0 +1,255 @@
+"""In-process runners: a simulated device's Run step that starts a component's own code inside the device's event loop.
+
+The :class:`~edgekit.sim.executor.SimulatedExecutor` recognises a Run script by the file it runs: a script whose
+command runs a registered entry point (``inference.py``, the bundled inference component) is started as that
+runner with the script's own arguments, instead of being interpreted as ``sh``. The inference runner runs
+:class:`edgekit.edge.loop.InferenceLoop` (the packaged component's loop) with:
+
+* the artifact loaded once per process and shared read-only by every device that runs it (keyed by the digest
+  of its ``manifest.json``);
+* per device its own input stream, windows, fallback client, and uplink: the device's Greengrass IPC handler,
+  reached through :class:`~edgekit.device.ipc.InProcessIpc` with the component's ``SVCUID``.
+
+Stopping the component stops its loop (the open window is summarised and handed to the agent's spool);
+a crashed device's loops end without that. See docs/local-fleet.md (what runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import shlex
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.device.executor import RunningProcess, StepSpec
+from edgekit.device.ipc import InProcessIpc
+from edgekit.device.ipc.errors import IpcError
+from edgekit.device.ipc.inprocess import InProcessStream
+from edgekit.device.ipc.service import DeviceIpc
+from edgekit.edge.errors import EdgeError
+from edgekit.edge.loop import Checkpoint, InferenceLoop, parse_args
+from edgekit.errors import EdgekitError
+
+__all__ = ["SIMULATED_TICK_S", "InProcessRunners", "InProcessUplink", "InferenceRun", "ModelCache"]
+
+SIMULATED_TICK_S = 0.2
+"""An in-process loop wakes at most this often and takes the readings due (at 10/s: 2 a wake): 1,000 devices on one
+event loop then cost 5,000 wake-ups a second, not 10,000 (unless the Run script passes --tick-seconds)."""
+
+log = logging.getLogger(__name__)
+
+
+class InProcessUplink:
+    """An :class:`edgekit.edge.uplink.Uplink` over the device's IPC handler, without a socket."""
+
+    def __init__(self, ipc: InProcessIpc) -> None:
+        self.ipc = ipc
+        self._streams: list[InProcessStream] = []
+
+    async def publish(self, topic: str, payload: bytes) -> None:
+        try:
+            await self.ipc.publish_to_iot_core(topic, payload)
+        except IpcError as exc:
+            raise EdgeError(f"PublishToIoTCore {topic}: {type(exc).__name__} {exc}") from None
+
+    async def configuration(self) -> dict[str, Any]:
+        reply = await self.ipc.call("GetConfiguration", {"keyPath": []})
+        value = reply.get("value")
+        return dict(value) if isinstance(value, dict) else {}
+
+    async def follow_configuration(self, changed: Callable[[], None]) -> None:
+        self._streams.append(
+            await self.ipc.subscribe("SubscribeToConfigurationUpdate", {"keyPath": []}, lambda _m, _e: changed())
+        )
+
+    async def subscribe(self, topic: str, on_message: Callable[[bytes], None]) -> None:
+        def event(_model: str, body: dict[str, Any]) -> None:
+            on_message(base64.b64decode(body["message"]["payload"]))
+
+        self._streams.append(await self.ipc.subscribe("SubscribeToIoTCore", {"topicName": topic, "qos": "1"}, event))
+
+    async def report(self, state: str) -> None:
+        await self.ipc.call("UpdateState", {"state": state})
+
+    async def close(self) -> None:
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+
+class ModelCache:
+    """Artifacts loaded once per process (by the digest of their manifest), self-tested once, shared read-only."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def load(self, model_dir: Path) -> Any:
+        import edgekit
+
+        try:
+            key = hashlib.sha256((model_dir / "manifest.json").read_bytes()).hexdigest()
+        except OSError as exc:
+            raise EdgeError(f"{model_dir}: not an artifact ({exc})") from None
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                model = edgekit.load(model_dir, threads=1)
+                check = model.selftest()
+                if not check.passed:
+                    raise EdgeError(f"{model_dir}: the self-test failed (max abs error {check.max_abs_error:.3g})")
+                self._models[key] = model
+            return model
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+
+class _Exited:
+    """A Run step that could not start its runner: it ends at once with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    async def wait(self) -> int:
+        return self.code
+
+    async def stop(self, grace: float) -> None:
+        return None
+
+
+class InferenceRun:
+    """One in-process inference component's Run: its loop, as a :class:`~edgekit.device.executor.RunningProcess`."""
+
+    def __init__(self, loop: InferenceLoop, uplink: InProcessUplink) -> None:
+        self.loop = loop
+        self.uplink = uplink
+        self.crashed = False
+        self.task: asyncio.Task[Checkpoint] = asyncio.get_running_loop().create_task(self._main(), name=f"inference {loop.thing}")
+
+    async def _main(self) -> Checkpoint:
+        try:
+            return await self.loop.run()
+        finally:
+            await self.uplink.close()
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+    async def wait(self) -> int:
+        try:
+            await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            if self.task.cancelled():
+                return -signal.SIGKILL
+            raise
+        except Exception as exc:
+            log.warning("%s: inference loop failed: %s", self.loop.thing, exc)
+            return 1
+        return 0
+
+    async def stop(self, grace: float) -> None:
+        """Like SIGTERM: the loop summarises its open window and hands it over; cancelled after ``grace`` seconds."""
+        self.loop.stop()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(self.task), max(grace, 5.0))
+        if not self.task.done():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    def kill(self) -> None:
+        """Like SIGKILL: the loop ends where it is; its open window and unsent messages are lost."""
+        self.crashed = True
+        self.loop.abandon()
+        self.task.cancel()
+
+
+@dataclass
+class InProcessRunners:
+    """The runners a :class:`~edgekit.sim.executor.SimulatedExecutor` starts, by entry point, and what they need:
+    each device's IPC (by thing name), the shared model cache, and every run so far (for accounting)."""
+
+    devices: dict[str, DeviceIpc] = field(default_factory=dict)
+    models: ModelCache = field(default_factory=ModelCache)
+    runs: dict[str, list[InferenceRun]] = field(default_factory=dict)
+
+    def entry_point(self, script: str) -> tuple[str, list[str]] | None:
+        """(entry point, its arguments) when ``script`` runs a registered one, else None."""
+        try:
+            words = shlex.split(script)
+        except ValueError:
+            return None
+        for i, word in enumerate(words):
+            name = word.rsplit("/", 1)[-1]
+            if name in ENTRY_POINTS:
+                rest = words[i + 1 :]
+                if any(w in ("&&", "||", ";", "|") for w in rest):
+                    return None
+                return name, rest
+        return None
+
+    async def start(self, spec: StepSpec) -> RunningProcess | None:
+        """Start ``spec``'s runner, or None when its script runs no registered entry point."""
+        found = self.entry_point(spec.script)
+        if found is None:
+            return None
+        name, args = found
+        thing = spec.env.get("AWS_IOT_THING_NAME", "")
+        return await ENTRY_POINTS[name](self, spec, args, self.devices.get(thing))
+
+    def kill(self, thing: str) -> None:
+        """A device crashed: its loops end without handing anything over."""
+        for run in self.runs.get(thing, []):
+            if not run.task.done():
+                run.kill()
+
+    def active(self) -> list[InferenceRun]:
+        return [r for runs in self.runs.values() for r in runs if not r.task.done()]
+
+
+def _log(spec: StepSpec, text: str) -> None:
+    with contextlib.suppress(OSError):
+        spec.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(spec.log, "a") as out:
+            out.write(f"--- {spec.component} {spec.step} (in process)\n{text}\n")
+
+
+async def _start_inference(runners: InProcessRunners, spec: StepSpec, args: list[str], ipc: DeviceIpc | None) -> RunningProcess:
+    thing = spec.env.get("AWS_IOT_THING_NAME", "")
+    token = spec.env.get("SVCUID", "")
+    try:
+        model_dir, options = parse_args(args)
+        options.tick_s = options.tick_s or SIMULATED_TICK_S
+        if ipc is None or not token:
+            raise EdgeError("the device has no IPC (DeviceAgent(ipc=True)); an in-process inference component needs it")
+        model = runners.models.load(model_dir if model_dir.is_absolute() else spec.cwd / model_dir)
+        uplink = InProcessUplink(InProcessIpc.connect(ipc.handler, token))
+        loop = InferenceLoop(model, options, uplink=uplink, thing=thing, component=options.component or spec.component)
+    except (EdgekitError, IpcError, OSError) as exc:
+        _log(spec, f"edgekit inference: {exc}")
+        log.warning("%s: %s could not start: %s", thing, spec.component, exc)
+        return _Exited(1)
+    run = InferenceRun(loop, uplink)
+    runners.runs.setdefault(thing, []).append(run)
+    _log(spec, f"edgekit inference: {model} in process; run {loop.run_id}")
+    return run
+
+
+ENTRY_POINTS: dict[str, Callable[[InProcessRunners, StepSpec, list[str], DeviceIpc | None], Awaitable[RunningProcess]]] = {
+    "inference.py": _start_inference,
+}
+"""Entry points run in process, by file name: a Run script that runs one of these starts it (see the module docstring)."""
