@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 import tomllib
@@ -92,7 +93,10 @@ def test_a_role_never_imports_the_one_above_it(lower: str, upper: str) -> None:
 def test_every_third_party_import_is_declared() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared_specs = list(project["dependencies"]) + [d for deps in project["optional-dependencies"].values() for d in deps]
-    declared = {s.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower() for s in declared_specs}
+    def norm(name: str) -> str:  # PEP 503: prometheus_client, prometheus-client and Prometheus.Client are one name
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    declared = {norm(s.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip()) for s in declared_specs}
     dists = importlib.metadata.packages_distributions()
     stdlib = set(sys.stdlib_module_names)
     undeclared = {}
@@ -101,7 +105,7 @@ def test_every_third_party_import_is_declared() -> None:
             top = name.split(".")[0]
             if top in stdlib or top == "edgekit" or top.startswith("mypy_boto3"):  # typing-only stubs (dev extra)
                 continue
-            owners = {d.lower() for d in dists.get(top, [top])}
+            owners = {norm(d) for d in dists.get(top, [top])}
             if not owners & declared:
                 undeclared.setdefault(top, []).append(str(path.relative_to(ROOT)))
     assert undeclared == {}
