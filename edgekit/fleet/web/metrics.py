@@ -51,6 +51,29 @@ def render_metrics(snapshots: Snapshotter) -> tuple[bytes, str]:
             for state, count in sorted(states.items()):
                 by_state.add_metric([state], count)
             yield by_state
+            per_group = {
+                "readings": ("edgekit_fleet_readings", "Readings the group's devices accounted for in their window summaries"),
+                "pending": ("edgekit_fleet_spool_pending", "Readings or messages the group's devices still hold (spool depth)"),
+                "uplinkMessages": ("edgekit_fleet_uplink_messages", "Uplink messages the fleet received from the group"),
+            }
+            for key, (name, text) in per_group.items():
+                family = GaugeMetricFamily(name, text, labels=["group"])
+                for g in snap["telemetry"]:
+                    family.add_metric([g["group"]], g[key])
+                yield family
+            answers = GaugeMetricFamily(
+                "edgekit_fleet_answers", "Readings answered, by group and by who answered", labels=["group", "source"]
+            )
+            errors = GaugeMetricFamily(
+                "edgekit_fleet_fallback_errors", "Cloud fallback errors by group and kind", labels=["group", "kind"]
+            )
+            for g in snap["telemetry"]:
+                for source in ("local", "cloud", "none"):
+                    answers.add_metric([g["group"], source], g[source])
+                for kind, count in sorted(g["fallbackErrors"].items()):
+                    errors.add_metric([g["group"], kind], count)
+            yield answers
+            yield errors
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector())

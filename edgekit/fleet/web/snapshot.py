@@ -12,6 +12,7 @@ from typing import Any, Final
 from edgekit.fleet.queries import device_failures
 from edgekit.fleet.service import FleetService
 from edgekit.fleet.state import FleetState
+from edgekit.fleet.telemetry import telemetry_view
 
 __all__ = ["HISTORY_POINTS", "Presence", "Snapshotter", "device_state"]
 
@@ -41,6 +42,8 @@ class Snapshotter:
 
     def snapshot(self) -> dict[str, Any]:
         summary = FleetService(self.state).summary()
+        telemetry = telemetry_view(self.state)
+        by_thing = {d.thing: d for d in telemetry.devices}
         online = dict(self.presence()) if self.presence is not None else {}
         now = self.clock()
         with self._lock:
@@ -63,6 +66,22 @@ class Snapshotter:
                 }
                 for d in summary.deployments
             ],
+            "telemetry": [
+                {
+                    "group": g.group,
+                    "devices": g.devices,
+                    "reporting": g.reporting,
+                    "readings": g.readings,
+                    "local": g.local,
+                    "cloud": g.cloud,
+                    "none": g.none,
+                    "fallbackErrors": g.fallback_errors,
+                    "breakers": g.breakers,
+                    "pending": g.pending,
+                    "uplinkMessages": g.uplink_messages,
+                }
+                for g in telemetry.groups
+            ],
             "groups": [
                 {"name": g.name, "members": g.members, "status": g.deployment_status, "counts": g.counts} for g in summary.groups
             ],
@@ -75,6 +94,7 @@ class Snapshotter:
                     "lastSeen": t.last_seen,
                     "connected": online.get(t.name),
                     "state": device_state(t.last_status, online.get(t.name)),
+                    "telemetry": _device_telemetry(by_thing.get(t.name)),
                 }
                 for t in summary.things
             ],
@@ -90,3 +110,18 @@ class Snapshotter:
                 for f in device_failures(self.state, 20)
             ],
         }
+
+
+def _device_telemetry(t: Any) -> dict[str, Any]:
+    """What a device reported, for its detail panel (empty when it sent nothing yet)."""
+    if t is None or not t.windows:
+        return {}
+    return {
+        "readings": t.readings,
+        "answered local / cloud / none": f"{t.local} / {t.cloud} / {t.none}",
+        "fallback errors": dict(t.fallback_errors) or "none",
+        "breaker": t.breaker or "-",
+        "pending (spool)": t.pending,
+        "uplink messages": t.uplink_messages,
+        "windows": t.windows,
+    }

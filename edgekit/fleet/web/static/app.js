@@ -96,6 +96,7 @@ function drawDevices(devices) {
   for (const [group, members] of [...byGroup.entries()].sort()) {
     const section = el("div", { class: "group", "data-group": group });
     section.appendChild(el("h3", {}, `${group} (${members.length})`));
+    section.appendChild(el("div", { class: "dim telemetry", "data-group-telemetry": group }, ""));
     const tiles = el("div", { class: "tiles" });
     for (const d of members) {
       const tile = el("div", { class: "tile s-" + d.state, "data-thing": d.thing, "data-state": d.state, title: `${d.thing}: ${d.state}` });
@@ -140,6 +141,13 @@ function draw(snap) {
   drawDevices(snap.devices);
   drawDetail();
   drawFailures(snap.failures);
+  for (const t of snap.telemetry || []) {
+    const line = document.querySelector(`[data-group-telemetry="${CSS.escape(t.group)}"]`);
+    if (line) line.textContent = t.reporting
+      ? `${t.readings} readings: local ${t.local}, cloud ${t.cloud}, none ${t.none} · pending ${t.pending} · uplink ${t.uplinkMessages} msgs` +
+        (Object.keys(t.fallbackErrors).length ? ` · fallback errors ${JSON.stringify(t.fallbackErrors)}` : "")
+      : "no telemetry yet";
+  }
   document.body.dataset.updated = String(snap.t);
 }
 
