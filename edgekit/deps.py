@@ -20,6 +20,9 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "joblib": ("joblib", "sklearn"),
     "boto3": ("boto3", "aws"),
     "paho": ("paho-mqtt", "device"),
+    "starlette": ("starlette", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "prometheus_client": ("prometheus-client", "serve"),
 }
 
 

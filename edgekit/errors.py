@@ -23,8 +23,11 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     ├── ResolutionError           a deployment can't be satisfied (Greengrass error code)
     ├── PublishError              S3 / Greengrass calls failed (credentials, region, throttling, FAILED version)
     ├── DeploymentError           CreateDeployment was refused or its options are wrong
+    ├── ServeError                `edgekit serve` can't serve what it was given (artifact for another arch, bad pipeline step, port in use)
+    ├── EndpointError             a SageMaker endpoint / transform job can't be deployed, invoked or deleted (one line, what to do)
     └── (in their subpackages) mqtt.BrokerError 18, mqtt.PayloadError 19, device.DeviceError 20,
-        fleet.FleetError 21, device.SimulationError 22, edge.EdgeError 23 — each sets ``exit_code`` on its class
+        fleet.FleetError 21, device.SimulationError 22, edge.EdgeError 23 — each sets ``exit_code`` on its class;
+        ServeError 24 and EndpointError 25 come after them
 
 The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`).
 """
@@ -46,6 +49,7 @@ __all__ = [
     "ConfigError",
     "DeploymentError",
     "EdgekitError",
+    "EndpointError",
     "InferenceError",
     "InputShapeError",
     "MissingDependencyError",
@@ -56,6 +60,7 @@ __all__ = [
     "PublishError",
     "RecipeError",
     "ResolutionError",
+    "ServeError",
     "ToolchainError",
     "UnknownTargetError",
     "UnsupportedOperatorError",
@@ -178,6 +183,14 @@ class DeploymentError(EdgekitError):
     """A deployment's options are invalid or the service refused it."""
 
 
+class ServeError(EdgekitError):
+    """``edgekit serve`` refused a model or its options (at start, or a model loaded through the API)."""
+
+
+class EndpointError(EdgekitError):
+    """A SageMaker endpoint, its configuration or a transform job can't be created, invoked or deleted."""
+
+
 EXIT_CODES: dict[type[EdgekitError], int] = {
     ConfigError: 2,
     UnknownTargetError: 2,
@@ -198,6 +211,8 @@ EXIT_CODES: dict[type[EdgekitError], int] = {
     ResolutionError: 15,
     PublishError: 16,
     DeploymentError: 17,
+    ServeError: 24,
+    EndpointError: 25,
 }
 
 

@@ -25,9 +25,9 @@ import numpy as np
 
 from edgekit.edge.errors import EdgeError, FallbackError, FallbackUnavailable
 
-__all__ = ["CircuitBreaker", "CloudFallback", "decode_outputs", "encode_inputs"]
+__all__ = ["DATATYPES", "CircuitBreaker", "CloudFallback", "decode_outputs", "encode_inputs"]
 
-_DATATYPES = {
+DATATYPES = {  # numpy dtype name -> Open Inference Protocol datatype (edgekit serve decodes with it too)
     "float32": "FP32",
     "float64": "FP64",
     "float16": "FP16",
@@ -38,14 +38,14 @@ _DATATYPES = {
     "uint8": "UINT8",
     "bool": "BOOL",
 }
-_NUMPY = {v: k for k, v in _DATATYPES.items()}
+_NUMPY = {v: k for k, v in DATATYPES.items()}
 
 
 def encode_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     tensors = []
     for name, value in inputs.items():
         arr = np.asarray(value)
-        dtype = _DATATYPES.get(str(arr.dtype))
+        dtype = DATATYPES.get(str(arr.dtype))
         if dtype is None:
             raise EdgeError(f"input '{name}': dtype {arr.dtype} has no Open Inference Protocol datatype")
         tensors.append({"name": name, "shape": list(arr.shape), "datatype": dtype, "data": arr.ravel().tolist()})
