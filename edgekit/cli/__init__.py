@@ -7,7 +7,18 @@ import sys
 
 import typer
 
-from edgekit.cli import compile_cmd, demo_cmd, fleet_cmd, package_cmd, publish_cmd, recipe_cmd, run_cmd, targets_cmd, verify_cmd
+from edgekit.cli import (
+    compile_cmd,
+    demo_cmd,
+    fleet_cmd,
+    package_cmd,
+    publish_cmd,
+    recipe_cmd,
+    run_cmd,
+    serve_cmd,
+    targets_cmd,
+    verify_cmd,
+)
 from edgekit.cli.output import console, err_console
 from edgekit.errors import EdgekitError, exit_code_for
 
@@ -38,6 +49,7 @@ package_cmd.register(app)
 recipe_cmd.register(app)
 publish_cmd.register(app)
 fleet_cmd.register(app)
+serve_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:

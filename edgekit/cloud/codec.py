@@ -34,6 +34,7 @@ JSON = "application/json"
 NPY = "application/x-npy"
 NPZ = "application/x-npz"
 _NUMPY = {v: k for k, v in DATATYPES.items()}
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one instance: json.dumps(..., separators=) builds one per call
 
 
 class HttpError(Exception):
@@ -53,7 +54,7 @@ def _load_json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f"the body is not valid JSON ({exc}); send {{\"inputs\": {{\"<name>\": [...]}}}}") from None
+        raise HttpError(400, f'the body is not valid JSON ({exc}); send {{"inputs": {{"<name>": [...]}}}}') from None
 
 
 def decode_body(body: bytes, content_type: str, specs: Sequence[TensorSpec] | None) -> dict[str, np.ndarray]:
@@ -77,7 +78,9 @@ def decode_body(body: bytes, content_type: str, specs: Sequence[TensorSpec] | No
         return _arrays(raw, specs)
     if media == NPY:
         if names is None or len(names) != 1:
-            raise HttpError(400, f"an application/x-npy body holds one array; the model has inputs {names}: send application/x-npz")
+            raise HttpError(
+                400, f"an application/x-npy body holds one array; the model has inputs {names}: send application/x-npz"
+            )
         try:
             arr = np.load(io.BytesIO(body), allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
@@ -128,7 +131,7 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], accept: str) -> tuple[byte
     media = _media(accept)
     if media in ("", "*/*", JSON, "application/*", "text/json"):
         doc = {"outputs": {n: np.asarray(o).tolist() for n, o in outputs.items()}}
-        return json.dumps(doc, separators=(",", ":")).encode(), JSON
+        return _ENCODER.encode(doc).encode(), JSON
     buf = io.BytesIO()
     if media == NPZ:
         np.savez(buf, **outputs)  # type: ignore[arg-type]
@@ -187,4 +190,4 @@ def encode_v2(model: str, outputs: Mapping[str, np.ndarray]) -> bytes:
         if datatype is None:  # e.g. strings from a post-processing step
             datatype, arr = "BYTES", arr.astype(str)
         tensors.append({"name": name, "shape": list(arr.shape), "datatype": datatype, "data": arr.ravel().tolist()})
-    return json.dumps({"model_name": model, "outputs": tensors}, separators=(",", ":")).encode()
+    return _ENCODER.encode({"model_name": model, "outputs": tensors}).encode()

@@ -29,10 +29,17 @@ class ServeMetrics:
         ProcessCollector(registry=self.registry)
         self.requests = Counter("edgekit_requests", "Requests answered", ["model", "route", "code"], registry=self.registry)
         self.errors = Counter(
-            "edgekit_request_errors", "Requests answered with an error (4xx/5xx)", ["model", "route", "code"], registry=self.registry
+            "edgekit_request_errors",
+            "Requests answered with an error (4xx/5xx)",
+            ["model", "route", "code"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "edgekit_request_duration_seconds", "Time to answer an inference request", ["model"], buckets=_BUCKETS, registry=self.registry
+            "edgekit_request_duration_seconds",
+            "Time to answer an inference request",
+            ["model"],
+            buckets=_BUCKETS,
+            registry=self.registry,
         )
         self.loaded = Gauge("edgekit_models_loaded", "Models loaded now", registry=self.registry)
         self.memory = Gauge("edgekit_model_memory_bytes", "Memory counted for the loaded models", registry=self.registry)

@@ -140,7 +140,9 @@ class ModelRegistry:
         if budget is None:
             return
         if need > budget:
-            raise HttpError(507, f"model '{name}' needs {need / 2**20:.1f} MiB, more than the whole memory budget ({budget / 2**20:.1f} MiB)")
+            raise HttpError(
+                507, f"model '{name}' needs {need / 2**20:.1f} MiB, more than the whole memory budget ({budget / 2**20:.1f} MiB)"
+            )
         free = budget - self.used_bytes
         if need <= free:
             return

@@ -157,7 +157,9 @@ def _as_named(result: Any, step: str) -> dict[str, np.ndarray]:
         return {"output0": result}
     if isinstance(result, list | tuple):
         return {f"output{i}": np.asarray(v) for i, v in enumerate(result)}
-    raise TypeError(f"pipeline step '{step}' returned {type(result).__name__}; return arrays by name (a dict), an array or a list")
+    raise TypeError(
+        f"pipeline step '{step}' returned {type(result).__name__}; return arrays by name (a dict), an array or a list"
+    )
 
 
 def _feed(named: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
@@ -181,9 +183,7 @@ def load_pipeline(name: str, steps: Sequence[str], *, threads: int = 0) -> Serva
             elif _CALLABLE.match(step):
                 stages.append((step, _import_callable(step)))
             else:
-                raise ServeError(
-                    f"pipeline '{name}' step '{step}' is neither an existing artifact folder nor module:function"
-                )
+                raise ServeError(f"pipeline '{name}' step '{step}' is neither an existing artifact folder nor module:function")
     except ServeError:
         for _, st in stages:
             if isinstance(st, Servable):
