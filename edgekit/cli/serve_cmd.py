@@ -27,13 +27,19 @@ def register(app: typer.Typer) -> None:
         artifacts: list[str] = typer.Argument(
             None, help="artifact folders or .tar.gz (NAME=PATH to rename); none: $EDGEKIT_MODEL_DIR or /opt/ml/model"
         ),
-        host: str = typer.Option("127.0.0.1", "--host", help="0.0.0.0 in a container"),
+        host: str = typer.Option("127.0.0.1", "--host", envvar="EDGEKIT_SERVE_HOST", help="0.0.0.0 in a container"),
         port: int | None = typer.Option(None, "--port", "-p", help="default 8080 (or $SAGEMAKER_BIND_TO_PORT)"),
         pipeline: list[str] = typer.Option(
             [], "--pipeline", help="NAME=STEP,STEP,...: a serial inference pipeline of artifacts and module:function steps"
         ),
         model_repository: Path | None = typer.Option(
             None, "--model-repository", help="a folder of artifacts (or .tar.gz) loaded on first use, by folder name"
+        ),
+        multi_model: bool = typer.Option(
+            False,
+            "--multi-model",
+            envvar="SAGEMAKER_MULTI_MODEL",
+            help="start with no model: SageMaker's agent loads them with POST /models (a multi-model endpoint)",
         ),
         memory_budget_mb: float | None = typer.Option(
             None, "--memory-budget-mb", help="models beyond it: least recently used evicted (first use), 507 (POST /models)"
@@ -54,6 +60,7 @@ def register(app: typer.Typer) -> None:
             host=host,
             port=default_port() if port is None else port,
             model_repository=model_repository,
+            multi_model=multi_model,
             memory_budget_mb=memory_budget_mb,
             max_body_mb=max_body_mb,
             threads=threads,

@@ -5,7 +5,8 @@ runs in a background thread (``start()`` / ``stop()``) for tests and benchmarks.
 at start is loaded before the port opens, so an artifact that can't be served here (another CPU
 architecture, a missing file, a pipeline step that doesn't import) stops the start with one
 :class:`~edgekit.errors.ServeError` line. With no models given it serves SageMaker's model folder
-(``$EDGEKIT_MODEL_DIR``, default ``/opt/ml/model``): one artifact, or one per sub-folder. See docs/cloud.md.
+(``$EDGEKIT_MODEL_DIR``, default ``/opt/ml/model``): one artifact, or one per sub-folder — unless it is a
+multi-model endpoint (``multi_model``, ``SAGEMAKER_MULTI_MODEL=true``), which starts empty. See docs/cloud.md.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -44,6 +46,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = field(default_factory=default_port)
     model_repository: Path | None = None  # folders / .tar.gz loaded on first use (multi-model endpoint)
+    multi_model: bool = False  # no models given: start empty (SageMaker's agent loads them) instead of /opt/ml/model
     memory_budget_mb: float | None = None  # None: no budget
     max_body_mb: float = 6.0  # SageMaker real-time's payload limit
     threads: int = 0  # ONNX Runtime intra-op threads per model
@@ -101,7 +104,7 @@ class ModelServer:
         self.options = opts = options or ServeOptions()
         pipelines = dict(pipelines or {})
         given = _named(models)
-        if not given and not pipelines and opts.model_repository is None:
+        if not given and not pipelines and opts.model_repository is None and not opts.multi_model:
             given = _model_folder()
         threads = opts.threads
 
@@ -200,9 +203,16 @@ class ModelServer:
         """Serve until SIGTERM / SIGINT; in-flight requests finish (up to ``graceful_timeout_s``)."""
         server = self._uvicorn()
         self._server = server
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn raises the signal it caught again once it has shut down; with this handler in place a
+            # graceful SIGTERM ends in a normal return (exit status 0) instead of death by the signal.
+            previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
         try:
             server.run(sockets=[self.socket])  # type: ignore[attr-defined]
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             self.socket.close()
             self.registry.close()
 
