@@ -10,6 +10,7 @@ import typer
 from edgekit.cli import (
     compile_cmd,
     demo_cmd,
+    endpoint_cmd,
     fleet_cmd,
     package_cmd,
     publish_cmd,
@@ -50,6 +51,7 @@ recipe_cmd.register(app)
 publish_cmd.register(app)
 fleet_cmd.register(app)
 serve_cmd.register(app)
+endpoint_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
