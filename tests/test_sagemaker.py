@@ -28,6 +28,8 @@ from edgekit.cloud.sagemaker import (
 )
 from edgekit.cloud.server import ModelServer, ServeOptions
 from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
+from edgekit.edge.errors import EdgeError, FallbackError, FallbackUnavailable
+from edgekit.edge.fallback import CircuitBreaker, CloudFallback, SageMakerFallback, make_fallback
 from edgekit.errors import EXIT_CODES, EndpointError
 from edgekit.greengrass.aws import AwsSession
 
@@ -342,3 +344,33 @@ def test_invoke_reaches_a_local_edgekit_serve_like_sagemaker_runtime(
         args = ["endpoint", "invoke", "anything", "--input", str(tmp_path / "x.npy"), "--region", "us-east-1"]
         assert main([*args, "--endpoint-url", server.url, "--json"]) == 0
         np.testing.assert_allclose(json.loads(capsys.readouterr().out)["probs"], want, rtol=1e-6)
+
+
+def test_device_fallback_speaks_sagemaker_with_the_same_breaker(artifact: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", "us-east-1")  # what Greengrass gives a component
+    x = np.linspace(0, 1, 8, dtype=np.float32).reshape(1, 8)
+    want = edgekit.load(artifact).predict({"x": x})[0]
+    with ModelServer([artifact], options=ServeOptions(port=0)) as server:
+        monkeypatch.setenv("EDGEKIT_AWS_ENDPOINT_URL", server.url)
+        fallback = make_fallback(
+            "sagemaker://sensor-endpoint", "ignored", breaker=CircuitBreaker(failure_threshold=2, reset_after_s=60)
+        )
+        assert isinstance(fallback, SageMakerFallback) and fallback.target_model is None
+        (probs,) = fallback.infer({"x": x})
+        np.testing.assert_allclose(probs, want, rtol=1e-6)
+        multi = make_fallback("sagemaker://sensor-endpoint/sensor", "ignored")  # a multi-model endpoint's TargetModel
+        np.testing.assert_allclose(multi.infer({"x": x})[0], want, rtol=1e-6)
+        with pytest.raises(FallbackError, match="400"):
+            fallback.infer({"x": np.zeros((1, 3), np.float32)})  # the server's one-line refusal comes back
+        served = server.metrics.requests.labels("sensor", "invocations", "200")._value.get()
+        assert served == 2
+    with pytest.raises(FallbackError, match="cannot reach"):  # the server is gone: the 2nd failure in a row (after the 400)
+        fallback.infer({"x": x})
+    assert fallback.breaker.state == "open"
+    with pytest.raises(FallbackUnavailable):
+        fallback.infer({"x": x})
+    assert isinstance(make_fallback("http://127.0.0.1:1", "m"), CloudFallback)
+    with pytest.raises(EdgeError, match="sagemaker://<endpoint-name>"):
+        make_fallback("sagemaker://", "m")

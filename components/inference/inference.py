@@ -13,7 +13,7 @@ The recipe passes the component's configuration (``{configuration:/InputSource}`
                      edgekit agent sends it over MQTT whenever it is online (like Greengrass stream manager:
                      the component needs no MQTT connection or credentials of its own)
   --topic            the MQTT topic for the summaries
-  --fallback-url     an Open Inference Protocol server (KServe v2 / Triton) asked when the local model fails or
+  --fallback-url     an Open Inference Protocol server (KServe v2 / Triton), or sagemaker://<endpoint>, asked when the local model fails or
   --fallback-model   is less confident than --min-confidence ("" = no fallback); behind a circuit breaker.
   --min-confidence   A reading nobody answers goes to the spool under <topic>/unanswered.
 """
@@ -116,9 +116,9 @@ def main() -> int:
     thing = os.environ.get("AWS_IOT_THING_NAME", "")
     fallback = None
     if args.fallback_url:
-        from edgekit.edge.fallback import CloudFallback
+        from edgekit.edge.fallback import make_fallback
 
-        fallback = CloudFallback(args.fallback_url, args.fallback_model or model.manifest.name)
+        fallback = make_fallback(args.fallback_url, args.fallback_model or model.manifest.name)
     answered_by = {"local": 0, "cloud": 0, "none": 0}
     rng = np.random.default_rng(0)
     counts: dict[int, int] = {}

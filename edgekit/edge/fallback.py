@@ -5,6 +5,9 @@ MLServer and others): ``POST {url}/v2/models/{model}/infer`` with
 ``{"inputs": [{"name", "shape", "datatype", "data"}]}``, answered by ``{"outputs": [...]}`` in the same
 form. Any of those servers can stand behind a device; tests run a real HTTP server speaking it.
 
+``sagemaker://<endpoint>[/<target model>]`` asks a SageMaker endpoint instead (boto3 InvokeEndpoint,
+:class:`SageMakerFallback`), behind the same breaker and timeout; :func:`make_fallback` picks by the url.
+
 **Circuit breaker.** After ``failure_threshold`` consecutive failures the breaker opens and calls fail
 at once (:class:`FallbackUnavailable`, no network wait) for ``reset_after_s``; then one trial call is let
 through (half-open): success closes the breaker, failure opens it again. A device whose uplink is down
@@ -13,7 +16,9 @@ keeps answering locally instead of stalling on timeouts.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -25,7 +30,15 @@ import numpy as np
 
 from edgekit.edge.errors import EdgeError, FallbackError, FallbackUnavailable
 
-__all__ = ["DATATYPES", "CircuitBreaker", "CloudFallback", "decode_outputs", "encode_inputs"]
+__all__ = [
+    "DATATYPES",
+    "CircuitBreaker",
+    "CloudFallback",
+    "SageMakerFallback",
+    "decode_outputs",
+    "encode_inputs",
+    "make_fallback",
+]
 
 DATATYPES = {  # numpy dtype name -> Open Inference Protocol datatype (edgekit serve decodes with it too)
     "float32": "FP32",
@@ -128,7 +141,7 @@ class CloudFallback:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
-            raise EdgeError(f"cloud fallback url must start with http:// or https://, got '{url}'")
+            raise EdgeError(f"cloud fallback url must start with http://, https:// or sagemaker://, got '{url}'")
         self.endpoint = f"{url.rstrip('/')}/v2/models/{model}/infer"
         self.timeout_s = timeout_s
         self.breaker = breaker or CircuitBreaker()
@@ -140,23 +153,106 @@ class CloudFallback:
             raise FallbackUnavailable(
                 f"cloud fallback {self.endpoint} skipped: its circuit breaker is open after repeated failures"
             )
+        self.calls += 1
+        try:
+            outputs = self._call(inputs)
+        except FallbackError:
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return outputs
+
+    def _call(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         body = json.dumps(encode_inputs(inputs)).encode()
         request = urllib.request.Request(self.endpoint, data=body, headers=self.headers, method="POST")
-        self.calls += 1
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 reply = json.loads(response.read())
-            outputs = decode_outputs(reply)
+            return decode_outputs(reply)
         except urllib.error.HTTPError as exc:
-            self.breaker.failure()
             detail = exc.read()[:200].decode("utf-8", "replace")
             raise FallbackError(f"cloud fallback {self.endpoint} answered HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            self.breaker.failure()
             reason = getattr(exc, "reason", exc)
             raise FallbackError(f"cloud fallback {self.endpoint} unreachable: {reason}") from None
         except (json.JSONDecodeError, FallbackError) as exc:
-            self.breaker.failure()
             raise FallbackError(f"cloud fallback {self.endpoint}: bad reply ({exc})") from None
-        self.breaker.success()
+
+
+class SageMakerFallback(CloudFallback):
+    """A client of a SageMaker endpoint (``sagemaker://<endpoint>[/<target model>]``): boto3 InvokeEndpoint.
+
+    Inputs go as ``.npz`` by name and the answer is asked for as ``.npz`` (what ``edgekit serve`` speaks);
+    one attempt per call within ``timeout_s`` (the breaker, not botocore, decides about retrying). The
+    region and credentials come from boto3's chain (a Greengrass component gets ``AWS_REGION`` and the
+    token exchange service); ``$EDGEKIT_AWS_ENDPOINT_URL`` points it elsewhere (a local ``edgekit serve``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 2.0,
+        breaker: CircuitBreaker | None = None,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+    ) -> None:
+        from edgekit.deps import require
+
+        if not url.startswith("sagemaker://") or not url[len("sagemaker://") :].strip("/"):
+            raise EdgeError(f"a SageMaker fallback url is sagemaker://<endpoint-name>[/<target model>], got '{url}'")
+        self.name, _, target = url[len("sagemaker://") :].strip("/").partition("/")
+        self.target_model = target or None
+        self.endpoint = url
+        self.timeout_s = timeout_s
+        self.breaker = breaker or CircuitBreaker()
+        self.calls = 0
+        boto3 = require("boto3", "a sagemaker:// cloud fallback")
+        config = require("botocore.config", "a sagemaker:// cloud fallback").Config(
+            connect_timeout=timeout_s, read_timeout=timeout_s, retries={"total_max_attempts": 1}, user_agent_extra="edgekit"
+        )
+        try:
+            self.client = boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None).client(
+                "sagemaker-runtime",
+                endpoint_url=endpoint_url or os.environ.get("EDGEKIT_AWS_ENDPOINT_URL") or None,
+                config=config,
+            )
+        except Exception as exc:  # no region, a broken profile: one line, at start
+            raise EdgeError(f"cloud fallback {url}: cannot make a SageMaker runtime client ({exc}); set AWS_REGION") from exc
+
+    def _call(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        from edgekit.greengrass.aws import describe_aws_error
+
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in inputs.items()})  # type: ignore[arg-type]
+        params: dict[str, Any] = {
+            "EndpointName": self.name,
+            "Body": buf.getvalue(),
+            "ContentType": "application/x-npz",
+            "Accept": "application/x-npz",
+        }
+        if self.target_model:
+            params["TargetModel"] = self.target_model
+        try:
+            reply = self.client.invoke_endpoint(**params)
+            body = reply["Body"].read()
+        except Exception as exc:
+            message = describe_aws_error(exc, f"cloud fallback {self.endpoint}")
+            if message is None:
+                raise
+            raise FallbackError(message) from None
+        try:
+            with np.load(io.BytesIO(body), allow_pickle=False) as data:
+                outputs = [data[k] for k in data.files]
+        except (ValueError, OSError, EOFError) as exc:
+            raise FallbackError(f"cloud fallback {self.endpoint}: the reply is not .npz ({exc})") from None
+        if not outputs:
+            raise FallbackError(f"cloud fallback {self.endpoint}: the reply holds no outputs")
         return outputs
+
+
+def make_fallback(url: str, model: str, *, timeout_s: float = 2.0, breaker: CircuitBreaker | None = None) -> CloudFallback:
+    """The fallback client a ``FallbackEndpoint`` names: ``http(s)://`` (Open Inference Protocol) or ``sagemaker://``."""
+    if url.startswith("sagemaker://"):
+        return SageMakerFallback(url, timeout_s=timeout_s, breaker=breaker)
+    return CloudFallback(url, model, timeout_s=timeout_s, breaker=breaker)
