@@ -11,11 +11,12 @@ from edgekit._version import __version__
 from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
+    from edgekit.cloud.advisor import Advice
     from edgekit.compiler import CompileResult
     from edgekit.profiles import DeviceProfile
     from edgekit.runtime import LoadedModel
 
-__all__ = ["EdgekitError", "__version__", "compile", "load", "targets"]
+__all__ = ["EdgekitError", "__version__", "advise", "compile", "load", "serve", "targets"]
 
 
 def compile(model: Any, target: Any, output_dir: Any = "build", **kwargs: Any) -> CompileResult:
@@ -37,3 +38,17 @@ def targets() -> list[DeviceProfile]:
     from edgekit.profiles import list_profiles
 
     return list_profiles()
+
+
+def serve(models: Any = (), **kwargs: Any) -> None:
+    """Serve artifacts over SageMaker's contracts, KServe v2 and /metrics until SIGTERM; see :func:`edgekit.cloud.server.serve`."""
+    from edgekit.cloud.server import serve as _serve
+
+    _serve(models, **kwargs)
+
+
+def advise(artifact: Any = None, workload: Any = None, **kwargs: Any) -> Advice:
+    """Where and how to run a model, by AWS's deployment guide; see :func:`edgekit.cloud.advisor.advise`."""
+    from edgekit.cloud.advisor import advise as _advise
+
+    return _advise(artifact, workload, **kwargs)

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from edgekit.cli import (
+    advise_cmd,
     compile_cmd,
     demo_cmd,
     endpoint_cmd,
@@ -52,6 +53,7 @@ publish_cmd.register(app)
 fleet_cmd.register(app)
 serve_cmd.register(app)
 endpoint_cmd.register(app)
+advise_cmd.register(app)
 
 
 def main(argv: list[str] | None = None) -> int:
