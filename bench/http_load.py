@@ -30,8 +30,8 @@ class Load:
 
 
 def request_bytes(host: str, port: int, path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", "Content-Type: application/json", f"Content-Length: {len(body)}"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    fields = {"Content-Type": "application/json", **(headers or {}), "Content-Length": str(len(body))}
+    lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{port}", *(f"{k}: {v}" for k, v in fields.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
@@ -67,7 +67,8 @@ async def _run(host: str, port: int, raw: bytes, concurrency: int, seconds: floa
     stop_at = warm_until + seconds
     lat: list[float] = []
     errs: list[str] = []
-    await asyncio.gather(*(_worker(host, port, raw, stop_at, warm_until, lat, errs) for _ in range(concurrency)))
+    workers = (_worker(host, port, raw, stop_at, warm_until, lat, errs) for _ in range(concurrency))
+    await asyncio.wait_for(asyncio.gather(*workers), timeout=warmup + seconds + 30)  # a stuck server fails the point
     measured = time.perf_counter() - warm_until
     lat.sort()
     p = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3) if lat else (lambda q: float("nan"))

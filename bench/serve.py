@@ -4,12 +4,15 @@
 
 Models are built in code (no downloads): bench/compile's MLP and CNN (torch), and the wine-dataset
 scikit-learn pipeline (StandardScaler + LogisticRegression, 13 features); each is compiled with
-``compiler/ort.yaml``. Servers run one at a time as subprocesses on 127.0.0.1, each model's points in
-turn, and the rounds alternate the servers so drift on the machine hits them alike; the figure
-reported is the median over rounds. The client (bench/http_load.py: raw HTTP/1.1 keep-alive on
-uvloop) runs in this process, on the same cores.
+``compiler/ort.yaml``. Every server runs at once as a subprocess on 127.0.0.1 (an idle one costs
+nothing); each point (model, concurrency) is measured in short slices, the servers taking turns
+(A B C, C B A, ...), so load from elsewhere on the machine hits them alike; the figure reported is
+the median over the slices. The client (bench/http_load.py: raw HTTP/1.1 keep-alive on uvloop) runs
+in this process, on the same cores.
 
-- **edgekit serve** — ``/invocations`` (SageMaker JSON) with every model loaded, and ``/v2/models/wine/infer``;
+- **edgekit serve** — ``/invocations`` (SageMaker JSON) with every model loaded, ``/v2/models/wine/infer``, the CNN
+  as ``.npy``, and a second server with ``EDGEKIT_SERVE_JSON=stdlib`` (the standard library's json, as the
+  minimal app uses) for the scikit-learn model;
 - **minimal** — bench/serve_minimal.py: Starlette + uvicorn + ONNX Runtime, the same .onnx, nothing else;
 - **MLServer** 1.7.1 + mlserver-sklearn (the scikit-learn pipeline itself, V2 JSON), ``parallel_workers: 0``.
   It runs from its own virtualenv (``--mlserver-venv``, created on first use with pip): MLServer pins
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import signal
@@ -40,7 +44,7 @@ import numpy as np
 
 import edgekit
 from bench.compile import _torch_case
-from bench.http_load import Load, bare_loop, request_bytes, run_load
+from bench.http_load import bare_loop, request_bytes, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
 MLSERVER = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1")
@@ -76,12 +80,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            raise RuntimeError(f"server exited with {proc.returncode}: {out[-2000:]}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
         with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
             if r.status == 200:
                 return
@@ -90,10 +93,14 @@ def _wait(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> No
 
 
 @contextlib.contextmanager
-def _process(cmd: list[str], ready_url: str, cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+def _process(cmd: list[str], ready_url: str, log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    # output to a file, never a pipe nobody reads: MLServer logs every request, and a full pipe would block it
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
+        )
     try:
-        _wait(ready_url, proc)
+        _wait(ready_url, proc, log)
         yield proc
     finally:
         if proc.poll() is None:
@@ -171,85 +178,80 @@ def mlserver_python(venv: Path, say: Any) -> Path:
     return python
 
 
-def _measure(
-    points: dict[tuple[str, str, int], Point], server: str, model: str, port: int, raw: bytes, conc: list[int], seconds: float
-) -> None:
-    for c in conc:
-        load: Load = run_load("127.0.0.1", port, raw, c, seconds)
-        point = points.setdefault((server, model, c), Point(server, model, c))
-        if load.errors:
-            point.error = load.first_error
-        point.rounds.append({"rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "errors": load.errors})
+Target = tuple[int, bytes, int]  # (port, the prepared request, the server's pid)
 
 
-def run_edgekit(models: list[Model], points: dict[tuple[str, str, int], Point], conc: list[int], seconds: float) -> None:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), to get CPU per request despite other load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_edgekit(stack: contextlib.ExitStack, models: list[Model], work: Path, extra: list[str]) -> dict[str, dict[str, Target]]:
     port = _free_port()
     cmd = [sys.executable, "-c", "import sys; from edgekit.cli import main; sys.exit(main(sys.argv[1:]))", "serve"]
-    cmd += [str(m.artifact) for m in models] + ["--port", str(port)]
-    with _process(cmd, f"http://127.0.0.1:{port}/ping"):
-        for m in models:
+    cmd += [str(m.artifact) for m in models] + ["--port", str(port), *extra]
+    pid = stack.enter_context(_process(cmd, f"http://127.0.0.1:{port}/ping", work / "edgekit-serve.log")).pid
+    sagemaker: dict[str, Target] = {}
+    v2: dict[str, Target] = {}
+    npy: dict[str, Target] = {}
+    for m in models:
+        headers = {"X-Amzn-SageMaker-Target-Model": m.name}
+        sagemaker[m.name] = (port, request_bytes("127.0.0.1", port, "/invocations", _json_body(m), headers), pid)
+        if m.x.size > 1000:  # where JSON is most of the cost: the same request as .npy
+            buf = io.BytesIO()
+            np.save(buf, m.x)
+            binary = {**headers, "Content-Type": "application/x-npy"}
+            npy[m.name] = (port, request_bytes("127.0.0.1", port, "/invocations", buf.getvalue(), binary), pid)
+        if m.sklearn is not None:
+            v2[m.name] = (port, request_bytes("127.0.0.1", port, f"/v2/models/{m.name}/infer", _v2_body(m, m.input_name)), pid)
+    # the same server with the standard library's json instead of orjson: edgekit's own cost against the minimal app's
+    small = [m for m in models if m.sklearn is not None]
+    stdlib: dict[str, Target] = {}
+    if small:
+        port2 = _free_port()
+        cmd2 = [*cmd[: cmd.index("serve") + 1], *(str(m.artifact) for m in small), "--port", str(port2), *extra]
+        log = work / "edgekit-serve-stdlib.log"
+        pid2 = stack.enter_context(_process(cmd2, f"http://127.0.0.1:{port2}/ping", log, {"EDGEKIT_SERVE_JSON": "stdlib"})).pid
+        for m in small:
             headers = {"X-Amzn-SageMaker-Target-Model": m.name}
-            _measure(
-                points,
-                "edgekit serve",
-                m.name,
-                port,
-                request_bytes("127.0.0.1", port, "/invocations", _json_body(m), headers),
-                conc,
-                seconds,
-            )
-            if m.sklearn is not None:
-                raw = request_bytes("127.0.0.1", port, f"/v2/models/{m.name}/infer", _v2_body(m, m.input_name))
-                _measure(points, "edgekit serve (v2)", m.name, port, raw, conc, seconds)
+            stdlib[m.name] = (port2, request_bytes("127.0.0.1", port2, "/invocations", _json_body(m), headers), pid2)
+    return {
+        "edgekit serve": sagemaker,
+        "edgekit serve (v2)": v2,
+        "edgekit serve (npy)": npy,
+        "edgekit serve (stdlib json)": stdlib,
+    }
 
 
-def run_minimal(models: list[Model], points: dict[tuple[str, str, int], Point], conc: list[int], seconds: float) -> None:
+def start_minimal(stack: contextlib.ExitStack, models: list[Model], work: Path) -> dict[str, dict[str, Target]]:
+    targets: dict[str, Target] = {}
     for m in models:
         port = _free_port()
-        cmd = [sys.executable, "-m", "bench.serve_minimal", str(m.onnx), str(port)]
+        cmd = [sys.executable, str(ROOT / "bench" / "serve_minimal.py"), str(m.onnx), str(port)]
         raw = request_bytes("127.0.0.1", port, "/invocations", _json_body(m))
-        with _minimal(cmd, port):
-            _measure(points, "minimal", m.name, port, raw, conc, seconds)
+        proc = stack.enter_context(_process(cmd, f"http://127.0.0.1:{port}/ping", work / f"minimal-{m.name}.log"))
+        targets[m.name] = (port, raw, proc.pid)
+    return {"minimal": targets}
 
 
-@contextlib.contextmanager
-def _minimal(cmd: list[str], port: int) -> Iterator[None]:
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"minimal app exited: {proc.stdout.read().decode(errors='replace') if proc.stdout else ''}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("minimal app did not start")
-            time.sleep(0.2)
-        yield
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-
-
-def run_mlserver(
-    python: Path, model: Model, work: Path, points: dict[tuple[str, str, int], Point], conc: list[int], seconds: float
-) -> None:
+def start_mlserver(stack: contextlib.ExitStack, python: Path, model: Model, work: Path) -> dict[str, dict[str, Target]]:
     assert model.sklearn is not None
     folder = work / "mlserver"
-    (folder / "wine").mkdir(parents=True, exist_ok=True)
+    (folder / model.name).mkdir(parents=True, exist_ok=True)
     port, grpc, metrics = _free_port(), _free_port(), _free_port()
     settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": grpc, "metrics_port": metrics, "parallel_workers": 0}
     (folder / "settings.json").write_text(json.dumps(settings))
     model_settings = {
-        "name": "wine",
+        "name": model.name,
         "implementation": "mlserver_sklearn.SKLearnModel",
         "parameters": {"uri": str(model.sklearn), "version": "v1"},
     }
-    (folder / "wine" / "model-settings.json").write_text(json.dumps(model_settings))
+    (folder / model.name / "model-settings.json").write_text(json.dumps(model_settings))
     cmd = [str(python.parent / "mlserver"), "start", str(folder)]
-    raw = request_bytes("127.0.0.1", port, "/v2/models/wine/infer", _v2_body(model, "input-0"))
-    with _process(cmd, f"http://127.0.0.1:{port}/v2/models/wine/ready"):
-        _measure(points, "MLServer", model.name, port, raw, conc, seconds)
+    proc = stack.enter_context(_process(cmd, f"http://127.0.0.1:{port}/v2/models/{model.name}/ready", work / "mlserver.log"))
+    raw = request_bytes("127.0.0.1", port, f"/v2/models/{model.name}/infer", _v2_body(model, "input-0"))
+    return {"MLServer": {model.name: (port, raw, proc.pid)}}
 
 
 def run_bare(models: list[Model], points: dict[tuple[str, str, int], Point], seconds: float) -> None:
@@ -258,16 +260,26 @@ def run_bare(models: list[Model], points: dict[tuple[str, str, int], Point], sec
         feed = {m.input_name: m.x}
         load = bare_loop(lambda loaded=loaded, feed=feed: loaded.predict(feed), seconds)
         point = points.setdefault(("bare predict", m.name, 1), Point("bare predict", m.name, 1))
-        point.rounds.append({"rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "errors": 0})
+        point.rounds.append(
+            {"rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "cpu_us": 1e6 / load.rps, "errors": 0}
+        )
 
 
 # --------------------------------------------------------------------------- report
 
 
 def render(points: dict[tuple[str, str, int], Point], models: list[str], conc: list[int]) -> list[str]:
-    lines = ["| model | server | " + " | ".join(f"c={c} req/s · p50 · p99 ms" for c in conc) + " |"]
+    lines = ["| model | server | " + " | ".join(f"c={c}: req/s · p50 · p99 ms · server CPU µs/req" for c in conc) + " |"]
     lines.append("|" + " --- |" * (2 + len(conc)))
-    servers = ["edgekit serve", "edgekit serve (v2)", "minimal", "MLServer", "bare predict"]
+    servers = [
+        "edgekit serve",
+        "edgekit serve (v2)",
+        "edgekit serve (npy)",
+        "edgekit serve (stdlib json)",
+        "minimal",
+        "MLServer",
+        "bare predict",
+    ]
     for model in models:
         for server in servers:
             cells = []
@@ -276,17 +288,27 @@ def render(points: dict[tuple[str, str, int], Point], models: list[str], conc: l
                 if p is None:
                     cells.append("")
                     continue
-                cell = f"{p.median('rps'):,.0f} · {p.median('p50_ms'):.2f} · {p.median('p99_ms'):.2f}"
+                cell = f"{p.median('rps'):,.0f} · {p.median('p50_ms'):.2f} · {p.median('p99_ms'):.2f} · {p.median('cpu_us'):,.0f}"
                 cells.append(cell + (f" ({sum(int(r['errors']) for r in p.rounds)} errors)" if p.error else ""))
             if any(cells):
                 lines.append(f"| {model} | {server} | " + " | ".join(cells) + " |")
     lines.append("")
     for model in models:
         for c in conc:
-            ek, mini, mls = (points.get((s, model, c)) for s in ("edgekit serve", "minimal", "MLServer"))
+            ek, mini, mls, std = (
+                points.get((s, model, c)) for s in ("edgekit serve", "minimal", "MLServer", "edgekit serve (stdlib json)")
+            )
             parts = []
             if ek and mini:
-                parts.append(f"edgekit/minimal {ek.median('rps') / mini.median('rps'):.2f}×")
+                parts.append(
+                    f"edgekit/minimal {ek.median('rps') / mini.median('rps'):.2f}× req/s, "
+                    f"{ek.median('cpu_us') / mini.median('cpu_us'):.2f}× CPU per request"
+                )
+            if std and mini:
+                parts.append(
+                    f"with stdlib json {std.median('rps') / mini.median('rps'):.2f}× req/s, "
+                    f"{std.median('cpu_us') / mini.median('cpu_us'):.2f}× CPU"
+                )
             if ek and mls:
                 parts.append(
                     f"edgekit/MLServer {ek.median('rps') / mls.median('rps'):.2f}× "
@@ -303,10 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--models", default="mlp,cnn,wine", help="comma-separated subset of mlp,cnn,wine")
     parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per point (after 0.5 s warm-up)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds over all servers; the median is reported")
+    parser.add_argument("--seconds", type=float, default=1.5, help="measured seconds per slice (after 0.3 s warm-up)")
+    parser.add_argument("--rounds", type=int, default=6, help="slices per point, servers alternating; the median is reported")
     parser.add_argument("--servers", default="edgekit,minimal,mlserver,bare")
     parser.add_argument("--mlserver-venv", type=Path, default=Path.home() / ".cache" / "edgekit" / "bench" / "mlserver-venv")
+    parser.add_argument("--edgekit-args", default="", help="more options for 'edgekit serve', e.g. '--threads 1'")
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
     args = parser.parse_args(argv)
     names = args.models.split(",")
@@ -317,26 +340,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench/serve: {msg}", file=sys.stderr, flush=True)
 
     points: dict[tuple[str, str, int], Point] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, contextlib.ExitStack() as stack:
         work = Path(tmp)
         say(f"building and compiling {', '.join(names)}")
         models = build(names, work)
         wine = next((m for m in models if m.sklearn is not None), None)
-        python = mlserver_python(args.mlserver_venv, say) if "mlserver" in servers and wine else None
-        for r in range(args.rounds):
-            order = servers if r % 2 == 0 else list(reversed(servers))
-            for server in order:
-                say(f"round {r + 1}/{args.rounds}: {server}")
-                if server == "edgekit":
-                    run_edgekit(models, points, conc, args.seconds)
-                elif server == "minimal":
-                    run_minimal(models, points, conc, args.seconds)
-                elif server == "mlserver" and python is not None and wine is not None:
-                    run_mlserver(python, wine, work, points, conc, args.seconds)
-                elif server == "bare":
-                    run_bare(models, points, args.seconds)
+        targets: dict[str, dict[str, Target]] = {}
+        if "edgekit" in servers:
+            targets.update(start_edgekit(stack, models, work, args.edgekit_args.split()))
+        if "minimal" in servers:
+            targets.update(start_minimal(stack, models, work))
+        if "mlserver" in servers and wine is not None:
+            targets.update(start_mlserver(stack, mlserver_python(args.mlserver_venv, say), wine, work))
+        say(f"all servers up: {', '.join(targets)}; measuring in alternating slices")
+        for m in models:
+            for c in conc:
+                for r in range(args.rounds):
+                    order = list(targets) if r % 2 == 0 else list(reversed(targets))
+                    for server in order:
+                        if m.name not in targets[server]:
+                            continue
+                        port, raw, pid = targets[server][m.name]
+                        cpu0 = cpu_seconds(pid)
+                        load = run_load("127.0.0.1", port, raw, c, args.seconds, warmup=0.3)
+                        cpu = (cpu_seconds(pid) - cpu0) / max(1, load.requests + int(0.3 * load.rps)) * 1e6
+                        point = points.setdefault((server, m.name, c), Point(server, m.name, c))
+                        if load.errors:
+                            point.error = load.first_error
+                        point.rounds.append(
+                            {"rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "cpu_us": cpu, "errors": load.errors}
+                        )
+                say(f"{m.name}: done")
+        if "bare" in servers:
+            for _ in range(args.rounds):
+                run_bare(models, points, args.seconds)
     cpu = os.cpu_count()
-    print(f"bench/serve: {cpu} CPUs, {args.rounds} round(s) × {args.seconds:g} s per point, median over rounds\n")
+    print(f"bench/serve: {cpu} CPUs, {args.rounds} slices × {args.seconds:g} s per point, servers alternating; medians\n")
     print("\n".join(render(points, names, conc)))
     if args.json:
         args.json.write_text(json.dumps([asdict(p) for p in points.values()], indent=1))

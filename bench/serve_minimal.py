@@ -27,5 +27,9 @@ async def invocations(request: Request) -> Response:
     )
 
 
-app = Starlette(routes=[Route("/invocations", invocations, methods=["POST"])])
+async def ping(_request: Request) -> Response:
+    return Response(b"")
+
+
+app = Starlette(routes=[Route("/invocations", invocations, methods=["POST"]), Route("/ping", ping)])
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)

@@ -364,7 +364,7 @@ def test_device_fallback_speaks_sagemaker_with_the_same_breaker(artifact: Path, 
         np.testing.assert_allclose(multi.infer({"x": x})[0], want, rtol=1e-6)
         with pytest.raises(FallbackError, match="400"):
             fallback.infer({"x": np.zeros((1, 3), np.float32)})  # the server's one-line refusal comes back
-        served = server.metrics.requests.labels("sensor", "invocations", "200")._value.get()
+        served = server.metrics.counts[("sensor", "invocations", 200)]
         assert served == 2
     with pytest.raises(FallbackError, match="cannot reach"):  # the server is gone: the 2nd failure in a row (after the 400)
         fallback.infer({"x": x})

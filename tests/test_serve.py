@@ -406,3 +406,17 @@ def test_container_entry_point_serves_the_opt_ml_model_layout(artifacts: dict[st
         assert json.loads(call("GET", url + "/models")[2]) == {"models": []}  # a multi-model endpoint starts empty
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_json_backends_write_the_same_documents(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgekit.cloud import codec
+
+    loads, dumps, takes_numpy = codec._json_backend()  # orjson: installed with the serve extra
+    monkeypatch.setenv("EDGEKIT_SERVE_JSON", "stdlib")
+    std_loads, std_dumps, std_numpy = codec._json_backend()
+    assert takes_numpy and not std_numpy
+    outputs = {"probs": np.array([[0.25, 0.5, 0.125]], np.float32), "label": np.array([2]), "t": np.arange(6.0).reshape(2, 3).T}
+    fast = json.loads(dumps({"outputs": outputs}))  # a transposed (non-contiguous) array goes through the fallback
+    slow = json.loads(std_dumps({"outputs": {k: v.tolist() for k, v in outputs.items()}}))
+    assert fast == slow
+    assert loads(b'{"inputs": {"x": [[1.5]]}}') == std_loads(b'{"inputs": {"x": [[1.5]]}}')

@@ -55,6 +55,19 @@ TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
 _JSON = "application/json"
 
 
+_TARGET = TARGET_MODEL_HEADER.encode()
+_WANTED = frozenset((b"content-type", b"content-length", b"accept", _TARGET))
+
+
+def _headers(request: Request) -> dict[bytes, bytes]:
+    """The few request headers the routes read, in one pass over the raw list (ASGI gives names in lower case)."""
+    return {k: v for k, v in request.scope["headers"] if k in _WANTED}
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
 def _error(status: int, message: str) -> Response:
     return Response(json.dumps({"error": message}), status_code=status, media_type=_JSON)
 
@@ -86,9 +99,10 @@ class ServeApp:
         self._on_startup = on_startup
         self._limiter: anyio.CapacityLimiter | None = None
         self.ready = False
-        routes = [
-            Route("/ping", self.ping, methods=["GET"]),
+        routes = [  # the router tries them in order: the inference routes first
             Route("/invocations", self.invocations, methods=["POST"]),
+            Route("/v2/models/{name}/infer", self.v2_infer, methods=["POST"]),
+            Route("/ping", self.ping, methods=["GET"]),
             Route("/endpoints/{endpoint}/invocations", self.invocations, methods=["POST"]),
             Route("/models", self.list_models, methods=["GET"]),
             Route("/models", self.load_model, methods=["POST"]),
@@ -100,7 +114,6 @@ class ServeApp:
             Route("/v2/health/ready", self.v2_ready, methods=["GET"]),
             Route("/v2/models/{name}", self.v2_model, methods=["GET"]),
             Route("/v2/models/{name}/ready", self.v2_model_ready, methods=["GET"]),
-            Route("/v2/models/{name}/infer", self.v2_infer, methods=["POST"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
         ]
         self.app = Starlette(routes=routes, lifespan=self._lifespan)
@@ -130,8 +143,7 @@ class ServeApp:
 
     # ------------------------------------------------------------------ the inference path
 
-    async def _body(self, request: Request) -> bytes:
-        length = request.headers.get("content-length")
+    async def _body(self, request: Request, length: str | None) -> bytes:
         limit = self.max_body_bytes
         if length is not None:
             if not length.isdigit():
@@ -148,17 +160,21 @@ class ServeApp:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _predict(self, servable: Servable, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    @staticmethod
+    def _run(servable: Servable, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        run = servable.run if servable.inputs is not None else servable.predict  # inputs already checked by the codec
+        assert run is not None
         try:
-            latency = servable.latency_ms
-            if latency is not None and latency < self.inline_below_ms:
-                return servable.predict(feeds)  # cheaper than a hop to a thread and back
-            return await anyio.to_thread.run_sync(servable.predict, feeds, limiter=self._limiter)
-        except HttpError:
-            raise
+            return run(feeds)
         except Exception as exc:
             log.warning("model %s raised", servable.name, exc_info=True)
             raise HttpError(500, f"model '{servable.name}' failed: {last_line(exc)}") from exc
+
+    async def _predict(self, servable: Servable, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        latency = servable.latency_ms
+        if latency is not None and latency < self.inline_below_ms:
+            return self._run(servable, feeds)  # cheaper than a hop to a thread and back
+        return await anyio.to_thread.run_sync(self._run, servable, feeds, limiter=self._limiter)
 
     def _default_model(self) -> str:
         names = set(self.registry.loaded) | set(self.registry.sources)
@@ -171,38 +187,39 @@ class ServeApp:
     async def _model(self, name: str) -> Servable:
         return self.registry.peek(name) or await self.registry.get(name)
 
-    async def _sagemaker(self, request: Request, name: str, route: str) -> Response:
+    async def _sagemaker(self, request: Request, name: str | None, route: str, head: dict[bytes, bytes]) -> Response:
         t0 = time.perf_counter()
         try:
-            servable = await self._model(name)
-            feeds = decode_body(await self._body(request), request.headers.get("content-type", ""), servable.inputs)
-            outputs = await self._predict(servable, feeds)
-            payload, media = encode_outputs(outputs, request.headers.get("accept", ""))
+            if not name:
+                name = self._default_model()
+            servable = self.registry.peek(name) or await self.registry.get(name)
+            body = await self._body(request, _text(head.get(b"content-length")))
+            feeds = decode_body(body, _text(head.get(b"content-type")) or "", servable.inputs)
+            latency = servable.latency_ms
+            if latency is not None and latency < self.inline_below_ms:
+                outputs = self._run(servable, feeds)  # no coroutine, no thread: the fast path
+            else:
+                outputs = await self._predict(servable, feeds)
+            payload, media = encode_outputs(outputs, _text(head.get(b"accept")) or "")
         except HttpError as exc:
-            self.metrics.observe(name if exc.status != 404 else "", route, exc.status, None)
+            self.metrics.observe(name if name and exc.status != 404 else "", route, exc.status, None)
             return _error(exc.status, exc.message)
         self.metrics.observe(name, route, 200, time.perf_counter() - t0)
         return Response(payload, media_type=media)
 
     async def invocations(self, request: Request) -> Response:
-        name = request.headers.get(TARGET_MODEL_HEADER)
-        if not name:
-            try:
-                name = self._default_model()
-            except HttpError as exc:
-                self.metrics.observe("", "invocations", exc.status, None)
-                return _error(exc.status, exc.message)
-        return await self._sagemaker(request, name, "invocations")
+        head = _headers(request)
+        return await self._sagemaker(request, _text(head.get(_TARGET)), "invocations", head)
 
     async def invoke_model(self, request: Request) -> Response:
-        return await self._sagemaker(request, request.path_params["name"], "invoke")
+        return await self._sagemaker(request, request.path_params["name"], "invoke", _headers(request))
 
     async def v2_infer(self, request: Request) -> Response:
         name = request.path_params["name"]
         t0 = time.perf_counter()
         try:
             servable = await self._model(name)
-            feeds = decode_v2(await self._body(request), servable.inputs)
+            feeds = decode_v2(await self._body(request, _text(_headers(request).get(b"content-length"))), servable.inputs)
             payload = encode_v2(name, await self._predict(servable, feeds))
         except HttpError as exc:
             self.metrics.observe(name if exc.status != 404 else "", "v2-infer", exc.status, None)
@@ -257,7 +274,7 @@ class ServeApp:
 
     async def load_model(self, request: Request) -> Response:
         try:
-            doc = json.loads(await self._body(request))
+            doc = json.loads(await self._body(request, _text(_headers(request).get(b"content-length"))))
             name, url = doc["model_name"], doc["url"]
             if not isinstance(name, str) or not isinstance(url, str) or not name:
                 raise TypeError

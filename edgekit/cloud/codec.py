@@ -1,7 +1,10 @@
 """Request and response bodies of ``edgekit serve``: SageMaker JSON / npy / npz, and Open Inference Protocol JSON.
 
 Everything here is plain functions over bytes and numpy arrays (no web framework), so the hot path
-is one ``json.loads``, one ``np.asarray`` per input and one ``json.dumps`` — no per-request models.
+is one JSON parse, one ``np.asarray`` per input and one JSON dump — no per-request models. JSON goes
+through ``orjson`` when it is installed (the ``serve`` extra): measured here, it parses a 13-feature
+request in 1.8 µs instead of 7.2, a 3×32×32 one in 221 µs instead of 1,027, and writes numpy outputs
+directly (0.9 µs instead of 10.5); ``EDGEKIT_SERVE_JSON=stdlib`` forces the standard library's.
 A problem with the body raises :class:`HttpError` with the HTTP status and a one-line message
 naming the input and what was expected. See docs/cloud.md.
 """
@@ -10,7 +13,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +41,37 @@ _NUMPY = {v: k for k, v in DATATYPES.items()}
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # one instance: json.dumps(..., separators=) builds one per call
 
 
+def _plain(value: Any) -> Any:
+    """What orjson can't write itself (non-contiguous arrays, numpy scalars, strings arrays) as plain Python."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _json_backend() -> tuple[Callable[[bytes], Any], Callable[[Any], bytes], bool]:
+    """(loads, dumps, dumps takes numpy arrays) — orjson when installed and not switched off."""
+    if os.environ.get("EDGEKIT_SERVE_JSON", "") != "stdlib":
+        try:
+            import orjson
+        except ImportError:
+            pass
+        else:
+            option = orjson.OPT_SERIALIZE_NUMPY
+
+            def dumps(doc: Any) -> bytes:
+                return orjson.dumps(doc, option=option, default=_plain)
+
+            return orjson.loads, dumps, True
+
+    def stdlib_dumps(doc: Any) -> bytes:
+        return _ENCODER.encode(doc).encode()
+
+    return json.loads, stdlib_dumps, False
+
+
+_loads, _dumps, _NUMPY_JSON = _json_backend()
+
+
 class HttpError(Exception):
     """What the server answers with ``status`` and ``message`` (not an EdgekitError: it never leaves the server)."""
 
@@ -47,12 +82,14 @@ class HttpError(Exception):
 
 
 def _media(content_type: str) -> str:
+    if content_type == JSON:  # the common case, without the string work
+        return JSON
     return content_type.split(";", 1)[0].strip().lower()
 
 
 def _load_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
+        return _loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(400, f'the body is not valid JSON ({exc}); send {{"inputs": {{"<name>": [...]}}}}') from None
 
@@ -65,17 +102,18 @@ def decode_body(body: bytes, content_type: str, specs: Sequence[TensorSpec] | No
     input name). ``specs`` None: a pipeline whose first step is a Python callable (names taken as sent).
     """
     media = _media(content_type) or JSON
-    names = [s.name for s in specs] if specs is not None else None
     if media in (JSON, "text/json"):
         doc = _load_json(body)
         raw = doc.get("inputs") if isinstance(doc, dict) else None
         if raw is None:
             raise HttpError(400, 'the JSON body has no "inputs"; send {"inputs": {"<name>": [...]}}')
         if not isinstance(raw, dict):
+            names = [s.name for s in specs] if specs is not None else None
             if names is None or len(names) != 1:
                 raise HttpError(400, f'"inputs" must be an object of arrays by name; the inputs are {names}')
             raw = {names[0]: raw}
         return _arrays(raw, specs)
+    names = [s.name for s in specs] if specs is not None else None
     if media == NPY:
         if names is None or len(names) != 1:
             raise HttpError(
@@ -106,8 +144,11 @@ def _arrays(raw: Mapping[str, Any], specs: Sequence[TensorSpec] | None) -> dict[
     for spec in specs:
         if spec.name not in raw:
             raise HttpError(400, f"missing input '{spec.name}' (expects shape {spec.shape} {spec.dtype}); sent: {sorted(raw)}")
+        value = raw[spec.name]
+        if isinstance(value, np.ndarray) and not np.can_cast(value.dtype, spec.dtype, casting="same_kind"):
+            raise HttpError(400, f"input '{spec.name}' expects {spec.dtype}, got {value.dtype}")
         try:
-            arr = np.asarray(raw[spec.name], dtype=spec.dtype)
+            arr = np.asarray(value, dtype=spec.dtype)
         except (ValueError, TypeError) as exc:
             raise HttpError(400, f"input '{spec.name}' is not a rectangular {spec.dtype} array ({exc})") from None
         feeds[spec.name] = arr
@@ -121,7 +162,10 @@ def check_inputs(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], s
         shape = list(feeds[spec.name].shape)
         if shape != spec.shape:
             raise HttpError(400, f"input '{spec.name}' expects shape {spec.shape} {spec.dtype}, got {shape}")
-    extra = sorted(set(sent if sent is not None else feeds) - {s.name for s in specs})
+    sent = sent if sent is not None else feeds
+    if len(sent) == len(specs):  # every spec was found in it: nothing extra
+        return
+    extra = sorted(set(sent) - {s.name for s in specs})
     if extra:
         raise HttpError(400, f"unknown input(s) {extra}; the inputs are {[s.name for s in specs]}")
 
@@ -130,8 +174,9 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], accept: str) -> tuple[byte
     """(body, content type) of a SageMaker answer: JSON ``{"outputs": {"<name>": nested lists}}``, npy or npz."""
     media = _media(accept)
     if media in ("", "*/*", JSON, "application/*", "text/json"):
-        doc = {"outputs": {n: np.asarray(o).tolist() for n, o in outputs.items()}}
-        return _ENCODER.encode(doc).encode(), JSON
+        if _NUMPY_JSON:
+            return _dumps({"outputs": outputs}), JSON
+        return _dumps({"outputs": {n: np.asarray(o).tolist() for n, o in outputs.items()}}), JSON
     buf = io.BytesIO()
     if media == NPZ:
         np.savez(buf, **outputs)  # type: ignore[arg-type]
@@ -189,5 +234,8 @@ def encode_v2(model: str, outputs: Mapping[str, np.ndarray]) -> bytes:
         datatype = DATATYPES.get(str(arr.dtype))
         if datatype is None:  # e.g. strings from a post-processing step
             datatype, arr = "BYTES", arr.astype(str)
-        tensors.append({"name": name, "shape": list(arr.shape), "datatype": datatype, "data": arr.ravel().tolist()})
-    return _ENCODER.encode({"model_name": model, "outputs": tensors}).encode()
+        data = arr.ravel()
+        tensors.append(
+            {"name": name, "shape": list(arr.shape), "datatype": datatype, "data": data if _NUMPY_JSON else data.tolist()}
+        )
+    return _dumps({"model_name": model, "outputs": tensors})

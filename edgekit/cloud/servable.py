@@ -41,11 +41,16 @@ class Servable:
     url: str  # where it was loaded from (SageMaker's modelUrl)
     inputs: list[TensorSpec] | None  # None: a pipeline starting with a callable takes what it is sent
     outputs: list[str]  # empty when a callable last step names them as it answers
-    predict: Predict
+    predict: Predict  # checks its inputs against the specs (a pipeline step feeding it, a Python caller)
     memory_bytes: int
     platform: str  # Open Inference Protocol model metadata: onnxruntime_onnx, tvm, pipeline
     latency_ms: float | None = None  # measured by the compiler on this architecture, when known
     cleanup: list[Path] = field(default_factory=list)  # folders extracted from a .tar.gz, removed on unload
+    run: Predict | None = None  # the same without the check, for inputs the server decoded against the specs itself
+
+    def __post_init__(self) -> None:
+        if self.run is None:
+            self.run = self.predict
 
     def close(self) -> None:
         for path in self.cleanup:
@@ -117,10 +122,13 @@ def load_artifact(name: str, path: str | Path, *, threads: int = 0) -> Servable:
         raise ServeError(f"cannot serve '{path}': {exc}") from exc
     measured = manifest.measured
     names = [o.name for o in manifest.outputs]
-    run = model.predict
+    checked, unchecked = model.predict, model.runner.run
 
     def predict(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(names, run(feeds), strict=True))
+        return dict(zip(names, checked(feeds), strict=True))
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, unchecked(feeds), strict=True))
 
     return Servable(
         name=name or manifest.name,
@@ -128,6 +136,7 @@ def load_artifact(name: str, path: str | Path, *, threads: int = 0) -> Servable:
         inputs=list(manifest.inputs),
         outputs=names,
         predict=predict,
+        run=run,
         memory_bytes=estimate_bytes(manifest, directory),
         platform="onnxruntime_onnx" if manifest.backend.name == "onnxruntime" else manifest.backend.name,
         latency_ms=measured.latency.median_ms if measured is not None and measured.on == "target" else None,

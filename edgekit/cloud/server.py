@@ -141,7 +141,7 @@ class ModelServer:
             steps = tuple(pipelines.get(name, ())) if servable.platform == "pipeline" else ()
             self.registry.sources[name] = Source(servable.url, steps)
         if opts.model_repository is not None:
-            self._scan_repository(opts.model_repository, Source)
+            self._scan_repository(opts.model_repository)
         self.registry.preload(loaded)
         self.metrics = ServeMetrics()
         self._on_ready = on_ready
@@ -159,13 +159,15 @@ class ModelServer:
         self._server: object | None = None
         self._thread: threading.Thread | None = None
 
-    def _scan_repository(self, root: Path, source_type: type) -> None:
+    def _scan_repository(self, root: Path) -> None:
+        from edgekit.cloud.registry import Source
+
         if not root.is_dir():
             raise ServeError(f"--model-repository {root} is not a folder")
         for entry in sorted(root.iterdir()):
             name = entry.name.removesuffix(".tar.gz").removesuffix(".tgz")
             if name not in self.registry.sources and (entry.is_dir() or entry.name.endswith((".tar.gz", ".tgz"))):
-                self.registry.sources[name] = source_type(str(entry))
+                self.registry.sources[name] = Source(str(entry))
 
     def _ready(self) -> None:
         log.info("serving %s on %s", ", ".join(self.registry.sources) or "no models yet", self.url)
