@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                         point.rounds.append(
                             {"rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "cpu_us": cpu, "errors": load.errors}
                         )
-                say(f"{m.name}: done")
+            say(f"{m.name}: done")
         if "bare" in servers:
             for _ in range(args.rounds):
                 run_bare(models, points, args.seconds)

@@ -420,3 +420,16 @@ def test_json_backends_write_the_same_documents(monkeypatch: pytest.MonkeyPatch)
     slow = json.loads(std_dumps({"outputs": {k: v.tolist() for k, v in outputs.items()}}))
     assert fast == slow
     assert loads(b'{"inputs": {"x": [[1.5]]}}') == std_loads(b'{"inputs": {"x": [[1.5]]}}')
+
+
+def test_the_cloud_side_loads_its_stack_only_when_used() -> None:
+    script = (
+        "import sys, edgekit, edgekit.cli, edgekit.cloud, edgekit.cloud.sagemaker, edgekit.cloud.advisor, edgekit.edge.fallback; "
+        "print(sorted({k.split('.')[0] for k in sys.modules} & "
+        "{'starlette', 'uvicorn', 'prometheus_client', 'orjson', 'boto3', 'botocore', 'onnxruntime'}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

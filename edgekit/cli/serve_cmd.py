@@ -45,7 +45,9 @@ def register(app: typer.Typer) -> None:
             None, "--memory-budget-mb", help="models beyond it: least recently used evicted (first use), 507 (POST /models)"
         ),
         max_body_mb: float = typer.Option(6.0, "--max-body-mb", help="larger request bodies get 413"),
-        threads: int = typer.Option(0, "--threads", help="ONNX Runtime intra-op threads per model (0: its default)"),
+        threads: int = typer.Option(
+            1, "--threads", help="ONNX Runtime intra-op threads per model (0: its default, a spinning thread per core)"
+        ),
         predict_threads: int | None = typer.Option(None, "--predict-threads", help="predictions run at once off the event loop"),
         inline_below_ms: float = typer.Option(
             1.0, "--inline-below-ms", help="models measured faster than this run on the event loop (no thread hop)"
