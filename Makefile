@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench bench-fleet bench-edge bench-page lint system-deps clean
+.PHONY: demo test test-fast bench bench-fleet bench-edge bench-page bench-serve lint system-deps clean
 
 system-deps:
 	@scripts/system-deps
@@ -38,6 +38,9 @@ bench-edge: system-deps $(VENV)/.installed
 
 bench-page: system-deps $(VENV)/.installed
 	$(PY) -m bench.page
+
+bench-serve: $(VENV)/.installed
+	$(PY) -m bench.serve
 
 clean:
 	rm -rf build greengrass-build .pytest_cache

@@ -8,17 +8,19 @@ Importing edgekit is cheap: TVM, PyTorch, scikit-learn and boto3 load only when 
 from __future__ import annotations
 
 from edgekit._version import __version__
-from edgekit.api import compile, deploy, load, package, publish, simulate, targets
+from edgekit.api import advise, compile, deploy, load, package, publish, serve, simulate, targets
 from edgekit.errors import EdgekitError
 
 __all__ = [
     "EdgekitError",
     "__version__",
+    "advise",
     "compile",
     "deploy",
     "load",
     "package",
     "publish",
+    "serve",
     "simulate",
     "targets",
 ]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import numpy as np
 
+    from edgekit.cloud.advisor import Advice
     from edgekit.compiler import CompileResult
     from edgekit.fleet.deploy import LocalDeployment
     from edgekit.fleet.logs import LogLine
@@ -459,3 +460,17 @@ def fleet_page(*, state_dir: str | Path | None = None) -> str:
             "(it prints the page's address too)"
         )
     return f"{running['http']}/ui"
+
+
+def serve(models: Any = (), **kwargs: Any) -> None:
+    """Serve artifacts over SageMaker's contracts, KServe v2 and /metrics until SIGTERM; see :func:`edgekit.cloud.server.serve`."""
+    from edgekit.cloud.server import serve as _serve
+
+    _serve(models, **kwargs)
+
+
+def advise(artifact: Any = None, workload: Any = None, **kwargs: Any) -> Advice:
+    """Where and how to run a model, by AWS's deployment guide; see :func:`edgekit.cloud.advisor.advise`."""
+    from edgekit.cloud.advisor import advise as _advise
+
+    return _advise(artifact, workload, **kwargs)

@@ -26,6 +26,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "paho": ("paho-mqtt", "device"),
     "cryptography": ("cryptography", "fleet"),
     "prometheus_client": ("prometheus-client", "fleet"),
+    "starlette": ("starlette", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
 }
 
 

@@ -23,9 +23,11 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     ├── ResolutionError           a deployment can't be satisfied (Greengrass error code)
     ├── PublishError              S3 / Greengrass calls failed (credentials, region, throttling, FAILED version)
     ├── DeploymentError           CreateDeployment was refused or its options are wrong
+    ├── ServeError                `edgekit serve` can't serve what it was given (artifact for another arch, bad pipeline step, port in use)
+    ├── EndpointError             a SageMaker endpoint / transform job can't be deployed, invoked or deleted (one line, what to do)
     └── (in their subpackages) mqtt.BrokerError 18, mqtt.PayloadError 19, device.DeviceError 20,
-        fleet.FleetError 21, sim.SimulationError 22, edge.EdgeError 23, device.ipc.IpcServerError 24
-        — each sets ``exit_code`` on its class
+        fleet.FleetError 21, sim.SimulationError 22, edge.EdgeError 23, device.ipc.IpcServerError 24 — each sets
+        ``exit_code`` on its class; ServeError is 25 and EndpointError 26
 
 The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`). See docs/errors.md.
 """
@@ -47,6 +49,7 @@ __all__ = [
     "ConfigError",
     "DeploymentError",
     "EdgekitError",
+    "EndpointError",
     "InferenceError",
     "InputShapeError",
     "MissingDependencyError",
@@ -57,6 +60,7 @@ __all__ = [
     "PublishError",
     "RecipeError",
     "ResolutionError",
+    "ServeError",
     "ToolchainError",
     "UnknownTargetError",
     "UnsupportedOperatorError",
@@ -179,6 +183,14 @@ class DeploymentError(EdgekitError):
     """A deployment's options are invalid or the service refused it."""
 
 
+class ServeError(EdgekitError):
+    """``edgekit serve`` refused a model or its options (at start, or a model loaded through the API)."""
+
+
+class EndpointError(EdgekitError):
+    """A SageMaker endpoint, its configuration or a transform job can't be created, invoked or deleted."""
+
+
 EXIT_CODES: dict[type[EdgekitError], int] = {
     ConfigError: 2,
     UnknownTargetError: 2,
@@ -199,6 +211,8 @@ EXIT_CODES: dict[type[EdgekitError], int] = {
     ResolutionError: 15,
     PublishError: 16,
     DeploymentError: 17,
+    ServeError: 25,
+    EndpointError: 26,
 }
 
 

@@ -18,7 +18,7 @@ from edgekit.greengrass.deployment import build_spec
 
 def test_the_public_surface_is_small_and_import_is_cheap() -> None:
     assert set(edgekit.__all__) == {
-        "EdgekitError", "__version__", "compile", "deploy", "load", "package", "publish", "simulate", "targets",
+        "EdgekitError", "__version__", "advise", "compile", "deploy", "load", "package", "publish", "serve", "simulate", "targets",
     }  # fmt: skip
     code = "import sys, edgekit; print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'tvm', 'torch', 'boto3', 'typer', 'rich', 'paho')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -16,14 +16,17 @@ import typer.main
 
 from edgekit._version import __version__
 from edgekit.cli import (
+    advise_cmd,
     compile_cmd,
     demo_cmd,
     deployment_cmd,
+    endpoint_cmd,
     fleet_cmd,
     package_cmd,
     publish_cmd,
     recipe_cmd,
     run_cmd,
+    serve_cmd,
     targets_cmd,
     verify_cmd,
 )
@@ -112,6 +115,9 @@ recipe_cmd.register(app)
 publish_cmd.register(app)
 deployment_cmd.register(app)
 fleet_cmd.register(app)
+serve_cmd.register(app)
+endpoint_cmd.register(app)
+advise_cmd.register(app)
 
 _command: Any = None
 

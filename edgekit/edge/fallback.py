@@ -1,11 +1,14 @@
 """The cloud fallback: ask a bigger model over the Open Inference Protocol when the local one can't answer, behind a breaker.
 
-See docs/edge-runtime.md (cloud fallback and circuit breaker).
+``sagemaker://<endpoint>[/<target model>]`` asks a SageMaker endpoint instead (boto3 InvokeEndpoint); see
+docs/edge-runtime.md (cloud fallback and circuit breaker).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -17,9 +20,17 @@ import numpy as np
 from edgekit.clock import SYSTEM_CLOCK, Clock
 from edgekit.edge.errors import EdgeError, FallbackError, FallbackUnavailable
 
-__all__ = ["CircuitBreaker", "CloudFallback", "decode_outputs", "encode_inputs"]
+__all__ = [
+    "DATATYPES",
+    "CircuitBreaker",
+    "CloudFallback",
+    "SageMakerFallback",
+    "decode_outputs",
+    "encode_inputs",
+    "make_fallback",
+]
 
-_DATATYPES = {
+DATATYPES = {  # numpy dtype name -> Open Inference Protocol datatype (edgekit serve decodes with it too)
     "float32": "FP32",
     "float64": "FP64",
     "float16": "FP16",
@@ -30,14 +41,14 @@ _DATATYPES = {
     "uint8": "UINT8",
     "bool": "BOOL",
 }
-_NUMPY = {v: k for k, v in _DATATYPES.items()}
+_NUMPY = {v: k for k, v in DATATYPES.items()}
 
 
 def encode_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
     tensors = []
     for name, value in inputs.items():
         arr = np.asarray(value)
-        dtype = _DATATYPES.get(str(arr.dtype))
+        dtype = DATATYPES.get(str(arr.dtype))
         if dtype is None:
             raise EdgeError(f"input '{name}': dtype {arr.dtype} has no Open Inference Protocol datatype")
         tensors.append({"name": name, "shape": list(arr.shape), "datatype": dtype, "data": arr.ravel().tolist()})
@@ -118,7 +129,7 @@ class CloudFallback:
         headers: Mapping[str, str] | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
-            raise EdgeError(f"cloud fallback url must start with http:// or https://, got '{url}'")
+            raise EdgeError(f"cloud fallback url must start with http://, https:// or sagemaker://, got '{url}'")
         self.endpoint = f"{url.rstrip('/')}/v2/models/{model}/infer"
         self.timeout_s = timeout_s
         self.breaker = breaker or CircuitBreaker()
@@ -130,24 +141,107 @@ class CloudFallback:
             raise FallbackUnavailable(
                 f"cloud fallback {self.endpoint} skipped: its circuit breaker is open after repeated failures"
             )
+        self.calls += 1
+        try:
+            outputs = self._call(inputs)
+        except FallbackError:
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return outputs
+
+    def _call(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         body = json.dumps(encode_inputs(inputs)).encode()
         request = urllib.request.Request(self.endpoint, data=body, headers=self.headers, method="POST")
-        self.calls += 1
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 reply = json.loads(response.read())
-            outputs = decode_outputs(reply)
+            return decode_outputs(reply)
         except urllib.error.HTTPError as exc:
-            self.breaker.failure()
             detail = exc.read()[:200].decode("utf-8", "replace")
             raise FallbackError(f"cloud fallback {self.endpoint} answered HTTP {exc.code}: {detail}", "http") from None
         except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            self.breaker.failure()
             reason = getattr(exc, "reason", exc)
             kind = "timeout" if isinstance(reason, TimeoutError) or "timed out" in str(reason) else "unreachable"
             raise FallbackError(f"cloud fallback {self.endpoint} unreachable: {reason}", kind) from None
         except (json.JSONDecodeError, FallbackError) as exc:
-            self.breaker.failure()
             raise FallbackError(f"cloud fallback {self.endpoint}: bad reply ({exc})", "bad_reply") from None
-        self.breaker.success()
+
+
+class SageMakerFallback(CloudFallback):
+    """A client of a SageMaker endpoint (``sagemaker://<endpoint>[/<target model>]``): boto3 InvokeEndpoint.
+
+    Inputs go as ``.npz`` by name and the answer is asked for as ``.npz`` (what ``edgekit serve`` speaks);
+    one attempt per call within ``timeout_s`` (the breaker, not botocore, decides about retrying). The
+    region and credentials come from boto3's chain (a Greengrass component gets ``AWS_REGION`` and the
+    token exchange service); ``$EDGEKIT_AWS_ENDPOINT_URL`` points it elsewhere (a local ``edgekit serve``).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout_s: float = 2.0,
+        breaker: CircuitBreaker | None = None,
+        region: str | None = None,
+        endpoint_url: str | None = None,
+    ) -> None:
+        from edgekit.deps import require
+
+        if not url.startswith("sagemaker://") or not url[len("sagemaker://") :].strip("/"):
+            raise EdgeError(f"a SageMaker fallback url is sagemaker://<endpoint-name>[/<target model>], got '{url}'")
+        self.name, _, target = url[len("sagemaker://") :].strip("/").partition("/")
+        self.target_model = target or None
+        self.endpoint = url
+        self.timeout_s = timeout_s
+        self.breaker = breaker or CircuitBreaker()
+        self.calls = 0
+        boto3 = require("boto3", "a sagemaker:// cloud fallback")
+        config = require("botocore.config", "a sagemaker:// cloud fallback").Config(
+            connect_timeout=timeout_s, read_timeout=timeout_s, retries={"total_max_attempts": 1}, user_agent_extra="edgekit"
+        )
+        try:
+            self.client = boto3.Session(region_name=region or os.environ.get("AWS_REGION") or None).client(
+                "sagemaker-runtime",
+                endpoint_url=endpoint_url or os.environ.get("EDGEKIT_AWS_ENDPOINT_URL") or None,
+                config=config,
+            )
+        except Exception as exc:  # no region, a broken profile: one line, at start
+            raise EdgeError(f"cloud fallback {url}: cannot make a SageMaker runtime client ({exc}); set AWS_REGION") from exc
+
+    def _call(self, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        from edgekit.greengrass.aws import describe_aws_error
+
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in inputs.items()})  # type: ignore[arg-type]
+        params: dict[str, Any] = {
+            "EndpointName": self.name,
+            "Body": buf.getvalue(),
+            "ContentType": "application/x-npz",
+            "Accept": "application/x-npz",
+        }
+        if self.target_model:
+            params["TargetModel"] = self.target_model
+        try:
+            reply = self.client.invoke_endpoint(**params)
+            body = reply["Body"].read()
+        except Exception as exc:
+            message = describe_aws_error(exc, f"cloud fallback {self.endpoint}")
+            if message is None:
+                raise
+            raise FallbackError(message, "unreachable" if "reach" in message else "http") from None
+        try:
+            with np.load(io.BytesIO(body), allow_pickle=False) as data:
+                outputs = [data[k] for k in data.files]
+        except (ValueError, OSError, EOFError) as exc:
+            raise FallbackError(f"cloud fallback {self.endpoint}: the reply is not .npz ({exc})", "bad_reply") from None
+        if not outputs:
+            raise FallbackError(f"cloud fallback {self.endpoint}: the reply holds no outputs", "bad_reply")
         return outputs
+
+
+def make_fallback(url: str, model: str, *, timeout_s: float = 2.0, breaker: CircuitBreaker | None = None) -> CloudFallback:
+    """The fallback client a ``FallbackEndpoint`` names: ``http(s)://`` (Open Inference Protocol) or ``sagemaker://``."""
+    if url.startswith("sagemaker://"):
+        return SageMakerFallback(url, timeout_s=timeout_s, breaker=breaker)
+    return CloudFallback(url, model, timeout_s=timeout_s, breaker=breaker)

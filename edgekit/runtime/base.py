@@ -26,7 +26,11 @@ class Runner(ABC):
 
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
         """Run the model; ``inputs`` by name (or one array for a single-input model). Outputs in manifest order."""
-        feeds = self._check(inputs)
+        return self.run(self._check(inputs))
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run feeds the caller has already checked against the specs (names, shapes, dtypes): ``predict`` without the
+        check, for a server that validated the request itself. Backend failures still raise InferenceError."""
         try:
             return self._run(feeds)
         except InferenceError:

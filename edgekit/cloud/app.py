@@ -1,0 +1,319 @@
+"""The HTTP routes of ``edgekit serve`` (a Starlette app): SageMaker's container contracts, KServe v2, metrics.
+
+=========================================  =====================================================
+``GET /ping``                               200, empty body, once the models are loaded
+``POST /invocations``                       SageMaker real-time/serverless/async/batch; the model
+                                            from ``X-Amzn-SageMaker-Target-Model`` (or the only one)
+``POST /endpoints/{endpoint}/invocations``  the same, where a SageMaker runtime client points
+                                            (``--endpoint-url``): ``edgekit endpoint invoke`` and
+                                            the devices' ``sagemaker://`` fallback, locally
+``POST /models`` · ``GET /models``          multi-model endpoint API: load (409, 507), list,
+``GET|DELETE /models/{name}``               get, unload, invoke
+``POST /models/{name}/invoke``
+``GET /v2/health/live|ready`` · ``/v2``     Open Inference Protocol (KServe v2): what the
+``GET /v2/models/{m}[/ready]``              devices' :class:`~edgekit.edge.CloudFallback` speaks
+``POST /v2/models/{m}/infer``
+``GET /metrics``                            Prometheus text format
+=========================================  =====================================================
+
+Errors are JSON ``{"error": "<one line>"}``: 400 bad input (naming the input and expected shape), 404
+unknown model (naming the loaded ones), 413 body over the limit, 415/406 media types, 500 the model
+raised (the server keeps serving). Fast models (measured under ``inline_below_ms`` by the compiler)
+run on the event loop; others in a bounded pool of threads. See docs/cloud.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edgekit._version import __version__
+from edgekit.cloud.codec import HttpError, decode_body, decode_v2, encode_outputs, encode_v2
+from edgekit.cloud.metrics import CONTENT_TYPE_LATEST, ServeMetrics
+from edgekit.cloud.registry import ModelRegistry
+from edgekit.cloud.servable import Servable
+from edgekit.edge.fallback import DATATYPES
+from edgekit.errors import last_line
+
+__all__ = ["TARGET_MODEL_HEADER", "ServeApp"]
+
+log = logging.getLogger(__name__)
+
+TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
+_JSON = "application/json"
+
+
+_TARGET = TARGET_MODEL_HEADER.encode()
+_WANTED = frozenset((b"content-type", b"content-length", b"accept", _TARGET))
+
+
+def _headers(request: Request) -> dict[bytes, bytes]:
+    """The few request headers the routes read, in one pass over the raw list (ASGI gives names in lower case)."""
+    return {k: v for k, v in request.scope["headers"] if k in _WANTED}
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(json.dumps({"error": message}), status_code=status, media_type=_JSON)
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(json.dumps(doc), status_code=status, media_type=_JSON)
+
+
+class ServeApp:
+    """The routes over one :class:`ModelRegistry`; ``.app`` is the ASGI application."""
+
+    page_size = 100  # GET /models page size (SageMaker pages with next_page_token)
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        metrics: ServeMetrics,
+        *,
+        max_body_bytes: int = 6 * 2**20,
+        predict_threads: int = 4,
+        inline_below_ms: float = 1.0,
+        on_startup: Callable[[], None] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.inline_below_ms = inline_below_ms
+        self.predict_threads = predict_threads
+        self._on_startup = on_startup
+        self._limiter: anyio.CapacityLimiter | None = None
+        self.ready = False
+        routes = [  # the router tries them in order: the inference routes first
+            Route("/invocations", self.invocations, methods=["POST"]),
+            Route("/v2/models/{name}/infer", self.v2_infer, methods=["POST"]),
+            Route("/ping", self.ping, methods=["GET"]),
+            Route("/endpoints/{endpoint}/invocations", self.invocations, methods=["POST"]),
+            Route("/models", self.list_models, methods=["GET"]),
+            Route("/models", self.load_model, methods=["POST"]),
+            Route("/models/{name}", self.get_model, methods=["GET"]),
+            Route("/models/{name}", self.unload_model, methods=["DELETE"]),
+            Route("/models/{name}/invoke", self.invoke_model, methods=["POST"]),
+            Route("/v2", self.v2_server, methods=["GET"]),
+            Route("/v2/health/live", self.v2_live, methods=["GET"]),
+            Route("/v2/health/ready", self.v2_ready, methods=["GET"]),
+            Route("/v2/models/{name}", self.v2_model, methods=["GET"]),
+            Route("/v2/models/{name}/ready", self.v2_model_ready, methods=["GET"]),
+            Route("/metrics", self.prometheus, methods=["GET"]),
+        ]
+        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+        self._sync_gauges()
+        registry.on_change = self._changed
+
+    @asynccontextmanager
+    async def _lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self._limiter = anyio.CapacityLimiter(self.predict_threads)
+        self.ready = True
+        if self._on_startup is not None:
+            self._on_startup()
+        try:
+            yield
+        finally:
+            self.ready = False
+            self.registry.close()
+
+    def _changed(self, event: str, _model: str) -> None:
+        self.metrics.events.labels(event).inc()
+        self._sync_gauges()
+
+    def _sync_gauges(self) -> None:
+        self.metrics.loaded.set(len(self.registry.loaded))
+        self.metrics.memory.set(self.registry.used_bytes)
+        self.metrics.budget.set(self.registry.budget_bytes or 0)
+
+    # ------------------------------------------------------------------ the inference path
+
+    async def _body(self, request: Request, length: str | None) -> bytes:
+        limit = self.max_body_bytes
+        if length is not None:
+            if not length.isdigit():
+                raise HttpError(400, f"bad Content-Length '{length}'")
+            if int(length) > limit:
+                raise HttpError(413, f"the body has {int(length)} bytes, over the limit of {limit} (--max-body-mb)")
+            return await request.body()
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HttpError(413, f"the body is over the limit of {limit} bytes (--max-body-mb)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @staticmethod
+    def _run(servable: Servable, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        run = servable.run if servable.inputs is not None else servable.predict  # inputs already checked by the codec
+        assert run is not None
+        try:
+            return run(feeds)
+        except Exception as exc:
+            log.warning("model %s raised", servable.name, exc_info=True)
+            raise HttpError(500, f"model '{servable.name}' failed: {last_line(exc)}") from exc
+
+    async def _predict(self, servable: Servable, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        latency = servable.latency_ms
+        if latency is not None and latency < self.inline_below_ms:
+            return self._run(servable, feeds)  # cheaper than a hop to a thread and back
+        return await anyio.to_thread.run_sync(self._run, servable, feeds, limiter=self._limiter)
+
+    def _default_model(self) -> str:
+        names = set(self.registry.loaded) | set(self.registry.sources)
+        if len(names) == 1:
+            return next(iter(names))
+        raise HttpError(
+            400, f"this server holds {len(names)} models {sorted(names)}: name one with the X-Amzn-SageMaker-Target-Model header"
+        )
+
+    async def _model(self, name: str) -> Servable:
+        return self.registry.peek(name) or await self.registry.get(name)
+
+    async def _sagemaker(self, request: Request, name: str | None, route: str, head: dict[bytes, bytes]) -> Response:
+        t0 = time.perf_counter()
+        try:
+            if not name:
+                name = self._default_model()
+            servable = self.registry.peek(name) or await self.registry.get(name)
+            body = await self._body(request, _text(head.get(b"content-length")))
+            feeds = decode_body(body, _text(head.get(b"content-type")) or "", servable.inputs)
+            latency = servable.latency_ms
+            if latency is not None and latency < self.inline_below_ms:
+                outputs = self._run(servable, feeds)  # no coroutine, no thread: the fast path
+            else:
+                outputs = await self._predict(servable, feeds)
+            payload, media = encode_outputs(outputs, _text(head.get(b"accept")) or "")
+        except HttpError as exc:
+            self.metrics.observe(name if name and exc.status != 404 else "", route, exc.status, None)
+            return _error(exc.status, exc.message)
+        self.metrics.observe(name, route, 200, time.perf_counter() - t0)
+        return Response(payload, media_type=media)
+
+    async def invocations(self, request: Request) -> Response:
+        head = _headers(request)
+        return await self._sagemaker(request, _text(head.get(_TARGET)), "invocations", head)
+
+    async def invoke_model(self, request: Request) -> Response:
+        return await self._sagemaker(request, request.path_params["name"], "invoke", _headers(request))
+
+    async def v2_infer(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        t0 = time.perf_counter()
+        try:
+            servable = await self._model(name)
+            feeds = decode_v2(await self._body(request, _text(_headers(request).get(b"content-length"))), servable.inputs)
+            payload = encode_v2(name, await self._predict(servable, feeds))
+        except HttpError as exc:
+            self.metrics.observe(name if exc.status != 404 else "", "v2-infer", exc.status, None)
+            return _error(exc.status, exc.message)
+        self.metrics.observe(name, "v2-infer", 200, time.perf_counter() - t0)
+        return Response(payload, media_type=_JSON)
+
+    # ------------------------------------------------------------------ health
+
+    async def ping(self, _request: Request) -> Response:
+        return Response(b"", status_code=200 if self.ready else 503)
+
+    async def v2_live(self, _request: Request) -> Response:
+        return _json({"live": True})
+
+    async def v2_ready(self, _request: Request) -> Response:
+        return _json({"ready": self.ready}, 200 if self.ready else 503)
+
+    async def v2_server(self, _request: Request) -> Response:
+        return _json({"name": "edgekit", "version": __version__, "extensions": []})
+
+    async def v2_model(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            servable = await self._model(name)
+        except HttpError as exc:
+            return _error(exc.status, exc.message)
+
+        def tensors(specs: list[tuple[str, str, list[int]]]) -> list[dict[str, Any]]:
+            return [{"name": n, "datatype": DATATYPES.get(d, d), "shape": s} for n, d, s in specs]
+
+        inputs = [(s.name, s.dtype, s.shape) for s in servable.inputs or []]
+        return _json(
+            {
+                "name": name,
+                "versions": [],
+                "platform": servable.platform,
+                "inputs": tensors(inputs),
+                "outputs": [{"name": n} for n in servable.outputs],
+            }
+        )
+
+    async def v2_model_ready(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name in self.registry.loaded:
+            return _json({"name": name, "ready": True})
+        if name in self.registry.sources:
+            return _json({"name": name, "ready": False}, 503)
+        return _error(404, self.registry.not_found(name).message)
+
+    # ------------------------------------------------------------------ the multi-model API
+
+    async def load_model(self, request: Request) -> Response:
+        try:
+            doc = json.loads(await self._body(request, _text(_headers(request).get(b"content-length"))))
+            name, url = doc["model_name"], doc["url"]
+            if not isinstance(name, str) or not isinstance(url, str) or not name:
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return _error(400, 'the body must be {"model_name": "<name>", "url": "<folder or .tar.gz>"}')
+        except HttpError as exc:
+            return _error(exc.status, exc.message)
+        try:
+            await self.registry.add(name, url)
+        except HttpError as exc:
+            self.metrics.observe(name, "models", exc.status, None)
+            return _error(exc.status, exc.message)
+        self.metrics.observe(name, "models", 200, None)
+        return _json({"modelName": name, "modelUrl": url})
+
+    async def list_models(self, request: Request) -> Response:
+        token = request.query_params.get("next_page_token", "0")
+        start = int(token) if token.isdigit() else 0
+        names = sorted(self.registry.loaded)
+        page = names[start : start + self.page_size]
+        doc: dict[str, Any] = {"models": [{"modelName": n, "modelUrl": self.registry.loaded[n].url} for n in page]}
+        if start + self.page_size < len(names):
+            doc["nextPageToken"] = str(start + self.page_size)
+        return _json(doc)
+
+    async def get_model(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        servable = self.registry.loaded.get(name)
+        if servable is None:
+            return _error(404, self.registry.not_found(name).message)
+        return _json({"modelName": name, "modelUrl": servable.url})
+
+    async def unload_model(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            self.registry.remove(name)
+        except HttpError as exc:
+            return _error(exc.status, exc.message)
+        return _json({"modelName": name, "unloaded": True})
+
+    async def prometheus(self, _request: Request) -> Response:
+        return Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,241 @@
+"""Request and response bodies of ``edgekit serve``: SageMaker JSON / npy / npz, and Open Inference Protocol JSON.
+
+Everything here is plain functions over bytes and numpy arrays (no web framework), so the hot path
+is one JSON parse, one ``np.asarray`` per input and one JSON dump — no per-request models. JSON goes
+through ``orjson`` when it is installed (the ``serve`` extra): measured here, it parses a 13-feature
+request in 1.8 µs instead of 7.2, a 3×32×32 one in 221 µs instead of 1,027, and writes numpy outputs
+directly (0.9 µs instead of 10.5); ``EDGEKIT_SERVE_JSON=stdlib`` forces the standard library's.
+A problem with the body raises :class:`HttpError` with the HTTP status and a one-line message
+naming the input and what was expected. See docs/cloud.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgekit.edge.fallback import DATATYPES
+from edgekit.manifest import TensorSpec
+
+__all__ = [
+    "JSON",
+    "NPY",
+    "NPZ",
+    "HttpError",
+    "check_inputs",
+    "decode_body",
+    "decode_v2",
+    "encode_outputs",
+    "encode_v2",
+]
+
+JSON = "application/json"
+NPY = "application/x-npy"
+NPZ = "application/x-npz"
+_NUMPY = {v: k for k, v in DATATYPES.items()}
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # one instance: json.dumps(..., separators=) builds one per call
+
+
+def _plain(value: Any) -> Any:
+    """What orjson can't write itself (non-contiguous arrays, numpy scalars, strings arrays) as plain Python."""
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _json_backend() -> tuple[Callable[[bytes], Any], Callable[[Any], bytes], bool]:
+    """(loads, dumps, dumps takes numpy arrays) — orjson when installed and not switched off."""
+    if os.environ.get("EDGEKIT_SERVE_JSON", "") != "stdlib":
+        try:
+            import orjson
+        except ImportError:
+            pass
+        else:
+            option = orjson.OPT_SERIALIZE_NUMPY
+
+            def dumps(doc: Any) -> bytes:
+                return orjson.dumps(doc, option=option, default=_plain)
+
+            return orjson.loads, dumps, True
+
+    def stdlib_dumps(doc: Any) -> bytes:
+        return _ENCODER.encode(doc).encode()
+
+    return json.loads, stdlib_dumps, False
+
+
+_loads, _dumps, _NUMPY_JSON = _json_backend()
+
+
+class HttpError(Exception):
+    """What the server answers with ``status`` and ``message`` (not an EdgekitError: it never leaves the server)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+def _media(content_type: str) -> str:
+    if content_type == JSON:  # the common case, without the string work
+        return JSON
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        return _loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HttpError(400, f'the body is not valid JSON ({exc}); send {{"inputs": {{"<name>": [...]}}}}') from None
+
+
+def decode_body(body: bytes, content_type: str, specs: Sequence[TensorSpec] | None) -> dict[str, np.ndarray]:
+    """Inputs by name from a SageMaker ``/invocations`` body.
+
+    JSON ``{"inputs": {"<name>": nested lists}}`` (or ``{"inputs": nested lists}`` for a single-input
+    model), ``application/x-npy`` (one array: the single input) or ``application/x-npz`` (arrays by
+    input name). ``specs`` None: a pipeline whose first step is a Python callable (names taken as sent).
+    """
+    media = _media(content_type) or JSON
+    if media in (JSON, "text/json"):
+        doc = _load_json(body)
+        raw = doc.get("inputs") if isinstance(doc, dict) else None
+        if raw is None:
+            raise HttpError(400, 'the JSON body has no "inputs"; send {"inputs": {"<name>": [...]}}')
+        if not isinstance(raw, dict):
+            names = [s.name for s in specs] if specs is not None else None
+            if names is None or len(names) != 1:
+                raise HttpError(400, f'"inputs" must be an object of arrays by name; the inputs are {names}')
+            raw = {names[0]: raw}
+        return _arrays(raw, specs)
+    names = [s.name for s in specs] if specs is not None else None
+    if media == NPY:
+        if names is None or len(names) != 1:
+            raise HttpError(
+                400, f"an application/x-npy body holds one array; the model has inputs {names}: send application/x-npz"
+            )
+        try:
+            arr = np.load(io.BytesIO(body), allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise HttpError(400, f"the body is not a .npy array ({exc})") from None
+        return _arrays({names[0]: arr}, specs)
+    if media == NPZ:
+        try:
+            with np.load(io.BytesIO(body), allow_pickle=False) as data:
+                raw_npz = {k: data[k] for k in data.files}
+        except (ValueError, OSError, EOFError) as exc:
+            raise HttpError(400, f"the body is not a .npz archive ({exc})") from None
+        return _arrays(raw_npz, specs)
+    raise HttpError(415, f"Content-Type '{media}' is not served; use {JSON}, {NPY} or {NPZ}")
+
+
+def _arrays(raw: Mapping[str, Any], specs: Sequence[TensorSpec] | None) -> dict[str, np.ndarray]:
+    if specs is None:
+        try:
+            return {str(k): np.asarray(v) for k, v in raw.items()}
+        except (ValueError, TypeError) as exc:
+            raise HttpError(400, f"an input is not a rectangular array ({exc})") from None
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name not in raw:
+            raise HttpError(400, f"missing input '{spec.name}' (expects shape {spec.shape} {spec.dtype}); sent: {sorted(raw)}")
+        value = raw[spec.name]
+        if isinstance(value, np.ndarray) and not np.can_cast(value.dtype, spec.dtype, casting="same_kind"):
+            raise HttpError(400, f"input '{spec.name}' expects {spec.dtype}, got {value.dtype}")
+        try:
+            arr = np.asarray(value, dtype=spec.dtype)
+        except (ValueError, TypeError) as exc:
+            raise HttpError(400, f"input '{spec.name}' is not a rectangular {spec.dtype} array ({exc})") from None
+        feeds[spec.name] = arr
+    check_inputs(feeds, specs, raw)
+    return feeds
+
+
+def check_inputs(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], sent: Mapping[str, Any] | None = None) -> None:
+    """400 naming the input and the expected shape when a shape is wrong or an unknown input was sent."""
+    for spec in specs:
+        shape = list(feeds[spec.name].shape)
+        if shape != spec.shape:
+            raise HttpError(400, f"input '{spec.name}' expects shape {spec.shape} {spec.dtype}, got {shape}")
+    sent = sent if sent is not None else feeds
+    if len(sent) == len(specs):  # every spec was found in it: nothing extra
+        return
+    extra = sorted(set(sent) - {s.name for s in specs})
+    if extra:
+        raise HttpError(400, f"unknown input(s) {extra}; the inputs are {[s.name for s in specs]}")
+
+
+def encode_outputs(outputs: Mapping[str, np.ndarray], accept: str) -> tuple[bytes, str]:
+    """(body, content type) of a SageMaker answer: JSON ``{"outputs": {"<name>": nested lists}}``, npy or npz."""
+    media = _media(accept)
+    if media in ("", "*/*", JSON, "application/*", "text/json"):
+        if _NUMPY_JSON:
+            return _dumps({"outputs": outputs}), JSON
+        return _dumps({"outputs": {n: np.asarray(o).tolist() for n, o in outputs.items()}}), JSON
+    buf = io.BytesIO()
+    if media == NPZ:
+        np.savez(buf, **outputs)  # type: ignore[arg-type]
+        return buf.getvalue(), NPZ
+    if media == NPY:
+        if len(outputs) != 1:
+            raise HttpError(406, f"the model has {len(outputs)} outputs {list(outputs)}; an .npy holds one: ask for {NPZ}")
+        np.save(buf, next(iter(outputs.values())), allow_pickle=False)
+        return buf.getvalue(), NPY
+    raise HttpError(406, f"Accept '{media}' is not served; ask for {JSON}, {NPY} or {NPZ}")
+
+
+# --------------------------------------------------------------------------- Open Inference Protocol (KServe v2)
+
+
+def decode_v2(body: bytes, specs: Sequence[TensorSpec] | None) -> dict[str, np.ndarray]:
+    """Inputs from ``{"inputs": [{"name", "shape", "datatype", "data"}]}``."""
+    doc = _load_json(body)
+    tensors = doc.get("inputs") if isinstance(doc, dict) else None
+    if not isinstance(tensors, list) or not tensors:
+        raise HttpError(400, 'the body has no "inputs" list of tensors {"name", "shape", "datatype", "data"}')
+    raw: dict[str, np.ndarray] = {}
+    for t in tensors:
+        try:
+            name, shape, datatype, data = t["name"], t["shape"], t["datatype"], t["data"]
+        except (KeyError, TypeError):
+            raise HttpError(400, 'each input needs "name", "shape", "datatype" and "data"') from None
+        dtype = _NUMPY.get(datatype)
+        if dtype is None:
+            raise HttpError(400, f"input '{name}': datatype '{datatype}' is not one of {sorted(_NUMPY)}")
+        try:
+            raw[str(name)] = np.asarray(data, dtype=dtype).reshape(shape)
+        except (ValueError, TypeError) as exc:
+            raise HttpError(400, f"input '{name}': data does not fill shape {shape} ({exc})") from None
+    if specs is None:
+        return raw
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name not in raw:
+            raise HttpError(400, f"missing input '{spec.name}' (expects shape {spec.shape} {spec.dtype}); sent: {sorted(raw)}")
+        arr = raw[spec.name]
+        if arr.dtype != np.dtype(spec.dtype):
+            if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
+                raise HttpError(400, f"input '{spec.name}' expects {DATATYPES.get(spec.dtype, spec.dtype)}, got {arr.dtype}")
+            arr = arr.astype(spec.dtype)
+        feeds[spec.name] = arr
+    check_inputs(feeds, specs, raw)
+    return feeds
+
+
+def encode_v2(model: str, outputs: Mapping[str, np.ndarray]) -> bytes:
+    tensors = []
+    for name, out in outputs.items():
+        arr = np.asarray(out)
+        datatype = DATATYPES.get(str(arr.dtype))
+        if datatype is None:  # e.g. strings from a post-processing step
+            datatype, arr = "BYTES", arr.astype(str)
+        data = arr.ravel()
+        tensors.append(
+            {"name": name, "shape": list(arr.shape), "datatype": datatype, "data": data if _NUMPY_JSON else data.tolist()}
+        )
+    return _dumps({"model_name": model, "outputs": tensors})

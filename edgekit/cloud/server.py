@@ -1,0 +1,273 @@
+"""``edgekit serve``: load the models, bind the port, run uvicorn until SIGTERM (in-flight requests finish).
+
+:func:`serve` blocks (what the CLI and the container's entry point call); :class:`ModelServer` also
+runs in a background thread (``start()`` / ``stop()``) for tests and benchmarks. Every model given
+at start is loaded before the port opens, so an artifact that can't be served here (another CPU
+architecture, a missing file, a pipeline step that doesn't import) stops the start with one
+:class:`~edgekit.errors.ServeError` line. With no models given it serves SageMaker's model folder
+(``$EDGEKIT_MODEL_DIR``, default ``/opt/ml/model``): one artifact, or one per sub-folder — unless it is a
+multi-model endpoint (``multi_model``, ``SAGEMAKER_MULTI_MODEL=true``), which starts empty. See docs/cloud.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgekit.deps import require
+from edgekit.errors import ServeError
+
+__all__ = ["DEFAULT_MODEL_DIR", "ModelServer", "ServeOptions", "default_port", "serve"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = "/opt/ml/model"  # where SageMaker extracts model.tar.gz
+MODEL_DIR_ENV = "EDGEKIT_MODEL_DIR"
+
+
+def default_port() -> int:
+    """8080, or the port SageMaker assigns a container of an inference pipeline (``SAGEMAKER_BIND_TO_PORT``)."""
+    value = os.environ.get("SAGEMAKER_BIND_TO_PORT", "")
+    return int(value) if value.isdigit() else 8080
+
+
+@dataclass
+class ServeOptions:
+    """What :func:`serve` takes besides the models. Sizes in MiB.
+
+    ``threads`` is 1 by default: a server gets its parallelism from concurrent requests, and ONNX Runtime's
+    default (a thread per core, spinning between runs) costs a loaded server more than it gives — measured
+    with bench/serve on the CNN at concurrency 8: 384 req/s at 1,319 µs of CPU a request with the default,
+    951 req/s at 667 µs with one thread.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = field(default_factory=default_port)
+    model_repository: Path | None = None  # folders / .tar.gz loaded on first use (multi-model endpoint)
+    multi_model: bool = False  # no models given: start empty (SageMaker's agent loads them) instead of /opt/ml/model
+    memory_budget_mb: float | None = None  # None: no budget
+    max_body_mb: float = 6.0  # SageMaker real-time's payload limit
+    threads: int = 1  # ONNX Runtime intra-op threads per model (0: its default, every core, threads that spin)
+    predict_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    inline_below_ms: float = 1.0  # models measured faster than this run on the event loop
+    graceful_timeout_s: int = 30  # SIGTERM: how long in-flight requests may take to finish
+
+
+def _named(models: Sequence[str | Path]) -> list[tuple[str | None, str]]:
+    out: list[tuple[str | None, str]] = []
+    for item in models:
+        text = str(item)
+        name, sep, path = text.partition("=")
+        if sep and name and not Path(text).exists() and "/" not in name:
+            out.append((name, path))
+        else:
+            out.append((None, text))
+    return out
+
+
+def _model_folder() -> list[tuple[str | None, str]]:
+    root = Path(os.environ.get(MODEL_DIR_ENV) or DEFAULT_MODEL_DIR)
+    if not root.is_dir():
+        raise ServeError(
+            f"no models given and the model folder {root} does not exist; pass artifact folders "
+            f"(edgekit serve build/model-x86_64) or set {MODEL_DIR_ENV}"
+        )
+    if (root / "manifest.json").is_file():
+        return [(None, str(root))]
+    subs = [d for d in sorted(root.iterdir()) if (d / "manifest.json").is_file()]
+    if not subs:
+        raise ServeError(f"the model folder {root} holds no artifact (no manifest.json in it or its sub-folders)")
+    return [(None, str(d)) for d in subs]
+
+
+class ModelServer:
+    """Models loaded, app built, port bound — ready to :meth:`run` (blocking) or :meth:`start` (thread)."""
+
+    def __init__(
+        self,
+        models: Sequence[str | Path] = (),
+        *,
+        pipelines: Mapping[str, Sequence[str]] | None = None,
+        options: ServeOptions | None = None,
+        on_ready: Callable[[str], None] | None = None,
+    ) -> None:
+        require("starlette", "edgekit serve")
+        require("uvicorn", "edgekit serve")
+        require("prometheus_client", "edgekit serve")
+        from edgekit.cloud.app import ServeApp
+        from edgekit.cloud.metrics import ServeMetrics
+        from edgekit.cloud.registry import ModelRegistry, Source
+        from edgekit.cloud.servable import Servable, load_artifact, load_pipeline
+
+        self.options = opts = options or ServeOptions()
+        pipelines = dict(pipelines or {})
+        given = _named(models)
+        if not given and not pipelines and opts.model_repository is None and not opts.multi_model:
+            given = _model_folder()
+        threads = opts.threads
+
+        def loader(name: str, source: Source) -> Servable:
+            if source.steps:
+                return load_pipeline(name, source.steps, threads=threads)
+            return load_artifact(name, source.url, threads=threads)
+
+        budget = int(opts.memory_budget_mb * 2**20) if opts.memory_budget_mb else None
+        self.registry = ModelRegistry(loader, budget)
+        loaded: list[tuple[str, Servable]] = []
+        try:
+            for name, path in given:
+                servable = load_artifact(name or "", path, threads=threads)
+                loaded.append((servable.name, servable))
+            for name, steps in pipelines.items():
+                loaded.append((name, load_pipeline(name, list(steps), threads=threads)))
+            seen: set[str] = set()
+            for name, _ in loaded:
+                if name in seen:
+                    raise ServeError(f"two models are named '{name}'; name them apart with NAME=PATH (e.g. {name}-a=build/...)")
+                seen.add(name)
+            used = sum(s.memory_bytes for _, s in loaded)
+            if budget is not None and used > budget:
+                raise ServeError(
+                    f"the models given need {used / 2**20:.1f} MiB, over the memory budget of {opts.memory_budget_mb} MiB; "
+                    "raise --memory-budget-mb or serve fewer models at start (--model-repository loads on first use)"
+                )
+        except BaseException:
+            for _, s in loaded:
+                s.close()
+            raise
+        for name, servable in loaded:
+            steps = tuple(pipelines.get(name, ())) if servable.platform == "pipeline" else ()
+            self.registry.sources[name] = Source(servable.url, steps)
+        if opts.model_repository is not None:
+            self._scan_repository(opts.model_repository)
+        self.registry.preload(loaded)
+        self.metrics = ServeMetrics()
+        self._on_ready = on_ready
+        self.serve_app = ServeApp(
+            self.registry,
+            self.metrics,
+            max_body_bytes=int(opts.max_body_mb * 2**20),
+            predict_threads=opts.predict_threads,
+            inline_below_ms=opts.inline_below_ms,
+            on_startup=self._ready,
+        )
+        self.socket = self._bind(opts.host, opts.port)
+        host, port = self.socket.getsockname()[:2]
+        self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        self._server: object | None = None
+        self._thread: threading.Thread | None = None
+
+    def _scan_repository(self, root: Path) -> None:
+        from edgekit.cloud.registry import Source
+
+        if not root.is_dir():
+            raise ServeError(f"--model-repository {root} is not a folder")
+        for entry in sorted(root.iterdir()):
+            name = entry.name.removesuffix(".tar.gz").removesuffix(".tgz")
+            if name not in self.registry.sources and (entry.is_dir() or entry.name.endswith((".tar.gz", ".tgz"))):
+                self.registry.sources[name] = Source(str(entry))
+
+    def _ready(self) -> None:
+        log.info("serving %s on %s", ", ".join(self.registry.sources) or "no models yet", self.url)
+        if self._on_ready is not None:
+            self._on_ready(self.url)
+
+    @staticmethod
+    def _bind(host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pass another --port / --host") from exc
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        return sock
+
+    def _uvicorn(self) -> object:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self.serve_app.app,
+            log_config=None,  # the library stays quiet; the CLI sets up logging
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=max(1, round(self.options.graceful_timeout_s)),
+            server_header=False,
+        )
+        return uvicorn.Server(config)
+
+    def run(self) -> None:
+        """Serve until SIGTERM / SIGINT; in-flight requests finish (up to ``graceful_timeout_s``)."""
+        server = self._uvicorn()
+        self._server = server
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn raises the signal it caught again once it has shut down; with this handler in place a
+            # graceful SIGTERM ends in a normal return (exit status 0) instead of death by the signal.
+            previous = signal.signal(signal.SIGTERM, lambda _sig, _frame: None)
+        try:
+            server.run(sockets=[self.socket])  # type: ignore[attr-defined]
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self.socket.close()
+            self.registry.close()
+
+    def start(self) -> str:
+        """Serve in a background thread (no signal handlers); returns the base URL once it answers."""
+        server = self._uvicorn()
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.run,  # type: ignore[attr-defined]
+            kwargs={"sockets": [self.socket]},
+            name="edgekit-serve",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not getattr(server, "started", False):
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ServeError(f"the server on {self.url} did not start")
+            time.sleep(0.01)
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True  # type: ignore[attr-defined]
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with contextlib.suppress(OSError):
+            self.socket.close()
+        self.registry.close()
+
+    def __enter__(self) -> ModelServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def serve(
+    models: Sequence[str | Path] = (),
+    *,
+    pipelines: Mapping[str, Sequence[str]] | None = None,
+    options: ServeOptions | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve compiled artifacts (``NAME=PATH`` to rename) and pipelines until SIGTERM; see :class:`ServeOptions`.
+
+    Raises :class:`~edgekit.errors.ServeError` before listening when a model can't be served here.
+    """
+    ModelServer(models, pipelines=pipelines, options=options, on_ready=on_ready).run()
