@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         models: int = typer.Option(1, "--models", help="how many models to host"),
         pre_post_processing: bool = typer.Option(False, "--pre-post-processing", help="steps before/after the model"),
         modalities: int = typer.Option(1, "--modalities", help="kinds of input (image, text, sensor...)"),
-        data_must_stay_on_site: bool = typer.Option(False, "--data-must-stay-on-site"),
+        data_must_stay_on_site: bool = typer.Option(False, "--data-must-stay-on-site", help="the data may not leave the site: run at the edge"),
         as_json: bool = typer.Option(
             False, "--json", help="placement, inference_option, endpoint_layout, instance_family, reasons, rejected"
         ),

@@ -50,8 +50,8 @@ def register(app: typer.Typer) -> None:
         bucket: str = typer.Option("", "--bucket", help="S3 bucket for model.tar.gz, in the endpoint's region"),
         prefix: str = typer.Option("edgekit", "--prefix", help="S3 key prefix"),
         multi_model: bool = typer.Option(False, "--multi-model", help="a multi-model endpoint (ModelDataUrl is a prefix)"),
-        instance_type: str = typer.Option("ml.c5.large", "--instance-type"),
-        instance_count: int = typer.Option(1, "--instance-count"),
+        instance_type: str = typer.Option("ml.c5.large", "--instance-type", help="real-time / async / batch: the instance type"),
+        instance_count: int = typer.Option(1, "--instance-count", help="real-time / async / batch: how many instances"),
         memory: int = typer.Option(2048, "--memory", help="serverless memory, MB (1024-6144 by 1024)"),
         max_concurrency: int = typer.Option(5, "--max-concurrency", help="serverless"),
         provisioned_concurrency: int | None = typer.Option(None, "--provisioned-concurrency", help="serverless"),
@@ -61,13 +61,13 @@ def register(app: typer.Typer) -> None:
         batch_input: str = typer.Option("", "--batch-input", help="batch: s3:// prefix of the inputs"),
         batch_output: str = typer.Option("", "--batch-output", help="batch: s3:// prefix for the outputs"),
         content_type: str = typer.Option("application/json", "--content-type", help="batch: the inputs' content type"),
-        region: str | None = typer.Option(None, "--region"),
-        profile: str | None = typer.Option(None, "--profile"),
+        region: str | None = typer.Option(None, "--region", help="AWS region (default: AWS_REGION / the profile's)"),
+        profile: str | None = typer.Option(None, "--profile", help="AWS profile (default: AWS_PROFILE / the standard chain)"),
         endpoint_url: str | None = typer.Option(None, "--endpoint-url", help="another SageMaker / S3 endpoint"),
         no_wait: bool = typer.Option(False, "--no-wait", help="return once created, without waiting for InService"),
         timeout: float = typer.Option(1800, "--timeout", help="seconds to wait for InService / Completed"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print each request (checked against the API model), call nothing"),
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     ) -> None:
         """Upload the artifact and create a SageMaker model + endpoint (or a batch transform job); a failure deletes what it made."""
         from edgekit.cloud.sagemaker import MODES, DeployEvent, EndpointSpec, deploy_endpoint
@@ -119,8 +119,8 @@ def register(app: typer.Typer) -> None:
         input: list[str] = typer.Option([], "--input", "-i", help="file.npy, NAME=file.npy, or an .npz of all inputs"),
         target_model: str | None = typer.Option(None, "--target-model", help="multi-model endpoint: which model"),
         async_input: str | None = typer.Option(None, "--async-input", help="async endpoint: s3:// of the request body"),
-        region: str | None = typer.Option(None, "--region"),
-        profile: str | None = typer.Option(None, "--profile"),
+        region: str | None = typer.Option(None, "--region", help="AWS region (default: AWS_REGION / the profile's)"),
+        profile: str | None = typer.Option(None, "--profile", help="AWS profile (default: AWS_PROFILE / the standard chain)"),
         endpoint_url: str | None = typer.Option(None, "--endpoint-url", help="e.g. a local 'edgekit serve'"),
         as_json: bool = typer.Option(False, "--json", help="outputs as JSON lists by name"),
     ) -> None:
@@ -146,9 +146,9 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Argument(..., help="the endpoint name"),
         keep_config: bool = typer.Option(False, "--keep-config", help="keep its endpoint config"),
         keep_models: bool = typer.Option(False, "--keep-models", help="keep the models it serves"),
-        region: str | None = typer.Option(None, "--region"),
-        profile: str | None = typer.Option(None, "--profile"),
-        endpoint_url: str | None = typer.Option(None, "--endpoint-url"),
+        region: str | None = typer.Option(None, "--region", help="AWS region (default: AWS_REGION / the profile's)"),
+        profile: str | None = typer.Option(None, "--profile", help="AWS profile (default: AWS_PROFILE / the standard chain)"),
+        endpoint_url: str | None = typer.Option(None, "--endpoint-url", help="a local AWS endpoint, e.g. a moto server or edgekit serve"),
         dry_run: bool = typer.Option(False, "--dry-run", help="print what would be deleted"),
     ) -> None:
         """Delete an endpoint, its endpoint config and its models."""
