@@ -47,7 +47,7 @@ def onnxruntime_model(path, names):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # as edgekit's runner: already optimised
     opts.intra_op_num_threads = 1
     session = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-    return lambda arrays: session.run(None, dict(zip(names, arrays)))
+    return lambda arrays: session.run(None, dict(zip(names, arrays, strict=True)))
 
 
 def main():
