@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench bench-fleet bench-edge lint system-deps clean
+.PHONY: demo test test-fast bench bench-fleet bench-edge bench-runtime lint system-deps clean
 
 system-deps:
 	@scripts/system-deps
@@ -35,6 +35,9 @@ bench-fleet: system-deps $(VENV)/.installed
 
 bench-edge: system-deps $(VENV)/.installed
 	$(PY) -m bench.edge
+
+bench-runtime: $(VENV)/.installed
+	$(PY) -m bench.runtime
 
 clean:
 	rm -rf build greengrass-build .pytest_cache
