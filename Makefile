@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench bench-fleet bench-edge bench-page bench-serve lint system-deps clean
+.PHONY: demo test test-fast bench bench-fleet bench-edge bench-page bench-serve bench-runtime lint system-deps clean
 
 system-deps:
 	@scripts/system-deps
@@ -41,6 +41,9 @@ bench-page: system-deps $(VENV)/.installed
 
 bench-serve: $(VENV)/.installed
 	$(PY) -m bench.serve
+
+bench-runtime: $(VENV)/.installed
+	$(PY) -m bench.runtime
 
 clean:
 	rm -rf build greengrass-build .pytest_cache

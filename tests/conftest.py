@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,17 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Wheels downloaded for packaging (the aarch64 apache-tvm, 94 MB) are shared by the session's isolated caches
+    (or reused from $EDGEKIT_TEST_WHEELHOUSE)."""
+    env = os.environ.get("EDGEKIT_TEST_WHEELHOUSE")
+    house = Path(env) if env else tmp_path_factory.mktemp("wheelhouse")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EDGEKIT_WHEELHOUSE", str(house))
+        yield house
 
 
 @pytest.fixture(scope="session")

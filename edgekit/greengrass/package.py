@@ -297,6 +297,8 @@ def _build(
         manifest = _subst(copy.deepcopy(base), "@MODEL_DIR@", _model_dir(by_platform[key][1]))
         manifest["Platform"] = {"os": key[0], "architecture": key[1]}
         _set_artifact(manifest, inf_zip)
+        if tokens["@BACKEND@"] == "tvm":
+            _tvm_library_env(manifest, runtime_name, key[1])
         manifests.append(manifest)
     inference.update(
         ComponentName=inference_name,
@@ -334,9 +336,47 @@ def _package_runtime(
     recipe["ComponentConfiguration"]["DefaultConfiguration"]["Backend"] = backend
     for manifest in recipe["Manifests"]:
         _set_artifact(manifest, zip_path)
+    if backend == "tvm":
+        recipe["Manifests"] = _tvm_library_manifests(recipe["Manifests"][0], dest)
     recipe.update(ComponentName=name, ComponentVersion=version, ComponentPublisher=publisher)
     recipe = _ordered(recipe)
-    return PackagedComponent(name, version, _write_recipe(recipe, recipes_dir), [zip_path])
+    return PackagedComponent(name, version, _write_recipe(recipe, recipes_dir), sorted(dest.glob("*.zip")))
+
+
+def tvm_library_dir(architecture: str) -> str:
+    """Where the TVM runtime component unpacks ``libtvm_runtime.so`` for ``architecture``, under its decompressedPath."""
+    return f"tvm-runtime-{architecture}"
+
+
+def _tvm_library_manifests(template: dict[str, Any], dest: Path) -> list[dict[str, Any]]:
+    """One manifest per architecture, each with the official ``libtvm_runtime.so`` of that platform as a second artifact.
+
+    The component installs numpy and apache-tvm-ffi only (requirements-tvm.txt); the inference component points
+    the runner at the library with ``EDGEKIT_TVM_RUNTIME`` (:func:`_tvm_library_env`). Every platform is always
+    shipped, so the component's content follows from edgekit's version alone, whatever the models packaged with it.
+    """
+    from edgekit.greengrass.tvm_library import LIBRARY, WHEEL_PLATFORMS, runtime_library
+
+    manifests = []
+    for arch in WHEEL_PLATFORMS:
+        lib_zip = dest / f"{tvm_library_dir(arch)}.zip"
+        reproducible_zip(lib_zip, [(LIBRARY, runtime_library(arch))])
+        manifest = copy.deepcopy(template)
+        manifest["Platform"] = {"os": "linux", "architecture": arch}
+        manifest["Artifacts"] = [
+            *manifest["Artifacts"],
+            {"URI": f"s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/{lib_zip.name}", "Unarchive": "ZIP"},
+        ]
+        manifests.append(manifest)
+    return manifests
+
+
+def _tvm_library_env(manifest: dict[str, Any], runtime_name: str, architecture: str) -> None:
+    """Point the TVM runner of an inference manifest at the runtime component's library for ``architecture``."""
+    from edgekit.greengrass.tvm_library import LIBRARY
+
+    setenv = manifest.setdefault("Lifecycle", {}).setdefault("Setenv", {})
+    setenv["EDGEKIT_TVM_RUNTIME"] = f"{{{runtime_name}:artifacts:decompressedPath}}/{tvm_library_dir(architecture)}/{LIBRARY}"
 
 
 def _for_backend(arcname: str, backend: str) -> bool:

@@ -21,6 +21,7 @@ from edgekit.runtime.selftest import SelfTestResult, compare_outputs, read_selft
 __all__ = ["VerifyReport", "verify_artifact"]
 
 _SCRIPT = Path(__file__).with_name("aarch64_run.py")
+_BACKENDS = ("tvm", "onnxruntime")  # what aarch64_run.py loads
 
 
 @dataclass
@@ -57,10 +58,10 @@ def verify_artifact(
             f"{directory} is built for {arch}; 'edgekit verify' emulates aarch64 targets. "
             f"Run host-architecture artifacts directly: edgekit run {directory} --random"
         )
-    if manifest.backend.name != "tvm":
+    if manifest.backend.name not in _BACKENDS:
         raise VerificationError(
-            f"{directory} uses the {manifest.backend.name} backend (an architecture-independent ONNX file); "
-            f"'edgekit verify' checks TVM-compiled aarch64 code. Compile with --backend tvm to verify that"
+            f"{directory} uses the {manifest.backend.name} backend; 'edgekit verify' runs {' and '.join(_BACKENDS)} "
+            f"artifacts: recompile with one of them (--backend)"
         )
     if manifest.selftest is None or not (directory / manifest.selftest.file).is_file():
         raise ArtifactError(f"{directory}: no selftest.npz golden vectors; recompile with this edgekit")
@@ -76,11 +77,13 @@ def verify_artifact(
         work = Path(tmp)
         feeds_file = work / "inputs.npz"
         np.savez(feeds_file, **{f"{i}/in/{k}": v for i, (feeds, _) in enumerate(cases) for k, v in feeds.items()})  # type: ignore[arg-type]
-        lib = work / "model.so"
-        shutil.copy2(directory / manifest.backend.entry, lib)
+        model = work / "model" / manifest.backend.entry
+        for name in sorted({*manifest.backend.files, manifest.backend.entry}):  # with an ONNX file's external data
+            (work / "model" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(directory / name, work / "model" / name)
         out_file = work / "outputs.npz"
         say(f"running {manifest.name} under {Path(sysroot.qemu).name}")
-        proc = run_python(sysroot, _SCRIPT, [str(lib), str(feeds_file), str(out_file), ",".join(input_names)])
+        proc = run_python(sysroot, _SCRIPT, [str(model), str(feeds_file), str(out_file), ",".join(input_names)])
         if proc.returncode != 0 or not out_file.is_file():
             detail = (proc.stderr or proc.stdout).strip().splitlines()
             raise VerificationError(

@@ -1,4 +1,4 @@
-"""An aarch64 Python (with numpy and the TVM runtime) that runs under qemu-user.
+"""An aarch64 Python (with numpy, the TVM runtime and ONNX Runtime) that runs under qemu-user.
 
 :func:`ensure_sysroot` builds it once (a small Debian bookworm arm64 root plus the aarch64 wheels),
 :func:`run_python` runs a script with it under ``qemu-aarch64-static``: no root, no chroot, no binfmt.
@@ -40,7 +40,7 @@ __all__ = ["SYSROOT_NAME", "Sysroot", "default_sysroot_dir", "ensure_sysroot", "
 log = logging.getLogger(__name__)
 
 # Bump the name whenever the content changes: it is the cache key.
-SYSROOT_NAME = "aarch64-py311-tvm0.27.0.post1"
+SYSROOT_NAME = "aarch64-py311-tvm0.27.0.post1-ort"
 PYTHON = "python3.11"
 TVM_VERSION = "0.27.0.post1"
 # apache-tvm-ffi 0.1.15 is broken with this TVM: keep this exact version.
@@ -76,7 +76,7 @@ class Sysroot:
     """A ready aarch64 Python environment, run with :func:`run_python`."""
 
     root: Path  # the arm64 rootfs folder (contains usr/bin/python3)
-    site: Path  # folder with the unpacked aarch64 wheels (numpy, tvm_ffi, libtvm_runtime.so)
+    site: Path  # folder with the unpacked aarch64 wheels (numpy, tvm_ffi, libtvm_runtime.so, onnxruntime)
     runtime_lib: Path  # the aarch64 libtvm_runtime.so inside `site`
     qemu: str  # path of qemu-aarch64-static (or qemu-aarch64)
 
@@ -218,7 +218,8 @@ def _load(folder: Path, qemu: str) -> Sysroot | None:
     if not (folder / MANIFEST).is_file():
         return None
     sysroot = _sysroot_at(folder, qemu)
-    if not (sysroot.python.is_file() and sysroot.runtime_lib.is_file() and (sysroot.site / "tvm_ffi").is_dir()):
+    site = sysroot.site
+    if not (sysroot.python.is_file() and sysroot.runtime_lib.is_file() and (site / "tvm_ffi").is_dir() and (site / "onnxruntime").is_dir()):
         log.debug("sysroot %s has a manifest but misses files; rebuilding", folder)
         return None
     return sysroot
@@ -259,7 +260,7 @@ def _build(tmp: Path, qemu: str, report: Progress) -> None:
         debs = _download_debs(downloads / "debs")
         report(f"unpacking {len(debs)} Debian packages")
         _make_rootfs(sysroot.root, debs)
-        report("downloading aarch64 wheels (numpy, typing-extensions, apache-tvm-ffi, apache-tvm)")
+        report("downloading aarch64 wheels (numpy, typing-extensions, apache-tvm-ffi, apache-tvm, onnxruntime)")
         wheel_files, numpy_version = wheels.result()
     report("unpacking wheels")
     _unpack_wheels(sysroot, wheel_files)
@@ -274,6 +275,7 @@ def _build(tmp: Path, qemu: str, report: Progress) -> None:
         "numpy": numpy_version,
         "apache-tvm-ffi": TVM_FFI_VERSION,
         "apache-tvm": TVM_VERSION,
+        "onnxruntime": wheel_files["onnxruntime"].name.split("-")[1],
         "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # written last: marks it complete
@@ -458,6 +460,7 @@ def _make_rootfs(root: Path, debs: list[Path]) -> None:
     (root / "etc" / "ld.so.cache").write_bytes(b"")
     (root / "etc" / "ld.so.preload").write_bytes(b"")
     (root / "tmp").mkdir()
+    _cpu_files(root)
     for deb in debs:
         _extract_deb(deb, root)
     python = root / "usr" / "bin" / PYTHON
@@ -465,6 +468,26 @@ def _make_rootfs(root: Path, debs: list[Path]) -> None:
         raise ToolchainError(f"the Debian packages did not provide usr/bin/{PYTHON}; delete the sysroot cache and retry")
     if not (root / "usr" / "bin" / "python3").exists():
         os.symlink(PYTHON, root / "usr" / "bin" / "python3")
+
+
+def _cpu_files(root: Path, cores: int = 4) -> None:
+    """An aarch64 ``/proc/cpuinfo`` and CPU lists (a Raspberry Pi 4: Cortex-A72) where qemu -L finds them first.
+
+    qemu-user shows the host's x86 /proc/cpuinfo; ONNX Runtime's cpuinfo library crashes (SIGSEGV at import)
+    parsing it as an aarch64 one.
+    """
+    (root / "proc").mkdir()
+    (root / "proc" / "cpuinfo").write_text(
+        "".join(
+            f"processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\n"
+            f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\nCPU revision\t: 3\n\n"
+            for i in range(cores)
+        )
+    )
+    cpus = root / "sys" / "devices" / "system" / "cpu"
+    cpus.mkdir(parents=True)
+    for name in ("possible", "present", "online"):
+        (cpus / name).write_text(f"0-{cores - 1}\n")
 
 
 def _pip_command() -> list[str]:
@@ -527,6 +550,8 @@ def _download_wheels(dest: Path) -> tuple[dict[str, Path], str]:
         "typing_extensions": _host_specs("typing-extensions", "typing-extensions>=4.13"),  # needed by tvm_ffi
         "tvm_ffi": [f"apache-tvm-ffi=={TVM_FFI_VERSION}"],
         "tvm": [f"apache-tvm=={TVM_VERSION}"],
+        # ONNX Runtime artifacts are checked with the host's version when it has an aarch64 cp311 wheel
+        "onnxruntime": _host_specs("onnxruntime", "onnxruntime>=1.20"),
     }
     wheels: dict[str, Path] = {}
     for key, specs in wanted.items():
@@ -564,6 +589,7 @@ def _unpack_wheels(sysroot: Sysroot, wheels: dict[str, Path]) -> None:
     _unzip(wheels["numpy"], site)
     _unzip(wheels["typing_extensions"], site)
     _unzip(wheels["tvm_ffi"], site)
+    _unzip(wheels["onnxruntime"], site)  # imports with numpy alone (flatbuffers, protobuf: only for its tools)
     # Only the runtime of the 94 MB apache-tvm wheel (the 240 MB compiler is not needed).
     staging = site / "_tvm_staging"
     _unzip(wheels["tvm"], staging, [RUNTIME_MEMBER])
@@ -599,6 +625,7 @@ assert platform.machine() == "aarch64", platform.machine()
 import numpy
 ctypes.CDLL(os.environ["EDGEKIT_TVM_RUNTIME"], ctypes.RTLD_GLOBAL)
 import tvm_ffi
+import onnxruntime
 print("ok", sys.version.split()[0], numpy.__version__)
 """
 
