@@ -368,6 +368,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
         results = run_inference(args, lambda m: None if args.quiet else print(m, file=sys.stderr, flush=True))
         render_inference(results)
+        outage = results.get("outage")
+        if outage is not None and outage.timeline:
+            from bench.charts import series_over_time
+
+            start, stop = outage.outage_at_s, outage.outage_at_s + outage.outage_s
+            chart = series_over_time(
+                {"readings produced": [(t, r) for t, r, _ in outage.timeline],
+                 "uplink messages received (× 100)": [(t, 100 * m) for t, _, m in outage.timeline]},
+                Path(args.charts) / "fleet-outage.png", "count", shade=(start, stop),
+            )  # fmt: skip
+            print(f"chart: {chart}")
         if args.json:
             text = json.dumps({"host": host_description(), **{k: asdict(v) if v else None for k, v in results.items()}}, indent=2)
             sys.stdout.write(text + "\n") if args.json == "-" else Path(args.json).write_text(text + "\n")

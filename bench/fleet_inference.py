@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,8 @@ class Run:
     rss_per_device_kb: float = 0.0
     uplink_messages: int = 0
     outage_s: float = 0.0
+    outage_at_s: float = 0.0  # when the broker went down, seconds into the timed part
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (s, readings produced, uplink messages received)
     settle_s: float = 0.0
 
 
@@ -73,9 +75,15 @@ def _build(work: Path) -> Path:
     return work / "build"
 
 
-async def _run(build: Path, state: Path, devices: int, per_s: float, seconds: float, outage_s: float, say: Callable[[str], None]) -> Run:
+async def _run(
+    build: Path, state: Path, devices: int, per_s: float, seconds: float, outage_s: float, say: Callable[[str], None]
+) -> Run:
     fleet = Fleet.model_validate(
-        {"name": "bench", "mode": "in_process", "devices": [{"prefix": "d", "count": devices, "profile": "x86_64", "groups": ["all"]}]}
+        {
+            "name": "bench",
+            "mode": "in_process",
+            "devices": [{"prefix": "d", "count": devices, "profile": "x86_64", "groups": ["all"]}],
+        }
     )
     figures = Run(devices, per_s, outage_s=outage_s)
     async with Simulation(fleet, state_dir=state, tls=False, progress=say) as sim:
@@ -89,11 +97,25 @@ async def _run(build: Path, state: Path, devices: int, per_s: float, seconds: fl
         await asyncio.sleep(1.0)
         before = await sim.inference_checkpoints()
         rss0, cpu0, t0 = _rss(), _cpu(), time.monotonic()
-        say(f"{devices} devices infer {per_s:g} readings/s each for {seconds:g} s" + (f", broker down {outage_s:g} s" if outage_s else ""))
+        say(
+            f"{devices} devices infer {per_s:g} readings/s each for {seconds:g} s"
+            + (f", broker down {outage_s:g} s" if outage_s else "")
+        )
+
+        async def sample() -> None:  # readings produced vs uplink messages the fleet received, once a second
+            while True:
+                produced = sum(run.loop.readings for runs in sim.inference.runs.values() for run in runs)
+                received = sim.telemetry.stats.messages if sim.telemetry is not None else 0
+                figures.timeline.append((round(time.monotonic() - t0, 2), produced, received))
+                await asyncio.sleep(1.0)
+
+        sampler = asyncio.get_running_loop().create_task(sample())
         if outage_s:
             await asyncio.sleep(min(5.0, seconds / 4))
+            figures.outage_at_s = time.monotonic() - t0
             await sim.restart_broker(outage_s)
         await asyncio.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+        sampler.cancel()
         points = await sim.inference_checkpoints()
         wall, cpu = time.monotonic() - t0, _cpu() - cpu0
         figures.seconds = wall
@@ -124,9 +146,7 @@ def run_inference(args: Any, say: Callable[[str], None]) -> dict[str, Any]:
         outage = None
         if args.outage > 0:
             per_s = 1000.0 / args.outage_devices
-            outage = asyncio.run(
-                _run(build, work / "outage", args.outage_devices, per_s, args.outage + 20.0, args.outage, say)
-            )
+            outage = asyncio.run(_run(build, work / "outage", args.outage_devices, per_s, args.outage + 20.0, args.outage, say))
     return {"scale": scale, "outage": outage}
 
 
