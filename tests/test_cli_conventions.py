@@ -82,7 +82,8 @@ def test_shell_completion_completes_commands() -> None:
     assert proc.returncode == 0, proc.stderr
     assert set(proc.stdout.split()) == {"deploy", "deployment"}
     shown = subprocess.run([str(exe), "--show-completion", "bash"], capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "SHELL": "/bin/bash"})  # fmt: skip
+                           env={**os.environ, "SHELL": "/bin/bash",  # typer's switch: take the shell named instead of
+                                "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})  # detecting the parent process's  # fmt: skip
     assert "_EDGEKIT_COMPLETE" in shown.stdout
 
 

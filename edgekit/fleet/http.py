@@ -144,7 +144,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json(HTTPStatus.OK, fleet.recipe(parts[2], parts[3]))
             elif len(parts) == 5 and parts[:2] == ["v1", "artifacts"]:
                 self._artifact(parts[2], parts[3], parts[4])
-            elif parts in ([], ["ui"]) or (len(parts) == 2 and parts[0] == "ui" and parts[1] in _STATIC):
+            elif parts == ["ui"] or (len(parts) == 2 and parts[0] == "ui" and parts[1] in _STATIC):
                 self._static(parts[1] if len(parts) == 2 else "index.html")
             elif parts == ["api", "fleet"]:
                 self._json(HTTPStatus.OK, fleet.snapshots.snapshot())
