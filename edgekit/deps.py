@@ -11,7 +11,10 @@ from types import ModuleType
 
 from edgekit.errors import MissingDependencyError
 
-__all__ = ["EXTRAS", "package_version", "require"]
+__all__ = ["EXTRAS", "TVM_FFI_VERSION", "TVM_VERSION", "package_version", "require"]
+
+TVM_VERSION = "0.27.0.post1"  # the compiler's version: a device's libtvm_runtime must match it
+TVM_FFI_VERSION = "0.1.14.post1"  # 0.1.15 breaks TVM 0.27 (also pinned in pyproject and components/runtime/requirements-tvm.txt)
 
 # import name -> (distribution name, edgekit extra that installs it)
 EXTRAS: dict[str, tuple[str, str]] = {

@@ -20,6 +20,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
+from edgekit.deps import TVM_FFI_VERSION, TVM_VERSION
 from edgekit.errors import PackagingError
 from edgekit.resources import cache_dir
 
@@ -27,8 +28,6 @@ __all__ = ["LIBRARY", "TVM_FFI_VERSION", "TVM_VERSION", "WHEEL_PLATFORMS", "runt
 
 log = logging.getLogger(__name__)
 
-TVM_VERSION = "0.27.0.post1"  # the compiler's version: the runtime must match it
-TVM_FFI_VERSION = "0.1.14.post1"  # 0.1.15 breaks TVM 0.27 (also pinned in components/runtime/requirements-tvm.txt)
 LIBRARY = "libtvm_runtime.so"
 _MEMBER = f"tvm/lib/{LIBRARY}"
 # Greengrass architecture -> the pip platform tags of the official wheels (newest first).

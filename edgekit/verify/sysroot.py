@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit.deps import TVM_FFI_VERSION, TVM_VERSION
 from edgekit.errors import ToolchainError
 from edgekit.progress import Progress, no_progress
 
@@ -42,9 +43,6 @@ log = logging.getLogger(__name__)
 # Bump the name whenever the content changes: it is the cache key.
 SYSROOT_NAME = "aarch64-py311-tvm0.27.0.post1-ort"
 PYTHON = "python3.11"
-TVM_VERSION = "0.27.0.post1"
-# apache-tvm-ffi 0.1.15 is broken with this TVM: keep this exact version.
-TVM_FFI_VERSION = "0.1.14.post1"
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_ARCH = "arm64"
