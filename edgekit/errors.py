@@ -6,7 +6,8 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     EdgekitError
     ├── ConfigError               a profile / pipeline / option is wrong
     │   ├── UnknownTargetError    no device profile of that name
-    │   └── InputShapeError       --input-shape missing, malformed or not matching the model
+    │   ├── InputShapeError       --input-shape missing, malformed or not matching the model
+    │   └── SamplesError          --samples unreadable or not matching the model, or the model can't run on its inputs
     ├── MissingDependencyError    an optional extra is not installed (names the pip extra)
     ├── ModelLoadError            the model file is missing, corrupt or truncated
     ├── ModelConversionError      the source framework could not be exported to ONNX
@@ -57,6 +58,7 @@ __all__ = [
     "PublishError",
     "RecipeError",
     "ResolutionError",
+    "SamplesError",
     "ToolchainError",
     "UnknownTargetError",
     "UnsupportedOperatorError",
@@ -83,6 +85,10 @@ class UnknownTargetError(ConfigError):
 
 class InputShapeError(ConfigError):
     """Input shapes are missing, malformed or disagree with the model."""
+
+
+class SamplesError(ConfigError):
+    """Samples (``--samples``) are unreadable, don't match the model, or are too few; or no inputs run the source."""
 
 
 class MissingDependencyError(EdgekitError):
@@ -183,6 +189,7 @@ EXIT_CODES: dict[type[EdgekitError], int] = {
     ConfigError: 2,
     UnknownTargetError: 2,
     InputShapeError: 2,
+    SamplesError: 25,
     MissingDependencyError: 3,
     ModelLoadError: 4,
     ModelConversionError: 4,

@@ -24,6 +24,12 @@ def register(app: typer.Typer) -> None:
         backend: str | None = typer.Option(None, "--backend", "-b", help="only this backend: tvm or onnxruntime"),
         name: str | None = typer.Option(None, "--name", help="artifact name (default <model>-<target>)"),
         no_cache: bool = typer.Option(False, "--no-cache", help="compile even if a cached artifact exists"),
+        samples: str | None = typer.Option(
+            None,
+            "--samples",
+            help="your inputs (+ 'labels' or expected outputs): an .npz, a folder of .npy or 'module:function'; they fix "
+            "dynamic dims, drive checks and timing, calibrate int8 and make the budget one of accuracy",
+        ),
         tune: int | None = typer.Option(
             None,
             "--tune",
@@ -49,6 +55,7 @@ def register(app: typer.Typer) -> None:
                 use_cache=not no_cache,
                 progress=say,
                 tune=tune,
+                samples=samples,
             )
         console.print(candidates_table(result.manifest))
         console.print(manifest_table([result.manifest]))
