@@ -341,57 +341,80 @@ def _keep_sensitive_in_float(
         return []
     ranked = _sensitivity(prepared, out, context.eval_feeds[:8])
     progress(f"quantize: int8 misses the budget ({problems[0]}); keeping the most sensitive layers in float")
+    total = len({n.name for n in onnx.load(str(prepared)).graph.node})
     count = 1
     kept: list[str] = []
-    while count <= max(1, len(ranked) // 2):
-        kept = ranked[:count]
+    while count <= len(ranked):
+        kept = list(dict.fromkeys(name for names in ranked[:count] for name in names))
+        if len(kept) > max(1, total // 2):  # beyond half the graph in float, int8 has little left to give
+            break
         _run_quantizer(prepared, out, options, samples, kept)
         problems = context.problems(_outputs(out, context.eval_feeds))
-        progress(f"quantize: {count} layer(s) in float: {'within the budget' if not problems else problems[0]}")
+        progress(f"quantize: {len(kept)} layer(s) in float: {'within the budget' if not problems else problems[0]}")
         if not problems:
             break
         count *= 2
     return kept
 
 
-def _sensitivity(prepared: Path, quantized: Path, feeds: list[Feed]) -> list[str]:
-    """Quantizable nodes, the largest error they add first: relative error of the node's output against the float
-    model's, less that of its input (the error it inherits)."""
-    fmodel = onnx.load(str(prepared))
-    nodes = [n for n in fmodel.graph.node if n.op_type in _QUANTIZABLE and n.input and n.output]
-    tensors = list(dict.fromkeys(t for n in nodes for t in (n.input[0], n.output[0])))
+def _sensitivity(prepared: Path, quantized: Path, feeds: list[Feed]) -> list[list[str]]:
+    """What to keep in float, the noisiest first: for each tensor the quantizer put a QuantizeLinear/DequantizeLinear
+    pair on (activations) or dequantizes (weights), the relative error that pair adds on the evaluation samples, and
+    the nodes that would have to stay float for the tensor to stay float (its producer and its consumers)."""
     qmodel = onnx.load(str(quantized))
-    present = {o for n in qmodel.graph.node for o in n.output} | {i.name for i in qmodel.graph.input}
-    tensors = [t for t in tensors if t in present]
-    graph_inputs = {i.name for i in fmodel.graph.input}
-    exposed = [t for t in tensors if t not in graph_inputs]
-
-    def run(model: onnx.ModelProto) -> dict[str, list[np.ndarray]]:
-        have = {o.name for o in model.graph.output}
-        for t in exposed:
-            if t not in have:
-                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-        session = _session(model)
-        names = [o.name for o in session.get_outputs()]
-        got: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        for f in feeds:
-            for n, v in zip(names, session.run(names, f), strict=True):
-                got[n].append(np.asarray(v, dtype=np.float64))
-        for t in graph_inputs:
-            got[t] = [np.asarray(f[t], dtype=np.float64) for f in feeds if t in f]
-        return got
-
-    fo, qo = run(fmodel), run(qmodel)
-
-    def err(t: str) -> float:
-        if t not in fo or t not in qo or not fo[t]:
-            return 0.0
-        num = sum(float(np.sum((q - f) ** 2)) for f, q in zip(fo[t], qo[t], strict=True))
-        den = sum(float(np.sum(f**2)) for f in fo[t]) or 1.0
-        return float(np.sqrt(num / den))
-
-    added = {n.name: err(n.output[0]) - err(n.input[0]) for n in nodes}
-    return sorted(added, key=lambda k: -added[k])
+    fmodel = onnx.load(str(prepared))
+    float_weights = {i.name: onnx.numpy_helper.to_array(i) for i in fmodel.graph.initializer}
+    float_nodes = {n.name: n for n in fmodel.graph.node}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in qmodel.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    units: list[tuple[str, str, list[str]]] = []  # (tensor before, tensor after, nodes to keep float)
+    for dq in (n for n in qmodel.graph.node if n.op_type == "DequantizeLinear"):
+        users = [u.name for u in consumers.get(dq.output[0], []) if u.name in float_nodes]
+        q = producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":  # an activation: x -> Q -> DQ
+            source = q.input[0]
+            made_by = producer.get(source)
+            names = users + ([made_by.name] if made_by is not None and made_by.name in float_nodes else [])
+            units.append((source, dq.output[0], names))
+        elif users:  # a weight: find the float initializer the first user read in that slot
+            user = float_nodes[users[0]]
+            quser = next(u for u in consumers[dq.output[0]] if u.name == users[0])
+            slot = list(quser.input).index(dq.output[0])
+            if slot < len(user.input) and user.input[slot] in float_weights:
+                units.append((user.input[slot], dq.output[0], users))
+    if not units:
+        return []
+    have = {o.name for o in qmodel.graph.output}
+    for _, after, _ in units:
+        if after not in have:
+            qmodel.graph.output.append(onnx.helper.make_empty_tensor_value_info(after))
+            have.add(after)
+    for before, _, _ in units:
+        if before not in have and before not in float_weights and before in producer:
+            qmodel.graph.output.append(onnx.helper.make_empty_tensor_value_info(before))
+            have.add(before)
+    session = _session(qmodel)
+    names = [o.name for o in session.get_outputs()]
+    runs = [dict(zip(names, session.run(names, f), strict=True)) for f in feeds]
+    errors: dict[int, float] = {}
+    for k, (before, after, _) in enumerate(units):
+        num = den = 0.0
+        for f, run in zip(feeds, runs, strict=True):
+            ref = float_weights.get(before, run.get(before, f.get(before)))
+            if ref is None or after not in run:
+                break
+            got = np.asarray(run[after], dtype=np.float64)
+            want = np.asarray(ref, dtype=np.float64)
+            if got.size != want.size:
+                break
+            num += float(np.sum((got.reshape(-1) - want.reshape(-1)) ** 2))
+            den += float(np.sum(want**2))
+        errors[k] = float(np.sqrt(num / den)) if den else 0.0
+    order = sorted(errors, key=lambda k: -errors[k])
+    return [units[k][2] for k in order if units[k][2]]
 
 
 def _pre_process(model_in: Path, prepared: Path) -> None:

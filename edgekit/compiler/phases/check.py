@@ -99,7 +99,7 @@ def check(
 
 
 def _sample_shapes(model: str | Path, fmt: str, samples: Samples, fixed: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Input shapes the samples give (they fix dynamic dimensions): for ONNX files, read against the graph's ranks."""
+    """Input shapes the samples give (they fix dynamic dimensions): for ONNX files, of the inputs with dynamic ones."""
     ranks: dict[str, int | None]
     if fmt == "onnx":
         ranks = _onnx_ranks(Path(model))
@@ -118,11 +118,16 @@ def _onnx_ranks(path: Path) -> dict[str, int | None]:
     except Exception:  # the frontend names what is wrong with the file
         return {}
     inits = {i.name for i in m.graph.initializer}
-    return {
-        i.name: len(i.type.tensor_type.shape.dim) if i.type.tensor_type.HasField("shape") else None
-        for i in m.graph.input
-        if i.name not in inits
-    }
+    ranks: dict[str, int | None] = {}
+    for i in m.graph.input:
+        t = i.type.tensor_type
+        if i.name in inits:
+            continue
+        if not t.HasField("shape"):
+            ranks[i.name] = None
+        elif any(not (d.HasField("dim_value") and d.dim_value > 0) for d in t.shape.dim):
+            ranks[i.name] = len(t.shape.dim)  # only dynamic inputs take their shape from the samples
+    return ranks
 
 
 def _candidate(index: int, spec: CandidateSpec, pipe: Pipeline, profile: DeviceProfile) -> PlannedCandidate:
