@@ -189,6 +189,8 @@ class Samples:
         want = np.dtype(spec.dtype)
         if arr.dtype == want:
             return arr
+        if want == object and arr.dtype.kind in "USO":  # ONNX string tensors
+            return arr.astype(object)
         same_kind = arr.dtype.kind == want.kind or (arr.dtype.kind in "iu" and want.kind in "iu")
         if not same_kind and not (arr.dtype.kind in "iub" and want.kind == "f"):
             raise SamplesError(
@@ -241,8 +243,8 @@ def _arrays(arrays: dict[str, Any], where: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, value in arrays.items():
         arr = np.asarray(value)
-        if arr.dtype == object:
-            raise SamplesError(f"samples {where}: '{name}' is not a numeric array; give numpy arrays")
+        if arr.dtype == object and not all(isinstance(v, (str, bytes)) for v in arr.reshape(-1)):
+            raise SamplesError(f"samples {where}: '{name}' is neither numbers nor strings; give numpy arrays")
         if arr.ndim == 0:
             raise SamplesError(f"samples {where}: '{name}' is a scalar; stack the samples on a new first axis")
         out[str(name)] = arr
