@@ -179,7 +179,9 @@ def _run_chunk(args: tuple[list[str], int, Sequence[str], Sequence[str]]) -> lis
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/conformance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bench/conformance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--every", type=int, default=2, help="run every N-th test, sorted by name (default 2)")
     parser.add_argument("--only", default="", help="comma-separated substrings of test names")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
@@ -209,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
     report(outcomes, variants, total)
     if args.json:
-        args.json.write_text(json.dumps({"every": args.every, "seconds": round(total, 1), "outcomes": [asdict(o) for o in outcomes]}, indent=1))
+        args.json.write_text(
+            json.dumps({"every": args.every, "seconds": round(total, 1), "outcomes": [asdict(o) for o in outcomes]}, indent=1)
+        )
     return 0
 
 

@@ -189,7 +189,7 @@ class Samples:
         want = np.dtype(spec.dtype)
         if arr.dtype == want:
             return arr
-        if want == object and arr.dtype.kind in "USO":  # ONNX string tensors
+        if want.kind == "O" and arr.dtype.kind in "USO":  # ONNX string tensors
             return arr.astype(object)
         same_kind = arr.dtype.kind == want.kind or (arr.dtype.kind in "iu" and want.kind in "iu")
         if not same_kind and not (arr.dtype.kind in "iub" and want.kind == "f"):
