@@ -141,6 +141,7 @@ class PassNotes:
 
     kept_float: list[str] = field(default_factory=list)
     pruned: dict[str, Any] | None = None
+    counted: onnx.ModelProto | None = None  # the graph whose MACs count: before int8 (Q/DQ steps are no MACs)
 
 
 def _parse(step: Any, where: str) -> PassStep:
@@ -187,7 +188,7 @@ def apply_passes(
     """``source`` with every step applied, written under ``work``; the source itself is unchanged."""
     context = context or PassContext()
     current = source
-    notes = PassNotes()
+    notes = PassNotes(counted=source.model)
     for i, step in enumerate(steps):
         folder = work / f"pass-{i}-{step.name}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -197,6 +198,7 @@ def apply_passes(
             from edgekit.compiler.prune_pass import prune
 
             current = prune(current, step.options, folder, progress, notes)
+            notes.counted = current.model
     return current, notes
 
 
@@ -285,7 +287,15 @@ def _quantize(
                 f"{', per channel' if options.per_channel else ''}), calibrating on {len(samples)} sample(s)"
             )
         with _scratch_cwd(folder):
-            _run_quantizer(prepared, out, options, samples, [])
+            try:
+                _run_quantizer(prepared, out, options, samples, [])
+            except Exception as exc:
+                if not options.per_channel:
+                    raise
+                # ONNX Runtime's quantizer fails per-channel on some Gemm biases (an array compared as a scalar)
+                progress(f"quantize: per-channel failed ({last_line(exc, 120)}); quantizing per tensor")
+                options = options.model_copy(update={"per_channel": False})
+                _run_quantizer(prepared, out, options, samples, [])
             if options.keep_float == "auto" and context.eval_feeds:
                 notes.kept_float = _keep_sensitive_in_float(prepared, out, options, samples, context, progress)
     except EdgekitError:
@@ -338,6 +348,9 @@ def _keep_sensitive_in_float(
     evaluation samples (measured with ONNX Runtime); the layers kept in float, or [] when int8 met it at once."""
     problems = context.problems(_outputs(out, context.eval_feeds))
     if not problems:
+        return []
+    if context.problems(_outputs(prepared, context.eval_feeds)):
+        progress("quantize: the model misses the budget before int8 already; no layer kept in float would help")
         return []
     ranked = _sensitivity(prepared, out, context.eval_feeds[:8])
     progress(f"quantize: int8 misses the budget ({problems[0]}); keeping the most sensitive layers in float")

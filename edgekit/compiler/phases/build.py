@@ -121,7 +121,7 @@ def _prepare_one(
             )
             model, notes = apply_passes(source, candidate.passes, work / f"passes-{candidate.name}", say, context)
             report.kept_float, report.pruned = notes.kept_float, notes.pruned
-            report.flops, report.params = model_stats(model.model)
+            report.flops, report.params = model_stats(notes.counted or model.model)
         if model is not source or screened is None:
             say(f"{candidate.name}: checking operators for {backend.name}")
             bad = backend.unsupported_ops(model, profile)
