@@ -320,3 +320,36 @@ def test_no_candidate_meets_the_budget_lists_what_each_reached(
     with pytest.raises(AccuracyError, match=r"int8: outside the accuracy budget: top-1 accuracy") as err:
         edgekit.compile(path, "x86_64", tmp_path / "b", pipeline=_pipeline(int8), samples={"input": x, "labels": y})
     assert isinstance(err.value, EdgekitError) and "\n" not in str(err.value)
+
+
+def test_cli_takes_samples_and_names_bad_ones_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgekit.cli import main
+
+    path = _save(make_mlp(batch="N"), tmp_path / "mlp.onnx")
+    x = np.random.default_rng(0).standard_normal((10, 8)).astype(np.float32)
+    np.savez(tmp_path / "val.npz", x=x, labels=np.zeros(10, np.int64))
+    assert (
+        main(
+            [
+                "compile",
+                str(path),
+                "-t",
+                "x86_64",
+                "-o",
+                str(tmp_path / "b"),
+                "-b",
+                "onnxruntime",
+                "--samples",
+                str(tmp_path / "val.npz"),
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((tmp_path / "b" / "mlp-x86_64" / "manifest.json").read_text())
+    assert manifest["samples"]["evaluation"] == 10 and manifest["samples"]["truth"] == "labels"
+    assert manifest["measured"]["accuracy"]["sourceTop1Accuracy"] is not None
+    capsys.readouterr()
+    np.savez(tmp_path / "bad.npz", x=x.astype(np.int64).astype(np.complex64))
+    code = main(["compile", str(path), "-t", "x86_64", "-o", str(tmp_path / "c"), "--samples", str(tmp_path / "bad.npz")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # progress lines come before it
+    assert code == 25 and last.startswith("error: ") and "input 'x' takes float32" in last
