@@ -157,16 +157,37 @@ def _kws_transformer() -> Any:
     return Kws()
 
 
-def _teacher_samples(module: Any, shape: list[int], count: int) -> dict[str, np.ndarray]:
-    """``count`` random inputs and the source model's own top-1 as labels (the weights are random: there is no
-    dataset to score against; a candidate is then scored on how often it keeps the source's answer)."""
+def _prototype_task(module: Any, shape: list[int], count: int, classes: int = 10) -> dict[str, np.ndarray]:
+    """A labelled task the random-weight model really solves: ``classes`` random prototype inputs, samples = a
+    prototype + noise, label = its prototype. The last Linear layer is fitted to it (ridge regression on the
+    features it sees, closed form, seconds), so the labels are real and the margins are the model's own; the
+    rest of the weights stay random. ``count`` held-out samples (plus as many to fit the head) are returned."""
     import torch
 
     rng = np.random.default_rng(SEED + 1)
-    x = rng.standard_normal((count, *shape)).astype(np.float32)
+    protos = rng.standard_normal((classes, *shape)).astype(np.float32)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, classes, n)
+        return (protos[y] + 0.8 * rng.standard_normal((n, *shape))).astype(np.float32), y
+
+    head = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    seen: list[np.ndarray] = []
+    hook = head.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach().numpy().reshape(1, -1)))
+    x_fit, y_fit = draw(count)
     with torch.no_grad():
-        labels = np.array([int(module(torch.from_numpy(x[i])).argmax()) for i in range(count)])
-    return {"input": x, "labels": labels}
+        for i in range(count):
+            module(torch.from_numpy(x_fit[i]))
+    hook.remove()
+    feats = np.concatenate([np.concatenate(seen), np.ones((count, 1), np.float32)], axis=1).astype(np.float64)
+    target = np.zeros((count, head.out_features))
+    target[np.arange(count), y_fit] = 1.0
+    w = np.linalg.solve(feats.T @ feats + 1e-2 * np.eye(feats.shape[1]), feats.T @ target)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(w[:-1].T.astype(np.float32)))
+        head.bias.copy_(torch.from_numpy(w[-1].astype(np.float32)))
+    x, y = draw(count)
+    return {"input": x, "labels": y}
 
 
 def _torch_case(name: str, work: Path) -> Case:
@@ -174,6 +195,8 @@ def _torch_case(name: str, work: Path) -> Case:
 
     description, module, shape = _torch_models()[name]
     module.eval()
+    count = 164 if name == "mobilenetv2" else 264  # 64 calibrate int8, the rest evaluate
+    samples = _prototype_task(module, shape, count)  # fits the head first: traced below with it
     x = np.random.default_rng(SEED).standard_normal(shape).astype(np.float32)
     path = work / f"{name}.pt"
     with torch.no_grad():
@@ -183,9 +206,9 @@ def _torch_case(name: str, work: Path) -> Case:
         with torch.no_grad():
             return module(torch.from_numpy(x))
 
-    count = 164 if name == "mobilenetv2" else 264  # 64 calibrate int8, the rest evaluate
-    samples = _teacher_samples(module, shape, count)
-    return Case(name, description, path, {"input": shape}, {"input": x}, eager, "torch eager", samples, "the source's top-1")
+    return Case(
+        name, description, path, {"input": shape}, {"input": x}, eager, "torch eager", samples, "prototype task (head fitted)"
+    )
 
 
 def _rf_case(work: Path) -> Case:

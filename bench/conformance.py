@@ -128,7 +128,7 @@ def _edgekit(case: Any, work: Path, backend: str | None) -> str:
     outputs = [o.name for o in case.model.graph.output]
     for data in case.data_sets[:1]:  # one data set: the model's shapes are fixed by it
         for name, value in _inputs(case, data).items():
-            samples[name] = np.asarray(value)[None]
+            samples[name] = value[None] if isinstance(value, np.ndarray) else value  # sequences: edgekit says no
         for name, value in zip(outputs, data[1], strict=False):
             if isinstance(value, np.ndarray) and name not in samples:
                 samples[name] = value[None]

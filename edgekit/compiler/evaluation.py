@@ -54,14 +54,19 @@ class Truth:
         count = 0
         for outs, want in zip(outputs, self.expected, strict=True):
             for name, value in want.items():
-                got = np.asarray(outs[self.output_names.index(name)], dtype=np.float64)
-                exp = np.asarray(value, dtype=np.float64)
+                got = np.asarray(outs[self.output_names.index(name)]).reshape(-1)
+                exp = np.asarray(value).reshape(-1)
                 if got.size != exp.size:
                     raise SamplesError(
                         f"samples: expected output '{name}' has {exp.size} values per sample, the model gives {got.size}"
                     )
-                diff = np.abs(got.reshape(-1) - exp.reshape(-1))
-                diff = np.where(np.isnan(got.reshape(-1)) & np.isnan(exp.reshape(-1)), 0.0, diff)
+                if got.dtype.kind not in "biufc" or exp.dtype.kind not in "biufc":  # strings: the share that differs
+                    diff = (got != exp).astype(np.float64)
+                else:
+                    g, e = got.astype(np.float64), exp.astype(np.float64)
+                    with np.errstate(invalid="ignore"):
+                        diff = np.abs(g - e)
+                    diff = np.where((np.isnan(g) & np.isnan(e)) | (g == e), 0.0, diff)  # NaN vs NaN, inf vs inf
                 err += float(np.sum(diff))
                 count += diff.size
         return Score(error=err / count if count else 0.0)

@@ -175,6 +175,9 @@ class Samples:
                     f"samples {self.where}: array '{s.name}' has shape {list(arr.shape)}; input '{s.name}' takes "
                     f"{s.shape}, so expected [samples, {dims}]{also}"
                 )
+        if not inputs:  # a model without inputs: as many samples as the outputs or labels hold
+            first = next(iter(self.stacked.values()))
+            return [{} for _ in range(len(first))]
         counts = {n: len(v) for n, v in per_input.items()}
         if len(set(counts.values())) > 1:
             raise SamplesError(
@@ -242,7 +245,10 @@ def load_samples(source: SamplesSource) -> Samples:
 def _arrays(arrays: dict[str, Any], where: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, value in arrays.items():
-        arr = np.asarray(value)
+        try:
+            arr = np.asarray(value)
+        except ValueError:  # a ragged list (a sequence of tensors): edgekit compiles tensor inputs
+            raise SamplesError(f"samples {where}: '{name}' is not an array (a ragged list?); give numpy arrays") from None
         if arr.dtype == object and not all(isinstance(v, (str, bytes)) for v in arr.reshape(-1)):
             raise SamplesError(f"samples {where}: '{name}' is neither numbers nor strings; give numpy arrays")
         if arr.ndim == 0:
