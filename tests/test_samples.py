@@ -353,3 +353,32 @@ def test_cli_takes_samples_and_names_bad_ones_in_one_line(tmp_path: Path, capsys
     code = main(["compile", str(path), "-t", "x86_64", "-o", str(tmp_path / "c"), "--samples", str(tmp_path / "bad.npz")])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # progress lines come before it
     assert code == 25 and last.startswith("error: ") and "input 'x' takes float32" in last
+
+
+def test_a_scalar_input_runs_on_tvm(tmp_path: Path) -> None:
+    """0-d inputs (Clip's bounds here) reach TVM as 0-d tensors: the runtime's aligned copy keeps their rank."""
+    graph = helper.make_graph(
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"], name="clip")],
+        "clip",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [4]),
+            helper.make_tensor_value_info("lo", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("hi", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = _save(model, tmp_path / "clip.onnx")
+    samples = {
+        "x": np.array([[-2.0, -0.5, 0.5, 2.0]], np.float32),
+        "lo": np.array([-1.0], np.float32),
+        "hi": np.array([1.0], np.float32),
+    }
+    result = edgekit.compile(
+        path, "x86_64", tmp_path / "b", backend="tvm", samples=samples, pipeline=_pipeline({"name": "tvm", "backend": "tvm"})
+    )
+    (y,) = edgekit.load(result.artifact_dir).predict(
+        {"x": samples["x"][0], "lo": np.float32(-1.0) * np.ones((), np.float32), "hi": np.ones((), np.float32)}
+    )
+    assert y.tolist() == [-1.0, -0.5, 0.5, 1.0]
