@@ -190,6 +190,27 @@ def _ones_after_channel(shape: list[int] | None, axis: int) -> bool:
     return bool(shape) and shape is not None and len(shape) >= -axis and all(d == 1 for d in shape[len(shape) + axis + 1 :])
 
 
+def _own_copies(model: onnx.ModelProto) -> None:
+    """Replace ``Identity(initializer)`` nodes by an initializer of their own: exporters share equal constants
+    (torch: every zero bias of BN-folded convs) through Identity nodes, which would tie unrelated layers together."""
+    inits = {i.name: i for i in model.graph.initializer}
+    outputs = {o.name for o in model.graph.output}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    used = {i for n in model.graph.node for i in n.input} | outputs | {i.name for i in model.graph.input}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
+
+
 def prune_model(model: onnx.ModelProto, ratio: float, multiple: int, where: str) -> tuple[onnx.ModelProto, dict[str, int]]:
     """A copy of ``model`` with ``ratio`` of every group's channels removed; and channels kept per producer."""
     out = onnx.ModelProto()
@@ -199,6 +220,7 @@ def prune_model(model: onnx.ModelProto, ratio: float, multiple: int, where: str)
         if not node.name:
             node.name = next(c for c in (f"{node.op_type}_{i}", f"{node.op_type}_{i}_{len(taken)}") if c not in taken)
             taken.add(node.name)
+    _own_copies(out)
     groups = channel_groups(out)
     if not groups:
         raise CompilationError(
