@@ -82,7 +82,8 @@ def _matches(got: Sequence[Any], want: Sequence[Any], rtol: float, atol: float) 
 def _inputs(case: Any, data: tuple[list[Any], list[Any]]) -> dict[str, Any]:
     inits = {i.name for i in case.model.graph.initializer}
     names = [i.name for i in case.model.graph.input if i.name not in inits]
-    return dict(zip(names, data[0], strict=False))
+    # numpy scalars as 0-d arrays (ONNX Runtime refuses np.float32(1.0)); sequences stay lists
+    return {n: v if isinstance(v, list) else np.asarray(v) for n, v in zip(names, data[0], strict=False)}
 
 
 def _ort(case: Any) -> str:
@@ -124,11 +125,11 @@ def _edgekit(case: Any, work: Path, backend: str | None) -> str:
     work.mkdir(parents=True, exist_ok=True)
     model = work / f"{case.name}.onnx"
     onnx.save(case.model, str(model))
-    samples: dict[str, np.ndarray] = {}
+    samples: dict[str, Any] = {}
     outputs = [o.name for o in case.model.graph.output]
     for data in case.data_sets[:1]:  # one data set: the model's shapes are fixed by it
         for name, value in _inputs(case, data).items():
-            samples[name] = value[None] if isinstance(value, np.ndarray) else value  # sequences: edgekit says no
+            samples[name] = value if isinstance(value, list) else value[None]  # sequences: edgekit says no
         for name, value in zip(outputs, data[1], strict=False):
             if isinstance(value, np.ndarray) and name not in samples:
                 samples[name] = value[None]
