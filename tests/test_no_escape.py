@@ -87,5 +87,5 @@ def test_conformance_slice_keeps_what_onnx_runtime_passes() -> None:
     assert not [o.escaped for o in outcomes if o.escaped]
     ort_ok = [o for o in outcomes if o.passed["ort"]]
     kept = sum(o.passed["edgekit"] for o in ort_ok)
-    assert kept >= 0.95 * len(ort_ok), [(o.test, o.why.get("edgekit")) for o in ort_ok if not o.passed["edgekit"]]
+    assert kept >= 0.99 * len(ort_ok), [(o.test, o.why.get("edgekit")) for o in ort_ok if not o.passed["edgekit"]]
     assert sum(o.passed["edgekit-tvm"] for o in outcomes) >= sum(o.passed["tvm-raw"] for o in outcomes)
