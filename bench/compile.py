@@ -1,6 +1,10 @@
 """Side-by-side latency of ONNX Runtime, PyTorch eager, TVM (untuned) and edgekit's chosen artifact.
 
-    python -m bench.compile [--models mlp,cnn,mobilenet,rf] [--rounds 10] [--repeat 50] [--json out.json]
+    python -m bench.compile [--models mlp,cnn,mobilenet,mobilenetv2,kws,digits,rf] [--rounds 10] [--repeat 50]
+                            [--optimize] [--tune N] [--json out.json]
+
+``--optimize`` also compiles each model with ``compiler/optimize.yaml`` (fp32, int8, pruned, pruned+int8; tuned
+TVM with ``--tune``) and labelled samples, and times what it ships in the same rounds.
 
 See docs/benchmarks.md (compile).
 """
@@ -48,6 +52,8 @@ class Case:
     feed: dict[str, np.ndarray]
     eager: Predict | None  # the source framework, called on the same input
     eager_name: str
+    samples: dict[str, np.ndarray] | None = None  # labelled samples for --optimize (inputs stacked + "labels")
+    labels_are: str = ""  # where the labels come from
 
 
 def _torch_models() -> dict[str, tuple[str, Any, list[int]]]:
@@ -92,10 +98,111 @@ def _torch_models() -> dict[str, tuple[str, Any, list[int]]]:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
     )  # fmt: skip
     return {
+        "mobilenetv2": ("MobileNetV2-1.0 3×224×224 (random weights)", _mobilenet_v2(), [1, 3, 224, 224]),
+        "kws": ("Transformer encoder, keyword spotting (49×40 MFCC, 2 layers, d=64)", _kws_transformer(), [1, 49, 40]),
         "mlp": ("MLP 64→128→64→8", mlp, [1, 64]),
         "cnn": ("CNN 3×32×32, 3×(conv+BN+ReLU)", cnn, [1, 3, 32, 32]),
         "mobilenet": ("MobileNet-style 3×64×64, 5 dw-sep blocks", mobilenet, [1, 3, 64, 64]),
     }
+
+
+def _mobilenet_v2() -> Any:
+    """MobileNetV2-1.0 (Sandler et al. 2018), as torchvision builds it, in code: no download, random weights."""
+    from torch import nn
+
+    def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, act: bool = True) -> list[nn.Module]:
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+        return [*layers, nn.ReLU6()] if act else layers
+
+    class Inverted(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+            super().__init__()
+            hidden = cin * expand
+            layers = conv_bn(cin, hidden, 1, 1) if expand != 1 else []
+            layers += [*conv_bn(hidden, hidden, 3, stride, groups=hidden), *conv_bn(hidden, cout, 1, 1, act=False)]
+            self.block = nn.Sequential(*layers)
+            self.residual = stride == 1 and cin == cout
+
+        def forward(self, x: Any) -> Any:
+            return x + self.block(x) if self.residual else self.block(x)
+
+    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    layers: list[nn.Module] = conv_bn(3, 32, 3, 2)
+    cin = 32
+    for t, c, n, s in settings:
+        for i in range(n):
+            layers.append(Inverted(cin, c, s if i == 0 else 1, t))
+            cin = c
+    layers += [*conv_bn(cin, 1280, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, 1000)]
+    return nn.Sequential(*layers)
+
+
+def _kws_transformer() -> Any:
+    """A keyword-spotting-sized transformer encoder: 49 frames of 40 MFCCs → 12 keywords. Written with plain
+    layers (Linear, matmul, softmax, LayerNorm): torch's fused encoder layer has no TorchScript-to-ONNX export."""
+    import torch
+    from torch import nn
+
+    class Layer(nn.Module):
+        def __init__(self, d: int, heads: int, ff: int) -> None:
+            super().__init__()
+            self.heads, self.dk = heads, d // heads
+            self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.ff = nn.Sequential(nn.Linear(d, ff), nn.ReLU(), nn.Linear(ff, d))
+            self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+
+        def forward(self, x: Any) -> Any:
+            b, t, d = x.shape
+            q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, self.dk).permute(2, 0, 3, 1, 4)
+            att = torch.softmax(q @ k.transpose(-1, -2) / self.dk**0.5, dim=-1)
+            x = self.norm1(x + self.out((att @ v).transpose(1, 2).reshape(b, t, d)))
+            return self.norm2(x + self.ff(x))
+
+    class Kws(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(40, 64)
+            self.pos = nn.Parameter(torch.randn(1, 49, 64) * 0.02)
+            self.layers = nn.Sequential(Layer(64, 4, 128), Layer(64, 4, 128))
+            self.head = nn.Linear(64, 12)
+
+        def forward(self, x: Any) -> Any:
+            return self.head(self.layers(self.embed(x) + self.pos).mean(dim=1))
+
+    return Kws()
+
+
+def _prototype_task(module: Any, shape: list[int], count: int, classes: int = 10) -> dict[str, np.ndarray]:
+    """A labelled task the random-weight model really solves: ``classes`` random prototype inputs, samples = a
+    prototype + noise, label = its prototype. The last Linear layer is fitted to it (ridge regression on the
+    features it sees, closed form, seconds), so the labels are real and the margins are the model's own; the
+    rest of the weights stay random. ``count`` held-out samples (plus as many to fit the head) are returned."""
+    import torch
+
+    rng = np.random.default_rng(SEED + 1)
+    protos = rng.standard_normal((classes, *shape)).astype(np.float32)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, classes, n)
+        return (protos[y] + 0.8 * rng.standard_normal((n, *shape))).astype(np.float32), y
+
+    head = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+    seen: list[np.ndarray] = []
+    hook = head.register_forward_hook(lambda _m, inp, _out: seen.append(inp[0].detach().numpy().reshape(1, -1)))
+    x_fit, y_fit = draw(count)
+    with torch.no_grad():
+        for i in range(count):
+            module(torch.from_numpy(x_fit[i]))
+    hook.remove()
+    feats = np.concatenate([np.concatenate(seen), np.ones((count, 1), np.float32)], axis=1).astype(np.float64)
+    target = np.zeros((count, head.out_features))
+    target[np.arange(count), y_fit] = 1.0
+    w = np.linalg.solve(feats.T @ feats + 1e-2 * np.eye(feats.shape[1]), feats.T @ target)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(w[:-1].T.astype(np.float32)))
+        head.bias.copy_(torch.from_numpy(w[-1].astype(np.float32)))
+    x, y = draw(count)
+    return {"input": x, "labels": y}
 
 
 def _torch_case(name: str, work: Path) -> Case:
@@ -103,6 +210,8 @@ def _torch_case(name: str, work: Path) -> Case:
 
     description, module, shape = _torch_models()[name]
     module.eval()
+    count = 164 if name == "mobilenetv2" else 264  # 64 calibrate int8, the rest evaluate
+    samples = _prototype_task(module, shape, count)  # fits the head first: traced below with it
     x = np.random.default_rng(SEED).standard_normal(shape).astype(np.float32)
     path = work / f"{name}.pt"
     with torch.no_grad():
@@ -112,7 +221,9 @@ def _torch_case(name: str, work: Path) -> Case:
         with torch.no_grad():
             return module(torch.from_numpy(x))
 
-    return Case(name, description, path, {"input": shape}, {"input": x}, eager, "torch eager")
+    return Case(
+        name, description, path, {"input": shape}, {"input": x}, eager, "torch eager", samples, "prototype task (head fitted)"
+    )
 
 
 def _rf_case(work: Path) -> Case:
@@ -138,11 +249,34 @@ def _rf_case(work: Path) -> Case:
     )
 
 
-MODELS = ("mlp", "cnn", "mobilenet", "rf")
+def _digits_case(work: Path) -> Case:
+    """scikit-learn's MLPClassifier on the digits, with its real held-out images and labels."""
+    import joblib
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
+
+    x, y = load_digits(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x.astype(np.float32), y, test_size=0.4, random_state=SEED)
+    model = MLPClassifier(hidden_layer_sizes=(128, 64), max_iter=400, random_state=SEED).fit(x_train, y_train)
+    path = work / "digits.joblib"
+    joblib.dump(model, path)
+    sample = x_test[:1]
+    return Case(
+        "digits", "MLPClassifier 64→128→64→10 on sklearn digits", path, {"input": [1, 64]}, {"input": sample},
+        lambda: model.predict_proba(sample), "sklearn predict_proba", {"input": x_test, "labels": y_test}, "real digit labels",
+    )  # fmt: skip
+
+
+MODELS = ("mlp", "cnn", "mobilenet", "mobilenetv2", "kws", "digits", "rf")
 
 
 def make_case(name: str, work: Path) -> Case:
-    return _rf_case(work) if name == "rf" else _torch_case(name, work)
+    if name == "rf":
+        return _rf_case(work)
+    if name == "digits":
+        return _digits_case(work)
+    return _torch_case(name, work)
 
 
 # --------------------------------------------------------------------------- compile
@@ -162,6 +296,7 @@ class Result:
     refused_s: dict[str, float] = field(default_factory=dict)  # time to refuse a backend that can't take the model
     cache_s: dict[str, float] = field(default_factory=dict)  # "cold" (a miss) and "hit", default pipeline
     size_bytes: dict[str, int] = field(default_factory=dict)  # artifact sizes: fp32 ORT and int8 ORT
+    optimize: dict[str, Any] = field(default_factory=dict)  # --optimize: what the optimize pipeline measured and chose
 
 
 def _short_reason(reason: str) -> str:
@@ -178,7 +313,7 @@ def _compile(case: Case, target: str, out: Path, **kwargs: Any) -> CompileResult
 
 
 def compile_case(
-    case: Case, target: str, out: Path, say: Callable[[str], None], tune: int = 0
+    case: Case, target: str, out: Path, say: Callable[[str], None], tune: int = 0, optimize: bool = False
 ) -> tuple[Result, dict[str, Predict]]:
     """Compile ``case`` with the default pipeline and per backend; return the result stub and the predictors to time."""
     res = Result(case.name, case.description)
@@ -251,7 +386,51 @@ def compile_case(
     elif tune:
         res.unavailable["tvm-tuned"] = res.unavailable["tvm"]
     predictors["chosen"] = _bind(edgekit.load(default.artifact_dir).predict, case.feed)
+    if optimize:
+        _optimize(case, target, out, say, tune if "tvm-tuned" in res.compile_s else 0, res, predictors)
     return res, predictors
+
+
+def _optimize(
+    case: Case, target: str, out: Path, say: Callable[[str], None], tuned: int, res: Result, predictors: dict[str, Predict]
+) -> None:
+    """Compile with compiler/optimize.yaml and labelled samples; the tuned TVM candidate applies the schedules the
+    tuning run above found (same database, 0 new trials)."""
+    pipe = load_pipeline("optimize")
+    if tuned:
+        pipe = pipe.with_tuning(0)
+        spec = pipe.candidates[-1]
+        spec = spec.model_copy(
+            update={"options": {**spec.options, "tune": {**spec.options["tune"], "database": str(out / "tuning")}}}
+        )
+        pipe = pipe.model_copy(update={"candidates": [*pipe.candidates[:-1], spec]})
+    say(f"[{case.name}] optimize pipeline with {len(next(iter((case.samples or {}).values()), []))} labelled samples")
+    try:
+        result = _compile(case, target, out / "optimize", pipeline=pipe, samples=case.samples, progress=say)
+    except EdgekitError as exc:
+        res.unavailable["optimized"] = str(exc)
+        return
+    m = result.manifest
+    res.optimize = {
+        "chosen": m.candidates[[c.status for c in m.candidates].index("chosen")].name,
+        "labels": case.labels_are,
+        "samples": m.samples.model_dump(by_alias=True) if m.samples else None,
+        "source_flops": m.source.flops,
+        "candidates": {
+            c.name: {
+                "status": c.status,
+                "reason": c.reason,
+                "ms": c.measured.latency.median_ms if c.measured else None,
+                "top1": c.measured.accuracy.top1_accuracy if c.measured else None,
+                "source_top1": c.measured.accuracy.source_top1_accuracy if c.measured else None,
+                "size": c.size_bytes,
+                "flops": c.flops,
+                "kept_float": c.kept_float,
+            }
+            for c in m.candidates
+        },
+    }
+    predictors["optimized"] = _bind(edgekit.load(result.artifact_dir).predict, case.feed)
 
 
 def _bind(predict: Callable[[dict[str, np.ndarray]], list[np.ndarray]], feed: dict[str, np.ndarray]) -> Predict:
@@ -352,10 +531,44 @@ def render(results: list[Result], header: str, eager_names: dict[str, str], tune
             _cache_cell(r),
         )
     console.print(det)
+    if any(r.optimize for r in results):
+        console.print(_optimize_table(results))
     for r in results:
         for backend, reason in r.unavailable.items():
             took = f" (refused in {r.refused_s[backend]:.2f} s)" if backend in r.refused_s else ""
             console.print(f"[dim]{r.model}: {backend} unavailable{took}: {escape(reason)}[/dim]")
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "—"
+
+
+def _optimize_table(results: list[Result]) -> Any:
+    from rich.table import Table
+
+    t = Table(
+        title="optimize pipeline with labelled samples (latency ratios: this run's rounds for 'shipped', the manifest's for the rest)"
+    )
+    for col in ("model", "labels", "shipped (vs ORT fp32)", "top-1 source → shipped", "int8 size / fp32", "int8 ms / fp32",
+                "pruned ms / fp32", "pruned MACs / source", "candidates"):  # fmt: skip
+        t.add_column(col)
+    for r in results:
+        o = r.optimize
+        if not o:
+            continue
+        c = o["candidates"]
+        fp32, int8, pruned = c.get("ort", {}), c.get("ort-int8", {}), c.get("ort-pruned", {})
+        chosen = c[o["chosen"]]
+        top1 = f"{chosen['source_top1']:.1%} → {chosen['top1']:.1%}" if chosen.get("top1") is not None else "—"
+        shipped = f"{o['chosen']} {_ratio(r.latency_ms.get('optimized'), r.latency_ms.get('onnxruntime'))}"
+        states = "; ".join(
+            f"{n}: {v['status']}" + (f" ({escape(v['reason'][:70])})" if v["status"] != "chosen" else "") for n, v in c.items()
+        )
+        t.add_row(
+            r.model, o["labels"], shipped, top1, _ratio(int8.get("size"), fp32.get("size")), _ratio(int8.get("ms"), fp32.get("ms")),
+            _ratio(pruned.get("ms"), fp32.get("ms")), _ratio(pruned.get("flops"), o.get("source_flops")), states,
+        )  # fmt: skip
+    return t
 
 
 def _threads() -> str:
@@ -380,6 +593,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="also tune TVM with MetaSchedule for N trials per model (minutes each) and time it alongside",
     )
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="also compile with compiler/optimize.yaml and labelled samples, and time what it ships",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     args = parser.parse_args(argv)
@@ -402,7 +620,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             case = make_case(name, work)
             eager_names[name] = case.eager_name
-            res, predictors = compile_case(case, args.target, work / "build" / name, say, args.tune)
+            try:
+                res, predictors = compile_case(case, args.target, work / "build" / name, say, args.tune, args.optimize)
+            except EdgekitError as exc:  # one model that can't be compiled doesn't lose the others' figures
+                say(f"[{name}] skipped: {exc}")
+                continue
             say(f"[{name}] timing {', '.join(predictors)}: {args.rounds} rounds × {args.repeat} runs")
             blocks = interleaved(predictors, args.rounds, args.repeat)
             res.block_medians_ms = blocks

@@ -6,7 +6,8 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     EdgekitError
     ├── ConfigError               a profile / pipeline / option is wrong
     │   ├── UnknownTargetError    no device profile of that name
-    │   └── InputShapeError       --input-shape missing, malformed or not matching the model
+    │   ├── InputShapeError       --input-shape missing, malformed or not matching the model
+    │   └── SamplesError          --samples unreadable or not matching the model, or the model can't run on its inputs
     ├── MissingDependencyError    an optional extra is not installed (names the pip extra)
     ├── ModelLoadError            the model file is missing, corrupt or truncated
     ├── ModelConversionError      the source framework could not be exported to ONNX
@@ -27,7 +28,7 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     ├── EndpointError             a SageMaker endpoint / transform job can't be deployed, invoked or deleted (one line, what to do)
     └── (in their subpackages) mqtt.BrokerError 18, mqtt.PayloadError 19, device.DeviceError 20,
         fleet.FleetError 21, sim.SimulationError 22, edge.EdgeError 23, device.ipc.IpcServerError 24 — each sets
-        ``exit_code`` on its class; ServeError is 25 and EndpointError 26
+        ``exit_code`` on its class; ServeError is 25, EndpointError 26, SamplesError 27
 
 The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`). See docs/errors.md.
 """
@@ -60,6 +61,7 @@ __all__ = [
     "PublishError",
     "RecipeError",
     "ResolutionError",
+    "SamplesError",
     "ServeError",
     "ToolchainError",
     "UnknownTargetError",
@@ -87,6 +89,10 @@ class UnknownTargetError(ConfigError):
 
 class InputShapeError(ConfigError):
     """Input shapes are missing, malformed or disagree with the model."""
+
+
+class SamplesError(ConfigError):
+    """Samples (``--samples``) are unreadable, don't match the model, or are too few; or no inputs run the source."""
 
 
 class MissingDependencyError(EdgekitError):
@@ -195,6 +201,7 @@ EXIT_CODES: dict[type[EdgekitError], int] = {
     ConfigError: 2,
     UnknownTargetError: 2,
     InputShapeError: 2,
+    SamplesError: 27,
     MissingDependencyError: 3,
     ModelLoadError: 4,
     ModelConversionError: 4,

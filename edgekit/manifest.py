@@ -24,6 +24,7 @@ __all__ = [
     "Manifest",
     "Measurement",
     "ProfileInfo",
+    "SamplesInfo",
     "SelfTest",
     "SourceInfo",
     "TensorSpec",
@@ -61,6 +62,8 @@ class SourceInfo(_Model):
     size_bytes: int = Field(alias="sizeBytes")
     framework: str = Field(description="framework and version the model came from, e.g. 'torch 2.13.0'")
     opset: int
+    flops: int | None = Field(None, description="multiply-accumulates of one run, counted by onnx-tool (None: it can't)")
+    params: int | None = None
 
 
 class ProfileInfo(_Model):
@@ -100,6 +103,13 @@ class Accuracy(_Model):
     top1_agreement: float | None = Field(alias="top1Agreement")
     samples: int
     reference: str = Field(description="what the outputs were compared with")
+    inputs: Literal["synthesized", "samples"] = Field("synthesized", description="the user's samples, or made-up inputs")
+    top1_accuracy: float | None = Field(None, alias="top1Accuracy", description="against the samples' labels")
+    source_top1_accuracy: float | None = Field(None, alias="sourceTop1Accuracy", description="the source model's, same samples")
+    expected_error: float | None = Field(
+        None, alias="expectedError", description="mean |output - expected| against the samples' expected outputs"
+    )
+    source_expected_error: float | None = Field(None, alias="sourceExpectedError")
 
 
 class Measurement(_Model):
@@ -144,6 +154,22 @@ class CandidateReport(_Model):
     measured: Measurement | None = None
     compile_seconds: float | None = Field(None, alias="compileSeconds")
     size_bytes: int | None = Field(None, alias="sizeBytes")
+    flops: int | None = Field(None, description="of the candidate's graph after its passes (pruning lowers it)")
+    params: int | None = None
+    kept_float: list[str] = Field(
+        default_factory=list, alias="keptFloat", description="int8: layers kept in float so the accuracy budget holds"
+    )
+    pruned: dict[str, Any] | None = Field(None, description="pruning: channels kept per layer group, ratio, method")
+
+
+class SamplesInfo(_Model):
+    """The user's samples: where they came from and how they were split."""
+
+    source: str
+    total: int
+    calibration: int = Field(description="set aside to calibrate int8, never used to evaluate")
+    evaluation: int
+    truth: Literal["labels", "expected outputs"] | None = None
 
 
 class Manifest(_Model):
@@ -162,6 +188,7 @@ class Manifest(_Model):
     compile_seconds: float = Field(alias="compileSeconds")
     measured: Measurement | None
     selftest: SelfTest | None = None
+    samples: SamplesInfo | None = None
     candidates: list[CandidateReport]
     digests: dict[str, str] = Field(
         default_factory=dict, description="SHA-256 (hex) of every file of the artifact but the manifest, by relative path"

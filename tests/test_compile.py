@@ -248,7 +248,7 @@ def test_bundled_pipelines_load() -> None:
     from edgekit.resources import bundled_dir
 
     names = sorted(p.stem for p in bundled_dir("compiler").glob("*.yaml"))
-    assert names == ["default", "int8", "ort", "tuned", "tvm"]
+    assert names == ["default", "int8", "optimize", "ort", "tuned", "tvm"]
     for name in names:
         pipe = load_pipeline(name)
         assert pipe.candidates and pipe.accuracy.max_abs_error > 0

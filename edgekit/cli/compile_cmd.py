@@ -29,6 +29,12 @@ def register(app: typer.Typer) -> None:
         name: str | None = typer.Option(None, "--name", help="artifact name (default <model>-<target>)"),
         no_cache: bool = typer.Option(False, "--no-cache", help="compile even if a cached artifact exists"),
         force: bool = typer.Option(False, "--force", help="replace an artifact of the same name built from another source"),
+        samples: str | None = typer.Option(
+            None,
+            "--samples",
+            help="your inputs (+ 'labels' or expected outputs): an .npz, a folder of .npy or 'module:function'; they fix "
+            "dynamic dims, drive checks and timing, calibrate int8 and make the budget one of accuracy",
+        ),
         tune: int | None = typer.Option(
             None,
             "--tune",
@@ -67,6 +73,7 @@ def register(app: typer.Typer) -> None:
                 progress=say,
                 tune=tune,
                 trust_pickle=trust_pickle,
+                samples=samples,
             )
         hit = " (from cache)" if result.cache_hit else ""
         facts = {

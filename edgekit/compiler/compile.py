@@ -24,10 +24,14 @@ from edgekit.compiler.phases import (
     measure,
     prepare,
     reference_outputs,
+    screen,
     select,
+    split_samples,
+    stage,
     write,
 )
 from edgekit.compiler.pipeline import Pipeline
+from edgekit.compiler.samples import SamplesSource
 from edgekit.manifest import Manifest
 from edgekit.profiles import DeviceProfile
 from edgekit.progress import Progress, no_progress
@@ -58,6 +62,7 @@ def compile_model(
     progress: Progress | None = None,
     tune: int | None = None,
     trust_pickle: bool = False,
+    samples: SamplesSource | None = None,
 ) -> CompileResult:
     """Compile ``model`` for the device profile ``target`` and write the best artifact to ``output_dir``.
 
@@ -66,13 +71,22 @@ def compile_model(
     accuracy budget becomes ``<output_dir>/<name>/`` (plus ``<name>.tar.gz``), with a
     ``manifest.json`` recording what was measured. Nothing is left in ``output_dir``
     when compiling fails. ``tune=N`` adds a TVM candidate tuned with MetaSchedule for
-    ``N`` trials (see :meth:`Pipeline.with_tuning`). A pickled scikit-learn model is loaded only with
-    ``trust_pickle`` (loading a pickle runs its code); ``.skops`` files need it only for types skops doesn't trust.
+    ``N`` trials (see :meth:`Pipeline.with_tuning`).
+
+    ``samples`` (an ``.npz``, a folder of ``.npy``, ``module:function`` or a mapping of arrays) are the
+    user's inputs, optionally with ``labels`` or expected outputs: they fix dynamic dimensions, drive
+    the checks and the timing, calibrate int8 and make the accuracy budget one of accuracy. Every
+    failure is an :class:`~edgekit.errors.EdgekitError`, whatever a backend raised.
+    A pickled scikit-learn model is loaded only with ``trust_pickle`` (loading a pickle runs its code); ``.skops``
+    files need it only for types skops doesn't trust.
     """
     say = progress or no_progress
     started = time.perf_counter()
     made_out = not Path(output_dir).exists()  # a failed compile removes the output folder it made
-    plan = check(model, target, output_dir, pipeline=pipeline, backend=backend, input_shapes=input_shapes, name=name, tune=tune)
+    plan = check(
+        model, target, output_dir, pipeline=pipeline, backend=backend, input_shapes=input_shapes, name=name, tune=tune,
+        samples=samples,
+    )  # fmt: skip
     store = (cache or ArtifactCache()) if use_cache else None
     path = Path(str(model))
     key = plan.cache_key(source_fingerprint(path)) if path.is_file() else None
@@ -89,7 +103,8 @@ def compile_model(
     work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=plan.out))
     try:
         say(f"loading {plan.format} model {model}")
-        source = load_source(model, work / "source", plan.shapes, trust_pickle=trust_pickle)
+        with stage(model, "loading the model", "check that the model loads in its own framework"):
+            source = load_source(model, work / "source", plan.shapes, trust_pickle=trust_pickle)
         check_input_memory({i.name: i.shape for i in source.inputs}, plan.profile, {i.name: i.dtype for i in source.inputs})
         if key is None:  # a factory: the exported graph is the content
             key = plan.cache_key(source.sha256)
@@ -110,12 +125,21 @@ def compile_model(
 def _compile(plan: Plan, source: SourceModel, work: Path, key: str, say: Progress, started: float) -> tuple[Path, Path, Manifest]:
     """The phases after loading: build the candidates, measure them against the source model, keep the best, write it."""
     outcomes = Outcomes(plan.candidates, say)
-    prepared = prepare(plan, source, work, outcomes, say)
-    reference = reference_outputs(source, plan.pipeline.measure)
-    builds = build(prepared, plan.profile, work, outcomes, say)
-    measured = measure(builds, reference, plan.pipeline.measure, outcomes, say)
+    model = plan.model
+    with stage(model, "checking operators", "try another pipeline or --backend"):
+        screened = screen(plan, source, outcomes, say)
+    with stage(model, "running the source model for reference", "pass valid inputs with --samples"):
+        calibration, evaluation = split_samples(plan, source, say)
+        reference = reference_outputs(source, plan.pipeline.measure, evaluation, plan.samples.where if plan.samples else "")
+    with stage(model, "preparing candidates", "try another pipeline or --backend"):
+        prepared = prepare(plan, source, work, outcomes, say, reference, calibration, screened)
+    with stage(model, "compiling candidates", "try another pipeline or --backend"):
+        builds = build(prepared, plan.profile, work, outcomes, say)
+    with stage(model, "measuring candidates", "try another pipeline or --backend"):
+        measured = measure(builds, reference, plan.pipeline.measure, outcomes, say)
     choice = select(measured, plan.pipeline, outcomes, say)
-    return write(choice, plan, source, reference, outcomes, work, key, started)
+    with stage(model, "writing the artifact", "check the output folder"):
+        return write(choice, plan, source, reference, outcomes, work, key, started)
 
 
 def _from_cache(store: ArtifactCache | None, key: str, plan: Plan, say: Progress, started: float) -> CompileResult | None:

@@ -16,7 +16,10 @@ Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 def sample_inputs(specs: Sequence[TensorSpec], count: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Deterministic random inputs: standard normal for floats, small non-negative ints otherwise."""
+    """Deterministic random inputs: standard normal for floats, small non-negative ints otherwise.
+
+    Knows only the specs; :func:`edgekit.compiler.synthetic.synthesize` also reads the graph for each input's role.
+    """
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):
@@ -34,12 +37,12 @@ def sample_inputs(specs: Sequence[TensorSpec], count: int, seed: int) -> list[di
 
 
 def agreement(
-    predict: Predict,
-    samples: Sequence[dict[str, np.ndarray]],
+    outputs: Sequence[Sequence[np.ndarray]],
     expected: Sequence[Sequence[np.ndarray]],
     reference_name: str,
 ) -> Accuracy:
-    """Max |candidate - reference| over float outputs, and top-1 agreement; ``expected`` holds the reference's outputs.
+    """Max |candidate - reference| over float outputs, and top-1 agreement; ``outputs`` holds the candidate's
+    outputs per sample, ``expected`` the reference's.
 
     Top-1 is the arg-max over the last axis of 2-D float outputs with more than one
     column (class scores), or exact equality of integer outputs (class labels). It is
@@ -48,8 +51,7 @@ def agreement(
     max_err = 0.0
     agree = 0
     total = 0
-    for feed, want in zip(samples, expected, strict=True):
-        got = predict(feed)
+    for got, want in zip(outputs, expected, strict=True):
         if len(got) != len(want):
             raise ValueError(f"candidate returned {len(got)} outputs, the source model {len(want)}")
         for g, w in zip(got, want, strict=True):
@@ -60,7 +62,10 @@ def agreement(
             g = g.reshape(w.shape)
             if w.dtype.kind == "f":
                 if g.size:
-                    max_err = max(max_err, float(np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))))
+                    diff = np.abs(g.astype(np.float64) - w.astype(np.float64))
+                    diff[np.isnan(g) & np.isnan(w)] = 0.0  # NaN where the source gives NaN agrees
+                    diff[np.isinf(g) & (g == w)] = 0.0
+                    max_err = max(max_err, float(np.max(diff)) if not np.isnan(diff).any() else float("inf"))
                 if w.ndim == 2 and w.shape[1] > 1:
                     agree += int(np.sum(np.argmax(g, axis=1) == np.argmax(w, axis=1)))
                     total += w.shape[0]
@@ -70,7 +75,7 @@ def agreement(
     return Accuracy(
         max_abs_error=max_err,
         top1_agreement=(agree / total) if total else None,
-        samples=len(samples),
+        samples=len(expected),
         reference=reference_name,
     )
 

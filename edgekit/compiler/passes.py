@@ -3,16 +3,27 @@
 ``passes:`` in a pipeline candidate is a list of one-key mappings, applied in order::
 
     passes:
-      - quantize: {mode: static, calibration: 64}     # int8 weights and activations (QDQ)
+      - prune: {ratio: 0.3}                            # remove 30 % of the channels of every prunable chain
+      - quantize: {mode: static}                       # int8 weights and activations (QDQ), calibrated on --samples
       - quantize: {mode: dynamic}                      # int8 weights, activations quantized at run time
 
 **quantize** uses ONNX Runtime's quantization tool after its pre-processing (shape inference and
-graph clean-up). ``static`` needs calibration data to fix each activation's range: an int (that many
-random samples from the input shapes: enough to exercise the path, not to calibrate a real model) or
-a ``.npz`` file with one array per input name, samples stacked along a new first axis (for a batch-1
-input, along the batch axis also works). Quantized
-candidates are measured against the *float* source model like every other, so the pipeline's (or the
-candidate's own) accuracy budget decides whether the int8 error is acceptable.
+graph clean-up). ``static`` needs calibration data to fix each activation's range: ``samples`` (the
+default: the part of ``--samples`` set aside for calibration, never used to evaluate; 32 synthesized
+inputs when there are none), an int (that many synthesized inputs: enough to exercise the path, not
+to calibrate a real model) or a ``.npz`` file with one array per input name, samples stacked along a
+new first axis. ``method`` is the calibration method (MinMax, Entropy, Percentile), ``per_channel``
+quantizes weights per output channel. When the candidate's accuracy budget fails on the evaluation
+samples, ``keep_float: auto`` keeps the most sensitive layers in float (largest error added by the
+layer, measured against the float model) until it holds, and the manifest names them.
+
+**prune** removes whole channels of Conv/Gemm/MatMul chains (:mod:`edgekit.compiler.prune`), to a
+``ratio`` of channels or to a ``flops`` target (the fraction of the source's multiply-accumulates to
+keep). PyTorch modules from a factory are pruned with torch-pruning instead, and fine-tuned briefly
+when ``fine_tune`` names a training-data function (:mod:`edgekit.compiler.prune_torch`).
+
+Pruned and quantized candidates are measured against the *float* source model like every other, so
+the accuracy budget decides whether they are acceptable.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,25 +39,66 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgekit.compiler.evaluation import Score, Truth, budget_problems
 from edgekit.compiler.frontends.base import SourceModel
-from edgekit.compiler.measure import sample_inputs
+from edgekit.compiler.measure import agreement
+from edgekit.compiler.pipeline import AccuracyBudget
+from edgekit.compiler.synthetic import synthesize
 from edgekit.digests import file_sha256
-from edgekit.errors import CompilationError, ConfigError, did_you_mean, first_problem, last_line, reject_unknown_keys
+from edgekit.errors import (
+    CompilationError,
+    ConfigError,
+    EdgekitError,
+    did_you_mean,
+    first_problem,
+    last_line,
+    reject_unknown_keys,
+)
 from edgekit.progress import Progress
 
-__all__ = ["PASSES", "PassStep", "QuantizeOptions", "apply_passes", "file_inputs", "parse_passes"]
+__all__ = [
+    "PASSES",
+    "PassContext",
+    "PassNotes",
+    "PassStep",
+    "PruneOptions",
+    "QuantizeOptions",
+    "apply_passes",
+    "file_inputs",
+    "parse_passes",
+]
+
+Feed = dict[str, np.ndarray]
+_SYNTHESIZED_CALIBRATION = 32
 
 
 class QuantizeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mode: Literal["static", "dynamic"] = "static"
-    calibration: int | str = Field(default=32, description="random samples (int) or a .npz file of real ones")
+    calibration: int | str = Field(
+        default="samples", description="'samples' (the calibration part of --samples), a number of synthesized inputs, or a .npz"
+    )
+    method: Literal["MinMax", "Entropy", "Percentile"] = "MinMax"
     per_channel: bool = False
+    keep_float: Literal["auto", "never"] = Field(
+        "auto", description="auto: keep the most sensitive layers in float until the accuracy budget holds"
+    )
     seed: int = 1
 
 
-PASSES: dict[str, type[BaseModel]] = {"quantize": QuantizeOptions}
+class PruneOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(0.3, gt=0, lt=1, description="fraction of each chain's channels to remove")
+    flops: float | None = Field(None, gt=0, lt=1, description="instead of ratio: the fraction of the source's MACs to keep")
+    multiple: int = Field(1, ge=1, description="keep a multiple of this many channels (SIMD-friendly widths)")
+    fine_tune: str | None = Field(None, description="PyTorch: 'module:function' yielding (inputs, targets) batches")
+    fine_tune_steps: int = Field(100, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+
+
+PASSES: dict[str, type[BaseModel]] = {"quantize": QuantizeOptions, "prune": PruneOptions}
 
 # The ops whose int8 kernels are the point of quantizing (weights and arithmetic); a model without any
 # of them has nothing to gain.
@@ -59,6 +111,37 @@ class PassStep:
 
     name: str
     options: BaseModel
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What passes may read besides the model: the user's calibration samples, and the evaluation (the
+    reference's samples, the source's outputs on them, the truth and the source's score) with the budget."""
+
+    calibration: list[Feed] | None = None
+    eval_feeds: list[Feed] = field(default_factory=list)
+    eval_expected: list[list[np.ndarray]] = field(default_factory=list)
+    truth: Truth | None = None
+    source_score: Score | None = None
+    budget: AccuracyBudget = field(default_factory=AccuracyBudget)
+
+    def problems(self, outputs: list[list[np.ndarray]]) -> list[str]:
+        """Why per-sample ``outputs`` (of the evaluation feeds) miss the budget; empty when they meet it."""
+        acc = agreement(outputs, self.eval_expected, "source")
+        if self.truth is not None and self.source_score is not None:
+            score = self.truth.score(outputs)
+            acc.top1_accuracy, acc.source_top1_accuracy = score.top1, self.source_score.top1
+            acc.expected_error, acc.source_expected_error = score.error, self.source_score.error
+        return budget_problems(acc, self.budget)
+
+
+@dataclass
+class PassNotes:
+    """What passes did, for the candidate's report."""
+
+    kept_float: list[str] = field(default_factory=list)
+    pruned: dict[str, Any] | None = None
+    counted: onnx.ModelProto | None = None  # the graph whose MACs count: before int8 (Q/DQ steps are no MACs)
 
 
 def _parse(step: Any, where: str) -> PassStep:
@@ -81,7 +164,7 @@ def parse_passes(passes: list[dict[str, Any]], where: str) -> list[PassStep]:
     for step in passes:
         parsed = _parse(step, where)
         options = parsed.options
-        if isinstance(options, QuantizeOptions) and isinstance(options.calibration, str):
+        if isinstance(options, QuantizeOptions) and isinstance(options.calibration, str) and options.calibration != "samples":
             path = Path(options.calibration).expanduser()
             if not path.is_file():
                 raise ConfigError(f"{where}: pass '{parsed.name}': calibration file '{path}' does not exist")
@@ -91,15 +174,32 @@ def parse_passes(passes: list[dict[str, Any]], where: str) -> list[PassStep]:
     return steps
 
 
-def apply_passes(source: SourceModel, steps: Sequence[PassStep], work: Path, progress: Progress) -> SourceModel:
+def calibrates_from_samples(steps: Sequence[PassStep]) -> bool:
+    """Whether a step calibrates on the user's samples (then a part of them is kept apart from the evaluation)."""
+    return any(
+        isinstance(s.options, QuantizeOptions) and s.options.mode == "static" and s.options.calibration == "samples"
+        for s in steps
+    )
+
+
+def apply_passes(
+    source: SourceModel, steps: Sequence[PassStep], work: Path, progress: Progress, context: PassContext | None = None
+) -> tuple[SourceModel, PassNotes]:
     """``source`` with every step applied, written under ``work``; the source itself is unchanged."""
+    context = context or PassContext()
     current = source
+    notes = PassNotes(counted=source.model)
     for i, step in enumerate(steps):
         folder = work / f"pass-{i}-{step.name}"
         folder.mkdir(parents=True, exist_ok=True)
         if isinstance(step.options, QuantizeOptions):
-            current = _quantize(current, step.options, folder, progress)
-    return current
+            current = _quantize(current, step.options, folder, progress, context, notes)
+        elif isinstance(step.options, PruneOptions):
+            from edgekit.compiler.prune_pass import prune
+
+            current = prune(current, step.options, folder, progress, notes)
+            notes.counted = current.model
+    return current, notes
 
 
 def file_inputs(steps: Sequence[PassStep]) -> list[str]:
@@ -107,20 +207,24 @@ def file_inputs(steps: Sequence[PassStep]) -> list[str]:
     found = []
     for step in steps:
         calibration = getattr(step.options, "calibration", None)
-        if isinstance(calibration, str) and Path(calibration).expanduser().is_file():
+        if isinstance(calibration, str) and calibration != "samples" and Path(calibration).expanduser().is_file():
             found.append(file_sha256(Path(calibration).expanduser()))
     return found
 
 
-def _calibration(source: SourceModel, options: QuantizeOptions) -> list[dict[str, np.ndarray]]:
+def _calibration(source: SourceModel, options: QuantizeOptions, context: PassContext) -> list[Feed]:
+    if options.calibration == "samples":
+        if context.calibration:
+            return context.calibration
+        return synthesize(source.model, source.inputs, _SYNTHESIZED_CALIBRATION, options.seed)
     if isinstance(options.calibration, int):
-        return sample_inputs(source.inputs, options.calibration, options.seed)
+        return synthesize(source.model, source.inputs, options.calibration, options.seed)
     path = Path(options.calibration).expanduser()
     try:
         data = np.load(path)
     except Exception as exc:
         raise ConfigError(f"calibration file '{path}' is not a readable .npz ({exc})") from None
-    samples: list[dict[str, np.ndarray]] = []
+    samples: list[Feed] = []
     for spec in source.inputs:
         if spec.name not in data.files:
             raise ConfigError(f"calibration file '{path}' has no array '{spec.name}' (it has: {', '.join(data.files) or 'none'})")
@@ -157,7 +261,9 @@ def _scratch_cwd(folder: Path) -> Iterator[None]:
         yield
 
 
-def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progress: Progress) -> SourceModel:
+def _quantize(
+    source: SourceModel, options: QuantizeOptions, folder: Path, progress: Progress, context: PassContext, notes: PassNotes
+) -> SourceModel:
     heavy = {n.op_type for n in source.model.graph.node if n.domain in ("", "ai.onnx")} & _QUANTIZABLE
     if not heavy:
         raise CompilationError(
@@ -170,15 +276,29 @@ def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progr
     try:
         with _scratch_cwd(folder):
             _pre_process(model_in, prepared)
-        samples: list[dict[str, np.ndarray]] = []
+        _name_nodes(prepared)
+        samples: list[Feed] = []
         if options.mode == "dynamic":
             progress("quantize: int8 weights, activations quantized at run time (dynamic)")
         else:
-            samples = _calibration(source, options)  # a relative calibration path is the caller's: read it here
-            progress(f"quantize: int8 weights and activations (static, QDQ), calibrating on {len(samples)} sample(s)")
+            samples = _calibration(source, options, context)  # a relative calibration path is the caller's: read it here
+            progress(
+                f"quantize: int8 weights and activations (static, QDQ, {options.method}"
+                f"{', per channel' if options.per_channel else ''}), calibrating on {len(samples)} sample(s)"
+            )
         with _scratch_cwd(folder):
-            _run_quantizer(prepared, out, options, samples)
-    except ConfigError:
+            try:
+                _run_quantizer(prepared, out, options, samples, [])
+            except Exception as exc:
+                if not options.per_channel:
+                    raise
+                # ONNX Runtime's quantizer fails per-channel on some Gemm biases (an array compared as a scalar)
+                progress(f"quantize: per-channel failed ({last_line(exc, 120)}); quantizing per tensor")
+                options = options.model_copy(update={"per_channel": False})
+                _run_quantizer(prepared, out, options, samples, [])
+            if options.keep_float == "auto" and context.eval_feeds:
+                notes.kept_float = _keep_sensitive_in_float(prepared, out, options, samples, context, progress)
+    except EdgekitError:
         raise
     except Exception as exc:
         raise CompilationError(
@@ -191,6 +311,125 @@ def _quantize(source: SourceModel, options: QuantizeOptions, folder: Path, progr
     )
 
 
+def _name_nodes(path: Path) -> None:
+    """Give unnamed nodes a name: layers are kept in float by node name."""
+    model = onnx.load(str(path))
+    taken = {n.name for n in model.graph.node}
+    changed = False
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}" if f"{node.op_type}_{i}" not in taken else f"{node.op_type}_{i}_edgekit"
+            taken.add(node.name)
+            changed = True
+    if changed:
+        onnx.save(model, str(path))
+
+
+def _session(model: Path | onnx.ModelProto) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _outputs(path: Path, feeds: list[Feed]) -> list[list[np.ndarray]]:
+    session = _session(path)
+    names = [o.name for o in session.get_outputs()]
+    return [[np.asarray(o) for o in session.run(names, f)] for f in feeds]
+
+
+def _keep_sensitive_in_float(
+    prepared: Path, out: Path, options: QuantizeOptions, samples: list[Feed], context: PassContext, progress: Progress
+) -> list[str]:
+    """Quantize again with the most sensitive layers excluded (1, 2, 4, ... of them) until the budget holds on the
+    evaluation samples (measured with ONNX Runtime); the layers kept in float, or [] when int8 met it at once."""
+    problems = context.problems(_outputs(out, context.eval_feeds))
+    if not problems:
+        return []
+    if context.problems(_outputs(prepared, context.eval_feeds)):
+        progress("quantize: the model misses the budget before int8 already; no layer kept in float would help")
+        return []
+    ranked = _sensitivity(prepared, out, context.eval_feeds[:8])
+    progress(f"quantize: int8 misses the budget ({problems[0]}); keeping the most sensitive layers in float")
+    total = len({n.name for n in onnx.load(str(prepared)).graph.node})
+    count = 1
+    kept: list[str] = []
+    while count <= len(ranked):
+        kept = list(dict.fromkeys(name for names in ranked[:count] for name in names))
+        if len(kept) > max(1, total // 2):  # beyond half the graph in float, int8 has little left to give
+            break
+        _run_quantizer(prepared, out, options, samples, kept)
+        problems = context.problems(_outputs(out, context.eval_feeds))
+        progress(f"quantize: {len(kept)} layer(s) in float: {'within the budget' if not problems else problems[0]}")
+        if not problems:
+            break
+        count *= 2
+    return kept
+
+
+def _sensitivity(prepared: Path, quantized: Path, feeds: list[Feed]) -> list[list[str]]:
+    """What to keep in float, the noisiest first: for each tensor the quantizer put a QuantizeLinear/DequantizeLinear
+    pair on (activations) or dequantizes (weights), the relative error that pair adds on the evaluation samples, and
+    the nodes that would have to stay float for the tensor to stay float (its producer and its consumers)."""
+    qmodel = onnx.load(str(quantized))
+    fmodel = onnx.load(str(prepared))
+    float_weights = {i.name: onnx.numpy_helper.to_array(i) for i in fmodel.graph.initializer}
+    float_nodes = {n.name: n for n in fmodel.graph.node}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in qmodel.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    units: list[tuple[str, str, list[str]]] = []  # (tensor before, tensor after, nodes to keep float)
+    for dq in (n for n in qmodel.graph.node if n.op_type == "DequantizeLinear"):
+        users = [u.name for u in consumers.get(dq.output[0], []) if u.name in float_nodes]
+        q = producer.get(dq.input[0])
+        if q is not None and q.op_type == "QuantizeLinear":  # an activation: x -> Q -> DQ
+            source = q.input[0]
+            made_by = producer.get(source)
+            names = users + ([made_by.name] if made_by is not None and made_by.name in float_nodes else [])
+            units.append((source, dq.output[0], names))
+        elif users:  # a weight: find the float initializer the first user read in that slot
+            user = float_nodes[users[0]]
+            quser = next(u for u in consumers[dq.output[0]] if u.name == users[0])
+            slot = list(quser.input).index(dq.output[0])
+            if slot < len(user.input) and user.input[slot] in float_weights:
+                units.append((user.input[slot], dq.output[0], users))
+    if not units:
+        return []
+    have = {o.name for o in qmodel.graph.output}
+    for _, after, _ in units:
+        if after not in have:
+            qmodel.graph.output.append(onnx.helper.make_empty_tensor_value_info(after))
+            have.add(after)
+    for before, _, _ in units:
+        if before not in have and before not in float_weights and before in producer:
+            qmodel.graph.output.append(onnx.helper.make_empty_tensor_value_info(before))
+            have.add(before)
+    session = _session(qmodel)
+    names = [o.name for o in session.get_outputs()]
+    runs = [dict(zip(names, session.run(names, f), strict=True)) for f in feeds]
+    errors: dict[int, float] = {}
+    for k, (before, after, _) in enumerate(units):
+        num = den = 0.0
+        for f, run in zip(feeds, runs, strict=True):
+            ref = float_weights.get(before, run.get(before, f.get(before)))
+            if ref is None or after not in run:
+                break
+            got = np.asarray(run[after], dtype=np.float64)
+            want = np.asarray(ref, dtype=np.float64)
+            if got.size != want.size:
+                break
+            num += float(np.sum((got.reshape(-1) - want.reshape(-1)) ** 2))
+            den += float(np.sum(want**2))
+        errors[k] = float(np.sqrt(num / den)) if den else 0.0
+    order = sorted(errors, key=lambda k: -errors[k])
+    return [units[k][2] for k in order if units[k][2]]
+
+
 def _pre_process(model_in: Path, prepared: Path) -> None:
     """ONNX Runtime's pre-processing for quantization: shape inference and graph clean-up."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -201,11 +440,20 @@ def _pre_process(model_in: Path, prepared: Path) -> None:
         quant_pre_process(str(model_in), str(prepared), skip_symbolic_shape=True)
 
 
-def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples: list[dict[str, np.ndarray]]) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples: list[Feed], exclude: list[str]) -> None:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     if options.mode == "dynamic":
-        quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=options.per_channel)
+        quantize_dynamic(
+            str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=options.per_channel, nodes_to_exclude=exclude
+        )
         return
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
@@ -223,4 +471,6 @@ def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples:
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=options.per_channel,
+        calibrate_method=getattr(CalibrationMethod, options.method),
+        nodes_to_exclude=exclude,
     )

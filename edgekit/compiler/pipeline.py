@@ -21,8 +21,13 @@ class _Model(BaseModel):
 
 
 class AccuracyBudget(_Model):
+    """Without labelled samples: agreement with the source model. With labels: the top-1 drop from the source's
+    accuracy, in points; with expected outputs: the rise of the mean error over the source's (relative)."""
+
     max_abs_error: float = Field(1e-3, alias="maxAbsError", ge=0)
     min_top1_agreement: float = Field(0.99, alias="minTop1Agreement", ge=0, le=1)
+    max_accuracy_drop: float = Field(1.0, alias="maxAccuracyDrop", ge=0, le=100)
+    max_error_increase: float = Field(0.01, alias="maxErrorIncrease", ge=0)
 
 
 class CandidateSpec(_Model):
@@ -36,7 +41,10 @@ class CandidateSpec(_Model):
 
 
 class MeasureSpec(_Model):
-    samples: int = Field(8, ge=1, le=10_000)
+    samples: int = Field(8, ge=1, le=10_000, description="synthesized inputs when the user gives no samples")
+    calibration: int = Field(
+        64, ge=1, alias="calibrationSamples", description="the most user samples set aside for int8 calibration (≤ half)"
+    )
     warmup: int = Field(3, ge=0)
     repeat: int = Field(30, ge=1)
     seed: int = 0

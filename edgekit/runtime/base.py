@@ -36,7 +36,8 @@ class Runner(ABC):
         except InferenceError:
             raise
         except Exception as exc:  # backend-specific runtime failures
-            raise InferenceError(f"{self.backend} failed running {self.entry.name}: {exc}") from exc
+            flat = " ".join(str(exc).split())  # one line: ORT and TVM put the cause on several
+            raise InferenceError(f"{self.backend} failed running {self.entry.name}: {flat[:600]}") from exc
 
     def _check(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         if isinstance(inputs, np.ndarray):

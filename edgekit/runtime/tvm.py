@@ -56,10 +56,11 @@ def _load_runtime() -> None:
 
 
 def _aligned_copy(arr: np.ndarray) -> np.ndarray:
+    shape = np.shape(arr)  # ascontiguousarray makes a 0-d array 1-d, and TVM checks the rank
     arr = np.ascontiguousarray(arr)
     buf = np.empty(arr.nbytes + _ALIGN, dtype=np.uint8)
     offset = (-buf.ctypes.data) % _ALIGN
-    out = buf[offset : offset + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out = buf[offset : offset + arr.nbytes].view(arr.dtype).reshape(shape)
     out[...] = arr
     return out
 

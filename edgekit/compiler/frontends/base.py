@@ -54,6 +54,7 @@ class SourceModel:
     inputs: list[TensorSpec]
     reference: Reference | None = None
     reference_name: str = "onnxruntime (no graph optimisation) on the source ONNX"
+    module: object | None = None  # the eager torch.nn.Module a factory gave (for torch-pruning), else None
 
     @property
     def opset(self) -> int:

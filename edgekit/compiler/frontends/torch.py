@@ -21,7 +21,7 @@ from edgekit.deps import require
 from edgekit.digests import file_sha256
 from edgekit.errors import InputShapeError, ModelConversionError, ModelLoadError, last_line
 
-__all__ = ["OPSET", "load_torch"]
+__all__ = ["OPSET", "export_module", "load_torch"]
 
 OPSET = 17
 
@@ -122,27 +122,7 @@ def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | No
             f"'{spec}': forward() fails on inputs of shapes {list(input_shapes.values())}: {msg} "
             f"(check --input-shape: one shape per forward() argument, in order; got {names})"
         ) from exc
-    output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
-    buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                module,
-                example,
-                buf,
-                input_names=names,
-                output_names=output_names,
-                opset_version=OPSET,
-                dynamo=False,
-                do_constant_folding=True,
-            )
-    except Exception as exc:  # torch raises many unrelated types here
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "forward()" in msg or "positional argument" in msg:
-            msg += f" (check that --input-shape gives one shape per forward() argument; got {names})"
-        raise ModelConversionError(f"'{spec}': torch.onnx.export failed: {msg}") from exc
-    data = buf.getvalue()
+    data = export_module(module, example, names, n_out, spec)
     model = onnx.load_from_string(data)
     if not sha:
         sha = hashlib.sha256(data).hexdigest()
@@ -165,4 +145,32 @@ def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | No
 
     source.reference = reference
     source.reference_name = f"torch {torch.__version__.split('+')[0]} eager"
+    if not isinstance(module, torch.jit.ScriptModule):
+        source.module = module  # an eager module: pruning can use torch-pruning on it
     return source
+
+
+def export_module(module: Any, example: tuple[Any, ...], names: list[str], n_out: int, spec: str) -> bytes:
+    """``module`` exported to ONNX (opset 17, TorchScript exporter) as bytes; ModelConversionError when it can't be."""
+    torch = require("torch", "compiling a PyTorch model")
+    output_names = ["output"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module,
+                example,
+                buf,
+                input_names=names,
+                output_names=output_names,
+                opset_version=OPSET,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+    except Exception as exc:  # torch raises many unrelated types here
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "forward()" in msg or "positional argument" in msg:
+            msg += f" (check that --input-shape gives one shape per forward() argument; got {names})"
+        raise ModelConversionError(f"'{spec}': torch.onnx.export failed: {msg}") from exc
+    return buf.getvalue()

@@ -5,12 +5,14 @@ check → (load the model) → prepare → build → measure → select → writ
 
 from __future__ import annotations
 
-from edgekit.compiler.phases.build import Build, Prepared, build, prepare
+from edgekit.compiler.phases.build import Build, Prepared, build, prepare, screen
 from edgekit.compiler.phases.check import Plan, PlannedCandidate, check
+from edgekit.compiler.phases.guard import stage
 from edgekit.compiler.phases.measure import Measured, measure
 from edgekit.compiler.phases.outcomes import Outcomes
 from edgekit.compiler.phases.reference import Reference, reference_outputs
 from edgekit.compiler.phases.select import Choice, budget_problems, select
+from edgekit.compiler.phases.split import split_samples
 from edgekit.compiler.phases.write import write
 
 __all__ = [
@@ -28,6 +30,9 @@ __all__ = [
     "measure",
     "prepare",
     "reference_outputs",
+    "screen",
     "select",
+    "split_samples",
+    "stage",
     "write",
 ]

@@ -7,16 +7,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from edgekit.compiler.backends import Built
 from edgekit.compiler.frontends import SourceModel
-from edgekit.compiler.passes import apply_passes
+from edgekit.compiler.model_stats import model_stats
+from edgekit.compiler.passes import PassContext, apply_passes
 from edgekit.compiler.phases.check import Plan, PlannedCandidate
 from edgekit.compiler.phases.outcomes import Outcomes
-from edgekit.errors import CompilationError, EdgekitError, MissingDependencyError, UnsupportedOperatorError
+from edgekit.compiler.phases.reference import Reference
+from edgekit.errors import (
+    CompilationError,
+    ConfigError,
+    EdgekitError,
+    InferenceError,
+    MissingDependencyError,
+    UnsupportedOperatorError,
+)
 from edgekit.profiles import DeviceProfile
 from edgekit.progress import Progress
 
-__all__ = ["Build", "Prepared", "build", "prepare"]
+__all__ = ["Build", "Prepared", "build", "prepare", "screen"]
 
 
 @dataclass(frozen=True)
@@ -39,31 +50,94 @@ class Build:
     size: int
 
 
-def prepare(plan: Plan, source: SourceModel, work: Path, outcomes: Outcomes, say: Progress) -> list[Prepared]:
-    """The candidates that can take this model at all (fast, before any compiling)."""
-    ready = [p for c in plan.candidates if (p := _prepare_one(c, source, plan.profile, work, outcomes, say))]
+def screen(plan: Plan, source: SourceModel, outcomes: Outcomes, say: Progress) -> list[PlannedCandidate]:
+    """The candidates whose backend can import the source model's ops (fast: before the reference runs)."""
+    ready = []
+    for candidate in plan.candidates:
+        try:
+            say(f"{candidate.name}: checking operators for {candidate.backend.name}")
+            bad = candidate.backend.unsupported_ops(source, plan.profile)
+            if bad:
+                raise UnsupportedOperatorError(candidate.backend.name, bad)
+            ready.append(candidate)
+        except (UnsupportedOperatorError, MissingDependencyError) as exc:
+            outcomes.skipped(candidate, exc)
+        except EdgekitError as exc:
+            outcomes.failed(candidate, exc, "prepare")
+        except Exception as exc:  # a backend's support check raised something of its own
+            outcomes.crashed(candidate, exc, "prepare")
+    if not ready:
+        raise outcomes.nothing_prepared()
+    return ready
+
+
+def prepare(
+    plan: Plan,
+    source: SourceModel,
+    work: Path,
+    outcomes: Outcomes,
+    say: Progress,
+    reference: Reference | None = None,
+    calibration: list[dict[str, np.ndarray]] | None = None,
+    screened: list[PlannedCandidate] | None = None,
+) -> list[Prepared]:
+    """The candidates that can take this model at all (fast, before any compiling): each one's passes applied
+    (int8 calibrating on ``calibration``, checked against ``reference``'s evaluation samples). Candidates
+    ``screened`` already had the source's operators checked: only a model their passes changed is checked again."""
+    candidates = plan.candidates if screened is None else screened
+    ready = [
+        p
+        for c in candidates
+        if (p := _prepare_one(c, source, plan.profile, work, outcomes, say, reference, calibration, screened))
+    ]
     if not ready:
         raise outcomes.nothing_prepared()
     return ready
 
 
 def _prepare_one(
-    candidate: PlannedCandidate, source: SourceModel, profile: DeviceProfile, work: Path, outcomes: Outcomes, say: Progress
+    candidate: PlannedCandidate,
+    source: SourceModel,
+    profile: DeviceProfile,
+    work: Path,
+    outcomes: Outcomes,
+    say: Progress,
+    reference: Reference | None,
+    calibration: list[dict[str, np.ndarray]] | None,
+    screened: list[PlannedCandidate] | None,
 ) -> Prepared | None:
     backend = candidate.backend
+    report = outcomes.report(candidate)
     try:
         model = source
         if candidate.passes:
-            model = apply_passes(source, candidate.passes, work / f"passes-{candidate.name}", say)
-        say(f"{candidate.name}: checking operators for {backend.name}")
-        bad = backend.unsupported_ops(model, profile)
-        if bad:
-            raise UnsupportedOperatorError(backend.name, bad)
+            context = PassContext(
+                calibration=calibration,
+                eval_feeds=reference.samples if reference else [],
+                eval_expected=reference.expected if reference else [],
+                truth=reference.truth if reference else None,
+                source_score=reference.source_score if reference else None,
+                budget=candidate.budget,
+            )
+            model, notes = apply_passes(source, candidate.passes, work / f"passes-{candidate.name}", say, context)
+            report.kept_float, report.pruned = notes.kept_float, notes.pruned
+            report.flops, report.params = model_stats(notes.counted or model.model)
+        if model is not source or screened is None:
+            say(f"{candidate.name}: checking operators for {backend.name}")
+            bad = backend.unsupported_ops(model, profile)
+            if bad:
+                raise UnsupportedOperatorError(backend.name, bad)
         return Prepared(candidate, model)
     except (UnsupportedOperatorError, MissingDependencyError) as exc:
         outcomes.skipped(candidate, exc)
-    except CompilationError as exc:  # a pass that failed: this candidate fails, the others go on
+    except (CompilationError, InferenceError) as exc:  # a pass that failed: this candidate fails, the others go on
         outcomes.failed(candidate, exc, "prepare")
+    except ConfigError:
+        raise  # the user's option (a pruning ratio that leaves no channels): no candidate would do better
+    except EdgekitError as exc:
+        outcomes.failed(candidate, exc, "prepare")
+    except Exception as exc:  # a backend's support check or a pass raised something of its own
+        outcomes.crashed(candidate, exc, "prepare")
     return None
 
 
@@ -91,6 +165,6 @@ def _build_one(prepared: Prepared, profile: DeviceProfile, work: Path, outcomes:
         return Build(candidate, built, folder, entry, on, size)
     except EdgekitError as exc:
         outcomes.failed(candidate, exc, "build")
-    except (ValueError, RuntimeError) as exc:
+    except Exception as exc:  # whatever a backend raises (TVM's errors, ORT's Fail): the others go on
         outcomes.crashed(candidate, exc, "build")
     return None

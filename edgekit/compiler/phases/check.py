@@ -14,8 +14,9 @@ from edgekit.compiler.artifact import check_writable
 from edgekit.compiler.backends import Backend, BackendOptions, get_backend
 from edgekit.compiler.cache import cache_key
 from edgekit.compiler.frontends import SourceModel, source_format
-from edgekit.compiler.passes import PassStep, file_inputs, parse_passes
+from edgekit.compiler.passes import PassStep, calibrates_from_samples, file_inputs, parse_passes
 from edgekit.compiler.pipeline import AccuracyBudget, CandidateSpec, Pipeline, load_pipeline
+from edgekit.compiler.samples import LABELS, Samples, SamplesSource, load_samples
 from edgekit.errors import ConfigError
 from edgekit.profiles import DeviceProfile, load_profile
 
@@ -49,6 +50,12 @@ class Plan:
     out: Path
     name: str | None
     key_parts: dict[str, Any]  # what the cache key hashes, but the source model
+    samples: Samples | None = None
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether a candidate calibrates on the user's samples (a part of them is then kept apart)."""
+        return any(calibrates_from_samples(c.passes) for c in self.candidates)
 
     def cache_key(self, source: str) -> str:
         """The artifact cache key for a source model whose fingerprint is ``source``."""
@@ -68,6 +75,7 @@ def check(
     input_shapes: dict[str, list[int]] | None,
     name: str | None,
     tune: int | None,
+    samples: SamplesSource | None = None,
 ) -> Plan:
     """The plan of a compile, or the first problem found (ConfigError, OutputError, ModelLoadError)."""
     profile = load_profile(target)
@@ -81,8 +89,45 @@ def check(
     out = Path(output_dir)
     check_writable(out)
     fmt = source_format(model)
+    given = load_samples(samples) if samples is not None else None
+    if given is not None:
+        shapes = {**_sample_shapes(model, fmt, given, shapes), **shapes}
     parts = _key_parts(shapes, profile, pipe, name, candidates)
-    return Plan(model, fmt, profile, pipe, candidates, shapes, out, name, parts)
+    if given is not None:
+        parts["samples"] = given.fingerprint()
+    return Plan(model, fmt, profile, pipe, candidates, shapes, out, name, parts, given)
+
+
+def _sample_shapes(model: str | Path, fmt: str, samples: Samples, fixed: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Input shapes the samples give (they fix dynamic dimensions): for ONNX files, of the inputs with dynamic ones."""
+    ranks: dict[str, int | None]
+    if fmt == "onnx":
+        ranks = _onnx_ranks(Path(model))
+    elif fmt == "sklearn":
+        ranks = {"input": 2}
+    else:  # torch: the inputs are the arrays that are neither labels nor outputs, each stacked on a new axis
+        ranks = {n: len(fixed[n]) if n in fixed else None for n in samples.names if n != LABELS and not n.startswith("output")}
+    return samples.shapes(ranks, fixed)
+
+
+def _onnx_ranks(path: Path) -> dict[str, int | None]:
+    import onnx
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:  # the frontend names what is wrong with the file
+        return {}
+    inits = {i.name for i in m.graph.initializer}
+    ranks: dict[str, int | None] = {}
+    for i in m.graph.input:
+        t = i.type.tensor_type
+        if i.name in inits:
+            continue
+        if not t.HasField("shape"):
+            ranks[i.name] = None
+        elif any(not (d.HasField("dim_value") and d.dim_value > 0) for d in t.shape.dim):
+            ranks[i.name] = len(t.shape.dim)  # only dynamic inputs take their shape from the samples
+    return ranks
 
 
 def _candidate(index: int, spec: CandidateSpec, pipe: Pipeline, profile: DeviceProfile) -> PlannedCandidate:

@@ -71,10 +71,16 @@ def _agree(build: Build, reference: Reference, outcomes: Outcomes, say: Progress
     try:
         say(f"{candidate.name}: checking agreement with the source model")
         runner = runner_for(candidate.backend.name, build.entry, reference.inputs, reference.outputs)
-        accuracy = agreement(runner.predict, reference.samples, reference.expected, reference.name)
+        outputs = [runner.predict(feed) for feed in reference.samples]
+        accuracy = agreement(outputs, reference.expected, reference.name)
+        accuracy.inputs = "synthesized" if reference.synthesized else "samples"
+        if reference.truth is not None and reference.source_score is not None:
+            score = reference.truth.score(outputs)
+            accuracy.top1_accuracy, accuracy.source_top1_accuracy = score.top1, reference.source_score.top1
+            accuracy.expected_error, accuracy.source_expected_error = score.error, reference.source_score.error
         return _Agreed(build, runner, accuracy)
     except EdgekitError as exc:
         outcomes.failed(candidate, exc, "measure")
-    except (ValueError, RuntimeError) as exc:
+    except Exception as exc:  # whatever a backend's runtime raises (ORT's Fail is no RuntimeError)
         outcomes.crashed(candidate, exc, "measure")
     return None

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from edgekit.compiler.phases.check import PlannedCandidate
-from edgekit.errors import CompilationError, EdgekitError, MissingDependencyError, UnsupportedOperatorError
+from edgekit.errors import CompilationError, EdgekitError, MissingDependencyError, UnsupportedOperatorError, last_line
 from edgekit.manifest import CandidateReport
 from edgekit.progress import Progress
 
@@ -54,9 +54,13 @@ class Outcomes:
         report.reason = str(error)
         self._say(f"{candidate.name}: failed ({error})")
 
-    def crashed(self, candidate: PlannedCandidate, cause: ValueError | RuntimeError, phase: Phase) -> None:
+    def crashed(self, candidate: PlannedCandidate, cause: Exception, phase: Phase) -> None:
         """A backend or runner raised something other than an edgekit error: the candidate fails with a CompilationError."""
-        error = CompilationError(f"candidate '{candidate.name}' ({candidate.spec.backend}) could not be measured: {cause}")
+        doing = "built" if phase == "build" else ("prepared" if phase == "prepare" else "measured")
+        error = CompilationError(
+            f"candidate '{candidate.name}' ({candidate.spec.backend}) could not be {doing}: {type(cause).__name__}: "
+            f"{last_line(cause, 300)}; try another backend (--backend) or pipeline"
+        )
         if self._only_one:
             raise error from cause
         self.failed(candidate, error, phase)

@@ -1,4 +1,10 @@
-"""What every candidate must reproduce: sample inputs and the source model's own outputs on them."""
+"""What every candidate must reproduce: sample inputs and the source model's own outputs on them.
+
+The inputs are the user's evaluation samples, or inputs synthesized by role (:mod:`edgekit.compiler.synthetic`).
+The source runs in its own framework (torch eager, scikit-learn), else in ONNX Runtime without graph
+optimisation, else — when ONNX Runtime can't load or run it — in ONNX's reference implementation
+(``onnx.reference``), so the candidates can still be checked.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +13,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.compiler.evaluation import Score, Truth, truth_for
 from edgekit.compiler.frontends import SourceModel
-from edgekit.compiler.measure import sample_inputs
 from edgekit.compiler.pipeline import MeasureSpec
-from edgekit.errors import CompilationError
+from edgekit.compiler.samples import SampleSet
+from edgekit.compiler.synthetic import input_roles, synthesize
+from edgekit.errors import CompilationError, EdgekitError, SamplesError, last_line
 from edgekit.manifest import TensorSpec
 
 __all__ = ["Reference", "reference_outputs"]
 
 Feed = dict[str, np.ndarray]
+Predict = Callable[[Feed], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
 class Reference:
     """Samples and the outputs the source model gives for them (``name`` says what ran it).
 
-    The samples are random inputs of the model's shapes; real samples (and labels to score
-    against) would enter here.
+    ``truth`` (labels or expected outputs) comes with the user's samples; ``source_score`` is the
+    source model's score against it, which every candidate's stands beside.
     """
 
     inputs: list[TensorSpec]
@@ -31,38 +40,88 @@ class Reference:
     samples: list[Feed]
     expected: list[list[np.ndarray]]
     name: str
+    synthesized: bool = True
+    truth: Truth | None = None
+    source_score: Score | None = None
 
 
-def reference_outputs(source: SourceModel, spec: MeasureSpec) -> Reference:
-    predict, output_names = _predictor(source)
-    samples = sample_inputs(source.inputs, spec.samples, spec.seed)
-    expected = [predict(s) for s in samples]
+def reference_outputs(source: SourceModel, spec: MeasureSpec, samples: SampleSet | None = None, where: str = "") -> Reference:
+    """The reference on ``samples`` (the evaluation part of the user's), or on inputs synthesized by role."""
+    names = [o.name for o in source.model.graph.output]
+    feeds = samples.feeds if samples is not None else synthesize(source.model, source.inputs, spec.samples, spec.seed)
+    expected, ran_by = _run_source(source, feeds, samples is None, where)
     outputs = [
         TensorSpec(name=n, shape=list(np.asarray(o).shape), dtype=str(np.asarray(o).dtype))
-        for n, o in zip(output_names, expected[0], strict=True)
+        for n, o in zip(names, expected[0], strict=True)
     ]
-    return Reference(inputs=source.inputs, outputs=outputs, samples=samples, expected=expected, name=source.reference_name)
+    truth = truth_for(samples, names, expected[0], where) if samples is not None else None
+    score = truth.score(expected) if truth is not None else None
+    return Reference(source.inputs, outputs, feeds, expected, ran_by, samples is None, truth, score)
 
 
-def _predictor(source: SourceModel) -> tuple[Callable[[Feed], list[np.ndarray]], list[str]]:
-    """The source model's predictor (its framework's, else ONNX Runtime's unoptimised run) and the ONNX output names."""
+def _run_source(source: SourceModel, feeds: list[Feed], synthesized: bool, where: str) -> tuple[list[list[np.ndarray]], str]:
+    """The source's outputs on every feed, and what ran it; one edgekit error when nothing can."""
+    attempts: list[tuple[str, Callable[[], Predict]]] = []
+    if source.reference is not None:
+        framework = source.reference
+        attempts.append((source.reference_name, lambda: framework))
+    else:
+        attempts.append((source.reference_name, lambda: _ort_predictor(source)))
+        attempts.append(("onnx.reference (ONNX's reference implementation) on the source ONNX", lambda: _onnx_reference(source)))
+    first: Exception | None = None
+    for name, make in attempts:
+        try:
+            predict = make()
+            outs = [[np.asarray(o) for o in predict(f)] for f in feeds]
+        except Exception as exc:  # ORT Fail/InvalidArgument, numpy errors in onnx.reference, the framework's own
+            first = first or exc
+            continue
+        if first is not None:
+            name += f" (ONNX Runtime can't run it: {last_line(first, 160)})"
+        return outs, name
+    assert first is not None
+    cause = last_line(first, 240)
+    if isinstance(first, EdgekitError) and not synthesized:
+        raise first
+    if synthesized:
+        raise SamplesError(f"'{source.path}': {_who(source)}: {cause}; pass real inputs with --samples (samples=)") from first
+    raise CompilationError(
+        f"'{source.path}': the source model fails on the samples {where} ({cause}), so there is no reference to check "
+        "candidates against; check the samples' values"
+    ) from first
+
+
+def _who(source: SourceModel) -> str:
+    """Which inputs the synthesized values may not suit: those with a role in the graph, else the non-float ones."""
+    roles = input_roles(source.model)
+    if roles:
+        named = ", ".join(f"'{n}' (feeds {r.op} '{r.node}')" for n, r in roles.items())
+        return f"the source model can't run on synthesized values for input(s) {named}"
+    odd = [s.name for s in source.inputs if np.dtype(s.dtype).kind != "f"] or [s.name for s in source.inputs]
+    return f"the source model can't run on synthesized values for input(s) {', '.join(repr(n) for n in odd)}"
+
+
+def _ort_predictor(source: SourceModel) -> Predict:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(source.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise CompilationError(
-            f"'{source.path}': ONNX Runtime cannot run the source model, so there is no reference to check "
-            f"candidates against: {str(exc).splitlines()[0]}"
-        ) from exc
+    session = ort.InferenceSession(str(source.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    if source.reference is not None:
-        return source.reference, names
 
     def run(feeds: Feed) -> list[np.ndarray]:
         return [np.asarray(o) for o in session.run(names, feeds)]
 
-    return run, names
+    return run
+
+
+def _onnx_reference(source: SourceModel) -> Predict:
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(source.model)
+
+    def run(feeds: Feed) -> list[np.ndarray]:
+        return [np.asarray(o) for o in evaluator.run(None, feeds)]
+
+    return run

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgekit.compiler.evaluation import budget_problems
 from edgekit.compiler.phases.measure import Measured
 from edgekit.compiler.phases.outcomes import Outcomes
 from edgekit.compiler.pipeline import AccuracyBudget, Pipeline
 from edgekit.errors import AccuracyError
-from edgekit.manifest import Accuracy
 from edgekit.progress import Progress
 
 __all__ = ["Choice", "budget_problems", "select"]
@@ -18,16 +18,6 @@ __all__ = ["Choice", "budget_problems", "select"]
 class Choice:
     best: Measured
     budget: AccuracyBudget  # the one it met: its own, or the pipeline's
-
-
-def budget_problems(accuracy: Accuracy, budget: AccuracyBudget) -> list[str]:
-    """Why ``accuracy`` is outside ``budget``; empty when it is within."""
-    problems = []
-    if accuracy.max_abs_error > budget.max_abs_error:
-        problems.append(f"max abs error {accuracy.max_abs_error:.3g} > {budget.max_abs_error:.3g}")
-    if accuracy.top1_agreement is not None and accuracy.top1_agreement < budget.min_top1_agreement:
-        problems.append(f"top-1 agreement {accuracy.top1_agreement:.3f} < {budget.min_top1_agreement:.3f}")
-    return problems
 
 
 def select(measured: list[Measured], pipe: Pipeline, outcomes: Outcomes, say: Progress) -> Choice:
@@ -43,7 +33,7 @@ def select(measured: list[Measured], pipe: Pipeline, outcomes: Outcomes, say: Pr
         detail = "; ".join(f"{m.candidate.name}: {outcomes.report(m.candidate).reason}" for m in measured)
         raise AccuracyError(
             f"no candidate met the accuracy budget of pipeline '{pipe.name}' ({detail}); "
-            f"loosen 'accuracy' in the pipeline file or pick a more exact backend"
+            f"loosen 'accuracy' in the pipeline file (maxAccuracyDrop with labelled samples) or pick a more exact backend"
         )
 
     def rank(m: Measured) -> tuple[float, ...]:

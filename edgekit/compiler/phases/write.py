@@ -12,11 +12,12 @@ import numpy as np
 from edgekit._version import __version__
 from edgekit.compiler.artifact import install_dir, make_archive
 from edgekit.compiler.frontends import SourceModel
+from edgekit.compiler.model_stats import model_stats
 from edgekit.compiler.phases.check import Plan
 from edgekit.compiler.phases.outcomes import Outcomes
 from edgekit.compiler.phases.reference import Reference
 from edgekit.compiler.phases.select import Choice
-from edgekit.manifest import BackendInfo, Manifest, ProfileInfo, SelfTest, SourceInfo, artifact_digests
+from edgekit.manifest import BackendInfo, Manifest, ProfileInfo, SamplesInfo, SelfTest, SourceInfo, artifact_digests
 
 __all__ = ["SELFTEST_FILE", "write", "write_selftest"]
 
@@ -41,7 +42,7 @@ def write(
     for f in build.built.files:
         (staged / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(build.folder / f, staged / f)
-    selftest = write_selftest(staged, reference, choice.budget.max_abs_error)
+    selftest = write_selftest(staged, reference, _selftest_tolerance(choice))
     manifest = _manifest(choice, plan, source, reference, outcomes, staged, key, selftest)
     manifest.compile_seconds = round(time.perf_counter() - started, 3)
     manifest.digests = artifact_digests(staged)
@@ -49,6 +50,28 @@ def write(
     final = plan.out / manifest.name
     install_dir(staged, final)
     return final, make_archive(final), manifest
+
+
+def _selftest_tolerance(choice: Choice) -> float:
+    """The budget's max abs error; twice what was measured when the gate was accuracy on labelled samples (an int8
+    candidate may differ from the float source by more, and still be the right one)."""
+    accuracy = choice.best.measurement.accuracy
+    measured = accuracy.max_abs_error if np.isfinite(accuracy.max_abs_error) else 0.0
+    by_accuracy = accuracy.top1_accuracy is not None or accuracy.expected_error is not None
+    return max(choice.budget.max_abs_error, 2 * measured) if by_accuracy else choice.budget.max_abs_error
+
+
+def _samples_info(plan: Plan, reference: Reference) -> SamplesInfo | None:
+    if plan.samples is None or reference.synthesized:
+        return None
+    evaluation = len(reference.samples)
+    total = len(plan.samples.listed) if plan.samples.listed is not None else evaluation
+    if plan.samples.stacked is not None:
+        total = max(
+            evaluation, next((len(a) for n, a in plan.samples.stacked.items() if n in {i.name for i in reference.inputs}), 0)
+        )
+    truth = reference.truth.kind if reference.truth is not None else None
+    return SamplesInfo(source=plan.samples.where, total=total, calibration=total - evaluation, evaluation=evaluation, truth=truth)
 
 
 def _manifest(
@@ -63,6 +86,10 @@ def _manifest(
 ) -> Manifest:
     build, profile, pipe = choice.best.build, plan.profile, plan.pipeline
     spec = build.candidate.spec
+    flops, params = model_stats(source.model)
+    for report in outcomes.reports:
+        if report.flops is None and not report.passes:
+            report.flops, report.params = flops, params
     return Manifest(
         name=plan.artifact_name(source),
         edgekit_version=__version__,
@@ -75,6 +102,8 @@ def _manifest(
             size_bytes=source.size_bytes,
             framework=source.framework,
             opset=source.opset,
+            flops=flops,
+            params=params,
         ),
         profile=ProfileInfo(
             name=profile.name,
@@ -102,6 +131,7 @@ def _manifest(
         compile_seconds=0.0,
         measured=choice.best.measurement,
         selftest=selftest,
+        samples=_samples_info(plan, reference),
         candidates=outcomes.reports,
     )
 

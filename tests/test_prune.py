@@ -1,0 +1,174 @@
+"""Structured pruning: whole channels removed from ONNX graphs (rewritten directly) and PyTorch modules (torch-pruning),
+gated by the accuracy budget; FLOPs and parameters before/after in the manifest. Tiny models generated here."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_passes import make_cnn
+
+import edgekit
+from edgekit.compiler.pipeline import Pipeline
+from edgekit.compiler.prune import channel_groups, prune_model
+from edgekit.errors import ConfigError
+
+LOOSE = {"maxAbsError": 100.0, "minTop1Agreement": 0.0, "maxAccuracyDrop": 100.0}
+
+
+def _pipeline(*candidates: dict[str, object]) -> Pipeline:
+    return Pipeline.model_validate(
+        {"name": "prune-test", "candidates": list(candidates), "measure": {"samples": 4, "warmup": 1, "repeat": 3}}
+    )
+
+
+def _pruned(ratio: float = 0.5, **options: object) -> dict[str, object]:
+    return {"name": "pruned", "backend": "onnxruntime", "passes": [{"prune": {"ratio": ratio, **options}}], "accuracy": LOOSE}
+
+
+def _mobile_block() -> onnx.ModelProto:
+    """Expand 1x1 (8→24) + ReLU6, depthwise 3x3 + ReLU6, project 1x1 (24→8) + residual Add: the expanded
+    channels (through the depthwise conv) are prunable, the residual ones are not."""
+    rng = np.random.default_rng(0)
+
+    def init(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    lo, hi = numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi")
+    nodes = [
+        helper.make_node("Conv", ["x", "we", "be"], ["e"], name="expand"),
+        helper.make_node("Clip", ["e", "lo", "hi"], ["e6"], name="relu6_a"),
+        helper.make_node("Conv", ["e6", "wd", "bd"], ["d"], group=24, pads=[1, 1, 1, 1], name="depthwise"),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["d6"], name="relu6_b"),
+        helper.make_node("Conv", ["d6", "wp", "bp"], ["p"], name="project"),
+        helper.make_node("Add", ["x", "p"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [
+            init("we", 24, 8, 1, 1),
+            init("be", 24),
+            init("wd", 24, 1, 3, 3),
+            init("bd", 24),
+            init("wp", 8, 24, 1, 1),
+            init("bp", 8),
+            lo,
+            hi,
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def test_channel_groups_follow_depthwise_convs_and_stop_at_residual_adds() -> None:
+    groups = {g.producer: g for g in channel_groups(_mobile_block())}
+    assert set(groups) == {"expand"}  # project feeds the residual Add: its channels stay
+    cut = dict(groups["expand"].cuts)
+    assert cut == {"we": 0, "be": 0, "wd": 0, "bd": 0, "wp": 1}
+    pruned, kept = prune_model(_mobile_block(), 0.5, 1, "block")
+    assert kept == {"expand": 12}
+    weights = {i.name: list(i.dims) for i in pruned.graph.initializer}
+    assert weights["we"] == [12, 8, 1, 1] and weights["wd"] == [12, 1, 3, 3] and weights["wp"] == [8, 12, 1, 1]
+    depthwise = next(n for n in pruned.graph.node if n.name == "depthwise")
+    assert next(a.i for a in depthwise.attribute if a.name == "group") == 12
+    import onnxruntime as ort
+
+    (y,) = ort.InferenceSession(pruned.SerializeToString()).run(None, {"x": np.ones((1, 8, 8, 8), np.float32)})
+    assert y.shape == (1, 8, 8, 8)
+
+
+def test_pruning_removes_channels_and_the_pruned_model_runs_and_is_smaller(tmp_path: Path) -> None:
+    path = tmp_path / "cnn.onnx"
+    onnx.save(make_cnn(), str(path))
+    fp32 = {"name": "fp32", "backend": "onnxruntime"}
+    result = edgekit.compile(path, "x86_64", tmp_path / "build", pipeline=_pipeline(fp32, _pruned(0.5)))
+    reports = {c.name: c for c in result.manifest.candidates}
+    pruned, full = reports["pruned"], reports["fp32"]
+    assert pruned.pruned is not None and pruned.pruned["channelsKept"] == {"conv1": 8, "conv2": 8}
+    assert pruned.size_bytes is not None and full.size_bytes is not None and pruned.size_bytes < full.size_bytes * 0.6
+    src = result.manifest.source
+    assert src.flops and pruned.flops and src.params and pruned.params
+    assert pruned.flops < src.flops * 0.5 and pruned.params < src.params * 0.6  # conv2 lost 3/4 of its MACs
+    assert full.flops == src.flops
+    assert pruned.measured is not None and pruned.measured.accuracy.max_abs_error > 0  # it really changed the model
+    # the pruned candidate ships and runs when it is the one chosen
+    only = edgekit.compile(path, "x86_64", tmp_path / "only", pipeline=_pipeline(_pruned(0.5)))
+    (logits,) = edgekit.load(only.artifact_dir).predict({"x": np.ones((1, 3, 16, 16), np.float32)})
+    assert logits.shape == (1, 5)
+    conv1 = next(i for i in onnx.load(str(only.artifact_dir / "model.onnx")).graph.initializer if list(i.dims)[:2] == [8, 3])
+    assert conv1 is not None
+
+
+def test_pruning_is_gated_by_the_accuracy_budget(tmp_path: Path) -> None:
+    path = tmp_path / "cnn.onnx"
+    onnx.save(make_cnn(), str(path))
+    tight = {**_pruned(0.5), "accuracy": {"maxAbsError": 1e-3, "minTop1Agreement": 0.99}}
+    result = edgekit.compile(
+        path, "x86_64", tmp_path / "b", pipeline=_pipeline({"name": "fp32", "backend": "onnxruntime"}, tight)
+    )
+    pruned = next(c for c in result.manifest.candidates if c.name == "pruned")
+    assert pruned.status == "rejected" and pruned.reason.startswith("outside the accuracy budget")
+
+
+def test_a_ratio_that_leaves_a_layer_without_channels_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cnn.onnx"
+    onnx.save(make_cnn(), str(path))
+    with pytest.raises(ConfigError, match=r"ratio 0.97 leaves layer 'conv1' \(16 channels\) with no channels; use a lower ratio"):
+        edgekit.compile(
+            path, "x86_64", tmp_path / "b", pipeline=_pipeline({"name": "fp32", "backend": "onnxruntime"}, _pruned(0.97))
+        )
+
+
+def test_a_flops_target_picks_the_ratio(tmp_path: Path) -> None:
+    path = tmp_path / "cnn.onnx"
+    onnx.save(make_cnn(), str(path))
+    result = edgekit.compile(
+        path, "x86_64", tmp_path / "b", pipeline=_pipeline({**_pruned(), "passes": [{"prune": {"flops": 0.5}}]})
+    )
+    report = result.manifest.candidates[0]
+    assert report.flops and result.manifest.source.flops
+    assert 0.3 * result.manifest.source.flops < report.flops <= 0.5 * result.manifest.source.flops
+
+
+def test_torch_modules_are_pruned_with_torch_pruning_and_fine_tuned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"ek_prune_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{name}.py").write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            import torch
+            from torch import nn
+
+            def make_model():
+                torch.manual_seed(0)
+                return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4))
+
+            def batches():
+                rng = np.random.default_rng(0)
+                for _ in range(5):
+                    yield rng.standard_normal((8, 3, 12, 12)).astype(np.float32), rng.integers(0, 4, 8)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pruned = _pruned(0.5, fine_tune=f"{name}:batches", fine_tune_steps=5)
+    result = edgekit.compile(
+        f"{name}:make_model", "x86_64", tmp_path / "b", pipeline=_pipeline(pruned), input_shapes={"input": [1, 3, 12, 12]}
+    )
+    report = result.manifest.candidates[0]
+    assert report.pruned is not None and report.pruned["method"].startswith("torch-pruning")
+    assert "fine-tuned 5 step(s)" in report.pruned["method"]
+    assert report.pruned["channelsKept"]["0"] == 8 and report.pruned["channelsKept"]["6"] == 4  # the classifier is kept
+    assert report.flops and result.manifest.source.flops and report.flops < result.manifest.source.flops * 0.5
+    (out,) = edgekit.load(result.artifact_dir).predict({"input": np.zeros((1, 3, 12, 12), np.float32)})
+    assert out.shape == (1, 4)
