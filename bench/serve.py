@@ -141,7 +141,14 @@ def build(names: list[str], work: Path) -> list[Model]:
             case = _torch_case(name, work)
             source, x, shapes, sk = case.path, case.feed["input"], case.shapes, None
         result = edgekit.compile(
-            source, "x86_64", work / "build", pipeline="ort", input_shapes=shapes, name=name, use_cache=False
+            source,
+            "x86_64",
+            work / "build",
+            pipeline="ort",
+            input_shapes=shapes,
+            name=name,
+            use_cache=False,
+            trust_pickle=True,  # the bench's own pickle, written a moment ago
         )
         manifest = result.manifest
         models.append(

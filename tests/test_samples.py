@@ -201,7 +201,7 @@ def test_the_reference_falls_back_to_onnx_reference_when_onnx_runtime_cannot_run
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
     """scikit-learn's digits MLP with its real held-out images and labels."""
-    import joblib
+    import skops.io as sio
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
@@ -209,8 +209,8 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, 
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x.astype(np.float32), y, test_size=0.4, random_state=0)
     model = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0).fit(x_train, y_train)
-    path = tmp_path_factory.mktemp("digits") / "digits.joblib"
-    joblib.dump(model, path)
+    path = tmp_path_factory.mktemp("digits") / "digits.skops"  # skops: the MLP's Adam optimizer state needs trust_pickle
+    sio.dump(model, path)
     return path, x_test, y_test
 
 
@@ -232,8 +232,10 @@ def test_int8_rejected_on_agreement_is_accepted_on_labelled_accuracy(
 ) -> None:
     path, x, y = digits
     with pytest.raises(AccuracyError, match=r"max abs error"):  # synthesized inputs: judged by agreement only
-        edgekit.compile(path, "x86_64", tmp_path / "a", pipeline=_int8_only(TIGHT))
-    result = edgekit.compile(path, "x86_64", tmp_path / "b", pipeline=_int8_only(TIGHT), samples={"input": x, "labels": y})
+        edgekit.compile(path, "x86_64", tmp_path / "a", pipeline=_int8_only(TIGHT), trust_pickle=True)
+    result = edgekit.compile(
+        path, "x86_64", tmp_path / "b", pipeline=_int8_only(TIGHT), samples={"input": x, "labels": y}, trust_pickle=True
+    )
     accuracy = result.manifest.measured.accuracy if result.manifest.measured else None
     assert accuracy is not None and accuracy.top1_accuracy is not None and accuracy.source_top1_accuracy is not None
     assert accuracy.source_top1_accuracy > 0.9  # real digits, real labels
@@ -254,7 +256,7 @@ def test_a_ruined_int8_candidate_is_rejected_on_labelled_accuracy(
     with pytest.raises(AccuracyError, match=r"top-1 accuracy .* points lost > 1") as err:
         edgekit.compile(
             path, "x86_64", tmp_path / "b", pipeline=_int8_only(TIGHT, calibration=str(tmp_path / "calib.npz")),
-            samples={"input": x, "labels": y},
+            samples={"input": x, "labels": y}, trust_pickle=True,
         )  # fmt: skip
     assert "\n" not in str(err.value)
 
@@ -318,7 +320,9 @@ def test_no_candidate_meets_the_budget_lists_what_each_reached(
     int8 = {"name": "int8", "backend": "onnxruntime", "accuracy": budget,
             "passes": [{"quantize": {"calibration": str(tmp_path / "calib.npz"), "keep_float": "never"}}]}  # fmt: skip
     with pytest.raises(AccuracyError, match=r"int8: outside the accuracy budget: top-1 accuracy") as err:
-        edgekit.compile(path, "x86_64", tmp_path / "b", pipeline=_pipeline(int8), samples={"input": x, "labels": y})
+        edgekit.compile(
+            path, "x86_64", tmp_path / "b", pipeline=_pipeline(int8), samples={"input": x, "labels": y}, trust_pickle=True
+        )
     assert isinstance(err.value, EdgekitError) and "\n" not in str(err.value)
 
 
