@@ -326,14 +326,14 @@ def test_an_agent_restart_loses_nothing_acknowledged(device: Device) -> None:
         await eventually(lambda: bool(kinds(device.events(), "ready")), what="the component is up")
         await device.relay.cut()
         await eventually(lambda: not runner.client.connected, what="the device offline")
-        apply = asyncio.ensure_future(device.deploy("dep-2", {PROBE_NAME: merge({"Burst": "crash:40"})}))
+        apply = asyncio.ensure_future(device.deploy("dep-2", {PROBE_NAME: merge({"Burst": "crash:2000"})}))
         await eventually(lambda: len(kinds(device.events(), "acked")) >= 10, what="publishes acknowledged")
         await runner.agent.kill()  # a crash in the middle of the burst: no Shutdown, the component SIGKILLed
         apply.cancel()
         await asyncio.gather(apply, return_exceptions=True)
         await runner.stop()
         acked = [e["n"] for e in kinds(device.events(), "acked")]
-        assert acked == list(range(len(acked))) and 10 <= len(acked) < 40
+        assert acked == list(range(len(acked))) and 10 <= len(acked) < 2000  # killed mid-burst
         crashed_pid = kinds(device.events(), "started")[-1]["pid"]
 
         await device.relay.restore()
