@@ -176,9 +176,9 @@ def test_a_damaged_uplink_spool_is_quarantined_while_the_others_flow(packaged: P
 
 
 def test_a_dead_fallback_shows_as_errors_and_an_open_breaker(packaged: Path, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
+    holder = socket.socket()  # bound, never listening, held for the whole test: connections are refused, and no
+    holder.bind(("127.0.0.1", 0))  # server of the simulation can take the port meanwhile
+    dead = f"http://127.0.0.1:{holder.getsockname()[1]}"
 
     async def scenario() -> None:
         async with Simulation(fleet(2), state_dir=tmp_path / "state") as sim:
@@ -194,4 +194,7 @@ def test_a_dead_fallback_shows_as_errors_and_an_open_breaker(packaged: Path, tmp
             assert device.fallback_errors.get("breaker_open", 0) > 0 and device.breaker == "open"
             assert device.local == device.readings and device.cloud == 0  # ... and the local answers stood
 
-    run(scenario())
+    try:
+        run(scenario())
+    finally:
+        holder.close()
