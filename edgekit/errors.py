@@ -71,6 +71,7 @@ __all__ = [
     "exit_code_for",
     "first_problem",
     "last_line",
+    "one_line",
     "reject_unknown_keys",
 ]
 
@@ -238,11 +239,16 @@ def exit_code_for(error: BaseException) -> int:
     return 1
 
 
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped (``\\n``), so that a key or value from a file stays on one line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def first_problem(exc: ValidationError) -> str:
     """``field 'a.b': <message>`` for the first problem pydantic found, to put after a file name."""
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
-    return f"field '{where}': {err['msg']}"
+    return one_line(f"field '{where}': {err['msg']}")
 
 
 def last_line(exc: BaseException, limit: int | None = 400) -> str:

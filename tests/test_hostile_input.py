@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edgekit.compiler.pipeline import load_pipeline
@@ -146,6 +146,7 @@ def test_deeply_nested_payloads_are_refused(depth: int) -> None:
 
 @FUZZ
 @given(data=st.binary(max_size=1500) | json_values.map(lambda v: json.dumps(v).encode()))
+@example(data=b'{"\\n"}')  # found by Hypothesis: a key that is a newline once made a two-line message
 def test_fleet_files_profiles_specs_and_manifests_take_any_bytes(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
     folder = tmp_path_factory.mktemp("fuzz")
     (folder / "manifest.json").write_bytes(data)

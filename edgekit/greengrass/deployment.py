@@ -19,7 +19,7 @@ import semantic_version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from edgekit.errors import DeploymentError
+from edgekit.errors import DeploymentError, one_line
 from edgekit.greengrass.aws import AwsSession, aws_errors, has_credentials, partition_for_region
 from edgekit.mqtt.payloads import check_json_pointers
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_json, loads_yaml
@@ -273,7 +273,7 @@ def _describe(exc: ValidationError) -> str:
         message = err["msg"].removeprefix("Value error, ")
         shown = "" if err["type"] in ("missing", "value_error", "extra_forbidden") else f" (got {err['input']!r})"
         parts.append(f"{where}: {message}{shown}")
-    return "; ".join(parts)
+    return one_line("; ".join(parts))
 
 
 def load_spec(path: str | Path) -> DeploymentSpec:
