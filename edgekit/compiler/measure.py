@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from edgekit.manifest import Accuracy, Latency, TensorSpec
+from edgekit.runtime.inputs import random_feed
 
 __all__ = ["agreement", "host_description", "interleaved_latency", "sample_inputs"]
 
@@ -21,19 +22,7 @@ def sample_inputs(specs: Sequence[TensorSpec], count: int, seed: int) -> list[di
     Knows only the specs; :func:`edgekit.compiler.synthetic.synthesize` also reads the graph for each input's role.
     """
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(count):
-        feed = {}
-        for s in specs:
-            dt = np.dtype(s.dtype)
-            if dt.kind == "f":
-                feed[s.name] = rng.standard_normal(s.shape).astype(dt)
-            elif dt.kind == "b":
-                feed[s.name] = rng.integers(0, 2, s.shape).astype(dt)
-            else:
-                feed[s.name] = rng.integers(0, 10, s.shape).astype(dt)
-        out.append(feed)
-    return out
+    return [random_feed(specs, rng) for _ in range(count)]
 
 
 def agreement(

@@ -18,12 +18,11 @@ import numpy as np
 from edgekit.errors import InferenceError
 from edgekit.manifest import TensorSpec
 
-__all__ = ["Timing", "random_inputs", "read_inputs", "time_runs"]
+__all__ = ["Timing", "random_feed", "random_inputs", "read_inputs", "time_runs"]
 
 
-def random_inputs(inputs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of the specs' shapes: standard normal floats, small non-negative integers, booleans."""
-    rng = np.random.default_rng(seed)
+def random_feed(inputs: Sequence[TensorSpec], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One feed drawn from ``rng``: standard normal floats, small non-negative integers, booleans."""
     feeds = {}
     for s in inputs:
         dt = np.dtype(s.dtype)
@@ -34,6 +33,11 @@ def random_inputs(inputs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.n
         else:
             feeds[s.name] = rng.integers(0, 10, s.shape).astype(dt)
     return feeds
+
+
+def random_inputs(inputs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of the specs' shapes (:func:`random_feed` from a generator seeded with ``seed``)."""
+    return random_feed(inputs, np.random.default_rng(seed))
 
 
 def read_inputs(specs: Sequence[str], inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
