@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-fast bench bench-fleet bench-edge bench-page bench-serve bench-runtime lint system-deps clean
+.PHONY: demo test test-fast bench bench-fleet bench-edge bench-page bench-serve bench-runtime lint hooks system-deps clean
 
 system-deps:
 	@scripts/system-deps
@@ -23,9 +23,14 @@ test: system-deps $(VENV)/.installed lint
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m 'not slow'
 
+# what the pre-commit hooks run (.pre-commit-config.yaml), on the whole tree
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check edgekit tests bench
-	$(VENV)/bin/mypy edgekit
+	$(VENV)/bin/ruff format --check edgekit tests bench
+	$(VENV)/bin/mypy edgekit tests
+
+hooks: $(VENV)/.installed
+	$(VENV)/bin/pre-commit install
 
 bench: system-deps $(VENV)/.installed
 	$(PY) -m bench.compile
