@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import InferServer, make_mlp
+from helpers import requires
 
 import edgekit
 from edgekit.clock import FakeClock
@@ -33,8 +33,8 @@ from edgekit.edge import (
     SpoolPublisher,
     confidence_of,
 )
-from edgekit.errors import InferenceError, ToolchainError, exit_code_for
-from edgekit.mqtt.broker import MosquittoBroker, find_mosquitto
+from edgekit.errors import InferenceError, exit_code_for
+from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import Backoff, connect
 from edgekit.mqtt.errors import MqttTimeoutError
 
@@ -280,16 +280,7 @@ def test_a_reading_nobody_answers_is_spooled_not_dropped(tmp_path: Path, cloud: 
 
 # --------------------------------------------------------------------------- the spool over a real broker
 
-try:
-    find_mosquitto()
-    HAVE_MOSQUITTO = True
-except ToolchainError:
-    HAVE_MOSQUITTO = False
-    if os.environ.get("CI"):  # CI installs mosquitto: there it must fail, not skip
-        raise
-
-
-@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed (apt-get install -y mosquitto)")
+@requires("mosquitto")
 def test_spool_drains_in_order_after_the_broker_comes_back(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db")
     with MosquittoBroker(tmp_path / "broker") as broker:
@@ -327,7 +318,7 @@ def test_spool_drains_in_order_after_the_broker_comes_back(tmp_path: Path) -> No
         asyncio.run(scenario())
 
 
-@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed (apt-get install -y mosquitto)")
+@requires("mosquitto")
 def test_a_message_the_broker_refuses_stays_in_the_spool(tmp_path: Path) -> None:
     from edgekit.mqtt.tls import TlsMaterial
 
@@ -348,7 +339,7 @@ def test_a_message_the_broker_refuses_stays_in_the_spool(tmp_path: Path) -> None
         asyncio.run(scenario())
 
 
-@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed (apt-get install -y mosquitto)")
+@requires("mosquitto")
 def test_a_message_that_can_never_be_sent_is_a_counted_rejection_not_a_stalled_drain(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db")
     spool.put("devices/dev-1/a", b"1")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import sys
 import time
@@ -21,17 +20,17 @@ from typing import Any
 import onnx
 import pytest
 from conftest import make_mlp
+from helpers import requires
 
 import edgekit
 from edgekit.compiler.pipeline import Pipeline
 from edgekit.device.mqtt import DeviceMqttRunner, run_device
 from edgekit.device.state import DeviceState
-from edgekit.errors import ToolchainError
 from edgekit.fleet import FakeClock, FleetHttpServer, FleetService, FleetState, Registry, publish_local
 from edgekit.fleet.mqtt import FleetMqttBridge
 from edgekit.greengrass.package import package, runtime_component
 from edgekit.mqtt import topics
-from edgekit.mqtt.broker import MosquittoBroker, find_mosquitto
+from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import NOT_AUTHORIZED, Backoff, Message, MqttClient, connect
 from edgekit.mqtt.payloads import (
     DescribeJobExecutionResponse,
@@ -42,11 +41,7 @@ from edgekit.mqtt.payloads import (
 )
 from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsMaterial
 
-try:
-    find_mosquitto()
-except ToolchainError:
-    if not os.environ.get("CI"):  # CI installs mosquitto (make test): there it must fail, not skip
-        pytest.skip("mosquitto not installed (apt-get install -y mosquitto)", allow_module_level=True)
+pytestmark = requires("mosquitto")  # skipped without it; CI=true fails instead
 
 PLATFORM = {"os": "linux", "architecture": "amd64"}
 MODEL = "com.example.Classifier"

@@ -10,16 +10,15 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-import pytest
 from conftest import APP, write_build, write_fleet
+from helpers import requires
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgekit.fleets import load_fleet
 from edgekit.sim import Simulation
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None and not os.environ.get("CI"):  # CI installs it (scripts/system-deps): there it must fail, not skip
-    pytest.skip("chromium not installed (apt-get install -y chromium)", allow_module_level=True)
+pytestmark = requires("chromium")  # skipped without it; CI=true fails instead
 
 
 def _get(url: str) -> bytes:

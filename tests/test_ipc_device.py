@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
 import sys
 import time
@@ -20,19 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import requires
 from test_device_agent import Registry, job, recipe, registry  # noqa: F401  (registry is a fixture)
 
 from edgekit.device.mqtt import DeviceMqttRunner, run_device
-from edgekit.errors import ToolchainError
-from edgekit.mqtt.broker import MosquittoBroker, find_mosquitto, free_port
+from edgekit.mqtt.broker import MosquittoBroker, free_port
 from edgekit.mqtt.client import Backoff, Message, MqttClient, connect
 from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsMaterial
 
-try:
-    find_mosquitto()
-except ToolchainError:
-    if not os.environ.get("CI"):  # CI installs mosquitto (make test): there it must fail, not skip
-        pytest.skip("mosquitto not installed (apt-get install -y mosquitto)", allow_module_level=True)
+pytestmark = requires("mosquitto")  # skipped without it; CI=true fails instead
 
 THING = "dev-1"
 PLATFORM = {"os": "linux", "architecture": "amd64"}

@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import os
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
+from helpers import requires
 
 from edgekit.errors import ConfigError, ToolchainError
-from edgekit.mqtt.broker import Broker, EmbeddedBroker, ExternalBroker, MosquittoBroker, find_mosquitto, start_broker
+from edgekit.mqtt.broker import Broker, EmbeddedBroker, ExternalBroker, MosquittoBroker, start_broker
 from edgekit.mqtt.client import MqttClient
 from edgekit.mqtt.errors import BrokerError
 from edgekit.mqtt.tls import TlsMaterial
 
-try:
-    find_mosquitto()
-    HAVE_MOSQUITTO = True
-except ToolchainError:
-    HAVE_MOSQUITTO = False
-
-# CI installs both (make test): there a missing one must fail the run, not skip it.
-IN_CI = bool(os.environ.get("CI"))
-needs_mosquitto = pytest.mark.skipif(
-    not HAVE_MOSQUITTO and not IN_CI, reason="mosquitto not installed (apt-get install -y mosquitto)"
-)
-needs_amqtt = pytest.mark.skipif(
-    importlib.util.find_spec("amqtt") is None and not IN_CI, reason="amqtt not installed (pip install 'edgekit[device]')"
-)
+# skipped without them; CI=true fails instead
+needs_mosquitto = requires("mosquitto")
+needs_amqtt = requires("amqtt")
 
 
 def _accepts(port: int) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import threading
 import time
@@ -11,20 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import requires
 
-from edgekit.errors import ConfigError, ToolchainError
+from edgekit.errors import ConfigError
 from edgekit.mqtt import topics
-from edgekit.mqtt.broker import MosquittoBroker, find_mosquitto
+from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import NO_MATCHING_SUBSCRIBERS, NOT_AUTHORIZED, SUCCESS, Backoff, Message, MqttClient, connect
 from edgekit.mqtt.errors import ConnectError, MqttTimeoutError, NotConnectedError, PayloadError, TopicError
 from edgekit.mqtt.payloads import UpdateJobExecutionRequest, decode
 from edgekit.mqtt.tls import TlsMaterial
 
-try:
-    find_mosquitto()
-except ToolchainError:
-    if not os.environ.get("CI"):  # CI installs mosquitto (make test): there it must fail, not skip
-        pytest.skip("mosquitto not installed (apt-get install -y mosquitto)", allow_module_level=True)
+pytestmark = requires("mosquitto")  # skipped without it; CI=true fails instead
 
 FAST = Backoff(initial=0.05, maximum=0.2, rng=random.Random(0))
 THINGS = ["dev-a", "dev-b"]
