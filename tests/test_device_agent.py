@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import eventually
 from pydantic import TypeAdapter
 
 import edgekit
@@ -206,14 +207,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return fields[0] != "Z"
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def saved(root: Path) -> DeviceState:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import InferServer, make_mlp
-from helpers import requires
+from helpers import eventually, requires
 
 import edgekit
 from edgekit.clock import FakeClock
@@ -298,16 +298,13 @@ def test_spool_drains_in_order_after_the_broker_comes_back(tmp_path: Path) -> No
                 assert sorted(both) == [0, 1]
 
                 broker.stop()  # the device is offline: what it produces stays in the spool
-                await asyncio.sleep(0.3)
+                await eventually(lambda: not device.connected, 10, "the device offline")
                 for i in range(3, 8):
                     spool.put("edgekit/dev-1/aggregates", json.dumps({"windowStart": i}).encode())
                 assert await publisher.drain() == 0 and len(spool) == 5
 
                 broker.start()
-                for _ in range(100):
-                    if device.connected and consumer.connected:
-                        break
-                    await asyncio.sleep(0.1)
+                await eventually(lambda: device.connected and consumer.connected, 10, "both back online")
                 assert await publisher.drain() == 5 and len(spool) == 0
                 got = [json.loads((await consumer.get_message(timeout=10)).payload)["windowStart"] for _ in range(9)]
                 assert got == [0, 1, 2, -1, 3, 4, 5, 6, 7]  # all of them, once, in order

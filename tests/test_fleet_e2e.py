@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 import pytest
 from conftest import make_mlp
-from helpers import requires
+from helpers import eventually, requires
 
 import edgekit
 from edgekit.compiler.pipeline import Pipeline
@@ -240,14 +240,6 @@ def run(fleet: Fleet, scenario: Callable[[], Coroutine[Any, Any, None]], timeout
             await fleet.aclose()
 
     asyncio.run(asyncio.wait_for(main(), timeout))
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 async def until_done(fleet: Fleet, job_id: str, things: list[str], timeout: float = 30.0) -> dict[str, str]:

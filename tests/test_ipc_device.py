@@ -13,13 +13,12 @@ import contextlib
 import json
 import random
 import sys
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import requires
+from helpers import eventually, requires
 from test_device_agent import Registry, job, recipe, registry  # noqa: F401  (registry is a fixture)
 
 from edgekit.device.mqtt import DeviceMqttRunner, run_device
@@ -224,14 +223,6 @@ def run(device: Device, scenario: Callable[[], Coroutine[Any, Any, None]], timeo
             await device.aclose()
 
     asyncio.run(asyncio.wait_for(main(), timeout))
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 def kinds(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

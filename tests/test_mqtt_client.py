@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import requires
+from helpers import eventually, requires
 
 from edgekit.errors import ConfigError
 from edgekit.mqtt import topics
@@ -261,8 +261,7 @@ def test_reconnects_after_a_broker_restart(plain: MosquittoBroker, clean_start: 
             assert hook_calls == [False]
 
             plain.stop()
-            await asyncio.sleep(0.1)
-            assert not device.connected
+            await eventually(lambda: not device.connected, 10, "the device offline")
             offline_publish = asyncio.create_task(device.publish("devices/dev-1/report", b"made offline", qos=1))
             assert await device.subscribe("devices/dev-1/extra", qos=1) == 1  # recorded, sent once back online
             plain.start()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import make_mlp
+from helpers import eventually
 
 import edgekit
 from edgekit.compiler.pipeline import Pipeline
@@ -132,8 +133,9 @@ def test_a_packaged_model_reaches_20_devices_over_mtls(packaged: Path, tmp_path:
             for thing, (_, details) in outcomes(sim, deployment).items():
                 assert details["detailed-deployment-status"] == "SUCCESSFUL", thing
                 assert details["component:com_example_Mlp_Inference"] == "1.0.0 RUNNING"  # "." is not allowed in a key
-            await asyncio.sleep(0.6)  # the devices' debounced status reports
-            assert sim.bridge is not None and len(sim.bridge.last_status) == 20
+            bridge = sim.bridge
+            assert bridge is not None
+            await eventually(lambda: len(bridge.last_status) == 20, 10, "the devices' debounced status reports")
             assert {c.name for c in sim.bridge.last_status["pi-01"].components} == {RUNTIME_COMPONENT, MODEL, inference}
 
     run(scenario())
@@ -185,8 +187,7 @@ def test_a_device_cut_off_during_a_rollout_catches_up(tmp_path: Path) -> None:
             await sim.cut_network("pi-02", 2.0)
             cut_at = time.monotonic()
             deployment = sim.deploy(spec())
-            await asyncio.sleep(0.5)
-            assert not victim.client.connected
+            await eventually(lambda: victim.client is not None and not victim.client.connected, 10, "pi-02 offline")
             assert sim.status().connected == 3
             summary = await sim.wait(deployment, timeout=30)
             assert summary.counts == {"SUCCEEDED": 4}
