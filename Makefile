@@ -2,8 +2,9 @@
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
+FLOOR  ?= .venv-floor
 
-.PHONY: demo test test-fast bench bench-fleet bench-edge bench-page bench-serve bench-runtime lint hooks system-deps clean
+.PHONY: demo test test-fast bench bench-fleet bench-edge bench-page bench-serve bench-runtime lint hooks test-floor system-deps clean
 
 system-deps:
 	@scripts/system-deps
@@ -19,6 +20,19 @@ demo: system-deps $(VENV)/.installed
 
 test: system-deps $(VENV)/.installed lint
 	$(PY) -m pytest
+
+# The same tests with every dependency at the floor pyproject.toml declares (scripts/floors: `>=X` becomes `==X`), so
+# a floor is a version that was tested, not a guess. The slow tests are left out: they exercise tvm and torch, pinned.
+$(FLOOR)/.installed: pyproject.toml scripts/floors
+	rm -rf $(FLOOR)
+	$(PYTHON) -m venv $(FLOOR)
+	$(FLOOR)/bin/python -m pip install -q --upgrade pip
+	$(PYTHON) scripts/floors > $(FLOOR)/floors.txt
+	$(FLOOR)/bin/python -m pip install -q -e '.[dev]' --constraint $(FLOOR)/floors.txt
+	@touch $@
+
+test-floor: system-deps $(FLOOR)/.installed
+	$(FLOOR)/bin/python -m pytest -m 'not slow' -p no:cacheprovider
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m 'not slow'
@@ -51,4 +65,4 @@ bench-runtime: $(VENV)/.installed
 	$(PY) -m bench.runtime
 
 clean:
-	rm -rf build greengrass-build .pytest_cache
+	rm -rf $(FLOOR) build greengrass-build .pytest_cache

@@ -3,6 +3,9 @@ that needs a missing system tool is skipped on a laptop but fails in CI."""
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -71,3 +74,19 @@ def test_a_missing_tool_skips_here_and_fails_under_ci(pytester: pytest.Pytester,
     helpers.tool_missing.cache_clear()
     with pytest.raises(KeyError, match="unknown tool"):
         requires("mosquito")
+
+
+def test_every_lower_bound_becomes_a_tested_floor() -> None:
+    """scripts/floors turns each `>=X` of pyproject.toml into `==X` for `make test-floor` (a CI step): what the project
+    claims to support is what it tests. pydantic's floor is the first release with the ConfigDict settings used."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "floors")], capture_output=True, text=True, check=True)
+    floors = dict(line.split(" ", 1)[0].split("==") for line in out.stdout.splitlines())
+    project = PYPROJECT["project"]
+    declared = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    bounded = {re.split(r"[\[ ><=;]", r, maxsplit=1)[0] for r in declared if ">=" in r and not r.startswith("edgekit")}
+    assert set(floors) == bounded
+    assert floors["pydantic"] == "2.11"
+    settings = {
+        m for p in (ROOT / "edgekit").rglob("*.py") for m in re.findall(r"\b(validate_by_\w+|serialize_by_alias)=", p.read_text())
+    }
+    assert settings <= {"validate_by_name", "validate_by_alias", "serialize_by_alias"}  # 2.11's; a newer one raises the floor
