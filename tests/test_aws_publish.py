@@ -21,6 +21,7 @@ import boto3
 import pytest
 from aws_server import ACCOUNT, REGION, MotoServer, Reply, ScriptedEndpoint, aws_json_error
 from botocore.stub import Stubber
+from helpers import write_model_build
 
 from edgekit.errors import PublishError
 from edgekit.greengrass.aws import (
@@ -44,38 +45,6 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def write_build(
-    root: Path,
-    name: str = NAME,
-    version: str = VERSION,
-    files: dict[str, bytes] | None = None,
-    extra_uris: tuple[str, ...] = (),
-    skip_files: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    """A GDK-style packaged build: recipes/<name>-<version>.json + artifacts/<name>/<version>/<file>."""
-    files = files if files is not None else {"model.zip": b"model-bytes-" + name.encode()}
-    artifacts = [{"URI": f"s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/{f}", "Unarchive": "ZIP"} for f in files]
-    artifacts += [{"URI": uri} for uri in extra_uris]
-    recipe = {
-        "RecipeFormatVersion": "2020-01-25",
-        "ComponentName": name,
-        "ComponentVersion": version,
-        "ComponentPublisher": "edgekit tests",
-        "Manifests": [
-            {"Platform": {"os": "linux", "architecture": "aarch64"}, "Lifecycle": {"Run": "run.sh"}, "Artifacts": artifacts},
-            {"Platform": {"os": "linux", "architecture": "amd64"}, "Lifecycle": {"Run": "run.sh"}, "Artifacts": artifacts[:1]},
-        ],
-    }
-    (root / "recipes").mkdir(parents=True, exist_ok=True)
-    (root / "recipes" / f"{name}-{version}.json").write_text(json.dumps(recipe, indent=2))
-    art_dir = root / "artifacts" / name / version
-    art_dir.mkdir(parents=True, exist_ok=True)
-    for fname, data in files.items():
-        if fname not in skip_files:
-            (art_dir / fname).write_bytes(data)
-    return recipe
 
 
 def final_recipe_bytes(recipe: dict[str, Any], bucket: str) -> bytes:
@@ -238,7 +207,7 @@ def test_region_redirect_error_is_one_line(aws: AwsSession, tmp_path: Path) -> N
 
 
 def test_publish_uploads_creates_and_waits(aws: AwsSession, aws_env: MotoServer, gg_stub: Stubber, tmp_path: Path) -> None:
-    recipe = write_build(tmp_path, files={"model.zip": b"m", "labels.zip": b"l"}, extra_uris=("docker:registry/img:1",))
+    recipe = write_model_build(tmp_path, files={"model.zip": b"m", "labels.zip": b"l"}, extra_uris=("docker:registry/img:1",))
     not_found(gg_stub)
     gg_stub.add_response(
         "create_component_version", created(), expected_params={"inlineRecipe": final_recipe_bytes(recipe, BUCKET)}
@@ -263,7 +232,7 @@ def test_publish_uploads_creates_and_waits(aws: AwsSession, aws_env: MotoServer,
 
 
 def test_publish_with_gdk_bucket_naming(aws: AwsSession, aws_env: MotoServer, gg_stub: Stubber, tmp_path: Path) -> None:
-    recipe = write_build(tmp_path)
+    recipe = write_model_build(tmp_path)
     gdk_bucket = f"{BUCKET}-{REGION}-{ACCOUNT}"  # account from sts:GetCallerIdentity on moto
     not_found(gg_stub)
     gg_stub.add_response("create_component_version", created(), {"inlineRecipe": final_recipe_bytes(recipe, gdk_bucket)})
@@ -279,7 +248,7 @@ def test_publish_with_gdk_bucket_naming(aws: AwsSession, aws_env: MotoServer, gg
 def test_republish_after_failure_skips_identical_upload(
     aws: AwsSession, aws_env: MotoServer, gg_stub: Stubber, tmp_path: Path
 ) -> None:
-    recipe = write_build(tmp_path)
+    recipe = write_model_build(tmp_path)
     S3Artifacts(aws.s3()).ensure_bucket(BUCKET, REGION)
     S3Artifacts(aws.s3()).upload(tmp_path / "artifacts" / NAME / VERSION / "model.zip", BUCKET, f"{NAME}/{VERSION}/model.zip")
     not_found(gg_stub)
@@ -294,7 +263,7 @@ def test_republish_after_failure_skips_identical_upload(
 def test_dry_run_makes_no_aws_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    write_build(tmp_path)
+    write_model_build(tmp_path)
     dead = f"http://127.0.0.1:{free_port()}"
     result = publish(tmp_path, bucket=BUCKET, region=REGION, endpoint_url=dead, dry_run=True)
     (component,) = result.components
@@ -307,14 +276,14 @@ def test_dry_run_makes_no_aws_call(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_missing_artifact_is_named_before_any_upload(aws: AwsSession, aws_env: MotoServer, tmp_path: Path) -> None:
-    write_build(tmp_path, files={"model.zip": b"m", "labels.zip": b"l"}, skip_files=("labels.zip",))
+    write_model_build(tmp_path, files={"model.zip": b"m", "labels.zip": b"l"}, skip_files=("labels.zip",))
     with pytest.raises(PublishError, match=r"missing: .*artifacts/com\.example\.Detector/1\.0\.0/labels\.zip"):
         publish(tmp_path, bucket=BUCKET, region=REGION, session=aws)
     assert aws.s3().list_buckets()["Buckets"] == []  # nothing touched AWS
 
 
 def test_recipe_file_must_match_its_component(tmp_path: Path) -> None:
-    write_build(tmp_path)
+    write_model_build(tmp_path)
     (tmp_path / "recipes" / f"{NAME}-{VERSION}.json").rename(tmp_path / "recipes" / f"{NAME}-2.0.0.json")
     with pytest.raises(
         PublishError, match=r"holds com\.example\.Detector 1\.0\.0 but is named com\.example\.Detector-2\.0\.0\.json"
@@ -327,7 +296,7 @@ def test_recipe_file_must_match_its_component(tmp_path: Path) -> None:
 def test_failed_version_rolls_back_this_runs_uploads(
     aws: AwsSession, aws_env: MotoServer, gg_stub: Stubber, tmp_path: Path
 ) -> None:
-    recipe = write_build(tmp_path, files={"model.zip": b"new model", "labels.zip": b"labels"})
+    recipe = write_model_build(tmp_path, files={"model.zip": b"new model", "labels.zip": b"labels"})
     s3 = S3Artifacts(aws.s3())
     s3.ensure_bucket(BUCKET, REGION)
     pre_existing = f"{NAME}/{VERSION}/labels.zip"  # uploaded by an earlier run, identical: kept
@@ -351,8 +320,8 @@ def test_failed_version_rolls_back_this_runs_uploads(
 
 
 def test_second_component_failing_keeps_the_first(aws: AwsSession, aws_env: MotoServer, gg_stub: Stubber, tmp_path: Path) -> None:
-    first = write_build(tmp_path, name="com.example.A")
-    second = write_build(tmp_path, name="com.example.B")
+    first = write_model_build(tmp_path, name="com.example.A")
+    second = write_model_build(tmp_path, name="com.example.B")
     not_found(gg_stub, "com.example.A")
     not_found(gg_stub, "com.example.B")
     gg_stub.add_response(
@@ -375,7 +344,7 @@ def test_second_component_failing_keeps_the_first(aws: AwsSession, aws_env: Moto
 
 
 def test_conflict_on_create_says_bump_the_version(aws: AwsSession, aws_env: MotoServer, gg_stub: Stubber, tmp_path: Path) -> None:
-    recipe = write_build(tmp_path)
+    recipe = write_model_build(tmp_path)
     not_found(gg_stub)  # created by someone else between the check and the create
     gg_stub.add_client_error(
         "create_component_version",
@@ -392,7 +361,7 @@ def test_conflict_on_create_says_bump_the_version(aws: AwsSession, aws_env: Moto
 def test_existing_version_is_refused_before_upload_or_skipped(
     aws: AwsSession, aws_env: MotoServer, gg_stub: Stubber, tmp_path: Path
 ) -> None:
-    write_build(tmp_path)
+    write_model_build(tmp_path)
     gg_stub.add_response("describe_component", described("DEPLOYABLE"), {"arn": arn()})
     with pytest.raises(
         PublishError, match="already in Greengrass: com.example.Detector 1.0.0; .*--version NEXT_PATCH --aws.*--skip-existing; nothing was uploaded"
@@ -407,7 +376,7 @@ def test_existing_version_is_refused_before_upload_or_skipped(
 
 
 def test_pending_after_timeout_is_not_rolled_back(aws: AwsSession, aws_env: MotoServer, gg_stub: Stubber, tmp_path: Path) -> None:
-    recipe = write_build(tmp_path)
+    recipe = write_model_build(tmp_path)
     not_found(gg_stub)
     gg_stub.add_response("create_component_version", created(), {"inlineRecipe": final_recipe_bytes(recipe, BUCKET)})
     gg_stub.add_response("describe_component", described("INITIATED"), {"arn": arn()})
@@ -487,7 +456,7 @@ def test_throttling_exhausted_is_one_line(no_backoff: None, aws_env: MotoServer)
 def test_no_credentials_is_one_line(aws_env: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    write_build(tmp_path)
+    write_model_build(tmp_path)
     with pytest.raises(PublishError) as exc:
         publish(tmp_path, bucket=BUCKET, region=REGION, endpoint_url=aws_env.url)
     assert "no AWS credentials found; set AWS_PROFILE" in str(exc.value)
@@ -496,7 +465,7 @@ def test_no_credentials_is_one_line(aws_env: MotoServer, monkeypatch: pytest.Mon
 
 @pytest.mark.parametrize("code", ["ExpiredToken", "ExpiredTokenException", "RequestExpired"])
 def test_expired_credentials_is_one_line(aws: AwsSession, tmp_path: Path, code: str) -> None:
-    write_build(tmp_path)
+    write_model_build(tmp_path)
     with Stubber(aws.sts()) as stub:
         stub.add_client_error("get_caller_identity", code, "The security token included in the request is expired", 403)
         with pytest.raises(PublishError, match=r"sts:GetCallerIdentity\): credentials expired; refresh them") as exc:
@@ -505,7 +474,7 @@ def test_expired_credentials_is_one_line(aws: AwsSession, tmp_path: Path, code: 
 
 
 def test_access_denied_is_one_line(aws: AwsSession, gg_stub: Stubber, tmp_path: Path) -> None:
-    write_build(tmp_path)
+    write_model_build(tmp_path)
     gg_stub.add_client_error(
         "describe_component", "AccessDeniedException", "not authorized to perform greengrass:DescribeComponent", 403
     )
@@ -514,7 +483,7 @@ def test_access_denied_is_one_line(aws: AwsSession, gg_stub: Stubber, tmp_path: 
 
 
 def test_unreachable_endpoint_is_one_line(no_backoff: None, aws_env: MotoServer, tmp_path: Path) -> None:
-    write_build(tmp_path)
+    write_model_build(tmp_path)
     session = AwsSession(region=REGION, endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2)
     with pytest.raises(PublishError, match="cannot reach the AWS endpoint http://127.0.0.1:") as exc:
         publish(tmp_path, bucket=BUCKET, region=REGION, session=session)

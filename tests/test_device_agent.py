@@ -24,11 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import eventually
+from helpers import QUICK, eventually
 from pydantic import TypeAdapter
 
 import edgekit
-from edgekit.compiler.pipeline import Pipeline
 from edgekit.device import DeploymentOutcome, DeviceAgent, InProcessExecutor, StepSpec
 from edgekit.device.state import DeviceState
 from edgekit.greengrass.package import package, runtime_component
@@ -223,13 +222,6 @@ SLEEPER = "exec sleep 600"
 
 
 RUNTIME_COMPONENT = runtime_component("onnxruntime")  # the ONNX Runtime artifacts below get this runtime
-QUICK = Pipeline.model_validate(
-    {
-        "name": "quick",
-        "candidates": [{"name": "ort", "backend": "onnxruntime"}],
-        "measure": {"samples": 2, "warmup": 0, "repeat": 2},
-    }
-)
 MODEL = "com.example.Classifier"
 
 

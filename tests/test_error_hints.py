@@ -8,15 +8,11 @@ from pathlib import Path
 import onnx
 import pytest
 from conftest import make_mlp
+from helpers import QUICK
 
 import edgekit
 from edgekit.cli import main
-from edgekit.compiler.pipeline import Pipeline
 from edgekit.errors import EXIT_CODES, ConfigError, InferenceError, PublishError, UnknownTargetError, VerificationError
-
-QUICK = Pipeline.model_validate(
-    {"name": "q", "candidates": [{"name": "ort", "backend": "onnxruntime"}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}
-)
 
 
 def _hint(err: str) -> list[str]:

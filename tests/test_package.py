@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 from conftest import InferServer
+from helpers import QUICK
 
 import edgekit
-from edgekit.compiler.pipeline import Pipeline
 from edgekit.device.ipc import DeviceIpc
 from edgekit.edge import Spool
 from edgekit.errors import PackagingError
@@ -24,13 +24,6 @@ from edgekit.greengrass.package import package, runtime_component
 from edgekit.greengrass.recipe import load_recipe
 
 RUNTIME_COMPONENT = runtime_component("onnxruntime")  # the ONNX Runtime artifacts below get this runtime
-QUICK = Pipeline.model_validate(
-    {
-        "name": "quick",
-        "candidates": [{"name": "ort", "backend": "onnxruntime"}],
-        "measure": {"samples": 2, "warmup": 0, "repeat": 2},
-    }
-)
 NAME = "com.example.Classifier"
 
 

@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 from conftest import make_mlp
-from helpers import eventually
+from helpers import QUICK, eventually
 
 import edgekit
-from edgekit.compiler.pipeline import Pipeline
 from edgekit.device.executor import StepSpec
 from edgekit.errors import ConfigError
 from edgekit.fleet.folder import FleetFolder
@@ -25,9 +24,6 @@ from edgekit.greengrass.package import package, runtime_component
 from edgekit.sim import SimulatedExecutor, Simulation
 
 RUNTIME_COMPONENT = runtime_component("onnxruntime")  # the ONNX Runtime artifacts below get this runtime
-QUICK = Pipeline.model_validate(
-    {"name": "q", "candidates": [{"name": "ort", "backend": "onnxruntime"}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}
-)
 MODEL = "com.example.Mlp"
 APP = "com.example.App"
 
