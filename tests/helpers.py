@@ -1,6 +1,9 @@
 """What many test files share: the system tools a test needs, deadline polling, a quick pipeline, tiny models,
 packaged builds, a fleet file and a fake inference server. Import it as ``from helpers import ...`` (the tests'
-folder is on sys.path: pyproject's tool.pytest pythonpath)."""
+folder is on sys.path: pyproject's tool.pytest pythonpath).
+
+An async test is written ``@pytest.mark.anyio`` ``async def test_...``: anyio's pytest plugin (anyio is a dependency
+already) runs it on asyncio, instead of a sync test wrapping ``asyncio.run(scenario())``."""
 
 from __future__ import annotations
 

@@ -51,143 +51,127 @@ async def _nothing_arrives(client: MqttClient, wait: float = 0.3) -> None:
 # --------------------------------------------------------------------------- plain TCP
 
 
-def test_round_trip_and_puback(plain: MosquittoBroker) -> None:
-    async def run() -> None:
-        async with await connect(plain.url, "sub") as sub, await connect(plain.url, "pub") as pub:
-            assert await sub.subscribe("devices/dev-1/#", qos=1) == 1
-            assert await pub.publish("devices/dev-1/cmd", b"hello", qos=1) == SUCCESS
-            message = await sub.get_message(timeout=5)
-            assert message == Message("devices/dev-1/cmd", b"hello", 1, False)
-            # QoS 1 with nobody listening: PUBACK still comes, reason 16
-            assert await pub.publish("devices/nobody/x", "text", qos=1) == NO_MATCHING_SUBSCRIBERS
-            assert await pub.publish("devices/dev-1/cmd", b"fire-and-forget", qos=0) == SUCCESS
-            assert (await sub.get_message(timeout=5)).payload == b"fire-and-forget"
-            # a typed payload is encoded for you
-            await pub.publish("devices/dev-1/cmd", UpdateJobExecutionRequest(status="IN_PROGRESS"))
-            assert decode(UpdateJobExecutionRequest, (await sub.get_message(timeout=5)).payload).status == "IN_PROGRESS"
-        assert not sub.connected
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_round_trip_and_puback(plain: MosquittoBroker) -> None:
+    async with await connect(plain.url, "sub") as sub, await connect(plain.url, "pub") as pub:
+        assert await sub.subscribe("devices/dev-1/#", qos=1) == 1
+        assert await pub.publish("devices/dev-1/cmd", b"hello", qos=1) == SUCCESS
+        message = await sub.get_message(timeout=5)
+        assert message == Message("devices/dev-1/cmd", b"hello", 1, False)
+        # QoS 1 with nobody listening: PUBACK still comes, reason 16
+        assert await pub.publish("devices/nobody/x", "text", qos=1) == NO_MATCHING_SUBSCRIBERS
+        assert await pub.publish("devices/dev-1/cmd", b"fire-and-forget", qos=0) == SUCCESS
+        assert (await sub.get_message(timeout=5)).payload == b"fire-and-forget"
+        # a typed payload is encoded for you
+        await pub.publish("devices/dev-1/cmd", UpdateJobExecutionRequest(status="IN_PROGRESS"))
+        assert decode(UpdateJobExecutionRequest, (await sub.get_message(timeout=5)).payload).status == "IN_PROGRESS"
+    assert not sub.connected
 
 
-def test_handlers_messages_iterator_and_unsubscribe(plain: MosquittoBroker) -> None:
-    async def run() -> None:
-        seen: list[str] = []
-        done = asyncio.Event()
+@pytest.mark.anyio
+async def test_handlers_messages_iterator_and_unsubscribe(plain: MosquittoBroker) -> None:
+    seen: list[str] = []
+    done = asyncio.Event()
 
-        async def on_status(message: Message) -> None:
-            seen.append(message.topic)
-            done.set()
+    async def on_status(message: Message) -> None:
+        seen.append(message.topic)
+        done.set()
 
-        async with await connect(plain.url, "svc") as svc, await connect(plain.url, "dev") as dev:
-            await svc.subscribe(topics.all_device_status(), handler=on_status)
-            await svc.subscribe("devices/+/telemetry")
-            await dev.publish(topics.status("dev-1"), b"{}")
-            await dev.publish("devices/dev-1/telemetry", b"t")
-            await asyncio.wait_for(done.wait(), 5)
-            assert seen == [topics.status("dev-1")]
-            async for message in svc.messages():  # only what no handler took
-                assert message.topic == "devices/dev-1/telemetry"
-                break
-            await svc.unsubscribe("devices/+/telemetry")
-            await dev.publish("devices/dev-1/telemetry", b"t")
-            await _nothing_arrives(svc)
-
-    asyncio.run(run())
+    async with await connect(plain.url, "svc") as svc, await connect(plain.url, "dev") as dev:
+        await svc.subscribe(topics.all_device_status(), handler=on_status)
+        await svc.subscribe("devices/+/telemetry")
+        await dev.publish(topics.status("dev-1"), b"{}")
+        await dev.publish("devices/dev-1/telemetry", b"t")
+        await asyncio.wait_for(done.wait(), 5)
+        assert seen == [topics.status("dev-1")]
+        async for message in svc.messages():  # only what no handler took
+            assert message.topic == "devices/dev-1/telemetry"
+            break
+        await svc.unsubscribe("devices/+/telemetry")
+        await dev.publish("devices/dev-1/telemetry", b"t")
+        await _nothing_arrives(svc)
 
 
-def test_strict_mode_holds_topics_and_payloads_to_iot_core_limits(plain: MosquittoBroker) -> None:
-    async def run() -> None:
-        async with await connect(plain.url, "dev") as dev:
-            with pytest.raises(TopicError, match="8 slashes"):
-                await dev.publish("a/b/c/d/e/f/g/h/i", b"x")
-            with pytest.raises(TopicError, match="wildcard"):
-                await dev.publish("a/+", b"x")
-            with pytest.raises(PayloadError, match="131072"):
-                await dev.publish("devices/dev/x", b"x" * (128 * 1024 + 1))
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_strict_mode_holds_topics_and_payloads_to_iot_core_limits(plain: MosquittoBroker) -> None:
+    async with await connect(plain.url, "dev") as dev:
+        with pytest.raises(TopicError, match="8 slashes"):
+            await dev.publish("a/b/c/d/e/f/g/h/i", b"x")
+        with pytest.raises(TopicError, match="wildcard"):
+            await dev.publish("a/+", b"x")
+        with pytest.raises(PayloadError, match="131072"):
+            await dev.publish("devices/dev/x", b"x" * (128 * 1024 + 1))
 
 
-def test_connection_errors_are_clear(plain: MosquittoBroker, tmp_path: Path) -> None:
-    async def run() -> None:
-        with pytest.raises(ConnectError, match="can't reach the broker"):
-            await connect(f"mqtt://127.0.0.1:{plain.port + 1 if plain.port < 65535 else 1}", "x", connect_timeout=2)
-        with pytest.raises(ConfigError, match="mqtt:// or mqtts://"):
-            await connect("http://127.0.0.1:1", "x")
-        with pytest.raises(ConfigError, match="TLS broker"):
-            await connect("mqtts://127.0.0.1:1", "x")
-        client = MqttClient("x")
-        with pytest.raises(NotConnectedError):
-            await client.publish("devices/x/y", b"")
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_connection_errors_are_clear(plain: MosquittoBroker, tmp_path: Path) -> None:
+    with pytest.raises(ConnectError, match="can't reach the broker"):
+        await connect(f"mqtt://127.0.0.1:{plain.port + 1 if plain.port < 65535 else 1}", "x", connect_timeout=2)
+    with pytest.raises(ConfigError, match="mqtt:// or mqtts://"):
+        await connect("http://127.0.0.1:1", "x")
+    with pytest.raises(ConfigError, match="TLS broker"):
+        await connect("mqtts://127.0.0.1:1", "x")
+    client = MqttClient("x")
+    with pytest.raises(NotConnectedError):
+        await client.publish("devices/x/y", b"")
 
 
 # --------------------------------------------------------------------------- mTLS and the per-device ACL
 
 
-def test_device_connects_with_its_certificate(secure: MosquittoBroker, tls: TlsMaterial) -> None:
-    async def run() -> None:
-        assert secure.url.startswith("mqtts://127.0.0.1:")
-        async with (
-            await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as dev,
-            await connect(secure.service_url, "svc", tls=tls.service) as svc,
-        ):
-            await dev.subscribe(topics.notify("dev-a"))
-            assert await svc.publish(topics.notify("dev-a"), b"job!") == SUCCESS
-            assert (await dev.get_message(timeout=5)).payload == b"job!"
-            await svc.subscribe(topics.all_job_updates())
-            assert await dev.publish(topics.update("dev-a", "job-1"), b"IN_PROGRESS") == SUCCESS
-            assert (await svc.get_message(timeout=5)).topic == topics.update("dev-a", "job-1")
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_device_connects_with_its_certificate(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    assert secure.url.startswith("mqtts://127.0.0.1:")
+    async with (
+        await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as dev,
+        await connect(secure.service_url, "svc", tls=tls.service) as svc,
+    ):
+        await dev.subscribe(topics.notify("dev-a"))
+        assert await svc.publish(topics.notify("dev-a"), b"job!") == SUCCESS
+        assert (await dev.get_message(timeout=5)).payload == b"job!"
+        await svc.subscribe(topics.all_job_updates())
+        assert await dev.publish(topics.update("dev-a", "job-1"), b"IN_PROGRESS") == SUCCESS
+        assert (await svc.get_message(timeout=5)).topic == topics.update("dev-a", "job-1")
 
 
-def test_device_a_cannot_read_device_b_topics(secure: MosquittoBroker, tls: TlsMaterial) -> None:
-    async def run() -> None:
-        async with (
-            await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as a,
-            await connect(secure.url, "dev-b", tls=tls.device("dev-b")) as b,
-            await connect(secure.service_url, "svc", tls=tls.service) as svc,
-        ):
-            # mosquitto grants the SUBSCRIBE (it checks the ACL at delivery) ...
-            await a.subscribe(topics.notify("dev-b"))
-            await a.subscribe("$aws/things/+/jobs/#")
-            await b.subscribe(topics.notify("dev-b"))
-            assert await svc.publish(topics.notify("dev-b"), b"for b only") == SUCCESS
-            assert (await b.get_message(timeout=5)).payload == b"for b only"  # it was delivered ...
-            await _nothing_arrives(a)  # ... but not to A
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_device_a_cannot_read_device_b_topics(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    async with (
+        await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as a,
+        await connect(secure.url, "dev-b", tls=tls.device("dev-b")) as b,
+        await connect(secure.service_url, "svc", tls=tls.service) as svc,
+    ):
+        # mosquitto grants the SUBSCRIBE (it checks the ACL at delivery) ...
+        await a.subscribe(topics.notify("dev-b"))
+        await a.subscribe("$aws/things/+/jobs/#")
+        await b.subscribe(topics.notify("dev-b"))
+        assert await svc.publish(topics.notify("dev-b"), b"for b only") == SUCCESS
+        assert (await b.get_message(timeout=5)).payload == b"for b only"  # it was delivered ...
+        await _nothing_arrives(a)  # ... but not to A
 
 
-def test_device_a_cannot_publish_to_device_b_topics(secure: MosquittoBroker, tls: TlsMaterial) -> None:
-    async def run() -> None:
-        async with (
-            await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as a,
-            await connect(secure.url, "dev-b", tls=tls.device("dev-b")) as b,
-            await connect(secure.service_url, "svc", tls=tls.service) as svc,
-        ):
-            await svc.subscribe(topics.all_job_updates())
-            await b.subscribe(topics.update("dev-b", "job-1"))
-            assert await a.publish(topics.update("dev-b", "job-1"), b"forged SUCCEEDED") == NOT_AUTHORIZED
-            assert await a.publish("devices/dev-b/telemetry", b"forged") == NOT_AUTHORIZED
-            await _nothing_arrives(svc)
-            await _nothing_arrives(b, 0.05)
-            # B's own report goes through, so the silence above was the ACL at work
-            assert await b.publish(topics.update("dev-b", "job-1"), b"real") == SUCCESS
-            assert (await svc.get_message(timeout=5)).payload == b"real"
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_device_a_cannot_publish_to_device_b_topics(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    async with (
+        await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as a,
+        await connect(secure.url, "dev-b", tls=tls.device("dev-b")) as b,
+        await connect(secure.service_url, "svc", tls=tls.service) as svc,
+    ):
+        await svc.subscribe(topics.all_job_updates())
+        await b.subscribe(topics.update("dev-b", "job-1"))
+        assert await a.publish(topics.update("dev-b", "job-1"), b"forged SUCCEEDED") == NOT_AUTHORIZED
+        assert await a.publish("devices/dev-b/telemetry", b"forged") == NOT_AUTHORIZED
+        await _nothing_arrives(svc)
+        await _nothing_arrives(b, 0.05)
+        # B's own report goes through, so the silence above was the ACL at work
+        assert await b.publish(topics.update("dev-b", "job-1"), b"real") == SUCCESS
+        assert (await svc.get_message(timeout=5)).payload == b"real"
 
 
-def test_device_without_certificate_is_refused(secure: MosquittoBroker, tls: TlsMaterial) -> None:
-    async def run() -> None:
-        with pytest.raises(ConnectError, match="certificate required|closed the connection"):
-            await connect(secure.url, "dev-a", tls=(tls.ca_cert, None, None))
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_device_without_certificate_is_refused(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    with pytest.raises(ConnectError, match="certificate required|closed the connection"):
+        await connect(secure.url, "dev-a", tls=(tls.ca_cert, None, None))
 
 
 def test_certificate_from_another_ca_is_refused(secure: MosquittoBroker, tls: TlsMaterial, tmp_path: Path) -> None:
@@ -204,44 +188,38 @@ def test_certificate_from_another_ca_is_refused(secure: MosquittoBroker, tls: Tl
     asyncio.run(run())
 
 
-def test_plain_tcp_to_a_tls_broker_fails_cleanly(secure: MosquittoBroker) -> None:
-    async def run() -> None:
-        with pytest.raises(ConnectError):
-            await connect(secure.url.replace("mqtts://", "mqtt://"), "dev-a", connect_timeout=2)
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_plain_tcp_to_a_tls_broker_fails_cleanly(secure: MosquittoBroker) -> None:
+    with pytest.raises(ConnectError):
+        await connect(secure.url.replace("mqtts://", "mqtt://"), "dev-a", connect_timeout=2)
 
 
 # --------------------------------------------------------------------------- sessions, restarts, reconnects
 
 
-def test_restart_keeps_a_persistent_session_and_its_queued_message(plain: MosquittoBroker) -> None:
-    async def run() -> None:
-        device = await connect(plain.url, "dev-1", clean_start=False, session_expiry=3600, auto_reconnect=False)
-        await device.subscribe("devices/dev-1/cmd", qos=1)
-        await device.disconnect()  # offline; the broker keeps the session
-        async with await connect(plain.url, "svc", clean_start=True) as svc:
-            assert await svc.publish("devices/dev-1/cmd", b"queued while offline", qos=1) == SUCCESS
+@pytest.mark.anyio
+async def test_restart_keeps_a_persistent_session_and_its_queued_message(plain: MosquittoBroker) -> None:
+    device = await connect(plain.url, "dev-1", clean_start=False, session_expiry=3600, auto_reconnect=False)
+    await device.subscribe("devices/dev-1/cmd", qos=1)
+    await device.disconnect()  # offline; the broker keeps the session
+    async with await connect(plain.url, "svc", clean_start=True) as svc:
+        assert await svc.publish("devices/dev-1/cmd", b"queued while offline", qos=1) == SUCCESS
 
-        plain.restart()  # persistence: the session and its queue survive
+    plain.restart()  # persistence: the session and its queue survive
 
-        async with await connect(plain.url, "dev-1", clean_start=False) as device:
-            assert device.session_present
-            message = await device.get_message(timeout=5)
-            assert (message.payload, message.qos) == (b"queued while offline", 1)
-
-    asyncio.run(run())
+    async with await connect(plain.url, "dev-1", clean_start=False) as device:
+        assert device.session_present
+        message = await device.get_message(timeout=5)
+        assert (message.payload, message.qos) == (b"queued while offline", 1)
 
 
-def test_clean_start_session_is_not_kept(plain: MosquittoBroker) -> None:
-    async def run() -> None:
-        device = await connect(plain.url, "dev-1", clean_start=True)
-        await device.subscribe("devices/dev-1/cmd", qos=1)
-        await device.disconnect()
-        async with await connect(plain.url, "svc") as svc:
-            assert await svc.publish("devices/dev-1/cmd", b"lost", qos=1) == NO_MATCHING_SUBSCRIBERS
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_clean_start_session_is_not_kept(plain: MosquittoBroker) -> None:
+    device = await connect(plain.url, "dev-1", clean_start=True)
+    await device.subscribe("devices/dev-1/cmd", qos=1)
+    await device.disconnect()
+    async with await connect(plain.url, "svc") as svc:
+        assert await svc.publish("devices/dev-1/cmd", b"lost", qos=1) == NO_MATCHING_SUBSCRIBERS
 
 
 @pytest.mark.parametrize("clean_start", [False, True], ids=["persistent", "clean"])
@@ -321,24 +299,22 @@ def test_a_failing_first_hook_fails_connect_and_closes(plain: MosquittoBroker) -
     asyncio.run(run())
 
 
-def test_disconnect_ends_iterators_and_fails_waiters(plain: MosquittoBroker) -> None:
-    async def run() -> None:
-        device = await connect(plain.url, "dev-1", clean_start=True)
-        await device.subscribe("devices/dev-1/cmd")
+@pytest.mark.anyio
+async def test_disconnect_ends_iterators_and_fails_waiters(plain: MosquittoBroker) -> None:
+    device = await connect(plain.url, "dev-1", clean_start=True)
+    await device.subscribe("devices/dev-1/cmd")
 
-        async def drain() -> list[Message]:
-            return [m async for m in device.messages()]
+    async def drain() -> list[Message]:
+        return [m async for m in device.messages()]
 
-        reader = asyncio.create_task(drain())
-        await asyncio.sleep(0.05)
-        await device.disconnect()
-        assert await asyncio.wait_for(reader, 5) == []
-        with pytest.raises(NotConnectedError):
-            await device.publish("devices/dev-1/x", b"", qos=1)
-        with pytest.raises(NotConnectedError):
-            await device.connect(plain.url)
-
-    asyncio.run(run())
+    reader = asyncio.create_task(drain())
+    await asyncio.sleep(0.05)
+    await device.disconnect()
+    assert await asyncio.wait_for(reader, 5) == []
+    with pytest.raises(NotConnectedError):
+        await device.publish("devices/dev-1/x", b"", qos=1)
+    with pytest.raises(NotConnectedError):
+        await device.connect(plain.url)
 
 
 def test_backoff_is_exponential_capped_and_seeded() -> None:
@@ -399,32 +375,28 @@ def test_1000_mtls_clients_in_one_thread(tmp_path: Path) -> None:
     assert total < 60
 
 
-def test_a_device_cannot_take_over_another_devices_client_id(secure: MosquittoBroker, tls: TlsMaterial) -> None:
-    async def run() -> None:
-        victim = await connect(secure.url, "dev-a", tls=tls.device("dev-a"), clean_start=False, session_expiry=3600)
-        await victim.subscribe("devices/dev-a/cmd", qos=1)
-        # dev-b's certificate, dev-a's client id, a clean start that would wipe dev-a's session
-        impostor = await connect(secure.url, "dev-a", tls=tls.device("dev-b"), clean_start=True, auto_reconnect=False)
-        async with await connect(secure.service_url, "svc", tls=tls.service) as svc:
-            assert victim.connected  # not kicked off ...
-            assert await svc.publish("devices/dev-a/cmd", b"still yours", qos=1) == SUCCESS
-            assert (await victim.get_message(timeout=5)).payload == b"still yours"  # ... session and subscription intact
-            await _nothing_arrives(impostor)  # the impostor got its own identity's session, not dev-a's
-            assert await svc.publish("devices/dev-b/cmd", b"x", qos=1) == NO_MATCHING_SUBSCRIBERS
-        await impostor.disconnect()
-        await victim.disconnect()
-        log = (secure.folder / "mosquitto.log").read_text()
-        assert "as dev-b (p5, c1, k30, u'dev-b')" in log  # mosquitto renamed it after its certificate
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_a_device_cannot_take_over_another_devices_client_id(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    victim = await connect(secure.url, "dev-a", tls=tls.device("dev-a"), clean_start=False, session_expiry=3600)
+    await victim.subscribe("devices/dev-a/cmd", qos=1)
+    # dev-b's certificate, dev-a's client id, a clean start that would wipe dev-a's session
+    impostor = await connect(secure.url, "dev-a", tls=tls.device("dev-b"), clean_start=True, auto_reconnect=False)
+    async with await connect(secure.service_url, "svc", tls=tls.service) as svc:
+        assert victim.connected  # not kicked off ...
+        assert await svc.publish("devices/dev-a/cmd", b"still yours", qos=1) == SUCCESS
+        assert (await victim.get_message(timeout=5)).payload == b"still yours"  # ... session and subscription intact
+        await _nothing_arrives(impostor)  # the impostor got its own identity's session, not dev-a's
+        assert await svc.publish("devices/dev-b/cmd", b"x", qos=1) == NO_MATCHING_SUBSCRIBERS
+    await impostor.disconnect()
+    await victim.disconnect()
+    log = (secure.folder / "mosquitto.log").read_text()
+    assert "as dev-b (p5, c1, k30, u'dev-b')" in log  # mosquitto renamed it after its certificate
 
 
-def test_no_device_reaches_the_service_listener(secure: MosquittoBroker, tls: TlsMaterial) -> None:
-    async def run() -> None:
-        async with await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as victim:
-            with pytest.raises(ConnectError):
-                await connect(secure.service_url, "dev-a", tls=tls.device("dev-b"), auto_reconnect=False)
-            await asyncio.sleep(0.2)
-            assert victim.connected
-
-    asyncio.run(run())
+@pytest.mark.anyio
+async def test_no_device_reaches_the_service_listener(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    async with await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as victim:
+        with pytest.raises(ConnectError):
+            await connect(secure.service_url, "dev-a", tls=tls.device("dev-b"), auto_reconnect=False)
+        await asyncio.sleep(0.2)
+        assert victim.connected
