@@ -37,8 +37,8 @@ def test_publish_deploy_and_simulate_a_local_fleet(tmp_path: Path) -> None:
 
     lines: list[str] = []
     spec = build_spec("thinggroup/line-1", [f"{APP}=1.0.0"], rollout="100/min")
-    result = edgekit.deploy(spec, local=True, state_dir=state, fleet=fleet, progress=lines.append)
-    assert isinstance(result, LocalDeployment) and result.counts == {"QUEUED": 4} and result.running is None
+    deployed = edgekit.deploy(spec, local=True, state_dir=state, fleet=fleet, progress=lines.append)
+    assert isinstance(deployed, LocalDeployment) and deployed.counts == {"QUEUED": 4} and deployed.running is None
     assert lines == ["pre-flight: 4 device(s) reached, 0 with problems"]
 
     run = edgekit.simulate(fleet, state_dir=state, until_done=True, duration=60, tick_s=0.2)

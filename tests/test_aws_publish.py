@@ -123,8 +123,8 @@ def test_session_clients_use_endpoint_env_and_standard_retries(aws_env: MotoServ
     session = AwsSession(region=REGION)
     client = session.s3()
     assert client.meta.endpoint_url == aws_env.url
-    assert client.meta.config.retries["mode"] == "standard"
-    assert client.meta.config.retries["total_max_attempts"] == 8
+    retries = client.meta.config.retries  # type: ignore[attr-defined]  # set from the Config's options; not in the stubs
+    assert retries["mode"] == "standard" and retries["total_max_attempts"] == 8
     assert session.s3() is client  # cached
     assert session.account_id() == ACCOUNT  # STS over HTTP
 

@@ -145,7 +145,7 @@ def test_full_request_is_exact_and_accepted_by_the_api_model(aws: AwsSession, gg
 
 
 def test_minimal_spec_writes_the_rollback_default(aws: AwsSession, gg_stub: Stubber) -> None:
-    spec = DeploymentSpec(target_arn=GROUP_ARN, components={"com.example.A": {"component_version": "1.0.0"}})  # type: ignore[dict-item]
+    spec = DeploymentSpec(target_arn=GROUP_ARN, components={"com.example.A": {"component_version": "1.0.0"}})
     request = to_request(spec)
     assert request["deploymentPolicies"] == {"failureHandlingPolicy": "ROLLBACK"}
     assert "iotJobConfiguration" not in request and "tags" not in request

@@ -182,6 +182,9 @@ class FakeClock:
     def now(self) -> float:
         return self.t
 
+    def monotonic(self) -> float:
+        return self.t
+
 
 Transitions = list[tuple[str, str, str, str]]
 

@@ -49,7 +49,8 @@ def assert_no_artifact(out: Path) -> None:
 def rows(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
     """n real rows spread over every class/target range (float32, as the artifact takes them)."""
     order = np.argsort(y, kind="stable")
-    return x[order[np.linspace(0, len(y) - 1, n).astype(int)]].astype(np.float32)
+    picked: np.ndarray = x[order[np.linspace(0, len(y) - 1, n).astype(int)]].astype(np.float32)
+    return picked
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,8 @@ class SmallCNN(torch.nn.Module):
 
 def eager(module: torch.nn.Module, *xs: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return module(*(torch.from_numpy(x) for x in xs)).numpy()
+        out: np.ndarray = module(*(torch.from_numpy(x) for x in xs)).numpy()
+    return out
 
 
 def assert_no_artifact(out: Path) -> None:
@@ -74,7 +75,7 @@ def write_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) ->
 def mlp_ts(tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     model = make_mlp()
     path = tmp_path / "mlp.pt"
-    torch.jit.trace(model, torch.randn(2, 8)).save(str(path))
+    torch.jit.trace(model, torch.randn(2, 8)).save(str(path))  # type: ignore[no-untyped-call]
     return path, model
 
 
@@ -248,7 +249,7 @@ def test_each_backend_agrees_with_torch(tmp_path: Path, out_dir: Path, backend: 
     torch.manual_seed(3)
     model = SmallCNN().eval()
     path = tmp_path / "cnn.pt"
-    torch.jit.trace(model, torch.randn(2, 3, 16)).save(str(path))
+    torch.jit.trace(model, torch.randn(2, 3, 16)).save(str(path))  # type: ignore[no-untyped-call]
 
     result = compile_model(path, "x86_64", out_dir, pipeline=FAST, backend=backend, input_shapes={"input": [2, 3, 16]})
     loaded = edgekit.load(result.artifact_dir)
@@ -291,7 +292,7 @@ def _random_bytes(p: Path) -> None:
 
 def _truncated(p: Path) -> None:
     full = p.with_suffix(".full")
-    torch.jit.trace(make_mlp(), torch.randn(1, 8)).save(str(full))
+    torch.jit.trace(make_mlp(), torch.randn(1, 8)).save(str(full))  # type: ignore[no-untyped-call]
     p.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
 
 

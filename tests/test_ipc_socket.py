@@ -212,9 +212,12 @@ def test_a_component_uses_the_sdk_against_the_socket(tmp_path: Path) -> None:
             except ResourceNotFoundError as exc:
                 out["missing"] = exc.message
             got = threading.Event()
-            client.subscribe_to_topic(
-                topic="local/a", on_stream_event=lambda e: (out["events"].append(e.json_message.message), got.set())
-            )
+
+            def on_event(e: Any) -> None:
+                out["events"].append(e.json_message.message)
+                got.set()
+
+            client.subscribe_to_topic(topic="local/a", on_stream_event=on_event)
             client.publish_to_topic(topic="local/a", publish_message=PublishMessage(json_message=JsonMessage(message={"n": 1})))
             got.wait(5)
             try:
@@ -304,12 +307,13 @@ def test_oversized_payloads_and_unknown_operations_get_the_nucleus_errors(tmp_pa
         def component() -> list[tuple[str, str]]:
             client = sdk_client(env)
             seen = []
-            for call in (
+            calls: tuple[Callable[[], object], ...] = (
                 lambda: client.publish_to_iot_core(topic_name="devices/dev-1/big", qos="1", payload=b"x" * (128 * 1024 + 1)),
                 lambda: client.publish_to_iot_core(topic_name="devices/dev-1/x", qos="2", payload=b"x"),
                 lambda: client.publish_to_iot_core(topic_name="devices/other/x", qos="1", payload=b"x"),
                 lambda: client.get_secret_value(secret_id="s"),
-            ):
+            )
+            for call in calls:
                 try:
                     call()
                     seen.append(("ok", ""))

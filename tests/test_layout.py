@@ -99,7 +99,7 @@ def test_every_third_party_import_is_declared() -> None:
     declared = {norm(s.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip()) for s in declared_specs}
     dists = importlib.metadata.packages_distributions()
     stdlib = set(sys.stdlib_module_names)
-    undeclared = {}
+    undeclared: dict[str, list[str]] = {}
     for path in PACKAGE.rglob("*.py"):
         for name in _imports(path):
             top = name.split(".")[0]

@@ -110,8 +110,8 @@ def test_two_models_with_different_backends_run_on_one_device(
             # --remove takes A away and keeps B
             third = cli("deploy", "--local", "--target", "thinggroup/edge", "--remove", "com.example.A.Inference")
             await sim.wait(third["deploymentId"], timeout=60)
-            states = {c.name: c.state for c in device.component_states()}
-            assert "com.example.A.Inference" not in states and states["com.example.B.Inference"] == "RUNNING"
+            left = {c.name: c.state for c in device.component_states()}
+            assert "com.example.A.Inference" not in left and left["com.example.B.Inference"] == "RUNNING"
 
     asyncio.run(scenario())
 

@@ -81,7 +81,7 @@ def test_three_components_in_gdk_layout(artifacts: list[Path], tmp_path: Path) -
 def test_digests_match_the_zips(artifacts: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "gg"
     result = package(artifacts, name=NAME, version="1.0.0", output=out)
-    sums = dict(reversed(line.split("  ", 1)) for line in (out / "SHA256SUMS").read_text().splitlines())
+    sums = {name: digest for digest, name in (line.split("  ", 1) for line in (out / "SHA256SUMS").read_text().splitlines())}
     named = set()
     for comp in result.components:
         recipe = load_recipe(comp.recipe_path)

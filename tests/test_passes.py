@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def cnn_onnx(tmp_path: Path) -> Path:
     return path
 
 
-def _pipeline(*candidates: dict[str, object], select: str = "latency") -> Pipeline:
+def _pipeline(*candidates: Mapping[str, object], select: str = "latency") -> Pipeline:
     return Pipeline.model_validate(
         {
             "name": "int8-test",

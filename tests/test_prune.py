@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import textwrap
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from edgekit.errors import ConfigError
 LOOSE = {"maxAbsError": 100.0, "minTop1Agreement": 0.0, "maxAccuracyDrop": 100.0}
 
 
-def _pipeline(*candidates: dict[str, object]) -> Pipeline:
+def _pipeline(*candidates: Mapping[str, object]) -> Pipeline:
     return Pipeline.model_validate(
         {"name": "prune-test", "candidates": list(candidates), "measure": {"samples": 4, "warmup": 1, "repeat": 3}}
     )

@@ -4,6 +4,7 @@ the onnx.reference fallback, an accuracy gate on labels. Tiny models generated h
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from edgekit.manifest import TensorSpec
 ORT_ONLY = {"name": "ort", "backend": "onnxruntime"}
 
 
-def _pipeline(*candidates: dict[str, object], **accuracy: float) -> Pipeline:
+def _pipeline(*candidates: Mapping[str, object], **accuracy: float) -> Pipeline:
     return Pipeline.model_validate(
         {
             "name": "samples-test",

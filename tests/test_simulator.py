@@ -129,9 +129,12 @@ def test_a_packaged_model_reaches_20_devices_over_mtls(packaged: Path, tmp_path:
             for thing, (_, details) in outcomes(sim, deployment).items():
                 assert details["detailed-deployment-status"] == "SUCCESSFUL", thing
                 assert details["component:com_example_Mlp_Inference"] == "1.0.0 RUNNING"  # "." is not allowed in a key
-            bridge = sim.bridge
-            assert bridge is not None
-            await eventually(lambda: len(bridge.last_status) == 20, 10, "the devices' debounced status reports")
+
+            def reported() -> bool:
+                return sim.bridge is not None and len(sim.bridge.last_status) == 20
+
+            await eventually(reported, 10, "the devices' debounced status reports")
+            assert sim.bridge is not None
             assert {c.name for c in sim.bridge.last_status["pi-01"].components} == {RUNTIME_COMPONENT, MODEL, inference}
 
     run(scenario())

@@ -270,11 +270,15 @@ def telemetry_view(state: FleetState) -> TelemetryView:
     return TelemetryView(sorted(devices.values(), key=lambda d: d.thing), sorted(groups.values(), key=lambda g: g.group))
 
 
-class _Point(Protocol):
-    thing: str
-    component: str
-    run: str
-    window: int
+class _Point(Protocol):  # read-only members: a frozen dataclass (edgekit.edge.loop.Checkpoint) is one
+    @property
+    def thing(self) -> str: ...
+    @property
+    def component(self) -> str: ...
+    @property
+    def run(self) -> str: ...
+    @property
+    def window(self) -> int: ...
 
 
 @dataclass(frozen=True)
