@@ -399,10 +399,6 @@ class FleetState:
         with self._lock:
             yield self._db
 
-    def read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """The connection for read-only queries (holding the state's lock), e.g. :mod:`edgekit.fleet.telemetry`'s."""
-        return self._read()
-
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` (``"ok"`` when the file is sound)."""
         with self._read() as db:
