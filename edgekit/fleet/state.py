@@ -5,7 +5,6 @@ See docs/local-fleet.md (the fleet folder).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
