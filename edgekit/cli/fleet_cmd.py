@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -15,14 +14,17 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from edgekit.cli.output import console, emit, err_console, json_output
-from edgekit.errors import ConfigError, DeploymentError
+from edgekit import api
+from edgekit.cli.options import AbortFailed, BuildOrNone, DeploymentTargets, Fleet, Rollout, State
+from edgekit.cli.output import console, emit, err_console, json_output, quiet_library
+from edgekit.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgekit.fleet.view import FailureView, FleetView
     from edgekit.sim import SimulationStatus
+    from edgekit.sim.run import SimulationRun
 
-__all__ = ["register"]
+__all__ = ["logs", "register", "simulate", "status", "ui"]
 
 STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED")
 _STYLE = {
@@ -192,20 +194,6 @@ def _status_line(status: SimulationStatus) -> str:
 
 
 @contextlib.contextmanager
-def quiet_library() -> Iterator[None]:
-    """The devices' own warnings (a failed step, a fault) are shown in the tables; keep them off the terminal unless -v."""
-    root = logging.getLogger()
-    lib = logging.getLogger("edgekit")
-    before = lib.level
-    if root.getEffectiveLevel() > logging.INFO:
-        lib.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        lib.setLevel(before)
-
-
-@contextlib.contextmanager
 def _watching(interval: float) -> Iterator[tuple[Callable[[SimulationStatus], None], Callable[[str], None]]]:
     """(watch, say) for a simulation: a live view on a terminal (the start-up steps, then the fleet); otherwise a
     status line every ``interval`` seconds and each start-up step on its own line (CI logs)."""
@@ -216,181 +204,152 @@ def _watching(interval: float) -> Iterator[tuple[Callable[[SimulationStatus], No
         with Live(Spinner("dots", "starting the simulation"), console=console, refresh_per_second=4, transient=True) as live:
             yield (
                 lambda status: live.update(_live_view(status)),
-                lambda msg: live.update(Spinner("dots", f"starting the simulation: {msg}")),
+                lambda msg: live.update(Spinner("dots", Text(f"starting the simulation: {msg}"))),
             )
         return
     last = [0.0]
 
     def line(status: SimulationStatus) -> None:
         if time.monotonic() - last[0] >= interval:
-            console.print(_status_line(status), soft_wrap=True)
+            console.print(_status_line(status), soft_wrap=True, markup=False)
             last[0] = time.monotonic()
 
-    yield line, lambda msg: err_console.print(f"  {msg}", soft_wrap=True)
+    yield line, lambda msg: err_console.print(f"  {msg}", soft_wrap=True, markup=False)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("simulate")
-    def simulate_(
-        fleet: str = typer.Option("demo", "--fleet", help="fleet file: a name under devices/fleets/ or a .yaml path"),
-        build: Path | None = typer.Option(
-            None, "--build", help="publish this packaged build folder first (default: ./greengrass-build if it exists)"
-        ),
-        deploy: list[str] = typer.Option([], "--deploy", help="NAME=VERSION to deploy once started; repeat per component"),
-        target: list[str] = typer.Option(
-            [], "--target", help="thinggroup/<name> to deploy to (default: every group of the fleet)"
-        ),
-        rollout: str | None = typer.Option(None, "--rollout", help="e.g. 100/min (maximum per minute)"),
-        abort_failed: str | None = typer.Option(None, "--abort-failed", help="e.g. 10% or 10%:FAILED:min=5"),
-        devices: int | None = typer.Option(None, "--devices", min=1, help="scale the fleet to N devices"),
-        state: Path | None = typer.Option(None, "--state", help="the local fleet's folder (default ./.edgekit/fleet)"),
-        mode: str | None = typer.Option(None, "--mode", help="in_process or subprocess (default: the fleet file's)"),
-        tls: bool | None = typer.Option(
-            None, "--tls/--no-tls", help="mTLS with a certificate per device (default: the fleet file's)"
-        ),
-        until_done: bool = typer.Option(False, "--until-done", help="stop once no deployment is ACTIVE"),
-        duration: float | None = typer.Option(None, "--duration", min=0, help="stop after this many seconds"),
-        interval: float = typer.Option(5.0, "--interval", min=0.1, help="seconds between status lines when not on a terminal"),
-        tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
-    ) -> None:
-        """Run a simulated fleet (broker, fleet service, device agents) in the foreground and show it at a glance."""
-        from edgekit.api import simulate
-        from edgekit.fleets import load_fleet
-        from edgekit.greengrass.deployment import build_spec
+def simulate(
+    fleet: Fleet = "demo",
+    build: BuildOrNone = None,
+    deploy: list[str] = typer.Option([], "--deploy", help="NAME=VERSION to deploy once started; repeat per component"),
+    target: DeploymentTargets = [],  # noqa: B006 - typer's default, never mutated
+    rollout: Rollout = None,
+    abort_failed: AbortFailed = None,
+    devices: int | None = typer.Option(None, "--devices", min=1, help="scale the fleet to N devices"),
+    state: State = None,
+    mode: str | None = typer.Option(None, "--mode", help="in_process or subprocess (default: the fleet file's)"),
+    tls: bool | None = typer.Option(
+        None, "--tls/--no-tls", help="mTLS with a certificate per device (default: the fleet file's)"
+    ),
+    until_done: bool = typer.Option(False, "--until-done", help="stop once no deployment is ACTIVE"),
+    duration: float | None = typer.Option(None, "--duration", min=0, help="stop after this many seconds"),
+    interval: float = typer.Option(5.0, "--interval", min=0.1, help="seconds between status lines when not on a terminal"),
+    tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
+) -> None:
+    """Run a simulated fleet (broker, fleet service, device agents) in the foreground and show it at a glance.
 
-        if mode not in (None, "in_process", "subprocess"):
-            raise ConfigError(f"--mode '{mode}': use in_process or subprocess")
-        run_mode: Literal["in_process", "subprocess"] | None = (
-            "subprocess" if mode == "subprocess" else "in_process" if mode else None
-        )
-        if build is None and (Path("greengrass-build") / "recipes").is_dir():
-            build = Path("greengrass-build")
-        elif build is not None and not build.is_dir():
-            raise ConfigError(f"--build '{build}' is not a folder; package the components first (edgekit package)")
-        if not deploy and (target or rollout or abort_failed):
-            raise DeploymentError("--target, --rollout and --abort-failed go with --deploy NAME=VERSION")
-        groups = sorted({g for d in load_fleet(fleet).expand() for g in d.groups})
-        specs = [
-            build_spec(t, deploy, rollout=rollout, abort_failed=abort_failed, flag="--deploy")
-            for t in (target or [f"thinggroup/{g}" for g in groups])
-        ] if deploy else []  # fmt: skip
-        if until_done and not specs and duration is None:
-            err_console.print("--until-done without --deploy: waiting for deployments made with 'edgekit deploy --local'")
+    Publishes --build first (./greengrass-build when it exists), then deploys --deploy's components."""
+    if mode not in (None, "in_process", "subprocess"):
+        raise ConfigError(f"--mode '{mode}': use in_process or subprocess")
+    run_mode: Literal["in_process", "subprocess"] | None = (
+        "subprocess" if mode == "subprocess" else "in_process" if mode else None
+    )
+    if build is None and (Path("greengrass-build") / "recipes").is_dir():
+        build = Path("greengrass-build")
+    elif build is not None and not build.is_dir():
+        raise ConfigError(f"--build '{build}' is not a folder; package the components first (edgekit package)")
+    if until_done and not deploy and duration is None:
+        err_console.print("--until-done without --deploy: waiting for deployments made with 'edgekit deploy --local'")
+    seen: list[SimulationStatus] = []
+    with quiet_library(), _watching(interval) as (watch, say):
 
-        seen: list[SimulationStatus] = []
-        with quiet_library(), _watching(interval) as (watch, say):
+        def track(status: SimulationStatus) -> None:
+            seen[:] = [status]
+            watch(status)
 
-            def track(status: SimulationStatus) -> None:
-                seen[:] = [status]
-                watch(status)
+        try:
+            run = api.simulate(
+                fleet, state_dir=state, devices=devices, mode=run_mode, tls=tls, tick_s=tick, build=build, deploy=deploy,
+                targets=target, rollout=rollout, abort_failed=abort_failed, until_done=until_done, duration=duration,
+                watch=track, progress=say,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            run = None
+    _print_end(run, seen[-1] if seen else None, fleet)
 
-            try:
-                run = simulate(
-                    fleet,
-                    state_dir=state,
-                    devices=devices,
-                    mode=run_mode,
-                    tls=tls,
-                    tick_s=tick,
-                    build=build,
-                    deployments=specs,
-                    until_done=until_done,
-                    duration=duration,
-                    watch=track,
-                    progress=say,
-                )
-            except KeyboardInterrupt:
-                run = None
-        final = run.final if run is not None else seen[-1] if seen else None
-        if final is not None:
-            how = f"{run.mode}{', mTLS' if run.tls else ''}; state in {run.state}" if run else "interrupted"
-            console.print(
+
+def _print_end(run: SimulationRun | None, last: SimulationStatus | None, fleet: str) -> None:
+    final = run.final if run is not None else last
+    if final is not None:
+        how = f"{run.mode}{', mTLS' if run.tls else ''}; state in {run.state}" if run else "interrupted"
+        console.print(
+            escape(
                 f"fleet '{run.fleet if run else fleet}': {final.devices} device(s), {final.connected} connected at the end, "
                 f"{final.elapsed_s:.1f} s ({how})"
             )
-            console.print(groups_table(final.view))
-            if final.failures:
-                console.print(failures_table(final.failures))
-            if final.faults:
-                console.print("faults: " + "; ".join(final.faults))
-        if run is None:
-            err_console.print("interrupted; the simulation was stopped (ACTIVE deployments resume with the next simulate)")
-            raise SystemExit(130)
+        )
+        console.print(groups_table(final.view))
+        if final.failures:
+            console.print(failures_table(final.failures))
+        if final.faults:
+            console.print("faults: " + escape("; ".join(final.faults)))
+    if run is None:
+        err_console.print("interrupted; the simulation was stopped (ACTIVE deployments resume with the next simulate)")
+        raise SystemExit(130)
 
+
+# --------------------------------------------------------------------------- fleet status / logs / ui
+
+
+@json_output
+def status(
+    state: State = None,
+    limit: int = typer.Option(50, "--limit", min=0, help="devices to list (unfinished and failed first; 0: all)"),
+) -> None:
+    """Deployments, thing groups and devices of the local fleet, and what the devices report: readings, answers
+    (local / cloud / none), fallback errors, breakers, uplink (readable while a simulation runs)."""
+    fleet = api.fleet_status(state_dir=state)
+    view, running = fleet.view, fleet.running
+    where = f"local fleet {fleet.root}: {len(view.devices)} device(s), {len(view.groups)} group(s)"
+    if running:
+        where += f"; simulation running (pid {running['pid']}, {running.get('devices')} devices, broker {running.get('broker')})"
+    else:
+        where += "; no simulation running"
+    facts = {"state": fleet.root, "simulation": running, **view.to_json()}
+    shown: list[Text | Table] = [
+        Text(where),
+        deployments_table(view),
+        groups_table(view),
+        devices_table(view, limit),
+        *telemetry_tables(view, limit),
+    ]
+    if view.failures:
+        shown.append(failures_table(view.failures))
+    if view.inactive_failures:
+        shown.append(failures_table(view.inactive_failures, "failures of inactive deployments (since replaced)"))
+    emit(facts, *shown)
+
+
+def logs(
+    thing: str = typer.Argument(..., help="the device (thing name)"),
+    component: str | None = typer.Argument(None, help="only this component's log (default: every component's)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines until Ctrl-C"),
+    lines: int | None = typer.Option(None, "--lines", "-n", min=0, metavar="N", help="only the last N lines of each log"),
+    state: State = None,
+) -> None:
+    """Print a device's component logs, like 'greengrass-cli logs' (each line prefixed with its component)."""
+    for entry in api.logs(thing, component, state_dir=state, lines=lines, follow=follow):
+        console.out(entry.line if component else f"{entry.component}: {entry.line}", highlight=False)
+        if follow:
+            console.file.flush()
+
+
+def ui(
+    state: State = None,
+    no_browser: bool = typer.Option(False, "--no-browser", help="print the page's address only"),
+) -> None:
+    """Open the live fleet page of the simulation running on this fleet folder (devices, rollouts, failures)."""
+    url = api.fleet_page(state_dir=state)
+    console.print(url, markup=False)
+    if not no_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate)
     fleet_app = typer.Typer(help="The local fleet: its state, deployments and devices.", no_args_is_help=True)
-
-    @fleet_app.command("status")
-    @json_output
-    def status_(
-        state: Path | None = typer.Option(None, "--state", help="the local fleet's folder (default ./.edgekit/fleet)"),
-        limit: int = typer.Option(50, "--limit", min=0, help="devices to list (unfinished and failed first; 0: all)"),
-    ) -> None:
-        """Deployments, thing groups and devices of the local fleet, and what the devices report: readings, answers
-        (local / cloud / none), fallback errors, breakers, uplink (readable while a simulation runs)."""
-        from edgekit.fleet.folder import FleetFolder
-        from edgekit.fleet.view import fleet_view
-
-        folder = FleetFolder.at(state)
-        fleet_state = folder.open_state()
-        try:
-            view = fleet_view(fleet_state)
-        finally:
-            fleet_state.close()
-        running = folder.running()
-        where = f"local fleet {folder.root}: {len(view.devices)} device(s), {len(view.groups)} group(s)"
-        if running:
-            where += (
-                f"; simulation running (pid {running['pid']}, {running.get('devices')} devices, broker {running.get('broker')})"
-            )
-        else:
-            where += "; no simulation running"
-        facts = {"state": folder.root, "simulation": running, **view.to_json()}
-        shown: list[Text | Table] = [
-            Text(where),
-            deployments_table(view),
-            groups_table(view),
-            devices_table(view, limit),
-            *telemetry_tables(view, limit),
-        ]
-        if view.failures:
-            shown.append(failures_table(view.failures))
-        if view.inactive_failures:
-            shown.append(failures_table(view.inactive_failures, "failures of inactive deployments (since replaced)"))
-        emit(facts, *shown)
-
-    @fleet_app.command("logs")
-    def logs_(
-        thing: str = typer.Argument(..., help="the device (thing name)"),
-        component: str | None = typer.Argument(None, help="only this component's log (default: every component's)"),
-        follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines until Ctrl-C"),
-        lines: int | None = typer.Option(None, "--lines", "-n", min=0, metavar="N", help="only the last N lines of each log"),
-        state: Path | None = typer.Option(
-            None, "--state", metavar="DIR", help="the local fleet's folder (default ./.edgekit/fleet)"
-        ),
-    ) -> None:
-        """Print a device's component logs, like 'greengrass-cli logs' (each line prefixed with its component)."""
-        from edgekit.api import logs
-
-        for entry in logs(thing, component, state_dir=state, lines=lines, follow=follow):
-            console.out(entry.line if component else f"{entry.component}: {entry.line}", highlight=False)
-            if follow:
-                console.file.flush()
-
-    @fleet_app.command("ui")
-    def ui_(
-        state: Path | None = typer.Option(
-            None, "--state", metavar="DIR", help="the local fleet's folder (default ./.edgekit/fleet)"
-        ),
-        no_browser: bool = typer.Option(False, "--no-browser", help="print the page's address only"),
-    ) -> None:
-        """Open the live fleet page of the simulation running on this fleet folder (devices, rollouts, failures)."""
-        from edgekit.api import fleet_page
-
-        url = fleet_page(state_dir=state)
-        console.print(url)
-        if not no_browser:
-            import webbrowser
-
-            webbrowser.open(url)
-
+    fleet_app.command("status")(status)
+    fleet_app.command("logs")(logs)
+    fleet_app.command("ui")(ui)
     app.add_typer(fleet_app, name="fleet")
