@@ -168,7 +168,8 @@ def test_tumbling_windows_summarize_answers() -> None:
 
 
 def test_confidence_of_probabilities_and_logits() -> None:
-    assert top_class(np.array([[0.1, 0.7, 0.2]], np.float32)) == (1, pytest.approx(0.7))
+    label, conf = top_class(np.array([[0.1, 0.7, 0.2]], np.float32))
+    assert label == 1 and conf == pytest.approx(0.7)
     label, conf = top_class(np.array([[2.0, 0.0, 0.0]]))
     assert label == 0 and conf == pytest.approx(np.exp(2) / (np.exp(2) + 2))
     assert top_class(np.array([3.0])) == (None, None)  # not a class vector: no answer
