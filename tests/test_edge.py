@@ -174,6 +174,7 @@ def test_confidence_of_probabilities_and_logits() -> None:
     assert label == 0 and conf == pytest.approx(np.exp(2) / (np.exp(2) + 2))
     assert top_class(np.array([3.0])) == (None, None)  # not a class vector: no answer
     assert top_class(np.array([[np.nan, 1.0, 0.0]])) == (None, None)  # nor is a NaN one (a summary holds finite numbers)
+    assert top_class(np.array([1.0004, 0.0])) == (0, 1.0)  # a probability is at most 1, rounding or not
 
 
 # --------------------------------------------------------------------------- the cloud side: a real HTTP server

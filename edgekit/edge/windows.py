@@ -52,7 +52,7 @@ def top_class(output: np.ndarray) -> tuple[int | None, float | None]:
     best = max(vals)
     label = vals.index(best)
     if min(vals) >= 0.0 and abs(total - 1.0) < 1e-3:
-        return label, float(best)
+        return label, min(float(best), 1.0)  # float32 probabilities can sum to a hair over 1
     return label, 1.0 / math.fsum(math.exp(v - best) for v in vals)
 
 
