@@ -1,7 +1,8 @@
 """What devices send: the fleet service ingests the inference components' window summaries and shows them per device.
 
-:class:`TelemetryIngest` subscribes to ``devices/+/#`` and stores every window summary (``type``
-``edgekit.inference.window``) in the fleet's SQLite state, de-duplicated by (thing, component, window): a
+:class:`TelemetryIngest` subscribes to ``devices/+/#`` and stores every window summary (an
+:class:`edgekit.wire.summary.WindowSummary`, each validated on its own: one that doesn't match is counted as
+malformed and the rest of its batch goes on) in the fleet's SQLite state, de-duplicated by (thing, component, window): a
 redelivered summary (at-least-once uplink) counts once, its deliveries are counted (the tables and their queries
 are :class:`~edgekit.fleet.state.FleetState`'s). :func:`edgekit.fleet.view.fleet_view` shows them per device and per
 thing group; :func:`accounted` checks a loop's :class:`~edgekit.edge.loop.Checkpoint`
@@ -11,24 +12,23 @@ against what arrived. See docs/local-fleet.md (telemetry).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from edgekit.fleet.state import FleetState
 from edgekit.mqtt.client import Message, MqttClient
+from edgekit.wire.summary import SummaryError, WindowSummary, read_summary
 
 __all__ = ["Accounted", "TelemetryIngest", "accounted"]
 
 log = logging.getLogger(__name__)
 
 TELEMETRY_FILTER: Final = "devices/+/#"
-WINDOW_TYPE: Final = "edgekit.inference.window"
 
 
 @dataclass
@@ -40,33 +40,27 @@ class IngestStats:
     unanswered: int = 0
 
 
-def _window_row(thing: str, body: Mapping[str, Any], now: float) -> tuple[Any, ...] | None:
-    try:
-        answered = body["answeredBy"]
-        run, seq = str(body["run"]), int(body["window"])
-        fallback = body.get("fallback") or {}
-        uplink = body.get("uplink") or {}
-        return (
-            thing,
-            str(body.get("component") or ""),
-            f"{run}/{seq}",
-            run,
-            seq,
-            float(body.get("windowStart") or 0.0),
-            float(body.get("windowEnd") or 0.0),
-            int(body["count"]),
-            int(answered["local"]),
-            int(answered["cloud"]),
-            int(answered["none"]),
-            json.dumps(fallback.get("errors") or {}, sort_keys=True),
-            fallback.get("breaker"),
-            json.dumps(fallback.get("latencyMs") or {}, sort_keys=True),
-            int(uplink.get("pending") or 0),
-            int(uplink.get("sent") or 0),
-            now,
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
+def _window_row(thing: str, summary: WindowSummary, now: float) -> tuple[Any, ...]:
+    fallback = summary.fallback
+    return (
+        thing,
+        summary.component,
+        f"{summary.run}/{summary.window}",
+        summary.run,
+        summary.window,
+        summary.window_start,
+        summary.window_end,
+        summary.count,
+        summary.answered_by.local,
+        summary.answered_by.cloud,
+        summary.answered_by.none,
+        json.dumps(fallback.errors if fallback is not None else {}, sort_keys=True),
+        fallback.breaker if fallback is not None else None,
+        json.dumps(fallback.latency_ms.model_dump(exclude_none=True) if fallback is not None else {}, sort_keys=True),
+        summary.uplink.pending,
+        summary.uplink.sent,
+        now,
+    )
 
 
 class _Clock(Protocol):
@@ -134,17 +128,16 @@ class TelemetryIngest:
                 counts["unanswered"] += 1
                 self.stats.unanswered += 1
                 continue
-            body: Any = None
-            with contextlib.suppress(ValueError):
-                body = json.loads(payload)
-            if not isinstance(body, dict) or body.get("type") != WINDOW_TYPE:
-                continue  # other device data: counted as a message only
-            row = _window_row(thing, body, now)
-            if row is None:
+            try:
+                summary = read_summary(payload)
+            except SummaryError as exc:  # this one is refused; the rest of the batch goes on
+                log.debug("fleet telemetry: %s sent a malformed window summary on %s: %s", thing, topic, exc)
                 counts["malformed"] += 1
                 self.stats.malformed += 1
                 continue
-            rows.append(row)
+            if summary is None:
+                continue  # other device data: counted as a message only
+            rows.append(_window_row(thing, summary, now))
         new, duplicates = self.state.record_telemetry(rows, per_thing, now)
         self.stats.duplicates += duplicates
         self.stats.windows += new

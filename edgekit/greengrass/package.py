@@ -43,7 +43,7 @@ RUNTIME_COMPONENT = "com.edgekit.Runtime"
 """The prefix of the runtime components: one per backend (:func:`runtime_component`)."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # The part of edgekit a device needs to load and run an artifact (no compiler, no CLI).
-_RUNTIME_MODULES = ["__init__.py", "_version.py", "api.py", "clock.py", "parsing.py", "digests.py", "errors.py", "deps.py", "manifest.py", "runtime", "edge"]
+_RUNTIME_MODULES = ["__init__.py", "_version.py", "api.py", "clock.py", "parsing.py", "digests.py", "errors.py", "deps.py", "manifest.py", "runtime", "edge", "wire"]
 
 
 @dataclass
