@@ -45,9 +45,6 @@ def demo(
     for target, artifact, hit in zip(targets, report.artifacts, report.cached, strict=True):
         console.print(esc(f"   {target}: {artifact}" + (" (cache)" if hit else "")))
     console.print(manifest_table(report.manifests))
-    if not report.same_backend:
-        console.print("   the targets chose different backends; packaging stops here (one runtime per component)")
-        return
     console.print(f"[bold]2. package[/] {esc(str(output / 'greengrass-build'))}: " + esc(", ".join(report.packaged)))
     console.print(f"   recipe lint: {'OK' if not report.lint_errors else f'{report.lint_errors} error(s)'}")
     if no_fleet:
