@@ -128,14 +128,16 @@ class ConfigurationUpdate(DeploymentPart):
                 parsed = json.loads(value)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not valid JSON: {exc.msg} at character {exc.pos}") from exc
+            except RecursionError:
+                raise ValueError("is JSON nested too deeply to read") from None
             if not isinstance(parsed, dict):
                 raise ValueError("must be a JSON object (the keys to merge into the configuration)")
             return parsed
         if isinstance(value, Mapping):
             try:
                 size = len(_compact(value))
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"is not JSON ({exc})") from exc
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise ValueError(f"is not JSON ({exc})") from None
             if size > MAX_MERGE_CHARS:
                 raise ValueError(f"is {size} characters as JSON, over CreateDeployment's {MAX_MERGE_CHARS}")
             return value
