@@ -4,8 +4,10 @@ client and server checked against each other through the models."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -348,3 +350,26 @@ def test_the_server_says_what_is_wrong_with_a_request(body: dict[str, Any], mess
     with pytest.raises(HttpError, match=message) as caught:
         decode_v2(json.dumps(body).encode(), None)
     assert caught.value.status == 400
+
+
+# --------------------------------------------------------------------------- who imports whom
+
+PACKAGE = Path(__file__).resolve().parents[1] / "edgekit"
+
+
+def _edgekit_imports(folder: Path) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("edgekit"):
+                found.setdefault(path.name, set()).add(node.module)
+            elif isinstance(node, ast.Import):
+                found.setdefault(path.name, set()).update(a.name for a in node.names if a.name.startswith("edgekit"))
+    return found
+
+
+def test_the_contracts_import_no_side_and_the_server_nothing_of_the_device() -> None:
+    wire = {f: {m for m in mods if not m.startswith("edgekit.wire")} for f, mods in _edgekit_imports(PACKAGE / "wire").items()}
+    assert {f: m for f, m in wire.items() if m} == {}
+    cloud = {f: {m for m in mods if m.startswith("edgekit.edge")} for f, mods in _edgekit_imports(PACKAGE / "cloud").items()}
+    assert {f: m for f, m in cloud.items() if m} == {}
