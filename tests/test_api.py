@@ -42,7 +42,7 @@ def test_publish_deploy_and_simulate_a_local_fleet(tmp_path: Path) -> None:
     assert lines == ["pre-flight: 4 device(s) reached, 0 with problems"]
 
     run = edgekit.simulate(fleet, state_dir=state, until_done=True, duration=60, tick_s=0.2)
-    assert run.final.summary.deployments[0].counts == {"SUCCEEDED": 4}
+    assert run.final.view.deployments[0].counts == {"SUCCEEDED": 4}
     assert run.final.devices == 4 and run.state == FleetFolder.at(state).root
 
 

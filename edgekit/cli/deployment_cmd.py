@@ -33,13 +33,13 @@ def register(app: typer.Typer) -> None:
 
         found = deployments(local=local, state_dir=state, region=region, profile=profile, endpoint_url=endpoint_url)
         rows: list[dict[str, Any]] = [
-            {"id": d.id, "target": d.target, "status": d.status, "created": d.created_at, "name": d.name, "counts": d.counts}
+            {"id": d.id, "target": d.target, "status": d.status, "createdAt": d.created_at, "name": d.name, "counts": d.counts}
             for d in found
         ]
-        columns = {"id": "deployment", "target": "target", "status": "status", "created": "created"}
+        columns = {"id": "deployment", "target": "target", "status": "status", "createdAt": "created"}
         columns |= {"name": "name"} if not local else {"counts": "executions"}
         shown = {
-            "created": lambda t: "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)),
+            "createdAt": lambda t: "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)),
             "counts": lambda c: " ".join(f"{s}={c[s]}" for s in _STATUSES if c and c.get(s)) or "-",
         }
         emit(rows, rows_table("deployments", rows, columns, shown))
