@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -171,9 +172,16 @@ def _adds_components(spec: DeploymentSpec, merge: list[str]) -> bool:
         name, _, text = item.partition("=")
         component = spec.components.get(name)
         update = component.configuration_update if component is not None else None
-        if update is None or update.merge != text:
+        if update is None or update.merge is None or update.merge != _json_or_none(text):
             return True
     return False
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _json_text(value: Any) -> Any:
