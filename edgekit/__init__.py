@@ -1,26 +1,68 @@
 """edgekit: compile a model for an edge device, package it for Greengrass v2, roll it out.
 
-One function per stage (:mod:`edgekit.api`): :func:`compile`, :func:`load`, :func:`targets`, :func:`package`,
-:func:`publish` and :func:`deploy` (AWS or the local fleet), :func:`simulate`.
-Importing edgekit is cheap: TVM, PyTorch, scikit-learn and boto3 load only when used. See docs/index.md.
+Every function of :mod:`edgekit.api` is here too: one per stage (:func:`compile`, :func:`run`, :func:`package`,
+:func:`publish`, :func:`deploy` to AWS or the local fleet, :func:`simulate`, :func:`serve`, :func:`advise`...), the
+same calls the ``edgekit`` command makes. Importing edgekit is cheap: TVM, PyTorch, scikit-learn and boto3 load
+only when used. See docs/index.md.
 """
 
 from __future__ import annotations
 
 from edgekit._version import __version__
-from edgekit.api import advise, compile, deploy, load, package, publish, serve, simulate, targets
+from edgekit.api import (
+    advise,
+    cancel_deployment,
+    compile,
+    delete_endpoint,
+    deploy,
+    deploy_endpoint,
+    deployment_spec,
+    deployments,
+    fleet_page,
+    fleet_status,
+    invoke_endpoint,
+    invoke_endpoint_async,
+    lint_recipes,
+    load,
+    logs,
+    package,
+    publish,
+    published_versions,
+    run,
+    run_demo,
+    serve,
+    simulate,
+    targets,
+    verify_artifact,
+)
 from edgekit.errors import EdgekitError
 
+# edgekit.api's __all__, plus on purpose __version__ and EdgekitError (tests/test_cli_layout.py holds them together)
 __all__ = [
     "EdgekitError",
     "__version__",
     "advise",
+    "cancel_deployment",
     "compile",
+    "delete_endpoint",
     "deploy",
+    "deploy_endpoint",
+    "deployment_spec",
+    "deployments",
+    "fleet_page",
+    "fleet_status",
+    "invoke_endpoint",
+    "invoke_endpoint_async",
+    "lint_recipes",
     "load",
+    "logs",
     "package",
     "publish",
+    "published_versions",
+    "run",
+    "run_demo",
     "serve",
     "simulate",
     "targets",
+    "verify_artifact",
 ]

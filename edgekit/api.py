@@ -15,33 +15,50 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     import numpy as np
 
-    from edgekit.cloud.advisor import Advice
+    from edgekit.cloud.advisor import Advice, Workload
+    from edgekit.cloud.sagemaker import ApiCall, DeployResult
+    from edgekit.cloud.server import ServeOptions
     from edgekit.compiler import CompileResult
+    from edgekit.demo.flow import DemoReport
     from edgekit.fleet.deploy import LocalDeployment
     from edgekit.fleet.logs import LogLine
+    from edgekit.fleet.status import FleetStatus
     from edgekit.greengrass.build import PublishResult
     from edgekit.greengrass.deployment import DeploymentListing, DeploymentResult, DeploymentSpec
+    from edgekit.greengrass.lint import Finding
     from edgekit.greengrass.package import PackageResult
     from edgekit.profiles import DeviceProfile
     from edgekit.progress import Progress
     from edgekit.runtime import LoadedModel, RunResult
     from edgekit.sim.run import SimulationRun
     from edgekit.sim.simulation import SimulationStatus
+    from edgekit.verify.compare import VerifyReport
 
 __all__ = [
+    "advise",
     "cancel_deployment",
     "compile",
+    "delete_endpoint",
     "deploy",
+    "deploy_endpoint",
+    "deployment_spec",
     "deployments",
     "fleet_page",
+    "fleet_status",
+    "invoke_endpoint",
+    "invoke_endpoint_async",
+    "lint_recipes",
     "load",
     "logs",
     "package",
     "publish",
     "published_versions",
     "run",
+    "run_demo",
+    "serve",
     "simulate",
     "targets",
+    "verify_artifact",
 ]
 
 DEFAULT_BUILD = Path("greengrass-build")
@@ -54,9 +71,15 @@ def compile(
 
     An artifact already in ``output_dir`` under the same name but built from another source file (``model.pt`` over
     ``model.onnx``'s) is refused unless ``force``. ``report``: also write a self-contained HTML page of what was
-    measured (every candidate's latency, accuracy, size and why it won or lost)."""
+    measured (every candidate's latency, accuracy, size and why it won or lost). ``input_shapes``: a mapping of input
+    name to dims, or Neo-style ``'name:1,3,224,224'`` strings (``--input-shape``)."""
     from edgekit.compiler import compile_model
 
+    shapes = kwargs.get("input_shapes")
+    if isinstance(shapes, (list, tuple)):
+        from edgekit.compiler.frontends import parse_input_shapes
+
+        kwargs["input_shapes"] = parse_input_shapes(list(shapes))
     if not force:
         _check_overwrite(model, target, Path(output_dir), kwargs.get("name"))
     result = compile_model(model, target, output_dir, **kwargs)
@@ -99,24 +122,38 @@ def run(
     artifact_dir: str | Path,
     inputs: Mapping[str, np.ndarray] | None = None,
     *,
+    input_files: Sequence[str] = (),
     random: bool = False,
     repeat: int = 1,
     threads: int = 0,
+    save: str | Path | None = None,
 ) -> RunResult:
     """Load an artifact and run it ``repeat`` times on ``inputs`` (or, with ``random``, on random inputs of the
-    manifest's shapes): the outputs by name and each run's time (tvmc's ``--repeat``/``--print-time``)."""
+    manifest's shapes): the outputs by name and each run's time (tvmc's ``--repeat``/``--print-time``).
+
+    ``input_files``: read the inputs from files instead (``.npy``, ``.npz``, ``.json``; ``NAME=FILE`` per input).
+    ``save``: also write the outputs to this ``.npz``."""
     from edgekit.errors import InferenceError
     from edgekit.runtime import RunResult
     from edgekit.runtime import load as _load
-    from edgekit.runtime.inputs import random_inputs, time_runs
+    from edgekit.runtime.inputs import random_inputs, read_inputs, time_runs
 
+    if input_files:
+        from edgekit.manifest import read_manifest
+
+        inputs, random = read_inputs(list(input_files), read_manifest(artifact_dir).inputs), False
     model = _load(artifact_dir, threads)
     if inputs is None:
         if not random:
             raise InferenceError("give --input FILE (.npy, .npz or .json; NAME=FILE per input), or --random")
         inputs = random_inputs(model.manifest.inputs)
     outs, timing = time_runs(model.predict, dict(inputs), repeat)
-    return RunResult(model, dict(zip(model.outputs, outs, strict=True)), timing)
+    result = RunResult(model, dict(zip(model.outputs, outs, strict=True)), timing)
+    if save is not None:
+        import numpy as np
+
+        np.savez(save, **result.outputs)  # type: ignore[arg-type]
+    return result
 
 
 def targets() -> list[DeviceProfile]:
@@ -402,6 +439,10 @@ def simulate(
     tick_s: float = 1.0,
     build: str | Path | None = None,
     deployments: Sequence[DeploymentSpec] = (),
+    deploy: Sequence[str] | Mapping[str, str] = (),
+    targets: Sequence[str] = (),
+    rollout: str | None = None,
+    abort_failed: str | None = None,
     until_done: bool = False,
     duration: float | None = None,
     watch: Callable[[SimulationStatus], None] | None = None,
@@ -411,13 +452,27 @@ def simulate(
     """Run a simulated fleet in the foreground (mosquitto, the local fleet service, device agents) and return how
     it ended: publish ``build``, make ``deployments``, then watch until ``until_done`` / ``duration`` (or Ctrl-C).
 
+    ``deploy``: components (``NAME=VERSION`` or a mapping) to deploy once started, to ``targets`` (default: every
+    thing group of the fleet) with ``rollout`` / ``abort_failed`` (:func:`deployment_spec`'s shorthands), besides
+    ``deployments``.
+
     For a simulation that runs beside your own code, use :class:`edgekit.sim.Simulation` as an async context.
     """
+    from edgekit.errors import DeploymentError
     from edgekit.fleets import load_fleet
+    from edgekit.greengrass.deployment import build_spec
     from edgekit.sim import Simulation
     from edgekit.sim.run import run_simulation
 
+    if not deploy and (targets or rollout or abort_failed):
+        raise DeploymentError("--target, --rollout and --abort-failed go with --deploy NAME=VERSION")
     model = load_fleet(fleet)
+    if deploy:
+        groups = sorted({g for d in model.expand() for g in d.groups})
+        deployments = [*deployments, *(
+            build_spec(t, deploy, rollout=rollout, abort_failed=abort_failed, flag="--deploy")
+            for t in (targets or [f"thinggroup/{g}" for g in groups])
+        )]  # fmt: skip
     if devices is not None:
         model = model.scaled(devices)
     sim = Simulation(model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s)
@@ -462,15 +517,252 @@ def fleet_page(*, state_dir: str | Path | None = None) -> str:
     return f"{running['http']}/ui"
 
 
-def serve(models: Any = (), **kwargs: Any) -> None:
-    """Serve artifacts over SageMaker's contracts, KServe v2 and /metrics until SIGTERM; see :func:`edgekit.cloud.server.serve`."""
-    from edgekit.cloud.server import serve as _serve
+def fleet_status(*, state_dir: str | Path | None = None) -> FleetStatus:
+    """The local fleet in ``state_dir`` (default ``./.edgekit/fleet``) at a glance: deployments, thing groups,
+    devices, the latest failures, what the devices report and the simulation running on it (readable while it runs)."""
+    from edgekit.fleet.folder import FleetFolder
+    from edgekit.fleet.status import read_status
 
-    _serve(models, **kwargs)
+    return read_status(FleetFolder.at(state_dir))
 
 
-def advise(artifact: Any = None, workload: Any = None, **kwargs: Any) -> Advice:
-    """Where and how to run a model, by AWS's deployment guide; see :func:`edgekit.cloud.advisor.advise`."""
+def deployment_spec(
+    target: str,
+    components: Sequence[str] | Mapping[str, str] = (),
+    *,
+    spec_file: str | Path | None = None,
+    name: str | None = None,
+    rollout: str | None = None,
+    abort_failed: str | None = None,
+    failure_handling: str | None = None,
+    timeout_minutes: int | None = None,
+    merge: Sequence[str] = (),
+    update_config: str | None = None,
+    remove: Sequence[str] = (),
+) -> DeploymentSpec:
+    """A deployment request (CreateDeployment's fields) for :func:`deploy`: ``components`` as ``NAME=VERSION`` (or a
+    mapping) over the spec file's, ``rollout`` like ``'10/min'``, ``abort_failed`` like ``'10%'``; ``merge``,
+    ``update_config`` and ``remove`` as the Greengrass CLI's ``--merge``, ``--update-config`` and ``--remove``."""
+    from edgekit.greengrass.deployment import build_spec, load_spec
+
+    return build_spec(
+        target,
+        components,
+        spec=load_spec(spec_file) if spec_file else None,
+        name=name,
+        rollout=rollout,
+        abort_failed=abort_failed,
+        failure_handling=failure_handling,
+        timeout_minutes=timeout_minutes,
+        merge=merge,
+        update_config=update_config,
+        remove=remove,
+    )
+
+
+def lint_recipes(paths: Sequence[str | Path]) -> list[Finding]:
+    """Check Greengrass v2 recipe files (and folders of them) the way the nucleus reads them: every finding names
+    the file, the path in it, the problem and the fix (``severity`` error or warning)."""
+    from edgekit.errors import RecipeError
+    from edgekit.greengrass.lint import lint_paths
+
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise RecipeError(f"no such recipe file or folder: {', '.join(missing)}")
+    return lint_paths(paths)
+
+
+def verify_artifact(artifact_dir: str | Path, *, samples: int = 4, progress: Progress | None = None) -> VerifyReport:
+    """Run an aarch64 artifact under qemu (aarch64 Python + TVM runtime) on its golden vectors and compare with this
+    host; :class:`~edgekit.errors.VerificationError` when they disagree."""
+    from edgekit.verify.compare import verify_artifact as _verify
+
+    return _verify(artifact_dir, samples=samples, progress=progress)
+
+
+def run_demo(
+    output: str | Path = "build/demo",
+    *,
+    targets: Sequence[str] = ("x86_64", "rasp4b"),
+    fleet: str = "demo",
+    state_dir: str | Path | None = None,
+    no_fleet: bool = False,
+    rollout_per_min: int = 600,
+    seconds: float = 20.0,
+    outage_s: float = 5.0,
+    keep: bool = False,
+    cloud_url: str | None = None,
+    progress: Progress | None = None,
+) -> DemoReport:
+    """The whole flow on a bundled sensor model: compile for ``targets``, package, start ``edgekit serve`` as the
+    cloud fallback (or use ``cloud_url``), roll out to a simulated fleet, infer through a broker outage and count
+    every reading; see :mod:`edgekit.demo.flow`."""
+    from edgekit.demo.flow import DemoOptions
+    from edgekit.demo.flow import run_demo as _run_demo
+
+    options = DemoOptions(
+        output=Path(output),
+        targets=tuple(targets),
+        fleet=fleet,
+        state=Path(state_dir) if state_dir is not None else None,
+        rollout_per_min=rollout_per_min,
+        seconds=seconds,
+        outage_s=outage_s,
+        no_fleet=no_fleet,
+        keep=keep,
+        cloud_url=cloud_url,
+    )
+    return _run_demo(options, progress=progress)
+
+
+def serve(
+    models: Sequence[str | Path] = (),
+    *,
+    pipelines: Mapping[str, Sequence[str]] | None = None,
+    options: ServeOptions | None = None,
+    on_ready: Callable[[str, list[str]], None] | None = None,
+    **settings: Any,
+) -> None:
+    """Serve artifacts (``NAME=PATH`` to rename) and serial pipelines over SageMaker's container contract, the
+    multi-model API, KServe v2 and /metrics until SIGTERM. ``settings``: the fields of
+    :class:`edgekit.cloud.server.ServeOptions` (``host``, ``port``, ``threads``...), or pass ``options``.
+    ``on_ready(url, model_names)`` once listening."""
+    from edgekit.cloud.server import ModelServer, ServeOptions
+
+    opts = options or ServeOptions(**settings)
+    server: ModelServer | None = None
+
+    def ready(url: str) -> None:
+        if on_ready is not None:
+            on_ready(url, sorted(server.registry.sources) if server is not None else [])
+
+    server = ModelServer(models, pipelines=pipelines, options=opts, on_ready=ready)
+    server.run()
+
+
+def advise(
+    artifact: str | Path | None = None, workload: Workload | None = None, *, rules_file: Path | None = None, **facts: Any
+) -> Advice:
+    """Where and how to run a model (edge or cloud; inference option, endpoint layout, instance family), with
+    reasons, by AWS's deployment guide. ``facts``: the fields of :class:`edgekit.cloud.advisor.Workload`
+    (``latency_ms``, ``traffic``...), or pass ``workload``; see :func:`edgekit.cloud.advisor.advise`."""
+    from edgekit.cloud.advisor import Workload
     from edgekit.cloud.advisor import advise as _advise
 
-    return _advise(artifact, workload, **kwargs)
+    return _advise(artifact, workload or Workload(**facts), rules_file=rules_file)
+
+
+def deploy_endpoint(
+    artifact_dir: str | Path,
+    *,
+    name: str | None = None,
+    mode: str = "real-time",
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    dry_run: bool = False,
+    wait: bool = True,
+    timeout: float = 1800.0,
+    progress: Progress | None = None,
+    **spec: Any,
+) -> DeployResult:
+    """Upload an artifact and create a SageMaker model and endpoint (``mode``: real-time, serverless, async) or a
+    batch transform job, waiting for InService / Completed unless not ``wait``; a failure deletes what it made.
+    ``spec``: the other fields of :class:`edgekit.cloud.sagemaker.EndpointSpec` (``role_arn``, ``image``,
+    ``bucket``...). ``dry_run``: every request checked against the API model, nothing called."""
+    from edgekit.cloud.sagemaker import MODES, DeployEvent, EndpointSpec
+    from edgekit.cloud.sagemaker import deploy_endpoint as _deploy
+    from edgekit.errors import EndpointError
+
+    if mode not in MODES:
+        raise EndpointError(f"--mode must be one of {', '.join(MODES)}, not '{mode}'")
+    full = EndpointSpec(name=name or Path(artifact_dir).resolve().name, mode=mode, **spec)  # type: ignore[arg-type]
+
+    def show(event: DeployEvent) -> None:
+        if progress is not None:
+            progress(f"{event.stage}: {event.detail}")
+
+    return _deploy(
+        artifact_dir, full, region=region, profile=profile, endpoint_url=endpoint_url, dry_run=dry_run, wait=wait,
+        timeout=timeout, progress=show,
+    )  # fmt: skip
+
+
+def invoke_endpoint(
+    name: str,
+    inputs: Mapping[str, np.ndarray] | np.ndarray | None = None,
+    *,
+    input_files: Sequence[str] = (),
+    target_model: str | None = None,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+) -> dict[str, np.ndarray]:
+    """InvokeEndpoint (a SageMaker endpoint, or a local ``edgekit serve`` at ``endpoint_url``): the outputs by name.
+    ``input_files`` instead of ``inputs``: ``file.npy`` (the only input), ``NAME=file.npy`` per input, or an
+    ``.npz`` of all of them."""
+    from edgekit.cloud.sagemaker import invoke_endpoint as _invoke
+
+    feeds = _endpoint_inputs(list(input_files)) if inputs is None else inputs
+    return _invoke(name, feeds, target_model=target_model, region=region, profile=profile, endpoint_url=endpoint_url)
+
+
+def _endpoint_inputs(items: list[str]) -> dict[str, np.ndarray] | np.ndarray:
+    import numpy as np
+
+    from edgekit.errors import EndpointError
+
+    feeds: dict[str, np.ndarray] = {}
+    for item in items:
+        name, sep, file = item.partition("=")
+        path = Path(file if sep else item)
+        try:
+            if path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as data:
+                    feeds.update({k: data[k] for k in data.files})
+                continue
+            array: np.ndarray = np.asarray(np.load(path, allow_pickle=False))
+        except (OSError, ValueError) as exc:
+            raise EndpointError(f"--input {item}: cannot read '{path}' as .npy/.npz ({exc})") from exc
+        if not sep:
+            if len(items) != 1:
+                raise EndpointError(f"--input {item}: with several inputs, name each: NAME=file.npy")
+            return array
+        feeds[name] = array
+    if not feeds:
+        raise EndpointError("give --input file.npy (the model's only input), NAME=file.npy per input, or an .npz")
+    return feeds
+
+
+def invoke_endpoint_async(
+    name: str,
+    input_location: str,
+    *,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+) -> str:
+    """InvokeEndpointAsync on a request body already in S3 (``s3://...``); returns where the result will be written."""
+    from edgekit.cloud.sagemaker import invoke_endpoint_async as _invoke_async
+
+    return _invoke_async(name, input_location, region=region, profile=profile, endpoint_url=endpoint_url)
+
+
+def delete_endpoint(
+    name: str,
+    *,
+    keep_config: bool = False,
+    keep_models: bool = False,
+    region: str | None = None,
+    profile: str | None = None,
+    endpoint_url: str | None = None,
+    dry_run: bool = False,
+) -> list[ApiCall]:
+    """Delete a SageMaker endpoint, then (unless kept) its endpoint config and the models it serves; the calls made
+    (with ``dry_run``, the calls it would make)."""
+    from edgekit.cloud.sagemaker import delete_endpoint as _delete
+
+    return _delete(
+        name, keep_config=keep_config, keep_models=keep_models, region=region, profile=profile,
+        endpoint_url=endpoint_url, dry_run=dry_run,
+    )  # fmt: skip

@@ -26,6 +26,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.compiler.pipeline import Pipeline
+from edgekit.wire.inference import InferenceRequest, InferenceResponse
 
 # --------------------------------------------------------------------------- system tools: skip here, fail in CI
 
@@ -171,17 +172,9 @@ class InferServer:
                 if server.mode == "garbage":
                     reply = b"<html>proxy error</html>"
                 else:
-                    feeds = {t["name"]: np.asarray(t["data"], dtype=np.float32).reshape(t["shape"]) for t in body["inputs"]}
-                    outs = server.predict(feeds)
-                    reply = json.dumps(
-                        {
-                            "model_name": server.model,
-                            "outputs": [
-                                {"name": f"out{i}", "shape": list(o.shape), "datatype": "FP32", "data": o.ravel().tolist()}
-                                for i, o in enumerate(outs)
-                            ],
-                        }
-                    ).encode()
+                    feeds = {n: a.astype(np.float32) for n, a in InferenceRequest.model_validate(body).arrays().items()}
+                    outs = {f"out{i}": np.asarray(o, dtype=np.float32) for i, o in enumerate(server.predict(feeds))}
+                    reply = InferenceResponse.from_arrays(server.model, outs).model_dump_json(exclude_none=True).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))

@@ -137,8 +137,8 @@ def test_cli_json_keys_and_bad_input(artifacts: dict[str, Path], capsys: pytest.
     ]
     assert main(args) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert {"placement", "inference_option", "endpoint_layout", "instance_family", "reasons", "rejected"} <= set(doc)
-    assert (doc["placement"], doc["inference_option"]) == ("cloud", "serverless")
+    assert {"placement", "inferenceOption", "endpointLayout", "instanceFamily", "reasons", "rejected"} <= set(doc)
+    assert (doc["placement"], doc["inferenceOption"]) == ("cloud", "serverless")
     assert doc["command"].endswith("--mode serverless --memory 1024")
     assert main(["advise", "--traffic", "sometimes"]) == EXIT_CODES[ConfigError]
     assert "--traffic must be one of sustained, intermittent, offline" in capsys.readouterr().err

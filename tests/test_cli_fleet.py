@@ -175,3 +175,44 @@ def test_a_broker_left_running_is_stopped_at_the_next_start(tmp_path: Path) -> N
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.wait()
+
+
+def test_fleet_status_shows_device_text_as_written_and_sets_inactive_failures_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgekit.fleet import FleetService
+
+    folder = FleetFolder.at(tmp_path / "state")
+    with FleetState(folder.database) as fleet_state:
+        svc = FleetService(fleet_state)
+        for thing in ("pi-01", "pi-02"):
+            svc.register_thing(thing, "rasp4b", {"os": "linux", "architecture": "aarch64"}, ["line-1"])
+        spec = {"targetArn": "thinggroup/line-1", "components": {APP: {"componentVersion": "1.0.0"}}}
+        old = svc.create_deployment(spec, require_published=False)
+        svc.notify_due()
+        hostile = {"deployment-error-code": "[bold]CODE", "deployment-failure-cause": "it said [/red] and [link=x]"}
+        svc.update_execution("pi-01", old, "FAILED", hostile)  # what a device reports is its own text
+        new = svc.create_deployment({**spec, "deploymentName": "again"}, require_published=False)
+        svc.notify_due()
+        svc.update_execution("pi-02", new, "FAILED", {"deployment-failure-cause": "[/]"})
+
+    assert main(["fleet", "status", "--state", str(folder.root)]) == 0
+    out = capsys.readouterr().out
+    assert "it said [/red] and [link=x]" in out and "[bold]CODE" in out and "[/]" in out  # shown as written
+    assert "failures of inactive deployments" in out
+
+    assert main(["fleet", "status", "--state", str(folder.root), "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert {"deployments", "groups", "devices", "failures", "inactiveFailures", "telemetry"} <= set(view)
+    assert [(f["thing"], f["deploymentId"]) for f in view["failures"]] == [("pi-02", new)]
+    assert [(f["thing"], f["deploymentId"], f["deploymentStatus"]) for f in view["inactiveFailures"]] == [
+        ("pi-01", old, "INACTIVE")
+    ]
+    assert view["inactiveFailures"][0]["cause"] == "it said [/red] and [link=x]"
+    deployment = next(d for d in view["deployments"] if d["id"] == new)
+    assert deployment["name"] == "again" and deployment["components"] == [{"name": APP, "version": "1.0.0"}]
+    assert "createdAt" in deployment and "created_at" not in json.dumps(view)
+    device = next(d for d in view["devices"] if d["thing"] == "pi-01")
+    assert device["platform"] == {"os": "linux", "architecture": "aarch64"} and device["groups"] == ["line-1"]
+    assert {"lastSeen", "lastTelemetryAt", "connected", "state"} <= set(device)
+    assert "componentPending" in device["telemetry"]

@@ -1,4 +1,8 @@
-"""edgekit.edge: spool, windows, cloud fallback (a real Open Inference Protocol HTTP server), MQTT drain (real mosquitto)."""
+"""edgekit.edge: spool, windows, cloud fallback (a real Open Inference Protocol HTTP server), MQTT drain (real mosquitto).
+
+The windows and the local-first-then-cloud tests drive the inference loop's own code (``edgekit.edge.windows``,
+``edgekit.edge.loop``): the one inference path the component and the simulator run.
+"""
 
 from __future__ import annotations
 
@@ -20,23 +24,24 @@ from helpers import eventually, requires
 import edgekit
 from edgekit.clock import FakeClock
 from edgekit.edge import (
-    Aggregator,
-    Answer,
     CircuitBreaker,
     CloudFallback,
     EdgeError,
-    EdgeInference,
     FallbackError,
     FallbackUnavailable,
     Spool,
     SpoolFullError,
     SpoolPublisher,
-    confidence_of,
 )
+from edgekit.edge.loop import InferenceLoop, LoopOptions
+from edgekit.edge.sources import Reading
+from edgekit.edge.uplink import SpoolUplink
+from edgekit.edge.windows import CLOUD, LOCAL, NONE, Tumbling, summarize, top_class
 from edgekit.errors import InferenceError, exit_code_for
 from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import Backoff, connect
 from edgekit.mqtt.errors import MqttTimeoutError
+from edgekit.wire.summary import encode_summary
 
 # --------------------------------------------------------------------------- spool
 
@@ -139,30 +144,37 @@ def test_a_spool_is_bounded_in_bytes_too(tmp_path: Path) -> None:
 
 def test_tumbling_windows_summarize_answers() -> None:
     clock = FakeClock(1000.0)
-    agg = Aggregator(10.0, clock=clock)
-    assert agg.add(Answer(1, 0.9, 2.0, "local")) is None
+    windows = Tumbling(clock)
+    windows.open.record(LOCAL, 1, 0.9, 2.0)
+    assert not windows.due(10.0)
     clock.advance(4)
-    assert agg.add(Answer(1, 0.7, 4.0, "local")) is None
-    assert agg.add(Answer(0, 0.6, 50.0, "cloud")) is None
-    assert agg.add(Answer(None, None, 60.0, "none")) is None
+    windows.open.record(LOCAL, 1, 0.7, 4.0)
+    windows.open.record(CLOUD, 0, 0.6, 50.0)
+    windows.open.record(NONE, None, None, 60.0)
+    assert not windows.due(10.0)
     clock.advance(7)  # past the window
-    summary = agg.add(Answer(2, 0.99, 1.0, "local"))
-    assert summary is not None
+    assert windows.due(10.0)
+    closed = windows.close()
+    windows.open.record(LOCAL, 2, 0.99, 1.0)
+    assert closed is not None
+    summary = json.loads(encode_summary(summarize(closed, run="r1")))
     assert summary["count"] == 4 and summary["classes"] == {"0": 1, "1": 2}
     assert summary["answeredBy"] == {"local": 2, "cloud": 1, "none": 1}
     assert summary["confidence"] == {"mean": round((0.9 + 0.7 + 0.6) / 3, 4), "min": 0.6, "max": 0.9}
     assert summary["windowStart"] == 1000.0 and summary["windowEnd"] == 1011.0
     assert summary["latencyMs"]["max"] == 60.0
-    last = agg.flush()
-    assert last is not None and last["count"] == 1 and agg.flush() is None
+    last = windows.close()
+    assert last is not None and last.count == 1 and windows.close() is None
 
 
 def test_confidence_of_probabilities_and_logits() -> None:
-    label, conf = confidence_of(np.array([[0.1, 0.7, 0.2]], np.float32))  # type: ignore[misc]
+    label, conf = top_class(np.array([[0.1, 0.7, 0.2]], np.float32))
     assert label == 1 and conf == pytest.approx(0.7)
-    label, conf = confidence_of(np.array([[2.0, 0.0, 0.0]]))  # type: ignore[misc]
+    label, conf = top_class(np.array([[2.0, 0.0, 0.0]]))
     assert label == 0 and conf == pytest.approx(np.exp(2) / (np.exp(2) + 2))
-    assert confidence_of(np.array([3.0])) is None
+    assert top_class(np.array([3.0])) == (None, None)  # not a class vector: no answer
+    assert top_class(np.array([[np.nan, 1.0, 0.0]])) == (None, None)  # nor is a NaN one (a summary holds finite numbers)
+    assert top_class(np.array([1.0004, 0.0])) == (0, 1.0)  # a probability is at most 1, rounding or not
 
 
 # --------------------------------------------------------------------------- the cloud side: a real HTTP server
@@ -231,56 +243,79 @@ def test_unreachable_endpoint_is_a_fallback_error(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- local first, then cloud, never dropped
 
 
-def _edge(tmp_path: Path, predict: Any, fallback: CloudFallback | None, min_confidence: float) -> EdgeInference:
-    return EdgeInference(
-        predict,
-        aggregator=Aggregator(3600),
-        spool=Spool(tmp_path / "spool.db"),
-        aggregate_topic="edgekit/dev-1/aggregates",
-        unanswered_topic="edgekit/dev-1/unanswered",
-        min_confidence=min_confidence,
-        fallback=fallback,
-    )
+class _Model:
+    """What the loop runs: ``predict`` and a manifest (a real artifact's, or one whose predict fails)."""
+
+    def __init__(self, model: edgekit.runtime.LoadedModel, predict: Any = None) -> None:
+        self.manifest = model.manifest
+        self.predict = predict if predict is not None else model.predict
+
+
+class _Once:
+    """An input source of one reading."""
+
+    def __init__(self, reading: Reading) -> None:
+        self.reading, self.produced = reading, 0
+
+    def take(self, now: float) -> Reading | None:
+        if self.produced:
+            return None
+        self.produced += 1
+        return self.reading
+
+
+def _loop(tmp_path: Path, model: _Model, fallback: CloudFallback | None, min_confidence: float, x: Reading) -> InferenceLoop:
+    options = LoopOptions(interval_s=0, window_s=3600, max_readings=1, topic="edgekit/dev-1", min_confidence=min_confidence)
+    uplink = SpoolUplink(tmp_path / "spool.db")
+    return InferenceLoop(model, options, uplink=uplink, thing="dev-1", component="c", fallback=fallback, source=_Once(x))
 
 
 def test_low_confidence_goes_to_the_cloud_and_errors_too(
-    tmp_path: Path, cloud: InferServer, mlp_model: edgekit.runtime.LoadedModel
+    tmp_path: Path, cloud: InferServer, mlp_model: edgekit.runtime.LoadedModel, caplog: pytest.LogCaptureFixture
 ) -> None:
     x = {"x": np.random.default_rng(1).standard_normal((1, 8)).astype(np.float32)}
-    top = confidence_of(mlp_model.predict(x)[0])
-    assert top is not None
-    confident = _edge(tmp_path / "a", mlp_model.predict, CloudFallback(cloud.url, "big-model"), min_confidence=0.0)
-    assert confident.infer(x).answer.source == "local" and cloud.requests == 0
-    unsure = _edge(tmp_path / "b", mlp_model.predict, CloudFallback(cloud.url, "big-model"), min_confidence=1.0)
-    result = unsure.infer(x)
-    assert result.answer.source == "cloud" and cloud.requests == 1 and result.answer.label == top[0]
+    top = top_class(mlp_model.predict(x)[-1])
+    assert top[0] is not None
+
+    async def one(loop: InferenceLoop) -> tuple[int, int, int]:
+        await loop._batch(1)
+        return loop.windows.open.answered[LOCAL], loop.windows.open.answered[CLOUD], loop.windows.open.answered[NONE]
+
+    confident = _loop(tmp_path / "a", _Model(mlp_model), CloudFallback(cloud.url, "big-model"), 0.0, x)
+    assert asyncio.run(one(confident)) == (1, 0, 0) and cloud.requests == 0
+    unsure = _loop(tmp_path / "b", _Model(mlp_model), CloudFallback(cloud.url, "big-model"), 1.0, x)
+    assert asyncio.run(one(unsure)) == (0, 1, 0) and cloud.requests == 1 and unsure.windows.open.classes == {top[0]: 1}
 
     def broken(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise InferenceError("input 'x' has shape [1, 7]; the model takes [1, 8]")
 
-    failing = _edge(tmp_path / "c", broken, CloudFallback(cloud.url, "big-model"), min_confidence=0.0)
-    result = failing.infer(x)
-    assert result.answer.source == "cloud" and "shape" in result.local_error
+    failing = _loop(tmp_path / "c", _Model(mlp_model, broken), CloudFallback(cloud.url, "big-model"), 0.0, x)
+    assert asyncio.run(one(failing)) == (0, 1, 0) and failing.windows.open.local_errors == 1
+    assert "shape" in caplog.text  # the local model's error is logged when it starts failing
 
 
-def test_a_reading_nobody_answers_is_spooled_not_dropped(tmp_path: Path, cloud: InferServer) -> None:
+def test_a_reading_nobody_answers_is_spooled_not_dropped(
+    tmp_path: Path, cloud: InferServer, mlp_model: edgekit.runtime.LoadedModel
+) -> None:
     def broken(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise InferenceError("the accelerator went away")
 
     cloud.mode = "error"
-    edge = _edge(tmp_path, broken, CloudFallback(cloud.url, "big-model"), min_confidence=0.5)
     x = {"x": np.arange(8, dtype=np.float32).reshape(1, 8)}
-    result = edge.infer(x)
-    assert result.answer.source == "none" and result.outputs is None
-    assert "accelerator" in result.local_error and "HTTP 503" in result.fallback_error
-    (item,) = edge.spool.peek()
+    loop = _loop(tmp_path, _Model(mlp_model, broken), CloudFallback(cloud.url, "big-model"), 0.5, x)
+    final = asyncio.run(loop.run())  # one reading, then the window closes and both messages go to the spool
+    assert loop.answered == {"local": 0, "cloud": 0, "none": 1} and final.unanswered == 1
+    spool = Spool(tmp_path / "spool.db")
+    item, summary_item = spool.peek()
     assert item.topic == "edgekit/dev-1/unanswered"
     with np.load(io.BytesIO(item.payload)) as saved:
-        np.testing.assert_array_equal(saved["x"], x["x"])
-        assert "accelerator" in json.loads(str(saved["__errors__"]))["local"]
-    edge.flush()
-    summary = json.loads(edge.spool.peek()[-1].payload)
+        np.testing.assert_array_equal(saved["x"][0], x["x"])  # stacked: one row per unanswered reading
+        (errors,) = json.loads(str(saved["__errors__"]))
+        assert "accelerator" in errors["local"] and "HTTP 503" in errors["fallback"]
+        assert json.loads(str(saved["__window__"]))["window"] == 1
+    summary = json.loads(summary_item.payload)
     assert summary["answeredBy"] == {"local": 0, "cloud": 0, "none": 1}
+    assert summary["fallback"]["errors"] == {"http": 1}
 
 
 # --------------------------------------------------------------------------- the spool over a real broker

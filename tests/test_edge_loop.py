@@ -14,10 +14,12 @@ from conftest import make_mlp
 import edgekit
 from edgekit.clock import FakeClock
 from edgekit.compiler.pipeline import Pipeline
+from edgekit.edge.component import parse_args
 from edgekit.edge.errors import EdgeError
-from edgekit.edge.loop import InferenceLoop, LoopOptions, parse_args, top_class
+from edgekit.edge.loop import InferenceLoop, LoopOptions
 from edgekit.edge.sources import FileSource, MqttSource, Scenario, SyntheticSource, encode_reading, parse_source
 from edgekit.edge.uplink import SpoolUplink
+from edgekit.edge.windows import top_class
 from edgekit.errors import InferenceError
 
 QUICK = Pipeline.model_validate(

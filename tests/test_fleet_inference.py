@@ -15,7 +15,8 @@ from conftest import make_mlp
 import edgekit
 from edgekit.compiler.pipeline import Pipeline
 from edgekit.edge import Spool
-from edgekit.fleet.telemetry import accounted, telemetry_view
+from edgekit.fleet.telemetry import accounted
+from edgekit.fleet.view import fleet_view
 from edgekit.fleets import Fleet
 from edgekit.greengrass.package import package
 from edgekit.sim import Simulation
@@ -98,11 +99,11 @@ def test_devices_infer_and_the_fleet_counts_add_up_exactly(packaged: Path, tmp_p
             assert got.readings == produced and got.missing_windows == 0  # 0 lost, 0 counted twice
             assert len(sim.inference.models) == 2  # one model per artifact (x86_64, rasp4b), shared by the devices
             assert sim.state is not None
-            view = telemetry_view(sim.state)
-            by_group = {g.group: g for g in view.groups}
+            view = fleet_view(sim.state)
+            by_group = {g.group: g for g in view.telemetry}
             assert by_group["line-1"].reporting == 3 and by_group["line-2"].reporting == 3
-            assert sum(g.readings for g in view.groups) >= produced
-            device = next(d for d in view.devices if d.thing == "pi-01")
+            assert sum(g.readings for g in view.telemetry) >= produced
+            device = view.device("pi-01").telemetry
             assert device.windows > 0 and device.local == device.readings and device.uplink_messages >= device.windows
 
     run(scenario())
@@ -133,7 +134,7 @@ def test_a_removed_component_hands_over_its_open_window_first(packaged: Path, tm
             await sim.wait(deploy(sim, "line-1", slow), timeout=60)
             await asyncio.sleep(1.0)
             assert sim.state is not None
-            assert next(d for d in telemetry_view(sim.state).devices if d.thing == "pi-01").windows == 0  # all still open
+            assert fleet_view(sim.state).device("pi-01").telemetry.windows == 0  # all still open
             # the group's new deployment keeps the model and drops the inference component: it is removed
             await sim.wait(deploy(sim, "line-1", {}, {MODEL: "1.0.0"}), timeout=60)
             final = run_of(sim).loop.finished
@@ -189,7 +190,7 @@ def test_a_dead_fallback_shows_as_errors_and_an_open_breaker(packaged: Path, tmp
             points, got = await settle(sim)
             assert got.readings == sum(p.readings for p in points)
             assert sim.state is not None
-            device = next(d for d in telemetry_view(sim.state).devices if d.thing == "pi-01")
+            device = fleet_view(sim.state).device("pi-01").telemetry
             assert device.fallback_errors.get("unreachable") == 3  # then the breaker opened ...
             assert device.fallback_errors.get("breaker_open", 0) > 0 and device.breaker == "open"
             assert device.local == device.readings and device.cloud == 0  # ... and the local answers stood

@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "edgekit"
 
-# What a device installs: the agent, the edge runtime, the model runtime. Every module of theirs is imported.
-DEVICE_SIDE = ("edgekit.device", "edgekit.edge", "edgekit.runtime")
+# What a device installs: the agent, the edge runtime, the model runtime, the wire contracts. Every module of theirs is imported.
+DEVICE_SIDE = ("edgekit.device", "edgekit.edge", "edgekit.runtime", "edgekit.wire")
 # ... and what none of them may pull in: the server, the simulation, the broker manager, the compiler, the CLI.
 FORBIDDEN = (
     "edgekit.fleet",
@@ -79,6 +79,9 @@ def test_device_side_imports_no_server_compiler_or_cli() -> None:
         ("edgekit/fleet", "edgekit.sim"),
         ("edgekit/device", "edgekit.fleet"),
         ("edgekit/edge", "edgekit.device"),
+        ("edgekit/wire", "edgekit.edge"),  # the contracts sit below both sides that import them
+        ("edgekit/wire", "edgekit.fleet"),
+        ("edgekit/wire", "edgekit.device"),
         ("edgekit/runtime", "edgekit.compiler"),
     ],
 )
@@ -88,6 +91,25 @@ def test_a_role_never_imports_the_one_above_it(lower: str, upper: str) -> None:
         for p in (ROOT / lower).rglob("*.py")
     }
     assert {k: v for k, v in offenders.items() if v} == {}
+
+
+# Store and forward (edgekit.edge.store) is what the device agent's uplink is made of: it may import nothing of the
+# edge runtime but its errors, so the agent doesn't load the inference loop (nor numpy) to spool a message.
+STORE_MAY_IMPORT = ("edgekit.edge.errors", "edgekit.edge.store")
+
+
+def test_the_store_imports_nothing_of_the_edge_runtime_but_its_errors() -> None:
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(
+            n for n in _imports(p) if n.startswith("edgekit.edge") and not n.startswith(STORE_MAY_IMPORT)
+        )
+        for p in (PACKAGE / "edge" / "store").rglob("*.py")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+    code = "import json, sys; import edgekit.edge.store, edgekit.device.ipc.iotcore; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = set(json.loads(out.stdout))
+    assert not loaded & {"numpy", "edgekit.edge.loop", "edgekit.edge.windows", "edgekit.edge.fallback", "paho"}
 
 
 def test_every_third_party_import_is_declared() -> None:

@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from test_passes import make_cnn
 
 import edgekit
+from edgekit.compiler.passes.channels import channel_groups, prune_model
 from edgekit.compiler.pipeline import Pipeline
-from edgekit.compiler.prune import channel_groups, prune_model
 from edgekit.errors import ConfigError
 
 LOOSE = {"maxAbsError": 100.0, "minTop1Agreement": 0.0, "maxAccuracyDrop": 100.0}

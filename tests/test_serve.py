@@ -31,6 +31,7 @@ from edgekit.cloud.server import ModelServer, ServeOptions
 from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.edge.fallback import CloudFallback
 from edgekit.errors import EXIT_CODES, ServeError
+from edgekit.wire.inference import InferenceRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 EDGEKIT = Path(sys.executable).with_name("edgekit")  # the console script: the container's ENTRYPOINT
@@ -297,7 +298,7 @@ def test_kserve_v2_routes_answer_the_devices_fallback_client(server: ModelServer
     np.testing.assert_allclose(probs, _expected(artifacts["small"]), rtol=1e-6)
     assert client.breaker.state == "closed"
 
-    wrong = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}).encode()
+    wrong = InferenceRequest.from_arrays({"x": np.array([[1, 2, 3]], dtype=np.float32)}).model_dump_json().encode()
     status, _, body = call("POST", server.url + "/v2/models/small/infer", wrong, {"Content-Type": "application/json"})
     assert status == 400 and "expects shape [1, 8]" in json.loads(body)["error"]
 

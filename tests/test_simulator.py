@@ -338,3 +338,49 @@ def test_fleet_files_scale_and_validate_their_faults() -> None:
         Fault.model_validate({"fault": "kill_device", "things": ["a"], "fraction": 0.5})
     with pytest.raises(ValueError, match="broker"):
         Fault.model_validate({"fault": "restart_broker", "fraction": 0.5})
+
+
+def test_a_fleet_server_runs_without_a_simulation_and_a_real_device_joins_it(tmp_path: Path) -> None:
+    """The fleet server alone (what a simulation starts before its devices): a device agent of its own connects to
+    its broker and HTTP server as a device on a real network would, and the fleet view follows."""
+    from edgekit.device.agent import DeviceAgent
+    from edgekit.device.mqtt import DeviceMqttRunner
+    from edgekit.fleet.errors import FleetError
+    from edgekit.fleet.fleet_server import FleetServer
+    from edgekit.mqtt.client import Backoff, MqttClient
+
+    build = write_component(tmp_path / "build", {"Install": "true"})
+    devices = fleet(2).expand()
+    folder = FleetFolder.at(tmp_path / "state")
+
+    async def scenario() -> None:
+        async with FleetServer(folder, devices=devices, name="test", tls=False, tick_s=0.2) as server:
+            running = folder.running()
+            assert running is not None and running["broker"] == server.broker_url and running["http"] == server.http_url
+            with pytest.raises(FleetError, match="already runs"):
+                await FleetServer(folder).start()
+            server.publish(build)
+            deployment = server.deploy(spec())
+            device = devices[0]
+            agent = DeviceAgent(
+                device.thing, tmp_path / "device", device.platform, server.http_url, device.groups, fsync=False, settle_s=0.2
+            )
+            client = MqttClient(device.thing, reconnect=Backoff(initial=0.2, maximum=1.0))
+            runner = DeviceMqttRunner(agent, client, owns_client=True)
+            await runner.start()
+            try:
+                await client.connect(server.broker_url)
+                deadline = time.monotonic() + 30
+                while server.deployment(deployment).counts.get("SUCCEEDED") != 1:
+                    assert time.monotonic() < deadline, server.deployment(deployment).counts
+                    await asyncio.sleep(0.1)
+            finally:
+                await runner.stop()
+                await agent.stop()
+            view = server.view()
+            assert view.device(device.thing).state == "succeeded" and view.device(device.thing).last_seen is not None
+            assert view.device(devices[1].thing).state == "queued"  # the other device never came
+            assert view.deployments[0].counts == {"SUCCEEDED": 1, "QUEUED": 1}
+        assert folder.running() is None
+
+    run(scenario())

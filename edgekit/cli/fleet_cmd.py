@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -11,19 +10,21 @@ from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from edgekit.cli.output import console, emit, err_console, json_output, jsonable
-from edgekit.errors import ConfigError, DeploymentError
+from edgekit import api
+from edgekit.cli.options import AbortFailed, BuildOrNone, DeploymentTargets, Fleet, Rollout, State
+from edgekit.cli.output import console, emit, err_console, json_output, quiet_library
+from edgekit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from edgekit.fleet.queries import DeviceFailure
-    from edgekit.fleet.service import FleetSummary
-    from edgekit.fleet.telemetry import TelemetryView
+    from edgekit.fleet.view import FailureView, FleetView
     from edgekit.sim import SimulationStatus
+    from edgekit.sim.run import SimulationRun
 
-__all__ = ["register"]
+__all__ = ["logs", "register", "simulate", "status", "ui"]
 
 STATUSES = ("QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELED")
 _STYLE = {
@@ -37,7 +38,9 @@ _STYLE = {
 _DEPLOYMENT_STYLE = {"ACTIVE": "cyan", "COMPLETED": "green", "CANCELED": "yellow", "FAILED": "red", "INACTIVE": "dim"}
 
 
-# --------------------------------------------------------------------------- tables
+# --------------------------------------------------------------------------- tables (of the fleet view)
+# Every text that comes from the fleet (names, a device's error and cause, fallback error kinds) goes in as Text or
+# escaped: rich markup in it ('[/red]') must show as written, never be parsed.
 
 
 def _count(counts: dict[str, int], status: str) -> str:
@@ -50,14 +53,13 @@ def _count(counts: dict[str, int], status: str) -> str:
     return f"[{style}]{n}[/{style}]" if style else str(n)
 
 
-def _deployment_status(status: str | None) -> str:
-    if status is None:
-        return "[dim]-[/dim]"
-    style = _DEPLOYMENT_STYLE.get(status, "")
-    return f"[{style}]{status}[/{style}]" if style else status
+def _styled(text: str | None, styles: dict[str, str]) -> Text:
+    if text is None:
+        return Text("-", style="dim")
+    return Text(text, style=styles.get(text, ""))
 
 
-def groups_table(summary: FleetSummary, title: str = "thing groups") -> Table:
+def groups_table(view: FleetView, title: str = "thing groups") -> Table:
     """One row per group: members and the counts of its latest deployment's executions."""
     table = Table(title=title, title_justify="left")
     table.add_column("group")
@@ -65,30 +67,38 @@ def groups_table(summary: FleetSummary, title: str = "thing groups") -> Table:
     table.add_column("deployment")
     for status in STATUSES:
         table.add_column(status, justify="right")
-    for group in summary.groups:
-        deployment = f"{group.deployment_id[:8]} {_deployment_status(group.deployment_status)}" if group.deployment_id else "-"
-        table.add_row(group.name, str(group.members), deployment, *(_count(group.counts, s) for s in STATUSES))
+    for group in view.groups:
+        deployment = (
+            Text(group.deployment_id[:8] + " ").append_text(_styled(group.deployment_status, _DEPLOYMENT_STYLE))
+            if group.deployment_id
+            else Text("-")
+        )
+        table.add_row(Text(group.name), str(group.members), deployment, *(_count(group.counts, s) for s in STATUSES))
     return table
 
 
-def deployments_table(summary: FleetSummary) -> Table:
+def deployments_table(view: FleetView) -> Table:
     table = Table(title="deployments", title_justify="left")
-    for col in ("deployment", "target", "status", "created"):
+    for col in ("deployment", "target", "components", "status", "created"):
         table.add_column(col)
     for status in STATUSES:
         table.add_column(status, justify="right")
     table.add_column("reason")
-    for d in sorted(summary.deployments, key=lambda d: d.created_at, reverse=True):
+    for d in sorted(view.deployments, key=lambda d: d.created_at, reverse=True):
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.created_at))
         reason = d.reason or (f"replaced by {d.replaced_by[:8]}" if d.replaced_by else "")
-        table.add_row(d.id, d.target, _deployment_status(d.status), created, *(_count(d.counts, s) for s in STATUSES), reason)
+        components = ", ".join(f"{c.name} {c.version}" for c in d.components) or "-"
+        table.add_row(
+            d.id, Text(d.target), Text(components), _styled(d.status, _DEPLOYMENT_STYLE), created,
+            *(_count(d.counts, s) for s in STATUSES), Text(reason),
+        )  # fmt: skip
     return table
 
 
-def devices_table(summary: FleetSummary, limit: int = 50) -> Table:
+def devices_table(view: FleetView, limit: int = 50) -> Table:
     """One row per device, the unfinished and failed ones first; at most ``limit`` rows (0: all)."""
     order = {"FAILED": 0, "TIMED_OUT": 0, "REJECTED": 0, "IN_PROGRESS": 1, "QUEUED": 2, "CANCELED": 3, None: 4, "SUCCEEDED": 5}
-    things = sorted(summary.things, key=lambda t: (order.get(t.last_status, 4), t.name))
+    things = sorted(view.devices, key=lambda t: (order.get(t.last_status, 4), t.thing))
     shown = things if limit <= 0 else things[:limit]
     title = (
         "devices"
@@ -100,57 +110,59 @@ def devices_table(summary: FleetSummary, limit: int = 50) -> Table:
         table.add_column(col)
     now = time.time()
     for t in shown:
-        status = t.last_status
-        style = _STYLE.get(status or "")
-        shown_status = (f"[{style}]{status}[/{style}]" if style else status) if status else "[dim]-[/dim]"
-        seen = f"{now - t.last_seen:.0f} s ago" if t.last_seen else "[dim]never[/dim]"
-        table.add_row(t.name, ", ".join(t.groups), shown_status, (t.deployment_id or "-")[:8], seen)
+        seen = Text(f"{now - t.last_seen:.0f} s ago") if t.last_seen else Text("never", style="dim")
+        status = _styled(t.last_status, _STYLE)
+        table.add_row(Text(t.thing), Text(", ".join(t.groups)), status, (t.deployment_id or "-")[:8], seen)
     return table
 
 
-def telemetry_tables(view: TelemetryView, limit: int = 50) -> list[Table]:
+def telemetry_tables(view: FleetView, limit: int = 50) -> list[Table]:
     """What the devices' inference components reported: per group, then per device (``limit`` rows, 0: all)."""
-    heads = ("windows", "readings", "local", "cloud", "none", "fallback errors", "breaker", "pending", "uplink msgs", "last seen")
+    heads = ("windows", "readings", "local", "cloud", "none", "fallback errors", "breaker", "component pending",
+             "uplink msgs", "last telemetry")  # fmt: skip
     now = time.time()
 
-    def seen(at: float | None) -> str:
-        return f"{now - at:.0f} s ago" if at else "[dim]never[/dim]"
+    def seen(at: float | None) -> Text:
+        return Text(f"{now - at:.0f} s ago") if at else Text("never", style="dim")
 
-    def errors(kinds: dict[str, int]) -> str:
-        return ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "-"
+    def errors(kinds: dict[str, int]) -> Text:
+        return Text(", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "-")
 
     groups = Table(title="telemetry per group (window summaries received)", title_justify="left")
     groups.add_column("group")
     groups.add_column("reporting", justify="right")
     for head in heads:
         groups.add_column(head, justify="left" if head in ("fallback errors", "breaker") else "right")
-    for g in view.groups:
-        breakers = ", ".join(f"{k} {n}" for k, n in sorted(g.breakers.items())) or "-"
+    for g in view.telemetry:
+        breakers = Text(", ".join(f"{k} {n}" for k, n in sorted(g.breakers.items())) or "-")
         groups.add_row(
-            g.group, f"{g.reporting}/{g.devices}", f"{g.windows:,}", f"{g.readings:,}", f"{g.local:,}", f"{g.cloud:,}",
-            f"{g.none:,}", errors(g.fallback_errors), breakers, str(g.pending), f"{g.uplink_messages:,}", seen(g.last_seen),
+            Text(g.group), f"{g.reporting}/{g.devices}", f"{g.windows:,}", f"{g.readings:,}", f"{g.local:,}", f"{g.cloud:,}",
+            f"{g.none:,}", errors(g.fallback_errors), breakers, str(g.component_pending), f"{g.uplink_messages:,}",
+            seen(g.last_telemetry_at),
         )  # fmt: skip
-    reporting = [d for d in view.devices if d.windows or d.uplink_messages]
+    reporting = [d for d in view.devices if d.telemetry.windows or d.telemetry.uplink_messages]
     shown = reporting if limit <= 0 else reporting[:limit]
     devices = Table(title=f"telemetry per device ({len(shown)} of {len(reporting)} reporting)", title_justify="left")
     devices.add_column("thing")
     for head in heads:
         devices.add_column(head, justify="left" if head in ("fallback errors", "breaker") else "right")
     for d in shown:
+        t = d.telemetry
         devices.add_row(
-            d.thing, f"{d.windows:,}", f"{d.readings:,}", f"{d.local:,}", f"{d.cloud:,}", f"{d.none:,}",
-            errors(d.fallback_errors), d.breaker or "-", str(d.pending), f"{d.uplink_messages:,}", seen(d.last_seen),
+            Text(d.thing), f"{t.windows:,}", f"{t.readings:,}", f"{t.local:,}", f"{t.cloud:,}", f"{t.none:,}",
+            errors(t.fallback_errors), Text(t.breaker or "-"), str(t.component_pending), f"{t.uplink_messages:,}",
+            seen(d.last_telemetry_at),
         )  # fmt: skip
     return [groups, devices] if reporting else []
 
 
-def failures_table(failures: Sequence[DeviceFailure], title: str = "latest failures") -> Table:
+def failures_table(failures: Sequence[FailureView], title: str = "latest failures") -> Table:
     table = Table(title=title, title_justify="left")
     for col in ("thing", "deployment", "status", "error", "cause"):
         table.add_column(col, overflow="fold")
     for f in failures:
         cause = (f.cause or "")[:160]
-        table.add_row(f.thing, f.deployment_id[:8], f"[red]{f.status}[/red]", f.error_code or "-", cause)
+        table.add_row(Text(f.thing), f.deployment_id[:8], Text(f.status, style="red"), Text(f.error_code or "-"), Text(cause))
     return table
 
 
@@ -159,7 +171,7 @@ def _live_view(status: SimulationStatus) -> Group:
         f"[bold]t+{status.elapsed_s:.0f}s[/bold]  devices connected {status.connected}/{status.devices}"
         f" (agents up {status.alive})  broker {status.broker_url}"
     )
-    parts: list[Text | Table] = [header, groups_table(status.summary, title="")]
+    parts: list[Text | Table] = [header, groups_table(status.view, title="")]
     if status.failures:
         parts.append(failures_table(status.failures))
     if status.faults:
@@ -168,29 +180,17 @@ def _live_view(status: SimulationStatus) -> Group:
 
 
 def _status_line(status: SimulationStatus) -> str:
+    """One line of rich markup (the fleet's names escaped)."""
     groups = []
-    for group in status.summary.groups:
+    for group in status.view.groups:
         counts = " ".join(f"{s}={group.counts[s]}" for s in STATUSES if group.counts.get(s))
-        groups.append(f"{group.name}[{group.members}] {counts or '-'}")
-    failed = f" | {len(status.failures)} recent failure(s), latest {status.failures[0].thing}" if status.failures else ""
+        groups.append(f"{escape(group.name)}\\[{group.members}] {counts or '-'}")
+    latest = escape(status.failures[0].thing) if status.failures else ""
+    failed = f" | {len(status.failures)} recent failure(s), latest {latest}" if status.failures else ""
     return f"t+{status.elapsed_s:.0f}s connected {status.connected}/{status.devices} | " + " | ".join(groups) + failed
 
 
 # --------------------------------------------------------------------------- simulate
-
-
-@contextlib.contextmanager
-def quiet_library() -> Iterator[None]:
-    """The devices' own warnings (a failed step, a fault) are shown in the tables; keep them off the terminal unless -v."""
-    root = logging.getLogger()
-    lib = logging.getLogger("edgekit")
-    before = lib.level
-    if root.getEffectiveLevel() > logging.INFO:
-        lib.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        lib.setLevel(before)
 
 
 @contextlib.contextmanager
@@ -204,187 +204,152 @@ def _watching(interval: float) -> Iterator[tuple[Callable[[SimulationStatus], No
         with Live(Spinner("dots", "starting the simulation"), console=console, refresh_per_second=4, transient=True) as live:
             yield (
                 lambda status: live.update(_live_view(status)),
-                lambda msg: live.update(Spinner("dots", f"starting the simulation: {msg}")),
+                lambda msg: live.update(Spinner("dots", Text(f"starting the simulation: {msg}"))),
             )
         return
     last = [0.0]
 
     def line(status: SimulationStatus) -> None:
         if time.monotonic() - last[0] >= interval:
-            console.print(_status_line(status), soft_wrap=True)
+            console.print(_status_line(status), soft_wrap=True, markup=False)
             last[0] = time.monotonic()
 
-    yield line, lambda msg: err_console.print(f"  {msg}", soft_wrap=True)
+    yield line, lambda msg: err_console.print(f"  {msg}", soft_wrap=True, markup=False)
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("simulate")
-    def simulate_(
-        fleet: str = typer.Option("demo", "--fleet", help="fleet file: a name under devices/fleets/ or a .yaml path"),
-        build: Path | None = typer.Option(
-            None, "--build", help="publish this packaged build folder first (default: ./greengrass-build if it exists)"
-        ),
-        deploy: list[str] = typer.Option([], "--deploy", help="NAME=VERSION to deploy once started; repeat per component"),
-        target: list[str] = typer.Option(
-            [], "--target", help="thinggroup/<name> to deploy to (default: every group of the fleet)"
-        ),
-        rollout: str | None = typer.Option(None, "--rollout", help="e.g. 100/min (maximum per minute)"),
-        abort_failed: str | None = typer.Option(None, "--abort-failed", help="e.g. 10% or 10%:FAILED:min=5"),
-        devices: int | None = typer.Option(None, "--devices", min=1, help="scale the fleet to N devices"),
-        state: Path | None = typer.Option(None, "--state", help="the local fleet's folder (default ./.edgekit/fleet)"),
-        mode: str | None = typer.Option(None, "--mode", help="in_process or subprocess (default: the fleet file's)"),
-        tls: bool | None = typer.Option(
-            None, "--tls/--no-tls", help="mTLS with a certificate per device (default: the fleet file's)"
-        ),
-        until_done: bool = typer.Option(False, "--until-done", help="stop once no deployment is ACTIVE"),
-        duration: float | None = typer.Option(None, "--duration", min=0, help="stop after this many seconds"),
-        interval: float = typer.Option(5.0, "--interval", min=0.1, help="seconds between status lines when not on a terminal"),
-        tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
-    ) -> None:
-        """Run a simulated fleet (broker, fleet service, device agents) in the foreground and show it at a glance."""
-        from edgekit.api import simulate
-        from edgekit.fleets import load_fleet
-        from edgekit.greengrass.deployment import build_spec
+def simulate(
+    fleet: Fleet = "demo",
+    build: BuildOrNone = None,
+    deploy: list[str] = typer.Option([], "--deploy", help="NAME=VERSION to deploy once started; repeat per component"),
+    target: DeploymentTargets = [],  # noqa: B006 - typer's default, never mutated
+    rollout: Rollout = None,
+    abort_failed: AbortFailed = None,
+    devices: int | None = typer.Option(None, "--devices", min=1, help="scale the fleet to N devices"),
+    state: State = None,
+    mode: str | None = typer.Option(None, "--mode", help="in_process or subprocess (default: the fleet file's)"),
+    tls: bool | None = typer.Option(
+        None, "--tls/--no-tls", help="mTLS with a certificate per device (default: the fleet file's)"
+    ),
+    until_done: bool = typer.Option(False, "--until-done", help="stop once no deployment is ACTIVE"),
+    duration: float | None = typer.Option(None, "--duration", min=0, help="stop after this many seconds"),
+    interval: float = typer.Option(5.0, "--interval", min=0.1, help="seconds between status lines when not on a terminal"),
+    tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
+) -> None:
+    """Run a simulated fleet (broker, fleet service, device agents) in the foreground and show it at a glance.
 
-        if mode not in (None, "in_process", "subprocess"):
-            raise ConfigError(f"--mode '{mode}': use in_process or subprocess")
-        run_mode: Literal["in_process", "subprocess"] | None = (
-            "subprocess" if mode == "subprocess" else "in_process" if mode else None
-        )
-        if build is None and (Path("greengrass-build") / "recipes").is_dir():
-            build = Path("greengrass-build")
-        elif build is not None and not build.is_dir():
-            raise ConfigError(f"--build '{build}' is not a folder; package the components first (edgekit package)")
-        if not deploy and (target or rollout or abort_failed):
-            raise DeploymentError("--target, --rollout and --abort-failed go with --deploy NAME=VERSION")
-        groups = sorted({g for d in load_fleet(fleet).expand() for g in d.groups})
-        specs = [
-            build_spec(t, deploy, rollout=rollout, abort_failed=abort_failed, flag="--deploy")
-            for t in (target or [f"thinggroup/{g}" for g in groups])
-        ] if deploy else []  # fmt: skip
-        if until_done and not specs and duration is None:
-            err_console.print("--until-done without --deploy: waiting for deployments made with 'edgekit deploy --local'")
+    Publishes --build first (./greengrass-build when it exists), then deploys --deploy's components."""
+    if mode not in (None, "in_process", "subprocess"):
+        raise ConfigError(f"--mode '{mode}': use in_process or subprocess")
+    run_mode: Literal["in_process", "subprocess"] | None = (
+        "subprocess" if mode == "subprocess" else "in_process" if mode else None
+    )
+    if build is None and (Path("greengrass-build") / "recipes").is_dir():
+        build = Path("greengrass-build")
+    elif build is not None and not build.is_dir():
+        raise ConfigError(f"--build '{build}' is not a folder; package the components first (edgekit package)")
+    if until_done and not deploy and duration is None:
+        err_console.print("--until-done without --deploy: waiting for deployments made with 'edgekit deploy --local'")
+    seen: list[SimulationStatus] = []
+    with quiet_library(), _watching(interval) as (watch, say):
 
-        seen: list[SimulationStatus] = []
-        with quiet_library(), _watching(interval) as (watch, say):
+        def track(status: SimulationStatus) -> None:
+            seen[:] = [status]
+            watch(status)
 
-            def track(status: SimulationStatus) -> None:
-                seen[:] = [status]
-                watch(status)
+        try:
+            run = api.simulate(
+                fleet, state_dir=state, devices=devices, mode=run_mode, tls=tls, tick_s=tick, build=build, deploy=deploy,
+                targets=target, rollout=rollout, abort_failed=abort_failed, until_done=until_done, duration=duration,
+                watch=track, progress=say,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            run = None
+    _print_end(run, seen[-1] if seen else None, fleet)
 
-            try:
-                run = simulate(
-                    fleet,
-                    state_dir=state,
-                    devices=devices,
-                    mode=run_mode,
-                    tls=tls,
-                    tick_s=tick,
-                    build=build,
-                    deployments=specs,
-                    until_done=until_done,
-                    duration=duration,
-                    watch=track,
-                    progress=say,
-                )
-            except KeyboardInterrupt:
-                run = None
-        final = run.final if run is not None else seen[-1] if seen else None
-        if final is not None:
-            how = f"{run.mode}{', mTLS' if run.tls else ''}; state in {run.state}" if run else "interrupted"
-            console.print(
+
+def _print_end(run: SimulationRun | None, last: SimulationStatus | None, fleet: str) -> None:
+    final = run.final if run is not None else last
+    if final is not None:
+        how = f"{run.mode}{', mTLS' if run.tls else ''}; state in {run.state}" if run else "interrupted"
+        console.print(
+            escape(
                 f"fleet '{run.fleet if run else fleet}': {final.devices} device(s), {final.connected} connected at the end, "
                 f"{final.elapsed_s:.1f} s ({how})"
             )
-            console.print(groups_table(final.summary))
-            if final.failures:
-                console.print(failures_table(final.failures))
-            if final.faults:
-                console.print("faults: " + "; ".join(final.faults))
-        if run is None:
-            err_console.print("interrupted; the simulation was stopped (ACTIVE deployments resume with the next simulate)")
-            raise SystemExit(130)
+        )
+        console.print(groups_table(final.view))
+        if final.failures:
+            console.print(failures_table(final.failures))
+        if final.faults:
+            console.print("faults: " + escape("; ".join(final.faults)))
+    if run is None:
+        err_console.print("interrupted; the simulation was stopped (ACTIVE deployments resume with the next simulate)")
+        raise SystemExit(130)
 
+
+# --------------------------------------------------------------------------- fleet status / logs / ui
+
+
+@json_output
+def status(
+    state: State = None,
+    limit: int = typer.Option(50, "--limit", min=0, help="devices to list (unfinished and failed first; 0: all)"),
+) -> None:
+    """Deployments, thing groups and devices of the local fleet, and what the devices report: readings, answers
+    (local / cloud / none), fallback errors, breakers, uplink (readable while a simulation runs)."""
+    fleet = api.fleet_status(state_dir=state)
+    view, running = fleet.view, fleet.running
+    where = f"local fleet {fleet.root}: {len(view.devices)} device(s), {len(view.groups)} group(s)"
+    if running:
+        where += f"; simulation running (pid {running['pid']}, {running.get('devices')} devices, broker {running.get('broker')})"
+    else:
+        where += "; no simulation running"
+    facts = {"state": fleet.root, "simulation": running, **view.to_json()}
+    shown: list[Text | Table] = [
+        Text(where),
+        deployments_table(view),
+        groups_table(view),
+        devices_table(view, limit),
+        *telemetry_tables(view, limit),
+    ]
+    if view.failures:
+        shown.append(failures_table(view.failures))
+    if view.inactive_failures:
+        shown.append(failures_table(view.inactive_failures, "failures of inactive deployments (since replaced)"))
+    emit(facts, *shown)
+
+
+def logs(
+    thing: str = typer.Argument(..., help="the device (thing name)"),
+    component: str | None = typer.Argument(None, help="only this component's log (default: every component's)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines until Ctrl-C"),
+    lines: int | None = typer.Option(None, "--lines", "-n", min=0, metavar="N", help="only the last N lines of each log"),
+    state: State = None,
+) -> None:
+    """Print a device's component logs, like 'greengrass-cli logs' (each line prefixed with its component)."""
+    for entry in api.logs(thing, component, state_dir=state, lines=lines, follow=follow):
+        console.out(entry.line if component else f"{entry.component}: {entry.line}", highlight=False)
+        if follow:
+            console.file.flush()
+
+
+def ui(
+    state: State = None,
+    no_browser: bool = typer.Option(False, "--no-browser", help="print the page's address only"),
+) -> None:
+    """Open the live fleet page of the simulation running on this fleet folder (devices, rollouts, failures)."""
+    url = api.fleet_page(state_dir=state)
+    console.print(url, markup=False)
+    if not no_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate)
     fleet_app = typer.Typer(help="The local fleet: its state, deployments and devices.", no_args_is_help=True)
-
-    @fleet_app.command("status")
-    @json_output
-    def status_(
-        state: Path | None = typer.Option(None, "--state", help="the local fleet's folder (default ./.edgekit/fleet)"),
-        limit: int = typer.Option(50, "--limit", min=0, help="devices to list (unfinished and failed first; 0: all)"),
-    ) -> None:
-        """Deployments, thing groups and devices of the local fleet, and what the devices report: readings, answers
-        (local / cloud / none), fallback errors, breakers, uplink (readable while a simulation runs)."""
-        from edgekit.fleet.folder import FleetFolder
-        from edgekit.fleet.queries import device_failures
-        from edgekit.fleet.service import FleetService
-        from edgekit.fleet.telemetry import telemetry_view
-
-        folder = FleetFolder.at(state)
-        fleet_state = folder.open_state()
-        try:
-            summary = FleetService(fleet_state).summary()
-            failures = device_failures(fleet_state, 10)
-            telemetry = telemetry_view(fleet_state)
-        finally:
-            fleet_state.close()
-        running = folder.running()
-        where = f"local fleet {folder.root}: {len(summary.things)} device(s), {len(summary.groups)} group(s)"
-        if running:
-            where += (
-                f"; simulation running (pid {running['pid']}, {running.get('devices')} devices, broker {running.get('broker')})"
-            )
-        else:
-            where += "; no simulation running"
-        facts = {
-            "state": folder.root,
-            "simulation": running,
-            **jsonable(summary),
-            "failures": failures,
-            "telemetry": jsonable(telemetry),
-        }
-        shown: list[Text | Table] = [
-            Text(where),
-            deployments_table(summary),
-            groups_table(summary),
-            devices_table(summary, limit),
-            *telemetry_tables(telemetry, limit),
-        ]
-        emit(facts, *shown, *([failures_table(failures)] if failures else []))
-
-    @fleet_app.command("logs")
-    def logs_(
-        thing: str = typer.Argument(..., help="the device (thing name)"),
-        component: str | None = typer.Argument(None, help="only this component's log (default: every component's)"),
-        follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines until Ctrl-C"),
-        lines: int | None = typer.Option(None, "--lines", "-n", min=0, metavar="N", help="only the last N lines of each log"),
-        state: Path | None = typer.Option(
-            None, "--state", metavar="DIR", help="the local fleet's folder (default ./.edgekit/fleet)"
-        ),
-    ) -> None:
-        """Print a device's component logs, like 'greengrass-cli logs' (each line prefixed with its component)."""
-        from edgekit.api import logs
-
-        for entry in logs(thing, component, state_dir=state, lines=lines, follow=follow):
-            console.out(entry.line if component else f"{entry.component}: {entry.line}", highlight=False)
-            if follow:
-                console.file.flush()
-
-    @fleet_app.command("ui")
-    def ui_(
-        state: Path | None = typer.Option(
-            None, "--state", metavar="DIR", help="the local fleet's folder (default ./.edgekit/fleet)"
-        ),
-        no_browser: bool = typer.Option(False, "--no-browser", help="print the page's address only"),
-    ) -> None:
-        """Open the live fleet page of the simulation running on this fleet folder (devices, rollouts, failures)."""
-        from edgekit.api import fleet_page
-
-        url = fleet_page(state_dir=state)
-        console.print(url)
-        if not no_browser:
-            import webbrowser
-
-            webbrowser.open(url)
-
+    fleet_app.command("status")(status)
+    fleet_app.command("logs")(logs)
+    fleet_app.command("ui")(ui)
     app.add_typer(fleet_app, name="fleet")

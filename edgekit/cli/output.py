@@ -10,20 +10,26 @@ import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 import typer.main
 from rich.console import Console, RenderableType
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperArgument
 
-from edgekit.manifest import Manifest
-from edgekit.progress import Progress
+if TYPE_CHECKING:
+    from edgekit.manifest import Manifest
+    from edgekit.progress import Progress
 
 __all__ = [
     "MODE",
     "apply_conventions",
+    "array_text",
+    "camel",
+    "camel_keys",
     "candidate_rows",
     "candidates_table",
     "console",
@@ -35,6 +41,7 @@ __all__ = [
     "manifest_table",
     "note",
     "progress_line",
+    "quiet_library",
     "rows_table",
 ]
 
@@ -50,8 +57,43 @@ err_console = _console(stderr=True)
 
 
 @contextlib.contextmanager
+def quiet_library() -> Iterator[None]:
+    """The devices' own warnings (a failed step, a fault) are shown in the tables; keep them off the terminal unless -v."""
+    root = logging.getLogger()
+    lib = logging.getLogger("edgekit")
+    before = lib.level
+    if root.getEffectiveLevel() > logging.INFO:
+        lib.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lib.setLevel(before)
+
+
+def array_text(array: Any) -> Text:
+    """An output array as tvmc prints it: at most 40 numbers (the rest elided), 5 digits."""
+    import numpy as np
+
+    return Text(np.array2string(array, threshold=40, precision=5))
+
+
+def camel(name: str) -> str:
+    """``snake_case`` -> ``camelCase``, the casing of every key --json prints (as AWS's APIs and the manifest)."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def camel_keys(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """``mapping`` with its own keys camelCased (not the keys of the values: those may be names, e.g. of outputs)."""
+    return {camel(key): value for key, value in mapping.items()}
+
+
+@contextlib.contextmanager
 def progress_line(title: str) -> Iterator[Progress]:
-    """A spinner with the current step on a terminal; plain lines otherwise (CI logs); nothing with -q."""
+    """A spinner with the current step on a terminal; plain lines otherwise (CI logs); nothing with -q.
+
+    ``title`` and the steps are plain text (file and model names print as they are, never as markup)."""
+    title = escape(title)
     if MODE.quiet:
 
         def silent(_msg: str) -> None:
@@ -62,13 +104,13 @@ def progress_line(title: str) -> Iterator[Progress]:
         with err_console.status(title) as status:
 
             def update(msg: str) -> None:
-                status.update(f"{title}: {msg}")
+                status.update(f"{title}: {escape(msg)}")
 
             yield update
     else:
 
         def plain(msg: str) -> None:
-            err_console.print(f"  {msg}", soft_wrap=True)
+            err_console.print(f"  {msg}", soft_wrap=True, markup=False)
 
         yield plain
 
@@ -202,9 +244,9 @@ def emit(facts: Any, *shown: RenderableType) -> None:
 
 
 def note(message: str) -> None:
-    """A line beside the result (a hint, what happens next): on stderr, left out with -q."""
+    """A line beside the result (a hint, what happens next): on stderr as plain text, left out with -q."""
     if not MODE.quiet:
-        err_console.print(message, soft_wrap=True)
+        err_console.print(message, soft_wrap=True, markup=False)
 
 
 def rows_table(
@@ -215,12 +257,12 @@ def rows_table(
 ) -> Table:
     """A table of ``rows`` (the dicts --json prints): ``columns`` maps each key to its header, ``formats`` a key
     to how its value is shown (default: as it is, '-' for none)."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     for header in columns.values():
         table.add_column(header)
     shown = formats or {}
-    for row in rows:
-        table.add_row(*(shown.get(key, _cell)(row.get(key)) for key in columns))
+    for row in rows:  # cells are plain text: names and paths from outside print as they are
+        table.add_row(*(Text(shown.get(key, _cell)(row.get(key))) for key in columns))
     return table
 
 

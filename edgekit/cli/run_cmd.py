@@ -4,49 +4,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.console import RenderableType
-from rich.text import Text
+from rich.markup import escape
 
-from edgekit.cli.output import emit, json_output, note, rows_table
+from edgekit import api
+from edgekit.cli.output import array_text, emit, json_output, note, rows_table
+
+__all__ = ["register", "run"]
+
+
+@json_output
+def run(
+    artifact: Path = typer.Argument(..., help="an artifact folder written by 'edgekit compile'"),
+    input: list[str] = typer.Option(
+        [], "--input", "-i", metavar="[NAME=]FILE", help="a .npy, .npz (inputs by name) or .json file; repeat per input"
+    ),
+    output: Path | None = typer.Option(None, "--output", "-o", metavar="FILE.npz", help="save outputs to this .npz"),
+    random: bool = typer.Option(False, "--random", help="run on random inputs of the manifest's shapes"),
+    repeat: int = typer.Option(1, "--repeat", min=1, metavar="N", help="run N times (tvmc's --repeat)"),
+    print_time: bool = typer.Option(
+        False, "--print-time", help="print the run times: mean, median, max, min, std in ms (tvmc's --print-time)"
+    ),
+) -> None:
+    """Run an artifact on this host and print its outputs."""
+    result = api.run(artifact, input_files=input, random=random, repeat=repeat, save=output)
+    if output is not None:
+        note(f"saved {output}")
+    shown: list[RenderableType] = []
+    for name, arr in result.outputs.items():
+        shown += [f"[bold]{escape(name)}[/] {arr.dtype}{list(arr.shape)}", array_text(arr)]
+    facts: dict[str, object] = {
+        "artifact": artifact,
+        "outputs": {n: {"dtype": str(a.dtype), "shape": list(a.shape), "data": a} for n, a in result.outputs.items()},
+    }
+    if print_time:
+        summary = {k: round(v, 4) for k, v in result.timing.summary.items()}
+        facts["timeMs"] = summary | {"runs": repeat}
+        columns = {k: f"{k} (ms)" for k in summary}
+        shown.append(rows_table(f"execution time summary ({repeat} run(s))", [summary], columns))
+    emit(facts, *shown)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("run")
-    @json_output
-    def run(
-        artifact: Path = typer.Argument(..., help="an artifact folder written by 'edgekit compile'"),
-        input: list[str] = typer.Option(
-            [], "--input", "-i", metavar="[NAME=]FILE", help="a .npy, .npz (inputs by name) or .json file; repeat per input"
-        ),
-        output: Path | None = typer.Option(None, "--output", "-o", metavar="FILE.npz", help="save outputs to this .npz"),
-        random: bool = typer.Option(False, "--random", help="run on random inputs of the manifest's shapes"),
-        repeat: int = typer.Option(1, "--repeat", min=1, metavar="N", help="run N times (tvmc's --repeat)"),
-        print_time: bool = typer.Option(
-            False, "--print-time", help="print the run times: mean, median, max, min, std in ms (tvmc's --print-time)"
-        ),
-    ) -> None:
-        """Run an artifact on this host and print its outputs."""
-        from edgekit.api import run as run_artifact
-        from edgekit.manifest import read_manifest
-        from edgekit.runtime.inputs import read_inputs
-
-        feeds = read_inputs(input, read_manifest(artifact).inputs) if input else None
-        result = run_artifact(artifact, feeds, random=random and not input, repeat=repeat)
-        if output is not None:
-            np.savez(output, **result.outputs)  # type: ignore[arg-type]
-            note(f"saved {output}")
-        shown: list[RenderableType] = []
-        for name, arr in result.outputs.items():
-            shown += [f"[bold]{name}[/] {arr.dtype}{list(arr.shape)}", Text(np.array2string(arr, threshold=40, precision=5))]
-        facts: dict[str, object] = {
-            "artifact": artifact,
-            "outputs": {n: {"dtype": str(a.dtype), "shape": list(a.shape), "data": a} for n, a in result.outputs.items()},
-        }
-        if print_time:
-            summary = {k: round(v, 4) for k, v in result.timing.summary.items()}
-            facts["timeMs"] = summary | {"runs": repeat}
-            columns = {k: f"{k} (ms)" for k in summary}
-            shown.append(rows_table(f"execution time summary ({repeat} run(s))", [summary], columns))
-        emit(facts, *shown)
+    app.command("run")(run)

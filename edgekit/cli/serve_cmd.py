@@ -1,14 +1,19 @@
-"""edgekit serve"""
+"""edgekit serve. See docs/cloud.md."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
 
-from edgekit.cli.output import console, err_console
+from edgekit import api
+from edgekit.cli.output import MODE, console, err_console, json_output
 from edgekit.errors import ServeError
+
+__all__ = ["register", "serve"]
 
 
 def _pipelines(items: list[str]) -> dict[str, list[str]]:
@@ -21,66 +26,65 @@ def _pipelines(items: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def _ready(url: str, models: list[str]) -> None:
+    if MODE.json:
+        console.print(json.dumps({"url": url, "models": models}), soft_wrap=True, markup=False)
+    else:
+        shown = escape(", ".join(models) or "no models yet")
+        err_console.print(f"serving {shown} on {escape(url)} (SIGTERM or Ctrl-C stops)", soft_wrap=True)
+
+
+@json_output
+def serve(
+    artifacts: list[str] = typer.Argument(
+        None, help="artifact folders or .tar.gz (NAME=PATH to rename); none: $EDGEKIT_MODEL_DIR or /opt/ml/model"
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", envvar="EDGEKIT_SERVE_HOST", help="0.0.0.0 in a container"),
+    port: int | None = typer.Option(None, "--port", "-p", help="default 8080 (or $SAGEMAKER_BIND_TO_PORT)"),
+    pipeline: list[str] = typer.Option(
+        [], "--pipeline", help="NAME=STEP,STEP,...: a serial inference pipeline of artifacts and module:function steps"
+    ),
+    model_repository: Path | None = typer.Option(
+        None, "--model-repository", help="a folder of artifacts (or .tar.gz) loaded on first use, by folder name"
+    ),
+    multi_model: bool = typer.Option(
+        False,
+        "--multi-model",
+        envvar="SAGEMAKER_MULTI_MODEL",
+        help="start with no model: SageMaker's agent loads them with POST /models (a multi-model endpoint)",
+    ),
+    memory_budget_mb: float | None = typer.Option(
+        None, "--memory-budget-mb", help="models beyond it: least recently used evicted (first use), 507 (POST /models)"
+    ),
+    max_body_mb: float = typer.Option(6.0, "--max-body-mb", help="larger request bodies get 413"),
+    threads: int = typer.Option(
+        1, "--threads", help="ONNX Runtime intra-op threads per model (0: its default, a spinning thread per core)"
+    ),
+    predict_threads: int | None = typer.Option(None, "--predict-threads", help="predictions run at once off the event loop"),
+    inline_below_ms: float = typer.Option(
+        1.0, "--inline-below-ms", help="models measured faster than this run on the event loop (no thread hop)"
+    ),
+    graceful_timeout: int = typer.Option(30, "--graceful-timeout", help="seconds in-flight requests get after SIGTERM"),
+) -> None:
+    """Serve compiled artifacts over SageMaker's container contract, the multi-model API, KServe v2 and /metrics.
+
+    With --json: {"url", "models"} as one JSON line on stdout once serving."""
+    settings: dict[str, Any] = {"port": port, "predict_threads": predict_threads}  # unset: ServeOptions' defaults
+    api.serve(
+        artifacts or [],
+        pipelines=_pipelines(pipeline),
+        on_ready=_ready,
+        host=host,
+        model_repository=model_repository,
+        multi_model=multi_model,
+        memory_budget_mb=memory_budget_mb,
+        max_body_mb=max_body_mb,
+        threads=threads,
+        inline_below_ms=inline_below_ms,
+        graceful_timeout_s=graceful_timeout,
+        **{k: v for k, v in settings.items() if v is not None},
+    )
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("serve")
-    def serve_(
-        artifacts: list[str] = typer.Argument(
-            None, help="artifact folders or .tar.gz (NAME=PATH to rename); none: $EDGEKIT_MODEL_DIR or /opt/ml/model"
-        ),
-        host: str = typer.Option("127.0.0.1", "--host", envvar="EDGEKIT_SERVE_HOST", help="0.0.0.0 in a container"),
-        port: int | None = typer.Option(None, "--port", "-p", help="default 8080 (or $SAGEMAKER_BIND_TO_PORT)"),
-        pipeline: list[str] = typer.Option(
-            [], "--pipeline", help="NAME=STEP,STEP,...: a serial inference pipeline of artifacts and module:function steps"
-        ),
-        model_repository: Path | None = typer.Option(
-            None, "--model-repository", help="a folder of artifacts (or .tar.gz) loaded on first use, by folder name"
-        ),
-        multi_model: bool = typer.Option(
-            False,
-            "--multi-model",
-            envvar="SAGEMAKER_MULTI_MODEL",
-            help="start with no model: SageMaker's agent loads them with POST /models (a multi-model endpoint)",
-        ),
-        memory_budget_mb: float | None = typer.Option(
-            None, "--memory-budget-mb", help="models beyond it: least recently used evicted (first use), 507 (POST /models)"
-        ),
-        max_body_mb: float = typer.Option(6.0, "--max-body-mb", help="larger request bodies get 413"),
-        threads: int = typer.Option(
-            1, "--threads", help="ONNX Runtime intra-op threads per model (0: its default, a spinning thread per core)"
-        ),
-        predict_threads: int | None = typer.Option(None, "--predict-threads", help="predictions run at once off the event loop"),
-        inline_below_ms: float = typer.Option(
-            1.0, "--inline-below-ms", help="models measured faster than this run on the event loop (no thread hop)"
-        ),
-        graceful_timeout: int = typer.Option(30, "--graceful-timeout", help="seconds in-flight requests get after SIGTERM"),
-        as_json: bool = typer.Option(False, "--json", help="print {'url', 'models'} as one JSON line once serving"),
-    ) -> None:
-        """Serve compiled artifacts over SageMaker's container contract, the multi-model API, KServe v2 and /metrics."""
-        from edgekit.cloud.server import ModelServer, ServeOptions, default_port
-
-        options = ServeOptions(
-            host=host,
-            port=default_port() if port is None else port,
-            model_repository=model_repository,
-            multi_model=multi_model,
-            memory_budget_mb=memory_budget_mb,
-            max_body_mb=max_body_mb,
-            threads=threads,
-            inline_below_ms=inline_below_ms,
-            graceful_timeout_s=graceful_timeout,
-        )
-        if predict_threads is not None:
-            options.predict_threads = predict_threads
-        server: ModelServer | None = None
-
-        def ready(url: str) -> None:
-            names = sorted(server.registry.sources) if server is not None else []
-            if as_json:
-                console.print(json.dumps({"url": url, "models": names}), soft_wrap=True)
-            else:
-                err_console.print(
-                    f"serving {', '.join(names) or 'no models yet'} on {url} (SIGTERM or Ctrl-C stops)", soft_wrap=True
-                )
-
-        server = ModelServer(artifacts or [], pipelines=_pipelines(pipeline), options=options, on_ready=ready)
-        server.run()
+    app.command("serve")(serve)

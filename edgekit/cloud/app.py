@@ -34,6 +34,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import numpy as np
+from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,8 +45,17 @@ from edgekit.cloud.codec import HttpError, decode_body, decode_v2, encode_output
 from edgekit.cloud.metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from edgekit.cloud.registry import ModelRegistry
 from edgekit.cloud.servable import Servable
-from edgekit.edge.fallback import DATATYPES
 from edgekit.errors import last_line
+from edgekit.wire.inference import (
+    DATATYPES,
+    ErrorResponse,
+    LiveResponse,
+    MetadataModelResponse,
+    MetadataServerResponse,
+    MetadataTensor,
+    ModelReadyResponse,
+    ReadyResponse,
+)
 
 __all__ = ["TARGET_MODEL_HEADER", "ServeApp"]
 
@@ -69,10 +79,13 @@ def _text(value: bytes | None) -> str | None:
 
 
 def _error(status: int, message: str) -> Response:
-    return Response(json.dumps({"error": message}), status_code=status, media_type=_JSON)
+    return _json(ErrorResponse(error=message), status)
 
 
 def _json(doc: Any, status: int = 200) -> Response:
+    """``doc`` (a plain document or a :mod:`edgekit.wire.inference` body, unset fields left out) as JSON."""
+    if isinstance(doc, BaseModel):
+        doc = doc.model_dump(exclude_none=True)
     return Response(json.dumps(doc), status_code=status, media_type=_JSON)
 
 
@@ -233,13 +246,13 @@ class ServeApp:
         return Response(b"", status_code=200 if self.ready else 503)
 
     async def v2_live(self, _request: Request) -> Response:
-        return _json({"live": True})
+        return _json(LiveResponse(live=True))
 
     async def v2_ready(self, _request: Request) -> Response:
-        return _json({"ready": self.ready}, 200 if self.ready else 503)
+        return _json(ReadyResponse(ready=self.ready), 200 if self.ready else 503)
 
     async def v2_server(self, _request: Request) -> Response:
-        return _json({"name": "edgekit", "version": __version__, "extensions": []})
+        return _json(MetadataServerResponse(name="edgekit", version=__version__, extensions=[]))
 
     async def v2_model(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -248,26 +261,22 @@ class ServeApp:
         except HttpError as exc:
             return _error(exc.status, exc.message)
 
-        def tensors(specs: list[tuple[str, str, list[int]]]) -> list[dict[str, Any]]:
-            return [{"name": n, "datatype": DATATYPES.get(d, d), "shape": s} for n, d, s in specs]
-
-        inputs = [(s.name, s.dtype, s.shape) for s in servable.inputs or []]
-        return _json(
-            {
-                "name": name,
-                "versions": [],
-                "platform": servable.platform,
-                "inputs": tensors(inputs),
-                "outputs": [{"name": n} for n in servable.outputs],
-            }
+        inputs = [MetadataTensor(name=s.name, datatype=DATATYPES.get(s.dtype), shape=s.shape) for s in servable.inputs or []]
+        meta = MetadataModelResponse(
+            name=name,
+            versions=[],
+            platform=servable.platform,
+            inputs=inputs,
+            outputs=[MetadataTensor(name=n) for n in servable.outputs],
         )
+        return _json(meta)
 
     async def v2_model_ready(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name in self.registry.loaded:
-            return _json({"name": name, "ready": True})
+            return _json(ModelReadyResponse(name=name, ready=True))
         if name in self.registry.sources:
-            return _json({"name": name, "ready": False}, 503)
+            return _json(ModelReadyResponse(name=name, ready=False), 503)
         return _error(404, self.registry.not_found(name).message)
 
     # ------------------------------------------------------------------ the multi-model API

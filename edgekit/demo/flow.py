@@ -20,11 +20,14 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.progress import Progress, no_progress
+
+if TYPE_CHECKING:
+    from edgekit.fleet.view import GroupTelemetry
 
 __all__ = ["DemoOptions", "DemoReport", "GroupReport", "run_demo"]
 
@@ -62,18 +65,45 @@ class GroupReport:
     duplicates: int = 0
     windows_expected: int = 0
     windows_received: int = 0
-    local: int = 0
-    cloud: int = 0
-    none: int = 0
-    uplink_messages: int = 0
-    fallback_errors: dict[str, int] = field(default_factory=dict)
-    breakers: dict[str, int] = field(default_factory=dict)
+    telemetry: GroupTelemetry | None = None
+    """The fleet view's telemetry of the group (what ``edgekit fleet status`` and the page show)."""
     fallback_ms: dict[str, float] = field(default_factory=dict)
     crashed_runs: int = 0
 
     @property
     def lost(self) -> int:
         return self.produced - self.accounted
+
+    @property
+    def _seen(self) -> GroupTelemetry:
+        from edgekit.fleet.view import GroupTelemetry
+
+        return self.telemetry or GroupTelemetry(group=self.group)
+
+    @property
+    def local(self) -> int:
+        return self._seen.local
+
+    @property
+    def cloud(self) -> int:
+        return self._seen.cloud
+
+    @property
+    def none(self) -> int:
+        return self._seen.none
+
+    @property
+    def uplink_messages(self) -> int:
+        return self._seen.uplink_messages
+
+    @property
+    def fallback_errors(self) -> dict[str, int]:
+        return self._seen.fallback_errors
+
+    @property
+    def breakers(self) -> dict[str, int]:
+        """Devices by their breaker's state in their latest window."""
+        return self._seen.breakers
 
 
 @dataclass
@@ -84,7 +114,6 @@ class DemoReport:
     cached: list[bool] = field(default_factory=list)
     packaged: list[str] = field(default_factory=list)
     lint_errors: int = 0
-    same_backend: bool = True
     cloud: str = ""
     cloud_note: str = ""
     fleet: str = ""
@@ -156,15 +185,16 @@ def run_demo(options: DemoOptions, *, progress: Progress | None = None, on_fleet
     out.mkdir(parents=True, exist_ok=True)
     model = write_demo_model(out / "sensor_cnn.onnx")
     artifacts, manifests, cached = [], [], []
+    # ONNX Runtime for every target: one runtime component serves every platform, and a simulated device of another
+    # architecture (a host process) can load the portable ONNX artifact, where an aarch64 TVM library would not load.
     for target in options.targets:
-        result = compile(model, target, out, progress=lambda m, t=target: say(f"compiling for {t}: {m}"))
+        result = compile(
+            model, target, out, backend="onnxruntime", progress=lambda m, t=target: say(f"compiling for {t}: {m}")
+        )
         artifacts.append(result.artifact_dir)
         manifests.append(result.manifest)
         cached.append(result.cache_hit)
     report = DemoReport(model, artifacts, manifests, cached=cached)
-    report.same_backend = len({m.backend.name for m in manifests}) == 1
-    if not report.same_backend:
-        return report
     build = out / "greengrass-build"
     packaged = package(artifacts, name=COMPONENT, version="1.0.0", output=build, progress=say)
     report.packaged = [f"{c.name} {c.version}" for c in packaged.components]
@@ -246,7 +276,7 @@ async def _fleet(
 
 
 async def _account(sim: Any, fleet: Any, groups: list[str], summaries: dict[str, Any], points: list[Any]) -> list[GroupReport]:
-    from edgekit.fleet.telemetry import accounted, telemetry_view
+    from edgekit.fleet.telemetry import accounted
 
     deadline = time.monotonic() + 60
     while True:  # until every window each checkpoint covers has arrived (or a minute passed)
@@ -256,7 +286,7 @@ async def _account(sim: Any, fleet: Any, groups: list[str], summaries: dict[str,
             break
         await asyncio.sleep(0.25)
     members = {d.thing: d.groups for d in fleet.expand()}
-    view = {d.thing: d for d in telemetry_view(sim.state).devices}
+    view = sim.status().view  # the fleet view: its per-group telemetry is what the report shows, not summed again here
     runs = sim.inference.runs
     out = []
     for group in groups:
@@ -266,16 +296,9 @@ async def _account(sim: Any, fleet: Any, groups: list[str], summaries: dict[str,
         rep = GroupReport(group, len(things), dict(summaries[group].counts), produced=sum(p.readings for p in mine))
         rep.accounted, rep.duplicates = got.readings, got.duplicates
         rep.windows_expected, rep.windows_received = got.expected_windows, got.windows
+        rep.telemetry = view.group_telemetry(group)
         latencies: list[float] = []
         for thing in things:
-            d = view.get(thing)
-            if d is not None:
-                rep.local, rep.cloud, rep.none = rep.local + d.local, rep.cloud + d.cloud, rep.none + d.none
-                rep.uplink_messages += d.uplink_messages
-                for kind, n in d.fallback_errors.items():
-                    rep.fallback_errors[kind] = rep.fallback_errors.get(kind, 0) + n
-                if d.breaker:
-                    rep.breakers[d.breaker] = rep.breakers.get(d.breaker, 0) + 1
             for run in runs.get(thing, []):
                 latencies += run.loop.stats.cloud_ms
                 rep.crashed_runs += 1 if run.crashed else 0

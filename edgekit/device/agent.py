@@ -568,7 +568,7 @@ class DeviceAgent:
         if self.ipc is None or job.component_update_policy.action != "NOTIFY_COMPONENTS":
             return
         if any(n not in plan or plan[n] is not r for n, r in current.items()):
-            await self.ipc.before_update(job.deployment_id, float(job.component_update_policy.timeout_in_seconds))
+            await self.ipc.before_update(job.deployment_id, float(job.component_update_policy.timeout_s))
 
     def _reconfigure(self, plan: dict[str, ComponentRecord], names: list[str]) -> list[str]:
         """Give running components their new configuration in place when no restart is needed; returns those."""

@@ -16,12 +16,14 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import ValidationError
 
 from edgekit.clock import SYSTEM_CLOCK, Clock
 from edgekit.edge.errors import EdgeError, FallbackError, FallbackUnavailable
+from edgekit.errors import first_problem
+from edgekit.wire.inference import InferenceRequest, InferenceResponse
 
 __all__ = [
-    "DATATYPES",
     "CircuitBreaker",
     "CloudFallback",
     "SageMakerFallback",
@@ -30,43 +32,22 @@ __all__ = [
     "make_fallback",
 ]
 
-DATATYPES = {  # numpy dtype name -> Open Inference Protocol datatype (edgekit serve decodes with it too)
-    "float32": "FP32",
-    "float64": "FP64",
-    "float16": "FP16",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "uint8": "UINT8",
-    "bool": "BOOL",
-}
-_NUMPY = {v: k for k, v in DATATYPES.items()}
-
 
 def encode_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    tensors = []
-    for name, value in inputs.items():
-        arr = np.asarray(value)
-        dtype = DATATYPES.get(str(arr.dtype))
-        if dtype is None:
-            raise EdgeError(f"input '{name}': dtype {arr.dtype} has no Open Inference Protocol datatype")
-        tensors.append({"name": name, "shape": list(arr.shape), "datatype": dtype, "data": arr.ravel().tolist()})
-    return {"inputs": tensors}
+    """The Open Inference Protocol request for ``inputs`` (:class:`edgekit.wire.inference.InferenceRequest`)."""
+    try:
+        return InferenceRequest.from_arrays(inputs).model_dump(exclude_none=True)
+    except ValueError as exc:  # a dtype the protocol has no datatype for
+        raise EdgeError(str(exc)) from None
 
 
 def decode_outputs(body: Any) -> list[np.ndarray]:
+    """The arrays of an Open Inference Protocol response (:class:`edgekit.wire.inference.InferenceResponse`)."""
     try:
-        outputs = body["outputs"]
-        arrays = []
-        for out in outputs:
-            dtype = _NUMPY[out["datatype"]]
-            arrays.append(np.asarray(out["data"], dtype=dtype).reshape(out["shape"]))
-        if not arrays:
-            raise ValueError("no outputs")
-        return arrays
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FallbackError(f"the cloud endpoint's reply is not an Open Inference Protocol response ({exc!r})") from None
+        return InferenceResponse.model_validate(body).arrays()
+    except ValueError as exc:  # pydantic's ValidationError is one
+        reason = first_problem(exc) if isinstance(exc, ValidationError) else repr(exc)
+        raise FallbackError(f"the cloud endpoint's reply is not an Open Inference Protocol response ({reason})") from None
 
 
 class CircuitBreaker:

@@ -1,7 +1,7 @@
 """How an inference loop talks to its device: publish to IoT Core, read and follow its configuration, report its state.
 
 :class:`GreengrassUplink` is Greengrass IPC through ``awsiotsdk`` (a component under the nucleus or edgekit's
-agent); :class:`SpoolUplink` writes to a local :class:`~edgekit.edge.Spool` (standalone use, benchmarks). The
+agent); :class:`SpoolUplink` writes to a local :class:`~edgekit.edge.store.Spool` (standalone use, benchmarks). The
 simulator's in-process devices use the agent's IPC handler directly (``edgekit.sim.inference``).
 See docs/edge-runtime.md (the uplink).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edgekit.edge.errors import EdgeError
-from edgekit.edge.spool import Spool
+from edgekit.edge.store.spool import Spool
 
 __all__ = ["GreengrassUplink", "SpoolUplink", "Uplink"]
 
@@ -82,7 +82,7 @@ class GreengrassUplink:
 
 
 class SpoolUplink:
-    """Messages go into a local :class:`Spool` (send it with :class:`~edgekit.edge.SpoolPublisher`); no configuration."""
+    """Messages go into a local :class:`Spool` (send it with :class:`~edgekit.edge.store.SpoolPublisher`); no configuration."""
 
     def __init__(self, spool: Spool | str | Path) -> None:
         self.spool = spool if isinstance(spool, Spool) else Spool(spool)

@@ -30,8 +30,16 @@ _STATIC: Final = {"index.html": "text/html; charset=utf-8", "app.js": "text/java
 READ_TIMEOUT_S: Final = 30.0
 MAX_CONNECTIONS: Final = 512
 _BUSY: Final = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+_INITIAL: Final = b'<script id="fleet-initial" type="application/json"></script>'
 _CHUNK = 64 * 1024
 _FLIP = bytes(b ^ 0xFF for b in range(256))
+
+
+def inline_json(value: object) -> bytes:
+    """``value`` as JSON that is safe inside an HTML ``<script>`` element: ``<``, ``>`` and ``&`` escaped, so no
+    device's text can end the element (``</script>``) or open a comment."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode("utf-8")
 
 
 class _BadPath(Exception):
@@ -103,8 +111,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _static(self, name: str) -> None:
-        """The fleet page's own files, shipped in the package (no CDN: it works offline)."""
-        self._bytes(HTTPStatus.OK, (_STATIC_DIR / name).read_bytes(), _STATIC[name])
+        """The fleet page's own files, shipped in the package (no CDN: it works offline). The page comes with the
+        fleet view inlined, so it paints at once, before its event stream opens."""
+        data = (_STATIC_DIR / name).read_bytes()
+        if name == "index.html":
+            view = inline_json(self.server.fleet.snapshots.snapshot())
+            data = data.replace(_INITIAL, _INITIAL.replace(b"></", b">" + view + b"</"))
+        self._bytes(HTTPStatus.OK, data, _STATIC[name])
 
     def _events(self) -> None:
         """Server-sent events: a snapshot whenever the fleet changed, checked every ``interval_s``; a comment line
@@ -120,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         quiet = 0.0
         while not fleet.stopping.is_set():
             snap = fleet.snapshots.snapshot()
-            data = json.dumps({k: v for k, v in snap.items() if k != "t"}, separators=(",", ":")).encode()
+            data = json.dumps({k: v for k, v in snap.items() if k != "generatedAt"}, separators=(",", ":")).encode()
             if data != previous:
                 snap_bytes = json.dumps(snap, separators=(",", ":")).encode()
                 self.wfile.write(b"data: " + snap_bytes + b"\n\n")

@@ -63,29 +63,21 @@ def target_key(target: Target) -> str:
 
 def job_document(deployment_id: str, spec: DeploymentSpec, created_at: float) -> JobDocument:
     """The job document a device receives for ``spec``: pinned component versions and the deployment's policies."""
-    components: dict[str, ComponentSpec] = {}
-    for name, component in spec.components.items():
-        data: dict[str, Any] = {"version": component.component_version}
-        if component.configuration_update is not None:
-            data["configurationUpdate"] = component.configuration_update.model_dump(by_alias=True, exclude_none=True)
-        if component.run_with is not None:
-            run_with = component.run_with.model_dump(by_alias=True, exclude_none=True, exclude={"windows_user"})
-            if run_with:
-                data["runWith"] = run_with
-        components[name] = ComponentSpec.model_validate(data)
-    policies = spec.deployment_policies
+    components = {
+        name: ComponentSpec(
+            version=component.component_version,
+            configuration_update=component.configuration_update,
+            run_with=component.run_with,
+        )
+        for name, component in spec.components.items()
+    }
     document: dict[str, Any] = {
         "deploymentId": deployment_id,
         "target": spec.target_arn,
         "creationTimestamp": int(created_at * 1000),
         "components": components,
-        "failureHandlingPolicy": policies.failure_handling_policy,
+        **spec.deployment_policies.to_job_document(),  # the request's deploymentPolicies are top-level keys here
     }
-    if policies.component_update_policy is not None:
-        document["componentUpdatePolicy"] = policies.component_update_policy.model_dump(by_alias=True, exclude_none=True)
-    if policies.configuration_validation_policy is not None:
-        validation = policies.configuration_validation_policy.model_dump(by_alias=True, exclude_none=True)
-        document["configurationValidationPolicy"] = validation
     job = spec.iot_job_configuration
     if job is not None and job.timeout_config is not None:
         document["timeouts"] = {"inProgressTimeoutInMinutes": job.timeout_config.in_progress_timeout_in_minutes}

@@ -26,8 +26,8 @@ class DeviceFailure:
     at: float
 
 
-def device_failures(state: FleetState, limit: int = 10, deployment_id: str | None = None) -> list[DeviceFailure]:
-    """The ``limit`` most recent failed / timed-out / rejected executions, newest first."""
+def device_failures(state: FleetState, limit: int | None = 10, deployment_id: str | None = None) -> list[DeviceFailure]:
+    """The ``limit`` most recent failed / timed-out / rejected executions (every one with ``None``), newest first."""
     records = state.executions(deployment_id=deployment_id, statuses=FAILURE_STATUSES)
     records.sort(key=lambda r: r.updated_at, reverse=True)
     out = []

@@ -5,14 +5,14 @@ See docs/local-fleet.md (the fleet folder).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, cast
 
@@ -22,12 +22,15 @@ __all__ = [
     "DEPLOYMENT_STATUSES",
     "EXECUTION_STATUSES",
     "SCHEMA_VERSION",
+    "WINDOW_COLUMNS",
     "ArtifactRecord",
     "ComponentRecord",
     "DeploymentRecord",
     "ExecutionRecord",
     "FleetState",
+    "TelemetryRecord",
     "ThingRecord",
+    "WindowTotals",
 ]
 
 log = logging.getLogger(__name__)
@@ -199,6 +202,42 @@ class ExecutionRecord:
     notified_at: float | None
 
 
+@dataclass
+class TelemetryRecord:
+    """What one thing's inference components reported, summed over its stored window summaries (de-duplicated),
+    with the latest window's breaker and component outbox (``component_pending``) and the thing's message counts."""
+
+    thing: str
+    windows: int = 0
+    readings: int = 0
+    local: int = 0
+    cloud: int = 0
+    none: int = 0
+    duplicates: int = 0
+    fallback_errors: dict[str, int] = field(default_factory=dict)
+    breaker: str | None = None
+    component_pending: int = 0
+    messages: int = 0
+    unanswered_messages: int = 0
+    malformed: int = 0
+    last_telemetry_at: float | None = None
+
+
+@dataclass(frozen=True)
+class WindowTotals:
+    """The stored windows of some runs up to a window number: how many, their readings, their deliveries."""
+
+    windows: int
+    readings: int
+    deliveries: int
+
+
+WINDOW_COLUMNS: Final = (
+    "thing", "component", "window", "run", "seq", "window_start", "window_end", "readings", "local", "cloud", "none",
+    "fallback_errors", "breaker", "fallback_ms", "pending", "uplink_sent", "received_at",
+)  # fmt: skip
+"""The order of a window row given to :meth:`FleetState.record_telemetry`."""
+
 _EXECUTION_COLUMNS = "deployment_id, thing, status, version_number, execution_number, status_details, queued_at, started_at, updated_at, notified_at"
 _DEPLOYMENT_COLUMNS = "id, target, spec, created_at, status, replaced_by, status_reason, updated_at, rollout_tokens, rollout_at"
 
@@ -358,10 +397,6 @@ class FleetState:
     def _read(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             yield self._db
-
-    def read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
-        """The connection for read-only queries (holding the state's lock), e.g. :mod:`edgekit.fleet.telemetry`'s."""
-        return self._read()
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` (``"ok"`` when the file is sound)."""
@@ -624,3 +659,85 @@ class FleetState:
                     "SELECT COUNT(*) FROM job_executions WHERE deployment_id=? AND notified_at > ?", (deployment_id, since)
                 ).fetchone()
             return cast(int, row[0])
+
+    # ------------------------------------------------------------------ telemetry (the devices' window summaries)
+
+    def record_telemetry(
+        self, windows: Sequence[Sequence[Any]], things: Mapping[str, Mapping[str, int]], now: float
+    ) -> tuple[int, int]:
+        """Store window summaries (rows in :data:`WINDOW_COLUMNS` order) and add each thing's message counts
+        (``messages``, ``unanswered``, ``malformed``), all in one transaction. A window already stored (same thing,
+        component and window) counts one more delivery. Returns (new windows, duplicates)."""
+        new = duplicates = 0
+        columns = ", ".join(WINDOW_COLUMNS)
+        marks = ", ".join("?" * len(WINDOW_COLUMNS))
+        with self.transaction() as db:
+            for row in windows:
+                cur = db.execute(
+                    f"INSERT INTO telemetry_windows({columns}) VALUES ({marks})"
+                    " ON CONFLICT(thing, component, window) DO UPDATE SET deliveries = deliveries + 1 RETURNING deliveries",
+                    tuple(row),
+                )
+                if cur.fetchone()[0] == 1:
+                    new += 1
+                else:
+                    duplicates += 1
+            for thing, counts in things.items():
+                db.execute(
+                    "INSERT INTO telemetry_things(thing, messages, unanswered_messages, malformed, last_seen) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT(thing) DO UPDATE SET messages = messages + excluded.messages,"
+                    " unanswered_messages = unanswered_messages + excluded.unanswered_messages,"
+                    " malformed = malformed + excluded.malformed, last_seen = excluded.last_seen",
+                    (thing, counts.get("messages", 0), counts.get("unanswered", 0), counts.get("malformed", 0), now),
+                )
+        return new, duplicates
+
+    def telemetry(self) -> dict[str, TelemetryRecord]:
+        """Every thing that sent telemetry, by name: its windows summed, its latest window's breaker (the worst of its
+        components': not ``closed`` wins) and component outbox (summed over its components), its message counts."""
+        out: dict[str, TelemetryRecord] = {}
+        with self._read() as db:
+            for row in db.execute(
+                "SELECT thing, count(*), sum(readings), sum(local), sum(cloud), sum(none), sum(deliveries) - count(*)"
+                " FROM telemetry_windows GROUP BY thing"
+            ):
+                r = out.setdefault(row[0], TelemetryRecord(row[0]))
+                r.windows, r.readings, r.local, r.cloud, r.none, r.duplicates = (int(v or 0) for v in row[1:])
+            errors: dict[str, Counter[str]] = {}
+            for thing, text in db.execute("SELECT thing, fallback_errors FROM telemetry_windows WHERE fallback_errors != '{}'"):
+                errors.setdefault(thing, Counter()).update(json.loads(text))
+            for thing, counts in errors.items():
+                out[thing].fallback_errors = dict(sorted(counts.items()))
+            for thing, breaker, pending in db.execute(
+                "SELECT w.thing, w.breaker, w.pending FROM telemetry_windows w JOIN"
+                " (SELECT thing, component, max(window_end) AS latest FROM telemetry_windows GROUP BY thing, component) l"
+                " ON w.thing = l.thing AND w.component = l.component AND w.window_end = l.latest"
+            ):
+                r = out[thing]
+                r.breaker = breaker if r.breaker in (None, "closed") else r.breaker
+                r.component_pending += int(pending or 0)
+            for thing, messages, unanswered, malformed, last in db.execute(
+                "SELECT thing, messages, unanswered_messages, malformed, last_seen FROM telemetry_things"
+            ):
+                r = out.setdefault(thing, TelemetryRecord(thing))
+                r.messages, r.unanswered_messages, r.malformed = int(messages), int(unanswered), int(malformed)
+                r.last_telemetry_at = last
+        return out
+
+    def window_totals(self, thing: str, component: str, run: str, up_to: int) -> WindowTotals:
+        """The stored windows 1..``up_to`` of one run of ``thing``'s ``component``."""
+        with self._read() as db:
+            row = db.execute(
+                "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(deliveries), 0) FROM telemetry_windows"
+                " WHERE thing = ? AND component = ? AND run = ? AND seq <= ?",
+                (thing, component, run, up_to),
+            ).fetchone()
+            return WindowTotals(int(row[0]), int(row[1]), int(row[2]))
+
+    def memberships(self) -> dict[str, list[str]]:
+        """Every thing in a group, and its groups (sorted)."""
+        out: dict[str, list[str]] = {}
+        with self._read() as db:
+            for group, thing in db.execute("SELECT group_name, thing FROM group_members ORDER BY group_name"):
+                out.setdefault(thing, []).append(group)
+        return out

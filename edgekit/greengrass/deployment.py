@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import semantic_version
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from edgekit.errors import DeploymentError, one_line
 from edgekit.greengrass.aws import AwsSession, aws_errors, has_credentials, partition_for_region
-from edgekit.mqtt.payloads import check_json_pointers
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_json, loads_yaml
+from edgekit.wire.deployment import ConfigurationUpdate, DeploymentPolicies, RunWith
 
 __all__ = [
     "DEFAULT_ABORT_MIN_EXECUTED",
@@ -30,18 +30,12 @@ __all__ = [
     "AbortConfig",
     "AbortCriteria",
     "ComponentDeployment",
-    "ComponentUpdatePolicy",
-    "ConfigurationUpdate",
-    "ConfigurationValidationPolicy",
-    "DeploymentPolicies",
     "DeploymentResult",
     "DeploymentSpec",
     "ExponentialRate",
     "IotJobConfiguration",
     "RateIncreaseCriteria",
     "RolloutConfig",
-    "RunWith",
-    "SystemResourceLimits",
     "TimeoutConfig",
     "build_spec",
     "client_token",
@@ -54,7 +48,6 @@ __all__ = [
 
 TARGET_ARN = re.compile(r"^arn:[^:]*:iot:([^:]*):([0-9]+):(thing|thinggroup)/.+$")
 _SHORT_TARGET = re.compile(r"^(thing|thinggroup)/([a-zA-Z0-9:_-]{1,128})$", re.IGNORECASE)
-_POSIX_USER = re.compile(r"^[^:\s]+(:[^:\s]+)?$")
 
 DEFAULT_ABORT_TYPE = "ALL"
 DEFAULT_ABORT_MIN_EXECUTED = 10
@@ -69,72 +62,16 @@ class _Model(BaseModel):
 # --------------------------------------------------------------------------- components
 
 
-class ConfigurationUpdate(_Model):
-    """``reset`` (JSON pointers) is applied before ``merge`` (a JSON object, sent as a string)."""
-
-    merge: str | None = Field(default=None, min_length=1, max_length=10_485_760)
-    reset: list[str] | None = None
-
-    @field_validator("merge", mode="before")
-    @classmethod
-    def _merge_json(cls, value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        if isinstance(value, str):
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not valid JSON: {exc.msg} at character {exc.pos}") from exc
-            if not isinstance(parsed, dict):
-                raise ValueError("must be a JSON object (the keys to merge into the configuration)")
-        return value
-
-    @field_validator("reset")
-    @classmethod
-    def _pointers(cls, value: list[str] | None) -> list[str] | None:
-        return check_json_pointers(value, max_length=256)  # the CreateDeployment API's limit
-
-
-class SystemResourceLimits(_Model):
-    cpus: float | None = Field(default=None, gt=0, description="CPU time share, e.g. 0.5 = half a core")
-    memory: int | None = Field(default=None, gt=0, description="RAM in kilobytes")
-
-
-class RunWith(_Model):
-    posix_user: str | None = Field(default=None, description="'user' or 'user:group'")
-    windows_user: str | None = Field(default=None, min_length=1)
-    system_resource_limits: SystemResourceLimits | None = None
-
-    @field_validator("posix_user")
-    @classmethod
-    def _user(cls, value: str | None) -> str | None:
-        if value is not None and not _POSIX_USER.match(value):
-            raise ValueError(f"'{value}' is not 'user' or 'user:group'")
-        return value
-
-
 class ComponentDeployment(_Model):
+    """One component of the request (``ComponentDeploymentSpecification``); the job document's is ``ComponentSpec``."""
+
     component_version: str = Field(min_length=1, max_length=64)
     configuration_update: ConfigurationUpdate | None = None
     run_with: RunWith | None = None
 
-
-# --------------------------------------------------------------------------- policies
-
-
-class ComponentUpdatePolicy(_Model):
-    action: Literal["NOTIFY_COMPONENTS", "SKIP_NOTIFY_COMPONENTS"] = "NOTIFY_COMPONENTS"
-    timeout_in_seconds: int | None = Field(default=None, ge=1)
-
-
-class ConfigurationValidationPolicy(_Model):
-    timeout_in_seconds: int | None = Field(default=None, ge=1)
-
-
-class DeploymentPolicies(_Model):
-    failure_handling_policy: Literal["ROLLBACK", "DO_NOTHING"] = "ROLLBACK"
-    component_update_policy: ComponentUpdatePolicy | None = None
-    configuration_validation_policy: ConfigurationValidationPolicy | None = None
+    @field_serializer("configuration_update", when_used="unless-none")
+    def _request_form(self, update: ConfigurationUpdate) -> dict[str, Any]:
+        return update.to_create_deployment()  # merge as the API's JSON string
 
 
 # --------------------------------------------------------------------------- IoT job

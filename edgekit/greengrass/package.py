@@ -43,7 +43,20 @@ RUNTIME_COMPONENT = "com.edgekit.Runtime"
 """The prefix of the runtime components: one per backend (:func:`runtime_component`)."""
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # The part of edgekit a device needs to load and run an artifact (no compiler, no CLI).
-_RUNTIME_MODULES = ["__init__.py", "_version.py", "api.py", "clock.py", "parsing.py", "digests.py", "errors.py", "deps.py", "manifest.py", "runtime", "edge"]
+_RUNTIME_MODULES = [
+    "__init__.py",
+    "_version.py",
+    "api.py",
+    "clock.py",
+    "parsing.py",
+    "digests.py",
+    "errors.py",
+    "deps.py",
+    "manifest.py",
+    "runtime",
+    "edge",
+    "wire",
+]
 
 
 @dataclass
@@ -188,7 +201,9 @@ def package(
             m = read_manifest(path, check_files=False)
             missing = [f for f in [*m.backend.files, m.selftest.file if m.selftest else None] if f and not (path / f).is_file()]
             if missing:
-                raise PackagingError(f"cannot package '{path}': files {missing} named in its manifest.json are missing; recompile")
+                raise PackagingError(
+                    f"cannot package '{path}': files {missing} named in its manifest.json are missing; recompile"
+                )
             verify_files(path, m)  # nothing modified since compiling goes into a component
         except ArtifactError as exc:
             raise PackagingError(f"cannot package '{path}': {exc}") from exc

@@ -5,9 +5,8 @@ See docs/local-fleet.md (Jobs over MQTT: topics and messages).
 
 from __future__ import annotations
 
-import json
 import unicodedata
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import Annotated, Final, Literal, TypeVar
 
 import semantic_version
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
@@ -15,15 +14,19 @@ from pydantic.alias_generators import to_camel
 
 from edgekit.mqtt.errors import PayloadError
 from edgekit.parsing import ParseError, loads_json
+from edgekit.wire.deployment import (
+    ComponentUpdatePolicy,
+    ConfigurationUpdate,
+    ConfigurationValidationPolicy,
+    FailureHandlingPolicy,
+    RunWith,
+)
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
     "SCHEMA_VERSION",
     "ComponentSpec",
     "ComponentState",
-    "ComponentUpdatePolicy",
-    "ConfigurationUpdate",
-    "ConfigurationValidationPolicy",
     "DeploymentInfo",
     "DeploymentResultCode",
     "DescribeJobExecutionRequest",
@@ -41,9 +44,7 @@ __all__ = [
     "LifecycleState",
     "Message",
     "RejectedCode",
-    "RunWith",
     "StatusDetails",
-    "SystemResourceLimits",
     "Timeouts",
     "UpdateJobExecutionRequest",
     "UpdateJobExecutionResponse",
@@ -118,50 +119,12 @@ class Message(_Part):
 # --------------------------------------------------------------------------- the job document
 
 
-def check_json_pointers(pointers: list[str] | None, max_length: int | None = None) -> list[str] | None:
-    """A configuration update's ``reset`` list: each '' (everything) or a JSON pointer ('/a/b'), for pydantic validators."""
-    for pointer in pointers or []:
-        if pointer and not pointer.startswith("/"):
-            raise ValueError(f"'{pointer}' is not a JSON pointer: it must be '' (everything) or start with '/'")
-        if max_length is not None and len(pointer) > max_length:
-            raise ValueError(f"'{pointer[:40]}...' is longer than {max_length} characters")
-    return pointers
-
-
-class ConfigurationUpdate(_Part):
-    """``reset`` (JSON pointers) is applied before ``merge`` (a JSON object; a JSON string of one is accepted)."""
-
-    merge: dict[str, Any] | None = None
-    reset: list[str] | None = None
-
-    @field_validator("merge", mode="before")
-    @classmethod
-    def _merge_object(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"is a string but not JSON: {exc.msg} at character {exc.pos}") from exc
-        return value
-
-    @field_validator("reset")
-    @classmethod
-    def _pointers(cls, value: list[str] | None) -> list[str] | None:
-        return check_json_pointers(value)
-
-
-class SystemResourceLimits(_Part):
-    cpus: float | None = Field(default=None, gt=0)
-    memory: int | None = Field(default=None, gt=0, description="kilobytes")
-
-
-class RunWith(_Part):
-    posix_user: str | None = None
-    system_resource_limits: SystemResourceLimits | None = None
-
-
 class ComponentSpec(_Part):
-    """One component of a deployment: the exact version to run and how to change its configuration."""
+    """One component of a deployment: the exact version to run and how to change its configuration.
+
+    The job document's form of the request's ``ComponentDeployment`` (``version``, not ``componentVersion``, and
+    ``merge`` as an object); both hold the same :mod:`edgekit.wire.deployment` parts.
+    """
 
     version: str
     configuration_update: ConfigurationUpdate | None = None
@@ -175,15 +138,6 @@ class ComponentSpec(_Part):
         except ValueError as exc:
             raise ValueError(f"'{value}' is not a semantic version (MAJOR.MINOR.PATCH)") from exc
         return value
-
-
-class ComponentUpdatePolicy(_Part):
-    action: Literal["NOTIFY_COMPONENTS", "SKIP_NOTIFY_COMPONENTS"] = "NOTIFY_COMPONENTS"
-    timeout_in_seconds: int = Field(default=60, ge=1)
-
-
-class ConfigurationValidationPolicy(_Part):
-    timeout_in_seconds: int = Field(default=30, ge=1)
 
 
 class Timeouts(_Part):
@@ -205,7 +159,7 @@ class JobDocument(Message):
     configuration_arn: str | None = None
     creation_timestamp: int | None = Field(default=None, ge=0, description="milliseconds since the epoch")
     components: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], ComponentSpec]
-    failure_handling_policy: Literal["ROLLBACK", "DO_NOTHING"] = "ROLLBACK"
+    failure_handling_policy: FailureHandlingPolicy = "ROLLBACK"
     component_update_policy: ComponentUpdatePolicy = Field(default_factory=ComponentUpdatePolicy)
     configuration_validation_policy: ConfigurationValidationPolicy = Field(default_factory=ConfigurationValidationPolicy)
     timeouts: Timeouts = Field(default_factory=Timeouts)

@@ -34,8 +34,9 @@ from edgekit.device.ipc import InProcessIpc
 from edgekit.device.ipc.errors import IpcError
 from edgekit.device.ipc.inprocess import InProcessStream
 from edgekit.device.ipc.service import DeviceIpc
+from edgekit.edge.component import parse_args
 from edgekit.edge.errors import EdgeError
-from edgekit.edge.loop import Checkpoint, InferenceLoop, parse_args
+from edgekit.edge.loop import Checkpoint, InferenceLoop
 from edgekit.errors import EdgekitError
 
 __all__ = ["SIMULATED_TICK_S", "InProcessRunners", "InProcessUplink", "InferenceRun", "ModelCache"]

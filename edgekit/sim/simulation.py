@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import random
 import sys
 import time
@@ -24,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, Self
+from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from edgekit.device.agent import DeviceAgent
 from edgekit.device.lifecycle import StateCallback
@@ -32,24 +30,28 @@ from edgekit.device.mqtt import DeviceMqttRunner
 from edgekit.edge.loop import Checkpoint
 from edgekit.errors import ConfigError
 from edgekit.fleet.errors import NotFoundError
+from edgekit.fleet.fleet_server import FleetServer
 from edgekit.fleet.folder import FleetFolder
-from edgekit.fleet.http import FleetHttpServer
-from edgekit.fleet.mqtt import FleetMqttBridge
-from edgekit.fleet.queries import DeviceFailure, deployment_summary, device_failures
-from edgekit.fleet.registry import PublishedComponent, Registry, publish_local
-from edgekit.fleet.service import DeploymentSummary, FleetService, FleetSummary
-from edgekit.fleet.state import FleetState
-from edgekit.fleet.telemetry import TelemetryIngest
 from edgekit.fleets import Device, Fault, Fleet
 from edgekit.greengrass.deployment import DeploymentSpec
-from edgekit.mqtt.broker import MosquittoBroker, raise_fd_limit
+from edgekit.mqtt.broker import raise_fd_limit
 from edgekit.mqtt.client import Backoff, MqttClient
-from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsMaterial
 from edgekit.progress import Progress
 from edgekit.sim.errors import SimulationError, SimulationTimeoutError
 from edgekit.sim.executor import SimulatedExecutor
 from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
+
+if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are the types of its parts
+    from edgekit.fleet.http import FleetHttpServer
+    from edgekit.fleet.mqtt import FleetMqttBridge
+    from edgekit.fleet.registry import PublishedComponent
+    from edgekit.fleet.service import DeploymentSummary, FleetService
+    from edgekit.fleet.state import FleetState
+    from edgekit.fleet.telemetry import TelemetryIngest
+    from edgekit.fleet.view import FailureView, FleetView
+    from edgekit.mqtt.broker import MosquittoBroker
+    from edgekit.mqtt.tls import TlsMaterial
 
 __all__ = ["SimulatedDevice", "Simulation", "SimulationStatus"]
 
@@ -62,20 +64,29 @@ HOST_PYTHON_ENV: Final = "EDGEKIT_HOST_PYTHON"
 
 @dataclass(frozen=True)
 class SimulationStatus:
-    """The fleet at a glance: the service's summary plus what only the simulator knows (connections, faults)."""
+    """The fleet view (:class:`~edgekit.fleet.view.FleetView`, with who is connected) plus what only the simulator
+    knows: how long it has run, its devices and how many agents are up, the faults it applied."""
 
     elapsed_s: float
     devices: int
-    connected: int
+    """Simulated devices (the fleet's state may know more things, left from an earlier, bigger run)."""
     alive: int
-    summary: FleetSummary
-    failures: list[DeviceFailure]
     faults: list[str]
     broker_url: str
+    view: FleetView
+
+    @property
+    def connected(self) -> int:
+        return self.view.connected
+
+    @property
+    def failures(self) -> list[FailureView]:
+        """Failures of each target's latest deployment, newest first."""
+        return self.view.failures
 
     def group_counts(self) -> dict[str, dict[str, int]]:
         """Per group: members, and the counts of its latest deployment's executions by status."""
-        return {g.name: {"devices": g.members, **g.counts} for g in self.summary.groups}
+        return {g.name: {"devices": g.members, **g.counts} for g in self.view.groups}
 
 
 @dataclass
@@ -145,20 +156,53 @@ class Simulation:
         self.seed = seed
         self.progress: Progress = progress or (lambda _m: None)
         self.devices: dict[str, SimulatedDevice] = {}
-        self.state: FleetState | None = None
-        self.service: FleetService | None = None
-        self.http: FleetHttpServer | None = None
-        self.broker: MosquittoBroker | None = None
-        self.material: TlsMaterial | None = None
-        self.bridge: FleetMqttBridge | None = None
-        self.telemetry: TelemetryIngest | None = None
-        self._bridge_client: MqttClient | None = None
+        things = self.fleet.expand()
+        self.server = FleetServer(
+            self.folder,
+            devices=things,
+            name=self.fleet.name,
+            tls=self.tls,
+            tick_s=tick_s,
+            presence=self._presence,
+            about={"devices": len(things), "mode": self.mode},
+            progress=lambda message: self.progress(message),
+        )
         self._executor = SimulatedExecutor()
         self._started_at = 0.0
         self._fault_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fault_log: list[str] = []
         self.connect_s: float | None = None
+
+    # ------------------------------------------------------------------ the fleet server's parts
+
+    @property
+    def state(self) -> FleetState | None:
+        return self.server.state
+
+    @property
+    def service(self) -> FleetService | None:
+        return self.server.service
+
+    @property
+    def http(self) -> FleetHttpServer | None:
+        return self.server.http
+
+    @property
+    def broker(self) -> MosquittoBroker | None:
+        return self.server.broker
+
+    @property
+    def material(self) -> TlsMaterial | None:
+        return self.server.material
+
+    @property
+    def bridge(self) -> FleetMqttBridge | None:
+        return self.server.bridge
+
+    @property
+    def telemetry(self) -> TelemetryIngest | None:
+        return self.server.telemetry
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -185,7 +229,8 @@ class Simulation:
         return self.state, self.service
 
     async def start(self) -> None:
-        """Start the broker, the fleet service and every device; return once every device is connected."""
+        """Start the fleet server (broker, state, service, bridge, HTTP server) and every device; return once every
+        device is connected."""
         if self.state is not None:
             return
         try:
@@ -195,53 +240,22 @@ class Simulation:
             raise
 
     async def _start(self) -> None:
+        things = self.server.devices
+        limit = raise_fd_limit()
+        if limit < 4 * len(things) + 64:
+            log.warning("open-file limit %d may be too low for %d simulated devices (4 sockets each)", limit, len(things))
         running = self.folder.running()
         if running is not None:
             raise SimulationError(
                 f"a simulation already runs on {self.folder.root} (pid {running['pid']}); stop it, or give another --state"
             )
-        things = self.fleet.expand()
-        limit = raise_fd_limit()
-        if limit < 4 * len(things) + 64:
-            log.warning("open-file limit %d may be too low for %d simulated devices (4 sockets each)", limit, len(things))
-        self.folder.root.mkdir(parents=True, exist_ok=True)
-        self.state = FleetState(self.folder.database)
-        self.service = FleetService(self.state)
-        self.progress(f"registering {len(things)} device(s) in {self.folder.database}")
-        self._register(things)
-
-        if self.tls:
-            self.progress(f"certificates for {len(things)} device(s)")
-            self.material = await asyncio.to_thread(TlsMaterial.create, self.folder.tls, [d.thing for d in things])
-        else:  # said every time, never silent: without certificates the broker can't tell devices apart
-            log.warning(
-                "fleet '%s' runs without mTLS (tls: false): devices are not authenticated, so any client may connect "
-                "under any device's id and read its topics; set tls: true in the fleet file for per-device identities",
-                self.fleet.name,
-            )
-            self.progress("no mTLS (tls: false): devices are not authenticated")
-        self.broker = MosquittoBroker(self.folder.broker, tls=self.material, acl=self.tls)
-        self.progress("starting mosquitto")
-        await asyncio.to_thread(self.broker.start)
-        self.http = FleetHttpServer(Registry(self.state, self.folder.store), presence=self._presence).start()
-        self.progress(f"fleet page: {self.http.url}/ui")
-
-        # a persistent session: requests devices send while the bridge reconnects wait for it on the broker
-        # The bridge starts before its client connects, so requests the broker queued for the service's session
-        # while no simulation ran are handled, not dropped into an unread queue.
-        self._bridge_client = MqttClient(SERVICE_IDENTITY, tls=self.material.service if self.material else None)
-        self.bridge = FleetMqttBridge(self.service, self._bridge_client, tick_s=self.tick_s)
-        await self.bridge.start()
-        self.telemetry = TelemetryIngest(self.state, self._bridge_client)  # the devices' window summaries
-        await self.telemetry.start()
-        await self._bridge_client.connect(self.broker.service_url)
-
+        await self.server.start()
+        assert self.broker is not None
         host, port = "127.0.0.1", self.broker.port
         for device in things:
             link = NetworkLink(device.thing, host, port)
             await link.open()
             self.devices[device.thing] = SimulatedDevice(device, self.folder.device(device.thing), link)
-        self._write_running()
         self.progress(f"connecting {len(things)} device(s) ({self.mode}{', mTLS' if self.tls else ''})")
         started = time.monotonic()
         gate = asyncio.Semaphore(self.connect_concurrency)
@@ -257,36 +271,8 @@ class Simulation:
         if self.apply_faults and self.fleet.faults:
             self._fault_task = asyncio.get_running_loop().create_task(self._run_faults(self.fleet.faults))
 
-    def _register(self, things: list[Device]) -> None:
-        """Register every device; make the groups' memberships those of the fleet file (leftovers of a bigger run leave)."""
-        state, service = self._require()
-        wanted: dict[str, set[str]] = {}
-        for device in things:
-            for group in device.groups:
-                wanted.setdefault(group, set()).add(device.thing)
-        with state.transaction():
-            for group in state.groups():
-                for member in state.members(group):
-                    if member not in wanted.get(group, set()):
-                        service.remove_from_group(member, group)
-            service.register_devices(things)
-
-    def _write_running(self) -> None:
-        assert self.broker is not None and self.http is not None
-        info = {
-            "pid": os.getpid(),
-            "fleet": self.fleet.name,
-            "devices": len(self.devices),
-            "mode": self.mode,
-            "tls": self.tls,
-            "broker": self.broker.url,
-            "http": self.http.url,
-            "started_at": time.time(),
-        }
-        self.folder.running_file.write_text(json.dumps(info, indent=1))
-
     async def close(self) -> None:
-        """Stop every device (cleanly: Shutdown steps run), the bridge, the HTTP server and the broker."""
+        """Stop every device (cleanly: Shutdown steps run), then the fleet server (bridge, HTTP server, broker)."""
         if self._fault_task is not None:
             self._fault_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -298,28 +284,7 @@ class Simulation:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(self._shutdown(d, crash=False) for d in self.devices.values()), return_exceptions=True)
         await asyncio.gather(*(d.link.close() for d in self.devices.values()), return_exceptions=True)
-        if self.telemetry is not None:
-            with contextlib.suppress(Exception):
-                await self.telemetry.stop()
-            self.telemetry = None
-        if self.bridge is not None:
-            with contextlib.suppress(Exception):
-                await self.bridge.stop()
-            self.bridge = None
-        if self._bridge_client is not None:
-            with contextlib.suppress(Exception):
-                await self._bridge_client.disconnect()
-            self._bridge_client = None
-        if self.http is not None:
-            self.http.stop()
-            self.http = None
-        if self.broker is not None:
-            await asyncio.to_thread(self.broker.stop)
-        if self.state is not None:
-            self.folder.running_file.unlink(missing_ok=True)
-            self.state.close()
-            self.state = None
-            self.service = None
+        await self.server.close()
 
     # ------------------------------------------------------------------ devices
 
@@ -402,21 +367,21 @@ class Simulation:
 
     def publish(self, build_dir: str | Path) -> list[PublishedComponent]:
         """Publish a packaged build folder (``edgekit package``'s) to the local registry."""
-        state, _ = self._require()
-        return publish_local(build_dir, state, self.folder.store)
+        self._require()
+        return self.server.publish(build_dir)
 
     def deploy(self, spec: DeploymentSpec | Mapping[str, Any]) -> str:
         """Create a deployment (CreateDeployment fields); the bridge rolls it out on its next tick. Returns its id."""
-        _, service = self._require()
-        return service.create_deployment(spec)
+        self._require()
+        return self.server.deploy(spec)
 
     async def wait(self, deployment_id: str, timeout: float) -> DeploymentSummary:
         """Wait until ``deployment_id`` is no longer ACTIVE; :class:`SimulationTimeoutError` after ``timeout`` seconds."""
-        state, _ = self._require()
+        self._require()
         deadline = time.monotonic() + timeout
         while True:
             try:
-                summary = deployment_summary(state, deployment_id)
+                summary = self.server.deployment(deployment_id)
             except NotFoundError as exc:
                 raise SimulationError(str(exc)) from exc
             if summary.status != "ACTIVE":
@@ -439,18 +404,16 @@ class Simulation:
         runs = [run for runs in self._executor.runners.runs.values() for run in runs]
         return list(await asyncio.gather(*(run.loop.checkpoint() for run in runs)))
 
-    def status(self, failures: int = 10) -> SimulationStatus:
+    def status(self) -> SimulationStatus:
         """The fleet at a glance (see :class:`SimulationStatus`)."""
-        state, service = self._require()
+        self._require()
         return SimulationStatus(
             elapsed_s=time.monotonic() - self._started_at if self._started_at else 0.0,
             devices=len(self.devices),
-            connected=sum(1 for d in self.devices.values() if d.connected),
             alive=sum(1 for d in self.devices.values() if d.alive),
-            summary=service.summary(),
-            failures=device_failures(state, failures),
             faults=list(self._fault_log),
             broker_url=self.broker_url,
+            view=self.server.view(),
         )
 
     # ------------------------------------------------------------------ faults

@@ -1,8 +1,8 @@
 """``PublishToIoTCore`` / ``SubscribeToIoTCore`` through the device's own MQTT connection, durably.
 
-A publish is written to the agent's spool (:class:`edgekit.edge.Spool`: SQLite, ``synchronous=FULL``) **before**
+A publish is written to the agent's spool (:class:`edgekit.edge.store.Spool`: SQLite, ``synchronous=FULL``) **before**
 the component gets its response, and leaves the spool only once the broker acknowledged it
-(:class:`edgekit.edge.SpoolPublisher`, QoS 1, oldest first). So what a component was told is published survives
+(:class:`edgekit.edge.store.SpoolPublisher`, QoS 1, oldest first). So what a component was told is published survives
 an offline period, an agent restart and a power cut, in order; the price is at-least-once delivery. The nucleus
 keeps its spool in memory (2.5 MB, lost on restart) and nucleus lite has none.
 
@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgekit.edge.spool import Spool
+from edgekit.edge.store.spool import Spool
 
 if TYPE_CHECKING:
-    from edgekit.edge.publisher import SpoolPublisher
+    from edgekit.edge.store.publisher import SpoolPublisher
     from edgekit.mqtt.client import Message, MqttClient
 
 __all__ = ["IotCoreLink"]
@@ -77,7 +77,7 @@ class IotCoreLink:
 
     def attach(self, client: MqttClient) -> None:
         """Send through ``client`` from now on (and subscribe there); starts the sender task."""
-        from edgekit.edge.publisher import SpoolPublisher
+        from edgekit.edge.store.publisher import SpoolPublisher
 
         self.client = client
         self._publisher = SpoolPublisher(self.spool, client)

@@ -5,6 +5,7 @@ See docs/local-fleet.md (the fleet view).
 
 from __future__ import annotations
 
-from edgekit.fleet.web.snapshot import Presence, Snapshotter, device_state
+from edgekit.fleet.view import device_state
+from edgekit.fleet.web.snapshot import Presence, Snapshotter
 
 __all__ = ["Presence", "Snapshotter", "device_state"]

@@ -1,8 +1,12 @@
 "use strict";
-// The fleet page: one snapshot from /api/fleet, then live snapshots from /api/events (server-sent events).
-// Everything is drawn here from those snapshots; no framework, no CDN.
-const STATES = ["idle", "queued", "in_progress", "succeeded", "failed", "timed_out", "rejected", "canceled", "offline"];
-const COLORS = { queued: "#9bb7e0", in_progress: "#3a7bd5", succeeded: "#2ea043", failed: "#d73a49", timed_out: "#a22", canceled: "#e3b341" };
+// The fleet page: the fleet view inlined in the page (or, failing that, /api/fleet) paints it at once; then live views
+// from /api/events (server-sent events). Everything is drawn here from those views; no framework, no CDN.
+// Device text only ever reaches the DOM as text (textContent, attributes), never as HTML.
+const STATES = ["idle", "queued", "in_progress", "succeeded", "failed", "timed_out", "rejected", "canceled", "removed", "offline"];
+const COLORS = {
+  idle: "#cfd4dc", queued: "#9bb7e0", in_progress: "#3a7bd5", succeeded: "#2ea043", failed: "#d73a49",
+  timed_out: "#8b1a2b", rejected: "#f08c3a", canceled: "#e3b341", removed: "#b39ddb", offline: "#1d232b",
+};
 let selected = null;
 let last = null;
 
@@ -13,10 +17,14 @@ function el(tag, attrs = {}, text = "") {
   return e;
 }
 
+function time(t) {
+  return t ? new Date(t * 1000).toLocaleTimeString() : "never";
+}
+
 function legend() {
   const box = document.getElementById("legend");
   for (const s of STATES) {
-    const item = el("span");
+    const item = el("span", { "data-legend": s });
     item.appendChild(el("i", { class: "s-" + s }));
     item.appendChild(document.createTextNode(s.replace("_", " ")));
     box.appendChild(item);
@@ -33,8 +41,8 @@ function progressChart(history, total) {
   const t0 = history[0].t, t1 = history[history.length - 1].t || t0 + 1;
   const x = (t) => ((t - t0) / Math.max(t1 - t0, 1e-9)) * 600;
   let below = history.map(() => 0);
-  for (const status of ["succeeded", "in_progress", "queued", "failed", "timed_out", "canceled"]) {
-    const above = history.map((p, i) => below[i] + (p.counts[status] || 0));
+  for (const status of ["succeeded", "in_progress", "queued", "failed", "timed_out", "rejected", "canceled", "removed"]) {
+    const above = history.map((p, i) => below[i] + (p.counts[status.toUpperCase()] || 0));
     if (above.every((v, i) => v === below[i])) continue;
     const top = history.map((p, i) => `${x(p.t)},${60 - (above[i] / total) * 60}`);
     const bottom = history.map((p, i) => `${x(p.t)},${60 - (below[i] / total) * 60}`).reverse();
@@ -53,20 +61,41 @@ function drawDeployments(deployments) {
   box.replaceChildren();
   if (!deployments.length) box.appendChild(el("p", { class: "dim" }, "no deployment yet"));
   for (const d of deployments.slice().reverse()) {
-    const total = Object.values(d.counts).reduce((a, b) => a + b, 0);
     const card = el("div", { class: "deployment", "data-deployment": d.id, "data-status": d.status });
+    const head = el("div", { class: "head" });
+    head.appendChild(el("b", {}, d.name || d.target));
+    head.appendChild(el("span", { class: "status" }, d.status));
+    head.appendChild(el("span", { class: "dim" }, `${d.target} · created ${time(d.createdAt)}`));
+    head.appendChild(el("code", { class: "id", "data-id": d.id }, d.id));
+    card.appendChild(head);
+    const components = el("ul", { class: "components" });
+    for (const c of d.components) {
+      const li = el("li", { "data-component": c.name, "data-version": c.version });
+      li.appendChild(el("span", { class: "component" }, c.name));
+      li.appendChild(el("span", { class: "version" }, c.version));
+      components.appendChild(li);
+    }
+    if (!d.components.length) components.appendChild(el("li", { class: "dim" }, "no components (removes what it deployed)"));
+    card.appendChild(components);
     const counts = Object.entries(d.counts).map(([k, v]) => `${k.toLowerCase()} ${v}`).join(" · ");
-    card.appendChild(el("div", {}, `${d.target} — ${d.status} — ${counts || "no executions"}${d.reason ? " — " + d.reason : ""}`));
+    const replaced = d.replacedBy ? ` — replaced by ${d.replacedBy.slice(0, 8)}` : "";
+    card.appendChild(el("div", { class: "counts" }, `${counts || "no executions"}${d.reason ? " — " + d.reason : ""}${replaced}`));
     const bar = el("div", { class: "bar" });
     for (const [status, n] of Object.entries(d.counts)) {
       const seg = el("span", { class: "s-" + status.toLowerCase(), title: `${status} ${n}` });
-      seg.style.width = (100 * n) / Math.max(total, 1) + "%";
+      seg.style.width = (100 * n) / Math.max(d.total, 1) + "%";
       bar.appendChild(seg);
     }
     card.appendChild(bar);
-    card.appendChild(progressChart(d.history, total));
+    card.appendChild(progressChart(d.history, d.total));
     box.appendChild(card);
   }
+}
+
+function setTile(tile, d) {
+  tile.dataset.state = d.state;
+  tile.className = "tile s-" + d.state;
+  tile.title = `${d.thing}: ${d.state.replace("_", " ")}`;
 }
 
 function drawDevices(devices) {
@@ -79,27 +108,24 @@ function drawDevices(devices) {
   // update tiles in place when the same devices are shown, so 1,000 tiles don't flicker
   const existing = box.querySelectorAll(".tile");
   const expected = [...byGroup.values()].reduce((a, b) => a + b.length, 0);
-  if (existing.length === expected && box.dataset.groups === [...byGroup.keys()].join("|")) {
+  if (existing.length === expected && box.dataset.groups === JSON.stringify([...byGroup.keys()])) {
     const index = new Map(devices.map((d) => [d.thing, d]));
     for (const tile of existing) {
       const d = index.get(tile.dataset.thing);
-      if (d && tile.dataset.state !== d.state) {
-        tile.dataset.state = d.state;
-        tile.className = "tile s-" + d.state;
-        tile.title = `${d.thing}: ${d.state}`;
-      }
+      if (d && tile.dataset.state !== d.state) setTile(tile, d);
     }
     return;
   }
   box.replaceChildren();
-  box.dataset.groups = [...byGroup.keys()].join("|");
+  box.dataset.groups = JSON.stringify([...byGroup.keys()]);
   for (const [group, members] of [...byGroup.entries()].sort()) {
     const section = el("div", { class: "group", "data-group": group });
     section.appendChild(el("h3", {}, `${group} (${members.length})`));
     section.appendChild(el("div", { class: "dim telemetry", "data-group-telemetry": group }, ""));
     const tiles = el("div", { class: "tiles" });
     for (const d of members) {
-      const tile = el("div", { class: "tile s-" + d.state, "data-thing": d.thing, "data-state": d.state, title: `${d.thing}: ${d.state}` });
+      const tile = el("div", { "data-thing": d.thing }, d.thing);
+      setTile(tile, d);
       tile.addEventListener("click", () => { selected = d.thing; drawDetail(); });
       tiles.appendChild(tile);
     }
@@ -113,47 +139,71 @@ function drawDetail() {
   const d = last && selected ? last.devices.find((x) => x.thing === selected) : null;
   box.replaceChildren();
   if (!d) { box.appendChild(el("p", { class: "dim" }, "select a device")); return; }
-  const seen = d.lastSeen ? new Date(d.lastSeen * 1000).toLocaleTimeString() : "never";
-  const rows = [["thing", d.thing], ["state", d.state], ["groups", d.groups.join(", ")], ["deployment", d.deployment || "-"],
-    ["connected", d.connected === null || d.connected === undefined ? "unknown" : String(d.connected)], ["last seen", seen]];
-  for (const [k, v] of Object.entries(d.telemetry || {})) rows.push([k, typeof v === "object" ? JSON.stringify(v) : String(v)]);
+  const t = d.telemetry;
+  const rows = [["thing", d.thing], ["state", d.state], ["groups", d.groups.join(", ") || "-"],
+    ["platform", Object.values(d.platform).join(" / ") || "-"], ["last execution", d.lastStatus || "-"],
+    ["deployment", d.deploymentId || "-"],
+    ["connected", d.connected === null || d.connected === undefined ? "unknown" : String(d.connected)],
+    ["last seen (MQTT)", time(d.lastSeen)], ["last telemetry", time(d.lastTelemetryAt)]];
+  if (t.windows || t.uplinkMessages) {
+    rows.push(["readings", String(t.readings)], ["answered local / cloud / none", `${t.local} / ${t.cloud} / ${t.none}`],
+      ["fallback errors", Object.entries(t.fallbackErrors).map(([k, n]) => `${k} ${n}`).join(", ") || "none"],
+      ["breaker", t.breaker || "-"], ["component pending (its own outbox)", String(t.componentPending)],
+      ["uplink messages", String(t.uplinkMessages)], ["windows", String(t.windows)]);
+  }
   const table = el("table", { id: "device-detail" });
   for (const [k, v] of rows) { const tr = el("tr"); tr.appendChild(el("th", {}, k)); tr.appendChild(el("td", {}, v)); table.appendChild(tr); }
   box.appendChild(table);
 }
 
-function drawFailures(failures) {
-  const body = document.querySelector("#failures tbody");
+function drawFailures(id, failures) {
+  const body = document.querySelector(`#${id} tbody`);
   body.replaceChildren();
   for (const f of failures) {
-    const tr = el("tr");
-    for (const v of [f.thing, (f.deployment || "").slice(0, 8), f.status, f.error || "-", (f.cause || "").slice(0, 200)]) tr.appendChild(el("td", {}, v));
+    const tr = el("tr", { "data-thing": f.thing, "data-deployment": f.deploymentId });
+    for (const v of [f.thing, f.deploymentId.slice(0, 8), f.status, f.errorCode || "-", (f.cause || "").slice(0, 200), time(f.failedAt)]) {
+      tr.appendChild(el("td", {}, v));
+    }
     body.appendChild(tr);
   }
+  document.getElementById(id).hidden = !failures.length;
 }
 
-function draw(snap) {
-  last = snap;
-  const connected = snap.devices.filter((d) => d.connected).length;
+function draw(view) {
+  last = view;
+  const connected = view.devices.filter((d) => d.connected).length;
   document.getElementById("summary").textContent =
-    `${snap.devices.length} devices, ${connected} connected, ${snap.groups.length} groups, ${snap.deployments.length} deployments`;
-  drawDeployments(snap.deployments);
-  drawDevices(snap.devices);
+    `${view.devices.length} devices, ${connected} connected, ${view.groups.length} groups, ${view.deployments.length} deployments`;
+  drawDeployments(view.deployments);
+  drawDevices(view.devices);
   drawDetail();
-  drawFailures(snap.failures);
-  for (const t of snap.telemetry || []) {
+  drawFailures("failures", view.failures);
+  drawFailures("inactive-failures", view.inactiveFailures);
+  document.getElementById("no-failures").hidden = view.failures.length > 0;
+  for (const t of view.telemetry) {
     const line = document.querySelector(`[data-group-telemetry="${CSS.escape(t.group)}"]`);
     if (line) line.textContent = t.reporting
-      ? `${t.readings} readings: local ${t.local}, cloud ${t.cloud}, none ${t.none} · pending ${t.pending} · uplink ${t.uplinkMessages} msgs` +
-        (Object.keys(t.fallbackErrors).length ? ` · fallback errors ${JSON.stringify(t.fallbackErrors)}` : "")
+      ? `${t.readings} readings: local ${t.local}, cloud ${t.cloud}, none ${t.none} · component pending ${t.componentPending}` +
+        ` · uplink ${t.uplinkMessages} msgs` +
+        (Object.keys(t.fallbackErrors).length ? ` · fallback errors ${Object.entries(t.fallbackErrors).map(([k, n]) => `${k} ${n}`).join(", ")}` : "")
       : "no telemetry yet";
   }
-  document.body.dataset.updated = String(snap.t);
+  document.body.dataset.updated = String(view.generatedAt);
+}
+
+function listen() {
+  const events = new EventSource("/api/events");
+  events.onopen = () => { document.getElementById("live").dataset.live = "true"; };
+  events.onerror = () => { document.getElementById("live").dataset.live = "false"; };
+  events.onmessage = (e) => draw(JSON.parse(e.data));
 }
 
 legend();
-fetch("/api/fleet").then((r) => r.json()).then(draw);
-const events = new EventSource("/api/events");
-events.onopen = () => { document.getElementById("live").dataset.live = "true"; };
-events.onerror = () => { document.getElementById("live").dataset.live = "false"; };
-events.onmessage = (e) => draw(JSON.parse(e.data));
+const initial = document.getElementById("fleet-initial");
+if (initial && initial.textContent.trim()) {
+  draw(JSON.parse(initial.textContent));  // the first paint: no request, no waiting for the stream
+  document.body.dataset.firstPaint = "inline";
+  listen();
+} else {
+  fetch("/api/fleet").then((r) => r.json()).then((view) => { draw(view); document.body.dataset.firstPaint = "fetch"; }).finally(listen);
+}

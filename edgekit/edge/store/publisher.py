@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from edgekit.edge.spool import Spool
+from edgekit.edge.store.spool import Spool
 from edgekit.mqtt.client import MqttClient
 from edgekit.mqtt.errors import BrokerError, PayloadError, TopicError
 

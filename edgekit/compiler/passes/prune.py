@@ -1,5 +1,5 @@
 """The ``prune`` pass: torch-pruning on an eager PyTorch module (with an optional short fine-tune), else the
-ONNX graph rewrite of :mod:`edgekit.compiler.prune`; to a ratio of channels or to a FLOPs target.
+ONNX graph rewrite of :mod:`edgekit.compiler.passes.channels`; to a ratio of channels or to a FLOPs target.
 
 See docs/int8-and-tuning.md (pruning).
 """
@@ -12,21 +12,42 @@ import importlib
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import onnx
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.compiler.frontends.base import SourceModel
 from edgekit.compiler.model_stats import model_stats
-from edgekit.compiler.prune import prune_model
+from edgekit.compiler.passes.channels import prune_model
+from edgekit.compiler.passes.step import GraphPass, PassContext, PassNotes
 from edgekit.errors import CompilationError, ConfigError, EdgekitError, last_line
 from edgekit.progress import Progress
 
-if TYPE_CHECKING:
-    from edgekit.compiler.passes import PassNotes, PruneOptions
+__all__ = ["PruneOptions", "PrunePass"]
 
-__all__ = ["prune"]
+
+class PruneOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(0.3, gt=0, lt=1, description="fraction of each chain's channels to remove")
+    flops: float | None = Field(None, gt=0, lt=1, description="instead of ratio: the fraction of the source's MACs to keep")
+    multiple: int = Field(1, ge=1, description="keep a multiple of this many channels (SIMD-friendly widths)")
+    fine_tune: str | None = Field(None, description="PyTorch: 'module:function' yielding (inputs, targets) batches")
+    fine_tune_steps: int = Field(100, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+
+
+class PrunePass(GraphPass[PruneOptions]):
+    options = PruneOptions
+
+    def apply(
+        self, source: SourceModel, options: PruneOptions, folder: Path, progress: Progress, context: PassContext, notes: PassNotes
+    ) -> SourceModel:
+        pruned = prune(source, options, folder, progress, notes)
+        notes.counted = pruned.model
+        return pruned
 
 
 def prune(source: SourceModel, options: PruneOptions, folder: Path, progress: Progress, notes: PassNotes) -> SourceModel:

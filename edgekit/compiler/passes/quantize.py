@@ -1,74 +1,41 @@
-"""Graph passes a candidate applies to the ONNX model before its backend compiles it.
+"""The ``quantize`` pass: int8 with ONNX Runtime's quantization tool after its pre-processing (shape inference and
+graph clean-up).
 
-``passes:`` in a pipeline candidate is a list of one-key mappings, applied in order::
-
-    passes:
-      - prune: {ratio: 0.3}                            # remove 30 % of the channels of every prunable chain
-      - quantize: {mode: static}                       # int8 weights and activations (QDQ), calibrated on --samples
-      - quantize: {mode: dynamic}                      # int8 weights, activations quantized at run time
-
-**quantize** uses ONNX Runtime's quantization tool after its pre-processing (shape inference and
-graph clean-up). ``static`` needs calibration data to fix each activation's range: ``samples`` (the
-default: the part of ``--samples`` set aside for calibration, never used to evaluate; 32 synthesized
-inputs when there are none), an int (that many synthesized inputs: enough to exercise the path, not
-to calibrate a real model) or a ``.npz`` file with one array per input name, samples stacked along a
-new first axis. ``method`` is the calibration method (MinMax, Entropy, Percentile), ``per_channel``
-quantizes weights per output channel. When the candidate's accuracy budget fails on the evaluation
-samples, ``keep_float: auto`` keeps the most sensitive layers in float (largest error added by the
-layer, measured against the float model) until it holds, and the manifest names them.
-
-**prune** removes whole channels of Conv/Gemm/MatMul chains (:mod:`edgekit.compiler.prune`), to a
-``ratio`` of channels or to a ``flops`` target (the fraction of the source's multiply-accumulates to
-keep). PyTorch modules from a factory are pruned with torch-pruning instead, and fine-tuned briefly
-when ``fine_tune`` names a training-data function (:mod:`edgekit.compiler.prune_torch`).
-
-Pruned and quantized candidates are measured against the *float* source model like every other, so
-the accuracy budget decides whether they are acceptable.
+``static`` needs calibration data to fix each activation's range: ``samples`` (the default: the part of
+``--samples`` set aside for calibration, never used to evaluate; 32 synthesized inputs when there are none), an int
+(that many synthesized inputs: enough to exercise the path, not to calibrate a real model) or a ``.npz`` file with one
+array per input name, samples stacked along a new first axis. ``method`` is the calibration method (MinMax, Entropy,
+Percentile), ``per_channel`` quantizes weights per output channel. When the candidate's accuracy budget fails on the
+evaluation samples, ``keep_float: auto`` keeps the most sensitive layers in float (largest error added by the layer,
+measured against the float model) until it holds, and the manifest names them. See docs/int8-and-tuning.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from edgekit.compiler.evaluation import Score, Truth, budget_problems
 from edgekit.compiler.frontends.base import SourceModel
-from edgekit.compiler.measure import agreement
-from edgekit.compiler.pipeline import AccuracyBudget
+from edgekit.compiler.passes.step import Feed, GraphPass, PassContext, PassNotes
 from edgekit.compiler.synthetic import synthesize
-from edgekit.digests import file_sha256
 from edgekit.errors import (
     CompilationError,
     ConfigError,
     EdgekitError,
-    did_you_mean,
-    first_problem,
     last_line,
-    reject_unknown_keys,
 )
 from edgekit.progress import Progress
 
-__all__ = [
-    "PASSES",
-    "PassContext",
-    "PassNotes",
-    "PassStep",
-    "PruneOptions",
-    "QuantizeOptions",
-    "apply_passes",
-    "file_inputs",
-    "parse_passes",
-]
+__all__ = ["QuantizeOptions", "QuantizePass"]
 
-Feed = dict[str, np.ndarray]
 _SYNTHESIZED_CALIBRATION = 32
 
 
@@ -87,129 +54,9 @@ class QuantizeOptions(BaseModel):
     seed: int = 1
 
 
-class PruneOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ratio: float = Field(0.3, gt=0, lt=1, description="fraction of each chain's channels to remove")
-    flops: float | None = Field(None, gt=0, lt=1, description="instead of ratio: the fraction of the source's MACs to keep")
-    multiple: int = Field(1, ge=1, description="keep a multiple of this many channels (SIMD-friendly widths)")
-    fine_tune: str | None = Field(None, description="PyTorch: 'module:function' yielding (inputs, targets) batches")
-    fine_tune_steps: int = Field(100, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-
-
-PASSES: dict[str, type[BaseModel]] = {"quantize": QuantizeOptions, "prune": PruneOptions}
-
 # The ops whose int8 kernels are the point of quantizing (weights and arithmetic); a model without any
 # of them has nothing to gain.
 _QUANTIZABLE = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization"})
-
-
-@dataclass(frozen=True)
-class PassStep:
-    """One step of a candidate's ``passes:``, its options checked."""
-
-    name: str
-    options: BaseModel
-
-
-@dataclass(frozen=True)
-class PassContext:
-    """What passes may read besides the model: the user's calibration samples, and the evaluation (the
-    reference's samples, the source's outputs on them, the truth and the source's score) with the budget."""
-
-    calibration: list[Feed] | None = None
-    eval_feeds: list[Feed] = field(default_factory=list)
-    eval_expected: list[list[np.ndarray]] = field(default_factory=list)
-    truth: Truth | None = None
-    source_score: Score | None = None
-    budget: AccuracyBudget = field(default_factory=AccuracyBudget)
-
-    def problems(self, outputs: list[list[np.ndarray]]) -> list[str]:
-        """Why per-sample ``outputs`` (of the evaluation feeds) miss the budget; empty when they meet it."""
-        acc = agreement(outputs, self.eval_expected, "source")
-        if self.truth is not None and self.source_score is not None:
-            score = self.truth.score(outputs)
-            acc.top1_accuracy, acc.source_top1_accuracy = score.top1, self.source_score.top1
-            acc.expected_error, acc.source_expected_error = score.error, self.source_score.error
-        return budget_problems(acc, self.budget)
-
-
-@dataclass
-class PassNotes:
-    """What passes did, for the candidate's report."""
-
-    kept_float: list[str] = field(default_factory=list)
-    pruned: dict[str, Any] | None = None
-    counted: onnx.ModelProto | None = None  # the graph whose MACs count: before int8 (Q/DQ steps are no MACs)
-
-
-def _parse(step: Any, where: str) -> PassStep:
-    if not isinstance(step, dict) or len(step) != 1:
-        raise ConfigError(f"{where}: each pass is a one-key mapping like {{quantize: {{mode: static}}}}, got {step!r}")
-    ((name, options),) = step.items()
-    if name not in PASSES:
-        raise ConfigError(f"{where}: unknown pass '{name}'; {did_you_mean(str(name), PASSES)}known passes: {', '.join(PASSES)}")
-    model = PASSES[name]
-    reject_unknown_keys(options or {}, model.model_fields, f"{where}: pass '{name}'")
-    try:
-        return PassStep(name, model.model_validate(options or {}))
-    except ValidationError as exc:
-        raise ConfigError(f"{where}: pass '{name}': {first_problem(exc)}") from None
-
-
-def parse_passes(passes: list[dict[str, Any]], where: str) -> list[PassStep]:
-    """The checked steps, or ConfigError for a pass or option that doesn't exist, before anything is loaded."""
-    steps = []
-    for step in passes:
-        parsed = _parse(step, where)
-        options = parsed.options
-        if isinstance(options, QuantizeOptions) and isinstance(options.calibration, str) and options.calibration != "samples":
-            path = Path(options.calibration).expanduser()
-            if not path.is_file():
-                raise ConfigError(f"{where}: pass '{parsed.name}': calibration file '{path}' does not exist")
-        if isinstance(options, QuantizeOptions) and isinstance(options.calibration, int) and options.calibration < 1:
-            raise ConfigError(f"{where}: pass '{parsed.name}': calibration must be at least 1 sample")
-        steps.append(parsed)
-    return steps
-
-
-def calibrates_from_samples(steps: Sequence[PassStep]) -> bool:
-    """Whether a step calibrates on the user's samples (then a part of them is kept apart from the evaluation)."""
-    return any(
-        isinstance(s.options, QuantizeOptions) and s.options.mode == "static" and s.options.calibration == "samples"
-        for s in steps
-    )
-
-
-def apply_passes(
-    source: SourceModel, steps: Sequence[PassStep], work: Path, progress: Progress, context: PassContext | None = None
-) -> tuple[SourceModel, PassNotes]:
-    """``source`` with every step applied, written under ``work``; the source itself is unchanged."""
-    context = context or PassContext()
-    current = source
-    notes = PassNotes(counted=source.model)
-    for i, step in enumerate(steps):
-        folder = work / f"pass-{i}-{step.name}"
-        folder.mkdir(parents=True, exist_ok=True)
-        if isinstance(step.options, QuantizeOptions):
-            current = _quantize(current, step.options, folder, progress, context, notes)
-        elif isinstance(step.options, PruneOptions):
-            from edgekit.compiler.prune_pass import prune
-
-            current = prune(current, step.options, folder, progress, notes)
-            notes.counted = current.model
-    return current, notes
-
-
-def file_inputs(steps: Sequence[PassStep]) -> list[str]:
-    """SHA-256 of the files the steps read (calibration data): part of the artifact cache key."""
-    found = []
-    for step in steps:
-        calibration = getattr(step.options, "calibration", None)
-        if isinstance(calibration, str) and calibration != "samples" and Path(calibration).expanduser().is_file():
-            found.append(file_sha256(Path(calibration).expanduser()))
-    return found
 
 
 def _calibration(source: SourceModel, options: QuantizeOptions, context: PassContext) -> list[Feed]:
@@ -259,6 +106,38 @@ def _scratch_cwd(folder: Path) -> Iterator[None]:
     scratch.mkdir(parents=True, exist_ok=True)
     with contextlib.chdir(scratch):
         yield
+
+
+class QuantizePass(GraphPass[QuantizeOptions]):
+    options = QuantizeOptions
+
+    def check(self, options: QuantizeOptions, where: str) -> None:
+        if isinstance(options.calibration, str) and options.calibration != "samples":
+            path = Path(options.calibration).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{where}: calibration file '{path}' does not exist")
+        if isinstance(options.calibration, int) and options.calibration < 1:
+            raise ConfigError(f"{where}: calibration must be at least 1 sample")
+
+    def calibrates_from_samples(self, options: QuantizeOptions) -> bool:
+        return options.mode == "static" and options.calibration == "samples"
+
+    def files_read(self, options: QuantizeOptions) -> list[Path]:
+        calibration = options.calibration
+        if isinstance(calibration, str) and calibration != "samples" and Path(calibration).expanduser().is_file():
+            return [Path(calibration).expanduser()]
+        return []
+
+    def apply(
+        self,
+        source: SourceModel,
+        options: QuantizeOptions,
+        folder: Path,
+        progress: Progress,
+        context: PassContext,
+        notes: PassNotes,
+    ) -> SourceModel:
+        return _quantize(source, options, folder, progress, context, notes)
 
 
 def _quantize(

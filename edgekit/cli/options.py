@@ -1,0 +1,79 @@
+"""The options several commands take, declared once: ``state: State = None`` in a command's signature.
+
+Each alias is a typer ``Annotated`` type: the flag, its metavar and its help live here, the default in the command.
+AWS options unset come from the standard AWS chain; see docs/cli.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = [
+    "AbortFailed",
+    "Account",
+    "Build",
+    "BuildOrNone",
+    "DeploymentTarget",
+    "DeploymentTargets",
+    "DeviceTarget",
+    "DeviceTargets",
+    "EndpointUrl",
+    "Fleet",
+    "FleetOrNone",
+    "Local",
+    "LocalState",
+    "Profile",
+    "Region",
+    "Rollout",
+    "State",
+]
+
+_FLEET_FOLDER = "the local fleet's folder (default ./.edgekit/fleet)"
+_FLEET_FILE = "fleet file: a name under devices/fleets/ or a .yaml path"
+
+State = Annotated[Path | None, typer.Option("--state", metavar="DIR", help=_FLEET_FOLDER)]
+LocalState = Annotated[Path | None, typer.Option("--state", metavar="DIR", help=f"with --local: {_FLEET_FOLDER}")]
+Local = Annotated[bool, typer.Option("--local", help="the local fleet (--state) instead of AWS")]
+_BUILD = typer.Option("--build", metavar="DIR", help="the folder 'edgekit package' wrote (default ./greengrass-build)")
+Build = Annotated[Path, _BUILD]  # typer copies an option before it fills it in: one may serve two aliases
+BuildOrNone = Annotated[Path | None, _BUILD]
+_FLEET = typer.Option("--fleet", help=_FLEET_FILE)
+Fleet = Annotated[str, _FLEET]
+FleetOrNone = Annotated[str | None, _FLEET]
+
+DeviceTarget = Annotated[
+    str, typer.Option("--target", "-t", metavar="TARGET", help="device profile name (see 'edgekit targets') or a profile .yaml")
+]
+DeviceTargets = Annotated[
+    list[str], typer.Option("--target", "-t", metavar="TARGET", help="device profiles to compile for; repeat per target")
+]
+DeploymentTarget = Annotated[
+    str | None, typer.Option("--target", metavar="TARGET", help="thinggroup/<name>, thing/<name> or a full ARN")
+]
+DeploymentTargets = Annotated[
+    list[str],
+    typer.Option("--target", metavar="TARGET", help="thinggroup/<name> to deploy to (default: every group of the fleet)"),
+]
+Rollout = Annotated[str | None, typer.Option("--rollout", metavar="N/min", help="e.g. 10/min (maximum per minute)")]
+AbortFailed = Annotated[str | None, typer.Option("--abort-failed", metavar="PCT", help="e.g. 10% or 10%:FAILED:min=5")]
+
+Region = Annotated[
+    str | None,
+    typer.Option("--region", help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, or the profile's region)"),
+]
+Profile = Annotated[str | None, typer.Option("--profile", help="AWS profile (default: $AWS_PROFILE, or the standard AWS chain)")]
+EndpointUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint-url",
+        metavar="URL",
+        help="a local AWS endpoint, e.g. moto server or edgekit serve (default: $EDGEKIT_AWS_ENDPOINT_URL)",
+    ),
+]
+Account = Annotated[
+    str | None,
+    typer.Option("--account", metavar="ID", help="AWS account id for a short target's ARN (default: sts:GetCallerIdentity)"),
+]

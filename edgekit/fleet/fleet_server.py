@@ -1,0 +1,250 @@
+"""The fleet server: the broker, the fleet's state and service, the Jobs bridge, the telemetry ingest and the HTTP
+server, started and stopped as one.
+
+::
+
+    async with FleetServer(FleetFolder.at(".edgekit/fleet"), devices=fleet.expand(), tls=True) as server:
+        server.publish("greengrass-build")
+        server.deploy({"targetArn": "thinggroup/line-1", "components": {...}})
+        print(server.view().to_json())          # the fleet view: what every output shows
+
+The simulation (:class:`edgekit.sim.Simulation`) is a fleet server plus simulated devices, network links and faults;
+real devices connect to :attr:`FleetServer.broker_url` and download from :attr:`FleetServer.http_url` the same way.
+(Named ``fleet_server`` so that no other module of edgekit shares its basename: ``cloud/server.py`` and
+``device/ipc/server.py`` are other servers.) See docs/local-fleet.md (what runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from edgekit.fleet.errors import FleetError
+from edgekit.fleet.folder import FleetFolder
+from edgekit.fleet.http import FleetHttpServer
+from edgekit.fleet.mqtt import FleetMqttBridge
+from edgekit.fleet.queries import deployment_summary
+from edgekit.fleet.registry import PublishedComponent, Registry, publish_local
+from edgekit.fleet.service import DeploymentSummary, FleetService
+from edgekit.fleet.state import FleetState
+from edgekit.fleet.telemetry import TelemetryIngest
+from edgekit.fleet.view import FleetView
+from edgekit.fleet.web.snapshot import Presence
+from edgekit.fleets import Device
+from edgekit.greengrass.deployment import DeploymentSpec
+from edgekit.mqtt.broker import MosquittoBroker
+from edgekit.mqtt.client import MqttClient
+from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsMaterial
+from edgekit.progress import Progress
+
+__all__ = ["FleetServer"]
+
+log = logging.getLogger(__name__)
+
+
+class FleetServer:
+    """The fleet's server side on one folder (see the module's docstring); an async context manager.
+
+    ``devices`` are registered (their groups made those of the list: members it no longer names leave) and, with
+    ``tls``, given certificates. Errors: :class:`~edgekit.fleet.errors.FleetError` when it is not started, or another
+    process runs a fleet on the same folder. ``tick_s`` is the Jobs bridge's rollout / timeout tick. ``presence`` says which
+    devices are connected (the fleet view's ``connected``), where the caller knows. ``about`` goes into the
+    folder's running file beside the server's own facts (pid, broker and HTTP URLs). ``name`` is the fleet's.
+    """
+
+    def __init__(
+        self,
+        folder: FleetFolder | str | Path | None = None,
+        *,
+        devices: Sequence[Device] = (),
+        name: str = "fleet",
+        tls: bool = True,
+        tick_s: float = 1.0,
+        presence: Presence | None = None,
+        about: Mapping[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.folder = folder if isinstance(folder, FleetFolder) else FleetFolder.at(folder)
+        self.devices = list(devices)
+        self.name = name
+        self.tls = tls
+        self.tick_s = tick_s
+        self.presence = presence
+        self.about = dict(about or {})
+        self.progress: Progress = progress or (lambda _m: None)
+        self.state: FleetState | None = None
+        self.service: FleetService | None = None
+        self.broker: MosquittoBroker | None = None
+        self.material: TlsMaterial | None = None
+        self.http: FleetHttpServer | None = None
+        self.bridge: FleetMqttBridge | None = None
+        self.telemetry: TelemetryIngest | None = None
+        self._client: MqttClient | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def started(self) -> bool:
+        return self.state is not None
+
+    def require(self) -> tuple[FleetState, FleetService]:
+        """The state and service of the started server (:class:`~edgekit.fleet.errors.FleetError` when it is not started)."""
+        if self.state is None or self.service is None:
+            raise FleetError("the fleet server is not started; use 'async with FleetServer(...)' or await start()")
+        return self.state, self.service
+
+    @property
+    def broker_url(self) -> str:
+        """Where devices connect (``mqtt://`` or, with TLS, ``mqtts://``)."""
+        if self.broker is None:
+            raise FleetError("the fleet server is not started")
+        return self.broker.url
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP server: the devices' downloads, the page (``/ui``), ``/api/fleet`` and ``/metrics``."""
+        if self.http is None:
+            raise FleetError("the fleet server is not started")
+        return self.http.url
+
+    async def start(self) -> None:
+        """Open the state, register the devices, then start the broker, the HTTP server, the Jobs bridge and the
+        telemetry ingest; on any failure what started is stopped again."""
+        if self.state is not None:
+            return
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
+        running = self.folder.running()
+        if running is not None:
+            raise FleetError(
+                f"a fleet already runs on {self.folder.root} (pid {running['pid']}); stop it, or give another --state"
+            )
+        self.folder.root.mkdir(parents=True, exist_ok=True)
+        self.state = FleetState(self.folder.database)
+        self.service = FleetService(self.state)
+        self.progress(f"registering {len(self.devices)} device(s) in {self.folder.database}")
+        self._register()
+
+        if self.tls:
+            self.progress(f"certificates for {len(self.devices)} device(s)")
+            things = [d.thing for d in self.devices]
+            self.material = await asyncio.to_thread(TlsMaterial.create, self.folder.tls, things)
+        else:  # said every time, never silent: without certificates the broker can't tell devices apart
+            log.warning(
+                "fleet '%s' runs without mTLS (tls: false): devices are not authenticated, so any client may connect "
+                "under any device's id and read its topics; set tls: true in the fleet file for per-device identities",
+                self.name,
+            )
+            self.progress("no mTLS (tls: false): devices are not authenticated")
+        self.broker = MosquittoBroker(self.folder.broker, tls=self.material, acl=self.tls)
+        self.progress("starting mosquitto")
+        await asyncio.to_thread(self.broker.start)
+        self.http = FleetHttpServer(Registry(self.state, self.folder.store), presence=self.presence).start()
+        self.progress(f"fleet page: {self.http.url}/ui")
+
+        # a persistent session: requests devices send while the bridge reconnects wait for it on the broker.
+        # The bridge starts before its client connects, so requests the broker queued for the service's session
+        # while no server ran are handled, not dropped into an unread queue.
+        self._client = MqttClient(SERVICE_IDENTITY, tls=self.material.service if self.material else None)
+        self.bridge = FleetMqttBridge(self.service, self._client, tick_s=self.tick_s)
+        await self.bridge.start()
+        self.telemetry = TelemetryIngest(self.state, self._client)  # the devices' window summaries
+        await self.telemetry.start()
+        await self._client.connect(self.broker.service_url)
+        self._write_running()
+
+    def _register(self) -> None:
+        """Register every device; make the groups' memberships those of the list (leftovers of a bigger run leave)."""
+        state, service = self.require()
+        wanted: dict[str, set[str]] = {}
+        for device in self.devices:
+            for group in device.groups:
+                wanted.setdefault(group, set()).add(device.thing)
+        with state.transaction():
+            for group in state.groups():
+                for member in state.members(group):
+                    if member not in wanted.get(group, set()):
+                        service.remove_from_group(member, group)
+            service.register_devices(self.devices)
+
+    def _write_running(self) -> None:
+        assert self.broker is not None and self.http is not None
+        info = {
+            "pid": os.getpid(),
+            "fleet": self.name,
+            **self.about,
+            "tls": self.tls,
+            "broker": self.broker.url,
+            "http": self.http.url,
+            "startedAt": time.time(),
+        }
+        self.folder.running_file.write_text(json.dumps(info, indent=1))
+
+    async def close(self) -> None:
+        """Stop the telemetry ingest, the bridge, its client, the HTTP server and the broker; close the state."""
+        if self.telemetry is not None:
+            with contextlib.suppress(Exception):
+                await self.telemetry.stop()
+            self.telemetry = None
+        if self.bridge is not None:
+            with contextlib.suppress(Exception):
+                await self.bridge.stop()
+            self.bridge = None
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.disconnect()
+            self._client = None
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+        if self.state is not None:
+            self.folder.running_file.unlink(missing_ok=True)
+            self.state.close()
+            self.state = None
+            self.service = None
+
+    # ------------------------------------------------------------------ the fleet
+
+    def publish(self, build_dir: str | Path) -> list[PublishedComponent]:
+        """Publish a packaged build folder (``edgekit package``'s) to the fleet's registry."""
+        state, _ = self.require()
+        return publish_local(build_dir, state, self.folder.store)
+
+    def deploy(self, spec: DeploymentSpec | Mapping[str, Any]) -> str:
+        """Create a deployment (CreateDeployment fields); the bridge rolls it out on its next tick. Returns its id."""
+        _, service = self.require()
+        return service.create_deployment(spec)
+
+    def deployment(self, deployment_id: str) -> DeploymentSummary:
+        """One deployment's status and counts (:class:`~edgekit.fleet.errors.NotFoundError` for an unknown id)."""
+        state, _ = self.require()
+        return deployment_summary(state, deployment_id)
+
+    def view(self) -> FleetView:
+        """The fleet now (:func:`~edgekit.fleet.view.fleet_view`), with each deployment's progress over time and,
+        where the server knows, who is connected: what ``/api/fleet`` serves."""
+        if self.http is None:
+            raise FleetError("the fleet server is not started")
+        return self.http.snapshots.view()

@@ -1,0 +1,35 @@
+"""What ``edgekit fleet status`` shows of a local fleet, read in one go: the fleet view and the simulation running."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgekit.fleet.folder import FleetFolder
+    from edgekit.fleet.view import FleetView
+
+__all__ = ["FleetStatus", "read_status"]
+
+
+@dataclass
+class FleetStatus:
+    """A local fleet at one moment: its folder, the running simulation (``None``: none) and the one fleet view
+    (deployments, groups, devices, failures, telemetry) that the page, ``/api/fleet`` and ``/metrics`` show too."""
+
+    root: Path
+    running: dict[str, Any] | None
+    view: FleetView
+
+
+def read_status(folder: FleetFolder) -> FleetStatus:
+    """Read :class:`FleetStatus` from ``folder``'s state (readable while a simulation writes it)."""
+    from edgekit.fleet.view import fleet_view
+
+    state = folder.open_state()
+    try:
+        view = fleet_view(state)
+    finally:
+        state.close()
+    return FleetStatus(folder.root, folder.running(), view)
