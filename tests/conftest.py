@@ -9,10 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from helpers import APP, InferServer, check_requirements, make_mlp, write_build, write_fleet
-
-# The helpers moved to helpers.py; these names stay importable from conftest until every test imports helpers.
-__all__ = ["APP", "InferServer", "make_mlp", "write_build", "write_fleet"]
+from helpers import check_requirements, make_mlp
 
 pytest_plugins = ["pytester"]  # test_habits runs pytest on a made-up test file
 

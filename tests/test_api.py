@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import APP, write_build, write_fleet
+from helpers import APP, write_build, write_fleet
 
 import edgekit
 from edgekit.errors import DeploymentError, ResolutionError

@@ -13,15 +13,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import QUICK
 
 import edgekit
 from edgekit.cli import command, main
-from edgekit.compiler.pipeline import Pipeline
 from edgekit.errors import EXIT_CODES, ConfigError, DeploymentError, InferenceError, OutputError, PublishError
 
-QUICK = Pipeline.model_validate(
-    {"name": "q", "candidates": [{"name": "ort", "backend": "onnxruntime"}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}
-)
 TYPE_METAVAR = re.compile(r"<(str|int|float|bool|path|list\[[^>]*\]|[a-z]+ range)>")
 
 

@@ -9,12 +9,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import APP, write_build, write_fleet
+from helpers import APP, wait_until, write_build, write_fleet
 
 from edgekit.cli import main
 from edgekit.errors import EXIT_CODES, ConfigError, PublishError, ResolutionError
@@ -126,13 +124,6 @@ def test_deploy_local_reaches_a_running_simulation(tmp_path: Path, capsys: pytes
     asyncio.run(scenario())
 
 
-def _wait_for(check: Callable[[], bool], what: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds  # only catches a hang
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
@@ -148,12 +139,12 @@ def test_the_broker_does_not_outlive_simulate(tmp_path: Path, sig: signal.Signal
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         pidfile = folder.broker / "mosquitto.pid"
-        _wait_for(lambda: folder.running() is not None and pidfile.exists(), "the simulation to start")
+        wait_until(lambda: folder.running() is not None and pidfile.exists(), 60, "the simulation to start")
         broker = int(pidfile.read_text().split()[0])
         assert _alive(broker)
         proc.send_signal(sig)
         proc.wait(timeout=60)
-        _wait_for(lambda: not _alive(broker), "mosquitto to stop")  # the kernel's parent-death signal, or a clean close
+        wait_until(lambda: not _alive(broker), 60, "mosquitto to stop")  # the kernel's parent-death signal, or a clean close
         if sig == signal.SIGTERM:
             assert proc.returncode == 130 and not pidfile.exists() and folder.running() is None
     finally:

@@ -6,15 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import QUICK
 
 import edgekit
 from edgekit.cli import main
-from edgekit.compiler.pipeline import Pipeline
 from edgekit.errors import EXIT_CODES, DeploymentError, RecipeError, ResolutionError
-
-QUICK = Pipeline.model_validate(
-    {"name": "q", "candidates": [{"name": "ort", "backend": "onnxruntime"}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}
-)
 
 
 @pytest.fixture

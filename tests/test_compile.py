@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import yaml
-from conftest import make_mlp
+from helpers import make_mlp
 from onnx import TensorProto, helper
 
 import edgekit

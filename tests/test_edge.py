@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from conftest import InferServer, make_mlp
-from helpers import eventually, requires
+from helpers import InferServer, eventually, make_mlp, requires
 
 import edgekit
 from edgekit.clock import FakeClock

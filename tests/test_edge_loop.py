@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_mlp
+from helpers import QUICK, make_mlp
 
 import edgekit
 from edgekit.clock import FakeClock
-from edgekit.compiler.pipeline import Pipeline
 from edgekit.edge.component import parse_args
 from edgekit.edge.errors import EdgeError
 from edgekit.edge.loop import InferenceLoop, LoopOptions
@@ -21,10 +20,6 @@ from edgekit.edge.sources import FileSource, MqttSource, Scenario, SyntheticSour
 from edgekit.edge.uplink import SpoolUplink
 from edgekit.edge.windows import top_class
 from edgekit.errors import InferenceError
-
-QUICK = Pipeline.model_validate(
-    {"name": "q", "candidates": [{"name": "ort", "backend": "onnxruntime"}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}
-)
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import make_mlp
-from helpers import QUICK
+from helpers import QUICK, make_mlp
 
 import edgekit
 from edgekit.cli import main

@@ -19,11 +19,9 @@ from typing import Any
 
 import onnx
 import pytest
-from conftest import make_mlp
-from helpers import eventually, requires
+from helpers import QUICK, eventually, make_mlp, requires
 
 import edgekit
-from edgekit.compiler.pipeline import Pipeline
 from edgekit.device.mqtt import DeviceMqttRunner, run_device
 from edgekit.device.state import DeviceState
 from edgekit.fleet import FakeClock, FleetHttpServer, FleetService, FleetState, Registry, publish_local
@@ -49,13 +47,6 @@ INFERENCE = f"{MODEL}.Inference"
 APP = "com.example.App"
 GROUP = "line"
 RUNTIME_COMPONENT = runtime_component("onnxruntime")  # the ONNX Runtime artifacts below get this runtime
-QUICK = Pipeline.model_validate(
-    {
-        "name": "quick",
-        "candidates": [{"name": "ort", "backend": "onnxruntime"}],
-        "measure": {"samples": 2, "warmup": 0, "repeat": 2},
-    }
-)
 # settle fast, kill fast, retry downloads at once, don't fsync: the agent's defaults are for real devices
 AGENT = {"settle_s": 0.2, "kill_grace_s": 0.5, "download_backoff_s": 0.0, "fsync": False, "http_timeout_s": 10.0}
 RUNNER = {"request_timeout_s": 1.0, "request_attempts": 10, "retry_delay_s": 0.1, "status_debounce_s": 0.05}

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_mlp
+from helpers import QUICK, make_mlp
 
 import edgekit
-from edgekit.compiler.pipeline import Pipeline
 from edgekit.edge import Spool
 from edgekit.fleet.telemetry import accounted
 from edgekit.fleet.view import fleet_view
@@ -21,9 +20,6 @@ from edgekit.fleets import Fleet
 from edgekit.greengrass.package import package
 from edgekit.sim import Simulation
 
-QUICK = Pipeline.model_validate(
-    {"name": "q", "candidates": [{"name": "ort", "backend": "onnxruntime"}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}
-)
 MODEL = "com.example.Mlp"
 INFERENCE = f"{MODEL}.Inference"
 

@@ -10,8 +10,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
-from conftest import APP, write_build, write_fleet
-from helpers import requires
+from helpers import APP, requires, write_build, write_fleet
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgekit.fleets import load_fleet

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import write_model_build
 
 from edgekit.atomic import install_dir
 from edgekit.errors import PublishError, RecipeError
@@ -32,27 +33,8 @@ def write_build(
     run: str = "python3 -u {artifacts:decompressedPath}/model/run.py",
     skip_files: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """A packaged build as `edgekit package` writes it: recipes/<name>-<version>.json + artifacts/<name>/<version>/<file>."""
-    files = files if files is not None else {"model.zip": b"model-bytes-" + name.encode() + version.encode()}
-    artifacts = [{"URI": f"s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/{f}", "Unarchive": "ZIP"} for f in files]
-    recipe = {
-        "RecipeFormatVersion": "2020-01-25",
-        "ComponentName": name,
-        "ComponentVersion": version,
-        "ComponentPublisher": "edgekit tests",
-        "Manifests": [
-            {"Platform": {"os": "linux", "architecture": "aarch64"}, "Lifecycle": {"Run": run}, "Artifacts": artifacts},
-            {"Platform": {"os": "linux", "architecture": "amd64"}, "Lifecycle": {"Run": run}, "Artifacts": artifacts[:1]},
-        ],
-    }
-    (root / "recipes").mkdir(parents=True, exist_ok=True)
-    (root / "recipes" / f"{name}-{version}.json").write_text(json.dumps(recipe, indent=2))
-    folder = root / "artifacts" / name / version
-    folder.mkdir(parents=True, exist_ok=True)
-    for file, data in files.items():
-        if file not in skip_files:
-            (folder / file).write_bytes(data)
-    return recipe
+    """A packaged build whose component runs the model's run.py (helpers.write_model_build)."""
+    return write_model_build(root, name, version, files, run=run, skip_files=skip_files)
 
 
 def b64sha(data: bytes) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import make_mlp
+from helpers import make_mlp
 
 from edgekit.compiler.frontends import load_source, parse_input_shapes
 from edgekit.errors import InputShapeError, ModelLoadError

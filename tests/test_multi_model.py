@@ -10,7 +10,7 @@ from typing import Any
 
 import onnx
 import pytest
-from conftest import make_mlp
+from helpers import make_mlp
 
 import edgekit
 from edgekit.cli import main

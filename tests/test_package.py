@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import InferServer
-from helpers import QUICK
+from helpers import QUICK, InferServer
 
 import edgekit
 from edgekit.device.ipc import DeviceIpc

@@ -14,7 +14,7 @@ import onnx
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
-from conftest import make_mlp
+from helpers import make_mlp
 
 import edgekit
 from edgekit.cli import main

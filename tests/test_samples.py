@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_mlp
+from helpers import make_mlp
 from onnx import TensorProto, helper, numpy_helper
 
 import edgekit

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from conftest import make_mlp
+from helpers import make_mlp
 from prometheus_client.parser import text_string_to_metric_families
 
 import edgekit

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_mlp
-from helpers import QUICK, eventually
+from helpers import QUICK, eventually, make_mlp
 
 import edgekit
 from edgekit.device.executor import StepSpec

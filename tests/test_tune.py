@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_mlp
+from helpers import make_mlp
 
 import edgekit
 from edgekit.compiler import CompileResult
