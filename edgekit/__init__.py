@@ -37,7 +37,7 @@ from edgekit.api import (
 )
 from edgekit.errors import EdgekitError
 
-# edgekit.api's __all__, plus on purpose __version__ and EdgekitError (tests/test_cli_layout.py holds them together)
+# edgekit.api's __all__, plus on purpose __version__ and EdgekitError (tests/cli/test_cli_layout.py holds them together)
 __all__ = [
     "EdgekitError",
     "__version__",

@@ -11,7 +11,8 @@ import onnx
 import pytest
 from helpers import check_requirements, make_mlp
 
-pytest_plugins = ["pytester"]  # test_habits runs pytest on a made-up test file
+# pytester: test_habits runs pytest on a made-up test file; device_registry: the registry fixture of the device tests
+pytest_plugins = ["pytester", "device_registry"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

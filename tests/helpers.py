@@ -112,7 +112,7 @@ QUICK = Pipeline.model_validate(
 )
 
 
-# --------------------------------------------------------------------------- a tiny model
+# --------------------------------------------------------------------------- tiny models
 
 
 def make_mlp(in_features: int = 8, hidden: int = 16, classes: int = 4, batch: int | str = 1, seed: int = 0) -> onnx.ModelProto:
@@ -142,6 +142,38 @@ def make_mlp(in_features: int = 8, hidden: int = 16, classes: int = 4, batch: in
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
+    return model
+
+
+def make_cnn(seed: int = 0) -> onnx.ModelProto:
+    """Conv 3→16 (3x3) + ReLU, Conv 16→16 + ReLU, global pool, Gemm → 5 classes, input 1x3x16x16."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) * 0.1, "b1"),
+        numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.1, "w2"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) * 0.1, "b2"),
+        numpy_helper.from_array(rng.standard_normal((5, 16)).astype(np.float32) * 0.5, "wf"),
+        numpy_helper.from_array(rng.standard_normal(5).astype(np.float32) * 0.1, "bf"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
     return model
 
 

@@ -7,7 +7,7 @@ tensors, and the metadata and health bodies. :data:`DATATYPES` is the one table 
 protocol's datatypes. The device's client (:class:`edgekit.edge.fallback.CloudFallback`) builds and reads these
 models; the server (:mod:`edgekit.cloud.codec`) validates requests with :meth:`InferenceRequest.model_validate` on
 the already-parsed body and writes responses of this shape straight from numpy (no per-request model: orjson
-writes the arrays itself), which tests/test_wire.py checks against :class:`InferenceResponse`.
+writes the arrays itself), which tests/wire/test_wire.py checks against :class:`InferenceResponse`.
 
 Unknown keys are ignored (a protocol extension's fields pass through a reader that doesn't know them);
 ``data`` is checked to be a list but not element by element (numpy does that when it makes the array).

@@ -13,7 +13,7 @@ from pathlib import Path
 import edgekit
 from edgekit.errors import EdgekitError, exit_code_for
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def _error_classes() -> list[type[EdgekitError]]:

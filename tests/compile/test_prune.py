@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import make_cnn
 from onnx import TensorProto, helper, numpy_helper
-from test_passes import make_cnn
 
 import edgekit
 from edgekit.compiler.passes.channels import channel_groups, prune_model

@@ -33,7 +33,7 @@ from edgekit.edge.fallback import CloudFallback
 from edgekit.errors import EXIT_CODES, ServeError
 from edgekit.wire.inference import InferenceRequest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EDGEKIT = Path(sys.executable).with_name("edgekit")  # the console script: the container's ENTRYPOINT
 ORT_ONLY = Pipeline(
     name="test-ort",

@@ -121,7 +121,7 @@ def test_the_inlined_view_cannot_end_its_script_element() -> None:
 
 
 def test_the_page_works_offline_from_package_files_only(tmp_path: Path) -> None:
-    page = Path(__file__).resolve().parents[1] / "edgekit" / "fleet" / "web" / "static"
+    page = Path(__file__).resolve().parents[2] / "edgekit" / "fleet" / "web" / "static"
     for name in ("index.html", "app.js", "app.css"):
         text = (page / name).read_text()
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text  # no CDN

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from device_registry import Registry, job, recipe  # and the registry fixture (a plugin: conftest.py)
 from helpers import eventually, requires
-from test_device_agent import Registry, job, recipe, registry  # noqa: F401  (registry is a fixture)
 
 from edgekit.device.mqtt import DeviceMqttRunner, run_device
 from edgekit.mqtt.broker import MosquittoBroker, free_port
@@ -207,7 +207,7 @@ class Device:
 
 
 @pytest.fixture
-def device(tmp_path: Path, registry: Registry) -> Iterator[Device]:  # noqa: F811
+def device(tmp_path: Path, registry: Registry) -> Iterator[Device]:
     made = Device(tmp_path, registry)
     try:
         yield made

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "edgekit"
 
 # What a device installs: the agent, the edge runtime, the model runtime, the wire contracts. Every module of theirs is imported.

@@ -55,7 +55,7 @@ from edgekit.wire.inference import (
     ResponseOutput,
 )
 
-ROUND_TRIPS = settings(  # as tests/test_hostile_input.py: new cases here, the same derandomized ones in CI
+ROUND_TRIPS = settings(  # as tests/project/test_hostile_input.py: new cases here, the same derandomized ones in CI
     max_examples=60,
     deadline=None,
     derandomize=bool(os.environ.get("CI")),
@@ -354,7 +354,7 @@ def test_the_server_says_what_is_wrong_with_a_request(body: dict[str, Any], mess
 
 # --------------------------------------------------------------------------- who imports whom
 
-PACKAGE = Path(__file__).resolve().parents[1] / "edgekit"
+PACKAGE = Path(__file__).resolve().parents[2] / "edgekit"
 
 
 def _edgekit_imports(folder: Path) -> dict[str, set[str]]:
