@@ -30,7 +30,7 @@ from rich.markup import escape
 import edgekit
 from edgekit.compiler import CompileResult
 from edgekit.compiler.cache import ArtifactCache
-from edgekit.compiler.measure import host_description
+from edgekit.compiler.measurement import host_description
 from edgekit.compiler.pipeline import load_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.manifest import CandidateReport

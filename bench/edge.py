@@ -137,9 +137,13 @@ def _print_loop(work: Path, n: int) -> None:
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
-    print(f"local model failing for 3 s at 200 readings/s, a KServe v2 fallback on localhost ({fo['cloud_answers']:.0f} cloud answers):")
+    print(
+        f"local model failing for 3 s at 200 readings/s, a KServe v2 fallback on localhost ({fo['cloud_answers']:.0f} cloud answers):"
+    )
     print(f"  reading to cloud answer   p50 {fo['cloud_p50_ms']:6.2f} ms   p99 {fo['cloud_p99_ms']:6.2f} ms")
-    print(f"  back to local answers {fo['back_to_local_s']:.2f} s after the model recovered (health interval {fo['health_s']:g} s)")
+    print(
+        f"  back to local answers {fo['back_to_local_s']:.2f} s after the model recovered (health interval {fo['health_s']:g} s)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,11 @@ def mlp_artifact(work: Path) -> Path:
     model.ir_version = 8
     onnx.save(model, str(work / "mlp.onnx"))
     pipeline = Pipeline.model_validate(
-        {"name": "bench", "candidates": [{"name": "ort", "backend": "onnxruntime"}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}
+        {
+            "name": "bench",
+            "candidates": [{"name": "ort", "backend": "onnxruntime"}],
+            "measure": {"samples": 2, "warmup": 0, "repeat": 2},
+        }
     )
     return edgekit.compile(work / "mlp.onnx", "x86_64", work / "compiled", pipeline=pipeline).artifact_dir
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import edgekit
-from edgekit.compiler.measure import host_description
+from edgekit.compiler.measurement import host_description
 from edgekit.compiler.pipeline import Pipeline
-from edgekit.fleets import Fleet
+from edgekit.fleet_file import FleetFile
 from edgekit.greengrass.deployment import parse_abort
 from edgekit.greengrass.package import package
 from edgekit.sim import Simulation
@@ -117,7 +117,7 @@ def _model_build(work: Path) -> tuple[Path, int]:
     return build, size
 
 
-def _fleet(devices: int, wave: int, abort: int) -> Fleet:
+def _fleet(devices: int, wave: int, abort: int) -> FleetFile:
     """``devices`` in group ``all``, split in :data:`PARTS` groups ``part-k``; the first ``wave`` also in ``wave``,
     the last ``abort`` also in ``abort`` (part boundaries are respected: each entry of the file is one part or a piece)."""
     size = -(-devices // PARTS)
@@ -130,7 +130,7 @@ def _fleet(devices: int, wave: int, abort: int) -> Fleet:
         if start >= devices - abort:
             groups.append("abort")
         entries.append({"prefix": f"d{start:04d}-", "count": end - start, "profile": "x86_64", "groups": groups})
-    return Fleet.model_validate({"name": "bench", "mode": "in_process", "devices": entries})
+    return FleetFile.model_validate({"name": "bench", "mode": "in_process", "devices": entries})
 
 
 def _spec(target: str, component: str, rate: int | None = None, abort: str | None = None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import edgekit
 from edgekit.fleet.telemetry import accounted
-from edgekit.fleets import Fleet
+from edgekit.fleet_file import FleetFile
 from edgekit.greengrass.package import package
 from edgekit.sim import Simulation
 
@@ -78,7 +78,7 @@ def _build(work: Path) -> Path:
 async def _run(
     build: Path, state: Path, devices: int, per_s: float, seconds: float, outage_s: float, say: Callable[[str], None]
 ) -> Run:
-    fleet = Fleet.model_validate(
+    fleet = FleetFile.model_validate(
         {
             "name": "bench",
             "mode": "in_process",

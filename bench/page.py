@@ -17,14 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgekit.fleets import Fleet
+from edgekit.fleet_file import FleetFile
 from edgekit.sim import Simulation
 
 
 async def _run(devices: int, changes: int) -> dict[str, float]:
     from playwright.async_api import async_playwright
 
-    fleet = Fleet.model_validate(
+    fleet = FleetFile.model_validate(
         {"name": "page", "mode": "in_process", "tls": False,
          "devices": [{"prefix": f"g{g}-", "count": devices // 10, "profile": "x86_64", "groups": [f"group-{g}"]} for g in range(10)]}
     )  # fmt: skip

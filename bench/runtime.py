@@ -86,7 +86,9 @@ def _sizes_by_package(site: Path) -> dict[str, float]:
     """MB per top-level entry of site-packages (a package and its .libs / .dist-info folders together)."""
     sizes: dict[str, float] = {}
     for entry in site.iterdir():
-        if entry.name in ("pip", "setuptools", "_distutils_hack", "__pycache__") or entry.name.startswith(("pip-", "setuptools-")):
+        if entry.name in ("pip", "setuptools", "_distutils_hack", "__pycache__") or entry.name.startswith(
+            ("pip-", "setuptools-")
+        ):
             continue
         key = entry.name.split("-")[0].removesuffix(".libs").removesuffix(".py").lower()
         size = _du(entry) if entry.is_dir() else entry.stat().st_size
@@ -130,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for backend in BACKENDS:
         pipeline = Pipeline.model_validate(
-            {"name": backend, "candidates": [{"name": backend, "backend": backend}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}
+            {
+                "name": backend,
+                "candidates": [{"name": backend, "backend": backend}],
+                "measure": {"samples": 2, "warmup": 0, "repeat": 2},
+            }
         )
         art = edgekit.compile(work / "mlp.onnx", "x86_64", work / "build", pipeline=pipeline, name=f"mlp-{backend}").artifact_dir
         gg = work / f"gg-{backend}"
@@ -165,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                 "venv_mb": _du(_site(venv)) / 1e6,
                 "backend_mb": backend_mb,
                 "numpy_mb": packages.get("numpy", 0.0),
-                "component_artifacts_mb": sum(_du(z.parent) for z in result.component(runtime_component(backend)).artifacts[:1]) / 1e6,
+                "component_artifacts_mb": sum(_du(z.parent) for z in result.component(runtime_component(backend)).artifacts[:1])
+                / 1e6,
                 "rss_baseline_mb": base["rss_mb"],
                 "rss_mb": loaded["rss_mb"],
                 "load_and_run_s": loaded["load_s"],

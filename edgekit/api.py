@@ -16,14 +16,14 @@ if TYPE_CHECKING:
     import numpy as np
 
     from edgekit.cloud.advisor import Advice, Workload
+    from edgekit.cloud.model_server import ServeOptions
     from edgekit.cloud.sagemaker import ApiCall, DeployResult
-    from edgekit.cloud.server import ServeOptions
     from edgekit.compiler import CompileResult
     from edgekit.demo.flow import DemoReport
     from edgekit.fleet.deploy import LocalDeployment
     from edgekit.fleet.logs import LogLine
     from edgekit.fleet.status import FleetStatus
-    from edgekit.greengrass.build import PublishResult
+    from edgekit.greengrass.build_folder import PublishResult
     from edgekit.greengrass.deployment import DeploymentListing, DeploymentResult, DeploymentSpec
     from edgekit.greengrass.lint import Finding
     from edgekit.greengrass.package import PackageResult
@@ -249,7 +249,7 @@ def publish(
     if local:
         from edgekit.fleet.deploy import publish_to_folder
         from edgekit.fleet.folder import FleetFolder
-        from edgekit.greengrass.build import PublishResult
+        from edgekit.greengrass.build_folder import PublishResult
 
         if dry_run:
             raise PublishError("--dry-run is for AWS; a local publish checks everything before it writes anything")
@@ -418,7 +418,7 @@ def logs(
 
 
 def _preflight_fleet(spec: DeploymentSpec, fleet: str, recipes: Path, progress: Progress | None) -> None:
-    from edgekit.fleets import load_fleet
+    from edgekit.fleet_file import load_fleet
     from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, preflight
 
     short = spec.target_arn.rsplit(":", 1)[-1]
@@ -459,7 +459,7 @@ def simulate(
     For a simulation that runs beside your own code, use :class:`edgekit.sim.Simulation` as an async context.
     """
     from edgekit.errors import DeploymentError
-    from edgekit.fleets import load_fleet
+    from edgekit.fleet_file import load_fleet
     from edgekit.greengrass.deployment import build_spec
     from edgekit.sim import Simulation
     from edgekit.sim.run import run_simulation
@@ -625,9 +625,9 @@ def serve(
 ) -> None:
     """Serve artifacts (``NAME=PATH`` to rename) and serial pipelines over SageMaker's container contract, the
     multi-model API, KServe v2 and /metrics until SIGTERM. ``settings``: the fields of
-    :class:`edgekit.cloud.server.ServeOptions` (``host``, ``port``, ``threads``...), or pass ``options``.
+    :class:`edgekit.cloud.model_server.ServeOptions` (``host``, ``port``, ``threads``...), or pass ``options``.
     ``on_ready(url, model_names)`` once listening."""
-    from edgekit.cloud.server import ModelServer, ServeOptions
+    from edgekit.cloud.model_server import ModelServer, ServeOptions
 
     opts = options or ServeOptions(**settings)
     server: ModelServer | None = None

@@ -26,7 +26,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.compiler.pipeline import Pipeline
-from edgekit.wire.inference import InferenceRequest, InferenceResponse
+from edgekit.wire.open_inference import InferenceRequest, InferenceResponse
 
 # --------------------------------------------------------------------------- system tools: skip here, fail in CI
 

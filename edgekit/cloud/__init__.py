@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgekit.cloud.server import ModelServer, ServeOptions, serve
+    from edgekit.cloud.model_server import ModelServer, ServeOptions, serve
 
 __all__ = ["ModelServer", "ServeOptions", "serve"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("ModelServer", "ServeOptions", "serve"):
-        from edgekit.cloud import server
+        from edgekit.cloud import model_server as server
 
         return getattr(server, name)
     raise AttributeError(f"module 'edgekit.cloud' has no attribute {name!r}")

@@ -41,12 +41,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgekit._version import __version__
-from edgekit.cloud.codec import HttpError, decode_body, decode_v2, encode_outputs, encode_v2
-from edgekit.cloud.metrics import CONTENT_TYPE_LATEST, ServeMetrics
-from edgekit.cloud.registry import ModelRegistry
+from edgekit.cloud.content import HttpError, decode_body, decode_v2, encode_outputs, encode_v2
+from edgekit.cloud.model_registry import ModelRegistry
 from edgekit.cloud.servable import Servable
+from edgekit.cloud.serve_metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from edgekit.errors import last_line
-from edgekit.wire.inference import (
+from edgekit.wire.open_inference import (
     DATATYPES,
     ErrorResponse,
     LiveResponse,
@@ -83,7 +83,7 @@ def _error(status: int, message: str) -> Response:
 
 
 def _json(doc: Any, status: int = 200) -> Response:
-    """``doc`` (a plain document or a :mod:`edgekit.wire.inference` body, unset fields left out) as JSON."""
+    """``doc`` (a plain document or a :mod:`edgekit.wire.open_inference` body, unset fields left out) as JSON."""
     if isinstance(doc, BaseModel):
         doc = doc.model_dump(exclude_none=True)
     return Response(json.dumps(doc), status_code=status, media_type=_JSON)

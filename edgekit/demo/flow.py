@@ -172,7 +172,9 @@ def _cloud_endpoint(artifact: Path, say: Progress, log_path: Path) -> Any:
                 proc.wait()
 
 
-def run_demo(options: DemoOptions, *, progress: Progress | None = None, on_fleet: Callable[[Any], None] | None = None) -> DemoReport:
+def run_demo(
+    options: DemoOptions, *, progress: Progress | None = None, on_fleet: Callable[[Any], None] | None = None
+) -> DemoReport:
     """Run the demo (see the module docstring). ``on_fleet(sim)`` is called while the fleet runs (``--keep``: the
     caller waits there)."""
     from edgekit.api import compile, package
@@ -188,9 +190,7 @@ def run_demo(options: DemoOptions, *, progress: Progress | None = None, on_fleet
     # ONNX Runtime for every target: one runtime component serves every platform, and a simulated device of another
     # architecture (a host process) can load the portable ONNX artifact, where an aarch64 TVM library would not load.
     for target in options.targets:
-        result = compile(
-            model, target, out, backend="onnxruntime", progress=lambda m, t=target: say(f"compiling for {t}: {m}")
-        )
+        result = compile(model, target, out, backend="onnxruntime", progress=lambda m, t=target: say(f"compiling for {t}: {m}"))
         artifacts.append(result.artifact_dir)
         manifests.append(result.manifest)
         cached.append(result.cache_hit)
@@ -202,7 +202,9 @@ def run_demo(options: DemoOptions, *, progress: Progress | None = None, on_fleet
     if options.no_fleet:
         return report
     host = next((a for a, m in zip(artifacts, manifests, strict=True) if m.profile.name == "x86_64"), artifacts[0])
-    endpoint = contextlib.nullcontext((options.cloud_url, "")) if options.cloud_url else _cloud_endpoint(host, say, out / "serve.log")
+    endpoint = (
+        contextlib.nullcontext((options.cloud_url, "")) if options.cloud_url else _cloud_endpoint(host, say, out / "serve.log")
+    )
     with endpoint as (url, note):
         report.cloud, report.cloud_note = url, note
         asyncio.run(_fleet(options, build, url, report, say, on_fleet, started))
@@ -219,7 +221,7 @@ async def _fleet(
     started: float,
 ) -> None:
     from edgekit.fleet.folder import DEFAULT_STATE_DIR
-    from edgekit.fleets import load_fleet
+    from edgekit.fleet_file import load_fleet
     from edgekit.sim import Simulation
 
     fleet = load_fleet(options.fleet)
@@ -246,7 +248,9 @@ async def _fleet(
                 {
                     "targetArn": f"thinggroup/{group}",
                     "deploymentName": f"demo-{group}",
-                    "components": {inference: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": json.dumps(settings)}}},
+                    "components": {
+                        inference: {"componentVersion": "1.0.0", "configurationUpdate": {"merge": json.dumps(settings)}}
+                    },
                     "iotJobConfiguration": {"jobExecutionsRolloutConfig": {"maximumPerMinute": options.rollout_per_min}},
                 }
             )
@@ -255,7 +259,10 @@ async def _fleet(
         summaries = {g: await sim.wait(d, timeout=120) for g, d in ids.items()}
         report.setup_s = time.monotonic() - started
         t0 = time.monotonic()
-        say(f"every device infers for {options.seconds:g} s" + (f", the broker down for {options.outage_s:g} s" if options.outage_s else ""))
+        say(
+            f"every device infers for {options.seconds:g} s"
+            + (f", the broker down for {options.outage_s:g} s" if options.outage_s else "")
+        )
         if options.outage_s > 0:
             await asyncio.sleep(options.seconds / 3)
             await sim.restart_broker(options.outage_s)

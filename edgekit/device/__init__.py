@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from edgekit.clock import Clock, SystemClock
 from edgekit.device.agent import DeviceAgent, parse_target
+from edgekit.device.agent_state import DeviceLayout, DeviceState
 from edgekit.device.errors import ArtifactDownloadError, DeviceError, UnsafeArchiveError
 from edgekit.device.executor import Executor, InProcessExecutor, StepSpec, SubprocessExecutor
 from edgekit.device.lifecycle import StateCallback
 from edgekit.device.outcome import ComponentOutcome, DeploymentOutcome
-from edgekit.device.state import DeviceLayout, DeviceState
 
 __all__ = [
     "ArtifactDownloadError",

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from edgekit.clock import Clock, SystemClock
 from edgekit.device.agent_ipc import AgentHost, restart_needed
+from edgekit.device.agent_state import DeviceLayout, DeviceState, InProgress, InstalledComponent, StateStore, TargetRecord
 from edgekit.device.configuration import next_configuration
 from edgekit.device.download import (
     DEFAULT_MAX_UNZIPPED_BYTES,
@@ -31,11 +32,10 @@ from edgekit.device.download import (
 )
 from edgekit.device.errors import DeviceError
 from edgekit.device.executor import Executor, InProcessExecutor, SubprocessExecutor, kill_group
-from edgekit.device.ipc.service import DeviceIpc
+from edgekit.device.fleet_store import RegistryClient, RegistryStore
+from edgekit.device.ipc.device_ipc import DeviceIpc
 from edgekit.device.lifecycle import StateCallback, Supervisor, dependency_layers
 from edgekit.device.outcome import ComponentOutcome, DeploymentOutcome, DeploymentStatus
-from edgekit.device.registry import RegistryClient, RegistryStore
-from edgekit.device.state import ComponentRecord, DeviceLayout, DeviceState, InProgress, StateStore, TargetRecord
 from edgekit.errors import RecipeError, ResolutionError
 from edgekit.greengrass.resolve import CoreDevice, GroupDeployment, resolve_device
 from edgekit.mqtt.payloads import ComponentState, DeploymentResultCode, JobDocument
@@ -478,7 +478,7 @@ class DeviceAgent:
             job, target, "FAILED", "FAILED_UNABLE_TO_ROLLBACK", failure, f"{failure.detail}; rollback failed too: {restored}"
         )
 
-    async def _plan(self, job: JobDocument, target: str, targets: Mapping[str, TargetRecord]) -> dict[str, ComponentRecord]:
+    async def _plan(self, job: JobDocument, target: str, targets: Mapping[str, TargetRecord]) -> dict[str, InstalledComponent]:
         """Resolve the union of ``targets`` into the records the device should hold afterwards."""
         groups = set(self.groups) | {t.partition("/")[2] for t in targets if t.startswith("thinggroup/")}
         device = CoreDevice(self.thing, tuple(sorted(groups)), dict(self.platform))
@@ -494,7 +494,7 @@ class DeviceAgent:
             first = resolution.problems[0]
             more = f" (and {len(resolution.problems) - 1} more problem(s))" if len(resolution.problems) > 1 else ""
             raise DeviceError(first.code, f"{first.message}{more}")
-        plan: dict[str, ComponentRecord] = {}
+        plan: dict[str, InstalledComponent] = {}
         for name, version in resolution.components.items():
             if not _SAFE_NAME.fullmatch(name) or not _SAFE_NAME.fullmatch(version):
                 raise DeviceError(
@@ -515,7 +515,7 @@ class DeviceAgent:
             ):
                 plan[name] = current
                 continue
-            plan[name] = ComponentRecord(
+            plan[name] = InstalledComponent(
                 name=name,
                 version=version,
                 recipe=recipe,
@@ -526,7 +526,7 @@ class DeviceAgent:
         dependency_layers({n: r.dependencies() for n, r in plan.items()})  # refuses circular dependencies
         return plan
 
-    async def _fetch(self, record: ComponentRecord) -> None:
+    async def _fetch(self, record: InstalledComponent) -> None:
         """Download, verify and unpack the artifacts of ``record``'s manifest."""
         art_dir = self.layout.artifacts(record.name, record.version)
         dec_dir = self.layout.decompressed(record.name, record.version)
@@ -562,7 +562,7 @@ class DeviceAgent:
                     )
             dest.chmod(file_mode)
 
-    async def _notify_update(self, job: JobDocument, plan: Mapping[str, ComponentRecord]) -> None:
+    async def _notify_update(self, job: JobDocument, plan: Mapping[str, InstalledComponent]) -> None:
         """Tell IPC subscribers a deployment is about to change components, and wait out their deferrals."""
         current = self._state.components
         if self.ipc is None or job.component_update_policy.action != "NOTIFY_COMPONENTS":
@@ -570,7 +570,7 @@ class DeviceAgent:
         if any(n not in plan or plan[n] is not r for n, r in current.items()):
             await self.ipc.before_update(job.deployment_id, float(job.component_update_policy.timeout_s))
 
-    def _reconfigure(self, plan: dict[str, ComponentRecord], names: list[str]) -> list[str]:
+    def _reconfigure(self, plan: dict[str, InstalledComponent], names: list[str]) -> list[str]:
         """Give running components their new configuration in place when no restart is needed; returns those."""
         current = self._state.components
         done: list[str] = []
@@ -584,7 +584,7 @@ class DeviceAgent:
                 self.ipc.configuration_changed(name, old, plan[name].configuration)
         return done
 
-    async def _switch(self, plan: dict[str, ComponentRecord]) -> _Changes:
+    async def _switch(self, plan: dict[str, InstalledComponent]) -> _Changes:
         """Stop what goes or changes (dependents first) and put the new records in place."""
         current = self._state.components
         changes = _Changes(

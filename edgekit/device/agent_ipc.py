@@ -16,8 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from edgekit.device.agent_state import InstalledComponent
 from edgekit.device.lifecycle import Supervisor
-from edgekit.device.state import ComponentRecord
 from edgekit.device.variables import VariableContext, interpolate
 
 __all__ = ["AgentHost", "restart_needed"]
@@ -29,7 +29,7 @@ class AgentHost:
     def __init__(
         self,
         thing: str,
-        records: Callable[[], Mapping[str, ComponentRecord]],
+        records: Callable[[], Mapping[str, InstalledComponent]],
         supervisor: Supervisor,
         save: Callable[[], None],
     ) -> None:
@@ -64,7 +64,7 @@ def _strings(value: Any, ctx: VariableContext) -> Any:
     return value
 
 
-def restart_needed(sup: Supervisor, current: ComponentRecord, new: ComponentRecord) -> bool:
+def restart_needed(sup: Supervisor, current: InstalledComponent, new: InstalledComponent) -> bool:
     """Whether moving ``current`` to ``new`` (same component) needs a restart (see the module docstring)."""
     if (
         current.version != new.version

@@ -9,7 +9,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from edgekit.wire.deployment import ConfigurationUpdate
+from edgekit.wire.deployment_parts import ConfigurationUpdate
 
 __all__ = ["get_pointer", "next_configuration", "parse_pointer"]
 

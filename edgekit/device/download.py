@@ -163,7 +163,16 @@ def safe_unzip(
                         out.write(chunk)
         _chmod_tree(staging, file_mode, folder_mode)
         os.replace(staging, dest)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, FileExistsError, OSError, zlib.error, NotImplementedError, RuntimeError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        EOFError,
+        FileExistsError,
+        OSError,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+    ) as exc:
         # NotImplementedError: a compression Python can't inflate (Deflate64, ...); RuntimeError: encrypted (AES,
         # ZipCrypto); zlib.error: a corrupt stream (its digest matched: it was zipped that way)
         if isinstance(exc, FileExistsError) and exc.filename and str(exc.filename).startswith(str(staging)):

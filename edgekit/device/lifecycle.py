@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgekit.clock import Clock
+from edgekit.device.agent_state import DeviceLayout, InstalledComponent
 from edgekit.device.errors import DeviceError
 from edgekit.device.executor import Executor, RunningProcess, StepResult, StepSpec, kill_group
-from edgekit.device.state import ComponentRecord, DeviceLayout
 from edgekit.device.variables import ComponentView, VariableContext, interpolate
 from edgekit.mqtt.payloads import LifecycleState
 
@@ -116,7 +116,7 @@ async def _end_group(pgid: int, grace: float) -> None:
 class Component:
     """One component's lifecycle; operations are serialized by a lock, the Run process watched by a task."""
 
-    def __init__(self, record: ComponentRecord, supervisor: Supervisor) -> None:
+    def __init__(self, record: InstalledComponent, supervisor: Supervisor) -> None:
         self.record = record
         self._sup = supervisor
         self._lock = asyncio.Lock()
@@ -476,7 +476,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ membership
 
-    def add(self, record: ComponentRecord) -> Component:
+    def add(self, record: InstalledComponent) -> Component:
         comp = Component(record, self)
         self.components[record.name] = comp
         return comp
@@ -509,7 +509,7 @@ class Supervisor:
         deps = {n: self._view(self.components[n].record) for n in comp.record.dependencies() if n in self.components}
         return VariableContext(comp.name, self.thing, self.layout.root, self._view(comp.record), deps)
 
-    def _view(self, record: ComponentRecord) -> ComponentView:
+    def _view(self, record: InstalledComponent) -> ComponentView:
         return ComponentView(
             artifacts=self.layout.artifacts(record.name, record.version),
             decompressed=self.layout.decompressed(record.name, record.version),

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from edgekit.clock import SYSTEM_CLOCK, Clock
 from edgekit.edge.errors import EdgeError, FallbackError, FallbackUnavailable
 from edgekit.errors import first_problem
-from edgekit.wire.inference import InferenceRequest, InferenceResponse
+from edgekit.wire.open_inference import InferenceRequest, InferenceResponse
 
 __all__ = [
     "CircuitBreaker",
@@ -34,7 +34,7 @@ __all__ = [
 
 
 def encode_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """The Open Inference Protocol request for ``inputs`` (:class:`edgekit.wire.inference.InferenceRequest`)."""
+    """The Open Inference Protocol request for ``inputs`` (:class:`edgekit.wire.open_inference.InferenceRequest`)."""
     try:
         return InferenceRequest.from_arrays(inputs).model_dump(exclude_none=True)
     except ValueError as exc:  # a dtype the protocol has no datatype for
@@ -42,7 +42,7 @@ def encode_inputs(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
 
 
 def decode_outputs(body: Any) -> list[np.ndarray]:
-    """The arrays of an Open Inference Protocol response (:class:`edgekit.wire.inference.InferenceResponse`)."""
+    """The arrays of an Open Inference Protocol response (:class:`edgekit.wire.open_inference.InferenceResponse`)."""
     try:
         return InferenceResponse.model_validate(body).arrays()
     except ValueError as exc:  # pydantic's ValidationError is one

@@ -26,7 +26,7 @@ import numpy as np
 from edgekit.clock import SYSTEM_CLOCK, Clock
 from edgekit.edge.errors import EdgeError
 from edgekit.edge.fallback import CircuitBreaker, CloudFallback
-from edgekit.edge.sources import MqttSource, Reading, Source, parse_source
+from edgekit.edge.sources import InputSource, MqttSource, Reading, parse_source
 from edgekit.edge.uplink import Uplink
 from edgekit.edge.windows import CLOUD, LOCAL, NONE, Tumbling, Window, summarize, top_class
 from edgekit.errors import EdgekitError
@@ -107,7 +107,7 @@ class InferenceLoop:
         component: str = "",
         clock: Clock = SYSTEM_CLOCK,
         fallback: CloudFallback | None = None,
-        source: Source | None = None,
+        source: InputSource | None = None,
     ) -> None:
         self.options = replace(options)
         self.predict: Callable[[Any], list[np.ndarray]] = model.predict
@@ -117,7 +117,7 @@ class InferenceLoop:
         self.thing = thing
         self.component = component or options.component
         self.clock = clock
-        self.source: Source = source if source is not None else parse_source(options.source, self.specs)
+        self.source: InputSource = source if source is not None else parse_source(options.source, self.specs)
         if fallback is None and options.fallback_url:
             from edgekit.edge import fallback as fallback_module
 

@@ -22,10 +22,10 @@ from edgekit.manifest import TensorSpec
 
 __all__ = [
     "FileSource",
+    "InputSource",
     "MqttSource",
     "Reading",
     "Scenario",
-    "Source",
     "SyntheticSource",
     "decode_reading",
     "encode_reading",
@@ -36,7 +36,7 @@ Reading = dict[str, np.ndarray]
 _BLOCK = 256
 
 
-class Source(Protocol):
+class InputSource(Protocol):
     """A stream of readings shaped as the model's inputs."""
 
     produced: int
@@ -138,7 +138,9 @@ class FileSource:
                     raise EdgeError(f"input source file:{self.path}: the model has {len(specs)} inputs; use an .npz by name")
                 raw = {specs[0].name: np.load(self.path, allow_pickle=False)}
         except (OSError, ValueError, KeyError) as exc:
-            raise EdgeError(f"input source file:{self.path} can't be read ({exc}); give an .npy or an .npz of the model's inputs") from None
+            raise EdgeError(
+                f"input source file:{self.path} can't be read ({exc}); give an .npy or an .npz of the model's inputs"
+            ) from None
         self._rows: dict[str, np.ndarray] = {}
         count = None
         for spec in specs:
@@ -149,7 +151,9 @@ class FileSource:
             elif arr.shape[1:] == shape or (shape and shape[0] == 1 and arr.shape[1:] == shape[1:]):
                 arr = arr.reshape(arr.shape[0], *shape)
             else:
-                raise EdgeError(f"input source file:{self.path}: '{spec.name}' has shape {list(arr.shape)}, the model takes {list(shape)} (or rows of it)")
+                raise EdgeError(
+                    f"input source file:{self.path}: '{spec.name}' has shape {list(arr.shape)}, the model takes {list(shape)} (or rows of it)"
+                )
             count = arr.shape[0] if count is None else min(count, arr.shape[0])
             self._rows[spec.name] = arr
         self._count = max(1, count or 1)
@@ -212,7 +216,7 @@ class MqttSource:
         return self._waiting.popleft()
 
 
-def parse_source(text: str, specs: Sequence[TensorSpec]) -> Source:
+def parse_source(text: str, specs: Sequence[TensorSpec]) -> InputSource:
     """The source an ``--input-source`` / ``InputSource`` string names (see the module docstring)."""
     kind, _, rest = text.partition(":")
     if kind == "synthetic":

@@ -6,9 +6,9 @@ See docs/local-fleet.md.
 from __future__ import annotations
 
 from edgekit.clock import Clock, FakeClock, SystemClock
+from edgekit.fleet.component_registry import PublishedComponent, Registry, publish_local
 from edgekit.fleet.errors import ComponentConflictError, FleetError, JobRejected, NotFoundError, StateError
 from edgekit.fleet.http import FleetHttpServer
-from edgekit.fleet.registry import PublishedComponent, Registry, publish_local
 from edgekit.fleet.service import (
     DeploymentSummary,
     ExecutionEvent,

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.errors import DeploymentError, PublishError
+from edgekit.fleet.component_registry import publish_local
 from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.jobs import parse_target, target_key
-from edgekit.fleet.registry import publish_local
 from edgekit.fleet.service import DeploymentSummary, FleetService
 from edgekit.fleet.state import FleetState
-from edgekit.fleets import Device, load_fleet
-from edgekit.greengrass.build import PublishedComponent
+from edgekit.fleet_file import FleetDevice, load_fleet
+from edgekit.greengrass.build_folder import PublishedComponent
 from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, PreflightReport, preflight
 from edgekit.progress import Progress, no_progress
@@ -45,7 +45,7 @@ class LocalDeployment:
 
 
 def publish_to_folder(build_dir: str | Path, folder: FleetFolder, progress: Progress | None = None) -> list[PublishedComponent]:
-    """:func:`~edgekit.fleet.registry.publish_local` into the fleet folder's registry (made when missing)."""
+    """:func:`~edgekit.fleet.component_registry.publish_local` into the fleet folder's registry (made when missing)."""
     if not (Path(build_dir) / "recipes").is_dir():  # before the state folder is made
         raise PublishError(f"no recipes in {Path(build_dir) / 'recipes'}; package the components first (edgekit package)")
     with FleetState(folder.database) as state:
@@ -112,10 +112,10 @@ def cancel_local(folder: FleetFolder, deployment_id: str) -> tuple[str, list[str
         state.close()
 
 
-def _devices(state: FleetState, fleet: str | None) -> tuple[dict[str, Device], list[Device]]:
+def _devices(state: FleetState, fleet: str | None) -> tuple[dict[str, FleetDevice], list[FleetDevice]]:
     """The devices registered in the state, with ``fleet``'s added (their groups joined); and ``fleet``'s alone."""
     devices = {
-        t.name: Device(thing=t.name, profile=t.profile, groups=tuple(state.groups_of(t.name)), platform=t.platform)
+        t.name: FleetDevice(thing=t.name, profile=t.profile, groups=tuple(state.groups_of(t.name)), platform=t.platform)
         for t in state.things()
     }
     extra = load_fleet(fleet).expand() if fleet else []

@@ -27,18 +27,18 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from edgekit.fleet.component_registry import PublishedComponent, Registry, publish_local
 from edgekit.fleet.errors import FleetError
 from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.http import FleetHttpServer
-from edgekit.fleet.mqtt import FleetMqttBridge
+from edgekit.fleet.jobs_api import FleetMqttBridge
 from edgekit.fleet.queries import deployment_summary
-from edgekit.fleet.registry import PublishedComponent, Registry, publish_local
 from edgekit.fleet.service import DeploymentSummary, FleetService
 from edgekit.fleet.state import FleetState
 from edgekit.fleet.telemetry import TelemetryIngest
 from edgekit.fleet.view import FleetView
 from edgekit.fleet.web.snapshot import Presence
-from edgekit.fleets import Device
+from edgekit.fleet_file import FleetDevice
 from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import MqttClient
@@ -64,7 +64,7 @@ class FleetServer:
         self,
         folder: FleetFolder | str | Path | None = None,
         *,
-        devices: Sequence[Device] = (),
+        devices: Sequence[FleetDevice] = (),
         name: str = "fleet",
         tls: bool = True,
         tick_s: float = 1.0,

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
+from edgekit.fleet.component_registry import Registry, artifact_file, safe_segment
 from edgekit.fleet.errors import NotFoundError
-from edgekit.fleet.registry import Registry, artifact_file, safe_segment
-from edgekit.fleet.web.metrics import render_metrics
+from edgekit.fleet.web.fleet_metrics import render_metrics
 from edgekit.fleet.web.snapshot import Presence, Snapshotter
 
 __all__ = ["MAX_CONNECTIONS", "READ_TIMEOUT_S", "THING_HEADER", "FleetHttpServer"]
@@ -26,7 +26,11 @@ log = logging.getLogger(__name__)
 
 THING_HEADER: Final = "X-Edgekit-Thing"
 _STATIC_DIR: Final = Path(__file__).parent / "web" / "static"
-_STATIC: Final = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+_STATIC: Final = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+}
 READ_TIMEOUT_S: Final = 30.0
 MAX_CONNECTIONS: Final = 512
 _BUSY: Final = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"

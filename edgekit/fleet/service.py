@@ -1,7 +1,7 @@
 """The local fleet service: things, thing groups, deployments as IoT jobs, rollout, abort and timeouts.
 
 Every change goes to the SQLite state and time comes from an injected clock; nothing here sleeps,
-talks MQTT or runs a thread (:mod:`edgekit.fleet.mqtt` does the wiring). See docs/local-fleet.md (deployments as jobs).
+talks MQTT or runs a thread (:mod:`edgekit.fleet.jobs_api` does the wiring). See docs/local-fleet.md (deployments as jobs).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from edgekit.fleet.jobs import (
 )
 from edgekit.fleet.rollout import WINDOW_SECONDS, AbortDecision, RolloutPolicy, evaluate_abort
 from edgekit.fleet.state import DeploymentRecord, ExecutionRecord, FleetState
-from edgekit.fleets import Device
+from edgekit.fleet_file import FleetDevice
 from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.payloads import JobDocument, JobExecution, JobExecutionState, JobExecutionSummary, StatusDetails
 
@@ -162,7 +162,7 @@ def _seconds(t: float | None) -> int | None:
 class FleetService:
     """Deployments to a local fleet as IoT jobs; see docs/local-fleet.md (deployments as jobs).
 
-    Whoever wires the MQTT side (:class:`~edgekit.fleet.mqtt.FleetMqttBridge`) calls, per tick (any interval up
+    Whoever wires the MQTT side (:class:`~edgekit.fleet.jobs_api.FleetMqttBridge`) calls, per tick (any interval up
     to :data:`~edgekit.fleet.rollout.BURST_SECONDS`, 10 s, keeps the full rate)::
 
         for thing, job_id in service.due_notifications():   # rollout-paced
@@ -248,8 +248,8 @@ class FleetService:
         self._emit(events)
         return queued
 
-    def register_devices(self, devices: Iterable[Device]) -> None:
-        """Register every device of a fleet file (:meth:`edgekit.fleets.Fleet.expand`) in one transaction."""
+    def register_devices(self, devices: Iterable[FleetDevice]) -> None:
+        """Register every device of a fleet file (:meth:`edgekit.fleet_file.FleetFile.expand`) in one transaction."""
         with self.state.transaction():
             for device in devices:
                 self.register_thing(device.thing, device.profile, device.platform, device.groups)

@@ -24,7 +24,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "WINDOW_COLUMNS",
     "ArtifactRecord",
-    "ComponentRecord",
+    "ComponentVersionRecord",
     "DeploymentRecord",
     "ExecutionRecord",
     "FleetState",
@@ -158,7 +158,7 @@ class ThingRecord:
 
 
 @dataclass(frozen=True)
-class ComponentRecord:
+class ComponentVersionRecord:
     name: str
     version: str
     recipe: dict[str, Any]
@@ -470,12 +470,12 @@ class FleetState:
 
     # ------------------------------------------------------------------ components and artifacts
 
-    def get_component(self, name: str, version: str) -> ComponentRecord | None:
+    def get_component(self, name: str, version: str) -> ComponentVersionRecord | None:
         with self._read() as db:
             row = db.execute("SELECT * FROM components WHERE name=? AND version=?", (name, version)).fetchone()
             if row is None:
                 return None
-            return ComponentRecord(row["name"], row["version"], json.loads(row["recipe"]), row["published_at"])
+            return ComponentVersionRecord(row["name"], row["version"], json.loads(row["recipe"]), row["published_at"])
 
     def component_versions(self, name: str) -> list[str]:
         """The published versions of ``name`` (unsorted: order them with semver)."""

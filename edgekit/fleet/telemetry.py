@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from edgekit.fleet.state import FleetState
-from edgekit.mqtt.client import Message, MqttClient
+from edgekit.mqtt.client import MqttClient, MqttMessage
 from edgekit.wire.summary import SummaryError, WindowSummary, read_summary
 
 __all__ = ["Accounted", "TelemetryIngest", "accounted"]
@@ -94,7 +94,7 @@ class TelemetryIngest:
             await asyncio.gather(task, return_exceptions=True)
         self.flush()
 
-    def _on_message(self, message: Message) -> None:
+    def _on_message(self, message: MqttMessage) -> None:
         parts = message.topic.split("/")
         if len(parts) < 3:
             return

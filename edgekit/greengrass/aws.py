@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from edgekit.deps import require
 from edgekit.digests import file_sha256
 from edgekit.errors import EdgekitError, PublishError
-from edgekit.greengrass.build import (
+from edgekit.greengrass.build_folder import (
     BUCKET_PLACEHOLDER,
     NAME_PLACEHOLDER,
     VERSION_PLACEHOLDER,

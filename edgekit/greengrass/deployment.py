@@ -22,7 +22,7 @@ from pydantic.alias_generators import to_camel
 from edgekit.errors import DeploymentError, one_line
 from edgekit.greengrass.aws import AwsSession, aws_errors, has_credentials, partition_for_region
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_json, loads_yaml
-from edgekit.wire.deployment import ConfigurationUpdate, DeploymentPolicies, RunWith
+from edgekit.wire.deployment_parts import ConfigurationUpdate, DeploymentPolicies, RunWith
 
 __all__ = [
     "DEFAULT_ABORT_MIN_EXECUTED",

@@ -70,7 +70,7 @@ class ComponentStore:
 class DeviceFacts(Protocol):
     """What resolution needs of a device: its thing name, thing groups and Greengrass platform.
 
-    A fleet file's :class:`edgekit.fleets.Device` fits, and so does the agent's :class:`CoreDevice`.
+    A fleet file's :class:`edgekit.fleet_file.FleetDevice` fits, and so does the agent's :class:`CoreDevice`.
     """
 
     @property

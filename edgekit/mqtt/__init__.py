@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edgekit.mqtt.broker import Broker, EmbeddedBroker, ExternalBroker, MosquittoBroker, start_broker
-    from edgekit.mqtt.client import Backoff, Message, MqttClient, connect
+    from edgekit.mqtt.client import Backoff, MqttClient, MqttMessage, connect
     from edgekit.mqtt.errors import BrokerError, ConnectError, MqttTimeoutError, NotConnectedError, PayloadError, TopicError
     from edgekit.mqtt.payloads import decode, encode
     from edgekit.mqtt.tls import TlsFiles, TlsMaterial
@@ -23,9 +23,9 @@ __all__ = [
     "ConnectError",
     "EmbeddedBroker",
     "ExternalBroker",
-    "Message",
     "MosquittoBroker",
     "MqttClient",
+    "MqttMessage",
     "MqttTimeoutError",
     "NotConnectedError",
     "PayloadError",
@@ -45,7 +45,7 @@ _WHERE = {
     "MosquittoBroker": "broker",
     "start_broker": "broker",
     "Backoff": "client",
-    "Message": "client",
+    "MqttMessage": "client",
     "MqttClient": "client",
     "connect": "client",
     "BrokerError": "errors",

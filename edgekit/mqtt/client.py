@@ -35,8 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edgekit.errors import ConfigError
 from edgekit.mqtt import topics
 from edgekit.mqtt.errors import BrokerError, ConnectError, MqttTimeoutError, NotConnectedError, PayloadError
-from edgekit.mqtt.payloads import MAX_PAYLOAD_BYTES
-from edgekit.mqtt.payloads import Message as WireMessage
+from edgekit.mqtt.payloads import MAX_PAYLOAD_BYTES, WireMessage
 from edgekit.mqtt.payloads import encode as encode_payload
 
 __all__ = [
@@ -44,8 +43,8 @@ __all__ = [
     "NO_MATCHING_SUBSCRIBERS",
     "SUCCESS",
     "Backoff",
-    "Message",
     "MqttClient",
+    "MqttMessage",
     "TlsPaths",
     "connect",
     "is_failure",
@@ -65,7 +64,7 @@ TlsPaths = tuple[str | Path, str | Path | None, str | Path | None]
 OnConnect = Callable[["MqttClient", bool], Awaitable[None] | None]
 """A hook run after every successful (re)connect: ``hook(client, session_present)``."""
 
-Handler = Callable[["Message"], Awaitable[None] | None]
+Handler = Callable[["MqttMessage"], Awaitable[None] | None]
 """Called with each message matching a subscription's filter (a coroutine function is run as a task)."""
 
 _T = TypeVar("_T")
@@ -80,7 +79,7 @@ def is_failure(reason_code: int) -> bool:
 
 
 @dataclass(frozen=True)
-class Message:
+class MqttMessage:
     """A received PUBLISH."""
 
     topic: str
@@ -225,7 +224,7 @@ class MqttClient:
         self._subscriptions: dict[str, int] = {}  # filter -> qos, in subscription order
         self._unconfirmed: set[str] = set()  # filters without a SUBACK yet (offline, or lost with a connection): sent on connect
         self._handlers: list[tuple[str, Handler]] = []
-        self._queue: asyncio.Queue[Message | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[MqttMessage | None] = asyncio.Queue()
         self._last_error = ""
         self._connected = False
         self._closing = False
@@ -350,7 +349,7 @@ class MqttClient:
         finally:
             self._pending_pub.pop(info.mid, None)
 
-    async def messages(self) -> AsyncIterator[Message]:
+    async def messages(self) -> AsyncIterator[MqttMessage]:
         """Messages no handler took, in arrival order; ends when the client is closed."""
         while True:
             message = await self._queue.get()
@@ -359,7 +358,7 @@ class MqttClient:
                 return
             yield message
 
-    async def get_message(self, timeout: float | None = None) -> Message:
+    async def get_message(self, timeout: float | None = None) -> MqttMessage:
         """The next message no handler took; :class:`MqttTimeoutError` after ``timeout`` seconds."""
         try:
             message = await asyncio.wait_for(self._queue.get(), timeout)
@@ -717,7 +716,7 @@ class MqttClient:
             self._reconnector = self._require_loop().create_task(self._reconnect_loop(), name=f"mqtt-reconnect-{self.client_id}")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        received = Message(message.topic, bytes(message.payload), message.qos, bool(message.retain))
+        received = MqttMessage(message.topic, bytes(message.payload), message.qos, bool(message.retain))
         matched = False
         for topic_filter, handler in self._handlers:
             if paho.topic_matches_sub(topic_filter, received.topic):

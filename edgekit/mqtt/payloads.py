@@ -14,7 +14,7 @@ from pydantic.alias_generators import to_camel
 
 from edgekit.mqtt.errors import PayloadError
 from edgekit.parsing import ParseError, loads_json
-from edgekit.wire.deployment import (
+from edgekit.wire.deployment_parts import (
     ComponentUpdatePolicy,
     ConfigurationUpdate,
     ConfigurationValidationPolicy,
@@ -42,12 +42,12 @@ __all__ = [
     "JobExecutionsChanged",
     "JobsRejected",
     "LifecycleState",
-    "Message",
     "RejectedCode",
     "StatusDetails",
     "Timeouts",
     "UpdateJobExecutionRequest",
     "UpdateJobExecutionResponse",
+    "WireMessage",
     "decode",
     "encode",
 ]
@@ -110,7 +110,7 @@ class _Part(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid")
 
 
-class Message(_Part):
+class WireMessage(_Part):
     """A top-level MQTT message; ``schemaVersion`` tells readers which shape it has."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
@@ -123,7 +123,7 @@ class ComponentSpec(_Part):
     """One component of a deployment: the exact version to run and how to change its configuration.
 
     The job document's form of the request's ``ComponentDeployment`` (``version``, not ``componentVersion``, and
-    ``merge`` as an object); both hold the same :mod:`edgekit.wire.deployment` parts.
+    ``merge`` as an object); both hold the same :mod:`edgekit.wire.deployment_parts` parts.
     """
 
     version: str
@@ -147,7 +147,7 @@ class Timeouts(_Part):
     step_timeout_in_minutes: int | None = Field(default=None, ge=1, le=10080)
 
 
-class JobDocument(Message):
+class JobDocument(WireMessage):
     """What a device must run: the Greengrass deployment a job carries (one per thing group / thing target).
 
     ``target`` is ``thing/NAME``, ``thinggroup/NAME`` or a full ARN; ``components`` is the complete set the
@@ -196,37 +196,37 @@ class JobExecution(_Part):
     execution_number: int | None = None
 
 
-class JobExecutionsChanged(Message):
+class JobExecutionsChanged(WireMessage):
     """``notify-namespace-aws-gg-deployment``: the device's pending executions changed (``{}`` jobs = none left)."""
 
     jobs: dict[JobExecutionStatus, list[JobExecutionSummary]] = Field(default_factory=dict)
     timestamp: int
 
 
-class GetPendingJobExecutionsRequest(Message):
+class GetPendingJobExecutionsRequest(WireMessage):
     client_token: ClientToken | None = None
 
 
-class GetPendingJobExecutionsResponse(Message):
+class GetPendingJobExecutionsResponse(WireMessage):
     in_progress_jobs: list[JobExecutionSummary] = Field(default_factory=list)
     queued_jobs: list[JobExecutionSummary] = Field(default_factory=list)
     timestamp: int
     client_token: ClientToken | None = None
 
 
-class DescribeJobExecutionRequest(Message):
+class DescribeJobExecutionRequest(WireMessage):
     execution_number: int | None = None
     include_job_document: bool = True
     client_token: ClientToken | None = None
 
 
-class DescribeJobExecutionResponse(Message):
+class DescribeJobExecutionResponse(WireMessage):
     execution: JobExecution | None = None
     timestamp: int
     client_token: ClientToken | None = None
 
 
-class UpdateJobExecutionRequest(Message):
+class UpdateJobExecutionRequest(WireMessage):
     """A device's progress report; ``expected_version`` makes it a compare-and-set on the execution."""
 
     status: Literal["IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"]
@@ -239,14 +239,14 @@ class UpdateJobExecutionRequest(Message):
     client_token: ClientToken | None = None
 
 
-class UpdateJobExecutionResponse(Message):
+class UpdateJobExecutionResponse(WireMessage):
     execution_state: JobExecutionState | None = None
     job_document: JobDocument | None = None
     timestamp: int
     client_token: ClientToken | None = None
 
 
-class JobsRejected(Message):
+class JobsRejected(WireMessage):
     """Any ``.../rejected`` reply of the Jobs API."""
 
     code: RejectedCode
@@ -278,7 +278,7 @@ class DeploymentInfo(_Part):
     failure_cause: str | None = None
 
 
-class DeviceStatus(Message):
+class DeviceStatus(WireMessage):
     """What a device reports on ``status(thing)``: each component's lifecycle state and the last deployment's result."""
 
     thing_name: ThingName
@@ -294,10 +294,10 @@ class DeviceStatus(Message):
 
 # --------------------------------------------------------------------------- the codec
 
-M = TypeVar("M", bound=Message)
+M = TypeVar("M", bound=WireMessage)
 
 
-def encode(message: Message, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> bytes:
+def encode(message: WireMessage, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> bytes:
     """Compact camelCase JSON of ``message`` (``None`` fields left out), refused when over ``max_bytes``."""
     data = message.model_dump_json(by_alias=True, exclude_none=True).encode("utf-8")
     if len(data) > max_bytes:

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgekit.errors import ArtifactError
 from edgekit.manifest import Manifest, TensorSpec, read_manifest
-from edgekit.runtime.base import Runner
+from edgekit.runtime.backend_runner import Runner
 
 if TYPE_CHECKING:
     from edgekit.runtime.inputs import Timing
@@ -33,11 +33,11 @@ def runner_for(
     pool follows ``$TVM_NUM_THREADS``.
     """
     if backend == "onnxruntime":
-        from edgekit.runtime.onnxruntime import OrtRunner
+        from edgekit.runtime.ort_runner import OrtRunner
 
         return OrtRunner(entry, inputs, outputs, threads=threads)
     if backend == "tvm":
-        from edgekit.runtime.tvm import TvmRunner
+        from edgekit.runtime.tvm_runner import TvmRunner
 
         return TvmRunner(entry, inputs, outputs)
     raise ArtifactError(f"backend '{backend}' has no runner in this edgekit; upgrade edgekit")

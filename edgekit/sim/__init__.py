@@ -6,8 +6,8 @@ It stands above :mod:`edgekit.fleet` and :mod:`edgekit.device`; neither imports 
 from __future__ import annotations
 
 from edgekit.sim.errors import SimulationError, SimulationTimeoutError
-from edgekit.sim.executor import SimulatedExecutor
 from edgekit.sim.network import NetworkLink
+from edgekit.sim.scripted_shell import SimulatedExecutor
 from edgekit.sim.simulation import SimulatedDevice, Simulation, SimulationStatus
 
 __all__ = [

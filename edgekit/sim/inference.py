@@ -1,6 +1,6 @@
 """In-process runners: a simulated device's Run step that starts a component's own code inside the device's event loop.
 
-The :class:`~edgekit.sim.executor.SimulatedExecutor` recognises a Run script by the file it runs: a script whose
+The :class:`~edgekit.sim.scripted_shell.SimulatedExecutor` recognises a Run script by the file it runs: a script whose
 command runs a registered entry point (``inference.py``, the bundled inference component) is started as that
 runner with the script's own arguments, instead of being interpreted as ``sh``. The inference runner runs
 :class:`edgekit.edge.loop.InferenceLoop` (the packaged component's loop) with:
@@ -31,9 +31,9 @@ from typing import Any
 
 from edgekit.device.executor import RunningProcess, StepSpec
 from edgekit.device.ipc import InProcessIpc
+from edgekit.device.ipc.device_ipc import DeviceIpc
 from edgekit.device.ipc.errors import IpcError
 from edgekit.device.ipc.inprocess import InProcessStream
-from edgekit.device.ipc.service import DeviceIpc
 from edgekit.edge.component import parse_args
 from edgekit.edge.errors import EdgeError
 from edgekit.edge.loop import Checkpoint, InferenceLoop
@@ -181,7 +181,7 @@ class InferenceRun:
 
 @dataclass
 class InProcessRunners:
-    """The runners a :class:`~edgekit.sim.executor.SimulatedExecutor` starts, by entry point, and what they need:
+    """The runners a :class:`~edgekit.sim.scripted_shell.SimulatedExecutor` starts, by entry point, and what they need:
     each device's IPC (by thing name), the shared model cache, and every run so far (for accounting)."""
 
     devices: dict[str, DeviceIpc] = field(default_factory=dict)

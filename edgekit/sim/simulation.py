@@ -25,27 +25,27 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from edgekit.device.agent import DeviceAgent
+from edgekit.device.jobs_runner import DeviceMqttRunner
 from edgekit.device.lifecycle import StateCallback
-from edgekit.device.mqtt import DeviceMqttRunner
 from edgekit.edge.loop import Checkpoint
 from edgekit.errors import ConfigError
 from edgekit.fleet.errors import NotFoundError
 from edgekit.fleet.fleet_server import FleetServer
 from edgekit.fleet.folder import FleetFolder
-from edgekit.fleets import Device, Fault, Fleet
+from edgekit.fleet_file import Fault, FleetDevice, FleetFile
 from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import raise_fd_limit
 from edgekit.mqtt.client import Backoff, MqttClient
 from edgekit.progress import Progress
 from edgekit.sim.errors import SimulationError, SimulationTimeoutError
-from edgekit.sim.executor import SimulatedExecutor
 from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
+from edgekit.sim.scripted_shell import SimulatedExecutor
 
 if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are the types of its parts
+    from edgekit.fleet.component_registry import PublishedComponent
     from edgekit.fleet.http import FleetHttpServer
-    from edgekit.fleet.mqtt import FleetMqttBridge
-    from edgekit.fleet.registry import PublishedComponent
+    from edgekit.fleet.jobs_api import FleetMqttBridge
     from edgekit.fleet.service import DeploymentSummary, FleetService
     from edgekit.fleet.state import FleetState
     from edgekit.fleet.telemetry import TelemetryIngest
@@ -94,7 +94,7 @@ class SimulatedDevice:
     """One device of a simulation: its fleet entry, folder and network link, and (while it is up) its agent,
     MQTT client and job runner (``None`` while it is killed). ``restarts`` counts :meth:`Simulation.restart_device`."""
 
-    device: Device
+    device: FleetDevice
     root: Path
     link: NetworkLink
     agent: DeviceAgent | None = None
@@ -119,7 +119,7 @@ class SimulatedDevice:
 class Simulation:
     """N simulated devices of a fleet file against a real broker and the local fleet service; see docs/local-fleet.md.
 
-    ``devices`` rescales the fleet (:meth:`edgekit.fleets.Fleet.scaled`); ``mode`` and ``tls`` override the
+    ``devices`` rescales the fleet (:meth:`edgekit.fleet_file.FleetFile.scaled`); ``mode`` and ``tls`` override the
     fleet file. ``tick_s`` is the bridge's rollout / timeout tick. ``agent_options`` go to every
     :class:`~edgekit.device.DeviceAgent` (e.g. ``settle_s``), ``runner_options`` to every ``DeviceMqttRunner``.
     ``progress`` hears what starting up does. Simulated agents don't fsync their state (a simulated crash kills
@@ -128,7 +128,7 @@ class Simulation:
 
     def __init__(
         self,
-        fleet: Fleet,
+        fleet: FleetFile,
         *,
         state_dir: str | Path | None = None,
         devices: int | None = None,

@@ -217,7 +217,12 @@ def _load(folder: Path, qemu: str) -> Sysroot | None:
         return None
     sysroot = _sysroot_at(folder, qemu)
     site = sysroot.site
-    if not (sysroot.python.is_file() and sysroot.runtime_lib.is_file() and (site / "tvm_ffi").is_dir() and (site / "onnxruntime").is_dir()):
+    if not (
+        sysroot.python.is_file()
+        and sysroot.runtime_lib.is_file()
+        and (site / "tvm_ffi").is_dir()
+        and (site / "onnxruntime").is_dir()
+    ):
         log.debug("sysroot %s has a manifest but misses files; rebuilding", folder)
         return None
     return sysroot

@@ -18,7 +18,7 @@ from edgekit.cli import main
 from edgekit.errors import EXIT_CODES, ConfigError, PublishError, ResolutionError
 from edgekit.fleet import FleetState
 from edgekit.fleet.folder import FleetFolder
-from edgekit.fleets import Fleet
+from edgekit.fleet_file import FleetFile
 from edgekit.sim import Simulation, SimulationError
 
 
@@ -103,7 +103,7 @@ def test_simulate_until_done_shows_the_groups(tmp_path: Path, capsys: pytest.Cap
 
 def test_deploy_local_reaches_a_running_simulation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state, build = tmp_path / "state", write_build(tmp_path / "gg")
-    fleet = Fleet.model_validate(json.loads(write_fleet(tmp_path / "fleet.yaml").read_text()))
+    fleet = FleetFile.model_validate(json.loads(write_fleet(tmp_path / "fleet.yaml").read_text()))
 
     async def scenario() -> None:
         async with Simulation(fleet, state_dir=state, tick_s=0.2) as sim:

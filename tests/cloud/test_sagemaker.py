@@ -18,6 +18,7 @@ from helpers import make_mlp
 
 import edgekit
 from edgekit.cli import main
+from edgekit.cloud.model_server import ModelServer, ServeOptions
 from edgekit.cloud.sagemaker import (
     DeployEvent,
     EndpointSpec,
@@ -26,7 +27,6 @@ from edgekit.cloud.sagemaker import (
     invoke_endpoint,
     invoke_endpoint_async,
 )
-from edgekit.cloud.server import ModelServer, ServeOptions
 from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.edge.errors import EdgeError, FallbackError, FallbackUnavailable
 from edgekit.edge.fallback import CircuitBreaker, CloudFallback, SageMakerFallback, make_fallback

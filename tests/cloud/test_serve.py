@@ -27,11 +27,11 @@ from helpers import make_mlp
 from prometheus_client.parser import text_string_to_metric_families
 
 import edgekit
-from edgekit.cloud.server import ModelServer, ServeOptions
+from edgekit.cloud.model_server import ModelServer, ServeOptions
 from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.edge.fallback import CloudFallback
 from edgekit.errors import EXIT_CODES, ServeError
-from edgekit.wire.inference import InferenceRequest
+from edgekit.wire.open_inference import InferenceRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGEKIT = Path(sys.executable).with_name("edgekit")  # the console script: the container's ENTRYPOINT
@@ -410,7 +410,7 @@ def test_container_entry_point_serves_the_opt_ml_model_layout(artifacts: dict[st
 
 
 def test_json_backends_write_the_same_documents(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgekit.cloud import codec
+    from edgekit.cloud import content as codec
 
     loads, dumps, takes_numpy = codec._json_backend()  # orjson: installed with the serve extra
     monkeypatch.setenv("EDGEKIT_SERVE_JSON", "stdlib")

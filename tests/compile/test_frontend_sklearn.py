@@ -216,7 +216,9 @@ def test_default_pipeline_still_compiles_forest(
 ) -> None:
     x, y = digits
     path = dump(forest, tmp_path / "forest.joblib")
-    result = compile_model(path, "x86_64", out_dir, input_shapes={"input": [1, 64]}, trust_pickle=True)  # the bundled default pipeline
+    result = compile_model(
+        path, "x86_64", out_dir, input_shapes={"input": [1, 64]}, trust_pickle=True
+    )  # the bundled default pipeline
     m = result.manifest
     assert m.backend.name == "onnxruntime"
     by_backend = {c.backend: c for c in m.candidates}

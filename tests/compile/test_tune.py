@@ -22,7 +22,7 @@ from edgekit.compiler import CompileResult
 from edgekit.compiler.backends.tvm_tune import RECORDS, parse_tune_options
 from edgekit.compiler.pipeline import Pipeline, load_pipeline
 from edgekit.errors import ConfigError
-from edgekit.runtime.tvm import TvmRunner
+from edgekit.runtime.tvm_runner import TvmRunner
 
 TRIALS = 6
 

@@ -25,7 +25,7 @@ from pydantic import TypeAdapter
 
 import edgekit
 from edgekit.device import DeploymentOutcome, DeviceAgent, InProcessExecutor, StepSpec
-from edgekit.device.state import DeviceState
+from edgekit.device.agent_state import DeviceState
 from edgekit.greengrass.package import package, runtime_component
 from edgekit.greengrass.recipe import load_recipe
 from edgekit.mqtt.payloads import StatusDetails

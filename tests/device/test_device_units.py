@@ -13,7 +13,7 @@ from edgekit.device.configuration import get_pointer, next_configuration
 from edgekit.device.download import permission_modes, safe_unzip
 from edgekit.device.lifecycle import dependency_layers, should_skip
 from edgekit.device.variables import ComponentView, VariableContext, interpolate
-from edgekit.wire.deployment import ConfigurationUpdate
+from edgekit.wire.deployment_parts import ConfigurationUpdate
 
 # --------------------------------------------------------------------------- safe unzip
 

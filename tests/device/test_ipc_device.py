@@ -21,9 +21,9 @@ import pytest
 from device_registry import Registry, job, recipe  # and the registry fixture (a plugin: conftest.py)
 from helpers import eventually, requires
 
-from edgekit.device.mqtt import DeviceMqttRunner, run_device
+from edgekit.device.jobs_runner import DeviceMqttRunner, run_device
 from edgekit.mqtt.broker import MosquittoBroker, free_port
-from edgekit.mqtt.client import Backoff, Message, MqttClient, connect
+from edgekit.mqtt.client import Backoff, MqttClient, MqttMessage, connect
 from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsMaterial
 
 pytestmark = requires("mosquitto")  # skipped without it; CI=true fails instead
@@ -184,7 +184,7 @@ class Device:
         )
         return self.runner
 
-    def _heard(self, message: Message) -> None:
+    def _heard(self, message: MqttMessage) -> None:
         self.received.append((message.topic, json.loads(message.payload)))
 
     def events(self, name: str = PROBE_NAME) -> list[dict[str, Any]]:

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from edgekit.device.ipc import DeviceIpc, InProcessIpc, UnauthorizedError
-from edgekit.device.ipc.codec import FrameDecoder, FramingError, MessageType, encode
+from edgekit.device.ipc.eventstream import FrameDecoder, FramingError, MessageType, encode
 from edgekit.device.ipc.policy import matches
-from edgekit.device.ipc.server import socket_path_for
+from edgekit.device.ipc.socket_server import socket_path_for
 
 COMPONENT = "com.example.Probe"
 POLICIES = {
@@ -242,7 +242,7 @@ def test_a_component_uses_the_sdk_against_the_socket(tmp_path: Path) -> None:
 
 
 def test_a_wrong_or_missing_token_is_refused_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="edgekit.device.ipc.server")
+    caplog.set_level(logging.WARNING, logger="edgekit.device.ipc.socket_server")
 
     async def scenario(ipc: DeviceIpc) -> None:
         good = ipc.environment(COMPONENT)

@@ -42,7 +42,11 @@ def test_sources_parse_and_refuse_what_they_cannot_read(model: Any, tmp_path: Pa
     assert isinstance(rows, FileSource)
     taken = [rows.take(0.0) for _ in range(4)]
     assert [float(r["x"][0, 0]) for r in taken if r is not None] == [0.0, 8.0, 16.0, 0.0]  # one per row, cycled
-    for bad, message in [("synthetic:ood=2", "0 <= ood <= 1"), ("synthetic:size=3", "KEY=VALUE"), ("kafka:x", "is not synthetic")]:
+    for bad, message in [
+        ("synthetic:ood=2", "0 <= ood <= 1"),
+        ("synthetic:size=3", "KEY=VALUE"),
+        ("kafka:x", "is not synthetic"),
+    ]:
         with pytest.raises(EdgeError, match=message):
             parse_source(bad, specs)
     np.save(tmp_path / "wrong.npy", np.zeros((3, 5), np.float32))

@@ -22,14 +22,14 @@ import pytest
 from helpers import QUICK, eventually, make_mlp, requires
 
 import edgekit
-from edgekit.device.mqtt import DeviceMqttRunner, run_device
-from edgekit.device.state import DeviceState
+from edgekit.device.agent_state import DeviceState
+from edgekit.device.jobs_runner import DeviceMqttRunner, run_device
 from edgekit.fleet import FakeClock, FleetHttpServer, FleetService, FleetState, Registry, publish_local
-from edgekit.fleet.mqtt import FleetMqttBridge
+from edgekit.fleet.jobs_api import FleetMqttBridge
 from edgekit.greengrass.package import package, runtime_component
 from edgekit.mqtt import topics
 from edgekit.mqtt.broker import MosquittoBroker
-from edgekit.mqtt.client import NOT_AUTHORIZED, Backoff, Message, MqttClient, connect
+from edgekit.mqtt.client import NOT_AUTHORIZED, Backoff, MqttClient, MqttMessage, connect
 from edgekit.mqtt.payloads import (
     DescribeJobExecutionResponse,
     GetPendingJobExecutionsResponse,
@@ -649,7 +649,8 @@ def test_a_hostile_request_costs_only_its_own_reply(make_fleet: Callable[..., Fl
                 await asyncio.gather(
                     bad.publish(topics.get_pending(attacker), nested), good.publish(topics.get_pending(victim), honest)
                 )
-            async def reply(client: MqttClient, request: str) -> Message:
+
+            async def reply(client: MqttClient, request: str) -> MqttMessage:
                 while True:  # skip the echo of the request itself (the device is subscribed to jobs/#)
                     message = await client.get_message(timeout=5)
                     if message.topic.startswith(request + "/"):

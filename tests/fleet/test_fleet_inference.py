@@ -16,7 +16,7 @@ import edgekit
 from edgekit.edge import Spool
 from edgekit.fleet.telemetry import accounted
 from edgekit.fleet.view import fleet_view
-from edgekit.fleets import Fleet
+from edgekit.fleet_file import FleetFile
 from edgekit.greengrass.package import package
 from edgekit.sim import Simulation
 
@@ -35,8 +35,8 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work / "build"
 
 
-def fleet(n: int) -> Fleet:
-    return Fleet.model_validate(
+def fleet(n: int) -> FleetFile:
+    return FleetFile.model_validate(
         {
             "name": "t",
             "mode": "in_process",
@@ -54,7 +54,10 @@ def deploy(sim: Simulation, group: str, settings: dict[str, str], components: di
         {
             "targetArn": f"thinggroup/{group}",
             "components": {
-                name: {"componentVersion": v, **({"configurationUpdate": {"merge": json.dumps(settings)}} if name == INFERENCE else {})}
+                name: {
+                    "componentVersion": v,
+                    **({"configurationUpdate": {"merge": json.dumps(settings)}} if name == INFERENCE else {}),
+                }
                 for name, v in wanted.items()
             },
         }

@@ -13,7 +13,7 @@ from pathlib import Path
 from helpers import APP, requires, write_build, write_fleet
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgekit.fleets import load_fleet
+from edgekit.fleet_file import load_fleet
 from edgekit.sim import Simulation
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

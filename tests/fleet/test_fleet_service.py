@@ -12,7 +12,7 @@ import pytest
 
 from edgekit.errors import ConfigError, DeploymentError
 from edgekit.fleet import ExecutionEvent, FakeClock, FleetService, FleetState, JobRejected, NotFoundError, publish_local
-from edgekit.fleets import Device
+from edgekit.fleet_file import FleetDevice
 from edgekit.mqtt.payloads import DescribeJobExecutionResponse, decode, encode
 
 AARCH64 = {"os": "linux", "architecture": "aarch64"}
@@ -83,7 +83,7 @@ def test_thing_names_follow_aws_iot_rules(svc: FleetService) -> None:
 
 
 def test_a_thing_may_be_in_several_groups(svc: FleetService) -> None:
-    svc.register_devices([Device(thing="cam-1", profile="rasp4b", groups=("line-1", "cameras"), platform=AARCH64)])
+    svc.register_devices([FleetDevice(thing="cam-1", profile="rasp4b", groups=("line-1", "cameras"), platform=AARCH64)])
     svc.add_to_group("cam-1", "floor-2")
     assert svc.state.groups_of("cam-1") == ["cameras", "floor-2", "line-1"]
     with pytest.raises(NotFoundError, match="register_thing"):

@@ -17,7 +17,7 @@ from edgekit.cli import main
 from edgekit.compiler.pipeline import Pipeline
 from edgekit.errors import EXIT_CODES, DeploymentError
 from edgekit.fleet.folder import FleetFolder
-from edgekit.fleets import Fleet
+from edgekit.fleet_file import FleetFile
 from edgekit.greengrass.package import runtime_component
 from edgekit.sim import Simulation
 
@@ -48,8 +48,8 @@ def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return build, work
 
 
-def _one_device() -> Fleet:
-    return Fleet.model_validate(
+def _one_device() -> FleetFile:
+    return FleetFile.model_validate(
         {
             "name": "one",
             "mode": "in_process",

@@ -18,7 +18,7 @@ import edgekit
 from edgekit.device.executor import StepSpec
 from edgekit.errors import ConfigError
 from edgekit.fleet.folder import FleetFolder
-from edgekit.fleets import Fault, Fleet, load_fleet
+from edgekit.fleet_file import Fault, FleetFile, load_fleet
 from edgekit.greengrass.package import package, runtime_component
 from edgekit.sim import SimulatedExecutor, Simulation
 
@@ -68,12 +68,12 @@ def write_component(
     return build
 
 
-def fleet(n: int, *, mode: str = "in_process", tls: bool = False, faults: list[dict[str, Any]] | None = None) -> Fleet:
+def fleet(n: int, *, mode: str = "in_process", tls: bool = False, faults: list[dict[str, Any]] | None = None) -> FleetFile:
     half = max(1, n // 2)
     devices: list[dict[str, Any]] = [{"prefix": "pi-", "count": half, "profile": "rasp4b", "groups": ["line-1"]}]
     if n - half:
         devices.append({"prefix": "gw-", "count": n - half, "profile": "x86_64", "groups": ["line-1"]})
-    return Fleet.model_validate({"name": "test", "mode": mode, "tls": tls, "devices": devices, "faults": faults or []})
+    return FleetFile.model_validate({"name": "test", "mode": mode, "tls": tls, "devices": devices, "faults": faults or []})
 
 
 def spec(component: str = APP, version: str = "1.0.0", **job: Any) -> dict[str, Any]:
@@ -326,7 +326,7 @@ def test_fleet_files_scale_and_validate_their_faults() -> None:
     assert big.size == 1000 and len(big.expand()) == 1000 and big.run_mode() == "in_process"
     assert "canary-pi-01" in {d.thing for d in big.expand()}
     assert (
-        Fleet.model_validate({"name": "x", "devices": [{"prefix": "d-", "count": 3, "profile": "x86_64"}]}).run_mode()
+        FleetFile.model_validate({"name": "x", "devices": [{"prefix": "d-", "count": 3, "profile": "x86_64"}]}).run_mode()
         == "subprocess"
     )
     with pytest.raises(ConfigError):
@@ -343,7 +343,7 @@ def test_a_fleet_server_runs_without_a_simulation_and_a_real_device_joins_it(tmp
     """The fleet server alone (what a simulation starts before its devices): a device agent of its own connects to
     its broker and HTTP server as a device on a real network would, and the fleet view follows."""
     from edgekit.device.agent import DeviceAgent
-    from edgekit.device.mqtt import DeviceMqttRunner
+    from edgekit.device.jobs_runner import DeviceMqttRunner
     from edgekit.fleet.errors import FleetError
     from edgekit.fleet.fleet_server import FleetServer
     from edgekit.mqtt.client import Backoff, MqttClient

@@ -364,7 +364,8 @@ def test_existing_version_is_refused_before_upload_or_skipped(
     write_model_build(tmp_path)
     gg_stub.add_response("describe_component", described("DEPLOYABLE"), {"arn": arn()})
     with pytest.raises(
-        PublishError, match="already in Greengrass: com.example.Detector 1.0.0; .*--version NEXT_PATCH --aws.*--skip-existing; nothing was uploaded"
+        PublishError,
+        match="already in Greengrass: com.example.Detector 1.0.0; .*--version NEXT_PATCH --aws.*--skip-existing; nothing was uploaded",
     ):
         publish(tmp_path, bucket=BUCKET, region=REGION, session=aws)
     assert keys(aws_env, BUCKET) == set()

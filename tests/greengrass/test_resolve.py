@@ -10,12 +10,12 @@ import pytest
 import edgekit
 from edgekit.compiler.pipeline import Pipeline
 from edgekit.errors import ResolutionError
-from edgekit.fleets import Device, load_fleet
+from edgekit.fleet_file import FleetDevice, load_fleet
 from edgekit.greengrass.package import package
 from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, platform_matches, preflight, resolve_device
 
-PI = Device(thing="pi-1", profile="rasp4b", groups=("line-1", "canary"), platform={"os": "linux", "architecture": "aarch64"})
-GW = Device(thing="gw-1", profile="x86_64", groups=("line-1",), platform={"os": "linux", "architecture": "amd64"})
+PI = FleetDevice(thing="pi-1", profile="rasp4b", groups=("line-1", "canary"), platform={"os": "linux", "architecture": "aarch64"})
+GW = FleetDevice(thing="gw-1", profile="x86_64", groups=("line-1",), platform={"os": "linux", "architecture": "amd64"})
 
 
 def recipe(

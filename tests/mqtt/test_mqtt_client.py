@@ -15,7 +15,7 @@ from helpers import eventually, requires
 from edgekit.errors import ConfigError
 from edgekit.mqtt import topics
 from edgekit.mqtt.broker import MosquittoBroker
-from edgekit.mqtt.client import NO_MATCHING_SUBSCRIBERS, NOT_AUTHORIZED, SUCCESS, Backoff, Message, MqttClient, connect
+from edgekit.mqtt.client import NO_MATCHING_SUBSCRIBERS, NOT_AUTHORIZED, SUCCESS, Backoff, MqttClient, MqttMessage, connect
 from edgekit.mqtt.errors import ConnectError, MqttTimeoutError, NotConnectedError, PayloadError, TopicError
 from edgekit.mqtt.payloads import UpdateJobExecutionRequest, decode
 from edgekit.mqtt.tls import TlsMaterial
@@ -57,7 +57,7 @@ async def test_round_trip_and_puback(plain: MosquittoBroker) -> None:
         assert await sub.subscribe("devices/dev-1/#", qos=1) == 1
         assert await pub.publish("devices/dev-1/cmd", b"hello", qos=1) == SUCCESS
         message = await sub.get_message(timeout=5)
-        assert message == Message("devices/dev-1/cmd", b"hello", 1, False)
+        assert message == MqttMessage("devices/dev-1/cmd", b"hello", 1, False)
         # QoS 1 with nobody listening: PUBACK still comes, reason 16
         assert await pub.publish("devices/nobody/x", "text", qos=1) == NO_MATCHING_SUBSCRIBERS
         assert await pub.publish("devices/dev-1/cmd", b"fire-and-forget", qos=0) == SUCCESS
@@ -73,7 +73,7 @@ async def test_handlers_messages_iterator_and_unsubscribe(plain: MosquittoBroker
     seen: list[str] = []
     done = asyncio.Event()
 
-    async def on_status(message: Message) -> None:
+    async def on_status(message: MqttMessage) -> None:
         seen.append(message.topic)
         done.set()
 
@@ -304,7 +304,7 @@ async def test_disconnect_ends_iterators_and_fails_waiters(plain: MosquittoBroke
     device = await connect(plain.url, "dev-1", clean_start=True)
     await device.subscribe("devices/dev-1/cmd")
 
-    async def drain() -> list[Message]:
+    async def drain() -> list[MqttMessage]:
         return [m async for m in device.messages()]
 
     reader = asyncio.create_task(drain())

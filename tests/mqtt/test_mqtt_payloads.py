@@ -18,8 +18,8 @@ from edgekit.mqtt.payloads import (
     JobExecutionsChanged,
     JobExecutionSummary,
     JobsRejected,
-    Message,
     UpdateJobExecutionRequest,
+    WireMessage,
     decode,
     encode,
 )
@@ -44,7 +44,7 @@ def _document() -> JobDocument:
     )
 
 
-MESSAGES: list[Message] = [
+MESSAGES: list[WireMessage] = [
     _document(),
     JobExecutionsChanged(jobs={"QUEUED": [JobExecutionSummary(job_id="job-1", queued_at=1, version_number=1)]}, timestamp=2),
     DescribeJobExecutionResponse(
@@ -74,7 +74,7 @@ MESSAGES: list[Message] = [
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
-def test_round_trip(message: Message) -> None:
+def test_round_trip(message: WireMessage) -> None:
     wire = encode(message)
     data = json.loads(wire)
     assert data["schemaVersion"] == 1

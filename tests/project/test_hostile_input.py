@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from edgekit.compiler.pipeline import load_pipeline
 from edgekit.errors import ArtifactError, ConfigError, DeploymentError, EdgekitError, RecipeError
-from edgekit.fleets import load_fleet
+from edgekit.fleet_file import load_fleet
 from edgekit.greengrass.deployment import load_spec
 from edgekit.greengrass.lint import check_recipe
 from edgekit.greengrass.recipe import load_recipe, parse_recipe_text
@@ -127,12 +127,12 @@ def test_duplicate_and_case_duplicate_keys_are_errors(text: str, message: str) -
 
 
 PAYLOAD_MODELS = [getattr(payloads, name) for name in payloads.__all__ if isinstance(getattr(payloads, name), type)
-                  and issubclass(getattr(payloads, name), payloads.Message)]  # fmt: skip
+                  and issubclass(getattr(payloads, name), payloads.WireMessage)]  # fmt: skip
 
 
 @FUZZ
 @given(st.sampled_from(PAYLOAD_MODELS), st.binary(max_size=600) | json_values.map(lambda v: json.dumps(v).encode()))
-def test_every_payload_model_takes_any_bytes(model: type[payloads.Message], data: bytes) -> None:
+def test_every_payload_model_takes_any_bytes(model: type[payloads.WireMessage], data: bytes) -> None:
     try:
         payloads.decode(model, data)
     except EdgekitError as exc:

@@ -22,7 +22,7 @@ DEVICE_SIDE = ("edgekit.device", "edgekit.edge", "edgekit.runtime", "edgekit.wir
 FORBIDDEN = (
     "edgekit.fleet",
     "edgekit.sim",
-    "edgekit.fleets",
+    "edgekit.fleet_file",
     "edgekit.mqtt.broker",
     "edgekit.mqtt.tls",
     "edgekit.compiler",
@@ -115,6 +115,7 @@ def test_the_store_imports_nothing_of_the_edge_runtime_but_its_errors() -> None:
 def test_every_third_party_import_is_declared() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared_specs = list(project["dependencies"]) + [d for deps in project["optional-dependencies"].values() for d in deps]
+
     def norm(name: str) -> str:  # PEP 503: prometheus_client, prometheus-client and Prometheus.Client are one name
         return re.sub(r"[-_.]+", "-", name).lower()
 

@@ -17,7 +17,11 @@ from edgekit.errors import VerificationError
 from edgekit.verify.compare import verify_artifact
 
 ORT_ONLY = Pipeline.model_validate(
-    {"name": "ort", "candidates": [{"name": "ort", "backend": "onnxruntime"}], "measure": {"samples": 3, "warmup": 1, "repeat": 3}}
+    {
+        "name": "ort",
+        "candidates": [{"name": "ort", "backend": "onnxruntime"}],
+        "measure": {"samples": 3, "warmup": 1, "repeat": 3},
+    }
 )
 QUICK = Pipeline.model_validate(
     {"name": "quick", "candidates": [{"name": "tvm", "backend": "tvm"}], "measure": {"samples": 3, "warmup": 1, "repeat": 3}}

@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from pydantic import BaseModel, ValidationError
 
-from edgekit.cloud.codec import HttpError, decode_v2, encode_v2
+from edgekit.cloud.content import HttpError, decode_v2, encode_v2
 from edgekit.edge.errors import FallbackError
 from edgekit.edge.fallback import decode_outputs, encode_inputs
 from edgekit.fleet.jobs import job_document
 from edgekit.greengrass.deployment import DeploymentSpec, to_request
 from edgekit.manifest import TensorSpec
 from edgekit.mqtt.payloads import JobDocument, decode, encode
-from edgekit.wire.deployment import (
+from edgekit.wire.deployment_parts import (
     DEFAULT_COMPONENT_UPDATE_TIMEOUT_S,
     DEFAULT_CONFIGURATION_VALIDATION_TIMEOUT_S,
     ComponentUpdatePolicy,
@@ -38,7 +38,7 @@ from edgekit.wire.deployment import (
     RunWith,
     SystemResourceLimits,
 )
-from edgekit.wire.inference import (
+from edgekit.wire.open_inference import (
     DATATYPES,
     NUMPY_DTYPES,
     ErrorResponse,

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from edgekit.fleet.state import FleetState
 from edgekit.fleet.telemetry import TelemetryIngest
 from edgekit.fleet.view import fleet_view
-from edgekit.mqtt.client import Message
+from edgekit.mqtt.client import MqttMessage
 from edgekit.wire.summary import (
     MAX_COUNT,
     MAX_TOTAL,
@@ -184,7 +184,7 @@ def test_the_ingest_refuses_a_bad_summary_alone(tmp_path: Path) -> None:
     ingest = TelemetryIngest(state, cast(Any, None))
     second = json.loads(json.dumps(GOOD)) | {"window": 2}
     for payload in (json.dumps(GOOD).encode(), _with("count", 2**70), _with("classes", [1]), json.dumps(second).encode()):
-        ingest._on_message(Message(topic="devices/pi-01/inference", payload=payload, qos=1, retain=False))
+        ingest._on_message(MqttMessage(topic="devices/pi-01/inference", payload=payload, qos=1, retain=False))
     assert ingest.flush() == 2
     assert ingest.stats.malformed == 2 and ingest.stats.windows == 2
     (device,) = [d.telemetry for d in fleet_view(state).devices if d.thing == "pi-01"]

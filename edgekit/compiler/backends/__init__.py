@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgekit.compiler.backends.base import Backend, BackendOptions, Built, UnsupportedOp
+from edgekit.compiler.backends.backend import Backend, BackendOptions, Built, UnsupportedOp
 from edgekit.errors import ConfigError
 
 __all__ = ["BACKENDS", "Backend", "BackendOptions", "Built", "UnsupportedOp", "get_backend"]

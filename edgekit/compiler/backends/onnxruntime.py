@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from edgekit.compiler.backends.base import Backend, BackendOptions, Built, UnsupportedOp
-from edgekit.compiler.frontends.base import SourceModel
+from edgekit.compiler.backends.backend import Backend, BackendOptions, Built, UnsupportedOp
+from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.deps import package_version
 from edgekit.errors import CompilationError
 from edgekit.profiles import DeviceProfile

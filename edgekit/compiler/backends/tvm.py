@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
-from edgekit.compiler.backends.base import Backend, BackendOptions, Built, UnsupportedOp
+from edgekit.compiler.backends.backend import Backend, BackendOptions, Built, UnsupportedOp
 from edgekit.compiler.backends.tvm_tune import (
     RECORDS,
     TuneOptions,
@@ -30,7 +30,7 @@ from edgekit.compiler.backends.tvm_tune import (
     trials_shorthand,
     tune_and_apply,
 )
-from edgekit.compiler.frontends.base import SourceModel
+from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.deps import package_version, require
 from edgekit.digests import file_sha256
 from edgekit.errors import (

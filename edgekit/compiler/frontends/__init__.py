@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.compiler.frontends.base import SourceModel, parse_input_shapes, source_format
+from edgekit.compiler.frontends.frontend import SourceModel, parse_input_shapes, source_format
 from edgekit.errors import ModelLoadError
 
 __all__ = ["SourceModel", "load_source", "parse_input_shapes", "source_format"]

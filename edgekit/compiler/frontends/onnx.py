@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from edgekit.compiler.frontends.base import SourceModel, fix_input_shapes
+from edgekit.compiler.frontends.frontend import SourceModel, fix_input_shapes
 from edgekit.deps import package_version
 from edgekit.digests import file_sha256
 from edgekit.errors import ModelLoadError

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.compiler.frontends.base import SourceModel
+from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.compiler.frontends.onnx import finish_onnx
 from edgekit.deps import require
 from edgekit.digests import file_sha256
@@ -57,9 +57,7 @@ def _load_skops(path: Path, trust_pickle: bool) -> Any:
         raise ModelLoadError(f"'{path}' is not a readable .skops model ({type(exc).__name__}: {last_line(exc)})") from None
 
 
-def load_sklearn(
-    path: Path, workdir: Path, input_shapes: dict[str, list[int]] | None, trust_pickle: bool = False
-) -> SourceModel:
+def load_sklearn(path: Path, workdir: Path, input_shapes: dict[str, list[int]] | None, trust_pickle: bool = False) -> SourceModel:
     estimator = _load(path, trust_pickle)
     skl2onnx = require("skl2onnx", "converting a scikit-learn model")
     sklearn = require("sklearn", "converting a scikit-learn model")

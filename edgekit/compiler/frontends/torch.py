@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgekit.compiler.frontends.base import SourceModel
+from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.compiler.frontends.onnx import finish_onnx
 from edgekit.deps import require
 from edgekit.digests import file_sha256

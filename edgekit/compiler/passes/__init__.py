@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgekit.compiler.frontends.base import SourceModel
+from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.compiler.passes.step import GraphPass, PassContext, PassNotes, PassStep
 from edgekit.digests import file_sha256
 from edgekit.errors import ConfigError, did_you_mean, first_problem, reject_unknown_keys

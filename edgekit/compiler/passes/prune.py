@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgekit.compiler.frontends.base import SourceModel
+from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.compiler.model_stats import model_stats
 from edgekit.compiler.passes.channels import prune_model
 from edgekit.compiler.passes.step import GraphPass, PassContext, PassNotes

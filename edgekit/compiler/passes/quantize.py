@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgekit.compiler.frontends.base import SourceModel
+from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.compiler.passes.step import Feed, GraphPass, PassContext, PassNotes
 from edgekit.compiler.synthetic import synthesize
 from edgekit.errors import (

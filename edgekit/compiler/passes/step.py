@@ -14,8 +14,8 @@ import onnx
 from pydantic import BaseModel
 
 from edgekit.compiler.evaluation import Score, Truth, budget_problems
-from edgekit.compiler.frontends.base import SourceModel
-from edgekit.compiler.measure import agreement
+from edgekit.compiler.frontends.frontend import SourceModel
+from edgekit.compiler.measurement import agreement
 from edgekit.compiler.pipeline import AccuracyBudget
 from edgekit.progress import Progress
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from edgekit.compiler.measure import agreement, host_description, interleaved_latency
+from edgekit.compiler.measurement import agreement, host_description, interleaved_latency
 from edgekit.compiler.phases.build import Build
 from edgekit.compiler.phases.check import PlannedCandidate
 from edgekit.compiler.phases.outcomes import Outcomes

@@ -6,7 +6,7 @@ the component gets its response, and leaves the spool only once the broker ackno
 an offline period, an agent restart and a power cut, in order; the price is at-least-once delivery. The nucleus
 keeps its spool in memory (2.5 MB, lost on restart) and nucleus lite has none.
 
-The MQTT client is attached by whoever owns the connection (:class:`edgekit.device.mqtt.DeviceMqttRunner`);
+The MQTT client is attached by whoever owns the connection (:class:`edgekit.device.jobs_runner.DeviceMqttRunner`);
 until then publishes only accumulate, and subscriptions fail with ``ServiceError``. One MQTT subscription per
 filter is shared by every IPC subscriber of it.
 """
@@ -24,7 +24,7 @@ from edgekit.edge.store.spool import Spool
 
 if TYPE_CHECKING:
     from edgekit.edge.store.publisher import SpoolPublisher
-    from edgekit.mqtt.client import Message, MqttClient
+    from edgekit.mqtt.client import MqttClient, MqttMessage
 
 __all__ = ["IotCoreLink"]
 
@@ -37,7 +37,9 @@ Deliver = Callable[[str, bytes, bool], None]
 class IotCoreLink:
     """The agent's uplink: a spool, a sender task while a client is attached, and shared subscriptions."""
 
-    def __init__(self, spool_path: str | Path, *, max_items: int = 100_000, interval_s: float = 1.0, durable: bool = True) -> None:
+    def __init__(
+        self, spool_path: str | Path, *, max_items: int = 100_000, interval_s: float = 1.0, durable: bool = True
+    ) -> None:
         self.spool_path = Path(spool_path)
         self.max_items = max_items
         self.durable = durable
@@ -172,8 +174,8 @@ class IotCoreLink:
 
         return remove
 
-    def _dispatch_for(self, topic_filter: str) -> Callable[[Message], None]:
-        def dispatch(message: Message) -> None:
+    def _dispatch_for(self, topic_filter: str) -> Callable[[MqttMessage], None]:
+        def dispatch(message: MqttMessage) -> None:
             for deliver in list(self._subs.get(topic_filter, [])):
                 deliver(message.topic, message.payload, message.retain)
 

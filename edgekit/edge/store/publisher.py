@@ -66,7 +66,9 @@ class SpoolPublisher:
             stop = False
             for item, result in zip(items, results, strict=True):
                 if isinstance(result, (PayloadError, TopicError)):
-                    log.error("spooled message %d for '%s' can never be sent (%s); removed and counted", item.seq, item.topic, result)
+                    log.error(
+                        "spooled message %d for '%s' can never be sent (%s); removed and counted", item.seq, item.topic, result
+                    )
                     rejected += 1
                     done.append(item.seq)
                     continue

@@ -22,7 +22,7 @@ from edgekit.clock import Clock, SystemClock
 from edgekit.errors import PublishError
 from edgekit.fleet.errors import ComponentConflictError, NotFoundError
 from edgekit.fleet.state import ArtifactRecord, FleetState
-from edgekit.greengrass.build import (
+from edgekit.greengrass.build_folder import (
     BUCKET_PLACEHOLDER,
     NAME_PLACEHOLDER,
     VERSION_PLACEHOLDER,

@@ -20,10 +20,10 @@ from edgekit.mqtt.payloads import LifecycleState
 from edgekit.parsing import ParseError, loads_json
 
 __all__ = [
-    "ComponentRecord",
     "DeviceLayout",
     "DeviceState",
     "InProgress",
+    "InstalledComponent",
     "StateStore",
     "TargetRecord",
 ]
@@ -61,7 +61,7 @@ class DeviceLayout:
         return self.logs_dir / f"{name}.log"
 
 
-class ComponentRecord(BaseModel):
+class InstalledComponent(BaseModel):
     """One installed component: what it is, how it is configured, where its lifecycle stands."""
 
     model_config = ConfigDict(extra="forbid")
@@ -103,7 +103,7 @@ class InProgress(BaseModel):
     model_config = ConfigDict(extra="forbid")
     job: dict[str, Any]  # the JobDocument as JSON (camelCase)
     phase: Literal["prepare", "apply", "rollback"] = "prepare"
-    previous_components: dict[str, ComponentRecord] = Field(default_factory=dict)
+    previous_components: dict[str, InstalledComponent] = Field(default_factory=dict)
     previous_targets: dict[str, TargetRecord] = Field(default_factory=dict)
 
 
@@ -113,7 +113,7 @@ class DeviceState(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: Literal[1] = STATE_SCHEMA_VERSION
     thing: str
-    components: dict[str, ComponentRecord] = Field(default_factory=dict)
+    components: dict[str, InstalledComponent] = Field(default_factory=dict)
     targets: dict[str, TargetRecord] = Field(default_factory=dict)
     in_progress: InProgress | None = None
     last_deployment: DeploymentOutcome | None = None

@@ -37,17 +37,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgekit.device.ipc.codec import (
+from edgekit.device.ipc.errors import InvalidArgumentsError, IpcError, IpcServerError, ServiceError
+from edgekit.device.ipc.eventstream import (
     CONNECTION_ACCEPTED,
     MAX_MESSAGE_BYTES,
     TERMINATE_STREAM,
+    EventStreamMessage,
     FrameDecoder,
     FramingError,
-    Message,
     MessageType,
     encode,
 )
-from edgekit.device.ipc.errors import InvalidArgumentsError, IpcError, IpcServerError, ServiceError
 from edgekit.device.ipc.handler import STREAMING, Cleanup, IpcHandler
 
 __all__ = ["IpcServer", "socket_path_for"]
@@ -177,7 +177,7 @@ class _Connection:
                 while await self.reader.read(65536):
                     pass
 
-    def handle(self, message: Message) -> bool:
+    def handle(self, message: EventStreamMessage) -> bool:
         """Act on one message; False closes the connection."""
         kind = message.type
         if self.component is None:
@@ -214,7 +214,7 @@ class _Connection:
         self.spawn(self.run(stream, operation, message.payload))
         return True
 
-    def connect(self, message: Message) -> bool:
+    def connect(self, message: EventStreamMessage) -> bool:
         pid = _peer_pid(self.writer)
         if message.type != MessageType.CONNECT or message.stream_id != 0:
             self.protocol_error("the first message must be CONNECT on stream 0")

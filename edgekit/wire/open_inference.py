@@ -5,7 +5,7 @@ The models follow MLServer's ``mlserver/types/dataplane.py`` (the protocol's own
 :class:`InferenceRequest` of :class:`RequestInput` tensors, :class:`InferenceResponse` of :class:`ResponseOutput`
 tensors, and the metadata and health bodies. :data:`DATATYPES` is the one table between numpy dtypes and the
 protocol's datatypes. The device's client (:class:`edgekit.edge.fallback.CloudFallback`) builds and reads these
-models; the server (:mod:`edgekit.cloud.codec`) validates requests with :meth:`InferenceRequest.model_validate` on
+models; the server (:mod:`edgekit.cloud.content`) validates requests with :meth:`InferenceRequest.model_validate` on
 the already-parsed body and writes responses of this shape straight from numpy (no per-request model: orjson
 writes the arrays itself), which tests/wire/test_wire.py checks against :class:`InferenceResponse`.
 

@@ -16,7 +16,7 @@ from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
 from edgekit.profiles import load_profile
 from edgekit.resources import bundled_dir
 
-__all__ = ["FAULT_KINDS", "IN_PROCESS_ABOVE", "Device", "DeviceEntry", "Fault", "Fleet", "load_fleet"]
+__all__ = ["FAULT_KINDS", "IN_PROCESS_ABOVE", "DeviceEntry", "Fault", "FleetDevice", "FleetFile", "load_fleet"]
 
 IN_PROCESS_ABOVE = 50
 """A fleet file without ``mode`` runs in_process when it has more devices than this, else subprocess."""
@@ -42,7 +42,7 @@ class DeviceEntry(BaseModel):
         return self
 
 
-class Device(BaseModel):
+class FleetDevice(BaseModel):
     """A device as a deployment sees it: its thing name, groups and Greengrass platform."""
 
     model_config = ConfigDict(frozen=True)
@@ -86,7 +86,7 @@ class Fault(BaseModel):
         return self
 
 
-class Fleet(BaseModel):
+class FleetFile(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     schema_version: Literal[1] = Field(1, alias="schemaVersion")
     name: str
@@ -106,7 +106,7 @@ class Fleet(BaseModel):
             return self.mode
         return "in_process" if self.size > IN_PROCESS_ABOVE else "subprocess"
 
-    def scaled(self, devices: int) -> Fleet:
+    def scaled(self, devices: int) -> FleetFile:
         """This fleet with ``devices`` devices: named devices kept, the ``prefix`` entries' counts scaled to fill the rest."""
         named = sum(1 for e in self.devices if e.name is not None)
         counted = [e for e in self.devices if e.prefix is not None]
@@ -127,14 +127,14 @@ class Fleet(BaseModel):
         entries = [e if e.prefix is None else e.model_copy(update={"count": next(scaled)}) for e in self.devices]
         return self.model_copy(update={"devices": entries})
 
-    def expand(self) -> list[Device]:
-        out: list[Device] = []
+    def expand(self) -> list[FleetDevice]:
+        out: list[FleetDevice] = []
         for entry in self.devices:
             profile = load_profile(entry.profile)
             platform = {"os": profile.greengrass.os, "architecture": profile.greengrass.architecture}
             width = len(str(entry.count))
             names = [entry.name] if entry.name else [f"{entry.prefix}{i:0{max(2, width)}d}" for i in range(1, entry.count + 1)]
-            out += [Device(thing=n, profile=profile.name, groups=tuple(entry.groups), platform=platform) for n in names if n]
+            out += [FleetDevice(thing=n, profile=profile.name, groups=tuple(entry.groups), platform=platform) for n in names if n]
         seen: set[str] = set()
         for d in out:
             if d.thing in seen:
@@ -143,13 +143,13 @@ class Fleet(BaseModel):
         return out
 
 
-def load_fleet(name_or_path: str | Path) -> Fleet:
+def load_fleet(name_or_path: str | Path) -> FleetFile:
     text = str(name_or_path)
     path = Path(text) if text.endswith((".yaml", ".yml")) else bundled_dir("devices") / "fleets" / f"{text}.yaml"
     if not path.is_file():
         raise ConfigError(f"fleet file '{path}' does not exist")
     try:
-        return Fleet.model_validate(loads_yaml(path.read_bytes(), max_bytes=MAX_FILE_BYTES))
+        return FleetFile.model_validate(loads_yaml(path.read_bytes(), max_bytes=MAX_FILE_BYTES))
     except ParseError as exc:
         raise ConfigError(f"{path}: the fleet file {exc}") from None
     except ValidationError as exc:

@@ -2,7 +2,7 @@
 
 :class:`DeviceIpc` is what :class:`edgekit.device.DeviceAgent` holds (``agent.ipc``). The agent asks it for
 each component's environment (:meth:`DeviceIpc.environment`, the variables the nucleus sets), tells it about
-configuration changes and component updates, and a :class:`~edgekit.device.mqtt.DeviceMqttRunner` attaches
+configuration changes and component updates, and a :class:`~edgekit.device.jobs_runner.DeviceMqttRunner` attaches
 the device's MQTT client to its uplink (:meth:`DeviceIpc.attach`). See ``docs/ipc.md``.
 """
 
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgekit.device.ipc.handler import ComponentHost, IpcHandler
 from edgekit.device.ipc.iotcore import IotCoreLink
-from edgekit.device.ipc.server import IpcServer, socket_path_for
+from edgekit.device.ipc.socket_server import IpcServer, socket_path_for
 
 if TYPE_CHECKING:
     from edgekit.mqtt.client import MqttClient

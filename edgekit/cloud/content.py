@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from edgekit.manifest import TensorSpec
-from edgekit.wire.inference import DATATYPES, NUMPY_DTYPES, InferenceRequest
+from edgekit.wire.open_inference import DATATYPES, NUMPY_DTYPES, InferenceRequest
 
 __all__ = [
     "JSON",
@@ -193,7 +193,7 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], accept: str) -> tuple[byte
 
 
 def decode_v2(body: bytes, specs: Sequence[TensorSpec] | None) -> dict[str, np.ndarray]:
-    """Inputs from an :class:`~edgekit.wire.inference.InferenceRequest` (``{"inputs": [{"name", "shape", "datatype",
+    """Inputs from an :class:`~edgekit.wire.open_inference.InferenceRequest` (``{"inputs": [{"name", "shape", "datatype",
     "data"}]}``), validated on the parsed body (a few µs: ``data`` is left to numpy)."""
     doc = _load_json(body)
     tensors = doc.get("inputs") if isinstance(doc, dict) else None
@@ -249,7 +249,7 @@ def _v2_problem(tensors: list[Any], exc: ValidationError) -> str:
 
 
 def encode_v2(model: str, outputs: Mapping[str, np.ndarray]) -> bytes:
-    """An :class:`~edgekit.wire.inference.InferenceResponse`, written straight from the arrays (orjson writes numpy
+    """An :class:`~edgekit.wire.open_inference.InferenceResponse`, written straight from the arrays (orjson writes numpy
     itself: building the model would cost more than the rest of the request)."""
     tensors = []
     for name, out in outputs.items():

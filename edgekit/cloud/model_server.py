@@ -103,9 +103,9 @@ class ModelServer:
         require("uvicorn", "edgekit serve")
         require("prometheus_client", "edgekit serve")
         from edgekit.cloud.app import ServeApp
-        from edgekit.cloud.metrics import ServeMetrics
-        from edgekit.cloud.registry import ModelRegistry, Source
+        from edgekit.cloud.model_registry import ModelRegistry, ModelSource
         from edgekit.cloud.servable import Servable, load_artifact, load_pipeline
+        from edgekit.cloud.serve_metrics import ServeMetrics
 
         self.options = opts = options or ServeOptions()
         pipelines = dict(pipelines or {})
@@ -114,7 +114,7 @@ class ModelServer:
             given = _model_folder()
         threads = opts.threads
 
-        def loader(name: str, source: Source) -> Servable:
+        def loader(name: str, source: ModelSource) -> Servable:
             if source.steps:
                 return load_pipeline(name, source.steps, threads=threads)
             return load_artifact(name, source.url, threads=threads)
@@ -145,7 +145,7 @@ class ModelServer:
             raise
         for name, servable in loaded:
             steps = tuple(pipelines.get(name, ())) if servable.platform == "pipeline" else ()
-            self.registry.sources[name] = Source(servable.url, steps)
+            self.registry.sources[name] = ModelSource(servable.url, steps)
         if opts.model_repository is not None:
             self._scan_repository(opts.model_repository)
         self.registry.preload(loaded)
@@ -166,14 +166,14 @@ class ModelServer:
         self._thread: threading.Thread | None = None
 
     def _scan_repository(self, root: Path) -> None:
-        from edgekit.cloud.registry import Source
+        from edgekit.cloud.model_registry import ModelSource
 
         if not root.is_dir():
             raise ServeError(f"--model-repository {root} is not a folder")
         for entry in sorted(root.iterdir()):
             name = entry.name.removesuffix(".tar.gz").removesuffix(".tgz")
             if name not in self.registry.sources and (entry.is_dir() or entry.name.endswith((".tar.gz", ".tgz"))):
-                self.registry.sources[name] = Source(str(entry))
+                self.registry.sources[name] = ModelSource(str(entry))
 
     def _ready(self) -> None:
         log.info("serving %s on %s", ", ".join(self.registry.sources) or "no models yet", self.url)

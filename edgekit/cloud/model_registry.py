@@ -24,18 +24,18 @@ from pathlib import Path
 
 import anyio.to_thread
 
-from edgekit.cloud.codec import HttpError
+from edgekit.cloud.content import HttpError
 from edgekit.cloud.servable import Servable, artifact_dir, estimate_bytes
 from edgekit.errors import EdgekitError
 from edgekit.manifest import read_manifest
 
-__all__ = ["ModelRegistry", "Source"]
+__all__ = ["ModelRegistry", "ModelSource"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Source:
+class ModelSource:
     """Where a known model comes from: an artifact (folder or .tar.gz) or a pipeline's steps."""
 
     url: str
@@ -58,7 +58,7 @@ class Source:
         return total
 
 
-Loader = Callable[[str, Source], Servable]
+Loader = Callable[[str, ModelSource], Servable]
 Listener = Callable[[str, str], None]  # (event, model): load | evict | unload
 
 
@@ -66,7 +66,7 @@ class ModelRegistry:
     def __init__(self, loader: Loader, budget_bytes: int | None = None, on_change: Listener | None = None) -> None:
         self._loader = loader
         self.budget_bytes = budget_bytes
-        self.sources: dict[str, Source] = {}
+        self.sources: dict[str, ModelSource] = {}
         self.loaded: OrderedDict[str, Servable] = OrderedDict()
         self._loading: dict[str, asyncio.Future[Servable]] = {}
         self.on_change = on_change or (lambda _event, _model: None)
@@ -110,7 +110,7 @@ class ModelRegistry:
             raise HttpError(409, f"model '{name}' is already loaded (from {self._url(name)}); unload it first")
         if not Path(url).exists():
             raise HttpError(404, f"model '{name}': url '{url}' does not exist on this host")
-        source = Source(url)
+        source = ModelSource(url)
         servable = await self._load(name, source, evict=False)
         self.sources[name] = source
         return servable
@@ -158,7 +158,7 @@ class ModelRegistry:
             log.info("evicted %s (least recently used) to load %s", victim, name)
             self.on_change("evict", victim)
 
-    async def _load(self, name: str, source: Source, evict: bool) -> Servable:
+    async def _load(self, name: str, source: ModelSource, evict: bool) -> Servable:
         pending = self._loading.get(name)
         if pending is not None:
             return await asyncio.shield(pending)

@@ -18,7 +18,7 @@ import numpy as np
 from edgekit.deps import require
 from edgekit.errors import ArtifactError, MissingDependencyError
 from edgekit.manifest import TensorSpec
-from edgekit.runtime.base import Runner
+from edgekit.runtime.backend_runner import Runner
 
 __all__ = ["TvmRunner", "find_runtime_library"]
 

@@ -23,7 +23,7 @@ from edgekit.fleet.errors import JobRejected
 from edgekit.fleet.jobs import TERMINAL_STATUSES
 from edgekit.fleet.service import ExecutionEvent, FleetService, Notification
 from edgekit.mqtt import topics
-from edgekit.mqtt.client import Message, MqttClient
+from edgekit.mqtt.client import MqttClient, MqttMessage
 from edgekit.mqtt.errors import BrokerError, PayloadError
 from edgekit.mqtt.payloads import (
     MAX_PAYLOAD_BYTES,
@@ -40,9 +40,9 @@ from edgekit.mqtt.payloads import (
     RejectedCode,
     UpdateJobExecutionRequest,
     UpdateJobExecutionResponse,
+    WireMessage,
     decode,
 )
-from edgekit.mqtt.payloads import Message as WireMessage
 from edgekit.parsing import ParseError, loads_json
 
 __all__ = ["BridgeStats", "FleetMqttBridge"]
@@ -257,7 +257,7 @@ class FleetMqttBridge:
 
     # ------------------------------------------------------------------ receiving
 
-    def _on_request(self, message: Message) -> None:
+    def _on_request(self, message: MqttMessage) -> None:
         """A Jobs request arrived (event loop): queue it for the next batch, or refuse it now."""
         if not self._running:
             return
@@ -274,7 +274,7 @@ class FleetMqttBridge:
         self._queued[parsed.thing] += 1
         self._queue.put_nowait(_Request(message.topic, parsed.thing, parsed.kind, parsed.job_id, message.payload))
 
-    def _on_status(self, message: Message) -> None:
+    def _on_status(self, message: MqttMessage) -> None:
         if not self._running:
             return
         parsed = topics.parse(message.topic)

@@ -30,10 +30,10 @@ __all__ = [
     "MAX_HEADERS_BYTES",
     "MAX_MESSAGE_BYTES",
     "TERMINATE_STREAM",
+    "EventStreamMessage",
     "FrameDecoder",
     "FramingError",
     "HeaderType",
-    "Message",
     "MessageType",
     "encode",
 ]
@@ -76,7 +76,7 @@ class MessageType(IntEnum):
 
 
 @dataclass
-class Message:
+class EventStreamMessage:
     """One decoded (or to-be-encoded) RPC message: its headers, payload and the three RPC headers."""
 
     headers: dict[str, Any] = field(default_factory=dict)
@@ -212,15 +212,15 @@ class FrameDecoder:
         """Bytes received that are not a whole message yet."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes) -> list[EventStreamMessage]:
         return list(self.iter_feed(data))
 
-    def iter_feed(self, data: bytes) -> Iterator[Message]:
+    def iter_feed(self, data: bytes) -> Iterator[EventStreamMessage]:
         """Like :meth:`feed`, yielding each message as soon as it is whole (a later bad frame raises after them)."""
         self._buf += data
         yield from self._drain()
 
-    def _drain(self) -> Iterator[Message]:
+    def _drain(self) -> Iterator[EventStreamMessage]:
         while len(self._buf) >= _PRELUDE:
             total, head_len, crc = struct.unpack_from(">III", self._buf, 0)
             if zlib.crc32(bytes(self._buf[:8])) != crc:
@@ -237,4 +237,4 @@ class FrameDecoder:
             if zlib.crc32(frame[: total - 4]) != message_crc:
                 raise FramingError("message CRC mismatch")
             headers = _decode_headers(frame[_PRELUDE : _PRELUDE + head_len])
-            yield Message(headers, bytes(frame[_PRELUDE + head_len : total - 4]))
+            yield EventStreamMessage(headers, bytes(frame[_PRELUDE + head_len : total - 4]))

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgekit.errors import ArtifactError
 from edgekit.manifest import TensorSpec
-from edgekit.runtime.base import Runner
+from edgekit.runtime.backend_runner import Runner
 
 __all__ = ["OrtRunner"]
 

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal
 from edgekit.device.agent import DeviceAgent
 from edgekit.device.outcome import DeploymentOutcome
 from edgekit.mqtt import topics
-from edgekit.mqtt.client import Message, MqttClient, TlsPaths
+from edgekit.mqtt.client import MqttClient, MqttMessage, TlsPaths
 from edgekit.mqtt.errors import BrokerError, PayloadError
 from edgekit.mqtt.names import JOB_ID
 from edgekit.mqtt.payloads import (
@@ -37,9 +37,9 @@ from edgekit.mqtt.payloads import (
     JobsRejected,
     UpdateJobExecutionRequest,
     UpdateJobExecutionResponse,
+    WireMessage,
     decode,
 )
-from edgekit.mqtt.payloads import Message as WireMessage
 
 __all__ = ["DeviceMqttRunner", "JobRun", "RequestFailed", "run_device"]
 
@@ -258,7 +258,7 @@ class DeviceMqttRunner:
         self._wake.set()
         self._publish_status("NUCLEUS_LAUNCH" if self._connects == 1 else "RECONNECT")
 
-    def _on_notify(self, message: Message) -> None:
+    def _on_notify(self, message: MqttMessage) -> None:
         if not self._running:
             return
         try:
@@ -270,7 +270,7 @@ class DeviceMqttRunner:
         if any(changed.jobs.get(status) for status in ("QUEUED", "IN_PROGRESS")):
             self._wake.set()
 
-    def _on_reply(self, message: Message) -> None:
+    def _on_reply(self, message: MqttMessage) -> None:
         parsed = topics.parse(message.topic)
         if parsed is None or parsed.reply is None:
             return
