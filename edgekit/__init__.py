@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from edgekit._version import __version__
 from edgekit.api import (
+    add_device,
     advise,
     cancel_deployment,
     compile,
@@ -32,6 +33,7 @@ from edgekit.api import (
     run_agent,
     run_demo,
     serve,
+    serve_fleet,
     simulate,
     targets,
     verify_artifact,
@@ -42,6 +44,7 @@ from edgekit.errors import EdgekitError
 __all__ = [
     "EdgekitError",
     "__version__",
+    "add_device",
     "advise",
     "cancel_deployment",
     "compile",
@@ -64,6 +67,7 @@ __all__ = [
     "run_agent",
     "run_demo",
     "serve",
+    "serve_fleet",
     "simulate",
     "targets",
     "verify_artifact",

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from edgekit.compiler import CompileResult
     from edgekit.demo.flow import DemoReport
     from edgekit.fleet.deploy import LocalDeployment
+    from edgekit.fleet.foreground import ServedFleet
     from edgekit.fleet.logs import LogLine
+    from edgekit.fleet.provision import AddedDevice
     from edgekit.fleet.status import FleetStatus
     from edgekit.greengrass.build_folder import PublishResult
     from edgekit.greengrass.deployment import DeploymentListing, DeploymentResult, DeploymentSpec
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from edgekit.verify.compare import VerifyReport
 
 __all__ = [
+    "add_device",
     "advise",
     "cancel_deployment",
     "compile",
@@ -57,6 +60,7 @@ __all__ = [
     "run_agent",
     "run_demo",
     "serve",
+    "serve_fleet",
     "simulate",
     "targets",
     "verify_artifact",
@@ -501,6 +505,61 @@ def simulate(
                 loop.remove_signal_handler(signal.SIGTERM)
 
     return asyncio.run(main())
+
+
+def serve_fleet(
+    *,
+    state_dir: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    http_port: int | None = None,
+    public_host: str | None = None,
+    tick_s: float = 1.0,
+    progress: Progress | None = None,
+    ready: Callable[[ServedFleet], None] | None = None,
+) -> None:
+    """Serve the local fleet in ``state_dir`` for real devices until SIGTERM or SIGINT: mosquitto (mTLS, a
+    certificate per device), the fleet service, the registry and the page, with no simulated device.
+
+    ``host``: where it listens (loopback by default: say what else you want reachable); ``public_host``: the
+    address devices use (default ``host``). ``port`` / ``http_port``: ``None`` keeps the last run's (else 8883 and
+    8080: device bundles name them), 0 picks free ones. ``ready`` hears the addresses once it is up. Devices join with
+    :func:`add_device` and ``edgekit agent``; deploy with ``deploy(..., local=True)``.
+    """
+    from edgekit.fleet.folder import FleetFolder
+    from edgekit.fleet.foreground import serve_fleet as _serve
+
+    _serve(
+        FleetFolder.at(state_dir), host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick_s,
+        progress=progress, ready=ready,
+    )  # fmt: skip
+
+
+def add_device(
+    thing: str,
+    *,
+    groups: Sequence[str] = (),
+    platform: str,
+    state_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    root: str = "work",
+    create_groups: bool = False,
+    force: bool = False,
+) -> AddedDevice:
+    """Add a real device to the local fleet in ``state_dir``: register ``thing`` in ``groups`` with ``platform`` (a
+    device profile, or ``OS/ARCHITECTURE``) and write its device bundle to ``out`` (default
+    ``<state_dir>/bundles/<thing>``): its certificate signed by the fleet's CA, its key, the CA certificate and a
+    ``config.yaml`` for ``edgekit agent --config``. Needs one ``serve_fleet`` on the folder first (its CA, its
+    addresses); works while it runs. Unknown groups need ``create_groups``; an existing thing or a non-empty ``out``
+    needs ``force``.
+    """
+    from edgekit.fleet.folder import FleetFolder
+    from edgekit.fleet.provision import add_device as _add
+
+    return _add(
+        FleetFolder.at(state_dir), thing, groups=tuple(groups), platform=platform, out=out, root=root,
+        create_groups=create_groups, force=force,
+    )  # fmt: skip
 
 
 def run_agent(

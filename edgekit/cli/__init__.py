@@ -46,7 +46,17 @@ app = typer.Typer(
 
 # Project-file setting -> the (command path, parameter) it fills; see edgekit.project and docs/cli.md.
 _AWS = ("publish", "deploy", "deployment list", "deployment cancel")
-_LOCAL = ("publish", "deploy", "simulate", "fleet status", "fleet logs", "deployment list", "deployment cancel")
+_LOCAL = (
+    "publish",
+    "deploy",
+    "simulate",
+    "fleet status",
+    "fleet logs",
+    "fleet serve",
+    "fleet add-device",
+    "deployment list",
+    "deployment cancel",
+)
 PROJECT_DEFAULTS: dict[str, list[tuple[str, str]]] = {
     "target": [("compile", "target")],
     "pipeline": [("compile", "pipeline")],
