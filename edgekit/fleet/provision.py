@@ -165,7 +165,6 @@ def add_device(
         )
     profile, device_platform = parse_platform(platform)
     bundle_dir = Path(out).absolute() if out is not None else folder.bundles / thing
-    _check_out(bundle_dir, force)
     wanted = list(dict.fromkeys(groups))
     state = FleetState(folder.database)
     try:
@@ -181,6 +180,7 @@ def add_device(
                 f"thing group '{unknown[0]}' does not exist in the fleet in {folder.root} (groups: {known}); "
                 "add --create-group to make it"
             )
+        _check_out(bundle_dir, force)
         material = TlsMaterial.open(folder.tls)
         files = material.add_device(thing)
         config = DeviceBundle(
