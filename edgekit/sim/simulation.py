@@ -37,6 +37,7 @@ from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import raise_fd_limit
 from edgekit.mqtt.client import Backoff, MqttClient
 from edgekit.progress import Progress
+from edgekit.sim.emulated import EmulatedAgent, Emulation, prepare_emulation, write_agent_config
 from edgekit.sim.errors import SimulationError, SimulationTimeoutError
 from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
@@ -92,7 +93,8 @@ class SimulationStatus:
 @dataclass
 class SimulatedDevice:
     """One device of a simulation: its fleet entry, folder and network link, and (while it is up) its agent,
-    MQTT client and job runner (``None`` while it is killed). ``restarts`` counts :meth:`Simulation.restart_device`."""
+    MQTT client and job runner (``None`` while it is killed), or for an emulated device its agent process
+    (``process``). ``restarts`` counts :meth:`Simulation.restart_device`."""
 
     device: FleetDevice
     root: Path
@@ -100,6 +102,7 @@ class SimulatedDevice:
     agent: DeviceAgent | None = None
     client: MqttClient | None = None
     runner: DeviceMqttRunner | None = None
+    process: EmulatedAgent | None = None
     restarts: int = 0
     revive: asyncio.TimerHandle | None = None
 
@@ -109,11 +112,13 @@ class SimulatedDevice:
 
     @property
     def connected(self) -> bool:
+        if self.process is not None:  # its MQTT connection is in another process: one open through its link
+            return self.process.alive and bool(self.link.pipes) and not self.link.down
         return self.client is not None and self.client.connected
 
     @property
     def alive(self) -> bool:
-        return self.agent is not None
+        return self.agent is not None or (self.process is not None and self.process.alive)
 
 
 class Simulation:
@@ -124,6 +129,9 @@ class Simulation:
     :class:`~edgekit.device.DeviceAgent` (e.g. ``settle_s``), ``runner_options`` to every ``DeviceMqttRunner``.
     ``progress`` hears what starting up does. Simulated agents don't fsync their state (a simulated crash kills
     the agent, not the machine) unless ``agent_options`` says ``fsync=True``.
+
+    Devices the fleet file marks ``mode: emulated`` run as aarch64 agent processes under qemu-user
+    (:mod:`edgekit.sim.emulated`); ``sysroot_cache`` is the cache folder of their sysroot (default edgekit's).
     """
 
     def __init__(
@@ -142,6 +150,7 @@ class Simulation:
         apply_faults: bool = True,
         seed: int = 0,
         progress: Progress | None = None,
+        sysroot_cache: Path | None = None,
     ) -> None:
         self.fleet = fleet.scaled(devices) if devices is not None else fleet
         self.folder = FleetFolder.at(state_dir)
@@ -156,7 +165,10 @@ class Simulation:
         self.seed = seed
         self.progress: Progress = progress or (lambda _m: None)
         self.devices: dict[str, SimulatedDevice] = {}
+        self.sysroot_cache = sysroot_cache
+        self.emulation: Emulation | None = None
         things = self.fleet.expand()
+        emulated = sum(1 for t in things if t.emulated)
         self.server = FleetServer(
             self.folder,
             devices=things,
@@ -164,7 +176,7 @@ class Simulation:
             tls=self.tls,
             tick_s=tick_s,
             presence=self._presence,
-            about={"devices": len(things), "mode": self.mode},
+            about={"devices": len(things), "mode": self.mode} | ({"emulated": emulated} if emulated else {}),
             progress=lambda message: self.progress(message),
         )
         self._executor = SimulatedExecutor()
@@ -251,6 +263,11 @@ class Simulation:
             )
         await self.server.start()
         assert self.broker is not None
+        if any(d.emulated for d in things):
+            self.progress("preparing the emulated devices' aarch64 Python (qemu-user)")
+            self.emulation = await asyncio.to_thread(
+                prepare_emulation, self.folder.root / "emulated", self.sysroot_cache, self.progress
+            )
         host, port = "127.0.0.1", self.broker.port
         for device in things:
             link = NetworkLink(device.thing, host, port)
@@ -304,8 +321,41 @@ class Simulation:
             self._executor.runners.devices[dev.thing] = agent.ipc
         return agent
 
+    def _agent_config(self, dev: SimulatedDevice) -> Path:
+        """The emulated device's config file (its bundle: config, and the certificate the fleet's CA issued it)."""
+        assert self.http is not None and self.emulation is not None
+        tls = self.material.device(dev.thing) if self.material is not None else None
+        scheme = "mqtts" if tls else "mqtt"
+        scalars = (str, int, float, bool)
+        options: dict[str, Any] = {"fsync": False, "settle_s": 0.5, "download_backoff_s": 0.02}
+        options.update({k: v for k, v in self.agent_options.items() if isinstance(v, scalars) and k != "mode"})
+        values: dict[str, Any] = {
+            "thing": dev.thing,
+            "root": str(dev.root),
+            "platform": dev.device.platform,
+            "groups": list(dev.device.groups),
+            "registryUrl": self.http.url,
+            "brokerUrl": f"{scheme}://127.0.0.1:{dev.link.local_port}",
+            "env": {HOST_PYTHON_ENV: str(self.emulation.launcher)},
+            "agent": options,
+        }
+        if tls is not None:
+            values["tls"] = {"ca": str(tls[0]), "cert": str(tls[1]), "key": str(tls[2])}
+        return write_agent_config(self.emulation.folder / dev.thing / "config.yaml", values)
+
+    async def _boot_emulated(self, dev: SimulatedDevice) -> None:
+        """Start ``dev``'s agent process under qemu; return once it is connected."""
+        assert self.emulation is not None
+        config = self._agent_config(dev)
+        process = EmulatedAgent(dev.thing, self.emulation, config, config.parent / "agent.log")
+        dev.process = process
+        await process.start()
+
     async def _boot(self, dev: SimulatedDevice) -> None:
         """A fresh agent, client and runner for ``dev``, connected; the runner resumes the agent from its folder."""
+        if dev.device.emulated:
+            await self._boot_emulated(dev)
+            return
         runner: DeviceMqttRunner | None = None
 
         def report(component: str, old: str, new: str, detail: str) -> None:
@@ -331,8 +381,15 @@ class Simulation:
         if dev.revive is not None:
             dev.revive.cancel()
             dev.revive = None
-        runner, agent = dev.runner, dev.agent
+        runner, agent, process = dev.runner, dev.agent, dev.process
         dev.runner = dev.agent = dev.client = None
+        if process is not None:
+            if crash:
+                dev.link.drop()
+                await process.kill()
+            else:
+                await process.stop()
+            return
         if crash:
             self._executor.runners.kill(dev.thing)  # in-process components die with the agent
             dev.link.drop()  # the process is gone: its TCP connection dies without a DISCONNECT
@@ -444,7 +501,7 @@ class Simulation:
     async def restart_device(self, thing: str, *, crash: bool = True) -> None:
         """Crash ``thing`` (unless already down) and start a fresh agent and runner on the same folder: it resumes."""
         dev = self._device(thing)
-        if crash or dev.agent is not None:
+        if crash or dev.alive:
             await self._shutdown(dev, crash=True)
         dev.restarts += 1
         await self._boot(dev)
