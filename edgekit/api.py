@@ -54,6 +54,7 @@ __all__ = [
     "publish",
     "published_versions",
     "run",
+    "run_agent",
     "run_demo",
     "serve",
     "simulate",
@@ -500,6 +501,33 @@ def simulate(
                 loop.remove_signal_handler(signal.SIGTERM)
 
     return asyncio.run(main())
+
+
+def run_agent(
+    config: str | Path,
+    *,
+    systemd_unit: str | Path | None = None,
+    setup_system_service: bool = False,
+    user: str | None = None,
+    progress: Progress | None = None,
+) -> Path | None:
+    """Run the device agent of a device bundle (``edgekit fleet add-device`` writes one; ``config`` is its
+    ``config.yaml`` or its folder) in the foreground until SIGTERM or SIGINT, as the Greengrass nucleus runs; None.
+
+    ``systemd_unit``: write the systemd unit that runs it there instead, and return its path; ``setup_system_service``:
+    as the nucleus's ``--setup-system-service true``, write ``/etc/systemd/system/edgekit-agent.service`` and
+    enable and start it (root). ``user``: the unit's ``User=``. Imports nothing of the fleet side (edgekit[device]).
+    """
+    from edgekit.device.agent_process import run_agent as _run_agent
+    from edgekit.device.agent_process import setup_system_service as _setup
+    from edgekit.device.agent_process import write_systemd_unit
+
+    if setup_system_service:
+        return _setup(config, unit=systemd_unit, user=user) if systemd_unit else _setup(config, user=user)
+    if systemd_unit is not None:
+        return write_systemd_unit(config, systemd_unit, user=user)
+    _run_agent(config, progress=progress)
+    return None
 
 
 def fleet_page(*, state_dir: str | Path | None = None) -> str:

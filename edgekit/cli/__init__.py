@@ -17,6 +17,7 @@ import typer.main
 from edgekit._version import __version__
 from edgekit.cli import (
     advise_cmd,
+    agent_cmd,
     compile_cmd,
     demo_cmd,
     deployment_cmd,
@@ -118,6 +119,7 @@ fleet_cmd.register(app)
 serve_cmd.register(app)
 endpoint_cmd.register(app)
 advise_cmd.register(app)
+agent_cmd.register(app)
 
 _command: Any = None
 
