@@ -1,10 +1,10 @@
 """Emulated devices: the device agent as its own aarch64 process under qemu-user, running the real aarch64 build.
 
-A fleet file marks a device ``mode: emulated``; the simulation then starts ``python -m edgekit.device --config
-<bundle>/config.yaml`` (:mod:`edgekit.device.standalone`, what a real device runs) with the aarch64 Python of
-``edgekit verify``'s sysroot plus its device layer (:func:`edgekit.verify.sysroot.ensure_sysroot`). The device gets
-its own certificate from the fleet's CA and connects over TCP through its network link (so the fleet's faults reach
-it). Its lifecycle steps are real processes; the runtime component's Install points the device's ``python`` at
+A fleet file marks a device ``mode: emulated``; the simulation then writes the device a bundle
+(:class:`~edgekit.wire.device_bundle.DeviceBundle`: its own certificate from the fleet's CA, the broker reached over
+TCP through the device's network link, so the fleet's faults reach it) and starts ``python -m edgekit agent --config
+<bundle>/config.yaml``, what a real device runs (:mod:`edgekit.device.agent_process`), with the aarch64 Python of
+``edgekit verify``'s sysroot plus its device layer (:func:`edgekit.verify.sysroot.ensure_sysroot`). Its lifecycle steps are real processes; the runtime component's Install points the device's ``python`` at
 :data:`LAUNCHER` (the aarch64 Python again, under qemu), so the inference component loads the aarch64 artifact with
 the aarch64 numpy / ONNX Runtime / TVM runtime. See docs/local-fleet.md (emulated devices).
 """
@@ -13,30 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
 import signal
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import edgekit
 from edgekit.children import die_with_parent
-from edgekit.device.standalone import READY
 from edgekit.progress import Progress
 from edgekit.sim.errors import SimulationError
 from edgekit.verify.sysroot import Sysroot, ensure_sysroot, python_command, write_launcher
+from edgekit.wire.device_bundle import BUNDLE_CONFIG, DeviceBundle
 
-__all__ = ["LAUNCHER", "EmulatedAgent", "Emulation", "prepare_emulation", "write_agent_config"]
+__all__ = ["LAUNCHER", "READY", "EmulatedAgent", "Emulation", "prepare_emulation", "write_bundle"]
 
 log = logging.getLogger(__name__)
 
 LAUNCHER: Final = "python-aarch64"
 """The emulated devices' Python (a host script running the aarch64 one under qemu), in the emulation folder."""
+READY: Final = "agent: connected to "
+"""What ``edgekit agent`` prints (stderr) once its MQTT connection is up."""
+HOST_PYTHON_ENV: Final = "EDGEKIT_HOST_PYTHON"
+"""The runtime component's Install uses this interpreter (recipes/runtime.yaml): here the launcher."""
 _SOURCE_SKIP = ("_data", "__pycache__", "web")
 
 
@@ -50,9 +52,11 @@ class Emulation:
     launcher: Path
 
     def agent_command(self, config: Path) -> tuple[list[str], dict[str, str]]:
-        """The command line and environment of one emulated agent."""
+        """The command line and environment of one emulated agent: ``edgekit agent --config`` in the aarch64 Python;
+        its lifecycle steps inherit ``EDGEKIT_HOST_PYTHON``, the launcher."""
         argv, env = python_command(self.sysroot, [self.source])
-        return [*argv, "-m", "edgekit.device", "--config", str(config)], env
+        env[HOST_PYTHON_ENV] = str(self.launcher)
+        return [*argv, "-m", "edgekit", "agent", "--config", str(config)], env
 
 
 def prepare_emulation(folder: Path, cache_dir: Path | None = None, progress: Progress | None = None) -> Emulation:
@@ -81,10 +85,11 @@ def _precompile(folder: Path) -> None:
         compileall.compile_dir(folder, quiet=2, workers=0)
 
 
-def write_agent_config(path: Path, values: Mapping[str, Any]) -> Path:
-    """Write an agent config file (JSON is YAML) for :mod:`edgekit.device.standalone`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dict(values), indent=2) + "\n")
+def write_bundle(folder: Path, bundle: DeviceBundle) -> Path:
+    """Write ``bundle``'s ``config.yaml`` into ``folder`` (what ``edgekit agent --config`` reads); return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / BUNDLE_CONFIG
+    path.write_text(bundle.to_yaml())
     return path
 
 

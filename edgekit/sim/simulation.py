@@ -37,11 +37,12 @@ from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import raise_fd_limit
 from edgekit.mqtt.client import Backoff, MqttClient
 from edgekit.progress import Progress
-from edgekit.sim.emulated import EmulatedAgent, Emulation, prepare_emulation, write_agent_config
+from edgekit.sim.emulated import EmulatedAgent, Emulation, prepare_emulation, write_bundle
 from edgekit.sim.errors import SimulationError, SimulationTimeoutError
 from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
 from edgekit.sim.scripted_shell import SimulatedExecutor
+from edgekit.wire.device_bundle import DeviceBundle
 
 if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are the types of its parts
     from edgekit.fleet.component_registry import PublishedComponent
@@ -321,32 +322,30 @@ class Simulation:
             self._executor.runners.devices[dev.thing] = agent.ipc
         return agent
 
-    def _agent_config(self, dev: SimulatedDevice) -> Path:
-        """The emulated device's config file (its bundle: config, and the certificate the fleet's CA issued it)."""
+    def _bundle(self, dev: SimulatedDevice) -> Path:
+        """The emulated device's bundle (as ``edgekit fleet add-device`` makes one: the certificate the fleet's CA
+        issued it), its broker being its network link; returns its ``config.yaml``."""
         assert self.http is not None and self.emulation is not None
         tls = self.material.device(dev.thing) if self.material is not None else None
-        scheme = "mqtts" if tls else "mqtt"
-        scalars = (str, int, float, bool)
-        options: dict[str, Any] = {"fsync": False, "settle_s": 0.5, "download_backoff_s": 0.02}
-        options.update({k: v for k, v in self.agent_options.items() if isinstance(v, scalars) and k != "mode"})
-        values: dict[str, Any] = {
-            "thing": dev.thing,
-            "root": str(dev.root),
-            "platform": dev.device.platform,
-            "groups": list(dev.device.groups),
-            "registryUrl": self.http.url,
-            "brokerUrl": f"{scheme}://127.0.0.1:{dev.link.local_port}",
-            "env": {HOST_PYTHON_ENV: str(self.emulation.launcher)},
-            "agent": options,
-        }
-        if tls is not None:
-            values["tls"] = {"ca": str(tls[0]), "cert": str(tls[1]), "key": str(tls[2])}
-        return write_agent_config(self.emulation.folder / dev.thing / "config.yaml", values)
+        bundle = DeviceBundle(
+            thing_name=dev.thing,
+            thing_groups=dev.device.groups,
+            platform=dev.device.platform,
+            profile=dev.device.profile,
+            fleet=self.fleet.name,
+            broker_url=f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{dev.link.local_port}",
+            registry_url=self.http.url,
+            root_ca_path=str(tls.ca) if tls else None,
+            certificate_file_path=str(tls.cert) if tls else None,
+            private_key_path=str(tls.key) if tls else None,
+            rootpath=str(dev.root),
+        )
+        return write_bundle(self.emulation.folder / dev.thing, bundle)
 
     async def _boot_emulated(self, dev: SimulatedDevice) -> None:
         """Start ``dev``'s agent process under qemu; return once it is connected."""
         assert self.emulation is not None
-        config = self._agent_config(dev)
+        config = self._bundle(dev)
         process = EmulatedAgent(dev.thing, self.emulation, config, config.parent / "agent.log")
         dev.process = process
         await process.start()

@@ -80,7 +80,8 @@ RUNTIME_MEMBER = "tvm/lib/libtvm_runtime.so"
 MANIFEST = "edgekit-sysroot.json"
 
 # The device layer: what edgekit's device side imports beyond numpy (edgekit[device] + its core dependencies the agent
-# imports, checked by tests/project/test_layout.py) and awsiotsdk, the inference component's Greengrass IPC client.
+# imports, checked by tests/project/test_layout.py), awsiotsdk (the inference component's Greengrass IPC client) and
+# the CLI's typer and rich ('edgekit agent --config' is how a device runs its agent).
 # (distribution, fallback requirement): the host's exact version when it has one (both sides then agree), else the
 # fallback; pip resolves their dependencies for aarch64.
 DEVICE_REQUIREMENTS: tuple[tuple[str, str], ...] = (
@@ -91,8 +92,13 @@ DEVICE_REQUIREMENTS: tuple[tuple[str, str], ...] = (
     ("paho-mqtt", "paho-mqtt>=2.1,<3"),
     ("awsiotsdk", "awsiotsdk>=1.20"),
     ("awscrt", ""),  # pinned with awsiotsdk when the host has both
+    # 'edgekit agent' is a command of edgekit's CLI: what the CLI imports (pure Python, ~4 MB)
+    ("typer", "typer>=0.26.1"),
+    ("rich", "rich>=13.8"),
 )
-DEVICE_CHECK = "import pydantic, yaml, semantic_version, paho.mqtt.client, awscrt.io, awsiot.greengrasscoreipc.clientv2"
+DEVICE_CHECK = (
+    "import pydantic, yaml, semantic_version, paho.mqtt.client, awscrt.io, awsiot.greengrasscoreipc.clientv2, typer, rich"
+)
 
 _NETWORK_HINT = "the network to deb.debian.org and PyPI is needed to build the aarch64 sysroot"
 _QEMU_HINT = "install it with: apt-get install -y qemu-user-static"
