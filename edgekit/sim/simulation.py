@@ -28,7 +28,7 @@ from edgekit.device.agent import DeviceAgent
 from edgekit.device.jobs_runner import DeviceMqttRunner
 from edgekit.device.lifecycle import StateCallback
 from edgekit.edge.loop import Checkpoint
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, ToolchainError
 from edgekit.fleet.errors import NotFoundError
 from edgekit.fleet.fleet_server import FleetServer
 from edgekit.fleet.folder import FleetFolder
@@ -133,6 +133,8 @@ class Simulation:
 
     Devices the fleet file marks ``mode: emulated`` run as aarch64 agent processes under qemu-user
     (:mod:`edgekit.sim.emulated`); ``sysroot_cache`` is the cache folder of their sysroot (default edgekit's).
+    Where their aarch64 Python can't be had (no qemu-user, no network for the first build), starting fails, or with
+    ``emulation_fallback`` they run as the fleet's other devices do (``progress`` says why).
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class Simulation:
         seed: int = 0,
         progress: Progress | None = None,
         sysroot_cache: Path | None = None,
+        emulation_fallback: bool = False,
     ) -> None:
         self.fleet = fleet.scaled(devices) if devices is not None else fleet
         self.folder = FleetFolder.at(state_dir)
@@ -167,6 +170,7 @@ class Simulation:
         self.progress: Progress = progress or (lambda _m: None)
         self.devices: dict[str, SimulatedDevice] = {}
         self.sysroot_cache = sysroot_cache
+        self.emulation_fallback = emulation_fallback
         self.emulation: Emulation | None = None
         things = self.fleet.expand()
         emulated = sum(1 for t in things if t.emulated)
@@ -266,9 +270,14 @@ class Simulation:
         assert self.broker is not None
         if any(d.emulated for d in things):
             self.progress("preparing the emulated devices' aarch64 Python (qemu-user)")
-            self.emulation = await asyncio.to_thread(
-                prepare_emulation, self.folder.root / "emulated", self.sysroot_cache, self.progress
-            )
+            try:
+                self.emulation = await asyncio.to_thread(
+                    prepare_emulation, self.folder.root / "emulated", self.sysroot_cache, self.progress
+                )
+            except ToolchainError as exc:
+                if not self.emulation_fallback:
+                    raise
+                self.progress(f"emulated devices run as simulated ones ({self.mode}): {exc}")
         host, port = "127.0.0.1", self.broker.port
         for device in things:
             link = NetworkLink(device.thing, host, port)
@@ -352,7 +361,7 @@ class Simulation:
 
     async def _boot(self, dev: SimulatedDevice) -> None:
         """A fresh agent, client and runner for ``dev``, connected; the runner resumes the agent from its folder."""
-        if dev.device.emulated:
+        if dev.device.emulated and self.emulation is not None:
             await self._boot_emulated(dev)
             return
         runner: DeviceMqttRunner | None = None

@@ -126,10 +126,11 @@ class Sysroot:
 def default_sysroot_dir(cache_dir: Path | None = None) -> Path:
     """Folder of the cached sysroot: ``<cache>/sysroots/<SYSROOT_NAME>``.
 
-    ``cache`` is ``cache_dir`` if given, else ``$EDGEKIT_CACHE_DIR``, else ``~/.cache/edgekit``.
+    ``cache`` is ``cache_dir`` if given, else ``$EDGEKIT_SYSROOT_CACHE`` (the sysroot's alone: tests share one),
+    else ``$EDGEKIT_CACHE_DIR``, else ``~/.cache/edgekit``.
     """
     if cache_dir is None:
-        env = os.environ.get("EDGEKIT_CACHE_DIR")
+        env = os.environ.get("EDGEKIT_SYSROOT_CACHE") or os.environ.get("EDGEKIT_CACHE_DIR")
         cache_dir = Path(env) if env else Path.home() / ".cache" / "edgekit"
     return Path(cache_dir).expanduser().resolve() / "sysroots" / SYSROOT_NAME
 
