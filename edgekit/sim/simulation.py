@@ -277,6 +277,7 @@ class Simulation:
             except ToolchainError as exc:
                 if not self.emulation_fallback:
                     raise
+                log.warning("emulated devices run as simulated ones (%s): %s", self.mode, exc)
                 self.progress(f"emulated devices run as simulated ones ({self.mode}): {exc}")
         host, port = "127.0.0.1", self.broker.port
         for device in things:
