@@ -480,7 +480,8 @@ def simulate(
         )]  # fmt: skip
     if devices is not None:
         model = model.scaled(devices)
-    sim = Simulation(model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s)
+    # emulated devices (qemu-user) run as simulated ones where their aarch64 Python can't be had (a warning says why)
+    sim = Simulation(model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s, emulation_fallback=True)
 
     async def main() -> SimulationRun:
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
