@@ -116,11 +116,12 @@ def _check_overwrite(model: Any, target: Any, output_dir: Path, name: str | None
         )
 
 
-def load(artifact_dir: Any, threads: int = 0) -> LoadedModel:
-    """Load a compiled artifact: ``edgekit.load(dir).predict(inputs)``."""
+def load(artifact_dir: Any, threads: int = 0, *, self_test: bool = False) -> LoadedModel:
+    """Load a compiled artifact: ``edgekit.load(dir).predict(inputs)``. Refuses one whose code needs CPU features
+    this CPU lacks (UnsupportedCpuError); ``self_test`` also runs its golden vectors (SelfTestError when they disagree)."""
     from edgekit.runtime import load as _load
 
-    return _load(artifact_dir, threads)
+    return _load(artifact_dir, threads, self_test=self_test)
 
 
 def run(
@@ -132,12 +133,14 @@ def run(
     repeat: int = 1,
     threads: int = 0,
     save: str | Path | None = None,
+    self_test: bool = True,
 ) -> RunResult:
     """Load an artifact and run it ``repeat`` times on ``inputs`` (or, with ``random``, on random inputs of the
     manifest's shapes): the outputs by name and each run's time (tvmc's ``--repeat``/``--print-time``).
 
     ``input_files``: read the inputs from files instead (``.npy``, ``.npz``, ``.json``; ``NAME=FILE`` per input).
-    ``save``: also write the outputs to this ``.npz``."""
+    ``save``: also write the outputs to this ``.npz``. ``self_test``: run the artifact's golden vectors first and
+    refuse it (SelfTestError) when they disagree on this machine."""
     from edgekit.errors import InferenceError
     from edgekit.runtime import RunResult
     from edgekit.runtime import load as _load
@@ -147,7 +150,7 @@ def run(
         from edgekit.manifest import read_manifest
 
         inputs, random = read_inputs(list(input_files), read_manifest(artifact_dir).inputs), False
-    model = _load(artifact_dir, threads)
+    model = _load(artifact_dir, threads, self_test=self_test)
     if inputs is None:
         if not random:
             raise InferenceError("give --input FILE (.npy, .npz or .json; NAME=FILE per input), or --random")
