@@ -37,12 +37,12 @@ from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import raise_fd_limit
 from edgekit.mqtt.client import Backoff, MqttClient
 from edgekit.progress import Progress
-from edgekit.sim.emulated import EmulatedAgent, Emulation, prepare_emulation, write_bundle
+from edgekit.sim.emulated import EmulatedAgent, Emulation, prepare_emulation, read_checkpoints, write_bundle
 from edgekit.sim.errors import SimulationError, SimulationTimeoutError
 from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
 from edgekit.sim.scripted_shell import SimulatedExecutor
-from edgekit.wire.device_bundle import DeviceBundle
+from edgekit.wire.device_bundle import BUNDLE_CONFIG, DeviceBundle
 
 if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are the types of its parts
     from edgekit.fleet.component_registry import PublishedComponent
@@ -466,9 +466,16 @@ class Simulation:
 
     async def inference_checkpoints(self) -> list[Checkpoint]:
         """A :class:`~edgekit.edge.loop.Checkpoint` of every in-process inference loop this simulation started:
-        running ones close their window now; ended ones give their last (a crashed one's counts its lost window)."""
+        running ones close their window now; ended ones give their last (a crashed one's counts its lost window).
+        An emulated device's components are processes: theirs is the one each wrote after its last closed window."""
         runs = [run for runs in self._executor.runners.runs.values() for run in runs]
-        return list(await asyncio.gather(*(run.loop.checkpoint() for run in runs)))
+        points = list(await asyncio.gather(*(run.loop.checkpoint() for run in runs)))
+        if self.emulation is not None:  # their components write theirs after each window (up to its last closed one)
+            for dev in self.devices.values():
+                config = self.emulation.folder / dev.thing / BUNDLE_CONFIG
+                if dev.device.emulated and config.is_file():
+                    points += read_checkpoints(config)
+        return points
 
     def status(self) -> SimulationStatus:
         """The fleet at a glance (see :class:`SimulationStatus`)."""
