@@ -111,11 +111,14 @@ def _check_overwrite(model: Any, target: Any, output_dir: Path, name: str | None
         )
 
 
-def load(artifact_dir: Any, threads: int = 0) -> LoadedModel:
-    """Load a compiled artifact: ``edgekit.load(dir).predict(inputs)``."""
+def load(artifact_dir: Any, threads: int = 0, *, stand_in: bool = False) -> LoadedModel:
+    """Load a compiled artifact: ``edgekit.load(dir).predict(inputs)``.
+
+    ``stand_in``: this host stands in for the artifact's device (the simulator's devices of another platform): its
+    host twin runs where the device's code can't (see :func:`edgekit.runtime.load`)."""
     from edgekit.runtime import load as _load
 
-    return _load(artifact_dir, threads)
+    return _load(artifact_dir, threads, stand_in=stand_in)
 
 
 def run(

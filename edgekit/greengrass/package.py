@@ -290,7 +290,7 @@ def _build(
         path, m = by_platform[key]
         # "x.zip" unpacks to {artifacts:decompressedPath}/x on the device
         zip_path = model_dest / f"{_model_dir(m)}.zip"
-        reproducible_zip(zip_path, [(p.name, p) for p in sorted(path.iterdir()) if p.is_file()])
+        reproducible_zip(zip_path, _tree(path, ""))  # with its host twin (host-<machine>/), if it has one
         manifest = _subst(copy.deepcopy(template_manifest), "@MODEL_DIR@", _model_dir(m))
         manifest["Platform"] = _platform(m)
         _set_artifact(manifest, zip_path)

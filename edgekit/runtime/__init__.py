@@ -25,12 +25,19 @@ __all__ = ["LoadedModel", "RunResult", "Runner", "load", "runner_for"]
 
 
 def runner_for(
-    backend: str, entry: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], threads: int = 0
+    backend: str,
+    entry: Path,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    threads: int = 0,
+    *,
+    stand_in: bool = False,
 ) -> Runner:
     """The runner of ``backend`` for the file ``entry`` (one registry line per backend).
 
     ``threads`` sets ONNX Runtime's intra-op threads (0: its default). TVM's thread
-    pool follows ``$TVM_NUM_THREADS``.
+    pool follows ``$TVM_NUM_THREADS``. ``stand_in``: this process stands in for a device of another platform (the
+    TVM runner then loads this host's runtime library, not one given for the device).
     """
     if backend == "onnxruntime":
         from edgekit.runtime.ort_runner import OrtRunner
@@ -39,17 +46,20 @@ def runner_for(
     if backend == "tvm":
         from edgekit.runtime.tvm_runner import TvmRunner
 
-        return TvmRunner(entry, inputs, outputs)
+        return TvmRunner(entry, inputs, outputs, host_only=stand_in)
     raise ArtifactError(f"backend '{backend}' has no runner in this edgekit; upgrade edgekit")
 
 
 class LoadedModel:
     """A loaded artifact: ``predict`` takes inputs by name and returns outputs in manifest order."""
 
-    def __init__(self, directory: Path, manifest: Manifest, runner: Runner) -> None:
+    def __init__(self, directory: Path, manifest: Manifest, runner: Runner, stand_in: str | None = None) -> None:
         self.directory = directory
         self.manifest = manifest
         self.runner = runner
+        self.stand_in = stand_in
+        """What runs in the device's place when this host stands in for it (``load(stand_in=True)`` on another
+        platform), e.g. ``the x86_64 host twin of the rasp4b build``; ``None`` when the artifact's own code runs."""
 
     @property
     def inputs(self) -> list[str]:
@@ -75,8 +85,10 @@ class LoadedModel:
         return compare_outputs(self.predict, read_selftest(path), self.outputs, st.max_abs_error)
 
     def __repr__(self) -> str:
+        standing = f", stand_in={self.stand_in!r}" if self.stand_in else ""
         return (
-            f"LoadedModel({self.manifest.name!r}, backend={self.manifest.backend.name!r}, target={self.manifest.profile.name!r})"
+            f"LoadedModel({self.manifest.name!r}, backend={self.manifest.backend.name!r}, "
+            f"target={self.manifest.profile.name!r}{standing})"
         )
 
 
@@ -89,12 +101,21 @@ class RunResult:
     timing: Timing
 
 
-def load(artifact_dir: str | Path, threads: int = 0) -> LoadedModel:
-    """Load a compiled artifact directory (checks the manifest and every file against its SHA-256)."""
+def load(artifact_dir: str | Path, threads: int = 0, *, stand_in: bool = False) -> LoadedModel:
+    """Load a compiled artifact directory (checks the manifest and every file against its SHA-256).
+
+    ``stand_in``: this host stands in for the artifact's device (a simulated device of another platform). Where the
+    device's code can't run here, the artifact's host twin runs instead: the same candidate (backend, passes,
+    options) built for this host at compile time, checked with the same golden vectors; a portable artifact (ONNX
+    Runtime) runs its own files. :attr:`LoadedModel.stand_in` says which.
+    """
     directory = Path(artifact_dir)
     manifest = read_manifest(directory)
     arch = manifest.profile.greengrass.get("architecture")
     machine = {"amd64": "x86_64", "aarch64": "aarch64", "arm": "armv7l", "x86": "i686"}.get(str(arch), str(arch))
+    host = platform.machine()
+    if stand_in and machine != host:
+        return _load_stand_in(directory, manifest, machine, host, threads)
     if manifest.backend.name == "tvm" and manifest.backend.options.get("device_code"):
         raise ArtifactError(
             f"{directory}: a CUDA TVM artifact ('{manifest.profile.name}'); edgekit.load runs CPU artifacts only so far — "
@@ -110,3 +131,20 @@ def load(artifact_dir: str | Path, threads: int = 0) -> LoadedModel:
         manifest,
         runner_for(manifest.backend.name, directory / manifest.backend.entry, manifest.inputs, manifest.outputs, threads),
     )
+
+
+def _load_stand_in(directory: Path, manifest: Manifest, machine: str, host: str, threads: int) -> LoadedModel:
+    """The artifact as run by a ``host`` process standing in for its ``machine`` device."""
+    twin = manifest.host_twin
+    if twin is not None and twin.machine == host:
+        entry = directory / twin.backend.entry
+        runner = runner_for(twin.backend.name, entry, manifest.inputs, manifest.outputs, threads, stand_in=True)
+        return LoadedModel(directory, manifest, runner, stand_in=f"the {host} host twin of the {manifest.profile.name} build")
+    if manifest.backend.name == "tvm":
+        have = f"its host twin is for {twin.machine}" if twin is not None else "it carries no host twin (an older edgekit)"
+        raise ArtifactError(
+            f"{directory}: a {host} process can't stand in for this {machine} TVM artifact ('{manifest.profile.name}'): "
+            f"{have}; recompile it on a {host} machine with this edgekit"
+        )
+    runner = runner_for(manifest.backend.name, directory / manifest.backend.entry, manifest.inputs, manifest.outputs, threads)
+    return LoadedModel(directory, manifest, runner, stand_in=f"the portable {manifest.backend.name} build, on {host}")
