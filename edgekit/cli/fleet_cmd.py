@@ -112,7 +112,10 @@ def devices_table(view: FleetView, limit: int = 50) -> Table:
     for t in shown:
         seen = Text(f"{now - t.last_seen:.0f} s ago") if t.last_seen else Text("never", style="dim")
         status = _styled(t.last_status, _STYLE)
-        table.add_row(Text(t.thing), Text(", ".join(t.groups)), status, (t.deployment_id or "-")[:8], seen)
+        thing = Text(t.thing)
+        if t.stand_in:  # a process of another platform runs it: a host build of the same candidate, not its own code
+            thing.append(f" (stand-in on {t.stand_in})", style="yellow")
+        table.add_row(thing, Text(", ".join(t.groups)), status, (t.deployment_id or "-")[:8], seen)
     return table
 
 

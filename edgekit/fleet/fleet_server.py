@@ -58,6 +58,8 @@ class FleetServer:
     process runs a fleet on the same folder. ``tick_s`` is the Jobs bridge's rollout / timeout tick. ``presence`` says which
     devices are connected (the fleet view's ``connected``), where the caller knows. ``about`` goes into the
     folder's running file beside the server's own facts (pid, broker and HTTP URLs). ``name`` is the fleet's.
+    ``stand_ins``: the devices a process of another platform stands in for (thing → its platform, the simulator's):
+    every view of the fleet says so (``standIn``), ``edgekit fleet status`` too (from the running file).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class FleetServer:
         presence: Presence | None = None,
         about: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
+        stand_ins: Mapping[str, str] | None = None,
     ) -> None:
         self.folder = folder if isinstance(folder, FleetFolder) else FleetFolder.at(folder)
         self.devices = list(devices)
@@ -79,6 +82,7 @@ class FleetServer:
         self.tick_s = tick_s
         self.presence = presence
         self.about = dict(about or {})
+        self.stand_ins = dict(stand_ins or {})
         self.progress: Progress = progress or (lambda _m: None)
         self.state: FleetState | None = None
         self.service: FleetService | None = None
@@ -159,7 +163,9 @@ class FleetServer:
         self.broker = MosquittoBroker(self.folder.broker, tls=self.material, acl=self.tls)
         self.progress("starting mosquitto")
         await asyncio.to_thread(self.broker.start)
-        self.http = FleetHttpServer(Registry(self.state, self.folder.store), presence=self.presence).start()
+        self.http = FleetHttpServer(
+            Registry(self.state, self.folder.store), presence=self.presence, stand_ins=self.stand_ins
+        ).start()
         self.progress(f"fleet page: {self.http.url}/ui")
 
         # a persistent session: requests devices send while the bridge reconnects wait for it on the broker.
@@ -197,6 +203,7 @@ class FleetServer:
             "broker": self.broker.url,
             "http": self.http.url,
             "startedAt": time.time(),
+            **({"standIns": self.stand_ins} if self.stand_ins else {}),
         }
         self.folder.running_file.write_text(json.dumps(info, indent=1))
 

@@ -27,9 +27,11 @@ def read_status(folder: FleetFolder) -> FleetStatus:
     """Read :class:`FleetStatus` from ``folder``'s state (readable while a simulation writes it)."""
     from edgekit.fleet.view import fleet_view
 
+    running = folder.running()
+    stand_ins = running.get("standIns") if running else None
     state = folder.open_state()
     try:
-        view = fleet_view(state)
+        view = fleet_view(state, stand_ins=stand_ins if isinstance(stand_ins, dict) else None)
     finally:
         state.close()
-    return FleetStatus(folder.root, folder.running(), view)
+    return FleetStatus(folder.root, running, view)
