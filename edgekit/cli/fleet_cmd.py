@@ -164,7 +164,7 @@ def failures_table(failures: Sequence[FailureView], title: str = "latest failure
     for col in ("thing", "deployment", "status", "error", "cause"):
         table.add_column(col, overflow="fold")
     for f in failures:
-        cause = (f.cause or "")[:160]
+        cause = (f.cause or "")[:600]  # it ends with the component's last log line: wrapped, not cut
         table.add_row(Text(f.thing), f.deployment_id[:8], Text(f.status, style="red"), Text(f.error_code or "-"), Text(cause))
     return table
 

@@ -167,7 +167,7 @@ function drawFailures(id, failures) {
   body.replaceChildren();
   for (const f of failures) {
     const tr = el("tr", { "data-thing": f.thing, "data-deployment": f.deploymentId });
-    for (const v of [f.thing, f.deploymentId.slice(0, 8), f.status, f.errorCode || "-", (f.cause || "").slice(0, 200), time(f.failedAt)]) {
+    for (const v of [f.thing, f.deploymentId.slice(0, 8), f.status, f.errorCode || "-", (f.cause || "").slice(0, 600), time(f.failedAt)]) {
       tr.appendChild(el("td", {}, v));
     }
     body.appendChild(tr);
