@@ -139,9 +139,11 @@ class _Exited:
 class InferenceRun:
     """One in-process inference component's Run: its loop, as a :class:`~edgekit.device.executor.RunningProcess`."""
 
-    def __init__(self, loop: InferenceLoop, uplink: InProcessUplink) -> None:
+    def __init__(self, loop: InferenceLoop, uplink: InProcessUplink, model: Any = None) -> None:
         self.loop = loop
         self.uplink = uplink
+        self.model = model
+        """The loaded artifact it runs (its ``stand_in`` says when a host build runs in the device's place)."""
         self.crashed = False
         self.task: asyncio.Task[Checkpoint] = asyncio.get_running_loop().create_task(self._main(), name=f"inference {loop.thing}")
 
@@ -248,7 +250,7 @@ async def _start_inference(runners: InProcessRunners, spec: StepSpec, args: list
         _log(spec, f"edgekit inference: {exc}")
         log.warning("%s: %s could not start: %s", thing, spec.component, exc)
         return _Exited(1)
-    run = InferenceRun(loop, uplink)
+    run = InferenceRun(loop, uplink, model)
     runners.runs.setdefault(thing, []).append(run)
     standing = f"; a stand-in: {model.stand_in}" if model.stand_in else ""
     _log(spec, f"edgekit inference: {model} in process{standing}; run {loop.run_id}")
