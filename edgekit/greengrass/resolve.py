@@ -154,8 +154,8 @@ class PreflightReport:
         return [f"{d.device.thing}: {p.code}: {p.message}" for d in self.failed for p in d.problems]
 
     def raise_for_problems(self) -> None:
-        """Raise :class:`ResolutionError`: the first problem and how many devices have one, then one line per device
-        and reason (at most :data:`LINES_SHOWN`)."""
+        """Raise :class:`ResolutionError`: the first problem and how many devices have one, with one line per device
+        and reason (its ``lines``, at most :data:`LINES_SHOWN`; the CLI prints them before its error line)."""
         if not self.failed:
             return
         first = self.failed[0]
@@ -163,12 +163,8 @@ class PreflightReport:
         others = len(self.failed) - 1
         more = f" (and {others} more device{'s' if others != 1 else ''})" if others else ""
         lines = self.lines()
-        shown = [f"  {line}" for line in lines[:LINES_SHOWN]]
-        if len(lines) > LINES_SHOWN:
-            shown.append(f"  ... and {len(lines) - LINES_SHOWN} more")
-        raise ResolutionError(
-            p.code, f"device '{first.device.thing}': {p.message}{more}; nothing was deployed\n" + "\n".join(shown)
-        )
+        shown = lines[:LINES_SHOWN] + ([f"... and {len(lines) - LINES_SHOWN} more"] if len(lines) > LINES_SHOWN else [])
+        raise ResolutionError(p.code, f"device '{first.device.thing}': {p.message}{more}; nothing was deployed", shown)
 
 
 def _regex(value: str) -> re.Pattern[str] | None:
