@@ -20,10 +20,13 @@ from edgekit.edge.loop import InferenceLoop, LoopOptions
 from edgekit.edge.uplink import Uplink
 from edgekit.errors import EdgekitError
 
-__all__ = ["CHECKPOINT_ENV", "argument_parser", "parse_args", "run_component"]
+__all__ = ["CHECKPOINT_ENV", "STAND_IN_ENV", "argument_parser", "parse_args", "run_component"]
 
 CHECKPOINT_ENV = "EDGEKIT_CHECKPOINT_DIR"
 """Set by a fleet harness (emulated devices) that counts what a component produced from outside its process."""
+STAND_IN_ENV = "EDGEKIT_STAND_IN"
+"""``1`` in a component's environment: its process stands in for a device of another platform (edgekit's simulator
+sets it for its subprocess devices; a real device never has it), so the artifact's host twin runs."""
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -76,7 +79,8 @@ async def run_component(argv: Sequence[str], *, thing: str = "", component: str 
 
     try:
         model_dir, options = parse_args(argv)
-        model = edgekit.load(model_dir)
+        # set by edgekit's simulator only: this process stands in for a device of another platform
+        model = edgekit.load(model_dir, stand_in=os.environ.get(STAND_IN_ENV) == "1")
     except EdgekitError as exc:
         print(f"edgekit inference: {exc}", file=sys.stderr, flush=True)
         return 2
