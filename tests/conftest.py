@@ -62,3 +62,9 @@ def mlp_onnx(tmp_path: Path) -> Path:
 @pytest.fixture
 def out_dir(tmp_path: Path) -> Path:
     return tmp_path / "build"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The async tests run on asyncio (what edgekit runs on), not on every backend anyio knows (trio is not installed)."""
+    return "asyncio"
