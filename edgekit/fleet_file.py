@@ -26,7 +26,12 @@ FAULT_KINDS: tuple[str, ...] = ("cut_network", "kill_device", "restart_device", 
 
 
 class DeviceEntry(BaseModel):
-    """One device (``name``) or ``count`` devices named ``<prefix><nn>``."""
+    """One device (``name``) or ``count`` devices named ``<prefix><nn>``.
+
+    ``mode: emulated``: each runs as its own process, the device agent in an aarch64 Python under qemu-user, and
+    installs the real aarch64 build (only aarch64 profiles; see docs/local-fleet.md, emulated devices). Without it
+    the device runs as the fleet's ``mode`` says.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str | None = None
@@ -34,6 +39,7 @@ class DeviceEntry(BaseModel):
     count: int = Field(1, ge=1, le=100_000)
     profile: str
     groups: list[str] = Field(default_factory=list)
+    mode: Literal["emulated"] | None = None
 
     @model_validator(mode="after")
     def _named(self) -> DeviceEntry:
@@ -43,13 +49,15 @@ class DeviceEntry(BaseModel):
 
 
 class FleetDevice(BaseModel):
-    """A device as a deployment sees it: its thing name, groups and Greengrass platform."""
+    """A device as a deployment sees it: its thing name, groups and Greengrass platform (and whether the simulator
+    emulates it: an aarch64 agent process under qemu-user)."""
 
     model_config = ConfigDict(frozen=True)
     thing: str
     profile: str
     groups: tuple[str, ...]
     platform: dict[str, str]
+    emulated: bool = False
 
 
 class Fault(BaseModel):
@@ -132,9 +140,19 @@ class FleetFile(BaseModel):
         for entry in self.devices:
             profile = load_profile(entry.profile)
             platform = {"os": profile.greengrass.os, "architecture": profile.greengrass.architecture}
+            emulated = entry.mode == "emulated"
+            if emulated and profile.greengrass.architecture != "aarch64":
+                raise ConfigError(
+                    f"fleet '{self.name}': profile '{profile.name}' is {profile.greengrass.architecture}; "
+                    "only aarch64 devices can be emulated (mode: emulated)"
+                )
             width = len(str(entry.count))
             names = [entry.name] if entry.name else [f"{entry.prefix}{i:0{max(2, width)}d}" for i in range(1, entry.count + 1)]
-            out += [FleetDevice(thing=n, profile=profile.name, groups=tuple(entry.groups), platform=platform) for n in names if n]
+            out += [
+                FleetDevice(thing=n, profile=profile.name, groups=tuple(entry.groups), platform=platform, emulated=emulated)
+                for n in names
+                if n
+            ]
         seen: set[str] = set()
         for d in out:
             if d.thing in seen:

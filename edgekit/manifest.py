@@ -20,6 +20,7 @@ __all__ = [
     "Accuracy",
     "BackendInfo",
     "CandidateReport",
+    "CpuRequirement",
     "Latency",
     "Manifest",
     "Measurement",
@@ -72,6 +73,21 @@ class ProfileInfo(_Model):
     greengrass: dict[str, str]
     neo: dict[str, str | None]
     tvm_target: dict[str, Any] = Field(alias="tvmTarget")
+
+
+class CpuRequirement(_Model):
+    """The CPU an artifact's code needs: ``edgekit.load`` refuses it, in one line, on a CPU that lacks a feature.
+
+    ``features`` are /proc/cpuinfo names (``sse4_2``, ``avx2``, ``avx512f``; ``asimd`` on aarch64): what the
+    compiled code may execute, from the LLVM target the build used (``mcpu``/``mattr``) or, for a build
+    specialised to this host, this host's CPU. Empty: the artifact runs on any CPU of ``arch``
+    (ONNX Runtime picks its kernels when it loads).
+    """
+
+    arch: str = Field(description="platform.machine() of the CPU: x86_64, aarch64, ...")
+    cpu: str = Field(description="the CPU the build was made for: an LLVM mcpu (x86-64-v2, cortex-a72) or 'any'")
+    features: list[str] = Field(default_factory=list)
+    host_specific: bool = Field(False, alias="hostSpecific", description="built for the compiling host's own CPU")
 
 
 class BackendInfo(_Model):
@@ -160,6 +176,11 @@ class CandidateReport(_Model):
         default_factory=list, alias="keptFloat", description="int8: layers kept in float so the accuracy budget holds"
     )
     pruned: dict[str, Any] | None = Field(None, description="pruning: channels kept per layer group, ratio, method")
+    tied_with: list[str] = Field(
+        default_factory=list,
+        alias="tiedWith",
+        description="candidates whose latency was within the timing noise of this one's (ties are broken by size, then pipeline order)",
+    )
 
 
 class SamplesInfo(_Model):
@@ -187,6 +208,7 @@ class Manifest(_Model):
     size_bytes: int = Field(alias="sizeBytes")
     compile_seconds: float = Field(alias="compileSeconds")
     measured: Measurement | None
+    cpu: CpuRequirement | None = Field(None, description="the CPU features the code needs (None: written by an older edgekit)")
     selftest: SelfTest | None = None
     samples: SamplesInfo | None = None
     candidates: list[CandidateReport]

@@ -90,6 +90,12 @@ class DeviceProfile(_Model):
     def has_cuda(self) -> bool:
         return self.tvm.target.get("kind") == "cuda"
 
+    @property
+    def host_cpu(self) -> bool:
+        """True for a profile built for the compiling host's own CPU (``mcpu: host``): its code may use every
+        feature of this CPU, and ONNX Runtime's layout transforms for its vector width are baked in."""
+        return not self.has_cuda and self.tvm.target.get("mcpu") == "host"
+
     def runs_on_host(self) -> bool:
         """True when this host can execute the profile's CPU code (same arch, CPU flags present)."""
         if self.has_cuda or self.machine != host_arch():

@@ -17,6 +17,7 @@ import typer.main
 from edgekit._version import __version__
 from edgekit.cli import (
     advise_cmd,
+    agent_cmd,
     compile_cmd,
     demo_cmd,
     deployment_cmd,
@@ -45,7 +46,17 @@ app = typer.Typer(
 
 # Project-file setting -> the (command path, parameter) it fills; see edgekit.project and docs/cli.md.
 _AWS = ("publish", "deploy", "deployment list", "deployment cancel")
-_LOCAL = ("publish", "deploy", "simulate", "fleet status", "fleet logs", "deployment list", "deployment cancel")
+_LOCAL = (
+    "publish",
+    "deploy",
+    "simulate",
+    "fleet status",
+    "fleet logs",
+    "fleet serve",
+    "fleet add-device",
+    "deployment list",
+    "deployment cancel",
+)
 PROJECT_DEFAULTS: dict[str, list[tuple[str, str]]] = {
     "target": [("compile", "target")],
     "pipeline": [("compile", "pipeline")],
@@ -118,6 +129,7 @@ fleet_cmd.register(app)
 serve_cmd.register(app)
 endpoint_cmd.register(app)
 advise_cmd.register(app)
+agent_cmd.register(app)
 
 _command: Any = None
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgekit import api
+from edgekit.cli import fleet_serve_cmd
 from edgekit.cli.options import AbortFailed, BuildOrNone, DeploymentTargets, Fleet, Rollout, State
 from edgekit.cli.output import console, emit, err_console, json_output, quiet_library
 from edgekit.errors import ConfigError
@@ -106,13 +107,15 @@ def devices_table(view: FleetView, limit: int = 50) -> Table:
         else f"devices ({len(shown)} of {len(things)}: unfinished and failed first; --limit 0 for all)"
     )
     table = Table(title=title, title_justify="left")
-    for col in ("thing", "groups", "last execution", "deployment", "last seen"):
+    presence = any(t.connected is not None for t in things)  # known where a fleet serve's agents say so
+    for col in ("thing", "groups", "last execution", "deployment", "last seen", *(("connected",) if presence else ())):
         table.add_column(col)
     now = time.time()
     for t in shown:
         seen = Text(f"{now - t.last_seen:.0f} s ago") if t.last_seen else Text("never", style="dim")
         status = _styled(t.last_status, _STYLE)
-        table.add_row(Text(t.thing), Text(", ".join(t.groups)), status, (t.deployment_id or "-")[:8], seen)
+        online = [Text("-" if t.connected is None else "yes" if t.connected else "no")] if presence else []
+        table.add_row(Text(t.thing), Text(", ".join(t.groups)), status, (t.deployment_id or "-")[:8], seen, *online)
     return table
 
 
@@ -300,7 +303,10 @@ def status(
     fleet = api.fleet_status(state_dir=state)
     view, running = fleet.view, fleet.running
     where = f"local fleet {fleet.root}: {len(view.devices)} device(s), {len(view.groups)} group(s)"
-    if running:
+    if running and running.get("mode") == "serve":
+        connected = sum(1 for d in view.devices if d.connected)
+        where += f"; fleet serve running (pid {running['pid']}, {connected} connected, broker {running.get('broker')})"
+    elif running:
         where += f"; simulation running (pid {running['pid']}, {running.get('devices')} devices, broker {running.get('broker')})"
     else:
         where += "; no simulation running"
@@ -352,4 +358,6 @@ def register(app: typer.Typer) -> None:
     fleet_app.command("status")(status)
     fleet_app.command("logs")(logs)
     fleet_app.command("ui")(ui)
+    fleet_app.command("serve")(fleet_serve_cmd.serve)
+    fleet_app.command("add-device")(fleet_serve_cmd.add_device)
     app.add_typer(fleet_app, name="fleet")

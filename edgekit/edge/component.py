@@ -63,6 +63,7 @@ def parse_args(argv: Sequence[str]) -> tuple[Path, LoopOptions]:
 
 async def run_component(argv: Sequence[str], *, thing: str = "", component: str = "", ipc: bool = True) -> int:
     """The packaged component's main: load the artifact, self-test, report over IPC, run the loop until SIGTERM."""
+    import platform
     import signal
 
     import edgekit
@@ -80,7 +81,7 @@ async def run_component(argv: Sequence[str], *, thing: str = "", component: str 
         uplink = GreengrassUplink()
     check = model.selftest()
     print(
-        f"edgekit inference: loaded {model}; self-test {'passed' if check.passed else 'FAILED'} (max abs error {check.max_abs_error:.3g})",
+        f"edgekit inference: loaded {model} on {platform.machine()}; self-test {'passed' if check.passed else 'FAILED'} (max abs error {check.max_abs_error:.3g})",
         flush=True,
     )
     if uplink is not None:

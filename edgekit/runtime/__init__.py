@@ -9,11 +9,11 @@ import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.errors import ArtifactError
+from edgekit.errors import ArtifactError, SelfTestError, UnsupportedCpuError
 from edgekit.manifest import Manifest, TensorSpec, read_manifest
 from edgekit.runtime.backend_runner import Runner
 
@@ -21,21 +21,28 @@ if TYPE_CHECKING:
     from edgekit.runtime.inputs import Timing
     from edgekit.runtime.selftest import SelfTestResult
 
-__all__ = ["LoadedModel", "RunResult", "Runner", "load", "runner_for"]
+__all__ = ["LoadedModel", "RunResult", "Runner", "check_cpu", "load", "runner_for"]
 
 
 def runner_for(
-    backend: str, entry: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], threads: int = 0
+    backend: str,
+    entry: Path,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    threads: int = 0,
+    options: Mapping[str, Any] | None = None,
 ) -> Runner:
     """The runner of ``backend`` for the file ``entry`` (one registry line per backend).
 
     ``threads`` sets ONNX Runtime's intra-op threads (0: its default). TVM's thread
-    pool follows ``$TVM_NUM_THREADS``.
+    pool follows ``$TVM_NUM_THREADS``. ``options``: the manifest's backend options (ONNX Runtime's
+    ``loadOptimization``: graph optimizations left to the loading CPU).
     """
     if backend == "onnxruntime":
         from edgekit.runtime.ort_runner import OrtRunner
 
-        return OrtRunner(entry, inputs, outputs, threads=threads)
+        at_load = str((options or {}).get("loadOptimization", "none"))
+        return OrtRunner(entry, inputs, outputs, threads=threads, optimization=at_load)
     if backend == "tvm":
         from edgekit.runtime.tvm_runner import TvmRunner
 
@@ -89,8 +96,13 @@ class RunResult:
     timing: Timing
 
 
-def load(artifact_dir: str | Path, threads: int = 0) -> LoadedModel:
-    """Load a compiled artifact directory (checks the manifest and every file against its SHA-256)."""
+def load(artifact_dir: str | Path, threads: int = 0, *, self_test: bool = False) -> LoadedModel:
+    """Load a compiled artifact directory (checks the manifest and every file against its SHA-256).
+
+    Refuses (:class:`UnsupportedCpuError`, one line) an artifact whose code needs CPU features this CPU lacks,
+    before any of it runs. ``self_test``: also run the artifact's golden vectors and refuse it
+    (:class:`SelfTestError`) when its outputs disagree here — what ``edgekit run``, ``edgekit serve`` and the
+    inference component do."""
     directory = Path(artifact_dir)
     manifest = read_manifest(directory)
     arch = manifest.profile.greengrass.get("architecture")
@@ -105,8 +117,55 @@ def load(artifact_dir: str | Path, threads: int = 0) -> LoadedModel:
             f"{directory}: this TVM artifact is built for {machine} ('{manifest.profile.name}'), and this host is "
             f"{platform.machine()}; run it on the device, or check it here with 'edgekit verify {directory}'"
         )
-    return LoadedModel(
+    check_cpu(directory, manifest)
+    model = LoadedModel(
         directory,
         manifest,
-        runner_for(manifest.backend.name, directory / manifest.backend.entry, manifest.inputs, manifest.outputs, threads),
+        runner_for(
+            manifest.backend.name,
+            directory / manifest.backend.entry,
+            manifest.inputs,
+            manifest.outputs,
+            threads,
+            manifest.backend.options,
+        ),
     )
+    if self_test and manifest.selftest is not None:
+        result = model.selftest()
+        if not result.passed:
+            what = (
+                f"max abs error {result.max_abs_error:.3g} > {result.tolerance:.3g}"
+                if result.max_abs_error > result.tolerance
+                else f"{result.mismatched_labels} label(s) differ"
+            )
+            raise SelfTestError(
+                f"{directory}: the self-test failed on this CPU ({what} over {result.samples} golden sample(s)); "
+                f"the artifact gives wrong outputs here — recompile it for this CPU's profile"
+                + (
+                    " (it was built for the compiling host's CPU)"
+                    if manifest.cpu is not None and manifest.cpu.host_specific
+                    else ""
+                )
+            )
+    return model
+
+
+def check_cpu(directory: Path, manifest: Manifest) -> None:
+    """UnsupportedCpuError when the artifact's code needs a CPU feature this CPU lacks (same architecture only:
+    another architecture is refused by the loader itself)."""
+    from edgekit.runtime.cpu_features import missing_features
+
+    need = manifest.cpu
+    if need is None or not need.features or need.arch != platform.machine():
+        return
+    missing = missing_features(need.features)
+    if missing:
+        hint = (
+            "it was built for the compiling host's CPU; compile with the portable profile (--target x86_64) for other CPUs"
+            if need.host_specific
+            else "compile it for a profile whose CPU this machine is (a lower baseline)"
+        )
+        raise UnsupportedCpuError(
+            f"{directory}: built for CPU '{need.cpu}' ('{manifest.profile.name}'), and this CPU lacks "
+            f"{', '.join(missing)}; refused before running it (it would die of an illegal instruction): {hint}"
+        )

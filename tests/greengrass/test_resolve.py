@@ -127,12 +127,12 @@ def test_packaged_components_against_the_demo_fleet(mlp_onnx: Path, tmp_path: Pa
     store = ComponentStore.from_dirs(tmp_path / "gg" / "recipes")
     devices = load_fleet("demo").expand()
     ok = preflight(GroupDeployment("thinggroup/line-1", {"com.example.Both.Inference": "1.0.0"}), [], devices, store)
-    assert len(ok.devices) == 11 and not ok.failed
+    assert len(ok.devices) == 12 and not ok.failed
     assert {d.components["com.example.Both"] for d in ok.devices} == {"1.0.0"}
     bad = preflight(GroupDeployment("thinggroup/line-1", {"com.example.X86.Inference": "1.0.0"}), [], devices, store)
-    assert len(bad.failed) == 9  # 8 pis + the canary pi; the two gateways are fine
+    assert len(bad.failed) == 10  # 8 pis + the canary pi + the emulated pi; the two gateways are fine
     with pytest.raises(
         ResolutionError,
-        match=r"NO_MATCHING_PLATFORM: device 'line1-pi-01': no manifest of .* for linux/aarch64.*\(and 8 more devices\)",
+        match=r"NO_MATCHING_PLATFORM: device 'line1-pi-01': no manifest of .* for linux/aarch64.*\(and 9 more devices\)",
     ):
         bad.raise_for_problems()

@@ -130,6 +130,7 @@ def _manifest(
         size_bytes=sum((staged / f).stat().st_size for f in build.built.files),
         compile_seconds=0.0,
         measured=choice.best.measurement,
+        cpu=build.built.cpu,
         selftest=selftest,
         samples=_samples_info(plan, reference),
         candidates=outcomes.reports,
