@@ -209,3 +209,27 @@ def test_every_malformed_request_is_one_4xx_line_and_ping_keeps_its_budget(
         assert isinstance(message, str) and "\n" not in message and "Traceback" not in message
         assert elapsed < 2.0, f"{case} took {elapsed:.2f} s"
         assert ping_ms(server.url) < 500
+
+
+def test_a_request_head_dripped_byte_by_byte_is_cut_off(small: Path) -> None:
+    """Slowloris: one byte every 0.2 s keeps uvicorn's own timer from firing; the header timeout still does."""
+    with ModelServer([small], options=ServeOptions(port=0, header_timeout_s=1.0)) as server:
+        host, port = server.url.removeprefix("http://").split(":")
+        drip = b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            started = time.monotonic()
+            closed_after = None
+            for byte in drip:
+                try:
+                    sock.sendall(bytes([byte]))
+                    sock.settimeout(0.2)
+                    if sock.recv(1) == b"":
+                        closed_after = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    closed_after = time.monotonic() - started
+                    break
+            assert closed_after is not None and closed_after < 4.0, closed_after
+        assert ping_ms(server.url) < 500
