@@ -116,12 +116,15 @@ def _check_overwrite(model: Any, target: Any, output_dir: Path, name: str | None
         )
 
 
-def load(artifact_dir: Any, threads: int = 0, *, self_test: bool = False) -> LoadedModel:
+def load(artifact_dir: Any, threads: int = 0, *, self_test: bool = False, stand_in: bool = False) -> LoadedModel:
     """Load a compiled artifact: ``edgekit.load(dir).predict(inputs)``. Refuses one whose code needs CPU features
-    this CPU lacks (UnsupportedCpuError); ``self_test`` also runs its golden vectors (SelfTestError when they disagree)."""
+    this CPU lacks (UnsupportedCpuError); ``self_test`` also runs its golden vectors (SelfTestError when they disagree).
+
+    ``stand_in``: this host stands in for the artifact's device (the simulator's devices of another platform): its
+    host twin runs where the device's code can't (see :func:`edgekit.runtime.load`)."""
     from edgekit.runtime import load as _load
 
-    return _load(artifact_dir, threads, self_test=self_test)
+    return _load(artifact_dir, threads, self_test=self_test, stand_in=stand_in)
 
 
 def run(

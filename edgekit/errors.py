@@ -39,7 +39,7 @@ The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`). See d
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -191,8 +191,10 @@ class ResolutionError(EdgekitError):
     COMPONENT_VERSION_REQUIREMENTS_NOT_MET, ...) or ``NO_MATCHING_PLATFORM``.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, lines: Sequence[str] = ()) -> None:
         self.code = code
+        self.lines = list(lines)
+        """One line per device and reason (a refused pre-flight): ``<thing>: <CODE>: <why>``."""
         super().__init__(f"{code}: {message}")
 
 

@@ -13,10 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgekit.errors import ConfigError, first_problem
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
-from edgekit.profiles import load_profile
+from edgekit.profiles import DeviceProfile, load_profile
 from edgekit.resources import bundled_dir
 
-__all__ = ["FAULT_KINDS", "IN_PROCESS_ABOVE", "DeviceEntry", "Fault", "FleetDevice", "FleetFile", "load_fleet"]
+__all__ = [
+    "FAULT_KINDS",
+    "IN_PROCESS_ABOVE",
+    "DeviceEntry",
+    "Fault",
+    "FleetDevice",
+    "FleetFile",
+    "device_platform",
+    "load_fleet",
+]
 
 IN_PROCESS_ABOVE = 50
 """A fleet file without ``mode`` runs in_process when it has more devices than this, else subprocess."""
@@ -46,6 +55,15 @@ class DeviceEntry(BaseModel):
         if (self.name is None) == (self.prefix is None):
             raise ValueError("give either 'name' (one device) or 'prefix' with 'count'")
         return self
+
+
+def device_platform(profile: DeviceProfile) -> dict[str, str]:
+    """The Greengrass platform of a device of ``profile``: ``os``, ``architecture`` and, where the profile lists CPU
+    flags, ``cpuFeatures`` (space separated: a custom platform attribute, which the pre-flight checks builds against)."""
+    platform: dict[str, str] = {"os": profile.greengrass.os, "architecture": profile.greengrass.architecture}
+    if profile.cpu_flags:
+        platform["cpuFeatures"] = " ".join(sorted(profile.cpu_flags))
+    return platform
 
 
 class FleetDevice(BaseModel):
@@ -139,7 +157,7 @@ class FleetFile(BaseModel):
         out: list[FleetDevice] = []
         for entry in self.devices:
             profile = load_profile(entry.profile)
-            platform = {"os": profile.greengrass.os, "architecture": profile.greengrass.architecture}
+            platform = device_platform(profile)
             emulated = entry.mode == "emulated"
             if emulated and profile.greengrass.architecture != "aarch64":
                 raise ConfigError(

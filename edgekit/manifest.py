@@ -21,6 +21,7 @@ __all__ = [
     "BackendInfo",
     "CandidateReport",
     "CpuRequirement",
+    "HostTwin",
     "Latency",
     "Manifest",
     "Measurement",
@@ -160,6 +161,18 @@ class SelfTest(_Model):
         return _inside(value)
 
 
+class HostTwin(_Model):
+    """The chosen candidate built again for the compiling host, where the device's code can't run there.
+
+    Same backend, same passes and options, the same golden vectors (the artifact's ``selftest``); only the code
+    generation targets ``machine`` instead of the device. A simulated device whose platform differs from its host
+    runs this build and says it is a stand-in (docs/local-fleet.md); a real device never loads it.
+    """
+
+    machine: str = Field(description="platform.machine() of the host it was built for (x86_64, aarch64, ...)")
+    backend: BackendInfo = Field(description="its files, under host-<machine>/ in the artifact folder")
+
+
 class CandidateReport(_Model):
     name: str
     backend: str
@@ -210,6 +223,7 @@ class Manifest(_Model):
     measured: Measurement | None
     cpu: CpuRequirement | None = Field(None, description="the CPU features the code needs (None: written by an older edgekit)")
     selftest: SelfTest | None = None
+    host_twin: HostTwin | None = Field(None, alias="hostTwin")
     samples: SamplesInfo | None = None
     candidates: list[CandidateReport]
     digests: dict[str, str] = Field(
@@ -274,6 +288,7 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
     if not manifest.digests:
         raise ArtifactError(f"{path}: lists no per-file digests (written by an older edgekit); recompile the artifact")
     needed = [*manifest.backend.files, *([manifest.selftest.file] if manifest.selftest else [])]
+    needed += manifest.host_twin.backend.files if manifest.host_twin else []
     uncovered = [f for f in needed if f not in manifest.digests]
     if uncovered:
         raise ArtifactError(f"{path}: '{uncovered[0]}' has no digest in the manifest; recompile the artifact")

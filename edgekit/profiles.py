@@ -23,6 +23,7 @@ __all__ = [
     "GreengrassPlatform",
     "NeoPlatform",
     "host_arch",
+    "host_platform",
     "list_profiles",
     "load_profile",
     "profile_dirs",
@@ -110,6 +111,14 @@ class DeviceProfile(_Model):
 
 def host_arch() -> str:
     return platform.machine()
+
+
+def host_platform() -> dict[str, str]:
+    """This host's Greengrass platform (``os``, ``architecture``), as a device's platform is written."""
+    machine = host_arch()
+    arch = next((gg for gg, m in _GG_TO_MACHINE.items() if m == machine), machine)
+    system = platform.system().lower()  # linux, darwin, windows: as Greengrass writes them
+    return {"os": system, "architecture": arch}
 
 
 def _host_cpu_flags() -> set[str]:

@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(rc, int) and rc:  # typer returns e.g. 130 for Ctrl-C instead of raising
             return rc
     except EdgekitError as exc:
+        for line in getattr(exc, "lines", ()):  # a refused pre-flight: one line per device and reason, then the error
+            err_console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return exit_code_for(exc)
     except KeyboardInterrupt:

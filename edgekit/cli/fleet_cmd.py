@@ -115,7 +115,10 @@ def devices_table(view: FleetView, limit: int = 50) -> Table:
         seen = Text(f"{now - t.last_seen:.0f} s ago") if t.last_seen else Text("never", style="dim")
         status = _styled(t.last_status, _STYLE)
         online = [Text("-" if t.connected is None else "yes" if t.connected else "no")] if presence else []
-        table.add_row(Text(t.thing), Text(", ".join(t.groups)), status, (t.deployment_id or "-")[:8], seen, *online)
+        thing = Text(t.thing)
+        if t.stand_in:  # a process of another platform runs it: a host build of the same candidate, not its own code
+            thing.append(f" (stand-in on {t.stand_in})", style="yellow")
+        table.add_row(thing, Text(", ".join(t.groups)), status, (t.deployment_id or "-")[:8], seen, *online)
     return table
 
 
@@ -164,7 +167,7 @@ def failures_table(failures: Sequence[FailureView], title: str = "latest failure
     for col in ("thing", "deployment", "status", "error", "cause"):
         table.add_column(col, overflow="fold")
     for f in failures:
-        cause = (f.cause or "")[:160]
+        cause = (f.cause or "")[:600]  # it ends with the component's last log line: wrapped, not cut
         table.add_row(Text(f.thing), f.deployment_id[:8], Text(f.status, style="red"), Text(f.error_code or "-"), Text(cause))
     return table
 

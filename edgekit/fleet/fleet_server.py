@@ -69,6 +69,8 @@ class FleetServer:
     ``http_port``: where the broker's device listener and the HTTP server listen (loopback, free ports by default);
     ``public_host``: the address devices reach them at (in the broker's certificate and the URLs; default ``host``). ``about`` goes into the
     folder's running file beside the server's own facts (pid, broker and HTTP URLs). ``name`` is the fleet's.
+    ``stand_ins``: the devices a process of another platform stands in for (thing → its platform, the simulator's):
+    every view of the fleet says so (``standIn``), ``edgekit fleet status`` too (from the running file).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class FleetServer:
         port: int = 0,
         http_port: int = 0,
         public_host: str | None = None,
+        stand_ins: Mapping[str, str] | None = None,
     ) -> None:
         self.folder = folder if isinstance(folder, FleetFolder) else FleetFolder.at(folder)
         self.register = devices is not None
@@ -99,6 +102,7 @@ class FleetServer:
         self.tick_s = tick_s
         self.presence = presence
         self.about = dict(about or {})
+        self.stand_ins = dict(stand_ins or {})
         self.progress: Progress = progress or (lambda _m: None)
         self.state: FleetState | None = None
         self.service: FleetService | None = None
@@ -189,7 +193,9 @@ class FleetServer:
             presence = self.tracker
         registry = Registry(self.state, self.folder.store)
         try:
-            self.http = FleetHttpServer(registry, presence=presence, host=self.host, port=self.http_port).start()
+            self.http = FleetHttpServer(
+                registry, presence=presence, host=self.host, port=self.http_port, stand_ins=self.stand_ins
+            ).start()
         except OSError as exc:
             raise FleetError(f"can't serve HTTP on {self.host}:{self.http_port}: {exc.strerror or exc}") from None
         self.progress(f"fleet page: {self.http_url}/ui")
@@ -230,6 +236,7 @@ class FleetServer:
             "broker": self.broker_url,
             "http": self.http_url,
             "startedAt": time.time(),
+            **({"standIns": self.stand_ins} if self.stand_ins else {}),
         }
         self.folder.running_file.write_text(json.dumps(info, indent=1))
 

@@ -32,9 +32,10 @@ def read_status(folder: FleetFolder) -> FleetStatus:
 
     running = folder.running()
     presence = read_presence(folder.presence_file) if running is not None else None
+    stand_ins = running.get("standIns") if running else None
     state = folder.open_state()
     try:
-        view = fleet_view(state, presence=presence)
+        view = fleet_view(state, presence=presence, stand_ins=stand_ins if isinstance(stand_ins, dict) else None)
     finally:
         state.close()
     return FleetStatus(folder.root, running, view)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -24,6 +25,8 @@ from typing import Final
 
 import edgekit
 from edgekit.children import die_with_parent
+from edgekit.edge.component import CHECKPOINT_ENV
+from edgekit.edge.loop import Checkpoint
 from edgekit.progress import Progress
 from edgekit.sim.errors import SimulationError
 from edgekit.verify.sysroot import Sysroot, ensure_sysroot, python_command, write_launcher
@@ -56,7 +59,25 @@ class Emulation:
         its lifecycle steps inherit ``EDGEKIT_HOST_PYTHON``, the launcher."""
         argv, env = python_command(self.sysroot, [self.source])
         env[HOST_PYTHON_ENV] = str(self.launcher)
+        env[CHECKPOINT_ENV] = str(checkpoint_dir(config))  # the inference components say where they stand there
         return [*argv, "-m", "edgekit", "agent", "--config", str(config)], env
+
+
+def checkpoint_dir(config: Path) -> Path:
+    """Where the inference components of the emulated device whose bundle is ``config`` write their checkpoints."""
+    return config.parent / "checkpoints"
+
+
+def read_checkpoints(config: Path) -> list[Checkpoint]:
+    """The latest :class:`~edgekit.edge.loop.Checkpoint` of each inference run of that device (one file a run,
+    replaced after every window it closes)."""
+    found = []
+    for path in sorted(checkpoint_dir(config).glob("*.json")):
+        try:
+            found.append(Checkpoint(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("unreadable checkpoint %s: %s", path, exc)
+    return found
 
 
 def prepare_emulation(folder: Path, cache_dir: Path | None = None, progress: Progress | None = None) -> Emulation:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self
 from edgekit.device.agent import DeviceAgent
 from edgekit.device.jobs_runner import DeviceMqttRunner
 from edgekit.device.lifecycle import StateCallback
+from edgekit.edge.component import STAND_IN_ENV
 from edgekit.edge.loop import Checkpoint
 from edgekit.errors import ConfigError, ToolchainError
 from edgekit.fleet.errors import NotFoundError
@@ -36,13 +37,14 @@ from edgekit.fleet_file import Fault, FleetDevice, FleetFile
 from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import raise_fd_limit
 from edgekit.mqtt.client import Backoff, MqttClient
+from edgekit.profiles import host_platform
 from edgekit.progress import Progress
-from edgekit.sim.emulated import EmulatedAgent, Emulation, prepare_emulation, write_bundle
+from edgekit.sim.emulated import EmulatedAgent, Emulation, prepare_emulation, read_checkpoints, write_bundle
 from edgekit.sim.errors import SimulationError, SimulationTimeoutError
 from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
 from edgekit.sim.scripted_shell import SimulatedExecutor
-from edgekit.wire.device_bundle import DeviceBundle
+from edgekit.wire.device_bundle import BUNDLE_CONFIG, DeviceBundle
 
 if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are the types of its parts
     from edgekit.fleet.component_registry import PublishedComponent
@@ -55,13 +57,23 @@ if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are 
     from edgekit.mqtt.broker import MosquittoBroker
     from edgekit.mqtt.tls import TlsMaterial
 
-__all__ = ["SimulatedDevice", "Simulation", "SimulationStatus"]
+__all__ = ["SimulatedDevice", "Simulation", "SimulationStatus", "stand_in_for"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S: Final = 0.1
 HOST_PYTHON_ENV: Final = "EDGEKIT_HOST_PYTHON"
 """Set for simulated ``subprocess`` devices: the runtime component's Install uses this interpreter (offline)."""
+
+
+def stand_in_for(device: FleetDevice, host: Mapping[str, str] | None = None) -> str | None:
+    """The platform of the process standing in for ``device`` (``linux/amd64``) when it is not the device's own
+    (``host``: this machine's), else None. Such a device runs a host build of the same candidate: the artifact's host
+    twin, or its portable files (:func:`edgekit.load` with ``stand_in``); every view of the fleet says so."""
+    here = dict(host or host_platform())
+    if all(device.platform.get(k) == here[k] for k in ("os", "architecture")):
+        return None
+    return f"{here['os']}/{here['architecture']}"
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,8 @@ class Simulation:
         self.emulation: Emulation | None = None
         things = self.fleet.expand()
         emulated = sum(1 for t in things if t.emulated)
+        self.stand_ins = {d.thing: on for d in things if not d.emulated and (on := stand_in_for(d)) is not None}
+        """The devices a process of another platform (this one's) stands in for: thing → that platform."""
         self.server = FleetServer(
             self.folder,
             devices=things,
@@ -183,6 +197,7 @@ class Simulation:
             presence=self._presence,
             about={"devices": len(things), "mode": self.mode} | ({"emulated": emulated} if emulated else {}),
             progress=lambda message: self.progress(message),
+            stand_ins=self.stand_ins,
         )
         self._executor = SimulatedExecutor()
         self._started_at = 0.0
@@ -279,6 +294,9 @@ class Simulation:
                     raise
                 log.warning("emulated devices run as simulated ones (%s): %s", self.mode, exc)
                 self.progress(f"emulated devices run as simulated ones ({self.mode}): {exc}")
+                fallen = {d.thing: on for d in things if d.emulated and (on := stand_in_for(d)) is not None}
+                self.stand_ins.update(fallen)  # now they are stand-ins too (the page and /api/fleet share this map)
+                self.server.stand_ins.update(fallen)
         host, port = "127.0.0.1", self.broker.port
         for device in things:
             link = NetworkLink(device.thing, host, port)
@@ -324,7 +342,8 @@ class Simulation:
             options.setdefault("executor", self._executor)
             options.setdefault("ipc", True)  # in-process components (the inference loop) publish through it
         else:  # the runtime component's Install uses this interpreter and its packages: no network (docs/local-fleet.md)
-            options["env"] = {HOST_PYTHON_ENV: sys.executable, **dict(options.get("env") or {})}
+            stand_in = {STAND_IN_ENV: "1"} if dev.thing in self.stand_ins else {}  # runs the artifact's host twin
+            options["env"] = {HOST_PYTHON_ENV: sys.executable, **stand_in, **dict(options.get("env") or {})}
         agent = DeviceAgent(
             dev.thing, dev.root, dev.device.platform, self.http.url, dev.device.groups, mode=self.mode, report=report, **options
         )
@@ -466,9 +485,16 @@ class Simulation:
 
     async def inference_checkpoints(self) -> list[Checkpoint]:
         """A :class:`~edgekit.edge.loop.Checkpoint` of every in-process inference loop this simulation started:
-        running ones close their window now; ended ones give their last (a crashed one's counts its lost window)."""
+        running ones close their window now; ended ones give their last (a crashed one's counts its lost window).
+        An emulated device's components are processes: theirs is the one each wrote after its last closed window."""
         runs = [run for runs in self._executor.runners.runs.values() for run in runs]
-        return list(await asyncio.gather(*(run.loop.checkpoint() for run in runs)))
+        points = list(await asyncio.gather(*(run.loop.checkpoint() for run in runs)))
+        if self.emulation is not None:  # their components write theirs after each window (up to its last closed one)
+            for dev in self.devices.values():
+                config = self.emulation.folder / dev.thing / BUNDLE_CONFIG
+                if dev.device.emulated and config.is_file():
+                    points += read_checkpoints(config)
+        return points
 
     def status(self) -> SimulationStatus:
         """The fleet at a glance (see :class:`SimulationStatus`)."""
