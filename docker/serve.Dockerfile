@@ -1,7 +1,10 @@
 # The edgekit serve container for SageMaker (real-time, serverless, asynchronous, batch, multi-model, pipelines).
 #
 #   docker build -f docker/serve.Dockerfile -t edgekit-serve .    (from the repository root)
-#   docker run -p 8080:8080 -v $PWD/build/model-x86_64:/opt/ml/model edgekit-serve serve
+#   docker run -p 127.0.0.1:8080:8080 -v $PWD/build/model-x86_64:/opt/ml/model edgekit-serve serve
+#
+# The model API has no authentication: publish it on loopback as above (a bare -p 8080:8080 publishes it on
+# every interface of the host), or behind a proxy that authenticates. See docs/cloud.md (Hardening).
 #
 # SageMaker starts it as `docker run <image> serve`: the artifact's .tar.gz is the model.tar.gz it extracts
 # into /opt/ml/model (manifest.json at the top), and it sends /ping and /invocations to port 8080

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_DEPTH",
     "MAX_FILE_BYTES",
+    "MAX_NUMBER_DIGITS",
     "MAX_YAML_NODES",
     "ParseError",
     "check_depth",
@@ -35,6 +37,11 @@ MAX_YAML_NODES: Final = 200_000
 """Items a YAML document may expand to, aliases included (a billion-laughs document is stopped here)."""
 MAX_FILE_BYTES: Final = 16 * 1024 * 1024
 """Largest recipe, profile, fleet file, pipeline or deployment spec read (real ones are a few KB)."""
+
+
+MAX_NUMBER_DIGITS: Final = 1000
+"""Longest number accepted, in characters (Python itself refuses an int of over 4,300 digits with a plain
+``ValueError``, and converting a long one costs quadratic time); real documents stay under 20."""
 
 
 class ParseError(ValueError):
@@ -105,12 +112,31 @@ def loads_json(
         return out
 
     try:
-        value = json.loads(text, object_pairs_hook=pairs)
+        value = json.loads(text, object_pairs_hook=pairs, parse_int=_bounded_int, parse_float=_bounded_float)
     except RecursionError:
         raise ParseError(f"is nested deeper than {max_depth} levels") from None
     except json.JSONDecodeError as exc:
         raise ParseError(f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     return check_depth(value, max_depth)
+
+
+def _long_number(text: str) -> ParseError:
+    return ParseError(f"has a number of {len(text)} characters ('{text[:20]}...'), over the {MAX_NUMBER_DIGITS}-character limit")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise _long_number(text)
+    return int(text)
+
+
+def _bounded_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise _long_number(text)
+    value = float(text)
+    if math.isinf(value):
+        raise ParseError(f"has the number {text[:40]}, too large for a 64-bit float")
+    return value
 
 
 @functools.cache
@@ -145,6 +171,22 @@ def _bounded_loader(base: type[yaml.SafeLoader] | None, fold_keys: Callable[[str
                     seen[folded] = key_node
             return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
 
+    def construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+        if len(str(node.value)) > MAX_NUMBER_DIGITS:
+            raise _long_number(str(node.value))
+        return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+    def construct_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+        text = str(node.value)
+        if len(text) > MAX_NUMBER_DIGITS:
+            raise _long_number(text)
+        value = yaml.SafeLoader.construct_yaml_float(loader, node)
+        if math.isinf(value) and "inf" not in text.lower():  # .inf is YAML's infinity; 1e999 overflows
+            raise ParseError(f"has the number {text[:40]}, too large for a 64-bit float")
+        return value
+
+    Loader.add_constructor("tag:yaml.org,2002:int", construct_int)
+    Loader.add_constructor("tag:yaml.org,2002:float", construct_float)
     return Loader
 
 

@@ -57,6 +57,13 @@ def serve(
         None, "--memory-budget-mb", help="models beyond it: least recently used evicted (first use), 507 (POST /models)"
     ),
     max_body_mb: float = typer.Option(6.0, "--max-body-mb", help="larger request bodies get 413"),
+    max_decoded_mb: float = typer.Option(
+        256.0, "--max-decoded-mb", help="an .npy / .npz body declaring more (checked before allocating) gets 413"
+    ),
+    max_connections: int = typer.Option(
+        1000, "--max-connections", help="open at once (under the descriptor limit); past it the oldest idle one is closed"
+    ),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="seconds a connection may stay without a request"),
     threads: int = typer.Option(
         1, "--threads", help="ONNX Runtime intra-op threads per model (0: its default, a spinning thread per core)"
     ),
@@ -82,6 +89,9 @@ def serve(
         multi_model=multi_model,
         memory_budget_mb=memory_budget_mb,
         max_body_mb=max_body_mb,
+        max_decoded_mb=max_decoded_mb,
+        max_connections=max_connections,
+        header_timeout_s=header_timeout,
         threads=threads,
         inline_below_ms=inline_below_ms,
         graceful_timeout_s=graceful_timeout,

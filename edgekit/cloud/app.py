@@ -41,11 +41,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgekit._version import __version__
-from edgekit.cloud.content import HttpError, decode_body, decode_v2, encode_outputs, encode_v2
+from edgekit.cloud.content import MAX_DECODED_BYTES, HttpError, decode_body, decode_v2, encode_outputs, encode_v2
 from edgekit.cloud.model_registry import ModelRegistry
 from edgekit.cloud.servable import Servable
 from edgekit.cloud.serve_metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from edgekit.errors import last_line
+from edgekit.parsing import loads_json
 from edgekit.wire.open_inference import (
     DATATYPES,
     ErrorResponse,
@@ -65,6 +66,7 @@ TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
 _JSON = "application/json"
 
 
+_INLINE_DECODE_BYTES = 256 * 1024  # smaller bodies decode on the event loop (a thread hop costs more than they do)
 _TARGET = TARGET_MODEL_HEADER.encode()
 _WANTED = frozenset((b"content-type", b"content-length", b"accept", _TARGET))
 
@@ -103,8 +105,12 @@ class ServeApp:
         predict_threads: int = 4,
         inline_below_ms: float = 1.0,
         on_startup: Callable[[], None] | None = None,
+        max_decoded_bytes: int = MAX_DECODED_BYTES,
+        body_timeout_s: float = 30.0,
     ) -> None:
         self.registry = registry
+        self.max_decoded_bytes = max_decoded_bytes
+        self.body_timeout_s = body_timeout_s
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.inline_below_ms = inline_below_ms
@@ -129,7 +135,7 @@ class ServeApp:
             Route("/v2/models/{name}/ready", self.v2_model_ready, methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
         ]
-        self.app = Starlette(routes=routes, lifespan=self._lifespan)
+        self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={Exception: self._unexpected})
         self._sync_gauges()
         registry.on_change = self._changed
 
@@ -145,6 +151,11 @@ class ServeApp:
             self.ready = False
             self.registry.close()
 
+    async def _unexpected(self, request: Request, exc: Exception) -> Response:
+        """What no route expected: one line, no traceback in the answer (the log has it)."""
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"the server failed on this request: {last_line(exc)[:300]}")
+
     def _changed(self, event: str, _model: str) -> None:
         self.metrics.events.labels(event).inc()
         self._sync_gauges()
@@ -157,10 +168,17 @@ class ServeApp:
     # ------------------------------------------------------------------ the inference path
 
     async def _body(self, request: Request, length: str | None) -> bytes:
+        try:
+            with anyio.fail_after(self.body_timeout_s):
+                return await self._read_body(request, length)
+        except TimeoutError:
+            raise HttpError(408, f"the body did not arrive within {self.body_timeout_s:g} s") from None
+
+    async def _read_body(self, request: Request, length: str | None) -> bytes:
         limit = self.max_body_bytes
         if length is not None:
-            if not length.isdigit():
-                raise HttpError(400, f"bad Content-Length '{length}'")
+            if not length.isdigit() or len(length) > 18:
+                raise HttpError(400, f"bad Content-Length '{length[:40]}'")
             if int(length) > limit:
                 raise HttpError(413, f"the body has {int(length)} bytes, over the limit of {limit} (--max-body-mb)")
             return await request.body()
@@ -207,7 +225,13 @@ class ServeApp:
                 name = self._default_model()
             servable = self.registry.peek(name) or await self.registry.get(name)
             body = await self._body(request, _text(head.get(b"content-length")))
-            feeds = decode_body(body, _text(head.get(b"content-type")) or "", servable.inputs)
+            media = _text(head.get(b"content-type")) or ""
+            if len(body) < _INLINE_DECODE_BYTES and "npz" not in media:
+                feeds = decode_body(body, media, servable.inputs, self.max_decoded_bytes)
+            else:  # inflating or parsing a big body: off the event loop, so /ping keeps its budget
+                feeds = await anyio.to_thread.run_sync(
+                    decode_body, body, media, servable.inputs, self.max_decoded_bytes, limiter=self._limiter
+                )
             latency = servable.latency_ms
             if latency is not None and latency < self.inline_below_ms:
                 outputs = self._run(servable, feeds)  # no coroutine, no thread: the fast path
@@ -232,7 +256,11 @@ class ServeApp:
         t0 = time.perf_counter()
         try:
             servable = await self._model(name)
-            feeds = decode_v2(await self._body(request, _text(_headers(request).get(b"content-length"))), servable.inputs)
+            body = await self._body(request, _text(_headers(request).get(b"content-length")))
+            if len(body) < _INLINE_DECODE_BYTES:
+                feeds = decode_v2(body, servable.inputs)
+            else:
+                feeds = await anyio.to_thread.run_sync(decode_v2, body, servable.inputs, limiter=self._limiter)
             payload = encode_v2(name, await self._predict(servable, feeds))
         except HttpError as exc:
             self.metrics.observe(name if exc.status != 404 else "", "v2-infer", exc.status, None)
@@ -283,11 +311,11 @@ class ServeApp:
 
     async def load_model(self, request: Request) -> Response:
         try:
-            doc = json.loads(await self._body(request, _text(_headers(request).get(b"content-length"))))
+            doc = loads_json(await self._body(request, _text(_headers(request).get(b"content-length"))), duplicate_keys=True)
             name, url = doc["model_name"], doc["url"]
             if not isinstance(name, str) or not isinstance(url, str) or not name:
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # ParseError (nesting, numbers, UTF-8) included
             return _error(400, 'the body must be {"model_name": "<name>", "url": "<folder or .tar.gz>"}')
         except HttpError as exc:
             return _error(exc.status, exc.message)

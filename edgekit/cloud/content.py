@@ -25,6 +25,7 @@ from edgekit.wire.open_inference import DATATYPES, NUMPY_DTYPES, InferenceReques
 
 __all__ = [
     "JSON",
+    "MAX_DECODED_BYTES",
     "NPY",
     "NPZ",
     "HttpError",
@@ -87,14 +88,90 @@ def _media(content_type: str) -> str:
     return content_type.split(";", 1)[0].strip().lower()
 
 
+MAX_DECODED_BYTES = 256 * 2**20
+"""Default bound on what an .npy / .npz body decodes to (``--max-decoded-mb``): a 1 MB .npz can inflate to 1 GB."""
+
+
 def _load_json(body: bytes) -> Any:
     try:
         return _loads(body)
+    except RecursionError:  # the standard library's parser on deeply nested arrays (orjson stops at 1,024 levels)
+        raise HttpError(400, "the body is not valid JSON (nested too deep)") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise HttpError(400, f'the body is not valid JSON ({exc}); send {{"inputs": {{"<name>": [...]}}}}') from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise HttpError(400, f'the body is not valid JSON ({why[:200]}); send {{"inputs": {{"<name>": [...]}}}}') from None
 
 
-def decode_body(body: bytes, content_type: str, specs: Sequence[TensorSpec] | None) -> dict[str, np.ndarray]:
+def _npy_bytes(stream: io.BytesIO | Any, what: str, limit: int) -> None:
+    """Read an .npy header from ``stream`` (left after it) and refuse what it declares past ``limit`` bytes."""
+    from numpy.lib import format as npy_format
+
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, _fortran, dtype = npy_format.read_array_header_1_0(stream)
+        else:
+            shape, _fortran, dtype = npy_format.read_array_header_2_0(stream)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise HttpError(400, f"{what} is not a .npy array ({str(exc).splitlines()[0][:200] if str(exc) else exc!r})") from None
+    if dtype.hasobject:
+        raise HttpError(400, f"{what} holds Python objects (dtype {dtype}); send numbers")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    size = count * dtype.itemsize
+    if size > limit:
+        raise HttpError(
+            413, f"{what} declares shape {list(shape)} {dtype} ({size} bytes), over the limit of {limit} (--max-decoded-mb)"
+        )
+
+
+def _load_npy(body: bytes, limit: int) -> np.ndarray:
+    _npy_bytes(io.BytesIO(body), "the body", limit)
+    try:
+        return np.load(io.BytesIO(body), allow_pickle=False)  # type: ignore[no-any-return]
+    except (ValueError, OSError, EOFError) as exc:
+        raise HttpError(400, f"the body is not a .npy array ({str(exc).splitlines()[0][:200]})") from None
+
+
+def _load_npy_member(data: bytes, name: str, limit: int) -> np.ndarray:
+    _npy_bytes(io.BytesIO(data), f"'{name}' in the .npz", limit)
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)  # type: ignore[no-any-return]
+    except (ValueError, OSError, EOFError) as exc:
+        raise HttpError(400, f"'{name}' in the .npz is not a .npy array ({str(exc).splitlines()[0][:200]})") from None
+
+
+def _load_npz(body: bytes, limit: int) -> dict[str, np.ndarray]:
+    """Arrays by name from an .npz body: every member's declared sizes checked before anything is inflated."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(body)) as archive:
+            infos = archive.infolist()
+            if len(infos) > 1024:
+                raise HttpError(400, f"the .npz holds {len(infos)} members; a model takes far fewer")
+            total = sum(i.file_size for i in infos)
+            if total > limit:
+                raise HttpError(413, f"the .npz inflates to {total} bytes, over the limit of {limit} (--max-decoded-mb)")
+            out: dict[str, np.ndarray] = {}
+            for info in infos:
+                name = info.filename.removesuffix(".npy")
+                with archive.open(info) as member:
+                    data = member.read()  # zipfile stops at the declared file_size, checked above
+                out[name] = _load_npy_member(data, name, limit)
+            return out
+    except HttpError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise HttpError(
+            400, f"the body is not a .npz archive ({str(exc).splitlines()[0][:200] if str(exc) else exc!r})"
+        ) from None
+
+
+def decode_body(
+    body: bytes, content_type: str, specs: Sequence[TensorSpec] | None, max_decoded_bytes: int = MAX_DECODED_BYTES
+) -> dict[str, np.ndarray]:
     """Inputs by name from a SageMaker ``/invocations`` body.
 
     JSON ``{"inputs": {"<name>": nested lists}}`` (or ``{"inputs": nested lists}`` for a single-input
@@ -119,18 +196,9 @@ def decode_body(body: bytes, content_type: str, specs: Sequence[TensorSpec] | No
             raise HttpError(
                 400, f"an application/x-npy body holds one array; the model has inputs {names}: send application/x-npz"
             )
-        try:
-            arr = np.load(io.BytesIO(body), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise HttpError(400, f"the body is not a .npy array ({exc})") from None
-        return _arrays({names[0]: arr}, specs)
+        return _arrays({names[0]: _load_npy(body, max_decoded_bytes)}, specs)
     if media == NPZ:
-        try:
-            with np.load(io.BytesIO(body), allow_pickle=False) as data:
-                raw_npz = {k: data[k] for k in data.files}
-        except (ValueError, OSError, EOFError) as exc:
-            raise HttpError(400, f"the body is not a .npz archive ({exc})") from None
-        return _arrays(raw_npz, specs)
+        return _arrays(_load_npz(body, max_decoded_bytes), specs)
     raise HttpError(415, f"Content-Type '{media}' is not served; use {JSON}, {NPY} or {NPZ}")
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgekit.cloud.connection_guard import ConnectionGuard
 from edgekit.deps import require
 from edgekit.errors import ServeError
 
@@ -60,6 +61,26 @@ class ServeOptions:
     inline_below_ms: float = 1.0  # models measured faster than this run on the event loop
     graceful_timeout_s: int = 30  # SIGTERM: how long in-flight requests may take to finish
     self_test: bool = True  # run each artifact's golden vectors when it loads; refuse it when they disagree here
+    # hardening (docs/cloud.md): what a hostile client can hold
+    max_connections: int = 1000  # open at once (at most the descriptor limit less 192); past it the oldest idle one goes
+    header_timeout_s: float = 10.0  # a connection with no complete request head in this time is closed
+    keep_alive_s: int = 5  # uvicorn's timeout_keep_alive: idle after a response
+    body_timeout_s: float = 30.0  # a request body not received in full in this time: 408
+    max_decoded_mb: float = 256.0  # an .npy / .npz body may decode to at most this (checked before allocating)
+
+
+def _connection_cap(wanted: int) -> int:
+    """``wanted``, or fewer where the descriptor limit is lower: 192 stay for model files, logs, the pool and the
+    connections being closed."""
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        return wanted
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - 192))  # 64 of them: uvicorn's margin (limit_concurrency)
 
 
 def _named(models: Sequence[str | Path]) -> list[tuple[str | None, str]]:
@@ -159,7 +180,10 @@ class ModelServer:
             predict_threads=opts.predict_threads,
             inline_below_ms=opts.inline_below_ms,
             on_startup=self._ready,
+            max_decoded_bytes=int(opts.max_decoded_mb * 2**20),
+            body_timeout_s=opts.body_timeout_s,
         )
+        self.guard = ConnectionGuard(_connection_cap(opts.max_connections), opts.header_timeout_s)
         self.socket = self._bind(opts.host, opts.port)
         host, port = self.socket.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -197,14 +221,23 @@ class ModelServer:
 
     def _uvicorn(self) -> object:
         import uvicorn
+        from uvicorn.config import HTTP_PROTOCOLS
+        from uvicorn.importer import import_from_string
 
+        opts = self.options
         config = uvicorn.Config(
             self.serve_app.app,
             log_config=None,  # the library stays quiet; the CLI sets up logging
             access_log=False,
             lifespan="on",
-            timeout_graceful_shutdown=max(1, round(self.options.graceful_timeout_s)),
+            timeout_graceful_shutdown=max(1, round(opts.graceful_timeout_s)),
             server_header=False,
+            http=self.guard.protocol(import_from_string(HTTP_PROTOCOLS["auto"])),
+            # a backstop (503 past it): uvicorn counts connections, and the guard holds them at the cap; the margin
+            # covers the evicted ones uvicorn has not yet seen go (their close lands on the next turn of the loop)
+            limit_concurrency=self.guard.max_connections + 64,
+            timeout_keep_alive=max(1, opts.keep_alive_s),
+            h11_max_incomplete_event_size=64 * 1024,  # a request head's bound under h11 (httptools: the guard's)
         )
         return uvicorn.Server(config)
 

@@ -83,6 +83,29 @@ def artifact_dir(path: str | Path) -> tuple[Path, list[Path]]:
     raise ServeError(f"'{p}' holds {what}; an artifact folder is what 'edgekit compile' writes")
 
 
+def _private_copy(directory: Path, manifest: Manifest, cleanup: list[Path]) -> Path:
+    """A copy of the artifact's files in a private temporary folder (added to ``cleanup``), loaded instead of the
+    original: a model file rewritten in place while it is served (a TVM library is mapped into the process) would
+    otherwise crash the server. The runtime checks the copy against the manifest's digests, so what is served is
+    what was compiled, however the original changes."""
+    tmp = Path(tempfile.mkdtemp(prefix="edgekit-serve-"))
+    cleanup.append(tmp)
+    target = tmp / directory.name
+    target.mkdir()
+    root = directory.resolve()
+    try:
+        for name in [MANIFEST_NAME, *manifest.digests]:
+            source = directory / name
+            if not source.resolve().is_relative_to(root):
+                raise ServeError(f"{directory}: '{name}' leads outside the artifact folder; refused")
+            dest = target / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+    except OSError as exc:
+        raise ServeError(f"cannot serve '{directory}': copying '{exc.filename}' failed ({exc.strerror or exc})") from exc
+    return target
+
+
 def check_architecture(manifest: Manifest, directory: Path) -> None:
     """Refuse an artifact built for another CPU architecture, with the reason."""
     arch = str(manifest.profile.greengrass.get("architecture", ""))
@@ -114,7 +137,9 @@ def load_artifact(name: str, path: str | Path, *, threads: int = 0, self_test: b
     try:
         manifest = read_manifest(directory)
         check_architecture(manifest, directory)
-        model = load(directory, threads=threads, self_test=self_test)
+        if not cleanup:  # a folder someone else owns: serve a private copy of it
+            directory = _private_copy(directory, manifest, cleanup)
+        model = load(directory, threads=threads, self_test=self_test)  # checks every file of the copy against its SHA-256
     except EdgekitError as exc:
         for c in cleanup:
             shutil.rmtree(c, ignore_errors=True)

@@ -46,6 +46,22 @@ logger = logging.getLogger(__name__)
 
 # component names and versions become folder names: nothing that could climb out of them
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_STAGING = re.compile(r"\..+\.(?:unzip-)?[0-9a-f]{8}")  # download.place / safe_unzip: .<name>.<8 hex>[ / unzip-<8 hex>]
+
+
+def _declared_names(record: InstalledComponent) -> set[str]:
+    """The file and folder names ``record``'s recipe puts in its artifact folders (never garbage, however named)."""
+    out: set[str] = set()
+    for artifact in record.manifest.get("Artifacts") or []:
+        uri = str(artifact.get("URI") or "") if isinstance(artifact, Mapping) else ""
+        if not uri:
+            continue
+        try:
+            file_name = artifact_file_name(uri)
+        except DeviceError:
+            continue
+        out |= {file_name, Path(urllib.parse.unquote(file_name)).stem}
+    return out
 
 
 def parse_target(target: str) -> str:
@@ -193,6 +209,7 @@ class DeviceAgent:
         if self._state.in_progress is not None:
             records += list(self._state.in_progress.previous_components.values())
         keep = {(r.name, r.version) for r in records}
+        declared = {(r.name, r.version): _declared_names(r) for r in records}
         names = {r.name for r in records}
         for base in (self.layout.artifacts_root, self.layout.unarchived_root):
             if not base.is_dir():
@@ -203,6 +220,10 @@ class DeviceAgent:
                         shutil.rmtree(version_dir, ignore_errors=True)
                     else:
                         for leftover in version_dir.glob(".*"):  # staging of an interrupted download / unzip
+                            if leftover.name in declared[(name_dir.name, version_dir.name)]:
+                                continue  # a hidden artifact the recipe declares (.env, .assets.zip): not staging
+                            if not _STAGING.fullmatch(leftover.name):
+                                continue  # not a name the downloader stages under: not ours to delete
                             if leftover.is_dir():
                                 shutil.rmtree(leftover, ignore_errors=True)
                             else:

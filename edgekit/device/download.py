@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import hashlib
 import logging
@@ -29,6 +30,8 @@ from edgekit.device.errors import ArtifactDownloadError, DeviceError, UnsafeArch
 from edgekit.digests import file_sha256_b64
 
 __all__ = [
+    "DEFAULT_MAX_CACHE_BYTES",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_MAX_UNZIPPED_BYTES",
     "ArtifactFetcher",
     "artifact_file_name",
@@ -41,6 +44,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UNZIPPED_BYTES = 2 * 1024**3
+DEFAULT_MAX_DOWNLOAD_BYTES = 4 * 1024**3  # one artifact; a longer download is cut off and deleted
+DEFAULT_MAX_CACHE_BYTES = 2 * 1024**3  # the download cache; past it the least recently used files go
+_PARTIAL = re.compile(r"\.[0-9a-f]{64}\.[0-9a-f]{8}")  # a download in progress: .<digest hex>.<8 hex>
 DEFAULT_MAX_ENTRIES = 100_000
 _CHUNK = 1 << 16
 _DOWNLOAD = ("ARTIFACT_DOWNLOAD_ERROR",)
@@ -202,19 +208,57 @@ class ArtifactFetcher:
         attempts: int = 10,
         backoff_s: float = 0.05,
         timeout_s: float = 30.0,
+        max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
     ) -> None:
         self.cache_dir = cache_dir
         self.headers = dict(headers or {})
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
+        self.max_bytes = max_bytes
+        self.max_cache_bytes = max_cache_bytes
+        self._remove_partials()
+
+    def _remove_partials(self) -> None:
+        """Delete what a download killed with its process left (this fetcher's own are under way in its thread)."""
+        if not self.cache_dir.is_dir():
+            return
+        for leftover in self.cache_dir.iterdir():
+            if _PARTIAL.fullmatch(leftover.name) and leftover.is_file():
+                logger.info("removing %s, left by a download that did not finish", leftover)
+                leftover.unlink(missing_ok=True)
+
+    def _shrink(self, keep: Path) -> None:
+        """Hold the cache under ``max_cache_bytes``: the least recently used files go (never ``keep``). The placed
+        artifacts are hard links or copies, so they stay."""
+        entries = []
+        for path in self.cache_dir.iterdir():
+            if path == keep or not re.fullmatch(r"[0-9a-f]{64}", path.name):
+                continue
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                entries.append((st.st_mtime, st.st_size, path))
+        total = sum(size for _, size, _ in entries) + (keep.stat().st_size if keep.is_file() else 0)
+        for _, size, path in sorted(entries):
+            if total <= self.max_cache_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
 
     def _download_once(self, url: str, tmp: Path) -> _Attempt:
         request = urllib.request.Request(url, headers=self.headers)
         h = hashlib.sha256()
+        size = 0
         try:
             with open_url(request, self.timeout_s) as resp, open(tmp, "wb") as out:
+                declared = resp.headers.get("Content-Length", "")
+                if declared.isdigit() and int(declared) > self.max_bytes:
+                    return self._too_large(url, int(declared))
                 while chunk := resp.read(_CHUNK):
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        return self._too_large(url, size)
                     h.update(chunk)
                     out.write(chunk)
         except urllib.error.HTTPError as exc:
@@ -227,6 +271,13 @@ class ArtifactFetcher:
             reason = getattr(exc, "reason", exc)
             return _Attempt(error=f"{url}: {reason}", stack=("NETWORK_ERROR",))
         return _Attempt(digest=base64.b64encode(h.digest()).decode())
+
+    def _too_large(self, url: str, size: int) -> _Attempt:
+        return _Attempt(
+            error=f"{url} is over the {self.max_bytes}-byte download limit ({size} bytes or more)",
+            retry=False,
+            stack=("HTTP_REQUEST_ERROR",),
+        )
 
     async def fetch(self, url: str, digest: str, algorithm: str = "SHA-256") -> Path:
         """The verified file for ``digest``: from the cache, or downloaded (with retries) into it."""
@@ -247,6 +298,7 @@ class ArtifactFetcher:
         if cached.is_file():
             try:
                 if await asyncio.to_thread(file_sha256_b64, cached) == digest:
+                    os.utime(cached)  # recently used: the last the cache lets go
                     return cached
             except OSError:
                 pass
@@ -261,6 +313,7 @@ class ArtifactFetcher:
                 last = await asyncio.to_thread(self._download_once, url, tmp)
                 if last.digest == digest:
                     os.replace(tmp, cached)
+                    await asyncio.to_thread(self._shrink, cached)
                     return cached
             finally:
                 tmp.unlink(missing_ok=True)

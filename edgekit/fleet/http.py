@@ -34,6 +34,7 @@ _STATIC: Final = {
 }
 READ_TIMEOUT_S: Final = 30.0
 MAX_CONNECTIONS: Final = 512
+MAX_EVENT_STREAMS: Final = 64  # /api/events streams have their own budget: open pages never starve the devices' API
 _BUSY: Final = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _INITIAL: Final = b'<script id="fleet-initial" type="application/json"></script>'
 _CHUNK = 64 * 1024
@@ -62,6 +63,18 @@ class _Server(ThreadingHTTPServer):
 
     active = 0  # connections holding a slot now
     count_lock: threading.Lock
+    streams: threading.BoundedSemaphore  # the event streams' own budget
+    moved: set[Any]  # connections whose slot went back when they became an event stream
+
+    def to_stream(self, request: Any) -> bool:
+        """Move ``request`` from the devices' budget to the event streams' (False: every stream slot is taken)."""
+        if not self.streams.acquire(blocking=False):
+            return False
+        with self.count_lock:
+            self.moved.add(request)
+            self.active -= 1
+        self.slots.release()
+        return True
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
@@ -79,8 +92,11 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             with self.count_lock:
-                self.active -= 1
-            self.slots.release()
+                stream = request in self.moved
+                self.moved.discard(request)
+                if not stream:
+                    self.active -= 1
+            (self.streams if stream else self.slots).release()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -128,6 +144,15 @@ class _Handler(BaseHTTPRequestHandler):
         """Server-sent events: a snapshot whenever the fleet changed, checked every ``interval_s``; a comment line
         keeps idle connections alive. Ends when the client goes away or the server stops."""
         fleet = self.server.fleet
+        if not self.server.to_stream(self.request):
+            fleet.refused_streams += 1
+            self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+            self.send_header("Retry-After", "5")
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            return
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")
@@ -234,6 +259,7 @@ class FleetHttpServer:
         port: int = 0,
         read_timeout_s: float = READ_TIMEOUT_S,
         max_connections: int = MAX_CONNECTIONS,
+        max_event_streams: int = MAX_EVENT_STREAMS,
         presence: Presence | None = None,
         events_interval_s: float = 0.5,
         stand_ins: Mapping[str, str] | None = None,
@@ -245,6 +271,8 @@ class FleetHttpServer:
         self.read_timeout_s = read_timeout_s
         self.max_connections = max_connections
         self.refused = 0  # connections turned away with 503 because every slot was taken
+        self.max_event_streams = max_event_streams
+        self.refused_streams = 0  # /api/events turned away with 503 because every stream slot was taken
         self.host = host
         self._requested_port = port
         self._server: _Server | None = None
@@ -260,7 +288,7 @@ class FleetHttpServer:
 
     @property
     def active_connections(self) -> int:
-        """Connections being served now (each holds one of ``max_connections`` slots)."""
+        """Connections being served now (each holds one of ``max_connections`` slots; event streams hold their own)."""
         return self._server.active if self._server is not None else 0
 
     @property
@@ -277,6 +305,8 @@ class FleetHttpServer:
         server.fleet = self
         server.slots = threading.BoundedSemaphore(self.max_connections)
         server.count_lock = threading.Lock()
+        server.streams = threading.BoundedSemaphore(self.max_event_streams)
+        server.moved = set()
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fleet-http", daemon=True

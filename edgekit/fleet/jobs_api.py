@@ -92,7 +92,7 @@ def _client_token(payload: bytes) -> str | None:
         return None
     try:
         data = loads_json(payload, duplicate_keys=True)
-    except ParseError:
+    except ValueError:  # ParseError, or anything else the payload makes a parser raise: no token
         return None
     token = data.get("clientToken") if isinstance(data, dict) else None
     return token if isinstance(token, str) and 1 <= len(token) <= 64 else None
@@ -365,7 +365,12 @@ class FleetMqttBridge:
                     replies.append(self._handle(request))
             except Exception as exc:
                 log.exception("fleet MQTT bridge: %s failed", request.topic)
-                replies.append(self._rejection(request.topic, "InternalError", f"{type(exc).__name__}: {exc}", request.payload))
+                try:  # a bad request costs only its own answer, never the rest of the batch
+                    replies.append(
+                        self._rejection(request.topic, "InternalError", f"{type(exc).__name__}: {exc}", request.payload)
+                    )
+                except Exception:
+                    log.exception("fleet MQTT bridge: can't build the refusal for %s", request.topic)
         return replies
 
     def _handle(self, request: _Request) -> tuple[str, WireMessage]:

@@ -419,6 +419,35 @@ def test_an_archive_escaping_its_folder_is_refused_whole(tmp_path: Path, registr
     assert not any(p.name == "evil" for p in tmp_path.rglob("evil"))
 
 
+def test_gc_keeps_hidden_artifacts_the_recipe_declares_and_removes_staging(tmp_path: Path, registry: Registry) -> None:
+    """Issue 19 item 7: `.env` and `.assets.zip` (unarchived to `.assets`) are artifacts, not leftovers."""
+    env, assets = b"KEY=1\n", zip_bytes({"a.txt": b"asset"})
+    artifacts = [{"URI": "s3://b/.env"}, {"URI": "s3://b/.assets.zip", "Unarchive": "ZIP"}]
+    lifecycle = {"Run": f"test -f {{artifacts:path}}/.env && {SLEEPER}"}
+    registry.publish(recipe("com.example.Hidden", lifecycle=lifecycle, artifacts=artifacts), {".env": env, ".assets.zip": assets})
+    root = tmp_path / "device"
+    art = root / "packages" / "artifacts" / "com.example.Hidden" / "1.0.0"
+    dec = root / "packages" / "artifacts-unarchived" / "com.example.Hidden" / "1.0.0"
+
+    async def scenario() -> None:
+        agent = make_agent(root, registry)
+        try:
+            assert (await agent.apply(job("d-1", {"com.example.Hidden": "1.0.0"}))).succeeded
+            (art / ".env.0123abcd").write_bytes(b"partial")  # what a killed place() leaves
+            (art / ".odd name").write_bytes(b"not ours")  # no staging name: left alone
+            outcome = await agent.apply(job("d-2", {"com.example.Hidden": "1.0.0"}))
+            assert outcome.succeeded, outcome.message
+        finally:
+            await agent.stop()
+
+    run(scenario)
+    assert (art / ".env").read_bytes() == env
+    assert (art / ".assets.zip").read_bytes() == assets
+    assert (dec / ".assets" / "a.txt").read_bytes() == b"asset"
+    assert not (art / ".env.0123abcd").exists()
+    assert (art / ".odd name").exists()
+
+
 # --------------------------------------------------------------------------- variables, dependencies, targets
 
 

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import functools
+import hashlib
+import http.server
+import os
 import stat
+import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgekit.device import DeviceError, UnsafeArchiveError, parse_target
 from edgekit.device.configuration import get_pointer, next_configuration
-from edgekit.device.download import permission_modes, safe_unzip
+from edgekit.device.download import ArtifactFetcher, permission_modes, safe_unzip
 from edgekit.device.lifecycle import dependency_layers, should_skip
 from edgekit.device.variables import ComponentView, VariableContext, interpolate
 from edgekit.wire.deployment_parts import ConfigurationUpdate
@@ -83,6 +92,61 @@ def test_a_corrupt_zip_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UnsafeArchiveError, match="can't be unpacked"):
         safe_unzip(z, tmp_path / "broken")
     assert not (tmp_path / "broken").exists()
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+@pytest.fixture
+def files_url(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on loopback."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield folder, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _digest(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def test_downloads_are_bounded_the_cache_shrinks_and_partials_go(tmp_path: Path, files_url: tuple[Path, str]) -> None:
+    """Issue 19: no size limit, a cache that never shrinks, and the partial file a killed download leaves."""
+    folder, base = files_url
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    partial = cache / f".{'ab' * 32}.0123abcd"  # what a download killed with its process leaves
+    partial.write_bytes(b"half")
+    blobs = {f"b{i}.bin": os.urandom(4096) for i in range(4)}
+    for name, data in blobs.items():
+        (folder / name).write_bytes(data)
+    (folder / "big.bin").write_bytes(b"x" * 20_000)
+    fetcher = ArtifactFetcher(cache, attempts=2, backoff_s=0.0, max_bytes=10_000, max_cache_bytes=3 * 4096)
+    assert not partial.exists()
+
+    async def scenario() -> None:
+        for name, data in blobs.items():
+            cached = await fetcher.fetch(f"{base}/{name}", _digest(data))
+            assert cached.read_bytes() == data
+            await asyncio.sleep(0.02)  # distinct modification times: the order the cache lets them go
+        with pytest.raises(DeviceError, match="over the 10000-byte download limit"):
+            await fetcher.fetch(f"{base}/big.bin", _digest(b"x" * 20_000))
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    held = sorted(p.name for p in cache.iterdir())
+    assert len(held) == 3 and hashlib.sha256(blobs["b3.bin"]).hexdigest() in held  # the oldest went
+    assert hashlib.sha256(blobs["b0.bin"]).hexdigest() not in held
 
 
 # --------------------------------------------------------------------------- variables

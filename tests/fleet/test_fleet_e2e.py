@@ -629,7 +629,15 @@ def test_the_bridge_refuses_bad_requests_and_keeps_serving(make_fleet: Callable[
     run(fleet, scenario)
 
 
-def test_a_hostile_request_costs_only_its_own_reply(make_fleet: Callable[..., Fleet]) -> None:
+@pytest.mark.parametrize(
+    ("hostile", "why"),
+    [
+        (b'{"clientToken": "evil", "x": ' + b"[" * 60_000 + b"]" * 60_000 + b"}", "nested deeper than 64 levels"),
+        (b'{"clientToken": "evil", "x": ' + b"9" * 5_000 + b"}", "over the 1000-character limit"),  # issue 19 item 6
+    ],
+    ids=["nested", "big-int"],
+)
+def test_a_hostile_request_costs_only_its_own_reply(make_fleet: Callable[..., Fleet], hostile: bytes, why: str) -> None:
     fleet = make_fleet()
     attacker, victim = fleet.register(2)
 
@@ -643,7 +651,7 @@ def test_a_hostile_request_costs_only_its_own_reply(make_fleet: Callable[..., Fl
         ):
             await bad.subscribe(f"$aws/things/{attacker}/jobs/#", 1)
             await good.subscribe(f"$aws/things/{victim}/jobs/#", 1)
-            nested = b'{"clientToken": "evil", "x": ' + b"[" * 60_000 + b"]" * 60_000 + b"}"
+            nested = hostile
             honest = b'{"schemaVersion": 1, "clientToken": "t-1"}'
             for _ in range(3):  # sent together, so they share the bridge's batches
                 await asyncio.gather(
@@ -660,7 +668,7 @@ def test_a_hostile_request_costs_only_its_own_reply(make_fleet: Callable[..., Fl
                 refused = await reply(bad, topics.get_pending(attacker))
                 assert refused.topic == topics.rejected(topics.get_pending(attacker))
                 rejection = decode(JobsRejected, refused.payload)
-                assert rejection.code == "InvalidJson" and "nested deeper than 64 levels" in rejection.message
+                assert rejection.code == "InvalidJson" and why in rejection.message
                 answered = await reply(good, topics.get_pending(victim))
                 assert answered.topic == topics.accepted(topics.get_pending(victim))
                 assert decode(GetPendingJobExecutionsResponse, answered.payload).client_token == "t-1"

@@ -342,3 +342,26 @@ def test_idle_connections_are_closed_and_connections_are_bounded(tmp_path: Path,
                 sock.close()
         status, _, body = get(srv, f"/v1/components/{NAME}")  # the slots are free again
         assert status == 200 and json.loads(body)["versions"] == ["1.0.0"]
+
+
+def test_event_streams_have_their_own_budget(tmp_path: Path, state: FleetState, store: Path) -> None:
+    """Issue 19: 512 open /api/events streams made every device download get 503."""
+    write_build(tmp_path / "build", version="1.0.0", files={"model.zip": b"one"})
+    publish_local(tmp_path / "build", state, store)
+    with FleetHttpServer(Registry(state, store), max_connections=4, max_event_streams=6) as srv:
+        streams = []
+        try:
+            for _ in range(8):
+                sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+                streams.append(sock)
+            heads = [sock.recv(4096) for sock in streams]
+            assert sum(h.startswith(b"HTTP/1.1 200 ") for h in heads) == 6
+            assert sum(h.startswith(b"HTTP/1.1 503 ") for h in heads) == 2 and srv.refused_streams == 2
+            for _ in range(3):  # the devices' API answers with six pages open
+                status, _, body = get(srv, f"/v1/components/{NAME}")
+                assert status == 200 and json.loads(body)["versions"] == ["1.0.0"]
+            assert srv.refused == 0
+        finally:
+            for sock in streams:
+                sock.close()

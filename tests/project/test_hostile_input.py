@@ -123,6 +123,31 @@ def test_duplicate_and_case_duplicate_keys_are_errors(text: str, message: str) -
         parse_recipe_text(text, "dup.yaml")
 
 
+@pytest.mark.parametrize(
+    ("number", "message"),
+    [("9" * 5000, "a number of 5000 characters"), ("1.0e+999", "too large for a 64-bit float")],
+    ids=["int-5000-digits", "float-overflow"],
+)
+@pytest.mark.parametrize("form", ["json", "yaml"])
+def test_numbers_past_the_bounds_are_one_line(tmp_path: Path, number: str, message: str, form: str) -> None:
+    """Issue 19 item 6: Python refuses ints of over 4,300 digits with a plain ValueError (a traceback from lint)."""
+    text = (
+        f'{{"ComponentName": "a", "ComponentVersion": {number}}}'
+        if form == "json"
+        else f"ComponentName: a\nComponentVersion: {number}\n"
+    )
+    with pytest.raises(RecipeError, match=message) as exc:
+        parse_recipe_text(text, f"big.{form}")
+    _one_line(exc.value)
+    path = tmp_path / f"r.{form}"
+    path.write_text(text)
+    code = f"from edgekit.greengrass.lint import lint_paths; print([f.message for f in lint_paths([{str(path)!r}])])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and message in out.stdout, out.stderr[-2000:]
+    with pytest.raises(PayloadError, match=message):
+        payloads.decode(payloads.DescribeJobExecutionRequest, f'{{"schemaVersion": 1, "x": {number}}}'.encode())
+
+
 # --------------------------------------------------------------------------- MQTT payloads
 
 
