@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 import typer.main
+from rich.text import Text
 
 from edgekit._version import __version__
 from edgekit.cli import (
@@ -30,7 +31,7 @@ from edgekit.cli import (
     targets_cmd,
     verify_cmd,
 )
-from edgekit.cli.output import MODE, apply_conventions, apply_logging, console, err_console, reset_mode
+from edgekit.cli.output import MODE, apply_conventions, apply_logging, console, err_console, plain, reset_mode
 from edgekit.errors import EdgekitError, exit_code_for
 
 __all__ = ["app", "main"]
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(rc, int) and rc:  # typer returns e.g. 130 for Ctrl-C instead of raising
             return rc
     except EdgekitError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(Text("error: ", style="bold red").append_text(plain(str(exc))), highlight=False, soft_wrap=True)
         return exit_code_for(exc)
     except KeyboardInterrupt:
         err_console.print("interrupted")

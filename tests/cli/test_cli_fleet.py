@@ -209,7 +209,7 @@ def test_fleet_status_shows_device_text_as_written_and_sets_inactive_failures_ap
     assert "componentPending" in device["telemetry"]
 
 
-def test_device_and_file_text_is_never_markup_in_any_printer(tmp_path: Path) -> None:
+def test_device_and_file_text_is_never_markup_in_any_printer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Markup in what devices report, and in faults, pushed through each printer: shown as written, nothing parsed."""
     from rich.console import Console
 
@@ -256,3 +256,8 @@ def test_device_and_file_text_is_never_markup_in_any_printer(tmp_path: Path) -> 
     assert "line-1[1]" in line and "\\[" not in line.replace("\\[x]", "")
     for table in (fleet_cmd.deployments_table(view), fleet_cmd.groups_table(view), fleet_cmd.devices_table(view)):
         shown(table)  # no MarkupError
+    # the error line: a path (or a device's text) in an error's message
+    odd = tmp_path / "[/red][link=x]"
+    capsys.readouterr()
+    assert main(["fleet", "status", "--state", str(odd)]) == EXIT_CODES[ConfigError]
+    assert "[/red][link=x]" in capsys.readouterr().err  # printed as written, not a MarkupError
