@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from edgekit._version import __version__
 from edgekit.api import (
+    add_device,
     advise,
     cancel_deployment,
     compile,
@@ -29,8 +30,10 @@ from edgekit.api import (
     publish,
     published_versions,
     run,
+    run_agent,
     run_demo,
     serve,
+    serve_fleet,
     simulate,
     targets,
     verify_artifact,
@@ -41,6 +44,7 @@ from edgekit.errors import EdgekitError
 __all__ = [
     "EdgekitError",
     "__version__",
+    "add_device",
     "advise",
     "cancel_deployment",
     "compile",
@@ -60,8 +64,10 @@ __all__ = [
     "publish",
     "published_versions",
     "run",
+    "run_agent",
     "run_demo",
     "serve",
+    "serve_fleet",
     "simulate",
     "targets",
     "verify_artifact",

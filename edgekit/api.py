@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from edgekit.compiler import CompileResult
     from edgekit.demo.flow import DemoReport
     from edgekit.fleet.deploy import LocalDeployment
+    from edgekit.fleet.foreground import ServedFleet
     from edgekit.fleet.logs import LogLine
+    from edgekit.fleet.provision import AddedDevice
     from edgekit.fleet.status import FleetStatus
     from edgekit.greengrass.build_folder import PublishResult
     from edgekit.greengrass.deployment import DeploymentListing, DeploymentResult, DeploymentSpec
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from edgekit.verify.compare import VerifyReport
 
 __all__ = [
+    "add_device",
     "advise",
     "cancel_deployment",
     "compile",
@@ -54,8 +57,10 @@ __all__ = [
     "publish",
     "published_versions",
     "run",
+    "run_agent",
     "run_demo",
     "serve",
+    "serve_fleet",
     "simulate",
     "targets",
     "verify_artifact",
@@ -111,11 +116,15 @@ def _check_overwrite(model: Any, target: Any, output_dir: Path, name: str | None
         )
 
 
-def load(artifact_dir: Any, threads: int = 0) -> LoadedModel:
-    """Load a compiled artifact: ``edgekit.load(dir).predict(inputs)``."""
+def load(artifact_dir: Any, threads: int = 0, *, self_test: bool = False, stand_in: bool = False) -> LoadedModel:
+    """Load a compiled artifact: ``edgekit.load(dir).predict(inputs)``. Refuses one whose code needs CPU features
+    this CPU lacks (UnsupportedCpuError); ``self_test`` also runs its golden vectors (SelfTestError when they disagree).
+
+    ``stand_in``: this host stands in for the artifact's device (the simulator's devices of another platform): its
+    host twin runs where the device's code can't (see :func:`edgekit.runtime.load`)."""
     from edgekit.runtime import load as _load
 
-    return _load(artifact_dir, threads)
+    return _load(artifact_dir, threads, self_test=self_test, stand_in=stand_in)
 
 
 def run(
@@ -127,12 +136,14 @@ def run(
     repeat: int = 1,
     threads: int = 0,
     save: str | Path | None = None,
+    self_test: bool = True,
 ) -> RunResult:
     """Load an artifact and run it ``repeat`` times on ``inputs`` (or, with ``random``, on random inputs of the
     manifest's shapes): the outputs by name and each run's time (tvmc's ``--repeat``/``--print-time``).
 
     ``input_files``: read the inputs from files instead (``.npy``, ``.npz``, ``.json``; ``NAME=FILE`` per input).
-    ``save``: also write the outputs to this ``.npz``."""
+    ``save``: also write the outputs to this ``.npz``. ``self_test``: run the artifact's golden vectors first and
+    refuse it (SelfTestError) when they disagree on this machine."""
     from edgekit.errors import InferenceError
     from edgekit.runtime import RunResult
     from edgekit.runtime import load as _load
@@ -142,7 +153,7 @@ def run(
         from edgekit.manifest import read_manifest
 
         inputs, random = read_inputs(list(input_files), read_manifest(artifact_dir).inputs), False
-    model = _load(artifact_dir, threads)
+    model = _load(artifact_dir, threads, self_test=self_test)
     if inputs is None:
         if not random:
             raise InferenceError("give --input FILE (.npy, .npz or .json; NAME=FILE per input), or --random")
@@ -475,7 +486,8 @@ def simulate(
         )]  # fmt: skip
     if devices is not None:
         model = model.scaled(devices)
-    sim = Simulation(model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s)
+    # emulated devices (qemu-user) run as simulated ones where their aarch64 Python can't be had (a warning says why)
+    sim = Simulation(model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s, emulation_fallback=True)
 
     async def main() -> SimulationRun:
         loop, task = asyncio.get_running_loop(), asyncio.current_task()
@@ -500,6 +512,88 @@ def simulate(
                 loop.remove_signal_handler(signal.SIGTERM)
 
     return asyncio.run(main())
+
+
+def serve_fleet(
+    *,
+    state_dir: str | Path | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    http_port: int | None = None,
+    public_host: str | None = None,
+    tick_s: float = 1.0,
+    progress: Progress | None = None,
+    ready: Callable[[ServedFleet], None] | None = None,
+) -> None:
+    """Serve the local fleet in ``state_dir`` for real devices until SIGTERM or SIGINT: mosquitto (mTLS, a
+    certificate per device), the fleet service, the registry and the page, with no simulated device.
+
+    ``host``: where it listens (loopback by default: say what else you want reachable); ``public_host``: the
+    address devices use (default ``host``). ``port`` / ``http_port``: ``None`` keeps the last run's (else 8883 and
+    8080: device bundles name them), 0 picks free ones. ``ready`` hears the addresses once it is up. Devices join with
+    :func:`add_device` and ``edgekit agent``; deploy with ``deploy(..., local=True)``.
+    """
+    from edgekit.fleet.folder import FleetFolder
+    from edgekit.fleet.foreground import serve_fleet as _serve
+
+    _serve(
+        FleetFolder.at(state_dir), host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick_s,
+        progress=progress, ready=ready,
+    )  # fmt: skip
+
+
+def add_device(
+    thing: str,
+    *,
+    groups: Sequence[str] = (),
+    platform: str,
+    state_dir: str | Path | None = None,
+    out: str | Path | None = None,
+    root: str = "work",
+    create_groups: bool = False,
+    force: bool = False,
+) -> AddedDevice:
+    """Add a real device to the local fleet in ``state_dir``: register ``thing`` in ``groups`` with ``platform`` (a
+    device profile, or ``OS/ARCHITECTURE``) and write its device bundle to ``out`` (default
+    ``<state_dir>/bundles/<thing>``): its certificate signed by the fleet's CA, its key, the CA certificate and a
+    ``config.yaml`` for ``edgekit agent --config``. Needs one ``serve_fleet`` on the folder first (its CA, its
+    addresses); works while it runs. Unknown groups need ``create_groups``; an existing thing or a non-empty ``out``
+    needs ``force``.
+    """
+    from edgekit.fleet.folder import FleetFolder
+    from edgekit.fleet.provision import add_device as _add
+
+    return _add(
+        FleetFolder.at(state_dir), thing, groups=tuple(groups), platform=platform, out=out, root=root,
+        create_groups=create_groups, force=force,
+    )  # fmt: skip
+
+
+def run_agent(
+    config: str | Path,
+    *,
+    systemd_unit: str | Path | None = None,
+    setup_system_service: bool = False,
+    user: str | None = None,
+    progress: Progress | None = None,
+) -> Path | None:
+    """Run the device agent of a device bundle (``edgekit fleet add-device`` writes one; ``config`` is its
+    ``config.yaml`` or its folder) in the foreground until SIGTERM or SIGINT, as the Greengrass nucleus runs; None.
+
+    ``systemd_unit``: write the systemd unit that runs it there instead, and return its path; ``setup_system_service``:
+    as the nucleus's ``--setup-system-service true``, write ``/etc/systemd/system/edgekit-agent.service`` and
+    enable and start it (root). ``user``: the unit's ``User=``. Imports nothing of the fleet side (edgekit[device]).
+    """
+    from edgekit.device.agent_process import run_agent as _run_agent
+    from edgekit.device.agent_process import setup_system_service as _setup
+    from edgekit.device.agent_process import write_systemd_unit
+
+    if setup_system_service:
+        return _setup(config, unit=systemd_unit, user=user) if systemd_unit else _setup(config, user=user)
+    if systemd_unit is not None:
+        return write_systemd_unit(config, systemd_unit, user=user)
+    _run_agent(config, progress=progress)
+    return None
 
 
 def fleet_page(*, state_dir: str | Path | None = None) -> str:

@@ -15,6 +15,8 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     ├── CompilationError          a backend failed while compiling
     ├── ToolchainError            a cross compiler / nvcc / qemu is missing or refused the target
     ├── ArtifactError             an artifact directory or manifest is missing or corrupt
+    │   ├── UnsupportedCpuError   the artifact's code needs CPU features this CPU lacks (refused at load) 28
+    │   └── SelfTestError         the artifact's golden vectors disagree on this machine (at load) 29
     ├── AccuracyError             no candidate met the accuracy budget
     ├── InferenceError            predict() got the wrong inputs, or the backend failed running
     ├── VerificationError         the emulated run disagreed with the host or could not run
@@ -28,7 +30,8 @@ message that names *what* is wrong (file, field, op, target) and *what to do*::
     ├── EndpointError             a SageMaker endpoint / transform job can't be deployed, invoked or deleted (one line, what to do)
     └── (in their subpackages) mqtt.BrokerError 18, mqtt.PayloadError 19, device.DeviceError 20,
         fleet.FleetError 21, sim.SimulationError 22, edge.EdgeError 23, device.ipc.IpcServerError 24 — each sets
-        ``exit_code`` on its class; ServeError is 25, EndpointError 26, SamplesError 27
+        ``exit_code`` on its class; ServeError is 25, EndpointError 26, SamplesError 27, UnsupportedCpuError 28,
+        SelfTestError 29
 
 The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`). See docs/errors.md.
 """
@@ -36,7 +39,7 @@ The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`). See d
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -62,9 +65,11 @@ __all__ = [
     "RecipeError",
     "ResolutionError",
     "SamplesError",
+    "SelfTestError",
     "ServeError",
     "ToolchainError",
     "UnknownTargetError",
+    "UnsupportedCpuError",
     "UnsupportedOperatorError",
     "VerificationError",
     "did_you_mean",
@@ -142,6 +147,15 @@ class ArtifactError(EdgekitError):
     """An artifact directory or its manifest is missing, incomplete or corrupt."""
 
 
+class UnsupportedCpuError(ArtifactError):
+    """The artifact's code needs instruction-set features (``avx2``, ``avx512f``...) this CPU lacks: refused at load,
+    before any of it runs, instead of dying of SIGILL."""
+
+
+class SelfTestError(ArtifactError):
+    """The artifact ran at load and its golden vectors disagreed with the source model's outputs on this machine."""
+
+
 class AccuracyError(EdgekitError):
     """No compiled candidate met the pipeline's accuracy budget."""
 
@@ -177,8 +191,10 @@ class ResolutionError(EdgekitError):
     COMPONENT_VERSION_REQUIREMENTS_NOT_MET, ...) or ``NO_MATCHING_PLATFORM``.
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, lines: Sequence[str] = ()) -> None:
         self.code = code
+        self.lines = list(lines)
+        """One line per device and reason (a refused pre-flight): ``<thing>: <CODE>: <why>``."""
         super().__init__(f"{code}: {message}")
 
 
@@ -210,6 +226,8 @@ EXIT_CODES: dict[type[EdgekitError], int] = {
     CompilationError: 6,
     ToolchainError: 7,
     ArtifactError: 8,
+    UnsupportedCpuError: 28,
+    SelfTestError: 29,
     AccuracyError: 9,
     InferenceError: 10,
     VerificationError: 11,

@@ -13,10 +13,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from edgekit.errors import ConfigError, first_problem
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
-from edgekit.profiles import load_profile
+from edgekit.profiles import DeviceProfile, load_profile
 from edgekit.resources import bundled_dir
 
-__all__ = ["FAULT_KINDS", "IN_PROCESS_ABOVE", "DeviceEntry", "Fault", "FleetDevice", "FleetFile", "load_fleet"]
+__all__ = [
+    "FAULT_KINDS",
+    "IN_PROCESS_ABOVE",
+    "DeviceEntry",
+    "Fault",
+    "FleetDevice",
+    "FleetFile",
+    "device_platform",
+    "load_fleet",
+]
 
 IN_PROCESS_ABOVE = 50
 """A fleet file without ``mode`` runs in_process when it has more devices than this, else subprocess."""
@@ -26,7 +35,12 @@ FAULT_KINDS: tuple[str, ...] = ("cut_network", "kill_device", "restart_device", 
 
 
 class DeviceEntry(BaseModel):
-    """One device (``name``) or ``count`` devices named ``<prefix><nn>``."""
+    """One device (``name``) or ``count`` devices named ``<prefix><nn>``.
+
+    ``mode: emulated``: each runs as its own process, the device agent in an aarch64 Python under qemu-user, and
+    installs the real aarch64 build (only aarch64 profiles; see docs/local-fleet.md, emulated devices). Without it
+    the device runs as the fleet's ``mode`` says.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str | None = None
@@ -34,6 +48,7 @@ class DeviceEntry(BaseModel):
     count: int = Field(1, ge=1, le=100_000)
     profile: str
     groups: list[str] = Field(default_factory=list)
+    mode: Literal["emulated"] | None = None
 
     @model_validator(mode="after")
     def _named(self) -> DeviceEntry:
@@ -42,14 +57,25 @@ class DeviceEntry(BaseModel):
         return self
 
 
+def device_platform(profile: DeviceProfile) -> dict[str, str]:
+    """The Greengrass platform of a device of ``profile``: ``os``, ``architecture`` and, where the profile lists CPU
+    flags, ``cpuFeatures`` (space separated: a custom platform attribute, which the pre-flight checks builds against)."""
+    platform: dict[str, str] = {"os": profile.greengrass.os, "architecture": profile.greengrass.architecture}
+    if profile.cpu_flags:
+        platform["cpuFeatures"] = " ".join(sorted(profile.cpu_flags))
+    return platform
+
+
 class FleetDevice(BaseModel):
-    """A device as a deployment sees it: its thing name, groups and Greengrass platform."""
+    """A device as a deployment sees it: its thing name, groups and Greengrass platform (and whether the simulator
+    emulates it: an aarch64 agent process under qemu-user)."""
 
     model_config = ConfigDict(frozen=True)
     thing: str
     profile: str
     groups: tuple[str, ...]
     platform: dict[str, str]
+    emulated: bool = False
 
 
 class Fault(BaseModel):
@@ -131,10 +157,20 @@ class FleetFile(BaseModel):
         out: list[FleetDevice] = []
         for entry in self.devices:
             profile = load_profile(entry.profile)
-            platform = {"os": profile.greengrass.os, "architecture": profile.greengrass.architecture}
+            platform = device_platform(profile)
+            emulated = entry.mode == "emulated"
+            if emulated and profile.greengrass.architecture != "aarch64":
+                raise ConfigError(
+                    f"fleet '{self.name}': profile '{profile.name}' is {profile.greengrass.architecture}; "
+                    "only aarch64 devices can be emulated (mode: emulated)"
+                )
             width = len(str(entry.count))
             names = [entry.name] if entry.name else [f"{entry.prefix}{i:0{max(2, width)}d}" for i in range(1, entry.count + 1)]
-            out += [FleetDevice(thing=n, profile=profile.name, groups=tuple(entry.groups), platform=platform) for n in names if n]
+            out += [
+                FleetDevice(thing=n, profile=profile.name, groups=tuple(entry.groups), platform=platform, emulated=emulated)
+                for n in names
+                if n
+            ]
         seen: set[str] = set()
         for d in out:
             if d.thing in seen:

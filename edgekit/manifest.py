@@ -20,6 +20,8 @@ __all__ = [
     "Accuracy",
     "BackendInfo",
     "CandidateReport",
+    "CpuRequirement",
+    "HostTwin",
     "Latency",
     "Manifest",
     "Measurement",
@@ -72,6 +74,21 @@ class ProfileInfo(_Model):
     greengrass: dict[str, str]
     neo: dict[str, str | None]
     tvm_target: dict[str, Any] = Field(alias="tvmTarget")
+
+
+class CpuRequirement(_Model):
+    """The CPU an artifact's code needs: ``edgekit.load`` refuses it, in one line, on a CPU that lacks a feature.
+
+    ``features`` are /proc/cpuinfo names (``sse4_2``, ``avx2``, ``avx512f``; ``asimd`` on aarch64): what the
+    compiled code may execute, from the LLVM target the build used (``mcpu``/``mattr``) or, for a build
+    specialised to this host, this host's CPU. Empty: the artifact runs on any CPU of ``arch``
+    (ONNX Runtime picks its kernels when it loads).
+    """
+
+    arch: str = Field(description="platform.machine() of the CPU: x86_64, aarch64, ...")
+    cpu: str = Field(description="the CPU the build was made for: an LLVM mcpu (x86-64-v2, cortex-a72) or 'any'")
+    features: list[str] = Field(default_factory=list)
+    host_specific: bool = Field(False, alias="hostSpecific", description="built for the compiling host's own CPU")
 
 
 class BackendInfo(_Model):
@@ -144,6 +161,18 @@ class SelfTest(_Model):
         return _inside(value)
 
 
+class HostTwin(_Model):
+    """The chosen candidate built again for the compiling host, where the device's code can't run there.
+
+    Same backend, same passes and options, the same golden vectors (the artifact's ``selftest``); only the code
+    generation targets ``machine`` instead of the device. A simulated device whose platform differs from its host
+    runs this build and says it is a stand-in (docs/local-fleet.md); a real device never loads it.
+    """
+
+    machine: str = Field(description="platform.machine() of the host it was built for (x86_64, aarch64, ...)")
+    backend: BackendInfo = Field(description="its files, under host-<machine>/ in the artifact folder")
+
+
 class CandidateReport(_Model):
     name: str
     backend: str
@@ -160,6 +189,11 @@ class CandidateReport(_Model):
         default_factory=list, alias="keptFloat", description="int8: layers kept in float so the accuracy budget holds"
     )
     pruned: dict[str, Any] | None = Field(None, description="pruning: channels kept per layer group, ratio, method")
+    tied_with: list[str] = Field(
+        default_factory=list,
+        alias="tiedWith",
+        description="candidates whose latency was within the timing noise of this one's (ties are broken by size, then pipeline order)",
+    )
 
 
 class SamplesInfo(_Model):
@@ -187,7 +221,9 @@ class Manifest(_Model):
     size_bytes: int = Field(alias="sizeBytes")
     compile_seconds: float = Field(alias="compileSeconds")
     measured: Measurement | None
+    cpu: CpuRequirement | None = Field(None, description="the CPU features the code needs (None: written by an older edgekit)")
     selftest: SelfTest | None = None
+    host_twin: HostTwin | None = Field(None, alias="hostTwin")
     samples: SamplesInfo | None = None
     candidates: list[CandidateReport]
     digests: dict[str, str] = Field(
@@ -252,6 +288,7 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
     if not manifest.digests:
         raise ArtifactError(f"{path}: lists no per-file digests (written by an older edgekit); recompile the artifact")
     needed = [*manifest.backend.files, *([manifest.selftest.file] if manifest.selftest else [])]
+    needed += manifest.host_twin.backend.files if manifest.host_twin else []
     uncovered = [f for f in needed if f not in manifest.digests]
     if uncovered:
         raise ArtifactError(f"{path}: '{uncovered[0]}' has no digest in the manifest; recompile the artifact")

@@ -23,6 +23,7 @@ __all__ = [
     "GreengrassPlatform",
     "NeoPlatform",
     "host_arch",
+    "host_platform",
     "list_profiles",
     "load_profile",
     "profile_dirs",
@@ -90,6 +91,12 @@ class DeviceProfile(_Model):
     def has_cuda(self) -> bool:
         return self.tvm.target.get("kind") == "cuda"
 
+    @property
+    def host_cpu(self) -> bool:
+        """True for a profile built for the compiling host's own CPU (``mcpu: host``): its code may use every
+        feature of this CPU, and ONNX Runtime's layout transforms for its vector width are baked in."""
+        return not self.has_cuda and self.tvm.target.get("mcpu") == "host"
+
     def runs_on_host(self) -> bool:
         """True when this host can execute the profile's CPU code (same arch, CPU flags present)."""
         if self.has_cuda or self.machine != host_arch():
@@ -104,6 +111,14 @@ class DeviceProfile(_Model):
 
 def host_arch() -> str:
     return platform.machine()
+
+
+def host_platform() -> dict[str, str]:
+    """This host's Greengrass platform (``os``, ``architecture``), as a device's platform is written."""
+    machine = host_arch()
+    arch = next((gg for gg, m in _GG_TO_MACHINE.items() if m == machine), machine)
+    system = platform.system().lower()  # linux, darwin, windows: as Greengrass writes them
+    return {"os": system, "architecture": arch}
 
 
 def _host_cpu_flags() -> set[str]:

@@ -18,6 +18,7 @@ from rich.text import Text
 from edgekit._version import __version__
 from edgekit.cli import (
     advise_cmd,
+    agent_cmd,
     compile_cmd,
     demo_cmd,
     deployment_cmd,
@@ -46,7 +47,17 @@ app = typer.Typer(
 
 # Project-file setting -> the (command path, parameter) it fills; see edgekit.project and docs/cli.md.
 _AWS = ("publish", "deploy", "deployment list", "deployment cancel")
-_LOCAL = ("publish", "deploy", "simulate", "fleet status", "fleet logs", "deployment list", "deployment cancel")
+_LOCAL = (
+    "publish",
+    "deploy",
+    "simulate",
+    "fleet status",
+    "fleet logs",
+    "fleet serve",
+    "fleet add-device",
+    "deployment list",
+    "deployment cancel",
+)
 PROJECT_DEFAULTS: dict[str, list[tuple[str, str]]] = {
     "target": [("compile", "target")],
     "pipeline": [("compile", "pipeline")],
@@ -119,6 +130,7 @@ fleet_cmd.register(app)
 serve_cmd.register(app)
 endpoint_cmd.register(app)
 advise_cmd.register(app)
+agent_cmd.register(app)
 
 _command: Any = None
 
@@ -145,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(rc, int) and rc:  # typer returns e.g. 130 for Ctrl-C instead of raising
             return rc
     except EdgekitError as exc:
+        for line in getattr(exc, "lines", ()):  # a refused pre-flight: one line per device and reason, then the error
+            err_console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
         err_console.print(Text("error: ", style="bold red").append_text(plain(str(exc))), highlight=False, soft_wrap=True)
         return exit_code_for(exc)
     except KeyboardInterrupt:

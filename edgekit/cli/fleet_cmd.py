@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgekit import api
+from edgekit.cli import fleet_serve_cmd
 from edgekit.cli.options import AbortFailed, BuildOrNone, DeploymentTargets, Fleet, Rollout, State
 from edgekit.cli.output import console, emit, err_console, json_output, plain, quiet_library
 from edgekit.errors import ConfigError
@@ -105,13 +106,18 @@ def devices_table(view: FleetView, limit: int = 50) -> Table:
         else f"devices ({len(shown)} of {len(things)}: unfinished and failed first; --limit 0 for all)"
     )
     table = Table(title=title, title_justify="left")
-    for col in ("thing", "groups", "last execution", "deployment", "last seen"):
+    presence = any(t.connected is not None for t in things)  # known where a fleet serve's agents say so
+    for col in ("thing", "groups", "last execution", "deployment", "last seen", *(("connected",) if presence else ())):
         table.add_column(col)
     now = time.time()
     for t in shown:
         seen = Text(f"{now - t.last_seen:.0f} s ago") if t.last_seen else Text("never", style="dim")
         status = _styled(t.last_status, _STYLE)
-        table.add_row(plain(t.thing), plain(", ".join(t.groups)), status, plain((t.deployment_id or "-")[:8]), seen)
+        online = [plain("-" if t.connected is None else "yes" if t.connected else "no")] if presence else []
+        thing = plain(t.thing)
+        if t.stand_in:  # a process of another platform runs it: a host build of the same candidate, not its own code
+            thing.append(f" (stand-in on {t.stand_in})", style="yellow")
+        table.add_row(thing, plain(", ".join(t.groups)), status, plain((t.deployment_id or "-")[:8]), seen, *online)
     return table
 
 
@@ -160,7 +166,7 @@ def failures_table(failures: Sequence[FailureView], title: str = "latest failure
     for col in ("thing", "deployment", "status", "error", "cause"):
         table.add_column(col, overflow="fold")
     for f in failures:
-        cause = (f.cause or "")[:160]
+        cause = (f.cause or "")[:600]  # it ends with the component's last log line: wrapped, not cut
         table.add_row(plain(f.thing), plain(f.deployment_id[:8]), plain(f.status, "red"), plain(f.error_code), plain(cause))
     return table
 
@@ -298,7 +304,10 @@ def status(
     fleet = api.fleet_status(state_dir=state)
     view, running = fleet.view, fleet.running
     where = f"local fleet {fleet.root}: {len(view.devices)} device(s), {len(view.groups)} group(s)"
-    if running:
+    if running and running.get("mode") == "serve":
+        connected = sum(1 for d in view.devices if d.connected)
+        where += f"; fleet serve running (pid {running['pid']}, {connected} connected, broker {running.get('broker')})"
+    elif running:
         where += f"; simulation running (pid {running['pid']}, {running.get('devices')} devices, broker {running.get('broker')})"
     else:
         where += "; no simulation running"
@@ -350,4 +359,6 @@ def register(app: typer.Typer) -> None:
     fleet_app.command("status")(status)
     fleet_app.command("logs")(logs)
     fleet_app.command("ui")(ui)
+    fleet_app.command("serve")(fleet_serve_cmd.serve)
+    fleet_app.command("add-device")(fleet_serve_cmd.add_device)
     app.add_typer(fleet_app, name="fleet")

@@ -202,10 +202,14 @@ def _print_local(result: LocalDeployment) -> None:
     }
     lines = [escape(f"deployment {result.deployment_id} created in {folder.database}: {queued} execution(s) QUEUED")]
     if result.running:
-        lines.append(f"the simulation running here (pid {result.running['pid']}) rolls it out on its next tick")
+        what = "the fleet served" if result.running.get("mode") == "serve" else "the simulation running"
+        lines.append(f"{what} here (pid {result.running['pid']}) rolls it out on its next tick")
     emit(facts, *lines)
     if not result.running and not MODE.json:
-        note(f"no simulation runs on {folder.root}: 'edgekit simulate --state {folder.root}' rolls it out")
+        note(
+            f"no simulation runs on {folder.root}: 'edgekit simulate --state {folder.root}' (or 'edgekit fleet serve' "
+            "for real devices) rolls it out"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -26,9 +26,12 @@ def run(
     print_time: bool = typer.Option(
         False, "--print-time", help="print the run times: mean, median, max, min, std in ms (tvmc's --print-time)"
     ),
+    self_test: bool = typer.Option(
+        True, "--self-test/--no-self-test", help="run the artifact's golden vectors first; refuse it if they disagree here"
+    ),
 ) -> None:
     """Run an artifact on this host and print its outputs."""
-    result = api.run(artifact, input_files=input, random=random, repeat=repeat, save=output)
+    result = api.run(artifact, input_files=input, random=random, repeat=repeat, save=output, self_test=self_test)
     if output is not None:
         note(f"saved {output}")
     shown: list[RenderableType] = []

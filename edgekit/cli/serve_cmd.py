@@ -65,6 +65,9 @@ def serve(
         1.0, "--inline-below-ms", help="models measured faster than this run on the event loop (no thread hop)"
     ),
     graceful_timeout: int = typer.Option(30, "--graceful-timeout", help="seconds in-flight requests get after SIGTERM"),
+    self_test: bool = typer.Option(
+        True, "--self-test/--no-self-test", help="run each artifact's golden vectors when it loads; refuse it if they disagree"
+    ),
 ) -> None:
     """Serve compiled artifacts over SageMaker's container contract, the multi-model API, KServe v2 and /metrics.
 
@@ -82,6 +85,7 @@ def serve(
         threads=threads,
         inline_below_ms=inline_below_ms,
         graceful_timeout_s=graceful_timeout,
+        self_test=self_test,
         **{k: v for k, v in settings.items() if v is not None},
     )
 

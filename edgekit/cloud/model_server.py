@@ -59,6 +59,7 @@ class ServeOptions:
     predict_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     inline_below_ms: float = 1.0  # models measured faster than this run on the event loop
     graceful_timeout_s: int = 30  # SIGTERM: how long in-flight requests may take to finish
+    self_test: bool = True  # run each artifact's golden vectors when it loads; refuse it when they disagree here
 
 
 def _named(models: Sequence[str | Path]) -> list[tuple[str | None, str]]:
@@ -112,22 +113,22 @@ class ModelServer:
         given = _named(models)
         if not given and not pipelines and opts.model_repository is None and not opts.multi_model:
             given = _model_folder()
-        threads = opts.threads
+        threads, self_test = opts.threads, opts.self_test
 
         def loader(name: str, source: ModelSource) -> Servable:
             if source.steps:
-                return load_pipeline(name, source.steps, threads=threads)
-            return load_artifact(name, source.url, threads=threads)
+                return load_pipeline(name, source.steps, threads=threads, self_test=self_test)
+            return load_artifact(name, source.url, threads=threads, self_test=self_test)
 
         budget = int(opts.memory_budget_mb * 2**20) if opts.memory_budget_mb else None
         self.registry = ModelRegistry(loader, budget)
         loaded: list[tuple[str, Servable]] = []
         try:
             for name, path in given:
-                servable = load_artifact(name or "", path, threads=threads)
+                servable = load_artifact(name or "", path, threads=threads, self_test=self_test)
                 loaded.append((servable.name, servable))
             for name, steps in pipelines.items():
-                loaded.append((name, load_pipeline(name, list(steps), threads=threads)))
+                loaded.append((name, load_pipeline(name, list(steps), threads=threads, self_test=self_test)))
             seen: set[str] = set()
             for name, _ in loaded:
                 if name in seen:

@@ -105,15 +105,16 @@ def estimate_bytes(manifest: Manifest, directory: Path) -> int:
     return sum((directory / f).stat().st_size for f in manifest.backend.files if (directory / f).is_file())
 
 
-def load_artifact(name: str, path: str | Path, *, threads: int = 0) -> Servable:
-    """Load an artifact folder (or .tar.gz) as a servable (``name`` "": the manifest's); ServeError when it can't be served here."""
+def load_artifact(name: str, path: str | Path, *, threads: int = 0, self_test: bool = True) -> Servable:
+    """Load an artifact folder (or .tar.gz) as a servable (``name`` "": the manifest's); ServeError when it can't be served
+    here: another architecture, CPU features this CPU lacks, or (``self_test``) golden vectors that disagree here."""
     from edgekit.runtime import load
 
     directory, cleanup = artifact_dir(path)
     try:
         manifest = read_manifest(directory)
         check_architecture(manifest, directory)
-        model = load(directory, threads=threads)
+        model = load(directory, threads=threads, self_test=self_test)
     except EdgekitError as exc:
         for c in cleanup:
             shutil.rmtree(c, ignore_errors=True)
@@ -180,7 +181,7 @@ def _feed(named: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> dict[str
     raise ValueError(f"the step before gives {sorted(named)}, this artifact takes {[s.name for s in specs]}")
 
 
-def load_pipeline(name: str, steps: Sequence[str], *, threads: int = 0) -> Servable:
+def load_pipeline(name: str, steps: Sequence[str], *, threads: int = 0, self_test: bool = True) -> Servable:
     """A serial chain (pre-processing -> model -> post-processing) served under one name."""
     if not steps:
         raise ServeError(f"pipeline '{name}' has no steps; give artifact folders and/or module:function callables")
@@ -188,7 +189,7 @@ def load_pipeline(name: str, steps: Sequence[str], *, threads: int = 0) -> Serva
     try:
         for step in steps:
             if Path(step).exists():
-                stages.append((step, load_artifact(f"{name}[{len(stages)}]", step, threads=threads)))
+                stages.append((step, load_artifact(f"{name}[{len(stages)}]", step, threads=threads, self_test=self_test)))
             elif _CALLABLE.match(step):
                 stages.append((step, _import_callable(step)))
             else:

@@ -47,8 +47,8 @@ def source_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
-# Bump when what an artifact holds changes without an edgekit release (2: selftest.npz).
-CACHE_FORMAT = 2
+# Bump when what an artifact holds changes without an edgekit release (2: selftest.npz; 3: the host twin).
+CACHE_FORMAT = 3
 
 
 def cache_key(**parts: Any) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "Supervisor",
     "Unsettled",
     "dependency_layers",
+    "last_log_line",
     "should_skip",
 ]
 
@@ -42,6 +43,8 @@ ACTIVE: frozenset[str] = frozenset({"RUNNING", "FINISHED"})
 """States in which a component counts as up (a dependency is ready, a deployment has reached its goal)."""
 MAX_CONTINUAL_ERRORS = 3
 ERROR_RESET_S = 3600.0
+LAST_LINE_CHARS = 300
+"""How much of a failed component's last log line goes into its status reason (and the deployment's cause)."""
 DEFAULT_TIMEOUTS: dict[str, float] = {"Bootstrap": 120.0, "Install": 120.0, "Startup": 120.0, "Shutdown": 15.0, "Recover": 60.0}
 _STEP_KEYS = ("Script", "RequiresPrivilege", "Skipif", "Timeout", "Setenv")
 
@@ -198,6 +201,9 @@ class Component:
         return len(marks) >= MAX_CONTINUAL_ERRORS
 
     async def _fail(self, from_state: Literal["NEW", "STARTING", "RUNNING"], code: str, reason: str) -> None:
+        said = last_log_line(self._sup.layout.log(self.name))
+        if said and said not in reason:  # the component's own last word: what fleet status shows beside the code
+            reason = f"{reason}: {said}"
         logger.warning("%s %s: %s (%s)", self.name, self.version, reason, code)
         if self._count_error(from_state):
             self._set("BROKEN", code, reason)
@@ -443,6 +449,25 @@ class Component:
     async def restart(self) -> LifecycleState:
         await self.stop(then="INSTALLED")
         return await self.start()
+
+
+def last_log_line(path: Path, limit: int = LAST_LINE_CHARS) -> str | None:
+    """The last non-empty line the latest step wrote to a component's log (after that step's ``--- `` header),
+    at most ``limit`` characters; None when it wrote nothing or there is no log."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            tail = f.read()
+    except OSError:
+        return None
+    for line in reversed(tail.decode(errors="replace").splitlines()):
+        if line.startswith("--- "):
+            return None
+        if line.strip():
+            text = line.strip()
+            return text if len(text) <= limit else text[: limit - 3] + "..."
+    return None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,13 @@ from edgekit.edge.loop import InferenceLoop, LoopOptions
 from edgekit.edge.uplink import Uplink
 from edgekit.errors import EdgekitError
 
-__all__ = ["argument_parser", "parse_args", "run_component"]
+__all__ = ["CHECKPOINT_ENV", "STAND_IN_ENV", "argument_parser", "parse_args", "run_component"]
+
+CHECKPOINT_ENV = "EDGEKIT_CHECKPOINT_DIR"
+"""Set by a fleet harness (emulated devices) that counts what a component produced from outside its process."""
+STAND_IN_ENV = "EDGEKIT_STAND_IN"
+"""``1`` in a component's environment: its process stands in for a device of another platform (edgekit's simulator
+sets it for its subprocess devices; a real device never has it), so the artifact's host twin runs."""
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -42,6 +49,8 @@ def argument_parser() -> argparse.ArgumentParser:
                    help="wake at most this often and take the readings due (0: for each reading)")  # fmt: skip
     p.add_argument("--health-interval-seconds", dest="health_interval_s", type=float, default=5.0,
                    help="a failing local model is tried again after this long")  # fmt: skip
+    p.add_argument("--checkpoint-dir", default=os.environ.get(CHECKPOINT_ENV, ""),
+                   help=f"after each window, write where the loop stands here as JSON (default: ${CHECKPOINT_ENV})")  # fmt: skip
     return p
 
 
@@ -63,13 +72,15 @@ def parse_args(argv: Sequence[str]) -> tuple[Path, LoopOptions]:
 
 async def run_component(argv: Sequence[str], *, thing: str = "", component: str = "", ipc: bool = True) -> int:
     """The packaged component's main: load the artifact, self-test, report over IPC, run the loop until SIGTERM."""
+    import platform
     import signal
 
     import edgekit
 
     try:
         model_dir, options = parse_args(argv)
-        model = edgekit.load(model_dir)
+        # set by edgekit's simulator only: this process stands in for a device of another platform
+        model = edgekit.load(model_dir, stand_in=os.environ.get(STAND_IN_ENV) == "1")
     except EdgekitError as exc:
         print(f"edgekit inference: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -80,7 +91,7 @@ async def run_component(argv: Sequence[str], *, thing: str = "", component: str 
         uplink = GreengrassUplink()
     check = model.selftest()
     print(
-        f"edgekit inference: loaded {model}; self-test {'passed' if check.passed else 'FAILED'} (max abs error {check.max_abs_error:.3g})",
+        f"edgekit inference: loaded {model} on {platform.machine()}; self-test {'passed' if check.passed else 'FAILED'} (max abs error {check.max_abs_error:.3g})",
         flush=True,
     )
     if uplink is not None:

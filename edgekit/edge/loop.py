@@ -14,11 +14,13 @@ import collections
 import io
 import json
 import logging
+import os
 import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -62,6 +64,7 @@ class LoopOptions:
     health_interval_s: float = 5.0
     tick_s: float = 0.0  # wake at most this often and take the readings due (0: wake for each reading)
     max_unanswered_bytes: int = 96 * 1024
+    checkpoint_dir: str = ""  # after each window, write the loop's Checkpoint here as JSON (a fleet harness reads it)
 
 
 @dataclass(frozen=True)
@@ -383,10 +386,23 @@ class InferenceLoop:
             breaker=self.fallback.breaker.state if self.fallback is not None else None,
         )
         line = encode_summary(summary)
+        if self.options.checkpoint_dir:
+            self._write_checkpoint(Path(self.options.checkpoint_dir))
         if self.options.output_path or self.uplink is None:
             self._write_line(line)
         if self.uplink is not None and self.options.topic:
             self._queue(self.options.topic, line.encode())
+
+    def _write_checkpoint(self, folder: Path) -> None:
+        """The loop's :class:`Checkpoint` as of the window just closed, replaced whole (a reader never sees half)."""
+        name = f"{self.thing or 'device'}.{self.component or 'component'}.{self.run_id}.json"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            scratch = folder / f".{name}.tmp"
+            scratch.write_text(json.dumps(asdict(self._checkpoint())))
+            os.replace(scratch, folder / name)
+        except OSError as exc:
+            log.warning("%s: can't write its checkpoint to %s: %s", self.component, folder, exc)
 
     def _write_line(self, line: str) -> None:
         if not self.options.output_path:

@@ -10,16 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import DeploymentError, PublishError
+from edgekit.errors import DeploymentError, EdgekitError, PublishError
 from edgekit.fleet.component_registry import publish_local
 from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.jobs import parse_target, target_key
 from edgekit.fleet.service import DeploymentSummary, FleetService
 from edgekit.fleet.state import FleetState
-from edgekit.fleet_file import FleetDevice, load_fleet
+from edgekit.fleet_file import FleetDevice, device_platform, load_fleet
 from edgekit.greengrass.build_folder import PublishedComponent
 from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.greengrass.resolve import ComponentStore, GroupDeployment, PreflightReport, preflight
+from edgekit.profiles import load_profile
 from edgekit.progress import Progress, no_progress
 
 __all__ = [
@@ -115,7 +116,9 @@ def cancel_local(folder: FleetFolder, deployment_id: str) -> tuple[str, list[str
 def _devices(state: FleetState, fleet: str | None) -> tuple[dict[str, FleetDevice], list[FleetDevice]]:
     """The devices registered in the state, with ``fleet``'s added (their groups joined); and ``fleet``'s alone."""
     devices = {
-        t.name: FleetDevice(thing=t.name, profile=t.profile, groups=tuple(state.groups_of(t.name)), platform=t.platform)
+        t.name: FleetDevice(
+            thing=t.name, profile=t.profile, groups=tuple(state.groups_of(t.name)), platform=_platform(t.profile, t.platform)
+        )
         for t in state.things()
     }
     extra = load_fleet(fleet).expand() if fleet else []
@@ -124,6 +127,17 @@ def _devices(state: FleetState, fleet: str | None) -> tuple[dict[str, FleetDevic
         groups = tuple(sorted(set(device.groups) | set(known.groups if known else ())))
         devices[device.thing] = device.model_copy(update={"groups": groups})
     return devices, extra
+
+
+def _platform(profile: str, stored: dict[str, str]) -> dict[str, str]:
+    """A registered device's platform with its profile's attributes (CPU features: the state keeps os and
+    architecture only), where the profile is known here and agrees with what the state has."""
+    try:
+        platform = device_platform(load_profile(profile))
+    except EdgekitError:
+        return stored
+    same = all(platform.get(k) == stored.get(k) for k in ("os", "architecture"))
+    return platform if same else stored
 
 
 def _in_force(state: FleetState, target: str) -> list[GroupDeployment]:

@@ -32,6 +32,7 @@ from edgekit.fleet.errors import FleetError
 from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.http import FleetHttpServer
 from edgekit.fleet.jobs_api import FleetMqttBridge
+from edgekit.fleet.presence import PresenceTracker
 from edgekit.fleet.queries import deployment_summary
 from edgekit.fleet.service import DeploymentSummary, FleetService
 from edgekit.fleet.state import FleetState
@@ -49,36 +50,59 @@ __all__ = ["FleetServer"]
 
 log = logging.getLogger(__name__)
 
+_WILDCARD = ("0.0.0.0", "", "::")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
 
 class FleetServer:
     """The fleet's server side on one folder (see the module's docstring); an async context manager.
 
     ``devices`` are registered (their groups made those of the list: members it no longer names leave) and, with
-    ``tls``, given certificates. Errors: :class:`~edgekit.fleet.errors.FleetError` when it is not started, or another
+    ``tls``, given certificates; ``None`` leaves the registered things and groups as they are (``edgekit fleet serve``:
+    real devices are added with ``edgekit fleet add-device``). Errors: :class:`~edgekit.fleet.errors.FleetError` when it is not started, or another
     process runs a fleet on the same folder. ``tick_s`` is the Jobs bridge's rollout / timeout tick. ``presence`` says which
-    devices are connected (the fleet view's ``connected``), where the caller knows. ``about`` goes into the
+    devices are connected (the fleet view's ``connected``), where the caller knows; without it the server listens to
+    the agents' presence messages (:class:`~edgekit.fleet.presence.PresenceTracker`). ``host`` / ``port`` /
+    ``http_port``: where the broker's device listener and the HTTP server listen (loopback, free ports by default);
+    ``public_host``: the address devices reach them at (in the broker's certificate and the URLs; default ``host``). ``about`` goes into the
     folder's running file beside the server's own facts (pid, broker and HTTP URLs). ``name`` is the fleet's.
+    ``stand_ins``: the devices a process of another platform stands in for (thing → its platform, the simulator's):
+    every view of the fleet says so (``standIn``), ``edgekit fleet status`` too (from the running file).
     """
 
     def __init__(
         self,
         folder: FleetFolder | str | Path | None = None,
         *,
-        devices: Sequence[FleetDevice] = (),
+        devices: Sequence[FleetDevice] | None = (),
         name: str = "fleet",
         tls: bool = True,
         tick_s: float = 1.0,
         presence: Presence | None = None,
         about: Mapping[str, Any] | None = None,
         progress: Progress | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        http_port: int = 0,
+        public_host: str | None = None,
+        stand_ins: Mapping[str, str] | None = None,
     ) -> None:
         self.folder = folder if isinstance(folder, FleetFolder) else FleetFolder.at(folder)
-        self.devices = list(devices)
+        self.register = devices is not None
+        self.devices = list(devices or ())
+        self.host = host
+        self.port = port
+        self.http_port = http_port
+        self.public_host = public_host or host
         self.name = name
         self.tls = tls
         self.tick_s = tick_s
         self.presence = presence
         self.about = dict(about or {})
+        self.stand_ins = dict(stand_ins or {})
         self.progress: Progress = progress or (lambda _m: None)
         self.state: FleetState | None = None
         self.service: FleetService | None = None
@@ -87,6 +111,7 @@ class FleetServer:
         self.http: FleetHttpServer | None = None
         self.bridge: FleetMqttBridge | None = None
         self.telemetry: TelemetryIngest | None = None
+        self.tracker: PresenceTracker | None = None
         self._client: MqttClient | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -110,17 +135,17 @@ class FleetServer:
 
     @property
     def broker_url(self) -> str:
-        """Where devices connect (``mqtt://`` or, with TLS, ``mqtts://``)."""
+        """Where devices connect (``mqtt://`` or, with TLS, ``mqtts://``), at :attr:`public_host`."""
         if self.broker is None:
             raise FleetError("the fleet server is not started")
-        return self.broker.url
+        return f"{'mqtts' if self.material else 'mqtt'}://{_url_host(self.public_host)}:{self.broker.port}"
 
     @property
     def http_url(self) -> str:
         """The HTTP server: the devices' downloads, the page (``/ui``), ``/api/fleet`` and ``/metrics``."""
         if self.http is None:
             raise FleetError("the fleet server is not started")
-        return self.http.url
+        return f"http://{_url_host(self.public_host)}:{self.http.port}"
 
     async def start(self) -> None:
         """Open the state, register the devices, then start the broker, the HTTP server, the Jobs bridge and the
@@ -142,13 +167,15 @@ class FleetServer:
         self.folder.root.mkdir(parents=True, exist_ok=True)
         self.state = FleetState(self.folder.database)
         self.service = FleetService(self.state)
-        self.progress(f"registering {len(self.devices)} device(s) in {self.folder.database}")
-        self._register()
+        if self.register:
+            self.progress(f"registering {len(self.devices)} device(s) in {self.folder.database}")
+            self._register()
 
         if self.tls:
-            self.progress(f"certificates for {len(self.devices)} device(s)")
+            self.progress(f"the fleet's CA and certificates ({len(self.devices)} device(s)) in {self.folder.tls}")
             things = [d.thing for d in self.devices]
-            self.material = await asyncio.to_thread(TlsMaterial.create, self.folder.tls, things)
+            hosts = list(dict.fromkeys(h for h in (self.public_host, self.host, "127.0.0.1", "localhost") if h not in _WILDCARD))
+            self.material = await asyncio.to_thread(TlsMaterial.create, self.folder.tls, things, hosts=hosts)
         else:  # said every time, never silent: without certificates the broker can't tell devices apart
             log.warning(
                 "fleet '%s' runs without mTLS (tls: false): devices are not authenticated, so any client may connect "
@@ -156,16 +183,28 @@ class FleetServer:
                 self.name,
             )
             self.progress("no mTLS (tls: false): devices are not authenticated")
-        self.broker = MosquittoBroker(self.folder.broker, tls=self.material, acl=self.tls)
+        self.broker = MosquittoBroker(self.folder.broker, tls=self.material, acl=self.tls, host=self.host, port=self.port)
         self.progress("starting mosquitto")
         await asyncio.to_thread(self.broker.start)
-        self.http = FleetHttpServer(Registry(self.state, self.folder.store), presence=self.presence).start()
-        self.progress(f"fleet page: {self.http.url}/ui")
+        self._client = MqttClient(SERVICE_IDENTITY, tls=self.material.service if self.material else None)
+        presence = self.presence
+        if presence is None:
+            self.tracker = PresenceTracker(self._client, self.folder.presence_file)
+            presence = self.tracker
+        registry = Registry(self.state, self.folder.store)
+        try:
+            self.http = FleetHttpServer(
+                registry, presence=presence, host=self.host, port=self.http_port, stand_ins=self.stand_ins
+            ).start()
+        except OSError as exc:
+            raise FleetError(f"can't serve HTTP on {self.host}:{self.http_port}: {exc.strerror or exc}") from None
+        self.progress(f"fleet page: {self.http_url}/ui")
 
         # a persistent session: requests devices send while the bridge reconnects wait for it on the broker.
         # The bridge starts before its client connects, so requests the broker queued for the service's session
         # while no server ran are handled, not dropped into an unread queue.
-        self._client = MqttClient(SERVICE_IDENTITY, tls=self.material.service if self.material else None)
+        if self.tracker is not None:
+            await self.tracker.start()
         self.bridge = FleetMqttBridge(self.service, self._client, tick_s=self.tick_s)
         await self.bridge.start()
         self.telemetry = TelemetryIngest(self.state, self._client)  # the devices' window summaries
@@ -194,9 +233,10 @@ class FleetServer:
             "fleet": self.name,
             **self.about,
             "tls": self.tls,
-            "broker": self.broker.url,
-            "http": self.http.url,
+            "broker": self.broker_url,
+            "http": self.http_url,
             "startedAt": time.time(),
+            **({"standIns": self.stand_ins} if self.stand_ins else {}),
         }
         self.folder.running_file.write_text(json.dumps(info, indent=1))
 
@@ -214,6 +254,9 @@ class FleetServer:
             with contextlib.suppress(Exception):
                 await self._client.disconnect()
             self._client = None
+        if self.tracker is not None:
+            self.tracker.stop()
+            self.tracker = None
         if self.http is not None:
             self.http.stop()
             self.http = None

@@ -53,6 +53,21 @@ class FleetFolder:
     def running_file(self) -> Path:
         return self.root / "simulation.json"
 
+    @property
+    def presence_file(self) -> Path:
+        """Who is connected, while a fleet runs (written by :class:`~edgekit.fleet.presence.PresenceTracker`)."""
+        return self.root / "presence.json"
+
+    @property
+    def serve_file(self) -> Path:
+        """Where ``edgekit fleet serve`` listens, kept between runs: the addresses device bundles name."""
+        return self.root / "serve.json"
+
+    @property
+    def bundles(self) -> Path:
+        """Device bundles ``edgekit fleet add-device`` writes (unless told another folder)."""
+        return self.root / "bundles"
+
     def device(self, thing: str) -> Path:
         return self.devices / thing
 

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -235,9 +236,10 @@ class FleetHttpServer:
         max_connections: int = MAX_CONNECTIONS,
         presence: Presence | None = None,
         events_interval_s: float = 0.5,
+        stand_ins: Mapping[str, str] | None = None,
     ) -> None:
         self.registry = registry
-        self.snapshots = Snapshotter(registry.state, presence)
+        self.snapshots = Snapshotter(registry.state, presence, stand_ins=stand_ins)
         self.events_interval_s = events_interval_s
         self.stopping = threading.Event()  # ends the live event streams
         self.read_timeout_s = read_timeout_s

@@ -1,4 +1,5 @@
-"""What ``edgekit fleet status`` shows of a local fleet, read in one go: the fleet view and the simulation running."""
+"""What ``edgekit fleet status`` shows of a local fleet, read in one go: the fleet view and the simulation (or
+``fleet serve``) running."""
 
 from __future__ import annotations
 
@@ -24,12 +25,17 @@ class FleetStatus:
 
 
 def read_status(folder: FleetFolder) -> FleetStatus:
-    """Read :class:`FleetStatus` from ``folder``'s state (readable while a simulation writes it)."""
+    """Read :class:`FleetStatus` from ``folder``'s state (readable while a simulation writes it); while
+    ``edgekit fleet serve`` runs, with who is connected (what its agents said: ``presence.json``)."""
+    from edgekit.fleet.presence import read_presence
     from edgekit.fleet.view import fleet_view
 
+    running = folder.running()
+    presence = read_presence(folder.presence_file) if running is not None else None
+    stand_ins = running.get("standIns") if running else None
     state = folder.open_state()
     try:
-        view = fleet_view(state)
+        view = fleet_view(state, presence=presence, stand_ins=stand_ins if isinstance(stand_ins, dict) else None)
     finally:
         state.close()
-    return FleetStatus(folder.root, folder.running(), view)
+    return FleetStatus(folder.root, running, view)

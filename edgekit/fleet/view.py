@@ -124,6 +124,10 @@ class DeviceView(ViewModel):
     """When the fleet last heard from it over MQTT (a Jobs request)."""
     last_telemetry_at: float | None = None
     """When the fleet last received telemetry from it."""
+    stand_in: str | None = None
+    """The platform of the process that stands in for this device (``linux/amd64``), when it differs from the
+    device's own: a simulated device then runs a host build of the same candidate, not the device's code (see
+    docs/local-fleet.md, stand-ins). ``None``: the device runs its own code, or the fleet does not know."""
     telemetry: DeviceTelemetry = Field(default_factory=DeviceTelemetry)
 
 
@@ -274,9 +278,11 @@ def fleet_view(
     history: Mapping[str, Sequence[HistoryPoint]] | None = None,
     failures: int = FAILURES_SHOWN,
     now: float | None = None,
+    stand_ins: Mapping[str, str] | None = None,
 ) -> FleetView:
     """The fleet in ``state`` now. ``presence``: which devices are connected (thing → connected), where the caller
-    knows; ``history``: each deployment's counts over time, where the caller keeps them."""
+    knows; ``history``: each deployment's counts over time, where the caller keeps them; ``stand_ins``: the devices
+    a process of another platform stands in for (thing → that platform), where a simulation says so."""
     summary = FleetService(state).summary()
     stored = state.deployments()  # oldest first
     records = {d.id: d for d in stored}
@@ -330,6 +336,7 @@ def fleet_view(
                 connected=connected,
                 last_seen=t.last_seen,
                 last_telemetry_at=reported.last_telemetry_at if reported else None,
+                stand_in=(stand_ins or {}).get(t.name),
                 telemetry=_device_telemetry(reported),
             )
         )

@@ -25,6 +25,7 @@ from edgekit.atomic import install_dir, write_bytes
 from edgekit.digests import file_sha256
 from edgekit.errors import ArtifactError, PackagingError, RecipeError
 from edgekit.greengrass.recipe import SET_BY_SERVICE, TOP_LEVEL_KEYS, dump_recipe, normalize_recipe
+from edgekit.greengrass.resolve import BUILDS_KEY
 from edgekit.manifest import Manifest, read_manifest, verify_files
 from edgekit.progress import Progress
 from edgekit.resources import bundled_dir
@@ -33,6 +34,7 @@ __all__ = [
     "RUNTIME_COMPONENT",
     "PackageResult",
     "PackagedComponent",
+    "build_facts",
     "next_version",
     "package",
     "reproducible_zip",
@@ -228,21 +230,22 @@ def package(
     elif not semantic_version.validate(version):
         raise PackagingError(f"--version '{version}' is not semver (MAJOR.MINOR.PATCH) or NEXT_PATCH")
     backends = sorted({m.backend.name for _, m in loaded})
-    if len(backends) > 1:
+    if runtime_name is not None and len(backends) > 1:
         raise PackagingError(
-            f"the artifacts use different backends {backends}; the runtime component installs one: "
-            f"compile them all with the same --backend"
+            f"a runtime component name ('{runtime_name}') names one runtime, and the artifacts use {len(backends)} "
+            f"backends {backends}: leave it out (each backend gets its own, {runtime_component(backends[0])}, ...)"
         )
-    backend = backends[0]
-    runtime_name = runtime_name or runtime_component(backend)
-    _check_name(runtime_name, "runtime component name")
-    tokens = {"@RUNTIME@": runtime_name, "@MODEL@": name, "@BACKEND@": backend}
+    # Mixed backends (TVM on one platform, ONNX Runtime on another): one runtime component per backend; each
+    # platform's inference manifest runs on its own (see docs/greengrass-packaging.md, mixed backends).
+    runtimes = {b: runtime_name or runtime_component(b) for b in backends}
+    for runtime in runtimes.values():
+        _check_name(runtime, "runtime component name")
 
     # 2. Build everything in a staging folder, then move each piece into place whole.
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".edgekit-package-", dir=out))
     try:
-        staged = _build(by_platform, name, version, publisher, runtime_name, tokens, staging, say)
+        staged = _build(by_platform, name, version, publisher, runtimes, staging, say)
         return _install(staged, staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -267,8 +270,7 @@ def _build(
     name: str,
     version: str,
     publisher: str,
-    runtime_name: str,
-    tokens: dict[str, str],
+    runtimes: dict[str, str],
     staging: Path,
     say: Progress,
 ) -> list[PackagedComponent]:
@@ -277,25 +279,33 @@ def _build(
     runtime_version = __version__
     inference_name = f"{name}.Inference"
     result: list[PackagedComponent] = []
-    say(f"runtime component {runtime_name} {runtime_version} ({tokens['@BACKEND@']})")
-    result.append(_package_runtime(runtime_name, runtime_version, publisher, tokens, recipes_dir, artifacts_root))
+    for backend, runtime_name in sorted(runtimes.items()):
+        say(f"runtime component {runtime_name} {runtime_version} ({backend})")
+        tokens = {"@RUNTIME@": runtime_name, "@MODEL@": name, "@BACKEND@": backend}
+        result.append(_package_runtime(runtime_name, runtime_version, publisher, tokens, recipes_dir, artifacts_root))
 
     say(f"model component {name} {version}: {', '.join(f'{k[0]}/{k[1]}' for k in sorted(by_platform))}")
+    # @RUNTIME@ and @BACKEND@ are per platform: they are filled in each manifest
+    tokens = {"@MODEL@": name}
     model = _template("model", tokens)
     template_manifest = model["Manifests"][0]
     model_dest = _fresh_dir(artifacts_root / name / version)
     model_manifests = []
     model_zips = []
+    builds: dict[str, dict[str, Any]] = {}
     for key in sorted(by_platform, key=lambda k: (k[1] != "amd64", k)):
         path, m = by_platform[key]
         # "x.zip" unpacks to {artifacts:decompressedPath}/x on the device
         zip_path = model_dest / f"{_model_dir(m)}.zip"
-        reproducible_zip(zip_path, [(p.name, p) for p in sorted(path.iterdir()) if p.is_file()])
+        reproducible_zip(zip_path, _tree(path, ""))  # with its host twin (host-<machine>/), if it has one
         manifest = _subst(copy.deepcopy(template_manifest), "@MODEL_DIR@", _model_dir(m))
         manifest["Platform"] = _platform(m)
         _set_artifact(manifest, zip_path)
         model_manifests.append(manifest)
         model_zips.append(zip_path)
+        builds[_model_dir(m)] = build_facts(m, runtimes[m.backend.name])
+    defaults = model.setdefault("ComponentConfiguration", {}).setdefault("DefaultConfiguration", {})
+    defaults[BUILDS_KEY] = builds  # what the pre-flight checks each device against (edgekit.greengrass.resolve)
     model.update(ComponentName=name, ComponentVersion=version, ComponentPublisher=publisher, Manifests=model_manifests)
     model = _ordered(model)
     result.append(PackagedComponent(name, version, _write_recipe(model, recipes_dir), model_zips))
@@ -309,28 +319,53 @@ def _build(
     base = inference["Manifests"][0]
     manifests = []
     for key in sorted(by_platform, key=lambda k: (k[1] != "amd64", k)):
-        manifest = _subst(copy.deepcopy(base), "@MODEL_DIR@", _model_dir(by_platform[key][1]))
+        m = by_platform[key][1]
+        runtime_name = runtimes[m.backend.name]
+        manifest = _subst(copy.deepcopy(base), "@MODEL_DIR@", _model_dir(m))
+        manifest = _subst(_subst(manifest, "@RUNTIME@", runtime_name), "@BACKEND@", m.backend.name)
         manifest["Platform"] = {"os": key[0], "architecture": key[1]}
         _set_artifact(manifest, inf_zip)
-        if tokens["@BACKEND@"] == "tvm":
+        if m.backend.name == "tvm":
             _tvm_library_env(manifest, runtime_name, key[1])
         manifests.append(manifest)
+    # Greengrass dependencies are the component's, not a manifest's (the 2020-01-25 format has none per manifest):
+    # with mixed backends every device installs each runtime, and each platform's manifest runs on its own one.
+    requirement = f">={runtime_version} <{semantic_version.Version(runtime_version).next_major()}"
+    dependencies: dict[str, Any] = {
+        runtime: {"VersionRequirement": requirement, "DependencyType": "HARD"} for runtime in sorted(set(runtimes.values()))
+    }
+    dependencies[name] = {"VersionRequirement": version, "DependencyType": "HARD"}
     inference.update(
         ComponentName=inference_name,
         ComponentVersion=version,
         ComponentPublisher=publisher,
-        ComponentDependencies={
-            runtime_name: {
-                "VersionRequirement": f">={runtime_version} <{semantic_version.Version(runtime_version).next_major()}",
-                "DependencyType": "HARD",
-            },
-            name: {"VersionRequirement": version, "DependencyType": "HARD"},
-        },
+        ComponentDependencies=dependencies,
         Manifests=manifests,
     )
     inference = _ordered(inference)
     result.append(PackagedComponent(inference_name, version, _write_recipe(inference, recipes_dir), [inf_zip]))
     return result
+
+
+_GG_ARCH = {"x86_64": "amd64", "aarch64": "aarch64", "armv7l": "arm", "i686": "x86"}
+
+
+def build_facts(m: Manifest, runtime: str) -> dict[str, Any]:
+    """What a device needs to run the artifact ``m`` (the model recipe's ``Builds`` entry of its folder): its target,
+    backend and that backend's runtime component, the architecture its code is for (``*``: portable), the CPU
+    features it needs (where its manifest records them) and the machine of its host twin (a simulator's stand-in)."""
+    elf = m.backend.options.get("elf")
+    facts: dict[str, Any] = {
+        "Target": m.profile.name,
+        "Backend": m.backend.name,
+        "Runtime": runtime,
+        "Architecture": _GG_ARCH.get(str(elf), str(elf)) if elf else "*",
+    }
+    if m.cpu is not None and m.cpu.features:  # /proc/cpuinfo names, as the devices' cpuFeatures attribute
+        facts["CpuFeatures"] = sorted(m.cpu.features)
+    if m.host_twin is not None:
+        facts["HostTwin"] = m.host_twin.machine
+    return facts
 
 
 def _package_runtime(

@@ -17,6 +17,7 @@ from edgekit.errors import RecipeError, ResolutionError
 from edgekit.greengrass.recipe import load_recipe
 
 __all__ = [
+    "BUILDS_KEY",
     "ComponentStore",
     "CoreDevice",
     "DeviceFacts",
@@ -32,6 +33,18 @@ __all__ = [
 NO_VERSION = "NO_AVAILABLE_COMPONENT_VERSION"
 NOT_MET = "COMPONENT_VERSION_REQUIREMENTS_NOT_MET"
 NO_PLATFORM = "NO_MATCHING_PLATFORM"
+WRONG_ARCHITECTURE = "WRONG_ARCHITECTURE"
+MISSING_CPU_FEATURES = "MISSING_CPU_FEATURES"
+NO_RUNTIME = "NO_RUNTIME_FOR_PLATFORM"
+
+LINES_SHOWN = 50
+"""How many device-and-reason lines a refused pre-flight lists."""
+
+BUILDS_KEY = "Builds"
+"""``ComponentConfiguration.DefaultConfiguration.Builds`` of a model component edgekit packaged: per artifact folder
+(``model-rasp4b``), what running it needs: ``Target``, ``Backend``, ``Runtime`` (that backend's runtime component),
+``Architecture`` (of its code; ``*`` when portable), ``CpuFeatures`` (where the artifact records them) and
+``HostTwin`` (the machine its host twin is for). The pre-flight and the device agent check each device against it."""
 
 
 class ComponentStore:
@@ -136,15 +149,22 @@ class PreflightReport:
     def failed(self) -> list[DeviceResolution]:
         return [d for d in self.devices if not d.ok]
 
+    def lines(self) -> list[str]:
+        """One line per device and reason: ``<thing>: <CODE>: <why>``."""
+        return [f"{d.device.thing}: {p.code}: {p.message}" for d in self.failed for p in d.problems]
+
     def raise_for_problems(self) -> None:
-        """Raise :class:`ResolutionError` naming the first problem and how many devices have one."""
+        """Raise :class:`ResolutionError`: the first problem and how many devices have one, with one line per device
+        and reason (its ``lines``, at most :data:`LINES_SHOWN`; the CLI prints them before its error line)."""
         if not self.failed:
             return
         first = self.failed[0]
         p = first.problems[0]
         others = len(self.failed) - 1
         more = f" (and {others} more device{'s' if others != 1 else ''})" if others else ""
-        raise ResolutionError(p.code, f"device '{first.device.thing}': {p.message}{more}; nothing was deployed")
+        lines = self.lines()
+        shown = lines[:LINES_SHOWN] + ([f"... and {len(lines) - LINES_SHOWN} more"] if len(lines) > LINES_SHOWN else [])
+        raise ResolutionError(p.code, f"device '{first.device.thing}': {p.message}{more}; nothing was deployed", shown)
 
 
 def _regex(value: str) -> re.Pattern[str] | None:
@@ -237,7 +257,82 @@ def resolve_device(device: DeviceFacts, deployments: Iterable[GroupDeployment], 
             )
         else:
             result.manifests[name] = index
+    _check_builds(result, store)
     return result
+
+
+def _device_features(platform: Mapping[str, str]) -> set[str] | None:
+    """The CPU features a device's platform declares (a ``cpuFeatures`` attribute, space or comma separated);
+    None when it declares none (then nothing is checked against them)."""
+    text = platform.get("cpuFeatures")
+    if not text:
+        return None
+    return {f for f in re.split(r"[\s,]+", str(text).lower()) if f}
+
+
+def _builds(recipe: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The ``Builds`` entries (folder, facts) of the artifacts a model component's chosen manifest unpacks."""
+    config = recipe.get("ComponentConfiguration") or {}
+    builds = (config.get("DefaultConfiguration") or {}).get(BUILDS_KEY) if isinstance(config, Mapping) else None
+    if not isinstance(builds, Mapping):
+        return []
+    out = []
+    for artifact in manifest.get("Artifacts") or []:
+        uri = str((artifact or {}).get("URI", "")) if isinstance(artifact, Mapping) else ""
+        folder = uri.rsplit("/", 1)[-1].removesuffix(".zip")
+        facts = builds.get(folder)
+        if isinstance(facts, Mapping):
+            out.append((folder, facts))
+    return out
+
+
+def _check_builds(result: DeviceResolution, store: ComponentStore) -> None:
+    """What resolution alone can't see: a model build whose code is for another architecture, needs CPU features the
+    device lacks, or runs on a backend whose runtime the device won't have (in a deployment that runs the model)."""
+    device = result.device
+    arch = device.platform.get("architecture")
+    plat = f"{device.platform.get('os')}/{arch}"
+    features = _device_features(device.platform)
+    used_by = {
+        dep: name
+        for name, version in result.components.items()
+        for dep in (store.recipe(name, version).get("ComponentDependencies") or {})
+    }
+    for name, index in list(result.manifests.items()):
+        recipe = store.recipe(name, result.components[name])
+        for folder, facts in _builds(recipe, (recipe.get("Manifests") or [])[index]):
+            built_for = str(facts.get("Architecture", "*"))
+            if built_for not in ("*", "") and built_for != arch:
+                result.problems.append(
+                    Problem(
+                        WRONG_ARCHITECTURE,
+                        name,
+                        f"{name} gives {plat} devices '{folder}', whose code is built for {built_for} "
+                        f"(target {facts.get('Target', '?')}); package a build for {arch}",
+                    )
+                )
+            needed = {str(f).lower() for f in facts.get("CpuFeatures") or []}
+            if features is not None and needed - features:
+                result.problems.append(
+                    Problem(
+                        MISSING_CPU_FEATURES,
+                        name,
+                        f"'{folder}' of {name} needs CPU features {', '.join(sorted(needed - features))}, which the "
+                        f"device's platform (cpuFeatures) lacks; compile for a CPU baseline it has",
+                    )
+                )
+            runtime, backend = str(facts.get("Runtime", "")), str(facts.get("Backend", "?"))
+            if not runtime or name not in used_by:
+                continue  # the model alone is only files: nothing runs them
+            if runtime in result.manifests:
+                continue
+            missing = next((p for p in result.problems if p.component == runtime and p.code == NO_PLATFORM), None)
+            if missing is not None:  # said once, as what it means here: the backend can't run on this platform
+                result.problems.remove(missing)
+            why = missing.message if missing is not None else f"nothing in the deployment brings its runtime component {runtime}"
+            result.problems.append(
+                Problem(NO_RUNTIME, name, f"'{folder}' of {name} runs on {backend}, and {plat} has no runtime for it: {why}")
+            )
 
 
 def preflight(

@@ -327,6 +327,8 @@ class MosquittoBroker(_ProcessBroker):
         start_timeout: float = _START_TIMEOUT,
     ) -> None:
         super().__init__(folder, port=port, host=host, start_timeout=start_timeout)
+        # the fleet service runs beside the broker: on a wildcard address its listener stays on the loopback
+        self.service_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         self._tls = tls
         self.service_port = 0  # with mTLS: the service listener's port (chosen at the first start, kept on restarts)
         self.acl = acl
@@ -354,14 +356,14 @@ class MosquittoBroker(_ProcessBroker):
     def _prepare(self) -> None:
         find_mosquitto(self.binary)  # fail with the install hint before writing anything
         if self._tls is not None and self.service_port == 0:
-            self.service_port = free_port(self.host)
+            self.service_port = free_port(self.service_host)
         self.config_path.write_text(self.render_config())
         if self.acl:
             self.acl_path.write_text(self.render_acl())
 
     @property
     def service_url(self) -> str:
-        return f"mqtts://{self.host}:{self.service_port}" if self._tls is not None else self.url
+        return f"mqtts://{self.service_host}:{self.service_port}" if self._tls is not None else self.url
 
     def render_config(self) -> str:
         """The mosquitto.conf this broker runs with.
@@ -393,14 +395,14 @@ class MosquittoBroker(_ProcessBroker):
             lines += ["# as root, mosquitto would drop to user 'mosquitto', which can't read the 0600 keys", "user root"]
         lines += self._listener(self.port, devices=True)
         if self._tls is not None:
-            lines += self._listener(self.service_port, devices=False)
+            lines += self._listener(self.service_port, devices=False, host=self.service_host)
         lines += list(self.extra_config)
         return "\n".join(lines) + "\n"
 
-    def _listener(self, port: int, *, devices: bool) -> list[str]:
+    def _listener(self, port: int, *, devices: bool, host: str | None = None) -> list[str]:
         lines = [
             "",
-            f"listener {port} {self.host}",
+            f"listener {port} {host or self.host}",
             f"allow_anonymous {'false' if self._tls is not None else 'true'}",
             "set_tcp_nodelay true",
             "max_connections -1",

@@ -151,7 +151,11 @@ def _ssl_context(tls: TlsPaths) -> ssl.SSLContext:
 
 
 class MqttClient:
-    """An asyncio MQTT client (MQTT 5 by default) on the running event loop; see docs/local-fleet.md."""
+    """An asyncio MQTT client (MQTT 5 by default) on the running event loop; see docs/local-fleet.md.
+
+    ``will``: ``(topic, payload)`` the broker publishes (QoS 1, not retained) when the connection ends without a
+    DISCONNECT (a crash, a cut network, a keepalive timeout).
+    """
 
     def __init__(
         self,
@@ -170,6 +174,7 @@ class MqttClient:
         connect_timeout: float = 10.0,
         max_inflight: int = 20,
         on_connect: OnConnect | None = None,
+        will: tuple[str, bytes] | None = None,
     ) -> None:
         if not client_id or len(client_id.encode()) > 128:
             raise ConfigError(f"client id '{client_id}' must be 1-128 bytes (AWS IoT Core's limit)")
@@ -198,6 +203,10 @@ class MqttClient:
         self._paho.max_inflight_messages_set(max_inflight)
         if username is not None:
             self._paho.username_pw_set(username, password)
+        if will is not None:
+            if strict:
+                topics.validate(will[0])
+            self._paho.will_set(will[0], will[1], qos=1, retain=False)
         self._paho.on_connect = self._on_connect
         self._paho.on_disconnect = self._on_disconnect
         self._paho.on_message = self._on_message

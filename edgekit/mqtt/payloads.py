@@ -31,6 +31,7 @@ __all__ = [
     "DeploymentResultCode",
     "DescribeJobExecutionRequest",
     "DescribeJobExecutionResponse",
+    "DevicePresence",
     "DeviceStatus",
     "GetPendingJobExecutionsRequest",
     "GetPendingJobExecutionsResponse",
@@ -290,6 +291,14 @@ class DeviceStatus(WireMessage):
     overall_status: Literal["HEALTHY", "UNHEALTHY"]
     components: list[ComponentState] = Field(default_factory=list)
     deployment: DeploymentInfo | None = None
+
+
+class DevicePresence(WireMessage):
+    """What a device agent publishes on ``presence(thing)``: ``connected`` after each (re)connect, and as its will
+    (``connected: false``, sent by the broker when the connection dies) and before a clean disconnect."""
+
+    thing_name: ThingName
+    connected: bool
 
 
 # --------------------------------------------------------------------------- the codec

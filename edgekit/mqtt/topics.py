@@ -24,12 +24,14 @@ __all__ = [
     "all_get_pending",
     "all_job_gets",
     "all_job_updates",
+    "all_presence",
     "count_slashes",
     "device_topic",
     "get",
     "get_pending",
     "notify",
     "parse",
+    "presence",
     "rejected",
     "status",
     "update",
@@ -96,6 +98,13 @@ def status(thing: str) -> str:
     return f"$aws/things/{_thing(thing)}/greengrassv2/health/json"
 
 
+def presence(thing: str) -> str:
+    """Where a device agent of a local fleet says it is connected or gone (its will): a
+    :class:`~edgekit.mqtt.payloads.DevicePresence`. AWS IoT Core's broker publishes such events itself
+    (``$aws/events/presence/...``); mosquitto does not, so the agent does, under its own ``$aws/things/THING/``."""
+    return f"$aws/things/{_thing(thing)}/edgekit/presence"
+
+
 def device_topic(thing: str, *parts: str) -> str:
     """A device-defined topic ``devices/{thing}/{parts...}`` (telemetry, results), validated."""
     for part in parts:
@@ -120,6 +129,11 @@ def all_job_gets() -> str:
 def all_get_pending() -> str:
     """Filter for every device's GetPendingJobExecutions requests."""
     return "$aws/things/+/jobs/get"
+
+
+def all_presence() -> str:
+    """Filter for every device's :func:`presence`."""
+    return "$aws/things/+/edgekit/presence"
 
 
 def all_device_status() -> str:

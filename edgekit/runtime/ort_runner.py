@@ -23,13 +23,17 @@ class OrtRunner(Runner):
         inputs: Sequence[TensorSpec],
         outputs: Sequence[TensorSpec],
         threads: int = 0,
+        optimization: str = "none",
     ) -> None:
         super().__init__(entry, inputs, outputs)
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        # The artifact is already optimised; don't redo (or undo) it at load time.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        # The artifact is already optimised; don't redo (or undo) it at load time — but for what its manifest
+        # leaves to the device ('all': layout transforms for the CPU that runs it).
+        opts.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimization == "all" else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
         opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
         try:

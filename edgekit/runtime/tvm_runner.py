@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import platform
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,13 +28,33 @@ _loaded_lock = threading.Lock()
 _loaded: str | None = None
 
 
-def find_runtime_library() -> Path:
+_ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 3: "i686"}
+
+
+def _elf_machine(path: Path) -> str | None:
+    """``platform.machine()`` of the ELF file ``path`` (None: not an ELF this knows)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return None
+    return _ELF_MACHINES.get(int.from_bytes(head[18:20], "little" if head[5] == 1 else "big"))
+
+
+def find_runtime_library(*, host_only: bool = False) -> Path:
+    """``libtvm_runtime.so``: ``$EDGEKIT_TVM_RUNTIME`` (the runtime component's, on a device), else the installed
+    TVM package's. ``host_only`` (a process standing in for a device of another platform): a library given for
+    another machine (the device's) is passed over for this host's."""
     env = os.environ.get("EDGEKIT_TVM_RUNTIME")
     if env:
         path = Path(env)
         if not path.is_file():
             raise MissingDependencyError("tvm", "tvm", f"EDGEKIT_TVM_RUNTIME={env} does not exist; running TVM artifacts")
-        return path
+        machine = _elf_machine(path) if host_only else None
+        if machine is None or machine == platform.machine():
+            return path
     spec = importlib.util.find_spec("tvm")
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError("tvm", "tvm", "running a TVM artifact")
@@ -44,13 +65,13 @@ def find_runtime_library() -> Path:
     raise MissingDependencyError("tvm", "tvm", "running a TVM artifact (libtvm_runtime.so not found in the package)")
 
 
-def _load_runtime() -> None:
+def _load_runtime(host_only: bool = False) -> None:
     global _loaded
     with _loaded_lock:
         if _loaded is None:
             # tvm_ffi first: it loads libtvm_ffi.so, which libtvm_runtime.so links against.
             require("tvm_ffi", "running a TVM artifact")
-            lib = find_runtime_library()
+            lib = find_runtime_library(host_only=host_only)
             ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
             _loaded = str(lib)
 
@@ -68,10 +89,12 @@ def _aligned_copy(arr: np.ndarray) -> np.ndarray:
 class TvmRunner(Runner):
     backend = "tvm"
 
-    def __init__(self, entry: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> None:
+    def __init__(
+        self, entry: Path, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, host_only: bool = False
+    ) -> None:
         super().__init__(entry, inputs, outputs)
         self._ffi = require("tvm_ffi", "running a TVM artifact")
-        _load_runtime()
+        _load_runtime(host_only)
         try:
             module = self._ffi.load_module(str(entry.resolve()))
             self._vm = module["vm_load_executable"]()

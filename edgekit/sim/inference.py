@@ -88,7 +88,11 @@ class InProcessUplink:
 
 
 class ModelCache:
-    """Artifacts loaded once per process (by the digest of their manifest), self-tested once, shared read-only."""
+    """Artifacts loaded once per process (by the digest of their manifest), self-tested once, shared read-only.
+
+    This process stands in for every device: an artifact built for another platform runs as its host twin (the same
+    candidate built for this host at compile time, self-tested with the same golden vectors), or its portable files;
+    the model's ``stand_in`` says which (and the device's log)."""
 
     def __init__(self) -> None:
         self._models: dict[str, Any] = {}
@@ -104,7 +108,7 @@ class ModelCache:
         with self._lock:
             model = self._models.get(key)
             if model is None:
-                model = edgekit.load(model_dir, threads=1)
+                model = edgekit.load(model_dir, threads=1, stand_in=True)
                 check = model.selftest()
                 if not check.passed:
                     raise EdgeError(f"{model_dir}: the self-test failed (max abs error {check.max_abs_error:.3g})")
@@ -135,9 +139,11 @@ class _Exited:
 class InferenceRun:
     """One in-process inference component's Run: its loop, as a :class:`~edgekit.device.executor.RunningProcess`."""
 
-    def __init__(self, loop: InferenceLoop, uplink: InProcessUplink) -> None:
+    def __init__(self, loop: InferenceLoop, uplink: InProcessUplink, model: Any = None) -> None:
         self.loop = loop
         self.uplink = uplink
+        self.model = model
+        """The loaded artifact it runs (its ``stand_in`` says when a host build runs in the device's place)."""
         self.crashed = False
         self.task: asyncio.Task[Checkpoint] = asyncio.get_running_loop().create_task(self._main(), name=f"inference {loop.thing}")
 
@@ -244,9 +250,10 @@ async def _start_inference(runners: InProcessRunners, spec: StepSpec, args: list
         _log(spec, f"edgekit inference: {exc}")
         log.warning("%s: %s could not start: %s", thing, spec.component, exc)
         return _Exited(1)
-    run = InferenceRun(loop, uplink)
+    run = InferenceRun(loop, uplink, model)
     runners.runs.setdefault(thing, []).append(run)
-    _log(spec, f"edgekit inference: {model} in process; run {loop.run_id}")
+    standing = f"; a stand-in: {model.stand_in}" if model.stand_in else ""
+    _log(spec, f"edgekit inference: {model} in process{standing}; run {loop.run_id}")
     return run
 
 

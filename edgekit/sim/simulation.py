@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self
 from edgekit.device.agent import DeviceAgent
 from edgekit.device.jobs_runner import DeviceMqttRunner
 from edgekit.device.lifecycle import StateCallback
+from edgekit.edge.component import STAND_IN_ENV
 from edgekit.edge.loop import Checkpoint
-from edgekit.errors import ConfigError
+from edgekit.errors import ConfigError, ToolchainError
 from edgekit.fleet.errors import NotFoundError
 from edgekit.fleet.fleet_server import FleetServer
 from edgekit.fleet.folder import FleetFolder
@@ -36,11 +37,14 @@ from edgekit.fleet_file import Fault, FleetDevice, FleetFile
 from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import raise_fd_limit
 from edgekit.mqtt.client import Backoff, MqttClient
+from edgekit.profiles import host_platform
 from edgekit.progress import Progress
+from edgekit.sim.emulated import EmulatedAgent, Emulation, prepare_emulation, read_checkpoints, write_bundle
 from edgekit.sim.errors import SimulationError, SimulationTimeoutError
 from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
 from edgekit.sim.scripted_shell import SimulatedExecutor
+from edgekit.wire.device_bundle import BUNDLE_CONFIG, DeviceBundle
 
 if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are the types of its parts
     from edgekit.fleet.component_registry import PublishedComponent
@@ -53,13 +57,23 @@ if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are 
     from edgekit.mqtt.broker import MosquittoBroker
     from edgekit.mqtt.tls import TlsMaterial
 
-__all__ = ["SimulatedDevice", "Simulation", "SimulationStatus"]
+__all__ = ["SimulatedDevice", "Simulation", "SimulationStatus", "stand_in_for"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S: Final = 0.1
 HOST_PYTHON_ENV: Final = "EDGEKIT_HOST_PYTHON"
 """Set for simulated ``subprocess`` devices: the runtime component's Install uses this interpreter (offline)."""
+
+
+def stand_in_for(device: FleetDevice, host: Mapping[str, str] | None = None) -> str | None:
+    """The platform of the process standing in for ``device`` (``linux/amd64``) when it is not the device's own
+    (``host``: this machine's), else None. Such a device runs a host build of the same candidate: the artifact's host
+    twin, or its portable files (:func:`edgekit.load` with ``stand_in``); every view of the fleet says so."""
+    here = dict(host or host_platform())
+    if all(device.platform.get(k) == here[k] for k in ("os", "architecture")):
+        return None
+    return f"{here['os']}/{here['architecture']}"
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,8 @@ class SimulationStatus:
 @dataclass
 class SimulatedDevice:
     """One device of a simulation: its fleet entry, folder and network link, and (while it is up) its agent,
-    MQTT client and job runner (``None`` while it is killed). ``restarts`` counts :meth:`Simulation.restart_device`."""
+    MQTT client and job runner (``None`` while it is killed), or for an emulated device its agent process
+    (``process``). ``restarts`` counts :meth:`Simulation.restart_device`."""
 
     device: FleetDevice
     root: Path
@@ -100,6 +115,7 @@ class SimulatedDevice:
     agent: DeviceAgent | None = None
     client: MqttClient | None = None
     runner: DeviceMqttRunner | None = None
+    process: EmulatedAgent | None = None
     restarts: int = 0
     revive: asyncio.TimerHandle | None = None
 
@@ -109,11 +125,13 @@ class SimulatedDevice:
 
     @property
     def connected(self) -> bool:
+        if self.process is not None:  # its MQTT connection is in another process: one open through its link
+            return self.process.alive and bool(self.link.pipes) and not self.link.down
         return self.client is not None and self.client.connected
 
     @property
     def alive(self) -> bool:
-        return self.agent is not None
+        return self.agent is not None or (self.process is not None and self.process.alive)
 
 
 class Simulation:
@@ -124,6 +142,11 @@ class Simulation:
     :class:`~edgekit.device.DeviceAgent` (e.g. ``settle_s``), ``runner_options`` to every ``DeviceMqttRunner``.
     ``progress`` hears what starting up does. Simulated agents don't fsync their state (a simulated crash kills
     the agent, not the machine) unless ``agent_options`` says ``fsync=True``.
+
+    Devices the fleet file marks ``mode: emulated`` run as aarch64 agent processes under qemu-user
+    (:mod:`edgekit.sim.emulated`); ``sysroot_cache`` is the cache folder of their sysroot (default edgekit's).
+    Where their aarch64 Python can't be had (no qemu-user, no network for the first build), starting fails, or with
+    ``emulation_fallback`` they run as the fleet's other devices do (``progress`` says why).
     """
 
     def __init__(
@@ -142,6 +165,8 @@ class Simulation:
         apply_faults: bool = True,
         seed: int = 0,
         progress: Progress | None = None,
+        sysroot_cache: Path | None = None,
+        emulation_fallback: bool = False,
     ) -> None:
         self.fleet = fleet.scaled(devices) if devices is not None else fleet
         self.folder = FleetFolder.at(state_dir)
@@ -156,7 +181,13 @@ class Simulation:
         self.seed = seed
         self.progress: Progress = progress or (lambda _m: None)
         self.devices: dict[str, SimulatedDevice] = {}
+        self.sysroot_cache = sysroot_cache
+        self.emulation_fallback = emulation_fallback
+        self.emulation: Emulation | None = None
         things = self.fleet.expand()
+        emulated = sum(1 for t in things if t.emulated)
+        self.stand_ins = {d.thing: on for d in things if not d.emulated and (on := stand_in_for(d)) is not None}
+        """The devices a process of another platform (this one's) stands in for: thing → that platform."""
         self.server = FleetServer(
             self.folder,
             devices=things,
@@ -164,8 +195,9 @@ class Simulation:
             tls=self.tls,
             tick_s=tick_s,
             presence=self._presence,
-            about={"devices": len(things), "mode": self.mode},
+            about={"devices": len(things), "mode": self.mode} | ({"emulated": emulated} if emulated else {}),
             progress=lambda message: self.progress(message),
+            stand_ins=self.stand_ins,
         )
         self._executor = SimulatedExecutor()
         self._started_at = 0.0
@@ -251,6 +283,20 @@ class Simulation:
             )
         await self.server.start()
         assert self.broker is not None
+        if any(d.emulated for d in things):
+            self.progress("preparing the emulated devices' aarch64 Python (qemu-user)")
+            try:
+                self.emulation = await asyncio.to_thread(
+                    prepare_emulation, self.folder.root / "emulated", self.sysroot_cache, self.progress
+                )
+            except ToolchainError as exc:
+                if not self.emulation_fallback:
+                    raise
+                log.warning("emulated devices run as simulated ones (%s): %s", self.mode, exc)
+                self.progress(f"emulated devices run as simulated ones ({self.mode}): {exc}")
+                fallen = {d.thing: on for d in things if d.emulated and (on := stand_in_for(d)) is not None}
+                self.stand_ins.update(fallen)  # now they are stand-ins too (the page and /api/fleet share this map)
+                self.server.stand_ins.update(fallen)
         host, port = "127.0.0.1", self.broker.port
         for device in things:
             link = NetworkLink(device.thing, host, port)
@@ -296,7 +342,8 @@ class Simulation:
             options.setdefault("executor", self._executor)
             options.setdefault("ipc", True)  # in-process components (the inference loop) publish through it
         else:  # the runtime component's Install uses this interpreter and its packages: no network (docs/local-fleet.md)
-            options["env"] = {HOST_PYTHON_ENV: sys.executable, **dict(options.get("env") or {})}
+            stand_in = {STAND_IN_ENV: "1"} if dev.thing in self.stand_ins else {}  # runs the artifact's host twin
+            options["env"] = {HOST_PYTHON_ENV: sys.executable, **stand_in, **dict(options.get("env") or {})}
         agent = DeviceAgent(
             dev.thing, dev.root, dev.device.platform, self.http.url, dev.device.groups, mode=self.mode, report=report, **options
         )
@@ -304,8 +351,39 @@ class Simulation:
             self._executor.runners.devices[dev.thing] = agent.ipc
         return agent
 
+    def _bundle(self, dev: SimulatedDevice) -> Path:
+        """The emulated device's bundle (as ``edgekit fleet add-device`` makes one: the certificate the fleet's CA
+        issued it), its broker being its network link; returns its ``config.yaml``."""
+        assert self.http is not None and self.emulation is not None
+        tls = self.material.device(dev.thing) if self.material is not None else None
+        bundle = DeviceBundle(
+            thing_name=dev.thing,
+            thing_groups=dev.device.groups,
+            platform=dev.device.platform,
+            profile=dev.device.profile,
+            fleet=self.fleet.name,
+            broker_url=f"{'mqtts' if tls else 'mqtt'}://127.0.0.1:{dev.link.local_port}",
+            registry_url=self.http.url,
+            root_ca_path=str(tls.ca) if tls else None,
+            certificate_file_path=str(tls.cert) if tls else None,
+            private_key_path=str(tls.key) if tls else None,
+            rootpath=str(dev.root),
+        )
+        return write_bundle(self.emulation.folder / dev.thing, bundle)
+
+    async def _boot_emulated(self, dev: SimulatedDevice) -> None:
+        """Start ``dev``'s agent process under qemu; return once it is connected."""
+        assert self.emulation is not None
+        config = self._bundle(dev)
+        process = EmulatedAgent(dev.thing, self.emulation, config, config.parent / "agent.log")
+        dev.process = process
+        await process.start()
+
     async def _boot(self, dev: SimulatedDevice) -> None:
         """A fresh agent, client and runner for ``dev``, connected; the runner resumes the agent from its folder."""
+        if dev.device.emulated and self.emulation is not None:
+            await self._boot_emulated(dev)
+            return
         runner: DeviceMqttRunner | None = None
 
         def report(component: str, old: str, new: str, detail: str) -> None:
@@ -331,8 +409,15 @@ class Simulation:
         if dev.revive is not None:
             dev.revive.cancel()
             dev.revive = None
-        runner, agent = dev.runner, dev.agent
+        runner, agent, process = dev.runner, dev.agent, dev.process
         dev.runner = dev.agent = dev.client = None
+        if process is not None:
+            if crash:
+                dev.link.drop()
+                await process.kill()
+            else:
+                await process.stop()
+            return
         if crash:
             self._executor.runners.kill(dev.thing)  # in-process components die with the agent
             dev.link.drop()  # the process is gone: its TCP connection dies without a DISCONNECT
@@ -400,9 +485,16 @@ class Simulation:
 
     async def inference_checkpoints(self) -> list[Checkpoint]:
         """A :class:`~edgekit.edge.loop.Checkpoint` of every in-process inference loop this simulation started:
-        running ones close their window now; ended ones give their last (a crashed one's counts its lost window)."""
+        running ones close their window now; ended ones give their last (a crashed one's counts its lost window).
+        An emulated device's components are processes: theirs is the one each wrote after its last closed window."""
         runs = [run for runs in self._executor.runners.runs.values() for run in runs]
-        return list(await asyncio.gather(*(run.loop.checkpoint() for run in runs)))
+        points = list(await asyncio.gather(*(run.loop.checkpoint() for run in runs)))
+        if self.emulation is not None:  # their components write theirs after each window (up to its last closed one)
+            for dev in self.devices.values():
+                config = self.emulation.folder / dev.thing / BUNDLE_CONFIG
+                if dev.device.emulated and config.is_file():
+                    points += read_checkpoints(config)
+        return points
 
     def status(self) -> SimulationStatus:
         """The fleet at a glance (see :class:`SimulationStatus`)."""
@@ -444,7 +536,7 @@ class Simulation:
     async def restart_device(self, thing: str, *, crash: bool = True) -> None:
         """Crash ``thing`` (unless already down) and start a fresh agent and runner on the same folder: it resumes."""
         dev = self._device(thing)
-        if crash or dev.agent is not None:
+        if crash or dev.alive:
             await self._shutdown(dev, crash=True)
         dev.restarts += 1
         await self._boot(dev)

@@ -2,13 +2,16 @@
 
 :func:`ensure_sysroot` builds it once (a small Debian bookworm arm64 root plus the aarch64 wheels),
 :func:`run_python` runs a script with it under ``qemu-aarch64-static``: no root, no chroot, no binfmt.
-See docs/artifact.md (emulated target check).
+``ensure_sysroot(device=True)`` adds the device layer (:data:`DEVICE_REQUIREMENTS`: what edgekit's device agent and
+its inference component import) and :func:`write_launcher` a host script that runs this Python like any other, the
+interpreter of an emulated device (docs/local-fleet.md). See docs/artifact.md (emulated target check).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -18,6 +21,7 @@ import lzma
 import os
 import posixpath
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -36,7 +40,17 @@ from edgekit.deps import TVM_FFI_VERSION, TVM_VERSION
 from edgekit.errors import ToolchainError
 from edgekit.progress import Progress, no_progress
 
-__all__ = ["SYSROOT_NAME", "Sysroot", "default_sysroot_dir", "ensure_sysroot", "run_python"]
+__all__ = [
+    "DEVICE_REQUIREMENTS",
+    "SYSROOT_NAME",
+    "Sysroot",
+    "default_sysroot_dir",
+    "device_layer_dir",
+    "ensure_sysroot",
+    "python_command",
+    "run_python",
+    "write_launcher",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +79,27 @@ PIP_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2
 RUNTIME_MEMBER = "tvm/lib/libtvm_runtime.so"
 MANIFEST = "edgekit-sysroot.json"
 
+# The device layer: what edgekit's device side imports beyond numpy (edgekit[device] + its core dependencies the agent
+# imports, checked by tests/project/test_layout.py), awsiotsdk (the inference component's Greengrass IPC client) and
+# the CLI's typer and rich ('edgekit agent --config' is how a device runs its agent).
+# (distribution, fallback requirement): the host's exact version when it has one (both sides then agree), else the
+# fallback; pip resolves their dependencies for aarch64.
+DEVICE_REQUIREMENTS: tuple[tuple[str, str], ...] = (
+    ("pydantic", "pydantic>=2.11"),
+    ("pydantic-core", ""),  # pinned with pydantic when the host has both; else pydantic brings its own
+    ("pyyaml", "pyyaml>=6.0.2"),
+    ("semantic-version", "semantic-version>=2.10"),
+    ("paho-mqtt", "paho-mqtt>=2.1,<3"),
+    ("awsiotsdk", "awsiotsdk>=1.20"),
+    ("awscrt", ""),  # pinned with awsiotsdk when the host has both
+    # 'edgekit agent' is a command of edgekit's CLI: what the CLI imports (pure Python, ~4 MB)
+    ("typer", "typer>=0.26.1"),
+    ("rich", "rich>=13.8"),
+)
+DEVICE_CHECK = (
+    "import pydantic, yaml, semantic_version, paho.mqtt.client, awscrt.io, awsiot.greengrasscoreipc.clientv2, typer, rich"
+)
+
 _NETWORK_HINT = "the network to deb.debian.org and PyPI is needed to build the aarch64 sysroot"
 _QEMU_HINT = "install it with: apt-get install -y qemu-user-static"
 
@@ -77,6 +112,7 @@ class Sysroot:
     site: Path  # folder with the unpacked aarch64 wheels (numpy, tvm_ffi, libtvm_runtime.so, onnxruntime)
     runtime_lib: Path  # the aarch64 libtvm_runtime.so inside `site`
     qemu: str  # path of qemu-aarch64-static (or qemu-aarch64)
+    layers: tuple[Path, ...] = ()  # more folders of aarch64 packages, after `site` on the path (the device layer)
 
     @property
     def python(self) -> Path:
@@ -90,21 +126,30 @@ class Sysroot:
 def default_sysroot_dir(cache_dir: Path | None = None) -> Path:
     """Folder of the cached sysroot: ``<cache>/sysroots/<SYSROOT_NAME>``.
 
-    ``cache`` is ``cache_dir`` if given, else ``$EDGEKIT_CACHE_DIR``, else ``~/.cache/edgekit``.
+    ``cache`` is ``cache_dir`` if given, else ``$EDGEKIT_SYSROOT_CACHE`` (the sysroot's alone: tests share one),
+    else ``$EDGEKIT_CACHE_DIR``, else ``~/.cache/edgekit``.
     """
     if cache_dir is None:
-        env = os.environ.get("EDGEKIT_CACHE_DIR")
+        env = os.environ.get("EDGEKIT_SYSROOT_CACHE") or os.environ.get("EDGEKIT_CACHE_DIR")
         cache_dir = Path(env) if env else Path.home() / ".cache" / "edgekit"
     return Path(cache_dir).expanduser().resolve() / "sysroots" / SYSROOT_NAME
 
 
-def ensure_sysroot(cache_dir: Path | None = None, progress: Progress | None = None) -> Sysroot:
+def ensure_sysroot(cache_dir: Path | None = None, progress: Progress | None = None, *, device: bool = False) -> Sysroot:
     """Return the aarch64 sysroot, building it on first use (a few tens of seconds).
 
     ``cache_dir`` is the edgekit cache folder (default ``$EDGEKIT_CACHE_DIR`` or
     ``~/.cache/edgekit``); the sysroot lives in ``cache_dir/sysroots/<SYSROOT_NAME>``.
+    ``device``: with the device layer too (:data:`DEVICE_REQUIREMENTS`, cached beside it, a few seconds more).
     Raises :class:`ToolchainError` when qemu is missing or a download fails.
     """
+    base = _ensure_base(cache_dir, progress)
+    if not device:
+        return base
+    return _ensure_device_layer(base, progress or no_progress)
+
+
+def _ensure_base(cache_dir: Path | None, progress: Progress | None) -> Sysroot:
     report: Progress = progress or no_progress
     qemu = _find_qemu()
     final = default_sysroot_dir(cache_dir)
@@ -140,38 +185,80 @@ def ensure_sysroot(cache_dir: Path | None = None, progress: Progress | None = No
     return found
 
 
-def run_python(
-    sysroot: Sysroot, script: Path, args: Sequence[str] = (), timeout: float = 600.0
-) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` with the aarch64 Python under qemu; return its exit status and text output.
+def python_command(sysroot: Sysroot, path: Sequence[Path] = ()) -> tuple[list[str], dict[str, str]]:
+    """The command line (qemu, the aarch64 interpreter, ``-s``) and the clean environment that run the aarch64 Python.
 
-    The script sees a clean environment: ``PYTHONPATH`` is ``sysroot.site`` and
-    ``EDGEKIT_TVM_RUNTIME`` the path of the aarch64 ``libtvm_runtime.so``. A
-    non-zero exit status is returned, not raised; a missing qemu / interpreter /
-    script or a timeout raises :class:`ToolchainError`.
+    ``PYTHONPATH`` is ``path``, then ``sysroot.site`` and its layers; ``EDGEKIT_TVM_RUNTIME`` is the aarch64
+    ``libtvm_runtime.so``. Raises :class:`ToolchainError` when qemu or the interpreter is missing.
     """
     qemu = _resolve_qemu(sysroot.qemu)
     if not sysroot.python.is_file():
         raise ToolchainError(
             f"the aarch64 Python {sysroot.python} is missing; delete {sysroot.root.parent} and rerun to rebuild the sysroot"
         )
-    script = Path(script).resolve()
-    if not script.is_file():
-        raise ToolchainError(f"script to run under qemu not found: {script}")
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": os.environ.get("HOME", "/tmp"),
         "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
-        "PYTHONPATH": str(sysroot.site),
+        "PYTHONPATH": os.pathsep.join(str(p) for p in (*path, sysroot.site, *sysroot.layers)),
         "PYTHONNOUSERSITE": "1",
         "PYTHONUNBUFFERED": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "QEMU_LD_PREFIX": str(sysroot.root),
         "EDGEKIT_TVM_RUNTIME": str(sysroot.runtime_lib),
     }
-    cmd = [qemu, "-L", str(sysroot.root), str(sysroot.python), "-s", str(script), *map(str, args)]
+    return [qemu, "-L", str(sysroot.root), str(sysroot.python), "-s"], env
+
+
+def write_launcher(sysroot: Sysroot, dest: Path, path: Sequence[Path] = ()) -> Path:
+    """Write ``dest``: a host shell script that runs the aarch64 Python under qemu with its arguments, an interpreter
+    like any other (``dest -m module``, ``dest script.py``).
+
+    The environment it is started with is kept, except ``PYTHONPATH``: the caller's (a component's ``Setenv``) first,
+    then ``path``, ``sysroot.site`` and its layers. A process the aarch64 Python starts runs on the host (qemu-user
+    leaves ``execve`` to the host kernel), so whatever runs Python again calls this launcher.
+    """
+    argv, env = python_command(sysroot, path)
+    lines = [
+        "#!/bin/sh",
+        "# edgekit: the aarch64 Python of an emulated device, under qemu-user (edgekit.verify.sysroot.write_launcher)",
+        f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{_sh_quoted_inner(env["PYTHONPATH"])}"',
+        f"QEMU_LD_PREFIX={shlex.quote(env['QEMU_LD_PREFIX'])}",
+        "PYTHONNOUSERSITE=1 PYTHONUNBUFFERED=1 OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}",
+        f"EDGEKIT_TVM_RUNTIME=${{EDGEKIT_TVM_RUNTIME:-{shlex.quote(env['EDGEKIT_TVM_RUNTIME'])}}}",
+        "export PYTHONPATH QEMU_LD_PREFIX PYTHONNOUSERSITE PYTHONUNBUFFERED OPENBLAS_NUM_THREADS EDGEKIT_TVM_RUNTIME",
+        f'exec {" ".join(shlex.quote(a) for a in argv)} "$@"',
+        "",
+    ]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("\n".join(lines))
+    dest.chmod(0o755)
+    return dest
+
+
+def _sh_quoted_inner(text: str) -> str:
+    """``text`` safe inside a double-quoted shell word."""
+    return re.sub(r'(["\\$`])', r"\\\1", text)
+
+
+def run_python(
+    sysroot: Sysroot, script: Path, args: Sequence[str] = (), timeout: float = 600.0
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with the aarch64 Python under qemu; return its exit status and text output.
+
+    The script sees a clean environment (:func:`python_command`): ``PYTHONPATH`` is ``sysroot.site`` (and its
+    layers) and ``EDGEKIT_TVM_RUNTIME`` the path of the aarch64 ``libtvm_runtime.so``. A
+    non-zero exit status is returned, not raised; a missing qemu / interpreter /
+    script or a timeout raises :class:`ToolchainError`.
+    """
+    argv, env = python_command(sysroot)
+    qemu = argv[0]
+    script = Path(script).resolve()
+    if not script.is_file():
+        raise ToolchainError(f"script to run under qemu not found: {script}")
+    cmd = [*argv, str(script), *map(str, args)]
     log.debug("running %s", " ".join(cmd))
     try:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
@@ -182,6 +269,73 @@ def run_python(
         ) from None
     except OSError as exc:
         raise ToolchainError(f"cannot start {qemu}: {exc.strerror or exc}; {_QEMU_HINT}") from None
+
+
+# --------------------------------------------------------------------------- the device layer
+
+
+def _device_specs() -> list[str]:
+    """The requirements of the device layer: the host's exact versions where it has them (see DEVICE_REQUIREMENTS)."""
+    from importlib import metadata
+
+    specs = []
+    for dist, fallback in DEVICE_REQUIREMENTS:
+        try:
+            specs.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            if fallback:
+                specs.append(fallback)
+    return specs
+
+
+def device_layer_dir(base: Sysroot, specs: Sequence[str]) -> Path:
+    """Where the device layer of ``specs`` is cached: beside the sysroot, named by a digest of the requirements."""
+    digest = hashlib.sha256("\n".join(sorted(specs)).encode()).hexdigest()[:12]
+    return base.root.parent.parent / f"{base.root.parent.name}-device-{digest}"
+
+
+def _ensure_device_layer(base: Sysroot, report: Progress) -> Sysroot:
+    specs = _device_specs()
+    final = device_layer_dir(base, specs)
+    with_layer = dataclasses.replace(base, layers=(*base.layers, final / "site"))
+    if (final / MANIFEST).is_file():
+        return with_layer
+    with _locked(final.parent / f"{final.name}.lock", report):
+        if (final / MANIFEST).is_file():
+            return with_layer
+        _remove_stale(final)
+        started = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=final.parent))
+        try:
+            report(f"downloading the aarch64 device layer ({', '.join(specs)})")
+            wheels = _pip_download_with_deps(specs, tmp / "_downloads")
+            site = tmp / "site"
+            site.mkdir()
+            base_projects = {_project(p.name) for p in base.site.glob("*.dist-info")}
+            kept = [w for w in wheels if _project(w.name) not in base_projects]  # numpy, typing-extensions: in the base
+            for wheel in kept:
+                _unzip(wheel, site)
+            shutil.rmtree(tmp / "_downloads")
+            _precompile_folder(site)
+            check = dataclasses.replace(base, layers=(*base.layers, site))
+            report("checking the device layer under qemu")
+            _smoke_test(check, f"{DEVICE_CHECK}\nprint('ok')\n")
+            manifest = {"name": final.name, "requirements": specs, "wheels": sorted(w.name for w in kept)}
+            manifest["built"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        report(f"aarch64 device layer ready in {time.monotonic() - started:.0f} s: {final}")
+    return with_layer
+
+
+def _project(filename: str) -> str:
+    """The normalised project name of a wheel or ``.dist-info`` file name."""
+    return re.sub(r"[-_.]+", "-", filename.split("-", 1)[0]).lower()
 
 
 # --------------------------------------------------------------------------- qemu / cache
@@ -546,6 +700,30 @@ def _pip_download(spec: str, dest: Path) -> Path:
     return new[0]
 
 
+def _pip_download_with_deps(specs: Sequence[str], dest: Path) -> list[Path]:
+    """aarch64 cp311 wheels of ``specs`` and their dependencies, resolved by pip for that platform."""
+    dest.mkdir(parents=True)
+    cmd = [
+        *_pip_command(), "download", "--only-binary=:all:", "--python-version", "3.11",
+        "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+        *(arg for platform in PIP_PLATFORMS for arg in ("--platform", platform)),
+        "--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "30", "--progress-bar", "off",
+        "-d", str(dest), *specs,
+    ]  # fmt: skip
+    log.debug("running %s", " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=1800, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ToolchainError(f"download of the aarch64 device layer failed ({exc}); {_NETWORK_HINT}") from None
+    if proc.returncode != 0:
+        log.debug("pip download %s failed:\n%s", specs, proc.stderr)
+        last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "pip failed").strip()
+        if re.search(r"connection|resolution|timed out|SSLError", proc.stderr, re.IGNORECASE):
+            last = f"cannot reach the package index: {last}"
+        raise ToolchainError(f"download of the aarch64 device layer failed ({last}); {_NETWORK_HINT}")
+    return sorted(dest.glob("*.whl"))
+
+
 def _download_wheels(dest: Path) -> tuple[dict[str, Path], str]:
     dest.mkdir(parents=True)
     wanted = {
@@ -613,13 +791,18 @@ def _precompile(sysroot: Sysroot) -> None:
     The host compiles them when it runs the same Python version; otherwise the
     aarch64 Python writes them on first use.
     """
+    for folder in (sysroot.root / "usr" / "lib" / PYTHON, sysroot.site):
+        _precompile_folder(folder)
+
+
+def _precompile_folder(folder: Path) -> None:
+    """The .pyc files of ``folder``, written by the host when it runs Python 3.11 (the same bytecode)."""
     if sys.version_info[:2] != (3, 11):
         return
     import compileall
 
-    for folder in (sysroot.root / "usr" / "lib" / PYTHON, sysroot.site):
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            compileall.compile_dir(folder, quiet=2, workers=0, rx=re.compile(r"[/\\](tests?|3rdparty)[/\\]"))
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        compileall.compile_dir(folder, quiet=2, workers=0, rx=re.compile(r"[/\\](tests?|3rdparty)[/\\]"))
 
 
 _SMOKE = """\
@@ -633,9 +816,9 @@ print("ok", sys.version.split()[0], numpy.__version__)
 """
 
 
-def _smoke_test(sysroot: Sysroot) -> None:
-    script = sysroot.root / "tmp" / "edgekit_smoke.py"
-    script.write_text(_SMOKE)
+def _smoke_test(sysroot: Sysroot, code: str = _SMOKE) -> None:
+    script = sysroot.root / "tmp" / f"edgekit_smoke_{os.getpid()}.py"
+    script.write_text(code)
     proc = run_python(sysroot, script, timeout=600)
     script.unlink()
     if proc.returncode != 0 or not proc.stdout.startswith("ok"):

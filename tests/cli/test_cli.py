@@ -14,7 +14,10 @@ from edgekit.cli import main
 from edgekit.errors import EXIT_CODES, InputShapeError, ModelLoadError, UnknownTargetError
 
 
-def test_demo_compiles_for_two_targets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_compiles_for_two_targets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], sysroot_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGEKIT_SYSROOT_CACHE", str(sysroot_cache))  # the emulated Pi's sysroot: one per session
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--state", str(tmp_path / "fleet"), "--seconds", "6", "--outage", "2"]) == 0
     text = capsys.readouterr().out
@@ -27,8 +30,8 @@ def test_demo_compiles_for_two_targets(tmp_path: Path, capsys: pytest.CaptureFix
     # packaged, linted, published to the local fleet and rolled out to every device of both groups over MQTT;
     # then every device inferred through a broker outage and the fleet received every reading
     assert "recipe lint: OK" in text
-    assert "'demo': 17 devices over MQTT" in text
-    assert "SUCCEEDED 11" in text and "SUCCEEDED 6" in text
+    assert "'demo': 18 devices over MQTT" in text
+    assert "SUCCEEDED 12" in text and "SUCCEEDED 6" in text
     assert ": 0 lost, 0 counted twice" in text and "broker down for 2 s" in text
     state = tmp_path / "fleet" / "fleet.db"
     import sqlite3
@@ -36,8 +39,8 @@ def test_demo_compiles_for_two_targets(tmp_path: Path, capsys: pytest.CaptureFix
     with sqlite3.connect(state) as db:
         rows = db.execute("SELECT status, COUNT(*) FROM job_executions GROUP BY status").fetchall()
         windows = db.execute("SELECT COUNT(DISTINCT thing), SUM(readings) FROM telemetry_windows").fetchone()
-    assert dict(rows) == {"SUCCEEDED": 17}
-    assert windows[0] == 17 and windows[1] > 17 * 30  # every device inferred (10 readings/s for 6 s)
+    assert dict(rows) == {"SUCCEEDED": 18}
+    assert windows[0] == 18 and windows[1] > 18 * 30  # every device inferred (10 readings/s for 6 s), the emulated Pi too
     # run again: both compiles come from the cache
     assert main(["demo", "-o", str(out), "--no-fleet"]) == 0
     assert capsys.readouterr().out.count("(cache)") == 2

@@ -70,6 +70,8 @@ def test_a_failed_preflight_writes_nothing(tmp_path: Path, capsys: pytest.Captur
     assert main(argv) == EXIT_CODES[ResolutionError]
     captured = capsys.readouterr()
     assert "NO_AVAILABLE_COMPONENT_VERSION" in captured.err and captured.err.splitlines()[-1].startswith("error:")
+    listed = [line.split(":")[0].strip() for line in captured.err.splitlines() if line.startswith("  ")]
+    assert sorted(listed) == ["gw-01", "gw-02", "pi-01", "pi-02"]  # one line per device and reason, before the error
     with FleetState(FleetFolder.at(state).database) as fleet_state:
         assert fleet_state.deployments() == [] and fleet_state.things() == []  # not even the fleet's devices
 

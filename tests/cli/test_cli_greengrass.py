@@ -48,7 +48,7 @@ def test_deploy_dry_run_prints_the_request_after_preflight(build: Path, capsys: 
             "--account", "123456789012", "--dry-run"]  # fmt: skip
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "pre-flight: 11 device(s) reached, 0 with problems" in captured.err  # progress on stderr, the request alone on stdout
+    assert "pre-flight: 12 device(s) reached, 0 with problems" in captured.err  # progress on stderr, the request alone on stdout
     request = json.loads(captured.out)
     assert request["targetArn"] == "arn:aws:iot:eu-west-1:123456789012:thinggroup/line-1"
     assert request["iotJobConfiguration"]["jobExecutionsRolloutConfig"]["maximumPerMinute"] == 50

@@ -79,8 +79,11 @@ def test_select_latency_keeps_the_fastest_and_records_every_size(cnn_onnx: Path,
     chosen = next(c for c in reports if c.status == "chosen")
     other = next(c for c in reports if c.status != "chosen")
     assert chosen.measured is not None and other.measured is not None
-    assert chosen.measured.latency.median_ms <= other.measured.latency.median_ms
-    assert other.reason.startswith("slower: ")
+    if other.reason.startswith("slower: "):
+        assert chosen.measured.latency.median_ms <= other.measured.latency.median_ms
+    else:  # within the timing noise: a tie, broken by size then pipeline order (issue 18)
+        assert other.reason.startswith("tie: ") and other.tied_with == [chosen.name]
+        assert (chosen.size_bytes or 0) <= (other.size_bytes or 0)
 
 
 def test_dynamic_quantization_of_an_mlp(tmp_path: Path) -> None:

@@ -321,10 +321,11 @@ def test_the_simulated_executor_models_exit_sleep_and_sequences(tmp_path: Path) 
 
 def test_fleet_files_scale_and_validate_their_faults() -> None:
     demo = load_fleet("demo")
-    assert demo.size == 17 and demo.mode == "in_process" and demo.tls
+    assert demo.size == 18 and demo.mode == "in_process" and demo.tls
     big = demo.scaled(1000)
     assert big.size == 1000 and len(big.expand()) == 1000 and big.run_mode() == "in_process"
     assert "canary-pi-01" in {d.thing for d in big.expand()}
+    assert [d.thing for d in big.expand() if d.emulated] == ["emu-pi-01"]  # named devices are kept, the emulated one too
     assert (
         FleetFile.model_validate({"name": "x", "devices": [{"prefix": "d-", "count": 3, "profile": "x86_64"}]}).run_mode()
         == "subprocess"

@@ -254,11 +254,39 @@ def test_bad_input_writes_nothing(artifacts: list[Path], mlp_onnx: Path, tmp_pat
     assert not out.exists() or not any(out.rglob("*"))
 
 
-def test_mixed_backends_are_refused(mlp_onnx: Path, tmp_path: Path) -> None:
+def test_mixed_backends_make_one_model_component(mlp_onnx: Path, tmp_path: Path) -> None:
+    """TVM for the Raspberry Pi, ONNX Runtime for x86_64 in one model component (issue 18 turned the refusal into
+    this): a manifest per platform, each inference manifest running on its own backend's runtime component, the
+    inference component depending on both (Greengrass dependencies are per component, not per manifest)."""
+    from edgekit.greengrass.lint import lint_paths
+
     tvm = edgekit.compile(mlp_onnx, "rasp4b", tmp_path / "b", pipeline=QUICK.only_backend("tvm")).artifact_dir
     ort = edgekit.compile(mlp_onnx, "x86_64", tmp_path / "b", pipeline=QUICK).artifact_dir
-    with pytest.raises(PackagingError, match=r"different backends \['onnxruntime', 'tvm'\]"):
-        package([tvm, ort], name=NAME, output=tmp_path / "gg")
+    out = tmp_path / "gg"
+    package([tvm, ort], name=NAME, version="1.0.0", output=out)
+    assert [str(f) for f in lint_paths([out / "recipes"])] == []
+    tvm_runtime, ort_runtime = runtime_component("tvm"), runtime_component("onnxruntime")
+    assert (out / "recipes" / f"{tvm_runtime}-{edgekit.__version__}.json").is_file()
+    assert (out / "recipes" / f"{ort_runtime}-{edgekit.__version__}.json").is_file()
+    inference = load_recipe(out / "recipes" / f"{NAME}.Inference-1.0.0.json")
+    assert set(inference["ComponentDependencies"]) == {NAME, tvm_runtime, ort_runtime}
+    by_arch = {m["Platform"]["architecture"]: m for m in inference["Manifests"]}
+    assert f"{{{ort_runtime}:work:path}}" in by_arch["amd64"]["Lifecycle"]["Run"]["Script"]
+    assert tvm_runtime not in json.dumps(by_arch["amd64"])
+    assert f"{{{tvm_runtime}:work:path}}" in by_arch["aarch64"]["Lifecycle"]["Run"]["Script"]
+    assert "EDGEKIT_TVM_RUNTIME" in by_arch["aarch64"]["Lifecycle"]["Setenv"]
+    model = load_recipe(out / "recipes" / f"{NAME}-1.0.0.json")
+    builds = model["ComponentConfiguration"]["DefaultConfiguration"]["Builds"]
+    assert builds["model-rasp4b"] == {
+        "Target": "rasp4b",
+        "Backend": "tvm",
+        "Runtime": tvm_runtime,
+        "Architecture": "aarch64",
+        "HostTwin": os.uname().machine,
+    }
+    assert builds["model-x86_64"] == {"Target": "x86_64", "Backend": "onnxruntime", "Runtime": ort_runtime, "Architecture": "*"}
+    with pytest.raises(PackagingError, match=r"names one runtime, and the artifacts use 2 backends"):
+        package([tvm, ort], name=NAME, version="1.0.1", output=out, runtime_name="com.example.Runtime")
 
 
 def test_packaged_recipes_lint_clean(artifacts: list[Path], tmp_path: Path) -> None:

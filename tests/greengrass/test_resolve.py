@@ -127,12 +127,92 @@ def test_packaged_components_against_the_demo_fleet(mlp_onnx: Path, tmp_path: Pa
     store = ComponentStore.from_dirs(tmp_path / "gg" / "recipes")
     devices = load_fleet("demo").expand()
     ok = preflight(GroupDeployment("thinggroup/line-1", {"com.example.Both.Inference": "1.0.0"}), [], devices, store)
-    assert len(ok.devices) == 11 and not ok.failed
+    assert len(ok.devices) == 12 and not ok.failed
     assert {d.components["com.example.Both"] for d in ok.devices} == {"1.0.0"}
     bad = preflight(GroupDeployment("thinggroup/line-1", {"com.example.X86.Inference": "1.0.0"}), [], devices, store)
-    assert len(bad.failed) == 9  # 8 pis + the canary pi; the two gateways are fine
+    assert len(bad.failed) == 10  # 8 pis + the canary pi + the emulated pi; the two gateways are fine
     with pytest.raises(
         ResolutionError,
-        match=r"NO_MATCHING_PLATFORM: device 'line1-pi-01': no manifest of .* for linux/aarch64.*\(and 8 more devices\)",
+        match=r"NO_MATCHING_PLATFORM: device 'line1-pi-01': no manifest of .* for linux/aarch64.*\(and 9 more devices\)",
     ):
         bad.raise_for_problems()
+
+
+# --------------------------------------------------------------------------- what can't run (issue 18)
+
+ARM = FleetDevice(thing="arm-1", profile="armv7", groups=("line-1",), platform={"os": "linux", "architecture": "arm"})
+C5 = FleetDevice(
+    thing="c5-1",
+    profile="ml_c5",
+    groups=("line-1",),
+    platform={"os": "linux", "architecture": "amd64", "cpuFeatures": "avx2 fma"},
+)
+
+
+def model_store(builds: dict[str, dict[str, Any]], model_platforms: list[dict[str, str]]) -> ComponentStore:
+    """A packaged-like model (builds per folder), a TVM runtime for amd64/aarch64 only, an ONNX Runtime one for any
+    linux, and an inference component depending on the model and both runtimes (as edgekit packages mixed backends)."""
+    folders = list(builds)
+    model = recipe("m", "1.0.0", platforms=model_platforms)
+    model["ComponentConfiguration"] = {"DefaultConfiguration": {"Builds": builds}}
+    for manifest, folder in zip(model["Manifests"], folders, strict=True):
+        manifest["Artifacts"] = [{"URI": f"s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/{folder}.zip", "Unarchive": "ZIP"}]
+    tvm = recipe(
+        "rt.Tvm", "0.1.0", platforms=[{"os": "linux", "architecture": "amd64"}, {"os": "linux", "architecture": "aarch64"}]
+    )
+    deps = {"m": "1.0.0", "rt.Tvm": "^0.1.0", "rt.Onnxruntime": "^0.1.0"}
+    inference = recipe("m.Inference", "1.0.0", deps, platforms=model_platforms)
+    return ComponentStore([model, tvm, recipe("rt.Onnxruntime", "0.1.0"), inference])
+
+
+def build(target: str, backend: str, arch: str, **more: Any) -> dict[str, Any]:
+    runtime = "rt.Tvm" if backend == "tvm" else "rt.Onnxruntime"
+    return {"Target": target, "Backend": backend, "Runtime": runtime, "Architecture": arch, **more}
+
+
+def test_preflight_refuses_a_build_for_another_architecture() -> None:
+    # a hand-written manifest that matches every linux device, holding an x86_64 TVM build
+    store = model_store({"model-x86_64": build("x86_64", "tvm", "amd64")}, [{"os": "linux"}])
+    report = preflight(GroupDeployment("thinggroup/line-1", {"m.Inference": "1.0.0"}), [], [PI, GW], store)
+    assert [d.device.thing for d in report.failed] == ["pi-1"]
+    [problem] = report.failed[0].problems
+    assert problem.code == "WRONG_ARCHITECTURE" and "'model-x86_64', whose code is built for amd64" in problem.message
+    # a portable build (ONNX Runtime) runs on either
+    portable = model_store({"model-x86_64": build("x86_64", "onnxruntime", "*")}, [{"os": "linux"}])
+    assert not preflight(GroupDeployment("thinggroup/line-1", {"m.Inference": "1.0.0"}), [], [PI, GW], portable).failed
+
+
+def test_preflight_refuses_missing_cpu_features_where_the_device_declares_them() -> None:
+    store = model_store({"model-ml_c5": build("ml_c5", "tvm", "amd64", CpuFeatures=["avx2", "avx512f"])}, [{"os": "linux"}])
+    report = preflight(GroupDeployment("thinggroup/line-1", {"m.Inference": "1.0.0"}), [], [C5, GW], store)
+    assert [d.device.thing for d in report.failed] == ["c5-1"]  # gw-1 declares no features: nothing to check against
+    [problem] = report.failed[0].problems
+    assert problem.code == "MISSING_CPU_FEATURES" and "needs CPU features avx512f" in problem.message
+
+
+def test_preflight_refuses_a_backend_without_a_runtime_for_the_platform() -> None:
+    arm = {"os": "linux", "architecture": "arm"}
+    store = model_store({"model-armv7": build("armv7", "tvm", "arm")}, [arm])
+    report = preflight(GroupDeployment("thinggroup/line-1", {"m.Inference": "1.0.0"}), [], [ARM], store)
+    [problem] = report.failed[0].problems  # said once, as what it means: not also as the runtime's missing manifest
+    assert problem.code == "NO_RUNTIME_FOR_PLATFORM"
+    assert "'model-armv7' of m runs on tvm, and linux/arm has no runtime for it: no manifest of rt.Tvm" in problem.message
+    # the model component alone is only files: nothing runs them, nothing to refuse
+    alone = preflight(GroupDeployment("thinggroup/line-1", {"m": "1.0.0"}), [], [ARM], store)
+    assert not alone.failed
+
+
+def test_a_refused_preflight_lists_one_line_per_device_and_reason() -> None:
+    store = model_store({"model-x86_64": build("x86_64", "tvm", "amd64", CpuFeatures=["avx512f"])}, [{"os": "linux"}])
+    pis = [PI.model_copy(update={"thing": f"pi-{i}", "platform": {**PI.platform, "cpuFeatures": "neon"}}) for i in (1, 2)]
+    report = preflight(GroupDeployment("thinggroup/line-1", {"m.Inference": "1.0.0"}), [], [*pis, GW], store)
+    assert [line.split(": ")[:2] for line in report.lines()] == [
+        ["pi-1", "WRONG_ARCHITECTURE"],
+        ["pi-1", "MISSING_CPU_FEATURES"],
+        ["pi-2", "WRONG_ARCHITECTURE"],
+        ["pi-2", "MISSING_CPU_FEATURES"],
+    ]
+    with pytest.raises(ResolutionError) as caught:
+        report.raise_for_problems()
+    assert "(and 1 more device); nothing was deployed" in str(caught.value) and "\n" not in str(caught.value)
+    assert caught.value.lines == report.lines()

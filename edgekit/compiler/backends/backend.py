@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.errors import ConfigError, first_problem
+from edgekit.manifest import CpuRequirement
 from edgekit.profiles import DeviceProfile
 from edgekit.progress import Progress
 
@@ -58,11 +59,13 @@ OptionsT = TypeVar("OptionsT", bound=BackendOptions)
 
 @dataclass
 class Built:
-    """What a backend wrote: files relative to the output folder, and the one the loader opens."""
+    """What a backend wrote: files relative to the output folder, the one the loader opens, and the CPU its code needs
+    (None: any CPU that runs the backend's runtime)."""
 
     files: list[str]
     entry: str
     details: dict[str, Any] = field(default_factory=dict)
+    cpu: CpuRequirement | None = None
 
 
 class Backend(ABC, Generic[OptionsT]):

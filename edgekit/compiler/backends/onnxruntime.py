@@ -13,8 +13,10 @@ from edgekit.compiler.backends.backend import Backend, BackendOptions, Built, Un
 from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.deps import package_version
 from edgekit.errors import CompilationError
+from edgekit.manifest import CpuRequirement
 from edgekit.profiles import DeviceProfile
 from edgekit.progress import Progress
+from edgekit.runtime.cpu_features import host_features
 
 __all__ = ["OnnxRuntimeBackend", "OrtOptions"]
 
@@ -77,10 +79,20 @@ class OnnxRuntimeBackend(Backend[OrtOptions]):
 
         level: str = options.optimization
         notes = []
-        if level == "all" and not profile.runs_on_host():
-            # Level 'all' adds layout transforms tuned to the compiling CPU; ORT documents it as host-only.
-            level = "extended"
-            notes.append("optimization 'all' is host-specific; used 'extended' for a foreign target")
+        details: dict[str, Any] = {}
+        cpu = CpuRequirement(arch=profile.machine, cpu="any")
+        if level == "all":
+            if profile.host_cpu and not for_host:
+                # Level 'all' writes com.microsoft.nchwc layouts blocked for this CPU's vector width (8 floats
+                # with AVX2, 16 with AVX-512): right here, wrong on a CPU of another width. Only a build for this host bakes it.
+                cpu = CpuRequirement(arch=profile.machine, cpu="host", features=host_features(), host_specific=True)
+            else:
+                level = "extended"
+                details["loadOptimization"] = "all"
+                notes.append(
+                    "optimization 'all' lays tensors out for the compiling CPU's vectors; the artifact holds 'extended' "
+                    "and ONNX Runtime applies 'all' when the device loads it, for the device's CPU"
+                )
         progress(f"onnxruntime: optimising graph ({level})")
         out_dir.mkdir(parents=True, exist_ok=True)
         opts = ort.SessionOptions()
@@ -91,4 +103,6 @@ class OnnxRuntimeBackend(Backend[OrtOptions]):
             ort.InferenceSession(str(source.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise CompilationError(f"ONNX Runtime failed to optimise the model: {str(exc).splitlines()[0]}") from exc
-        return Built(files=["model.onnx"], entry="model.onnx", details={"optimization": level, "notes": notes})
+        return Built(
+            files=["model.onnx"], entry="model.onnx", details={"optimization": level, **details, "notes": notes}, cpu=cpu
+        )

@@ -43,10 +43,12 @@ from edgekit.errors import (
     first_problem,
     last_line,
 )
+from edgekit.manifest import CpuRequirement
 from edgekit.profiles import DeviceProfile, host_arch
 from edgekit.progress import Progress
+from edgekit.runtime.cpu_features import from_llvm
 
-__all__ = ["ELF_MACHINES", "TvmBackend", "TvmOptions", "cuda_device_code", "elf_machine", "resolve_target"]
+__all__ = ["ELF_MACHINES", "TvmBackend", "TvmOptions", "cpu_requirement", "cuda_device_code", "elf_machine", "resolve_target"]
 
 # e_machine values of the ELF header
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 3: "i686"}
@@ -113,6 +115,19 @@ def resolve_target(profile: DeviceProfile, for_host: bool = False) -> tuple[dict
         if t is not None and t.get("mcpu") == "host":
             t["mcpu"] = _host_cpu()
     return target, host
+
+
+def cpu_requirement(tvm: Any, target: dict[str, Any], machine: str, host_specific: bool) -> CpuRequirement:
+    """The features LLVM enables for ``target`` (its ``mcpu`` and ``mattr``), as /proc/cpuinfo names."""
+    try:
+        from tvm.target import codegen
+
+        features = [str(f) for f in codegen.llvm_get_cpu_features(tvm.target.Target(target))]
+    except Exception as exc:  # an LLVM without the query, or a target it can't take apart
+        raise CompilationError(f"TVM cannot list the CPU features of {target}: {last_line(exc)}") from exc
+    return CpuRequirement(
+        arch=machine, cpu=str(target.get("mcpu") or "generic"), features=from_llvm(features, machine), host_specific=host_specific
+    )
 
 
 def _tuning_target(target: dict[str, Any]) -> dict[str, Any]:
@@ -253,7 +268,11 @@ class TvmBackend(Backend[TvmOptions]):
             details["device_code"] = cuda_device_code(lib)
             if details["device_code"] == "none":
                 raise CompilationError(f"{lib}: the CUDA build holds no device code; check the profile's tvm.target")
-        return Built(files=["model.so"], entry="model.so", details=details)
+        cpu_target = where.host if where.is_cuda else where.target
+        cpu = None
+        if cpu_target is not None and cpu_target.get("kind") == "llvm":
+            cpu = cpu_requirement(tvm, cpu_target, where.machine, profile.host_cpu or for_host)
+        return Built(files=["model.so"], entry="model.so", details=details, cpu=cpu)
 
     def _where(self, profile: DeviceProfile, options: TvmOptions, for_host: bool) -> _Target:
         """The target of this compile, with its toolchain checked before any work."""

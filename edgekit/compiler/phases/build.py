@@ -48,6 +48,8 @@ class Build:
     entry: Path  # the artifact's own entry, or that of a host stand-in when the target's code can't run here
     on: Literal["target", "host-proxy"]
     size: int
+    host: tuple[Path, Built] | None = None
+    """The host stand-in (its folder and files) when one was built: the artifact ships it as its host twin."""
 
 
 def screen(plan: Plan, source: SourceModel, outcomes: Outcomes, say: Progress) -> list[PlannedCandidate]:
@@ -157,12 +159,14 @@ def _build_one(prepared: Prepared, profile: DeviceProfile, work: Path, outcomes:
         report.compile_seconds = round(time.perf_counter() - t0, 3)
         report.size_bytes = size = sum((folder / f).stat().st_size for f in built.files)
         entry = folder / built.entry
+        host: tuple[Path, Built] | None = None
         if backend.needs_host_stand_in(profile):
             say(f"{candidate.name}: {profile.name} code can't run here; building a host stand-in to measure")
             stand_in = work / f"candidate-{candidate.name}-host"
-            entry = stand_in / backend.compile(prepared.model, profile, candidate.options, stand_in, say, for_host=True).entry
+            host = (stand_in, backend.compile(prepared.model, profile, candidate.options, stand_in, say, for_host=True))
+            entry = stand_in / host[1].entry
         on: Literal["target", "host-proxy"] = "target" if profile.runs_on_host() else "host-proxy"
-        return Build(candidate, built, folder, entry, on, size)
+        return Build(candidate, built, folder, entry, on, size, host)
     except EdgekitError as exc:
         outcomes.failed(candidate, exc, "build")
     except Exception as exc:  # whatever a backend raises (TVM's errors, ORT's Fail): the others go on

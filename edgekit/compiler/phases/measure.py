@@ -70,7 +70,7 @@ def _agree(build: Build, reference: Reference, outcomes: Outcomes, say: Progress
     candidate = build.candidate
     try:
         say(f"{candidate.name}: checking agreement with the source model")
-        runner = runner_for(candidate.backend.name, build.entry, reference.inputs, reference.outputs)
+        runner = runner_for(candidate.backend.name, build.entry, reference.inputs, reference.outputs, options=build.built.details)
         outputs = [runner.predict(feed) for feed in reference.samples]
         accuracy = agreement(outputs, reference.expected, reference.name)
         accuracy.inputs = "synthesized" if reference.synthesized else "samples"

@@ -17,7 +17,8 @@ from edgekit.compiler.phases.check import Plan
 from edgekit.compiler.phases.outcomes import Outcomes
 from edgekit.compiler.phases.reference import Reference
 from edgekit.compiler.phases.select import Choice
-from edgekit.manifest import BackendInfo, Manifest, ProfileInfo, SamplesInfo, SelfTest, SourceInfo, artifact_digests
+from edgekit.manifest import BackendInfo, HostTwin, Manifest, ProfileInfo, SamplesInfo, SelfTest, SourceInfo, artifact_digests
+from edgekit.profiles import host_arch
 
 __all__ = ["SELFTEST_FILE", "write", "write_selftest"]
 
@@ -44,12 +45,38 @@ def write(
         shutil.copy2(build.folder / f, staged / f)
     selftest = write_selftest(staged, reference, _selftest_tolerance(choice))
     manifest = _manifest(choice, plan, source, reference, outcomes, staged, key, selftest)
+    manifest.host_twin = _host_twin(choice, staged)
     manifest.compile_seconds = round(time.perf_counter() - started, 3)
     manifest.digests = artifact_digests(staged)
     manifest.write(staged)
     final = plan.out / manifest.name
     install_dir(staged, final)
     return final, make_archive(final), manifest
+
+
+def _host_twin(choice: Choice, staged: Path) -> HostTwin | None:
+    """The chosen candidate's host stand-in (built to measure it here) copied in as ``host-<machine>/``: what a
+    simulated device of the target's platform runs on this host, checked with the same golden vectors."""
+    build = choice.best.build
+    if build.host is None:
+        return None
+    folder, built = build.host
+    machine = host_arch()
+    prefix = f"host-{machine}"
+    for f in built.files:
+        (staged / prefix / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(folder / f, staged / prefix / f)
+    spec = build.candidate.spec
+    return HostTwin(
+        machine=machine,
+        backend=BackendInfo(
+            name=build.candidate.backend.name,
+            version=build.candidate.backend.version(),
+            options={**spec.options, **built.details, **({"passes": spec.passes} if spec.passes else {})},
+            files=[f"{prefix}/{f}" for f in built.files],
+            entry=f"{prefix}/{built.entry}",
+        ),
+    )
 
 
 def _selftest_tolerance(choice: Choice) -> float:
@@ -130,6 +157,7 @@ def _manifest(
         size_bytes=sum((staged / f).stat().st_size for f in build.built.files),
         compile_seconds=0.0,
         measured=choice.best.measurement,
+        cpu=build.built.cpu,
         selftest=selftest,
         samples=_samples_info(plan, reference),
         candidates=outcomes.reports,

@@ -28,6 +28,8 @@ class Snapshotter:
     state: FleetState
     presence: Presence | None = None
     clock: Callable[[], float] = time.time
+    stand_ins: Mapping[str, str] | None = None
+    """The devices a process of another platform stands in for (thing → its platform): see ``DeviceView.stand_in``."""
     _history: dict[str, deque[HistoryPoint]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -35,7 +37,7 @@ class Snapshotter:
         """The fleet now, with each deployment's history (a new point whenever its counts changed)."""
         online = dict(self.presence()) if self.presence is not None else None
         now = self.clock()
-        view = fleet_view(self.state, presence=online, now=now)
+        view = fleet_view(self.state, presence=online, now=now, stand_ins=self.stand_ins)
         with self._lock:
             for d in view.deployments:
                 points = self._history.setdefault(d.id, deque(maxlen=HISTORY_POINTS))

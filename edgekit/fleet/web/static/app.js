@@ -29,6 +29,10 @@ function legend() {
     item.appendChild(document.createTextNode(s.replace("_", " ")));
     box.appendChild(item);
   }
+  // beside the states, not one of them: a striped tile is a stand-in (a host process of another platform runs it)
+  const standIn = el("div", { id: "legend-stand-in", class: "dim" }, "striped tiles: stand-ins (a process of another platform runs a host build of the same candidate)");
+  standIn.hidden = true;
+  box.after(standIn);
 }
 
 function progressChart(history, total) {
@@ -94,8 +98,8 @@ function drawDeployments(deployments) {
 
 function setTile(tile, d) {
   tile.dataset.state = d.state;
-  tile.className = "tile s-" + d.state;
-  tile.title = `${d.thing}: ${d.state.replace("_", " ")}`;
+  tile.className = "tile s-" + d.state + (d.standIn ? " stand-in" : "");
+  tile.title = `${d.thing}: ${d.state.replace("_", " ")}` + (d.standIn ? ` (stand-in on ${d.standIn})` : "");
 }
 
 function drawDevices(devices) {
@@ -141,7 +145,9 @@ function drawDetail() {
   if (!d) { box.appendChild(el("p", { class: "dim" }, "select a device")); return; }
   const t = d.telemetry;
   const rows = [["thing", d.thing], ["state", d.state], ["groups", d.groups.join(", ") || "-"],
-    ["platform", Object.values(d.platform).join(" / ") || "-"], ["last execution", d.lastStatus || "-"],
+    ["platform", Object.values(d.platform).join(" / ") || "-"],
+    ["stand-in", d.standIn ? `yes: a ${d.standIn} process runs a host build of the same candidate` : "no"],
+    ["last execution", d.lastStatus || "-"],
     ["deployment", d.deploymentId || "-"],
     ["connected", d.connected === null || d.connected === undefined ? "unknown" : String(d.connected)],
     ["last seen (MQTT)", time(d.lastSeen)], ["last telemetry", time(d.lastTelemetryAt)]];
@@ -161,7 +167,7 @@ function drawFailures(id, failures) {
   body.replaceChildren();
   for (const f of failures) {
     const tr = el("tr", { "data-thing": f.thing, "data-deployment": f.deploymentId });
-    for (const v of [f.thing, f.deploymentId.slice(0, 8), f.status, f.errorCode || "-", (f.cause || "").slice(0, 200), time(f.failedAt)]) {
+    for (const v of [f.thing, f.deploymentId.slice(0, 8), f.status, f.errorCode || "-", (f.cause || "").slice(0, 600), time(f.failedAt)]) {
       tr.appendChild(el("td", {}, v));
     }
     body.appendChild(tr);
@@ -171,6 +177,8 @@ function drawFailures(id, failures) {
 
 function draw(view) {
   last = view;
+  const note = document.getElementById("legend-stand-in");
+  if (note) note.hidden = !view.devices.some((d) => d.standIn);
   const connected = view.devices.filter((d) => d.connected).length;
   document.getElementById("summary").textContent =
     `${view.devices.length} devices, ${connected} connected, ${view.groups.length} groups, ${view.deployments.length} deployments`;
