@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 import typer.main
+from rich.text import Text
 
 from edgekit._version import __version__
 from edgekit.cli import (
@@ -31,7 +32,7 @@ from edgekit.cli import (
     targets_cmd,
     verify_cmd,
 )
-from edgekit.cli.output import MODE, apply_conventions, apply_logging, console, err_console, reset_mode
+from edgekit.cli.output import MODE, apply_conventions, apply_logging, console, err_console, plain, reset_mode
 from edgekit.errors import EdgekitError, exit_code_for
 
 __all__ = ["app", "main"]
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as exc:
         for line in getattr(exc, "lines", ()):  # a refused pre-flight: one line per device and reason, then the error
             err_console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(Text("error: ", style="bold red").append_text(plain(str(exc))), highlight=False, soft_wrap=True)
         return exit_code_for(exc)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING, Literal
 
 import typer
 from rich.console import Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from edgekit import api
 from edgekit.cli import fleet_serve_cmd
 from edgekit.cli.options import AbortFailed, BuildOrNone, DeploymentTargets, Fleet, Rollout, State
-from edgekit.cli.output import console, emit, err_console, json_output, quiet_library
+from edgekit.cli.output import console, emit, err_console, json_output, plain, quiet_library
 from edgekit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,8 +39,8 @@ _DEPLOYMENT_STYLE = {"ACTIVE": "cyan", "COMPLETED": "green", "CANCELED": "yellow
 
 
 # --------------------------------------------------------------------------- tables (of the fleet view)
-# Every text that comes from the fleet (names, a device's error and cause, fallback error kinds) goes in as Text or
-# escaped: rich markup in it ('[/red]') must show as written, never be parsed.
+# Every text that comes from the fleet (names, a device's error and cause, fallback error kinds) goes in through
+# output.plain: rich markup in it ('[/red]') must show as written, never be parsed.
 
 
 def _count(counts: dict[str, int], status: str) -> str:
@@ -70,11 +69,11 @@ def groups_table(view: FleetView, title: str = "thing groups") -> Table:
         table.add_column(status, justify="right")
     for group in view.groups:
         deployment = (
-            Text(group.deployment_id[:8] + " ").append_text(_styled(group.deployment_status, _DEPLOYMENT_STYLE))
+            plain(group.deployment_id[:8] + " ").append_text(_styled(group.deployment_status, _DEPLOYMENT_STYLE))
             if group.deployment_id
             else Text("-")
         )
-        table.add_row(Text(group.name), str(group.members), deployment, *(_count(group.counts, s) for s in STATUSES))
+        table.add_row(plain(group.name), str(group.members), deployment, *(_count(group.counts, s) for s in STATUSES))
     return table
 
 
@@ -90,8 +89,8 @@ def deployments_table(view: FleetView) -> Table:
         reason = d.reason or (f"replaced by {d.replaced_by[:8]}" if d.replaced_by else "")
         components = ", ".join(f"{c.name} {c.version}" for c in d.components) or "-"
         table.add_row(
-            d.id, Text(d.target), Text(components), _styled(d.status, _DEPLOYMENT_STYLE), created,
-            *(_count(d.counts, s) for s in STATUSES), Text(reason),
+            plain(d.id), plain(d.target), plain(components), _styled(d.status, _DEPLOYMENT_STYLE), created,
+            *(_count(d.counts, s) for s in STATUSES), plain(reason),
         )  # fmt: skip
     return table
 
@@ -114,11 +113,11 @@ def devices_table(view: FleetView, limit: int = 50) -> Table:
     for t in shown:
         seen = Text(f"{now - t.last_seen:.0f} s ago") if t.last_seen else Text("never", style="dim")
         status = _styled(t.last_status, _STYLE)
-        online = [Text("-" if t.connected is None else "yes" if t.connected else "no")] if presence else []
-        thing = Text(t.thing)
+        online = [plain("-" if t.connected is None else "yes" if t.connected else "no")] if presence else []
+        thing = plain(t.thing)
         if t.stand_in:  # a process of another platform runs it: a host build of the same candidate, not its own code
             thing.append(f" (stand-in on {t.stand_in})", style="yellow")
-        table.add_row(thing, Text(", ".join(t.groups)), status, (t.deployment_id or "-")[:8], seen, *online)
+        table.add_row(thing, plain(", ".join(t.groups)), status, plain((t.deployment_id or "-")[:8]), seen, *online)
     return table
 
 
@@ -132,7 +131,7 @@ def telemetry_tables(view: FleetView, limit: int = 50) -> list[Table]:
         return Text(f"{now - at:.0f} s ago") if at else Text("never", style="dim")
 
     def errors(kinds: dict[str, int]) -> Text:
-        return Text(", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "-")
+        return plain(", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) or "-")
 
     groups = Table(title="telemetry per group (window summaries received)", title_justify="left")
     groups.add_column("group")
@@ -140,9 +139,9 @@ def telemetry_tables(view: FleetView, limit: int = 50) -> list[Table]:
     for head in heads:
         groups.add_column(head, justify="left" if head in ("fallback errors", "breaker") else "right")
     for g in view.telemetry:
-        breakers = Text(", ".join(f"{k} {n}" for k, n in sorted(g.breakers.items())) or "-")
+        breakers = plain(", ".join(f"{k} {n}" for k, n in sorted(g.breakers.items())) or "-")
         groups.add_row(
-            Text(g.group), f"{g.reporting}/{g.devices}", f"{g.windows:,}", f"{g.readings:,}", f"{g.local:,}", f"{g.cloud:,}",
+            plain(g.group), f"{g.reporting}/{g.devices}", f"{g.windows:,}", f"{g.readings:,}", f"{g.local:,}", f"{g.cloud:,}",
             f"{g.none:,}", errors(g.fallback_errors), breakers, str(g.component_pending), f"{g.uplink_messages:,}",
             seen(g.last_telemetry_at),
         )  # fmt: skip
@@ -155,8 +154,8 @@ def telemetry_tables(view: FleetView, limit: int = 50) -> list[Table]:
     for d in shown:
         t = d.telemetry
         devices.add_row(
-            Text(d.thing), f"{t.windows:,}", f"{t.readings:,}", f"{t.local:,}", f"{t.cloud:,}", f"{t.none:,}",
-            errors(t.fallback_errors), Text(t.breaker or "-"), str(t.component_pending), f"{t.uplink_messages:,}",
+            plain(d.thing), f"{t.windows:,}", f"{t.readings:,}", f"{t.local:,}", f"{t.cloud:,}", f"{t.none:,}",
+            errors(t.fallback_errors), plain(t.breaker), str(t.component_pending), f"{t.uplink_messages:,}",
             seen(d.last_telemetry_at),
         )  # fmt: skip
     return [groups, devices] if reporting else []
@@ -168,30 +167,29 @@ def failures_table(failures: Sequence[FailureView], title: str = "latest failure
         table.add_column(col, overflow="fold")
     for f in failures:
         cause = (f.cause or "")[:600]  # it ends with the component's last log line: wrapped, not cut
-        table.add_row(Text(f.thing), f.deployment_id[:8], Text(f.status, style="red"), Text(f.error_code or "-"), Text(cause))
+        table.add_row(plain(f.thing), plain(f.deployment_id[:8]), plain(f.status, "red"), plain(f.error_code), plain(cause))
     return table
 
 
 def _live_view(status: SimulationStatus) -> Group:
-    header = Text.from_markup(
-        f"[bold]t+{status.elapsed_s:.0f}s[/bold]  devices connected {status.connected}/{status.devices}"
-        f" (agents up {status.alive})  broker {status.broker_url}"
+    header = Text(f"t+{status.elapsed_s:.0f}s", style="bold").append_text(
+        plain(f"  devices connected {status.connected}/{status.devices} (agents up {status.alive})  broker {status.broker_url}")
     )
     parts: list[Text | Table] = [header, groups_table(status.view, title="")]
     if status.failures:
         parts.append(failures_table(status.failures))
     if status.faults:
-        parts.append(Text("faults: " + "; ".join(status.faults[-5:]), style="yellow"))
+        parts.append(plain("faults: " + "; ".join(status.faults[-5:]), "yellow"))
     return Group(*parts)
 
 
 def _status_line(status: SimulationStatus) -> str:
-    """One line of rich markup (the fleet's names escaped)."""
+    """One line of plain text (printed with ``markup=False``: the fleet's names as written, nothing escaped)."""
     groups = []
     for group in status.view.groups:
         counts = " ".join(f"{s}={group.counts[s]}" for s in STATUSES if group.counts.get(s))
-        groups.append(f"{escape(group.name)}\\[{group.members}] {counts or '-'}")
-    latest = escape(status.failures[0].thing) if status.failures else ""
+        groups.append(f"{group.name}[{group.members}] {counts or '-'}")
+    latest = status.failures[0].thing if status.failures else ""
     failed = f" | {len(status.failures)} recent failure(s), latest {latest}" if status.failures else ""
     return f"t+{status.elapsed_s:.0f}s connected {status.connected}/{status.devices} | " + " | ".join(groups) + failed
 
@@ -210,7 +208,7 @@ def _watching(interval: float) -> Iterator[tuple[Callable[[SimulationStatus], No
         with Live(Spinner("dots", "starting the simulation"), console=console, refresh_per_second=4, transient=True) as live:
             yield (
                 lambda status: live.update(_live_view(status)),
-                lambda msg: live.update(Spinner("dots", Text(f"starting the simulation: {msg}"))),
+                lambda msg: live.update(Spinner("dots", plain(f"starting the simulation: {msg}"))),
             )
         return
     last = [0.0]
@@ -278,7 +276,7 @@ def _print_end(run: SimulationRun | None, last: SimulationStatus | None, fleet: 
     if final is not None:
         how = f"{run.mode}{', mTLS' if run.tls else ''}; state in {run.state}" if run else "interrupted"
         console.print(
-            escape(
+            plain(
                 f"fleet '{run.fleet if run else fleet}': {final.devices} device(s), {final.connected} connected at the end, "
                 f"{final.elapsed_s:.1f} s ({how})"
             )
@@ -287,7 +285,7 @@ def _print_end(run: SimulationRun | None, last: SimulationStatus | None, fleet: 
         if final.failures:
             console.print(failures_table(final.failures))
         if final.faults:
-            console.print("faults: " + escape("; ".join(final.faults)))
+            console.print(plain("faults: " + "; ".join(final.faults)))
     if run is None:
         err_console.print("interrupted; the simulation was stopped (ACTIVE deployments resume with the next simulate)")
         raise SystemExit(130)
@@ -315,7 +313,7 @@ def status(
         where += "; no simulation running"
     facts = {"state": fleet.root, "simulation": running, **view.to_json()}
     shown: list[Text | Table] = [
-        Text(where),
+        plain(where),
         deployments_table(view),
         groups_table(view),
         devices_table(view, limit),

@@ -115,6 +115,14 @@ def progress_line(title: str) -> Iterator[Progress]:
         yield plain
 
 
+def plain(value: object, style: str = "") -> Text:
+    """A string from a device or a file (a name, an error, a cause, a log line) as text: never read as rich markup.
+
+    The one way such a string goes into a table, a live view or a line rich prints: ``[/red]``, ``[link=...]`` or
+    ``[white on white]`` in it show as written (no MarkupError, no link, nothing hidden). ``None`` shows as '-'."""
+    return Text("-" if value is None else str(value), style=style)
+
+
 def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 

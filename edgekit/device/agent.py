@@ -31,7 +31,7 @@ from edgekit.device.download import (
     safe_unzip,
 )
 from edgekit.device.errors import DeviceError
-from edgekit.device.executor import Executor, InProcessExecutor, SubprocessExecutor, kill_group
+from edgekit.device.executor import Executor, InProcessExecutor, SubprocessExecutor, group_alive, kill_group, owned_group
 from edgekit.device.fleet_store import RegistryClient, RegistryStore
 from edgekit.device.ipc.device_ipc import DeviceIpc
 from edgekit.device.lifecycle import StateCallback, Supervisor, dependency_layers
@@ -291,19 +291,19 @@ class DeviceAgent:
         self._dead = False
         self._sup.persist_enabled = True
         state = self._store.load(self.thing)
-        leftovers = {g for r in state.components.values() for g in r.process_groups}
+        leftovers = {g: s for r in state.components.values() for g, s in r.take_groups().items()}
         interrupted: JobDocument | None = None
         if state.in_progress is not None:
-            leftovers |= {g for r in state.in_progress.previous_components.values() for g in r.process_groups}
+            leftovers |= {g: s for r in state.in_progress.previous_components.values() for g, s in r.take_groups().items()}
             interrupted = JobDocument.model_validate(state.in_progress.job)
             logger.warning(
                 "%s: deployment %s was interrupted; putting the previous components back", self.thing, interrupted.deployment_id
             )
             state.components = {n: r.model_copy(deep=True) for n, r in state.in_progress.previous_components.items()}
             state.targets = {t: r.model_copy(deep=True) for t, r in state.in_progress.previous_targets.items()}
-        _kill_leftovers(leftovers)
+        await _kill_leftovers(leftovers)
         for record in state.components.values():
-            record.process_groups = []
+            record.take_groups()
             if record.state not in ("FINISHED", "BROKEN"):
                 record.state = "NEW"  # the launch state; Install is skipped when it already ran for this version
         self._state = state
@@ -650,7 +650,7 @@ class DeviceAgent:
             if previous is None:
                 continue
             record = previous.model_copy(deep=True)
-            record.process_groups = []
+            record.take_groups()
             if record.state not in ("FINISHED", "BROKEN"):
                 record.state = "NEW"
                 starting.append(name)
@@ -664,24 +664,19 @@ class DeviceAgent:
         return None if unsettled is None else unsettled.message
 
 
-def _kill_leftovers(groups: Iterable[int]) -> None:
-    """SIGKILL process groups a previous agent started and left behind (their session id is their group id)."""
-    wanted = set(groups)
-    if not wanted:
-        return
-    live: set[int] = set()
-    proc = Path("/proc")
-    if proc.is_dir():
-        for stat_file in proc.glob("[0-9]*/stat"):
-            try:
-                fields = stat_file.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            pgrp, session = int(fields[2]), int(fields[3])
-            if pgrp in wanted and session == pgrp and fields[0] != "Z":
-                live.add(pgrp)
-    else:  # no /proc: trust the recorded ids
-        live = wanted
-    for pgid in live:
-        logger.warning("killing process group %d left by a previous agent", pgid)
-        kill_group(pgid, signal.SIGKILL)
+async def _kill_leftovers(groups: dict[int, str | None], wait_s: float = 5.0) -> None:
+    """SIGKILL process groups a previous agent started and left behind: only those still the processes it started
+    (:func:`~edgekit.device.executor.owned_group`: the leader's boot id and start time; a recycled pid is left alone)."""
+    killed: list[int] = []
+    for pgid, stamp in groups.items():
+        if owned_group(pgid, stamp) and kill_group(pgid, signal.SIGKILL):
+            logger.warning("killed process group %d left by a previous agent", pgid)
+            killed.append(pgid)
+        elif stamp is None:
+            logger.warning("process group %d was recorded without a start time: left alone (it can't be told apart)", pgid)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while killed and loop.time() < deadline:  # gone before anything starts again: a step never runs beside itself
+        killed = [g for g in killed if group_alive(g)]
+        if killed:
+            await asyncio.sleep(0.01)

@@ -75,7 +75,26 @@ class InstalledComponent(BaseModel):
     errors: dict[str, list[float]] = Field(default_factory=dict)  # state → times it went ERRORED from there
     status_codes: list[str] = Field(default_factory=list)
     status_reason: str | None = None
-    process_groups: list[int] = Field(default_factory=list)  # live Run / Startup process groups (killed on resume)
+    process_groups: list[int] = Field(default_factory=list)  # live process groups: Run, Startup, a step in flight
+    process_stamps: dict[int, str] = Field(default_factory=dict)  # group → its leader's "<boot id>/<start time>"
+
+    def add_group(self, pgid: int, stamp: str | None) -> None:
+        """Record a process group the agent started (killed on resume only while its leader is still that process)."""
+        if pgid not in self.process_groups:
+            self.process_groups.append(pgid)
+        if stamp is not None:
+            self.process_stamps[pgid] = stamp
+
+    def drop_group(self, pgid: int) -> None:
+        if pgid in self.process_groups:
+            self.process_groups.remove(pgid)
+        self.process_stamps.pop(pgid, None)
+
+    def take_groups(self) -> dict[int, str | None]:
+        """Forget every recorded group; returns them with their stamps."""
+        groups = {g: self.process_stamps.get(g) for g in self.process_groups}
+        self.process_groups, self.process_stamps = [], {}
+        return groups
 
     @property
     def manifest(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +22,11 @@ __all__ = [
     "StepResult",
     "StepSpec",
     "SubprocessExecutor",
+    "group_alive",
     "kill_group",
+    "kill_owned_group",
+    "owned_group",
+    "process_stamp",
 ]
 
 
@@ -36,6 +40,8 @@ class StepSpec:
     env: Mapping[str, str]
     cwd: Path
     log: Path
+    on_spawn: Callable[[int], None] | None = field(default=None, compare=False)
+    """Called with the step's process group as soon as it exists (before the wait), for the agent to record it."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,70 @@ def kill_group(pgid: int, sig: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Field 22 of ``/proc/<pid>/stat``: when the process started, in clock ticks since boot (None: no such process)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19])  # fields after the command: state is field 3, starttime field 22
+
+
+def process_stamp(pid: int) -> str:
+    """``<boot id>/<start time>`` of a process: who it is, which a recycled pid (or a reboot) does not share.
+
+    A leader that already exited (and was reaped) gets ``<boot id>/gone``: a process found later under its pid is
+    another one, while members left in its group are still its own.
+    """
+    start = _start_ticks(pid)
+    return f"{_boot_id()}/{'gone' if start is None else start}"
+
+
+def owned_group(pgid: int, stamp: str | None) -> bool:
+    """Whether process group ``pgid`` is still the one whose leader had ``stamp`` (see :func:`process_stamp`).
+
+    The leader alive with the same start time: ours. The leader alive with another start time, another boot, or no
+    stamp recorded: not ours (a recycled pid, a daemon after a power cut). The leader gone: what is left of the group
+    is ours, since Linux does not hand out a pid while a process group of that id still has members.
+    """
+    if stamp is None:
+        return False
+    boot, _, start = stamp.partition("/")
+    if boot != _boot_id():
+        return False
+    now = _start_ticks(pgid)
+    return now is None or str(now) == start
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a member that is not a zombie (``killpg(pgid, 0)`` counts zombies too)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return kill_group(pgid, 0)
+    for stat_file in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def kill_owned_group(pgid: int, stamp: str | None, sig: int) -> bool:
+    """:func:`kill_group`, only while the group is still the one that was recorded (:func:`owned_group`)."""
+    if not owned_group(pgid, stamp):
+        return False
+    return kill_group(pgid, sig)
 
 
 async def _end(proc: asyncio.subprocess.Process, grace: float) -> None:
@@ -141,6 +211,8 @@ class SubprocessExecutor:
             proc = await self._spawn(spec)
         except OSError as exc:
             return StepResult(None, error=str(exc))
+        if spec.on_spawn is not None:
+            spec.on_spawn(proc.pid)
         try:
             code = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:

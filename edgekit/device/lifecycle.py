@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from typing import Any, Literal
 from edgekit.clock import Clock
 from edgekit.device.agent_state import DeviceLayout, InstalledComponent
 from edgekit.device.errors import DeviceError
-from edgekit.device.executor import Executor, RunningProcess, StepResult, StepSpec, kill_group
+from edgekit.device.executor import Executor, RunningProcess, StepResult, StepSpec, kill_owned_group, process_stamp
 from edgekit.device.variables import ComponentView, VariableContext, interpolate
 from edgekit.mqtt.payloads import LifecycleState
 
@@ -103,17 +104,17 @@ def dependency_layers(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
     return layers
 
 
-async def _end_group(pgid: int, grace: float) -> None:
-    """SIGTERM a process group, SIGKILL it if anything is left after ``grace`` seconds."""
-    if not kill_group(pgid, signal.SIGTERM):
+async def _end_group(pgid: int, stamp: str | None, grace: float) -> None:
+    """SIGTERM a process group, SIGKILL it if anything is left after ``grace`` seconds (only while it is still ours)."""
+    if not kill_owned_group(pgid, stamp, signal.SIGTERM):
         return
     loop = asyncio.get_running_loop()
     end = loop.time() + grace
     while loop.time() < end:
         await asyncio.sleep(0.02)
-        if not kill_group(pgid, 0):
+        if not kill_owned_group(pgid, stamp, 0):
             return
-    kill_group(pgid, signal.SIGKILL)
+    kill_owned_group(pgid, stamp, signal.SIGKILL)
 
 
 class Component:
@@ -268,7 +269,18 @@ class Component:
         if prepared is None or isinstance(prepared, StepResult):
             return prepared
         spec, timeout = prepared
+        spawned: list[int] = []
+
+        def record(pgid: int) -> None:  # saved before the wait: an agent killed meanwhile kills it on resume, not twice
+            spawned.append(pgid)
+            self.record.add_group(pgid, process_stamp(pgid))
+            self._sup.save()
+
+        spec = dataclasses.replace(spec, on_spawn=record)
         result = await self._sup.executor.run(spec, timeout)
+        if name != "Startup":  # Startup's group is its background service, ended by Shutdown
+            for pgid in spawned:
+                self.record.drop_group(pgid)
         if name == "Bootstrap" and result.exit_code in (100, 101):
             logger.info(
                 "%s: Bootstrap asked for a %s; this agent restarts nothing",
@@ -334,8 +346,8 @@ class Component:
             if self.step("Startup") is not None:
                 result = await self._run("Startup")
                 assert result is not None
-                if result.pgid is not None:
-                    self.record.process_groups.append(result.pgid)  # its background service, ended by Shutdown
+                if result.pgid is not None and result.pgid not in self.record.process_groups:
+                    self.record.add_group(result.pgid, process_stamp(result.pgid))  # its background service
                 if result.ok:
                     self._set("RUNNING")
                     return "RUNNING"
@@ -358,7 +370,7 @@ class Component:
             self._gen += 1
             self._proc = proc
             if proc.pid is not None:
-                self.record.process_groups.append(proc.pid)
+                self.record.add_group(proc.pid, process_stamp(proc.pid))
             self._set("RUNNING")
             self._sup.spawn(self._watch(proc, self._gen, timeout), f"watch {self.name}")
             return "RUNNING"
@@ -377,8 +389,8 @@ class Component:
                 await proc.stop(self._sup.kill_grace)
             self._proc = None
             self._gen += 1
-            if proc.pid in self.record.process_groups:
-                self.record.process_groups.remove(proc.pid)
+            if proc.pid is not None:
+                self.record.drop_group(proc.pid)
             if code == 0 and not timed_out:
                 self._set("STOPPING")
                 await self._shutdown()
@@ -399,8 +411,8 @@ class Component:
         proc, self._proc = self._proc, None
         if proc is not None:
             await proc.stop(self._sup.kill_grace)
-        groups, self.record.process_groups = list(self.record.process_groups), []
-        await asyncio.gather(*(_end_group(pgid, self._sup.kill_grace) for pgid in groups))
+        groups = self.record.take_groups()
+        await asyncio.gather(*(_end_group(pgid, stamp, self._sup.kill_grace) for pgid, stamp in groups.items()))
 
     async def stop(self, then: Literal["FINISHED", "INSTALLED"] = "FINISHED") -> None:
         """Shutdown and end the processes; ``then`` is FINISHED (stop) or INSTALLED (to start again)."""
@@ -432,7 +444,7 @@ class Component:
         self._proc = None
         if not leave_processes:
             for pgid in self.record.process_groups:
-                kill_group(pgid, signal.SIGKILL)
+                kill_owned_group(pgid, self.record.process_stamps.get(pgid), signal.SIGKILL)
 
     async def restart(self) -> LifecycleState:
         await self.stop(then="INSTALLED")
@@ -543,6 +555,11 @@ class Supervisor:
         )
 
     # ------------------------------------------------------------------ transitions and tasks
+
+    def save(self) -> None:
+        """Persist the state now (a process group was recorded), unless persisting is off (the agent is dying)."""
+        if self.persist_enabled:
+            self._persist()
 
     def transition(self, comp: Component, old: str, new: str, detail: str) -> None:
         comp.last_change = asyncio.get_running_loop().time()

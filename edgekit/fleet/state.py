@@ -242,6 +242,27 @@ _EXECUTION_COLUMNS = "deployment_id, thing, status, version_number, execution_nu
 _DEPLOYMENT_COLUMNS = "id, target, spec, created_at, status, replaced_by, status_reason, updated_at, rollout_tokens, rollout_at"
 
 
+_BREAKERS: Final = ("closed", "open", "half-open")
+
+
+def _stored_int(value: Any) -> int:
+    """A stored count as a non-negative int; what is not one (a row of an older edgekit, a hand edit) counts 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), -float("inf")):
+        return 0
+    return max(0, int(value))
+
+
+def _stored_errors(text: Any) -> dict[str, int]:
+    """A stored ``fallback_errors`` as kind → count; anything else in it is left out, never an error when read."""
+    try:
+        value = json.loads(text) if isinstance(text, (str, bytes)) else None
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: _stored_int(v) for k, v in value.items() if isinstance(k, str) and k.isprintable() and len(k) <= 64}
+
+
 def _execution(row: sqlite3.Row) -> ExecutionRecord:
     return ExecutionRecord(
         deployment_id=row["deployment_id"],
@@ -697,15 +718,17 @@ class FleetState:
         components': not ``closed`` wins) and component outbox (summed over its components), its message counts."""
         out: dict[str, TelemetryRecord] = {}
         with self._read() as db:
+            # what is stored is read without failing: total() (a float) can't overflow as sum() can on an int64,
+            # a count that is not a number counts 0, a fallback_errors that is not a JSON object is left out
             for row in db.execute(
-                "SELECT thing, count(*), sum(readings), sum(local), sum(cloud), sum(none), sum(deliveries) - count(*)"
-                " FROM telemetry_windows GROUP BY thing"
+                "SELECT thing, count(*), total(readings), total(local), total(cloud), total(none),"
+                " total(deliveries) - count(*) FROM telemetry_windows GROUP BY thing"
             ):
                 r = out.setdefault(row[0], TelemetryRecord(row[0]))
-                r.windows, r.readings, r.local, r.cloud, r.none, r.duplicates = (int(v or 0) for v in row[1:])
+                r.windows, r.readings, r.local, r.cloud, r.none, r.duplicates = (_stored_int(v) for v in row[1:])
             errors: dict[str, Counter[str]] = {}
             for thing, text in db.execute("SELECT thing, fallback_errors FROM telemetry_windows WHERE fallback_errors != '{}'"):
-                errors.setdefault(thing, Counter()).update(json.loads(text))
+                errors.setdefault(thing, Counter()).update(_stored_errors(text))
             for thing, counts in errors.items():
                 out[thing].fallback_errors = dict(sorted(counts.items()))
             for thing, breaker, pending in db.execute(
@@ -714,13 +737,14 @@ class FleetState:
                 " ON w.thing = l.thing AND w.component = l.component AND w.window_end = l.latest"
             ):
                 r = out[thing]
-                r.breaker = breaker if r.breaker in (None, "closed") else r.breaker
-                r.component_pending += int(pending or 0)
+                if breaker in _BREAKERS:
+                    r.breaker = breaker if r.breaker in (None, "closed") else r.breaker
+                r.component_pending += _stored_int(pending)
             for thing, messages, unanswered, malformed, last in db.execute(
                 "SELECT thing, messages, unanswered_messages, malformed, last_seen FROM telemetry_things"
             ):
                 r = out.setdefault(thing, TelemetryRecord(thing))
-                r.messages, r.unanswered_messages, r.malformed = int(messages), int(unanswered), int(malformed)
+                r.messages, r.unanswered_messages, r.malformed = (_stored_int(v) for v in (messages, unanswered, malformed))
                 r.last_telemetry_at = last
         return out
 

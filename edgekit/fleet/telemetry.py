@@ -4,7 +4,9 @@
 :class:`edgekit.wire.summary.WindowSummary`, each validated on its own: one that doesn't match is counted as
 malformed and the rest of its batch goes on) in the fleet's SQLite state, de-duplicated by (thing, component, window): a
 redelivered summary (at-least-once uplink) counts once, its deliveries are counted (the tables and their queries
-are :class:`~edgekit.fleet.state.FleetState`'s). :func:`edgekit.fleet.view.fleet_view` shows them per device and per
+are :class:`~edgekit.fleet.state.FleetState`'s). Acknowledged means committed: a batch's messages are acknowledged
+to the broker (their PUBACKs sent) only after its transaction committed; a message of a batch the service did not
+live to commit is delivered again by the broker (the service's persistent session) and stored once. :func:`edgekit.fleet.view.fleet_view` shows them per device and per
 thing group; :func:`accounted` checks a loop's :class:`~edgekit.edge.loop.Checkpoint`
 against what arrived. See docs/local-fleet.md (telemetry).
 """
@@ -12,6 +14,7 @@ against what arrived. See docs/local-fleet.md (telemetry).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -29,6 +32,7 @@ __all__ = ["Accounted", "TelemetryIngest", "accounted"]
 log = logging.getLogger(__name__)
 
 TELEMETRY_FILTER: Final = "devices/+/#"
+FLUSH_AT: Final = 64  # messages waiting: commit them now, before the broker's in-flight window (100) fills
 
 
 @dataclass
@@ -76,7 +80,7 @@ class TelemetryIngest:
         self.flush_s = flush_s
         self.stats = IngestStats()
         self._clock = clock
-        self._pending: list[tuple[str, str, bytes]] = []
+        self._pending: list[MqttMessage] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -84,7 +88,7 @@ class TelemetryIngest:
         return self._clock.now() if self._clock is not None else time.time()
 
     async def start(self) -> None:
-        await self.client.subscribe(TELEMETRY_FILTER, 1, self._on_message)
+        await self.client.subscribe(TELEMETRY_FILTER, 1, self._on_message, manual_ack=True)
         self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="fleet-telemetry")
 
     async def stop(self) -> None:
@@ -95,33 +99,48 @@ class TelemetryIngest:
         self.flush()
 
     def _on_message(self, message: MqttMessage) -> None:
-        parts = message.topic.split("/")
-        if len(parts) < 3:
+        if len(message.topic.split("/")) < 3:
+            self.client.ack(message)
             return
-        self._pending.append((parts[1], message.topic, bytes(message.payload)))
+        self._pending.append(message)
         self.stats.messages += 1
+        if len(self._pending) >= FLUSH_AT:
+            self._wake.set()  # the broker sends no more than its in-flight window until these are acknowledged
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.flush_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_s)
+            self._wake.clear()
+            batch, self._pending = self._pending, []  # taken on the loop: nothing appended meanwhile is missed
             try:
-                batch, self._pending = self._pending, []  # taken on the loop: nothing appended meanwhile is missed
                 await asyncio.to_thread(self._write, batch)  # a commit waiting on the disk must not hold up the loop
-            except Exception:  # never let one bad batch end the ingest
-                log.exception("fleet telemetry: a batch failed")
+            except Exception:  # never let one bad batch end the ingest; it is tried again, unacknowledged meanwhile
+                log.exception("fleet telemetry: a batch failed; trying it again")
+                self._pending = batch + self._pending
+                continue
+            self._ack(batch)
+
+    def _ack(self, batch: list[MqttMessage]) -> None:
+        for message in batch:
+            self.client.ack(message)
 
     def flush(self) -> int:
-        """Write what arrived since the last flush in one transaction; returns how many new windows it stored."""
+        """Write what arrived since the last flush in one transaction, then acknowledge it; returns the new windows."""
         batch, self._pending = self._pending, []
-        return self._write(batch)
+        new = self._write(batch)
+        self._ack(batch)
+        return new
 
-    def _write(self, batch: list[tuple[str, str, bytes]]) -> int:
+    def _write(self, batch: list[MqttMessage]) -> int:
         if not batch:
             return 0
         now = self._now()
         rows: list[tuple[Any, ...]] = []
         per_thing: dict[str, Counter[str]] = {}
-        for thing, topic, payload in batch:
+        for message in batch:
+            topic, payload = message.topic, message.payload
+            thing = topic.split("/")[1]
             counts = per_thing.setdefault(thing, Counter())
             counts["messages"] += 1
             if topic.endswith("/unanswered"):

@@ -86,6 +86,8 @@ class MqttMessage:
     payload: bytes
     qos: int
     retain: bool = False
+    mid: int = field(default=0, compare=False)
+    connection: int = field(default=0, compare=False)  # which connection delivered it (its mid means nothing on another)
 
 
 @dataclass
@@ -195,6 +197,7 @@ class MqttClient:
             clean_session=None if protocol == 5 else clean_start,
             protocol=paho.MQTTv5 if protocol == 5 else paho.MQTTv311,
             reconnect_on_failure=False,
+            manual_ack=True,  # QoS 1 PUBACKs are ours to send: at once, or after a manual_ack handler's ack()
         )
         self._paho.suppress_exceptions = True
         self._paho.max_inflight_messages_set(max_inflight)
@@ -233,6 +236,7 @@ class MqttClient:
         self._subscriptions: dict[str, int] = {}  # filter -> qos, in subscription order
         self._unconfirmed: set[str] = set()  # filters without a SUBACK yet (offline, or lost with a connection): sent on connect
         self._handlers: list[tuple[str, Handler]] = []
+        self._manual: set[str] = set()  # filters whose handler acknowledges its messages itself (see subscribe)
         self._queue: asyncio.Queue[MqttMessage | None] = asyncio.Queue()
         self._last_error = ""
         self._connected = False
@@ -274,8 +278,20 @@ class MqttClient:
             raise
         return self
 
-    async def subscribe(self, topic_filter: str, qos: int = 1, handler: Handler | None = None, *, timeout: float = 10.0) -> int:
+    async def subscribe(
+        self,
+        topic_filter: str,
+        qos: int = 1,
+        handler: Handler | None = None,
+        *,
+        timeout: float = 10.0,
+        manual_ack: bool = False,
+    ) -> int:
         """Subscribe and return the granted QoS (from SUBACK); messages go to ``handler``, else to :meth:`messages`.
+
+        ``manual_ack``: the broker is not acknowledged a QoS 1 message when it arrives but when ``handler`` calls
+        :meth:`ack` for it (after it has stored it: acknowledged means committed). One not acknowledged is delivered
+        again after a reconnect (a persistent session), so the handler must take a duplicate.
 
         mosquitto grants a filter its ACL forbids and then delivers nothing from it (it checks at delivery).
         Offline, the subscription is recorded and sent on the next connect (returns ``qos`` without waiting).
@@ -284,6 +300,10 @@ class MqttClient:
             topics.validate(topic_filter, is_filter=True)
         if handler is not None:
             self._handlers.append((topic_filter, handler))
+        elif manual_ack:
+            raise ConfigError("manual_ack needs a handler to acknowledge the messages")
+        if manual_ack:
+            self._manual.add(topic_filter)
         self._subscriptions[topic_filter] = qos
         if not self._connected:
             self._unconfirmed.add(topic_filter)
@@ -298,6 +318,7 @@ class MqttClient:
         """Drop a subscription (and its handlers)."""
         self._subscriptions.pop(topic_filter, None)
         self._unconfirmed.discard(topic_filter)
+        self._manual.discard(topic_filter)
         self._handlers = [(f, h) for f, h in self._handlers if f != topic_filter]
         if not self._connected:
             return
@@ -357,6 +378,16 @@ class MqttClient:
             return await self._wait(future, timeout, f"PUBACK for '{topic}'")
         finally:
             self._pending_pub.pop(info.mid, None)
+
+    def ack(self, message: MqttMessage) -> bool:
+        """Send the PUBACK of a QoS 1 message a ``manual_ack`` handler has taken care of; False if it can't be sent.
+
+        A message of an earlier connection is not acknowledged (its packet id now names nothing, or another
+        message): the broker delivers it again on this connection.
+        """
+        if message.qos == 0 or message.connection != self.connects or not self._connected:
+            return False
+        return self._paho.ack(message.mid, message.qos) == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     async def messages(self) -> AsyncIterator[MqttMessage]:
         """Messages no handler took, in arrival order; ends when the client is closed."""
@@ -725,11 +756,14 @@ class MqttClient:
             self._reconnector = self._require_loop().create_task(self._reconnect_loop(), name=f"mqtt-reconnect-{self.client_id}")
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        received = MqttMessage(message.topic, bytes(message.payload), message.qos, bool(message.retain))
-        matched = False
+        received = MqttMessage(
+            message.topic, bytes(message.payload), message.qos, bool(message.retain), message.mid, self.connects
+        )
+        matched = manual = False
         for topic_filter, handler in self._handlers:
             if paho.topic_matches_sub(topic_filter, received.topic):
                 matched = True
+                manual = manual or topic_filter in self._manual
                 try:
                     result = handler(received)
                 except Exception:
@@ -739,6 +773,8 @@ class MqttClient:
                     self._spawn(result)
         if not matched:
             self._queue.put_nowait(received)
+        if not manual and received.qos > 0:
+            self._paho.ack(received.mid, received.qos)  # what paho does itself without manual_ack
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
         future = self._pending_pub.pop(mid, None)

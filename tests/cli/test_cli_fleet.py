@@ -209,3 +209,57 @@ def test_fleet_status_shows_device_text_as_written_and_sets_inactive_failures_ap
     assert device["platform"] == {"os": "linux", "architecture": "aarch64"} and device["groups"] == ["line-1"]
     assert {"lastSeen", "lastTelemetryAt", "connected", "state"} <= set(device)
     assert "componentPending" in device["telemetry"]
+
+
+def test_device_and_file_text_is_never_markup_in_any_printer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Markup in what devices report, and in faults, pushed through each printer: shown as written, nothing parsed."""
+    from rich.console import Console
+
+    from edgekit.cli import fleet_cmd
+    from edgekit.cli.output import plain, rows_table
+    from edgekit.fleet import FleetService
+    from edgekit.fleet.view import fleet_view
+    from edgekit.sim.simulation import SimulationStatus
+
+    hostile = ["[/red]", "[link=https://evil.example]click[/link]", "[white on white]hidden[/]", "\\[x]"]
+    with FleetState(tmp_path / "fleet.db") as fleet_state:
+        svc = FleetService(fleet_state)
+        svc.register_thing("pi-01", "rasp4b", {"os": "linux", "architecture": "aarch64"}, ["line-1"])
+        spec = {"targetArn": "thinggroup/line-1", "components": {APP: {"componentVersion": "1.0.0"}}}
+        deployment = svc.create_deployment(spec, require_published=False)
+        svc.notify_due()
+        cause = " ".join(hostile)
+        svc.update_execution(
+            "pi-01", deployment, "FAILED", {"deployment-error-code": hostile[0], "deployment-failure-cause": cause}
+        )
+        view = fleet_view(fleet_state)
+    status = SimulationStatus(elapsed_s=3.0, devices=1, alive=1, faults=[cause], broker_url="mqtt://[red]h:1", view=view)
+
+    def shown(*items: object) -> str:
+        out = Console(record=True, width=400, color_system=None, file=open(tmp_path / "out.txt", "w"))  # noqa: SIM115
+        for item in items:
+            out.print(item, soft_wrap=True) if not isinstance(item, str) else out.print(item, soft_wrap=True, markup=False)
+        text = out.export_text()
+        out.file.close()
+        return text
+
+    printers = {
+        "failures": shown(fleet_cmd.failures_table(view.failures)),
+        "live view": shown(fleet_cmd._live_view(status)),
+        "rows": shown(rows_table("t", [{"a": cause}], {"a": "a"})),
+        "plain": shown(plain(cause)),
+    }
+    for name, text in printers.items():
+        flat = " ".join(text.split())
+        assert cause in flat or all(h in flat for h in hostile), f"{name}: {flat!r}"
+    assert "[red]h:1" in shown(fleet_cmd._live_view(status))
+    # the status line is printed with markup=False: the names as written, no escaping backslashes
+    line = shown(fleet_cmd._status_line(status))
+    assert "line-1[1]" in line and "\\[" not in line.replace("\\[x]", "")
+    for table in (fleet_cmd.deployments_table(view), fleet_cmd.groups_table(view), fleet_cmd.devices_table(view)):
+        shown(table)  # no MarkupError
+    # the error line: a path (or a device's text) in an error's message
+    odd = tmp_path / "[/red][link=x]"
+    capsys.readouterr()
+    assert main(["fleet", "status", "--state", str(odd)]) == EXIT_CODES[ConfigError]
+    assert "[/red][link=x]" in capsys.readouterr().err  # printed as written, not a MarkupError

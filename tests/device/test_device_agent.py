@@ -11,6 +11,8 @@ import hashlib
 import io
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 import zipfile
@@ -675,6 +677,103 @@ def test_an_agent_killed_mid_deployment_resumes_consistently(tmp_path: Path, reg
 
     run(scenario)
     assert (marks / "svc-installs").read_text().split() == ["i"]  # Install runs once per version
+
+
+def test_resume_leaves_a_recycled_pid_alone(tmp_path: Path, registry: Registry) -> None:
+    """A recorded process group is killed only while its leader is the process the agent started (boot id + start time)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    registry.publish(recipe("com.example.Svc", lifecycle={"Run": f"echo $$ > {marks}/svc.pid; {SLEEPER}"}))
+    root = tmp_path / "device"
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)  # a daemon: its own session and group
+    try:
+
+        async def scenario() -> None:
+            first = make_agent(root, registry)
+            assert (await first.apply(job("d-1", {"com.example.Svc": "1.0.0"}))).succeeded
+            await eventually(lambda: (marks / "svc.pid").is_file())
+            old_pid = int((marks / "svc.pid").read_text())
+            await first.kill(leave_processes=True)
+            os.killpg(old_pid, signal.SIGKILL)  # the Run process died meanwhile ...
+            await eventually(lambda: not alive(old_pid))
+            # ... and its pid went to an unrelated process: state.json names the bystander's group
+            data = json.loads((root / "config" / "state.json").read_text())
+            comp = data["components"]["com.example.Svc"]
+            assert comp["process_groups"] == [old_pid]
+            comp["process_groups"] = [bystander.pid]
+            if "process_stamps" in comp:
+                comp["process_stamps"] = {str(bystander.pid): comp["process_stamps"][str(old_pid)]}
+            (root / "config" / "state.json").write_text(json.dumps(data))
+            second = make_agent(root, registry)
+            try:
+                await second.resume()
+                assert second.state.components["com.example.Svc"].state == "RUNNING"
+                await asyncio.sleep(0.2)
+                assert bystander.poll() is None, "the agent killed a process it did not start"
+            finally:
+                await second.stop()
+            assert bystander.poll() is None
+
+        run(scenario)
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+_AGENT_SCRIPT = """
+import asyncio, json, sys
+from edgekit.device import DeviceAgent
+from edgekit.mqtt.payloads import JobDocument
+root, base, doc = sys.argv[1], sys.argv[2], sys.argv[3]
+async def main() -> None:
+    agent = DeviceAgent("dev-1", root, {"os": "linux", "architecture": "amd64"}, base, groups=["line", "canary"], settle_s=0.2,
+                        kill_grace_s=0.5, download_backoff_s=0.0, fsync=False)
+    await agent.apply(JobDocument.model_validate_json(doc))
+asyncio.run(main())
+"""
+
+
+def test_an_install_interrupted_by_kill_9_is_killed_not_run_twice(tmp_path: Path, registry: Registry) -> None:
+    """kill -9 of the agent's process during Install: the restarted agent kills the old Install before running its own."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    install = (
+        f"for p in $(cat {marks}/installs 2>/dev/null); do grep -qv ') Z' /proc/$p/stat 2>/dev/null && echo $p >> {marks}/beside; done; "
+        f"echo $$ >> {marks}/installs; [ -e {marks}/go ] && exit 0; exec sleep 600"
+    )
+    registry.publish(recipe("com.example.Slow", lifecycle={"Install": install}))
+    root = tmp_path / "device"
+    doc = job("d-1", {"com.example.Slow": "1.0.0"}).model_dump_json(by_alias=True, exclude_none=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(edgekit.__file__).parents[1]), *sys.path])}
+    agent = subprocess.Popen([sys.executable, "-c", _AGENT_SCRIPT, str(root), registry.base, doc], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not (marks / "installs").is_file() and time.monotonic() < deadline:
+            assert agent.poll() is None, "the agent process ended early"
+            time.sleep(0.05)
+        first_install = int((marks / "installs").read_text())
+    finally:
+        agent.kill()  # kill -9: no cancellation, no cleanup
+        agent.wait()
+    assert alive(first_install)  # the old Install lives on, as after a real crash
+    (marks / "go").touch()
+
+    async def scenario() -> None:
+        second = make_agent(root, registry)
+        try:
+            outcome = await second.resume()
+            assert outcome is not None and outcome.succeeded, outcome
+        finally:
+            await second.stop()
+
+    try:
+        run(scenario)
+        assert not (marks / "beside").exists(), "the restarted agent ran Install beside the old one"
+        assert not alive(first_install)
+        assert len((marks / "installs").read_text().split()) == 2
+    finally:
+        if alive(first_install):
+            os.kill(first_install, signal.SIGKILL)
 
 
 def test_in_process_mode_runs_no_scripts(tmp_path: Path, registry: Registry) -> None:

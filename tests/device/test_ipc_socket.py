@@ -12,19 +12,23 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
+import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from edgekit.device.ipc import DeviceIpc, InProcessIpc, UnauthorizedError
+from edgekit.device.ipc.errors import IpcServerError
 from edgekit.device.ipc.eventstream import FrameDecoder, FramingError, MessageType, encode
 from edgekit.device.ipc.policy import matches
-from edgekit.device.ipc.socket_server import socket_path_for
+from edgekit.device.ipc.socket_server import IpcServer, socket_path_for
 
 COMPONENT = "com.example.Probe"
 POLICIES = {
@@ -347,6 +351,73 @@ def test_a_long_device_root_gets_a_short_socket(tmp_path: Path) -> None:
     path = socket_path_for(deep)
     assert len(str(path)) < 108 and path != deep / "ipc.socket"
     assert socket_path_for(tmp_path) == tmp_path / "ipc.socket"
+
+
+def test_the_socket_never_goes_to_a_predictable_or_shared_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another local user made $TMPDIR/edgekit-ipc-<uid>/ first (writable by all): the agent's socket is not put there."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    planted = tmp / f"edgekit-ipc-{os.getuid()}"
+    planted.mkdir()
+    planted.chmod(0o777)
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # a device root others may write to: they could swap the socket
+    for root in (deep, shared):
+        path = socket_path_for(root)
+        assert len(str(path)) < 108 and path.parent not in (planted, shared)
+        folder = os.lstat(path.parent)
+        assert folder.st_uid == os.geteuid() and stat.S_IMODE(folder.st_mode) == 0o700
+    assert socket_path_for(tmp_path) == tmp_path / "ipc.socket"  # the agent's own root: the socket stays in it
+
+    async def serve_in_the_planted_folder() -> None:
+        server = IpcServer(cast(Any, None), planted / "x.sock")
+        with pytest.raises(IpcServerError, match="others may write"):
+            await server.start()
+
+    asyncio.run(serve_in_the_planted_folder())
+
+
+def test_an_unauthenticated_connection_is_timed_out_and_held_small(tmp_path: Path) -> None:
+    async def scenario(ipc: DeviceIpc) -> None:
+        assert ipc.server is not None
+        ipc.server.auth_timeout_s = 0.5
+        with raw(tmp_path / "ipc.socket") as sock:  # connects, says nothing
+            sock.settimeout(3)
+            started = time.monotonic()
+            assert await asyncio.to_thread(sock.recv, 100) == b""  # closed by the server, not by our timeout
+            assert time.monotonic() - started < 2.5
+        # a message announced at 10 MB before CONNECT: refused on its prelude, nothing of it buffered
+        with raw(tmp_path / "ipc.socket") as sock:
+            sock.settimeout(3)
+            prelude = struct.pack(">II", 10 * 2**20, 0)
+            sock.sendall(prelude + struct.pack(">I", zlib.crc32(prelude)) + b"\0" * 60_000)
+            started = time.monotonic()
+            try:
+                left = await asyncio.to_thread(sock.recv, 65536)
+            except ConnectionResetError:
+                left = b""
+            assert left == b"" and time.monotonic() - started < 2.5  # closed at once, not waiting for 10 MB
+        assert ipc.server.timed_out == 1
+
+    run(tmp_path, scenario)
+
+
+def test_an_idle_connection_is_closed(tmp_path: Path) -> None:
+    async def scenario(ipc: DeviceIpc) -> None:
+        assert ipc.server is not None
+        ipc.server.idle_timeout_s = 0.5
+        with raw(tmp_path / "ipc.socket") as sock:
+            sock.settimeout(3)
+            sock.sendall(connect_frame(ipc.token(COMPONENT)))
+            (ack,) = FrameDecoder().feed(await asyncio.to_thread(sock.recv, 65536))
+            assert ack.type == MessageType.CONNECT_ACK and ack.flags == 1
+            assert await asyncio.to_thread(sock.recv, 100) == b""  # closed once idle
+        assert ipc.server.timed_out == 1
+
+    run(tmp_path, scenario)
 
 
 # --------------------------------------------------------------------------- one handler for both transports

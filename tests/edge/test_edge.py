@@ -7,6 +7,7 @@ The windows and the local-first-then-cloud tests drive the inference loop's own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import subprocess
@@ -372,6 +373,38 @@ def test_a_message_the_broker_refuses_stays_in_the_spool(tmp_path: Path) -> None
                 assert [i.seq for i in spool.peek()] == [theirs] and mine < theirs
                 assert "reason code 135" in publisher.refused
                 assert await publisher.drain() == 0  # it is not skipped on the next try either
+
+        asyncio.run(scenario())
+
+
+@requires("mosquitto")
+def test_a_refused_head_does_not_send_the_messages_behind_it_again(tmp_path: Path) -> None:
+    """The broker refuses the oldest message on every try: each good one behind it still goes out once."""
+    from edgekit.mqtt.tls import TlsMaterial
+
+    tls = TlsMaterial.create(tmp_path / "tls", ["dev-1", "dev-2"])
+    spool = Spool(tmp_path / "spool.db")
+    refused = spool.put("devices/dev-2/aggregates", b"theirs")  # the ACL lets dev-1 write only its own
+    for n in range(3):
+        spool.put("devices/dev-1/aggregates", f"good-{n}".encode())
+    with MosquittoBroker(tmp_path / "broker", tls=tls, acl=True) as broker:
+
+        async def scenario() -> None:
+            async with (
+                await connect(broker.service_url, "edgekit-fleet-service", tls=tls.service, clean_start=True) as listener,
+                await connect(broker.url, "dev-1", tls=tls.device("dev-1"), clean_start=True) as device,
+            ):
+                await listener.subscribe("devices/dev-1/#", 1)
+                publisher = SpoolPublisher(spool, device, timeout_s=5)
+                delivered = [await publisher.drain() for _ in range(4)]  # as the uplink tries it again and again
+                assert delivered == [3, 0, 0, 0] and [i.seq for i in spool.peek()] == [refused]
+                spool.put("devices/dev-1/aggregates", b"later")
+                assert await publisher.drain() == 0 and len(spool) == 2  # behind the refused head: waits, in order
+                got: list[bytes] = []
+                with contextlib.suppress(MqttTimeoutError):
+                    while True:
+                        got.append((await listener.get_message(timeout=1.0)).payload)
+                assert got == [b"good-0", b"good-1", b"good-2"], got  # each once
 
         asyncio.run(scenario())
 

@@ -166,3 +166,31 @@ def test_kill_9_in_the_middle_of_writes_loses_no_committed_change(tmp_path: Path
         assert things == {f"dev-{i}" for i in range(len(things))}
         for name in things:  # and each transaction is there whole: the thing together with its membership
             assert len(state.groups_of(name)) == 1
+
+
+def test_reading_the_telemetry_never_fails_on_what_is_stored(tmp_path: Path) -> None:
+    """Rows an older edgekit (or a hand edit) stored, that today's ingest would refuse: the fleet view still reads."""
+    from edgekit.fleet.view import fleet_view
+
+    with FleetState(tmp_path / "fleet.db") as state:
+        state.upsert_thing("pi-01", "rasp4b", {"os": "linux", "architecture": "aarch64"}, 0.0)
+        rows = [  # readings near int64's top (sum() would overflow), fallback errors that are not kind → count
+            ("1/1", 2**62, '{"http": 2, "timeout": "x", "neg": -5}', "closed"),
+            ("1/2", 2**62, "not json", "[bold]weird"),
+            ("1/3", "many", "[1, 2]", "open"),
+        ]
+        with state.transaction() as db:
+            for window, readings, errors, breaker in rows:
+                db.execute(
+                    "INSERT INTO telemetry_windows(thing, component, window, run, seq, window_start, window_end, readings,"
+                    " local, cloud, none, fallback_errors, breaker, pending, received_at)"
+                    " VALUES ('pi-01', 'c', ?, '1', 1, 0, ?, ?, 0, 0, 0, ?, ?, 'x', 0)",
+                    (window, float(window[-1]), readings, errors, breaker),
+                )
+        view = fleet_view(state)
+        (device,) = [d for d in view.devices if d.thing == "pi-01"]
+        t = device.telemetry
+        assert t.windows == 3 and t.readings >= 2**62
+        assert t.fallback_errors == {"http": 2, "neg": 0, "timeout": 0}
+        assert t.breaker == "open" and t.component_pending == 0
+        json.dumps(view.to_json())

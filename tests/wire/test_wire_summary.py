@@ -181,11 +181,15 @@ def test_any_bytes_read_as_a_summary_nothing_or_one_summary_error(data: bytes) -
 def test_the_ingest_refuses_a_bad_summary_alone(tmp_path: Path) -> None:
     state = FleetState(tmp_path / "fleet.db")
     state.upsert_thing("pi-01", "rasp4b", {"os": "linux", "architecture": "aarch64"}, 0.0)
-    ingest = TelemetryIngest(state, cast(Any, None))
+    acked: list[MqttMessage] = []
+    broker = type("Broker", (), {"ack": lambda self, m: acked.append(m)})()
+    ingest = TelemetryIngest(state, cast(Any, broker))
     second = json.loads(json.dumps(GOOD)) | {"window": 2}
     for payload in (json.dumps(GOOD).encode(), _with("count", 2**70), _with("classes", [1]), json.dumps(second).encode()):
         ingest._on_message(MqttMessage(topic="devices/pi-01/inference", payload=payload, qos=1, retain=False))
+    assert acked == []  # nothing acknowledged before it is committed
     assert ingest.flush() == 2
+    assert len(acked) == 4  # each acknowledged after the commit, the refused ones too
     assert ingest.stats.malformed == 2 and ingest.stats.windows == 2
     (device,) = [d.telemetry for d in fleet_view(state).devices if d.thing == "pi-01"]
     assert device.windows == 2 and device.readings == 6 and device.fallback_errors == {"http": 2}

@@ -18,19 +18,28 @@ protocol violation (no ``CONNECT`` first, a stream id going backwards, no ``oper
 connection, after a ``PROTOCOL_ERROR`` when the framing is still sound; the server and the other connections
 go on. Operations run as tasks, so a slow one never blocks the connection's other streams.
 
-The socket is ``<device root>/ipc.socket``; when that path is over the 107 bytes ``sun_path`` holds, a short
-one under the temporary folder is used instead (:attr:`IpcServer.path` says which).
+The socket is ``<device root>/ipc.socket`` when the device root is the agent's own (owned by its user, writable by
+nobody else); when that path is over the 107 bytes ``sun_path`` holds, or the root is not private, the socket goes
+into a folder made for it with a random name and mode 0700 under the temporary folder (``mkdtemp``: never a
+predictable shared path another user could make first and swap the socket in). :meth:`IpcServer.start` checks the
+socket's folder again (a directory, not a link, owned by the agent's user, writable by nobody else) and refuses
+anything else (:attr:`IpcServer.path` says where it is).
+
+Limits per connection: ``CONNECT`` must arrive within ``auth_timeout_s`` (5 s) of the connection, in a message of at
+most ``auth_max_bytes`` (64 KiB): before authentication a connection holds no more than that. After it, messages up
+to ``max_message_bytes``; a connection with no stream open that sends nothing for ``idle_timeout_s`` (1 h; a ``PING``
+counts) is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import socket
+import stat
 import struct
 import tempfile
 from collections.abc import Mapping
@@ -50,7 +59,7 @@ from edgekit.device.ipc.eventstream import (
 )
 from edgekit.device.ipc.handler import STREAMING, Cleanup, IpcHandler
 
-__all__ = ["IpcServer", "socket_path_for"]
+__all__ = ["IpcServer", "private_folder", "socket_path_for"]
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +67,38 @@ _SUN_PATH_MAX = 107
 JSON = "application/json"
 
 
+AUTH_TIMEOUT_S = 5.0
+AUTH_MAX_BYTES = 64 * 1024
+IDLE_TIMEOUT_S = 3600.0
+
+
+def private_folder(folder: Path) -> str | None:
+    """Why ``folder`` can't hold the agent's socket (None: it can): it must be a directory, not a link, owned by the
+    agent's user and writable by no one else (who could otherwise swap the socket)."""
+    try:
+        st = os.lstat(folder)
+    except OSError as exc:
+        return f"can't stat it: {exc.strerror or exc}"
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        return "it is not a directory"
+    if st.st_uid != os.geteuid():
+        return f"it belongs to uid {st.st_uid}, not the agent's {os.geteuid()}"
+    if st.st_mode & 0o022:
+        return f"others may write to it (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
 def socket_path_for(root: str | Path, name: str = "ipc.socket") -> Path:
-    """``root/name``, or a short stand-in under the temporary folder when that is too long for a socket."""
+    """``root/name`` when it fits a socket and ``root`` is private (:func:`private_folder`), else ``name`` in a new
+    folder of mode 0700 with a random name under the temporary folder (made here)."""
     path = Path(root).absolute() / name
     if len(os.fsencode(str(path))) <= _SUN_PATH_MAX:
-        return path
-    digest = hashlib.sha256(os.fsencode(str(path))).hexdigest()[:24]
-    return Path(tempfile.gettempdir()) / f"edgekit-ipc-{os.getuid()}" / f"{digest}.sock"
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if private_folder(path.parent) is None:
+            return path
+    folder = Path(tempfile.mkdtemp(prefix="edgekit-ipc-"))  # mode 0700, a name no one can guess and make first
+    return folder / name
 
 
 def _peer_pid(writer: asyncio.StreamWriter) -> int | None:
@@ -151,17 +185,33 @@ class _Connection:
 
     # ------------------------------------------------------------------ reading
 
+    def _read_timeout(self, loop: asyncio.AbstractEventLoop, auth_deadline: float) -> float | None:
+        if self.component is None:
+            return max(0.0, auth_deadline - loop.time())
+        return None if self.streams else self.server.idle_timeout_s
+
     async def serve(self) -> None:
-        decoder = FrameDecoder(self.server.max_message_bytes)
+        server = self.server
+        decoder = FrameDecoder(min(server.auth_max_bytes, server.max_message_bytes))  # before CONNECT: little
+        loop = asyncio.get_running_loop()
+        auth_deadline = loop.time() + server.auth_timeout_s
         try:
             while True:
-                data = await self.reader.read(65536)
+                try:
+                    async with asyncio.timeout(self._read_timeout(loop, auth_deadline)):
+                        data = await self.reader.read(65536)
+                except TimeoutError:
+                    why = "no CONNECT in time" if self.component is None else "idle"
+                    log.warning("IPC connection of %s closed: %s", self.component or "an unauthenticated client", why)
+                    server.timed_out += 1
+                    return
                 if not data:
                     return
                 for message in decoder.iter_feed(data):
                     if not self.handle(message):
                         await self.linger()
                         return
+                    decoder.max_message = server.max_message_bytes  # authenticated: the full limit
                 await self.writer.drain()
         except FramingError as exc:
             log.warning("IPC connection of %s: %s; closing it", self.component or "an unauthenticated client", exc)
@@ -297,12 +347,26 @@ class _Connection:
 class IpcServer:
     """One device's IPC socket (see the module docstring)."""
 
-    def __init__(self, handler: IpcHandler, path: str | Path, *, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        handler: IpcHandler,
+        path: str | Path,
+        *,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        auth_timeout_s: float = AUTH_TIMEOUT_S,
+        auth_max_bytes: int = AUTH_MAX_BYTES,
+        idle_timeout_s: float | None = IDLE_TIMEOUT_S,
+    ) -> None:
         self.handler = handler
         self.path = Path(path)
         self.max_message_bytes = max_message_bytes
+        self.auth_timeout_s = auth_timeout_s
+        self.auth_max_bytes = auth_max_bytes
+        self.idle_timeout_s = idle_timeout_s
         self.refused = 0
         """Connections refused at CONNECT (wrong or missing token)."""
+        self.timed_out = 0
+        """Connections closed for sending no CONNECT in time, or for being idle."""
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[_Connection] = set()
 
@@ -316,6 +380,11 @@ class IpcServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            unsafe = private_folder(self.path.parent)
+            if unsafe is not None:
+                raise IpcServerError(
+                    f"won't serve IPC in {self.path.parent}: {unsafe}; the socket's folder must be the agent's alone"
+                )
             if self.path.is_socket() or self.path.is_symlink():
                 self.path.unlink()
             sock.bind(str(self.path))
@@ -352,3 +421,6 @@ class IpcServer:
             await server.wait_closed()
         with contextlib.suppress(OSError):
             self.path.unlink()
+        if self.path.parent.name.startswith("edgekit-ipc-"):  # the folder socket_path_for made for it
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()

@@ -45,8 +45,11 @@ class SpoolPublisher:
         """Send until the spool is empty or the client is offline; returns how many were delivered.
 
         A batch is published back to back (one connection keeps MQTT's order) and the PUBACKs are
-        awaited together; only the unbroken run of delivered messages from the oldest is removed, so a
-        failure in the middle re-sends what followed it (at-least-once) but never skips anything.
+        awaited together. Every message the broker took is removed, those behind a refused or unanswered
+        one too (it has them: sending them again would deliver them twice); the refused or unanswered
+        message stays, at the head, and the drain stops there, so nothing is skipped. After a refusal the
+        next drain sends the head alone until the broker takes it: what follows a message the broker keeps
+        refusing goes out once.
         """
         async with self._lock:
             return await self._drain()
@@ -54,7 +57,7 @@ class SpoolPublisher:
     async def _drain(self) -> int:
         delivered = 0
         while self.client.connected:
-            items = self.spool.peek(self.batch)
+            items = self.spool.peek(1 if self.refused else self.batch)  # a refused head is tried alone
             if not items:
                 break
             results = await asyncio.gather(
@@ -64,6 +67,7 @@ class SpoolPublisher:
             done: list[int] = []
             rejected = 0
             stop = False
+            failure: BaseException | None = None
             for item, result in zip(items, results, strict=True):
                 if isinstance(result, (PayloadError, TopicError)):
                     log.error(
@@ -75,20 +79,25 @@ class SpoolPublisher:
                 if isinstance(result, BrokerError):  # offline, timed out: it stays and goes out later
                     log.info("spool drain paused at message %d: %s", item.seq, result)
                     stop = True
-                    break
+                    continue
                 if isinstance(result, BaseException):
-                    self.spool.ack(done)
-                    raise result
+                    failure = failure or result
+                    continue
                 if result not in _DELIVERED:
-                    self.refused = f"broker refused message {item.seq} for '{item.topic}' (reason code {result})"
-                    log.warning("%s; it stays in the spool", self.refused)
+                    if not stop:
+                        self.refused = f"broker refused message {item.seq} for '{item.topic}' (reason code {result})"
+                        log.warning("%s; it stays in the spool", self.refused)
                     stop = True
-                    break
+                    continue
                 done.append(item.seq)
+            if not stop and failure is None:
+                self.refused = ""
             self.spool.ack(done)
             self.rejected += rejected
             delivered += len(done) - rejected
             self.sent += len(done) - rejected
+            if failure is not None:
+                raise failure
             if stop:
                 break
         return delivered
