@@ -16,7 +16,17 @@ from edgekit.atomic import install_dir
 from edgekit.errors import InputShapeError, OutputError
 from edgekit.profiles import DeviceProfile
 
-__all__ = ["WORK_PREFIX", "check_input_memory", "check_writable", "install_dir", "make_archive", "sweep_stale_work"]
+__all__ = [
+    "HOST_PEAK_FACTOR",
+    "WORK_PREFIX",
+    "available_memory",
+    "check_host_memory",
+    "check_input_memory",
+    "check_writable",
+    "install_dir",
+    "make_archive",
+    "sweep_stale_work",
+]
 
 WORK_PREFIX: Final = ".edgekit-compile-"
 """A compile's scratch folder in the output folder: ``.edgekit-compile-<pid>-<random>``."""
@@ -87,3 +97,39 @@ def check_input_memory(
                 f"{total / 2**20:,.0f} MiB), more than {profile.name}'s {profile.memory_mb} MiB of memory; "
                 "check --input-shape (or the model's own input shapes)"
             )
+
+
+HOST_PEAK_FACTOR = 30
+"""A compile's peak memory on the build host, in multiples of its inputs' size: measured (default pipeline) at
+4.8 GB for 160 MB of input; the synthesized or given samples, the reference outputs and each candidate's buffers."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this host can give without swapping (``MemAvailable``), or None where it can't be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_host_memory(shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, str] | None = None) -> None:
+    """Refuse, before anything is allocated, a compile whose inputs would take this host past its available memory
+    (about :data:`HOST_PEAK_FACTOR` times the inputs' size); the build host is protected as the device is."""
+    available = available_memory()
+    if available is None:
+        return
+    total = sum(
+        math.prod(max(int(d), 0) for d in shape) * _ITEMSIZE.get((dtypes or {}).get(name, ""), 1)
+        for name, shape in shapes.items()
+    )
+    need = total * HOST_PEAK_FACTOR
+    if need > available:
+        raise InputShapeError(
+            f"inputs of {total / 2**20:,.0f} MiB ({', '.join(f'{n} {list(s)}' for n, s in shapes.items())}) would take this "
+            f"host about {need / 2**30:,.1f} GiB to compile (about {HOST_PEAK_FACTOR}x the inputs: samples, reference "
+            f"outputs, every candidate's buffers), and {available / 2**30:,.1f} GiB are available; "
+            "use a smaller --input-shape or compile on a machine with more memory"
+        )

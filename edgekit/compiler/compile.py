@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekit.compiler.artifact import WORK_PREFIX, check_input_memory, sweep_stale_work
+from edgekit.compiler.artifact import WORK_PREFIX, check_host_memory, check_input_memory, sweep_stale_work
 from edgekit.compiler.cache import ArtifactCache, source_fingerprint
 from edgekit.compiler.frontends import SourceModel, load_source
 from edgekit.compiler.phases import (
@@ -94,6 +94,7 @@ def compile_model(
         return hit
     try:
         check_input_memory(plan.shapes, plan.profile)  # before anything is allocated: 1 byte an element at least
+        check_host_memory(plan.shapes)  # and the build host's: a compile takes many times its inputs
     except BaseException:
         if made_out:
             with contextlib.suppress(OSError):
@@ -105,7 +106,9 @@ def compile_model(
         say(f"loading {plan.format} model {model}")
         with stage(model, "loading the model", "check that the model loads in its own framework"):
             source = load_source(model, work / "source", plan.shapes, trust_pickle=trust_pickle)
-        check_input_memory({i.name: i.shape for i in source.inputs}, plan.profile, {i.name: i.dtype for i in source.inputs})
+        dtypes = {i.name: i.dtype for i in source.inputs}
+        check_input_memory({i.name: i.shape for i in source.inputs}, plan.profile, dtypes)
+        check_host_memory({i.name: i.shape for i in source.inputs}, dtypes)
         if key is None:  # a factory: the exported graph is the content
             key = plan.cache_key(source.sha256)
             if hit := _from_cache(store, key, plan, say, started):

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+import onnx
 import pytest
 import skops.io as sio
+from helpers import make_mlp
 from sklearn.linear_model import LogisticRegression
 
 import edgekit
@@ -162,3 +164,26 @@ def test_compile_report_is_one_self_contained_page(mlp_onnx: Path, tmp_path: Pat
             assert f"{c.measured.latency.median_ms:.3f}" in page
     assert page.count("<svg") == 1 and "ONNX Runtime" in page
     assert "src=" not in page and "href=" not in page  # nothing fetched: one file
+
+
+def test_a_compile_too_big_for_this_host_is_refused_before_allocating(tmp_path: Path) -> None:
+    """Issue 19: 1.6 GB of input was OOM-killed at 23.8 GB. Inputs under the device's memory (3.5 GB of the
+    x86_64 profile's 4 GiB) but far over what this host can give a compile are refused in one line, and the
+    refusing process stays small (its peak RSS is measured by the parent that waited for it)."""
+    onnx.save(make_mlp(batch="N"), str(tmp_path / "wide.onnx"))
+    argv = [sys.executable, "-m", "edgekit", "compile", str(tmp_path / "wide.onnx"), "-t", "x86_64", "-s", "x:110000000,8",
+            "-o", str(tmp_path / "out")]  # fmt: skip
+    probe = textwrap.dedent(f"""
+        import resource, subprocess, sys
+        r = subprocess.run({argv!r}, capture_output=True, text=True)
+        print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        print(r.stderr, end="")
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    head, _, stderr = out.stdout.partition("\n")
+    code, peak_kib = (int(v) for v in head.split())
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2, stderr
+    assert len(lines) == 1 and "would take this host" in lines[0] and "GiB are available" in lines[0], stderr
+    assert peak_kib < 1024 * 1024  # under 1 GiB: refused before the inputs (3.5 GB) were allocated
+    assert not (tmp_path / "out").exists()  # nothing left behind
