@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from edgekit import api
-from edgekit.cli.options import DeviceTarget
+from edgekit.cli.options import DeviceTarget, State
 from edgekit.cli.output import candidate_rows, candidates_table, emit, json_output, manifest_rows, manifest_table, progress_line
 
 __all__ = ["compile_", "register"]
@@ -57,6 +57,14 @@ def compile_(
         help="load a scikit-learn pickle (.joblib/.pkl): loading one runs any code it holds, so only for files you "
         "trust; prefer .skops or ONNX",
     ),
+    measure_on: str | None = typer.Option(
+        None,
+        "--measure-on",
+        metavar="THING",
+        help="rank by a device's own timings: every candidate is sent to THING, a device of the fleet running on "
+        "--state ('edgekit fleet serve' or 'edgekit simulate'), which times it itself",
+    ),
+    state: State = None,
 ) -> None:
     """Compile a model for a device profile; keep the fastest candidate within the accuracy budget."""
     with progress_line(f"compiling {model} for {target}") as say:
@@ -75,6 +83,8 @@ def compile_(
             tune=tune,
             trust_pickle=trust_pickle,
             samples=samples,
+            measure_on=measure_on,
+            state_dir=state,
         )
     hit = " (from cache)" if result.cache_hit else ""
     facts = {
