@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from edgekit import api
-from edgekit.cli.options import DeviceTarget, State
+from edgekit.cli.options import DeviceTarget, MeasureOn, State
 from edgekit.cli.output import candidate_rows, candidates_table, emit, json_output, manifest_rows, manifest_table, progress_line
 
 __all__ = ["compile_", "register"]
@@ -57,13 +57,7 @@ def compile_(
         help="load a scikit-learn pickle (.joblib/.pkl): loading one runs any code it holds, so only for files you "
         "trust; prefer .skops or ONNX",
     ),
-    measure_on: str | None = typer.Option(
-        None,
-        "--measure-on",
-        metavar="THING",
-        help="rank by a device's own timings: every candidate is sent to THING, a device of the fleet running on "
-        "--state ('edgekit fleet serve' or 'edgekit simulate'), which times it itself",
-    ),
+    measure_on: MeasureOn = None,
     state: State = None,
 ) -> None:
     """Compile a model for a device profile; keep the fastest candidate within the accuracy budget."""

@@ -18,20 +18,20 @@ from pathlib import Path
 from edgekit.runtime import load
 from edgekit.runtime.selftest import read_selftest
 
-__all__ = ["Timing", "time_archive"]
+__all__ = ["DeviceBenchmark", "time_archive"]
 
 _MAX_REPEAT = 10_000
 
 
 @dataclass(frozen=True)
-class Timing:
+class DeviceBenchmark:
     median_ms: float = 0.0
     p90_ms: float = 0.0
     runs: int = 0
     error: str = ""
 
 
-def time_archive(archive: Path, warmup: int, repeat: int) -> Timing:
+def time_archive(archive: Path, warmup: int, repeat: int) -> DeviceBenchmark:
     """The artifact's latency here, or why it could not be timed (``error``, one line)."""
     repeat = max(1, min(int(repeat), _MAX_REPEAT))
     warmup = max(0, min(int(warmup), _MAX_REPEAT))
@@ -43,7 +43,7 @@ def time_archive(archive: Path, warmup: int, repeat: int) -> Timing:
             model = load(folder, self_test=True)
             selftest = model.manifest.selftest
             if selftest is None:
-                return Timing(error="the artifact has no golden inputs (selftest) to time")
+                return DeviceBenchmark(error="the artifact has no golden inputs (selftest) to time")
             feed = read_selftest(folder / selftest.file)[0][0]
             for _ in range(warmup):
                 model.predict(feed)
@@ -53,9 +53,9 @@ def time_archive(archive: Path, warmup: int, repeat: int) -> Timing:
                 model.predict(feed)
                 times.append((time.perf_counter() - t0) * 1e3)
     except Exception as exc:  # a device reports what went wrong; the compile side decides
-        return Timing(error=" ".join(f"{type(exc).__name__}: {exc}".split())[:300])
+        return DeviceBenchmark(error=" ".join(f"{type(exc).__name__}: {exc}".split())[:300])
     times.sort()
-    return Timing(
+    return DeviceBenchmark(
         median_ms=round(statistics.median(times), 4),
         p90_ms=round(times[min(len(times) - 1, int(0.9 * len(times)))], 4),
         runs=len(times),

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from edgekit.errors import ConfigError
-from edgekit.fleet.errors import FleetError
+from edgekit.fleet.errors import DeviceUnreachableError
 from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.presence import read_presence
 from edgekit.manifest import Latency
@@ -35,11 +35,7 @@ from edgekit.mqtt.client import MqttClient, MqttMessage
 from edgekit.mqtt.tls import TlsMaterial
 from edgekit.progress import Progress
 
-__all__ = ["DeviceUnreachableError", "FleetDeviceTimer"]
-
-
-class DeviceUnreachableError(FleetError):
-    """The device to measure on is not in the fleet, offline, or did not answer."""
+__all__ = ["FleetDeviceTimer"]
 
 
 class _Files(ThreadingHTTPServer):
