@@ -20,7 +20,9 @@ from helpers import make_mlp, requires, wait_until
 import edgekit
 from edgekit.cli import main
 from edgekit.compiler.pipeline import Pipeline
+from edgekit.errors import EXIT_CODES, ConfigError
 from edgekit.fleet.device_timing import FleetDeviceTimer
+from edgekit.fleet.errors import FleetError
 from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.presence import read_presence
 from edgekit.manifest import read_manifest
@@ -141,7 +143,7 @@ def test_no_fleet_an_unknown_or_an_offline_device_is_one_line(tmp_path: Path, ca
     compile_ = ["compile", model, "--target", "x86_64", "-o", str(tmp_path / "build"), "--pipeline", "ort"]
 
     capsys.readouterr()
-    assert main([*compile_, "--measure-on", "pc-01", "--state", str(tmp_path / "nothing")]) != 0
+    assert main([*compile_, "--measure-on", "pc-01", "--state", str(tmp_path / "nothing")]) == EXIT_CODES[ConfigError]
     err = capsys.readouterr().err.strip()
     assert "no fleet runs on" in err and "edgekit fleet serve" in err and "edgekit simulate" in err, err
     assert len(err.splitlines()) == 1, err
@@ -149,7 +151,7 @@ def test_no_fleet_an_unknown_or_an_offline_device_is_one_line(tmp_path: Path, ca
     with _fleet(tmp_path, "pc-02") as (state, _):
         for thing, message in [("ghost", "no device 'ghost' in the fleet"), ("pc-02", "offline")]:
             capsys.readouterr()
-            assert main([*compile_, "--measure-on", thing, "--state", str(state)]) != 0
+            assert main([*compile_, "--measure-on", thing, "--state", str(state)]) == FleetError.exit_code
             err = capsys.readouterr().err.strip()
             assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "build").exists() or not any((tmp_path / "build").iterdir())
