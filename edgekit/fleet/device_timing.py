@@ -19,6 +19,7 @@ import os
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -92,7 +93,12 @@ class FleetDeviceTimer:
 
     def time(self, archives: list[Path], warmup: int, repeat: int, say: Progress) -> list[Latency | str]:
         self._check_online(grace_s=self.online_wait_s)
-        return asyncio.run(self._time(archives, warmup, repeat, say))
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self._time(archives, warmup, repeat, say))
+        with ThreadPoolExecutor(1) as pool:  # called from a running loop (a notebook): a loop of its own in a thread
+            return pool.submit(asyncio.run, self._time(archives, warmup, repeat, say)).result()
 
     def _check_online(self, grace_s: float) -> None:
         """Refuse a device that ``edgekit fleet serve``'s presence tracker says is not connected (``presence.json``:
