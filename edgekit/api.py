@@ -70,14 +70,27 @@ DEFAULT_BUILD = Path("greengrass-build")
 
 
 def compile(
-    model: Any, target: Any, output_dir: Any = "build", *, force: bool = False, report: str | Path | None = None, **kwargs: Any
+    model: Any,
+    target: Any,
+    output_dir: Any = "build",
+    *,
+    force: bool = False,
+    report: str | Path | None = None,
+    measure_on: str | None = None,
+    state_dir: str | Path | None = None,
+    **kwargs: Any,
 ) -> CompileResult:
     """Compile ``model`` for a device profile; see :func:`edgekit.compiler.compile_model`.
 
     An artifact already in ``output_dir`` under the same name but built from another source file (``model.pt`` over
     ``model.onnx``'s) is refused unless ``force``. ``report``: also write a self-contained HTML page of what was
     measured (every candidate's latency, accuracy, size and why it won or lost). ``input_shapes``: a mapping of input
-    name to dims, or Neo-style ``'name:1,3,224,224'`` strings (``--input-shape``)."""
+    name to dims, or Neo-style ``'name:1,3,224,224'`` strings (``--input-shape``).
+
+    ``measure_on``: a device (thing) of the local fleet running on ``state_dir`` (default ``./.edgekit/fleet``) times
+    every candidate itself and the ranking is by its timings (the manifest's ``measured.on`` is ``device``,
+    ``measuredOn`` the thing); without it the ranking is the compiling host's (``target`` or ``host-proxy``). See
+    docs/compile.md (measured on the target)."""
     from edgekit.compiler import compile_model
 
     shapes = kwargs.get("input_shapes")
@@ -85,6 +98,10 @@ def compile(
         from edgekit.compiler.frontends import parse_input_shapes
 
         kwargs["input_shapes"] = parse_input_shapes(list(shapes))
+    if measure_on is not None:
+        from edgekit.fleet.device_timing import FleetDeviceTimer
+
+        kwargs["device_timer"] = FleetDeviceTimer(measure_on, state_dir)  # fails fast: no fleet, no such device
     if not force:
         _check_overwrite(model, target, Path(output_dir), kwargs.get("name"))
     result = compile_model(model, target, output_dir, **kwargs)

@@ -130,15 +130,18 @@ class Accuracy(_Model):
 
 
 class Measurement(_Model):
-    """Measured on the compiling host.
+    """Where the latency was measured.
 
-    ``on`` is ``target`` when the host runs the target's code itself, and ``host-proxy``
+    ``on`` is ``target`` when the compiling host runs the target's code itself, and ``host-proxy``
     when the target can't run here: then the same candidate was compiled for the host
-    and measured, which ranks candidates but is not the device's latency.
+    and measured, which ranks candidates but is not the device's latency. ``device``: the
+    candidate was sent to a device of a running local fleet (``--measure-on``), which timed it
+    itself; ``measuredOn`` names that device (see docs/compile.md, measured on the target).
     """
 
-    on: Literal["target", "host-proxy"]
+    on: Literal["target", "host-proxy", "device"]
     host: str
+    measured_on: str | None = Field(None, alias="measuredOn", description="the thing that timed it (on: device)")
     latency: Latency
     accuracy: Accuracy
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from edgekit import api
-from edgekit.cli.options import DeviceTarget
+from edgekit.cli.options import DeviceTarget, MeasureOn, State
 from edgekit.cli.output import candidate_rows, candidates_table, emit, json_output, manifest_rows, manifest_table, progress_line
 
 __all__ = ["compile_", "register"]
@@ -57,6 +57,8 @@ def compile_(
         help="load a scikit-learn pickle (.joblib/.pkl): loading one runs any code it holds, so only for files you "
         "trust; prefer .skops or ONNX",
     ),
+    measure_on: MeasureOn = None,
+    state: State = None,
 ) -> None:
     """Compile a model for a device profile; keep the fastest candidate within the accuracy budget."""
     with progress_line(f"compiling {model} for {target}") as say:
@@ -75,6 +77,8 @@ def compile_(
             tune=tune,
             trust_pickle=trust_pickle,
             samples=samples,
+            measure_on=measure_on,
+            state_dir=state,
         )
     hit = " (from cache)" if result.cache_hit else ""
     facts = {

@@ -25,6 +25,7 @@ __all__ = [
     "FleetOrNone",
     "Local",
     "LocalState",
+    "MeasureOn",
     "Profile",
     "Region",
     "Rollout",
@@ -36,6 +37,15 @@ _FLEET_FILE = "fleet file: a name under devices/fleets/ or a .yaml path"
 
 State = Annotated[Path | None, typer.Option("--state", metavar="DIR", help=_FLEET_FOLDER)]
 LocalState = Annotated[Path | None, typer.Option("--state", metavar="DIR", help=f"with --local: {_FLEET_FOLDER}")]
+MeasureOn = Annotated[
+    str | None,
+    typer.Option(
+        "--measure-on",
+        metavar="THING",
+        help="rank by a device's own timings: every candidate is sent to THING, a device of the fleet running on "
+        "--state ('edgekit fleet serve' or 'edgekit simulate'), which times it itself",
+    ),
+]
 Local = Annotated[bool, typer.Option("--local", help="the local fleet (--state) instead of AWS")]
 _BUILD = typer.Option("--build", metavar="DIR", help="the folder 'edgekit package' wrote (default ./greengrass-build)")
 Build = Annotated[Path, _BUILD]  # typer copies an option before it fills it in: one may serve two aliases

@@ -146,7 +146,7 @@ def manifest_rows(manifests: Sequence[Manifest]) -> list[dict[str, Any]]:
                 "sizeBytes": m.size_bytes,
                 "medianMs": meas.latency.median_ms if meas else None,
                 "p90Ms": meas.latency.p90_ms if meas else None,
-                "measuredOn": meas.on if meas else None,
+                "measuredOn": (meas.measured_on or meas.on) if meas else None,
                 "maxAbsError": meas.accuracy.max_abs_error if meas else None,
                 "top1Agreement": meas.accuracy.top1_agreement if meas else None,
             }

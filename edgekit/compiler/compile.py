@@ -17,11 +17,13 @@ from edgekit.compiler.artifact import WORK_PREFIX, check_host_memory, check_inpu
 from edgekit.compiler.cache import ArtifactCache, source_fingerprint
 from edgekit.compiler.frontends import SourceModel, load_source
 from edgekit.compiler.phases import (
+    DeviceTimer,
     Outcomes,
     Plan,
     build,
     check,
     measure,
+    measure_on_device,
     prepare,
     reference_outputs,
     screen,
@@ -63,6 +65,7 @@ def compile_model(
     tune: int | None = None,
     trust_pickle: bool = False,
     samples: SamplesSource | None = None,
+    device_timer: DeviceTimer | None = None,
 ) -> CompileResult:
     """Compile ``model`` for the device profile ``target`` and write the best artifact to ``output_dir``.
 
@@ -79,9 +82,12 @@ def compile_model(
     failure is an :class:`~edgekit.errors.EdgekitError`, whatever a backend raised.
     A pickled scikit-learn model is loaded only with ``trust_pickle`` (loading a pickle runs its code); ``.skops``
     files need it only for types skops doesn't trust.
+    ``device_timer``: rank by a device's own timings (``--measure-on``; see :mod:`edgekit.compiler.phases.on_device`);
+    such a compile neither reads nor fills the cache (the timings are the device's of the moment).
     """
     say = progress or no_progress
     started = time.perf_counter()
+    use_cache = use_cache and device_timer is None
     made_out = not Path(output_dir).exists()  # a failed compile removes the output folder it made
     plan = check(
         model, target, output_dir, pipeline=pipeline, backend=backend, input_shapes=input_shapes, name=name, tune=tune,
@@ -113,7 +119,7 @@ def compile_model(
             key = plan.cache_key(source.sha256)
             if hit := _from_cache(store, key, plan, say, started):
                 return hit
-        final, archive, manifest = _compile(plan, source, work, key, say, started)
+        final, archive, manifest = _compile(plan, source, work, key, say, started, device_timer)
         if store is not None:
             store.put(key, final, archive)
         say(f"wrote {final}")
@@ -125,7 +131,9 @@ def compile_model(
                 plan.out.rmdir()
 
 
-def _compile(plan: Plan, source: SourceModel, work: Path, key: str, say: Progress, started: float) -> tuple[Path, Path, Manifest]:
+def _compile(
+    plan: Plan, source: SourceModel, work: Path, key: str, say: Progress, started: float, timer: DeviceTimer | None = None
+) -> tuple[Path, Path, Manifest]:
     """The phases after loading: build the candidates, measure them against the source model, keep the best, write it."""
     outcomes = Outcomes(plan.candidates, say)
     model = plan.model
@@ -140,6 +148,9 @@ def _compile(plan: Plan, source: SourceModel, work: Path, key: str, say: Progres
         builds = build(prepared, plan.profile, work, outcomes, say)
     with stage(model, "measuring candidates", "try another pipeline or --backend"):
         measured = measure(builds, reference, plan.pipeline.measure, outcomes, say)
+    if timer is not None:
+        with stage(model, f"measuring candidates on {timer.thing}", "check the device with 'edgekit fleet status'"):
+            measured = measure_on_device(measured, timer, plan, source, reference, outcomes, work, key, started, say)
     choice = select(measured, plan.pipeline, outcomes, say)
     with stage(model, "writing the artifact", "check the output folder"):
         return write(choice, plan, source, reference, outcomes, work, key, started)

@@ -177,6 +177,11 @@ class DeviceAgent:
         return self._state
 
     @property
+    def fetcher(self) -> ArtifactFetcher:
+        """The agent's downloader (verified by digest, cached): also what a benchmark request downloads with."""
+        return self._fetcher
+
+    @property
     def last_deployment(self) -> DeploymentOutcome | None:
         return self._state.last_deployment
 

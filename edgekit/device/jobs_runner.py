@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import random
@@ -138,6 +139,7 @@ class DeviceMqttRunner:
         self._online = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._bench_lock = asyncio.Lock()
         self._status_handle: asyncio.TimerHandle | None = None
         self._status_trigger: Trigger = "COMPONENT_STATUS_CHANGE"
         self._status_seq = 0
@@ -179,6 +181,7 @@ class DeviceMqttRunner:
             (topics.notify(self.thing), self._on_notify),
             (f"{any_job}/get/+", self._on_reply),  # accepted and rejected
             (f"{any_job}/update/+", self._on_reply),
+            (topics.device_topic(self.thing, "benchmark", "request"), self._on_benchmark),  # edgekit compile --measure-on
         ]
         try:
             for topic_filter, handler in wanted:
@@ -269,6 +272,48 @@ class DeviceMqttRunner:
             return
         if any(changed.jobs.get(status) for status in ("QUEUED", "IN_PROGRESS")):
             self._wake.set()
+
+    def _on_benchmark(self, message: MqttMessage) -> None:
+        """A benchmark request from ``edgekit compile --measure-on``: time an artifact here, reply on ``.../reply``."""
+        task = asyncio.ensure_future(self._benchmark(message.payload))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _benchmark(self, payload: bytes) -> None:
+        reply: dict[str, Any] = {"id": None}
+        try:
+            request = json.loads(payload)
+            if not isinstance(request, dict) or not isinstance(request.get("id"), str) or not isinstance(request.get("url"), str):
+                raise ValueError("a benchmark request is {id, url, sha256, warmup, repeat}")
+            reply["id"] = request["id"]
+            with contextlib.suppress(Exception):  # at once: the compile side knows the device is there and working
+                await self.client.publish(
+                    topics.device_topic(self.thing, "benchmark", "reply"),
+                    json.dumps({"id": request["id"], "accepted": True}),
+                    qos=1,
+                )
+            async with self._bench_lock:  # one at a time: timings taken side by side would measure each other
+                from edgekit.edge.benchmark import time_archive  # numpy and a runtime only when asked
+
+                path = await self.agent.fetcher.fetch(request["url"], str(request.get("sha256", "")))
+                log.info("%s: timing %s for a benchmark request", self.thing, request["url"])
+                timing = await asyncio.to_thread(
+                    time_archive, path, int(request.get("warmup", 3)), int(request.get("repeat", 30))
+                )
+            if timing.error:
+                reply["error"] = timing.error
+            else:
+                reply.update(medianMs=timing.median_ms, p90Ms=timing.p90_ms, runs=timing.runs)
+        except Exception as exc:  # any failure is the reply, never the runner's end
+            reply["error"] = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        log.info("%s: benchmark %s: %s", self.thing, reply["id"], reply.get("error") or f"{reply.get('medianMs')} ms median")
+        with contextlib.suppress(Exception):
+            await self.client.publish(
+                topics.device_topic(self.thing, "benchmark", "reply"),
+                json.dumps(reply),
+                qos=1,
+                timeout=self.request_timeout_s * 3,
+            )
 
     def _on_reply(self, message: MqttMessage) -> None:
         parsed = topics.parse(message.topic)

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from edgekit.clock import Clock, FakeClock, SystemClock
 from edgekit.fleet.component_registry import PublishedComponent, Registry, publish_local
-from edgekit.fleet.errors import ComponentConflictError, FleetError, JobRejected, NotFoundError, StateError
+from edgekit.fleet.errors import (
+    ComponentConflictError,
+    DeviceUnreachableError,
+    FleetError,
+    JobRejected,
+    NotFoundError,
+    StateError,
+)
 from edgekit.fleet.http import FleetHttpServer
 from edgekit.fleet.service import (
     DeploymentSummary,
@@ -26,6 +33,7 @@ __all__ = [
     "Clock",
     "ComponentConflictError",
     "DeploymentSummary",
+    "DeviceUnreachableError",
     "ExecutionEvent",
     "FakeClock",
     "FleetError",

@@ -9,7 +9,7 @@ from edgekit.errors import EdgekitError, PublishError
 if TYPE_CHECKING:
     from edgekit.mqtt.payloads import JobExecutionState, RejectedCode
 
-__all__ = ["ComponentConflictError", "FleetError", "JobRejected", "NotFoundError", "StateError"]
+__all__ = ["ComponentConflictError", "DeviceUnreachableError", "FleetError", "JobRejected", "NotFoundError", "StateError"]
 
 
 class FleetError(EdgekitError):
@@ -24,6 +24,10 @@ class StateError(FleetError):
 
 class NotFoundError(FleetError):
     """No thing, thing group, deployment or component of the given name exists."""
+
+
+class DeviceUnreachableError(FleetError):
+    """``edgekit compile --measure-on THING``: THING is not a device of the fleet, is offline, or did not answer."""
 
 
 class JobRejected(FleetError):

@@ -234,6 +234,7 @@ class FleetServer:
             **self.about,
             "tls": self.tls,
             "broker": self.broker_url,
+            "serviceBroker": self.broker.service_url,  # where fleet-side tools connect as the service (compile --measure-on)
             "http": self.http_url,
             "startedAt": time.time(),
             **({"standIns": self.stand_ins} if self.stand_ins else {}),

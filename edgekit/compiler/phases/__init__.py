@@ -9,6 +9,7 @@ from edgekit.compiler.phases.build import Build, Prepared, build, prepare, scree
 from edgekit.compiler.phases.check import Plan, PlannedCandidate, check
 from edgekit.compiler.phases.guard import stage
 from edgekit.compiler.phases.measure import Measured, measure
+from edgekit.compiler.phases.on_device import DeviceTimer, measure_on_device
 from edgekit.compiler.phases.outcomes import Outcomes
 from edgekit.compiler.phases.reference import Reference, reference_outputs
 from edgekit.compiler.phases.select import Choice, budget_problems, select
@@ -18,6 +19,7 @@ from edgekit.compiler.phases.write import write
 __all__ = [
     "Build",
     "Choice",
+    "DeviceTimer",
     "Measured",
     "Outcomes",
     "Plan",
@@ -28,6 +30,7 @@ __all__ = [
     "build",
     "check",
     "measure",
+    "measure_on_device",
     "prepare",
     "reference_outputs",
     "screen",
