@@ -56,6 +56,7 @@ __all__ = [
     "package",
     "publish",
     "published_versions",
+    "rpc_server",
     "run",
     "run_agent",
     "run_demo",
@@ -78,6 +79,8 @@ def compile(
     report: str | Path | None = None,
     measure_on: str | None = None,
     state_dir: str | Path | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
     **kwargs: Any,
 ) -> CompileResult:
     """Compile ``model`` for a device profile; see :func:`edgekit.compiler.compile_model`.
@@ -90,7 +93,10 @@ def compile(
     ``measure_on``: a device (thing) of the local fleet running on ``state_dir`` (default ``./.edgekit/fleet``) times
     every candidate itself and the ranking is by its timings (the manifest's ``measured.on`` is ``device``,
     ``measuredOn`` the thing); without it the ranking is the compiling host's (``target`` or ``host-proxy``). See
-    docs/compile.md (measured on the target)."""
+    docs/compile.md (measured on the target).
+
+    ``rpc_tracker`` (``HOST:PORT``) and ``rpc_key``: the other way to measure on the target, through TVM RPC as tvmc
+    does — the device's RPC server of that key times every candidate (``measuredOn`` is ``rpc:<key>``)."""
     from edgekit.compiler import compile_model
 
     shapes = kwargs.get("input_shapes")
@@ -98,6 +104,16 @@ def compile(
         from edgekit.compiler.frontends import parse_input_shapes
 
         kwargs["input_shapes"] = parse_input_shapes(list(shapes))
+    from edgekit.errors import ConfigError
+
+    if measure_on is not None and (rpc_tracker is not None or rpc_key is not None):
+        raise ConfigError("--measure-on and --rpc-tracker/--rpc-key are two ways to time on a device: give one")
+    if rpc_tracker is not None or rpc_key is not None:
+        if rpc_tracker is None:
+            raise ConfigError("--rpc-key needs --rpc-tracker HOST:PORT: the tracker the device's RPC server registered with")
+        from edgekit.compiler.backends.tvm_rpc import RpcDeviceTimer
+
+        kwargs["device_timer"] = RpcDeviceTimer(rpc_tracker, rpc_key or "")  # fails fast: no tracker, no such key
     if measure_on is not None:
         from edgekit.fleet.device_timing import FleetDeviceTimer
 
@@ -611,6 +627,27 @@ def run_agent(
         return write_systemd_unit(config, systemd_unit, user=user)
     _run_agent(config, progress=progress)
     return None
+
+
+def rpc_server(
+    *, tracker: str | None = None, key: str = "", host: str = "0.0.0.0", port: int = 9090, progress: Progress | None = None
+) -> None:
+    """Run TVM's RPC server on this device until interrupted, with ``edgekit.time_artifact`` added: what
+    ``edgekit compile --rpc-tracker HOST:PORT --rpc-key KEY`` times every candidate with (ONNX Runtime ones too,
+    loaded with their self-test). ``tracker``: ``HOST:PORT`` to register with, under ``key``. Needs TVM (``edgekit[tvm]``)."""
+    from edgekit.deps import require
+    from edgekit.edge.rpc_server import run_rpc_server
+    from edgekit.errors import ConfigError
+    from edgekit.parsing import ParseError, parse_host_port
+
+    try:
+        address = parse_host_port(tracker) if tracker else None
+    except ParseError as exc:
+        raise ConfigError(f"--tracker {exc}") from None
+    if address is not None and not key.strip():
+        raise ConfigError("--tracker needs --key KEY: the key the compile side asks the tracker for (--rpc-key)")
+    require("tvm", "running a TVM RPC server")
+    run_rpc_server(address, key.strip(), host=host, port=port, say=progress or print)
 
 
 def fleet_page(*, state_dir: str | Path | None = None) -> str:

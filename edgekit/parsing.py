@@ -29,6 +29,7 @@ __all__ = [
     "decode_utf8",
     "loads_json",
     "loads_yaml",
+    "parse_host_port",
 ]
 
 MAX_DEPTH: Final = 64
@@ -219,3 +220,12 @@ def loads_yaml(
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ParseError(f"is not valid YAML: {problem}{where}") from None
     return check_depth(value, max_depth, max_nodes)
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port), or a :class:`ParseError` saying the form."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ParseError(f"{value!r}: expected HOST:PORT, e.g. 192.168.1.10:9190")
+    return host, int(port)

@@ -27,6 +27,7 @@ from edgekit.cli import (
     package_cmd,
     publish_cmd,
     recipe_cmd,
+    rpc_cmd,
     run_cmd,
     serve_cmd,
     targets_cmd,
@@ -131,6 +132,7 @@ serve_cmd.register(app)
 endpoint_cmd.register(app)
 advise_cmd.register(app)
 agent_cmd.register(app)
+rpc_cmd.register(app)
 
 _command: Any = None
 

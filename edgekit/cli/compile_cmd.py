@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from edgekit import api
-from edgekit.cli.options import DeviceTarget, MeasureOn, State
+from edgekit.cli.options import DeviceTarget, MeasureOn, Report, RpcKey, RpcTracker, State, Tune
 from edgekit.cli.output import candidate_rows, candidates_table, emit, json_output, manifest_rows, manifest_table, progress_line
 
 __all__ = ["compile_", "register"]
@@ -40,17 +40,8 @@ def compile_(
         help="your inputs (+ 'labels' or expected outputs): an .npz, a folder of .npy or 'module:function'; they fix "
         "dynamic dims, drive checks and timing, calibrate int8 and make the budget one of accuracy",
     ),
-    tune: int | None = typer.Option(
-        None,
-        "--tune",
-        min=0,
-        metavar="TRIALS",
-        help="add a TVM candidate tuned with MetaSchedule for N trials (minutes: ~1 s a trial here, plus ~25 s "
-        "to start); the tuning database is kept and reused; 0 applies it without tuning",
-    ),
-    report: Path | None = typer.Option(
-        None, "--report", metavar="FILE", help="also write a self-contained HTML page of every candidate's measurements"
-    ),
+    tune: Tune = None,
+    report: Report = None,
     trust_pickle: bool = typer.Option(
         False,
         "--trust-pickle",
@@ -58,6 +49,8 @@ def compile_(
         "trust; prefer .skops or ONNX",
     ),
     measure_on: MeasureOn = None,
+    rpc_tracker: RpcTracker = None,
+    rpc_key: RpcKey = None,
     state: State = None,
 ) -> None:
     """Compile a model for a device profile; keep the fastest candidate within the accuracy budget."""
@@ -79,6 +72,8 @@ def compile_(
             samples=samples,
             measure_on=measure_on,
             state_dir=state,
+            rpc_tracker=rpc_tracker,
+            rpc_key=rpc_key,
         )
     hit = " (from cache)" if result.cache_hit else ""
     facts = {

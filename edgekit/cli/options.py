@@ -28,8 +28,12 @@ __all__ = [
     "MeasureOn",
     "Profile",
     "Region",
+    "Report",
     "Rollout",
+    "RpcKey",
+    "RpcTracker",
     "State",
+    "Tune",
 ]
 
 _FLEET_FOLDER = "the local fleet's folder (default ./.edgekit/fleet)"
@@ -45,6 +49,22 @@ MeasureOn = Annotated[
         help="rank by a device's own timings: every candidate is sent to THING, a device of the fleet running on "
         "--state ('edgekit fleet serve' or 'edgekit simulate'), which times it itself",
     ),
+]
+Report = Annotated[
+    Path | None,
+    typer.Option("--report", metavar="FILE", help="also write a self-contained HTML page of every candidate's measurements"),
+]
+RpcTracker = Annotated[
+    str | None,
+    typer.Option(
+        "--rpc-tracker",
+        metavar="HOST:PORT",
+        help="rank by a device's own timings through TVM RPC (tvmc's flag): the tracker the device's RPC server "
+        "registered with ('edgekit rpc-server' times every backend; TVM's own server, TVM candidates only)",
+    ),
+]
+RpcKey = Annotated[
+    str | None, typer.Option("--rpc-key", metavar="KEY", help="with --rpc-tracker: the key of the device's RPC server")
 ]
 Local = Annotated[bool, typer.Option("--local", help="the local fleet (--state) instead of AWS")]
 _BUILD = typer.Option("--build", metavar="DIR", help="the folder 'edgekit package' wrote (default ./greengrass-build)")
@@ -86,4 +106,14 @@ EndpointUrl = Annotated[
 Account = Annotated[
     str | None,
     typer.Option("--account", metavar="ID", help="AWS account id for a short target's ARN (default: sts:GetCallerIdentity)"),
+]
+Tune = Annotated[
+    int | None,
+    typer.Option(
+        "--tune",
+        min=0,
+        metavar="TRIALS",
+        help="add a TVM candidate tuned with MetaSchedule for N trials (minutes: ~1 s a trial here, plus ~25 s "
+        "to start); the tuning database is kept and reused; 0 applies it without tuning",
+    ),
 ]

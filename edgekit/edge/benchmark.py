@@ -1,13 +1,15 @@
 """Timing an artifact on the device itself: what a device does for ``edgekit compile --measure-on THING``.
 
 The archive (``<artifact>.tar.gz``, already downloaded and checked against its digest) is unpacked into a fresh
-folder, loaded with its self-test (:func:`edgekit.runtime.load`: digests, CPU features, golden vectors), and its
+folder, refused when its profile names another architecture than this device's (even a portable build: its timing
+here would not be the target's), loaded with its self-test (:func:`edgekit.runtime.load`: digests, CPU features, golden vectors), and its
 ``predict`` is timed on the artifact's first golden input: ``warmup`` untimed calls, then ``repeat`` timed ones.
 Everything that goes wrong is a one-line reason, never an exception: the compile side reports it per candidate.
 """
 
 from __future__ import annotations
 
+import platform
 import statistics
 import tarfile
 import tempfile
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit.manifest import read_manifest
 from edgekit.runtime import load
 from edgekit.runtime.selftest import read_selftest
 
@@ -40,6 +43,13 @@ def time_archive(archive: Path, warmup: int, repeat: int) -> DeviceBenchmark:
             folder = Path(tmp) / "artifact"
             with tarfile.open(archive, "r:gz") as tar:
                 tar.extractall(folder, filter="data")
+            manifest = read_manifest(folder)
+            arch = str(manifest.profile.greengrass.get("architecture"))
+            machine = {"amd64": "x86_64", "aarch64": "aarch64", "arm": "armv7l", "x86": "i686"}.get(arch, arch)
+            if machine != platform.machine():  # a portable build would run, but its timing would not be the target's
+                return DeviceBenchmark(
+                    error=f"built for {machine} ('{manifest.profile.name}'), and this device is {platform.machine()}"
+                )
             model = load(folder, self_test=True)
             selftest = model.manifest.selftest
             if selftest is None:

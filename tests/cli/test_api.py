@@ -18,7 +18,7 @@ from edgekit.greengrass.deployment import build_spec
 
 def test_the_public_surface_is_small_and_import_is_cheap() -> None:
     assert {"EdgekitError", "__version__", "compile", "run", "package", "publish", "deploy", "simulate"} <= set(edgekit.__all__)
-    assert len(edgekit.__all__) < 30  # the package's exports are edgekit.api's (tests/cli/test_cli_layout.py)
+    assert len(edgekit.__all__) <= 30  # the package's exports are edgekit.api's (tests/cli/test_cli_layout.py)
     code = "import sys, edgekit; print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'tvm', 'torch', 'boto3', 'typer', 'rich', 'paho')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
