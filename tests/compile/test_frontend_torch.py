@@ -497,7 +497,8 @@ class Conv2dNet(torch.nn.Module):
         self.fc = torch.nn.Linear(4 * 8 * 8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.relu(self.conv(x)).flatten(1))
+        out: torch.Tensor = self.fc(torch.relu(self.conv(x)).flatten(1))
+        return out
 
 
 @pytest.mark.parametrize("stacking", ["batch-axis", "new-axis"])
