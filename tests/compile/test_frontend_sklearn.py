@@ -501,3 +501,23 @@ def test_a_converter_failure_keeps_its_root_cause_in_one_line(
         and "TypeError: Field onnx.AttributeProto.ints: Expected an int, got a boolean" in msg
     )
     assert_no_artifact(out_dir)
+
+
+@pytest.mark.parametrize(
+    ("name", "trusted"),
+    [
+        ("sklearn.tree._tree.Tree", True),
+        ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", True),
+        ("sklearn.neural_network._stochastic_optimizers.AdamOptimizer", True),
+        ("numpy.random._generator.Generator", True),
+        ("sklearn.utils._param_validation.Integral", False),  # numbers.Integral, re-exported by a sklearn module
+        ("numpy.save", False),  # numpy's, but a function
+        ("sklearnx.Thing", False),
+        ("sklearn.tests.test_base.T", False),
+        ("sklearn.no_such_module.Tree", False),
+    ],
+)
+def test_which_skops_types_load_without_an_opt_in(name: str, trusted: bool) -> None:
+    from edgekit.compiler.frontends.sklearn import own_class
+
+    assert own_class(name) is trusted

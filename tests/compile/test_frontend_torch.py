@@ -528,9 +528,12 @@ def test_a_mlp_with_samples_along_the_batch_axis_keeps_its_batch_axis(
     mlp_ts: tuple[Path, torch.nn.Module], out_dir: Path
 ) -> None:
     path, model = mlp_ts
-    x = np.random.default_rng(2).standard_normal((10, 8)).astype(np.float32)
-    result = compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, samples={"input": x, "labels": eager(model, x).argmax(1)})
-    assert [s.shape for s in result.manifest.inputs] == [[1, 8]]  # not [8]: a torch model's first axis is its batch
+    x = np.random.default_rng(2).standard_normal((10, 8))  # float64, as numpy makes them
+    labels = eager(model, x.astype(np.float32)).argmax(1)
+    result = compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, samples={"input": x, "labels": labels})
+    assert [(s.shape, s.dtype) for s in result.manifest.inputs] == [
+        ([1, 8], "float32")
+    ]  # not [8]: a torch model's first axis is its batch
     assert [s.shape for s in result.manifest.outputs] == [[1, 4]]
 
 

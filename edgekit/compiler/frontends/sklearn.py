@@ -22,7 +22,7 @@ from edgekit.deps import require
 from edgekit.digests import file_sha256
 from edgekit.errors import InputShapeError, ModelConversionError, ModelLoadError, last_line
 
-__all__ = ["NUMPY_SKLEARN_MODULES", "TESTED_PAIRING", "load_sklearn", "pairing_problem"]
+__all__ = ["NUMPY_SKLEARN_MODULES", "TESTED_PAIRING", "load_sklearn", "own_class", "pairing_problem"]
 
 INPUT_NAME = "input"
 # (scikit-learn, skl2onnx) major.minor: the versions this frontend is tested with (CI and `make test-floor` install them).
@@ -57,11 +57,12 @@ def _load(path: Path, trust_unknown_types: bool) -> Any:
         ) from exc
 
 
-def _own_class(name: str) -> bool:
+def own_class(name: str) -> bool:
     """Whether ``name`` (``pkg.module.Class``) is a class that scikit-learn or numpy itself defines."""
     module, _, attr = name.rpartition(".")
-    if module.split(".")[0] not in NUMPY_SKLEARN_MODULES:
-        return False
+    parts = module.split(".")
+    if parts[0] not in NUMPY_SKLEARN_MODULES or any(p in ("tests", "conftest") for p in parts):
+        return False  # nor a test module: importing one is not what loading a model should do
     try:
         found = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError):
@@ -75,7 +76,7 @@ def _load_skops(path: Path, trust_unknown_types: bool) -> Any:
     sio = require("skops.io", "loading a .skops model")
     try:
         untrusted = [str(t) for t in sio.get_untrusted_types(file=path)]
-        foreign = [t for t in untrusted if not _own_class(t)]
+        foreign = [t for t in untrusted if not own_class(t)]
         if foreign and not trust_unknown_types:
             raise ModelLoadError(
                 f"'{path}' holds types that are not scikit-learn's or numpy's own classes: {', '.join(foreign[:5])}; "

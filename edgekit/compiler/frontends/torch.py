@@ -159,7 +159,11 @@ def _example_choices(shapes: dict[str, list[int]], examples: dict[str, list[np.n
     per_input: list[list[np.ndarray]] = []
     for name, shape in shapes.items():
         given = examples.get(name)
-        per_input.append(given if given else [rng.standard_normal(shape).astype(np.float32), np.zeros(shape, np.int64)])
+        if given:  # numpy's float64 samples feed a float32 model as float32 (the samples are cast alike)
+            given = [
+                c for a in given for c in ([a.astype(np.float32), a] if a.dtype.kind == "f" and a.dtype != np.float32 else [a])
+            ]
+        per_input.append(given or [rng.standard_normal(shape).astype(np.float32), np.zeros(shape, np.int64)])
     combos = list(itertools.islice(itertools.product(*per_input), _MAX_TRIES))
     if len(combos) > 1 and not any(examples.get(n) for n in shapes):  # no samples: all float first, then all int64
         combos.sort(key=lambda c: sum(a.dtype.kind != "f" for a in c))
