@@ -309,7 +309,7 @@ def _short_reason(reason: str) -> str:
 def _compile(case: Case, target: str, out: Path, **kwargs: Any) -> CompileResult:
     kwargs.setdefault("use_cache", False)
     # the benchmark's own scikit-learn pickle: trusted, it was written a moment ago by this process
-    return edgekit.compile(case.path, target, out, input_shapes=case.shapes, name=case.name, trust_pickle=True, **kwargs)
+    return edgekit.compile(case.path, target, out, input_shapes=case.shapes, name=case.name, trust_unknown_types=True, **kwargs)
 
 
 def compile_case(

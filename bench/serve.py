@@ -148,7 +148,7 @@ def build(names: list[str], work: Path) -> list[Model]:
             input_shapes=shapes,
             name=name,
             use_cache=False,
-            trust_pickle=True,  # the bench's own pickle, written a moment ago
+            trust_unknown_types=True,  # the bench's own pickle, written a moment ago
         )
         manifest = result.manifest
         models.append(

@@ -9,9 +9,35 @@ import typer
 
 from edgekit import api
 from edgekit.cli.options import DeviceTarget, MeasureOn, Report, RpcKey, RpcTracker, State, Tune
-from edgekit.cli.output import candidate_rows, candidates_table, emit, json_output, manifest_rows, manifest_table, progress_line
+from edgekit.cli.output import (
+    candidate_rows,
+    candidates_table,
+    emit,
+    json_output,
+    manifest_rows,
+    manifest_table,
+    note,
+    progress_line,
+)
 
 __all__ = ["compile_", "register"]
+
+
+def _deprecated_trust_pickle(value: bool) -> bool:
+    if value:
+        note("warning: --trust-pickle is deprecated; use --trust-unknown-types (pickles and .skops types alike)")
+    return value
+
+
+TrustUnknownTypes = Annotated[
+    bool,
+    typer.Option(
+        "--trust-unknown-types",
+        help="load types edgekit can't vouch for: a scikit-learn pickle (.joblib/.pkl, loading one runs any code it "
+        "holds) or a .skops file's types beyond scikit-learn's and numpy's own; only for files you trust",
+    ),
+]
+TrustPickle = Annotated[bool, typer.Option("--trust-pickle", hidden=True, callback=_deprecated_trust_pickle)]
 
 
 @json_output
@@ -19,7 +45,8 @@ def compile_(
     model: Annotated[
         str,
         typer.Argument(
-            help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .skops (or .joblib/.pkl with --trust-pickle)"
+            help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .skops (or .joblib/.pkl with "
+            "--trust-unknown-types)"
         ),
     ],
     target: DeviceTarget,
@@ -42,12 +69,8 @@ def compile_(
     ),
     tune: Tune = None,
     report: Report = None,
-    trust_pickle: bool = typer.Option(
-        False,
-        "--trust-pickle",
-        help="load a scikit-learn pickle (.joblib/.pkl): loading one runs any code it holds, so only for files you "
-        "trust; prefer .skops or ONNX",
-    ),
+    trust_unknown_types: TrustUnknownTypes = False,
+    trust_pickle: TrustPickle = False,
     measure_on: MeasureOn = None,
     rpc_tracker: RpcTracker = None,
     rpc_key: RpcKey = None,
@@ -68,7 +91,7 @@ def compile_(
             use_cache=not no_cache,
             progress=say,
             tune=tune,
-            trust_pickle=trust_pickle,
+            trust_unknown_types=trust_unknown_types or trust_pickle,
             samples=samples,
             measure_on=measure_on,
             state_dir=state,

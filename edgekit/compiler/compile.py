@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +64,10 @@ def compile_model(
     cache: ArtifactCache | None = None,
     progress: Progress | None = None,
     tune: int | None = None,
-    trust_pickle: bool = False,
+    trust_unknown_types: bool = False,
     samples: SamplesSource | None = None,
     device_timer: DeviceTimer | None = None,
+    trust_pickle: bool | None = None,
 ) -> CompileResult:
     """Compile ``model`` for the device profile ``target`` and write the best artifact to ``output_dir``.
 
@@ -80,11 +82,19 @@ def compile_model(
     user's inputs, optionally with ``labels`` or expected outputs: they fix dynamic dimensions, drive
     the checks and the timing, calibrate int8 and make the accuracy budget one of accuracy. Every
     failure is an :class:`~edgekit.errors.EdgekitError`, whatever a backend raised.
-    A pickled scikit-learn model is loaded only with ``trust_pickle`` (loading a pickle runs its code); ``.skops``
-    files need it only for types skops doesn't trust.
+    A pickled scikit-learn model is loaded only with ``trust_unknown_types`` (loading a pickle runs its code); ``.skops``
+    files need it only for types that are neither skops' defaults nor scikit-learn's or numpy's own classes.
+    ``trust_pickle`` is its old, deprecated name.
     ``device_timer``: rank by a device's own timings (``--measure-on``; see :mod:`edgekit.compiler.phases.on_device`);
     such a compile neither reads nor fills the cache (the timings are the device's of the moment).
     """
+    if trust_pickle is not None:
+        warnings.warn(
+            "trust_pickle is deprecated: use trust_unknown_types (it covers pickles and .skops types alike)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        trust_unknown_types = trust_unknown_types or trust_pickle
     say = progress or no_progress
     started = time.perf_counter()
     use_cache = use_cache and device_timer is None
@@ -111,7 +121,9 @@ def compile_model(
     try:
         say(f"loading {plan.format} model {model}")
         with stage(model, "loading the model", "check that the model loads in its own framework"):
-            source = load_source(model, work / "source", plan.shapes, trust_pickle=trust_pickle)
+            source = load_source(
+                model, work / "source", plan.shapes, trust_unknown_types=trust_unknown_types, examples=plan.examples
+            )
         dtypes = {i.name: i.dtype for i in source.inputs}
         check_input_memory({i.name: i.shape for i in source.inputs}, plan.profile, dtypes)
         check_host_memory({i.name: i.shape for i in source.inputs}, dtypes)

@@ -99,6 +99,32 @@ class Samples:
             out[name] = list(arrs[0].shape) if self.listed is not None else self._one_shape(name, arrs[0], rank)
         return out
 
+    def examples(self, names: Iterable[str], fixed: Mapping[str, list[int]]) -> dict[str, list[np.ndarray]]:
+        """Per input of ``names``, one input's worth of the samples in each way they can be read, the likelier first.
+
+        For a model whose input ranks are unknown (PyTorch): a stacked array ``[N, d1, ...]`` is either ``N`` samples
+        along a batch axis (``[1, d1, ...]``) or on a new axis (``[d1, ...]``). The batch axis is tried first, unless
+        ``d1`` is 1 and there are more axes (``[N, 1, 28, 28]``: each sample already has its batch axis of 1).
+        ``fixed`` (``--input-shape``) keeps only the reading of that shape.
+        """
+        out: dict[str, list[np.ndarray]] = {}
+        for name in names:
+            arrs = self._arrays(name)
+            if not arrs:
+                continue
+            arr = np.asarray(arrs[0])
+            if self.listed is not None:
+                readings = [arr]
+            elif arr.ndim == 0 or arr.shape[0] == 0:
+                continue
+            else:
+                batch, new = arr[:1], arr[0]
+                readings = [new, batch] if arr.ndim >= 3 and arr.shape[1] == 1 else [batch, new]
+            if name in fixed:  # that shape, with the samples' dtype even when they don't fit it (checked later)
+                readings = [r for r in readings if list(r.shape) == list(fixed[name])] or [np.zeros(fixed[name], arr.dtype)]
+            out[name] = [np.ascontiguousarray(r) for r in readings]
+        return out
+
     def _arrays(self, name: str) -> list[np.ndarray] | None:
         if self.stacked is not None:
             return [self.stacked[name]] if name in self.stacked else None

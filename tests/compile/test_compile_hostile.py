@@ -48,13 +48,16 @@ def test_a_pickle_is_loaded_only_when_trusted(
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "evil.joblib"
     joblib.dump(Evil(), evil)
-    with pytest.raises(ModelLoadError, match=r"is a pickle: loading it runs whatever code it holds; pass --trust-pickle"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"is a pickle: its types can.t be checked and loading it runs whatever code it holds; pass --trust-unknown-types",
+    ):
         edgekit.compile(evil, "x86_64", tmp_path / "out", pipeline=ORT_ONLY, input_shapes={"input": [1, 4]})
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "out").exists()
     good = tmp_path / "good.joblib"
     joblib.dump(logreg, good)
     result = edgekit.compile(
-        good, "x86_64", tmp_path / "out", pipeline=ORT_ONLY, input_shapes={"input": [1, 4]}, trust_pickle=True
+        good, "x86_64", tmp_path / "out", pipeline=ORT_ONLY, input_shapes={"input": [1, 4]}, trust_unknown_types=True
     )
     assert result.manifest.source.format == "sklearn"
 

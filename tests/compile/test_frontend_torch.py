@@ -17,6 +17,7 @@ import torch  # the dev extra installs torch: a missing one is a failure, not a 
 import edgekit
 from edgekit.cli import main
 from edgekit.compiler import compile_model
+from edgekit.compiler.frontends.torch import export_module
 from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.errors import EXIT_CODES, InputShapeError, ModelConversionError, ModelLoadError
 
@@ -481,3 +482,107 @@ def test_shapes_named_after_later_forward_parameters_only(tmp_path: Path, out_di
         compile_model(f"{mod}:make", "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes={"scale": [1, 3]})
     assert "['x', 'scale']" in str(exc.value) and "scale" in str(exc.value)
     assert_no_artifact(out_dir)
+
+
+# --------------------------------------------------------------------------- samples: stacked on the batch axis, integer ids
+
+
+class Conv2dNet(torch.nn.Module):
+    """Conv2d + flatten(1) + Linear: runs only on [batch, 3, 8, 8], never on one unbatched [3, 8, 8] image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(torch.relu(self.conv(x)).flatten(1))
+        return out
+
+
+@pytest.mark.parametrize("stacking", ["batch-axis", "new-axis"])
+def test_torchscript_takes_samples_stacked_on_the_batch_axis_like_its_onnx_export(
+    tmp_path: Path, out_dir: Path, stacking: str
+) -> None:
+    model = Conv2dNet().eval()
+    ts = tmp_path / "conv.pt"
+    torch.jit.trace(model, torch.randn(1, 3, 8, 8)).save(str(ts))  # type: ignore[no-untyped-call]
+    onnx_path = tmp_path / "conv.onnx"
+    onnx_path.write_bytes(export_module(model, (torch.randn(1, 3, 8, 8),), ["input"], 1, "conv"))
+    x = np.random.default_rng(1).standard_normal((12, 3, 8, 8)).astype(np.float32)
+    labels = eager(model, x).argmax(axis=1)
+    stacked = x if stacking == "batch-axis" else x[:, None]  # [12, 3, 8, 8] or [12, 1, 3, 8, 8]
+    samples = {"input": stacked, "labels": labels}
+    from_ts = compile_model(ts, "x86_64", out_dir / "ts", pipeline=ORT_ONLY, samples=samples)
+    from_onnx = compile_model(onnx_path, "x86_64", out_dir / "onnx", pipeline=ORT_ONLY, samples=samples)
+    for result in (from_ts, from_onnx):
+        m = result.manifest
+        assert [(s.name, s.shape) for s in m.inputs] == [("input", [1, 3, 8, 8])]
+        assert m.measured is not None and m.measured.accuracy.top1_accuracy == 1.0  # labels are the model's own
+    loaded = edgekit.load(from_ts.artifact_dir)
+    np.testing.assert_allclose(loaded.predict(x[:1])[0], eager(model, x[:1]), atol=1e-4)
+
+
+def test_a_mlp_with_samples_along_the_batch_axis_keeps_its_batch_axis(
+    mlp_ts: tuple[Path, torch.nn.Module], out_dir: Path
+) -> None:
+    path, model = mlp_ts
+    x = np.random.default_rng(2).standard_normal((10, 8))  # float64, as numpy makes them
+    labels = eager(model, x.astype(np.float32)).argmax(1)
+    result = compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, samples={"input": x, "labels": labels})
+    assert [(s.shape, s.dtype) for s in result.manifest.inputs] == [
+        ([1, 8], "float32")
+    ]  # not [8]: a torch model's first axis is its batch
+    assert [s.shape for s in result.manifest.outputs] == [[1, 4]]
+
+
+def test_torchscript_forward_errors_keep_their_cause(tmp_path: Path, out_dir: Path) -> None:
+    ts = tmp_path / "conv.pt"
+    torch.jit.trace(Conv2dNet().eval(), torch.randn(1, 3, 8, 8)).save(str(ts))  # type: ignore[no-untyped-call]
+    with pytest.raises(ModelConversionError) as exc:
+        compile_model(ts, "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes={"input": [1, 5, 8, 8]})
+    msg = str(exc.value)
+    assert "\n" not in msg and "TorchScript interpreter" not in msg
+    assert "expected input[1, 5, 8, 8] to have 3 channels, but got 5" in msg, msg
+
+
+TOKENS = """
+class TokenClassifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Embedding(50, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, ids):
+        return self.head(self.embed(ids).mean(dim=1))
+
+
+def make():
+    return TokenClassifier().eval()
+"""
+
+
+def test_a_token_id_model_exports_with_int64_inputs(tmp_path: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod = write_factory(tmp_path, monkeypatch, TOKENS)
+    ids = np.random.default_rng(3).integers(0, 50, size=(16, 6)).astype(np.int64)
+    import importlib
+
+    model = importlib.import_module(mod).make()
+    labels = eager(model, ids).argmax(axis=1)
+    result = compile_model(f"{mod}:make", "x86_64", out_dir / "s", pipeline=FAST, samples={"ids": ids, "labels": labels})
+    m = result.manifest
+    assert [(s.name, s.shape, s.dtype) for s in m.inputs] == [("ids", [1, 6], "int64")]
+    assert m.measured is not None and m.measured.accuracy.top1_accuracy == 1.0
+    assert all(c.measured is not None for c in m.candidates), [(c.name, c.status, c.reason) for c in m.candidates]
+    assert {c.backend for c in m.candidates} == {"onnxruntime", "tvm"}  # both measured against torch on the ids
+    loaded = edgekit.load(result.artifact_dir)
+    for row in ids[:4]:
+        np.testing.assert_allclose(loaded.predict({"ids": row[None]})[0], eager(model, row[None]), atol=1e-5)
+    assert loaded.selftest().passed
+    # without samples: float examples fail in the embedding, int64 ones export; inputs are then synthesized in range
+    plain = compile_model(f"{mod}:make", "x86_64", out_dir / "p", pipeline=ORT_ONLY, input_shapes={"ids": [2, 6]})
+    assert [s.dtype for s in plain.manifest.inputs] == ["int64"]
+    got = edgekit.load(plain.artifact_dir).predict({"ids": ids[:2]})[0]
+    np.testing.assert_allclose(got, eager(model, ids[:2]), atol=1e-5)

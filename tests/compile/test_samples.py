@@ -210,7 +210,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, 
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x.astype(np.float32), y, test_size=0.4, random_state=0)
     model = MLPClassifier(hidden_layer_sizes=(64,), max_iter=300, random_state=0).fit(x_train, y_train)
-    path = tmp_path_factory.mktemp("digits") / "digits.skops"  # skops: the MLP's Adam optimizer state needs trust_pickle
+    path = tmp_path_factory.mktemp("digits") / "digits.skops"  # skops
     sio.dump(model, path)
     return path, x_test, y_test
 
@@ -233,9 +233,9 @@ def test_int8_rejected_on_agreement_is_accepted_on_labelled_accuracy(
 ) -> None:
     path, x, y = digits
     with pytest.raises(AccuracyError, match=r"max abs error"):  # synthesized inputs: judged by agreement only
-        edgekit.compile(path, "x86_64", tmp_path / "a", pipeline=_int8_only(TIGHT), trust_pickle=True)
+        edgekit.compile(path, "x86_64", tmp_path / "a", pipeline=_int8_only(TIGHT), trust_unknown_types=True)
     result = edgekit.compile(
-        path, "x86_64", tmp_path / "b", pipeline=_int8_only(TIGHT), samples={"input": x, "labels": y}, trust_pickle=True
+        path, "x86_64", tmp_path / "b", pipeline=_int8_only(TIGHT), samples={"input": x, "labels": y}, trust_unknown_types=True
     )
     accuracy = result.manifest.measured.accuracy if result.manifest.measured else None
     assert accuracy is not None and accuracy.top1_accuracy is not None and accuracy.source_top1_accuracy is not None
@@ -257,7 +257,7 @@ def test_a_ruined_int8_candidate_is_rejected_on_labelled_accuracy(
     with pytest.raises(AccuracyError, match=r"top-1 accuracy .* points lost > 1") as err:
         edgekit.compile(
             path, "x86_64", tmp_path / "b", pipeline=_int8_only(TIGHT, calibration=str(tmp_path / "calib.npz")),
-            samples={"input": x, "labels": y}, trust_pickle=True,
+            samples={"input": x, "labels": y}, trust_unknown_types=True,
         )  # fmt: skip
     assert "\n" not in str(err.value)
 
@@ -322,7 +322,7 @@ def test_no_candidate_meets_the_budget_lists_what_each_reached(
             "passes": [{"quantize": {"calibration": str(tmp_path / "calib.npz"), "keep_float": "never"}}]}  # fmt: skip
     with pytest.raises(AccuracyError, match=r"int8: outside the accuracy budget: top-1 accuracy") as err:
         edgekit.compile(
-            path, "x86_64", tmp_path / "b", pipeline=_pipeline(int8), samples={"input": x, "labels": y}, trust_pickle=True
+            path, "x86_64", tmp_path / "b", pipeline=_pipeline(int8), samples={"input": x, "labels": y}, trust_unknown_types=True
         )
     assert isinstance(err.value, EdgekitError) and "\n" not in str(err.value)
 

@@ -7,6 +7,7 @@ import hashlib
 import importlib
 import inspect
 import io
+import itertools
 import sys
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ from edgekit.errors import InputShapeError, ModelConversionError, ModelLoadError
 __all__ = ["OPSET", "export_module", "load_torch"]
 
 OPSET = 17
+_MAX_TRIES = 16  # combinations of example inputs tried before forward()'s first error is the answer
 
 
 def _load_module(spec: str) -> tuple[Any, str, str, int]:
@@ -87,8 +89,17 @@ def _flatten(out: Any) -> list[Any]:
     return [out]
 
 
-def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | None) -> SourceModel:
+def load_torch(
+    spec: str,
+    workdir: Path,
+    input_shapes: dict[str, list[int]] | None,
+    examples: dict[str, list[np.ndarray]] | None = None,
+) -> SourceModel:
+    """``spec`` exported to ONNX. ``examples``: per input, arrays from the user's samples to trace with, tried in turn
+    (the samples' dtypes: int64 token ids stay int64); inputs without them get float32 noise, or int64 zeros when
+    forward() refuses floats (an ``nn.Embedding`` first)."""
     torch = require("torch", "compiling a PyTorch model")
+    examples = dict(examples or {})
     if not input_shapes:
         raise InputShapeError(
             f"'{spec}': PyTorch models need their input shapes, e.g. --input-shape input:1,3,224,224 "
@@ -110,18 +121,9 @@ def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | No
                 f"by position, so give shapes for the first {params.index(list(input_shapes)[-1]) + 1} parameters"
             )
     names = list(input_shapes)
-    rng = np.random.default_rng(0)
-    example = tuple(torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for s in input_shapes.values())
     workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        with torch.no_grad():
-            n_out = len(_flatten(module(*example)))
-    except Exception as exc:  # the model's own forward() failed on inputs of the given shapes
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelConversionError(
-            f"'{spec}': forward() fails on inputs of shapes {list(input_shapes.values())}: {msg} "
-            f"(check --input-shape: one shape per forward() argument, in order; got {names})"
-        ) from exc
+    example, n_out = _first_that_runs(module, spec, names, _example_choices(input_shapes, examples))
+    input_shapes = {n: list(t.shape) for n, t in zip(names, example, strict=True)}
     data = export_module(module, example, names, n_out, spec)
     model = onnx.load_from_string(data)
     if not sha:
@@ -148,6 +150,53 @@ def load_torch(spec: str, workdir: Path, input_shapes: dict[str, list[int]] | No
     if not isinstance(module, torch.jit.ScriptModule):
         source.module = module  # an eager module: pruning can use torch-pruning on it
     return source
+
+
+def _example_choices(shapes: dict[str, list[int]], examples: dict[str, list[np.ndarray]]) -> list[tuple[np.ndarray, ...]]:
+    """Example inputs to try, in order: each combination of the samples' readings (the likelier first), then, for
+    inputs the samples don't give, float32 noise and int64 zeros."""
+    rng = np.random.default_rng(0)
+    per_input: list[list[np.ndarray]] = []
+    for name, shape in shapes.items():
+        given = examples.get(name)
+        if given:  # numpy's float64 samples feed a float32 model as float32 (the samples are cast alike)
+            given = [
+                c for a in given for c in ([a.astype(np.float32), a] if a.dtype.kind == "f" and a.dtype != np.float32 else [a])
+            ]
+        per_input.append(given or [rng.standard_normal(shape).astype(np.float32), np.zeros(shape, np.int64)])
+    combos = list(itertools.islice(itertools.product(*per_input), _MAX_TRIES))
+    if len(combos) > 1 and not any(examples.get(n) for n in shapes):  # no samples: all float first, then all int64
+        combos.sort(key=lambda c: sum(a.dtype.kind != "f" for a in c))
+    return combos
+
+
+def _first_that_runs(
+    module: Any, spec: str, names: list[str], choices: list[tuple[np.ndarray, ...]]
+) -> tuple[tuple[Any, ...], int]:
+    """The first of ``choices`` that forward() takes, as tensors, and how many outputs it gives; else the first failure."""
+    torch = require("torch", "compiling a PyTorch model")
+    first: Exception | None = None
+    for arrays in choices:
+        example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+        try:
+            with torch.no_grad():
+                return example, len(_flatten(module(*example)))
+        except Exception as exc:  # the model's own forward() failed on these inputs
+            first = first or exc
+    shapes = [list(a.shape) for a in choices[0]]
+    raise ModelConversionError(
+        f"'{spec}': forward() fails on inputs of shapes {shapes}: {_cause(first)} "
+        f"(check --input-shape: one shape per forward() argument, in order; got {names})"
+    ) from first
+
+
+def _cause(exc: BaseException | None) -> str:
+    """The line of a torch error that says what went wrong: TorchScript puts it last, under a traceback of its code."""
+    text = str(exc).strip() if exc is not None else ""
+    if not text:
+        return type(exc).__name__
+    lines = text.splitlines()
+    return last_line(exc, 300) if exc is not None and "TorchScript interpreter" in lines[0] else lines[0][:300]
 
 
 def export_module(module: Any, example: tuple[Any, ...], names: list[str], n_out: int, spec: str) -> bytes:

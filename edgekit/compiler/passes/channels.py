@@ -11,7 +11,6 @@ every initializer of the group and the shapes inferred again. See docs/int8-and-
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,8 +24,11 @@ __all__ = ["ChannelGroup", "channel_groups", "prune_model"]
 _THROUGH = frozenset({
     "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
     "Identity", "Dropout", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Gelu", "Mish",
+    "Erf", "Exp", "Neg", "Abs", "Sqrt", "Reciprocal", "Softsign",
 })  # fmt: skip
-_ARITH = frozenset({"Add", "Mul", "Sub", "Div"})
+# Element-wise binary ops: the other operand is a constant (per channel or scalar), or a tensor of the same group
+# (the erf GELU torch exports, x * 0.5 * (1 + erf(x / sqrt(2))), and SiLU, x * sigmoid(x), join two branches of x).
+_ARITH = frozenset({"Add", "Mul", "Sub", "Div", "Pow"})
 
 
 @dataclass
@@ -40,11 +42,33 @@ class ChannelGroup:
     groups_attr: list[str] = field(default_factory=list)  # depthwise Conv nodes whose ``group`` becomes the kept count
 
 
+@dataclass
+class _Graph:
+    """What the walk reads of a graph: who uses each tensor, the constants, the outputs and the inferred shapes."""
+
+    uses: dict[str, list[tuple[onnx.NodeProto, int]]]
+    inits: dict[str, np.ndarray]  # initializers: sliceable
+    consts: dict[str, np.ndarray]  # initializers and Constant nodes' values: readable
+    outputs: set[str]
+    shapes: dict[str, list[int]]
+
+    def private(self, name: str) -> bool:  # an initializer only this group reads
+        return name in self.inits and len(self.uses.get(name, [])) == 1
+
+
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     for a in node.attribute:
         if a.name == name:
             return int(a.i)
     return default
+
+
+def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return out
 
 
 def channel_groups(model: onnx.ModelProto) -> list[ChannelGroup]:
@@ -56,36 +80,30 @@ def channel_groups(model: onnx.ModelProto) -> list[ChannelGroup]:
         for slot, name in enumerate(node.input):
             if name:
                 uses.setdefault(name, []).append((node, slot))
-    outputs = {o.name for o in graph.output}
     shapes = {
         vi.name: [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim]
         for vi in [*graph.value_info, *graph.input, *graph.output]
     }
-
-    def private(name: str) -> bool:  # an initializer only this group reads
-        return name in inits and len(uses.get(name, [])) == 1
-
+    g = _Graph(uses, inits, {**_constants(graph), **inits}, {o.name for o in graph.output}, shapes)
     groups = []
     for node in graph.node:
-        start = _producer(node, inits, private)
+        start = _producer(node, g)
         if start is None:
             continue
         channels, score, cuts, axis = start
         group = ChannelGroup(node.name, channels, score, cuts)
-        if _walk(node.output[0], axis, group, uses, inits, private, outputs, shapes):
+        if _Walk(group, g).run(node.output[0], axis):
             groups.append(group)
     return groups
 
 
-def _producer(
-    node: onnx.NodeProto, inits: dict[str, np.ndarray], private: Callable[[str], bool]
-) -> tuple[int, np.ndarray, list[tuple[str, int]], int] | None:
+def _producer(node: onnx.NodeProto, g: _Graph) -> tuple[int, np.ndarray, list[tuple[str, int]], int] | None:
     """(channels, score, cuts, channel axis counted from the end) when ``node`` starts a group."""
-    if len(node.input) < 2 or not private(node.input[1]):
+    if len(node.input) < 2 or not g.private(node.input[1]):
         return None
-    w = inits[node.input[1]]
+    w = g.inits[node.input[1]]
     bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-    if bias is not None and not private(bias):
+    if bias is not None and not g.private(bias):
         return None
     if node.op_type == "Conv" and _attr(node, "group", 1) == 1 and w.ndim >= 3:
         score = np.abs(w.reshape(w.shape[0], -1)).sum(axis=1)
@@ -93,11 +111,11 @@ def _producer(
     if node.op_type == "Gemm" and w.ndim == 2 and _attr(node, "transA", 0) == 0:
         out_axis = 0 if _attr(node, "transB", 0) else 1
         score = np.abs(w).sum(axis=1 - out_axis)
-        if bias is not None and inits[bias].size not in (1, w.shape[out_axis]):
+        if bias is not None and g.inits[bias].size not in (1, w.shape[out_axis]):
             return None
-        cuts = [(node.input[1], out_axis)] + ([(bias, inits[bias].ndim - 1)] if bias and inits[bias].size > 1 else [])
+        cuts = [(node.input[1], out_axis)] + ([(bias, g.inits[bias].ndim - 1)] if bias and g.inits[bias].size > 1 else [])
         return w.shape[out_axis], score, cuts, -1
-    if node.op_type == "MatMul" and w.ndim == 2:
+    if node.op_type == "MatMul" and w.ndim == 2:  # [..., in] x [in, out]: 2-D or 3-D ([batch, seq, hidden]) activations
         return w.shape[1], np.abs(w).sum(axis=0), [(node.input[1], 1)], -1
     return None
 
@@ -111,79 +129,105 @@ def _per_channel(arr: np.ndarray, channels: int, axis: int) -> int | None:
     return arr.ndim + axis
 
 
-def _walk(
-    tensor: str,
-    axis: int,
-    group: ChannelGroup,
-    uses: dict[str, list[tuple[onnx.NodeProto, int]]],
-    inits: dict[str, np.ndarray],
-    private: Callable[[str], bool],
-    outputs: set[str],
-    shapes: dict[str, list[int]],
-) -> bool:
-    """Follow ``tensor`` (channels at ``axis`` from the end) to its ends; False when it reaches an op that mixes them."""
-    if tensor in outputs or not uses.get(tensor):
-        return False
-    for node, slot in uses[tensor]:
-        op = node.op_type
+class _Walk:
+    """Follows a group's channels from its producer to the ops that end it (consumers reading them as their input
+    dimension); ``run`` is False when they reach an op that mixes them, a graph output, or a tensor of another group."""
+
+    def __init__(self, group: ChannelGroup, graph: _Graph) -> None:
+        self.group = group
+        self.g = graph
+        self.carrying: dict[str, int] = {}  # tensors holding the group's channels -> their axis from the end
+        self.done: set[str] = set()  # nodes already followed (an element-wise op joining two branches is reached twice)
+        self.joins: list[tuple[str, int]] = []  # other operands of element-wise ops: must carry the channels too
+
+    def run(self, tensor: str, axis: int) -> bool:
+        stack = [(tensor, axis)]
+        while stack:
+            name, ax = stack.pop()
+            if name in self.carrying:
+                if self.carrying[name] != ax:
+                    return False
+                continue
+            self.carrying[name] = ax
+            if name in self.g.outputs or not self.g.uses.get(name):
+                return False
+            for node, slot in self.g.uses[name]:
+                if node.name in self.done:
+                    continue
+                self.done.add(node.name)
+                nxt = self._step(node, slot, ax)
+                if nxt is None:
+                    return False
+                stack.extend(nxt)
+        return all(self.carrying.get(t) == ax for t, ax in self.joins)
+
+    def _step(self, node: onnx.NodeProto, slot: int, axis: int) -> list[tuple[str, int]] | None:
+        """Where the channels go through ``node`` (``[]``: it ends the group), or None when they can't."""
+        g, group, op = self.g, self.group, node.op_type
+        if op in _ARITH and len(node.input) == 2:
+            other = node.input[1 - slot]
+            if other in g.consts:
+                if not self._cut_param(other, axis):
+                    return None
+            elif other != node.input[slot]:
+                self.joins.append((other, axis))
+            return [(node.output[0], axis)]
         if slot != 0:
-            return False
+            return None
         if op in _THROUGH:
-            if op == "PRelu" and (len(node.input) < 2 or not _cut_param(node.input[1], axis, group, inits, private)):
-                return False
+            if op == "PRelu" and (len(node.input) < 2 or not self._cut_param(node.input[1], axis)):
+                return None
             if op == "Dropout" and len(node.output) > 1 and node.output[1]:
-                return False
-            if not _walk(node.output[0], axis, group, uses, inits, private, outputs, shapes):
-                return False
-        elif op == "BatchNormalization":
-            if not all(private(p) for p in node.input[1:5]):
-                return False
+                return None
+            return [(node.output[0], axis)]
+        if op == "BatchNormalization":
+            if not all(g.private(p) for p in node.input[1:5]):
+                return None
             group.cuts.extend((p, 0) for p in node.input[1:5])
-            if not _walk(node.output[0], axis, group, uses, inits, private, outputs, shapes):
-                return False
-        elif op in _ARITH:
-            other = node.input[1]
-            if not _cut_param(other, axis, group, inits, private):
-                return False
-            if not _walk(node.output[0], axis, group, uses, inits, private, outputs, shapes):
-                return False
-        elif op == "Conv" and _attr(node, "group", 1) == group.channels and len(node.input) > 1 and private(node.input[1]):
-            w = inits[node.input[1]]
+            return [(node.output[0], axis)]
+        if op == "Conv" and _attr(node, "group", 1) == group.channels and len(node.input) > 1 and g.private(node.input[1]):
+            w = g.inits[node.input[1]]
             if w.shape[0] != group.channels or w.shape[1] != 1:
-                return False
+                return None
             group.cuts.append((node.input[1], 0))
             if len(node.input) > 2 and node.input[2]:
-                if not private(node.input[2]):
-                    return False
+                if not g.private(node.input[2]):
+                    return None
                 group.cuts.append((node.input[2], 0))
             group.groups_attr.append(node.name)
-            if not _walk(node.output[0], axis, group, uses, inits, private, outputs, shapes):
-                return False
-        elif op == "Flatten" and _attr(node, "axis", 1) == 1 and _ones_after_channel(shapes.get(tensor), axis):
-            if not _walk(node.output[0], -1, group, uses, inits, private, outputs, shapes):
-                return False
-        elif op == "Conv" and _attr(node, "group", 1) == 1 and len(node.input) > 1 and private(node.input[1]):
+            return [(node.output[0], axis)]
+        if op == "Flatten" and _attr(node, "axis", 1) == 1 and _ones_after_channel(g.shapes.get(node.input[0]), axis):
+            return [(node.output[0], -1)]
+        if op == "Conv" and _attr(node, "group", 1) == 1 and len(node.input) > 1 and g.private(node.input[1]):
             group.cuts.append((node.input[1], 1))
-        elif op == "Gemm" and axis == -1 and len(node.input) > 1 and private(node.input[1]) and _attr(node, "transA", 0) == 0:
+            return []
+        if op == "Gemm" and axis == -1 and len(node.input) > 1 and g.private(node.input[1]) and _attr(node, "transA", 0) == 0:
             group.cuts.append((node.input[1], 1 if _attr(node, "transB", 0) else 0))
-        elif op == "MatMul" and axis == -1 and len(node.input) > 1 and private(node.input[1]) and inits[node.input[1]].ndim == 2:
+            return []
+        if (
+            op == "MatMul"
+            and axis == -1
+            and len(node.input) > 1
+            and g.private(node.input[1])
+            and g.inits[node.input[1]].ndim == 2
+        ):
             group.cuts.append((node.input[1], 0))
-        else:
-            return False
-    return True
+            return []
+        return None
 
-
-def _cut_param(name: str, axis: int, group: ChannelGroup, inits: dict[str, np.ndarray], private: Callable[[str], bool]) -> bool:
-    if name not in inits:
-        return False
-    at = _per_channel(inits[name], group.channels, axis)
-    if at is None:
-        return False
-    if at >= 0:
-        if not private(name):
+    def _cut_param(self, name: str, axis: int) -> bool:
+        """A constant operand: a scalar stays, a per-channel initializer only this group reads is sliced with it."""
+        arr = self.g.consts.get(name)
+        if arr is None:
             return False
-        group.cuts.append((name, at))
-    return True
+        at = _per_channel(arr, self.group.channels, axis)
+        if at is None:
+            return False
+        if at >= 0:
+            if not self.g.private(name):
+                return False
+            self.group.cuts.append((name, at))
+        return True
 
 
 def _ones_after_channel(shape: list[int] | None, axis: int) -> bool:

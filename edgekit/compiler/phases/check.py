@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgekit.compiler.artifact import check_writable
 from edgekit.compiler.backends import Backend, BackendOptions, get_backend
 from edgekit.compiler.cache import cache_key
@@ -51,6 +53,7 @@ class Plan:
     name: str | None
     key_parts: dict[str, Any]  # what the cache key hashes, but the source model
     samples: Samples | None = None
+    examples: dict[str, list[np.ndarray]] | None = None  # PyTorch: per input, the samples' readings to trace with
 
     @property
     def calibrates(self) -> bool:
@@ -90,23 +93,33 @@ def check(
     check_writable(out)
     fmt = source_format(model)
     given = load_samples(samples) if samples is not None else None
+    examples = None
     if given is not None:
-        shapes = {**_sample_shapes(model, fmt, given, shapes), **shapes}
+        if fmt == "torch":  # its input ranks are unknown: the frontend tries each reading of the samples in turn
+            inputs = [n for n in given.names if n != LABELS and not n.startswith("output")]
+            examples = given.examples(inputs, shapes)
+        shapes = {**_sample_shapes(model, fmt, given, shapes, examples), **shapes}
     parts = _key_parts(shapes, profile, pipe, name, candidates)
     if given is not None:
         parts["samples"] = given.fingerprint()
-    return Plan(model, fmt, profile, pipe, candidates, shapes, out, name, parts, given)
+    return Plan(model, fmt, profile, pipe, candidates, shapes, out, name, parts, given, examples)
 
 
-def _sample_shapes(model: str | Path, fmt: str, samples: Samples, fixed: dict[str, list[int]]) -> dict[str, list[int]]:
+def _sample_shapes(
+    model: str | Path,
+    fmt: str,
+    samples: Samples,
+    fixed: dict[str, list[int]],
+    examples: dict[str, list[np.ndarray]] | None,
+) -> dict[str, list[int]]:
     """Input shapes the samples give (they fix dynamic dimensions): for ONNX files, of the inputs with dynamic ones."""
     ranks: dict[str, int | None]
     if fmt == "onnx":
         ranks = _onnx_ranks(Path(model))
     elif fmt == "sklearn":
         ranks = {"input": 2}
-    else:  # torch: the inputs are the arrays that are neither labels nor outputs, each stacked on a new axis
-        ranks = {n: len(fixed[n]) if n in fixed else None for n in samples.names if n != LABELS and not n.startswith("output")}
+    else:  # torch: the arrays that are neither labels nor outputs, in their likelier reading (the frontend tries the other)
+        return {n: list(readings[0].shape) for n, readings in (examples or {}).items() if readings and n not in fixed}
     return samples.shapes(ranks, fixed)
 
 
