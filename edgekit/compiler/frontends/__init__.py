@@ -1,4 +1,4 @@
-"""Frontends: turn a model file (ONNX, PyTorch, scikit-learn) into one self-contained ONNX model."""
+"""Frontends: turn a model file (ONNX, PyTorch, scikit-learn, XGBoost, LightGBM, TFLite, Keras, TensorFlow) into one ONNX model."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def load_source(
 
     ``model`` is an ``.onnx`` file, a TorchScript file (``.pt``/``.pth``/``.ts``), a
     ``package.module:factory`` spec returning an ``nn.Module``, or a scikit-learn
-    pickle (``.joblib``/``.pkl``: only with ``trust_pickle``, loading one runs its code) or ``.skops`` file.
+    pickle (``.joblib``/``.pkl``: only with ``trust_pickle``, loading one runs its code; a pickled XGBoost or
+    LightGBM estimator goes to its own frontend) or ``.skops`` file, an XGBoost ``.json``/``.ubj``, a LightGBM
+    ``.txt``, a ``.tflite``, a Keras ``.keras``/``.h5`` or a TensorFlow SavedModel folder.
     """
     fmt = source_format(model)
     if fmt == "onnx":
@@ -36,4 +38,16 @@ def load_source(
         from edgekit.compiler.frontends.sklearn import load_sklearn
 
         return load_sklearn(Path(model), workdir, input_shapes, trust_pickle)
+    if fmt == "xgboost":
+        from edgekit.compiler.frontends.xgboost import load_xgboost
+
+        return load_xgboost(Path(model), workdir, input_shapes)
+    if fmt == "lightgbm":
+        from edgekit.compiler.frontends.lightgbm import load_lightgbm
+
+        return load_lightgbm(Path(model), workdir, input_shapes)
+    if fmt in ("tflite", "keras", "tensorflow"):
+        from edgekit.compiler.frontends.tensorflow import load_tensorflow
+
+        return load_tensorflow(Path(model), fmt, workdir, input_shapes)
     raise ModelLoadError(f"'{model}': unknown model format")  # pragma: no cover - source_format raises first
