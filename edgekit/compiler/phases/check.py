@@ -103,9 +103,9 @@ def _sample_shapes(model: str | Path, fmt: str, samples: Samples, fixed: dict[st
     ranks: dict[str, int | None]
     if fmt == "onnx":
         ranks = _onnx_ranks(Path(model))
-    elif fmt == "sklearn":
+    elif fmt in ("sklearn", "xgboost", "lightgbm"):
         ranks = {"input": 2}
-    else:  # torch: the inputs are the arrays that are neither labels nor outputs, each stacked on a new axis
+    else:  # torch, TFLite, Keras, SavedModel: the inputs are the arrays that are neither labels nor outputs, each stacked on a new axis
         ranks = {n: len(fixed[n]) if n in fixed else None for n in samples.names if n != LABELS and not n.startswith("output")}
     return samples.shapes(ranks, fixed)
 
