@@ -33,6 +33,7 @@ __all__ = ["load_tensorflow"]
 OPSET = 17
 _WHAT = {"tflite": "a TFLite model", "keras": "a Keras model", "tensorflow": "a TensorFlow SavedModel"}
 Converted = tuple[onnx.ModelProto, Reference, dict[str, str], str]  # model, reference, ONNX name -> wanted name, framework
+Shapes = dict[str, list[int]]
 
 
 def _tensorflow(purpose: str) -> tuple[ModuleType, ModuleType]:
@@ -75,7 +76,7 @@ def load_tensorflow(path: Path, fmt: Format, workdir: Path, input_shapes: dict[s
     tf, tf2onnx = _tensorflow(f"loading {what}")
     convert = {"tflite": _from_tflite, "keras": _from_keras, "tensorflow": _from_saved_model}[fmt]
     with _quiet(tf):
-        model, reference, names, framework = convert(path, tf, tf2onnx)
+        model, reference, names, framework = convert(path, tf, tf2onnx, dict(input_shapes or {}))
     reference_name = {"tflite": "the TFLite interpreter", "keras": "Keras predict", "tensorflow": "the serving signature"}[fmt]
     _rename(model, names)
     sha, size = folder_sha256(path) if path.is_dir() else (file_sha256(path), path.stat().st_size)
@@ -91,7 +92,13 @@ def load_tensorflow(path: Path, fmt: Format, workdir: Path, input_shapes: dict[s
         size_bytes=size,
     )
     wanted = {new: old for old, new in names.items()}  # the reference takes the framework's own names
-    source.reference = lambda feeds: reference({wanted.get(k, k): v for k, v in feeds.items()})
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with warnings.catch_warnings():  # TensorFlow's own deprecation notices (numpy 2's __array__ copy keyword, ...)
+            warnings.simplefilter("ignore")
+            return reference({wanted.get(k, k): v for k, v in feeds.items()})
+
+    source.reference = run
     source.reference_name = f"{framework} {reference_name}"
     return source
 
@@ -110,7 +117,7 @@ def _clean(name: str) -> str:
 # --------------------------------------------------------------------------- TFLite
 
 
-def _from_tflite(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> Converted:
+def _from_tflite(path: Path, tf: ModuleType, tf2onnx: ModuleType, _shapes: Shapes) -> Converted:
     try:
         interpreter = tf.lite.Interpreter(model_path=str(path))
         interpreter.allocate_tensors()
@@ -148,7 +155,7 @@ def _from_tflite(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> Converted:
 # --------------------------------------------------------------------------- Keras
 
 
-def _from_keras(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> Converted:
+def _from_keras(path: Path, tf: ModuleType, tf2onnx: ModuleType, shapes: Shapes) -> Converted:
     keras = require("keras", "loading a Keras model", "tensorflow")
     try:
         net = keras.saving.load_model(str(path), compile=False)
@@ -158,7 +165,7 @@ def _from_keras(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> Converted:
         ) from None
     tensors = list(net.inputs)
     in_names = _unique([str(getattr(t, "name", "") or f"input_{i}").split(":")[0] for i, t in enumerate(tensors)], "input")
-    spec = [tf.TensorSpec(t.shape, t.dtype, name=n) for t, n in zip(tensors, in_names, strict=True)]
+    spec = [tf.TensorSpec(_static(t.shape, n, shapes, len(tensors)), t.dtype, name=n) for t, n in zip(tensors, in_names, strict=True)]
     single = len(tensors) == 1
 
     @tf.function(input_signature=spec)  # type: ignore[untyped-decorator]
@@ -196,7 +203,7 @@ def _unique(names: list[str], stem: str) -> list[str]:
 # --------------------------------------------------------------------------- SavedModel
 
 
-def _from_saved_model(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> Converted:
+def _from_saved_model(path: Path, tf: ModuleType, tf2onnx: ModuleType, shapes: Shapes) -> Converted:
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # OSError, ValueError, tf.errors.*
@@ -213,7 +220,7 @@ def _from_saved_model(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> Conver
     out_keys = sorted(sig.structured_outputs)
     if args or not in_keys:
         raise ModelLoadError(f"'{path}': the serving signature takes positional inputs; edgekit needs named ones (model.export)")
-    spec = [tf.TensorSpec(kwargs[k].shape, kwargs[k].dtype, name=k) for k in in_keys]
+    spec = [tf.TensorSpec(_static(kwargs[k].shape, k, shapes, len(in_keys)), kwargs[k].dtype, name=k) for k in in_keys]
 
     @tf.function(input_signature=spec)  # type: ignore[untyped-decorator]
     def call(*xs: Any) -> Any:
@@ -232,6 +239,21 @@ def _from_saved_model(path: Path, tf: ModuleType, tf2onnx: ModuleType) -> Conver
 
 
 # --------------------------------------------------------------------------- shared
+
+
+def _static(shape: Any, name: str, given: Shapes, n_inputs: int) -> list[int | None]:
+    """The shape to trace an input with: the given one, else batch 1 where only the batch is dynamic.
+
+    Traced with static shapes, tf2onnx writes constant Reshape shapes (TVM's importer needs them).
+    """
+    dims: list[int | None] = list(shape.as_list() if hasattr(shape, "as_list") else shape)
+    want = given.get(name, given.get("") if n_inputs == 1 else None)
+    if want is not None:
+        fits = len(want) == len(dims) and all(d is None or d == w for d, w in zip(dims, want, strict=True))
+        return list(want) if fits else dims  # a misfit is named by the shape check after conversion
+    if dims and dims[0] is None and all(d is not None for d in dims[1:]):
+        return [1, *dims[1:]]
+    return dims
 
 
 def _rename(model: onnx.ModelProto, names: dict[str, str]) -> None:
