@@ -13,14 +13,17 @@ from edgekit.cli.output import candidate_rows, candidates_table, emit, json_outp
 
 __all__ = ["compile_", "register"]
 
+MODEL_HELP = (
+    "model.onnx, a TorchScript .pt, 'pkg.module:factory', a scikit-learn .skops (or .joblib/.pkl with --trust-pickle), "
+    "an XGBoost .json/.ubj, a LightGBM .txt, a .tflite, a Keras .keras/.h5 or a TensorFlow SavedModel folder"
+)
+
 
 @json_output
 def compile_(
     model: Annotated[
         str,
-        typer.Argument(
-            help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .skops (or .joblib/.pkl with --trust-pickle)"
-        ),
+        typer.Argument(help=MODEL_HELP),
     ],
     target: DeviceTarget,
     output: Path = typer.Option(

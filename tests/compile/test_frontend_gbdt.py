@@ -52,7 +52,9 @@ def diabetes() -> Split:
 
 
 def compiled(path: Path, out_dir: Path, x: np.ndarray, *, trust_pickle: bool = False) -> edgekit.runtime.LoadedModel:
-    result = compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes={"input": list(x.shape)}, trust_pickle=trust_pickle)
+    result = compile_model(
+        path, "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes={"input": list(x.shape)}, trust_pickle=trust_pickle
+    )
     loaded = edgekit.load(result.artifact_dir)
     assert loaded.selftest().passed
     return loaded
@@ -158,7 +160,9 @@ def test_float32_thresholds_keep_every_prediction(diabetes: Split) -> None:
     exact = lgb.Booster(model_str=float32_thresholds(booster.model_to_string()))
     rows = np.concatenate([x, xt])  # training rows sit exactly on the values the thresholds fall between
     np.testing.assert_array_equal(exact.predict(rows), booster.predict(rows))
-    thresholds = [float(v) for line in exact.model_to_string().splitlines() if line.startswith("threshold=") for v in line[10:].split()]
+    thresholds = [
+        float(v) for line in exact.model_to_string().splitlines() if line.startswith("threshold=") for v in line[10:].split()
+    ]
     assert thresholds and all(float(np.float32(t)) == t for t in thresholds)
 
 
@@ -195,7 +199,14 @@ def test_wrong_feature_count_names_the_shape(wine: Split, tmp_path: Path, out_di
 
 @pytest.mark.parametrize(
     ("name", "fmt"),
-    [("m.json", "xgboost"), ("m.UBJ", "xgboost"), ("m.txt", "lightgbm"), ("m.tflite", "tflite"), ("m.keras", "keras"), ("m.h5", "keras")],
+    [
+        ("m.json", "xgboost"),
+        ("m.UBJ", "xgboost"),
+        ("m.txt", "lightgbm"),
+        ("m.tflite", "tflite"),
+        ("m.keras", "keras"),
+        ("m.h5", "keras"),
+    ],
 )
 def test_format_from_suffix(name: str, fmt: str) -> None:
     assert source_format(name) == fmt

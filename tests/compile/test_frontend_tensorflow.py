@@ -20,8 +20,8 @@ from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.errors import InputShapeError, ModelLoadError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import keras  # noqa: E402  # the dev extra installs the tensorflow extra: a missing one is a failure, not a skip
-import tensorflow as tf  # noqa: E402
+import keras  # the dev extra installs the tensorflow extra: a missing one is a failure, not a skip
+import tensorflow as tf
 
 FAST = Pipeline(
     name="test-fast",

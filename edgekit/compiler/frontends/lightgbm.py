@@ -77,7 +77,7 @@ def _read(path: Path) -> Any:
 def _objective(booster: Any) -> str:
     for line in booster.model_to_string(num_iteration=-1).splitlines()[:20]:
         if line.startswith("objective="):
-            return line.split("=", 1)[1].split()[0]
+            return str(line.split("=", 1)[1].split()[0])
     return "unknown"
 
 
@@ -114,7 +114,9 @@ def load_lightgbm(
                 zipmap=False,
             )
     except Exception as exc:  # RuntimeError, NotImplementedError, KeyError from the converter
-        raise ModelConversionError(f"'{path}': onnxmltools cannot convert LightGBM objective '{objective}': {last_line(exc)}") from exc
+        raise ModelConversionError(
+            f"'{path}': onnxmltools cannot convert LightGBM objective '{objective}': {last_line(exc)}"
+        ) from exc
     source = finish_onnx(
         model,
         workdir,
@@ -140,7 +142,9 @@ def _with_booster_reference(source: SourceModel, booster: Any, path: Path, versi
         try:
             y = np.asarray(booster.predict(x))
         except Exception as exc:  # the framework's own code
-            raise ModelConversionError(f"'{path}': Booster.predict() fails on a float32 input of shape {list(x.shape)}: {last_line(exc)}") from exc
+            raise ModelConversionError(
+                f"'{path}': Booster.predict() fails on a float32 input of shape {list(x.shape)}: {last_line(exc)}"
+            ) from exc
         if not classifier:
             return [y.reshape(len(x), -1).astype(np.float32)]
         proba = np.stack([1.0 - y, y], axis=1) if y.ndim == 1 else y

@@ -122,7 +122,9 @@ def _from_tflite(path: Path, tf: ModuleType, tf2onnx: ModuleType, _shapes: Shape
         interpreter = tf.lite.Interpreter(model_path=str(path))
         interpreter.allocate_tensors()
     except Exception as exc:  # ValueError: Model provided has model identifier '...', should be 'TFL3'
-        raise ModelLoadError(f"'{path}' is not a readable TFLite model ({last_line(exc)}); write it with tf.lite.TFLiteConverter") from None
+        raise ModelLoadError(
+            f"'{path}' is not a readable TFLite model ({last_line(exc)}); write it with tf.lite.TFLiteConverter"
+        ) from None
     model, _ = _converted(path, "the TFLite model", lambda: tf2onnx.convert.from_tflite(str(path), opset=OPSET))
     inputs = {d["name"]: d for d in interpreter.get_input_details()}
     outputs = {d["name"]: d for d in interpreter.get_output_details()}
@@ -165,7 +167,9 @@ def _from_keras(path: Path, tf: ModuleType, tf2onnx: ModuleType, shapes: Shapes)
         ) from None
     tensors = list(net.inputs)
     in_names = _unique([str(getattr(t, "name", "") or f"input_{i}").split(":")[0] for i, t in enumerate(tensors)], "input")
-    spec = [tf.TensorSpec(_static(t.shape, n, shapes, len(tensors)), t.dtype, name=n) for t, n in zip(tensors, in_names, strict=True)]
+    spec = [
+        tf.TensorSpec(_static(t.shape, n, shapes, len(tensors)), t.dtype, name=n) for t, n in zip(tensors, in_names, strict=True)
+    ]
     single = len(tensors) == 1
 
     @tf.function(input_signature=spec)  # type: ignore[untyped-decorator]
@@ -207,7 +211,9 @@ def _from_saved_model(path: Path, tf: ModuleType, tf2onnx: ModuleType, shapes: S
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # OSError, ValueError, tf.errors.*
-        raise ModelLoadError(f"'{path}' is not a loadable TensorFlow SavedModel ({type(exc).__name__}: {last_line(exc)})") from None
+        raise ModelLoadError(
+            f"'{path}' is not a loadable TensorFlow SavedModel ({type(exc).__name__}: {last_line(exc)})"
+        ) from None
     signatures = dict(loaded.signatures)
     if "serving_default" not in signatures:
         raise ModelLoadError(
