@@ -89,6 +89,11 @@ def source_format(model: str | Path) -> Format:
             "(tf.saved_model.save or model.export)"
         )
     suffix = path.suffix.lower()
+    if suffix == ".pb":
+        raise ModelLoadError(
+            f"'{text}': a .pb file alone is a frozen graph or part of a SavedModel; pass the SavedModel folder that "
+            "holds saved_model.pb (model.export(folder) or tf.saved_model.save)"
+        )
     if suffix in _SUFFIXES:
         return _SUFFIXES[suffix]
     raise ModelLoadError(
