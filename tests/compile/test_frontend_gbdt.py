@@ -17,6 +17,7 @@ import edgekit
 from edgekit.compiler import compile_model
 from edgekit.compiler.frontends import source_format
 from edgekit.compiler.frontends.lightgbm import float32_thresholds
+from edgekit.compiler.frontends.xgboost import ubjson_problem
 from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.errors import InputShapeError, MissingDependencyError, ModelConversionError, ModelLoadError
 
@@ -186,6 +187,35 @@ def test_txt_that_is_not_lightgbm_is_one_line(tmp_path: Path, out_dir: Path) -> 
     assert "\n" not in str(exc.value)
 
 
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.8, 0.9])
+def test_truncated_files_are_one_line_not_a_crash(keep: float, wine: Split, tmp_path: Path, out_dir: Path) -> None:
+    """LightGBM aborts the whole process (SIGABRT) on some truncated files; edgekit must refuse them first."""
+    x, y, _, _ = wine
+    whole = tmp_path / "whole.txt"
+    lgb.LGBMClassifier(n_estimators=5, num_leaves=4, verbose=-1).fit(x, y).booster_.save_model(whole)
+    booster = tmp_path / "whole.ubj"
+    xgb.XGBClassifier(n_estimators=5, max_depth=2).fit(x, y).save_model(booster)
+    for full, name in [(whole, "cut.txt"), (booster, "cut.ubj")]:
+        data = full.read_bytes()
+        cut = tmp_path / name
+        cut.write_bytes(data[: int(len(data) * keep)])
+        with pytest.raises(ModelLoadError, match=rf"'{cut}' is (a truncated LightGBM model|not a complete UBJSON file)") as exc:
+            compile_model(cut, "x86_64", out_dir, pipeline=ORT_ONLY)
+        assert "\n" not in str(exc.value) and "[bt]" not in str(exc.value)
+
+
+def test_every_truncation_of_a_ubj_is_caught_before_xgboost_reads_it(cancer: Split, tmp_path: Path) -> None:
+    """xgboost 3.2 segfaults, or asks for gigabytes, on many truncated .ubj files (seen at 481, 881, 1521 of 13987 bytes)."""
+    x, y, _, _ = cancer
+    path = tmp_path / "m.ubj"
+    xgb.XGBClassifier(n_estimators=8, max_depth=3).fit(x, y).save_model(path)
+    data = path.read_bytes()
+    assert ubjson_problem(data) is None
+    cuts = sorted({*range(0, 64), *np.linspace(64, len(data) - 1, 300).astype(int).tolist()})
+    assert all(ubjson_problem(data[:n]) is not None for n in cuts)
+    assert ubjson_problem(data + b"Z") == "1 bytes after the end of the value"
+
+
 def test_wrong_feature_count_names_the_shape(wine: Split, tmp_path: Path, out_dir: Path) -> None:
     x, y, _, _ = wine
     path = tmp_path / "wine.txt"
@@ -215,6 +245,8 @@ def test_format_from_suffix(name: str, fmt: str) -> None:
 def test_folder_is_a_savedmodel_or_one_line(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=r"folder without saved_model.pb"):
         source_format(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"frozen.pb'.*pass the SavedModel folder"):
+        source_format(tmp_path / "frozen.pb")
     (tmp_path / "saved_model.pb").write_bytes(b"")
     assert source_format(tmp_path) == "tensorflow"
 

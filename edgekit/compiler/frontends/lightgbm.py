@@ -68,8 +68,16 @@ def _read(path: Path) -> Any:
             f"'{path}' is not a LightGBM text model (it should start with a 'tree' line); edgekit reads a .txt as a "
             "LightGBM model saved with booster.save_model('model.txt')"
         )
+    text = path.read_text(encoding="utf-8", errors="replace")
+    # LightGBM parses the trees of a truncated file in parallel and aborts the whole process (SIGABRT), and
+    # segfaults on a parameters section cut short: refuse both before it reads anything
+    if "\nend of trees" not in text or ("\nparameters:" in text and "\nend of parameters" not in text):
+        raise ModelLoadError(
+            f"'{path}' is a truncated LightGBM model (no 'end of trees' or 'end of parameters' line); save it again with save_model()"
+        )
     try:
-        return lgb.Booster(model_file=str(path))
+        # without tree_sizes LightGBM reads the trees in turn, and a damaged one raises instead of aborting
+        return lgb.Booster(model_str="\n".join(line for line in text.split("\n") if not line.startswith("tree_sizes=")))
     except Exception as exc:  # lightgbm.basic.LightGBMError
         raise ModelLoadError(f"'{path}' is not a readable LightGBM model ({last_line(exc)}); save it with save_model()") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,108 @@ from edgekit.deps import require
 from edgekit.digests import file_sha256
 from edgekit.errors import ModelConversionError, ModelLoadError, last_line
 
-__all__ = ["load_xgboost"]
+__all__ = ["load_xgboost", "ubjson_problem"]
 
 INPUT_NAME = "input"
 # onnxmltools 1.16 writes the main domain at opset 15 at most (its tree ensembles are ai.onnx.ml)
 OPSET = 15
 _CLASSIFIERS = ("binary:logistic", "multi:softprob")
 _REGRESSORS = ("reg:squarederror", "reg:squaredlogerror", "reg:logistic", "reg:pseudohubererror", "reg:absoluteerror")
+
+
+_FIXED = {b"i": 1, b"U": 1, b"C": 1, b"I": 2, b"l": 4, b"d": 4, b"L": 8, b"D": 8, b"Z": 0, b"T": 0, b"F": 0, b"N": 0}
+_INTS = {b"i": ">b", b"U": ">B", b"I": ">h", b"l": ">i", b"L": ">q"}
+
+
+def ubjson_problem(data: bytes) -> str | None:
+    """What makes ``data`` other than one complete UBJSON value (truncation, a count past the end), or None.
+
+    XGBoost's UBJSON reader trusts lengths and counts: a truncated ``.ubj`` crashes the process or asks for
+    gigabytes. This walk checks every length against the bytes left, without building anything.
+    """
+    import struct
+
+    pos = 0
+
+    def need(n: int) -> None:
+        if n < 0 or pos + n > len(data):
+            raise ValueError(f"needs {n} bytes at offset {pos}, {len(data) - pos} left")
+
+    def integer(marker: bytes | None = None) -> int:
+        nonlocal pos
+        if marker is None:
+            need(1)
+            marker = data[pos : pos + 1]
+            pos += 1
+        if marker not in _INTS:
+            raise ValueError(f"expected an integer at offset {pos - 1}, found {marker!r}")
+        size = _FIXED[marker]
+        need(size)
+        value = int(struct.unpack_from(_INTS[marker], data, pos)[0])
+        pos += size
+        return value
+
+    def value(marker: bytes, depth: int) -> None:
+        nonlocal pos
+        if depth > 64:
+            raise ValueError("nested more than 64 deep")
+        if marker in _FIXED:
+            need(_FIXED[marker])
+            pos += _FIXED[marker]
+        elif marker in (b"S", b"H"):
+            n = integer()
+            need(n)
+            pos += n
+        elif marker in (b"[", b"{"):
+            container(marker == b"{", depth)
+        else:
+            raise ValueError(f"unknown marker {marker!r} at offset {pos - 1}")
+
+    def container(is_object: bool, depth: int) -> None:
+        nonlocal pos
+        typed: bytes | None = None
+        count: int | None = None
+        need(1)
+        if data[pos : pos + 1] == b"$":
+            need(2)
+            typed, pos = data[pos + 1 : pos + 2], pos + 2
+        need(1)
+        if data[pos : pos + 1] == b"#":
+            pos += 1
+            count = integer()
+            if count < 0:
+                raise ValueError(f"negative count at offset {pos}")
+        elif typed is not None:
+            raise ValueError(f"a typed container without a count at offset {pos}")
+        if typed is not None and not is_object and typed in _FIXED and count is not None:
+            need(count * _FIXED[typed])  # a typed numeric array: its bytes at once
+            pos += count * _FIXED[typed]
+            return
+        n = 0
+        while count is None or n < count:
+            need(1)
+            if count is None and data[pos : pos + 1] == (b"}" if is_object else b"]"):
+                pos += 1
+                return
+            if is_object:
+                key = integer()
+                need(key)
+                pos += key
+            if typed is None:
+                need(1)
+                marker, pos = data[pos : pos + 1], pos + 1
+            else:
+                marker = typed
+            value(marker, depth + 1)
+            n += 1
+
+    try:
+        need(1)
+        marker, pos = data[:1], 1
+        value(marker, 0)
+    except ValueError as exc:
+        return str(exc)
+    return None if pos == len(data) else f"{len(data) - pos} bytes after the end of the value"
 
 
 def _objective(booster: Any) -> str:
@@ -43,11 +139,19 @@ def _read(path: Path) -> Any:
                 f"'{path}' is JSON but not an XGBoost model (no 'learner' key); edgekit reads a .json as an XGBoost "
                 "model saved with save_model('model.json')"
             )
+    elif path.suffix.lower() == ".ubj":
+        problem = ubjson_problem(path.read_bytes())
+        if problem is not None:  # xgboost's own reader segfaults or allocates without bound on these
+            raise ModelLoadError(
+                f"'{path}' is not a complete UBJSON file ({problem}); save the model again with save_model('model.ubj')"
+            )
     booster = xgb.Booster()
     try:
         booster.load_model(str(path))
-    except Exception as exc:  # xgboost.core.XGBoostError with a C++ backtrace
-        raise ModelLoadError(f"'{path}' is not a readable XGBoost model ({last_line(exc)}); save it with save_model()") from None
+    except Exception as exc:  # xgboost.core.XGBoostError: "[12:00:00] src/...cc:42: Check failed: ..." then a backtrace
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        cause = re.sub(r"^\[[\d:]+\] \S+: ", "", first)[:300]
+        raise ModelLoadError(f"'{path}' is not a readable XGBoost model ({cause}); save it with save_model()") from None
     objective = _objective(booster)
     if objective == "multi:softmax":  # xgboost's own predict_proba gives no probabilities for it
         raise ModelConversionError(
