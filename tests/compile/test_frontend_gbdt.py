@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import joblib
 import lightgbm as lgb  # the dev extra installs xgboost, lightgbm and onnxmltools: a missing one is a failure, not a skip
@@ -14,6 +15,7 @@ import xgboost as xgb
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
 import edgekit
+from edgekit.cli import main
 from edgekit.compiler import compile_model
 from edgekit.compiler.frontends import source_format
 from edgekit.compiler.frontends.lightgbm import float32_thresholds
@@ -269,3 +271,34 @@ def test_missing_extra_names_it(
     monkeypatch.setitem(sys.modules, module, None)  # import -> ImportError
     with pytest.raises(MissingDependencyError, match=rf"pip install 'edgekit\[{extra}\]'"):
         compile_model(path, "x86_64", out_dir, pipeline=ORT_ONLY)
+
+
+@pytest.mark.parametrize(
+    ("make", "blocked", "needle"),
+    [
+        (lambda d: (d / "m.tflite").write_bytes(b"TFL3"), "tensorflow", "pip install 'edgekit[tensorflow]'"),
+        (lambda d: (d / "m.keras").write_bytes(b"PK"), "keras", "pip install 'edgekit[tensorflow]'"),
+        (lambda d: (d / "m.json").write_text("[1, 2]"), None, "not an XGBoost model"),
+        (lambda d: (d / "m.pb").write_bytes(b""), None, "pass the SavedModel folder"),
+        (lambda d: (d / "m").mkdir(), None, "folder without saved_model.pb"),
+    ],
+)
+def test_cli_says_it_in_one_line(
+    make: Any,
+    blocked: str | None,
+    needle: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make(tmp_path)
+    model = next(p for p in tmp_path.iterdir() if p.name.startswith("m"))
+    if blocked is not None:
+        monkeypatch.setitem(sys.modules, blocked, None)
+        if blocked == "keras":
+            monkeypatch.setitem(sys.modules, "tensorflow", None)
+    code = main(["compile", str(model), "-t", "x86_64", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code != 0 and len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
