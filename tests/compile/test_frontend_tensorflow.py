@@ -62,6 +62,16 @@ class Digits:
         net.export(self.saved_model, verbose=False)
         self.tflite = folder / "digits.tflite"
         self.tflite.write_bytes(tf.lite.TFLiteConverter.from_keras_model(net).convert())
+        # the usual on-device form: full-integer quantized, int8 in and out
+        converter = tf.lite.TFLiteConverter.from_keras_model(net)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([self.x[i : i + 1]] for i in range(64))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int8
+        self.int8_tflite = folder / "digits_int8.tflite"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected": the representative data gives them
+            self.int8_tflite.write_bytes(converter.convert())
 
 
 @pytest.fixture(scope="module")
@@ -89,17 +99,37 @@ def test_tflite_matches_the_interpreter(digits: Digits, out_dir: Path) -> None:
     assert [(s.name, s.shape) for s in m.inputs] == [("image", [HELD_OUT, 8, 8, 1])]  # the signature's own name
 
     (got,) = loaded.predict(digits.xt)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tf.lite.Interpreter: moving to ai_edge_litert
-        interpreter = tf.lite.Interpreter(model_path=str(digits.tflite))
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, [HELD_OUT, 8, 8, 1])
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, digits.xt)
-    interpreter.invoke()
-    want = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    want = _interpret(digits.tflite, digits.xt)
     np.testing.assert_allclose(got, want, atol=1e-5)
     _accurate(got, digits.yt)
+
+
+def _interpret(path: Path, x: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter: moving to ai_edge_litert
+        interpreter = tf.lite.Interpreter(model_path=str(path))
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    out: np.ndarray = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return out
+
+
+def test_int8_tflite_matches_the_interpreter(digits: Digits, out_dir: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        details = tf.lite.Interpreter(model_path=str(digits.int8_tflite)).get_input_details()[0]
+    scale, zero = details["quantization"]
+    xq = np.clip(np.round(digits.xt / scale + zero), -128, 127).astype(np.int8)
+    loaded = compiled(digits.int8_tflite, out_dir, input_shapes={"image": [HELD_OUT, 8, 8, 1]})
+    assert [s.dtype for s in loaded.manifest.inputs] == ["int8"]
+    (got,) = loaded.predict(xq)
+    want = _interpret(digits.int8_tflite, xq)
+    assert got.dtype == np.int8
+    np.testing.assert_allclose(got.astype(int), want.astype(int), atol=1)  # one quantization step at most
+    assert np.mean(np.argmax(got, axis=1) == digits.yt) > 0.8
 
 
 def test_keras_file_matches_predict_on_both_backends(digits: Digits, out_dir: Path) -> None:
