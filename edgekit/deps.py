@@ -25,6 +25,12 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "skl2onnx": ("skl2onnx", "sklearn"),
     "joblib": ("joblib", "sklearn"),
     "skops": ("skops", "sklearn"),
+    "xgboost": ("xgboost-cpu", "xgboost"),
+    "lightgbm": ("lightgbm", "lightgbm"),
+    "onnxmltools": ("onnxmltools", "xgboost"),  # also in the lightgbm extra: callers name theirs
+    "tensorflow": ("tensorflow-cpu", "tensorflow"),
+    "keras": ("keras", "tensorflow"),
+    "tf2onnx": ("tf2onnx", "tensorflow"),
     "boto3": ("boto3", "aws"),
     "paho": ("paho-mqtt", "device"),
     "cryptography": ("cryptography", "fleet"),
@@ -34,16 +40,16 @@ EXTRAS: dict[str, tuple[str, str]] = {
 }
 
 
-def require(module: str, purpose: str) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingDependencyError` naming the extra to install."""
+def require(module: str, purpose: str, extra: str | None = None) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingDependencyError` naming the extra to install (``extra`` if given)."""
     top = module.split(".")[0]
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         if exc.name is not None and exc.name.split(".")[0] != top:
             raise  # the package is there but is itself broken: show the real cause
-        _dist, extra = EXTRAS.get(top, (top, "all"))
-        raise MissingDependencyError(top, extra, purpose) from exc
+        _dist, default = EXTRAS.get(top, (top, "all"))
+        raise MissingDependencyError(top, extra or default, purpose) from exc
 
 
 def package_version(dist: str) -> str:

@@ -59,7 +59,7 @@ class TensorSpec(_Model):
 
 class SourceInfo(_Model):
     path: str
-    format: Literal["onnx", "torch", "sklearn"]
+    format: Literal["onnx", "torch", "sklearn", "xgboost", "lightgbm", "tflite", "keras", "tensorflow"]
     sha256: str
     size_bytes: int = Field(alias="sizeBytes")
     framework: str = Field(description="framework and version the model came from, e.g. 'torch 2.13.0'")

@@ -22,6 +22,11 @@ from edgekit.cli.output import (
 
 __all__ = ["compile_", "register"]
 
+MODEL_HELP = (
+    "model.onnx, a TorchScript .pt, 'pkg.module:factory', a scikit-learn .skops (or .joblib/.pkl with --trust-unknown-types), "
+    "an XGBoost .json/.ubj, a LightGBM .txt, a .tflite, a Keras .keras/.h5 or a TensorFlow SavedModel folder"
+)
+
 
 def _deprecated_trust_pickle(value: bool) -> bool:
     if value:
@@ -44,10 +49,7 @@ TrustPickle = Annotated[bool, typer.Option("--trust-pickle", hidden=True, callba
 def compile_(
     model: Annotated[
         str,
-        typer.Argument(
-            help="model.onnx, a TorchScript .pt, 'pkg.module:factory', or a scikit-learn .skops (or .joblib/.pkl with "
-            "--trust-unknown-types)"
-        ),
+        typer.Argument(help=MODEL_HELP),
     ],
     target: DeviceTarget,
     output: Path = typer.Option(

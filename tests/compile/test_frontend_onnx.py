@@ -68,8 +68,8 @@ def test_corrupt_truncated_empty_and_missing_files(mlp_onnx: Path, tmp_path: Pat
 
 
 def test_unknown_suffix() -> None:
-    with pytest.raises(ModelLoadError, match=r"suffix '\.h5'"):
-        load_source("model.h5", Path("/tmp"))
+    with pytest.raises(ModelLoadError, match=r"suffix '\.mlmodel'"):  # .h5 is a Keras model now
+        load_source("model.mlmodel", Path("/tmp"))
 
 
 def test_external_data_is_embedded_and_missing_data_is_reported(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Frontends: turn a model file (ONNX, PyTorch, scikit-learn) into one self-contained ONNX model."""
+"""Frontends: turn a model file (ONNX, PyTorch, scikit-learn, XGBoost, LightGBM, TFLite, Keras, TensorFlow) into one ONNX model."""
 
 from __future__ import annotations
 
@@ -24,8 +24,10 @@ def load_source(
 
     ``model`` is an ``.onnx`` file, a TorchScript file (``.pt``/``.pth``/``.ts``), a
     ``package.module:factory`` spec returning an ``nn.Module``, or a scikit-learn
-    pickle (``.joblib``/``.pkl``: only with ``trust_unknown_types``, loading one runs its code) or ``.skops`` file
-    (types other than skops' defaults and scikit-learn's and numpy's own classes need ``trust_unknown_types``).
+    pickle (``.joblib``/``.pkl``: only with ``trust_unknown_types``, loading one runs its code; a pickled XGBoost or
+    LightGBM estimator goes to its own frontend) or ``.skops`` file (types other than skops' defaults and
+    scikit-learn's and numpy's own classes need ``trust_unknown_types``), an XGBoost ``.json``/``.ubj``, a LightGBM
+    ``.txt``, a ``.tflite``, a Keras ``.keras``/``.h5`` or a TensorFlow SavedModel folder.
     ``examples``: per input, arrays from the user's samples to try in turn as the example a PyTorch model is traced
     with (see :meth:`edgekit.compiler.samples.Samples.examples`).
     """
@@ -42,4 +44,16 @@ def load_source(
         from edgekit.compiler.frontends.sklearn import load_sklearn
 
         return load_sklearn(Path(model), workdir, input_shapes, trust_unknown_types)
+    if fmt == "xgboost":
+        from edgekit.compiler.frontends.xgboost import load_xgboost
+
+        return load_xgboost(Path(model), workdir, input_shapes)
+    if fmt == "lightgbm":
+        from edgekit.compiler.frontends.lightgbm import load_lightgbm
+
+        return load_lightgbm(Path(model), workdir, input_shapes)
+    if fmt in ("tflite", "keras", "tensorflow"):
+        from edgekit.compiler.frontends.tensorflow import load_tensorflow
+
+        return load_tensorflow(Path(model), fmt, workdir, input_shapes)
     raise ModelLoadError(f"'{model}': unknown model format")  # pragma: no cover - source_format raises first

@@ -20,9 +20,10 @@ __all__ = [
     "fix_input_shapes",
     "parse_input_shapes",
     "source_format",
+    "tabular_batch",
 ]
 
-Format = Literal["onnx", "torch", "sklearn"]
+Format = Literal["onnx", "torch", "sklearn", "xgboost", "lightgbm", "tflite", "keras", "tensorflow"]
 # Runs the model in its source framework: inputs by name -> outputs in ONNX output order.
 Reference = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -37,6 +38,12 @@ _SUFFIXES: dict[str, Format] = {
     ".pkl": "sklearn",
     ".skops": "sklearn",
     ".pickle": "sklearn",
+    ".json": "xgboost",  # Booster.save_model / XGBClassifier.save_model (the content is checked when loading)
+    ".ubj": "xgboost",
+    ".txt": "lightgbm",  # Booster.save_model's text model
+    ".tflite": "tflite",
+    ".keras": "keras",
+    ".h5": "keras",
 }
 
 
@@ -73,13 +80,42 @@ def source_format(model: str | Path) -> Format:
     text = str(model)
     if _FACTORY.match(text) and not Path(text).exists():
         return "torch"
-    suffix = Path(text).suffix.lower()
+    path = Path(text)
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+            return "tensorflow"
+        raise ModelLoadError(
+            f"'{text}' is a folder without saved_model.pb; the only folder edgekit reads is a TensorFlow SavedModel "
+            "(tf.saved_model.save or model.export)"
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".pb":
+        raise ModelLoadError(
+            f"'{text}': a .pb file alone is a frozen graph or part of a SavedModel; pass the SavedModel folder that "
+            "holds saved_model.pb (model.export(folder) or tf.saved_model.save)"
+        )
     if suffix in _SUFFIXES:
         return _SUFFIXES[suffix]
     raise ModelLoadError(
         f"'{text}': cannot tell the model format from the suffix '{suffix}'; use .onnx, a TorchScript "
-        f".pt/.pth, a 'package.module:factory' spec, or a scikit-learn .skops/.joblib/.pkl"
+        f".pt/.pth, a 'package.module:factory' spec, a scikit-learn .skops/.joblib/.pkl, an XGBoost .json/.ubj, "
+        f"a LightGBM .txt, a .tflite, a Keras .keras/.h5 or a TensorFlow SavedModel folder"
     )
+
+
+def tabular_batch(where: str, shapes: dict[str, list[int]] | None, name: str, n_features: int, what: str) -> int:
+    """The batch size of a one-input ``[batch, n_features]`` model (tree ensembles, scikit-learn): 1 unless given."""
+    given = dict(shapes or {})
+    if "" in given:
+        given = {name: given.pop("")}
+    if not given:
+        return 1
+    if set(given) != {name}:
+        raise InputShapeError(f"'{where}': {what} has one input, '{name}'; got {sorted(given)}")
+    shape = given[name]
+    if len(shape) != 2 or shape[1] != n_features:
+        raise InputShapeError(f"'{where}': input '{name}' must be [batch, {n_features}] for this model, got {shape}")
+    return shape[0]
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:

@@ -93,6 +93,15 @@ def load_sklearn(
     path: Path, workdir: Path, input_shapes: dict[str, list[int]] | None, trust_unknown_types: bool = False
 ) -> SourceModel:
     estimator = _load(path, trust_unknown_types)
+    package = type(estimator).__module__.split(".")[0]
+    if package == "xgboost":  # a pickled XGBClassifier/XGBRegressor: skl2onnx has no converter, onnxmltools has
+        from edgekit.compiler.frontends.xgboost import load_xgboost
+
+        return load_xgboost(path, workdir, input_shapes, estimator)
+    if package == "lightgbm":
+        from edgekit.compiler.frontends.lightgbm import load_lightgbm
+
+        return load_lightgbm(path, workdir, input_shapes, estimator)
     skl2onnx = require("skl2onnx", "converting a scikit-learn model")
     sklearn = require("sklearn", "converting a scikit-learn model")
     from skl2onnx.common.data_types import FloatTensorType

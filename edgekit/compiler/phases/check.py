@@ -116,10 +116,14 @@ def _sample_shapes(
     ranks: dict[str, int | None]
     if fmt == "onnx":
         ranks = _onnx_ranks(Path(model))
-    elif fmt == "sklearn":
+    elif fmt in ("sklearn", "xgboost", "lightgbm"):
         ranks = {"input": 2}
-    else:  # torch: the arrays that are neither labels nor outputs, in their likelier reading (the frontend tries the other)
+    elif (
+        fmt == "torch"
+    ):  # the arrays that are neither labels nor outputs, in their likelier reading (the frontend tries the other)
         return {n: list(readings[0].shape) for n, readings in (examples or {}).items() if readings and n not in fixed}
+    else:  # TFLite, Keras, SavedModel: the inputs are the arrays that are neither labels nor outputs, each stacked on a new axis
+        ranks = {n: len(fixed[n]) if n in fixed else None for n in samples.names if n != LABELS and not n.startswith("output")}
     return samples.shapes(ranks, fixed)
 
 
