@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgekit import api
 from edgekit.cli.options import DeviceTarget, MeasureOn, State
-from edgekit.cli.output import candidate_rows, candidates_table, emit, json_output, manifest_rows, manifest_table, progress_line
+from edgekit.cli.output import (
+    accuracy_lines,
+    candidate_rows,
+    candidates_table,
+    emit,
+    json_output,
+    manifest_rows,
+    manifest_table,
+    note,
+    progress_line,
+)
+
+if TYPE_CHECKING:
+    from edgekit.compiler import CompileResult
 
 __all__ = ["compile_", "register"]
 
@@ -80,6 +93,10 @@ def compile_(
             measure_on=measure_on,
             state_dir=state,
         )
+    _show(result)
+
+
+def _show(result: CompileResult) -> None:
     hit = " (from cache)" if result.cache_hit else ""
     facts = {
         "artifact": result.artifact_dir,
@@ -88,13 +105,17 @@ def compile_(
         "cacheHit": result.cache_hit,
         "candidates": candidate_rows(result.manifest),
         "chosen": manifest_rows([result.manifest])[0],
+        "samples": result.manifest.samples,
     }
     emit(
         facts,
         candidates_table(result.manifest),
         manifest_table([result.manifest]),
+        *accuracy_lines(result.manifest),
         f"artifact: {result.artifact_dir}  archive: {result.archive}  in {result.seconds:.2f} s{hit}",
     )
+    if result.manifest.samples is not None and result.manifest.samples.warning:
+        note(f"warning: {result.manifest.samples.warning}")
 
 
 def register(app: typer.Typer) -> None:
