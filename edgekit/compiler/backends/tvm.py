@@ -304,8 +304,7 @@ class TvmBackend(Backend[TvmOptions]):
             else:
                 executable.export_library(str(lib))
         except Exception as exc:
-            msg = str(exc).strip().splitlines()
-            raise ToolchainError(f"linking the TVM library with '{where.cxx}' failed: {(msg[-1] if msg else '')[:400]}") from exc
+            raise ToolchainError(f"linking the TVM library with '{where.cxx}' failed: {last_line(exc)}") from exc
         got = elf_machine(lib)
         if got != where.machine:
             raise ToolchainError(

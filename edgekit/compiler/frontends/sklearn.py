@@ -98,7 +98,7 @@ def load_sklearn(path: Path, workdir: Path, input_shapes: dict[str, list[int]] |
                     raise
                 model = convert(None)
     except Exception as exc:  # skl2onnx raises RuntimeError, NotImplementedError, MissingShapeCalculator, ...
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = last_line(exc, first=True)  # skl2onnx's own line comes first; a wrapped cause (protobuf's) follows it
         raise ModelConversionError(f"'{path}': skl2onnx cannot convert {type(estimator).__name__}: {msg}") from exc
     source = finish_onnx(
         model,
