@@ -3,6 +3,7 @@ Runtime's), and -v prints the whole chain. Real parts: a real cross linker, skl2
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,22 @@ def test_a_long_line_keeps_its_start_and_its_end() -> None:
     line = "[ONNXRuntimeError] : 1 : FAIL : " + "x" * 500 + " the part that says what is wrong"
     cut = last_line(RuntimeError(line), 200)
     assert len(cut) <= 200 and cut.startswith("[ONNXRuntimeError]") and cut.endswith("the part that says what is wrong")
+
+
+def test_tvms_native_log_goes_to_edgekits_log_not_the_terminal(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # An mcpu LLVM doesn't know: TVM's C++ logs an 'Error: ... using default -mcpu=generic' line to descriptor 2.
+    profile = yaml.safe_load(Path(load_profile("x86_64").source).read_text())
+    profile.update(name="oddcpu", tvm={"target": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "notacpu"}})
+    (tmp_path / "oddcpu.yaml").write_text(yaml.safe_dump(profile))
+    onnx.save(make_mlp(), str(tmp_path / "mlp.onnx"))
+    args = ["compile", str(tmp_path / "mlp.onnx"), "-t", str(tmp_path / "oddcpu.yaml"), "-o", str(tmp_path / "b"), "-b", "tvm"]
+    caplog.set_level(logging.INFO, "edgekit")
+    assert main([*args, "--no-cache"]) == 0
+    err = capfd.readouterr().err
+    assert "llvm_instance.cc" not in err  # not on the terminal
+    assert "tvm: importing ONNX into Relax" in err  # while Python's own progress lines still are
+    logged = [r for r in caplog.records if "llvm_instance.cc" in r.getMessage()]  # in edgekit's log: shown with -v
+    assert logged and all(r.name == "edgekit.compiler.backends.tvm" and r.levelname == "INFO" for r in logged)
+    assert logged[0].getMessage().startswith("tvm: ") and "-mcpu=notacpu" in logged[0].getMessage()
