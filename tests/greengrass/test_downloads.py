@@ -106,3 +106,12 @@ def test_pip_says_where_the_wheel_is_and_edgekit_downloads_it(served: tuple[str,
     assert got.read_bytes() == wheel.read_bytes() and lines[-1].startswith("probe wheel: 0.0 MB in ")
     with pytest.raises(DownloadError):
         pip_wheel_urls(pip, args, ["edgekit-probe==2.0"])  # no such version on the index: pip can't say
+
+
+@pytest.mark.parametrize("command", ["verify", "package", "simulate", "demo"])
+def test_help_of_a_command_that_downloads_says_it_needs_the_network(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgekit.cli import main
+
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "network" in text and ("212 MB" in text or "95 MB" in text)
