@@ -728,6 +728,17 @@ def verify_artifact(artifact_dir: str | Path, *, samples: int = 4, progress: Pro
     return _verify(artifact_dir, samples=samples, progress=progress)
 
 
+def prepare_verify(*, device: bool = False, progress: Progress | None = None) -> Path:
+    """Build the aarch64 root ``edgekit verify`` runs artifacts in (Debian arm64 packages and aarch64 wheels, ~212 MB,
+    downloaded once), or find it built; with ``device`` its device layer too (what emulated fleet devices import).
+    Returns its folder: a CI can cache it (``$EDGEKIT_SYSROOT_CACHE``, see docs/artifact.md). ``edgekit verify --prepare``;
+    not re-exported on ``edgekit`` (its names are capped): ``edgekit.api.prepare_verify``."""
+    from edgekit.verify.sysroot import default_sysroot_dir, ensure_sysroot
+
+    ensure_sysroot(progress=progress, device=device)
+    return default_sysroot_dir()
+
+
 def run_demo(
     output: str | Path = "build/demo",
     *,

@@ -39,6 +39,7 @@ The CLI maps each class to an exit code in one place (:data:`EXIT_CODES`). See d
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
@@ -72,12 +73,14 @@ __all__ = [
     "UnsupportedCpuError",
     "UnsupportedOperatorError",
     "VerificationError",
+    "cause_chain",
     "did_you_mean",
     "exit_code_for",
     "first_problem",
     "last_line",
     "one_line",
     "reject_unknown_keys",
+    "root_cause",
 ]
 
 
@@ -269,11 +272,76 @@ def first_problem(exc: ValidationError) -> str:
     return one_line(f"field '{where}': {err['msg']}")
 
 
-def last_line(exc: BaseException, limit: int | None = 400) -> str:
-    """The last non-empty line of an exception's message (where TVM, ORT and friends put the cause), or its type."""
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else type(exc).__name__
-    return text[:limit] if limit is not None else text
+# Lines of a message that aren't the cause: a compiler driver's summary and command (TVM's cc puts them after the
+# linker's own error), a traceback's frames.
+_NOT_THE_CAUSE = re.compile(
+    r"^(Command line:|Compilation error:?$|collect2: error: ld returned|Traceback \(most recent call last\)|File \"|\d+: )"
+)
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost exception ``error`` was raised from (``raise ... from``, followed down), or ``error`` itself.
+
+    Only explicit causes: an exception raised while another was being handled may have nothing to do with it."""
+    seen = {id(error)}
+    while True:
+        inner = error.__cause__
+        if inner is None or id(inner) in seen:
+            return error
+        seen.add(id(inner))
+        error = inner
+
+
+# Where in a C++ library a message was raised ('/onnxruntime_src/.../reshape_helper.h:91 onnxruntime::ReshapeHelper::
+# ReshapeHelper(const TensorShape&, ...) '): long, and in front of the part that says what is wrong.
+_CXX_WHERE = re.compile(r"/\S+\.(?:h|hh|hpp|cc|cpp|cxx):\d+:?\s+(?:[\w:~<>,*& ]+\([^()]*\)\s*(?:const\s*)?)?")
+
+
+def _own_line(error: BaseException, first: bool) -> str:
+    lines = [_CXX_WHERE.sub("", line).strip() for line in str(error).strip().splitlines() if line.strip()]
+    telling = [line for line in lines if not _NOT_THE_CAUSE.match(line)] or lines
+    if not telling:
+        return type(error).__name__
+    return telling[0] if first else telling[-1]
+
+
+def _cut(text: str, limit: int | None) -> str:
+    """``text`` in at most ``limit`` characters: its start and its end (where a wrapped message's cause often is)."""
+    if limit is None or len(text) <= limit:
+        return text
+    head = max(limit * 2 // 5, 1)
+    return text[:head] + " … " + text[len(text) - max(limit - head - 3, 0) :]
+
+
+def last_line(exc: BaseException, limit: int | None = 400, *, first: bool = False) -> str:
+    """The line of an exception's message that says what went wrong, on one line, at most ``limit`` characters.
+
+    That is the last line (where TVM, ORT and friends put the cause), or the first with ``first`` (skl2onnx and
+    torch's exporter put it there), leaving out lines that aren't the cause (a compiler driver's ``Command line:``
+    and ``collect2`` summary after the linker's own error, traceback frames). When ``exc`` was raised from another
+    exception (a converter wrapping protobuf's TypeError), the root cause's own line follows:
+    ``<line> (cause: TypeError: <its line>)`` — so no wrapping loses it. See docs/errors.md (causes)."""
+    own = _own_line(exc, first)
+    root = root_cause(exc)
+    deep = _own_line(root, False) if root is not exc else ""
+    if not deep or deep in own:
+        return one_line(_cut(own, limit))
+    half = None if limit is None else max(limit // 2, 40)
+    deep = f"{type(root).__name__}: {deep}"
+    return one_line(f"{_cut(own, half)} (cause: {_cut(deep, half)})")
+
+
+def cause_chain(exc: BaseException) -> list[str]:
+    """The exceptions behind ``exc`` (each one's ``__cause__``, else the exception it was raised while handling), outermost
+    first, as ``module.Type: message`` (messages whole, several lines where they have them): what ``-v`` prints."""
+    chain: list[str] = []
+    error: BaseException | None = exc
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(f"{type(error).__module__}.{type(error).__qualname__}: {str(error).strip()}")
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return chain[1:]
 
 
 def did_you_mean(word: str, known: Iterable[str]) -> str:

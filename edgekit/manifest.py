@@ -182,6 +182,7 @@ class CandidateReport(_Model):
     options: dict[str, Any]
     status: Literal["chosen", "rejected", "skipped", "failed"]
     reason: str = ""
+    budget: str | None = Field(None, description="the accuracy budget it was judged by, in words (measured candidates)")
     passes: list[dict[str, Any]] = Field(default_factory=list)
     measured: Measurement | None = None
     compile_seconds: float | None = Field(None, alias="compileSeconds")
@@ -207,6 +208,7 @@ class SamplesInfo(_Model):
     calibration: int = Field(description="set aside to calibrate int8, never used to evaluate")
     evaluation: int
     truth: Literal["labels", "expected outputs"] | None = None
+    warning: str | None = Field(None, description="why the evaluation set is too small for the accuracy budget, if it is")
 
 
 class Manifest(_Model):

@@ -34,7 +34,7 @@ from edgekit.cli import (
     verify_cmd,
 )
 from edgekit.cli.output import MODE, apply_conventions, apply_logging, console, err_console, plain, reset_mode
-from edgekit.errors import EdgekitError, exit_code_for
+from edgekit.errors import EdgekitError, cause_chain, exit_code_for
 
 __all__ = ["app", "main"]
 
@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as exc:
         for line in getattr(exc, "lines", ()):  # a refused pre-flight: one line per device and reason, then the error
             err_console.print(f"  {line}", highlight=False, soft_wrap=True, markup=False)
+        if MODE.verbose:  # -v: the whole chain of causes, each message whole (a linker's output, a converter's)
+            for cause in cause_chain(exc):
+                err_console.print(f"caused by {cause}", highlight=False, soft_wrap=True, markup=False)
         err_console.print(Text("error: ", style="bold red").append_text(plain(str(exc))), highlight=False, soft_wrap=True)
         return exit_code_for(exc)
     except KeyboardInterrupt:

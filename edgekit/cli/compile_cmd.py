@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgekit import api
 from edgekit.cli.options import DeviceTarget, MeasureOn, Report, RpcKey, RpcTracker, State, Tune
 from edgekit.cli.output import (
+    accuracy_lines,
     candidate_rows,
     candidates_table,
     emit,
@@ -19,6 +20,9 @@ from edgekit.cli.output import (
     note,
     progress_line,
 )
+
+if TYPE_CHECKING:
+    from edgekit.compiler import CompileResult
 
 __all__ = ["compile_", "register"]
 
@@ -100,6 +104,10 @@ def compile_(
             rpc_tracker=rpc_tracker,
             rpc_key=rpc_key,
         )
+    _show(result)
+
+
+def _show(result: CompileResult) -> None:
     hit = " (from cache)" if result.cache_hit else ""
     facts = {
         "artifact": result.artifact_dir,
@@ -108,13 +116,17 @@ def compile_(
         "cacheHit": result.cache_hit,
         "candidates": candidate_rows(result.manifest),
         "chosen": manifest_rows([result.manifest])[0],
+        "samples": result.manifest.samples,
     }
     emit(
         facts,
         candidates_table(result.manifest),
         manifest_table([result.manifest]),
+        *accuracy_lines(result.manifest),
         f"artifact: {result.artifact_dir}  archive: {result.archive}  in {result.seconds:.2f} s{hit}",
     )
+    if result.manifest.samples is not None and result.manifest.samples.warning:
+        note(f"warning: {result.manifest.samples.warning}")
 
 
 def register(app: typer.Typer) -> None:

@@ -35,7 +35,9 @@ def demo(
 ) -> None:
     """The main job: compile a bundled sensor model for two targets, package it as Greengrass components, start
     `edgekit serve` as the cloud fallback, roll it out to a simulated fleet over MQTT, let every device infer
-    through a broker outage, and count every reading."""
+    through a broker outage, and count every reading.
+    The first run needs the network: its emulated aarch64 Pi runs in an aarch64 root built from Debian arm64
+    packages and PyPI wheels (~212 MB, once; `edgekit verify --prepare --device` builds it ahead)."""
     with quiet_library(), progress_line("the demo") as say:
         report = api.run_demo(
             output, targets=targets, fleet=fleet, state_dir=state, no_fleet=no_fleet, rollout_per_min=rollout,

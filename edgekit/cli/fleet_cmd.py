@@ -240,6 +240,8 @@ def simulate(
     tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
 ) -> None:
     """Run a simulated fleet (broker, fleet service, device agents) in the foreground and show it at a glance.
+    Emulated aarch64 devices need the network the first time, to build their aarch64 root (~212 MB, once;
+    `edgekit verify --prepare --device` builds it ahead).
 
     Publishes --build first (./greengrass-build when it exists), then deploys --deploy's components."""
     if mode not in (None, "in_process", "subprocess"):

@@ -21,11 +21,14 @@ from rich.text import Text
 from typer.core import TyperArgument
 
 if TYPE_CHECKING:
-    from edgekit.manifest import Manifest
+    from edgekit.manifest import Accuracy, Manifest
     from edgekit.progress import Progress
 
 __all__ = [
     "MODE",
+    "accuracy_facts",
+    "accuracy_lines",
+    "accuracy_text",
     "apply_conventions",
     "array_text",
     "camel",
@@ -40,6 +43,7 @@ __all__ = [
     "manifest_rows",
     "manifest_table",
     "note",
+    "percent",
     "progress_line",
     "quiet_library",
     "rows_table",
@@ -149,18 +153,63 @@ def manifest_rows(manifests: Sequence[Manifest]) -> list[dict[str, Any]]:
                 "measuredOn": (meas.measured_on or meas.on) if meas else None,
                 "maxAbsError": meas.accuracy.max_abs_error if meas else None,
                 "top1Agreement": meas.accuracy.top1_agreement if meas else None,
+                "accuracy": accuracy_facts(meas.accuracy, _chosen_budget(m)) if meas else None,
             }
         )
     return rows
+
+
+def _chosen_budget(manifest: Manifest) -> str | None:
+    return next((c.budget for c in manifest.candidates if c.status == "chosen"), None)
+
+
+def percent(fraction: float) -> str:
+    """``0.998`` -> ``'99.80 %'``: two decimals, more where rounding would show a fraction below 1 as 100 %."""
+    digits = 2
+    while digits < 8 and fraction < 1 and float(f"{fraction * 100:.{digits}f}") >= 100:
+        digits += 1
+    return f"{fraction * 100:.{digits}f} %"
+
+
+def accuracy_facts(accuracy: Accuracy, budget: str | None) -> dict[str, Any]:
+    """What a candidate scored (against labels or expected outputs when the samples carry them, beside the source
+    model's score; agreement with the source always) and the budget it was judged by, in words."""
+    facts: dict[str, Any] = {}
+    if accuracy.top1_accuracy is not None:
+        facts["top1Accuracy"] = accuracy.top1_accuracy
+        facts["sourceTop1Accuracy"] = accuracy.source_top1_accuracy
+    if accuracy.expected_error is not None:
+        facts["expectedError"] = accuracy.expected_error
+        facts["sourceExpectedError"] = accuracy.source_expected_error
+    facts["top1Agreement"] = accuracy.top1_agreement
+    facts["maxAbsError"] = accuracy.max_abs_error
+    facts["samples"] = accuracy.samples
+    facts["budget"] = budget
+    return facts
+
+
+def accuracy_text(facts: Mapping[str, Any] | None) -> str:
+    """``top-1 93.07 % (source 92.86 %)``, ``error 0.0123 (source 0.0120)`` or ``agrees 99.80 %`` for a table cell."""
+    if not facts:
+        return "-"
+    if facts.get("top1Accuracy") is not None:
+        source = facts.get("sourceTop1Accuracy")
+        return f"top-1 {percent(facts['top1Accuracy'])} (source {'-' if source is None else percent(source)})"
+    if facts.get("expectedError") is not None:
+        source = facts.get("sourceExpectedError")
+        return f"error {facts['expectedError']:.3g} (source {'-' if source is None else f'{source:.3g}'})"
+    if facts.get("top1Agreement") is not None:
+        return f"agrees {percent(facts['top1Agreement'])}"
+    return "-"
 
 
 def manifest_table(manifests: Sequence[Manifest]) -> Table:
     """One row per artifact: the chosen backend and what was measured."""
     columns = {"artifact": "artifact", "target": "target", "platform": "platform", "backend": "backend",
                "sizeBytes": "size", "medianMs": "median ms", "p90Ms": "p90 ms", "measuredOn": "measured on",
-               "maxAbsError": "max err", "top1Agreement": "top-1"}  # fmt: skip
-    formats = {"sizeBytes": lambda v: f"{v / 1024:.1f} KiB", "medianMs": _ms, "p90Ms": _ms, "maxAbsError": _err,
-               "top1Agreement": lambda v: "-" if v is None else f"{v:.2f}"}  # fmt: skip
+               "maxAbsError": "max err", "accuracy": "accuracy"}  # fmt: skip
+    formats: dict[str, Callable[[Any], str]] = {"sizeBytes": lambda v: f"{v / 1024:.1f} KiB", "medianMs": _ms,
+               "p90Ms": _ms, "maxAbsError": _err, "accuracy": accuracy_text}  # fmt: skip
     return rows_table("artifacts", manifest_rows(manifests), columns, formats)
 
 
@@ -172,6 +221,7 @@ def candidate_rows(manifest: Manifest) -> list[dict[str, Any]]:
             "status": c.status,
             "medianMs": c.measured.latency.median_ms if c.measured else None,
             "maxAbsError": c.measured.accuracy.max_abs_error if c.measured else None,
+            "accuracy": accuracy_facts(c.measured.accuracy, c.budget) if c.measured else None,
             "reason": c.reason,
         }
         for c in manifest.candidates
@@ -180,10 +230,20 @@ def candidate_rows(manifest: Manifest) -> list[dict[str, Any]]:
 
 def candidates_table(manifest: Manifest) -> Table:
     columns = {"candidate": "candidate", "backend": "backend", "status": "status", "medianMs": "median ms",
-               "maxAbsError": "max err", "reason": "why"}  # fmt: skip
-    return rows_table(
-        f"candidates for {manifest.name}", candidate_rows(manifest), columns, {"medianMs": _ms, "maxAbsError": _err}
-    )
+               "maxAbsError": "max err", "accuracy": "accuracy", "reason": "why"}  # fmt: skip
+    formats: dict[str, Callable[[Any], str]] = {"medianMs": _ms, "maxAbsError": _err, "accuracy": accuracy_text}
+    return rows_table(f"candidates for {manifest.name}", candidate_rows(manifest), columns, formats)
+
+
+def accuracy_lines(manifest: Manifest) -> list[str]:
+    """The chosen candidate's accuracy budget in words, and the warning when the evaluation set is too small for it."""
+    lines = []
+    budget = _chosen_budget(manifest)
+    if budget:
+        truth = manifest.samples.truth if manifest.samples is not None else None
+        on = f"{manifest.samples.evaluation} evaluation samples with {truth}" if manifest.samples and truth else None
+        lines.append(f"accuracy budget: {budget}" + (f" ({on})" if on else ""))
+    return lines
 
 
 # --------------------------------------------------------------------------- conventions every command shares

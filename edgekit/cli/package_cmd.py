@@ -31,7 +31,10 @@ def package(
     profile: Profile = None,
     endpoint_url: EndpointUrl = None,
 ) -> None:
-    """Turn artifacts into runtime, model and inference Greengrass v2 components (GDK layout)."""
+    """Turn artifacts into runtime, model and inference Greengrass v2 components (GDK layout).
+    Needs the network once when a TVM artifact is packaged: the runtime component ships the official
+    libtvm_runtime.so of each platform, taken from the apache-tvm wheels (aarch64: ~95 MB from PyPI, cached in
+    ~/.cache/edgekit/wheels or $EDGEKIT_WHEELHOUSE)."""
     with progress_line("packaging") as say:
         result = api.package(
             artifacts,

@@ -6,6 +6,7 @@ the budget (``maxAccuracyDrop``, ``maxErrorIncrease``) is a drop from it. See do
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -17,7 +18,7 @@ from edgekit.compiler.samples import LABELS, SampleSet
 from edgekit.errors import SamplesError
 from edgekit.manifest import Accuracy
 
-__all__ = ["Score", "Truth", "budget_problems", "truth_for"]
+__all__ = ["Score", "Truth", "budget_problems", "budget_words", "percent", "too_few_to_judge", "truth_for"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class Truth:
     @property
     def kind(self) -> str:
         return "labels" if self.labels is not None else "expected outputs"
+
+    @property
+    def scored(self) -> int:
+        """How many labels a top-1 is counted over (a sample may carry several); 0 with expected outputs."""
+        return sum(int(lab.size) for lab in self.labels) if self.labels is not None else 0
 
     def score(self, outputs: Sequence[Sequence[np.ndarray]]) -> Score:
         """The score of per-sample ``outputs`` (model output order)."""
@@ -135,5 +141,54 @@ def budget_problems(accuracy: Accuracy, budget: AccuracyBudget) -> list[str]:
     if accuracy.max_abs_error > budget.max_abs_error:
         problems.append(f"max abs error {accuracy.max_abs_error:.3g} > {budget.max_abs_error:.3g}")
     if accuracy.top1_agreement is not None and accuracy.top1_agreement < budget.min_top1_agreement:
-        problems.append(f"top-1 agreement {accuracy.top1_agreement:.3f} < {budget.min_top1_agreement:.3f}")
+        problems.append(f"top-1 agreement {percent(accuracy.top1_agreement)} < {percent(budget.min_top1_agreement)}")
     return problems
+
+
+def percent(fraction: float) -> str:
+    """``0.998`` -> ``'99.80 %'``: two decimals, more where rounding would show a fraction below 1 as 100 %."""
+    digits = 2
+    while digits < 8 and fraction < 1 and float(f"{fraction * 100:.{digits}f}") >= 100:
+        digits += 1
+    return f"{fraction * 100:.{digits}f} %"
+
+
+def _points(value: float) -> str:
+    return f"{value:g} point" + ("" if value == 1 else "s")
+
+
+def budget_words(accuracy: Accuracy, budget: AccuracyBudget) -> str:
+    """The budget ``accuracy`` was judged by, in words: ``top-1 ≤ 1 point below the source's 92.86 %``."""
+    if accuracy.top1_accuracy is not None and accuracy.source_top1_accuracy is not None:
+        return f"top-1 ≤ {_points(budget.max_accuracy_drop)} below the source's {percent(accuracy.source_top1_accuracy)}"
+    if accuracy.expected_error is not None and accuracy.source_expected_error is not None:
+        allowed = accuracy.source_expected_error * (1 + budget.max_error_increase) + budget.max_abs_error
+        return (
+            f"mean error against the expected outputs ≤ {allowed:.3g} (the source's {accuracy.source_expected_error:.3g} "
+            f"+ {budget.max_error_increase:.0%} + {budget.max_abs_error:g})"
+        )
+    words = f"max abs error ≤ {budget.max_abs_error:g} from the source's outputs"
+    if accuracy.top1_agreement is not None:
+        words += f", top-1 agreement with the source ≥ {percent(budget.min_top1_agreement)}"
+    return words
+
+
+def too_few_to_judge(truth: Truth | None, max_accuracy_drop: float) -> str | None:
+    """A warning when labelled samples are too few for a top-1 budget of ``max_accuracy_drop`` points to mean anything.
+
+    One sample more or less right moves top-1 by 100/n points over n labels: when that step is larger than the
+    budget, the budget can't tell a candidate that lost one sample from one that lost many more than the budget
+    allows would — every change is a rejection. None with enough labels, with expected outputs, or a budget of 0.
+    """
+    if truth is None or truth.labels is None or max_accuracy_drop <= 0:
+        return None
+    n = truth.scored
+    step = 100 / n if n else math.inf
+    if step <= max_accuracy_drop:
+        return None
+    need = math.ceil(100 / max_accuracy_drop - 1e-9)
+    return (
+        f"only {n} labelled evaluation sample(s): one of them moves top-1 by {step:.3g} points, more than the "
+        f"budget of {_points(max_accuracy_drop)}, so the budget can't be judged; give at least {need} "
+        "(more in --samples, or fewer set aside to calibrate int8)"
+    )

@@ -10,7 +10,8 @@ import os
 import uuid
 from pathlib import Path
 
-from edgekit.manifest import CandidateReport, Manifest
+from edgekit.compiler.evaluation import percent
+from edgekit.manifest import Accuracy, CandidateReport, Manifest
 
 __all__ = ["render_report", "write_report"]
 
@@ -50,6 +51,18 @@ def _latency_chart(candidates: list[CandidateReport]) -> str:
     return "".join(parts)
 
 
+def _accuracy(accuracy: Accuracy) -> str:
+    """Against the samples' truth beside the source's, when there is one; agreement with the source always."""
+    agree = f"agrees {percent(accuracy.top1_agreement)}" if accuracy.top1_agreement is not None else ""
+    if accuracy.top1_accuracy is not None and accuracy.source_top1_accuracy is not None:
+        own = f"top-1 <b>{percent(accuracy.top1_accuracy)}</b> (source {percent(accuracy.source_top1_accuracy)})"
+    elif accuracy.expected_error is not None and accuracy.source_expected_error is not None:
+        own = f"error <b>{accuracy.expected_error:.3g}</b> (source {accuracy.source_expected_error:.3g})"
+    else:
+        return agree or "-"
+    return own + (f"; {agree}" if agree else "")
+
+
 def _rows(candidates: list[CandidateReport]) -> str:
     out = []
     for c in candidates:
@@ -60,13 +73,26 @@ def _rows(candidates: list[CandidateReport]) -> str:
             f'<span style="color:{_COLOURS.get(c.status, "#888")}">{c.status}</span>',
             f"{m.latency.median_ms:.3f} / {m.latency.p90_ms:.3f} ({m.latency.runs} runs, {m.on})" if m else "-",
             f"{m.accuracy.max_abs_error:.2e}" if m else "-",
-            f"{m.accuracy.top1_agreement:.3f}" if m and m.accuracy.top1_agreement is not None else "-",
+            _accuracy(m.accuracy) if m else "-",
             f"{c.size_bytes / 1024:,.0f} KiB" if c.size_bytes is not None else "-",
             f"{c.compile_seconds:.2f} s" if c.compile_seconds is not None else "-",
             html.escape(c.reason or ""),
         ]
         out.append("<tr>" + "".join(f"<td>{v}</td>" for v in cells) + "</tr>")
     return "".join(out)
+
+
+def _budget(manifest: Manifest) -> str:
+    """The chosen candidate's budget in words, on what it was judged, and the warning when that set is too small."""
+    chosen = next((c for c in manifest.candidates if c.status == "chosen"), None)
+    parts = []
+    if chosen is not None and chosen.budget:
+        samples = manifest.samples
+        on = f" ({samples.evaluation} evaluation samples with {samples.truth})" if samples and samples.truth else ""
+        parts.append(f"<p>Accuracy budget: <b>{html.escape(chosen.budget)}</b>{html.escape(on)}.</p>")
+    if manifest.samples is not None and manifest.samples.warning:
+        parts.append(f'<p style="color:{_COLOURS["rejected"]}">Warning: {html.escape(manifest.samples.warning)}</p>')
+    return "\n".join(parts)
 
 
 def render_report(manifest: Manifest) -> str:
@@ -95,8 +121,9 @@ candidates timed in interleaved rounds; the dashed line is ONNX Runtime's median
 {_latency_chart(m.candidates)}
 <h2>Candidates</h2>
 <table><tr><th>candidate</th><th>backend</th><th>status</th><th>latency ms median / p90</th><th>max abs error</th>
-<th>top-1 agreement</th><th>size</th><th>compile</th><th>reason</th></tr>{_rows(m.candidates)}</table>
-<p class="dim">Accuracy budget: {html.escape(str(m.pipeline.get("accuracy")))}; cache key {m.cache_key[:16]}…</p>
+<th>accuracy</th><th>size</th><th>compile</th><th>reason</th></tr>{_rows(m.candidates)}</table>
+{_budget(m)}
+<p class="dim">Accuracy budget as configured: {html.escape(str(m.pipeline.get("accuracy")))}; cache key {m.cache_key[:16]}…</p>
 </body></html>
 """
 

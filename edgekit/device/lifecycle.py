@@ -24,6 +24,7 @@ from edgekit.device.agent_state import DeviceLayout, InstalledComponent
 from edgekit.device.errors import DeviceError
 from edgekit.device.executor import Executor, RunningProcess, StepResult, StepSpec, kill_owned_group, process_stamp
 from edgekit.device.variables import ComponentView, VariableContext, interpolate
+from edgekit.greengrass.recipe import nucleus_bool
 from edgekit.mqtt.payloads import LifecycleState
 
 __all__ = [
@@ -65,7 +66,8 @@ def _text(value: Any) -> str:
 
 
 def _truthy(value: Any) -> bool:
-    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+    """As the nucleus reads a recipe's boolean (Coerce.toBoolean): ``"true"``, ``"yes"``, a non-zero number..."""
+    return nucleus_bool(value) is True
 
 
 def should_skip(expression: str, path: str | None, cwd: Path) -> bool:

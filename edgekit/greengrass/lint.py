@@ -20,13 +20,16 @@ from semantic_version import NpmSpec, Version
 from edgekit.errors import RecipeError
 from edgekit.greengrass.access import ACCESS_CONTROL, policy_problems
 from edgekit.greengrass.recipe import (
+    COERCED_BOOLEANS,
     LIFECYCLE_STEPS,
     MANIFEST_KEYS,
+    NUCLEUS_TRUE,
     RECIPE_FORMAT_VERSION,
     SET_BY_SERVICE,
     TOP_LEVEL_KEYS,
     load_recipe,
     normalize_recipe,
+    nucleus_bool,
     parse_recipe_text,
 )
 
@@ -434,8 +437,13 @@ class _Linter:
         by_selection = selections is not None and isinstance(script, Mapping) and all(isinstance(s, str) for s in script.values())
         if not isinstance(script, str) and not by_selection:
             self.error(_join(path, "Script"), f"{name} needs a Script (text)", "write Script: 'command' (| for several lines)")
-        for flag in (k for k in ("RequiresPrivilege", "BootstrapOnRollback") if k in body and not isinstance(body[k], bool)):
-            self.error(_join(path, flag), f"{flag} must be true or false, got {body[flag]!r}", f"write {flag}: true")
+        for flag in (k for k in COERCED_BOOLEANS if k in body and nucleus_bool(body[k]) is None):
+            self.error(
+                _join(path, flag),
+                f"{flag} is {body[flag]!r}, which the nucleus reads as false (it takes true/false, a whole number, or the "
+                f"strings {', '.join(repr(t) for t in NUCLEUS_TRUE)} as true)",
+                f"write {flag}: true (or false)",
+            )
         if "Timeout" in body and (not _is_int(body["Timeout"]) or body["Timeout"] <= 0):
             self.error(
                 _join(path, "Timeout"), f"Timeout must be a positive number of seconds, not {body['Timeout']!r}", "write 120"

@@ -27,7 +27,7 @@ from edgekit.errors import ArtifactError, PackagingError, RecipeError
 from edgekit.greengrass.recipe import SET_BY_SERVICE, TOP_LEVEL_KEYS, dump_recipe, normalize_recipe
 from edgekit.greengrass.resolve import BUILDS_KEY
 from edgekit.manifest import Manifest, read_manifest, verify_files
-from edgekit.progress import Progress
+from edgekit.progress import Progress, no_progress
 from edgekit.resources import bundled_dir
 
 __all__ = [
@@ -282,7 +282,7 @@ def _build(
     for backend, runtime_name in sorted(runtimes.items()):
         say(f"runtime component {runtime_name} {runtime_version} ({backend})")
         tokens = {"@RUNTIME@": runtime_name, "@MODEL@": name, "@BACKEND@": backend}
-        result.append(_package_runtime(runtime_name, runtime_version, publisher, tokens, recipes_dir, artifacts_root))
+        result.append(_package_runtime(runtime_name, runtime_version, publisher, tokens, recipes_dir, artifacts_root, say))
 
     say(f"model component {name} {version}: {', '.join(f'{k[0]}/{k[1]}' for k in sorted(by_platform))}")
     # @RUNTIME@ and @BACKEND@ are per platform: they are filled in each manifest
@@ -369,7 +369,13 @@ def build_facts(m: Manifest, runtime: str) -> dict[str, Any]:
 
 
 def _package_runtime(
-    name: str, version: str, publisher: str, tokens: dict[str, str], recipes_dir: Path, artifacts_root: Path
+    name: str,
+    version: str,
+    publisher: str,
+    tokens: dict[str, str],
+    recipes_dir: Path,
+    artifacts_root: Path,
+    say: Progress = no_progress,
 ) -> PackagedComponent:
     recipe = _template("runtime", tokens)
     dest = _fresh_dir(artifacts_root / name / version)
@@ -387,7 +393,7 @@ def _package_runtime(
     for manifest in recipe["Manifests"]:
         _set_artifact(manifest, zip_path)
     if backend == "tvm":
-        recipe["Manifests"] = _tvm_library_manifests(recipe["Manifests"][0], dest)
+        recipe["Manifests"] = _tvm_library_manifests(recipe["Manifests"][0], dest, say)
     recipe.update(ComponentName=name, ComponentVersion=version, ComponentPublisher=publisher)
     recipe = _ordered(recipe)
     return PackagedComponent(name, version, _write_recipe(recipe, recipes_dir), sorted(dest.glob("*.zip")))
@@ -398,7 +404,7 @@ def tvm_library_dir(architecture: str) -> str:
     return f"tvm-runtime-{architecture}"
 
 
-def _tvm_library_manifests(template: dict[str, Any], dest: Path) -> list[dict[str, Any]]:
+def _tvm_library_manifests(template: dict[str, Any], dest: Path, say: Progress = no_progress) -> list[dict[str, Any]]:
     """One manifest per architecture, each with the official ``libtvm_runtime.so`` of that platform as a second artifact.
 
     The component installs numpy and apache-tvm-ffi only (requirements-tvm.txt); the inference component points
@@ -410,7 +416,7 @@ def _tvm_library_manifests(template: dict[str, Any], dest: Path) -> list[dict[st
     manifests = []
     for arch in WHEEL_PLATFORMS:
         lib_zip = dest / f"{tvm_library_dir(arch)}.zip"
-        reproducible_zip(lib_zip, [(LIBRARY, runtime_library(arch))])
+        reproducible_zip(lib_zip, [(LIBRARY, runtime_library(arch, progress=say))])
         manifest = copy.deepcopy(template)
         manifest["Platform"] = {"os": "linux", "architecture": arch}
         manifest["Artifacts"] = [

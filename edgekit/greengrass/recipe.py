@@ -15,6 +15,7 @@ from edgekit.errors import RecipeError
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, decode_utf8, loads_json, loads_yaml
 
 __all__ = [
+    "COERCED_BOOLEANS",
     "LIFECYCLE_STEPS",
     "MANIFEST_KEYS",
     "RECIPE_FORMAT_VERSION",
@@ -23,6 +24,7 @@ __all__ = [
     "dump_recipe",
     "load_recipe",
     "normalize_recipe",
+    "nucleus_bool",
     "parse_recipe_text",
 ]
 
@@ -54,6 +56,29 @@ _STEP = ["Script", "RequiresPrivilege", "Skipif", "Timeout", "Setenv"]
 _BOOTSTRAP_STEP = [*_STEP, "BootstrapOnRollback"]
 _ARTIFACT = ["URI", "Unarchive", "Permission", "Digest", "Algorithm"]
 _PERMISSION = ["Read", "Execute"]
+
+
+# The recipe's booleans the nucleus reads with Coerce.toBoolean (com.aws.greengrass.util.Coerce): a lifecycle step's
+# RequiresPrivilege (GenericExternalService.isPrivilegeRequired) and Bootstrap's BootstrapOnRollback
+# (KernelAlternatives). It takes a boolean, a number (non-zero is true) or these exact strings as true; any other
+# string is false. See docs/greengrass-packaging.md (coerced booleans).
+COERCED_BOOLEANS = ("RequiresPrivilege", "BootstrapOnRollback")
+NUCLEUS_TRUE = ("true", "yes", "on", "t", "y", "Y")
+NUCLEUS_FALSE = ("false", "no", "off", "f", "n", "N")  # false to the nucleus as any other string, and meant so
+
+
+def nucleus_bool(value: Any) -> bool | None:
+    """``value`` as the nucleus coerces it (``"true"`` is true, as the developer guide's examples write it), or None
+    for a value it reads as false though it doesn't say so (``"True"``, ``"1"``: strings it doesn't know, floats)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value != 0
+    if isinstance(value, str) and value in NUCLEUS_TRUE:
+        return True
+    if isinstance(value, str) and value in NUCLEUS_FALSE:
+        return False
+    return None
 
 
 class _RecipeLoader(yaml.SafeLoader):

@@ -21,7 +21,9 @@ import zipfile
 from pathlib import Path
 
 from edgekit.deps import TVM_FFI_VERSION, TVM_VERSION
+from edgekit.downloads import DownloadError, download, pip_wheel_urls
 from edgekit.errors import PackagingError
+from edgekit.progress import Progress, no_progress
 from edgekit.resources import cache_dir
 
 __all__ = ["LIBRARY", "TVM_FFI_VERSION", "TVM_VERSION", "WHEEL_PLATFORMS", "runtime_library"]
@@ -38,12 +40,12 @@ WHEEL_PLATFORMS: dict[str, tuple[str, ...]] = {
 _HOST_ARCH = {"x86_64": "amd64", "aarch64": "aarch64"}
 
 
-def runtime_library(architecture: str, cache: Path | None = None) -> Path:
+def runtime_library(architecture: str, cache: Path | None = None, progress: Progress = no_progress) -> Path:
     """The official ``libtvm_runtime.so`` of TVM_VERSION for ``architecture`` (``amd64`` or ``aarch64``).
 
     Looked up in the cache, then taken from the installed ``apache-tvm`` when it is the official wheel of this
     version for this architecture (its file checked against the wheel's RECORD), else extracted from the wheel
-    (downloaded once). Raises :class:`PackagingError` naming how to provide the wheel when it cannot be had.
+    (downloaded once, with progress lines on ``progress``). Raises :class:`PackagingError` naming how to provide the wheel when it cannot be had.
     """
     if architecture not in WHEEL_PLATFORMS:
         raise PackagingError(
@@ -59,7 +61,7 @@ def runtime_library(architecture: str, cache: Path | None = None) -> Path:
         _write_atomically(dest, installed.read_bytes())
         return dest
     house = os.environ.get("EDGEKIT_WHEELHOUSE")
-    wheel = _wheel(architecture, Path(house) if house else root / "wheels")
+    wheel = _wheel(architecture, Path(house) if house else root / "wheels", progress)
     try:
         with zipfile.ZipFile(wheel) as zf:
             data = zf.read(_MEMBER)
@@ -107,22 +109,44 @@ def _wheel_name(architecture: str) -> str:
     return f"apache_tvm-{TVM_VERSION}-*_{architecture.replace('amd64', 'x86_64')}.whl"
 
 
-def _wheel(architecture: str, wheels: Path) -> Path:
+def _wheel(architecture: str, wheels: Path, progress: Progress) -> Path:
     found = sorted(wheels.glob(_wheel_name(architecture)))
     if found:
         return found[0]
     platforms = WHEEL_PLATFORMS[architecture]
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
-        "--implementation", "cp", *(a for p in platforms for a in ("--platform", p)),
-        "--disable-pip-version-check", "--no-input", "--retries", "1", "--timeout", "30", "--progress-bar", "off",
-        "-d", str(wheels), f"apache-tvm=={TVM_VERSION}",
+    pip_args = [
+        "--no-deps", "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+        *(a for p in platforms for a in ("--platform", p)),
+        "--disable-pip-version-check", "--no-input", "--retries", "1", "--timeout", "30",
     ]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        *pip_args,
+        "--progress-bar",
+        "off",
+        "-d",
+        str(wheels),
+        f"apache-tvm=={TVM_VERSION}",
+    ]
     how = (
         f"download it where the network is (pip download --no-deps --only-binary=:all: --python-version 3.11 "
         f"--platform {platforms[-1]} apache-tvm=={TVM_VERSION}) and copy the .whl into {wheels}"
     )
     log.info("downloading apache-tvm %s for linux/%s (once; cached in %s)", TVM_VERSION, architecture, wheels)
+    try:  # pip says where the wheel is; edgekit downloads it with progress (bytes, rate, time left)
+        planned = pip_wheel_urls([sys.executable, "-m", "pip"], pip_args, [f"apache-tvm=={TVM_VERSION}"])
+    except DownloadError as exc:
+        log.debug("pip cannot plan the download (%s); pip downloads it", exc)
+        planned = []
+    if len(planned) == 1:
+        what = f"apache-tvm {TVM_VERSION} wheel for linux/{architecture}"
+        try:
+            return download(planned[0].url, wheels / planned[0].filename, what, progress, sha256=planned[0].sha256)
+        except DownloadError as exc:
+            raise PackagingError(f"cannot download the {what} ({exc}); {how}") from None
     try:
         wheels.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=1800, check=False)

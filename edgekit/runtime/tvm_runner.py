@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from edgekit.deps import require
-from edgekit.errors import ArtifactError, MissingDependencyError
+from edgekit.errors import ArtifactError, MissingDependencyError, last_line
 from edgekit.manifest import TensorSpec
 from edgekit.runtime.backend_runner import Runner
 
@@ -103,7 +103,7 @@ class TvmRunner(Runner):
             self._main = self._vm["main"]
         except Exception as exc:
             raise ArtifactError(
-                f"{entry}: the TVM runtime cannot load this library ({str(exc).splitlines()[0]}); "
+                f"{entry}: the TVM runtime cannot load this library ({last_line(exc, first=True)}); "
                 f"it may be built for another architecture or another TVM version"
             ) from exc
         self._order = [s.name for s in self.inputs]

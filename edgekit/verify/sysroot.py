@@ -29,14 +29,13 @@ import sys
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgekit.deps import TVM_FFI_VERSION, TVM_VERSION
+from edgekit.downloads import DownloadError, Meter, download, fetch, pip_wheel_urls
 from edgekit.errors import ToolchainError
 from edgekit.progress import Progress, no_progress
 
@@ -412,9 +411,9 @@ def _build(tmp: Path, qemu: str, report: Progress) -> None:
     downloads.mkdir()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         # The wheels download while the Debian packages are fetched and unpacked.
-        wheels = pool.submit(_download_wheels, downloads / "wheels")
+        wheels = pool.submit(_download_wheels, downloads / "wheels", report)
         report(f"downloading Debian {DEBIAN_SUITE} {DEBIAN_ARCH} packages ({', '.join(ROOT_PACKAGES)})")
-        debs = _download_debs(downloads / "debs")
+        debs = _download_debs(downloads / "debs", report)
         report(f"unpacking {len(debs)} Debian packages")
         _make_rootfs(sysroot.root, debs)
         report("downloading aarch64 wheels (numpy, typing-extensions, apache-tvm-ffi, apache-tvm, onnxruntime)")
@@ -438,17 +437,14 @@ def _build(tmp: Path, qemu: str, report: Progress) -> None:
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # written last: marks it complete
 
 
-def _fetch(url: str, what: str, attempts: int = 3) -> bytes:
+def _fetch(url: str, what: str, attempts: int = 3, meter: Meter | None = None) -> bytes:
     for attempt in range(1, attempts + 1):
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                data: bytes = resp.read()
-                return data
-        except (urllib.error.URLError, OSError) as exc:
+            return fetch(url, meter=meter, timeout=60)
+        except DownloadError as exc:
             log.debug("download of %s failed (attempt %d): %s", url, attempt, exc)
             if attempt == attempts:
-                reason = getattr(exc, "reason", exc)
-                raise ToolchainError(f"download of {what} from {url} failed ({reason}); {_NETWORK_HINT}") from None
+                raise ToolchainError(f"download of {what} from {url} failed ({exc}); {_NETWORK_HINT}") from None
             time.sleep(attempt)
     raise AssertionError("unreachable")
 
@@ -513,7 +509,7 @@ def _resolve(packages: dict[str, dict[str, str]], provides: dict[str, str]) -> l
     return order
 
 
-def _download_debs(dest: Path) -> list[Path]:
+def _download_debs(dest: Path, report: Progress = no_progress) -> list[Path]:
     mirror = os.environ.get("EDGEKIT_DEBIAN_MIRROR", DEFAULT_DEBIAN_MIRROR).rstrip("/")
     index_url = f"{mirror}/dists/{DEBIAN_SUITE}/main/binary-{DEBIAN_ARCH}/Packages.xz"
     raw = _fetch(index_url, f"the Debian {DEBIAN_SUITE} {DEBIAN_ARCH} package index")
@@ -528,11 +524,13 @@ def _download_debs(dest: Path) -> list[Path]:
     names = _resolve(packages, provides)
     log.debug("Debian packages: %s", " ".join(names))
     dest.mkdir(parents=True)
+    total = sum(int(packages[n].get("Size", "0") or 0) for n in names)
+    meter = Meter(f"{len(names)} Debian packages", total or None, report)
 
     def one(name: str) -> Path:
         fields = packages[name]
         url = f"{mirror}/{fields['Filename']}"
-        data = _fetch(url, f"Debian package {name}")
+        data = _fetch(url, f"Debian package {name}", meter=meter)
         if fields.get("SHA256") and hashlib.sha256(data).hexdigest() != fields["SHA256"]:
             raise ToolchainError(f"Debian package {name} from {url} has a wrong SHA-256; retry the build")
         path = dest / posixpath.basename(fields["Filename"])
@@ -540,7 +538,9 @@ def _download_debs(dest: Path) -> list[Path]:
         return path
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, names))
+        debs = list(pool.map(one, names))
+    meter.finish()
+    return debs
 
 
 def _deb_data(deb: Path) -> tuple[str, bytes]:
@@ -674,15 +674,25 @@ def _host_specs(dist: str, fallback: str) -> list[str]:
     return [*specs, fallback]
 
 
-def _pip_download(spec: str, dest: Path) -> Path:
+def _pip_download(spec: str, dest: Path, report: Progress = no_progress) -> Path:
     before = set(dest.glob("*.whl")) if dest.exists() else set()
-    cmd = [
-        *_pip_command(), "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
+    args = [
+        "--no-deps", "--only-binary=:all:", "--python-version", "3.11",
         "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
         *(arg for platform in PIP_PLATFORMS for arg in ("--platform", platform)),
-        "--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "30", "--progress-bar", "off",
-        "-d", str(dest), spec,
+        "--disable-pip-version-check", "--no-input", "--retries", "2", "--timeout", "30",
     ]  # fmt: skip
+    try:  # pip says which wheel; edgekit downloads it with progress (bytes, rate, time left)
+        planned = pip_wheel_urls(_pip_command(), args, [spec])
+    except DownloadError as exc:
+        log.debug("pip cannot plan %s (%s); pip downloads it", spec, exc)
+        planned = []
+    if len(planned) == 1:
+        try:
+            return download(planned[0].url, dest / planned[0].filename, f"aarch64 wheel {spec}", report, sha256=planned[0].sha256)
+        except DownloadError as exc:
+            raise ToolchainError(f"download of the aarch64 wheel {spec} failed ({exc}); {_NETWORK_HINT}") from None
+    cmd = [*_pip_command(), "download", *args, "--progress-bar", "off", "-d", str(dest), spec]
     log.debug("running %s", " ".join(cmd))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=1800, check=False)
@@ -724,7 +734,7 @@ def _pip_download_with_deps(specs: Sequence[str], dest: Path) -> list[Path]:
     return sorted(dest.glob("*.whl"))
 
 
-def _download_wheels(dest: Path) -> tuple[dict[str, Path], str]:
+def _download_wheels(dest: Path, report: Progress = no_progress) -> tuple[dict[str, Path], str]:
     dest.mkdir(parents=True)
     wanted = {
         "numpy": _host_specs("numpy", "numpy>=2,<3"),
@@ -738,7 +748,7 @@ def _download_wheels(dest: Path) -> tuple[dict[str, Path], str]:
     for key, specs in wanted.items():
         for i, spec in enumerate(specs):
             try:
-                wheels[key] = _pip_download(spec, dest)
+                wheels[key] = _pip_download(spec, dest, report)
                 break
             except ToolchainError:
                 if i == len(specs) - 1:

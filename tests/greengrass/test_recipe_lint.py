@@ -14,6 +14,7 @@ import yaml
 
 from edgekit.errors import RecipeError
 from edgekit.greengrass.lint import Finding, check_recipe, lint_paths, lint_recipe
+from edgekit.greengrass.recipe import nucleus_bool
 
 RECIPES = Path(__file__).parent / "recipes"
 GUIDE = sorted(p for p in (RECIPES / "guide").iterdir() if p.suffix in (".json", ".yaml", ".yml"))
@@ -159,8 +160,13 @@ CASES = [
                  "Manifests[0].Lifecycle.Run.Timeout", "positive number", "error", id="timeout-text"),
     pytest.param([put(RUN, {"Script": "x", "Timeout": 0})], [], "Manifests[0].Lifecycle.Run.Timeout", "positive number", "error",
                  id="timeout-zero"),
-    pytest.param([put(RUN, {"Script": "x", "RequiresPrivilege": "yes"})], [put(RUN, {"Script": "x", "RequiresPrivilege": False})],
-                 "Manifests[0].Lifecycle.Run.RequiresPrivilege", "true or false", "error", id="privilege"),
+    pytest.param([put(RUN, {"Script": "x", "RequiresPrivilege": "True"})], [put(RUN, {"Script": "x", "RequiresPrivilege": "true"})],
+                 "Manifests[0].Lifecycle.Run.RequiresPrivilege", "which the nucleus reads as false", "error", id="privilege"),
+    pytest.param([put(RUN, {"Script": "x", "RequiresPrivilege": 0.5})], [put(RUN, {"Script": "x", "RequiresPrivilege": 1})],
+                 "Manifests[0].Lifecycle.Run.RequiresPrivilege", "0.5, which the nucleus reads as false", "error", id="privilege-float"),
+    pytest.param([put((*LIFECYCLE, "Bootstrap"), {"Script": "x", "BootstrapOnRollback": "TRUE"})],
+                 [put((*LIFECYCLE, "Bootstrap"), {"Script": "x", "BootstrapOnRollback": "false"})],
+                 "Manifests[0].Lifecycle.Bootstrap.BootstrapOnRollback", "reads as false", "error", id="bootstrap-on-rollback"),
     pytest.param([put(RUN, {"Script": "x", "Skipif": "which git"})], [put(RUN, {"Script": "x", "Skipif": "exists /tmp/done"})],
                  "Manifests[0].Lifecycle.Run.Skipif", "onpath", "error", id="skipif"),
     pytest.param([put((*LIFECYCLE, "Setenv"), ["A=1"])], [put((*LIFECYCLE, "Setenv"), {"A": "1"})],
@@ -396,3 +402,19 @@ def test_finding_text_names_file_path_message_and_fix() -> None:
     finding = Finding("r.yaml", "Manifests[0].Lifecycle.Run.Timeout", "Timeout must be positive", "write Timeout: 120")
     assert str(finding) == "r.yaml: Manifests[0].Lifecycle.Run.Timeout: Timeout must be positive (fix: write Timeout: 120)"
     assert finding.severity == "error"
+
+
+@pytest.mark.parametrize(("value", "meant"), [("true", True), ("yes", True), ("Y", True), ("false", False), ("off", False),
+                                             (True, True), (0, False), (2, True), ("True", None), ("1", None), (1.0, None)])  # fmt: skip
+def test_recipe_booleans_are_read_as_the_nucleus_coerces_them(value: object, meant: bool | None) -> None:
+    assert nucleus_bool(value) is meant  # Coerce.toBoolean: exact strings, numbers; anything else it reads as false
+
+
+def test_the_guides_string_booleans_lint_clean_and_a_bad_one_is_one_line() -> None:
+    recipe = RECIPES / "ok" / "privileged_string_booleans.json"
+    assert lint_recipe(recipe) == []
+    raw = json.loads(recipe.read_text())
+    raw["Manifests"][0]["Lifecycle"]["Install"]["RequiresPrivilege"] = "TRUE"
+    (finding,) = lint_recipe(raw, file="r.json")
+    assert finding.severity == "error" and "\n" not in str(finding)
+    assert "RequiresPrivilege is 'TRUE', which the nucleus reads as false" in str(finding)

@@ -86,3 +86,27 @@ def test_verify_refuses_what_it_cannot_check(mlp_onnx: Path, out_dir: Path) -> N
     host = edgekit.compile(mlp_onnx, "x86_64", out_dir, pipeline=QUICK).artifact_dir
     with pytest.raises(VerificationError, match=r"built for amd64.*edgekit run"):
         verify_artifact(host)
+
+
+@pytest.mark.slow
+def test_verify_prepare_builds_the_root_once_and_prints_its_folder(
+    sysroot_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgekit.cli import main
+
+    monkeypatch.setenv("EDGEKIT_SYSROOT_CACHE", str(sysroot_cache))
+    assert main(["verify", "--prepare"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("aarch64 root ready: ")
+    folder = Path(out.removeprefix("aarch64 root ready: "))
+    assert folder.is_relative_to(sysroot_cache.resolve()) and (folder / "edgekit-sysroot.json").is_file()
+    built = (folder / "edgekit-sysroot.json").stat().st_mtime_ns
+    assert main(["verify", "--prepare", "-q"]) == 0  # once: the second finds it built
+    assert (folder / "edgekit-sysroot.json").stat().st_mtime_ns == built
+
+
+def test_verify_without_an_artifact_or_prepare_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgekit.cli import main
+
+    assert main(["verify"]) == 2
+    assert "give an artifact folder to verify, or --prepare" in capsys.readouterr().err

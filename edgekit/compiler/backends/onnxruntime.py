@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from edgekit.compiler.backends.backend import Backend, BackendOptions, Built, UnsupportedOp
 from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.deps import package_version
-from edgekit.errors import CompilationError
+from edgekit.errors import CompilationError, last_line
 from edgekit.manifest import CpuRequirement
 from edgekit.profiles import DeviceProfile
 from edgekit.progress import Progress
@@ -59,7 +59,7 @@ class OnnxRuntimeBackend(Backend[OrtOptions]):
                 found.append((f"{domain}.{op}", ", ".join(nodes) or "?", "not a registered op in ONNX Runtime"))
             if found:
                 return found
-            raise CompilationError(f"ONNX Runtime cannot load the model: {text.splitlines()[0]}") from exc
+            raise CompilationError(f"ONNX Runtime cannot load the model: {last_line(exc, first=True)}") from exc
         return []
 
     def parse_options(self, options: Mapping[str, Any], profile: DeviceProfile) -> OrtOptions:
@@ -102,7 +102,7 @@ class OnnxRuntimeBackend(Backend[OrtOptions]):
         try:
             ort.InferenceSession(str(source.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise CompilationError(f"ONNX Runtime failed to optimise the model: {str(exc).splitlines()[0]}") from exc
+            raise CompilationError(f"ONNX Runtime failed to optimise the model: {last_line(exc, first=True)}") from exc
         return Built(
             files=["model.onnx"], entry="model.onnx", details={"optimization": level, **details, "notes": notes}, cpu=cpu
         )

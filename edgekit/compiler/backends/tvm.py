@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,7 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 
 from edgekit.compiler.backends.backend import Backend, BackendOptions, Built, UnsupportedOp
+from edgekit.compiler.backends.native_log import native_stderr_to_log
 from edgekit.compiler.backends.tvm_tune import (
     RECORDS,
     TuneOptions,
@@ -49,6 +51,8 @@ from edgekit.progress import Progress
 from edgekit.runtime.cpu_features import from_llvm
 
 __all__ = ["ELF_MACHINES", "TvmBackend", "TvmOptions", "cpu_requirement", "cuda_device_code", "elf_machine", "resolve_target"]
+
+log = logging.getLogger(__name__)
 
 # e_machine values of the ELF header
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 3: "i686"}
@@ -232,6 +236,13 @@ class TvmBackend(Backend[TvmOptions]):
         *,
         for_host: bool = False,
     ) -> Built:
+        # TVM's C++ logging (MetaSchedule's warnings while tuning, LLVM's) goes to edgekit's log, not the terminal.
+        with native_stderr_to_log(log, "tvm: "):
+            return self._compile(source, profile, options, out_dir, progress, for_host)
+
+    def _compile(
+        self, source: SourceModel, profile: DeviceProfile, options: TvmOptions, out_dir: Path, progress: Progress, for_host: bool
+    ) -> Built:
         tvm = require("tvm", "compiling with TVM")
         where = self._where(profile, options, for_host)
         progress(f"tvm: importing ONNX into Relax ({len(source.model.graph.node)} nodes)")
@@ -304,8 +315,7 @@ class TvmBackend(Backend[TvmOptions]):
             else:
                 executable.export_library(str(lib))
         except Exception as exc:
-            msg = str(exc).strip().splitlines()
-            raise ToolchainError(f"linking the TVM library with '{where.cxx}' failed: {(msg[-1] if msg else '')[:400]}") from exc
+            raise ToolchainError(f"linking the TVM library with '{where.cxx}' failed: {last_line(exc)}") from exc
         got = elf_machine(lib)
         if got != where.machine:
             raise ToolchainError(

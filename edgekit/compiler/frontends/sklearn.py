@@ -147,7 +147,7 @@ def load_sklearn(
                     raise
                 model = convert(None)
     except Exception as exc:  # skl2onnx raises RuntimeError, NotImplementedError, MissingShapeCalculator, ...
-        msg = _conversion_cause(exc)
+        msg = last_line(exc, first=True)  # skl2onnx's own line comes first; a wrapped cause (protobuf's) follows it
         also = f" ({mismatch})" if mismatch else ""
         raise ModelConversionError(f"'{path}': skl2onnx cannot convert {type(estimator).__name__}: {msg}{also}") from exc
     source = finish_onnx(
@@ -178,18 +178,6 @@ def pairing_problem(sklearn_version: str, skl2onnx_version: str) -> str:
         f"(scikit-learn {want_sk}.x with skl2onnx {want_conv}.x); install those ('pip install \"edgekit[sklearn]\"') "
         "if a conversion fails or disagrees"
     )
-
-
-def _conversion_cause(exc: BaseException) -> str:
-    """The root cause of a skl2onnx failure in one line: its own message wraps the cause's, with a page of attributes."""
-    root: BaseException = exc
-    while root.__cause__ is not None:
-        root = root.__cause__
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if root is exc:
-        return first[:300]
-    cause = str(root).strip().splitlines()[0] if str(root).strip() else ""
-    return f"{first[:200]} ({type(root).__name__}: {cause[:200]})"
 
 
 class _IntAttributes:

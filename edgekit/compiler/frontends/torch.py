@@ -218,7 +218,7 @@ def export_module(module: Any, example: tuple[Any, ...], names: list[str], n_out
                 do_constant_folding=True,
             )
     except Exception as exc:  # torch raises many unrelated types here
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = last_line(exc, first=True)
         if "forward()" in msg or "positional argument" in msg:
             msg += f" (check that --input-shape gives one shape per forward() argument; got {names})"
         raise ModelConversionError(f"'{spec}': torch.onnx.export failed: {msg}") from exc

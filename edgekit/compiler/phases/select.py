@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgekit.compiler.evaluation import budget_problems
+from edgekit.compiler.evaluation import budget_problems, budget_words
 from edgekit.compiler.phases.measure import Measured
 from edgekit.compiler.phases.outcomes import Outcomes
 from edgekit.compiler.pipeline import AccuracyBudget, Pipeline
@@ -28,6 +28,7 @@ def select(measured: list[Measured], pipe: Pipeline, outcomes: Outcomes, say: Pr
     """The best candidate within its accuracy budget (AccuracyError when none is); every report says why it lost."""
     passing = []
     for m in measured:
+        outcomes.report(m.candidate).budget = budget_words(m.measurement.accuracy, m.candidate.budget)
         problems = budget_problems(m.measurement.accuracy, m.candidate.budget)
         if problems:
             outcomes.report(m.candidate).reason = "outside the accuracy budget: " + "; ".join(problems)

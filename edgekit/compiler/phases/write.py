@@ -11,6 +11,7 @@ import numpy as np
 
 from edgekit._version import __version__
 from edgekit.compiler.artifact import install_dir, make_archive
+from edgekit.compiler.evaluation import too_few_to_judge
 from edgekit.compiler.frontends import SourceModel
 from edgekit.compiler.model_stats import model_stats
 from edgekit.compiler.phases.check import Plan
@@ -98,7 +99,15 @@ def _samples_info(plan: Plan, reference: Reference) -> SamplesInfo | None:
             evaluation, next((len(a) for n, a in plan.samples.stacked.items() if n in {i.name for i in reference.inputs}), 0)
         )
     truth = reference.truth.kind if reference.truth is not None else None
-    return SamplesInfo(source=plan.samples.where, total=total, calibration=total - evaluation, evaluation=evaluation, truth=truth)
+    tightest = min(c.budget.max_accuracy_drop for c in plan.candidates) if plan.candidates else 0.0
+    return SamplesInfo(
+        source=plan.samples.where,
+        total=total,
+        calibration=total - evaluation,
+        evaluation=evaluation,
+        truth=truth,
+        warning=too_few_to_judge(reference.truth, tightest),
+    )
 
 
 def _manifest(
