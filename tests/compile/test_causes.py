@@ -89,7 +89,7 @@ def test_a_converter_failure_keeps_the_cause_it_wraps(tmp_path: Path) -> None:
     path = tmp_path / "flagged.joblib"
     joblib.dump(Flagged().fit(np.zeros((4, 3), np.float32)), path)
     with pytest.raises(ModelConversionError) as err:
-        edgekit.compile(path, "x86_64", tmp_path / "b", backend="onnxruntime", trust_pickle=True)
+        edgekit.compile(path, "x86_64", tmp_path / "b", backend="onnxruntime", trust_unknown_types=True)
     message = str(err.value)
     assert "\n" not in message and "skl2onnx cannot convert Flagged: Unable to create node 'Identity'" in message
     assert "(cause: TypeError: " in message and "got a boolean" in message  # protobuf's line, which skl2onnx wrapped
