@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,3 +317,15 @@ def test_delete_removes_the_wake_up_alarm_of_an_async_endpoint(aws: Stubs) -> No
     cw.add_response("delete_alarms", {}, names)
     calls = delete_endpoint("sensor", keep_config=True, keep_models=True, session=session)
     assert [(c.service, c.operation) for c in calls] == [("sagemaker", "DeleteEndpoint"), ("cloudwatch", "DeleteAlarms")]
+
+
+def test_the_advised_async_command_scales_to_zero_as_written(artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    command = edgekit.advise(artifact, payload_mb=500).command
+    for placeholder, value in (("<role-arn>", ROLE), ("<ecr-uri>", IMAGE), ("<bucket>", "models"), ("<results>", "models/out/")):
+        command = command.replace(placeholder, value)
+    args = shlex.split(command)
+    assert args[:3] == ["edgekit", "endpoint", "deploy"] and "--min-instances" in args
+    assert main([*args[1:], "--region", "us-east-1", "--dry-run", "--json"]) == 0
+    requests = {r["operation"]: r["params"] for r in json.loads(capsys.readouterr().out)["requests"]}
+    assert requests["RegisterScalableTarget"]["MinCapacity"] == 0
+    assert requests["PutMetricAlarm"]["MetricName"] == "HasBacklogWithoutCapacity"
