@@ -413,8 +413,11 @@ def deploy_endpoint(
         )  # fmt: skip
         apply_scaling(scaling, aws.client, emit)
         return DeployResult(spec.name, spec.mode, "InService", model_data_url, calls, arn=arn)
-    except _StillCreating:
-        raise
+    except _StillCreating as exc:
+        if not scaling:
+            raise
+        note = "its scaling was not set up (delete it and deploy again, or register it with application-autoscaling)"
+        raise _StillCreating(f"{exc}; {note}") from exc
     except EndpointError as exc:
         undone = _rollback(api, s3, spec.bucket, created, emit)
         raise EndpointError(f"{exc}; {undone}" if undone else str(exc)) from exc

@@ -76,7 +76,7 @@ def _spec(**kw: Any) -> EndpointSpec:
     return EndpointSpec(**{"name": "sensor", "role_arn": ROLE, "image": IMAGE, "bucket": "models", **kw})
 
 
-def _endpoint_up(sm: Stubber, s3: Stubber, variant: dict[str, Any], **config: Any) -> None:
+def _endpoint_up(sm: Stubber, s3: Stubber, variant: dict[str, Any], status: str = "InService", **config: Any) -> None:
     """Upload, CreateModel, CreateEndpointConfig, CreateEndpoint and an InService DescribeEndpoint."""
     s3.add_client_error("head_object", "404", http_status_code=404, expected_params={"Bucket": "models", "Key": KEY})
     s3.add_response(
@@ -105,7 +105,7 @@ def _endpoint_up(sm: Stubber, s3: Stubber, variant: dict[str, Any], **config: An
     reply = {
         "EndpointName": "sensor",
         "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/sensor",
-        "EndpointStatus": "InService",
+        "EndpointStatus": status,
         "CreationTime": "2026-01-01T00:00:00Z",
         "LastModifiedTime": "2026-01-01T00:00:00Z",
     }
@@ -227,6 +227,13 @@ def test_a_refused_policy_deregisters_the_target_and_rolls_back_the_endpoint(art
     assert "DeregisterScalableTarget endpoint/sensor/variant/AllTraffic" in message
     assert f"rolled back: deleted Endpoint sensor, EndpointConfig {MODEL}, Model {MODEL}" in message
     assert "\n" not in message
+
+
+def test_a_wait_that_times_out_deletes_nothing_and_says_scaling_was_not_set_up(artifact: Path, aws: Stubs) -> None:
+    session, sm, s3, _, _ = aws  # no application-autoscaling response queued: a request would fail the test
+    _endpoint_up(sm, s3, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1}, status="Creating")
+    with pytest.raises(EndpointError, match="nothing was deleted.*its scaling was not set up"):
+        deploy_endpoint(artifact, _spec(max_instances=3, target_invocations=60), session=session, stamp=STAMP, timeout=0)
 
 
 @pytest.mark.parametrize(
