@@ -828,14 +828,18 @@ def deploy_endpoint(
     """Upload an artifact and create a SageMaker model and endpoint (``mode``: real-time, serverless, async) or a
     batch transform job, waiting for InService / Completed unless not ``wait``; a failure deletes what it made.
     ``spec``: the other fields of :class:`edgekit.cloud.sagemaker.EndpointSpec` (``role_arn``, ``image``,
-    ``bucket``...). ``dry_run``: every request checked against the API model, nothing called."""
-    from edgekit.cloud.sagemaker import MODES, DeployEvent, EndpointSpec
+    ``bucket``, ``min_instances``/``max_instances``/``target_invocations``...). ``name`` defaults to the artifact's
+    folder name made valid for SageMaker (``sensor-x86_64`` -> ``sensor-x86-64``). ``dry_run``: every request
+    checked against the API model, nothing called."""
+    from edgekit.cloud.sagemaker import MODES, DeployEvent, EndpointSpec, endpoint_name
     from edgekit.cloud.sagemaker import deploy_endpoint as _deploy
     from edgekit.errors import EndpointError
 
     if mode not in MODES:
         raise EndpointError(f"--mode must be one of {', '.join(MODES)}, not '{mode}'")
-    full = EndpointSpec(name=name or Path(artifact_dir).resolve().name, mode=mode, **spec)  # type: ignore[arg-type]
+    if spec.get("instance_count") is None:  # not given: as many as the scaling minimum asks for, at least one
+        spec["instance_count"] = max(1, spec.get("min_instances") or 1)
+    full = EndpointSpec(name=name or endpoint_name(Path(artifact_dir).resolve().name.removesuffix(".tar.gz")), mode=mode, **spec)  # type: ignore[arg-type]
 
     def show(event: DeployEvent) -> None:
         if progress is not None:

@@ -19,7 +19,7 @@ __all__ = ["delete", "deploy", "invoke", "register"]
 @json_output
 def deploy(
     artifact: Path = typer.Argument(..., help="an artifact folder (its .tar.gz is uploaded as model.tar.gz)"),
-    name: str | None = typer.Option(None, "--name", help="endpoint name (default: the artifact's name)"),
+    name: str | None = typer.Option(None, "--name", help="endpoint name (default: the artifact's name, made valid)"),
     mode: str = typer.Option("real-time", "--mode", help="real-time, serverless, async or batch"),
     role: str = typer.Option("", "--role", help="IAM role ARN SageMaker assumes"),
     image: str = typer.Option("", "--image", help="ECR URI of the edgekit serve image (docker/serve.Dockerfile)"),
@@ -27,13 +27,22 @@ def deploy(
     prefix: str = typer.Option("edgekit", "--prefix", help="S3 key prefix"),
     multi_model: bool = typer.Option(False, "--multi-model", help="a multi-model endpoint (ModelDataUrl is a prefix)"),
     instance_type: str = typer.Option("ml.c5.large", "--instance-type", help="real-time / async / batch: the instance type"),
-    instance_count: int = typer.Option(1, "--instance-count", help="real-time / async / batch: how many instances"),
+    instance_count: int | None = typer.Option(
+        None, "--instance-count", help="real-time / async / batch: how many instances [default: 1, or --min-instances]"
+    ),
+    min_instances: int | None = typer.Option(None, "--min-instances", help="real-time / async: scale down to (async: 0 ok)"),
+    max_instances: int | None = typer.Option(None, "--max-instances", help="real-time / async: scale up to (turns scaling on)"),
+    target_invocations: float | None = typer.Option(
+        None, "--target-invocations", help="real-time: invocations per instance per minute to hold"
+    ),
+    target_backlog: float | None = typer.Option(None, "--target-backlog", help="async: queued requests per instance [5]"),
     memory: int = typer.Option(2048, "--memory", help="serverless memory, MB (1024-6144 by 1024)"),
     max_concurrency: int = typer.Option(5, "--max-concurrency", help="serverless"),
     provisioned_concurrency: int | None = typer.Option(None, "--provisioned-concurrency", help="serverless"),
     async_output: str = typer.Option("", "--async-output", help="async: s3:// where results go"),
     sns_success: str | None = typer.Option(None, "--sns-success", help="async: SNS topic ARN on success"),
     sns_error: str | None = typer.Option(None, "--sns-error", help="async: SNS topic ARN on error"),
+    sns_include_response: bool = typer.Option(False, "--sns-include-response", help="async: the answer in the SNS message"),
     batch_input: str = typer.Option("", "--batch-input", help="batch: s3:// prefix of the inputs"),
     batch_output: str = typer.Option("", "--batch-output", help="batch: s3:// prefix for the outputs"),
     content_type: str = typer.Option("application/json", "--content-type", help="batch: the inputs' content type"),
@@ -45,12 +54,14 @@ def deploy(
     dry_run: bool = typer.Option(False, "--dry-run", help="print each request (checked against the API model), call nothing"),
 ) -> None:
     """Upload the artifact and create a SageMaker model + endpoint (or a batch transform job); a failure deletes what it made."""
-    with progress_line(f"deploying {name or artifact.resolve().name}") as say:
+    with progress_line(f"deploying {artifact.resolve().name}") as say:
         result = api.deploy_endpoint(
             artifact, name=name, mode=mode, role_arn=role, image=image, bucket=bucket, prefix=prefix,
             multi_model=multi_model, instance_type=instance_type, instance_count=instance_count, memory_mb=memory,
             max_concurrency=max_concurrency, provisioned_concurrency=provisioned_concurrency, async_output=async_output,
-            sns_success=sns_success, sns_error=sns_error, batch_input=batch_input, batch_output=batch_output,
+            sns_success=sns_success, sns_error=sns_error, sns_include_response=sns_include_response,
+            min_instances=min_instances, max_instances=max_instances, target_invocations=target_invocations,
+            target_backlog=target_backlog, batch_input=batch_input, batch_output=batch_output,
             content_type=content_type, region=region, profile=profile, endpoint_url=endpoint_url, dry_run=dry_run,
             wait=not no_wait, timeout=timeout, progress=say,
         )  # fmt: skip
@@ -58,7 +69,8 @@ def deploy(
     facts = {"name": result.name, "mode": result.mode, "status": result.status, "modelDataUrl": result.model_data_url,
              "arn": result.arn, "requests": requests}  # fmt: skip
     shown = [escape(json.dumps(request, indent=1)) for request in requests] if dry_run else []
-    emit(facts, *shown, escape(f"{result.name} ({result.mode}): {result.status} {result.arn}".rstrip()))
+    named = "" if name else f" (named from the artifact {artifact.resolve().name}; --name to choose)"
+    emit(facts, *shown, escape(f"{result.name} ({result.mode}): {result.status} {result.arn}".rstrip() + named))
 
 
 @json_output

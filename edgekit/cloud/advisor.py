@@ -217,7 +217,8 @@ def _command(advice: Advice, facts: dict[str, Any]) -> str:
     if option == "batch":
         return f"{base} --mode batch --instance-type {instance} --batch-input s3://<in> --batch-output s3://<out>"
     if option == "asynchronous":
-        return f"{base} --mode async --instance-type {instance} --async-output s3://<results>{extra}"
+        scale = " --min-instances 0 --max-instances 2"  # queued requests wake it; idle, it bills nothing
+        return f"{base} --mode async --instance-type {instance} --async-output s3://<results>{extra}{scale}"
     return f"{base} --mode real-time --instance-type {instance}{extra}"
 
 

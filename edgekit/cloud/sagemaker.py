@@ -41,6 +41,7 @@ __all__ = [
     "SageMakerApi",
     "delete_endpoint",
     "deploy_endpoint",
+    "endpoint_name",
     "invoke_endpoint",
     "invoke_endpoint_async",
 ]
@@ -79,7 +80,13 @@ class EndpointSpec:
     async_output: str = ""
     sns_success: str | None = None
     sns_error: str | None = None
+    sns_include_response: bool = False  # the inference's answer in the SNS messages too (IncludeInferenceResponseIn)
     max_concurrent_invocations: int | None = None
+    # real-time and async: Application Auto Scaling (edgekit.cloud.endpoint_scaling); async alone may go to 0
+    min_instances: int | None = None
+    max_instances: int | None = None
+    target_invocations: float | None = None  # real-time: invocations per instance per minute
+    target_backlog: float | None = None  # async: queued requests per instance
     # batch
     batch_input: str = ""
     batch_output: str = ""
@@ -114,13 +121,22 @@ class DeployResult:
 
 # --------------------------------------------------------------------------- checks and requests
 
+NAME_RULE = "1-63 letters, digits and hyphens, starting and ending with a letter or digit (^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62})"
+
+
+def endpoint_name(text: str) -> str:
+    """A valid SageMaker endpoint name made from ``text`` (an artifact's folder name such as ``sensor-x86_64``):
+    each run of other characters becomes one hyphen, at most 63 characters, no hyphen at either end."""
+    name = re.sub(r"[^a-zA-Z0-9]+", "-", text).strip("-")[:63].rstrip("-")
+    return name or "edgekit-model"
+
 
 def _check(spec: EndpointSpec, artifact_arch: str) -> None:
     def bad(message: str) -> EndpointError:
         return EndpointError(f"endpoint '{spec.name}': {message}")
 
-    if not _NAME.match(spec.name):
-        raise bad("names are 1-63 letters, digits and hyphens, starting with a letter or digit")
+    if not _NAME.match(spec.name) or len(spec.name) > 63:
+        raise bad(f"not a valid endpoint name: SageMaker names are {NAME_RULE}; '{endpoint_name(spec.name)}' would do")
     if spec.mode not in MODES:
         raise bad(f"--mode must be one of {', '.join(MODES)}, not '{spec.mode}'")
     if not spec.role_arn:
@@ -154,6 +170,10 @@ def _check(spec: EndpointSpec, artifact_arch: str) -> None:
         if graviton != (artifact_arch == "aarch64"):
             want = "a Graviton (…g) instance type" if artifact_arch == "aarch64" else "an x86_64 instance type"
             raise bad(f"the artifact is built for {artifact_arch} and {spec.instance_type} is not: choose {want}, or recompile")
+    if spec.mode != "async" and (spec.sns_success or spec.sns_error):
+        raise bad("--sns-success/--sns-error apply to async endpoints (--mode async) only")
+    if spec.sns_include_response and not (spec.sns_success or spec.sns_error):
+        raise bad("--sns-include-response needs --sns-success and/or --sns-error (the topics the answer goes to)")
     if spec.mode == "async" and not _S3.match(spec.async_output):
         raise bad("--async-output s3://bucket/prefix is required for an asynchronous endpoint (where results are written)")
     if spec.mode == "batch":
@@ -191,7 +211,10 @@ def _endpoint_config(spec: EndpointSpec, config_name: str, model_name: str) -> d
     params: dict[str, Any] = {"EndpointConfigName": config_name, "ProductionVariants": [_variant(spec, model_name)]}
     if spec.mode == "async":
         output: dict[str, Any] = {"S3OutputPath": spec.async_output}
-        notify = {k: v for k, v in (("SuccessTopic", spec.sns_success), ("ErrorTopic", spec.sns_error)) if v}
+        notify: dict[str, Any] = {k: v for k, v in (("SuccessTopic", spec.sns_success), ("ErrorTopic", spec.sns_error)) if v}
+        if notify and spec.sns_include_response:
+            topics = {"SuccessTopic": "SUCCESS_NOTIFICATION_TOPIC", "ErrorTopic": "ERROR_NOTIFICATION_TOPIC"}
+            notify["IncludeInferenceResponseIn"] = [topics[k] for k in notify]
         if notify:
             output["NotificationConfig"] = notify
         config: dict[str, Any] = {"OutputConfig": output}
@@ -236,14 +259,16 @@ def validate_calls(calls: list[ApiCall]) -> None:
 
 
 class SageMakerApi:
-    """The SageMaker control-plane calls edgekit makes, each failure one EndpointError line."""
+    """The SageMaker control-plane calls edgekit makes (and its scaling's: ``service`` names another client's),
+    each failure one EndpointError line."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, service: str = "sagemaker") -> None:
         self.client = client
+        self.service = service
 
     def call(self, operation: str, action: str, **params: Any) -> Any:
         method = re.sub(r"(?<!^)(?=[A-Z])", "_", operation).lower()
-        with aws_errors(f"{action} (sagemaker:{operation})", EndpointError):
+        with aws_errors(f"{action} ({self.service}:{operation})", EndpointError):
             return getattr(self.client, method)(**params)
 
     def wait(
@@ -323,9 +348,12 @@ def deploy_endpoint(
     stamp: str | None = None,
 ) -> DeployResult:
     """Deploy ``artifact`` as ``spec`` says; see the module docstring. ``stamp`` names the model/config versions."""
+    from edgekit.cloud.endpoint_scaling import apply_scaling, check_scaling, scaling_calls
+
     emit = progress or (lambda _event: None)
     archive, arch = _archive(Path(artifact))
     _check(spec, arch)
+    check_scaling(spec, wait=wait)
     stamp = stamp or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     model_name = f"{spec.name[: 63 - len(stamp) - 1]}-{stamp}"
     key = f"{spec.prefix.strip('/')}/{spec.name}/{stamp}/model.tar.gz"
@@ -346,6 +374,8 @@ def deploy_endpoint(
     else:
         calls.append(ApiCall("sagemaker", "CreateEndpointConfig", _endpoint_config(spec, model_name, model_name)))
         calls.append(ApiCall("sagemaker", "CreateEndpoint", {"EndpointName": spec.name, "EndpointConfigName": model_name}))
+    scaling = scaling_calls(spec)
+    calls += scaling
     validate_calls(calls)
     if dry_run:
         return DeployResult(spec.name, spec.mode, "planned", model_data_url, calls, dry_run=True)
@@ -364,7 +394,7 @@ def deploy_endpoint(
             raise EndpointError(f"uploading model.tar.gz: {exc}") from exc
         if upload.created:
             created.append(("object", key))
-        for call in calls[1:]:
+        for call in calls[1 : len(calls) - len(scaling)]:
             emit(DeployEvent("create", f"{call.operation} {next(iter(call.params.values()))}"))
             reply = api.call(call.operation, f"creating {spec.name}", **call.params)
             created.append((call.operation, str(next(iter(call.params.values())))))
@@ -381,9 +411,13 @@ def deploy_endpoint(
             "DescribeEndpoint", "EndpointName", spec.name, "EndpointStatus", ("InService",), ("Failed",),
             timeout=timeout, poll=poll, progress=emit,
         )  # fmt: skip
+        apply_scaling(scaling, aws.client, emit)
         return DeployResult(spec.name, spec.mode, "InService", model_data_url, calls, arn=arn)
-    except _StillCreating:
-        raise
+    except _StillCreating as exc:
+        if not scaling:
+            raise
+        note = "its scaling was not set up (delete it and deploy again, or register it with application-autoscaling)"
+        raise _StillCreating(f"{exc}; {note}") from exc
     except EndpointError as exc:
         undone = _rollback(api, s3, spec.bucket, created, emit)
         raise EndpointError(f"{exc}; {undone}" if undone else str(exc)) from exc
@@ -509,7 +543,9 @@ def delete_endpoint(
     dry_run: bool = False,
     session: AwsSession | None = None,
 ) -> list[ApiCall]:
-    """Delete an endpoint, then (unless kept) its endpoint config and the models it serves. Returns the calls made."""
+    """Delete an endpoint, then (unless kept) its endpoint config and the models it serves, and the CloudWatch alarm
+    that woke it from zero if deploy made one (Application Auto Scaling drops the endpoint's scalable target and
+    policies by itself). Returns the calls made."""
     aws = session or _session(region, profile, endpoint_url)
     api = SageMakerApi(aws.client("sagemaker"))
     try:
@@ -524,11 +560,19 @@ def delete_endpoint(
     calls = [ApiCall("sagemaker", "DeleteEndpoint", {"EndpointName": name})]
     if not keep_config:
         calls.append(ApiCall("sagemaker", "DeleteEndpointConfig", {"EndpointConfigName": config}))
+    described = api.call("DescribeEndpointConfig", f"looking up {config}", EndpointConfigName=config)
     if not keep_models:
-        described = api.call("DescribeEndpointConfig", f"looking up {config}", EndpointConfigName=config)
         for variant in described.get("ProductionVariants", []):
             calls.append(ApiCall("sagemaker", "DeleteModel", {"ModelName": variant["ModelName"]}))
+    if "AsyncInferenceConfig" in described:
+        from edgekit.cloud.endpoint_scaling import alarm_name
+
+        watch = SageMakerApi(aws.client("cloudwatch"), "cloudwatch")
+        alarms = watch.call("DescribeAlarms", f"looking up the alarms of {name}", AlarmNames=[alarm_name(name)])
+        if alarms.get("MetricAlarms"):
+            calls.append(ApiCall("cloudwatch", "DeleteAlarms", {"AlarmNames": [alarm_name(name)]}))
     if not dry_run:
         for call in calls:
-            api.call(call.operation, f"deleting {next(iter(call.params.values()))}", **call.params)
+            client = api if call.service == "sagemaker" else SageMakerApi(aws.client(call.service), call.service)
+            client.call(call.operation, f"deleting {next(iter(call.params.values()))}", **call.params)
     return calls

@@ -249,7 +249,7 @@ def test_a_quota_error_rolls_back_the_model(artifact: Path, aws: tuple[AwsSessio
         ({"instance_type": "ml.c7g.large"}, "built for x86_64 and ml.c7g.large is not"),
         ({"mode": "async"}, "--async-output s3://bucket/prefix is required"),
         ({"mode": "batch", "batch_input": "s3://data/in/"}, "--batch-output s3://bucket/prefix is required"),
-        ({"name": "bad_name"}, "names are 1-63 letters"),
+        ({"name": "bad_name"}, "not a valid endpoint name: SageMaker names are 1-63 letters"),
     ],
 )
 def test_bad_options_fail_before_any_call(
