@@ -85,12 +85,13 @@ def write_and_read(case: Any, root: Path) -> Data:
     from onnx.backend.test import cmd_tools
     from onnx.backend.test.runner import Runner
 
-    saved = cmd_tools.model_test
-    cmd_tools.model_test = SimpleNamespace(collect_testcases=lambda: [case])  # type: ignore[assignment]
+    # ONNX's writer writes every test its collector gives: give it this one.
+    saved = cmd_tools.model_test  # type: ignore[attr-defined]
+    cmd_tools.model_test = SimpleNamespace(collect_testcases=lambda: [case])  # type: ignore[attr-defined,assignment]
     try:
         cmd_tools.generate_data(argparse.Namespace(output=str(root)))
     finally:
-        cmd_tools.model_test = saved
+        cmd_tools.model_test = saved  # type: ignore[attr-defined]
     folder = root / case.kind / case.name
     model = onnx.load(str(folder / "model.onnx"))
     sets = []
@@ -281,7 +282,9 @@ def report(outcomes: list[Outcome], variants: Sequence[str], seconds: float) -> 
         for v in (x for x in variants if x.startswith("edgekit")):
             kept = sum(o.passed[v] for o in anchor_ok)
             goal = " (goal >= 99 %)" if anchor == ANCHOR else ""
-            print(f"  {v} passes {kept} / {len(anchor_ok)} of the tests {anchor} passes = {kept / max(1, len(anchor_ok)):.1%}{goal}")
+            print(
+                f"  {v} passes {kept} / {len(anchor_ok)} of the tests {anchor} passes = {kept / max(1, len(anchor_ok)):.1%}{goal}"
+            )
             lost = Counter(o.why[v].split(":")[0] for o in anchor_ok if not o.passed[v])
             if lost and anchor == ANCHOR:
                 print(f"    failing where {anchor} passes, by kind: {dict(lost.most_common(8))}")
