@@ -98,6 +98,9 @@ def test_a_scalar_output_compiles_measures_runs_and_serves(tmp_path: Path, backe
         np.testing.assert_allclose(tensor["data"], [x.sum()], atol=1e-5)
         answer = _post(f"{server.url}/invocations", {"inputs": {"x": x.tolist()}})
         np.testing.assert_allclose(answer["outputs"]["total"], x.sum(), atol=1e-5)
+        with urllib.request.urlopen(f"{server.url}/v2/models/{name}", timeout=30) as response:
+            meta = json.loads(response.read())
+        assert meta["outputs"] == [{"name": "total", "datatype": "FP32", "shape": []}]
 
 
 def test_scalar_outputs_of_integer_and_mixed_models_agree(tmp_path: Path) -> None:
@@ -157,6 +160,14 @@ def test_nonzero_output_is_recorded_dynamic_and_runs_at_every_size(tmp_path: Pat
         (where,) = loaded.predict({"x": x})
         np.testing.assert_array_equal(where, np.array(np.nonzero(x)))
         assert where.shape == (2, 12 - zeros)
+    with ModelServer([result.artifact_dir], options=ServeOptions(port=0)) as server:  # served at any size too
+        name = result.manifest.name
+        with urllib.request.urlopen(f"{server.url}/v2/models/{name}", timeout=30) as response:
+            assert json.loads(response.read())["outputs"] == [{"name": "where", "datatype": "INT64", "shape": [2, -1]}]
+        x = np.eye(3, 4, dtype=np.float32)
+        request = {"inputs": [{"name": "x", "shape": [3, 4], "datatype": "FP32", "data": x.ravel().tolist()}]}
+        (tensor,) = _post(f"{server.url}/v2/models/{name}/infer", request)["outputs"]
+        assert tensor["shape"] == [2, 3] and tensor["data"] == np.array(np.nonzero(x)).ravel().tolist()
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
