@@ -82,8 +82,8 @@ class Samples:
         items = [sorted(self.stacked.items())] if self.stacked is not None else [sorted(d.items()) for d in self.listed or []]
         for group in items:
             for name, arr in group:
-                a = np.ascontiguousarray(arr)
-                h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+                a = np.ascontiguousarray(arr)  # 1-d for a 0-d array: the shape comes from arr
+                h.update(f"{name}|{a.dtype.str}|{np.shape(arr)}|".encode())
                 h.update(a.tobytes())
         return h.hexdigest()
 

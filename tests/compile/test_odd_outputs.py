@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 
 import edgekit
@@ -124,6 +125,29 @@ def test_scalar_outputs_of_integer_and_mixed_models_agree(tmp_path: Path) -> Non
     det, top = edgekit.load(result.artifact_dir, self_test=True).predict({"m": a})
     np.testing.assert_allclose(det, np.linalg.det(a), rtol=1e-4)
     assert top.shape == () and int(top) == int(np.argmax(a))
+
+
+class _Loss(torch.nn.Module):
+    """A weighted loss: the mean of x^2 times a 0-d weight ``w`` — a 0-d input and a 0-d output."""
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return (x**2).mean() * w  # 1-d if w arrived 1-d
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.trace(_method)?` is deprecated:DeprecationWarning")
+def test_a_torch_loss_with_a_scalar_input_and_output(tmp_path: Path) -> None:
+    """The torch reference gets the 0-d input as 0-d (not 1-d), and the 0-d loss is measured against it."""
+    path = tmp_path / "loss.pt"
+    torch.jit.trace(_Loss(), (torch.randn(5), torch.tensor(2.0))).save(str(path))  # type: ignore[no-untyped-call]
+    result = edgekit.compile(path, "x86_64", tmp_path / "build", pipeline=BOTH, input_shapes={"x": [5], "w": []}, use_cache=False)
+    assert set(_measured(result).values()) == {"chosen", "rejected"}, result.manifest.candidates
+    assert [(s.name, s.shape) for s in result.manifest.inputs] == [("x", [5]), ("w", [])]
+    assert [s.shape for s in result.manifest.outputs] == [[]]
+    assert result.manifest.measured is not None and "torch" in result.manifest.measured.accuracy.reference
+    x, w = np.arange(5, dtype=np.float32), np.array(0.5, dtype=np.float32)
+    (loss,) = edgekit.load(result.artifact_dir, self_test=True).predict({"x": x, "w": w})
+    assert loss.shape == ()
+    np.testing.assert_allclose(loss, np.mean(x**2) * w, rtol=1e-6)
 
 
 def _nonzero_model(path: Path) -> Path:
