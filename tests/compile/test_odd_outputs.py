@@ -279,3 +279,21 @@ def test_conformance_comparison_is_onnx_runners(tmp_path: Path) -> None:
     assert _matches([np.array(2.1, np.float32), want[1]], want, 1e-3, 1e-7) != ""
     assert _matches([want[0], np.array([[1, 2]], np.int32)], want, 1e-3, 1e-7) != ""  # dtype
     assert _matches([want[0]], want, 1e-3, 1e-7) != ""  # count
+
+
+def test_samples_of_0d_inputs_and_outputs_are_0d_arrays() -> None:
+    """One sample of a 0-d input is a 0-d array (ONNX Runtime refuses a bare str, e.g. for a 0-d string input), and so
+    is one sample's expected 0-d output."""
+    from edgekit.compiler.samples import load_samples
+    from edgekit.manifest import TensorSpec
+
+    samples = load_samples({"s": np.array(["a", "bc"]), "n": np.array([1.0, 2.0], np.float32), "y": np.array([3.0, 4.0])})
+    split = samples.for_model(
+        [TensorSpec(name="s", shape=[], dtype="object"), TensorSpec(name="n", shape=[], dtype="float32")], ["y"]
+    )
+    assert [type(f["s"]) for f in split.feeds] == [np.ndarray, np.ndarray]
+    assert [(f["s"].shape, f["s"].item(), f["n"].shape, f["n"].dtype) for f in split.feeds] == [
+        ((), "a", (), np.float32),
+        ((), "bc", (), np.float32),
+    ]
+    assert split.expected is not None and [e["y"].shape for e in split.expected] == [(), ()]
