@@ -60,11 +60,23 @@ def reference_outputs(source: SourceModel, spec: MeasureSpec, samples: SampleSet
     return Reference(source.inputs, outputs, feeds, expected, ran_by, samples is None, truth, score)
 
 
+# Ops whose output shape can follow the values of their inputs, not only their shapes.
+_DATA_DEPENDENT = frozenset(
+    {
+        "NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit", "TopK", "Range", "Loop", "If", "Scan",
+        "ConstantOfShape", "Expand", "Tile", "Reshape", "Slice", "Pad", "Resize", "Upsample", "OneHot", "CenterCropPad",
+    }
+)  # fmt: skip
+
+
 def output_specs(model: onnx.ModelProto, names: list[str], expected: list[list[np.ndarray]]) -> list[TensorSpec]:
     """Each output's name, dtype and shape as the source gave them on the samples, with :data:`DYNAMIC` for a
-    data-dependent dimension: one whose size differs between the samples, or that the graph does not fix (ONNX shape
-    inference, with the inputs' shapes pinned and the outputs' declared shapes set aside, leaves it unknown)."""
+    data-dependent dimension: one whose size differs between the samples, or that the graph does not fix — ONNX shape
+    inference (inputs pinned, the outputs' declared shapes set aside) leaves it unknown and an op whose output shape
+    can follow its input values (``NonZero``, ``Unique``, ``Range``, ...) feeds the output. (Inference also leaves
+    dimensions unknown behind ops it has no shape function for, e.g. ``ai.onnx.ml``'s: those keep the samples' size.)"""
     static = _inferred_output_dims(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
     specs = []
     for i, name in enumerate(names):
         shapes = [np.asarray(outs[i]).shape for outs in expected]
@@ -73,10 +85,25 @@ def output_specs(model: onnx.ModelProto, names: list[str], expected: list[list[n
             dims = [DYNAMIC] * len(dims)
         dims = [DYNAMIC if any(s[d] != size for s in shapes) else size for d, size in enumerate(dims)]
         fixed = static.get(name)
-        if fixed is not None and len(fixed) == len(dims):
+        if fixed is not None and len(fixed) == len(dims) and _fed_by(name, producers) & _DATA_DEPENDENT:
             dims = [DYNAMIC if known is None else size for size, known in zip(dims, fixed, strict=True)]
         specs.append(TensorSpec(name=name, shape=dims, dtype=str(np.asarray(expected[0][i]).dtype)))
     return specs
+
+
+def _fed_by(name: str, producers: dict[str, onnx.NodeProto]) -> set[str]:
+    """The op types of every node upstream of the value ``name``."""
+    ops: set[str] = set()
+    seen: set[int] = set()
+    todo = [name]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        ops.add(node.op_type)
+        todo.extend(node.input)
+    return ops
 
 
 def _inferred_output_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
