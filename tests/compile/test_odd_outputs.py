@@ -297,3 +297,26 @@ def test_samples_of_0d_inputs_and_outputs_are_0d_arrays() -> None:
         ((), "bc", (), np.float32),
     ]
     assert split.expected is not None and [e["y"].shape for e in split.expected] == [(), ()]
+
+
+def test_bfloat16_inputs_and_outputs_cross_the_lean_tvm_runtime(tmp_path: Path) -> None:
+    """numpy's DLPack has no bfloat16: the TVM runner hands such tensors over as uint16 and retypes them."""
+    import ml_dtypes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    b = helper.make_tensor_value_info("b", TensorProto.BFLOAT16, [4])
+    nodes = [helper.make_node("Cast", ["x"], ["to_b"], to=TensorProto.BFLOAT16), helper.make_node("Cast", ["b"], ["to_f"], to=1)]
+    outs = [
+        helper.make_tensor_value_info("to_b", TensorProto.BFLOAT16, [4]),
+        helper.make_tensor_value_info("to_f", TensorProto.FLOAT, [4]),
+    ]
+    model = _save(_model(nodes, [x, b], outs), tmp_path / "bf16.onnx")
+    xs = np.array([[1.0, -2.5, 3.25, 1e-3]], dtype=np.float32)
+    samples = {"x": xs, "b": xs.astype(ml_dtypes.bfloat16)}
+    result = edgekit.compile(model, "x86_64", tmp_path / "build", backend="tvm", samples=samples, use_cache=False)
+    assert result.manifest.backend.name == "tvm"
+    feed = np.array([0.5, 7.0, -1.125, 100.0], dtype=np.float32)
+    to_b, to_f = edgekit.load(result.artifact_dir, self_test=True).predict({"x": feed, "b": feed.astype(ml_dtypes.bfloat16)})
+    assert to_b.dtype == np.dtype(ml_dtypes.bfloat16) and to_f.dtype == np.float32
+    np.testing.assert_array_equal(to_b.astype(np.float32), feed.astype(ml_dtypes.bfloat16).astype(np.float32))
+    np.testing.assert_array_equal(to_f, feed.astype(ml_dtypes.bfloat16).astype(np.float32))
