@@ -293,8 +293,8 @@ def test_samples_of_0d_inputs_and_outputs_are_0d_arrays() -> None:
     )
     assert [type(f["s"]) for f in split.feeds] == [np.ndarray, np.ndarray]
     assert [(f["s"].shape, f["s"].item(), f["n"].shape, f["n"].dtype) for f in split.feeds] == [
-        ((), "a", (), np.float32),
-        ((), "bc", (), np.float32),
+        ((), "a", (), np.dtype(np.float32)),
+        ((), "bc", (), np.dtype(np.float32)),
     ]
     assert split.expected is not None and [e["y"].shape for e in split.expected] == [(), ()]
 
