@@ -114,6 +114,7 @@ class TvmRunner(Runner):
         self._order = [s.name for s in self.inputs]
         self._lock = threading.Lock()  # the aligned input buffers are reused between calls
         self._buffers: dict[str, np.ndarray] = {s.name: _aligned_copy(np.zeros(s.shape, dtype=s.dtype)) for s in self.inputs}
+        self._one_byte = _aligned_copy(np.zeros(1, dtype=np.uint8))  # what an empty input's view stands on
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
@@ -130,6 +131,8 @@ class TvmRunner(Runner):
     # ONNX's numpy helpers use) cross as unsigned integers of their width, retyped by a TVM view on the other side.
 
     def _tensor(self, arr: np.ndarray) -> Any:
+        if arr.size == 0:  # numpy exports an empty array with all-zero strides, which TVM refuses as not compact
+            return self._view(self._ffi.from_dlpack(self._one_byte), arr.shape, str(arr.dtype))
         if not arr.dtype.name.startswith(_RETYPED):
             return self._ffi.from_dlpack(arr)
         bits = self._ffi.from_dlpack(arr.view(f"uint{8 * arr.dtype.itemsize}"))
