@@ -396,3 +396,28 @@ def test_conformance_tvm_tests_raw_tvm_passes_pass_through_edgekit(tmp_path: Pat
         outcome = run_case(_case(name), ["tvm-raw", "edgekit-tvm"])
         assert outcome.passed == {"tvm-raw": True, "edgekit-tvm": True}, (name, outcome.why)
         assert not outcome.escaped
+
+
+def test_an_optional_tensor_output_is_carried_as_its_tensor(tmp_path: Path) -> None:
+    """As ONNX Runtime returns it: the tensor when present; an empty one on some inputs is one line at predict."""
+    from edgekit.errors import InferenceError
+
+    c = helper.make_tensor_value_info("c", TensorProto.BOOL, [])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])
+    opt = onnx.TypeProto()
+    opt.optional_type.elem_type.tensor_type.CopyFrom(helper.make_tensor_type_proto(TensorProto.FLOAT, [3]).tensor_type)
+    then = helper.make_graph([helper.make_node("Optional", ["x"], ["t"])], "then", [], [helper.make_value_info("t", opt)])
+    empty = helper.make_node("Optional", [], ["e"], type=helper.make_tensor_type_proto(TensorProto.FLOAT, [3]))
+    other = helper.make_graph([empty], "else", [], [helper.make_value_info("e", opt)])
+    node = helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)
+    model = _save(_model([node], [c, x], [helper.make_value_info("y", opt)]), tmp_path / "opt_out.onnx")
+    xs = np.array([[1.0, -2.0, 3.0], [4.0, 5.0, -6.0]], np.float32)
+    samples = {"c": np.array([True, True]), "x": xs}
+    result = edgekit.compile(model, "x86_64", tmp_path / "build", samples=samples, use_cache=False)
+    assert [(s.name, s.shape, s.dtype) for s in result.manifest.outputs] == [("y", [3], "float32")]
+    loaded = edgekit.load(result.artifact_dir, self_test=True)
+    (out,) = loaded.predict({"c": np.array(True), "x": xs[1]})
+    np.testing.assert_array_equal(out, xs[1])
+    with pytest.raises(InferenceError, match=r"^output 'y' is an empty optional on these inputs") as err:
+        loaded.predict({"c": np.array(False), "x": xs[1]})
+    assert "\n" not in str(err.value)

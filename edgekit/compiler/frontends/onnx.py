@@ -94,12 +94,13 @@ def finish_onnx(
 
 
 def _check_outputs(model: onnx.ModelProto, where: str) -> None:
-    """One line naming the first output that isn't a tensor: an artifact's outputs are tensors, on every backend and
-    over every wire (``predict``, golden vectors, the Open Inference Protocol)."""
+    """One line naming the first output that isn't a tensor (or an optional tensor, carried as the tensor it holds): an
+    artifact's outputs are tensors, on every backend and over every wire (``predict``, golden vectors, the Open
+    Inference Protocol)."""
     for out in model.graph.output:
         kind = out.type.WhichOneof("value")
-        if kind == "tensor_type":
-            continue
+        if kind == "tensor_type" or (kind == "optional_type" and out.type.optional_type.elem_type.HasField("tensor_type")):
+            continue  # an optional tensor is carried as the tensor it holds, as ONNX Runtime returns it
         what = {"sequence_type": "a sequence", "map_type": "a map", "optional_type": "an optional"}.get(str(kind), str(kind))
         fix = {
             "sequence_type": "end the graph with ConcatFromSequence (or SequenceAt) so that it gives one tensor",
