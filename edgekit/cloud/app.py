@@ -295,7 +295,9 @@ class ServeApp:
             versions=[],
             platform=servable.platform,
             inputs=inputs,
-            outputs=[MetadataTensor(name=n) for n in servable.outputs],
+            outputs=[MetadataTensor(name=s.name, datatype=DATATYPES.get(s.dtype), shape=s.shape) for s in servable.output_specs]
+            if servable.output_specs is not None
+            else [MetadataTensor(name=n) for n in servable.outputs],
         )
         return _json(meta)
 

@@ -51,9 +51,10 @@ def agreement(
             g = g.reshape(w.shape)
             if w.dtype.kind == "f":
                 if g.size:
-                    diff = np.abs(g.astype(np.float64) - w.astype(np.float64))
-                    diff[np.isnan(g) & np.isnan(w)] = 0.0  # NaN where the source gives NaN agrees
-                    diff[np.isinf(g) & (g == w)] = 0.0
+                    flat_g, flat_w = g.reshape(-1), w.reshape(-1)  # 1-d: a 0-d output (a scalar) too
+                    diff = np.abs(flat_g.astype(np.float64) - flat_w.astype(np.float64))
+                    diff[np.isnan(flat_g) & np.isnan(flat_w)] = 0.0  # NaN where the source gives NaN agrees
+                    diff[np.isinf(flat_g) & (flat_g == flat_w)] = 0.0
                     max_err = max(max_err, float(np.max(diff)) if not np.isnan(diff).any() else float("inf"))
                 if w.ndim == 2 and w.shape[1] > 1:
                     agree += int(np.sum(np.argmax(g, axis=1) == np.argmax(w, axis=1)))

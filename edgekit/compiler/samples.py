@@ -82,8 +82,8 @@ class Samples:
         items = [sorted(self.stacked.items())] if self.stacked is not None else [sorted(d.items()) for d in self.listed or []]
         for group in items:
             for name, arr in group:
-                a = np.ascontiguousarray(arr)
-                h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+                a = np.ascontiguousarray(arr)  # 1-d for a 0-d array: the shape comes from arr
+                h.update(f"{name}|{a.dtype.str}|{np.shape(arr)}|".encode())
                 h.update(a.tobytes())
         return h.hexdigest()
 
@@ -191,7 +191,7 @@ class Samples:
         for s in inputs:
             arr = self._cast(s, self.stacked[s.name])
             if list(arr.shape[1:]) == list(s.shape):
-                per_input[s.name] = [arr[j] for j in range(arr.shape[0])]
+                per_input[s.name] = [arr[j, ...] for j in range(arr.shape[0])]  # 0-d arrays, not numpy or str scalars
             elif s.shape and s.shape[0] == 1 and list(arr.shape[1:]) == list(s.shape[1:]):
                 per_input[s.name] = [arr[j : j + 1] for j in range(arr.shape[0])]  # along the batch axis
             else:
@@ -241,7 +241,7 @@ class Samples:
                 f"samples {self.where}: '{name}' has shape {list(arr.shape)}; expected its first axis to be the "
                 f"{count} samples of the inputs"
             )
-        return [arr[j] for j in range(count)]
+        return [arr[j, ...] for j in range(count)]  # a 0-d array per sample for 0-d outputs and labels
 
 
 def load_samples(source: SamplesSource) -> Samples:

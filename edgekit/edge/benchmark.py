@@ -54,7 +54,7 @@ def time_archive(archive: Path, warmup: int, repeat: int) -> DeviceBenchmark:
             selftest = model.manifest.selftest
             if selftest is None:
                 return DeviceBenchmark(error="the artifact has no golden inputs (selftest) to time")
-            feed = read_selftest(folder / selftest.file)[0][0]
+            feed = read_selftest(folder / selftest.file, model.manifest.inputs, model.manifest.outputs)[0][0]
             for _ in range(warmup):
                 model.predict(feed)
             times = []

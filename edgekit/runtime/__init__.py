@@ -85,7 +85,8 @@ class LoadedModel:
         path = self.directory / st.file
         if not path.is_file():
             raise ArtifactError(f"{self.directory}: '{st.file}' named in manifest.json is missing; recompile")
-        return compare_outputs(self.predict, read_selftest(path), self.outputs, st.max_abs_error)
+        cases = read_selftest(path, self.manifest.inputs, self.manifest.outputs)
+        return compare_outputs(self.predict, cases, self.outputs, st.max_abs_error)
 
     def __repr__(self) -> str:
         standing = f", stand_in={self.stand_in!r}" if self.stand_in else ""

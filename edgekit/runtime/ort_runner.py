@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.errors import ArtifactError
+from edgekit.errors import ArtifactError, InferenceError
 from edgekit.manifest import TensorSpec
 from edgekit.runtime.backend_runner import Runner
 
@@ -43,4 +43,8 @@ class OrtRunner(Runner):
         self._names = [o.name for o in self.session.get_outputs()]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return [np.asarray(o) for o in self.session.run(self._names, feeds)]
+        outs = self.session.run(self._names, feeds)
+        for name, out in zip(self._names, outs, strict=True):
+            if out is None:  # an optional output the model left empty on these inputs
+                raise InferenceError(f"output '{name}' is an empty optional on these inputs; an artifact's outputs are tensors")
+        return [np.asarray(o) for o in outs]

@@ -29,6 +29,11 @@ _loaded: str | None = None
 
 
 _ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 3: "i686"}
+_DLPACK_NUMPY = frozenset(
+    ["bool", "float16", "float32", "float64", "complex64", "complex128"]
+    + [f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64)]
+)  # what numpy's DLPack takes
+_RETYPED = ("bfloat16", "float8")  # what crosses as unsigned integers of its width instead
 
 
 def _elf_machine(path: Path) -> str | None:
@@ -109,6 +114,7 @@ class TvmRunner(Runner):
         self._order = [s.name for s in self.inputs]
         self._lock = threading.Lock()  # the aligned input buffers are reused between calls
         self._buffers: dict[str, np.ndarray] = {s.name: _aligned_copy(np.zeros(s.shape, dtype=s.dtype)) for s in self.inputs}
+        self._one_byte = _aligned_copy(np.zeros(1, dtype=np.uint8))  # what an empty input's view stands on
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
@@ -116,7 +122,30 @@ class TvmRunner(Runner):
             for name in self._order:
                 buf = self._buffers[name]
                 buf[...] = feeds[name]
-                args.append(self._ffi.from_dlpack(buf))
+                args.append(self._tensor(buf))
             out: Any = self._main(*args)
             items = [out] if hasattr(out, "__dlpack__") else list(out)
-            return [np.array(np.from_dlpack(t), copy=True) for t in items]
+            return [self._array(t) for t in items]
+
+    # numpy's DLPack carries integers, floats and complex only: bfloat16 and the float8 types (ml_dtypes, which
+    # ONNX's numpy helpers use) cross as unsigned integers of their width, retyped by a TVM view on the other side.
+
+    def _tensor(self, arr: np.ndarray) -> Any:
+        if arr.size == 0:  # numpy exports an empty array with all-zero strides, which TVM refuses as not compact
+            return self._view(self._ffi.from_dlpack(self._one_byte), arr.shape, str(arr.dtype))
+        if not arr.dtype.name.startswith(_RETYPED):
+            return self._ffi.from_dlpack(arr)
+        bits = self._ffi.from_dlpack(arr.view(f"uint{8 * arr.dtype.itemsize}"))
+        return self._view(bits, arr.shape, str(arr.dtype))
+
+    def _array(self, tensor: Any) -> np.ndarray:
+        name = str(tensor.dtype)
+        if name in _DLPACK_NUMPY or not name.startswith(_RETYPED):
+            return np.array(np.from_dlpack(tensor), copy=True)
+        dtype = np.dtype(name)  # bfloat16, float8: known to numpy once ml_dtypes is imported (ONNX imports it)
+        bits = self._view(tensor, tuple(tensor.shape), f"uint{8 * dtype.itemsize}")
+        return np.array(np.from_dlpack(bits), copy=True).view(dtype)
+
+    def _view(self, tensor: Any, shape: tuple[int, ...], dtype: str) -> Any:
+        view = self._ffi.get_global_func("runtime.TVMTensorCreateView")
+        return view(tensor, self._ffi.Shape(shape), self._ffi.dtype(dtype), 0)

@@ -16,10 +16,11 @@ import numpy as np
 
 
 def aligned(arr):
+    shape = np.shape(arr)  # ascontiguousarray makes a 0-d array 1-d, and TVM checks the rank
     arr = np.ascontiguousarray(arr)
     buf = np.empty(arr.nbytes + 64, dtype=np.uint8)
     off = (-buf.ctypes.data) % 64
-    out = buf[off : off + arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    out = buf[off : off + arr.nbytes].view(arr.dtype).reshape(shape)
     out[...] = arr
     return out
 

@@ -65,7 +65,7 @@ def verify_artifact(
         )
     if manifest.selftest is None or not (directory / manifest.selftest.file).is_file():
         raise ArtifactError(f"{directory}: no selftest.npz golden vectors; recompile with this edgekit")
-    cases = read_selftest(directory / manifest.selftest.file)[: max(1, samples)]
+    cases = read_selftest(directory / manifest.selftest.file, manifest.inputs, manifest.outputs)[: max(1, samples)]
     from edgekit.verify.sysroot import ensure_sysroot, run_python
 
     t0 = time.perf_counter()

@@ -198,8 +198,9 @@ class ErrorResponse(_Body):
 
 
 class MetadataTensor(_Body):
-    """An input or output a model declares. edgekit serve leaves out an output's datatype and shape (an artifact
-    records only its outputs' names); ``-1`` in a shape is a dimension of any size."""
+    """An input or output a model declares. ``-1`` in a shape is a dimension of any size (edgekit serve: an output
+    whose size depends on the data, e.g. ``NonZero``'s), ``[]`` a scalar; edgekit serve leaves out the datatype and
+    shape of a pipeline's outputs when its last step is a callable."""
 
     name: str
     datatype: Datatype | None = None

@@ -1,6 +1,6 @@
 """No backend exception leaves edgekit.compile: ONNX's own node-test models that some backend can't take, compiled
 with and without their inputs as samples; every failure is an EdgekitError with a one-line message. The wider
-run (every node test, pass rates beside ORT alone and raw TVM) is bench/conformance; a slice of it is slow-marked here."""
+run (every node test, pass rates beside ORT as ONNX's own runner feeds it and raw TVM) is bench/conformance; a slice of it is slow-marked here."""
 
 from __future__ import annotations
 
@@ -81,11 +81,11 @@ def test_failing_node_tests_fail_as_one_line_edgekit_errors(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_conformance_slice_keeps_what_onnx_runtime_passes() -> None:
     """Every 40th node test through bench/conformance's own runner (pass rates: docs/benchmarks.md)."""
-    from bench.conformance import run_case
+    from bench.conformance import ANCHOR, run_case
 
-    outcomes = [run_case(case, ["ort", "tvm-raw", "edgekit", "edgekit-tvm"]) for case in _cases(every=40)]
+    outcomes = [run_case(case, [ANCHOR, "tvm-raw", "edgekit", "edgekit-tvm"]) for case in _cases(every=40)]
     assert not [o.escaped for o in outcomes if o.escaped]
-    ort_ok = [o for o in outcomes if o.passed["ort"]]
+    ort_ok = [o for o in outcomes if o.passed[ANCHOR]]
     kept = sum(o.passed["edgekit"] for o in ort_ok)
     assert kept >= 0.99 * len(ort_ok), [(o.test, o.why.get("edgekit")) for o in ort_ok if not o.passed["edgekit"]]
     assert sum(o.passed["edgekit-tvm"] for o in outcomes) >= sum(o.passed["tvm-raw"] for o in outcomes)

@@ -143,7 +143,9 @@ def _tuning_target(target: dict[str, Any]) -> dict[str, Any]:
 def _import_relax(source: SourceModel) -> Any:
     from tvm.relax.frontend.onnx import from_onnx
 
-    shapes = {s.name: s.shape for s in source.inputs}
+    # The model's inputs carry their pinned shapes already. TVM reads a 0 in the model as an unknown dim, and its
+    # operators can't take a pinned zero-size dim ("type is not populated"): such inputs keep the model's reading.
+    shapes = {s.name: s.shape for s in source.inputs if 0 not in s.shape}
     dtypes = {s.name: s.dtype for s in source.inputs}
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -210,7 +212,7 @@ class TvmBackend(Backend[TvmOptions]):
         require("tvm", "compiling with TVM")
         from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-        supported = set(_get_convert_map())
+        supported = set(_get_convert_map()) | {"If", "Constant"}  # the two its importer handles itself
         bad: list[UnsupportedOp] = []
         for node in source.model.graph.node:
             domain = node.domain or ""

@@ -18,6 +18,7 @@ __all__ = [
     "Reference",
     "SourceModel",
     "fix_input_shapes",
+    "input_tensor_type",
     "parse_input_shapes",
     "source_format",
     "tabular_batch",
@@ -135,9 +136,18 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
     return shapes
 
 
+def input_tensor_type(vi: onnx.ValueInfoProto) -> onnx.TypeProto.Tensor:
+    """The tensor type of a graph input: its own, or an optional tensor's (``optional(tensor(T))``), which edgekit
+    feeds as a present tensor, as ONNX Runtime and TVM take one. Anything else has ``elem_type`` 0."""
+    t = vi.type
+    if t.HasField("optional_type") and t.optional_type.elem_type.HasField("tensor_type"):
+        return t.optional_type.elem_type.tensor_type
+    return t.tensor_type
+
+
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
     out: list[int | str] = []
-    for d in vi.type.tensor_type.shape.dim:
+    for d in input_tensor_type(vi).shape.dim:
         if d.HasField("dim_value") and d.dim_value > 0:
             out.append(int(d.dim_value))
         else:
@@ -163,9 +173,12 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], where
     specs: list[TensorSpec] = []
     for vi in graph_inputs:
         dims = _dims(vi)
-        elem = vi.type.tensor_type.elem_type
+        elem = input_tensor_type(vi).elem_type
         if elem == 0:
-            raise ModelLoadError(f"{where}: input '{vi.name}' is not a tensor; edgekit compiles tensor inputs only")
+            raise ModelLoadError(
+                f"{where}: input '{vi.name}' is not a tensor; edgekit compiles tensor inputs (and optional tensors, "
+                "always given) only"
+            )
         dtype = str(onnx.helper.tensor_dtype_to_np_dtype(elem))
         given = shapes.get(vi.name)
         if given is not None:
@@ -186,7 +199,7 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], where
                     f"pass a static shape, e.g. --input-shape {vi.name}:{example}"
                 )
             final = [int(d) for d in dims]
-        shape = vi.type.tensor_type.shape
+        shape = input_tensor_type(vi).shape
         del shape.dim[:]
         for d in final:
             shape.dim.add().dim_value = d

@@ -67,6 +67,7 @@ def finish_onnx(
     except (onnx.checker.ValidationError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"'{where}': the ONNX checker rejects the model: {first}") from exc
+    _check_outputs(model, where)
     inputs = fix_input_shapes(model, dict(input_shapes or {}), where)
     del model.graph.value_info[:]
     try:
@@ -90,3 +91,38 @@ def finish_onnx(
         model=model,
         inputs=inputs,
     )
+
+
+def _check_outputs(model: onnx.ModelProto, where: str) -> None:
+    """One line naming the first output that isn't a tensor (or an optional tensor, carried as the tensor it holds): an
+    artifact's outputs are tensors, on every backend and over every wire (``predict``, golden vectors, the Open
+    Inference Protocol)."""
+    for out in model.graph.output:
+        kind = out.type.WhichOneof("value")
+        if kind == "tensor_type" or (kind == "optional_type" and out.type.optional_type.elem_type.HasField("tensor_type")):
+            continue  # an optional tensor is carried as the tensor it holds, as ONNX Runtime returns it
+        what = {"sequence_type": "a sequence", "map_type": "a map", "optional_type": "an optional"}.get(str(kind), str(kind))
+        fix = {
+            "sequence_type": "end the graph with ConcatFromSequence (or SequenceAt) so that it gives one tensor",
+            "map_type": "give the values as a tensor (for scikit-learn classifiers: convert with zipmap=False)",
+            "optional_type": "end the graph with OptionalGetElement so that it gives the tensor",
+        }.get(str(kind), "give a tensor instead")
+        raise ModelLoadError(
+            f"'{where}': output '{out.name}' is {what} ({_type_name(out.type)}), and an edgekit artifact's "
+            f"outputs are tensors: {fix}"
+        )
+
+
+def _type_name(t: onnx.TypeProto) -> str:
+    """``seq(tensor(float))``, ``map(int64, tensor(float))``: ONNX's own spelling of a value's type."""
+    kind = t.WhichOneof("value")
+    if kind == "tensor_type":
+        return f"tensor({onnx.TensorProto.DataType.Name(t.tensor_type.elem_type).lower()})"
+    if kind == "sequence_type":
+        return f"seq({_type_name(t.sequence_type.elem_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_name(t.optional_type.elem_type)})"
+    if kind == "map_type":
+        key = onnx.TensorProto.DataType.Name(t.map_type.key_type).lower()
+        return f"map({key}, {_type_name(t.map_type.value_type)})"
+    return str(kind)

@@ -142,7 +142,8 @@ def load_torch(
 
     def reference(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with torch.no_grad():
-            out = module(*(torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in names))
+            # ascontiguousarray makes a 0-d array 1-d: keep its shape
+            out = module(*(torch.from_numpy(np.ascontiguousarray(feeds[n]).reshape(np.shape(feeds[n]))) for n in names))
         return [t.detach().cpu().numpy() for t in _flatten(out)]
 
     source.reference = reference

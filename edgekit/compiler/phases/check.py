@@ -130,6 +130,8 @@ def _sample_shapes(
 def _onnx_ranks(path: Path) -> dict[str, int | None]:
     import onnx
 
+    from edgekit.compiler.frontends.frontend import input_tensor_type
+
     try:
         m = onnx.load(str(path), load_external_data=False)
     except Exception:  # the frontend names what is wrong with the file
@@ -137,7 +139,7 @@ def _onnx_ranks(path: Path) -> dict[str, int | None]:
     inits = {i.name for i in m.graph.initializer}
     ranks: dict[str, int | None] = {}
     for i in m.graph.input:
-        t = i.type.tensor_type
+        t = input_tensor_type(i)
         if i.name in inits:
             continue
         if not t.HasField("shape"):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from edgekit.compiler.evaluation import Score, Truth, truth_for
 from edgekit.compiler.frontends import SourceModel
@@ -21,7 +22,10 @@ from edgekit.compiler.synthetic import input_roles, synthesize
 from edgekit.errors import CompilationError, EdgekitError, SamplesError, last_line
 from edgekit.manifest import TensorSpec
 
-__all__ = ["Reference", "reference_outputs"]
+__all__ = ["DYNAMIC", "Reference", "output_specs", "reference_outputs"]
+
+DYNAMIC = -1
+"""An output dimension whose size depends on the input data (``NonZero``, ``Unique``): any size, run to run."""
 
 Feed = dict[str, np.ndarray]
 Predict = Callable[[Feed], list[np.ndarray]]
@@ -50,13 +54,78 @@ def reference_outputs(source: SourceModel, spec: MeasureSpec, samples: SampleSet
     names = [o.name for o in source.model.graph.output]
     feeds = samples.feeds if samples is not None else synthesize(source.model, source.inputs, spec.samples, spec.seed)
     expected, ran_by = _run_source(source, feeds, samples is None, where)
-    outputs = [
-        TensorSpec(name=n, shape=list(np.asarray(o).shape), dtype=str(np.asarray(o).dtype))
-        for n, o in zip(names, expected[0], strict=True)
-    ]
+    outputs = output_specs(source.model, names, expected)
     truth = truth_for(samples, names, expected[0], where) if samples is not None else None
     score = truth.score(expected) if truth is not None else None
     return Reference(source.inputs, outputs, feeds, expected, ran_by, samples is None, truth, score)
+
+
+# Ops whose output shape can follow the values of their inputs, not only their shapes.
+_DATA_DEPENDENT = frozenset(
+    {
+        "NonZero", "Unique", "Compress", "NonMaxSuppression", "StringSplit", "TopK", "Range", "Loop", "If", "Scan",
+        "ConstantOfShape", "Expand", "Tile", "Reshape", "Slice", "Pad", "Resize", "Upsample", "OneHot", "CenterCropPad",
+    }
+)  # fmt: skip
+
+
+def output_specs(model: onnx.ModelProto, names: list[str], expected: list[list[np.ndarray]]) -> list[TensorSpec]:
+    """Each output's name, dtype and shape as the source gave them on the samples, with :data:`DYNAMIC` for a
+    data-dependent dimension: one whose size differs between the samples, or that the graph does not fix — ONNX shape
+    inference (inputs pinned, the outputs' declared shapes set aside) leaves it unknown and an op whose output shape
+    can follow its input values (``NonZero``, ``Unique``, ``Range``, ...) feeds the output. (Inference also leaves
+    dimensions unknown behind ops it has no shape function for, e.g. ``ai.onnx.ml``'s: those keep the samples' size.)"""
+    static = _inferred_output_dims(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    specs = []
+    for i, name in enumerate(names):
+        shapes = [np.asarray(outs[i]).shape for outs in expected]
+        dims = list(shapes[0])
+        if any(len(s) != len(dims) for s in shapes):
+            dims = [DYNAMIC] * len(dims)
+        dims = [DYNAMIC if any(s[d] != size for s in shapes) else size for d, size in enumerate(dims)]
+        fixed = static.get(name)
+        if fixed is not None and len(fixed) == len(dims) and _fed_by(name, producers) & _DATA_DEPENDENT:
+            dims = [DYNAMIC if known is None else size for size, known in zip(dims, fixed, strict=True)]
+        specs.append(TensorSpec(name=name, shape=dims, dtype=str(np.asarray(expected[0][i]).dtype)))
+    return specs
+
+
+def _fed_by(name: str, producers: dict[str, onnx.NodeProto]) -> set[str]:
+    """The op types of every node upstream of the value ``name``."""
+    ops: set[str] = set()
+    seen: set[int] = set()
+    todo = [name]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        ops.add(node.op_type)
+        todo.extend(node.input)
+    return ops
+
+
+def _inferred_output_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]:
+    """Output name -> its dimensions as shape inference gives them (``None``: unknown); outputs of unknown rank left out."""
+    declared = [onnx.TypeProto() for _ in model.graph.output]
+    for saved, out in zip(declared, model.graph.output, strict=True):
+        saved.CopyFrom(out.type)
+        if out.type.HasField("tensor_type"):
+            out.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, ValueError):  # too large to infer in memory, or inference fails
+        return {}
+    finally:
+        for saved, out in zip(declared, model.graph.output, strict=True):
+            out.type.CopyFrom(saved)
+    dims: dict[str, list[int | None]] = {}
+    for out in inferred.graph.output:
+        tensor = out.type.tensor_type
+        if out.type.HasField("tensor_type") and tensor.HasField("shape"):
+            dims[out.name] = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    return dims
 
 
 def _run_source(source: SourceModel, feeds: list[Feed], synthesized: bool, where: str) -> tuple[list[list[np.ndarray]], str]:
