@@ -325,7 +325,7 @@ class ServeApp:
             return _error(exc.status, exc.message)
 
         def tensor(spec: TensorSpec) -> MetadataTensor:
-            return MetadataTensor(name=spec.name, datatype=datatype_of_spec(spec.dtype), shape=spec.shape)  # type: ignore[arg-type]
+            return MetadataTensor(name=spec.name, datatype=datatype_of_spec(spec.dtype), shape=spec.shape)
 
         specs = servable.output_specs
         meta = MetadataModelResponse(

@@ -158,7 +158,7 @@ def _raw_request(body: bytes, specs: Sequence[TensorSpec] | None) -> V2Request:
         names = None if specs is None else [s.name for s in specs]
         raise HttpError(400, f"a raw binary request (Inference-Header-Content-Length 0) needs a model of one input, not {names}")
     spec = specs[0]
-    tensor = RequestInput(name=spec.name, shape=spec.shape, datatype=datatype_of_spec(spec.dtype))  # type: ignore[arg-type]
+    tensor = RequestInput(name=spec.name, shape=spec.shape, datatype=datatype_of_spec(spec.dtype))
     if any(d < 0 for d in spec.shape) or tensor.datatype not in NUMPY_DTYPES:
         raise HttpError(400, f"input '{spec.name}' ({spec.shape} {spec.dtype}) can't be sent raw; send the JSON header too")
     return V2Request(feeds={spec.name: _from_binary(tensor, memoryview(body))}, binary_output=True)
@@ -239,7 +239,7 @@ def _text(arr: np.ndarray) -> list[str]:
 
 def _binary(arr: np.ndarray, datatype: str) -> bytes:
     if datatype == "BYTES":
-        parts = []
+        parts: list[bytes] = []
         for v in arr.ravel().tolist():
             b = v if isinstance(v, bytes) else str(v).encode()
             parts += (_LENGTH.pack(len(b)), b)
