@@ -170,7 +170,9 @@ class ServeApp:
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
         """The router's own answers (no such path, a method the path doesn't take) as JSON too."""
         what = {404: f"no route {request.url.path}", 405: f"{request.method} is not served on {request.url.path}"}
-        return _error(exc.status_code, what.get(exc.status_code, str(exc.detail)))
+        response = _error(exc.status_code, what.get(exc.status_code, str(exc.detail)))
+        response.headers.update(exc.headers or {})  # 405's Allow
+        return response
 
     def _changed(self, event: str, _model: str) -> None:
         self.metrics.events.labels(event).inc()

@@ -179,5 +179,6 @@ def test_raw_binary_requests_and_json_errors_on_every_v2_path(server: ModelServe
         assert set(json.loads(body)) == {"error"}
     status, headers, body = _call(server.url + "/v2/models/small/infer")  # GET on a POST route
     assert status == 405 and json.loads(body) == {"error": "GET is not served on /v2/models/small/infer"}
+    assert headers["allow"] == "POST"
     status, _, body = _call(server.url + "/v2/models/small/infer", b"{}", {"Content-Encoding": "gzip"})
     assert status == 415 and "Content-Encoding 'gzip' is not served" in json.loads(body)["error"]
