@@ -119,6 +119,8 @@ def _tensors(request: InferenceRequest, tail: memoryview) -> dict[str, np.ndarra
     raw: dict[str, np.ndarray] = {}
     offset = 0
     for t in request.inputs:
+        if any(d < 0 for d in t.shape):
+            raise HttpError(400, f"input '{t.name}': shape {t.shape} has a negative dimension; send the tensor's actual shape")
         size = (t.parameters or {}).get("binary_data_size")
         if size is None:
             if t.data is None:

@@ -149,6 +149,7 @@ def _x(size: Any, datatype: str = "FP32", shape: list[int] | None = None) -> dic
         (*_binary([_x(16, "BYTES")], b"\0" * 16), SPEC, "the request sends BYTES; BYTES is for text inputs: send FP32"),
         (b'{"inputs": []}', "99", SPEC, "Inference-Header-Content-Length '99' is not a length within the body's 14 bytes"),
         (b'{"inputs": []}', "-1", SPEC, "Inference-Header-Content-Length '-1' is not a length"),
+        (*_binary([_x(8, shape=[-1, -2])], b"\0" * 8), SPEC, r"input 'x': shape \[-1, -2\] has a negative dimension"),
         (
             *_binary(
                 [{"name": "s", "shape": [2], "datatype": "BYTES", "parameters": {"binary_data_size": 9}}],
@@ -198,3 +199,25 @@ def test_each_broken_binary_request_is_one_400_line(body: bytes, length: str, sp
     with pytest.raises(HttpError, match=message) as caught:
         decode_v2(body, specs, length)
     assert caught.value.status == 400
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.sampled_from([*sorted(DATATYPES.values()), "BYTES", "FP8"]),
+    st.lists(st.integers(-2, 5), max_size=3),
+    st.one_of(st.integers(-5, 40), st.floats(), st.text(max_size=3), st.none(), st.booleans()),
+    st.binary(max_size=40),
+    st.sampled_from(["float32", "int64", "object", "bool"]),
+)
+def test_any_binary_request_is_decoded_or_refused_with_a_400(
+    datatype: str, shape: list[int], size: Any, tail: bytes, model_dtype: str
+) -> None:
+    body, length = _binary([{"name": "x", "shape": shape, "datatype": datatype, "parameters": {"binary_data_size": size}}], tail)
+    spec = [TensorSpec(name="x", shape=shape, dtype=model_dtype)]
+    for specs in (spec, None):
+        try:
+            decoded = decode_v2(body, specs, length)
+        except HttpError as exc:
+            assert exc.status == 400 and "\n" not in exc.message
+        else:
+            assert list(decoded.feeds["x"].shape) == shape
