@@ -47,7 +47,7 @@ from edgekit.cloud.content import MAX_DECODED_BYTES, HttpError, decode_body, enc
 from edgekit.cloud.model_registry import ModelRegistry
 from edgekit.cloud.servable import Servable
 from edgekit.cloud.serve_metrics import CONTENT_TYPE_LATEST, ServeMetrics
-from edgekit.cloud.v2_codec import HEADER_LENGTH, datatype_of_spec, decode_v2, encode_v2
+from edgekit.cloud.v2_codec import HEADER_LENGTH, datatype_of_spec, decode_v2, encode_v2, inflate
 from edgekit.errors import last_line
 from edgekit.manifest import TensorSpec
 from edgekit.parsing import loads_json
@@ -283,10 +283,11 @@ class ServeApp:
         try:
             servable = await self._model(name)
             self._version(request, name)
-            if b"content-encoding" in head and head[b"content-encoding"] not in (b"identity", b""):
-                raise HttpError(415, f"Content-Encoding '{_text(head[b'content-encoding'])}' is not served; send the body as is")
             body = await self._body(request, _text(head.get(b"content-length")))
             length = _text(head.get(_HEADER_LENGTH))
+            encoding = _text(head.get(b"content-encoding"))
+            if encoding and encoding != "identity":  # off the event loop: it may inflate to --max-decoded-mb
+                body = await anyio.to_thread.run_sync(inflate, body, encoding, self.max_decoded_bytes, limiter=self._limiter)
             if len(body) < _INLINE_DECODE_BYTES:
                 decoded = decode_v2(body, servable.inputs, length)
             else:

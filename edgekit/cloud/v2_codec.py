@@ -4,7 +4,7 @@ A request is JSON (:class:`~edgekit.wire.open_inference.InferenceRequest`), opti
 its tensors: the ``Inference-Header-Content-Length`` header gives the JSON's length, each binary input carries
 ``parameters["binary_data_size"]`` and no ``data``, and the bytes follow in the order of the inputs
 (little-endian, row-major; ``BOOL`` one byte; ``BYTES`` elements each a 4-byte little-endian length and the
-bytes). A header of 0 is a *raw binary request*: the whole body is the single input's bytes. Outputs go back as
+bytes); the body may be gzip or deflate (``Content-Encoding``, inflated under ``--max-decoded-mb``). A header of 0 is a *raw binary request*: the whole body is the single input's bytes. Outputs go back as
 JSON, or as binary where asked (``parameters["binary_data_output"]`` on the request, ``parameters["binary_data"]``
 on a requested output, which wins); the response then has the same header and layout. Only the outputs asked for
 (``outputs``) are answered, in that order; the request's ``id`` is echoed.
@@ -16,6 +16,7 @@ Every problem is an :class:`~edgekit.cloud.content.HttpError` with one line nami
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from edgekit.cloud.content import HttpError, check_inputs, dumps_json, load_json
 from edgekit.manifest import TensorSpec
 from edgekit.wire.open_inference import DATATYPES, NUMPY_DTYPES, InferenceRequest, RequestInput
 
-__all__ = ["HEADER_LENGTH", "V2Request", "datatype_of_spec", "decode_v2", "encode_v2"]
+__all__ = ["HEADER_LENGTH", "V2Request", "datatype_of_spec", "decode_v2", "encode_v2", "inflate"]
 
 HEADER_LENGTH = "inference-header-content-length"
 _LENGTH = struct.Struct("<I")
@@ -53,6 +54,27 @@ def _flag(parameters: Mapping[str, Any] | None, key: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
     raise HttpError(400, f'parameter "{key}" must be true or false, got {value!r}')
+
+
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}  # deflate: the zlib format, as HTTP means it
+
+
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A ``Content-Encoding: gzip`` / ``deflate`` body (tritonclient's ``request_compression_algorithm``) inflated,
+    to at most ``limit`` bytes (413 past it: a small body can inflate to gigabytes)."""
+    wbits = _WBITS.get(encoding.strip().lower())
+    if wbits is None:
+        raise HttpError(415, f"Content-Encoding '{encoding[:40]}' is not served; send gzip, deflate or the body as is")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HttpError(400, f"the body is not {encoding} data ({exc})") from None
+    if len(out) > limit:
+        raise HttpError(413, f"the {encoding} body inflates to over {limit} bytes (--max-decoded-mb)")
+    if not inflater.eof:
+        raise HttpError(400, f"the {encoding} body ends before its compressed stream does")
+    return out
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:

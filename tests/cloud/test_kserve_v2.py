@@ -5,6 +5,7 @@ compared with the artifact run directly."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import urllib.error
@@ -61,7 +62,7 @@ def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(folder))
         pipelines = {"words": [f"{module}:featurize", str(artifact), f"{module}:name_it"]}
-        with ModelServer([artifact], pipelines=pipelines, options=ServeOptions(port=0)) as srv:
+        with ModelServer([artifact], pipelines=pipelines, options=ServeOptions(port=0, max_decoded_mb=1)) as srv:
             yield srv
 
 
@@ -136,6 +137,14 @@ def test_requested_outputs_bytes_both_ways_and_a_mix_of_json_and_binary(client: 
     np.testing.assert_allclose(result.as_numpy("probs"), probs, rtol=1e-6)
 
 
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_compressed_requests_through_tritonclient(client: Any, artifact: Path, algorithm: str) -> None:
+    expected = edgekit.load(artifact).predict({"x": X})[0]
+    for binary in (False, True):
+        result = client.infer("small", [_input("x", X, "FP32", binary)], request_compression_algorithm=algorithm)
+        np.testing.assert_allclose(result.as_numpy("probs"), expected, rtol=1e-6)
+
+
 def test_what_tritonclient_gets_refused_is_one_json_line(client: Any) -> None:
     x = _input("x", X.astype(np.int64), "INT64", True)
     assert _refused(lambda: client.infer("small", [x])) == ("400", "input 'x' is FP32 [1, 8], the request sends INT64: send FP32")
@@ -180,5 +189,11 @@ def test_raw_binary_requests_and_json_errors_on_every_v2_path(server: ModelServe
     status, headers, body = _call(server.url + "/v2/models/small/infer")  # GET on a POST route
     assert status == 405 and json.loads(body) == {"error": "GET is not served on /v2/models/small/infer"}
     assert headers["allow"] == "POST"
-    status, _, body = _call(server.url + "/v2/models/small/infer", b"{}", {"Content-Encoding": "gzip"})
-    assert status == 415 and "Content-Encoding 'gzip' is not served" in json.loads(body)["error"]
+    status, _, body = _call(server.url + "/v2/models/small/infer", b"{}", {"Content-Encoding": "br"})
+    assert status == 415 and "Content-Encoding 'br' is not served; send gzip, deflate" in json.loads(body)["error"]
+    bomb = gzip.compress(b" " * (2 * 2**20))  # 2 MiB of spaces in 2 KB, over --max-decoded-mb 1
+    status, _, body = _call(server.url + "/v2/models/small/infer", bomb, {"Content-Encoding": "gzip"})
+    assert status == 413 and "the gzip body inflates to over 1048576 bytes" in json.loads(body)["error"]
+    cut = gzip.compress(b"{}" * 100)[:-12]  # the stream cut short
+    status, _, body = _call(server.url + "/v2/models/small/infer", cut, {"Content-Encoding": "gzip"})
+    assert status == 400 and "the gzip body ends before its compressed stream does" in json.loads(body)["error"]
