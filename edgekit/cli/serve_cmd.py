@@ -58,7 +58,7 @@ def serve(
     ),
     max_body_mb: float = typer.Option(6.0, "--max-body-mb", help="larger request bodies get 413"),
     max_decoded_mb: float = typer.Option(
-        256.0, "--max-decoded-mb", help="an .npy / .npz body declaring more (checked before allocating) gets 413"
+        256.0, "--max-decoded-mb", help="an .npy / .npz or gzip v2 body decoding to more (checked first) gets 413"
     ),
     max_connections: int = typer.Option(
         1000, "--max-connections", help="open at once (under the descriptor limit); past it the oldest idle one is closed"

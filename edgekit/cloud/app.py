@@ -11,8 +11,9 @@
 ``GET|DELETE /models/{name}``               get, unload, invoke
 ``POST /models/{name}/invoke``
 ``GET /v2/health/live|ready`` · ``/v2``     Open Inference Protocol (KServe v2): what the
-``GET /v2/models/{m}[/ready]``              devices' :class:`~edgekit.edge.CloudFallback` speaks
-``POST /v2/models/{m}/infer``
+``GET /v2/models/{m}[/versions/{v}]``       devices' :class:`~edgekit.edge.CloudFallback` and
+``GET /v2/models/{m}[/versions/{v}]/ready`` Triton's clients speak, with the binary tensor data
+``POST /v2/models/{m}[/versions/{v}]/infer`` extension (:mod:`edgekit.cloud.v2_codec`)
 ``GET /metrics``                            Prometheus text format
 =========================================  =====================================================
 
@@ -36,19 +37,21 @@ import anyio.to_thread
 import numpy as np
 from pydantic import BaseModel
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from edgekit._version import __version__
-from edgekit.cloud.content import MAX_DECODED_BYTES, HttpError, decode_body, decode_v2, encode_outputs, encode_v2
+from edgekit.cloud.content import MAX_DECODED_BYTES, HttpError, decode_body, encode_outputs
 from edgekit.cloud.model_registry import ModelRegistry
 from edgekit.cloud.servable import Servable
 from edgekit.cloud.serve_metrics import CONTENT_TYPE_LATEST, ServeMetrics
+from edgekit.cloud.v2_codec import HEADER_LENGTH, datatype_of_spec, decode_v2, encode_v2, inflate
 from edgekit.errors import last_line
+from edgekit.manifest import TensorSpec
 from edgekit.parsing import loads_json
 from edgekit.wire.open_inference import (
-    DATATYPES,
     ErrorResponse,
     LiveResponse,
     MetadataModelResponse,
@@ -64,11 +67,15 @@ log = logging.getLogger(__name__)
 
 TARGET_MODEL_HEADER = "x-amzn-sagemaker-target-model"
 _JSON = "application/json"
+_BINARY = "application/octet-stream"  # a response with binary tensors after its JSON (Triton's)
 
 
 _INLINE_DECODE_BYTES = 256 * 1024  # smaller bodies decode on the event loop (a thread hop costs more than they do)
 _TARGET = TARGET_MODEL_HEADER.encode()
-_WANTED = frozenset((b"content-type", b"content-length", b"accept", _TARGET))
+_HEADER_LENGTH = HEADER_LENGTH.encode()
+_WANTED = frozenset((b"content-type", b"content-length", b"accept", _TARGET, _HEADER_LENGTH, b"content-encoding"))
+MODEL_VERSION = "1"  # each model served has one version (a Triton model repository's first)
+EXTENSIONS = ["binary_tensor_data"]  # the Open Inference Protocol extensions served (GET /v2)
 
 
 def _headers(request: Request) -> dict[bytes, bytes]:
@@ -121,6 +128,7 @@ class ServeApp:
         routes = [  # the router tries them in order: the inference routes first
             Route("/invocations", self.invocations, methods=["POST"]),
             Route("/v2/models/{name}/infer", self.v2_infer, methods=["POST"]),
+            Route("/v2/models/{name}/versions/{version}/infer", self.v2_infer, methods=["POST"]),
             Route("/ping", self.ping, methods=["GET"]),
             Route("/endpoints/{endpoint}/invocations", self.invocations, methods=["POST"]),
             Route("/models", self.list_models, methods=["GET"]),
@@ -133,9 +141,12 @@ class ServeApp:
             Route("/v2/health/ready", self.v2_ready, methods=["GET"]),
             Route("/v2/models/{name}", self.v2_model, methods=["GET"]),
             Route("/v2/models/{name}/ready", self.v2_model_ready, methods=["GET"]),
+            Route("/v2/models/{name}/versions/{version}", self.v2_model, methods=["GET"]),
+            Route("/v2/models/{name}/versions/{version}/ready", self.v2_model_ready, methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
         ]
-        self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={Exception: self._unexpected})
+        handlers = {Exception: self._unexpected, HTTPException: self._http_error}
+        self.app = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers=handlers)  # type: ignore[arg-type]
         self._sync_gauges()
         registry.on_change = self._changed
 
@@ -155,6 +166,13 @@ class ServeApp:
         """What no route expected: one line, no traceback in the answer (the log has it)."""
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return _error(500, f"the server failed on this request: {last_line(exc)[:300]}")
+
+    async def _http_error(self, request: Request, exc: HTTPException) -> Response:
+        """The router's own answers (no such path, a method the path doesn't take) as JSON too."""
+        what = {404: f"no route {request.url.path}", 405: f"{request.method} is not served on {request.url.path}"}
+        response = _error(exc.status_code, what.get(exc.status_code, str(exc.detail)))
+        response.headers.update(exc.headers or {})  # 405's Allow
+        return response
 
     def _changed(self, event: str, _model: str) -> None:
         self.metrics.events.labels(event).inc()
@@ -251,22 +269,41 @@ class ServeApp:
     async def invoke_model(self, request: Request) -> Response:
         return await self._sagemaker(request, request.path_params["name"], "invoke", _headers(request))
 
+    @staticmethod
+    def _version(request: Request, name: str) -> None:
+        """404 when the path names a version the model doesn't have."""
+        version = request.path_params.get("version")
+        if version is not None and version != MODEL_VERSION:
+            raise HttpError(404, f"model '{name}' has no version '{version[:40]}'; its version is '{MODEL_VERSION}'")
+
     async def v2_infer(self, request: Request) -> Response:
         name = request.path_params["name"]
         t0 = time.perf_counter()
+        head = _headers(request)
         try:
             servable = await self._model(name)
-            body = await self._body(request, _text(_headers(request).get(b"content-length")))
+            self._version(request, name)
+            body = await self._body(request, _text(head.get(b"content-length")))
+            length = _text(head.get(_HEADER_LENGTH))
+            encoding = _text(head.get(b"content-encoding"))
+            if encoding and encoding != "identity":  # off the event loop: it may inflate to --max-decoded-mb
+                body = await anyio.to_thread.run_sync(inflate, body, encoding, self.max_decoded_bytes, limiter=self._limiter)
             if len(body) < _INLINE_DECODE_BYTES:
-                feeds = decode_v2(body, servable.inputs)
+                decoded = decode_v2(body, servable.inputs, length)
             else:
-                feeds = await anyio.to_thread.run_sync(decode_v2, body, servable.inputs, limiter=self._limiter)
-            payload = encode_v2(name, await self._predict(servable, feeds))
+                decoded = await anyio.to_thread.run_sync(decode_v2, body, servable.inputs, length, limiter=self._limiter)
+            if decoded.outputs is not None and servable.outputs:  # refused before the model runs
+                unknown = [n for n, _ in decoded.outputs if n not in servable.outputs]
+                if unknown:
+                    raise HttpError(400, f"model '{name}' has no output(s) {unknown}; its outputs are {servable.outputs}")
+            payload, json_length = encode_v2(name, await self._predict(servable, decoded.feeds), decoded, MODEL_VERSION)
         except HttpError as exc:
             self.metrics.observe(name if exc.status != 404 else "", "v2-infer", exc.status, None)
             return _error(exc.status, exc.message)
         self.metrics.observe(name, "v2-infer", 200, time.perf_counter() - t0)
-        return Response(payload, media_type=_JSON)
+        if json_length is None:
+            return Response(payload, media_type=_JSON)
+        return Response(payload, media_type=_BINARY, headers={HEADER_LENGTH: str(json_length)})
 
     # ------------------------------------------------------------------ health
 
@@ -280,29 +317,36 @@ class ServeApp:
         return _json(ReadyResponse(ready=self.ready), 200 if self.ready else 503)
 
     async def v2_server(self, _request: Request) -> Response:
-        return _json(MetadataServerResponse(name="edgekit", version=__version__, extensions=[]))
+        return _json(MetadataServerResponse(name="edgekit", version=__version__, extensions=EXTENSIONS))
 
     async def v2_model(self, request: Request) -> Response:
         name = request.path_params["name"]
         try:
             servable = await self._model(name)
+            self._version(request, name)
         except HttpError as exc:
             return _error(exc.status, exc.message)
 
-        inputs = [MetadataTensor(name=s.name, datatype=DATATYPES.get(s.dtype), shape=s.shape) for s in servable.inputs or []]
+        def tensor(spec: TensorSpec) -> MetadataTensor:
+            return MetadataTensor(name=spec.name, datatype=datatype_of_spec(spec.dtype), shape=spec.shape)
+
+        specs = servable.output_specs
         meta = MetadataModelResponse(
             name=name,
-            versions=[],
+            versions=[MODEL_VERSION],
             platform=servable.platform,
-            inputs=inputs,
-            outputs=[MetadataTensor(name=s.name, datatype=DATATYPES.get(s.dtype), shape=s.shape) for s in servable.output_specs]
-            if servable.output_specs is not None
-            else [MetadataTensor(name=n) for n in servable.outputs],
+            inputs=[tensor(s) for s in servable.inputs or []],
+            outputs=[tensor(s) for s in specs] if specs is not None else [MetadataTensor(name=n) for n in servable.outputs],
         )
         return _json(meta)
 
     async def v2_model_ready(self, request: Request) -> Response:
         name = request.path_params["name"]
+        if name in self.registry.loaded or name in self.registry.sources:
+            try:
+                self._version(request, name)
+            except HttpError as exc:
+                return _error(exc.status, exc.message)
         if name in self.registry.loaded:
             return _json(ModelReadyResponse(name=name, ready=True))
         if name in self.registry.sources:

@@ -1,4 +1,5 @@
-"""Request and response bodies of ``edgekit serve``: SageMaker JSON / npy / npz, and Open Inference Protocol JSON.
+"""Request and response bodies of ``edgekit serve``: SageMaker JSON / npy / npz (the Open Inference Protocol's are
+:mod:`edgekit.cloud.v2_codec`'s, over the JSON backend and checks here).
 
 Everything here is plain functions over bytes and numpy arrays (no web framework), so the hot path
 is one JSON parse, one ``np.asarray`` per input and one JSON dump — no per-request models. JSON goes
@@ -18,10 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from edgekit.manifest import TensorSpec
-from edgekit.wire.open_inference import DATATYPES, NUMPY_DTYPES, InferenceRequest
 
 __all__ = [
     "JSON",
@@ -31,9 +30,10 @@ __all__ = [
     "HttpError",
     "check_inputs",
     "decode_body",
-    "decode_v2",
+    "dumps_json",
     "encode_outputs",
-    "encode_v2",
+    "load_json",
+    "numpy_json",
 ]
 
 JSON = "application/json"
@@ -73,6 +73,16 @@ def _json_backend() -> tuple[Callable[[bytes], Any], Callable[[Any], bytes], boo
 _loads, _dumps, _NUMPY_JSON = _json_backend()
 
 
+def dumps_json(doc: Any) -> bytes:
+    """``doc`` as JSON bytes, with the backend chosen at import (orjson writes numpy arrays itself)."""
+    return _dumps(doc)
+
+
+def numpy_json() -> bool:
+    """Whether :func:`dumps_json` takes numpy arrays as they are (orjson) or needs plain lists."""
+    return _NUMPY_JSON
+
+
 class HttpError(Exception):
     """What the server answers with ``status`` and ``message`` (not an EdgekitError: it never leaves the server)."""
 
@@ -92,7 +102,8 @@ MAX_DECODED_BYTES = 256 * 2**20
 """Default bound on what an .npy / .npz body decodes to (``--max-decoded-mb``): a 1 MB .npz can inflate to 1 GB."""
 
 
-def _load_json(body: bytes) -> Any:
+def load_json(body: bytes) -> Any:
+    """The parsed body; 400 when it is not JSON."""
     try:
         return _loads(body)
     except RecursionError:  # the standard library's parser on deeply nested arrays (orjson stops at 1,024 levels)
@@ -180,7 +191,7 @@ def decode_body(
     """
     media = _media(content_type) or JSON
     if media in (JSON, "text/json"):
-        doc = _load_json(body)
+        doc = load_json(body)
         raw = doc.get("inputs") if isinstance(doc, dict) else None
         if raw is None:
             raise HttpError(400, 'the JSON body has no "inputs"; send {"inputs": {"<name>": [...]}}')
@@ -255,78 +266,3 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], accept: str) -> tuple[byte
         np.save(buf, next(iter(outputs.values())), allow_pickle=False)
         return buf.getvalue(), NPY
     raise HttpError(406, f"Accept '{media}' is not served; ask for {JSON}, {NPY} or {NPZ}")
-
-
-# --------------------------------------------------------------------------- Open Inference Protocol (KServe v2)
-
-
-def decode_v2(body: bytes, specs: Sequence[TensorSpec] | None) -> dict[str, np.ndarray]:
-    """Inputs from an :class:`~edgekit.wire.open_inference.InferenceRequest` (``{"inputs": [{"name", "shape", "datatype",
-    "data"}]}``), validated on the parsed body (a few µs: ``data`` is left to numpy)."""
-    doc = _load_json(body)
-    tensors = doc.get("inputs") if isinstance(doc, dict) else None
-    if not isinstance(tensors, list) or not tensors:
-        raise HttpError(400, 'the body has no "inputs" list of tensors {"name", "shape", "datatype", "data"}')
-    try:
-        request = InferenceRequest.model_validate(doc)
-    except ValidationError as exc:
-        raise HttpError(400, _v2_problem(tensors, exc)) from None
-    raw: dict[str, np.ndarray] = {}
-    for t in request.inputs:
-        try:
-            raw[t.name] = t.to_array()
-        except ValueError as exc:  # a datatype with no numpy dtype (BYTES), data that doesn't fill the shape
-            raise HttpError(400, str(exc)) from None
-    if specs is None:
-        return raw
-    feeds: dict[str, np.ndarray] = {}
-    for spec in specs:
-        if spec.name not in raw:
-            raise HttpError(400, f"missing input '{spec.name}' (expects shape {spec.shape} {spec.dtype}); sent: {sorted(raw)}")
-        arr = raw[spec.name]
-        if arr.dtype != np.dtype(spec.dtype):
-            if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):
-                raise HttpError(400, f"input '{spec.name}' expects {DATATYPES.get(spec.dtype, spec.dtype)}, got {arr.dtype}")
-            arr = arr.astype(spec.dtype)
-        feeds[spec.name] = arr
-    check_inputs(feeds, specs, raw)
-    return feeds
-
-
-def _v2_problem(tensors: list[Any], exc: ValidationError) -> str:
-    """What is wrong with the first tensor (or the body) pydantic refused, in the words of the checks it replaced."""
-    first = exc.errors()[0]
-    loc = first["loc"]
-    message = first["msg"].removeprefix("Value error, ")
-    if len(loc) < 2 or loc[0] != "inputs" or not isinstance(loc[1], int):
-        where = ".".join(str(part) for part in loc)
-        return f"the body is not an Open Inference Protocol request: {where}: {message}"
-    tensor = tensors[loc[1]]
-    problems = {e["loc"][2]: e for e in exc.errors() if e["loc"][:2] == loc[:2] and len(e["loc"]) > 2}
-    if not isinstance(tensor, dict) or any(e["type"] == "missing" for e in problems.values()):
-        return 'each input needs "name", "shape", "datatype" and "data"'
-    name = tensor["name"]
-    if "datatype" in problems:
-        return f"input '{name}': datatype '{tensor['datatype']}' is not one of {sorted(NUMPY_DTYPES)}"
-    for field in ("shape", "data"):
-        if field in problems:
-            reason = problems[field]["msg"].removeprefix("Value error, ")
-            return f"input '{name}': data does not fill shape {tensor['shape']} ({field}: {reason})"
-    key, error = next(iter(problems.items()))
-    return f"input {name!r}: {key}: {error['msg'].removeprefix('Value error, ')}"
-
-
-def encode_v2(model: str, outputs: Mapping[str, np.ndarray]) -> bytes:
-    """An :class:`~edgekit.wire.open_inference.InferenceResponse`, written straight from the arrays (orjson writes numpy
-    itself: building the model would cost more than the rest of the request)."""
-    tensors = []
-    for name, out in outputs.items():
-        arr = np.asarray(out)
-        datatype = DATATYPES.get(str(arr.dtype))
-        if datatype is None:  # e.g. strings from a post-processing step
-            datatype, arr = "BYTES", arr.astype(str)
-        data = arr.ravel()
-        tensors.append(
-            {"name": name, "shape": list(arr.shape), "datatype": datatype, "data": data if _NUMPY_JSON else data.tolist()}
-        )
-    return _dumps({"model_name": model, "outputs": tensors})

@@ -66,7 +66,7 @@ class ServeOptions:
     header_timeout_s: float = 10.0  # a connection with no complete request head in this time is closed
     keep_alive_s: int = 5  # uvicorn's timeout_keep_alive: idle after a response
     body_timeout_s: float = 30.0  # a request body not received in full in this time: 408
-    max_decoded_mb: float = 256.0  # an .npy / .npz body may decode to at most this (checked before allocating)
+    max_decoded_mb: float = 256.0  # an .npy / .npz (or a compressed v2) body may decode to at most this
 
 
 def _connection_cap(wanted: int) -> int:

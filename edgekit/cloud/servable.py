@@ -47,7 +47,7 @@ class Servable:
     latency_ms: float | None = None  # measured by the compiler on this architecture, when known
     cleanup: list[Path] = field(default_factory=list)  # folders extracted from a .tar.gz, removed on unload
     run: Predict | None = None  # the same without the check, for inputs the server decoded against the specs itself
-    output_specs: list[TensorSpec] | None = None  # the artifact's (shape [] a scalar, -1 data-dependent); None: unknown
+    output_specs: list[TensorSpec] | None = None  # the outputs' dtypes and shapes (None: a callable last step's, unknown)
 
     def __post_init__(self) -> None:
         if self.run is None:
@@ -164,11 +164,11 @@ def load_artifact(name: str, path: str | Path, *, threads: int = 0, self_test: b
         outputs=names,
         predict=predict,
         run=run,
+        output_specs=list(manifest.outputs),
         memory_bytes=estimate_bytes(manifest, directory),
         platform="onnxruntime_onnx" if manifest.backend.name == "onnxruntime" else manifest.backend.name,
         latency_ms=measured.latency.median_ms if measured is not None and measured.on == "target" else None,
         cleanup=cleanup,
-        output_specs=list(manifest.outputs),
     )
 
 
@@ -246,8 +246,8 @@ def load_pipeline(name: str, steps: Sequence[str], *, threads: int = 0, self_tes
         inputs=first.inputs if isinstance(first, Servable) else None,
         outputs=outputs,
         predict=predict,
+        output_specs=last.output_specs if isinstance(last, Servable) else None,
         memory_bytes=sum(st.memory_bytes for _, st in stages if isinstance(st, Servable)),
         platform="pipeline",
         cleanup=[p for _, st in stages if isinstance(st, Servable) for p in st.cleanup],
-        output_specs=last.output_specs if isinstance(last, Servable) else None,
     )

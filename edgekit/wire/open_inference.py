@@ -10,7 +10,9 @@ the already-parsed body and writes responses of this shape straight from numpy (
 writes the arrays itself), which tests/wire/test_wire.py checks against :class:`InferenceResponse`.
 
 Unknown keys are ignored (a protocol extension's fields pass through a reader that doesn't know them);
-``data`` is checked to be a list but not element by element (numpy does that when it makes the array).
+``data`` is checked to be a list but not element by element (numpy does that when it makes the array). A tensor
+without ``data`` is one sent as binary after the JSON (Triton's binary tensor data extension, its size in
+``parameters["binary_data_size"]``): :mod:`edgekit.cloud.v2_codec` reads and writes those.
 See docs/cloud.md.
 """
 
@@ -94,10 +96,12 @@ class _Tensor(_Body):
     shape: list[int]
     datatype: Datatype
     parameters: dict[str, Any] | None = None
-    data: TensorData
+    data: TensorData | None = None  # None: sent as binary (the binary tensor data extension's ``binary_data_size``)
 
     def to_array(self) -> np.ndarray:
         """The tensor as a numpy array of its datatype's dtype; ValueError when it has none or the data doesn't fit."""
+        if self.data is None:
+            raise ValueError(f"{self._role} '{self.name}' has no \"data\" (binary tensor data is read by the server's codec)")
         dtype = NUMPY_DTYPES.get(self.datatype)
         if dtype is None:
             raise ValueError(f"{self._role} '{self.name}': datatype '{self.datatype}' is not one of {sorted(NUMPY_DTYPES)}")
@@ -130,7 +134,7 @@ class RequestInput(_Tensor):
 
 
 class RequestOutput(_Body):
-    """An output the client asks for (edgekit serve answers every output)."""
+    """An output the client asks for (only those asked for are answered; ``parameters["binary_data"]``: as binary)."""
 
     name: str
     parameters: dict[str, Any] | None = None

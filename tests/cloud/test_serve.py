@@ -289,8 +289,7 @@ def test_kserve_v2_routes_answer_the_devices_fallback_client(server: ModelServer
     status, _, body = call("GET", server.url + "/v2/models/small")
     meta = json.loads(body)
     assert status == 200 and meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [1, 8]}]
-    assert meta["outputs"] == [{"name": "probs", "datatype": "FP32", "shape": [1, 4]}]
-    assert meta["platform"] == "onnxruntime_onnx"
+    assert meta["outputs"] == [{"name": "probs", "datatype": "FP32", "shape": [1, 4]}] and meta["platform"] == "onnxruntime_onnx"
     assert call("GET", server.url + "/v2/models/small/ready")[0] == 200
     assert call("GET", server.url + "/v2/models/other/ready")[0] == 404
 

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from pydantic import BaseModel, ValidationError
 
-from edgekit.cloud.content import HttpError, decode_v2, encode_v2
+from edgekit.cloud.content import HttpError
+from edgekit.cloud.v2_codec import decode_v2, encode_v2
 from edgekit.edge.errors import FallbackError
 from edgekit.edge.fallback import decode_outputs, encode_inputs
 from edgekit.fleet.jobs import job_document
@@ -301,7 +302,7 @@ def test_the_devices_request_is_what_the_server_decodes(inputs: dict[str, np.nda
     body = json.dumps(encode_inputs(inputs)).encode()  # what CloudFallback sends
     assert InferenceRequest.model_validate_json(body).arrays().keys() == inputs.keys()
     specs = [TensorSpec(name=n, shape=list(a.shape), dtype=str(a.dtype)) for n, a in inputs.items()]
-    for decoded in (decode_v2(body, specs), decode_v2(body, None)):
+    for decoded in (decode_v2(body, specs).feeds, decode_v2(body, None).feeds):
         for name, arr in inputs.items():
             assert decoded[name].dtype == arr.dtype
             np.testing.assert_array_equal(decoded[name], arr)
@@ -310,7 +311,8 @@ def test_the_devices_request_is_what_the_server_decodes(inputs: dict[str, np.nda
 @ROUND_TRIPS
 @given(st.dictionaries(st.from_regex(r"\A[a-z]{1,6}\Z"), arrays, min_size=1, max_size=3))
 def test_the_servers_response_is_what_the_device_decodes(outputs: dict[str, np.ndarray]) -> None:
-    body = encode_v2("m", outputs)  # written straight from numpy, not through the model: checked against it here
+    body, json_length = encode_v2("m", outputs)  # written straight from numpy, not through the model: checked against it here
+    assert json_length is None  # no binary tensors asked for
     response = InferenceResponse.model_validate_json(body)
     expected = InferenceResponse.from_arrays("m", outputs)  # data equal as arrays (orjson writes float32 shortest)
     assert response.model_dump(exclude={"outputs": {"__all__": {"data"}}}) == expected.model_dump(
@@ -322,7 +324,7 @@ def test_the_servers_response_is_what_the_device_decodes(outputs: dict[str, np.n
 
 
 def test_text_outputs_are_bytes_and_the_device_refuses_them() -> None:
-    body = json.loads(encode_v2("m", {"label": np.array(["cat", "dog"])}))
+    body = json.loads(encode_v2("m", {"label": np.array(["cat", "dog"])})[0])
     assert body["outputs"][0] == {"name": "label", "shape": [2], "datatype": "BYTES", "data": ["cat", "dog"]}
     assert InferenceResponse.model_validate(body) == InferenceResponse.from_arrays("m", {"label": np.array(["cat", "dog"])})
     with pytest.raises(FallbackError, match="datatype 'BYTES' is not one of"):
@@ -333,8 +335,8 @@ def test_text_outputs_are_bytes_and_the_device_refuses_them() -> None:
     ("body", "message"),
     [
         ({"inputs": [{"name": "x", "shape": [2]}]}, 'each input needs "name", "shape", "datatype" and "data"'),
+        ({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32"}]}, "input 'x' has neither \"data\" nor parameters.binary"),
         ({"inputs": [{"name": "x", "shape": [2], "datatype": "FP8", "data": [1, 2]}]}, "input 'x': datatype 'FP8' is not one of"),
-        ({"inputs": [{"name": "x", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}]}, "datatype 'BYTES' is not one of"),
         (
             {"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}]},
             r"input 'x': data does not fill shape \[3\]",
