@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import requires, wait_until
 
 from edgekit.edge.errors import EdgeError, SpoolFullError
 from edgekit.edge.store.group_commit import GroupCommit
 from edgekit.edge.store.spool import Spool
 from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import MqttMessage, connect
-from tests.helpers import requires, wait_until
 
 COMPONENT = "com.example.Burst"
 TOPIC = "devices/dev-1/burst"
