@@ -7,7 +7,8 @@ publishes that arrive together sharing one fsync: group commit), and the agent s
 over its own MQTT connection. Measured in one run, for each K: the component's acknowledged publishes per second,
 the rate at which they reach a subscriber at the broker (every one of the N, each once, is checked), the fsyncs
 the spool made, and the same N publishes made directly over MQTT from one client with the same K in flight (QoS
-1, each waiting for its PUBACK); and the round trip of ``GetConfiguration``.
+1, each waiting for its PUBACK); and the round trip of ``GetConfiguration``. IPC and direct runs alternate, a few
+times over, and the medians are reported (the machine's load moves between runs).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ async def _ipc(work: Path, device: MqttClient, n: int, rounds: int, k: int, rece
     return result
 
 
-async def _run(work: Path, n: int, rounds: int, in_flight: tuple[int, ...]) -> dict[str, Any]:
+async def _run(work: Path, n: int, rounds: int, in_flight: tuple[int, ...], repeats: int) -> dict[int, dict[str, float]]:
     broker = MosquittoBroker(work / "broker")
     broker.start()
     rows: dict[int, dict[str, float]] = {}
@@ -134,20 +135,30 @@ async def _run(work: Path, n: int, rounds: int, in_flight: tuple[int, ...]) -> d
         consumer = await connect(broker.url, "bench-consumer", clean_start=True)
         await consumer.subscribe("devices/dev-1/#", 1, got)
         device = await connect(broker.url, "dev-1", clean_start=True)
-        for k in in_flight:
-            result = await _ipc(work, device, n, rounds, k, received)
-            received.clear()
-            direct_s = await _direct(device, n, k)
-            trips = sorted(result["trips"])
-            rows[k] = {
-                "ipc_acked_per_s": n / result["publish_s"],
-                "ipc_delivered_per_s": n / result["delivered_s"],
-                "direct_per_s": n / direct_s,
-                "messages_per_fsync": n / max(1, result["fsyncs"]),
-                "duplicates": result["duplicates"],
-                "get_config_median_us": statistics.median(trips) * 1e6,
-                "get_config_p90_us": trips[int(len(trips) * 0.9)] * 1e6,
-            }
+        samples: dict[int, list[dict[str, float]]] = {k: [] for k in in_flight}
+        for repeat in range(repeats):  # IPC and direct interleaved, so a change in the machine's load hits both
+            for k in in_flight:
+                result = await _ipc(work / f"r{repeat}", device, n, rounds, k, received)
+                received.clear()
+                direct_s = await _direct(device, n, k)
+                trips = sorted(result["trips"])
+                samples[k].append(
+                    {
+                        "ipc_acked_per_s": n / result["publish_s"],
+                        "ipc_delivered_per_s": n / result["delivered_s"],
+                        "direct_per_s": n / direct_s,
+                        "ratio": n / result["publish_s"] / (n / direct_s),
+                        "messages_per_fsync": n / max(1, result["fsyncs"]),
+                        "duplicates": result["duplicates"],
+                        "get_config_median_us": statistics.median(trips) * 1e6,
+                        "get_config_p90_us": trips[int(len(trips) * 0.9)] * 1e6,
+                    }
+                )
+        for k, runs in samples.items():
+            rows[k] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            rows[k]["ratio_min"] = min(run["ratio"] for run in runs)
+            rows[k]["ratio_max"] = max(run["ratio"] for run in runs)
+            rows[k]["duplicates"] = sum(run["duplicates"] for run in runs)
         await device.disconnect()
         await consumer.disconnect()
     finally:
@@ -155,7 +166,10 @@ async def _run(work: Path, n: int, rounds: int, in_flight: tuple[int, ...]) -> d
     return rows
 
 
-def bench_ipc(work: Path, n: int, rounds: int = 500, in_flight: tuple[int, ...] = (1, 16)) -> dict[int, dict[str, float]]:
-    """Per K publishes in flight: acknowledged and delivered IPC publishes/s, direct MQTT QoS 1 publishes/s, and
-    messages per fsync of the agent's spool."""
-    return asyncio.run(_run(work, n, rounds, in_flight))
+def bench_ipc(
+    work: Path, n: int, rounds: int = 500, in_flight: tuple[int, ...] = (1, 16, 64), repeats: int = 3
+) -> dict[int, dict[str, float]]:
+    """Per K publishes in flight, medians of ``repeats`` interleaved runs: acknowledged and delivered IPC publishes/s,
+    direct MQTT QoS 1 publishes/s, their ratio (``ratio``: the median of each run's; ``ratio_min``, ``ratio_max``),
+    messages per fsync of the agent's spool, and duplicates at the broker (all runs)."""
+    return asyncio.run(_run(work, n, rounds, in_flight, repeats))
