@@ -100,7 +100,10 @@ class IotCoreLink:
         from edgekit.edge.store.publisher import SpoolPublisher
 
         self.client = client
-        self._publisher = SpoolPublisher(self.spool, client, offload=self.group_commit.run)
+        # a durable spool's drain reads and deletes on the commit thread (never waiting in the event loop behind an
+        # fsync); a simulated device's (durable=False, no fsync) in the loop: no thread hop per drain for 1,000 devices
+        offload = self.group_commit.run if self.durable else None
+        self._publisher = SpoolPublisher(self.spool, client, offload=offload)
         client.add_on_connect(lambda _c, _s: self._wake.set())
         if self._sender is None or self._sender.done():
             self._sender = asyncio.get_running_loop().create_task(self._send_loop(), name="ipc-uplink")
