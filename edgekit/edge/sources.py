@@ -80,8 +80,8 @@ class Scenario:
             except ValueError:
                 raise EdgeError(f"{what}: {key}={value!r} is not a number") from None
         scenario = cls(**values)
-        if scenario.classes < 1 or not 0.0 <= scenario.ood <= 1.0 or scenario.noise < 0:
-            raise EdgeError(f"{what}: need classes >= 1, 0 <= ood <= 1, noise >= 0")
+        if scenario.classes < 1 or not 0.0 <= scenario.ood <= 1.0 or scenario.noise < 0 or (scenario.seed or 0) < 0:
+            raise EdgeError(f"{what}: need classes >= 1, 0 <= ood <= 1, noise >= 0, seed >= 0")
         return scenario
 
 

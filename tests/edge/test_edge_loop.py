@@ -44,6 +44,7 @@ def test_sources_parse_and_refuse_what_they_cannot_read(model: Any, tmp_path: Pa
     assert [float(r["x"][0, 0]) for r in taken if r is not None] == [0.0, 8.0, 16.0, 0.0]  # one per row, cycled
     for bad, message in [
         ("synthetic:ood=2", "0 <= ood <= 1"),
+        ("synthetic:seed=-1", "seed >= 0"),
         ("synthetic:size=3", "KEY=VALUE"),
         ("kafka:x", "is not synthetic"),
     ]:
