@@ -146,15 +146,50 @@ def _print_loop(work: Path, n: int) -> None:
     )
 
 
+def _print_ipc(ipc: dict[int, dict[str, float]], messages: int) -> None:
+    print(f"Greengrass IPC, {messages} publishes from one awsiotsdk component, K in flight (K=1: one after the other);")
+    print("medians of interleaved runs:")
+    for k, row in ipc.items():
+        direct = row["direct_per_s"]
+        print(f"  K={k}: direct MQTT publish (QoS 1, PUBACK each)  {direct:8,.0f} /s")
+        print(
+            f"  K={k}: IPC PublishToIoTCore, acknowledged        {row['ipc_acked_per_s']:8,.0f} /s   "
+            f"{row['ratio']:.2f}x (runs {row['ratio_min']:.2f}x-{row['ratio_max']:.2f}x)"
+        )
+        print(f"  K={k}: IPC, delivered at the broker              {row['ipc_delivered_per_s']:8,.0f} /s")
+        print(
+            f"  K={k}: messages per fsync of the spool {row['messages_per_fsync']:.1f}; "
+            f"duplicates at the broker {row['duplicates']:.0f}"
+        )
+    last = ipc[max(ipc)]
+    print(f"  GetConfiguration round trip: median {last['get_config_median_us']:.0f} us, p90 {last['get_config_p90_us']:.0f} us")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000, help="spool puts per round and messages drained")
     parser.add_argument("--calls", type=int, default=200, help="fallback calls timed")
     parser.add_argument("--timeout", type=float, default=0.2, help="fallback timeout for the slow endpoint, seconds")
     parser.add_argument("--ipc-messages", type=int, default=1000, help="IPC publishes (and direct MQTT publishes) timed")
+    parser.add_argument(
+        "--ipc-in-flight",
+        type=int,
+        nargs="+",
+        default=[1, 16, 64],
+        help="publishes in flight at a time, one IPC run (and direct run) each",
+    )
     parser.add_argument("--readings", type=int, default=50_000, help="readings per round of the inference-loop benchmark")
     parser.add_argument("--loop-only", action="store_true", help="only the inference loop and the failover")
+    parser.add_argument("--ipc-only", action="store_true", help="only Greengrass IPC against direct MQTT")
+    parser.add_argument("--ipc-repeats", type=int, default=3, help="interleaved IPC/direct runs per K (medians reported)")
     args = parser.parse_args(argv)
+    if args.ipc_only:
+        with tempfile.TemporaryDirectory(prefix="edgekit-bench-edge-") as tmp:
+            _print_ipc(
+                bench_ipc(Path(tmp), args.ipc_messages, in_flight=tuple(args.ipc_in_flight), repeats=args.ipc_repeats),
+                args.ipc_messages,
+            )
+        return 0
     if args.loop_only:
         with tempfile.TemporaryDirectory(prefix="edgekit-bench-edge-") as tmp:
             _print_loop(Path(tmp), args.readings)
@@ -163,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         spool = bench_spool(work, args.messages)
         drain = bench_drain(work, args.messages)
-        ipc = bench_ipc(work, args.ipc_messages)
+        ipc = bench_ipc(work, args.ipc_messages, in_flight=tuple(args.ipc_in_flight), repeats=args.ipc_repeats)
     fb = bench_fallback(args.calls, args.timeout)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-edge-") as tmp:
         _print_loop(Path(tmp), args.readings)
@@ -177,16 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  answered by the server     {fb['answered']:8.2f} ms   1.00x")
     print(f"  waiting out a {args.timeout:.1f} s timeout {fb['timeout']:8.2f} ms   {fb['timeout'] / fb['answered']:.1f}x")
     print(f"  breaker open (fail fast)   {fb['breaker_open']:8.4f} ms   {fb['breaker_open'] / fb['answered']:.4f}x")
-    print(f"Greengrass IPC, {args.ipc_messages} publishes from one awsiotsdk component, one after the other:")
-    direct = ipc["direct_per_s"]
-    print(f"  direct MQTT publish (QoS 1, PUBACK each) {direct:8,.0f} /s   1.00x")
-    print(
-        f"  IPC PublishToIoTCore, acknowledged       {ipc['ipc_acked_per_s']:8,.0f} /s   {ipc['ipc_acked_per_s'] / direct:.2f}x"
-    )
-    print(
-        f"  IPC, delivered at the broker             {ipc['ipc_delivered_per_s']:8,.0f} /s   {ipc['ipc_delivered_per_s'] / direct:.2f}x"
-    )
-    print(f"  GetConfiguration round trip: median {ipc['get_config_median_us']:.0f} us, p90 {ipc['get_config_p90_us']:.0f} us")
+    _print_ipc(ipc, args.ipc_messages)
     return 0
 
 

@@ -40,6 +40,11 @@ class DeviceEntry(BaseModel):
     ``mode: emulated``: each runs as its own process, the device agent in an aarch64 Python under qemu-user, and
     installs the real aarch64 build (only aarch64 profiles; see docs/local-fleet.md, emulated devices). Without it
     the device runs as the fleet's ``mode`` says.
+
+    ``scenario`` (``ood=0.3,drift=0.05``: the keys of a ``synthetic:`` input source) changes these devices'
+    generated sensor stream over what the inference component's ``InputSource`` says, in the simulator's
+    in-process devices (checked when the simulation starts). Every device's synthetic stream is seeded by its thing name anyway (unless a ``seed`` is
+    given), so no two devices send the same readings.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -49,6 +54,7 @@ class DeviceEntry(BaseModel):
     profile: str
     groups: list[str] = Field(default_factory=list)
     mode: Literal["emulated"] | None = None
+    scenario: str | None = Field(None, max_length=512)
 
     @model_validator(mode="after")
     def _named(self) -> DeviceEntry:
@@ -76,6 +82,8 @@ class FleetDevice(BaseModel):
     groups: tuple[str, ...]
     platform: dict[str, str]
     emulated: bool = False
+    scenario: str | None = None
+    """Its synthetic stream's parameters over the component's (``ood=0.3,...``), or None."""
 
 
 class Fault(BaseModel):
@@ -167,7 +175,14 @@ class FleetFile(BaseModel):
             width = len(str(entry.count))
             names = [entry.name] if entry.name else [f"{entry.prefix}{i:0{max(2, width)}d}" for i in range(1, entry.count + 1)]
             out += [
-                FleetDevice(thing=n, profile=profile.name, groups=tuple(entry.groups), platform=platform, emulated=emulated)
+                FleetDevice(
+                    thing=n,
+                    profile=profile.name,
+                    groups=tuple(entry.groups),
+                    platform=platform,
+                    emulated=emulated,
+                    scenario=entry.scenario,
+                )
                 for n in names
                 if n
             ]

@@ -120,7 +120,7 @@ class InferenceLoop:
         self.thing = thing
         self.component = component or options.component
         self.clock = clock
-        self.source: InputSource = source if source is not None else parse_source(options.source, self.specs)
+        self.source: InputSource = source if source is not None else parse_source(options.source, self.specs, thing=thing)
         if fallback is None and options.fallback_url:
             from edgekit.edge import fallback as fallback_module
 

@@ -1,13 +1,16 @@
 """Where an inference component's readings come from: a generated scenario, a file, or MQTT messages.
 
 ``synthetic[:classes=4,noise=0.3,drift=0.02,ood=0.1,amplitude=3,seed=0]``, ``file:<path.npy|.npz>``,
-``mqtt:<topic>`` (see :func:`parse_source`). Randomness comes from the seed, time from the caller.
+``mqtt:<topic>`` (see :func:`parse_source`). Randomness comes from the seed, time from the caller. Without a
+``seed``, a synthetic stream is seeded by the device's thing name (:func:`thing_seed`: a stable hash), so every
+device of a fleet sends its own stream, and the same one on every run.
 See docs/edge-runtime.md (input sources).
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -30,6 +33,7 @@ __all__ = [
     "decode_reading",
     "encode_reading",
     "parse_source",
+    "thing_seed",
 ]
 
 Reading = dict[str, np.ndarray]
@@ -57,24 +61,27 @@ class Scenario:
     drift: float = 0.0
     ood: float = 0.0
     amplitude: float = 3.0
-    seed: int = 0
+    seed: int | None = None
+    """None: the device's own (:func:`thing_seed` of its thing name; 0 without one)."""
 
     @classmethod
-    def parse(cls, text: str) -> Scenario:
-        """``classes=4,noise=0.3,...`` (any subset; empty: the defaults)."""
+    def parse(cls, text: str, what: str = "") -> Scenario:
+        """``classes=4,noise=0.3,...`` (any subset; empty: the defaults; a key given twice: the last one). ``what``
+        names the text in errors (default: ``input source 'synthetic:<text>'``)."""
+        what = what or f"input source 'synthetic:{text}'"
         known = {f.name: f.type for f in fields(cls)}
         values: dict[str, Any] = {}
         for item in filter(None, (p.strip() for p in text.split(","))):
             key, sep, value = item.partition("=")
             if not sep or key not in known:
-                raise EdgeError(f"input source 'synthetic:{text}': '{item}' is not KEY=VALUE with KEY one of {sorted(known)}")
+                raise EdgeError(f"{what}: '{item}' is not KEY=VALUE with KEY one of {sorted(known)}")
             try:
                 values[key] = int(value) if key in ("classes", "seed") else float(value)
             except ValueError:
-                raise EdgeError(f"input source 'synthetic:{text}': {key}={value!r} is not a number") from None
+                raise EdgeError(f"{what}: {key}={value!r} is not a number") from None
         scenario = cls(**values)
-        if scenario.classes < 1 or not 0.0 <= scenario.ood <= 1.0 or scenario.noise < 0:
-            raise EdgeError(f"input source 'synthetic:{text}': need classes >= 1, 0 <= ood <= 1, noise >= 0")
+        if scenario.classes < 1 or not 0.0 <= scenario.ood <= 1.0 or scenario.noise < 0 or (scenario.seed or 0) < 0:
+            raise EdgeError(f"{what}: need classes >= 1, 0 <= ood <= 1, noise >= 0, seed >= 0")
         return scenario
 
 
@@ -83,14 +90,24 @@ def _sample_shape(spec: TensorSpec) -> tuple[int, ...]:
     return shape[1:] if shape and shape[0] == 1 else shape
 
 
-class SyntheticSource:
-    """Readings generated from a :class:`Scenario`, in blocks (one NumPy call per 256 readings)."""
+def thing_seed(thing: str) -> int:
+    """The seed of ``thing``'s synthetic stream: a stable 63-bit hash of its name (BLAKE2b — not Python's ``hash()``,
+    which is salted per process), so one device's stream is the same on every run and two devices' differ."""
+    return int.from_bytes(hashlib.blake2b(thing.encode(), digest_size=8).digest(), "big") >> 1
 
-    def __init__(self, specs: Sequence[TensorSpec], scenario: Scenario | None = None) -> None:
+
+class SyntheticSource:
+    """Readings generated from a :class:`Scenario`, in blocks (one NumPy call per 256 readings).
+
+    The scenario's ``seed``, or else the one of ``thing`` (:func:`thing_seed`; 0 without a thing), is :attr:`seed`."""
+
+    def __init__(self, specs: Sequence[TensorSpec], scenario: Scenario | None = None, *, thing: str = "") -> None:
         self.scenario = scenario or Scenario()
         self.specs = list(specs)
         self.produced = 0
-        self.rng = np.random.default_rng(self.scenario.seed)
+        given = self.scenario.seed
+        self.seed = given if given is not None else (thing_seed(thing) if thing else 0)
+        self.rng = np.random.default_rng(self.seed)
         s = self.scenario
         self._centres = {
             spec.name: self.rng.standard_normal((s.classes, *_sample_shape(spec))) * s.amplitude for spec in self.specs
@@ -216,11 +233,12 @@ class MqttSource:
         return self._waiting.popleft()
 
 
-def parse_source(text: str, specs: Sequence[TensorSpec]) -> InputSource:
-    """The source an ``--input-source`` / ``InputSource`` string names (see the module docstring)."""
+def parse_source(text: str, specs: Sequence[TensorSpec], *, thing: str = "") -> InputSource:
+    """The source an ``--input-source`` / ``InputSource`` string names (see the module docstring); a synthetic one
+    without a ``seed`` is seeded by ``thing`` (the device's thing name)."""
     kind, _, rest = text.partition(":")
     if kind == "synthetic":
-        return SyntheticSource(specs, Scenario.parse(rest))
+        return SyntheticSource(specs, Scenario.parse(rest), thing=thing)
     if kind == "file" and rest:
         return FileSource(rest, specs)
     if kind == "mqtt" and rest:

@@ -191,6 +191,8 @@ class InProcessRunners:
     each device's IPC (by thing name), the shared model cache, and every run so far (for accounting)."""
 
     devices: dict[str, DeviceIpc] = field(default_factory=dict)
+    scenarios: dict[str, str] = field(default_factory=dict)
+    """A device's own synthetic-stream parameters (the fleet file's ``scenario``), by thing name."""
     models: ModelCache = field(default_factory=ModelCache)
     runs: dict[str, list[InferenceRun]] = field(default_factory=dict)
 
@@ -241,6 +243,9 @@ async def _start_inference(runners: InProcessRunners, spec: StepSpec, args: list
     try:
         model_dir, options = parse_args(args)
         options.tick_s = options.tick_s or SIMULATED_TICK_S
+        own = runners.scenarios.get(thing)
+        if own and options.source.partition(":")[0] == "synthetic":  # the device's keys after the component's: they win
+            options.source = f"synthetic:{options.source.partition(':')[2]},{own}"
         if ipc is None or not token:
             raise EdgeError("the device has no IPC (DeviceAgent(ipc=True)); an in-process inference component needs it")
         model = runners.models.load(model_dir if model_dir.is_absolute() else spec.cwd / model_dir)

@@ -28,7 +28,9 @@ from edgekit.device.agent import DeviceAgent
 from edgekit.device.jobs_runner import DeviceMqttRunner
 from edgekit.device.lifecycle import StateCallback
 from edgekit.edge.component import STAND_IN_ENV
+from edgekit.edge.errors import EdgeError
 from edgekit.edge.loop import Checkpoint
+from edgekit.edge.sources import Scenario
 from edgekit.errors import ConfigError, ToolchainError
 from edgekit.fleet.errors import NotFoundError
 from edgekit.fleet.fleet_server import FleetServer
@@ -185,6 +187,7 @@ class Simulation:
         self.emulation_fallback = emulation_fallback
         self.emulation: Emulation | None = None
         things = self.fleet.expand()
+        _check_scenarios(self.fleet.name, things)
         emulated = sum(1 for t in things if t.emulated)
         self.stand_ins = {d.thing: on for d in things if not d.emulated and (on := stand_in_for(d)) is not None}
         """The devices a process of another platform (this one's) stands in for: thing → that platform."""
@@ -349,6 +352,8 @@ class Simulation:
         )
         if agent.ipc is not None:
             self._executor.runners.devices[dev.thing] = agent.ipc
+            if dev.device.scenario:
+                self._executor.runners.scenarios[dev.thing] = dev.device.scenario
         return agent
 
     def _bundle(self, dev: SimulatedDevice) -> Path:
@@ -608,3 +613,13 @@ class Simulation:
                 await self.apply_fault(fault, index)
             except Exception:
                 log.exception("fault %s failed", fault)
+
+
+def _check_scenarios(fleet: str, devices: Sequence[FleetDevice]) -> None:
+    """A device's ``scenario`` in the fleet file must read as a synthetic source's keys; else one line naming it."""
+    for device in devices:
+        if device.scenario is not None:
+            try:
+                Scenario.parse(device.scenario, what=f"fleet '{fleet}': device '{device.thing}': scenario '{device.scenario}'")
+            except EdgeError as exc:
+                raise ConfigError(f"{exc}; see docs/local-fleet.md (fleet files)") from None

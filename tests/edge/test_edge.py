@@ -68,6 +68,32 @@ def test_spool_survives_a_killed_process(tmp_path: Path) -> None:
     assert [int(i.payload) for i in Spool(path).peek(100)] == list(range(50))
 
 
+def test_one_transaction_stores_many_each_refused_alone(tmp_path: Path) -> None:
+    """put_many: one commit for the batch; a message that doesn't fit fails alone, in place, the rest are stored."""
+    reject = Spool(tmp_path / "reject.db", max_items=4, max_message_bytes=8)
+    reject.put("t", b"old")
+    results = reject.put_many([("t", b"a"), ("t", b"x" * 9), ("t", b"b"), ("t", b"c"), ("t", b"d")])
+    assert isinstance(results[1], SpoolFullError) and "max_message_bytes" in str(results[1])
+    assert isinstance(results[4], SpoolFullError) and "is full (4 messages" in str(results[4])
+    stored = [r for r in results if isinstance(r, int)]
+    assert len(stored) == 3 and stored == sorted(stored)
+    assert [i.payload for i in reject.peek()] == [b"old", b"a", b"b", b"c"] and reject.bytes == 6
+
+    overwrite = Spool(tmp_path / "overwrite.db", max_items=3, on_full="overwrite_oldest")
+    overwrite.put_many([("t", bytes([i])) for i in range(5)])  # the batch overwrites its own oldest
+    assert [i.payload for i in overwrite.peek()] == [b"\x02", b"\x03", b"\x04"]
+    assert overwrite.dropped == 2 and overwrite.bytes == 3 and len(overwrite) == 3
+
+
+def test_removing_delivered_messages_leaves_the_spool_flushing_each_put(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    seqs = spool.put_many([("t", b"1"), ("t", b"2")])
+    spool.ack([s for s in seqs if isinstance(s, int)][:1])  # done with synchronous=NORMAL: the next put's fsync covers it
+    assert spool._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again for the puts
+    assert [i.payload for i in spool.peek()] == [b"2"]
+    spool.close()
+
+
 def test_a_full_spool_rejects_or_overwrites_the_oldest(tmp_path: Path) -> None:
     reject = Spool(tmp_path / "reject.db", max_items=3)
     for i in range(3):

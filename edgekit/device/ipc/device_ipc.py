@@ -62,7 +62,6 @@ class DeviceIpc:
         if self.server is not None:
             await self.server.close()
         await self.iot_core.close()
-        self.handler.close()
 
     def token(self, component: str) -> str:
         """The component's auth token (``SVCUID``): one per component for the agent's lifetime."""

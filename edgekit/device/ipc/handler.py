@@ -15,10 +15,8 @@ handler for). Authorization: :mod:`~edgekit.device.ipc.policy`.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import concurrent.futures
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -95,7 +93,6 @@ class IpcHandler:
         self.bus = LocalBus()
         self._tokens: dict[str, str] = {}
         self._policies: dict[str, tuple[object, list[Policy]]] = {}
-        self._spool_thread: concurrent.futures.ThreadPoolExecutor | None = None
         from edgekit.device.ipc.component_ops import ComponentEvents
 
         self.events = ComponentEvents(self)
@@ -150,17 +147,10 @@ class IpcHandler:
         return operation in _OPERATIONS
 
     async def spool_put(self, topic: str, payload: bytes) -> int:
-        """Spool one IoT Core message on the spool's own thread (one: the spool keeps the order of arrival)."""
+        """Spool one IoT Core message; returns once it is on disk (group commit: publishes that arrive together share
+        one fsync, on the spool's own thread, in the order of arrival)."""
         assert self.iot_core is not None
-        if self._spool_thread is None:
-            self._spool_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipc-spool")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._spool_thread, self.iot_core.publish, topic, payload)
-
-    def close(self) -> None:
-        pool, self._spool_thread = self._spool_thread, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        return await self.iot_core.put(topic, payload)
 
 
 # ---------------------------------------------------------------------- request helpers

@@ -6,7 +6,10 @@ See docs/edge-runtime.md (spool, write-ahead).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from edgekit.edge.store.spool import Spool
 from edgekit.mqtt.client import MqttClient
@@ -15,6 +18,8 @@ from edgekit.mqtt.errors import BrokerError, PayloadError, TopicError
 __all__ = ["SpoolPublisher"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # PUBACK reason codes that mean "the broker has it": success, and no subscriber yet (MQTT 5)
 _DELIVERED = {0, 16}
@@ -29,8 +34,20 @@ class SpoolPublisher:
     can never be sent (a topic or payload over IoT Core's limits) is removed and counted in :attr:`rejected`.
     """
 
-    def __init__(self, spool: Spool, client: MqttClient, *, batch: int = 50, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        client: MqttClient,
+        *,
+        batch: int = 50,
+        timeout_s: float = 10.0,
+        offload: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
+    ) -> None:
         self.spool = spool
+        self.offload = offload
+        """Where the spool calls run (``offload(call)``): the writer's thread of a
+        :class:`~edgekit.edge.store.group_commit.GroupCommit`, so a drain never waits on a disk flush in the event
+        loop; None: in the event loop."""
         self.client = client
         self.batch = batch
         self.timeout_s = timeout_s
@@ -57,7 +74,8 @@ class SpoolPublisher:
     async def _drain(self) -> int:
         delivered = 0
         while self.client.connected:
-            items = self.spool.peek(1 if self.refused else self.batch)  # a refused head is tried alone
+            limit = 1 if self.refused else self.batch  # a refused head is tried alone
+            items = await self._spool_call(functools.partial(self.spool.peek, limit))
             if not items:
                 break
             results = await asyncio.gather(
@@ -92,7 +110,7 @@ class SpoolPublisher:
                 done.append(item.seq)
             if not stop and failure is None:
                 self.refused = ""
-            self.spool.ack(done)
+            await self._spool_call(functools.partial(self.spool.ack, done))
             self.rejected += rejected
             delivered += len(done) - rejected
             self.sent += len(done) - rejected
@@ -101,6 +119,11 @@ class SpoolPublisher:
             if stop:
                 break
         return delivered
+
+    async def _spool_call(self, call: Callable[[], T]) -> T:
+        if self.offload is None:
+            return call()
+        return cast("T", await self.offload(call))
 
     async def run(self, interval_s: float = 1.0) -> None:
         """Drain every ``interval_s`` until cancelled."""

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -148,43 +148,69 @@ class Spool:
 
     def put(self, topic: str, payload: bytes) -> int:
         """Store a message; returns its sequence number (increasing, never reused)."""
-        size = len(payload)
-        if size > self.max_message_bytes:
-            raise SpoolFullError(
-                f"a message of {size} bytes for '{topic}' is over the spool's max_message_bytes ({self.max_message_bytes}); "
-                "it was not stored — send less per message"
-            )
-        with self._guarded("storing a message"):
+        result = self.put_many([(topic, payload)])[0]
+        if isinstance(result, EdgeError):
+            raise result
+        return result
+
+    def put_many(self, messages: Sequence[tuple[str, bytes]]) -> list[int | EdgeError]:
+        """Store ``messages`` in one transaction — one fsync for all of them (group commit); in their order.
+
+        Each gets its own result: its sequence number, or the :class:`SpoolFullError` that kept it out (too big,
+        or the spool full under ``on_full='reject'``) while the others are stored. Nothing is stored when the
+        transaction fails (damage: an :class:`EdgeError` raised for all of them). When this returns, every
+        stored message is on disk (``durable=True``).
+        """
+        results: list[int | EdgeError] = []
+        with self._guarded("storing messages"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 count = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
                 held = self._meta("bytes")
-                if count >= self.max_items or held + size > self.max_bytes:
-                    if self.on_full == "reject":
-                        bound = (
-                            f"{count} messages, max_items {self.max_items}"
-                            if count >= self.max_items
-                            else f"{count} messages, {held} bytes; max_bytes {self.max_bytes}"
-                        )
-                        raise SpoolFullError(
-                            f"spool '{self.path}' is full ({bound}); the message was not stored — raise max_items / "
-                            "max_bytes, or use on_full='overwrite_oldest' to keep the newest"
-                        )
-                    self._drop_oldest(count, held, size)
-                cur = self._db.execute(
-                    "INSERT INTO spool(topic, payload, created) VALUES(?, ?, ?)", (topic, bytes(payload), time.time())
-                )
-                self._add_meta("bytes", size)
+                added = 0
+                now = time.time()
+                for topic, payload in messages:
+                    refusal = self._refusal(topic, len(payload), count, held)
+                    if refusal is not None:
+                        results.append(refusal)
+                        continue
+                    if count >= self.max_items or held + len(payload) > self.max_bytes:
+                        count, held = self._drop_oldest(count, held, len(payload))
+                    cur = self._db.execute(
+                        "INSERT INTO spool(topic, payload, created) VALUES(?, ?, ?)", (topic, bytes(payload), now)
+                    )
+                    assert cur.lastrowid is not None
+                    results.append(int(cur.lastrowid))
+                    count, held, added = count + 1, held + len(payload), added + len(payload)
+                self._add_meta("bytes", added)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            seq = cur.lastrowid
-            assert seq is not None
-            return seq
+        return results
 
-    def _drop_oldest(self, count: int, held: int, size: int) -> None:
-        """Make room for one message of ``size`` bytes by deleting the oldest (counted in ``dropped``)."""
+    def _refusal(self, topic: str, size: int, count: int, held: int) -> SpoolFullError | None:
+        """Why a message of ``size`` bytes can't be stored now, or None."""
+        if size > self.max_message_bytes:
+            return SpoolFullError(
+                f"a message of {size} bytes for '{topic}' is over the spool's max_message_bytes ({self.max_message_bytes}); "
+                "it was not stored — send less per message"
+            )
+        if self.on_full == "reject" and (count >= self.max_items or held + size > self.max_bytes):
+            bound = (
+                f"{count} messages, max_items {self.max_items}"
+                if count >= self.max_items
+                else f"{count} messages, {held} bytes; max_bytes {self.max_bytes}"
+            )
+            return SpoolFullError(
+                f"spool '{self.path}' is full ({bound}); the message was not stored — raise max_items / "
+                "max_bytes, or use on_full='overwrite_oldest' to keep the newest"
+            )
+        return None
+
+    def _drop_oldest(self, count: int, held: int, size: int) -> tuple[int, int]:
+        """Make room for one message of ``size`` bytes by deleting the oldest (counted in ``dropped``); returns the
+        count and bytes left."""
         dropped = freed = 0
         rows = self._db.execute("SELECT seq, length(payload) FROM spool ORDER BY seq").fetchall()
         for seq, length in rows:
@@ -194,6 +220,7 @@ class Spool:
             dropped, freed = dropped + 1, freed + int(length)
         self._add_meta("dropped", dropped)
         self._add_meta("bytes", -freed)
+        return count - dropped, held - freed
 
     def peek(self, limit: int = 100) -> list[SpoolItem]:
         """The oldest ``limit`` messages, in order, still in the spool."""
@@ -202,21 +229,32 @@ class Spool:
         return [SpoolItem(int(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in rows]
 
     def ack(self, seqs: list[int]) -> None:
-        """Remove delivered messages."""
+        """Remove delivered messages.
+
+        The removal is not flushed on its own (``synchronous=NORMAL`` for this transaction): the next put's fsync
+        covers it, as the WAL is written in order. A power cut before then brings the removed messages back, to
+        be sent again — a duplicate, which at-least-once allows — and costs no fsync per drained batch.
+        """
         if not seqs:
             return
         with self._guarded("removing delivered messages"):
-            self._db.execute("BEGIN IMMEDIATE")
+            if self.durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                freed = 0
-                for seq in seqs:
-                    row = self._db.execute("DELETE FROM spool WHERE seq = ? RETURNING length(payload)", (seq,)).fetchone()
-                    freed += int(row[0]) if row else 0
-                self._add_meta("bytes", -freed)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    freed = 0
+                    for seq in seqs:
+                        row = self._db.execute("DELETE FROM spool WHERE seq = ? RETURNING length(payload)", (seq,)).fetchone()
+                        freed += int(row[0]) if row else 0
+                    self._add_meta("bytes", -freed)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            finally:
+                if self.durable:
+                    self._db.execute("PRAGMA synchronous=FULL")
 
     @property
     def dropped(self) -> int:

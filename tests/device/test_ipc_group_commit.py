@@ -1,0 +1,208 @@
+"""Group commit of the agent's uplink spool: publishes that arrive together share one fsync, and none is
+acknowledged before the fsync that covers it — checked with the agent as a real process SIGKILLed mid-burst."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import requires, wait_until
+
+from edgekit.edge.errors import EdgeError, SpoolFullError
+from edgekit.edge.store.group_commit import GroupCommit
+from edgekit.edge.store.spool import Spool
+from edgekit.mqtt.broker import MosquittoBroker
+from edgekit.mqtt.client import MqttMessage, connect
+
+COMPONENT = "com.example.Burst"
+TOPIC = "devices/dev-1/burst"
+
+# The agent's IPC as a process of its own: DeviceIpc on ``root`` (its socket and uplink spool), attached to the broker
+# at ``url`` when one is given; prints the component's environment, then serves until killed.
+AGENT = r"""
+import asyncio, json, sys
+from edgekit.device.ipc import DeviceIpc
+from edgekit.mqtt.client import connect
+
+COMPONENT = sys.argv[3]
+POLICY = {"operations": ["aws.greengrass#PublishToIoTCore"], "resources": ["devices/dev-1/#"]}
+
+class Host:
+    thing = "dev-1"
+    def configuration(self, component):
+        return {"accessControl": {"aws.greengrass.ipc.mqttproxy": {"burst:1": POLICY}}} if component == COMPONENT else None
+    def set_configuration(self, component, configuration):
+        pass
+    def report_state(self, component, state):
+        pass
+
+async def main(root, url):
+    ipc = DeviceIpc(root, Host())
+    await ipc.start()
+    if url:
+        ipc.attach(await connect(url, "dev-1", clean_start=True))
+    print(json.dumps(ipc.environment(COMPONENT)), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+def start_agent(root: Path, url: str = "") -> tuple[subprocess.Popen[str], dict[str, str]]:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", AGENT, str(root), url, COMPONENT], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise AssertionError(f"the agent process exited ({proc.wait()}) before it served")
+    return proc, json.loads(line)
+
+
+def burst(env: dict[str, str], count: int, in_flight: int, acked: list[int], stop: threading.Event) -> None:
+    """``count`` PublishToIoTCore from awsiotsdk, ``in_flight`` at a time; each acknowledged number goes to ``acked``."""
+    from awsiot.greengrasscoreipc import connect as ipc_connect
+    from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+    client = GreengrassCoreIPCClientV2(
+        client=ipc_connect(ipc_socket=env["AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"], authtoken=env["SVCUID"])
+    )
+    lock = threading.Lock()
+
+    def on_done(n: int, future: Any) -> None:
+        if future.exception() is None:
+            with lock:
+                acked.append(n)
+
+    window: collections.deque[Any] = collections.deque()
+    try:
+        for n in range(count):
+            if stop.is_set():
+                break
+            if len(window) >= in_flight:
+                window.popleft().exception(timeout=10)  # waits; a failure (the agent gone) is the point
+            future = client.publish_to_iot_core_async(topic_name=TOPIC, qos="1", payload=json.dumps({"n": n}).encode())
+            future.add_done_callback(lambda f, n=n: on_done(n, f))
+            window.append(future)
+        for future in window:
+            future.exception(timeout=10)
+    except Exception:  # the agent was killed under us: whatever was acknowledged is in `acked`
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+@requires("mosquitto")
+def test_a_sigkilled_agent_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
+    root = tmp_path / "device"
+    agent, env = start_agent(root)  # no broker yet: everything stays in the spool
+    acked: list[int] = []
+    stop = threading.Event()
+    publisher = threading.Thread(target=burst, args=(env, 20_000, 16, acked, stop), daemon=True)
+    publisher.start()
+    try:
+        wait_until(lambda: len(acked) >= 300, timeout=60, what="300 publishes acknowledged")
+        agent.send_signal(signal.SIGKILL)  # mid-burst: no close, no final commit
+        assert agent.wait(10) == -signal.SIGKILL
+    finally:
+        stop.set()
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        if agent.stdout is not None:
+            agent.stdout.close()
+    publisher.join(30)
+    told = set(acked)
+    assert 300 <= len(told) < 20_000  # killed in the middle of the burst
+
+    spool = Spool(root / "config" / "uplink.db", on_damage="raise")  # what a restarted agent opens
+    try:
+        stored = [json.loads(item.payload)["n"] for item in spool.peek(100_000)]
+    finally:
+        spool.close()
+    assert told <= set(stored), f"acknowledged but lost: {sorted(told - set(stored))[:10]}"
+    assert stored == sorted(stored) and len(stored) == len(set(stored))  # in the order sent, none twice
+
+    with MosquittoBroker(tmp_path / "broker") as broker:
+        received: list[int] = []
+
+        async def listen_while_restarted() -> None:
+            consumer = await connect(broker.url, "consumer", clean_start=True)
+
+            def got(message: MqttMessage) -> None:
+                received.append(json.loads(message.payload)["n"])
+
+            await consumer.subscribe("devices/dev-1/#", 1, got)
+            again, _ = await asyncio.to_thread(start_agent, root, broker.url)  # a new agent on the same folder
+            try:
+                deadline = time.monotonic() + 30
+                while len(received) < len(stored) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+            finally:
+                again.kill()
+                again.wait()
+                if again.stdout is not None:
+                    again.stdout.close()
+                await consumer.disconnect()
+
+        asyncio.run(listen_while_restarted())
+    assert received[: len(stored)] == stored  # every acknowledged message delivered after the restart, in order
+    assert told <= set(received)
+
+
+class SlowSpool(Spool):
+    """A real spool whose commits can be held open (as a slow fsync would be), counting what each one stored."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, max_message_bytes=64)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.batches: list[int] = []
+        self.returned = 0
+
+    def put_many(self, messages: Any) -> list[int | EdgeError]:
+        self.gate.wait(10)
+        results = super().put_many(messages)
+        self.batches.append(len(messages))
+        self.returned += len(messages)
+        return results
+
+
+def test_publishes_that_arrive_during_an_fsync_share_the_next_one(tmp_path: Path) -> None:
+    spool = SlowSpool(tmp_path / "spool.db")
+
+    async def scenario() -> None:
+        commit = GroupCommit(spool)
+        spool.gate.clear()  # the first commit "fsyncs" until the gate opens
+        first = asyncio.ensure_future(commit.put("t", b"0"))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(commit.put("t", str(i).encode())) for i in range(1, 40)]
+        big = asyncio.ensure_future(commit.put("t", b"x" * 65))  # over max_message_bytes: refused alone
+        await asyncio.sleep(0.1)
+        assert not first.done() and not any(f.done() for f in rest)  # nothing acknowledged before its commit returned
+        spool.gate.set()
+        seqs = [await first] + [await f for f in rest]
+        with pytest.raises(SpoolFullError, match="max_message_bytes"):
+            await big
+        assert spool.batches == [1, 40]  # the lone first alone, then everyone who arrived while it was in flight
+        assert seqs == sorted(seqs) and len(set(seqs)) == 40  # in the order of arrival
+        assert commit.commits == 2 and commit.committed == 40
+        await commit.close()
+        with pytest.raises(EdgeError, match="closed"):
+            await commit.put("t", b"late")
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert [item.payload for item in spool.peek(100)] == [str(i).encode() for i in range(40)]
+    spool.close()
