@@ -178,7 +178,7 @@ def _first_that_runs(
     torch = require("torch", "compiling a PyTorch model")
     first: Exception | None = None
     for arrays in choices:
-        example = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays)
+        example = tuple(torch.from_numpy(np.ascontiguousarray(a).reshape(np.shape(a))) for a in arrays)  # keep 0-d as 0-d
         try:
             with torch.no_grad():
                 return example, len(_flatten(module(*example)))
