@@ -36,7 +36,10 @@ def deploy(
     sns_error: str | None = typer.Option(None, "--sns-error", help="async: SNS topic ARN on error"),
     batch_input: str = typer.Option("", "--batch-input", help="batch: s3:// prefix of the inputs"),
     batch_output: str = typer.Option("", "--batch-output", help="batch: s3:// prefix for the outputs"),
-    content_type: str = typer.Option("application/json", "--content-type", help="batch: the inputs' content type"),
+    content_type: str = typer.Option(
+        "", "--content-type", help="batch: the inputs' type (default text/csv for a tabular model, else application/jsonlines)"
+    ),
+    max_payload_mb: int = typer.Option(6, "--max-payload-mb", help="batch: MaxPayloadInMB, the most one request carries"),
     region: Region = None,
     profile: Profile = None,
     endpoint_url: EndpointUrl = None,
@@ -51,8 +54,8 @@ def deploy(
             multi_model=multi_model, instance_type=instance_type, instance_count=instance_count, memory_mb=memory,
             max_concurrency=max_concurrency, provisioned_concurrency=provisioned_concurrency, async_output=async_output,
             sns_success=sns_success, sns_error=sns_error, batch_input=batch_input, batch_output=batch_output,
-            content_type=content_type, region=region, profile=profile, endpoint_url=endpoint_url, dry_run=dry_run,
-            wait=not no_wait, timeout=timeout, progress=say,
+            content_type=content_type, max_payload_mb=max_payload_mb, region=region, profile=profile,
+            endpoint_url=endpoint_url, dry_run=dry_run, wait=not no_wait, timeout=timeout, progress=say,
         )  # fmt: skip
     requests = [dataclasses.asdict(c) for c in result.calls]
     facts = {"name": result.name, "mode": result.mode, "status": result.status, "modelDataUrl": result.model_data_url,
