@@ -1,6 +1,7 @@
 """bench/serve: requests/s and p50/p99 of ``edgekit serve`` against MLServer, a minimal app and a bare loop, in one run.
 
     bench/serve [--models mlp,cnn,wine] [--concurrency 1,8,32] [--seconds 3] [--rounds 2] [--json out.json]
+    bench/serve --csv 10000,1000 [--rounds 6]     records: CSV rows in many-row requests against a bare predict
 
 Models are built in code (no downloads): bench/compile's MLP and CNN (torch), and the wine-dataset
 scikit-learn pipeline (StandardScaler + LogisticRegression, 13 features); each is compiled with
@@ -18,6 +19,13 @@ in this process, on the same cores.
   It runs from its own virtualenv (``--mlserver-venv``, created on first use with pip): MLServer pins
   starlette < 0.47 through fastapi, which edgekit's ``serve`` extra must not be held to;
 - **bare** — ``edgekit.load(...).predict`` called back to back in this process (no HTTP; concurrency 1).
+
+``--csv ROWS,PER_REQUEST`` measures records instead: ROWS rows of the wine data (resampled, each feature scaled
+by a random 0.95-1.05) sent as ``text/csv`` in PER_REQUEST-row requests, one after another on one keep-alive
+connection, answered as ``text/csv`` (the bodies a batch transform job sends with SplitType Line and
+BatchStrategy MultiRecord), against a bare ``predict`` on the same rows in this process: ``edgekit.load(...)``
+one row per call (the artifact takes a batch of 1, as the server does after splitting), and scikit-learn's own
+``predict`` on all the rows at once. Rows/s, the median over ``--rounds`` runs taken in turns.
 """
 
 from __future__ import annotations
@@ -272,6 +280,68 @@ def run_bare(models: list[Model], points: dict[tuple[str, str, int], Point], sec
         )
 
 
+def run_csv(total: int, per_request: int, rounds: int, work: Path, extra: list[str], say: Any) -> list[str]:
+    """Rows/s of CSV batches through ``edgekit serve`` against a bare predict on the same rows (see the docstring)."""
+    import http.client
+
+    import joblib
+    from sklearn.datasets import load_wine
+
+    (model,) = build(["wine"], work)
+    assert model.sklearn is not None
+    sk = joblib.load(model.sklearn)
+    x = load_wine(return_X_y=True)[0].astype(np.float32)
+    rng = np.random.default_rng(SEED)
+    rows = (x[rng.integers(0, len(x), total)] * rng.uniform(0.95, 1.05, (total, x.shape[1]))).astype(np.float32)
+    lines = [",".join(f"{v:.9g}" for v in r) for r in rows]
+    bodies = [("\n".join(lines[i : i + per_request]) + "\n").encode() for i in range(0, total, per_request)]
+    port = _free_port()
+    cmd = [sys.executable, "-c", "import sys; from edgekit.cli import main; sys.exit(main(sys.argv[1:]))", "serve"]
+    cmd += [str(model.artifact), "--port", str(port), "--max-body-mb", "100", *extra]
+    loaded = edgekit.load(model.artifact)
+    want = sk.predict(rows)
+    times: dict[str, list[float]] = {"serve": [], "bare": [], "sklearn": []}
+    mismatched = 0
+    with _process(cmd, f"http://127.0.0.1:{port}/ping", work / "edgekit-serve-csv.log"):
+        headers = {"Content-Type": "text/csv", "Accept": "text/csv"}
+        for r in range(rounds + 1):  # the first: warm-up, not counted
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)  # a new one: the server closes idle ones
+            conn.connect()
+            t0 = time.perf_counter()
+            labels: list[int] = []
+            for body in bodies:
+                conn.request("POST", "/invocations", body, headers)
+                reply = conn.getresponse()
+                data = reply.read()
+                if reply.status != 200:
+                    raise RuntimeError(f"edgekit serve answered {reply.status}: {data[:300]!r}")
+                labels.extend(int(line.split(",", 1)[0]) for line in data.decode().splitlines())
+            served = time.perf_counter() - t0
+            conn.close()
+            t0 = time.perf_counter()
+            for i in range(total):
+                loaded.predict({model.input_name: rows[i : i + 1]})
+            bare = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            sk.predict(rows)
+            whole = time.perf_counter() - t0
+            mismatched = int(np.sum(np.asarray(labels) != want))
+            if r:
+                times["serve"].append(served)
+                times["bare"].append(bare)
+                times["sklearn"].append(whole)
+    say("csv: done")
+    rate = {k: total / statistics.median(v) for k, v in times.items()}
+    return [
+        f"wine, {total:,} CSV rows in {per_request:,}-row requests (text/csv in and out), median of {rounds} runs:",
+        f"- edgekit serve: {rate['serve']:,.0f} rows/s ({mismatched} labels differ from scikit-learn's predict)",
+        f"- bare predict, edgekit.load, a row per call: {rate['bare']:,.0f} rows/s "
+        f"-> edgekit serve at {rate['serve'] / rate['bare']:.0%} of it",
+        f"- scikit-learn predict, all rows in one call: {rate['sklearn']:,.0f} rows/s "
+        f"-> edgekit serve at {rate['serve'] / rate['sklearn']:.0%} of it",
+    ]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -338,7 +408,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlserver-venv", type=Path, default=Path.home() / ".cache" / "edgekit" / "bench" / "mlserver-venv")
     parser.add_argument("--edgekit-args", default="", help="more options for 'edgekit serve', e.g. '--threads 1'")
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
+    parser.add_argument("--csv", metavar="ROWS,PER_REQUEST", help="measure CSV records instead, e.g. 10000,1000")
     args = parser.parse_args(argv)
+    if args.csv:
+        total, per_request = (int(v) for v in args.csv.split(","))
+        with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+            report = run_csv(total, per_request, args.rounds, Path(tmp), args.edgekit_args.split(), print)
+        print(f"bench/serve: {os.cpu_count()} CPUs\n")
+        print("\n".join(report))
+        return 0
     names = args.models.split(",")
     conc = [int(c) for c in args.concurrency.split(",")]
     servers = args.servers.split(",")

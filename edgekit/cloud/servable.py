@@ -73,21 +73,25 @@ def run_records(run: Predict, feeds: dict[str, np.ndarray], batch: int | None, r
     joined on their first dimension, trimmed to ``records`` rows."""
     if not batch or records == batch:
         return run(feeds)
+    items = list(feeds.items())
     parts: list[dict[str, np.ndarray]] = []
     for start in range(0, records, batch):
-        chunk = {name: arr[start : start + batch] for name, arr in feeds.items()}
         rows = min(batch, records - start)
-        if rows < batch:  # pad the last run: the model takes exactly `batch` records
+        if rows == batch:
+            chunk = {name: arr[start : start + batch] for name, arr in items}
+        else:  # pad the last run: the model takes exactly `batch` records
             chunk = {
-                name: np.concatenate([arr, np.zeros((batch - rows, *arr.shape[1:]), dtype=arr.dtype)])
-                for name, arr in chunk.items()
+                name: np.concatenate([arr[start:], np.zeros((batch - rows, *arr.shape[1:]), dtype=arr.dtype)])
+                for name, arr in items
             }
         out = run(chunk)
-        for name, arr in out.items():
-            if np.ndim(arr) == 0 or np.shape(arr)[0] != batch:
-                raise ValueError(
-                    f"output '{name}' has shape {list(np.shape(arr))}, no row per record: send one batch of {batch} per request"
-                )
+        if not parts:  # a compiled model's outputs keep their shapes: the first run tells
+            for name, arr in out.items():
+                if np.ndim(arr) == 0 or np.shape(arr)[0] != batch:
+                    raise ValueError(
+                        f"output '{name}' has shape {list(np.shape(arr))}, no row per record: "
+                        f"send one batch of {batch} per request"
+                    )
         parts.append({name: arr[:rows] for name, arr in out.items()} if rows < batch else out)
     if len(parts) == 1:
         return parts[0]
