@@ -310,9 +310,13 @@ def run_csv(total: int, per_request: int, rounds: int, work: Path, extra: list[s
             t0 = time.perf_counter()
             labels: list[int] = []
             for body in bodies:
-                conn.request("POST", "/invocations", body, headers)
-                reply = conn.getresponse()
-                data = reply.read()
+                try:
+                    conn.request("POST", "/invocations", body, headers)
+                    reply = conn.getresponse()
+                    data = reply.read()
+                except OSError as exc:
+                    log = (work / "edgekit-serve-csv.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"edgekit serve dropped the connection ({exc}); its log ends:\n{log}") from exc
                 if reply.status != 200:
                     raise RuntimeError(f"edgekit serve answered {reply.status}: {data[:300]!r}")
                 labels.extend(int(line.split(",", 1)[0]) for line in data.decode().splitlines())
@@ -338,7 +342,7 @@ def run_csv(total: int, per_request: int, rounds: int, work: Path, extra: list[s
         f"- bare predict, edgekit.load, a row per call: {rate['bare']:,.0f} rows/s "
         f"-> edgekit serve at {rate['serve'] / rate['bare']:.0%} of it",
         f"- scikit-learn predict, all rows in one call: {rate['sklearn']:,.0f} rows/s "
-        f"-> edgekit serve at {rate['serve'] / rate['sklearn']:.0%} of it",
+        f"-> edgekit serve at {rate['serve'] / rate['sklearn']:.1%} of it",
     ]
 
 
