@@ -220,6 +220,8 @@ class ServeApp:
         batch = batch_dim(servable.inputs)
         try:
             return run_records(run, decoded.feeds, batch, decoded.records)
+        except HttpError:
+            raise
         except Exception as exc:
             log.warning("model %s raised", servable.name, exc_info=True)
             raise HttpError(500, f"model '{servable.name}' failed: {last_line(exc)}") from exc

@@ -404,7 +404,7 @@ def _csv_problem(lines: Sequence[str], start: int, spec: TensorSpec) -> HttpErro
             except (ValueError, TypeError, OverflowError):
                 hint = " (a header line? send none)" if i == 1 else ""
                 return HttpError(
-                    400, f"CSV line {i}, field {j}: {field.strip()[:40]!r} is not a number{hint}; every field is a {spec.dtype}"
+                    400, f"CSV line {i}, field {j}: {field.strip()[:40]!r} is not a {spec.dtype} number{hint}; fix that field"
                 )
     return HttpError(400, f"CSV lines {start + 1}-{start + len(lines)}: not {spec.dtype} numbers")
 
@@ -533,7 +533,7 @@ def encode_outputs(outputs: Mapping[str, np.ndarray], accept: str, decoded: Deco
     as a list), npy or npz; ``text/csv``: a line per record of its outputs' values; ``application/jsonlines``: a line
     per record, ``{"<name>": value}``. Without an Accept, a CSV or JSON Lines request is answered in its own type.
     """
-    media = _media(accept)
+    media = _media(accept.split(",", 1)[0])  # of a list of types, the first (SageMaker sends one)
     records = decoded.records if decoded is not None else 1
     if media in ("", "*/*") and decoded is not None and decoded.media in (CSV, JSONLINES):
         media = decoded.media  # as SageMaker's containers: the answer in the request's format

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.cloud.content import HttpError
 from edgekit.errors import EdgekitError, ServeError
 from edgekit.manifest import MANIFEST_NAME, Manifest, TensorSpec, read_manifest
 
@@ -88,9 +89,10 @@ def run_records(run: Predict, feeds: dict[str, np.ndarray], batch: int | None, r
         if not parts:  # a compiled model's outputs keep their shapes: the first run tells
             for name, arr in out.items():
                 if np.ndim(arr) == 0 or np.shape(arr)[0] != batch:
-                    raise ValueError(
-                        f"output '{name}' has shape {list(np.shape(arr))}, no row per record: "
-                        f"send one batch of {batch} per request"
+                    raise HttpError(
+                        400,
+                        f"{records} records and this model takes {batch} at a time, and its output '{name}' "
+                        f"(shape {list(np.shape(arr))}) has no row per record to split: send {batch} per request",
                     )
         parts.append({name: arr[:rows] for name, arr in out.items()} if rows < batch else out)
     if len(parts) == 1:

@@ -19,6 +19,7 @@ import pytest
 from helpers import make_mlp
 
 import edgekit
+from edgekit.cloud.content import HttpError
 from edgekit.cloud.model_server import ModelServer, ServeOptions
 from edgekit.cloud.servable import run_records
 from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
@@ -161,6 +162,9 @@ def test_every_format_takes_many_records_and_answers_one_result_each(
     records = [json.loads(line) for line in body.decode().splitlines()]
     check([r["label"] for r in records], [r["probabilities"] for r in records])
 
+    status, media, body = post(server.url, jsonl, "application/jsonlines", "text/csv, application/json")  # the first
+    assert status == 200 and media.split(";")[0] == "text/csv" and body.count(b"\n") == len(rows)
+
     csv = "\n".join(csv_lines(rows)).encode()  # no final newline
     status, _, body = post(server.url, csv, "text/csv", "application/json")
     outputs = json.loads(body)["predictions"]
@@ -173,7 +177,7 @@ def test_every_format_takes_many_records_and_answers_one_result_each(
         (b"1,2,3\n", "text/csv", ["CSV line 1 has 3 fields", "takes 13"]),
         (b"%s\n%s\n1,2\n", "text/csv", ["CSV line 3 has 2 fields"]),  # ragged: the third line
         (b"%s\n%s,7\n", "text/csv", ["CSV line 2 has 14 fields"]),
-        (b"%s\n%s\n1,2,3,4,5,six,7,8,9,10,11,12,13\n", "text/csv", ["CSV line 3, field 6: 'six' is not a number"]),
+        (b"%s\n%s\n1,2,3,4,5,six,7,8,9,10,11,12,13\n", "text/csv", ["CSV line 3, field 6: 'six' is not a float32 number"]),
         (b"a,b,c,d,e,f,g,h,i,j,k,l,m\n%s\n", "text/csv", ["CSV line 1, field 1", "header"]),
         (b"%s\n\n%s\n", "text/csv", ["CSV line 2 is empty"]),
         (b"\xff\xfe1,2", "text/csv", ["not UTF-8"]),
@@ -236,5 +240,6 @@ def test_run_records_passes_a_dynamic_batch_through_and_refuses_outputs_without_
     def total(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"sum": np.asarray(feeds["x"].sum())}
 
-    with pytest.raises(ValueError, match="output 'sum' has shape \\[\\], no row per record"):
+    with pytest.raises(HttpError, match="output 'sum' \\(shape \\[\\]\\) has no row per record") as caught:
         run_records(total, {"x": x}, 2, 5)
+    assert caught.value.status == 400 and "send 2 per request" in caught.value.message
