@@ -295,54 +295,84 @@ def run_csv(total: int, per_request: int, rounds: int, work: Path, extra: list[s
     rows = (x[rng.integers(0, len(x), total)] * rng.uniform(0.95, 1.05, (total, x.shape[1]))).astype(np.float32)
     lines = [",".join(f"{v:.9g}" for v in r) for r in rows]
     bodies = [("\n".join(lines[i : i + per_request]) + "\n").encode() for i in range(0, total, per_request)]
+    # the same pipeline compiled for a batch of PER_REQUEST rows: the server passes each request through in one run
+    batched = edgekit.compile(
+        model.sklearn,
+        "x86_64",
+        work / "build",
+        pipeline="ort",
+        input_shapes={model.input_name: [per_request, x.shape[1]]},
+        name="wine-batch",
+        use_cache=False,
+        trust_pickle=True,  # the bench's own pickle, written a moment ago
+    ).artifact_dir
     port = _free_port()
     cmd = [sys.executable, "-c", "import sys; from edgekit.cli import main; sys.exit(main(sys.argv[1:]))", "serve"]
-    cmd += [str(model.artifact), "--port", str(port), "--max-body-mb", "100", *extra]
-    loaded = edgekit.load(model.artifact)
+    cmd += [str(model.artifact), str(batched), "--port", str(port), "--max-body-mb", "100", *extra]
+    loaded, loaded_batch = edgekit.load(model.artifact), edgekit.load(batched)
     want = sk.predict(rows)
-    times: dict[str, list[float]] = {"serve": [], "bare": [], "sklearn": []}
-    mismatched = 0
-    with _process(cmd, f"http://127.0.0.1:{port}/ping", work / "edgekit-serve-csv.log"):
-        headers = {"Content-Type": "text/csv", "Accept": "text/csv"}
+    times: dict[str, list[float]] = {k: [] for k in ("serve", "bare", "serve-batch", "bare-batch", "sklearn")}
+    mismatched = {"serve": 0, "serve-batch": 0}
+    log = work / "edgekit-serve-csv.log"
+
+    def serve(target: str) -> tuple[float, list[int]]:
+        headers = {"Content-Type": "text/csv", "Accept": "text/csv", "X-Amzn-SageMaker-Target-Model": target}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)  # a new one each run: the server closes idle ones
+        conn.connect()
+        t0 = time.perf_counter()
+        labels: list[int] = []
+        for n, body in enumerate(bodies):
+            try:
+                conn.request("POST", "/invocations", body, headers)
+                reply = conn.getresponse()
+                data = reply.read()
+            except OSError as exc:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(
+                    f"edgekit serve dropped the connection at request {n + 1} of {target}, "
+                    f"{time.perf_counter() - t0:.2f} s in ({exc}); its log ends:\n{tail}"
+                ) from exc
+            if reply.status != 200:
+                raise RuntimeError(f"edgekit serve answered {reply.status}: {data[:300]!r}")
+            labels.extend(int(line.split(",", 1)[0]) for line in data.decode().splitlines())
+        elapsed = time.perf_counter() - t0
+        conn.close()
+        return elapsed, labels
+
+    with _process(cmd, f"http://127.0.0.1:{port}/ping", log):
         for r in range(rounds + 1):  # the first: warm-up, not counted
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)  # a new one: the server closes idle ones
-            conn.connect()
-            t0 = time.perf_counter()
-            labels: list[int] = []
-            for body in bodies:
-                try:
-                    conn.request("POST", "/invocations", body, headers)
-                    reply = conn.getresponse()
-                    data = reply.read()
-                except OSError as exc:
-                    log = (work / "edgekit-serve-csv.log").read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"edgekit serve dropped the connection ({exc}); its log ends:\n{log}") from exc
-                if reply.status != 200:
-                    raise RuntimeError(f"edgekit serve answered {reply.status}: {data[:300]!r}")
-                labels.extend(int(line.split(",", 1)[0]) for line in data.decode().splitlines())
-            served = time.perf_counter() - t0
-            conn.close()
+            run: dict[str, float] = {}
+            for key, target in (("serve", "wine"), ("serve-batch", "wine-batch")):
+                run[key], labels = serve(target)
+                mismatched[key] = int(np.sum(np.asarray(labels) != want))
             t0 = time.perf_counter()
             for i in range(total):
                 loaded.predict({model.input_name: rows[i : i + 1]})
-            bare = time.perf_counter() - t0
+            run["bare"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for i in range(0, total - total % per_request, per_request):
+                loaded_batch.predict({model.input_name: rows[i : i + per_request]})
+            run["bare-batch"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             sk.predict(rows)
-            whole = time.perf_counter() - t0
-            mismatched = int(np.sum(np.asarray(labels) != want))
+            run["sklearn"] = time.perf_counter() - t0
             if r:
-                times["serve"].append(served)
-                times["bare"].append(bare)
-                times["sklearn"].append(whole)
+                for key, seconds in run.items():
+                    times[key].append(seconds)
     say("csv: done")
     rate = {k: total / statistics.median(v) for k, v in times.items()}
+    rate["bare-batch"] *= (total - total % per_request) / total
     return [
         f"wine, {total:,} CSV rows in {per_request:,}-row requests (text/csv in and out), median of {rounds} runs:",
-        f"- edgekit serve: {rate['serve']:,.0f} rows/s ({mismatched} labels differ from scikit-learn's predict)",
-        f"- bare predict, edgekit.load, a row per call: {rate['bare']:,.0f} rows/s "
-        f"-> edgekit serve at {rate['serve'] / rate['bare']:.0%} of it",
+        f"- compiled for a batch of 1 (the server runs a row at a time): edgekit serve {rate['serve']:,.0f} rows/s "
+        f"({mismatched['serve']} labels differ from scikit-learn's predict); bare predict (edgekit.load, a row per "
+        f"call) {rate['bare']:,.0f} rows/s -> edgekit serve at {rate['serve'] / rate['bare']:.0%} of it",
+        f"- compiled for a batch of {per_request:,} (a request in one run): edgekit serve {rate['serve-batch']:,.0f} rows/s "
+        f"({mismatched['serve-batch']} labels differ); bare predict ({per_request:,} rows per call) "
+        f"{rate['bare-batch']:,.0f} rows/s -> edgekit serve at {rate['serve-batch'] / rate['bare-batch']:.0%} of it",
         f"- scikit-learn predict, all rows in one call: {rate['sklearn']:,.0f} rows/s "
-        f"-> edgekit serve at {rate['serve'] / rate['sklearn']:.1%} of it",
+        f"-> edgekit serve at {rate['serve'] / rate['sklearn']:.1%} (batch of 1), "
+        f"{rate['serve-batch'] / rate['sklearn']:.0%} (batch of {per_request:,}) of it",
     ]
 
 

@@ -243,3 +243,31 @@ def test_run_records_passes_a_dynamic_batch_through_and_refuses_outputs_without_
     with pytest.raises(HttpError, match="output 'sum' \\(shape \\[\\]\\) has no row per record") as caught:
         run_records(total, {"x": x}, 2, 5)
     assert caught.value.status == 400 and "send 2 per request" in caught.value.message
+
+
+def test_bodies_back_to_back_on_one_keep_alive_connection(wine: tuple[Path, Any, np.ndarray]) -> None:
+    """What a transform job does: multi-record bodies one after another on one connection, far past the 1 MiB bound
+    on a request head in all (a body read in one go with its head once counted towards it)."""
+    import socket
+
+    _, model, x = wine
+    body = ("\n".join(csv_lines(x)) + "\n").encode()  # 178 rows, ≈ 22 KB
+    request = b"POST /invocations HTTP/1.1\r\nHost: test\r\nContent-Type: text/csv\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body),
+        body,
+    )
+    want = model.predict(x)
+    with ModelServer([wine[0]], options=ServeOptions(port=0, max_body_mb=1)) as srv:
+        host, port = srv.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock, sock.makefile("rb") as replies:
+            for n in range(80):
+                sock.sendall(request)  # head and body in one write: the server reads them in one go
+                status = replies.readline()
+                assert status.startswith(b"HTTP/1.1 200"), f"request {n + 1}: {status!r}"  # b"": the server hung up
+                headers = {}
+                for line in iter(replies.readline, b"\r\n"):
+                    name, _, value = line.decode().partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                answer = replies.read(int(headers["content-length"]))
+                labels = [int(line.split(",", 1)[0]) for line in answer.decode().splitlines()]
+                np.testing.assert_array_equal(labels, want)
