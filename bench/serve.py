@@ -1,6 +1,7 @@
 """bench/serve: requests/s and p50/p99 of ``edgekit serve`` against MLServer, a minimal app and a bare loop, in one run.
 
     bench/serve [--models mlp,cnn,wine] [--concurrency 1,8,32] [--seconds 3] [--rounds 2] [--json out.json]
+    bench/serve --csv 10000,1000 [--rounds 6]     records: CSV rows in many-row requests against a bare predict
 
 Models are built in code (no downloads): bench/compile's MLP and CNN (torch), and the wine-dataset
 scikit-learn pipeline (StandardScaler + LogisticRegression, 13 features); each is compiled with
@@ -18,6 +19,13 @@ in this process, on the same cores.
   It runs from its own virtualenv (``--mlserver-venv``, created on first use with pip): MLServer pins
   starlette < 0.47 through fastapi, which edgekit's ``serve`` extra must not be held to;
 - **bare** — ``edgekit.load(...).predict`` called back to back in this process (no HTTP; concurrency 1).
+
+``--csv ROWS,PER_REQUEST`` measures records instead: ROWS rows of the wine data (resampled, each feature scaled
+by a random 0.95-1.05) sent as ``text/csv`` in PER_REQUEST-row requests, one after another on one keep-alive
+connection, answered as ``text/csv`` (the bodies a batch transform job sends with SplitType Line and
+BatchStrategy MultiRecord), against a bare ``predict`` on the same rows in this process: ``edgekit.load(...)``
+one row per call (the artifact takes a batch of 1, as the server does after splitting), and scikit-learn's own
+``predict`` on all the rows at once. Rows/s, the median over ``--rounds`` runs taken in turns.
 """
 
 from __future__ import annotations
@@ -272,6 +280,102 @@ def run_bare(models: list[Model], points: dict[tuple[str, str, int], Point], sec
         )
 
 
+def run_csv(total: int, per_request: int, rounds: int, work: Path, extra: list[str], say: Any) -> list[str]:
+    """Rows/s of CSV batches through ``edgekit serve`` against a bare predict on the same rows (see the docstring)."""
+    import http.client
+
+    import joblib
+    from sklearn.datasets import load_wine
+
+    (model,) = build(["wine"], work)
+    assert model.sklearn is not None
+    sk = joblib.load(model.sklearn)
+    x = load_wine(return_X_y=True)[0].astype(np.float32)
+    rng = np.random.default_rng(SEED)
+    rows = (x[rng.integers(0, len(x), total)] * rng.uniform(0.95, 1.05, (total, x.shape[1]))).astype(np.float32)
+    lines = [",".join(f"{v:.9g}" for v in r) for r in rows]
+    bodies = [("\n".join(lines[i : i + per_request]) + "\n").encode() for i in range(0, total, per_request)]
+    # the same pipeline compiled for a batch of PER_REQUEST rows: the server passes each request through in one run
+    batched = edgekit.compile(
+        model.sklearn,
+        "x86_64",
+        work / "build",
+        pipeline="ort",
+        input_shapes={model.input_name: [per_request, x.shape[1]]},
+        name="wine-batch",
+        use_cache=False,
+        trust_pickle=True,  # the bench's own pickle, written a moment ago
+    ).artifact_dir
+    port = _free_port()
+    cmd = [sys.executable, "-c", "import sys; from edgekit.cli import main; sys.exit(main(sys.argv[1:]))", "serve"]
+    cmd += [str(model.artifact), str(batched), "--port", str(port), "--max-body-mb", "100", *extra]
+    loaded, loaded_batch = edgekit.load(model.artifact), edgekit.load(batched)
+    want = sk.predict(rows)
+    times: dict[str, list[float]] = {k: [] for k in ("serve", "bare", "serve-batch", "bare-batch", "sklearn")}
+    mismatched = {"serve": 0, "serve-batch": 0}
+    log = work / "edgekit-serve-csv.log"
+
+    def serve(target: str) -> tuple[float, list[int]]:
+        headers = {"Content-Type": "text/csv", "Accept": "text/csv", "X-Amzn-SageMaker-Target-Model": target}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)  # a new one each run: the server closes idle ones
+        conn.connect()
+        t0 = time.perf_counter()
+        labels: list[int] = []
+        for n, body in enumerate(bodies):
+            try:
+                conn.request("POST", "/invocations", body, headers)
+                reply = conn.getresponse()
+                data = reply.read()
+            except OSError as exc:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(
+                    f"edgekit serve dropped the connection at request {n + 1} of {target}, "
+                    f"{time.perf_counter() - t0:.2f} s in ({exc}); its log ends:\n{tail}"
+                ) from exc
+            if reply.status != 200:
+                raise RuntimeError(f"edgekit serve answered {reply.status}: {data[:300]!r}")
+            labels.extend(int(line.split(",", 1)[0]) for line in data.decode().splitlines())
+        elapsed = time.perf_counter() - t0
+        conn.close()
+        return elapsed, labels
+
+    with _process(cmd, f"http://127.0.0.1:{port}/ping", log):
+        for r in range(rounds + 1):  # the first: warm-up, not counted
+            run: dict[str, float] = {}
+            for key, target in (("serve", "wine"), ("serve-batch", "wine-batch")):
+                run[key], labels = serve(target)
+                mismatched[key] = int(np.sum(np.asarray(labels) != want))
+            t0 = time.perf_counter()
+            for i in range(total):
+                loaded.predict({model.input_name: rows[i : i + 1]})
+            run["bare"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for i in range(0, total - total % per_request, per_request):
+                loaded_batch.predict({model.input_name: rows[i : i + per_request]})
+            run["bare-batch"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            sk.predict(rows)
+            run["sklearn"] = time.perf_counter() - t0
+            if r:
+                for key, seconds in run.items():
+                    times[key].append(seconds)
+    say("csv: done")
+    rate = {k: total / statistics.median(v) for k, v in times.items()}
+    rate["bare-batch"] *= (total - total % per_request) / total
+    return [
+        f"wine, {total:,} CSV rows in {per_request:,}-row requests (text/csv in and out), median of {rounds} runs:",
+        f"- compiled for a batch of 1 (the server runs a row at a time): edgekit serve {rate['serve']:,.0f} rows/s "
+        f"({mismatched['serve']} labels differ from scikit-learn's predict); bare predict (edgekit.load, a row per "
+        f"call) {rate['bare']:,.0f} rows/s -> edgekit serve at {rate['serve'] / rate['bare']:.0%} of it",
+        f"- compiled for a batch of {per_request:,} (a request in one run): edgekit serve {rate['serve-batch']:,.0f} rows/s "
+        f"({mismatched['serve-batch']} labels differ); bare predict ({per_request:,} rows per call) "
+        f"{rate['bare-batch']:,.0f} rows/s -> edgekit serve at {rate['serve-batch'] / rate['bare-batch']:.0%} of it",
+        f"- scikit-learn predict, all rows in one call: {rate['sklearn']:,.0f} rows/s "
+        f"-> edgekit serve at {rate['serve'] / rate['sklearn']:.1%} (batch of 1), "
+        f"{rate['serve-batch'] / rate['sklearn']:.0%} (batch of {per_request:,}) of it",
+    ]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -338,7 +442,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mlserver-venv", type=Path, default=Path.home() / ".cache" / "edgekit" / "bench" / "mlserver-venv")
     parser.add_argument("--edgekit-args", default="", help="more options for 'edgekit serve', e.g. '--threads 1'")
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
+    parser.add_argument("--csv", metavar="ROWS,PER_REQUEST", help="measure CSV records instead, e.g. 10000,1000")
     args = parser.parse_args(argv)
+    if args.csv:
+        total, per_request = (int(v) for v in args.csv.split(","))
+        with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+            report = run_csv(total, per_request, args.rounds, Path(tmp), args.edgekit_args.split(), print)
+        print(f"bench/serve: {os.cpu_count()} CPUs\n")
+        print("\n".join(report))
+        return 0
     names = args.models.split(",")
     conc = [int(c) for c in args.concurrency.split(",")]
     servers = args.servers.split(",")

@@ -45,7 +45,10 @@ def deploy(
     sns_include_response: bool = typer.Option(False, "--sns-include-response", help="async: the answer in the SNS message"),
     batch_input: str = typer.Option("", "--batch-input", help="batch: s3:// prefix of the inputs"),
     batch_output: str = typer.Option("", "--batch-output", help="batch: s3:// prefix for the outputs"),
-    content_type: str = typer.Option("application/json", "--content-type", help="batch: the inputs' content type"),
+    content_type: str = typer.Option(
+        "", "--content-type", help="batch: the inputs' type (default text/csv for a tabular model, else application/jsonlines)"
+    ),
+    max_payload_mb: int = typer.Option(6, "--max-payload-mb", help="batch: MaxPayloadInMB, the most one request carries"),
     region: Region = None,
     profile: Profile = None,
     endpoint_url: EndpointUrl = None,
@@ -62,8 +65,8 @@ def deploy(
             sns_success=sns_success, sns_error=sns_error, sns_include_response=sns_include_response,
             min_instances=min_instances, max_instances=max_instances, target_invocations=target_invocations,
             target_backlog=target_backlog, batch_input=batch_input, batch_output=batch_output,
-            content_type=content_type, region=region, profile=profile, endpoint_url=endpoint_url, dry_run=dry_run,
-            wait=not no_wait, timeout=timeout, progress=say,
+            content_type=content_type, max_payload_mb=max_payload_mb, region=region, profile=profile,
+            endpoint_url=endpoint_url, dry_run=dry_run, wait=not no_wait, timeout=timeout, progress=say,
         )  # fmt: skip
     requests = [dataclasses.asdict(c) for c in result.calls]
     facts = {"name": result.name, "mode": result.mode, "status": result.status, "modelDataUrl": result.model_data_url,

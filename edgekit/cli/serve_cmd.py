@@ -56,7 +56,9 @@ def serve(
     memory_budget_mb: float | None = typer.Option(
         None, "--memory-budget-mb", help="models beyond it: least recently used evicted (first use), 507 (POST /models)"
     ),
-    max_body_mb: float = typer.Option(6.0, "--max-body-mb", help="larger request bodies get 413"),
+    max_body_mb: float = typer.Option(
+        6.0, "--max-body-mb", envvar="EDGEKIT_MAX_BODY_MB", help="larger request bodies get 413 (a transform job sets it)"
+    ),
     max_decoded_mb: float = typer.Option(
         256.0, "--max-decoded-mb", help="an .npy / .npz or gzip v2 body decoding to more (checked first) gets 413"
     ),

@@ -43,9 +43,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgekit._version import __version__
-from edgekit.cloud.content import MAX_DECODED_BYTES, HttpError, decode_body, encode_outputs
+from edgekit.cloud.content import MAX_DECODED_BYTES, Decoded, HttpError, batch_dim, decode_body, encode_outputs
 from edgekit.cloud.model_registry import ModelRegistry
-from edgekit.cloud.servable import Servable
+from edgekit.cloud.servable import Servable, run_records
 from edgekit.cloud.serve_metrics import CONTENT_TYPE_LATEST, ServeMetrics
 from edgekit.cloud.v2_codec import HEADER_LENGTH, datatype_of_spec, decode_v2, encode_v2, inflate
 from edgekit.errors import last_line
@@ -219,6 +219,22 @@ class ServeApp:
             log.warning("model %s raised", servable.name, exc_info=True)
             raise HttpError(500, f"model '{servable.name}' failed: {last_line(exc)}") from exc
 
+    @staticmethod
+    def _run_records(servable: Servable, decoded: Decoded) -> dict[str, np.ndarray]:
+        """A SageMaker request's records: one run when the model takes them as they are, else split to its batch."""
+        if servable.inputs is None:
+            return ServeApp._run(servable, decoded.feeds)
+        run = servable.run
+        assert run is not None
+        batch = batch_dim(servable.inputs)
+        try:
+            return run_records(run, decoded.feeds, batch, decoded.records)
+        except HttpError:
+            raise
+        except Exception as exc:
+            log.warning("model %s raised", servable.name, exc_info=True)
+            raise HttpError(500, f"model '{servable.name}' failed: {last_line(exc)}") from exc
+
     async def _predict(self, servable: Servable, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         latency = servable.latency_ms
         if latency is not None and latency < self.inline_below_ms:
@@ -245,17 +261,21 @@ class ServeApp:
             body = await self._body(request, _text(head.get(b"content-length")))
             media = _text(head.get(b"content-type")) or ""
             if len(body) < _INLINE_DECODE_BYTES and "npz" not in media:
-                feeds = decode_body(body, media, servable.inputs, self.max_decoded_bytes)
+                decoded = decode_body(body, media, servable.inputs, self.max_decoded_bytes)
             else:  # inflating or parsing a big body: off the event loop, so /ping keeps its budget
-                feeds = await anyio.to_thread.run_sync(
+                decoded = await anyio.to_thread.run_sync(
                     decode_body, body, media, servable.inputs, self.max_decoded_bytes, limiter=self._limiter
                 )
             latency = servable.latency_ms
-            if latency is not None and latency < self.inline_below_ms:
-                outputs = self._run(servable, feeds)  # no coroutine, no thread: the fast path
+            if latency is not None and latency * decoded.records < self.inline_below_ms:
+                outputs = self._run_records(servable, decoded)  # no coroutine, no thread: the fast path
             else:
-                outputs = await self._predict(servable, feeds)
-            payload, media = encode_outputs(outputs, _text(head.get(b"accept")) or "")
+                outputs = await anyio.to_thread.run_sync(self._run_records, servable, decoded, limiter=self._limiter)
+            accept = _text(head.get(b"accept")) or ""
+            if decoded.records > 64:  # a long answer to write: off the event loop too
+                payload, media = await anyio.to_thread.run_sync(encode_outputs, outputs, accept, decoded, limiter=self._limiter)
+            else:
+                payload, media = encode_outputs(outputs, accept, decoded)
         except HttpError as exc:
             self.metrics.observe(name if name and exc.status != 404 else "", route, exc.status, None)
             return _error(exc.status, exc.message)

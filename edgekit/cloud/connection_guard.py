@@ -102,6 +102,7 @@ class ConnectionGuard:
 
         class Guarded(base):  # type: ignore[valid-type,misc]
             _head_bytes = 0
+            _head_after: object = None  # the request whose end the bytes counted followed
 
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 super().connection_made(transport)
@@ -113,6 +114,9 @@ class ConnectionGuard:
 
             def data_received(self, data: bytes) -> None:
                 if guard.idle(self):  # bytes of a request head (or the first chunk of its body)
+                    cycle = getattr(self, "cycle", None)
+                    if cycle is not self._head_after:  # a request ended since the last count: a new head starts
+                        self._head_after, self._head_bytes = cycle, 0
                     self._head_bytes += len(data)
                     if self._head_bytes > guard.max_header_bytes:
                         guard.forget(self)

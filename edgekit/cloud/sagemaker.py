@@ -22,7 +22,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ import numpy as np
 
 from edgekit.errors import EdgekitError, EndpointError
 from edgekit.greengrass.aws import AwsSession, aws_error_code, aws_errors
+from edgekit.manifest import TensorSpec
 
 __all__ = [
     "ApiCall",
@@ -39,6 +40,7 @@ __all__ = [
     "DeployResult",
     "EndpointSpec",
     "SageMakerApi",
+    "batch_content_type",
     "delete_endpoint",
     "deploy_endpoint",
     "endpoint_name",
@@ -90,7 +92,8 @@ class EndpointSpec:
     # batch
     batch_input: str = ""
     batch_output: str = ""
-    content_type: str = "application/json"
+    content_type: str = ""  # "": what the model takes (batch_content_type)
+    max_payload_mb: int = 6  # one request of a transform job (SageMaker's default; edgekit serve's --max-body-mb)
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,8 @@ def _check(spec: EndpointSpec, artifact_arch: str) -> None:
         for option, value in (("--batch-input", spec.batch_input), ("--batch-output", spec.batch_output)):
             if not _S3.match(value):
                 raise bad(f"{option} s3://bucket/prefix is required for a batch transform job")
+        if not 1 <= spec.max_payload_mb <= 100:
+            raise bad(f"--max-payload-mb must be 1-100 (SageMaker's MaxPayloadInMB), not {spec.max_payload_mb}")
 
 
 def _container(spec: EndpointSpec, model_data_url: str) -> dict[str, Any]:
@@ -224,15 +229,38 @@ def _endpoint_config(spec: EndpointSpec, config_name: str, model_name: str) -> d
     return params
 
 
-def _transform_job(spec: EndpointSpec, job_name: str, model_name: str) -> dict[str, Any]:
+_LINE_TYPES = ("text/csv", "application/jsonlines")  # split into records by line; edgekit serve takes many per request
+
+
+def batch_content_type(inputs: Sequence[TensorSpec]) -> str:
+    """What a transform job sends a model by default: ``text/csv`` for one input whose records are a row of numbers
+    (a tabular model, as SageMaker's scikit-learn and XGBoost containers), ``application/jsonlines`` otherwise (a
+    record per line, a nested list or an object of inputs by name)."""
+    if len(inputs) == 1 and len(inputs[0].shape) == 2 and np.dtype(inputs[0].dtype).kind in "fiu":
+        return "text/csv"
+    return "application/jsonlines"
+
+
+def _transform_job(spec: EndpointSpec, job_name: str, model_name: str, content_type: str) -> dict[str, Any]:
+    """CreateTransformJob: a line-based type is split by line and sent many records per request (MultiRecord, up to
+    MaxPayloadInMB) and the answers joined by line; any other type one file per request."""
+    lines = content_type.split(";", 1)[0].strip().lower() in _LINE_TYPES
     return {
         "TransformJobName": job_name,
         "ModelName": model_name,
+        "BatchStrategy": "MultiRecord" if lines else "SingleRecord",
+        "MaxPayloadInMB": spec.max_payload_mb,
+        "Environment": {"EDGEKIT_MAX_BODY_MB": str(spec.max_payload_mb)},  # the server takes what SageMaker sends
         "TransformInput": {
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": spec.batch_input}},
-            "ContentType": spec.content_type,
+            "ContentType": content_type,
+            "SplitType": "Line" if lines else "None",
         },
-        "TransformOutput": {"S3OutputPath": spec.batch_output, "Accept": spec.content_type},
+        "TransformOutput": {
+            "S3OutputPath": spec.batch_output,
+            "Accept": content_type,
+            "AssembleWith": "Line" if lines else "None",
+        },
         "TransformResources": {"InstanceType": spec.instance_type, "InstanceCount": spec.instance_count},
     }
 
@@ -314,8 +342,8 @@ def _session(region: str | None, profile: str | None, endpoint_url: str | None) 
     return AwsSession(region=region, profile=profile, endpoint_url=endpoint_url, error=EndpointError)
 
 
-def _archive(artifact: Path) -> tuple[Path, str]:
-    """The artifact's .tar.gz (what compile wrote beside it; SageMaker's model.tar.gz) and its architecture."""
+def _archive(artifact: Path) -> tuple[Path, str, list[TensorSpec]]:
+    """The artifact's .tar.gz (what compile wrote beside it; SageMaker's model.tar.gz), its architecture, its inputs."""
     from edgekit.cloud.servable import artifact_dir
     from edgekit.compiler.artifact import make_archive
     from edgekit.manifest import read_manifest
@@ -329,7 +357,7 @@ def _archive(artifact: Path) -> tuple[Path, str]:
     if not archive.is_file():
         archive = make_archive(directory)
     arch = str(manifest.profile.greengrass.get("architecture", ""))
-    return archive, {"amd64": "x86_64"}.get(arch, arch)
+    return archive, {"amd64": "x86_64"}.get(arch, arch), list(manifest.inputs)
 
 
 def deploy_endpoint(
@@ -351,7 +379,7 @@ def deploy_endpoint(
     from edgekit.cloud.endpoint_scaling import apply_scaling, check_scaling, scaling_calls
 
     emit = progress or (lambda _event: None)
-    archive, arch = _archive(Path(artifact))
+    archive, arch, inputs = _archive(Path(artifact))
     _check(spec, arch)
     check_scaling(spec, wait=wait)
     stamp = stamp or datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -370,7 +398,13 @@ def deploy_endpoint(
         ),
     ]
     if spec.mode == "batch":
-        calls.append(ApiCall("sagemaker", "CreateTransformJob", _transform_job(spec, model_name, model_name)))
+        calls.append(
+            ApiCall(
+                "sagemaker",
+                "CreateTransformJob",
+                _transform_job(spec, model_name, model_name, spec.content_type or batch_content_type(inputs)),
+            )
+        )
     else:
         calls.append(ApiCall("sagemaker", "CreateEndpointConfig", _endpoint_config(spec, model_name, model_name)))
         calls.append(ApiCall("sagemaker", "CreateEndpoint", {"EndpointName": spec.name, "EndpointConfigName": model_name}))

@@ -25,10 +25,19 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.cloud.content import HttpError
 from edgekit.errors import EdgekitError, ServeError
 from edgekit.manifest import MANIFEST_NAME, Manifest, TensorSpec, read_manifest
 
-__all__ = ["Servable", "artifact_dir", "check_architecture", "estimate_bytes", "load_artifact", "load_pipeline"]
+__all__ = [
+    "Servable",
+    "artifact_dir",
+    "check_architecture",
+    "estimate_bytes",
+    "load_artifact",
+    "load_pipeline",
+    "run_records",
+]
 
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _MACHINES = {"amd64": "x86_64", "x86_64": "x86_64", "aarch64": "aarch64", "arm": "armv7l", "x86": "i686"}
@@ -57,6 +66,39 @@ class Servable:
         for path in self.cleanup:
             shutil.rmtree(path, ignore_errors=True)
         self.cleanup.clear()
+
+
+def run_records(run: Predict, feeds: dict[str, np.ndarray], batch: int | None, records: int) -> dict[str, np.ndarray]:
+    """``run`` over ``records`` records stacked on the inputs' first dimension, for a model compiled with a first
+    dimension of ``batch`` (0: dynamic, None: no shared one): passed through as one batch when they fit it exactly
+    (or it is dynamic), otherwise run ``batch`` records at a time (the last run padded with zeros) and the outputs
+    joined on their first dimension, trimmed to ``records`` rows."""
+    if not batch or records == batch:
+        return run(feeds)
+    items = list(feeds.items())
+    parts: list[dict[str, np.ndarray]] = []
+    for start in range(0, records, batch):
+        rows = min(batch, records - start)
+        if rows == batch:
+            chunk = {name: arr[start : start + batch] for name, arr in items}
+        else:  # pad the last run: the model takes exactly `batch` records
+            chunk = {
+                name: np.concatenate([arr[start:], np.zeros((batch - rows, *arr.shape[1:]), dtype=arr.dtype)])
+                for name, arr in items
+            }
+        out = run(chunk)
+        if not parts:  # a compiled model's outputs keep their shapes: the first run tells
+            for name, arr in out.items():
+                if np.ndim(arr) == 0 or np.shape(arr)[0] != batch:
+                    raise HttpError(
+                        400,
+                        f"{records} records and this model takes {batch} at a time, and its output '{name}' "
+                        f"(shape {list(np.shape(arr))}) has no row per record to split: send {batch} per request",
+                    )
+        parts.append({name: arr[:rows] for name, arr in out.items()} if rows < batch else out)
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def artifact_dir(path: str | Path) -> tuple[Path, list[Path]]:

@@ -164,18 +164,37 @@ def test_serverless_and_async_endpoint_configs(artifact: Path, aws: tuple[AwsSes
     assert deploy_endpoint(artifact, spec, session=session, stamp=STAMP, wait=False).status == "Creating"
 
 
-def test_batch_is_a_transform_job(artifact: Path, aws: tuple[AwsSession, Stubber, Stubber]) -> None:
+@pytest.mark.parametrize(
+    ("content_type", "payload_mb", "sent", "lines"),
+    [
+        ("", 6, "text/csv", True),  # a tabular model ([1, 8] float32): CSV, as SageMaker's scikit-learn container
+        ("application/jsonlines", 20, "application/jsonlines", True),
+        ("application/x-npy", 6, "application/x-npy", False),  # not line-based: one file per request
+    ],
+)
+def test_batch_is_a_transform_job(
+    artifact: Path,
+    aws: tuple[AwsSession, Stubber, Stubber],
+    content_type: str,
+    payload_mb: int,
+    sent: str,
+    lines: bool,
+) -> None:
     session, sm, s3 = aws
     _upload(s3)
     _create_model(sm)
     job = {
         "TransformJobName": MODEL,
         "ModelName": MODEL,
+        "BatchStrategy": "MultiRecord" if lines else "SingleRecord",
+        "MaxPayloadInMB": payload_mb,
+        "Environment": {"EDGEKIT_MAX_BODY_MB": str(payload_mb)},
         "TransformInput": {
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://data/in/"}},
-            "ContentType": "application/x-npy",
+            "ContentType": sent,
+            "SplitType": "Line" if lines else "None",
         },
-        "TransformOutput": {"S3OutputPath": "s3://data/out/", "Accept": "application/x-npy"},
+        "TransformOutput": {"S3OutputPath": "s3://data/out/", "Accept": sent, "AssembleWith": "Line" if lines else "None"},
         "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1},
     }
     sm.add_response(
@@ -194,7 +213,8 @@ def test_batch_is_a_transform_job(artifact: Path, aws: tuple[AwsSession, Stubber
         instance_type="ml.m5.large",
         batch_input="s3://data/in/",
         batch_output="s3://data/out/",
-        content_type="application/x-npy",
+        content_type=content_type,
+        max_payload_mb=payload_mb,
     )
     assert deploy_endpoint(artifact, spec, session=session, stamp=STAMP, poll=0).status == "Completed"
 
@@ -249,6 +269,10 @@ def test_a_quota_error_rolls_back_the_model(artifact: Path, aws: tuple[AwsSessio
         ({"instance_type": "ml.c7g.large"}, "built for x86_64 and ml.c7g.large is not"),
         ({"mode": "async"}, "--async-output s3://bucket/prefix is required"),
         ({"mode": "batch", "batch_input": "s3://data/in/"}, "--batch-output s3://bucket/prefix is required"),
+        (
+            {"mode": "batch", "batch_input": "s3://data/in/", "batch_output": "s3://data/out/", "max_payload_mb": 200},
+            "--max-payload-mb must be 1-100",
+        ),
         ({"name": "bad_name"}, "not a valid endpoint name: SageMaker names are 1-63 letters"),
     ],
 )
