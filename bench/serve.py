@@ -304,7 +304,7 @@ def run_csv(total: int, per_request: int, rounds: int, work: Path, extra: list[s
         input_shapes={model.input_name: [per_request, x.shape[1]]},
         name="wine-batch",
         use_cache=False,
-        trust_pickle=True,  # the bench's own pickle, written a moment ago
+        trust_unknown_types=True,  # the bench's own pickle, written a moment ago
     ).artifact_dir
     port = _free_port()
     cmd = [sys.executable, "-c", "import sys; from edgekit.cli import main; sys.exit(main(sys.argv[1:]))", "serve"]

@@ -54,7 +54,7 @@ def wine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, np.ndarra
         input_shapes={"input": [1, 13]},
         name="wine",
         use_cache=False,
-        trust_pickle=True,  # written a moment ago by this test
+        trust_unknown_types=True,  # written a moment ago by this test
     )
     return result.artifact_dir, model, x
 
