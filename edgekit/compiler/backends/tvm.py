@@ -39,6 +39,7 @@ from edgekit.errors import (
     CompilationError,
     ConfigError,
     EdgekitError,
+    InputShapeError,
     MissingDependencyError,
     ToolchainError,
     UnsupportedOperatorError,
@@ -207,6 +208,13 @@ class TvmBackend(Backend[TvmOptions]):
         return file_sha256(records) if records.is_file() and records.stat().st_size > 0 else "empty"
 
     def unsupported_ops(self, source: SourceModel, profile: DeviceProfile) -> list[UnsupportedOp]:
+        for spec in source.inputs:
+            for axis, dim in sorted((spec.dynamic_dims or {}).items()):
+                raise InputShapeError(
+                    f"TVM builds static shapes only: input '{spec.name}' dimension {axis} ('{dim}') is dynamic; "
+                    f"the onnxruntime candidates keep it (for TVM, give it a size: --input-shape "
+                    f"{spec.name}:{','.join(map(str, spec.shape))})"
+                )
         require("tvm", "compiling with TVM")
         from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 

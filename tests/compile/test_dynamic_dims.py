@@ -1,0 +1,111 @@
+"""Dynamic dimensions (-1 or a name in --input-shape): ONNX Runtime artifacts keep them and run any size on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import joblib
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from helpers import make_mlp
+from sklearn.datasets import load_wine
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import edgekit
+from edgekit.cli import main
+from edgekit.compiler import compile_model
+from edgekit.compiler.frontends import input_shapes_from, parse_input_shapes
+from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
+from edgekit.errors import InferenceError, InputShapeError
+from edgekit.manifest import TensorSpec, read_manifest
+
+ORT = CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})
+TVM = CandidateSpec(name="tvm", backend="tvm", options={"opt_level": 3})
+BOTH = Pipeline(name="test-dyn", candidates=[ORT, TVM], measure=MeasureSpec(samples=3, warmup=0, repeat=3))
+
+
+@pytest.mark.parametrize(
+    ("specs", "want"),
+    [
+        (["seq:-1,-1,8"], {"seq": [-1, -1, 8]}),
+        (["seq:batch,time,8"], {"seq": [-1, -1, 8]}),
+        (['{"input": [1, 3, 224, 224]}'], {"input": [1, 3, 224, 224]}),
+        (['{"a": [-1, 4], "b": [1, 2]}'], {"a": [-1, 4], "b": [1, 2]}),
+        (["input:[1,3,224,224] other:[-1, 8]"], {"input": [1, 3, 224, 224], "other": [-1, 8]}),
+        (["a:[1,2],b:[3]"], {"a": [1, 2], "b": [3]}),
+        (["x:1x8"], {"x": [1, 8]}),
+    ],
+)
+def test_input_shape_forms(specs: list[str], want: dict[str, list[int]]) -> None:
+    assert parse_input_shapes(specs) == want
+
+
+def test_api_takes_strings_and_mappings() -> None:
+    assert input_shapes_from("x:batch,8") == {"x": [-1, 8]}
+    assert input_shapes_from({"x": ["batch", 8], "y": (2, -1)}) == {"x": [-1, 8], "y": [2, -1]}
+    for bad in ({"x": 3}, {"x": [0, 8]}, 42):
+        with pytest.raises(InputShapeError, match="accepted forms"):
+            input_shapes_from(bad)
+
+
+def test_old_manifest_specs_load_and_new_ones_round_trip() -> None:
+    old = TensorSpec.model_validate({"name": "x", "shape": [1, 13], "dtype": "float32"})
+    assert old.dynamic_dims is None and "dynamicDims" not in old.model_dump(mode="json", by_alias=True)
+    assert old.accepts([1, 13]) and not old.accepts([8, 13])
+    new = TensorSpec.model_validate(json.loads(json.dumps({**old.model_dump(by_alias=True), "dynamicDims": {"0": "batch"}})))
+    assert new.dynamic_dims == {0: "batch"} and new.accepts([8, 13]) and not new.accepts([8, 12]) and not new.accepts([13])
+
+
+def _mlp(tmp_path: Path) -> Path:
+    path = tmp_path / "mlp.onnx"
+    onnx.save(make_mlp(in_features=8, batch="N"), str(path))
+    return path
+
+
+def test_onnx_mlp_keeps_a_dynamic_batch_and_tvm_says_why_not(tmp_path: Path, out_dir: Path) -> None:
+    path = _mlp(tmp_path)
+    result = compile_model(path, "x86_64", out_dir, pipeline=BOTH, input_shapes=parse_input_shapes(["x:-1,8"]))
+    m = read_manifest(result.artifact_dir)
+    assert m.backend.name == "onnxruntime"
+    (spec,) = m.inputs
+    assert spec.dynamic_dims == {0: "N"} and spec.shape == [1, 8]
+    assert spec.measured_shapes is not None and len({s[0] for s in spec.measured_shapes}) >= 2
+    tvm = next(c for c in m.candidates if c.backend == "tvm")
+    assert "input 'x' dimension 0 ('N') is dynamic" in tvm.reason
+    loaded = edgekit.load(result.artifact_dir, self_test=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for batch in (1, 3, 8):
+        x = rng.standard_normal((batch, 8)).astype(np.float32)
+        (got,) = loaded.predict(x)
+        np.testing.assert_allclose(got, session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(InferenceError, match=r"expects shape \[N, 8\] float32, any size on the named dimensions, got \[3, 7\]"):
+        loaded.predict(np.zeros((3, 7), np.float32))
+
+
+def test_a_fixed_dimension_cannot_be_made_dynamic(mlp_onnx: Path, tmp_path: Path, out_dir: Path) -> None:
+    with pytest.raises(InputShapeError, match=r"dimension 0 is fixed to 1 in the model and can't be made dynamic"):
+        compile_model(mlp_onnx, "x86_64", out_dir, pipeline=BOTH, input_shapes={"x": [-1, 8]})
+
+
+def test_sklearn_pipeline_runs_a_batch_of_8_rows(tmp_path: Path, out_dir: Path) -> None:
+    x, y = load_wine(return_X_y=True)
+    x = x.astype(np.float32)
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
+    path = tmp_path / "wine.joblib"
+    joblib.dump(model, path)
+    rows = x[::22][:8]
+    assert main(["compile", str(path), "-t", "x86_64", "-o", str(out_dir), "-s", "input:-1,13", "--backend", "onnxruntime", "--trust-unknown-types"]) == 0
+    artifact = next(p for p in out_dir.iterdir() if p.is_dir())
+    loaded = edgekit.load(artifact, self_test=True)
+    for batch in (1, 3, 8):
+        label, proba = loaded.predict(rows[:batch])
+        assert label.tolist() == model.predict(rows[:batch]).tolist()
+        np.testing.assert_allclose(proba, model.predict_proba(rows[:batch]), atol=1e-5)
+    np.save(tmp_path / "rows.npy", rows)
+    assert main(["run", str(artifact), "-i", f"input={tmp_path / 'rows.npy'}", "--json"]) == 0
