@@ -64,7 +64,7 @@ class TensorSpec(_Model):
         None,
         alias="measuredShapes",
         exclude_if=lambda v: v is None,
-        description="the shapes the compile ran and self-tested (dynamic inputs only)"
+        description="the shapes the compile ran and self-tested (dynamic inputs only)",
     )
 
     def accepts(self, shape: Sequence[int]) -> bool:

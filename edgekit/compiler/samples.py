@@ -122,7 +122,9 @@ class Samples:
                 readings = [new, batch] if arr.ndim >= 3 and arr.shape[1] == 1 else [batch, new]
             if name in fixed:  # that shape, with the samples' dtype even when they don't fit it (checked later)
                 want = fixed[name]
-                fits = [r for r in readings if r.ndim == len(want) and all(w in (-1, d) for w, d in zip(want, r.shape, strict=True))]
+                fits = [
+                    r for r in readings if r.ndim == len(want) and all(w in (-1, d) for w, d in zip(want, r.shape, strict=True))
+                ]
                 readings = fits or [np.zeros([max(d, 1) for d in want], arr.dtype)]
             out[name] = [np.ascontiguousarray(r) for r in readings]
         return out

@@ -39,6 +39,7 @@ BOTH = Pipeline(name="test-dyn", candidates=[ORT, TVM], measure=MeasureSpec(samp
         (["input:[1,3,224,224] other:[-1, 8]"], {"input": [1, 3, 224, 224], "other": [-1, 8]}),
         (["a:[1,2],b:[3]"], {"a": [1, 2], "b": [3]}),
         (["x:1x8"], {"x": [1, 8]}),
+        (["ids:batch,max_len"], {"ids": [-1, -1]}),
     ],
 )
 def test_input_shape_forms(specs: list[str], want: dict[str, list[int]]) -> None:
@@ -100,7 +101,24 @@ def test_sklearn_pipeline_runs_a_batch_of_8_rows(tmp_path: Path, out_dir: Path) 
     path = tmp_path / "wine.joblib"
     joblib.dump(model, path)
     rows = x[::22][:8]
-    assert main(["compile", str(path), "-t", "x86_64", "-o", str(out_dir), "-s", "input:-1,13", "--backend", "onnxruntime", "--trust-unknown-types"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                str(path),
+                "-t",
+                "x86_64",
+                "-o",
+                str(out_dir),
+                "-s",
+                "input:-1,13",
+                "--backend",
+                "onnxruntime",
+                "--trust-unknown-types",
+            ]
+        )
+        == 0
+    )
     artifact = next(p for p in out_dir.iterdir() if p.is_dir())
     loaded = edgekit.load(artifact, self_test=True)
     for batch in (1, 3, 8):

@@ -143,8 +143,9 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
         elif "[" in text:
             pairs = _tvmc_form(spec)
         else:
-            name, _, dims = text.rpartition(":")
-            pairs = [(name, re.split(r"[,x]", dims))]  # 1,3,224,224 or 1x3x224x224
+            name, _, given = text.rpartition(":")
+            parts = given.split("x") if re.fullmatch(r"\d+(x\d+)+", given) else given.split(",")  # or 1x3x224x224
+            pairs = [(name, list(parts))]
         for name, dims in pairs:
             shapes[name] = _shape(spec, dims)
     return shapes
@@ -161,7 +162,9 @@ def input_shapes_from(value: object) -> dict[str, list[int]] | None:
         out: dict[str, list[int]] = {}
         for name, dims in value.items():
             if not isinstance(dims, (list, tuple)):
-                raise InputShapeError(f"input_shapes['{name}']: expected a list of dimensions, got {dims!r}; accepted forms: {_FORMS}")
+                raise InputShapeError(
+                    f"input_shapes['{name}']: expected a list of dimensions, got {dims!r}; accepted forms: {_FORMS}"
+                )
             out[str(name)] = _shape(f"{name}:{list(dims)}", list(dims))
         return out
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
@@ -196,9 +199,7 @@ def _tvmc_form(spec: str) -> list[tuple[str, list[object]]]:
 def _shape(spec: str, dims: list[object]) -> list[int]:
     shape: list[int] = []
     for d in dims:
-        text = str(d).strip()
-        if isinstance(d, bool) or (isinstance(d, int) and d < -1):
-            text = str(d) if not isinstance(d, bool) else ""
+        text = "" if isinstance(d, bool) else str(d).strip()  # JSON true is no dimension
         if text == "-1" or (isinstance(d, str) and _SYMBOL.match(text)):
             shape.append(DYNAMIC)
         elif text.isdigit() and int(text) > 0:
