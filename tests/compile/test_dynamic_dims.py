@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -127,3 +129,54 @@ def test_sklearn_pipeline_runs_a_batch_of_8_rows(tmp_path: Path, out_dir: Path) 
         np.testing.assert_allclose(proba, model.predict_proba(rows[:batch]), atol=1e-5)
     np.save(tmp_path / "rows.npy", rows)
     assert main(["run", str(artifact), "-i", f"input={tmp_path / 'rows.npy'}", "--json"]) == 0
+
+
+def test_gru_with_a_dynamic_batch_and_time_axis(tmp_path: Path, out_dir: Path) -> None:
+    torch = pytest.importorskip("torch")
+
+    class Gru(torch.nn.Module):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = torch.nn.GRU(8, 16, batch_first=True)
+            self.fc = torch.nn.Linear(16, 3)
+
+        def forward(self, seq: Any) -> Any:
+            out, _ = self.gru(seq)
+            return self.fc(out[:, -1])
+
+    torch.manual_seed(0)
+    module = Gru().eval()
+    path = tmp_path / "gru.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.randn(2, 5, 8),),
+            str(path),
+            input_names=["seq"],
+            output_names=["logits"],
+            dynamic_axes={"seq": {0: "batch", 1: "time"}, "logits": {0: "batch"}},
+            dynamo=False,
+            opset_version=17,
+        )
+    result = compile_model(path, "x86_64", out_dir, pipeline=BOTH, input_shapes=parse_input_shapes(["seq:batch,time,8"]))
+    m = result.manifest
+    assert m.backend.name == "onnxruntime" and m.inputs[0].dynamic_dims == {0: "batch", 1: "time"}
+    shapes = m.inputs[0].measured_shapes or []
+    assert len({s[0] for s in shapes}) >= 2 and len({s[1] for s in shapes}) >= 2  # other batches and lengths checked
+    assert "dimension 0 ('batch') is dynamic" in next(c.reason for c in m.candidates if c.backend == "tvm")
+    loaded = edgekit.load(result.artifact_dir, self_test=True)
+    rng = np.random.default_rng(2)
+    for batch, time in ((1, 1), (3, 7), (8, 20)):
+        seq = rng.standard_normal((batch, time, 8)).astype(np.float32)
+        (got,) = loaded.predict(seq)
+        with torch.no_grad():
+            want = module(torch.from_numpy(seq)).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(InferenceError, match=r"expects shape \[batch, time, 8\]"):
+        loaded.predict(np.zeros((2, 4, 9), np.float32))
+
+
+def test_torch_and_tensorflow_models_refuse_a_dynamic_dimension_in_one_line(tmp_path: Path, out_dir: Path) -> None:
+    with pytest.raises(InputShapeError, match=r"dynamic dimension .* ONNX, scikit-learn, XGBoost and LightGBM models only"):
+        compile_model("tests.nosuch:factory", "x86_64", out_dir, pipeline=BOTH, input_shapes={"input": [-1, 8]})
