@@ -64,7 +64,7 @@ def compile_(
         "--input-shape",
         "-s",
         metavar="NAME:D1,D2",
-        help="an input's shape (-1 or a name such as batch: a dynamic dimension, ONNX Runtime only); also Neo's JSON "
+        help="an input's shape (-1 or a name such as batch: a dynamic dimension); also Neo's JSON "
         "'{\"input\": [1,3,224,224]}' and tvmc's 'input:[1,3,224,224]'; repeat per input",
     ),
     pipeline: str = typer.Option("default", "--pipeline", "-p", help="pipeline name in compiler/ or a .yaml file"),
