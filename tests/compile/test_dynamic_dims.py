@@ -231,3 +231,9 @@ def test_conv_over_a_dynamic_time_axis(candidate: CandidateSpec, tmp_path: Path,
         with torch.no_grad():
             want = module(torch.from_numpy(seq)).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_bad_form_is_one_line_naming_the_flag(mlp_onnx: Path, out_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compile", str(mlp_onnx), "-t", "x86_64", "-o", str(out_dir), "-s", "x:[1,8] y:(2)"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--input-shape 'x:[1,8] y:(2)'" in err[0] and "tvmc's NAME:[D1,D2,...]" in err[0]
