@@ -88,7 +88,7 @@ def compile(
     An artifact already in ``output_dir`` under the same name but built from another source file (``model.pt`` over
     ``model.onnx``'s) is refused unless ``force``. ``report``: also write a self-contained HTML page of what was
     measured (every candidate's latency, accuracy, size and why it won or lost). ``input_shapes``: a mapping of input
-    name to dims, or Neo-style ``'name:1,3,224,224'`` strings (``--input-shape``).
+    name to dims (``-1`` or a name such as ``"batch"`` for a dynamic one), or strings as ``--input-shape`` takes them.
 
     ``measure_on``: a device (thing) of the local fleet running on ``state_dir`` (default ``./.edgekit/fleet``) times
     every candidate itself and the ranking is by its timings (the manifest's ``measured.on`` is ``device``,
@@ -99,11 +99,10 @@ def compile(
     does — the device's RPC server of that key times every candidate (``measuredOn`` is ``rpc:<key>``)."""
     from edgekit.compiler import compile_model
 
-    shapes = kwargs.get("input_shapes")
-    if isinstance(shapes, (list, tuple)):
-        from edgekit.compiler.frontends import parse_input_shapes
+    if kwargs.get("input_shapes") is not None:
+        from edgekit.compiler.frontends import input_shapes_from
 
-        kwargs["input_shapes"] = parse_input_shapes(list(shapes))
+        kwargs["input_shapes"] = input_shapes_from(kwargs["input_shapes"])
     from edgekit.errors import ConfigError
 
     if measure_on is not None and (rpc_tracker is not None or rpc_key is not None):

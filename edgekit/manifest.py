@@ -6,6 +6,7 @@ See docs/artifact.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,9 +53,31 @@ class _Model(BaseModel):
 
 
 class TensorSpec(_Model):
+    """One input or output. ``shape`` is concrete (the shape samples and timing use); ``dynamicDims`` names the axes
+    that take any size (``{"0": "batch"}``), absent for a static tensor (manifests before it load unchanged)."""
+
     name: str
     shape: list[int]
     dtype: str
+    dynamic_dims: dict[int, str] | None = Field(None, alias="dynamicDims", exclude_if=lambda v: v is None)
+    measured_shapes: list[list[int]] | None = Field(
+        None,
+        alias="measuredShapes",
+        exclude_if=lambda v: v is None,
+        description="the shapes the compile ran and self-tested (dynamic inputs only)",
+    )
+
+    def accepts(self, shape: Sequence[int]) -> bool:
+        """Whether an array of ``shape`` fits: any size on a dynamic axis, the exact size on a fixed one."""
+        dyn = self.dynamic_dims or {}
+        return len(shape) == len(self.shape) and all(
+            i in dyn or int(d) == s for i, (d, s) in enumerate(zip(shape, self.shape, strict=True))
+        )
+
+    def declared(self) -> str:
+        """The shape as declared, dynamic axes by name: ``[batch, 13]``."""
+        dyn = self.dynamic_dims or {}
+        return "[" + ", ".join(dyn.get(i, str(d)) for i, d in enumerate(self.shape)) + "]"
 
 
 class SourceInfo(_Model):

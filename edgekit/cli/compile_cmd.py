@@ -60,7 +60,12 @@ def compile_(
         Path("build"), "--output", "-o", metavar="DIR", help="folder that receives <name>/ and <name>.tar.gz"
     ),
     input_shape: list[str] = typer.Option(
-        [], "--input-shape", "-s", metavar="NAME:D1,D2", help="an input's shape (Neo's DataInputConfig); repeat per input"
+        [],
+        "--input-shape",
+        "-s",
+        metavar="NAME:D1,D2",
+        help="an input's shape (-1 or a name such as batch: a dynamic dimension); also Neo's JSON "
+        "'{\"input\": [1,3,224,224]}' and tvmc's 'input:[1,3,224,224]'; repeat per input",
     ),
     pipeline: str = typer.Option("default", "--pipeline", "-p", help="pipeline name in compiler/ or a .yaml file"),
     backend: str | None = typer.Option(None, "--backend", "-b", help="only this backend: tvm or onnxruntime"),

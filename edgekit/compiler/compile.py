@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def compile_model(
     *,
     pipeline: str | Path | Pipeline = "default",
     backend: str | None = None,
-    input_shapes: dict[str, list[int]] | None = None,
+    input_shapes: Mapping[str, Sequence[int | str]] | None = None,
     name: str | None = None,
     use_cache: bool = True,
     cache: ArtifactCache | None = None,

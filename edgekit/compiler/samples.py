@@ -121,7 +121,11 @@ class Samples:
                 batch, new = arr[:1], arr[0]
                 readings = [new, batch] if arr.ndim >= 3 and arr.shape[1] == 1 else [batch, new]
             if name in fixed:  # that shape, with the samples' dtype even when they don't fit it (checked later)
-                readings = [r for r in readings if list(r.shape) == list(fixed[name])] or [np.zeros(fixed[name], arr.dtype)]
+                want = fixed[name]
+                fits = [
+                    r for r in readings if r.ndim == len(want) and all(w in (-1, d) for w, d in zip(want, r.shape, strict=True))
+                ]
+                readings = fits or [np.zeros([max(d, 1) for d in want], arr.dtype)]
             out[name] = [np.ascontiguousarray(r) for r in readings]
         return out
 
@@ -180,7 +184,7 @@ class Samples:
             feeds = [{s.name: self._cast(s, np.asarray(d[s.name])) for s in inputs} for d in self.listed]
             for j, feed in enumerate(feeds):
                 for s in inputs:
-                    if list(feed[s.name].shape) != list(s.shape):
+                    if not s.accepts(feed[s.name].shape):
                         raise SamplesError(
                             f"samples {self.where}: sample {j} input '{s.name}' has shape {list(feed[s.name].shape)}; "
                             f"the model takes {s.shape}"
@@ -190,9 +194,9 @@ class Samples:
         per_input: dict[str, list[np.ndarray]] = {}
         for s in inputs:
             arr = self._cast(s, self.stacked[s.name])
-            if list(arr.shape[1:]) == list(s.shape):
+            if s.accepts(arr.shape[1:]):
                 per_input[s.name] = [arr[j, ...] for j in range(arr.shape[0])]  # 0-d arrays, not numpy or str scalars
-            elif s.shape and s.shape[0] == 1 and list(arr.shape[1:]) == list(s.shape[1:]):
+            elif s.shape and s.shape[0] == 1 and s.accepts([1, *arr.shape[1:]]):
                 per_input[s.name] = [arr[j : j + 1] for j in range(arr.shape[0])]  # along the batch axis
             else:
                 dims = ", ".join(str(d) for d in s.shape)

@@ -48,12 +48,14 @@ class Runner(ABC):
         feeds: dict[str, np.ndarray] = {}
         for spec in self.inputs:
             if spec.name not in inputs:
-                raise InferenceError(f"missing input '{spec.name}' (expects shape {spec.shape} {spec.dtype})")
+                raise InferenceError(f"missing input '{spec.name}' (expects shape {spec.declared()} {spec.dtype})")
             arr = np.asarray(inputs[spec.name])
-            if list(arr.shape) != spec.shape:
+            if not spec.accepts(arr.shape):
+                dynamic = ", any size on the named dimensions" if spec.dynamic_dims else ""
                 raise InferenceError(
-                    f"input '{spec.name}' expects shape {spec.shape} {spec.dtype}, got {list(arr.shape)}; "
+                    f"input '{spec.name}' expects shape {spec.declared()} {spec.dtype}{dynamic}, got {list(arr.shape)}; "
                     f"recompile with --input-shape {spec.name}:{','.join(map(str, arr.shape))} for another shape"
+                    + ("" if spec.dynamic_dims else f" (or {spec.name}:-1,... for a dynamic dimension)")
                 )
             if arr.dtype != np.dtype(spec.dtype):
                 if not np.can_cast(arr.dtype, spec.dtype, casting="same_kind"):

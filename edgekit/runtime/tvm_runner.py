@@ -121,6 +121,8 @@ class TvmRunner(Runner):
             args = []
             for name in self._order:
                 buf = self._buffers[name]
+                if buf.shape != feeds[name].shape:  # a dynamic dimension at another size: a buffer of that size
+                    buf = self._buffers[name] = _aligned_copy(np.zeros(feeds[name].shape, dtype=buf.dtype))
                 buf[...] = feeds[name]
                 args.append(self._tensor(buf))
             out: Any = self._main(*args)

@@ -77,7 +77,7 @@ def test_compile_and_run_roundtrip(mlp_onnx: Path, tmp_path: Path, capsys: pytes
         (["compile", "{tmp}/missing.onnx", "-t", "x86_64"], ModelLoadError, "does not exist"),
         (["compile", "{model}", "-t", "rasp9"], UnknownTargetError, "unknown target 'rasp9'"),
         (["compile", "{model}", "-t", "x86_64", "-s", "x:1,9"], InputShapeError, "fixed to 8"),
-        (["compile", "{model}", "-t", "x86_64", "-s", "x:1,a"], InputShapeError, "NAME:D1,D2"),
+        (["compile", "{model}", "-t", "x86_64", "-s", "x:1,2a"], InputShapeError, "NAME:D1,D2"),
     ],
 )
 def test_errors_are_one_line_with_exit_code(

@@ -44,7 +44,7 @@ def test_wrong_input_shapes(mlp_onnx: Path, tmp_path: Path, shapes: dict[str, li
         load_source(mlp_onnx, tmp_path / "w", shapes)
 
 
-@pytest.mark.parametrize("spec", ["x:", "x:1,a", "x:0,3", ":"])
+@pytest.mark.parametrize("spec", ["x:", "x:1,2a", "x:0,3", ":", "x:1,-2", "x:[1,2] y", '{"x": 3}'])
 def test_malformed_input_shape_flag(spec: str) -> None:
     with pytest.raises(InputShapeError, match="NAME:D1,D2"):
         parse_input_shapes([spec])

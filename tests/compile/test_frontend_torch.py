@@ -440,7 +440,7 @@ def test_cli_errors_exit_codes(mlp_ts: tuple[Path, torch.nn.Module], tmp_path: P
     out = tmp_path / "cli-out"
     cases = [
         ([str(path)], InputShapeError, "--input-shape"),  # no -s
-        ([str(path), "-s", "input:one,8"], InputShapeError, "input:one,8"),
+        ([str(path), "-s", "input:1.5,8"], InputShapeError, "input:1.5,8"),
         ([str(bogus), "-s", "input:1,8"], ModelLoadError, "torch.jit"),
     ]
     for args, cls, needle in cases:

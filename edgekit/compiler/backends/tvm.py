@@ -39,6 +39,7 @@ from edgekit.errors import (
     CompilationError,
     ConfigError,
     EdgekitError,
+    InputShapeError,
     MissingDependencyError,
     ToolchainError,
     UnsupportedOperatorError,
@@ -140,12 +141,26 @@ def _tuning_target(target: dict[str, Any]) -> dict[str, Any]:
     return target
 
 
+def _first_dynamic(source: SourceModel) -> str:
+    """The first dynamic dimension of the source's inputs, in words for a refusal ('' when all are static)."""
+    for spec in source.inputs:
+        for axis, dim in sorted((spec.dynamic_dims or {}).items()):
+            return (
+                f"input '{spec.name}' dimension {axis} ('{dim}') is dynamic; the onnxruntime candidates keep it "
+                f"(for TVM, give it a size: --input-shape {spec.name}:{','.join(map(str, spec.shape))})"
+            )
+    return ""
+
+
 def _import_relax(source: SourceModel) -> Any:
+    """The source in Relax; an input with dynamic dimensions is left out of ``shape_dict``, so its ``dim_param``s
+    stay symbolic shape variables and the build runs at any size there."""
     from tvm.relax.frontend.onnx import from_onnx
 
     # The model's inputs carry their pinned shapes already. TVM reads a 0 in the model as an unknown dim, and its
     # operators can't take a pinned zero-size dim ("type is not populated"): such inputs keep the model's reading.
-    shapes = {s.name: s.shape for s in source.inputs if 0 not in s.shape}
+    # Dynamic dimensions stay symbolic: those inputs are left to the model's own reading too.
+    shapes = {s.name: s.shape for s in source.inputs if 0 not in s.shape and not s.dynamic_dims}
     dtypes = {s.name: s.dtype for s in source.inputs}
     try:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -248,6 +263,9 @@ class TvmBackend(Backend[TvmOptions]):
         tvm = require("tvm", "compiling with TVM")
         where = self._where(profile, options, for_host)
         progress(f"tvm: importing ONNX into Relax ({len(source.model.graph.node)} nodes)")
+        dynamic = _first_dynamic(source)
+        if dynamic and options.tune is not None:
+            raise InputShapeError(f"MetaSchedule tunes static shapes only: {dynamic}")
         mod = _import_relax(source)
         try:
             target = tvm.target.Target({**where.target, "host": where.host} if where.host else where.target)
@@ -266,6 +284,10 @@ class TvmBackend(Backend[TvmOptions]):
         except EdgekitError:
             raise
         except Exception as exc:
+            if dynamic:  # Relax keeps symbolic shapes, but not every operator builds with them
+                raise InputShapeError(
+                    f"TVM can't build this model with symbolic shapes ({last_line(exc, 160)}): {dynamic}"
+                ) from exc
             raise CompilationError(f"TVM failed to compile for '{profile.name}': {last_line(exc)}") from exc
         lib = self._export(executable, out_dir, where, profile)
         details: dict[str, Any] = {

@@ -6,10 +6,16 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekit.compiler.frontends.frontend import SourceModel, parse_input_shapes, source_format
-from edgekit.errors import ModelLoadError
+from edgekit.compiler.frontends.frontend import (
+    DYNAMIC,
+    SourceModel,
+    input_shapes_from,
+    parse_input_shapes,
+    source_format,
+)
+from edgekit.errors import InputShapeError, ModelLoadError
 
-__all__ = ["SourceModel", "load_source", "parse_input_shapes", "source_format"]
+__all__ = ["SourceModel", "input_shapes_from", "load_source", "parse_input_shapes", "source_format"]
 
 
 def load_source(
@@ -32,6 +38,13 @@ def load_source(
     with (see :meth:`edgekit.compiler.samples.Samples.examples`).
     """
     fmt = source_format(model)
+    dynamic = sorted(n for n, shape in (input_shapes or {}).items() if DYNAMIC in shape)
+    if dynamic and fmt not in ("onnx", "sklearn", "xgboost", "lightgbm"):
+        raise InputShapeError(
+            f"'{model}': --input-shape gives '{dynamic[0] or 'input'}' a dynamic dimension (-1 or a name), which edgekit "
+            f"keeps for ONNX, scikit-learn, XGBoost and LightGBM models only; give every dimension of a {fmt} model a "
+            "size, or export it to ONNX with that axis dynamic (torch.onnx.export dynamic_axes) and compile the .onnx"
+        )
     if fmt == "onnx":
         from edgekit.compiler.frontends.onnx import load_onnx
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,9 +15,11 @@ from edgekit.errors import InputShapeError, ModelLoadError
 from edgekit.manifest import TensorSpec
 
 __all__ = [
+    "DYNAMIC",
     "Reference",
     "SourceModel",
     "fix_input_shapes",
+    "input_shapes_from",
     "input_tensor_type",
     "parse_input_shapes",
     "source_format",
@@ -119,20 +121,34 @@ def tabular_batch(where: str, shapes: dict[str, list[int]] | None, name: str, n_
     return shape[0]
 
 
+DYNAMIC = -1  # a dynamic dimension in a parsed --input-shape (given as -1 or a symbolic name)
+_FORMS = (
+    "NAME:D1,D2,... (a -1 or a name such as batch for a dynamic dimension, e.g. input:-1,13), "
+    "tvmc's NAME:[D1,D2,...] (several separated by spaces) or Neo's JSON {\"NAME\": [D1, D2, ...]}"
+)
+_TVMC = re.compile(r"\s*([\w.:/]+?)\s*:\s*\[([^\]]*)\]\s*,?")
+_SYMBOL = re.compile(r"^[A-Za-z_]\w*$")
+
+
 def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
-    """Parse Neo-style ``name:1,3,224,224`` (or ``1,3,224,224`` for a single input)."""
+    """Parse ``--input-shape`` values: ``name:1,3,224,224`` (or ``1,3,224,224`` for a single input), tvmc's
+    ``name:[1,3,224,224] other:[1,8]`` and Neo's ``DataInputConfig`` JSON ``{"name": [1,3,224,224]}``.
+
+    A dimension given as ``-1`` or a symbolic name (``batch``) is dynamic: :data:`DYNAMIC` in the result.
+    """
     shapes: dict[str, list[int]] = {}
     for spec in specs or []:
-        name, _, dims = spec.rpartition(":")
-        try:
-            shape = [int(d) for d in re.split(r"[,x]", dims)]  # 1,3,224,224 or 1x3x224x224
-        except ValueError:
-            shape = []
-        if not shape or any(d <= 0 for d in shape):
-            raise InputShapeError(
-                f"--input-shape '{spec}': expected NAME:D1,D2,... with positive integers, e.g. input:1,3,224,224"
-            )
-        shapes[name or ""] = shape
+        text = spec.strip()
+        if text.startswith("{"):
+            pairs = _neo_json(spec)
+        elif "[" in text:
+            pairs = _tvmc_form(spec)
+        else:
+            name, _, given = text.rpartition(":")
+            parts = given.split("x") if re.fullmatch(r"\d+(x\d+)+", given) else given.split(",")  # or 1x3x224x224
+            pairs = [(name, list(parts))]
+        for name, dims in pairs:
+            shapes[name] = _shape(spec, dims)
     return shapes
 
 
@@ -145,6 +161,66 @@ def input_tensor_type(vi: onnx.ValueInfoProto) -> onnx.TypeProto.Tensor:
     return t.tensor_type
 
 
+def input_shapes_from(value: object) -> dict[str, list[int]] | None:
+    """``compile(input_shapes=...)``: a string or list of strings as on the command line, or a mapping of input name to
+    dimensions (ints, ``-1`` or symbolic names for dynamic ones)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_input_shapes([value])
+    if isinstance(value, Mapping):
+        out: dict[str, list[int]] = {}
+        for name, dims in value.items():
+            if not isinstance(dims, (list, tuple)):
+                raise InputShapeError(
+                    f"input_shapes['{name}']: expected a list of dimensions, got {dims!r}; accepted forms: {_FORMS}"
+                )
+            out[str(name)] = _shape(f"{name}:{list(dims)}", list(dims))
+        return out
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return parse_input_shapes(list(value))
+    raise InputShapeError(f"input_shapes: expected strings or a mapping, got {type(value).__name__}; accepted forms: {_FORMS}")
+
+
+def _neo_json(spec: str) -> list[tuple[str, list[object]]]:
+    import json
+
+    try:
+        data = json.loads(spec)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not data or not all(isinstance(v, list) for v in data.values()):
+        raise InputShapeError(f"--input-shape '{spec}': not a JSON object of shapes; accepted forms: {_FORMS}")
+    return [(str(k), list(v)) for k, v in data.items()]
+
+
+def _tvmc_form(spec: str) -> list[tuple[str, list[object]]]:
+    pairs: list[tuple[str, list[object]]] = []
+    pos = 0
+    while pos < len(spec):
+        m = _TVMC.match(spec, pos)
+        if m is None or m.end() == pos:
+            raise InputShapeError(f"--input-shape '{spec}': cannot read it from '{spec[pos:]}'; accepted forms: {_FORMS}")
+        pairs.append((m.group(1), list(m.group(2).split(","))))
+        pos = m.end()
+    return pairs
+
+
+def _shape(spec: str, dims: list[object]) -> list[int]:
+    shape: list[int] = []
+    for d in dims:
+        text = "" if isinstance(d, bool) else str(d).strip()  # JSON true is no dimension
+        if text == "-1" or (isinstance(d, str) and _SYMBOL.match(text)):
+            shape.append(DYNAMIC)
+        elif text.isdigit() and int(text) > 0:
+            shape.append(int(text))
+        else:
+            raise InputShapeError(f"--input-shape '{spec}': '{text}' is not a dimension; accepted forms: {_FORMS}")
+    if not shape:
+        raise InputShapeError(f"--input-shape '{spec}': no dimensions; accepted forms: {_FORMS}")
+    return shape
+
+
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
     out: list[int | str] = []
     for d in input_tensor_type(vi).shape.dim:
@@ -155,8 +231,16 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
     return out
 
 
+def _dim_name(dim: int | str, name: str, axis: int) -> str:
+    """The symbolic name of a dynamic axis: the model's own, else ``batch`` for the first axis."""
+    if isinstance(dim, str) and _SYMBOL.match(dim):
+        return dim
+    return "batch" if axis == 0 else f"{name}_{axis}"
+
+
 def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], where: str) -> list[TensorSpec]:
-    """Give every graph input a static shape (from ``shapes`` where dims are dynamic).
+    """Give every graph input a static shape (from ``shapes`` where dims are dynamic), except the dimensions
+    ``shapes`` gives as :data:`DYNAMIC`: they stay symbolic (their spec's ``dynamic_dims``, size 1 in its shape).
 
     Edits ``model`` in place and returns the input specs.
     """
@@ -185,6 +269,11 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], where
             if len(given) != len(dims):
                 raise InputShapeError(f"{where}: input '{vi.name}' has rank {len(dims)} {dims}, but --input-shape gives {given}")
             for i, (m, g) in enumerate(zip(dims, given, strict=True)):
+                if isinstance(m, int) and g == DYNAMIC:
+                    raise InputShapeError(
+                        f"{where}: input '{vi.name}' dimension {i} is fixed to {m} in the model and can't be made dynamic "
+                        f"(shape {dims}); give {m} there, or re-export the model with that axis dynamic"
+                    )
                 if isinstance(m, int) and m != g:
                     raise InputShapeError(
                         f"{where}: input '{vi.name}' dimension {i} is fixed to {m} in the model, "
@@ -196,12 +285,17 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], where
                 example = ",".join(str(d) if isinstance(d, int) else "1" for d in dims)
                 raise InputShapeError(
                     f"{where}: input '{vi.name}' has dynamic dimensions {dims}; "
-                    f"pass a static shape, e.g. --input-shape {vi.name}:{example}"
+                    f"pass a static shape, e.g. --input-shape {vi.name}:{example} (-1 keeps a dimension dynamic)"
                 )
             final = [int(d) for d in dims]
+        dynamic = {i: _dim_name(dims[i], vi.name, i) for i, d in enumerate(final) if d == DYNAMIC}
         shape = input_tensor_type(vi).shape
         del shape.dim[:]
-        for d in final:
-            shape.dim.add().dim_value = d
-        specs.append(TensorSpec(name=vi.name, shape=final, dtype=dtype))
+        for i, d in enumerate(final):
+            if i in dynamic:
+                shape.dim.add().dim_param = dynamic[i]  # ONNX Runtime runs it at any size
+            else:
+                shape.dim.add().dim_value = d
+        concrete = [1 if d == DYNAMIC else d for d in final]  # what synthesized samples and timing use
+        specs.append(TensorSpec(name=vi.name, shape=concrete, dtype=dtype, dynamic_dims=dynamic or None))
     return specs

@@ -6,6 +6,7 @@ options and passes, the output folder and the model's format; and what the cache
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 from edgekit.compiler.artifact import check_writable
 from edgekit.compiler.backends import Backend, BackendOptions, get_backend
 from edgekit.compiler.cache import cache_key
-from edgekit.compiler.frontends import SourceModel, source_format
+from edgekit.compiler.frontends import SourceModel, input_shapes_from, source_format
 from edgekit.compiler.passes import PassStep, calibrates_from_samples, file_inputs, parse_passes
 from edgekit.compiler.pipeline import AccuracyBudget, CandidateSpec, Pipeline, load_pipeline
 from edgekit.compiler.samples import LABELS, Samples, SamplesSource, load_samples
@@ -75,7 +76,7 @@ def check(
     *,
     pipeline: str | Path | Pipeline,
     backend: str | None,
-    input_shapes: dict[str, list[int]] | None,
+    input_shapes: Mapping[str, Sequence[int | str]] | None,
     name: str | None,
     tune: int | None,
     samples: SamplesSource | None = None,
@@ -88,7 +89,7 @@ def check(
     if backend:
         pipe = pipe.only_backend(get_backend(backend).name)
     candidates = [_candidate(i, spec, pipe, profile) for i, spec in enumerate(pipe.candidates)]
-    shapes = {k: list(v) for k, v in (input_shapes or {}).items()}
+    shapes = input_shapes_from(input_shapes) or {}  # names and -1 -> DYNAMIC; strings as --input-shape takes them
     out = Path(output_dir)
     check_writable(out)
     fmt = source_format(model)

@@ -73,6 +73,10 @@ def _agree(build: Build, reference: Reference, outcomes: Outcomes, say: Progress
         runner = runner_for(candidate.backend.name, build.entry, reference.inputs, reference.outputs, options=build.built.details)
         outputs = [runner.predict(feed) for feed in reference.samples]
         accuracy = agreement(outputs, reference.expected, reference.name)
+        if reference.other_sizes:  # dynamic dimensions: the candidate must also agree at other sizes
+            others = [runner.predict(feed) for feed, _ in reference.other_sizes]
+            at_sizes = agreement(others, [want for _, want in reference.other_sizes], reference.name)
+            accuracy.max_abs_error = max(accuracy.max_abs_error, at_sizes.max_abs_error)
         accuracy.inputs = "synthesized" if reference.synthesized else "samples"
         if reference.truth is not None and reference.source_score is not None:
             score = reference.truth.score(outputs)

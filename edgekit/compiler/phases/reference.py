@@ -8,8 +8,9 @@ optimisation, else — when ONNX Runtime can't load or run it — in ONNX's refe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -26,6 +27,8 @@ __all__ = ["DYNAMIC", "Reference", "output_specs", "reference_outputs"]
 
 DYNAMIC = -1
 """An output dimension whose size depends on the input data (``NonZero``, ``Unique``): any size, run to run."""
+
+log = logging.getLogger(__name__)
 
 Feed = dict[str, np.ndarray]
 Predict = Callable[[Feed], list[np.ndarray]]
@@ -47,17 +50,79 @@ class Reference:
     synthesized: bool = True
     truth: Truth | None = None
     source_score: Score | None = None
+    other_sizes: list[tuple[Feed, list[np.ndarray]]] = field(default_factory=list)
+    """Inputs with dynamic dimensions: feeds at other sizes (a batch of the samples, a doubled length) and the
+    source's outputs on them; every candidate must agree on these too, and the self-test keeps them."""
+
+    def measured_inputs(self) -> list[TensorSpec]:
+        """The input specs, each dynamic one with the shapes the compile checked (``measuredShapes``)."""
+        feeds = self.samples[:1] + [f for f, _ in self.other_sizes]
+        return [
+            s.model_copy(update={"measured_shapes": [list(f[s.name].shape) for f in feeds if s.name in f]})
+            if s.dynamic_dims
+            else s
+            for s in self.inputs
+        ]
+
+    def measured_outputs(self) -> list[TensorSpec]:
+        """The output specs; with dynamic inputs, the axes whose size changed at the other sizes are dynamic
+        (named as the inputs' axis 0, e.g. ``batch``, for the first axis; ``<output>_<axis>`` otherwise)."""
+        if not self.other_sizes or not self.expected:
+            return self.outputs
+        first = {d.get(0) for s in self.inputs if (d := s.dynamic_dims or {})}
+        batch = next(iter(first)) if len(first) == 1 and None not in first else "batch"
+        specs = []
+        for i, spec in enumerate(self.outputs):
+            base = np.asarray(self.expected[0][i]).shape
+            shapes = [base, *(np.asarray(outs[i]).shape for _, outs in self.other_sizes)]
+            axes = sorted({a for sh in shapes[1:] if len(sh) == len(base) for a in range(len(base)) if sh[a] != base[a]})
+            dynamic = {a: (batch if a == 0 else f"{spec.name}_{a}") for a in axes}
+            update = {"dynamic_dims": dynamic, "measured_shapes": [list(sh) for sh in shapes]} if dynamic else {}
+            specs.append(spec.model_copy(update=update))
+        return specs
 
 
 def reference_outputs(source: SourceModel, spec: MeasureSpec, samples: SampleSet | None = None, where: str = "") -> Reference:
     """The reference on ``samples`` (the evaluation part of the user's), or on inputs synthesized by role."""
     names = [o.name for o in source.model.graph.output]
     feeds = samples.feeds if samples is not None else synthesize(source.model, source.inputs, spec.samples, spec.seed)
-    expected, ran_by = _run_source(source, feeds, samples is None, where)
+    expected, ran_by, predict = _run_source(source, feeds, samples is None, where)
     outputs = output_specs(source.model, names, expected)
     truth = truth_for(samples, names, expected[0], where) if samples is not None else None
     score = truth.score(expected) if truth is not None else None
-    return Reference(source.inputs, outputs, feeds, expected, ran_by, samples is None, truth, score)
+    others = _other_sizes(source.inputs, feeds, predict) if predict is not None else []
+    return Reference(source.inputs, outputs, feeds, expected, ran_by, samples is None, truth, score, others)
+
+
+def _other_sizes(inputs: list[TensorSpec], feeds: list[Feed], predict: Predict) -> list[tuple[Feed, list[np.ndarray]]]:
+    """For dynamic dimensions: a batch of up to 8 samples when every input's first axis is dynamic, then that (or
+    the first sample) with every other dynamic axis doubled. Each with the source's outputs; none it can't run."""
+    dynamic = {s.name: s.dynamic_dims or {} for s in inputs}
+    if not feeds or not any(dynamic.values()):
+        return []
+    cases: list[Feed] = []
+    base = feeds[0]
+    if all(0 in d for d in dynamic.values()):
+        picked = feeds[:8] if len(feeds) > 1 else feeds * 3
+        try:
+            base = {n: np.concatenate([f[n] for f in picked], axis=0) for n in base}
+            cases.append(base)
+        except ValueError:  # samples of different lengths: no batch of them
+            base = feeds[0]
+    longer = {n: a for n, a in base.items()}
+    for n, axes in dynamic.items():
+        for axis in axes:
+            if axis != 0 and n in longer:
+                longer[n] = np.concatenate([longer[n], longer[n]], axis=axis)
+    if any(axis != 0 for axes in dynamic.values() for axis in axes):
+        cases.append(longer)
+    out: list[tuple[Feed, list[np.ndarray]]] = []
+    for feed in cases:
+        try:
+            out.append((feed, [np.asarray(o) for o in predict(feed)]))
+        except Exception as exc:  # the source itself can't run this size: nothing to check candidates against
+            log.info("the source model doesn't run inputs of shapes %s: %s", {n: a.shape for n, a in feed.items()}, exc)
+    return out
 
 
 # Ops whose output shape can follow the values of their inputs, not only their shapes.
@@ -128,7 +193,9 @@ def _inferred_output_dims(model: onnx.ModelProto) -> dict[str, list[int | None]]
     return dims
 
 
-def _run_source(source: SourceModel, feeds: list[Feed], synthesized: bool, where: str) -> tuple[list[list[np.ndarray]], str]:
+def _run_source(
+    source: SourceModel, feeds: list[Feed], synthesized: bool, where: str
+) -> tuple[list[list[np.ndarray]], str, Predict | None]:
     """The source's outputs on every feed, and what ran it; one edgekit error when nothing can."""
     attempts: list[tuple[str, Callable[[], Predict]]] = []
     if source.reference is not None:
@@ -147,7 +214,7 @@ def _run_source(source: SourceModel, feeds: list[Feed], synthesized: bool, where
             continue
         if first is not None:
             name += f" (ONNX Runtime can't run it: {last_line(first, 160)})"
-        return outs, name
+        return outs, name, predict
     assert first is not None
     cause = last_line(first, 240)
     if isinstance(first, EdgekitError) and not synthesized:

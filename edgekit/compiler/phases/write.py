@@ -161,8 +161,8 @@ def _manifest(
             files=build.built.files,
             entry=build.built.entry,
         ),
-        inputs=source.inputs,
-        outputs=reference.outputs,
+        inputs=reference.measured_inputs(),
+        outputs=reference.measured_outputs(),
         size_bytes=sum((staged / f).stat().st_size for f in build.built.files),
         compile_seconds=0.0,
         measured=choice.best.measurement,
@@ -174,11 +174,13 @@ def _manifest(
 
 
 def write_selftest(staged: Path, reference: Reference, max_abs_error: float) -> SelfTest | None:
-    """Save up to 4 samples (at most 4 MiB) with the source model's outputs as golden vectors."""
+    """Save up to 4 samples, then the other sizes of dynamic inputs (at most 4 MiB), with the source model's outputs
+    as golden vectors."""
     arrays: dict[str, np.ndarray] = {}
     used = 0
     total = 0
-    for i, (feed, outs) in enumerate(zip(reference.samples[:4], reference.expected[:4], strict=True)):
+    cases = list(zip(reference.samples[:4], reference.expected[:4], strict=True)) + reference.other_sizes
+    for i, (feed, outs) in enumerate(cases):
         size = sum(a.nbytes for a in feed.values()) + sum(np.asarray(o).nbytes for o in outs)
         if total + size > _SELFTEST_MAX_BYTES:
             break
