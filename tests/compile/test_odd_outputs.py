@@ -421,3 +421,17 @@ def test_an_optional_tensor_output_is_carried_as_its_tensor(tmp_path: Path) -> N
     with pytest.raises(InferenceError, match=r"^output 'y' is an empty optional on these inputs") as err:
         loaded.predict({"c": np.array(False), "x": xs[1]})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
+def test_an_optional_input_left_out_inside_a_node(tmp_path: Path, backend: str) -> None:
+    """``Clip`` with no ``min`` (an empty input name) and a ``max``: both backends take it as ONNX Runtime does."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    top = helper.make_tensor("top", TensorProto.FLOAT, [], [1.0])
+    graph = helper.make_graph([helper.make_node("Clip", ["x", "", "top"], ["y"])], "clip", [x], [y], [top])
+    model = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "clip.onnx")
+    result = edgekit.compile(model, "x86_64", tmp_path / "build", backend=backend, use_cache=False)
+    feed = np.array([[-5.0, 0.5, 2.0, -0.25]], np.float32)
+    (out,) = edgekit.load(result.artifact_dir, self_test=True).predict({"x": feed})
+    np.testing.assert_array_equal(out, np.minimum(feed, 1.0))
