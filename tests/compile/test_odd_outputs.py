@@ -376,9 +376,10 @@ def test_an_error_the_output_dtype_cant_resolve_is_none() -> None:
     got = np.array([1.996, -3.004, 5.0], np.float16)  # one float16 step off (0.00195)
     truth = Truth(None, [{"y": want}], ["y"])
     assert truth.score([[got]]).error == 0.0
-    assert truth.score([[np.array([1.9, -3.002, 5.0], np.float16)]]).error > 0.03  # a real error still counts
-    wide = Truth(None, [{"y": want.astype(np.float32)}], ["y"])
-    assert wide.score([[got.astype(np.float32)]]).error > 1e-3  # float32 resolves it
+    real = truth.score([[np.array([1.9, -3.002, 5.0], np.float16)]]).error
+    assert real is not None and real > 0.03  # a real error still counts
+    wide = Truth(None, [{"y": want.astype(np.float32)}], ["y"]).score([[got.astype(np.float32)]]).error
+    assert wide is not None and wide > 1e-3  # float32 resolves it
 
 
 @pytest.mark.slow
