@@ -378,9 +378,8 @@ def test_an_error_the_output_dtype_cant_resolve_is_none() -> None:
     assert truth.score([[got]]).error == 0.0
     real = truth.score([[np.array([1.9, -3.002, 5.0], np.float16)]]).error
     assert real is not None and real > 0.03  # a real error still counts
-    wide = Truth(None, [{"y": want.astype(np.float32)}], ["y"])
-    resolved = wide.score([[got.astype(np.float32)]]).error
-    assert resolved is not None and resolved > 1e-3  # float32 resolves it
+    wide = Truth(None, [{"y": want.astype(np.float32)}], ["y"]).score([[got.astype(np.float32)]]).error
+    assert wide is not None and wide > 1e-3  # float32 resolves it
 
 
 @pytest.mark.slow
@@ -423,3 +422,17 @@ def test_an_optional_tensor_output_is_carried_as_its_tensor(tmp_path: Path) -> N
     with pytest.raises(InferenceError, match=r"^output 'y' is an empty optional on these inputs") as err:
         loaded.predict({"c": np.array(False), "x": xs[1]})
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "tvm"])
+def test_an_optional_input_left_out_inside_a_node(tmp_path: Path, backend: str) -> None:
+    """``Clip`` with no ``min`` (an empty input name) and a ``max``: both backends take it as ONNX Runtime does."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    top = helper.make_tensor("top", TensorProto.FLOAT, [], [1.0])
+    graph = helper.make_graph([helper.make_node("Clip", ["x", "", "top"], ["y"])], "clip", [x], [y], [top])
+    model = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "clip.onnx")
+    result = edgekit.compile(model, "x86_64", tmp_path / "build", backend=backend, use_cache=False)
+    feed = np.array([[-5.0, 0.5, 2.0, -0.25]], np.float32)
+    (out,) = edgekit.load(result.artifact_dir, self_test=True).predict({"x": feed})
+    np.testing.assert_array_equal(out, np.minimum(feed, 1.0))
