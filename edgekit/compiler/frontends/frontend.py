@@ -139,6 +139,7 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
     shapes: dict[str, list[int]] = {}
     for spec in specs or []:
         text = spec.strip()
+        bracketed = text.startswith("{") or "[" in text  # these forms can say [] : a 0-d (scalar) input
         if text.startswith("{"):
             pairs = _neo_json(spec)
         elif "[" in text:
@@ -148,7 +149,7 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, list[int]]:
             parts = given.split("x") if re.fullmatch(r"\d+(x\d+)+", given) else given.split(",")  # or 1x3x224x224
             pairs = [(name, list(parts))]
         for name, dims in pairs:
-            shapes[name] = _shape(spec, dims)
+            shapes[name] = _shape(spec, dims, scalar_ok=bracketed)
     return shapes
 
 
@@ -175,7 +176,7 @@ def input_shapes_from(value: object) -> dict[str, list[int]] | None:
                 raise InputShapeError(
                     f"input_shapes['{name}']: expected a list of dimensions, got {dims!r}; accepted forms: {_FORMS}"
                 )
-            out[str(name)] = _shape(f"{name}:{list(dims)}", list(dims))
+            out[str(name)] = _shape(f"{name}:{list(dims)}", list(dims), scalar_ok=True)
         return out
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return parse_input_shapes(list(value))
@@ -201,12 +202,12 @@ def _tvmc_form(spec: str) -> list[tuple[str, list[object]]]:
         m = _TVMC.match(spec, pos)
         if m is None or m.end() == pos:
             raise InputShapeError(f"--input-shape '{spec}': cannot read it from '{spec[pos:]}'; accepted forms: {_FORMS}")
-        pairs.append((m.group(1), list(m.group(2).split(","))))
+        pairs.append((m.group(1), list(m.group(2).split(",")) if m.group(2).strip() else []))
         pos = m.end()
     return pairs
 
 
-def _shape(spec: str, dims: list[object]) -> list[int]:
+def _shape(spec: str, dims: list[object], *, scalar_ok: bool = False) -> list[int]:
     shape: list[int] = []
     for d in dims:
         text = "" if isinstance(d, bool) else str(d).strip()  # JSON true is no dimension
@@ -216,8 +217,8 @@ def _shape(spec: str, dims: list[object]) -> list[int]:
             shape.append(int(text))
         else:
             raise InputShapeError(f"--input-shape '{spec}': '{text}' is not a dimension; accepted forms: {_FORMS}")
-    if not shape:
-        raise InputShapeError(f"--input-shape '{spec}': no dimensions; accepted forms: {_FORMS}")
+    if not shape and not scalar_ok:
+        raise InputShapeError(f"--input-shape '{spec}': no dimensions (a 0-d input: NAME:[]); accepted forms: {_FORMS}")
     return shape
 
 
