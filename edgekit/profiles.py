@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgekit.errors import ConfigError, UnknownTargetError, first_problem
+from edgekit.machines import GREENGRASS_MACHINES
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
 from edgekit.resources import bundled_dir
 
@@ -28,8 +29,6 @@ __all__ = [
     "load_profile",
     "profile_dirs",
 ]
-
-_GG_TO_MACHINE = {"amd64": "x86_64", "aarch64": "aarch64", "arm": "armv7l", "x86": "i686"}
 
 
 class _Model(BaseModel):
@@ -85,7 +84,7 @@ class DeviceProfile(_Model):
     @property
     def machine(self) -> str:
         """``platform.machine()`` of the device (x86_64, aarch64, ...)."""
-        return _GG_TO_MACHINE[self.greengrass.architecture]
+        return GREENGRASS_MACHINES[self.greengrass.architecture]
 
     @property
     def has_cuda(self) -> bool:
@@ -116,7 +115,7 @@ def host_arch() -> str:
 def host_platform() -> dict[str, str]:
     """This host's Greengrass platform (``os``, ``architecture``), as a device's platform is written."""
     machine = host_arch()
-    arch = next((gg for gg, m in _GG_TO_MACHINE.items() if m == machine), machine)
+    arch = next((gg for gg, m in GREENGRASS_MACHINES.items() if m == machine), machine)
     system = platform.system().lower()  # linux, darwin, windows: as Greengrass writes them
     return {"os": system, "architecture": arch}
 

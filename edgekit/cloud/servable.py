@@ -27,6 +27,7 @@ import numpy as np
 
 from edgekit.cloud.content import HttpError
 from edgekit.errors import EdgekitError, ServeError
+from edgekit.machines import machine_of
 from edgekit.manifest import MANIFEST_NAME, Manifest, TensorSpec, read_manifest
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
 ]
 
 _CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_MACHINES = {"amd64": "x86_64", "x86_64": "x86_64", "aarch64": "aarch64", "arm": "armv7l", "x86": "i686"}
 Predict = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # inputs by name -> outputs by name, in order
 
 
@@ -152,7 +152,7 @@ def _private_copy(directory: Path, manifest: Manifest, cleanup: list[Path]) -> P
 def check_architecture(manifest: Manifest, directory: Path) -> None:
     """Refuse an artifact built for another CPU architecture, with the reason."""
     arch = str(manifest.profile.greengrass.get("architecture", ""))
-    machine = _MACHINES.get(arch, arch)
+    machine = machine_of(arch)
     host = platform.machine()
     if machine and machine != host:
         why = (

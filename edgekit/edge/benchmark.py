@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekit.machines import machine_of
 from edgekit.manifest import read_manifest
 from edgekit.runtime import load
 from edgekit.runtime.selftest import read_selftest
@@ -45,7 +46,7 @@ def time_archive(archive: Path, warmup: int, repeat: int) -> DeviceBenchmark:
                 tar.extractall(folder, filter="data")
             manifest = read_manifest(folder)
             arch = str(manifest.profile.greengrass.get("architecture"))
-            machine = {"amd64": "x86_64", "aarch64": "aarch64", "arm": "armv7l", "x86": "i686"}.get(arch, arch)
+            machine = machine_of(arch)
             if machine != platform.machine():  # a portable build would run, but its timing would not be the target's
                 return DeviceBenchmark(
                     error=f"built for {machine} ('{manifest.profile.name}'), and this device is {platform.machine()}"

@@ -55,6 +55,7 @@ _RUNTIME_MODULES = [
     "errors.py",
     "deps.py",
     "manifest.py",
+    "machines.py",
     "runtime",
     "edge",
     "wire",

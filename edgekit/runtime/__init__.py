@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgekit.errors import ArtifactError, SelfTestError, UnsupportedCpuError
+from edgekit.machines import machine_of
 from edgekit.manifest import Manifest, TensorSpec, read_manifest
 from edgekit.runtime.backend_runner import Runner
 
@@ -121,7 +122,7 @@ def load(artifact_dir: str | Path, threads: int = 0, *, self_test: bool = False,
     directory = Path(artifact_dir)
     manifest = read_manifest(directory)
     arch = manifest.profile.greengrass.get("architecture")
-    machine = {"amd64": "x86_64", "aarch64": "aarch64", "arm": "armv7l", "x86": "i686"}.get(str(arch), str(arch))
+    machine = machine_of(str(arch))
     host = platform.machine()
     if stand_in and machine != host:
         model = _load_stand_in(directory, manifest, machine, host, threads)

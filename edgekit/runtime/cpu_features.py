@@ -24,7 +24,16 @@ import platform
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["X86_LEVELS", "from_llvm", "host_features", "missing_features", "running_features"]
+from edgekit.machines import machine_of
+
+__all__ = [
+    "X86_LEVELS",
+    "from_llvm",
+    "host_features",
+    "missing_features",
+    "running_features",
+]
+
 
 # LLVM target feature -> /proc/cpuinfo flag, x86-64. What LLVM may emit in compute code.
 _X86_LLVM = {
@@ -138,14 +147,10 @@ X86_LEVELS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _machine(arch: str) -> str:
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(arch, arch)
-
-
 def from_llvm(features: Iterable[str], arch: str) -> list[str]:
     """The /proc/cpuinfo names of the LLVM target features ``features`` for ``arch`` (x86_64, aarch64), sorted;
     features no kernel uses (crypto, system, tuning hints like ``fast-lzcnt``) are left out."""
-    table = {"x86_64": _X86_LLVM, "aarch64": _ARM64_LLVM}.get(_machine(arch), {})
+    table = {"x86_64": _X86_LLVM, "aarch64": _ARM64_LLVM}.get(machine_of(arch), {})
     return sorted({table[f.lstrip("+")] for f in features if f.lstrip("+") in table})
 
 
@@ -188,7 +193,7 @@ def running_features() -> tuple[frozenset[str], frozenset[str]]:
 
 def host_features() -> list[str]:
     """The recordable features of the running CPU (what a build specialised to it may use), sorted."""
-    machine = _machine(platform.machine().lower())
+    machine = machine_of(platform.machine().lower())
     table = {"x86_64": _X86_LLVM, "aarch64": _ARM64_LLVM}.get(machine, {})
     return sorted(running_features()[0] & set(table.values()))
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgekit.deps import require
 from edgekit.errors import ArtifactError, MissingDependencyError, last_line
+from edgekit.machines import elf_machine
 from edgekit.manifest import TensorSpec
 from edgekit.runtime.backend_runner import Runner
 
@@ -28,24 +29,11 @@ _loaded_lock = threading.Lock()
 _loaded: str | None = None
 
 
-_ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 3: "i686"}
 _DLPACK_NUMPY = frozenset(
     ["bool", "float16", "float32", "float64", "complex64", "complex128"]
     + [f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64)]
 )  # what numpy's DLPack takes
 _RETYPED = ("bfloat16", "float8")  # what crosses as unsigned integers of its width instead
-
-
-def _elf_machine(path: Path) -> str | None:
-    """``platform.machine()`` of the ELF file ``path`` (None: not an ELF this knows)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(20)
-    except OSError:
-        return None
-    if len(head) < 20 or head[:4] != b"\x7fELF":
-        return None
-    return _ELF_MACHINES.get(int.from_bytes(head[18:20], "little" if head[5] == 1 else "big"))
 
 
 def find_runtime_library(*, host_only: bool = False) -> Path:
@@ -57,7 +45,7 @@ def find_runtime_library(*, host_only: bool = False) -> Path:
         path = Path(env)
         if not path.is_file():
             raise MissingDependencyError("tvm", "tvm", f"EDGEKIT_TVM_RUNTIME={env} does not exist; running TVM artifacts")
-        machine = _elf_machine(path) if host_only else None
+        machine = elf_machine(path) if host_only else None
         if machine is None or machine == platform.machine():
             return path
     spec = importlib.util.find_spec("tvm")

@@ -11,24 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import onnx
 import pytest
 from botocore.stub import ANY, Stubber
-from helpers import make_mlp
+from sagemaker_stubs import IMAGE, KEY, MODEL, ROLE, STAMP, endpoint_spec, endpoint_up, sensor_artifact
 
 import edgekit
 from edgekit.cli import main
 from edgekit.cloud.endpoint_scaling import WAKE_ARN
-from edgekit.cloud.sagemaker import EndpointSpec, delete_endpoint, deploy_endpoint, endpoint_name
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
+from edgekit.cloud.sagemaker import delete_endpoint, deploy_endpoint, endpoint_name
 from edgekit.errors import EXIT_CODES, EndpointError
 from edgekit.greengrass.aws import AwsSession
 
-ROLE = "arn:aws:iam::123456789012:role/sagemaker-exec"
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/edgekit-serve:0.1.0"
-STAMP = "20260101-000000"
-MODEL = f"sensor-{STAMP}"
-KEY = f"edgekit/sensor/{STAMP}/model.tar.gz"
 TARGET = {
     "ServiceNamespace": "sagemaker",
     "ResourceId": "endpoint/sensor/variant/AllTraffic",
@@ -38,21 +31,12 @@ WAKE_POLICY_ARN = (
     "arn:aws:autoscaling:us-east-1:123456789012:scalingPolicy:0a1b2c3d-0000-1111-2222-333344445555:"
     "resource/sagemaker/endpoint/sensor/variant/AllTraffic:policyName/edgekit-has-backlog-without-capacity"
 )
-ORT_ONLY = Pipeline(
-    name="test-ort",
-    candidates=[CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})],
-    measure=MeasureSpec(samples=3, warmup=0, repeat=3),
-)
 Stubs = tuple[AwsSession, Stubber, Stubber, Stubber, Stubber]
 
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("scaling")
-    onnx.save(make_mlp(), str(work / "sensor.onnx"))
-    return edgekit.compile(
-        work / "sensor.onnx", "x86_64", work / "build", pipeline=ORT_ONLY, name="sensor", use_cache=False
-    ).artifact_dir
+    return sensor_artifact(tmp_path_factory.mktemp("scaling"))
 
 
 @pytest.fixture
@@ -72,53 +56,13 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stubs]:
             stub.assert_no_pending_responses()
 
 
-def _spec(**kw: Any) -> EndpointSpec:
-    return EndpointSpec(**{"name": "sensor", "role_arn": ROLE, "image": IMAGE, "bucket": "models", **kw})
-
-
-def _endpoint_up(sm: Stubber, s3: Stubber, variant: dict[str, Any], status: str = "InService", **config: Any) -> None:
-    """Upload, CreateModel, CreateEndpointConfig, CreateEndpoint and an InService DescribeEndpoint."""
-    s3.add_client_error("head_object", "404", http_status_code=404, expected_params={"Bucket": "models", "Key": KEY})
-    s3.add_response(
-        "put_object", {"ETag": '"x"'}, {"Bucket": "models", "Key": KEY, "Body": ANY, "Metadata": ANY, "ChecksumAlgorithm": ANY}
-    )
-    primary = {"Image": IMAGE, "ModelDataUrl": f"s3://models/{KEY}", "Mode": "SingleModel"}
-    sm.add_response(
-        "create_model",
-        {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{MODEL}"},
-        {"ModelName": MODEL, "ExecutionRoleArn": ROLE, "PrimaryContainer": primary},
-    )
-    sm.add_response(
-        "create_endpoint_config",
-        {"EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{MODEL}"},
-        {
-            "EndpointConfigName": MODEL,
-            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": MODEL, **variant}],
-            **config,
-        },
-    )
-    sm.add_response(
-        "create_endpoint",
-        {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/sensor"},
-        {"EndpointName": "sensor", "EndpointConfigName": MODEL},
-    )
-    reply = {
-        "EndpointName": "sensor",
-        "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/sensor",
-        "EndpointStatus": status,
-        "CreationTime": "2026-01-01T00:00:00Z",
-        "LastModifiedTime": "2026-01-01T00:00:00Z",
-    }
-    sm.add_response("describe_endpoint", reply, {"EndpointName": "sensor"})
-
-
 def _policy_reply(name: str) -> dict[str, Any]:
     return {"PolicyARN": WAKE_POLICY_ARN.replace("edgekit-has-backlog-without-capacity", name)}
 
 
 def test_real_time_registers_a_target_and_tracks_invocations_per_instance(artifact: Path, aws: Stubs) -> None:
     session, sm, s3, aas, _ = aws
-    _endpoint_up(sm, s3, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 2})
+    endpoint_up(sm, s3, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 2})
     aas.add_response("register_scalable_target", {}, {**TARGET, "MinCapacity": 2, "MaxCapacity": 6})
     policy = {
         "PolicyName": "edgekit-invocations-per-instance",
@@ -130,7 +74,7 @@ def test_real_time_registers_a_target_and_tracks_invocations_per_instance(artifa
         },
     }
     aas.add_response("put_scaling_policy", _policy_reply("edgekit-invocations-per-instance"), policy)
-    spec = _spec(instance_count=2, min_instances=2, max_instances=6, target_invocations=120)
+    spec = endpoint_spec(instance_count=2, min_instances=2, max_instances=6, target_invocations=120)
     result = deploy_endpoint(artifact, spec, session=session, stamp=STAMP, poll=0)
     assert result.status == "InService"
     assert [c.operation for c in result.calls][-2:] == ["RegisterScalableTarget", "PutScalingPolicy"]
@@ -144,7 +88,7 @@ def test_async_scales_to_zero_with_the_wake_up_alarm_and_sns_topics(artifact: Pa
         "IncludeInferenceResponseIn": ["SUCCESS_NOTIFICATION_TOPIC", "ERROR_NOTIFICATION_TOPIC"],
     }
     async_config = {"OutputConfig": {"S3OutputPath": "s3://models/async-out/", "NotificationConfig": notify}}
-    _endpoint_up(sm, s3, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1}, AsyncInferenceConfig=async_config)
+    endpoint_up(sm, s3, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1}, AsyncInferenceConfig=async_config)
     aas.add_response("register_scalable_target", {}, {**TARGET, "MinCapacity": 0, "MaxCapacity": 3})
     dims = [{"Name": "EndpointName", "Value": "sensor"}]
     backlog = {
@@ -192,7 +136,7 @@ def test_async_scales_to_zero_with_the_wake_up_alarm_and_sns_topics(artifact: Pa
         "AlarmActions": [WAKE_POLICY_ARN],  # the ARN PutScalingPolicy answered, not the dry run's stand-in
     }
     cw.add_response("put_metric_alarm", {}, alarm)
-    spec = _spec(
+    spec = endpoint_spec(
         mode="async",
         async_output="s3://models/async-out/",
         sns_success=notify["SuccessTopic"],
@@ -209,7 +153,7 @@ def test_async_scales_to_zero_with_the_wake_up_alarm_and_sns_topics(artifact: Pa
 
 def test_a_refused_policy_deregisters_the_target_and_rolls_back_the_endpoint(artifact: Path, aws: Stubs) -> None:
     session, sm, s3, aas, _ = aws
-    _endpoint_up(sm, s3, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1})
+    endpoint_up(sm, s3, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1})
     aas.add_response("register_scalable_target", {}, {**TARGET, "MinCapacity": 1, "MaxCapacity": 4})
     aas.add_client_error(
         "put_scaling_policy", "LimitExceededException", "Maximum number of scaling policies reached", http_status_code=400
@@ -220,7 +164,7 @@ def test_a_refused_policy_deregisters_the_target_and_rolls_back_the_endpoint(art
     sm.add_response("delete_model", {}, {"ModelName": MODEL})
     s3.add_response("delete_object", {}, {"Bucket": "models", "Key": KEY})
     with pytest.raises(EndpointError) as info:
-        spec = _spec(max_instances=4, target_invocations=50)
+        spec = endpoint_spec(max_instances=4, target_invocations=50)
         deploy_endpoint(artifact, spec, session=session, stamp=STAMP, poll=0)
     message = str(info.value)
     assert "application-autoscaling:PutScalingPolicy" in message and "LimitExceededException" in message
@@ -231,9 +175,9 @@ def test_a_refused_policy_deregisters_the_target_and_rolls_back_the_endpoint(art
 
 def test_a_wait_that_times_out_deletes_nothing_and_says_scaling_was_not_set_up(artifact: Path, aws: Stubs) -> None:
     session, sm, s3, _, _ = aws  # no application-autoscaling response queued: a request would fail the test
-    _endpoint_up(sm, s3, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1}, status="Creating")
+    endpoint_up(sm, s3, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1}, status="Creating")
     with pytest.raises(EndpointError, match="nothing was deleted.*its scaling was not set up"):
-        deploy_endpoint(artifact, _spec(max_instances=3, target_invocations=60), session=session, stamp=STAMP, timeout=0)
+        deploy_endpoint(artifact, endpoint_spec(max_instances=3, target_invocations=60), session=session, stamp=STAMP, timeout=0)
 
 
 @pytest.mark.parametrize(

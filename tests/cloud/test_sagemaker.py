@@ -10,48 +10,42 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
-from helpers import make_mlp
+from sagemaker_stubs import (
+    IMAGE,
+    KEY,
+    MODEL,
+    ROLE,
+    STAMP,
+    create_endpoint,
+    create_model,
+    describe,
+    endpoint_spec,
+    sensor_artifact,
+    upload,
+)
 
 import edgekit
 from edgekit.cli import main
 from edgekit.cloud.model_server import ModelServer, ServeOptions
 from edgekit.cloud.sagemaker import (
     DeployEvent,
-    EndpointSpec,
     delete_endpoint,
     deploy_endpoint,
     invoke_endpoint,
     invoke_endpoint_async,
 )
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.edge.errors import EdgeError, FallbackError, FallbackUnavailable
 from edgekit.edge.fallback import CircuitBreaker, CloudFallback, SageMakerFallback, make_fallback
 from edgekit.errors import EXIT_CODES, EndpointError
 from edgekit.greengrass.aws import AwsSession
 
-ROLE = "arn:aws:iam::123456789012:role/sagemaker-exec"
-IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/edgekit-serve:0.1.0"
-STAMP = "20260101-000000"
-MODEL = f"sensor-{STAMP}"
-KEY = f"edgekit/sensor/{STAMP}/model.tar.gz"
-ORT_ONLY = Pipeline(
-    name="test-ort",
-    candidates=[CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})],
-    measure=MeasureSpec(samples=3, warmup=0, repeat=3),
-)
-
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("sagemaker")
-    onnx.save(make_mlp(), str(work / "sensor.onnx"))
-    return edgekit.compile(
-        work / "sensor.onnx", "x86_64", work / "build", pipeline=ORT_ONLY, name="sensor", use_cache=False
-    ).artifact_dir
+    return sensor_artifact(tmp_path_factory.mktemp("sagemaker"))
 
 
 @pytest.fixture
@@ -66,65 +60,15 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[AwsSession, Stubber, 
         s3.assert_no_pending_responses()
 
 
-def _upload(s3: Stubber, key: str = KEY) -> None:
-    s3.add_client_error("head_object", "404", http_status_code=404, expected_params={"Bucket": "models", "Key": key})
-    s3.add_response(
-        "put_object", {"ETag": '"x"'}, {"Bucket": "models", "Key": key, "Body": ANY, "Metadata": ANY, "ChecksumAlgorithm": ANY}
-    )
-
-
-def _create_model(sm: Stubber, **container: Any) -> None:
-    primary = {"Image": IMAGE, "ModelDataUrl": f"s3://models/{KEY}", "Mode": "SingleModel", **container}
-    sm.add_response(
-        "create_model",
-        {"ModelArn": f"arn:aws:sagemaker:us-east-1:123456789012:model/{MODEL}"},
-        {"ModelName": MODEL, "ExecutionRoleArn": ROLE, "PrimaryContainer": primary},
-    )
-
-
-def _create_endpoint(sm: Stubber, variant: dict[str, Any], **config: Any) -> None:
-    sm.add_response(
-        "create_endpoint_config",
-        {"EndpointConfigArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/{MODEL}"},
-        {
-            "EndpointConfigName": MODEL,
-            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": MODEL, **variant}],
-            **config,
-        },
-    )
-    sm.add_response(
-        "create_endpoint",
-        {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/sensor"},
-        {"EndpointName": "sensor", "EndpointConfigName": MODEL},
-    )
-
-
-def _describe(sm: Stubber, status: str, reason: str | None = None) -> None:
-    reply: dict[str, Any] = {
-        "EndpointName": "sensor",
-        "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/sensor",
-        "EndpointStatus": status,
-        "CreationTime": "2026-01-01T00:00:00Z",
-        "LastModifiedTime": "2026-01-01T00:00:00Z",
-    }
-    if reason:
-        reply["FailureReason"] = reason
-    sm.add_response("describe_endpoint", reply, {"EndpointName": "sensor"})
-
-
-def _spec(**kw: Any) -> EndpointSpec:
-    return EndpointSpec(**{"name": "sensor", "role_arn": ROLE, "image": IMAGE, "bucket": "models", **kw})
-
-
 def test_real_time_deploy_waits_for_in_service_with_progress(artifact: Path, aws: tuple[AwsSession, Stubber, Stubber]) -> None:
     session, sm, s3 = aws
-    _upload(s3)
-    _create_model(sm)
-    _create_endpoint(sm, {"InstanceType": "ml.c5.xlarge", "InitialInstanceCount": 2})
-    _describe(sm, "Creating")
-    _describe(sm, "InService")
+    upload(s3)
+    create_model(sm)
+    create_endpoint(sm, {"InstanceType": "ml.c5.xlarge", "InitialInstanceCount": 2})
+    describe(sm, "Creating")
+    describe(sm, "InService")
     events: list[DeployEvent] = []
-    spec = _spec(instance_type="ml.c5.xlarge", instance_count=2)
+    spec = endpoint_spec(instance_type="ml.c5.xlarge", instance_count=2)
     result = deploy_endpoint(artifact, spec, session=session, stamp=STAMP, poll=0, progress=events.append)
     assert (result.status, result.model_data_url) == ("InService", f"s3://models/{KEY}")
     assert result.arn.endswith(":endpoint/sensor")
@@ -135,14 +79,14 @@ def test_real_time_deploy_waits_for_in_service_with_progress(artifact: Path, aws
 
 def test_serverless_and_async_endpoint_configs(artifact: Path, aws: tuple[AwsSession, Stubber, Stubber]) -> None:
     session, sm, s3 = aws
-    _upload(s3)
-    _create_model(sm)
-    _create_endpoint(sm, {"ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 10, "ProvisionedConcurrency": 2}})
-    spec = _spec(mode="serverless", memory_mb=2048, max_concurrency=10, provisioned_concurrency=2)
+    upload(s3)
+    create_model(sm)
+    create_endpoint(sm, {"ServerlessConfig": {"MemorySizeInMB": 2048, "MaxConcurrency": 10, "ProvisionedConcurrency": 2}})
+    spec = endpoint_spec(mode="serverless", memory_mb=2048, max_concurrency=10, provisioned_concurrency=2)
     assert deploy_endpoint(artifact, spec, session=session, stamp=STAMP, wait=False).status == "Creating"
 
-    _upload(s3)
-    _create_model(sm)
+    upload(s3)
+    create_model(sm)
     async_config = {
         "OutputConfig": {
             "S3OutputPath": "s3://models/async-out/",
@@ -153,8 +97,8 @@ def test_serverless_and_async_endpoint_configs(artifact: Path, aws: tuple[AwsSes
         },
         "ClientConfig": {"MaxConcurrentInvocationsPerInstance": 4},
     }
-    _create_endpoint(sm, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1}, AsyncInferenceConfig=async_config)
-    spec = _spec(
+    create_endpoint(sm, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1}, AsyncInferenceConfig=async_config)
+    spec = endpoint_spec(
         mode="async",
         async_output="s3://models/async-out/",
         sns_success="arn:aws:sns:us-east-1:123456789012:ok",
@@ -181,8 +125,8 @@ def test_batch_is_a_transform_job(
     lines: bool,
 ) -> None:
     session, sm, s3 = aws
-    _upload(s3)
-    _create_model(sm)
+    upload(s3)
+    create_model(sm)
     job = {
         "TransformJobName": MODEL,
         "ModelName": MODEL,
@@ -208,7 +152,7 @@ def test_batch_is_a_transform_job(
             "CreationTime": "2026-01-01T00:00:00Z",
         }
         sm.add_response("describe_transform_job", reply, {"TransformJobName": MODEL})
-    spec = _spec(
+    spec = endpoint_spec(
         mode="batch",
         instance_type="ml.m5.large",
         batch_input="s3://data/in/",
@@ -221,16 +165,16 @@ def test_batch_is_a_transform_job(
 
 def test_a_failed_endpoint_deletes_what_the_deploy_created(artifact: Path, aws: tuple[AwsSession, Stubber, Stubber]) -> None:
     session, sm, s3 = aws
-    _upload(s3)
-    _create_model(sm)
-    _create_endpoint(sm, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1})
-    _describe(sm, "Failed", "The primary container for production variant AllTraffic did not pass the ping health check.")
+    upload(s3)
+    create_model(sm)
+    create_endpoint(sm, {"InstanceType": "ml.c5.large", "InitialInstanceCount": 1})
+    describe(sm, "Failed", "The primary container for production variant AllTraffic did not pass the ping health check.")
     sm.add_response("delete_endpoint", {}, {"EndpointName": "sensor"})
     sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": MODEL})
     sm.add_response("delete_model", {}, {"ModelName": MODEL})
     s3.add_response("delete_object", {}, {"Bucket": "models", "Key": KEY})
     with pytest.raises(EndpointError) as info:
-        deploy_endpoint(artifact, _spec(), session=session, stamp=STAMP, poll=0)
+        deploy_endpoint(artifact, endpoint_spec(), session=session, stamp=STAMP, poll=0)
     message = str(info.value)
     assert (
         "sensor ended Failed: The primary container for production variant AllTraffic did not pass the ping health check."
@@ -242,8 +186,8 @@ def test_a_failed_endpoint_deletes_what_the_deploy_created(artifact: Path, aws: 
 
 def test_a_quota_error_rolls_back_the_model(artifact: Path, aws: tuple[AwsSession, Stubber, Stubber]) -> None:
     session, sm, s3 = aws
-    _upload(s3)
-    _create_model(sm)
+    upload(s3)
+    create_model(sm)
     sm.add_client_error(
         "create_endpoint_config",
         "ResourceLimitExceeded",
@@ -255,7 +199,7 @@ def test_a_quota_error_rolls_back_the_model(artifact: Path, aws: tuple[AwsSessio
     with pytest.raises(
         EndpointError, match=r"ResourceLimitExceeded \(The account-level service limit .*\); rolled back: deleted Model"
     ):
-        deploy_endpoint(artifact, _spec(instance_type="ml.p4d.24xlarge"), session=session, stamp=STAMP)
+        deploy_endpoint(artifact, endpoint_spec(instance_type="ml.p4d.24xlarge"), session=session, stamp=STAMP)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +225,7 @@ def test_bad_options_fail_before_any_call(
 ) -> None:
     session, _, _ = aws  # nothing queued: any AWS call would fail the test
     with pytest.raises(EndpointError, match=message):
-        deploy_endpoint(artifact, _spec(**change), session=session, stamp=STAMP)
+        deploy_endpoint(artifact, endpoint_spec(**change), session=session, stamp=STAMP)
 
 
 def test_dry_run_prints_requests_checked_against_the_api_model(artifact: Path, capsys: pytest.CaptureFixture[str]) -> None:

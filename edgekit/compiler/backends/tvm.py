@@ -46,17 +46,16 @@ from edgekit.errors import (
     first_problem,
     last_line,
 )
+from edgekit.machines import ELF_MACHINES
 from edgekit.manifest import CpuRequirement
 from edgekit.profiles import DeviceProfile, host_arch
 from edgekit.progress import Progress
 from edgekit.runtime.cpu_features import from_llvm
 
-__all__ = ["ELF_MACHINES", "TvmBackend", "TvmOptions", "cpu_requirement", "cuda_device_code", "elf_machine", "resolve_target"]
+__all__ = ["TvmBackend", "TvmOptions", "cpu_requirement", "cuda_device_code", "elf_machine", "resolve_target"]
 
 log = logging.getLogger(__name__)
 
-# e_machine values of the ELF header
-ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 3: "i686"}
 _HOST_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
 
 

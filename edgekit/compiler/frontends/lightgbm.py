@@ -18,10 +18,8 @@ from typing import Any
 import numpy as np
 
 from edgekit.compiler.frontends.frontend import SourceModel, tabular_batch
-from edgekit.compiler.frontends.onnx import finish_onnx
-from edgekit.compiler.frontends.xgboost import OPSET, with_estimator_reference
+from edgekit.compiler.frontends.xgboost import OPSET, finish_tree_model, with_estimator_reference
 from edgekit.deps import require
-from edgekit.digests import file_sha256
 from edgekit.errors import ModelConversionError, ModelLoadError, last_line
 
 __all__ = ["float32_thresholds", "load_lightgbm"]
@@ -125,17 +123,7 @@ def load_lightgbm(
         raise ModelConversionError(
             f"'{path}': onnxmltools cannot convert LightGBM objective '{objective}': {last_line(exc)}"
         ) from exc
-    source = finish_onnx(
-        model,
-        workdir,
-        {INPUT_NAME: [batch, n_features]},
-        where=str(path),
-        path=str(path),
-        fmt="lightgbm",
-        framework=f"lightgbm {lgb.__version__}",
-        sha256=file_sha256(path),
-        size_bytes=path.stat().st_size,
-    )
+    source = finish_tree_model(model, workdir, path, [batch, n_features], "lightgbm", f"lightgbm {lgb.__version__}")
     if estimator is not None:
         return with_estimator_reference(source, estimator, path, f"lightgbm {lgb.__version__}", INPUT_NAME)
     return _with_booster_reference(source, booster, path, lgb.__version__)

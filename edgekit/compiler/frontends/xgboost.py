@@ -16,7 +16,7 @@ from edgekit.deps import require
 from edgekit.digests import file_sha256
 from edgekit.errors import ModelConversionError, ModelLoadError, last_line
 
-__all__ = ["load_xgboost", "ubjson_problem"]
+__all__ = ["finish_tree_model", "load_xgboost", "ubjson_problem", "with_estimator_reference"]
 
 INPUT_NAME = "input"
 # onnxmltools 1.16 writes the main domain at opset 15 at most (its tree ensembles are ai.onnx.ml)
@@ -201,18 +201,24 @@ def load_xgboost(
         raise ModelConversionError(
             f"'{path}': onnxmltools cannot convert {type(estimator).__name__} (objective '{_objective(booster)}'): {last_line(exc)}"
         ) from exc
-    source = finish_onnx(
+    source = finish_tree_model(model, workdir, path, [batch, n_features], "xgboost", f"xgboost {xgb.__version__}")
+    return with_estimator_reference(source, estimator, path, f"xgboost {xgb.__version__}", INPUT_NAME)
+
+
+def finish_tree_model(model: Any, workdir: Path, path: Path, shape: list[int], fmt: str, framework: str) -> SourceModel:
+    """The :class:`SourceModel` of a tree ensemble file (XGBoost, LightGBM) converted to ONNX ``model``: one input,
+    ``input`` of ``shape``, with the file's digest and size."""
+    return finish_onnx(
         model,
         workdir,
-        {INPUT_NAME: [batch, n_features]},
+        {INPUT_NAME: shape},
         where=str(path),
         path=str(path),
-        fmt="xgboost",
-        framework=f"xgboost {xgb.__version__}",
+        fmt=fmt,
+        framework=framework,
         sha256=file_sha256(path),
         size_bytes=path.stat().st_size,
     )
-    return with_estimator_reference(source, estimator, path, f"xgboost {xgb.__version__}", INPUT_NAME)
 
 
 def with_estimator_reference(source: SourceModel, estimator: Any, path: Path, framework: str, input_name: str) -> SourceModel:
