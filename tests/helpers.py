@@ -44,6 +44,7 @@ TOOLS: dict[str, tuple[Callable[[], bool], str]] = {
     "mosquitto": (_on_path("mosquitto", extra="/usr/sbin:/usr/local/sbin"), "apt-get install -y mosquitto"),
     "chromium": (_on_path("chromium", "chromium-browser"), "apt-get install -y chromium"),
     "qemu-aarch64": (_on_path("qemu-aarch64-static", "qemu-aarch64"), "apt-get install -y qemu-user-static"),
+    "qemu-x86_64": (_on_path("qemu-x86_64-static", "qemu-x86_64"), "apt-get install -y qemu-user-static"),
     "aarch64-linux-gnu-g++": (_on_path("aarch64-linux-gnu-g++"), "apt-get install -y g++-aarch64-linux-gnu"),
     "amqtt": (lambda: importlib.util.find_spec("amqtt") is not None, "pip install 'edgekit[fleet]'"),
 }

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import onnx
 import pytest
-from helpers import QUICK, eventually, make_mlp
+from helpers import QUICK, eventually, make_mlp, requires
 
 import edgekit
 from edgekit.compiler.pipeline import Pipeline
@@ -27,10 +26,7 @@ THING = "emu-pi-01"
 TVM_ONLY = Pipeline.model_validate(
     {"name": "tvm", "candidates": [{"name": "tvm", "backend": "tvm"}], "measure": {"samples": 2, "warmup": 0, "repeat": 2}}
 )
-needs_qemu = pytest.mark.skipif(
-    shutil.which("qemu-aarch64-static") is None and shutil.which("qemu-aarch64") is None,
-    reason="qemu-user is not installed (apt-get install -y qemu-user-static)",
-)
+needs_qemu = requires("qemu-aarch64")
 
 
 def emulated_fleet(extra: list[dict[str, Any]] | None = None) -> FleetFile:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from helpers import make_cnn
+from helpers import make_cnn, requires
 
 import edgekit
 from edgekit.cli import main
@@ -163,12 +163,12 @@ def _qemu() -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64", reason="x86_64 Linux host only")
+@requires("qemu-x86_64")
 def test_default_profile_artifacts_under_the_baselines_oldest_cpu(tmp_path: Path) -> None:
     """Every backend's and pipeline's x86_64 artifact, run under ``qemu-x86_64 -cpu Nehalem`` (x86-64-v2, no AVX):
     each passes its self-test there or is refused at load in one line; a host build is refused, never SIGILL."""
     qemu = _qemu()
-    if qemu is None:
-        pytest.skip("qemu-user (qemu-x86_64) is not installed")
+    assert qemu is not None  # requires("qemu-x86_64")
     from bench.cpu_baseline import build_artifacts, run_under
 
     arts = build_artifacts(tmp_path, models=("mlp", "cnn"), pipelines=("default", "int8"), backends=("tvm", "onnxruntime"))
