@@ -20,11 +20,12 @@ from __future__ import annotations
 import gc
 import json
 import socket
-import statistics
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgekit.deps import require
 from edgekit.errors import ConfigError
@@ -48,11 +49,8 @@ def parse_tracker(value: str, flag: str = "--rpc-tracker") -> tuple[str, int]:
 
 
 def _latency(times_ms: list[float]) -> Latency:
-    times_ms = sorted(times_ms)
-    return Latency(
-        median_ms=round(statistics.median(times_ms), 4),
-        p90_ms=round(times_ms[min(len(times_ms) - 1, int(0.9 * len(times_ms)))], 4),
-        runs=len(times_ms),
+    return Latency(  # numpy's median and p90, as the host measures (compiler/measurement.py) and the device
+        median_ms=round(float(np.median(times_ms)), 4), p90_ms=round(float(np.percentile(times_ms, 90)), 4), runs=len(times_ms)
     )
 
 
