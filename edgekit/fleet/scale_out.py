@@ -21,18 +21,15 @@ import json
 import signal
 import sys
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Self
 
 from edgekit.fleet.jobs_api import FleetMqttBridge
 from edgekit.fleet.service import FleetService
 from edgekit.fleet.state import FleetState
-from edgekit.fleet.telemetry import TelemetryIngest
+from edgekit.fleet.telemetry import SHARE_GROUP, TelemetryIngest
 from edgekit.mqtt.client import MqttClient, TlsPaths
 
 __all__ = ["SHARE_GROUP", "ServiceWorker", "main"]
-
-SHARE_GROUP: Final = "edgekit-fleet"
-"""The shared-subscription group fleet service processes join by default."""
 
 
 class ServiceWorker:
@@ -40,7 +37,8 @@ class ServiceWorker:
     process), connected to ``broker_url`` as ``client_id`` (each process its own: a persistent session, so what
     arrives while it reconnects waits for it) and sharing the Jobs requests and the telemetry with every other member
     of ``share``; ``member`` (index, count): which things' Jobs requests it answers (all without it; see
-    :class:`~edgekit.fleet.jobs_api.FleetMqttBridge`). ``tls``: the client's certificate where the broker wants one.
+    :class:`~edgekit.fleet.jobs_api.FleetMqttBridge`); ``jobs=False``: none (beside an ``edgekit fleet serve``, which
+    answers them all). ``tls``: the client's certificate where the broker wants one.
     An async context manager."""
 
     def __init__(
@@ -51,6 +49,7 @@ class ServiceWorker:
         client_id: str,
         share: str = SHARE_GROUP,
         member: tuple[int, int] | None = None,
+        jobs: bool = True,
         tls: TlsPaths | None = None,
         tick_s: float = 1.0,
         flush_s: float = 0.2,
@@ -60,6 +59,7 @@ class ServiceWorker:
         self.client_id = client_id
         self.share = share
         self.member = member
+        self.jobs = jobs
         self.tls = tls
         self.tick_s = tick_s
         self.flush_s = flush_s
@@ -72,8 +72,9 @@ class ServiceWorker:
         try:
             self.state = await asyncio.to_thread(FleetState, self.database)
             self.client = MqttClient(self.client_id, tls=self.tls)
-            self.bridge = FleetMqttBridge(FleetService(self.state), self.client, tick_s=self.tick_s, member=self.member)
-            await self.bridge.start()
+            if self.jobs:
+                self.bridge = FleetMqttBridge(FleetService(self.state), self.client, tick_s=self.tick_s, member=self.member)
+                await self.bridge.start()
             self.ingest = TelemetryIngest(self.state, self.client, flush_s=self.flush_s, share=self.share)
             await self.ingest.start()
             await self.client.connect(self.broker_url)
@@ -132,7 +133,13 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with ServiceWorker(
-        args.database, args.broker, client_id=args.client_id, share=args.share, member=args.member, tick_s=args.tick
+        args.database,
+        args.broker,
+        client_id=args.client_id,
+        share=args.share,
+        member=args.member,
+        jobs=not args.no_jobs,
+        tick_s=args.tick,
     ) as worker:
         print("ready", flush=True)
         await stop.wait()
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--member", type=_member, default=None, metavar="I/N", help="answer the Jobs requests of things I of N (0-based)"
     )
+    parser.add_argument("--no-jobs", action="store_true", help="telemetry only (beside 'edgekit fleet serve')")
     parser.add_argument("--tick", type=float, default=1.0, help="the rollout / timeout tick, seconds")
     args = parser.parse_args(argv)
     try:

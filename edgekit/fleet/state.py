@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from edgekit.fleet.errors import StateError
 
@@ -340,20 +340,20 @@ class StateDatabase(Protocol):
     def tables(self) -> set[str]: ...
     def create(self, statement: str) -> None:
         """Run one statement of :data:`_SCHEMA` (a table or an index, in SQLite's types)."""
+
     def integrity_check(self) -> str: ...
     def refusal(self, exc: Exception) -> str:
         """One line: this is not a fleet state (what the driver said), and what to do."""
+
     def close(self) -> None: ...
 
 
 class SqliteDatabase:
     """The fleet's SQLite file, written in WAL mode; the default :class:`StateDatabase`."""
 
-    kind: ClassVar[str] = "SQLite"
-    noun: ClassVar[str] = "file"
-    errors: ClassVar[tuple[type[Exception], ...]] = (sqlite3.DatabaseError,)
-
     def __init__(self, path: str | Path) -> None:
+        self.kind, self.noun = "SQLite", "file"
+        self.errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
         self.path = Path(path)
         self.where = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ import subprocess
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ClassVar, Final, Self
+from typing import Any, Final, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from edgekit.fleet.errors import StateError
@@ -118,11 +118,9 @@ class PostgresDatabase:
     """A PostgreSQL database as the fleet's :class:`~edgekit.fleet.state.StateDatabase` (one connection, autocommit
     outside the transactions :class:`~edgekit.fleet.state.FleetState` opens)."""
 
-    kind: ClassVar[str] = "PostgreSQL"
-    noun: ClassVar[str] = "database"
-    errors: ClassVar[tuple[type[Exception], ...]] = ()
-
     def __init__(self, url: str) -> None:
+        self.kind, self.noun = "PostgreSQL", "database"
+        self.errors: tuple[type[Exception], ...] = ()
         self.where = redact(url)
         if psycopg is None:
             raise StateError(
@@ -187,7 +185,9 @@ class PostgresDatabase:
 def server_binaries() -> Path | None:
     """The folder of PostgreSQL's ``initdb`` and ``pg_ctl`` (Debian's ``postgresql`` package: the newest major under
     ``/usr/lib/postgresql``, else ``PATH``); ``None`` where it is not installed."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")

@@ -28,11 +28,13 @@ from edgekit.mqtt import topics
 from edgekit.mqtt.client import MqttClient, MqttMessage
 from edgekit.wire.summary import SummaryError, WindowSummary, read_summary
 
-__all__ = ["Accounted", "TelemetryIngest", "accounted"]
+__all__ = ["SHARE_GROUP", "Accounted", "TelemetryIngest", "accounted"]
 
 log = logging.getLogger(__name__)
 
 TELEMETRY_FILTER: Final = "devices/+/#"
+SHARE_GROUP: Final = "edgekit-fleet"
+"""The shared-subscription group the telemetry ingests of one fleet's service processes join (on PostgreSQL)."""
 FLUSH_AT: Final = 64  # messages waiting: commit them now, before the broker's in-flight window (100) fills
 
 

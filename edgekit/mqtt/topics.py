@@ -25,8 +25,6 @@ __all__ = [
     "all_job_gets",
     "all_job_updates",
     "all_presence",
-    "shared",
-    "unshared",
     "count_slashes",
     "device_topic",
     "get",
@@ -35,7 +33,9 @@ __all__ = [
     "parse",
     "presence",
     "rejected",
+    "shared",
     "status",
+    "unshared",
     "update",
     "validate",
 ]

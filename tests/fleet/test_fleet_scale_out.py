@@ -75,7 +75,9 @@ async def test_two_services_on_one_postgresql_store_each_summary_once(tmp_path: 
         device = await connect(broker.url, "publisher", max_inflight=100)
         replies: list[str] = []
         for answer in ("accepted", "rejected"):  # each reply's token, whichever it is
-            await device.subscribe(f"{topics.all_get_pending()}/{answer}", 1, lambda m: replies.append(json.loads(m.payload)["clientToken"]))
+            await device.subscribe(
+                f"{topics.all_get_pending()}/{answer}", 1, lambda m: replies.append(json.loads(m.payload)["clientToken"])
+            )
         n = 400
         sent = [(THINGS[i % len(THINGS)], i // len(THINGS) + 1) for i in range(n)]
         await asyncio.gather(*(device.publish(f"devices/{t}/inference", summary(t, w), qos=1) for t, w in sent))
@@ -83,7 +85,10 @@ async def test_two_services_on_one_postgresql_store_each_summary_once(tmp_path: 
         await asyncio.gather(*(device.publish(f"devices/{t}/inference", summary(t, w), qos=1) for t, w in sent[:40]))
         tokens = [f"token-{i}" for i in range(60)]
         await asyncio.gather(
-            *(device.publish(topics.get_pending(THINGS[i % 8]), json.dumps({"clientToken": tok}), qos=1) for i, tok in enumerate(tokens))
+            *(
+                device.publish(topics.get_pending(THINGS[i % 8]), json.dumps({"clientToken": tok}), qos=1)
+                for i, tok in enumerate(tokens)
+            )
         )
         for _ in range(300):  # until both have stored what they got (a flush every 0.2 s) and answered
             with FleetState(database) as state:
