@@ -342,6 +342,9 @@ class StateDatabase(Protocol):
         """Run one statement of :data:`_SCHEMA` (a table or an index, in SQLite's types)."""
 
     def integrity_check(self) -> str: ...
+    def each_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run ``sql`` (one statement ending in ``RETURNING x``) once per row, in order; each run's ``x``."""
+
     def refusal(self, exc: Exception) -> str:
         """One line: this is not a fleet state (what the driver said), and what to do."""
 
@@ -394,6 +397,9 @@ class SqliteDatabase:
 
     def integrity_check(self) -> str:
         return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def each_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        return [self._db.execute(sql, row).fetchone()[0] for row in rows]
 
     def refusal(self, exc: Exception) -> str:
         return f"{self.path} is not a fleet state file (SQLite said: {exc}); move it away or pick another path"
@@ -803,16 +809,13 @@ class FleetState:
         marks = ", ".join("?" * len(WINDOW_COLUMNS))
         with self.transaction(exclusive=False) as db:  # upserts only: two ingest processes write at once
             # in key order: two PostgreSQL writers of overlapping rows then wait for each other, never deadlock
-            for row in sorted(windows, key=lambda r: (r[0], r[1], r[2])):
-                cur = db.execute(
-                    f"INSERT INTO telemetry_windows({columns}) VALUES ({marks})"
-                    " ON CONFLICT(thing, component, window) DO UPDATE SET deliveries = telemetry_windows.deliveries + 1 RETURNING deliveries",
-                    tuple(row),
-                )
-                if cur.fetchone()[0] == 1:
-                    new += 1
-                else:
-                    duplicates += 1
+            deliveries = self.database.each_returning(
+                f"INSERT INTO telemetry_windows({columns}) VALUES ({marks})"
+                " ON CONFLICT(thing, component, window) DO UPDATE SET deliveries = telemetry_windows.deliveries + 1 RETURNING deliveries",
+                [tuple(row) for row in sorted(windows, key=lambda r: (r[0], r[1], r[2]))],
+            )
+            new = sum(1 for d in deliveries if d == 1)
+            duplicates = len(deliveries) - new
             for thing, counts in sorted(things.items()):
                 db.execute(
                     "INSERT INTO telemetry_things(thing, messages, unanswered_messages, malformed, last_seen) VALUES (?, ?, ?, ?, ?)"

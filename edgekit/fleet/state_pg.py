@@ -168,6 +168,18 @@ class PostgresDatabase:
             self._conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
         return "ok"
 
+    def each_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """One pipelined ``executemany`` (one round trip for the batch, not one per row)."""
+        if not rows:
+            return []
+        cur = self._conn.cursor()
+        cur.executemany(translate(sql), [tuple(r) for r in rows], returning=True)
+        out: list[Any] = []
+        while True:
+            out.append(cur.fetchone()[0])
+            if not cur.nextset():
+                return out
+
     def refusal(self, exc: Exception) -> str:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return (
