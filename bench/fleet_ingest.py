@@ -175,6 +175,11 @@ def render(result: dict[str, Any], as_json: bool) -> None:
         print(
             f"{c.name:9s} {c.database:10s} {c.processes} process(es): {c.stored:,}/{c.summaries:,} stored in {c.seconds:.2f} s = "
             f"{c.rate:,.0f} summaries/s (publisher done at {c.published_s:.2f} s; per process {c.per_process})"
+            + (
+                "; kept up with the publisher: the ingest's own limit is higher"
+                if c.seconds - c.published_s < 0.15 * c.seconds
+                else ""
+            )
         )
     by = {c.name: c for c in cases}
     print(
