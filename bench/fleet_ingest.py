@@ -2,9 +2,11 @@
 on PostgreSQL — side by side in one run.
 
 Each case: a real mosquitto, fleet service processes (``python -m edgekit.fleet.scale_out --no-jobs``: the telemetry
-ingest in the shared subscription group) on a fresh state, and one publisher process sending ``--summaries`` distinct
-window summaries (QoS 1, 64 things) as fast as the broker takes them. The rate is summaries stored (counted in the
-database) over the time from the first publish to the last one stored. Also the writers alone
+ingest in the shared subscription group) on a fresh state, and one publisher sending ``--summaries`` distinct window
+summaries (QoS 1, 64 things). The service processes are paused (SIGSTOP) while the publisher sends, so the broker
+holds a backlog (one publisher on a busy 2-core machine is slower than the ingest: a live rate measures the
+publisher); then they go on (SIGCONT) and the rate is the backlog over the time until the last summary is stored
+(counted in the database). Also the writers alone
 (``FleetState.record_telemetry`` in batches of 64, no MQTT, no validation): the database's own limit. The PostgreSQL
 server is the benchmark's own (Debian's ``postgresql``, fsync on, on this machine).
 
@@ -46,7 +48,7 @@ class Case:
     summaries: int
     seconds: float
     stored: int
-    published_s: float  # how long the publisher took to have every summary acknowledged by the broker
+    published_s: float  # how long the publisher took to have every summary acknowledged by the broker (the backlog)
     per_process: list[int]
 
     @property
@@ -94,12 +96,14 @@ def _stop(proc: subprocess.Popen[str]) -> dict[str, Any]:
 
 async def _case(name: str, database: str | Path, processes: int, summaries: int, work: Path) -> Case:
     FleetState(database).close()
-    broker = MosquittoBroker(work / f"broker-{name}")
+    broker = MosquittoBroker(work / f"broker-{name}", max_queued_messages=summaries + 1000)
     await asyncio.to_thread(broker.start)
     procs = [await asyncio.to_thread(_start, str(database), broker.url, f"{name}-{i}") for i in range(processes)]
     try:
         device = await connect(broker.url, f"publisher-{name}", max_inflight=200)
         payloads = [(f"devices/dev-{i % THINGS:03d}/inference", _summary(i % THINGS, i // THINGS + 1)) for i in range(summaries)]
+        for p in procs:
+            p.send_signal(signal.SIGSTOP)  # the backlog: the broker queues what they don't take
         start = time.perf_counter()
         window = asyncio.Semaphore(400)
 
@@ -109,6 +113,10 @@ async def _case(name: str, database: str | Path, processes: int, summaries: int,
 
         await asyncio.gather(*(one(t, p) for t, p in payloads))
         published = time.perf_counter() - start
+        await asyncio.sleep(0.5)
+        start = time.perf_counter()
+        for p in procs:
+            p.send_signal(signal.SIGCONT)
         stored = 0
         deadline = time.monotonic() + 600
         with FleetState(database) as state:
@@ -174,12 +182,7 @@ def render(result: dict[str, Any], as_json: bool) -> None:
     for c in cases:
         print(
             f"{c.name:9s} {c.database:10s} {c.processes} process(es): {c.stored:,}/{c.summaries:,} stored in {c.seconds:.2f} s = "
-            f"{c.rate:,.0f} summaries/s (publisher done at {c.published_s:.2f} s; per process {c.per_process})"
-            + (
-                "; kept up with the publisher: the ingest's own limit is higher"
-                if c.seconds - c.published_s < 0.15 * c.seconds
-                else ""
-            )
+            f"{c.rate:,.0f} summaries/s from a backlog (published in {c.published_s:.2f} s; per process {c.per_process})"
         )
     by = {c.name: c for c in cases}
     print(
