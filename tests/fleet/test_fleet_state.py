@@ -220,3 +220,22 @@ def test_reading_the_telemetry_never_fails_on_what_is_stored(tmp_path: Path) -> 
         assert t.fallback_errors == {"http": 2, "neg": 0, "timeout": 0}
         assert t.breaker == "open" and t.component_pending == 0
         json.dumps(view.to_json())
+
+
+def test_a_fleet_folder_remembers_its_postgresql_database(tmp_path: Path, postgres_server: LocalPostgres) -> None:
+    from edgekit.errors import ConfigError
+    from edgekit.fleet.folder import FleetFolder
+
+    folder = FleetFolder.at(tmp_path / "fleet")
+    assert not folder.exists() and folder.state_location == folder.database
+    with pytest.raises(ConfigError, match=r"--database 'mysql://x': give a postgresql://"):
+        folder.use_database("mysql://x")
+    url = postgres_server.create_database("remembered")
+    folder.use_database(url)
+    assert folder.exists() and folder.state_location == url
+    assert folder.database_url_file.stat().st_mode & 0o077 == 0  # it may hold a password
+    with folder.open_state() as state:  # every command on the folder opens the same database
+        state.ensure_group("line-1", 0.0)
+    with FleetState(url) as state:
+        assert state.groups() == ["line-1"]
+    assert not folder.database.exists()  # no SQLite file beside it
