@@ -176,7 +176,9 @@ class PostgresDatabase:
         cur.executemany(translate(sql), [tuple(r) for r in rows], returning=True)
         out: list[Any] = []
         while True:
-            out.append(cur.fetchone()[0])
+            row = cur.fetchone()
+            assert row is not None, "an INSERT ... RETURNING gave no row"
+            out.append(row[0])
             if not cur.nextset():
                 return out
 

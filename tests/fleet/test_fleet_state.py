@@ -232,7 +232,7 @@ def test_a_fleet_folder_remembers_its_postgresql_database(tmp_path: Path, postgr
         folder.use_database("mysql://x")
     url = postgres_server.create_database("remembered")
     folder.use_database(url)
-    assert folder.exists() and folder.state_location == url
+    assert folder.exists() and str(folder.state_location) == url
     assert folder.database_url_file.stat().st_mode & 0o077 == 0  # it may hold a password
     with folder.open_state() as state:  # every command on the folder opens the same database
         state.ensure_group("line-1", 0.0)
