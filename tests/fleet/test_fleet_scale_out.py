@@ -37,12 +37,13 @@ def summary(thing: str, window: int) -> str:
     )  # fmt: skip
 
 
-def start_service(database: str, broker_url: str, client_id: str, member: str) -> subprocess.Popen[str]:
+def start_service(database: str, broker_url: str, client_id: str, member: str | None) -> subprocess.Popen[str]:
+    """``python -m edgekit.fleet.scale_out``: the Jobs requests of things ``member`` (I/N), or none (``None``)."""
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgekit.fleet.scale_out", "--database", database, "--broker", broker_url, "--client-id", client_id,
-         "--member", member],
+         *(["--member", member] if member else ["--no-jobs"])],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -117,3 +118,35 @@ async def test_two_services_on_one_postgresql_store_each_summary_once(tmp_path: 
     assert all(s["messages"] > 0 and s["requests"] > 0 for s in stats), stats
     assert sum(s["messages"] for s in stats) == n + 40 and sum(s["requests"] for s in stats) == 60
     assert sum(s["windows"] for s in stats) == n and sum(s["duplicates"] for s in stats) == 40
+
+
+@pytest.mark.anyio
+async def test_a_fleet_server_on_postgresql_shares_telemetry_with_one_more_process(
+    tmp_path: Path, postgres_server: LocalPostgres
+) -> None:
+    from edgekit.fleet.fleet_server import FleetServer
+
+    database = postgres_server.create_database("served")
+    async with FleetServer(tmp_path / "fleet", tls=False, database=database) as server:
+        assert server.broker is not None and server.telemetry is not None
+        assert server.folder.state_location == database  # remembered: fleet status on the folder reads the same
+        helper = await asyncio.to_thread(
+            start_service, database, server.broker.url, "svc-extra", None
+        )  # beside the server, which answers the Jobs
+        try:
+            device = await connect(server.broker.url, "publisher")
+            await asyncio.gather(*(device.publish("devices/dev-0/inference", summary("dev-0", w), qos=1) for w in range(1, 201)))
+            await device.disconnect()
+            for _ in range(200):
+                if (
+                    server.state is not None
+                    and server.state.window_totals("dev-0", "com.example.Inference", "r1", 200).windows == 200
+                ):
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            stats = await asyncio.to_thread(stop_service, helper)
+        served = server.telemetry.stats.windows
+    with FleetState(database) as state:
+        assert state.window_totals("dev-0", "com.example.Inference", "r1", 200).windows == 200
+    assert served > 0 and stats["windows"] > 0 and served + stats["windows"] == 200
