@@ -239,3 +239,30 @@ def test_a_fleet_folder_remembers_its_postgresql_database(tmp_path: Path, postgr
     with FleetState(url) as state:
         assert state.groups() == ["line-1"]
     assert not folder.database.exists()  # no SQLite file beside it
+
+
+def test_on_postgresql_one_exclusive_writer_at_a_time_upserts_side_by_side(postgres_server: LocalPostgres) -> None:
+    """Two service processes' connections: a transaction that reads before it writes waits for the other's (the
+    advisory lock, as SQLite's BEGIN IMMEDIATE); telemetry's upserts (exclusive=False) don't wait."""
+    import threading
+    import time
+
+    url = postgres_server.create_database("writers")
+    with FleetState(url) as one, FleetState(url) as two:
+        entered = threading.Event()
+
+        def second(exclusive: bool) -> None:
+            with two.transaction(exclusive=exclusive):
+                entered.set()
+
+        for exclusive, waits in ((True, True), (False, False)):
+            entered.clear()
+            with one.transaction():
+                one.ensure_group(f"held-{exclusive}", 0.0)
+                thread = threading.Thread(target=second, args=(exclusive,))
+                thread.start()
+                time.sleep(0.5)
+                assert entered.is_set() is not waits
+            thread.join(timeout=10)
+            assert entered.is_set()  # the first committed: the second went on
+        assert two.groups() == ["held-False", "held-True"]
