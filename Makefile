@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 FLOOR  ?= .venv-floor
 
-.PHONY: demo test test-fast bench bench-fleet bench-edge bench-page bench-serve bench-runtime lint hooks test-floor system-deps clean
+.PHONY: demo test test-fast bench bench-fleet bench-ingest bench-edge bench-page bench-serve bench-runtime lint hooks test-floor system-deps clean
 
 system-deps:
 	@scripts/system-deps
@@ -51,6 +51,9 @@ bench: system-deps $(VENV)/.installed
 
 bench-fleet: system-deps $(VENV)/.installed
 	$(PY) -m bench.fleet
+
+bench-ingest: system-deps $(VENV)/.installed
+	$(PY) -m bench.fleet_ingest
 
 bench-edge: system-deps $(VENV)/.installed
 	$(PY) -m bench.edge

@@ -556,6 +556,7 @@ def serve_fleet(
     tick_s: float = 1.0,
     progress: Progress | None = None,
     ready: Callable[[ServedFleet], None] | None = None,
+    database: str | None = None,
 ) -> None:
     """Serve the local fleet in ``state_dir`` for real devices until SIGTERM or SIGINT: mosquitto (mTLS, a
     certificate per device), the fleet service, the registry and the page, with no simulated device.
@@ -563,14 +564,15 @@ def serve_fleet(
     ``host``: where it listens (loopback by default: say what else you want reachable); ``public_host``: the
     address devices use (default ``host``). ``port`` / ``http_port``: ``None`` keeps the last run's (else 8883 and
     8080: device bundles name them), 0 picks free ones. ``ready`` hears the addresses once it is up. Devices join with
-    :func:`add_device` and ``edgekit agent``; deploy with ``deploy(..., local=True)``.
+    :func:`add_device` and ``edgekit agent``; deploy with ``deploy(..., local=True)``. ``database``: a
+    ``postgresql://`` URL to keep the fleet's state in instead of the folder's SQLite file (remembered in the folder).
     """
     from edgekit.fleet.folder import FleetFolder
     from edgekit.fleet.foreground import serve_fleet as _serve
 
     _serve(
         FleetFolder.at(state_dir), host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick_s,
-        progress=progress, ready=ready,
+        progress=progress, ready=ready, database=database,
     )  # fmt: skip
 
 

@@ -11,8 +11,9 @@ import onnx
 import pytest
 from helpers import check_requirements, make_mlp
 
-# pytester: test_habits runs pytest on a made-up test file; device_registry: the registry fixture of the device tests
-pytest_plugins = ["pytester", "device_registry"]
+# pytester: test_habits runs pytest on a made-up test file; device_registry: the registry fixture of the device tests;
+# fleet_databases: fleet_db (each fleet-state test on SQLite and on PostgreSQL) and the session's PostgreSQL server
+pytest_plugins = ["pytester", "device_registry", "fleet_databases"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

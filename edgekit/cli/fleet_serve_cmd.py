@@ -57,13 +57,16 @@ def serve(
         None, "--public-host", help="the address devices reach this machine at (default --host; needed with 0.0.0.0)"
     ),
     tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
+    database: str | None = typer.Option(
+        None, "--database", metavar="URL", help="keep the fleet's state in PostgreSQL (postgresql://...; remembered)"
+    ),
 ) -> None:
     """Run a local fleet for real devices in the foreground: mosquitto (mTLS, a certificate per device), the fleet
     service, the registry and the page, with no simulated device. Prints the broker, HTTP and page addresses; add
     devices with 'edgekit fleet add-device', deploy with 'edgekit deploy --local'."""
     api.serve_fleet(
         state_dir=state, host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick,
-        progress=None if MODE.quiet else _say, ready=_ready,
+        progress=None if MODE.quiet else _say, ready=_ready, database=database,
     )  # fmt: skip
 
 

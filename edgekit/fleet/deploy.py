@@ -49,7 +49,7 @@ def publish_to_folder(build_dir: str | Path, folder: FleetFolder, progress: Prog
     """:func:`~edgekit.fleet.component_registry.publish_local` into the fleet folder's registry (made when missing)."""
     if not (Path(build_dir) / "recipes").is_dir():  # before the state folder is made
         raise PublishError(f"no recipes in {Path(build_dir) / 'recipes'}; package the components first (edgekit package)")
-    with FleetState(folder.database) as state:
+    with FleetState(folder.state_location) as state:
         return publish_local(build_dir, state, folder.store, progress=progress)
 
 

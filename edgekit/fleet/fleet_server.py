@@ -35,8 +35,8 @@ from edgekit.fleet.jobs_api import FleetMqttBridge
 from edgekit.fleet.presence import PresenceTracker
 from edgekit.fleet.queries import deployment_summary
 from edgekit.fleet.service import DeploymentSummary, FleetService
-from edgekit.fleet.state import FleetState
-from edgekit.fleet.telemetry import TelemetryIngest
+from edgekit.fleet.state import FleetState, is_database_url
+from edgekit.fleet.telemetry import SHARE_GROUP, TelemetryIngest
 from edgekit.fleet.view import FleetView
 from edgekit.fleet.web.snapshot import Presence
 from edgekit.fleet_file import FleetDevice
@@ -71,6 +71,9 @@ class FleetServer:
     folder's running file beside the server's own facts (pid, broker and HTTP URLs). ``name`` is the fleet's.
     ``stand_ins``: the devices a process of another platform stands in for (thing → its platform, the simulator's):
     every view of the fleet says so (``standIn``), ``edgekit fleet status`` too (from the running file).
+    ``database``: a ``postgresql://`` URL to keep the fleet's state in (remembered in the folder; default: what the
+    folder names, else its SQLite file); then the telemetry ingest subscribes in the shared group other fleet service
+    processes join (:mod:`edgekit.fleet.scale_out`).
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class FleetServer:
         http_port: int = 0,
         public_host: str | None = None,
         stand_ins: Mapping[str, str] | None = None,
+        database: str | None = None,
     ) -> None:
         self.folder = folder if isinstance(folder, FleetFolder) else FleetFolder.at(folder)
         self.register = devices is not None
@@ -103,6 +107,7 @@ class FleetServer:
         self.presence = presence
         self.about = dict(about or {})
         self.stand_ins = dict(stand_ins or {})
+        self.database = database
         self.progress: Progress = progress or (lambda _m: None)
         self.state: FleetState | None = None
         self.service: FleetService | None = None
@@ -165,10 +170,11 @@ class FleetServer:
                 f"a fleet already runs on {self.folder.root} (pid {running['pid']}); stop it, or give another --state"
             )
         self.folder.root.mkdir(parents=True, exist_ok=True)
-        self.state = FleetState(self.folder.database)
+        self.folder.use_database(self.database)
+        self.state = FleetState(self.folder.state_location)
         self.service = FleetService(self.state)
         if self.register:
-            self.progress(f"registering {len(self.devices)} device(s) in {self.folder.database}")
+            self.progress(f"registering {len(self.devices)} device(s) in {self.state.path}")
             self._register()
 
         if self.tls:
@@ -207,7 +213,9 @@ class FleetServer:
             await self.tracker.start()
         self.bridge = FleetMqttBridge(self.service, self._client, tick_s=self.tick_s)
         await self.bridge.start()
-        self.telemetry = TelemetryIngest(self.state, self._client)  # the devices' window summaries
+        # the devices' window summaries; on PostgreSQL in the shared group more service processes join (scale_out)
+        share = SHARE_GROUP if is_database_url(self.folder.state_location) else None
+        self.telemetry = TelemetryIngest(self.state, self._client, share=share)
         await self.telemetry.start()
         await self._client.connect(self.broker.service_url)
         self._write_running()

@@ -34,6 +34,34 @@ class FleetFolder:
         return self.root / "fleet.db"
 
     @property
+    def database_url_file(self) -> Path:
+        """Where ``edgekit fleet serve --database`` leaves the fleet's ``postgresql://`` URL (mode 0600: it may hold a
+        password), so every command on the folder opens the same database."""
+        return self.root / "database.url"
+
+    @property
+    def state_location(self) -> str | Path:
+        """The fleet's state: the PostgreSQL URL the folder names, else its SQLite file (:attr:`database`)."""
+        try:
+            url = self.database_url_file.read_text().strip()
+        except FileNotFoundError:
+            return self.database
+        return url or self.database
+
+    def use_database(self, url: str | None) -> None:
+        """Keep the fleet's state at ``url`` (``postgresql://...``) from now on; ``None`` changes nothing."""
+        from edgekit.fleet.state import is_database_url
+
+        if url is None:
+            return
+        if not is_database_url(url):
+            raise ConfigError(f"--database {url!r}: give a postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE URL")
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.database_url_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(url + "\n")
+
+    @property
     def store(self) -> Path:
         return self.root / "store"
 
@@ -72,7 +100,7 @@ class FleetFolder:
         return self.devices / thing
 
     def exists(self) -> bool:
-        return self.database.is_file()
+        return self.database.is_file() or self.database_url_file.is_file()
 
     def open_state(self) -> FleetState:
         """The fleet's state; :class:`~edgekit.errors.ConfigError` naming the commands that make one when there is none."""
@@ -83,7 +111,7 @@ class FleetFolder:
                 f"no local fleet in {self.root} (no {self.database.name}); start one with 'edgekit simulate --state {self.root}' "
                 f"or publish to it with 'edgekit publish --local --state {self.root}'"
             )
-        return FleetState(self.database)
+        return FleetState(self.state_location)
 
     def running(self) -> dict[str, Any] | None:
         """What ``simulation.json`` says about a running simulation (``None`` when none runs, or it died)."""

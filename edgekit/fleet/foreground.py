@@ -69,6 +69,7 @@ async def serve_fleet_async(
     progress: Progress | None = None,
     ready: Callable[[ServedFleet], None] | None = None,
     stop: asyncio.Event | None = None,
+    database: str | None = None,
 ) -> None:
     """Serve the fleet in ``folder`` until ``stop`` is set (see :func:`serve_fleet`)."""
     say = progress or (lambda _m: None)
@@ -89,6 +90,7 @@ async def serve_fleet_async(
         port=_port(port, saved.port if saved else None, DEFAULT_MQTT_PORT),
         http_port=_port(http_port, saved.http_port if saved else None, DEFAULT_HTTP_PORT),
         public_host=public_host or (saved.public_host if saved and saved.host == host else None),
+        database=database,
     )
     stop = stop or asyncio.Event()
     async with server:
@@ -119,11 +121,13 @@ def serve_fleet(
     tick_s: float = 1.0,
     progress: Progress | None = None,
     ready: Callable[[ServedFleet], None] | None = None,
+    database: str | None = None,
 ) -> None:
     """Serve the fleet in ``folder`` in the foreground until SIGTERM or SIGINT.
 
     ``port`` / ``http_port``: ``None`` reuses the last run's (``serve.json``), else 8883 / 8080; 0 picks free ones.
     ``public_host``: the address devices use (default ``host``; needed when ``host`` is a wildcard).
+    ``database``: a ``postgresql://`` URL for the fleet's state (remembered in the folder; default its SQLite file).
     """
 
     async def main() -> None:
@@ -137,7 +141,7 @@ def serve_fleet(
         try:
             await serve_fleet_async(
                 folder, host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick_s,
-                progress=progress, ready=ready, stop=stop,
+                progress=progress, ready=ready, stop=stop, database=database,
             )  # fmt: skip
         finally:
             for signum in handled:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import zlib
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -124,6 +125,10 @@ class FleetMqttBridge:
     keeps its full rate up to 10 s). ``max_batch``: requests handled per SQLite transaction.
     ``max_queued_per_thing``: requests of one thing waiting at once before ``RequestThrottled``.
     ``publish_timeout_s``: how long one reply or notification may wait for its PUBACK.
+    ``member``: (index, count): this is one of ``count`` fleet service processes on one PostgreSQL state, and it
+    answers the requests of the things whose name hashes (CRC-32) to ``index`` — each thing's requests in order, by
+    one process. Not a shared subscription: mosquitto 2.0 gives a ``$share/...`` subscription no message of a topic
+    that starts with ``$`` (the Jobs topics do), so every process gets every request and leaves the others' alone.
     """
 
     def __init__(
@@ -135,6 +140,7 @@ class FleetMqttBridge:
         max_batch: int = 256,
         max_queued_per_thing: int = 16,
         publish_timeout_s: float = 30.0,
+        member: tuple[int, int] | None = None,
     ) -> None:
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, got {tick_s}")
@@ -146,6 +152,9 @@ class FleetMqttBridge:
         self.max_batch = max_batch
         self.max_queued_per_thing = max_queued_per_thing
         self.publish_timeout_s = publish_timeout_s
+        if member is not None and not 0 <= member[0] < member[1]:
+            raise ValueError(f"member must be (index, count) with 0 <= index < count, got {member}")
+        self.member = member
         self.stats = BridgeStats()
         self._status: dict[str, DeviceStatus] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -265,6 +274,8 @@ class FleetMqttBridge:
         if parsed is None or parsed.reply is not None or parsed.kind not in ("get", "update", "get_pending"):
             log.debug("fleet MQTT bridge: ignoring %s", message.topic)
             return
+        if self.member is not None and zlib.crc32(parsed.thing.encode()) % self.member[1] != self.member[0]:
+            return  # another fleet service process's thing
         self.stats.requests += 1
         if self._queued[parsed.thing] >= self.max_queued_per_thing:
             self._reject(

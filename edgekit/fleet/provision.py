@@ -166,7 +166,7 @@ def add_device(
     profile, device_platform = parse_platform(platform)
     bundle_dir = Path(out).absolute() if out is not None else folder.bundles / thing
     wanted = list(dict.fromkeys(groups))
-    state = FleetState(folder.database)
+    state = FleetState(folder.state_location)
     try:
         if state.get_thing(thing) is not None and not force:
             raise ConfigError(

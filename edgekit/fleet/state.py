@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from edgekit.fleet.errors import StateError
 
@@ -28,6 +28,8 @@ __all__ = [
     "DeploymentRecord",
     "ExecutionRecord",
     "FleetState",
+    "SqliteDatabase",
+    "StateDatabase",
     "TelemetryRecord",
     "ThingRecord",
     "WindowTotals",
@@ -263,7 +265,7 @@ def _stored_errors(text: Any) -> dict[str, int]:
     return {k: _stored_int(v) for k, v in value.items() if isinstance(k, str) and k.isprintable() and len(k) <= 64}
 
 
-def _execution(row: sqlite3.Row) -> ExecutionRecord:
+def _execution(row: Any) -> ExecutionRecord:
     return ExecutionRecord(
         deployment_id=row["deployment_id"],
         thing=row["thing"],
@@ -278,7 +280,7 @@ def _execution(row: sqlite3.Row) -> ExecutionRecord:
     )
 
 
-def _deployment(row: sqlite3.Row) -> DeploymentRecord:
+def _deployment(row: Any) -> DeploymentRecord:
     return DeploymentRecord(
         id=row["id"],
         target=row["target"],
@@ -293,7 +295,7 @@ def _deployment(row: sqlite3.Row) -> DeploymentRecord:
     )
 
 
-def _thing(row: sqlite3.Row) -> ThingRecord:
+def _thing(row: Any) -> ThingRecord:
     return ThingRecord(
         name=row["name"],
         profile=row["profile"],
@@ -303,22 +305,60 @@ def _thing(row: sqlite3.Row) -> ThingRecord:
     )
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+class Cursor(Protocol):
+    """What a statement gives back (``sqlite3.Cursor``'s part both databases have): rows by index and by name."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+    def __iter__(self) -> Iterator[Any]: ...
 
 
-class FleetState:
-    """The fleet's SQLite file. Use as a context manager, or call :meth:`close`.
+class Connection(Protocol):
+    """Runs one statement in SQLite's dialect (``?`` marks), or one for each row of parameters."""
 
-    Every method that writes runs in a transaction of its own, or joins the one opened by
-    ``with state.transaction():`` around several calls (then all of them commit, or none).
-    """
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor: ...
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor: ...
+
+
+class StateDatabase(Protocol):
+    """Where a :class:`FleetState` keeps its tables: :class:`SqliteDatabase` (a file, the default) or
+    :class:`edgekit.fleet.state_pg.PostgresDatabase` (a server: several service processes on one fleet).
+    :class:`FleetState` holds the lock; a database runs one statement or transaction at a time."""
+
+    kind: str  # "SQLite" / "PostgreSQL", for messages
+    noun: str  # "file" / "database"
+    where: str  # the file, or the URL without its password
+    errors: tuple[type[Exception], ...]  # what its driver raises for a database that is not what it should be
+
+    @property
+    def connection(self) -> Connection: ...
+    def begin(self, *, exclusive: bool) -> None: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def tables(self) -> set[str]: ...
+    def create(self, statement: str) -> None:
+        """Run one statement of :data:`_SCHEMA` (a table or an index, in SQLite's types)."""
+
+    def integrity_check(self) -> str: ...
+    def each_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run ``sql`` (one statement ending in ``RETURNING x``) once per row, in order; each run's ``x``."""
+
+    def refusal(self, exc: Exception) -> str:
+        """One line: this is not a fleet state (what the driver said), and what to do."""
+
+    def close(self) -> None: ...
+
+
+class SqliteDatabase:
+    """The fleet's SQLite file, written in WAL mode; the default :class:`StateDatabase`."""
 
     def __init__(self, path: str | Path) -> None:
+        self.kind, self.noun = "SQLite", "file"
+        self.errors: tuple[type[Exception], ...] = (sqlite3.DatabaseError,)
         self.path = Path(path)
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._after_commit: list[Callable[[], None]] = []
+        self.where = str(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -331,34 +371,106 @@ class FleetState:
             # few (FULL cost an fsync per commit: 0.58 s vs 0.13 s for 1,000 updates here)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise StateError(
-                f"{self.path} is not a fleet state file (SQLite said: {exc}); move it away or pick another path"
-            ) from exc
+            raise StateError(self.refusal(exc)) from exc
+
+    @property
+    def connection(self) -> Connection:
+        return cast(Connection, self._db)
+
+    def begin(self, *, exclusive: bool) -> None:
+        self._db.execute("BEGIN IMMEDIATE")  # one writer at a time, whatever is asked: that is SQLite
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
+    def tables(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def create(self, statement: str) -> None:
+        self._db.execute(statement)
+
+    def integrity_check(self) -> str:
+        return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def each_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
+        return [self._db.execute(sql, row).fetchone()[0] for row in rows]
+
+    def refusal(self, exc: Exception) -> str:
+        return f"{self.path} is not a fleet state file (SQLite said: {exc}); move it away or pick another path"
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def is_database_url(where: str | Path) -> bool:
+    """Whether ``where`` names a PostgreSQL database (``postgresql://`` or ``postgres://``) rather than a file."""
+    return isinstance(where, str) and where.split("://", 1)[0].lower() in ("postgresql", "postgres")
+
+
+def open_database(where: str | Path) -> StateDatabase:
+    """The :class:`StateDatabase` at ``where``: a ``postgresql://`` URL, else an SQLite file's path."""
+    if is_database_url(where):
+        from edgekit.fleet.state_pg import PostgresDatabase  # psycopg: the fleet-pg extra, only when asked for
+
+        return PostgresDatabase(str(where))
+    return SqliteDatabase(where)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class FleetState:
+    """The fleet's state: an SQLite file (the default) or a PostgreSQL database (``postgresql://`` URL: several fleet
+    service processes on one database). Use as a context manager, or call :meth:`close`.
+
+    Every method that writes runs in a transaction of its own, or joins the one opened by
+    ``with state.transaction():`` around several calls (then all of them commit, or none). The queries are written
+    once, in SQLite's dialect; a :class:`StateDatabase` runs them (:mod:`edgekit.fleet.state_pg` translates them
+    for PostgreSQL).
+    """
+
+    def __init__(self, where: str | Path) -> None:
+        self.database: StateDatabase = open_database(where)
+        self.path = self.database.where  # the file, or the URL without its password: what messages name
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._after_commit: list[Callable[[], None]] = []
+        try:
+            self._migrate()
+        except self.database.errors as exc:
+            self.database.close()
+            raise StateError(self.database.refusal(exc)) from exc
         except StateError:
-            self._db.close()
+            self.database.close()
             raise
 
     # ------------------------------------------------------------------ lifecycle
 
     def _migrate(self) -> None:
         with self.transaction() as db:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            tables = self.database.tables()
             if not tables:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
-                    db.execute(statement)
+                    self.database.create(statement)
                 db.execute("INSERT INTO schema_version(version) VALUES (?)", (SCHEMA_VERSION,))
                 log.info("created fleet state %s (schema %d)", self.path, SCHEMA_VERSION)
                 return
             if "schema_version" not in tables:
-                raise StateError(f"{self.path} is an SQLite file but not a fleet state file (no schema_version table)")
+                raise StateError(
+                    f"{self.path} is an {self.database.kind} {self.database.noun} but not a fleet state file (no schema_version table)"
+                )
             row = db.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else None
             while isinstance(version, int) and version in _MIGRATIONS:
                 for statement in filter(str.strip, _MIGRATIONS[version].split(";")):
-                    db.execute(statement)
+                    self.database.create(statement)
                 version += 1
                 db.execute("UPDATE schema_version SET version = ?", (version,))
                 log.info("fleet state %s moved to schema %d", self.path, version)
@@ -371,7 +483,7 @@ class FleetState:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self.database.close()
 
     def __enter__(self) -> FleetState:
         return self
@@ -380,25 +492,28 @@ class FleetState:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``); nested uses join the outermost one."""
+    def transaction(self, *, exclusive: bool = True) -> Iterator[Connection]:
+        """One write transaction; nested uses join the outermost one. ``exclusive`` (the default) makes it the only
+        writer of the fleet (SQLite's ``BEGIN IMMEDIATE``; on PostgreSQL an advisory lock every service process
+        takes): what it reads stays true until it commits. Without it (upserts that need no read), several
+        PostgreSQL clients write at once."""
         with self._lock:
+            db = self.database.connection
             if self._depth:
                 self._depth += 1
                 try:
-                    yield self._db
+                    yield db
                 finally:
                     self._depth -= 1
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            self.database.begin(exclusive=exclusive)
             self._depth = 1
             try:
-                yield self._db
-                self._db.execute("COMMIT")
+                yield db
+                self.database.commit()
             except BaseException:
                 self._after_commit.clear()
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self.database.rollback()
                 raise
             finally:
                 self._depth = 0
@@ -415,14 +530,14 @@ class FleetState:
         callback()
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self) -> Iterator[Connection]:
         with self._lock:
-            yield self._db
+            yield self.database.connection
 
     def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check`` (``"ok"`` when the file is sound)."""
-        with self._read() as db:
-            return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+        """SQLite's ``PRAGMA integrity_check`` (``"ok"`` when the file is sound; PostgreSQL checks its own pages)."""
+        with self._read():
+            return self.database.integrity_check()
 
     # ------------------------------------------------------------------ things and groups
 
@@ -692,23 +807,21 @@ class FleetState:
         new = duplicates = 0
         columns = ", ".join(WINDOW_COLUMNS)
         marks = ", ".join("?" * len(WINDOW_COLUMNS))
-        with self.transaction() as db:
-            for row in windows:
-                cur = db.execute(
-                    f"INSERT INTO telemetry_windows({columns}) VALUES ({marks})"
-                    " ON CONFLICT(thing, component, window) DO UPDATE SET deliveries = deliveries + 1 RETURNING deliveries",
-                    tuple(row),
-                )
-                if cur.fetchone()[0] == 1:
-                    new += 1
-                else:
-                    duplicates += 1
-            for thing, counts in things.items():
+        with self.transaction(exclusive=False) as db:  # upserts only: two ingest processes write at once
+            # in key order: two PostgreSQL writers of overlapping rows then wait for each other, never deadlock
+            deliveries = self.database.each_returning(
+                f"INSERT INTO telemetry_windows({columns}) VALUES ({marks})"
+                " ON CONFLICT(thing, component, window) DO UPDATE SET deliveries = telemetry_windows.deliveries + 1 RETURNING deliveries",
+                [tuple(row) for row in sorted(windows, key=lambda r: (r[0], r[1], r[2]))],
+            )
+            new = sum(1 for d in deliveries if d == 1)
+            duplicates = len(deliveries) - new
+            for thing, counts in sorted(things.items()):
                 db.execute(
                     "INSERT INTO telemetry_things(thing, messages, unanswered_messages, malformed, last_seen) VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT(thing) DO UPDATE SET messages = messages + excluded.messages,"
-                    " unanswered_messages = unanswered_messages + excluded.unanswered_messages,"
-                    " malformed = malformed + excluded.malformed, last_seen = excluded.last_seen",
+                    " ON CONFLICT(thing) DO UPDATE SET messages = telemetry_things.messages + excluded.messages,"
+                    " unanswered_messages = telemetry_things.unanswered_messages + excluded.unanswered_messages,"
+                    " malformed = telemetry_things.malformed + excluded.malformed, last_seen = excluded.last_seen",
                     (thing, counts.get("messages", 0), counts.get("unanswered", 0), counts.get("malformed", 0), now),
                 )
         return new, duplicates

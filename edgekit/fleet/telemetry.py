@@ -24,14 +24,17 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from edgekit.fleet.state import FleetState
+from edgekit.mqtt import topics
 from edgekit.mqtt.client import MqttClient, MqttMessage
 from edgekit.wire.summary import SummaryError, WindowSummary, read_summary
 
-__all__ = ["Accounted", "TelemetryIngest", "accounted"]
+__all__ = ["SHARE_GROUP", "Accounted", "TelemetryIngest", "accounted"]
 
 log = logging.getLogger(__name__)
 
 TELEMETRY_FILTER: Final = "devices/+/#"
+SHARE_GROUP: Final = "edgekit-fleet"
+"""The shared-subscription group the telemetry ingests of one fleet's service processes join (on PostgreSQL)."""
 FLUSH_AT: Final = 64  # messages waiting: commit them now, before the broker's in-flight window (100) fills
 
 
@@ -72,10 +75,22 @@ class _Clock(Protocol):
 
 
 class TelemetryIngest:
-    """Subscribes ``client`` to the devices' telemetry and writes it to ``state`` in batches (every ``flush_s``)."""
+    """Subscribes ``client`` to the devices' telemetry and writes it to ``state`` in batches (every ``flush_s``).
 
-    def __init__(self, state: FleetState, client: MqttClient, *, flush_s: float = 0.2, clock: _Clock | None = None) -> None:
+    ``share``: subscribe as a member of this shared-subscription group (``$share/<share>/devices/+/#``): several
+    fleet service processes on one PostgreSQL state each get part of the summaries (see docs/local-fleet.md)."""
+
+    def __init__(
+        self,
+        state: FleetState,
+        client: MqttClient,
+        *,
+        flush_s: float = 0.2,
+        clock: _Clock | None = None,
+        share: str | None = None,
+    ) -> None:
         self.state = state
+        self.share = share
         self.client = client
         self.flush_s = flush_s
         self.stats = IngestStats()
@@ -88,7 +103,7 @@ class TelemetryIngest:
         return self._clock.now() if self._clock is not None else time.time()
 
     async def start(self) -> None:
-        await self.client.subscribe(TELEMETRY_FILTER, 1, self._on_message, manual_ack=True)
+        await self.client.subscribe(topics.shared(self.share, TELEMETRY_FILTER), 1, self._on_message, manual_ack=True)
         self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="fleet-telemetry")
 
     async def stop(self) -> None:

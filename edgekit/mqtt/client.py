@@ -295,9 +295,11 @@ class MqttClient:
 
         mosquitto grants a filter its ACL forbids and then delivers nothing from it (it checks at delivery).
         Offline, the subscription is recorded and sent on the next connect (returns ``qos`` without waiting).
+        A shared subscription (``$share/<group>/<filter>``, :func:`~edgekit.mqtt.topics.shared`) gets the messages
+        the broker gives this client of its group.
         """
         if self.strict:
-            topics.validate(topic_filter, is_filter=True)
+            topics.validate(topics.unshared(topic_filter), is_filter=True)
         if handler is not None:
             self._handlers.append((topic_filter, handler))
         elif manual_ack:
@@ -761,7 +763,7 @@ class MqttClient:
         )
         matched = manual = False
         for topic_filter, handler in self._handlers:
-            if paho.topic_matches_sub(topic_filter, received.topic):
+            if paho.topic_matches_sub(topics.unshared(topic_filter), received.topic):  # $share/<group>/<filter> too
                 matched = True
                 manual = manual or topic_filter in self._manual
                 try:

@@ -33,7 +33,9 @@ __all__ = [
     "parse",
     "presence",
     "rejected",
+    "shared",
     "status",
+    "unshared",
     "update",
     "validate",
 ]
@@ -139,6 +141,24 @@ def all_presence() -> str:
 def all_device_status() -> str:
     """Filter for every device's status reports."""
     return "$aws/things/+/greengrassv2/health/json"
+
+
+def shared(group: str | None, topic_filter: str) -> str:
+    """``topic_filter`` as a shared subscription of ``group`` (``$share/<group>/<filter>``, MQTT 5: the broker gives
+    each message to one subscriber of the group); ``topic_filter`` itself when ``group`` is ``None``."""
+    if group is None:
+        return topic_filter
+    if not group or any(c in group for c in "/+#") or not group.isprintable():
+        raise TopicError(f"shared subscription group {group!r}: a non-empty name without '/', '+' or '#'")
+    return f"$share/{group}/{topic_filter}"
+
+
+def unshared(topic_filter: str) -> str:
+    """The filter a shared subscription (``$share/<group>/<filter>``) matches topics with; any other filter as it is."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        return parts[2] if len(parts) == 3 else topic_filter
+    return topic_filter
 
 
 # --------------------------------------------------------------------------- parsing

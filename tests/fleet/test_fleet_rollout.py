@@ -21,8 +21,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[FleetState]:
-    with FleetState(tmp_path / "fleet.db") as s:
+def state(fleet_db: str | Path) -> Iterator[FleetState]:
+    with FleetState(fleet_db) as s:
         yield s
 
 
@@ -128,8 +128,8 @@ def test_rate_policy_from_spec() -> None:
     assert [policy.rate(0, s) for s in (0, 999, 1000, 2000, 3000, 4000, 5000, 10**9)] == [50, 50, 100, 200, 400, 800, 1000, 1000]
 
 
-def test_a_restart_in_the_middle_of_a_rollout_continues_where_it_left_off(tmp_path: Path, clock: FakeClock) -> None:
-    path = tmp_path / "fleet.db"
+def test_a_restart_in_the_middle_of_a_rollout_continues_where_it_left_off(fleet_db: str | Path, clock: FakeClock) -> None:
+    path = fleet_db
     state = FleetState(path)
     svc, job = start(state, clock, 300, {"maximumPerMinute": 100})
     before = tick(svc, clock, 90)

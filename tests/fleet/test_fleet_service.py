@@ -24,8 +24,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> Iterator[FleetState]:
-    with FleetState(tmp_path / "fleet.db") as s:
+def state(fleet_db: str | Path) -> Iterator[FleetState]:
+    with FleetState(fleet_db) as s:
         yield s
 
 

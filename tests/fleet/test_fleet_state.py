@@ -1,4 +1,5 @@
-"""The fleet's SQLite state: nothing is lost by closing and reopening it, or by kill -9 in the middle of a write."""
+"""The fleet's state, on SQLite and on PostgreSQL (``fleet_db``): nothing is lost by closing and reopening it, or by
+kill -9 in the middle of a write; what is not a fleet state is refused in one line."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from edgekit.fleet import FakeClock, FleetService, FleetState, JobRejected, Registry, StateError, publish_local
 from edgekit.fleet.state import SCHEMA_VERSION
+from edgekit.fleet.state_pg import LocalPostgres
 
 AARCH64 = {"os": "linux", "architecture": "aarch64"}
 
@@ -37,8 +39,8 @@ def write_build(root: Path) -> None:
     (root / "artifacts" / "com.example.Detector" / "1.0.0" / "model.zip").write_bytes(b"weights")
 
 
-def test_close_and_reopen_gives_everything_back(tmp_path: Path) -> None:
-    path, store, clock = tmp_path / "fleet.db", tmp_path / "store", FakeClock(1000.0)
+def test_close_and_reopen_gives_everything_back(tmp_path: Path, fleet_db: str | Path) -> None:
+    path, store, clock = fleet_db, tmp_path / "store", FakeClock(1000.0)
     write_build(tmp_path / "build")
     abort = {
         "criteriaList": [{"failureType": "FAILED", "action": "CANCEL", "thresholdPercentage": 50, "minNumberOfExecutedThings": 2}]
@@ -87,16 +89,33 @@ def test_close_and_reopen_gives_everything_back(tmp_path: Path) -> None:
         assert svc.update_execution("dev-0", live, "SUCCEEDED", expected_version=2).state.version_number == 3
 
 
-def test_schema_version_is_checked(tmp_path: Path) -> None:
-    path = tmp_path / "fleet.db"
-    FleetState(path).close()
-    db = sqlite3.connect(path)
-    assert db.execute("SELECT version FROM schema_version").fetchone() == (SCHEMA_VERSION,)
-    db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
-    db.commit()
-    db.close()
+def _sql(where: str | Path, *statements: str) -> list[tuple[object, ...]]:
+    """Run statements on the database itself (not through FleetState); the last one's rows."""
+    rows: list[tuple[object, ...]] = []
+    if isinstance(where, Path):
+        db = sqlite3.connect(where)
+        try:
+            for statement in statements:
+                rows = db.execute(statement).fetchall()
+            db.commit()
+        finally:
+            db.close()
+        return rows
+    import psycopg
+
+    with psycopg.connect(where, autocommit=True) as conn:
+        for statement in statements:
+            cur = conn.execute(statement)
+            rows = cur.fetchall() if cur.description else []
+    return rows
+
+
+def test_schema_version_is_checked(fleet_db: str | Path) -> None:
+    FleetState(fleet_db).close()
+    assert _sql(fleet_db, "SELECT version FROM schema_version") == [(SCHEMA_VERSION,)]
+    _sql(fleet_db, f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StateError, match="upgrade edgekit"):
-        FleetState(path)
+        FleetState(fleet_db)
 
 
 def test_files_that_are_not_fleet_state_are_refused(tmp_path: Path) -> None:
@@ -105,16 +124,23 @@ def test_files_that_are_not_fleet_state_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="not a fleet state file"):
         FleetState(junk)
     other = tmp_path / "other.db"
-    db = sqlite3.connect(other)
-    db.execute("CREATE TABLE notes (text TEXT)")
-    db.commit()
-    db.close()
+    _sql(other, "CREATE TABLE notes (text TEXT)")
     with pytest.raises(StateError, match="no schema_version"):
         FleetState(other)
 
 
-def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
-    with FleetState(tmp_path / "fleet.db") as state:
+def test_databases_that_are_not_fleet_state_are_refused(postgres_server: LocalPostgres) -> None:
+    other = postgres_server.create_database("not_a_fleet")
+    _sql(other, "CREATE TABLE notes (text TEXT)")
+    with pytest.raises(StateError, match=r"PostgreSQL database but not a fleet state file \(no schema_version"):
+        FleetState(other)
+    with pytest.raises(StateError, match=r"cannot connect to the fleet database .*:\*\*\*@.*/nowhere") as caught:
+        FleetState(postgres_server.url("nowhere").replace("postgres@", "postgres:secret@"))
+    assert "secret" not in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_failed_transaction_leaves_nothing(fleet_db: str | Path) -> None:
+    with FleetState(fleet_db) as state:
         with pytest.raises(RuntimeError), state.transaction():
             state.upsert_thing("dev-1", "rasp4b", AARCH64, 0.0)
             state.ensure_group("g", 0.0)
@@ -140,8 +166,8 @@ _WRITER = textwrap.dedent(
 )
 
 
-def test_kill_9_in_the_middle_of_writes_loses_no_committed_change(tmp_path: Path) -> None:
-    path = tmp_path / "fleet.db"
+def test_kill_9_in_the_middle_of_writes_loses_no_committed_change(fleet_db: str | Path) -> None:
+    path = fleet_db
     proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     last = -1
@@ -194,3 +220,49 @@ def test_reading_the_telemetry_never_fails_on_what_is_stored(tmp_path: Path) -> 
         assert t.fallback_errors == {"http": 2, "neg": 0, "timeout": 0}
         assert t.breaker == "open" and t.component_pending == 0
         json.dumps(view.to_json())
+
+
+def test_a_fleet_folder_remembers_its_postgresql_database(tmp_path: Path, postgres_server: LocalPostgres) -> None:
+    from edgekit.errors import ConfigError
+    from edgekit.fleet.folder import FleetFolder
+
+    folder = FleetFolder.at(tmp_path / "fleet")
+    assert not folder.exists() and folder.state_location == folder.database
+    with pytest.raises(ConfigError, match=r"--database 'mysql://x': give a postgresql://"):
+        folder.use_database("mysql://x")
+    url = postgres_server.create_database("remembered")
+    folder.use_database(url)
+    assert folder.exists() and str(folder.state_location) == url
+    assert folder.database_url_file.stat().st_mode & 0o077 == 0  # it may hold a password
+    with folder.open_state() as state:  # every command on the folder opens the same database
+        state.ensure_group("line-1", 0.0)
+    with FleetState(url) as state:
+        assert state.groups() == ["line-1"]
+    assert not folder.database.exists()  # no SQLite file beside it
+
+
+def test_on_postgresql_one_exclusive_writer_at_a_time_upserts_side_by_side(postgres_server: LocalPostgres) -> None:
+    """Two service processes' connections: a transaction that reads before it writes waits for the other's (the
+    advisory lock, as SQLite's BEGIN IMMEDIATE); telemetry's upserts (exclusive=False) don't wait."""
+    import threading
+    import time
+
+    url = postgres_server.create_database("writers")
+    with FleetState(url) as one, FleetState(url) as two:
+        entered = threading.Event()
+
+        def second(exclusive: bool) -> None:
+            with two.transaction(exclusive=exclusive):
+                entered.set()
+
+        for exclusive, waits in ((True, True), (False, False)):
+            entered.clear()
+            with one.transaction():
+                one.ensure_group(f"held-{exclusive}", 0.0)
+                thread = threading.Thread(target=second, args=(exclusive,))
+                thread.start()
+                time.sleep(0.5)
+                assert entered.is_set() is not waits
+            thread.join(timeout=10)
+            assert entered.is_set()  # the first committed: the second went on
+        assert two.groups() == ["held-False", "held-True"]

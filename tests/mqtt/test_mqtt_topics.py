@@ -74,3 +74,13 @@ def test_parse_reads_back_what_the_builders_make() -> None:
     assert topics.parse(topics.notify("dev-1")) == topics.ParsedTopic("dev-1", "notify")
     assert topics.parse(topics.status("dev-1")) == topics.ParsedTopic("dev-1", "status")
     assert topics.parse("devices/dev-1/x") is None
+
+
+def test_shared_subscriptions_name_their_group_and_match_the_plain_filter() -> None:
+    assert topics.shared(None, "devices/+/#") == "devices/+/#"
+    assert topics.shared("edgekit-fleet", "devices/+/#") == "$share/edgekit-fleet/devices/+/#"
+    assert topics.unshared("$share/edgekit-fleet/devices/+/#") == "devices/+/#"
+    assert topics.unshared("devices/+/#") == "devices/+/#" and topics.unshared("$share/g") == "$share/g"
+    for bad in ("", "a/b", "a+", "#"):
+        with pytest.raises(TopicError, match="shared subscription group"):
+            topics.shared(bad, "devices/+/#")
