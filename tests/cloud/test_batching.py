@@ -11,7 +11,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,7 @@ def v2_infer(url: str, model: str, x: np.ndarray) -> tuple[int, Any]:
     return status, np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
-def together(calls: list[Callable[[], tuple[int, Any]]]) -> list[tuple[int, Any]]:
+def together(calls: Sequence[Callable[[], tuple[int, Any]]]) -> list[tuple[int, Any]]:
     """Every call in a thread of its own, released at once; their answers in order."""
     results: list[tuple[int, Any] | None] = [None] * len(calls)
     barrier = threading.Barrier(len(calls))
@@ -143,10 +144,7 @@ def test_each_caller_gets_its_own_rows_from_merged_runs(server: ModelServer, art
     inputs = [rng.standard_normal((1 + i % 3, 8)).astype(np.float32) * (i + 1) for i in range(16)]
     want = [model.predict({"x": x})[0] for x in inputs]
     before = metrics(server.url)
-    calls = [
-        (lambda x=x, i=i: (invocations if i % 2 else v2_infer)(server.url, "mlp", x))  # both protocols in one batch
-        for i, x in enumerate(inputs)
-    ]
+    calls = [partial(invocations if i % 2 else v2_infer, server.url, "mlp", x) for i, x in enumerate(inputs)]  # both protocols
     answers = together(calls)
     for (status, got), x, expected in zip(answers, inputs, want, strict=True):
         assert status == 200, got
@@ -180,7 +178,7 @@ def test_records_of_other_lengths_are_never_stacked(server: ModelServer, artifac
     rng = np.random.default_rng(3)
     inputs = [rng.standard_normal((1 + i % 2, 5 if i % 3 else 9, 4)).astype(np.float32) for i in range(12)]
     before = metrics(server.url)
-    answers = together([lambda x=x: invocations(server.url, "seq", x) for x in inputs])
+    answers = together([partial(invocations, server.url, "seq", x) for x in inputs])
     for (status, got), x in zip(answers, inputs, strict=True):
         assert status == 200, got
         np.testing.assert_allclose(got, model.predict({"x": x})[0], rtol=1e-5, atol=1e-6)
@@ -194,7 +192,7 @@ def test_a_bad_request_fails_alone_among_good_ones(server: ModelServer, artifact
     model = edgekit.load(artifacts["mlp"])
     good = [np.full((1, 8), i, np.float32) for i in range(6)]
     bad = np.ones((1, 7), np.float32)  # a record of 7 features, the model takes 8
-    calls = [lambda x=x: invocations(server.url, "mlp", x) for x in [*good[:3], bad, *good[3:]]]
+    calls = [partial(invocations, server.url, "mlp", x) for x in [*good[:3], bad, *good[3:]]]
     answers = together(calls)
     status, doc = answers[3]
     assert status == 400 and "input 'x'" in doc["error"] and "[batch, 8]" in doc["error"]
@@ -206,7 +204,7 @@ def test_a_bad_request_fails_alone_among_good_ones(server: ModelServer, artifact
 def test_a_static_shape_model_is_never_batched(server: ModelServer, artifacts: dict[str, Path]) -> None:
     model = edgekit.load(artifacts["static"])
     inputs = [np.full((1, 8), i / 3, np.float32) for i in range(8)]
-    answers = together([lambda x=x: invocations(server.url, "static", x) for x in inputs])
+    answers = together([partial(invocations, server.url, "static", x) for x in inputs])
     for (status, got), x in zip(answers, inputs, strict=True):
         assert status == 200
         np.testing.assert_allclose(got, model.predict({"x": x})[0], rtol=1e-5, atol=1e-6)
@@ -231,7 +229,7 @@ def test_batching_off_runs_each_request_alone(artifacts: dict[str, Path]) -> Non
     inputs = [np.full((2, 8), i, np.float32) for i in range(6)]
     with ModelServer([artifacts["mlp"]], options=opts) as srv:
         t0 = time.monotonic()
-        answers = together([lambda x=x: invocations(srv.url, "mlp", x) for x in inputs])
+        answers = together([partial(invocations, srv.url, "mlp", x) for x in inputs])
         elapsed = time.monotonic() - t0
         assert not metrics(srv.url)
     for (status, got), x in zip(answers, inputs, strict=True):
@@ -260,7 +258,7 @@ def test_per_model_policy_and_bad_settings(artifacts: dict[str, Path], monkeypat
     assert not batchable(static.inputs, static.outputs)
     # a model turned off on its own: served, never batched, while the default stays on
     with ModelServer([artifacts["mlp"]], options=ServeOptions(port=0, model_batching={"mlp": "off"})) as srv:
-        together([lambda: invocations(srv.url, "mlp", np.ones((1, 8), np.float32)) for _ in range(4)])
+        together([partial(invocations, srv.url, "mlp", np.ones((1, 8), np.float32)) for _ in range(4)])
         assert not metrics(srv.url)
 
 
