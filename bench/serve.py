@@ -502,6 +502,30 @@ def batching_report(points: dict[tuple[str, str, int], Point], conc: list[int]) 
     return lines
 
 
+def batch_ceiling(models: list[Model], rounds: int) -> list[str]:
+    """What merging can save in the model itself: a bare predict's time per record at a batch of 1 and of 32
+    (one ONNX Runtime thread, as the server runs it), median of ``rounds``, in this process."""
+    lines = []
+    for m in models:
+        loaded = edgekit.load(m.artifact, threads=1)
+        per_record: dict[int, list[float]] = {1: [], 32: []}
+        for _ in range(rounds):
+            for batch in per_record:
+                x = np.repeat(m.x, batch, axis=0)
+                loaded.predict({m.input_name: x})
+                n = max(2, 64 // batch)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    loaded.predict({m.input_name: x})
+                per_record[batch].append((time.perf_counter() - t0) / n / batch * 1e6)
+        one, many = (statistics.median(per_record[b]) for b in (1, 32))
+        lines.append(
+            f"{m.name}: bare predict {one:,.1f} µs a record one at a time, {many:,.1f} µs a record 32 at a time "
+            f"({one / many:.2f}× less in a batch: the most merging can save in the model itself)"
+        )
+    return lines
+
+
 def run_batching(args: argparse.Namespace, say: Any) -> list[str]:
     conc = [int(c) for c in args.concurrency.split(",")]
     points: dict[tuple[str, str, int], Point] = {}
@@ -517,11 +541,12 @@ def run_batching(args: argparse.Namespace, say: Any) -> list[str]:
             targets["MLServer, batching"] = mls["MLServer"]
         say(f"all servers up: {', '.join(targets)}; measuring in alternating slices")
         measure(targets, models, conc, args, points)
+        ceiling = batch_ceiling(models, args.rounds)
     cpu = os.cpu_count()
     head = (
         f"bench/serve --batching: {cpu} CPUs, {args.rounds} slices × {args.seconds:g} s per point, servers alternating; medians\n"
     )
-    return [head, *batching_report(points, conc)]
+    return [head, *batching_report(points, conc), "", *ceiling]
 
 
 # --------------------------------------------------------------------------- report
