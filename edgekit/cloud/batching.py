@@ -3,8 +3,10 @@
 A model is batched when its inputs and outputs all have a dynamic first (batch) dimension in the manifest
 (``dynamicDims`` ``{"0": ...}``, compiled with ``-s NAME:-1,...``) and its policy is on: a request's records wait
 in a queue of their own **shape group** (the inputs' dimensions after the first, and dtypes: requests of other
-sequence lengths are never stacked together) until the group holds ``max_batch_size`` records or the first of
-them has waited ``max_delay_ms``, and a run slot is free (at most ``slots`` batches of a model run at once); then
+sequence lengths are never stacked together) until the group holds ``max_batch_size`` records, or the first of
+them has waited ``max_delay_ms``, or (``run_when_idle``, the default) no run of the model is in progress — a
+request to an idle model runs at once, and those that come while it runs are merged when it ends (or when the
+delay is up, if a slot is free) — and a run slot is free (at most ``slots`` batches of a model run at once); then
 the group's requests run as one (their inputs concatenated on the first dimension, in arrival order) and each
 caller gets exactly its own rows of every output. A request of ``max_batch_size`` records or more runs alone, as
 it came; a request is never split across two runs.
@@ -61,6 +63,7 @@ class BatchPolicy:
 
     max_batch_size: int = 32  # records in one run at most
     max_delay_ms: float = 2.0  # how long the first request of a batch waits for more
+    run_when_idle: bool = True  # False: always wait the delay (MLServer's, Triton's max_queue_delay) for a fuller batch
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 0 or not math.isfinite(self.max_delay_ms) or self.max_delay_ms < 0:
@@ -188,10 +191,11 @@ class ModelBatcher:
         now = loop.time()
         delay = self.policy.max_delay_ms / 1000
         while self._running < self.slots:
+            idle = self._running == 0 and self.policy.run_when_idle  # nothing would come of waiting: run
             ready = [
                 key
                 for key, group in self._groups.items()
-                if self._queued[key] >= self.policy.max_batch_size or now - group[0].since >= delay
+                if idle or self._queued[key] >= self.policy.max_batch_size or now - group[0].since >= delay
             ]
             if not ready:
                 break

@@ -72,8 +72,10 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(artifacts: dict[str, Path]) -> Iterator[ModelServer]:
-    """Batches of up to 64 records, 150 ms for others to join: threads started together land in one batch."""
-    opts = ServeOptions(port=0, max_batch_size=64, max_batch_delay_ms=150, predict_threads=2)
+    """Batches of up to 64 records, 150 ms for others to join, even when the model is idle: threads started together
+    land in one batch. 'static' takes the default policy (never applied: it has no dynamic batch)."""
+    waiting = BatchPolicy(64, 150.0, run_when_idle=False)
+    opts = ServeOptions(port=0, predict_threads=2, model_batching={"mlp": waiting, "seq": waiting})
     with ModelServer(list(artifacts.values()), options=opts) as srv:
         yield srv
 
@@ -223,6 +225,21 @@ def test_v2_metadata_and_requests_follow_the_dynamic_dims(server: ModelServer, a
     assert status == 400 and "[batch, time, 4]" in doc["error"]
 
 
+def test_by_default_a_request_to_an_idle_model_runs_at_once(artifacts: dict[str, Path]) -> None:
+    model = edgekit.load(artifacts["mlp"])
+    opts = ServeOptions(port=0, max_batch_delay_ms=500)  # run_when_idle: the delay is only for a busy model
+    with ModelServer([artifacts["mlp"]], options=opts) as srv:
+        for i in range(3):
+            x = np.full((1, 8), i, np.float32)
+            t0 = time.monotonic()
+            status, got = invocations(srv.url, "mlp", x)
+            assert status == 200 and time.monotonic() - t0 < 0.45
+            np.testing.assert_allclose(got, model.predict({"x": x})[0], rtol=1e-5, atol=1e-6)
+        after = metrics(srv.url)
+    assert after[("edgekit_batch_wait_seconds_count", "mlp")] == 3
+    assert after[("edgekit_batch_wait_seconds_sum", "mlp")] < 0.3
+
+
 def test_batching_off_runs_each_request_alone(artifacts: dict[str, Path]) -> None:
     model = edgekit.load(artifacts["mlp"])
     opts = ServeOptions(port=0, max_batch_size=0, max_batch_delay_ms=150)
@@ -288,7 +305,7 @@ async def test_a_merged_run_that_fails_is_retried_request_by_request() -> None:
     retried: list[int] = []
     batcher = ModelBatcher(
         "m",
-        BatchPolicy(16, 50.0),
+        BatchPolicy(16, 50.0, run_when_idle=False),
         run,
         slots=1,
         observe=lambda records, requests, _waits: seen.append((records, requests)),
@@ -306,3 +323,18 @@ async def test_a_merged_run_that_fails_is_retried_request_by_request() -> None:
         else:
             assert isinstance(result, dict)
             np.testing.assert_array_equal(result["y"], x * 2)
+
+
+def test_a_csv_body_to_a_dynamic_batch_model_is_one_run(server: ModelServer, artifacts: dict[str, Path]) -> None:
+    """Many records in one request: one run of all of them (the dynamic batch), answered line by line."""
+    x = np.random.default_rng(5).standard_normal((5, 8)).astype(np.float32)
+    body = ("\n".join(",".join(f"{v:.9g}" for v in row) for row in x) + "\n").encode()
+    headers = {"Content-Type": "text/csv", "Accept": "text/csv", "X-Amzn-SageMaker-Target-Model": "mlp"}
+    before = metrics(server.url)
+    request = urllib.request.Request(server.url + "/invocations", data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as response:
+        got = np.array([[float(v) for v in line.split(",")] for line in response.read().decode().splitlines()])
+    np.testing.assert_allclose(got, edgekit.load(artifacts["mlp"]).predict({"x": x})[0], rtol=1e-5, atol=1e-6)
+    after = metrics(server.url)
+    assert delta(before, after, "edgekit_batch_size_sum", "mlp") == 5
+    assert delta(before, after, "edgekit_batch_size_count", "mlp") == 1
