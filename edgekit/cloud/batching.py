@@ -174,6 +174,14 @@ class ModelBatcher:
         if records >= self.policy.max_batch_size:  # nothing could join it
             self._observe(records, 1, [0.0])
             return await self._run(feeds, records)
+        if self._running == 0 and self.policy.run_when_idle and not self._groups:  # idle: run it now, no queue hop
+            self._running += 1
+            try:
+                self._observe(records, 1, [0.0])
+                return await self._run(feeds, records)
+            finally:
+                self._running -= 1
+                self._kick()
         loop = asyncio.get_running_loop()
         key = tuple((name, arr.shape[1:], arr.dtype.str) for name, arr in feeds.items())
         waiting = _Waiting(feeds, records, loop.create_future(), loop.time())
