@@ -20,7 +20,8 @@
 Errors are JSON ``{"error": "<one line>"}``: 400 bad input (naming the input and expected shape), 404
 unknown model (naming the loaded ones), 413 body over the limit, 415/406 media types, 500 the model
 raised (the server keeps serving). Fast models (measured under ``inline_below_ms`` by the compiler)
-run on the event loop; others in a bounded pool of threads. See docs/cloud.md.
+run on the event loop; others in a bounded pool of threads. Concurrent requests to a model with a dynamic batch
+dimension are merged into one run and split back (:mod:`edgekit.cloud.batching`). See docs/cloud.md.
 """
 
 from __future__ import annotations
