@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -27,7 +30,7 @@ import edgekit
 from edgekit.cloud.batching import BatchPolicy, ModelBatcher, batchable, parse_policy, policy_from_env
 from edgekit.cloud.content import decode_body
 from edgekit.cloud.model_server import ModelServer, ServeOptions
-from edgekit.errors import ServeError
+from edgekit.errors import EXIT_CODES, ServeError
 from edgekit.manifest import read_manifest
 
 
@@ -338,3 +341,22 @@ def test_a_csv_body_to_a_dynamic_batch_model_is_one_run(server: ModelServer, art
     after = metrics(server.url)
     assert delta(before, after, "edgekit_batch_size_sum", "mlp") == 5
     assert delta(before, after, "edgekit_batch_size_count", "mlp") == 1
+
+
+def test_the_cli_refuses_bad_batching_settings_in_one_line(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    edgekit_cli = Path(sys.executable).with_name("edgekit")
+    root = Path(__file__).resolve().parents[2]
+    for args, env, expected in (
+        (["--model-batching", "mlp=lots"], {}, "batching of model 'mlp' 'lots': expected SIZE[,DELAY_MS]"),
+        ([], {"EDGEKIT_MAX_BATCH_SIZE": "2.5"}, "$EDGEKIT_MAX_BATCH_SIZE=2.5: give a whole number of records"),
+    ):
+        proc = subprocess.run(
+            [str(edgekit_cli), "serve", str(artifacts["mlp"]), "--port", "0", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(root), **env},
+            timeout=120,
+        )
+        assert proc.returncode == EXIT_CODES[ServeError] == 25, proc.stderr
+        assert proc.stderr.count("\n") == 1 and expected in proc.stderr and "Traceback" not in proc.stderr
