@@ -2,6 +2,7 @@
 
     bench/serve [--models mlp,cnn,wine] [--concurrency 1,8,32] [--seconds 3] [--rounds 2] [--json out.json]
     bench/serve --csv 10000,1000 [--rounds 6]     records: CSV rows in many-row requests against a bare predict
+    bench/serve --batching [--concurrency 1,8,32]  adaptive batching on against off (and MLServer's)
 
 Models are built in code (no downloads): bench/compile's MLP and CNN (torch), and the wine-dataset
 scikit-learn pipeline (StandardScaler + LogisticRegression, 13 features); each is compiled with
@@ -19,6 +20,13 @@ in this process, on the same cores.
   It runs from its own virtualenv (``--mlserver-venv``, created on first use with pip): MLServer pins
   starlette < 0.47 through fastapi, which edgekit's ``serve`` extra must not be held to;
 - **bare** — ``edgekit.load(...).predict`` called back to back in this process (no HTTP; concurrency 1).
+
+``--batching`` measures adaptive batching instead: bench/compile's MobileNet-style CNN (3×64×64, exported to ONNX
+with a dynamic batch axis and compiled with ``-s input:-1,3,64,64``) sent one record a request as ``.npy``, and the
+wine pipeline compiled with ``-s input:-1,13`` (SageMaker JSON and V2 JSON), each to two ``edgekit serve``
+processes, one batching (``--batch-args``, default ``--max-batch-size 32 --max-batch-delay-ms 2``) and one with
+``--no-batching``; the wine pipeline also to MLServer with its adaptive batching on (``max_batch_size`` 32,
+``max_batch_time`` 2 ms). Slices taken in turns, as above; req/s and p99 against the unbatched server's.
 
 ``--csv ROWS,PER_REQUEST`` measures records instead: ROWS rows of the wine data (resampled, each feature scaled
 by a random 0.95-1.05) sent as ``text/csv`` in PER_REQUEST-row requests, one after another on one keep-alive
@@ -250,9 +258,11 @@ def start_minimal(stack: contextlib.ExitStack, models: list[Model], work: Path) 
     return {"minimal": targets}
 
 
-def start_mlserver(stack: contextlib.ExitStack, python: Path, model: Model, work: Path) -> dict[str, dict[str, Target]]:
+def start_mlserver(
+    stack: contextlib.ExitStack, python: Path, model: Model, work: Path, batching: dict[str, Any] | None = None
+) -> dict[str, dict[str, Target]]:
     assert model.sklearn is not None
-    folder = work / "mlserver"
+    folder = work / ("mlserver-batching" if batching else "mlserver")
     (folder / model.name).mkdir(parents=True, exist_ok=True)
     port, grpc, metrics = _free_port(), _free_port(), _free_port()
     settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": grpc, "metrics_port": metrics, "parallel_workers": 0}
@@ -261,6 +271,7 @@ def start_mlserver(stack: contextlib.ExitStack, python: Path, model: Model, work
         "name": model.name,
         "implementation": "mlserver_sklearn.SKLearnModel",
         "parameters": {"uri": str(model.sklearn), "version": "v1"},
+        **(batching or {}),  # max_batch_size, max_batch_time: MLServer's adaptive batching
     }
     (folder / model.name / "model-settings.json").write_text(json.dumps(model_settings))
     cmd = [str(python.parent / "mlserver"), "start", str(folder)]
@@ -376,6 +387,168 @@ def run_csv(total: int, per_request: int, rounds: int, work: Path, extra: list[s
     ]
 
 
+# --------------------------------------------------------------------------- adaptive batching
+
+
+def _onnx_dynamic(module: Any, shape: list[int], path: Path) -> None:
+    """``module`` exported to ONNX with its first axis dynamic (what ``-s input:-1,...`` keeps)."""
+    import warnings
+
+    import torch
+
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.randn(2, *shape[1:]),),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+            dynamo=False,
+            opset_version=17,
+        )
+
+
+def build_dynamic(work: Path) -> list[Model]:
+    """The MobileNet-style CNN and the wine pipeline, each compiled with a dynamic batch dimension."""
+    from bench.compile import _torch_models
+
+    _, module, shape = _torch_models()["mobilenet"]
+    _onnx_dynamic(module, shape, work / "mobilenet.onnx")
+    wine_source, wine_x = _wine(work)
+    x = np.random.default_rng(SEED).standard_normal(shape).astype(np.float32)
+    models = []
+    for name, source, shapes, feed, sk in (
+        ("mobilenet", work / "mobilenet.onnx", {"input": [-1, *shape[1:]]}, x, None),
+        ("wine", wine_source, {"input": [-1, 13]}, wine_x, wine_source),
+    ):
+        result = edgekit.compile(
+            source, "x86_64", work / "build", pipeline="ort", input_shapes=shapes, name=name, use_cache=False,
+            trust_unknown_types=True,  # the bench's own pickle, written a moment ago
+        )  # fmt: skip
+        manifest = result.manifest
+        assert manifest.inputs[0].dynamic_dims, f"{name}: compiled without a dynamic batch"
+        entry = result.artifact_dir / manifest.backend.entry
+        models.append(Model(name, result.artifact_dir, entry, manifest.inputs[0].name, feed, sk))
+    return models
+
+
+def start_batching(
+    stack: contextlib.ExitStack, models: list[Model], work: Path, batch_args: list[str], extra: list[str]
+) -> dict[str, dict[str, Target]]:
+    """Two edgekit servers of the same models, batching and not: the npy CNN, the wine pipeline in JSON and V2."""
+    out: dict[str, dict[str, Target]] = {}
+    for label, args in (("edgekit serve, batching", batch_args), ("edgekit serve, no batching", ["--no-batching"])):
+        port = _free_port()
+        cmd = [sys.executable, "-c", "import sys; from edgekit.cli import main; sys.exit(main(sys.argv[1:]))", "serve"]
+        cmd += [str(m.artifact) for m in models] + ["--port", str(port), *args, *extra]
+        log = work / f"edgekit-serve-{len(out)}.log"
+        pid = stack.enter_context(_process(cmd, f"http://127.0.0.1:{port}/ping", log)).pid
+        sagemaker: dict[str, Target] = {}
+        v2: dict[str, Target] = {}
+        for m in models:
+            headers = {"X-Amzn-SageMaker-Target-Model": m.name}
+            if m.sklearn is None:  # the CNN: 12,288 floats, as .npy
+                buf = io.BytesIO()
+                np.save(buf, m.x)
+                binary = {**headers, "Content-Type": "application/x-npy"}
+                sagemaker[m.name] = (port, request_bytes("127.0.0.1", port, "/invocations", buf.getvalue(), binary), pid)
+            else:
+                sagemaker[m.name] = (port, request_bytes("127.0.0.1", port, "/invocations", _json_body(m), headers), pid)
+                body = _v2_body(m, m.input_name)
+                v2[m.name] = (port, request_bytes("127.0.0.1", port, f"/v2/models/{m.name}/infer", body), pid)
+        out[label] = sagemaker
+        out[f"{label} (v2)"] = v2
+    return out
+
+
+def batching_report(points: dict[tuple[str, str, int], Point], conc: list[int]) -> list[str]:
+    lines = ["| model | server | " + " | ".join(f"c={c}: req/s · p50 · p99 ms · server CPU µs/req" for c in conc) + " |"]
+    lines.append("|" + " --- |" * (2 + len(conc)))
+    servers = sorted({s for s, _, _ in points}, key=lambda s: (s.startswith("MLServer"), "(v2)" in s, s))
+    for model in ("mobilenet", "wine"):
+        for server in servers:
+            cells = []
+            for c in conc:
+                p = points.get((server, model, c))
+                cell = "" if p is None else (
+                    f"{p.median('rps'):,.0f} · {p.median('p50_ms'):.2f} · {p.median('p99_ms'):.2f} · {p.median('cpu_us'):,.0f}"
+                    + (f" ({sum(int(r['errors']) for r in p.rounds)} errors: {p.error[:80]})" if p.error else "")
+                )  # fmt: skip
+                cells.append(cell)
+            if any(cells):
+                lines.append(f"| {model} | {server} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for model in ("mobilenet", "wine"):
+        for c in conc:
+            on, off = points.get(("edgekit serve, batching", model, c)), points.get(("edgekit serve, no batching", model, c))
+            mls = points.get(("MLServer, batching", model, c))
+            v2 = points.get(("edgekit serve, batching (v2)", model, c))
+            parts = []
+            if on and off:
+                parts.append(
+                    f"batching/none {on.median('rps') / off.median('rps'):.2f}× req/s (goal ≥ 2 at c=32), "
+                    f"p99 {on.median('p99_ms') / off.median('p99_ms'):.2f}× (goal ≤ 2)"
+                )
+            if v2 and mls:
+                parts.append(
+                    f"edgekit v2 batching/MLServer batching {v2.median('rps') / mls.median('rps'):.2f}× req/s "
+                    f"(p99 {v2.median('p99_ms'):.2f} vs {mls.median('p99_ms'):.2f} ms)"
+                )
+            if parts:
+                lines.append(f"{model} c={c}: " + "; ".join(parts))
+    return lines
+
+
+def batch_ceiling(models: list[Model], rounds: int) -> list[str]:
+    """What merging can save in the model itself: a bare predict's time per record at a batch of 1 and of 32
+    (one ONNX Runtime thread, as the server runs it), median of ``rounds``, in this process."""
+    lines = []
+    for m in models:
+        loaded = edgekit.load(m.artifact, threads=1)
+        per_record: dict[int, list[float]] = {1: [], 32: []}
+        for _ in range(rounds):
+            for batch in per_record:
+                x = np.repeat(m.x, batch, axis=0)
+                loaded.predict({m.input_name: x})
+                n = max(2, 64 // batch)
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    loaded.predict({m.input_name: x})
+                per_record[batch].append((time.perf_counter() - t0) / n / batch * 1e6)
+        one, many = (statistics.median(per_record[b]) for b in (1, 32))
+        lines.append(
+            f"{m.name}: bare predict {one:,.1f} µs a record one at a time, {many:,.1f} µs a record 32 at a time "
+            f"({one / many:.2f}× less in a batch: the most merging can save in the model itself)"
+        )
+    return lines
+
+
+def run_batching(args: argparse.Namespace, say: Any) -> list[str]:
+    conc = [int(c) for c in args.concurrency.split(",")]
+    points: dict[tuple[str, str, int], Point] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp, contextlib.ExitStack() as stack:
+        work = Path(tmp)
+        say("building and compiling mobilenet and wine with a dynamic batch dimension")
+        models = build_dynamic(work)
+        targets = start_batching(stack, models, work, args.batch_args.split(), args.edgekit_args.split())
+        wine = next(m for m in models if m.sklearn is not None)
+        if "mlserver" in args.servers:
+            python = mlserver_python(args.mlserver_venv, say)
+            mls = start_mlserver(stack, python, wine, work, {"max_batch_size": 32, "max_batch_time": 0.002})
+            targets["MLServer, batching"] = mls["MLServer"]
+        say(f"all servers up: {', '.join(targets)}; measuring in alternating slices")
+        measure(targets, models, conc, args, points)
+        ceiling = batch_ceiling(models, args.rounds)
+    cpu = os.cpu_count()
+    head = (
+        f"bench/serve --batching: {cpu} CPUs, {args.rounds} slices × {args.seconds:g} s per point, servers alternating; medians\n"
+    )
+    return [head, *batching_report(points, conc), "", *ceiling]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -430,6 +603,36 @@ def render(points: dict[tuple[str, str, int], Point], models: list[str], conc: l
     return lines
 
 
+def measure(
+    targets: dict[str, dict[str, Target]],
+    models: list[Model],
+    conc: list[int],
+    args: argparse.Namespace,
+    points: dict[tuple[str, str, int], Point],
+    say: Any = None,
+) -> None:
+    """Every (model, concurrency) point in ``args.rounds`` slices, the servers taking turns (A B C, C B A, ...)."""
+    for m in models:
+        for c in conc:
+            for r in range(args.rounds):
+                order = list(targets) if r % 2 == 0 else list(reversed(targets))
+                for server in order:
+                    if m.name not in targets[server]:
+                        continue
+                    port, raw, pid = targets[server][m.name]
+                    cpu0 = cpu_seconds(pid)
+                    load = run_load("127.0.0.1", port, raw, c, args.seconds, warmup=0.3)
+                    cpu = (cpu_seconds(pid) - cpu0) / max(1, load.requests + int(0.3 * load.rps)) * 1e6
+                    point = points.setdefault((server, m.name, c), Point(server, m.name, c))
+                    if load.errors:
+                        point.error = load.first_error
+                    point.rounds.append(
+                        {"rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "cpu_us": cpu, "errors": load.errors}
+                    )
+        if say is not None:
+            say(f"{m.name}: done")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bench/serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -443,7 +646,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edgekit-args", default="", help="more options for 'edgekit serve', e.g. '--threads 1'")
     parser.add_argument("--json", type=Path, help="also write every round's figures here")
     parser.add_argument("--csv", metavar="ROWS,PER_REQUEST", help="measure CSV records instead, e.g. 10000,1000")
+    parser.add_argument("--batching", action="store_true", help="measure adaptive batching instead (see above)")
+    parser.add_argument(
+        "--batch-args", default="--max-batch-size 32 --max-batch-delay-ms 2", help="the batching server's options"
+    )
     args = parser.parse_args(argv)
+    if args.batching:
+        if args.concurrency == "1,8,32" and "--concurrency" not in (argv or sys.argv):
+            args.concurrency = "1,32"
+        print("\n".join(run_batching(args, lambda msg: print(f"bench/serve: {msg}", file=sys.stderr, flush=True))))
+        return 0
     if args.csv:
         total, per_request = (int(v) for v in args.csv.split(","))
         with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
@@ -472,24 +684,7 @@ def main(argv: list[str] | None = None) -> int:
         if "mlserver" in servers and wine is not None:
             targets.update(start_mlserver(stack, mlserver_python(args.mlserver_venv, say), wine, work))
         say(f"all servers up: {', '.join(targets)}; measuring in alternating slices")
-        for m in models:
-            for c in conc:
-                for r in range(args.rounds):
-                    order = list(targets) if r % 2 == 0 else list(reversed(targets))
-                    for server in order:
-                        if m.name not in targets[server]:
-                            continue
-                        port, raw, pid = targets[server][m.name]
-                        cpu0 = cpu_seconds(pid)
-                        load = run_load("127.0.0.1", port, raw, c, args.seconds, warmup=0.3)
-                        cpu = (cpu_seconds(pid) - cpu0) / max(1, load.requests + int(0.3 * load.rps)) * 1e6
-                        point = points.setdefault((server, m.name, c), Point(server, m.name, c))
-                        if load.errors:
-                            point.error = load.first_error
-                        point.rounds.append(
-                            {"rps": load.rps, "p50_ms": load.p50_ms, "p99_ms": load.p99_ms, "cpu_us": cpu, "errors": load.errors}
-                        )
-            say(f"{m.name}: done")
+        measure(targets, models, conc, args, points, say)
         if "bare" in servers:
             for _ in range(args.rounds):
                 run_bare(models, points, args.seconds)

@@ -25,7 +25,10 @@ __all__ = [
     "FleetOrNone",
     "Local",
     "LocalState",
+    "MaxBatchDelay",
+    "MaxBatchSize",
     "MeasureOn",
+    "ModelBatching",
     "Profile",
     "Region",
     "Report",
@@ -40,6 +43,32 @@ _FLEET_FOLDER = "the local fleet's folder (default ./.edgekit/fleet)"
 _FLEET_FILE = "fleet file: a name under devices/fleets/ or a .yaml path"
 
 State = Annotated[Path | None, typer.Option("--state", metavar="DIR", help=_FLEET_FOLDER)]
+MaxBatchSize = Annotated[
+    int | None,
+    typer.Option(
+        "--max-batch-size",
+        metavar="N",
+        help="adaptive batching: concurrent requests to a model with a dynamic batch dimension run as one, up to N "
+        "records (default 32, or $EDGEKIT_MAX_BATCH_SIZE / $SAGEMAKER_TS_BATCH_SIZE; 0 or 1: off)",
+    ),
+]
+MaxBatchDelay = Annotated[
+    float | None,
+    typer.Option(
+        "--max-batch-delay-ms",
+        metavar="MS",
+        help="how long a request waits for others to join its batch (default 2, or $EDGEKIT_MAX_BATCH_DELAY_MS / "
+        "$SAGEMAKER_TS_MAX_BATCH_DELAY)",
+    ),
+]
+ModelBatching = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-batching",
+        metavar="NAME=SIZE[,MS]",
+        help="one model's own batching (repeatable): e.g. cnn=16,5, or NAME=off",
+    ),
+]
 LocalState = Annotated[Path | None, typer.Option("--state", metavar="DIR", help=f"with --local: {_FLEET_FOLDER}")]
 MeasureOn = Annotated[
     str | None,

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from edgekit import api
+from edgekit.cli.options import MaxBatchDelay, MaxBatchSize, ModelBatching
 from edgekit.cli.output import MODE, console, err_console, json_output
 from edgekit.errors import ServeError
 
@@ -23,6 +24,16 @@ def _pipelines(items: list[str]) -> dict[str, list[str]]:
         if not sep or not name or not steps:
             raise ServeError(f"--pipeline '{item}': expected NAME=STEP,STEP,... (artifact folders or module:function)")
         out[name] = [s for s in steps.split(",") if s]
+    return out
+
+
+def _model_batching(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, policy = item.partition("=")
+        if not sep or not name or not policy:
+            raise ServeError(f"--model-batching '{item}': expected NAME=SIZE[,DELAY_MS] (e.g. cnn=16,5) or NAME=off")
+        out[name] = policy
     return out
 
 
@@ -77,11 +88,20 @@ def serve(
     self_test: bool = typer.Option(
         True, "--self-test/--no-self-test", help="run each artifact's golden vectors when it loads; refuse it if they disagree"
     ),
+    max_batch_size: MaxBatchSize = None,
+    max_batch_delay_ms: MaxBatchDelay = None,
+    model_batching: ModelBatching = None,
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="--no-batching: every request runs alone"),
 ) -> None:
     """Serve compiled artifacts over SageMaker's container contract, the multi-model API, KServe v2 and /metrics.
 
     With --json: {"url", "models"} as one JSON line on stdout once serving."""
-    settings: dict[str, Any] = {"port": port, "predict_threads": predict_threads}  # unset: ServeOptions' defaults
+    settings: dict[str, Any] = {  # unset: ServeOptions' defaults
+        "port": port,
+        "predict_threads": predict_threads,
+        "max_batch_size": max_batch_size if batching else 0,
+        "max_batch_delay_ms": max_batch_delay_ms,
+    }
     api.serve(
         artifacts or [],
         pipelines=_pipelines(pipeline),
@@ -98,6 +118,7 @@ def serve(
         inline_below_ms=inline_below_ms,
         graceful_timeout_s=graceful_timeout,
         self_test=self_test,
+        model_batching=_model_batching(model_batching or []),
         **{k: v for k, v in settings.items() if v is not None},
     )
 

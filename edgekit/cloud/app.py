@@ -20,7 +20,8 @@
 Errors are JSON ``{"error": "<one line>"}``: 400 bad input (naming the input and expected shape), 404
 unknown model (naming the loaded ones), 413 body over the limit, 415/406 media types, 500 the model
 raised (the server keeps serving). Fast models (measured under ``inline_below_ms`` by the compiler)
-run on the event loop; others in a bounded pool of threads. See docs/cloud.md.
+run on the event loop; others in a bounded pool of threads. Concurrent requests to a model with a dynamic batch
+dimension are merged into one run and split back (:mod:`edgekit.cloud.batching`). See docs/cloud.md.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edgekit._version import __version__
+from edgekit.cloud.batching import BatchPolicy, ModelBatcher, batchable
 from edgekit.cloud.content import MAX_DECODED_BYTES, Decoded, HttpError, batch_dim, decode_body, encode_outputs
 from edgekit.cloud.model_registry import ModelRegistry
 from edgekit.cloud.servable import Servable, run_records
@@ -114,8 +116,13 @@ class ServeApp:
         on_startup: Callable[[], None] | None = None,
         max_decoded_bytes: int = MAX_DECODED_BYTES,
         body_timeout_s: float = 30.0,
+        batching: BatchPolicy | None = None,
+        model_batching: dict[str, BatchPolicy] | None = None,
     ) -> None:
         self.registry = registry
+        self.batching = batching if batching is not None else BatchPolicy()
+        self.model_batching = dict(model_batching or {})
+        self._batchers: dict[str, tuple[Servable, ModelBatcher | None]] = {}
         self.max_decoded_bytes = max_decoded_bytes
         self.body_timeout_s = body_timeout_s
         self.metrics = metrics
@@ -174,8 +181,10 @@ class ServeApp:
         response.headers.update(exc.headers or {})  # 405's Allow
         return response
 
-    def _changed(self, event: str, _model: str) -> None:
+    def _changed(self, event: str, model: str) -> None:
         self.metrics.events.labels(event).inc()
+        if event != "load":
+            self._batchers.pop(model, None)
         self._sync_gauges()
 
     def _sync_gauges(self) -> None:
@@ -235,11 +244,35 @@ class ServeApp:
             log.warning("model %s raised", servable.name, exc_info=True)
             raise HttpError(500, f"model '{servable.name}' failed: {last_line(exc)}") from exc
 
-    async def _predict(self, servable: Servable, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def _predict(self, servable: Servable, feeds: dict[str, np.ndarray], records: int = 1) -> dict[str, np.ndarray]:
         latency = servable.latency_ms
-        if latency is not None and latency < self.inline_below_ms:
+        if latency is not None and latency * records < self.inline_below_ms:
             return self._run(servable, feeds)  # cheaper than a hop to a thread and back
         return await anyio.to_thread.run_sync(self._run, servable, feeds, limiter=self._limiter)
+
+    def _batcher(self, name: str, servable: Servable) -> ModelBatcher | None:
+        """The adaptive batcher of a model (None: it is not batched: a static or no batch dimension, a pipeline,
+        or batching off for it), made on its first request after each load."""
+        entry = self._batchers.get(name)
+        if entry is not None and entry[0] is servable:
+            return entry[1]
+        policy = self.model_batching.get(name, self.batching)
+        batcher = None
+        if policy.enabled and servable.platform != "pipeline" and batchable(servable.inputs, servable.output_specs):
+
+            async def run(feeds: dict[str, np.ndarray], records: int) -> dict[str, np.ndarray]:
+                return await self._predict(servable, feeds, records)
+
+            batcher = ModelBatcher(
+                name,
+                policy,
+                run,
+                slots=self.predict_threads,
+                observe=lambda records, requests, waits: self.metrics.observe_batch(name, records, requests, waits),
+                on_retry=lambda: self.metrics.retried(name),
+            )
+        self._batchers[name] = (servable, batcher)
+        return batcher
 
     def _default_model(self) -> str:
         names = set(self.registry.loaded) | set(self.registry.sources)
@@ -267,7 +300,10 @@ class ServeApp:
                     decode_body, body, media, servable.inputs, self.max_decoded_bytes, limiter=self._limiter
                 )
             latency = servable.latency_ms
-            if latency is not None and latency * decoded.records < self.inline_below_ms:
+            batcher = self._batcher(name, servable)
+            if batcher is not None:  # merged with concurrent requests, its own rows back
+                outputs = await batcher.submit(decoded.feeds, decoded.records)
+            elif latency is not None and latency * decoded.records < self.inline_below_ms:
                 outputs = self._run_records(servable, decoded)  # no coroutine, no thread: the fast path
             else:
                 outputs = await anyio.to_thread.run_sync(self._run_records, servable, decoded, limiter=self._limiter)
@@ -316,7 +352,13 @@ class ServeApp:
                 unknown = [n for n, _ in decoded.outputs if n not in servable.outputs]
                 if unknown:
                     raise HttpError(400, f"model '{name}' has no output(s) {unknown}; its outputs are {servable.outputs}")
-            payload, json_length = encode_v2(name, await self._predict(servable, decoded.feeds), decoded, MODEL_VERSION)
+            batcher = self._batcher(name, servable)
+            firsts = {arr.shape[0] for arr in decoded.feeds.values() if arr.ndim}
+            if batcher is not None and len(firsts) == 1 and len(decoded.feeds) == len(servable.inputs or ()):
+                outputs = await batcher.submit(decoded.feeds, firsts.pop())
+            else:
+                outputs = await self._predict(servable, decoded.feeds)
+            payload, json_length = encode_v2(name, outputs, decoded, MODEL_VERSION)
         except HttpError as exc:
             self.metrics.observe(name if exc.status != 404 else "", "v2-infer", exc.status, None)
             return _error(exc.status, exc.message)
@@ -347,8 +389,10 @@ class ServeApp:
         except HttpError as exc:
             return _error(exc.status, exc.message)
 
-        def tensor(spec: TensorSpec) -> MetadataTensor:
-            return MetadataTensor(name=spec.name, datatype=datatype_of_spec(spec.dtype), shape=spec.shape)
+        def tensor(spec: TensorSpec) -> MetadataTensor:  # -1 on a dynamic axis, as Triton's metadata has it
+            dyn = spec.dynamic_dims or {}
+            shape = [-1 if i in dyn else d for i, d in enumerate(spec.shape)]
+            return MetadataTensor(name=spec.name, datatype=datatype_of_spec(spec.dtype), shape=shape)
 
         specs = servable.output_specs
         meta = MetadataModelResponse(

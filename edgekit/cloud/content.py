@@ -44,6 +44,7 @@ __all__ = [
     "decode_body",
     "dumps_json",
     "encode_outputs",
+    "is_dynamic",
     "load_json",
     "numpy_json",
 ]
@@ -210,6 +211,15 @@ class Decoded:
     rows: bool = False
 
 
+def is_dynamic(spec: TensorSpec, axis: int) -> bool:
+    """Whether ``spec`` takes any size on ``axis``: named in the manifest's ``dynamicDims`` (or, in an older
+    manifest, a size that is not a positive int)."""
+    if spec.dynamic_dims and axis in spec.dynamic_dims:
+        return True
+    size = spec.shape[axis]
+    return not (isinstance(size, int) and size > 0)
+
+
 def batch_dim(specs: Sequence[TensorSpec]) -> int | None:
     """The first dimension the inputs share: its size (1: one record per run), 0 when it is dynamic, None when the
     inputs disagree or one has no dimensions (then a request must match the shapes exactly)."""
@@ -217,14 +227,22 @@ def batch_dim(specs: Sequence[TensorSpec]) -> int | None:
     for spec in specs:
         if not spec.shape:
             return None
-        first = spec.shape[0]
-        firsts.add(first if isinstance(first, int) and first > 0 else 0)
+        firsts.add(0 if is_dynamic(spec, 0) else int(spec.shape[0]))
     return firsts.pop() if len(firsts) == 1 else None
 
 
-def _dims_match(want: Sequence[Any], got: Sequence[int]) -> bool:
-    """``got`` fits ``want``, a dimension that is not a positive int (dynamic) taking any size."""
-    return len(want) == len(got) and all(not (isinstance(w, int) and w > 0) or w == g for w, g in zip(want, got, strict=True))
+def _fits(spec: TensorSpec, got: Sequence[int], skip: int = 0) -> bool:
+    """``got`` fits ``spec``'s shape from axis ``skip`` on (1: a record's), any size on a dynamic axis."""
+    want = spec.shape[skip:]
+    return len(want) == len(got) and all(
+        g == w or is_dynamic(spec, i) for i, (w, g) in enumerate(zip(want, got, strict=True), skip)
+    )
+
+
+def _record_of(spec: TensorSpec) -> str:
+    """A record's shape as declared, dynamic axes by name: ``[time, 8]`` of ``[batch, time, 8]``."""
+    dyn = spec.dynamic_dims or {}
+    return "[" + ", ".join(dyn.get(i, str(d)) for i, d in enumerate(spec.shape) if i) + "]"
 
 
 def decode_body(
@@ -284,7 +302,9 @@ def _arrays(raw: Mapping[str, Any], specs: Sequence[TensorSpec] | None) -> dict[
     feeds: dict[str, np.ndarray] = {}
     for spec in specs:
         if spec.name not in raw:
-            raise HttpError(400, f"missing input '{spec.name}' (expects shape {spec.shape} {spec.dtype}); sent: {sorted(raw)}")
+            raise HttpError(
+                400, f"missing input '{spec.name}' (expects shape {spec.declared()} {spec.dtype}); sent: {sorted(raw)}"
+            )
         value = raw[spec.name]
         if isinstance(value, np.ndarray) and not np.can_cast(value.dtype, spec.dtype, casting="same_kind"):
             raise HttpError(400, f"input '{spec.name}' expects {spec.dtype}, got {value.dtype}")
@@ -308,21 +328,20 @@ def _fit(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec] | None, sent:
         arr = feeds[spec.name]
         shape = list(arr.shape)
         if batch is None:
-            if not _dims_match(spec.shape, shape):
-                raise HttpError(400, f"input '{spec.name}' expects shape {spec.shape} {spec.dtype}, got {shape}")
+            if not _fits(spec, shape):
+                raise HttpError(400, f"input '{spec.name}' expects shape {spec.declared()} {spec.dtype}, got {shape}")
             counts[spec.name] = shape[0] if shape else 1
             continue
-        record = spec.shape[1:]
-        if len(shape) == len(spec.shape) and _dims_match(record, shape[1:]):
+        if len(shape) == len(spec.shape) and _fits(spec, shape[1:], 1):
             counts[spec.name] = shape[0]
-        elif batch in (0, 1) and _dims_match(record, shape):  # one record, without its batch dimension
+        elif batch in (0, 1) and _fits(spec, shape, 1):  # one record, without its batch dimension
             feeds[spec.name] = arr[np.newaxis]
             counts[spec.name] = 1
         else:
             raise HttpError(
                 400,
-                f"input '{spec.name}' expects shape {spec.shape} {spec.dtype}, got {shape}: "
-                f"send records of {record} (any number of them, stacked on the first dimension)",
+                f"input '{spec.name}' expects shape {spec.declared()} {spec.dtype}, got {shape}: "
+                f"send records of {_record_of(spec)} (any number of them, stacked on the first dimension)",
             )
     if len(set(counts.values())) > 1:
         raise HttpError(400, f"the inputs hold different numbers of records {counts}; send as many of each")
@@ -336,8 +355,10 @@ def _fit(feeds: dict[str, np.ndarray], specs: Sequence[TensorSpec] | None, sent:
     return Decoded(feeds, records, media)
 
 
-def _bad_record(values: Sequence[Any], spec: TensorSpec, record: Sequence[int], what: str) -> HttpError:
-    """The first of ``values`` that is not a ``record``-shaped array of ``spec.dtype``, as a 400 naming its row."""
+def _bad_record(values: Sequence[Any], spec: TensorSpec, what: str) -> HttpError:
+    """The first of ``values`` that is not one record of ``spec`` (``spec.dtype``), as a 400 naming its row."""
+    record = _record_of(spec)
+    shapes: set[tuple[int, ...]] = set()
     for i, value in enumerate(values, 1):
         try:
             shape = list(np.asarray(value, dtype=spec.dtype).shape)
@@ -346,12 +367,19 @@ def _bad_record(values: Sequence[Any], spec: TensorSpec, record: Sequence[int], 
             return HttpError(
                 400, f"{what} {i}: input '{spec.name}' is not an array of {record} {spec.dtype} numbers ({why}); fix that record"
             )
-        if not _dims_match(record, shape):
+        if not _fits(spec, shape, 1):
             return HttpError(
                 400,
                 f"{what} {i}: input '{spec.name}' has shape {shape}; each record is {record} {spec.dtype} "
-                f"(the model takes {spec.shape}); fix that record",
+                f"(the model takes {spec.declared()}); fix that record",
             )
+        if shapes and tuple(shape) not in shapes:  # each fits a dynamic axis, but not at the same size as the first
+            return HttpError(
+                400,
+                f"{what} {i}: input '{spec.name}' has shape {shape}, record 1 {list(next(iter(shapes)))}: the records of "
+                f"one request stack into one array; send records of another size in a request of their own",
+            )
+        shapes.add(tuple(shape))
     return HttpError(400, f"input '{spec.name}': the records do not stack into one array; send records of {record}")
 
 
@@ -390,13 +418,12 @@ def _rows(rows: list[Any], specs: Sequence[TensorSpec] | None, what: str, media:
                 values.append(row)
             else:
                 raise HttpError(400, f"{what} {i} is not an object of inputs by name; the inputs are {sorted(names)}")
-        record = spec.shape[1:]
         try:
             arr = np.asarray(values, dtype=spec.dtype)
         except (ValueError, TypeError, OverflowError):
-            raise _bad_record(values, spec, record, what) from None
-        if arr.ndim != len(spec.shape) or not _dims_match(record, list(arr.shape[1:])):
-            raise _bad_record(values, spec, record, what)
+            raise _bad_record(values, spec, what) from None
+        if arr.ndim != len(spec.shape) or not _fits(spec, list(arr.shape[1:]), 1):
+            raise _bad_record(values, spec, what)
         feeds[spec.name] = arr
     return Decoded(feeds, len(rows), media, rows=True)
 
@@ -427,9 +454,11 @@ def _load_csv(body: bytes, specs: Sequence[TensorSpec] | None, limit: int) -> De
         raise HttpError(415, f"text/csv holds records of one input and this model takes {names}; send {JSON} or {NPZ}")
     spec = specs[0]
     record = spec.shape[1:]
-    fixed = all(isinstance(d, int) and d > 0 for d in record)
+    fixed = not any(is_dynamic(spec, i) for i in range(1, len(spec.shape)))
     if not fixed and len(record) != 1:
-        raise HttpError(415, f"input '{spec.name}' has records of {record} with a dynamic dimension; send {JSON} or {NPY}")
+        raise HttpError(
+            415, f"input '{spec.name}' has records of {_record_of(spec)} with a dynamic dimension; send {JSON} or {NPY}"
+        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -447,7 +476,7 @@ def _load_csv(body: bytes, specs: Sequence[TensorSpec] | None, limit: int) -> De
                 raise HttpError(400, f"CSV line {i} is empty; send one record per line, no blank lines")
             raise HttpError(
                 400,
-                f"CSV line {i} has {fields} fields and input '{spec.name}' takes {width} per record (shape {spec.shape}); "
+                f"CSV line {i} has {fields} fields and input '{spec.name}' takes {width} per record (shape {spec.declared()}); "
                 f"send {width} comma-separated numbers per line",
             )
     dtype = np.dtype(spec.dtype)
@@ -486,8 +515,9 @@ def check_inputs(feeds: Mapping[str, np.ndarray], specs: Sequence[TensorSpec], s
     """400 naming the input and the expected shape when a shape is wrong or an unknown input was sent."""
     for spec in specs:
         shape = list(feeds[spec.name].shape)
-        if shape != spec.shape:
-            raise HttpError(400, f"input '{spec.name}' expects shape {spec.shape} {spec.dtype}, got {shape}")
+        if not _fits(spec, shape):
+            dynamic = ", any size on the named dimensions" if spec.dynamic_dims else ""
+            raise HttpError(400, f"input '{spec.name}' expects shape {spec.declared()} {spec.dtype}{dynamic}, got {shape}")
     sent = sent if sent is not None else feeds
     if len(sent) == len(specs):  # every spec was found in it: nothing extra
         return

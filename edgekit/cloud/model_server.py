@@ -21,10 +21,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgekit.cloud.connection_guard import ConnectionGuard
 from edgekit.deps import require
 from edgekit.errors import ServeError
+
+if TYPE_CHECKING:
+    from edgekit.cloud.batching import BatchPolicy
 
 __all__ = ["DEFAULT_MODEL_DIR", "ModelServer", "ServeOptions", "default_port", "serve"]
 
@@ -67,6 +71,26 @@ class ServeOptions:
     keep_alive_s: int = 5  # uvicorn's timeout_keep_alive: idle after a response
     body_timeout_s: float = 30.0  # a request body not received in full in this time: 408
     max_decoded_mb: float = 256.0  # an .npy / .npz (or a compressed v2) body may decode to at most this
+    # adaptive batching of models with a dynamic batch dimension (docs/cloud.md); None: the environment's
+    # (EDGEKIT_MAX_BATCH_SIZE / SAGEMAKER_TS_BATCH_SIZE, EDGEKIT_MAX_BATCH_DELAY_MS / SAGEMAKER_TS_MAX_BATCH_DELAY), else 32 / 2 ms
+    max_batch_size: int | None = None  # records merged into one run at most; 0 or 1: no batching
+    max_batch_delay_ms: float | None = None  # how long a request waits for others to join it
+    model_batching: Mapping[str, str | BatchPolicy] = field(default_factory=dict)  # per model: "SIZE[,DELAY_MS]" or "off"
+
+    def batch_policies(self) -> tuple[BatchPolicy, dict[str, BatchPolicy]]:
+        """(the default policy, each named model's own); ServeError naming a bad value."""
+        from edgekit.cloud.batching import BatchPolicy, parse_policy, policy_from_env
+
+        env = policy_from_env()
+        default = BatchPolicy(
+            env.max_batch_size if self.max_batch_size is None else self.max_batch_size,
+            env.max_delay_ms if self.max_batch_delay_ms is None else self.max_batch_delay_ms,
+        )
+        per_model = {
+            name: p if isinstance(p, BatchPolicy) else parse_policy(p, default, f"batching of model '{name}'")
+            for name, p in self.model_batching.items()
+        }
+        return default, per_model
 
 
 def _connection_cap(wanted: int) -> int:
@@ -130,6 +154,7 @@ class ModelServer:
         from edgekit.cloud.serve_metrics import ServeMetrics
 
         self.options = opts = options or ServeOptions()
+        batching, model_batching = opts.batch_policies()  # a bad value stops the start before any model loads
         pipelines = dict(pipelines or {})
         given = _named(models)
         if not given and not pipelines and opts.model_repository is None and not opts.multi_model:
@@ -170,6 +195,13 @@ class ModelServer:
             self.registry.sources[name] = ModelSource(servable.url, steps)
         if opts.model_repository is not None:
             self._scan_repository(opts.model_repository)
+        unknown = sorted(set(model_batching) - set(self.registry.sources))
+        if unknown and not opts.multi_model:
+            for _, s in loaded:
+                s.close()
+            raise ServeError(
+                f"batching given for model(s) {unknown} this server does not serve; its models are {sorted(self.registry.sources)}"
+            )
         self.registry.preload(loaded)
         self.metrics = ServeMetrics()
         self._on_ready = on_ready
@@ -182,6 +214,8 @@ class ModelServer:
             on_startup=self._ready,
             max_decoded_bytes=int(opts.max_decoded_mb * 2**20),
             body_timeout_s=opts.body_timeout_s,
+            batching=batching,
+            model_batching=model_batching,
         )
         self.guard = ConnectionGuard(_connection_cap(opts.max_connections), opts.header_timeout_s)
         self.socket = self._bind(opts.host, opts.port)

@@ -173,7 +173,9 @@ def _check_datatypes(request: InferenceRequest, specs: Sequence[TensorSpec]) -> 
         want = datatype_of_spec(spec.dtype)
         if t.datatype != want:
             how = "" if t.datatype != "BYTES" else "; BYTES is for text inputs"
-            raise HttpError(400, f"input '{t.name}' is {want} {spec.shape}, the request sends {t.datatype}{how}: send {want}")
+            raise HttpError(
+                400, f"input '{t.name}' is {want} {spec.declared()}, the request sends {t.datatype}{how}: send {want}"
+            )
 
 
 def _raw_request(body: bytes, specs: Sequence[TensorSpec] | None) -> V2Request:
@@ -182,9 +184,17 @@ def _raw_request(body: bytes, specs: Sequence[TensorSpec] | None) -> V2Request:
         names = None if specs is None else [s.name for s in specs]
         raise HttpError(400, f"a raw binary request (Inference-Header-Content-Length 0) needs a model of one input, not {names}")
     spec = specs[0]
-    tensor = RequestInput(name=spec.name, shape=spec.shape, datatype=datatype_of_spec(spec.dtype))
-    if any(d < 0 for d in spec.shape) or tensor.datatype not in NUMPY_DTYPES:
-        raise HttpError(400, f"input '{spec.name}' ({spec.shape} {spec.dtype}) can't be sent raw; send the JSON header too")
+    dynamic = set(spec.dynamic_dims or {})
+    datatype = datatype_of_spec(spec.dtype)
+    if any(d < 0 for d in spec.shape) or datatype not in NUMPY_DTYPES or not dynamic <= {0}:
+        raise HttpError(400, f"input '{spec.name}' ({spec.declared()} {spec.dtype}) can't be sent raw; send the JSON header too")
+    shape = list(spec.shape)
+    if dynamic:  # a dynamic batch: as many records as the bytes hold
+        record = int(np.prod(shape[1:])) * np.dtype(NUMPY_DTYPES[datatype]).itemsize
+        if record == 0 or len(body) % record or not body:
+            raise HttpError(400, f"input '{spec.name}': {len(body)} raw bytes are not whole records of {record} bytes")
+        shape[0] = len(body) // record
+    tensor = RequestInput(name=spec.name, shape=shape, datatype=datatype)
     return V2Request(feeds={spec.name: _from_binary(tensor, memoryview(body))}, binary_output=True)
 
 
@@ -215,7 +225,9 @@ def decode_v2(body: bytes, specs: Sequence[TensorSpec] | None, header_length: st
         return decoded
     for spec in specs:
         if spec.name not in raw:
-            raise HttpError(400, f"missing input '{spec.name}' (expects shape {spec.shape} {spec.dtype}); sent: {sorted(raw)}")
+            raise HttpError(
+                400, f"missing input '{spec.name}' (expects shape {spec.declared()} {spec.dtype}); sent: {sorted(raw)}"
+            )
     check_inputs(raw, specs)  # nothing extra: the feeds are the inputs by name
     return decoded
 
