@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from edgekit.manifest import TensorSpec
+from edgekit.runtime.inputs import random_feed
 
 __all__ = ["Role", "input_roles", "synthesize"]
 
@@ -173,7 +174,10 @@ def synthesize(
         for s in specs:
             dt = np.dtype(s.dtype)
             role = roles.get(s.name)
-            if role is not None:
+            if s.is_sequence:  # two elements of the element shape (size 2 where it is open)
+                one = s.model_copy(update={"shape": [d if d > 0 else 2 for d in s.shape], "kind": "tensor"})
+                feed[s.name] = [random_feed([one], rng)[s.name] for _ in range(2)]  # type: ignore[assignment]  # a list
+            elif role is not None:
                 feed[s.name] = _values(role.kind, s, role.bound, rng)
             elif dt.kind == "f":
                 feed[s.name] = rng.standard_normal(s.shape).astype(dt)

@@ -23,10 +23,13 @@ __all__ = ["Timing", "random_feed", "random_inputs", "read_inputs", "time_runs"]
 
 def random_feed(inputs: Sequence[TensorSpec], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """One feed drawn from ``rng``: standard normal floats, small non-negative integers, booleans."""
-    feeds = {}
+    feeds: dict[str, Any] = {}
     for s in inputs:
         dt = np.dtype(s.dtype)
-        if dt.kind == "f":
+        if s.is_sequence:  # two elements of the element shape (size 2 where it is open)
+            one = s.model_copy(update={"shape": [d if d > 0 else 2 for d in s.shape], "kind": "tensor"})
+            feeds[s.name] = [random_feed([one], rng)[s.name] for _ in range(2)]
+        elif dt.kind == "f":
             feeds[s.name] = rng.standard_normal(s.shape).astype(dt)
         elif dt.kind == "b":
             feeds[s.name] = rng.integers(0, 2, s.shape).astype(dt)

@@ -32,7 +32,7 @@ from edgekit.compiler.backends.tvm_tune import (
     trials_shorthand,
     tune_and_apply,
 )
-from edgekit.compiler.frontends.frontend import SourceModel
+from edgekit.compiler.frontends.frontend import SourceModel, sequence_element_type
 from edgekit.deps import package_version, require
 from edgekit.digests import file_sha256
 from edgekit.errors import (
@@ -228,7 +228,12 @@ class TvmBackend(Backend[TvmOptions]):
         from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
         supported = set(_get_convert_map()) | {"If", "Constant"}  # the two its importer handles itself
-        bad: list[UnsupportedOp] = []
+        bad: list[UnsupportedOp] = [
+            ("seq(tensor)", f"{kind} '{vi.name}'", "TVM's Relax ONNX importer takes and gives tensors only: use onnxruntime")
+            for kind, values in (("input", source.model.graph.input), ("output", source.model.graph.output))
+            for vi in values
+            if sequence_element_type(vi) is not None
+        ]
         for node in source.model.graph.node:
             domain = node.domain or ""
             if domain not in ("", "ai.onnx"):
