@@ -33,6 +33,7 @@ __all__ = [
     "TensorSpec",
     "artifact_digests",
     "read_manifest",
+    "tensors_only",
     "verify_files",
 ]
 
@@ -343,3 +344,16 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
                 f"{directory}: '{name}' does not match its SHA-256 in manifest.json (changed after compiling); "
                 "recompile the artifact, or restore the file"
             )
+
+
+def tensors_only(manifest: Manifest, what: str, why: str) -> None:
+    """ArtifactError naming the artifact's first sequence input or output when ``what`` (a consumer: ``edgekit serve``,
+    the inference component) carries tensors only; ``why`` says why. See docs/compile.md (sequences)."""
+    for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for spec in specs:
+            if spec.is_sequence:
+                raise ArtifactError(
+                    f"{kind} '{spec.name}' is a sequence ({spec.declared()} {spec.dtype}), and {what} carries tensors "
+                    f"only ({why}); run this model with edgekit.load(...).predict or 'edgekit run', or end its graph "
+                    "with ConcatFromSequence so that it gives one tensor"
+                )

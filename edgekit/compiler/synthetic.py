@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -168,15 +169,15 @@ def synthesize(
     0/1 booleans and integers in [0, 10) (small, non-negative: safe as values, counts and most indices)."""
     roles = input_roles(model) if roles is None else roles
     rng = np.random.default_rng(seed)
-    out = []
+    out: list[dict[str, np.ndarray]] = []
     for _ in range(count):
-        feed = {}
+        feed: dict[str, Any] = {}  # a sequence input: a list of arrays
         for s in specs:
             dt = np.dtype(s.dtype)
             role = roles.get(s.name)
             if s.is_sequence:  # two elements of the element shape (size 2 where it is open)
                 one = s.model_copy(update={"shape": [d if d > 0 else 2 for d in s.shape], "kind": "tensor"})
-                feed[s.name] = [random_feed([one], rng)[s.name] for _ in range(2)]  # type: ignore[assignment]  # a list
+                feed[s.name] = [random_feed([one], rng)[s.name] for _ in range(2)]
             elif role is not None:
                 feed[s.name] = _values(role.kind, s, role.bound, rng)
             elif dt.kind == "f":

@@ -45,7 +45,7 @@ class Runner(ABC):
 
     def _check(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
         if isinstance(inputs, (list, tuple)) and len(self.inputs) == 1 and self.inputs[0].is_sequence:
-            inputs = {self.inputs[0].name: inputs}  # type: ignore[dict-item]  # the one input's sequence
+            inputs = {self.inputs[0].name: inputs}  # the one input's sequence
         if isinstance(inputs, (np.ndarray, list, tuple)):
             if len(self.inputs) != 1:
                 names = [s.name for s in self.inputs]

@@ -4,18 +4,18 @@ A sequence input takes a list (or tuple) of arrays of its element dtype, of any 
 comes back from ``predict`` as a list of arrays. In ``.npz`` files (golden vectors, ``edgekit run --output``) a
 sequence ``NAME`` is stored as ``NAME/#`` (its length, a 0-d int64) and ``NAME/0``, ``NAME/1``, ... (its elements).
 Consumers that carry tensors only (serve's Open Inference Protocol, a device's input sources, the fleet's inference
-component) refuse an artifact with a sequence input or output with :func:`refuse_sequences`.
+component) refuse an artifact with a sequence input or output (:func:`edgekit.manifest.tensors_only`).
 See docs/compile.md (sequences).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from edgekit.errors import ArtifactError, InferenceError
+from edgekit.errors import InferenceError
 from edgekit.manifest import TensorSpec
 
 __all__ = [
@@ -25,7 +25,6 @@ __all__ = [
     "flat_values",
     "is_sequence",
     "pack_value",
-    "refuse_sequences",
     "unpack_values",
     "value_nbytes",
 ]
@@ -104,15 +103,3 @@ def unpack_values(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
     parts = {f"{key}/{i}" for key, n in lengths.items() for i in range(n)} | {f"{k}/{LENGTH}" for k in lengths}
     out.update({k: v for k, v in arrays.items() if k not in parts})
     return out
-
-
-def refuse_sequences(specs: Sequence[TensorSpec], what: str, why: str, kind: str = "input") -> None:
-    """ArtifactError naming the first sequence of ``specs`` (``kind``: input or output) when ``what`` (a consumer:
-    ``edgekit serve``, ...) carries tensors only: ``why`` says why."""
-    for spec in specs:
-        if spec.is_sequence:
-            raise ArtifactError(
-                f"{kind} '{spec.name}' is a sequence ({spec.declared()} {spec.dtype}), and {what} carries tensors only "
-                f"({why}); run it with edgekit.load(...).predict or 'edgekit run', or end the graph with "
-                "ConcatFromSequence so that it gives one tensor"
-            )

@@ -170,7 +170,7 @@ def output_specs(model: onnx.ModelProto, names: list[str], expected: list[list[n
 def _sequence_output(name: str, declared: onnx.ValueInfoProto | None, values: list[np.ndarray]) -> TensorSpec:
     """A sequence output's spec: the element dtype (the model's, else its elements'), and the element shape where
     every element of every sample has the same size (``-1`` elsewhere; the model's declared rank when none has one)."""
-    elems = [np.asarray(e) for v in values if is_sequence(v) for e in v]  # type: ignore[union-attr]
+    elems = [np.asarray(e) for v in values if is_sequence(v) for e in v]
     elem = sequence_element_type(declared) if declared is not None else None
     if elem is not None and elem.elem_type:
         dtype = str(onnx.helper.tensor_dtype_to_np_dtype(elem.elem_type))
