@@ -9,12 +9,14 @@ apply TVM's default GPU schedules (dlight) and need ``nvcc`` for the device's ar
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import os
 import re
 import shutil
 import subprocess
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +169,11 @@ def _import_relax(source: SourceModel) -> Any:
             return from_onnx(source.model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises bare TVMError / ValueError / KeyError / AssertionError
         tail = last_line(exc, None)
+        # The importer's frames (kept by the traceback) hold its half-built BlockBuilder: TVM warns "BlockBuilder
+        # destroyed with remaining blocks" when it goes, which after this would be at exit, on the terminal. It goes
+        # now, while TVM's native output goes to edgekit's log (the cause's message stays for -v).
+        traceback.clear_frames(exc.__traceback__)
+        gc.collect()
         m = re.search(r"[Oo]perator[s]? .*?(\w+) (?:is|are) not (?:implemented|supported)", tail)
         if m:
             raise UnsupportedOperatorError("tvm", [(m.group(1), "?", tail)]) from exc
