@@ -217,3 +217,17 @@ def test_serve_package_and_the_component_refuse_a_sequence_in_one_line(tmp_path:
     assert not (tmp_path / "gg").exists()
     with pytest.raises(EdgekitError, match="the inference component carries tensors only"):
         tensors_only(read_manifest(result.artifact_dir), "the inference component", "its input sources make tensors")
+
+
+def test_a_device_input_source_refuses_a_sequence_input_in_one_line() -> None:
+    from edgekit.edge.errors import EdgeError
+    from edgekit.edge.sources import parse_source
+    from edgekit.manifest import TensorSpec
+
+    specs = [TensorSpec(name="seq", shape=[-1, 3], dtype="float32", kind="sequence")]
+    for text in ("synthetic", "file:x.npy", "mqtt:t/in"):
+        with pytest.raises(EdgeError) as caught:
+            parse_source(text, specs)
+        assert f"input 'seq' is a sequence (sequence of [?, 3] float32), and input source '{text}'" in str(caught.value)
+        assert "\n" not in str(caught.value)
+    assert parse_source("synthetic", [TensorSpec(name="x", shape=[1, 3], dtype="float32")]) is not None
