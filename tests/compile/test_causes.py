@@ -134,6 +134,7 @@ def test_a_failed_tvm_import_leaves_no_blockbuilder_warning_at_exit(tmp_path: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the test generators overflow casts on purpose
         case = next(c for c in collect_testcases() if c.name == "test_attention_3d_diff_heads_sizes_softcap_expanded")
+    assert case.model is not None
     onnx.save(case.model, str(tmp_path / "m.onnx"))
     script = (
         "import sys, edgekit\n"

@@ -6,7 +6,9 @@ them in one line."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -123,8 +125,9 @@ def test_a_sequence_input_with_samples_of_different_lengths_and_an_empty_sequenc
     session = _session(model)
     t = rng.standard_normal((2, 3)).astype(f)
     for seq in ([rng.standard_normal((5, 3)).astype(f)], [], [np.zeros((0, 3), f), np.ones((1, 3), f)]):
-        got = loaded.predict({"seq": seq, "t": t})
-        _same(got, session.run(None, {"seq": seq, "t": t}))
+        feeds: dict[str, Any] = {"seq": seq, "t": t}  # a sequence: a list of arrays
+        got = loaded.predict(feeds)
+        _same(got, session.run(None, feeds))
         assert int(got[2]) == len(seq) + 1
     # the golden vectors hold the empty sequence of the samples, and agree
     st = result.manifest.selftest
@@ -149,7 +152,8 @@ def test_edgekit_run_reads_a_sequence_from_json_and_from_npz(tmp_path: Path) -> 
     (tmp_path / "in.json").write_text(json.dumps({"seq": [[[1, 2, 3]], [[4, 5, 6], [7, 8, 9]]], "t": [[0, 0, 0], [1, 1, 1]]}))
     run = edgekit.run(result.artifact_dir, input_files=[str(tmp_path / "in.json")])
     np.testing.assert_array_equal(run.outputs["joined"][:, 0], [1, 4, 7, 0, 1])
-    np.savez(tmp_path / "in.npz", **{"seq/#": np.int64(0), "t": np.ones((2, 3), np.float32)})  # an empty sequence
+    arrays = {"seq/#": np.asarray(0, np.int64), "t": np.ones((2, 3), np.float32)}  # an empty sequence
+    np.savez(tmp_path / "in.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
     run = edgekit.run(result.artifact_dir, input_files=[str(tmp_path / "in.npz")])
     assert int(run.outputs["count"]) == 1 and run.outputs["joined"].shape == (2, 3)
 
@@ -182,11 +186,16 @@ def test_bad_sequence_inputs_are_one_line_each(tmp_path: Path) -> None:
 
 
 def test_golden_vectors_of_another_length_fail_the_self_test() -> None:
-    cases = [({}, {"parts": [np.ones((1, 2), np.float32)] * 3})]
-    assert compare_outputs(lambda _: [[np.ones((1, 2), np.float32)] * 3], cases, ["parts"], 1e-3).passed  # type: ignore[arg-type,return-value]
-    assert not compare_outputs(lambda _: [[np.ones((1, 2), np.float32)] * 2], cases, ["parts"], 1e-3).passed  # type: ignore[arg-type,return-value]
-    assert not compare_outputs(lambda _: [np.ones((3, 1, 2), np.float32)], cases, ["parts"], 1e-3).passed  # type: ignore[arg-type]
-    far = compare_outputs(lambda _: [[np.ones((1, 2), np.float32)] * 2 + [np.zeros((1, 2), np.float32)]], cases, ["parts"], 1e-3)  # type: ignore[arg-type,return-value]
+    one = np.ones((1, 2), np.float32)
+    cases: list[tuple[dict[str, Any], dict[str, Any]]] = [({}, {"parts": [one] * 3})]  # a sequence: a list of arrays
+
+    def gives(*outputs: Any) -> Callable[[dict[str, np.ndarray]], list[Any]]:
+        return lambda _: list(outputs)
+
+    assert compare_outputs(gives([one] * 3), cases, ["parts"], 1e-3).passed
+    assert not compare_outputs(gives([one] * 2), cases, ["parts"], 1e-3).passed  # one element short
+    assert not compare_outputs(gives(np.ones((3, 1, 2), np.float32)), cases, ["parts"], 1e-3).passed  # stacked
+    far = compare_outputs(gives([one, one, np.zeros((1, 2), np.float32)]), cases, ["parts"], 1e-3)
     assert far.max_abs_error == 1.0 and not far.passed
 
 
