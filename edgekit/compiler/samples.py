@@ -199,6 +199,8 @@ class Samples:
             if not feeds:
                 feeds = [{} for _ in per_sample]
             for j, (feed, value) in enumerate(zip(feeds, per_sample, strict=True)):
+                if isinstance(value, np.ndarray) and value.shape == (0,) and self.listed is not None:
+                    value = []  # module:function's [] (an empty sequence), read as an empty array
                 if not isinstance(value, list):
                     raise SamplesError(
                         f"samples {self.where}: sample {j} input '{s.name}' is {type(value).__name__}, and the input is "

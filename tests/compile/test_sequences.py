@@ -240,3 +240,26 @@ def test_a_device_input_source_refuses_a_sequence_input_in_one_line() -> None:
         assert f"input 'seq' is a sequence (sequence of [?, 3] float32), and input source '{text}'" in str(caught.value)
         assert "\n" not in str(caught.value)
     assert parse_source("synthetic", [TensorSpec(name="x", shape=[1, 3], dtype="float32")]) is not None
+
+
+def sequence_samples() -> list[dict[str, Any]]:
+    """``module:function`` samples of the insert model: a sequence as a list of arrays, [] an empty one."""
+    rng = np.random.default_rng(3)
+    f = np.float32
+    return [
+        {"seq": [rng.standard_normal((2, 3)).astype(f)], "t": rng.standard_normal((2, 3)).astype(f)},
+        {"seq": [], "t": rng.standard_normal((2, 3)).astype(f)},
+    ]
+
+
+def test_sequence_samples_from_a_function_with_an_empty_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    model = _insert_model(tmp_path / "m.onnx")
+    result = edgekit.compile(
+        model, "x86_64", tmp_path / "build", pipeline=QUICK, use_cache=False, samples="test_sequences:sequence_samples"
+    )
+    assert result.manifest.samples is not None and result.manifest.samples.evaluation == 2
+    st = result.manifest.selftest
+    assert st is not None
+    cases = read_selftest(result.artifact_dir / st.file, result.manifest.inputs, result.manifest.outputs)
+    assert [len(feed["seq"]) for feed, _ in cases] == [1, 0]
