@@ -177,11 +177,11 @@ def _edgekit(case: Any, data: Data, work: Path, backend: str | None) -> str:
     samples: dict[str, Any] = {}
     outputs = [o.name for o in data.model.graph.output]
     inputs, ref_outputs = data.sets[0]  # one data set: the model's shapes are fixed by it
-    for name, value in _inputs(data, inputs).items():
-        samples[name] = value[None] if isinstance(value, np.ndarray) else value  # sequences, empty optionals: edgekit says no
+    for name, value in _inputs(data, inputs).items():  # one sample: a tensor stacked, a sequence in a list of one
+        samples[name] = value[None] if isinstance(value, np.ndarray) else [value] if isinstance(value, list) else value
     for name, value in zip(outputs, ref_outputs, strict=False):
-        if isinstance(value, np.ndarray) and name not in samples:
-            samples[name] = value[None]
+        if name not in samples and isinstance(value, (np.ndarray, list)):
+            samples[name] = value[None] if isinstance(value, np.ndarray) else [value]
     result = edgekit.compile(model, "x86_64", work / "build", backend=backend, samples=samples, use_cache=False, name=case.name)
     loaded = edgekit.load(result.artifact_dir)
     for inputs, ref_outputs in data.sets:

@@ -195,7 +195,12 @@ def run(
     if save is not None:
         import numpy as np
 
-        np.savez(save, **result.outputs)  # type: ignore[arg-type]
+        from edgekit.runtime.sequences import pack_value
+
+        arrays: dict[str, np.ndarray] = {}
+        for name, value in result.outputs.items():
+            pack_value(name, value, arrays)  # a sequence: NAME/# and NAME/0, NAME/1, ...
+        np.savez(save, **arrays)  # type: ignore[arg-type]
     return result
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "TensorSpec",
     "artifact_digests",
     "read_manifest",
+    "tensors_only",
     "verify_files",
 ]
 
@@ -54,11 +55,15 @@ class _Model(BaseModel):
 
 class TensorSpec(_Model):
     """One input or output. ``shape`` is concrete (the shape samples and timing use); ``dynamicDims`` names the axes
-    that take any size (``{"0": "batch"}``), absent for a static tensor (manifests before it load unchanged)."""
+    that take any size (``{"0": "batch"}``), absent for a static tensor (manifests before it load unchanged).
+
+    ``kind: sequence`` (ONNX ``seq(tensor)``): a list of any length of tensors of ``dtype``; ``shape`` is then each
+    element's, ``-1`` where elements differ or the model leaves it open (absent for a tensor)."""
 
     name: str
     shape: list[int]
     dtype: str
+    kind: Literal["tensor", "sequence"] = Field("tensor", exclude_if=lambda v: v == "tensor")
     dynamic_dims: dict[int, str] | None = Field(None, alias="dynamicDims", exclude_if=lambda v: v is None)
     measured_shapes: list[list[int]] | None = Field(
         None,
@@ -67,15 +72,22 @@ class TensorSpec(_Model):
         description="the shapes the compile ran and self-tested (dynamic inputs only)",
     )
 
+    @property
+    def is_sequence(self) -> bool:
+        return self.kind == "sequence"
+
     def accepts(self, shape: Sequence[int]) -> bool:
-        """Whether an array of ``shape`` fits: any size on a dynamic axis, the exact size on a fixed one."""
+        """Whether an array (a sequence's element) of ``shape`` fits: any size on a dynamic axis (``-1`` in a
+        sequence's element shape), the exact size on a fixed one."""
         dyn = self.dynamic_dims or {}
         return len(shape) == len(self.shape) and all(
-            i in dyn or int(d) == s for i, (d, s) in enumerate(zip(shape, self.shape, strict=True))
+            i in dyn or s < 0 or int(d) == s for i, (d, s) in enumerate(zip(shape, self.shape, strict=True))
         )
 
     def declared(self) -> str:
-        """The shape as declared, dynamic axes by name: ``[batch, 13]``."""
+        """The shape as declared, dynamic axes by name: ``[batch, 13]``; a sequence's as ``sequence of [2, ?]``."""
+        if self.is_sequence:
+            return "sequence of [" + ", ".join("?" if d < 0 else str(d) for d in self.shape) + "]"
         dyn = self.dynamic_dims or {}
         return "[" + ", ".join(dyn.get(i, str(d)) for i, d in enumerate(self.shape)) + "]"
 
@@ -332,3 +344,16 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
                 f"{directory}: '{name}' does not match its SHA-256 in manifest.json (changed after compiling); "
                 "recompile the artifact, or restore the file"
             )
+
+
+def tensors_only(manifest: Manifest, what: str, why: str) -> None:
+    """ArtifactError naming the artifact's first sequence input or output when ``what`` (a consumer: ``edgekit serve``,
+    the inference component) carries tensors only; ``why`` says why. See docs/compile.md (sequences)."""
+    for kind, specs in (("input", manifest.inputs), ("output", manifest.outputs)):
+        for spec in specs:
+            if spec.is_sequence:
+                raise ArtifactError(
+                    f"{kind} '{spec.name}' is a sequence ({spec.declared()} {spec.dtype}), and {what} carries tensors "
+                    f"only ({why}); run this model with edgekit.load(...).predict or 'edgekit run', or end its graph "
+                    "with ConcatFromSequence so that it gives one tensor"
+                )

@@ -35,12 +35,18 @@ def run(
     if output is not None:
         note(f"saved {output}")
     shown: list[RenderableType] = []
-    for name, arr in result.outputs.items():
-        shown += [f"[bold]{escape(name)}[/] {arr.dtype}{list(arr.shape)}", array_text(arr)]
-    facts: dict[str, object] = {
-        "artifact": artifact,
-        "outputs": {n: {"dtype": str(a.dtype), "shape": list(a.shape), "data": a} for n, a in result.outputs.items()},
-    }
+    outputs: dict[str, object] = {}
+    for name, value in result.outputs.items():
+        items = value if isinstance(value, list) else [value]  # a sequence output: a list of arrays
+        if isinstance(value, list):
+            shown.append(f"[bold]{escape(name)}[/] sequence of {len(value)}")
+            outputs[name] = [{"dtype": str(a.dtype), "shape": list(a.shape), "data": a} for a in items]
+        else:
+            outputs[name] = {"dtype": str(value.dtype), "shape": list(value.shape), "data": value}
+        for i, arr in enumerate(items):
+            label = f"[{i}] " if isinstance(value, list) else f"[bold]{escape(name)}[/] "
+            shown += [f"{label}{arr.dtype}{list(arr.shape)}", array_text(arr)]
+    facts: dict[str, object] = {"artifact": artifact, "outputs": outputs}
     if print_time:
         summary = {k: round(v, 4) for k, v in result.timing.summary.items()}
         facts["timeMs"] = summary | {"runs": repeat}

@@ -28,7 +28,7 @@ import numpy as np
 from edgekit.cloud.content import HttpError
 from edgekit.errors import EdgekitError, ServeError
 from edgekit.machines import machine_of
-from edgekit.manifest import MANIFEST_NAME, Manifest, TensorSpec, read_manifest
+from edgekit.manifest import MANIFEST_NAME, Manifest, TensorSpec, read_manifest, tensors_only
 
 __all__ = [
     "Servable",
@@ -179,6 +179,7 @@ def load_artifact(name: str, path: str | Path, *, threads: int = 0, self_test: b
     directory, cleanup = artifact_dir(path)
     try:
         manifest = read_manifest(directory)
+        tensors_only(manifest, "edgekit serve", "SageMaker's and KServe v2's request and response bodies hold tensors")
         check_architecture(manifest, directory)
         if not cleanup:  # a folder someone else owns: serve a private copy of it
             directory = _private_copy(directory, manifest, cleanup)

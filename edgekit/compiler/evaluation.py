@@ -17,6 +17,7 @@ from edgekit.compiler.pipeline import AccuracyBudget
 from edgekit.compiler.samples import LABELS, SampleSet
 from edgekit.errors import SamplesError
 from edgekit.manifest import Accuracy
+from edgekit.runtime.sequences import flat_values, is_sequence
 
 __all__ = ["Score", "Truth", "budget_problems", "budget_words", "percent", "too_few_to_judge", "truth_for"]
 
@@ -60,9 +61,9 @@ class Truth:
         count = 0
         for outs, want in zip(outputs, self.expected, strict=True):
             for name, value in want.items():
-                got = np.asarray(outs[self.output_names.index(name)]).reshape(-1)
-                exp = np.asarray(value).reshape(-1)
-                if got.size != exp.size:
+                got = flat_values(outs[self.output_names.index(name)])  # a sequence: its elements one after another
+                exp = flat_values(value)
+                if got.size != exp.size or (is_sequence(value) and len(outs[self.output_names.index(name)]) != len(value)):
                     raise SamplesError(
                         f"samples: expected output '{name}' has {exp.size} values per sample, the model gives {got.size}"
                     )
@@ -95,12 +96,11 @@ def truth_for(samples: SampleSet, output_names: list[str], first_outputs: Sequen
     size = samples.labels[0].size
     if any(lab.size != size for lab in samples.labels):
         raise SamplesError(f"samples {where}: '{LABELS}' holds a different number of labels per sample; give the same for each")
-    for i, out in enumerate(first_outputs):
-        out = np.asarray(out)
+    tensors = [(i, np.asarray(out)) for i, out in enumerate(first_outputs) if not is_sequence(out)]  # labels: tensors
+    for i, out in tensors:
         if out.dtype.kind in "iu" and out.size == size:
             return Truth(samples.labels, None, output_names, i, "value")
-    for i, out in enumerate(first_outputs):
-        out = np.asarray(out)
+    for i, out in tensors:
         if out.dtype.kind == "f" and out.ndim >= 2 and out.shape[-1] > 1 and out.size // out.shape[-1] == size:
             classes = out.shape[-1]
             top = max(int(lab.max()) for lab in samples.labels)
@@ -112,7 +112,7 @@ def truth_for(samples: SampleSet, output_names: list[str], first_outputs: Sequen
                     f"(ids 0..{classes - 1}); fix the labels"
                 )
             return Truth(samples.labels, None, output_names, i, "argmax")
-    shapes = ", ".join(f"'{n}' {list(np.asarray(o).shape)}" for n, o in zip(output_names, first_outputs, strict=True))
+    shapes = ", ".join(f"'{output_names[i]}' {list(o.shape)}" for i, o in tensors)
     raise SamplesError(
         f"samples {where}: '{LABELS}' gives {size} class id(s) per sample, but no output gives that many classes "
         f"(outputs: {shapes}); for regression give expected outputs named after the outputs instead"

@@ -10,6 +10,7 @@ import numpy as np
 
 from edgekit.manifest import Accuracy, Latency, TensorSpec
 from edgekit.runtime.inputs import random_feed
+from edgekit.runtime.sequences import is_sequence
 
 __all__ = ["agreement", "host_description", "interleaved_latency", "sample_inputs"]
 
@@ -43,7 +44,14 @@ def agreement(
     for got, want in zip(outputs, expected, strict=True):
         if len(got) != len(want):
             raise ValueError(f"candidate returned {len(got)} outputs, the source model {len(want)}")
-        for g, w in zip(got, want, strict=True):
+        pairs: list[tuple[object, object]] = list(zip(got, want, strict=True))
+        while pairs:
+            g, w = pairs.pop(0)
+            if is_sequence(w) or is_sequence(g):  # a sequence output: element by element, of the same length
+                if not (is_sequence(w) and is_sequence(g)) or len(g) != len(w):  # type: ignore[arg-type]
+                    raise ValueError(f"candidate gives {_what(g)} where the source model gives {_what(w)}")
+                pairs.extend(zip(g, w, strict=True))  # type: ignore[call-overload]
+                continue
             g = np.asarray(g)
             w = np.asarray(w)
             if g.size != w.size:
@@ -68,6 +76,10 @@ def agreement(
         samples=len(expected),
         reference=reference_name,
     )
+
+
+def _what(value: object) -> str:
+    return f"a sequence of {len(value)} element(s)" if isinstance(value, (list, tuple)) else "a tensor"
 
 
 def interleaved_latency(

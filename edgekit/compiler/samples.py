@@ -9,6 +9,10 @@ Accepted forms (see docs/compile.md, "Samples"):
 - ``module:function`` returning (or yielding) one dict per sample, arrays in the model's own shapes;
 - from Python, a mapping of arrays like the ``.npz``.
 
+A sequence input or output (ONNX ``seq(tensor)``) is given from Python: in a mapping, as a list with one entry per
+sample, each a list of arrays (``{"parts": [[a, b], [c], []]}``: three samples); from ``module:function``, as a
+list of arrays in the sample's dict.
+
 Samples fix dynamic input dimensions, feed the reference check and the timing, calibrate int8 (a part
 kept apart from the evaluation) and, with labels or expected outputs, drive the accuracy gate.
 """
@@ -20,7 +24,7 @@ import importlib
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,22 +73,30 @@ class Samples:
     where: str
     stacked: dict[str, np.ndarray] | None
     listed: list[dict[str, np.ndarray]] | None
+    sequences: dict[str, list[list[np.ndarray]]] = field(default_factory=dict)
+    """Sequence inputs or outputs given in a mapping: per name, one list of arrays per sample."""
 
     @property
     def names(self) -> list[str]:
         if self.stacked is not None:
-            return list(self.stacked)
+            return [*self.stacked, *self.sequences]
         return list(dict.fromkeys(k for d in self.listed or [] for k in d))
 
     def fingerprint(self) -> str:
         """SHA-256 of the arrays (names, dtypes, shapes, bytes): part of the artifact cache key."""
         h = hashlib.sha256()
         items = [sorted(self.stacked.items())] if self.stacked is not None else [sorted(d.items()) for d in self.listed or []]
+        items += [
+            [(f"{name}/{j}/{k}", e) for j, seq in enumerate(seqs) for k, e in enumerate(seq)]
+            for name, seqs in sorted(self.sequences.items())
+        ]
         for group in items:
-            for name, arr in group:
-                a = np.ascontiguousarray(arr)  # 1-d for a 0-d array: the shape comes from arr
-                h.update(f"{name}|{a.dtype.str}|{np.shape(arr)}|".encode())
-                h.update(a.tobytes())
+            for name, value in group:
+                for i, arr in enumerate(value if isinstance(value, list) else [value]):  # a listed sample's sequence
+                    a = np.ascontiguousarray(arr)  # 1-d for a 0-d array: the shape comes from arr
+                    h.update(f"{name}|{i if isinstance(value, list) else ''}|{a.dtype.str}|{np.shape(arr)}|".encode())
+                    h.update(a.tobytes())
+            h.update(b"/")
         return h.hexdigest()
 
     def shapes(self, ranks: Mapping[str, int | None], fixed: Mapping[str, list[int]]) -> dict[str, list[int]]:
@@ -94,7 +106,7 @@ class Samples:
             if name in fixed:
                 continue
             arrs = self._arrays(name)
-            if arrs is None:
+            if arrs is None or isinstance(arrs[0], list):  # a sequence: no tensor shape to fix
                 continue
             out[name] = list(arrs[0].shape) if self.listed is not None else self._one_shape(name, arrs[0], rank)
         return out
@@ -110,7 +122,7 @@ class Samples:
         out: dict[str, list[np.ndarray]] = {}
         for name in names:
             arrs = self._arrays(name)
-            if not arrs:
+            if not arrs or isinstance(arrs[0], list):
                 continue
             arr = np.asarray(arrs[0])
             if self.listed is not None:
@@ -160,7 +172,8 @@ class Samples:
                 f"samples {self.where}: no array for input '{missing[0]}' (expected shape {inputs[input_names.index(missing[0])].shape}); "
                 f"the samples hold: {', '.join(self.names) or 'nothing'}"
             )
-        feeds = self._split_inputs(inputs)
+        feeds = self._split_inputs([s for s in inputs if not s.is_sequence])
+        feeds = self._with_sequences(feeds, [s for s in inputs if s.is_sequence])
         count = len(feeds)
         labels = self._split_extra(LABELS, count) if LABELS in self.names else None
         given = [o for o in outputs if o in self.names]
@@ -178,6 +191,32 @@ class Samples:
                     )
             labels = [lab.astype(np.int64) for lab in labels]
         return SampleSet(feeds, labels, expected)
+
+    def _with_sequences(self, feeds: list[Feed], specs: list[TensorSpec]) -> list[Feed]:
+        """``feeds`` (the tensor inputs' per sample) with each sequence input's list of arrays added."""
+        for s in specs:
+            per_sample = self._split_extra(s.name, len(feeds)) if feeds else self._sequences_of(s.name)
+            if not feeds:
+                feeds = [{} for _ in per_sample]
+            for j, (feed, value) in enumerate(zip(feeds, per_sample, strict=True)):
+                if isinstance(value, np.ndarray) and value.shape == (0,) and self.listed is not None:
+                    value = []  # module:function's [] (an empty sequence), read as an empty array
+                if not isinstance(value, list):
+                    raise SamplesError(
+                        f"samples {self.where}: sample {j} input '{s.name}' is {type(value).__name__}, and the input is "
+                        f"a sequence ({s.declared()} {s.dtype}); give a list of arrays for each sample"
+                    )
+                feed[s.name] = [self._cast(s, np.asarray(e)) for e in value]  # type: ignore[assignment]  # a list
+        if not feeds:
+            raise SamplesError(f"samples {self.where}: no samples")
+        return feeds
+
+    def _sequences_of(self, name: str) -> list[Any]:
+        if self.listed is not None:
+            return [d.get(name) for d in self.listed]
+        if name not in self.sequences:
+            raise SamplesError(f"samples {self.where}: '{name}' is a sequence: give a list with one list of arrays per sample")
+        return list(self.sequences[name])
 
     def _split_inputs(self, inputs: list[TensorSpec]) -> list[Feed]:
         if self.listed is not None:
@@ -205,9 +244,9 @@ class Samples:
                     f"samples {self.where}: array '{s.name}' has shape {list(arr.shape)}; input '{s.name}' takes "
                     f"{s.shape}, so expected [samples, {dims}]{also}"
                 )
-        if not inputs:  # a model without inputs: as many samples as the outputs or labels hold
-            first = next(iter(self.stacked.values()))
-            return [{} for _ in range(len(first))]
+        if not inputs:  # no tensor inputs: as many samples as the outputs or labels hold (or the sequences)
+            first = next(iter(self.stacked.values()), None)
+            return [{} for _ in range(len(first))] if first is not None else []
         counts = {n: len(v) for n, v in per_input.items()}
         if len(set(counts.values())) > 1:
             raise SamplesError(
@@ -237,7 +276,14 @@ class Samples:
             got = [d.get(name) for d in self.listed]
             if any(g is None for g in got):
                 raise SamplesError(f"samples {self.where}: '{name}' is missing from some samples; give it in every one or none")
-            return [np.asarray(g) for g in got]
+            return [g if isinstance(g, list) else np.asarray(g) for g in got]  # a sequence: its list of arrays
+        if name in self.sequences:
+            seqs = self.sequences[name]
+            if len(seqs) != count:
+                raise SamplesError(
+                    f"samples {self.where}: sequence '{name}' holds {len(seqs)} sample(s); the others hold {count}"
+                )
+            return list(seqs)  # type: ignore[arg-type]  # one list of arrays per sample
         assert self.stacked is not None
         arr = self.stacked[name]
         if arr.ndim == 0 or arr.shape[0] != count:
@@ -251,7 +297,10 @@ class Samples:
 def load_samples(source: SamplesSource) -> Samples:
     """Read samples from an ``.npz``, a folder of ``.npy``, ``module:function`` or a mapping (SamplesError when unreadable)."""
     if isinstance(source, Mapping):
-        return Samples("(given as a mapping)", _arrays(dict(source), "(given as a mapping)"), None)
+        where = "(given as a mapping)"
+        sequences = _sequences(dict(source), where)
+        tensors = {k: v for k, v in source.items() if k not in sequences}
+        return Samples(where, _arrays(tensors, where) if tensors or not sequences else {}, None, sequences)
     text = str(source)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -272,6 +321,17 @@ def load_samples(source: SamplesSource) -> Samples:
     raise SamplesError(f"samples '{text}' does not exist; give an .npz file, a folder of .npy files or 'module:function'")
 
 
+def _sequences(arrays: dict[str, Any], where: str) -> dict[str, list[list[np.ndarray]]]:
+    """The entries of a mapping that are sequences: a list with one list (or tuple) of arrays per sample."""
+    out: dict[str, list[list[np.ndarray]]] = {}
+    for name, value in arrays.items():
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, (list, tuple)) for v in value):
+            if not all(isinstance(e, np.ndarray) for v in value for e in v):
+                continue  # nested lists of numbers: a tensor, read as one below
+            out[str(name)] = [[np.asarray(e) for e in v] for v in value]
+    return out
+
+
 def _arrays(arrays: dict[str, Any], where: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, value in arrays.items():
@@ -287,6 +347,13 @@ def _arrays(arrays: dict[str, Any], where: str) -> dict[str, np.ndarray]:
     if not out:
         raise SamplesError(f"samples {where} hold no arrays")
     return out
+
+
+def _listed_value(value: Any) -> Any:
+    """One sample's value from ``module:function``: a list of arrays is a sequence (kept a list), anything else an array."""
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value):
+        return list(value)
+    return np.asarray(value)
 
 
 def _folder(path: Path) -> Samples:
@@ -315,7 +382,7 @@ def _function(spec: str) -> Samples:
         for item in fn():
             if not isinstance(item, Mapping):
                 raise SamplesError(f"samples '{spec}' yielded a {type(item).__name__}; yield one dict of arrays per sample")
-            listed.append({str(k): np.asarray(v) for k, v in item.items()})
+            listed.append({str(k): _listed_value(v) for k, v in item.items()})
             if len(listed) > _MAX_SAMPLES:
                 raise SamplesError(f"samples '{spec}' yielded more than {_MAX_SAMPLES} samples; give fewer")
     except SamplesError:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 
 from edgekit.manifest import TensorSpec
+from edgekit.runtime.inputs import random_feed
 
 __all__ = ["Role", "input_roles", "synthesize"]
 
@@ -167,13 +169,16 @@ def synthesize(
     0/1 booleans and integers in [0, 10) (small, non-negative: safe as values, counts and most indices)."""
     roles = input_roles(model) if roles is None else roles
     rng = np.random.default_rng(seed)
-    out = []
+    out: list[dict[str, np.ndarray]] = []
     for _ in range(count):
-        feed = {}
+        feed: dict[str, Any] = {}  # a sequence input: a list of arrays
         for s in specs:
             dt = np.dtype(s.dtype)
             role = roles.get(s.name)
-            if role is not None:
+            if s.is_sequence:  # two elements of the element shape (size 2 where it is open)
+                one = s.model_copy(update={"shape": [d if d > 0 else 2 for d in s.shape], "kind": "tensor"})
+                feed[s.name] = [random_feed([one], rng)[s.name] for _ in range(2)]
+            elif role is not None:
                 feed[s.name] = _values(role.kind, s, role.bound, rng)
             elif dt.kind == "f":
                 feed[s.name] = rng.standard_normal(s.shape).astype(dt)

@@ -19,6 +19,7 @@ from edgekit.edge.errors import EdgeError
 from edgekit.edge.loop import InferenceLoop, LoopOptions
 from edgekit.edge.uplink import Uplink
 from edgekit.errors import EdgekitError
+from edgekit.manifest import tensors_only
 
 __all__ = ["CHECKPOINT_ENV", "STAND_IN_ENV", "argument_parser", "parse_args", "run_component"]
 
@@ -81,6 +82,7 @@ async def run_component(argv: Sequence[str], *, thing: str = "", component: str 
         model_dir, options = parse_args(argv)
         # set by edgekit's simulator only: this process stands in for a device of another platform
         model = edgekit.load(model_dir, stand_in=os.environ.get(STAND_IN_ENV) == "1")
+        tensors_only(model.manifest, "the inference component", "its input sources make tensors")
     except EdgekitError as exc:
         print(f"edgekit inference: {exc}", file=sys.stderr, flush=True)
         return 2

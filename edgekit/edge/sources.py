@@ -235,7 +235,14 @@ class MqttSource:
 
 def parse_source(text: str, specs: Sequence[TensorSpec], *, thing: str = "") -> InputSource:
     """The source an ``--input-source`` / ``InputSource`` string names (see the module docstring); a synthetic one
-    without a ``seed`` is seeded by ``thing`` (the device's thing name)."""
+    without a ``seed`` is seeded by ``thing`` (the device's thing name). Readings are tensors: a model with a
+    sequence input is refused in one line naming it."""
+    for spec in specs:
+        if spec.is_sequence:
+            raise EdgeError(
+                f"input '{spec.name}' is a sequence ({spec.declared()} {spec.dtype}), and input source '{text}' makes "
+                "tensors only; give the model tensor inputs (build the sequence inside the graph, e.g. with SplitToSequence)"
+            )
     kind, _, rest = text.partition(":")
     if kind == "synthetic":
         return SyntheticSource(specs, Scenario.parse(rest), thing=thing)

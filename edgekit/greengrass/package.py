@@ -26,7 +26,7 @@ from edgekit.digests import file_sha256
 from edgekit.errors import ArtifactError, PackagingError, RecipeError
 from edgekit.greengrass.recipe import SET_BY_SERVICE, TOP_LEVEL_KEYS, dump_recipe, normalize_recipe
 from edgekit.greengrass.resolve import BUILDS_KEY
-from edgekit.manifest import Manifest, read_manifest, verify_files
+from edgekit.manifest import Manifest, read_manifest, tensors_only, verify_files
 from edgekit.progress import Progress, no_progress
 from edgekit.resources import bundled_dir
 
@@ -208,6 +208,7 @@ def package(
                     f"cannot package '{path}': files {missing} named in its manifest.json are missing; recompile"
                 )
             verify_files(path, m)  # nothing modified since compiling goes into a component
+            tensors_only(m, "the inference component", "a device's input sources make tensors")
         except ArtifactError as exc:
             raise PackagingError(f"cannot package '{path}': {exc}") from exc
         loaded.append((path, m))

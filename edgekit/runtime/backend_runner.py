@@ -10,6 +10,7 @@ import numpy as np
 
 from edgekit.errors import InferenceError
 from edgekit.manifest import TensorSpec
+from edgekit.runtime.sequences import check_sequence
 
 __all__ = ["Runner"]
 
@@ -25,7 +26,10 @@ class Runner(ABC):
         self.outputs = list(outputs)
 
     def predict(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> list[np.ndarray]:
-        """Run the model; ``inputs`` by name (or one array for a single-input model). Outputs in manifest order."""
+        """Run the model; ``inputs`` by name (or one array for a single-input model). Outputs in manifest order.
+
+        A sequence input (``kind: sequence`` in the manifest) takes a list of arrays, and a sequence output comes back
+        as a list of arrays (see :mod:`edgekit.runtime.sequences`)."""
         return self.run(self._check(inputs))
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -40,7 +44,9 @@ class Runner(ABC):
             raise InferenceError(f"{self.backend} failed running {self.entry.name}: {flat[:600]}") from exc
 
     def _check(self, inputs: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
-        if isinstance(inputs, np.ndarray):
+        if isinstance(inputs, (list, tuple)) and len(self.inputs) == 1 and self.inputs[0].is_sequence:
+            inputs = {self.inputs[0].name: inputs}  # the one input's sequence
+        if isinstance(inputs, (np.ndarray, list, tuple)):
             if len(self.inputs) != 1:
                 names = [s.name for s in self.inputs]
                 raise InferenceError(f"the model has inputs {names}; pass a dict of arrays by name")
@@ -49,6 +55,9 @@ class Runner(ABC):
         for spec in self.inputs:
             if spec.name not in inputs:
                 raise InferenceError(f"missing input '{spec.name}' (expects shape {spec.declared()} {spec.dtype})")
+            if spec.is_sequence:
+                feeds[spec.name] = check_sequence(spec, inputs[spec.name])  # type: ignore[assignment]  # a list
+                continue
             arr = np.asarray(inputs[spec.name])
             if not spec.accepts(arr.shape):
                 dynamic = ", any size on the named dimensions" if spec.dynamic_dims else ""

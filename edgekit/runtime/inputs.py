@@ -17,16 +17,20 @@ import numpy as np
 
 from edgekit.errors import InferenceError
 from edgekit.manifest import TensorSpec
+from edgekit.runtime.sequences import unpack_values
 
 __all__ = ["Timing", "random_feed", "random_inputs", "read_inputs", "time_runs"]
 
 
 def random_feed(inputs: Sequence[TensorSpec], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """One feed drawn from ``rng``: standard normal floats, small non-negative integers, booleans."""
-    feeds = {}
+    feeds: dict[str, Any] = {}
     for s in inputs:
         dt = np.dtype(s.dtype)
-        if dt.kind == "f":
+        if s.is_sequence:  # two elements of the element shape (size 2 where it is open)
+            one = s.model_copy(update={"shape": [d if d > 0 else 2 for d in s.shape], "kind": "tensor"})
+            feeds[s.name] = [random_feed([one], rng)[s.name] for _ in range(2)]
+        elif dt.kind == "f":
             feeds[s.name] = rng.standard_normal(s.shape).astype(dt)
         elif dt.kind == "b":
             feeds[s.name] = rng.integers(0, 2, s.shape).astype(dt)
@@ -43,10 +47,14 @@ def random_inputs(inputs: Sequence[TensorSpec], seed: int = 0) -> dict[str, np.n
 def read_inputs(specs: Sequence[str], inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     """Arrays by input name from ``specs``: ``file.npy`` or ``NAME=file.npy`` (one input), ``file.npz`` (arrays by
     name), ``file.json`` (``{"NAME": [[...]]}``, a bare nested list for a single-input model, or an Open Inference
-    Protocol request ``{"inputs": [{"name", "shape", "data"}]}``), ``NAME=file.json`` (a nested list)."""
+    Protocol request ``{"inputs": [{"name", "shape", "data"}]}``), ``NAME=file.json`` (a nested list).
+
+    A sequence input: in JSON, a list with one nested list per element; in an ``.npz``, ``NAME/#`` (the length) and
+    ``NAME/0``, ``NAME/1``, ... (what ``edgekit run --output`` writes for a sequence output)."""
     names = [s.name for s in inputs]
     dtypes = {s.name: s.dtype for s in inputs}
-    feeds: dict[str, np.ndarray] = {}
+    sequences = {s.name for s in inputs if s.is_sequence}
+    feeds: dict[str, Any] = {}
     for spec in specs:
         name, sep, file = spec.partition("=")
         if not sep:
@@ -55,10 +63,10 @@ def read_inputs(specs: Sequence[str], inputs: Sequence[TensorSpec]) -> dict[str,
         try:
             if path.suffix == ".npz":
                 with np.load(path, allow_pickle=False) as data:
-                    feeds.update({k: data[k] for k in data.files})
+                    feeds.update(unpack_values({k: data[k] for k in data.files}))
                 continue
             if path.suffix == ".json":
-                feeds.update(_json_inputs(path, name, names, dtypes))
+                feeds.update(_json_inputs(path, name, names, dtypes, sequences))
                 continue
             arr = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -73,18 +81,25 @@ def _only(names: list[str], spec: str) -> str:
     return names[0]
 
 
-def _json_inputs(path: Path, name: str, names: list[str], dtypes: Mapping[str, str]) -> dict[str, np.ndarray]:
+def _json_inputs(path: Path, name: str, names: list[str], dtypes: Mapping[str, str], sequences: set[str]) -> dict[str, Any]:
     data: Any = json.loads(path.read_text(encoding="utf-8"))
     if name or isinstance(data, list):
         key = name or _only(names, str(path))
-        return {key: np.asarray(data, dtype=dtypes.get(key))}
+        return {key: _json_value(data, dtypes.get(key), key in sequences)}
     if not isinstance(data, dict):
         raise ValueError("expected an object of arrays by input name, a nested list, or {'inputs': [...]}")
     if isinstance(data.get("inputs"), list):  # an Open Inference Protocol (KServe v2) request body
         return {
             str(t["name"]): np.asarray(t["data"], dtype=dtypes.get(str(t["name"]))).reshape(t["shape"]) for t in data["inputs"]
         }
-    return {str(k): np.asarray(v, dtype=dtypes.get(str(k))) for k, v in data.items()}
+    return {str(k): _json_value(v, dtypes.get(str(k)), str(k) in sequences) for k, v in data.items()}
+
+
+def _json_value(value: Any, dtype: str | None, sequence: bool) -> Any:
+    """An array, or for a sequence input (a list with one nested list per element) a list of arrays."""
+    if sequence and isinstance(value, list):
+        return [np.asarray(e, dtype=dtype) for e in value]
+    return np.asarray(value, dtype=dtype)
 
 
 @dataclass(frozen=True)

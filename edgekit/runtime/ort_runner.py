@@ -10,6 +10,7 @@ import numpy as np
 from edgekit.errors import ArtifactError, InferenceError
 from edgekit.manifest import TensorSpec
 from edgekit.runtime.backend_runner import Runner
+from edgekit.runtime.sequences import as_value
 
 __all__ = ["OrtRunner"]
 
@@ -47,4 +48,4 @@ class OrtRunner(Runner):
         for name, out in zip(self._names, outs, strict=True):
             if out is None:  # an optional output the model left empty on these inputs
                 raise InferenceError(f"output '{name}' is an empty optional on these inputs; an artifact's outputs are tensors")
-        return [np.asarray(o) for o in outs]
+        return [as_value(o) for o in outs]  # a sequence output: a list of arrays

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.manifest import TensorSpec
+from edgekit.runtime.sequences import is_sequence, unpack_values
 
 __all__ = ["SelfTestResult", "compare_outputs", "read_selftest"]
 
@@ -35,15 +36,20 @@ def read_selftest(
     (ml_dtypes) as raw bytes (``|V2``): the manifest's ``inputs``/``outputs`` give them their dtype back."""
     cases: dict[int, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
     dtypes = {"in": {s.name: s.dtype for s in inputs}, "out": {s.name: s.dtype for s in outputs}}
+    sequences = {s.name for s in [*inputs, *outputs] if s.is_sequence}
     with np.load(path, allow_pickle=False) as data:
-        for key in data.files:
-            idx, kind, name = key.split("/", 2)
-            feeds, expected = cases.setdefault(int(idx), ({}, {}))
-            arr = data[key]
-            want = dtypes["in" if kind == "in" else "out"].get(name)
-            if arr.dtype.kind == "V" and want is not None and np.dtype(want).itemsize == arr.dtype.itemsize:
-                arr = arr.view(np.dtype(want))
-            (feeds if kind == "in" else expected)[name] = arr
+        raw = {k: data[k] for k in data.files}
+    for key, arr in raw.items():
+        _, kind, name = key.split("/", 2)
+        base = name.rsplit("/", 1)[0]
+        name = base if base in sequences and base != name else name  # a sequence's element (NAME/0): NAME's dtype
+        want = dtypes["in" if kind == "in" else "out"].get(name)
+        if arr.dtype.kind == "V" and want is not None and np.dtype(want).itemsize == arr.dtype.itemsize:
+            raw[key] = arr.view(np.dtype(want))
+    for key, value in unpack_values(raw).items():  # a sequence (NAME/#, NAME/0, ...) as the list of its elements
+        idx, kind, name = key.split("/", 2)
+        feeds, expected = cases.setdefault(int(idx), ({}, {}))
+        (feeds if kind == "in" else expected)[name] = value
     return [cases[i] for i in sorted(cases)]
 
 
@@ -57,8 +63,16 @@ def compare_outputs(
     mismatched = 0
     for feeds, expected in cases:
         got = run(feeds)
-        for name, arr in zip(output_names, got, strict=True):
-            want = expected[name]
+        pairs: list[tuple[object, object]] = list(zip(got, (expected[n] for n in output_names), strict=True))
+        while pairs:
+            arr, want = pairs.pop(0)
+            if is_sequence(want) or is_sequence(arr):  # a sequence: element by element, and the lengths must match
+                if not (is_sequence(want) and is_sequence(arr)) or len(arr) != len(want):  # type: ignore[arg-type]
+                    mismatched += 1
+                    continue
+                pairs.extend(zip(arr, want, strict=True))  # type: ignore[call-overload]
+                continue
+            want = np.asarray(want)
             arr = np.asarray(arr)
             if arr.size != want.size:  # a data-dependent output (NonZero, Unique) of another size: wrong
                 if want.dtype.kind == "f":

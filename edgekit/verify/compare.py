@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekit.errors import ArtifactError, VerificationError
-from edgekit.manifest import read_manifest
+from edgekit.manifest import read_manifest, tensors_only
 from edgekit.progress import Progress
 from edgekit.runtime.selftest import SelfTestResult, compare_outputs, read_selftest
 
@@ -65,6 +65,7 @@ def verify_artifact(
         )
     if manifest.selftest is None or not (directory / manifest.selftest.file).is_file():
         raise ArtifactError(f"{directory}: no selftest.npz golden vectors; recompile with this edgekit")
+    tensors_only(manifest, "'edgekit verify'", "its emulated runner passes arrays")
     cases = read_selftest(directory / manifest.selftest.file, manifest.inputs, manifest.outputs)[: max(1, samples)]
     from edgekit.verify.sysroot import ensure_sysroot, run_python
 

@@ -186,3 +186,21 @@ def test_bad_files_are_one_line(tmp_path: Path, out_dir: Path) -> None:
 def test_wrong_shape_names_the_input(digits: Digits, out_dir: Path) -> None:
     with pytest.raises(InputShapeError, match=r"'image' dimension 1 is fixed to 8"):
         compile_model(digits.tflite, "x86_64", out_dir, pipeline=ORT_ONLY, input_shapes={"image": [1, 9, 8, 1]})
+
+
+@pytest.mark.slow  # a fresh interpreter importing TensorFlow: ~20-40 s on the shared build machine
+def test_tflites_xnnpack_info_line_goes_to_the_log_not_the_terminal(digits: Digits, tmp_path: Path) -> None:
+    """TFLite's C++ prints 'INFO: Created TensorFlow Lite XNNPACK delegate for CPU.' once per process, whatever
+    TF_CPP_MIN_LOG_LEVEL says: in a fresh process (this one printed it already) it must not reach the terminal."""
+    import subprocess
+    import sys
+
+    script = (
+        "import edgekit\n"
+        f"r = edgekit.compile({str(digits.tflite)!r}, 'x86_64', {str(tmp_path / 'b')!r}, backend='onnxruntime', "
+        "use_cache=False, input_shapes={'image': [1, 8, 8, 1]})\n"
+        "print('compiled', r.artifact_dir.name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0 and "compiled " in done.stdout, done.stderr[-500:]
+    assert "XNNPACK" not in done.stderr, done.stderr[-500:]

@@ -1,5 +1,5 @@
 """Models whose outputs are not a batch of rows: a 0-d scalar (a reduction, a loss, ``Det``), outputs whose size
-depends on the data (``NonZero``, ``Unique``: recorded as dynamic), and non-tensor outputs (refused in one line).
+depends on the data (``NonZero``, ``Unique``: recorded as dynamic); sequences are in test_sequences.py.
 Each compiled by both backends, measured, self-tested, run by ``edgekit run`` and served (KServe v2 and SageMaker).
 bench/conformance's runner is checked on a few of ONNX's node tests."""
 
@@ -23,7 +23,6 @@ import edgekit
 from edgekit.cloud.model_server import ModelServer, ServeOptions
 from edgekit.compiler import CompileResult
 from edgekit.compiler.pipeline import Pipeline
-from edgekit.errors import ModelLoadError
 from edgekit.runtime.selftest import compare_outputs
 
 BOTH = Pipeline.model_validate(
@@ -229,17 +228,6 @@ def test_golden_vectors_of_another_size_fail_the_self_test() -> None:
 
     assert not compare_outputs(short, cases, ["where", "score"], 1e-3).passed
     assert compare_outputs(right, cases, ["where", "score"], 1e-3).passed
-
-
-def test_a_sequence_output_is_refused_in_one_line_naming_it(tmp_path: Path) -> None:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 2])
-    parts = helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, None)
-    model = _model([helper.make_node("SplitToSequence", ["x"], ["parts"], axis=0)], [x], [parts])
-    with pytest.raises(ModelLoadError) as caught:
-        edgekit.compile(_save(model, tmp_path / "seq.onnx"), "x86_64", tmp_path / "build", use_cache=False)
-    message = str(caught.value)
-    assert "\n" not in message
-    assert "output 'parts' is a sequence (seq(tensor(float)))" in message and "ConcatFromSequence" in message
 
 
 # --------------------------------------------------------------------------- bench/conformance's runner

@@ -9,12 +9,14 @@ apply TVM's default GPU schedules (dlight) and need ``nvcc`` for the device's ar
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import os
 import re
 import shutil
 import subprocess
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ from edgekit.compiler.backends.tvm_tune import (
     trials_shorthand,
     tune_and_apply,
 )
-from edgekit.compiler.frontends.frontend import SourceModel
+from edgekit.compiler.frontends.frontend import SourceModel, sequence_element_type
 from edgekit.deps import package_version, require
 from edgekit.digests import file_sha256
 from edgekit.errors import (
@@ -166,6 +168,11 @@ def _import_relax(source: SourceModel) -> Any:
             return from_onnx(source.model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
     except Exception as exc:  # the frontend raises bare TVMError / ValueError / KeyError / AssertionError
         tail = last_line(exc, None)
+        # The importer's frames (kept by the traceback) hold its half-built BlockBuilder: TVM warns "BlockBuilder
+        # destroyed with remaining blocks" when it goes, which after this would be at exit, on the terminal. It goes
+        # now, while TVM's native output goes to edgekit's log (the cause's message stays for -v).
+        traceback.clear_frames(exc.__traceback__)
+        gc.collect()
         m = re.search(r"[Oo]perator[s]? .*?(\w+) (?:is|are) not (?:implemented|supported)", tail)
         if m:
             raise UnsupportedOperatorError("tvm", [(m.group(1), "?", tail)]) from exc
@@ -227,7 +234,12 @@ class TvmBackend(Backend[TvmOptions]):
         from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
         supported = set(_get_convert_map()) | {"If", "Constant"}  # the two its importer handles itself
-        bad: list[UnsupportedOp] = []
+        bad: list[UnsupportedOp] = [
+            ("seq(tensor)", f"{kind} '{vi.name}'", "TVM's Relax ONNX importer takes and gives tensors only: use onnxruntime")
+            for kind, values in (("input", source.model.graph.input), ("output", source.model.graph.output))
+            for vi in values
+            if sequence_element_type(vi) is not None
+        ]
         for node in source.model.graph.node:
             domain = node.domain or ""
             if domain not in ("", "ai.onnx"):

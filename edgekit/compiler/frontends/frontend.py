@@ -22,6 +22,8 @@ __all__ = [
     "input_shapes_from",
     "input_tensor_type",
     "parse_input_shapes",
+    "sequence_element_type",
+    "sequence_spec",
     "source_format",
     "tabular_batch",
 ]
@@ -162,6 +164,28 @@ def input_tensor_type(vi: onnx.ValueInfoProto) -> onnx.TypeProto.Tensor:
     return t.tensor_type
 
 
+def sequence_element_type(vi: onnx.ValueInfoProto) -> onnx.TypeProto.Tensor | None:
+    """The element tensor type of a ``seq(tensor(T))`` value (or an ``optional(seq(tensor(T)))``, which edgekit
+    carries as the sequence it holds); None for anything else."""
+    t = vi.type
+    if t.HasField("optional_type") and t.optional_type.elem_type.HasField("sequence_type"):
+        t = t.optional_type.elem_type
+    if t.HasField("sequence_type") and t.sequence_type.elem_type.HasField("tensor_type"):
+        return t.sequence_type.elem_type.tensor_type
+    return None
+
+
+def sequence_spec(vi: onnx.ValueInfoProto, where: str) -> TensorSpec:
+    """The spec of a sequence input: its element dtype and element shape, ``-1`` where the model leaves a size open
+    (an element shape the model doesn't declare at all: ``[]``, any shape accepted)."""
+    elem = sequence_element_type(vi)
+    if elem is None or elem.elem_type == 0:
+        raise ModelLoadError(f"{where}: input '{vi.name}' is a sequence of no known tensor type; declare its element type")
+    dims = [int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else DYNAMIC for d in elem.shape.dim]
+    dtype = str(onnx.helper.tensor_dtype_to_np_dtype(elem.elem_type))
+    return TensorSpec(name=vi.name, shape=dims, dtype=dtype, kind="sequence")
+
+
 def input_shapes_from(value: object) -> dict[str, list[int]] | None:
     """``compile(input_shapes=...)``: a string or list of strings as on the command line, or a mapping of input name to
     dimensions (ints, ``-1`` or symbolic names for dynamic ones)."""
@@ -257,12 +281,20 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]], where
         raise InputShapeError(f"{where}: --input-shape names {unknown}, but the model's inputs are {names}")
     specs: list[TensorSpec] = []
     for vi in graph_inputs:
+        if sequence_element_type(vi) is not None:
+            if vi.name in shapes:
+                raise InputShapeError(
+                    f"{where}: input '{vi.name}' is a sequence (a list of tensors of any length); --input-shape gives "
+                    "tensor shapes only: drop it for this input"
+                )
+            specs.append(sequence_spec(vi, where))
+            continue
         dims = _dims(vi)
         elem = input_tensor_type(vi).elem_type
         if elem == 0:
             raise ModelLoadError(
-                f"{where}: input '{vi.name}' is not a tensor; edgekit compiles tensor inputs (and optional tensors, "
-                "always given) only"
+                f"{where}: input '{vi.name}' is not a tensor; edgekit compiles tensor inputs (optional tensors, "
+                "always given) and sequences of tensors only"
             )
         dtype = str(onnx.helper.tensor_dtype_to_np_dtype(elem))
         given = shapes.get(vi.name)

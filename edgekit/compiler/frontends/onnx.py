@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from edgekit.compiler.frontends.frontend import SourceModel, fix_input_shapes
+from edgekit.compiler.frontends.frontend import SourceModel, fix_input_shapes, sequence_element_type
 from edgekit.deps import package_version
 from edgekit.digests import file_sha256
 from edgekit.errors import ModelLoadError
@@ -94,16 +94,19 @@ def finish_onnx(
 
 
 def _check_outputs(model: onnx.ModelProto, where: str) -> None:
-    """One line naming the first output that isn't a tensor (or an optional tensor, carried as the tensor it holds): an
-    artifact's outputs are tensors, on every backend and over every wire (``predict``, golden vectors, the Open
-    Inference Protocol)."""
+    """One line naming the first output that is neither a tensor (or an optional tensor, carried as the tensor it
+    holds) nor a sequence of tensors (``seq(tensor)``, or an optional one: a list of arrays): a map, a sequence of
+    sequences or of maps."""
     for out in model.graph.output:
         kind = out.type.WhichOneof("value")
         if kind == "tensor_type" or (kind == "optional_type" and out.type.optional_type.elem_type.HasField("tensor_type")):
             continue  # an optional tensor is carried as the tensor it holds, as ONNX Runtime returns it
+        if sequence_element_type(out) is not None:
+            continue  # a sequence of tensors (or an optional one): a list of arrays
         what = {"sequence_type": "a sequence", "map_type": "a map", "optional_type": "an optional"}.get(str(kind), str(kind))
         fix = {
-            "sequence_type": "end the graph with ConcatFromSequence (or SequenceAt) so that it gives one tensor",
+            "sequence_type": "edgekit carries sequences of tensors only: end the graph with ConcatFromSequence (or "
+            "SequenceAt) so that it gives one tensor",
             "map_type": "give the values as a tensor (for scikit-learn classifiers: convert with zipmap=False)",
             "optional_type": "end the graph with OptionalGetElement so that it gives the tensor",
         }.get(str(kind), "give a tensor instead")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgekit.compiler.backends.native_log import native_stderr_to_log
 from edgekit.compiler.frontends.frontend import Format, Reference, SourceModel
 from edgekit.compiler.frontends.onnx import finish_onnx
 from edgekit.deps import require
@@ -29,6 +30,8 @@ from edgekit.digests import file_sha256
 from edgekit.errors import ModelConversionError, ModelLoadError, last_line
 
 __all__ = ["load_tensorflow"]
+
+log = logging.getLogger(__name__)
 
 OPSET = 17
 _WHAT = {"tflite": "a TFLite model", "keras": "a Keras model", "tensorflow": "a TensorFlow SavedModel"}
@@ -119,8 +122,11 @@ def _clean(name: str) -> str:
 
 def _from_tflite(path: Path, tf: ModuleType, tf2onnx: ModuleType, _shapes: Shapes) -> Converted:
     try:
-        interpreter = tf.lite.Interpreter(model_path=str(path))
-        interpreter.allocate_tensors()
+        # TFLite's C++ logs "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to descriptor 2 (whatever
+        # TF_CPP_MIN_LOG_LEVEL says) when it applies its default delegate: to edgekit's log, not the terminal.
+        with native_stderr_to_log(log, "tflite: "):
+            interpreter = tf.lite.Interpreter(model_path=str(path))
+            interpreter.allocate_tensors()
     except Exception as exc:  # ValueError: Model provided has model identifier '...', should be 'TFL3'
         raise ModelLoadError(
             f"'{path}' is not a readable TFLite model ({last_line(exc)}); write it with tf.lite.TFLiteConverter"

@@ -131,7 +131,7 @@ def _sample_shapes(
 def _onnx_ranks(path: Path) -> dict[str, int | None]:
     import onnx
 
-    from edgekit.compiler.frontends.frontend import input_tensor_type
+    from edgekit.compiler.frontends.frontend import input_tensor_type, sequence_element_type
 
     try:
         m = onnx.load(str(path), load_external_data=False)
@@ -141,7 +141,7 @@ def _onnx_ranks(path: Path) -> dict[str, int | None]:
     ranks: dict[str, int | None] = {}
     for i in m.graph.input:
         t = input_tensor_type(i)
-        if i.name in inits:
+        if i.name in inits or sequence_element_type(i) is not None:  # a sequence has no tensor shape to fix
             continue
         if not t.HasField("shape"):
             ranks[i.name] = None

@@ -17,11 +17,13 @@ import onnx
 
 from edgekit.compiler.evaluation import Score, Truth, truth_for
 from edgekit.compiler.frontends import SourceModel
+from edgekit.compiler.frontends.frontend import sequence_element_type
 from edgekit.compiler.pipeline import MeasureSpec
 from edgekit.compiler.samples import SampleSet
 from edgekit.compiler.synthetic import input_roles, synthesize
 from edgekit.errors import CompilationError, EdgekitError, SamplesError, last_line
 from edgekit.manifest import TensorSpec
+from edgekit.runtime.sequences import as_value, is_sequence
 
 __all__ = ["DYNAMIC", "Reference", "output_specs", "reference_outputs"]
 
@@ -73,6 +75,9 @@ class Reference:
         batch = next(iter(first)) if len(first) == 1 and None not in first else "batch"
         specs = []
         for i, spec in enumerate(self.outputs):
+            if spec.is_sequence:
+                specs.append(spec)
+                continue
             base = np.asarray(self.expected[0][i]).shape
             shapes = [base, *(np.asarray(outs[i]).shape for _, outs in self.other_sizes)]
             axes = sorted({a for sh in shapes[1:] if len(sh) == len(base) for a in range(len(base)) if sh[a] != base[a]})
@@ -121,7 +126,7 @@ def _other_sizes(inputs: list[TensorSpec], feeds: list[Feed], predict: Predict) 
         try:
             out.append((feed, [np.asarray(o) for o in predict(feed)]))
         except Exception as exc:  # the source itself can't run this size: nothing to check candidates against
-            log.info("the source model doesn't run inputs of shapes %s: %s", {n: a.shape for n, a in feed.items()}, exc)
+            log.info("the source model doesn't run inputs of shapes %s: %s", {n: np.shape(a) for n, a in feed.items()}, exc)
     return out
 
 
@@ -142,8 +147,14 @@ def output_specs(model: onnx.ModelProto, names: list[str], expected: list[list[n
     dimensions unknown behind ops it has no shape function for, e.g. ``ai.onnx.ml``'s: those keep the samples' size.)"""
     static = _inferred_output_dims(model)
     producers = {out: node for node in model.graph.node for out in node.output}
+    declared = {o.name: o for o in model.graph.output}
     specs = []
     for i, name in enumerate(names):
+        if any(is_sequence(outs[i]) for outs in expected) or (
+            name in declared and sequence_element_type(declared[name]) is not None
+        ):
+            specs.append(_sequence_output(name, declared.get(name), [outs[i] for outs in expected]))
+            continue
         shapes = [np.asarray(outs[i]).shape for outs in expected]
         dims = list(shapes[0])
         if any(len(s) != len(dims) for s in shapes):
@@ -154,6 +165,24 @@ def output_specs(model: onnx.ModelProto, names: list[str], expected: list[list[n
             dims = [DYNAMIC if known is None else size for size, known in zip(dims, fixed, strict=True)]
         specs.append(TensorSpec(name=name, shape=dims, dtype=str(np.asarray(expected[0][i]).dtype)))
     return specs
+
+
+def _sequence_output(name: str, declared: onnx.ValueInfoProto | None, values: list[np.ndarray]) -> TensorSpec:
+    """A sequence output's spec: the element dtype (the model's, else its elements'), and the element shape where
+    every element of every sample has the same size (``-1`` elsewhere; the model's declared rank when none has one)."""
+    elems = [np.asarray(e) for v in values if is_sequence(v) for e in v]
+    elem = sequence_element_type(declared) if declared is not None else None
+    if elem is not None and elem.elem_type:
+        dtype = str(onnx.helper.tensor_dtype_to_np_dtype(elem.elem_type))
+    else:
+        dtype = str(elems[0].dtype) if elems else "float32"
+    if elems and all(e.ndim == elems[0].ndim for e in elems):
+        dims = [size if all(e.shape[d] == size for e in elems) else DYNAMIC for d, size in enumerate(elems[0].shape)]
+    elif elems:
+        dims = []  # elements of different ranks: any shape
+    else:
+        dims = [DYNAMIC] * len(elem.shape.dim) if elem is not None else []
+    return TensorSpec(name=name, shape=dims, dtype=dtype, kind="sequence")
 
 
 def _fed_by(name: str, producers: dict[str, onnx.NodeProto]) -> set[str]:
@@ -208,7 +237,7 @@ def _run_source(
     for name, make in attempts:
         try:
             predict = make()
-            outs = [[np.asarray(o) for o in predict(f)] for f in feeds]
+            outs = [[as_value(o) for o in predict(f)] for f in feeds]  # a sequence output: a list of arrays
         except Exception as exc:  # ORT Fail/InvalidArgument, numpy errors in onnx.reference, the framework's own
             first = first or exc
             continue
@@ -247,7 +276,7 @@ def _ort_predictor(source: SourceModel) -> Predict:
     names = [o.name for o in session.get_outputs()]
 
     def run(feeds: Feed) -> list[np.ndarray]:
-        return [np.asarray(o) for o in session.run(names, feeds)]
+        return [as_value(o) for o in session.run(names, feeds)]
 
     return run
 
@@ -258,6 +287,6 @@ def _onnx_reference(source: SourceModel) -> Predict:
     evaluator = ReferenceEvaluator(source.model)
 
     def run(feeds: Feed) -> list[np.ndarray]:
-        return [np.asarray(o) for o in evaluator.run(None, feeds)]
+        return [as_value(o) for o in evaluator.run(None, feeds)]
 
     return run

@@ -20,6 +20,7 @@ from edgekit.compiler.phases.reference import Reference
 from edgekit.compiler.phases.select import Choice
 from edgekit.manifest import BackendInfo, HostTwin, Manifest, ProfileInfo, SamplesInfo, SelfTest, SourceInfo, artifact_digests
 from edgekit.profiles import host_arch
+from edgekit.runtime.sequences import pack_value, value_nbytes
 
 __all__ = ["SELFTEST_FILE", "write", "write_selftest"]
 
@@ -181,14 +182,14 @@ def write_selftest(staged: Path, reference: Reference, max_abs_error: float) -> 
     total = 0
     cases = list(zip(reference.samples[:4], reference.expected[:4], strict=True)) + reference.other_sizes
     for i, (feed, outs) in enumerate(cases):
-        size = sum(a.nbytes for a in feed.values()) + sum(np.asarray(o).nbytes for o in outs)
+        size = sum(value_nbytes(a) for a in feed.values()) + sum(value_nbytes(o) for o in outs)
         if total + size > _SELFTEST_MAX_BYTES:
             break
         total += size
         for name, arr in feed.items():
-            arrays[f"{i}/in/{name}"] = arr
+            pack_value(f"{i}/in/{name}", arr, arrays)  # a sequence: NAME/# and NAME/0, NAME/1, ...
         for spec, out in zip(reference.outputs, outs, strict=True):
-            arrays[f"{i}/out/{spec.name}"] = np.asarray(out)
+            pack_value(f"{i}/out/{spec.name}", out, arrays)
         used += 1
     if not used:
         return None
