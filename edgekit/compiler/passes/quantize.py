@@ -189,11 +189,11 @@ class QuantizePass(GraphPass[QuantizeOptions]):
         """Why this model doesn't suit ``options``' mode, when the candidate is to be skipped then; else None."""
         if not options.only_if_suited:
             return None
-        weights = _weights_by_op(source.model)
         if options.mode == "static":
-            if not any(weights.get(op, 0) for op in _STATIC_OPS) and not _has_ops(source.model, _STATIC_OPS):
+            if not _has_ops(source.model, _STATIC_OPS):
                 return "static int8 quantizes Conv/MatMul/Gemm and the model has none of them"
             return None
+        weights = _weights_by_op(source.model)
         dense = sum(weights.get(op, 0) for op in _DYNAMIC_OPS)
         total = sum(weights.values())
         if not total or dense * 2 < total:
@@ -233,6 +233,11 @@ def _quantize(
         raise CompilationError(
             f"nothing to quantize in '{source.path}': int8 applies to {', '.join(sorted(_QUANTIZABLE))}, and the model "
             "has none of them; drop the quantize pass for this model"
+        )
+    if options.mode == "dynamic" and not _has_ops(source.model, _DYNAMIC_OPS):
+        raise CompilationError(
+            f"dynamic int8 quantizes {', '.join(_DYNAMIC_OPS)} and '{source.path}' has none of them (its "
+            f"{', '.join(sorted(heavy))} take static int8); use mode: static for this model"
         )
     model_in = source.onnx_path.resolve()
     prepared = (folder / "prepared.onnx").resolve()

@@ -161,7 +161,7 @@ def _candidates(pipe: Pipeline, profile: DeviceProfile) -> list[PlannedCandidate
         except ConfigError as exc:
             raise ConfigError(f"{pipe.where}, candidate '{spec.name}': {exc}") from None
         for variant_spec, variant_passes in _variants(spec, passes):
-            if any(c.name == variant_spec.name for c in planned):
+            if variant_spec is not spec and any(c.name == variant_spec.name for c in planned):
                 raise ConfigError(
                     f"{pipe.where}: two candidates are called '{variant_spec.name}' (a variant's name is "
                     "<candidate>-<variant>); rename one"
