@@ -564,8 +564,11 @@ def _optimize_table(results: list[Result]) -> Any:
         chosen = c[o["chosen"]]
         top1 = f"{chosen['source_top1']:.1%} → {chosen['top1']:.1%}" if chosen.get("top1") is not None else "—"
         shipped = f"{o['chosen']} {_ratio(r.latency_ms.get('optimized'), r.latency_ms.get('onnxruntime'))}"
+        variants = int8_variants(o)  # each in the int8 table
         states = "; ".join(
-            f"{n}: {v['status']}" + (f" ({escape(v['reason'][:70])})" if v["status"] != "chosen" else "") for n, v in c.items()
+            f"{n}: {v['status']}" + (f" ({escape(v['reason'][:70])})" if v["status"] != "chosen" else "")
+            for n, v in c.items()
+            if n not in variants
         )
         t.add_row(
             r.model, o["labels"], shipped, top1, _ratio(int8.get("size"), fp32.get("size")), _ratio(int8.get("ms"), fp32.get("ms")),
@@ -609,6 +612,7 @@ def _int8_table(results: list[Result]) -> Any:
             v = c[name]
             q = v["quantization"]
             how = f"{q['mode']} / {q['format']} / {q['granularity']}" if q else "—"
+            how += " (per channel failed)" if q and q.get("note") else ""
             top1 = f"{v['source_top1']:.1%} → {v['top1']:.1%}" if v.get("top1") is not None else "—"
             outcome = v["status"] + (f": {escape(v['reason'][:90])}" if v["reason"] else "")
             t.add_row(

@@ -181,12 +181,12 @@ def test_auto_tries_dynamic_on_dense_models_and_not_on_convolutions(
     assert skipped.status == "skipped" and skipped.measured is None
     assert skipped.reason.startswith("not tried: dynamic int8 is for MatMul/Gemm-heavy models"), skipped.reason
     assert reports["int8-qdq-channel"].measured is not None
-    # named explicitly, dynamic is tried on the CNN, and fails that candidate only: its convolutions take static int8
+    # named explicitly, dynamic is tried on the CNN all the same (its classifier's Gemm; the convolutions stay float)
     asked = edgekit.compile(
         digits_cnn, "x86_64", tmp_path / "asked", pipeline=_pipeline(["dynamic-tensor", "qdq-tensor"]), samples=samples
     )
-    failed = {c.name: c for c in asked.manifest.candidates}["int8-dynamic-tensor"]
-    assert failed.status == "failed" and "use mode: static" in failed.reason, failed.reason
+    tried = {c.name: c for c in asked.manifest.candidates}["int8-dynamic-tensor"]
+    assert tried.measured is not None and tried.quantization is not None and tried.quantization["mode"] == "dynamic"
 
 
 def test_a_bad_variant_name_in_a_pipeline_file_is_one_line_naming_file_and_field(digits_mlp: Path, tmp_path: Path) -> None:
