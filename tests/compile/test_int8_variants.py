@@ -208,3 +208,23 @@ def test_a_bad_variant_name_in_a_pipeline_file_is_one_line_naming_file_and_field
     path.write_text(path.read_text().replace("[]", "fastest"))
     with pytest.raises(ConfigError, match=rf"pipeline file '{path}', candidate 'int8'.*variants"):
         edgekit.compile(digits_mlp, "x86_64", tmp_path / "b", pipeline=path)
+
+
+def test_dynamic_int8_on_a_model_of_convolutions_only_fails_that_candidate_saying_why(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("GlobalAveragePool", ["c"], ["y"])],
+        "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "convs.onnx"
+    onnx.save(model, str(path))
+    result = edgekit.compile(path, "x86_64", tmp_path / "b", pipeline=_pipeline(["dynamic-tensor"]))
+    report = {c.name: c for c in result.manifest.candidates}["int8-dynamic-tensor"]
+    assert report.status == "failed" and "has none of them (its Conv take static int8); use mode: static" in report.reason
