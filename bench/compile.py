@@ -603,7 +603,7 @@ def _int8_table(results: list[Result]) -> Any:
 
     t = Table(title="int8 variants of the optimize pipeline (latency: the compile's interleaved medians, ratio to ORT fp32)")
     for col in ("model", "variant", "mode / format / weights", "ms / fp32", "size / fp32", "top-1 source → int8",
-                "kept float", "compile s", "outcome"):  # fmt: skip
+                "kept float", "backend compile s", "outcome"):  # fmt: skip
         t.add_column(col)
     for r in results:
         c = r.optimize.get("candidates", {})
