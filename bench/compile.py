@@ -426,6 +426,8 @@ def _optimize(
                 "size": c.size_bytes,
                 "flops": c.flops,
                 "kept_float": c.kept_float,
+                "quantization": c.quantization,
+                "compile_s": c.compile_seconds,
             }
             for c in m.candidates
         },
@@ -533,6 +535,7 @@ def render(results: list[Result], header: str, eager_names: dict[str, str], tune
     console.print(det)
     if any(r.optimize for r in results):
         console.print(_optimize_table(results))
+        console.print(_int8_table(results))
     for r in results:
         for backend, reason in r.unavailable.items():
             took = f" (refused in {r.refused_s[backend]:.2f} s)" if backend in r.refused_s else ""
@@ -557,17 +560,66 @@ def _optimize_table(results: list[Result]) -> Any:
         if not o:
             continue
         c = o["candidates"]
-        fp32, int8, pruned = c.get("ort", {}), c.get("ort-int8", {}), c.get("ort-pruned", {})
+        fp32, int8, pruned = c.get("ort", {}), c.get(best_int8(o) or "", {}), c.get("ort-pruned", {})
         chosen = c[o["chosen"]]
         top1 = f"{chosen['source_top1']:.1%} → {chosen['top1']:.1%}" if chosen.get("top1") is not None else "—"
         shipped = f"{o['chosen']} {_ratio(r.latency_ms.get('optimized'), r.latency_ms.get('onnxruntime'))}"
+        variants = int8_variants(o)  # each in the int8 table
         states = "; ".join(
-            f"{n}: {v['status']}" + (f" ({escape(v['reason'][:70])})" if v["status"] != "chosen" else "") for n, v in c.items()
+            f"{n}: {v['status']}" + (f" ({escape(v['reason'][:70])})" if v["status"] != "chosen" else "")
+            for n, v in c.items()
+            if n not in variants
         )
         t.add_row(
             r.model, o["labels"], shipped, top1, _ratio(int8.get("size"), fp32.get("size")), _ratio(int8.get("ms"), fp32.get("ms")),
             _ratio(pruned.get("ms"), fp32.get("ms")), _ratio(pruned.get("flops"), o.get("source_flops")), states,
         )  # fmt: skip
+    return t
+
+
+def int8_variants(optimize: dict[str, Any]) -> list[str]:
+    """The optimize pipeline's int8 candidates (one per variant: ``ort-int8-<variant>``), in pipeline order."""
+    return [
+        n
+        for n, v in optimize.get("candidates", {}).items()
+        if not n.startswith("ort-pruned") and (v.get("quantization") or v["reason"].startswith("not tried"))
+    ]
+
+
+def best_int8(optimize: dict[str, Any]) -> str | None:
+    """The int8 variant that ships or would: the chosen one if int8 shipped, else the fastest within the budget."""
+    c = optimize.get("candidates", {})
+    names = int8_variants(optimize)
+    if optimize.get("chosen") in names:
+        return str(optimize["chosen"])
+    within = [n for n in names if c[n].get("ms") and not c[n]["reason"].startswith("outside")]
+    return min(within, key=lambda n: c[n]["ms"]) if within else None
+
+
+def _int8_table(results: list[Result]) -> Any:
+    """Each int8 variant the optimize pipeline tried: latency and size against ORT fp32 (the compile's own
+    interleaved medians: side by side in one run), top-1 against the source's, and why it lost or was not tried."""
+    from rich.table import Table
+
+    t = Table(title="int8 variants of the optimize pipeline (latency: the compile's interleaved medians, ratio to ORT fp32)")
+    for col in ("model", "variant", "mode / format / weights", "ms / fp32", "size / fp32", "top-1 source → int8",
+                "kept float", "backend compile s", "outcome"):  # fmt: skip
+        t.add_column(col)
+    for r in results:
+        c = r.optimize.get("candidates", {})
+        fp32 = c.get("ort", {})
+        for name in int8_variants(r.optimize):
+            v = c[name]
+            q = v["quantization"]
+            how = f"{q['mode']} / {q['format']} / {q['granularity']}" if q else "—"
+            how += " (per channel failed)" if q and q.get("note") else ""
+            top1 = f"{v['source_top1']:.1%} → {v['top1']:.1%}" if v.get("top1") is not None else "—"
+            outcome = v["status"] + (f": {escape(v['reason'][:90])}" if v["reason"] else "")
+            t.add_row(
+                r.model, name.removeprefix("ort-int8-"), how, _ratio(v.get("ms"), fp32.get("ms")),
+                _ratio(v.get("size"), fp32.get("size")), top1, str(len(v.get("kept_float") or [])),
+                f"{v['compile_s']:.1f}" if v.get("compile_s") else "—", outcome,
+            )  # fmt: skip
     return t
 
 

@@ -228,6 +228,9 @@ class CandidateReport(_Model):
         default_factory=list, alias="keptFloat", description="int8: layers kept in float so the accuracy budget holds"
     )
     pruned: dict[str, Any] | None = Field(None, description="pruning: channels kept per layer group, ratio, method")
+    quantization: dict[str, Any] | None = Field(
+        None, description="int8: mode (static/dynamic), format (QDQ/QOperator), granularity (per-channel/per-tensor)"
+    )
     tied_with: list[str] = Field(
         default_factory=list,
         alias="tiedWith",

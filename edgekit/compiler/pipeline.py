@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from edgekit.errors import ConfigError, first_problem
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
@@ -60,6 +60,13 @@ class Pipeline(_Model):
         "latency", description="among candidates within budget: the fastest, or the smallest (ties: the fastest)"
     )
 
+    _file: Path | None = PrivateAttr(None)  # the YAML file it was read from, for messages
+
+    @property
+    def where(self) -> str:
+        """How messages name this pipeline: its file when it was read from one, else its name."""
+        return f"pipeline file '{self._file}'" if self._file is not None else f"pipeline '{self.name}'"
+
     def fingerprint(self) -> str:
         data = self.model_dump(mode="json", by_alias=True)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -92,7 +99,9 @@ def load_pipeline(name_or_path: str | Path = "default") -> Pipeline:
         raise ConfigError(f"pipeline '{text}' not found; bundled pipelines: {known}, or pass a .yaml path")
     try:
         data = loads_yaml(path.read_bytes(), max_bytes=MAX_FILE_BYTES)
-        return Pipeline.model_validate(data)
+        pipe = Pipeline.model_validate(data)
+        pipe._file = path
+        return pipe
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the pipeline: {exc.strerror or exc}") from exc
     except ParseError as exc:

@@ -7,7 +7,14 @@ graph clean-up).
 array per input name, samples stacked along a new first axis. ``method`` is the calibration method (MinMax, Entropy,
 Percentile), ``per_channel`` quantizes weights per output channel. When the candidate's accuracy budget fails on the
 evaluation samples, ``keep_float: auto`` keeps the most sensitive layers in float (largest error added by the layer,
-measured against the float model) until it holds, and the manifest names them. See docs/int8-and-tuning.md.
+measured against the float model) until it holds, and the manifest names them.
+
+``format`` is how a static int8 graph is written: ``QDQ`` (QuantizeLinear/DequantizeLinear pairs around float ops, which
+ONNX Runtime fuses into int8 kernels when it loads the model) or ``QOperator`` (int8 operators written out: QLinearConv,
+QLinearMatMul, QGemm). ``variants`` turns one candidate into one candidate per int8 variant (:data:`VARIANTS`), each
+built and measured, the fastest within the budget shipping; ``auto`` (:data:`AUTO_VARIANTS`) tries the static ones
+where the model has Conv/MatMul/Gemm and dynamic where MatMul/Gemm/recurrent weights hold most of the model's weights.
+See docs/int8-and-tuning.md.
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ from edgekit.errors import (
     CompilationError,
     ConfigError,
     EdgekitError,
+    did_you_mean,
     last_line,
 )
 from edgekit.progress import Progress
 
-__all__ = ["QuantizeOptions", "QuantizePass"]
+__all__ = ["AUTO_VARIANTS", "VARIANTS", "QuantizeOptions", "QuantizePass"]
 
 _SYNTHESIZED_CALIBRATION = 32
 
@@ -51,12 +59,39 @@ class QuantizeOptions(BaseModel):
     keep_float: Literal["auto", "never"] = Field(
         "auto", description="auto: keep the most sensitive layers in float until the accuracy budget holds"
     )
+    format: Literal["QDQ", "QOperator"] = Field(
+        "QDQ", description="static: Q/DQ pairs around float ops (QDQ) or int8 operators written out (QOperator)"
+    )
+    variants: list[str] | Literal["auto"] | None = Field(
+        None, description="one candidate per int8 variant (see VARIANTS), or 'auto': those that suit the model"
+    )
+    only_if_suited: bool = Field(
+        False, description="skip the candidate when the model doesn't suit its mode (set for the variants of 'auto')"
+    )
     seed: int = 1
+
+
+# name -> (mode, format, per_channel): what a pipeline's ``variants:`` may list.
+VARIANTS: dict[str, tuple[Literal["static", "dynamic"], Literal["QDQ", "QOperator"], bool]] = {
+    "qdq-channel": ("static", "QDQ", True),
+    "qdq-tensor": ("static", "QDQ", False),
+    "qoperator-channel": ("static", "QOperator", True),
+    "qoperator-tensor": ("static", "QOperator", False),
+    "dynamic-tensor": ("dynamic", "QOperator", False),
+    "dynamic-channel": ("dynamic", "QOperator", True),
+}
+# ``variants: auto``: every static variant and dynamic per tensor, each skipped where the model doesn't suit it.
+AUTO_VARIANTS = ("qdq-channel", "qdq-tensor", "qoperator-channel", "qoperator-tensor", "dynamic-tensor")
 
 
 # The ops whose int8 kernels are the point of quantizing (weights and arithmetic); a model without any
 # of them has nothing to gain.
 _QUANTIZABLE = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization"})
+# What static quantization turns into int8 kernels (ONNX Runtime has no static int8 LSTM/GRU/Attention).
+_STATIC_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+# What dynamic quantization quantizes here: Conv is left out (ConvInteger with run-time activation scales is slower
+# than float Conv on CPU: static int8 is the way for convolutions).
+_DYNAMIC_OPS = ("MatMul", "Gemm", "Attention", "LSTM", "GRU", "EmbedLayerNormalization")
 
 
 def _calibration(source: SourceModel, options: QuantizeOptions, context: PassContext) -> list[Feed]:
@@ -119,6 +154,56 @@ class QuantizePass(GraphPass[QuantizeOptions]):
         if isinstance(options.calibration, int) and options.calibration < 1:
             raise ConfigError(f"{where}: calibration must be at least 1 sample")
 
+        if options.variants is not None and options.variants != "auto":
+            if not options.variants:
+                raise ConfigError(f"{where}: variants: list at least one of {', '.join(VARIANTS)}, or write 'auto'")
+            for name in options.variants:
+                if name not in VARIANTS:
+                    raise ConfigError(
+                        f"{where}: variants: unknown int8 variant '{name}'; {did_you_mean(name, VARIANTS)}"
+                        f"known variants: {', '.join(VARIANTS)}, or 'auto'"
+                    )
+
+    def variants(self, options: QuantizeOptions) -> list[tuple[str, QuantizeOptions]]:
+        """One (name, options) per variant ``options.variants`` lists; [] when it lists none."""
+        if options.variants is None:
+            return []
+        names = list(AUTO_VARIANTS) if options.variants == "auto" else list(dict.fromkeys(options.variants))
+        return [
+            (
+                name,
+                options.model_copy(
+                    update={
+                        "mode": VARIANTS[name][0],
+                        "format": VARIANTS[name][1],
+                        "per_channel": VARIANTS[name][2],
+                        "variants": None,
+                        "only_if_suited": options.variants == "auto",
+                    }
+                ),
+            )
+            for name in names
+        ]
+
+    def unsuited(self, source: SourceModel, options: QuantizeOptions) -> str | None:
+        """Why this model doesn't suit ``options``' mode, when the candidate is to be skipped then; else None."""
+        if not options.only_if_suited:
+            return None
+        if options.mode == "static":
+            if not _has_ops(source.model, _STATIC_OPS):
+                return "static int8 quantizes Conv/MatMul/Gemm and the model has none of them"
+            return None
+        weights = _weights_by_op(source.model)
+        dense = sum(weights.get(op, 0) for op in _DYNAMIC_OPS)
+        total = sum(weights.values())
+        if not total or dense * 2 < total:
+            share = f"{dense / total:.0%}" if total else "none"
+            return (
+                f"dynamic int8 is for MatMul/Gemm-heavy models; {share} of this model's weights are in MatMul/Gemm/"
+                "recurrent layers (the rest in Conv: static int8 covers it)"
+            )
+        return None
+
     def calibrates_from_samples(self, options: QuantizeOptions) -> bool:
         return options.mode == "static" and options.calibration == "samples"
 
@@ -149,6 +234,11 @@ def _quantize(
             f"nothing to quantize in '{source.path}': int8 applies to {', '.join(sorted(_QUANTIZABLE))}, and the model "
             "has none of them; drop the quantize pass for this model"
         )
+    if options.mode == "dynamic" and not _has_ops(source.model, _DYNAMIC_OPS):
+        raise CompilationError(
+            f"dynamic int8 quantizes {', '.join(_DYNAMIC_OPS)} and '{source.path}' has none of them (its "
+            f"{', '.join(sorted(heavy))} take static int8); use mode: static for this model"
+        )
     model_in = source.onnx_path.resolve()
     prepared = (folder / "prepared.onnx").resolve()
     out = (folder / "model.onnx").resolve()
@@ -162,9 +252,10 @@ def _quantize(
         else:
             samples = _calibration(source, options, context)  # a relative calibration path is the caller's: read it here
             progress(
-                f"quantize: int8 weights and activations (static, QDQ, {options.method}"
+                f"quantize: int8 weights and activations (static, {options.format}, {options.method}"
                 f"{', per channel' if options.per_channel else ''}), calibrating on {len(samples)} sample(s)"
             )
+        fallback = ""
         with _scratch_cwd(folder):
             try:
                 _run_quantizer(prepared, out, options, samples, [])
@@ -172,11 +263,13 @@ def _quantize(
                 if not options.per_channel:
                     raise
                 # ONNX Runtime's quantizer fails per-channel on some Gemm biases (an array compared as a scalar)
-                progress(f"quantize: per-channel failed ({last_line(exc, 120)}); quantizing per tensor")
+                fallback = f"per channel failed ({last_line(exc, 120)}); quantized per tensor"
+                progress(f"quantize: {fallback}")
                 options = options.model_copy(update={"per_channel": False})
                 _run_quantizer(prepared, out, options, samples, [])
             if options.keep_float == "auto" and context.eval_feeds:
                 notes.kept_float = _keep_sensitive_in_float(prepared, out, options, samples, context, progress)
+        notes.quantization = _described(options, len(samples), fallback)
     except EdgekitError:
         raise
     except Exception as exc:
@@ -188,6 +281,36 @@ def _quantize(
     return replace(
         source, onnx_path=out, model=onnx.load(str(out)), sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data)
     )
+
+
+def _described(options: QuantizeOptions, calibrated_on: int, fallback: str) -> dict[str, Any]:
+    """What the manifest says of the int8 a candidate used: mode, format, granularity (and calibration)."""
+    said: dict[str, Any] = {
+        "mode": options.mode,
+        "format": options.format if options.mode == "static" else "QOperator",
+        "granularity": "per-channel" if options.per_channel else "per-tensor",
+    }
+    if options.mode == "static":
+        said.update(method=options.method, calibrationSamples=calibrated_on)
+    else:
+        said["ops"] = list(_DYNAMIC_OPS)
+    if fallback:
+        said["note"] = fallback
+    return said
+
+
+def _has_ops(model: onnx.ModelProto, ops: frozenset[str] | tuple[str, ...]) -> bool:
+    return any(n.op_type in ops for n in model.graph.node if n.domain in ("", "ai.onnx"))
+
+
+def _weights_by_op(model: onnx.ModelProto) -> dict[str, int]:
+    """How many weight elements (initializers) each quantizable op type reads."""
+    sizes = {i.name: int(np.prod(i.dims)) if i.dims else 1 for i in model.graph.initializer}
+    found: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in _QUANTIZABLE and node.domain in ("", "ai.onnx"):
+            found[node.op_type] = found.get(node.op_type, 0) + sum(sizes.get(i, 0) for i in node.input[1:])
+    return found
 
 
 def _name_nodes(path: Path) -> None:
@@ -204,18 +327,22 @@ def _name_nodes(path: Path) -> None:
         onnx.save(model, str(path))
 
 
-def _session(model: Path | onnx.ModelProto) -> Any:
+def _session(model: Path | onnx.ModelProto, fused: bool = False) -> Any:
+    """An ONNX Runtime session on ``model``: as written (to read every Q/DQ step), or ``fused`` as the artifact will
+    run (Q/DQ pairs fused into int8 kernels, whose arithmetic differs: u8×s8 products can saturate on AVX2)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    level = "ORT_ENABLE_EXTENDED" if fused else "ORT_DISABLE_ALL"
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     opts.log_severity_level = 3
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     return ort.InferenceSession(data, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def _outputs(path: Path, feeds: list[Feed]) -> list[list[np.ndarray]]:
-    session = _session(path)
+    """What ``path`` outputs on ``feeds`` with the int8 kernels the artifact will run (the budget is checked on these)."""
+    session = _session(path, fused=True)
     names = [o.name for o in session.get_outputs()]
     return [[np.asarray(o) for o in session.run(names, f)] for f in feeds]
 
@@ -231,7 +358,11 @@ def _keep_sensitive_in_float(
     if context.problems(_outputs(prepared, context.eval_feeds)):
         progress("quantize: the model misses the budget before int8 already; no layer kept in float would help")
         return []
-    ranked = _sensitivity(prepared, out, context.eval_feeds[:8])
+    ranked_on = out
+    if options.mode == "static" and options.format != "QDQ":  # the ranking reads Q/DQ pairs: rank on a QDQ twin
+        ranked_on = out.with_name("ranking-qdq.onnx")
+        _run_quantizer(prepared, ranked_on, options.model_copy(update={"format": "QDQ"}), samples, [])
+    ranked = _sensitivity(prepared, ranked_on, context.eval_feeds[:8])
     progress(f"quantize: int8 misses the budget ({problems[0]}); keeping the most sensitive layers in float")
     total = len({n.name for n in onnx.load(str(prepared)).graph.node})
     count = 1
@@ -331,7 +462,12 @@ def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples:
 
     if options.mode == "dynamic":
         quantize_dynamic(
-            str(prepared), str(out), weight_type=QuantType.QInt8, per_channel=options.per_channel, nodes_to_exclude=exclude
+            str(prepared),
+            str(out),
+            weight_type=QuantType.QInt8,
+            per_channel=options.per_channel,
+            nodes_to_exclude=exclude,
+            op_types_to_quantize=list(_DYNAMIC_OPS),
         )
         return
 
@@ -346,7 +482,7 @@ def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples:
         str(prepared),
         str(out),
         Reader(),
-        quant_format=QuantFormat.QDQ,
+        quant_format=getattr(QuantFormat, options.format),
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
         per_channel=options.per_channel,

@@ -61,6 +61,7 @@ class PassNotes:
 
     kept_float: list[str] = field(default_factory=list)
     pruned: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None  # int8: mode, format, granularity, calibration
     counted: onnx.ModelProto | None = None  # the graph whose MACs count: before int8 (Q/DQ steps are no MACs)
 
 
@@ -81,6 +82,15 @@ class GraphPass(ABC, Generic[O]):
     def files_read(self, options: O) -> list[Path]:
         """Files the step reads, whose contents belong in the artifact cache key."""
         return []
+
+    def variants(self, options: O) -> list[tuple[str, O]]:
+        """When the options name several variants of the step (int8 formats): (name, options) for each, and the
+        candidate becomes one candidate per variant, named ``<candidate>-<name>``; [] for a single step."""
+        return []
+
+    def unsuited(self, source: SourceModel, options: O) -> str | None:
+        """Why the candidate is skipped for this model (cheap: before the step runs), or None to go on."""
+        return None
 
     @abstractmethod
     def apply(

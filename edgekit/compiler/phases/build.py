@@ -12,7 +12,7 @@ import numpy as np
 from edgekit.compiler.backends import Built
 from edgekit.compiler.frontends import SourceModel
 from edgekit.compiler.model_stats import model_stats
-from edgekit.compiler.passes import PassContext, apply_passes
+from edgekit.compiler.passes import PassContext, apply_passes, get_pass
 from edgekit.compiler.phases.check import Plan, PlannedCandidate
 from edgekit.compiler.phases.outcomes import Outcomes
 from edgekit.compiler.phases.reference import Reference
@@ -112,6 +112,10 @@ def _prepare_one(
     report = outcomes.report(candidate)
     try:
         model = source
+        for step in candidate.passes:
+            if (why := get_pass(step.name).unsuited(source, step.options)) is not None:
+                outcomes.unsuited(candidate, why)
+                return None
         if candidate.passes:
             context = PassContext(
                 calibration=calibration,
@@ -122,7 +126,7 @@ def _prepare_one(
                 budget=candidate.budget,
             )
             model, notes = apply_passes(source, candidate.passes, work / f"passes-{candidate.name}", say, context)
-            report.kept_float, report.pruned = notes.kept_float, notes.pruned
+            report.kept_float, report.pruned, report.quantization = notes.kept_float, notes.pruned, notes.quantization
             report.flops, report.params = model_stats(notes.counted or model.model)
         if model is not source or screened is None:
             say(f"{candidate.name}: checking operators for {backend.name}")

@@ -17,7 +17,7 @@ from edgekit.compiler.artifact import check_writable
 from edgekit.compiler.backends import Backend, BackendOptions, get_backend
 from edgekit.compiler.cache import cache_key
 from edgekit.compiler.frontends import SourceModel, input_shapes_from, source_format
-from edgekit.compiler.passes import PassStep, calibrates_from_samples, file_inputs, parse_passes
+from edgekit.compiler.passes import PassStep, calibrates_from_samples, file_inputs, get_pass, parse_passes
 from edgekit.compiler.pipeline import AccuracyBudget, CandidateSpec, Pipeline, load_pipeline
 from edgekit.compiler.samples import LABELS, Samples, SamplesSource, load_samples
 from edgekit.errors import ConfigError
@@ -88,7 +88,7 @@ def check(
         pipe = pipe.with_tuning(tune)
     if backend:
         pipe = pipe.only_backend(get_backend(backend).name)
-    candidates = [_candidate(i, spec, pipe, profile) for i, spec in enumerate(pipe.candidates)]
+    candidates = _candidates(pipe, profile)
     shapes = input_shapes_from(input_shapes) or {}  # names and -1 -> DYNAMIC; strings as --input-shape takes them
     out = Path(output_dir)
     check_writable(out)
@@ -150,14 +150,41 @@ def _onnx_ranks(path: Path) -> dict[str, int | None]:
     return ranks
 
 
-def _candidate(index: int, spec: CandidateSpec, pipe: Pipeline, profile: DeviceProfile) -> PlannedCandidate:
-    try:
-        found = get_backend(spec.backend)
-        options = found.parse_options(spec.options, profile)
-        passes = parse_passes(spec.passes, "passes")
-    except ConfigError as exc:
-        raise ConfigError(f"pipeline '{pipe.name}', candidate '{spec.name}': {exc}") from None
-    return PlannedCandidate(index, spec, found, options, passes, spec.accuracy or pipe.accuracy)
+def _candidates(pipe: Pipeline, profile: DeviceProfile) -> list[PlannedCandidate]:
+    """The pipeline's candidates, checked; one whose pass lists variants (int8 formats) becomes one per variant."""
+    planned: list[PlannedCandidate] = []
+    for spec in pipe.candidates:
+        try:
+            found = get_backend(spec.backend)
+            options = found.parse_options(spec.options, profile)
+            passes = parse_passes(spec.passes, "passes")
+        except ConfigError as exc:
+            raise ConfigError(f"{pipe.where}, candidate '{spec.name}': {exc}") from None
+        for variant_spec, variant_passes in _variants(spec, passes):
+            if variant_spec is not spec and any(c.name == variant_spec.name for c in planned):
+                raise ConfigError(
+                    f"{pipe.where}: two candidates are called '{variant_spec.name}' (a variant's name is "
+                    "<candidate>-<variant>); rename one"
+                )
+            budget = spec.accuracy or pipe.accuracy
+            planned.append(PlannedCandidate(len(planned), variant_spec, found, options, variant_passes, budget))
+    return planned
+
+
+def _variants(spec: CandidateSpec, passes: list[PassStep]) -> list[tuple[CandidateSpec, list[PassStep]]]:
+    """``spec`` once, or once per variant of the first step that lists variants (named ``<name>-<variant>``)."""
+    for i, step in enumerate(passes):
+        variants = get_pass(step.name).variants(step.options)
+        if not variants:
+            continue
+        out = []
+        for name, options in variants:
+            steps = [*passes[:i], PassStep(step.name, options), *passes[i + 1 :]]
+            written = options.model_dump(mode="json", exclude_none=True)
+            raw = [*spec.passes[:i], {step.name: written}, *spec.passes[i + 1 :]]
+            out.append((spec.model_copy(update={"name": f"{spec.name}-{name}", "passes": raw}), steps))
+        return out
+    return [(spec, passes)]
 
 
 def _key_parts(

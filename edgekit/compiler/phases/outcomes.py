@@ -45,6 +45,11 @@ class Outcomes:
         self.report(candidate).reason = str(error)
         self._say(f"{candidate.name}: skipped ({error})")
 
+    def unsuited(self, candidate: PlannedCandidate, reason: str) -> None:
+        """``candidate`` was tried only where it suits the model (an int8 variant of ``variants: auto``), and it doesn't."""
+        self.report(candidate).reason = f"not tried: {reason}"
+        self._say(f"{candidate.name}: not tried ({reason})")
+
     def failed(self, candidate: PlannedCandidate, error: EdgekitError, phase: Phase) -> None:
         if self._only_one:
             raise error
