@@ -308,8 +308,9 @@ class ShardSet:
             for shard in self.shards:
                 if not shard.alive and not shard.ready.is_set():
                     await shard.stop()
+                    code = shard.proc.returncode if shard.proc is not None else None
                     raise SimulationError(
-                        f"{shard.name} ended while starting ({_how(shard.proc.returncode if shard.proc else 1)}): "
+                        f"{shard.name} ended while starting ({_how(1 if code is None else code)}): "
                         f"{shard.error or 'see ' + str(shard.log_path)}"
                     )
             booted = sum(s.booted for s in self.shards)

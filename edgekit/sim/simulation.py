@@ -381,17 +381,17 @@ class Simulation:
         assert self.broker is not None and self.http is not None
         parts = [p for p in split(things, self.shards) if p]
         fleet = self.fleet.model_dump(mode="json", exclude_none=True)
-        specs = [
-            ShardSpec(
+        tls_folder = str(self.material.folder) if self.material is not None else None
+        specs = []
+        for i, part in enumerate(parts):
+            spec = ShardSpec(
                 index=i, count=len(parts), things=part, fleet=fleet, state_dir=str(self.folder.root),
-                broker_port=self.broker.port, registry_url=self.http.url,
-                tls_folder=str(self.material.folder) if self.material is not None else None, mode=self.mode,
+                broker_port=self.broker.port, registry_url=self.http.url, tls_folder=tls_folder, mode=self.mode,
                 stand_ins={t: self.stand_ins[t] for t in part if t in self.stand_ins},
                 agent_options=self.agent_options, runner_options=self.runner_options,
                 connect_concurrency=max(1, self.connect_concurrency // len(parts)), seed=self.seed,
             )  # fmt: skip
-            for i, part in enumerate(parts)
-        ]
+            specs.append(spec)
         self.progress(
             f"connecting {len(things)} device(s) in {len(parts)} shard processes ({self.mode}{', mTLS' if self.tls else ''})"
         )
@@ -427,7 +427,14 @@ class Simulation:
             stand_in = {STAND_IN_ENV: "1"} if dev.thing in self.stand_ins else {}  # runs the artifact's host twin
             options["env"] = {HOST_PYTHON_ENV: sys.executable, **stand_in, **dict(options.get("env") or {})}
         agent = DeviceAgent(
-            dev.thing, dev.root, dev.device.platform, self.registry_url, dev.device.groups, mode=self.mode, report=report, **options
+            dev.thing,
+            dev.root,
+            dev.device.platform,
+            self.registry_url,
+            dev.device.groups,
+            mode=self.mode,
+            report=report,
+            **options,
         )
         if agent.ipc is not None:
             self._executor.runners.devices[dev.thing] = agent.ipc
