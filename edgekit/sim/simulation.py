@@ -39,6 +39,7 @@ from edgekit.fleet_file import Fault, FleetDevice, FleetFile
 from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import raise_fd_limit
 from edgekit.mqtt.client import Backoff, MqttClient
+from edgekit.mqtt.errors import ConnectError
 from edgekit.mqtt.tls import TlsMaterial
 from edgekit.profiles import host_platform
 from edgekit.progress import Progress
@@ -65,6 +66,8 @@ __all__ = ["SimulatedDevice", "Simulation", "SimulationStatus", "stand_in_for"]
 log = logging.getLogger(__name__)
 
 _POLL_S: Final = 0.1
+_CONNECT_ATTEMPTS: Final = 3
+"""Tries of a device's first connect that times out (10 s each: a TLS handshake on a loaded machine) before start fails."""
 HOST_PYTHON_ENV: Final = "EDGEKIT_HOST_PYTHON"
 """Set for simulated ``subprocess`` devices: the runtime component's Install uses this interpreter (offline)."""
 
@@ -366,7 +369,14 @@ class Simulation:
 
         async def boot(dev: SimulatedDevice) -> None:
             async with gate:
-                await self._boot(dev)
+                for attempt in range(1, _CONNECT_ATTEMPTS + 1):
+                    try:
+                        await self._boot(dev)
+                        break
+                    except ConnectError as exc:  # a handshake that timed out on a busy machine: try again
+                        if attempt == _CONNECT_ATTEMPTS or "timed out" not in str(exc):
+                            raise
+                        log.warning("%s: %s; trying again (%d of %d)", dev.thing, exc, attempt + 1, _CONNECT_ATTEMPTS)
                 self.booted += 1
 
         await asyncio.gather(*(boot(d) for d in self.devices.values()))
