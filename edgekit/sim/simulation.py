@@ -153,6 +153,11 @@ class Simulation:
     (:mod:`edgekit.sim.emulated`); ``sysroot_cache`` is the cache folder of their sysroot (default edgekit's).
     Where their aarch64 Python can't be had (no qemu-user, no network for the first build), starting fails, or with
     ``emulation_fallback`` they run as the fleet's other devices do (``progress`` says why).
+
+    ``shards`` > 1 runs the devices in that many processes (:mod:`edgekit.sim.shards`), split by thing name, against
+    this process's fleet server; :meth:`status`, :meth:`presence`, :meth:`inference_checkpoints` and the faults cover
+    them all, :attr:`devices` holds this process's only (emulated ones), :attr:`shard_set` the shards. ``attach`` is
+    for the shard process itself (:mod:`edgekit.sim.shard`): run the spec's devices against a running fleet server.
     """
 
     def __init__(
