@@ -188,15 +188,17 @@ def run_inference(args: Any, say: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-infer-") as tmp:
         work = Path(tmp)
         build = _build(work)
-        scale = asyncio.run(
-            _run(build, work / "scale", args.devices, args.readings, args.seconds, 0.0, say,
-                 shards=args.shards, tls=args.tls, window_s=args.window)
-        )  # fmt: skip
+        results: dict[str, Any] = {}
+        for shards in args.shards:  # several counts: side by side in this one run (same build, same machine)
+            results["scale" if len(args.shards) == 1 else f"scale, {shards} shard(s)"] = asyncio.run(
+                _run(build, work / f"scale-{shards}", args.devices, args.readings, args.seconds, 0.0, say,
+                     shards=shards, tls=args.tls, window_s=args.window)
+            )  # fmt: skip
         outage = None
         if args.outage > 0:
             per_s = 1000.0 / args.outage_devices
             outage = asyncio.run(_run(build, work / "outage", args.outage_devices, per_s, args.outage + 20.0, args.outage, say))
-    return {"scale": scale, "outage": outage}
+    return {**results, "outage": outage}
 
 
 def render(results: dict[str, Any]) -> None:
