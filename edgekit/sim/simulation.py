@@ -66,8 +66,10 @@ __all__ = ["SimulatedDevice", "Simulation", "SimulationStatus", "stand_in_for"]
 log = logging.getLogger(__name__)
 
 _POLL_S: Final = 0.1
+_CONNECT_TIMEOUT_S: Final = 30.0
 _CONNECT_ATTEMPTS: Final = 3
-"""Tries of a device's first connect that times out (10 s each: a TLS handshake on a loaded machine) before start fails."""
+"""Tries of a device's first connect that times out (30 s each: TLS handshakes queue on a loaded machine) before
+start fails."""
 HOST_PYTHON_ENV: Final = "EDGEKIT_HOST_PYTHON"
 """Set for simulated ``subprocess`` devices: the runtime component's Install uses this interpreter (offline)."""
 
@@ -498,7 +500,9 @@ class Simulation:
 
         agent = self._make_agent(dev, report)
         tls = self.material.device(dev.thing) if self.material is not None else None
-        client = MqttClient(dev.thing, tls=tls, reconnect=self.reconnect or Backoff(initial=0.2, maximum=5.0))
+        client = MqttClient(
+            dev.thing, tls=tls, reconnect=self.reconnect or Backoff(initial=0.2, maximum=5.0), connect_timeout=_CONNECT_TIMEOUT_S
+        )
         runner = DeviceMqttRunner(agent, client, owns_client=True, **self.runner_options)
         dev.agent, dev.client, dev.runner = agent, client, runner
         await runner.start()
