@@ -47,6 +47,8 @@ class Run:
     deploy_counts: dict[str, int] = field(default_factory=dict)
     connected_after_deploy: int = 0
     rss_mib: float = 0.0  # this process and its shards at the end of the timed part
+    rss_parent_mib: float = 0.0  # this process alone (the fleet server, and the compile stack of the bench's build)
+    rss_shards_mib: list[float] = field(default_factory=list)  # each shard (a shard's own base: ~86 MiB)
     broker_rss_per_device_kb: float = 0.0
     shard_cpu_percent: float = 0.0  # the shard processes together (the parent's is cpu_percent)
     seconds: float = 0.0
@@ -166,6 +168,8 @@ async def _run(
         points = await sim.inference_checkpoints()
         wall, cpu = time.monotonic() - t0, _cpu() - cpu0
         figures.shard_cpu_percent = 100.0 * (sum(_cpu_of(p) for p in pids) - shard_cpu0) / wall
+        figures.rss_parent_mib = max(_rss(), rss0) / (1 << 20)
+        figures.rss_shards_mib = [round(_rss(p) / (1 << 20), 1) for p in pids]
         rss_all = max(_rss(), rss0) + sum(_rss(p) for p in pids)
         figures.rss_mib = rss_all / (1 << 20)
         broker_pid = sim.broker.pid if sim.broker is not None else None
@@ -225,6 +229,9 @@ def render(results: dict[str, Any]) -> None:
         print(
             f"  RSS per device           {r.rss_per_device_kb:9.0f} KiB ({r.rss_mib:,.0f} MiB: this process + shards, / devices)"
         )
+        if r.rss_shards_mib:
+            per = [f"{m:,.0f}" for m in r.rss_shards_mib]
+            print(f"  RSS by process           {r.rss_parent_mib:9,.0f} MiB this process; shards {', '.join(per)} MiB")
         print(f"  broker RSS per device    {r.broker_rss_per_device_kb:9.1f} KiB")
         print(f"  uplink messages received {r.uplink_messages:10,}   ({r.uplink_messages / max(1, r.produced):.4f} per reading)")
         print(f"  readings produced        {r.produced:10,}   accounted {r.accounted:,}: lost {lost}, counted twice 0 "
