@@ -359,8 +359,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="--inference: how long they infer")
     parser.add_argument("--outage", type=float, default=30.0, help="--inference: broker outage, seconds (0: skip)")
     parser.add_argument("--outage-devices", type=int, default=100, help="--inference: devices sharing 1,000 readings/s")
+    parser.add_argument(
+        "--shards",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="--inference: processes for the devices (default 1; --ten-k: the cores); 1,2 runs both, side by side",
+    )
+    parser.add_argument("--tls", action="store_true", help="--inference: mutual TLS, a certificate per device")
+    parser.add_argument("--window", type=float, default=5.0, help="--inference: window seconds (default 5)")
+    parser.add_argument(
+        "--ten-k", action="store_true", help="--inference with issue 23's goal: 10,000 devices, mTLS, 1 reading/s, 60 s"
+    )
     args = parser.parse_args(argv)
+    if args.ten_k:
+        from edgekit.sim.shards import default_shards
+
+        args.inference, args.tls, args.readings, args.outage = True, True, 1.0, 0.0
+        args.devices = args.devices or 10_000
+        args.shards = args.shards or [default_shards()]
     args.devices = args.devices or (100 if args.quick else 1000)
+    args.shards = args.shards or [1]
+    if min(args.shards) < 1:
+        parser.error("--shards must be 1 or more")
     if args.inference:
         from bench.fleet_inference import render as render_inference
         from bench.fleet_inference import run_inference

@@ -1,10 +1,12 @@
 """bench/fleet --inference: N in-process devices each infer R readings/s for S seconds, then a broker outage.
 
     python -m bench.fleet --inference [--devices 1000] [--readings 10] [--seconds 60] [--outage-devices 100]
-                                      [--outage 30] [--json out.json]
+                                      [--outage 30] [--shards N] [--tls] [--window 5] [--json out.json]
+    python -m bench.fleet --ten-k [--devices 10000] [--shards N]    # issue 23's goal: mTLS, 1 reading/s, 60 s
 
-(a) N devices × R readings/s for S s: readings/s achieved, CPU % of this process, RSS per device, uplink messages
-the fleet received — and every reading accounted for. (b) ``--outage-devices`` devices (1,000 readings/s in all
+(a) N devices × R readings/s for S s, in ``--shards`` processes (default 1; ``--ten-k``: one per core): time to
+connect them all and to deploy to all, readings/s achieved, CPU % and RSS of the device processes (this one and its
+shards) and of the broker, uplink messages the fleet received — and every reading accounted for. (b) ``--outage-devices`` devices (1,000 readings/s in all
 by default) through a ``--outage`` s broker outage: readings lost and counted twice after the replay.
 See docs/benchmarks.md (fleet: inference).
 """
@@ -27,7 +29,7 @@ import edgekit
 from edgekit.fleet.telemetry import accounted
 from edgekit.fleet_file import FleetFile
 from edgekit.greengrass.package import package
-from edgekit.sim import Simulation
+from edgekit.sim import Simulation, SimulationTimeoutError
 
 MODEL = "com.example.Mlp"
 INFERENCE = f"{MODEL}.Inference"
@@ -37,6 +39,18 @@ INFERENCE = f"{MODEL}.Inference"
 class Run:
     devices: int
     readings_per_s: float
+    shards: int = 1
+    tls: bool = False
+    window_s: float = 5.0
+    connect_s: float = 0.0
+    deploy_s: float = 0.0
+    deploy_counts: dict[str, int] = field(default_factory=dict)
+    connected_after_deploy: int = 0
+    rss_mib: float = 0.0  # this process and its shards at the end of the timed part
+    rss_parent_mib: float = 0.0  # this process alone (the fleet server, and the compile stack of the bench's build)
+    rss_shards_mib: list[float] = field(default_factory=list)  # each shard (a shard's own base: ~86 MiB)
+    broker_rss_per_device_kb: float = 0.0
+    shard_cpu_percent: float = 0.0  # the shard processes together (the parent's is cpu_percent)
     seconds: float = 0.0
     produced: int = 0
     accounted: int = 0
@@ -52,9 +66,22 @@ class Run:
     settle_s: float = 0.0
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _rss(pid: int | str = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # gone
+        return 0
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(") ", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu() -> float:
@@ -76,7 +103,17 @@ def _build(work: Path) -> Path:
 
 
 async def _run(
-    build: Path, state: Path, devices: int, per_s: float, seconds: float, outage_s: float, say: Callable[[str], None]
+    build: Path,
+    state: Path,
+    devices: int,
+    per_s: float,
+    seconds: float,
+    outage_s: float,
+    say: Callable[[str], None],
+    *,
+    shards: int = 1,
+    tls: bool = False,
+    window_s: float = 5.0,
 ) -> Run:
     fleet = FleetFile.model_validate(
         {
@@ -85,17 +122,28 @@ async def _run(
             "devices": [{"prefix": "d", "count": devices, "profile": "x86_64", "groups": ["all"]}],
         }
     )
-    figures = Run(devices, per_s, outage_s=outage_s)
-    async with Simulation(fleet, state_dir=state, tls=False, progress=say) as sim:
+    figures = Run(devices, per_s, shards=shards, tls=tls, window_s=window_s, outage_s=outage_s)
+    async with Simulation(fleet, state_dir=state, tls=tls, progress=say, shards=shards) as sim:
+        figures.connect_s = sim.connect_s or 0.0
         sim.publish(build)
-        settings = {"IntervalSeconds": str(1.0 / per_s), "WindowSeconds": "5", "InputSource": "synthetic:ood=0.1"}
+        settings = {"IntervalSeconds": str(1.0 / per_s), "WindowSeconds": f"{window_s:g}", "InputSource": "synthetic:ood=0.1"}
         spec = {"componentVersion": "1.0.0", "configurationUpdate": {"merge": json.dumps(settings)}}
         deployment = sim.deploy({"targetArn": "thinggroup/all", "components": {INFERENCE: spec},
                                  "iotJobConfiguration": {"jobExecutionsRolloutConfig": {"maximumPerMinute": 1000}}})  # fmt: skip
         say(f"deploying to {devices} devices")
-        await sim.wait(deployment, timeout=600)
+        deployed0 = time.monotonic()
+        try:
+            summary = await sim.wait(deployment, timeout=max(300.0, 0.1 * devices))
+        except SimulationTimeoutError as exc:  # some devices never finished: say so, time the rest
+            say(str(exc))
+            summary = sim.server.deployment(deployment)
+        figures.deploy_s, figures.deploy_counts = time.monotonic() - deployed0, dict(summary.counts)
+        figures.connected_after_deploy = sim.status().connected
+        say(f"deployed in {figures.deploy_s:.1f} s: {summary.counts}; {figures.connected_after_deploy} connected")
         await asyncio.sleep(1.0)
         before = await sim.inference_checkpoints()
+        pids = sim.shard_set.pids() if sim.shard_set is not None else []
+        shard_cpu0 = sum(_cpu_of(p) for p in pids)
         rss0, cpu0, t0 = _rss(), _cpu(), time.monotonic()
         say(
             f"{devices} devices infer {per_s:g} readings/s each for {seconds:g} s"
@@ -105,6 +153,7 @@ async def _run(
         async def sample() -> None:  # readings produced vs uplink messages the fleet received, once a second
             while True:
                 produced = sum(run.loop.readings for runs in sim.inference.runs.values() for run in runs)
+                produced += sim.shard_set.readings() if sim.shard_set is not None else 0
                 received = sim.telemetry.stats.messages if sim.telemetry is not None else 0
                 figures.timeline.append((round(time.monotonic() - t0, 2), produced, received))
                 await asyncio.sleep(1.0)
@@ -118,11 +167,18 @@ async def _run(
         sampler.cancel()
         points = await sim.inference_checkpoints()
         wall, cpu = time.monotonic() - t0, _cpu() - cpu0
+        figures.shard_cpu_percent = 100.0 * (sum(_cpu_of(p) for p in pids) - shard_cpu0) / wall
+        figures.rss_parent_mib = max(_rss(), rss0) / (1 << 20)
+        figures.rss_shards_mib = [round(_rss(p) / (1 << 20), 1) for p in pids]
+        rss_all = max(_rss(), rss0) + sum(_rss(p) for p in pids)
+        figures.rss_mib = rss_all / (1 << 20)
+        broker_pid = sim.broker.pid if sim.broker is not None else None
+        figures.broker_rss_per_device_kb = (_rss(broker_pid) if broker_pid else 0) / devices / 1024
         figures.seconds = wall
         start = {(p.thing, p.run): p.readings for p in before}
         figures.achieved_per_s = sum(p.readings - start.get((p.thing, p.run), 0) for p in points) / wall
         figures.cpu_percent = 100.0 * cpu / wall
-        figures.rss_per_device_kb = max(_rss(), rss0) / devices / 1024
+        figures.rss_per_device_kb = rss_all / devices / 1024
         figures.produced = sum(p.readings for p in points)
         settle0 = time.monotonic()
         assert sim.state is not None and sim.telemetry is not None
@@ -142,12 +198,17 @@ def run_inference(args: Any, say: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-infer-") as tmp:
         work = Path(tmp)
         build = _build(work)
-        scale = asyncio.run(_run(build, work / "scale", args.devices, args.readings, args.seconds, 0.0, say))
+        results: dict[str, Any] = {}
+        for shards in args.shards:  # several counts: side by side in this one run (same build, same machine)
+            results["scale" if len(args.shards) == 1 else f"scale, {shards} shard(s)"] = asyncio.run(
+                _run(build, work / f"scale-{shards}", args.devices, args.readings, args.seconds, 0.0, say,
+                     shards=shards, tls=args.tls, window_s=args.window)
+            )  # fmt: skip
         outage = None
         if args.outage > 0:
             per_s = 1000.0 / args.outage_devices
             outage = asyncio.run(_run(build, work / "outage", args.outage_devices, per_s, args.outage + 20.0, args.outage, say))
-    return {"scale": scale, "outage": outage}
+    return {**results, "outage": outage}
 
 
 def render(results: dict[str, Any]) -> None:
@@ -156,10 +217,22 @@ def render(results: dict[str, Any]) -> None:
             continue
         lost = r.produced - r.accounted
         print(f"({name}) {r.devices} devices x {r.readings_per_s:g} readings/s for {r.seconds:.0f} s"
-              + (f", broker down {r.outage_s:g} s" if r.outage_s else ""))  # fmt: skip
+              + (f", broker down {r.outage_s:g} s" if r.outage_s else "")
+              + f"; {r.shards} shard process(es){', mTLS' if r.tls else ''}; {r.window_s:g} s windows")  # fmt: skip
+        print(f"  connected in             {r.connect_s:10.1f} s")
+        if r.deploy_s:
+            print(
+                f"  deployed to all in       {r.deploy_s:10.1f} s   {r.deploy_counts}, {r.connected_after_deploy} connected then"
+            )
         print(f"  readings/s achieved      {r.achieved_per_s:10,.0f}   (asked {r.devices * r.readings_per_s:,.0f})")
-        print(f"  CPU of this process      {r.cpu_percent:9.0f} %   (2 cores = 200 %)")
-        print(f"  RSS per device           {r.rss_per_device_kb:9.0f} KiB (whole process / devices)")
+        print(f"  CPU of this process      {r.cpu_percent:9.0f} %   (2 cores = 200 %); of the shards {r.shard_cpu_percent:.0f} %")
+        print(
+            f"  RSS per device           {r.rss_per_device_kb:9.0f} KiB ({r.rss_mib:,.0f} MiB: this process + shards, / devices)"
+        )
+        if r.rss_shards_mib:
+            per = [f"{m:,.0f}" for m in r.rss_shards_mib]
+            print(f"  RSS by process           {r.rss_parent_mib:9,.0f} MiB this process; shards {', '.join(per)} MiB")
+        print(f"  broker RSS per device    {r.broker_rss_per_device_kb:9.1f} KiB")
         print(f"  uplink messages received {r.uplink_messages:10,}   ({r.uplink_messages / max(1, r.produced):.4f} per reading)")
         print(f"  readings produced        {r.produced:10,}   accounted {r.accounted:,}: lost {lost}, counted twice 0 "
               f"({r.duplicates} redelivered summaries ignored; settled {r.settle_s:.1f} s after the end)")  # fmt: skip

@@ -496,6 +496,7 @@ def simulate(
     watch: Callable[[SimulationStatus], None] | None = None,
     every: float = 0.5,
     progress: Progress | None = None,
+    shards: int | None = 1,
 ) -> SimulationRun:
     """Run a simulated fleet in the foreground (mosquitto, the local fleet service, device agents) and return how
     it ended: publish ``build``, make ``deployments``, then watch until ``until_done`` / ``duration`` (or Ctrl-C).
@@ -504,9 +505,12 @@ def simulate(
     thing group of the fleet) with ``rollout`` / ``abort_failed`` (:func:`deployment_spec`'s shorthands), besides
     ``deployments``.
 
+    ``shards``: run the devices in that many processes, split by thing name, against one broker and fleet server
+    (``None``: one per core; see docs/local-fleet.md, shards); a shard that dies is reported and started again.
+
     For a simulation that runs beside your own code, use :class:`edgekit.sim.Simulation` as an async context.
     """
-    from edgekit.errors import DeploymentError
+    from edgekit.errors import ConfigError, DeploymentError
     from edgekit.fleet_file import load_fleet
     from edgekit.greengrass.deployment import build_spec
     from edgekit.sim import Simulation
@@ -514,6 +518,8 @@ def simulate(
 
     if not deploy and (targets or rollout or abort_failed):
         raise DeploymentError("--target, --rollout and --abort-failed go with --deploy NAME=VERSION")
+    if shards is not None and shards < 1:
+        raise ConfigError(f"--shards {shards}: give 1 or more processes for the devices (default: one per core)")
     model = load_fleet(fleet)
     if deploy:
         groups = sorted({g for d in model.expand() for g in d.groups})
@@ -524,7 +530,12 @@ def simulate(
     if devices is not None:
         model = model.scaled(devices)
     # emulated devices (qemu-user) run as simulated ones where their aarch64 Python can't be had (a warning says why)
-    sim = Simulation(model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s, emulation_fallback=True)
+    from edgekit.sim.shards import default_shards
+
+    sim = Simulation(
+        model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s, emulation_fallback=True,
+        shards=default_shards() if shards is None else shards,
+    )  # fmt: skip
 
     async def main() -> SimulationRun:
         loop, task = asyncio.get_running_loop(), asyncio.current_task()

@@ -238,6 +238,9 @@ def simulate(
     duration: float | None = typer.Option(None, "--duration", min=0, help="stop after this many seconds"),
     interval: float = typer.Option(5.0, "--interval", min=0.1, help="seconds between status lines when not on a terminal"),
     tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
+    shards: int | None = typer.Option(
+        None, "--shards", help="processes to run the devices in, split by thing name (default: one per core)"
+    ),
 ) -> None:
     """Run a simulated fleet (broker, fleet service, device agents) in the foreground and show it at a glance.
     Emulated aarch64 devices need the network the first time, to build their aarch64 root (~212 MB, once;
@@ -266,7 +269,7 @@ def simulate(
             run = api.simulate(
                 fleet, state_dir=state, devices=devices, mode=run_mode, tls=tls, tick_s=tick, build=build, deploy=deploy,
                 targets=target, rollout=rollout, abort_failed=abort_failed, until_done=until_done, duration=duration,
-                watch=track, progress=say,
+                watch=track, progress=say, shards=shards,
             )  # fmt: skip
         except KeyboardInterrupt:
             run = None
@@ -310,7 +313,8 @@ def status(
         connected = sum(1 for d in view.devices if d.connected)
         where += f"; fleet serve running (pid {running['pid']}, {connected} connected, broker {running.get('broker')})"
     elif running:
-        where += f"; simulation running (pid {running['pid']}, {running.get('devices')} devices, broker {running.get('broker')})"
+        shards = f" in {running['shards']} shards" if running.get("shards") else ""
+        where += f"; simulation running (pid {running['pid']}, {running.get('devices')} devices{shards}, broker {running.get('broker')})"
     else:
         where += "; no simulation running"
     facts = {"state": fleet.root, "simulation": running, **view.to_json()}

@@ -39,6 +39,8 @@ from edgekit.fleet_file import Fault, FleetDevice, FleetFile
 from edgekit.greengrass.deployment import DeploymentSpec
 from edgekit.mqtt.broker import raise_fd_limit
 from edgekit.mqtt.client import Backoff, MqttClient
+from edgekit.mqtt.errors import ConnectError
+from edgekit.mqtt.tls import TlsMaterial
 from edgekit.profiles import host_platform
 from edgekit.progress import Progress
 from edgekit.sim.emulated import EmulatedAgent, Emulation, prepare_emulation, read_checkpoints, write_bundle
@@ -46,6 +48,7 @@ from edgekit.sim.errors import SimulationError, SimulationTimeoutError
 from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
 from edgekit.sim.scripted_shell import SimulatedExecutor
+from edgekit.sim.shards import ShardSet, ShardSpec, split
 from edgekit.wire.device_bundle import BUNDLE_CONFIG, DeviceBundle
 
 if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are the types of its parts
@@ -57,13 +60,16 @@ if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are 
     from edgekit.fleet.telemetry import TelemetryIngest
     from edgekit.fleet.view import FailureView, FleetView
     from edgekit.mqtt.broker import MosquittoBroker
-    from edgekit.mqtt.tls import TlsMaterial
 
 __all__ = ["SimulatedDevice", "Simulation", "SimulationStatus", "stand_in_for"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S: Final = 0.1
+_CONNECT_TIMEOUT_S: Final = 30.0
+_CONNECT_ATTEMPTS: Final = 3
+"""Tries of a device's first connect that times out (30 s each: TLS handshakes queue on a loaded machine) before
+start fails."""
 HOST_PYTHON_ENV: Final = "EDGEKIT_HOST_PYTHON"
 """Set for simulated ``subprocess`` devices: the runtime component's Install uses this interpreter (offline)."""
 
@@ -149,6 +155,11 @@ class Simulation:
     (:mod:`edgekit.sim.emulated`); ``sysroot_cache`` is the cache folder of their sysroot (default edgekit's).
     Where their aarch64 Python can't be had (no qemu-user, no network for the first build), starting fails, or with
     ``emulation_fallback`` they run as the fleet's other devices do (``progress`` says why).
+
+    ``shards`` > 1 runs the devices in that many processes (:mod:`edgekit.sim.shards`), split by thing name, against
+    this process's fleet server; :meth:`status`, :meth:`presence`, :meth:`inference_checkpoints` and the faults cover
+    them all, :attr:`devices` holds this process's only (emulated ones), :attr:`shard_set` the shards. ``attach`` is
+    for the shard process itself (:mod:`edgekit.sim.shard`): run the spec's devices against a running fleet server.
     """
 
     def __init__(
@@ -169,8 +180,17 @@ class Simulation:
         progress: Progress | None = None,
         sysroot_cache: Path | None = None,
         emulation_fallback: bool = False,
+        shards: int = 1,
+        attach: ShardSpec | None = None,
     ) -> None:
+        if shards < 1:
+            raise ConfigError(f"shards {shards}: give 1 or more processes for the devices")
         self.fleet = fleet.scaled(devices) if devices is not None else fleet
+        self.shards = shards
+        self.attach = attach
+        self.shard_set: ShardSet | None = None
+        self.booted = 0
+        """Devices booted in this process so far (while :meth:`start` connects them)."""
         self.folder = FleetFolder.at(state_dir)
         self.mode: Literal["in_process", "subprocess"] = mode or self.fleet.run_mode()
         self.tls = self.fleet.tls if tls is None else tls
@@ -190,6 +210,8 @@ class Simulation:
         _check_scenarios(self.fleet.name, things)
         emulated = sum(1 for t in things if t.emulated)
         self.stand_ins = {d.thing: on for d in things if not d.emulated and (on := stand_in_for(d)) is not None}
+        if attach is not None:
+            self.stand_ins.update(attach.stand_ins)
         """The devices a process of another platform (this one's) stands in for: thing → that platform."""
         self.server = FleetServer(
             self.folder,
@@ -198,7 +220,9 @@ class Simulation:
             tls=self.tls,
             tick_s=tick_s,
             presence=self._presence,
-            about={"devices": len(things), "mode": self.mode} | ({"emulated": emulated} if emulated else {}),
+            about={"devices": len(things), "mode": self.mode}
+            | ({"emulated": emulated} if emulated else {})
+            | ({"shards": shards} if shards > 1 else {}),
             progress=lambda message: self.progress(message),
             stand_ins=self.stand_ins,
         )
@@ -229,7 +253,20 @@ class Simulation:
 
     @property
     def material(self) -> TlsMaterial | None:
+        if self.attach is not None:
+            return self._attached_material
         return self.server.material
+
+    _attached_material: TlsMaterial | None = None
+
+    @property
+    def registry_url(self) -> str:
+        """Where the devices download from: the fleet server's HTTP server (a shard's: the parent's)."""
+        if self.attach is not None:
+            return self.attach.registry_url
+        if self.http is None:
+            raise SimulationError("the simulation is not started")
+        return self.http.url
 
     @property
     def bridge(self) -> FleetMqttBridge | None:
@@ -255,8 +292,15 @@ class Simulation:
         return self.broker.url
 
     def _presence(self) -> dict[str, bool]:
-        """Which devices are connected now (read by the fleet page's server thread: plain attribute reads)."""
-        return {thing: dev.connected for thing, dev in list(self.devices.items())}
+        return self.presence()
+
+    def presence(self) -> dict[str, bool]:
+        """Which devices are connected now, in this process and in the shards (read by the fleet page's server
+        thread: plain attribute reads)."""
+        here = {thing: dev.connected for thing, dev in list(self.devices.items())}
+        if self.shard_set is not None:
+            here.update(self.shard_set.presence())
+        return here
 
     def _require(self) -> tuple[FleetState, FleetService]:
         if self.state is None or self.service is None:
@@ -266,7 +310,7 @@ class Simulation:
     async def start(self) -> None:
         """Start the fleet server (broker, state, service, bridge, HTTP server) and every device; return once every
         device is connected."""
-        if self.state is not None:
+        if self.state is not None or self._started_at:
             return
         try:
             await self._start()
@@ -279,6 +323,14 @@ class Simulation:
         limit = raise_fd_limit()
         if limit < 4 * len(things) + 64:
             log.warning("open-file limit %d may be too low for %d simulated devices (4 sockets each)", limit, len(things))
+        if self.attach is not None:  # a shard: the parent's fleet server runs; this process runs the spec's devices
+            named = set(self.attach.things)
+            things = [d for d in things if d.thing in named]
+            if self.tls:
+                assert self.attach.tls_folder is not None
+                self._attached_material = TlsMaterial.open(self.attach.tls_folder)
+            await self._connect(things, "127.0.0.1", self.attach.broker_port)
+            return
         running = self.folder.running()
         if running is not None:
             raise SimulationError(
@@ -300,25 +352,68 @@ class Simulation:
                 fallen = {d.thing: on for d in things if d.emulated and (on := stand_in_for(d)) is not None}
                 self.stand_ins.update(fallen)  # now they are stand-ins too (the page and /api/fleet share this map)
                 self.server.stand_ins.update(fallen)
-        host, port = "127.0.0.1", self.broker.port
+        here, sharded = list(things), []
+        if self.shards > 1:  # emulated devices are processes of their own already: they stay with this one
+            here = [d for d in things if d.emulated and self.emulation is not None]
+            sharded = [d for d in things if not (d.emulated and self.emulation is not None)]
+        started = time.monotonic()
+        if sharded:
+            await self._start_shards([d.thing for d in sharded])
+        await self._connect(here, "127.0.0.1", self.broker.port, started)
+        if self.apply_faults and self.fleet.faults:
+            self._fault_task = asyncio.get_running_loop().create_task(self._run_faults(self.fleet.faults))
+
+    async def _connect(self, things: Sequence[FleetDevice], host: str, port: int, started: float | None = None) -> None:
+        """Open a network link for each of ``things`` and boot its agent; return once every one is connected."""
         for device in things:
             link = NetworkLink(device.thing, host, port)
             await link.open()
             self.devices[device.thing] = SimulatedDevice(device, self.folder.device(device.thing), link)
-        self.progress(f"connecting {len(things)} device(s) ({self.mode}{', mTLS' if self.tls else ''})")
-        started = time.monotonic()
+        if things or self.shard_set is None:
+            self.progress(f"connecting {len(things)} device(s) ({self.mode}{', mTLS' if self.tls else ''})")
+        started = time.monotonic() if started is None else started
         gate = asyncio.Semaphore(self.connect_concurrency)
 
         async def boot(dev: SimulatedDevice) -> None:
             async with gate:
-                await self._boot(dev)
+                for attempt in range(1, _CONNECT_ATTEMPTS + 1):
+                    try:
+                        await self._boot(dev)
+                        break
+                    except ConnectError as exc:  # a handshake that timed out on a busy machine: try again
+                        if attempt == _CONNECT_ATTEMPTS or "timed out" not in str(exc):
+                            raise
+                        log.warning("%s: %s; trying again (%d of %d)", dev.thing, exc, attempt + 1, _CONNECT_ATTEMPTS)
+                self.booted += 1
 
         await asyncio.gather(*(boot(d) for d in self.devices.values()))
         self.connect_s = time.monotonic() - started
         self._started_at = time.monotonic()
-        self.progress(f"{len(things)} device(s) connected in {self.connect_s:.2f} s")
-        if self.apply_faults and self.fleet.faults:
-            self._fault_task = asyncio.get_running_loop().create_task(self._run_faults(self.fleet.faults))
+        total = len(things) + (self.shard_set.devices if self.shard_set is not None else 0)
+        shards = f" ({self.shards} shards)" if self.shard_set is not None else ""
+        self.progress(f"{total} device(s) connected in {self.connect_s:.2f} s{shards}")
+
+    async def _start_shards(self, things: list[str]) -> None:
+        """Start the shard processes for ``things`` (split by name); return once their devices are connected."""
+        assert self.broker is not None and self.http is not None
+        parts = [p for p in split(things, self.shards) if p]
+        fleet = self.fleet.model_dump(mode="json", exclude_none=True)
+        tls_folder = str(self.material.folder) if self.material is not None else None
+        specs = []
+        for i, part in enumerate(parts):
+            spec = ShardSpec(
+                index=i, count=len(parts), things=part, fleet=fleet, state_dir=str(self.folder.root),
+                broker_port=self.broker.port, registry_url=self.http.url, tls_folder=tls_folder, mode=self.mode,
+                stand_ins={t: self.stand_ins[t] for t in part if t in self.stand_ins},
+                agent_options=self.agent_options, runner_options=self.runner_options,
+                connect_concurrency=max(1, self.connect_concurrency // len(parts)), seed=self.seed,
+            )  # fmt: skip
+            specs.append(spec)
+        self.progress(
+            f"connecting {len(things)} device(s) in {len(parts)} shard processes ({self.mode}{', mTLS' if self.tls else ''})"
+        )
+        self.shard_set = ShardSet(specs, self.folder.root / "shards", self.progress, self._record)
+        await self.shard_set.start()
 
     async def close(self) -> None:
         """Stop every device (cleanly: Shutdown steps run), then the fleet server (bridge, HTTP server, broker)."""
@@ -333,12 +428,13 @@ class Simulation:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(self._shutdown(d, crash=False) for d in self.devices.values()), return_exceptions=True)
         await asyncio.gather(*(d.link.close() for d in self.devices.values()), return_exceptions=True)
+        if self.shard_set is not None:
+            await self.shard_set.stop()
         await self.server.close()
 
     # ------------------------------------------------------------------ devices
 
     def _make_agent(self, dev: SimulatedDevice, report: StateCallback) -> DeviceAgent:
-        assert self.http is not None
         options: dict[str, Any] = {"fsync": False, "settle_s": 0.5, "download_backoff_s": 0.02}
         options.update(self.agent_options)
         if self.mode == "in_process":
@@ -348,7 +444,14 @@ class Simulation:
             stand_in = {STAND_IN_ENV: "1"} if dev.thing in self.stand_ins else {}  # runs the artifact's host twin
             options["env"] = {HOST_PYTHON_ENV: sys.executable, **stand_in, **dict(options.get("env") or {})}
         agent = DeviceAgent(
-            dev.thing, dev.root, dev.device.platform, self.http.url, dev.device.groups, mode=self.mode, report=report, **options
+            dev.thing,
+            dev.root,
+            dev.device.platform,
+            self.registry_url,
+            dev.device.groups,
+            mode=self.mode,
+            report=report,
+            **options,
         )
         if agent.ipc is not None:
             self._executor.runners.devices[dev.thing] = agent.ipc
@@ -397,7 +500,9 @@ class Simulation:
 
         agent = self._make_agent(dev, report)
         tls = self.material.device(dev.thing) if self.material is not None else None
-        client = MqttClient(dev.thing, tls=tls, reconnect=self.reconnect or Backoff(initial=0.2, maximum=5.0))
+        client = MqttClient(
+            dev.thing, tls=tls, reconnect=self.reconnect or Backoff(initial=0.2, maximum=5.0), connect_timeout=_CONNECT_TIMEOUT_S
+        )
         runner = DeviceMqttRunner(agent, client, owns_client=True, **self.runner_options)
         dev.agent, dev.client, dev.runner = agent, client, runner
         await runner.start()
@@ -442,12 +547,20 @@ class Simulation:
             raise SimulationError(f"the simulation has no device '{thing}'")
         return dev
 
+    def _sharded(self, thing: str) -> bool:
+        """Whether ``thing`` runs in a shard process (else here; :class:`SimulationError` when nowhere)."""
+        if thing in self.devices:
+            return False
+        if self.shard_set is not None and thing in self.shard_set.owner:
+            return True
+        raise SimulationError(f"the simulation has no device '{thing}'")
+
     def _pick(self, fault: Fault, index: int) -> list[str]:
         if fault.things is not None:
             for thing in fault.things:
-                self._device(thing)
+                self._sharded(thing)
             return list(fault.things)
-        names = sorted(self.devices)
+        names = sorted([*self.devices, *(self.shard_set.owner if self.shard_set is not None else ())])
         if fault.fraction is None:
             return names
         k = max(1, round(fault.fraction * len(names)))
@@ -494,6 +607,8 @@ class Simulation:
         An emulated device's components are processes: theirs is the one each wrote after its last closed window."""
         runs = [run for runs in self._executor.runners.runs.values() for run in runs]
         points = list(await asyncio.gather(*(run.loop.checkpoint() for run in runs)))
+        if self.shard_set is not None:  # the shards' loops: each shard checkpoints its own
+            points += await self.shard_set.checkpoints()
         if self.emulation is not None:  # their components write theirs after each window (up to its last closed one)
             for dev in self.devices.values():
                 config = self.emulation.folder / dev.thing / BUNDLE_CONFIG
@@ -506,8 +621,8 @@ class Simulation:
         self._require()
         return SimulationStatus(
             elapsed_s=time.monotonic() - self._started_at if self._started_at else 0.0,
-            devices=len(self.devices),
-            alive=sum(1 for d in self.devices.values() if d.alive),
+            devices=len(self.devices) + (self.shard_set.devices if self.shard_set is not None else 0),
+            alive=sum(1 for d in self.devices.values() if d.alive) + (self.shard_set.alive() if self.shard_set else 0),
             faults=list(self._fault_log),
             broker_url=self.broker_url,
             view=self.server.view(),
@@ -516,13 +631,21 @@ class Simulation:
     # ------------------------------------------------------------------ faults
 
     def _note(self, text: str) -> None:
+        self._record(text)
+        log.warning("fault injection: %s", text)
+
+    def _record(self, text: str) -> None:
+        """Add ``text`` to the faults the status shows (a fault applied, a shard that died or came back)."""
         stamp = time.monotonic() - self._started_at if self._started_at else 0.0
         self._fault_log.append(f"t+{stamp:.1f}s {text}")
-        log.warning("fault injection: %s", text)
 
     async def cut_network(self, thing: str, seconds: float) -> None:
         """Drop ``thing``'s MQTT connection and refuse its reconnects for ``seconds``."""
-        self._device(thing).link.cut(seconds)
+        if self._sharded(thing):
+            assert self.shard_set is not None
+            await self.shard_set.fault("cut_network", thing, seconds)
+        else:
+            self._device(thing).link.cut(seconds)
         self._note(f"network of {thing} cut for {seconds:g} s")
 
     async def kill_device(self, thing: str, *, restart_after: float | None = None) -> None:
@@ -530,6 +653,11 @@ class Simulation:
 
         ``restart_after``: a fresh agent resumes from the same folder after that many seconds.
         """
+        if self._sharded(thing):
+            assert self.shard_set is not None
+            await self.shard_set.fault("kill_device", thing, restart_after)
+            self._note(f"{thing} killed" + (f", back in {restart_after:g} s" if restart_after else ""))
+            return
         dev = self._device(thing)
         await self._shutdown(dev, crash=True)
         self._note(f"{thing} killed" + (f", back in {restart_after:g} s" if restart_after else ""))
@@ -540,6 +668,11 @@ class Simulation:
 
     async def restart_device(self, thing: str, *, crash: bool = True) -> None:
         """Crash ``thing`` (unless already down) and start a fresh agent and runner on the same folder: it resumes."""
+        if self._sharded(thing):
+            assert self.shard_set is not None
+            await self.shard_set.fault("restart_device", thing, None)
+            self._note(f"{thing} restarted in its shard")
+            return
         dev = self._device(thing)
         if crash or dev.alive:
             await self._shutdown(dev, crash=True)
@@ -550,7 +683,7 @@ class Simulation:
     def corrupt_downloads(self, thing: str | None, n: int) -> None:
         """Corrupt the next ``n`` artifact downloads of ``thing`` (of any device when None); 10 in a row fail the device."""
         if thing is not None:
-            self._device(thing)
+            self._sharded(thing)
         if self.http is None:
             raise SimulationError("the simulation is not started")
         self.http.corrupt_downloads(thing, n)
