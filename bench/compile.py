@@ -57,6 +57,7 @@ class Case:
     eager_name: str
     samples: dict[str, np.ndarray] | None = None  # labelled samples for --optimize (inputs stacked + "labels")
     labels_are: str = ""  # where the labels come from
+    calibration: int | None = None  # --optimize: samples set aside to calibrate int8 and fine-tune (pipeline's: 64)
 
 
 def _torch_models() -> dict[str, tuple[str, Any, list[int]]]:
@@ -279,7 +280,7 @@ def _trained_case(name: str, say: Callable[[str], None]) -> Case:
     factory = f"bench.compile:trained_{t.name}"
     return Case(
         name, t.description, factory, {"input": t.shape}, {"input": x}, eager, "torch eager",
-        {"input": t.x, "labels": t.y}, f"held-out digits ({len(t.y)})",
+        {"input": t.x, "labels": t.y}, f"held-out digits ({len(t.y)})", calibration=len(t.y) // 3,
     )  # fmt: skip
 
 
@@ -421,6 +422,8 @@ def _optimize(
             update={"options": {**spec.options, "tune": {**spec.options["tune"], "database": str(out / "tuning")}}}
         )
         pipe = pipe.model_copy(update={"candidates": [*pipe.candidates[:-1], spec]})
+    if case.calibration:
+        pipe = pipe.model_copy(update={"measure": pipe.measure.model_copy(update={"calibration": case.calibration})})
     say(f"[{case.name}] optimize pipeline with {len(next(iter((case.samples or {}).values()), []))} labelled samples")
     try:
         result = _compile(case, target, out / "optimize", pipeline=pipe, samples=case.samples, progress=say)
@@ -443,6 +446,7 @@ def _optimize(
                 "size": c.size_bytes,
                 "flops": c.flops,
                 "kept_float": c.kept_float,
+                "fine_tuned": (c.pruned or {}).get("fineTuned"),
             }
             for c in m.candidates
         },

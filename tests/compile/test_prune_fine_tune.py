@@ -132,10 +132,8 @@ def test_fine_tuning_on_the_calibration_samples_takes_a_pruned_model_through_the
     assert plain["pruned"].pruned is not None and plain["pruned"].pruned["fineTuned"] is None
 
 
-def test_an_onnx_model_is_pruned_without_fine_tuning_and_its_rejection_says_why(
-    factory: tuple[str, Any], tmp_path: Path
-) -> None:
-    spec, module = factory
+def test_an_onnx_model_is_pruned_without_fine_tuning_and_its_rejection_says_why(factory: tuple[str, Any], tmp_path: Path) -> None:
+    _, module = factory
     path = tmp_path / "digits.onnx"
     path.write_bytes(export_module(module.make_model(), (torch.zeros(1, 1, 8, 8),), ["input"], 1, str(path)))
     reports = _compile(path, tmp_path / "b", _samples(module), fine_tune="samples")

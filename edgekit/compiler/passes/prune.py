@@ -88,8 +88,17 @@ def prune(
     context = context or PassContext()
     tuned: dict[str, Any] | None = None
     why_not = _cannot_fine_tune(source, options, context)
-    if source.module is not None and _has_torch_pruning():
+    key = _key(source, options, context) if options.fine_tune == SAMPLES and not why_not else None
+    if key is not None and key in _RECENT:  # another candidate of this compile pruned and fine-tuned the same way
+        data, kept, how, tuned = _RECENT[key]
+        model = onnx.load_from_string(data)
+        progress(f"prune: {how} (as for the candidate before)")
+    elif source.module is not None and _has_torch_pruning():
         model, kept, how, tuned = _torch(source, options, progress, None if why_not else context)
+        if key is not None:
+            _RECENT[key] = (model.SerializeToString(), kept, how, tuned)
+            while len(_RECENT) > 2:
+                _RECENT.pop(next(iter(_RECENT)))
     else:
         if options.fine_tune and options.fine_tune != SAMPLES:
             raise ConfigError(
@@ -107,6 +116,22 @@ def prune(
     if why_not:
         notes.pruned["notFineTuned"] = why_not
     return replace(source, onnx_path=out, model=model, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+
+
+_RECENT: dict[str, tuple[bytes, dict[str, int], str, dict[str, Any] | None]] = {}
+"""The last pruned + fine-tuned models, by :func:`_key`: a pipeline's pruned and pruned-int8 candidates fine-tune
+once (the fine-tune is seeded, so the second would repeat the first)."""
+
+
+def _key(source: SourceModel, options: PruneOptions, context: PassContext) -> str:
+    h = hashlib.sha256(f"{source.sha256}|{source.path}|{options.model_dump_json()}".encode())
+    for feed in context.calibration or []:
+        for name, arr in sorted(feed.items()):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    for lab in context.calibration_labels or []:
+        h.update(np.ascontiguousarray(lab).tobytes())
+    return h.hexdigest()
 
 
 def _cannot_fine_tune(source: SourceModel, options: PruneOptions, context: PassContext) -> str | None:
@@ -235,7 +260,7 @@ def _fine_tune_on_samples(
     feeds, labels = context.calibration or [], context.calibration_labels or []
     names = [s.name for s in source.inputs]
     xs = [
-        torch.from_numpy(np.concatenate([_batched(f[n], s.shape) for f in feeds]))
+        torch.from_numpy(np.concatenate([_batched(f[n], len(s.shape)) for f in feeds]))
         for n, s in zip(names, source.inputs, strict=True)
     ]
     ys = torch.from_numpy(np.concatenate([lab.reshape(-1) for lab in labels]).astype(np.int64))
@@ -268,7 +293,7 @@ def _fine_tune_on_samples(
             idx, order = torch.tensor(order[:batch]), order[batch:]
             loss = loss_on(idx)
             opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             opt.step()
         after = mean_loss()
     except EdgekitError:
@@ -285,10 +310,10 @@ def _fine_tune_on_samples(
             "lossBefore": round(before, 6), "lossAfter": round(after, 6)}  # fmt: skip
 
 
-def _batched(arr: np.ndarray, shape: list[int | str]) -> np.ndarray:
-    """One sample's input with its batch axis: as given when it has the model's rank, else a new axis of 1."""
+def _batched(arr: np.ndarray, rank: int) -> np.ndarray:
+    """One sample's input with its batch axis: as given when it has the model's ``rank``, else a new axis of 1."""
     a = np.asarray(arr)
-    return a if a.ndim == len(shape) else a[None, ...]
+    return a if a.ndim == rank else a[None, ...]
 
 
 def _fine_tune(module: Any, options: PruneOptions, progress: Progress) -> dict[str, Any]:
