@@ -15,7 +15,8 @@ Two architectures, written here with plain torch layers (no torchvision):
   10 classes. Training at 224² on two busy cores would take most of an hour, so it is trained at 48² first (it is
   fully convolutional up to its global average pool), then for one epoch on a third of the images at 96² and one on
   a sixth at 224², the size it is measured at (as FixRes, Touvron et al. 2019, fine-tunes at the test resolution). Its held-out part
-  is 400 images (each costs much to measure at 224²).
+  is 400 images (each costs much to measure at 224²). With these settings it reaches only 21.8 % held-out
+  top-1: the recipe needs more epochs at 96²–128² or a longer 224² stage (docs/benchmarks.md).
 
 A training run is cached: ``$EDGEKIT_CACHE_DIR/bench-trained/<model>-<key>.pt`` (or the platform's user cache),
 where ``key`` hashes the training code's source (data, architectures, loop), the run's settings and torch's version,

@@ -100,6 +100,7 @@ def _compile(model: str | Path, out: Path, samples: dict[str, np.ndarray], **pru
     return {c.name: c for c in result.manifest.candidates}
 
 
+@pytest.mark.slow  # about a minute on two busy cores: trains the tiny CNN, compiles twice, fine-tunes 150 steps
 def test_fine_tuning_on_the_calibration_samples_takes_a_pruned_model_through_the_gate(
     factory: tuple[str, Any], tmp_path: Path
 ) -> None:
