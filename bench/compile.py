@@ -1,7 +1,10 @@
 """Side-by-side latency of ONNX Runtime, PyTorch eager, TVM (untuned) and edgekit's chosen artifact.
 
-    python -m bench.compile [--models mlp,cnn,mobilenet,mobilenetv2,kws,digits,rf] [--rounds 10] [--repeat 50]
-                            [--optimize] [--tune N] [--json out.json]
+    python -m bench.compile [--models mlp,cnn,mobilenet,mobilenetv2,kws,digits,rf,trained-cnn,trained-mobilenetv2]
+                            [--rounds 10] [--repeat 50] [--optimize] [--tune N] [--json out.json]
+
+``trained-cnn`` and ``trained-mobilenetv2`` are trained on upscaled scikit-learn digits by :mod:`bench.trained`
+(cached after the first run) and compiled from their factories, with their held-out images and labels.
 
 ``--optimize`` also compiles each model with ``compiler/optimize.yaml`` (fp32, int8, pruned, pruned+int8; tuned
 TVM with ``--tune``) and labelled samples, and times what it ships in the same rounds.
@@ -47,13 +50,14 @@ Predict = Callable[[], object]
 class Case:
     name: str
     description: str
-    path: Path
+    path: Path | str  # a file, or a PyTorch factory 'module:function'
     shapes: dict[str, list[int]]
     feed: dict[str, np.ndarray]
     eager: Predict | None  # the source framework, called on the same input
     eager_name: str
     samples: dict[str, np.ndarray] | None = None  # labelled samples for --optimize (inputs stacked + "labels")
     labels_are: str = ""  # where the labels come from
+    calibration: int | None = None  # --optimize: samples set aside to calibrate int8 and fine-tune (pipeline's: 64)
 
 
 def _torch_models() -> dict[str, tuple[str, Any, list[int]]]:
@@ -108,33 +112,9 @@ def _torch_models() -> dict[str, tuple[str, Any, list[int]]]:
 
 def _mobilenet_v2() -> Any:
     """MobileNetV2-1.0 (Sandler et al. 2018), as torchvision builds it, in code: no download, random weights."""
-    from torch import nn
+    from bench.trained import mobilenet_v2
 
-    def conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, act: bool = True) -> list[nn.Module]:
-        layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-        return [*layers, nn.ReLU6()] if act else layers
-
-    class Inverted(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
-            super().__init__()
-            hidden = cin * expand
-            layers = conv_bn(cin, hidden, 1, 1) if expand != 1 else []
-            layers += [*conv_bn(hidden, hidden, 3, stride, groups=hidden), *conv_bn(hidden, cout, 1, 1, act=False)]
-            self.block = nn.Sequential(*layers)
-            self.residual = stride == 1 and cin == cout
-
-        def forward(self, x: Any) -> Any:
-            return x + self.block(x) if self.residual else self.block(x)
-
-    settings = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
-    layers: list[nn.Module] = conv_bn(3, 32, 3, 2)
-    cin = 32
-    for t, c, n, s in settings:
-        for i in range(n):
-            layers.append(Inverted(cin, c, s if i == 0 else 1, t))
-            cin = c
-    layers += [*conv_bn(cin, 1280, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(1280, 1000)]
-    return nn.Sequential(*layers)
+    return mobilenet_v2(1.0, 1000)
 
 
 def _kws_transformer() -> Any:
@@ -268,14 +248,52 @@ def _digits_case(work: Path) -> Case:
     )  # fmt: skip
 
 
-MODELS = ("mlp", "cnn", "mobilenet", "mobilenetv2", "kws", "digits", "rf")
+def trained_cnn() -> Any:
+    """The factory ``bench.compile:trained_cnn``: the small CNN of :mod:`bench.trained`, trained (or its cached run)."""
+    from bench.trained import model
+
+    return model("cnn")[0]
 
 
-def make_case(name: str, work: Path) -> Case:
+def trained_mobilenetv2() -> Any:
+    """The factory ``bench.compile:trained_mobilenetv2``: MobileNetV2-0.5 of :mod:`bench.trained`, trained."""
+    from bench.trained import model
+
+    return model("mobilenetv2")[0]
+
+
+def _trained_case(name: str, say: Callable[[str], None]) -> Case:
+    """A model of :mod:`bench.trained`, compiled from its factory (an eager module: pruning can fine-tune it), with
+    its held-out digits and their labels as the samples."""
+    import torch
+
+    from bench.trained import trained
+
+    t = trained(name.removeprefix("trained-"), say=say)
+    say(f"[{name}] held-out top-1 in torch: {t.top1:.2%} on {len(t.y)} images")
+    x = t.x[:1]
+
+    def eager() -> object:
+        with torch.no_grad():
+            return t.module(torch.from_numpy(x))
+
+    factory = f"bench.compile:trained_{t.name}"
+    return Case(
+        name, t.description, factory, {"input": t.shape}, {"input": x}, eager, "torch eager",
+        {"input": t.x, "labels": t.y}, f"held-out digits ({len(t.y)})", calibration=len(t.y) // 3,
+    )  # fmt: skip
+
+
+MODELS = ("mlp", "cnn", "mobilenet", "mobilenetv2", "kws", "digits", "rf", "trained-cnn", "trained-mobilenetv2")
+
+
+def make_case(name: str, work: Path, say: Callable[[str], None] = lambda _m: None) -> Case:
     if name == "rf":
         return _rf_case(work)
     if name == "digits":
         return _digits_case(work)
+    if name.startswith("trained-"):
+        return _trained_case(name, say)
     return _torch_case(name, work)
 
 
@@ -404,6 +422,8 @@ def _optimize(
             update={"options": {**spec.options, "tune": {**spec.options["tune"], "database": str(out / "tuning")}}}
         )
         pipe = pipe.model_copy(update={"candidates": [*pipe.candidates[:-1], spec]})
+    if case.calibration:
+        pipe = pipe.model_copy(update={"measure": pipe.measure.model_copy(update={"calibration": case.calibration})})
     say(f"[{case.name}] optimize pipeline with {len(next(iter((case.samples or {}).values()), []))} labelled samples")
     try:
         result = _compile(case, target, out / "optimize", pipeline=pipe, samples=case.samples, progress=say)
@@ -428,6 +448,7 @@ def _optimize(
                 "kept_float": c.kept_float,
                 "quantization": c.quantization,
                 "compile_s": c.compile_seconds,
+                "fine_tuned": (c.pruned or {}).get("fineTuned"),
             }
             for c in m.candidates
         },
@@ -670,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as tmp:
         work = Path(tmp)
         for name in names:
-            case = make_case(name, work)
+            case = make_case(name, work, say)
             eager_names[name] = case.eager_name
             try:
                 res, predictors = compile_case(case, args.target, work / "build" / name, say, args.tune, args.optimize)

@@ -1,7 +1,10 @@
 """The ``prune`` pass: torch-pruning on an eager PyTorch module (with an optional short fine-tune), else the
 ONNX graph rewrite of :mod:`edgekit.compiler.passes.channels`; to a ratio of channels or to a FLOPs target.
 
-See docs/int8-and-tuning.md (pruning).
+``fine_tune: samples`` fine-tunes the pruned module on the labelled calibration part of ``--samples`` (kept apart
+from the evaluation part, which then gates the candidate like any other). A model it can't fine-tune (an ONNX
+file, a TorchScript file, samples without labels) is pruned without it, and the notes say why: a candidate the
+accuracy gate rejects then says so in its reason. See docs/int8-and-tuning.md (pruning).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +29,9 @@ from edgekit.compiler.passes.step import GraphPass, PassContext, PassNotes
 from edgekit.errors import CompilationError, ConfigError, EdgekitError, last_line
 from edgekit.progress import Progress
 
-__all__ = ["PruneOptions", "PrunePass"]
+__all__ = ["SAMPLES", "PruneOptions", "PrunePass"]
+
+_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 class PruneOptions(BaseModel):
@@ -34,39 +40,117 @@ class PruneOptions(BaseModel):
     ratio: float = Field(0.3, gt=0, lt=1, description="fraction of each chain's channels to remove")
     flops: float | None = Field(None, gt=0, lt=1, description="instead of ratio: the fraction of the source's MACs to keep")
     multiple: int = Field(1, ge=1, description="keep a multiple of this many channels (SIMD-friendly widths)")
-    fine_tune: str | None = Field(None, description="PyTorch: 'module:function' yielding (inputs, targets) batches")
-    fine_tune_steps: int = Field(100, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    fine_tune: str | None = Field(
+        None,
+        description="PyTorch: 'samples' (the labelled calibration part of --samples) or 'module:function' yielding "
+        "(inputs, targets) batches",
+    )
+    fine_tune_steps: int = Field(100, ge=1, description="optimizer steps of the fine-tune")
+    fine_tune_batch: int = Field(32, ge=1, description="samples per step with fine_tune: samples")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate for the fine-tune")
+
+
+SAMPLES = "samples"  # fine_tune: the labelled calibration part of --samples
 
 
 class PrunePass(GraphPass[PruneOptions]):
     options = PruneOptions
 
+    def calibrates_from_samples(self, options: PruneOptions) -> bool:
+        return options.fine_tune == SAMPLES
+
+    def check(self, options: PruneOptions, where: str) -> None:
+        spec = options.fine_tune
+        if spec is not None and spec != SAMPLES and not _FUNCTION.match(spec):
+            raise ConfigError(
+                f"{where}: fine_tune '{spec}' is neither '{SAMPLES}' (the labelled calibration part of --samples) "
+                "nor 'module:function'"
+            )
+
     def apply(
         self, source: SourceModel, options: PruneOptions, folder: Path, progress: Progress, context: PassContext, notes: PassNotes
     ) -> SourceModel:
-        pruned = prune(source, options, folder, progress, notes)
+        pruned = prune(source, options, folder, progress, notes, context)
         notes.counted = pruned.model
         return pruned
 
 
-def prune(source: SourceModel, options: PruneOptions, folder: Path, progress: Progress, notes: PassNotes) -> SourceModel:
-    """``source`` with channels removed, saved in ``folder``; ``notes.pruned`` says how many were kept where."""
-    if source.module is not None and _has_torch_pruning():
-        model, kept, how = _torch(source, options, progress)
+def prune(
+    source: SourceModel,
+    options: PruneOptions,
+    folder: Path,
+    progress: Progress,
+    notes: PassNotes,
+    context: PassContext | None = None,
+) -> SourceModel:
+    """``source`` with channels removed, saved in ``folder``; ``notes.pruned`` says how many were kept where, and
+    how the pruned model was fine-tuned (or why it wasn't)."""
+    context = context or PassContext()
+    tuned: dict[str, Any] | None = None
+    why_not = _cannot_fine_tune(source, options, context)
+    key = _key(source, options, context) if options.fine_tune == SAMPLES and not why_not else None
+    if key is not None and key in _RECENT:  # another candidate of this compile pruned and fine-tuned the same way
+        data, kept, how, tuned = _RECENT[key]
+        model = onnx.load_from_string(data)
+        progress(f"prune: {how} (as for the candidate before)")
+    elif source.module is not None and _has_torch_pruning():
+        model, kept, how, tuned = _torch(source, options, progress, None if why_not else context)
+        if key is not None:
+            _RECENT[key] = (model.SerializeToString(), kept, how, tuned)
+            while len(_RECENT) > 2:
+                _RECENT.pop(next(iter(_RECENT)))
     else:
-        if options.fine_tune:
+        if options.fine_tune and options.fine_tune != SAMPLES:
             raise ConfigError(
                 f"prune: fine_tune needs a PyTorch model from a factory ('pkg.module:make_model') and torch-pruning; "
                 f"'{source.path}' is {source.format}"
             )
         model, kept, how = _onnx(source, options, progress)
+    if why_not:
+        progress(f"prune: not fine-tuned: {why_not}")
     out = folder / "model.onnx"
     onnx.save(model, str(out))
     data = out.read_bytes()
     notes.pruned = {"method": how, "ratio": options.ratio if options.flops is None else None, "flopsTarget": options.flops,
-                    "channelsKept": kept}  # fmt: skip
+                    "channelsKept": kept, "fineTuned": tuned}  # fmt: skip
+    if why_not:
+        notes.pruned["notFineTuned"] = why_not
     return replace(source, onnx_path=out, model=model, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+
+
+_RECENT: dict[str, tuple[bytes, dict[str, int], str, dict[str, Any] | None]] = {}
+"""The last pruned + fine-tuned models, by :func:`_key`: a pipeline's pruned and pruned-int8 candidates fine-tune
+once (the fine-tune is seeded, so the second would repeat the first)."""
+
+
+def _key(source: SourceModel, options: PruneOptions, context: PassContext) -> str:
+    h = hashlib.sha256(f"{source.sha256}|{source.path}|{options.model_dump_json()}".encode())
+    for feed in context.calibration or []:
+        for name, arr in sorted(feed.items()):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    for lab in context.calibration_labels or []:
+        h.update(np.ascontiguousarray(lab).tobytes())
+    return h.hexdigest()
+
+
+def _cannot_fine_tune(source: SourceModel, options: PruneOptions, context: PassContext) -> str | None:
+    """Why ``fine_tune: samples`` can't run on this model and these samples; None when it can (or isn't asked)."""
+    if options.fine_tune != SAMPLES:
+        return None
+    if source.module is None:
+        kind = "a TorchScript file" if source.format == "torch" else f"{source.format}, not PyTorch"
+        return (
+            f"'{source.path}' is {kind}, which edgekit can't train; compile the eager PyTorch model from a factory "
+            "('pkg.module:make_model') to fine-tune it"
+        )
+    if not _has_torch_pruning():
+        return "torch-pruning is not installed (pip install 'edgekit[torch]')"
+    if not context.calibration or context.calibration_labels is None:
+        return "no labelled calibration samples: give --samples with 'labels' (class ids)"
+    if any(lab.size != 1 for lab in context.calibration_labels):
+        return "fine-tuning needs one class id per sample in 'labels'"
+    return None
 
 
 def _has_torch_pruning() -> bool:
@@ -104,7 +188,11 @@ def _ratio_for_flops(make: Any, model: onnx.ModelProto, target: float) -> float:
     return hi
 
 
-def _torch(source: SourceModel, options: PruneOptions, progress: Progress) -> tuple[onnx.ModelProto, dict[str, int], str]:
+def _torch(
+    source: SourceModel, options: PruneOptions, progress: Progress, context: PassContext | None
+) -> tuple[onnx.ModelProto, dict[str, int], str, dict[str, Any] | None]:
+    """Pruned with torch-pruning, fine-tuned on ``context``'s labelled calibration samples when given (or on the
+    batches of a 'module:function' ``fine_tune``), exported to ONNX."""
     import torch
     import torch_pruning as tp
 
@@ -143,9 +231,13 @@ def _torch(source: SourceModel, options: PruneOptions, progress: Progress) -> tu
     kept = {name: int(getattr(m, "out_channels", getattr(m, "out_features", 0))) for name, m in module.named_modules()
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))}  # fmt: skip
     how = f"torch-pruning {tp.__version__ if hasattr(tp, '__version__') else ''}, L1 magnitude".replace("  ", " ")
-    if options.fine_tune:
-        steps = _fine_tune(module, options, progress)
-        how += f", fine-tuned {steps} step(s) on {options.fine_tune}"
+    tuned: dict[str, Any] | None = None
+    if options.fine_tune == SAMPLES and context is not None:
+        tuned = _fine_tune_on_samples(module, source, options, context, progress)
+        how += f", fine-tuned {tuned['steps']} step(s) on the labelled calibration samples"
+    elif options.fine_tune and options.fine_tune != SAMPLES:
+        tuned = _fine_tune(module, options, progress)
+        how += f", fine-tuned {tuned['steps']} step(s) on {options.fine_tune}"
     module.eval()
     with torch.no_grad():
         outs = module(*example)
@@ -155,12 +247,79 @@ def _torch(source: SourceModel, options: PruneOptions, progress: Progress) -> tu
     model = onnx.load_from_string(data)
     model = onnx.shape_inference.infer_shapes(model)
     progress(f"prune: {how}")
-    return model, kept, how
+    return model, kept, how, tuned
 
 
-def _fine_tune(module: Any, options: PruneOptions, progress: Progress) -> int:
+def _fine_tune_on_samples(
+    module: Any, source: SourceModel, options: PruneOptions, context: PassContext, progress: Progress
+) -> dict[str, Any]:
+    """Adam on cross entropy against the calibration samples' labels, ``fine_tune_steps`` batches drawn in a seeded
+    order; the loss on all of them (eval mode) before and after."""
+    import torch
+
+    feeds, labels = context.calibration or [], context.calibration_labels or []
+    names = [s.name for s in source.inputs]
+    xs = [
+        torch.from_numpy(np.concatenate([_batched(f[n], len(s.shape)) for f in feeds]))
+        for n, s in zip(names, source.inputs, strict=True)
+    ]
+    ys = torch.from_numpy(np.concatenate([lab.reshape(-1) for lab in labels]).astype(np.int64))
+
+    def loss_on(idx: Any) -> Any:
+        out = module(*(x[idx] for x in xs))
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        return torch.nn.functional.cross_entropy(out.reshape(len(idx), -1), ys[idx])
+
+    def mean_loss() -> float:
+        module.eval()
+        with torch.no_grad():
+            total = sum(
+                float(loss_on(torch.arange(i, min(i + 64, len(ys))))) * min(64, len(ys) - i) for i in range(0, len(ys), 64)
+            )
+        return total / len(ys)
+
+    try:
+        before = mean_loss()
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        opt = torch.optim.Adam(module.parameters(), lr=options.learning_rate)
+        batch = min(options.fine_tune_batch, len(ys))
+        progress(f"prune: fine-tuning {options.fine_tune_steps} step(s) of {batch} on {len(ys)} labelled calibration samples")
+        module.train()
+        order: list[int] = []
+        for _ in range(options.fine_tune_steps):
+            if len(order) < batch:
+                order += [int(i) for i in rng.permutation(len(ys))]
+            idx, order = torch.tensor(order[:batch]), order[batch:]
+            loss = loss_on(idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        after = mean_loss()
+    except EdgekitError:
+        raise
+    except Exception as exc:  # the user's module in train mode: anything its forward raises
+        raise CompilationError(
+            f"fine-tuning the pruned '{source.path}' failed: {type(exc).__name__}: {last_line(exc, 200)}; "
+            "drop fine_tune or the prune pass"
+        ) from exc
+    module.eval()
+    progress(f"prune: fine-tuned: loss on the calibration samples {before:.4f} → {after:.4f}")
+    return {"on": "calibration samples", "samples": len(ys), "steps": options.fine_tune_steps, "batch": batch,
+            "optimizer": "Adam", "learningRate": options.learning_rate, "loss": "cross entropy",
+            "lossBefore": round(before, 6), "lossAfter": round(after, 6)}  # fmt: skip
+
+
+def _batched(arr: np.ndarray, rank: int) -> np.ndarray:
+    """One sample's input with its batch axis: as given when it has the model's ``rank``, else a new axis of 1."""
+    a = np.asarray(arr)
+    return a if a.ndim == rank else a[None, ...]
+
+
+def _fine_tune(module: Any, options: PruneOptions, progress: Progress) -> dict[str, Any]:
     """A short fine-tune on the batches ``options.fine_tune`` yields: (inputs, targets), integer targets → cross
-    entropy, float targets → mean squared error."""
+    entropy, float targets → mean squared error. The losses recorded are the means of the first and last (up to)
+    ten steps' training losses: a generator's batches can't be read twice."""
     import torch
 
     spec = options.fine_tune or ""
@@ -174,6 +333,7 @@ def _fine_tune(module: Any, options: PruneOptions, progress: Progress) -> int:
     opt = torch.optim.Adam(module.parameters(), lr=options.learning_rate)
     module.train()
     steps = 0
+    losses: list[float] = []
     progress(f"prune: fine-tuning for up to {options.fine_tune_steps} step(s) on {spec}")
     try:
         while steps < options.fine_tune_steps:
@@ -189,6 +349,7 @@ def _fine_tune(module: Any, options: PruneOptions, progress: Progress) -> int:
                 opt.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
+                losses.append(float(loss.detach()))
                 steps += 1
                 seen += 1
                 if steps >= options.fine_tune_steps:
@@ -202,4 +363,7 @@ def _fine_tune(module: Any, options: PruneOptions, progress: Progress) -> int:
     except Exception as exc:
         raise ConfigError(f"prune: fine-tuning on '{spec}' failed: {type(exc).__name__}: {last_line(exc, 200)}") from None
     module.eval()
-    return steps
+    first, last = losses[:10], losses[-10:]
+    return {"on": spec, "steps": steps, "optimizer": "Adam", "learningRate": options.learning_rate,
+            "lossBefore": round(sum(first) / len(first), 6), "lossAfter": round(sum(last) / len(last), 6),
+            "lossMeasured": "mean training loss of the first and last 10 steps"}  # fmt: skip

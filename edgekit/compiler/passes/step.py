@@ -35,10 +35,12 @@ class PassStep:
 
 @dataclass(frozen=True)
 class PassContext:
-    """What passes may read besides the model: the user's calibration samples, and the evaluation (the
-    reference's samples, the source's outputs on them, the truth and the source's score) with the budget."""
+    """What passes may read besides the model: the user's calibration samples (and their labels, when given), and
+    the evaluation (the reference's samples, the source's outputs on them, the truth and the source's score) with
+    the budget."""
 
     calibration: list[Feed] | None = None
+    calibration_labels: list[np.ndarray] | None = None  # per calibration sample: its class ids, flattened
     eval_feeds: list[Feed] = field(default_factory=list)
     eval_expected: list[list[np.ndarray]] = field(default_factory=list)
     truth: Truth | None = None

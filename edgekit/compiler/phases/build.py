@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from edgekit.compiler.backends import Built
 from edgekit.compiler.frontends import SourceModel
 from edgekit.compiler.model_stats import model_stats
@@ -16,6 +14,7 @@ from edgekit.compiler.passes import PassContext, apply_passes, get_pass
 from edgekit.compiler.phases.check import Plan, PlannedCandidate
 from edgekit.compiler.phases.outcomes import Outcomes
 from edgekit.compiler.phases.reference import Reference
+from edgekit.compiler.samples import SampleSet
 from edgekit.errors import (
     CompilationError,
     ConfigError,
@@ -80,11 +79,11 @@ def prepare(
     outcomes: Outcomes,
     say: Progress,
     reference: Reference | None = None,
-    calibration: list[dict[str, np.ndarray]] | None = None,
+    calibration: SampleSet | None = None,
     screened: list[PlannedCandidate] | None = None,
 ) -> list[Prepared]:
     """The candidates that can take this model at all (fast, before any compiling): each one's passes applied
-    (int8 calibrating on ``calibration``, checked against ``reference``'s evaluation samples). Candidates
+    (int8 calibrating on ``calibration``, a pruned PyTorch model fine-tuned on its labels, checked against ``reference``'s evaluation samples). Candidates
     ``screened`` already had the source's operators checked: only a model their passes changed is checked again."""
     candidates = plan.candidates if screened is None else screened
     ready = [
@@ -105,7 +104,7 @@ def _prepare_one(
     outcomes: Outcomes,
     say: Progress,
     reference: Reference | None,
-    calibration: list[dict[str, np.ndarray]] | None,
+    calibration: SampleSet | None,
     screened: list[PlannedCandidate] | None,
 ) -> Prepared | None:
     backend = candidate.backend
@@ -118,7 +117,8 @@ def _prepare_one(
                 return None
         if candidate.passes:
             context = PassContext(
-                calibration=calibration,
+                calibration=calibration.feeds if calibration is not None else None,
+                calibration_labels=calibration.labels if calibration is not None else None,
                 eval_feeds=reference.samples if reference else [],
                 eval_expected=reference.expected if reference else [],
                 truth=reference.truth if reference else None,

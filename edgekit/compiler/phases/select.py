@@ -31,7 +31,10 @@ def select(measured: list[Measured], pipe: Pipeline, outcomes: Outcomes, say: Pr
         outcomes.report(m.candidate).budget = budget_words(m.measurement.accuracy, m.candidate.budget)
         problems = budget_problems(m.measurement.accuracy, m.candidate.budget)
         if problems:
-            outcomes.report(m.candidate).reason = "outside the accuracy budget: " + "; ".join(problems)
+            report = outcomes.report(m.candidate)
+            report.reason = "outside the accuracy budget: " + "; ".join(problems)
+            if report.pruned and report.pruned.get("notFineTuned"):
+                report.reason += f"; pruned without fine-tuning: {report.pruned['notFineTuned']}"
         else:
             passing.append(m)
     if not passing:

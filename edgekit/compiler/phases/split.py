@@ -15,9 +15,9 @@ __all__ = ["split_samples"]
 Feed = dict[str, np.ndarray]
 
 
-def split_samples(plan: Plan, source: SourceModel, say: Progress) -> tuple[list[Feed] | None, SampleSet | None]:
-    """(calibration feeds, evaluation samples); both None without samples. When a candidate calibrates int8 on the
-    samples, the first ``min(calibrationSamples, half)`` calibrate and the rest evaluate — never the same ones."""
+def split_samples(plan: Plan, source: SourceModel, say: Progress) -> tuple[SampleSet | None, SampleSet | None]:
+    """(calibration samples, evaluation samples); both None without samples. When a candidate calibrates int8 (or
+    fine-tunes a pruned model) on the samples, the first ``min(calibrationSamples, half)`` calibrate and the rest evaluate — never the same ones."""
     if plan.samples is None:
         return None, None
     outputs = [o.name for o in source.model.graph.output]
@@ -31,5 +31,5 @@ def split_samples(plan: Plan, source: SourceModel, say: Progress) -> tuple[list[
             "kept apart: give more samples"
         )
     count = min(plan.pipeline.measure.calibration, len(matched) // 2)
-    say(f"samples: {count} to calibrate int8, {len(matched) - count} to evaluate (kept apart)")
-    return matched.part(0, count).feeds, matched.part(count)
+    say(f"samples: {count} to calibrate (int8, fine-tuning), {len(matched) - count} to evaluate (kept apart)")
+    return matched.part(0, count), matched.part(count)

@@ -1,0 +1,163 @@
+"""Pruning with fine-tuning: a tiny CNN trained on scikit-learn's digits loses most of its accuracy when half its
+channels go; fine-tuned on the labelled calibration part of --samples it passes the accuracy gate on the evaluation
+part. What the gate decides is asserted, not how long anything took."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import edgekit
+from edgekit.compiler.frontends.torch import export_module
+from edgekit.compiler.pipeline import Pipeline
+from edgekit.errors import ConfigError
+from edgekit.manifest import CandidateReport
+
+# The factory trains once per test session (seconds): eight epochs of a two-conv CNN on 1,000 of the digits.
+_FACTORY = """
+import numpy as np
+import torch
+from torch import nn
+
+_TRAINED = None
+
+
+def digits():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x.reshape(-1, 1, 8, 8) / 16.0).astype(np.float32)
+    return x[:1000], y[:1000].astype(np.int64), x[1000:], y[1000:].astype(np.int64)
+
+
+def make_model():
+    global _TRAINED
+    if _TRAINED is None:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10))
+        x, y, _, _ = digits()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        order = torch.Generator().manual_seed(0)
+        for _ in range(8):
+            for idx in torch.randperm(len(y), generator=order).split(50):
+                loss = nn.functional.cross_entropy(model(torch.from_numpy(x[idx.numpy()])), torch.from_numpy(y[idx.numpy()]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        _TRAINED = model.eval()
+    return _TRAINED
+"""
+
+GATE = {"maxAbsError": 100.0, "minTop1Agreement": 0.0, "maxAccuracyDrop": 2.0}
+
+
+@pytest.fixture(scope="module")
+def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
+    """('module:make_model', the module): a factory importable by name, trained once for this file's tests."""
+    folder = tmp_path_factory.mktemp("factory")
+    name = f"ek_ft_{uuid.uuid4().hex[:10]}"
+    (folder / f"{name}.py").write_text(textwrap.dedent(_FACTORY))
+    sys.path.insert(0, str(folder))
+    try:
+        module = __import__(name)
+        yield f"{name}:make_model", module
+    finally:
+        sys.path.remove(str(folder))
+        sys.modules.pop(name, None)
+
+
+def _pipeline(**prune: object) -> Pipeline:
+    """ONNX Runtime fp32 beside a pruned candidate, the smaller chosen: the pruned one ships when it passes the gate."""
+    pruned = {"name": "pruned", "backend": "onnxruntime", "passes": [{"prune": {"ratio": 0.5, **prune}}], "accuracy": GATE}
+    return Pipeline.model_validate(
+        {
+            "name": "fine-tune-test",
+            "candidates": [{"name": "fp32", "backend": "onnxruntime"}, pruned],
+            "select": "size",
+            "measure": {"samples": 4, "warmup": 1, "repeat": 3, "calibrationSamples": 300},
+        }
+    )
+
+
+def _samples(module: Any) -> dict[str, np.ndarray]:
+    _, _, x, y = module.digits()  # the 797 digits the model never saw: 300 fine-tune, 497 evaluate
+    return {"input": x, "labels": y}
+
+
+def _compile(model: str | Path, out: Path, samples: dict[str, np.ndarray], **prune: object) -> dict[str, CandidateReport]:
+    result = edgekit.compile(
+        model, "x86_64", out, pipeline=_pipeline(**prune), input_shapes={"input": [1, 1, 8, 8]}, samples=samples, use_cache=False
+    )
+    return {c.name: c for c in result.manifest.candidates}
+
+
+@pytest.mark.slow  # about a minute on two busy cores: trains the tiny CNN, compiles twice, fine-tunes 150 steps
+def test_fine_tuning_on_the_calibration_samples_takes_a_pruned_model_through_the_gate(
+    factory: tuple[str, Any], tmp_path: Path
+) -> None:
+    spec, module = factory
+    samples = _samples(module)
+    plain = _compile(spec, tmp_path / "plain", samples)
+    assert plain["pruned"].status == "rejected"
+    assert plain["pruned"].reason.startswith("outside the accuracy budget: top-1 accuracy")
+    assert plain["fp32"].status == "chosen"
+    source = plain["fp32"].measured
+    assert source is not None and source.accuracy.top1_accuracy is not None and source.accuracy.top1_accuracy > 0.85
+
+    tuned = _compile(spec, tmp_path / "tuned", samples, fine_tune="samples", fine_tune_steps=150, learning_rate=3e-3)
+    pruned = tuned["pruned"]
+    assert pruned.status == "chosen", pruned.reason  # within 2 points of the source on the evaluation part
+    assert pruned.measured is not None and pruned.measured.accuracy.top1_accuracy is not None
+    before = plain["pruned"].measured
+    assert before is not None and before.accuracy.top1_accuracy is not None
+    assert pruned.measured.accuracy.top1_accuracy > before.accuracy.top1_accuracy + 0.1
+
+    # the manifest says what was pruned and how it was fine-tuned
+    assert pruned.pruned is not None
+    assert pruned.pruned["channelsKept"]["0"] == 8 and pruned.pruned["channelsKept"]["2"] == 16
+    tuning = pruned.pruned["fineTuned"]
+    assert tuning["on"] == "calibration samples" and tuning["samples"] == 300
+    assert tuning["steps"] == 150 and tuning["learningRate"] == 3e-3 and tuning["batch"] == 32
+    assert tuning["lossAfter"] < tuning["lossBefore"] / 2
+    assert "fine-tuned 150 step(s) on the labelled calibration samples" in pruned.pruned["method"]
+    assert "notFineTuned" not in pruned.pruned
+    assert plain["pruned"].pruned is not None and plain["pruned"].pruned["fineTuned"] is None
+
+
+def test_an_onnx_model_is_pruned_without_fine_tuning_and_its_rejection_says_why(factory: tuple[str, Any], tmp_path: Path) -> None:
+    _, module = factory
+    path = tmp_path / "digits.onnx"
+    path.write_bytes(export_module(module.make_model(), (torch.zeros(1, 1, 8, 8),), ["input"], 1, str(path)))
+    reports = _compile(path, tmp_path / "b", _samples(module), fine_tune="samples")
+    pruned = reports["pruned"]
+    assert pruned.status == "rejected"
+    assert pruned.reason.startswith("outside the accuracy budget: top-1 accuracy")
+    assert f"pruned without fine-tuning: '{path}' is onnx, not PyTorch, which edgekit can't train" in pruned.reason
+    assert "factory ('pkg.module:make_model')" in pruned.reason
+    assert pruned.pruned is not None and pruned.pruned["fineTuned"] is None
+    assert pruned.pruned["method"].startswith("onnx graph rewrite")
+
+
+def test_samples_without_labels_leave_the_pruned_model_untuned_and_say_so(factory: tuple[str, Any], tmp_path: Path) -> None:
+    spec, module = factory
+    unlabelled = {"input": _samples(module)["input"][:64]}
+    reports = _compile(spec, tmp_path / "b", unlabelled, fine_tune="samples", fine_tune_steps=5)
+    pruned = reports["pruned"]
+    assert pruned.pruned is not None and pruned.pruned["fineTuned"] is None
+    assert pruned.pruned["notFineTuned"] == "no labelled calibration samples: give --samples with 'labels' (class ids)"
+
+
+def test_a_fine_tune_that_is_neither_samples_nor_a_function_is_refused_before_compiling(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"fine_tune 'sample' is neither 'samples' .* nor 'module:function'"):
+        edgekit.compile(
+            tmp_path / "missing.onnx", "x86_64", tmp_path / "b", pipeline=_pipeline(fine_tune="sample"), use_cache=False
+        )
