@@ -216,6 +216,9 @@ class CandidateReport(_Model):
         default_factory=list, alias="keptFloat", description="int8: layers kept in float so the accuracy budget holds"
     )
     pruned: dict[str, Any] | None = Field(None, description="pruning: channels kept per layer group, ratio, method")
+    tuning: dict[str, Any] | None = Field(
+        None, description="a tuned candidate (TVM's MetaSchedule): trials measured, tasks reused, budget, best estimate"
+    )
     tied_with: list[str] = Field(
         default_factory=list,
         alias="tiedWith",
