@@ -147,8 +147,17 @@ def test_tune_minutes_bound_tuning(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert tuning["records_after"] == tuning["measured"]  # what was measured before the stop is kept
     assert any("time budget (0.1 min) is spent" in m for m in messages)
     budgets = json.loads((database / BUDGETS).read_text())
-    assert budgets and set(budgets.values()) == {0.1}  # the tasks tuned under it: reused by compiles of ≤ 0.1 min
+    assert len(budgets) == 3 and set(budgets.values()) == {0.1}  # every task of the run, the one left untuned too
     assert model_agrees(result)
+    # the next compile with no more time reuses them all: the budget is not spent twice
+    again = edgekit.compile(
+        model,
+        "x86_64",
+        tmp_path / "again",
+        pipeline=_pipeline({"trials": asked, "minutes": 0.1, "strategy": "replay-trace", "database": str(database)}),
+        use_cache=False,
+    )
+    assert _tuning(again)["measured"] == 0 and _tuning(again)["stopped"] == "reused"
 
 
 def model_agrees(result: CompileResult) -> bool:

@@ -373,13 +373,14 @@ def _tune(ms: Any, target: Any, database: Any, run: _Run, options: TuneOptions, 
 
 
 def _keep_budgets(database: Any, folder: Path, run: _Run, minutes: float) -> None:
-    """Remember that the tasks tuned here had a budget of ``minutes``: later compiles with no more time reuse them."""
+    """Remember that the tasks tuned here had a budget of ``minutes``: later compiles with no more time reuse them.
+
+    Every task of the run, even one the budget ran out before: the model had its budget, and a second compile
+    must not spend it again."""
     budgets = _read_budgets(folder)
     for task in run.tasks:
-        workload = _workload(database, task.mod) if task.measured else None
-        if workload is not None:
-            shash = str(workload.as_json()[0])
-            budgets[shash] = max(budgets.get(shash, 0.0), minutes)
+        shash = str(database.commit_workload(task.mod).as_json()[0])
+        budgets[shash] = max(budgets.get(shash, 0.0), minutes)
     try:
         (folder / BUDGETS).write_text(json.dumps(budgets, indent=1, sort_keys=True) + "\n")
     except OSError as exc:
@@ -416,7 +417,8 @@ def tune_and_apply(
     deadline = started + 60 * options.minutes if options.minutes is not None else None
     total = sum(t.need for t in tuning) if options.trials is not None or options.trials_per_task is not None else None
     run = _Run(tuning, everything, progress, total, started, deadline)
-    reused = sum(1 for t in everything if t.need == 0 and t.had > 0)
+    # not tuned again: enough records, or tuned under as long a budget (applying only: those the database knows)
+    reused = sum(1 for t in everything if t.need == 0 and (t.had > 0 or options.trials != 0))
     if tuning:
         budget = f", at most {options.minutes:g} min" if options.minutes is not None else ""
         asked = f"{total} trials" if total is not None else "trials"
