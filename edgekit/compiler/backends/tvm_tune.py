@@ -245,7 +245,8 @@ def _helpers(ms: Any, run: _Run) -> tuple[Any, Any]:
                 raise _OutOfTime(_BUDGET_SPENT)
             failed = sum(1 for b in builds if b.error_msg) + sum(1 for r in runs if r.error_msg)
             for why in [b.error_msg for b in builds if b.error_msg] + [r.error_msg for r in runs if r.error_msg]:
-                log.debug("tvm: a trial of task %d failed: %s", task_id, last_line(why, 300))
+                lines = str(why).strip().splitlines() or [""]  # a TVM String, not an exception
+                log.debug("tvm: a trial of task %d failed: %s", task_id, lines[-1][:300])
             run.report(task_id, runs, failed)
 
     return InProcessBuilder(), ReportTrials()
@@ -345,6 +346,27 @@ def _plan(database: Any, folder: Path, extracted: list[Any], options: TuneOption
     return tasks, per_task
 
 
+def _contexts(ms: Any, todo: list[Any], options: TuneOptions) -> tuple[list[Any], list[float]]:
+    """A tuning context per task, as ``extracted_tasks_to_tune_contexts`` makes them but with MetaSchedule's own
+    logger instead of per-task file loggers in a temporary folder: their set-up (``logging.config.dictConfig``, for
+    the whole process) failed in a second tuning run of a test process after an earlier one had stopped with an
+    error ('NoneType' object has no attribute 'format')."""
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    contexts = [
+        ms.TuneContext(
+            mod=task.dispatched[0],
+            target=task.target,
+            space_generator="post-order-apply",
+            search_strategy=options.strategy,
+            task_name=task.task_name,
+            rand_state=seed,
+        ).clone()
+        for task, seed in zip(todo, fork_seed(options.seed, n=len(todo)), strict=True)
+    ]
+    return contexts, [float(task.weight) for task in todo]
+
+
 def _tune(ms: Any, target: Any, database: Any, run: _Run, options: TuneOptions, extracted: list[Any]) -> None:
     """MetaSchedule over the tasks that need trials; stops early (records kept) when the time budget is spent."""
     todo = [e for e, t in zip(extracted, run.everything, strict=True) if t.need > 0]
@@ -353,9 +375,7 @@ def _tune(ms: Any, target: Any, database: Any, run: _Run, options: TuneOptions, 
     builder, report_trials = _helpers(ms, run)
     try:
         with tempfile.TemporaryDirectory(prefix="edgekit-tune-") as logs, _quiet_meta_schedule():
-            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                extracted_tasks=todo, work_dir=logs, strategy=options.strategy, seed=options.seed
-            )
+            contexts, weights = _contexts(ms, todo, options)
             ms.tune_tasks(
                 tasks=contexts,
                 task_weights=weights,
