@@ -85,7 +85,7 @@ def test_tuning_measures_trials_fills_the_database_and_reports_progress(tuned: T
     assert measured and measured[-1].startswith(f"tvm: tuning: {TRIALS}/{TRIALS} trials measured")
     assert tuning["measured"] == TRIALS and tuning["stopped"] == "trials" and tuning["tasks_reused"] == 0
     # progress carries the best latency found so far (MetaSchedule's estimate: the tasks' best, weighted)
-    assert any("best so far" in m for m in measured)  # a trial or two may fail on a loaded machine: not all
+    assert any("best so far" in m for m in measured), measured  # a trial or two may fail on a loaded machine: not all
     best = tuning["best_ms"]
     assert best is None or (isinstance(best, float) and best > 0)  # the estimate needs every task timed
 
@@ -107,12 +107,13 @@ def test_the_second_compile_reuses_the_database(tuned: Tuned, tmp_path: Path) ->
     assert tuning["records_before"] == tuning["records_after"] == TRIALS
     assert any("reused from the database" in m and "no new trials" in m for m in messages)
     assert (again.artifact_dir / "model.so").read_bytes() == (tuned.result.artifact_dir / "model.so").read_bytes()
-    # asking for more trials tunes further, and only the shortfall
+    # asking for more trials tunes further, and only the shortfall (in a copy: the module's database stays as it is)
+    copy = shutil.copytree(tuned.database, tmp_path / "db")
     more = edgekit.compile(
         tuned.model,
         "x86_64",
         tmp_path / "more",
-        pipeline=_pipeline({"trials": TRIALS + 3, "strategy": "replay-trace", "database": str(tuned.database)}),
+        pipeline=_pipeline({"trials": TRIALS + 3, "strategy": "replay-trace", "database": str(copy)}),
         use_cache=False,
     )
     grown = _tuning(more)

@@ -212,10 +212,10 @@ def _helpers(ms: Any, run: _Run) -> tuple[Any, Any]:
     skips what is left and the callback (first in line, before the database records the batch) stops
     MetaSchedule at the next batch holding skipped builds.
     """
-    from tvm.driver import build as tvm_build
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder.local_builder import default_export
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+    from tvm.tirx import build as tvm_build  # not tvm.driver.build: deprecated, it warns on every trial
 
     @derived_object
     class InProcessBuilder(ms.builder.PyBuilder):  # type: ignore[misc]
