@@ -173,8 +173,9 @@ def test_tuning_records_flag(tuned: Tuned, tmp_path: Path, capsys: pytest.Captur
     args = ["compile", str(tuned.model), "-t", "x86_64", "-o", str(out), "-b", "tvm", "--no-cache", "--json"]
     assert main([*args, "--tuning-records", str(tuned.database / RECORDS)]) == 0
     manifest = json.loads((out / "mlp-x86_64" / "manifest.json").read_text())
-    chosen = manifest["backend"]["options"]
-    assert chosen["tuning"]["database"] == str(tuned.database) and chosen["tuning"]["stopped"] == "apply-only"
+    tuned_candidate = next(c for c in manifest["candidates"] if c["name"] == "tvm-tuned")  # chosen or not
+    assert tuned_candidate["tuning"]["database"] == str(tuned.database)
+    assert tuned_candidate["tuning"]["stopped"] == "apply-only" and tuned_candidate["tuning"]["measured"] == 0
     capsys.readouterr()
     for bad in (tmp_path / "no-such-db", tuned.model):
         assert main([*args, "--tuning-records", str(bad)]) == EXIT_CODES[ConfigError]
