@@ -150,7 +150,7 @@ def render_goal(figures: dict[str, Any]) -> list[str]:
         step = figures[which]
         cands = step["candidates"]
         cells = ", ".join(
-            f"{name} {c['ms']:.4f} ms" + (f" ({c['top1']:.1f} %)" if c["top1"] is not None else "") + (" ← chosen" if c["status"] == "chosen" else "")
+            f"{name} {c['ms']:.4f} ms" + (f" ({100 * c['top1']:.1f} %)" if c["top1"] is not None else "") + (" ← chosen" if c["status"] == "chosen" else "")
             for name, c in cands.items()
             if c["ms"] is not None
         )  # fmt: skip
