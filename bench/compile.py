@@ -2,9 +2,11 @@
 
     python -m bench.compile [--models mlp,cnn,mobilenet,mobilenetv2,kws,digits,rf,trained-cnn,trained-mobilenetv2]
                             [--rounds 10] [--repeat 50] [--optimize] [--tune N] [--json out.json]
+    python -m bench.compile --tuning-goal [--tune-minutes 10]   # tuned TVM vs ORT on a trained digits CNN
 
 ``trained-cnn`` and ``trained-mobilenetv2`` are trained on upscaled scikit-learn digits by :mod:`bench.trained`
 (cached after the first run) and compiled from their factories, with their held-out images and labels.
+``--tuning-goal``: see :mod:`bench.tuning_goal` (a trained digits CNN, tuned within a time budget, compiled twice).
 
 ``--optimize`` also compiles each model with ``compiler/optimize.yaml`` (fp32, int8, pruned, pruned+int8; tuned
 TVM with ``--tune``) and labelled samples, and times what it ships in the same rounds.
@@ -671,9 +673,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also compile with compiler/optimize.yaml and labelled samples, and time what it ships",
     )
+    parser.add_argument(
+        "--tuning-goal",
+        action="store_true",
+        help="only the tuning goal: tuned TVM vs ONNX Runtime on a digits CNN trained here, and a second compile "
+        "reusing the tuning database (bench/tuning_goal.py)",
+    )
+    parser.add_argument("--tune-minutes", type=float, default=10.0, metavar="MIN", help="--tuning-goal's budget (default 10)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     args = parser.parse_args(argv)
+    if args.tuning_goal:
+        return _tuning_goal(args)
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(MODELS))
     if unknown or not names:
@@ -723,6 +734,24 @@ def main(argv: list[str] | None = None) -> int:
             "results": [asdict(r) for r in results],
         }
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+def _tuning_goal(args: argparse.Namespace) -> int:
+    from bench.tuning_goal import render_goal, run_goal
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-tuning-") as tmp:
+        figures = run_goal(args.target, args.tune_minutes, args.rounds, args.repeat, Path(tmp), say, interleaved)
+    figures.update(host=host_description(), threads=_threads(), rounds=args.rounds, repeat=args.repeat, target=args.target)
+    print(f"host: {host_description()} | {_threads()} | target {args.target} | edgekit {edgekit.__version__}")
+    for line in render_goal(figures):
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 

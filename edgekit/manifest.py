@@ -231,6 +231,9 @@ class CandidateReport(_Model):
     quantization: dict[str, Any] | None = Field(
         None, description="int8: mode (static/dynamic), format (QDQ/QOperator), granularity (per-channel/per-tensor)"
     )
+    tuning: dict[str, Any] | None = Field(
+        None, description="a tuned candidate (TVM's MetaSchedule): trials measured, tasks reused, budget, best estimate"
+    )
     tied_with: list[str] = Field(
         default_factory=list,
         alias="tiedWith",

@@ -23,6 +23,7 @@ __all__ = [
     "DeviceProfile",
     "GreengrassPlatform",
     "NeoPlatform",
+    "OrtSession",
     "host_arch",
     "host_platform",
     "list_profiles",
@@ -66,6 +67,27 @@ class Emulator(_Model):
     debian_package: str | None = None
 
 
+class OrtSession(_Model):
+    """How ONNX Runtime runs on the device (its ``SessionOptions``): applied when candidates are measured and when the
+    artifact is loaded, recorded in the manifest (``backend.options.session``). 0 threads: ``cores``, else ONNX
+    Runtime's own default (one per core it sees)."""
+
+    intra_op_threads: int = Field(0, alias="intraOpThreads", ge=0, le=256)
+    inter_op_threads: int = Field(0, alias="interOpThreads", ge=0, le=256)
+    execution_mode: Literal["sequential", "parallel"] = Field("sequential", alias="executionMode")
+    memory_pattern: bool = Field(True, alias="memoryPattern")
+
+    def resolved(self, cores: int | None) -> dict[str, Any]:
+        """The session options as the manifest records them (camelCase), threads filled in from ``cores``."""
+        intra = self.intra_op_threads or cores or 0
+        return {
+            "intraOpThreads": intra,
+            "interOpThreads": self.inter_op_threads,
+            "executionMode": self.execution_mode,
+            "memoryPattern": self.memory_pattern,
+        }
+
+
 class DeviceProfile(_Model):
     """One target device."""
 
@@ -79,6 +101,8 @@ class DeviceProfile(_Model):
     emulator: Emulator | None = None
     cpu_flags: list[str] = Field(default_factory=list, alias="cpuFlags")
     memory_mb: int = Field(alias="memoryMb", gt=0)
+    cores: int | None = Field(None, gt=0, le=1024, description="CPU cores the device gives a model (ONNX Runtime's threads)")
+    onnxruntime: OrtSession = OrtSession()
     source: str = Field("", exclude=True, description="file the profile was read from")
 
     @property

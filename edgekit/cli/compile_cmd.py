@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edgekit import api
-from edgekit.cli.options import DeviceTarget, MeasureOn, Report, RpcKey, RpcTracker, State, Tune
+from edgekit.cli.options import (
+    DeviceTarget,
+    MeasureOn,
+    Report,
+    RpcKey,
+    RpcTracker,
+    State,
+    Tune,
+    TuneMinutes,
+    TuningRecords,
+)
 from edgekit.cli.output import (
     accuracy_lines,
     candidate_rows,
@@ -79,6 +89,8 @@ def compile_(
         "dynamic dims, drive checks and timing, calibrate int8 and make the budget one of accuracy",
     ),
     tune: Tune = None,
+    tune_minutes: TuneMinutes = None,
+    tuning_records: TuningRecords = None,
     report: Report = None,
     trust_unknown_types: TrustUnknownTypes = False,
     trust_pickle: TrustPickle = False,
@@ -102,6 +114,8 @@ def compile_(
             use_cache=not no_cache,
             progress=say,
             tune=tune,
+            tune_minutes=tune_minutes,
+            tuning_records=tuning_records,
             trust_unknown_types=trust_unknown_types or trust_pickle,
             samples=samples,
             measure_on=measure_on,

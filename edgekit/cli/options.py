@@ -37,6 +37,8 @@ __all__ = [
     "RpcTracker",
     "State",
     "Tune",
+    "TuneMinutes",
+    "TuningRecords",
 ]
 
 _FLEET_FOLDER = "the local fleet's folder (default ./.edgekit/fleet)"
@@ -143,6 +145,26 @@ Tune = Annotated[
         min=0,
         metavar="TRIALS",
         help="add a TVM candidate tuned with MetaSchedule for N trials (minutes: ~1 s a trial here, plus ~25 s "
-        "to start); the tuning database is kept and reused; 0 applies it without tuning",
+        "to start); the tuning database is kept per target and reused: operators it has N trials of are not tuned "
+        "again; 0 applies it without tuning",
+    ),
+]
+TuneMinutes = Annotated[
+    float | None,
+    typer.Option(
+        "--tune-minutes",
+        min=0.001,
+        metavar="MIN",
+        help="tune TVM with MetaSchedule for at most MIN minutes (with --tune N: N trials or MIN minutes, whichever "
+        "comes first); operators tuned before under as long a budget are reused, not tuned again",
+    ),
+]
+TuningRecords = Annotated[
+    Path | None,
+    typer.Option(
+        "--tuning-records",
+        metavar="PATH",
+        help="the tuning database to use (tvmc's flag): its folder or its database_tuning_record.json; applied as is, "
+        "or added to with --tune/--tune-minutes (default: one per target in edgekit's cache)",
     ),
 ]

@@ -65,6 +65,8 @@ def compile_model(
     cache: ArtifactCache | None = None,
     progress: Progress | None = None,
     tune: int | None = None,
+    tune_minutes: float | None = None,
+    tuning_records: str | Path | None = None,
     trust_unknown_types: bool = False,
     samples: SamplesSource | None = None,
     device_timer: DeviceTimer | None = None,
@@ -77,7 +79,9 @@ def compile_model(
     accuracy budget becomes ``<output_dir>/<name>/`` (plus ``<name>.tar.gz``), with a
     ``manifest.json`` recording what was measured. Nothing is left in ``output_dir``
     when compiling fails. ``tune=N`` adds a TVM candidate tuned with MetaSchedule for
-    ``N`` trials (see :meth:`Pipeline.with_tuning`).
+    ``N`` trials (see :meth:`Pipeline.with_tuning`), ``tune_minutes`` bounds its tuning by the clock, and
+    ``tuning_records`` (tvmc's ``--tuning-records``) names the tuning database to read and add to (default: one per
+    target in edgekit's cache, reused by every compile). The tuned candidate is measured beside the others, in turns.
 
     ``samples`` (an ``.npz``, a folder of ``.npy``, ``module:function`` or a mapping of arrays) are the
     user's inputs, optionally with ``labels`` or expected outputs: they fix dynamic dimensions, drive
@@ -102,7 +106,7 @@ def compile_model(
     made_out = not Path(output_dir).exists()  # a failed compile removes the output folder it made
     plan = check(
         model, target, output_dir, pipeline=pipeline, backend=backend, input_shapes=input_shapes, name=name, tune=tune,
-        samples=samples,
+        samples=samples, tune_minutes=tune_minutes, tuning_records=tuning_records,
     )  # fmt: skip
     store = (cache or ArtifactCache()) if use_cache else None
     path = Path(str(model))

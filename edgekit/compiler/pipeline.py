@@ -13,7 +13,9 @@ from edgekit.errors import ConfigError, first_problem
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
 from edgekit.resources import bundled_dir
 
-__all__ = ["AccuracyBudget", "CandidateSpec", "MeasureSpec", "Pipeline", "load_pipeline"]
+__all__ = ["AccuracyBudget", "CandidateSpec", "MeasureSpec", "Pipeline", "load_pipeline", "tuning_records_folder"]
+
+TUNING_RECORDS = "database_tuning_record.json"  # MetaSchedule's records file (the TVM backend's RECORDS)
 
 
 class _Model(BaseModel):
@@ -71,15 +73,33 @@ class Pipeline(_Model):
         data = self.model_dump(mode="json", by_alias=True)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
-    def with_tuning(self, trials: int) -> Pipeline:
-        """This pipeline plus a MetaSchedule-tuned TVM candidate (``tvm-tuned``), or its trials set if it has one."""
-        if trials < 0:
+    def with_tuning(
+        self, trials: int | None = None, minutes: float | None = None, database: str | Path | None = None
+    ) -> Pipeline:
+        """This pipeline plus a MetaSchedule-tuned TVM candidate (``tvm-tuned``), or its tuning options set if it has one.
+
+        ``trials``: what ``--tune`` sets; ``minutes``: ``--tune-minutes``, a time budget; ``database``: ``--tuning-records``,
+        an existing tuning database (its folder or its ``database_tuning_record.json``). Only a database: apply it
+        (``trials: 0``) unless the pipeline's candidate tunes already.
+        """
+        if trials is not None and trials < 0:
             raise ConfigError(f"tuning trials must be 0 or more, not {trials}")
+        if minutes is not None and not minutes > 0:
+            raise ConfigError(f"--tune-minutes must be more than 0, not {minutes}")
         kept = [c for c in self.candidates if c.name != "tvm-tuned"]
         base = next((c for c in self.candidates if c.name == "tvm-tuned"), None)
         options: dict[str, Any] = dict(base.options) if base else {"opt_level": 3}
         old = options.get("tune")
-        options["tune"] = {**(old if isinstance(old, dict) else {}), "trials": trials}
+        tune: dict[str, Any] = dict(old) if isinstance(old, dict) else {"trials": old} if isinstance(old, int) else {}
+        if trials is not None:
+            tune["trials"] = trials
+        if minutes is not None:
+            tune["minutes"] = minutes  # without trials: as many as the time allows
+        if database is not None:
+            tune["database"] = str(tuning_records_folder(database))
+            if "trials" not in tune and "minutes" not in tune:
+                tune["trials"] = 0
+        options["tune"] = tune
         return self.model_copy(update={"candidates": [*kept, CandidateSpec(name="tvm-tuned", backend="tvm", options=options)]})
 
     def only_backend(self, backend: str) -> Pipeline:
@@ -88,6 +108,21 @@ class Pipeline(_Model):
         if not kept:
             kept = [CandidateSpec(name=backend, backend=backend)]
         return self.model_copy(update={"candidates": kept})
+
+
+def tuning_records_folder(path: str | Path) -> Path:
+    """The folder of the tuning database ``--tuning-records`` names (the folder, or its ``database_tuning_record.json``),
+    or ConfigError in one line: it must exist, as tvmc's records file must."""
+    given = Path(path).expanduser()
+    if given.is_dir():
+        return given
+    if given.is_file() and given.name == TUNING_RECORDS:
+        return given.parent
+    what = "is a file, not" if given.is_file() else "does not exist; it must be"
+    raise ConfigError(
+        f"--tuning-records '{path}' {what} a tuning database (the folder holding {TUNING_RECORDS}, or that file); "
+        "to start a new one, create the empty folder (mkdir) or leave the flag out (one per target in the cache)"
+    )
 
 
 def load_pipeline(name_or_path: str | Path = "default") -> Pipeline:

@@ -37,16 +37,25 @@ def runner_for(
 ) -> Runner:
     """The runner of ``backend`` for the file ``entry`` (one registry line per backend).
 
-    ``threads`` sets ONNX Runtime's intra-op threads (0: its default). TVM's thread
+    ``threads`` sets ONNX Runtime's intra-op threads (0: the device profile's, else its default). TVM's thread
     pool follows ``$TVM_NUM_THREADS``. ``options``: the manifest's backend options (ONNX Runtime's
-    ``loadOptimization``: graph optimizations left to the loading CPU). ``stand_in``: this process stands in for a
+    ``loadOptimization``: graph optimizations left to the loading CPU; ``session``: the device profile's threads,
+    execution mode and memory pattern). ``stand_in``: this process stands in for a
     device of another platform (the TVM runner then loads this host's runtime library, not one given for the device).
     """
     if backend == "onnxruntime":
         from edgekit.runtime.ort_runner import OrtRunner
 
         at_load = str((options or {}).get("loadOptimization", "none"))
-        return OrtRunner(entry, inputs, outputs, threads=threads, optimization=at_load)
+        session = (options or {}).get("session")
+        return OrtRunner(
+            entry,
+            inputs,
+            outputs,
+            threads=threads,
+            optimization=at_load,
+            session=session if isinstance(session, Mapping) else None,
+        )
     if backend == "tvm":
         from edgekit.runtime.tvm_runner import TvmRunner
 

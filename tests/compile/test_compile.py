@@ -257,7 +257,8 @@ def test_bundled_pipelines_load() -> None:
         assert pipe.candidates and pipe.accuracy.max_abs_error > 0
         for spec in pipe.candidates:  # backend options are checked when compiling: check them here
             if "tune" in spec.options:
-                assert parse_tune_options(spec.options["tune"]).trials > 0
+                trials = parse_tune_options(spec.options["tune"]).trials
+                assert trials is not None and trials > 0
 
 
 def test_cuda_profile_builds_a_library_with_device_code(mlp_onnx: Path, out_dir: Path) -> None:

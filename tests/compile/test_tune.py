@@ -18,10 +18,13 @@ import pytest
 from helpers import make_mlp
 
 import edgekit
+from edgekit.cli import main
+from edgekit.clock import FakeClock
 from edgekit.compiler import CompileResult
-from edgekit.compiler.backends.tvm_tune import RECORDS, parse_tune_options
+from edgekit.compiler.backends import tvm_tune
+from edgekit.compiler.backends.tvm_tune import BUDGETS, RECORDS, parse_tune_options
 from edgekit.compiler.pipeline import Pipeline, load_pipeline
-from edgekit.errors import ConfigError
+from edgekit.errors import EXIT_CODES, ConfigError
 from edgekit.runtime.tvm_runner import TvmRunner
 
 TRIALS = 6
@@ -80,6 +83,116 @@ def test_tuning_measures_trials_fills_the_database_and_reports_progress(tuned: T
     assert len(records) == TRIALS
     measured = [m for m in tuned.messages if "trials measured" in m]
     assert measured and measured[-1].startswith(f"tvm: tuning: {TRIALS}/{TRIALS} trials measured")
+    assert tuning["measured"] == TRIALS and tuning["stopped"] == "trials" and tuning["tasks_reused"] == 0
+    # progress carries the best latency found so far (MetaSchedule's estimate: the tasks' best, weighted)
+    assert any("best so far" in m for m in measured), measured  # a trial or two may fail on a loaded machine: not all
+    best = tuning["best_ms"]
+    assert best is None or (isinstance(best, float) and best > 0)  # the estimate needs every task timed
+
+
+def test_the_second_compile_reuses_the_database(tuned: Tuned, tmp_path: Path) -> None:
+    """Same model, same trials, same database: every task already has its trials, so nothing new is measured."""
+    messages: list[str] = []
+    again = edgekit.compile(
+        tuned.model,
+        "x86_64",
+        tmp_path / "again",
+        pipeline=_pipeline({"trials": TRIALS, "strategy": "replay-trace", "database": str(tuned.database)}),
+        use_cache=False,
+        progress=messages.append,
+    )
+    tuning = _tuning(again)
+    assert tuning["measured"] == 0 and tuning["stopped"] == "reused"
+    assert tuning["tasks_reused"] == tuning["tasks"] == 3 and tuning["tasks_tuned"] == 0
+    assert tuning["records_before"] == tuning["records_after"] == TRIALS
+    assert any("reused from the database" in m and "no new trials" in m for m in messages)
+    assert (again.artifact_dir / "model.so").read_bytes() == (tuned.result.artifact_dir / "model.so").read_bytes()
+    # asking for more trials tunes further, and only the shortfall (in a copy: the module's database stays as it is)
+    copy = shutil.copytree(tuned.database, tmp_path / "db")
+    more = edgekit.compile(
+        tuned.model,
+        "x86_64",
+        tmp_path / "more",
+        pipeline=_pipeline({"trials": TRIALS + 3, "strategy": "replay-trace", "database": str(copy)}),
+        use_cache=False,
+    )
+    grown = _tuning(more)
+    assert grown["measured"] == 3 and grown["records_after"] == TRIALS + 3 and grown["tasks_tuned"] == 3
+
+
+class _TickingClock(FakeClock):
+    """Every reading moves it a second on: each build MetaSchedule asks for 'takes' one second."""
+
+    def monotonic(self) -> float:
+        return self.advance(1.0)
+
+
+@pytest.mark.slow  # a tuning run of its own
+def test_tune_minutes_bound_tuning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tvm_tune, "CLOCK", _TickingClock())
+    model = tmp_path / "mlp.onnx"
+    onnx.save(make_mlp(seed=13), str(model))
+    database = tmp_path / "db"
+    asked = 12  # 4 per task; the budget (6 ticks) runs out while the second task builds
+    messages: list[str] = []
+    result = edgekit.compile(
+        model,
+        "x86_64",
+        tmp_path / "build",
+        pipeline=_pipeline({"trials": asked, "minutes": 0.1, "strategy": "replay-trace", "database": str(database)}),
+        use_cache=False,
+        progress=messages.append,
+    )
+    tuning = _tuning(result)
+    assert tuning["stopped"] == "time" and tuning["minutes"] == 0.1
+    measured = tuning["measured"]
+    assert isinstance(measured, int) and 0 < measured < asked
+    assert tuning["records_after"] == tuning["measured"]  # what was measured before the stop is kept
+    assert any("time budget (0.1 min) is spent" in m for m in messages)
+    budgets = json.loads((database / BUDGETS).read_text())
+    assert len(budgets) == 3 and set(budgets.values()) == {0.1}  # every task of the run, the one left untuned too
+    assert model_agrees(result)
+    # the next compile with no more time reuses them all: the budget is not spent twice
+    again = edgekit.compile(
+        model,
+        "x86_64",
+        tmp_path / "again",
+        pipeline=_pipeline({"trials": asked, "minutes": 0.1, "strategy": "replay-trace", "database": str(database)}),
+        use_cache=False,
+    )
+    assert _tuning(again)["measured"] == 0 and _tuning(again)["stopped"] == "reused"
+
+
+def model_agrees(result: CompileResult) -> bool:
+    return edgekit.load(result.artifact_dir).selftest().passed
+
+
+def test_tuning_records_flag(tuned: Tuned, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """tvmc's --tuning-records: an existing database (folder or its records file) is applied; a bad path is one line."""
+    out = tmp_path / "build"
+    args = ["compile", str(tuned.model), "-t", "x86_64", "-o", str(out), "-b", "tvm", "--no-cache", "--json"]
+    assert main([*args, "--tuning-records", str(tuned.database / RECORDS)]) == 0
+    manifest = json.loads((out / "mlp-x86_64" / "manifest.json").read_text())
+    tuned_candidate = next(c for c in manifest["candidates"] if c["name"] == "tvm-tuned")  # chosen or not
+    assert tuned_candidate["tuning"]["database"] == str(tuned.database)
+    assert tuned_candidate["tuning"]["stopped"] == "apply-only" and tuned_candidate["tuning"]["measured"] == 0
+    capsys.readouterr()
+    for bad in (tmp_path / "no-such-db", tuned.model):
+        assert main([*args, "--tuning-records", str(bad)]) == EXIT_CODES[ConfigError]
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--tuning-records '{bad}'" in err and "mkdir" in err
+
+
+def test_with_tuning_sets_minutes_and_database(tuned: Tuned) -> None:
+    pipe = load_pipeline("default").with_tuning(minutes=10)
+    assert pipe.candidates[-1].options["tune"] == {"minutes": 10}
+    assert load_pipeline("tuned").with_tuning(minutes=2).candidates[-1].options["tune"]["trials"] == 200  # both bound it
+    applied = load_pipeline("default").with_tuning(database=tuned.database)
+    assert applied.candidates[-1].options["tune"] == {"database": str(tuned.database), "trials": 0}
+    with pytest.raises(ConfigError, match="more than 0"):
+        load_pipeline("default").with_tuning(minutes=0)
+    with pytest.raises(ConfigError, match="trials or minutes"):
+        parse_tune_options({"prepack": True})
 
 
 def test_tuned_artifact_runs_on_the_lean_runtime_and_agrees(tuned: Tuned) -> None:

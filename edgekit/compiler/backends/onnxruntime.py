@@ -103,6 +103,9 @@ class OnnxRuntimeBackend(Backend[OrtOptions]):
             ort.InferenceSession(str(source.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise CompilationError(f"ONNX Runtime failed to optimise the model: {last_line(exc, first=True)}") from exc
+        # The device's session options (threads, execution mode, memory pattern): the measurement runs with them, the
+        # manifest records them and the runtime applies them on the device.
+        details["session"] = profile.onnxruntime.resolved(profile.cores)
         return Built(
             files=["model.onnx"], entry="model.onnx", details={"optimization": level, **details, "notes": notes}, cpu=cpu
         )

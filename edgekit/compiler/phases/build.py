@@ -162,6 +162,8 @@ def _build_one(prepared: Prepared, profile: DeviceProfile, work: Path, outcomes:
         built = backend.compile(prepared.model, profile, candidate.options, folder, say)
         report.compile_seconds = round(time.perf_counter() - t0, 3)
         report.size_bytes = size = sum((folder / f).stat().st_size for f in built.files)
+        if isinstance(built.details.get("tuning"), dict):  # chosen or not, what its tuning did is on record
+            report.tuning = built.details["tuning"]
         entry = folder / built.entry
         host: tuple[Path, Built] | None = None
         if backend.needs_host_stand_in(profile):

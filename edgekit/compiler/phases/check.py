@@ -80,12 +80,14 @@ def check(
     name: str | None,
     tune: int | None,
     samples: SamplesSource | None = None,
+    tune_minutes: float | None = None,
+    tuning_records: str | Path | None = None,
 ) -> Plan:
     """The plan of a compile, or the first problem found (ConfigError, OutputError, ModelLoadError)."""
     profile = load_profile(target)
     pipe = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
-    if tune is not None:
-        pipe = pipe.with_tuning(tune)
+    if tune is not None or tune_minutes is not None or tuning_records is not None:
+        pipe = pipe.with_tuning(tune, tune_minutes, tuning_records)
     if backend:
         pipe = pipe.only_backend(get_backend(backend).name)
     candidates = _candidates(pipe, profile)

@@ -1,0 +1,92 @@
+"""ONNX Runtime tuned per device profile: threads, execution mode and memory pattern from the profile, applied when
+candidates are measured and when the artifact loads, recorded in the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+from helpers import QUICK, make_mlp
+
+import edgekit
+from edgekit.errors import ArtifactError, ConfigError
+from edgekit.profiles import load_profile
+from edgekit.runtime.ort_runner import OrtRunner
+
+
+def _profile(tmp_path: Path, session: str, cores: str = "") -> Path:
+    """A copy of the x86_64 profile with its ONNX Runtime section (and cores) replaced."""
+    base = [
+        line
+        for line in (Path(load_profile("x86_64").source)).read_text().splitlines()
+        if not line.startswith(("name:", "cores:", "onnxruntime:"))
+    ]
+    path = tmp_path / "one_core_box.yaml"
+    path.write_text("\n".join([*base, "name: one_core_box", cores, f"onnxruntime: {session}", ""]))
+    return path
+
+
+@pytest.fixture
+def mlp(tmp_path: Path) -> Path:
+    path = tmp_path / "mlp.onnx"
+    onnx.save(make_mlp(), str(path))
+    return path
+
+
+def test_profiles_differ_and_the_manifest_records_the_targets_session(mlp: Path, tmp_path: Path) -> None:
+    pi, gateway = load_profile("rasp4b"), load_profile("x86_64")
+    assert pi.onnxruntime.resolved(pi.cores)["intraOpThreads"] == 4  # a 4-core Pi
+    assert gateway.onnxruntime.resolved(gateway.cores)["intraOpThreads"] == 2  # is not a 2-core gateway
+    result = edgekit.compile(mlp, "rasp4b", tmp_path / "build", pipeline=QUICK, use_cache=False)
+    session = result.manifest.backend.options["session"]
+    assert session == {"intraOpThreads": 4, "interOpThreads": 1, "executionMode": "sequential", "memoryPattern": True}
+    on_disk = json.loads((result.artifact_dir / "manifest.json").read_text())
+    assert on_disk["backend"]["options"]["session"] == session
+
+
+def test_the_runtime_applies_the_profiles_session_options(mlp: Path, tmp_path: Path) -> None:
+    profile = _profile(tmp_path, "{intraOpThreads: 1, interOpThreads: 2, executionMode: parallel, memoryPattern: false}")
+    result = edgekit.compile(mlp, profile, tmp_path / "build", pipeline=QUICK, use_cache=False)
+    assert result.manifest.backend.options["session"]["intraOpThreads"] == 1
+    model = edgekit.load(result.artifact_dir)
+    assert isinstance(model.runner, OrtRunner)
+    applied = model.runner.session.get_session_options()  # read back from ONNX Runtime itself
+    assert applied.intra_op_num_threads == 1 and applied.inter_op_num_threads == 2
+    assert applied.execution_mode == ort.ExecutionMode.ORT_PARALLEL
+    assert applied.enable_mem_pattern is False
+    assert model.selftest().passed
+    # an explicit thread count (edgekit run --threads, load(threads=...)) wins over the profile's
+    three = edgekit.load(result.artifact_dir, threads=3)
+    assert isinstance(three.runner, OrtRunner)
+    assert three.runner.session.get_session_options().intra_op_num_threads == 3
+
+
+def test_cores_fill_in_the_threads(mlp: Path, tmp_path: Path) -> None:
+    profile = _profile(tmp_path, "{executionMode: sequential}", cores="cores: 1")
+    result = edgekit.compile(mlp, profile, tmp_path / "build", pipeline=QUICK, use_cache=False)
+    model = edgekit.load(result.artifact_dir)
+    assert isinstance(model.runner, OrtRunner)
+    applied = model.runner.session.get_session_options()
+    assert applied.intra_op_num_threads == 1 and applied.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+
+
+def test_a_bad_session_field_is_named(mlp: Path, tmp_path: Path) -> None:
+    profile = _profile(tmp_path, "{executionMode: fast}")
+    with pytest.raises(
+        ConfigError, match=r"one_core_box.yaml: field 'onnxruntime.executionMode': Input should be 'sequential' or 'parallel'"
+    ):
+        edgekit.compile(mlp, profile, tmp_path / "build", pipeline=QUICK, use_cache=False)
+
+
+def test_a_tampered_manifest_session_is_one_line(mlp: Path, tmp_path: Path) -> None:
+    result = edgekit.compile(mlp, "x86_64", tmp_path / "build", pipeline=QUICK, use_cache=False)
+    with pytest.raises(ArtifactError, match=r"session.intraOpThreads must be 0-256 threads, not -1"):
+        OrtRunner(
+            result.artifact_dir / "model.onnx",
+            result.manifest.inputs,
+            result.manifest.outputs,
+            session={"intraOpThreads": -1},
+        )
