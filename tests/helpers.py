@@ -25,7 +25,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.compiler.pipeline import Pipeline
+from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.wire.open_inference import InferenceRequest, InferenceResponse
 
 # --------------------------------------------------------------------------- system tools: skip here, fail in CI
@@ -114,6 +114,24 @@ QUICK = Pipeline.model_validate(
 
 
 # --------------------------------------------------------------------------- tiny models
+
+
+ORT_ONLY = Pipeline(
+    name="test-ort",
+    candidates=[CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})],
+    measure=MeasureSpec(samples=3, warmup=0, repeat=3),
+)
+"""ONNX Runtime only (portable `extended` graph level), a short measurement: the quickest real compile."""
+
+
+def small_ort_artifact(work: Path, name: str) -> Path:
+    """:func:`make_mlp` saved in ``work`` and compiled for x86_64 with :data:`ORT_ONLY`, named ``name``."""
+    import edgekit
+
+    onnx.save(make_mlp(), str(work / f"{name}.onnx"))
+    return edgekit.compile(
+        work / f"{name}.onnx", "x86_64", work / "build", pipeline=ORT_ONLY, name=name, use_cache=False
+    ).artifact_dir
 
 
 def make_mlp(in_features: int = 8, hidden: int = 16, classes: int = 4, batch: int | str = 1, seed: int = 0) -> onnx.ModelProto:

@@ -1,38 +1,20 @@
-"""What the SageMaker endpoint tests share: the names a deploy uses, the artifact they deploy, and the Stubber
+"""What the SageMaker endpoint tests share: the names a deploy uses and the Stubber
 responses of one endpoint coming up (upload, CreateModel, CreateEndpointConfig, CreateEndpoint, DescribeEndpoint),
 each with the exact parameters AWS's API model is checked against."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import onnx
 from botocore.stub import ANY, Stubber
-from helpers import make_mlp
 
-import edgekit
 from edgekit.cloud.sagemaker import EndpointSpec
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-exec"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/edgekit-serve:0.1.0"
 STAMP = "20260101-000000"
 MODEL = f"sensor-{STAMP}"
 KEY = f"edgekit/sensor/{STAMP}/model.tar.gz"
-ORT_ONLY = Pipeline(
-    name="test-ort",
-    candidates=[CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})],
-    measure=MeasureSpec(samples=3, warmup=0, repeat=3),
-)
-
-
-def sensor_artifact(work: Path) -> Path:
-    """A small MLP compiled for x86_64 with ONNX Runtime only, named ``sensor``."""
-    onnx.save(make_mlp(), str(work / "sensor.onnx"))
-    return edgekit.compile(
-        work / "sensor.onnx", "x86_64", work / "build", pipeline=ORT_ONLY, name="sensor", use_cache=False
-    ).artifact_dir
 
 
 def endpoint_spec(**kw: Any) -> EndpointSpec:

@@ -9,19 +9,12 @@ from typing import Any
 
 import onnx
 import pytest
-from helpers import make_mlp
+from helpers import ORT_ONLY, make_mlp
 
 import edgekit
 from edgekit.cli import main
 from edgekit.cloud.advisor import Workload, advise, load_rules
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.errors import EXIT_CODES, ConfigError
-
-ORT_ONLY = Pipeline(
-    name="test-ort",
-    candidates=[CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})],
-    measure=MeasureSpec(samples=3, warmup=0, repeat=3),
-)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from botocore.stub import ANY, Stubber
-from sagemaker_stubs import IMAGE, KEY, MODEL, ROLE, STAMP, endpoint_spec, endpoint_up, sensor_artifact
+from helpers import small_ort_artifact
+from sagemaker_stubs import IMAGE, KEY, MODEL, ROLE, STAMP, endpoint_spec, endpoint_up
 
 import edgekit
 from edgekit.cli import main
@@ -36,7 +37,7 @@ Stubs = tuple[AwsSession, Stubber, Stubber, Stubber, Stubber]
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sensor_artifact(tmp_path_factory.mktemp("scaling"))
+    return small_ort_artifact(tmp_path_factory.mktemp("scaling"), "sensor")
 
 
 @pytest.fixture

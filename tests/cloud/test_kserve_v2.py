@@ -15,22 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from helpers import make_mlp
+from helpers import small_ort_artifact
 
 import edgekit
 from edgekit.cloud.model_server import ModelServer, ServeOptions
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 
 th = pytest.importorskip("tritonclient.http")  # the dev extra
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-ORT_ONLY = Pipeline(
-    name="test-ort",
-    candidates=[CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})],
-    measure=MeasureSpec(samples=3, warmup=0, repeat=3),
-)
 X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
 STEPS = """
 import numpy as np
@@ -47,11 +40,7 @@ def name_it(outputs):  # text out (BYTES)
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("kserve")
-    onnx.save(make_mlp(), str(work / "small.onnx"))
-    return edgekit.compile(
-        work / "small.onnx", "x86_64", work / "build", pipeline=ORT_ONLY, name="small", use_cache=False
-    ).artifact_dir
+    return small_ort_artifact(tmp_path_factory.mktemp("kserve"), "small")
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,13 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from helpers import make_mlp
+from helpers import ORT_ONLY, make_mlp
 
 import edgekit
 from edgekit.cloud.content import HttpError
 from edgekit.cloud.model_server import ModelServer, ServeOptions
 from edgekit.cloud.servable import run_records
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 
-ORT_ONLY = Pipeline(
-    name="test-ort",
-    candidates=[CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})],
-    measure=MeasureSpec(samples=3, warmup=0, repeat=3),
-)
 PAYLOAD_BYTES = 4096  # the transform job's MaxPayloadInMB, scaled down so the rows take many requests
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
+from helpers import small_ort_artifact
 from sagemaker_stubs import (
     IMAGE,
     KEY,
@@ -23,7 +24,6 @@ from sagemaker_stubs import (
     create_model,
     describe,
     endpoint_spec,
-    sensor_artifact,
     upload,
 )
 
@@ -45,7 +45,7 @@ from edgekit.greengrass.aws import AwsSession
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sensor_artifact(tmp_path_factory.mktemp("sagemaker"))
+    return small_ort_artifact(tmp_path_factory.mktemp("sagemaker"), "sensor")
 
 
 @pytest.fixture

@@ -23,23 +23,17 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from helpers import make_mlp
+from helpers import ORT_ONLY, make_mlp
 from prometheus_client.parser import text_string_to_metric_families
 
 import edgekit
 from edgekit.cloud.model_server import ModelServer, ServeOptions
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.edge.fallback import CloudFallback
 from edgekit.errors import EXIT_CODES, ServeError
 from edgekit.wire.open_inference import InferenceRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 EDGEKIT = Path(sys.executable).with_name("edgekit")  # the console script: the container's ENTRYPOINT
-ORT_ONLY = Pipeline(
-    name="test-ort",
-    candidates=[CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})],
-    measure=MeasureSpec(samples=3, warmup=0, repeat=3),
-)
 X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
 
 

@@ -20,30 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from helpers import QUICK, make_mlp
+from helpers import QUICK, small_ort_artifact
 
 import edgekit
 from edgekit.cloud.model_server import ModelServer, ServeOptions
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
-ORT_ONLY = Pipeline(
-    name="test-ort",
-    candidates=[CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})],
-    measure=MeasureSpec(samples=3, warmup=0, repeat=3),
-)
 X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("hostile")
-    onnx.save(make_mlp(), str(work / "small.onnx"))
-    return edgekit.compile(
-        work / "small.onnx", "x86_64", work / "build", pipeline=ORT_ONLY, name="small", use_cache=False
-    ).artifact_dir
+    return small_ort_artifact(tmp_path_factory.mktemp("hostile"), "small")
 
 
 def call(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:

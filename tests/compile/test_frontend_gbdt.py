@@ -12,6 +12,7 @@ import lightgbm as lgb  # the dev extra installs xgboost, lightgbm and onnxmltoo
 import numpy as np
 import pytest
 import xgboost as xgb
+from helpers import ORT_ONLY
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
 import edgekit
@@ -20,17 +21,11 @@ from edgekit.compiler import compile_model
 from edgekit.compiler.frontends import source_format
 from edgekit.compiler.frontends.lightgbm import float32_thresholds
 from edgekit.compiler.frontends.xgboost import ubjson_problem
-from edgekit.compiler.pipeline import CandidateSpec, MeasureSpec, Pipeline
 from edgekit.errors import InputShapeError, MissingDependencyError, ModelConversionError, ModelLoadError
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 # TVM can't take ai.onnx.ml tree ensembles (tests/compile/test_frontend_sklearn.py shows it is skipped with the reason)
-ORT_ONLY = Pipeline(
-    name="test-ort",
-    candidates=[CandidateSpec(name="ort", backend="onnxruntime", options={"optimization": "extended"})],
-    measure=MeasureSpec(samples=3, warmup=0, repeat=3),
-)
 
 
 def split(x: np.ndarray, y: np.ndarray) -> Split:
