@@ -87,6 +87,8 @@ def _env_number(names: Sequence[str], environ: Mapping[str, str]) -> tuple[str, 
             try:
                 number = float(value)
             except ValueError:
+                number = math.nan
+            if not math.isfinite(number):  # 'nan', 'inf', '1e400' too: int() of them would raise past this line
                 raise ServeError(f"${name}={value[:40]!r} is not a number; unset it or give one") from None
             return name, number
     return None

@@ -264,9 +264,10 @@ def test_per_model_policy_and_bad_settings(artifacts: dict[str, Path], monkeypat
     assert policy_from_env() == BatchPolicy(8, 7.0)
     assert parse_policy("16", policy_from_env()) == BatchPolicy(16, 7.0)
     assert not parse_policy("off", BatchPolicy()).enabled
-    monkeypatch.setenv("EDGEKIT_MAX_BATCH_SIZE", "lots")
-    with pytest.raises(ServeError, match=r"\$EDGEKIT_MAX_BATCH_SIZE='lots' is not a number"):
-        ServeOptions(port=0).batch_policies()
+    for bad in ("lots", "nan", "inf", "1e400"):
+        monkeypatch.setenv("EDGEKIT_MAX_BATCH_SIZE", bad)
+        with pytest.raises(ServeError, match=rf"\$EDGEKIT_MAX_BATCH_SIZE='{bad}' is not a number"):
+            ServeOptions(port=0).batch_policies()
     monkeypatch.delenv("EDGEKIT_MAX_BATCH_SIZE")
     with pytest.raises(ServeError, match="batching of model 'mlp' '16,x': expected SIZE"):
         ServeOptions(port=0, model_batching={"mlp": "16,x"}).batch_policies()
