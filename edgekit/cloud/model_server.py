@@ -193,15 +193,19 @@ class ModelServer:
         for name, servable in loaded:
             steps = tuple(pipelines.get(name, ())) if servable.platform == "pipeline" else ()
             self.registry.sources[name] = ModelSource(servable.url, steps)
-        if opts.model_repository is not None:
-            self._scan_repository(opts.model_repository)
-        unknown = sorted(set(model_batching) - set(self.registry.sources))
-        if unknown and not opts.multi_model:
+        try:
+            if opts.model_repository is not None:
+                self._scan_repository(opts.model_repository)
+            unknown = sorted(set(model_batching) - set(self.registry.sources))
+            if unknown and not opts.multi_model:
+                raise ServeError(
+                    f"batching given for model(s) {unknown} this server does not serve; its models are {sorted(self.registry.sources)}"
+                )
+            self.socket = self._bind(opts.host, opts.port)
+        except BaseException:  # the models loaded above are closed, not left to the garbage collector
             for _, s in loaded:
                 s.close()
-            raise ServeError(
-                f"batching given for model(s) {unknown} this server does not serve; its models are {sorted(self.registry.sources)}"
-            )
+            raise
         self.registry.preload(loaded)
         self.metrics = ServeMetrics()
         self._on_ready = on_ready
@@ -218,7 +222,6 @@ class ModelServer:
             model_batching=model_batching,
         )
         self.guard = ConnectionGuard(_connection_cap(opts.max_connections), opts.header_timeout_s)
-        self.socket = self._bind(opts.host, opts.port)
         host, port = self.socket.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
         self._server: object | None = None

@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -218,6 +219,29 @@ def test_a_model_archive_is_served_like_sagemaker_extracts_it(artifacts: dict[st
         extracted = srv.registry.loaded["packed"].cleanup[0]
         assert extracted.is_dir()
     assert not extracted.exists()  # removed when the server stops
+
+
+@pytest.mark.parametrize("failure", ["repository", "port"])
+def test_a_start_that_fails_after_loading_removes_what_it_extracted(
+    artifacts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    archive = artifacts["small"].with_name(artifacts["small"].name + ".tar.gz")
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    with taken:
+        opts = (
+            ServeOptions(port=0, model_repository=tmp_path / "missing")
+            if failure == "repository"
+            else ServeOptions(host="127.0.0.1", port=taken.getsockname()[1])
+        )
+        with pytest.raises(ServeError, match="is not a folder" if failure == "repository" else "cannot listen"):
+            ModelServer([f"packed={archive}"], options=opts)
+    assert list((tmp_path / "tmp").iterdir()) == []  # the extracted archive went with the failed start
 
 
 # --------------------------------------------------------------------------- inference pipeline
