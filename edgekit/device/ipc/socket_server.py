@@ -158,12 +158,24 @@ class _Connection:
         self.last_stream = 0
         self.streams: dict[int, _Stream] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
 
     # ------------------------------------------------------------------ writing
 
     def write(self, headers: dict[str, Any], payload: bytes = b"") -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode(headers, payload))
+        """Queue one message; what is queued goes out in one socket write at the end of this turn of the event loop
+        (the answers a group commit releases together leave in one send, not one each)."""
+        if self.writer.is_closing():
+            return
+        if not self._out:
+            self._loop.call_soon(self.flush)
+        self._out.append(encode(headers, payload))
+
+    def flush(self) -> None:
+        out, self._out = self._out, []
+        if out and not self.writer.is_closing():
+            self.writer.write(b"".join(out))
 
     def send_app(self, stream_id: int, model: str, payload: Mapping[str, Any], flags: int, error: bool = False) -> None:
         kind = MessageType.APPLICATION_ERROR if error else MessageType.APPLICATION_MESSAGE
@@ -174,7 +186,7 @@ class _Connection:
             ":content-type": JSON,
             "service-model-type": model,
         }
-        self.write(headers, json.dumps(payload, separators=(",", ":")).encode())
+        self.write(headers, json.dumps(payload, separators=(",", ":")).encode() if payload else b"{}")
 
     def protocol_error(self, why: str) -> None:
         log.warning("IPC connection of %s: protocol error: %s; closing it", self.component or "an unauthenticated client", why)
@@ -212,6 +224,7 @@ class _Connection:
                         await self.linger()
                         return
                     decoder.max_message = server.max_message_bytes  # authenticated: the full limit
+                self.flush()
                 await self.writer.drain()
         except FramingError as exc:
             log.warning("IPC connection of %s: %s; closing it", self.component or "an unauthenticated client", exc)
@@ -221,6 +234,7 @@ class _Connection:
 
     async def linger(self, timeout_s: float = 1.0) -> None:
         """Let the client read the last answer and hang up first (closing at once can reset what it has not read)."""
+        self.flush()
         with contextlib.suppress(Exception):
             await self.writer.drain()
             async with asyncio.timeout(timeout_s):
@@ -339,6 +353,7 @@ class _Connection:
         for stream in list(self.streams.values()):
             await stream.close()
         self.streams.clear()
+        self.flush()
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()
