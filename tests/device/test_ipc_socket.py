@@ -277,7 +277,7 @@ def test_a_wrong_or_missing_token_is_refused_and_logged(tmp_path: Path, caplog: 
     "garbage",
     [
         pytest.param(lambda token: b"\x00\x00\x00\x10" + os.urandom(60), id="bad-prelude-crc"),
-        pytest.param(lambda token: connect_frame(token)[:-1] + b"\x00", id="bad-message-crc"),
+        pytest.param(lambda token: connect_frame(token)[:-1] + bytes([connect_frame(token)[-1] ^ 0xFF]), id="bad-message-crc"),
         pytest.param(
             lambda token: encode({":message-type": 0, ":message-flags": 0, ":stream-id": 1, "operation": "x"}),
             id="no-connect-first",

@@ -28,6 +28,7 @@ from edgekit.device.ipc.errors import InvalidArgumentsError, ServiceError, Unaut
 from edgekit.device.ipc.iotcore import IotCoreLink
 from edgekit.device.ipc.policy import Policy, authorized, parse_policies
 from edgekit.device.ipc.pubsub import LocalBus, has_wildcard
+from edgekit.edge.errors import EdgeError
 from edgekit.greengrass.access import MQTT_PROXY, PUBSUB
 
 __all__ = ["MAX_IOT_CORE_PAYLOAD", "NS", "STREAMING", "ComponentHost", "EventSink", "IpcHandler", "Reply", "operation"]
@@ -232,8 +233,6 @@ async def _publish_to_iot_core(h: IpcHandler, component: str, request: dict[str,
         raise InvalidArgumentsError("retain is not supported: edgekit's uplink spools and sends with QoS 1, retain off")
     if h.iot_core is None:
         raise ServiceError(f"Publish to topic {topic} failed: this device has no IoT Core connection")
-    from edgekit.edge.errors import EdgeError
-
     try:
         await h.spool_put(topic, payload)
     except EdgeError as exc:

@@ -15,6 +15,7 @@ other connections) never leaves the disk idle between two commits. See docs/edge
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import threading
 from collections.abc import Callable
@@ -31,6 +32,17 @@ T = TypeVar("T")
 
 _Put = tuple[str, bytes, "asyncio.Future[int]"]
 _Call = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+
+
+def _take(queue: collections.deque[T], limit: int) -> list[T]:
+    """Up to ``limit`` items from the left of ``queue`` (which another thread may be emptying too)."""
+    out: list[T] = []
+    while len(out) < limit:
+        try:
+            out.append(queue.popleft())
+        except IndexError:
+            break
+    return out
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -58,9 +70,10 @@ class GroupCommit:
         self.commits = 0
         self.committed = 0
         self._cond = threading.Condition()
-        self._puts: list[_Put] = []
-        self._calls: list[_Call] = []
+        self._puts: collections.deque[_Put] = collections.deque()  # appended without a lock (deque appends are atomic)
+        self._calls: collections.deque[_Call] = collections.deque()
         self._thread: threading.Thread | None = None
+        self._sleeping = False  # the thread waits on _cond: whoever adds work must notify it
         self._closed = False
 
     async def put(self, topic: str, payload: bytes) -> int:
@@ -72,9 +85,8 @@ class GroupCommit:
         if self._closed:
             raise EdgeError(f"spool '{self.spool.path}' is closed")
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        with self._cond:
-            self._puts.append((topic, payload, done))
-            self._wake()
+        self._puts.append((topic, payload, done))
+        self._wake()
         return await done
 
     async def run(self, call: Callable[[], T]) -> T:
@@ -82,28 +94,32 @@ class GroupCommit:
         if self._closed:
             raise EdgeError(f"spool '{self.spool.path}' is closed")
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        with self._cond:
-            self._calls.append((call, done))
-            self._wake()
+        self._calls.append((call, done))
+        self._wake()
         return await done
 
     def _wake(self) -> None:
-        """(Holding the lock.) Start the thread on first use, or tell it there is work."""
+        """Start the thread on first use, or wake it when it sleeps (the lock is taken only then: a put never waits
+        for the commit thread, which a loaded machine may have descheduled)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="spool-commit", daemon=True)
             self._thread.start()
-        else:
-            self._cond.notify()
+        elif self._sleeping:
+            with self._cond:
+                self._cond.notify()
 
     def _work(self) -> None:
         while True:
             with self._cond:
                 while not self._puts and not self._calls and not self._closed:
-                    self._cond.wait()
+                    self._sleeping = True  # set, then the queues checked again, under the lock: no wake-up is lost
+                    if not self._puts and not self._calls:
+                        self._cond.wait()
+                    self._sleeping = False
                 if not self._puts and not self._calls:  # closed, and nothing left to do
                     return
-                calls, self._calls = self._calls, []
-                batch, self._puts = self._puts[: self.max_batch], self._puts[self.max_batch :]
+            calls = _take(self._calls, len(self._calls))
+            batch = _take(self._puts, self.max_batch)
             for call, done in calls:
                 try:
                     result, error = call(), None
@@ -152,14 +168,16 @@ class GroupCommit:
         self._closed = True
         closed = EdgeError(f"spool '{self.spool.path}' was closed before the message was stored")
         with self._cond:
-            puts, self._puts = self._puts, []
-            calls, self._calls = self._calls, []
             self._cond.notify()
             thread = self._thread
-        for _, _, done in puts:
-            _settle(done, None, closed)
-        for _, done in calls:
-            _settle(done, None, closed)
+        self._refuse(closed)
         if thread is not None:
             await asyncio.to_thread(thread.join)
+        self._refuse(closed)
         await asyncio.sleep(0)  # the answers of the last commit, sent to this loop, are settled
+
+    def _refuse(self, error: EdgeError) -> None:
+        for _, _, done in _take(self._puts, len(self._puts)):
+            _settle(done, None, error)
+        for _, done in _take(self._calls, len(self._calls)):
+            _settle(done, None, error)
