@@ -134,12 +134,13 @@ def _encode_header(name: str, raw: Any) -> bytes:
     if kind in _FIXED:
         return out + struct.pack(_FIXED[kind], value)
     if kind in (HeaderType.BYTE_BUF, HeaderType.STRING):
-        data = value.encode("utf-8") if kind == HeaderType.STRING else value
+        data: bytes = value.encode("utf-8") if kind == HeaderType.STRING else value
         if len(data) > 0x7FFF:
             raise FramingError(f"header '{name}' is {len(data)} bytes; at most 32767")
         return out + struct.pack(">H", len(data)) + data
     if kind == HeaderType.UUID:
-        return out + value.bytes
+        uuid_bytes: bytes = value.bytes
+        return out + uuid_bytes
     return out
 
 

@@ -15,6 +15,7 @@ handler for). Authorization: :mod:`~edgekit.device.ipc.policy`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -31,7 +32,17 @@ from edgekit.device.ipc.pubsub import LocalBus, has_wildcard
 from edgekit.edge.errors import EdgeError
 from edgekit.greengrass.access import MQTT_PROXY, PUBSUB
 
-__all__ = ["MAX_IOT_CORE_PAYLOAD", "NS", "STREAMING", "ComponentHost", "EventSink", "IpcHandler", "Reply", "operation"]
+__all__ = [
+    "MAX_IOT_CORE_PAYLOAD",
+    "NS",
+    "STREAMING",
+    "ComponentHost",
+    "EventSink",
+    "IpcHandler",
+    "Reply",
+    "operation",
+    "publish_failed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +169,19 @@ class IpcHandler:
     def known(self, operation: str) -> bool:
         return operation in _OPERATIONS
 
+    def publish_nowait(self, component: str, request: Mapping[str, Any]) -> tuple[str, asyncio.Future[int]]:
+        """PublishToIoTCore without a coroutine (the socket server's hot path): the checks now (an IpcError raised),
+        then the topic and the future of the message's sequence number, set once the commit holding it is on disk
+        (an :class:`~edgekit.edge.errors.EdgeError` when it could not be stored: see :func:`publish_failed`)."""
+        if not isinstance(request, Mapping):
+            raise InvalidArgumentsError("the request must be a JSON object")
+        topic, payload = _publish_request(self, component, request)
+        assert self.iot_core is not None
+        try:
+            return topic, self.iot_core.put_nowait(topic, payload)
+        except EdgeError as exc:
+            raise publish_failed(topic, exc) from None
+
     async def spool_put(self, topic: str, payload: bytes) -> int:
         """Spool one IoT Core message; returns once it is on disk (group commit: publishes that arrive together share
         one fsync, on the spool's own thread, in the order of arrival)."""
@@ -215,8 +239,8 @@ def _topic_problem(topic: str, is_filter: bool) -> str | None:
     return None
 
 
-@operation("PublishToIoTCore")
-async def _publish_to_iot_core(h: IpcHandler, component: str, request: dict[str, Any], sink: EventSink | None) -> Reply:
+def _publish_request(h: IpcHandler, component: str, request: Mapping[str, Any]) -> tuple[str, bytes]:
+    """PublishToIoTCore's checks, as the nucleus makes them: the topic and payload to spool, or an IpcError."""
     topic = text(request, "topicName", "Topic")
     h.authorize(component, MQTT_PROXY, NS + "PublishToIoTCore", topic, "Not Authorized")
     payload = b64(request, "payload")
@@ -233,10 +257,24 @@ async def _publish_to_iot_core(h: IpcHandler, component: str, request: dict[str,
         raise InvalidArgumentsError("retain is not supported: edgekit's uplink spools and sends with QoS 1, retain off")
     if h.iot_core is None:
         raise ServiceError(f"Publish to topic {topic} failed: this device has no IoT Core connection")
+    return topic, payload
+
+
+def publish_failed(topic: str, error: BaseException) -> ServiceError:
+    """What the component gets when its message could not be stored."""
+    if isinstance(error, EdgeError):
+        return ServiceError(f"Publish to topic {topic} failed: {error}")
+    log.error("PublishToIoTCore to %s failed in the agent", topic, exc_info=error)
+    return ServiceError(f"aws.greengrass#PublishToIoTCore failed in the agent: {type(error).__name__}")
+
+
+@operation("PublishToIoTCore")
+async def _publish_to_iot_core(h: IpcHandler, component: str, request: dict[str, Any], sink: EventSink | None) -> Reply:
+    topic, payload = _publish_request(h, component, request)
     try:
         await h.spool_put(topic, payload)
     except EdgeError as exc:
-        raise ServiceError(f"Publish to topic {topic} failed: {exc}") from None
+        raise publish_failed(topic, exc) from None
     return Reply(NS + "PublishToIoTCoreResponse", {})
 
 

@@ -16,7 +16,9 @@ Per connection (``ggipcd``'s ``client_ready`` and the Java ``RpcServer`` behave 
 A malformed frame (bad CRC, impossible length, broken header), a message over ``max_message_bytes``, a
 protocol violation (no ``CONNECT`` first, a stream id going backwards, no ``operation``) closes that
 connection, after a ``PROTOCOL_ERROR`` when the framing is still sound; the server and the other connections
-go on. Operations run as tasks, so a slow one never blocks the connection's other streams.
+go on. Operations run as tasks, so a slow one never blocks the connection's other streams; ``PublishToIoTCore``, the
+hot path, runs without one (checked as it arrives, answered from the callback of the spool commit that holds the
+message, never before its fsync). What a turn of the event loop answers goes out in one socket write.
 
 The socket is ``<device root>/ipc.socket`` when the device root is the agent's own (owned by its user, writable by
 nobody else); when that path is over the 107 bytes ``sun_path`` holds, or the root is not private, the socket goes
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -57,7 +60,7 @@ from edgekit.device.ipc.eventstream import (
     MessageType,
     encode,
 )
-from edgekit.device.ipc.handler import STREAMING, Cleanup, IpcHandler
+from edgekit.device.ipc.handler import NS, STREAMING, Cleanup, IpcHandler, publish_failed
 
 __all__ = ["IpcServer", "private_folder", "socket_path_for"]
 
@@ -65,6 +68,8 @@ log = logging.getLogger(__name__)
 
 _SUN_PATH_MAX = 107
 JSON = "application/json"
+_PUBLISH_TO_IOT_CORE = NS + "PublishToIoTCore"
+_PUBLISH_RESPONSE = NS + "PublishToIoTCoreResponse"
 
 
 AUTH_TIMEOUT_S = 5.0
@@ -273,6 +278,9 @@ class _Connection:
         if not isinstance(operation, str) or not operation:
             self.protocol_error(f"stream {stream_id} starts without an operation header")
             return False
+        if operation == _PUBLISH_TO_IOT_CORE and self.server.handler.iot_core is not None:
+            self.publish(stream_id, message.payload)
+            return True
         stream = _Stream(self, stream_id)
         self.streams[stream_id] = stream
         self.spawn(self.run(stream, operation, message.payload))
@@ -305,6 +313,32 @@ class _Connection:
         return True
 
     # ------------------------------------------------------------------ operations
+
+    def publish(self, stream_id: int, payload: bytes) -> None:
+        """PublishToIoTCore, the hot path, without a task: checked now, answered from the callback of the commit that
+        holds the message (so never before its fsync), or refused now."""
+        assert self.component is not None
+        handler = self.server.handler
+        try:
+            try:
+                request = json.loads(payload or b"{}")
+            except ValueError:
+                raise InvalidArgumentsError(f"the {_PUBLISH_TO_IOT_CORE} request is not JSON") from None
+            topic, stored = handler.publish_nowait(self.component, request)
+        except IpcError as exc:
+            self.send_app(stream_id, exc.model, exc.payload(), TERMINATE_STREAM, error=True)
+            return
+        stored.add_done_callback(functools.partial(self._published, stream_id, topic))
+
+    def _published(self, stream_id: int, topic: str, stored: asyncio.Future[int]) -> None:
+        if stored.cancelled():
+            return
+        failure = stored.exception()
+        if failure is None:
+            self.send_app(stream_id, _PUBLISH_RESPONSE, {}, TERMINATE_STREAM)
+            return
+        error = publish_failed(topic, failure)
+        self.send_app(stream_id, error.model, error.payload(), TERMINATE_STREAM, error=True)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -82,12 +82,17 @@ class GroupCommit:
         Raises :class:`~edgekit.edge.errors.SpoolFullError` (this message alone was refused) or
         :class:`~edgekit.edge.errors.EdgeError` (the spool is damaged or closed: nothing of that commit was stored).
         """
+        return await self.put_nowait(topic, payload)
+
+    def put_nowait(self, topic: str, payload: bytes) -> asyncio.Future[int]:
+        """:meth:`put` without a coroutine: the future of the sequence number, set (or failed) as :meth:`put` returns
+        (or raises); called from the event loop."""
         if self._closed:
             raise EdgeError(f"spool '{self.spool.path}' is closed")
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._puts.append((topic, payload, done))
         self._wake()
-        return await done
+        return done
 
     async def run(self, call: Callable[[], T]) -> T:
         """``call()`` on the spool's thread (queued behind the commit in flight)."""
