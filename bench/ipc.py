@@ -15,8 +15,9 @@ Measured in one run, R rounds; in each round every K gets one IPC run and one di
 alternating order (IPC first in even rounds, direct first in odd ones), the load average noted beside each pair.
 Per K: the medians of the acknowledged IPC publishes per second, the direct publishes per second and their ratio;
 the ratio of the quietest round (lowest load average); the rate at which IPC messages reached the subscriber; the
-fsyncs of the spool; the agent's CPU per message (this process, publishes through delivery) against the direct
-publisher's; and the round trip of ``GetConfiguration``.
+fsyncs of the spool; the CPU per message of the agent (this process, and its event loop's thread alone, from the
+first publish until every message reached the subscriber: IPC, spool and the MQTT drain), of the component (the
+SDK's side) and of the direct publisher; and the round trip of ``GetConfiguration``.
 
 To compare two versions of the agent with the same harness, run this file with the other checkout's ``edgekit``
 first on the path (``PYTHONPATH=/other/checkout python bench/ipc.py``): it uses only ``DeviceIpc``, the broker and
@@ -178,7 +179,7 @@ async def _ipc(work: Path, device: MqttClient, consumer: _Consumer, run: int, n:
     await ipc.start()
     ipc.attach(device)
     try:
-        cpu = time.process_time()
+        cpu, loop_cpu = time.process_time(), time.thread_time()
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -196,6 +197,7 @@ async def _ipc(work: Path, device: MqttClient, consumer: _Consumer, run: int, n:
         while await consumer.ask("count", run) < n and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         result["agent_cpu_s"] = time.process_time() - cpu
+        result["agent_loop_cpu_s"] = time.thread_time() - loop_cpu
         received = await consumer.ask("dump", run)
         first: dict[int, float] = {}
         for at, number in received:
@@ -228,6 +230,7 @@ async def _round(
         "ratio": direct_s / result["publish_s"],
         "messages_per_fsync": n / max(1, result["fsyncs"]),
         "agent_cpu_us": result["agent_cpu_s"] / n * 1e6,
+        "agent_loop_cpu_us": result["agent_loop_cpu_s"] / n * 1e6,
         "component_cpu_us": result["cpu_s"] / n * 1e6,
         "direct_cpu_us": direct_cpu / n * 1e6,
         "duplicates": result["duplicates"],
@@ -291,7 +294,7 @@ def print_ipc(ipc: dict[int, dict[str, float]], messages: int) -> None:
         print(f"  K={k}: IPC, delivered at the broker              {row['ipc_delivered_per_s']:8,.0f} /s")
         print(
             f"  K={k}: messages per fsync {row['messages_per_fsync']:.1f}; CPU per message: agent "
-            f"{row['agent_cpu_us']:.0f} us, IPC component {row['component_cpu_us']:.0f} us, direct publisher "
+            f"{row['agent_cpu_us']:.0f} us ({row['agent_loop_cpu_us']:.0f} us in its event loop), IPC component {row['component_cpu_us']:.0f} us, direct publisher "
             f"{row['direct_cpu_us']:.0f} us; "
             f"duplicates at the broker {row['duplicates']:.0f}; load average {row['load_min']:.1f}-{row['load_max']:.1f}"
         )
