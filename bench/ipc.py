@@ -1,6 +1,6 @@
 """Greengrass IPC through edgekit's device agent, beside a direct MQTT publish (printed by bench/edge, or alone).
 
-    python -m bench.ipc [--messages N] [--in-flight K ...] [--repeats R] [--json]
+    python -m bench.ipc [--messages N] [--in-flight K ...] [--repeats R] [--no-drain] [--json]
 
 A component process (``awsiotsdk``'s ``GreengrassCoreIPCClientV2``, nothing of edgekit) publishes N messages with
 ``PublishToIoTCore``, K at a time (``publish_to_iot_core_async``, a window of K in flight; K=1: one after the
@@ -174,10 +174,13 @@ async def _direct(client: MqttClient, n: int, k: int) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - cpu
 
 
-async def _ipc(work: Path, device: MqttClient, consumer: _Consumer, run: int, n: int, rounds: int, k: int) -> dict[str, Any]:
+async def _ipc(
+    work: Path, device: MqttClient, consumer: _Consumer, run: int, n: int, rounds: int, k: int, drain: bool = True
+) -> dict[str, Any]:
     ipc = DeviceIpc(work / f"device-{run}", _Host())
     await ipc.start()
-    ipc.attach(device)
+    if drain:
+        ipc.attach(device)
     try:
         cpu, loop_cpu = time.process_time(), time.thread_time()
         proc = await asyncio.create_subprocess_exec(
@@ -194,11 +197,11 @@ async def _ipc(work: Path, device: MqttClient, consumer: _Consumer, run: int, n:
         out, _ = await proc.communicate()
         result: dict[str, Any] = json.loads(out)
         deadline = time.monotonic() + 60
-        while await consumer.ask("count", run) < n and time.monotonic() < deadline:
+        while drain and await consumer.ask("count", run) < n and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         result["agent_cpu_s"] = time.process_time() - cpu
         result["agent_loop_cpu_s"] = time.thread_time() - loop_cpu
-        received = await consumer.ask("dump", run)
+        received = await consumer.ask("dump", run) if drain else [[time.monotonic(), i] for i in range(n)]
         first: dict[int, float] = {}
         for at, number in received:
             first.setdefault(number, at)
@@ -213,12 +216,12 @@ async def _ipc(work: Path, device: MqttClient, consumer: _Consumer, run: int, n:
 
 
 async def _round(
-    work: Path, device: MqttClient, consumer: _Consumer, run: int, n: int, rounds: int, k: int, ipc_first: bool
+    work: Path, device: MqttClient, consumer: _Consumer, run: int, n: int, rounds: int, k: int, ipc_first: bool, drain: bool
 ) -> dict[str, float]:
     load = os.getloadavg()[0]
     if not ipc_first:
         direct_s, direct_cpu = await _direct(device, n, k)
-    result = await _ipc(work, device, consumer, run, n, rounds, k)
+    result = await _ipc(work, device, consumer, run, n, rounds, k, drain)
     if ipc_first:
         direct_s, direct_cpu = await _direct(device, n, k)
     trips = sorted(result["trips"]) or [0.0]
@@ -239,7 +242,9 @@ async def _round(
     }
 
 
-async def _run(work: Path, n: int, rounds: int, in_flight: tuple[int, ...], repeats: int) -> dict[int, dict[str, float]]:
+async def _run(
+    work: Path, n: int, rounds: int, in_flight: tuple[int, ...], repeats: int, drain: bool
+) -> dict[int, dict[str, float]]:
     broker = MosquittoBroker(work / "broker")
     broker.start()
     rows: dict[int, dict[str, float]] = {}
@@ -250,7 +255,7 @@ async def _run(work: Path, n: int, rounds: int, in_flight: tuple[int, ...], repe
         run = 0
         for repeat in range(repeats):  # IPC and direct back to back, alternating which goes first
             for k in in_flight:
-                samples[k].append(await _round(work, device, consumer, run, n, rounds, k, ipc_first=repeat % 2 == 0))
+                samples[k].append(await _round(work, device, consumer, run, n, rounds, k, repeat % 2 == 0, drain))
                 run += 1
         for k, runs in samples.items():
             rows[k] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
@@ -271,14 +276,15 @@ async def _run(work: Path, n: int, rounds: int, in_flight: tuple[int, ...], repe
 
 
 def bench_ipc(
-    work: Path, n: int, rounds: int = 500, in_flight: tuple[int, ...] = (1, 16, 64), repeats: int = 3
+    work: Path, n: int, rounds: int = 500, in_flight: tuple[int, ...] = (1, 16, 64), repeats: int = 3, drain: bool = True
 ) -> dict[int, dict[str, float]]:
     """Per K publishes in flight, medians of ``repeats`` rounds (see the module docstring): acknowledged and delivered
     IPC publishes/s, direct MQTT QoS 1 publishes/s, their ratio (``ratio``: the median of each round's; ``ratio_min``,
     ``ratio_max``, ``ratio_quietest`` with ``load_quietest``), the load average over the rounds (``load_min``,
     ``load_max``), messages per fsync of the agent's spool, CPU per message of the agent and of the direct publisher,
-    and duplicates at the broker (all rounds)."""
-    return asyncio.run(_run(work, n, rounds, in_flight, repeats))
+    and duplicates at the broker (all rounds). ``drain=False``: the agent has no MQTT connection (what its IPC and
+    spool cost alone; nothing is delivered or checked)."""
+    return asyncio.run(_run(work, n, rounds, in_flight, repeats, drain))
 
 
 def print_ipc(ipc: dict[int, dict[str, float]], messages: int) -> None:
@@ -309,9 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="rounds (an IPC and a direct run per level each)")
     parser.add_argument("--rounds", type=int, default=200, help="GetConfiguration round trips timed per IPC run")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument(
+        "--no-drain", action="store_true", help="the agent without an MQTT connection: what IPC and the spool cost alone"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-ipc-") as tmp:
-        rows = bench_ipc(Path(tmp), args.messages, args.rounds, tuple(args.in_flight), args.repeats)
+        rows = bench_ipc(Path(tmp), args.messages, args.rounds, tuple(args.in_flight), args.repeats, not args.no_drain)
     if args.json:
         print(json.dumps({"edgekit": str(Path(edgekit.__file__).resolve().parent), "rows": rows}))
     else:
