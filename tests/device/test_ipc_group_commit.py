@@ -162,6 +162,79 @@ def test_a_sigkilled_agent_loses_nothing_it_acknowledged(tmp_path: Path) -> None
     assert told <= set(received)
 
 
+class Listener:
+    """A subscriber to ``devices/dev-1/#`` on a thread of its own, for the whole test: the numbers it received."""
+
+    def __init__(self, url: str) -> None:
+        self.received: list[int] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(url),), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(20), "the subscriber did not connect"
+
+    async def _main(self, url: str) -> None:
+        self._done = asyncio.Event()
+        consumer = await connect(url, "consumer", clean_start=True)
+        await consumer.subscribe("devices/dev-1/#", 1, lambda message: self.received.append(json.loads(message.payload)["n"]))
+        self._ready.set()
+        await self._done.wait()
+        await consumer.disconnect()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._done.set)
+        self._thread.join(20)
+        self._loop.close()
+
+
+@requires("mosquitto")
+def test_an_agent_sigkilled_while_sending_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
+    """The same kill with the agent online: 64 publishes in flight while its drain sends and deletes what the broker
+    took. Every acknowledged message is in the spool or was delivered; a new agent delivers the rest."""
+    with MosquittoBroker(tmp_path / "broker") as broker:
+        listener = Listener(broker.url)
+        root = tmp_path / "device"
+        agent, env = start_agent(root, broker.url)
+        acked: list[int] = []
+        stop = threading.Event()
+        publisher = threading.Thread(target=burst, args=(env, 20_000, 64, acked, stop), daemon=True)
+        publisher.start()
+        try:
+            wait_until(lambda: len(acked) >= 500 and len(listener.received) >= 100, timeout=60, what="a burst under way")
+            agent.send_signal(signal.SIGKILL)
+            assert agent.wait(10) == -signal.SIGKILL
+        finally:
+            stop.set()
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+            if agent.stdout is not None:
+                agent.stdout.close()
+        publisher.join(30)
+        told = set(acked)
+        assert 500 <= len(told) < 20_000
+        time.sleep(0.5)  # what the broker had is at the subscriber
+        delivered = set(listener.received)
+        spool = Spool(root / "config" / "uplink.db", on_damage="raise")
+        try:
+            stored = [json.loads(item.payload)["n"] for item in spool.peek(100_000)]
+        finally:
+            spool.close()
+        assert told <= set(stored) | delivered, f"acknowledged but lost: {sorted(told - set(stored) - delivered)[:10]}"
+        assert stored == sorted(stored) and len(stored) == len(set(stored))
+
+        again, _ = start_agent(root, broker.url)  # a new agent on the same folder sends what the spool kept
+        try:
+            wait_until(lambda: set(stored) <= set(listener.received), timeout=30, what="the spool delivered")
+        finally:
+            again.kill()
+            again.wait()
+            if again.stdout is not None:
+                again.stdout.close()
+            listener.close()
+        assert told <= set(listener.received)
+
+
 class SlowSpool(Spool):
     """A real spool whose commits can be held open (as a slow fsync would be), counting what each one stored."""
 
