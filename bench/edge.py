@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.edge_loop import bench_failover, bench_loop
-from bench.ipc import bench_ipc
+from bench.ipc import bench_ipc, print_ipc
 from edgekit.edge import CircuitBreaker, CloudFallback, FallbackError, FallbackUnavailable, Spool, SpoolPublisher
 from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import connect
@@ -146,25 +146,6 @@ def _print_loop(work: Path, n: int) -> None:
     )
 
 
-def _print_ipc(ipc: dict[int, dict[str, float]], messages: int) -> None:
-    print(f"Greengrass IPC, {messages} publishes from one awsiotsdk component, K in flight (K=1: one after the other);")
-    print("medians of interleaved runs:")
-    for k, row in ipc.items():
-        direct = row["direct_per_s"]
-        print(f"  K={k}: direct MQTT publish (QoS 1, PUBACK each)  {direct:8,.0f} /s")
-        print(
-            f"  K={k}: IPC PublishToIoTCore, acknowledged        {row['ipc_acked_per_s']:8,.0f} /s   "
-            f"{row['ratio']:.2f}x (runs {row['ratio_min']:.2f}x-{row['ratio_max']:.2f}x)"
-        )
-        print(f"  K={k}: IPC, delivered at the broker              {row['ipc_delivered_per_s']:8,.0f} /s")
-        print(
-            f"  K={k}: messages per fsync of the spool {row['messages_per_fsync']:.1f}; "
-            f"duplicates at the broker {row['duplicates']:.0f}"
-        )
-    last = ipc[max(ipc)]
-    print(f"  GetConfiguration round trip: median {last['get_config_median_us']:.0f} us, p90 {last['get_config_p90_us']:.0f} us")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/edge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000, help="spool puts per round and messages drained")
@@ -185,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.ipc_only:
         with tempfile.TemporaryDirectory(prefix="edgekit-bench-edge-") as tmp:
-            _print_ipc(
+            print_ipc(
                 bench_ipc(Path(tmp), args.ipc_messages, in_flight=tuple(args.ipc_in_flight), repeats=args.ipc_repeats),
                 args.ipc_messages,
             )
@@ -212,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  answered by the server     {fb['answered']:8.2f} ms   1.00x")
     print(f"  waiting out a {args.timeout:.1f} s timeout {fb['timeout']:8.2f} ms   {fb['timeout'] / fb['answered']:.1f}x")
     print(f"  breaker open (fail fast)   {fb['breaker_open']:8.4f} ms   {fb['breaker_open'] / fb['answered']:.4f}x")
-    _print_ipc(ipc, args.ipc_messages)
+    print_ipc(ipc, args.ipc_messages)
     return 0
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import requires, wait_until
+from helpers import eventually, requires, wait_until
 
 from edgekit.edge.errors import EdgeError, SpoolFullError
 from edgekit.edge.store.group_commit import GroupCommit
@@ -162,6 +162,79 @@ def test_a_sigkilled_agent_loses_nothing_it_acknowledged(tmp_path: Path) -> None
     assert told <= set(received)
 
 
+class Listener:
+    """A subscriber to ``devices/dev-1/#`` on a thread of its own, for the whole test: the numbers it received."""
+
+    def __init__(self, url: str) -> None:
+        self.received: list[int] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(url),), daemon=True)
+        self._thread.start()
+        assert self._ready.wait(20), "the subscriber did not connect"
+
+    async def _main(self, url: str) -> None:
+        self._done = asyncio.Event()
+        consumer = await connect(url, "consumer", clean_start=True)
+        await consumer.subscribe("devices/dev-1/#", 1, lambda message: self.received.append(json.loads(message.payload)["n"]))
+        self._ready.set()
+        await self._done.wait()
+        await consumer.disconnect()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._done.set)
+        self._thread.join(20)
+        self._loop.close()
+
+
+@requires("mosquitto")
+def test_an_agent_sigkilled_while_sending_loses_nothing_it_acknowledged(tmp_path: Path) -> None:
+    """The same kill with the agent online: 64 publishes in flight while its drain sends and deletes what the broker
+    took. Every acknowledged message is in the spool or was delivered; a new agent delivers the rest."""
+    with MosquittoBroker(tmp_path / "broker") as broker:
+        listener = Listener(broker.url)
+        root = tmp_path / "device"
+        agent, env = start_agent(root, broker.url)
+        acked: list[int] = []
+        stop = threading.Event()
+        publisher = threading.Thread(target=burst, args=(env, 20_000, 64, acked, stop), daemon=True)
+        publisher.start()
+        try:
+            wait_until(lambda: len(acked) >= 500 and len(listener.received) >= 100, timeout=60, what="a burst under way")
+            agent.send_signal(signal.SIGKILL)
+            assert agent.wait(10) == -signal.SIGKILL
+        finally:
+            stop.set()
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+            if agent.stdout is not None:
+                agent.stdout.close()
+        publisher.join(30)
+        told = set(acked)
+        assert 500 <= len(told) < 20_000
+        time.sleep(0.5)  # what the broker had is at the subscriber
+        delivered = set(listener.received)
+        spool = Spool(root / "config" / "uplink.db", on_damage="raise")
+        try:
+            stored = [json.loads(item.payload)["n"] for item in spool.peek(100_000)]
+        finally:
+            spool.close()
+        assert told <= set(stored) | delivered, f"acknowledged but lost: {sorted(told - set(stored) - delivered)[:10]}"
+        assert stored == sorted(stored) and len(stored) == len(set(stored))
+
+        again, _ = start_agent(root, broker.url)  # a new agent on the same folder sends what the spool kept
+        try:
+            wait_until(lambda: set(stored) <= set(listener.received), timeout=30, what="the spool delivered")
+        finally:
+            again.kill()
+            again.wait()
+            if again.stdout is not None:
+                again.stdout.close()
+            listener.close()
+        assert told <= set(listener.received)
+
+
 class SlowSpool(Spool):
     """A real spool whose commits can be held open (as a slow fsync would be), counting what each one stored."""
 
@@ -205,4 +278,61 @@ def test_publishes_that_arrive_during_an_fsync_share_the_next_one(tmp_path: Path
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
     assert [item.payload for item in spool.peek(100)] == [str(i).encode() for i in range(40)]
+    spool.close()
+
+
+def test_no_answer_leaves_the_socket_before_the_fsync_that_covers_it(tmp_path: Path) -> None:
+    """Through the real socket and awsiotsdk: while the commit is held open (a slow fsync) no PublishToIoTCore is
+    answered, however many the server could write out together; once it returns, all are, and all are stored."""
+    from awsiot.greengrasscoreipc import connect as ipc_connect
+    from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+    from edgekit.device.ipc import DeviceIpc
+
+    class Host:
+        thing = "dev-1"
+
+        def configuration(self, component: str) -> dict[str, Any] | None:
+            policy = {"operations": ["aws.greengrass#PublishToIoTCore"], "resources": ["devices/dev-1/#"]}
+            return {"accessControl": {"aws.greengrass.ipc.mqttproxy": {"p:1": policy}}} if component == COMPONENT else None
+
+        def set_configuration(self, component: str, configuration: dict[str, Any]) -> None:
+            pass
+
+        def report_state(self, component: str, state: str) -> None:
+            pass
+
+    async def scenario() -> None:
+        ipc = DeviceIpc(tmp_path / "device", Host())
+        spool = SlowSpool(tmp_path / "held.db")
+        ipc.iot_core._spool = spool  # the link's spool, with commits that can be held
+        await ipc.start()
+        env = ipc.environment(COMPONENT)
+        client = await asyncio.to_thread(
+            lambda: GreengrassCoreIPCClientV2(
+                client=ipc_connect(ipc_socket=env["AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"], authtoken=env["SVCUID"])
+            )
+        )
+        try:
+            spool.gate.clear()
+            futures = [client.publish_to_iot_core_async(topic_name=TOPIC, qos="1", payload=str(i).encode()) for i in range(30)]
+            await eventually(lambda: spool.batches == [] and len(ipc.iot_core.group_commit._puts) > 0, 10, "puts queued")
+            await asyncio.sleep(0.3)
+            assert not any(f.done() for f in futures)  # the commit is held: nothing answered
+            spool.gate.set()
+            await asyncio.to_thread(lambda: [f.result(10) for f in futures])
+            assert spool.returned == 30 and [int(i.payload) for i in spool.peek(100)] == list(range(30))
+        finally:
+            spool.gate.set()
+            await asyncio.to_thread(client.close)
+            await ipc.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_an_ack_of_many_removes_them_all(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db")
+    seqs = [seq for seq in spool.put_many([("t", b"x" * 10)] * 1234) if isinstance(seq, int)]
+    spool.ack(seqs[::2] + seqs[1::2] + [seqs[0], 10**9])  # out of order, one twice, one unknown: over 500 a statement
+    assert len(spool) == 0 and spool.bytes == 0
     spool.close()

@@ -277,7 +277,7 @@ def test_a_wrong_or_missing_token_is_refused_and_logged(tmp_path: Path, caplog: 
     "garbage",
     [
         pytest.param(lambda token: b"\x00\x00\x00\x10" + os.urandom(60), id="bad-prelude-crc"),
-        pytest.param(lambda token: connect_frame(token)[:-1] + b"\x00", id="bad-message-crc"),
+        pytest.param(lambda token: connect_frame(token)[:-1] + bytes([connect_frame(token)[-1] ^ 0xFF]), id="bad-message-crc"),
         pytest.param(
             lambda token: encode({":message-type": 0, ":message-flags": 0, ":stream-id": 1, "operation": "x"}),
             id="no-connect-first",
@@ -316,6 +316,9 @@ def test_oversized_payloads_and_unknown_operations_get_the_nucleus_errors(tmp_pa
                 lambda: client.publish_to_iot_core(topic_name="devices/dev-1/x", qos="2", payload=b"x"),
                 lambda: client.publish_to_iot_core(topic_name="devices/other/x", qos="1", payload=b"x"),
                 lambda: client.get_secret_value(secret_id="s"),
+                lambda: client.publish_to_iot_core(topic_name="devices/dev-1/+", qos="1", payload=b"x"),
+                lambda: client.publish_to_iot_core(topic_name="devices/dev-1/+", qos="1", payload=b"x"),  # the verdict cached
+                lambda: client.publish_to_iot_core(topic_name="devices/dev-1/a/b/c/d/e/f/g", qos="1", payload=b"x"),
             )
             for call in calls:
                 try:
@@ -326,11 +329,13 @@ def test_oversized_payloads_and_unknown_operations_get_the_nucleus_errors(tmp_pa
             client.close()
             return seen
 
-        big, qos, other, secret = await asyncio.to_thread(component)
+        big, qos, other, secret, wildcard, again, deep = await asyncio.to_thread(component)
         assert big[0] == "ServiceError" and "exceeds the configured limit of 131072 bytes" in big[1]
         assert qos == ("InvalidArgumentsError", "Invalid QoS value: 2")
         assert other == ("UnauthorizedError", "Not Authorized")
         assert secret[0] == "ServiceError" and "not supported" in secret[1]
+        assert wildcard[0] == "InvalidArgumentsError" and "wildcard" in wildcard[1] and again == wildcard
+        assert deep[0] == "InvalidArgumentsError" and "8 slashes" in deep[1]
         assert len(ipc.iot_core.spool) == 0
 
         # a frame over the server's limit closes the connection before its bytes are read

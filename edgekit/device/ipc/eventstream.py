@@ -120,24 +120,56 @@ def _typed(name: str, value: Any) -> tuple[HeaderType, Any]:
     raise FramingError(f"header '{name}': can't encode a {type(value).__name__}")
 
 
+_ENCODED: dict[tuple[str, type, Any], bytes] = {}
+"""Encoded headers of the values that repeat (strings, booleans: a content type, a model name); bounded."""
+_INT32 = struct.Struct(">i")
+
+
+def _encode_header(name: str, raw: Any) -> bytes:
+    encoded_name = name.encode("utf-8")
+    if not 0 < len(encoded_name) <= 127:
+        raise FramingError(f"header name '{name}' must be 1 to 127 bytes")
+    kind, value = _typed(name, raw)
+    out = struct.pack(">B", len(encoded_name)) + encoded_name + struct.pack(">B", kind)
+    if kind in _FIXED:
+        return out + struct.pack(_FIXED[kind], value)
+    if kind in (HeaderType.BYTE_BUF, HeaderType.STRING):
+        data: bytes = value.encode("utf-8") if kind == HeaderType.STRING else value
+        if len(data) > 0x7FFF:
+            raise FramingError(f"header '{name}' is {len(data)} bytes; at most 32767")
+        return out + struct.pack(">H", len(data)) + data
+    if kind == HeaderType.UUID:
+        uuid_bytes: bytes = value.bytes
+        return out + uuid_bytes
+    return out
+
+
 def _encode_headers(headers: Mapping[str, Any]) -> bytes:
-    out = bytearray()
+    parts: list[bytes] = []
     for name, raw in headers.items():
-        encoded_name = name.encode("utf-8")
-        if not 0 < len(encoded_name) <= 127:
-            raise FramingError(f"header name '{name}' must be 1 to 127 bytes")
-        kind, value = _typed(name, raw)
-        out += struct.pack(">B", len(encoded_name)) + encoded_name + struct.pack(">B", kind)
-        if kind in _FIXED:
-            out += struct.pack(_FIXED[kind], value)
-        elif kind in (HeaderType.BYTE_BUF, HeaderType.STRING):
-            data = value.encode("utf-8") if kind == HeaderType.STRING else value
-            if len(data) > 0x7FFF:
-                raise FramingError(f"header '{name}' is {len(data)} bytes; at most 32767")
-            out += struct.pack(">H", len(data)) + data
-        elif kind == HeaderType.UUID:
-            out += value.bytes
-    return bytes(out)
+        kind = type(raw)
+        if kind is int:  # an int32 (a stream id, flags): the name's bytes are cached, the value packed
+            prefix = _ENCODED.get((name, int, None))
+            if prefix is None:
+                prefix = _encode_header(name, 0)[:-4]
+                if len(_ENCODED) < 1024:
+                    _ENCODED[(name, int, None)] = prefix
+            try:
+                parts.append(prefix + _INT32.pack(raw))
+            except struct.error:
+                raise FramingError(f"header '{name}': {raw} is not an int32") from None
+            continue
+        if kind is str or kind is bool:
+            key = (name, kind, raw)
+            encoded = _ENCODED.get(key)
+            if encoded is None:
+                encoded = _encode_header(name, raw)
+                if len(_ENCODED) < 1024:
+                    _ENCODED[key] = encoded
+            parts.append(encoded)
+            continue
+        parts.append(_encode_header(name, raw))
+    return b"".join(parts)
 
 
 def encode(headers: Mapping[str, Any], payload: bytes = b"") -> bytes:
@@ -152,45 +184,60 @@ def encode(headers: Mapping[str, Any], payload: bytes = b"") -> bytes:
     return body + struct.pack(">I", zlib.crc32(body))
 
 
-def _decode_headers(data: memoryview) -> dict[str, Any]:
+_U16 = struct.Struct(">H")
+_SIZES = {int(kind): struct.calcsize(fmt) for kind, fmt in _FIXED.items()}
+_UNPACK = {int(kind): struct.Struct(fmt).unpack_from for kind, fmt in _FIXED.items()}
+_TRUE, _FALSE, _BYTES, _STRING, _UUID = 0, 1, 6, 7, 9  # HeaderType as plain ints: an enum member lookup per header costs
+_NAMES: dict[bytes, str] = {}
+"""Header names seen, decoded once (a connection sends the same few names in every message); bounded."""
+
+
+def _name(raw: bytes) -> str:
+    name = _NAMES.get(raw)
+    if name is None:
+        name = raw.decode("utf-8")
+        if len(_NAMES) < 256:
+            _NAMES[raw] = name
+    return name
+
+
+def _decode_headers(data: bytes) -> dict[str, Any]:
     headers: dict[str, Any] = {}
     i, end = 0, len(data)
     try:
         while i < end:
             n = data[i]
-            name = bytes(data[i + 1 : i + 1 + n]).decode("utf-8")
+            name = _name(data[i + 1 : i + 1 + n])
             i += 1 + n
-            kind = HeaderType(data[i])
+            kind = data[i]
             i += 1
             value: Any
-            if kind == HeaderType.BOOL_TRUE:
+            if kind == _TRUE:
                 value = True
-            elif kind == HeaderType.BOOL_FALSE:
+            elif kind == _FALSE:
                 value = False
-            elif kind in _FIXED:
-                fmt = _FIXED[kind]
-                size = struct.calcsize(fmt)
-                (value,) = struct.unpack(fmt, data[i : i + size])
-                i += size
-            elif kind in (HeaderType.BYTE_BUF, HeaderType.STRING):
-                (size,) = struct.unpack(">H", data[i : i + 2])
-                raw = bytes(data[i + 2 : i + 2 + size])
+            elif kind in _UNPACK:
+                (value,) = _UNPACK[kind](data, i)
+                i += _SIZES[kind]
+            elif kind in (_STRING, _BYTES):
+                (size,) = _U16.unpack_from(data, i)
+                raw = data[i + 2 : i + 2 + size]
                 if len(raw) != size:
                     raise FramingError("a header value runs past the headers")
-                value = raw.decode("utf-8") if kind == HeaderType.STRING else raw
+                value = raw.decode("utf-8") if kind == _STRING else raw
                 i += 2 + size
-            else:
-                raw = bytes(data[i : i + 16])
+            elif kind == _UUID:
+                raw = data[i : i + 16]
                 if len(raw) != 16:
                     raise FramingError("a UUID header runs past the headers")
                 value = uuid.UUID(bytes=raw)
                 i += 16
+            else:
+                raise FramingError(f"malformed headers: unknown header type {kind}")
             if not name:
                 raise FramingError("a header has an empty name")
             headers[name] = value
     except (IndexError, struct.error, UnicodeDecodeError) as exc:
-        raise FramingError(f"malformed headers: {exc}") from None
-    except ValueError as exc:
         raise FramingError(f"malformed headers: {exc}") from None
     if i != end:
         raise FramingError("the headers run past their length")
@@ -231,10 +278,10 @@ class FrameDecoder:
                 raise FramingError(f"a {total}-byte message is over the {self.max_message}-byte limit")
             if len(self._buf) < total:
                 return
-            frame = memoryview(bytes(self._buf[:total]))
+            frame = bytes(self._buf[:total])
             del self._buf[:total]
             (message_crc,) = struct.unpack_from(">I", frame, total - 4)
-            if zlib.crc32(frame[: total - 4]) != message_crc:
+            if zlib.crc32(memoryview(frame)[: total - 4]) != message_crc:
                 raise FramingError("message CRC mismatch")
             headers = _decode_headers(frame[_PRELUDE : _PRELUDE + head_len])
-            yield EventStreamMessage(headers, bytes(frame[_PRELUDE + head_len : total - 4]))
+            yield EventStreamMessage(headers, frame[_PRELUDE + head_len : total - 4])

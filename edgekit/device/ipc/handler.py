@@ -15,8 +15,10 @@ handler for). Authorization: :mod:`~edgekit.device.ipc.policy`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import functools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
@@ -27,9 +29,20 @@ from edgekit.device.ipc.errors import InvalidArgumentsError, ServiceError, Unaut
 from edgekit.device.ipc.iotcore import IotCoreLink
 from edgekit.device.ipc.policy import Policy, authorized, parse_policies
 from edgekit.device.ipc.pubsub import LocalBus, has_wildcard
+from edgekit.edge.errors import EdgeError
 from edgekit.greengrass.access import MQTT_PROXY, PUBSUB
 
-__all__ = ["MAX_IOT_CORE_PAYLOAD", "NS", "STREAMING", "ComponentHost", "EventSink", "IpcHandler", "Reply", "operation"]
+__all__ = [
+    "MAX_IOT_CORE_PAYLOAD",
+    "NS",
+    "STREAMING",
+    "ComponentHost",
+    "EventSink",
+    "IpcHandler",
+    "Reply",
+    "operation",
+    "publish_failed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +106,8 @@ class IpcHandler:
         self.bus = LocalBus()
         self._tokens: dict[str, str] = {}
         self._policies: dict[str, tuple[object, list[Policy]]] = {}
+        self._allowed: dict[tuple[str, str, str, str], list[Policy]] = {}
+        """Calls found allowed, each with the policies that allowed it: valid while those are the component's."""
         from edgekit.device.ipc.component_ops import ComponentEvents
 
         self.events = ComponentEvents(self)
@@ -126,10 +141,18 @@ class IpcHandler:
         return found
 
     def authorize(self, component: str, service: str, operation: str, resource: str, message: str | None = None) -> None:
-        if authorized(self.policies(component), service, operation, resource) is None:
-            detail = f"Principal {component} is not authorized to perform {service}:{operation} on resource {resource}"
-            log.info("IPC refused: %s", detail)
-            raise UnauthorizedError(message or detail)
+        policies = self.policies(component)
+        key = (component, service, operation, resource)
+        if self._allowed.get(key) is policies:  # a component publishes to the same few topics, again and again
+            return
+        if authorized(policies, service, operation, resource) is not None:
+            if len(self._allowed) >= 4096:
+                self._allowed.clear()
+            self._allowed[key] = policies
+            return
+        detail = f"Principal {component} is not authorized to perform {service}:{operation} on resource {resource}"
+        log.info("IPC refused: %s", detail)
+        raise UnauthorizedError(message or detail)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -145,6 +168,19 @@ class IpcHandler:
 
     def known(self, operation: str) -> bool:
         return operation in _OPERATIONS
+
+    def publish_nowait(self, component: str, request: Mapping[str, Any]) -> tuple[str, asyncio.Future[int]]:
+        """PublishToIoTCore without a coroutine (the socket server's hot path): the checks now (an IpcError raised),
+        then the topic and the future of the message's sequence number, set once the commit holding it is on disk
+        (an :class:`~edgekit.edge.errors.EdgeError` when it could not be stored: see :func:`publish_failed`)."""
+        if not isinstance(request, Mapping):
+            raise InvalidArgumentsError("the request must be a JSON object")
+        topic, payload = _publish_request(self, component, request)
+        assert self.iot_core is not None
+        try:
+            return topic, self.iot_core.put_nowait(topic, payload)
+        except EdgeError as exc:
+            raise publish_failed(topic, exc) from None
 
     async def spool_put(self, topic: str, payload: bytes) -> int:
         """Spool one IoT Core message; returns once it is on disk (group commit: publishes that arrive together share
@@ -186,17 +222,25 @@ def qos_of(request: Mapping[str, Any]) -> int:
 
 
 def _iot_topic(topic: str, *, is_filter: bool) -> None:
+    problem = _topic_problem(topic, is_filter)
+    if problem is not None:
+        raise InvalidArgumentsError(problem)
+
+
+@functools.lru_cache(maxsize=1024)
+def _topic_problem(topic: str, is_filter: bool) -> str | None:
     from edgekit.mqtt import topics
-    from edgekit.mqtt.errors import PayloadError
+    from edgekit.mqtt.errors import PayloadError, TopicError
 
     try:
         topics.validate(topic, is_filter=is_filter)
-    except PayloadError as exc:
-        raise InvalidArgumentsError(str(exc)) from None
+    except (PayloadError, TopicError) as exc:
+        return str(exc)
+    return None
 
 
-@operation("PublishToIoTCore")
-async def _publish_to_iot_core(h: IpcHandler, component: str, request: dict[str, Any], sink: EventSink | None) -> Reply:
+def _publish_request(h: IpcHandler, component: str, request: Mapping[str, Any]) -> tuple[str, bytes]:
+    """PublishToIoTCore's checks, as the nucleus makes them: the topic and payload to spool, or an IpcError."""
     topic = text(request, "topicName", "Topic")
     h.authorize(component, MQTT_PROXY, NS + "PublishToIoTCore", topic, "Not Authorized")
     payload = b64(request, "payload")
@@ -213,12 +257,24 @@ async def _publish_to_iot_core(h: IpcHandler, component: str, request: dict[str,
         raise InvalidArgumentsError("retain is not supported: edgekit's uplink spools and sends with QoS 1, retain off")
     if h.iot_core is None:
         raise ServiceError(f"Publish to topic {topic} failed: this device has no IoT Core connection")
-    from edgekit.edge.errors import EdgeError
+    return topic, payload
 
+
+def publish_failed(topic: str, error: BaseException) -> ServiceError:
+    """What the component gets when its message could not be stored."""
+    if isinstance(error, EdgeError):
+        return ServiceError(f"Publish to topic {topic} failed: {error}")
+    log.error("PublishToIoTCore to %s failed in the agent", topic, exc_info=error)
+    return ServiceError(f"aws.greengrass#PublishToIoTCore failed in the agent: {type(error).__name__}")
+
+
+@operation("PublishToIoTCore")
+async def _publish_to_iot_core(h: IpcHandler, component: str, request: dict[str, Any], sink: EventSink | None) -> Reply:
+    topic, payload = _publish_request(h, component, request)
     try:
         await h.spool_put(topic, payload)
     except EdgeError as exc:
-        raise ServiceError(f"Publish to topic {topic} failed: {exc}") from None
+        raise publish_failed(topic, exc) from None
     return Reply(NS + "PublishToIoTCoreResponse", {})
 
 

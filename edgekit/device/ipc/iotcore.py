@@ -93,6 +93,15 @@ class IotCoreLink:
         self._wake.set()
         return seq
 
+    def put_nowait(self, topic: str, payload: bytes) -> asyncio.Future[int]:
+        """:meth:`put` without a coroutine: the future of the sequence number, set once the message is on disk."""
+        stored = self.group_commit.put_nowait(topic, payload)
+        stored.add_done_callback(self._stored)
+        return stored
+
+    def _stored(self, _future: asyncio.Future[int]) -> None:
+        self._wake.set()
+
     # ------------------------------------------------------------------ the connection
 
     def attach(self, client: MqttClient) -> None:

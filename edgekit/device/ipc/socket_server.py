@@ -16,7 +16,9 @@ Per connection (``ggipcd``'s ``client_ready`` and the Java ``RpcServer`` behave 
 A malformed frame (bad CRC, impossible length, broken header), a message over ``max_message_bytes``, a
 protocol violation (no ``CONNECT`` first, a stream id going backwards, no ``operation``) closes that
 connection, after a ``PROTOCOL_ERROR`` when the framing is still sound; the server and the other connections
-go on. Operations run as tasks, so a slow one never blocks the connection's other streams.
+go on. Operations run as tasks, so a slow one never blocks the connection's other streams; ``PublishToIoTCore``, the
+hot path, runs without one (checked as it arrives, answered from the callback of the spool commit that holds the
+message, never before its fsync). What a turn of the event loop answers goes out in one socket write.
 
 The socket is ``<device root>/ipc.socket`` when the device root is the agent's own (owned by its user, writable by
 nobody else); when that path is over the 107 bytes ``sun_path`` holds, or the root is not private, the socket goes
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -57,7 +60,7 @@ from edgekit.device.ipc.eventstream import (
     MessageType,
     encode,
 )
-from edgekit.device.ipc.handler import STREAMING, Cleanup, IpcHandler
+from edgekit.device.ipc.handler import NS, STREAMING, Cleanup, IpcHandler, publish_failed
 
 __all__ = ["IpcServer", "private_folder", "socket_path_for"]
 
@@ -65,6 +68,8 @@ log = logging.getLogger(__name__)
 
 _SUN_PATH_MAX = 107
 JSON = "application/json"
+_PUBLISH_TO_IOT_CORE = NS + "PublishToIoTCore"
+_PUBLISH_RESPONSE = NS + "PublishToIoTCoreResponse"
 
 
 AUTH_TIMEOUT_S = 5.0
@@ -158,12 +163,24 @@ class _Connection:
         self.last_stream = 0
         self.streams: dict[int, _Stream] = {}
         self.tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
+        self._out: list[bytes] = []
 
     # ------------------------------------------------------------------ writing
 
     def write(self, headers: dict[str, Any], payload: bytes = b"") -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode(headers, payload))
+        """Queue one message; what is queued goes out in one socket write at the end of this turn of the event loop
+        (the answers a group commit releases together leave in one send, not one each)."""
+        if self.writer.is_closing():
+            return
+        if not self._out:
+            self._loop.call_soon(self.flush)
+        self._out.append(encode(headers, payload))
+
+    def flush(self) -> None:
+        out, self._out = self._out, []
+        if out and not self.writer.is_closing():
+            self.writer.write(b"".join(out))
 
     def send_app(self, stream_id: int, model: str, payload: Mapping[str, Any], flags: int, error: bool = False) -> None:
         kind = MessageType.APPLICATION_ERROR if error else MessageType.APPLICATION_MESSAGE
@@ -174,7 +191,7 @@ class _Connection:
             ":content-type": JSON,
             "service-model-type": model,
         }
-        self.write(headers, json.dumps(payload, separators=(",", ":")).encode())
+        self.write(headers, json.dumps(payload, separators=(",", ":")).encode() if payload else b"{}")
 
     def protocol_error(self, why: str) -> None:
         log.warning("IPC connection of %s: protocol error: %s; closing it", self.component or "an unauthenticated client", why)
@@ -212,6 +229,7 @@ class _Connection:
                         await self.linger()
                         return
                     decoder.max_message = server.max_message_bytes  # authenticated: the full limit
+                self.flush()
                 await self.writer.drain()
         except FramingError as exc:
             log.warning("IPC connection of %s: %s; closing it", self.component or "an unauthenticated client", exc)
@@ -221,6 +239,7 @@ class _Connection:
 
     async def linger(self, timeout_s: float = 1.0) -> None:
         """Let the client read the last answer and hang up first (closing at once can reset what it has not read)."""
+        self.flush()
         with contextlib.suppress(Exception):
             await self.writer.drain()
             async with asyncio.timeout(timeout_s):
@@ -259,6 +278,9 @@ class _Connection:
         if not isinstance(operation, str) or not operation:
             self.protocol_error(f"stream {stream_id} starts without an operation header")
             return False
+        if operation == _PUBLISH_TO_IOT_CORE and self.server.handler.iot_core is not None:
+            self.publish(stream_id, message.payload)
+            return True
         stream = _Stream(self, stream_id)
         self.streams[stream_id] = stream
         self.spawn(self.run(stream, operation, message.payload))
@@ -291,6 +313,32 @@ class _Connection:
         return True
 
     # ------------------------------------------------------------------ operations
+
+    def publish(self, stream_id: int, payload: bytes) -> None:
+        """PublishToIoTCore, the hot path, without a task: checked now, answered from the callback of the commit that
+        holds the message (so never before its fsync), or refused now."""
+        assert self.component is not None
+        handler = self.server.handler
+        try:
+            try:
+                request = json.loads(payload or b"{}")
+            except ValueError:
+                raise InvalidArgumentsError(f"the {_PUBLISH_TO_IOT_CORE} request is not JSON") from None
+            topic, stored = handler.publish_nowait(self.component, request)
+        except IpcError as exc:
+            self.send_app(stream_id, exc.model, exc.payload(), TERMINATE_STREAM, error=True)
+            return
+        stored.add_done_callback(functools.partial(self._published, stream_id, topic))
+
+    def _published(self, stream_id: int, topic: str, stored: asyncio.Future[int]) -> None:
+        if stored.cancelled():
+            return
+        failure = stored.exception()
+        if failure is None:
+            self.send_app(stream_id, _PUBLISH_RESPONSE, {}, TERMINATE_STREAM)
+            return
+        error = publish_failed(topic, failure)
+        self.send_app(stream_id, error.model, error.payload(), TERMINATE_STREAM, error=True)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -339,6 +387,7 @@ class _Connection:
         for stream in list(self.streams.values()):
             await stream.close()
         self.streams.clear()
+        self.flush()
         self.writer.close()
         with contextlib.suppress(Exception):
             await self.writer.wait_closed()

@@ -5,16 +5,21 @@ Whoever arrives while a commit is in flight joins the next one: the first put st
 fsync are committed together as soon as it returns, in one transaction, and so on. A caller's ``await put(...)``
 returns only after the fsync of the transaction holding its message: "acknowledged" still means on disk. The
 batch grows with the load by itself, which a fixed batching window would have to guess (too short: one fsync
-a message again; too long: latency added to every lone publish). See docs/edge-runtime.md (group commit).
+a message again; too long: latency added to every lone publish).
+
+The commits run on a thread of their own that goes from one commit straight to the next while puts wait: the event
+loop only queues a put and, once per commit, wakes up to answer everyone in it. A busy event loop (an MQTT drain,
+other connections) never leaves the disk idle between two commits. See docs/edge-runtime.md (group commit).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import logging
+import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from edgekit.edge.errors import EdgeError
 from edgekit.edge.store.spool import Spool
@@ -24,6 +29,29 @@ __all__ = ["GroupCommit"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_Put = tuple[str, bytes, "asyncio.Future[int]"]
+_Call = tuple[Callable[[], Any], "asyncio.Future[Any]"]
+
+
+def _take(queue: collections.deque[T], limit: int) -> list[T]:
+    """Up to ``limit`` items from the left of ``queue`` (which another thread may be emptying too)."""
+    out: list[T] = []
+    while len(out) < limit:
+        try:
+            out.append(queue.popleft())
+        except IndexError:
+            break
+    return out
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller gave up (its connection closed): stored, just not acknowledged
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class GroupCommit:
@@ -41,9 +69,11 @@ class GroupCommit:
         self.max_batch = max_batch
         self.commits = 0
         self.committed = 0
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-commit")
-        self._waiting: list[tuple[str, bytes, asyncio.Future[int]]] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._cond = threading.Condition()
+        self._puts: collections.deque[_Put] = collections.deque()  # appended without a lock (deque appends are atomic)
+        self._calls: collections.deque[_Call] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._sleeping = False  # the thread waits on _cond: whoever adds work must notify it
         self._closed = False
 
     async def put(self, topic: str, payload: bytes) -> int:
@@ -52,55 +82,107 @@ class GroupCommit:
         Raises :class:`~edgekit.edge.errors.SpoolFullError` (this message alone was refused) or
         :class:`~edgekit.edge.errors.EdgeError` (the spool is damaged or closed: nothing of that commit was stored).
         """
+        return await self.put_nowait(topic, payload)
+
+    def put_nowait(self, topic: str, payload: bytes) -> asyncio.Future[int]:
+        """:meth:`put` without a coroutine: the future of the sequence number, set (or failed) as :meth:`put` returns
+        (or raises); called from the event loop."""
         if self._closed:
             raise EdgeError(f"spool '{self.spool.path}' is closed")
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[int] = loop.create_future()
-        self._waiting.append((topic, payload, done))
-        if self._committer is None or self._committer.done():
-            self._committer = loop.create_task(self._commit_all(), name="spool-group-commit")
-        return await done
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._puts.append((topic, payload, done))
+        self._wake()
+        return done
 
     async def run(self, call: Callable[[], T]) -> T:
         """``call()`` on the spool's thread (queued behind the commit in flight)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        if self._closed:
+            raise EdgeError(f"spool '{self.spool.path}' is closed")
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._calls.append((call, done))
+        self._wake()
+        return await done
 
-    async def _commit_all(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
-            messages = [(topic, payload) for topic, payload, _ in batch]
-            try:
-                results = await asyncio.shield(loop.run_in_executor(self._executor, self.spool.put_many, messages))
-            except asyncio.CancelledError:
-                self._fail(batch, EdgeError(f"spool '{self.spool.path}' was closed before the message was stored"))
-                raise
-            except Exception as exc:
-                failure = exc if isinstance(exc, EdgeError) else EdgeError(f"spool '{self.spool.path}': {exc}")
-                self._fail(batch, failure)
-                continue
-            self.commits += 1
-            self.committed += sum(1 for result in results if not isinstance(result, BaseException))
-            for (_, _, done), result in zip(batch, results, strict=True):
-                if done.done():  # the caller gave up (its connection closed): stored, just not acknowledged
-                    continue
-                if isinstance(result, BaseException):
-                    done.set_exception(result)
-                else:
-                    done.set_result(result)
+    def _wake(self) -> None:
+        """Start the thread on first use, or wake it when it sleeps (the lock is taken only then: a put never waits
+        for the commit thread, which a loaded machine may have descheduled)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="spool-commit", daemon=True)
+            self._thread.start()
+        elif self._sleeping:
+            with self._cond:
+                self._cond.notify()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._puts and not self._calls and not self._closed:
+                    self._sleeping = True  # set, then the queues checked again, under the lock: no wake-up is lost
+                    if not self._puts and not self._calls:
+                        self._cond.wait()
+                    self._sleeping = False
+                if not self._puts and not self._calls:  # closed, and nothing left to do
+                    return
+            calls = _take(self._calls, len(self._calls))
+            batch = _take(self._puts, self.max_batch)
+            for call, done in calls:
+                try:
+                    result, error = call(), None
+                except BaseException as exc:  # handed to the caller, as run_in_executor would
+                    result, error = None, exc
+                self._answer([(done, result, error)])
+            if batch:
+                self._commit(batch)
+
+    def _commit(self, batch: list[_Put]) -> None:
+        messages = [(topic, payload) for topic, payload, _ in batch]
+        try:
+            results = self.spool.put_many(messages)
+        except Exception as exc:
+            failure = exc if isinstance(exc, EdgeError) else EdgeError(f"spool '{self.spool.path}': {exc}")
+            self._answer([(done, None, failure) for _, _, done in batch])
+            return
+        self.commits += 1
+        self.committed += sum(1 for result in results if not isinstance(result, BaseException))
+        self._answer(
+            [
+                (done, None, result) if isinstance(result, BaseException) else (done, result, None)
+                for (_, _, done), result in zip(batch, results, strict=True)
+            ]
+        )
 
     @staticmethod
-    def _fail(batch: list[tuple[str, bytes, asyncio.Future[int]]], error: EdgeError) -> None:
-        for _, _, done in batch:
-            if not done.done():
-                done.set_exception(error)
+    def _answer(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+        """Settle futures on their event loop: one wake-up per loop for the whole commit."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+        for answer in answers:
+            by_loop.setdefault(answer[0].get_loop(), []).append(answer)
+        for loop, group in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(GroupCommit._settle_all, group)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                log.debug("spool commit answered after its event loop closed")
+
+    @staticmethod
+    def _settle_all(group: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+        for done, result, error in group:
+            _settle(done, result, error)
 
     async def close(self) -> None:
         """Finish the commit in flight (its callers get their answer), refuse what waits behind it, stop the thread."""
         self._closed = True
-        waiting, self._waiting = self._waiting, []
-        self._fail(waiting, EdgeError(f"spool '{self.spool.path}' was closed before the message was stored"))
-        committer = self._committer
-        if committer is not None and not committer.done():
-            await asyncio.gather(committer, return_exceptions=True)
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        closed = EdgeError(f"spool '{self.spool.path}' was closed before the message was stored")
+        with self._cond:
+            self._cond.notify()
+            thread = self._thread
+        self._refuse(closed)
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
+        self._refuse(closed)
+        await asyncio.sleep(0)  # the answers of the last commit, sent to this loop, are settled
+
+    def _refuse(self, error: EdgeError) -> None:
+        for _, _, done in _take(self._puts, len(self._puts)):
+            _settle(done, None, error)
+        for _, done in _take(self._calls, len(self._calls)):
+            _settle(done, None, error)

@@ -78,10 +78,7 @@ class SpoolPublisher:
             items = await self._spool_call(functools.partial(self.spool.peek, limit))
             if not items:
                 break
-            results = await asyncio.gather(
-                *(self.client.publish(i.topic, i.payload, qos=1, timeout=self.timeout_s) for i in items),
-                return_exceptions=True,
-            )
+            results = await self.client.publish_many([(i.topic, i.payload) for i in items], timeout=self.timeout_s)
             done: list[int] = []
             rejected = 0
             stop = False

@@ -44,6 +44,7 @@ class SpoolItem:
 Full = Literal["reject", "overwrite_oldest"]
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES: Final = 128 * 1024  # AWS IoT Core's payload limit: a bigger message could never be sent
+_ACK_CHUNK: Final = 500  # sequence numbers per DELETE (SQLite allows 32,766 parameters a statement)
 
 
 class Spool:
@@ -244,9 +245,12 @@ class Spool:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     freed = 0
-                    for seq in seqs:
-                        row = self._db.execute("DELETE FROM spool WHERE seq = ? RETURNING length(payload)", (seq,)).fetchone()
-                        freed += int(row[0]) if row else 0
+                    for start in range(0, len(seqs), _ACK_CHUNK):  # one statement per chunk, not one per message
+                        chunk = seqs[start : start + _ACK_CHUNK]
+                        rows = self._db.execute(
+                            f"DELETE FROM spool WHERE seq IN ({','.join('?' * len(chunk))}) RETURNING length(payload)", chunk
+                        ).fetchall()
+                        freed += sum(int(row[0]) for row in rows)
                     self._add_meta("bytes", -freed)
                     self._db.execute("COMMIT")
                 except BaseException:
