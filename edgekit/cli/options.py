@@ -23,6 +23,9 @@ __all__ = [
     "EndpointUrl",
     "Fleet",
     "FleetOrNone",
+    "Join",
+    "JoinBroker",
+    "JoinClientId",
     "Local",
     "LocalState",
     "MaxBatchDelay",
@@ -166,5 +169,32 @@ TuningRecords = Annotated[
         metavar="PATH",
         help="the tuning database to use (tvmc's flag): its folder or its database_tuning_record.json; applied as is, "
         "or added to with --tune/--tune-minutes (default: one per target in edgekit's cache)",
+    ),
+]
+
+# fleet serve --join: one more fleet service process on the fleet's PostgreSQL
+Join = Annotated[
+    bool,
+    typer.Option(
+        "--join",
+        help="instead of serving, join the fleet served on --state (on PostgreSQL) as one more fleet service process: "
+        "it ingests a share of the devices' telemetry; no broker, HTTP server or page of its own",
+    ),
+]
+JoinBroker = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        metavar="URL",
+        help="with --join: the broker's fleet service listener, mqtts://HOST:PORT (default: the running fleet's; "
+        "mqtts uses the service certificate in --state's tls/)",
+    ),
+]
+JoinClientId = Annotated[
+    str | None,
+    typer.Option(
+        "--client-id",
+        metavar="ID",
+        help="with --join: this process's MQTT client id, its own and the same across restarts (required)",
     ),
 ]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeVar
 
-from edgekit.fleet.errors import JobRejected
+from edgekit.fleet.errors import JobRejected, StateUnavailableError
 from edgekit.fleet.jobs import TERMINAL_STATUSES
 from edgekit.fleet.service import ExecutionEvent, FleetService, Notification
 from edgekit.mqtt import topics
@@ -85,6 +85,7 @@ class BridgeStats:
     statuses: int = 0
     dropped_statuses: int = 0
     publish_failures: int = 0
+    unanswered: int = 0  # requests left without a reply while the database was away (the devices ask again)
 
 
 def _client_token(payload: bytes) -> str | None:
@@ -351,6 +352,9 @@ class FleetMqttBridge:
                     del self._queued[request.thing]
             try:
                 replies = self._handle_batch(batch)
+            except StateUnavailableError:  # the database is away (said once per outage): no reply, the devices ask again
+                self.stats.unanswered += len(batch)
+                replies = []
             except Exception:  # never let one batch end the loop
                 log.exception("fleet MQTT bridge: a batch of %d request(s) failed", len(batch))
                 replies = []
@@ -367,6 +371,8 @@ class FleetMqttBridge:
         try:
             with self.service.state.transaction():
                 return [self._handle(request) for request in batch]
+        except StateUnavailableError:
+            raise  # not a request's fault: one by one would fail the same
         except Exception:
             log.exception("fleet MQTT bridge: a request failed; handling the batch of %d again one by one", len(batch))
         replies: list[tuple[str, WireMessage]] = []
@@ -485,6 +491,9 @@ class FleetMqttBridge:
             try:
                 message = JobExecutionsChanged(jobs=self._pending_summaries(thing), timestamp=now)
                 topic = topics.notify(thing)
+            except StateUnavailableError:
+                self._dirty.add(thing)  # the database is away: notified by a flush once it is back (the next tick's)
+                continue
             except Exception:
                 log.exception("fleet MQTT bridge: can't build the notification of %s", thing)
                 continue
@@ -514,6 +523,8 @@ class FleetMqttBridge:
         while True:
             try:
                 self.tick()
+            except StateUnavailableError:
+                pass  # the database is away (said once per outage): the next tick tries again
             except Exception:
                 log.exception("fleet MQTT bridge: tick failed")
             await asyncio.sleep(self.tick_s)

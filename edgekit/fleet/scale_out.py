@@ -6,7 +6,9 @@ are split by thing (``--member I/N``: the things whose name hashes to I): mosqui
 starts with ``$`` — the Jobs topics do — to a shared subscription. A transaction that reads before it writes takes
 the database's writer lock (:mod:`edgekit.fleet.state_pg`). See docs/local-fleet.md (the fleet on PostgreSQL).
 
-::
+``edgekit fleet serve --join`` (:func:`join_fleet`) runs one beside a running ``edgekit fleet serve`` on PostgreSQL:
+the broker's service listener and the service certificate from the fleet folder, telemetry ingest only (the first
+process answers the Jobs requests). For benchmarks and tests, without a fleet folder::
 
     python -m edgekit.fleet.scale_out --database postgresql://fleet@db/fleet --broker mqtt://127.0.0.1:1883 \\
         --client-id svc-2 --member 1/2
@@ -20,16 +22,26 @@ import contextlib
 import json
 import signal
 import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
+from edgekit.errors import ConfigError
+from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.jobs_api import FleetMqttBridge
 from edgekit.fleet.service import FleetService
-from edgekit.fleet.state import FleetState
+from edgekit.fleet.state import FleetState, is_database_url
 from edgekit.fleet.telemetry import SHARE_GROUP, TelemetryIngest
 from edgekit.mqtt.client import MqttClient, TlsPaths
+from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsFiles
+from edgekit.progress import Progress
 
-__all__ = ["SHARE_GROUP", "ServiceWorker", "main"]
+__all__ = ["SHARE_GROUP", "JoinedFleet", "ServiceWorker", "join_fleet", "main"]
+
+_SAY_EVERY_S: Final = 5.0
 
 
 class ServiceWorker:
@@ -94,7 +106,13 @@ class ServiceWorker:
         }
 
     async def close(self) -> None:
+        """Leave the shared group (the broker then queues this client id no share while it is gone), store and
+        acknowledge what arrived, disconnect. What can't be stored now (the database away) stays unacknowledged: the
+        broker gives it to this client id again when it reconnects."""
         if self.ingest is not None:
+            if self.client is not None and self.client.connected:
+                with contextlib.suppress(Exception):
+                    await self.ingest.leave()
             with contextlib.suppress(Exception):
                 await self.ingest.stop()
         if self.bridge is not None:
@@ -114,6 +132,142 @@ class ServiceWorker:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
+
+
+# --------------------------------------------------------------------------- edgekit fleet serve --join
+
+
+@dataclass(frozen=True)
+class JoinedFleet:
+    """Where a joined fleet service process works (what ``fleet serve --join`` prints once it is up)."""
+
+    folder: FleetFolder
+    broker_url: str
+    database: str
+    """The fleet's PostgreSQL URL without its password."""
+    client_id: str
+
+
+def _join_database(folder: FleetFolder, database: str | None) -> str:
+    if database is not None and not is_database_url(database):
+        raise ConfigError(f"--database {database!r}: a joined process shares the fleet's PostgreSQL; give its postgresql:// URL")
+    where = database or folder.state_location
+    if not is_database_url(where):
+        raise ConfigError(
+            f"the fleet in {folder.root} keeps its state in SQLite ({where}): a second fleet service process needs "
+            "PostgreSQL (two writers on one SQLite file are what scale-out avoids); serve the fleet with "
+            "'edgekit fleet serve --database postgresql://...' first, or give --database"
+        )
+    return str(where)
+
+
+def _join_broker(folder: FleetFolder, broker: str | None) -> tuple[str, TlsFiles | None]:
+    if broker is None:
+        running = folder.running()
+        if running is None:
+            raise ConfigError(
+                f"no fleet runs on {folder.root} to join: start 'edgekit fleet serve --database postgresql://...' "
+                "there first, or give --broker mqtts://HOST:PORT (the broker's fleet service listener)"
+            )
+        broker = str(running.get("serviceBroker") or running.get("broker"))
+    scheme = broker.split("://", 1)[0].lower()
+    if scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"--broker {broker!r}: give mqtts://HOST:PORT (mTLS, the fleet's broker) or mqtt://HOST:PORT")
+    if scheme == "mqtt":
+        return broker, None
+    clients = folder.tls / "clients"
+    files = TlsFiles(folder.tls / "ca.crt", clients / f"{SERVICE_IDENTITY}.crt", clients / f"{SERVICE_IDENTITY}.key")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(
+            f"the broker {broker} wants the fleet service's certificate, and {', '.join(missing)} is missing: copy the "
+            f"fleet folder's tls/ (ca.crt, clients/{SERVICE_IDENTITY}.crt and .key) into {folder.tls}"
+        )
+    return broker, files
+
+
+def _join_client_id(client_id: str | None) -> str:
+    if not client_id:
+        raise ConfigError(
+            "--join needs --client-id ID: this process's own MQTT client id, one per process and the same across its "
+            "restarts (what arrives while it restarts waits for it on the broker)"
+        )
+    if client_id == SERVICE_IDENTITY:
+        raise ConfigError(f"--client-id {client_id}: that is the first fleet service's own id; give each joined process another")
+    return client_id
+
+
+async def join_fleet_async(
+    folder: FleetFolder,
+    *,
+    client_id: str | None,
+    broker: str | None = None,
+    database: str | None = None,
+    progress: Progress | None = None,
+    ready: Callable[[JoinedFleet], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    """Join the fleet in ``folder`` until ``stop`` is set (see :func:`join_fleet`); returns what this process did."""
+    say = progress or (lambda _m: None)
+    client_id = _join_client_id(client_id)
+    url = _join_database(folder, database)
+    broker_url, tls = _join_broker(folder, broker)
+    stop = stop or asyncio.Event()
+    async with ServiceWorker(url, broker_url, client_id=client_id, jobs=False, tls=tls) as worker:
+        assert worker.state is not None
+        if ready is not None:
+            ready(JoinedFleet(folder, broker_url, worker.state.path, client_id))
+        last, said_at = worker.stats(), time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            now = worker.stats()
+            if now != last and time.monotonic() - said_at >= _SAY_EVERY_S:
+                say(f"{time.strftime('%H:%M:%S')} stored {now['windows']} window summaries ({now['duplicates']} "
+                    f"redelivered) of {now['messages']} messages")  # fmt: skip
+                last, said_at = now, time.monotonic()
+        say("leaving the fleet (storing what arrived)")
+        await worker.close()  # leaves the shared group, flushes what arrived: the stats count it
+        return worker.stats()
+
+
+def join_fleet(
+    folder: FleetFolder,
+    *,
+    client_id: str | None,
+    broker: str | None = None,
+    database: str | None = None,
+    progress: Progress | None = None,
+    ready: Callable[[JoinedFleet], None] | None = None,
+) -> dict[str, Any]:
+    """One more fleet service process for the fleet in ``folder``, in the foreground until SIGTERM or SIGINT: it
+    ingests a share of the devices' telemetry (an MQTT shared subscription) into the fleet's PostgreSQL.
+
+    ``database``: the fleet's ``postgresql://`` URL (default: the folder's ``database.url``; an SQLite fleet is
+    refused). ``broker``: the broker's fleet service listener (default: the running fleet's, from the folder);
+    ``mqtts://`` connects with the service certificate in the folder's ``tls/``. ``client_id``: this process's own
+    (required). Returns what it did: ``clientId``, ``messages``, ``windows``, ``duplicates``, ``requests``."""
+
+    async def main() -> dict[str, Any]:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        handled: list[signal.Signals] = []
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+                handled.append(signum)
+        try:
+            return await join_fleet_async(
+                folder, client_id=client_id, broker=broker, database=database, progress=progress, ready=ready, stop=stop
+            )
+        finally:
+            for signum in handled:
+                loop.remove_signal_handler(signum)
+
+    return asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- python -m edgekit.fleet.scale_out
 
 
 def _member(text: str) -> tuple[int, int]:

@@ -150,3 +150,115 @@ async def test_a_fleet_server_on_postgresql_shares_telemetry_with_one_more_proce
     with FleetState(database) as state:
         assert state.window_totals("dev-0", "com.example.Inference", "r1", 200).windows == 200
     assert served > 0 and stats["windows"] > 0 and served + stats["windows"] == 200
+
+
+# --------------------------------------------------------------------------- edgekit fleet serve --join
+
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return proc.returncode, out or ""
+
+
+@pytest.mark.anyio
+async def test_fleet_serve_join_shares_telemetry_with_fleet_serve(tmp_path: Path, postgres_server: LocalPostgres) -> None:
+    """Two 'edgekit' processes on one PostgreSQL and one broker (mTLS): 'fleet serve' and 'fleet serve --join';
+    every summary stored once, and both stored some."""
+    from edgekit.fleet.folder import FleetFolder
+    from edgekit.mqtt.tls import TlsMaterial
+
+    database = postgres_server.create_database("joined")
+    state, log = tmp_path / "fleet", (tmp_path / "serve.log").open("w")
+    folder = FleetFolder.at(state)
+    edgekit = [sys.executable, "-m", "edgekit", "fleet", "serve", "--state", str(state)]
+    server = subprocess.Popen(
+        [*edgekit, "--database", database, "--port", "0", "--http-port", "0", "--tick", "0.2"],
+        stdout=log, stderr=log, text=True, env=ENV,
+    )  # fmt: skip
+    joined: subprocess.Popen[str] | None = None
+    try:
+        for _ in range(600):
+            if folder.running() is not None or server.poll() is not None:
+                break
+            await asyncio.sleep(0.1)
+        running = folder.running()
+        assert running is not None, (tmp_path / "serve.log").read_text()
+        joined = subprocess.Popen(
+            [*edgekit, "--join", "--client-id", "fleet-svc-2", "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        )  # fmt: skip
+        assert joined.stdout is not None
+        facts = json.loads(await asyncio.to_thread(joined.stdout.readline) or "{}")
+        assert facts.get("broker") == running["serviceBroker"] and facts["clientId"] == "fleet-svc-2", facts
+        assert facts["database"] == database  # no password in this URL: shown as it is
+
+        service = TlsMaterial.open(folder.tls).service  # a client of the service listener, as the fleet's tools are
+        device = await connect(running["serviceBroker"], "publisher", tls=service, max_inflight=100)
+        n = 300
+        sent = [(THINGS[i % len(THINGS)], i // len(THINGS) + 1) for i in range(n)]
+        await asyncio.gather(*(device.publish(f"devices/{t}/inference", summary(t, w), qos=1) for t, w in sent))
+        await asyncio.gather(*(device.publish(f"devices/{t}/inference", summary(t, w), qos=1) for t, w in sent[:30]))
+        await device.disconnect()
+        for _ in range(300):
+            with FleetState(database) as fleet_state:
+                got = fleet_state.telemetry()
+            if sum(r.windows for r in got.values()) >= n and sum(r.duplicates for r in got.values()) >= 30:
+                break
+            await asyncio.sleep(0.1)
+        rc, out = await asyncio.to_thread(_stop, joined)
+        assert rc == 0, out + (joined.stderr.read() if joined.stderr else "")
+        stats = json.loads(out)  # what it did: the one JSON document after the first line
+    finally:
+        if joined is not None:
+            await asyncio.to_thread(_stop, joined)
+            if joined.stderr is not None:
+                joined.stderr.close()
+        await asyncio.to_thread(_stop, server)  # type: ignore[arg-type]
+        log.close()
+    with FleetState(database) as fleet_state:
+        got = fleet_state.telemetry()
+        for thing in THINGS:
+            mine = [w for t, w in sent if t == thing]
+            assert fleet_state.window_totals(thing, "com.example.Inference", "r1", max(mine)).windows == len(mine)
+    assert sum(r.windows for r in got.values()) == n and sum(r.duplicates for r in got.values()) == 30
+    assert sum(r.messages for r in got.values()) == n + 30
+    # both did part: the joined process stored some, 'fleet serve' the rest
+    assert stats["clientId"] == "fleet-svc-2" and 0 < stats["windows"] < n, stats
+    assert 0 < stats["messages"] < n + 30, stats
+
+
+def test_fleet_serve_join_refuses_what_it_cannot_join_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgekit.cli import main
+    from edgekit.errors import EXIT_CODES, ConfigError
+    from edgekit.fleet.folder import FleetFolder
+
+    state = tmp_path / "fleet"
+
+    def refused(*args: str) -> str:
+        capsys.readouterr()
+        assert main(["fleet", "serve", "--state", str(state), *args]) == EXIT_CODES[ConfigError]
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+        return err
+
+    # an SQLite fleet: a second writer on one file is what scale-out avoids
+    assert "needs PostgreSQL" in refused("--join", "--client-id", "svc-2")
+    assert "postgresql://" in refused("--join", "--client-id", "svc-2", "--database", str(tmp_path / "fleet.db"))
+    assert "--client-id ID" in refused("--join")
+    assert "first fleet service's own id" in refused("--join", "--client-id", "edgekit-fleet-service")
+    assert "leave out --host, --port" in refused("--join", "--client-id", "svc-2", "--port", "1883")
+    assert "go with --join" in refused("--client-id", "svc-2")
+    FleetFolder.at(state).use_database("postgresql://fleet@127.0.0.1:9/fleet")  # PostgreSQL, but no fleet runs
+    assert f"no fleet runs on {FleetFolder.at(state).root}" in refused("--join", "--client-id", "svc-2")
+    assert "tls/" in refused("--join", "--client-id", "svc-2", "--broker", "mqtts://127.0.0.1:9")
+    assert "mqtts://HOST:PORT" in refused("--join", "--client-id", "svc-2", "--broker", "http://127.0.0.1:9")
