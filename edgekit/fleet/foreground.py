@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from edgekit.errors import ConfigError
+from edgekit.fleet.errors import StateUnavailableError
 from edgekit.fleet.fleet_server import FleetServer
 from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.provision import DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, ServeEndpoints
@@ -102,7 +103,10 @@ async def serve_fleet_async(
             ready(ServedFleet(folder, server.broker_url, server.http_url))
         last = ""
         while not stop.is_set():
-            line = _line(server)
+            try:
+                line = _line(server)
+            except StateUnavailableError:  # PostgreSQL away for now: said once by the database; the line waits
+                line = last
             if line != last:
                 say(f"{time.strftime('%H:%M:%S')} {line}")
                 last = line

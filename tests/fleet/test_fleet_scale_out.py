@@ -262,3 +262,63 @@ def test_fleet_serve_join_refuses_what_it_cannot_join_in_one_line(tmp_path: Path
     assert f"no fleet runs on {FleetFolder.at(state).root}" in refused("--join", "--client-id", "svc-2")
     assert "tls/" in refused("--join", "--client-id", "svc-2", "--broker", "mqtts://127.0.0.1:9")
     assert "mqtts://HOST:PORT" in refused("--join", "--client-id", "svc-2", "--broker", "http://127.0.0.1:9")
+
+
+# --------------------------------------------------------------------------- PostgreSQL away and back
+
+
+@pytest.mark.anyio
+async def test_a_service_that_loses_postgresql_keeps_what_it_did_not_store_and_says_so_once(
+    tmp_path: Path, postgres_server: LocalPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database server stops mid-ingest and comes back: the service (ingest and Jobs bridge) says so in one line
+    each way, retries with backoff, and every summary the broker took is stored once — none acknowledged unstored."""
+    import logging
+
+    from edgekit.fleet.scale_out import ServiceWorker
+
+    database = postgres_server.create_database("outage")
+    broker = MosquittoBroker(tmp_path / "broker")
+    await asyncio.to_thread(broker.start)
+    caplog.set_level(logging.WARNING)
+    try:
+        async with ServiceWorker(database, broker.url, client_id="svc-outage", tick_s=0.1, flush_s=0.05) as worker:
+            assert worker.state is not None and worker.ingest is not None
+            device = await connect(broker.url, "publisher", max_inflight=100)
+            sent = [(THINGS[i % len(THINGS)], i // len(THINGS) + 1) for i in range(600)]
+
+            async def send(part: list[tuple[str, int]]) -> None:
+                await asyncio.gather(*(device.publish(f"devices/{t}/inference", summary(t, w), qos=1) for t, w in part))
+
+            await send(sent[:200])
+            stopping = asyncio.create_task(asyncio.to_thread(postgres_server.stop))  # mid-ingest
+            await send(sent[200:400])  # the broker takes these (PUBACK to the device); the service can't store them
+            await stopping
+            await asyncio.sleep(2.0)  # tries fail meanwhile: the backoff, and quiet
+            assert not worker.state.database.available  # type: ignore[attr-defined]
+            stored_before = worker.ingest.stats.windows
+            assert stored_before < 400 and worker.ingest.stats.retries > 0
+            await asyncio.to_thread(postgres_server.start)
+            await send(sent[400:])
+            for _ in range(300):
+                if worker.ingest.stats.windows >= len(sent):
+                    break
+                await asyncio.sleep(0.1)
+            await device.disconnect()
+            assert worker.state.database.available  # type: ignore[attr-defined]
+            assert worker.state.database.outages == 1  # type: ignore[attr-defined]
+    finally:
+        await asyncio.to_thread(broker.stop)
+        if not postgres_server._started:  # the session's server: back for the tests after this one
+            await asyncio.to_thread(postgres_server.start)
+
+    with FleetState(database) as state:
+        for thing in THINGS:
+            mine = [w for t, w in sent if t == thing]
+            totals = state.window_totals(thing, "com.example.Inference", "r1", max(mine))
+            assert totals.windows == len(mine) and totals.readings == sum(w % 5 + 1 for w in mine)
+        assert sum(r.windows for r in state.telemetry().values()) == len(sent)
+    said = [r for r in caplog.records if r.name == "edgekit.fleet.state_pg"]
+    assert [("lost" in r.getMessage(), "again after" in r.getMessage()) for r in said] == [(True, False), (False, True)]
+    # one line each way: no traceback per message, per batch or per tick
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
