@@ -498,6 +498,7 @@ def simulate(
     every: float = 0.5,
     progress: Progress | None = None,
     shards: int | None = 1,
+    database: str | None = None,
 ) -> SimulationRun:
     """Run a simulated fleet in the foreground (mosquitto, the local fleet service, device agents) and return how
     it ended: publish ``build``, make ``deployments``, then watch until ``until_done`` / ``duration`` (or Ctrl-C).
@@ -508,6 +509,10 @@ def simulate(
 
     ``shards``: run the devices in that many processes, split by thing name, against one broker and fleet server
     (``None``: one per core; see docs/local-fleet.md, shards); a shard that dies is reported and started again.
+
+    ``database``: a ``postgresql://`` URL to keep the fleet's state in instead of the folder's SQLite file
+    (remembered in the folder, as ``fleet serve --database``; then ``fleet serve --join`` processes can share its
+    telemetry ingest). See docs/local-fleet.md (the fleet on PostgreSQL).
 
     For a simulation that runs beside your own code, use :class:`edgekit.sim.Simulation` as an async context.
     """
@@ -535,7 +540,7 @@ def simulate(
 
     sim = Simulation(
         model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s, emulation_fallback=True,
-        shards=default_shards() if shards is None else shards,
+        shards=default_shards() if shards is None else shards, database=database,
     )  # fmt: skip
 
     async def main() -> SimulationRun:

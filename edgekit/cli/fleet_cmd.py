@@ -15,7 +15,7 @@ from rich.text import Text
 
 from edgekit import api
 from edgekit.cli import fleet_serve_cmd
-from edgekit.cli.options import AbortFailed, BuildOrNone, DeploymentTargets, Fleet, Rollout, State
+from edgekit.cli.options import AbortFailed, BuildOrNone, Database, DeploymentTargets, Fleet, Rollout, State
 from edgekit.cli.output import console, emit, err_console, json_output, plain, quiet_library
 from edgekit.errors import ConfigError
 
@@ -241,6 +241,7 @@ def simulate(
     shards: int | None = typer.Option(
         None, "--shards", help="processes to run the devices in, split by thing name (default: one per core)"
     ),
+    database: Database = None,
 ) -> None:
     """Run a simulated fleet (broker, fleet service, device agents) in the foreground and show it at a glance.
     Emulated aarch64 devices need the network the first time, to build their aarch64 root (~212 MB, once;
@@ -269,7 +270,7 @@ def simulate(
             run = api.simulate(
                 fleet, state_dir=state, devices=devices, mode=run_mode, tls=tls, tick_s=tick, build=build, deploy=deploy,
                 targets=target, rollout=rollout, abort_failed=abort_failed, until_done=until_done, duration=duration,
-                watch=track, progress=say, shards=shards,
+                watch=track, progress=say, shards=shards, database=database,
             )  # fmt: skip
         except KeyboardInterrupt:
             run = None

@@ -11,7 +11,7 @@ import typer
 from rich.text import Text
 
 from edgekit import api
-from edgekit.cli.options import Join, JoinBroker, JoinClientId, State
+from edgekit.cli.options import Database, Join, JoinBroker, JoinClientId, State
 from edgekit.cli.output import MODE, console, emit, err_console, json_output, note
 from edgekit.errors import ConfigError
 
@@ -85,9 +85,7 @@ def serve(
         None, "--public-host", help="the address devices reach this machine at (default --host; needed with 0.0.0.0)"
     ),
     tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
-    database: str | None = typer.Option(
-        None, "--database", metavar="URL", help="keep the fleet's state in PostgreSQL (postgresql://...; remembered)"
-    ),
+    database: Database = None,
     join: Join = False,
     broker: JoinBroker = None,
     client_id: JoinClientId = None,

@@ -16,6 +16,7 @@ __all__ = [
     "Account",
     "Build",
     "BuildOrNone",
+    "Database",
     "DeploymentTarget",
     "DeploymentTargets",
     "DeviceTarget",
@@ -169,6 +170,16 @@ TuningRecords = Annotated[
         metavar="PATH",
         help="the tuning database to use (tvmc's flag): its folder or its database_tuning_record.json; applied as is, "
         "or added to with --tune/--tune-minutes (default: one per target in edgekit's cache)",
+    ),
+]
+
+Database = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        metavar="URL",
+        help="the fleet's state in PostgreSQL: postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (remembered in --state; "
+        "default: the one --state names, else its SQLite file)",
     ),
 ]
 

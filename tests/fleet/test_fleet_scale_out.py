@@ -322,3 +322,35 @@ async def test_a_service_that_loses_postgresql_keeps_what_it_did_not_store_and_s
     assert [("lost" in r.getMessage(), "again after" in r.getMessage()) for r in said] == [(True, False), (False, True)]
     # one line each way: no traceback per message, per batch or per tick
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+# --------------------------------------------------------------------------- edgekit simulate --database
+
+
+def test_simulate_keeps_the_fleet_state_in_postgresql(
+    tmp_path: Path, postgres_server: LocalPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helpers import APP, write_build, write_fleet
+
+    from edgekit.cli import main
+    from edgekit.errors import EXIT_CODES, ConfigError
+    from edgekit.fleet.folder import FleetFolder
+
+    database = postgres_server.create_database("simulated")
+    state, build, fleet = tmp_path / "state", write_build(tmp_path / "gg"), write_fleet(tmp_path / "fleet.yaml")
+    common = ["simulate", "--fleet", str(fleet), "--state", str(state), "--shards", "1"]
+    capsys.readouterr()
+    assert main([*common, "--database", "sqlite:///fleet.db", "--duration", "1"]) == EXIT_CODES[ConfigError]
+    err = capsys.readouterr().err.strip()
+    assert "postgresql://" in err and "\n" not in err, err
+    argv = [*common, "--database", database, "--build", str(build), "--deploy", f"{APP}=1.0.0",
+            "--target", "thinggroup/line-1", "--until-done", "--duration", "60", "--interval", "0.5", "--tick", "0.2"]  # fmt: skip
+    assert main(argv) == 0
+    assert "fleet 'clitest': 4 device(s), 4 connected at the end" in capsys.readouterr().out
+    folder = FleetFolder.at(state)
+    assert folder.state_location == database and not folder.database.exists()  # PostgreSQL, no SQLite file
+    with FleetState(database) as fleet_state:
+        [deployment] = fleet_state.deployments()
+        assert fleet_state.status_counts(deployment.id) == {"SUCCEEDED": 4} and len(fleet_state.things()) == 4
+    assert main(["fleet", "status", "--state", str(state), "--json"]) == 0  # remembered: status reads the same
+    assert json.loads(capsys.readouterr().out)["deployments"][0]["counts"] == {"SUCCEEDED": 4}
