@@ -223,7 +223,7 @@ async def test_fleet_serve_join_shares_telemetry_with_fleet_serve(tmp_path: Path
             await asyncio.to_thread(_stop, joined)
             if joined.stderr is not None:
                 joined.stderr.close()
-        await asyncio.to_thread(_stop, server)  # type: ignore[arg-type]
+        await asyncio.to_thread(_stop, server)
         log.close()
     with FleetState(database) as fleet_state:
         got = fleet_state.telemetry()
