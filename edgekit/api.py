@@ -583,6 +583,7 @@ def serve_fleet(
     broker: str | None = None,
     client_id: str | None = None,
     joined: Callable[[JoinedFleet], None] | None = None,
+    member: str | None = None,
 ) -> dict[str, Any] | None:
     """Serve the local fleet in ``state_dir`` for real devices until SIGTERM or SIGINT: mosquitto (mTLS, a
     certificate per device), the fleet service, the registry and the page, with no simulated device.
@@ -597,8 +598,10 @@ def serve_fleet(
     fleet is refused): it ingests a share of the devices' telemetry through the broker's shared subscription, through
     the broker's fleet service listener (``broker``; default the running fleet's) with the service certificate of the
     folder's ``tls/``, as ``client_id`` (its own, required); ``database`` defaults to the folder's. ``joined`` hears
-    where it works once it is up; returns what it did (``clientId``, ``messages``, ``windows``, ``duplicates``). See
-    docs/local-fleet.md (the fleet on PostgreSQL).
+    where it works once it is up; returns what it did (``clientId``, ``messages``, ``windows``, ``duplicates``,
+    ``requests``). ``member`` (``"I/N"``, on PostgreSQL): this process answers only the Jobs requests of the things
+    whose name hashes to I of N — give every process of the fleet its own, the serving one and the joined ones; without
+    it the serving process answers them all and a joined one none. See docs/local-fleet.md (the fleet on PostgreSQL).
     """
     from edgekit.fleet.folder import FleetFolder
 
@@ -606,13 +609,14 @@ def serve_fleet(
         from edgekit.fleet.scale_out import join_fleet
 
         return join_fleet(
-            FleetFolder.at(state_dir), client_id=client_id, broker=broker, database=database, progress=progress, ready=joined
-        )
+            FleetFolder.at(state_dir), client_id=client_id, broker=broker, database=database, member=member, tick_s=tick_s,
+            progress=progress, ready=joined,
+        )  # fmt: skip
     from edgekit.fleet.foreground import serve_fleet as _serve
 
     _serve(
         FleetFolder.at(state_dir), host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick_s,
-        progress=progress, ready=ready, database=database,
+        progress=progress, ready=ready, database=database, member=member,
     )  # fmt: skip
     return None
 

@@ -11,7 +11,7 @@ import typer
 from rich.text import Text
 
 from edgekit import api
-from edgekit.cli.options import Database, Join, JoinBroker, JoinClientId, State
+from edgekit.cli.options import Database, JobsMember, Join, JoinBroker, JoinClientId, State
 from edgekit.cli.output import MODE, console, emit, err_console, json_output, note
 from edgekit.errors import ConfigError
 
@@ -57,14 +57,16 @@ def _joined(joined: JoinedFleet) -> None:
     console.file.flush()
 
 
-def _join(state: Path | None, database: str | None, broker: str | None, client_id: str | None) -> None:
+def _join(state: Path | None, database: str | None, broker: str | None, client_id: str | None, member: str | None,
+          tick: float) -> None:  # fmt: skip
     done = api.serve_fleet(
-        state_dir=state, database=database, join=True, broker=broker, client_id=client_id,
+        state_dir=state, database=database, join=True, broker=broker, client_id=client_id, member=member, tick_s=tick,
         progress=None if MODE.quiet else _say, joined=_joined,
     )  # fmt: skip
     done = done or {}
     emit(done, Text(f"{done.get('clientId')}: stored {done.get('windows', 0)} window summaries "
-                    f"({done.get('duplicates', 0)} redelivered) of {done.get('messages', 0)} messages"))  # fmt: skip
+                    f"({done.get('duplicates', 0)} redelivered) of {done.get('messages', 0)} messages; answered "
+                    f"{done.get('requests', 0)} Jobs requests"))  # fmt: skip
 
 
 @json_output
@@ -89,21 +91,23 @@ def serve(
     join: Join = False,
     broker: JoinBroker = None,
     client_id: JoinClientId = None,
+    member: JobsMember = None,
 ) -> None:
     """Run a local fleet for real devices in the foreground: mosquitto (mTLS, a certificate per device), the fleet
     service, the registry and the page, with no simulated device. Prints the broker, HTTP and page addresses; add
     devices with 'edgekit fleet add-device', deploy with 'edgekit deploy --local'. With --join: one more fleet service
-    process for the fleet served on --state on PostgreSQL (telemetry ingest)."""
+    process for the fleet served on --state on PostgreSQL: a share of the telemetry ingest and, with --member, of the Jobs
+    requests."""
     if join:
         if host != "127.0.0.1" or port is not None or http_port is not None or public_host is not None:
             raise ConfigError("--join starts no broker or HTTP server: leave out --host, --port, --http-port and --public-host")
-        _join(state, database, broker, client_id)
+        _join(state, database, broker, client_id, member, tick)
         return
     if broker is not None or client_id is not None:
         raise ConfigError("--broker and --client-id go with --join (one more fleet service process)")
     api.serve_fleet(
         state_dir=state, host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick,
-        progress=None if MODE.quiet else _say, ready=_ready, database=database,
+        progress=None if MODE.quiet else _say, ready=_ready, database=database, member=member,
     )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "EndpointUrl",
     "Fleet",
     "FleetOrNone",
+    "JobsMember",
     "Join",
     "JoinBroker",
     "JoinClientId",
@@ -199,6 +200,15 @@ JoinBroker = Annotated[
         metavar="URL",
         help="with --join: the broker's fleet service listener, mqtts://HOST:PORT (default: the running fleet's; "
         "mqtts uses the service certificate in --state's tls/)",
+    ),
+]
+JobsMember = Annotated[
+    str | None,
+    typer.Option(
+        "--member",
+        metavar="I/N",
+        help="on PostgreSQL: answer only the Jobs requests of things I of N (0-based, by a hash of the thing name); "
+        "give each of the N fleet service processes its own (with --join: else it answers none)",
     ),
 ]
 JoinClientId = Annotated[

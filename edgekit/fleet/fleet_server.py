@@ -73,7 +73,9 @@ class FleetServer:
     every view of the fleet says so (``standIn``), ``edgekit fleet status`` too (from the running file).
     ``database``: a ``postgresql://`` URL to keep the fleet's state in (remembered in the folder; default: what the
     folder names, else its SQLite file); then the telemetry ingest subscribes in the shared group other fleet service
-    processes join (:mod:`edgekit.fleet.scale_out`).
+    processes join (:mod:`edgekit.fleet.scale_out`). ``member`` (index, count): answer only the Jobs requests of the
+    things whose name hashes to index of count (the other processes answer the rest; see
+    :class:`~edgekit.fleet.jobs_api.FleetMqttBridge`).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class FleetServer:
         public_host: str | None = None,
         stand_ins: Mapping[str, str] | None = None,
         database: str | None = None,
+        member: tuple[int, int] | None = None,
     ) -> None:
         self.folder = folder if isinstance(folder, FleetFolder) else FleetFolder.at(folder)
         self.register = devices is not None
@@ -108,6 +111,7 @@ class FleetServer:
         self.about = dict(about or {})
         self.stand_ins = dict(stand_ins or {})
         self.database = database
+        self.member = member
         self.progress: Progress = progress or (lambda _m: None)
         self.state: FleetState | None = None
         self.service: FleetService | None = None
@@ -211,7 +215,7 @@ class FleetServer:
         # while no server ran are handled, not dropped into an unread queue.
         if self.tracker is not None:
             await self.tracker.start()
-        self.bridge = FleetMqttBridge(self.service, self._client, tick_s=self.tick_s)
+        self.bridge = FleetMqttBridge(self.service, self._client, tick_s=self.tick_s, member=self.member)
         await self.bridge.start()
         # the devices' window summaries; on PostgreSQL in the shared group more service processes join (scale_out)
         share = SHARE_GROUP if is_database_url(self.folder.state_location) else None

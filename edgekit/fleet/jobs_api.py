@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal, TypeVar
 
+from edgekit.errors import ConfigError
 from edgekit.fleet.errors import JobRejected, StateUnavailableError
 from edgekit.fleet.jobs import TERMINAL_STATUSES
 from edgekit.fleet.service import ExecutionEvent, FleetService, Notification
@@ -46,7 +47,7 @@ from edgekit.mqtt.payloads import (
 )
 from edgekit.parsing import ParseError, loads_json
 
-__all__ = ["BridgeStats", "FleetMqttBridge"]
+__all__ = ["BridgeStats", "FleetMqttBridge", "parse_member"]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,20 @@ def _client_token(payload: bytes) -> str | None:
         return None
     token = data.get("clientToken") if isinstance(data, dict) else None
     return token if isinstance(token, str) and 1 <= len(token) <= 64 else None
+
+
+def parse_member(text: str, flag: str = "--member") -> tuple[int, int]:
+    """``I/N`` (0-based: this is process I of N answering the Jobs requests) as ``(I, N)``; one line when it is not."""
+    index, _, count = text.partition("/")
+    try:
+        member = (int(index), int(count))
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {text!r}: give I/N, such as 0/2 (this process answers the Jobs requests of things I of N)"
+        ) from None
+    if not 0 <= member[0] < member[1]:
+        raise ConfigError(f"{flag} {text!r}: I must be 0 to N - 1 (0-based), and N at least 1")
+    return member
 
 
 _M = TypeVar("_M", bound=WireMessage)

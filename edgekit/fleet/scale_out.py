@@ -31,7 +31,7 @@ from typing import Any, Final, Self
 
 from edgekit.errors import ConfigError
 from edgekit.fleet.folder import FleetFolder
-from edgekit.fleet.jobs_api import FleetMqttBridge
+from edgekit.fleet.jobs_api import FleetMqttBridge, parse_member
 from edgekit.fleet.service import FleetService
 from edgekit.fleet.state import FleetState, is_database_url
 from edgekit.fleet.telemetry import SHARE_GROUP, TelemetryIngest
@@ -203,6 +203,8 @@ async def join_fleet_async(
     client_id: str | None,
     broker: str | None = None,
     database: str | None = None,
+    member: str | None = None,
+    tick_s: float = 1.0,
     progress: Progress | None = None,
     ready: Callable[[JoinedFleet], None] | None = None,
     stop: asyncio.Event | None = None,
@@ -210,21 +212,25 @@ async def join_fleet_async(
     """Join the fleet in ``folder`` until ``stop`` is set (see :func:`join_fleet`); returns what this process did."""
     say = progress or (lambda _m: None)
     client_id = _join_client_id(client_id)
+    jobs = parse_member(member) if member is not None else None
     url = _join_database(folder, database)
     broker_url, tls = _join_broker(folder, broker)
     stop = stop or asyncio.Event()
-    async with ServiceWorker(url, broker_url, client_id=client_id, jobs=False, tls=tls) as worker:
+    worker = ServiceWorker(url, broker_url, client_id=client_id, jobs=jobs is not None, member=jobs, tls=tls, tick_s=tick_s)
+    async with worker:
         assert worker.state is not None
         if ready is not None:
             ready(JoinedFleet(folder, broker_url, worker.state.path, client_id))
         last, said_at = worker.stats(), time.monotonic()
+        if jobs is not None:
+            say(f"answering the Jobs requests of things {jobs[0]} of {jobs[1]} (by a hash of the thing name)")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
             now = worker.stats()
             if now != last and time.monotonic() - said_at >= _SAY_EVERY_S:
                 say(f"{time.strftime('%H:%M:%S')} stored {now['windows']} window summaries ({now['duplicates']} "
-                    f"redelivered) of {now['messages']} messages")  # fmt: skip
+                    f"redelivered) of {now['messages']} messages; answered {now['requests']} Jobs requests")  # fmt: skip
                 last, said_at = now, time.monotonic()
         say("leaving the fleet (storing what arrived)")
         await worker.close()  # leaves the shared group, flushes what arrived: the stats count it
@@ -237,6 +243,8 @@ def join_fleet(
     client_id: str | None,
     broker: str | None = None,
     database: str | None = None,
+    member: str | None = None,
+    tick_s: float = 1.0,
     progress: Progress | None = None,
     ready: Callable[[JoinedFleet], None] | None = None,
 ) -> dict[str, Any]:
@@ -246,7 +254,10 @@ def join_fleet(
     ``database``: the fleet's ``postgresql://`` URL (default: the folder's ``database.url``; an SQLite fleet is
     refused). ``broker``: the broker's fleet service listener (default: the running fleet's, from the folder);
     ``mqtts://`` connects with the service certificate in the folder's ``tls/``. ``client_id``: this process's own
-    (required). Returns what it did: ``clientId``, ``messages``, ``windows``, ``duplicates``, ``requests``."""
+    (required). ``member`` (``"I/N"``): also answer the Jobs requests of the things whose name hashes to I of N (then
+    every process of the fleet, ``fleet serve`` too, is given its ``--member``; ``tick_s`` is its rollout tick);
+    without it the Jobs requests are left to ``fleet serve``. Returns what it did: ``clientId``, ``messages``,
+    ``windows``, ``duplicates``, ``requests``."""
 
     async def main() -> dict[str, Any]:
         stop = asyncio.Event()
@@ -258,8 +269,9 @@ def join_fleet(
                 handled.append(signum)
         try:
             return await join_fleet_async(
-                folder, client_id=client_id, broker=broker, database=database, progress=progress, ready=ready, stop=stop
-            )
+                folder, client_id=client_id, broker=broker, database=database, member=member, tick_s=tick_s,
+                progress=progress, ready=ready, stop=stop,
+            )  # fmt: skip
         finally:
             for signum in handled:
                 loop.remove_signal_handler(signum)
@@ -271,14 +283,10 @@ def join_fleet(
 
 
 def _member(text: str) -> tuple[int, int]:
-    index, _, count = text.partition("/")
     try:
-        member = (int(index), int(count))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--member {text!r}: give I/N, such as 0/2") from None
-    if not 0 <= member[0] < member[1]:
-        raise argparse.ArgumentTypeError(f"--member {text!r}: I must be 0 to N - 1")
-    return member
+        return parse_member(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:

@@ -172,8 +172,9 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
 
 @pytest.mark.anyio
 async def test_fleet_serve_join_shares_telemetry_with_fleet_serve(tmp_path: Path, postgres_server: LocalPostgres) -> None:
-    """Two 'edgekit' processes on one PostgreSQL and one broker (mTLS): 'fleet serve' and 'fleet serve --join';
-    every summary stored once, and both stored some."""
+    """Two 'edgekit' processes on one PostgreSQL and one broker (mTLS): 'fleet serve --member 0/2' and
+    'fleet serve --join --member 1/2'; every summary stored once, every Jobs request answered once, and both did some
+    of each."""
     from edgekit.fleet.folder import FleetFolder
     from edgekit.mqtt.tls import TlsMaterial
 
@@ -182,7 +183,7 @@ async def test_fleet_serve_join_shares_telemetry_with_fleet_serve(tmp_path: Path
     folder = FleetFolder.at(state)
     edgekit = [sys.executable, "-m", "edgekit", "fleet", "serve", "--state", str(state)]
     server = subprocess.Popen(
-        [*edgekit, "--database", database, "--port", "0", "--http-port", "0", "--tick", "0.2"],
+        [*edgekit, "--database", database, "--port", "0", "--http-port", "0", "--tick", "0.2", "--member", "0/2"],
         stdout=log, stderr=log, text=True, env=ENV,
     )  # fmt: skip
     joined: subprocess.Popen[str] | None = None
@@ -194,7 +195,7 @@ async def test_fleet_serve_join_shares_telemetry_with_fleet_serve(tmp_path: Path
         running = folder.running()
         assert running is not None, (tmp_path / "serve.log").read_text()
         joined = subprocess.Popen(
-            [*edgekit, "--join", "--client-id", "fleet-svc-2", "--json"],
+            [*edgekit, "--join", "--client-id", "fleet-svc-2", "--member", "1/2", "--tick", "0.2", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
         )  # fmt: skip
         assert joined.stdout is not None
@@ -204,17 +205,30 @@ async def test_fleet_serve_join_shares_telemetry_with_fleet_serve(tmp_path: Path
 
         service = TlsMaterial.open(folder.tls).service  # a client of the service listener, as the fleet's tools are
         device = await connect(running["serviceBroker"], "publisher", tls=service, max_inflight=100)
+        replies: list[str] = []
+        for answer in ("accepted", "rejected"):
+            await device.subscribe(
+                f"{topics.all_get_pending()}/{answer}", 1, lambda m: replies.append(json.loads(m.payload)["clientToken"])
+            )
         n = 300
         sent = [(THINGS[i % len(THINGS)], i // len(THINGS) + 1) for i in range(n)]
         await asyncio.gather(*(device.publish(f"devices/{t}/inference", summary(t, w), qos=1) for t, w in sent))
         await asyncio.gather(*(device.publish(f"devices/{t}/inference", summary(t, w), qos=1) for t, w in sent[:30]))
-        await device.disconnect()
+        tokens = [f"token-{i}" for i in range(40)]
+        await asyncio.gather(
+            *(
+                device.publish(topics.get_pending(THINGS[i % 8]), json.dumps({"clientToken": t}), qos=1)
+                for i, t in enumerate(tokens)
+            )
+        )
         for _ in range(300):
             with FleetState(database) as fleet_state:
                 got = fleet_state.telemetry()
-            if sum(r.windows for r in got.values()) >= n and sum(r.duplicates for r in got.values()) >= 30:
+            if sum(r.windows for r in got.values()) >= n and sum(r.duplicates for r in got.values()) >= 30 and len(replies) >= 40:
                 break
             await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # nothing more: no request answered twice
+        await device.disconnect()
         rc, out = await asyncio.to_thread(_stop, joined)
         assert rc == 0, out + (joined.stderr.read() if joined.stderr else "")
         stats = json.loads(out)  # what it did: the one JSON document after the first line
@@ -235,6 +249,7 @@ async def test_fleet_serve_join_shares_telemetry_with_fleet_serve(tmp_path: Path
     # both did part: the joined process stored some, 'fleet serve' the rest
     assert stats["clientId"] == "fleet-svc-2" and 0 < stats["windows"] < n, stats
     assert 0 < stats["messages"] < n + 30, stats
+    assert sorted(replies) == sorted(tokens) and 0 < stats["requests"] < len(tokens), stats  # once each, by both
 
 
 def test_fleet_serve_join_refuses_what_it_cannot_join_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -258,6 +273,9 @@ def test_fleet_serve_join_refuses_what_it_cannot_join_in_one_line(tmp_path: Path
     assert "first fleet service's own id" in refused("--join", "--client-id", "edgekit-fleet-service")
     assert "leave out --host, --port" in refused("--join", "--client-id", "svc-2", "--port", "1883")
     assert "go with --join" in refused("--client-id", "svc-2")
+    assert "keeps its state in SQLite" in refused("--member", "0/2")  # one process answers every Jobs request there
+    assert "I must be 0 to N - 1" in refused("--join", "--client-id", "svc-2", "--member", "2/2")
+    assert "give I/N" in refused("--join", "--client-id", "svc-2", "--member", "half")
     FleetFolder.at(state).use_database("postgresql://fleet@127.0.0.1:9/fleet")  # PostgreSQL, but no fleet runs
     assert f"no fleet runs on {FleetFolder.at(state).root}" in refused("--join", "--client-id", "svc-2")
     assert "tls/" in refused("--join", "--client-id", "svc-2", "--broker", "mqtts://127.0.0.1:9")
