@@ -290,16 +290,32 @@ async def test_a_service_that_loses_postgresql_keeps_what_it_did_not_store_and_s
     tmp_path: Path, postgres_server: LocalPostgres, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The database server stops mid-ingest and comes back: the service (ingest and Jobs bridge) says so in one line
-    each way, retries with backoff, and every summary the broker took is stored once — none acknowledged unstored."""
+    each way, retries with backoff, and every summary the broker took is stored once — none acknowledged unstored.
+    The fleet's HTTP server answers 503 with the reason meanwhile, and 200 again after."""
     import logging
+    import urllib.error
+    import urllib.request
 
+    from edgekit.fleet.component_registry import Registry
+    from edgekit.fleet.http import FleetHttpServer
     from edgekit.fleet.scale_out import ServiceWorker
+
+    def get(url: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
 
     database = postgres_server.create_database("outage")
     broker = MosquittoBroker(tmp_path / "broker")
     await asyncio.to_thread(broker.start)
     caplog.set_level(logging.WARNING)
+    page_state = FleetState(database)
+    http = FleetHttpServer(Registry(page_state, tmp_path / "store")).start()
     try:
+        assert (await asyncio.to_thread(get, f"{http.url}/api/fleet"))[0] == 200
         async with ServiceWorker(database, broker.url, client_id="svc-outage", tick_s=0.1, flush_s=0.05) as worker:
             assert worker.state is not None and worker.ingest is not None
             device = await connect(broker.url, "publisher", max_inflight=100)
@@ -316,6 +332,8 @@ async def test_a_service_that_loses_postgresql_keeps_what_it_did_not_store_and_s
             assert not worker.state.database.available  # type: ignore[attr-defined]
             stored_before = worker.ingest.stats.windows
             assert stored_before < 400 and worker.ingest.stats.retries > 0
+            code, body = await asyncio.to_thread(get, f"{http.url}/api/fleet")
+            assert code == 503 and "is unreachable for now" in body, (code, body)
             await asyncio.to_thread(postgres_server.start)
             await send(sent[400:])
             for _ in range(300):
@@ -325,7 +343,11 @@ async def test_a_service_that_loses_postgresql_keeps_what_it_did_not_store_and_s
             await device.disconnect()
             assert worker.state.database.available  # type: ignore[attr-defined]
             assert worker.state.database.outages == 1  # type: ignore[attr-defined]
+        await asyncio.sleep(1.0)  # the page's connection: its next try once its backoff allows
+        assert (await asyncio.to_thread(get, f"{http.url}/api/fleet"))[0] == 200
     finally:
+        http.stop()
+        page_state.close()
         await asyncio.to_thread(broker.stop)
         if not postgres_server._started:  # the session's server: back for the tests after this one
             await asyncio.to_thread(postgres_server.start)
@@ -336,8 +358,10 @@ async def test_a_service_that_loses_postgresql_keeps_what_it_did_not_store_and_s
             totals = state.window_totals(thing, "com.example.Inference", "r1", max(mine))
             assert totals.windows == len(mine) and totals.readings == sum(w % 5 + 1 for w in mine)
         assert sum(r.windows for r in state.telemetry().values()) == len(sent)
-    said = [r for r in caplog.records if r.name == "edgekit.fleet.state_pg"]
-    assert [("lost" in r.getMessage(), "again after" in r.getMessage()) for r in said] == [(True, False), (False, True)]
+    said = [r.getMessage() for r in caplog.records if r.name == "edgekit.fleet.state_pg"]
+    # per connection (the service's, the page's) one line when lost, one when back
+    assert sum("connection lost" in m for m in said) == 2 and sum("connected again after" in m for m in said) == 2, said
+    assert len(said) == 4, said
     # one line each way: no traceback per message, per batch or per tick
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
