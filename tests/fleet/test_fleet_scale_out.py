@@ -396,3 +396,39 @@ def test_simulate_keeps_the_fleet_state_in_postgresql(
         assert fleet_state.status_counts(deployment.id) == {"SUCCEEDED": 4} and len(fleet_state.things()) == 4
     assert main(["fleet", "status", "--state", str(state), "--json"]) == 0  # remembered: status reads the same
     assert json.loads(capsys.readouterr().out)["deployments"][0]["counts"] == {"SUCCEEDED": 4}
+
+
+@pytest.mark.anyio
+async def test_a_service_that_stops_leaves_the_shared_group(tmp_path: Path, postgres_server: LocalPostgres) -> None:
+    """mosquitto queues an offline member's share of a shared subscription in its session: a process that stops
+    cleanly unsubscribes first, so what comes after goes to the processes still running, at once."""
+    from edgekit.fleet.scale_out import ServiceWorker
+
+    database = postgres_server.create_database("leaving")
+    broker = MosquittoBroker(tmp_path / "broker")
+    await asyncio.to_thread(broker.start)
+    try:
+        async with ServiceWorker(database, broker.url, client_id="svc-stays", jobs=False, flush_s=0.05) as stays:
+            leaves = ServiceWorker(database, broker.url, client_id="svc-leaves", jobs=False, flush_s=0.05)
+            await leaves.start()
+            device = await connect(broker.url, "publisher", max_inflight=100)
+            sent = [(THINGS[i % len(THINGS)], i // len(THINGS) + 1) for i in range(80)]
+            await asyncio.gather(*(device.publish(f"devices/{t}/inference", summary(t, w), qos=1) for t, w in sent[:40]))
+            for _ in range(100):
+                if stays.stats()["windows"] + leaves.stats()["windows"] >= 40:
+                    break
+                await asyncio.sleep(0.1)
+            await leaves.close()
+            assert leaves.stats()["windows"] > 0  # it had its share while it ran
+            before = stays.stats()["windows"]
+            await asyncio.gather(*(device.publish(f"devices/{t}/inference", summary(t, w), qos=1) for t, w in sent[40:]))
+            for _ in range(100):
+                if stays.stats()["windows"] - before >= 40:
+                    break
+                await asyncio.sleep(0.1)
+            await device.disconnect()
+            assert stays.stats()["windows"] - before == 40  # all of it, none queued for the process that left
+    finally:
+        await asyncio.to_thread(broker.stop)
+    with FleetState(database) as state:
+        assert sum(r.windows for r in state.telemetry().values()) == 80
