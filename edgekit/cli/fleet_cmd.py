@@ -199,17 +199,27 @@ def _status_line(status: SimulationStatus) -> str:
 
 @contextlib.contextmanager
 def _watching(interval: float) -> Iterator[tuple[Callable[[SimulationStatus], None], Callable[[str], None]]]:
-    """(watch, say) for a simulation: a live view on a terminal (the start-up steps, then the fleet); otherwise a
-    status line every ``interval`` seconds and each start-up step on its own line (CI logs)."""
+    """(watch, say) for a simulation: a live view on a terminal (the start-up steps, then the fleet; what is said once
+    the fleet shows, such as a shard that died, is printed above the view, which stays); otherwise a status line every
+    ``interval`` seconds and each start-up step on its own line (CI logs)."""
     if console.is_terminal:
         from rich.live import Live
         from rich.spinner import Spinner
 
+        shown = [False]
+
+        def watch(status: SimulationStatus) -> None:
+            shown[0] = True
+            live.update(_live_view(status))
+
+        def say(msg: str) -> None:
+            if shown[0]:
+                live.console.print(plain(msg, "yellow"), soft_wrap=True)
+            else:
+                live.update(Spinner("dots", plain(f"starting the simulation: {msg}")))
+
         with Live(Spinner("dots", "starting the simulation"), console=console, refresh_per_second=4, transient=True) as live:
-            yield (
-                lambda status: live.update(_live_view(status)),
-                lambda msg: live.update(Spinner("dots", plain(f"starting the simulation: {msg}"))),
-            )
+            yield watch, say
         return
     last = [0.0]
 
