@@ -94,7 +94,7 @@ async def serve_fleet_async(
         devices=None,
         name=saved.fleet if saved else "fleet",
         tick_s=tick_s,
-        about={"mode": "serve"},
+        about={"mode": "serve", **({"jobsMember": member} if member is not None else {})},
         progress=say,
         host=host,
         port=_port(port, saved.port if saved else None, DEFAULT_MQTT_PORT),

@@ -186,6 +186,23 @@ def _join_broker(folder: FleetFolder, broker: str | None) -> tuple[str, TlsFiles
     return broker, files
 
 
+def _check_member(folder: FleetFolder, jobs: tuple[int, int] | None) -> None:
+    """Against the running ``fleet serve --member I/N`` on the folder: this process must answer another share of N."""
+    running = folder.running()
+    theirs = running.get("jobsMember") if running is not None else None
+    if not isinstance(theirs, str):
+        return
+    index, count = parse_member(theirs)
+    others = ", ".join(f"{i}/{count}" for i in range(count) if i != index)
+    if jobs is None:
+        raise ConfigError(
+            f"the fleet serve on {folder.root} answers only the Jobs requests of things {theirs}: give this process "
+            f"--member with one of {others}, or the others' requests go unanswered"
+        )
+    if jobs[1] != count or jobs[0] == index:
+        raise ConfigError(f"--member {jobs[0]}/{jobs[1]}: the fleet serve on {folder.root} is {theirs}; give one of {others}")
+
+
 def _join_client_id(client_id: str | None) -> str:
     if not client_id:
         raise ConfigError(
@@ -213,6 +230,7 @@ async def join_fleet_async(
     say = progress or (lambda _m: None)
     client_id = _join_client_id(client_id)
     jobs = parse_member(member) if member is not None else None
+    _check_member(folder, jobs)
     url = _join_database(folder, database)
     broker_url, tls = _join_broker(folder, broker)
     stop = stop or asyncio.Event()

@@ -171,7 +171,9 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
 
 
 @pytest.mark.anyio
-async def test_fleet_serve_join_shares_telemetry_with_fleet_serve(tmp_path: Path, postgres_server: LocalPostgres) -> None:
+async def test_fleet_serve_join_shares_telemetry_with_fleet_serve(
+    tmp_path: Path, postgres_server: LocalPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Two 'edgekit' processes on one PostgreSQL and one broker (mTLS): 'fleet serve --member 0/2' and
     'fleet serve --join --member 1/2'; every summary stored once, every Jobs request answered once, and both did some
     of each."""
@@ -194,6 +196,24 @@ async def test_fleet_serve_join_shares_telemetry_with_fleet_serve(tmp_path: Path
             await asyncio.sleep(0.1)
         running = folder.running()
         assert running is not None, (tmp_path / "serve.log").read_text()
+        from edgekit.cli import main
+        from edgekit.errors import EXIT_CODES, ConfigError
+
+        for member, says in ((None, "answers only the Jobs requests of things 0/2"), ("0/2", "give one of 1/2")):
+            capsys.readouterr()  # a share nobody answers, or one answered twice: refused in one line
+            argv = [
+                "fleet",
+                "serve",
+                "--state",
+                str(state),
+                "--join",
+                "--client-id",
+                "x",
+                *(["--member", member] if member else []),
+            ]
+            assert await asyncio.to_thread(main, argv) == EXIT_CODES[ConfigError]
+            err = capsys.readouterr().err.strip()
+            assert says in err and "\n" not in err, err
         joined = subprocess.Popen(
             [*edgekit, "--join", "--client-id", "fleet-svc-2", "--member", "1/2", "--tick", "0.2", "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
