@@ -7,8 +7,9 @@ starts with ``$`` — the Jobs topics do — to a shared subscription. A transac
 the database's writer lock (:mod:`edgekit.fleet.state_pg`). See docs/local-fleet.md (the fleet on PostgreSQL).
 
 ``edgekit fleet serve --join`` (:func:`join_fleet`) runs one beside a running ``edgekit fleet serve`` on PostgreSQL:
-the broker's service listener and the service certificate from the fleet folder, telemetry ingest only (the first
-process answers the Jobs requests). For benchmarks and tests, without a fleet folder::
+the broker's service listener and the service certificate from the fleet folder; telemetry ingest, and with
+``--member I/N`` its share of the Jobs requests (the first process then has ``--member`` too). For benchmarks and
+tests, without a fleet folder::
 
     python -m edgekit.fleet.scale_out --database postgresql://fleet@db/fleet --broker mqtt://127.0.0.1:1883 \\
         --client-id svc-2 --member 1/2
