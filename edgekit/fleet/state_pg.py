@@ -325,6 +325,11 @@ class LocalPostgres:
         self.fsync = fsync
         self._started = False
 
+    @property
+    def running(self) -> bool:
+        """True from a :meth:`start` until the :meth:`stop` after it (the server this object started is up)."""
+        return self._started
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 

@@ -369,7 +369,7 @@ async def test_a_service_that_loses_postgresql_keeps_what_it_did_not_store_and_s
         http.stop()
         page_state.close()
         await asyncio.to_thread(broker.stop)
-        if not postgres_server._started:  # the session's server: back for the tests after this one
+        if not postgres_server.running:  # the session's server: back for the tests after this one
             await asyncio.to_thread(postgres_server.start)
 
     with FleetState(database) as state:
