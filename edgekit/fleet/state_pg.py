@@ -40,6 +40,8 @@ try:
 except ImportError:  # pragma: no cover - the extra is missing
     psycopg = None  # type: ignore[assignment]
 
+CONNECT_TIMEOUT_S: Final = 5
+"""How long one try to open a connection may wait (a server that does not answer): the thread that tries waits."""
 RETRY_FIRST_S: Final = 0.5
 RETRY_MAX_S: Final = 10.0
 """After a lost connection the next try to open one is RETRY_FIRST_S later, then twice as long each time up to
@@ -167,7 +169,7 @@ class PostgresDatabase:
 
     def _connect(self) -> Any:
         assert psycopg is not None
-        return psycopg.connect(self._url, autocommit=True, connect_timeout=5, application_name="edgekit-fleet")
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="edgekit-fleet")
 
     # ------------------------------------------------------------------ a lost connection, opened again
 

@@ -5,18 +5,23 @@ answered once, and both processes did some of each."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from helpers import requires
 
 from edgekit.fleet.state import FleetState
-from edgekit.fleet.state_pg import LocalPostgres
+from edgekit.fleet.state_pg import CONNECT_TIMEOUT_S, LocalPostgres
 from edgekit.mqtt import topics
 from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import connect
@@ -312,7 +317,6 @@ async def test_a_service_that_loses_postgresql_keeps_what_it_did_not_store_and_s
     """The database server stops mid-ingest and comes back: the service (ingest and Jobs bridge) says so in one line
     each way, retries with backoff, and every summary the broker took is stored once — none acknowledged unstored.
     The fleet's HTTP server answers 503 with the reason meanwhile, and 200 again after."""
-    import logging
     import urllib.error
     import urllib.request
 
@@ -383,6 +387,134 @@ async def test_a_service_that_loses_postgresql_keeps_what_it_did_not_store_and_s
     assert sum("connection lost" in m for m in said) == 2 and sum("connected again after" in m for m in said) == 2, said
     assert len(said) == 4, said
     # one line each way: no traceback per message, per batch or per tick
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+class _CuttableLink:
+    """A TCP link to PostgreSQL (a thread of its own) that can be cut like a network that swallows packets: its
+    connections drop, and a new one is taken without a word — a connection attempt waits for its timeout (5 s)."""
+
+    def __init__(self, port: int) -> None:
+        self._to = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._cut = False
+        self._lock = threading.Lock()
+        self._links: list[socket.socket] = []  # both ends of each live link
+        self._silent: list[socket.socket] = []  # taken while cut, left unanswered
+        self.first_try_at: float | None = None  # when the first connection attempt came while cut (monotonic)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                if self._cut:
+                    self._silent.append(conn)
+                    self.first_try_at = self.first_try_at or time.monotonic()
+                    threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+                    continue
+                upstream = socket.create_connection(("127.0.0.1", self._to))
+                self._links += [conn, upstream]
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _swallow(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(4096):
+                pass  # read and say nothing (psycopg keeps the socket open past its timeout: until the link is back)
+        with self._lock:
+            if conn in self._silent:
+                self._silent.remove(conn)
+        conn.close()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for end in (src, dst):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self, cut: bool = True) -> None:
+        with self._lock:
+            self._cut = cut
+            ends = self._links if cut else self._silent
+            for end in ends:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()
+        self.cut(False)
+        with self._lock:
+            for end in self._links:
+                end.close()
+            self._links.clear()
+
+
+@pytest.mark.anyio
+async def test_the_jobs_bridge_serves_mqtt_while_a_postgresql_connection_attempt_waits(
+    tmp_path: Path, postgres_server: LocalPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Jobs bridge uses the fleet state in a thread of its own: while its new PostgreSQL connection waits on a
+    network that swallows everything (CONNECT_TIMEOUT_S a try), the event loop goes on serving MQTT — a round trip
+    through the broker completes while that attempt still waits — and once the network is back the bridge answers
+    again. (Run on the event loop, the attempt held up everything: the round trip came after its timeout.)"""
+    from edgekit.fleet.jobs_api import FleetMqttBridge
+    from edgekit.fleet.service import FleetService
+
+    database = postgres_server.create_database("waits")
+    link = _CuttableLink(postgres_server.port)
+    broker = MosquittoBroker(tmp_path / "broker")
+    await asyncio.to_thread(broker.start)
+    state = await asyncio.to_thread(FleetState, database.replace(f":{postgres_server.port}/", f":{link.port}/"))
+    caplog.set_level(logging.WARNING)
+    service = FleetService(state)
+    await asyncio.to_thread(service.register_thing, "dev-0")
+    client = await connect(broker.url, "svc-waits")
+    bridge = FleetMqttBridge(service, client, tick_s=0.1)
+    device = await connect(broker.url, "dev-0")
+    try:
+        await bridge.start()
+        replies: asyncio.Queue[str] = asyncio.Queue()
+        await device.subscribe(f"{topics.get_pending('dev-0')}/accepted", 1, lambda m: replies.put_nowait(m.topic))
+        echoes: asyncio.Queue[bytes] = asyncio.Queue()
+        await client.subscribe("test/echo", 1, lambda m: echoes.put_nowait(m.payload))
+
+        link.cut()  # the next tick finds the connection gone and, after the backoff, tries a new one: it waits
+        async with asyncio.timeout(30):
+            while link.first_try_at is None:
+                await asyncio.sleep(0.02)
+        await device.publish("test/echo", b"ping", qos=1)  # device -> broker -> the bridge's client (PUBACK back)
+        async with asyncio.timeout(30):
+            assert await echoes.get() == b"ping"
+        # done while that attempt still waited (it waits CONNECT_TIMEOUT_S): the loop was free meanwhile
+        assert time.monotonic() - link.first_try_at < CONNECT_TIMEOUT_S
+        assert not state.database.available  # type: ignore[attr-defined]
+
+        link.cut(False)
+        async with asyncio.timeout(60):  # the device asks until it is answered (requests meanwhile go unanswered)
+            while replies.empty():
+                await device.publish(topics.get_pending("dev-0"), json.dumps({"clientToken": "t"}), qos=1)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await replies.get()
+                        break
+        assert state.database.available and state.database.outages == 1  # type: ignore[attr-defined]
+    finally:
+        await bridge.stop()
+        await device.disconnect()
+        await client.disconnect()
+        await asyncio.to_thread(broker.stop)
+        link.close()
+        await asyncio.to_thread(state.close)
+    said = [r.getMessage() for r in caplog.records if r.name == "edgekit.fleet.state_pg"]
+    assert sum("connection lost" in m for m in said) == 1 and sum("connected again after" in m for m in said) == 1, said
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
 
