@@ -17,7 +17,6 @@ real devices connect to :attr:`FleetServer.broker_url` and download from :attr:`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from edgekit.fleet.presence import PresenceTracker
 from edgekit.fleet.queries import deployment_summary
 from edgekit.fleet.service import DeploymentSummary, FleetService
 from edgekit.fleet.state import FleetState, is_database_url
+from edgekit.fleet.stopping import stop_each
 from edgekit.fleet.telemetry import SHARE_GROUP, TelemetryIngest
 from edgekit.fleet.view import FleetView
 from edgekit.fleet.web.snapshot import Presence
@@ -255,18 +255,12 @@ class FleetServer:
 
     async def close(self) -> None:
         """Stop the telemetry ingest, the bridge, its client, the HTTP server and the broker; close the state."""
-        if self.telemetry is not None:
-            with contextlib.suppress(Exception):
-                await self.telemetry.stop()
-            self.telemetry = None
-        if self.bridge is not None:
-            with contextlib.suppress(Exception):
-                await self.bridge.stop()
-            self.bridge = None
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.disconnect()
-            self._client = None
+        await stop_each(
+            self.telemetry.stop if self.telemetry else None,
+            self.bridge.stop if self.bridge else None,
+            self._client.disconnect if self._client else None,
+        )
+        self.telemetry, self.bridge, self._client = None, None, None
         if self.tracker is not None:
             self.tracker.stop()
             self.tracker = None

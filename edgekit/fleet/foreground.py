@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.jobs_api import parse_member
 from edgekit.fleet.provision import DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, ServeEndpoints
 from edgekit.fleet.state import is_database_url
+from edgekit.fleet.stopping import run_until_signalled
 from edgekit.progress import Progress
 
 __all__ = ["ServedFleet", "serve_fleet"]
@@ -147,21 +146,9 @@ def serve_fleet(
     answer the others).
     """
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        handled: list[signal.Signals] = []
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, stop.set)
-                handled.append(signum)
-        try:
-            await serve_fleet_async(
-                folder, host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick_s,
-                progress=progress, ready=ready, stop=stop, database=database, member=member,
-            )  # fmt: skip
-        finally:
-            for signum in handled:
-                loop.remove_signal_handler(signum)
-
-    asyncio.run(main())
+    run_until_signalled(
+        lambda stop: serve_fleet_async(
+            folder, host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick_s,
+            progress=progress, ready=ready, stop=stop, database=database, member=member,
+        )
+    )  # fmt: skip

@@ -21,9 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from edgekit.fleet.folder import FleetFolder
 from edgekit.fleet.jobs_api import FleetMqttBridge, parse_member
 from edgekit.fleet.service import FleetService
 from edgekit.fleet.state import FleetState, is_database_url
+from edgekit.fleet.stopping import run_until_signalled, stop_each
 from edgekit.fleet.telemetry import SHARE_GROUP, TelemetryIngest
 from edgekit.mqtt.client import MqttClient, TlsPaths
 from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsFiles
@@ -110,19 +109,14 @@ class ServiceWorker:
         """Leave the shared group (the broker then queues this client id no share while it is gone), store and
         acknowledge what arrived, disconnect. What can't be stored now (the database away) stays unacknowledged: the
         broker gives it to this client id again when it reconnects."""
-        if self.ingest is not None:
-            if self.client is not None and self.client.connected:
-                with contextlib.suppress(Exception):
-                    await self.ingest.leave()
-            with contextlib.suppress(Exception):
-                await self.ingest.stop()
-        if self.bridge is not None:
-            with contextlib.suppress(Exception):
-                await self.bridge.stop()
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.disconnect()
-            self.client = None
+        connected = self.client is not None and self.client.connected
+        await stop_each(
+            self.ingest.leave if self.ingest is not None and connected else None,
+            self.ingest.stop if self.ingest else None,
+            self.bridge.stop if self.bridge else None,
+            self.client.disconnect if self.client else None,
+        )
+        self.client = None
         if self.state is not None:
             self.state.close()
             self.state = None
@@ -278,24 +272,12 @@ def join_fleet(
     without it the Jobs requests are left to ``fleet serve``. Returns what it did: ``clientId``, ``messages``,
     ``windows``, ``duplicates``, ``requests``."""
 
-    async def main() -> dict[str, Any]:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        handled: list[signal.Signals] = []
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, stop.set)
-                handled.append(signum)
-        try:
-            return await join_fleet_async(
-                folder, client_id=client_id, broker=broker, database=database, member=member, tick_s=tick_s,
-                progress=progress, ready=ready, stop=stop,
-            )  # fmt: skip
-        finally:
-            for signum in handled:
-                loop.remove_signal_handler(signum)
-
-    return asyncio.run(main())
+    return run_until_signalled(
+        lambda stop: join_fleet_async(
+            folder, client_id=client_id, broker=broker, database=database, member=member, tick_s=tick_s,
+            progress=progress, ready=ready, stop=stop,
+        )
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- python -m edgekit.fleet.scale_out
@@ -308,11 +290,7 @@ def _member(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-async def _run(args: argparse.Namespace) -> dict[str, Any]:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def _run(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, Any]:
     async with ServiceWorker(
         args.database,
         args.broker,
@@ -344,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tick", type=float, default=1.0, help="the rollout / timeout tick, seconds")
     args = parser.parse_args(argv)
     try:
-        stats = asyncio.run(_run(args))
+        stats = run_until_signalled(lambda stop: _run(args, stop))
     except EdgekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
