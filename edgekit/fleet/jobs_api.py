@@ -281,7 +281,11 @@ class FleetMqttBridge:
                 task.cancel()
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
-        if self._db is not None:  # what it still runs (a connection attempt) finishes on its own; nothing waits for it
+        if self._db is not None and self._loop is not None:
+            # what the state thread runs now (a cancelled tick's transaction) finishes first: the state is idle after
+            # stop, for whoever closes it; past grace_s (a connection attempt waiting) it finishes on its own
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._loop.run_in_executor(self._db, lambda: None), grace_s)
             self._db.shutdown(wait=False, cancel_futures=True)
             self._db = None
         log.info("fleet MQTT bridge stopped")

@@ -511,8 +511,8 @@ async def test_the_jobs_bridge_serves_mqtt_while_a_postgresql_connection_attempt
         await device.disconnect()
         await client.disconnect()
         await asyncio.to_thread(broker.stop)
-        link.close()
         await asyncio.to_thread(state.close)
+        link.close()
     said = [r.getMessage() for r in caplog.records if r.name == "edgekit.fleet.state_pg"]
     assert sum("connection lost" in m for m in said) == 1 and sum("connected again after" in m for m in said) == 1, said
     assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
