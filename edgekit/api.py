@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from edgekit.fleet.foreground import ServedFleet
     from edgekit.fleet.logs import LogLine
     from edgekit.fleet.provision import AddedDevice
+    from edgekit.fleet.scale_out import JoinedFleet
     from edgekit.fleet.status import FleetStatus
     from edgekit.greengrass.build_folder import PublishResult
     from edgekit.greengrass.deployment import DeploymentListing, DeploymentResult, DeploymentSpec
@@ -497,6 +498,7 @@ def simulate(
     every: float = 0.5,
     progress: Progress | None = None,
     shards: int | None = 1,
+    database: str | None = None,
 ) -> SimulationRun:
     """Run a simulated fleet in the foreground (mosquitto, the local fleet service, device agents) and return how
     it ended: publish ``build``, make ``deployments``, then watch until ``until_done`` / ``duration`` (or Ctrl-C).
@@ -507,6 +509,10 @@ def simulate(
 
     ``shards``: run the devices in that many processes, split by thing name, against one broker and fleet server
     (``None``: one per core; see docs/local-fleet.md, shards); a shard that dies is reported and started again.
+
+    ``database``: a ``postgresql://`` URL to keep the fleet's state in instead of the folder's SQLite file
+    (remembered in the folder, as ``fleet serve --database``; then ``fleet serve --join`` processes can share its
+    telemetry ingest). See docs/local-fleet.md (the fleet on PostgreSQL).
 
     For a simulation that runs beside your own code, use :class:`edgekit.sim.Simulation` as an async context.
     """
@@ -534,7 +540,7 @@ def simulate(
 
     sim = Simulation(
         model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s, emulation_fallback=True,
-        shards=default_shards() if shards is None else shards,
+        shards=default_shards() if shards is None else shards, database=database,
     )  # fmt: skip
 
     async def main() -> SimulationRun:
@@ -573,7 +579,12 @@ def serve_fleet(
     progress: Progress | None = None,
     ready: Callable[[ServedFleet], None] | None = None,
     database: str | None = None,
-) -> None:
+    join: bool = False,
+    broker: str | None = None,
+    client_id: str | None = None,
+    joined: Callable[[JoinedFleet], None] | None = None,
+    member: str | None = None,
+) -> dict[str, Any] | None:
     """Serve the local fleet in ``state_dir`` for real devices until SIGTERM or SIGINT: mosquitto (mTLS, a
     certificate per device), the fleet service, the registry and the page, with no simulated device.
 
@@ -582,14 +593,32 @@ def serve_fleet(
     8080: device bundles name them), 0 picks free ones. ``ready`` hears the addresses once it is up. Devices join with
     :func:`add_device` and ``edgekit agent``; deploy with ``deploy(..., local=True)``. ``database``: a
     ``postgresql://`` URL to keep the fleet's state in instead of the folder's SQLite file (remembered in the folder).
+
+    ``join``: instead, one more fleet service process for the fleet served on ``state_dir`` on PostgreSQL (an SQLite
+    fleet is refused): it ingests a share of the devices' telemetry through the broker's shared subscription, through
+    the broker's fleet service listener (``broker``; default the running fleet's) with the service certificate of the
+    folder's ``tls/``, as ``client_id`` (its own, required); ``database`` defaults to the folder's. ``joined`` hears
+    where it works once it is up; returns what it did (``clientId``, ``messages``, ``windows``, ``duplicates``,
+    ``requests``). ``member`` (``"I/N"``, on PostgreSQL): this process answers only the Jobs requests of the things
+    whose name hashes to I of N — give every process of the fleet its own, the serving one and the joined ones; without
+    it the serving process answers them all and a joined one none. See docs/local-fleet.md (the fleet on PostgreSQL).
     """
     from edgekit.fleet.folder import FleetFolder
+
+    if join:
+        from edgekit.fleet.scale_out import join_fleet
+
+        return join_fleet(
+            FleetFolder.at(state_dir), client_id=client_id, broker=broker, database=database, member=member, tick_s=tick_s,
+            progress=progress, ready=joined,
+        )  # fmt: skip
     from edgekit.fleet.foreground import serve_fleet as _serve
 
     _serve(
         FleetFolder.at(state_dir), host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick_s,
-        progress=progress, ready=ready, database=database,
+        progress=progress, ready=ready, database=database, member=member,
     )  # fmt: skip
+    return None
 
 
 def add_device(

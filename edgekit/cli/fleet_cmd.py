@@ -15,7 +15,7 @@ from rich.text import Text
 
 from edgekit import api
 from edgekit.cli import fleet_serve_cmd
-from edgekit.cli.options import AbortFailed, BuildOrNone, DeploymentTargets, Fleet, Rollout, State
+from edgekit.cli.options import AbortFailed, BuildOrNone, Database, DeploymentTargets, Fleet, Rollout, State
 from edgekit.cli.output import console, emit, err_console, json_output, plain, quiet_library
 from edgekit.errors import ConfigError
 
@@ -199,17 +199,27 @@ def _status_line(status: SimulationStatus) -> str:
 
 @contextlib.contextmanager
 def _watching(interval: float) -> Iterator[tuple[Callable[[SimulationStatus], None], Callable[[str], None]]]:
-    """(watch, say) for a simulation: a live view on a terminal (the start-up steps, then the fleet); otherwise a
-    status line every ``interval`` seconds and each start-up step on its own line (CI logs)."""
+    """(watch, say) for a simulation: a live view on a terminal (the start-up steps, then the fleet; what is said once
+    the fleet shows, such as a shard that died, is printed above the view, which stays); otherwise a status line every
+    ``interval`` seconds and each start-up step on its own line (CI logs)."""
     if console.is_terminal:
         from rich.live import Live
         from rich.spinner import Spinner
 
+        shown = [False]
+
+        def watch(status: SimulationStatus) -> None:
+            shown[0] = True
+            live.update(_live_view(status))
+
+        def say(msg: str) -> None:
+            if shown[0]:
+                live.console.print(plain(msg, "yellow"), soft_wrap=True)
+            else:
+                live.update(Spinner("dots", plain(f"starting the simulation: {msg}")))
+
         with Live(Spinner("dots", "starting the simulation"), console=console, refresh_per_second=4, transient=True) as live:
-            yield (
-                lambda status: live.update(_live_view(status)),
-                lambda msg: live.update(Spinner("dots", plain(f"starting the simulation: {msg}"))),
-            )
+            yield watch, say
         return
     last = [0.0]
 
@@ -241,6 +251,7 @@ def simulate(
     shards: int | None = typer.Option(
         None, "--shards", help="processes to run the devices in, split by thing name (default: one per core)"
     ),
+    database: Database = None,
 ) -> None:
     """Run a simulated fleet (broker, fleet service, device agents) in the foreground and show it at a glance.
     Emulated aarch64 devices need the network the first time, to build their aarch64 root (~212 MB, once;
@@ -269,7 +280,7 @@ def simulate(
             run = api.simulate(
                 fleet, state_dir=state, devices=devices, mode=run_mode, tls=tls, tick_s=tick, build=build, deploy=deploy,
                 targets=target, rollout=rollout, abort_failed=abort_failed, until_done=until_done, duration=duration,
-                watch=track, progress=say, shards=shards,
+                watch=track, progress=say, shards=shards, database=database,
             )  # fmt: skip
         except KeyboardInterrupt:
             run = None

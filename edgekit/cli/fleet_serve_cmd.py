@@ -11,11 +11,13 @@ import typer
 from rich.text import Text
 
 from edgekit import api
-from edgekit.cli.options import State
+from edgekit.cli.options import Database, JobsMember, Join, JoinBroker, JoinClientId, State
 from edgekit.cli.output import MODE, console, emit, err_console, json_output, note
+from edgekit.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgekit.fleet.foreground import ServedFleet
+    from edgekit.fleet.scale_out import JoinedFleet
 
 __all__ = ["add_device", "serve"]
 
@@ -39,6 +41,34 @@ def _ready(served: ServedFleet) -> None:
     console.file.flush()
 
 
+def _joined(joined: JoinedFleet) -> None:
+    facts = {
+        "state": str(joined.folder.root),
+        "broker": joined.broker_url,
+        "database": joined.database,
+        "clientId": joined.client_id,
+    }
+    if MODE.json:
+        console.file.write(json.dumps(facts) + "\n")
+    else:
+        for key in ("broker", "database", "clientId"):
+            console.print(f"{key:9} {facts[key]}", markup=False, soft_wrap=True)
+        note("joined: ingesting a share of the devices' telemetry; SIGTERM or Ctrl-C stops")
+    console.file.flush()
+
+
+def _join(state: Path | None, database: str | None, broker: str | None, client_id: str | None, member: str | None,
+          tick: float) -> None:  # fmt: skip
+    done = api.serve_fleet(
+        state_dir=state, database=database, join=True, broker=broker, client_id=client_id, member=member, tick_s=tick,
+        progress=None if MODE.quiet else _say, joined=_joined,
+    )  # fmt: skip
+    done = done or {}
+    emit(done, Text(f"{done.get('clientId')}: stored {done.get('windows', 0)} window summaries "
+                    f"({done.get('duplicates', 0)} redelivered) of {done.get('messages', 0)} messages; answered "
+                    f"{done.get('requests', 0)} Jobs requests"))  # fmt: skip
+
+
 @json_output
 def serve(
     state: State = None,
@@ -57,16 +87,27 @@ def serve(
         None, "--public-host", help="the address devices reach this machine at (default --host; needed with 0.0.0.0)"
     ),
     tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
-    database: str | None = typer.Option(
-        None, "--database", metavar="URL", help="keep the fleet's state in PostgreSQL (postgresql://...; remembered)"
-    ),
+    database: Database = None,
+    join: Join = False,
+    broker: JoinBroker = None,
+    client_id: JoinClientId = None,
+    member: JobsMember = None,
 ) -> None:
     """Run a local fleet for real devices in the foreground: mosquitto (mTLS, a certificate per device), the fleet
     service, the registry and the page, with no simulated device. Prints the broker, HTTP and page addresses; add
-    devices with 'edgekit fleet add-device', deploy with 'edgekit deploy --local'."""
+    devices with 'edgekit fleet add-device', deploy with 'edgekit deploy --local'. With --join: one more fleet service
+    process for the fleet served on --state on PostgreSQL: a share of the telemetry ingest and, with --member, of the Jobs
+    requests."""
+    if join:
+        if host != "127.0.0.1" or port is not None or http_port is not None or public_host is not None:
+            raise ConfigError("--join starts no broker or HTTP server: leave out --host, --port, --http-port and --public-host")
+        _join(state, database, broker, client_id, member, tick)
+        return
+    if broker is not None or client_id is not None:
+        raise ConfigError("--broker and --client-id go with --join (one more fleet service process)")
     api.serve_fleet(
         state_dir=state, host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick,
-        progress=None if MODE.quiet else _say, ready=_ready, database=database,
+        progress=None if MODE.quiet else _say, ready=_ready, database=database, member=member,
     )  # fmt: skip
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "Account",
     "Build",
     "BuildOrNone",
+    "Database",
     "DeploymentTarget",
     "DeploymentTargets",
     "DeviceTarget",
@@ -23,6 +24,10 @@ __all__ = [
     "EndpointUrl",
     "Fleet",
     "FleetOrNone",
+    "JobsMember",
+    "Join",
+    "JoinBroker",
+    "JoinClientId",
     "Local",
     "LocalState",
     "MaxBatchDelay",
@@ -166,5 +171,51 @@ TuningRecords = Annotated[
         metavar="PATH",
         help="the tuning database to use (tvmc's flag): its folder or its database_tuning_record.json; applied as is, "
         "or added to with --tune/--tune-minutes (default: one per target in edgekit's cache)",
+    ),
+]
+
+Database = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        metavar="URL",
+        help="the fleet's state in PostgreSQL: postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (remembered in --state; "
+        "default: the one --state names, else its SQLite file)",
+    ),
+]
+
+# fleet serve --join: one more fleet service process on the fleet's PostgreSQL
+Join = Annotated[
+    bool,
+    typer.Option(
+        "--join",
+        help="instead of serving, join the fleet served on --state (on PostgreSQL) as one more fleet service process: "
+        "it ingests a share of the devices' telemetry; no broker, HTTP server or page of its own",
+    ),
+]
+JoinBroker = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        metavar="URL",
+        help="with --join: the broker's fleet service listener, mqtts://HOST:PORT (default: the running fleet's; "
+        "mqtts uses the service certificate in --state's tls/)",
+    ),
+]
+JobsMember = Annotated[
+    str | None,
+    typer.Option(
+        "--member",
+        metavar="I/N",
+        help="on PostgreSQL: answer only the Jobs requests of things I of N (0-based, by a hash of the thing name); "
+        "give each of the N fleet service processes its own (with --join: else it answers none)",
+    ),
+]
+JoinClientId = Annotated[
+    str | None,
+    typer.Option(
+        "--client-id",
+        metavar="ID",
+        help="with --join: this process's MQTT client id, its own and the same across restarts (required)",
     ),
 ]

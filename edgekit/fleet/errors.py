@@ -9,7 +9,15 @@ from edgekit.errors import EdgekitError, PublishError
 if TYPE_CHECKING:
     from edgekit.mqtt.payloads import JobExecutionState, RejectedCode
 
-__all__ = ["ComponentConflictError", "DeviceUnreachableError", "FleetError", "JobRejected", "NotFoundError", "StateError"]
+__all__ = [
+    "ComponentConflictError",
+    "DeviceUnreachableError",
+    "FleetError",
+    "JobRejected",
+    "NotFoundError",
+    "StateError",
+    "StateUnavailableError",
+]
 
 
 class FleetError(EdgekitError):
@@ -20,6 +28,11 @@ class FleetError(EdgekitError):
 
 class StateError(FleetError):
     """The fleet's SQLite state file can't be used (not a database, not edgekit's, or a newer schema)."""
+
+
+class StateUnavailableError(StateError):
+    """The fleet's PostgreSQL database is unreachable for now (its connection was lost): the operation was not done,
+    and the connection is tried again with backoff (see docs/local-fleet.md, the fleet on PostgreSQL)."""
 
 
 class NotFoundError(FleetError):

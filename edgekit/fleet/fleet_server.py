@@ -17,7 +17,6 @@ real devices connect to :attr:`FleetServer.broker_url` and download from :attr:`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from edgekit.fleet.presence import PresenceTracker
 from edgekit.fleet.queries import deployment_summary
 from edgekit.fleet.service import DeploymentSummary, FleetService
 from edgekit.fleet.state import FleetState, is_database_url
+from edgekit.fleet.stopping import stop_each
 from edgekit.fleet.telemetry import SHARE_GROUP, TelemetryIngest
 from edgekit.fleet.view import FleetView
 from edgekit.fleet.web.snapshot import Presence
@@ -73,7 +73,9 @@ class FleetServer:
     every view of the fleet says so (``standIn``), ``edgekit fleet status`` too (from the running file).
     ``database``: a ``postgresql://`` URL to keep the fleet's state in (remembered in the folder; default: what the
     folder names, else its SQLite file); then the telemetry ingest subscribes in the shared group other fleet service
-    processes join (:mod:`edgekit.fleet.scale_out`).
+    processes join (:mod:`edgekit.fleet.scale_out`). ``member`` (index, count): answer only the Jobs requests of the
+    things whose name hashes to index of count (the other processes answer the rest; see
+    :class:`~edgekit.fleet.jobs_api.FleetMqttBridge`).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class FleetServer:
         public_host: str | None = None,
         stand_ins: Mapping[str, str] | None = None,
         database: str | None = None,
+        member: tuple[int, int] | None = None,
     ) -> None:
         self.folder = folder if isinstance(folder, FleetFolder) else FleetFolder.at(folder)
         self.register = devices is not None
@@ -108,6 +111,7 @@ class FleetServer:
         self.about = dict(about or {})
         self.stand_ins = dict(stand_ins or {})
         self.database = database
+        self.member = member
         self.progress: Progress = progress or (lambda _m: None)
         self.state: FleetState | None = None
         self.service: FleetService | None = None
@@ -211,7 +215,7 @@ class FleetServer:
         # while no server ran are handled, not dropped into an unread queue.
         if self.tracker is not None:
             await self.tracker.start()
-        self.bridge = FleetMqttBridge(self.service, self._client, tick_s=self.tick_s)
+        self.bridge = FleetMqttBridge(self.service, self._client, tick_s=self.tick_s, member=self.member)
         await self.bridge.start()
         # the devices' window summaries; on PostgreSQL in the shared group more service processes join (scale_out)
         share = SHARE_GROUP if is_database_url(self.folder.state_location) else None
@@ -251,18 +255,12 @@ class FleetServer:
 
     async def close(self) -> None:
         """Stop the telemetry ingest, the bridge, its client, the HTTP server and the broker; close the state."""
-        if self.telemetry is not None:
-            with contextlib.suppress(Exception):
-                await self.telemetry.stop()
-            self.telemetry = None
-        if self.bridge is not None:
-            with contextlib.suppress(Exception):
-                await self.bridge.stop()
-            self.bridge = None
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.disconnect()
-            self._client = None
+        await stop_each(
+            self.telemetry.stop if self.telemetry else None,
+            self.bridge.stop if self.bridge else None,
+            self._client.disconnect if self._client else None,
+        )
+        self.telemetry, self.bridge, self._client = None, None, None
         if self.tracker is not None:
             self.tracker.stop()
             self.tracker = None

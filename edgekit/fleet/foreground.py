@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from edgekit.errors import ConfigError
+from edgekit.fleet.errors import StateUnavailableError
 from edgekit.fleet.fleet_server import FleetServer
 from edgekit.fleet.folder import FleetFolder
+from edgekit.fleet.jobs_api import parse_member
 from edgekit.fleet.provision import DEFAULT_HTTP_PORT, DEFAULT_MQTT_PORT, ServeEndpoints
+from edgekit.fleet.state import is_database_url
+from edgekit.fleet.stopping import run_until_signalled
 from edgekit.progress import Progress
 
 __all__ = ["ServedFleet", "serve_fleet"]
@@ -70,10 +72,17 @@ async def serve_fleet_async(
     ready: Callable[[ServedFleet], None] | None = None,
     stop: asyncio.Event | None = None,
     database: str | None = None,
+    member: str | None = None,
 ) -> None:
     """Serve the fleet in ``folder`` until ``stop`` is set (see :func:`serve_fleet`)."""
     say = progress or (lambda _m: None)
     saved = ServeEndpoints.read(folder)
+    if member is not None and not is_database_url(database or folder.state_location):
+        raise ConfigError(
+            f"--member {member}: the Jobs requests are split between fleet service processes on PostgreSQL, and the "
+            f"fleet in {folder.root} keeps its state in SQLite (one process answers them all); leave --member out, or "
+            "serve with --database postgresql://..."
+        )
     if host in ("0.0.0.0", "", "::") and not public_host:
         raise ConfigError(
             f"--host {host or '0.0.0.0'} listens everywhere: also give --public-host, the address devices reach this "
@@ -84,13 +93,14 @@ async def serve_fleet_async(
         devices=None,
         name=saved.fleet if saved else "fleet",
         tick_s=tick_s,
-        about={"mode": "serve"},
+        about={"mode": "serve", **({"jobsMember": member} if member is not None else {})},
         progress=say,
         host=host,
         port=_port(port, saved.port if saved else None, DEFAULT_MQTT_PORT),
         http_port=_port(http_port, saved.http_port if saved else None, DEFAULT_HTTP_PORT),
         public_host=public_host or (saved.public_host if saved and saved.host == host else None),
         database=database,
+        member=parse_member(member) if member is not None else None,
     )
     stop = stop or asyncio.Event()
     async with server:
@@ -102,7 +112,10 @@ async def serve_fleet_async(
             ready(ServedFleet(folder, server.broker_url, server.http_url))
         last = ""
         while not stop.is_set():
-            line = _line(server)
+            try:
+                line = _line(server)
+            except StateUnavailableError:  # PostgreSQL away for now: said once by the database; the line waits
+                line = last
             if line != last:
                 say(f"{time.strftime('%H:%M:%S')} {line}")
                 last = line
@@ -122,29 +135,20 @@ def serve_fleet(
     progress: Progress | None = None,
     ready: Callable[[ServedFleet], None] | None = None,
     database: str | None = None,
+    member: str | None = None,
 ) -> None:
     """Serve the fleet in ``folder`` in the foreground until SIGTERM or SIGINT.
 
     ``port`` / ``http_port``: ``None`` reuses the last run's (``serve.json``), else 8883 / 8080; 0 picks free ones.
     ``public_host``: the address devices use (default ``host``; needed when ``host`` is a wildcard).
     ``database``: a ``postgresql://`` URL for the fleet's state (remembered in the folder; default its SQLite file).
+    ``member`` (``"I/N"``): answer only the Jobs requests of things I of N (``fleet serve --join --member`` processes
+    answer the others).
     """
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        handled: list[signal.Signals] = []
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, stop.set)
-                handled.append(signum)
-        try:
-            await serve_fleet_async(
-                folder, host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick_s,
-                progress=progress, ready=ready, stop=stop, database=database,
-            )  # fmt: skip
-        finally:
-            for signum in handled:
-                loop.remove_signal_handler(signum)
-
-    asyncio.run(main())
+    run_until_signalled(
+        lambda stop: serve_fleet_async(
+            folder, host=host, port=port, http_port=http_port, public_host=public_host, tick_s=tick_s,
+            progress=progress, ready=ready, stop=stop, database=database, member=member,
+        )
+    )  # fmt: skip

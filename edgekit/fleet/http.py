@@ -17,7 +17,7 @@ from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 from edgekit.fleet.component_registry import Registry, artifact_file, safe_segment
-from edgekit.fleet.errors import NotFoundError
+from edgekit.fleet.errors import NotFoundError, StateUnavailableError
 from edgekit.fleet.web.fleet_metrics import render_metrics
 from edgekit.fleet.web.snapshot import Presence, Snapshotter
 
@@ -162,7 +162,12 @@ class _Handler(BaseHTTPRequestHandler):
         previous = b""
         quiet = 0.0
         while not fleet.stopping.is_set():
-            snap = fleet.snapshots.snapshot()
+            try:
+                snap = fleet.snapshots.snapshot()
+            except StateUnavailableError:  # PostgreSQL away for now: the page keeps its last view until it is back
+                fleet.stopping.wait(fleet.events_interval_s)
+                quiet += fleet.events_interval_s
+                continue
             data = json.dumps({k: v for k, v in snap.items() if k != "generatedAt"}, separators=(",", ":")).encode()
             if data != previous:
                 snap_bytes = json.dumps(snap, separators=(",", ":")).encode()
@@ -202,6 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
         except NotFoundError as exc:
             self._error(HTTPStatus.NOT_FOUND, str(exc))
+        except StateUnavailableError as exc:  # PostgreSQL away for now (logged once by the database): ask again later
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
         except (BrokenPipeError, ConnectionResetError):
             log.debug("client went away during %s", self.path)
         except Exception as exc:

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import zlib
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, ParamSpec, TypeVar
 
-from edgekit.fleet.errors import JobRejected
+from edgekit.errors import ConfigError
+from edgekit.fleet.errors import JobRejected, StateUnavailableError
 from edgekit.fleet.jobs import TERMINAL_STATUSES
 from edgekit.fleet.service import ExecutionEvent, FleetService, Notification
 from edgekit.mqtt import topics
@@ -46,7 +49,7 @@ from edgekit.mqtt.payloads import (
 )
 from edgekit.parsing import ParseError, loads_json
 
-__all__ = ["BridgeStats", "FleetMqttBridge"]
+__all__ = ["BridgeStats", "FleetMqttBridge", "parse_member"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class BridgeStats:
     statuses: int = 0
     dropped_statuses: int = 0
     publish_failures: int = 0
+    unanswered: int = 0  # requests left without a reply while the database was away (the devices ask again)
 
 
 def _client_token(payload: bytes) -> str | None:
@@ -99,7 +103,23 @@ def _client_token(payload: bytes) -> str | None:
     return token if isinstance(token, str) and 1 <= len(token) <= 64 else None
 
 
+def parse_member(text: str, flag: str = "--member") -> tuple[int, int]:
+    """``I/N`` (0-based: this is process I of N answering the Jobs requests) as ``(I, N)``; one line when it is not."""
+    index, _, count = text.partition("/")
+    try:
+        member = (int(index), int(count))
+    except ValueError:
+        raise ConfigError(
+            f"{flag} {text!r}: give I/N, such as 0/2 (this process answers the Jobs requests of things I of N)"
+        ) from None
+    if not 0 <= member[0] < member[1]:
+        raise ConfigError(f"{flag} {text!r}: I must be 0 to N - 1 (0-based), and N at least 1")
+    return member
+
+
 _M = TypeVar("_M", bound=WireMessage)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 def _decode_request(model: type[_M], payload: bytes) -> _M:
@@ -129,6 +149,10 @@ class FleetMqttBridge:
     answers the requests of the things whose name hashes (CRC-32) to ``index`` — each thing's requests in order, by
     one process. Not a shared subscription: mosquitto 2.0 gives a ``$share/...`` subscription no message of a topic
     that starts with ``$`` (the Jobs topics do), so every process gets every request and leaves the others' alone.
+
+    The fleet state is read and written in one thread of the bridge's own, never on the event loop: a database that
+    is slow or away (a PostgreSQL connection attempt waits up to 5 s) holds up the requests, the ticks and the
+    notifications — in the order they came, one at a time — while the loop goes on serving MQTT (keepalives too).
     """
 
     def __init__(
@@ -163,6 +187,7 @@ class FleetMqttBridge:
         self._dirty: set[str] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._db: ThreadPoolExecutor | None = None  # the one thread the state is used in (FIFO: order kept)
         self._worker: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._filters: list[str] = []
@@ -185,6 +210,7 @@ class FleetMqttBridge:
         if self._running:
             return
         self._loop = asyncio.get_running_loop()
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-mqtt-state")
         self._running = True
         if not self._listening:  # FleetService has no way to unsubscribe: one listener per bridge, idle once stopped
             self.service.subscribe(self._on_event)
@@ -199,7 +225,12 @@ class FleetMqttBridge:
         except BaseException:
             await self.stop()
             raise
-        released = {e.thing for e in self.service.state.executions(statuses=("QUEUED",)) if e.notified_at is not None}
+        try:
+            queued = await self._in_db(self.service.state.executions, statuses=("QUEUED",))
+        except BaseException:
+            await self.stop()
+            raise
+        released = {e.thing for e in queued if e.notified_at is not None}
         self._mark_dirty(*released)
         self._ticker = self._loop.create_task(self._tick_loop(), name="fleet-mqtt-tick")
         log.info(
@@ -250,19 +281,42 @@ class FleetMqttBridge:
                 task.cancel()
             if late:
                 await asyncio.gather(*late, return_exceptions=True)
+        if self._db is not None and self._loop is not None:
+            # what the state thread runs now (a cancelled tick's transaction) finishes first: the state is idle after
+            # stop, for whoever closes it; past grace_s (a connection attempt waiting) it finishes on its own
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._loop.run_in_executor(self._db, lambda: None), grace_s)
+            self._db.shutdown(wait=False, cancel_futures=True)
+            self._db = None
         log.info("fleet MQTT bridge stopped")
 
     def tick(self) -> list[Notification]:
         """One tick: release what the rollout allows (one transaction), expire timed-out executions, notify.
 
-        The tick task calls this every ``tick_s``; a test may call it directly. Returns the released executions.
+        The tick task does this every ``tick_s`` (the state in the bridge's thread); a test on the event loop may call
+        it directly (the state in the caller's thread). Returns the released executions.
         """
-        with self.service.state.transaction():
-            released = self.service.notify_due()
-        self.service.expire()
+        released = self._release()
         self._mark_dirty(*(n.thing for n in released))
         self._flush_notifications()
         return released
+
+    def _release(self) -> list[Notification]:
+        with self.service.state.transaction():
+            released = self.service.notify_due()
+        self.service.expire()
+        return released
+
+    async def _in_db(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        """``fn(*args, **kwargs)`` in the bridge's state thread, after everything handed to it before."""
+        if self._db is None or self._loop is None:
+            raise RuntimeError("the fleet MQTT bridge is not running")
+        return await self._loop.run_in_executor(self._db, functools.partial(fn, *args, **kwargs))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ receiving
 
@@ -324,10 +378,20 @@ class FleetMqttBridge:
             loop.call_soon_threadsafe(self._on_pending_changed, event)
 
     def _on_pending_changed(self, event: ExecutionEvent) -> None:
-        if event.kind == "canceled":
-            record = self.service.state.get_execution(event.job_id, event.thing)
-            if record is not None and record.notified_at is None:
-                return  # the device never saw it: its pending list did not change
+        if event.kind == "canceled" and self._running:
+            self._spawn(self._on_canceled(event))
+            return
+        self._mark_dirty(event.thing)
+
+    async def _on_canceled(self, event: ExecutionEvent) -> None:
+        try:
+            record = await self._in_db(self.service.state.get_execution, event.job_id, event.thing)
+        except StateUnavailableError:
+            record = None  # can't tell: a notification too many is harmless, one too few is not
+        except RuntimeError:  # stopped meanwhile
+            return
+        if record is not None and record.notified_at is None:
+            return  # the device never saw it: its pending list did not change
         self._mark_dirty(event.thing)
 
     # ------------------------------------------------------------------ handling
@@ -350,7 +414,10 @@ class FleetMqttBridge:
                 if self._queued[request.thing] <= 0:
                     del self._queued[request.thing]
             try:
-                replies = self._handle_batch(batch)
+                replies = await self._in_db(self._handle_batch, batch)
+            except StateUnavailableError:  # the database is away (said once per outage): no reply, the devices ask again
+                self.stats.unanswered += len(batch)
+                replies = []
             except Exception:  # never let one batch end the loop
                 log.exception("fleet MQTT bridge: a batch of %d request(s) failed", len(batch))
                 replies = []
@@ -367,6 +434,8 @@ class FleetMqttBridge:
         try:
             with self.service.state.transaction():
                 return [self._handle(request) for request in batch]
+        except StateUnavailableError:
+            raise  # not a request's fault: one by one would fail the same
         except Exception:
             log.exception("fleet MQTT bridge: a request failed; handling the batch of %d again one by one", len(batch))
         replies: list[tuple[str, WireMessage]] = []
@@ -454,9 +523,7 @@ class FleetMqttBridge:
     # ------------------------------------------------------------------ sending
 
     def _send(self, topic: str, message: WireMessage) -> None:
-        task = asyncio.ensure_future(self._publish(topic, message))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._publish(topic, message))
 
     async def _publish(self, topic: str, message: WireMessage) -> None:
         try:
@@ -473,23 +540,40 @@ class FleetMqttBridge:
             self._flush_handle = self._loop.call_soon(self._flush_notifications)
 
     def _flush_notifications(self) -> None:
-        """Send each thing whose pending list changed its list now (one message per thing, however many changes)."""
+        """Send each thing whose pending list changed its list (one message per thing, however many changes): read
+        in the state thread after what was handed to it before, then sent from the loop."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         things, self._dirty = self._dirty, set()
+        if self._running and things:
+            self._spawn(self._notify(sorted(things)))
+
+    async def _notify(self, things: list[str]) -> None:
+        try:
+            messages, away = await self._in_db(self._notifications, things)
+        except RuntimeError:  # stopped meanwhile
+            return
         if not self._running:
             return
-        now = self._now()
-        for thing in sorted(things):
-            try:
-                message = JobExecutionsChanged(jobs=self._pending_summaries(thing), timestamp=now)
-                topic = topics.notify(thing)
-            except Exception:
-                log.exception("fleet MQTT bridge: can't build the notification of %s", thing)
-                continue
+        self._dirty.update(away)  # the database is away: notified by a flush once it is back (the next tick's)
+        for topic, message in messages:
             self.stats.notifications += 1
             self._send(topic, message)
+
+    def _notifications(self, things: Iterable[str]) -> tuple[list[tuple[str, JobExecutionsChanged]], list[str]]:
+        """(state thread) Each thing's notification, and the things whose list can't be read while the database is away."""
+        now = self._now()
+        out: list[tuple[str, JobExecutionsChanged]] = []
+        away: list[str] = []
+        for thing in things:
+            try:
+                out.append((topics.notify(thing), JobExecutionsChanged(jobs=self._pending_summaries(thing), timestamp=now)))
+            except StateUnavailableError:
+                away.append(thing)
+            except Exception:
+                log.exception("fleet MQTT bridge: can't build the notification of %s", thing)
+        return out, away
 
     def _pending_summaries(self, thing: str) -> dict[JobExecutionStatus, list[JobExecutionSummary]]:
         """The thing's released QUEUED and IN_PROGRESS executions, as a notification lists them (read only: no last_seen)."""
@@ -513,7 +597,11 @@ class FleetMqttBridge:
     async def _tick_loop(self) -> None:
         while True:
             try:
-                self.tick()
+                released = await self._in_db(self._release)
+                self._mark_dirty(*(n.thing for n in released))
+                self._flush_notifications()
+            except StateUnavailableError:
+                pass  # the database is away (said once per outage): the next tick tries again
             except Exception:
                 log.exception("fleet MQTT bridge: tick failed")
             await asyncio.sleep(self.tick_s)

@@ -6,7 +6,10 @@ are split by thing (``--member I/N``: the things whose name hashes to I): mosqui
 starts with ``$`` — the Jobs topics do — to a shared subscription. A transaction that reads before it writes takes
 the database's writer lock (:mod:`edgekit.fleet.state_pg`). See docs/local-fleet.md (the fleet on PostgreSQL).
 
-::
+``edgekit fleet serve --join`` (:func:`join_fleet`) runs one beside a running ``edgekit fleet serve`` on PostgreSQL:
+the broker's service listener and the service certificate from the fleet folder; telemetry ingest, and with
+``--member I/N`` its share of the Jobs requests (the first process then has ``--member`` too). For benchmarks and
+tests, without a fleet folder::
 
     python -m edgekit.fleet.scale_out --database postgresql://fleet@db/fleet --broker mqtt://127.0.0.1:1883 \\
         --client-id svc-2 --member 1/2
@@ -18,18 +21,27 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
-from edgekit.fleet.jobs_api import FleetMqttBridge
+from edgekit.errors import ConfigError
+from edgekit.fleet.folder import FleetFolder
+from edgekit.fleet.jobs_api import FleetMqttBridge, parse_member
 from edgekit.fleet.service import FleetService
-from edgekit.fleet.state import FleetState
+from edgekit.fleet.state import FleetState, is_database_url
+from edgekit.fleet.stopping import run_until_signalled, stop_each
 from edgekit.fleet.telemetry import SHARE_GROUP, TelemetryIngest
 from edgekit.mqtt.client import MqttClient, TlsPaths
+from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsFiles
+from edgekit.progress import Progress
 
-__all__ = ["SHARE_GROUP", "ServiceWorker", "main"]
+__all__ = ["SHARE_GROUP", "JoinedFleet", "ServiceWorker", "join_fleet", "main"]
+
+_SAY_EVERY_S: Final = 5.0
 
 
 class ServiceWorker:
@@ -94,16 +106,17 @@ class ServiceWorker:
         }
 
     async def close(self) -> None:
-        if self.ingest is not None:
-            with contextlib.suppress(Exception):
-                await self.ingest.stop()
-        if self.bridge is not None:
-            with contextlib.suppress(Exception):
-                await self.bridge.stop()
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.disconnect()
-            self.client = None
+        """Leave the shared group (the broker then queues this client id no share while it is gone), store and
+        acknowledge what arrived, disconnect. What can't be stored now (the database away) stays unacknowledged: the
+        broker gives it to this client id again when it reconnects."""
+        connected = self.client is not None and self.client.connected
+        await stop_each(
+            self.ingest.leave if self.ingest is not None and connected else None,
+            self.ingest.stop if self.ingest else None,
+            self.bridge.stop if self.bridge else None,
+            self.client.disconnect if self.client else None,
+        )
+        self.client = None
         if self.state is not None:
             self.state.close()
             self.state = None
@@ -116,22 +129,168 @@ class ServiceWorker:
         await self.close()
 
 
+# --------------------------------------------------------------------------- edgekit fleet serve --join
+
+
+@dataclass(frozen=True)
+class JoinedFleet:
+    """Where a joined fleet service process works (what ``fleet serve --join`` prints once it is up)."""
+
+    folder: FleetFolder
+    broker_url: str
+    database: str
+    """The fleet's PostgreSQL URL without its password."""
+    client_id: str
+
+
+def _join_database(folder: FleetFolder, database: str | None) -> str:
+    if database is not None and not is_database_url(database):
+        raise ConfigError(f"--database {database!r}: a joined process shares the fleet's PostgreSQL; give its postgresql:// URL")
+    where = database or folder.state_location
+    if not is_database_url(where):
+        raise ConfigError(
+            f"the fleet in {folder.root} keeps its state in SQLite ({where}): a second fleet service process needs "
+            "PostgreSQL (two writers on one SQLite file are what scale-out avoids); serve the fleet with "
+            "'edgekit fleet serve --database postgresql://...' first, or give --database"
+        )
+    return str(where)
+
+
+def _join_broker(folder: FleetFolder, broker: str | None) -> tuple[str, TlsFiles | None]:
+    if broker is None:
+        running = folder.running()
+        if running is None:
+            raise ConfigError(
+                f"no fleet runs on {folder.root} to join: start 'edgekit fleet serve --database postgresql://...' "
+                "there first, or give --broker mqtts://HOST:PORT (the broker's fleet service listener)"
+            )
+        broker = str(running.get("serviceBroker") or running.get("broker"))
+    scheme = broker.split("://", 1)[0].lower()
+    if scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"--broker {broker!r}: give mqtts://HOST:PORT (mTLS, the fleet's broker) or mqtt://HOST:PORT")
+    if scheme == "mqtt":
+        return broker, None
+    clients = folder.tls / "clients"
+    files = TlsFiles(folder.tls / "ca.crt", clients / f"{SERVICE_IDENTITY}.crt", clients / f"{SERVICE_IDENTITY}.key")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ConfigError(
+            f"the broker {broker} wants the fleet service's certificate, and {', '.join(missing)} is missing: copy the "
+            f"fleet folder's tls/ (ca.crt, clients/{SERVICE_IDENTITY}.crt and .key) into {folder.tls}"
+        )
+    return broker, files
+
+
+def _check_member(folder: FleetFolder, jobs: tuple[int, int] | None) -> None:
+    """Against the running ``fleet serve --member I/N`` on the folder: this process must answer another share of N."""
+    running = folder.running()
+    theirs = running.get("jobsMember") if running is not None else None
+    if not isinstance(theirs, str):
+        return
+    index, count = parse_member(theirs)
+    others = ", ".join(f"{i}/{count}" for i in range(count) if i != index)
+    if jobs is None:
+        raise ConfigError(
+            f"the fleet serve on {folder.root} answers only the Jobs requests of things {theirs}: give this process "
+            f"--member with one of {others}, or the others' requests go unanswered"
+        )
+    if jobs[1] != count or jobs[0] == index:
+        raise ConfigError(f"--member {jobs[0]}/{jobs[1]}: the fleet serve on {folder.root} is {theirs}; give one of {others}")
+
+
+def _join_client_id(client_id: str | None) -> str:
+    if not client_id:
+        raise ConfigError(
+            "--join needs --client-id ID: this process's own MQTT client id, one per process and the same across its "
+            "restarts (what arrives while it restarts waits for it on the broker)"
+        )
+    if client_id == SERVICE_IDENTITY:
+        raise ConfigError(f"--client-id {client_id}: that is the first fleet service's own id; give each joined process another")
+    return client_id
+
+
+async def join_fleet_async(
+    folder: FleetFolder,
+    *,
+    client_id: str | None,
+    broker: str | None = None,
+    database: str | None = None,
+    member: str | None = None,
+    tick_s: float = 1.0,
+    progress: Progress | None = None,
+    ready: Callable[[JoinedFleet], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> dict[str, Any]:
+    """Join the fleet in ``folder`` until ``stop`` is set (see :func:`join_fleet`); returns what this process did."""
+    say = progress or (lambda _m: None)
+    client_id = _join_client_id(client_id)
+    jobs = parse_member(member) if member is not None else None
+    _check_member(folder, jobs)
+    url = _join_database(folder, database)
+    broker_url, tls = _join_broker(folder, broker)
+    stop = stop or asyncio.Event()
+    worker = ServiceWorker(url, broker_url, client_id=client_id, jobs=jobs is not None, member=jobs, tls=tls, tick_s=tick_s)
+    async with worker:
+        assert worker.state is not None
+        if ready is not None:
+            ready(JoinedFleet(folder, broker_url, worker.state.path, client_id))
+        last, said_at = worker.stats(), time.monotonic()
+        if jobs is not None:
+            say(f"answering the Jobs requests of things {jobs[0]} of {jobs[1]} (by a hash of the thing name)")
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+            now = worker.stats()
+            if now != last and time.monotonic() - said_at >= _SAY_EVERY_S:
+                say(f"{time.strftime('%H:%M:%S')} stored {now['windows']} window summaries ({now['duplicates']} "
+                    f"redelivered) of {now['messages']} messages; answered {now['requests']} Jobs requests")  # fmt: skip
+                last, said_at = now, time.monotonic()
+        say("leaving the fleet (storing what arrived)")
+        await worker.close()  # leaves the shared group, flushes what arrived: the stats count it
+        return worker.stats()
+
+
+def join_fleet(
+    folder: FleetFolder,
+    *,
+    client_id: str | None,
+    broker: str | None = None,
+    database: str | None = None,
+    member: str | None = None,
+    tick_s: float = 1.0,
+    progress: Progress | None = None,
+    ready: Callable[[JoinedFleet], None] | None = None,
+) -> dict[str, Any]:
+    """One more fleet service process for the fleet in ``folder``, in the foreground until SIGTERM or SIGINT: it
+    ingests a share of the devices' telemetry (an MQTT shared subscription) into the fleet's PostgreSQL.
+
+    ``database``: the fleet's ``postgresql://`` URL (default: the folder's ``database.url``; an SQLite fleet is
+    refused). ``broker``: the broker's fleet service listener (default: the running fleet's, from the folder);
+    ``mqtts://`` connects with the service certificate in the folder's ``tls/``. ``client_id``: this process's own
+    (required). ``member`` (``"I/N"``): also answer the Jobs requests of the things whose name hashes to I of N (then
+    every process of the fleet, ``fleet serve`` too, is given its ``--member``; ``tick_s`` is its rollout tick);
+    without it the Jobs requests are left to ``fleet serve``. Returns what it did: ``clientId``, ``messages``,
+    ``windows``, ``duplicates``, ``requests``."""
+
+    return run_until_signalled(
+        lambda stop: join_fleet_async(
+            folder, client_id=client_id, broker=broker, database=database, member=member, tick_s=tick_s,
+            progress=progress, ready=ready, stop=stop,
+        )
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- python -m edgekit.fleet.scale_out
+
+
 def _member(text: str) -> tuple[int, int]:
-    index, _, count = text.partition("/")
     try:
-        member = (int(index), int(count))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--member {text!r}: give I/N, such as 0/2") from None
-    if not 0 <= member[0] < member[1]:
-        raise argparse.ArgumentTypeError(f"--member {text!r}: I must be 0 to N - 1")
-    return member
+        return parse_member(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-async def _run(args: argparse.Namespace) -> dict[str, Any]:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def _run(args: argparse.Namespace, stop: asyncio.Event) -> dict[str, Any]:
     async with ServiceWorker(
         args.database,
         args.broker,
@@ -163,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tick", type=float, default=1.0, help="the rollout / timeout tick, seconds")
     args = parser.parse_args(argv)
     try:
-        stats = asyncio.run(_run(args))
+        stats = run_until_signalled(lambda stop: _run(args, stop))
     except EdgekitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -6,26 +6,32 @@ through psycopg 3 (``pip install 'edgekit[fleet-pg]'``): ``?`` marks become ``%s
 ``ON CONFLICT DO NOTHING``, SQLite's ``total()`` a float ``sum``, ``REAL`` a ``DOUBLE PRECISION`` and ``INTEGER`` a
 ``BIGINT``; the ``window`` column is quoted (a reserved word there). A transaction that reads before it writes
 (``exclusive``, the default) takes one advisory lock every process on the database shares — one such writer at a
-time, as SQLite's ``BEGIN IMMEDIATE`` — while telemetry ingest's upserts run side by side. See docs/local-fleet.md
-(the fleet on PostgreSQL).
+time, as SQLite's ``BEGIN IMMEDIATE`` — while telemetry ingest's upserts run side by side. A connection that is
+lost (a restarted server, a terminated backend, a cut network) is opened again with backoff: meanwhile every operation
+raises :class:`~edgekit.fleet.errors.StateUnavailableError` at once (the callers keep what they could not store and
+try again), and the outage is logged once when it starts and once when it ends. See docs/local-fleet.md (the fleet on
+PostgreSQL).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob
+import logging
 import os
 import pwd
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from edgekit.fleet.errors import StateError
+from edgekit.fleet.errors import StateError, StateUnavailableError
 from edgekit.fleet.state import Connection, Cursor
 
 try:
@@ -34,7 +40,16 @@ try:
 except ImportError:  # pragma: no cover - the extra is missing
     psycopg = None  # type: ignore[assignment]
 
+CONNECT_TIMEOUT_S: Final = 5
+"""How long one try to open a connection may wait (a server that does not answer): the thread that tries waits."""
+RETRY_FIRST_S: Final = 0.5
+RETRY_MAX_S: Final = 10.0
+"""After a lost connection the next try to open one is RETRY_FIRST_S later, then twice as long each time up to
+RETRY_MAX_S: an outage costs one connection attempt per delay, however often the callers ask meanwhile."""
+
 __all__ = ["LocalPostgres", "PostgresDatabase", "redact", "server_binaries", "translate"]
+
+log = logging.getLogger(__name__)
 
 WRITER_LOCK: Final = 0x6564_6765_6B69_74  # "edgekit": the advisory lock exclusive transactions take
 
@@ -92,6 +107,12 @@ class _Row:
         return len(self._values)
 
 
+def _why(exc: Exception) -> str:
+    """psycopg's message in one line (its last: the server's own words)."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
 def _rows(cursor: Any) -> Any:
     names = {d.name: i for i, d in enumerate(cursor.description or ())}
     return lambda values: _Row(values, names)
@@ -100,23 +121,27 @@ def _rows(cursor: Any) -> Any:
 class _Connection:
     """psycopg's connection, speaking :class:`~edgekit.fleet.state.Connection` (SQLite's dialect in, rows by name out)."""
 
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
+    def __init__(self, database: PostgresDatabase) -> None:
+        self._database = database
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Cursor:
-        cur = self._conn.cursor(row_factory=_rows)
-        cur.execute(translate(sql), tuple(parameters))
+        with self._database.watch():
+            cur = self._database.live().cursor(row_factory=_rows)
+            cur.execute(translate(sql), tuple(parameters))
         return cur  # type: ignore[no-any-return]
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Cursor:
-        cur = self._conn.cursor(row_factory=_rows)
-        cur.executemany(translate(sql), [tuple(p) for p in parameters])
+        with self._database.watch():
+            cur = self._database.live().cursor(row_factory=_rows)
+            cur.executemany(translate(sql), [tuple(p) for p in parameters])
         return cur  # type: ignore[no-any-return]
 
 
 class PostgresDatabase:
     """A PostgreSQL database as the fleet's :class:`~edgekit.fleet.state.StateDatabase` (one connection, autocommit
-    outside the transactions :class:`~edgekit.fleet.state.FleetState` opens)."""
+    outside the transactions :class:`~edgekit.fleet.state.FleetState` opens). A lost connection is opened again on a
+    later operation, no sooner than its backoff allows (:data:`RETRY_FIRST_S` doubling up to :data:`RETRY_MAX_S`);
+    until then each operation raises :class:`~edgekit.fleet.errors.StateUnavailableError`."""
 
     def __init__(self, url: str) -> None:
         self.kind, self.noun = "PostgreSQL", "database"
@@ -127,60 +152,142 @@ class PostgresDatabase:
                 f"the fleet state {self.where} is on PostgreSQL, and psycopg is not installed: pip install 'edgekit[fleet-pg]'"
             )
         self.errors = (psycopg.DatabaseError,)
+        self._url = url
+        self._lost_at: float | None = None  # when the connection was lost (monotonic), while it is
+        self._lost_why = ""
+        self._retry_at = 0.0
+        self._retry_s = RETRY_FIRST_S
+        self.outages = 0
         try:
-            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10, application_name="edgekit-fleet")
+            self._conn = self._connect()
         except psycopg.Error as exc:
-            why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise StateError(
-                f"cannot connect to the fleet database {self.where} ({why}); start PostgreSQL there, or fix the URL's "
-                "host, port, user, password or database"
+                f"cannot connect to the fleet database {self.where} ({_why(exc)}); start PostgreSQL there, or fix the "
+                "URL's host, port, user, password or database"
             ) from None
-        self._connection = _Connection(self._conn)
+        self._connection = _Connection(self)
+
+    def _connect(self) -> Any:
+        assert psycopg is not None
+        return psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="edgekit-fleet")
+
+    # ------------------------------------------------------------------ a lost connection, opened again
+
+    @property
+    def available(self) -> bool:
+        """False while the connection is lost (until an operation opens it again)."""
+        return self._lost_at is None
+
+    def live(self) -> Any:
+        """psycopg's connection, opened again first where it was lost and the backoff allows a try now;
+        :class:`~edgekit.fleet.errors.StateUnavailableError` while it can't be had."""
+        if self._lost_at is None and not self._conn.closed:
+            return self._conn
+        if self._lost_at is None:  # closed under us before any error said so
+            self._lost("the connection was closed")
+        assert self._lost_at is not None and psycopg is not None
+        if time.monotonic() < self._retry_at:
+            raise self._unavailable()
+        try:
+            conn = self._connect()
+        except psycopg.Error as exc:
+            self._lost_why = _why(exc)
+            self._retry_s = min(RETRY_MAX_S, self._retry_s * 2)
+            self._retry_at = time.monotonic() + self._retry_s
+            raise self._unavailable() from None
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        self._conn = conn
+        log.warning("fleet database %s: connected again after %.1f s", self.where, time.monotonic() - self._lost_at)
+        self._lost_at, self._lost_why, self._retry_s, self._retry_at = None, "", RETRY_FIRST_S, 0.0
+        return conn
+
+    def _lost(self, why: str) -> None:
+        if self._lost_at is None:  # once per outage: one line, not one per message or per try
+            self.outages += 1
+            log.warning(
+                "fleet database %s: connection lost (%s); trying again with backoff (%g s, doubling up to %g s) — "
+                "what can't be stored meanwhile is kept, not acknowledged",
+                self.where, why, RETRY_FIRST_S, RETRY_MAX_S,
+            )  # fmt: skip
+            self._lost_at, self._retry_s = time.monotonic(), RETRY_FIRST_S
+            self._retry_at = self._lost_at + RETRY_FIRST_S
+        self._lost_why = why
+
+    def _unavailable(self) -> StateUnavailableError:
+        since = time.monotonic() - self._lost_at if self._lost_at is not None else 0.0
+        return StateUnavailableError(
+            f"the fleet database {self.where} is unreachable for now ({self._lost_why}; {since:.0f} s); it is tried "
+            "again with backoff: check that PostgreSQL runs and is reachable"
+        )
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """psycopg's error for a connection that broke becomes :class:`~edgekit.fleet.errors.StateUnavailableError`
+        (and an outage noted); any other error goes through as it is (a statement's own: the connection is fine)."""
+        assert psycopg is not None
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not (self._conn.broken or self._conn.closed):
+                raise
+            self._lost(_why(exc))
+            raise self._unavailable() from None
+
+    # ------------------------------------------------------------------ StateDatabase
 
     @property
     def connection(self) -> Connection:
         return self._connection
 
     def begin(self, *, exclusive: bool) -> None:
-        self._conn.execute("BEGIN")
-        if exclusive:
-            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+        with self.watch():
+            conn = self.live()
+            conn.execute("BEGIN")
+            if exclusive:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
 
     def commit(self) -> None:
-        self._conn.execute("COMMIT")
+        with self.watch():
+            self.live().execute("COMMIT")
 
     def rollback(self) -> None:
+        if self._conn.broken or self._conn.closed:
+            return  # the transaction went with the connection
         if self._conn.info.transaction_status != TransactionStatus.IDLE:
-            self._conn.execute("ROLLBACK")
+            with self.watch():
+                self._conn.execute("ROLLBACK")
 
     def tables(self) -> set[str]:
-        rows = self._conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
-        ).fetchall()
-        return {r[0] for r in rows}
+        with self.watch():
+            cur = self.live().execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+            return {r[0] for r in cur.fetchall()}
 
     def create(self, statement: str) -> None:
-        self._conn.execute(_schema(statement))
+        with self.watch():
+            self.live().execute(_schema(statement))
 
     def integrity_check(self) -> str:
         """``"ok"`` when every table reads back (PostgreSQL checks its own pages: there is no PRAGMA to ask)."""
         for table in sorted(self.tables()):
-            self._conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
+            with self.watch():
+                self.live().execute(f'SELECT count(*) FROM "{table}"').fetchone()
         return "ok"
 
     def each_returning(self, sql: str, rows: Sequence[Sequence[Any]]) -> list[Any]:
         """One pipelined ``executemany`` (one round trip for the batch, not one per row)."""
         if not rows:
             return []
-        cur = self._conn.cursor()
-        cur.executemany(translate(sql), [tuple(r) for r in rows], returning=True)
         out: list[Any] = []
-        while True:
-            row = cur.fetchone()
-            assert row is not None, "an INSERT ... RETURNING gave no row"
-            out.append(row[0])
-            if not cur.nextset():
-                return out
+        with self.watch():
+            cur = self.live().cursor()
+            cur.executemany(translate(sql), [tuple(r) for r in rows], returning=True)
+            while True:
+                row = cur.fetchone()
+                assert row is not None, "an INSERT ... RETURNING gave no row"
+                out.append(row[0])
+                if not cur.nextset():
+                    return out
 
     def refusal(self, exc: Exception) -> str:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -219,6 +326,11 @@ class LocalPostgres:
         self.port = port
         self.fsync = fsync
         self._started = False
+
+    @property
+    def running(self) -> bool:
+        """True from a :meth:`start` until the :meth:`stop` after it (the server this object started is up)."""
+        return self._started
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"

@@ -6,7 +6,9 @@ malformed and the rest of its batch goes on) in the fleet's SQLite state, de-dup
 redelivered summary (at-least-once uplink) counts once, its deliveries are counted (the tables and their queries
 are :class:`~edgekit.fleet.state.FleetState`'s). Acknowledged means committed: a batch's messages are acknowledged
 to the broker (their PUBACKs sent) only after its transaction committed; a message of a batch the service did not
-live to commit is delivered again by the broker (the service's persistent session) and stored once. :func:`edgekit.fleet.view.fleet_view` shows them per device and per
+live to commit is delivered again by the broker (the service's persistent session) and stored once; a batch the
+database can't take now (PostgreSQL away: :class:`~edgekit.fleet.errors.StateUnavailableError`) is kept,
+unacknowledged, and written once it is back — the broker sends no more than its in-flight window meanwhile. :func:`edgekit.fleet.view.fleet_view` shows them per device and per
 thing group; :func:`accounted` checks a loop's :class:`~edgekit.edge.loop.Checkpoint`
 against what arrived. See docs/local-fleet.md (telemetry).
 """
@@ -23,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from edgekit.fleet.errors import StateUnavailableError
 from edgekit.fleet.state import FleetState
 from edgekit.mqtt import topics
 from edgekit.mqtt.client import MqttClient, MqttMessage
@@ -45,6 +48,7 @@ class IngestStats:
     duplicates: int = 0
     malformed: int = 0
     unanswered: int = 0
+    retries: int = 0  # batches written again after a failure (the database away): kept unacknowledged meanwhile
 
 
 def _window_row(thing: str, summary: WindowSummary, now: float) -> tuple[Any, ...]:
@@ -106,6 +110,11 @@ class TelemetryIngest:
         await self.client.subscribe(topics.shared(self.share, TELEMETRY_FILTER), 1, self._on_message, manual_ack=True)
         self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="fleet-telemetry")
 
+    async def leave(self) -> None:
+        """Unsubscribe (a member of a shared group leaving it: the broker queues it no share while it is gone); what
+        already arrived is still stored and acknowledged by :meth:`stop`."""
+        await self.client.unsubscribe(topics.shared(self.share, TELEMETRY_FILTER))
+
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
@@ -130,9 +139,16 @@ class TelemetryIngest:
             batch, self._pending = self._pending, []  # taken on the loop: nothing appended meanwhile is missed
             try:
                 await asyncio.to_thread(self._write, batch)  # a commit waiting on the disk must not hold up the loop
+            except StateUnavailableError:  # the database is away (said once per outage): kept, unacknowledged
+                self._pending = batch + self._pending
+                self.stats.retries += 1
+                await asyncio.sleep(self.flush_s)  # the broker sends no more than its in-flight window meanwhile
+                continue
             except Exception:  # never let one bad batch end the ingest; it is tried again, unacknowledged meanwhile
                 log.exception("fleet telemetry: a batch failed; trying it again")
                 self._pending = batch + self._pending
+                self.stats.retries += 1
+                await asyncio.sleep(self.flush_s)
                 continue
             self._ack(batch)
 

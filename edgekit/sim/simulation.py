@@ -160,6 +160,7 @@ class Simulation:
     this process's fleet server; :meth:`status`, :meth:`presence`, :meth:`inference_checkpoints` and the faults cover
     them all, :attr:`devices` holds this process's only (emulated ones), :attr:`shard_set` the shards. ``attach`` is
     for the shard process itself (:mod:`edgekit.sim.shard`): run the spec's devices against a running fleet server.
+    ``database``: a ``postgresql://`` URL for the fleet's state (:class:`~edgekit.fleet.fleet_server.FleetServer`'s).
     """
 
     def __init__(
@@ -182,6 +183,7 @@ class Simulation:
         emulation_fallback: bool = False,
         shards: int = 1,
         attach: ShardSpec | None = None,
+        database: str | None = None,
     ) -> None:
         if shards < 1:
             raise ConfigError(f"shards {shards}: give 1 or more processes for the devices")
@@ -225,6 +227,7 @@ class Simulation:
             | ({"shards": shards} if shards > 1 else {}),
             progress=lambda message: self.progress(message),
             stand_ins=self.stand_ins,
+            database=database,
         )
         self._executor = SimulatedExecutor()
         self._started_at = 0.0
