@@ -79,7 +79,9 @@ def digits_cnn(tmp_path_factory: pytest.TempPathFactory, digits_data: tuple[np.n
     return path
 
 
-def _pipeline(variants: list[str] | str, budget: dict[str, float] | None = None) -> Pipeline:
+def _pipeline(
+    variants: list[str] | str, budget: dict[str, float] | None = None, select: str = "latency", **quantize: object
+) -> Pipeline:
     return Pipeline.model_validate(
         {
             "name": "variants",
@@ -88,11 +90,12 @@ def _pipeline(variants: list[str] | str, budget: dict[str, float] | None = None)
                 {
                     "name": "int8",
                     "backend": "onnxruntime",
-                    "passes": [{"quantize": {"variants": variants, "keep_float": "never"}}],
+                    "passes": [{"quantize": {"variants": variants, "keep_float": "never", **quantize}}],
                     "accuracy": budget or BUDGET,
                 },
             ],
             "measure": {"warmup": 1, "repeat": 5, "calibrationSamples": 64},
+            "select": select,
         }
     )
 
@@ -228,3 +231,34 @@ def test_dynamic_int8_on_a_model_of_convolutions_only_fails_that_candidate_sayin
     result = edgekit.compile(path, "x86_64", tmp_path / "b", pipeline=_pipeline(["dynamic-tensor"]))
     report = {c.name: c for c in result.manifest.candidates}["int8-dynamic-tensor"]
     assert report.status == "failed" and "has none of them (its Conv take static int8); use mode: static" in report.reason
+
+
+def _int8_weights(path: Path) -> list[np.ndarray]:
+    """The int8 weight tensors of an artifact (its int8 initializers of more than one element)."""
+    model = onnx.load(str(path))
+    arrays = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    return [a for a in arrays if a.size > 1]
+
+
+@pytest.mark.parametrize("variant", ["qdq-channel", "qoperator-tensor"])
+def test_weights_are_7_bit_by_default_so_no_int8_kernel_saturates(
+    variant: str, digits_cnn: Path, digits_data: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    x, y = digits_data
+    samples = {"input": x[1000:1400].reshape(-1, 1, 1, 8, 8), "labels": y[1000:1400]}
+    loose = {"maxAbsError": 10.0, "minTop1Agreement": 0.0, "maxAccuracyDrop": 100.0}
+    largest = {}
+    for reduce_range in (True, False):
+        # select: size, so the int8 artifact ships and its weights can be read
+        pipe = _pipeline([variant], loose, select="size", reduce_range=reduce_range)
+        result = edgekit.compile(digits_cnn, "x86_64", tmp_path / f"b-{reduce_range}", pipeline=pipe, samples=samples)
+        report = {c.name: c for c in result.manifest.candidates}[f"int8-{variant}"]
+        assert report.status == "chosen", report.reason
+        assert report.quantization is not None and report.quantization["weightBits"] == (7 if reduce_range else 8)
+        acc = report.measured.accuracy if report.measured else None
+        assert acc is not None and acc.top1_accuracy is not None and acc.source_top1_accuracy is not None
+        if reduce_range:  # 7 bits: the kernels' 16-bit sums of u8×s8 pairs can't overflow; int8 keeps the float top-1
+            assert acc.source_top1_accuracy - acc.top1_accuracy <= 0.02, acc
+        weights = _int8_weights(result.artifact_dir / "model.onnx")
+        largest[reduce_range] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+    assert largest[True] <= 64 < largest[False], largest
