@@ -3,8 +3,10 @@ timed in interleaved rounds, a candidate is faster only when it was faster in (n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from edgekit.compiler.backends import Built
 from edgekit.compiler.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
@@ -146,8 +148,16 @@ def test_interleaved_timing_keeps_each_rounds_median_for_the_select_phase() -> N
     from edgekit.compiler.measurement import interleaved_latency
 
     calls: list[str] = []
-    latencies = interleaved_latency([lambda f: calls.append("a") or [], lambda f: calls.append("b") or []], {}, 1, 10)
+
+    def predictor(name: str) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+        def predict(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            calls.append(name)
+            return []
+
+        return predict
+
+    latencies = interleaved_latency([predictor("a"), predictor("b")], {}, 1, 10)
     assert [len(x.rounds_ms or []) for x in latencies] == [5, 5] and [x.runs for x in latencies] == [10, 10]
     assert calls.count("a") == calls.count("b") == 1 + 5 + 10  # warm-up, one untimed call a round, the timed runs
-    (single,) = interleaved_latency([lambda f: []], {}, 0, 1)
+    (single,) = interleaved_latency([predictor("c")], {}, 0, 1)
     assert single.rounds_ms is None  # one round: nothing to pair
