@@ -149,8 +149,9 @@ def test_every_int8_variant_of_a_trained_cnn_is_correct_and_measured(
     ops = {n.op_type for n in onnx.load(str(result.artifact_dir / "model.onnx")).graph.node}
     if chosen.quantization is not None:  # an int8 shipped: its graph is written in its own format
         assert ops & _OPS[chosen.quantization["format"]], (chosen.name, ops)
-    else:  # fp32 shipped: every int8 variant was slower in (nearly) every interleaved round
-        assert not ops & _OPS["QOperator"] and all(r.reason.startswith("slower: ") for r in reports.values() if r is not chosen)
+    else:  # fp32 shipped: each int8 variant was slower, or tied with it (a tie keeps the model as given)
+        assert not ops & _OPS["QOperator"]
+        assert all(r.reason.startswith(("slower: ", "tie: ")) for r in reports.values() if r is not chosen)
 
 
 def test_dynamic_int8_is_a_measured_candidate_for_a_trained_mlp(

@@ -10,6 +10,8 @@ import numpy as np
 
 from edgekit.compiler.backends import Built
 from edgekit.compiler.backends.onnxruntime import OnnxRuntimeBackend, OrtOptions
+from edgekit.compiler.passes.quantize import QuantizeOptions
+from edgekit.compiler.passes.step import PassStep
 from edgekit.compiler.phases.build import Build
 from edgekit.compiler.phases.check import PlannedCandidate
 from edgekit.compiler.phases.measure import Measured
@@ -20,13 +22,14 @@ from edgekit.manifest import Accuracy, Latency, Measurement
 
 
 def _candidates(*names: str) -> list[PlannedCandidate]:
+    """Candidates named ``names``; a name with 'int8' in it quantizes (one graph pass), the others run the model as given."""
     return [
         PlannedCandidate(
             index=i,
             spec=CandidateSpec(name=n, backend="onnxruntime"),
             backend=OnnxRuntimeBackend(),
             options=OrtOptions(),
-            passes=[],
+            passes=[PassStep("quantize", QuantizeOptions())] if "int8" in n else [],
             budget=AccuracyBudget(),
         )
         for i, n in enumerate(names)
@@ -115,16 +118,36 @@ def test_a_candidate_slower_in_every_interleaved_round_is_slower_though_within_t
 
 def test_one_round_against_the_faster_median_is_still_slower_two_are_a_tie() -> None:
     one = [0.055, 0.068, 0.045, 0.079, 0.058]  # faster than fp32 in round 3 only
-    two = [0.055, 0.058, 0.045, 0.079, 0.058]  # faster in rounds 2 and 3
-    assert _select([("ort", 0.052, 0.06, 90_000, FP32_ROUNDS), ("int8", 0.058, 0.07, 30_000, one)]).reports[0].status == "chosen"
-    ort, int8 = _select([("ort", 0.052, 0.06, 90_000, FP32_ROUNDS), ("int8", 0.058, 0.07, 30_000, two)]).reports
-    assert int8.status == "chosen" and int8.tied_with == ["ort"]  # a tie: the smaller ships, and says so
-    assert int8.reason == (
-        "tie with ort within the timing noise (0.058 ms vs 0.052 ms, faster in 2 of 5 interleaved rounds); "
+    two = [0.045, 0.058, 0.045, 0.079, 0.058]  # faster in rounds 1 to 3, by a median 0.006 ms slower
+    ort, small = _select([("ort", 0.052, 0.06, 90_000, FP32_ROUNDS), ("small", 0.058, 0.07, 30_000, one)]).reports
+    assert ort.status == "chosen" and small.reason.startswith("slower: ")
+    ort, small = _select([("ort", 0.052, 0.06, 90_000, FP32_ROUNDS), ("small", 0.058, 0.07, 30_000, two)]).reports
+    assert small.status == "chosen" and small.tied_with == ["ort"]  # a tie of two plain candidates: the smaller ships
+    assert small.reason == (
+        "tie with ort within the timing noise (0.058 ms vs 0.052 ms, faster in 3 of 5 interleaved rounds); "
         "kept as the smaller (29.3 KiB vs 87.9 KiB)"
     )
-    assert ort.reason.startswith("tie: 0.052 ms vs 0.058 ms, faster in 3 of 5 interleaved rounds: within the timing noise")
+    assert ort.reason.startswith("tie: 0.052 ms vs 0.058 ms, faster in 2 of 5 interleaved rounds: within the timing noise")
     assert ort.reason.endswith("larger: 87.9 KiB vs 29.3 KiB")
+
+
+def test_a_tie_of_fp32_and_int8_keeps_fp32_the_model_as_given() -> None:
+    # int8 is smaller but the rounds can't tell it faster: it changed the model for nothing measurable
+    two = [0.045, 0.058, 0.045, 0.079, 0.058]
+    ort, int8 = _select([("ort", 0.052, 0.06, 90_000, FP32_ROUNDS), ("ort-int8", 0.058, 0.07, 30_000, two)]).reports
+    assert ort.status == "chosen" and ort.tied_with == ["ort-int8"]
+    assert ort.reason == (
+        "tie with ort-int8 within the timing noise (0.052 ms vs 0.058 ms, faster in 2 of 5 interleaved rounds); "
+        "kept as the one that changes the model least (graph passes: none; ort-int8: quantize)"
+    )
+    assert int8.reason.endswith("changes the model more (graph passes: quantize; ort: none)"), int8.reason
+    # faster in every round: int8 ships, smaller or not
+    fast = [0.040, 0.050, 0.040, 0.060, 0.045]
+    ort, int8 = _select([("ort", 0.052, 0.06, 90_000, FP32_ROUNDS), ("ort-int8", 0.045, 0.07, 30_000, fast)]).reports
+    assert int8.status == "chosen" and ort.reason == "slower: 0.052 ms vs 0.045 ms, slower in 5 of 5 interleaved rounds"
+    # with select: size the smallest ships whatever its passes
+    ort, int8 = _select([("ort", 0.052, 0.06, 90_000, FP32_ROUNDS), ("ort-int8", 0.058, 0.07, 30_000, two)], "size").reports
+    assert int8.status == "chosen" and ort.reason.startswith("larger: ")
 
 
 def test_medians_within_one_percent_tie_whatever_the_rounds_say() -> None:

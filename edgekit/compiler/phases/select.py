@@ -1,9 +1,11 @@
 """Phase 4, select: the accuracy gate, then the fastest (or smallest) candidate that passed it.
 
 A candidate is faster than another only when the timing says so beyond its noise (see :func:`ties`): timed in turns,
-it was faster in all the interleaved rounds but at most one, by more than 1 % of the median; otherwise the two tie,
-and a tie goes to the smaller artifact, then to the candidate the pipeline lists first (the default pipeline lists
-ONNX Runtime first). The chosen candidate's reason says why it won. See docs/compile.md (ties)."""
+it was faster in all the interleaved rounds but at most one, by more than 1 % of the median; otherwise the two tie.
+A tie goes to the candidate that changes the model least (fewest graph passes: fp32 over int8 or pruned, which gained
+nothing measurable for what they changed), then to the smaller artifact, then to the candidate the pipeline lists
+first (the default pipeline lists ONNX Runtime first). The chosen candidate's reason says why it won. See
+docs/compile.md (ties)."""
 
 from __future__ import annotations
 
@@ -103,7 +105,7 @@ def ties(a: Measured, b: Measured) -> bool:
 
 def _rank(passing: list[Measured], pipe: Pipeline) -> tuple[Measured, list[Measured]]:
     """(the chosen one, the others it tied with). ``select: latency``: the fastest, and every candidate tying with it
-    competes on size, then on its place in the pipeline. ``select: size``: the smallest; among equal sizes the
+    competes on its graph passes (fewest first), then size, then its place in the pipeline. ``select: size``: the smallest; among equal sizes the
     fastest, a tie again going to the one the pipeline lists first."""
     if pipe.select == "size":
         smallest = min(m.build.size for m in passing)
@@ -114,7 +116,7 @@ def _rank(passing: list[Measured], pipe: Pipeline) -> tuple[Measured, list[Measu
     else:
         fastest = min(passing, key=lambda m: m.latency_ms)
         group = [m for m in passing if ties(m, fastest)]
-        best = min(group, key=lambda m: (m.build.size, m.candidate.index))
+        best = min(group, key=lambda m: (len(m.candidate.passes), m.build.size, m.candidate.index))
     return best, [m for m in group if m is not best]
 
 
@@ -129,14 +131,9 @@ def _won_reason(best: Measured, tied: list[Measured], passing: list[Measured], p
     others = [m for m in passing if m is not best]
     if tied:
         runner = min(tied, key=lambda m: m.latency_ms)
-        how = (
-            f"kept as the smaller ({best.build.size / 1024:.1f} KiB vs {runner.build.size / 1024:.1f} KiB)"
-            if best.build.size < runner.build.size
-            else "kept as the one the pipeline lists first"
-        )
         return (
             f"tie with {', '.join(m.candidate.name for m in tied)} within the timing noise ({best.latency_ms:.3f} ms vs "
-            f"{runner.latency_ms:.3f} ms{_rounds_words(best, runner)}); {how}"
+            f"{runner.latency_ms:.3f} ms{_rounds_words(best, runner)}); {_tie_break(best, runner, pipe)}"
         )
     if pipe.select == "size":
         return f"smallest within its budget: {best.build.size / 1024:.1f} KiB"
@@ -149,15 +146,30 @@ def _won_reason(best: Measured, tied: list[Measured], passing: list[Measured], p
     )
 
 
+def _tie_break(best: Measured, other: Measured, pipe: Pipeline) -> str:
+    """How ``best`` won its tie with ``other``: 'kept as ...'."""
+    if pipe.select == "latency" and len(best.candidate.passes) < len(other.candidate.passes):
+        steps = ", ".join(step.name for step in other.candidate.passes)
+        mine = ", ".join(step.name for step in best.candidate.passes) or "none"
+        return f"kept as the one that changes the model least (graph passes: {mine}; {other.candidate.name}: {steps})"
+    if best.build.size < other.build.size:
+        return f"kept as the smaller ({best.build.size / 1024:.1f} KiB vs {other.build.size / 1024:.1f} KiB)"
+    return "kept as the one the pipeline lists first"
+
+
 def _tie_reason(m: Measured, best: Measured, pipe: Pipeline) -> str:
     split = rounds_won(m, best)
     if split is not None:
         within = f"faster in {split[0]} of {split[1]} interleaved rounds: within the timing noise"
     else:
         within = f"within the timing noise (±{max(noise_ms(m), noise_ms(best)):.3f} ms)"
-    why = (
-        f"larger: {m.build.size / 1024:.1f} KiB vs {best.build.size / 1024:.1f} KiB"
-        if m.build.size > best.build.size
-        else f"the pipeline lists {best.candidate.name} first"
-    )
-    return f"tie: {m.latency_ms:.3f} ms vs {best.latency_ms:.3f} ms, {within}; broken by size, then pipeline order — {why}"
+    if pipe.select == "latency" and len(best.candidate.passes) < len(m.candidate.passes):
+        mine = ", ".join(step.name for step in m.candidate.passes)
+        theirs = ", ".join(step.name for step in best.candidate.passes) or "none"
+        why = f"changes the model more (graph passes: {mine}; {best.candidate.name}: {theirs})"
+    elif m.build.size > best.build.size:
+        why = f"larger: {m.build.size / 1024:.1f} KiB vs {best.build.size / 1024:.1f} KiB"
+    else:
+        why = f"the pipeline lists {best.candidate.name} first"
+    order = "graph passes, then size, then pipeline order" if pipe.select == "latency" else "pipeline order"
+    return f"tie: {m.latency_ms:.3f} ms vs {best.latency_ms:.3f} ms, {within}; broken by {order} — {why}"
