@@ -270,3 +270,48 @@ def test_weights_are_7_bit_by_default_so_no_int8_kernel_saturates(
         # the first conv reads 4 channels, 3 of them zeros (same outputs: the top-1 check above held)
         assert sorted(w.shape for w in weights if w.ndim == 4)[0] == (8, 4, 3, 3)
     assert largest[True] <= 64 < largest[False], largest
+
+
+def test_padding_a_convs_input_channels_keeps_its_outputs_and_leaves_other_convs_alone(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.compiler.passes.quantize import _pad_input_channels
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w_rgb"),
+        numpy_helper.from_array(rng.standard_normal((3, 1, 3, 3)).astype(np.float32), "w_depthwise"),
+        numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w_four"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["rgb", "w_rgb"], ["a"], pads=[1, 1, 1, 1], name="rgb_conv"),
+            helper.make_node("Conv", ["rgb", "w_depthwise"], ["b"], pads=[1, 1, 1, 1], group=3, name="depthwise"),
+            helper.make_node("Conv", ["four", "w_four"], ["c"], name="four_conv"),
+        ],
+        "convs",
+        [
+            helper.make_tensor_value_info("rgb", TensorProto.FLOAT, ["n", 3, 6, 6]),
+            helper.make_tensor_value_info("four", TensorProto.FLOAT, [1, 4, 6, 6]),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b", "c")],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "convs.onnx"
+    onnx.save(model, str(path))
+    feed = {
+        "rgb": rng.standard_normal((2, 3, 6, 6)).astype(np.float32),
+        "four": rng.standard_normal((1, 4, 6, 6)).astype(np.float32),
+    }
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert _pad_input_channels(path) == ["rgb_conv: 3 -> 4"]
+    padded = onnx.load(str(path))
+    weights = {i.name: list(i.dims) for i in padded.graph.initializer}
+    assert weights["w_rgb"] == [8, 4, 3, 3] and weights["w_depthwise"] == [3, 1, 3, 3] and weights["w_four"] == [4, 4, 1, 1]
+    assert [n.input[0] for n in padded.graph.node if n.op_type == "Conv"] == ["rgb_channels_padded", "rgb", "four"]
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    for want, got in zip(before, after, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert _pad_input_channels(path) == []  # nothing left to pad

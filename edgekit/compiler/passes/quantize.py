@@ -353,6 +353,8 @@ def _pad_input_channels(path: Path) -> list[str]:
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(path))
+    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 11:
+        return []  # Pad takes its pads as an input from opset 11
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     uses: dict[str, int] = {}
