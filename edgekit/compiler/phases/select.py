@@ -105,8 +105,8 @@ def ties(a: Measured, b: Measured) -> bool:
 
 def _rank(passing: list[Measured], pipe: Pipeline) -> tuple[Measured, list[Measured]]:
     """(the chosen one, the others it tied with). ``select: latency``: the fastest, and every candidate tying with it
-    competes on its graph passes (fewest first), then size, then its place in the pipeline. ``select: size``: the smallest; among equal sizes the
-    fastest, a tie again going to the one the pipeline lists first."""
+    competes on its graph passes (fewest first), then size, then its place in the pipeline. ``select: size``: the
+    smallest; among equal sizes the fastest, a tie again going to the one the pipeline lists first."""
     if pipe.select == "size":
         smallest = min(m.build.size for m in passing)
         pool = [m for m in passing if m.build.size == smallest]
