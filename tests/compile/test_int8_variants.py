@@ -267,8 +267,11 @@ def test_weights_are_7_bit_by_default_so_no_int8_kernel_saturates(
             assert acc.source_top1_accuracy - acc.top1_accuracy <= 0.02, acc
         weights = _int8_weights(result.artifact_dir / "model.onnx")
         largest[reduce_range] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
-        # the first conv reads 4 channels, 3 of them zeros (same outputs: the top-1 check above held)
+        # the first conv reads 4 channels, 3 of them zeros (same outputs: the top-1 check above held), padded in float
+        # straight from the input (no quantize/dequantize pair before the Pad)
         assert sorted(w.shape for w in weights if w.ndim == 4)[0] == (8, 4, 3, 3)
+        graph = onnx.load(str(result.artifact_dir / "model.onnx")).graph
+        assert [n.input[0] for n in graph.node if n.op_type == "Pad"] == [graph.input[0].name]
     assert largest[True] <= 64 < largest[False], largest
 
 

@@ -344,6 +344,9 @@ def _name_nodes(path: Path) -> None:
         onnx.save(model, str(path))
 
 
+_PADDING = "edgekit: input channels padded to a multiple of 4"  # the doc string of the Pad nodes it adds
+
+
 def _pad_input_channels(path: Path) -> list[str]:
     """Pad the input channels of each Conv that reads a graph input with zeros, up to a multiple of 4 (3 -> 4 for an
     RGB image): ONNX Runtime's int8 convolution is slow on 3 input channels (the trained CNN's first QLinearConv took
@@ -386,7 +389,15 @@ def _pad_input_channels(path: Path) -> list[str]:
             pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, to - c, 0, 0], dtype=np.int64), f"{source}_channel_pads")
             graph.initializer.append(pads)
             graph.node.insert(
-                0, helper.make_node("Pad", [source, pads.name], [made[source]], name=f"{source}_pad_channels", mode="constant")
+                0,
+                helper.make_node(
+                    "Pad",
+                    [source, pads.name],
+                    [made[source]],
+                    name=f"{source}_pad_channels",
+                    mode="constant",
+                    doc_string=_PADDING,
+                ),
             )
         node.input[0] = made[source]
         padded.append(f"{node.name}: {c} -> {to}")
@@ -519,6 +530,10 @@ def _pre_process(model_in: Path, prepared: Path) -> None:
 
 
 def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples: list[Feed], exclude: list[str]) -> None:
+    # The channel padding stays float: quantized, the QDQ format would quantize and dequantize the input once more
+    # before it (ONNX Runtime doesn't fold a Q/DQ pair around a Pad); float, it is Pad then one QuantizeLinear.
+    padding = [n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node if n.doc_string == _PADDING]
+    exclude = [*exclude, *padding]
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
