@@ -184,3 +184,16 @@ def test_interleaved_timing_keeps_each_rounds_median_for_the_select_phase() -> N
     assert calls.count("a") == calls.count("b") == 1 + 5 + 10  # warm-up, one untimed call a round, the timed runs
     (single,) = interleaved_latency([predictor("c")], {}, 0, 1)
     assert single.rounds_ms is None  # one round: nothing to pair
+
+
+def test_a_candidate_tying_with_the_fastest_but_clearly_slower_than_another_does_not_ship() -> None:
+    # MobileNetV2's case: fp32 and qdq each tie with the fastest (qoperator), but qdq beat fp32 in 4 of 5 rounds
+    fp32 = [24.0, 25.0, 23.0, 26.0, 24.2]
+    qdq = [23.0, 24.0, 22.5, 26.5, 23.4]
+    qop = [21.0, 26.0, 21.7, 25.0, 24.5]
+    ort, qdq_, qop_ = _select(
+        [("ort", 24.2, 30, 2_700_000, fp32), ("int8-qdq", 23.4, 30, 795_000, qdq), ("int8-qop", 21.8, 30, 790_000, qop)]
+    ).reports
+    assert qop_.status == "chosen" and qop_.tied_with == ["int8-qdq"], (qop_.reason, ort.reason)
+    assert qdq_.reason.endswith("larger: 776.4 KiB vs 771.5 KiB"), qdq_.reason
+    assert ort.reason == "slower: 24.200 ms vs int8-qdq's 23.400 ms, slower in 4 of 5 interleaved rounds"

@@ -60,6 +60,12 @@ def select(measured: list[Measured], pipe: Pipeline, outcomes: Outcomes, say: Pr
             report.reason = _tie_reason(m, best, pipe)
         elif pipe.select == "size" and m.build.size > best.build.size:
             report.reason = f"larger: {m.build.size / 1024:.1f} KiB vs {best.build.size / 1024:.1f} KiB"
+        elif pipe.select == "latency" and ties(m, best):  # it tied with the fastest but lost clearly to another
+            by = min((o for o in passing if o.latency_ms < m.latency_ms and not ties(m, o)), key=lambda o: o.latency_ms)
+            report.reason = (
+                f"slower: {m.latency_ms:.3f} ms vs {by.candidate.name}'s {by.latency_ms:.3f} ms"
+                f"{_rounds_words(by, m, 'slower')}"
+            )
         else:
             report.reason = f"slower: {m.latency_ms:.3f} ms vs {best.latency_ms:.3f} ms{_rounds_words(best, m, 'slower')}"
     chosen_by = f"{best.build.size / 1024:.1f} KiB, " if pipe.select == "size" else ""
@@ -116,6 +122,8 @@ def _rank(passing: list[Measured], pipe: Pipeline) -> tuple[Measured, list[Measu
     else:
         fastest = min(passing, key=lambda m: m.latency_ms)
         group = [m for m in passing if ties(m, fastest)]
+        # ties aren't transitive: one that ties with the fastest may still lose clearly to another that does
+        group = [m for m in group if not any(o.latency_ms < m.latency_ms and not ties(m, o) for o in group)]
         best = min(group, key=lambda m: (len(m.candidate.passes), m.build.size, m.candidate.index))
     return best, [m for m in group if m is not best]
 
