@@ -63,8 +63,7 @@ def select(measured: list[Measured], pipe: Pipeline, outcomes: Outcomes, say: Pr
         elif pipe.select == "latency" and ties(m, best):  # it tied with the fastest but lost clearly to another
             by = min((o for o in passing if o.latency_ms < m.latency_ms and not ties(m, o)), key=lambda o: o.latency_ms)
             report.reason = (
-                f"slower: {m.latency_ms:.3f} ms vs {by.candidate.name}'s {by.latency_ms:.3f} ms"
-                f"{_rounds_words(by, m, 'slower')}"
+                f"slower: {m.latency_ms:.3f} ms vs {by.candidate.name}'s {by.latency_ms:.3f} ms{_rounds_words(by, m, 'slower')}"
             )
         else:
             report.reason = f"slower: {m.latency_ms:.3f} ms vs {best.latency_ms:.3f} ms{_rounds_words(best, m, 'slower')}"
