@@ -148,6 +148,9 @@ class Latency(_Model):
     median_ms: float = Field(alias="medianMs")
     p90_ms: float = Field(alias="p90Ms")
     runs: int
+    rounds_ms: list[float] | None = Field(
+        None, alias="roundsMs", description="the median of each interleaved round (timed in turns with the other candidates)"
+    )
 
 
 class Accuracy(_Model):

@@ -88,7 +88,8 @@ def interleaved_latency(
     """Latency of several predictors measured in turns, so that machine noise hits them alike.
 
     Each predictor gets ``warmup`` untimed runs, then ``rounds`` rounds in which every
-    predictor (in rotating order) runs a block of about ``repeat / rounds`` timed calls.
+    predictor (in rotating order) runs a block of about ``repeat / rounds`` timed calls. Each latency keeps the
+    median of each of its blocks (``rounds_ms``): the select phase compares candidates round by round.
     """
     for predict in predicts:
         for _ in range(warmup):
@@ -96,20 +97,25 @@ def interleaved_latency(
     rounds = max(1, min(rounds, repeat))
     block = [repeat // rounds + (1 if r < repeat % rounds else 0) for r in range(rounds)]
     times: list[list[float]] = [[] for _ in predicts]
+    per_round: list[list[float]] = [[] for _ in predicts]  # each round's median: rounds pair the candidates up
     order = list(range(len(predicts)))
     for r in range(rounds):
         for i in order:
             predict = predicts[i]
             predict(feed)  # one untimed call: the cache belongs to this predictor again
+            block_ms = []
             for _ in range(block[r]):
                 t0 = time.perf_counter()
                 predict(feed)
-                times[i].append((time.perf_counter() - t0) * 1e3)
+                block_ms.append((time.perf_counter() - t0) * 1e3)
+            times[i].extend(block_ms)
+            per_round[i].append(float(np.median(block_ms)))
         order = order[1:] + order[:1]
     out = []
-    for t in times:
+    for t, r_ms in zip(times, per_round, strict=True):
         arr = np.asarray(t)
-        out.append(Latency(median_ms=float(np.median(arr)), p90_ms=float(np.percentile(arr, 90)), runs=len(t)))
+        median, p90 = float(np.median(arr)), float(np.percentile(arr, 90))
+        out.append(Latency(median_ms=median, p90_ms=p90, runs=len(t), rounds_ms=r_ms if rounds > 1 else None))
     return out
 
 

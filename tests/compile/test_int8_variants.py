@@ -79,7 +79,9 @@ def digits_cnn(tmp_path_factory: pytest.TempPathFactory, digits_data: tuple[np.n
     return path
 
 
-def _pipeline(variants: list[str] | str, budget: dict[str, float] | None = None) -> Pipeline:
+def _pipeline(
+    variants: list[str] | str, budget: dict[str, float] | None = None, select: str = "latency", **quantize: object
+) -> Pipeline:
     return Pipeline.model_validate(
         {
             "name": "variants",
@@ -88,11 +90,12 @@ def _pipeline(variants: list[str] | str, budget: dict[str, float] | None = None)
                 {
                     "name": "int8",
                     "backend": "onnxruntime",
-                    "passes": [{"quantize": {"variants": variants, "keep_float": "never"}}],
+                    "passes": [{"quantize": {"variants": variants, "keep_float": "never", **quantize}}],
                     "accuracy": budget or BUDGET,
                 },
             ],
             "measure": {"warmup": 1, "repeat": 5, "calibrationSamples": 64},
+            "select": select,
         }
     )
 
@@ -132,6 +135,9 @@ def test_every_int8_variant_of_a_trained_cnn_is_correct_and_measured(
     static = [v for v, (mode, _, _) in VARIANTS.items() if mode == "static"]
     result = edgekit.compile(digits_cnn, "x86_64", tmp_path / "b", pipeline=_pipeline(static), samples=samples)
     reports = _check_variants(result, static, fp32_top1_floor=0.8)
+    for v in static:  # the first conv's single input channel padded to 4 (ORT's int8 conv is slow on fewer)
+        padded = (reports[f"int8-{v}"].quantization or {}).get("paddedInputChannels")
+        assert padded is not None and len(padded) == 1 and padded[0].endswith(": 1 -> 4"), (v, padded)
     chosen = next(r for r in reports.values() if r.status == "chosen")
     assert chosen.measured is not None  # the fastest within budget ships: each loser's reason says it was slower
     # the artifact shipped agrees with the float source on held-out inputs beyond the evaluation
@@ -140,9 +146,12 @@ def test_every_int8_variant_of_a_trained_cnn_is_correct_and_measured(
     want = _outputs(digits_cnn, feeds)
     agree = np.mean([g.argmax() == w.argmax() for g, w in zip(got, want, strict=True)])
     assert agree >= 0.9, agree
-    fmt = (chosen.quantization or {}).get("format", "")
     ops = {n.op_type for n in onnx.load(str(result.artifact_dir / "model.onnx")).graph.node}
-    assert ops & _OPS.get(fmt, set()), (chosen.name, ops)  # the shipped graph is written in its own format
+    if chosen.quantization is not None:  # an int8 shipped: its graph is written in its own format
+        assert ops & _OPS[chosen.quantization["format"]], (chosen.name, ops)
+    else:  # fp32 shipped: each int8 variant was slower, or tied with it (a tie keeps the model as given)
+        assert not ops & _OPS["QOperator"]
+        assert all(r.reason.startswith(("slower: ", "tie: ")) for r in reports.values() if r is not chosen)
 
 
 def test_dynamic_int8_is_a_measured_candidate_for_a_trained_mlp(
@@ -228,3 +237,84 @@ def test_dynamic_int8_on_a_model_of_convolutions_only_fails_that_candidate_sayin
     result = edgekit.compile(path, "x86_64", tmp_path / "b", pipeline=_pipeline(["dynamic-tensor"]))
     report = {c.name: c for c in result.manifest.candidates}["int8-dynamic-tensor"]
     assert report.status == "failed" and "has none of them (its Conv take static int8); use mode: static" in report.reason
+
+
+def _int8_weights(path: Path) -> list[np.ndarray]:
+    """The int8 weight tensors of an artifact (its int8 initializers of more than one element)."""
+    model = onnx.load(str(path))
+    arrays = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    return [a for a in arrays if a.size > 1]
+
+
+@pytest.mark.parametrize("variant", ["qdq-channel", "qoperator-tensor"])
+def test_weights_are_7_bit_by_default_so_no_int8_kernel_saturates(
+    variant: str, digits_cnn: Path, digits_data: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    x, y = digits_data
+    samples = {"input": x[1000:1400].reshape(-1, 1, 1, 8, 8), "labels": y[1000:1400]}
+    loose = {"maxAbsError": 10.0, "minTop1Agreement": 0.0, "maxAccuracyDrop": 100.0}
+    largest = {}
+    for reduce_range in (True, False):
+        # select: size, so the int8 artifact ships and its weights can be read
+        pipe = _pipeline([variant], loose, select="size", reduce_range=reduce_range)
+        result = edgekit.compile(digits_cnn, "x86_64", tmp_path / f"b-{reduce_range}", pipeline=pipe, samples=samples)
+        report = {c.name: c for c in result.manifest.candidates}[f"int8-{variant}"]
+        assert report.status == "chosen", report.reason
+        assert report.quantization is not None and report.quantization["weightBits"] == (7 if reduce_range else 8)
+        acc = report.measured.accuracy if report.measured else None
+        assert acc is not None and acc.top1_accuracy is not None and acc.source_top1_accuracy is not None
+        if reduce_range:  # 7 bits: the kernels' 16-bit sums of u8×s8 pairs can't overflow; int8 keeps the float top-1
+            assert acc.source_top1_accuracy - acc.top1_accuracy <= 0.02, acc
+        weights = _int8_weights(result.artifact_dir / "model.onnx")
+        largest[reduce_range] = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+        # the first conv reads 4 channels, 3 of them zeros (same outputs: the top-1 check above held), padded in float
+        # straight from the input (no quantize/dequantize pair before the Pad)
+        assert sorted(w.shape for w in weights if w.ndim == 4)[0] == (8, 4, 3, 3)
+        graph = onnx.load(str(result.artifact_dir / "model.onnx")).graph
+        assert [n.input[0] for n in graph.node if n.op_type == "Pad"] == [graph.input[0].name]
+    assert largest[True] <= 64 < largest[False], largest
+
+
+def test_padding_a_convs_input_channels_keeps_its_outputs_and_leaves_other_convs_alone(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekit.compiler.passes.quantize import _pad_input_channels
+
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w_rgb"),
+        numpy_helper.from_array(rng.standard_normal((3, 1, 3, 3)).astype(np.float32), "w_depthwise"),
+        numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w_four"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["rgb", "w_rgb"], ["a"], pads=[1, 1, 1, 1], name="rgb_conv"),
+            helper.make_node("Conv", ["rgb", "w_depthwise"], ["b"], pads=[1, 1, 1, 1], group=3, name="depthwise"),
+            helper.make_node("Conv", ["four", "w_four"], ["c"], name="four_conv"),
+        ],
+        "convs",
+        [
+            helper.make_tensor_value_info("rgb", TensorProto.FLOAT, ["n", 3, 6, 6]),
+            helper.make_tensor_value_info("four", TensorProto.FLOAT, [1, 4, 6, 6]),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "b", "c")],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "convs.onnx"
+    onnx.save(model, str(path))
+    feed = {
+        "rgb": rng.standard_normal((2, 3, 6, 6)).astype(np.float32),
+        "four": rng.standard_normal((1, 4, 6, 6)).astype(np.float32),
+    }
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert _pad_input_channels(path) == ["rgb_conv: 3 -> 4"]
+    padded = onnx.load(str(path))
+    weights = {i.name: list(i.dims) for i in padded.graph.initializer}
+    assert weights["w_rgb"] == [8, 4, 3, 3] and weights["w_depthwise"] == [3, 1, 3, 3] and weights["w_four"] == [4, 4, 1, 1]
+    assert [n.input[0] for n in padded.graph.node if n.op_type == "Conv"] == ["rgb_channels_padded", "rgb", "four"]
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+    for want, got in zip(before, after, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert _pad_input_channels(path) == []  # nothing left to pad

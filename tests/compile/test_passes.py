@@ -81,9 +81,9 @@ def test_select_latency_keeps_the_fastest_and_records_every_size(cnn_onnx: Path,
     assert chosen.measured is not None and other.measured is not None
     if other.reason.startswith("slower: "):
         assert chosen.measured.latency.median_ms <= other.measured.latency.median_ms
-    else:  # within the timing noise: a tie, broken by size then pipeline order (issue 18)
+    else:  # within the timing noise: a tie, broken by graph passes (fp32 keeps the model as given), then size
         assert other.reason.startswith("tie: ") and other.tied_with == [chosen.name]
-        assert (chosen.size_bytes or 0) <= (other.size_bytes or 0)
+        assert chosen.name == "fp32" and other.reason.endswith("changes the model more (graph passes: quantize; fp32: none)")
 
 
 def test_dynamic_quantization_of_an_mlp(tmp_path: Path) -> None:

@@ -14,6 +14,12 @@ ONNX Runtime fuses into int8 kernels when it loads the model) or ``QOperator`` (
 QLinearMatMul, QGemm). ``variants`` turns one candidate into one candidate per int8 variant (:data:`VARIANTS`), each
 built and measured, the fastest within the budget shipping; ``auto`` (:data:`AUTO_VARIANTS`) tries the static ones
 where the model has Conv/MatMul/Gemm and dynamic where MatMul/Gemm/recurrent weights hold most of the model's weights.
+
+``reduce_range`` (the default) writes 7-bit weights: ONNX Runtime's u8×s8 kernels on x86 CPUs without VNNI (AVX2)
+add pairs of products in 16 bits, which saturate with 8-bit weights (a trained CNN lost 9 points that way, and
+keeping layers in float to win them back cost a third of int8's size saving); with 7 bits they cannot, on any CPU.
+Static int8 pads a Conv's graph input to a multiple of 4 channels (:func:`_pad_input_channels`): ONNX Runtime's int8
+convolution is slow on 3.
 See docs/int8-and-tuning.md.
 """
 
@@ -64,6 +70,11 @@ class QuantizeOptions(BaseModel):
     )
     variants: list[str] | Literal["auto"] | None = Field(
         None, description="one candidate per int8 variant (see VARIANTS), or 'auto': those that suit the model"
+    )
+    reduce_range: bool = Field(
+        True,
+        description="7-bit weights: ONNX Runtime's u8×s8 kernels on x86 CPUs without VNNI (AVX2) saturate with 8-bit "
+        "weights; false for 8-bit weights where the device has VNNI or is ARM",
     )
     only_if_suited: bool = Field(
         False, description="skip the candidate when the model doesn't suit its mode (set for the variants of 'auto')"
@@ -246,6 +257,9 @@ def _quantize(
         with _scratch_cwd(folder):
             _pre_process(model_in, prepared)
         _name_nodes(prepared)
+        padded = _pad_input_channels(prepared) if options.mode == "static" else []
+        if padded:
+            progress(f"quantize: input channels padded with zeros to a multiple of 4 for {', '.join(padded)}")
         samples: list[Feed] = []
         if options.mode == "dynamic":
             progress("quantize: int8 weights, activations quantized at run time (dynamic)")
@@ -270,6 +284,8 @@ def _quantize(
             if options.keep_float == "auto" and context.eval_feeds:
                 notes.kept_float = _keep_sensitive_in_float(prepared, out, options, samples, context, progress)
         notes.quantization = _described(options, len(samples), fallback)
+        if padded:
+            notes.quantization["paddedInputChannels"] = padded
     except EdgekitError:
         raise
     except Exception as exc:
@@ -289,6 +305,7 @@ def _described(options: QuantizeOptions, calibrated_on: int, fallback: str) -> d
         "mode": options.mode,
         "format": options.format if options.mode == "static" else "QOperator",
         "granularity": "per-channel" if options.per_channel else "per-tensor",
+        "weightBits": 7 if options.reduce_range else 8,
     }
     if options.mode == "static":
         said.update(method=options.method, calibrationSamples=calibrated_on)
@@ -325,6 +342,68 @@ def _name_nodes(path: Path) -> None:
             changed = True
     if changed:
         onnx.save(model, str(path))
+
+
+_PADDING = "edgekit: input channels padded to a multiple of 4"  # the doc string of the Pad nodes it adds
+
+
+def _pad_input_channels(path: Path) -> list[str]:
+    """Pad the input channels of each Conv that reads a graph input with zeros, up to a multiple of 4 (3 -> 4 for an
+    RGB image): ONNX Runtime's int8 convolution is slow on 3 input channels (the trained CNN's first QLinearConv took
+    longer than its other two together) and fast on 4. A zero channel times zero weights adds nothing: the outputs
+    are the same. Only a plain Conv (group 1, NCHW, weights an initializer of its own) on an input with a known
+    channel count; what was padded, as 'node: 3 -> 4'."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 11:
+        return []  # Pad takes its pads as an input from opset 11
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    channels: dict[str, int] = {}
+    for i in graph.input:
+        dims = i.type.tensor_type.shape.dim
+        if i.name not in inits and len(dims) == 4 and dims[1].HasField("dim_value"):
+            channels[i.name] = dims[1].dim_value
+    padded: list[str] = []
+    made: dict[str, str] = {}  # graph input -> its padded tensor
+    for node in list(graph.node):
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or node.input[0] not in channels:
+            continue
+        c = channels[node.input[0]]
+        w = inits.get(node.input[1]) if len(node.input) > 1 else None
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if c % 4 == 0 or w is None or group != 1 or uses.get(w.name, 0) != 1 or len(w.dims) != 4 or w.dims[1] != c:
+            continue
+        to = c + (-c) % 4
+        weights = numpy_helper.to_array(w)
+        pad = np.zeros((weights.shape[0], to - c, *weights.shape[2:]), dtype=weights.dtype)
+        w.CopyFrom(numpy_helper.from_array(np.concatenate([weights, pad], axis=1), w.name))
+        source = node.input[0]
+        if source not in made:
+            made[source] = f"{source}_channels_padded"
+            pads = numpy_helper.from_array(np.array([0, 0, 0, 0, 0, to - c, 0, 0], dtype=np.int64), f"{source}_channel_pads")
+            graph.initializer.append(pads)
+            graph.node.insert(
+                0,
+                helper.make_node(
+                    "Pad",
+                    [source, pads.name],
+                    [made[source]],
+                    name=f"{source}_pad_channels",
+                    mode="constant",
+                    doc_string=_PADDING,
+                ),
+            )
+        node.input[0] = made[source]
+        padded.append(f"{node.name}: {c} -> {to}")
+    if padded:  # the convolutions' outputs keep their shapes: the value infos stay right
+        onnx.save(model, str(path))
+    return padded
 
 
 def _session(model: Path | onnx.ModelProto, fused: bool = False) -> Any:
@@ -451,6 +530,10 @@ def _pre_process(model_in: Path, prepared: Path) -> None:
 
 
 def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples: list[Feed], exclude: list[str]) -> None:
+    # The channel padding stays float: quantized, the QDQ format would quantize and dequantize the input once more
+    # before it (ONNX Runtime doesn't fold a Q/DQ pair around a Pad); float, it is Pad then one QuantizeLinear.
+    padding = [n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node if n.doc_string == _PADDING]
+    exclude = [*exclude, *padding]
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -468,6 +551,7 @@ def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples:
             per_channel=options.per_channel,
             nodes_to_exclude=exclude,
             op_types_to_quantize=list(_DYNAMIC_OPS),
+            reduce_range=options.reduce_range,
         )
         return
 
@@ -488,4 +572,5 @@ def _run_quantizer(prepared: Path, out: Path, options: QuantizeOptions, samples:
         per_channel=options.per_channel,
         calibrate_method=getattr(CalibrationMethod, options.method),
         nodes_to_exclude=exclude,
+        reduce_range=options.reduce_range,
     )
