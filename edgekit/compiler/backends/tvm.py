@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -65,6 +65,11 @@ class TvmOptions(BackendOptions):
     """``options`` of a tvm candidate in a pipeline file."""
 
     opt_level: int = Field(3, ge=0, le=3, strict=True)
+    exec_mode: Literal["compiled", "bytecode"] | None = Field(
+        None,
+        description="how the Relax VM runs the model's graph: 'compiled' (native code calling the kernels) or "
+        "'bytecode' (interpreted); default: compiled on CPUs, bytecode for CUDA",
+    )
     tune: TuneOptions | None = Field(None, description="tune with MetaSchedule first (see tvm_tune)")
 
     @field_validator("tune", mode="before")
@@ -77,6 +82,8 @@ class TvmOptions(BackendOptions):
         if name == "tune":
             parse_tune_options(value)  # raises, wording the problem with the tuning options' own names
             return f"tvm option 'tune': {first_problem(exc)}"
+        if name == "exec_mode":
+            return f"tvm option 'exec_mode' must be compiled or bytecode, got {value!r}"
         return f"tvm option 'opt_level' must be an integer from 0 to 3, got {value!r}"
 
 
@@ -282,6 +289,7 @@ class TvmBackend(Backend[TvmOptions]):
             target = tvm.target.Target({**where.target, "host": where.host} if where.host else where.target)
         except Exception as exc:
             raise ConfigError(f"{profile.source}: TVM rejects the target {where.target}: {str(exc).splitlines()[0]}") from exc
+        exec_mode = options.exec_mode or ("bytecode" if where.is_cuda else "compiled")
         what = "cross-compiling" if where.cross else "compiling"
         t = where.target
         progress(f"tvm: {what} for {t.get('mcpu') or t.get('arch') or t['kind']} ({where.machine})")
@@ -291,7 +299,7 @@ class TvmBackend(Backend[TvmOptions]):
                     mod = self._gpu_schedule(tvm, mod, target)
                 if options.tune is not None:
                     mod, tuning = tune_and_apply(tvm, mod, target, where.target, options.tune, progress)
-                executable = tvm.compile(mod, target=target)
+                executable = tvm.relax.build(mod, target=target, exec_mode=exec_mode)
         except EdgekitError:
             raise
         except Exception as exc:
@@ -306,6 +314,7 @@ class TvmBackend(Backend[TvmOptions]):
             "host": where.host,
             "elf": where.machine,
             "opt_level": options.opt_level,
+            "exec_mode": exec_mode,
             "tuned": options.tune is not None,
         }
         if options.tune is not None:
