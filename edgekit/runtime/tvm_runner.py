@@ -22,7 +22,7 @@ from edgekit.machines import elf_machine
 from edgekit.manifest import TensorSpec
 from edgekit.runtime.backend_runner import Runner
 
-__all__ = ["TvmRunner", "find_runtime_library"]
+__all__ = ["TvmRunner", "find_runtime_library", "leave_threads_unpinned"]
 
 _ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (AVX-512 aligned loads)
 _loaded_lock = threading.Lock()
@@ -58,10 +58,21 @@ def find_runtime_library(*, host_only: bool = False) -> Path:
     raise MissingDependencyError("tvm", "tvm", "running a TVM artifact (libtvm_runtime.so not found in the package)")
 
 
+def leave_threads_unpinned() -> None:
+    """Keep TVM's thread pool from pinning threads to cores, unless ``$TVM_BIND_THREADS`` says otherwise.
+
+    TVM pins its workers — and the thread that calls it, for good — to cores (core 0 when it runs one thread, as on
+    a 2-CPU x86 host, where it assumes hyper-threading): the whole calling thread then stays on that core, and so do
+    threads it starts later (ONNX Runtime's). edgekit leaves placement to the OS, as ONNX Runtime does;
+    ``TVM_BIND_THREADS=1`` lets TVM pin. Read when TVM's pool starts: call before anything TVM runs."""
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+
 def _load_runtime(host_only: bool = False) -> None:
     global _loaded
     with _loaded_lock:
         if _loaded is None:
+            leave_threads_unpinned()
             # tvm_ffi first: it loads libtvm_ffi.so, which libtvm_runtime.so links against.
             require("tvm_ffi", "running a TVM artifact")
             lib = find_runtime_library(host_only=host_only)

@@ -6,6 +6,10 @@ These check behaviour (outputs right, buffers reused, both VM modes agree); the 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +85,28 @@ def test_the_vm_mode_defaults_to_compiled_and_a_wrong_one_is_one_line(tmp_path: 
         match=r"^pipeline 'one-tvm', candidate 'tvm': tvm option 'exec_mode' must be compiled or bytecode, got 'native'$",
     ):
         edgekit.compile(path, "x86_64", tmp_path / "build2", pipeline=_pipeline(exec_mode="native"))
+
+
+def test_running_tvm_leaves_the_process_on_every_cpu(tmp_path: Path) -> None:
+    """TVM's pool would pin the calling thread to core 0 for good (and ONNX Runtime's threads started after it).
+
+    (On a 1-CPU machine this holds trivially.)"""
+    path = tmp_path / "cnn.onnx"
+    onnx.save(make_cnn(), str(path))
+    artifact = edgekit.compile(path, "x86_64", tmp_path / "build", pipeline=_pipeline()).artifact_dir
+    script = textwrap.dedent(
+        f"""
+        import os, numpy as np, edgekit
+        os.environ.pop("TVM_BIND_THREADS", None)
+        before = sorted(os.sched_getaffinity(0))
+        model = edgekit.load({str(artifact)!r})
+        model.predict(np.zeros(model.manifest.inputs[0].shape, np.float32))
+        import tvm_ffi  # what a kernel with a parallel loop does first (this small model has none): start the pool
+        tvm_ffi.get_global_func("runtime.config_threadpool")(1, 1)
+        print(before, sorted(os.sched_getaffinity(0)))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TVM_BIND_THREADS"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, check=True)
+    before, after = out.stdout.strip().splitlines()[-1].split("] [")
+    assert before + "]" == "[" + after, out.stdout

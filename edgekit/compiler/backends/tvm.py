@@ -53,6 +53,7 @@ from edgekit.manifest import CpuRequirement
 from edgekit.profiles import DeviceProfile, host_arch
 from edgekit.progress import Progress
 from edgekit.runtime.cpu_features import from_llvm
+from edgekit.runtime.tvm_runner import leave_threads_unpinned
 
 __all__ = ["TvmBackend", "TvmOptions", "cpu_requirement", "cuda_device_code", "elf_machine", "resolve_target"]
 
@@ -278,6 +279,7 @@ class TvmBackend(Backend[TvmOptions]):
     def _compile(
         self, source: SourceModel, profile: DeviceProfile, options: TvmOptions, out_dir: Path, progress: Progress, for_host: bool
     ) -> Built:
+        leave_threads_unpinned()  # constant folding runs kernels here: TVM's pool would pin this thread to a core
         tvm = require("tvm", "compiling with TVM")
         where = self._where(profile, options, for_host)
         progress(f"tvm: importing ONNX into Relax ({len(source.model.graph.node)} nodes)")
