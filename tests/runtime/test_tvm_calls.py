@@ -110,3 +110,23 @@ def test_running_tvm_leaves_the_process_on_every_cpu(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, check=True)
     before, after = out.stdout.strip().splitlines()[-1].split("] [")
     assert before + "]" == "[" + after, out.stdout
+
+
+@pytest.mark.parametrize("env", [{}, {"TVM_NUM_THREADS": "3"}], ids=["default", "set"])
+def test_tuning_counts_the_threads_tvm_runs_with(env: dict[str, str]) -> None:
+    """The tuning target's num-cores (its database key, what trials are built for) is TVM's own thread count."""
+    script = textwrap.dedent(
+        """
+        from edgekit.compiler.backends.tvm import tvm_threads
+        from edgekit.runtime.tvm_runner import _load_runtime
+        _load_runtime()
+        import tvm_ffi
+        print(tvm_threads(), tvm_ffi.get_global_func("runtime.NumThreads")())
+        """
+    )
+    base = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env={**base, **env}, check=True
+    )
+    ours, tvms = out.stdout.split()[-2:]
+    assert ours == tvms

@@ -144,9 +144,25 @@ def cpu_requirement(tvm: Any, target: dict[str, Any], machine: str, host_specifi
     )
 
 
+def tvm_threads() -> int:
+    """The threads TVM's pool runs kernels with in this process (and in the processes it starts), as TVM counts them:
+    ``$TVM_NUM_THREADS``, else ``$OMP_NUM_THREADS``, else the CPUs — halved on x86_64, where TVM assumes
+    hyper-threading (a 2-vCPU VM runs 1 thread); never more than the CPUs."""
+    cpus = os.cpu_count() or 1
+    for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                return max(1, min(int(value), cpus))
+            except ValueError:
+                return 1  # TVM's atoi reads a non-number as 0, then runs 1 thread
+    return max(1, cpus // 2 if host_arch() == "x86_64" else cpus)
+
+
 def _tuning_target(target: dict[str, Any]) -> dict[str, Any]:
-    """MetaSchedule needs the core count in the target (its thread pools and the database key use it)."""
-    target.setdefault("num-cores", os.cpu_count() or 1)
+    """MetaSchedule needs the core count in the target (its thread pools and the database key use it): the threads
+    the tuned kernels will run with here — what they are timed with while tuning, too."""
+    target.setdefault("num-cores", tvm_threads())
     return target
 
 
