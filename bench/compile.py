@@ -658,7 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="bench/compile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
-    parser.add_argument("--target", default="x86_64", help="device profile (must run on this host to be timed)")
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="device profile (must run on this host to be timed; default x86_64, and x86_64_host for --tuning-goal)",
+    )
     parser.add_argument("--repeat", type=int, default=50, help="timed runs per block (default 50)")
     parser.add_argument("--rounds", type=int, default=10, help="round-robin blocks per variant (default 10)")
     parser.add_argument(
@@ -684,7 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     args = parser.parse_args(argv)
     if args.tuning_goal:
+        args.target = args.target or "x86_64_host"  # "on this machine": see bench/tuning_goal.py
         return _tuning_goal(args)
+    args.target = args.target or "x86_64"
     names = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(names) - set(MODELS))
     if unknown or not names:
@@ -738,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _tuning_goal(args: argparse.Namespace) -> int:
-    from bench.tuning_goal import render_goal, run_goal
+    from bench.tuning_goal import render_goal, run_goal, target_note
 
     def say(msg: str) -> None:
         if not args.quiet:
@@ -746,6 +752,7 @@ def _tuning_goal(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-tuning-") as tmp:
         figures = run_goal(args.target, args.tune_minutes, args.rounds, args.repeat, Path(tmp), say, interleaved)
+    figures["target_note"] = target_note(args.target)
     figures.update(host=host_description(), threads=_threads(), rounds=args.rounds, repeat=args.repeat, target=args.target)
     print(f"host: {host_description()} | {_threads()} | target {args.target} | edgekit {edgekit.__version__}")
     for line in render_goal(figures):

@@ -22,7 +22,7 @@ from edgekit.machines import elf_machine
 from edgekit.manifest import TensorSpec
 from edgekit.runtime.backend_runner import Runner
 
-__all__ = ["TvmRunner", "find_runtime_library"]
+__all__ = ["TvmRunner", "find_runtime_library", "leave_threads_unpinned"]
 
 _ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (AVX-512 aligned loads)
 _loaded_lock = threading.Lock()
@@ -58,10 +58,21 @@ def find_runtime_library(*, host_only: bool = False) -> Path:
     raise MissingDependencyError("tvm", "tvm", "running a TVM artifact (libtvm_runtime.so not found in the package)")
 
 
+def leave_threads_unpinned() -> None:
+    """Keep TVM's thread pool from pinning threads to cores, unless ``$TVM_BIND_THREADS`` says otherwise.
+
+    TVM pins its workers — and the thread that calls it, for good — to cores (core 0 when it runs one thread, as on
+    a 2-CPU x86 host, where it assumes hyper-threading): the whole calling thread then stays on that core, and so do
+    threads it starts later (ONNX Runtime's). edgekit leaves placement to the OS, as ONNX Runtime does;
+    ``TVM_BIND_THREADS=1`` lets TVM pin. Read when TVM's pool starts: call before anything TVM runs."""
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+
 def _load_runtime(host_only: bool = False) -> None:
     global _loaded
     with _loaded_lock:
         if _loaded is None:
+            leave_threads_unpinned()
             # tvm_ffi first: it loads libtvm_ffi.so, which libtvm_runtime.so links against.
             require("tvm_ffi", "running a TVM artifact")
             lib = find_runtime_library(host_only=host_only)
@@ -100,21 +111,34 @@ class TvmRunner(Runner):
                 f"it may be built for another architecture or another TVM version"
             ) from exc
         self._order = [s.name for s in self.inputs]
-        self._lock = threading.Lock()  # the aligned input buffers are reused between calls
-        self._buffers: dict[str, np.ndarray] = {s.name: _aligned_copy(np.zeros(s.shape, dtype=s.dtype)) for s in self.inputs}
+        self._lock = threading.Lock()  # the aligned input buffers and their TVM views are reused between calls
         self._one_byte = _aligned_copy(np.zeros(1, dtype=np.uint8))  # what an empty input's view stands on
+        # Per input: an aligned buffer and the TVM tensor viewing it, made once. A call copies the input into the
+        # buffer and passes the same view: no DLPack exchange, no alignment check, no new object per call.
+        self._staged: dict[str, tuple[np.ndarray, Any]] = {}
+        for spec in self.inputs:
+            self._stage(spec.name, _aligned_copy(np.zeros(spec.shape, dtype=spec.dtype)))
+        # Outputs numpy's DLPack takes as they are (by the manifest's dtypes) skip the per-call dtype query.
+        self._plain = all(s.dtype in _DLPACK_NUMPY for s in self.outputs)
+
+    def _stage(self, name: str, buf: np.ndarray) -> tuple[np.ndarray, Any]:
+        staged = self._staged[name] = (buf, self._tensor(buf))
+        return staged
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
             args = []
             for name in self._order:
-                buf = self._buffers[name]
-                if buf.shape != feeds[name].shape:  # a dynamic dimension at another size: a buffer of that size
-                    buf = self._buffers[name] = _aligned_copy(np.zeros(feeds[name].shape, dtype=buf.dtype))
-                buf[...] = feeds[name]
-                args.append(self._tensor(buf))
+                buf, tensor = self._staged[name]
+                feed = feeds[name]
+                if buf.shape != feed.shape:  # a dynamic dimension at another size: a buffer (and view) of that size
+                    buf, tensor = self._stage(name, _aligned_copy(np.zeros(feed.shape, dtype=buf.dtype)))
+                buf[...] = feed
+                args.append(tensor)
             out: Any = self._main(*args)
             items = [out] if hasattr(out, "__dlpack__") else list(out)
+            if self._plain and len(items) == len(self.outputs):
+                return [np.from_dlpack(t).copy() for t in items]
             return [self._array(t) for t in items]
 
     # numpy's DLPack carries integers, floats and complex only: bfloat16 and the float8 types (ml_dtypes, which

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -53,6 +53,7 @@ from edgekit.manifest import CpuRequirement
 from edgekit.profiles import DeviceProfile, host_arch
 from edgekit.progress import Progress
 from edgekit.runtime.cpu_features import from_llvm
+from edgekit.runtime.tvm_runner import leave_threads_unpinned
 
 __all__ = ["TvmBackend", "TvmOptions", "cpu_requirement", "cuda_device_code", "elf_machine", "resolve_target"]
 
@@ -65,6 +66,11 @@ class TvmOptions(BackendOptions):
     """``options`` of a tvm candidate in a pipeline file."""
 
     opt_level: int = Field(3, ge=0, le=3, strict=True)
+    exec_mode: Literal["compiled", "bytecode"] | None = Field(
+        None,
+        description="how the Relax VM runs the model's graph: 'compiled' (native code calling the kernels) or "
+        "'bytecode' (interpreted); default: compiled on CPUs, bytecode for CUDA",
+    )
     tune: TuneOptions | None = Field(None, description="tune with MetaSchedule first (see tvm_tune)")
 
     @field_validator("tune", mode="before")
@@ -77,6 +83,8 @@ class TvmOptions(BackendOptions):
         if name == "tune":
             parse_tune_options(value)  # raises, wording the problem with the tuning options' own names
             return f"tvm option 'tune': {first_problem(exc)}"
+        if name == "exec_mode":
+            return f"tvm option 'exec_mode' must be compiled or bytecode, got {value!r}"
         return f"tvm option 'opt_level' must be an integer from 0 to 3, got {value!r}"
 
 
@@ -136,9 +144,25 @@ def cpu_requirement(tvm: Any, target: dict[str, Any], machine: str, host_specifi
     )
 
 
+def tvm_threads() -> int:
+    """The threads TVM's pool runs kernels with in this process (and in the processes it starts), as TVM counts them:
+    ``$TVM_NUM_THREADS``, else ``$OMP_NUM_THREADS``, else the CPUs — halved on x86_64, where TVM assumes
+    hyper-threading (a 2-vCPU VM runs 1 thread); never more than the CPUs."""
+    cpus = os.cpu_count() or 1
+    for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                return max(1, min(int(value), cpus))
+            except ValueError:
+                return 1  # TVM's atoi reads a non-number as 0, then runs 1 thread
+    return max(1, cpus // 2 if host_arch() == "x86_64" else cpus)
+
+
 def _tuning_target(target: dict[str, Any]) -> dict[str, Any]:
-    """MetaSchedule needs the core count in the target (its thread pools and the database key use it)."""
-    target.setdefault("num-cores", os.cpu_count() or 1)
+    """MetaSchedule needs the core count in the target (its thread pools and the database key use it): the threads
+    the tuned kernels will run with here — what they are timed with while tuning, too."""
+    target.setdefault("num-cores", tvm_threads())
     return target
 
 
@@ -271,6 +295,7 @@ class TvmBackend(Backend[TvmOptions]):
     def _compile(
         self, source: SourceModel, profile: DeviceProfile, options: TvmOptions, out_dir: Path, progress: Progress, for_host: bool
     ) -> Built:
+        leave_threads_unpinned()  # constant folding runs kernels here: TVM's pool would pin this thread to a core
         tvm = require("tvm", "compiling with TVM")
         where = self._where(profile, options, for_host)
         progress(f"tvm: importing ONNX into Relax ({len(source.model.graph.node)} nodes)")
@@ -282,6 +307,7 @@ class TvmBackend(Backend[TvmOptions]):
             target = tvm.target.Target({**where.target, "host": where.host} if where.host else where.target)
         except Exception as exc:
             raise ConfigError(f"{profile.source}: TVM rejects the target {where.target}: {str(exc).splitlines()[0]}") from exc
+        exec_mode = options.exec_mode or ("bytecode" if where.is_cuda else "compiled")
         what = "cross-compiling" if where.cross else "compiling"
         t = where.target
         progress(f"tvm: {what} for {t.get('mcpu') or t.get('arch') or t['kind']} ({where.machine})")
@@ -291,7 +317,7 @@ class TvmBackend(Backend[TvmOptions]):
                     mod = self._gpu_schedule(tvm, mod, target)
                 if options.tune is not None:
                     mod, tuning = tune_and_apply(tvm, mod, target, where.target, options.tune, progress)
-                executable = tvm.compile(mod, target=target)
+                executable = tvm.relax.build(mod, target=target, exec_mode=exec_mode)
         except EdgekitError:
             raise
         except Exception as exc:
@@ -306,6 +332,7 @@ class TvmBackend(Backend[TvmOptions]):
             "host": where.host,
             "elf": where.machine,
             "opt_level": options.opt_level,
+            "exec_mode": exec_mode,
             "tuned": options.tune is not None,
         }
         if options.tune is not None:

@@ -155,6 +155,8 @@ class _Task:
     shash: str | None
     need: int = 0  # trials this compile measures
     measured: int = 0
+    extracted: Any = None  # MetaSchedule's extracted task
+    flops: float = 0.0  # its arithmetic per model run (FLOPs × weight): the heaviest are tuned first
 
 
 @dataclass
@@ -322,6 +324,15 @@ def _best_ms(database: Any, workload: Any) -> float | None:
     return 1e3 * sum(secs) / len(secs) if secs else None
 
 
+def _flops(mod: Any) -> float:
+    try:
+        from tvm.s_tir.analysis import estimate_tir_flops
+
+        return float(estimate_tir_flops(mod))
+    except Exception:  # an operator TVM can't count (a reshape has no arithmetic anyway)
+        return 0.0
+
+
 def _plan(database: Any, folder: Path, extracted: list[Any], options: TuneOptions) -> tuple[list[_Task], int]:
     """Every task with what the database holds of it and the trials this compile measures for it; the per-task target."""
     counts = _records_per_workload(folder)
@@ -338,7 +349,8 @@ def _plan(database: Any, folder: Path, extracted: list[Any], options: TuneOption
         workload = _workload(database, mod)
         shash = str(workload.as_json()[0]) if workload is not None else None
         had = counts.get(shash, 0) if shash else 0
-        task = _Task(t.task_name, float(t.weight), mod, had, _best_ms(database, workload), shash)
+        task = _Task(t.task_name, float(t.weight), mod, had, _best_ms(database, workload), shash, extracted=t)
+        task.flops = float(t.weight) * _flops(mod)
         settled = options.minutes is not None and shash is not None and budgets.get(shash, 0.0) >= options.minutes
         if options.trials != 0 and not settled and not t.mod.attrs.get("tirx.is_scheduled", False):
             task.need = max(0, per_task - had)
@@ -367,9 +379,9 @@ def _contexts(ms: Any, todo: list[Any], options: TuneOptions) -> tuple[list[Any]
     return contexts, [float(task.weight) for task in todo]
 
 
-def _tune(ms: Any, target: Any, database: Any, run: _Run, options: TuneOptions, extracted: list[Any]) -> None:
+def _tune(ms: Any, target: Any, database: Any, run: _Run, options: TuneOptions) -> None:
     """MetaSchedule over the tasks that need trials; stops early (records kept) when the time budget is spent."""
-    todo = [e for e, t in zip(extracted, run.everything, strict=True) if t.need > 0]
+    todo = [t.extracted for t in run.tasks]  # in run.tasks' order: MetaSchedule's task ids index it
     most = max(t.need for t in run.tasks)
     batch = min(32 if options.minutes is not None else 64, most)
     builder, report_trials = _helpers(ms, run)
@@ -433,7 +445,9 @@ def tune_and_apply(
 
     extracted = list(ms.relax_integration.extract_tasks(mod, target))
     everything, per_task = _plan(database, folder, extracted, options)
-    tuning = [t for t in everything if t.need > 0]
+    # Heaviest first: MetaSchedule visits the tasks once in order before it picks by gradient, and a time budget
+    # can end inside that first round (each task's first search is the slowest): the convolutions, not a reshape.
+    tuning = sorted((t for t in everything if t.need > 0), key=lambda t: -t.flops)
     deadline = started + 60 * options.minutes if options.minutes is not None else None
     total = sum(t.need for t in tuning) if options.trials is not None or options.trials_per_task is not None else None
     run = _Run(tuning, everything, progress, total, started, deadline)
@@ -446,7 +460,7 @@ def tune_and_apply(
             f"tvm: tuning {len(tuning)} of {len(everything)} task(s) with MetaSchedule, {asked}{budget}; "
             f"database {folder} ({before} records; {reused} task(s) reused from it)"
         )
-        _tune(ms, target, database, run, options, extracted)
+        _tune(ms, target, database, run, options)
         if run.out_of_time:
             progress(f"tvm: tuning: the time budget ({options.minutes:g} min) is spent: stopped after {run.done} trials")
         if options.minutes is not None:
