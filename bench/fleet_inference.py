@@ -51,6 +51,7 @@ class Run:
     rss_shards_mib: list[float] = field(default_factory=list)  # each shard (a shard's own base: ~86 MiB)
     broker_rss_per_device_kb: float = 0.0
     shard_cpu_percent: float = 0.0  # the shard processes together (the parent's is cpu_percent)
+    broker_cpu_percent: float = 0.0  # mosquitto over the timed part
     seconds: float = 0.0
     produced: int = 0
     accounted: int = 0
@@ -144,6 +145,8 @@ async def _run(
         before = await sim.inference_checkpoints()
         pids = sim.shard_set.pids() if sim.shard_set is not None else []
         shard_cpu0 = sum(_cpu_of(p) for p in pids)
+        broker_pid = sim.broker.pid if sim.broker is not None else None
+        broker_cpu0 = _cpu_of(broker_pid) if broker_pid else 0.0
         rss0, cpu0, t0 = _rss(), _cpu(), time.monotonic()
         say(
             f"{devices} devices infer {per_s:g} readings/s each for {seconds:g} s"
@@ -168,11 +171,11 @@ async def _run(
         points = await sim.inference_checkpoints()
         wall, cpu = time.monotonic() - t0, _cpu() - cpu0
         figures.shard_cpu_percent = 100.0 * (sum(_cpu_of(p) for p in pids) - shard_cpu0) / wall
+        figures.broker_cpu_percent = 100.0 * ((_cpu_of(broker_pid) if broker_pid else 0.0) - broker_cpu0) / wall
         figures.rss_parent_mib = max(_rss(), rss0) / (1 << 20)
         figures.rss_shards_mib = [round(_rss(p) / (1 << 20), 1) for p in pids]
         rss_all = max(_rss(), rss0) + sum(_rss(p) for p in pids)
         figures.rss_mib = rss_all / (1 << 20)
-        broker_pid = sim.broker.pid if sim.broker is not None else None
         figures.broker_rss_per_device_kb = (_rss(broker_pid) if broker_pid else 0) / devices / 1024
         figures.seconds = wall
         start = {(p.thing, p.run): p.readings for p in before}
@@ -225,7 +228,10 @@ def render(results: dict[str, Any]) -> None:
                 f"  deployed to all in       {r.deploy_s:10.1f} s   {r.deploy_counts}, {r.connected_after_deploy} connected then"
             )
         print(f"  readings/s achieved      {r.achieved_per_s:10,.0f}   (asked {r.devices * r.readings_per_s:,.0f})")
-        print(f"  CPU of this process      {r.cpu_percent:9.0f} %   (2 cores = 200 %); of the shards {r.shard_cpu_percent:.0f} %")
+        print(
+            f"  CPU of this process      {r.cpu_percent:9.0f} %   (2 cores = 200 %); of the shards {r.shard_cpu_percent:.0f} %; "
+            f"of mosquitto {r.broker_cpu_percent:.0f} %"
+        )
         print(
             f"  RSS per device           {r.rss_per_device_kb:9.0f} KiB ({r.rss_mib:,.0f} MiB: this process + shards, / devices)"
         )
