@@ -65,6 +65,7 @@ class Run:
     outage_at_s: float = 0.0  # when the broker went down, seconds into the timed part
     timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (s, readings produced, uplink messages received)
     settle_s: float = 0.0
+    folder_mib: float = 0.0  # the fleet's folder (state, every device's folder) at the end: RAM too when on tmpfs
 
 
 def _rss(pid: int | str = "self") -> int:
@@ -83,6 +84,18 @@ def _cpu_of(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (allocated blocks: what a tmpfs holds in memory)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
 
 
 def _cpu() -> float:
@@ -194,11 +207,12 @@ async def _run(
         figures.settle_s = time.monotonic() - settle0
         figures.accounted, figures.missing_windows, figures.duplicates = got.readings, got.missing_windows, got.duplicates
         figures.uplink_messages = sim.telemetry.stats.messages
+        figures.folder_mib = _folder_bytes(state) / (1 << 20)
     return figures
 
 
 def run_inference(args: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="edgekit-bench-infer-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-infer-", dir=getattr(args, "work", None)) as tmp:
         work = Path(tmp)
         build = _build(work)
         results: dict[str, Any] = {}
@@ -239,6 +253,7 @@ def render(results: dict[str, Any]) -> None:
             per = [f"{m:,.0f}" for m in r.rss_shards_mib]
             print(f"  RSS by process           {r.rss_parent_mib:9,.0f} MiB this process; shards {', '.join(per)} MiB")
         print(f"  broker RSS per device    {r.broker_rss_per_device_kb:9.1f} KiB")
+        print(f"  fleet folder             {r.folder_mib:9,.0f} MiB   (state + the devices' folders; in RAM on a tmpfs)")
         print(f"  uplink messages received {r.uplink_messages:10,}   ({r.uplink_messages / max(1, r.produced):.4f} per reading)")
         print(f"  readings produced        {r.produced:10,}   accounted {r.accounted:,}: lost {lost}, counted twice 0 "
               f"({r.duplicates} redelivered summaries ignored; settled {r.settle_s:.1f} s after the end)")  # fmt: skip
