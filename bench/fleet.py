@@ -369,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ten-k", action="store_true", help="--inference with issue 23's goal: 10,000 devices, mTLS, 1 reading/s, 60 s"
     )
+    parser.add_argument(
+        "--work",
+        help="--inference: folder for the fleet's state and the devices' folders (default: the temp folder); "
+        "/dev/shm puts the simulated disks in memory (faster deployments on a busy disk; ~1 MiB of RAM per device)",
+    )
     args = parser.parse_args(argv)
     if args.ten_k:
         from edgekit.sim.shards import default_shards

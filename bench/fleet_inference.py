@@ -51,6 +51,7 @@ class Run:
     rss_shards_mib: list[float] = field(default_factory=list)  # each shard (a shard's own base: ~86 MiB)
     broker_rss_per_device_kb: float = 0.0
     shard_cpu_percent: float = 0.0  # the shard processes together (the parent's is cpu_percent)
+    broker_cpu_percent: float = 0.0  # mosquitto over the timed part
     seconds: float = 0.0
     produced: int = 0
     accounted: int = 0
@@ -64,6 +65,7 @@ class Run:
     outage_at_s: float = 0.0  # when the broker went down, seconds into the timed part
     timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (s, readings produced, uplink messages received)
     settle_s: float = 0.0
+    folder_mib: float = 0.0  # the fleet's folder (state, every device's folder) at the end: RAM too when on tmpfs
 
 
 def _rss(pid: int | str = "self") -> int:
@@ -82,6 +84,18 @@ def _cpu_of(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (allocated blocks: what a tmpfs holds in memory)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
 
 
 def _cpu() -> float:
@@ -144,6 +158,8 @@ async def _run(
         before = await sim.inference_checkpoints()
         pids = sim.shard_set.pids() if sim.shard_set is not None else []
         shard_cpu0 = sum(_cpu_of(p) for p in pids)
+        broker_pid = sim.broker.pid if sim.broker is not None else None
+        broker_cpu0 = _cpu_of(broker_pid) if broker_pid else 0.0
         rss0, cpu0, t0 = _rss(), _cpu(), time.monotonic()
         say(
             f"{devices} devices infer {per_s:g} readings/s each for {seconds:g} s"
@@ -168,11 +184,11 @@ async def _run(
         points = await sim.inference_checkpoints()
         wall, cpu = time.monotonic() - t0, _cpu() - cpu0
         figures.shard_cpu_percent = 100.0 * (sum(_cpu_of(p) for p in pids) - shard_cpu0) / wall
+        figures.broker_cpu_percent = 100.0 * ((_cpu_of(broker_pid) if broker_pid else 0.0) - broker_cpu0) / wall
         figures.rss_parent_mib = max(_rss(), rss0) / (1 << 20)
         figures.rss_shards_mib = [round(_rss(p) / (1 << 20), 1) for p in pids]
         rss_all = max(_rss(), rss0) + sum(_rss(p) for p in pids)
         figures.rss_mib = rss_all / (1 << 20)
-        broker_pid = sim.broker.pid if sim.broker is not None else None
         figures.broker_rss_per_device_kb = (_rss(broker_pid) if broker_pid else 0) / devices / 1024
         figures.seconds = wall
         start = {(p.thing, p.run): p.readings for p in before}
@@ -191,11 +207,12 @@ async def _run(
         figures.settle_s = time.monotonic() - settle0
         figures.accounted, figures.missing_windows, figures.duplicates = got.readings, got.missing_windows, got.duplicates
         figures.uplink_messages = sim.telemetry.stats.messages
+        figures.folder_mib = _folder_bytes(state) / (1 << 20)
     return figures
 
 
 def run_inference(args: Any, say: Callable[[str], None]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="edgekit-bench-infer-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-infer-", dir=getattr(args, "work", None)) as tmp:
         work = Path(tmp)
         build = _build(work)
         results: dict[str, Any] = {}
@@ -225,7 +242,10 @@ def render(results: dict[str, Any]) -> None:
                 f"  deployed to all in       {r.deploy_s:10.1f} s   {r.deploy_counts}, {r.connected_after_deploy} connected then"
             )
         print(f"  readings/s achieved      {r.achieved_per_s:10,.0f}   (asked {r.devices * r.readings_per_s:,.0f})")
-        print(f"  CPU of this process      {r.cpu_percent:9.0f} %   (2 cores = 200 %); of the shards {r.shard_cpu_percent:.0f} %")
+        print(
+            f"  CPU of this process      {r.cpu_percent:9.0f} %   (2 cores = 200 %); of the shards {r.shard_cpu_percent:.0f} %; "
+            f"of mosquitto {r.broker_cpu_percent:.0f} %"
+        )
         print(
             f"  RSS per device           {r.rss_per_device_kb:9.0f} KiB ({r.rss_mib:,.0f} MiB: this process + shards, / devices)"
         )
@@ -233,6 +253,7 @@ def render(results: dict[str, Any]) -> None:
             per = [f"{m:,.0f}" for m in r.rss_shards_mib]
             print(f"  RSS by process           {r.rss_parent_mib:9,.0f} MiB this process; shards {', '.join(per)} MiB")
         print(f"  broker RSS per device    {r.broker_rss_per_device_kb:9.1f} KiB")
+        print(f"  fleet folder             {r.folder_mib:9,.0f} MiB   (state + the devices' folders; in RAM on a tmpfs)")
         print(f"  uplink messages received {r.uplink_messages:10,}   ({r.uplink_messages / max(1, r.produced):.4f} per reading)")
         print(f"  readings produced        {r.produced:10,}   accounted {r.accounted:,}: lost {lost}, counted twice 0 "
               f"({r.duplicates} redelivered summaries ignored; settled {r.settle_s:.1f} s after the end)")  # fmt: skip

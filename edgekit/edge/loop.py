@@ -18,7 +18,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -63,6 +63,7 @@ class LoopOptions:
     fallback_timeout_s: float = 2.0
     health_interval_s: float = 5.0
     tick_s: float = 0.0  # wake at most this often and take the readings due (0: wake for each reading)
+    max_sleep_s: float = 0.5  # sleep at most this long between readings (a stop or a checkpoint waits up to this)
     max_unanswered_bytes: int = 96 * 1024
     checkpoint_dir: str = ""  # after each window, write the loop's Checkpoint here as JSON (a fleet harness reads it)
 
@@ -96,7 +97,8 @@ class InferenceLoop:
 
     ``model``: a loaded artifact (shared read-only by every loop that runs it); ``uplink``: where summaries go
     (``None``: only ``output_path`` / stdout); ``clock`` paces readings and windows; ``fallback`` replaces the one
-    ``options`` would make. Live configuration (``MinConfidence``, ``WindowSeconds``, ``IntervalSeconds``) applies
+    ``options`` would make; ``sleep`` waits between readings (default :func:`asyncio.sleep`; a simulator's shared
+    tick, :class:`edgekit.sim.inference.SharedTick`, wakes thousands of loops from one timer). Live configuration (``MinConfidence``, ``WindowSeconds``, ``IntervalSeconds``) applies
     from the next reading.
     """
 
@@ -111,8 +113,10 @@ class InferenceLoop:
         clock: Clock = SYSTEM_CLOCK,
         fallback: CloudFallback | None = None,
         source: InputSource | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.options = replace(options)
+        self._sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
         self.predict: Callable[[Any], list[np.ndarray]] = model.predict
         self.specs: list[TensorSpec] = list(model.manifest.inputs)
         self.name = str(model.manifest.name)
@@ -251,7 +255,7 @@ class InferenceLoop:
                 now = clock.monotonic()
                 due = int((now - epoch) / interval) + 1 - epoch_count
                 if due <= 0:
-                    await asyncio.sleep(min(0.5, max(opts.tick_s, epoch + epoch_count * interval - now)))
+                    await self._sleep(min(opts.max_sleep_s, max(opts.tick_s, epoch + epoch_count * interval - now)))
                     continue
                 # fell behind by over a second: a sensor would not queue that up
                 if due > max(2.0, 1.0 / interval, 2 * opts.tick_s / interval):

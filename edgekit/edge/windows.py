@@ -60,9 +60,27 @@ def percentiles(values: Sequence[float], qs: Sequence[int]) -> Percentiles:
     """``p<q>`` for each q and ``max``, in milliseconds rounded to 3 decimals (none: ``{}``)."""
     if not values:
         return Percentiles()
-    arr = np.asarray(values)
-    found = {f"p{q}": round(float(np.percentile(arr, q)), 3) for q in qs}
-    return Percentiles.model_validate(found | {"max": round(float(arr.max()), 3)})
+    ordered = sorted(values)
+    found = {f"p{q}": round(_linear(ordered, q), 3) for q in qs}
+    return Percentiles.model_validate(found | {"max": round(float(ordered[-1]), 3)})
+
+
+def _linear(ordered: Sequence[float], q: float) -> float:
+    """``np.percentile(ordered, q)`` of a sorted list (its default, linear method, with numpy's own arithmetic:
+    the same float), without building an array: a window of a few readings costs microseconds, not numpy's ~100 µs
+    of set-up (10,000 simulated devices close 2,000 windows a second)."""
+    n = len(ordered)
+    f = q / 100.0
+    virtual = (n - 1) * f  # numpy's virtual index for 'linear'
+    if virtual >= n - 1:
+        return float(ordered[-1])
+    if virtual < 0:
+        return float(ordered[0])
+    lo = math.floor(virtual)
+    t = virtual - lo
+    a, b = float(ordered[lo]), float(ordered[lo + 1])
+    diff = b - a
+    return b - diff * (1.0 - t) if t >= 0.5 else a + diff * t  # numpy's _lerp
 
 
 class Window:

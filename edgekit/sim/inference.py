@@ -21,6 +21,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import math
 import shlex
 import signal
 import threading
@@ -39,11 +40,23 @@ from edgekit.edge.errors import EdgeError
 from edgekit.edge.loop import Checkpoint, InferenceLoop
 from edgekit.errors import EdgekitError
 
-__all__ = ["SIMULATED_TICK_S", "InProcessRunners", "InProcessUplink", "InferenceRun", "ModelCache"]
+__all__ = [
+    "SIMULATED_MAX_SLEEP_S",
+    "SIMULATED_TICK_S",
+    "InProcessRunners",
+    "InProcessUplink",
+    "InferenceRun",
+    "ModelCache",
+    "SharedTick",
+]
 
 SIMULATED_TICK_S = 0.2
 """An in-process loop wakes at most this often and takes the readings due (at 10/s: 2 a wake): 1,000 devices on one
-event loop then cost 5,000 wake-ups a second, not 10,000 (unless the Run script passes --tick-seconds)."""
+event loop then cost 5,000 wake-ups a second, not 10,000 (unless the Run script passes --tick-seconds). Its wake-ups
+fall on this grid (:class:`SharedTick`)."""
+SIMULATED_MAX_SLEEP_S = 1.0
+"""An in-process loop sleeps up to this long between readings (a packaged component's: 0.5 s): at 1 reading/s, one
+wake-up a reading, not two. A stop or a checkpoint waits up to this for the loop to wake."""
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +98,51 @@ class InProcessUplink:
         for stream in streams:
             with contextlib.suppress(Exception):
                 await stream.close()
+
+
+class SharedTick:
+    """One timer for every in-process inference loop of this process (a shard's thousands of devices).
+
+    A loop's :meth:`sleep` ends at the first tick at or after its own deadline (ticks: multiples of ``tick_s`` on
+    the event loop's clock); the loops due at one tick are woken by that tick's one timer callback, in the order
+    they went to sleep, instead of one timer each. Each loop still paces its own readings (it counts the readings
+    due since its start), so a wake-up up to ``tick_s`` late takes the same readings, only later; none is skipped or
+    added. :attr:`timers` counts the timers set, :attr:`wakeups` the sleeps they ended."""
+
+    def __init__(self, tick_s: float = SIMULATED_TICK_S) -> None:
+        if not tick_s > 0:
+            raise EdgeError(f"the shared tick must be positive, got {tick_s}")
+        self.tick_s = tick_s
+        self.timers = 0
+        self.wakeups = 0
+        self._due: dict[int, list[asyncio.Future[None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def sleep(self, delay: float) -> None:
+        """Sleep at least ``delay`` seconds, until the tick that ends it."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (another asyncio.run): the old one's timers are gone
+            self._loop, self._due = loop, {}
+        slot = math.ceil((loop.time() + max(0.0, delay)) / self.tick_s)
+        future: asyncio.Future[None] = loop.create_future()
+        waiting = self._due.get(slot)
+        if waiting is None:
+            self._due[slot] = waiting = []
+            loop.call_at(slot * self.tick_s, self._fire, slot)
+            self.timers += 1
+        waiting.append(future)
+        await future
+
+    def _fire(self, slot: int) -> None:
+        for future in self._due.pop(slot, ()):
+            if not future.done():  # a cancelled sleeper's future is cancelled
+                future.set_result(None)
+                self.wakeups += 1
+
+    @property
+    def sleeping(self) -> int:
+        """Loops asleep now."""
+        return sum(1 for waiting in self._due.values() for f in waiting if not f.done())
 
 
 class ModelCache:
@@ -194,6 +252,8 @@ class InProcessRunners:
     scenarios: dict[str, str] = field(default_factory=dict)
     """A device's own synthetic-stream parameters (the fleet file's ``scenario``), by thing name."""
     models: ModelCache = field(default_factory=ModelCache)
+    tick: SharedTick = field(default_factory=SharedTick)
+    """The one timer that wakes every in-process loop (:class:`SharedTick`)."""
     runs: dict[str, list[InferenceRun]] = field(default_factory=dict)
 
     def entry_point(self, script: str) -> tuple[str, list[str]] | None:
@@ -243,6 +303,7 @@ async def _start_inference(runners: InProcessRunners, spec: StepSpec, args: list
     try:
         model_dir, options = parse_args(args)
         options.tick_s = options.tick_s or SIMULATED_TICK_S
+        options.max_sleep_s = max(options.max_sleep_s, SIMULATED_MAX_SLEEP_S)
         own = runners.scenarios.get(thing)
         if own and options.source.partition(":")[0] == "synthetic":  # the device's keys after the component's: they win
             options.source = f"synthetic:{options.source.partition(':')[2]},{own}"
@@ -250,7 +311,9 @@ async def _start_inference(runners: InProcessRunners, spec: StepSpec, args: list
             raise EdgeError("the device has no IPC (DeviceAgent(ipc=True)); an in-process inference component needs it")
         model = runners.models.load(model_dir if model_dir.is_absolute() else spec.cwd / model_dir)
         uplink = InProcessUplink(InProcessIpc.connect(ipc.handler, token))
-        loop = InferenceLoop(model, options, uplink=uplink, thing=thing, component=options.component or spec.component)
+        loop = InferenceLoop(
+            model, options, uplink=uplink, thing=thing, component=options.component or spec.component, sleep=runners.tick.sleep
+        )
     except (EdgekitError, IpcError, OSError) as exc:
         _log(spec, f"edgekit inference: {exc}")
         log.warning("%s: %s could not start: %s", thing, spec.component, exc)

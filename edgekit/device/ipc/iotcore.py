@@ -88,8 +88,9 @@ class IotCoreLink:
 
     async def put(self, topic: str, payload: bytes) -> int:
         """Spool one message, sharing an fsync with the puts that arrive with it; returns (its sequence number)
-        once it is on disk. Raises :class:`edgekit.edge.EdgeError` when it can't be stored."""
-        seq = await self.group_commit.put(topic, payload)
+        once it is on disk. Raises :class:`edgekit.edge.EdgeError` when it can't be stored. A spool that is not durable
+        (a simulated device's: no fsync to share) is written here, in the loop, as its drains are: no thread per device."""
+        seq = self.spool.put(topic, payload) if not self.durable else await self.group_commit.put(topic, payload)
         self._wake.set()
         return seq
 
