@@ -336,3 +336,23 @@ def test_an_ack_of_many_removes_them_all(tmp_path: Path) -> None:
     spool.ack(seqs[::2] + seqs[1::2] + [seqs[0], 10**9])  # out of order, one twice, one unknown: over 500 a statement
     assert len(spool) == 0 and spool.bytes == 0
     spool.close()
+
+
+def test_a_spool_that_is_not_durable_is_written_in_the_loop_with_no_commit_thread(tmp_path: Path) -> None:
+    """A simulated device's uplink (durable=False): both publish paths store at once and start no thread."""
+    from edgekit.device.ipc.iotcore import IotCoreLink
+
+    async def main() -> tuple[int, int, bool, int]:
+        link = IotCoreLink(tmp_path / "uplink.db", durable=False)
+        try:
+            first = await link.put(TOPIC, b"a")
+            stored = link.put_nowait(TOPIC, b"b")
+            done = stored.done()
+            return first, await stored, done, len(link.spool.peek(10))
+        finally:
+            await link.close()
+
+    threads = threading.active_count()
+    first, second, done, spooled = asyncio.run(main())
+    assert (second, done, spooled) == (first + 1, True, 2)
+    assert threading.active_count() == threads

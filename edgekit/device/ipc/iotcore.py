@@ -95,7 +95,13 @@ class IotCoreLink:
         return seq
 
     def put_nowait(self, topic: str, payload: bytes) -> asyncio.Future[int]:
-        """:meth:`put` without a coroutine: the future of the sequence number, set once the message is on disk."""
+        """:meth:`put` without a coroutine: the future of the sequence number, set once the message is on disk (a
+        spool that is not durable is written here, as :meth:`put` does: the future is done when it returns)."""
+        if not self.durable:
+            stored: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            stored.set_result(self.spool.put(topic, payload))
+            self._wake.set()
+            return stored
         stored = self.group_commit.put_nowait(topic, payload)
         stored.add_done_callback(self._stored)
         return stored
