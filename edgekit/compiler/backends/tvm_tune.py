@@ -95,6 +95,7 @@ class TuningReport(BaseModel):
     measured: int = 0  # trials this compile measured
     tasks_tuned: int = 0
     tasks_reused: int = 0  # tasks the database already had enough of: not tuned again
+    tasks_unmeasured: int = 0  # tasks with no measured schedule at all (a budget spent before them): TVM's defaults
     stopped: Literal["trials", "time", "reused", "apply-only"] = "trials"
     seconds: float = 0.0  # spent tuning (the clock the budget reads)
     best_ms: float | None = None  # MetaSchedule's estimate of the model's latency: its tasks' best, weighted
@@ -494,12 +495,19 @@ def tune_and_apply(
         stopped=stopped,
         seconds=round(CLOCK.monotonic() - started, 3),
         best_ms=run.best_ms(),
+        tasks_unmeasured=sum(1 for t in everything if t.best_ms is None and not t.mod.attrs.get("tirx.is_scheduled", False)),
         records_before=before,
         records_after=_count_lines(records),
         strategy=options.strategy,
         prepack=options.prepack,
         database=str(folder),
     )
+    if report.tasks_unmeasured and options.trials != 0:
+        progress(
+            f"tvm: tuning: {report.tasks_unmeasured} of {len(everything)} task(s) have no measured schedule (the budget "
+            "ended before them): they run TVM's default schedules; give more --tune-minutes, or compile again to "
+            "continue from the database"
+        )
     if tuning and report.best_ms is not None:
         progress(f"tvm: tuning: best found {report.best_ms:.4f} ms (MetaSchedule's estimate, the tasks' best summed)")
     return mod, report
