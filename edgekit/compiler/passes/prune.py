@@ -4,7 +4,12 @@ ONNX graph rewrite of :mod:`edgekit.compiler.passes.channels`; to a ratio of cha
 ``fine_tune: samples`` fine-tunes the pruned module on the labelled calibration part of ``--samples`` (kept apart
 from the evaluation part, which then gates the candidate like any other). A model it can't fine-tune (an ONNX
 file, a TorchScript file, samples without labels) is pruned without it, and the notes say why: a candidate the
-accuracy gate rejects then says so in its reason. See docs/int8-and-tuning.md (pruning).
+accuracy gate rejects then says so in its reason.
+
+``ratios: [0.3, 0.5, 0.7]`` (or ``ratios: auto``, :data:`AUTO_RATIOS`) searches the ratio the way Neo and Olive
+search a setting: the candidate becomes one candidate per ratio (``<candidate>-<percent>``), each pruned, fine-tuned
+for the same bounded number of steps and gated on its own; the fastest within the accuracy budget ships, and each
+other one's report says why it lost (outside the budget, or slower). See docs/int8-and-tuning.md (pruning).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.compiler.model_stats import model_stats
@@ -29,7 +35,9 @@ from edgekit.compiler.passes.step import GraphPass, PassContext, PassNotes
 from edgekit.errors import CompilationError, ConfigError, EdgekitError, last_line
 from edgekit.progress import Progress
 
-__all__ = ["SAMPLES", "PruneOptions", "PrunePass"]
+__all__ = ["AUTO_RATIOS", "SAMPLES", "PruneOptions", "PrunePass"]
+
+AUTO_RATIOS = (0.3, 0.5, 0.7)  # ``ratios: auto``: what a ratio search tries
 
 _FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -38,6 +46,11 @@ class PruneOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ratio: float = Field(0.3, gt=0, lt=1, description="fraction of each chain's channels to remove")
+    ratios: list[float] | str | None = Field(
+        None,
+        description="a search: one candidate per ratio (each pruned, fine-tuned and gated), the fastest within the "
+        f"budget ships; 'auto': {', '.join(str(r) for r in AUTO_RATIOS)}",
+    )
     flops: float | None = Field(None, gt=0, lt=1, description="instead of ratio: the fraction of the source's MACs to keep")
     multiple: int = Field(1, ge=1, description="keep a multiple of this many channels (SIMD-friendly widths)")
     fine_tune: str | None = Field(
@@ -48,6 +61,22 @@ class PruneOptions(BaseModel):
     fine_tune_steps: int = Field(100, ge=1, description="optimizer steps of the fine-tune")
     fine_tune_batch: int = Field(32, ge=1, description="samples per step with fine_tune: samples")
     learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate for the fine-tune")
+
+    @field_validator("ratios", mode="before")
+    @classmethod
+    def _ratio_list(cls, value: object) -> object:
+        """Each ratio strictly between 0 and 1, at least one, or 'auto'; else one line saying what to write."""
+        fix = "list ratios strictly between 0 and 1, e.g. ratios: [0.3, 0.5, 0.7], or write ratios: auto"
+        if value is None or value == "auto":
+            return value
+        if not isinstance(value, list):
+            raise PydanticCustomError("ratios", f"{value!r} is not a list of ratios; {fix}")
+        if not value:
+            raise PydanticCustomError("ratios", f"an empty list tries no ratio; {fix}")
+        for r in value:
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
+                raise PydanticCustomError("ratios", f"{r!r} is not a ratio strictly between 0 and 1; {fix}")
+        return [float(r) for r in value]
 
 
 SAMPLES = "samples"  # fine_tune: the labelled calibration part of --samples
@@ -66,6 +95,17 @@ class PrunePass(GraphPass[PruneOptions]):
                 f"{where}: fine_tune '{spec}' is neither '{SAMPLES}' (the labelled calibration part of --samples) "
                 "nor 'module:function'"
             )
+        if options.ratios is not None and options.flops is not None:
+            raise ConfigError(f"{where}: give either ratios (a search over ratios) or flops (a MACs target), not both")
+        if options.ratios is not None and "ratio" in options.model_fields_set:
+            raise ConfigError(f"{where}: give either ratio (one candidate) or ratios (one candidate per ratio), not both")
+
+    def variants(self, options: PruneOptions) -> list[tuple[str, PruneOptions]]:
+        """One (name, options) per ratio ``options.ratios`` lists, named by its percentage ('30', '37.5'); [] for one."""
+        if options.ratios is None:
+            return []
+        ratios = AUTO_RATIOS if isinstance(options.ratios, str) else tuple(dict.fromkeys(options.ratios))
+        return [(f"{r * 100:g}", options.model_copy(update={"ratio": r, "ratios": None})) for r in ratios]
 
     def apply(
         self, source: SourceModel, options: PruneOptions, folder: Path, progress: Progress, context: PassContext, notes: PassNotes
@@ -97,7 +137,7 @@ def prune(
         model, kept, how, tuned = _torch(source, options, progress, None if why_not else context)
         if key is not None:
             _RECENT[key] = (model.SerializeToString(), kept, how, tuned)
-            while len(_RECENT) > 2:
+            while len(_RECENT) > _RECENT_KEPT:
                 _RECENT.pop(next(iter(_RECENT)))
     else:
         if options.fine_tune and options.fine_tune != SAMPLES:
@@ -120,7 +160,8 @@ def prune(
 
 _RECENT: dict[str, tuple[bytes, dict[str, int], str, dict[str, Any] | None]] = {}
 """The last pruned + fine-tuned models, by :func:`_key`: a pipeline's pruned and pruned-int8 candidates fine-tune
-once (the fine-tune is seeded, so the second would repeat the first)."""
+once (the fine-tune is seeded, so the second would repeat the first) — per ratio, when they search ratios."""
+_RECENT_KEPT = 6
 
 
 def _key(source: SourceModel, options: PruneOptions, context: PassContext) -> str:
@@ -244,10 +285,34 @@ def _torch(
     n_out = len(outs) if isinstance(outs, (tuple, list)) else 1
     names = [s.name for s in source.inputs]
     data = export_module(module, example, names, n_out, source.path)
+    _check_export(module, data, source)
     model = onnx.load_from_string(data)
     model = onnx.shape_inference.infer_shapes(model)
     progress(f"prune: {how}")
     return model, kept, how, tuned
+
+
+def _check_export(module: Any, data: bytes, source: SourceModel) -> None:
+    """The pruned module and its ONNX export agree on one seeded input, or CompilationError: a dependency graph that
+    cut a depthwise conv or a residual add out of step shows here, not as a silently wrong artifact."""
+    import onnxruntime as ort
+    import torch
+
+    rng = np.random.default_rng(0)
+    feed = {s.name: (rng.standard_normal(s.shape) if np.dtype(s.dtype).kind == "f" else np.zeros(s.shape)).astype(s.dtype)
+            for s in source.inputs}  # fmt: skip
+    with torch.no_grad():
+        outs = module(*(torch.from_numpy(feed[s.name]) for s in source.inputs))
+    want = [o.numpy() for o in (outs if isinstance(outs, (tuple, list)) else [outs])]
+    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feed)
+    for i, (w, g) in enumerate(zip(want, got, strict=False)):
+        scale = float(np.abs(w).max()) if w.size else 0.0
+        diff = float(np.abs(np.asarray(g, dtype=np.float64) - w).max()) if w.size else 0.0
+        if w.shape != np.shape(g) or diff > 1e-3 * max(1.0, scale):
+            raise CompilationError(
+                f"the pruned '{source.path}' and its ONNX export disagree on output {i} (shape {list(w.shape)} vs "
+                f"{list(np.shape(g))}, max |diff| {diff:.3g}): torch-pruning cut this model out of step; drop the prune pass"
+            )
 
 
 def _fine_tune_on_samples(
@@ -284,10 +349,19 @@ def _fine_tune_on_samples(
         rng = np.random.default_rng(0)
         opt = torch.optim.Adam(module.parameters(), lr=options.learning_rate)
         batch = min(options.fine_tune_batch, len(ys))
-        progress(f"prune: fine-tuning {options.fine_tune_steps} step(s) of {batch} on {len(ys)} labelled calibration samples")
+        what = (
+            f"{options.ratio:.0%} of the channels pruned"
+            if options.flops is None
+            else f"pruned to {options.flops:.0%} of the MACs"
+        )
+        progress(
+            f"prune: {what}; fine-tuning {options.fine_tune_steps} step(s) of {batch} on {len(ys)} labelled calibration samples"
+        )
         module.train()
         order: list[int] = []
-        for _ in range(options.fine_tune_steps):
+        every = max(1, options.fine_tune_steps // 5)
+        recent: list[float] = []
+        for step in range(1, options.fine_tune_steps + 1):
             if len(order) < batch:
                 order += [int(i) for i in rng.permutation(len(ys))]
             idx, order = torch.tensor(order[:batch]), order[batch:]
@@ -295,6 +369,10 @@ def _fine_tune_on_samples(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            recent.append(float(loss.detach()))
+            if step % every == 0 and step < options.fine_tune_steps:
+                progress(f"prune: fine-tune step {step}/{options.fine_tune_steps}, training loss {sum(recent) / len(recent):.4f}")
+                recent = []
         after = mean_loss()
     except EdgekitError:
         raise
