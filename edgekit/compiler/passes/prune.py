@@ -329,9 +329,14 @@ def _fine_tune_on_samples(
         for n, s in zip(names, source.inputs, strict=True)
     ]
     ys = torch.from_numpy(np.concatenate([lab.reshape(-1) for lab in labels]).astype(np.int64))
+    # images (4-D inputs): train channels-last, about 1.6x faster convolutions on CPU; the module goes back after
+    images = any(x.dim() == 4 for x in xs)
+
+    def fmt(x: Any) -> Any:
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
     def loss_on(idx: Any) -> Any:
-        out = module(*(x[idx] for x in xs))
+        out = module(*(fmt(x[idx]) for x in xs))
         out = out[0] if isinstance(out, (tuple, list)) else out
         return torch.nn.functional.cross_entropy(out.reshape(len(idx), -1), ys[idx])
 
@@ -344,6 +349,8 @@ def _fine_tune_on_samples(
         return total / len(ys)
 
     try:
+        if images:
+            module.to(memory_format=torch.channels_last)
         before = mean_loss()
         torch.manual_seed(0)
         rng = np.random.default_rng(0)
@@ -381,6 +388,9 @@ def _fine_tune_on_samples(
             f"fine-tuning the pruned '{source.path}' failed: {type(exc).__name__}: {last_line(exc, 200)}; "
             "drop fine_tune or the prune pass"
         ) from exc
+    finally:
+        if images:
+            module.to(memory_format=torch.contiguous_format)
     module.eval()
     progress(f"prune: fine-tuned: loss on the calibration samples {before:.4f} → {after:.4f}")
     return {"on": "calibration samples", "samples": len(ys), "steps": options.fine_tune_steps, "batch": batch,
