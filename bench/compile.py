@@ -2,7 +2,7 @@
 
     python -m bench.compile [--models mlp,cnn,mobilenet,mobilenetv2,kws,digits,rf,trained-cnn,trained-mobilenetv2]
                             [--rounds 10] [--repeat 50] [--optimize] [--tune N] [--json out.json]
-                            [--prune-ratios 0.3,0.5,0.7] [--fine-tune-steps N]
+                            [--prune-ratios 0.3,0.5,0.7] [--fine-tune-steps N] [--optimize-only]
     python -m bench.compile --tuning-goal [--tune-minutes 10]   # tuned TVM vs ORT on a trained digits CNN
 
 ``trained-cnn`` and ``trained-mobilenetv2`` are trained on upscaled scikit-learn digits by :mod:`bench.trained`
@@ -341,9 +341,18 @@ def compile_case(
     tune: int = 0,
     optimize: bool = False,
     prune: dict[str, Any] | None = None,
+    optimize_only: bool = False,
 ) -> tuple[Result, dict[str, Predict]]:
-    """Compile ``case`` with the default pipeline and per backend; return the result stub and the predictors to time."""
+    """Compile ``case`` with the default pipeline and per backend; return the result stub and the predictors to time.
+    ``optimize_only``: ONNX Runtime fp32 (the ratios' denominator) and the optimize pipeline, nothing else."""
     res = Result(case.name, case.description)
+    if optimize_only:
+        say(f"[{case.name}] compiling with backend=onnxruntime")
+        ort_fp32 = _compile(case, target, out / "onnxruntime", backend="onnxruntime")
+        res.compile_s["onnxruntime"] = ort_fp32.manifest.compile_seconds
+        predictors: dict[str, Predict] = {"onnxruntime": _bind(edgekit.load(ort_fp32.artifact_dir).predict, case.feed)}
+        _optimize(case, target, out, say, 0, res, predictors, prune)
+        return res, predictors
     say(f"[{case.name}] compiling with the default pipeline")
     cache = ArtifactCache(out / "cache")  # private and empty: the first compile is a miss
     t0 = time.perf_counter()
@@ -357,7 +366,7 @@ def compile_case(
     res.chosen = manifest.backend.name
     res.compile_s["default"] = manifest.compile_seconds
     reports: dict[str, CandidateReport] = {c.backend: c for c in manifest.candidates}
-    predictors: dict[str, Predict] = {}
+    predictors = {}
     if case.eager is not None:
         predictors["eager"] = case.eager
     for backend in BACKENDS:
@@ -757,6 +766,12 @@ def main(argv: list[str] | None = None) -> int:
         help="--optimize: fine-tune steps per pruning ratio instead of optimize.yaml's (fewer for a 224² model on a busy CPU)",
     )
     parser.add_argument(
+        "--optimize-only",
+        action="store_true",
+        help="only ONNX Runtime fp32 and the optimize pipeline (no default pipeline, TVM or int8 pipeline compiles): "
+        "for 224² models on a busy CPU",
+    )
+    parser.add_argument(
         "--tuning-goal",
         action="store_true",
         help="only the tuning goal: tuned TVM vs ONNX Runtime on a digits CNN trained here, and a second compile "
@@ -798,7 +813,10 @@ def main(argv: list[str] | None = None) -> int:
             case = make_case(name, work, say)
             eager_names[name] = case.eager_name
             try:
-                res, predictors = compile_case(case, args.target, work / "build" / name, say, args.tune, args.optimize, prune)
+                res, predictors = compile_case(
+                    case, args.target, work / "build" / name, say, args.tune, args.optimize or args.optimize_only, prune,
+                    args.optimize_only,
+                )  # fmt: skip
             except EdgekitError as exc:  # one model that can't be compiled doesn't lose the others' figures
                 say(f"[{name}] skipped: {exc}")
                 continue
