@@ -290,3 +290,25 @@ def test_torch_pruning_follows_mobilenetv2_depthwise_convs_and_residual_adds(
     assert sum(v for k, v in kept.items() if k != "26") < 0.6 * full
     (out,) = edgekit.load(result.artifact_dir).predict({"input": np.zeros((1, 3, 32, 32), np.float32)})
     assert out.shape == (1, 10)
+
+
+def test_a_pruned_module_whose_export_answers_differently_is_refused(tmp_path: Path) -> None:
+    """The pass's export check: a module against the ONNX export of another (as a dependency graph that cut one
+    layer out of step would leave it) fails in one line naming the output and the difference."""
+    from edgekit.compiler.frontends.frontend import SourceModel
+    from edgekit.compiler.passes.prune import _check_export
+    from edgekit.errors import CompilationError
+    from edgekit.manifest import TensorSpec
+
+    torch.manual_seed(0)
+    module, other = torch.nn.Linear(4, 3).eval(), torch.nn.Linear(4, 3).eval()
+    example = (torch.zeros(1, 4),)
+    data = export_module(module, example, ["input"], 1, "m")
+    source = SourceModel(
+        "pkg.m:make_model", "torch", "torch", "0" * 64, len(data), tmp_path / "m.onnx", onnx.load_from_string(data),
+        [TensorSpec(name="input", shape=[1, 4], dtype="float32")], module=module,
+    )  # fmt: skip
+    _check_export(module, data, source)  # its own export: agrees
+    with pytest.raises(CompilationError, match=r"the pruned 'pkg.m:make_model' and its ONNX export disagree on output 0") as err:
+        _check_export(other, data, source)
+    assert "\n" not in str(err.value) and "drop the prune pass" in str(err.value)
