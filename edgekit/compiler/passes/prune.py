@@ -380,6 +380,7 @@ def _fine_tune_on_samples(
             if step % every == 0 and step < options.fine_tune_steps:
                 progress(f"prune: fine-tune step {step}/{options.fine_tune_steps}, training loss {sum(recent) / len(recent):.4f}")
                 recent = []
+        _recalibrate_batch_norm(module, lambda i: loss_on(torch.arange(i, min(i + batch, len(ys)))), len(ys), batch)
         after = mean_loss()
     except EdgekitError:
         raise
@@ -396,6 +397,29 @@ def _fine_tune_on_samples(
     return {"on": "calibration samples", "samples": len(ys), "steps": options.fine_tune_steps, "batch": batch,
             "optimizer": "Adam", "learningRate": options.learning_rate, "loss": "cross entropy",
             "lossBefore": round(before, 6), "lossAfter": round(after, 6)}  # fmt: skip
+
+
+def _recalibrate_batch_norm(module: Any, forward: Any, count: int, batch: int) -> None:
+    """BatchNorm's running statistics measured again over the calibration samples (a cumulative average, weights
+    untouched): after pruning and a short fine-tune they still hold the unpruned model's, and eval mode uses them —
+    the fine-tune's training loss falls while its eval loss rises (MobileNetV2: 2.9 → 8.1 in 20 steps)."""
+    import torch
+
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative: every batch counts the same
+    module.train()
+    with torch.no_grad():
+        for i in range(0, count, batch):
+            if count - i > 1 or i == 0:  # a last batch of one: BatchNorm1d can't take it in train mode
+                forward(i)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    module.eval()
 
 
 def _batched(arr: np.ndarray, rank: int) -> np.ndarray:
