@@ -194,6 +194,7 @@ def test_a_ratio_search_gates_each_ratio_and_ships_the_fastest_within_budget(fac
         pruned = reports[name].pruned
         assert pruned is not None and pruned["ratio"] == ratio  # the manifest says which ratio each one tried
         assert pruned["fineTuned"]["steps"] == 40  # each fine-tuned on its own, for the same bounded budget
+        assert pruned["fineTuned"]["batchNormRecalibrated"] == 0  # this CNN has no BatchNorm
         assert reports[name].passes == [{"prune": {**reports[name].passes[0]["prune"], "ratio": ratio}}]
         assert reports[name].budget is not None  # each was judged by the gate
     kept = [reports[n].pruned["channelsKept"]["0"] for n in ("pruned-25", "pruned-50", "pruned-90")]  # type: ignore[index]

@@ -380,7 +380,7 @@ def _fine_tune_on_samples(
             if step % every == 0 and step < options.fine_tune_steps:
                 progress(f"prune: fine-tune step {step}/{options.fine_tune_steps}, training loss {sum(recent) / len(recent):.4f}")
                 recent = []
-        _recalibrate_batch_norm(module, lambda i: loss_on(torch.arange(i, min(i + batch, len(ys)))), len(ys), batch)
+        norms = _recalibrate_batch_norm(module, lambda i: loss_on(torch.arange(i, min(i + batch, len(ys)))), len(ys), batch)
         after = mean_loss()
     except EdgekitError:
         raise
@@ -396,10 +396,10 @@ def _fine_tune_on_samples(
     progress(f"prune: fine-tuned: loss on the calibration samples {before:.4f} → {after:.4f}")
     return {"on": "calibration samples", "samples": len(ys), "steps": options.fine_tune_steps, "batch": batch,
             "optimizer": "Adam", "learningRate": options.learning_rate, "loss": "cross entropy",
-            "lossBefore": round(before, 6), "lossAfter": round(after, 6)}  # fmt: skip
+            "lossBefore": round(before, 6), "lossAfter": round(after, 6), "batchNormRecalibrated": norms}  # fmt: skip
 
 
-def _recalibrate_batch_norm(module: Any, forward: Any, count: int, batch: int) -> None:
+def _recalibrate_batch_norm(module: Any, forward: Any, count: int, batch: int) -> int:
     """BatchNorm's running statistics measured again over the calibration samples (a cumulative average, weights
     untouched): after pruning and a short fine-tune they still hold the unpruned model's, and eval mode uses them —
     the fine-tune's training loss falls while its eval loss rises (MobileNetV2: 2.9 → 8.1 in 20 steps)."""
@@ -407,7 +407,7 @@ def _recalibrate_batch_norm(module: Any, forward: Any, count: int, batch: int) -
 
     norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
-        return
+        return 0
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
@@ -420,6 +420,7 @@ def _recalibrate_batch_norm(module: Any, forward: Any, count: int, batch: int) -
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     module.eval()
+    return len(norms)
 
 
 def _batched(arr: np.ndarray, rank: int) -> np.ndarray:
