@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgekit.compiler.frontends.frontend import SourceModel
 from edgekit.compiler.model_stats import model_stats
@@ -46,7 +45,7 @@ class PruneOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ratio: float = Field(0.3, gt=0, lt=1, description="fraction of each chain's channels to remove")
-    ratios: list[float] | str | None = Field(
+    ratios: Any = Field(  # a list of ratios or 'auto', checked by PrunePass.check (one line naming the field)
         None,
         description="a search: one candidate per ratio (each pruned, fine-tuned and gated), the fastest within the "
         f"budget ships; 'auto': {', '.join(str(r) for r in AUTO_RATIOS)}",
@@ -61,22 +60,6 @@ class PruneOptions(BaseModel):
     fine_tune_steps: int = Field(100, ge=1, description="optimizer steps of the fine-tune")
     fine_tune_batch: int = Field(32, ge=1, description="samples per step with fine_tune: samples")
     learning_rate: float = Field(1e-3, gt=0, description="Adam's learning rate for the fine-tune")
-
-    @field_validator("ratios", mode="before")
-    @classmethod
-    def _ratio_list(cls, value: object) -> object:
-        """Each ratio strictly between 0 and 1, at least one, or 'auto'; else one line saying what to write."""
-        fix = "list ratios strictly between 0 and 1, e.g. ratios: [0.3, 0.5, 0.7], or write ratios: auto"
-        if value is None or value == "auto":
-            return value
-        if not isinstance(value, list):
-            raise PydanticCustomError("ratios", f"{value!r} is not a list of ratios; {fix}")
-        if not value:
-            raise PydanticCustomError("ratios", f"an empty list tries no ratio; {fix}")
-        for r in value:
-            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
-                raise PydanticCustomError("ratios", f"{r!r} is not a ratio strictly between 0 and 1; {fix}")
-        return [float(r) for r in value]
 
 
 SAMPLES = "samples"  # fine_tune: the labelled calibration part of --samples
@@ -95,6 +78,7 @@ class PrunePass(GraphPass[PruneOptions]):
                 f"{where}: fine_tune '{spec}' is neither '{SAMPLES}' (the labelled calibration part of --samples) "
                 "nor 'module:function'"
             )
+        _check_ratios(options.ratios, where)
         if options.ratios is not None and options.flops is not None:
             raise ConfigError(f"{where}: give either ratios (a search over ratios) or flops (a MACs target), not both")
         if options.ratios is not None and "ratio" in options.model_fields_set:
@@ -104,7 +88,7 @@ class PrunePass(GraphPass[PruneOptions]):
         """One (name, options) per ratio ``options.ratios`` lists, named by its percentage ('30', '37.5'); [] for one."""
         if options.ratios is None:
             return []
-        ratios = AUTO_RATIOS if isinstance(options.ratios, str) else tuple(dict.fromkeys(options.ratios))
+        ratios = AUTO_RATIOS if options.ratios == "auto" else tuple(dict.fromkeys(float(r) for r in options.ratios))
         return [(f"{r * 100:g}", options.model_copy(update={"ratio": r, "ratios": None})) for r in ratios]
 
     def apply(
@@ -113,6 +97,20 @@ class PrunePass(GraphPass[PruneOptions]):
         pruned = prune(source, options, folder, progress, notes, context)
         notes.counted = pruned.model
         return pruned
+
+
+def _check_ratios(value: object, where: str) -> None:
+    """Each ratio strictly between 0 and 1, at least one, or 'auto'; else ConfigError in one line naming the field."""
+    fix = "list ratios strictly between 0 and 1, e.g. ratios: [0.3, 0.5, 0.7], or write ratios: auto"
+    if value is None or value == "auto":
+        return
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: field 'ratios': {value!r} is not a list of ratios; {fix}")
+    if not value:
+        raise ConfigError(f"{where}: field 'ratios': an empty list tries no ratio; {fix}")
+    for r in value:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
+            raise ConfigError(f"{where}: field 'ratios': {r!r} is not a ratio strictly between 0 and 1; {fix}")
 
 
 def prune(
