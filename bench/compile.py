@@ -2,6 +2,7 @@
 
     python -m bench.compile [--models mlp,cnn,mobilenet,mobilenetv2,kws,digits,rf,trained-cnn,trained-mobilenetv2]
                             [--rounds 10] [--repeat 50] [--optimize] [--tune N] [--json out.json]
+                            [--prune-ratios 0.3,0.5,0.7] [--fine-tune-steps N] [--optimize-only]
     python -m bench.compile --tuning-goal [--tune-minutes 10]   # tuned TVM vs ORT on a trained digits CNN
 
 ``trained-cnn`` and ``trained-mobilenetv2`` are trained on upscaled scikit-learn digits by :mod:`bench.trained`
@@ -36,7 +37,7 @@ import edgekit
 from edgekit.compiler import CompileResult
 from edgekit.compiler.cache import ArtifactCache
 from edgekit.compiler.measurement import host_description
-from edgekit.compiler.pipeline import load_pipeline
+from edgekit.compiler.pipeline import Pipeline, load_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.manifest import CandidateReport
 
@@ -333,10 +334,25 @@ def _compile(case: Case, target: str, out: Path, **kwargs: Any) -> CompileResult
 
 
 def compile_case(
-    case: Case, target: str, out: Path, say: Callable[[str], None], tune: int = 0, optimize: bool = False
+    case: Case,
+    target: str,
+    out: Path,
+    say: Callable[[str], None],
+    tune: int = 0,
+    optimize: bool = False,
+    prune: dict[str, Any] | None = None,
+    optimize_only: bool = False,
 ) -> tuple[Result, dict[str, Predict]]:
-    """Compile ``case`` with the default pipeline and per backend; return the result stub and the predictors to time."""
+    """Compile ``case`` with the default pipeline and per backend; return the result stub and the predictors to time.
+    ``optimize_only``: ONNX Runtime fp32 (the ratios' denominator) and the optimize pipeline, nothing else."""
     res = Result(case.name, case.description)
+    if optimize_only:
+        say(f"[{case.name}] compiling with backend=onnxruntime")
+        ort_fp32 = _compile(case, target, out / "onnxruntime", backend="onnxruntime")
+        res.compile_s["onnxruntime"] = ort_fp32.manifest.compile_seconds
+        predictors: dict[str, Predict] = {"onnxruntime": _bind(edgekit.load(ort_fp32.artifact_dir).predict, case.feed)}
+        _optimize(case, target, out, say, 0, res, predictors, prune)
+        return res, predictors
     say(f"[{case.name}] compiling with the default pipeline")
     cache = ArtifactCache(out / "cache")  # private and empty: the first compile is a miss
     t0 = time.perf_counter()
@@ -350,7 +366,7 @@ def compile_case(
     res.chosen = manifest.backend.name
     res.compile_s["default"] = manifest.compile_seconds
     reports: dict[str, CandidateReport] = {c.backend: c for c in manifest.candidates}
-    predictors: dict[str, Predict] = {}
+    predictors = {}
     if case.eager is not None:
         predictors["eager"] = case.eager
     for backend in BACKENDS:
@@ -407,16 +423,24 @@ def compile_case(
         res.unavailable["tvm-tuned"] = res.unavailable["tvm"]
     predictors["chosen"] = _bind(edgekit.load(default.artifact_dir).predict, case.feed)
     if optimize:
-        _optimize(case, target, out, say, tune if "tvm-tuned" in res.compile_s else 0, res, predictors)
+        _optimize(case, target, out, say, tune if "tvm-tuned" in res.compile_s else 0, res, predictors, prune)
     return res, predictors
 
 
 def _optimize(
-    case: Case, target: str, out: Path, say: Callable[[str], None], tuned: int, res: Result, predictors: dict[str, Predict]
+    case: Case,
+    target: str,
+    out: Path,
+    say: Callable[[str], None],
+    tuned: int,
+    res: Result,
+    predictors: dict[str, Predict],
+    prune: dict[str, Any] | None = None,
 ) -> None:
     """Compile with compiler/optimize.yaml and labelled samples; the tuned TVM candidate applies the schedules the
-    tuning run above found (same database, 0 new trials)."""
-    pipe = load_pipeline("optimize")
+    tuning run above found (same database, 0 new trials). ``prune``: options set on every prune step (the bench's
+    --prune-ratios and --fine-tune-steps)."""
+    pipe = with_prune_options(load_pipeline("optimize"), prune or {})
     if tuned:
         pipe = pipe.with_tuning(0)
         spec = pipe.candidates[-1]
@@ -451,11 +475,23 @@ def _optimize(
                 "quantization": c.quantization,
                 "compile_s": c.compile_seconds,
                 "fine_tuned": (c.pruned or {}).get("fineTuned"),
+                "prune_ratio": (c.pruned or {}).get("ratio"),
             }
             for c in m.candidates
         },
     }
     predictors["optimized"] = _bind(edgekit.load(result.artifact_dir).predict, case.feed)
+
+
+def with_prune_options(pipe: Pipeline, options: dict[str, Any]) -> Pipeline:
+    """``pipe`` with ``options`` set on the prune step of every candidate that prunes."""
+    if not options:
+        return pipe
+    candidates = [
+        c.model_copy(update={"passes": [{k: {**v, **options} if k == "prune" else v for k, v in p.items()} for p in c.passes]})
+        for c in pipe.candidates
+    ]
+    return pipe.model_copy(update={"candidates": candidates})
 
 
 def _bind(predict: Callable[[dict[str, np.ndarray]], list[np.ndarray]], feed: dict[str, np.ndarray]) -> Predict:
@@ -559,6 +595,7 @@ def render(results: list[Result], header: str, eager_names: dict[str, str], tune
     if any(r.optimize for r in results):
         console.print(_optimize_table(results))
         console.print(_int8_table(results))
+        console.print(_pruned_table(results))
     for r in results:
         for backend, reason in r.unavailable.items():
             took = f" (refused in {r.refused_s[backend]:.2f} s)" if backend in r.refused_s else ""
@@ -583,11 +620,11 @@ def _optimize_table(results: list[Result]) -> Any:
         if not o:
             continue
         c = o["candidates"]
-        fp32, int8, pruned = c.get("ort", {}), c.get(best_int8(o) or "", {}), c.get("ort-pruned", {})
+        fp32, int8, pruned = c.get("ort", {}), c.get(best_int8(o) or "", {}), c.get(best_pruned(o) or "", {})
         chosen = c[o["chosen"]]
         top1 = f"{chosen['source_top1']:.1%} → {chosen['top1']:.1%}" if chosen.get("top1") is not None else "—"
         shipped = f"{o['chosen']} {_ratio(r.latency_ms.get('optimized'), r.latency_ms.get('onnxruntime'))}"
-        variants = int8_variants(o)  # each in the int8 table
+        variants = int8_variants(o) + pruned_variants(o)  # each in the int8 or the pruning table
         states = "; ".join(
             f"{n}: {v['status']}" + (f" ({escape(v['reason'][:70])})" if v["status"] != "chosen" else "")
             for n, v in c.items()
@@ -595,7 +632,8 @@ def _optimize_table(results: list[Result]) -> Any:
         )
         t.add_row(
             r.model, o["labels"], shipped, top1, _ratio(int8.get("size"), fp32.get("size")), _ratio(int8.get("ms"), fp32.get("ms")),
-            _ratio(pruned.get("ms"), fp32.get("ms")), _ratio(pruned.get("flops"), o.get("source_flops")), states,
+            _ratio(pruned.get("ms"), fp32.get("ms")) + (f" ({best_pruned(o)})" if pruned else ""),
+            _ratio(pruned.get("flops"), o.get("source_flops")), states,
         )  # fmt: skip
     return t
 
@@ -617,6 +655,49 @@ def best_int8(optimize: dict[str, Any]) -> str | None:
         return str(optimize["chosen"])
     within = [n for n in names if c[n].get("ms") and not c[n]["reason"].startswith("outside")]
     return min(within, key=lambda n: c[n]["ms"]) if within else None
+
+
+def pruned_variants(optimize: dict[str, Any]) -> list[str]:
+    """The optimize pipeline's pruned candidates, fp32 and int8 (one per ratio: ``ort-pruned-<percent>``), in order."""
+    return [n for n, v in optimize.get("candidates", {}).items() if n.startswith("ort-pruned")]
+
+
+def best_pruned(optimize: dict[str, Any]) -> str | None:
+    """The pruned fp32 candidate that ships or would: the chosen one if it is pruned fp32, else the fastest within
+    the budget."""
+    c = optimize.get("candidates", {})
+    names = [n for n in pruned_variants(optimize) if not c[n].get("quantization")]
+    if optimize.get("chosen") in names:
+        return str(optimize["chosen"])
+    within = [n for n in names if c[n].get("ms") and not c[n]["reason"].startswith("outside")]
+    return min(within, key=lambda n: c[n]["ms"]) if within else None
+
+
+def _pruned_table(results: list[Result]) -> Any:
+    """Each ratio the optimize pipeline's pruning search tried (fp32 and + int8): latency, size and MACs against ORT
+    fp32 and the source (the compile's own interleaved medians), top-1 against the source's, and the gate's decision."""
+    from rich.table import Table
+
+    t = Table(title="pruning ratios of the optimize pipeline (latency: the compile's interleaved medians, ratio to ORT fp32)")
+    for col in ("model", "candidate", "ratio", "fine-tune", "ms / fp32", "size / fp32", "MACs / source",
+                "top-1 source → pruned", "outcome"):  # fmt: skip
+        t.add_column(col)
+    for r in results:
+        o = r.optimize
+        c = o.get("candidates", {})
+        fp32 = c.get("ort", {})
+        for name in pruned_variants(o):
+            v = c[name]
+            ft = v.get("fine_tuned")
+            tuned = f"{ft['steps']} steps, loss {ft['lossBefore']:.3f} → {ft['lossAfter']:.3f}" if ft else "none"
+            top1 = f"{v['source_top1']:.1%} → {v['top1']:.1%}" if v.get("top1") is not None else "—"
+            outcome = v["status"] + (f": {escape(v['reason'][:90])}" if v["reason"] else "")
+            t.add_row(
+                r.model, name, f"{v['prune_ratio']:.0%}" if v.get("prune_ratio") else "—", tuned,
+                _ratio(v.get("ms"), fp32.get("ms")), _ratio(v.get("size"), fp32.get("size")),
+                _ratio(v.get("flops"), o.get("source_flops")), top1, outcome,
+            )  # fmt: skip
+    return t
 
 
 def _int8_table(results: list[Result]) -> Any:
@@ -678,6 +759,23 @@ def main(argv: list[str] | None = None) -> int:
         help="also compile with compiler/optimize.yaml and labelled samples, and time what it ships",
     )
     parser.add_argument(
+        "--prune-ratios",
+        metavar="R,R",
+        help="--optimize: the pruning ratios to search instead of optimize.yaml's (e.g. 0.5,0.7)",
+    )
+    parser.add_argument(
+        "--fine-tune-steps",
+        type=int,
+        metavar="N",
+        help="--optimize: fine-tune steps per pruning ratio instead of optimize.yaml's (fewer for a 224² model on a busy CPU)",
+    )
+    parser.add_argument(
+        "--optimize-only",
+        action="store_true",
+        help="only ONNX Runtime fp32 and the optimize pipeline (no default pipeline, TVM or int8 pipeline compiles): "
+        "for 224² models on a busy CPU",
+    )
+    parser.add_argument(
         "--tuning-goal",
         action="store_true",
         help="only the tuning goal: tuned TVM vs ONNX Runtime on a digits CNN trained here, and a second compile "
@@ -697,6 +795,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model(s) {unknown}; choose from {','.join(MODELS)}")
     if args.repeat < 1 or args.rounds < 1 or args.tune < 0:
         parser.error("--repeat and --rounds must be at least 1, --tune at least 0")
+    prune: dict[str, Any] = {}
+    if args.prune_ratios:
+        try:
+            prune["ratios"] = [float(r) for r in args.prune_ratios.split(",") if r.strip()]
+        except ValueError:
+            parser.error(f"--prune-ratios: '{args.prune_ratios}' is not a comma-separated list of numbers")
+    if args.fine_tune_steps is not None:
+        if args.fine_tune_steps < 1:
+            parser.error("--fine-tune-steps must be at least 1")
+        prune["fine_tune_steps"] = args.fine_tune_steps
 
     def say(msg: str) -> None:
         if not args.quiet:
@@ -711,7 +819,10 @@ def main(argv: list[str] | None = None) -> int:
             case = make_case(name, work, say)
             eager_names[name] = case.eager_name
             try:
-                res, predictors = compile_case(case, args.target, work / "build" / name, say, args.tune, args.optimize)
+                res, predictors = compile_case(
+                    case, args.target, work / "build" / name, say, args.tune, args.optimize or args.optimize_only, prune,
+                    args.optimize_only,
+                )  # fmt: skip
             except EdgekitError as exc:  # one model that can't be compiled doesn't lose the others' figures
                 say(f"[{name}] skipped: {exc}")
                 continue
@@ -735,6 +846,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "target": args.target,
             "tune_trials": args.tune,
+            "prune_overrides": prune,
             "edgekit": edgekit.__version__,
             "total_seconds": round(total, 2),
             "results": [asdict(r) for r in results],

@@ -255,3 +255,60 @@ def test_ffn_pruning_through_compile(tmp_path: Path) -> None:
     assert report.status == "chosen" and report.pruned is not None
     assert list(report.pruned["channelsKept"].values()) == [48]
     assert report.params and result.manifest.source.params and report.params < result.manifest.source.params
+
+
+def test_torch_pruning_follows_mobilenetv2_depthwise_convs_and_residual_adds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MobileNetV2 (bench/trained.py's, width 0.25, 32×32, random weights): each depthwise conv keeps exactly its
+    expand conv's channels, the blocks joined by a residual add keep one width, and the pruned module's ONNX export
+    agrees with it (the pass checks; a disagreement fails the compile)."""
+    name = f"ek_mbv2_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{name}.py").write_text(
+        "import torch\nfrom bench.trained import mobilenet_v2\n\n\n"
+        "def make_model():\n    torch.manual_seed(0)\n    return mobilenet_v2(0.25, 10).eval()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = edgekit.compile(
+        f"{name}:make_model", "x86_64", tmp_path / "b", pipeline=_pipeline(_pruned(0.5)), input_shapes={"input": [1, 3, 32, 32]}
+    )
+    (report,) = result.manifest.candidates
+    assert report.status == "chosen" and report.pruned is not None
+    kept: dict[str, int] = report.pruned["channelsKept"]
+    blocks = sorted({int(k.split(".")[0]) for k in kept if ".block." in k})
+    expanded = [b for b in blocks if f"{b}.block.6" in kept]  # expand 1×1 (block.0), depthwise 3×3 (block.3), project
+    assert len(expanded) == 16
+    for b in expanded:
+        assert kept[f"{b}.block.3"] == kept[f"{b}.block.0"], b  # the depthwise conv follows its expand conv
+    # the stride-1 blocks of a stage add their input to their output: one width across the stage
+    stages = [range(4, 6), range(6, 9), range(9, 13), range(13, 16), range(16, 19)]
+    for stage in stages:
+        assert len({kept[f"{b}.block.6"] for b in stage}) == 1, stage
+    assert kept["26"] == 10  # the classifier keeps its classes
+    source = __import__(name).make_model()
+    full = sum(m.out_channels for m in source.modules() if isinstance(m, torch.nn.Conv2d))
+    assert sum(v for k, v in kept.items() if k != "26") < 0.6 * full
+    (out,) = edgekit.load(result.artifact_dir).predict({"input": np.zeros((1, 3, 32, 32), np.float32)})
+    assert out.shape == (1, 10)
+
+
+def test_a_pruned_module_whose_export_answers_differently_is_refused(tmp_path: Path) -> None:
+    """The pass's export check: a module against the ONNX export of another (as a dependency graph that cut one
+    layer out of step would leave it) fails in one line naming the output and the difference."""
+    from edgekit.compiler.frontends.frontend import SourceModel
+    from edgekit.compiler.passes.prune import _check_export
+    from edgekit.errors import CompilationError
+    from edgekit.manifest import TensorSpec
+
+    torch.manual_seed(0)
+    module, other = torch.nn.Linear(4, 3).eval(), torch.nn.Linear(4, 3).eval()
+    example = (torch.zeros(1, 4),)
+    data = export_module(module, example, ["input"], 1, "m")
+    source = SourceModel(
+        "pkg.m:make_model", "torch", "torch", "0" * 64, len(data), tmp_path / "m.onnx", onnx.load_from_string(data),
+        [TensorSpec(name="input", shape=[1, 4], dtype="float32")], module=module,
+    )  # fmt: skip
+    _check_export(module, data, source)  # its own export: agrees
+    with pytest.raises(CompilationError, match=r"the pruned 'pkg.m:make_model' and its ONNX export disagree on output 0") as err:
+        _check_export(other, data, source)
+    assert "\n" not in str(err.value) and "drop the prune pass" in str(err.value)

@@ -161,3 +161,104 @@ def test_a_fine_tune_that_is_neither_samples_nor_a_function_is_refused_before_co
         edgekit.compile(
             tmp_path / "missing.onnx", "x86_64", tmp_path / "b", pipeline=_pipeline(fine_tune="sample"), use_cache=False
         )
+
+
+# --------------------------------------------------------------------------- a search over the pruning ratio
+
+
+def _search_pipeline(ratios: object, steps: int = 40) -> Pipeline:
+    """ONNX Runtime fp32 beside one pruned candidate per ratio, each fine-tuned; the fastest within budget ships."""
+    prune = {"ratios": ratios, "fine_tune": "samples", "fine_tune_steps": steps, "learning_rate": 3e-3}
+    return Pipeline.model_validate(
+        {
+            "name": "ratio-search-test",
+            "candidates": [
+                {"name": "fp32", "backend": "onnxruntime"},
+                {"name": "pruned", "backend": "onnxruntime", "passes": [{"prune": prune}], "accuracy": GATE},
+            ],
+            "measure": {"samples": 4, "warmup": 1, "repeat": 5, "calibrationSamples": 300},
+        }
+    )
+
+
+def test_a_ratio_search_gates_each_ratio_and_ships_the_fastest_within_budget(factory: tuple[str, Any], tmp_path: Path) -> None:
+    spec, module = factory
+    lines: list[str] = []
+    result = edgekit.compile(
+        spec, "x86_64", tmp_path / "b", pipeline=_search_pipeline([0.25, 0.5, 0.9]), input_shapes={"input": [1, 1, 8, 8]},
+        samples=_samples(module), use_cache=False, progress=lines.append,
+    )  # fmt: skip
+    reports = {c.name: c for c in result.manifest.candidates}
+    assert list(reports) == ["fp32", "pruned-25", "pruned-50", "pruned-90"]  # one candidate per ratio, named by it
+    for name, ratio in (("pruned-25", 0.25), ("pruned-50", 0.5), ("pruned-90", 0.9)):
+        pruned = reports[name].pruned
+        assert pruned is not None and pruned["ratio"] == ratio  # the manifest says which ratio each one tried
+        assert pruned["fineTuned"]["steps"] == 40  # each fine-tuned on its own, for the same bounded budget
+        assert pruned["fineTuned"]["batchNormRecalibrated"] == 0  # this CNN has no BatchNorm
+        assert reports[name].passes == [{"prune": {**reports[name].passes[0]["prune"], "ratio": ratio}}]
+        assert reports[name].budget is not None  # each was judged by the gate
+    kept = [reports[n].pruned["channelsKept"]["0"] for n in ("pruned-25", "pruned-50", "pruned-90")]  # type: ignore[index]
+    assert 16 > kept[0] > kept[1] > kept[2] >= 1  # the first conv's 16 channels: fewer kept the higher the ratio
+
+    # 90 % of the channels is too many for 40 steps to recover: the gate rejects it and says by how much
+    worst = reports["pruned-90"]
+    assert worst.status == "rejected" and worst.reason.startswith("outside the accuracy budget: top-1 accuracy")
+    # what ships is within the budget, and every other candidate within it lost on latency (or a tie), never on accuracy
+    within = [c for c in reports.values() if not c.reason.startswith("outside the accuracy budget")]
+    (chosen,) = [c for c in reports.values() if c.status == "chosen"]
+    assert chosen in within and chosen.name.startswith("pruned-")
+    for c in within:
+        if c is not chosen:
+            assert c.reason.startswith(("slower:", "tie:")), c.reason
+            assert c.measured is not None and chosen.measured is not None
+            tie = c.reason.startswith("tie:")
+            assert tie or c.measured.latency.median_ms > chosen.measured.latency.median_ms
+    # progress: which ratio is being fine-tuned, and how the fine-tune goes while it runs
+    assert any(line.startswith("prune: 90% of the channels pruned; fine-tuning 40 step(s)") for line in lines)
+    assert any(line.startswith("prune: fine-tune step 8/40, training loss") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("ratios", "message"),
+    [
+        ("[0.3, 1.0]", "1.0 is not a ratio strictly between 0 and 1"),
+        ("[0, 0.5]", "0 is not a ratio strictly between 0 and 1"),
+        ("[-0.2]", "-0.2 is not a ratio strictly between 0 and 1"),
+        ("[]", "an empty list tries no ratio"),
+        ("0.5", "0.5 is not a list of ratios"),
+        ("all", "'all' is not a list of ratios"),
+    ],
+)
+def test_a_bad_ratio_list_is_refused_in_one_line_naming_the_field(tmp_path: Path, ratios: str, message: str) -> None:
+    path = tmp_path / "search.yaml"
+    path.write_text(
+        "schemaVersion: 1\nname: search\ncandidates:\n  - name: ort-pruned\n    backend: onnxruntime\n"
+        f"    passes:\n      - prune: {{ratios: {ratios}, fine_tune: samples}}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        edgekit.compile(tmp_path / "missing.onnx", "x86_64", tmp_path / "b", pipeline=str(path), use_cache=False)
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith(f"pipeline file '{path}', candidate 'ort-pruned': passes: pass 'prune': field 'ratios': {message}")
+    assert "e.g. ratios: [0.3, 0.5, 0.7], or write ratios: auto" in text
+
+
+def test_ratios_beside_ratio_or_flops_are_refused(tmp_path: Path) -> None:
+    for extra, message in (({"ratio": 0.5}, "either ratio .* or ratios"), ({"flops": 0.5}, "either ratios .* or flops")):
+        pipe = _search_pipeline([0.3, 0.5])
+        spec = pipe.candidates[1]
+        prune = {**spec.passes[0]["prune"], **extra}
+        pipe = pipe.model_copy(
+            update={"candidates": [pipe.candidates[0], spec.model_copy(update={"passes": [{"prune": prune}]})]}
+        )
+        with pytest.raises(ConfigError, match=message):
+            edgekit.compile(tmp_path / "missing.onnx", "x86_64", tmp_path / "b", pipeline=pipe, use_cache=False)
+
+
+def test_ratios_auto_tries_the_documented_ratios() -> None:
+    from edgekit.compiler.passes.prune import AUTO_RATIOS, PruneOptions, PrunePass
+
+    names = [(name, o.ratio, o.ratios) for name, o in PrunePass().variants(PruneOptions(ratios="auto"))]
+    assert names == [(f"{r * 100:g}", r, None) for r in AUTO_RATIOS]
+    assert [n for n, _ in PrunePass().variants(PruneOptions(ratios=[0.5, 0.375, 0.5]))] == ["50", "37.5"]  # repeats tried once
+    assert PrunePass().variants(PruneOptions(ratio=0.5)) == []

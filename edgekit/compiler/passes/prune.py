@@ -4,7 +4,12 @@ ONNX graph rewrite of :mod:`edgekit.compiler.passes.channels`; to a ratio of cha
 ``fine_tune: samples`` fine-tunes the pruned module on the labelled calibration part of ``--samples`` (kept apart
 from the evaluation part, which then gates the candidate like any other). A model it can't fine-tune (an ONNX
 file, a TorchScript file, samples without labels) is pruned without it, and the notes say why: a candidate the
-accuracy gate rejects then says so in its reason. See docs/int8-and-tuning.md (pruning).
+accuracy gate rejects then says so in its reason.
+
+``ratios: [0.3, 0.5, 0.7]`` (or ``ratios: auto``, :data:`AUTO_RATIOS`) searches the ratio the way Neo and Olive
+search a setting: the candidate becomes one candidate per ratio (``<candidate>-<percent>``), each pruned, fine-tuned
+for the same bounded number of steps and gated on its own; the fastest within the accuracy budget ships, and each
+other one's report says why it lost (outside the budget, or slower). See docs/int8-and-tuning.md (pruning).
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from edgekit.compiler.passes.step import GraphPass, PassContext, PassNotes
 from edgekit.errors import CompilationError, ConfigError, EdgekitError, last_line
 from edgekit.progress import Progress
 
-__all__ = ["SAMPLES", "PruneOptions", "PrunePass"]
+__all__ = ["AUTO_RATIOS", "SAMPLES", "PruneOptions", "PrunePass"]
+
+AUTO_RATIOS = (0.3, 0.5, 0.7)  # ``ratios: auto``: what a ratio search tries
 
 _FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -38,6 +45,11 @@ class PruneOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ratio: float = Field(0.3, gt=0, lt=1, description="fraction of each chain's channels to remove")
+    ratios: Any = Field(  # a list of ratios or 'auto', checked by PrunePass.check (one line naming the field)
+        None,
+        description="a search: one candidate per ratio (each pruned, fine-tuned and gated), the fastest within the "
+        f"budget ships; 'auto': {', '.join(str(r) for r in AUTO_RATIOS)}",
+    )
     flops: float | None = Field(None, gt=0, lt=1, description="instead of ratio: the fraction of the source's MACs to keep")
     multiple: int = Field(1, ge=1, description="keep a multiple of this many channels (SIMD-friendly widths)")
     fine_tune: str | None = Field(
@@ -66,6 +78,18 @@ class PrunePass(GraphPass[PruneOptions]):
                 f"{where}: fine_tune '{spec}' is neither '{SAMPLES}' (the labelled calibration part of --samples) "
                 "nor 'module:function'"
             )
+        _check_ratios(options.ratios, where)
+        if options.ratios is not None and options.flops is not None:
+            raise ConfigError(f"{where}: give either ratios (a search over ratios) or flops (a MACs target), not both")
+        if options.ratios is not None and "ratio" in options.model_fields_set:
+            raise ConfigError(f"{where}: give either ratio (one candidate) or ratios (one candidate per ratio), not both")
+
+    def variants(self, options: PruneOptions) -> list[tuple[str, PruneOptions]]:
+        """One (name, options) per ratio ``options.ratios`` lists, named by its percentage ('30', '37.5'); [] for one."""
+        if options.ratios is None:
+            return []
+        ratios = AUTO_RATIOS if options.ratios == "auto" else tuple(dict.fromkeys(float(r) for r in options.ratios))
+        return [(f"{r * 100:g}", options.model_copy(update={"ratio": r, "ratios": None})) for r in ratios]
 
     def apply(
         self, source: SourceModel, options: PruneOptions, folder: Path, progress: Progress, context: PassContext, notes: PassNotes
@@ -73,6 +97,20 @@ class PrunePass(GraphPass[PruneOptions]):
         pruned = prune(source, options, folder, progress, notes, context)
         notes.counted = pruned.model
         return pruned
+
+
+def _check_ratios(value: object, where: str) -> None:
+    """Each ratio strictly between 0 and 1, at least one, or 'auto'; else ConfigError in one line naming the field."""
+    fix = "list ratios strictly between 0 and 1, e.g. ratios: [0.3, 0.5, 0.7], or write ratios: auto"
+    if value is None or value == "auto":
+        return
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: field 'ratios': {value!r} is not a list of ratios; {fix}")
+    if not value:
+        raise ConfigError(f"{where}: field 'ratios': an empty list tries no ratio; {fix}")
+    for r in value:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r < 1:
+            raise ConfigError(f"{where}: field 'ratios': {r!r} is not a ratio strictly between 0 and 1; {fix}")
 
 
 def prune(
@@ -97,7 +135,7 @@ def prune(
         model, kept, how, tuned = _torch(source, options, progress, None if why_not else context)
         if key is not None:
             _RECENT[key] = (model.SerializeToString(), kept, how, tuned)
-            while len(_RECENT) > 2:
+            while len(_RECENT) > _RECENT_KEPT:
                 _RECENT.pop(next(iter(_RECENT)))
     else:
         if options.fine_tune and options.fine_tune != SAMPLES:
@@ -120,7 +158,8 @@ def prune(
 
 _RECENT: dict[str, tuple[bytes, dict[str, int], str, dict[str, Any] | None]] = {}
 """The last pruned + fine-tuned models, by :func:`_key`: a pipeline's pruned and pruned-int8 candidates fine-tune
-once (the fine-tune is seeded, so the second would repeat the first)."""
+once (the fine-tune is seeded, so the second would repeat the first) — per ratio, when they search ratios."""
+_RECENT_KEPT = 6
 
 
 def _key(source: SourceModel, options: PruneOptions, context: PassContext) -> str:
@@ -244,10 +283,34 @@ def _torch(
     n_out = len(outs) if isinstance(outs, (tuple, list)) else 1
     names = [s.name for s in source.inputs]
     data = export_module(module, example, names, n_out, source.path)
+    _check_export(module, data, source)
     model = onnx.load_from_string(data)
     model = onnx.shape_inference.infer_shapes(model)
     progress(f"prune: {how}")
     return model, kept, how, tuned
+
+
+def _check_export(module: Any, data: bytes, source: SourceModel) -> None:
+    """The pruned module and its ONNX export agree on one seeded input, or CompilationError: a dependency graph that
+    cut a depthwise conv or a residual add out of step shows here, not as a silently wrong artifact."""
+    import onnxruntime as ort
+    import torch
+
+    rng = np.random.default_rng(0)
+    feed = {s.name: (rng.standard_normal(s.shape) if np.dtype(s.dtype).kind == "f" else np.zeros(s.shape)).astype(s.dtype)
+            for s in source.inputs}  # fmt: skip
+    with torch.no_grad():
+        outs = module(*(torch.from_numpy(feed[s.name]) for s in source.inputs))
+    want = [o.numpy() for o in (outs if isinstance(outs, (tuple, list)) else [outs])]
+    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feed)
+    for i, (w, g) in enumerate(zip(want, got, strict=False)):
+        scale = float(np.abs(w).max()) if w.size else 0.0
+        diff = float(np.abs(np.asarray(g, dtype=np.float64) - w).max()) if w.size else 0.0
+        if w.shape != np.shape(g) or diff > 1e-3 * max(1.0, scale):
+            raise CompilationError(
+                f"the pruned '{source.path}' and its ONNX export disagree on output {i} (shape {list(w.shape)} vs "
+                f"{list(np.shape(g))}, max |diff| {diff:.3g}): torch-pruning cut this model out of step; drop the prune pass"
+            )
 
 
 def _fine_tune_on_samples(
@@ -264,9 +327,14 @@ def _fine_tune_on_samples(
         for n, s in zip(names, source.inputs, strict=True)
     ]
     ys = torch.from_numpy(np.concatenate([lab.reshape(-1) for lab in labels]).astype(np.int64))
+    # images (4-D inputs): train channels-last, about 1.6x faster convolutions on CPU; the module goes back after
+    images = any(x.dim() == 4 for x in xs)
+
+    def fmt(x: Any) -> Any:
+        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
     def loss_on(idx: Any) -> Any:
-        out = module(*(x[idx] for x in xs))
+        out = module(*(fmt(x[idx]) for x in xs))
         out = out[0] if isinstance(out, (tuple, list)) else out
         return torch.nn.functional.cross_entropy(out.reshape(len(idx), -1), ys[idx])
 
@@ -279,15 +347,26 @@ def _fine_tune_on_samples(
         return total / len(ys)
 
     try:
+        if images:
+            module.to(memory_format=torch.channels_last)
         before = mean_loss()
         torch.manual_seed(0)
         rng = np.random.default_rng(0)
         opt = torch.optim.Adam(module.parameters(), lr=options.learning_rate)
         batch = min(options.fine_tune_batch, len(ys))
-        progress(f"prune: fine-tuning {options.fine_tune_steps} step(s) of {batch} on {len(ys)} labelled calibration samples")
+        what = (
+            f"{options.ratio:.0%} of the channels pruned"
+            if options.flops is None
+            else f"pruned to {options.flops:.0%} of the MACs"
+        )
+        progress(
+            f"prune: {what}; fine-tuning {options.fine_tune_steps} step(s) of {batch} on {len(ys)} labelled calibration samples"
+        )
         module.train()
         order: list[int] = []
-        for _ in range(options.fine_tune_steps):
+        every = max(1, options.fine_tune_steps // 5)
+        recent: list[float] = []
+        for step in range(1, options.fine_tune_steps + 1):
             if len(order) < batch:
                 order += [int(i) for i in rng.permutation(len(ys))]
             idx, order = torch.tensor(order[:batch]), order[batch:]
@@ -295,6 +374,11 @@ def _fine_tune_on_samples(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            recent.append(float(loss.detach()))
+            if step % every == 0 and step < options.fine_tune_steps:
+                progress(f"prune: fine-tune step {step}/{options.fine_tune_steps}, training loss {sum(recent) / len(recent):.4f}")
+                recent = []
+        norms = _recalibrate_batch_norm(module, lambda i: loss_on(torch.arange(i, min(i + batch, len(ys)))), len(ys), batch)
         after = mean_loss()
     except EdgekitError:
         raise
@@ -303,11 +387,38 @@ def _fine_tune_on_samples(
             f"fine-tuning the pruned '{source.path}' failed: {type(exc).__name__}: {last_line(exc, 200)}; "
             "drop fine_tune or the prune pass"
         ) from exc
+    finally:
+        if images:
+            module.to(memory_format=torch.contiguous_format)
     module.eval()
     progress(f"prune: fine-tuned: loss on the calibration samples {before:.4f} → {after:.4f}")
     return {"on": "calibration samples", "samples": len(ys), "steps": options.fine_tune_steps, "batch": batch,
             "optimizer": "Adam", "learningRate": options.learning_rate, "loss": "cross entropy",
-            "lossBefore": round(before, 6), "lossAfter": round(after, 6)}  # fmt: skip
+            "lossBefore": round(before, 6), "lossAfter": round(after, 6), "batchNormRecalibrated": norms}  # fmt: skip
+
+
+def _recalibrate_batch_norm(module: Any, forward: Any, count: int, batch: int) -> int:
+    """BatchNorm's running statistics measured again over the calibration samples (a cumulative average, weights
+    untouched): after pruning and a short fine-tune they still hold the unpruned model's, and eval mode uses them —
+    the fine-tune's training loss falls while its eval loss rises (MobileNetV2: 2.9 → 8.1 in 20 steps)."""
+    import torch
+
+    norms = [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative: every batch counts the same
+    module.train()
+    with torch.no_grad():
+        for i in range(0, count, batch):
+            if count - i > 1 or i == 0:  # a last batch of one: BatchNorm1d can't take it in train mode
+                forward(i)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    module.eval()
+    return len(norms)
 
 
 def _batched(arr: np.ndarray, rank: int) -> np.ndarray:
