@@ -312,3 +312,31 @@ def test_a_pruned_module_whose_export_answers_differently_is_refused(tmp_path: P
     with pytest.raises(CompilationError, match=r"the pruned 'pkg.m:make_model' and its ONNX export disagree on output 0") as err:
         _check_export(other, data, source)
     assert "\n" not in str(err.value) and "drop the prune pass" in str(err.value)
+
+
+def test_ratios_and_int8_variants_in_one_candidate_make_every_pair(tmp_path: Path) -> None:
+    """``prune: {ratios}`` with ``quantize: {variants}``: a candidate per (ratio, variant), none silently dropped."""
+    from edgekit.compiler.phases.check import check
+
+    model = tmp_path / "cnn.onnx"
+    onnx.save(make_cnn(), str(model))
+    both = {
+        "name": "pq",
+        "backend": "onnxruntime",
+        "passes": [
+            {"prune": {"ratios": [0.25, 0.5]}},
+            {"quantize": {"mode": "static", "variants": ["qdq-tensor", "qdq-channel"]}},
+        ],
+        "accuracy": LOOSE,
+    }
+    plan = check(
+        model, "x86_64", tmp_path / "out", pipeline=_pipeline(both), backend=None, input_shapes=None, name=None, tune=None
+    )
+    names = sorted(c.spec.name for c in plan.candidates)
+    assert names == ["pq-25-qdq-channel", "pq-25-qdq-tensor", "pq-50-qdq-channel", "pq-50-qdq-tensor"], names
+    for c in plan.candidates:
+        _, ratio, variant = c.spec.name.split("-", 2)
+        prune, quantize = c.spec.passes
+        assert prune == {"prune": {**prune["prune"], "ratio": int(ratio) / 100}}
+        assert bool(quantize["quantize"].get("per_channel")) == (variant == "qdq-channel"), quantize
+        assert [p.name for p in c.passes] == ["prune", "quantize"]

@@ -6,6 +6,7 @@ options and passes, the output folder and the model's format; and what the cache
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,19 +175,27 @@ def _candidates(pipe: Pipeline, profile: DeviceProfile) -> list[PlannedCandidate
 
 
 def _variants(spec: CandidateSpec, passes: list[PassStep]) -> list[tuple[CandidateSpec, list[PassStep]]]:
-    """``spec`` once, or once per variant of the first step that lists variants (named ``<name>-<variant>``)."""
-    for i, step in enumerate(passes):
+    """``spec`` once, or once per combination of the variants of the steps that list them (named
+    ``<name>-<variant>[-<variant>...]``: ``prune: {ratios: [..]}`` × ``quantize: {variants: [..]}`` is every pair)."""
+    choices: list[list[tuple[str | None, PassStep, Any]]] = []
+    for step in passes:
         variants = get_pass(step.name).variants(step.options)
-        if not variants:
-            continue
-        out = []
-        for name, options in variants:
-            steps = [*passes[:i], PassStep(step.name, options), *passes[i + 1 :]]
-            written = options.model_dump(mode="json", exclude_none=True)
-            raw = [*spec.passes[:i], {step.name: written}, *spec.passes[i + 1 :]]
-            out.append((spec.model_copy(update={"name": f"{spec.name}-{name}", "passes": raw}), steps))
-        return out
-    return [(spec, passes)]
+        if variants:
+            choices.append([(name, PassStep(step.name, options), options) for name, options in variants])
+        else:
+            choices.append([(None, step, None)])
+    if all(len(c) == 1 and c[0][0] is None for c in choices):
+        return [(spec, passes)]
+    out = []
+    for combo in itertools.product(*choices):
+        names = [name for name, _, _ in combo if name is not None]
+        raw = [
+            {step.name: options.model_dump(mode="json", exclude_none=True)} if options is not None else spec.passes[i]
+            for i, (_, step, options) in enumerate(combo)
+        ]
+        steps = [step for _, step, _ in combo]
+        out.append((spec.model_copy(update={"name": "-".join([spec.name, *names]), "passes": raw}), steps))
+    return out
 
 
 def _key_parts(
