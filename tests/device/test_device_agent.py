@@ -28,6 +28,7 @@ from pydantic import TypeAdapter
 import edgekit
 from edgekit.device import DeploymentOutcome, DeviceAgent, InProcessExecutor, StepSpec
 from edgekit.device.agent_state import DeviceState
+from edgekit.device.executor import process_stamp
 from edgekit.greengrass.package import package, runtime_component
 from edgekit.greengrass.recipe import load_recipe
 from edgekit.mqtt.payloads import StatusDetails
@@ -686,6 +687,9 @@ def test_resume_leaves_a_recycled_pid_alone(tmp_path: Path, registry: Registry) 
     registry.publish(recipe("com.example.Svc", lifecycle={"Run": f"echo $$ > {marks}/svc.pid; {SLEEPER}"}))
     root = tmp_path / "device"
     bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)  # a daemon: its own session and group
+    # A start time of its own: start times count 10 ms clock ticks, and a warm agent can start the Run process within
+    # the bystander's tick — then the two are indistinguishable, which a real recycled pid (a wrap-around later) is not.
+    time.sleep(0.05)
     try:
 
         async def scenario() -> None:
@@ -701,7 +705,8 @@ def test_resume_leaves_a_recycled_pid_alone(tmp_path: Path, registry: Registry) 
             comp = data["components"]["com.example.Svc"]
             assert comp["process_groups"] == [old_pid]
             comp["process_groups"] = [bystander.pid]
-            if "process_stamps" in comp:
+            if "process_stamps" in comp:  # the premise: the bystander is another process, by its stamp too
+                assert process_stamp(bystander.pid) != comp["process_stamps"][str(old_pid)]
                 comp["process_stamps"] = {str(bystander.pid): comp["process_stamps"][str(old_pid)]}
             (root / "config" / "state.json").write_text(json.dumps(data))
             second = make_agent(root, registry)

@@ -415,8 +415,9 @@ def test_devices_offline_during_the_rollout_catch_up_on_connect(make_fleet: Call
         for runner in runners:
             assert [r.job_id for r in runner.history] == [job]
             assert runner.agent.state.components[APP].state == "RUNNING"
-        # they asked ($next on connect); nobody told them again before (only the 'finished' notifications since)
-        assert bridge.stats.notifications - notified == 2
+        # they asked ($next on connect); nobody told them again before (only the 'finished' notifications since: at
+        # most one a device — the bridge sends a thing one message per flush, and a flush may cover both its changes)
+        assert bridge.stats.notifications - notified <= 2
 
     run(fleet, scenario)
 
