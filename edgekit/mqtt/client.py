@@ -355,14 +355,7 @@ class MqttClient:
             data = payload.encode("utf-8")
         else:
             data = bytes(payload)
-        if self.strict:
-            topics.validate(topic)
-            if len(data) > MAX_PAYLOAD_BYTES:
-                raise PayloadError(
-                    f"payload for '{topic}' is {len(data)} bytes, over AWS IoT Core's {MAX_PAYLOAD_BYTES}-byte limit"
-                )
-        if self._closed or self._closing:
-            raise NotConnectedError(f"client '{self.client_id}' is closed")
+        self._check_publish(topic, data)
         if qos == 0 and not self._connected:
             raise NotConnectedError(
                 f"client '{self.client_id}' is offline; a QoS 0 message would be lost (use QoS 1 to queue it)"
@@ -381,6 +374,17 @@ class MqttClient:
         finally:
             self._pending_pub.pop(info.mid, None)
 
+    def _check_publish(self, topic: str, data: bytes) -> None:
+        """What :meth:`publish` and :meth:`publish_many` refuse before handing a message to paho."""
+        if self.strict:
+            topics.validate(topic)
+            if len(data) > MAX_PAYLOAD_BYTES:
+                raise PayloadError(
+                    f"payload for '{topic}' is {len(data)} bytes, over AWS IoT Core's {MAX_PAYLOAD_BYTES}-byte limit"
+                )
+        if self._closed or self._closing:
+            raise NotConnectedError(f"client '{self.client_id}' is closed")
+
     async def publish_many(
         self, messages: Sequence[tuple[str, bytes]], *, timeout: float | None = 30.0
     ) -> list[int | BaseException]:
@@ -392,14 +396,7 @@ class MqttClient:
         for topic, payload in messages:
             try:
                 data = bytes(payload)
-                if self.strict:
-                    topics.validate(topic)
-                    if len(data) > MAX_PAYLOAD_BYTES:
-                        raise PayloadError(
-                            f"payload for '{topic}' is {len(data)} bytes, over AWS IoT Core's {MAX_PAYLOAD_BYTES}-byte limit"
-                        )
-                if self._closed or self._closing:
-                    raise NotConnectedError(f"client '{self.client_id}' is closed")
+                self._check_publish(topic, data)
                 info = self._paho.publish(topic, data, qos=1)
                 if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
                     raise BrokerError(f"client '{self.client_id}': outgoing queue is full; slow down")
