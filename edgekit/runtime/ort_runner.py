@@ -53,7 +53,12 @@ class OrtRunner(Runner):
         self._names = [o.name for o in self.session.get_outputs()]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        outs = self.session.run(self._names, feeds)
+        outs: list[Any] = self.session.run(self._names, feeds)
+        for out in outs:
+            if type(out) is not np.ndarray:
+                break
+        else:
+            return outs  # tensors, as ONNX Runtime returns them: nothing to convert
         for name, out in zip(self._names, outs, strict=True):
             if out is None:  # an optional output the model left empty on these inputs
                 raise InferenceError(f"output '{name}' is an empty optional on these inputs; an artifact's outputs are tensors")

@@ -116,26 +116,30 @@ class TvmRunner(Runner):
         # Per input: an aligned buffer and the TVM tensor viewing it, made once. A call copies the input into the
         # buffer and passes the same view: no DLPack exchange, no alignment check, no new object per call.
         self._staged: dict[str, tuple[np.ndarray, Any]] = {}
+        self._slots: list[tuple[str, np.ndarray, Any]] = []  # the same, in input order: what a call walks
         for spec in self.inputs:
             self._stage(spec.name, _aligned_copy(np.zeros(spec.shape, dtype=spec.dtype)))
         # Outputs numpy's DLPack takes as they are (by the manifest's dtypes) skip the per-call dtype query.
         self._plain = all(s.dtype in _DLPACK_NUMPY for s in self.outputs)
+        self._one_out = len(self.outputs) == 1
 
     def _stage(self, name: str, buf: np.ndarray) -> tuple[np.ndarray, Any]:
         staged = self._staged[name] = (buf, self._tensor(buf))
+        self._slots = [(n, *self._staged[n]) for n in self._order if n in self._staged]
         return staged
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         with self._lock:
             args = []
-            for name in self._order:
-                buf, tensor = self._staged[name]
+            for name, buf, tensor in self._slots:
                 feed = feeds[name]
                 if buf.shape != feed.shape:  # a dynamic dimension at another size: a buffer (and view) of that size
                     buf, tensor = self._stage(name, _aligned_copy(np.zeros(feed.shape, dtype=buf.dtype)))
                 buf[...] = feed
                 args.append(tensor)
             out: Any = self._main(*args)
+            if self._plain and self._one_out and hasattr(out, "__dlpack__"):
+                return [np.from_dlpack(out).copy()]  # the usual case: one tensor out
             items = [out] if hasattr(out, "__dlpack__") else list(out)
             if self._plain and len(items) == len(self.outputs):
                 return [np.from_dlpack(t).copy() for t in items]
