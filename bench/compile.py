@@ -350,7 +350,10 @@ def compile_case(
         say(f"[{case.name}] compiling with backend=onnxruntime")
         ort_fp32 = _compile(case, target, out / "onnxruntime", backend="onnxruntime")
         res.compile_s["onnxruntime"] = ort_fp32.manifest.compile_seconds
-        predictors: dict[str, Predict] = {"onnxruntime": _bind(edgekit.load(ort_fp32.artifact_dir).predict, case.feed)}
+        predictors: dict[str, Predict] = {
+            "onnxruntime": _bind(edgekit.load(ort_fp32.artifact_dir).predict, case.feed),
+            "ort-bare": bare_ort(case, out / "bare-ort"),
+        }
         _optimize(case, target, out, say, 0, res, predictors, prune)
         return res, predictors
     say(f"[{case.name}] compiling with the default pipeline")
@@ -366,7 +369,7 @@ def compile_case(
     res.chosen = manifest.backend.name
     res.compile_s["default"] = manifest.compile_seconds
     reports: dict[str, CandidateReport] = {c.backend: c for c in manifest.candidates}
-    predictors = {}
+    predictors = {"ort-bare": bare_ort(case, out / "bare-ort")}
     if case.eager is not None:
         predictors["eager"] = case.eager
     for backend in BACKENDS:
@@ -425,6 +428,27 @@ def compile_case(
     if optimize:
         _optimize(case, target, out, say, tune if "tvm-tuned" in res.compile_s else 0, res, predictors, prune)
     return res, predictors
+
+
+BARE_ORT_THREADS = 1
+
+
+def bare_ort(case: Case, work: Path) -> Predict:
+    """The anchor: ONNX Runtime as its own project runs the fp32 model, without edgekit. The source converted to ONNX
+    (edgekit's frontend: what ``torch.onnx.export`` gives, no pass, no offline optimization) in an
+    ``InferenceSession`` with default ``SessionOptions`` (graph level ``all`` at load, for this CPU) but
+    :data:`BARE_ORT_THREADS` intra-op thread, called as ``session.run(None, feed)``."""
+    import onnxruntime as ort
+
+    from edgekit.compiler.frontends import load_source
+
+    work.mkdir(parents=True, exist_ok=True)
+    source = load_source(case.path, work, case.shapes, trust_unknown_types=True)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = BARE_ORT_THREADS
+    session = ort.InferenceSession(str(source.onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    feed = dict(case.feed)
+    return lambda: session.run(None, feed)
 
 
 def _optimize(
@@ -548,10 +572,11 @@ def render(results: list[Result], header: str, eager_names: dict[str, str], tune
 
     console = Console(width=max(Console().width, 150))
     console.print(header)
-    lat = Table(title="Latency, batch 1 (median of block medians; ratio to ONNX Runtime, >1 = slower)")
+    lat = Table(title="Latency, batch 1 (median of block medians; ratio to edgekit's ONNX Runtime fp32 artifact, >1 = slower)")
     lat.add_column("model")
     tuned = any("tvm-tuned" in r.compile_s or "tvm-tuned" in r.unavailable for r in results)
-    cols = ["ONNX Runtime", "eager (torch / sklearn)", "ORT int8 (size)", "TVM untuned"]
+    cols = ["ONNX Runtime (edgekit's fp32 artifact)", "bare ORT (its defaults)", "eager (torch / sklearn)", "ORT int8 (size)",
+            "TVM untuned"]  # fmt: skip
     cols += [f"TVM tuned ({tune} trials)"] if tuned else []
     for col in (*cols, "chosen artifact"):
         lat.add_column(col, justify="right")
@@ -560,7 +585,7 @@ def render(results: list[Result], header: str, eager_names: dict[str, str], tune
         eager = _cell(r, "eager") if "eager" in r.latency_ms else escape(f"n/a ({eager_names[r.model]})")
         sizes = r.size_bytes
         shrink = f" [dim]({sizes['onnxruntime-fp32'] / sizes['ort-int8']:.1f}x smaller)[/dim]" if sizes.get("ort-int8") else ""
-        row = [r.model, _cell(r, "onnxruntime"), eager, _cell(r, "ort-int8") + shrink, _cell(r, "tvm")]
+        row = [r.model, _cell(r, "onnxruntime"), _cell(r, "ort-bare"), eager, _cell(r, "ort-int8") + shrink, _cell(r, "tvm")]
         if tuned:
             took = f" [dim]in {r.compile_s['tvm-tuned']:.0f} s[/dim]" if "tvm-tuned" in r.compile_s else ""
             row.append(_cell(r, "tvm-tuned") + took)
@@ -612,7 +637,7 @@ def _optimize_table(results: list[Result]) -> Any:
     t = Table(
         title="optimize pipeline with labelled samples (latency ratios: this run's rounds for 'shipped', the manifest's for the rest)"
     )
-    for col in ("model", "labels", "shipped (vs ORT fp32)", "top-1 source → shipped", "int8 size / fp32", "int8 ms / fp32",
+    for col in ("model", "labels", "shipped (vs ORT fp32)", "shipped vs bare ORT", "top-1 source → shipped", "int8 size / fp32", "int8 ms / fp32",
                 "pruned ms / fp32", "pruned MACs / source", "candidates"):  # fmt: skip
         t.add_column(col)
     for r in results:
@@ -631,7 +656,7 @@ def _optimize_table(results: list[Result]) -> Any:
             if n not in variants
         )
         t.add_row(
-            r.model, o["labels"], shipped, top1, _ratio(int8.get("size"), fp32.get("size")), _ratio(int8.get("ms"), fp32.get("ms")),
+            r.model, o["labels"], shipped, _ratio(r.latency_ms.get("optimized"), r.latency_ms.get("ort-bare")), top1, _ratio(int8.get("size"), fp32.get("size")), _ratio(int8.get("ms"), fp32.get("ms")),
             _ratio(pruned.get("ms"), fp32.get("ms")) + (f" ({best_pruned(o)})" if pruned else ""),
             _ratio(pruned.get("flops"), o.get("source_flops")), states,
         )  # fmt: skip
@@ -731,7 +756,10 @@ def _threads() -> str:
     import torch
 
     tvm = os.environ.get("TVM_NUM_THREADS", "default")
-    return f"threads: torch {torch.get_num_threads()}, ORT intra-op default, TVM {tvm} ({os.cpu_count()} logical CPUs)"
+    return (
+        f"threads: torch {torch.get_num_threads()}, edgekit's ORT artifacts the profile's intra-op threads, bare ORT "
+        f"{BARE_ORT_THREADS} intra-op, TVM {tvm} ({os.cpu_count()} logical CPUs)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,8 @@
     python -m bench.overhead [--models digits-cnn,trained-cnn,trained-mobilenetv2] [--rounds 10] [--repeat 200]
                              [--no-tvm] [--json out.json]
 
-Each model is compiled for ``x86_64`` with ONNX Runtime (fp32, the ``ort`` pipeline: ``extended`` in the file) and,
+Each model is compiled for ``x86_64`` with ONNX Runtime (fp32, the ``ort`` pipeline: ``extended`` in the file, the
+rest at load) and,
 for the digits CNN, with TVM (untuned). One thread each (ONNX Runtime's intra-op threads 1; TVM's pool
 ``$TVM_NUM_THREADS``, 1 by default on a 2-vCPU VM), timed in the same interleaved rounds (µs per call, median of
 block medians):
@@ -11,8 +12,9 @@ block medians):
 - ``predict``: ``edgekit.load(dir).predict(x)``, the inputs checked against the manifest;
 - ``session.run``: the same ONNX Runtime session called bare (``session.run(None, feed)``): the difference is
   edgekit's wrapper;
-- ``load all``: the same file in a session at level ``all`` (NCHWc layouts for this CPU, made at load) instead of
-  the artifact's ``none``, bare ``session.run``; its load time next to the default's;
+- ``load none`` / ``load all``: the same file in sessions of its own at level ``none`` (what edgekit loaded an
+  ``extended`` artifact with) and ``all`` (NCHWc layouts for this CPU, made at load), bare ``session.run``; the time
+  each takes to load;
 - TVM ``predict`` against the bare VM call on the runner's staged inputs.
 
 The digits CNN is bench/tuning_goal.py's (trained here in seconds); the trained CNN and MobileNetV2-0.5 are
@@ -80,10 +82,12 @@ def predictors(name: str, work: Path, tvm: bool, say: Callable[[str], None]) -> 
     model = edgekit.load(ort_art.artifact_dir, threads=1)
     session = model.runner.session  # type: ignore[attr-defined]
     entry = ort_art.artifact_dir / ort_art.manifest.backend.entry
+    level_none, _ = _session(entry, "ORT_DISABLE_ALL")
     level_all, _ = _session(entry, "ORT_ENABLE_ALL")
     out: dict[str, Predict] = {
         "predict": lambda: model.predict(feed),
         "session.run": lambda: session.run(None, feed),
+        "load none: session.run": lambda: level_none.run(None, feed),
         "load all: session.run": lambda: level_all.run(None, feed),
     }
     load_s = {"none": _load_seconds(entry, "ORT_DISABLE_ALL"), "all": _load_seconds(entry, "ORT_ENABLE_ALL")}
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         line = f"{name}: µs per call: " + ", ".join(parts) + f" | edgekit wrapper (predict − session.run) {wrapper:.1f} µs"
         if "tvm predict" in us:
             line += f", TVM wrapper {us['tvm predict'] - us['tvm VM call']:.1f} µs"
-        line += f" | level all at load: {us['load all: session.run'] / us['session.run']:.2f}× the artifact's run time"
+        line += f" | level all at load: {us['load all: session.run'] / us['load none: session.run']:.2f}× none's run time"
         line += f", load {f['load_ms']['all']:.1f} ms vs {f['load_ms']['none']:.1f} ms"
         print(line)
     if args.json:

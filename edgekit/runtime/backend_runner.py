@@ -31,7 +31,11 @@ class Runner(ABC):
         self._known = frozenset(s.name for s in self.inputs)
         tensors = not any(s.is_sequence for s in self.inputs) and None not in self._dtypes
         self._exact: list[tuple[str, tuple[int, ...], np.dtype[Any]]] | None = (
-            [(s.name, tuple(s.shape), d) for s, d in zip(self.inputs, self._dtypes, strict=True) if d is not None and not s.dynamic_dims]
+            [
+                (s.name, tuple(s.shape), d)
+                for s, d in zip(self.inputs, self._dtypes, strict=True)
+                if d is not None and not s.dynamic_dims
+            ]
             if tensors
             else None
         )
@@ -99,7 +103,9 @@ class Runner(ABC):
                     f"recompile with --input-shape {spec.name}:{','.join(map(str, arr.shape))} for another shape"
                     + ("" if spec.dynamic_dims else f" (or {spec.name}:-1,... for a dynamic dimension)")
                 )
-            want = np.dtype(spec.dtype) if known is None else known  # a dtype numpy learns later (bfloat16 once ml_dtypes is imported)
+            want = (
+                np.dtype(spec.dtype) if known is None else known
+            )  # a dtype numpy learns later (bfloat16 once ml_dtypes is imported)
             if arr.dtype != want:
                 if not np.can_cast(arr.dtype, want, casting="same_kind"):
                     raise InferenceError(f"input '{spec.name}' expects dtype {spec.dtype}, got {arr.dtype}")

@@ -34,7 +34,11 @@ def runner(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield runner_for("onnxruntime", work / "mlp.onnx", [X], [PROBS], threads=1)
         return
     pipe = Pipeline.model_validate(
-        {"name": "tvm-only", "candidates": [{"name": "tvm", "backend": "tvm"}], "measure": {"samples": 2, "warmup": 0, "repeat": 3}}
+        {
+            "name": "tvm-only",
+            "candidates": [{"name": "tvm", "backend": "tvm"}],
+            "measure": {"samples": 2, "warmup": 0, "repeat": 3},
+        }
     )
     built = edgekit.compile(work / "mlp.onnx", "x86_64", work / "out", pipeline=pipe, use_cache=False)
     yield edgekit.load(built.artifact_dir).runner
@@ -97,7 +101,10 @@ def _two_inputs(path: Path) -> None:
     graph = helper.make_graph(
         [helper.make_node("Add", ["a", "b"], ["s"])],
         "add",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]), helper.make_tensor_value_info("b", TensorProto.INT64, [3])],
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [2, 3]),
+            helper.make_tensor_value_info("b", TensorProto.INT64, [3]),
+        ],
         [helper.make_tensor_value_info("s", TensorProto.FLOAT, [2, 3])],
     )
     graph.node.insert(0, helper.make_node("Cast", ["b"], ["bf"], to=TensorProto.FLOAT))
