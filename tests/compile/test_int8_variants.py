@@ -318,3 +318,51 @@ def test_padding_a_convs_input_channels_keeps_its_outputs_and_leaves_other_convs
     for want, got in zip(before, after, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert _pad_input_channels(path) == []  # nothing left to pad
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_compacting_a_quantized_graph_keeps_its_outputs_and_its_input_and_output_names(fmt: str, tmp_path: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgekit.compiler.passes.quantize import _compact
+    from tests.helpers import make_cnn
+
+    model = make_cnn()
+
+    def long(name: str) -> str:  # the long names a PyTorch export gives
+        return name if name in ("x", "logits") else f"/features/features.0/conv/{name}/output_0"
+
+    for init in model.graph.initializer:
+        init.name = long(init.name)
+    for node in model.graph.node:
+        node.input[:] = [long(n) for n in node.input]
+        node.output[:] = [long(n) for n in node.output]
+    onnx.checker.check_model(model)
+    src, quantized = tmp_path / "cnn.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(src))
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+
+    class Reader(CalibrationDataReader):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    quantize_static(str(src), str(quantized), Reader(), quant_format=getattr(QuantFormat, fmt), per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True)  # fmt: skip
+    before, size = _outputs(quantized, feeds), quantized.stat().st_size
+    written = onnx.load(str(quantized))
+    _compact(quantized)
+    compact = onnx.load(str(quantized))
+    onnx.checker.check_model(compact)
+    assert quantized.stat().st_size < size - 1000, (size, quantized.stat().st_size)
+    assert [i.name for i in compact.graph.input] == ["x"] and [o.name for o in compact.graph.output] == ["logits"]
+    assert [n.name for n in compact.graph.node] == [n.name for n in written.graph.node]  # kept-float layers: by name
+    assert [n.op_type for n in compact.graph.node] == [n.op_type for n in written.graph.node]
+    assert max(len(i.name) for i in compact.graph.initializer) <= 4
+    # the two 16-channel convs' per-channel weight zero points (all zero) are one initializer now
+    assert len(compact.graph.initializer) < len(written.graph.initializer)
+    for want, got in zip(before, _outputs(quantized, feeds), strict=True):
+        np.testing.assert_array_equal(got, want)
