@@ -322,10 +322,10 @@ def test_padding_a_convs_input_channels_keeps_its_outputs_and_leaves_other_convs
 
 @pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
 def test_compacting_a_quantized_graph_keeps_its_outputs_and_its_input_and_output_names(fmt: str, tmp_path: Path) -> None:
+    from helpers import make_cnn
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from edgekit.compiler.passes.quantize import _compact
-    from tests.helpers import make_cnn
 
     model = make_cnn()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from helpers import make_mlp
 from onnx import TensorProto, helper
 
 import edgekit
@@ -16,7 +17,6 @@ from edgekit.compiler.pipeline import Pipeline
 from edgekit.errors import InferenceError
 from edgekit.manifest import TensorSpec
 from edgekit.runtime import Runner, runner_for
-from tests.helpers import make_mlp
 
 X = TensorSpec(name="x", shape=[1, 8], dtype="float32")
 PROBS = TensorSpec(name="probs", shape=[1, 4], dtype="float32")
