@@ -103,9 +103,8 @@ class Runner(ABC):
                     f"recompile with --input-shape {spec.name}:{','.join(map(str, arr.shape))} for another shape"
                     + ("" if spec.dynamic_dims else f" (or {spec.name}:-1,... for a dynamic dimension)")
                 )
-            want = (
-                np.dtype(spec.dtype) if known is None else known
-            )  # a dtype numpy learns later (bfloat16 once ml_dtypes is imported)
+            # None: a dtype numpy learns later (bfloat16, once ml_dtypes is imported)
+            want = np.dtype(spec.dtype) if known is None else known
             if arr.dtype != want:
                 if not np.can_cast(arr.dtype, want, casting="same_kind"):
                     raise InferenceError(f"input '{spec.name}' expects dtype {spec.dtype}, got {arr.dtype}")
