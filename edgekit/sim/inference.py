@@ -40,6 +40,7 @@ from edgekit.device.executor import RunningProcess, StepSpec
 from edgekit.device.ipc import InProcessIpc
 from edgekit.device.ipc.device_ipc import DeviceIpc
 from edgekit.device.ipc.errors import IpcError
+from edgekit.device.ipc.handler import NS
 from edgekit.device.ipc.inprocess import InProcessStream
 from edgekit.edge.component import parse_args
 from edgekit.edge.errors import EdgeError
@@ -67,6 +68,8 @@ wake-up a reading, not two. A stop or a checkpoint waits up to this for the loop
 
 log = logging.getLogger(__name__)
 
+_PUBLISH: Final = NS + "PublishToIoTCore"
+
 
 class InProcessUplink:
     """An :class:`edgekit.edge.uplink.Uplink` over the device's IPC handler, without a socket."""
@@ -76,8 +79,12 @@ class InProcessUplink:
         self._streams: list[InProcessStream] = []
 
     async def publish(self, topic: str, payload: bytes) -> None:
+        """``PublishToIoTCore`` as the SDK sends it (the payload base64-encoded), straight to the handler: the request
+        is strings only, so the JSON round trip :meth:`InProcessIpc.call` makes of any request would give it back
+        unchanged. It returns once the agent has spooled the message (on disk, for a durable spool)."""
+        request = {"topicName": topic, "qos": "1", "payload": base64.b64encode(payload).decode()}
         try:
-            await self.ipc.publish_to_iot_core(topic, payload)
+            await self.ipc.handler.call(self.ipc.component, _PUBLISH, request)
         except IpcError as exc:
             raise EdgeError(f"PublishToIoTCore {topic}: {type(exc).__name__} {exc}") from None
 
