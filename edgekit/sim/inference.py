@@ -188,6 +188,7 @@ class TickBatcher:
         self._specs = [(spec.name, tuple(spec.shape), np.dtype(spec.dtype)) for spec in model.manifest.inputs]
         self._session: Any = None
         self._names: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         try:
             self._session, self._names = self._batched_copy()
             self._check()
@@ -277,6 +278,8 @@ class TickBatcher:
             self.unbatched += len(readings)
             return None
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (another asyncio.run): the old one's flush will never run
+            self._loop, self._pending = loop, []
         future: asyncio.Future[tuple[list[list[np.ndarray]], float] | None] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)  # after the loops woken in this turn (they are ahead of it in the ready queue)
