@@ -66,6 +66,8 @@ class Run:
     timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (s, readings produced, uplink messages received)
     settle_s: float = 0.0
     folder_mib: float = 0.0  # the fleet's folder (state, every device's folder) at the end: RAM too when on tmpfs
+    shard_ms_per_device_s: float = 0.0  # the shards' CPU per device per second (ms): what a device costs its shard
+    all_ms_per_device_s: float = 0.0  # this process + the shards + mosquitto, per device per second (ms)
 
 
 def _rss(pid: int | str = "self") -> int:
@@ -194,6 +196,10 @@ async def _run(
         start = {(p.thing, p.run): p.readings for p in before}
         figures.achieved_per_s = sum(p.readings - start.get((p.thing, p.run), 0) for p in points) / wall
         figures.cpu_percent = 100.0 * cpu / wall
+        figures.shard_ms_per_device_s = 10.0 * figures.shard_cpu_percent / devices  # 1 % of a core = 10 ms a second
+        figures.all_ms_per_device_s = (
+            10.0 * (figures.cpu_percent + figures.shard_cpu_percent + figures.broker_cpu_percent) / devices
+        )
         figures.rss_per_device_kb = rss_all / devices / 1024
         figures.produced = sum(p.readings for p in points)
         settle0 = time.monotonic()
@@ -246,6 +252,12 @@ def render(results: dict[str, Any]) -> None:
             f"  CPU of this process      {r.cpu_percent:9.0f} %   (2 cores = 200 %); of the shards {r.shard_cpu_percent:.0f} %; "
             f"of mosquitto {r.broker_cpu_percent:.0f} %"
         )
+        if r.shards > 1:  # one shard: the devices run in this process (its CPU is in the all-in figure)
+            print(f"  shard CPU per device-s   {r.shard_ms_per_device_s:10.3f} ms   (all in: {r.all_ms_per_device_s:.3f} ms; "
+                  f"10,000 devices: {r.shard_ms_per_device_s * 10:.1f} cores of shards, {r.all_ms_per_device_s * 10:.1f} all in)")  # fmt: skip
+        else:
+            print(f"  CPU per device-s, all in {r.all_ms_per_device_s:10.3f} ms   "
+                  f"(10,000 devices: {r.all_ms_per_device_s * 10:.1f} cores)")  # fmt: skip
         print(
             f"  RSS per device           {r.rss_per_device_kb:9.0f} KiB ({r.rss_mib:,.0f} MiB: this process + shards, / devices)"
         )

@@ -35,7 +35,12 @@ from edgekit.errors import EdgekitError
 from edgekit.manifest import TensorSpec
 from edgekit.wire.summary import ReadingErrors, UnansweredHeader, UplinkCounts, encode_summary
 
-__all__ = ["Checkpoint", "InferenceLoop", "LoopOptions"]
+__all__ = ["Checkpoint", "Infer", "InferenceLoop", "LoopOptions"]
+
+Infer = Callable[[list[Reading]], Awaitable[tuple[list[list[np.ndarray]], float] | None]]
+"""A loop's model for several readings at once: (each reading's outputs, the milliseconds the model took for them),
+or ``None`` when it can't answer these (the loop then runs ``predict`` on each, as without it). A reading's answer
+must be what ``predict`` gives for that reading alone."""
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +103,10 @@ class InferenceLoop:
     ``model``: a loaded artifact (shared read-only by every loop that runs it); ``uplink``: where summaries go
     (``None``: only ``output_path`` / stdout); ``clock`` paces readings and windows; ``fallback`` replaces the one
     ``options`` would make; ``sleep`` waits between readings (default :func:`asyncio.sleep`; a simulator's shared
-    tick, :class:`edgekit.sim.inference.SharedTick`, wakes thousands of loops from one timer). Live configuration (``MinConfidence``, ``WindowSeconds``, ``IntervalSeconds``) applies
-    from the next reading.
+    tick, :class:`edgekit.sim.inference.SharedTick`, wakes thousands of loops from one timer); ``infer`` answers a
+    wake-up's readings in one go (:data:`Infer`; a simulator's batcher runs the readings of every loop woken by one
+    tick as one model call, :class:`edgekit.sim.inference.TickBatcher`). Live configuration (``MinConfidence``,
+    ``WindowSeconds``, ``IntervalSeconds``) applies from the next reading.
     """
 
     def __init__(
@@ -114,9 +121,11 @@ class InferenceLoop:
         fallback: CloudFallback | None = None,
         source: InputSource | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        infer: Infer | None = None,
     ) -> None:
         self.options = replace(options)
         self._sleep: Callable[[float], Awaitable[None]] = sleep or asyncio.sleep
+        self._infer = infer
         self.predict: Callable[[Any], list[np.ndarray]] = model.predict
         self.specs: list[TensorSpec] = list(model.manifest.inputs)
         self.name = str(model.manifest.name)
@@ -286,19 +295,28 @@ class InferenceLoop:
         windows = self.windows
         w = windows.open
         elapsed = clock.now() - self._started
-        done = 0
+        readings: list[Reading] = []
         for _ in range(n):
-            t0 = perf()
             reading = take(elapsed)
             if reading is None:
                 break
-            done += 1
+            readings.append(reading)
+        done = len(readings)
+        answers: list[list[np.ndarray]] | None = None
+        model_ms = 0.0
+        if self._infer is not None and readings and self._healthy:
+            answered = await self._infer(readings)
+            if answered is not None:
+                answers, model_ms = answered
+                w = windows.open  # (a checkpoint can't close it meanwhile: cuts are taken between batches)
+        for i, reading in enumerate(readings):
+            t0 = perf()
             label: int | None = None
             conf: float | None = None
             local_error = ""
             if self._healthy or self.local.allow():
                 try:
-                    label, conf = top_class(predict(reading)[-1])
+                    label, conf = top_class((answers[i] if answers is not None else predict(reading))[-1])
                     if not self._healthy:
                         self.local.success()
                         self._healthy = True
@@ -325,7 +343,7 @@ class InferenceLoop:
                     w.unanswered.append((reading, local_error, fallback_error))
             elif source == NONE:
                 w.unanswered.append((reading, local_error, ""))
-            w.record(source, label, conf, (perf() - t0) * 1e3)
+            w.record(source, label, conf, (perf() - t0) * 1e3 + model_ms)
             if window_s <= 0:
                 self._close_window()
                 w = windows.open

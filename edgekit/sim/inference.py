@@ -7,6 +7,9 @@ runner with the script's own arguments, instead of being interpreted as ``sh``. 
 
 * the artifact loaded once per process and shared read-only by every device that runs it (keyed by the digest
   of its ``manifest.json``);
+* the readings of every device woken by one tick of the :class:`SharedTick` that runs the same artifact answered by
+  one batched model call (:class:`TickBatcher`), each device getting its own rows back — bit for bit what its own
+  call would give; an artifact that can't be batched that way runs one call per reading;
 * per device its own input stream, windows, fallback client, and uplink: the device's Greengrass IPC handler,
   reached through :class:`~edgekit.device.ipc.InProcessIpc` with the component's ``SVCUID``.
 
@@ -25,15 +28,19 @@ import math
 import shlex
 import signal
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+import numpy as np
 
 from edgekit.device.executor import RunningProcess, StepSpec
 from edgekit.device.ipc import InProcessIpc
 from edgekit.device.ipc.device_ipc import DeviceIpc
 from edgekit.device.ipc.errors import IpcError
+from edgekit.device.ipc.handler import NS
 from edgekit.device.ipc.inprocess import InProcessStream
 from edgekit.edge.component import parse_args
 from edgekit.edge.errors import EdgeError
@@ -48,6 +55,7 @@ __all__ = [
     "InferenceRun",
     "ModelCache",
     "SharedTick",
+    "TickBatcher",
 ]
 
 SIMULATED_TICK_S = 0.2
@@ -60,6 +68,8 @@ wake-up a reading, not two. A stop or a checkpoint waits up to this for the loop
 
 log = logging.getLogger(__name__)
 
+_PUBLISH: Final = NS + "PublishToIoTCore"
+
 
 class InProcessUplink:
     """An :class:`edgekit.edge.uplink.Uplink` over the device's IPC handler, without a socket."""
@@ -69,8 +79,12 @@ class InProcessUplink:
         self._streams: list[InProcessStream] = []
 
     async def publish(self, topic: str, payload: bytes) -> None:
+        """``PublishToIoTCore`` as the SDK sends it (the payload base64-encoded), straight to the handler: the request
+        is strings only, so the JSON round trip :meth:`InProcessIpc.call` makes of any request would give it back
+        unchanged. It returns once the agent has spooled the message (on disk, for a durable spool)."""
+        request = {"topicName": topic, "qos": "1", "payload": base64.b64encode(payload).decode()}
         try:
-            await self.ipc.publish_to_iot_core(topic, payload)
+            await self.ipc.handler.call(self.ipc.component, _PUBLISH, request)
         except IpcError as exc:
             raise EdgeError(f"PublishToIoTCore {topic}: {type(exc).__name__} {exc}") from None
 
@@ -145,6 +159,157 @@ class SharedTick:
         return sum(1 for waiting in self._due.values() for f in waiting if not f.done())
 
 
+_BATCH_CHECK_ROWS: Final = (1, 2, 3, 17, 64)
+"""Batch sizes a batched copy is checked at, against one call per row, before it answers any device."""
+_MAX_BATCHED_BYTES: Final = 64 << 20  # a larger model file is not copied: its devices run one call per reading
+
+
+class TickBatcher:
+    """One model call for the readings of every loop woken together (an :data:`edgekit.edge.loop.Infer`).
+
+    The loops a :class:`SharedTick` tick wakes run one after the other in one turn of the event loop; each hands
+    :meth:`infer` the readings it took, and after that turn one call runs them all, stacked along the batch axis,
+    and each loop gets its own rows back. The call is a batched copy of the artifact's ONNX model (its batch axis
+    made dynamic, loaded once per process) — so only an ONNX Runtime artifact whose every input and output has a
+    batch axis of 1 (or a dynamic one) and a float input is batched, and only once the copy has given, bit for bit,
+    what one call per row of the artifact gives (checked at :data:`_BATCH_CHECK_ROWS` rows); otherwise, and for a
+    reading whose arrays aren't the inputs' shape and dtype, or when the batched call fails, each loop runs
+    ``predict`` on each of its readings itself, as without a batcher. :attr:`calls` counts the batched calls,
+    :attr:`rows` the readings they answered, :attr:`unbatched` the readings handed back to their loop."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.calls = 0
+        self.rows = 0
+        self.unbatched = 0
+        self.why_not = ""
+        """Why this artifact is not batched (empty while it is)."""
+        self._pending: list[tuple[list[dict[str, np.ndarray]], asyncio.Future[tuple[list[list[np.ndarray]], float] | None]]] = []
+        self._specs = [(spec.name, tuple(spec.shape), np.dtype(spec.dtype)) for spec in model.manifest.inputs]
+        self._session: Any = None
+        self._names: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        try:
+            self._session, self._names = self._batched_copy()
+            self._check()
+        except Exception as exc:  # anything a copy can't do: one call per reading, as without a batcher
+            self._session, self.why_not = None, str(exc) or type(exc).__name__
+            log.info("%s: readings not batched across devices: %s", model, self.why_not)
+
+    @property
+    def batched(self) -> bool:
+        return self._session is not None
+
+    def _batched_copy(self) -> tuple[Any, list[str]]:
+        runner: Any = getattr(self.model, "runner", None)
+        manifest = self.model.manifest
+        if getattr(runner, "backend", "") != "onnxruntime":
+            raise EdgeError(f"a {manifest.backend.name} artifact (only ONNX Runtime ones are batched)")
+        specs = [*manifest.inputs, *manifest.outputs]
+        for spec in specs:
+            dynamic = spec.dynamic_dims or {}
+            if spec.is_sequence or not spec.shape or spec.shape[0] != 1 or any(i != 0 for i in dynamic):
+                raise EdgeError(f"'{spec.name}' {spec.declared()} has no batch axis of 1")
+        if not all(np.issubdtype(np.dtype(s.dtype), np.floating) for s in manifest.inputs):
+            raise EdgeError("an input is not float (the batched copy is checked on random floats)")
+        entry = Path(runner.entry)
+        if entry.stat().st_size > _MAX_BATCHED_BYTES:
+            raise EdgeError(f"{entry.name} is over {_MAX_BATCHED_BYTES >> 20} MiB (not copied)")
+        import onnx
+        import onnxruntime as ort
+
+        proto = onnx.load(str(entry))
+        for value in [*proto.graph.input, *proto.graph.output]:
+            dims = value.type.tensor_type.shape.dim
+            if dims:
+                dims[0].Clear()
+                dims[0].dim_param = "edgekit_rows"
+        del proto.graph.value_info[:]  # shapes inferred at compile time pin the batch axis to 1
+        options = ort.SessionOptions()
+        at_load = str(manifest.backend.options.get("loadOptimization", "none"))
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if at_load == "all" else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        session = ort.InferenceSession(proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        if names != [s.name for s in manifest.outputs]:
+            raise EdgeError(f"the model's outputs {names} are not the manifest's")
+        return session, names
+
+    def _check(self) -> None:
+        """The batched copy against one call of the artifact per row, on random rows: the same bits, or not batched."""
+        rng = np.random.default_rng(0)
+        for rows in _BATCH_CHECK_ROWS:
+            readings = [
+                {name: rng.standard_normal(shape).astype(dtype) for name, shape, dtype in self._specs} for _ in range(rows)
+            ]
+            got = self._run(readings)
+            for reading, answer in zip(readings, got, strict=True):
+                own = self.model.predict(reading)
+                if len(own) != len(answer) or not all(
+                    a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+                    for a, b in zip(own, answer, strict=True)
+                ):
+                    raise EdgeError(f"the batched copy's outputs at {rows} rows differ from one call per row")
+
+    def _run(self, readings: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+        feeds = {name: np.concatenate([r[name] for r in readings]) for name, _, _ in self._specs}
+        outs = self._session.run(self._names, feeds)
+        n = len(readings)
+        if any(not isinstance(o, np.ndarray) or o.shape[:1] != (n,) for o in outs):
+            raise EdgeError(f"the batched call did not give {n} rows")
+        return [[o[i : i + 1] for o in outs] for i in range(n)]
+
+    def _fits(self, reading: dict[str, np.ndarray]) -> bool:
+        if len(reading) != len(self._specs):
+            return False
+        for name, shape, dtype in self._specs:
+            arr = reading.get(name)
+            if not isinstance(arr, np.ndarray) or arr.shape != shape or arr.dtype != dtype:
+                return False
+        return True
+
+    async def infer(self, readings: list[dict[str, np.ndarray]]) -> tuple[list[list[np.ndarray]], float] | None:
+        """``readings``' outputs and the batched call's milliseconds, once every loop of this turn has handed its own;
+        ``None``: run them one by one."""
+        if self._session is None or not all(self._fits(r) for r in readings):
+            self.unbatched += len(readings)
+            return None
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (another asyncio.run): the old one's flush will never run
+            self._loop, self._pending = loop, []
+        future: asyncio.Future[tuple[list[list[np.ndarray]], float] | None] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._flush)  # after the loops woken in this turn (they are ahead of it in the ready queue)
+        self._pending.append((readings, future))
+        return await future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        waiting = [(readings, future) for readings, future in pending if not future.done()]  # a killed loop's is cancelled
+        if not waiting:
+            return
+        rows = [r for readings, _ in waiting for r in readings]
+        t0 = time.perf_counter()
+        try:
+            answers = self._run(rows)
+        except Exception as exc:  # each loop runs its own calls (and meets its own error, as without a batcher)
+            log.warning("%s: a batched call failed (%s); its readings run one by one", self.model, exc)
+            self.unbatched += len(rows)
+            for _, future in waiting:
+                future.set_result(None)
+            return
+        ms = (time.perf_counter() - t0) * 1e3
+        self.calls += 1
+        self.rows += len(rows)
+        start = 0
+        for readings, future in waiting:
+            future.set_result((answers[start : start + len(readings)], ms))
+            start += len(readings)
+
+
 class ModelCache:
     """Artifacts loaded once per process (by the digest of their manifest), self-tested once, shared read-only.
 
@@ -152,9 +317,12 @@ class ModelCache:
     candidate built for this host at compile time, self-tested with the same golden vectors), or its portable files;
     the model's ``stand_in`` says which (and the device's log)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, batch: bool = True) -> None:
         self._models: dict[str, Any] = {}
+        self._batchers: dict[int, TickBatcher] = {}
         self._lock = threading.Lock()
+        self.batch = batch
+        """Whether loops woken together share one model call (:class:`TickBatcher`); False: one call per reading."""
 
     def load(self, model_dir: Path) -> Any:
         import edgekit
@@ -172,6 +340,20 @@ class ModelCache:
                     raise EdgeError(f"{model_dir}: the self-test failed (max abs error {check.max_abs_error:.3g})")
                 self._models[key] = model
             return model
+
+    def batcher(self, model: Any) -> TickBatcher | None:
+        """The :class:`TickBatcher` of a model this cache loaded (made once), or None when batching is off."""
+        if not self.batch:
+            return None
+        with self._lock:
+            batcher = self._batchers.get(id(model))
+            if batcher is None:
+                self._batchers[id(model)] = batcher = TickBatcher(model)
+            return batcher
+
+    @property
+    def batchers(self) -> list[TickBatcher]:
+        return list(self._batchers.values())
 
     def __len__(self) -> int:
         return len(self._models)
@@ -311,8 +493,15 @@ async def _start_inference(runners: InProcessRunners, spec: StepSpec, args: list
             raise EdgeError("the device has no IPC (DeviceAgent(ipc=True)); an in-process inference component needs it")
         model = runners.models.load(model_dir if model_dir.is_absolute() else spec.cwd / model_dir)
         uplink = InProcessUplink(InProcessIpc.connect(ipc.handler, token))
+        batcher = runners.models.batcher(model)
         loop = InferenceLoop(
-            model, options, uplink=uplink, thing=thing, component=options.component or spec.component, sleep=runners.tick.sleep
+            model,
+            options,
+            uplink=uplink,
+            thing=thing,
+            component=options.component or spec.component,
+            sleep=runners.tick.sleep,
+            infer=batcher.infer if batcher is not None and batcher.batched else None,
         )
     except (EdgekitError, IpcError, OSError) as exc:
         _log(spec, f"edgekit inference: {exc}")
