@@ -20,7 +20,15 @@ from typing import Any, Literal
 
 from edgekit.clock import Clock, SystemClock
 from edgekit.device.agent_ipc import AgentHost, restart_needed
-from edgekit.device.agent_state import DeviceLayout, DeviceState, InProgress, InstalledComponent, StateStore, StateWriter, TargetRecord
+from edgekit.device.agent_state import (
+    DeviceLayout,
+    DeviceState,
+    InProgress,
+    InstalledComponent,
+    StateStore,
+    StateWriter,
+    TargetRecord,
+)
 from edgekit.device.configuration import next_configuration
 from edgekit.device.download import (
     DEFAULT_MAX_UNZIPPED_BYTES,

@@ -199,26 +199,35 @@ class StateStore:
 _RESUMED_AS_IS: Final = ("FINISHED", "BROKEN")  # lifecycle states a restart keeps; every other one starts over as NEW
 
 
-def restart_view(data: dict[str, Any]) -> str:
-    """What a restart reads of a dumped :class:`DeviceState` (``model_dump(mode="json")``), as text to compare.
+def restart_view(data: dict[str, Any]) -> tuple[str, frozenset[tuple[str, int]]]:
+    """What a restart reads of a dumped :class:`DeviceState` (``model_dump(mode="json")``): as text to compare, and
+    the live process groups apart (component, group).
 
     Resume starts every component over from ``NEW`` unless it is ``FINISHED`` or ``BROKEN``, so the steps between
-    (``INSTALLED``, ``STARTING``, ``RUNNING`` ...) are not in it. While a deployment is in progress a restart puts the
-    previous components and targets back (its phase is not read), so of the current components only their process
-    groups count (resume kills what is left of them).
+    (``INSTALLED``, ``STARTING``, ``RUNNING`` ...) are not in the text. While a deployment is in progress a restart
+    puts the previous components and targets back (the phase is not read), so of the current components only their
+    process groups count. A group recorded and not yet on disk needs a write (resume kills what is left of it); a
+    group gone needs none (resume leaves a group alone once its leader is no longer the process it started).
     """
     comps: dict[str, Any] = data.get("components") or {}
+    groups = frozenset((n, int(g)) for n, c in comps.items() for g in c.get("process_groups") or [])
     view = dict(data)
     progress = data.get("in_progress")
     if progress is not None:
         view["in_progress"] = {k: v for k, v in progress.items() if k != "phase"}
         view["targets"] = None
-        view["components"] = {n: [c.get("process_groups"), c.get("process_stamps")] for n, c in comps.items()}
+        view["components"] = None
     else:
         view["components"] = {
-            n: {**c, "state": c.get("state") if c.get("state") in _RESUMED_AS_IS else "NEW"} for n, c in comps.items()
+            n: {
+                **c,
+                "state": c.get("state") if c.get("state") in _RESUMED_AS_IS else "NEW",
+                "process_groups": None,
+                "process_stamps": None,
+            }
+            for n, c in comps.items()
         }
-    return json.dumps(view, sort_keys=True)
+    return json.dumps(view, sort_keys=True), groups
 
 
 class StateWriter:
@@ -243,6 +252,7 @@ class StateWriter:
         self._dirty = False
         self._task: asyncio.Task[None] | None = None
         self._last_view: str | None = None
+        self._last_groups: frozenset[tuple[str, int]] = frozenset()
 
     def request(self) -> None:
         """The state changed: write it soon (once for every change until then)."""
@@ -263,11 +273,11 @@ class StateWriter:
         while self._task is not None:
             await asyncio.shield(self._task)
 
-    def _snapshot(self) -> tuple[str, bytes] | None:
-        """The restart view and the file's bytes, or None when the view is what the file already holds."""
+    def _snapshot(self) -> tuple[tuple[str, frozenset[tuple[str, int]]], bytes] | None:
+        """The restart view and the file's bytes, or None when the file already holds what a restart needs."""
         data = self._state().model_dump(mode="json")
         view = restart_view(data)
-        if view == self._last_view:
+        if view[0] == self._last_view and view[1] <= self._last_groups:
             return None
         return view, json.dumps(data, indent=1).encode()
 
@@ -277,13 +287,13 @@ class StateWriter:
         if snap is not None:
             self._write(*snap)
 
-    def _write(self, view: str, data: bytes) -> None:
+    def _write(self, view: tuple[str, frozenset[tuple[str, int]]], data: bytes) -> None:
         try:
             self.store.write(data)
         except OSError as exc:
             logger.error("%s: can't write %s: %s", self._label, self.store.layout.state_file, exc)
             return
-        self._last_view = view
+        self._last_view, self._last_groups = view
         self.writes += 1
 
     async def _run(self) -> None:
