@@ -156,7 +156,7 @@ def test_the_restart_view_leaves_out_steps_a_resume_starts_over() -> None:
         "in_progress": None,
     }
 
-    def view(**changes: Any) -> str:
+    def view(**changes: Any) -> tuple[str, frozenset[tuple[str, int]]]:
         data = json.loads(json.dumps(base))
         data["components"]["a"].update(changes)
         return restart_view(data)
