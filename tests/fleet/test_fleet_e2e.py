@@ -290,6 +290,8 @@ def test_a_deployment_reaches_every_device_over_mqtt(make_fleet: Callable[..., F
             assert details[f"component:{INFERENCE}".replace(".", "_")] in ("1.0.0 RUNNING", "1.0.0 FINISHED")
             assert [(r.job_id, r.status, r.reported) for r in runner.history] == [(job, "SUCCEEDED", True)]
             assert await runner.agent.wait_for(INFERENCE, {"FINISHED", "BROKEN"}, 20)  # 3 inferences, then it exits
+            # the agent writes its state file off the loop, soon after the transition (docs/device-agent.md)
+            await eventually(lambda t=thing: on_disk(fleet, t).components[INFERENCE].state != "RUNNING", 5)
             state = on_disk(fleet, thing)
             assert {n: (c.version, c.state) for n, c in state.components.items()} == {
                 RUNTIME_COMPONENT: ("0.1.0", "FINISHED"),
