@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.edge.store import Spool
-from edgekit.edge.store.spool import WAL_LIMIT_BYTES
+from edgekit.edge.store.spool import WAL_CHECKPOINT_PAGES, WAL_LIMIT_BYTES
 
 
 @pytest.mark.parametrize("durable", [False, True], ids=["simulated", "durable"])
@@ -19,7 +19,7 @@ def test_the_wal_stays_bounded_while_messages_come_and_go(tmp_path: Path, durabl
     payload = os.urandom(700)  # about a window summary
     largest = 0
     try:
-        for n in range(200 if durable else 2000):  # well past SQLite's default checkpoint (1,000 pages of WAL)
+        for n in range(400 if durable else 3000):  # well past SQLite's default checkpoint (1,000 pages of WAL)
             seq = spool.put("dt/summary", payload)
             assert [i.seq for i in spool.peek()] == [seq]
             spool.ack([seq])
@@ -27,8 +27,10 @@ def test_the_wal_stays_bounded_while_messages_come_and_go(tmp_path: Path, durabl
                 largest = max(largest, wal.stat().st_size)
         largest = max(largest, wal.stat().st_size)
         assert len(spool) == 0 and spool.bytes == 0
-        # between checkpoints the WAL grows to 64 pages of 1 KiB (plus a frame header each) and is cut back after
-        assert largest <= WAL_LIMIT_BYTES + 64 * (1024 + 24) + 32, largest
+        # between checkpoints the WAL grows to WAL_CHECKPOINT_PAGES pages of 1 KiB (a frame header each, and a
+        # commit's frames past the mark) and is cut back after
+        assert largest <= WAL_LIMIT_BYTES + (WAL_CHECKPOINT_PAGES + 8) * (1024 + 24) + 32, largest
+        assert wal.stat().st_size <= (WAL_CHECKPOINT_PAGES + 8) * (1024 + 24) + 32
         assert (tmp_path / "spool.db").stat().st_size < 64 * 1024  # the file itself holds only what is queued
     finally:
         spool.close()
