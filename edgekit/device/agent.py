@@ -20,7 +20,15 @@ from typing import Any, Literal
 
 from edgekit.clock import Clock, SystemClock
 from edgekit.device.agent_ipc import AgentHost, restart_needed
-from edgekit.device.agent_state import DeviceLayout, DeviceState, InProgress, InstalledComponent, StateStore, TargetRecord
+from edgekit.device.agent_state import (
+    DeviceLayout,
+    DeviceState,
+    InProgress,
+    InstalledComponent,
+    StateStore,
+    StateWriter,
+    TargetRecord,
+)
 from edgekit.device.configuration import next_configuration
 from edgekit.device.download import (
     DEFAULT_MAX_UNZIPPED_BYTES,
@@ -137,6 +145,7 @@ class DeviceAgent:
         self.settle_s = settle_s
         self.max_unzipped_bytes = max_unzipped_bytes
         self._store = StateStore(self.layout, fsync=fsync)
+        self._writer = StateWriter(self._store, lambda: self._state, label=thing)
         self._client = RegistryClient(registry_base_url, thing, timeout_s=http_timeout_s)
         self._fetcher = ArtifactFetcher(
             self.layout.cache_dir,
@@ -200,13 +209,20 @@ class DeviceAgent:
 
     # ------------------------------------------------------------------ persistence
 
+    @property
+    def state_writes(self) -> int:
+        """How many times this agent wrote ``state.json`` (coalesced: see :class:`~edgekit.device.agent_state.StateWriter`)."""
+        return self._writer.writes
+
     def _save(self) -> None:
-        if self._dead:
-            return
-        try:
-            self._store.save(self._state)
-        except OSError as exc:
-            logger.error("%s: can't write %s: %s", self.thing, self.layout.state_file, exc)
+        """The state changed: written soon, off the event loop, with the other changes of this loop turn."""
+        if not self._dead:
+            self._writer.request()
+
+    async def _persist(self) -> None:
+        """The state changed and must be on disk before going on (a deployment's start, an outcome to report)."""
+        self._save()
+        await self._writer.flush()
 
     def _gc(self) -> None:
         """Delete package folders of versions no component (nor the deployment's previous set) uses."""
@@ -288,12 +304,15 @@ class DeviceAgent:
                     return None
                 if redo_interrupted:
                     return await self._apply_locked(interrupted)
-                return self._finish_interrupted(interrupted)
+                outcome = self._finish_interrupted(interrupted)
+                await self._writer.flush()
+                return outcome
             finally:
                 self._applying = None
 
     async def _resume_locked(self) -> JobDocument | None:
         self._dead = False
+        self._writer.active = True
         self._sup.persist_enabled = True
         state = self._store.load(self.thing)
         leftovers = {g: s for r in state.components.values() for g, s in r.take_groups().items()}
@@ -341,8 +360,9 @@ class DeviceAgent:
         """Stop every component (Shutdown, dependents first) and the agent's tasks.
 
         The stops are not saved: ``state.json`` keeps what was running, for :meth:`resume`.
-        Cancel a running :meth:`apply` before calling this.
+        Cancel a running :meth:`apply` before calling this. What was saved before is on disk when this returns.
         """
+        await self._writer.flush()
         self._sup.persist_enabled = False
         try:
             await self._sup.stop(list(self._sup.components))
@@ -358,8 +378,12 @@ class DeviceAgent:
 
         Process groups get SIGKILL unless ``leave_processes`` (then a later :meth:`resume` kills them, as
         after the agent's own process was killed). A step running in the cancelled deployment is always killed.
+        The state writes asked for before the crash finish first (a crash once the writer caught up; each file is
+        replaced atomically in any case).
         """
+        await self._writer.flush()
         self._dead = True
+        self._writer.active = False
         self._sup.persist_enabled = False
         applying = self._applying
         if applying is not None and applying is not asyncio.current_task() and not applying.done():
@@ -418,19 +442,19 @@ class DeviceAgent:
         except DeviceError as exc:
             outcome = self._outcome(job, job.target, "REJECTED", "REJECTED", exc)
             self._state.remember(outcome)
-            self._save()
+            await self._persist()
             return outcome
         self._state.in_progress = InProgress(
             job=job.model_dump(mode="json", by_alias=True),
             previous_components={n: r.model_copy(deep=True) for n, r in self._state.components.items()},
             previous_targets={t: r.model_copy(deep=True) for t, r in self._state.targets.items()},
         )
-        self._save()
+        await self._persist()  # on disk before anything changes: a restart then puts the previous components back
         logger.info("%s: applying deployment %s for %s", self.thing, job.deployment_id, target)
         outcome = await self._deploy(job, target, self._state.in_progress)
         self._state.in_progress = None
         self._state.remember(outcome)
-        self._save()
+        await self._persist()  # on disk before the outcome is reported
         self._gc()
         logger.info("%s: deployment %s: %s %s", self.thing, job.deployment_id, outcome.result, outcome.error_code or "")
         return outcome

@@ -1,14 +1,18 @@
 """A device's on-disk state, all under one root folder (the nucleus's ``config/``, ``packages/``, ``work/``).
 
-``state.json`` is written whole (temporary file, ``fsync``, rename) on every transition.
+``state.json`` is written whole (temporary file, ``fsync``, rename), never half: by :class:`StateWriter`, off the
+event loop, once for the changes of one loop turn (or of one write's time), and only when what a restart reads changed.
 See docs/device-agent.md (state on disk, resume).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -25,6 +29,7 @@ __all__ = [
     "InProgress",
     "InstalledComponent",
     "StateStore",
+    "StateWriter",
     "TargetRecord",
 ]
 
@@ -173,9 +178,12 @@ class StateStore:
         return state
 
     def save(self, state: DeviceState) -> None:
+        self.write(state.model_dump_json(indent=1).encode())
+
+    def write(self, data: bytes) -> None:
+        """Replace the state file with ``data`` atomically (a temporary file, ``fsync`` unless off, a rename)."""
         path = self.layout.state_file
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = state.model_dump_json(indent=1).encode()
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
         try:
             with open(tmp, "wb") as fh:
@@ -186,3 +194,114 @@ class StateStore:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+_RESUMED_AS_IS: Final = ("FINISHED", "BROKEN")  # lifecycle states a restart keeps; every other one starts over as NEW
+
+
+def restart_view(data: dict[str, Any]) -> tuple[str, frozenset[tuple[str, int]]]:
+    """What a restart reads of a dumped :class:`DeviceState` (``model_dump(mode="json")``): as text to compare, and
+    the live process groups apart (component, group).
+
+    Resume starts every component over from ``NEW`` unless it is ``FINISHED`` or ``BROKEN``, so the steps between
+    (``INSTALLED``, ``STARTING``, ``RUNNING`` ...) are not in the text. While a deployment is in progress a restart
+    puts the previous components and targets back (the phase is not read), so of the current components only their
+    process groups count. A group recorded and not yet on disk needs a write (resume kills what is left of it); a
+    group gone needs none (resume leaves a group alone once its leader is no longer the process it started).
+    """
+    comps: dict[str, Any] = data.get("components") or {}
+    groups = frozenset((n, int(g)) for n, c in comps.items() for g in c.get("process_groups") or [])
+    view = dict(data)
+    progress = data.get("in_progress")
+    if progress is not None:
+        view["in_progress"] = {k: v for k, v in progress.items() if k != "phase"}
+        view["targets"] = None
+        view["components"] = None
+    else:
+        view["components"] = {
+            n: {
+                **c,
+                "state": c.get("state") if c.get("state") in _RESUMED_AS_IS else "NEW",
+                "process_groups": None,
+                "process_stamps": None,
+            }
+            for n, c in comps.items()
+        }
+    return json.dumps(view, sort_keys=True), groups
+
+
+class StateWriter:
+    """Writes one device's state file off the event loop, coalescing: the in-memory state is the truth.
+
+    :meth:`request` (from the event loop) asks for a write; the write happens in a worker thread on a later loop
+    turn, so the changes of one turn — and those made while a write is in flight — go out as one file. A state
+    whose :func:`restart_view` equals the last written one is not written at all. :meth:`flush` waits until
+    everything requested is on disk (the agent does before it reports an outcome and before a deployment changes
+    anything). Each file is still replaced atomically (:meth:`StateStore.write`): a crash leaves the previous one or
+    the next one, never half of one. Without a running loop, :meth:`request` writes at once.
+    """
+
+    def __init__(self, store: StateStore, state: Callable[[], DeviceState], *, label: str = "") -> None:
+        self.store = store
+        self.writes = 0
+        """State files written (for tests and benchmarks: the count per deployment is bounded)."""
+        self.active = True
+        """Off: nothing more is written (the agent died); requests are dropped."""
+        self._state = state
+        self._label = label
+        self._dirty = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_view: str | None = None
+        self._last_groups: frozenset[tuple[str, int]] = frozenset()
+
+    def request(self) -> None:
+        """The state changed: write it soon (once for every change until then)."""
+        if not self.active:
+            return
+        self._dirty = True
+        if self._task is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_now()
+            return
+        self._task = loop.create_task(self._run(), name=f"state-writer {self._label}")
+
+    async def flush(self) -> None:
+        """Return once every change requested so far is on disk (or, when a write fails, logged)."""
+        while self._task is not None:
+            await asyncio.shield(self._task)
+
+    def _snapshot(self) -> tuple[tuple[str, frozenset[tuple[str, int]]], bytes] | None:
+        """The restart view and the file's bytes, or None when the file already holds what a restart needs."""
+        data = self._state().model_dump(mode="json")
+        view = restart_view(data)
+        if view[0] == self._last_view and view[1] <= self._last_groups:
+            return None
+        return view, json.dumps(data, indent=1).encode()
+
+    def _write_now(self) -> None:
+        self._dirty = False
+        snap = self._snapshot()
+        if snap is not None:
+            self._write(*snap)
+
+    def _write(self, view: tuple[str, frozenset[tuple[str, int]]], data: bytes) -> None:
+        try:
+            self.store.write(data)
+        except OSError as exc:
+            logger.error("%s: can't write %s: %s", self._label, self.store.layout.state_file, exc)
+            return
+        self._last_view, self._last_groups = view
+        self.writes += 1
+
+    async def _run(self) -> None:
+        try:
+            while self._dirty and self.active:
+                self._dirty = False
+                snap = self._snapshot()  # in the loop: the state doesn't change under it
+                if snap is not None:
+                    await asyncio.to_thread(self._write, *snap)
+        finally:
+            self._task = None

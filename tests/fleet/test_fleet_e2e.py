@@ -8,6 +8,7 @@ package`` (a tiny ONNX model compiled for onnxruntime) and published with ``publ
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import random
 import sys
@@ -259,6 +260,11 @@ def on_disk(fleet: Fleet, thing: str) -> DeviceState:
     return DeviceState.model_validate_json((fleet.root / "devices" / thing / "config" / "state.json").read_text())
 
 
+def _left_running(fleet: Fleet, thing: str) -> bool:
+    """The inference component's state on disk is past RUNNING."""
+    return on_disk(fleet, thing).components[INFERENCE].state != "RUNNING"
+
+
 def inference(version: str = "1.0.0") -> dict[str, Any]:
     return {INFERENCE: {"componentVersion": version, "configurationUpdate": {"merge": json.dumps(INFERENCE_CONFIG)}}}
 
@@ -290,6 +296,8 @@ def test_a_deployment_reaches_every_device_over_mqtt(make_fleet: Callable[..., F
             assert details[f"component:{INFERENCE}".replace(".", "_")] in ("1.0.0 RUNNING", "1.0.0 FINISHED")
             assert [(r.job_id, r.status, r.reported) for r in runner.history] == [(job, "SUCCEEDED", True)]
             assert await runner.agent.wait_for(INFERENCE, {"FINISHED", "BROKEN"}, 20)  # 3 inferences, then it exits
+            # the agent writes its state file off the loop, soon after the transition (docs/device-agent.md)
+            await eventually(functools.partial(_left_running, fleet, thing), 5)
             state = on_disk(fleet, thing)
             assert {n: (c.version, c.state) for n, c in state.components.items()} == {
                 RUNTIME_COMPONENT: ("0.1.0", "FINISHED"),
