@@ -647,7 +647,7 @@ def _optimize_table(results: list[Result]) -> Any:
         chosen = c[o["chosen"]]
         top1 = f"{chosen['source_top1']:.1%} → {chosen['top1']:.1%}" if chosen.get("top1") is not None else "—"
         shipped = f"{o['chosen']} {_ratio(r.latency_ms.get('optimized'), r.latency_ms.get('onnxruntime'))}"
-        variants = int8_variants(o) + pruned_variants(o)  # each in the int8 or the pruning table
+        variants = int8_variants(o) + pruned_variants(o) + tuned_variants(o)  # each in a table of its own
         states = "; ".join(
             f"{n}: {v['status']}" + (f" ({escape(v['reason'][:70])})" if v["status"] != "chosen" else "")
             for n, v in c.items()
