@@ -12,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from helpers import make_mlp
 
 import edgekit
 from edgekit.compiler.frontends.torch import export_module
+from edgekit.compiler.phases import check
 from edgekit.compiler.pipeline import Pipeline, load_pipeline
 from edgekit.errors import ConfigError
 from edgekit.manifest import CandidateReport
@@ -292,7 +295,7 @@ def test_a_pruned_model_is_tuned_with_tvm_on_request_fine_tuned_once_and_gated(f
     lines: list[str] = []
     common: dict[str, Any] = {"input_shapes": {"input": [1, 1, 8, 8]}, "samples": _samples(module), "use_cache": False}
     result = edgekit.compile(
-        spec, "x86_64", tmp_path / "b", pipeline=_tuned_pruned_pipeline(), tune=4, tune_minutes=1.0, tuning_records=database,
+        spec, "x86_64", tmp_path / "b", pipeline=_tuned_pruned_pipeline(), tune=4, tune_minutes=4.0, tuning_records=database,
         progress=lines.append, **common,
     )  # fmt: skip
     reports = {c.name: c for c in result.manifest.candidates}
@@ -302,13 +305,15 @@ def test_a_pruned_model_is_tuned_with_tvm_on_request_fine_tuned_once_and_gated(f
     assert tuned.pruned is not None and tuned.pruned["ratio"] == 0.5 and tuned.pruned["fineTuned"]["steps"] == 40
     assert tuned.tuning is not None and tuned.tuning["measured"] > 0 and tuned.tuning["database"] == str(database)
     # the one budget of --tune-minutes is shared by the two candidates that tune (the 90 % one never gets to)
-    assert tuned.tuning["minutes"] == 0.5 and reports["tvm-tuned"].tuning is not None
-    assert reports["tvm-tuned"].tuning["minutes"] == 0.5
+    assert tuned.tuning["minutes"] == 2.0 and reports["tvm-tuned"].tuning is not None
+    assert reports["tvm-tuned"].tuning["minutes"] == 2.0
     # the same fine-tuned model as the ONNX Runtime candidate: fine-tuned once per ratio, so they answer alike
     assert tuned.pruned["channelsKept"] == reports["pruned-50"].pruned["channelsKept"]  # type: ignore[index]
     assert sum(line.startswith("prune: 50% of the channels pruned; fine-tuning") for line in lines) == 1
     assert tuned.measured is not None and reports["pruned-50"].measured is not None
-    assert tuned.measured.accuracy.top1_accuracy == reports["pruned-50"].measured.accuracy.top1_accuracy
+    on_tvm, on_ort = tuned.measured.accuracy.top1_accuracy, reports["pruned-50"].measured.accuracy.top1_accuracy
+    assert on_tvm is not None and on_ort is not None
+    assert abs(on_tvm - on_ort) <= 2 / 497 + 1e-9  # TVM's and ORT's float sums may flip a borderline digit or two
     # gated like the others: judged by its budget, and what ships is within it
     assert tuned.budget is not None and not tuned.reason.startswith("outside the accuracy budget")
     (chosen,) = [c for c in reports.values() if c.status == "chosen"]
@@ -319,12 +324,17 @@ def test_a_pruned_model_is_tuned_with_tvm_on_request_fine_tuned_once_and_gated(f
     assert worst.reason.endswith("not tuned)") and worst.tuning is None and worst.measured is None
     assert reports["pruned-90"].status == "rejected"  # the ONNX Runtime candidate of that model agrees
 
-    # without tuning it is no candidate at all
-    plain = edgekit.compile(spec, "x86_64", tmp_path / "plain", pipeline=_tuned_pruned_pipeline(), **common)
-    assert [c.name for c in plain.manifest.candidates] == ["fp32", "pruned-50", "pruned-90"]
-
 
 def test_tuning_on_request_takes_the_compile_s_trials_minutes_and_database(tmp_path: Path) -> None:
+    # without tuning it is no candidate at all; with it, one per ratio, beside tvm-tuned
+    model = tmp_path / "m.onnx"
+    onnx.save(make_mlp(seed=3), str(model))
+    planned = check(model, "x86_64", tmp_path / "p", pipeline=_tuned_pruned_pipeline(), backend=None, input_shapes=None,
+                    name=None, tune=None)  # fmt: skip
+    assert [c.name for c in planned.candidates] == ["fp32", "pruned-50", "pruned-90"]
+    planned = check(model, "x86_64", tmp_path / "p", pipeline=_tuned_pruned_pipeline(), backend=None, input_shapes=None,
+                    name=None, tune=None, tune_minutes=3.0)  # fmt: skip
+    assert [c.name for c in planned.candidates][3:] == ["tvm-tuned-pruned-50", "tvm-tuned-pruned-90", "tvm-tuned"]
     pipe = load_pipeline("optimize")
     assert not [c for c in pipe.without_tuning_on_request().candidates if c.backend == "tvm"]
     tuned = {c.name: c.options["tune"] for c in pipe.with_tuning(8, 2.0, tmp_path).candidates if c.backend == "tvm"}
