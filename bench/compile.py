@@ -3,14 +3,19 @@
     python -m bench.compile [--models mlp,cnn,mobilenet,mobilenetv2,kws,digits,rf,trained-cnn,trained-mobilenetv2]
                             [--rounds 10] [--repeat 50] [--optimize] [--tune N] [--json out.json]
                             [--prune-ratios 0.3,0.5,0.7] [--fine-tune-steps N] [--optimize-only]
+                            [--tune-minutes M] [--tuning-records DIR]
+    python -m bench.compile --optimize-only --models trained-cnn --target x86_64_host --tune-minutes 5
     python -m bench.compile --tuning-goal [--tune-minutes 10]   # tuned TVM vs ORT on a trained digits CNN
 
 ``trained-cnn`` and ``trained-mobilenetv2`` are trained on upscaled scikit-learn digits by :mod:`bench.trained`
 (cached after the first run) and compiled from their factories, with their held-out images and labels.
 ``--tuning-goal``: see :mod:`bench.tuning_goal` (a trained digits CNN, tuned within a time budget, compiled twice).
 
-``--optimize`` also compiles each model with ``compiler/optimize.yaml`` (fp32, int8, pruned, pruned+int8; tuned
-TVM with ``--tune``) and labelled samples, and times what it ships in the same rounds.
+``--optimize`` also compiles each model with ``compiler/optimize.yaml`` (fp32, int8, pruned, pruned+int8; with
+``--tune N`` / ``--tune-minutes M`` tuned TVM on the source and on each pruned ratio) and labelled samples, and times
+what it ships in the same rounds. Tuning starts from an empty database each run (the figure includes the tuning)
+unless ``--tuning-records DIR`` names one. Tuned TVM against ONNX Runtime is like for like on ``--target x86_64_host``
+(TVM for this CPU); the portable ``x86_64`` profile compiles TVM for SSE4.2 while ONNX Runtime uses AVX2 here.
 
 See docs/benchmarks.md (compile).
 """
@@ -342,9 +347,12 @@ def compile_case(
     optimize: bool = False,
     prune: dict[str, Any] | None = None,
     optimize_only: bool = False,
+    tuning: Tuning | None = None,
 ) -> tuple[Result, dict[str, Predict]]:
     """Compile ``case`` with the default pipeline and per backend; return the result stub and the predictors to time.
-    ``optimize_only``: ONNX Runtime fp32 (the ratios' denominator) and the optimize pipeline, nothing else."""
+    ``optimize_only``: ONNX Runtime fp32 (the ratios' denominator) and the optimize pipeline, nothing else.
+    ``tuning``: the optimize pipeline's tuning (its trials, minutes and database; ``tune`` when not given)."""
+    tuning = tuning or Tuning(tune, None, out / "tuning")
     res = Result(case.name, case.description)
     if optimize_only:
         say(f"[{case.name}] compiling with backend=onnxruntime")
@@ -354,7 +362,7 @@ def compile_case(
             "onnxruntime": _bind(edgekit.load(ort_fp32.artifact_dir).predict, case.feed),
             "ort-bare": bare_ort(case, out / "bare-ort"),
         }
-        _optimize(case, target, out, say, 0, res, predictors, prune)
+        _optimize(case, target, out, say, tuning, res, predictors, prune)
         return res, predictors
     say(f"[{case.name}] compiling with the default pipeline")
     cache = ArtifactCache(out / "cache")  # private and empty: the first compile is a miss
@@ -414,7 +422,7 @@ def compile_case(
         tuned_pipe = load_pipeline("tvm").with_tuning(tune)
         spec = tuned_pipe.candidates[-1]
         spec = spec.model_copy(
-            update={"options": {**spec.options, "tune": {**spec.options["tune"], "database": str(out / "tuning")}}}
+            update={"options": {**spec.options, "tune": {**spec.options["tune"], "database": str(tuning.database)}}}
         )
         t0 = time.perf_counter()
         tuned = _compile(case, target, out / "tuned", pipeline=tuned_pipe.model_copy(update={"candidates": [spec]}), progress=say)
@@ -426,7 +434,7 @@ def compile_case(
         res.unavailable["tvm-tuned"] = res.unavailable["tvm"]
     predictors["chosen"] = _bind(edgekit.load(default.artifact_dir).predict, case.feed)
     if optimize:
-        _optimize(case, target, out, say, tune if "tvm-tuned" in res.compile_s else 0, res, predictors, prune)
+        _optimize(case, target, out, say, tuning, res, predictors, prune)
     return res, predictors
 
 
@@ -451,27 +459,39 @@ def bare_ort(case: Case, work: Path) -> Predict:
     return lambda: session.run(None, feed)
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """The optimize pipeline's tuning: ``--tune`` trials and/or ``--tune-minutes``, in ``database`` (fresh per run
+    unless ``--tuning-records`` names one). No trials and no minutes: no tuned candidates."""
+
+    trials: int
+    minutes: float | None
+    database: Path
+
+    @property
+    def on(self) -> bool:
+        return bool(self.trials or self.minutes)
+
+
 def _optimize(
     case: Case,
     target: str,
     out: Path,
     say: Callable[[str], None],
-    tuned: int,
+    tuning: Tuning,
     res: Result,
     predictors: dict[str, Predict],
     prune: dict[str, Any] | None = None,
 ) -> None:
-    """Compile with compiler/optimize.yaml and labelled samples; the tuned TVM candidate applies the schedules the
-    tuning run above found (same database, 0 new trials). ``prune``: options set on every prune step (the bench's
-    --prune-ratios and --fine-tune-steps)."""
+    """Compile with compiler/optimize.yaml and labelled samples; with ``tuning`` on, its tuned TVM candidates (the
+    source model and each pruned ratio) tune in ``tuning.database`` (tvm-tuned reuses what the tuning run above
+    found). ``prune``: options set on every prune step (the bench's --prune-ratios and --fine-tune-steps)."""
     pipe = with_prune_options(load_pipeline("optimize"), prune or {})
-    if tuned:
-        pipe = pipe.with_tuning(0)
-        spec = pipe.candidates[-1]
-        spec = spec.model_copy(
-            update={"options": {**spec.options, "tune": {**spec.options["tune"], "database": str(out / "tuning")}}}
-        )
-        pipe = pipe.model_copy(update={"candidates": [*pipe.candidates[:-1], spec]})
+    if tuning.on:
+        tuning.database.mkdir(parents=True, exist_ok=True)
+        pipe = pipe.with_tuning(tuning.trials or None, tuning.minutes, tuning.database)
+        say(f"[{case.name}] tuning TVM candidates: {tuning.trials or 'as many'} trials, {tuning.minutes or 'no'} minutes' "
+            f"budget, database {tuning.database}")  # fmt: skip
     if case.calibration:
         pipe = pipe.model_copy(update={"measure": pipe.measure.model_copy(update={"calibration": case.calibration})})
     say(f"[{case.name}] optimize pipeline with {len(next(iter((case.samples or {}).values()), []))} labelled samples")
@@ -500,6 +520,7 @@ def _optimize(
                 "compile_s": c.compile_seconds,
                 "fine_tuned": (c.pruned or {}).get("fineTuned"),
                 "prune_ratio": (c.pruned or {}).get("ratio"),
+                "tuning": c.tuning,
             }
             for c in m.candidates
         },
@@ -621,6 +642,8 @@ def render(results: list[Result], header: str, eager_names: dict[str, str], tune
         console.print(_optimize_table(results))
         console.print(_int8_table(results))
         console.print(_pruned_table(results))
+        if any(tuned_variants(r.optimize) for r in results):
+            console.print(_tuned_table(results))
     for r in results:
         for backend, reason in r.unavailable.items():
             took = f" (refused in {r.refused_s[backend]:.2f} s)" if backend in r.refused_s else ""
@@ -649,7 +672,7 @@ def _optimize_table(results: list[Result]) -> Any:
         chosen = c[o["chosen"]]
         top1 = f"{chosen['source_top1']:.1%} → {chosen['top1']:.1%}" if chosen.get("top1") is not None else "—"
         shipped = f"{o['chosen']} {_ratio(r.latency_ms.get('optimized'), r.latency_ms.get('onnxruntime'))}"
-        variants = int8_variants(o) + pruned_variants(o)  # each in the int8 or the pruning table
+        variants = int8_variants(o) + pruned_variants(o) + tuned_variants(o)  # each in a table of its own
         states = "; ".join(
             f"{n}: {v['status']}" + (f" ({escape(v['reason'][:70])})" if v["status"] != "chosen" else "")
             for n, v in c.items()
@@ -721,6 +744,43 @@ def _pruned_table(results: list[Result]) -> Any:
                 r.model, name, f"{v['prune_ratio']:.0%}" if v.get("prune_ratio") else "—", tuned,
                 _ratio(v.get("ms"), fp32.get("ms")), _ratio(v.get("size"), fp32.get("size")),
                 _ratio(v.get("flops"), o.get("source_flops")), top1, outcome,
+            )  # fmt: skip
+    return t
+
+
+def tuned_variants(optimize: dict[str, Any]) -> list[str]:
+    """The optimize pipeline's tuned TVM candidates (tvm-tuned, tvm-tuned-pruned-<percent>), in pipeline order."""
+    return [n for n in optimize.get("candidates", {}) if n.startswith("tvm-tuned")]
+
+
+def _tuned_table(results: list[Result]) -> Any:
+    """Each tuned TVM candidate of the optimize pipeline (the source model and each pruned ratio): latency against ORT
+    fp32 (the compile's own interleaved medians), top-1 against the source's, what tuning did and took, the outcome."""
+    from rich.table import Table
+
+    t = Table(title="tuned TVM in the optimize pipeline (latency: the compile's interleaved medians, ratio to ORT fp32)")
+    for col in ("model", "candidate", "ms", "ms / fp32", "top-1 source → tuned", "tuning: trials, tasks, stopped",
+                "tuning min (budget)", "outcome"):  # fmt: skip
+        t.add_column(col)
+    for r in results:
+        c = r.optimize.get("candidates", {})
+        fp32 = c.get("ort", {})
+        for name in tuned_variants(r.optimize):
+            v = c[name]
+            tu = v.get("tuning") or {}
+            how = (
+                f"{tu['measured']} measured, {tu['tasks_tuned']}/{tu['tasks']} tuned, {tu['tasks_reused']} reused, "
+                f"{tu['tasks_unmeasured']} unmeasured, {tu['stopped']}"
+                if tu
+                else "not tuned"
+            )
+            took = f"{tu['seconds'] / 60:.1f}" if tu else "—"
+            took += f" ({tu['minutes']:g})" if tu.get("minutes") else ""
+            top1 = f"{v['source_top1']:.1%} → {v['top1']:.1%}" if v.get("top1") is not None else "—"
+            outcome = v["status"] + (f": {escape(v['reason'][:90])}" if v["reason"] else "")
+            t.add_row(
+                r.model, name, f"{v['ms']:.4f}" if v.get("ms") else "—", _ratio(v.get("ms"), fp32.get("ms")), top1, how,
+                took, outcome,
             )  # fmt: skip
     return t
 
@@ -809,12 +869,26 @@ def main(argv: list[str] | None = None) -> int:
         help="only the tuning goal: tuned TVM vs ONNX Runtime on a digits CNN trained here, and a second compile "
         "reusing the tuning database (bench/tuning_goal.py)",
     )
-    parser.add_argument("--tune-minutes", type=float, default=10.0, metavar="MIN", help="--tuning-goal's budget (default 10)")
+    parser.add_argument(
+        "--tune-minutes",
+        type=float,
+        metavar="MIN",
+        help="--tuning-goal's budget (default 10); with --optimize/--optimize-only: the optimize compile's tuning budget "
+        "(tuned TVM on the source and each pruned ratio, sharing it)",
+    )
+    parser.add_argument(
+        "--tuning-records",
+        type=Path,
+        metavar="DIR",
+        help="--optimize: the tuning database to read and add to (default: a fresh one per run, so the figures include "
+        "the tuning)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     args = parser.parse_args(argv)
     if args.tuning_goal:
         args.target = args.target or "x86_64_host"  # "on this machine": see bench/tuning_goal.py
+        args.tune_minutes = args.tune_minutes or 10.0
         return _tuning_goal(args)
     args.target = args.target or "x86_64"
     names = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -823,6 +897,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model(s) {unknown}; choose from {','.join(MODELS)}")
     if args.repeat < 1 or args.rounds < 1 or args.tune < 0:
         parser.error("--repeat and --rounds must be at least 1, --tune at least 0")
+    if args.tune_minutes is not None and not args.tune_minutes > 0:
+        parser.error("--tune-minutes must be more than 0")
+    if args.tuning_records is not None and not args.tuning_records.is_dir():
+        parser.error(f"--tuning-records '{args.tuning_records}' is not a folder; create it (mkdir) to start one")
     prune: dict[str, Any] = {}
     if args.prune_ratios:
         try:
@@ -846,10 +924,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             case = make_case(name, work, say)
             eager_names[name] = case.eager_name
+            tuning = Tuning(args.tune, args.tune_minutes, args.tuning_records or work / "build" / name / "tuning")
             try:
                 res, predictors = compile_case(
                     case, args.target, work / "build" / name, say, args.tune, args.optimize or args.optimize_only, prune,
-                    args.optimize_only,
+                    args.optimize_only, tuning,
                 )  # fmt: skip
             except EdgekitError as exc:  # one model that can't be compiled doesn't lose the others' figures
                 say(f"[{name}] skipped: {exc}")
@@ -864,6 +943,10 @@ def main(argv: list[str] | None = None) -> int:
         f"host: {host_description()} | {_threads()} | timed runs per variant: {args.rounds} rounds × {args.repeat} "
         f"= {args.rounds * args.repeat} | target {args.target} | edgekit {edgekit.__version__}"
     )
+    if args.tune or args.tune_minutes:
+        from bench.tuning_goal import target_note
+
+        header += f"\n{target_note(args.target)}"
     render(results, header, eager_names, args.tune)
     print(f"total {total:.1f} s")
     if args.json:
@@ -874,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "target": args.target,
             "tune_trials": args.tune,
+            "tune_minutes": args.tune_minutes,
+            "tuning_records": str(args.tuning_records) if args.tuning_records else None,
             "prune_overrides": prune,
             "edgekit": edgekit.__version__,
             "total_seconds": round(total, 2),

@@ -13,9 +13,20 @@ from edgekit.errors import ConfigError, first_problem
 from edgekit.parsing import MAX_FILE_BYTES, ParseError, loads_yaml
 from edgekit.resources import bundled_dir
 
-__all__ = ["AccuracyBudget", "CandidateSpec", "MeasureSpec", "Pipeline", "load_pipeline", "tuning_records_folder"]
+__all__ = [
+    "ON_REQUEST",
+    "AccuracyBudget",
+    "CandidateSpec",
+    "MeasureSpec",
+    "Pipeline",
+    "load_pipeline",
+    "tuning_records_folder",
+]
 
 TUNING_RECORDS = "database_tuning_record.json"  # MetaSchedule's records file (the TVM backend's RECORDS)
+ON_REQUEST = "on-request"
+"""``options.tune: on-request`` of a tvm candidate: tuned with the compile's ``--tune`` / ``--tune-minutes`` /
+``--tuning-records``, and no candidate at all without them (optimize's ``tvm-tuned-pruned``: tuning takes minutes)."""
 
 
 class _Model(BaseModel):
@@ -76,7 +87,8 @@ class Pipeline(_Model):
     def with_tuning(
         self, trials: int | None = None, minutes: float | None = None, database: str | Path | None = None
     ) -> Pipeline:
-        """This pipeline plus a MetaSchedule-tuned TVM candidate (``tvm-tuned``), or its tuning options set if it has one.
+        """This pipeline plus a MetaSchedule-tuned TVM candidate (``tvm-tuned``), or its tuning options set if it has one;
+        candidates with ``tune: on-request`` (:data:`ON_REQUEST`) get the same trials, minutes and database.
 
         ``trials``: what ``--tune`` sets; ``minutes``: ``--tune-minutes``, a time budget; ``database``: ``--tuning-records``,
         an existing tuning database (its folder or its ``database_tuning_record.json``). Only a database: apply it
@@ -100,7 +112,27 @@ class Pipeline(_Model):
             if "trials" not in tune and "minutes" not in tune:
                 tune["trials"] = 0
         options["tune"] = tune
+        asked = {k: v for k, v in (("trials", trials), ("minutes", minutes)) if v is not None}
+        if database is not None:
+            asked["database"] = tune["database"]
+        on_request = {**asked, "trials": 0} if not ("trials" in asked or "minutes" in asked) else asked
+        kept = [
+            c.model_copy(update={"options": {**c.options, "tune": on_request}}) if _on_request(c) else c for c in kept
+        ]  # tuned like tvm-tuned, for the same trials and the same clock (the build shares minutes among them)
         return self.model_copy(update={"candidates": [*kept, CandidateSpec(name="tvm-tuned", backend="tvm", options=options)]})
+
+    def without_tuning_on_request(self) -> Pipeline:
+        """This pipeline less its ``tune: on-request`` candidates (a compile that doesn't tune), or ConfigError in one
+        line when that leaves none."""
+        kept = [c for c in self.candidates if not _on_request(c)]
+        if len(kept) == len(self.candidates):
+            return self
+        if not kept:
+            raise ConfigError(
+                f"{self.where}: every candidate has tune: {ON_REQUEST} (tuned only when the compile tunes); "
+                "pass --tune N or --tune-minutes M, or give a candidate that doesn't tune"
+            )
+        return self.model_copy(update={"candidates": kept})
 
     def only_backend(self, backend: str) -> Pipeline:
         """This pipeline restricted to the candidates of one backend."""
@@ -108,6 +140,10 @@ class Pipeline(_Model):
         if not kept:
             kept = [CandidateSpec(name=backend, backend=backend)]
         return self.model_copy(update={"candidates": kept})
+
+
+def _on_request(spec: CandidateSpec) -> bool:
+    return spec.options.get("tune") == ON_REQUEST
 
 
 def tuning_records_folder(path: str | Path) -> Path:

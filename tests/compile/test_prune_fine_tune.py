@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from helpers import make_mlp
 
 import edgekit
 from edgekit.compiler.frontends.torch import export_module
-from edgekit.compiler.pipeline import Pipeline
+from edgekit.compiler.phases import check
+from edgekit.compiler.pipeline import Pipeline, load_pipeline
 from edgekit.errors import ConfigError
 from edgekit.manifest import CandidateReport
 
@@ -262,3 +265,89 @@ def test_ratios_auto_tries_the_documented_ratios() -> None:
     assert names == [(f"{r * 100:g}", r, None) for r in AUTO_RATIOS]
     assert [n for n, _ in PrunePass().variants(PruneOptions(ratios=[0.5, 0.375, 0.5]))] == ["50", "37.5"]  # repeats tried once
     assert PrunePass().variants(PruneOptions(ratio=0.5)) == []
+
+
+# --------------------------------------------------------------------------- pruned + tuned TVM (optimize's tvm-tuned-pruned)
+
+
+def _tuned_pruned_pipeline() -> Pipeline:
+    """ONNX Runtime fp32 and pruned beside the same pruning tuned with TVM on request, as compiler/optimize.yaml has it."""
+    prune = {"ratios": [0.5, 0.9], "fine_tune": "samples", "fine_tune_steps": 40, "learning_rate": 3e-3}
+    on_request = {"name": "tvm-tuned-pruned", "backend": "tvm", "options": {"tune": "on-request"}, "passes": [{"prune": prune}]}
+    return Pipeline.model_validate(
+        {
+            "name": "tuned-pruned-test",
+            "candidates": [
+                {"name": "fp32", "backend": "onnxruntime"},
+                {"name": "pruned", "backend": "onnxruntime", "passes": [{"prune": prune}], "accuracy": GATE},
+                {**on_request, "accuracy": GATE},
+            ],
+            "measure": {"samples": 4, "warmup": 1, "repeat": 5, "calibrationSamples": 300},
+        }
+    )
+
+
+@pytest.mark.slow  # MetaSchedule's first run in a process, and two tuned candidates of 4 trials each
+def test_a_pruned_model_is_tuned_with_tvm_on_request_fine_tuned_once_and_gated(factory: tuple[str, Any], tmp_path: Path) -> None:
+    spec, module = factory
+    database = tmp_path / "db"
+    database.mkdir()
+    lines: list[str] = []
+    common: dict[str, Any] = {"input_shapes": {"input": [1, 1, 8, 8]}, "samples": _samples(module), "use_cache": False}
+    # 4 trials end each tuning, not the clock (under load a short budget ends before the first batch is measured):
+    # the 60 minutes are there to be shared
+    result = edgekit.compile(
+        spec, "x86_64", tmp_path / "b", pipeline=_tuned_pruned_pipeline(), tune=4, tune_minutes=60.0, tuning_records=database,
+        progress=lines.append, **common,
+    )  # fmt: skip
+    reports = {c.name: c for c in result.manifest.candidates}
+    assert list(reports) == ["fp32", "pruned-50", "pruned-90", "tvm-tuned-pruned-50", "tvm-tuned-pruned-90", "tvm-tuned"]
+    tuned = reports["tvm-tuned-pruned-50"]
+    # prune and tuning both on record: the ratio, the fine-tune, the trials measured in the database given
+    assert tuned.pruned is not None and tuned.pruned["ratio"] == 0.5 and tuned.pruned["fineTuned"]["steps"] == 40
+    assert tuned.tuning is not None and tuned.tuning["measured"] > 0 and tuned.tuning["database"] == str(database)
+    # the one budget of --tune-minutes is shared by the two candidates that tune (the 90 % one never gets to)
+    assert tuned.tuning["minutes"] == 30.0 and reports["tvm-tuned"].tuning is not None
+    assert reports["tvm-tuned"].tuning["minutes"] == 30.0
+    # the same fine-tuned model as the ONNX Runtime candidate: fine-tuned once per ratio, so they answer alike
+    assert tuned.pruned["channelsKept"] == reports["pruned-50"].pruned["channelsKept"]  # type: ignore[index]
+    assert sum(line.startswith("prune: 50% of the channels pruned; fine-tuning") for line in lines) == 1
+    assert tuned.measured is not None and reports["pruned-50"].measured is not None
+    on_tvm, on_ort = tuned.measured.accuracy.top1_accuracy, reports["pruned-50"].measured.accuracy.top1_accuracy
+    assert on_tvm is not None and on_ort is not None
+    assert abs(on_tvm - on_ort) <= 2 / 497 + 1e-9  # TVM's and ORT's float sums may flip a borderline digit or two
+    # gated like the others: judged by its budget, and what ships is within it
+    assert tuned.budget is not None and not tuned.reason.startswith("outside the accuracy budget")
+    (chosen,) = [c for c in reports.values() if c.status == "chosen"]
+    assert not chosen.reason.startswith("outside")
+    # 90 % is past what 40 steps recover: rejected by the gate before any tuning time is spent on it
+    worst = reports["tvm-tuned-pruned-90"]
+    assert worst.status == "rejected" and worst.reason.startswith("outside the accuracy budget: top-1 accuracy")
+    assert worst.reason.endswith("not tuned)") and worst.tuning is None and worst.measured is None
+    assert reports["pruned-90"].status == "rejected"  # the ONNX Runtime candidate of that model agrees
+
+
+def test_tuning_on_request_takes_the_compile_s_trials_minutes_and_database(tmp_path: Path) -> None:
+    # without tuning it is no candidate at all; with it, one per ratio, beside tvm-tuned
+    model = tmp_path / "m.onnx"
+    onnx.save(make_mlp(seed=3), str(model))
+    planned = check(model, "x86_64", tmp_path / "p", pipeline=_tuned_pruned_pipeline(), backend=None, input_shapes=None,
+                    name=None, tune=None)  # fmt: skip
+    assert [c.name for c in planned.candidates] == ["fp32", "pruned-50", "pruned-90"]
+    planned = check(model, "x86_64", tmp_path / "p", pipeline=_tuned_pruned_pipeline(), backend=None, input_shapes=None,
+                    name=None, tune=None, tune_minutes=3.0)  # fmt: skip
+    assert [c.name for c in planned.candidates][3:] == ["tvm-tuned-pruned-50", "tvm-tuned-pruned-90", "tvm-tuned"]
+    pipe = load_pipeline("optimize")
+    assert not [c for c in pipe.without_tuning_on_request().candidates if c.backend == "tvm"]
+    tuned = {c.name: c.options["tune"] for c in pipe.with_tuning(8, 2.0, tmp_path).candidates if c.backend == "tvm"}
+    assert tuned == {
+        "tvm-tuned-pruned": {"trials": 8, "minutes": 2.0, "database": str(tmp_path)},
+        "tvm-tuned": {"trials": 8, "minutes": 2.0, "database": str(tmp_path)},
+    }
+    applied = pipe.with_tuning(database=tmp_path).candidates
+    assert next(c for c in applied if c.name == "tvm-tuned-pruned").options["tune"] == {"database": str(tmp_path), "trials": 0}
+    only = Pipeline.model_validate(
+        {"name": "only", "candidates": [{"name": "t", "backend": "tvm", "options": {"tune": "on-request"}}]}
+    )
+    with pytest.raises(ConfigError, match=r"every candidate has tune: on-request .* pass --tune N or --tune-minutes M"):
+        edgekit.compile(tmp_path / "missing.onnx", "x86_64", tmp_path / "b", pipeline=only, use_cache=False)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
+
+import numpy as np
 
 from edgekit.compiler.backends import Built
 from edgekit.compiler.frontends import SourceModel
@@ -128,6 +130,14 @@ def _prepare_one(
             model, notes = apply_passes(source, candidate.passes, work / f"passes-{candidate.name}", say, context)
             report.kept_float, report.pruned, report.quantization = notes.kept_float, notes.pruned, notes.quantization
             report.flops, report.params = model_stats(notes.counted or model.model)
+            if _tunes(candidate) and context.eval_feeds and (problems := _gate_before_tuning(model, context)):
+                report.status = "rejected"
+                report.reason = (
+                    f"outside the accuracy budget: {'; '.join(problems)} (its model, run by ONNX Runtime before "
+                    "tuning; not tuned)"
+                )
+                say(f"{candidate.name}: not tuned: {report.reason}")
+                return None
         if model is not source or screened is None:
             say(f"{candidate.name}: checking operators for {backend.name}")
             bad = backend.unsupported_ops(model, profile)
@@ -147,9 +157,49 @@ def _prepare_one(
     return None
 
 
+def _tunes(candidate: PlannedCandidate) -> bool:
+    """Whether ``candidate``'s backend tunes it (TVM with ``tune``): minutes of building and timing schedules."""
+    return getattr(candidate.options, "tune", None) is not None
+
+
+def _gate_before_tuning(model: SourceModel, context: PassContext) -> list[str]:
+    """Why the model a tuned candidate's passes made (a pruned one) misses its accuracy budget, run by ONNX Runtime on
+    the evaluation samples; empty when it meets it. Tuning doesn't change what a model computes, so one the gate
+    would reject is not worth minutes of tuning (the ONNX Runtime candidate with the same passes shows the same)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(model.model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return context.problems([[np.asarray(o) for o in session.run(names, feed)] for feed in context.eval_feeds])
+
+
 def build(prepared: list[Prepared], profile: DeviceProfile, work: Path, outcomes: Outcomes, say: Progress) -> list[Build]:
-    """Each prepared candidate compiled for ``profile`` (and for this host, where its code can't run here)."""
+    """Each prepared candidate compiled for ``profile`` (and for this host, where its code can't run here).
+
+    Tuned candidates with a time budget share it: a compile's ``--tune-minutes M`` is its tuning's budget, so each of
+    its ``n`` tuned candidates (optimize's tvm-tuned and tvm-tuned-pruned-*) tunes for ``M / n`` minutes. An even,
+    fixed share: the next compile with the same budget finds each task tuned under the same minutes and reuses it."""
+    timed = [i for i, p in enumerate(prepared) if _time_budget(p.candidate)]
+    if len(timed) > 1:
+        say(f"tuning: {len(timed)} tuned candidates share the time budget, 1/{len(timed)} of it each")
+        prepared = [_share_budget(p, len(timed)) if i in timed else p for i, p in enumerate(prepared)]
     return [b for p in prepared if (b := _build_one(p, profile, work, outcomes, say))]
+
+
+def _time_budget(candidate: PlannedCandidate) -> float | None:
+    """The minutes a tuned candidate may tune for (None: it doesn't tune, or has no time budget)."""
+    minutes = getattr(getattr(candidate.options, "tune", None), "minutes", None)
+    return float(minutes) if minutes else None
+
+
+def _share_budget(prepared: Prepared, shares: int) -> Prepared:
+    options = prepared.candidate.options
+    tune = getattr(options, "tune", None)
+    assert tune is not None and tune.minutes  # _time_budget found one
+    shared = options.model_copy(update={"tune": tune.model_copy(update={"minutes": round(tune.minutes / shares, 4)})})
+    return replace(prepared, candidate=replace(prepared.candidate, options=shared))
 
 
 def _build_one(prepared: Prepared, profile: DeviceProfile, work: Path, outcomes: Outcomes, say: Progress) -> Build | None:

@@ -89,6 +89,8 @@ def check(
     pipe = pipeline if isinstance(pipeline, Pipeline) else load_pipeline(pipeline)
     if tune is not None or tune_minutes is not None or tuning_records is not None:
         pipe = pipe.with_tuning(tune, tune_minutes, tuning_records)
+    else:  # a candidate tuned on request is none without tuning (optimize's tvm-tuned-pruned: minutes of it)
+        pipe = pipe.without_tuning_on_request()
     if backend:
         pipe = pipe.only_backend(get_backend(backend).name)
     candidates = _candidates(pipe, profile)
