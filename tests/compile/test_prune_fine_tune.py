@@ -134,6 +134,12 @@ def test_fine_tuning_on_the_calibration_samples_takes_a_pruned_model_through_the
     assert "fine-tuned 150 step(s) on the labelled calibration samples" in pruned.pruned["method"]
     assert "notFineTuned" not in pruned.pruned
     assert plain["pruned"].pruned is not None and plain["pruned"].pruned["fineTuned"] is None
+    # half the loss is distillation from the unpruned source by default; distill: 0 trains on the labels alone
+    assert tuning["loss"] == "cross entropy × 0.5 + distillation from the source × 0.5 (T=4)"
+    labels_only = _compile(spec, tmp_path / "labels", samples, fine_tune="samples", fine_tune_steps=150, learning_rate=3e-3,
+                           distill=0)["pruned"]  # fmt: skip
+    assert labels_only.pruned is not None and labels_only.pruned["fineTuned"]["loss"] == "cross entropy"
+    assert labels_only.pruned["fineTuned"]["lossAfter"] != tuning["lossAfter"]
 
 
 def test_an_onnx_model_is_pruned_without_fine_tuning_and_its_rejection_says_why(factory: tuple[str, Any], tmp_path: Path) -> None:
