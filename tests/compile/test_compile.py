@@ -248,6 +248,7 @@ def test_recompiling_replaces_the_artifact_atomically(mlp_onnx: Path, out_dir: P
 
 def test_bundled_pipelines_load() -> None:
     from edgekit.compiler.backends.tvm_tune import parse_tune_options
+    from edgekit.compiler.pipeline import ON_REQUEST
     from edgekit.resources import bundled_dir
 
     names = sorted(p.stem for p in bundled_dir("compiler").glob("*.yaml"))
@@ -256,7 +257,9 @@ def test_bundled_pipelines_load() -> None:
         pipe = load_pipeline(name)
         assert pipe.candidates and pipe.accuracy.max_abs_error > 0
         for spec in pipe.candidates:  # backend options are checked when compiling: check them here
-            if "tune" in spec.options:
+            if spec.options.get("tune") == ON_REQUEST:  # tuned only when the compile tunes: with its trials
+                assert pipe.with_tuning(5).candidates[pipe.candidates.index(spec)].options["tune"]["trials"] == 5
+            elif "tune" in spec.options:
                 trials = parse_tune_options(spec.options["tune"]).trials
                 assert trials is not None and trials > 0
 
