@@ -376,9 +376,10 @@ def _fine_tune_on_samples(
             module.to(memory_format=torch.channels_last)
         before = mean_loss()
         if options.distill > 0:
-            source.module.eval()
+            unpruned: Any = source.module
+            unpruned.eval()
             with torch.no_grad():
-                teacher = torch.cat([logits(source.module, torch.arange(i, min(i + 64, len(ys)))) for i in range(0, len(ys), 64)])
+                teacher = torch.cat([logits(unpruned, torch.arange(i, min(i + 64, len(ys)))) for i in range(0, len(ys), 64)])
         torch.manual_seed(0)
         rng = np.random.default_rng(0)
         opt = torch.optim.Adam(module.parameters(), lr=options.learning_rate)
