@@ -354,14 +354,7 @@ def _fine_tune_on_samples(
     teacher: Any = None
 
     def train_loss(idx: Any) -> Any:
-        out = logits(module, idx)
-        loss = torch.nn.functional.cross_entropy(out, ys[idx])
-        if teacher is None:
-            return loss
-        soft = torch.nn.functional.kl_div(
-            torch.log_softmax(out / _TEMPERATURE, 1), torch.softmax(teacher[idx] / _TEMPERATURE, 1), reduction="batchmean"
-        )
-        return (1 - options.distill) * loss + options.distill * _TEMPERATURE**2 * soft
+        return _distilled_loss(logits(module, idx), ys[idx], None if teacher is None else teacher[idx], options.distill)
 
     def mean_loss() -> float:
         module.eval()
@@ -427,6 +420,20 @@ def _fine_tune_on_samples(
             "loss": "cross entropy" if teacher is None else
             f"cross entropy × {1 - options.distill:g} + distillation from the source × {options.distill:g} (T={_TEMPERATURE:g})",
             "lossBefore": round(before, 6), "lossAfter": round(after, 6), "batchNormRecalibrated": norms}  # fmt: skip
+
+
+def _distilled_loss(out: Any, labels: Any, teacher: Any, distill: float) -> Any:
+    """Cross entropy against ``labels``; with ``teacher`` (the source's outputs), ``distill`` of it replaced by the KL
+    divergence of the outputs softened at :data:`_TEMPERATURE` (scaled by T², Hinton et al. 2015)."""
+    import torch
+
+    loss = torch.nn.functional.cross_entropy(out, labels)
+    if teacher is None:
+        return loss
+    soft = torch.nn.functional.kl_div(
+        torch.log_softmax(out / _TEMPERATURE, 1), torch.softmax(teacher / _TEMPERATURE, 1), reduction="batchmean"
+    )
+    return (1 - distill) * loss + distill * _TEMPERATURE**2 * soft
 
 
 def _recalibrate_batch_norm(module: Any, forward: Any, count: int, batch: int) -> int:
