@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import RenderableType
-from rich.markup import escape
 from rich.table import Table
 
 from edgekit import api
-from edgekit.cli.output import camel, camel_keys, emit, json_output
+from edgekit.cli.output import camel, camel_keys, emit, json_output, plain
 from edgekit.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -76,21 +75,21 @@ def _shown(advice: Advice) -> list[RenderableType]:
         "instance_family": advice.instance_family,
     }
     for reason in advice.reasons:
-        table.add_row(reason["decision"], chosen.get(reason["decision"], ""), escape(reason["reason"]))
+        table.add_row(plain(reason["decision"]), plain(chosen.get(reason["decision"], "")), plain(reason["reason"]))
     shown: list[RenderableType] = [table]
     if advice.edge_profiles:
-        shown.append(escape(f"device profiles it fits: {', '.join(advice.edge_profiles)}"))
+        shown.append(f"device profiles it fits: {', '.join(advice.edge_profiles)}")
     if advice.rejected:
         rejected = Table(title="rejected", title_justify="left")
         for col in ("decision", "option", "why not"):
             rejected.add_column(col)
         for r in advice.rejected:
-            rejected.add_row(r["decision"], r["option"], escape(r["why"]))
+            rejected.add_row(plain(r["decision"]), plain(r["option"]), plain(r["why"]))
         shown.append(rejected)
     figures = {k: v for k, v in advice.figures.items() if k.startswith("model_") or k in ("latency_measured_on", "target")}
     if figures:
-        shown.append(escape("figures used: " + ", ".join(f"{k} {v}" for k, v in figures.items())))
-    shown.append(escape(f"next: {advice.command}"))
+        shown.append("figures used: " + ", ".join(f"{k} {v}" for k, v in figures.items()))
+    shown.append(f"next: {advice.command}")
     return shown
 
 

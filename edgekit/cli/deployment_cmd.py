@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from edgekit import api
 from edgekit.cli.options import EndpointUrl, Local, LocalState, Profile, Region
@@ -53,7 +52,7 @@ def cancel(
     canceled = api.cancel_deployment(
         deployment_id, local=local, state_dir=state, region=region, profile=profile, endpoint_url=endpoint_url
     )
-    emit({"canceled": canceled}, escape(f"deployment {canceled} canceled"))
+    emit({"canceled": canceled}, f"deployment {canceled} canceled")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from edgekit import api
 from edgekit.cli.options import EndpointUrl, Profile, Region
@@ -71,9 +71,9 @@ def deploy(
     requests = [dataclasses.asdict(c) for c in result.calls]
     facts = {"name": result.name, "mode": result.mode, "status": result.status, "modelDataUrl": result.model_data_url,
              "arn": result.arn, "requests": requests}  # fmt: skip
-    shown = [escape(json.dumps(request, indent=1)) for request in requests] if dry_run else []
+    shown = [json.dumps(request, indent=1) for request in requests] if dry_run else []
     named = "" if name else f" (named from the artifact {artifact.resolve().name}; --name to choose)"
-    emit(facts, *shown, escape(f"{result.name} ({result.mode}): {result.status} {result.arn}".rstrip() + named))
+    emit(facts, *shown, f"{result.name} ({result.mode}): {result.status} {result.arn}".rstrip() + named)
 
 
 @json_output
@@ -89,7 +89,7 @@ def invoke(
     """InvokeEndpoint (or InvokeEndpointAsync with --async-input) and print the outputs (with --json: by name)."""
     if async_input is not None:
         where = api.invoke_endpoint_async(name, async_input, region=region, profile=profile, endpoint_url=endpoint_url)
-        emit({"outputLocation": where}, escape(f"the result will be written to {where}"))
+        emit({"outputLocation": where}, f"the result will be written to {where}")
         return
     outputs = api.invoke_endpoint(
         name, input_files=input, target_model=target_model, region=region, profile=profile, endpoint_url=endpoint_url
@@ -98,7 +98,7 @@ def invoke(
         console.print(json.dumps({k: v.tolist() for k, v in outputs.items()}), soft_wrap=True, markup=False)
         return
     for key, value in outputs.items():
-        console.print(f"[bold]{escape(key)}[/] {value.dtype}{list(value.shape)}")
+        console.print(Text.assemble((key, "bold"), f" {value.dtype}{list(value.shape)}"))
         console.print(array_text(value))
 
 
@@ -118,7 +118,7 @@ def delete(
     )  # fmt: skip
     for call in calls:
         verb = "would call" if dry_run else "called"
-        console.print(escape(f"{verb} {call.operation} {next(iter(call.params.values()))}"), soft_wrap=True)
+        console.print(f"{verb} {call.operation} {next(iter(call.params.values()))}", soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:

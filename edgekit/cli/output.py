@@ -303,12 +303,18 @@ def jsonable(value: Any) -> Any:
 
 def emit(facts: Any, *shown: RenderableType) -> None:
     """Print a command's result: with --json ``facts`` as one JSON document on stdout, otherwise ``shown`` (the
-    tables and lines made from the same facts)."""
+    tables and lines made from the same facts).
+
+    A ``str`` in ``shown`` is plain text, printed as written (``markup=False``): the paths, names and messages in it
+    may hold ``[/]`` or ``[bold]``. A line with styles is a :class:`~rich.text.Text` (``Text.assemble``)."""
     if MODE.json:
         console.file.write(json.dumps(jsonable(facts), indent=2, sort_keys=False) + "\n")
         return
     for item in shown:
-        console.print(item, soft_wrap=isinstance(item, str))
+        if isinstance(item, str):
+            console.print(item, soft_wrap=True, markup=False)
+        else:
+            console.print(item)
 
 
 def note(message: str) -> None:

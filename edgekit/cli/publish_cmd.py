@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import typer
-from rich.markup import escape
 
 from edgekit import api
 from edgekit.cli.options import (
@@ -162,7 +161,7 @@ def _print_created(result: DeploymentResult) -> None:
     else:
         facts = {"deploymentId": result.deployment_id, "iotJobId": result.iot_job_id, "iotJobArn": result.iot_job_arn,
                  "request": result.request}  # fmt: skip
-        emit(facts, escape(f"deployment {result.deployment_id} created (IoT job {result.iot_job_id})"))
+        emit(facts, f"deployment {result.deployment_id} created (IoT job {result.iot_job_id})")
 
 
 def _adds_components(spec: DeploymentSpec, merge: list[str]) -> bool:
@@ -200,7 +199,7 @@ def _print_local(result: LocalDeployment) -> None:
         "devices": len(result.preflight.devices),
         "simulationPid": result.running["pid"] if result.running else None,
     }
-    lines = [escape(f"deployment {result.deployment_id} created in {folder.database}: {queued} execution(s) QUEUED")]
+    lines = [f"deployment {result.deployment_id} created in {folder.database}: {queued} execution(s) QUEUED"]
     if result.running:
         what = "the fleet served" if result.running.get("mode") == "serve" else "the simulation running"
         lines.append(f"{what} here (pid {result.running['pid']}) rolls it out on its next tick")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import RenderableType
-from rich.markup import escape
+from rich.text import Text
 
 from edgekit import api
 from edgekit.cli.output import array_text, emit, json_output, note, rows_table
@@ -39,13 +39,13 @@ def run(
     for name, value in result.outputs.items():
         items = value if isinstance(value, list) else [value]  # a sequence output: a list of arrays
         if isinstance(value, list):
-            shown.append(f"[bold]{escape(name)}[/] sequence of {len(value)}")
+            shown.append(Text.assemble((name, "bold"), f" sequence of {len(value)}"))
             outputs[name] = [{"dtype": str(a.dtype), "shape": list(a.shape), "data": a} for a in items]
         else:
             outputs[name] = {"dtype": str(value.dtype), "shape": list(value.shape), "data": value}
         for i, arr in enumerate(items):
-            label = f"[{i}] " if isinstance(value, list) else f"[bold]{escape(name)}[/] "
-            shown += [f"{label}{arr.dtype}{list(arr.shape)}", array_text(arr)]
+            label = Text(f"[{i}] ") if isinstance(value, list) else Text.assemble((name, "bold"), " ")
+            shown += [label.append(f"{arr.dtype}{list(arr.shape)}"), array_text(arr)]
     facts: dict[str, object] = {"artifact": artifact, "outputs": outputs}
     if print_time:
         summary = {k: round(v, 4) for k, v in result.timing.summary.items()}
