@@ -23,7 +23,11 @@ from edgekit.mqtt.payloads import JobDocument
 
 
 class Registry:
-    """Recipes and artifact bytes; ``corrupt[file]`` = how many more downloads of it get a flipped byte (-1: all)."""
+    """Recipes and artifact bytes; ``corrupt[file]`` = how many more downloads of it get a flipped byte (-1: all).
+
+    It stands in for the fleet service's registry (same paths, same Digest and Algorithm) so that an agent test can
+    corrupt the Nth download of one file and count every request; the service's own registry serves the agents of
+    tests/fleet (test_fleet_e2e, test_fleet_registry)."""
 
     def __init__(self) -> None:
         self.components: dict[str, dict[str, tuple[dict[str, Any], dict[str, bytes]]]] = {}

@@ -200,7 +200,10 @@ def make_cnn(seed: int = 0) -> onnx.ModelProto:
 
 
 class InferServer:
-    """An Open Inference Protocol server (what KServe / Triton expose) for one model, with switchable faults."""
+    """An Open Inference Protocol server (what KServe / Triton expose) for one model, with switchable faults.
+
+    Real HTTP over a real socket, but not edgekit serve: a test switches it to answer 503s or garbage mid-run, which a
+    healthy real server never does (edgekit serve itself is driven by Triton's client in tests/cloud/test_kserve_v2.py)."""
 
     def __init__(self, model: str, predict: Any) -> None:
         self.model, self.predict = model, predict

@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.http as th  # the dev extra installs it: a missing one fails the run, never skips it
 from helpers import small_ort_artifact
+from tritonclient.utils import InferenceServerException
 
 import edgekit
 from edgekit.cloud.model_server import ModelServer, ServeOptions
-
-th = pytest.importorskip("tritonclient.http")  # the dev extra
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(1, 8)
 STEPS = """

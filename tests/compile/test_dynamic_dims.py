@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch  # the dev extra installs torch: a missing one is a failure, not a skip
 from helpers import make_mlp
 from sklearn.datasets import load_wine
 from sklearn.linear_model import LogisticRegression
@@ -142,9 +143,7 @@ def test_sklearn_pipeline_runs_a_batch_of_8_rows(tmp_path: Path, out_dir: Path) 
 
 
 def test_gru_with_a_dynamic_batch_and_time_axis(tmp_path: Path, out_dir: Path) -> None:
-    torch = pytest.importorskip("torch")
-
-    class Gru(torch.nn.Module):  # type: ignore[misc, name-defined]
+    class Gru(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.gru = torch.nn.GRU(8, 16, batch_first=True)
@@ -194,9 +193,7 @@ def test_torch_and_tensorflow_models_refuse_a_dynamic_dimension_in_one_line(tmp_
 
 @pytest.mark.parametrize("candidate", [ORT, TVM], ids=["onnxruntime", "tvm"])
 def test_conv_over_a_dynamic_time_axis(candidate: CandidateSpec, tmp_path: Path, out_dir: Path) -> None:
-    torch = pytest.importorskip("torch")
-
-    class Tcn(torch.nn.Module):  # type: ignore[misc, name-defined]
+    class Tcn(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.conv = torch.nn.Conv1d(8, 16, 3, padding=1)

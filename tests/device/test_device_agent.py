@@ -26,6 +26,7 @@ from helpers import QUICK, eventually
 from pydantic import TypeAdapter
 
 import edgekit
+from edgekit.clock import FakeClock
 from edgekit.device import DeploymentOutcome, DeviceAgent, InProcessExecutor, StepSpec
 from edgekit.device.agent_state import DeviceState
 from edgekit.device.executor import process_stamp
@@ -44,17 +45,6 @@ def zip_bytes(entries: dict[str, bytes]) -> bytes:
         for name, data in entries.items():
             zf.writestr(name, data)
     return buf.getvalue()
-
-
-class FakeClock:
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.t = start
-
-    def now(self) -> float:
-        return self.t
-
-    def monotonic(self) -> float:
-        return self.t
 
 
 Transitions = list[tuple[str, str, str, str]]
@@ -272,7 +262,7 @@ def test_errors_an_hour_apart_never_break_a_component(tmp_path: Path, registry: 
     def later(component: str, old: str, new: str, detail: str) -> None:
         if new == "ERRORED":
             errors.append(clock.now())
-            clock.t += 3601  # each error comes more than an hour after the one before
+            clock.advance(3601)  # each error comes more than an hour after the one before
 
     async def scenario() -> None:
         agent = DeviceAgent(

@@ -24,6 +24,9 @@ COMPONENT = "com.example.Inference"
 
 
 class Host:
+    """The agent's side of the IPC handler, in memory: these tests are about the simulator's in-process runners, not
+    the agent (its own handler is tested in tests/device/test_ipc_device.py)."""
+
     def __init__(self, thing: str) -> None:
         self.thing = thing
 

@@ -37,8 +37,9 @@ def test_missing_mosquitto_is_a_toolchain_error(tmp_path: Path) -> None:
 
 
 def test_start_broker_refuses_to_fall_back_when_tls_is_needed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # mosquitto is installed here, and find_mosquitto also looks in /usr/sbin whatever PATH says: its absence can only
+    # be staged, by a `which` that finds nothing (test_missing_mosquitto_is_a_toolchain_error: a real missing binary)
     monkeypatch.setattr(shutil, "which", lambda *args, **kwargs: None)
-    monkeypatch.setattr("edgekit.mqtt.broker.Path.is_file", lambda self: False)
     with pytest.raises(ToolchainError, match="apt-get install -y mosquitto"):
         start_broker(tmp_path / "b", "mosquitto", acl=True)
     with pytest.raises(ConfigError, match="no mTLS identities and no ACLs"):

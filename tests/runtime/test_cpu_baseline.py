@@ -64,6 +64,7 @@ def test_llvm_features_map_to_cpuinfo_names_and_leave_out_what_no_kernel_uses() 
 
 
 def test_missing_features_counts_only_what_can_be_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a CPU's flags as /proc/cpuinfo would list them: no CPU here lacks avx2 and knows of it, so they are given
     fake = (frozenset({"sse4_2", "avx"}), frozenset({"sse4_2", "avx", "avx2", "avx512f"}))
     monkeypatch.setattr(cpu_features, "running_features", lambda: fake)
     assert missing_features(["avx512f", "sse4_2", "avx2", "some_future_flag"]) == ["avx2", "avx512f"]
@@ -91,7 +92,8 @@ def test_load_refuses_a_cpu_without_the_features_in_one_line(
     mlp_onnx: Path, out_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     art = edgekit.compile(mlp_onnx, "x86_64", out_dir, pipeline=QUICK, backend="tvm").artifact_dir
-    # this machine, seen as a CPU without SSE4.2 and POPCNT (what a pre-Nehalem x86_64 is)
+    # this machine, seen as a CPU without SSE4.2 and POPCNT (what a pre-Nehalem x86_64 is): no such CPU runs here
+    # but under qemu, which test_default_profile_artifacts_under_the_baselines_oldest_cpu does for real (slow)
     have, known = cpu_features.running_features()
     monkeypatch.setattr(cpu_features, "running_features", lambda: (have - {"sse4_2", "popcnt"}, known | {"sse4_2", "popcnt"}))
     with pytest.raises(UnsupportedCpuError) as caught:

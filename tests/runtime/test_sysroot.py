@@ -147,7 +147,9 @@ def test_run_python_with_missing_qemu_path(tmp_path: Path) -> None:
 
 
 def test_qemu_missing_from_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shutil, "which", lambda *_a, **_k: None)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # qemu is installed here: a PATH without it is how it goes missing
     sr = Sysroot(root=tmp_path, site=tmp_path, runtime_lib=tmp_path / "x.so", qemu="qemu-aarch64-static")
     with pytest.raises(ToolchainError, match=r"qemu-aarch64-static not found.*apt-get install"):
         run_python(sr, tmp_path / "s.py")
@@ -157,7 +159,9 @@ def test_qemu_missing_from_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_interrupted_build_leaves_nothing_valid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sysroot_mod, "_find_qemu", lambda: "/usr/bin/qemu-aarch64-static")
+    """A build interrupted (Ctrl-C) or failing (no network) half-way leaves no sysroot that would pass as built. The
+    build is replaced by one that fails on cue: a real one takes minutes and the network (test_sysroot's slow tests)."""
+    monkeypatch.setattr(sysroot_mod, "_find_qemu", lambda: "/usr/bin/qemu-aarch64-static")  # never run: qemu need not be here
 
     def broken_build(tmp: Path, qemu: str, report: object) -> None:
         (tmp / "root").mkdir()

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.http as th  # the dev extra installs it: a missing one fails the run, never skips it
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -19,7 +20,6 @@ from edgekit.cloud.v2_codec import V2Request, datatype_of_spec, decode_v2, encod
 from edgekit.manifest import TensorSpec
 from edgekit.wire.open_inference import DATATYPES
 
-th = pytest.importorskip("tritonclient.http")  # the dev extra: a KServe v2 client nobody here wrote
 Client = th.InferenceServerClient
 
 CASES = settings(max_examples=60, deadline=None, derandomize=True)
