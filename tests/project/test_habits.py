@@ -1,8 +1,9 @@
-"""The project's habits: the license it declares is the one it ships, its typed API reaches its users, and a test
-that needs a missing system tool is skipped on a laptop but fails in CI."""
+"""The project's habits: the license it declares is the one it ships, its typed API reaches its users, a test
+that needs a missing system tool is skipped on a laptop but fails in CI, and no test skips itself any other way."""
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -90,3 +91,33 @@ def test_every_lower_bound_becomes_a_tested_floor() -> None:
         m for p in (ROOT / "edgekit").rglob("*.py") for m in re.findall(r"\b(validate_by_\w+|serialize_by_alias)=", p.read_text())
     }
     assert settings <= {"validate_by_name", "validate_by_alias", "serialize_by_alias"}  # 2.11's; a newer one raises the floor
+
+
+# Every skip in tests/ besides `requires` (helpers.py) and the PostgreSQL fixture (fleet_databases.py), both failed under
+# CI=true: what the real part can't be here, whatever is installed. A new one is added here with its reason; a missing
+# package of the dev extra is imported plainly instead (an ImportError fails the run), never importorskipped.
+ALLOWED_SKIPS = {
+    ("helpers.py", "pytest.skip"): "requires(tool): a missing system tool, failed under CI=true",
+    ("fleet_databases.py", "pytest.skip"): "a PostgreSQL server that can't start, failed under CI=true",
+    ("runtime/test_cpu_baseline.py", "pytest.mark.skipif"): "qemu -cpu Nehalem runs x86_64 code: an x86_64 host only",
+    ("fleet/test_stand_ins.py", "pytest.mark.skipif"): "stand-ins are x86_64 processes for aarch64 devices: amd64 only",
+    ("fleet/test_fleet_serve.py", "pytest.mark.skipif"): "a network namespace needs root (CAP_NET_ADMIN) and iproute2",
+    ("fleet/test_fleet_serve.py", "pytest.skip"): "a container that refuses `ip netns add` even to root",
+    ("compile/test_frontend_sklearn.py", "pytest.skip"): "a protobuf older than 7.34 (the floors' run) takes the bool",
+}
+_SKIPS = {"pytest.skip", "pytest.importorskip", "pytest.xfail", "pytest.mark.skip", "pytest.mark.skipif", "pytest.mark.xfail"}
+
+
+def test_no_test_skips_itself_but_where_the_real_part_cant_run() -> None:
+    """`pytest.skip`, `importorskip`, `skipif` and `xfail` in tests/ only where ALLOWED_SKIPS says why: a test that skips
+    where the real part could run passes CI having tested nothing."""
+    tests = ROOT / "tests"
+    found: set[tuple[str, str]] = set()
+    for path in tests.rglob("*.py"):
+        if path == Path(__file__):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and ast.unparse(node) in _SKIPS:
+                found.add((path.relative_to(tests).as_posix(), ast.unparse(node)))
+    assert found - set(ALLOWED_SKIPS) == set(), "a new skip: run the real part, or fail under CI=true (helpers.requires)"
+    assert set(ALLOWED_SKIPS) - found == set(), "a skip that is gone: take it out of ALLOWED_SKIPS"
