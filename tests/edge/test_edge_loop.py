@@ -97,6 +97,9 @@ def test_windows_follow_the_clock_and_every_reading_is_in_exactly_one(model: Any
 
 
 class _Broken:
+    """A real artifact whose predict fails until told otherwise: a model that breaks at run time and recovers, which
+    no healthy artifact does on cue."""
+
     def __init__(self, model: Any) -> None:
         self.model, self.manifest, self.failing, self.calls = model, model.manifest, True, 0
 

@@ -127,6 +127,7 @@ def test_failure_while_installing_rolls_back_every_component(
             raise OSError(28, "No space left on device")
         install_dir(staged, final)
 
+    # a disk that fills up at the second component, staged: a real full disk needs a filesystem mounted for the test
     monkeypatch.setattr("edgekit.fleet.component_registry.install_dir", failing)
     with pytest.raises(OSError, match="No space"):
         publish_local(tmp_path / "build", state, store)
