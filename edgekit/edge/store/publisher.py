@@ -59,7 +59,9 @@ class SpoolPublisher:
         self._lock = asyncio.Lock()  # one drain at a time: two would send the same unacknowledged messages
 
     async def drain(self) -> int:
-        """Send until the spool is empty or the client is offline; returns how many were delivered.
+        """Send until the spool is empty or the client is offline; returns how many were delivered. A batch of fewer
+        than ``batch`` messages ends the drain without reading the spool once more: a message put meanwhile goes
+        out with the next drain (an :class:`~edgekit.device.ipc.iotcore.IotCoreLink`'s put wakes its sender for one).
 
         A batch is published back to back (one connection keeps MQTT's order) and the PUBACKs are
         awaited together. Every message the broker took is removed, those behind a refused or unanswered
@@ -113,7 +115,7 @@ class SpoolPublisher:
             self.sent += len(done) - rejected
             if failure is not None:
                 raise failure
-            if stop:
+            if stop or len(items) < limit:  # fewer than asked: that was all (what came since woke its sender)
                 break
         return delivered
 
