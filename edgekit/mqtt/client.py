@@ -124,7 +124,7 @@ class _ReadBuffer:
     of up to 64 KiB when the event loop says the socket is readable, and paho's ``recv`` calls take from that buffer
     (``BlockingIOError`` once it is empty: paho's "no more for now"). Writes go straight to the socket."""
 
-    __slots__ = ("sock", "tls", "buffer", "eof", "error")
+    __slots__ = ("buffer", "eof", "error", "sock", "tls")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock

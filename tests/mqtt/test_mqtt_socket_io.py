@@ -82,7 +82,7 @@ async def test_publishing_writes_in_the_loop_turn_without_watching_for_room(secu
         add_writer(fd, callback, *args)
 
     async with await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as device:
-        loop.add_writer = counting_add_writer  # type: ignore[method-assign]
+        loop.add_writer = counting_add_writer  # type: ignore[method-assign, assignment]
         try:
             for i in range(50):
                 assert not is_failure(await device.publish(f"devices/dev-a/telemetry/{i}", b"x" * 200, qos=1))
@@ -90,7 +90,7 @@ async def test_publishing_writes_in_the_loop_turn_without_watching_for_room(secu
             assert len(results) == 40 and not any(isinstance(r, BaseException) or is_failure(r) for r in results)
             assert await device.publish("devices/dev-a/telemetry/q0", b"z", qos=0) == SUCCESS
         finally:
-            del loop.add_writer  # type: ignore[method-assign]
+            del loop.add_writer
         assert watched == []  # a socket with room is written at once: no epoll registration per packet
 
 
