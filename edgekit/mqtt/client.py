@@ -68,8 +68,10 @@ Handler = Callable[["MqttMessage"], Awaitable[None] | None]
 """Called with each message matching a subscription's filter (a coroutine function is run as a task)."""
 
 _T = TypeVar("_T")
-_MISC_INTERVAL = 1.0
+_MISC_MIN_S = 1.0
+_MISC_MAX_S = 15.0
 _MAX_SSL_DRAIN = 64
+_READ_BYTES = 65536
 _SUBSCRIBE_BATCH = 8  # AWS IoT Core: at most 8 filters per SUBSCRIBE
 
 
@@ -113,6 +115,73 @@ if not (hasattr(paho.Client, "_create_socket") and hasattr(paho.Client, "_sock_c
     )
 
 
+class _ReadBuffer:
+    """The socket paho is given: its reads come from what one read of the real socket took.
+
+    paho reads a packet a few bytes at a time (its type, each byte of its length, then the rest), each a ``recv``
+    of the socket, under TLS each an ``SSLSocket.read`` and an ``SSLWantReadError`` raised and caught to learn
+    there is no more: ~4 calls through Python's ssl module for a 4-byte PUBACK. Here :meth:`fill` makes one read
+    of up to 64 KiB when the event loop says the socket is readable, and paho's ``recv`` calls take from that buffer
+    (``BlockingIOError`` once it is empty: paho's "no more for now"). Writes go straight to the socket."""
+
+    __slots__ = ("buffer", "eof", "error", "sock", "tls")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.buffer = bytearray()
+        self.eof = False
+        self.error: OSError | None = None
+
+    def fill(self) -> bool:
+        """One read of the real socket into the buffer; False when it had nothing (an end or an error count as something)."""
+        try:
+            data = self.sock.recv(_READ_BYTES)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:  # ssl.SSLError included: paho meets it at its next recv, as it would have
+            self.error = exc
+            return True
+        if data:
+            self.buffer += data
+        else:
+            self.eof = True
+        return True
+
+    def pending(self) -> int:
+        """Decrypted bytes the TLS layer holds that epoll can't see (0 for TCP)."""
+        return self.sock.pending() if self.tls else 0  # type: ignore[attr-defined]
+
+    def recv(self, size: int) -> bytes:
+        buffer = self.buffer
+        if buffer:
+            if size >= len(buffer):
+                data = bytes(buffer)
+                buffer.clear()
+                return data
+            data = bytes(buffer[:size])
+            del buffer[:size]
+            return data
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        if self.eof:
+            return b""
+        raise BlockingIOError
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        return self.sock.send(data)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def setblocking(self, flag: bool) -> None:
+        self.sock.setblocking(flag)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class _Paho(paho.Client):
     """paho's client, given a socket that is already connected (and TLS-handshaken) instead of opening a blocking one."""
 
@@ -122,7 +191,7 @@ class _Paho(paho.Client):
         sock, self._edgekit_socket = self._edgekit_socket, None
         if sock is None:
             raise ConnectionError("edgekit's MqttClient opens the socket itself; call MqttClient.connect()")
-        return sock
+        return _ReadBuffer(sock)
 
 
 def _parse_url(url: str) -> tuple[str, int, bool]:
@@ -225,6 +294,9 @@ class MqttClient:
         self._host = ""
         self._port = 0
         self._fd: int | None = None
+        self._sock: _ReadBuffer | None = None
+        self._writer_on = False  # the event loop watches the socket for room (a write did not fit)
+        self._write_soon = False  # a write is scheduled for this turn of the event loop
         self._misc: asyncio.TimerHandle | None = None
         self._connack: asyncio.Future[bool] | None = None
         self._closed_waiter: asyncio.Future[None] | None = None
@@ -704,43 +776,83 @@ class MqttClient:
 
     # ------------------------------------------------------------------ paho socket callbacks (event loop thread)
 
+    def _misc_interval(self) -> float:
+        """How often paho's keepalive check runs: a quarter of the keepalive (1-15 s), so a PINGREQ goes out at most
+        1.25 keepalives after the last packet — before the broker's 1.5 — and one timer a second per client is not
+        spent finding nothing due (each packet in or out puts the next PINGREQ off anyway)."""
+        return min(_MISC_MAX_S, max(_MISC_MIN_S, self.keepalive / 4)) if self.keepalive > 0 else _MISC_MAX_S
+
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         loop = self._require_loop()
+        self._sock = sock if isinstance(sock, _ReadBuffer) else None
         self._fd = sock.fileno()
+        self._writer_on = False
         loop.add_reader(self._fd, self._on_readable)
         if self._misc is None:
-            self._misc = loop.call_later(_MISC_INTERVAL, self._on_misc)
+            self._misc = loop.call_later(self._misc_interval(), self._on_misc)
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if self._fd is not None and self._loop is not None:
             self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
+            if self._writer_on:
+                self._loop.remove_writer(self._fd)
         self._fd = None
+        self._sock = None
+        self._writer_on = False
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._fd is not None and self._loop is not None:
-            self._loop.add_writer(self._fd, self._on_writable)
+        """paho queued a packet: write it later in this turn of the event loop (with whatever else is queued by then),
+        not by watching the socket for room — that costs two epoll changes and a wake-up per packet."""
+        if self._fd is None or self._loop is None or self._write_soon or self._writer_on:
+            return
+        self._write_soon = True
+        self._loop.call_soon(self._write_now)
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        if self._fd is not None and self._loop is not None:
+        if self._writer_on and self._fd is not None and self._loop is not None:
             self._loop.remove_writer(self._fd)
+        self._writer_on = False
 
-    def _on_readable(self) -> None:
-        self._paho.loop_read()
-        # TLS: records already decrypted into the SSL object's buffer don't wake epoll; drain them now.
-        sock = self._paho.socket()
-        drained = 0
-        while isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
-            drained += 1
-            if drained > _MAX_SSL_DRAIN:
-                self._require_loop().call_soon(self._on_readable)
-                return
-            if self._paho.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return
-            sock = self._paho.socket()
+    def _write_now(self) -> None:
+        self._write_soon = False
+        if self._fd is not None:
+            self._on_writable()
 
     def _on_writable(self) -> None:
         self._paho.loop_write()
+        # what did not fit waits for room (paho tells its register callback only once, so ask it here)
+        fd, loop = self._fd, self._loop
+        if fd is None or loop is None:
+            return
+        if self._paho.want_write():
+            if not self._writer_on:
+                loop.add_writer(fd, self._on_writable)
+                self._writer_on = True
+        elif self._writer_on:
+            loop.remove_writer(fd)
+            self._writer_on = False
+
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:  # pragma: no cover - paho was given another socket
+            self._paho.loop_read()
+            return
+        reads = 0
+        while sock.fill():
+            # paho takes at most (messages in flight, or 1) packets a call: call it until the buffer is used up
+            left = len(sock.buffer) + 1
+            while self._sock is sock and (sock.buffer or sock.eof or sock.error) and len(sock.buffer) < left:
+                left = len(sock.buffer)
+                self._paho.loop_read()
+            if self._sock is not sock:  # the connection ended
+                return
+            # TLS: records already decrypted into the SSL object's buffer don't wake epoll; read them now
+            if not sock.pending():
+                return
+            reads += 1
+            if reads > _MAX_SSL_DRAIN:
+                self._require_loop().call_soon(self._on_readable)
+                return
 
     def _on_misc(self) -> None:
         self._misc = None
@@ -748,7 +860,7 @@ class MqttClient:
             return
         self._paho.loop_misc()  # keepalive: PINGREQ when due, drop the connection when PINGRESP is overdue
         if self._fd is not None and self._loop is not None:
-            self._misc = self._loop.call_later(_MISC_INTERVAL, self._on_misc)
+            self._misc = self._loop.call_later(self._misc_interval(), self._on_misc)
 
     # ------------------------------------------------------------------ paho protocol callbacks (event loop thread)
 

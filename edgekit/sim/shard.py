@@ -2,7 +2,7 @@
 
 It runs the devices its spec names (a :class:`~edgekit.sim.simulation.Simulation` attached to the parent's running
 fleet server: no broker, state or service of its own) and speaks JSON lines with the parent: on stdout its progress
-while connecting, then twice a second who of its devices connected or disconnected, how many agents are up and how
+while connecting, then once a second who of its devices connected or disconnected, how many agents are up and how
 many readings its inference loops produced; on stdin the parent's requests (checkpoints, device faults). Closing
 its stdin or SIGTERM stops it cleanly. See docs/local-fleet.md (shards).
 """
@@ -30,7 +30,7 @@ __all__ = ["main"]
 
 log = logging.getLogger(__name__)
 
-_REPORT_S: Final = 0.5
+_REPORT_S: Final = 1.0
 
 
 class _Shard:

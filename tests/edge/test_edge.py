@@ -57,6 +57,34 @@ def test_spool_keeps_order_and_survives_reopening(tmp_path: Path) -> None:
     assert again.put("t/a", b"m5") > seqs[-1]  # sequence numbers are never reused
 
 
+def test_spool_bounds_hold_when_another_connection_writes_the_file(tmp_path: Path) -> None:
+    """A put trusts the count and bytes of its own last write only while no other connection wrote the file: the
+    bound holds whoever filled the spool, and a put into a backlog does not count its rows."""
+    path = tmp_path / "spool.db"
+    mine = Spool(path, max_items=5, max_bytes=1000)
+    other = Spool(path, max_items=100)
+    mine.put("t", b"a" * 10)
+    mine.put("t", b"b" * 10)
+    assert len(mine) == 2 and mine.bytes == 20
+    for i in range(3):  # another connection fills the spool to mine's bound behind its back
+        other.put("t", str(i).encode())
+    assert len(mine) == 5
+    with pytest.raises(SpoolFullError):
+        mine.put("t", b"c")
+    other.ack([item.seq for item in other.peek(2)])  # and empties some of it
+    assert len(mine) == 3
+    assert mine.put("t", b"x" * 900) > 0
+    with pytest.raises(SpoolFullError):  # the bytes bound too: 3 + 900 held, 200 more won't fit in 1000
+        mine.put("t", b"y" * 200)
+    mine.ack([item.seq for item in mine.peek(100)])
+    assert len(mine) == 0 and len(other) == 0 and mine.bytes == 0
+    for n in range(1, 6):  # its own writes keep its count: puts and acks alike
+        mine.put("t", b"z")
+        assert len(mine) == n
+    mine.close()
+    other.close()
+
+
 def test_spool_survives_a_killed_process(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     code = (

@@ -141,10 +141,14 @@ class IotCoreLink:
 
     async def _send_loop(self) -> None:
         while True:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancel that detach() sends
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval_s):
-                    await self._wake.wait()
+            publisher = self._publisher
+            if publisher is not None and publisher.emptied and self.client is not None and self.client.connected:
+                await self._wake.wait()  # nothing left to retry: only a put (or a reconnect) brings work; no timer
+            else:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancel that detach() sends
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.interval_s):
+                        await self._wake.wait()
             self._wake.clear()
             if self.client is None or not self.client.connected:
                 continue

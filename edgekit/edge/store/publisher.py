@@ -56,10 +56,14 @@ class SpoolPublisher:
         """Messages that can never be sent (a topic or payload IoT Core would refuse): removed and counted, so
         they can't hold up the rest."""
         self.refused: str = ""
+        self.emptied = False
+        """Whether the last drain ended with the spool empty (as far as it read): nothing waits for a retry."""
         self._lock = asyncio.Lock()  # one drain at a time: two would send the same unacknowledged messages
 
     async def drain(self) -> int:
-        """Send until the spool is empty or the client is offline; returns how many were delivered.
+        """Send until the spool is empty or the client is offline; returns how many were delivered. A batch of fewer
+        than ``batch`` messages ends the drain without reading the spool once more: a message put meanwhile goes
+        out with the next drain (an :class:`~edgekit.device.ipc.iotcore.IotCoreLink`'s put wakes its sender for one).
 
         A batch is published back to back (one connection keeps MQTT's order) and the PUBACKs are
         awaited together. Every message the broker took is removed, those behind a refused or unanswered
@@ -73,10 +77,12 @@ class SpoolPublisher:
 
     async def _drain(self) -> int:
         delivered = 0
+        self.emptied = False
         while self.client.connected:
             limit = 1 if self.refused else self.batch  # a refused head is tried alone
             items = await self._spool_call(functools.partial(self.spool.peek, limit))
             if not items:
+                self.emptied = True
                 break
             results = await self.client.publish_many([(i.topic, i.payload) for i in items], timeout=self.timeout_s)
             done: list[int] = []
@@ -114,6 +120,9 @@ class SpoolPublisher:
             if failure is not None:
                 raise failure
             if stop:
+                break
+            if len(items) < limit:  # fewer than asked: that was all (what came since woke its sender)
+                self.emptied = True
                 break
         return delivered
 

@@ -97,6 +97,10 @@ class Spool:
         self.durable = durable
         self.quarantined_to: Path | None = None  # where this open moved a damaged file
         self._lock = threading.Lock()
+        self._counted: tuple[int, int, int] | None = None
+        """(``PRAGMA data_version``, messages, bytes) as of this connection's last write: still true while no other
+        connection wrote the file since (its data_version unchanged), so a put needn't count the rows again
+        (``count(*)`` reads every row: a put into a backlog of 100,000 messages read them all)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -148,6 +152,17 @@ class Spool:
             (key, amount),
         )
 
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _held(self, version: int) -> tuple[int, int]:
+        """(messages, bytes) in the spool, in a transaction; from :attr:`_counted` while no other connection wrote."""
+        counted = self._counted
+        if counted is not None and counted[0] == version:
+            return counted[1], counted[2]
+        self._counted = None
+        return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0]), self._meta("bytes")
+
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
@@ -182,8 +197,8 @@ class Spool:
         with self._guarded("storing messages"):
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                count = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
-                held = self._meta("bytes")
+                version = self._version()
+                count, held = self._held(version)
                 added = 0
                 now = time.time()
                 for topic, payload in messages:
@@ -201,7 +216,9 @@ class Spool:
                     count, held, added = count + 1, held + len(payload), added + len(payload)
                 self._add_meta("bytes", added)
                 self._db.execute("COMMIT")
+                self._counted = (version, count, held)
             except BaseException:
+                self._counted = None
                 self._db.execute("ROLLBACK")
                 raise
         return results
@@ -260,16 +277,21 @@ class Spool:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    freed = 0
+                    version = self._version()
+                    counted = self._counted if self._counted is not None and self._counted[0] == version else None
+                    freed = removed = 0
                     for start in range(0, len(seqs), _ACK_CHUNK):  # one statement per chunk, not one per message
                         chunk = seqs[start : start + _ACK_CHUNK]
                         rows = self._db.execute(
                             f"DELETE FROM spool WHERE seq IN ({','.join('?' * len(chunk))}) RETURNING length(payload)", chunk
                         ).fetchall()
                         freed += sum(int(row[0]) for row in rows)
+                        removed += len(rows)
                     self._add_meta("bytes", -freed)
                     self._db.execute("COMMIT")
+                    self._counted = None if counted is None else (version, counted[1] - removed, counted[2] - freed)
                 except BaseException:
+                    self._counted = None
                     self._db.execute("ROLLBACK")
                     raise
             finally:
@@ -296,6 +318,9 @@ class Spool:
 
     def __len__(self) -> int:
         with self._guarded("counting"):
+            counted = self._counted
+            if counted is not None and counted[0] == self._version():
+                return counted[1]
             return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
 
     def close(self) -> None:

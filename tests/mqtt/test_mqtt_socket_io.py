@@ -1,0 +1,128 @@
+"""How MqttClient drives its socket, against a real mosquitto over mutual TLS: what one read of the socket holds is
+all handed to paho (many packets, or part of a big one), writes go out in the event loop's turn without watching the
+socket for room, and an idle connection's keepalive is kept with the check a quarter-keepalive apart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import requires
+
+from edgekit.mqtt.broker import MosquittoBroker
+from edgekit.mqtt.client import SUCCESS, MqttClient, connect, is_failure
+from edgekit.mqtt.tls import TlsMaterial
+
+pytestmark = requires("mosquitto")
+
+THINGS = ["dev-a", "dev-b"]
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
+    return TlsMaterial.create(tmp_path_factory.mktemp("tls"), THINGS)
+
+
+@pytest.fixture
+def secure(tmp_path: Path, tls: TlsMaterial) -> Iterator[MosquittoBroker]:
+    with MosquittoBroker(tmp_path / "secure", tls=tls, acl=True) as broker:
+        yield broker
+
+
+@pytest.mark.anyio
+async def test_a_burst_read_at_once_reaches_every_handler_in_order(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    """Messages queued for an offline persistent session arrive back to back when it reconnects: many packets per
+    TLS read (more than paho takes a call), and one message over the 64 KiB a read takes."""
+    device = await connect(secure.url, "dev-a", tls=tls.device("dev-a"), clean_start=False, session_expiry=600)
+    await device.subscribe("devices/dev-a/cmd/#", qos=1)
+    await device.disconnect()
+    big = bytes(range(256)) * 400  # 100 KiB: over one read, under IoT Core's 128 KiB
+    payloads = [str(i).encode() * 20 for i in range(300)]
+    payloads[150] = big
+    async with await connect(secure.service_url, "svc", tls=tls.service) as svc:
+        results = await svc.publish_many([(f"devices/dev-a/cmd/{i}", p) for i, p in enumerate(payloads)], timeout=10)
+        assert results == [SUCCESS] * len(payloads)
+    got: list[bytes] = []
+    arrived = asyncio.Event()
+
+    def handler(message: Any) -> None:
+        got.append(message.payload)
+        if len(got) == len(payloads):
+            arrived.set()
+
+    device = MqttClient("dev-a", tls=tls.device("dev-a"), clean_start=False, session_expiry=600)
+    await device.subscribe("devices/dev-a/cmd/#", qos=1, handler=handler)
+    await device.connect(secure.url)
+    try:
+        await asyncio.wait_for(arrived.wait(), 10)
+        assert got == payloads  # every one, in order, the big one whole
+        # and a live burst: the service's QoS 0 messages back to back, while the device is connected
+        async with await connect(secure.service_url, "svc", tls=tls.service) as svc:
+            got.clear()
+            arrived.clear()
+            for i in range(len(payloads)):
+                await svc.publish(f"devices/dev-a/cmd/{i}", payloads[i], qos=0)
+            await asyncio.wait_for(arrived.wait(), 10)
+        assert got == payloads
+    finally:
+        await device.disconnect()
+
+
+@pytest.mark.anyio
+async def test_publishing_writes_in_the_loop_turn_without_watching_for_room(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    loop = asyncio.get_running_loop()
+    watched: list[int] = []
+    add_writer = loop.add_writer
+
+    def counting_add_writer(fd: Any, callback: Any, *args: Any) -> None:
+        watched.append(fd)
+        add_writer(fd, callback, *args)
+
+    async with await connect(secure.url, "dev-a", tls=tls.device("dev-a")) as device:
+        loop.add_writer = counting_add_writer  # type: ignore[method-assign, assignment]
+        try:
+            for i in range(50):
+                assert not is_failure(await device.publish(f"devices/dev-a/telemetry/{i}", b"x" * 200, qos=1))
+            results = await device.publish_many([(f"devices/dev-a/telemetry/m{i}", b"y") for i in range(40)])
+            assert len(results) == 40 and not any(isinstance(r, BaseException) or is_failure(r) for r in results)
+            assert await device.publish("devices/dev-a/telemetry/q0", b"z", qos=0) == SUCCESS
+        finally:
+            del loop.add_writer
+        assert watched == []  # a socket with room is written at once: no epoll registration per packet
+
+
+@pytest.mark.anyio
+async def test_a_large_write_that_does_not_fit_waits_for_room_and_arrives(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    """Many big messages at once fill the socket: the rest waits for room (the loop watches the socket then) and
+    every message arrives, in order."""
+    async with (
+        await connect(secure.service_url, "svc", tls=tls.service) as svc,
+        await connect(secure.url, "dev-b", tls=tls.device("dev-b")) as device,
+    ):
+        await device.subscribe("devices/dev-b/cmd/#", qos=1)
+        payloads = [bytes([i]) * 120_000 for i in range(40)]  # ~4.8 MB queued in one go
+        results = await svc.publish_many([(f"devices/dev-b/cmd/{i}", p) for i, p in enumerate(payloads)], timeout=30)
+        assert results == [SUCCESS] * len(payloads)
+        got = [(await device.get_message(timeout=10)).payload for _ in payloads]
+        assert got == payloads
+        assert not svc._writer_on  # nothing left to write: the socket is no longer watched for room
+
+
+def test_an_idle_connection_is_kept_alive_by_the_coarser_check(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    """keepalive 8 s: paho's check runs every 2 s (a quarter), so the PINGREQ goes out 8-10 s after the last packet,
+    before mosquitto's 12 s (1.5 keepalives) — the connection survives 13 s of silence without a reconnect."""
+
+    async def main() -> tuple[bool, int, float]:
+        client = await connect(secure.url, "dev-a", tls=tls.device("dev-a"), keepalive=8, auto_reconnect=False)
+        interval = client._misc_interval()
+        await asyncio.sleep(13)
+        state = client.connected, client.connects
+        await client.disconnect()
+        return state[0], state[1], interval
+
+    connected, connects, interval = asyncio.run(main())
+    assert interval == 2.0
+    assert connected and connects == 1
