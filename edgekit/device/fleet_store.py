@@ -5,6 +5,7 @@ See docs/local-fleet.md (the HTTP API for devices).
 
 from __future__ import annotations
 
+import copy
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -88,12 +89,21 @@ class RegistryClient:
 class RegistryStore(ComponentStore):
     """A :class:`ComponentStore` that asks the registry, once per name and per recipe.
 
-    Its calls block: run the resolution in a worker thread (``asyncio.to_thread``).
+    Its calls block: run the resolution in a worker thread (``asyncio.to_thread``). ``shared``: recipes other
+    simulated devices of this process fetched, keyed by (registry URL, name, version), read and added to (a published
+    version never changes).
     """
 
-    def __init__(self, client: RegistryClient, known: Iterable[Mapping[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        known: Iterable[Mapping[str, Any]] = (),
+        *,
+        shared: dict[tuple[str, str, str], Mapping[str, Any]] | None = None,
+    ) -> None:
         super().__init__()
         self._client = client
+        self._shared = shared
         self._versions: dict[str, list[semantic_version.Version]] = {}
         self._recipes: dict[tuple[str, str], Mapping[str, Any]] = {}
         for recipe in known:  # recipes already on the device: never fetched again
@@ -109,10 +119,16 @@ class RegistryStore(ComponentStore):
     def recipe(self, name: str, version: str) -> Mapping[str, Any]:
         key = (name, version)
         if key not in self._recipes:
+            shared_key = (self._client.base_url, name, version)
+            if self._shared is not None and shared_key in self._shared:
+                self._recipes[key] = copy.deepcopy(self._shared[shared_key])  # this device's own to change
+                return self._recipes[key]
             try:
                 self._recipes[key] = self._client.recipe(name, version)
             except RecipeError as exc:
                 raise DeviceError("RECIPE_PARSE_ERROR", f"the recipe of {name} {version} is invalid: {exc}") from exc
+            if self._shared is not None:
+                self._shared[shared_key] = copy.deepcopy(self._recipes[key])
         return self._recipes[key]
 
     def __contains__(self, name: object) -> bool:

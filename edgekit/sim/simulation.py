@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from edgekit.device.agent import DeviceAgent
+from edgekit.device.download import ArtifactShare
 from edgekit.device.jobs_runner import DeviceMqttRunner
 from edgekit.device.lifecycle import StateCallback
 from edgekit.edge.component import STAND_IN_ENV
@@ -237,6 +238,7 @@ class Simulation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fault_log: list[str] = []
         self.connect_s: float | None = None
+        self._share: ArtifactShare | None = None
 
     # ------------------------------------------------------------------ the fleet server's parts
 
@@ -439,9 +441,20 @@ class Simulation:
 
     # ------------------------------------------------------------------ devices
 
+    @property
+    def artifact_share(self) -> ArtifactShare:
+        """What this process's simulated devices share: one download and unpack per artifact, each device verifying
+        it (:class:`~edgekit.device.download.ArtifactShare`); a shard has its own, in its own folder."""
+        if self._share is None:
+            name = f"shard-{self.attach.index}" if self.attach is not None else "simulation"
+            self._share = ArtifactShare(self.folder.root / "shared" / name)
+        return self._share
+
     def _make_agent(self, dev: SimulatedDevice, report: StateCallback) -> DeviceAgent:
         options: dict[str, Any] = {"fsync": False, "settle_s": 0.5, "download_backoff_s": 0.02}
         options.update(self.agent_options)
+        if "cache_dir" not in options:  # one download, unpack and recipe per process (docs/local-fleet.md)
+            options.setdefault("share", self.artifact_share)
         if self.mode == "in_process":
             options.setdefault("executor", self._executor)
             options.setdefault("ipc", True)  # in-process components (the inference loop) publish through it
