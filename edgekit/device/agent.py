@@ -538,8 +538,7 @@ class DeviceAgent:
         """Resolve the union of ``targets`` into the records the device should hold afterwards."""
         groups = set(self.groups) | {t.partition("/")[2] for t in targets if t.startswith("thinggroup/")}
         device = CoreDevice(self.thing, tuple(sorted(groups)), dict(self.platform))
-        shared = self._share.recipes if self._share is not None else None
-        store = RegistryStore(self._client, [r.recipe for r in self._state.components.values()], shared=shared)
+        store = RegistryStore(self._client, [r.recipe for r in self._state.components.values()], share=self._share)
         deployments = [GroupDeployment(t, dict(r.components)) for t, r in targets.items()]
         try:
             resolution = await asyncio.to_thread(resolve_device, device, deployments, store)

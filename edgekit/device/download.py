@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -19,6 +20,7 @@ import os
 import re
 import shutil
 import stat
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -245,6 +247,12 @@ class ArtifactFetcher:
         if share is None:  # a share did this once, when it was made: the other devices' downloads may be under way
             _remove_partials(self.cache_dir)
 
+    def alone(self, cache_dir: Path) -> None:
+        """Download on its own from now on, into ``cache_dir`` (a simulated device that a download fault targets)."""
+        self.share = None
+        self.cache_dir = cache_dir
+        _remove_partials(cache_dir)
+
     def _shrink(self, keep: Path) -> None:
         """Hold the cache under ``max_cache_bytes``: the least recently used files go (never ``keep``). The placed
         artifacts are hard links or copies, so they stay."""
@@ -428,8 +436,9 @@ def link_tree(source: Path, dest: Path, folder_mode: int = 0o700) -> None:
 class ArtifactShare:
     """What the simulated devices of one process (one event loop) share: the download cache in ``cache_dir``, one
     download per artifact digest at a time, one unpacked copy per (digest, permissions) that each device gets as hard
-    links, and the recipes they fetched (a published component version never changes: the registry refuses another
-    with the same version). Each device still checks the cached file against its own recipe's Digest before it
+    links, the recipes they fetched (a published component version never changes: the registry refuses another
+    with the same version), and one registry request for the devices that ask the same at the same time
+    (:meth:`ask`: versions lists are not kept, each later question asks again). Each device still checks the cached file against its own recipe's Digest before it
     places it, so a corrupted cache entry is caught by the next device that installs it, and downloaded again.
 
     Not for real devices: the packaged agent downloads and unpacks on its own. See docs/local-fleet.md (what a
@@ -445,7 +454,32 @@ class ArtifactShare:
         self.unpacks = 0
         """Archives this share unpacked; the other devices got hard links to the files."""
         self._running: dict[Hashable, asyncio.Task[Any]] = {}
+        self._asking: dict[Hashable, concurrent.futures.Future[Any]] = {}
+        self._asking_lock = threading.Lock()
         _remove_partials(self.cache_dir)
+
+    def ask(self, key: Hashable, fetch: Callable[[], _T]) -> _T:
+        """``fetch()`` (blocking, from any thread), shared with the callers that ask for ``key`` while it is under way:
+        they get its answer (or its error) instead of a request of their own."""
+        with self._asking_lock:
+            pending = self._asking.get(key)
+            if pending is None:
+                mine: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                self._asking[key] = mine
+        if pending is not None:
+            answer: _T = pending.result()
+            return answer
+        try:
+            value = fetch()
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        else:
+            mine.set_result(value)
+            return value
+        finally:
+            with self._asking_lock:
+                self._asking.pop(key, None)
 
     async def once(self, key: Hashable, work: Callable[[], Awaitable[_T]]) -> _T:
         """``work()``'s result, run once for the callers that ask for ``key`` while it runs (a caller cancelled

@@ -239,6 +239,8 @@ class Simulation:
         self._fault_log: list[str] = []
         self.connect_s: float | None = None
         self._share: ArtifactShare | None = None
+        self._downloads_alone = self._download_fault_targets()
+        """Devices that download on their own, not through :attr:`artifact_share`: a download fault targets them."""
 
     # ------------------------------------------------------------------ the fleet server's parts
 
@@ -441,6 +443,22 @@ class Simulation:
 
     # ------------------------------------------------------------------ devices
 
+    def _download_fault_targets(self) -> set[str]:
+        """The devices a ``corrupt_downloads`` fault of the fleet file targets (picked as :meth:`_pick` does)."""
+        names = sorted(d.thing for d in self.fleet.expand())
+        out: set[str] = set()
+        for index, fault in enumerate(self.fleet.faults):
+            if fault.fault != "corrupt_downloads":
+                continue
+            if fault.things is not None:
+                out.update(fault.things)
+            elif fault.fraction is None:
+                out.update(names)
+            else:
+                k = max(1, round(fault.fraction * len(names)))
+                out.update(random.Random(f"{self.fleet.name}:{self.seed}:{index}").sample(names, k))
+        return out
+
     @property
     def artifact_share(self) -> ArtifactShare:
         """What this process's simulated devices share: one download and unpack per artifact, each device verifying
@@ -453,8 +471,8 @@ class Simulation:
     def _make_agent(self, dev: SimulatedDevice, report: StateCallback) -> DeviceAgent:
         options: dict[str, Any] = {"fsync": False, "settle_s": 0.5, "download_backoff_s": 0.02}
         options.update(self.agent_options)
-        if "cache_dir" not in options:  # one download, unpack and recipe per process (docs/local-fleet.md)
-            options.setdefault("share", self.artifact_share)
+        if "cache_dir" not in options and dev.thing not in self._downloads_alone:
+            options.setdefault("share", self.artifact_share)  # one download, unpack, recipe per process (local-fleet.md)
         if self.mode == "in_process":
             options.setdefault("executor", self._executor)
             options.setdefault("ipc", True)  # in-process components (the inference loop) publish through it
@@ -703,8 +721,11 @@ class Simulation:
 
     def corrupt_downloads(self, thing: str | None, n: int) -> None:
         """Corrupt the next ``n`` artifact downloads of ``thing`` (of any device when None); 10 in a row fail the device."""
-        if thing is not None:
-            self._sharded(thing)
+        if thing is not None and not self._sharded(thing):  # its own downloads, not the share's: the fault hits them
+            self._downloads_alone.add(thing)
+            agent = self.devices[thing].agent
+            if agent is not None:
+                agent.fetcher.alone(agent.layout.packages / "cache")
         if self.http is None:
             raise SimulationError("the simulation is not started")
         self.http.corrupt_downloads(thing, n)
