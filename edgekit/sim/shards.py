@@ -48,6 +48,9 @@ _QUICK_DEATH_S: Final = 20.0
 """A shard that dies this soon after it started counts as failing to start: after 3 in a row it is not restarted."""
 _MAX_QUICK_DEATHS: Final = 3
 _NAMES_SHOWN: Final = 5
+_SILENT_S: Final = 60.0
+"""A shard asked for its checkpoints that writes nothing (not even its twice-a-second status) this long is stalled."""
+_LATE_SAY_S: Final = 30.0
 
 
 def default_shards() -> int:
@@ -128,6 +131,8 @@ class ShardProcess:
         self.starts = 0
         self.quick_deaths = 0
         self.started_at = 0.0
+        self.heard_at = 0.0
+        """When the shard last wrote a line (``time.monotonic()``): it writes its status twice a second."""
         self.connect_s: float | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
@@ -164,18 +169,23 @@ class ShardProcess:
             self._log.close()
         self._log = self.log_path.open("ab")
         self.starts += 1
-        self.started_at = time.monotonic()
+        self.started_at = self.heard_at = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edgekit.sim.shard", str(spec_file),
+            *self.command(spec_file),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self._log,
             preexec_fn=die_with_parent(signal.SIGKILL), limit=1 << 24,
         )  # fmt: skip
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
+    def command(self, spec_file: Path) -> list[str]:
+        """The shard process's command line."""
+        return [sys.executable, "-m", "edgekit.sim.shard", str(spec_file)]
+
     async def _read(self) -> None:
         proc = self.proc
         assert proc is not None and proc.stdout is not None
         while line := await proc.stdout.readline():
+            self.heard_at = time.monotonic()
             try:
                 self._on_line(json.loads(line))
             except (ValueError, TypeError, KeyError) as exc:
@@ -224,15 +234,36 @@ class ShardProcess:
             return False
         return True
 
-    async def checkpoints(self, timeout: float = 60.0) -> list[Checkpoint]:
-        """A checkpoint of every inference loop in the shard (none when it is down)."""
+    async def checkpoints(self, silent_s: float = _SILENT_S) -> list[Checkpoint]:
+        """A checkpoint of every inference loop in the shard (none when it is down).
+
+        However long a busy shard takes to answer, it is waited for while it keeps writing (its status comes twice a
+        second); one that writes nothing for ``silent_s`` seconds is stalled: :class:`SimulationError`.
+        """
         self._next_id += 1
+        request = self._next_id
         future: asyncio.Future[list[Checkpoint]] = asyncio.get_running_loop().create_future()
-        self._replies[self._next_id] = future
-        if not await self._send({"op": "checkpoints", "id": self._next_id}):
-            self._replies.pop(self._next_id, None)
+        self._replies[request] = future
+        if not await self._send({"op": "checkpoints", "id": request}):
+            self._replies.pop(request, None)
             return []
-        return await asyncio.wait_for(future, timeout)
+        asked = said = time.monotonic()
+        try:
+            while True:
+                quiet = time.monotonic() - self.heard_at
+                if quiet >= silent_s:
+                    raise SimulationError(
+                        f"{self.name} (pid {self.pid}) wrote nothing for {quiet:.0f} s while asked for its checkpoints: "
+                        f"stalled; see {self.log_path}"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(future), min(1.0, silent_s - quiet))
+                if time.monotonic() - said >= _LATE_SAY_S:
+                    said = time.monotonic()
+                    log.warning("%s: still waiting for its checkpoints after %.0f s (it is busy, not stalled)",
+                                self.name, said - asked)  # fmt: skip
+        finally:
+            self._replies.pop(request, None)
 
     async def fault(self, op: str, thing: str, seconds: float | None) -> None:
         """Apply a device fault (``cut_network``, ``kill_device``, ``restart_device``) to ``thing`` in the shard."""

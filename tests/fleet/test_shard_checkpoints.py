@@ -1,0 +1,77 @@
+"""The end-of-run checkpoint request waits for a busy shard as long as it writes, and gives up on a stalled one.
+
+The shard here is a real process speaking the shard's JSON lines (a stand-in script: its loop's slowness on demand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgekit.sim.errors import SimulationError
+from edgekit.sim.shards import ShardProcess, ShardSpec
+
+_SCRIPT = r"""
+import json, sys, threading, time
+mode, delay = sys.argv[1], float(sys.argv[2])
+out, lock, quiet = sys.stdout, threading.Lock(), threading.Event()
+def emit(**fields):
+    with lock:
+        out.write(json.dumps(fields) + "\n"); out.flush()
+emit(event="ready", connect_s=0.0)
+def status():
+    while not quiet.is_set():
+        emit(event="status", up=[], down=[], alive=1, readings=0)
+        time.sleep(0.1)
+threading.Thread(target=status, daemon=True).start()
+for line in sys.stdin:
+    request = json.loads(line)
+    if mode == "stall":
+        quiet.set()  # its loop stuck: not a line more
+    time.sleep(delay)
+    point = {"thing": "d-1", "component": "c", "run": "r", "window": 1, "readings": 7}
+    emit(event="checkpoints", id=request["id"], points=[point])
+"""
+
+
+class _StandIn(ShardProcess):
+    def __init__(self, folder: Path, mode: str, delay: float) -> None:
+        spec = ShardSpec(0, 1, ["d-1"], {}, str(folder), 1, "http://127.0.0.1:1", None, "in_process")
+        super().__init__(spec, folder, lambda _shard, _code: None)
+        self.script = folder / "stand_in.py"
+        self.script.write_text(_SCRIPT)
+        self.args = [mode, str(delay)]
+
+    def command(self, spec_file: Path) -> list[str]:
+        return [sys.executable, str(self.script), *self.args]
+
+
+@pytest.mark.anyio
+async def test_a_busy_shard_is_waited_for_past_the_silence_limit_while_it_writes(tmp_path: Path) -> None:
+    shard = _StandIn(tmp_path, "slow", 2.5)
+    await shard.start()
+    try:
+        await asyncio.wait_for(shard.ready.wait(), 30)
+        started = time.monotonic()
+        [point] = await shard.checkpoints(silent_s=1.0)  # answers after 2.5 s, writing its status meanwhile
+        assert point.readings == 7 and time.monotonic() - started >= 2.5
+    finally:
+        await shard.stop(timeout=5)
+
+
+@pytest.mark.anyio
+async def test_a_stalled_shard_fails_the_checkpoint_request_in_one_line_naming_it(tmp_path: Path) -> None:
+    shard = _StandIn(tmp_path, "stall", 60.0)
+    await shard.start()
+    try:
+        await asyncio.wait_for(shard.ready.wait(), 30)
+        with pytest.raises(SimulationError, match=r"shard 1 of 1 \(pid \d+\) wrote nothing for 1 s .*stalled"):
+            await asyncio.wait_for(shard.checkpoints(silent_s=1.0), 20)
+    finally:
+        if shard.proc is not None and shard.proc.returncode is None:
+            shard.proc.kill()
+        await shard.stop(timeout=5)
