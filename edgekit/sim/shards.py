@@ -38,7 +38,17 @@ from edgekit.edge.loop import Checkpoint
 from edgekit.progress import Progress
 from edgekit.sim.errors import SimulationError
 
-__all__ = ["ShardProcess", "ShardSet", "ShardSpec", "default_shards", "shard_of", "split"]
+__all__ = [
+    "FILES_PER_DEVICE",
+    "ShardProcess",
+    "ShardSet",
+    "ShardSpec",
+    "default_shards",
+    "devices_per_process",
+    "shard_of",
+    "shards_for_open_files",
+    "split",
+]
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +63,41 @@ _SILENT_S: Final = 60.0
 _LATE_SAY_S: Final = 30.0
 
 
-def default_shards() -> int:
-    """The number of cores this process may run on (``--shards``' default)."""
+FILES_PER_DEVICE: Final = 8
+"""Open files a simulated device holds in its process: its MQTT socket, its network link's three sockets (listening,
+device side, broker side), its spool's SQLite database, WAL and shared-memory files (7, counted in a shard at 1,000
+devices), and one to spare."""
+_FILES_BASE: Final = 256  # the process's own: the interpreter, the loop, logs, pipes, a few HTTP requests at once
+
+
+def _open_file_limit() -> int:
+    """The most open files this process may have (its hard limit, which :func:`raise_fd_limit` raises the soft to)."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if hard == resource.RLIM_INFINITY else int(hard)
+
+
+def devices_per_process(limit: int | None = None) -> int:
+    """How many simulated devices one process can hold within ``limit`` open files (default: this process's hard
+    limit, which shards inherit)."""
+    return max(1, ((limit if limit is not None else _open_file_limit()) - _FILES_BASE) // FILES_PER_DEVICE)
+
+
+def shards_for_open_files(devices: int) -> int:
+    """The fewest shards that hold ``devices`` within the open-file limit (with a tenth to spare: the split by name
+    is not quite even): 10,000 devices under a hard limit of 20,000 need 5."""
+    return max(1, -(-devices * 11 // (devices_per_process() * 10)))
+
+
+def default_shards(devices: int = 0) -> int:
+    """``--shards``' default: the cores this process may run on, or more where ``devices`` would not fit the
+    open-file limit in that many processes (:func:`shards_for_open_files`)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    return max(cores, shards_for_open_files(devices))
 
 
 def shard_of(thing: str, shards: int) -> int:

@@ -49,7 +49,14 @@ from edgekit.sim.errors import SimulationError, SimulationTimeoutError
 from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
 from edgekit.sim.scripted_shell import SimulatedExecutor
-from edgekit.sim.shards import ShardSet, ShardSpec, split
+from edgekit.sim.shards import (
+    FILES_PER_DEVICE,
+    ShardSet,
+    ShardSpec,
+    devices_per_process,
+    shards_for_open_files,
+    split,
+)
 from edgekit.wire.device_bundle import BUNDLE_CONFIG, DeviceBundle
 
 if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are the types of its parts
@@ -329,9 +336,8 @@ class Simulation:
 
     async def _start(self) -> None:
         things = self.server.devices
-        limit = raise_fd_limit()
-        if limit < 4 * len(things) + 64:
-            log.warning("open-file limit %d may be too low for %d simulated devices (4 sockets each)", limit, len(things))
+        raise_fd_limit()
+        self._check_open_files(things)
         if self.attach is not None:  # a shard: the parent's fleet server runs; this process runs the spec's devices
             named = set(self.attach.things)
             things = [d for d in things if d.thing in named]
@@ -401,6 +407,20 @@ class Simulation:
         total = len(things) + (self.shard_set.devices if self.shard_set is not None else 0)
         shards = f" ({self.shards} shards)" if self.shard_set is not None else ""
         self.progress(f"{total} device(s) connected in {self.connect_s:.2f} s{shards}")
+
+    def _check_open_files(self, things: Sequence[FleetDevice]) -> None:
+        """Refuse, in one line, a split that would run a process out of open files while its devices connect."""
+        if self.attach is not None:  # the parent checked the split
+            return
+        names = [d.thing for d in things]
+        busiest = max((len(p) for p in (split(names, self.shards) if self.shards > 1 else [names])), default=0)
+        fits = devices_per_process()
+        if busiest > fits:
+            raise ConfigError(
+                f"{busiest:,} simulated devices in one process need ~{busiest * FILES_PER_DEVICE:,} open files, more than "
+                f"this machine's hard limit allows (ulimit -Hn: at most {fits:,} devices a process): give --shards "
+                f"{max(shards_for_open_files(len(names)), self.shards + 1)}, or raise the hard limit"
+            )
 
     async def _start_shards(self, things: list[str]) -> None:
         """Start the shard processes for ``things`` (split by name); return once their devices are connected."""

@@ -1,4 +1,5 @@
-"""The end-of-run checkpoint request waits for a busy shard as long as it writes, and gives up on a stalled one.
+"""Shards at scale: the end-of-run checkpoint request waits for a busy shard as long as it writes and gives up on a
+stalled one; a split that would run a process out of open files is refused before anything starts.
 
 The shard here is a real process speaking the shard's JSON lines (a stand-in script: its loop's slowness on demand).
 """
@@ -6,6 +7,7 @@ The shard here is a real process speaking the shard's JSON lines (a stand-in scr
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.sim.errors import SimulationError
-from edgekit.sim.shards import ShardProcess, ShardSpec
+from edgekit.sim.shards import FILES_PER_DEVICE, ShardProcess, ShardSpec, devices_per_process
 
 _SCRIPT = r"""
 import json, sys, threading, time
@@ -75,3 +77,31 @@ async def test_a_stalled_shard_fails_the_checkpoint_request_in_one_line_naming_i
         if shard.proc is not None and shard.proc.returncode is None:
             shard.proc.kill()
         await shard.stop(timeout=5)
+
+
+_LOW_LIMIT = r"""
+import asyncio, resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))  # room for (512 - 256) // 8 = 32 devices a process
+from edgekit.errors import ConfigError
+from edgekit.fleet_file import FleetFile
+from edgekit.sim import Simulation
+fleet = FleetFile.model_validate({"name": "fds", "mode": "in_process",
+                                  "devices": [{"prefix": "d-", "count": 40, "profile": "x86_64"}]})
+try:
+    asyncio.run(Simulation(fleet, state_dir=sys.argv[1], shards=1).start())
+except ConfigError as exc:
+    print(exc)
+"""
+
+
+def test_a_process_that_would_run_out_of_open_files_is_refused_in_one_line_naming_the_shards_to_give(
+    tmp_path: Path,
+) -> None:
+    assert devices_per_process(20_000) == (20_000 - 256) // FILES_PER_DEVICE  # 10,000 devices: 5 processes
+    out = subprocess.run(
+        [sys.executable, "-c", _LOW_LIMIT, str(tmp_path / "state")], capture_output=True, text=True, timeout=60, check=True
+    )
+    [line] = out.stdout.splitlines()
+    assert line.startswith("40 simulated devices in one process need ~320 open files")
+    assert "at most 32 devices a process" in line and "give --shards 2" in line
+    assert not (tmp_path / "state" / "broker").exists()  # refused before the broker started
