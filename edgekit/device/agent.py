@@ -609,7 +609,7 @@ class DeviceAgent:
                 unpacked = dec_dir / Path(urllib.parse.unquote(file_name)).stem
                 if unpacked.exists():
                     pass
-                elif self._share is not None:  # hard links to the share's one unpacked copy of this (verified) file
+                elif self._share is not None and self._share.share_unpacks:  # links to the share's one unpacked copy
                     await self._share.unpack(
                         cached,
                         cached.name,

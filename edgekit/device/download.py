@@ -445,8 +445,11 @@ class ArtifactShare:
     simulated device shares).
     """
 
-    def __init__(self, cache_dir: Path) -> None:
+    def __init__(self, cache_dir: Path, *, unpack: bool = True) -> None:
         self.cache_dir = Path(cache_dir).absolute()
+        self.share_unpacks = unpack
+        """Whether the devices get hard links to one unpacked copy (:meth:`unpack`), or unpack on their own (their
+        components run as processes that might write into their artifacts: the simulator's ``subprocess`` mode)."""
         self.recipes: dict[tuple[str, str, str], Mapping[str, Any]] = {}
         """(registry URL, component, version) → the recipe the registry sent."""
         self.downloads = 0
@@ -457,6 +460,8 @@ class ArtifactShare:
         self._asking: dict[Hashable, concurrent.futures.Future[Any]] = {}
         self._asking_lock = threading.Lock()
         _remove_partials(self.cache_dir)
+        for leftover in (self.cache_dir / "unpacked").glob(".*.unzip-*"):  # a killed process's (the share is its own)
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def ask(self, key: Hashable, fetch: Callable[[], _T]) -> _T:
         """``fetch()`` (blocking, from any thread), shared with the callers that ask for ``key`` while it is under way:

@@ -485,7 +485,8 @@ class Simulation:
         it (:class:`~edgekit.device.download.ArtifactShare`); a shard has its own, in its own folder."""
         if self._share is None:
             name = f"shard-{self.attach.index}" if self.attach is not None else "simulation"
-            self._share = ArtifactShare(self.folder.root / "shared" / name)
+            # in subprocess mode components are real processes: each device unpacks its own copy, as it may write it
+            self._share = ArtifactShare(self.folder.root / "shared" / name, unpack=self.mode == "in_process")
         return self._share
 
     def _make_agent(self, dev: SimulatedDevice, report: StateCallback) -> DeviceAgent:
