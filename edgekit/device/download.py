@@ -438,8 +438,9 @@ class ArtifactShare:
     download per artifact digest at a time, one unpacked copy per (digest, permissions) that each device gets as hard
     links, the recipes they fetched (a published component version never changes: the registry refuses another
     with the same version), and one registry request for the devices that ask the same at the same time
-    (:meth:`ask`: versions lists are not kept, each later question asks again). Each device still checks the cached file against its own recipe's Digest before it
-    places it, so a corrupted cache entry is caught by the next device that installs it, and downloaded again.
+    (:meth:`ask`: versions lists are not kept, each later question asks again). Each device still checks the cached
+    file against its own recipe's Digest before it places it, so a corrupted cache entry is caught by the next device
+    that installs it, and downloaded again.
 
     Not for real devices: the packaged agent downloads and unpacks on its own. See docs/local-fleet.md (what a
     simulated device shares).
