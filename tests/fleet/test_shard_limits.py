@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from edgekit.sim.errors import SimulationError
-from edgekit.sim.shards import FILES_PER_DEVICE, ShardProcess, ShardSpec, devices_per_process
+from edgekit.sim.shards import (
+    FILES_PER_DEVICE,
+    ShardProcess,
+    ShardSpec,
+    default_shards,
+    devices_per_process,
+    shards_for_open_files,
+)
 
 _SCRIPT = r"""
 import json, sys, threading, time
@@ -98,6 +105,9 @@ def test_a_process_that_would_run_out_of_open_files_is_refused_in_one_line_namin
     tmp_path: Path,
 ) -> None:
     assert devices_per_process(20_000) == (20_000 - 256) // FILES_PER_DEVICE  # 10,000 devices: 5 processes
+    fits = devices_per_process()  # under this machine's hard limit
+    assert shards_for_open_files(3 * fits) == 4 and default_shards(3 * fits) >= 4  # a tenth to spare: the split's skew
+    assert shards_for_open_files(fits // 2) == 1
     out = subprocess.run(
         [sys.executable, "-c", _LOW_LIMIT, str(tmp_path / "state")], capture_output=True, text=True, timeout=60, check=True
     )
