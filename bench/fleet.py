@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.inference, args.tls, args.readings, args.outage = True, True, 1.0, 0.0
         args.devices = args.devices or 10_000
-        args.shards = args.shards or [default_shards()]
+        args.shards = args.shards or [default_shards(args.devices)]  # more than the cores past the open-file limit
     args.devices = args.devices or (100 if args.quick else 1000)
     args.shards = args.shards or [1]
     if min(args.shards) < 1:

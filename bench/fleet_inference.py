@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +47,10 @@ class Run:
     deploy_s: float = 0.0
     deploy_counts: dict[str, int] = field(default_factory=dict)
     connected_after_deploy: int = 0
+    deploy_cpu_ms_per_device: float = 0.0  # this process + shards + mosquitto over the deployment, / devices (ms)
+    release_s: float = 0.0  # first to last execution released (the rollout's rate: 1,000 a minute at most)
+    tail_s: float = 0.0  # the last release to the last execution done
+    notified_to_done_s: tuple[float, float] = (0.0, 0.0)  # one device's release to its final status: median, p95
     rss_mib: float = 0.0  # this process and its shards at the end of the timed part
     rss_parent_mib: float = 0.0  # this process alone (the fleet server, and the compile stack of the bench's build)
     rss_shards_mib: list[float] = field(default_factory=list)  # each shard (a shard's own base: ~86 MiB)
@@ -147,6 +152,9 @@ async def _run(
         deployment = sim.deploy({"targetArn": "thinggroup/all", "components": {INFERENCE: spec},
                                  "iotJobConfiguration": {"jobExecutionsRolloutConfig": {"maximumPerMinute": 1000}}})  # fmt: skip
         say(f"deploying to {devices} devices")
+        deploy_pids = [p for p in (sim.shard_set.pids() if sim.shard_set is not None else [])]
+        deploy_pids += [sim.broker.pid] if sim.broker is not None and sim.broker.pid else []
+        deploy_cpu0 = _cpu() + sum(_cpu_of(p) for p in deploy_pids)
         deployed0 = time.monotonic()
         try:
             summary = await sim.wait(deployment, timeout=max(300.0, 0.1 * devices))
@@ -154,6 +162,16 @@ async def _run(
             say(str(exc))
             summary = sim.server.deployment(deployment)
         figures.deploy_s, figures.deploy_counts = time.monotonic() - deployed0, dict(summary.counts)
+        deploy_cpu = _cpu() + sum(_cpu_of(p) for p in deploy_pids) - deploy_cpu0
+        figures.deploy_cpu_ms_per_device = 1000.0 * deploy_cpu / devices
+        assert sim.state is not None
+        executions = sim.state.executions(deployment_id=deployment)
+        notified = sorted(e.notified_at for e in executions if e.notified_at is not None)
+        spans = sorted(e.updated_at - e.notified_at for e in executions if e.notified_at is not None)
+        if notified and spans:
+            figures.release_s = notified[-1] - notified[0]
+            figures.tail_s = max(e.updated_at for e in executions) - notified[-1]
+            figures.notified_to_done_s = (statistics.median(spans), spans[int(0.95 * (len(spans) - 1))])
         figures.connected_after_deploy = sim.status().connected
         say(f"deployed in {figures.deploy_s:.1f} s: {summary.counts}; {figures.connected_after_deploy} connected")
         await asyncio.sleep(1.0)
@@ -247,6 +265,10 @@ def render(results: dict[str, Any]) -> None:
             print(
                 f"  deployed to all in       {r.deploy_s:10.1f} s   {r.deploy_counts}, {r.connected_after_deploy} connected then"
             )
+            median, p95 = r.notified_to_done_s
+            print(f"    released over          {r.release_s:10.1f} s   (the rollout: 1,000 a minute at most), the last done "
+                  f"{r.tail_s:.1f} s after the last release; a device's release to done: median {median:.1f} s, p95 "
+                  f"{p95:.1f} s; CPU {r.deploy_cpu_ms_per_device:.1f} ms per device (all processes)")  # fmt: skip
         print(f"  readings/s achieved      {r.achieved_per_s:10,.0f}   (asked {r.devices * r.readings_per_s:,.0f})")
         print(
             f"  CPU of this process      {r.cpu_percent:9.0f} %   (2 cores = 200 %); of the shards {r.shard_cpu_percent:.0f} %; "

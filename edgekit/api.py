@@ -540,7 +540,7 @@ def simulate(
 
     sim = Simulation(
         model, state_dir=state_dir, mode=mode, tls=tls, tick_s=tick_s, emulation_fallback=True,
-        shards=default_shards() if shards is None else shards, database=database,
+        shards=default_shards(len(model.expand())) if shards is None else shards, database=database,
     )  # fmt: skip
 
     async def main() -> SimulationRun:

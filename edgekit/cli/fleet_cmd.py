@@ -249,7 +249,9 @@ def simulate(
     interval: float = typer.Option(5.0, "--interval", min=0.1, help="seconds between status lines when not on a terminal"),
     tick: float = typer.Option(1.0, "--tick", min=0.05, help="the fleet service's rollout tick, seconds"),
     shards: int | None = typer.Option(
-        None, "--shards", help="processes to run the devices in, split by thing name (default: one per core)"
+        None,
+        "--shards",
+        help="processes to run the devices in, split by thing name (default: one per core, more where the open-file limit needs)",
     ),
     database: Database = None,
 ) -> None:

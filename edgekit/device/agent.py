@@ -33,6 +33,7 @@ from edgekit.device.configuration import next_configuration
 from edgekit.device.download import (
     DEFAULT_MAX_UNZIPPED_BYTES,
     ArtifactFetcher,
+    ArtifactShare,
     artifact_file_name,
     permission_modes,
     place,
@@ -105,7 +106,9 @@ class DeviceAgent:
     ``platform`` is the device's Greengrass platform (``{"os": "linux", "architecture": "amd64"}``);
     ``groups`` the thing groups it is in; ``report(component, old, new, detail)`` hears every lifecycle
     transition. ``mode="in_process"`` runs no scripts (see :mod:`edgekit.device.executor`); ``executor``
-    replaces the step runner altogether. ``cache_dir`` may be shared by many simulated devices.
+    replaces the step runner altogether. ``share`` (simulated devices of one process only): one download, unpack and
+    recipe fetch for them all (:class:`~edgekit.device.download.ArtifactShare`; each device still verifies what it
+    installs).
     ``ipc`` (default: on in ``subprocess`` mode) serves Greengrass IPC (:attr:`ipc`, :mod:`edgekit.device.ipc`);
     in ``in_process`` mode it has no socket, only the in-process transport. ``region`` is what components
     get as ``AWS_REGION``.
@@ -135,6 +138,7 @@ class DeviceAgent:
         fsync: bool = True,
         ipc: bool | None = None,
         region: str = "us-east-1",
+        share: ArtifactShare | None = None,
     ) -> None:
         self.thing = thing
         self.platform = dict(platform)
@@ -153,7 +157,9 @@ class DeviceAgent:
             attempts=download_attempts,
             backoff_s=download_backoff_s,
             timeout_s=http_timeout_s,
+            share=share,
         )
+        self._share = share
         if executor is None:
             executor = InProcessExecutor() if mode == "in_process" else SubprocessExecutor(kill_grace=kill_grace_s)
         self._sup = Supervisor(
@@ -532,7 +538,7 @@ class DeviceAgent:
         """Resolve the union of ``targets`` into the records the device should hold afterwards."""
         groups = set(self.groups) | {t.partition("/")[2] for t in targets if t.startswith("thinggroup/")}
         device = CoreDevice(self.thing, tuple(sorted(groups)), dict(self.platform))
-        store = RegistryStore(self._client, [r.recipe for r in self._state.components.values()])
+        store = RegistryStore(self._client, [r.recipe for r in self._state.components.values()], share=self._share)
         deployments = [GroupDeployment(t, dict(r.components)) for t, r in targets.items()]
         try:
             resolution = await asyncio.to_thread(resolve_device, device, deployments, store)
@@ -601,7 +607,18 @@ class DeviceAgent:
             await asyncio.to_thread(place, cached, dest)
             if str(artifact.get("Unarchive") or "NONE").upper() == "ZIP":
                 unpacked = dec_dir / Path(urllib.parse.unquote(file_name)).stem
-                if not unpacked.exists():
+                if unpacked.exists():
+                    pass
+                elif self._share is not None and self._share.share_unpacks:  # links to the share's one unpacked copy
+                    await self._share.unpack(
+                        cached,
+                        cached.name,
+                        unpacked,
+                        max_bytes=self.max_unzipped_bytes,
+                        file_mode=file_mode,
+                        folder_mode=folder_mode,
+                    )
+                else:
                     await asyncio.to_thread(
                         safe_unzip,
                         dest,

@@ -1,12 +1,17 @@
 """Artifacts onto the device: download, verify, cache by digest, unpack safely, set permissions.
 
-See docs/device-agent.md (downloads, digests, safe unzip).
+Simulated devices of one process may share an :class:`ArtifactShare`: one download per artifact digest and one
+unpack per (digest, permissions) for all of them, each device still verifying the file against its own recipe's
+digest. A real device (the packaged agent) has none and downloads and unpacks on its own.
+
+See docs/device-agent.md (downloads, digests, safe unzip) and docs/local-fleet.md (what a simulated device shares).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -15,16 +20,17 @@ import os
 import re
 import shutil
 import stat
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edgekit.device.errors import ArtifactDownloadError, DeviceError, UnsafeArchiveError
 from edgekit.digests import file_sha256_b64
@@ -34,7 +40,9 @@ __all__ = [
     "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_MAX_UNZIPPED_BYTES",
     "ArtifactFetcher",
+    "ArtifactShare",
     "artifact_file_name",
+    "link_tree",
     "open_url",
     "permission_modes",
     "place",
@@ -42,6 +50,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 DEFAULT_MAX_UNZIPPED_BYTES = 2 * 1024**3
 DEFAULT_MAX_DOWNLOAD_BYTES = 4 * 1024**3  # one artifact; a longer download is cut off and deleted
@@ -95,6 +105,7 @@ def _check_entries(zip_path: Path, infos: list[zipfile.ZipInfo], staging: Path, 
         raise UnsafeArchiveError(f"{zip_path.name} has {len(infos)} entries, over the limit of {max_entries}")
     declared = 0
     seen: set[str] = set()
+    root = os.path.normpath(os.path.abspath(staging))
     for info in infos:
         name = info.filename
         if "\x00" in name:
@@ -115,7 +126,10 @@ def _check_entries(zip_path: Path, infos: list[zipfile.ZipInfo], staging: Path, 
         if key in seen and not info.is_dir():
             raise _refuse(zip_path, name, "appears twice")
         seen.add(key)
-        if not (staging / key).resolve().is_relative_to(staging.resolve()):
+        # lexical: no part is '..' or empty and symbolic links are refused, so nothing can lead out of the fresh
+        # staging folder; this stays as a guard (resolve() here was ~half of a device's unzip, an lstat a part)
+        joined = os.path.normpath(os.path.join(root, key))
+        if not joined.startswith(root + os.sep):
             raise _refuse(zip_path, name, "resolves outside the folder")
         declared += info.file_size
     if declared > max_bytes:
@@ -189,6 +203,16 @@ def safe_unzip(
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _remove_partials(cache_dir: Path) -> None:
+    """Delete what a download killed with its process left in ``cache_dir``."""
+    if not cache_dir.is_dir():
+        return
+    for leftover in cache_dir.iterdir():
+        if _PARTIAL.fullmatch(leftover.name) and leftover.is_file():
+            logger.info("removing %s, left by a download that did not finish", leftover)
+            leftover.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class _Attempt:
     digest: str | None = None
@@ -210,24 +234,24 @@ class ArtifactFetcher:
         timeout_s: float = 30.0,
         max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
         max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+        share: ArtifactShare | None = None,
     ) -> None:
-        self.cache_dir = cache_dir
+        self.share = share
+        self.cache_dir = share.cache_dir if share is not None else cache_dir
         self.headers = dict(headers or {})
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
         self.max_cache_bytes = max_cache_bytes
-        self._remove_partials()
+        if share is None:  # a share did this once, when it was made: the other devices' downloads may be under way
+            _remove_partials(self.cache_dir)
 
-    def _remove_partials(self) -> None:
-        """Delete what a download killed with its process left (this fetcher's own are under way in its thread)."""
-        if not self.cache_dir.is_dir():
-            return
-        for leftover in self.cache_dir.iterdir():
-            if _PARTIAL.fullmatch(leftover.name) and leftover.is_file():
-                logger.info("removing %s, left by a download that did not finish", leftover)
-                leftover.unlink(missing_ok=True)
+    def alone(self, cache_dir: Path) -> None:
+        """Download on its own from now on, into ``cache_dir`` (a simulated device that a download fault targets)."""
+        self.share = None
+        self.cache_dir = cache_dir
+        _remove_partials(cache_dir)
 
     def _shrink(self, keep: Path) -> None:
         """Hold the cache under ``max_cache_bytes``: the least recently used files go (never ``keep``). The placed
@@ -295,15 +319,47 @@ class ArtifactFetcher:
         except ValueError as exc:
             raise ArtifactDownloadError((*_DOWNLOAD, "RECIPE_PARSE_ERROR"), f"artifact {url}: Digest is not base64") from exc
         cached = self.cache_dir / hex_name
-        if cached.is_file():
-            try:
-                if await asyncio.to_thread(file_sha256_b64, cached) == digest:
+        if await self._verified(cached, digest):
+            return cached
+        if self.share is None:
+            return await self._download(url, digest, hex_name, cached)
+        share = self.share
+
+        async def download() -> Path:
+            share.downloads += 1
+            return await self._download(url, digest, hex_name, cached)
+
+        # one download per digest for the share's devices; each then verifies the file against its own Digest
+        await share.once(("download", hex_name), download)
+        if not await self._verified(cached, digest, after_download=True):
+            raise ArtifactDownloadError(
+                (*_DOWNLOAD, "ARTIFACT_CHECKSUM_MISMATCH"),
+                f"artifact {url}: the shared download does not match the recipe's Digest; it was deleted",
+            )
+        return cached
+
+    async def _verified(self, cached: Path, digest: str, *, after_download: bool = False) -> bool:
+        """Whether ``cached`` is there and hashes to ``digest``; one that doesn't is deleted."""
+        if not cached.is_file():
+            return False
+        try:
+            if await asyncio.to_thread(file_sha256_b64, cached) == digest:
+                if not after_download:
                     os.utime(cached)  # recently used: the last the cache lets go
-                    return cached
-            except OSError:
-                pass
-            logger.warning("cached artifact %s no longer matches its digest; downloading it again", cached)
-            cached.unlink(missing_ok=True)
+                return True
+        except OSError:
+            pass
+        logger.warning(
+            "%s artifact %s does not match its digest; %s",
+            "downloaded" if after_download else "cached",
+            cached,
+            "deleted" if after_download else "downloading it again",
+        )
+        cached.unlink(missing_ok=True)
+        return False
+
+    async def _download(self, url: str, digest: str, hex_name: str, cached: Path) -> Path:
+        """Download ``url`` into the cache as ``cached`` (with retries), verified against ``digest`` on the way."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         last = _Attempt()
         mismatches = 0
@@ -346,3 +402,121 @@ def place(cached: Path, dest: Path) -> None:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def link_tree(source: Path, dest: Path, folder_mode: int = 0o700) -> None:
+    """Give ``dest`` (which must not exist) the files of ``source`` as hard links (copies where links fail), whole or
+    not at all: staged beside ``dest`` like :func:`safe_unzip`'s, then renamed. Folders get ``folder_mode``; the
+    files keep ``source``'s (shared by the links: :func:`safe_unzip` makes them read-only)."""
+    if dest.exists():
+        raise FileExistsError(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{dest.name}.unzip-{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir()
+        for dirpath, dirnames, filenames in os.walk(source):
+            here = staging / os.path.relpath(dirpath, source)
+            for d in dirnames:
+                (here / d).mkdir()
+            for f in filenames:
+                try:
+                    os.link(os.path.join(dirpath, f), here / f)
+                except OSError:
+                    shutil.copy2(os.path.join(dirpath, f), here / f)
+        for dirpath, dirnames, _files in os.walk(staging):
+            for d in dirnames:
+                os.chmod(os.path.join(dirpath, d), folder_mode)
+        os.chmod(staging, folder_mode)
+        os.replace(staging, dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class ArtifactShare:
+    """What the simulated devices of one process (one event loop) share: the download cache in ``cache_dir``, one
+    download per artifact digest at a time, one unpacked copy per (digest, permissions) that each device gets as hard
+    links, the recipes they fetched (a published component version never changes: the registry refuses another
+    with the same version), and one registry request for the devices that ask the same at the same time
+    (:meth:`ask`: versions lists are not kept, each later question asks again). Each device still checks the cached
+    file against its own recipe's Digest before it places it, so a corrupted cache entry is caught by the next device
+    that installs it, and downloaded again.
+
+    Not for real devices: the packaged agent downloads and unpacks on its own. See docs/local-fleet.md (what a
+    simulated device shares).
+    """
+
+    def __init__(self, cache_dir: Path, *, unpack: bool = True) -> None:
+        self.cache_dir = Path(cache_dir).absolute()
+        self.share_unpacks = unpack
+        """Whether the devices get hard links to one unpacked copy (:meth:`unpack`), or unpack on their own (their
+        components run as processes that might write into their artifacts: the simulator's ``subprocess`` mode)."""
+        self.recipes: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+        """(registry URL, component, version) → the recipe the registry sent."""
+        self.downloads = 0
+        """Downloads this share ran (each may have retried); the other devices verified the cached file."""
+        self.unpacks = 0
+        """Archives this share unpacked; the other devices got hard links to the files."""
+        self._running: dict[Hashable, asyncio.Task[Any]] = {}
+        self._asking: dict[Hashable, concurrent.futures.Future[Any]] = {}
+        self._asking_lock = threading.Lock()
+        _remove_partials(self.cache_dir)
+        for leftover in (self.cache_dir / "unpacked").glob(".*.unzip-*"):  # a killed process's (the share is its own)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+    def ask(self, key: Hashable, fetch: Callable[[], _T]) -> _T:
+        """``fetch()`` (blocking, from any thread), shared with the callers that ask for ``key`` while it is under way:
+        they get its answer (or its error) instead of a request of their own."""
+        with self._asking_lock:
+            pending = self._asking.get(key)
+            if pending is None:
+                mine: concurrent.futures.Future[Any] = concurrent.futures.Future()
+                self._asking[key] = mine
+        if pending is not None:
+            answer: _T = pending.result()
+            return answer
+        try:
+            value = fetch()
+        except BaseException as exc:
+            mine.set_exception(exc)
+            raise
+        else:
+            mine.set_result(value)
+            return value
+        finally:
+            with self._asking_lock:
+                self._asking.pop(key, None)
+
+    async def once(self, key: Hashable, work: Callable[[], Awaitable[_T]]) -> _T:
+        """``work()``'s result, run once for the callers that ask for ``key`` while it runs (a caller cancelled
+        does not cancel it for the others). A later call runs it again."""
+        task = self._running.get(key)
+        if task is None:
+
+            async def run() -> _T:
+                try:
+                    return await work()
+                finally:
+                    self._running.pop(key, None)
+
+            task = asyncio.get_running_loop().create_task(run())
+            self._running[key] = task
+        result: _T = await asyncio.shield(task)
+        return result
+
+    async def unpack(
+        self, archive: Path, digest_hex: str, dest: Path, *, max_bytes: int, file_mode: int, folder_mode: int
+    ) -> None:
+        """Unpack ``archive`` (verified: its SHA-256 is ``digest_hex``) into ``dest`` as hard links to the share's
+        one unpacked copy (made with :func:`safe_unzip` the first time)."""
+        shared = self.cache_dir / "unpacked" / f"{digest_hex}-{file_mode:o}-{folder_mode:o}"
+
+        async def make() -> None:
+            if not shared.is_dir():
+                self.unpacks += 1
+                await asyncio.to_thread(
+                    safe_unzip, archive, shared, max_bytes=max_bytes, file_mode=file_mode, folder_mode=folder_mode
+                )
+
+        await self.once(("unpack", shared.name), make)
+        await asyncio.to_thread(link_tree, shared, dest, folder_mode)

@@ -5,6 +5,7 @@ See docs/local-fleet.md (the HTTP API for devices).
 
 from __future__ import annotations
 
+import copy
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,7 +14,7 @@ from typing import Any
 
 import semantic_version
 
-from edgekit.device.download import open_url
+from edgekit.device.download import ArtifactShare, open_url
 from edgekit.device.errors import DeviceError
 from edgekit.errors import RecipeError
 from edgekit.greengrass.recipe import normalize_recipe
@@ -88,12 +89,21 @@ class RegistryClient:
 class RegistryStore(ComponentStore):
     """A :class:`ComponentStore` that asks the registry, once per name and per recipe.
 
-    Its calls block: run the resolution in a worker thread (``asyncio.to_thread``).
+    Its calls block: run the resolution in a worker thread (``asyncio.to_thread``). ``shared``: recipes other
+    ``share`` (simulated devices of one process): the recipes other devices fetched
+    (a published version never changes), and versions lists asked for at the same time asked once.
     """
 
-    def __init__(self, client: RegistryClient, known: Iterable[Mapping[str, Any]] = ()) -> None:
+    def __init__(
+        self,
+        client: RegistryClient,
+        known: Iterable[Mapping[str, Any]] = (),
+        *,
+        share: ArtifactShare | None = None,
+    ) -> None:
         super().__init__()
         self._client = client
+        self._share = share
         self._versions: dict[str, list[semantic_version.Version]] = {}
         self._recipes: dict[tuple[str, str], Mapping[str, Any]] = {}
         for recipe in known:  # recipes already on the device: never fetched again
@@ -101,18 +111,25 @@ class RegistryStore(ComponentStore):
 
     def versions(self, name: str) -> list[semantic_version.Version]:
         if name not in self._versions:
-            self._versions[name] = sorted(
-                semantic_version.Version(v) for v in self._client.versions(name) if semantic_version.validate(v)
-            )
+            share, client = self._share, self._client
+            listed = client.versions(name) if share is None else share.ask((client.base_url, name), lambda: client.versions(name))
+            self._versions[name] = sorted(semantic_version.Version(v) for v in listed if semantic_version.validate(v))
         return list(self._versions[name])
 
     def recipe(self, name: str, version: str) -> Mapping[str, Any]:
         key = (name, version)
         if key not in self._recipes:
+            shared_key = (self._client.base_url, name, version)
+            shared = self._share.recipes if self._share is not None else None
+            if shared is not None and shared_key in shared:
+                self._recipes[key] = copy.deepcopy(shared[shared_key])  # this device's own to change
+                return self._recipes[key]
             try:
                 self._recipes[key] = self._client.recipe(name, version)
             except RecipeError as exc:
                 raise DeviceError("RECIPE_PARSE_ERROR", f"the recipe of {name} {version} is invalid: {exc}") from exc
+            if shared is not None:
+                shared[shared_key] = copy.deepcopy(self._recipes[key])
         return self._recipes[key]
 
     def __contains__(self, name: object) -> bool:

@@ -244,6 +244,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
+        with fleet._faults_lock:
+            fleet.artifacts_served += 1
         if corrupt:
             log.warning(
                 "fault injection: serving %s/%s/%s to %s with every byte flipped", name, version, file, thing or "a device"
@@ -280,6 +282,7 @@ class FleetHttpServer:
         self.refused = 0  # connections turned away with 503 because every slot was taken
         self.max_event_streams = max_event_streams
         self.refused_streams = 0  # /api/events turned away with 503 because every stream slot was taken
+        self.artifacts_served = 0  # artifact GETs answered with the file (a simulated shard downloads each once)
         self.host = host
         self._requested_port = port
         self._server: _Server | None = None

@@ -38,7 +38,17 @@ from edgekit.edge.loop import Checkpoint
 from edgekit.progress import Progress
 from edgekit.sim.errors import SimulationError
 
-__all__ = ["ShardProcess", "ShardSet", "ShardSpec", "default_shards", "shard_of", "split"]
+__all__ = [
+    "FILES_PER_DEVICE",
+    "ShardProcess",
+    "ShardSet",
+    "ShardSpec",
+    "default_shards",
+    "devices_per_process",
+    "shard_of",
+    "shards_for_open_files",
+    "split",
+]
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +58,46 @@ _QUICK_DEATH_S: Final = 20.0
 """A shard that dies this soon after it started counts as failing to start: after 3 in a row it is not restarted."""
 _MAX_QUICK_DEATHS: Final = 3
 _NAMES_SHOWN: Final = 5
+_SILENT_S: Final = 60.0
+"""A shard asked for its checkpoints that writes nothing (not even its twice-a-second status) this long is stalled."""
+_LATE_SAY_S: Final = 30.0
 
 
-def default_shards() -> int:
-    """The number of cores this process may run on (``--shards``' default)."""
+FILES_PER_DEVICE: Final = 8
+"""Open files a simulated device holds in its process: its MQTT socket, its network link's three sockets (listening,
+device side, broker side), its spool's SQLite database, WAL and shared-memory files (7, counted in a shard at 1,000
+devices), and one to spare."""
+_FILES_BASE: Final = 256  # the process's own: the interpreter, the loop, logs, pipes, a few HTTP requests at once
+
+
+def _open_file_limit() -> int:
+    """The most open files this process may have (its hard limit, which :func:`raise_fd_limit` raises the soft to)."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if hard == resource.RLIM_INFINITY else int(hard)
+
+
+def devices_per_process(limit: int | None = None) -> int:
+    """How many simulated devices one process can hold within ``limit`` open files (default: this process's hard
+    limit, which shards inherit)."""
+    return max(1, ((limit if limit is not None else _open_file_limit()) - _FILES_BASE) // FILES_PER_DEVICE)
+
+
+def shards_for_open_files(devices: int) -> int:
+    """The fewest shards that hold ``devices`` within the open-file limit (with a tenth to spare: the split by name
+    is not quite even): 10,000 devices under a hard limit of 20,000 need 5."""
+    return max(1, -(-devices * 11 // (devices_per_process() * 10)))
+
+
+def default_shards(devices: int = 0) -> int:
+    """``--shards``' default: the cores this process may run on, or more where ``devices`` would not fit the
+    open-file limit in that many processes (:func:`shards_for_open_files`)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    return max(cores, shards_for_open_files(devices))
 
 
 def shard_of(thing: str, shards: int) -> int:
@@ -128,6 +170,8 @@ class ShardProcess:
         self.starts = 0
         self.quick_deaths = 0
         self.started_at = 0.0
+        self.heard_at = 0.0
+        """When the shard last wrote a line (``time.monotonic()``): it writes its status twice a second."""
         self.connect_s: float | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
@@ -164,18 +208,23 @@ class ShardProcess:
             self._log.close()
         self._log = self.log_path.open("ab")
         self.starts += 1
-        self.started_at = time.monotonic()
+        self.started_at = self.heard_at = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edgekit.sim.shard", str(spec_file),
+            *self.command(spec_file),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self._log,
             preexec_fn=die_with_parent(signal.SIGKILL), limit=1 << 24,
         )  # fmt: skip
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
+    def command(self, spec_file: Path) -> list[str]:
+        """The shard process's command line."""
+        return [sys.executable, "-m", "edgekit.sim.shard", str(spec_file)]
+
     async def _read(self) -> None:
         proc = self.proc
         assert proc is not None and proc.stdout is not None
         while line := await proc.stdout.readline():
+            self.heard_at = time.monotonic()
             try:
                 self._on_line(json.loads(line))
             except (ValueError, TypeError, KeyError) as exc:
@@ -224,15 +273,36 @@ class ShardProcess:
             return False
         return True
 
-    async def checkpoints(self, timeout: float = 60.0) -> list[Checkpoint]:
-        """A checkpoint of every inference loop in the shard (none when it is down)."""
+    async def checkpoints(self, silent_s: float = _SILENT_S) -> list[Checkpoint]:
+        """A checkpoint of every inference loop in the shard (none when it is down).
+
+        However long a busy shard takes to answer, it is waited for while it keeps writing (its status comes twice a
+        second); one that writes nothing for ``silent_s`` seconds is stalled: :class:`SimulationError`.
+        """
         self._next_id += 1
+        request = self._next_id
         future: asyncio.Future[list[Checkpoint]] = asyncio.get_running_loop().create_future()
-        self._replies[self._next_id] = future
-        if not await self._send({"op": "checkpoints", "id": self._next_id}):
-            self._replies.pop(self._next_id, None)
+        self._replies[request] = future
+        if not await self._send({"op": "checkpoints", "id": request}):
+            self._replies.pop(request, None)
             return []
-        return await asyncio.wait_for(future, timeout)
+        asked = said = time.monotonic()
+        try:
+            while True:
+                quiet = time.monotonic() - self.heard_at
+                if quiet >= silent_s:
+                    raise SimulationError(
+                        f"{self.name} (pid {self.pid}) wrote nothing for {quiet:.0f} s while asked for its checkpoints: "
+                        f"stalled; see {self.log_path}"
+                    )
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(future), min(1.0, silent_s - quiet))
+                if time.monotonic() - said >= _LATE_SAY_S:
+                    said = time.monotonic()
+                    log.warning("%s: still waiting for its checkpoints after %.0f s (it is busy, not stalled)",
+                                self.name, said - asked)  # fmt: skip
+        finally:
+            self._replies.pop(request, None)
 
     async def fault(self, op: str, thing: str, seconds: float | None) -> None:
         """Apply a device fault (``cut_network``, ``kill_device``, ``restart_device``) to ``thing`` in the shard."""

@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Literal, Self
 
 from edgekit.device.agent import DeviceAgent
+from edgekit.device.download import ArtifactShare
 from edgekit.device.jobs_runner import DeviceMqttRunner
 from edgekit.device.lifecycle import StateCallback
 from edgekit.edge.component import STAND_IN_ENV
@@ -48,7 +49,14 @@ from edgekit.sim.errors import SimulationError, SimulationTimeoutError
 from edgekit.sim.inference import InProcessRunners
 from edgekit.sim.network import NetworkLink
 from edgekit.sim.scripted_shell import SimulatedExecutor
-from edgekit.sim.shards import ShardSet, ShardSpec, split
+from edgekit.sim.shards import (
+    FILES_PER_DEVICE,
+    ShardSet,
+    ShardSpec,
+    devices_per_process,
+    shards_for_open_files,
+    split,
+)
 from edgekit.wire.device_bundle import BUNDLE_CONFIG, DeviceBundle
 
 if TYPE_CHECKING:  # the fleet itself is one class here, FleetServer; these are the types of its parts
@@ -237,6 +245,9 @@ class Simulation:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fault_log: list[str] = []
         self.connect_s: float | None = None
+        self._share: ArtifactShare | None = None
+        self._downloads_alone = self._download_fault_targets()
+        """Devices that download on their own, not through :attr:`artifact_share`: a download fault targets them."""
 
     # ------------------------------------------------------------------ the fleet server's parts
 
@@ -325,9 +336,8 @@ class Simulation:
 
     async def _start(self) -> None:
         things = self.server.devices
-        limit = raise_fd_limit()
-        if limit < 4 * len(things) + 64:
-            log.warning("open-file limit %d may be too low for %d simulated devices (4 sockets each)", limit, len(things))
+        raise_fd_limit()
+        self._check_open_files(things)
         if self.attach is not None:  # a shard: the parent's fleet server runs; this process runs the spec's devices
             named = set(self.attach.things)
             things = [d for d in things if d.thing in named]
@@ -398,6 +408,20 @@ class Simulation:
         shards = f" ({self.shards} shards)" if self.shard_set is not None else ""
         self.progress(f"{total} device(s) connected in {self.connect_s:.2f} s{shards}")
 
+    def _check_open_files(self, things: Sequence[FleetDevice]) -> None:
+        """Refuse, in one line, a split that would run a process out of open files while its devices connect."""
+        if self.attach is not None:  # the parent checked the split
+            return
+        names = [d.thing for d in things]
+        busiest = max((len(p) for p in (split(names, self.shards) if self.shards > 1 else [names])), default=0)
+        fits = devices_per_process()
+        if busiest > fits:
+            raise ConfigError(
+                f"{busiest:,} simulated devices in one process need ~{busiest * FILES_PER_DEVICE:,} open files, more than "
+                f"this machine's hard limit allows (ulimit -Hn: at most {fits:,} devices a process): give --shards "
+                f"{max(shards_for_open_files(len(names)), self.shards + 1)}, or raise the hard limit"
+            )
+
     async def _start_shards(self, things: list[str]) -> None:
         """Start the shard processes for ``things`` (split by name); return once their devices are connected."""
         assert self.broker is not None and self.http is not None
@@ -439,9 +463,37 @@ class Simulation:
 
     # ------------------------------------------------------------------ devices
 
+    def _download_fault_targets(self) -> set[str]:
+        """The devices a ``corrupt_downloads`` fault of the fleet file targets (picked as :meth:`_pick` does)."""
+        names = sorted(d.thing for d in self.fleet.expand())
+        out: set[str] = set()
+        for index, fault in enumerate(self.fleet.faults):
+            if fault.fault != "corrupt_downloads":
+                continue
+            if fault.things is not None:
+                out.update(fault.things)
+            elif fault.fraction is None:
+                out.update(names)
+            else:
+                k = max(1, round(fault.fraction * len(names)))
+                out.update(random.Random(f"{self.fleet.name}:{self.seed}:{index}").sample(names, k))
+        return out
+
+    @property
+    def artifact_share(self) -> ArtifactShare:
+        """What this process's simulated devices share: one download and unpack per artifact, each device verifying
+        it (:class:`~edgekit.device.download.ArtifactShare`); a shard has its own, in its own folder."""
+        if self._share is None:
+            name = f"shard-{self.attach.index}" if self.attach is not None else "simulation"
+            # in subprocess mode components are real processes: each device unpacks its own copy, as it may write it
+            self._share = ArtifactShare(self.folder.root / "shared" / name, unpack=self.mode == "in_process")
+        return self._share
+
     def _make_agent(self, dev: SimulatedDevice, report: StateCallback) -> DeviceAgent:
         options: dict[str, Any] = {"fsync": False, "settle_s": 0.5, "download_backoff_s": 0.02}
         options.update(self.agent_options)
+        if "cache_dir" not in options and dev.thing not in self._downloads_alone:
+            options.setdefault("share", self.artifact_share)  # one download, unpack, recipe per process (local-fleet.md)
         if self.mode == "in_process":
             options.setdefault("executor", self._executor)
             options.setdefault("ipc", True)  # in-process components (the inference loop) publish through it
@@ -690,8 +742,11 @@ class Simulation:
 
     def corrupt_downloads(self, thing: str | None, n: int) -> None:
         """Corrupt the next ``n`` artifact downloads of ``thing`` (of any device when None); 10 in a row fail the device."""
-        if thing is not None:
-            self._sharded(thing)
+        if thing is not None and not self._sharded(thing):  # its own downloads, not the share's: the fault hits them
+            self._downloads_alone.add(thing)
+            agent = self.devices[thing].agent
+            if agent is not None:
+                agent.fetcher.alone(agent.layout.packages / "cache")
         if self.http is None:
             raise SimulationError("the simulation is not started")
         self.http.corrupt_downloads(thing, n)
