@@ -171,7 +171,7 @@ class ShardProcess:
         self.quick_deaths = 0
         self.started_at = 0.0
         self.heard_at = 0.0
-        """When the shard last wrote a line (``time.monotonic()``): it writes its status twice a second."""
+        """When the shard last wrote a line (``time.monotonic()``): it writes its status once a second."""
         self.connect_s: float | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.ready = asyncio.Event()
@@ -403,7 +403,7 @@ class ShardSet:
         return sum(s.alive_devices for s in self.shards if s.alive)
 
     def readings(self) -> int:
-        """Readings the shards' inference loops produced (as last reported, twice a second)."""
+        """Readings the shards' inference loops produced (as last reported, once a second)."""
         return sum(s.readings for s in self.shards)
 
     def pids(self) -> list[int]:
