@@ -359,3 +359,13 @@ def test_tuning_on_request_takes_the_compile_s_trials_minutes_and_database(tmp_p
     )
     with pytest.raises(ConfigError, match=r"every candidate has tune: on-request .* pass --tune N or --tune-minutes M"):
         edgekit.compile(tmp_path / "missing.onnx", "x86_64", tmp_path / "b", pipeline=only, use_cache=False)
+
+
+def test_a_multiple_of_channels_never_rounds_a_layer_back_to_unpruned(factory: tuple[str, Any], tmp_path: Path) -> None:
+    """ratio 0.7, multiple 8 on 16 and 32 channels: 4.8 and 9.6 kept, rounded down to a multiple of 8 — torch-pruning
+    alone rounds the first conv's to none and then leaves all 16; the pass keeps one multiple (8) instead."""
+    spec, module = factory
+    reports = _compile(spec, tmp_path / "b", _samples(module), ratio=0.7, multiple=8)
+    pruned = reports["pruned"].pruned
+    assert pruned is not None and pruned["channelsKept"]["0"] == 8 and pruned["channelsKept"]["2"] == 8
+    assert reports["pruned"].measured is not None  # the pruned export ran (and answered like the module: checked)
