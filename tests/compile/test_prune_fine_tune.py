@@ -369,3 +369,26 @@ def test_a_multiple_of_channels_never_rounds_a_layer_back_to_unpruned(factory: t
     pruned = reports["pruned"].pruned
     assert pruned is not None and pruned["channelsKept"]["0"] == 8 and pruned["channelsKept"]["2"] == 8
     assert reports["pruned"].measured is not None  # the pruned export ran (and answered like the module: checked)
+
+
+def test_frozen_batch_norm_trains_the_weights_and_holds_the_statistics() -> None:
+    """batch_norm: frozen — the module trains, its BatchNorm layers use (and keep) their running statistics."""
+    from edgekit.compiler.passes.prune import PruneOptions, _train_mode
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    norm = model[1]
+    assert isinstance(norm, torch.nn.BatchNorm2d) and norm.running_mean is not None
+    held = norm.running_mean.clone()
+    _train_mode(model, frozen_norms=True)
+    assert model.training and model[0].training and not norm.training
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 8, 8) + 3.0), torch.zeros(8, dtype=torch.long))
+    loss.backward()  # type: ignore[no-untyped-call]
+    weight = norm.weight.detach().clone()
+    opt.step()
+    assert torch.equal(norm.running_mean, held)  # statistics held (a batch of mean ~3 would have moved them)
+    assert not torch.equal(norm.weight, weight)  # its weights learn
+    _train_mode(model, frozen_norms=False)
+    assert norm.training
+    assert PruneOptions().schedule == "constant" and PruneOptions().batch_norm == "train"  # the defaults: the old recipe
