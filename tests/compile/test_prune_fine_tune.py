@@ -392,3 +392,21 @@ def test_frozen_batch_norm_trains_the_weights_and_holds_the_statistics() -> None
     _train_mode(model, frozen_norms=False)
     assert norm.training
     assert PruneOptions().schedule == "constant" and PruneOptions().batch_norm == "train"  # the defaults: the old recipe
+
+
+@pytest.mark.slow  # trains the tiny CNN (once per file) and fine-tunes 150 steps
+def test_a_cosine_schedule_takes_the_pruned_model_through_the_gate(factory: tuple[str, Any], tmp_path: Path) -> None:
+    """compiler/optimize.yaml's recipe (schedule: cosine): the half-pruned tiny CNN ships within 2 points of its source,
+    and the manifest says how it was fine-tuned."""
+    spec, module = factory
+    reports = _compile(spec, tmp_path / "b", _samples(module), fine_tune="samples", fine_tune_steps=150, learning_rate=3e-3,
+                       schedule="cosine")  # fmt: skip
+    pruned = reports["pruned"]
+    assert pruned.status == "chosen", pruned.reason
+    assert pruned.pruned is not None
+    tuning = pruned.pruned["fineTuned"]
+    assert tuning["schedule"] == "cosine" and tuning["batchNorm"] == "train"
+    assert tuning["lossAfter"] < tuning["lossBefore"] / 2
+    optimize = load_pipeline("optimize")
+    steps = [p["prune"] for c in optimize.candidates for p in c.passes if "prune" in p]
+    assert steps and all(step["schedule"] == "cosine" for step in steps)
