@@ -359,3 +359,54 @@ def test_tuning_on_request_takes_the_compile_s_trials_minutes_and_database(tmp_p
     )
     with pytest.raises(ConfigError, match=r"every candidate has tune: on-request .* pass --tune N or --tune-minutes M"):
         edgekit.compile(tmp_path / "missing.onnx", "x86_64", tmp_path / "b", pipeline=only, use_cache=False)
+
+
+def test_a_multiple_of_channels_never_rounds_a_layer_back_to_unpruned(factory: tuple[str, Any], tmp_path: Path) -> None:
+    """ratio 0.7, multiple 8 on 16 and 32 channels: 4.8 and 9.6 kept, rounded down to a multiple of 8 — torch-pruning
+    alone rounds the first conv's to none and then leaves all 16; the pass keeps one multiple (8) instead."""
+    spec, module = factory
+    reports = _compile(spec, tmp_path / "b", _samples(module), ratio=0.7, multiple=8)
+    pruned = reports["pruned"].pruned
+    assert pruned is not None and pruned["channelsKept"]["0"] == 8 and pruned["channelsKept"]["2"] == 8
+    assert reports["pruned"].measured is not None  # the pruned export ran (and answered like the module: checked)
+
+
+def test_frozen_batch_norm_trains_the_weights_and_holds_the_statistics() -> None:
+    """batch_norm: frozen — the module trains, its BatchNorm layers use (and keep) their running statistics."""
+    from edgekit.compiler.passes.prune import PruneOptions, _train_mode
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(144, 3))
+    norm = model[1]
+    assert isinstance(norm, torch.nn.BatchNorm2d) and norm.running_mean is not None
+    held = norm.running_mean.clone()
+    _train_mode(model, frozen_norms=True)
+    assert model.training and model[0].training and not norm.training
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 1, 8, 8) + 3.0), torch.zeros(8, dtype=torch.long))
+    loss.backward()  # type: ignore[no-untyped-call]
+    weight = norm.weight.detach().clone()
+    opt.step()
+    assert torch.equal(norm.running_mean, held)  # statistics held (a batch of mean ~3 would have moved them)
+    assert not torch.equal(norm.weight, weight)  # its weights learn
+    _train_mode(model, frozen_norms=False)
+    assert norm.training
+    assert PruneOptions().schedule == "constant" and PruneOptions().batch_norm == "train"  # the defaults: the old recipe
+
+
+@pytest.mark.slow  # trains the tiny CNN (once per file) and fine-tunes 150 steps
+def test_a_cosine_schedule_takes_the_pruned_model_through_the_gate(factory: tuple[str, Any], tmp_path: Path) -> None:
+    """compiler/optimize.yaml's recipe (schedule: cosine): the half-pruned tiny CNN ships within 2 points of its source,
+    and the manifest says how it was fine-tuned."""
+    spec, module = factory
+    reports = _compile(spec, tmp_path / "b", _samples(module), fine_tune="samples", fine_tune_steps=150, learning_rate=3e-3,
+                       schedule="cosine")  # fmt: skip
+    pruned = reports["pruned"]
+    assert pruned.status == "chosen", pruned.reason
+    assert pruned.pruned is not None
+    tuning = pruned.pruned["fineTuned"]
+    assert tuning["schedule"] == "cosine" and tuning["batchNorm"] == "train"
+    assert tuning["lossAfter"] < tuning["lossBefore"] / 2
+    optimize = load_pipeline("optimize")
+    steps = [p["prune"] for c in optimize.candidates for p in c.passes if "prune" in p]
+    assert steps and all(step["schedule"] == "cosine" for step in steps)
