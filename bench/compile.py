@@ -449,14 +449,18 @@ def compile_case(
     return res, predictors
 
 
-BARE_ORT_THREADS = 1
+BARE_ORT_THREADS = 0
+"""ONNX Runtime's own default (0: one intra-op thread per physical core, 2 on this machine: the x86_64 profile's 2 too),
+so the anchor runs as its project runs it and with the threads edgekit's artifacts get. It was 1 until 6 December 2026:
+on a quiet 2-core machine that left the anchor a core short (trained CNN: 0.111 ms at 1 thread against edgekit's fp32
+artifact's 0.083 ms at 2) and flattered the "shipped vs bare ORT" ratio."""
 
 
 def bare_ort(case: Case, work: Path) -> Predict:
     """The anchor: ONNX Runtime as its own project runs the fp32 model, without edgekit. The source converted to ONNX
     (edgekit's frontend: what ``torch.onnx.export`` gives, no pass, no offline optimization) in an
-    ``InferenceSession`` with default ``SessionOptions`` (graph level ``all`` at load, for this CPU) but
-    :data:`BARE_ORT_THREADS` intra-op thread, called as ``session.run(None, feed)``."""
+    ``InferenceSession`` with default ``SessionOptions`` (graph level ``all`` at load, for this CPU; intra-op threads
+    :data:`BARE_ORT_THREADS`: ORT's default), called as ``session.run(None, feed)``."""
     import onnxruntime as ort
 
     from edgekit.compiler.frontends import load_source
@@ -829,7 +833,7 @@ def _threads() -> str:
     tvm = os.environ.get("TVM_NUM_THREADS", "default")
     return (
         f"threads: torch {torch.get_num_threads()}, edgekit's ORT artifacts the profile's intra-op threads, bare ORT "
-        f"{BARE_ORT_THREADS} intra-op, TVM {tvm} ({os.cpu_count()} logical CPUs)"
+        f"{BARE_ORT_THREADS or 'default (one per physical core)'} intra-op, TVM {tvm} ({os.cpu_count()} logical CPUs)"
     )
 
 
