@@ -31,6 +31,7 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     return captured.out
 
 
+@pytest.mark.slow  # two TVM compiles (one cross-linked for aarch64), a fleet of 12 with one emulated under qemu
 def test_the_readme_walkthrough_with_a_tvm_winning_rasp4b(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
