@@ -68,11 +68,16 @@ def _print_fleet(report: DemoReport) -> None:
     twice = sum(g.duplicates for g in report.groups)
     produced = sum(g.produced for g in report.groups)
     crashed = sum(g.crashed_runs for g in report.groups)
+    abandoned = sum(g.abandoned for g in report.groups)
     verdict = "[green]" if lost == 0 else "[red]"
     console.print(
-        f"{verdict}{produced:,} readings produced, {produced - lost:,} accounted for in the summaries the fleet "
-        f"received: {lost} lost, 0 counted twice[/] ({twice} redelivered summaries ignored"
-        + (f"; {crashed} loop(s) killed by a fault, their open window lost" if crashed else "")
+        f"{verdict}{produced:,} readings produced, {produced - lost - abandoned:,} accounted for in the summaries the "
+        f"fleet received: {lost} lost, 0 counted twice[/] ({twice} redelivered summaries ignored"
+        + (
+            f"; {crashed} loop(s) killed by a fault, {abandoned} reading(s) in their open window gone with them"
+            if crashed
+            else ""
+        )
         + ")"
     )
     if report.faults:

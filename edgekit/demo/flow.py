@@ -69,10 +69,13 @@ class GroupReport:
     """The fleet view's telemetry of the group (what ``edgekit fleet status`` and the page show)."""
     fallback_ms: dict[str, float] = field(default_factory=dict)
     crashed_runs: int = 0
+    abandoned: int = 0
+    """Readings in the open window of a loop a fault killed: gone with the process, as on a device; not ``lost``."""
 
     @property
     def lost(self) -> int:
-        return self.produced - self.accounted
+        """Readings produced that no summary the fleet received accounts for, beyond those a killed loop held."""
+        return self.produced - self.accounted - self.abandoned
 
     @property
     def _seen(self) -> GroupTelemetry:
@@ -319,7 +322,8 @@ async def _account(sim: Any, fleet: Any, groups: list[str], summaries: dict[str,
         things = [t for t, gs in members.items() if group in gs]
         mine = [p for p in points if p.thing in things]
         got = accounted(sim.state, mine)
-        rep = GroupReport(group, len(things), dict(summaries[group].counts), produced=sum(p.readings for p in mine))
+        rep = GroupReport(group, len(things), dict(summaries[group].counts), produced=sum(p.readings for p in mine),
+                          abandoned=sum(p.abandoned for p in mine))  # fmt: skip
         rep.accounted, rep.duplicates = got.readings, got.duplicates
         rep.windows_expected, rep.windows_received = got.expected_windows, got.windows
         rep.telemetry = view.group_telemetry(group)

@@ -85,6 +85,7 @@ class Checkpoint:
     windows_sent: int = 0
     unsent: int = 0
     unanswered: int = 0
+    abandoned: int = 0  # readings in the open window when the loop crashed (in ``readings``, never summarised)
 
 
 @dataclass
@@ -198,6 +199,7 @@ class InferenceLoop:
             self.stats.sent,
             len(self.outbox),
             self.answered["none"],
+            self.windows.open.count if self._abandoned and not self._running else 0,
         )
 
     def configure(self, settings: Mapping[str, Any]) -> None:
