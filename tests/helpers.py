@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.util
+import io
 import json
 import os
 import shutil
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -330,3 +332,12 @@ def write_fleet(path: Path, devices: int = 4) -> Path:
         )
     )
     return path
+
+
+def zip_bytes(entries: dict[str, bytes]) -> bytes:
+    """A zip archive in memory holding ``entries`` (name → bytes), stored as they are: an artifact to serve."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()

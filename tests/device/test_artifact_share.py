@@ -10,14 +10,13 @@ import base64
 import functools
 import hashlib
 import http.server
-import io
 import threading
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import zip_bytes
 
 from edgekit.device.download import ArtifactFetcher, ArtifactShare, safe_unzip
 from edgekit.device.errors import ArtifactDownloadError
@@ -25,14 +24,6 @@ from edgekit.device.errors import ArtifactDownloadError
 
 def _digest(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-def _zip(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -96,7 +87,7 @@ def test_many_devices_download_once_and_a_corrupted_cache_entry_is_caught_by_the
 def test_a_shared_unpack_is_one_unzip_and_each_device_gets_its_own_folder_of_hard_links(tmp_path: Path) -> None:
     entries = {"model/a.txt": b"a" * 1000, "model/sub/b.txt": b"b" * 10, "c.txt": b"c"}
     archive = tmp_path / "m.zip"
-    archive.write_bytes(_zip(entries))
+    archive.write_bytes(zip_bytes(entries))
     hex_digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     share = ArtifactShare(tmp_path / "shared")
     dests = [tmp_path / f"d{i}" / "unpacked" / "m" for i in range(8)]

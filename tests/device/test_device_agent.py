@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from device_registry import Registry, job, recipe  # and the registry fixture (a plugin: conftest.py)
-from helpers import QUICK, eventually
+from helpers import QUICK, eventually, zip_bytes
 from pydantic import TypeAdapter
 
 import edgekit
@@ -37,14 +37,6 @@ from edgekit.mqtt.payloads import StatusDetails
 PLATFORM = {"os": "linux", "architecture": "amd64"}
 
 # --------------------------------------------------------------------------- helpers
-
-
-def zip_bytes(entries: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 Transitions = list[tuple[str, str, str, str]]

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import time
-import zipfile
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUICK, eventually, make_mlp
+from helpers import QUICK, eventually, make_mlp, zip_bytes
 
 import edgekit
 from edgekit.device.executor import StepSpec
@@ -28,14 +26,6 @@ APP = "com.example.App"
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def zip_bytes(entries: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data)
-    return buffer.getvalue()
 
 
 def write_component(
