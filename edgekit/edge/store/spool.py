@@ -155,10 +155,15 @@ class Spool:
     def _version(self) -> int:
         return int(self._db.execute("PRAGMA data_version").fetchone()[0])
 
+    def _counted_at(self, version: int) -> tuple[int, int, int] | None:
+        """:attr:`_counted` if no other connection wrote since (``version`` is its data_version), else None."""
+        counted = self._counted
+        return counted if counted is not None and counted[0] == version else None
+
     def _held(self, version: int) -> tuple[int, int]:
         """(messages, bytes) in the spool, in a transaction; from :attr:`_counted` while no other connection wrote."""
-        counted = self._counted
-        if counted is not None and counted[0] == version:
+        counted = self._counted_at(version)
+        if counted is not None:
             return counted[1], counted[2]
         self._counted = None
         return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0]), self._meta("bytes")
@@ -278,7 +283,7 @@ class Spool:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     version = self._version()
-                    counted = self._counted if self._counted is not None and self._counted[0] == version else None
+                    counted = self._counted_at(version)
                     freed = removed = 0
                     for start in range(0, len(seqs), _ACK_CHUNK):  # one statement per chunk, not one per message
                         chunk = seqs[start : start + _ACK_CHUNK]
@@ -318,8 +323,8 @@ class Spool:
 
     def __len__(self) -> int:
         with self._guarded("counting"):
-            counted = self._counted
-            if counted is not None and counted[0] == self._version():
+            counted = self._counted_at(self._version())
+            if counted is not None:
                 return counted[1]
             return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
 
