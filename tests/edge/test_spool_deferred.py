@@ -9,6 +9,7 @@ import json
 import signal
 import sqlite3
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -179,3 +180,23 @@ def test_an_idle_agent_uplink_writes_its_deferred_removals_after_linger(tmp_path
     with MosquittoBroker(tmp_path / "broker") as broker:
         deferred, rows = asyncio.run(asyncio.wait_for(main(broker.url), 60))
     assert deferred > 0 and rows == []
+
+
+def test_the_nowait_calls_never_wait_for_a_commit_and_never_write(tmp_path: Path) -> None:
+    """What a drain runs in the event loop: only while no other thread holds the spool, and an ack only while it
+    stays deferred (no write, so no fsync or checkpoint in the loop)."""
+    spool = Spool(tmp_path / "spool.db", deferred_acks=3)
+    seqs = [spool.put("t", bytes([i])) for i in range(6)]
+    commits = _commits(spool)
+    results: list[object] = []
+    with spool._lock:  # a commit in flight on the writer's thread
+        holder = threading.Thread(target=lambda: results.extend([spool.peek_nowait(2), spool.ack_nowait(seqs[:1])]))
+        holder.start()
+        holder.join(10)
+    assert results == [None, False] and spool.deferred == 0
+    items = spool.peek_nowait(2)
+    assert items is not None and [item.seq for item in items] == seqs[:2]
+    assert spool.ack_nowait(seqs[:2]) and spool.deferred == 2 and len(spool) == 4
+    assert not spool.ack_nowait(seqs[2:4]) and spool.deferred == 2  # 4 would be past the bound: a write, not here
+    assert not commits
+    spool.close()

@@ -229,13 +229,17 @@ class Spool:
     @contextlib.contextmanager
     def _guarded(self, what: str) -> Iterator[None]:
         """Damage found after opening becomes one EdgeError naming the file (and the lock is held)."""
-        with self._lock:
-            try:
-                yield
-            except sqlite3.DatabaseError as exc:
-                raise EdgeError(
-                    f"spool '{self.path}' is damaged ({what}: {exc}); reopen it to quarantine the file and start afresh"
-                ) from None
+        with self._lock, self._named(what):
+            yield
+
+    @contextlib.contextmanager
+    def _named(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise EdgeError(
+                f"spool '{self.path}' is damaged ({what}: {exc}); reopen it to quarantine the file and start afresh"
+            ) from None
 
     def put(self, topic: str, payload: bytes) -> int:
         """Store a message; returns its sequence number (increasing, never reused)."""
@@ -323,18 +327,29 @@ class Spool:
         """The oldest ``limit`` messages, in order, still in the spool (delivered ones whose removal is deferred
         skipped)."""
         with self._guarded("reading"):
-            if self._deferred:
-                skip = list(self._deferred)
-                rows = self._db.execute(
-                    f"SELECT seq, topic, payload, created FROM spool WHERE seq NOT IN ({','.join('?' * len(skip))}) "
-                    "ORDER BY seq LIMIT ?",
-                    (*skip, limit),
-                ).fetchall()
-            else:
-                rows = self._db.execute(
-                    "SELECT seq, topic, payload, created FROM spool ORDER BY seq LIMIT ?", (limit,)
-                ).fetchall()
-            self._sizes = {int(r[0]): len(r[2]) for r in rows}
+            return self._peek(limit)
+
+    def peek_nowait(self, limit: int = 100) -> list[SpoolItem] | None:
+        """:meth:`peek` if no other thread is using the spool now (a commit in flight), else None: never waits."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            with self._named("reading"):
+                return self._peek(limit)
+        finally:
+            self._lock.release()
+
+    def _peek(self, limit: int) -> list[SpoolItem]:
+        if self._deferred:
+            skip = list(self._deferred)
+            rows = self._db.execute(
+                f"SELECT seq, topic, payload, created FROM spool WHERE seq NOT IN ({','.join('?' * len(skip))}) "
+                "ORDER BY seq LIMIT ?",
+                (*skip, limit),
+            ).fetchall()
+        else:
+            rows = self._db.execute("SELECT seq, topic, payload, created FROM spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        self._sizes = {int(r[0]): len(r[2]) for r in rows}
         return [SpoolItem(int(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in rows]
 
     def ack(self, seqs: list[int]) -> None:
@@ -350,27 +365,44 @@ class Spool:
         if not seqs:
             return
         with self._guarded("removing delivered messages"):
-            self._validate(self._version())
-            sizes = self._sizes
-            unknown: list[int] = []
-            for seq in dict.fromkeys(seqs):
-                if seq in self._deferred:
-                    continue
-                size = sizes.pop(seq, None)
-                if size is None:
-                    unknown.append(seq)
-                else:
-                    self._deferred[seq] = size
-                    self._deferred_bytes += size
-            for chunk in _chunks(unknown):  # not from the last peek: their rows say their size (or that they're gone)
-                rows = self._db.execute(
-                    f"SELECT seq, length(payload) FROM spool WHERE seq IN ({','.join('?' * len(chunk))})", chunk
-                )
-                for seq, size in rows:
-                    self._deferred[int(seq)] = int(size)
-                    self._deferred_bytes += int(size)
-            if len(self._deferred) > self.deferred_acks:
-                self._write_deferred()
+            self._ack(seqs)
+
+    def ack_nowait(self, seqs: list[int]) -> bool:
+        """:meth:`ack` if it needs no write (the deferred removals stay within ``deferred_acks``) and no other thread
+        is using the spool now (a commit in flight); False, and nothing done, otherwise: never waits on a disk."""
+        if len(self._deferred) + len(seqs) > self.deferred_acks or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            with self._named("removing delivered messages"):
+                self._ack(seqs)
+            return True
+        finally:
+            self._lock.release()
+
+    def _ack(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        self._validate(self._version())
+        sizes = self._sizes
+        unknown: list[int] = []
+        for seq in dict.fromkeys(seqs):
+            if seq in self._deferred:
+                continue
+            size = sizes.pop(seq, None)
+            if size is None:
+                unknown.append(seq)
+            else:
+                self._deferred[seq] = size
+                self._deferred_bytes += size
+        for chunk in _chunks(unknown):  # not from the last peek: their rows say their size (or that they're gone)
+            rows = self._db.execute(
+                f"SELECT seq, length(payload) FROM spool WHERE seq IN ({','.join('?' * len(chunk))})", chunk
+            )
+            for seq, size in rows:
+                self._deferred[int(seq)] = int(size)
+                self._deferred_bytes += int(size)
+        if len(self._deferred) > self.deferred_acks:
+            self._write_deferred()
 
     def flush(self) -> None:
         """Delete the rows of the deferred removals now (see :meth:`ack`), in a transaction of their own."""
