@@ -9,8 +9,8 @@ import json
 import signal
 import sqlite3
 import subprocess
-import threading
 import sys
+import threading
 from pathlib import Path
 
 import pytest

@@ -395,9 +395,7 @@ class Spool:
                 self._deferred[seq] = size
                 self._deferred_bytes += size
         for chunk in _chunks(unknown):  # not from the last peek: their rows say their size (or that they're gone)
-            rows = self._db.execute(
-                f"SELECT seq, length(payload) FROM spool WHERE seq IN ({','.join('?' * len(chunk))})", chunk
-            )
+            rows = self._db.execute(f"SELECT seq, length(payload) FROM spool WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
             for seq, size in rows:
                 self._deferred[int(seq)] = int(size)
                 self._deferred_bytes += int(size)
