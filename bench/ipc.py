@@ -24,6 +24,10 @@ server in this process that accepts the connection and answers each publish at o
 no fsync, no MQTT) — whose rate against the same round's direct run is the most any agent could reach here, with
 the SDK's cost and the machine's cores as they are.
 
+``--spool-only`` measures the uplink spool alone, as a device's uplink uses it one message at a time: put, read,
+remove what was delivered — CPU and write transactions per message, durable (the agent's: an fsync per put) and not
+(a simulated device's), medians of ``--repeats`` interleaved rounds.
+
 To compare two versions of the agent with the same harness, run this file with the other checkout's ``edgekit``
 first on the path (``PYTHONPATH=/other/checkout python bench/ipc.py``): it uses only ``DeviceIpc``, the broker and
 the MQTT client.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -45,6 +50,7 @@ from typing import Any
 import edgekit
 from edgekit.device.ipc import SOCKET_ENV, DeviceIpc
 from edgekit.device.ipc.eventstream import CONNECTION_ACCEPTED, TERMINATE_STREAM, FrameDecoder, MessageType, encode
+from edgekit.edge.store.spool import Spool
 from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import MqttClient, connect
 
@@ -377,6 +383,33 @@ def bench_ipc(
     return asyncio.run(_run(work, n, rounds, in_flight, repeats, drain, ceiling))
 
 
+def _count_commit(commits: list[str], sql: str) -> None:
+    if sql == "COMMIT":
+        commits.append(sql)
+
+
+def bench_spool_cycle(work: Path, n: int, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Per spool kind (``durable``, ``not durable``): medians over ``repeats`` interleaved rounds of the CPU and wall
+    time per message of put + peek + ack, one message at a time, and the write transactions (COMMITs) per message."""
+    payload = json.dumps({"windowStart": 0, "count": 100, "classes": {"1": 60, "2": 40}, "r": 0, "n": 0}).encode()
+    samples: dict[str, list[dict[str, float]]] = {"durable": [], "not durable": []}
+    for r in range(repeats):
+        for kind in samples:
+            count = n if kind == "not durable" else max(1, n // 5)  # an fsync each: fewer
+            spool = Spool(work / f"cycle-{kind.replace(' ', '-')}-{r}.db", durable=kind == "durable")
+            commits: list[str] = []
+            spool._db.set_trace_callback(functools.partial(_count_commit, commits))
+            cpu, wall = time.thread_time(), time.perf_counter()
+            for _ in range(count):
+                spool.put(TOPIC, payload)
+                spool.ack([item.seq for item in spool.peek(50)])
+            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+            spool._db.set_trace_callback(None)
+            spool.close()
+            samples[kind].append({"cpu_us": cpu / count * 1e6, "wall_us": wall / count * 1e6, "commits": len(commits) / count})
+    return {kind: {key: statistics.median(s[key] for s in runs) for key in runs[0]} for kind, runs in samples.items()}
+
+
 def print_ipc(ipc: dict[int, dict[str, float]], messages: int) -> None:
     print(f"Greengrass IPC, {messages} publishes from one awsiotsdk component, K in flight (K=1: one after the other);")
     print(f"medians of {int(next(iter(ipc.values()))['rounds'])} rounds, IPC and direct back to back in each:")
@@ -414,10 +447,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-drain", action="store_true", help="the agent without an MQTT connection: what IPC and the spool cost alone"
     )
+    parser.add_argument("--spool-only", action="store_true", help="only the uplink spool: put, read, remove, per message")
     parser.add_argument(
         "--ceiling", action="store_true", help="also the component against a zero-cost agent: the most any agent could reach"
     )
     args = parser.parse_args(argv)
+    if args.spool_only:
+        with tempfile.TemporaryDirectory(prefix="edgekit-bench-ipc-") as tmp:
+            cycle = bench_spool_cycle(Path(tmp), args.messages, args.repeats)
+        if args.json:
+            print(json.dumps({"edgekit": str(Path(edgekit.__file__).resolve().parent), "spool": cycle}))
+            return 0
+        print(f"edgekit from {Path(edgekit.__file__).resolve().parent}; uplink spool, one message at a time (put, read, remove):")
+        for kind, row in cycle.items():
+            print(
+                f"  {kind:12s} CPU {row['cpu_us']:6.0f} us, wall {row['wall_us']:6.0f} us, "
+                f"{row['commits']:.2f} write transactions per message"
+            )
+        return 0
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-ipc-") as tmp:
         rows = bench_ipc(
             Path(tmp), args.messages, args.rounds, tuple(args.in_flight), args.repeats, not args.no_drain, args.ceiling

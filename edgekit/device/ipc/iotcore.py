@@ -83,7 +83,8 @@ class IotCoreLink:
 
     @property
     def group_commit(self) -> GroupCommit:
-        """The spool's writer: every put and every drain's spool call goes through its thread."""
+        """The spool's writer: every put goes through its thread, and a drain's read or removal whenever the spool is
+        busy or the call would write (else it runs in the loop: see ``SpoolPublisher.offload``)."""
         if self._commit is None:
             self._commit = GroupCommit(self.spool)
         return self._commit
