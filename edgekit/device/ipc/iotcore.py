@@ -86,7 +86,7 @@ class IotCoreLink:
         """The spool's writer: every put goes through its thread, and a drain's read or removal whenever the spool is
         busy or the call would write (else it runs in the loop: see ``SpoolPublisher.offload``)."""
         if self._commit is None:
-            self._commit = GroupCommit(self.spool)
+            self._commit = GroupCommit(self.spool, on_commit=self._wake.set)
         return self._commit
 
     def publish(self, topic: str, payload: bytes) -> int:
@@ -112,12 +112,7 @@ class IotCoreLink:
             stored.set_result(self.spool.put(topic, payload))
             self._wake.set()
             return stored
-        stored = self.group_commit.put_nowait(topic, payload)
-        stored.add_done_callback(self._stored)
-        return stored
-
-    def _stored(self, _future: asyncio.Future[int]) -> None:
-        self._wake.set()
+        return self.group_commit.put_nowait(topic, payload)  # its commit wakes the sender (on_commit)
 
     # ------------------------------------------------------------------ the connection
 
