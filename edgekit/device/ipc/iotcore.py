@@ -46,7 +46,7 @@ class IotCoreLink:
         max_items: int = 100_000,
         interval_s: float = 1.0,
         durable: bool = True,
-        linger_s: float = 5.0,
+        linger_s: float = 30.0,
     ) -> None:
         self.spool_path = Path(spool_path)
         self.max_items = max_items
@@ -56,7 +56,8 @@ class IotCoreLink:
         self.interval_s = interval_s
         self.linger_s = linger_s
         """How long delivered messages' removal waits for the next put once the spool is drained (then it is written
-        on its own): what a crash after a burst would send again stays on disk no longer than this."""
+        on its own): what a crash after a burst would send again stays on disk no longer than this. Longer than a
+        window (a summary every 5 s would otherwise race the timer, and pay two writes a message again)."""
         self.client: MqttClient | None = None
         self._publisher: SpoolPublisher | None = None
         self._sender: asyncio.Task[None] | None = None
