@@ -19,6 +19,15 @@ fsyncs of the spool; the CPU per message of the agent (this process, and its eve
 first publish until every message reached the subscriber: IPC, spool and the MQTT drain), of the component (the
 SDK's side) and of the direct publisher; and the round trip of ``GetConfiguration``.
 
+``--ceiling`` adds a third run per K and round: the same component against a zero-cost agent — a minimal eventstream
+server in this process that accepts the connection and answers each publish at once (no authorization, no spool,
+no fsync, no MQTT) — whose rate against the same round's direct run is the most any agent could reach here, with
+the SDK's cost and the machine's cores as they are.
+
+``--spool-only`` measures the uplink spool alone, as a device's uplink uses it one message at a time: put, read,
+remove what was delivered — CPU and write transactions per message, durable (the agent's: an fsync per put) and not
+(a simulated device's), medians of ``--repeats`` interleaved rounds.
+
 To compare two versions of the agent with the same harness, run this file with the other checkout's ``edgekit``
 first on the path (``PYTHONPATH=/other/checkout python bench/ipc.py``): it uses only ``DeviceIpc``, the broker and
 the MQTT client.
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -38,7 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import edgekit
-from edgekit.device.ipc import DeviceIpc
+from edgekit.device.ipc import SOCKET_ENV, DeviceIpc
+from edgekit.device.ipc.eventstream import CONNECTION_ACCEPTED, TERMINATE_STREAM, FrameDecoder, MessageType, encode
+from edgekit.edge.store.spool import Spool
 from edgekit.mqtt.broker import MosquittoBroker
 from edgekit.mqtt.client import MqttClient, connect
 
@@ -159,6 +171,64 @@ class _Consumer:
         await self.proc.wait()
 
 
+class _Acker:
+    """The zero-cost agent (``--ceiling``): accepts any ``CONNECT`` and answers every operation at once with an empty
+    ``PublishToIoTCoreResponse`` — nothing checked, stored or sent on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> _Acker:
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder()
+        accepted = encode({":message-type": int(MessageType.CONNECT_ACK), ":message-flags": CONNECTION_ACCEPTED, ":stream-id": 0})
+        try:
+            while data := await reader.read(65536):
+                out = []
+                for message in decoder.iter_feed(data):
+                    if message.type == MessageType.CONNECT:
+                        out.append(accepted)
+                    elif message.type == MessageType.APPLICATION_MESSAGE and not message.flags & TERMINATE_STREAM:
+                        headers = {
+                            ":message-type": int(MessageType.APPLICATION_MESSAGE),
+                            ":message-flags": TERMINATE_STREAM,
+                            ":stream-id": message.stream_id,
+                            ":content-type": "application/json",
+                            "service-model-type": "aws.greengrass#PublishToIoTCoreResponse",
+                        }
+                        out.append(encode(headers, b"{}"))
+                writer.write(b"".join(out))
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+async def _ceiling(work: Path, run: int, n: int, k: int) -> tuple[float, float, float]:
+    """The component's ``n`` publishes, ``k`` in flight, against :class:`_Acker`: seconds, the component's CPU seconds
+    and this process's."""
+    async with _Acker(work / f"acker-{run}.socket"):
+        env = {SOCKET_ENV: str(work / f"acker-{run}.socket"), "SVCUID": "ceiling", "AWS_REGION": "us-east-1"}
+        cpu = time.process_time()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CLIENT, str(n), "0", str(k), str(run), env=env, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await proc.communicate()
+        agent_cpu = time.process_time() - cpu
+    result = json.loads(out)
+    return float(result["publish_s"]), float(result["cpu_s"]), agent_cpu
+
+
 async def _direct(client: MqttClient, n: int, k: int) -> tuple[float, float]:
     """Seconds for ``n`` QoS 1 publishes from ``client``, ``k`` awaiting their PUBACK at a time, and this process's
     CPU seconds meanwhile."""
@@ -216,16 +286,35 @@ async def _ipc(
 
 
 async def _round(
-    work: Path, device: MqttClient, consumer: _Consumer, run: int, n: int, rounds: int, k: int, ipc_first: bool, drain: bool
+    work: Path,
+    device: MqttClient,
+    consumer: _Consumer,
+    run: int,
+    n: int,
+    rounds: int,
+    k: int,
+    ipc_first: bool,
+    drain: bool,
+    ceiling: bool = False,
 ) -> dict[str, float]:
     load = os.getloadavg()[0]
     if not ipc_first:
         direct_s, direct_cpu = await _direct(device, n, k)
     result = await _ipc(work, device, consumer, run, n, rounds, k, drain)
+    extra: dict[str, float] = {}
+    if ceiling:  # between the two: the same distance from the direct run, whichever order
+        ceiling_s, ceiling_component_cpu, ceiling_agent_cpu = await _ceiling(work, run, n, k)
+        extra = {
+            "ceiling_per_s": n / ceiling_s,
+            "ceiling_component_cpu_us": ceiling_component_cpu / n * 1e6,
+            "ceiling_agent_cpu_us": ceiling_agent_cpu / n * 1e6,
+        }
     if ipc_first:
         direct_s, direct_cpu = await _direct(device, n, k)
+    if ceiling:
+        extra["ceiling_ratio"] = direct_s / ceiling_s
     trips = sorted(result["trips"]) or [0.0]
-    return {
+    return extra | {
         "load": (load + os.getloadavg()[0]) / 2,
         "ipc_acked_per_s": n / result["publish_s"],
         "ipc_delivered_per_s": n / result["delivered_s"],
@@ -243,7 +332,7 @@ async def _round(
 
 
 async def _run(
-    work: Path, n: int, rounds: int, in_flight: tuple[int, ...], repeats: int, drain: bool
+    work: Path, n: int, rounds: int, in_flight: tuple[int, ...], repeats: int, drain: bool, ceiling: bool
 ) -> dict[int, dict[str, float]]:
     broker = MosquittoBroker(work / "broker")
     broker.start()
@@ -255,7 +344,7 @@ async def _run(
         run = 0
         for repeat in range(repeats):  # IPC and direct back to back, alternating which goes first
             for k in in_flight:
-                samples[k].append(await _round(work, device, consumer, run, n, rounds, k, repeat % 2 == 0, drain))
+                samples[k].append(await _round(work, device, consumer, run, n, rounds, k, repeat % 2 == 0, drain, ceiling))
                 run += 1
         for k, runs in samples.items():
             rows[k] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
@@ -276,15 +365,49 @@ async def _run(
 
 
 def bench_ipc(
-    work: Path, n: int, rounds: int = 500, in_flight: tuple[int, ...] = (1, 16, 64), repeats: int = 3, drain: bool = True
+    work: Path,
+    n: int,
+    rounds: int = 500,
+    in_flight: tuple[int, ...] = (1, 16, 64),
+    repeats: int = 3,
+    drain: bool = True,
+    ceiling: bool = False,
 ) -> dict[int, dict[str, float]]:
     """Per K publishes in flight, medians of ``repeats`` rounds (see the module docstring): acknowledged and delivered
     IPC publishes/s, direct MQTT QoS 1 publishes/s, their ratio (``ratio``: the median of each round's; ``ratio_min``,
     ``ratio_max``, ``ratio_quietest`` with ``load_quietest``), the load average over the rounds (``load_min``,
     ``load_max``), messages per fsync of the agent's spool, CPU per message of the agent and of the direct publisher,
     and duplicates at the broker (all rounds). ``drain=False``: the agent has no MQTT connection (what its IPC and
-    spool cost alone; nothing is delivered or checked)."""
-    return asyncio.run(_run(work, n, rounds, in_flight, repeats, drain))
+    spool cost alone; nothing is delivered or checked). ``ceiling``: the component against a zero-cost agent too
+    (``ceiling_per_s``, ``ceiling_ratio`` against the same round's direct run, the component's CPU per message then)."""
+    return asyncio.run(_run(work, n, rounds, in_flight, repeats, drain, ceiling))
+
+
+def _count_commit(commits: list[str], sql: str) -> None:
+    if sql == "COMMIT":
+        commits.append(sql)
+
+
+def bench_spool_cycle(work: Path, n: int, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Per spool kind (``durable``, ``not durable``): medians over ``repeats`` interleaved rounds of the CPU and wall
+    time per message of put + peek + ack, one message at a time, and the write transactions (COMMITs) per message."""
+    payload = json.dumps({"windowStart": 0, "count": 100, "classes": {"1": 60, "2": 40}, "r": 0, "n": 0}).encode()
+    samples: dict[str, list[dict[str, float]]] = {"durable": [], "not durable": []}
+    for r in range(repeats):
+        for kind in samples:
+            count = n if kind == "not durable" else max(1, n // 5)  # an fsync each: fewer
+            spool = Spool(work / f"cycle-{kind.replace(' ', '-')}-{r}.db", durable=kind == "durable")
+            commits: list[str] = []
+            spool._db.set_trace_callback(functools.partial(_count_commit, commits))
+            cpu, wall = time.thread_time(), time.perf_counter()
+            for _ in range(count):
+                spool.put(TOPIC, payload)
+                spool.ack([item.seq for item in spool.peek(50)])
+            cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+            spool._db.set_trace_callback(None)
+            spool.close()
+            samples[kind].append({"cpu_us": cpu / count * 1e6, "wall_us": wall / count * 1e6, "commits": len(commits) / count})
+    return {kind: {key: statistics.median(s[key] for s in runs) for key in runs[0]} for kind, runs in samples.items()}
 
 
 def print_ipc(ipc: dict[int, dict[str, float]], messages: int) -> None:
@@ -304,6 +427,12 @@ def print_ipc(ipc: dict[int, dict[str, float]], messages: int) -> None:
             f"{row['direct_cpu_us']:.0f} us; "
             f"duplicates at the broker {row['duplicates']:.0f}; load average {row['load_min']:.1f}-{row['load_max']:.1f}"
         )
+        if "ceiling_ratio" in row:
+            print(
+                f"  K={k}: the same component, zero-cost agent          {row['ceiling_per_s']:8,.0f} /s   "
+                f"{row['ceiling_ratio']:.2f}x: the ceiling (IPC component {row['ceiling_component_cpu_us']:.0f} us, "
+                f"the acker {row['ceiling_agent_cpu_us']:.0f} us per message)"
+            )
     last = ipc[max(ipc)]
     print(f"  GetConfiguration round trip: median {last['get_config_median_us']:.0f} us, p90 {last['get_config_p90_us']:.0f} us")
 
@@ -318,9 +447,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-drain", action="store_true", help="the agent without an MQTT connection: what IPC and the spool cost alone"
     )
+    parser.add_argument("--spool-only", action="store_true", help="only the uplink spool: put, read, remove, per message")
+    parser.add_argument(
+        "--ceiling", action="store_true", help="also the component against a zero-cost agent: the most any agent could reach"
+    )
     args = parser.parse_args(argv)
+    if args.spool_only:
+        with tempfile.TemporaryDirectory(prefix="edgekit-bench-ipc-") as tmp:
+            cycle = bench_spool_cycle(Path(tmp), args.messages, args.repeats)
+        if args.json:
+            print(json.dumps({"edgekit": str(Path(edgekit.__file__).resolve().parent), "spool": cycle}))
+            return 0
+        print(f"edgekit from {Path(edgekit.__file__).resolve().parent}; uplink spool, one message at a time (put, read, remove):")
+        for kind, row in cycle.items():
+            print(
+                f"  {kind:12s} CPU {row['cpu_us']:6.0f} us, wall {row['wall_us']:6.0f} us, "
+                f"{row['commits']:.2f} write transactions per message"
+            )
+        return 0
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-ipc-") as tmp:
-        rows = bench_ipc(Path(tmp), args.messages, args.rounds, tuple(args.in_flight), args.repeats, not args.no_drain)
+        rows = bench_ipc(
+            Path(tmp), args.messages, args.rounds, tuple(args.in_flight), args.repeats, not args.no_drain, args.ceiling
+        )
     if args.json:
         print(json.dumps({"edgekit": str(Path(edgekit.__file__).resolve().parent), "rows": rows}))
     else:

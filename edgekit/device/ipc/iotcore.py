@@ -40,7 +40,13 @@ class IotCoreLink:
     """The agent's uplink: a spool, a sender task while a client is attached, and shared subscriptions."""
 
     def __init__(
-        self, spool_path: str | Path, *, max_items: int = 100_000, interval_s: float = 1.0, durable: bool = True
+        self,
+        spool_path: str | Path,
+        *,
+        max_items: int = 100_000,
+        interval_s: float = 1.0,
+        durable: bool = True,
+        linger_s: float = 30.0,
     ) -> None:
         self.spool_path = Path(spool_path)
         self.max_items = max_items
@@ -48,6 +54,10 @@ class IotCoreLink:
         self._spool: Spool | None = None
         self._commit: GroupCommit | None = None
         self.interval_s = interval_s
+        self.linger_s = linger_s
+        """How long delivered messages' removal waits for the next put once the spool is drained (then it is written
+        on its own): what a crash after a burst would send again stays on disk no longer than this. Longer than a
+        window (a summary every 5 s would otherwise race the timer, and pay two writes a message again)."""
         self.client: MqttClient | None = None
         self._publisher: SpoolPublisher | None = None
         self._sender: asyncio.Task[None] | None = None
@@ -74,9 +84,10 @@ class IotCoreLink:
 
     @property
     def group_commit(self) -> GroupCommit:
-        """The spool's writer: every put and every drain's spool call goes through its thread."""
+        """The spool's writer: every put goes through its thread, and a drain's read or removal whenever the spool is
+        busy or the call would write (else it runs in the loop: see ``SpoolPublisher.offload``)."""
         if self._commit is None:
-            self._commit = GroupCommit(self.spool)
+            self._commit = GroupCommit(self.spool, on_commit=self._wake.set)
         return self._commit
 
     def publish(self, topic: str, payload: bytes) -> int:
@@ -102,12 +113,7 @@ class IotCoreLink:
             stored.set_result(self.spool.put(topic, payload))
             self._wake.set()
             return stored
-        stored = self.group_commit.put_nowait(topic, payload)
-        stored.add_done_callback(self._stored)
-        return stored
-
-    def _stored(self, _future: asyncio.Future[int]) -> None:
-        self._wake.set()
+        return self.group_commit.put_nowait(topic, payload)  # its commit wakes the sender (on_commit)
 
     # ------------------------------------------------------------------ the connection
 
@@ -143,12 +149,15 @@ class IotCoreLink:
         while True:
             publisher = self._publisher
             if publisher is not None and publisher.emptied and self.client is not None and self.client.connected:
-                await self._wake.wait()  # nothing left to retry: only a put (or a reconnect) brings work; no timer
+                # nothing left to retry: only a put (or a reconnect) brings work; a timer only while delivered
+                # messages' removal waits for that put (see Spool.ack), to write it on its own if none comes
+                if not self.spool.deferred:
+                    await self._wake.wait()
+                elif not await self._woken(self.linger_s):
+                    await self._flush_deferred()
+                    continue
             else:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancel that detach() sends
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.interval_s):
-                        await self._wake.wait()
+                await self._woken(self.interval_s)
             self._wake.clear()
             if self.client is None or not self.client.connected:
                 continue
@@ -160,6 +169,23 @@ class IotCoreLink:
                 self.dropped += self._publisher.rejected
                 self._publisher.rejected = 0
             self._drop_refused()
+
+    async def _woken(self, timeout_s: float) -> bool:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancel that detach() sends
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
+                return True
+        return False
+
+    async def _flush_deferred(self) -> None:
+        try:
+            if self.durable:
+                await self.group_commit.run(self.spool.flush)
+            else:
+                self.spool.flush()
+        except Exception as exc:  # never let it end the sender: the removals stay deferred, tried again later
+            log.warning("IPC uplink: %s", exc)
 
     def _drop_refused(self) -> None:
         """A message the broker keeps refusing (its IoT policy forbids the topic) is dropped after

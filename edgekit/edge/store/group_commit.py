@@ -62,13 +62,16 @@ class GroupCommit:
     the same thread, between commits. :attr:`commits` and :attr:`committed` count transactions and messages.
     """
 
-    def __init__(self, spool: Spool, *, max_batch: int = 1000) -> None:
+    def __init__(self, spool: Spool, *, max_batch: int = 1000, on_commit: Callable[[], None] | None = None) -> None:
         if max_batch < 1:
             raise EdgeError(f"group commit max_batch must be at least 1, got {max_batch}")
         self.spool = spool
         self.max_batch = max_batch
         self.commits = 0
         self.committed = 0
+        self.on_commit = on_commit
+        """Called in the event loop once per commit that stored something, after its callers were answered (the
+        uplink's sender wakes once per commit, not once per message)."""
         self._cond = threading.Condition()
         self._puts: collections.deque[_Put] = collections.deque()  # appended without a lock (deque appends are atomic)
         self._calls: collections.deque[_Call] = collections.deque()
@@ -143,30 +146,38 @@ class GroupCommit:
             self._answer([(done, None, failure) for _, _, done in batch])
             return
         self.commits += 1
-        self.committed += sum(1 for result in results if not isinstance(result, BaseException))
+        stored = sum(1 for result in results if not isinstance(result, BaseException))
+        self.committed += stored
         self._answer(
             [
                 (done, None, result) if isinstance(result, BaseException) else (done, result, None)
                 for (_, _, done), result in zip(batch, results, strict=True)
-            ]
+            ],
+            self.on_commit if stored else None,
         )
 
     @staticmethod
-    def _answer(answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-        """Settle futures on their event loop: one wake-up per loop for the whole commit."""
+    def _answer(
+        answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]], then: Callable[[], None] | None = None
+    ) -> None:
+        """Settle futures on their event loop: one wake-up per loop for the whole commit (``then()`` after them)."""
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
         for answer in answers:
             by_loop.setdefault(answer[0].get_loop(), []).append(answer)
         for loop, group in by_loop.items():
             try:
-                loop.call_soon_threadsafe(GroupCommit._settle_all, group)
+                loop.call_soon_threadsafe(GroupCommit._settle_all, group, then)
             except RuntimeError:  # that loop is closed: nobody is waiting any more
                 log.debug("spool commit answered after its event loop closed")
 
     @staticmethod
-    def _settle_all(group: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    def _settle_all(
+        group: list[tuple[asyncio.Future[Any], Any, BaseException | None]], then: Callable[[], None] | None = None
+    ) -> None:
         for done, result, error in group:
             _settle(done, result, error)
+        if then is not None:
+            then()
 
     async def close(self) -> None:
         """Finish the commit in flight (its callers get their answer), refuse what waits behind it, stop the thread."""

@@ -47,7 +47,8 @@ class SpoolPublisher:
         self.offload = offload
         """Where the spool calls run (``offload(call)``): the writer's thread of a
         :class:`~edgekit.edge.store.group_commit.GroupCommit`, so a drain never waits on a disk flush in the event
-        loop; None: in the event loop."""
+        loop — unless the spool is free now and the call writes nothing (:meth:`Spool.peek_nowait`,
+        :meth:`Spool.ack_nowait`): then here, without two thread hops; None: in the event loop."""
         self.client = client
         self.batch = batch
         self.timeout_s = timeout_s
@@ -80,7 +81,9 @@ class SpoolPublisher:
         self.emptied = False
         while self.client.connected:
             limit = 1 if self.refused else self.batch  # a refused head is tried alone
-            items = await self._spool_call(functools.partial(self.spool.peek, limit))
+            items = self.spool.peek_nowait(limit) if self.offload is not None else None
+            if items is None:
+                items = await self._spool_call(functools.partial(self.spool.peek, limit))
             if not items:
                 self.emptied = True
                 break
@@ -113,7 +116,8 @@ class SpoolPublisher:
                 done.append(item.seq)
             if not stop and failure is None:
                 self.refused = ""
-            await self._spool_call(functools.partial(self.spool.ack, done))
+            if self.offload is None or not self.spool.ack_nowait(done):
+                await self._spool_call(functools.partial(self.spool.ack, done))
             self.rejected += rejected
             delivered += len(done) - rejected
             self.sent += len(done) - rejected

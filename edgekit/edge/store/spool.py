@@ -45,6 +45,9 @@ Full = Literal["reject", "overwrite_oldest"]
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES: Final = 128 * 1024  # AWS IoT Core's payload limit: a bigger message could never be sent
 _ACK_CHUNK: Final = 500  # sequence numbers per DELETE (SQLite allows 32,766 parameters a statement)
+DEFERRED_ACKS: Final = 256
+"""Delivered messages whose removal waits for the next write (see :meth:`Spool.ack`): what a crash may send again."""
+_MAX_DEFERRED: Final = 10_000  # a peek skips them in one statement (SQLite allows 32,766 parameters)
 # A spool is small and read oldest first: one per simulated device, thousands per process, so its connection's memory
 # counts (measured, 300 connections, 100 messages each: 279 KiB a connection with SQLite's defaults, 161 with these).
 # 1 KiB pages (a new file's; the default 4 KiB) halve what the page cache holds and each WAL frame; the cache is capped
@@ -68,6 +71,9 @@ class Spool:
     (``synchronous=OFF``, the WAL's checkpoints included: a killed process loses nothing, a power cut may lose the
     last messages or damage the file, which the next open quarantines) — what simulated devices use, as they don't
     fsync their state either: thousands of them share one event loop, where an fsync would stall them all.
+
+    Removals are deferred (``deferred_acks``, see :meth:`ack`): a delivered message leaves the spool's view at once
+    and its row goes in the next put's transaction, so an uplink writes once per message, not twice.
     """
 
     def __init__(
@@ -80,11 +86,14 @@ class Spool:
         on_full: Full = "reject",
         on_damage: Literal["quarantine", "raise"] = "quarantine",
         durable: bool = True,
+        deferred_acks: int = DEFERRED_ACKS,
     ) -> None:
         if max_items < 1 or max_bytes < 1 or max_message_bytes < 1:
             raise EdgeError(
                 f"spool max_items, max_bytes and max_message_bytes must be at least 1, got {max_items}, {max_bytes}, {max_message_bytes}"
             )
+        if not 0 <= deferred_acks <= _MAX_DEFERRED:
+            raise EdgeError(f"spool deferred_acks must be 0 to {_MAX_DEFERRED}, got {deferred_acks}")
         if on_full not in ("reject", "overwrite_oldest"):
             raise EdgeError(f"spool on_full must be 'reject' or 'overwrite_oldest', got {on_full!r}")
         if on_damage not in ("quarantine", "raise"):
@@ -95,12 +104,23 @@ class Spool:
         self.max_message_bytes = max_message_bytes
         self.on_full = on_full
         self.durable = durable
+        self.deferred_acks = deferred_acks
         self.quarantined_to: Path | None = None  # where this open moved a damaged file
         self._lock = threading.Lock()
         self._counted: tuple[int, int, int] | None = None
         """(``PRAGMA data_version``, messages, bytes) as of this connection's last write: still true while no other
         connection wrote the file since (its data_version unchanged), so a put needn't count the rows again
-        (``count(*)`` reads every row: a put into a backlog of 100,000 messages read them all)."""
+        (``count(*)`` reads every row: a put into a backlog of 100,000 messages read them all). Rows on disk: the
+        deferred removals (:attr:`_deferred`) included."""
+        self._deferred: dict[int, int] = {}
+        """Delivered messages still on disk, their removal deferred (:meth:`ack`): sequence number -> payload bytes.
+        Out of every read; deleted by the next write."""
+        self._deferred_bytes = 0
+        self._sizes: dict[int, int] = {}
+        """Payload bytes of the rows the last :meth:`peek` returned: what an ack of them needs, without a read."""
+        self._checked: int | None = None
+        """The ``data_version`` at which :attr:`_deferred` and :attr:`_sizes` were last known true (another
+        connection's write may have deleted their rows)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -161,12 +181,46 @@ class Spool:
         return counted if counted is not None and counted[0] == version else None
 
     def _held(self, version: int) -> tuple[int, int]:
-        """(messages, bytes) in the spool, in a transaction; from :attr:`_counted` while no other connection wrote."""
+        """(messages, bytes) on disk, the deferred removals' rows included, in a transaction; from :attr:`_counted`
+        while no other connection wrote."""
+        self._validate(version)
         counted = self._counted_at(version)
         if counted is not None:
             return counted[1], counted[2]
         self._counted = None
         return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0]), self._meta("bytes")
+
+    def _validate(self, version: int) -> None:
+        """If another connection wrote the file since the last check: keep only the deferred removals whose rows are
+        still there, and trust no size :meth:`peek` noted."""
+        if version == self._checked:
+            return
+        self._checked = version
+        self._sizes = {}
+        if not self._deferred:
+            return
+        present: set[int] = set()
+        for chunk in _chunks(list(self._deferred)):
+            rows = self._db.execute(f"SELECT seq FROM spool WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+            present.update(int(row[0]) for row in rows)
+        self._deferred = {seq: size for seq, size in self._deferred.items() if seq in present}
+        self._deferred_bytes = sum(self._deferred.values())
+
+    def _delete_deferred(self) -> tuple[int, int]:
+        """Delete the deferred removals' rows in the caller's transaction; returns (rows, bytes) deleted. They stay in
+        :attr:`_deferred` until the caller commits (:meth:`_deferred_written`): a rollback keeps them deferred."""
+        removed = freed = 0
+        for chunk in _chunks(list(self._deferred)):  # one statement per chunk, not one per message
+            rows = self._db.execute(
+                f"DELETE FROM spool WHERE seq IN ({','.join('?' * len(chunk))}) RETURNING length(payload)", chunk
+            ).fetchall()
+            freed += sum(int(row[0]) for row in rows)
+            removed += len(rows)
+        return removed, freed
+
+    def _deferred_written(self) -> None:
+        self._deferred = {}
+        self._deferred_bytes = 0
 
     def _meta(self, key: str) -> int:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -175,13 +229,17 @@ class Spool:
     @contextlib.contextmanager
     def _guarded(self, what: str) -> Iterator[None]:
         """Damage found after opening becomes one EdgeError naming the file (and the lock is held)."""
-        with self._lock:
-            try:
-                yield
-            except sqlite3.DatabaseError as exc:
-                raise EdgeError(
-                    f"spool '{self.path}' is damaged ({what}: {exc}); reopen it to quarantine the file and start afresh"
-                ) from None
+        with self._lock, self._named(what):
+            yield
+
+    @contextlib.contextmanager
+    def _named(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise EdgeError(
+                f"spool '{self.path}' is damaged ({what}: {exc}); reopen it to quarantine the file and start afresh"
+            ) from None
 
     def put(self, topic: str, payload: bytes) -> int:
         """Store a message; returns its sequence number (increasing, never reused)."""
@@ -196,7 +254,8 @@ class Spool:
         Each gets its own result: its sequence number, or the :class:`SpoolFullError` that kept it out (too big,
         or the spool full under ``on_full='reject'``) while the others are stored. Nothing is stored when the
         transaction fails (damage: an :class:`EdgeError` raised for all of them). When this returns, every
-        stored message is on disk (``durable=True``).
+        stored message is on disk (``durable=True``). The same transaction deletes the rows of the deferred
+        removals (:meth:`ack`), first: the room they held is free for these.
         """
         results: list[int | EdgeError] = []
         with self._guarded("storing messages"):
@@ -204,7 +263,8 @@ class Spool:
             try:
                 version = self._version()
                 count, held = self._held(version)
-                added = 0
+                removed, freed = self._delete_deferred() if self._deferred else (0, 0)
+                count, held, added = count - removed, held - freed, -freed
                 now = time.time()
                 for topic, payload in messages:
                     refusal = self._refusal(topic, len(payload), count, held)
@@ -222,6 +282,7 @@ class Spool:
                 self._add_meta("bytes", added)
                 self._db.execute("COMMIT")
                 self._counted = (version, count, held)
+                self._deferred_written()
             except BaseException:
                 self._counted = None
                 self._db.execute("ROLLBACK")
@@ -256,52 +317,122 @@ class Spool:
             if count - dropped < self.max_items and held - freed + size <= self.max_bytes:
                 break
             self._db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+            self._sizes.pop(seq, None)
             dropped, freed = dropped + 1, freed + int(length)
         self._add_meta("dropped", dropped)
         self._add_meta("bytes", -freed)
         return count - dropped, held - freed
 
     def peek(self, limit: int = 100) -> list[SpoolItem]:
-        """The oldest ``limit`` messages, in order, still in the spool."""
+        """The oldest ``limit`` messages, in order, still in the spool (delivered ones whose removal is deferred
+        skipped)."""
         with self._guarded("reading"):
+            return self._peek(limit)
+
+    def peek_nowait(self, limit: int = 100) -> list[SpoolItem] | None:
+        """:meth:`peek` if no other thread is using the spool now (a commit in flight), else None: never waits."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            with self._named("reading"):
+                return self._peek(limit)
+        finally:
+            self._lock.release()
+
+    def _peek(self, limit: int) -> list[SpoolItem]:
+        if self._deferred:
+            skip = list(self._deferred)
+            rows = self._db.execute(
+                f"SELECT seq, topic, payload, created FROM spool WHERE seq NOT IN ({','.join('?' * len(skip))}) "
+                "ORDER BY seq LIMIT ?",
+                (*skip, limit),
+            ).fetchall()
+        else:
             rows = self._db.execute("SELECT seq, topic, payload, created FROM spool ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        self._sizes = {int(r[0]): len(r[2]) for r in rows}
         return [SpoolItem(int(r[0]), str(r[1]), bytes(r[2]), float(r[3])) for r in rows]
 
     def ack(self, seqs: list[int]) -> None:
-        """Remove delivered messages.
+        """Remove delivered messages (unknown sequence numbers are ignored).
 
-        The removal is not flushed on its own (``synchronous=NORMAL`` for this transaction): the next put's fsync
-        covers it, as the WAL is written in order. A power cut before then brings the removed messages back, to
-        be sent again — a duplicate, which at-least-once allows — and costs no fsync per drained batch.
+        They leave at once what :meth:`peek`, ``len()`` and :attr:`bytes` see; their rows are deleted by the next
+        write — the next put's transaction (one write per message, not two: a put, then its removal), or a
+        transaction of their own once more than ``deferred_acks`` wait (or at :meth:`flush` and :meth:`close`). A
+        crash before then sends them again: at most ``deferred_acks`` messages the broker already has, a
+        duplicate at-least-once allows; nothing undelivered is ever removed. A removal written on its own is
+        not flushed (``synchronous=NORMAL``): the next put's fsync covers it, as the WAL is written in order.
         """
         if not seqs:
             return
         with self._guarded("removing delivered messages"):
-            if self.durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._ack(seqs)
+
+    def ack_nowait(self, seqs: list[int]) -> bool:
+        """:meth:`ack` if it needs no write (the deferred removals stay within ``deferred_acks``) and no other thread
+        is using the spool now (a commit in flight); False, and nothing done, otherwise: never waits on a disk."""
+        if len(self._deferred) + len(seqs) > self.deferred_acks or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            with self._named("removing delivered messages"):
+                self._ack(seqs)
+            return True
+        finally:
+            self._lock.release()
+
+    def _ack(self, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        self._validate(self._version())
+        sizes = self._sizes
+        unknown: list[int] = []
+        for seq in dict.fromkeys(seqs):
+            if seq in self._deferred:
+                continue
+            size = sizes.pop(seq, None)
+            if size is None:
+                unknown.append(seq)
+            else:
+                self._deferred[seq] = size
+                self._deferred_bytes += size
+        for chunk in _chunks(unknown):  # not from the last peek: their rows say their size (or that they're gone)
+            rows = self._db.execute(f"SELECT seq, length(payload) FROM spool WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+            for seq, size in rows:
+                self._deferred[int(seq)] = int(size)
+                self._deferred_bytes += int(size)
+        if len(self._deferred) > self.deferred_acks:
+            self._write_deferred()
+
+    def flush(self) -> None:
+        """Delete the rows of the deferred removals now (see :meth:`ack`), in a transaction of their own."""
+        with self._guarded("removing delivered messages"):
+            if self._deferred:
+                self._write_deferred()
+
+    @property
+    def deferred(self) -> int:
+        """Delivered messages whose rows wait for the next write (see :meth:`ack`): what a crash now sends again."""
+        return len(self._deferred)
+
+    def _write_deferred(self) -> None:
+        if self.durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    version = self._version()
-                    counted = self._counted_at(version)
-                    freed = removed = 0
-                    for start in range(0, len(seqs), _ACK_CHUNK):  # one statement per chunk, not one per message
-                        chunk = seqs[start : start + _ACK_CHUNK]
-                        rows = self._db.execute(
-                            f"DELETE FROM spool WHERE seq IN ({','.join('?' * len(chunk))}) RETURNING length(payload)", chunk
-                        ).fetchall()
-                        freed += sum(int(row[0]) for row in rows)
-                        removed += len(rows)
-                    self._add_meta("bytes", -freed)
-                    self._db.execute("COMMIT")
-                    self._counted = None if counted is None else (version, counted[1] - removed, counted[2] - freed)
-                except BaseException:
-                    self._counted = None
-                    self._db.execute("ROLLBACK")
-                    raise
-            finally:
-                if self.durable:
-                    self._db.execute("PRAGMA synchronous=FULL")
+                version = self._version()
+                counted = self._counted_at(version)
+                removed, freed = self._delete_deferred()
+                self._add_meta("bytes", -freed)
+                self._db.execute("COMMIT")
+                self._counted = None if counted is None else (version, counted[1] - removed, counted[2] - freed)
+                self._deferred_written()
+            except BaseException:
+                self._counted = None
+                self._db.execute("ROLLBACK")
+                raise
+        finally:
+            if self.durable:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     @property
     def dropped(self) -> int:
@@ -317,17 +448,33 @@ class Spool:
 
     @property
     def bytes(self) -> int:
-        """Payload bytes held now."""
+        """Payload bytes held now (delivered messages whose removal is deferred not counted)."""
         with self._guarded("reading its counters"):
-            return self._meta("bytes")
+            if self._deferred:
+                self._validate(self._version())
+            return self._meta("bytes") - self._deferred_bytes
 
     def __len__(self) -> int:
         with self._guarded("counting"):
-            counted = self._counted_at(self._version())
+            version = self._version()
+            self._validate(version)
+            counted = self._counted_at(version)
             if counted is not None:
-                return counted[1]
-            return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
+                return counted[1] - len(self._deferred)
+            return int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0]) - len(self._deferred)
 
     def close(self) -> None:
+        """Write the deferred removals (a damaged file keeps them: they are sent again), then close."""
         with self._lock:
-            self._db.close()
+            try:
+                if self._deferred:
+                    self._write_deferred()
+            except sqlite3.DatabaseError as exc:
+                log.warning("spool %s: delivered messages not removed at close (%s); they will be sent again", self.path, exc)
+            finally:
+                self._db.close()
+
+
+def _chunks(seqs: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(seqs), _ACK_CHUNK):
+        yield seqs[start : start + _ACK_CHUNK]
