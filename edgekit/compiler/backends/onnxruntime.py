@@ -118,9 +118,9 @@ class OnnxRuntimeBackend(Backend[OrtOptions]):
             count, why = _measurable_threads(profile, session["intraOpThreads"])
             if count:
                 progress(f"onnxruntime: timing 1 against {count} intra-op threads on this host (the profile's CPU)")
-                session, details["threads"] = _measure_threads(out_dir / "model.onnx", source, details, session, count)
+                session, details["threadTiming"] = _measure_threads(out_dir / "model.onnx", source, details, session, count)
             elif why:
-                details["threads"] = {"chosen": session["intraOpThreads"], "notMeasured": why}
+                details["threadTiming"] = {"chosen": session["intraOpThreads"], "notMeasured": why}
         details["session"] = session
         return Built(
             files=["model.onnx"], entry="model.onnx", details={"optimization": level, **details, "notes": notes}, cpu=cpu
