@@ -518,6 +518,8 @@ def _optimize(
     m = result.manifest
     res.optimize = {
         "chosen": m.candidates[[c.status for c in m.candidates].index("chosen")].name,
+        "threads": m.backend.options.get("session", {}).get("intraOpThreads"),
+        "thread_timing": m.backend.options.get("threadTiming"),
         "labels": case.labels_are,
         "samples": m.samples.model_dump(by_alias=True) if m.samples else None,
         "source_flops": m.source.flops,
@@ -687,6 +689,7 @@ def _optimize_table(results: list[Result]) -> Any:
         chosen = c[o["chosen"]]
         top1 = f"{chosen['source_top1']:.1%} → {chosen['top1']:.1%}" if chosen.get("top1") is not None else "—"
         shipped = f"{o['chosen']} {_ratio(r.latency_ms.get('optimized'), r.latency_ms.get('onnxruntime'))}"
+        shipped += f" ({o['threads']} thread{'s' * (o['threads'] != 1)})" if o.get("threads") else ""
         variants = int8_variants(o) + pruned_variants(o) + tuned_variants(o)  # each in a table of its own
         states = "; ".join(
             f"{n}: {v['status']}" + (f" ({escape(v['reason'][:70])})" if v["status"] != "chosen" else "")
@@ -832,7 +835,8 @@ def _threads() -> str:
 
     tvm = os.environ.get("TVM_NUM_THREADS", "default")
     return (
-        f"threads: torch {torch.get_num_threads()}, edgekit's ORT artifacts the profile's intra-op threads, bare ORT "
+        f"threads: torch {torch.get_num_threads()}, edgekit's ORT artifacts their manifest's intra-op threads (the "
+        "profile's, or 1 where timing on the profile's CPU found it faster), bare ORT "
         f"{BARE_ORT_THREADS or 'default (one per physical core)'} intra-op, TVM {tvm} ({os.cpu_count()} logical CPUs)"
     )
 

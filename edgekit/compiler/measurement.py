@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -12,7 +12,7 @@ from edgekit.manifest import Accuracy, Latency, TensorSpec
 from edgekit.runtime.inputs import random_feed
 from edgekit.runtime.sequences import is_sequence
 
-__all__ = ["agreement", "host_description", "interleaved_latency", "sample_inputs"]
+__all__ = ["agreement", "fewer_threads", "host_description", "interleaved_latency", "sample_inputs"]
 
 Predict = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
@@ -130,3 +130,39 @@ def host_description() -> str:
     except OSError:
         pass
     return f"{platform.machine()} {cpu}".strip()
+
+
+def fewer_threads(
+    predicts: Mapping[int, Predict], feed: dict[str, np.ndarray], budget_s: float = 0.3, rounds: int = 5
+) -> tuple[int, dict[str, object]]:
+    """The thread count of ``predicts`` (thread count → the same model run with that many ONNX Runtime intra-op
+    threads; the first is the profile's, the default) that runs ``feed`` fastest here, and what was measured.
+
+    A smaller count wins only clearly: a lower median and faster in all but one of ``rounds`` interleaved rounds —
+    else the first stays. Timed for about ``budget_s`` seconds in all (at least 10 runs each per round)."""
+    counts = list(predicts)
+    default = counts[0]
+    for predict in predicts.values():  # a first call allocates; then one timed call sizes the blocks
+        predict(feed)
+    t0 = time.perf_counter()
+    predicts[default](feed)
+    once = max(time.perf_counter() - t0, 1e-6)
+    repeat = max(10 * rounds, min(500 * rounds, int(budget_s / (once * len(counts)))))
+    latencies = dict(zip(counts, interleaved_latency(list(predicts.values()), feed, 3, repeat, rounds), strict=True))
+    chosen = default
+    base = latencies[default]
+    for count in sorted(counts):
+        lat = latencies[count]
+        if count >= chosen or lat.median_ms >= base.median_ms:
+            continue
+        wins = sum(a < b for a, b in zip(lat.rounds_ms or [], base.rounds_ms or [], strict=True))
+        if wins >= rounds - 1:
+            chosen = count
+            break
+    measured: dict[str, object] = {
+        "medianMs": {str(c): round(lat.median_ms, 4) for c, lat in latencies.items()},
+        "chosen": chosen,
+        "runs": base.runs,
+        "host": host_description(),
+    }
+    return chosen, measured

@@ -4,14 +4,19 @@ candidates are measured and when the artifact loads, recorded in the manifest.""
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from helpers import QUICK, make_mlp
 
 import edgekit
+from edgekit.compiler.measurement import fewer_threads
+from edgekit.compiler.pipeline import Pipeline
 from edgekit.errors import ArtifactError, ConfigError
 from edgekit.profiles import load_profile
 from edgekit.runtime.ort_runner import OrtRunner
@@ -90,3 +95,64 @@ def test_a_tampered_manifest_session_is_one_line(mlp: Path, tmp_path: Path) -> N
             result.manifest.outputs,
             session={"intraOpThreads": -1},
         )
+
+
+HERE = len(os.sched_getaffinity(0))
+
+
+def _pipeline(**options: str) -> Pipeline:
+    return QUICK.model_copy(update={"candidates": [QUICK.candidates[0].model_copy(update={"options": options})]})
+
+
+def test_threads_are_timed_where_this_host_is_the_profiles_cpu(mlp: Path, tmp_path: Path) -> None:
+    profile = _profile(tmp_path, "{executionMode: sequential}", cores=f"cores: {HERE}")
+    result = edgekit.compile(mlp, profile, tmp_path / "build", pipeline=QUICK, use_cache=False)
+    options = result.manifest.backend.options
+    if HERE == 1:  # one core here: one thread is all there is, nothing to time
+        assert "threadTiming" not in options and options["session"]["intraOpThreads"] == 1
+        return
+    timed = options["threadTiming"]
+    assert set(timed["medianMs"]) == {"1", str(HERE)} and all(ms > 0 for ms in timed["medianMs"].values())
+    assert timed["chosen"] in (1, HERE) and options["session"]["intraOpThreads"] == timed["chosen"]
+    assert "another CPU may differ" in timed["note"]
+    model = edgekit.load(result.artifact_dir)  # the device applies what was chosen
+    assert isinstance(model.runner, OrtRunner)
+    assert model.runner.session.get_session_options().intra_op_num_threads == timed["chosen"]
+    assert model.selftest().passed
+
+
+def test_threads_are_not_timed_for_another_cpu_or_core_count(mlp: Path, tmp_path: Path) -> None:
+    pi = edgekit.compile(mlp, "rasp4b", tmp_path / "pi", pipeline=QUICK, use_cache=False).manifest.backend.options
+    assert "threadTiming" not in pi  # the Pi's profile sets its threads itself: nothing to time, nothing to say
+    profile = _profile(tmp_path, "{executionMode: sequential}", cores=f"cores: {HERE + 1}")
+    options = edgekit.compile(mlp, profile, tmp_path / "more", pipeline=QUICK, use_cache=False).manifest.backend.options
+    assert options["session"]["intraOpThreads"] == HERE + 1
+    assert options["threadTiming"] == {
+        "chosen": HERE + 1,
+        "notMeasured": f"this host has {HERE} cores, the profile {HERE + 1}: its threads, untimed",
+    }
+    fixed = edgekit.compile(mlp, "x86_64", tmp_path / "fixed", pipeline=_pipeline(threads="profile"), use_cache=False)
+    assert "threadTiming" not in fixed.manifest.backend.options
+    assert fixed.manifest.backend.options["session"]["intraOpThreads"] == 2
+
+
+def test_a_bad_threads_option_is_one_line(mlp: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"onnxruntime option 'threads' must be one of \['measure', 'profile'\], got 'fast'"):
+        edgekit.compile(mlp, "x86_64", tmp_path / "build", pipeline=_pipeline(threads="fast"), use_cache=False)
+
+
+def _spin(seconds: float) -> list[np.ndarray]:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return []
+
+
+def test_fewer_threads_win_only_when_faster() -> None:
+    feed = {"x": np.zeros((1, 8), np.float32)}
+    chosen, figures = fewer_threads({2: lambda _f: _spin(5e-4), 1: lambda _f: _spin(0.0)}, feed, budget_s=0.1)
+    assert chosen == 1 and figures["chosen"] == 1
+    medians = figures["medianMs"]
+    assert isinstance(medians, dict) and medians["2"] > medians["1"]
+    chosen, _ = fewer_threads({2: lambda _f: _spin(0.0), 1: lambda _f: _spin(5e-4)}, feed, budget_s=0.1)
+    assert chosen == 2  # the profile's count stays unless one thread is clearly faster

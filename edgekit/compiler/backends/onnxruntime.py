@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from edgekit.compiler.backends.backend import Backend, BackendOptions, Built, UnsupportedOp
 from edgekit.compiler.frontends.frontend import SourceModel
+from edgekit.compiler.measurement import fewer_threads, host_description, sample_inputs
 from edgekit.deps import package_version
 from edgekit.errors import CompilationError, last_line
 from edgekit.manifest import CpuRequirement
@@ -29,10 +31,16 @@ class OrtOptions(BackendOptions):
     """``options`` of an onnxruntime candidate in a pipeline file."""
 
     optimization: Literal["none", "basic", "extended", "all"] = "extended"
+    threads: Literal["profile", "measure"] = "measure"
+    """'measure': where this host is the profile's CPU (its arch and flags, as many cores as the profile's threads)
+    and the profile leaves ``intraOpThreads`` unset, time the artifact at one thread and at the profile's count and
+    record the faster (one thread wins only clearly; see :func:`edgekit.compiler.measurement.fewer_threads`).
+    'profile': the profile's threads as they are."""
 
     @classmethod
     def invalid(cls, name: str, value: Any, exc: ValidationError, backend: str) -> str:
-        return f"onnxruntime option 'optimization' must be one of {sorted(_LEVELS)}, got '{value}'"
+        allowed = sorted(_LEVELS) if name == "optimization" else ["measure", "profile"]
+        return f"onnxruntime option '{name}' must be one of {allowed}, got '{value}'"
 
 
 class OnnxRuntimeBackend(Backend[OrtOptions]):
@@ -105,7 +113,57 @@ class OnnxRuntimeBackend(Backend[OrtOptions]):
             raise CompilationError(f"ONNX Runtime failed to optimise the model: {last_line(exc, first=True)}") from exc
         # The device's session options (threads, execution mode, memory pattern): the measurement runs with them, the
         # manifest records them and the runtime applies them on the device.
-        details["session"] = profile.onnxruntime.resolved(profile.cores)
+        session = profile.onnxruntime.resolved(profile.cores)
+        if options.threads == "measure":
+            count, why = _measurable_threads(profile, session["intraOpThreads"])
+            if count:
+                progress(f"onnxruntime: timing 1 against {count} intra-op threads on this host (the profile's CPU)")
+                session, details["threadTiming"] = _measure_threads(out_dir / "model.onnx", source, details, session, count)
+            elif why:
+                details["threadTiming"] = {"chosen": session["intraOpThreads"], "notMeasured": why}
+        details["session"] = session
         return Built(
             files=["model.onnx"], entry="model.onnx", details={"optimization": level, **details, "notes": notes}, cpu=cpu
         )
+
+
+def _measurable_threads(profile: DeviceProfile, threads: int) -> tuple[int, str]:
+    """The profile's intra-op thread count to time against one thread here, or 0 and why not ('' for nothing to say:
+    the profile sets the threads itself, or gives one)."""
+    if profile.onnxruntime.intra_op_threads or threads == 1:
+        return 0, ""
+    if not profile.runs_on_host():
+        return 0, f"this host ({host_description()}) is not the profile's CPU: its threads, untimed"
+    try:
+        here = len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        here = os.cpu_count() or 1
+    if threads == 0:  # no cores in the profile: ONNX Runtime's default, one per core; timed only on the host's own
+        if profile.host_cpu:
+            return here, ""
+        return 0, "the profile gives no cores: ONNX Runtime's default threads, untimed"
+    if threads != here:
+        return 0, f"this host has {here} cores, the profile {threads}: its threads, untimed"
+    return threads, ""
+
+
+def _measure_threads(
+    entry: Path, source: SourceModel, details: Mapping[str, Any], session: dict[str, Any], count: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``session`` with the intra-op threads that ran ``entry`` faster here (1 or the profile's), and the figures."""
+    from edgekit.runtime import runner_for
+
+    def runner(threads: int) -> Any:
+        options = {**details, "session": {**session, "intraOpThreads": threads}}
+        return runner_for("onnxruntime", entry, source.inputs, [], options=options).predict
+
+    feed = sample_inputs(source.inputs, 1, seed=0)[0]
+    try:
+        chosen, figures = fewer_threads({session["intraOpThreads"]: runner(session["intraOpThreads"]), 1: runner(1)}, feed)
+    except Exception as exc:  # the measure phase reports what fails in running the model; here only the threads stay
+        return session, {"chosen": session["intraOpThreads"], "notMeasured": f"timing failed: {last_line(exc)}"}
+    figures["note"] = (
+        f"timed on this host ({count} cores, the profile's CPU) at 1 and {count} intra-op threads; a device of another "
+        "CPU may differ: set onnxruntime.intraOpThreads in the profile to fix them"
+    )
+    return {**session, "intraOpThreads": chosen}, figures
