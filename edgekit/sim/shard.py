@@ -18,9 +18,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Callable
 from typing import IO, Any, Final
 
 from edgekit.errors import EdgekitError
