@@ -370,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         "--ten-k", action="store_true", help="--inference with issue 23's goal: 10,000 devices, mTLS, 1 reading/s, 60 s"
     )
     parser.add_argument(
+        "--connect-only",
+        action="store_true",
+        help="--inference: connect the devices, count their open files, ports and memory, and stop (no deployment)",
+    )
+    parser.add_argument(
         "--work",
         help="--inference: folder for the fleet's state and the devices' folders (default: the temp folder); "
         "/dev/shm puts the simulated disks in memory (faster deployments on a busy disk; ~1 MiB of RAM per device)",

@@ -3,10 +3,12 @@
     python -m bench.fleet --inference [--devices 1000] [--readings 10] [--seconds 60] [--outage-devices 100]
                                       [--outage 30] [--shards N] [--tls] [--window 5] [--json out.json]
     python -m bench.fleet --ten-k [--devices 10000] [--shards N]    # issue 23's goal: mTLS, 1 reading/s, 60 s
+    python -m bench.fleet --ten-k --connect-only                     # its start path only: connect, count, stop
 
 (a) N devices × R readings/s for S s, in ``--shards`` processes (default 1; ``--ten-k``: one per core): time to
 connect them all and to deploy to all, readings/s achieved, CPU % and RSS of the device processes (this one and its
-shards) and of the broker, uplink messages the fleet received — and every reading accounted for. (b) ``--outage-devices`` devices (1,000 readings/s in all
+shards) and of the broker, uplink messages the fleet received — and every reading accounted for. ``--connect-only``:
+connect them all, count what they hold (open files per process, local ports, memory), stop. (b) ``--outage-devices`` devices (1,000 readings/s in all
 by default) through a ``--outage`` s broker outage: readings lost and counted twice after the replay.
 See docs/benchmarks.md (fleet: inference).
 """
@@ -14,6 +16,7 @@ See docs/benchmarks.md (fleet: inference).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -34,6 +37,7 @@ from edgekit.sim import Simulation, SimulationTimeoutError
 
 MODEL = "com.example.Mlp"
 INFERENCE = f"{MODEL}.Inference"
+SETTLE_S = 12.0
 
 
 @dataclass
@@ -73,6 +77,13 @@ class Run:
     folder_mib: float = 0.0  # the fleet's folder (state, every device's folder) at the end: RAM too when on tmpfs
     shard_ms_per_device_s: float = 0.0  # the shards' CPU per device per second (ms): what a device costs its shard
     all_ms_per_device_s: float = 0.0  # this process + the shards + mosquitto, per device per second (ms)
+    connect_only: bool = False
+    fds_parent: int = 0  # open files once connected: this process, each shard, mosquitto
+    fds_shards: list[int] = field(default_factory=list)
+    fds_broker: int = 0
+    fd_limit: int = 0  # the hard limit (shards and mosquitto raise their soft limit to it)
+    tcp_ports: int = 0  # local TCP ports on 127.0.0.1 in use once connected (listening or connected)
+    port_range: int = 0  # the ephemeral range's size (net.ipv4.ip_local_port_range)
 
 
 def _rss(pid: int | str = "self") -> int:
@@ -105,6 +116,34 @@ def _folder_bytes(folder: Path) -> int:
     return total
 
 
+def _fds(pid: int | str = "self") -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def _local_ports() -> int:
+    """Distinct local TCP ports of this machine's sockets (all of them: every process, every state but TIME_WAIT)."""
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as handle:
+            next(handle, None)
+            for line in handle:
+                fields = line.split()
+                if len(fields) > 3 and fields[3] != "06":  # 06: TIME_WAIT
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return len(ports)
+
+
+def _port_range() -> int:
+    try:
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 0
+    return high - low + 1
+
+
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -135,6 +174,7 @@ async def _run(
     shards: int = 1,
     tls: bool = False,
     window_s: float = 5.0,
+    connect_only: bool = False,
 ) -> Run:
     fleet = FleetFile.model_validate(
         {
@@ -143,9 +183,12 @@ async def _run(
             "devices": [{"prefix": "d", "count": devices, "profile": "x86_64", "groups": ["all"]}],
         }
     )
-    figures = Run(devices, per_s, shards=shards, tls=tls, window_s=window_s, outage_s=outage_s)
+    figures = Run(devices, per_s, shards=shards, tls=tls, window_s=window_s, outage_s=outage_s, connect_only=connect_only)
     async with Simulation(fleet, state_dir=state, tls=tls, progress=say, shards=shards) as sim:
         figures.connect_s = sim.connect_s or 0.0
+        if connect_only:
+            _count_connected(sim, figures)
+            return figures
         sim.publish(build)
         settings = {"IntervalSeconds": str(1.0 / per_s), "WindowSeconds": f"{window_s:g}", "InputSource": "synthetic:ood=0.1"}
         spec = {"componentVersion": "1.0.0", "configurationUpdate": {"merge": json.dumps(settings)}}
@@ -174,7 +217,10 @@ async def _run(
             figures.notified_to_done_s = (statistics.median(spans), spans[int(0.95 * (len(spans) - 1))])
         figures.connected_after_deploy = sim.status().connected
         say(f"deployed in {figures.deploy_s:.1f} s: {summary.counts}; {figures.connected_after_deploy} connected")
-        await asyncio.sleep(1.0)
+        # the timed part starts once the shards have frozen their settled objects (edgekit.sim.shard.GcFreeze: the
+        # same devices and loops for 10 s): what follows is the steady state; the freeze's one full collection is
+        # the deployment's
+        await asyncio.sleep(SETTLE_S if shards > 1 else 1.0)
         before = await sim.inference_checkpoints()
         pids = sim.shard_set.pids() if sim.shard_set is not None else []
         shard_cpu0 = sum(_cpu_of(p) for p in pids)
@@ -235,6 +281,24 @@ async def _run(
     return figures
 
 
+def _count_connected(sim: Simulation, figures: Run) -> None:
+    """What the connected fleet holds: open files per process, local ports, memory (``--connect-only``)."""
+    import resource
+
+    pids = sim.shard_set.pids() if sim.shard_set is not None else []
+    broker_pid = sim.broker.pid if sim.broker is not None else None
+    figures.connected_after_deploy = sim.status().connected
+    figures.fds_parent, figures.fds_shards = _fds(), [_fds(p) for p in pids]
+    figures.fds_broker = _fds(broker_pid) if broker_pid else 0
+    figures.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    figures.tcp_ports, figures.port_range = _local_ports(), _port_range()
+    figures.rss_parent_mib = _rss() / (1 << 20)
+    figures.rss_shards_mib = [round(_rss(p) / (1 << 20), 1) for p in pids]
+    figures.rss_mib = figures.rss_parent_mib + sum(figures.rss_shards_mib)
+    figures.rss_per_device_kb = figures.rss_mib * 1024 / figures.devices
+    figures.broker_rss_per_device_kb = (_rss(broker_pid) if broker_pid else 0) / figures.devices / 1024
+
+
 def run_inference(args: Any, say: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-infer-", dir=getattr(args, "work", None)) as tmp:
         work = Path(tmp)
@@ -243,10 +307,10 @@ def run_inference(args: Any, say: Callable[[str], None]) -> dict[str, Any]:
         for shards in args.shards:  # several counts: side by side in this one run (same build, same machine)
             results["scale" if len(args.shards) == 1 else f"scale, {shards} shard(s)"] = asyncio.run(
                 _run(build, work / f"scale-{shards}", args.devices, args.readings, args.seconds, 0.0, say,
-                     shards=shards, tls=args.tls, window_s=args.window)
+                     shards=shards, tls=args.tls, window_s=args.window, connect_only=args.connect_only)
             )  # fmt: skip
         outage = None
-        if args.outage > 0:
+        if args.outage > 0 and not args.connect_only:
             per_s = 1000.0 / args.outage_devices
             outage = asyncio.run(_run(build, work / "outage", args.outage_devices, per_s, args.outage + 20.0, args.outage, say))
     return {**results, "outage": outage}
@@ -261,6 +325,9 @@ def render(results: dict[str, Any]) -> None:
               + (f", broker down {r.outage_s:g} s" if r.outage_s else "")
               + f"; {r.shards} shard process(es){', mTLS' if r.tls else ''}; {r.window_s:g} s windows")  # fmt: skip
         print(f"  connected in             {r.connect_s:10.1f} s")
+        if r.connect_only:
+            _render_connected(r)
+            continue
         if r.deploy_s:
             print(
                 f"  deployed to all in       {r.deploy_s:10.1f} s   {r.deploy_counts}, {r.connected_after_deploy} connected then"
@@ -291,3 +358,18 @@ def render(results: dict[str, Any]) -> None:
         print(f"  uplink messages received {r.uplink_messages:10,}   ({r.uplink_messages / max(1, r.produced):.4f} per reading)")
         print(f"  readings produced        {r.produced:10,}   accounted {r.accounted:,}: lost {lost}, counted twice 0 "
               f"({r.duplicates} redelivered summaries ignored; settled {r.settle_s:.1f} s after the end)")  # fmt: skip
+
+
+def _render_connected(r: Run) -> None:
+    per = (sum(r.fds_shards) or r.fds_parent) / r.devices
+    print(f"  connected then           {r.connected_after_deploy:10,}   of {r.devices:,}")
+    print(f"  open files               {r.fds_parent:10,}   this process; shards {', '.join(f'{n:,}' for n in r.fds_shards)} "
+          f"({per:.1f} per device); mosquitto {r.fds_broker:,}; hard limit {r.fd_limit:,} a process")  # fmt: skip
+    print(f"  local TCP ports in use   {r.tcp_ports:10,}   (the machine's, all processes; ephemeral range {r.port_range:,}: "
+          f"each device takes ~2 — its link's listener and the link's connection to the broker)")  # fmt: skip
+    print(f"  RSS per device           {r.rss_per_device_kb:9.0f} KiB ({r.rss_mib:,.0f} MiB: this process + shards, / devices; "
+          f"connected, nothing deployed)")  # fmt: skip
+    if r.rss_shards_mib:
+        print(f"  RSS by process           {r.rss_parent_mib:9,.0f} MiB this process; shards "
+              f"{', '.join(f'{m:,.0f}' for m in r.rss_shards_mib)} MiB")  # fmt: skip
+    print(f"  broker RSS per device    {r.broker_rss_per_device_kb:9.1f} KiB")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -55,12 +56,21 @@ def argument_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Sequence[str]) -> tuple[Path, LoopOptions]:
-    """(model folder, options) from the component's command line; bad values raise :class:`EdgeError`."""
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """One parser for every :func:`parse_args` of this process (a simulator's shard starts thousands of components:
+    building the parser was most of a start's own work). Parsing leaves it as it was."""
     parser = argument_parser()
     parser.exit_on_error = False
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> tuple[Path, LoopOptions]:
+    """(model folder, options) from the component's command line; bad values raise :class:`EdgeError`."""
+    # the environment's default as of this call (argparse fills in only what the namespace lacks)
+    given = argparse.Namespace(checkpoint_dir=os.environ.get(CHECKPOINT_ENV, ""))
     try:
-        ns = parser.parse_args(list(argv))
+        ns = _parser().parse_args(list(argv), namespace=given)
     except (argparse.ArgumentError, SystemExit) as exc:
         raise EdgeError(f"inference component arguments {list(argv)}: {exc}") from None
     values = vars(ns)

@@ -27,7 +27,7 @@ from typing import Any, Literal, Self, TypeVar, cast
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, LogLevel, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -73,6 +73,7 @@ _MISC_MAX_S = 15.0
 _MAX_SSL_DRAIN = 64
 _READ_BYTES = 65536
 _SUBSCRIBE_BATCH = 8  # AWS IoT Core: at most 8 filters per SUBSCRIBE
+_MAX_ROUTES = 65536  # topics whose matching handlers are remembered (a fleet service sees one or two per device)
 
 
 def is_failure(reason_code: int) -> bool:
@@ -193,6 +194,12 @@ class _Paho(paho.Client):
             raise ConnectionError("edgekit's MqttClient opens the socket itself; call MqttClient.connect()")
         return _ReadBuffer(sock)
 
+    def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
+        """paho formats a line for every packet sent and received (its properties printed) when ``on_log`` is set;
+        :class:`MqttClient` reads only the errors, so the rest are not formatted (unless paho's logger is on)."""
+        if level == paho.MQTT_LOG_ERR or self._logger is not None:
+            super()._easy_log(level, fmt, *args)
+
 
 def _parse_url(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url)
@@ -308,6 +315,7 @@ class MqttClient:
         self._subscriptions: dict[str, int] = {}  # filter -> qos, in subscription order
         self._unconfirmed: set[str] = set()  # filters without a SUBACK yet (offline, or lost with a connection): sent on connect
         self._handlers: list[tuple[str, Handler]] = []
+        self._routes: dict[str, list[tuple[str, Handler]]] = {}  # topic -> its matching handlers (reset on a change)
         self._manual: set[str] = set()  # filters whose handler acknowledges its messages itself (see subscribe)
         self._queue: asyncio.Queue[MqttMessage | None] = asyncio.Queue()
         self._last_error = ""
@@ -374,6 +382,7 @@ class MqttClient:
             topics.validate(topics.unshared(topic_filter), is_filter=True)
         if handler is not None:
             self._handlers.append((topic_filter, handler))
+            self._routes = {}
         elif manual_ack:
             raise ConfigError("manual_ack needs a handler to acknowledge the messages")
         if manual_ack:
@@ -394,6 +403,7 @@ class MqttClient:
         self._unconfirmed.discard(topic_filter)
         self._manual.discard(topic_filter)
         self._handlers = [(f, h) for f, h in self._handlers if f != topic_filter]
+        self._routes = {}
         if not self._connected:
             return
         rc, mid = self._paho.unsubscribe(topic_filter)
@@ -919,22 +929,32 @@ class MqttClient:
         received = MqttMessage(
             message.topic, bytes(message.payload), message.qos, bool(message.retain), message.mid, self.connects
         )
-        matched = manual = False
-        for topic_filter, handler in self._handlers:
-            if paho.topic_matches_sub(topics.unshared(topic_filter), received.topic):  # $share/<group>/<filter> too
-                matched = True
-                manual = manual or topic_filter in self._manual
-                try:
-                    result = handler(received)
-                except Exception:
-                    log.exception("%s: handler for '%s' failed", self.client_id, topic_filter)
-                    continue
-                if inspect.isawaitable(result):
-                    self._spawn(result)
-        if not matched:
+        manual = False
+        routes = self._routes.get(received.topic)
+        if routes is None:
+            routes = self._route(received.topic)
+        for topic_filter, handler in routes:
+            manual = manual or topic_filter in self._manual
+            try:
+                result = handler(received)
+            except Exception:
+                log.exception("%s: handler for '%s' failed", self.client_id, topic_filter)
+                continue
+            if inspect.isawaitable(result):
+                self._spawn(result)
+        if not routes:
             self._queue.put_nowait(received)
         if not manual and received.qos > 0:
             self._paho.ack(received.mid, received.qos)  # what paho does itself without manual_ack
+
+    def _route(self, topic: str) -> list[tuple[str, Handler]]:
+        """The handlers whose filter matches ``topic`` ($share/<group>/<filter> too), remembered until a handler is
+        added or removed: matching every filter against every message was a tenth of a fleet service's ingest."""
+        routes = [(f, h) for f, h in self._handlers if paho.topic_matches_sub(topics.unshared(f), topic)]
+        if len(self._routes) >= _MAX_ROUTES:
+            self._routes = {}
+        self._routes[topic] = routes
+        return routes
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
         future = self._pending_pub.pop(mid, None)

@@ -138,6 +138,21 @@ def test_component_arguments_are_parsed_once_for_both_modes() -> None:
         parse_args(["/m", "--window-seconds", "soon"])
 
 
+def test_component_arguments_share_one_parser_that_keeps_no_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard parses thousands of command lines with one parser: each call sees only its own arguments, and the
+    checkpoint folder's environment default as of that call."""
+    from edgekit.edge.component import CHECKPOINT_ENV
+
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
+    _, first = parse_args(["/a", "--window-seconds", "3", "--checkpoint-dir", "/given"])
+    monkeypatch.setenv(CHECKPOINT_ENV, "/from-env")
+    model_dir, second = parse_args(["/b"])
+    assert (first.window_s, first.checkpoint_dir) == (3.0, "/given")
+    assert model_dir == Path("/b") and second.window_s == 10.0 and second.checkpoint_dir == "/from-env"
+    monkeypatch.delenv(CHECKPOINT_ENV)
+    assert parse_args(["/c"])[1].checkpoint_dir == ""
+
+
 def _stream(source: Any, n: int = 300) -> np.ndarray:
     return np.stack([source.take(i * 0.1)["x"] for i in range(n)])
 

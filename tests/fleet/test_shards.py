@@ -119,3 +119,41 @@ def test_a_bad_shards_value_is_one_line(tmp_path: Path, value: str, says: str) -
     assert not (tmp_path / "s").exists()  # refused before anything started
     if value == "0":
         assert done.stderr.strip().count("\n") == 0  # one line
+
+
+def test_a_shard_freezes_its_objects_once_its_devices_have_settled() -> None:
+    """gc.freeze() after a settled spell of the same devices up and loops running: once per change, never while
+    they still change; a cycle made before a freeze is collected by it (the collector runs first)."""
+    import gc
+    import weakref
+
+    from edgekit.sim.shard import GcFreeze
+
+    now = [0.0]
+    freezer = GcFreeze(settle_s=10.0, clock=lambda: now[0])
+
+    class Node:
+        other: object = None
+
+    cycle = Node()
+    cycle.other = cycle
+    gone = weakref.ref(cycle)
+    del cycle
+    try:
+        gc.disable()  # only the freezer's own collection may find the cycle
+        assert not freezer.check((5, 0))
+        now[0] = 5.0
+        assert not freezer.check((5, 3))  # a deployment starting loops: the spell starts again
+        now[0] = 14.0
+        assert not freezer.check((5, 3)) and gc.get_freeze_count() == 0 and gone() is not None
+        now[0] = 15.0
+        assert freezer.check((5, 3)) and freezer.freezes == 1
+        assert gc.get_freeze_count() > 0 and gone() is None
+        now[0] = 60.0
+        assert not freezer.check((5, 3))  # the same shape: frozen already
+        assert not freezer.check((5, 5))
+        now[0] = 71.0
+        assert freezer.check((5, 5)) and freezer.freezes == 2
+    finally:
+        gc.enable()
+        gc.unfreeze()

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 from helpers import eventually, requires
 
@@ -90,6 +91,42 @@ async def test_handlers_messages_iterator_and_unsubscribe(plain: MosquittoBroker
         await svc.unsubscribe("devices/+/telemetry")
         await dev.publish("devices/dev-1/telemetry", b"t")
         await _nothing_arrives(svc)
+
+
+@pytest.mark.anyio
+async def test_handlers_added_and_removed_after_a_topic_was_seen(plain: MosquittoBroker) -> None:
+    """The handlers matching a topic are remembered: one subscribed or dropped later still changes where it goes."""
+    first: list[bytes] = []
+    second: list[bytes] = []
+    where = "devices/+/telemetry"  # one filter throughout (overlapping ones would each get their own copy)
+    async with await connect(plain.url, "svc") as svc, await connect(plain.url, "dev") as dev:
+        await svc.subscribe(where)  # no handler: to the iterator
+        await dev.publish("devices/dev-1/telemetry", b"1")
+        assert (await svc.get_message(timeout=5)).payload == b"1"
+        await svc.subscribe(where, handler=lambda m: first.append(m.payload))
+        await dev.publish("devices/dev-1/telemetry", b"2")  # the topic seen before: now to the handler only
+        await eventually(lambda: first == [b"2"])
+        await svc.subscribe(where, handler=lambda m: second.append(m.payload))
+        await dev.publish("devices/dev-1/telemetry", b"3")
+        await eventually(lambda: first == [b"2", b"3"] and second == [b"3"])
+        await _nothing_arrives(svc)
+        await svc.unsubscribe(where)
+        await svc.subscribe(where)
+        await dev.publish("devices/dev-1/telemetry", b"4")
+        assert (await svc.get_message(timeout=5)).payload == b"4"
+        assert first == [b"2", b"3"] and second == [b"3"]
+
+
+@pytest.mark.anyio
+async def test_only_paho_errors_are_formatted(plain: MosquittoBroker) -> None:
+    """paho writes a line per packet when asked to: the client asks for its errors only (they name a failure)."""
+    levels: list[int] = []
+    async with await connect(plain.url, "pub") as pub:
+        pub._paho.on_log = lambda _c, _u, level, _text: levels.append(level)
+        assert await pub.publish("devices/dev-1/x", b"x", qos=1) in (SUCCESS, NO_MATCHING_SUBSCRIBERS)
+        assert levels == []
+        pub._paho._easy_log(paho.MQTT_LOG_ERR, "failed: %s", "why")
+        assert levels == [paho.MQTT_LOG_ERR]
 
 
 @pytest.mark.anyio
