@@ -77,6 +77,12 @@ class PruneOptions(BaseModel):
         description="fine_tune: samples: the weight of distillation from the unpruned source model in the loss (its "
         "softened outputs, temperature 4; the rest is cross entropy against the labels); 0: labels only",
     )
+    jitter: int = Field(
+        0,
+        ge=0,
+        description="fine_tune: samples, image inputs: shift each training batch by up to this many pixels each way "
+        "(a random translation, never a flip; the source's outputs distilled from the shifted batch); 0: none",
+    )
 
 
 SAMPLES = "samples"  # fine_tune: the labelled calibration part of --samples
@@ -377,8 +383,24 @@ def _fine_tune_on_samples(
     # held out with labels only, 98.1 % with half the loss from the source's softened outputs; source 98.9 %).
     teacher: Any = None
 
+    shifts = np.random.default_rng(1)  # its own stream: the batches' order is the same with or without jitter
+    jitter = options.jitter if images else 0
+
     def train_loss(idx: Any) -> Any:
-        return _distilled_loss(logits(module, idx), ys[idx], None if teacher is None else teacher[idx], options.distill)
+        if not jitter:
+            return _distilled_loss(logits(module, idx), ys[idx], None if teacher is None else teacher[idx], options.distill)
+        dy, dx = (int(v) for v in shifts.integers(-jitter, jitter + 1, 2))
+        moved = [fmt(torch.roll(x[idx], (dy, dx), dims=(2, 3))) if x.dim() == 4 else x[idx] for x in xs]
+
+        def run(m: Any) -> Any:
+            out = m(*moved)
+            return (out[0] if isinstance(out, (tuple, list)) else out).reshape(len(idx), -1)
+
+        soft = None
+        if teacher is not None:
+            with torch.no_grad():
+                soft = run(source.module)
+        return _distilled_loss(run(module), ys[idx], soft, options.distill)
 
     def mean_loss() -> float:
         module.eval()
@@ -455,7 +477,7 @@ def _fine_tune_on_samples(
     progress(f"prune: fine-tuned: loss on the calibration samples {before:.4f} → {after:.4f}")
     return {"on": "calibration samples", "samples": len(ys), "steps": options.fine_tune_steps, "batch": batch,
             "optimizer": "Adam", "learningRate": options.learning_rate, "schedule": options.schedule,
-            "batchNorm": options.batch_norm,
+            "batchNorm": options.batch_norm, "jitterPixels": jitter,
             "loss": "cross entropy" if teacher is None else
             f"cross entropy × {1 - options.distill:g} + distillation from the source × {options.distill:g} (T={_TEMPERATURE:g})",
             "lossBefore": round(before, 6), "lossAfter": round(after, 6), "batchNormRecalibrated": norms}  # fmt: skip
