@@ -411,17 +411,17 @@ def test_a_cosine_schedule_takes_the_pruned_model_through_the_gate(factory: tupl
 
 @pytest.mark.slow  # trains the tiny CNN (once per file) and fine-tunes 150 steps
 def test_jitter_with_pure_distillation_takes_the_pruned_model_through_the_gate(factory: tuple[str, Any], tmp_path: Path) -> None:
-    """The recipe for a few hundred images: each batch shifted by up to ``jitter`` pixels, the loss all distillation
-    from the source on the shifted batch (no labels learnt by heart). The half-pruned tiny CNN ships within 2 points of
-    its source, and the manifest says how it was fine-tuned."""
+    """The recipe for a few hundred images: each batch shifted by up to ``jitter`` of the image's size (1/8 of 8×8: one
+    pixel), the loss all distillation from the source on the shifted batch (no labels learnt by heart). The
+    half-pruned tiny CNN ships within 2 points of its source, and the manifest says how it was fine-tuned."""
     spec, module = factory
     reports = _compile(spec, tmp_path / "b", _samples(module), fine_tune="samples", fine_tune_steps=150, learning_rate=3e-3,
-                       distill=1.0, jitter=1)  # fmt: skip
+                       distill=1.0, jitter=0.125)  # fmt: skip
     pruned = reports["pruned"]
     assert pruned.status == "chosen", pruned.reason
     assert pruned.pruned is not None
     tuning = pruned.pruned["fineTuned"]
-    assert tuning["jitterPixels"] == 1
+    assert tuning["jitterPixels"] == [1, 1]
     assert tuning["loss"] == "cross entropy × 0 + distillation from the source × 1 (T=4)"
     assert tuning["lossAfter"] < tuning["lossBefore"] / 2
 
@@ -442,7 +442,7 @@ def test_jitter_shifts_the_training_batches_and_never_the_measured_loss() -> Non
         calibration=[{"input": x[i : i + 1]} for i in range(16)], calibration_labels=[y[i : i + 1] for i in range(16)]
     )
 
-    def tuned(jitter: int, shape: list[int]) -> dict[str, Any]:
+    def tuned(jitter: float, shape: list[int]) -> dict[str, Any]:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(144, 3))
         spec = SimpleNamespace(name="input", shape=shape, dtype=np.float32)
@@ -455,7 +455,7 @@ def test_jitter_shifts_the_training_batches_and_never_the_measured_loss() -> Non
 
         return copy.deepcopy(model).eval()
 
-    still, moved = tuned(0, [1, 1, 8, 8]), tuned(2, [1, 1, 8, 8])
-    assert still["jitterPixels"] == 0 and moved["jitterPixels"] == 2
+    still, moved = tuned(0, [1, 1, 8, 8]), tuned(0.25, [1, 1, 8, 8])
+    assert still["jitterPixels"] == [0, 0] and moved["jitterPixels"] == [2, 2]  # a quarter of 8 pixels
     assert moved["lossBefore"] == still["lossBefore"]  # measured on the samples as given
     assert moved["lossAfter"] != still["lossAfter"]  # trained on shifted batches
