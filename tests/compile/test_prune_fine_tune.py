@@ -410,19 +410,20 @@ def test_a_cosine_schedule_takes_the_pruned_model_through_the_gate(factory: tupl
 
 
 @pytest.mark.slow  # trains the tiny CNN (once per file) and fine-tunes 150 steps
-def test_jitter_with_pure_distillation_takes_the_pruned_model_through_the_gate(factory: tuple[str, Any], tmp_path: Path) -> None:
-    """The recipe for a few hundred images: each batch shifted by up to ``jitter`` of the image's size (1/8 of 8×8: one
-    pixel), the loss all distillation from the source on the shifted batch (no labels learnt by heart). The
-    half-pruned tiny CNN ships within 2 points of its source, and the manifest says how it was fine-tuned."""
+def test_jitter_takes_the_pruned_model_through_the_gate(factory: tuple[str, Any], tmp_path: Path) -> None:
+    """``jitter``: each batch shifted by up to that fraction of the image's size (1/8 of 8×8: one pixel), the source
+    distilled on the shifted batch. The half-pruned tiny CNN ships within 2 points of its source, and the manifest
+    says how it was fine-tuned. (With ``distill: 1.0`` as well — MobileNetV2's recipe — it loses 2.4 points: this
+    model's labels teach more than its 89 % source; docs/int8-and-tuning.md.)"""
     spec, module = factory
     reports = _compile(spec, tmp_path / "b", _samples(module), fine_tune="samples", fine_tune_steps=150, learning_rate=3e-3,
-                       distill=1.0, jitter=0.125)  # fmt: skip
+                       distill=0.5, jitter=0.125)  # fmt: skip
     pruned = reports["pruned"]
     assert pruned.status == "chosen", pruned.reason
     assert pruned.pruned is not None
     tuning = pruned.pruned["fineTuned"]
     assert tuning["jitterPixels"] == [1, 1]
-    assert tuning["loss"] == "cross entropy × 0 + distillation from the source × 1 (T=4)"
+    assert tuning["loss"] == "cross entropy × 0.5 + distillation from the source × 0.5 (T=4)"
     assert tuning["lossAfter"] < tuning["lossBefore"] / 2
 
 
