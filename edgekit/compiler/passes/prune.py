@@ -77,6 +77,14 @@ class PruneOptions(BaseModel):
         description="fine_tune: samples: the weight of distillation from the unpruned source model in the loss (its "
         "softened outputs, temperature 4; the rest is cross entropy against the labels); 0: labels only",
     )
+    jitter: float = Field(
+        0,
+        ge=0,
+        lt=0.5,
+        description="fine_tune: samples, image inputs: shift each training batch by up to this fraction of the image's "
+        "height and width each way (a random translation, never a flip; the source distilled on the shifted batch); "
+        "0: none",
+    )
 
 
 SAMPLES = "samples"  # fine_tune: the labelled calibration part of --samples
@@ -377,8 +385,25 @@ def _fine_tune_on_samples(
     # held out with labels only, 98.1 % with half the loss from the source's softened outputs; source 98.9 %).
     teacher: Any = None
 
+    shifts = np.random.default_rng(1)  # its own stream: the batches' order is the same with or without jitter
+    sizes = next((tuple(x.shape[2:]) for x in xs if x.dim() == 4), (0, 0))
+    jitter = (round(options.jitter * sizes[0]), round(options.jitter * sizes[1]))  # pixels up/down, left/right
+
     def train_loss(idx: Any) -> Any:
-        return _distilled_loss(logits(module, idx), ys[idx], None if teacher is None else teacher[idx], options.distill)
+        if not any(jitter):
+            return _distilled_loss(logits(module, idx), ys[idx], None if teacher is None else teacher[idx], options.distill)
+        dy, dx = (int(shifts.integers(-j, j + 1)) for j in jitter)
+        moved = [fmt(torch.roll(x[idx], (dy, dx), dims=(2, 3))) if x.dim() == 4 else x[idx] for x in xs]
+
+        def run(m: Any) -> Any:
+            out = m(*moved)
+            return (out[0] if isinstance(out, (tuple, list)) else out).reshape(len(idx), -1)
+
+        soft = None
+        if teacher is not None:
+            with torch.no_grad():
+                soft = run(source.module)
+        return _distilled_loss(run(module), ys[idx], soft, options.distill)
 
     def mean_loss() -> float:
         module.eval()
@@ -455,7 +480,7 @@ def _fine_tune_on_samples(
     progress(f"prune: fine-tuned: loss on the calibration samples {before:.4f} → {after:.4f}")
     return {"on": "calibration samples", "samples": len(ys), "steps": options.fine_tune_steps, "batch": batch,
             "optimizer": "Adam", "learningRate": options.learning_rate, "schedule": options.schedule,
-            "batchNorm": options.batch_norm,
+            "batchNorm": options.batch_norm, "jitterPixels": list(jitter),
             "loss": "cross entropy" if teacher is None else
             f"cross entropy × {1 - options.distill:g} + distillation from the source × {options.distill:g} (T={_TEMPERATURE:g})",
             "lossBefore": round(before, 6), "lossAfter": round(after, 6), "batchNormRecalibrated": norms}  # fmt: skip
