@@ -302,12 +302,6 @@ HELD_OUT = {"trained-mobilenetv2": 797}
 MobileNetV2's 30 % pruning holds 1 point with 265 images to fine-tune on (98.5 %, source 99.25 %, 532 evaluated)
 and misses it with 133 (97.0 %, source 98.9 %, 267 evaluated); see docs/benchmarks.md."""
 
-PRUNE_RECIPE: dict[str, dict[str, Any]] = {"trained-mobilenetv2": {"distill": 1.0, "schedule": "cosine", "jitter": 0.0625}}
-"""The fine-tune recipe the bench sets on a trained model's prune steps (under --prune-ratios / --fine-tune-steps):
-MobileNetV2-0.5 pruned 50 % on 265 digits holds 98.50 % (source 99.25 %) with all the loss distilled from the source
-on batches shifted by up to 1/16 of the image, 98.12 % without the shift; optimize.yaml's own recipe (half labels,
-constant, no shift) stays the default because this one cost the trained CNN 1.3–5 points (docs/benchmarks.md)."""
-
 MODELS = ("mlp", "cnn", "mobilenet", "mobilenetv2", "kws", "digits", "rf", "trained-cnn", "trained-mobilenetv2")
 
 
@@ -506,9 +500,8 @@ def _optimize(
 ) -> None:
     """Compile with compiler/optimize.yaml and labelled samples; with ``tuning`` on, its tuned TVM candidates (the
     source model and each pruned ratio) tune in ``tuning.database`` (tvm-tuned reuses what the tuning run above
-    found). ``prune``: options set on every prune step (the bench's --prune-ratios and --fine-tune-steps), over the
-    case's :data:`PRUNE_RECIPE`."""
-    pipe = with_prune_options(load_pipeline("optimize"), {**PRUNE_RECIPE.get(case.name, {}), **(prune or {})})
+    found). ``prune``: options set on every prune step (the bench's --prune-ratios and --fine-tune-steps)."""
+    pipe = with_prune_options(load_pipeline("optimize"), prune or {})
     if tuning.on:
         tuning.database.mkdir(parents=True, exist_ok=True)
         pipe = pipe.with_tuning(tuning.trials or None, tuning.minutes, tuning.database)
