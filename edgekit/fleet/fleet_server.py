@@ -51,6 +51,18 @@ __all__ = ["FleetServer"]
 log = logging.getLogger(__name__)
 
 _WILDCARD = ("0.0.0.0", "", "::")
+QUEUED_PER_DEVICE = 100
+MIN_QUEUED = 10_000
+"""QoS 1 messages the broker may queue for one client, per device of the fleet (at least 10,000: mosquitto's
+``max_queued_messages``, one limit for every client). The fleet service's one session receives every device's
+telemetry and Jobs requests; past the limit mosquitto drops what it would queue for it — silently, after the device
+got its PUBACK — so a service a busy machine slows (a deployment to 10,000 devices) would lose summaries. 100 a
+device: 1,000 s of a fleet's 10 s windows; the payloads are the broker's either way (each stored once)."""
+
+
+def broker_queue_limit(devices: int) -> int:
+    """The broker's ``max_queued_messages`` for a fleet of ``devices`` (see :data:`QUEUED_PER_DEVICE`)."""
+    return max(MIN_QUEUED, QUEUED_PER_DEVICE * devices)
 
 
 def _url_host(host: str) -> str:
@@ -193,7 +205,14 @@ class FleetServer:
                 self.name,
             )
             self.progress("no mTLS (tls: false): devices are not authenticated")
-        self.broker = MosquittoBroker(self.folder.broker, tls=self.material, acl=self.tls, host=self.host, port=self.port)
+        self.broker = MosquittoBroker(
+            self.folder.broker,
+            tls=self.material,
+            acl=self.tls,
+            host=self.host,
+            port=self.port,
+            max_queued_messages=broker_queue_limit(len(self.devices)),
+        )
         self.progress("starting mosquitto")
         await asyncio.to_thread(self.broker.start)
         self._client = MqttClient(SERVICE_IDENTITY, tls=self.material.service if self.material else None)
