@@ -373,8 +373,9 @@ def _fine_tune_on_samples(
     def fmt(x: Any) -> Any:
         return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
-    def logits(m: Any, idx: Any) -> Any:
-        out = m(*(fmt(x[idx]) for x in xs))
+    def logits(m: Any, idx: Any, inputs: list[Any] | None = None) -> Any:
+        """``m``'s outputs for the samples ``idx`` (``inputs``: those samples' inputs changed, e.g. shifted)."""
+        out = m(*(inputs if inputs is not None else [fmt(x[idx]) for x in xs]))
         return (out[0] if isinstance(out, (tuple, list)) else out).reshape(len(idx), -1)
 
     def loss_on(idx: Any) -> Any:
@@ -394,16 +395,11 @@ def _fine_tune_on_samples(
             return _distilled_loss(logits(module, idx), ys[idx], None if teacher is None else teacher[idx], options.distill)
         dy, dx = (int(shifts.integers(-j, j + 1)) for j in jitter)
         moved = [fmt(torch.roll(x[idx], (dy, dx), dims=(2, 3))) if x.dim() == 4 else x[idx] for x in xs]
-
-        def run(m: Any) -> Any:
-            out = m(*moved)
-            return (out[0] if isinstance(out, (tuple, list)) else out).reshape(len(idx), -1)
-
         soft = None
         if teacher is not None:
             with torch.no_grad():
-                soft = run(source.module)
-        return _distilled_loss(run(module), ys[idx], soft, options.distill)
+                soft = logits(source.module, idx, moved)
+        return _distilled_loss(logits(module, idx, moved), ys[idx], soft, options.distill)
 
     def mean_loss() -> float:
         module.eval()
@@ -446,23 +442,7 @@ def _fine_tune_on_samples(
             f"prune: {what}; fine-tuning {options.fine_tune_steps} step(s) of {batch} on {len(ys)} labelled calibration samples"
         )
         _train_mode(module, frozen)
-        order: list[int] = []
-        every = max(1, options.fine_tune_steps // 5)
-        recent: list[float] = []
-        for step in range(1, options.fine_tune_steps + 1):
-            if len(order) < batch:
-                order += [int(i) for i in rng.permutation(len(ys))]
-            idx, order = torch.tensor(order[:batch]), order[batch:]
-            loss = train_loss(idx)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            recent.append(float(loss.detach()))
-            if step % every == 0 and step < options.fine_tune_steps:
-                progress(f"prune: fine-tune step {step}/{options.fine_tune_steps}, training loss {sum(recent) / len(recent):.4f}")
-                recent = []
+        _train_steps(train_loss, opt, sched, options.fine_tune_steps, batch, len(ys), rng, progress)
         if not frozen:
             norms = recalibrate()
         after = mean_loss()
@@ -484,6 +464,30 @@ def _fine_tune_on_samples(
             "loss": "cross entropy" if teacher is None else
             f"cross entropy × {1 - options.distill:g} + distillation from the source × {options.distill:g} (T={_TEMPERATURE:g})",
             "lossBefore": round(before, 6), "lossAfter": round(after, 6), "batchNormRecalibrated": norms}  # fmt: skip
+
+
+def _train_steps(train_loss: Any, opt: Any, sched: Any, steps: int, batch: int, count: int, rng: Any, progress: Progress) -> None:
+    """``steps`` optimizer steps on batches of ``batch`` of the ``count`` samples, drawn in ``rng``'s permutations
+    (each sample once per pass); the training loss reported five times along the way."""
+    import torch
+
+    order: list[int] = []
+    every = max(1, steps // 5)
+    recent: list[float] = []
+    for step in range(1, steps + 1):
+        if len(order) < batch:
+            order += [int(i) for i in rng.permutation(count)]
+        idx, order = torch.tensor(order[:batch]), order[batch:]
+        loss = train_loss(idx)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        recent.append(float(loss.detach()))
+        if step % every == 0 and step < steps:
+            progress(f"prune: fine-tune step {step}/{steps}, training loss {sum(recent) / len(recent):.4f}")
+            recent = []
 
 
 def _distilled_loss(out: Any, labels: Any, teacher: Any, distill: float) -> Any:
