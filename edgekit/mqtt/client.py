@@ -73,6 +73,7 @@ _MISC_MAX_S = 15.0
 _MAX_SSL_DRAIN = 64
 _READ_BYTES = 65536
 _SUBSCRIBE_BATCH = 8  # AWS IoT Core: at most 8 filters per SUBSCRIBE
+_PUBACK_BYTE = 0x40  # a PUBACK's fixed header (type 4, no flags)
 _MAX_ROUTES = 65536  # topics whose matching handlers are remembered (a fleet service sees one or two per device)
 
 
@@ -117,15 +118,21 @@ if not (hasattr(paho.Client, "_create_socket") and hasattr(paho.Client, "_sock_c
 
 
 class _ReadBuffer:
-    """The socket paho is given: its reads come from what one read of the real socket took.
+    """The socket paho is given: its reads come from what one read of the real socket took, and its writes of one
+    turn of the event loop leave in one send.
 
     paho reads a packet a few bytes at a time (its type, each byte of its length, then the rest), each a ``recv``
     of the socket, under TLS each an ``SSLSocket.read`` and an ``SSLWantReadError`` raised and caught to learn
     there is no more: ~4 calls through Python's ssl module for a 4-byte PUBACK. Here :meth:`fill` makes one read
     of up to 64 KiB when the event loop says the socket is readable, and paho's ``recv`` calls take from that buffer
-    (``BlockingIOError`` once it is empty: paho's "no more for now"). Writes go straight to the socket."""
+    (``BlockingIOError`` once it is empty: paho's "no more for now").
 
-    __slots__ = ("buffer", "eof", "error", "sock", "tls")
+    paho writes each packet with a ``send`` of its own. While :attr:`gathering` (:meth:`MqttClient._on_writable`
+    sets it around paho's ``loop_write``) a ``send`` only appends to :attr:`out`, and :meth:`flush` sends that in
+    one call — 50 PUBLISHes of a spool drain were 50 sends (a system call each, and a wake-up of the broker's);
+    what the socket does not take waits in :attr:`out` for room, before anything paho writes next."""
+
+    __slots__ = ("buffer", "eof", "error", "gathering", "out", "sock", "tls")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -133,9 +140,13 @@ class _ReadBuffer:
         self.buffer = bytearray()
         self.eof = False
         self.error: OSError | None = None
+        self.gathering = False
+        self.out = bytearray()
 
     def fill(self) -> bool:
         """One read of the real socket into the buffer; False when it had nothing (an end or an error count as something)."""
+        if self.error is not None:  # a failed write: paho meets it at its next recv
+            return True
         try:
             data = self.sock.recv(_READ_BYTES)
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
@@ -171,7 +182,26 @@ class _ReadBuffer:
         raise BlockingIOError
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
+        if self.gathering or self.out:  # behind what waits for room, never before it
+            self.out += data
+            return len(data)
         return self.sock.send(data)
+
+    def flush(self) -> bool:
+        """Send what was gathered, as much as the socket takes now; True when all of it went. A failed send is kept in
+        :attr:`error` (paho's next ``recv`` raises it: a lost connection, as paho would have found it)."""
+        out = self.out
+        while out:
+            try:
+                sent = self.sock.send(out)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                return False
+            except OSError as exc:
+                self.error = self.error or exc
+                out.clear()
+                return True
+            del out[:sent]
+        return True
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -180,6 +210,12 @@ class _ReadBuffer:
         self.sock.setblocking(flag)
 
     def close(self) -> None:
+        """Send what was gathered if the socket takes it now (paho closes the socket right after writing a DISCONNECT),
+        then close."""
+        self.gathering = False
+        if self.out and self.error is None:
+            self.flush()
+        self.out.clear()
         self.sock.close()
 
 
@@ -187,12 +223,88 @@ class _Paho(paho.Client):
     """paho's client, given a socket that is already connected (and TLS-handshaken) instead of opening a blocking one."""
 
     _edgekit_socket: socket.socket | None = None
+    _edgekit_puback: Callable[[int, int], None] | None = None
 
     def _create_socket(self) -> Any:
         sock, self._edgekit_socket = self._edgekit_socket, None
         if sock is None:
             raise ConnectionError("edgekit's MqttClient opens the socket itself; call MqttClient.connect()")
         return _ReadBuffer(sock)
+
+    def _handle_pubackcomp(self, cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
+        """A PUBACK without properties (what brokers send: 2 bytes, or 3 with a reason code under MQTT 5) goes
+        straight to :attr:`_edgekit_puback` as ``(mid, reason code)``; anything else to paho's own handling.
+
+        paho builds a ``ReasonCode`` and two ``Properties`` objects per PUBACK and calls ``on_publish`` through two
+        locks: a third of a spool drain's CPU on the agent (bench/ipc). The bookkeeping after it is paho's own
+        (``_do_on_publish``): the message leaves ``_out_messages``, its info is published, a queued message takes
+        its place in flight."""
+        packet = self._in_packet["packet"]
+        size = len(packet)
+        hook = self._edgekit_puback
+        if cmd != "PUBACK" or hook is None or not (size == 2 or (size == 3 and self._protocol == paho.MQTTv5)):
+            return super()._handle_pubackcomp(cmd)
+        mid = (packet[0] << 8) | packet[1]
+        with self._out_message_mutex:
+            message = self._out_messages.pop(mid, None)
+            if message is None:  # not ours, or answered already
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            hook(mid, packet[2] if size == 3 else 0)
+            message.info._set_as_published()
+            if message.qos > 0:
+                self._inflight_messages -= 1
+                if self._max_inflight_messages > 0:
+                    return self._update_inflight()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _edgekit_pubacks(self, data: bytearray) -> int:
+        """Take the PUBACKs at the head of ``data`` (read, not yet given to paho) as :meth:`_handle_pubackcomp` does,
+        all at once: returns how many bytes they were (0: none, or paho is in the middle of a packet).
+
+        paho reads a packet with three ``recv`` calls and a dict of state, and refills its in-flight window after
+        each PUBACK (a scan of its queued messages): for a spool drain's PUBACKs, which come back in runs of tens,
+        the window is refilled once per run here, and the bytes are read where they lie."""
+        hook = self._edgekit_puback
+        if hook is None or self._in_packet["command"] != 0:
+            return 0
+        at, end, freed = 0, len(data), 0
+        v5 = self._protocol == paho.MQTTv5
+        out = self._out_messages
+        with self._out_message_mutex:
+            while end - at >= 4 and data[at] == _PUBACK_BYTE:
+                size = data[at + 1]
+                if size == 2:
+                    code = 0
+                elif size == 3 and v5 and end - at >= 5:
+                    code = data[at + 4]
+                else:  # properties, or a malformed or partial packet: paho's
+                    break
+                mid = (data[at + 2] << 8) | data[at + 3]
+                at += 2 + size
+                message = out.pop(mid, None)
+                if message is None:
+                    continue
+                hook(mid, code)
+                message.info._set_as_published()
+                if message.qos > 0:
+                    self._inflight_messages -= 1
+                    freed += 1
+            if freed and self._max_inflight_messages > 0:
+                self._update_inflight()
+        if at:
+            with self._msgtime_mutex:
+                now = paho.time_func()
+                if hasattr(self, "_last_bytes_received"):  # paho 2.2 (2.1: _last_msg_in)
+                    self._last_bytes_received = now
+                else:  # pragma: no cover - paho 2.1
+                    self._last_msg_in = now
+        return at
+
+    def _update_inflight(self) -> MQTTErrorCode:
+        """paho's, which scans every message it holds for a queued one after each PUBACK: not when none is queued."""
+        if len(self._out_messages) <= self._inflight_messages:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return super()._update_inflight()
 
     def _easy_log(self, level: LogLevel, fmt: str, *args: Any) -> None:
         """paho formats a line for every packet sent and received (its properties printed) when ``on_log`` is set;
@@ -287,6 +399,7 @@ class MqttClient:
         self._paho.on_disconnect = self._on_disconnect
         self._paho.on_message = self._on_message
         self._paho.on_publish = self._on_publish
+        self._paho._edgekit_puback = self._on_puback
         self._paho.on_subscribe = self._on_subscribe
         self._paho.on_unsubscribe = self._on_unsubscribe
         self._paho.on_log = self._on_log
@@ -829,12 +942,23 @@ class MqttClient:
             self._on_writable()
 
     def _on_writable(self) -> None:
-        self._paho.loop_write()
+        sock = self._sock
+        if sock is None:  # pragma: no cover - paho was given another socket
+            self._paho.loop_write()
+        elif sock.flush():  # what waited for room went first; now what paho has queued, gathered into one send
+            sock.gathering = True
+            try:
+                self._paho.loop_write()
+            finally:
+                sock.gathering = False
+            sock.flush()
+        if sock is not None and sock is self._sock and sock.error is not None and self._loop is not None:
+            self._loop.call_soon(self._on_readable)  # paho finds the failed send there and ends the connection
         # what did not fit waits for room (paho tells its register callback only once, so ask it here)
         fd, loop = self._fd, self._loop
         if fd is None or loop is None:
             return
-        if self._paho.want_write():
+        if self._paho.want_write() or (sock is not None and sock.out):
             if not self._writer_on:
                 loop.add_writer(fd, self._on_writable)
                 self._writer_on = True
@@ -848,12 +972,19 @@ class MqttClient:
             self._paho.loop_read()
             return
         reads = 0
+        paho_ = self._paho
         while sock.fill():
-            # paho takes at most (messages in flight, or 1) packets a call: call it until the buffer is used up
+            # paho takes at most (messages in flight, or 1) packets a call: call it until the buffer is used up; the
+            # PUBACKs at the head are taken at once (_Paho._edgekit_pubacks)
             left = len(sock.buffer) + 1
-            while self._sock is sock and (sock.buffer or sock.eof or sock.error) and len(sock.buffer) < left:
+            while self._sock is sock and len(sock.buffer) < left:
+                taken = paho_._edgekit_pubacks(sock.buffer) if sock.buffer else 0
+                if taken:
+                    del sock.buffer[:taken]
                 left = len(sock.buffer)
-                self._paho.loop_read()
+                if not (sock.buffer or sock.eof or sock.error):
+                    break
+                paho_.loop_read()
             if self._sock is not sock:  # the connection ended
                 return
             # TLS: records already decrypted into the SSL object's buffer don't wake epoll; read them now
@@ -957,9 +1088,12 @@ class MqttClient:
         return routes
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
+        self._on_puback(mid, int(reason.value))
+
+    def _on_puback(self, mid: int, reason: int) -> None:
         future = self._pending_pub.pop(mid, None)
         if future is not None and not future.done():
-            future.set_result(int(reason.value))
+            future.set_result(reason)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode], properties: Any) -> None:
         future = self._pending_sub.pop(mid, None)

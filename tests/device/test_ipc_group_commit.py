@@ -243,9 +243,11 @@ class SlowSpool(Spool):
         self.gate = threading.Event()
         self.gate.set()
         self.batches: list[int] = []
+        self.entered = 0  # messages of the commits that started (held at the gate or not)
         self.returned = 0
 
     def put_many(self, messages: Any) -> list[int | EdgeError]:
+        self.entered += len(messages)
         self.gate.wait(10)
         results = super().put_many(messages)
         self.batches.append(len(messages))
@@ -316,7 +318,7 @@ def test_no_answer_leaves_the_socket_before_the_fsync_that_covers_it(tmp_path: P
         try:
             spool.gate.clear()
             futures = [client.publish_to_iot_core_async(topic_name=TOPIC, qos="1", payload=str(i).encode()) for i in range(30)]
-            await eventually(lambda: spool.batches == [] and len(ipc.iot_core.group_commit._puts) > 0, 10, "puts queued")
+            await eventually(lambda: spool.batches == [] and spool.entered > 0, 10, "a commit held open")
             await asyncio.sleep(0.3)
             assert not any(f.done() for f in futures)  # the commit is held: nothing answered
             spool.gate.set()
@@ -328,6 +330,54 @@ def test_no_answer_leaves_the_socket_before_the_fsync_that_covers_it(tmp_path: P
             await ipc.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_commit_stores_each_message_with_its_own_number_among_refusals_and_drops(tmp_path: Path) -> None:
+    """put_many writes its rows in a few multi-row INSERTs: each message still gets its own sequence number, one
+    refused in the middle none, and a spool that drops its oldest to make room drops them in order."""
+    spool = Spool(tmp_path / "spool.db", max_message_bytes=64)
+    messages = [("t", str(i).encode()) for i in range(150)]
+    messages[70] = ("t", b"x" * 65)  # over max_message_bytes: refused alone
+    results = spool.put_many(messages)
+    assert isinstance(results[70], SpoolFullError)
+    seqs = [r for r in results if isinstance(r, int)]
+    assert [(item.seq, item.payload) for item in spool.peek(200)] == [
+        (seq, payload) for seq, (_, payload) in zip(seqs, [m for i, m in enumerate(messages) if i != 70], strict=True)
+    ]
+    spool.close()
+    small = Spool(tmp_path / "small.db", max_items=5, on_full="overwrite_oldest")
+    results = small.put_many([("t", str(i).encode()) for i in range(9)])
+    assert [(item.seq, item.payload) for item in small.peek(10)] == [(results[i], str(i).encode()) for i in range(4, 9)]
+    assert small.dropped == 4
+    small.close()
+
+
+def test_puts_of_many_and_of_one_share_commits_and_get_their_own_results(tmp_path: Path) -> None:
+    spool = SlowSpool(tmp_path / "spool.db")
+
+    async def scenario() -> None:
+        commit = GroupCommit(spool, max_batch=10)
+        spool.gate.clear()
+        first = commit.put_nowait("t", b"0")
+        await asyncio.sleep(0.05)  # the first commit is held open; the rest queue behind it
+        many = commit.put_many_nowait([("t", b"1"), ("t", b"x" * 65), ("t", b"2")])
+        one = commit.put_nowait("t", b"3")
+        more = commit.put_many_nowait([("t", str(i).encode()) for i in range(4, 16)])  # over max_batch: a commit alone
+        spool.gate.set()
+        seqs = [await first]
+        results = await many
+        assert isinstance(results[1], SpoolFullError)
+        seqs += [results[0], results[2], await one]  # type: ignore[list-item]
+        seqs += await more  # type: ignore[arg-type]
+        assert spool.batches == [1, 4, 12]
+        assert [item.seq for item in spool.peek(100)] == seqs and seqs == sorted(seqs)
+        assert [item.payload for item in spool.peek(100)] == [str(i).encode() for i in range(16)]
+        await commit.close()
+        with pytest.raises(EdgeError, match="closed"):
+            commit.put_many_nowait([("t", b"late")])
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    spool.close()
 
 
 def test_an_ack_of_many_removes_them_all(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import pytest
 
 from edgekit.device.ipc import DeviceIpc, InProcessIpc, UnauthorizedError
 from edgekit.device.ipc.errors import IpcServerError
-from edgekit.device.ipc.eventstream import FrameDecoder, FramingError, MessageType, encode
+from edgekit.device.ipc.eventstream import FrameDecoder, FrameTemplate, FramingError, MessageType, encode
 from edgekit.device.ipc.policy import matches
 from edgekit.device.ipc.socket_server import IpcServer, socket_path_for
 
@@ -193,6 +193,66 @@ def test_the_decoder_refuses_bad_crcs_lengths_and_headers() -> None:
     fixed = body[:8] + struct.pack(">I", zlib.crc32(body[:8])) + body[12:]
     with pytest.raises(FramingError, match="malformed headers|run past"):
         FrameDecoder().feed(fixed + struct.pack(">I", zlib.crc32(fixed)))
+
+
+def test_requests_that_differ_only_in_their_stream_id_decode_each_with_its_own() -> None:
+    """The decoder reuses what it decoded of a header block that differs only in the stream id's value: each message
+    still gets its own id, and blocks that differ elsewhere (an operation, a type, a header more) their own headers."""
+    base = {":message-type": 0, ":message-flags": 0, ":stream-id": 1, "operation": "aws.greengrass#PublishToIoTCore"}
+    variants: list[dict[str, Any]] = [
+        {**base, ":stream-id": 7},
+        {**base, ":stream-id": 8},
+        {**base, ":stream-id": -5},
+        {**base, ":stream-id": 9, "operation": "aws.greengrass#PublishToIoTCorx"},  # same length, another name
+        {**base, ":stream-id": 10, ":message-flags": 2},
+        {":stream-id": 11, **base},  # the stream id first: another place in the block
+        {**base, ":stream-id": 12, "extra": True},
+        {**base, ":stream-id": 13},
+    ]
+    decoder = FrameDecoder()
+    stream = b"".join(encode(headers, b"{}") for headers in variants)
+    got = [m.headers for m in decoder.feed(stream[:100])] + [m.headers for m in decoder.feed(stream[100:])]
+    assert got == [{**headers, ":stream-id": headers[":stream-id"]} for headers in variants]
+    assert decoder.pending == 0
+    template = FrameTemplate({**base, ":content-type": "application/json"}, b"{}")
+    for stream_id in (1, 2**31 - 1, -1):
+        assert template.frame(stream_id) == encode({**base, ":content-type": "application/json", ":stream-id": stream_id}, b"{}")
+
+
+def test_the_publishes_of_one_read_are_stored_together_and_each_answered(tmp_path: Path) -> None:
+    """Publishes read together are checked one by one (a refused one answered with its error) and the rest stored in
+    one commit, in order, each answered on its own stream."""
+
+    async def scenario(ipc: DeviceIpc) -> None:
+        env = ipc.environment(COMPONENT)
+
+        def publish(stream_id: int, topic: str, qos: str = "1") -> bytes:
+            headers = {":message-type": 0, ":message-flags": 0, ":stream-id": stream_id, "operation": NS_PUBLISH}
+            body = {"topicName": topic, "qos": qos, "payload": base64.b64encode(str(stream_id).encode()).decode()}
+            return encode(headers, json.dumps(body).encode())
+
+        frames = [publish(i, f"devices/dev-1/t/{i}", qos="2" if i == 5 else "1") for i in range(1, 41)]
+        frames[9] = publish(10, "devices/other/t")  # not authorized
+        with raw(tmp_path / "ipc.socket") as sock:
+            sock.sendall(connect_frame(env["SVCUID"]))
+            sock.sendall(b"".join(frames))
+            decoder = FrameDecoder()
+            answers: dict[int, Any] = {}
+            while len(answers) < 40:
+                for message in decoder.feed(await asyncio.to_thread(sock.recv, 65536)):
+                    if message.type != MessageType.CONNECT_ACK:
+                        answers[message.stream_id] = message
+        assert ipc.iot_core.group_commit.commits <= 3  # not one per message
+        refused = {i: answers[i].headers["service-model-type"] for i in (5, 10)}
+        assert refused == {5: "aws.greengrass#InvalidArgumentsError", 10: "aws.greengrass#UnauthorizedError"}
+        stored = [i for i in range(1, 41) if i not in refused]
+        assert all(answers[i].headers["service-model-type"] == NS_PUBLISH + "Response" for i in stored)
+        assert [int(item.payload) for item in ipc.iot_core.spool.peek(100)] == stored
+
+    run(tmp_path, scenario)
+
+
+NS_PUBLISH = "aws.greengrass#PublishToIoTCore"
 
 
 # --------------------------------------------------------------------------- the handshake and operations

@@ -95,6 +95,26 @@ async def test_publishing_writes_in_the_loop_turn_without_watching_for_room(secu
 
 
 @pytest.mark.anyio
+async def test_the_packets_of_one_loop_turn_leave_in_one_send(secure: MosquittoBroker, tls: TlsMaterial) -> None:
+    """A drain's batch of PUBLISHes goes to the socket in one send, not one each; every PUBACK comes back."""
+    async with await connect(secure.url, "dev-a", tls=tls.device("dev-a"), max_inflight=100) as device:
+        assert device._sock is not None
+        real = device._sock.sock
+        sends: list[int] = []
+
+        def counting_send(data: Any, *args: Any) -> int:
+            sent = type(real).send(real, data, *args)
+            sends.append(sent)
+            return sent
+
+        real.send = counting_send  # type: ignore[method-assign]
+        results = await device.publish_many([(f"devices/dev-a/telemetry/{i}", b"p" * 100) for i in range(40)])
+        assert results.count(SUCCESS) + results.count(16) == 40
+        assert len(sends) == 1 and sends[0] > 40 * 100
+        assert device._paho._out_messages == {} and device._paho._inflight_messages == 0
+
+
+@pytest.mark.anyio
 async def test_a_large_write_that_does_not_fit_waits_for_room_and_arrives(secure: MosquittoBroker, tls: TlsMaterial) -> None:
     """Many big messages at once fill the socket: the rest waits for room (the loop watches the socket then) and
     every message arrives, in order."""

@@ -170,17 +170,23 @@ class IpcHandler:
         return operation in _OPERATIONS
 
     def publish_nowait(self, component: str, request: Mapping[str, Any]) -> tuple[str, asyncio.Future[int]]:
-        """PublishToIoTCore without a coroutine (the socket server's hot path): the checks now (an IpcError raised),
-        then the topic and the future of the message's sequence number, set once the commit holding it is on disk
-        (an :class:`~edgekit.edge.errors.EdgeError` when it could not be stored: see :func:`publish_failed`)."""
-        if not isinstance(request, Mapping):
-            raise InvalidArgumentsError("the request must be a JSON object")
-        topic, payload = _publish_request(self, component, request)
+        """PublishToIoTCore without a coroutine: the checks now (an IpcError raised), then the topic and the future of
+        the message's sequence number, set once the commit holding it is on disk (an
+        :class:`~edgekit.edge.errors.EdgeError` when it could not be stored: see :func:`publish_failed`)."""
+        topic, payload = self.publish_checked(component, request)
         assert self.iot_core is not None
         try:
             return topic, self.iot_core.put_nowait(topic, payload)
         except EdgeError as exc:
             raise publish_failed(topic, exc) from None
+
+    def publish_checked(self, component: str, request: object) -> tuple[str, bytes]:
+        """PublishToIoTCore's checks (an IpcError raised): the topic and payload to spool. The socket server checks
+        each publish as it arrives and spools those of one read together
+        (:meth:`~edgekit.device.ipc.iotcore.IotCoreLink.put_many_nowait`)."""
+        if not isinstance(request, Mapping):
+            raise InvalidArgumentsError("the request must be a JSON object")
+        return _publish_request(self, component, request)
 
     async def spool_put(self, topic: str, payload: bytes) -> int:
         """Spool one IoT Core message; returns once it is on disk (group commit: publishes that arrive together share

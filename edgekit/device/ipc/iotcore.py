@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgekit.edge.errors import EdgeError
 from edgekit.edge.store.group_commit import GroupCommit
 from edgekit.edge.store.spool import Spool
 
@@ -115,6 +116,16 @@ class IotCoreLink:
             return stored
         return self.group_commit.put_nowait(topic, payload)  # its commit wakes the sender (on_commit)
 
+    def put_many_nowait(self, messages: Sequence[tuple[str, bytes]]) -> asyncio.Future[list[int | EdgeError]]:
+        """:meth:`put_nowait` of several messages (in this order) with one future: per message its sequence number or
+        the :class:`~edgekit.edge.errors.SpoolFullError` that kept it out, set once they are on disk."""
+        if not self.durable:
+            stored: asyncio.Future[list[int | EdgeError]] = asyncio.get_running_loop().create_future()
+            stored.set_result(self.spool.put_many(messages))
+            self._wake.set()
+            return stored
+        return self.group_commit.put_many_nowait(messages)
+
     # ------------------------------------------------------------------ the connection
 
     def attach(self, client: MqttClient) -> None:
@@ -161,6 +172,9 @@ class IotCoreLink:
             self._wake.clear()
             if self.client is None or not self.client.connected:
                 continue
+            # woken by a commit: its answers to the components were queued in this turn of the event loop; let them
+            # go out first (the socket server writes at the end of the turn), the drain's MQTT work after them
+            await asyncio.sleep(0)
             try:
                 await self.flush()
             except Exception as exc:  # never let one drain end the sender

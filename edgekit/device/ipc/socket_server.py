@@ -56,11 +56,13 @@ from edgekit.device.ipc.eventstream import (
     TERMINATE_STREAM,
     EventStreamMessage,
     FrameDecoder,
+    FrameTemplate,
     FramingError,
     MessageType,
     encode,
 )
 from edgekit.device.ipc.handler import NS, STREAMING, Cleanup, IpcHandler, publish_failed
+from edgekit.edge.errors import EdgeError
 
 __all__ = ["IpcServer", "private_folder", "socket_path_for"]
 
@@ -70,6 +72,17 @@ _SUN_PATH_MAX = 107
 JSON = "application/json"
 _PUBLISH_TO_IOT_CORE = NS + "PublishToIoTCore"
 _PUBLISH_RESPONSE = NS + "PublishToIoTCoreResponse"
+_PUBLISHED = FrameTemplate(
+    {
+        ":message-type": int(MessageType.APPLICATION_MESSAGE),
+        ":message-flags": TERMINATE_STREAM,
+        ":stream-id": 0,
+        ":content-type": JSON,
+        "service-model-type": _PUBLISH_RESPONSE,
+    },
+    b"{}",
+)
+"""The answer to a PublishToIoTCore stored (what :meth:`_Connection.send_app` writes for it, encoded once)."""
 
 
 AUTH_TIMEOUT_S = 5.0
@@ -165,17 +178,22 @@ class _Connection:
         self.tasks: set[asyncio.Task[None]] = set()
         self._loop = asyncio.get_running_loop()
         self._out: list[bytes] = []
+        self._publishes: list[tuple[int, str, bytes]] = []  # (stream id, topic, payload) checked, not yet spooled
 
     # ------------------------------------------------------------------ writing
 
     def write(self, headers: dict[str, Any], payload: bytes = b"") -> None:
         """Queue one message; what is queued goes out in one socket write at the end of this turn of the event loop
         (the answers a group commit releases together leave in one send, not one each)."""
+        self.write_frame(encode(headers, payload))
+
+    def write_frame(self, frame: bytes) -> None:
+        """:meth:`write` of a message already encoded."""
         if self.writer.is_closing():
             return
         if not self._out:
             self._loop.call_soon(self.flush)
-        self._out.append(encode(headers, payload))
+        self._out.append(frame)
 
     def flush(self) -> None:
         out, self._out = self._out, []
@@ -226,13 +244,16 @@ class _Connection:
                     return
                 for message in decoder.iter_feed(data):
                     if not self.handle(message):
+                        self.spool_publishes()
                         await self.linger()
                         return
                     decoder.max_message = server.max_message_bytes  # authenticated: the full limit
+                self.spool_publishes()
                 self.flush()
                 await self.writer.drain()
         except FramingError as exc:
             log.warning("IPC connection of %s: %s; closing it", self.component or "an unauthenticated client", exc)
+            self.spool_publishes()  # those before the bad frame were whole: stored and answered as usual
             await self.linger()
         except (ConnectionError, OSError):
             return
@@ -315,30 +336,48 @@ class _Connection:
     # ------------------------------------------------------------------ operations
 
     def publish(self, stream_id: int, payload: bytes) -> None:
-        """PublishToIoTCore, the hot path, without a task: checked now, answered from the callback of the commit that
-        holds the message (so never before its fsync), or refused now."""
+        """PublishToIoTCore, the hot path, without a task: checked now (refused now), spooled with the other publishes
+        of the same read (:meth:`spool_publishes`), answered from the callback of the commit that holds them (so never
+        before its fsync)."""
         assert self.component is not None
-        handler = self.server.handler
         try:
             try:
                 request = json.loads(payload or b"{}")
             except ValueError:
                 raise InvalidArgumentsError(f"the {_PUBLISH_TO_IOT_CORE} request is not JSON") from None
-            topic, stored = handler.publish_nowait(self.component, request)
+            topic, message = self.server.handler.publish_checked(self.component, request)
         except IpcError as exc:
             self.send_app(stream_id, exc.model, exc.payload(), TERMINATE_STREAM, error=True)
             return
-        stored.add_done_callback(functools.partial(self._published, stream_id, topic))
+        self._publishes.append((stream_id, topic, message))
 
-    def _published(self, stream_id: int, topic: str, stored: asyncio.Future[int]) -> None:
+    def spool_publishes(self) -> None:
+        """Spool the publishes checked since the last call, together: one future and one answer for them all (what a
+        read brings: with 64 in flight, tens of requests), not one each."""
+        batch, self._publishes = self._publishes, []
+        iot_core = self.server.handler.iot_core
+        if not batch or iot_core is None:
+            return
+        try:
+            stored = iot_core.put_many_nowait([(topic, message) for _, topic, message in batch])
+        except EdgeError as exc:
+            for stream_id, topic, _ in batch:
+                error = publish_failed(topic, exc)
+                self.send_app(stream_id, error.model, error.payload(), TERMINATE_STREAM, error=True)
+            return
+        stored.add_done_callback(functools.partial(self._published, batch))
+
+    def _published(self, batch: list[tuple[int, str, bytes]], stored: asyncio.Future[list[int | EdgeError]]) -> None:
         if stored.cancelled():
             return
         failure = stored.exception()
-        if failure is None:
-            self.send_app(stream_id, _PUBLISH_RESPONSE, {}, TERMINATE_STREAM)
-            return
-        error = publish_failed(topic, failure)
-        self.send_app(stream_id, error.model, error.payload(), TERMINATE_STREAM, error=True)
+        results: list[int | BaseException] = [failure] * len(batch) if failure is not None else list(stored.result())
+        for (stream_id, topic, _), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                error = publish_failed(topic, result)
+                self.send_app(stream_id, error.model, error.payload(), TERMINATE_STREAM, error=True)
+            else:
+                self.write_frame(_PUBLISHED.frame(stream_id))
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -18,7 +18,7 @@ import asyncio
 import collections
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from edgekit.edge.errors import EdgeError
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_Put = tuple[str, bytes, "asyncio.Future[int]"]
+_Put = tuple[Sequence[tuple[str, bytes]], "asyncio.Future[Any]", bool]
+"""(messages, their future, whether it is one :meth:`GroupCommit.put_nowait`: its future takes the one result)."""
 _Call = tuple[Callable[[], Any], "asyncio.Future[Any]"]
 
 
@@ -42,6 +43,23 @@ def _take(queue: collections.deque[T], limit: int) -> list[T]:
             out.append(queue.popleft())
         except IndexError:
             break
+    return out
+
+
+def _take_puts(queue: collections.deque[_Put], limit: int) -> list[_Put]:
+    """Puts from the left of ``queue`` while their messages stay within ``limit`` (the first one whatever its size)."""
+    out: list[_Put] = []
+    taken = 0
+    while True:
+        try:
+            put = queue.popleft()
+        except IndexError:
+            break
+        if out and taken + len(put[0]) > limit:
+            queue.appendleft(put)  # only this thread takes from the left: it stays first
+            break
+        out.append(put)
+        taken += len(put[0])
     return out
 
 
@@ -93,7 +111,19 @@ class GroupCommit:
         if self._closed:
             raise EdgeError(f"spool '{self.spool.path}' is closed")
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._puts.append((topic, payload, done))
+        self._puts.append(([(topic, payload)], done, True))
+        self._wake()
+        return done
+
+    def put_many_nowait(self, messages: Sequence[tuple[str, bytes]]) -> asyncio.Future[list[int | EdgeError]]:
+        """Several puts (in this order) with one future: the list of their sequence numbers, or for a message that
+        was refused alone its :class:`~edgekit.edge.errors.SpoolFullError`, set once the commit holding them is on
+        disk (failed with an :class:`~edgekit.edge.errors.EdgeError` when that commit failed). What arrives in one
+        read of a socket: one future and one answer for all of it, not one each. Called from the event loop."""
+        if self._closed:
+            raise EdgeError(f"spool '{self.spool.path}' is closed")
+        done: asyncio.Future[list[int | EdgeError]] = asyncio.get_running_loop().create_future()
+        self._puts.append((messages, done, False))
         self._wake()
         return done
 
@@ -127,7 +157,7 @@ class GroupCommit:
                 if not self._puts and not self._calls:  # closed, and nothing left to do
                     return
             calls = _take(self._calls, len(self._calls))
-            batch = _take(self._puts, self.max_batch)
+            batch = _take_puts(self._puts, self.max_batch)
             for call, done in calls:
                 try:
                     result, error = call(), None
@@ -138,23 +168,28 @@ class GroupCommit:
                 self._commit(batch)
 
     def _commit(self, batch: list[_Put]) -> None:
-        messages = [(topic, payload) for topic, payload, _ in batch]
+        messages = [message for put in batch for message in put[0]] if len(batch) > 1 else list(batch[0][0])
         try:
             results = self.spool.put_many(messages)
         except Exception as exc:
             failure = exc if isinstance(exc, EdgeError) else EdgeError(f"spool '{self.spool.path}': {exc}")
-            self._answer([(done, None, failure) for _, _, done in batch])
+            self._answer([(done, None, failure) for _, done, _ in batch])
             return
         self.commits += 1
         stored = sum(1 for result in results if not isinstance(result, BaseException))
         self.committed += stored
-        self._answer(
-            [
-                (done, None, result) if isinstance(result, BaseException) else (done, result, None)
-                for (_, _, done), result in zip(batch, results, strict=True)
-            ],
-            self.on_commit if stored else None,
-        )
+        answers: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        start = 0
+        for put, done, one in batch:
+            mine = results[start : start + len(put)]
+            start += len(put)
+            if not one:
+                answers.append((done, mine, None))
+            elif isinstance(mine[0], BaseException):
+                answers.append((done, None, mine[0]))
+            else:
+                answers.append((done, mine[0], None))
+        self._answer(answers, self.on_commit if stored else None)
 
     @staticmethod
     def _answer(
@@ -193,7 +228,7 @@ class GroupCommit:
         await asyncio.sleep(0)  # the answers of the last commit, sent to this loop, are settled
 
     def _refuse(self, error: EdgeError) -> None:
-        for _, _, done in _take(self._puts, len(self._puts)):
+        for _, done, _ in _take(self._puts, len(self._puts)):
             _settle(done, None, error)
         for _, done in _take(self._calls, len(self._calls)):
             _settle(done, None, error)
