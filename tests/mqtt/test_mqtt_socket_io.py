@@ -5,6 +5,7 @@ socket for room, and an idle connection's keepalive is kept with the check a qua
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from helpers import requires
 
 from edgekit.mqtt.broker import MosquittoBroker
-from edgekit.mqtt.client import SUCCESS, MqttClient, connect, is_failure
+from edgekit.mqtt.client import SUCCESS, MqttClient, _ReadBuffer, connect, is_failure
 from edgekit.mqtt.tls import TlsMaterial
 
 pytestmark = requires("mosquitto")
@@ -112,6 +113,32 @@ async def test_the_packets_of_one_loop_turn_leave_in_one_send(secure: MosquittoB
         assert results.count(SUCCESS) + results.count(16) == 40
         assert len(sends) == 1 and sends[0] > 40 * 100
         assert device._paho._out_messages == {} and device._paho._inflight_messages == 0
+
+
+def test_a_gathered_write_that_fails_is_met_by_pahos_next_read() -> None:
+    """What the socket paho is given gathers a turn's sends; a send that fails on a closed peer is kept for paho's
+    next recv (which then reports the connection lost, as paho would have found it), never raised into the loop."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    sock = _ReadBuffer(ours)
+    sock.gathering = True
+    assert sock.send(b"first") == 5 and sock.send(b"second") == 6 and sock.out == b"firstsecond"
+    sock.gathering = False
+    assert sock.flush() and peer.recv(100) == b"firstsecond"
+    peer.close()
+    sock.gathering = True
+    sock.send(b"x" * 300_000)  # more than a closed peer's socket takes: the send fails
+    sock.gathering = False
+    for _ in range(3):  # the event loop's next turns: each flush fails, nothing is raised
+        assert sock.flush()
+        sock.gathering = True
+        sock.send(b"y")
+        sock.gathering = False
+    assert sock.error is not None and sock.fill()
+    with pytest.raises(OSError):
+        while True:
+            sock.recv(65536)
+    sock.close()
 
 
 @pytest.mark.anyio
