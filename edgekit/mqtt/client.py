@@ -27,7 +27,7 @@ from typing import Any, Literal, Self, TypeVar, cast
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, LogLevel, MQTTErrorCode
+from paho.mqtt.enums import CallbackAPIVersion, LogLevel, MQTTErrorCode, _ConnectionState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -946,7 +946,10 @@ class MqttClient:
         if sock is None:  # pragma: no cover - paho was given another socket
             self._paho.loop_write()
         elif sock.flush():  # what waited for room went first; now what paho has queued, gathered into one send
-            sock.gathering = True
+            # ... except a DISCONNECT: paho closes the socket right after writing it, so it must go to the socket
+            # itself (kept in paho's queue while the socket is full), never into a gather close() can't finish
+            # (the broker would see an abnormal close and publish the client's will)
+            sock.gathering = self._paho._state is not _ConnectionState.MQTT_CS_DISCONNECTING
             try:
                 self._paho.loop_write()
             finally:

@@ -219,6 +219,38 @@ def test_requests_that_differ_only_in_their_stream_id_decode_each_with_its_own()
         assert template.frame(stream_id) == encode({**base, ":content-type": "application/json", ":stream-id": stream_id}, b"{}")
 
 
+def _frame(block: bytes, payload: bytes = b"") -> bytes:
+    """A frame around a raw header block (right lengths, right CRCs): what a hostile client can send."""
+    prelude = struct.pack(">II", 12 + len(block) + len(payload) + 4, len(block))
+    body = prelude + struct.pack(">I", zlib.crc32(prelude)) + block + payload
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def test_hostile_header_blocks_fail_as_framing_and_never_take_a_cached_shape() -> None:
+    """A block cut short inside the stream id's value, after the whole block was decoded (and its shape remembered),
+    is refused as framing (not a struct error that would end the connection's task); a block naming ``:stream-id``
+    twice decodes the same each time (the last one wins); a flood of distinct blocks does not switch the reuse off."""
+    from edgekit.device.ipc import eventstream
+
+    headers = {":message-type": 0, "operation": "aws.greengrass#Probe", ":stream-id": 3}
+    block = encode(headers)[12:-4]
+    assert _frame(block) == encode(headers)
+    assert FrameDecoder().feed(_frame(block))[0].stream_id == 3
+    for cut in (1, 2, 3, 4):
+        with pytest.raises(FramingError):
+            FrameDecoder().feed(_frame(block[:-cut]))
+    twice = block + encode({":stream-id": "x"})[12:-4]
+    assert [FrameDecoder().feed(_frame(twice))[0].headers[":stream-id"] for _ in range(2)] == ["x", "x"]
+    for i in range(600):  # junk from a client that never authenticates: another block (and place) each
+        FrameDecoder().feed(encode({"n" * (1 + i % 7): i, ":stream-id": i}))
+    for stream_id in (4, 5):
+        assert FrameDecoder().feed(_frame(block[:-4] + struct.pack(">i", stream_id)))[0].stream_id == stream_id
+    assert len(eventstream._SHAPES) <= 256 and any(
+        shape[1] == {**headers, ":stream-id": 3} or shape[1] == {**headers, ":stream-id": 4}
+        for shape in eventstream._SHAPES.values()
+    )
+
+
 def test_the_publishes_of_one_read_are_stored_together_and_each_answered(tmp_path: Path) -> None:
     """Publishes read together are checked one by one (a refused one answered with its error) and the rest stored in
     one commit, in order, each answered on its own stream."""

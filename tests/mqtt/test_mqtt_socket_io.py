@@ -173,3 +173,59 @@ def test_an_idle_connection_is_kept_alive_by_the_coarser_check(secure: Mosquitto
     connected, connects, interval = asyncio.run(main())
     assert interval == 2.0
     assert connected and connects == 1
+
+
+def _packets(stream: bytes) -> list[int]:
+    """The packet types (the fixed header's high nibble) of an MQTT byte stream; raises if it ends mid-packet."""
+    kinds, i = [], 0
+    while i < len(stream):
+        kind, i = stream[i] >> 4, i + 1
+        length, shift = 0, 0
+        while True:
+            byte, i = stream[i], i + 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if i + length > len(stream):
+            raise ValueError(f"the stream ends inside a packet of type {kind}")
+        kinds.append(kind)
+        i += length
+    return kinds
+
+
+@pytest.mark.anyio
+async def test_a_clean_disconnect_behind_a_full_socket_still_ends_with_disconnect() -> None:
+    """Messages queued while the socket is full, then disconnect(): once the peer reads again every queued packet
+    arrives whole and the last one is DISCONNECT (cut short, the broker would see an abnormal close and publish the
+    client's will)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received = bytearray()
+    read_on = asyncio.Event()
+
+    async def peer() -> None:
+        conn, _ = await asyncio.to_thread(listener.accept)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        first = await asyncio.to_thread(conn.recv, 65536)
+        assert first[0] >> 4 == 1  # CONNECT
+        conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK, MQTT 5, no properties
+        await read_on.wait()
+        while chunk := await asyncio.to_thread(conn.recv, 1 << 20):
+            received.extend(chunk)
+        conn.close()
+
+    task = asyncio.create_task(peer())
+    client = await connect(f"mqtt://127.0.0.1:{port}", "dev-a")
+    client._sock.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # type: ignore[union-attr]
+    for i in range(60):  # ~3.6 MB of QoS 0: the first turns fill the socket, the rest waits in paho's queue
+        await client.publish(f"devices/dev-a/telemetry/{i}", bytes([i]) * 60_000, qos=0)
+        await asyncio.sleep(0)
+    closing = asyncio.create_task(client.disconnect(timeout=20))
+    await asyncio.sleep(0.3)
+    read_on.set()
+    await closing
+    await asyncio.wait_for(task, 20)
+    listener.close()
+    kinds = _packets(bytes(received))
+    assert kinds[-1] == 14 and kinds.count(3) == 60  # every PUBLISH whole, then DISCONNECT

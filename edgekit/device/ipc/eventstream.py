@@ -206,7 +206,8 @@ _STREAM_ID = ":stream-id"
 _INT32_KIND = int(HeaderType.INT32)
 _SHAPES: dict[bytes, tuple[int, dict[str, Any]]] = {}
 """Header blocks decoded before, keyed by their bytes less the 4 of the ``:stream-id`` value: (where that value is,
-the headers). A client sends the same headers on every request of an operation but for the stream id; bounded."""
+the headers). A client sends the same headers on every request of an operation but for the stream id; bounded (256
+blocks, 4 offsets: emptied when full)."""
 _OFFSETS: list[int] = []
 """Where the ``:stream-id`` value was in the blocks of :data:`_SHAPES` (one or two places: a client's header order)."""
 
@@ -218,6 +219,8 @@ def _headers(data: bytes) -> dict[str, Any]:
     an int32's value, so two blocks equal but for the 4 bytes of the stream id's value decode to the same headers
     but for that value."""
     for offset in _OFFSETS:
+        if len(data) < offset + 4:  # a block cut short there is no cached shape's (and must fail as framing)
+            continue
         shape = _SHAPES.get(data[:offset] + data[offset + 4 :])
         if shape is not None and shape[0] == offset:
             headers = shape[1].copy()
@@ -225,10 +228,15 @@ def _headers(data: bytes) -> dict[str, Any]:
             return headers
     found: list[int] = []
     headers = _decode_headers(data, found)
-    if found and len(_SHAPES) < 256:
+    # cached only where the last :stream-id is that int32 (a block naming it twice, the second not an int32, isn't);
+    # full: start again, so junk from any client (before it authenticates, too) can't switch the cache off for good
+    if found and type(headers.get(_STREAM_ID)) is int:
+        if len(_SHAPES) >= 256 or (len(_OFFSETS) >= 4 and found[0] not in _OFFSETS):
+            _SHAPES.clear()
+            _OFFSETS.clear()
         offset = found[0]
         _SHAPES[data[:offset] + data[offset + 4 :]] = (offset, headers.copy())
-        if offset not in _OFFSETS and len(_OFFSETS) < 4:
+        if offset not in _OFFSETS:
             _OFFSETS.append(offset)
     return headers
 
