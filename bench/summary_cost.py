@@ -9,7 +9,7 @@ mean (the least disturbed on a shared machine). The fleet's read is measured bot
 ``read_summary`` (pydantic's one pass, what a well-formed summary takes) and the checked read every refused or odd
 payload takes (``edgekit.parsing.loads_json`` and the model: what every summary took before). The store is
 ``FleetState.record_telemetry`` in batches of 64 distinct things on a fresh SQLite file in the temp folder.
-See docs/scale.md (what a window summary costs).
+See docs/scale.md (what a window summary's CPU is made of) and docs/benchmarks.md (telemetry ingest).
 """
 
 from __future__ import annotations
