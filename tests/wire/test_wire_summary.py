@@ -226,6 +226,40 @@ def test_the_one_pass_read_answers_as_the_checked_read(summary: WindowSummary, m
         assert got[0] == "refused"
 
 
+_MINIMAL = (
+    '{"schemaVersion":1,"type":"edgekit.inference.window","run":"r","window":1,"windowStart":1.0,"windowEnd":2.0,'
+    '"count":1,"answeredBy":{"local":1},"local":{"healthy":true}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('"count":1', '"count":01'),
+        ('"count":1', '"count":+1'),
+        ('"windowStart":1.0', '"windowStart":.5'),
+        ('"windowStart":1.0', '"windowStart":1.'),
+        ('"windowStart":1.0', '"windowStart":1E0'),
+        ('"windowStart":1.0', '"windowStart":5e-324'),
+        ('"windowStart":1.0', '"windowStart":1e308'),
+        ("}}", "},}"),
+        ('"count":1', '/*x*/"count":1'),
+        ('"run":"r"', '"run":"r","component":"\\x41"'),
+        ('"run":"r"', '"run":"r","component":"\\u0000\x7f"'),
+        (",", ",\t\n\r "),
+        (",", ",\u00a0"),
+        ('"healthy":true', '"healthy":null'),
+        ('"healthy":true', '"healthy":"yes"'),
+        ('"schemaVersion":1', '"schemaVersion":1e0'),
+        ('"window":1', '"window":1.0'),
+        ("}}", "}}" + _MINIMAL),
+    ],
+)
+def test_the_one_pass_read_and_the_checked_read_agree_on_json_lexical_corners(old: str, new: str) -> None:
+    payload = _MINIMAL.replace(old, new).encode()
+    assert _outcome(read_summary, payload) == _outcome(_read_checked, payload)
+
+
 def test_a_key_twice_is_refused_at_any_depth() -> None:
     wire = json.dumps(GOOD, separators=(",", ":"))
     for n in range(len(re.findall(r'"[^"\\]*":', wire))):
