@@ -53,6 +53,12 @@ class IngestStats:
 
 def _window_row(thing: str, summary: WindowSummary, now: float) -> tuple[Any, ...]:
     fallback = summary.fallback
+    if fallback is None:  # most summaries (no cloud fallback): nothing to write out as JSON
+        errors, breaker, fallback_ms = "{}", None, "{}"
+    else:
+        errors = json.dumps(fallback.errors, sort_keys=True)
+        breaker = fallback.breaker
+        fallback_ms = json.dumps(fallback.latency_ms.model_dump(exclude_none=True), sort_keys=True)
     return (
         thing,
         summary.component,
@@ -65,9 +71,9 @@ def _window_row(thing: str, summary: WindowSummary, now: float) -> tuple[Any, ..
         summary.answered_by.local,
         summary.answered_by.cloud,
         summary.answered_by.none,
-        json.dumps(fallback.errors if fallback is not None else {}, sort_keys=True),
-        fallback.breaker if fallback is not None else None,
-        json.dumps(fallback.latency_ms.model_dump(exclude_none=True) if fallback is not None else {}, sort_keys=True),
+        errors,
+        breaker,
+        fallback_ms,
         summary.uplink.pending,
         summary.uplink.sent,
         now,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,6 +34,9 @@ from edgekit.wire.summary import (
     SummaryError,
     UplinkCounts,
     WindowSummary,
+    _keys,
+    _no_key_twice,
+    _read_checked,
     encode_summary,
     read_summary,
 )
@@ -98,6 +103,7 @@ def test_a_summary_reads_back_as_itself(summary: WindowSummary) -> None:
     back = read_summary(wire.encode())
     assert back == summary
     assert encode_summary(back) == wire  # and encodes to the same bytes
+    assert _no_key_twice(wire.encode(), _keys(back))  # read in one pass (not sent the checked way)
     body = json.loads(wire)
     assert body["type"] == WINDOW_SUMMARY_TYPE and body["schemaVersion"] == 1 and "answeredBy" in body
 
@@ -176,6 +182,89 @@ def test_any_bytes_read_as_a_summary_nothing_or_one_summary_error(data: bytes) -
         read_summary(data)
     except SummaryError as exc:
         assert "\n" not in str(exc)
+
+
+def _outcome(read: Any, payload: bytes) -> tuple[str, Any]:
+    try:
+        return "read", read(payload)
+    except SummaryError as exc:
+        return "refused", str(exc)
+
+
+def _twice(wire: str, nth: int, value: str) -> str:
+    """``wire`` with a second copy of its ``nth`` key (any depth), given ``value``, just before the first."""
+    keys = list(re.finditer(r'"[^"\\]*":', wire))
+    at = keys[nth % len(keys)]
+    return wire[: at.start()] + at.group(0) + value + "," + wire[at.start() :]
+
+
+MUTATIONS: dict[str, Callable[[str, int], str]] = {
+    "as sent": lambda wire, n: wire,
+    "a key twice": lambda wire, n: _twice(wire, n, ["0", "1", '"x"', "{}", "1.5", "null"][n % 6]),
+    "schemaVersion true": lambda wire, n: wire.replace('"schemaVersion":1', '"schemaVersion":true'),
+    "a long number": lambda wire, n: re.sub(r'("windowStart":[0-9]+\.[0-9]+)', lambda m: m.group(1) + "0" * (1000 + n % 3), wire),
+    "spaces around colons": lambda wire, n: wire.replace('":', '" :  '),
+    "a BOM": lambda wire, n: "\ufeff" + wire,
+    "an escaped key": lambda wire, n: wire.replace('"count":', '"\\u0063ount":'),
+    "an escaped key twice": lambda wire, n: wire.replace('"count":', '"count":1,"\\u0063ount":', 1),
+    "colons in the thing": lambda wire, n: (
+        wire.replace('"run":', '"thing":"arn:aws:iot:x:1:thing/a","run":', 1) if '"thing"' not in wire else wire
+    ),
+}
+
+
+@FUZZ
+@given(summaries(), st.sampled_from(sorted(MUTATIONS)), st.integers(0, 200))
+@example(WindowSummary.model_validate_json(json.dumps(GOOD)), "a key twice", 3)  # a second 'type' at the top
+def test_the_one_pass_read_answers_as_the_checked_read(summary: WindowSummary, mutation: str, n: int) -> None:
+    """read_summary's one pass (pydantic's JSON parser) keeps a summary only where the checked read (every bound of
+    edgekit.parsing) keeps the same one; anything else is refused with the checked read's own line."""
+    payload = MUTATIONS[mutation](encode_summary(summary), n).encode()
+    got = _outcome(read_summary, payload)
+    assert got == _outcome(_read_checked, payload)
+    if mutation in ("a key twice", "an escaped key twice", "schemaVersion true", "a long number"):
+        assert got[0] == "refused"
+
+
+_MINIMAL = (
+    '{"schemaVersion":1,"type":"edgekit.inference.window","run":"r","window":1,"windowStart":1.0,"windowEnd":2.0,'
+    '"count":1,"answeredBy":{"local":1},"local":{"healthy":true}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('"count":1', '"count":01'),
+        ('"count":1', '"count":+1'),
+        ('"windowStart":1.0', '"windowStart":.5'),
+        ('"windowStart":1.0', '"windowStart":1.'),
+        ('"windowStart":1.0', '"windowStart":1E0'),
+        ('"windowStart":1.0', '"windowStart":5e-324'),
+        ('"windowStart":1.0', '"windowStart":1e308'),
+        ("}}", "},}"),
+        ('"count":1', '/*x*/"count":1'),
+        ('"run":"r"', '"run":"r","component":"\\x41"'),
+        ('"run":"r"', '"run":"r","component":"\\u0000\x7f"'),
+        (",", ",\t\n\r "),
+        (",", ",\u00a0"),
+        ('"healthy":true', '"healthy":null'),
+        ('"healthy":true', '"healthy":"yes"'),
+        ('"schemaVersion":1', '"schemaVersion":1e0'),
+        ('"window":1', '"window":1.0'),
+        ("}}", "}}" + _MINIMAL),
+    ],
+)
+def test_the_one_pass_read_and_the_checked_read_agree_on_json_lexical_corners(old: str, new: str) -> None:
+    payload = _MINIMAL.replace(old, new).encode()
+    assert _outcome(read_summary, payload) == _outcome(_read_checked, payload)
+
+
+def test_a_key_twice_is_refused_at_any_depth() -> None:
+    wire = json.dumps(GOOD, separators=(",", ":"))
+    for n in range(len(re.findall(r'"[^"\\]*":', wire))):
+        with pytest.raises(SummaryError, match="twice"):
+            read_summary(_twice(wire, n, "1").encode())
 
 
 def test_the_ingest_refuses_a_bad_summary_alone(tmp_path: Path) -> None:
