@@ -367,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls", action="store_true", help="--inference: mutual TLS, a certificate per device")
     parser.add_argument("--window", type=float, default=5.0, help="--inference: window seconds (default 5)")
     parser.add_argument(
+        "--ingest-limit",
+        type=float,
+        default=0.0,
+        help="--inference: the fleet service stores at most this many summaries/s (a service that falls behind; 0: no limit)",
+    )
+    parser.add_argument(
         "--ten-k", action="store_true", help="--inference with issue 23's goal: 10,000 devices, mTLS, 1 reading/s, 60 s"
     )
     parser.add_argument(

@@ -33,12 +33,17 @@ import edgekit
 from edgekit.fleet.telemetry import accounted
 from edgekit.fleet_file import FleetFile
 from edgekit.greengrass.package import package
+from edgekit.mqtt import topics
+from edgekit.mqtt.client import MqttClient, MqttMessage
+from edgekit.mqtt.payloads import GetPendingJobExecutionsRequest
 from edgekit.sim import Simulation, SimulationTimeoutError
 
 MODEL = "com.example.Mlp"
 INFERENCE = f"{MODEL}.Inference"
 SETTLE_S = 12.0
 MAX_SETTLE_S = 300.0  # after the timed part, how long missing windows are waited for
+PROBE_THING = "bench-jobs-probe"
+PROBE_EVERY_S = 1.0
 
 
 @dataclass
@@ -67,6 +72,15 @@ class Run:
     accounted: int = 0
     missing_windows: int = 0
     broker_dropped_for: list[str] = field(default_factory=list)  # clients mosquitto dropped messages for (its log)
+    # a Jobs request to the fleet service every second (_JobsProbe), request -> reply in ms: median, p95, max; and
+    # how many were sent and not answered by the end of the phase, during the deployment and during the timed part
+    ingest_limit: float = 0.0  # --ingest-limit: summaries/s the fleet service stored at most (0: no limit)
+    jobs_deploy_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    jobs_deploy_sent: int = 0
+    jobs_deploy_unanswered: int = 0
+    jobs_timed_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    jobs_timed_sent: int = 0
+    jobs_timed_unanswered: int = 0
     duplicates: int = 0
     achieved_per_s: float = 0.0
     cpu_percent: float = 0.0
@@ -164,6 +178,85 @@ def _build(work: Path) -> Path:
     return work / "build"
 
 
+class _JobsProbe:
+    """A Jobs request (GetPendingJobExecutions of a thing of its own) to the fleet service every second, timed from
+    its publish to its reply: how long a device's Jobs request waits for the service — the broker's queue and in-flight
+    window for the service's session, the bridge's batch and database thread, the reply. Through the broker's service
+    listener (the service's certificate: its ACL allows every topic), so no simulated device is disturbed."""
+
+    def __init__(self, sim: Simulation) -> None:
+        assert sim.broker is not None
+        material = sim.material
+        self.url = sim.broker.service_url
+        self.client = MqttClient("bench-jobs-probe", tls=material.service if material is not None else None, clean_start=True)
+        self.sent: dict[str, float] = {}
+        self.rtt_ms: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+        self._count = 0
+        self._count_at = 0
+
+    async def start(self) -> None:
+        await self.client.subscribe(f"{topics.get_pending(PROBE_THING)}/+", 1, self._on_reply)
+        await self.client.connect(self.url)
+        self._task = asyncio.get_running_loop().create_task(self._ask())
+
+    async def _ask(self) -> None:
+        while True:
+            self._count += 1
+            token = f"probe-{self._count}"
+            self.sent[token] = time.monotonic()
+            with contextlib.suppress(Exception):  # the broker's PUBACK; the reply is timed by _on_reply
+                await self.client.publish(topics.get_pending(PROBE_THING), GetPendingJobExecutionsRequest(client_token=token))
+            await asyncio.sleep(PROBE_EVERY_S)
+
+    def _on_reply(self, message: MqttMessage) -> None:  # accepted or rejected: an answer either way
+        try:
+            token = json.loads(message.payload).get("clientToken")
+        except (ValueError, AttributeError):
+            return
+        sent = self.sent.pop(token, None) if isinstance(token, str) else None
+        if sent is not None:
+            self.rtt_ms.append(1000.0 * (time.monotonic() - sent))
+
+    def phase(self) -> tuple[tuple[float, float, float], int, int]:
+        """Since the last call: (median, p95, max) ms of the replies, requests sent, requests still unanswered."""
+        rtt, self.rtt_ms = sorted(self.rtt_ms), []
+        sent, self._count_at = self._count - self._count_at, self._count
+        if not rtt:
+            return (0.0, 0.0, 0.0), sent, len(self.sent)
+        figures = (round(statistics.median(rtt), 1), round(rtt[int(0.95 * (len(rtt) - 1))], 1), round(rtt[-1], 1))
+        return figures, sent, len(self.sent)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.client.disconnect()
+
+
+def _limit_ingest(sim: Simulation, per_s: float) -> Callable[[], None]:
+    """``--ingest-limit``: the fleet service's telemetry ingest stores at most ``per_s`` summaries a second (each batch's
+    write takes at least its share of a second) — a service that falls behind the devices, as the starved one of the
+    10,000-device run did, on a machine that can't run 10,000: the broker queues the rest for its session. Returns
+    what lifts the limit (before the settle: the backlog is then stored at full speed)."""
+    ingest = sim.telemetry
+    assert ingest is not None
+    write = ingest._write
+
+    def slowed(batch: list[Any]) -> int:
+        started = time.monotonic()
+        new = write(batch)
+        time.sleep(max(0.0, len(batch) / per_s - (time.monotonic() - started)))
+        return new
+
+    ingest._write = slowed  # type: ignore[method-assign]
+
+    def lift() -> None:
+        ingest._write = write  # type: ignore[method-assign]
+
+    return lift
+
+
 async def _run(
     build: Path,
     state: Path,
@@ -177,6 +270,7 @@ async def _run(
     tls: bool = False,
     window_s: float = 5.0,
     connect_only: bool = False,
+    ingest_limit: float = 0.0,
 ) -> Run:
     fleet = FleetFile.model_validate(
         {
@@ -191,12 +285,16 @@ async def _run(
         if connect_only:
             _count_connected(sim, figures)
             return figures
+        lift = _limit_ingest(sim, ingest_limit) if ingest_limit > 0 else (lambda: None)
+        figures.ingest_limit = ingest_limit
         sim.publish(build)
         settings = {"IntervalSeconds": str(1.0 / per_s), "WindowSeconds": f"{window_s:g}", "InputSource": "synthetic:ood=0.1"}
         spec = {"componentVersion": "1.0.0", "configurationUpdate": {"merge": json.dumps(settings)}}
         deployment = sim.deploy({"targetArn": "thinggroup/all", "components": {INFERENCE: spec},
                                  "iotJobConfiguration": {"jobExecutionsRolloutConfig": {"maximumPerMinute": 1000}}})  # fmt: skip
         say(f"deploying to {devices} devices")
+        probe = _JobsProbe(sim)
+        await probe.start()
         deploy_pids = [p for p in (sim.shard_set.pids() if sim.shard_set is not None else [])]
         deploy_pids += [sim.broker.pid] if sim.broker is not None and sim.broker.pid else []
         deploy_cpu0 = _cpu() + sum(_cpu_of(p) for p in deploy_pids)
@@ -209,6 +307,7 @@ async def _run(
         figures.deploy_s, figures.deploy_counts = time.monotonic() - deployed0, dict(summary.counts)
         deploy_cpu = _cpu() + sum(_cpu_of(p) for p in deploy_pids) - deploy_cpu0
         figures.deploy_cpu_ms_per_device = 1000.0 * deploy_cpu / devices
+        figures.jobs_deploy_ms, figures.jobs_deploy_sent, figures.jobs_deploy_unanswered = probe.phase()
         assert sim.state is not None
         executions = sim.state.executions(deployment_id=deployment)
         notified = sorted(e.notified_at for e in executions if e.notified_at is not None)
@@ -228,6 +327,7 @@ async def _run(
         shard_cpu0 = sum(_cpu_of(p) for p in pids)
         broker_pid = sim.broker.pid if sim.broker is not None else None
         broker_cpu0 = _cpu_of(broker_pid) if broker_pid else 0.0
+        probe.phase()  # the timed part's requests from here
         rss0, cpu0, t0 = _rss(), _cpu(), time.monotonic()
         say(
             f"{devices} devices infer {per_s:g} readings/s each for {seconds:g} s"
@@ -249,6 +349,9 @@ async def _run(
             await sim.restart_broker(outage_s)
         await asyncio.sleep(max(0.0, seconds - (time.monotonic() - t0)))
         sampler.cancel()
+        figures.jobs_timed_ms, figures.jobs_timed_sent, figures.jobs_timed_unanswered = probe.phase()
+        await probe.stop()
+        lift()
         points = await sim.inference_checkpoints()
         wall, cpu = time.monotonic() - t0, _cpu() - cpu0
         figures.shard_cpu_percent = 100.0 * (sum(_cpu_of(p) for p in pids) - shard_cpu0) / wall
@@ -321,7 +424,8 @@ def run_inference(args: Any, say: Callable[[str], None]) -> dict[str, Any]:
         for shards in args.shards:  # several counts: side by side in this one run (same build, same machine)
             results["scale" if len(args.shards) == 1 else f"scale, {shards} shard(s)"] = asyncio.run(
                 _run(build, work / f"scale-{shards}", args.devices, args.readings, args.seconds, 0.0, say,
-                     shards=shards, tls=args.tls, window_s=args.window, connect_only=args.connect_only)
+                     shards=shards, tls=args.tls, window_s=args.window, connect_only=args.connect_only,
+                     ingest_limit=getattr(args, "ingest_limit", 0.0))
             )  # fmt: skip
         outage = None
         if args.outage > 0 and not args.connect_only:
@@ -337,7 +441,8 @@ def render(results: dict[str, Any]) -> None:
         lost = r.produced - r.accounted
         print(f"({name}) {r.devices} devices x {r.readings_per_s:g} readings/s for {r.seconds:.0f} s"
               + (f", broker down {r.outage_s:g} s" if r.outage_s else "")
-              + f"; {r.shards} shard process(es){', mTLS' if r.tls else ''}; {r.window_s:g} s windows")  # fmt: skip
+              + f"; {r.shards} shard process(es){', mTLS' if r.tls else ''}; {r.window_s:g} s windows"
+              + (f"; the service stores at most {r.ingest_limit:g} summaries/s (--ingest-limit)" if r.ingest_limit else ""))  # fmt: skip
         print(f"  connected in             {r.connect_s:10.1f} s")
         if r.connect_only:
             _render_connected(r)
@@ -350,6 +455,13 @@ def render(results: dict[str, Any]) -> None:
             print(f"    released over          {r.release_s:10.1f} s   (the rollout: 1,000 a minute at most), the last done "
                   f"{r.tail_s:.1f} s after the last release; a device's release to done: median {median:.1f} s, p95 "
                   f"{p95:.1f} s; CPU {r.deploy_cpu_ms_per_device:.1f} ms per device (all processes)")  # fmt: skip
+        for phase, ms, sent, unanswered in (
+            ("deployment", r.jobs_deploy_ms, r.jobs_deploy_sent, r.jobs_deploy_unanswered),
+            ("timed part", r.jobs_timed_ms, r.jobs_timed_sent, r.jobs_timed_unanswered),
+        ):
+            if sent:
+                print(f"  Jobs request -> reply    {ms[0]:10.1f} ms  median over the {phase} (p95 {ms[1]:.1f}, max {ms[2]:.1f}; "
+                      f"{sent} sent, one a second, {unanswered} unanswered at its end)")  # fmt: skip
         print(f"  readings/s achieved      {r.achieved_per_s:10,.0f}   (asked {r.devices * r.readings_per_s:,.0f})")
         print(
             f"  CPU of this process      {r.cpu_percent:9.0f} %   (2 cores = 200 %); of the shards {r.shard_cpu_percent:.0f} %; "

@@ -36,7 +36,7 @@ from edgekit.fleet.queries import deployment_summary
 from edgekit.fleet.service import DeploymentSummary, FleetService
 from edgekit.fleet.state import FleetState, is_database_url
 from edgekit.fleet.stopping import stop_each
-from edgekit.fleet.telemetry import SHARE_GROUP, TelemetryIngest
+from edgekit.fleet.telemetry import SHARE_GROUP, TELEMETRY_CLIENT_ID, TelemetryIngest
 from edgekit.fleet.view import FleetView
 from edgekit.fleet.web.snapshot import Presence
 from edgekit.fleet_file import FleetDevice
@@ -54,10 +54,11 @@ _WILDCARD = ("0.0.0.0", "", "::")
 QUEUED_PER_DEVICE = 100
 MIN_QUEUED = 10_000
 """QoS 1 messages the broker may queue for one client, per device of the fleet (at least 10,000: mosquitto's
-``max_queued_messages``, one limit for every client). The fleet service's one session receives every device's
-telemetry and Jobs requests; past the limit mosquitto drops what it would queue for it — silently, after the device
-got its PUBACK — so a service a busy machine slows (a deployment to 10,000 devices) would lose summaries. 100 a
-device: 1,000 s of a fleet's 10 s windows; the payloads are the broker's either way (each stored once)."""
+``max_queued_messages``, one limit for every client). The fleet service's telemetry session
+(:data:`~edgekit.fleet.telemetry.TELEMETRY_CLIENT_ID`) receives every device's telemetry; past the limit mosquitto drops
+what it would queue for it — silently, after the device got its PUBACK — so a service a busy machine slows (a
+deployment to 10,000 devices) would lose summaries. 100 a device: 1,000 s of a fleet's 10 s windows; the payloads are
+the broker's either way (each stored once). The Jobs requests come on a session of their own (the control plane's)."""
 
 
 def broker_queue_limit(devices: int) -> int:
@@ -133,7 +134,8 @@ class FleetServer:
         self.bridge: FleetMqttBridge | None = None
         self.telemetry: TelemetryIngest | None = None
         self.tracker: PresenceTracker | None = None
-        self._client: MqttClient | None = None
+        self._client: MqttClient | None = None  # the control plane: the Jobs bridge and presence
+        self._telemetry_client: MqttClient | None = None  # the devices' telemetry, on a connection of its own
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -215,7 +217,9 @@ class FleetServer:
         )
         self.progress("starting mosquitto")
         await asyncio.to_thread(self.broker.start)
-        self._client = MqttClient(SERVICE_IDENTITY, tls=self.material.service if self.material else None)
+        service_tls = self.material.service if self.material else None
+        self._client = MqttClient(SERVICE_IDENTITY, tls=service_tls)
+        self._telemetry_client = MqttClient(TELEMETRY_CLIENT_ID, tls=service_tls)
         presence = self.presence
         if presence is None:
             self.tracker = PresenceTracker(self._client, self.folder.presence_file)
@@ -229,18 +233,24 @@ class FleetServer:
             raise FleetError(f"can't serve HTTP on {self.host}:{self.http_port}: {exc.strerror or exc}") from None
         self.progress(f"fleet page: {self.http_url}/ui")
 
-        # a persistent session: requests devices send while the bridge reconnects wait for it on the broker.
-        # The bridge starts before its client connects, so requests the broker queued for the service's session
-        # while no server ran are handled, not dropped into an unread queue.
+        # two persistent sessions: the control plane's (Jobs requests, device status, presence) and the telemetry's,
+        # so that a Jobs request never waits behind the telemetry backlog in the broker's queue and in-flight window
+        # for one client. What devices send while the service reconnects waits for it on the broker. Each handler is
+        # in place before its client connects, so what the broker queued while no server ran is handled, not
+        # dropped into an unread queue.
         if self.tracker is not None:
             await self.tracker.start()
         self.bridge = FleetMqttBridge(self.service, self._client, tick_s=self.tick_s, member=self.member)
         await self.bridge.start()
         # the devices' window summaries; on PostgreSQL in the shared group more service processes join (scale_out)
         share = SHARE_GROUP if is_database_url(self.folder.state_location) else None
-        self.telemetry = TelemetryIngest(self.state, self._client, share=share)
+        self.telemetry = TelemetryIngest(self.state, self._telemetry_client, share=share)
+        self.telemetry.take_over(self._client)  # a session of the one-connection service may still queue telemetry
         await self.telemetry.start()
         await self._client.connect(self.broker.service_url)
+        await self._telemetry_client.connect(self.broker.service_url)
+        if self._client.session_present:  # once the telemetry's own session subscribes: the old one stops getting it
+            await self.telemetry.unsubscribe_old(self._client)
         self._write_running()
 
     def _register(self) -> None:
@@ -278,8 +288,9 @@ class FleetServer:
             self.telemetry.stop if self.telemetry else None,
             self.bridge.stop if self.bridge else None,
             self._client.disconnect if self._client else None,
+            self._telemetry_client.disconnect if self._telemetry_client else None,
         )
-        self.telemetry, self.bridge, self._client = None, None, None
+        self.telemetry, self.bridge, self._client, self._telemetry_client = None, None, None, None
         if self.tracker is not None:
             self.tracker.stop()
             self.tracker = None

@@ -150,10 +150,18 @@ class FleetMqttBridge:
     one process. Not a shared subscription: mosquitto 2.0 gives a ``$share/...`` subscription no message of a topic
     that starts with ``$`` (the Jobs topics do), so every process gets every request and leaves the others' alone.
 
+    Give ``client`` to the control plane only (the presence tracker may share it): the fleet service's telemetry
+    ingest has a connection of its own (:data:`~edgekit.fleet.telemetry.TELEMETRY_CLIENT_ID`), since mosquitto
+    queues a client's messages in one queue and sends it at most ``max_inflight_messages`` (100) unacknowledged — a
+    request on a connection that also carries the telemetry waits behind its whole backlog.
+
     The fleet state is read and written in one thread of the bridge's own, never on the event loop: a database that
     is slow or away (a PostgreSQL connection attempt waits up to 5 s) holds up the requests, the ticks and the
     notifications — in the order they came, one at a time — while the loop goes on serving MQTT (keepalives too).
     """
+
+    FILTERS: Final = (topics.all_job_gets(), topics.all_job_updates(), topics.all_get_pending(), topics.all_device_status())
+    """What the bridge subscribes ``client`` to: the Jobs requests and the device status reports of every thing."""
 
     def __init__(
         self,
@@ -217,11 +225,10 @@ class FleetMqttBridge:
             self._listening = True
         self._worker = self._loop.create_task(self._work(), name="fleet-mqtt-requests")
         try:
-            for topic_filter in (topics.all_job_gets(), topics.all_job_updates(), topics.all_get_pending()):
-                await self.client.subscribe(topic_filter, 1, self._on_request)
+            for topic_filter in self.FILTERS:
+                handler = self._on_status if topic_filter == topics.all_device_status() else self._on_request
+                await self.client.subscribe(topic_filter, 1, handler)
                 self._filters.append(topic_filter)
-            await self.client.subscribe(topics.all_device_status(), 1, self._on_status)
-            self._filters.append(topics.all_device_status())
         except BaseException:
             await self.stop()
             raise

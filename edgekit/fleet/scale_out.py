@@ -34,7 +34,7 @@ from edgekit.fleet.jobs_api import FleetMqttBridge, parse_member
 from edgekit.fleet.service import FleetService
 from edgekit.fleet.state import FleetState, is_database_url
 from edgekit.fleet.stopping import run_until_signalled, stop_each
-from edgekit.fleet.telemetry import SHARE_GROUP, TelemetryIngest
+from edgekit.fleet.telemetry import SHARE_GROUP, TELEMETRY_CLIENT_ID, TelemetryIngest
 from edgekit.mqtt.client import MqttClient, TlsPaths
 from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsFiles
 from edgekit.progress import Progress
@@ -50,7 +50,9 @@ class ServiceWorker:
     arrives while it reconnects waits for it) and sharing the Jobs requests and the telemetry with every other member
     of ``share``; ``member`` (index, count): which things' Jobs requests it answers (all without it; see
     :class:`~edgekit.fleet.jobs_api.FleetMqttBridge`); ``jobs=False``: none (beside an ``edgekit fleet serve``, which
-    answers them all). ``tls``: the client's certificate where the broker wants one.
+    answers them all). With ``jobs`` the telemetry has a connection of its own, ``<client_id>-telemetry`` (as
+    :class:`~edgekit.fleet.fleet_server.FleetServer`'s: a Jobs request never waits behind the telemetry backlog).
+    ``tls``: the client's certificate where the broker wants one.
     An async context manager."""
 
     def __init__(
@@ -76,7 +78,8 @@ class ServiceWorker:
         self.tick_s = tick_s
         self.flush_s = flush_s
         self.state: FleetState | None = None
-        self.client: MqttClient | None = None
+        self.client: MqttClient | None = None  # the Jobs bridge's, with ``jobs``; else the telemetry's
+        self.telemetry_client: MqttClient | None = None  # with ``jobs``: the telemetry's own (``<client_id>-telemetry``)
         self.bridge: FleetMqttBridge | None = None
         self.ingest: TelemetryIngest | None = None
 
@@ -84,12 +87,23 @@ class ServiceWorker:
         try:
             self.state = await asyncio.to_thread(FleetState, self.database)
             self.client = MqttClient(self.client_id, tls=self.tls)
-            if self.jobs:
+            ingest_client = self.client
+            if self.jobs:  # a connection each, as FleetServer: a Jobs request never waits behind the telemetry
                 self.bridge = FleetMqttBridge(FleetService(self.state), self.client, tick_s=self.tick_s, member=self.member)
                 await self.bridge.start()
-            self.ingest = TelemetryIngest(self.state, self.client, flush_s=self.flush_s, share=self.share)
+                ingest_client = self.telemetry_client = MqttClient(f"{self.client_id}-telemetry", tls=self.tls)
+            self.ingest = TelemetryIngest(self.state, ingest_client, flush_s=self.flush_s, share=self.share)
+            if self.jobs:
+                self.ingest.take_over(self.client)  # the session of a run with one connection may still queue telemetry
             await self.ingest.start()
             await self.client.connect(self.broker_url)
+            if self.telemetry_client is not None:
+                await self.telemetry_client.connect(self.broker_url)
+                if self.client.session_present:
+                    await self.ingest.unsubscribe_old(self.client)
+            elif self.client.session_present:  # a run with --member left the Jobs subscriptions: nobody here handles them
+                for topic_filter in FleetMqttBridge.FILTERS:
+                    await self.client.unsubscribe(topic_filter)
         except BaseException:
             await self.close()
             raise
@@ -109,14 +123,16 @@ class ServiceWorker:
         """Leave the shared group (the broker then queues this client id no share while it is gone), store and
         acknowledge what arrived, disconnect. What can't be stored now (the database away) stays unacknowledged: the
         broker gives it to this client id again when it reconnects."""
-        connected = self.client is not None and self.client.connected
+        ingest_client = self.ingest.client if self.ingest is not None else None
+        connected = ingest_client is not None and ingest_client.connected
         await stop_each(
             self.ingest.leave if self.ingest is not None and connected else None,
             self.ingest.stop if self.ingest else None,
             self.bridge.stop if self.bridge else None,
             self.client.disconnect if self.client else None,
+            self.telemetry_client.disconnect if self.telemetry_client else None,
         )
-        self.client = None
+        self.client = self.telemetry_client = None
         if self.state is not None:
             self.state.close()
             self.state = None
@@ -204,7 +220,7 @@ def _join_client_id(client_id: str | None) -> str:
             "--join needs --client-id ID: this process's own MQTT client id, one per process and the same across its "
             "restarts (what arrives while it restarts waits for it on the broker)"
         )
-    if client_id == SERVICE_IDENTITY:
+    if client_id in (SERVICE_IDENTITY, TELEMETRY_CLIENT_ID):
         raise ConfigError(f"--client-id {client_id}: that is the first fleet service's own id; give each joined process another")
     return client_id
 

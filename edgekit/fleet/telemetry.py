@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -29,15 +30,19 @@ from edgekit.fleet.errors import StateUnavailableError
 from edgekit.fleet.state import FleetState
 from edgekit.mqtt import topics
 from edgekit.mqtt.client import MqttClient, MqttMessage
+from edgekit.mqtt.tls import SERVICE_IDENTITY
 from edgekit.wire.summary import SummaryError, WindowSummary, read_summary
 
-__all__ = ["SHARE_GROUP", "Accounted", "TelemetryIngest", "accounted"]
+__all__ = ["SHARE_GROUP", "TELEMETRY_CLIENT_ID", "Accounted", "TelemetryIngest", "accounted"]
 
 log = logging.getLogger(__name__)
 
 TELEMETRY_FILTER: Final = "devices/+/#"
 SHARE_GROUP: Final = "edgekit-fleet"
 """The shared-subscription group the telemetry ingests of one fleet's service processes join (on PostgreSQL)."""
+TELEMETRY_CLIENT_ID: Final = f"{SERVICE_IDENTITY}-telemetry"
+"""The fleet service's MQTT client id for the devices' telemetry; its Jobs bridge and presence tracker keep
+``edgekit-fleet-service`` (a connection each: a Jobs request never waits behind the telemetry backlog)."""
 FLUSH_AT: Final = 64  # messages waiting: commit them now, before the broker's in-flight window (100) fills
 
 
@@ -105,21 +110,39 @@ class TelemetryIngest:
         self.flush_s = flush_s
         self.stats = IngestStats()
         self._clock = clock
-        self._pending: list[MqttMessage] = []
+        self._pending: list[tuple[MqttClient, MqttMessage]] = []  # with the client that acknowledges it
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
     def _now(self) -> float:
         return self._clock.now() if self._clock is not None else time.time()
 
+    @property
+    def topic_filter(self) -> str:
+        """What the ingest subscribes to (``$share/<share>/devices/+/#`` in a shared group)."""
+        return topics.shared(self.share, TELEMETRY_FILTER)
+
     async def start(self) -> None:
-        await self.client.subscribe(topics.shared(self.share, TELEMETRY_FILTER), 1, self._on_message, manual_ack=True)
+        await self.client.subscribe(self.topic_filter, 1, self._on_message, manual_ack=True)
         self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="fleet-telemetry")
+
+    def take_over(self, other: MqttClient) -> None:
+        """Store what ``other`` still gets on the telemetry topics, acknowledged on ``other``, without subscribing it:
+        the queue of ``other``'s persistent session from a run where it had the subscription (the fleet service's
+        one connection before its telemetry got one of its own). Call before ``other`` connects; then unsubscribe
+        it with :meth:`unsubscribe_old` once connected, so that the broker queues it no more."""
+        other.handle(TELEMETRY_FILTER, functools.partial(self._take, other), manual_ack=True)
+
+    async def unsubscribe_old(self, other: MqttClient) -> None:
+        """Unsubscribe ``other`` (connected, taken over) from the telemetry filters its session may hold, shared or
+        not; what the broker had already queued for it still comes, and is stored (:meth:`take_over`)."""
+        for topic_filter in dict.fromkeys((TELEMETRY_FILTER, topics.shared(SHARE_GROUP, TELEMETRY_FILTER), self.topic_filter)):
+            await other.unsubscribe(topic_filter, keep_handlers=True)
 
     async def leave(self) -> None:
         """Unsubscribe (a member of a shared group leaving it: the broker queues it no share while it is gone); what
         already arrived is still stored and acknowledged by :meth:`stop`."""
-        await self.client.unsubscribe(topics.shared(self.share, TELEMETRY_FILTER))
+        await self.client.unsubscribe(self.topic_filter)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -129,10 +152,14 @@ class TelemetryIngest:
         self.flush()
 
     def _on_message(self, message: MqttMessage) -> None:
+        self._take(self.client, message)
+
+    def _take(self, client: MqttClient, message: MqttMessage) -> None:
+        """Hold ``message`` (to be acknowledged on ``client``, the connection it came on) for the next batch."""
         if len(message.topic.split("/")) < 3:
-            self.client.ack(message)
+            client.ack(message)
             return
-        self._pending.append(message)
+        self._pending.append((client, message))
         self.stats.messages += 1
         if len(self._pending) >= FLUSH_AT:
             self._wake.set()  # the broker sends no more than its in-flight window until these are acknowledged
@@ -158,9 +185,10 @@ class TelemetryIngest:
                 continue
             self._ack(batch)
 
-    def _ack(self, batch: list[MqttMessage]) -> None:
-        for message in batch:
-            self.client.ack(message)
+    @staticmethod
+    def _ack(batch: list[tuple[MqttClient, MqttMessage]]) -> None:
+        for client, message in batch:
+            client.ack(message)
 
     def flush(self) -> int:
         """Write what arrived since the last flush in one transaction, then acknowledge it; returns the new windows."""
@@ -169,13 +197,13 @@ class TelemetryIngest:
         self._ack(batch)
         return new
 
-    def _write(self, batch: list[MqttMessage]) -> int:
+    def _write(self, batch: list[tuple[MqttClient, MqttMessage]]) -> int:
         if not batch:
             return 0
         now = self._now()
         rows: list[tuple[Any, ...]] = []
         per_thing: dict[str, Counter[str]] = {}
-        for message in batch:
+        for _client, message in batch:
             topic, payload = message.topic, message.payload
             thing = topic.split("/")[1]
             counts = per_thing.setdefault(thing, Counter())

@@ -510,13 +510,23 @@ class MqttClient:
             raise BrokerError(f"the broker refused the subscription to '{topic_filter}' (reason code {code})")
         return code
 
-    async def unsubscribe(self, topic_filter: str, *, timeout: float = 10.0) -> None:
-        """Drop a subscription (and its handlers)."""
+    def handle(self, topic_filter: str, handler: Handler, *, manual_ack: bool = False) -> None:
+        """Give ``handler`` the messages that match ``topic_filter`` without subscribing to it: what a persistent
+        session still delivers of a subscription it holds from an earlier run, or held before an
+        :meth:`unsubscribe` (the broker keeps what it queued). ``manual_ack`` as for :meth:`subscribe`."""
+        self._handlers.append((topic_filter, handler))
+        self._routes = {}
+        if manual_ack:
+            self._manual.add(topic_filter)
+
+    async def unsubscribe(self, topic_filter: str, *, timeout: float = 10.0, keep_handlers: bool = False) -> None:
+        """Drop a subscription (and its handlers, unless ``keep_handlers``: for what the session still had queued)."""
         self._subscriptions.pop(topic_filter, None)
         self._unconfirmed.discard(topic_filter)
-        self._manual.discard(topic_filter)
-        self._handlers = [(f, h) for f, h in self._handlers if f != topic_filter]
-        self._routes = {}
+        if not keep_handlers:
+            self._manual.discard(topic_filter)
+            self._handlers = [(f, h) for f, h in self._handlers if f != topic_filter]
+            self._routes = {}
         if not self._connected:
             return
         rc, mid = self._paho.unsubscribe(topic_filter)
