@@ -586,3 +586,57 @@ def test_a_token_id_model_exports_with_int64_inputs(tmp_path: Path, out_dir: Pat
     assert [s.dtype for s in plain.manifest.inputs] == ["int64"]
     got = edgekit.load(plain.artifact_dir).predict({"ids": ids[:2]})[0]
     np.testing.assert_allclose(got, eager(model, ids[:2]), atol=1e-5)
+
+
+SEEN_BATCHES = """
+SEEN = []
+
+
+class Net(torch.nn.Module):
+    def __init__(self, mix):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.norm, self.fc = torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 4)
+        self.mix = mix
+
+    def forward(self, x):
+        SEEN.append(x.shape[0])
+        y = torch.relu(self.norm(self.conv(x))).mean((2, 3))
+        return self.fc(y - y.mean(0) if self.mix else y)  # mix: each sample's output depends on the batch's others
+
+
+def plain():
+    return Net(False).eval()
+
+
+def mixing():
+    return Net(True).eval()
+"""
+
+
+@pytest.mark.parametrize(("factory", "batched"), [("plain", True), ("mixing", False)])
+def test_the_torch_reference_runs_the_samples_in_batches_and_gives_what_one_at_a_time_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, factory: str, batched: bool
+) -> None:
+    # 70 samples: batches of 32, 32 and 6, after the first and last sample alone (what the batches must agree with).
+    # A model whose outputs mix the samples of a batch (or one that refuses a batch) is run one sample at a time.
+    import importlib
+
+    from edgekit.compiler.frontends.torch import load_torch
+    from edgekit.compiler.phases.reference import reference_outputs
+    from edgekit.compiler.samples import SampleSet
+
+    mod = write_factory(tmp_path, monkeypatch, SEEN_BATCHES)
+    source = load_torch(f"{mod}:{factory}", tmp_path / "work", {"x": [1, 3, 6, 6]})
+    seen = importlib.import_module(mod).SEEN
+    seen.clear()
+    rng = np.random.default_rng(3)
+    feeds = [{"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)} for _ in range(70)]
+    ref = reference_outputs(source, MeasureSpec(), SampleSet(feeds, [np.array([i % 4]) for i in range(70)], None))
+
+    assert seen == ([1, 1, 32, 32, 6] if batched else [1, 1, 32, *[1] * 70])
+    model = getattr(importlib.import_module(mod), factory)()
+    for feed, outs in zip(feeds, ref.expected, strict=True):
+        assert len(outs) == 1 and outs[0].shape == (1, 4)
+        np.testing.assert_allclose(outs[0], eager(model, feed["x"]), rtol=1e-5, atol=1e-6)
+    assert ref.truth is not None and ref.source_score is not None and ref.source_score.top1 is not None

@@ -460,3 +460,67 @@ def test_jitter_shifts_the_training_batches_and_never_the_measured_loss() -> Non
     assert still["jitterPixels"] == [0, 0] and moved["jitterPixels"] == [2, 2]  # a quarter of 8 pixels
     assert moved["lossBefore"] == still["lossBefore"]  # measured on the samples as given
     assert moved["lossAfter"] != still["lossAfter"]  # trained on shifted batches
+
+
+_RESIDUAL = (
+    _FACTORY.split("def make_model")[0]
+    + '''
+class Residual(nn.Module):
+    """A stem conv and a 1x1 expand/project pair added back onto it: stem and project write the same 16 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.expand, self.project = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 64, 1), nn.Conv2d(64, 16, 1)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + self.project(torch.relu(self.expand(x)))
+        return self.head(nn.functional.adaptive_avg_pool2d(x, 2).flatten(1))
+
+
+def make_model():
+    global _TRAINED
+    if _TRAINED is None:
+        torch.manual_seed(0)
+        model = Residual()
+        x, y, _, _ = digits()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        order = torch.Generator().manual_seed(0)
+        for _ in range(8):
+            for idx in torch.randperm(len(y), generator=order).split(50):
+                loss = nn.functional.cross_entropy(model(torch.from_numpy(x[idx.numpy()])), torch.from_numpy(y[idx.numpy()]))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        _TRAINED = model.eval()
+    return _TRAINED
+'''
+)
+
+
+@pytest.mark.slow  # trains a tiny residual CNN (seconds) and fine-tunes 150 steps
+def test_max_shared_ratio_prunes_residual_joined_channels_less_and_the_model_passes_the_gate(tmp_path: Path) -> None:
+    """``max_shared_ratio``: the channels a residual addition joins (stem and project write them) lose at most that
+    fraction, the block's own expanded channels lose ``ratio``; fine-tuned, the model ships within 2 points."""
+    from edgekit.compiler.passes.prune import _shared_groups
+
+    name = f"ek_res_{uuid.uuid4().hex[:10]}"
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(_RESIDUAL))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = __import__(name)
+        import torch_pruning as tp
+
+        model = module.make_model()
+        assert _shared_groups(tp, model, (torch.zeros(1, 1, 8, 8),), [model.head]) in ([model.stem], [model.project])
+        reports = _compile(f"{name}:make_model", tmp_path / "b", _samples(module), fine_tune="samples", fine_tune_steps=150,
+                           learning_rate=3e-3, max_shared_ratio=0.25)  # fmt: skip
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(name, None)
+    pruned = reports["pruned"]
+    assert pruned.status == "chosen", pruned.reason
+    assert pruned.pruned is not None and pruned.pruned["maxSharedRatio"] == 0.25
+    assert pruned.pruned["channelsKept"] == {"stem": 12, "expand": 32, "project": 12, "head": 10}  # 16 × 0.75, 64 × 0.5
+    assert "at most 25% of the 1 channel group(s) residual additions join" in pruned.pruned["method"]

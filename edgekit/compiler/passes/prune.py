@@ -51,6 +51,14 @@ class PruneOptions(BaseModel):
         f"budget ships; 'auto': {', '.join(str(r) for r in AUTO_RATIOS)}",
     )
     flops: float | None = Field(None, gt=0, lt=1, description="instead of ratio: the fraction of the source's MACs to keep")
+    max_shared_ratio: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="PyTorch: remove at most this fraction of a channel group that several layers write (residual "
+        "additions join their outputs: a stage's thin bottleneck, which every block of it reads); ratio prunes the "
+        "other groups (a block's own expanded channels, where the time goes). Default: ratio everywhere",
+    )
     multiple: int = Field(1, ge=1, description="keep a multiple of this many channels (SIMD-friendly widths)")
     fine_tune: str | None = Field(
         None,
@@ -177,6 +185,8 @@ def prune(
     data = out.read_bytes()
     notes.pruned = {"method": how, "ratio": options.ratio if options.flops is None else None, "flopsTarget": options.flops,
                     "channelsKept": kept, "fineTuned": tuned}  # fmt: skip
+    if options.max_shared_ratio is not None:
+        notes.pruned["maxSharedRatio"] = options.max_shared_ratio
     if why_not:
         notes.pruned["notFineTuned"] = why_not
     return replace(source, onnx_path=out, model=model, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
@@ -272,9 +282,12 @@ def _torch(
     ignored = [layers[-1]]  # the classifier: its outputs are the model's
     try:
         kwargs: dict[str, Any] = {"pruning_ratio": options.ratio} if options.flops is None else {"pruning_ratio": 0.9}
+        cap = options.max_shared_ratio
+        shared = _shared_groups(tp, module, example, ignored) if cap is not None else []
         pruner = _pruner_class(tp)(
             module, example, importance=tp.importance.MagnitudeImportance(p=1), ignored_layers=ignored,
             round_to=options.multiple if options.multiple > 1 else None, iterative_steps=1 if options.flops is None else 20,
+            pruning_ratio_dict={m: min(cap, kwargs["pruning_ratio"]) for m in shared} if cap is not None and shared else None,
             **kwargs,
         )  # fmt: skip
         base_macs, _ = tp.utils.count_ops_and_params(module, example)
@@ -296,6 +309,8 @@ def _torch(
     kept = {name: int(getattr(m, "out_channels", getattr(m, "out_features", 0))) for name, m in module.named_modules()
             if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d))}  # fmt: skip
     how = f"torch-pruning {tp.__version__ if hasattr(tp, '__version__') else ''}, L1 magnitude".replace("  ", " ")
+    if options.max_shared_ratio is not None:
+        how += f", at most {options.max_shared_ratio:.0%} of the {len(shared)} channel group(s) residual additions join"
     tuned: dict[str, Any] | None = None
     if options.fine_tune == SAMPLES and context is not None:
         tuned = _fine_tune_on_samples(module, source, options, context, progress)
@@ -314,6 +329,28 @@ def _torch(
     model = onnx.shape_inference.infer_shapes(model)
     progress(f"prune: {how}")
     return model, kept, how, tuned
+
+
+def _shared_groups(tp: Any, module: Any, example: tuple[Any, ...], ignored: list[Any]) -> list[Any]:
+    """One layer of each channel group that several layers write — residual additions join their outputs (in
+    MobileNetV2 a stage's 8–80-channel bottleneck, which every block of the stage reads and writes); a depthwise conv,
+    whose outputs follow its inputs, does not count as a writer. torch-pruning's dependency graph finds the groups."""
+    import torch
+
+    graph = tp.DependencyGraph().build_dependency(module, example_inputs=example)
+    kinds = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)
+    found = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=list(kinds)):
+        writers = [
+            dep.target.module
+            for dep, _ in group
+            if graph.is_out_channel_pruning_fn(dep.handler)
+            and isinstance(dep.target.module, kinds)
+            and getattr(dep.target.module, "groups", 1) == 1
+        ]
+        if len(writers) > 1:
+            found.append(writers[0])
+    return found
 
 
 def _pruner_class(tp: Any) -> Any:

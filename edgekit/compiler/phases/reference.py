@@ -237,7 +237,7 @@ def _run_source(
     for name, make in attempts:
         try:
             predict = make()
-            outs = [[as_value(o) for o in predict(f)] for f in feeds]  # a sequence output: a list of arrays
+            outs = _outputs(predict, feeds, batched=source.reference is not None)
         except Exception as exc:  # ORT Fail/InvalidArgument, numpy errors in onnx.reference, the framework's own
             first = first or exc
             continue
@@ -254,6 +254,62 @@ def _run_source(
         f"'{source.path}': the source model fails on the samples {where} ({cause}), so there is no reference to check "
         "candidates against; check the samples' values"
     ) from first
+
+
+_BATCH = 32
+"""Samples a framework reference runs at once (torch eager: 532 MobileNetV2 images at 224² one at a time took
+minutes; in batches of 32 a fraction of it — docs/int8-and-tuning.md)."""
+
+
+def _outputs(predict: Predict, feeds: list[Feed], batched: bool) -> list[list[np.ndarray]]:
+    """``predict``'s outputs on each feed (a sequence output: a list of arrays); with ``batched``, the feeds stacked
+    in batches of :data:`_BATCH` where they allow it (:func:`_batched_outputs`), else one at a time."""
+    got = _batched_outputs(predict, feeds) if batched and len(feeds) > 2 else None
+    return got if got is not None else [[as_value(o) for o in predict(f)] for f in feeds]
+
+
+def _batched_outputs(predict: Predict, feeds: list[Feed]) -> list[list[np.ndarray]] | None:
+    """Each feed's outputs from runs on batches of them, split back per feed; None where that can't stand for running
+    them one at a time: feeds of different shapes or dtypes, an input or an output without a leading batch axis of 1,
+    a sequence output, a batch the framework refuses, or batched outputs that differ from the first and last feed's
+    own (a model that mixes the samples of a batch)."""
+    names = list(feeds[0])
+    if any(list(f) != names for f in feeds):
+        return None
+    for n in names:
+        kinds = {(np.shape(f[n]), np.asarray(f[n]).dtype) for f in feeds}
+        if len(kinds) != 1 or np.shape(feeds[0][n])[:1] != (1,):
+            return None
+    ends = [[as_value(o) for o in predict(f)] for f in (feeds[0], feeds[-1])]  # one at a time: what batches must give
+    if any(is_sequence(o) or np.shape(o)[:1] != (1,) for outs in ends for o in outs):
+        return None
+    outs: list[list[np.ndarray]] = []
+    for i in range(0, len(feeds), _BATCH):
+        chunk = feeds[i : i + _BATCH]
+        try:
+            got = [as_value(o) for o in predict({n: np.concatenate([f[n] for f in chunk]) for n in names})]
+        except Exception:  # the framework takes one sample at a time: run them so
+            return None
+        if len(got) != len(ends[0]) or any(
+            is_sequence(g) or np.shape(g) != (len(chunk), *np.shape(e)[1:]) or np.asarray(g).dtype != np.asarray(e).dtype
+            for g, e in zip(got, ends[0], strict=False)
+        ):
+            return None
+        outs += [[np.asarray(g)[j : j + 1] for g in got] for j in range(len(chunk))]
+        if i == 0 and not all(_same(a, b) for a, b in zip(ends[0], outs[0], strict=True)):  # at once: no batch more
+            return None
+    return outs if all(_same(a, b) for a, b in zip(ends[1], outs[-1], strict=True)) else None
+
+
+def _same(one: np.ndarray, batched: np.ndarray) -> bool:
+    """A batched run's output agrees with the one-sample run's: equal, or for floats within what a batched kernel's
+    other summation order moves (1e-4 relative to the output's scale)."""
+    a, b = np.asarray(one), np.asarray(batched)
+    if a.dtype.kind not in "fc":
+        return bool(np.array_equal(a, b))
+    finite = np.abs(a[np.isfinite(a)])
+    scale = float(finite.max()) if finite.size else 0.0
+    return bool(np.allclose(a, b, rtol=1e-4, atol=1e-4 * max(scale, 1e-6), equal_nan=True))
 
 
 def _who(source: SourceModel) -> str:
