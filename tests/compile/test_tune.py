@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -395,3 +397,29 @@ def test_a_light_task_keeps_tvms_default_schedule(tmp_path: Path) -> None:
     assert not any("softmax" in m for m in messages if "trials measured" in m), messages
     assert any("1 light task(s) under 1% of the arithmetic keep TVM's defaults" in m for m in messages), messages
     assert model_agrees(result)
+
+
+def test_a_reused_database_skips_the_tensor_intrinsics_import(tuned: Tuned, tmp_path: Path) -> None:
+    """Nothing to tune and no recorded schedule that tensorizes: TVM's tensor intrinsics (minutes to import on a
+    loaded 2-core host) are not imported, and the database's schedules are applied all the same."""
+    assert not tvm_tune._tensorized(tuned.database / RECORDS)  # fp32 matmuls: no schedule names an intrinsic
+    tune = {"trials": TRIALS, "strategy": "replay-trace", "database": str(tuned.database)}
+    pipeline = {"name": "tune-test", "candidates": [{"name": "tuned", "backend": "tvm", "options": {"tune": tune}}],
+                "measure": {"samples": 4, "warmup": 1, "repeat": 5}}  # fmt: skip
+    code = (
+        "import sys, edgekit\n"
+        "from edgekit.compiler.pipeline import Pipeline\n"
+        f"r = edgekit.compile({str(tuned.model)!r}, 'x86_64', {str(tmp_path / 'again')!r}, "
+        f"pipeline=Pipeline.model_validate({pipeline!r}), use_cache=False)\n"
+        "print('tvm.s_tir.tensor_intrin' in sys.modules, r.manifest.backend.options['tuning']['stopped'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False reused", out.stdout
+    built = next((tmp_path / "again").rglob("model.so"))  # the same schedules applied: the same library
+    assert built.read_bytes() == (tuned.result.artifact_dir / "model.so").read_bytes()
+    # a schedule that tensorizes (x86's VNNI dot product, say) names its intrinsic: then the import happens
+    records = tmp_path / RECORDS
+    records.write_text('[0, [[["GetSBlock", [], ["conv"]], ["Tensorize", [0], ["dot_16x4_vnni", 1]]]]]\n')
+    assert tvm_tune._tensorized(records)
+    assert not tvm_tune._tensorized(tmp_path / "missing.json")

@@ -303,6 +303,15 @@ def _open_database(ms: Any, folder: Path) -> Any:
         ) from None
 
 
+def _tensorized(records: Path) -> bool:
+    """Whether a schedule in the database tensorizes (its trace names a tensor intrinsic, e.g. x86's VNNI dot)."""
+    try:
+        with records.open() as fh:
+            return any("Tensorize" in line for line in fh)
+    except OSError:
+        return False
+
+
 def _records_per_workload(folder: Path) -> dict[str, int]:
     """How many tuning records the database holds per workload (by its structural hash)."""
     shashes: list[str] = []
@@ -471,9 +480,6 @@ def tune_and_apply(
     Tasks the database already holds ``trials`` of (or tuned under a time budget at least ``minutes``) are reused,
     not tuned again; ``minutes`` stops tuning by the clock.
     """
-    # MetaSchedule imports TVM's tensor intrinsics when it makes its first tuning context: ~25 s on a quiet 2-core
-    # machine, minutes on a loaded one. Imported before the clock starts, so a time budget buys trials, not that.
-    importlib.import_module("tvm.s_tir.tensor_intrin")
     from tvm.relax import pipeline as relax_pipeline
     from tvm.relax import transform as rt
     from tvm.s_tir import meta_schedule as ms
@@ -496,6 +502,13 @@ def tune_and_apply(
     # can end inside that first round (each task's first search is the slowest): the convolutions, not a reshape.
     tuning = sorted((t for t in everything if t.need > 0), key=lambda t: -(t.flops if t.flops is not None else math.inf))
     heavy = [t for t in everything if not t.light]
+    if tuning or _tensorized(records):
+        # MetaSchedule's tuning contexts, and a recorded schedule that tensorizes, need TVM's tensor intrinsics
+        # registered: an import of ~25 s on a quiet 2-core machine, minutes on a loaded one (a reused database
+        # without such a schedule skips it). Before the clock starts: a time budget buys trials, not that import.
+        took = CLOCK.monotonic()
+        importlib.import_module("tvm.s_tir.tensor_intrin")
+        started += CLOCK.monotonic() - took
     deadline = started + 60 * options.minutes if options.minutes is not None else None
     total = sum(t.need for t in tuning) if options.trials is not None or options.trials_per_task is not None else None
     run = _Run(tuning, heavy, progress, total, started, deadline)  # the estimate covers the tasks worth tuning
