@@ -788,7 +788,7 @@ def _tuned_table(results: list[Result]) -> Any:
             tu = v.get("tuning") or {}
             how = (
                 f"{tu['measured']} measured, {tu['tasks_tuned']}/{tu['tasks']} tuned, {tu['tasks_reused']} reused, "
-                f"{tu['tasks_unmeasured']} unmeasured, {tu['stopped']}"
+                f"{tu['tasks_unmeasured']} unmeasured, {tu.get('tasks_light', 0)} light, {tu['stopped']}"
                 if tu
                 else "not tuned"
             )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -344,3 +346,80 @@ def test_an_unusable_database_folder_is_named(tmp_path: Path) -> None:
             pipeline=_pipeline({"trials": 0, "database": str(blocker / "db")}),
             use_cache=False,
         )
+
+
+def _task(name: str, flops: float | None) -> tvm_tune._Task:
+    return tvm_tune._Task(name, 1.0, None, 0, None, None, flops=flops)
+
+
+def test_the_lightest_tasks_under_one_percent_are_not_tuned() -> None:
+    """The trained 3×32×32 CNN's tasks (MFLOP, as TVM counts them): its pools, mean, reshape and classifier hold
+    0.5 % of the arithmetic together; the three convolutions are tuned."""
+    tasks = [
+        _task(n, f)
+        for n, f in [("conv1", 2.376), ("conv2", 2.367), ("conv0", 0.918), ("pool0", 0.016), ("pool1", 0.008),
+                     ("mean", 0.004), ("matmul", 0.001), ("reshape", 0.0)]
+    ]  # fmt: skip
+    tvm_tune._mark_light(tasks)
+    assert [t.name for t in tasks if t.light] == ["pool0", "pool1", "mean", "matmul", "reshape"]
+    # cumulative, lightest first: the light tasks together stay under the share, whatever their number
+    even = [_task(f"t{i}", 1.0) for i in range(200)]
+    tvm_tune._mark_light(even)
+    assert sum(t.light for t in even) == 1  # 1 of 200 equal tasks is 0.5 %; two would be 1 %
+    # a task TVM can't count is never light (its weight is unknown); the others are judged among themselves
+    odd = [_task("uncounted", None), _task("conv", 100.0), _task("pool", 0.5)]
+    tvm_tune._mark_light(odd)
+    assert [t.name for t in odd if t.light] == ["pool"]
+    nothing = [_task("a", 0.0), _task("b", 0.0)]  # no arithmetic counted at all: all are tuned
+    tvm_tune._mark_light(nothing)
+    assert not any(t.light for t in nothing)
+
+
+@pytest.mark.slow  # a tuning run of its own
+def test_a_light_task_keeps_tvms_default_schedule(tmp_path: Path) -> None:
+    """A wide first layer makes the softmax over 4 classes ~0.1 % of the arithmetic: it is not tuned, the trials
+    go to the two matmuls, and the compile says so; the built model still agrees with the source."""
+    model = tmp_path / "wide.onnx"
+    onnx.save(make_mlp(in_features=64, hidden=128, classes=4, seed=3), str(model))
+    messages: list[str] = []
+    result = edgekit.compile(
+        model,
+        "x86_64",
+        tmp_path / "build",
+        pipeline=_pipeline({"trials": 4, "strategy": "replay-trace", "database": str(tmp_path / "db")}),
+        use_cache=False,
+        progress=messages.append,
+    )
+    tuning = _tuning(result)
+    assert tuning["tasks"] == 3 and tuning["tasks_light"] == 1 and tuning["tasks_tuned"] == 2
+    assert tuning["trials_per_task"] == 2 and tuning["measured"] == 4  # the trials spread over the tuned tasks
+    assert tuning["tasks_unmeasured"] == 0  # the light task is not counted as one the budget missed
+    assert not any("softmax" in m for m in messages if "trials measured" in m), messages
+    assert any("1 light task(s) under 1% of the arithmetic keep TVM's defaults" in m for m in messages), messages
+    assert model_agrees(result)
+
+
+def test_a_reused_database_skips_the_tensor_intrinsics_import(tuned: Tuned, tmp_path: Path) -> None:
+    """Nothing to tune and no recorded schedule that tensorizes: TVM's tensor intrinsics (minutes to import on a
+    loaded 2-core host) are not imported, and the database's schedules are applied all the same."""
+    assert not tvm_tune._tensorized(tuned.database / RECORDS)  # fp32 matmuls: no schedule names an intrinsic
+    tune = {"trials": TRIALS, "strategy": "replay-trace", "database": str(tuned.database)}
+    pipeline = {"name": "tune-test", "candidates": [{"name": "tuned", "backend": "tvm", "options": {"tune": tune}}],
+                "measure": {"samples": 4, "warmup": 1, "repeat": 5}}  # fmt: skip
+    code = (
+        "import sys, edgekit\n"
+        "from edgekit.compiler.pipeline import Pipeline\n"
+        f"r = edgekit.compile({str(tuned.model)!r}, 'x86_64', {str(tmp_path / 'again')!r}, "
+        f"pipeline=Pipeline.model_validate({pipeline!r}), use_cache=False)\n"
+        "print('tvm.s_tir.tensor_intrin' in sys.modules, r.manifest.backend.options['tuning']['stopped'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False reused", out.stdout
+    built = next((tmp_path / "again").rglob("model.so"))  # the same schedules applied: the same library
+    assert built.read_bytes() == (tuned.result.artifact_dir / "model.so").read_bytes()
+    # a schedule that tensorizes (x86's VNNI dot product, say) names its intrinsic: then the import happens
+    records = tmp_path / RECORDS
+    records.write_text('[0, [[["GetSBlock", [], ["conv"]], ["Tensorize", [0], ["dot_16x4_vnni", 1]]]]]\n')
+    assert tvm_tune._tensorized(records)
+    assert not tvm_tune._tensorized(tmp_path / "missing.json")

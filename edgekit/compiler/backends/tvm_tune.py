@@ -58,6 +58,17 @@ log = logging.getLogger(__name__)
 
 BUDGETS = "edgekit-budgets.json"  # per workload: the longest time budget (minutes) it was tuned under
 PER_TASK_UNDER_BUDGET = 512  # trials per task when only ``minutes`` is given: the clock stops tuning first
+# A task holding less than this share of the model's arithmetic (a pool, a reshape, the classifier's small matmul)
+# is not tuned: it keeps TVM's default schedule. Measured on the trained 3×32×32 CNN: its five light tasks ran
+# ~9 µs of ~150 untuned, while each task's first MetaSchedule search took ~30 s under load: tuning them spent most
+# of a few-minute budget before the convolutions (99.5 % of the arithmetic) got their first trials.
+LIGHT_SHARE = 0.01
+# The evolutionary search under a time budget: 128 schedules evolved over 2 generations (MetaSchedule's defaults:
+# 512 over 4). Each batch's search samples, mutates and scores that population, and on a 2-core host it, not the
+# trials, is most of a budget: the trained CNN's convolutions, 3 minutes at load ~10, got 128 trials with it and 32
+# with the defaults (the first batch alone 126 s against 259 s). A trial budget alone keeps the defaults.
+BUDGET_POPULATION = 128
+BUDGET_GENERATIONS = 2
 CLOCK: Clock = SYSTEM_CLOCK  # what the time budget reads (tests drive a FakeClock through it)
 
 
@@ -97,6 +108,7 @@ class TuningReport(BaseModel):
     tasks_tuned: int = 0
     tasks_reused: int = 0  # tasks the database already had enough of: not tuned again
     tasks_unmeasured: int = 0  # tasks with no measured schedule at all (a budget spent before them): TVM's defaults
+    tasks_light: int = 0  # tasks under LIGHT_SHARE of the model's arithmetic: not tuned, TVM's default schedules
     stopped: Literal["trials", "time", "reused", "apply-only"] = "trials"
     seconds: float = 0.0  # spent tuning (the clock the budget reads)
     best_ms: float | None = None  # MetaSchedule's estimate of the model's latency: its tasks' best, weighted
@@ -158,7 +170,8 @@ class _Task:
     need: int = 0  # trials this compile measures
     measured: int = 0
     extracted: Any = None  # MetaSchedule's extracted task
-    flops: float = 0.0  # its arithmetic per model run (FLOPs × weight): the heaviest are tuned first
+    flops: float | None = 0.0  # its arithmetic per model run (FLOPs × weight; None: uncounted): heaviest tuned first
+    light: bool = False  # under LIGHT_SHARE of the model's arithmetic: not tuned
 
 
 @dataclass
@@ -290,6 +303,15 @@ def _open_database(ms: Any, folder: Path) -> Any:
         ) from None
 
 
+def _tensorized(records: Path) -> bool:
+    """Whether a schedule in the database tensorizes (its trace names a tensor intrinsic, e.g. x86's VNNI dot)."""
+    try:
+        with records.open() as fh:
+            return any("Tensorize" in line for line in fh)
+    except OSError:
+        return False
+
+
 def _records_per_workload(folder: Path) -> dict[str, int]:
     """How many tuning records the database holds per workload (by its structural hash)."""
     shashes: list[str] = []
@@ -326,25 +348,37 @@ def _best_ms(database: Any, workload: Any) -> float | None:
     return 1e3 * sum(secs) / len(secs) if secs else None
 
 
-def _flops(mod: Any) -> float:
+def _flops(mod: Any) -> float | None:
+    """The task's arithmetic as TVM counts it (None: an operator TVM can't count)."""
     try:
         from tvm.s_tir.analysis import estimate_tir_flops
 
         return float(estimate_tir_flops(mod))
-    except Exception:  # an operator TVM can't count (a reshape has no arithmetic anyway)
-        return 0.0
+    except Exception:  # an operator TVM can't count: its weight is unknown, so it is never taken as light
+        return None
+
+
+def _mark_light(tasks: list[_Task]) -> None:
+    """Mark the lightest tasks whose arithmetic together stays under ``LIGHT_SHARE`` of the model's: not tuned.
+
+    Cumulative, lightest first, so at most that share of the arithmetic keeps TVM's default schedules whatever the
+    number of tasks (of 200 equal tasks, one is light); a task TVM can't count is never light."""
+    counted = [t for t in tasks if t.flops is not None]
+    total = sum(t.flops or 0.0 for t in counted)
+    if total <= 0:
+        return
+    light = 0.0
+    for task in sorted(counted, key=lambda t: t.flops or 0.0):
+        light += task.flops or 0.0
+        if light >= LIGHT_SHARE * total:
+            return
+        task.light = True
 
 
 def _plan(database: Any, folder: Path, extracted: list[Any], options: TuneOptions) -> tuple[list[_Task], int]:
     """Every task with what the database holds of it and the trials this compile measures for it; the per-task target."""
     counts = _records_per_workload(folder)
     budgets = _read_budgets(folder)
-    if options.trials_per_task is not None:
-        per_task = options.trials_per_task
-    elif options.trials is not None:
-        per_task = max(1, math.ceil(options.trials / max(1, len(extracted))))
-    else:
-        per_task = PER_TASK_UNDER_BUDGET
     tasks = []
     for t in extracted:
         mod = t.dispatched[0]
@@ -352,12 +386,29 @@ def _plan(database: Any, folder: Path, extracted: list[Any], options: TuneOption
         shash = str(workload.as_json()[0]) if workload is not None else None
         had = counts.get(shash, 0) if shash else 0
         task = _Task(t.task_name, float(t.weight), mod, had, _best_ms(database, workload), shash, extracted=t)
-        task.flops = float(t.weight) * _flops(mod)
-        settled = options.minutes is not None and shash is not None and budgets.get(shash, 0.0) >= options.minutes
-        if options.trials != 0 and not settled and not t.mod.attrs.get("tirx.is_scheduled", False):
-            task.need = max(0, per_task - had)
+        flops = _flops(mod)
+        task.flops = None if flops is None else float(t.weight) * flops
         tasks.append(task)
+    _mark_light(tasks)
+    heavy = [t for t in tasks if not t.light]
+    if options.trials_per_task is not None:
+        per_task = options.trials_per_task
+    elif options.trials is not None:  # spread over the tasks that are tuned
+        per_task = max(1, math.ceil(options.trials / max(1, len(heavy))))
+    else:
+        per_task = PER_TASK_UNDER_BUDGET
+    for task in heavy:
+        settled = options.minutes is not None and task.shash is not None and budgets.get(task.shash, 0.0) >= options.minutes
+        if options.trials != 0 and not settled and not task.extracted.mod.attrs.get("tirx.is_scheduled", False):
+            task.need = max(0, per_task - task.had)
     return tasks, per_task
+
+
+def _strategy(ms: Any, options: TuneOptions) -> Any:
+    """MetaSchedule's search strategy for ``options.strategy``: under a time budget a smaller evolutionary search."""
+    if options.strategy == "evolutionary" and options.minutes is not None:
+        return ms.search_strategy.EvolutionarySearch(population_size=BUDGET_POPULATION, genetic_num_iters=BUDGET_GENERATIONS)
+    return options.strategy
 
 
 def _contexts(ms: Any, todo: list[Any], options: TuneOptions) -> tuple[list[Any], list[float]]:
@@ -372,7 +423,7 @@ def _contexts(ms: Any, todo: list[Any], options: TuneOptions) -> tuple[list[Any]
             mod=task.dispatched[0],
             target=task.target,
             space_generator="post-order-apply",
-            search_strategy=options.strategy,
+            search_strategy=_strategy(ms, options),
             task_name=task.task_name,
             rand_state=seed,
         ).clone()
@@ -429,9 +480,6 @@ def tune_and_apply(
     Tasks the database already holds ``trials`` of (or tuned under a time budget at least ``minutes``) are reused,
     not tuned again; ``minutes`` stops tuning by the clock.
     """
-    # MetaSchedule imports TVM's tensor intrinsics when it makes its first tuning context: ~25 s on a quiet 2-core
-    # machine, minutes on a loaded one. Imported before the clock starts, so a time budget buys trials, not that.
-    importlib.import_module("tvm.s_tir.tensor_intrin")
     from tvm.relax import pipeline as relax_pipeline
     from tvm.relax import transform as rt
     from tvm.s_tir import meta_schedule as ms
@@ -452,18 +500,28 @@ def tune_and_apply(
     everything, per_task = _plan(database, folder, extracted, options)
     # Heaviest first: MetaSchedule visits the tasks once in order before it picks by gradient, and a time budget
     # can end inside that first round (each task's first search is the slowest): the convolutions, not a reshape.
-    tuning = sorted((t for t in everything if t.need > 0), key=lambda t: -t.flops)
+    tuning = sorted((t for t in everything if t.need > 0), key=lambda t: -(t.flops if t.flops is not None else math.inf))
+    heavy = [t for t in everything if not t.light]
+    if tuning or _tensorized(records):
+        # MetaSchedule's tuning contexts, and a recorded schedule that tensorizes, need TVM's tensor intrinsics
+        # registered: an import of ~25 s on a quiet 2-core machine, minutes on a loaded one (a reused database
+        # without such a schedule skips it). Before the clock starts: a time budget buys trials, not that import.
+        took = CLOCK.monotonic()
+        importlib.import_module("tvm.s_tir.tensor_intrin")
+        started += CLOCK.monotonic() - took
     deadline = started + 60 * options.minutes if options.minutes is not None else None
     total = sum(t.need for t in tuning) if options.trials is not None or options.trials_per_task is not None else None
-    run = _Run(tuning, everything, progress, total, started, deadline)
+    run = _Run(tuning, heavy, progress, total, started, deadline)  # the estimate covers the tasks worth tuning
     # not tuned again: enough records, or tuned under as long a budget (applying only: those the database knows)
-    reused = sum(1 for t in everything if t.need == 0 and (t.had > 0 or options.trials != 0))
+    reused = sum(1 for t in heavy if t.need == 0 and (t.had > 0 or options.trials != 0))
+    light = len(everything) - len(heavy)
     if tuning:
         budget = f", at most {options.minutes:g} min" if options.minutes is not None else ""
         asked = f"{total} trials" if total is not None else "trials"
+        lightly = f"; {light} light task(s) under {LIGHT_SHARE:.0%} of the arithmetic keep TVM's defaults" if light else ""
         progress(
             f"tvm: tuning {len(tuning)} of {len(everything)} task(s) with MetaSchedule, {asked}{budget}; "
-            f"database {folder} ({before} records; {reused} task(s) reused from it)"
+            f"database {folder} ({before} records; {reused} task(s) reused from it{lightly})"
         )
         _tune(ms, target, database, run, options)
         if run.out_of_time:
@@ -474,7 +532,7 @@ def tune_and_apply(
         if before == 0:
             progress(f"tvm: tune.trials is 0 and the database {folder} is empty: nothing to apply")
     else:
-        progress(f"tvm: tuning: all {len(everything)} task(s) reused from the database {folder}: no new trials")
+        progress(f"tvm: tuning: all {len(heavy)} task(s) reused from the database {folder}: no new trials")
 
     try:
         with target, database:
@@ -499,7 +557,8 @@ def tune_and_apply(
         stopped=stopped,
         seconds=round(CLOCK.monotonic() - started, 3),
         best_ms=run.best_ms(),
-        tasks_unmeasured=sum(1 for t in everything if t.best_ms is None and not t.mod.attrs.get("tirx.is_scheduled", False)),
+        tasks_unmeasured=sum(1 for t in heavy if t.best_ms is None and not t.mod.attrs.get("tirx.is_scheduled", False)),
+        tasks_light=light,
         records_before=before,
         records_after=_count_lines(records),
         strategy=options.strategy,
@@ -513,5 +572,5 @@ def tune_and_apply(
             "continue from the database"
         )
     if tuning and report.best_ms is not None:
-        progress(f"tvm: tuning: best found {report.best_ms:.4f} ms (MetaSchedule's estimate, the tasks' best summed)")
+        progress(f"tvm: tuning: best found {report.best_ms:.4f} ms (MetaSchedule's estimate, the tuned tasks' best summed)")
     return mod, report
