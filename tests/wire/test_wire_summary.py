@@ -216,13 +216,16 @@ MUTATIONS: dict[str, Callable[[str, int], str]] = {
 @FUZZ
 @given(summaries(), st.sampled_from(sorted(MUTATIONS)), st.integers(0, 200))
 @example(WindowSummary.model_validate_json(json.dumps(GOOD)), "a key twice", 3)  # a second 'type' at the top
+@example(WindowSummary.model_validate_json(json.dumps({**GOOD, "windowStart": 5e-324})), "a long number", 0)  # no point
 def test_the_one_pass_read_answers_as_the_checked_read(summary: WindowSummary, mutation: str, n: int) -> None:
     """read_summary's one pass (pydantic's JSON parser) keeps a summary only where the checked read (every bound of
     edgekit.parsing) keeps the same one; anything else is refused with the checked read's own line."""
-    payload = MUTATIONS[mutation](encode_summary(summary), n).encode()
+    wire = encode_summary(summary)
+    payload = MUTATIONS[mutation](wire, n).encode()
     got = _outcome(read_summary, payload)
     assert got == _outcome(_read_checked, payload)
-    if mutation in ("a key twice", "an escaped key twice", "schemaVersion true", "a long number"):
+    # a mutation that found nothing to change (a windowStart written as 5e-324 has no digits after a point) is no test
+    if mutation in ("a key twice", "an escaped key twice", "schemaVersion true", "a long number") and payload != wire.encode():
         assert got[0] == "refused"
 
 
