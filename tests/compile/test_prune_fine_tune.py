@@ -41,12 +41,16 @@ def digits():
     return x[:1000], y[:1000].astype(np.int64), x[1000:], y[1000:].astype(np.int64)
 
 
+def new_model():
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10))
+
+
 def make_model():
     global _TRAINED
     if _TRAINED is None:
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-                              nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10))
+        model = new_model()
         x, y, _, _ = digits()
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         order = torch.Generator().manual_seed(0)
@@ -463,7 +467,7 @@ def test_jitter_shifts_the_training_batches_and_never_the_measured_loss() -> Non
 
 
 _RESIDUAL = (
-    _FACTORY.split("def make_model")[0]
+    _FACTORY  # its make_model trains what new_model builds: the later definition below wins
     + '''
 class Residual(nn.Module):
     """A stem conv and a 1x1 expand/project pair added back onto it: stem and project write the same 16 channels."""
@@ -479,22 +483,8 @@ class Residual(nn.Module):
         return self.head(nn.functional.adaptive_avg_pool2d(x, 2).flatten(1))
 
 
-def make_model():
-    global _TRAINED
-    if _TRAINED is None:
-        torch.manual_seed(0)
-        model = Residual()
-        x, y, _, _ = digits()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        order = torch.Generator().manual_seed(0)
-        for _ in range(8):
-            for idx in torch.randperm(len(y), generator=order).split(50):
-                loss = nn.functional.cross_entropy(model(torch.from_numpy(x[idx.numpy()])), torch.from_numpy(y[idx.numpy()]))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        _TRAINED = model.eval()
-    return _TRAINED
+def new_model():
+    return Residual()
 '''
 )
 
