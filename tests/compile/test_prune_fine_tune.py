@@ -4,6 +4,7 @@ part. What the gate decides is asserted, not how long anything took."""
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 import uuid
@@ -218,14 +219,24 @@ def test_a_ratio_search_gates_each_ratio_and_ships_the_fastest_within_budget(fac
     assert worst.status == "rejected" and worst.reason.startswith("outside the accuracy budget: top-1 accuracy")
     # what ships is within the budget, and every other candidate within it lost on latency (or a tie), never on accuracy
     within = [c for c in reports.values() if not c.reason.startswith("outside the accuracy budget")]
+    # (which one is fastest is the timing's to say, not this test's: under load the pruned ones may tie fp32)
     (chosen,) = [c for c in reports.values() if c.status == "chosen"]
-    assert chosen in within and chosen.name.startswith("pruned-")
+    assert chosen in within
     for c in within:
-        if c is not chosen:
-            assert c.reason.startswith(("slower:", "tie:")), c.reason
-            assert c.measured is not None and chosen.measured is not None
-            tie = c.reason.startswith("tie:")
-            assert tie or c.measured.latency.median_ms > chosen.measured.latency.median_ms
+        if c is chosen:
+            continue
+        assert c.reason.startswith(("slower:", "tie:")), c.reason
+        if c.reason.startswith("tie:"):
+            assert c.tied_with == [chosen.name]
+            continue
+        # ties aren't transitive: a candidate that ties the chosen one may still have lost clearly to another that
+        # the chosen one tied with (CI: fp32 lost to pruned-25 in 4 of 5 rounds, pruned-50 tied pruned-25 and won as
+        # the smaller) — the reason then names the one it lost to, and that one was measured faster
+        named = re.search(r" vs ([\w-]+)'s ", c.reason)
+        winner = reports[named.group(1)] if named else chosen
+        assert winner in within and winner is not c, c.reason
+        assert c.measured is not None and winner.measured is not None
+        assert c.measured.latency.median_ms > winner.measured.latency.median_ms, c.reason
     # progress: which ratio is being fine-tuned, and how the fine-tune goes while it runs
     assert any(line.startswith("prune: 90% of the channels pruned; fine-tuning 40 step(s)") for line in lines)
     assert any(line.startswith("prune: fine-tune step 8/40, training loss") for line in lines)
