@@ -41,7 +41,7 @@ from rich.markup import escape
 import edgekit
 from edgekit.compiler import CompileResult
 from edgekit.compiler.cache import ArtifactCache
-from edgekit.compiler.measurement import host_description
+from edgekit.compiler.measurement import host_description, settle
 from edgekit.compiler.pipeline import Pipeline, load_pipeline
 from edgekit.errors import EdgekitError
 from edgekit.manifest import CandidateReport
@@ -573,7 +573,8 @@ def interleaved(predictors: dict[str, Predict], rounds: int, repeat: int, warmup
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             fn = predictors[name]
-            fn()  # one untimed call: the previous backend's threads may still be spinning
+            settle()  # the previous backend's threads may still be spinning (ONNX Runtime's: tens of ms)
+            fn()  # one untimed call: the cache belongs to this one again
             times = []
             for _ in range(repeat):
                 t0 = time.perf_counter()

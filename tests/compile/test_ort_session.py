@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -15,6 +17,7 @@ import pytest
 from helpers import QUICK, make_mlp
 
 import edgekit
+from edgekit.compiler import measurement
 from edgekit.compiler.measurement import fewer_threads
 from edgekit.compiler.pipeline import Pipeline
 from edgekit.errors import ArtifactError, ConfigError
@@ -156,3 +159,44 @@ def test_fewer_threads_win_only_when_faster() -> None:
     assert isinstance(medians, dict) and medians["2"] > medians["1"]
     chosen, _ = fewer_threads({2: lambda _f: _spin(0.0), 1: lambda _f: _spin(5e-4)}, feed, budget_s=0.1)
     assert chosen == 2  # the profile's count stays unless one thread is clearly faster
+
+
+def test_a_win_for_fewer_threads_is_timed_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The profile's thread count is slow only through the first timing (the other core busy for a while): the
+    second timing doesn't confirm one thread, so the profile's count stays and the figures say why."""
+    timings: list[int] = []
+    real = measurement.interleaved_latency
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        timings.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(measurement, "interleaved_latency", counted)
+    feed = {"x": np.zeros((1, 8), np.float32)}
+    busy_once = {2: lambda _f: _spin(5e-4 if len(timings) < 2 else 0.0), 1: lambda _f: _spin(1e-4)}
+    chosen, figures = fewer_threads(busy_once, feed, budget_s=0.1)
+    assert len(timings) == 2 and chosen == 2 and figures["chosen"] == 2
+    assert figures["medianMs"]["1"] < figures["medianMs"]["2"]  # type: ignore[index]  # the first timing's verdict
+    assert figures["againMs"]["2"] < figures["againMs"]["1"]  # type: ignore[index]  # not the second's
+    assert "not the second" in str(figures["unconfirmed"])
+    timings.clear()
+    chosen, figures = fewer_threads({2: lambda _f: _spin(5e-4), 1: lambda _f: _spin(0.0)}, feed, budget_s=0.1)
+    assert len(timings) == 2 and chosen == 1 and "unconfirmed" not in figures  # confirmed: one thread it is
+
+
+def test_settle_waits_while_other_threads_run() -> None:
+    """The timing waits out threads still running in this process (a backend's spinning workers) — up to a limit."""
+    spinning = threading.Thread(target=_spin, args=(0.3,))
+    spinning.start()
+    try:
+        assert 0.25 <= measurement.settle(limit_s=2.0) < 2.0  # it waited for the spinner to stop, not for the limit
+    finally:
+        spinning.join()
+    forever = threading.Event()
+    busy = threading.Thread(target=lambda: [_spin(0.01) for _ in iter(forever.is_set, True)])
+    busy.start()
+    try:
+        assert 0.15 <= measurement.settle(limit_s=0.15) < 1.5  # a thread that never stops: the limit ends the wait
+    finally:
+        forever.set()
+        busy.join()
