@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -99,10 +101,12 @@ def interleaved_latency(
     times: list[list[float]] = [[] for _ in predicts]
     per_round: list[list[float]] = [[] for _ in predicts]  # each round's median: rounds pair the candidates up
     order = list(range(len(predicts)))
+    waiting = True
     for r in range(rounds):
         for i in order:
             predict = predicts[i]
-            settle()  # the predictor before may have left threads spinning, which this one would pay for
+            if waiting:  # the predictor before may have left threads spinning, which this one would pay for
+                waiting = settle() < _SETTLE_LIMIT_S  # a thread busy for good (not ours to stop): wait no more
             predict(feed)  # one untimed call: the cache belongs to this predictor again
             block_ms = []
             for _ in range(block[r]):
@@ -120,22 +124,53 @@ def interleaved_latency(
     return out
 
 
-def settle(quiet: float = 0.1, step_s: float = 0.004, limit_s: float = 0.5) -> float:
-    """Wait until this process's other threads are idle (their CPU time grows by less than ``quiet`` of the wall time
-    over a ``step_s`` sleep), at most ``limit_s``; the seconds waited.
+_SETTLE_LIMIT_S = 0.5
+
+
+def settle(step_s: float = 0.004, limit_s: float = _SETTLE_LIMIT_S) -> float:
+    """Wait until this process's other threads are idle, at most ``limit_s``; the seconds waited.
 
     ONNX Runtime's intra-op workers spin for tens of milliseconds after a run before they sleep (measured here:
     0.13 s of CPU among four 2-thread sessions in the second after their runs). Timed in turns, the next
     candidate's block ran beside the spinning workers of the ones before it: an identical MobileNetV2 session read
     1.6 and 4.3 ms in one compile, and every candidate ran 2-5x its time alone. A device runs one model: its own
-    workers spin between its calls, no other session's do."""
+    workers spin between its calls, no other session's do.
+
+    Idle: no other thread of the process running or runnable (``/proc/self/task/*/stat``: a spinning thread stays
+    runnable while the machine's load keeps it off a core) at two looks ``step_s`` apart; where /proc can't say, its
+    CPU time growing by less than a tenth of the wall time over ``step_s``."""
     start = time.perf_counter()
-    while True:
+    quiet_looks = 0
+    while quiet_looks < 2:
         cpu, wall = time.process_time(), time.perf_counter()
         time.sleep(step_s)
-        now = time.perf_counter()
-        if time.process_time() - cpu < quiet * (now - wall) or now - start >= limit_s:
-            return now - start
+        running = _others_running()
+        if running is None:
+            running = time.process_time() - cpu >= 0.1 * (time.perf_counter() - wall)
+        quiet_looks = 0 if running else quiet_looks + 1
+        if time.perf_counter() - start >= limit_s:
+            break
+    return time.perf_counter() - start
+
+
+def _others_running() -> bool | None:
+    """Whether a thread of this process other than the caller is running or runnable; None without /proc."""
+    me = str(threading.get_native_id())
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for task in tasks:
+        if task == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # it ended
+        if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"R":
+            return True
+    return False
 
 
 def host_description() -> str:

@@ -184,19 +184,39 @@ def test_a_win_for_fewer_threads_is_timed_again(monkeypatch: pytest.MonkeyPatch)
     assert len(timings) == 2 and chosen == 1 and "unconfirmed" not in figures  # confirmed: one thread it is
 
 
+def _native_spin(seconds: float) -> None:
+    """Busy outside the GIL, as a backend's workers are: matrix products (numpy releases the GIL for them)."""
+    a = np.ones((200, 200))
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a.dot(a)
+
+
 def test_settle_waits_while_other_threads_run() -> None:
     """The timing waits out threads still running in this process (a backend's spinning workers) — up to a limit."""
-    spinning = threading.Thread(target=_spin, args=(0.3,))
+    spinning = threading.Thread(target=_native_spin, args=(0.3,))
     spinning.start()
     try:
         assert 0.25 <= measurement.settle(limit_s=2.0) < 2.0  # it waited for the spinner to stop, not for the limit
     finally:
         spinning.join()
     forever = threading.Event()
-    busy = threading.Thread(target=lambda: [_spin(0.01) for _ in iter(forever.is_set, True)])
+    busy = threading.Thread(target=lambda: [_native_spin(0.01) for _ in iter(forever.is_set, True)])
     busy.start()
     try:
         assert 0.15 <= measurement.settle(limit_s=0.15) < 1.5  # a thread that never stops: the limit ends the wait
+        # and a timing beside it waits once, not before each of its 15 blocks (0.5 s each)
+        calls: list[float] = []
+        real = measurement.settle
+
+        def counted() -> float:
+            calls.append(real())
+            return calls[-1]
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(measurement, "settle", counted)
+            measurement.interleaved_latency([lambda _f: []] * 3, {}, warmup=1, repeat=10, rounds=5)
+        assert len(calls) == 1 and calls[0] >= 0.5
     finally:
         forever.set()
         busy.join()
