@@ -201,7 +201,12 @@ def test_settle_waits_while_other_threads_run() -> None:
     finally:
         spinning.join()
     forever = threading.Event()
-    busy = threading.Thread(target=lambda: [_native_spin(0.01) for _ in iter(forever.is_set, True)])
+
+    def busy_until_set() -> None:
+        while not forever.is_set():
+            _native_spin(0.01)
+
+    busy = threading.Thread(target=busy_until_set)
     busy.start()
     try:
         assert 0.15 <= measurement.settle(limit_s=0.15) < 1.5  # a thread that never stops: the limit ends the wait
