@@ -78,7 +78,8 @@ def _print_fleet(report: DemoReport) -> None:
             if crashed
             else ""
         )
-        + ")"
+        + ")",
+        soft_wrap=True,  # one line, however long the counts: wrapped at the terminal's width it split the verdict
     )
     if report.faults:
         console.print("faults: " + esc("; ".join(report.faults)), soft_wrap=True)
