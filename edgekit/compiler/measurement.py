@@ -168,7 +168,8 @@ def _others_running() -> bool | None:
                 stat = fh.read()
         except OSError:
             continue  # it ended
-        if stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] == b"R":
+        state = stat.rindex(b")") + 2  # after "pid (comm) ": the comm may hold spaces and parentheses
+        if stat[state : state + 1] == b"R":
             return True
     return False
 
@@ -193,7 +194,8 @@ def fewer_threads(
     threads; the first is the profile's, the default) that runs ``feed`` fastest here, and what was measured.
 
     A smaller count wins only clearly: a median more than 15 % lower and faster in all but one of ``rounds``
-    interleaved rounds, in two timings — else the first stays. Timed for about ``budget_s`` seconds in all (at least 10 runs each per round)."""
+    interleaved rounds, in two timings — else the first stays. Timed for about ``budget_s`` seconds a timing (at
+    least 10 runs each per round)."""
     counts = list(predicts)
     default = counts[0]
     for predict in predicts.values():  # a first call allocates; then one timed call sizes the blocks
@@ -202,7 +204,11 @@ def fewer_threads(
     predicts[default](feed)
     once = max(time.perf_counter() - t0, 1e-6)
     repeat = max(10 * rounds, min(500 * rounds, int(budget_s / (once * len(counts)))))
-    latencies = dict(zip(counts, interleaved_latency(list(predicts.values()), feed, 3, repeat, rounds), strict=True))
+
+    def timed() -> dict[int, Latency]:
+        return dict(zip(counts, interleaved_latency(list(predicts.values()), feed, 3, repeat, rounds), strict=True))
+
+    latencies = timed()
     chosen = _clearly_fewer(latencies, default, rounds)
     measured: dict[str, object] = {
         "medianMs": {str(c): round(lat.median_ms, 4) for c, lat in latencies.items()},
@@ -214,7 +220,7 @@ def fewer_threads(
         # Fewer threads win when the other cores are busy, and a busy spell (another process, the kernel writing
         # back the files just written) can outlast a whole timing: MobileNetV2 read 2.81 ms at 2 threads against
         # 2.57 at 1 in one compile, 1.40 against 2.47 in the next. So a win for fewer threads is timed again.
-        again = dict(zip(counts, interleaved_latency(list(predicts.values()), feed, 3, repeat, rounds), strict=True))
+        again = timed()
         measured["againMs"] = {str(c): round(lat.median_ms, 4) for c, lat in again.items()}
         if _clearly_fewer(again, default, rounds) != chosen:
             chosen = default

@@ -195,7 +195,7 @@ def prune(
 _RECENT: dict[str, tuple[bytes, dict[str, int], str, dict[str, Any] | None]] = {}
 """The last pruned + fine-tuned models, by :func:`_key`: a pipeline's pruned and pruned-int8 candidates fine-tune
 once (the fine-tune is seeded, so the second would repeat the first) — per ratio, when they search ratios."""
-_RECENT_KEPT = 8  # optimize.yaml fine-tunes 6 models (3 ratios, 2 recipes); its int8 and tuned twins reuse them
+_RECENT_KEPT = 8  # optimize.yaml fine-tunes 7 models (3 labels ratios, 4 kd ratios); its int8 and tuned twins reuse them
 
 
 def _key(source: SourceModel, options: PruneOptions, context: PassContext) -> str:
