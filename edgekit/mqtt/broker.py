@@ -26,6 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
+from edgekit.atomic import write_bytes
 from edgekit.children import die_with_parent, reap_stale, write_pidfile
 from edgekit.errors import ConfigError, MissingDependencyError, ToolchainError
 from edgekit.mqtt.errors import BrokerError
@@ -86,6 +87,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``host:port`` now (with ``SO_REUSEADDR``, as mosquitto's listeners do: the
+    TIME_WAIT connections a stopped broker leaves on its port don't count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def find_mosquitto(binary: str | Path | None = None) -> Path:
@@ -330,7 +343,7 @@ class MosquittoBroker(_ProcessBroker):
         # the fleet service runs beside the broker: on a wildcard address its listener stays on the loopback
         self.service_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         self._tls = tls
-        self.service_port = 0  # with mTLS: the service listener's port (chosen at the first start, kept on restarts)
+        self.service_port = 0  # with mTLS: the service listener's port (kept in the folder: see _kept_service_port)
         self.acl = acl
         self.binary = binary
         self.max_inflight_messages = max_inflight_messages
@@ -356,10 +369,40 @@ class MosquittoBroker(_ProcessBroker):
     def _prepare(self) -> None:
         find_mosquitto(self.binary)  # fail with the install hint before writing anything
         if self._tls is not None and self.service_port == 0:
-            self.service_port = free_port(self.service_host)
+            self.service_port = self._kept_service_port()
         self.config_path.write_text(self.render_config())
         if self.acl:
             self.acl_path.write_text(self.render_acl())
+
+    @property
+    def service_port_path(self) -> Path:
+        return self.folder / "service.port"
+
+    def _kept_service_port(self) -> int:
+        """The service listener's port of the last broker on this folder while it is free, else a new one, kept.
+
+        mosquitto ties a persisted session to the settings of the listener it came in on (``per_listener_settings``):
+        on another port it still resumes the fleet service's session, but drops what it queued for it while the
+        service was away ("Failed to associate persisted user ... with ACLs"): what devices sent while ``fleet serve``
+        restarted (presence, Jobs requests, telemetry) would be lost. So the port stays with the persistence.
+        """
+        path = self.service_port_path
+        try:
+            kept = int(path.read_text())
+        except (OSError, ValueError):
+            kept = 0
+        if 0 < kept < 65536 and port_is_free(self.service_host, kept):
+            return kept
+        if kept:
+            log.warning(
+                "the fleet service's listener port %d (%s) is taken now; using another: what the broker queued for "
+                "the service while it was away is dropped",
+                kept,
+                path,
+            )
+        port = free_port(self.service_host)
+        write_bytes(path, f"{port}\n".encode())
+        return port
 
     @property
     def service_url(self) -> str:

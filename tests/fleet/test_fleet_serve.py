@@ -141,6 +141,9 @@ def test_real_devices_join_serve_deploy_survive_a_kill_and_a_server_restart(
         procs.append(server)
         again = FleetFolder.at(state).running()
         assert again is not None and (again["broker"], again["http"]) == (running["broker"], running["http"])
+        # the service's listener too: on another port mosquitto drops what it queued for the service's session while
+        # no server ran (an agent that reconnects before the service would stay unknown: its presence lost)
+        assert again["serviceBroker"] == running["serviceBroker"]
         wait_until(lambda: all(d["connected"] for d in _devices(state, capsys).values()), 60, "reconnected", every=0.2)
         third = _deploy(state, "1.0.0", capsys)
         wait_until(lambda: _counts(state, third, capsys) == {"SUCCEEDED": 2}, 60, "back to v1", every=0.2)

@@ -14,7 +14,7 @@ from edgekit.errors import ConfigError, ToolchainError
 from edgekit.mqtt.broker import Broker, EmbeddedBroker, ExternalBroker, MosquittoBroker, start_broker
 from edgekit.mqtt.client import MqttClient
 from edgekit.mqtt.errors import BrokerError
-from edgekit.mqtt.tls import TlsMaterial
+from edgekit.mqtt.tls import SERVICE_IDENTITY, TlsMaterial
 
 # skipped without them; CI=true fails instead
 needs_mosquitto = requires("mosquitto")
@@ -91,6 +91,56 @@ def test_mosquitto_starts_restarts_on_the_same_port_and_stops(tmp_path: Path) ->
     assert not broker.running
     assert not _accepts(port)
     assert (tmp_path / "broker" / "mosquitto.db").is_file()  # saved on SIGTERM
+
+
+@needs_mosquitto
+@pytest.mark.anyio
+async def test_a_new_mosquitto_on_the_folder_delivers_what_it_queued_for_the_fleet_service(tmp_path: Path) -> None:
+    # each `edgekit fleet serve` makes its own broker object on the fleet's folder: on a new service port mosquitto
+    # resumed the service's session but dropped what devices sent meanwhile (its ACLs can't be tied to the session)
+    tls = TlsMaterial.create(tmp_path / "tls", ["dev-1"])
+    topic, got = "$aws/things/dev-1/edgekit/presence", asyncio.Queue[bytes]()
+    first = MosquittoBroker(tmp_path / "broker", tls=tls, acl=True)
+    with first:
+        service = MqttClient(SERVICE_IDENTITY, tls=tls.service)
+        await service.subscribe(topic, 1, lambda m: got.put_nowait(m.payload))
+        await service.connect(first.service_url)
+        await service.disconnect()
+    assert (tmp_path / "broker" / "service.port").read_text().strip() == str(first.service_port)
+    second = MosquittoBroker(tmp_path / "broker", tls=tls, acl=True, port=first.port)
+    with second:
+        assert second.service_port == first.service_port
+        device = MqttClient("dev-1", tls=tls.device("dev-1"))
+        await device.connect(second.url)
+        await device.publish(topic, b"sent while the service was away", qos=1)  # PUBACKed: queued for the service
+        await device.disconnect()
+        service = MqttClient(SERVICE_IDENTITY, tls=tls.service)
+        await service.subscribe(topic, 1, lambda m: got.put_nowait(m.payload))
+        await service.connect(second.service_url)
+        assert service.session_present
+        assert await asyncio.wait_for(got.get(), 10) == b"sent while the service was away"
+        await service.disconnect()
+    assert "Failed to associate" not in second.log_path.read_text()
+
+
+@needs_mosquitto
+def test_a_taken_service_port_is_replaced_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tls = TlsMaterial.create(tmp_path / "tls", [])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "broker").mkdir()
+        (tmp_path / "broker" / "service.port").write_text(f"{port}\n")
+        with MosquittoBroker(tmp_path / "broker", tls=tls, acl=True) as broker:
+            assert broker.service_port not in (0, port) and _accepts(broker.service_port)
+        assert (tmp_path / "broker" / "service.port").read_text().strip() == str(broker.service_port)
+    assert f"listener port {port}" in caplog.text and "is taken now" in caplog.text
+    (tmp_path / "broker" / "service.port").write_text("not a port")  # unreadable: a new one, no warning
+    caplog.clear()
+    with MosquittoBroker(tmp_path / "broker", tls=tls, acl=True) as broker:
+        assert _accepts(broker.service_port)
+    assert "is taken now" not in caplog.text
 
 
 @needs_mosquitto
