@@ -40,7 +40,7 @@ from edgekit.device.download import (
     safe_unzip,
 )
 from edgekit.device.errors import DeviceError
-from edgekit.device.executor import Executor, InProcessExecutor, SubprocessExecutor, group_alive, kill_group, owned_group
+from edgekit.device.executor import Executor, InProcessExecutor, SubprocessExecutor, kill_group, owned_group, wait_group_gone
 from edgekit.device.fleet_store import RegistryClient, RegistryStore
 from edgekit.device.ipc.device_ipc import DeviceIpc
 from edgekit.device.lifecycle import StateCallback, Supervisor, dependency_layers
@@ -722,7 +722,5 @@ async def _kill_leftovers(groups: dict[int, str | None], wait_s: float = 5.0) ->
             logger.warning("process group %d was recorded without a start time: left alone (it can't be told apart)", pgid)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
-    while killed and loop.time() < deadline:  # gone before anything starts again: a step never runs beside itself
-        killed = [g for g in killed if group_alive(g)]
-        if killed:
-            await asyncio.sleep(0.01)
+    for pgid in killed:  # gone before anything starts again: a step never runs beside itself
+        await wait_group_gone(pgid, max(0.0, deadline - loop.time()))

@@ -27,6 +27,7 @@ __all__ = [
     "kill_owned_group",
     "owned_group",
     "process_stamp",
+    "wait_group_gone",
 ]
 
 
@@ -152,6 +153,18 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+async def wait_group_gone(pgid: int, wait_s: float = 5.0) -> bool:
+    """Wait until process group ``pgid`` has no member but zombies, at most ``wait_s`` (a process in uninterruptible
+    sleep outlives SIGKILL until its I/O ends); False if one is still there."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while group_alive(pgid):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 def kill_owned_group(pgid: int, stamp: str | None, sig: int) -> bool:
     """:func:`kill_group`, only while the group is still the one that was recorded (:func:`owned_group`)."""
     if not owned_group(pgid, stamp):
@@ -167,6 +180,9 @@ async def _end(proc: asyncio.subprocess.Process, grace: float) -> None:
             await asyncio.wait_for(proc.wait(), grace)
     kill_group(proc.pid, signal.SIGKILL)  # members that outlived the leader
     await proc.wait()
+    # SIGKILLed members die when the kernel next runs them (on a loaded machine, a moment later): the step is over
+    # once they are gone, so that nothing it started runs beside what comes next (a retry, the next step)
+    await wait_group_gone(proc.pid)
 
 
 class _Subprocess:
