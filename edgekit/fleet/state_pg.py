@@ -36,7 +36,7 @@ from edgekit.fleet.state import Connection, Cursor
 
 try:
     import psycopg
-    from psycopg.pq import TransactionStatus
+    from psycopg.pq import PipelineStatus, TransactionStatus
 except ImportError:  # pragma: no cover - the extra is missing
     psycopg = None  # type: ignore[assignment]
 
@@ -111,6 +111,24 @@ def _why(exc: Exception) -> str:
     """psycopg's message in one line (its last: the server's own words)."""
     text = str(exc).strip()
     return text.splitlines()[-1] if text else type(exc).__name__
+
+
+_SERVER_ENDED: Final = ("57P01", "57P02", "57P03")  # admin_shutdown, crash_shutdown, cannot_connect_now
+
+
+def _server_ended(exc: BaseException) -> Exception | None:
+    """The error in ``exc``'s chain that says the server ended the connection (SQLSTATE class 08, or the server
+    shutting down), if any: in pipeline mode psycopg can raise "cannot exit pipeline mode while busy" with the
+    server's ``AdminShutdown`` only as its context, while the connection is not yet marked broken."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        state = getattr(current, "sqlstate", None) or ""
+        if isinstance(current, Exception) and (state.startswith("08") or state in _SERVER_ENDED):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _rows(cursor: Any) -> Any:
@@ -229,9 +247,14 @@ class PostgresDatabase:
         try:
             yield
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            if not (self._conn.broken or self._conn.closed):
+            ended = _server_ended(exc)
+            # outside a pipeline the connection is never in pipeline mode: still there, it is stuck mid-batch
+            stuck = not self._conn.closed and self._conn.pgconn.pipeline_status != PipelineStatus.OFF
+            if not (self._conn.broken or self._conn.closed or ended is not None or stuck):
                 raise
-            self._lost(_why(exc))
+            with contextlib.suppress(Exception):
+                self._conn.close()  # the server ended it, or left it mid-pipeline: never used again
+            self._lost(_why(ended if ended is not None else exc))
             raise self._unavailable() from None
 
     # ------------------------------------------------------------------ StateDatabase

@@ -310,6 +310,49 @@ def test_fleet_serve_join_refuses_what_it_cannot_join_in_one_line(tmp_path: Path
 # --------------------------------------------------------------------------- PostgreSQL away and back
 
 
+def test_a_connection_the_server_ended_mid_pipeline_is_an_outage_not_a_statement_error(
+    postgres_server: LocalPostgres, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What CI's run of the test below met: PostgreSQL stopping during a pipelined executemany made psycopg raise
+    "cannot exit pipeline mode while busy", the server's AdminShutdown only its context and the connection not marked
+    broken. Taken for a statement's own error, every batch after it failed the same way on the stuck connection."""
+    import psycopg
+
+    from edgekit.fleet.errors import StateUnavailableError
+    from edgekit.fleet.state_pg import RETRY_FIRST_S, PostgresDatabase
+
+    caplog.set_level(logging.WARNING)
+    db = PostgresDatabase(postgres_server.create_database("ended"))
+    try:
+        first = db.live()
+        with pytest.raises(StateUnavailableError, match="terminating connection due to administrator command"), db.watch():
+            try:
+                raise psycopg.errors.AdminShutdown("terminating connection due to administrator command")
+            except psycopg.Error:
+                # as psycopg raised it: the shutdown only the context ("during handling of the above exception")
+                raise psycopg.OperationalError("cannot exit pipeline mode while busy")  # noqa: B904
+        assert not db.available and db.outages == 1 and first.closed  # not used again
+        assert caplog.text.count("connection lost (terminating connection due to administrator command)") == 1
+        time.sleep(RETRY_FIRST_S)
+        assert "pg_tables" not in db.tables() and db.available  # a new connection, after the backoff
+
+        # a connection left in pipeline mode outside any pipeline is stuck, whatever the error says
+        stuck = db.live()
+        stuck.pgconn.enter_pipeline_mode()
+        with pytest.raises(StateUnavailableError), db.watch():
+            raise psycopg.OperationalError("sending query failed: another command is already in progress")
+        assert stuck.closed and db.outages == 2
+        time.sleep(RETRY_FIRST_S * 2)  # the backoff doubled
+
+        # a statement's own operational error (here a statement timeout) goes through: the connection is fine
+        with pytest.raises(psycopg.errors.QueryCanceled), db.watch():
+            db.live().execute("SET statement_timeout = 50")
+            db.live().execute("SELECT pg_sleep(1)")
+        assert db.available and db.outages == 2
+    finally:
+        db.close()
+
+
 @pytest.mark.anyio
 async def test_a_service_that_loses_postgresql_keeps_what_it_did_not_store_and_says_so_once(
     tmp_path: Path, postgres_server: LocalPostgres, caplog: pytest.LogCaptureFixture
