@@ -216,7 +216,8 @@ def _watching(interval: float) -> Iterator[tuple[Callable[[SimulationStatus], No
             if shown[0]:
                 live.console.print(plain(msg, "yellow"), soft_wrap=True)
             else:
-                live.update(Spinner("dots", plain(f"starting the simulation: {msg}")))
+                # drawn now: a step shorter than the refresh (0.25 s) would otherwise never show
+                live.update(Spinner("dots", plain(f"starting the simulation: {msg}")), refresh=True)
 
         with Live(Spinner("dots", "starting the simulation"), console=console, refresh_per_second=4, transient=True) as live:
             yield watch, say

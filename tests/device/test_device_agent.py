@@ -64,6 +64,22 @@ def alive(pid: int) -> bool:
     return fields[0] != "Z"
 
 
+def _first_number(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def number_in(path: Path, timeout: float = 20.0) -> int:
+    """The first number a step writes to ``path``, once it is written: a shell creates the file on ``>`` before its
+    ``echo`` writes, so a file that exists can still read empty."""
+    await eventually(lambda: _first_number(path) is not None, timeout, f"a number in {path.name}")
+    number = _first_number(path)
+    assert number is not None
+    return number
+
+
 def saved(root: Path) -> DeviceState:
     return DeviceState.model_validate_json((root / "config" / "state.json").read_text())
 
@@ -166,7 +182,7 @@ def test_a_failing_install_rolls_back_to_the_previous_version_and_configuration(
             )
             assert first.succeeded and states(first) == {app: ("1.0.0", "RUNNING")}
             await eventually(lambda: (work / "message").is_file())
-            first_pid = int((work / "pids").read_text().split()[0])
+            first_pid = await number_in(work / "pids")
             update = {"merge": {"Message": "two"}}
             second = await agent.apply(job("d-2", {app: {"version": "2.0.0", "configurationUpdate": update}}))
             assert second.status == "FAILED" and second.result == "FAILED_ROLLBACK_COMPLETE"
@@ -264,12 +280,13 @@ def test_errors_an_hour_apart_never_break_a_component(tmp_path: Path, registry: 
         try:
             outcome = await agent.apply(job("d-1", {name: "1.0.0"}, policy="DO_NOTHING"))
             assert outcome.status == "FAILED" and outcome.error_code == "COMPONENT_UPDATE_ERROR"  # never settled
+            # it keeps crashing after the deployment gave up (a slow fork may have fit few crashes in its 1 s)
+            await eventually(lambda: len(errors) > 3, 30, "more than 3 errors")
             assert agent.state.components[name].state != "BROKEN"
         finally:
             await agent.stop()
 
     run(scenario)
-    assert len(errors) > 3
 
 
 def test_a_step_past_its_timeout_is_killed_with_its_process_group(tmp_path: Path, registry: Registry) -> None:
@@ -363,8 +380,7 @@ def test_a_download_that_never_matches_fails_with_nothing_installed(tmp_path: Pa
         agent = make_agent(root, registry)
         try:
             assert (await agent.apply(job("d-1", {"com.example.Keep": "1.0.0"}))).succeeded
-            await eventually(lambda: (root / "work" / "com.example.Keep" / "pid").is_file())
-            pid = int((root / "work" / "com.example.Keep" / "pid").read_text())
+            pid = await number_in(root / "work" / "com.example.Keep" / "pid")
             outcome = await agent.apply(job("d-2", {"com.example.Keep": "1.0.0", "com.example.Blob": "1.0.0"}))
             assert outcome.status == "FAILED" and outcome.result == "FAILED_NO_STATE_CHANGE"
             assert outcome.error_code == "ARTIFACT_CHECKSUM_MISMATCH"
@@ -553,7 +569,7 @@ def test_a_startup_service_runs_in_the_background_until_shutdown(tmp_path: Path,
         try:
             outcome = await agent.apply(job("d-1", {"com.example.Service": "1.0.0"}))
             assert outcome.succeeded and states(outcome) == {"com.example.Service": ("1.0.0", "RUNNING")}
-            pid = int((marks / "service.pid").read_text())
+            pid = await number_in(marks / "service.pid")
             assert alive(pid)
             removed = await agent.apply(job("d-2", {}))
             assert removed.succeeded and removed.components == {}
@@ -586,8 +602,7 @@ def test_a_device_runs_the_union_of_its_targets(tmp_path: Path, registry: Regist
                 job("canary-1", {"com.example.B": "1.0.0"}, target="arn:aws:iot:eu-west-1:1:thinggroup/canary")
             )
             assert states(both) == {"com.example.A": ("1.0.0", "RUNNING"), "com.example.B": ("1.0.0", "RUNNING")}
-            await eventually(lambda: (root / "work" / "com.example.B" / "pid").is_file())
-            b_pid = int((root / "work" / "com.example.B" / "pid").read_text())
+            b_pid = await number_in(root / "work" / "com.example.B" / "pid")
             # a new deployment to thinggroup/line without A removes A; B (of thinggroup/canary) keeps running
             emptied = await agent.apply(job("line-2", {}, created=200))
             assert emptied.succeeded and states(emptied) == {"com.example.B": ("1.0.0", "RUNNING")}
@@ -625,8 +640,7 @@ def test_an_agent_killed_mid_deployment_resumes_consistently(tmp_path: Path, reg
     async def scenario() -> None:
         first = make_agent(root, registry)
         assert (await first.apply(job("d-1", {"com.example.Svc": "1.0.0"}))).succeeded
-        await eventually(lambda: (marks / "svc.pid").is_file())
-        old_pid = int((marks / "svc.pid").read_text())
+        old_pid = await number_in(marks / "svc.pid")
         task = asyncio.create_task(first.apply(job("d-2", {"com.example.Svc": "1.0.0", "com.example.Slow": "1.0.0"})))
         await eventually(lambda: (marks / "once").is_file())
         await first.kill(leave_processes=True)  # the agent dies; its Run process lives on, as after a SIGKILL
@@ -677,8 +691,7 @@ def test_resume_leaves_a_recycled_pid_alone(tmp_path: Path, registry: Registry) 
         async def scenario() -> None:
             first = make_agent(root, registry)
             assert (await first.apply(job("d-1", {"com.example.Svc": "1.0.0"}))).succeeded
-            await eventually(lambda: (marks / "svc.pid").is_file())
-            old_pid = int((marks / "svc.pid").read_text())
+            old_pid = await number_in(marks / "svc.pid")
             await first.kill(leave_processes=True)
             os.killpg(old_pid, signal.SIGKILL)  # the Run process died meanwhile ...
             await eventually(lambda: not alive(old_pid))
@@ -735,7 +748,7 @@ def test_an_install_interrupted_by_kill_9_is_killed_not_run_twice(tmp_path: Path
     agent = subprocess.Popen([sys.executable, "-c", _AGENT_SCRIPT, str(root), registry.base, doc], env=env)
     try:
         deadline = time.monotonic() + 30
-        while not (marks / "installs").is_file() and time.monotonic() < deadline:
+        while _first_number(marks / "installs") is None and time.monotonic() < deadline:
             assert agent.poll() is None, "the agent process ended early"
             time.sleep(0.05)
         first_install = int((marks / "installs").read_text())

@@ -407,16 +407,16 @@ def test_devices_offline_during_the_rollout_catch_up_on_connect(make_fleet: Call
         await fleet.stop_device(dropped)
         job = fleet.deploy(app("1.0.0"))
         await until_done(fleet, job, [online])
-        await eventually(lambda: bridge.stats.notifications >= 3, 5, "notifications")
+        await eventually(lambda: bridge.stats.notifications >= 3, 30, "notifications")
         # both were notified (released) while offline, and nothing ran there
         assert fleet.statuses(job) == {online: "SUCCEEDED", dropped: "QUEUED", never: "QUEUED"}
         assert all(e.notified_at is not None for e in fleet.state.executions(deployment_id=job))
         # the online device's 'finished' notification is built in the bridge's state thread: wait until none is left
         # in flight (the count holds still) before counting what the reconnects bring
         notified = -1
-        while notified != bridge.stats.notifications:
+        while notified != bridge.stats.notifications:  # still for a second (a loaded machine's thread may lag)
             notified = bridge.stats.notifications
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(1.0)
         runners = [await fleet.start_device(dropped, clean_start=True), await fleet.start_device(never, clean_start=True)]
         assert await until_done(fleet, job, [dropped, never]) == dict.fromkeys([online, dropped, never], "SUCCEEDED")
         await ran(runners)

@@ -75,7 +75,8 @@ async def _answered_while_stalled(folder: Path) -> tuple[str | None, int, int]:
                 reply = None  # on one connection the request waits until the ingest acknowledges the window
             stored_then = state.window_totals("d-1", "c", "r", SENT).windows
             idle = 0
-            while idle < 10:  # the ingest catches up: store and acknowledge until nothing more comes for 0.5 s
+            # the ingest catches up: store and acknowledge until all are stored, or nothing more came for 2 s
+            while idle < 40 and state.window_totals("d-1", "c", "r", SENT).windows < SENT:
                 await asyncio.sleep(0.05)
                 idle = 0 if ingest.flush() else idle + 1
         finally:

@@ -200,23 +200,26 @@ def test_the_broker_restarts_mid_rollout_and_the_rollout_completes(tmp_path: Pat
             assert sim.broker.pid != pid and sim.broker_url.startswith("mqtts://")
             summary = await sim.wait(deployment, timeout=45)
             assert summary.counts == {"SUCCEEDED": 8}
-            await asyncio.sleep(0.3)
-            assert sim.status().connected == 8
+            await eventually(lambda: sim.status().connected == 8, 30, "all 8 connected again")
 
     run(scenario())
 
 
 def test_a_killed_device_resumes_from_its_folder(tmp_path: Path) -> None:
-    build = write_component(tmp_path / "build", {"Install": "sleep 1.5"})
+    build = write_component(tmp_path / "build", {"Install": "sleep 4"})
 
     async def scenario() -> None:
         async with Simulation(fleet(3), state_dir=tmp_path / "state", tick_s=0.2) as sim:
             sim.publish(build)
             deployment = sim.deploy(spec())
-            await asyncio.sleep(0.8)  # pi-01 is installing
             assert sim.state is not None
-            execution = sim.state.get_execution(deployment, "pi-01")
-            assert execution is not None and execution.status == "IN_PROGRESS"
+            state = sim.state
+
+            def installing() -> bool:
+                execution = state.get_execution(deployment, "pi-01")
+                return execution is not None and execution.status == "IN_PROGRESS"
+
+            await eventually(installing, 30, "pi-01 installing")  # its Install runs for 4 s: the kill lands in it
             await sim.kill_device("pi-01")
             assert sim.status().alive == 2
             for _ in range(100):  # the two others finish; pi-01's job stays IN_PROGRESS: nobody finishes it for it
