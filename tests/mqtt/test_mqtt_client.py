@@ -308,7 +308,7 @@ def test_keepalive_notices_a_frozen_broker_and_reconnects_after(plain: Mosquitto
             try:
                 start = time.perf_counter()
                 while device.connected:
-                    assert time.perf_counter() - start < 5, "keepalive did not notice the frozen broker"
+                    assert time.perf_counter() - start < 10, "keepalive did not notice the frozen broker"  # ~2 s
                     await asyncio.sleep(0.05)
             finally:
                 plain.thaw()
@@ -396,7 +396,7 @@ def test_200_clients_in_one_thread(plain: MosquittoBroker) -> None:
     connect_s, fan_out_s = asyncio.run(_fleet(plain.url, 200, None, False))
     total = time.perf_counter() - start
     print(f"\n200 clients (plain TCP): connect {connect_s:.3f} s, 200 QoS 1 messages fanned out in {fan_out_s:.3f} s")
-    assert total < 10
+    assert total < 60  # a hang, not a speed (bench/ measures speed): ~1 s here
 
 
 @pytest.mark.slow
