@@ -5,7 +5,7 @@
                             [--prune-ratios 0.3,0.5,0.7] [--fine-tune-steps N] [--optimize-only]
                             [--tune-minutes M] [--tuning-records DIR] [--held-out N]
     python -m bench.compile --optimize-only --models trained-cnn --target x86_64_host --tune-minutes 5
-    python -m bench.compile --tuning-goal [--tune-minutes 10]   # tuned TVM vs ORT on a trained digits CNN
+    python -m bench.compile --tuning-goal [--models trained-cnn] [--tune-minutes 10]   # tuned TVM vs ORT on a trained CNN
 
 ``trained-cnn`` and ``trained-mobilenetv2`` are trained on upscaled scikit-learn digits by :mod:`bench.trained`
 (cached after the first run) and compiled from their factories, with their held-out images and labels.
@@ -917,6 +917,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tuning_goal:
         args.target = args.target or "x86_64_host"  # "on this machine": see bench/tuning_goal.py
+        if args.models == ",".join(MODELS):
+            args.goal_model = "digits-cnn"
+        elif args.models == "trained-cnn":
+            args.goal_model = "trained-cnn"
+        else:
+            parser.error(f"--tuning-goal runs on its digits CNN or on --models trained-cnn, not on '{args.models}'")
         args.tune_minutes = args.tune_minutes or 10.0
         return _tuning_goal(args)
     args.target = args.target or "x86_64"
@@ -1008,7 +1014,7 @@ def _tuning_goal(args: argparse.Namespace) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-tuning-") as tmp:
-        figures = run_goal(args.target, args.tune_minutes, args.rounds, args.repeat, Path(tmp), say, interleaved)
+        figures = run_goal(args.target, args.tune_minutes, args.rounds, args.repeat, Path(tmp), say, interleaved, args.goal_model)
     figures["target_note"] = target_note(args.target)
     figures.update(host=host_description(), threads=_threads(), rounds=args.rounds, repeat=args.repeat, target=args.target)
     print(f"host: {host_description()} | {_threads()} | target {args.target} | edgekit {edgekit.__version__}")

@@ -1,8 +1,9 @@
 """The tuning goal of bench/compile (``--tuning-goal``): tuned TVM against ONNX Runtime on a *trained* digits CNN.
 
-    python -m bench.compile --tuning-goal [--tune-minutes 10] [--target x86_64_host] [--rounds 10] [--repeat 50] [--json out.json]
+    python -m bench.compile --tuning-goal [--models trained-cnn] [--tune-minutes 10] [--target x86_64_host] [--rounds 10] [--repeat 50] [--json out.json]
 
-A small CNN is trained here in seconds (scikit-learn's digits, 8×8 upscaled to 16×16, torch, a few epochs; 40 % held
+``--models trained-cnn`` runs the goal on the benchmark's trained 3×32×32 CNN (:mod:`bench.trained`'s cached run,
+its 797 held-out labelled digits), the model the optimize benchmark ships; by default a smaller digits CNN: a small CNN is trained here in seconds (scikit-learn's digits, 8×8 upscaled to 16×16, torch, a few epochs; 40 % held
 out with its labels) and saved as TorchScript. Then, into a fresh tuning database:
 
 1. compile it with ONNX Runtime, TVM and TVM tuned for at most ``--tune-minutes`` (the default pipeline plus
@@ -79,13 +80,32 @@ def train_digits_cnn(work: Path, epochs: int = 8) -> tuple[Path, dict[str, np.nd
     return path, {"input": x_test, "labels": y_test}, top1
 
 
-def _compile(model: Path, target: str, out: Path, minutes: float, database: Path, samples: dict[str, np.ndarray],
-             say: Callable[[str], None]) -> tuple[CompileResult, float]:  # fmt: skip
+GOAL_MODELS = ("digits-cnn", "trained-cnn")
+
+
+def goal_model(name: str, work: Path, say: Callable[[str], None]) -> tuple[Path, dict[str, np.ndarray], float, list[int], str]:
+    """(TorchScript, held-out labelled samples, held-out top-1 in percent, input shape, description) of ``name``."""
+    if name == "trained-cnn":
+        import torch
+
+        from bench.trained import trained
+
+        t = trained("cnn", say=say)
+        path = work / "trained_cnn.pt"
+        with torch.no_grad():
+            torch.jit.trace(t.module, torch.from_numpy(t.x[:1])).save(str(path))  # type: ignore[no-untyped-call]
+        return path, {"input": t.x, "labels": t.y}, 100 * t.top1, list(t.shape), f"{t.description} (bench/trained.py)"
+    path, samples, top1 = train_digits_cnn(work)
+    return path, samples, top1, [1, 1, SIDE, SIDE], "digits CNN (conv16-conv32-fc64-fc10, 16×16), trained here"
+
+
+def _compile(model: Path, shape: list[int], target: str, out: Path, minutes: float, database: Path,
+             samples: dict[str, np.ndarray], say: Callable[[str], None]) -> tuple[CompileResult, float]:  # fmt: skip
     pipe = load_pipeline("default").with_tuning(minutes=minutes, database=database)
     t0 = time.perf_counter()
     result = edgekit.compile(
-        model, target, out, pipeline=pipe, input_shapes={"input": [1, 1, SIDE, SIDE]}, samples=samples,
-        use_cache=False, progress=say, name="digits_cnn",
+        model, target, out, pipeline=pipe, input_shapes={"input": shape}, samples=samples,
+        use_cache=False, progress=say, name=model.stem,
     )  # fmt: skip
     return result, time.perf_counter() - t0
 
@@ -112,34 +132,33 @@ def run_goal(
     work: Path,
     say: Callable[[str], None],
     interleaved: Callable[[dict[str, Callable[[], object]], int, int], dict[str, list[float]]],
+    model_name: str = "digits-cnn",
 ) -> dict[str, Any]:
     """Train, compile twice into one fresh database, time ORT against tuned TVM; the figures as a dict."""
     threads = _threads_alike()  # before anything runs TVM: its pool reads $TVM_NUM_THREADS once, when it starts
     t0 = time.perf_counter()
-    model, samples, top1 = train_digits_cnn(work)
+    model, samples, top1, shape, description = goal_model(model_name, work, say)
     trained_s = time.perf_counter() - t0
-    say(
-        f"[tuning goal] trained the digits CNN in {trained_s:.1f} s: {top1:.1f} % top-1 on {len(samples['labels'])} held-out digits"
-    )
+    say(f"[tuning goal] {model_name} ready in {trained_s:.1f} s: {top1:.1f} % top-1 on {len(samples['labels'])} held-out digits")
     database = work / "tuning-db"
     database.mkdir()
-    first, first_s = _compile(model, target, work / "first", minutes, database, samples, say)
-    second, second_s = _compile(model, target, work / "second", minutes, database, samples, say)
+    first, first_s = _compile(model, shape, target, work / "first", minutes, database, samples, say)
+    second, second_s = _compile(model, shape, target, work / "second", minutes, database, samples, say)
     tuned_first = _tuning(first)
     tuned_second = _tuning(second)
     # this benchmark's own rounds: the ONNX Runtime artifact and the tuned TVM artifact (the database applied)
-    ort_art = edgekit.compile(model, target, work / "ort", pipeline="ort", input_shapes={"input": [1, 1, SIDE, SIDE]},
+    ort_art = edgekit.compile(model, target, work / "ort", pipeline="ort", input_shapes={"input": shape},
                               use_cache=False, name="ort")  # fmt: skip
     tvm_pipe = load_pipeline("tvm").with_tuning(0, database=database)
     tvm_pipe = tvm_pipe.model_copy(update={"candidates": [tvm_pipe.candidates[-1]]})
-    tvm_art = edgekit.compile(model, target, work / "tvm", pipeline=tvm_pipe, input_shapes={"input": [1, 1, SIDE, SIDE]},
+    tvm_art = edgekit.compile(model, target, work / "tvm", pipeline=tvm_pipe, input_shapes={"input": shape},
                               use_cache=False, name="tvm")  # fmt: skip
     feed = {"input": samples["input"][:1]}
     ort_model, tvm_model = edgekit.load(ort_art.artifact_dir, threads=threads), edgekit.load(tvm_art.artifact_dir)
     say(f"[tuning goal] timing ort and tvm-tuned ({threads} thread(s) each): {rounds} rounds × {repeat} runs")
     blocks = interleaved({"ort": lambda: ort_model.predict(feed), "tvm-tuned": lambda: tvm_model.predict(feed)}, rounds, repeat)
     bench_ms = {k: statistics.median(v) for k, v in blocks.items()}
-    bytecode = _bytecode_twin(model, target, work, database)
+    bytecode = _bytecode_twin(model, shape, target, work, database)
     say("[tuning goal] one call taken apart: predict, the bare backend call, ORT's own defaults, VM modes")
     parts = interleaved(_parts(ort_model, tvm_model, bytecode, feed), rounds, repeat)
     anatomy_us = {k: 1e3 * statistics.median(v) for k, v in parts.items()}
@@ -147,7 +166,7 @@ def run_goal(
     if tuning.get("best_ms") is not None:
         anatomy_us["tvm kernels (MetaSchedule)"] = 1e3 * float(tuning["best_ms"])
     return {
-        "model": "digits CNN (conv16-conv32-fc64-fc10, 16×16), trained here",
+        "model": description,
         "trained_seconds": round(trained_s, 1),
         "source_top1": top1,
         "tune_minutes": minutes,
@@ -189,13 +208,13 @@ def _threads_alike() -> int:
     return threads
 
 
-def _bytecode_twin(model: Path, target: str, work: Path, database: Path) -> Any:
+def _bytecode_twin(model: Path, shape: list[int], target: str, work: Path, database: Path) -> Any:
     """The tuned TVM build again (the database applied, nothing tuned) with its graph interpreted as bytecode."""
     pipe = load_pipeline("tvm").with_tuning(0, database=database)
     spec = pipe.candidates[-1]
     spec = spec.model_copy(update={"options": {**spec.options, "exec_mode": "bytecode"}})
     built = edgekit.compile(model, target, work / "tvm-bytecode", pipeline=pipe.model_copy(update={"candidates": [spec]}),
-                            input_shapes={"input": [1, 1, SIDE, SIDE]}, use_cache=False, name="tvm-bytecode")  # fmt: skip
+                            input_shapes={"input": shape}, use_cache=False, name="tvm-bytecode")  # fmt: skip
     return edgekit.load(built.artifact_dir)
 
 
