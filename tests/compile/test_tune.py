@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -352,9 +353,9 @@ def _task(name: str, flops: float | None) -> tvm_tune._Task:
     return tvm_tune._Task(name, 1.0, None, 0, None, None, flops=flops)
 
 
-def test_the_lightest_tasks_under_one_percent_are_not_tuned() -> None:
+def test_the_lightest_tasks_under_one_percent_are_light() -> None:
     """The trained 3×32×32 CNN's tasks (MFLOP, as TVM counts them): its pools, mean, reshape and classifier hold
-    0.5 % of the arithmetic together; the three convolutions are tuned."""
+    0.5 % of the arithmetic together: they are light, tuned first and briefly; the three convolutions are not."""
     tasks = [
         _task(n, f)
         for n, f in [("conv1", 2.376), ("conv2", 2.367), ("conv0", 0.918), ("pool0", 0.016), ("pool1", 0.008),
@@ -375,12 +376,31 @@ def test_the_lightest_tasks_under_one_percent_are_not_tuned() -> None:
     assert not any(t.light for t in nothing)
 
 
-@pytest.mark.slow  # a tuning run of its own
-def test_a_light_task_keeps_tvms_default_schedule(tmp_path: Path) -> None:
-    """A wide first layer makes the softmax over 4 classes ~0.1 % of the arithmetic: it is not tuned, the trials
-    go to the two matmuls, and the compile says so; the built model still agrees with the source."""
+def _wide(tmp_path: Path) -> Path:
+    """A wide first layer makes the softmax over 4 classes ~0.1 % of the arithmetic: a light task."""
     model = tmp_path / "wide.onnx"
     onnx.save(make_mlp(in_features=64, hidden=128, classes=4, seed=3), str(model))
+    return model
+
+
+def _measured_per_task(messages: list[str]) -> dict[str, int]:
+    """Trials per task from the progress lines ('tvm: tuning: 12 trials measured (task 0 softmax); ...'), in the
+    order the tasks were first measured."""
+    out: dict[str, int] = {}
+    done = 0
+    for m in messages:
+        found = re.match(r"tvm: tuning: (\d+)(?:/\d+)? trials measured \(task \d+ (\w+)", m)
+        if found:
+            out[found.group(2)] = out.get(found.group(2), 0) + int(found.group(1)) - done
+            done = int(found.group(1))
+    return out
+
+
+@pytest.mark.slow  # a tuning run of its own
+def test_a_light_task_is_tuned_first_with_a_few_trials(tmp_path: Path) -> None:
+    """The light softmax is tuned before the two matmuls, with no more trials than each of them gets (here 2, the
+    trials spread over the heavy tasks; at most LIGHT_TRIALS), and the compile says so; the model still agrees."""
+    model = _wide(tmp_path)
     messages: list[str] = []
     result = edgekit.compile(
         model,
@@ -391,11 +411,41 @@ def test_a_light_task_keeps_tvms_default_schedule(tmp_path: Path) -> None:
         progress=messages.append,
     )
     tuning = _tuning(result)
-    assert tuning["tasks"] == 3 and tuning["tasks_light"] == 1 and tuning["tasks_tuned"] == 2
-    assert tuning["trials_per_task"] == 2 and tuning["measured"] == 4  # the trials spread over the tuned tasks
-    assert tuning["tasks_unmeasured"] == 0  # the light task is not counted as one the budget missed
-    assert not any("softmax" in m for m in messages if "trials measured" in m), messages
-    assert any("1 light task(s) under 1% of the arithmetic keep TVM's defaults" in m for m in messages), messages
+    assert tuning["tasks"] == 3 and tuning["tasks_light"] == 1 and tuning["tasks_tuned"] == 3
+    assert tuning["trials_per_task"] == 2 and tuning["measured"] == 6  # 2 + 2 for the matmuls, 2 for the softmax
+    assert tuning["tasks_unmeasured"] == 0
+    per_task = _measured_per_task(messages)
+    first = next(iter(per_task))
+    assert first.startswith("softmax") and per_task[first] == 2, per_task
+    assert any("1 light task(s) under 1% of the arithmetic first, at most 2 trials each" in m for m in messages), messages
+    assert model_agrees(result)
+
+
+@pytest.mark.slow  # a tuning run of its own
+def test_under_a_time_budget_the_light_tasks_share_ends_and_the_heavy_ones_get_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 30-second budget on a clock that ticks a second a reading: the softmax's share (a tenth: 3 s) ends before
+    its batch of 4 is built, so it keeps TVM's default schedule, and the matmuls get their 4 trials each after it."""
+    monkeypatch.setattr(tvm_tune, "CLOCK", _TickingClock())
+    messages: list[str] = []
+    result = edgekit.compile(
+        _wide(tmp_path),
+        "x86_64",
+        tmp_path / "build",
+        pipeline=_pipeline({"trials": 8, "minutes": 0.5, "strategy": "replay-trace", "database": str(tmp_path / "db")}),
+        use_cache=False,
+        progress=messages.append,
+    )
+    assert any(
+        "1 light task(s) under 1% of the arithmetic first, at most 4 trials each and 10% of the time" in m for m in messages
+    )
+    per_task = _measured_per_task(messages)
+    assert len(per_task) == 2 and not any(n.startswith("softmax") for n in per_task), per_task
+    assert all(n.startswith("fused_matmul") and count == 4 for n, count in per_task.items()), per_task
+    tuning = _tuning(result)
+    assert tuning["stopped"] == "trials" and tuning["measured"] == 8 and tuning["tasks_unmeasured"] == 0  # not "time"
+    assert len(json.loads((tmp_path / "db" / BUDGETS).read_text())) == 3  # the light task had its budget: kept too
     assert model_agrees(result)
 
 

@@ -58,11 +58,16 @@ log = logging.getLogger(__name__)
 
 BUDGETS = "edgekit-budgets.json"  # per workload: the longest time budget (minutes) it was tuned under
 PER_TASK_UNDER_BUDGET = 512  # trials per task when only ``minutes`` is given: the clock stops tuning first
-# A task holding less than this share of the model's arithmetic (a pool, a reshape, the classifier's small matmul)
-# is not tuned: it keeps TVM's default schedule. Measured on the trained 3×32×32 CNN: its five light tasks ran
-# ~9 µs of ~150 untuned, while each task's first MetaSchedule search took ~30 s under load: tuning them spent most
-# of a few-minute budget before the convolutions (99.5 % of the arithmetic) got their first trials.
+# The tasks holding together less than this share of the model's arithmetic (a pool, a reshape, the classifier's
+# small matmul) are light: tuned first, briefly — at most LIGHT_TRIALS trials each and, under a time budget, at most
+# LIGHT_BUDGET_SHARE of it — and the rest goes to the others. Measured on the trained 3×32×32 CNN (quiet, 1 thread):
+# TVM's default schedules for its five light tasks (scalar loops) ran 5.7 µs of a 60 µs tuned model; 16 trials each
+# (~1 s a task once MetaSchedule runs) cut them to ~2 µs and the model to 56.8 µs against 60.5 (ORT: 62.4). Tuned
+# alongside the convolutions (99.5 % of the arithmetic) each cost a full search of the budget's first round: under
+# load, most of a few-minute budget before the convolutions got their first trials.
 LIGHT_SHARE = 0.01
+LIGHT_TRIALS = 16
+LIGHT_BUDGET_SHARE = 0.1
 # The evolutionary search under a time budget: 128 schedules evolved over 2 generations (MetaSchedule's defaults:
 # 512 over 4). Each batch's search samples, mutates and scores that population, and on a 2-core host it, not the
 # trials, is most of a budget: the trained CNN's convolutions, 3 minutes at load ~10, got 128 trials with it and 32
@@ -108,7 +113,7 @@ class TuningReport(BaseModel):
     tasks_tuned: int = 0
     tasks_reused: int = 0  # tasks the database already had enough of: not tuned again
     tasks_unmeasured: int = 0  # tasks with no measured schedule at all (a budget spent before them): TVM's defaults
-    tasks_light: int = 0  # tasks under LIGHT_SHARE of the model's arithmetic: not tuned, TVM's default schedules
+    tasks_light: int = 0  # tasks under LIGHT_SHARE of the model's arithmetic: tuned first, at most LIGHT_TRIALS each
     stopped: Literal["trials", "time", "reused", "apply-only"] = "trials"
     seconds: float = 0.0  # spent tuning (the clock the budget reads)
     best_ms: float | None = None  # MetaSchedule's estimate of the model's latency: its tasks' best, weighted
@@ -171,30 +176,33 @@ class _Task:
     measured: int = 0
     extracted: Any = None  # MetaSchedule's extracted task
     flops: float | None = 0.0  # its arithmetic per model run (FLOPs × weight; None: uncounted): heaviest tuned first
-    light: bool = False  # under LIGHT_SHARE of the model's arithmetic: not tuned
+    light: bool = False  # under LIGHT_SHARE of the model's arithmetic: tuned first, briefly
 
 
 @dataclass
 class _Run:
     """The state one tuning run shares between the builder, the measure callback and the report."""
 
-    tasks: list[_Task]  # the tasks being tuned, in MetaSchedule's task-id order
+    tasks: list[_Task]  # the tasks being tuned now, in MetaSchedule's task-id order
     everything: list[_Task]  # every task of the model
     progress: Progress
     total: int | None  # trials asked of this run (None: as many as time allows)
     started: float
     deadline: float | None
+    phase_end: float | None = None  # the light tasks' share of the budget ends here
     done: int = 0
     out_of_time: bool = False
     failed: int = 0
     notes: list[str] = field(default_factory=list)
 
     def spent(self) -> bool:
-        return self.deadline is not None and CLOCK.monotonic() >= self.deadline
+        now = CLOCK.monotonic()
+        return any(end is not None and now >= end for end in (self.deadline, self.phase_end))
 
     def best_ms(self) -> float | None:
-        """The model's latency as MetaSchedule estimates it: each task's best run times its weight, summed."""
-        if not self.everything or any(t.best_ms is None for t in self.everything):
+        """The model's latency as MetaSchedule estimates it: each task's best run times its weight, summed (None
+        while a heavy task has none; a light task with none adds nothing — it runs TVM's default schedule)."""
+        if not self.everything or any(t.best_ms is None for t in self.everything if not t.light):
             return None
         return sum(t.weight * (t.best_ms or 0.0) for t in self.everything)
 
@@ -359,10 +367,10 @@ def _flops(mod: Any) -> float | None:
 
 
 def _mark_light(tasks: list[_Task]) -> None:
-    """Mark the lightest tasks whose arithmetic together stays under ``LIGHT_SHARE`` of the model's: not tuned.
+    """Mark the lightest tasks whose arithmetic together stays under ``LIGHT_SHARE`` of the model's: tuned briefly.
 
-    Cumulative, lightest first, so at most that share of the arithmetic keeps TVM's default schedules whatever the
-    number of tasks (of 200 equal tasks, one is light); a task TVM can't count is never light."""
+    Cumulative, lightest first, so at most that share of the arithmetic gets the brief tuning whatever the number of
+    tasks (of 200 equal tasks, one is light); a task TVM can't count is never light."""
     counted = [t for t in tasks if t.flops is not None]
     total = sum(t.flops or 0.0 for t in counted)
     if total <= 0:
@@ -373,6 +381,11 @@ def _mark_light(tasks: list[_Task]) -> None:
         if light >= LIGHT_SHARE * total:
             return
         task.light = True
+
+
+def _heaviest_first(task: _Task) -> float:
+    """Sort key: the most arithmetic first, a task TVM can't count before all."""
+    return -(task.flops if task.flops is not None else math.inf)
 
 
 def _plan(database: Any, folder: Path, extracted: list[Any], options: TuneOptions) -> tuple[list[_Task], int]:
@@ -397,10 +410,10 @@ def _plan(database: Any, folder: Path, extracted: list[Any], options: TuneOption
         per_task = max(1, math.ceil(options.trials / max(1, len(heavy))))
     else:
         per_task = PER_TASK_UNDER_BUDGET
-    for task in heavy:
+    for task in tasks:
         settled = options.minutes is not None and task.shash is not None and budgets.get(task.shash, 0.0) >= options.minutes
         if options.trials != 0 and not settled and not task.extracted.mod.attrs.get("tirx.is_scheduled", False):
-            task.need = max(0, per_task - task.had)
+            task.need = max(0, (min(LIGHT_TRIALS, per_task) if task.light else per_task) - task.had)
     return tasks, per_task
 
 
@@ -432,10 +445,12 @@ def _contexts(ms: Any, todo: list[Any], options: TuneOptions) -> tuple[list[Any]
     return contexts, [float(task.weight) for task in todo]
 
 
-def _tune(ms: Any, target: Any, database: Any, run: _Run, options: TuneOptions) -> None:
-    """MetaSchedule over the tasks that need trials; stops early (records kept) when the time budget is spent."""
-    todo = [t.extracted for t in run.tasks]  # in run.tasks' order: MetaSchedule's task ids index it
-    most = max(t.need for t in run.tasks)
+def _tune(ms: Any, database: Any, runner: Any, run: _Run, tasks: list[_Task], options: TuneOptions) -> None:
+    """MetaSchedule over ``tasks`` (their trials); stops early (records kept) when the time budget, or the phase's
+    share of it, is spent."""
+    run.tasks = tasks
+    todo = [t.extracted for t in tasks]  # in this order: MetaSchedule's task ids index it
+    most = max(t.need for t in tasks)
     batch = min(32 if options.minutes is not None else 64, most)
     builder, report_trials = _helpers(ms, run)
     try:
@@ -445,11 +460,12 @@ def _tune(ms: Any, target: Any, database: Any, run: _Run, options: TuneOptions) 
                 tasks=contexts,
                 task_weights=weights,
                 work_dir=logs,
-                max_trials_global=sum(t.need for t in run.tasks),
+                max_trials_global=sum(t.need for t in tasks),
                 max_trials_per_task=most,
                 num_trials_per_iter=batch,
                 database=database,
                 builder=builder,
+                runner=runner,
                 measure_callbacks=[report_trials, *ms.measure_callback.MeasureCallback.create("default")],
             )
     except Exception as exc:
@@ -457,13 +473,13 @@ def _tune(ms: Any, target: Any, database: Any, run: _Run, options: TuneOptions) 
             raise CompilationError(f"MetaSchedule tuning failed: {last_line(exc)}") from exc
 
 
-def _keep_budgets(database: Any, folder: Path, run: _Run, minutes: float) -> None:
+def _keep_budgets(database: Any, folder: Path, tasks: list[_Task], minutes: float) -> None:
     """Remember that the tasks tuned here had a budget of ``minutes``: later compiles with no more time reuse them.
 
     Every task of the run, even one the budget ran out before: the model had its budget, and a second compile
     must not spend it again."""
     budgets = _read_budgets(folder)
-    for task in run.tasks:
+    for task in tasks:
         shash = str(database.commit_workload(task.mod).as_json()[0])
         budgets[shash] = max(budgets.get(shash, 0.0), minutes)
     try:
@@ -498,10 +514,13 @@ def tune_and_apply(
 
     extracted = list(ms.relax_integration.extract_tasks(mod, target))
     everything, per_task = _plan(database, folder, extracted, options)
-    # Heaviest first: MetaSchedule visits the tasks once in order before it picks by gradient, and a time budget
-    # can end inside that first round (each task's first search is the slowest): the convolutions, not a reshape.
-    tuning = sorted((t for t in everything if t.need > 0), key=lambda t: -(t.flops if t.flops is not None else math.inf))
-    heavy = [t for t in everything if not t.light]
+    # The light tasks first, briefly (LIGHT_TRIALS each, a LIGHT_BUDGET_SHARE of a time budget at most), then the
+    # heavy ones, heaviest first: MetaSchedule visits the tasks once in order before it picks by gradient, and a
+    # time budget can end inside that first round (each task's first search is the slowest): the convolutions, not a
+    # reshape. Two MetaSchedule runs, one runner between them: the light ones can't take more than their trials.
+    light_todo = sorted((t for t in everything if t.need > 0 and t.light), key=_heaviest_first)
+    heavy_todo = sorted((t for t in everything if t.need > 0 and not t.light), key=_heaviest_first)
+    tuning = light_todo + heavy_todo
     if tuning or _tensorized(records):
         # MetaSchedule's tuning contexts, and a recorded schedule that tensorizes, need TVM's tensor intrinsics
         # registered: an import of ~25 s on a quiet 2-core machine, minutes on a loaded one (a reused database
@@ -511,28 +530,41 @@ def tune_and_apply(
         started += CLOCK.monotonic() - took
     deadline = started + 60 * options.minutes if options.minutes is not None else None
     total = sum(t.need for t in tuning) if options.trials is not None or options.trials_per_task is not None else None
-    run = _Run(tuning, heavy, progress, total, started, deadline)  # the estimate covers the tasks worth tuning
+    run = _Run(tuning, everything, progress, total, started, deadline)
     # not tuned again: enough records, or tuned under as long a budget (applying only: those the database knows)
-    reused = sum(1 for t in heavy if t.need == 0 and (t.had > 0 or options.trials != 0))
-    light = len(everything) - len(heavy)
+    reused = sum(1 for t in everything if t.need == 0 and (t.had > 0 or options.trials != 0))
+    light = sum(1 for t in everything if t.light)
     if tuning:
         budget = f", at most {options.minutes:g} min" if options.minutes is not None else ""
         asked = f"{total} trials" if total is not None else "trials"
-        lightly = f"; {light} light task(s) under {LIGHT_SHARE:.0%} of the arithmetic keep TVM's defaults" if light else ""
+        share = f" and {LIGHT_BUDGET_SHARE:.0%} of the time" if options.minutes is not None else ""
+        lightly = (
+            f"; {len(light_todo)} light task(s) under {LIGHT_SHARE:.0%} of the arithmetic first, at most "
+            f"{min(LIGHT_TRIALS, per_task)} trials each{share}"
+            if light_todo
+            else ""
+        )
         progress(
             f"tvm: tuning {len(tuning)} of {len(everything)} task(s) with MetaSchedule, {asked}{budget}; "
             f"database {folder} ({before} records; {reused} task(s) reused from it{lightly})"
         )
-        _tune(ms, target, database, run, options)
+        runner = ms.runner.LocalRunner()
+        if light_todo:
+            run.phase_end = started + 60 * LIGHT_BUDGET_SHARE * options.minutes if options.minutes is not None else None
+            _tune(ms, database, runner, run, light_todo, options)
+            run.phase_end = None
+            run.out_of_time = deadline is not None and CLOCK.monotonic() >= deadline
+        if heavy_todo and not run.out_of_time:
+            _tune(ms, database, runner, run, heavy_todo, options)
         if run.out_of_time:
             progress(f"tvm: tuning: the time budget ({options.minutes:g} min) is spent: stopped after {run.done} trials")
         if options.minutes is not None:
-            _keep_budgets(database, folder, run, options.minutes)
+            _keep_budgets(database, folder, tuning, options.minutes)
     elif options.trials == 0:
         if before == 0:
             progress(f"tvm: tune.trials is 0 and the database {folder} is empty: nothing to apply")
     else:
-        progress(f"tvm: tuning: all {len(heavy)} task(s) reused from the database {folder}: no new trials")
+        progress(f"tvm: tuning: all {len(everything)} task(s) reused from the database {folder}: no new trials")
 
     try:
         with target, database:
@@ -557,7 +589,9 @@ def tune_and_apply(
         stopped=stopped,
         seconds=round(CLOCK.monotonic() - started, 3),
         best_ms=run.best_ms(),
-        tasks_unmeasured=sum(1 for t in heavy if t.best_ms is None and not t.mod.attrs.get("tirx.is_scheduled", False)),
+        tasks_unmeasured=sum(
+            1 for t in everything if not t.light and t.best_ms is None and not t.mod.attrs.get("tirx.is_scheduled", False)
+        ),
         tasks_light=light,
         records_before=before,
         records_after=_count_lines(records),
