@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,6 +218,33 @@ def test_tuned_artifact_runs_on_the_lean_runtime_and_agrees(tuned: Tuned) -> Non
 
     expected = ort.InferenceSession(str(tuned.model), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     np.testing.assert_allclose(model.predict({"x": x})[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_tuned_artifact_makes_no_syscalls_of_its_own_per_call(tuned: Tuned) -> None:
+    """With neither TVM_NUM_THREADS nor OMP_NUM_THREADS set, TVM works its thread count out again at every parallel
+    loop a kernel starts, reading /sys/devices/system/cpu/online (the tuned MLP: 2 reads a call; the tuned trained
+    CNN: 10, its call 2× slower). edgekit sets TVM's own default count once, before TVM runs: 200 calls read nothing."""
+    script = textwrap.dedent(
+        f"""
+        import os, numpy as np, edgekit
+        model = edgekit.load({str(tuned.result.artifact_dir)!r})
+        x = np.zeros(model.manifest.inputs[0].shape, np.float32)
+        model.predict(x)
+        def reads():
+            with open("/proc/self/io") as fh:
+                return int(next(line for line in fh if line.startswith("syscr")).split()[1])
+        before = reads()
+        for _ in range(200):
+            model.predict(x)
+        print(reads() - before, os.environ.get("TVM_NUM_THREADS"))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, check=True)
+    reads, threads = out.stdout.split()[-2:]
+    cpus = os.cpu_count() or 1
+    assert threads == str(max(1, cpus // 2 if platform.machine() == "x86_64" else cpus))  # TVM's own default
+    assert int(reads) < 20, out.stdout  # 400 without
 
 
 def test_zero_trials_applies_the_database_without_tuning(tuned: Tuned, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import contextlib
 import gc
 import io
 import logging
-import os
 import re
 import shutil
 import subprocess
@@ -53,7 +52,7 @@ from edgekit.manifest import CpuRequirement
 from edgekit.profiles import DeviceProfile, host_arch
 from edgekit.progress import Progress
 from edgekit.runtime.cpu_features import from_llvm
-from edgekit.runtime.tvm_runner import leave_threads_unpinned
+from edgekit.runtime.tvm_runner import tvm_thread_count, tvm_thread_environment
 
 __all__ = ["TvmBackend", "TvmOptions", "cpu_requirement", "cuda_device_code", "elf_machine", "resolve_target"]
 
@@ -145,18 +144,8 @@ def cpu_requirement(tvm: Any, target: dict[str, Any], machine: str, host_specifi
 
 
 def tvm_threads() -> int:
-    """The threads TVM's pool runs kernels with in this process (and in the processes it starts), as TVM counts them:
-    ``$TVM_NUM_THREADS``, else ``$OMP_NUM_THREADS``, else the CPUs — halved on x86_64, where TVM assumes
-    hyper-threading (a 2-vCPU VM runs 1 thread); never more than the CPUs."""
-    cpus = os.cpu_count() or 1
-    for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(name, "").strip()
-        if value:
-            try:
-                return max(1, min(int(value), cpus))
-            except ValueError:
-                return 1  # TVM's atoi reads a non-number as 0, then runs 1 thread
-    return max(1, cpus // 2 if host_arch() == "x86_64" else cpus)
+    """The threads TVM's pool runs kernels with here (:func:`edgekit.runtime.tvm_runner.tvm_thread_count`)."""
+    return tvm_thread_count()
 
 
 def _tuning_target(target: dict[str, Any]) -> dict[str, Any]:
@@ -295,7 +284,7 @@ class TvmBackend(Backend[TvmOptions]):
     def _compile(
         self, source: SourceModel, profile: DeviceProfile, options: TvmOptions, out_dir: Path, progress: Progress, for_host: bool
     ) -> Built:
-        leave_threads_unpinned()  # constant folding runs kernels here: TVM's pool would pin this thread to a core
+        tvm_thread_environment()  # before constant folding runs kernels here (and the tuning runners start)
         tvm = require("tvm", "compiling with TVM")
         where = self._where(profile, options, for_host)
         progress(f"tvm: importing ONNX into Relax ({len(source.model.graph.node)} nodes)")
