@@ -473,6 +473,19 @@ def _tune(ms: Any, database: Any, runner: Any, run: _Run, tasks: list[_Task], op
             raise CompilationError(f"MetaSchedule tuning failed: {last_line(exc)}") from exc
 
 
+def _light_then_heavy(ms: Any, database: Any, run: _Run, light: list[_Task], heavy: list[_Task], options: TuneOptions) -> None:
+    """The light tasks in a MetaSchedule run of their own, ended by their trials or their share of the time budget
+    (LIGHT_BUDGET_SHARE), then the heavy ones with what is left; one runner (its worker processes) for both."""
+    runner = ms.runner.LocalRunner()
+    if light:
+        run.phase_end = run.started + 60 * LIGHT_BUDGET_SHARE * options.minutes if options.minutes is not None else None
+        _tune(ms, database, runner, run, light, options)
+        run.phase_end = None
+        run.out_of_time = run.spent()  # the share ended, not the budget: the heavy tasks go on
+    if heavy and not run.out_of_time:
+        _tune(ms, database, runner, run, heavy, options)
+
+
 def _keep_budgets(database: Any, folder: Path, tasks: list[_Task], minutes: float) -> None:
     """Remember that the tasks tuned here had a budget of ``minutes``: later compiles with no more time reuse them.
 
@@ -548,14 +561,7 @@ def tune_and_apply(
             f"tvm: tuning {len(tuning)} of {len(everything)} task(s) with MetaSchedule, {asked}{budget}; "
             f"database {folder} ({before} records; {reused} task(s) reused from it{lightly})"
         )
-        runner = ms.runner.LocalRunner()
-        if light_todo:
-            run.phase_end = started + 60 * LIGHT_BUDGET_SHARE * options.minutes if options.minutes is not None else None
-            _tune(ms, database, runner, run, light_todo, options)
-            run.phase_end = None
-            run.out_of_time = deadline is not None and CLOCK.monotonic() >= deadline
-        if heavy_todo and not run.out_of_time:
-            _tune(ms, database, runner, run, heavy_todo, options)
+        _light_then_heavy(ms, database, run, light_todo, heavy_todo, options)
         if run.out_of_time:
             progress(f"tvm: tuning: the time budget ({options.minutes:g} min) is spent: stopped after {run.done} trials")
         if options.minutes is not None:
