@@ -201,9 +201,9 @@ def _threads_alike() -> int:
     """One thread count for both: TVM's (``$TVM_NUM_THREADS``, else TVM's own default: half the CPUs on x86, 1 on a
     2-vCPU VM), pinned down in the environment before TVM's pool starts, and ONNX Runtime's intra-op threads set to
     it. Measured on the 2-vCPU host: one thread is faster for both on this model (docs/benchmarks.md)."""
-    from edgekit.compiler.backends.tvm import tvm_threads
+    from edgekit.runtime.tvm_runner import tvm_thread_count
 
-    threads = tvm_threads()
+    threads = tvm_thread_count()
     os.environ["TVM_NUM_THREADS"] = str(threads)
     return threads
 

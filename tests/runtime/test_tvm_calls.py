@@ -117,11 +117,11 @@ def test_tuning_counts_the_threads_tvm_runs_with(env: dict[str, str]) -> None:
     """The tuning target's num-cores (its database key, what trials are built for) is TVM's own thread count."""
     script = textwrap.dedent(
         """
-        from edgekit.compiler.backends.tvm import tvm_threads
+        from edgekit.runtime.tvm_runner import tvm_thread_count
         from edgekit.runtime.tvm_runner import _load_runtime
         _load_runtime()
         import tvm_ffi
-        print(tvm_threads(), tvm_ffi.get_global_func("runtime.NumThreads")())
+        print(tvm_thread_count(), tvm_ffi.get_global_func("runtime.NumThreads")())
         """
     )
     base = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}

@@ -143,15 +143,10 @@ def cpu_requirement(tvm: Any, target: dict[str, Any], machine: str, host_specifi
     )
 
 
-def tvm_threads() -> int:
-    """The threads TVM's pool runs kernels with here (:func:`edgekit.runtime.tvm_runner.tvm_thread_count`)."""
-    return tvm_thread_count()
-
-
 def _tuning_target(target: dict[str, Any]) -> dict[str, Any]:
     """MetaSchedule needs the core count in the target (its thread pools and the database key use it): the threads
     the tuned kernels will run with here — what they are timed with while tuning, too."""
-    target.setdefault("num-cores", tvm_threads())
+    target.setdefault("num-cores", tvm_thread_count())
     return target
 
 
