@@ -836,7 +836,7 @@ def _threads() -> str:
 
     from edgekit.runtime.tvm_runner import tvm_thread_count
 
-    tvm = f"{tvm_thread_count()}" + ("" if os.environ.get("TVM_NUM_THREADS") else " (its default: half the CPUs on x86_64)")
+    tvm = f"{tvm_thread_count()}" + ("" if os.environ.get("TVM_NUM_THREADS") else " (edgekit's default: one per physical core)")
     return (
         f"threads: torch {torch.get_num_threads()}, edgekit's ORT artifacts their manifest's intra-op threads (the "
         "profile's, or 1 where timing on the profile's CPU found it faster), bare ORT "

@@ -11,8 +11,8 @@ out with its labels) and saved as TorchScript. Then, into a fresh tuning databas
 2. compile it again the same way (no artifact cache): the database is reused, so nothing is tuned (0 trials) —
    the goal is under a minute;
 3. time the ONNX Runtime artifact and the tuned TVM artifact once more in this benchmark's own interleaved rounds,
-   with the same number of threads each (TVM's: ``$TVM_NUM_THREADS`` or TVM's default; ORT's intra-op threads set
-   to it), neither pinned;
+   with the same number of threads each (TVM's: ``$TVM_NUM_THREADS`` or edgekit's default, one per physical core;
+   ORT's intra-op threads set to it), neither pinned;
 4. take one call apart, in the same rounds: edgekit's ``predict`` against the bare backend call (ORT's
    ``session.run``, and with IOBinding; TVM's VM ``main`` on the staged input, its graph compiled to native code and
    interpreted as bytecode), ORT as its own project runs it (all graph optimizations at load, default threads), and
@@ -198,9 +198,9 @@ def target_note(target: str) -> str:
 
 
 def _threads_alike() -> int:
-    """One thread count for both: TVM's (``$TVM_NUM_THREADS``, else TVM's own default: half the CPUs on x86, 1 on a
-    2-vCPU VM), pinned down in the environment before TVM's pool starts, and ONNX Runtime's intra-op threads set to
-    it. Measured on the 2-vCPU host: one thread is faster for both on this model (docs/benchmarks.md)."""
+    """One thread count for both: TVM's (``$TVM_NUM_THREADS``, else edgekit's default: one per physical core, 2 on
+    the 2-vCPU host), pinned down in the environment before TVM's pool starts, and ONNX Runtime's intra-op threads
+    set to it (``TVM_NUM_THREADS=1`` runs both on one thread)."""
     from edgekit.runtime.tvm_runner import tvm_thread_count
 
     threads = tvm_thread_count()

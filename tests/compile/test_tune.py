@@ -30,7 +30,7 @@ from edgekit.compiler.backends import tvm_tune
 from edgekit.compiler.backends.tvm_tune import BUDGETS, RECORDS, parse_tune_options
 from edgekit.compiler.pipeline import Pipeline, load_pipeline
 from edgekit.errors import EXIT_CODES, ConfigError
-from edgekit.runtime.tvm_runner import TvmRunner
+from edgekit.runtime.tvm_runner import TvmRunner, physical_cores
 
 TRIALS = 6
 
@@ -223,7 +223,8 @@ def test_tuned_artifact_runs_on_the_lean_runtime_and_agrees(tuned: Tuned) -> Non
 def test_a_tuned_artifact_makes_no_syscalls_of_its_own_per_call(tuned: Tuned) -> None:
     """With neither TVM_NUM_THREADS nor OMP_NUM_THREADS set, TVM works its thread count out again at every parallel
     loop a kernel starts, reading /sys/devices/system/cpu/online (the tuned MLP: 2 reads a call; the tuned trained
-    CNN: 10, its call 2× slower). edgekit sets TVM's own default count once, before TVM runs: 200 calls read nothing."""
+    CNN: 10, its call 2× slower). edgekit sets the count once, before TVM runs (one thread a physical core): 200 calls
+    read nothing."""
     script = textwrap.dedent(
         f"""
         import os, numpy as np, edgekit
@@ -243,7 +244,8 @@ def test_a_tuned_artifact_makes_no_syscalls_of_its_own_per_call(tuned: Tuned) ->
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env, check=True)
     reads, threads = out.stdout.split()[-2:]
     cpus = os.cpu_count() or 1
-    assert threads == str(max(1, cpus // 2 if platform.machine() == "x86_64" else cpus))  # TVM's own default
+    cores = physical_cores() or max(1, cpus // 2 if platform.machine() == "x86_64" else cpus)  # else TVM's own rule
+    assert threads == str(min(cores, cpus))  # one a physical core
     assert int(reads) < 20, out.stdout  # 400 without
 
 

@@ -130,3 +130,27 @@ def test_tuning_counts_the_threads_tvm_runs_with(env: dict[str, str]) -> None:
     )
     ours, tvms = out.stdout.split()[-2:]
     assert ours == tvms
+
+
+def _sysfs(root: Path, cores: dict[int, tuple[int, int]]) -> Path:
+    for cpu, (package, core) in cores.items():
+        topology = root / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    return root
+
+
+def test_tvm_runs_one_thread_a_physical_core(tmp_path: Path) -> None:
+    """Hyper-threads of one core count once, cores of two packages with one core id twice, vCPUs that are cores of
+    their own each once (TVM's own default would halve them); no topology: None, and TVM's rule decides."""
+    from edgekit.runtime.tvm_runner import physical_cores
+
+    cpus = sorted(os.sched_getaffinity(0))
+    paired = _sysfs(tmp_path / "ht", {cpu: (0, i // 2) for i, cpu in enumerate(cpus)})
+    assert physical_cores(paired) == (len(cpus) + 1) // 2
+    packages = _sysfs(tmp_path / "packages", {cpu: (i % 2, 0) for i, cpu in enumerate(cpus)})
+    assert physical_cores(packages) == min(2, len(cpus))
+    alone = _sysfs(tmp_path / "alone", {cpu: (0, i) for i, cpu in enumerate(cpus)})
+    assert physical_cores(alone) == len(cpus)
+    assert physical_cores(tmp_path / "none") is None
