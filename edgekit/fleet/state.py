@@ -335,6 +335,9 @@ class StateDatabase(Protocol):
     @property
     def connection(self) -> Connection: ...
     def begin(self, *, exclusive: bool) -> None: ...
+    def begin_read(self) -> None:
+        """A read-only transaction whose statements all see the database as its first one did."""
+
     def commit(self) -> None: ...
     def rollback(self) -> None: ...
     def tables(self) -> set[str]: ...
@@ -381,6 +384,9 @@ class SqliteDatabase:
 
     def begin(self, *, exclusive: bool) -> None:
         self._db.execute("BEGIN IMMEDIATE")  # one writer at a time, whatever is asked: that is SQLite
+
+    def begin_read(self) -> None:
+        self._db.execute("BEGIN")  # deferred: in WAL mode its first read takes a snapshot it keeps until COMMIT
 
     def commit(self) -> None:
         self._db.execute("COMMIT")
@@ -533,6 +539,22 @@ class FleetState:
     def _read(self) -> Iterator[Connection]:
         with self._lock:
             yield self.database.connection
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[Connection]:
+        """A read of several statements that must agree with each other: one read-only transaction (inside a
+        write transaction, that one). Read one statement at a time, another process's commit can land between
+        two of them — a fleet service on PostgreSQL read a thing's breaker whose windows its first statement had
+        not seen."""
+        with self._lock:
+            if self._depth:
+                yield self.database.connection
+                return
+            self.database.begin_read()
+            try:
+                yield self.database.connection
+            finally:
+                self.database.rollback()  # nothing written: ending it either way is the same
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` (``"ok"`` when the file is sound; PostgreSQL checks its own pages)."""
@@ -830,7 +852,7 @@ class FleetState:
         """Every thing that sent telemetry, by name: its windows summed, its latest window's breaker (the worst of its
         components': not ``closed`` wins) and component outbox (summed over its components), its message counts."""
         out: dict[str, TelemetryRecord] = {}
-        with self._read() as db:
+        with self._snapshot() as db:  # four statements, one view: windows another service stores meanwhile wait
             # what is stored is read without failing: total() (a float) can't overflow as sum() can on an int64,
             # a count that is not a number counts 0, a fallback_errors that is not a JSON object is left out
             for row in db.execute(

@@ -270,6 +270,10 @@ class PostgresDatabase:
             if exclusive:
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
 
+    def begin_read(self) -> None:
+        with self.watch():
+            self.live().execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")  # one snapshot for all its reads
+
     def commit(self) -> None:
         with self.watch():
             self.live().execute("COMMIT")

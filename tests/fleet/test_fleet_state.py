@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -269,3 +270,44 @@ def test_on_postgresql_one_exclusive_writer_at_a_time_upserts_side_by_side(postg
             thread.join(timeout=10)
             assert entered.is_set()  # the first committed: the second went on
         assert two.groups() == ["held-False", "held-True"]
+
+
+def test_the_telemetry_is_read_as_one_snapshot_while_another_process_stores_windows(fleet_db: str | Path) -> None:
+    """Two services on one database: windows of a new thing stored by the second between the first's statements
+    (forced here, right after its first read) are wholly in its next reading, not half in this one — read one
+    statement at a time, the breaker of a thing its window totals had not seen raised KeyError (seen in
+    test_two_services_on_one_postgresql_store_each_summary_once)."""
+    with FleetState(fleet_db) as one, FleetState(fleet_db) as two:
+        one.record_telemetry([("early", "c", "1/1", "r1", 1, 0.0, 1.0, 2, 2, 0, 0, "{}", "closed", 0.0, 0, 1, 0.0)], {}, 0.0)
+        late = ("late", "c", "1/1", "r1", 1, 0.0, 1.0, 3, 1, 1, 1, '{"http": 1}', "open", 0.0, 2, 1, 0.0)
+        database = one.database
+
+        class Interleaved(type(database)):  # type: ignore[misc]
+            """The first service's connection; the second stores its window once the first has read once."""
+
+            @property
+            def connection(self) -> Any:
+                inner = super().connection
+
+                class Connection:
+                    def __getattr__(self, name: str) -> Any:
+                        return getattr(inner, name)
+
+                    def execute(self, sql: str, parameters: Any = ()) -> Any:
+                        cursor = inner.execute(sql, parameters)
+                        if "telemetry_windows" in sql and not stored:
+                            stored.append(two.record_telemetry([late], {"late": {"messages": 1}}, 1.0))
+                        return cursor
+
+                return Connection()
+
+        stored: list[tuple[int, int]] = []
+        database.__class__ = Interleaved
+        first = one.telemetry()
+        assert stored == [(1, 0)]  # the second service did store its window, mid-reading
+        assert set(first) == {"early"} and first["early"].windows == 1 and first["early"].breaker == "closed"
+        database.__class__ = Interleaved.__mro__[1]
+        second = one.telemetry()
+        assert set(second) == {"early", "late"}
+        assert second["late"].windows == 1 and second["late"].breaker == "open" and second["late"].component_pending == 2
+        assert second["late"].fallback_errors == {"http": 1} and second["late"].messages == 1
