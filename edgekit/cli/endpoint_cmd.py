@@ -28,7 +28,7 @@ def deploy(
     multi_model: bool = typer.Option(False, "--multi-model", help="a multi-model endpoint (ModelDataUrl is a prefix)"),
     instance_type: str = typer.Option("ml.c5.large", "--instance-type", help="real-time / async / batch: the instance type"),
     instance_count: int | None = typer.Option(
-        None, "--instance-count", help="real-time / async / batch: how many instances [default: 1, or --min-instances]"
+        None, "--instance-count", help="real-time / async / batch: how many instances (default 1, or --min-instances)"
     ),
     min_instances: int | None = typer.Option(None, "--min-instances", help="real-time / async: scale down to (async: 0 ok)"),
     max_instances: int | None = typer.Option(None, "--max-instances", help="real-time / async: scale up to (turns scaling on)"),

@@ -52,8 +52,9 @@ __all__ = [
 
 def _console(stderr: bool = False) -> Console:
     probe = Console(stderr=stderr)
-    # Logs and pipes get wide lines rather than tables folded into 80 columns.
-    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else 200)
+    # Logs and pipes get wide lines rather than tables folded into 80 columns. No emoji codes: a name from outside
+    # holding ':thumbs_up:' prints as written (markup=False and escape() leave emoji codes on).
+    return Console(stderr=stderr, highlight=False, emoji=False, width=None if probe.is_terminal else 200)
 
 
 console = _console()

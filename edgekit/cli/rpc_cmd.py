@@ -26,7 +26,7 @@ def rpc_server(
 ) -> None:
     """Run TVM's RPC server on this device until Ctrl-C, plus edgekit.time_artifact: 'edgekit compile --rpc-tracker
     HOST:PORT --rpc-key KEY' then times every candidate here — ONNX Runtime ones too — loaded with its self-test, as
-    the device would run it. Needs TVM (edgekit[tvm]). Like TVM's own server it runs what it is sent: a trusted network only."""
+    the device would run it. Needs TVM (edgekit\\[tvm]). Like TVM's own server it runs what it is sent: a trusted network only."""
     api.rpc_server(tracker=tracker, key=key, host=host, port=port, progress=_say)
 
 

@@ -52,6 +52,30 @@ def test_help_has_no_type_metavars_and_a_line_for_every_option(path: tuple[str, 
         assert flag in text
 
 
+def _nodes(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    subs = getattr(cmd, "commands", None) or {}
+    return [(path, cmd), *(node for name, sub in sorted(subs.items()) for node in _nodes(sub, (*path, name)))]
+
+
+def test_every_help_text_reads_as_written() -> None:
+    """Typer reads help as Rich markup: a lowercase word in brackets is a tag and vanishes ('Needs TVM
+    (edgekit[tvm])' printed 'Needs TVM (edgekit)'). Every group's, command's and option's help renders to what it
+    says, brackets escaped where it means them."""
+    from rich.markup import render
+
+    checked = 0
+    for path, cmd in _nodes(command()):
+        where = " ".join(path) or "edgekit"
+        texts = [(where, t) for t in (cmd.help, cmd.short_help, cmd.epilog)]
+        texts += [(f"{where} {'/'.join(param.opts) or param.name}", getattr(param, "help", None)) for param in cmd.params]
+        for place, text in texts:
+            if text:
+                shown = render(text).plain
+                assert shown == text.replace("\\[", "["), f"{place}: {text!r} shows as {shown!r}"
+                checked += 1
+    assert checked > 100  # every command was walked
+
+
 def test_root_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     text = capsys.readouterr().out

@@ -32,9 +32,9 @@ def _hostile_dir(root: Path, head: str, tail: str) -> Path:
 
 
 def test_emit_prints_a_line_as_written(capsys: pytest.CaptureFixture[str]) -> None:
-    line = "a [/] b [bold]c[/bold] [link=https://evil.example]d[/link] e\\"
+    line = "a [/] b [bold]c[/bold] [link=https://evil.example]d[/link] e\\ :thumbs_up: f"
     emit({"line": line}, line)
-    assert capsys.readouterr().out.rstrip("\n") == line  # nothing parsed, nothing escaped
+    assert capsys.readouterr().out.rstrip("\n") == line  # nothing parsed, nothing escaped, no emoji code replaced
 
 
 def test_compile_and_run_show_paths_and_output_names_as_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
