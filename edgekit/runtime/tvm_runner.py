@@ -24,6 +24,7 @@ from edgekit.runtime.backend_runner import Runner
 
 __all__ = ["TvmRunner", "find_runtime_library", "tvm_thread_count", "tvm_thread_environment"]
 
+_THREAD_VARIABLES = ("TVM_NUM_THREADS", "OMP_NUM_THREADS")  # what TVM's pool reads its thread count from, in order
 _ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (AVX-512 aligned loads)
 _loaded_lock = threading.Lock()
 _loaded: str | None = None
@@ -85,7 +86,7 @@ def tvm_thread_count() -> int:
     57.8 µs a call at 1 thread, 46.5 µs at 2. Counting the cores themselves keeps TVM's intent (one thread a core)
     where it holds and fixes it where it doesn't; TVM's rule stays the fallback where sysfs gives no topology."""
     cpus = os.cpu_count() or 1
-    for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+    for name in _THREAD_VARIABLES:
         value = os.environ.get(name, "").strip()
         if value:
             try:
@@ -112,7 +113,7 @@ def tvm_thread_environment() -> None:
     later (ONNX Runtime's). edgekit leaves placement to the OS, as ONNX Runtime does; ``TVM_BIND_THREADS=1`` lets TVM
     pin."""
     os.environ.setdefault("TVM_BIND_THREADS", "0")
-    if not any(os.environ.get(name, "").strip() for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")):
+    if not any(os.environ.get(name, "").strip() for name in _THREAD_VARIABLES):
         os.environ["TVM_NUM_THREADS"] = str(tvm_thread_count())
 
 

@@ -22,14 +22,13 @@ from edgekit.errors import EXIT_CODES, ConfigError, DeploymentError, InferenceEr
 TYPE_METAVAR = re.compile(r"<(str|int|float|bool|path|list\[[^>]*\]|[a-z]+ range)>")
 
 
-def _leaves(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
-    subs = getattr(cmd, "commands", None)
-    if subs is None:
-        return [(path, cmd)]
-    return [leaf for name, sub in sorted(subs.items()) for leaf in _leaves(sub, (*path, name))]
+def _nodes(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every group and command of the tree, by path (the root's is ())."""
+    subs = getattr(cmd, "commands", None) or {}
+    return [(path, cmd), *(node for name, sub in sorted(subs.items()) for node in _nodes(sub, (*path, name)))]
 
 
-LEAVES = _leaves(command())
+LEAVES = [(path, cmd) for path, cmd in _nodes(command()) if getattr(cmd, "commands", None) is None]
 
 
 def test_the_tree_has_every_command() -> None:
@@ -50,11 +49,6 @@ def test_help_has_no_type_metavars_and_a_line_for_every_option(path: tuple[str, 
         assert (param.help or "").strip(), f"{' '.join(path)}: {param.opts or param.name} has no help"
     for flag in ("--verbose", "--quiet", "-v", "-q"):
         assert flag in text
-
-
-def _nodes(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
-    subs = getattr(cmd, "commands", None) or {}
-    return [(path, cmd), *(node for name, sub in sorted(subs.items()) for node in _nodes(sub, (*path, name)))]
 
 
 def test_every_help_text_reads_as_written() -> None:
